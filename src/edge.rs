@@ -1,0 +1,45 @@
+//! What every Lockstep gRPC server adds around its own service, so the coordinator and
+//! every agent behave the same for operators: server reflection (grpcurl `list` and
+//! `describe` work without .proto files), `grpc.health.v1.Health`, and the message-size
+//! limit answered with the status the gRPC spec gives it.
+
+use tonic::codegen::http;
+
+use crate::FILE_DESCRIPTOR_SET;
+
+/// Reflection services (v1 and v1alpha, for older grpcurl builds) serving the
+/// `lockstep.v1` descriptors (with comments) and the health service's.
+pub fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// gRPC says a message above the receiver's limit is RESOURCE_EXHAUSTED; tonic answers
+/// OUT_OF_RANGE. This response mapper (used with `tower::util::MapResponseLayer`) puts
+/// the spec's code back, keeping tonic's message (which gives the size and the limit).
+pub fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = response.headers().get("grpc-message").is_some_and(|v| {
+        let text = String::from_utf8_lossy(v.as_bytes()).replace("%20", " ");
+        text.contains("message length too large")
+    });
+    if out_of_range && too_large {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}

@@ -1,0 +1,37 @@
+//! Lockstep's wire contract, shared by every crate and by every deploy agent written in
+//! Rust.
+//!
+//! Lockstep makes a composite release go live all-or-nothing: a coordinator runs
+//! two-phase commit across one participant per project. The `.proto` files under
+//! `proto/lockstep/v1/` are the contract for agents in any language; this crate is their
+//! Rust face.
+//!
+//! # Layout
+//! - [`pb`]: the code generated from `proto/lockstep/v1/*.proto` (package `lockstep.v1`).
+//! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors with comments, for reflection.
+//! - [`names`]: validated names (project, version, transaction id, environment) with the
+//!   errors that name the offending field.
+//! - [`limits`]: the sizes every server enforces.
+//! - [`edge`]: reflection, health and size limits every Lockstep server shares.
+//! - [`wire`]: small conversions between protobuf well-known types and std types.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod edge;
+pub mod limits;
+pub mod names;
+pub mod wire;
+
+/// Generated `lockstep.v1` messages, clients and servers.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("lockstep.v1");
+}
+
+/// Encoded `FileDescriptorSet` of `lockstep.v1` (comments included), served by the
+/// coordinator's and the agents' reflection service so grpcurl can `list`/`describe`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_descriptor.bin"));
+
+/// The environment used when a request leaves it empty. Every key and message carries an
+/// environment from the start so that promotion across environments fits later.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
