@@ -1,0 +1,155 @@
+//! Durable key-value tables for Lockstep.
+//!
+//! The coordinator and the participant SDK keep their protocol state in a few named
+//! tables (RocksDB column families). They reach storage only through the narrow [`Kv`]
+//! trait, so the same protocol code runs on RocksDB in production and on [`MemKv`] in
+//! deterministic simulation.
+//!
+//! # Layout
+//! - [`Kv`], [`Batch`], [`Durability`]: the trait and what it writes.
+//! - [`rocks`]: the RocksDB implementation (one column family per table, names checked at
+//!   open, synced WAL writes where the protocol needs durability).
+//! - [`mem`]: the in-memory twin with crash semantics (unsynced writes may vanish).
+//! - [`keys`]: order-preserving key encoding.
+//! - [`conformance`]: the test suite every implementation passes.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod conformance;
+pub mod keys;
+pub mod mem;
+pub mod rocks;
+
+pub use mem::MemKv;
+pub use rocks::RocksKv;
+
+/// Why a storage operation failed. Storage errors are never retried blindly by the
+/// protocol: a failed durable write means the decision it carried was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error (I/O, corruption, options).
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// The data directory holds tables this program does not know: it belongs to
+    /// something else, or to a newer version.
+    #[error("data directory {path} has unexpected tables {found:?} (expected {expected:?}); is it another program's directory?")]
+    UnexpectedTables {
+        /// The directory.
+        path: String,
+        /// Tables found on disk.
+        found: Vec<String>,
+        /// Tables this program uses.
+        expected: Vec<String>,
+    },
+    /// A table name that was not declared when the store was opened.
+    #[error("unknown table {0:?}")]
+    UnknownTable(String),
+    /// A stored value could not be decoded: the data directory is damaged.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The in-memory store was crashed (simulation) and not yet restarted.
+    #[error("store is down (simulated crash)")]
+    Down,
+}
+
+/// Whether a write must survive a machine crash before the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the write-ahead log before returning. Used at the protocol's durability
+    /// points: a transaction accepted, a COMMIT decision, a participant's PREPARED record.
+    Sync,
+    /// Written to the log without waiting for fsync: survives a process crash (the OS
+    /// has it) but not a power loss. Everything written before a later `Sync` write
+    /// becomes durable with it.
+    Buffered,
+}
+
+/// One mutation in a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value` in `table`.
+    Put {
+        /// Table name.
+        table: &'static str,
+        /// Key bytes.
+        key: Vec<u8>,
+        /// Value bytes.
+        value: Vec<u8>,
+    },
+    /// Remove `key` from `table`.
+    Delete {
+        /// Table name.
+        table: &'static str,
+        /// Key bytes.
+        key: Vec<u8>,
+    },
+}
+
+/// Mutations applied atomically: after a crash either all of them are there or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The mutations, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// Adds a put.
+    pub fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put { table, key, value });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, table: &'static str, key: Vec<u8>) {
+        self.ops.push(Op::Delete { table, key });
+    }
+
+    /// Appends another batch's mutations (group commit merges batches this way).
+    pub fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Direction of a [`Kv::scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Ascending keys, from `from` (inclusive) up to `to` (exclusive).
+    Ascending,
+    /// Descending keys, from just below `to` (exclusive) down to `from` (inclusive).
+    Descending,
+}
+
+/// A key-value pair returned by a scan.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// The storage the protocol needs: point reads, ordered range scans, atomic batches.
+///
+/// # To ensure correctness
+/// - `write` is atomic: after a crash, all or none of a batch is visible.
+/// - `write` with [`Durability::Sync`] returns only once the batch, and every batch
+///   written before it, survives a crash.
+/// - Batches become visible in the order `write` was called; a read after `write`
+///   returned sees it.
+/// - `scan` returns keys in byte order within `[from, to)`.
+pub trait Kv: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Reads at most `limit` entries with `from <= key < to` (`to = None`: no upper bound)
+    /// in the given order.
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: Option<&[u8]>,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Applies `batch` atomically with the given durability.
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError>;
+}

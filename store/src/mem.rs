@@ -1,0 +1,157 @@
+//! The in-memory twin of [`crate::RocksKv`], for deterministic simulation.
+//!
+//! It keeps the crash semantics the protocol relies on: a [`Durability::Sync`] write and
+//! everything before it survives [`MemKv::crash`]; [`Durability::Buffered`] writes made
+//! after the last sync vanish on crash, as a power loss would drop them from the OS
+//! cache.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError};
+
+type Tables = BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+#[derive(Default)]
+struct State {
+    durable: Tables,
+    /// Buffered batches since the last sync, in write order.
+    unsynced: Vec<Batch>,
+    /// `durable` with `unsynced` applied: what reads see.
+    visible: Tables,
+    down: bool,
+}
+
+/// Shared handle: clones see the same data, as the same disk would.
+#[derive(Clone, Default)]
+pub struct MemKv {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemKv {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a crash: buffered writes since the last sync are lost and every call
+    /// fails with [`StoreError::Down`] until [`MemKv::restart`].
+    pub fn crash(&self) {
+        let mut s = self.lock();
+        s.unsynced.clear();
+        s.visible = s.durable.clone();
+        s.down = true;
+    }
+
+    /// Brings the store back after [`MemKv::crash`], holding what was durable.
+    pub fn restart(&self) {
+        self.lock().down = false;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent maps (every mutation is a
+        // whole-batch apply), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn apply(tables: &mut Tables, batch: &Batch) {
+    for op in &batch.ops {
+        match op {
+            Op::Put { table, key, value } => {
+                tables.entry(table).or_default().insert(key.clone(), value.clone());
+            }
+            Op::Delete { table, key } => {
+                tables.entry(table).or_default().remove(key);
+            }
+        }
+    }
+}
+
+impl Kv for MemKv {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let s = self.lock();
+        if s.down {
+            return Err(StoreError::Down);
+        }
+        Ok(s.visible.get(table).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: Option<&[u8]>,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let s = self.lock();
+        if s.down {
+            return Err(StoreError::Down);
+        }
+        let Some(t) = s.visible.get(table) else {
+            return Ok(Vec::new());
+        };
+        let range = t
+            .range(from.to_vec()..)
+            .filter(|(k, _)| to.is_none_or(|to| k.as_slice() < to))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        Ok(match order {
+            Order::Ascending => range.take(limit).collect(),
+            Order::Descending => {
+                let mut all: Vec<_> = range.collect();
+                all.reverse();
+                all.truncate(limit);
+                all
+            }
+        })
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.down {
+            return Err(StoreError::Down);
+        }
+        apply(&mut s.visible, &batch);
+        s.unsynced.push(batch);
+        if durability == Durability::Sync {
+            let pending = std::mem::take(&mut s.unsynced);
+            for b in &pending {
+                apply(&mut s.durable, b);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[test]
+    fn memory_store_passes_the_conformance_suite() {
+        conformance::run_all(&MemKv::new(), "t1", "t2");
+    }
+
+    #[test]
+    fn a_crash_keeps_synced_writes_and_drops_later_buffered_ones() {
+        let kv = MemKv::new();
+        let put = |k: &str, d| {
+            let mut b = Batch::default();
+            b.put("t", k.as_bytes().to_vec(), b"v".to_vec());
+            kv.write(b, d).unwrap();
+        };
+        put("buffered-before-sync", Durability::Buffered);
+        put("synced", Durability::Sync);
+        put("buffered-after-sync", Durability::Buffered);
+        kv.crash();
+        assert!(matches!(kv.get("t", b"synced"), Err(StoreError::Down)));
+        kv.restart();
+        assert!(kv.get("t", b"buffered-before-sync").unwrap().is_some());
+        assert!(kv.get("t", b"synced").unwrap().is_some());
+        assert!(kv.get("t", b"buffered-after-sync").unwrap().is_none());
+    }
+}
