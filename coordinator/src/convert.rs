@@ -1,0 +1,350 @@
+//! Wire ↔ domain conversions for the coordinator, in one place: requests are validated
+//! here (every error names its field), records become messages here.
+
+use std::{collections::BTreeMap, collections::BTreeSet, time::Duration};
+
+use lockstep::{
+    limits,
+    names::{Environment, FieldError, ProjectName, TxId, Version},
+    pb, wire,
+};
+
+use crate::{
+    coordinator::CreateSpec,
+    model::{
+        Action, CheckpointRecord, ComponentSpec, Participant, ProjectRecord, Request, Schema,
+        TxKind, TxRecord, TxState, Vote,
+    },
+    network,
+    planner::Plan,
+};
+
+/// Longest prepare timeout a request may ask for.
+const MAX_PREPARE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+// ----- requests -----
+
+/// Validates RegisterProject.
+pub fn project(r: pb::RegisterProjectRequest) -> Result<ProjectRecord, FieldError> {
+    let name = ProjectName::parse("name", &r.name)?;
+    let environment = Environment::parse_or_default("environment", &r.environment)?;
+    network::validate_endpoint("endpoint", &r.endpoint)?;
+    let mut requires = Vec::new();
+    for (i, child) in r.requires.iter().enumerate() {
+        let child = ProjectName::parse(&format!("requires[{i}]"), child)?;
+        if requires.contains(&child) {
+            return Err(FieldError::new(format!("requires[{i}]"), format!("{child} is listed twice")));
+        }
+        requires.push(child);
+    }
+    requires.sort();
+    Ok(ProjectRecord {
+        name,
+        environment,
+        endpoint: r.endpoint,
+        requires,
+    })
+}
+
+/// Validates CreateRelease.
+pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
+    let id = optional_id("id", &r.id)?;
+    let environment = Environment::parse_or_default("environment", &r.environment)?;
+    if r.components.is_empty() {
+        return Err(FieldError::new("components", "must name at least one project"));
+    }
+    if r.components.len() > limits::MAX_COMPONENTS {
+        return Err(FieldError::new(
+            "components",
+            format!("has {} entries, the limit is {}", r.components.len(), limits::MAX_COMPONENTS),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut components = Vec::new();
+    for (i, c) in r.components.into_iter().enumerate() {
+        let project = ProjectName::parse(&format!("components[{i}].project"), &c.project)?;
+        if !seen.insert(project.clone()) {
+            return Err(FieldError::new(
+                format!("components[{i}].project"),
+                format!("project {project} appears twice; a release has one version per project"),
+            ));
+        }
+        let version = Version::parse(&format!("components[{i}].version"), &c.version)?;
+        text(&format!("components[{i}].artifact"), &c.artifact, limits::MAX_METADATA_VALUE_LEN)?;
+        if c.metadata.len() > limits::MAX_METADATA_ENTRIES {
+            return Err(FieldError::new(
+                format!("components[{i}].metadata"),
+                format!("has {} entries, the limit is {}", c.metadata.len(), limits::MAX_METADATA_ENTRIES),
+            ));
+        }
+        for (k, v) in &c.metadata {
+            text(&format!("components[{i}].metadata[{k:?}]"), k, limits::MAX_METADATA_VALUE_LEN)?;
+            text(&format!("components[{i}].metadata[{k:?}]"), v, limits::MAX_METADATA_VALUE_LEN)?;
+        }
+        components.push(ComponentSpec {
+            project,
+            version,
+            artifact: c.artifact,
+            metadata: c.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        });
+    }
+    components.sort_by(|a, b| a.project.cmp(&b.project));
+    Ok(CreateSpec {
+        id,
+        id_hint: None,
+        environment,
+        request: Request::Release {
+            components,
+            force: r.force,
+            allow_quarantined: r.allow_quarantined,
+        },
+        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
+        dry_run: r.dry_run,
+    })
+}
+
+/// Validates RevertRelease.
+pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
+    let release = TxId::parse("release_id", &r.release_id)?;
+    Ok(CreateSpec {
+        id: optional_id("id", &r.id)?,
+        id_hint: Some(format!("revert-{release}")),
+        environment: Environment::parse_or_default("environment", &r.environment)?,
+        request: Request::Revert {
+            release,
+            cascade: r.cascade,
+        },
+        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
+        dry_run: r.dry_run,
+    })
+}
+
+/// Validates Rollback; `resolved` is the revision after mapping 0 to "the previous one".
+pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, FieldError> {
+    Ok(CreateSpec {
+        id: optional_id("id", &r.id)?,
+        id_hint: Some(format!("rollback-to-{resolved}")),
+        environment: Environment::parse_or_default("environment", &r.environment)?,
+        request: Request::Rollback { revision: resolved },
+        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
+        dry_run: r.dry_run,
+    })
+}
+
+fn optional_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
+    (!id.is_empty()).then(|| TxId::parse(field, id)).transpose()
+}
+
+/// A free-text field: bounded, no control characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+    if value.len() > max {
+        return Err(FieldError::new(field, format!("is {} bytes long, the limit is {max}", value.len())));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn prepare_timeout(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>, FieldError> {
+    let Some(raw) = d else { return Ok(None) };
+    let d = wire::std_duration(Some(raw)).ok_or_else(|| FieldError::new(field, "must not be negative"))?;
+    if d.is_zero() {
+        return Err(FieldError::new(field, "must be longer than zero"));
+    }
+    if d > MAX_PREPARE_TIMEOUT {
+        return Err(FieldError::new(field, format!("{d:?} is longer than the limit of 24h")));
+    }
+    Ok(Some(d))
+}
+
+// ----- messages to participants -----
+
+/// Prepare for one participant.
+pub fn prepare_request(tx: &TxRecord, p: &Participant) -> pb::PrepareRequest {
+    pb::PrepareRequest {
+        transaction_id: tx.id.to_string(),
+        environment: tx.environment.to_string(),
+        project: p.project.to_string(),
+        version: p.to_version.to_string(),
+        from_version: p.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        artifact: p.artifact.clone(),
+        metadata: p.metadata.clone().into_iter().collect(),
+        action: action(p.action) as i32,
+    }
+}
+
+/// Commit for one participant.
+pub fn commit_request(tx: &TxRecord, p: &Participant) -> pb::CommitRequest {
+    pb::CommitRequest {
+        transaction_id: tx.id.to_string(),
+        project: p.project.to_string(),
+    }
+}
+
+/// Abort for one participant.
+pub fn abort_request(tx: &TxRecord, p: &Participant) -> pb::AbortRequest {
+    pb::AbortRequest {
+        transaction_id: tx.id.to_string(),
+        project: p.project.to_string(),
+        reason: tx.reason.clone(),
+    }
+}
+
+// ----- records to messages -----
+
+/// Lifecycle state on the wire.
+pub fn state(s: TxState) -> pb::TransactionState {
+    match s {
+        TxState::Pending => pb::TransactionState::Pending,
+        TxState::Preparing => pb::TransactionState::Preparing,
+        TxState::Committing => pb::TransactionState::Committing,
+        TxState::Aborting => pb::TransactionState::Aborting,
+        TxState::Committed => pb::TransactionState::Committed,
+        TxState::Aborted => pb::TransactionState::Aborted,
+    }
+}
+
+/// Vote on the wire.
+pub fn vote(v: Vote) -> pb::Vote {
+    match v {
+        Vote::None => pb::Vote::Unspecified,
+        Vote::Prepared => pb::Vote::Prepared,
+        Vote::Refused => pb::Vote::Refused,
+        Vote::NoAnswer => pb::Vote::NoAnswer,
+    }
+}
+
+/// Action on the wire.
+pub fn action(a: Action) -> pb::Action {
+    match a {
+        Action::Upgrade => pb::Action::Upgrade,
+        Action::Downgrade => pb::Action::Downgrade,
+        Action::Unchanged => pb::Action::Unchanged,
+    }
+}
+
+fn kind(k: TxKind) -> pb::TransactionKind {
+    match k {
+        TxKind::Release => pb::TransactionKind::Release,
+        TxKind::Revert => pb::TransactionKind::Revert,
+        TxKind::Rollback => pb::TransactionKind::Rollback,
+    }
+}
+
+fn schema(s: &Option<Schema>) -> Option<pb::SchemaVersion> {
+    s.as_ref().map(|s| pb::SchemaVersion {
+        version: s.version,
+        name: s.name.clone(),
+    })
+}
+
+fn waves(w: &[Vec<ProjectName>]) -> Vec<pb::CommitWave> {
+    w.iter()
+        .map(|w| pb::CommitWave {
+            projects: w.iter().map(|p| p.to_string()).collect(),
+        })
+        .collect()
+}
+
+/// A project as a message.
+pub fn project_message(p: &ProjectRecord) -> pb::Project {
+    pb::Project {
+        name: p.name.to_string(),
+        environment: p.environment.to_string(),
+        endpoint: p.endpoint.clone(),
+        requires: p.requires.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// A transaction as a message.
+pub fn transaction(t: &TxRecord) -> pb::Transaction {
+    pb::Transaction {
+        id: t.id.to_string(),
+        environment: t.environment.to_string(),
+        kind: kind(t.kind) as i32,
+        state: state(t.state) as i32,
+        participants: t.participants.iter().map(participation).collect(),
+        reason: t.reason.clone(),
+        reverts: t.reverts.iter().map(|r| r.to_string()).collect(),
+        rollback_to: t.rollback_to,
+        forced: t.forced,
+        quarantined: t.quarantined,
+        checkpoint: t.checkpoint,
+        prepare_timeout: Some(wire::duration(Duration::from_millis(t.prepare_timeout_ms))),
+        created_at: wire::timestamp(t.created_ms),
+        finished_at: wire::timestamp(t.finished_ms),
+        waves: waves(&t.waves),
+    }
+}
+
+fn participation(p: &Participant) -> pb::Participation {
+    pb::Participation {
+        project: p.project.to_string(),
+        endpoint: p.endpoint.clone(),
+        from_version: p.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        to_version: p.to_version.to_string(),
+        action: action(p.action) as i32,
+        artifact: p.artifact.clone(),
+        metadata: p.metadata.clone().into_iter().collect(),
+        vote: vote(p.vote) as i32,
+        vote_reason: p.vote_reason.clone(),
+        acknowledged: p.acknowledged,
+        wave: p.wave,
+        from_schema: schema(&p.from_schema),
+        to_schema: schema(&p.to_schema),
+        migrations: p.migrations.clone(),
+        delivery_error: p.delivery_error.clone(),
+    }
+}
+
+/// A plan as a message.
+pub fn plan(p: &Plan, waits_for: &[TxId]) -> pb::Plan {
+    pb::Plan {
+        changes: p
+            .participants
+            .iter()
+            .map(|c| pb::PlannedChange {
+                project: c.project.to_string(),
+                from_version: c.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                to_version: c.to_version.to_string(),
+                action: action(c.action) as i32,
+                migrations: c.migrations.clone(),
+            })
+            .collect(),
+        waves: waves(&p.waves),
+        preconditions: p
+            .preconditions
+            .iter()
+            .map(|c| pb::Precondition {
+                name: c.name.to_string(),
+                passed: c.passed,
+                detail: c.detail.clone(),
+            })
+            .collect(),
+        allowed: p.allowed(),
+        waits_for: waits_for.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+/// A checkpoint as a message.
+pub fn checkpoint(c: &CheckpointRecord) -> pb::Checkpoint {
+    pb::Checkpoint {
+        revision: c.revision,
+        environment: c.environment.to_string(),
+        versions: c
+            .versions
+            .iter()
+            .map(|(p, e)| pb::LiveVersion {
+                project: p.to_string(),
+                version: e.version.to_string(),
+                schema: schema(&e.schema),
+            })
+            .collect(),
+        transaction_id: c.transaction.to_string(),
+        kind: kind(c.kind) as i32,
+        description: c.description.clone(),
+        untested: c.untested,
+        committed_at: wire::timestamp(c.committed_ms),
+    }
+}

@@ -1,0 +1,80 @@
+//! The event feed: what watchers read. It holds the most recent durable events in memory
+//! and falls back to the `events` table for older ones, and it wakes watchers when new
+//! events become durable. Events reach it only after their batch is synced, so a watcher
+//! never sees an event that a crash could take back.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use lockstep::pb;
+use lockstep_store::StoreError;
+use tokio::sync::watch;
+
+use crate::tables::Tables;
+
+/// Events kept in memory for live watchers.
+const RECENT: usize = 8192;
+
+/// Shared handle to the feed.
+#[derive(Clone)]
+pub struct Feed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tables: Tables,
+    recent: Mutex<VecDeque<pb::Event>>,
+    latest: watch::Sender<u64>,
+}
+
+impl Feed {
+    /// A feed over the events in `tables`, whose newest durable event is `latest`.
+    pub fn new(tables: Tables) -> Result<Self, StoreError> {
+        let latest = tables.last_event_seq()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tables,
+                recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                latest: watch::channel(latest).0,
+            }),
+        })
+    }
+
+    /// Makes durable events visible (called by the journal writer, in log order).
+    pub fn publish(&self, events: Vec<pb::Event>) {
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return;
+        };
+        {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for event in events {
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back(event);
+            }
+        }
+        self.inner.latest.send_replace(last);
+    }
+
+    /// Up to `limit` durable events with `seq >= from`, in order.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<pb::Event>, StoreError> {
+        {
+            let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(first) = recent.front().map(|e| e.seq)
+                && from >= first
+            {
+                let skip = (from - first) as usize;
+                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
+        self.inner.tables.events(from, limit)
+    }
+
+    /// The newest durable sequence number, updated as events are published.
+    pub fn latest(&self) -> watch::Receiver<u64> {
+        self.inner.latest.subscribe()
+    }
+}

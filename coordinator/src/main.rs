@@ -1,0 +1,85 @@
+//! `lockstep-coordinator`: the coordinator server with its embedded RocksDB.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use clap::Parser;
+use lockstep_coordinator::{network::TcpNet, server, tables, Config, Coordinator};
+use lockstep_store::RocksKv;
+
+/// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
+/// write-ahead log in --data-dir. Prints `listening on ADDR` once it accepts calls.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7700", env = "LOCKSTEP_LISTEN")]
+    listen: SocketAddr,
+    /// Directory of the RocksDB database (created if missing).
+    #[arg(long, env = "LOCKSTEP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Default phase 1 deadline for requests that give none.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    prepare_timeout: std::time::Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration(s)
+}
+
+/// Parses `500ms`, `60s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 60s"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let kv = RocksKv::open(&args.data_dir, tables::ALL)
+        .with_context(|| format!("opening the database in --data-dir {}", args.data_dir.display()))?;
+    let config = Config {
+        default_prepare_timeout: args.prepare_timeout,
+        ..Config::default()
+    };
+    let coordinator = Coordinator::open(Arc::new(kv), Arc::new(TcpNet::default()), config)
+        .context("recovering coordinator state")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    let failed = coordinator.clone();
+    tokio::select! {
+        result = server::serve(listener, coordinator, shutdown_signal()) => result?,
+        error = failed.failed() => {
+            anyhow::bail!("stopping: {error}; restart to recover from the durable log");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

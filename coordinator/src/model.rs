@@ -1,0 +1,276 @@
+//! The coordinator's records: what it stores in RocksDB and reasons about. They are
+//! domain types (validated names, plain enums); `convert.rs` turns them into wire
+//! messages at the edge.
+
+use std::collections::BTreeMap;
+
+use lockstep::names::{Environment, ProjectName, TxId, Version};
+use serde::{Deserialize, Serialize};
+
+/// A registered project in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    /// Project name.
+    pub name: ProjectName,
+    /// Environment of this registration.
+    pub environment: Environment,
+    /// Participant endpoint URL.
+    pub endpoint: String,
+    /// Children that must release with it.
+    pub requires: Vec<ProjectName>,
+}
+
+/// Where a transaction is in its lifecycle (PRODUCT.md: PENDING → PREPARING →
+/// COMMITTING | ABORTING → COMMITTED | ABORTED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxState {
+    /// Durable and queued.
+    Pending,
+    /// Phase 1.
+    Preparing,
+    /// COMMIT decided durably; phase 2 in progress.
+    Committing,
+    /// ABORT decided; phase 2 in progress.
+    Aborting,
+    /// Terminal: target state live.
+    Committed,
+    /// Terminal: previous state live.
+    Aborted,
+}
+
+impl TxState {
+    /// Committed or aborted: nothing left to do.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TxState::Committed | TxState::Aborted)
+    }
+}
+
+/// What kind of change a transaction makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxKind {
+    /// Caller-named versions.
+    Release,
+    /// Undo of committed release(s).
+    Revert,
+    /// Restore of a checkpoint.
+    Rollback,
+}
+
+/// A participant's phase 1 answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Vote {
+    /// Not answered yet.
+    #[default]
+    None,
+    /// Staged durably; waits for the decision.
+    Prepared,
+    /// Cannot stage.
+    Refused,
+    /// No answer before the deadline.
+    NoAnswer,
+}
+
+/// What a transaction does to one project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// A version never live on this project.
+    Upgrade,
+    /// A version live on this project before.
+    Downgrade,
+    /// The live version (the project takes part for its family).
+    Unchanged,
+}
+
+/// A schema position as a participant reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    /// Newest applied migration version.
+    pub version: i64,
+    /// Its name.
+    pub name: String,
+}
+
+/// One project's part in a transaction and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Project.
+    pub project: ProjectName,
+    /// Endpoint used for this transaction.
+    pub endpoint: String,
+    /// Live before ("None": never released).
+    pub from_version: Option<Version>,
+    /// Target.
+    pub to_version: Version,
+    /// Upgrade, downgrade or unchanged.
+    pub action: Action,
+    /// Artifact reference passed to Prepare.
+    #[serde(default)]
+    pub artifact: String,
+    /// Metadata passed to Prepare.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Phase 1 answer.
+    #[serde(default)]
+    pub vote: Vote,
+    /// Reason of a refusal or missing vote.
+    #[serde(default)]
+    pub vote_reason: String,
+    /// Phase 2 acknowledged.
+    #[serde(default)]
+    pub acknowledged: bool,
+    /// Phase 2 wave.
+    pub wave: u32,
+    /// Schema live before, as reported.
+    #[serde(default)]
+    pub from_schema: Option<Schema>,
+    /// Schema staged, as reported.
+    #[serde(default)]
+    pub to_schema: Option<Schema>,
+    /// Migration files staged.
+    #[serde(default)]
+    pub migrations: Vec<String>,
+    /// Last phase 2 delivery error (memory only: not part of any decision).
+    #[serde(default, skip_serializing)]
+    pub delivery_error: String,
+}
+
+/// What the caller asked for, kept to answer idempotent retries and to re-plan a queued
+/// transaction when its turn comes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A release of these components.
+    Release {
+        /// Components, sorted by project.
+        components: Vec<ComponentSpec>,
+        /// --force.
+        force: bool,
+        /// --allow-quarantined.
+        allow_quarantined: bool,
+    },
+    /// A revert of a release.
+    Revert {
+        /// Release to revert.
+        release: TxId,
+        /// Also revert later releases built on it.
+        cascade: bool,
+    },
+    /// A rollback to a checkpoint.
+    Rollback {
+        /// Revision to restore (resolved, never 0).
+        revision: u64,
+    },
+}
+
+/// One requested component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentSpec {
+    /// Project.
+    pub project: ProjectName,
+    /// Target version.
+    pub version: Version,
+    /// Artifact reference.
+    pub artifact: String,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A transaction as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    /// Unique id.
+    pub id: TxId,
+    /// Creation order: the queue's FIFO order and the storage key.
+    pub ordinal: u64,
+    /// Environment.
+    pub environment: Environment,
+    /// Kind.
+    pub kind: TxKind,
+    /// What was asked.
+    pub request: Request,
+    /// Lifecycle state.
+    pub state: TxState,
+    /// Projects taking part, sorted by name.
+    pub participants: Vec<Participant>,
+    /// Phase 2 waves (children first).
+    pub waves: Vec<Vec<ProjectName>>,
+    /// Why it is where it is.
+    pub reason: String,
+    /// Releases a revert undoes.
+    #[serde(default)]
+    pub reverts: Vec<TxId>,
+    /// Checkpoint a rollback restores.
+    #[serde(default)]
+    pub rollback_to: u64,
+    /// Forced into an untested combination.
+    #[serde(default)]
+    pub forced: bool,
+    /// Pulled by a revert.
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Checkpoint produced (0 until committed).
+    #[serde(default)]
+    pub checkpoint: u64,
+    /// Phase 1 deadline in milliseconds.
+    pub prepare_timeout_ms: u64,
+    /// Accepted at (ms since epoch).
+    pub created_ms: u64,
+    /// Terminal at (ms since epoch; 0 until then).
+    #[serde(default)]
+    pub finished_ms: u64,
+    /// Prepare may have reached participants (phase 1 started): an abort must then be
+    /// delivered to every one of them.
+    #[serde(default)]
+    pub prepare_sent: bool,
+}
+
+impl TxRecord {
+    /// The participant record of `project`.
+    pub fn participant_mut(&mut self, project: &ProjectName) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| &p.project == project)
+    }
+
+    /// Projects taking part.
+    pub fn projects(&self) -> impl Iterator<Item = &ProjectName> {
+        self.participants.iter().map(|p| &p.project)
+    }
+}
+
+/// One project's version in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveEntry {
+    /// Version live.
+    pub version: Version,
+    /// Schema live with it, when the participant reports one.
+    #[serde(default)]
+    pub schema: Option<Schema>,
+}
+
+/// The composite live state after a committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// 1, 2, 3... per environment.
+    pub revision: u64,
+    /// Environment.
+    pub environment: Environment,
+    /// Every project's version.
+    pub versions: BTreeMap<ProjectName, LiveEntry>,
+    /// Producing transaction.
+    pub transaction: TxId,
+    /// Its kind.
+    pub kind: TxKind,
+    /// `release T4`, `revert of T4`, `rollback to 3`.
+    pub description: String,
+    /// Produced by --force.
+    pub untested: bool,
+    /// Decision time (ms since epoch).
+    pub committed_ms: u64,
+}
+
+/// A (project, version) pair that a revert pulled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// Release whose version was pulled.
+    pub release: TxId,
+    /// The revert that pulled it.
+    pub revert: TxId,
+}

@@ -1,0 +1,222 @@
+//! The `lockstep.v1.Coordinator` gRPC edge: each handler validates and converts its
+//! request, calls the [`Coordinator`], and converts the answer. No protocol logic here.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use lockstep::{
+    names::{Environment, TxId},
+    pb::{self, coordinator_server},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{convert, coordinator::Coordinator, coordinator::Created, model::TxState};
+
+/// Serves the Coordinator API over a [`Coordinator`].
+#[derive(Clone)]
+pub struct CoordinatorService {
+    coordinator: Coordinator,
+}
+
+impl CoordinatorService {
+    /// Wraps a coordinator.
+    pub fn new(coordinator: Coordinator) -> Self {
+        Self { coordinator }
+    }
+}
+
+fn created(c: Created) -> pb::CreateTransactionResponse {
+    pb::CreateTransactionResponse {
+        transaction: c.transaction.as_ref().map(convert::transaction),
+        plan: Some(convert::plan(&c.plan, &c.waits_for)),
+        created: c.created,
+        first_event_seq: c.first_event_seq,
+    }
+}
+
+fn environment(field: &str, value: &str) -> Result<Environment, Status> {
+    Ok(Environment::parse_or_default(field, value)?)
+}
+
+/// Events are terminal for a transaction when it reached COMMITTED or ABORTED.
+fn is_terminal(e: &pb::Event) -> bool {
+    e.kind == pb::EventKind::TransactionCommitted as i32 || e.kind == pb::EventKind::TransactionAborted as i32
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl coordinator_server::Coordinator for CoordinatorService {
+    async fn register_project(
+        &self,
+        request: Request<pb::RegisterProjectRequest>,
+    ) -> Result<Response<pb::RegisterProjectResponse>, Status> {
+        let project = convert::project(request.into_inner())?;
+        let (project, changed) = self.coordinator.register_project(project).await?;
+        Ok(Response::new(pb::RegisterProjectResponse {
+            project: Some(convert::project_message(&project)),
+            changed,
+        }))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+        let env = environment("environment", &request.into_inner().environment)?;
+        let projects = self.coordinator.projects(&env).iter().map(convert::project_message).collect();
+        Ok(Response::new(pb::ListProjectsResponse { projects }))
+    }
+
+    async fn create_release(
+        &self,
+        request: Request<pb::CreateReleaseRequest>,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let spec = convert::release(request.into_inner())?;
+        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+    }
+
+    async fn revert_release(
+        &self,
+        request: Request<pb::RevertReleaseRequest>,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let spec = convert::revert(request.into_inner())?;
+        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let r = request.into_inner();
+        let env = environment("environment", &r.environment)?;
+        let resolved = match r.revision {
+            0 => self
+                .coordinator
+                .live(&env)
+                .checkpoint
+                .map(|c| c.revision.saturating_sub(1))
+                .unwrap_or(0),
+            n => n,
+        };
+        let spec = convert::rollback(r, resolved)?;
+        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+    }
+
+    async fn get_release(&self, request: Request<pb::GetReleaseRequest>) -> Result<Response<pb::Transaction>, Status> {
+        let id = TxId::parse("id", &request.into_inner().id)?;
+        Ok(Response::new(convert::transaction(&self.coordinator.get(&id)?)))
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let r = request.into_inner();
+        let env = (!r.environment.is_empty())
+            .then(|| Environment::parse("environment", &r.environment))
+            .transpose()?;
+        let limit = match r.limit {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(Status::invalid_argument(format!("limit: {n} is above the maximum of 1000")));
+            }
+            n => n as usize,
+        };
+        let transactions = self
+            .coordinator
+            .list(env.as_ref(), limit, r.active_only)?
+            .iter()
+            .map(convert::transaction)
+            .collect();
+        Ok(Response::new(pb::ListReleasesResponse { transactions }))
+    }
+
+    async fn abort_release(&self, request: Request<pb::AbortReleaseRequest>) -> Result<Response<pb::Transaction>, Status> {
+        let r = request.into_inner();
+        let id = TxId::parse("id", &r.id)?;
+        convert::text("reason", &r.reason, lockstep::limits::MAX_TEXT_LEN)?;
+        let reason = if r.reason.is_empty() { "no reason given".to_string() } else { r.reason };
+        Ok(Response::new(convert::transaction(&self.coordinator.abort(&id, reason).await?)))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let filter = (!r.transaction_id.is_empty())
+            .then(|| TxId::parse("transaction_id", &r.transaction_id))
+            .transpose()?;
+        if r.until_terminal && filter.is_none() {
+            return Err(Status::invalid_argument("until_terminal: needs transaction_id"));
+        }
+        if let Some(id) = &filter {
+            self.coordinator.get(id)?;
+        }
+        let feed = self.coordinator.feed().clone();
+        let (sender, receiver) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut next = r.from_seq.max(1);
+            let mut latest = feed.latest();
+            loop {
+                let events = match feed.read(next, 512) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = sender.send(Err(Status::unavailable(format!("reading the event log: {e}")))).await;
+                        return;
+                    }
+                };
+                if events.is_empty() {
+                    if *latest.borrow_and_update() < next {
+                        tokio::select! {
+                            changed = latest.changed() => if changed.is_err() { return },
+                            _ = sender.closed() => return,
+                        }
+                    }
+                    continue;
+                }
+                for event in events {
+                    next = event.seq + 1;
+                    if filter.as_ref().is_some_and(|id| id.as_str() != event.transaction_id) {
+                        continue;
+                    }
+                    let last = r.until_terminal && is_terminal(&event);
+                    if sender.send(Ok(event)).await.is_err() || last {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_live_state(&self, request: Request<pb::GetLiveStateRequest>) -> Result<Response<pb::LiveState>, Status> {
+        let env = environment("environment", &request.into_inner().environment)?;
+        let live = self.coordinator.live(&env);
+        let (in_flight, pending): (Vec<_>, Vec<_>) = live
+            .active
+            .iter()
+            .partition(|t| matches!(t.state, TxState::Committing | TxState::Aborting));
+        Ok(Response::new(pb::LiveState {
+            environment: env.to_string(),
+            checkpoint: live.checkpoint.as_ref().map(convert::checkpoint),
+            in_flight: in_flight.into_iter().map(convert::transaction).collect(),
+            pending: pending.into_iter().map(convert::transaction).collect(),
+        }))
+    }
+
+    async fn get_history(&self, request: Request<pb::GetHistoryRequest>) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let env = environment("environment", &request.into_inner().environment)?;
+        let checkpoints = self.coordinator.history(&env)?.iter().map(convert::checkpoint).collect();
+        Ok(Response::new(pb::GetHistoryResponse { checkpoints }))
+    }
+
+    async fn get_decision(&self, request: Request<pb::GetDecisionRequest>) -> Result<Response<pb::GetDecisionResponse>, Status> {
+        let r = request.into_inner();
+        let id = TxId::parse("transaction_id", &r.transaction_id)?;
+        let decision = self.coordinator.decision(&id)?;
+        Ok(Response::new(pb::GetDecisionResponse { decision: decision as i32 }))
+    }
+}
