@@ -8,18 +8,35 @@ use tonic::codegen::http;
 use crate::FILE_DESCRIPTOR_SET;
 
 /// Reflection services (v1 and v1alpha, for older grpcurl builds) serving the
-/// `lockstep.v1` descriptors (with comments) and the health service's.
-pub fn reflection() -> Result<
+/// `lockstep.v1` descriptors (with comments) and the health service's, advertising only
+/// the services this server runs: `service` (e.g. `lockstep.v1.Coordinator`), health
+/// and reflection itself.
+pub fn reflection(
+    service: &str,
+) -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
     ),
     tonic_reflection::server::Error,
 > {
     let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        [
+            service,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, name| {
+            b.with_service_name(name)
+        })
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

@@ -26,11 +26,17 @@ pub mod wire;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("lockstep.v1");
+    include!(concat!(env!("OUT_DIR"), "/lockstep.v1.serde.rs"));
 }
+
+/// Protobuf well-known types (Timestamp, Duration) as the generated code uses them, with
+/// proto3 JSON serde impls.
+pub use pbjson_types as wkt;
 
 /// Encoded `FileDescriptorSet` of `lockstep.v1` (comments included), served by the
 /// coordinator's and the agents' reflection service so grpcurl can `list`/`describe`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_descriptor.bin"));
 
 /// The environment used when a request leaves it empty. Every key and message carries an
 /// environment from the start so that promotion across environments fits later.

@@ -49,11 +49,14 @@ fn check(field: &str, value: &str, max: usize, extra: &[char]) -> Result<(), Fie
         ));
     }
     if value.starts_with('.') {
-        return Err(FieldError::new(field, format!("{value:?} must not start with '.'")));
+        return Err(FieldError::new(
+            field,
+            format!("{value:?} must not start with '.'"),
+        ));
     }
-    let bad = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.' || extra.contains(c)));
+    let bad = value.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.' || extra.contains(c))
+    });
     match bad {
         Some(c) => Err(FieldError::new(
             field,
@@ -160,14 +163,30 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_names_are_refused() {
-        assert_eq!(ProjectName::parse("name", "").expect_err("must be refused").reason, "must not be empty");
+        assert_eq!(
+            ProjectName::parse("name", "")
+                .expect_err("must be refused")
+                .reason,
+            "must not be empty"
+        );
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(ProjectName::parse("name", &long).expect_err("must be refused").reason.contains("limit"));
+        assert!(
+            ProjectName::parse("name", &long)
+                .expect_err("must be refused")
+                .reason
+                .contains("limit")
+        );
     }
 
     #[test]
     fn ordinary_names_pass() {
-        assert_eq!(Version::parse("v", "T4A+build.7").unwrap().as_str(), "T4A+build.7");
-        assert_eq!(Environment::parse_or_default("e", "").unwrap().as_str(), "default");
+        assert_eq!(
+            Version::parse("v", "T4A+build.7").unwrap().as_str(),
+            "T4A+build.7"
+        );
+        assert_eq!(
+            Environment::parse_or_default("e", "").unwrap().as_str(),
+            "default"
+        );
     }
 }

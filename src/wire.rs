@@ -12,29 +12,29 @@ pub fn now_millis() -> u64 {
 }
 
 /// A stored millisecond time as a protobuf timestamp (`None` for 0, "never").
-pub fn timestamp(millis: u64) -> Option<prost_types::Timestamp> {
-    (millis > 0).then(|| prost_types::Timestamp {
+pub fn timestamp(millis: u64) -> Option<crate::wkt::Timestamp> {
+    (millis > 0).then(|| crate::wkt::Timestamp {
         seconds: (millis / 1000) as i64,
         nanos: ((millis % 1000) * 1_000_000) as i32,
     })
 }
 
 /// A protobuf timestamp as milliseconds since the epoch (0 when absent or negative).
-pub fn millis_of(ts: Option<&prost_types::Timestamp>) -> u64 {
+pub fn millis_of(ts: Option<&crate::wkt::Timestamp>) -> u64 {
     ts.map(|t| (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000)
         .unwrap_or(0)
 }
 
 /// A std duration as a protobuf duration.
-pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
+pub fn duration(d: Duration) -> crate::wkt::Duration {
+    crate::wkt::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     }
 }
 
 /// A protobuf duration as a std duration; `None` when absent, negative or out of range.
-pub fn std_duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
+pub fn std_duration(d: Option<&crate::wkt::Duration>) -> Option<Duration> {
     let d = d?;
     if d.seconds < 0 || d.nanos < 0 {
         return None;
@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn durations_refuse_negative_values() {
-        let neg = prost_types::Duration { seconds: -1, nanos: 0 };
+        let neg = crate::wkt::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
         assert_eq!(std_duration(Some(&neg)), None);
         let d = Duration::from_millis(1500);
         assert_eq!(std_duration(Some(&duration(d))), Some(d));

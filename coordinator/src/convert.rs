@@ -33,7 +33,10 @@ pub fn project(r: pb::RegisterProjectRequest) -> Result<ProjectRecord, FieldErro
     for (i, child) in r.requires.iter().enumerate() {
         let child = ProjectName::parse(&format!("requires[{i}]"), child)?;
         if requires.contains(&child) {
-            return Err(FieldError::new(format!("requires[{i}]"), format!("{child} is listed twice")));
+            return Err(FieldError::new(
+                format!("requires[{i}]"),
+                format!("{child} is listed twice"),
+            ));
         }
         requires.push(child);
     }
@@ -51,12 +54,19 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
     let id = optional_id("id", &r.id)?;
     let environment = Environment::parse_or_default("environment", &r.environment)?;
     if r.components.is_empty() {
-        return Err(FieldError::new("components", "must name at least one project"));
+        return Err(FieldError::new(
+            "components",
+            "must name at least one project",
+        ));
     }
     if r.components.len() > limits::MAX_COMPONENTS {
         return Err(FieldError::new(
             "components",
-            format!("has {} entries, the limit is {}", r.components.len(), limits::MAX_COMPONENTS),
+            format!(
+                "has {} entries, the limit is {}",
+                r.components.len(),
+                limits::MAX_COMPONENTS
+            ),
         ));
     }
     let mut seen = BTreeSet::new();
@@ -70,16 +80,32 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
             ));
         }
         let version = Version::parse(&format!("components[{i}].version"), &c.version)?;
-        text(&format!("components[{i}].artifact"), &c.artifact, limits::MAX_METADATA_VALUE_LEN)?;
+        text(
+            &format!("components[{i}].artifact"),
+            &c.artifact,
+            limits::MAX_METADATA_VALUE_LEN,
+        )?;
         if c.metadata.len() > limits::MAX_METADATA_ENTRIES {
             return Err(FieldError::new(
                 format!("components[{i}].metadata"),
-                format!("has {} entries, the limit is {}", c.metadata.len(), limits::MAX_METADATA_ENTRIES),
+                format!(
+                    "has {} entries, the limit is {}",
+                    c.metadata.len(),
+                    limits::MAX_METADATA_ENTRIES
+                ),
             ));
         }
         for (k, v) in &c.metadata {
-            text(&format!("components[{i}].metadata[{k:?}]"), k, limits::MAX_METADATA_VALUE_LEN)?;
-            text(&format!("components[{i}].metadata[{k:?}]"), v, limits::MAX_METADATA_VALUE_LEN)?;
+            text(
+                &format!("components[{i}].metadata[{k:?}]"),
+                k,
+                limits::MAX_METADATA_VALUE_LEN,
+            )?;
+            text(
+                &format!("components[{i}].metadata[{k:?}]"),
+                v,
+                limits::MAX_METADATA_VALUE_LEN,
+            )?;
         }
         components.push(ComponentSpec {
             project,
@@ -138,22 +164,35 @@ fn optional_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
 /// A free-text field: bounded, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.len() > max {
-        return Err(FieldError::new(field, format!("is {} bytes long, the limit is {max}", value.len())));
+        return Err(FieldError::new(
+            field,
+            format!("is {} bytes long, the limit is {max}", value.len()),
+        ));
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
 
-fn prepare_timeout(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>, FieldError> {
+fn prepare_timeout(
+    field: &str,
+    d: Option<&lockstep::wkt::Duration>,
+) -> Result<Option<Duration>, FieldError> {
     let Some(raw) = d else { return Ok(None) };
-    let d = wire::std_duration(Some(raw)).ok_or_else(|| FieldError::new(field, "must not be negative"))?;
+    let d = wire::std_duration(Some(raw))
+        .ok_or_else(|| FieldError::new(field, "must not be negative"))?;
     if d.is_zero() {
         return Err(FieldError::new(field, "must be longer than zero"));
     }
     if d > MAX_PREPARE_TIMEOUT {
-        return Err(FieldError::new(field, format!("{d:?} is longer than the limit of 24h")));
+        return Err(FieldError::new(
+            field,
+            format!("{d:?} is longer than the limit of 24h"),
+        ));
     }
     Ok(Some(d))
 }
@@ -167,7 +206,11 @@ pub fn prepare_request(tx: &TxRecord, p: &Participant) -> pb::PrepareRequest {
         environment: tx.environment.to_string(),
         project: p.project.to_string(),
         version: p.to_version.to_string(),
-        from_version: p.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        from_version: p
+            .from_version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
         artifact: p.artifact.clone(),
         metadata: p.metadata.clone().into_iter().collect(),
         action: action(p.action) as i32,
@@ -282,7 +325,11 @@ fn participation(p: &Participant) -> pb::Participation {
     pb::Participation {
         project: p.project.to_string(),
         endpoint: p.endpoint.clone(),
-        from_version: p.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        from_version: p
+            .from_version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
         to_version: p.to_version.to_string(),
         action: action(p.action) as i32,
         artifact: p.artifact.clone(),
@@ -306,7 +353,11 @@ pub fn plan(p: &Plan, waits_for: &[TxId]) -> pb::Plan {
             .iter()
             .map(|c| pb::PlannedChange {
                 project: c.project.to_string(),
-                from_version: c.from_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                from_version: c
+                    .from_version
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
                 to_version: c.to_version.to_string(),
                 action: action(c.action) as i32,
                 migrations: c.migrations.clone(),

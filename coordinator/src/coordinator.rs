@@ -143,7 +143,12 @@ impl Coordinator {
     pub fn open(kv: Arc<dyn Kv>, net: Arc<dyn ParticipantNet>, config: Config) -> Result<Self> {
         let tables = Tables::new(kv);
         let feed = Feed::new(tables.clone())?;
-        let journal = Journal::start(tables.clone(), feed.clone(), config.clock.clone(), config.writer)?;
+        let journal = Journal::start(
+            tables.clone(),
+            feed.clone(),
+            config.clock.clone(),
+            config.writer,
+        )?;
         let coordinator = Self {
             inner: Arc::new(Inner {
                 tables,
@@ -206,7 +211,10 @@ impl Coordinator {
         let tables = &self.inner.tables;
         let mut s = self.state();
         for p in tables.projects()? {
-            s.projects.entry(p.environment.clone()).or_default().insert(p.name.clone(), p);
+            s.projects
+                .entry(p.environment.clone())
+                .or_default()
+                .insert(p.name.clone(), p);
         }
         for cp in tables.latest_checkpoints()? {
             s.head.insert(cp.environment.clone(), cp.clone());
@@ -219,7 +227,10 @@ impl Coordinator {
             }
         }
         for ((env, project, version), record) in tables.quarantine()? {
-            s.quarantine.entry(env).or_default().insert((project, version), record);
+            s.quarantine
+                .entry(env)
+                .or_default()
+                .insert((project, version), record);
         }
         s.next_ordinal = tables.last_ordinal()? + 1;
         Ok(())
@@ -232,7 +243,8 @@ impl Coordinator {
         let _ = start.send(Start::Go(Vec::new()));
         {
             let mut s = self.state();
-            s.queue.hold(&record.id, &record.environment, record.projects().cloned());
+            s.queue
+                .hold(&record.id, &record.environment, record.projects().cloned());
             s.active.insert(
                 record.id.clone(),
                 Active {
@@ -258,7 +270,11 @@ impl Coordinator {
             let env_projects = s.projects.get(&project.environment);
             for (i, child) in project.requires.iter().enumerate() {
                 if child == &project.name {
-                    return Err(lockstep::names::FieldError::new(format!("requires[{i}]"), format!("project {} cannot require itself", project.name)).into());
+                    return Err(lockstep::names::FieldError::new(
+                        format!("requires[{i}]"),
+                        format!("project {} cannot require itself", project.name),
+                    )
+                    .into());
                 }
                 if !env_projects.is_some_and(|m| m.contains_key(child)) {
                     return Err(CoordinatorError::NotFound(format!(
@@ -268,7 +284,11 @@ impl Coordinator {
                 }
             }
             if let Some(path) = env_projects.and_then(|m| cycle_through(m, &project)) {
-                return Err(lockstep::names::FieldError::new("requires", format!("would create a cycle: {path}")).into());
+                return Err(lockstep::names::FieldError::new(
+                    "requires",
+                    format!("would create a cycle: {path}"),
+                )
+                .into());
             }
             if env_projects.and_then(|m| m.get(&project.name)) == Some(&project) {
                 return Ok((project, false));
@@ -286,7 +306,15 @@ impl Coordinator {
                     if project.requires.is_empty() {
                         String::new()
                     } else {
-                        format!(", requires {}", project.requires.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))
+                        format!(
+                            ", requires {}",
+                            project
+                                .requires
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     }
                 ),
                 ..Default::default()
@@ -303,7 +331,11 @@ impl Coordinator {
 
     /// Projects of `env`, sorted by name.
     pub fn projects(&self, env: &Environment) -> Vec<ProjectRecord> {
-        self.state().projects.get(env).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.state()
+            .projects
+            .get(env)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     // ----- transactions -----
@@ -364,11 +396,23 @@ impl Coordinator {
                 finished_ms: 0,
                 prepare_sent: false,
             };
-            let blocked = s.queue.enqueue(ordinal, id.clone(), &record.environment, plan.projects());
-            let mut events = vec![protocol::event(&record, pb::EventKind::TransactionCreated, None, describe_request(&record))];
+            let blocked =
+                s.queue
+                    .enqueue(ordinal, id.clone(), &record.environment, plan.projects());
+            let mut events = vec![protocol::event(
+                &record,
+                pb::EventKind::TransactionCreated,
+                None,
+                describe_request(&record),
+            )];
             if let Some(b) = &blocked {
                 record.reason = b.explain();
-                events.push(protocol::event(&record, pb::EventKind::TransactionQueued, Some(&b.project), b.explain()));
+                events.push(protocol::event(
+                    &record,
+                    pb::EventKind::TransactionQueued,
+                    Some(&b.project),
+                    b.explain(),
+                ));
             }
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, &record);
@@ -384,8 +428,18 @@ impl Coordinator {
                 }
                 Some(_) => Some(start),
             };
-            s.active.insert(id, Active { record: record.clone(), start, abort });
-            let signals = Signals { start: start_rx, abort: abort_rx };
+            s.active.insert(
+                id,
+                Active {
+                    record: record.clone(),
+                    start,
+                    abort,
+                },
+            );
+            let signals = Signals {
+                start: start_rx,
+                abort: abort_rx,
+            };
             (record, plan, waits_for, pending, signals)
         };
         let first_event_seq = match pending.await {
@@ -431,7 +485,11 @@ impl Coordinator {
             rollback_to: existing.rollback_to,
         };
         let waits_for = match s.active.get(&existing.id) {
-            Some(_) => s.queue.blocked(existing.ordinal).map(|b| vec![b.by]).unwrap_or_default(),
+            Some(_) => s
+                .queue
+                .blocked(existing.ordinal)
+                .map(|b| vec![b.by])
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         Ok(Created {
@@ -444,9 +502,17 @@ impl Coordinator {
     }
 
     fn fresh_id(&self, s: &State, hint: &str) -> Result<TxId> {
-        let hint = if hint == "tx" { format!("tx-{}", s.next_ordinal) } else { hint.to_string() };
+        let hint = if hint == "tx" {
+            format!("tx-{}", s.next_ordinal)
+        } else {
+            hint.to_string()
+        };
         for n in 1.. {
-            let candidate = if n == 1 { hint.clone() } else { format!("{hint}-{n}") };
+            let candidate = if n == 1 {
+                hint.clone()
+            } else {
+                format!("{hint}-{n}")
+            };
             let id = TxId::parse("id", &candidate)?;
             if self.existing(s, &id)?.is_none() {
                 return Ok(id);
@@ -477,18 +543,28 @@ impl Coordinator {
     /// A transaction by id (memory for unfinished ones, storage otherwise).
     pub fn get(&self, id: &TxId) -> Result<TxRecord> {
         let s = self.state();
-        self.existing(&s, id)?
-            .ok_or_else(|| CoordinatorError::NotFound(format!("id: transaction {id} does not exist")))
+        self.existing(&s, id)?.ok_or_else(|| {
+            CoordinatorError::NotFound(format!("id: transaction {id} does not exist"))
+        })
     }
 
     /// Recent transactions, newest first; unfinished ones as they are now.
-    pub fn list(&self, env: Option<&Environment>, limit: usize, active_only: bool) -> Result<Vec<TxRecord>> {
+    pub fn list(
+        &self,
+        env: Option<&Environment>,
+        limit: usize,
+        active_only: bool,
+    ) -> Result<Vec<TxRecord>> {
         let s = self.state();
         let mut out: Vec<TxRecord> = if active_only {
             s.active.values().map(|a| a.record.clone()).collect()
         } else {
             // Scan wider than `limit` when filtering by environment.
-            let scan = if env.is_some() { limit.saturating_mul(8).max(1000) } else { limit };
+            let scan = if env.is_some() {
+                limit.saturating_mul(8).max(1000)
+            } else {
+                limit
+            };
             self.inner
                 .tables
                 .recent_transactions(scan)?
@@ -509,9 +585,9 @@ impl Coordinator {
         {
             let s = self.state();
             let Some(active) = s.active.get(id) else {
-                let record = self
-                    .existing(&s, id)?
-                    .ok_or_else(|| CoordinatorError::NotFound(format!("id: transaction {id} does not exist")))?;
+                let record = self.existing(&s, id)?.ok_or_else(|| {
+                    CoordinatorError::NotFound(format!("id: transaction {id} does not exist"))
+                })?;
                 return Err(CoordinatorError::Refused(format!(
                     "id: transaction {id} is already {:?}; only an undecided transaction can be aborted",
                     record.state
@@ -534,13 +610,16 @@ impl Coordinator {
             let record = self.get(id)?;
             if !matches!(record.state, TxState::Pending | TxState::Preparing) {
                 return match record.state {
-                    TxState::Committing | TxState::Committed => Err(CoordinatorError::Refused(format!(
-                        "id: transaction {id} decided COMMIT before the abort arrived"
-                    ))),
+                    TxState::Committing | TxState::Committed => Err(CoordinatorError::Refused(
+                        format!("id: transaction {id} decided COMMIT before the abort arrived"),
+                    )),
                     _ => Ok(record),
                 };
             }
-            if tokio::time::timeout_at(deadline, latest.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, latest.changed())
+                .await
+                .is_err()
+            {
                 return Ok(record);
             }
         }
@@ -609,31 +688,60 @@ impl Coordinator {
 
     /// Notes a failed phase 2 delivery: shown on the participant and logged as an event
     /// (not awaited: the retry loop goes on regardless).
-    pub(crate) fn delivery_failed(&self, id: &TxId, project: &ProjectName, error: &str, message: String) {
+    pub(crate) fn delivery_failed(
+        &self,
+        id: &TxId,
+        project: &ProjectName,
+        error: &str,
+        message: String,
+    ) {
         let mut s = self.state();
-        let Some(active) = s.active.get_mut(id) else { return };
+        let Some(active) = s.active.get_mut(id) else {
+            return;
+        };
         if let Some(p) = active.record.participant_mut(project) {
             p.delivery_error = error.to_string();
         }
-        let event = protocol::event(&active.record, pb::EventKind::DeliveryRetry, Some(project), message);
+        let event = protocol::event(
+            &active.record,
+            pb::EventKind::DeliveryRetry,
+            Some(project),
+            message,
+        );
         drop(self.inner.journal.append(Batch::default(), vec![event]));
     }
 
     /// Durably writes the COMMIT decision for `tx` together with the checkpoint it
     /// produces (and, for a revert, the quarantine of what it pulls). Returns once
     /// durable (PRODUCT.md: COMMIT is written with fsync before any Commit is sent).
-    pub(crate) async fn decide_commit(&self, tx: &mut TxRecord, events: Vec<pb::Event>) -> Result<()> {
+    pub(crate) async fn decide_commit(
+        &self,
+        tx: &mut TxRecord,
+        events: Vec<pb::Event>,
+    ) -> Result<()> {
         let (pending, checkpoint) = {
             let mut s = self.state();
             let previous = s.head.get(&tx.environment);
             let mut versions = previous.map(|p| p.versions.clone()).unwrap_or_default();
             for p in &tx.participants {
-                let schema = p.to_schema.clone().or_else(|| versions.get(&p.project).and_then(|e| e.schema.clone()));
-                versions.insert(p.project.clone(), LiveEntry { version: p.to_version.clone(), schema });
+                let schema = p
+                    .to_schema
+                    .clone()
+                    .or_else(|| versions.get(&p.project).and_then(|e| e.schema.clone()));
+                versions.insert(
+                    p.project.clone(),
+                    LiveEntry {
+                        version: p.to_version.clone(),
+                        schema,
+                    },
+                );
             }
             tx.state = TxState::Committing;
             tx.checkpoint = previous.map(|p| p.revision).unwrap_or(0) + 1;
-            tx.reason = format!("all {} participants prepared", tx.participants.len());
+            tx.reason = format!(
+                "every participant prepared ({})",
+                protocol::plural(tx.participants.len(), "vote")
+            );
             let checkpoint = CheckpointRecord {
                 revision: tx.checkpoint,
                 environment: tx.environment.clone(),
@@ -649,8 +757,21 @@ impl Coordinator {
             Tables::put_checkpoint(&mut batch, &checkpoint);
             self.quarantine_reverted(&mut s, tx, &mut batch)?;
             let mut events = events;
-            events.push(protocol::event(tx, pb::EventKind::DecidedCommit, None, tx.reason.clone()));
-            let mut recorded = protocol::event(tx, pb::EventKind::CheckpointRecorded, None, format!("checkpoint {}: {}", checkpoint.revision, checkpoint.description));
+            events.push(protocol::event(
+                tx,
+                pb::EventKind::DecidedCommit,
+                None,
+                tx.reason.clone(),
+            ));
+            let mut recorded = protocol::event(
+                tx,
+                pb::EventKind::CheckpointRecorded,
+                None,
+                format!(
+                    "checkpoint {}: {}",
+                    checkpoint.revision, checkpoint.description
+                ),
+            );
             recorded.revision = checkpoint.revision;
             events.push(recorded);
             note_seen(&mut s.seen, &checkpoint);
@@ -659,7 +780,10 @@ impl Coordinator {
         };
         pending.await?;
         let mut s = self.state();
-        let newer = s.live.get(&tx.environment).is_some_and(|l| l.revision > checkpoint.revision);
+        let newer = s
+            .live
+            .get(&tx.environment)
+            .is_some_and(|l| l.revision > checkpoint.revision);
         if !newer {
             s.live.insert(tx.environment.clone(), checkpoint);
         }
@@ -681,7 +805,11 @@ impl Coordinator {
             };
             release.quarantined = true;
             Tables::put_transaction(batch, &release);
-            for p in release.participants.iter().filter(|p| p.action != crate::model::Action::Unchanged) {
+            for p in release
+                .participants
+                .iter()
+                .filter(|p| p.action != crate::model::Action::Unchanged)
+            {
                 let record = QuarantineRecord {
                     release: release.id.clone(),
                     revert: tx.id.clone(),
@@ -708,7 +836,9 @@ impl Coordinator {
         let started = s.queue.finish(&tx.id);
         for id in started {
             let go = self.replan_for_start(&s, &id);
-            let Some(active) = s.active.get_mut(&id) else { continue };
+            let Some(active) = s.active.get_mut(&id) else {
+                continue;
+            };
             if let Some(start) = active.start.take() {
                 let _ = start.send(go);
             }
@@ -721,7 +851,11 @@ impl Coordinator {
             .map(|a| (a.record.id.clone(), a.record.ordinal))
             .collect();
         for (id, ordinal) in waiting {
-            let reason = s.queue.blocked(ordinal).map(|b| b.explain()).unwrap_or_default();
+            let reason = s
+                .queue
+                .blocked(ordinal)
+                .map(|b| b.explain())
+                .unwrap_or_default();
             if let Some(a) = s.active.get_mut(&id) {
                 a.record.reason = reason;
             }
@@ -749,15 +883,23 @@ impl Coordinator {
 
 /// Every version a checkpoint shows live is now "seen" (a later move back to it is a
 /// downgrade).
-fn note_seen(seen: &mut BTreeMap<Environment, BTreeMap<ProjectName, BTreeSet<Version>>>, cp: &CheckpointRecord) {
+fn note_seen(
+    seen: &mut BTreeMap<Environment, BTreeMap<ProjectName, BTreeSet<Version>>>,
+    cp: &CheckpointRecord,
+) {
     let env = seen.entry(cp.environment.clone()).or_default();
     for (project, entry) in &cp.versions {
-        env.entry(project.clone()).or_default().insert(entry.version.clone());
+        env.entry(project.clone())
+            .or_default()
+            .insert(entry.version.clone());
     }
 }
 
 /// If registering `project` would close a cycle, the cycle as `A -> B -> A`.
-fn cycle_through(projects: &BTreeMap<ProjectName, ProjectRecord>, project: &ProjectRecord) -> Option<String> {
+fn cycle_through(
+    projects: &BTreeMap<ProjectName, ProjectRecord>,
+    project: &ProjectRecord,
+) -> Option<String> {
     fn reaches(
         projects: &BTreeMap<ProjectName, ProjectRecord>,
         from: &ProjectName,
@@ -771,7 +913,11 @@ fn cycle_through(projects: &BTreeMap<ProjectName, ProjectRecord>, project: &Proj
         if from == target {
             return true;
         }
-        for child in projects.get(from).map(|p| p.requires.as_slice()).unwrap_or(&[]) {
+        for child in projects
+            .get(from)
+            .map(|p| p.requires.as_slice())
+            .unwrap_or(&[])
+        {
             if reaches(projects, child, target, path) {
                 return true;
             }
@@ -782,7 +928,12 @@ fn cycle_through(projects: &BTreeMap<ProjectName, ProjectRecord>, project: &Proj
     for child in &project.requires {
         let mut path = vec![project.name.clone()];
         if reaches(projects, child, &project.name, &mut path) {
-            return Some(path.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" -> "));
+            return Some(
+                path.iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
+            );
         }
     }
     None
@@ -794,7 +945,11 @@ fn describe_request(tx: &TxRecord) -> String {
         .iter()
         .map(|p| format!("{}={}", p.project, p.to_version))
         .collect();
-    format!("{}: {}", planner::checkpoint_description(tx), changes.join(" "))
+    format!(
+        "{}: {}",
+        planner::checkpoint_description(tx),
+        changes.join(" ")
+    )
 }
 
 /// [`History`] over the tables, for one environment.

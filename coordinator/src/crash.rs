@@ -17,7 +17,11 @@ pub const AFTER_COMMIT_DECISION: &str = "after-commit-decision";
 pub const AFTER_FIRST_COMMIT_ACK: &str = "after-first-commit-ack";
 
 /// Every crash point the coordinator honours.
-pub const ALL: &[&str] = &[BEFORE_DECISION, AFTER_COMMIT_DECISION, AFTER_FIRST_COMMIT_ACK];
+pub const ALL: &[&str] = &[
+    BEFORE_DECISION,
+    AFTER_COMMIT_DECISION,
+    AFTER_FIRST_COMMIT_ACK,
+];
 
 fn configured() -> Option<&'static str> {
     static POINT: OnceLock<Option<String>> = OnceLock::new();

@@ -33,7 +33,10 @@ pub enum CoordinatorError {
 impl CoordinatorError {
     /// Whether the same call may succeed if simply retried.
     pub fn retryable(&self) -> bool {
-        matches!(self, CoordinatorError::Store(_) | CoordinatorError::ShuttingDown)
+        matches!(
+            self,
+            CoordinatorError::Store(_) | CoordinatorError::ShuttingDown
+        )
     }
 }
 

@@ -70,7 +70,12 @@ struct Writer {
 
 impl Journal {
     /// Starts the writer. `tables` must be the store the feed reads from.
-    pub fn start(tables: Tables, feed: Feed, clock: Clock, mode: WriterMode) -> Result<Self, CoordinatorError> {
+    pub fn start(
+        tables: Tables,
+        feed: Feed,
+        clock: Clock,
+        mode: WriterMode,
+    ) -> Result<Self, CoordinatorError> {
         let next_seq = tables.last_event_seq()? + 1;
         let (sender, mut receiver) = mpsc::unbounded_channel::<Append>();
         let (failed, failure) = watch::channel(None);
@@ -92,7 +97,11 @@ impl Journal {
                             writer.write_group(first, &mut receiver);
                         }
                     })
-                    .map_err(|e| CoordinatorError::Store(lockstep_store::StoreError::Corrupt(format!("cannot start journal thread: {e}"))))?;
+                    .map_err(|e| {
+                        CoordinatorError::Store(lockstep_store::StoreError::Corrupt(format!(
+                            "cannot start journal thread: {e}"
+                        )))
+                    })?;
             }
             WriterMode::Task => {
                 tokio::spawn(async move {
@@ -102,7 +111,11 @@ impl Journal {
                 });
             }
         }
-        Ok(Self { sender, failure, stats })
+        Ok(Self {
+            sender,
+            failure,
+            stats,
+        })
     }
 
     /// Queues `batch` and `events` (their `seq` and `time` are filled in) to be written
@@ -117,14 +130,23 @@ impl Journal {
         events: Vec<pb::Event>,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + 'static {
         let (done, result) = oneshot::channel();
-        let queued = self.sender.send(Append { batch, events, done }).is_ok();
+        let queued = self
+            .sender
+            .send(Append {
+                batch,
+                events,
+                done,
+            })
+            .is_ok();
         async move {
             if !queued {
                 return Err(CoordinatorError::ShuttingDown);
             }
             match result.await {
                 Ok(Ok(seq)) => Ok(seq),
-                Ok(Err(e)) => Err(CoordinatorError::Store(lockstep_store::StoreError::Corrupt(e))),
+                Ok(Err(e)) => Err(CoordinatorError::Store(
+                    lockstep_store::StoreError::Corrupt(e),
+                )),
                 Err(_) => Err(CoordinatorError::ShuttingDown),
             }
         }
@@ -177,7 +199,11 @@ impl Writer {
                 Tables::put_event(&mut batch, event);
             }
             batch.extend(std::mem::take(&mut append.batch));
-            first_seqs.push(if append.events.is_empty() { self.next_seq - 1 } else { first });
+            first_seqs.push(if append.events.is_empty() {
+                self.next_seq - 1
+            } else {
+                first
+            });
             published.extend(std::mem::take(&mut append.events));
         }
         // Durability point: one fsync covers the whole group.

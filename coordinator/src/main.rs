@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use lockstep_coordinator::{network::TcpNet, server, tables, Config, Coordinator};
+use lockstep_coordinator::{Config, Coordinator, network::TcpNet, server, tables};
 use lockstep_store::RocksKv;
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
@@ -30,7 +30,9 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
 /// Parses `500ms`, `60s`, `5m`, `1h`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 60s"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 60s"))?;
     let ms = match unit {
         "ms" => n,
         "s" | "" => n * 1000,
@@ -52,8 +54,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let kv = RocksKv::open(&args.data_dir, tables::ALL)
-        .with_context(|| format!("opening the database in --data-dir {}", args.data_dir.display()))?;
+    let kv = RocksKv::open(&args.data_dir, tables::ALL).with_context(|| {
+        format!(
+            "opening the database in --data-dir {}",
+            args.data_dir.display()
+        )
+    })?;
     let config = Config {
         default_prepare_timeout: args.prepare_timeout,
         ..Config::default()

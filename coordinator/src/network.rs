@@ -48,7 +48,10 @@ pub fn validate_endpoint(field: &str, endpoint: &str) -> Result<(), lockstep::na
         return Err(FieldError::new(field, "must not be empty"));
     }
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(FieldError::new(field, format!("{endpoint:?} must start with http:// or https://")));
+        return Err(FieldError::new(
+            field,
+            format!("{endpoint:?} must start with http:// or https://"),
+        ));
     }
     let uri: tonic::codegen::http::Uri = endpoint
         .parse()

@@ -72,7 +72,10 @@ impl Plan {
 
     /// The projects taking part.
     pub fn projects(&self) -> BTreeSet<ProjectName> {
-        self.participants.iter().map(|p| p.project.clone()).collect()
+        self.participants
+            .iter()
+            .map(|p| p.project.clone())
+            .collect()
     }
 }
 
@@ -106,7 +109,9 @@ pub trait History {
 
 impl View<'_> {
     fn live(&self, project: &ProjectName) -> Option<&Version> {
-        self.head.and_then(|h| h.versions.get(project)).map(|e| &e.version)
+        self.head
+            .and_then(|h| h.versions.get(project))
+            .map(|e| &e.version)
     }
 
     fn project(&self, field: &str, name: &ProjectName) -> Result<&ProjectRecord> {
@@ -133,7 +138,12 @@ impl View<'_> {
         let mut out = BTreeSet::new();
         let mut stack = vec![project.clone()];
         while let Some(p) = stack.pop() {
-            for child in self.projects.get(&p).map(|r| r.requires.as_slice()).unwrap_or(&[]) {
+            for child in self
+                .projects
+                .get(&p)
+                .map(|r| r.requires.as_slice())
+                .unwrap_or(&[])
+            {
                 if out.insert(child.clone()) {
                     stack.push(child.clone());
                 }
@@ -147,7 +157,11 @@ impl View<'_> {
         let mut out = projects.clone();
         let mut stack: Vec<_> = projects.iter().cloned().collect();
         while let Some(p) = stack.pop() {
-            let children = self.projects.get(&p).map(|r| r.requires.clone()).unwrap_or_default();
+            let children = self
+                .projects
+                .get(&p)
+                .map(|r| r.requires.clone())
+                .unwrap_or_default();
             let parents = self
                 .projects
                 .values()
@@ -209,10 +223,9 @@ fn plan_release(
 }
 
 fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Result<Plan> {
-    let target_tx = view
-        .history
-        .transaction(release)?
-        .ok_or_else(|| CoordinatorError::NotFound(format!("release_id: transaction {release} does not exist")))?;
+    let target_tx = view.history.transaction(release)?.ok_or_else(|| {
+        CoordinatorError::NotFound(format!("release_id: transaction {release} does not exist"))
+    })?;
     if &target_tx.environment != view.environment {
         return Err(CoordinatorError::NotFound(format!(
             "release_id: {release} belongs to environment {}, not {}",
@@ -246,12 +259,16 @@ fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Result<Plan> {
     loop {
         let mut grew = false;
         for (project, set_to) in versions_set_by(&reverted) {
-            let Some(live) = view.live(&project) else { continue };
+            let Some(live) = view.live(&project) else {
+                continue;
+            };
             if live == &set_to {
                 continue;
             }
             let culprit = later.iter().rev().find(|tx| {
-                tx.participants.iter().any(|p| p.project == project && p.action != Action::Unchanged && &p.to_version == live)
+                tx.participants.iter().any(|p| {
+                    p.project == project && p.action != Action::Unchanged && &p.to_version == live
+                })
             });
             let Some(culprit) = culprit else { continue };
             if reverted.iter().any(|r| r.id == culprit.id) {
@@ -270,7 +287,10 @@ fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Result<Plan> {
         }
     }
     let reverts: Vec<TxId> = reverted.iter().map(|t| t.id.clone()).collect();
-    let touched: BTreeSet<ProjectName> = reverted.iter().flat_map(|t| t.projects().cloned()).collect();
+    let touched: BTreeSet<ProjectName> = reverted
+        .iter()
+        .flat_map(|t| t.projects().cloned())
+        .collect();
 
     let mut preconditions = Vec::new();
     let mut targets = BTreeMap::new();
@@ -345,8 +365,16 @@ fn versions_set_by(txs: &[TxRecord]) -> BTreeMap<ProjectName, Version> {
 
 fn plan_rollback(view: &View<'_>, revision: u64) -> Result<Plan> {
     let head = view.head.map(|h| h.revision).unwrap_or(0);
-    let revision = if revision == 0 { head.saturating_sub(1) } else { revision };
-    let Some(cp) = (revision > 0).then(|| view.history.checkpoint(revision)).transpose()?.flatten() else {
+    let revision = if revision == 0 {
+        head.saturating_sub(1)
+    } else {
+        revision
+    };
+    let Some(cp) = (revision > 0)
+        .then(|| view.history.checkpoint(revision))
+        .transpose()?
+        .flatten()
+    else {
         return Err(CoordinatorError::NotFound(format!(
             "revision: checkpoint {revision} does not exist in environment {} (latest is {head})",
             view.environment
@@ -376,7 +404,13 @@ fn plan_rollback(view: &View<'_>, revision: u64) -> Result<Plan> {
     }];
     let untouched: Vec<String> = view
         .head
-        .map(|h| h.versions.keys().filter(|p| !cp.versions.contains_key(*p)).map(|p| p.to_string()).collect())
+        .map(|h| {
+            h.versions
+                .keys()
+                .filter(|p| !cp.versions.contains_key(*p))
+                .map(|p| p.to_string())
+                .collect()
+        })
         .unwrap_or_default();
     if !untouched.is_empty() {
         preconditions.push(Precondition {
@@ -448,13 +482,27 @@ fn quarantine_rule(
     targets: &BTreeMap<ProjectName, Target>,
     allowed: bool,
 ) -> Precondition {
-    let pulled: Vec<String> = targets
+    // Grouped by the revert that pulled them: `A=T4A, B=T4B were pulled by R (revert of T4)`.
+    let mut by_revert: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (p, t) in targets
         .iter()
         .filter(|(p, t)| view.live(p) != Some(&t.version))
-        .filter_map(|(p, t)| {
-            view.quarantine
-                .get(&(p.clone(), t.version.clone()))
-                .map(|q| format!("{p}={} was pulled by {} (revert of {})", t.version, q.revert, q.release))
+    {
+        if let Some(q) = view.quarantine.get(&(p.clone(), t.version.clone())) {
+            by_revert
+                .entry((q.revert.to_string(), q.release.to_string()))
+                .or_default()
+                .push(format!("{p}={}", t.version));
+        }
+    }
+    let pulled: Vec<String> = by_revert
+        .into_iter()
+        .map(|((revert, release), versions)| {
+            let verb = if versions.len() == 1 { "was" } else { "were" };
+            format!(
+                "{} {verb} pulled by {revert} (revert of {release})",
+                versions.join(", ")
+            )
         })
         .collect();
     Precondition {
@@ -463,7 +511,10 @@ fn quarantine_rule(
         detail: match (pulled.is_empty(), allowed) {
             (true, _) => "no quarantined version".into(),
             (false, true) => format!("allowed by --allow-quarantined: {}", pulled.join("; ")),
-            (false, false) => format!("{}; pass --allow-quarantined to release it again", pulled.join("; ")),
+            (false, false) => format!(
+                "{}; pass --allow-quarantined to release them again",
+                pulled.join("; ")
+            ),
         },
     }
 }
@@ -492,7 +543,12 @@ fn compatibility(
     let family = view.family(&targets.keys().cloned().collect());
     let result: BTreeMap<&ProjectName, Option<&Version>> = family
         .iter()
-        .map(|p| (p, targets.get(p).map(|t| &t.version).or_else(|| view.live(p))))
+        .map(|p| {
+            (
+                p,
+                targets.get(p).map(|t| &t.version).or_else(|| view.live(p)),
+            )
+        })
         .collect();
     let checkpoints = view.history.checkpoints_newest_first()?;
     let matches = |cp: &CheckpointRecord| {
@@ -517,9 +573,16 @@ fn compatibility(
     }
     let nearest = checkpoints
         .iter()
-        .find(|cp| downgrades.iter().all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v)))
+        .find(|cp| {
+            downgrades
+                .iter()
+                .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
+        })
         .or(checkpoints.first());
-    let moved: Vec<String> = downgrades.iter().map(|(p, v)| format!("{p} back to {v}")).collect();
+    let moved: Vec<String> = downgrades
+        .iter()
+        .map(|(p, v)| format!("{p} back to {v}"))
+        .collect();
     let suggestion = nearest
         .map(|cp| {
             format!(
@@ -579,7 +642,10 @@ fn build(
     let mut participants = Vec::new();
     for (project, target) in targets {
         let record = view.project("project", &project)?;
-        let from_schema = view.head.and_then(|h| h.versions.get(&project)).and_then(|e| e.schema.clone());
+        let from_schema = view
+            .head
+            .and_then(|h| h.versions.get(&project))
+            .and_then(|e| e.schema.clone());
         participants.push(Participant {
             endpoint: record.endpoint.clone(),
             from_version: view.live(&project).cloned(),
@@ -622,7 +688,11 @@ pub fn waves(view: &View<'_>, projects: &BTreeSet<ProjectName>) -> Vec<Vec<Proje
         if let Some(d) = memo.get(p) {
             return *d;
         }
-        let children = view.projects.get(p).map(|r| r.requires.clone()).unwrap_or_default();
+        let children = view
+            .projects
+            .get(p)
+            .map(|r| r.requires.clone())
+            .unwrap_or_default();
         let d = children
             .iter()
             .filter(|c| projects.contains(*c) && guard < projects.len())
@@ -656,7 +726,10 @@ fn describe(result: &BTreeMap<&ProjectName, Option<&Version>>) -> String {
 }
 
 fn join(ids: &[TxId]) -> String {
-    ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|i| i.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `B`, `B and C`, `B, C and D`.
@@ -672,8 +745,19 @@ fn join_and(items: &[String]) -> String {
 pub fn checkpoint_description(tx: &TxRecord) -> String {
     let base = match tx.kind {
         TxKind::Release => format!("release {}", tx.id),
-        TxKind::Revert => format!("revert of {}", tx.reverts.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")),
+        TxKind::Revert => format!(
+            "revert of {}",
+            tx.reverts
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         TxKind::Rollback => format!("rollback to {}", tx.rollback_to),
     };
-    if tx.forced { format!("{base} (forced, untested combination)") } else { base }
+    if tx.forced {
+        format!("{base} (forced, untested combination)")
+    } else {
+        base
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use futures::{stream::FuturesUnordered, StreamExt};
+use futures::{StreamExt, stream::FuturesUnordered};
 use lockstep::{
     names::ProjectName,
     pb::{self, participant_client::ParticipantClient},
@@ -25,7 +25,7 @@ use tokio::{
     sync::{oneshot, watch},
     time::Instant,
 };
-use tonic::{transport::Channel, Code};
+use tonic::{Code, transport::Channel};
 
 use crate::{
     convert,
@@ -65,7 +65,11 @@ pub async fn run(c: Coordinator, mut tx: TxRecord, mut signals: Signals) {
     }
 }
 
-async fn drive(c: &Coordinator, tx: &mut TxRecord, signals: &mut Signals) -> crate::error::Result<()> {
+async fn drive(
+    c: &Coordinator,
+    tx: &mut TxRecord,
+    signals: &mut Signals,
+) -> crate::error::Result<()> {
     if tx.state == TxState::Pending {
         match wait_for_turn(signals).await {
             Start::Go(participants) => {
@@ -79,7 +83,7 @@ async fn drive(c: &Coordinator, tx: &mut TxRecord, signals: &mut Signals) -> cra
         // recovery knows whom to send Abort.
         tx.state = TxState::Preparing;
         tx.prepare_sent = true;
-        tx.reason = format!("waiting for {} votes", tx.participants.len());
+        tx.reason = format!("waiting for {}", plural(tx.participants.len(), "vote"));
         let started = event(tx, pb::EventKind::PrepareStarted, None, tx.reason.clone());
         persist(c, tx, vec![started]).await?;
     }
@@ -120,7 +124,11 @@ async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
 }
 
 /// Aborts a transaction that never sent Prepare: no participant to tell.
-async fn abort_unprepared(c: &Coordinator, tx: &mut TxRecord, reason: String) -> crate::error::Result<()> {
+async fn abort_unprepared(
+    c: &Coordinator,
+    tx: &mut TxRecord,
+    reason: String,
+) -> crate::error::Result<()> {
     tx.state = TxState::Aborting;
     tx.reason = reason;
     let decided = event(tx, pb::EventKind::DecidedAbort, None, tx.reason.clone());
@@ -140,7 +148,7 @@ async fn prepare_all(c: &Coordinator, tx: &mut TxRecord, signals: &mut Signals) 
         .map(|p| {
             let call = Call::new(tx, p);
             let request = convert::prepare_request(tx, p);
-            prepare_one(c, call, request, deadline)
+            prepare_one(c, call, request)
         })
         .collect();
     let abort = &mut signals.abort;
@@ -168,27 +176,29 @@ async fn prepare_all(c: &Coordinator, tx: &mut TxRecord, signals: &mut Signals) 
 type Answer = Result<pb::PrepareResponse, String>;
 
 /// Calls Prepare on one participant, retrying transport failures (Prepare is
-/// idempotent) until it answers or the deadline passes.
-async fn prepare_one(c: &Coordinator, to: Call, request: pb::PrepareRequest, deadline: Instant) -> (ProjectName, Answer) {
+/// idempotent) until it answers. The phase 1 deadline in [`prepare_all`] cuts it short.
+async fn prepare_one(
+    c: &Coordinator,
+    to: Call,
+    request: pb::PrepareRequest,
+) -> (ProjectName, Answer) {
     let mut attempt = 0;
     let answer = loop {
         let call = async {
             let mut client = client(c, &to.endpoint)?;
-            client.prepare(request.clone()).await.map_err(|s| (s.code(), s.message().to_string()))
+            client
+                .prepare(request.clone())
+                .await
+                .map_err(|s| (s.code(), s.message().to_string()))
         };
-        match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => break Err("no answer before the prepare deadline".to_string()),
-            Ok(Ok(response)) => break Ok(response.into_inner()),
-            Ok(Err((code, message))) if retryable(code) => {
+        match call.await {
+            Ok(response) => break Ok(response.into_inner()),
+            Err((code, message)) if retryable(code) => {
                 tracing::debug!(tx = %to.tx, project = %to.project, "prepare failed, retrying: {message}");
-                let delay = c.config().backoff.delay(attempt, to.tx.as_str());
+                tokio::time::sleep(c.config().backoff.delay(attempt, to.tx.as_str())).await;
                 attempt += 1;
-                if Instant::now() + delay >= deadline {
-                    break Err(format!("unreachable until the prepare deadline: {message}"));
-                }
-                tokio::time::sleep(delay).await;
             }
-            Ok(Err((code, message))) => break Err(format!("participant error {code:?}: {message}")),
+            Err((code, message)) => break Err(format!("participant error {code:?}: {message}")),
         }
     };
     (to.project, answer)
@@ -196,18 +206,35 @@ async fn prepare_one(c: &Coordinator, to: Call, request: pb::PrepareRequest, dea
 
 /// Records a vote (visible at once, durable with the decision that follows). Returns
 /// the abort reason when the vote is not PREPARED.
-fn record_vote(c: &Coordinator, tx: &mut TxRecord, project: &ProjectName, answer: Answer) -> Option<String> {
+fn record_vote(
+    c: &Coordinator,
+    tx: &mut TxRecord,
+    project: &ProjectName,
+    answer: Answer,
+) -> Option<String> {
     let (vote, reason, response) = match answer {
         Ok(r) if r.vote == pb::Vote::Prepared as i32 => (Vote::Prepared, String::new(), Some(r)),
-        Ok(r) => (Vote::Refused, non_empty(&r.reason, "refused without a reason"), Some(r)),
+        Ok(r) => (
+            Vote::Refused,
+            non_empty(&r.reason, "refused without a reason"),
+            Some(r),
+        ),
         Err(e) => (Vote::Refused, e, None),
     };
-    let p = tx.participant_mut(project).expect("votes come only from participants");
+    let p = tx
+        .participant_mut(project)
+        .expect("votes come only from participants");
     p.vote = vote;
     p.vote_reason = reason.clone();
     if let Some(r) = response {
-        p.from_schema = r.from_schema.map(|s| Schema { version: s.version, name: s.name });
-        p.to_schema = r.to_schema.map(|s| Schema { version: s.version, name: s.name });
+        p.from_schema = r.from_schema.map(|s| Schema {
+            version: s.version,
+            name: s.name,
+        });
+        p.to_schema = r.to_schema.map(|s| Schema {
+            version: s.version,
+            name: s.name,
+        });
         p.migrations = r.migrations;
     }
     let message = match vote {
@@ -237,7 +264,12 @@ fn no_answer(c: &Coordinator, tx: &mut TxRecord) -> String {
         .iter()
         .map(|p| {
             let project = ProjectName::parse("project", p).expect("participant names are valid");
-            let mut e = event(tx, pb::EventKind::VoteReceived, Some(&project), format!("{p}: no answer before the deadline"));
+            let mut e = event(
+                tx,
+                pb::EventKind::VoteReceived,
+                Some(&project),
+                format!("{p}: no answer before the deadline"),
+            );
             e.vote = pb::Vote::NoAnswer as i32;
             e
         })
@@ -248,7 +280,11 @@ fn no_answer(c: &Coordinator, tx: &mut TxRecord) -> String {
 
 /// Decides ABORT. Under presumed abort this need not be durable before the Aborts go
 /// out; it is awaited anyway so that readers only ever see durable state.
-async fn decide_abort(c: &Coordinator, tx: &mut TxRecord, reason: String) -> crate::error::Result<()> {
+async fn decide_abort(
+    c: &Coordinator,
+    tx: &mut TxRecord,
+    reason: String,
+) -> crate::error::Result<()> {
     tx.state = TxState::Aborting;
     tx.reason = reason;
     let decided = event(tx, pb::EventKind::DecidedAbort, None, tx.reason.clone());
@@ -333,8 +369,15 @@ async fn deliver_one(c: &Coordinator, to: Call, decision: Decision) -> ProjectNa
         if error != last_error {
             // Logged when the error changes, not on every retry, so a participant that is
             // down for a day does not flood the log.
-            let kind = if matches!(decision, Decision::Commit(_)) { "Commit" } else { "Abort" };
-            let message = format!("{kind} to {} failed, retrying with backoff: {error}", to.project);
+            let kind = if matches!(decision, Decision::Commit(_)) {
+                "Commit"
+            } else {
+                "Abort"
+            };
+            let message = format!(
+                "{kind} to {} failed, retrying with backoff: {error}",
+                to.project
+            );
             tracing::warn!(tx = %to.tx, "{message}");
             c.delivery_failed(&to.tx, &to.project, &error, message);
             last_error = error;
@@ -345,15 +388,28 @@ async fn deliver_one(c: &Coordinator, to: Call, decision: Decision) -> ProjectNa
 }
 
 /// Records an acknowledgement durably.
-async fn acknowledge(c: &Coordinator, tx: &mut TxRecord, project: &ProjectName, commit: bool) -> crate::error::Result<()> {
+async fn acknowledge(
+    c: &Coordinator,
+    tx: &mut TxRecord,
+    project: &ProjectName,
+    commit: bool,
+) -> crate::error::Result<()> {
     let first = !tx.participants.iter().any(|p| p.acknowledged);
-    let p = tx.participant_mut(project).expect("acks come only from participants");
+    let p = tx
+        .participant_mut(project)
+        .expect("acks come only from participants");
     p.acknowledged = true;
     p.delivery_error.clear();
     let message = if commit {
         format!("{project} is live at {}", p.to_version)
     } else {
-        format!("{project} restored {}", p.from_version.as_ref().map(|v| v.as_str()).unwrap_or("(nothing live)"))
+        format!(
+            "{project} restored {}",
+            p.from_version
+                .as_ref()
+                .map(|v| v.as_str())
+                .unwrap_or("(nothing live)")
+        )
     };
     let acked = event(tx, pb::EventKind::Acknowledged, Some(project), message);
     persist(c, tx, vec![acked]).await?;
@@ -366,14 +422,28 @@ async fn acknowledge(c: &Coordinator, tx: &mut TxRecord, project: &ProjectName, 
 /// Writes the terminal state and hands the projects to the next transactions.
 async fn finish(c: &Coordinator, tx: &mut TxRecord) -> crate::error::Result<()> {
     let committed = tx.state == TxState::Committing;
-    tx.state = if committed { TxState::Committed } else { TxState::Aborted };
+    tx.state = if committed {
+        TxState::Committed
+    } else {
+        TxState::Aborted
+    };
     tx.finished_ms = c.now();
     let mut done = if committed {
-        let mut e = event(tx, pb::EventKind::TransactionCommitted, None, format!("checkpoint {} is live", tx.checkpoint));
+        let mut e = event(
+            tx,
+            pb::EventKind::TransactionCommitted,
+            None,
+            format!("checkpoint {} is live", tx.checkpoint),
+        );
         e.revision = tx.checkpoint;
         e
     } else {
-        event(tx, pb::EventKind::TransactionAborted, None, tx.reason.clone())
+        event(
+            tx,
+            pb::EventKind::TransactionAborted,
+            None,
+            tx.reason.clone(),
+        )
     };
     if committed {
         tx.reason = format!("live as checkpoint {}", tx.checkpoint);
@@ -385,7 +455,11 @@ async fn finish(c: &Coordinator, tx: &mut TxRecord) -> crate::error::Result<()> 
 // ----- helpers -----
 
 /// Writes the transaction and `events` durably, then shows them to readers.
-async fn persist(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>) -> crate::error::Result<()> {
+async fn persist(
+    c: &Coordinator,
+    tx: &TxRecord,
+    events: Vec<pb::Event>,
+) -> crate::error::Result<()> {
     let mut batch = lockstep_store::Batch::default();
     crate::tables::Tables::put_transaction(&mut batch, tx);
     c.journal().append(batch, events).await?;
@@ -405,24 +479,55 @@ fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>) {
 }
 
 fn client(c: &Coordinator, endpoint: &str) -> Result<ParticipantClient<Channel>, (Code, String)> {
-    c.net().client(endpoint).map_err(|e| (Code::InvalidArgument, e))
+    c.net()
+        .client(endpoint)
+        .map_err(|e| (Code::InvalidArgument, e))
 }
 
 /// Transport-level failures worth retrying; anything else is the participant's answer.
 fn retryable(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::ResourceExhausted)
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::ResourceExhausted
+    )
 }
 
 fn non_empty(s: &str, default: &str) -> String {
-    if s.is_empty() { default.to_string() } else { s.to_string() }
+    if s.is_empty() {
+        default.to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `1 vote`, `3 votes`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn humanize(ms: u64) -> String {
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// An event about `tx` (its `seq` and `time` are set by the journal).
-pub fn event(tx: &TxRecord, kind: pb::EventKind, project: Option<&ProjectName>, message: String) -> pb::Event {
+pub fn event(
+    tx: &TxRecord,
+    kind: pb::EventKind,
+    project: Option<&ProjectName>,
+    message: String,
+) -> pb::Event {
     pb::Event {
         kind: kind as i32,
         transaction_id: tx.id.to_string(),

@@ -36,9 +36,15 @@ impl Blocked {
     /// `waiting for T7, which holds project B`.
     pub fn explain(&self) -> String {
         if self.holds {
-            format!("waiting for {}, which holds project {}", self.by, self.project)
+            format!(
+                "waiting for {}, which holds project {}",
+                self.by, self.project
+            )
         } else {
-            format!("queued behind {}, which also waits for project {}", self.by, self.project)
+            format!(
+                "queued behind {}, which also waits for project {}",
+                self.by, self.project
+            )
         }
     }
 }
@@ -46,7 +52,13 @@ impl Blocked {
 impl Queue {
     /// Adds a transaction. Returns `None` when it may start now (it then holds its
     /// projects), or what blocks it.
-    pub fn enqueue(&mut self, ordinal: u64, tx: TxId, env: &Environment, projects: impl IntoIterator<Item = ProjectName>) -> Option<Blocked> {
+    pub fn enqueue(
+        &mut self,
+        ordinal: u64,
+        tx: TxId,
+        env: &Environment,
+        projects: impl IntoIterator<Item = ProjectName>,
+    ) -> Option<Blocked> {
         let keys: BTreeSet<Key> = projects.into_iter().map(|p| (env.clone(), p)).collect();
         let blocked = self.blocker(ordinal, &keys);
         if blocked.is_none() {
@@ -59,7 +71,12 @@ impl Queue {
 
     /// Makes `tx` hold its projects unconditionally (recovery of decided transactions,
     /// which already held them before the restart).
-    pub fn hold(&mut self, tx: &TxId, env: &Environment, projects: impl IntoIterator<Item = ProjectName>) {
+    pub fn hold(
+        &mut self,
+        tx: &TxId,
+        env: &Environment,
+        projects: impl IntoIterator<Item = ProjectName>,
+    ) {
         let keys: BTreeSet<Key> = projects.into_iter().map(|p| (env.clone(), p)).collect();
         self.take(tx, &keys);
     }
@@ -110,13 +127,21 @@ impl Queue {
     fn blocker(&self, ordinal: u64, keys: &BTreeSet<Key>) -> Option<Blocked> {
         for key in keys {
             if let Some(holder) = self.holders.get(key) {
-                return Some(Blocked { by: holder.clone(), project: key.1.clone(), holds: true });
+                return Some(Blocked {
+                    by: holder.clone(),
+                    project: key.1.clone(),
+                    holds: true,
+                });
             }
         }
         for (earlier, (id, wanted)) in self.waiting.range(..ordinal) {
             let _ = earlier;
             if let Some(key) = keys.iter().find(|k| wanted.contains(*k)) {
-                return Some(Blocked { by: id.clone(), project: key.1.clone(), holds: false });
+                return Some(Blocked {
+                    by: id.clone(),
+                    project: key.1.clone(),
+                    holds: false,
+                });
             }
         }
         None
@@ -131,7 +156,10 @@ mod tests {
         TxId::parse("id", s).unwrap()
     }
     fn ps(names: &[&str]) -> Vec<ProjectName> {
-        names.iter().map(|n| ProjectName::parse("p", n).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| ProjectName::parse("p", n).unwrap())
+            .collect()
     }
 
     #[test]
@@ -141,7 +169,11 @@ mod tests {
         assert_eq!(q.enqueue(1, id("T4"), &env, ps(&["A", "B", "C"])), None);
         let blocked = q.enqueue(2, id("T5"), &env, ps(&["B"])).expect("must wait");
         assert_eq!(blocked.explain(), "waiting for T4, which holds project B");
-        assert_eq!(q.enqueue(3, id("T6"), &env, ps(&["D"])), None, "disjoint runs at once");
+        assert_eq!(
+            q.enqueue(3, id("T6"), &env, ps(&["D"])),
+            None,
+            "disjoint runs at once"
+        );
         assert_eq!(q.finish(&id("T4")), vec![id("T5")]);
     }
 
@@ -151,7 +183,9 @@ mod tests {
         let mut q = Queue::default();
         q.enqueue(1, id("T1"), &env, ps(&["A"]));
         q.enqueue(2, id("T2"), &env, ps(&["A", "B"]));
-        let b = q.enqueue(3, id("T3"), &env, ps(&["B"])).expect("T2 came first for B");
+        let b = q
+            .enqueue(3, id("T3"), &env, ps(&["B"]))
+            .expect("T2 came first for B");
         assert_eq!(b.by, id("T2"));
         assert!(!b.holds);
         assert_eq!(q.finish(&id("T1")), vec![id("T2")]);

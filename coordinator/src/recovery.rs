@@ -12,13 +12,7 @@
 use lockstep::pb;
 use lockstep_store::Batch;
 
-use crate::{
-    coordinator::Coordinator,
-    error::Result,
-    model::TxState,
-    protocol,
-    tables::Tables,
-};
+use crate::{coordinator::Coordinator, error::Result, model::TxState, protocol, tables::Tables};
 
 /// The abort reason recorded for a transaction undecided at a restart.
 pub const PRESUMED_ABORT: &str = "coordinator restarted before a decision (presumed abort)";
@@ -35,8 +29,18 @@ pub fn recover(c: &Coordinator) -> Result<usize> {
                 let was = tx.state;
                 tx.state = TxState::Aborting;
                 tx.reason = PRESUMED_ABORT.to_string();
-                events.push(protocol::event(&tx, pb::EventKind::Recovered, None, format!("found {was:?} after a restart")));
-                events.push(protocol::event(&tx, pb::EventKind::DecidedAbort, None, tx.reason.clone()));
+                events.push(protocol::event(
+                    &tx,
+                    pb::EventKind::Recovered,
+                    None,
+                    format!("found {was:?} after a restart"),
+                ));
+                events.push(protocol::event(
+                    &tx,
+                    pb::EventKind::DecidedAbort,
+                    None,
+                    tx.reason.clone(),
+                ));
             }
             TxState::Committing | TxState::Aborting => {
                 let acked = tx.participants.iter().filter(|p| p.acknowledged).count();
@@ -44,7 +48,10 @@ pub fn recover(c: &Coordinator) -> Result<usize> {
                     &tx,
                     pb::EventKind::Recovered,
                     None,
-                    format!("resuming phase 2 after a restart: {acked} of {} acknowledged", tx.participants.len()),
+                    format!(
+                        "resuming phase 2 after a restart: {acked} of {} acknowledged",
+                        tx.participants.len()
+                    ),
                 ));
             }
             TxState::Committed | TxState::Aborted => {

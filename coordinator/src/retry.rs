@@ -26,11 +26,16 @@ impl Default for Backoff {
 impl Backoff {
     /// Delay before retry number `attempt` (0-based), with up to 25% jitter from `salt`.
     pub fn delay(&self, attempt: u32, salt: &str) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
         let hash = salt
             .bytes()
             .chain(attempt.to_le_bytes())
-            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+            .fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100000001b3)
+            });
         let jitter = base.mul_f64((hash % 1000) as f64 / 4000.0);
         base.saturating_sub(jitter)
     }

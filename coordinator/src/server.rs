@@ -31,7 +31,7 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let (reflection_v1, reflection_v1alpha) = edge::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = edge::reflection("lockstep.v1.Coordinator")?;
     let service = CoordinatorServer::new(CoordinatorService::new(coordinator))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     Server::builder()

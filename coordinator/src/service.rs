@@ -42,7 +42,8 @@ fn environment(field: &str, value: &str) -> Result<Environment, Status> {
 
 /// Events are terminal for a transaction when it reached COMMITTED or ABORTED.
 fn is_terminal(e: &pb::Event) -> bool {
-    e.kind == pb::EventKind::TransactionCommitted as i32 || e.kind == pb::EventKind::TransactionAborted as i32
+    e.kind == pb::EventKind::TransactionCommitted as i32
+        || e.kind == pb::EventKind::TransactionAborted as i32
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -66,7 +67,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let env = environment("environment", &request.into_inner().environment)?;
-        let projects = self.coordinator.projects(&env).iter().map(convert::project_message).collect();
+        let projects = self
+            .coordinator
+            .projects(&env)
+            .iter()
+            .map(convert::project_message)
+            .collect();
         Ok(Response::new(pb::ListProjectsResponse { projects }))
     }
 
@@ -105,9 +111,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(created(self.coordinator.create(spec).await?)))
     }
 
-    async fn get_release(&self, request: Request<pb::GetReleaseRequest>) -> Result<Response<pb::Transaction>, Status> {
+    async fn get_release(
+        &self,
+        request: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
         let id = TxId::parse("id", &request.into_inner().id)?;
-        Ok(Response::new(convert::transaction(&self.coordinator.get(&id)?)))
+        Ok(Response::new(convert::transaction(
+            &self.coordinator.get(&id)?,
+        )))
     }
 
     async fn list_releases(
@@ -121,7 +132,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let limit = match r.limit {
             0 => 50,
             n if n > 1000 => {
-                return Err(Status::invalid_argument(format!("limit: {n} is above the maximum of 1000")));
+                return Err(Status::invalid_argument(format!(
+                    "limit: {n} is above the maximum of 1000"
+                )));
             }
             n => n as usize,
         };
@@ -134,23 +147,37 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::ListReleasesResponse { transactions }))
     }
 
-    async fn abort_release(&self, request: Request<pb::AbortReleaseRequest>) -> Result<Response<pb::Transaction>, Status> {
+    async fn abort_release(
+        &self,
+        request: Request<pb::AbortReleaseRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
         let r = request.into_inner();
         let id = TxId::parse("id", &r.id)?;
         convert::text("reason", &r.reason, lockstep::limits::MAX_TEXT_LEN)?;
-        let reason = if r.reason.is_empty() { "no reason given".to_string() } else { r.reason };
-        Ok(Response::new(convert::transaction(&self.coordinator.abort(&id, reason).await?)))
+        let reason = if r.reason.is_empty() {
+            "no reason given".to_string()
+        } else {
+            r.reason
+        };
+        Ok(Response::new(convert::transaction(
+            &self.coordinator.abort(&id, reason).await?,
+        )))
     }
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let r = request.into_inner();
         let filter = (!r.transaction_id.is_empty())
             .then(|| TxId::parse("transaction_id", &r.transaction_id))
             .transpose()?;
         if r.until_terminal && filter.is_none() {
-            return Err(Status::invalid_argument("until_terminal: needs transaction_id"));
+            return Err(Status::invalid_argument(
+                "until_terminal: needs transaction_id",
+            ));
         }
         if let Some(id) = &filter {
             self.coordinator.get(id)?;
@@ -164,7 +191,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 let events = match feed.read(next, 512) {
                     Ok(events) => events,
                     Err(e) => {
-                        let _ = sender.send(Err(Status::unavailable(format!("reading the event log: {e}")))).await;
+                        let _ = sender
+                            .send(Err(Status::unavailable(format!(
+                                "reading the event log: {e}"
+                            ))))
+                            .await;
                         return;
                     }
                 };
@@ -179,7 +210,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 }
                 for event in events {
                     next = event.seq + 1;
-                    if filter.as_ref().is_some_and(|id| id.as_str() != event.transaction_id) {
+                    if filter
+                        .as_ref()
+                        .is_some_and(|id| id.as_str() != event.transaction_id)
+                    {
                         continue;
                     }
                     let last = r.until_terminal && is_terminal(&event);
@@ -192,7 +226,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn get_live_state(&self, request: Request<pb::GetLiveStateRequest>) -> Result<Response<pb::LiveState>, Status> {
+    async fn get_live_state(
+        &self,
+        request: Request<pb::GetLiveStateRequest>,
+    ) -> Result<Response<pb::LiveState>, Status> {
         let env = environment("environment", &request.into_inner().environment)?;
         let live = self.coordinator.live(&env);
         let (in_flight, pending): (Vec<_>, Vec<_>) = live
@@ -204,19 +241,33 @@ impl coordinator_server::Coordinator for CoordinatorService {
             checkpoint: live.checkpoint.as_ref().map(convert::checkpoint),
             in_flight: in_flight.into_iter().map(convert::transaction).collect(),
             pending: pending.into_iter().map(convert::transaction).collect(),
+            last_event_seq: *self.coordinator.feed().latest().borrow(),
         }))
     }
 
-    async fn get_history(&self, request: Request<pb::GetHistoryRequest>) -> Result<Response<pb::GetHistoryResponse>, Status> {
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let env = environment("environment", &request.into_inner().environment)?;
-        let checkpoints = self.coordinator.history(&env)?.iter().map(convert::checkpoint).collect();
+        let checkpoints = self
+            .coordinator
+            .history(&env)?
+            .iter()
+            .map(convert::checkpoint)
+            .collect();
         Ok(Response::new(pb::GetHistoryResponse { checkpoints }))
     }
 
-    async fn get_decision(&self, request: Request<pb::GetDecisionRequest>) -> Result<Response<pb::GetDecisionResponse>, Status> {
+    async fn get_decision(
+        &self,
+        request: Request<pb::GetDecisionRequest>,
+    ) -> Result<Response<pb::GetDecisionResponse>, Status> {
         let r = request.into_inner();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
         let decision = self.coordinator.decision(&id)?;
-        Ok(Response::new(pb::GetDecisionResponse { decision: decision as i32 }))
+        Ok(Response::new(pb::GetDecisionResponse {
+            decision: decision as i32,
+        }))
     }
 }

@@ -17,9 +17,9 @@ use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
     pb,
 };
-use lockstep_store::{keys, Batch, Kv, Order, StoreError};
+use lockstep_store::{Batch, Kv, Order, StoreError, keys};
 use prost::Message;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::model::{CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord};
 
@@ -124,7 +124,13 @@ impl Tables {
     /// Transactions created after `ordinal`, oldest first (for revert planning).
     pub fn transactions_after(&self, ordinal: u64) -> Result<Vec<TxRecord>, StoreError> {
         self.kv
-            .scan(TRANSACTIONS, &keys::u64_key(ordinal + 1), None, Order::Ascending, usize::MAX)?
+            .scan(
+                TRANSACTIONS,
+                &keys::u64_key(ordinal + 1),
+                None,
+                Order::Ascending,
+                usize::MAX,
+            )?
             .iter()
             .map(|(_, v)| decode(TRANSACTIONS, v))
             .collect()
@@ -133,11 +139,14 @@ impl Tables {
     /// Unfinished transactions in creation order (for recovery).
     pub fn active_transactions(&self) -> Result<Vec<TxRecord>, StoreError> {
         let mut out = Vec::new();
-        for (key, _) in self.kv.scan(ACTIVE, b"", None, Order::Ascending, usize::MAX)? {
+        for (key, _) in self
+            .kv
+            .scan(ACTIVE, b"", None, Order::Ascending, usize::MAX)?
+        {
             let ordinal = keys::u64_of(&key).ok_or_else(|| corrupt(ACTIVE, "short key"))?;
-            let tx = self
-                .transaction_at(ordinal)?
-                .ok_or_else(|| corrupt(ACTIVE, format!("active ordinal {ordinal} has no record")))?;
+            let tx = self.transaction_at(ordinal)?.ok_or_else(|| {
+                corrupt(ACTIVE, format!("active ordinal {ordinal} has no record"))
+            })?;
             out.push(tx);
         }
         Ok(out)
@@ -145,7 +154,9 @@ impl Tables {
 
     /// The highest ordinal ever used (0 when none).
     pub fn last_ordinal(&self) -> Result<u64, StoreError> {
-        let last = self.kv.scan(TRANSACTIONS, b"", None, Order::Descending, 1)?;
+        let last = self
+            .kv
+            .scan(TRANSACTIONS, b"", None, Order::Descending, 1)?;
         Ok(last.first().and_then(|(k, _)| keys::u64_of(k)).unwrap_or(0))
     }
 
@@ -182,20 +193,36 @@ impl Tables {
     }
 
     /// Checkpoints of `environment`, oldest first.
-    pub fn checkpoints(&self, environment: &Environment) -> Result<Vec<CheckpointRecord>, StoreError> {
+    pub fn checkpoints(
+        &self,
+        environment: &Environment,
+    ) -> Result<Vec<CheckpointRecord>, StoreError> {
         let prefix = keys::prefix(&[environment.as_str()]);
         let end = keys::prefix_end(&prefix);
         self.kv
-            .scan(CHECKPOINTS, &prefix, Some(&end), Order::Ascending, usize::MAX)?
+            .scan(
+                CHECKPOINTS,
+                &prefix,
+                Some(&end),
+                Order::Ascending,
+                usize::MAX,
+            )?
             .iter()
             .map(|(_, v)| decode(CHECKPOINTS, v))
             .collect()
     }
 
     /// One checkpoint.
-    pub fn checkpoint(&self, environment: &Environment, revision: u64) -> Result<Option<CheckpointRecord>, StoreError> {
+    pub fn checkpoint(
+        &self,
+        environment: &Environment,
+        revision: u64,
+    ) -> Result<Option<CheckpointRecord>, StoreError> {
         self.kv
-            .get(CHECKPOINTS, &keys::parts_u64_key(&[environment.as_str()], revision))?
+            .get(
+                CHECKPOINTS,
+                &keys::parts_u64_key(&[environment.as_str()], revision),
+            )?
             .map(|v| decode(CHECKPOINTS, &v))
             .transpose()
     }
@@ -203,7 +230,10 @@ impl Tables {
     /// The newest checkpoint of every environment.
     pub fn latest_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
         let mut latest: Vec<CheckpointRecord> = Vec::new();
-        for (_, v) in self.kv.scan(CHECKPOINTS, b"", None, Order::Ascending, usize::MAX)? {
+        for (_, v) in self
+            .kv
+            .scan(CHECKPOINTS, b"", None, Order::Ascending, usize::MAX)?
+        {
             let cp: CheckpointRecord = decode(CHECKPOINTS, &v)?;
             match latest.last_mut() {
                 Some(last) if last.environment == cp.environment => *last = cp,
@@ -222,7 +252,10 @@ impl Tables {
     /// Every quarantine entry: (environment, project, version) → record.
     pub fn quarantine(&self) -> Result<Vec<(QuarantineKey, QuarantineRecord)>, StoreError> {
         let mut out = Vec::new();
-        for (k, v) in self.kv.scan(QUARANTINE, b"", None, Order::Ascending, usize::MAX)? {
+        for (k, v) in self
+            .kv
+            .scan(QUARANTINE, b"", None, Order::Ascending, usize::MAX)?
+        {
             let text = String::from_utf8(k).map_err(|e| corrupt(QUARANTINE, e))?;
             let parts: Vec<&str> = text.split('\0').collect();
             let [env, project, version] = parts.as_slice() else {

@@ -33,7 +33,11 @@ fn batches_are_atomic_across_tables(kv: &dyn Kv, t1: &'static str, t2: &'static 
     b.put(t2, b"x".to_vec(), b"2".to_vec());
     b.put(t1, b"x".to_vec(), b"3".to_vec());
     kv.write(b, Durability::Sync).expect("batch");
-    assert_eq!(kv.get(t1, b"x").expect("get"), Some(b"3".to_vec()), "later op wins");
+    assert_eq!(
+        kv.get(t1, b"x").expect("get"),
+        Some(b"3".to_vec()),
+        "later op wins"
+    );
     assert_eq!(kv.get(t2, b"x").expect("get"), Some(b"2".to_vec()));
     let mut b = Batch::default();
     b.delete(t1, b"x".to_vec());
@@ -48,10 +52,21 @@ fn scans_respect_bounds_order_and_limit(kv: &dyn Kv, t: &'static str) {
     let keys = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<Vec<u8>> {
         entries.into_iter().map(|(k, _)| k).collect()
     };
-    let asc = kv.scan(t, b"a", Some(b"b"), Order::Ascending, 10).expect("scan");
-    assert_eq!(keys(asc), vec![b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]);
-    let desc = kv.scan(t, b"a", Some(b"a3"), Order::Descending, 10).expect("scan");
-    assert_eq!(keys(desc), vec![b"a2".to_vec(), b"a1".to_vec()], "upper bound exclusive");
+    let asc = kv
+        .scan(t, b"a", Some(b"b"), Order::Ascending, 10)
+        .expect("scan");
+    assert_eq!(
+        keys(asc),
+        vec![b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]
+    );
+    let desc = kv
+        .scan(t, b"a", Some(b"a3"), Order::Descending, 10)
+        .expect("scan");
+    assert_eq!(
+        keys(desc),
+        vec![b"a2".to_vec(), b"a1".to_vec()],
+        "upper bound exclusive"
+    );
     let last = kv.scan(t, b"", None, Order::Descending, 1).expect("scan");
     assert_eq!(keys(last), vec![b"b1".to_vec()]);
     let first_two = kv.scan(t, b"a2", None, Order::Ascending, 2).expect("scan");

@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn u64_keys_sort_numerically_and_round_trip() {
-        let mut keys: Vec<_> = [300u64, 2, 1 << 40, 0].iter().map(|n| u64_key(*n)).collect();
+        let mut keys: Vec<_> = [300u64, 2, 1 << 40, 0]
+            .iter()
+            .map(|n| u64_key(*n))
+            .collect();
         keys.sort();
         let back: Vec<_> = keys.iter().map(|k| u64_of(k).unwrap()).collect();
         assert_eq!(back, vec![0, 2, 300, 1 << 40]);

@@ -32,7 +32,9 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     /// The data directory holds tables this program does not know: it belongs to
     /// something else, or to a newer version.
-    #[error("data directory {path} has unexpected tables {found:?} (expected {expected:?}); is it another program's directory?")]
+    #[error(
+        "data directory {path} has unexpected tables {found:?} (expected {expected:?}); is it another program's directory?"
+    )]
     UnexpectedTables {
         /// The directory.
         path: String,

@@ -61,7 +61,10 @@ fn apply(tables: &mut Tables, batch: &Batch) {
     for op in &batch.ops {
         match op {
             Op::Put { table, key, value } => {
-                tables.entry(table).or_default().insert(key.clone(), value.clone());
+                tables
+                    .entry(table)
+                    .or_default()
+                    .insert(key.clone(), value.clone());
             }
             Op::Delete { table, key } => {
                 tables.entry(table).or_default().remove(key);

@@ -9,8 +9,8 @@
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
 };
 
 use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError};
@@ -173,7 +173,9 @@ mod tests {
     fn another_programs_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(RocksKv::open(dir.path(), &["prepared"]).unwrap());
-        let err = RocksKv::open(dir.path(), TABLES).err().expect("must refuse");
+        let err = RocksKv::open(dir.path(), TABLES)
+            .err()
+            .expect("must refuse");
         assert!(err.to_string().contains("prepared"), "{err}");
     }
 }
