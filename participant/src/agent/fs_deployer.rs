@@ -1,0 +1,291 @@
+//! The reference agent's [`Deployer`]: `<deploy-root>/releases/<version>` directories and
+//! an atomic switch of the `<deploy-root>/current` symlink.
+//!
+//! Versions are names: once `releases/<version>` exists it is reused as is (a revert to
+//! T3C finds the T3C build it staged before) and never overwritten. An abort removes only
+//! a directory its own transaction created, never the live one.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    agent::{
+        artifact,
+        hooks::{self, Hooks, Phase},
+    },
+    deployer::{Change, DeployError, Deployer, Refusal, Staged},
+};
+
+/// File written into a stage directory that had no artifact.
+pub const METADATA_FILE: &str = "lockstep-release.json";
+
+/// Deploys by directory and symlink.
+#[derive(Debug, Clone)]
+pub struct FsDeployer {
+    root: PathBuf,
+    hooks: Hooks,
+}
+
+/// What `stage` remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Note {
+    /// This transaction created `releases/<version>` (so an abort removes it).
+    created: bool,
+}
+
+impl FsDeployer {
+    /// A deployer over `root` (created if missing).
+    pub fn new(root: PathBuf, hooks: Hooks) -> std::io::Result<Self> {
+        fs::create_dir_all(root.join("releases"))?;
+        Ok(Self { root, hooks })
+    }
+
+    /// `<root>/releases/<version>`.
+    pub fn release_dir(&self, version: &str) -> PathBuf {
+        self.root.join("releases").join(version)
+    }
+
+    fn staging_dir(&self, tx: &str) -> PathBuf {
+        self.root.join("releases").join(format!(".staging-{tx}"))
+    }
+
+    fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    /// Builds `releases/<version>` from the artifact (or a metadata file) through a
+    /// staging directory renamed into place, so a crash never leaves a half-copied
+    /// version under its final name. Returns whether it created the directory.
+    fn materialize(&self, change: &Change) -> Result<bool, String> {
+        let dir = self.release_dir(&change.version);
+        if dir.is_dir() {
+            return Ok(false);
+        }
+        let staging = self.staging_dir(&change.transaction_id);
+        remove_if_exists(&staging).map_err(|e| format!("clearing {}: {e}", staging.display()))?;
+        if change.artifact.is_empty() {
+            fs::create_dir_all(&staging)
+                .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+        } else {
+            artifact::install(Path::new(&change.artifact), &staging)?;
+        }
+        let metadata = serde_json::json!({
+            "project": change.project,
+            "version": change.version,
+            "transaction": change.transaction_id,
+            "artifact": change.artifact,
+            "metadata": change.metadata,
+        });
+        let file = staging.join(METADATA_FILE);
+        fs::write(
+            &file,
+            serde_json::to_vec_pretty(&metadata).expect("json values serialize"),
+        )
+        .and_then(|_| artifact::sync_tree(&staging))
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        fs::rename(&staging, &dir)
+            .and_then(|_| artifact::sync_dir(&self.root.join("releases")))
+            .map_err(|e| format!("moving the staged version into {}: {e}", dir.display()))?;
+        Ok(true)
+    }
+
+    /// The transaction that created `releases/<version>`, from its metadata file.
+    fn created_by(&self, version: &str) -> Option<String> {
+        let text = fs::read(self.release_dir(version).join(METADATA_FILE)).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        value["transaction"].as_str().map(str::to_string)
+    }
+
+    fn live_sync(&self) -> Result<Option<String>, DeployError> {
+        match fs::read_link(self.current()) {
+            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DeployError(format!(
+                "reading {}: {e}",
+                self.current().display()
+            ))),
+        }
+    }
+
+    /// Points `current` at `releases/<version>` atomically: a new symlink renamed over
+    /// the old one, then the directory synced.
+    fn switch(&self, change: &Change) -> Result<(), DeployError> {
+        let target = Path::new("releases").join(&change.version);
+        if !self.root.join(&target).is_dir() {
+            return Err(DeployError(format!(
+                "{} is missing; cannot go live",
+                self.root.join(&target).display()
+            )));
+        }
+        let next = self
+            .root
+            .join(format!(".current-{}", change.transaction_id));
+        let step =
+            |what: &str, r: std::io::Result<()>| r.map_err(|e| DeployError(format!("{what}: {e}")));
+        step("clearing the temporary link", remove_if_exists(&next))?;
+        step(
+            "creating the new link",
+            std::os::unix::fs::symlink(&target, &next),
+        )?;
+        step("switching current", fs::rename(&next, self.current()))?;
+        step("syncing the deploy root", artifact::sync_dir(&self.root))
+    }
+
+    async fn hook(
+        &self,
+        command: &Option<String>,
+        phase: Phase,
+        change: &Change,
+    ) -> Result<(), String> {
+        match command {
+            Some(cmd) => hooks::run(cmd, phase, change, &self.release_dir(&change.version)).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("file operations do not panic")
+}
+
+impl Deployer for FsDeployer {
+    async fn stage(&self, change: &Change) -> Result<Staged, Refusal> {
+        let this = self.clone();
+        let c = change.clone();
+        let created = blocking(move || this.materialize(&c))
+            .await
+            .map_err(Refusal)?;
+        if let Err(reason) = self.hook(&self.hooks.prepare, Phase::Prepare, change).await {
+            // Refusing: leave nothing behind that this transaction created.
+            if created {
+                let dir = self.release_dir(&change.version);
+                let _ = blocking(move || remove_if_exists(&dir)).await;
+            }
+            return Err(Refusal(reason));
+        }
+        Ok(Staged {
+            note: serde_json::to_value(Note { created }).expect("notes serialize"),
+            migrations: Some(self.release_dir(&change.version).join("migrations")),
+        })
+    }
+
+    async fn go_live(&self, change: &Change, _staged: &Staged) -> Result<(), DeployError> {
+        let this = self.clone();
+        let c = change.clone();
+        blocking(move || this.switch(&c)).await?;
+        self.hook(&self.hooks.commit, Phase::Commit, change)
+            .await
+            .map_err(DeployError)
+    }
+
+    async fn undo(&self, change: &Change, staged: Option<&Staged>) -> Result<(), DeployError> {
+        // A stage cut short (an Abort during the prepare hook) left no note: the
+        // metadata file in the directory says which transaction created it.
+        let created = staged
+            .and_then(|s| serde_json::from_value::<Note>(s.note.clone()).ok())
+            .map(|n| n.created)
+            .unwrap_or_else(|| {
+                self.created_by(&change.version) == Some(change.transaction_id.clone())
+            });
+        let this = self.clone();
+        let c = change.clone();
+        blocking(move || -> Result<(), DeployError> {
+            let staging = this.staging_dir(&c.transaction_id);
+            remove_if_exists(&staging)
+                .map_err(|e| DeployError(format!("removing {}: {e}", staging.display())))?;
+            let live = this.live_sync()?;
+            if created && live.as_deref() != Some(c.version.as_str()) {
+                let dir = this.release_dir(&c.version);
+                remove_if_exists(&dir)
+                    .map_err(|e| DeployError(format!("removing {}: {e}", dir.display())))?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.hook(&self.hooks.abort, Phase::Abort, change)
+            .await
+            .map_err(DeployError)
+    }
+
+    async fn live_version(&self) -> Result<Option<String>, DeployError> {
+        let this = self.clone();
+        blocking(move || this.live_sync()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(tx: &str, version: &str, from: &str) -> Change {
+        Change {
+            transaction_id: tx.into(),
+            environment: "default".into(),
+            project: "A".into(),
+            version: version.into(),
+            from_version: from.into(),
+            artifact: String::new(),
+            metadata: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn staging_does_not_change_what_is_live_and_go_live_switches() {
+        let root = tempfile::tempdir().unwrap();
+        let d = FsDeployer::new(root.path().to_path_buf(), Hooks::default()).unwrap();
+        let t1 = change("T1", "T1A", "");
+        let staged = d.stage(&t1).await.unwrap();
+        assert_eq!(d.live_version().await.unwrap(), None);
+        d.go_live(&t1, &staged).await.unwrap();
+        d.go_live(&t1, &staged).await.unwrap();
+        assert_eq!(d.live_version().await.unwrap().as_deref(), Some("T1A"));
+        assert!(root.path().join("current").join(METADATA_FILE).is_file());
+    }
+
+    #[tokio::test]
+    async fn undo_removes_only_what_the_transaction_created() {
+        let root = tempfile::tempdir().unwrap();
+        let d = FsDeployer::new(root.path().to_path_buf(), Hooks::default()).unwrap();
+        let t1 = change("T1", "T1A", "");
+        let s1 = d.stage(&t1).await.unwrap();
+        d.go_live(&t1, &s1).await.unwrap();
+        let t4 = change("T4", "T4A", "T1A");
+        let s4 = d.stage(&t4).await.unwrap();
+        d.undo(&t4, Some(&s4)).await.unwrap();
+        assert!(!d.release_dir("T4A").exists());
+        // A revert to T1A reuses the existing directory, and undoing it keeps it.
+        let r = change("R", "T1A", "T1A");
+        let sr = d.stage(&r).await.unwrap();
+        d.undo(&r, Some(&sr)).await.unwrap();
+        assert!(d.release_dir("T1A").is_dir());
+        assert_eq!(d.live_version().await.unwrap().as_deref(), Some("T1A"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_prepare_hook_refuses_and_leaves_nothing_staged() {
+        let root = tempfile::tempdir().unwrap();
+        let hooks = Hooks {
+            prepare: Some("echo no disk >&2; exit 1".into()),
+            ..Hooks::default()
+        };
+        let d = FsDeployer::new(root.path().to_path_buf(), hooks).unwrap();
+        let err = d.stage(&change("T4", "T4C", "")).await.unwrap_err();
+        assert!(err.0.contains("no disk"), "{err}");
+        assert!(!d.release_dir("T4C").exists());
+    }
+}

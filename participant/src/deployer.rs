@@ -1,0 +1,82 @@
+//! What a deploy agent implements: only the deploy logic. The SDK ([`crate::Participant`])
+//! turns it into the `lockstep.v1.Participant` service and keeps the protocol rules for
+//! it (durable prepared records, idempotent replies, asking the coordinator for the
+//! decision after a restart).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One transaction's change for this project, as the coordinator asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Transaction id (the idempotency key).
+    pub transaction_id: String,
+    /// Environment.
+    pub environment: String,
+    /// This participant's project.
+    pub project: String,
+    /// Version to make live.
+    pub version: String,
+    /// Version live before ("" when none).
+    pub from_version: String,
+    /// Where the build is (opaque to Lockstep).
+    pub artifact: String,
+    /// Metadata from the release.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What `stage` wants to remember until the decision (stored durably with the PREPARED
+/// record, handed back to `go_live` and `undo`, also after a restart).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Free-form notes of the deployer (e.g. "created releases/T4").
+    pub note: serde_json::Value,
+    /// Directory of the versioned migrations shipped with this version, if any; the SDK
+    /// stages them against the database after the deployer's own staging.
+    #[serde(default)]
+    pub migrations: Option<std::path::PathBuf>,
+}
+
+/// A REFUSED vote: the change cannot be staged. The reason reaches the release driver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// A failure to go live or undo after the decision. The coordinator retries until it
+/// succeeds, so implementations must be idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeployError(pub String);
+
+/// The deploy logic of one project.
+///
+/// # To ensure correctness
+/// - `stage` returns `Ok` only when what it staged survives a crash (files synced): the
+///   SDK votes PREPARED right after.
+/// - `stage` must not change what is live: until `go_live`, the old version serves.
+/// - `go_live` and `undo` are idempotent: after a crash the SDK may call them again for
+///   the same change, and `undo` may follow a `stage` that failed halfway (`staged` is
+///   then `None`).
+/// - `undo` restores exactly what was live before `stage`.
+pub trait Deployer: Send + Sync + 'static {
+    /// Stages `change` without making it live.
+    fn stage(&self, change: &Change) -> impl Future<Output = Result<Staged, Refusal>> + Send;
+
+    /// Makes the staged change live.
+    fn go_live(
+        &self,
+        change: &Change,
+        staged: &Staged,
+    ) -> impl Future<Output = Result<(), DeployError>> + Send;
+
+    /// Discards what `stage` did (fully or partly).
+    fn undo(
+        &self,
+        change: &Change,
+        staged: Option<&Staged>,
+    ) -> impl Future<Output = Result<(), DeployError>> + Send;
+
+    /// The version live now (`None` before the first release).
+    fn live_version(&self) -> impl Future<Output = Result<Option<String>, DeployError>> + Send;
+}

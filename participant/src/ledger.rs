@@ -1,0 +1,103 @@
+//! The participant's durable memory: one record per transaction it has seen, in its own
+//! RocksDB (or, in simulation, the in-memory store). This is what lets it answer
+//! repeated Prepare/Commit/Abort calls identically and finish prepared transactions
+//! after a restart.
+
+use std::sync::Arc;
+
+use lockstep_store::{Batch, Durability, Kv, Order, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    deployer::{Change, Staged},
+    schema::SchemaStaged,
+};
+
+/// Transactions by id.
+pub const TRANSACTIONS: &str = "participant_transactions";
+
+/// Every table the participant opens.
+pub const ALL: &[&str] = &[TRANSACTIONS];
+
+/// Where a transaction is on this participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Prepare started and has not voted: after a crash here the participant may undo on
+    /// its own, since it never promised anything.
+    Staging,
+    /// Voted PREPARED: waits for the coordinator's decision, never decides alone.
+    Prepared,
+    /// Voted REFUSED (and undid what it staged).
+    Refused,
+    /// Went live.
+    Committed,
+    /// Undone (or told to abort before it prepared).
+    Aborted,
+}
+
+/// One transaction as this participant remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The change asked for (absent for an Abort that came before any Prepare).
+    pub change: Option<Change>,
+    /// Where it is.
+    pub phase: Phase,
+    /// What the deployer staged.
+    #[serde(default)]
+    pub staged: Option<Staged>,
+    /// What the migrations staged.
+    #[serde(default)]
+    pub schema: Option<SchemaStaged>,
+    /// Why it was refused or aborted.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Typed access to the participant's records.
+#[derive(Clone)]
+pub struct Ledger {
+    kv: Arc<dyn Kv>,
+}
+
+impl Ledger {
+    /// Wraps a store opened with [`ALL`].
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self { kv }
+    }
+
+    /// The record of `tx`, if any.
+    pub fn get(&self, tx: &str) -> Result<Option<Entry>, StoreError> {
+        self.kv
+            .get(TRANSACTIONS, tx.as_bytes())?
+            .map(|v| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("{TRANSACTIONS}/{tx}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Writes the record of `tx`. `Durability::Sync` at the protocol's durability points
+    /// (PREPARED before the vote, COMMITTED before the acknowledgement).
+    pub fn put(&self, tx: &str, entry: &Entry, durability: Durability) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        let value = serde_json::to_vec(entry).expect("entries serialize");
+        batch.put(TRANSACTIONS, tx.as_bytes().to_vec(), value);
+        self.kv.write(batch, durability)
+    }
+
+    /// Records in the given phases, with their ids.
+    pub fn in_phase(&self, phases: &[Phase]) -> Result<Vec<(String, Entry)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self
+            .kv
+            .scan(TRANSACTIONS, b"", None, Order::Ascending, usize::MAX)?
+        {
+            let entry: Entry = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("{TRANSACTIONS}: {e}")))?;
+            if phases.contains(&entry.phase) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), entry));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,117 @@
+//! `lockstep-agent`: the reference participant for one project.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use clap::Parser;
+use lockstep_participant::{
+    Participant,
+    agent::{FsDeployer, Hooks},
+    ledger::{self, Ledger},
+    recovery, server,
+};
+use lockstep_store::RocksKv;
+use tonic::transport::Endpoint;
+
+/// Runs a Lockstep participant for one project: stages versions under --deploy-root,
+/// makes them live by switching the `current` symlink, and keeps its protocol state in
+/// RocksDB under --data-dir. Prints `listening on ADDR` once it accepts calls.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Project this agent serves.
+    #[arg(long)]
+    project: String,
+    /// Environment this agent serves.
+    #[arg(long, default_value = lockstep::DEFAULT_ENVIRONMENT)]
+    environment: String,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7711")]
+    listen: SocketAddr,
+    /// Directory of the agent's RocksDB state (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Directory holding `releases/<version>` and the `current` symlink.
+    #[arg(long)]
+    deploy_root: PathBuf,
+    /// Coordinator URL, asked for decisions after a restart.
+    #[arg(
+        long,
+        env = "LOCKSTEP_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    coordinator: String,
+    /// Command run (with `sh -c`) after staging; a non-zero exit refuses the release.
+    #[arg(long)]
+    prepare_hook: Option<String>,
+    /// Command run after going live; a non-zero exit makes the coordinator retry.
+    #[arg(long)]
+    commit_hook: Option<String>,
+    /// Command run after undoing a staged version.
+    #[arg(long)]
+    abort_hook: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    lockstep::names::ProjectName::parse("--project", &args.project)?;
+    lockstep::names::Environment::parse("--environment", &args.environment)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let kv = RocksKv::open(&args.data_dir, ledger::ALL).with_context(|| {
+        format!(
+            "opening the agent state in --data-dir {}",
+            args.data_dir.display()
+        )
+    })?;
+    let hooks = Hooks {
+        prepare: args.prepare_hook,
+        commit: args.commit_hook,
+        abort: args.abort_hook,
+    };
+    let deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
+        .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?;
+    let participant = Participant::new(
+        args.project,
+        args.environment,
+        deployer,
+        None,
+        Ledger::new(Arc::new(kv)),
+    );
+    let coordinator = Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
+        .connect_lazy();
+    let prepared = participant
+        .recover_local()
+        .await
+        .context("recovering local state")?;
+    if !prepared.is_empty() {
+        tracing::info!(
+            "{} prepared transaction(s) await their decision: asking the coordinator",
+            prepared.len()
+        );
+    }
+    recovery::resolve_prepared(participant.clone(), coordinator, prepared);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    server::serve(listener, participant, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
