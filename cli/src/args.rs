@@ -1,0 +1,218 @@
+//! Command-line arguments of `lockstep`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lockstep::pb;
+
+use crate::{Failure, Result, pairs};
+
+/// Drive Lockstep, the all-or-nothing release coordinator: register projects, create
+/// releases, revert and roll back, watch events, read the live state and history.
+///
+/// Exit codes: 0 committed or done, 1 aborted or refused, 2 usage error, 3 coordinator
+/// unreachable.
+#[derive(Parser)]
+#[command(name = "lockstep", version)]
+pub struct Args {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub coordinator: String,
+    /// Environment to act on.
+    #[arg(long, short = 'e', global = true, env = "LOCKSTEP_ENVIRONMENT", default_value = lockstep::DEFAULT_ENVIRONMENT)]
+    pub environment: String,
+    /// Output format: a table for people, or JSON (the proto3 JSON mapping, as grpcurl
+    /// prints it) for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Register and list projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Create, inspect, watch and abort releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Show the composite live state (current checkpoint, transactions in flight).
+    Live,
+    /// Show every checkpoint, oldest first.
+    History,
+    /// Revert a committed release: restore, for exactly the projects it touched, the
+    /// versions live just before it.
+    Revert {
+        /// Release to revert.
+        release: String,
+        /// Id for the revert transaction (default `revert-<release>`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Also revert later releases that built on it.
+        #[arg(long)]
+        cascade: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Restore a checkpoint as one transaction (default: the one before the current).
+    Rollback {
+        /// Checkpoint revision to restore.
+        revision: Option<u64>,
+        /// Id for the rollback transaction (default `rollback-to-<N>`).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+/// Flags shared by everything that starts a transaction.
+#[derive(clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the transaction is committed (exit 0) or aborted (exit 1), showing its
+    /// events as they happen.
+    #[arg(long)]
+    pub wait: bool,
+    /// Prepare deadline: if any participant has not voted within it, everything aborts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Only show the plan (targets, actions, waves, preconditions); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `lockstep project ...`.
+#[derive(Subcommand)]
+pub enum ProjectCommand {
+    /// Register a project (or change its endpoint or children).
+    Add {
+        /// Project name.
+        name: String,
+        /// Its participant's URL, e.g. http://127.0.0.1:7711.
+        #[arg(long)]
+        endpoint: String,
+        /// Children that must release with it, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        requires: Vec<String>,
+    },
+    /// List projects.
+    List,
+}
+
+/// `lockstep release ...`.
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Create a release: `lockstep release create T4 A=T4A B=T4B C=T4C`.
+    Create {
+        /// Release id (retrying with the same id and content is safe).
+        id: String,
+        /// PROJECT=VERSION, one per project.
+        #[arg(required = true)]
+        components: Vec<String>,
+        /// PROJECT=PATH of the build (a directory or .tar.gz), repeatable.
+        #[arg(long = "artifact")]
+        artifacts: Vec<String>,
+        /// PROJECT=KEY=VALUE metadata passed to the participant, repeatable.
+        #[arg(long = "meta")]
+        metadata: Vec<String>,
+        /// Allow moving projects back into a combination never committed (recorded as
+        /// untested).
+        #[arg(long)]
+        force: bool,
+        /// Allow versions a revert pulled.
+        #[arg(long)]
+        allow_quarantined: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show one transaction.
+    Get {
+        /// Transaction id.
+        id: String,
+    },
+    /// List transactions, newest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only unfinished ones.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Follow the event log (of one transaction, or all).
+    Watch {
+        /// Only this transaction's events.
+        id: Option<String>,
+        /// Start at this sequence number (resume after the last one seen).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Abort a transaction that has not decided yet.
+    Abort {
+        /// Transaction id.
+        id: String,
+        /// Why (recorded in the event log).
+        #[arg(long, default_value = "aborted from the command line")]
+        reason: String,
+    },
+}
+
+/// Builds the components of a release from `A=T4A` arguments, `--artifact A=PATH` and
+/// `--meta A=KEY=VALUE` flags.
+pub fn components(
+    items: &[String],
+    artifacts: &[String],
+    metadata: &[String],
+) -> Result<Vec<pb::Component>> {
+    let versions = pairs("component", items)?;
+    let mut artifacts = pairs("--artifact", artifacts)?;
+    let mut out: Vec<pb::Component> = versions
+        .into_iter()
+        .map(|(project, version)| pb::Component {
+            artifact: artifacts.remove(&project).unwrap_or_default(),
+            project,
+            version,
+            metadata: Default::default(),
+        })
+        .collect();
+    if let Some(project) = artifacts.keys().next() {
+        return Err(Failure::usage(format!(
+            "--artifact {project}=...: {project} is not a component of this release"
+        )));
+    }
+    for item in metadata {
+        let (project, kv) = item.split_once('=').ok_or_else(|| {
+            Failure::usage(format!("--meta {item:?}: expected PROJECT=KEY=VALUE"))
+        })?;
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Failure::usage(format!("--meta {item:?}: expected PROJECT=KEY=VALUE"))
+        })?;
+        let c = out
+            .iter_mut()
+            .find(|c| c.project == project)
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "--meta {item:?}: {project} is not a component of this release"
+                ))
+            })?;
+        c.metadata.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}

@@ -1,0 +1,276 @@
+//! `lockstep`: the command line for CI jobs and people.
+//!
+//! Exit codes (PRODUCT.md): 0 committed (or the command succeeded), 1 aborted or refused
+//! (a participant refused, a release rule or precondition failed, unknown id), 2 usage
+//! (bad flags or a request the coordinator calls malformed), 3 coordinator unreachable
+//! (or the outcome could not be learned).
+
+mod args;
+mod render;
+mod wait;
+
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use lockstep::pb::{self, coordinator_client::CoordinatorClient};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::args::{Args, Command, Output, ProjectCommand, ReleaseCommand, WaitArgs};
+
+/// Exit code: committed / success.
+const OK: u8 = 0;
+/// Exit code: aborted or refused.
+const REFUSED: u8 = 1;
+/// Exit code: usage error.
+const USAGE: u8 = 2;
+/// Exit code: coordinator unreachable.
+const UNREACHABLE: u8 = 3;
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let code = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => USAGE,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+                UNREACHABLE
+            }
+            _ => REFUSED,
+        };
+        Self {
+            code,
+            message: format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { USAGE } else { OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(args).await {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("lockstep: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| Failure {
+        code: UNREACHABLE,
+        message: format!("cannot reach the coordinator at {url}: {e}"),
+    })?;
+    Ok(CoordinatorClient::new(channel)
+        .max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES))
+}
+
+async fn run(args: Args) -> Result<u8> {
+    let out = args.output;
+    let env = args.environment.clone();
+    // Usage errors first (exit 2), whether or not the coordinator is up.
+    if let Command::Release(ReleaseCommand::Create {
+        components,
+        artifacts,
+        metadata,
+        ..
+    }) = &args.command
+    {
+        args::components(components, artifacts, metadata)?;
+    }
+    let mut client = connect(&args.coordinator).await?;
+    match args.command {
+        Command::Project(ProjectCommand::Add {
+            name,
+            endpoint,
+            requires,
+        }) => {
+            let r = client
+                .register_project(pb::RegisterProjectRequest {
+                    name,
+                    environment: env,
+                    endpoint,
+                    requires,
+                })
+                .await?
+                .into_inner();
+            render::project_registered(out, &r);
+        }
+        Command::Project(ProjectCommand::List) => {
+            let r = client
+                .list_projects(pb::ListProjectsRequest { environment: env })
+                .await?
+                .into_inner();
+            render::projects(out, &r);
+        }
+        Command::Release(ReleaseCommand::Create {
+            id,
+            components,
+            artifacts,
+            metadata,
+            force,
+            allow_quarantined,
+            wait,
+        }) => {
+            let components = args::components(&components, &artifacts, &metadata)?;
+            let request = pb::CreateReleaseRequest {
+                id,
+                environment: env,
+                components,
+                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
+                dry_run: wait.dry_run,
+                force,
+                allow_quarantined,
+            };
+            let created = client.create_release(request).await?.into_inner();
+            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
+        }
+        Command::Release(ReleaseCommand::Get { id }) => {
+            let t = client
+                .get_release(pb::GetReleaseRequest { id })
+                .await?
+                .into_inner();
+            render::transaction(out, &t);
+            return Ok(outcome_code(&t));
+        }
+        Command::Release(ReleaseCommand::List { limit, active }) => {
+            let r = client
+                .list_releases(pb::ListReleasesRequest {
+                    environment: String::new(),
+                    limit,
+                    active_only: active,
+                })
+                .await?
+                .into_inner();
+            render::transactions(out, &r);
+        }
+        Command::Release(ReleaseCommand::Watch { id, from }) => {
+            wait::watch(&args.coordinator, out, id.unwrap_or_default(), from).await?;
+        }
+        Command::Release(ReleaseCommand::Abort { id, reason }) => {
+            let t = client
+                .abort_release(pb::AbortReleaseRequest { id, reason })
+                .await?
+                .into_inner();
+            render::transaction(out, &t);
+        }
+        Command::Live => {
+            let live = client
+                .get_live_state(pb::GetLiveStateRequest { environment: env })
+                .await?
+                .into_inner();
+            render::live(out, &live);
+        }
+        Command::History => {
+            let h = client
+                .get_history(pb::GetHistoryRequest { environment: env })
+                .await?
+                .into_inner();
+            render::history(out, &h);
+        }
+        Command::Revert {
+            release,
+            id,
+            cascade,
+            wait,
+        } => {
+            let request = pb::RevertReleaseRequest {
+                release_id: release,
+                id: id.unwrap_or_default(),
+                environment: env,
+                cascade,
+                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
+                dry_run: wait.dry_run,
+            };
+            let created = client.revert_release(request).await?.into_inner();
+            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
+        }
+        Command::Rollback { revision, id, wait } => {
+            let request = pb::RollbackRequest {
+                revision: revision.unwrap_or(0),
+                id: id.unwrap_or_default(),
+                environment: env,
+                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
+                dry_run: wait.dry_run,
+            };
+            let created = client.rollback(request).await?.into_inner();
+            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
+        }
+    }
+    Ok(OK)
+}
+
+/// Shows what a create call returned and, with --wait, follows it to its outcome.
+async fn finish_create(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    out: Output,
+    created: pb::CreateTransactionResponse,
+    wait: &WaitArgs,
+) -> Result<u8> {
+    let plan = created.plan.clone().unwrap_or_default();
+    let Some(tx) = created.transaction.clone() else {
+        render::plan(out, &plan, "dry run");
+        return Ok(if plan.allowed { OK } else { REFUSED });
+    };
+    if !wait.wait {
+        render::accepted(out, &created);
+        return Ok(OK);
+    }
+    if out == Output::Table {
+        render::accepted_brief(&created);
+    }
+    let final_tx = wait::until_terminal(client, url, out, &tx, created.first_event_seq).await?;
+    render::transaction(out, &final_tx);
+    Ok(outcome_code(&final_tx))
+}
+
+/// 0 when committed, 1 when aborted, 0 for anything still in progress.
+fn outcome_code(t: &pb::Transaction) -> u8 {
+    if t.state == pb::TransactionState::Aborted as i32 {
+        REFUSED
+    } else {
+        OK
+    }
+}
+
+/// Parses `KEY=VALUE` pairs keyed by the part before `=`.
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(Failure::usage(format!(
+                "{flag} {item:?}: expected PROJECT=VALUE"
+            )));
+        };
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Failure::usage(format!("{flag}: {k} is given twice")));
+        }
+    }
+    Ok(out)
+}

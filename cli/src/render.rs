@@ -1,0 +1,416 @@
+//! How `lockstep` shows things: aligned tables for people, the proto3 JSON mapping for
+//! scripts (`-o json`, the same shape grpcurl prints).
+
+use lockstep::pb;
+use serde::Serialize;
+
+use crate::args::Output;
+
+fn json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("messages serialize")
+    );
+}
+
+/// Prints rows as columns aligned on the widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+/// `TRANSACTION_STATE_COMMITTED` → `COMMITTED`.
+fn state(s: i32) -> String {
+    pb::TransactionState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TRANSACTION_STATE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| s.to_string())
+}
+
+fn kind(k: i32) -> String {
+    pb::TransactionKind::try_from(k)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("TRANSACTION_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn action(a: i32) -> String {
+    pb::Action::try_from(a)
+        .map(|a| a.as_str_name().trim_start_matches("ACTION_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn vote(v: i32) -> String {
+    match pb::Vote::try_from(v) {
+        Ok(pb::Vote::Prepared) => "prepared".into(),
+        Ok(pb::Vote::Refused) => "REFUSED".into(),
+        Ok(pb::Vote::NoAnswer) => "NO ANSWER".into(),
+        _ => "-".into(),
+    }
+}
+
+fn schema(s: &Option<pb::SchemaVersion>) -> String {
+    match s {
+        Some(s) if s.version != 0 => format!("{} {}", s.version, s.name),
+        _ => "-".into(),
+    }
+}
+
+fn waves(waves: &[pb::CommitWave]) -> String {
+    waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("{}) {}", i + 1, w.projects.join(", ")))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// `project add`.
+pub fn project_registered(out: Output, r: &pb::RegisterProjectResponse) {
+    match out {
+        Output::Json => json(r),
+        Output::Table => {
+            let p = r.project.clone().unwrap_or_default();
+            let what = if r.changed { "registered" } else { "unchanged" };
+            println!(
+                "project {} {what}: {}{}",
+                p.name,
+                p.endpoint,
+                requires(&p.requires)
+            );
+        }
+    }
+}
+
+fn requires(r: &[String]) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(" (requires {})", r.join(", "))
+    }
+}
+
+/// `project list`.
+pub fn projects(out: Output, r: &pb::ListProjectsResponse) {
+    match out {
+        Output::Json => json(r),
+        Output::Table => table(
+            &["PROJECT", "ENDPOINT", "REQUIRES"],
+            r.projects
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.endpoint.clone(),
+                        or_none(&p.requires.join(",")),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A plan (dry run, or alongside an accepted transaction).
+pub fn plan(out: Output, p: &pb::Plan, title: &str) {
+    if out == Output::Json {
+        return json(p);
+    }
+    println!("Plan ({title}):");
+    table(
+        &["PROJECT", "FROM", "TO", "ACTION"],
+        p.changes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.project.clone(),
+                    or_none(&c.from_version),
+                    c.to_version.clone(),
+                    action(c.action),
+                ]
+            })
+            .collect(),
+    );
+    println!(
+        "Commit waves (children first; undo runs in reverse): {}",
+        waves(&p.waves)
+    );
+    if !p.preconditions.is_empty() {
+        println!("Preconditions:");
+        for c in &p.preconditions {
+            println!(
+                "  [{}] {}: {}",
+                if c.passed { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    if !p.waits_for.is_empty() {
+        println!("Would wait for: {}", p.waits_for.join(", "));
+    }
+    println!("Result: {}", if p.allowed { "allowed" } else { "REFUSED" });
+}
+
+/// A transaction accepted without --wait.
+pub fn accepted(out: Output, r: &pb::CreateTransactionResponse) {
+    if out == Output::Json {
+        return json(r);
+    }
+    accepted_brief(r);
+    if let Some(t) = &r.transaction {
+        transaction(out, t);
+    }
+}
+
+/// One line saying a transaction was accepted (to stderr: progress, not the result).
+pub fn accepted_brief(r: &pb::CreateTransactionResponse) {
+    if let Some(t) = &r.transaction {
+        let again = if r.created {
+            "accepted"
+        } else {
+            "already exists (same request): returning it"
+        };
+        eprintln!(
+            "{} {} {again}: {}{}",
+            kind(t.kind),
+            t.id,
+            state(t.state),
+            if t.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", t.reason)
+            }
+        );
+    }
+}
+
+/// One transaction with its participants.
+pub fn transaction(out: Output, t: &pb::Transaction) {
+    if out == Output::Json {
+        return json(t);
+    }
+    let mut headline = format!(
+        "{} {} [{}]: {}",
+        kind(t.kind),
+        t.id,
+        t.environment,
+        state(t.state)
+    );
+    if t.checkpoint != 0 {
+        headline.push_str(&format!(", checkpoint {}", t.checkpoint));
+    }
+    if t.forced {
+        headline.push_str(", FORCED (untested combination)");
+    }
+    if t.quarantined {
+        headline.push_str(", QUARANTINED (pulled by a revert)");
+    }
+    println!("{headline}");
+    if !t.reason.is_empty() {
+        println!("  {}", t.reason);
+    }
+    if !t.reverts.is_empty() {
+        println!("  reverts: {}", t.reverts.join(", "));
+    }
+    table(
+        &[
+            "PROJECT", "FROM", "TO", "ACTION", "WAVE", "VOTE", "ACKED", "SCHEMA", "NOTE",
+        ],
+        t.participants
+            .iter()
+            .map(|p| {
+                vec![
+                    p.project.clone(),
+                    or_none(&p.from_version),
+                    p.to_version.clone(),
+                    action(p.action),
+                    (p.wave + 1).to_string(),
+                    vote(p.vote),
+                    if p.acknowledged {
+                        "yes".into()
+                    } else {
+                        "-".into()
+                    },
+                    schema(&p.to_schema),
+                    if !p.delivery_error.is_empty() {
+                        p.delivery_error.clone()
+                    } else {
+                        p.vote_reason.clone()
+                    },
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// `release list`.
+pub fn transactions(out: Output, r: &pb::ListReleasesResponse) {
+    if out == Output::Json {
+        return json(r);
+    }
+    table(
+        &["ID", "KIND", "STATE", "CHECKPOINT", "CHANGES", "REASON"],
+        r.transactions
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    kind(t.kind),
+                    state(t.state),
+                    if t.checkpoint == 0 {
+                        "-".into()
+                    } else {
+                        t.checkpoint.to_string()
+                    },
+                    t.participants
+                        .iter()
+                        .map(|p| format!("{}={}", p.project, p.to_version))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    t.reason.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn versions(c: &pb::Checkpoint) -> String {
+    c.versions
+        .iter()
+        .map(|v| format!("{}={}", v.project, v.version))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `live`.
+pub fn live(out: Output, l: &pb::LiveState) {
+    if out == Output::Json {
+        return json(l);
+    }
+    match &l.checkpoint {
+        None => println!("environment {}: nothing released yet", l.environment),
+        Some(c) => {
+            println!(
+                "environment {}: checkpoint {} ({}){}",
+                l.environment,
+                c.revision,
+                c.description,
+                if c.untested {
+                    " UNTESTED COMBINATION"
+                } else {
+                    ""
+                }
+            );
+            table(
+                &["PROJECT", "VERSION", "SCHEMA"],
+                c.versions
+                    .iter()
+                    .map(|v| vec![v.project.clone(), v.version.clone(), schema(&v.schema)])
+                    .collect(),
+            );
+        }
+    }
+    for t in &l.in_flight {
+        let acked: Vec<&str> = t
+            .participants
+            .iter()
+            .filter(|p| p.acknowledged)
+            .map(|p| p.project.as_str())
+            .collect();
+        let waiting: Vec<&str> = t
+            .participants
+            .iter()
+            .filter(|p| !p.acknowledged)
+            .map(|p| p.project.as_str())
+            .collect();
+        println!(
+            "in phase 2: {} {} {}: acknowledged [{}], waiting for [{}]",
+            kind(t.kind),
+            t.id,
+            state(t.state),
+            acked.join(", "),
+            waiting.join(", ")
+        );
+        for p in t
+            .participants
+            .iter()
+            .filter(|p| !p.delivery_error.is_empty())
+        {
+            println!("  {}: {}", p.project, p.delivery_error);
+        }
+    }
+    for t in &l.pending {
+        println!("{} {} {}: {}", kind(t.kind), t.id, state(t.state), t.reason);
+    }
+}
+
+/// `history`.
+pub fn history(out: Output, h: &pb::GetHistoryResponse) {
+    if out == Output::Json {
+        return json(h);
+    }
+    table(
+        &[
+            "REVISION",
+            "TRANSACTION",
+            "DESCRIPTION",
+            "VERSIONS",
+            "UNTESTED",
+        ],
+        h.checkpoints
+            .iter()
+            .map(|c| {
+                vec![
+                    c.revision.to_string(),
+                    c.transaction_id.clone(),
+                    c.description.clone(),
+                    versions(c),
+                    if c.untested { "YES".into() } else { "-".into() },
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// One event as a line: `#12 T4 VOTE_RECEIVED C: C refused T4C: ...`.
+pub fn event_line(e: &pb::Event) -> String {
+    let kind = pb::EventKind::try_from(e.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let subject = if e.transaction_id.is_empty() {
+        e.project.clone()
+    } else {
+        e.transaction_id.clone()
+    };
+    format!("#{} {} {}: {}", e.seq, subject, kind, e.message)
+}
