@@ -1,0 +1,518 @@
+//! End-to-end harness: the real binaries as child processes on real TCP ports, with
+//! their RocksDB and deploy roots in a temp dir; SIGKILL and restart on the same ports
+//! and data; failure injection through the agents' real prepare hook; and polling with a
+//! deadline (never a sleep) for everything a test waits for.
+//!
+//! Every agent started here runs a prepare hook that looks at two files in the
+//! cluster's `control/` directory: `<project>.fail` (refuse, with the file's content as
+//! the reason) and `<project>.block` (wait while it exists). Tests create and remove
+//! them to make a participant refuse or stall.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use lockstep::pb::{
+    self, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+/// How long anything in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where the workspace's binaries are: `LOCKSTEP_BIN_DIR`, or the target directory this
+/// test binary was built into (`target/debug/deps/..`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LOCKSTEP_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`make test` runs `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, failing the test after
+/// [`DEADLINE`] with `what` in the message.
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running server process.
+pub struct Server {
+    pub name: String,
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `program` with `args` plus `--listen 127.0.0.1:PORT` (0: any), waits for
+    /// its `listening on ADDR` line.
+    pub async fn start(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+        port: u16,
+    ) -> Self {
+        let mut s = Server {
+            name: name.to_string(),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            program,
+            args,
+            env,
+            log,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program.display()));
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not start in time; log:\n{}",
+                    self.name,
+                    tail(&self.log)
+                )
+            })
+            .unwrap();
+        let Some(line) = line else {
+            panic!("{} exited at start; log:\n{}", self.name, tail(&self.log));
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.addr = addr.parse().unwrap();
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+
+    /// Waits until the process exits by itself (e.g. at a crash point); returns how.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit", self.name))
+            .unwrap()
+    }
+
+    /// Starts again on the same port with the same data, optionally with other env vars.
+    pub async fn restart_with(&mut self, env: Vec<(String, String)>) {
+        self.kill9().await;
+        self.env = env;
+        self.spawn().await;
+    }
+
+    pub async fn restart(&mut self) {
+        let env = self.env.clone();
+        self.restart_with(env).await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The last lines of a log file.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The output of a CLI run.
+#[derive(Debug)]
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// An agent and where it keeps things.
+pub struct Agent {
+    pub project: String,
+    pub server: Server,
+    pub deploy_root: PathBuf,
+}
+
+impl Agent {
+    /// What `current` points to (the ground truth of what is live).
+    pub fn live(&self) -> Option<String> {
+        std::fs::read_link(self.deploy_root.join("current"))
+            .ok()
+            .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    /// Version directories under `releases/` (staging leftovers included, dot-files too).
+    pub fn releases(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.deploy_root.join("releases"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub async fn client(&self) -> ParticipantClient<Channel> {
+        ParticipantClient::connect(self.server.url()).await.unwrap()
+    }
+
+    pub async fn status(&self) -> pb::ParticipantStatus {
+        self.client()
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// A coordinator and agents in one temp dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Server,
+    pub agents: BTreeMap<String, Agent>,
+}
+
+impl Cluster {
+    /// A coordinator alone.
+    pub async fn new() -> Self {
+        Self::with_coordinator_env(Vec::new()).await
+    }
+
+    /// A coordinator started with extra environment variables (e.g. a crash point).
+    pub async fn with_coordinator_env(env: Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
+        let data = dir.path().join("coordinator");
+        let coordinator = Server::start(
+            "coordinator",
+            bin("lockstep-coordinator"),
+            vec!["--data-dir".into(), data.display().to_string()],
+            env,
+            dir.path().join("coordinator.log"),
+            0,
+        )
+        .await;
+        Cluster {
+            dir,
+            coordinator,
+            agents: BTreeMap::new(),
+        }
+    }
+
+    /// The seed's family: A requires B and C; all registered.
+    pub async fn family() -> Self {
+        let mut c = Self::new().await;
+        c.add_family().await;
+        c
+    }
+
+    pub async fn add_family(&mut self) {
+        for p in ["B", "C"] {
+            self.add_agent(p).await;
+            self.register(p, &[]).await;
+        }
+        self.add_agent("A").await;
+        self.register("A", &["B", "C"]).await;
+    }
+
+    pub fn control(&self, name: &str) -> PathBuf {
+        self.dir.path().join("control").join(name)
+    }
+
+    /// Makes `project` refuse every Prepare with `reason` until [`Cluster::heal`].
+    pub fn fail(&self, project: &str, reason: &str) {
+        std::fs::write(self.control(&format!("{project}.fail")), reason).unwrap();
+    }
+
+    /// Makes `project`'s Prepare wait until [`Cluster::heal`].
+    pub fn block(&self, project: &str) {
+        std::fs::write(self.control(&format!("{project}.block")), "").unwrap();
+    }
+
+    pub fn heal(&self, project: &str) {
+        for suffix in ["fail", "block"] {
+            let _ = std::fs::remove_file(self.control(&format!("{project}.{suffix}")));
+        }
+    }
+
+    /// Starts an agent for `project` (not registered).
+    pub async fn add_agent(&mut self, project: &str) {
+        let root = self.dir.path().join(format!("deploy-{project}"));
+        let control = self.dir.path().join("control");
+        let hook = format!(
+            "f={dir}/$LOCKSTEP_PROJECT; if [ -e \"$f.fail\" ]; then cat \"$f.fail\" >&2; exit 1; fi; while [ -e \"$f.block\" ]; do sleep 0.02; done",
+            dir = control.display()
+        );
+        let server = Server::start(
+            &format!("agent-{project}"),
+            bin("lockstep-agent"),
+            vec![
+                "--project".into(),
+                project.into(),
+                "--data-dir".into(),
+                self.dir
+                    .path()
+                    .join(format!("agent-{project}"))
+                    .display()
+                    .to_string(),
+                "--deploy-root".into(),
+                root.display().to_string(),
+                "--coordinator".into(),
+                self.coordinator.url(),
+                "--prepare-hook".into(),
+                hook,
+            ],
+            Vec::new(),
+            self.dir.path().join(format!("agent-{project}.log")),
+            0,
+        )
+        .await;
+        self.agents.insert(
+            project.to_string(),
+            Agent {
+                project: project.into(),
+                server,
+                deploy_root: root,
+            },
+        );
+    }
+
+    pub fn agent(&self, project: &str) -> &Agent {
+        &self.agents[project]
+    }
+
+    pub fn agent_mut(&mut self, project: &str) -> &mut Agent {
+        self.agents.get_mut(project).unwrap()
+    }
+
+    pub async fn register(&self, project: &str, requires: &[&str]) {
+        let mut args = vec!["project", "add", project, "--endpoint"];
+        let url = self.agent(project).server.url();
+        args.push(&url);
+        let joined = requires.join(",");
+        if !requires.is_empty() {
+            args.push("--requires");
+            args.push(&joined);
+        }
+        let out = self.cli(&args).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// Runs `lockstep` against this cluster's coordinator.
+    pub async fn cli(&self, args: &[&str]) -> Cli {
+        let out = tokio::time::timeout(
+            DEADLINE * 2,
+            Command::new(bin("lockstep"))
+                .args(args)
+                .env("LOCKSTEP_COORDINATOR", self.coordinator.url())
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("lockstep {args:?} did not finish"))
+        .unwrap();
+        Cli {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `lockstep release create ID P=V... --wait`, asserting the exit code.
+    pub async fn release(&self, id: &str, components: &[&str], expect_code: i32) -> Cli {
+        let mut args = vec!["release", "create", id];
+        args.extend_from_slice(components);
+        args.push("--wait");
+        let out = self.cli(&args).await;
+        assert_eq!(out.code, expect_code, "release {id}: {out:?}");
+        out
+    }
+
+    pub async fn client(&self) -> CoordinatorClient<Channel> {
+        CoordinatorClient::connect(self.coordinator.url())
+            .await
+            .unwrap()
+    }
+
+    pub async fn transaction(&self, id: &str) -> pb::Transaction {
+        self.client()
+            .await
+            .get_release(pb::GetReleaseRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until transaction `id` is in `state`.
+    pub async fn wait_state(&self, id: &str, state: pb::TransactionState) -> pb::Transaction {
+        wait_for(&format!("{id} to be {state:?}"), || async {
+            let t = self
+                .client()
+                .await
+                .get_release(pb::GetReleaseRequest { id: id.into() })
+                .await
+                .ok()?
+                .into_inner();
+            (t.state == state as i32).then_some(t)
+        })
+        .await
+    }
+
+    /// Every event in the log.
+    pub async fn events(&self) -> Vec<pb::Event> {
+        let latest = self.last_seq().await;
+        let mut stream = self
+            .client()
+            .await
+            .watch_events(pb::WatchEventsRequest {
+                from_seq: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while out.len() < latest as usize {
+            let e = tokio::time::timeout(DEADLINE, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            out.push(e);
+        }
+        out
+    }
+
+    /// The newest event sequence number.
+    pub async fn last_seq(&self) -> u64 {
+        self.live_state().await.last_event_seq
+    }
+
+    pub async fn live_state(&self) -> pb::LiveState {
+        self.client()
+            .await
+            .get_live_state(pb::GetLiveStateRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// What each agent has live (ground truth from the deploy roots).
+    pub fn live(&self) -> BTreeMap<String, Option<String>> {
+        self.agents
+            .iter()
+            .map(|(p, a)| (p.clone(), a.live()))
+            .collect()
+    }
+
+    /// `{"A": Some("T1A"), ...}` from literal pairs.
+    pub fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
+        pairs
+            .iter()
+            .map(|(p, v)| (p.to_string(), (!v.is_empty()).then(|| v.to_string())))
+            .collect()
+    }
+
+    /// Builds the seed's history: T1A T1B T1C, then T2B, then T3C.
+    pub async fn seed_history(&self) {
+        self.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+        self.release("T2", &["B=T2B"], 0).await;
+        self.release("T3", &["C=T3C"], 0).await;
+        assert_eq!(
+            self.live(),
+            Self::expect(&[("A", "T1A"), ("B", "T2B"), ("C", "T3C")])
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- coordinator log ---\n{}", tail(&self.coordinator.log));
+            for a in self.agents.values() {
+                eprintln!("--- {} log ---\n{}", a.server.name, tail(&a.server.log));
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Crashes: the coordinator and agents are killed with SIGKILL at the protocol's
+//! critical points; after a restart every transaction ends all-committed or
+//! all-aborted, matching what was durable.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::{self, TransactionState};
+use support::{Cluster, wait_for};
+
+fn crash_at(point: &str) -> Vec<(String, String)> {
+    vec![("LOCKSTEP_CRASH_AT".into(), point.into())]
+}
+
+async fn voted(c: &Cluster, tx: &str, projects: &[&str]) {
+    wait_for(
+        &format!("{projects:?} to vote PREPARED on {tx}"),
+        || async {
+            let t = c
+                .client()
+                .await
+                .get_release(pb::GetReleaseRequest { id: tx.into() })
+                .await
+                .ok()?
+                .into_inner();
+            projects
+                .iter()
+                .all(|p| {
+                    t.participants
+                        .iter()
+                        .any(|x| &x.project == p && x.vote == pb::Vote::Prepared as i32)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_killed_after_some_prepares_and_before_the_decision_aborts_everywhere() {
+    let mut c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("C");
+    assert_eq!(
+        c.cli(&["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"])
+            .await
+            .code,
+        0
+    );
+    voted(&c, "T4", &["A", "B"]).await;
+
+    c.coordinator.kill9().await;
+    c.coordinator.restart().await;
+
+    let t = c.wait_state("T4", TransactionState::Aborted).await;
+    assert!(t.reason.contains("presumed abort"), "{}", t.reason);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+    for p in ["A", "B", "C"] {
+        assert_eq!(
+            c.agent(p).releases(),
+            [format!("T1{p}")],
+            "{p} keeps nothing of T4"
+        );
+        assert!(
+            c.agent(p).status().await.staged.is_empty(),
+            "{p} has nothing staged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_killed_after_the_durable_commit_decision_commits_everywhere_on_restart() {
+    let mut c = Cluster::with_coordinator_env(crash_at("after-commit-decision")).await;
+    c.add_family().await;
+    assert_eq!(
+        c.cli(&["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"])
+            .await
+            .code,
+        0
+    );
+    c.coordinator.exited().await;
+
+    // Decided and durable, but no Commit was sent: nothing is live, all is staged.
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", ""), ("B", ""), ("C", "")])
+    );
+    for p in ["A", "B", "C"] {
+        let staged = c.agent(p).status().await.staged;
+        assert_eq!(staged.len(), 1, "{p} holds T1 prepared");
+        assert_eq!(staged[0].transaction_id, "T1");
+    }
+
+    c.coordinator.restart_with(Vec::new()).await;
+
+    let t = c.wait_state("T1", TransactionState::Committed).await;
+    assert_eq!(t.checkpoint, 1);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+    let history = c.cli(&["history", "-o", "json"]).await.json();
+    assert_eq!(
+        history["checkpoints"].as_array().unwrap().len(),
+        1,
+        "one checkpoint, recorded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_killed_after_some_commits_were_acknowledged_finishes_the_rest() {
+    let mut c = Cluster::with_coordinator_env(crash_at("after-first-commit-ack")).await;
+    c.add_family().await;
+    assert_eq!(
+        c.cli(&["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"])
+            .await
+            .code,
+        0
+    );
+    c.coordinator.exited().await;
+
+    // Wave 1 (B and C, in parallel) acknowledged at least once; A, the parent, goes in
+    // wave 2 and was never told.
+    let live = c.live();
+    assert_eq!(live["A"], None, "parents go live after their children");
+    assert!(live["B"].is_some() || live["C"].is_some(), "{live:?}");
+
+    c.coordinator.restart_with(Vec::new()).await;
+
+    c.wait_state("T1", TransactionState::Committed).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_after_voting_prepared_keeps_its_staged_version_and_learns_the_decision() {
+    let mut c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("B");
+    assert_eq!(
+        c.cli(&["release", "create", "T2", "A=T2A", "B=T2B", "C=T2C"])
+            .await
+            .code,
+        0
+    );
+    voted(&c, "T2", &["A"]).await;
+
+    c.agent_mut("A").server.kill9().await;
+    // The decision is made while A is down: B and C go live, A is owed a Commit.
+    c.heal("B");
+    c.wait_state("T2", TransactionState::Committing).await;
+    assert_eq!(
+        c.agent("A").live().as_deref(),
+        Some("T1A"),
+        "A never decides alone"
+    );
+    assert!(
+        c.agent("A").releases().contains(&"T2A".to_string()),
+        "A's staged version survived"
+    );
+
+    c.agent_mut("A").server.restart().await;
+
+    c.wait_state("T2", TransactionState::Committed).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")])
+    );
+    assert!(c.agent("A").status().await.staged.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restarted_while_the_release_is_undecided_keeps_waiting_then_aborts_with_it() {
+    let mut c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("B");
+    assert_eq!(
+        c.cli(&["release", "create", "T2", "A=T2A", "B=T2B", "C=T2C"])
+            .await
+            .code,
+        0
+    );
+    voted(&c, "T2", &["A"]).await;
+
+    c.agent_mut("A").server.kill9().await;
+    c.agent_mut("A").server.restart().await;
+
+    // After its restart A asks for the decision, hears UNDECIDED, and keeps T2 staged.
+    let staged = c.agent("A").status().await.staged;
+    assert_eq!(
+        staged
+            .iter()
+            .map(|s| s.transaction_id.as_str())
+            .collect::<Vec<_>>(),
+        ["T2"]
+    );
+    let out = c
+        .cli(&["release", "abort", "T2", "--reason", "B is stuck"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    c.wait_state("T2", TransactionState::Aborted).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+    assert_eq!(c.agent("A").releases(), ["T1A"]);
+}

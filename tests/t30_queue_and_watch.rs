@@ -1,0 +1,164 @@
+//! Ordering: transactions sharing a project never interleave, and the event log can be
+//! followed, dropped and resumed without losing or repeating anything.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::{self, EventKind, TransactionState};
+use support::Cluster;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_releases_sharing_a_project_run_one_after_the_other() {
+    let c = Cluster::family().await;
+    c.block("A");
+    let (first, second) = tokio::join!(
+        c.cli(&["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"]),
+        async {
+            // T5 arrives once T4 holds B.
+            c.wait_state("T4", TransactionState::Preparing).await;
+            c.cli(&["release", "create", "T5", "B=T5B", "-o", "json"])
+                .await
+        }
+    );
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(second.code, 0, "{second:?}");
+    let t5 = second.json();
+    assert_eq!(t5["transaction"]["state"], "TRANSACTION_STATE_PENDING");
+    assert_eq!(
+        t5["transaction"]["reason"],
+        "waiting for T4, which holds project B"
+    );
+    assert_eq!(t5["plan"]["waitsFor"][0], "T4");
+
+    c.heal("A");
+    c.wait_state("T4", TransactionState::Committed).await;
+    c.wait_state("T5", TransactionState::Committed).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T5B"), ("C", "T4C")])
+    );
+
+    let events = c.events().await;
+    let seq = |tx: &str, kind: EventKind| {
+        events
+            .iter()
+            .find(|e| e.transaction_id == tx && e.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} for {tx}"))
+            .seq
+    };
+    let queued = events
+        .iter()
+        .find(|e| e.transaction_id == "T5" && e.kind == EventKind::TransactionQueued as i32)
+        .unwrap();
+    assert_eq!(queued.message, "waiting for T4, which holds project B");
+    assert!(
+        seq("T4", EventKind::TransactionCommitted) < seq("T5", EventKind::PrepareStarted),
+        "T5 prepared only after T4 finished"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gap-free and ordered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_that_disconnects_and_resumes_misses_nothing_and_sees_nothing_twice() {
+    let c = Cluster::family().await;
+    let mut stream = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(stream.message().await.unwrap().unwrap());
+    }
+    drop(stream);
+
+    c.release("T2", &["B=T2B"], 0).await;
+    c.release("T3", &["C=T3C"], 0).await;
+
+    // Resume from the last sequence number seen, as the CLI's `watch --from` does.
+    let mut resumed = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: seen.last().unwrap().seq + 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let head = c.last_seq().await;
+    while seen.last().unwrap().seq < head {
+        seen.push(resumed.message().await.unwrap().unwrap());
+    }
+    assert_eq!(seen, c.events().await, "resumed watch equals the whole log");
+
+    // The CLI's watch prints one JSON event per line, filtered to the transaction.
+    let mut watch = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["release", "watch", "T3", "--from", "1", "-o", "json"])
+        .env("LOCKSTEP_COORDINATOR", c.coordinator.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut printed = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+            printed.push(e["seq"].as_str().unwrap().parse::<u64>().unwrap());
+            assert_eq!(e["transactionId"], "T3");
+            if e["kind"] == "EVENT_KIND_TRANSACTION_COMMITTED" {
+                return;
+            }
+        }
+        panic!("watch ended before T3's committed event");
+    };
+    tokio::time::timeout(support::DEADLINE, read)
+        .await
+        .expect("the CLI prints T3's events");
+    assert!(
+        printed.windows(2).all(|w| w[0] < w[1]),
+        "in order: {printed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_a_transaction_filters_its_events_and_stops_at_its_end() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["B=T2B"], 0).await;
+    let mut stream = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: 1,
+            transaction_id: "T1".into(),
+            until_terminal: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        assert_eq!(e.transaction_id, "T1");
+        kinds.push(e.kind);
+    }
+    assert_eq!(kinds.first(), Some(&(EventKind::TransactionCreated as i32)));
+    assert_eq!(
+        kinds.last(),
+        Some(&(EventKind::TransactionCommitted as i32))
+    );
+}

@@ -1,0 +1,373 @@
+//! Bad input on every RPC: the right status code, a message naming the field, and
+//! nothing written to the log.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::{pb, wkt};
+use support::Cluster;
+use tonic::Code;
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    field: &str,
+) {
+    let status = result.expect_err("must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "message must name {field:?}: {:?}",
+        status.message()
+    );
+}
+
+fn component(project: &str, version: &str) -> pb::Component {
+    pb::Component {
+        project: project.into(),
+        version: version.into(),
+        ..Default::default()
+    }
+}
+
+fn release(id: &str, components: Vec<pb::Component>) -> pb::CreateReleaseRequest {
+    pb::CreateReleaseRequest {
+        id: id.into(),
+        components,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let head = c.last_seq().await;
+    let history = c.cli(&["history", "-o", "json"]).await.stdout;
+    let mut co = c.client().await;
+
+    let register = |name: &str, endpoint: &str, requires: &[&str]| pb::RegisterProjectRequest {
+        name: name.into(),
+        environment: String::new(),
+        endpoint: endpoint.into(),
+        requires: requires.iter().map(|s| s.to_string()).collect(),
+    };
+    let ep = "http://127.0.0.1:1";
+    refused(
+        co.register_project(register("", ep, &[])).await,
+        Code::InvalidArgument,
+        "name",
+    );
+    refused(
+        co.register_project(register("D", "ftp://x", &[])).await,
+        Code::InvalidArgument,
+        "endpoint",
+    );
+    refused(
+        co.register_project(register("D", ep, &["Nope"])).await,
+        Code::NotFound,
+        "requires[0]",
+    );
+    refused(
+        co.register_project(register("D", ep, &["D"])).await,
+        Code::InvalidArgument,
+        "requires[0]",
+    );
+    refused(
+        co.register_project(register("B", ep, &["A"])).await,
+        Code::InvalidArgument,
+        "cycle",
+    );
+    refused(
+        co.list_projects(pb::ListProjectsRequest {
+            environment: "a/b".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "environment",
+    );
+
+    refused(
+        co.create_release(release("T9", vec![component("Nope", "1")]))
+            .await,
+        Code::NotFound,
+        "components[0].project",
+    );
+    refused(
+        co.create_release(release("T9", vec![component("B", "")]))
+            .await,
+        Code::InvalidArgument,
+        "components[0].version",
+    );
+    refused(
+        co.create_release(release("T9", vec![component("B", "../x")]))
+            .await,
+        Code::InvalidArgument,
+        "components[0].version",
+    );
+    refused(
+        co.create_release(release(
+            "T9",
+            vec![component("B", "1"), component("B", "2")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "components[1].project",
+    );
+    refused(
+        co.create_release(release("T9", vec![component("A", "T9A")]))
+            .await,
+        Code::FailedPrecondition,
+        "A requires B",
+    );
+    refused(
+        co.create_release(release("T9", vec![])).await,
+        Code::InvalidArgument,
+        "components",
+    );
+    refused(
+        co.create_release(release("bad id", vec![component("B", "1")]))
+            .await,
+        Code::InvalidArgument,
+        "id",
+    );
+    refused(
+        co.create_release(release("T1", vec![component("B", "other")]))
+            .await,
+        Code::AlreadyExists,
+        "id",
+    );
+    let mut negative = release("T9", vec![component("B", "T9B")]);
+    negative.prepare_timeout = Some(wkt::Duration {
+        seconds: -5,
+        nanos: 0,
+    });
+    refused(
+        co.create_release(negative).await,
+        Code::InvalidArgument,
+        "prepare_timeout",
+    );
+    let mut huge = release("T9", vec![component("B", "T9B")]);
+    huge.components[0].artifact = "x".repeat(5 * 1024 * 1024);
+    refused(
+        co.create_release(huge).await,
+        Code::ResourceExhausted,
+        "too large",
+    );
+    let mut long = release("T9", vec![component("B", "T9B")]);
+    long.components[0].artifact = "x".repeat(10_000);
+    refused(
+        co.create_release(long).await,
+        Code::InvalidArgument,
+        "components[0].artifact",
+    );
+
+    let revert = |id: &str| pb::RevertReleaseRequest {
+        release_id: id.into(),
+        ..Default::default()
+    };
+    refused(
+        co.revert_release(revert("")).await,
+        Code::InvalidArgument,
+        "release_id",
+    );
+    refused(
+        co.revert_release(revert("T404")).await,
+        Code::NotFound,
+        "release_id",
+    );
+    refused(
+        co.revert_release(revert("T1")).await,
+        Code::FailedPrecondition,
+        "release_id",
+    );
+    refused(
+        co.rollback(pb::RollbackRequest {
+            revision: 42,
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "revision",
+    );
+    refused(
+        co.get_release(pb::GetReleaseRequest { id: String::new() })
+            .await,
+        Code::InvalidArgument,
+        "id",
+    );
+    refused(
+        co.get_release(pb::GetReleaseRequest { id: "T404".into() })
+            .await,
+        Code::NotFound,
+        "id",
+    );
+    refused(
+        co.list_releases(pb::ListReleasesRequest {
+            limit: 5000,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "limit",
+    );
+    refused(
+        co.abort_release(pb::AbortReleaseRequest {
+            id: "T404".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "id",
+    );
+    refused(
+        co.abort_release(pb::AbortReleaseRequest {
+            id: "T1".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::FailedPrecondition,
+        "id",
+    );
+    refused(
+        co.watch_events(pb::WatchEventsRequest {
+            until_terminal: true,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "until_terminal",
+    );
+    refused(
+        co.watch_events(pb::WatchEventsRequest {
+            transaction_id: "T404".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "T404",
+    );
+    refused(
+        co.get_live_state(pb::GetLiveStateRequest {
+            environment: " ".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "environment",
+    );
+    refused(
+        co.get_history(pb::GetHistoryRequest {
+            environment: "x y".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "environment",
+    );
+    refused(
+        co.get_decision(pb::GetDecisionRequest::default()).await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+    let unknown = co
+        .get_decision(pb::GetDecisionRequest {
+            transaction_id: "T404".into(),
+            project: "A".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.into_inner().decision,
+        pb::Decision::Abort as i32,
+        "unknown means presumed abort"
+    );
+
+    assert_eq!(c.last_seq().await, head, "nothing was written to the log");
+    assert_eq!(c.cli(&["history", "-o", "json"]).await.stdout, history);
+    let projects = co
+        .list_projects(pb::ListProjectsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .projects;
+    assert_eq!(
+        projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["A", "B", "C"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_participant_rpc_refuses_bad_input_and_stages_nothing() {
+    let c = Cluster::family().await;
+    let mut a = c.agent("A").client().await;
+    let prepare = |tx: &str, project: &str, version: &str| pb::PrepareRequest {
+        transaction_id: tx.into(),
+        project: project.into(),
+        version: version.into(),
+        ..Default::default()
+    };
+    refused(
+        a.prepare(prepare("", "A", "1")).await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+    refused(
+        a.prepare(prepare("T9", "A", "a/b")).await,
+        Code::InvalidArgument,
+        "version",
+    );
+    refused(
+        a.prepare(prepare("T9", "", "1")).await,
+        Code::InvalidArgument,
+        "project",
+    );
+    let mut huge = prepare("T9", "A", "1");
+    huge.artifact = "x".repeat(5 * 1024 * 1024);
+    refused(a.prepare(huge).await, Code::ResourceExhausted, "too large");
+    let wrong = a
+        .prepare(prepare("T9", "B", "1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(wrong.vote, pb::Vote::Refused as i32);
+    assert!(
+        wrong.reason.contains("serves project A, not B"),
+        "{}",
+        wrong.reason
+    );
+    refused(
+        a.commit(pb::CommitRequest {
+            transaction_id: "T8".into(),
+            project: "A".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "never prepared",
+    );
+    refused(
+        a.commit(pb::CommitRequest {
+            transaction_id: "T8".into(),
+            project: "B".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "project",
+    );
+    refused(
+        a.abort(pb::AbortRequest {
+            transaction_id: String::new(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+
+    assert_eq!(
+        c.agent("A").releases(),
+        Vec::<String>::new(),
+        "nothing staged"
+    );
+    assert_eq!(c.agent("A").live(), None);
+}

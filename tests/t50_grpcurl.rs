@@ -1,0 +1,160 @@
+//! Operators debug with grpcurl: reflection (`list`, `describe` with the proto
+//! comments), health checks, and calls, against both servers, with the real grpcurl.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::Cluster;
+
+/// grpcurl from `LOCKSTEP_GRPCURL`, the setup script's tools dir, or PATH. The setup
+/// script (`scripts/setup.sh`, run by `make test`) installs it; missing is a failure.
+fn grpcurl() -> PathBuf {
+    if let Some(p) = std::env::var_os("LOCKSTEP_GRPCURL") {
+        return p.into();
+    }
+    let tools =
+        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
+    let installed = PathBuf::from(tools).join("venv/bin/grpcurl");
+    if installed.is_file() {
+        return installed;
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("grpcurl"))
+        .find(|p| p.is_file())
+        .expect("grpcurl is not installed: run scripts/setup.sh (make test does)")
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `grpcurl -plaintext FLAGS ADDR REST...`.
+async fn run(addr: &str, flags: &[&str], rest: &[&str]) -> Out {
+    let out = tokio::process::Command::new(grpcurl())
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr)
+        .args(rest)
+        .output()
+        .await
+        .unwrap();
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_describes_and_calls_the_coordinator() {
+    let c = Cluster::family().await;
+    let addr = c.coordinator.addr.to_string();
+
+    let list = run(&addr, &[], &["list"]).await;
+    assert!(list.ok, "{}", list.stderr);
+    for service in ["lockstep.v1.Coordinator", "grpc.health.v1.Health"] {
+        assert!(
+            list.stdout.lines().any(|l| l == service),
+            "{service} in {}",
+            list.stdout
+        );
+    }
+    assert!(
+        !list.stdout.contains("lockstep.v1.Participant"),
+        "only what it serves: {}",
+        list.stdout
+    );
+    let rpc = run(
+        &addr,
+        &[],
+        &["describe", "lockstep.v1.Coordinator.CreateRelease"],
+    )
+    .await;
+    assert!(
+        rpc.stdout.contains("all or nothing"),
+        "RPC comments are served: {}",
+        rpc.stdout
+    );
+    let message = run(&addr, &[], &["describe", "lockstep.v1.Component"]).await;
+    assert!(
+        message
+            .stdout
+            .contains("Where the participant finds the build"),
+        "field comments: {}",
+        message.stdout
+    );
+
+    let health = run(
+        &addr,
+        &["-d", r#"{"service":"lockstep.v1.Coordinator"}"#],
+        &["grpc.health.v1.Health/Check"],
+    )
+    .await;
+    assert!(
+        health.stdout.contains("SERVING"),
+        "{} {}",
+        health.stdout,
+        health.stderr
+    );
+
+    let plan = run(
+        &addr,
+        &[
+            "-d",
+            r#"{"components":[{"project":"B","version":"T1B"}],"dryRun":true}"#,
+        ],
+        &["lockstep.v1.Coordinator/CreateRelease"],
+    )
+    .await;
+    assert!(plan.ok, "{}", plan.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(plan["plan"]["changes"][0]["toVersion"], "T1B");
+    assert_eq!(plan["plan"]["allowed"], true);
+
+    let bad = run(
+        &addr,
+        &["-d", r#"{"components":[{"project":"B","version":""}]}"#],
+        &["lockstep.v1.Coordinator/CreateRelease"],
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("InvalidArgument") && bad.stderr.contains("components[0].version"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_describes_and_health_checks_an_agent() {
+    let c = Cluster::family().await;
+    let addr = c.agent("A").server.addr.to_string();
+
+    let list = run(&addr, &[], &["list"]).await;
+    assert!(
+        list.stdout.lines().any(|l| l == "lockstep.v1.Participant"),
+        "{}",
+        list.stdout
+    );
+    let rpc = run(&addr, &[], &["describe", "lockstep.v1.Participant.Prepare"]).await;
+    assert!(
+        rpc.stdout.contains("stage the target version"),
+        "{}",
+        rpc.stdout
+    );
+    let health = run(&addr, &[], &["grpc.health.v1.Health/Check"]).await;
+    assert!(
+        health.stdout.contains("SERVING"),
+        "{} {}",
+        health.stdout,
+        health.stderr
+    );
+    let status = run(&addr, &[], &["lockstep.v1.Participant/GetStatus"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["project"], "A");
+}
