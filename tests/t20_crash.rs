@@ -164,6 +164,29 @@ async fn an_agent_killed_after_voting_prepared_keeps_its_staged_version_and_lear
         c.agent("A").releases().contains(&"T2A".to_string()),
         "A's staged version survived"
     );
+    let (live, acked) = wait_for("B and C to acknowledge T2", || async {
+        let live = c.cli(&["live", "-o", "json"]).await.json();
+        let acked: Vec<(String, bool)> = live["inFlight"][0]["participants"]
+            .as_array()?
+            .iter()
+            .map(|p| {
+                (
+                    p["project"].as_str().unwrap().to_string(),
+                    p["acknowledged"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        (acked.iter().filter(|(_, a)| *a).count() == 2).then_some((live, acked))
+    })
+    .await;
+    assert_eq!(live["inFlight"][0]["id"], "T2");
+    let expected: Vec<(String, bool)> =
+        vec![("A".into(), false), ("B".into(), true), ("C".into(), true)];
+    assert_eq!(acked, expected, "live shows who acknowledged");
+    assert_eq!(
+        live["checkpoint"]["revision"], "2",
+        "the decided checkpoint is the live one"
+    );
 
     c.agent_mut("A").server.restart().await;
 

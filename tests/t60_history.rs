@@ -1,0 +1,306 @@
+//! Release history that can be trusted: the four situations of the seed incident
+//! (../shared/seeds/000) each end in a known-good composite state; dry runs show the
+//! plan the real run executes; history survives restarts.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use support::Cluster;
+
+/// Given the seed's history T1A T1B T1C, T2B, T3C, then T4A T4B T4C live.
+async fn seed_with_t4() -> Cluster {
+    let c = Cluster::family().await;
+    c.seed_history().await;
+    c.release("T4", &["A=T4A", "B=T4B", "C=T4C"], 0).await;
+    c
+}
+
+/// `(project, from, to, action)` rows and waves, from a plan or from a transaction.
+fn changes(rows: &Value) -> Vec<(String, String, String, String)> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("project"), s("fromVersion"), s("toVersion"), s("action"))
+        })
+        .collect()
+}
+
+/// Runs `args` with --dry-run, then for real with --wait; asserts the real run did what
+/// the dry run showed, and returns the real run's exit code and transaction.
+async fn dry_then_real(c: &Cluster, args: &[&str]) -> (i32, Value) {
+    let mut dry = args.to_vec();
+    dry.extend(["--dry-run", "-o", "json"]);
+    let plan = c.cli(&dry).await;
+    assert_eq!(plan.code, 0, "dry run allowed: {plan:?}");
+    let plan = plan.json();
+    let mut real = args.to_vec();
+    real.extend(["--wait", "-o", "json"]);
+    let out = c.cli(&real).await;
+    let tx = out.json();
+    assert_eq!(
+        changes(&plan["changes"]),
+        changes(&tx["participants"]),
+        "same targets and actions"
+    );
+    assert_eq!(plan["waves"], tx["waves"], "same commit waves");
+    (out.code, tx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn situation_1_reverting_t4_restores_exactly_t1a_t2b_t3c() {
+    let c = seed_with_t4().await;
+
+    let (code, tx) = dry_then_real(&c, &["revert", "T4"]).await;
+
+    assert_eq!(code, 0);
+    assert_eq!(tx["reverts"][0], "T4");
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T2B"), ("C", "T3C")])
+    );
+    let history = c.cli(&["history", "-o", "json"]).await.json();
+    let last = history["checkpoints"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["description"], "revert of T4");
+    assert_eq!(last["revision"], "5");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn situation_2_activating_t3c_alone_under_t4_is_refused_forced_flagged_then_rolled_back() {
+    let c = seed_with_t4().await;
+
+    let refused = c.cli(&["release", "create", "T5", "C=T3C", "--wait"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("A=T4A B=T4B C=T3C"),
+        "names the combination: {}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("never live together"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("nearest known-good checkpoint: 3"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")])
+    );
+
+    let (code, tx) = dry_then_real(&c, &["release", "create", "T5", "C=T3C", "--force"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(tx["forced"], true);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T3C")])
+    );
+    let live = c.cli(&["live", "-o", "json"]).await.json();
+    assert_eq!(
+        live["checkpoint"]["untested"], true,
+        "shown as an untested combination"
+    );
+
+    let (code, tx) = dry_then_real(&c, &["rollback"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(tx["rollbackTo"], "4");
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")])
+    );
+    let live = c.cli(&["live", "-o", "json"]).await.json();
+    assert_eq!(live["checkpoint"]["description"], "rollback to 4");
+    assert_eq!(live["checkpoint"]["untested"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn situation_3_a_revert_that_c_cannot_prepare_aborts_and_t4_stays_whole() {
+    let c = seed_with_t4().await;
+    c.fail("C", "cannot re-activate T3C");
+
+    let (code, tx) = dry_then_real(&c, &["revert", "T4"]).await;
+
+    assert_eq!(code, 1);
+    assert_eq!(tx["state"], "TRANSACTION_STATE_ABORTED");
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")]),
+        "not T1A T2B T4C"
+    );
+    for p in ["A", "B", "C"] {
+        assert!(
+            c.agent(p).status().await.staged.is_empty(),
+            "{p} has nothing staged"
+        );
+    }
+    // T4 as a whole is still intact and can be reverted once C is fixed.
+    c.heal("C");
+    let (code, _) = dry_then_real(&c, &["revert", "T4"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T2B"), ("C", "T3C")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn situation_4_t4_failing_in_c_leaves_exactly_t1a_t2b_t3c_and_nothing_staged() {
+    let c = Cluster::family().await;
+    c.seed_history().await;
+    c.fail("C", "migration failed");
+
+    let (code, _) =
+        dry_then_real(&c, &["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"]).await;
+
+    assert_eq!(code, 1);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T2B"), ("C", "T3C")]),
+        "not T1A T1B T1C"
+    );
+    assert_eq!(c.agent("A").releases(), ["T1A"]);
+    assert_eq!(c.agent("B").releases(), ["T1B", "T2B"]);
+    for p in ["A", "B"] {
+        assert!(
+            c.agent(p).status().await.staged.is_empty(),
+            "{p} has nothing staged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_under_a_later_release_is_refused_unless_cascaded() {
+    let c = seed_with_t4().await;
+    c.release("T5", &["B=T5B"], 0).await;
+
+    let refused = c.cli(&["revert", "T4", "--wait"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("T5 committed after T4") && refused.stderr.contains("B=T5B"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("--cascade"), "{}", refused.stderr);
+
+    let (code, tx) = dry_then_real(&c, &["revert", "T4", "--cascade"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(tx["reverts"], serde_json::json!(["T4", "T5"]));
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T2B"), ("C", "T3C")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reverted_release_is_quarantined_until_explicitly_allowed() {
+    let c = seed_with_t4().await;
+    assert_eq!(c.cli(&["revert", "T4", "--wait"]).await.code, 0);
+    assert_eq!(c.transaction("T4").await.quarantined, true);
+
+    let refused = c
+        .cli(&[
+            "release", "create", "T4-again", "A=T4A", "B=T4B", "C=T4C", "--wait",
+        ])
+        .await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("pulled by revert-T4")
+            && refused.stderr.contains("--allow-quarantined"),
+        "{}",
+        refused.stderr
+    );
+
+    c.release(
+        "T4-again",
+        &["A=T4A", "B=T4B", "C=T4C", "--allow-quarantined"],
+        0,
+    )
+    .await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_never_moves_without_its_children_in_any_kind_of_transaction() {
+    let c = seed_with_t4().await;
+    let refused = c
+        .cli(&[
+            "release",
+            "create",
+            "T5",
+            "A=T5A",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(refused.code, 1);
+    let plan = refused.json();
+    let rule = plan["preconditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "children-included")
+        .unwrap()
+        .clone();
+    assert_eq!(rule["passed"], false);
+    assert_eq!(
+        rule["detail"],
+        "A requires B (live: T4B) and C (live: T4C); add them to the release"
+    );
+
+    // A rollback that only needs to move A still brings B and C along (unchanged).
+    c.release("T5", &["A=T5A", "B=T4B", "C=T4C"], 0).await;
+    let (code, tx) = dry_then_real(&c, &["rollback"]).await;
+    assert_eq!(code, 0);
+    let actions: Vec<(String, String)> = changes(&tx["participants"])
+        .into_iter()
+        .map(|(p, _, _, a)| (p, a))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("A".into(), "ACTION_DOWNGRADE".into()),
+            ("B".into(), "ACTION_UNCHANGED".into()),
+            ("C".into(), "ACTION_UNCHANGED".into())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_live_state_survive_a_coordinator_restart_unchanged() {
+    let mut c = seed_with_t4().await;
+    c.cli(&["release", "create", "T5", "C=T3C", "--force", "--wait"])
+        .await;
+    let history = c.cli(&["history", "-o", "json"]).await.stdout;
+    let live = c.cli(&["live", "-o", "json"]).await.stdout;
+    let releases = c.cli(&["release", "list", "-o", "json"]).await.stdout;
+
+    c.coordinator.kill9().await;
+    c.coordinator.restart().await;
+
+    assert_eq!(c.cli(&["history", "-o", "json"]).await.stdout, history);
+    assert_eq!(c.cli(&["live", "-o", "json"]).await.stdout, live);
+    assert_eq!(
+        c.cli(&["release", "list", "-o", "json"]).await.stdout,
+        releases
+    );
+    // The guard still knows what was committed before the restart.
+    let refused = c
+        .cli(&["release", "create", "T6", "C=T1C", "--dry-run"])
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+}
