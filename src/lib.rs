@@ -11,12 +11,14 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors with comments, for reflection.
 //! - [`names`]: validated names (project, version, transaction id, environment) with the
 //!   errors that name the offending field.
+//! - [`crash`]: crash points the crash tests use to stop a server between two steps.
 //! - [`limits`]: the sizes every server enforces.
 //! - [`edge`]: reflection, health and size limits every Lockstep server shares.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod crash;
 pub mod edge;
 pub mod limits;
 pub mod names;

@@ -82,6 +82,15 @@ fn schema(s: &Option<pb::SchemaVersion>) -> String {
     }
 }
 
+/// `1 create_users -> 2 add_email`, or just the version when it does not move.
+fn schema_move(from: &Option<pb::SchemaVersion>, to: &Option<pb::SchemaVersion>) -> String {
+    match (schema(from).as_str(), schema(to).as_str()) {
+        ("-", "-") => "-".into(),
+        (a, b) if a == b => a.to_string(),
+        (a, b) => format!("{a} -> {b}"),
+    }
+}
+
 fn waves(waves: &[pb::CommitWave]) -> String {
     waves
         .iter()
@@ -143,7 +152,7 @@ pub fn plan(out: Output, p: &pb::Plan, title: &str) {
     }
     println!("Plan ({title}):");
     table(
-        &["PROJECT", "FROM", "TO", "ACTION"],
+        &["PROJECT", "FROM", "TO", "ACTION", "SCHEMA"],
         p.changes
             .iter()
             .map(|c| {
@@ -152,10 +161,18 @@ pub fn plan(out: Output, p: &pb::Plan, title: &str) {
                     or_none(&c.from_version),
                     c.to_version.clone(),
                     action(c.action),
+                    schema_move(&c.from_schema, &c.to_schema),
                 ]
             })
             .collect(),
     );
+    for c in p.changes.iter().filter(|c| !c.migrations.is_empty()) {
+        println!(
+            "Migrations {} would run, in order: {}",
+            c.project,
+            c.migrations.join(", ")
+        );
+    }
     println!(
         "Commit waves (children first; undo runs in reverse): {}",
         waves(&p.waves)

@@ -361,6 +361,8 @@ pub fn plan(p: &Plan, waits_for: &[TxId]) -> pb::Plan {
                 to_version: c.to_version.to_string(),
                 action: action(c.action) as i32,
                 migrations: c.migrations.clone(),
+                from_schema: schema(&c.from_schema),
+                to_schema: schema(&c.to_schema),
             })
             .collect(),
         waves: waves(&p.waves),

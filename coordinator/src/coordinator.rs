@@ -342,6 +342,9 @@ impl Coordinator {
 
     /// Plans a transaction and, unless it is a dry run, accepts it durably and queues it.
     pub async fn create(&self, spec: CreateSpec) -> Result<Created> {
+        if spec.dry_run {
+            return self.dry_run(&spec).await;
+        }
         let (record, plan, waits_for, pending, signals) = {
             let mut s = self.state();
             if let Some(id) = &spec.id
@@ -351,15 +354,6 @@ impl Coordinator {
             }
             let plan = self.plan_locked(&s, &spec.environment, &spec.request)?;
             let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
-            if spec.dry_run {
-                return Ok(Created {
-                    transaction: None,
-                    plan,
-                    waits_for,
-                    created: false,
-                    first_event_seq: 0,
-                });
-            }
             if !plan.allowed() {
                 return Err(CoordinatorError::Refused(plan.refusal()));
             }
@@ -458,6 +452,27 @@ impl Coordinator {
             waits_for,
             created: true,
             first_event_seq,
+        })
+    }
+
+    /// Plans without writing anything or touching a participant's state, and asks each
+    /// participant's read-only Preview what it would run (its migration files) or why
+    /// it would refuse.
+    async fn dry_run(&self, spec: &CreateSpec) -> Result<Created> {
+        let (mut plan, waits_for) = {
+            let s = self.state();
+            let plan = self.plan_locked(&s, &spec.environment, &spec.request)?;
+            let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
+            (plan, waits_for)
+        };
+        let id = spec.id.as_ref().map(|i| i.as_str()).unwrap_or("dry-run");
+        crate::preview::ask_participants(self, id, &spec.environment, &waits_for, &mut plan).await;
+        Ok(Created {
+            transaction: None,
+            plan,
+            waits_for,
+            created: false,
+            first_event_seq: 0,
         })
     }
 

@@ -7,6 +7,7 @@
 //! - [`coordinator`]: the state owner: projects, unfinished transactions, checkpoints;
 //!   what handlers and drivers call.
 //! - [`planner`]: requests → plans (targets, actions, waves, release rules); pure.
+//!   [`preview`]: what each participant says it would do, for dry runs.
 //! - [`queue`]: per-project FIFO so transactions sharing a project never interleave.
 //! - [`journal`]: the write-ahead log's single writer with group commit;
 //!   [`feed`]: durable events for watchers.
@@ -28,6 +29,7 @@ pub mod journal;
 pub mod model;
 pub mod network;
 pub mod planner;
+pub mod preview;
 pub mod protocol;
 pub mod queue;
 pub mod recovery;
