@@ -79,4 +79,15 @@ pub trait Deployer: Send + Sync + 'static {
 
     /// The version live now (`None` before the first release).
     fn live_version(&self) -> impl Future<Output = Result<Option<String>, DeployError>> + Send;
+
+    /// The migration files (name, content) the change's version ships, read without
+    /// staging anything, for dry runs. `None`: it ships no `migrations/` directory (or
+    /// the deployer cannot tell before staging).
+    fn shipped_migrations(
+        &self,
+        change: &Change,
+    ) -> impl Future<Output = Result<Option<Vec<(String, String)>>, Refusal>> + Send {
+        let _ = change;
+        async { Ok(None) }
+    }
 }

@@ -8,7 +8,7 @@ use lockstep_participant::{
     Participant,
     agent::{FsDeployer, Hooks},
     ledger::{self, Ledger},
-    recovery, server,
+    recovery, schema, server,
 };
 use lockstep_store::RocksKv;
 use tonic::transport::Endpoint;
@@ -50,6 +50,14 @@ struct Args {
     /// Command run after undoing a staged version.
     #[arg(long)]
     abort_hook: Option<String>,
+    /// Database whose schema this project's migrations change (`sqlite://PATH` or
+    /// `postgres://...`). Without it, shipped migrations are ignored.
+    #[arg(long, env = "LOCKSTEP_DATABASE")]
+    database: Option<String>,
+    /// How migrations are staged: `reversible` (applied at prepare, inverse on abort) or
+    /// `postgres-2pc` (a PostgreSQL prepared transaction until the decision).
+    #[arg(long, default_value = "reversible")]
+    migration_mode: schema::Mode,
 }
 
 #[tokio::main]
@@ -78,11 +86,25 @@ async fn main() -> anyhow::Result<()> {
     };
     let deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
         .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?;
+    let schema = match &args.database {
+        Some(url) => {
+            let s = schema::Schema::open(url, args.migration_mode, &args.project)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                "migrations staged against {} ({})",
+                redact(url),
+                s.describe()
+            );
+            Some(s)
+        }
+        None => None,
+    };
     let participant = Participant::new(
         args.project,
         args.environment,
         deployer,
-        None,
+        schema,
         Ledger::new(Arc::new(kv)),
     );
     let coordinator = Endpoint::from_shared(args.coordinator.clone())
@@ -105,6 +127,18 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr()?);
     server::serve(listener, participant, shutdown_signal()).await?;
     Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

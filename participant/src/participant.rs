@@ -23,8 +23,12 @@ use tokio::sync::watch;
 use crate::{
     deployer::{Change, DeployError, Deployer, Refusal, Staged},
     ledger::{Entry, Ledger, Phase},
-    schema::{Schema, SchemaStaged},
+    schema::{Schema, SchemaStaged, files},
 };
+
+/// Crash point: staging finished (migrations committed in reversible mode) and the
+/// PREPARED record is not written yet.
+pub const CRASH_BEFORE_PREPARED_RECORD: &str = "agent-before-prepared-record";
 
 /// Why a Commit or Abort could not be carried out (the coordinator retries).
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +229,14 @@ impl<D: Deployer> Participant<D> {
                 "busy: transaction {other} is prepared here and awaits its decision"
             )));
         }
+        self.drift_refusal(request).await
+    }
+
+    /// Refuses when what is live here is not what the coordinator believes.
+    async fn drift_refusal(
+        &self,
+        request: &pb::PrepareRequest,
+    ) -> Result<Option<String>, ParticipantError> {
         let live = self
             .inner
             .deployer
@@ -296,6 +308,9 @@ impl<D: Deployer> Participant<D> {
             outcome = staging => outcome,
             _ = cancelled.wait_for(|c| *c) => Err((Refusal("aborted while preparing".into()), None)),
         };
+        // Crash test: everything is staged (the database committed its part) and the
+        // PREPARED record is not yet written.
+        lockstep::crash::point(CRASH_BEFORE_PREPARED_RECORD);
         let _guard = self.inner.lock.lock().await;
         match outcome {
             Ok((staged, schema)) => {
@@ -311,9 +326,11 @@ impl<D: Deployer> Participant<D> {
                 Ok(prepared(schema.as_ref()))
             }
             Err((refusal, staged)) => {
-                // Never voted yes: undo on our own, then remember the refusal.
-                self.undo_all(&change, staged.as_ref(), None).await?;
+                // Never voted yes: undo on our own, then remember the refusal. A schema
+                // stage that refused left nothing in the database; one cut short by an
+                // Abort may have, so only then is the database asked.
                 let aborted = *cancelled.borrow();
+                self.undo_all(&change, staged.as_ref(), aborted).await?;
                 let entry = Entry {
                     change: Some(change),
                     phase: if aborted {
@@ -345,7 +362,10 @@ impl<D: Deployer> Participant<D> {
         let Some(schema) = &self.inner.schema else {
             return Ok((staged, None));
         };
-        match schema.stage(change, &staged).await {
+        match schema
+            .stage(&change.transaction_id, staged.migrations.as_deref())
+            .await
+        {
             Ok(s) => Ok((staged, Some(s))),
             Err(refusal) => Err((refusal, Some(staged))),
         }
@@ -395,8 +415,8 @@ impl<D: Deployer> Participant<D> {
         let change = entry.change.as_ref().ok_or_else(|| {
             ParticipantError::Conflict("prepared record without its change".into())
         })?;
-        if let (Some(schema), Some(staged)) = (&self.inner.schema, &entry.schema) {
-            schema.commit(change, staged).await?;
+        if let Some(schema) = &self.inner.schema {
+            schema.commit(&change.transaction_id).await?;
         }
         let staged = entry.staged.clone().unwrap_or_default();
         self.inner.deployer.go_live(change, &staged).await?;
@@ -446,7 +466,8 @@ impl<D: Deployer> Participant<D> {
             }
             Some(mut entry) => {
                 if let Some(change) = entry.change.clone() {
-                    self.undo_all(&change, entry.staged.as_ref(), entry.schema.as_ref())
+                    let schema_touched = entry.phase != Phase::Refused;
+                    self.undo_all(&change, entry.staged.as_ref(), schema_touched)
                         .await?;
                 }
                 entry.phase = Phase::Aborted;
@@ -465,16 +486,18 @@ impl<D: Deployer> Participant<D> {
         Ok(pb::AbortResponse { live_version: live })
     }
 
-    /// Reverse order of staging: the deployer's change, then the schema.
+    /// Reverse order of staging: the deployer's change, then (when `schema_touched`) the
+    /// schema, undone from what the database itself recorded, so this also works when
+    /// the agent crashed before it could note what it staged.
     async fn undo_all(
         &self,
         change: &Change,
         staged: Option<&Staged>,
-        schema: Option<&SchemaStaged>,
+        schema_touched: bool,
     ) -> Result<(), ParticipantError> {
         self.inner.deployer.undo(change, staged).await?;
-        if let (Some(migrations), Some(schema)) = (&self.inner.schema, schema) {
-            migrations.abort(change, schema).await?;
+        if let (Some(schema), true) = (&self.inner.schema, schema_touched) {
+            schema.abort(&change.transaction_id).await?;
         }
         Ok(())
     }
@@ -541,6 +564,72 @@ impl<D: Deployer> Participant<D> {
         })
     }
 
+    // ----- Preview -----
+
+    /// What Prepare would do, without staging anything: the migration files it would
+    /// run, or why it would certainly refuse (for dry runs).
+    pub async fn preview(
+        &self,
+        request: pb::PrepareRequest,
+    ) -> Result<pb::PreviewResponse, ParticipantError> {
+        let refuse = |reason: String| pb::PreviewResponse {
+            would_prepare: false,
+            reason,
+            ..Default::default()
+        };
+        if let Some(refusal) = self.misaddressed(&request.project, &request.environment) {
+            return Ok(refuse(refusal));
+        }
+        if let Some(entry) = self.inner.ledger.get(&request.transaction_id)? {
+            let again = answer_again(&entry);
+            return Ok(pb::PreviewResponse {
+                would_prepare: again.vote == pb::Vote::Prepared as i32,
+                reason: again.reason,
+                from_schema: again.from_schema,
+                to_schema: again.to_schema,
+                migrations: again.migrations,
+            });
+        }
+        // Not the "busy" rule: a real run would queue behind the other transaction.
+        if let Some(refusal) = self.drift_refusal(&request).await? {
+            return Ok(refuse(refusal));
+        }
+        let Some(schema) = &self.inner.schema else {
+            return Ok(pb::PreviewResponse {
+                would_prepare: true,
+                ..Default::default()
+            });
+        };
+        let change = change_of(&request);
+        let shipped = match self.inner.deployer.shipped_migrations(&change).await {
+            Ok(Some(files)) => match files::parse(files) {
+                Ok(m) => Some(m),
+                Err(e) => return Ok(refuse(e)),
+            },
+            Ok(None) => None,
+            Err(refusal) => return Ok(refuse(refusal.0)),
+        };
+        Ok(match schema.plan(shipped).await {
+            Ok(Some(plan)) => pb::PreviewResponse {
+                would_prepare: true,
+                reason: String::new(),
+                from_schema: Some(plan.from.message()),
+                to_schema: Some(plan.to.message()),
+                migrations: plan.files(),
+            },
+            Ok(None) => {
+                let live = schema.live().await?.message();
+                pb::PreviewResponse {
+                    would_prepare: true,
+                    from_schema: Some(live.clone()),
+                    to_schema: Some(live),
+                    ..Default::default()
+                }
+            }
+            Err(refusal) => refuse(refusal.0),
+        })
+    }
+
     // ----- Recovery -----
 
     /// After a restart: staging that never voted is undone (nothing was promised);
@@ -550,8 +639,7 @@ impl<D: Deployer> Participant<D> {
         let _guard = self.inner.lock.lock().await;
         for (tx, mut entry) in self.inner.ledger.in_phase(&[Phase::Staging])? {
             if let Some(change) = entry.change.clone() {
-                self.undo_all(&change, entry.staged.as_ref(), entry.schema.as_ref())
-                    .await?;
+                self.undo_all(&change, entry.staged.as_ref(), true).await?;
             }
             entry.phase = Phase::Aborted;
             entry.reason = "agent restarted before voting".into();
@@ -564,6 +652,11 @@ impl<D: Deployer> Participant<D> {
             .into_iter()
             .map(|(tx, _)| tx)
             .collect();
+        if let Some(schema) = &self.inner.schema {
+            schema.recover(&prepared).await.map_err(|e| {
+                ParticipantError::Deploy(DeployError(format!("database recovery: {e}")))
+            })?;
+        }
         self.inner
             .open
             .lock()

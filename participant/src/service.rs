@@ -63,6 +63,17 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         ))
     }
 
+    async fn preview(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PreviewResponse>, Status> {
+        let r = request.into_inner();
+        TxId::parse("transaction_id", &r.transaction_id)?;
+        ProjectName::parse("project", &r.project)?;
+        Version::parse("version", &r.version)?;
+        Ok(Response::new(self.participant.preview(r).await?))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,

@@ -48,6 +48,70 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The `migrations/*.sql` files an artifact ships, read without unpacking it anywhere:
+/// `None` when it has no `migrations/` directory.
+pub fn migrations_in(artifact: &Path) -> Result<Option<Vec<(String, String)>>, String> {
+    let meta =
+        fs::metadata(artifact).map_err(|e| format!("artifact {}: {e}", artifact.display()))?;
+    if meta.is_dir() {
+        let dir = artifact.join("migrations");
+        return if dir.is_dir() {
+            migrations_in_dir(&dir).map(Some)
+        } else {
+            Ok(None)
+        };
+    }
+    let file =
+        fs::File::open(artifact).map_err(|e| format!("artifact {}: {e}", artifact.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut found: Option<Vec<(String, String)>> = None;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("reading artifact {}: {e}", artifact.display()))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| format!("reading artifact {}: {e}", artifact.display()))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("artifact {}: {e}", artifact.display()))?
+            .into_owned();
+        let mut parts = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir));
+        if parts.next().is_none_or(|c| c.as_os_str() != "migrations") {
+            continue;
+        }
+        let files = found.get_or_insert_with(Vec::new);
+        let name = parts
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        if let (Some(name), None) = (name, parts.next())
+            && name.ends_with(".sql")
+        {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut entry, &mut text)
+                .map_err(|e| format!("artifact {}: migrations/{name}: {e}", artifact.display()))?;
+            files.push((name, text));
+        }
+    }
+    Ok(found)
+}
+
+/// The `*.sql` files of a migrations directory.
+pub fn migrations_in_dir(dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".sql") {
+            let text =
+                fs::read_to_string(entry.path()).map_err(|e| format!("migrations/{name}: {e}"))?;
+            out.push((name, text));
+        }
+    }
+    Ok(out)
+}
+
 /// fsyncs every file and directory under `root` (and `root` itself).
 pub fn sync_tree(root: &Path) -> io::Result<()> {
     let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];

@@ -226,6 +226,29 @@ impl Deployer for FsDeployer {
         let this = self.clone();
         blocking(move || this.live_sync()).await
     }
+
+    async fn shipped_migrations(
+        &self,
+        change: &Change,
+    ) -> Result<Option<Vec<(String, String)>>, Refusal> {
+        let staged = self.release_dir(&change.version).join("migrations");
+        let artifact = PathBuf::from(&change.artifact);
+        blocking(move || {
+            if staged.is_dir() {
+                return artifact::migrations_in_dir(&staged).map(Some);
+            }
+            if change_has_artifact(&artifact) {
+                return artifact::migrations_in(&artifact);
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(Refusal)
+    }
+}
+
+fn change_has_artifact(artifact: &Path) -> bool {
+    !artifact.as_os_str().is_empty()
 }
 
 #[cfg(test)]

@@ -1,0 +1,518 @@
+//! Database migrations staged inside Prepare so that Abort restores the schema exactly
+//! (PRODUCT.md, "DB migrations, staged reversibly"). SQLite and PostgreSQL, through
+//! sqlx's `any` driver.
+//!
+//! Two modes:
+//! - `reversible` (default): the plan runs in one database transaction at Prepare,
+//!   together with a row in `lockstep_schema_tx` holding the plan (with every script
+//!   needed to invert it). Commit marks the row committed; Abort runs the inverse plan
+//!   in one transaction and marks the row aborted. The row is written in the same
+//!   transaction as the change, so after a crash between the database commit and the
+//!   agent's own PREPARED record, the row still says what to undo.
+//! - `postgres-2pc`: the plan runs in a transaction ended by `PREPARE TRANSACTION
+//!   'lockstep:<project>:<tx>'`; Commit is `COMMIT PREPARED`, Abort `ROLLBACK PREPARED`.
+//!   Nothing is visible to others until Commit; locks are held until the decision.
+//!
+//! Every applied migration's up and down scripts are kept in `lockstep_schema_history`,
+//! so a revert to an older artifact (which does not ship the newer downs) can run them.
+
+pub mod files;
+pub mod plan;
+
+use std::{path::Path, time::Duration};
+
+use lockstep::pb;
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyPool, AssertSqlSafe, Row, any::AnyPoolOptions};
+
+use crate::deployer::{DeployError, Refusal};
+use files::Migration;
+use plan::{Direction, SchemaPlan};
+
+/// A schema position: the newest applied migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaPosition {
+    /// Migration version (0: none applied).
+    pub version: i64,
+    /// Its name.
+    pub name: String,
+}
+
+impl SchemaPosition {
+    /// As a wire message.
+    pub fn message(&self) -> pb::SchemaVersion {
+        pb::SchemaVersion {
+            version: self.version,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// How migrations are staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Applied at Prepare in one transaction; Abort applies the inverse.
+    Reversible,
+    /// Held in a PostgreSQL prepared transaction until the decision.
+    PostgresTwoPhase,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reversible" => Ok(Mode::Reversible),
+            "postgres-2pc" => Ok(Mode::PostgresTwoPhase),
+            _ => Err(format!("{s:?}: expected reversible or postgres-2pc")),
+        }
+    }
+}
+
+/// What a transaction staged in the database (recorded with the PREPARED vote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaStaged {
+    /// Position before.
+    pub from: SchemaPosition,
+    /// Position staged.
+    pub to: SchemaPosition,
+    /// Migration files run, in order.
+    pub files: Vec<String>,
+    /// The plan that undoes it (written before the vote, as the protocol asks).
+    pub inverse: SchemaPlan,
+}
+
+/// Which database is behind the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The schema side of one project's agent.
+pub struct Schema {
+    pool: AnyPool,
+    backend: Backend,
+    mode: Mode,
+    project: String,
+}
+
+const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS lockstep_schema_history (
+    project TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL,
+    up_sql TEXT NOT NULL, down_sql TEXT NOT NULL, applied_by TEXT NOT NULL,
+    PRIMARY KEY (project, version))";
+const TX_DDL: &str = "CREATE TABLE IF NOT EXISTS lockstep_schema_tx (
+    tx TEXT NOT NULL, project TEXT NOT NULL, from_version BIGINT NOT NULL, to_version BIGINT NOT NULL,
+    plan TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (project, tx))";
+
+fn db_err(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl Schema {
+    /// Connects (lazily: an unreachable database makes Prepare refuse, not the agent
+    /// fail to start) and checks what can be checked now: the mode fits the database,
+    /// and for `postgres-2pc` that `max_prepared_transactions` is above zero.
+    pub async fn open(url: &str, mode: Mode, project: &str) -> Result<Self, String> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(format!(
+                "--database {url:?}: expected sqlite://PATH or postgres://..."
+            ));
+        };
+        if mode == Mode::PostgresTwoPhase && backend != Backend::Postgres {
+            return Err("--migration-mode postgres-2pc needs a postgres:// database".into());
+        }
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&url)
+            .map_err(|e| format!("--database: {}", db_err(e)))?;
+        let schema = Schema {
+            pool,
+            backend,
+            mode,
+            project: project.to_string(),
+        };
+        if mode == Mode::PostgresTwoPhase {
+            match schema.max_prepared_transactions().await {
+                Ok(0) => {
+                    return Err("--migration-mode postgres-2pc: the server has max_prepared_transactions = 0; \
+                                set it above zero in postgresql.conf and restart PostgreSQL"
+                        .into());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    "database unreachable at start-up ({e}); Prepare will refuse until it is back"
+                ),
+            }
+        }
+        Ok(schema)
+    }
+
+    async fn max_prepared_transactions(&self) -> Result<i64, String> {
+        let row = sqlx::query("SELECT CAST(setting AS BIGINT) FROM pg_settings WHERE name = 'max_prepared_transactions'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.try_get::<i64, _>(0).map_err(db_err)
+    }
+
+    async fn ensure_tables(&self) -> Result<(), String> {
+        for ddl in [HISTORY_DDL, TX_DDL] {
+            sqlx::raw_sql(ddl)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Migrations applied for this project, oldest first, with their stored scripts.
+    async fn applied(&self) -> Result<Vec<Migration>, String> {
+        self.ensure_tables().await?;
+        let rows = sqlx::query(
+            "SELECT version, name, checksum, up_sql, down_sql FROM lockstep_schema_history WHERE project = $1 ORDER BY version",
+        )
+        .bind(&self.project)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get(0).map_err(db_err)?;
+                let name: String = r.try_get(1).map_err(db_err)?;
+                Ok(Migration {
+                    stem: format!("{version:04}_{name}"),
+                    version,
+                    name,
+                    checksum: r.try_get(2).map_err(db_err)?,
+                    up: r.try_get(3).map_err(db_err)?,
+                    down: Some(r.try_get(4).map_err(db_err)?),
+                })
+            })
+            .collect()
+    }
+
+    /// The live schema position.
+    pub async fn live(&self) -> Result<SchemaPosition, DeployError> {
+        let applied = self
+            .applied()
+            .await
+            .map_err(|e| DeployError(format!("database: {e}")))?;
+        Ok(applied
+            .last()
+            .map(|m| SchemaPosition {
+                version: m.version,
+                name: m.name.clone(),
+            })
+            .unwrap_or_default())
+    }
+
+    /// The plan Prepare would run for the migrations in `shipped` (None: the version
+    /// ships no `migrations/` directory, so the schema is left as it is).
+    pub async fn plan(
+        &self,
+        shipped: Option<Vec<Migration>>,
+    ) -> Result<Option<SchemaPlan>, Refusal> {
+        let Some(shipped) = shipped else {
+            return Ok(None);
+        };
+        let applied = self
+            .applied()
+            .await
+            .map_err(|e| Refusal(format!("database unreachable or failing: {e}")))?;
+        plan::plan(&applied, &shipped).map(Some).map_err(Refusal)
+    }
+
+    /// Stages the migrations shipped in `dir` for transaction `tx`.
+    pub async fn stage(&self, tx: &str, dir: Option<&Path>) -> Result<SchemaStaged, Refusal> {
+        let shipped = match dir.filter(|d| d.is_dir()) {
+            Some(d) => Some(files::read_dir(d).map_err(Refusal)?),
+            None => None,
+        };
+        let plan = match self.plan(shipped).await? {
+            Some(plan) => plan,
+            None => {
+                let live = self.live().await.map_err(|e| Refusal(e.0))?;
+                SchemaPlan {
+                    from: live.clone(),
+                    to: live,
+                    direction: Direction::Up,
+                    steps: Vec::new(),
+                }
+            }
+        };
+        if !plan.is_empty() {
+            match self.mode {
+                Mode::Reversible => self.apply_recorded(tx, &plan, "staged").await,
+                Mode::PostgresTwoPhase => self.prepare_two_phase(tx, &plan).await,
+            }
+            .map_err(Refusal)?;
+        }
+        Ok(SchemaStaged {
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            files: plan.files(),
+            inverse: plan.inverse(),
+        })
+    }
+
+    /// Runs `plan` and its history changes in one transaction with the tx row.
+    async fn apply_recorded(&self, tx: &str, plan: &SchemaPlan, state: &str) -> Result<(), String> {
+        let mut db = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
+        run_plan(&mut db, &self.project, tx, plan).await?;
+        record_tx(&mut db, &self.project, tx, plan, state).await?;
+        db.commit()
+            .await
+            .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))
+    }
+
+    fn gid(&self, tx: &str) -> String {
+        format!("lockstep:{}:{tx}", self.project)
+    }
+
+    /// Runs `plan` in a transaction and leaves it prepared under the transaction's gid.
+    async fn prepare_two_phase(&self, tx: &str, plan: &SchemaPlan) -> Result<(), String> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let staged = async {
+            run_plan(&mut conn, &self.project, tx, plan).await?;
+            record_tx(&mut conn, &self.project, tx, plan, "prepared").await?;
+            let prepare = format!("PREPARE TRANSACTION '{}'", self.gid(tx));
+            sqlx::raw_sql(AssertSqlSafe(prepare))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "PREPARE TRANSACTION failed (is max_prepared_transactions above zero?): {}",
+                        db_err(e)
+                    )
+                })?;
+            Ok::<(), String>(())
+        }
+        .await;
+        if staged.is_err() {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        }
+        staged
+    }
+
+    async fn is_prepared(&self, tx: &str) -> Result<bool, String> {
+        let row = sqlx::query("SELECT COUNT(*) FROM pg_prepared_xacts WHERE gid = $1")
+            .bind(self.gid(tx))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.try_get::<i64, _>(0).map_err(db_err)? > 0)
+    }
+
+    async fn tx_state(&self, tx: &str) -> Result<Option<(String, String)>, String> {
+        self.ensure_tables().await?;
+        let row = sqlx::query(
+            "SELECT state, plan FROM lockstep_schema_tx WHERE project = $1 AND tx = $2",
+        )
+        .bind(&self.project)
+        .bind(tx)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| Ok((r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?)))
+            .transpose()
+    }
+
+    /// Makes what `tx` staged final. Idempotent.
+    pub async fn commit(&self, tx: &str) -> Result<(), DeployError> {
+        let fail = |e: String| DeployError(format!("committing migrations of {tx}: {e}"));
+        if self.mode == Mode::PostgresTwoPhase && self.is_prepared(tx).await.map_err(fail)? {
+            let sql = format!("COMMIT PREPARED '{}'", self.gid(tx));
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| fail(db_err(e)))?;
+        }
+        match self.tx_state(tx).await.map_err(fail)? {
+            None => Ok(()),
+            Some((state, _)) if state == "aborted" => {
+                Err(fail("the migrations were already undone; a COMMIT now means the coordinator and this agent disagree".into()))
+            }
+            Some(_) => {
+                sqlx::query("UPDATE lockstep_schema_tx SET state = 'committed' WHERE project = $1 AND tx = $2")
+                    .bind(&self.project)
+                    .bind(tx)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| fail(db_err(e)))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Restores exactly the schema from before `tx` staged. Idempotent, and works from
+    /// the database alone (the tx row, or the prepared gid), so it also cleans up after
+    /// a crash that happened before the agent recorded what it staged.
+    pub async fn abort(&self, tx: &str) -> Result<(), DeployError> {
+        let fail = |e: String| DeployError(format!("undoing migrations of {tx}: {e}"));
+        if self.mode == Mode::PostgresTwoPhase {
+            if self.is_prepared(tx).await.map_err(fail)? {
+                let sql = format!("ROLLBACK PREPARED '{}'", self.gid(tx));
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| fail(db_err(e)))?;
+                return Ok(());
+            }
+            return match self.tx_state(tx).await.map_err(fail)? {
+                Some(_) => Err(fail(
+                    "the prepared transaction was already committed".into(),
+                )),
+                None => Ok(()),
+            };
+        }
+        match self.tx_state(tx).await.map_err(fail)? {
+            None => Ok(()),
+            Some((state, _)) if state == "aborted" => Ok(()),
+            Some((state, _)) if state == "committed" => {
+                Err(fail("the migrations are committed".into()))
+            }
+            Some((_, plan)) => {
+                let plan: SchemaPlan =
+                    serde_json::from_str(&plan).map_err(|e| fail(format!("stored plan: {e}")))?;
+                let inverse = plan.inverse();
+                let mut db = self.pool.begin().await.map_err(|e| fail(db_err(e)))?;
+                run_plan(&mut db, &self.project, tx, &inverse)
+                    .await
+                    .map_err(fail)?;
+                sqlx::query("UPDATE lockstep_schema_tx SET state = 'aborted' WHERE project = $1 AND tx = $2")
+                    .bind(&self.project)
+                    .bind(tx)
+                    .execute(&mut *db)
+                    .await
+                    .map_err(|e| fail(db_err(e)))?;
+                db.commit().await.map_err(|e| fail(db_err(e)))
+            }
+        }
+    }
+
+    /// After a restart in `postgres-2pc` mode: every prepared transaction of this
+    /// project that the agent never voted PREPARED for is rolled back (it promised
+    /// nothing). Those in `prepared` stay until the coordinator's decision.
+    pub async fn recover(&self, prepared: &[String]) -> Result<(), String> {
+        if self.mode != Mode::PostgresTwoPhase {
+            return Ok(());
+        }
+        let prefix = format!("lockstep:{}:", self.project);
+        let rows = sqlx::query("SELECT gid FROM pg_prepared_xacts")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        for row in rows {
+            let gid: String = row.try_get(0).map_err(db_err)?;
+            let Some(tx) = gid.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !prepared.iter().any(|p| p == tx) {
+                tracing::info!(%tx, "rolling back a prepared migration transaction that was never voted on");
+                self.abort(tx).await.map_err(|e| e.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend, for messages.
+    pub fn describe(&self) -> &'static str {
+        match (self.backend, self.mode) {
+            (Backend::Sqlite, _) => "SQLite, reversible",
+            (Backend::Postgres, Mode::Reversible) => "PostgreSQL, reversible",
+            (Backend::Postgres, Mode::PostgresTwoPhase) => "PostgreSQL, postgres-2pc",
+        }
+    }
+}
+
+/// Runs each script of `plan` and the matching history change, on `db` (inside the
+/// caller's transaction). A failing script is named with the database's error.
+async fn run_plan(
+    db: &mut sqlx::AnyConnection,
+    project: &str,
+    tx: &str,
+    plan: &SchemaPlan,
+) -> Result<(), String> {
+    for (m, file) in plan.steps.iter().zip(plan.files()) {
+        let script = match plan.direction {
+            Direction::Up => m.up.clone(),
+            Direction::Down => m.down.clone().unwrap_or_default(),
+        };
+        sqlx::raw_sql(AssertSqlSafe(script))
+            .execute(&mut *db)
+            .await
+            .map_err(|e| format!("migrations/{file} failed: {}", db_err(e)))?;
+        match plan.direction {
+            Direction::Up => {
+                sqlx::query(
+                    "INSERT INTO lockstep_schema_history (project, version, name, checksum, up_sql, down_sql, applied_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(project)
+                .bind(m.version)
+                .bind(&m.name)
+                .bind(&m.checksum)
+                .bind(&m.up)
+                .bind(m.down.clone().unwrap_or_default())
+                .bind(tx)
+                .execute(&mut *db)
+                .await
+            }
+            Direction::Down => {
+                sqlx::query("DELETE FROM lockstep_schema_history WHERE project = $1 AND version = $2")
+                    .bind(project)
+                    .bind(m.version)
+                    .execute(&mut *db)
+                    .await
+            }
+        }
+        .map_err(|e| format!("recording {file} in lockstep_schema_history: {}", db_err(e)))?;
+    }
+    Ok(())
+}
+
+async fn record_tx(
+    db: &mut sqlx::AnyConnection,
+    project: &str,
+    tx: &str,
+    plan: &SchemaPlan,
+    state: &str,
+) -> Result<(), String> {
+    sqlx::query(
+        "INSERT INTO lockstep_schema_tx (tx, project, from_version, to_version, plan, state) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tx)
+    .bind(project)
+    .bind(plan.from.version)
+    .bind(plan.to.version)
+    .bind(serde_json::to_string(plan).expect("plans serialize"))
+    .bind(state)
+    .execute(&mut *db)
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("recording the migration transaction: {}", db_err(e)))
+}
