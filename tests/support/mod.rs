@@ -10,6 +10,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod pg;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -318,6 +320,11 @@ impl Cluster {
 
     /// Starts an agent for `project` (not registered).
     pub async fn add_agent(&mut self, project: &str) {
+        self.add_agent_with(project, &[]).await;
+    }
+
+    /// Starts an agent for `project` with extra flags (e.g. `--database`).
+    pub async fn add_agent_with(&mut self, project: &str, extra: &[String]) {
         let root = self.dir.path().join(format!("deploy-{project}"));
         let control = self.dir.path().join("control");
         let hook = format!(
@@ -342,7 +349,10 @@ impl Cluster {
                 self.coordinator.url(),
                 "--prepare-hook".into(),
                 hook,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
             Vec::new(),
             self.dir.path().join(format!("agent-{project}.log")),
             0,

@@ -1,0 +1,1 @@
+CREATE TABLE invoices (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL);

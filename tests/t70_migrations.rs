@@ -1,0 +1,579 @@
+//! Database migrations staged reversibly inside Prepare, against real databases: SQLite
+//! files and a private PostgreSQL cluster, in `reversible` and `postgres-2pc` modes.
+//! Schemas are compared as full dumps (`pg_dump --schema-only`, `sqlite_master`).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use lockstep::pb;
+use support::{Cluster, pg::Postgres, wait_for};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Sqlite,
+    PgReversible,
+    Pg2pc,
+}
+
+/// A coordinator and agents A (requires B, C), B and C, each with its own database.
+struct Stack {
+    c: Cluster,
+    pg: Option<Postgres>,
+    urls: BTreeMap<String, String>,
+}
+
+const PROJECTS: [&str; 3] = ["A", "B", "C"];
+
+impl Stack {
+    async fn new(kind: Kind) -> Self {
+        let mut c = Cluster::new().await;
+        let pg = (kind != Kind::Sqlite).then(Postgres::start);
+        let mut urls = BTreeMap::new();
+        for p in ["B", "C", "A"] {
+            let url = match &pg {
+                None => format!(
+                    "sqlite://{}",
+                    c.dir.path().join(format!("{p}.db")).display()
+                ),
+                Some(pg) => {
+                    pg.create_database(&p.to_lowercase()).await;
+                    pg.url(&p.to_lowercase())
+                }
+            };
+            let mode = if kind == Kind::Pg2pc {
+                "postgres-2pc"
+            } else {
+                "reversible"
+            };
+            c.add_agent_with(
+                p,
+                &[
+                    "--database".into(),
+                    url.clone(),
+                    "--migration-mode".into(),
+                    mode.into(),
+                ],
+            )
+            .await;
+            c.register(p, if p == "A" { &["B", "C"] } else { &[] })
+                .await;
+            urls.insert(p.to_string(), url);
+            // Reading the status creates Lockstep's own tables, so "before" dumps
+            // already contain them.
+            c.agent(p).status().await;
+        }
+        Stack { c, pg, urls }
+    }
+
+    async fn dump(&self, project: &str) -> String {
+        match &self.pg {
+            Some(pg) => pg.schema_dump(&project.to_lowercase()),
+            None => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(&self.urls[project])
+                    .await
+                    .unwrap();
+                let rows: Vec<(String, String, Option<String>)> =
+                    sqlx::query_as("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap();
+                format!("{rows:#?}")
+            }
+        }
+    }
+
+    async fn dumps(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for p in PROJECTS {
+            out.insert(p.to_string(), self.dump(p).await);
+        }
+        out
+    }
+
+    /// Writes an artifact for `project` at `version` shipping `files` in `migrations/`;
+    /// returns the `--artifact P=PATH` value.
+    fn ship(&self, project: &str, version: &str, files: &[(String, String)]) -> String {
+        let dir = self
+            .c
+            .dir
+            .path()
+            .join("artifacts")
+            .join(format!("{project}-{version}"));
+        std::fs::create_dir_all(dir.join("migrations")).unwrap();
+        std::fs::write(dir.join("VERSION"), version).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join("migrations").join(name), text).unwrap();
+        }
+        format!("{project}={}", dir.display())
+    }
+
+    /// Releases `id`, every project at `<id><project>` with migrations 1..=upto.
+    async fn release(&self, id: &str, upto: u32, expect: i32) -> support::Cli {
+        let mut args: Vec<String> = vec!["release".into(), "create".into(), id.into()];
+        for p in PROJECTS {
+            args.push(format!("{p}={id}{p}"));
+            args.push("--artifact".into());
+            args.push(self.ship(p, &format!("{id}{p}"), &standard(p, upto)));
+        }
+        args.push("--wait".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.c.cli(&args).await;
+        assert_eq!(out.code, expect, "{out:?}");
+        out
+    }
+
+    async fn schema_versions(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        for p in PROJECTS {
+            out.push(self.c.agent(p).status().await.schema.unwrap().version);
+        }
+        out
+    }
+
+    async fn prepared_gids(&self) -> Vec<String> {
+        match &self.pg {
+            Some(pg) => pg.prepared_gids().await,
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Migration `n` of `project`, as (file, script) pairs for up and down.
+fn migration(project: &str, n: u32) -> Vec<(String, String)> {
+    let p = project.to_lowercase();
+    let (name, up, down) = match n {
+        1 => (
+            "create_items",
+            format!("CREATE TABLE {p}_items (id INTEGER PRIMARY KEY, name TEXT);"),
+            format!("DROP TABLE {p}_items;"),
+        ),
+        2 => (
+            "index_names",
+            format!("CREATE INDEX {p}_items_name ON {p}_items (name);"),
+            format!("DROP INDEX {p}_items_name;"),
+        ),
+        3 => (
+            "add_notes",
+            format!("CREATE TABLE {p}_notes (id INTEGER PRIMARY KEY, body TEXT);"),
+            format!("DROP TABLE {p}_notes;"),
+        ),
+        _ => unreachable!(),
+    };
+    vec![
+        (format!("{n:04}_{name}.up.sql"), up),
+        (format!("{n:04}_{name}.down.sql"), down),
+    ]
+}
+
+fn standard(project: &str, upto: u32) -> Vec<(String, String)> {
+    (1..=upto).flat_map(|n| migration(project, n)).collect()
+}
+
+macro_rules! for_each_database {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite_reversible() { super::$scenario(super::Kind::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres_reversible() { super::$scenario(super::Kind::PgReversible).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres_2pc() { super::$scenario(super::Kind::Pg2pc).await }
+        }
+    )*};
+}
+
+for_each_database!(
+    when_every_migration_succeeds_every_schema_moves_and_the_live_state_shows_it,
+    when_c_fails_to_migrate_every_schema_stays_exactly_as_it_was,
+    a_revert_runs_the_stored_downs_and_restores_the_earlier_schema_exactly,
+    an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema,
+    every_refusal_names_its_file_and_leaves_nothing_applied,
+    a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart,
+    an_unreachable_database_is_a_refusal_not_a_crash,
+);
+
+async fn when_every_migration_succeeds_every_schema_moves_and_the_live_state_shows_it(kind: Kind) {
+    let s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+
+    // The dry run shows the files each participant would run, in order.
+    let mut dry: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        dry.push(format!("{p}=T2{p}"));
+        dry.push("--artifact".into());
+        dry.push(s.ship(p, &format!("T2{p}"), &standard(p, 3)));
+    }
+    dry.extend(["--dry-run".into(), "-o".into(), "json".into()]);
+    let plan =
+        s.c.cli(&dry.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+            .json();
+    assert_eq!(
+        plan["changes"][0]["migrations"],
+        serde_json::json!(["0002_index_names.up.sql", "0003_add_notes.up.sql"])
+    );
+    assert_eq!(plan["changes"][0]["toSchema"]["version"], "3");
+
+    s.release("T2", 3, 0).await;
+
+    assert_eq!(s.schema_versions().await, [3, 3, 3]);
+    for p in PROJECTS {
+        let dump = s.dump(p).await;
+        assert!(
+            dump.contains(&format!("{}_notes", p.to_lowercase())),
+            "{p}: {dump}"
+        );
+    }
+    let live = s.c.cli(&["live", "-o", "json"]).await.json();
+    for v in live["checkpoint"]["versions"].as_array().unwrap() {
+        assert_eq!(
+            v["schema"]["version"], "3",
+            "schema beside app version: {v}"
+        );
+        assert_eq!(v["schema"]["name"], "add_notes");
+    }
+    assert!(s.prepared_gids().await.is_empty());
+}
+
+async fn when_c_fails_to_migrate_every_schema_stays_exactly_as_it_was(kind: Kind) {
+    let s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let before = s.dumps().await;
+
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        let mut files = standard(p, 2);
+        if p == "C" {
+            files[2].1 = "CREATE INDEX c_broken ON no_such_table (name);".into();
+        }
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &files));
+    }
+    args.push("--wait".into());
+    let out =
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("migrations/0002_index_names.up.sql failed")
+            && out.stdout.contains("no_such_table"),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.dumps().await,
+        before,
+        "A's, B's and C's schemas are exactly as before"
+    );
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+    assert!(
+        s.prepared_gids().await.is_empty(),
+        "no prepared transaction left behind"
+    );
+}
+
+async fn a_revert_runs_the_stored_downs_and_restores_the_earlier_schema_exactly(kind: Kind) {
+    let s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let after_t1 = s.dumps().await;
+    s.release("T2", 3, 0).await;
+    assert_ne!(s.dumps().await, after_t1);
+
+    // T1's artifacts ship only migration 1: the downs of 2 and 3 come from the history.
+    let out = s.c.cli(&["revert", "T2", "--wait"]).await;
+
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(s.dumps().await, after_t1, "exactly the schema T1 had");
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+    assert_eq!(
+        s.c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+}
+
+async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema(kind: Kind) {
+    let mut s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    s.c.block("B");
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
+    }
+    assert_eq!(
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+            .code,
+        0
+    );
+    wait_for("A to vote PREPARED", || async {
+        let t = s.c.transaction("T2").await;
+        t.participants
+            .iter()
+            .any(|p| p.project == "A" && p.vote == pb::Vote::Prepared as i32)
+            .then_some(())
+    })
+    .await;
+
+    s.c.agent_mut("A").server.kill9().await;
+    if kind == Kind::Pg2pc {
+        let pg = s.pg.as_ref().unwrap();
+        assert!(
+            pg.prepared_gids()
+                .await
+                .contains(&"lockstep:A:T2".to_string())
+        );
+        pg.restart();
+        assert!(
+            pg.prepared_gids()
+                .await
+                .contains(&"lockstep:A:T2".to_string()),
+            "survives a PostgreSQL crash"
+        );
+    }
+    s.c.agent_mut("A").server.restart().await;
+    s.c.heal("B");
+
+    s.c.wait_state("T2", pb::TransactionState::Committed).await;
+    assert_eq!(s.schema_versions().await, [2, 2, 2]);
+    assert!(s.dump("A").await.contains("a_items_name"));
+    assert!(s.prepared_gids().await.is_empty());
+}
+
+async fn every_refusal_names_its_file_and_leaves_nothing_applied(kind: Kind) {
+    let s = Stack::new(kind).await;
+    let empty = s.dumps().await;
+    let release = |id: &str, files: Vec<(String, String)>| {
+        let artifact = s.ship("B", &format!("{id}B"), &files);
+        let id = id.to_string();
+        let c = &s.c;
+        async move {
+            c.cli(&[
+                "release",
+                "create",
+                &id,
+                &format!("B={id}B"),
+                "--artifact",
+                &artifact,
+                "--wait",
+            ])
+            .await
+        }
+    };
+
+    let mut no_down = standard("B", 1);
+    no_down.retain(|(name, _)| !name.ends_with(".down.sql"));
+    let out = release("R1", no_down).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("0001_create_items.up.sql has no 0001_create_items.down.sql"),
+        "{out:?}"
+    );
+    assert_eq!(s.dumps().await, empty);
+
+    assert_eq!(release("R2", standard("B", 1)).await.code, 0);
+    let after_one = s.dumps().await;
+
+    let mut edited = standard("B", 2);
+    edited[0].1.push_str(" -- edited after release");
+    let out = release("R3", edited).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("0001_create_items.up.sql changed after it was applied"),
+        "{out:?}"
+    );
+    assert_eq!(s.dumps().await, after_one);
+
+    let mut skip_two = standard("B", 1);
+    skip_two.extend(migration("B", 3));
+    assert_eq!(release("R4", skip_two).await.code, 0);
+    let after_three = s.dumps().await;
+    let out = release("R5", standard("B", 2)).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("unknown target schema version 2"),
+        "{out:?}"
+    );
+    assert_eq!(s.dumps().await, after_three);
+
+    let mut bad_sql = standard("B", 1);
+    bad_sql.extend(migration("B", 3));
+    bad_sql.push((
+        "0004_broken.up.sql".into(),
+        "CREATE INDEX b_x ON b_missing (x);".into(),
+    ));
+    bad_sql.push(("0004_broken.down.sql".into(), "DROP INDEX b_x;".into()));
+    let out = release("R6", bad_sql).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("migrations/0004_broken.up.sql failed")
+            && out.stdout.contains("b_missing"),
+        "{out:?}"
+    );
+    assert_eq!(s.dumps().await, after_three);
+    assert!(
+        s.prepared_gids().await.is_empty(),
+        "{kind:?}: no prepared transaction left"
+    );
+}
+
+async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart(
+    kind: Kind,
+) {
+    let mut s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let before = s.dumps().await;
+    let crash = vec![(
+        "LOCKSTEP_CRASH_AT".to_string(),
+        "agent-before-prepared-record".to_string(),
+    )];
+    s.c.agent_mut("A").server.restart_with(crash).await;
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
+    }
+    assert_eq!(
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+            .code,
+        0
+    );
+    s.c.agent_mut("A").server.exited().await;
+
+    // A died inside the window: its database holds T2's change, its ledger no vote.
+    match kind {
+        Kind::Pg2pc => assert!(
+            s.prepared_gids()
+                .await
+                .contains(&"lockstep:A:T2".to_string())
+        ),
+        _ => assert_ne!(
+            s.dump("A").await,
+            before["A"],
+            "the migration is committed in A's database"
+        ),
+    }
+
+    s.c.agent_mut("A").server.restart_with(Vec::new()).await;
+
+    let t = s.c.wait_state("T2", pb::TransactionState::Aborted).await;
+    assert!(t.reason.contains("restarted before voting"), "{}", t.reason);
+    assert_eq!(
+        s.dumps().await,
+        before,
+        "the database row told A what to undo"
+    );
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+    assert!(s.prepared_gids().await.is_empty());
+}
+
+async fn an_unreachable_database_is_a_refusal_not_a_crash(kind: Kind) {
+    let mut c = Cluster::new().await;
+    let pg = (kind != Kind::Sqlite).then(Postgres::start);
+    let url = match &pg {
+        None => format!("sqlite://{}/no/such/dir/b.db", c.dir.path().display()),
+        Some(pg) => {
+            pg.create_database("b").await;
+            pg.url("b")
+        }
+    };
+    let mode = if kind == Kind::Pg2pc {
+        "postgres-2pc"
+    } else {
+        "reversible"
+    };
+    c.add_agent_with(
+        "B",
+        &[
+            "--database".into(),
+            url,
+            "--migration-mode".into(),
+            mode.into(),
+        ],
+    )
+    .await;
+    c.register("B", &[]).await;
+    if let Some(pg) = &pg {
+        pg.crash();
+    }
+    let artifact = c.dir.path().join("b1");
+    std::fs::create_dir_all(artifact.join("migrations")).unwrap();
+    for (name, text) in standard("B", 1) {
+        std::fs::write(artifact.join("migrations").join(name), text).unwrap();
+    }
+    let artifact = format!("B={}", artifact.display());
+
+    let out = c
+        .cli(&[
+            "release",
+            "create",
+            "T1",
+            "B=T1B",
+            "--artifact",
+            &artifact,
+            "--wait",
+        ])
+        .await;
+
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("database unreachable"), "{out:?}");
+    assert_eq!(c.agent("B").live(), None);
+    if let Some(pg) = &pg {
+        pg.start_again();
+        let out = c
+            .cli(&[
+                "release",
+                "create",
+                "T2",
+                "B=T1B",
+                "--artifact",
+                &artifact,
+                "--wait",
+            ])
+            .await;
+        assert_eq!(
+            out.code, 0,
+            "works again once the database is back: {out:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_2pc_without_max_prepared_transactions_is_refused_at_start_up() {
+    let pg = Postgres::start_with("max_prepared_transactions = 0\n");
+    pg.create_database("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(support::bin("lockstep-agent"))
+        .args([
+            "--project",
+            "B",
+            "--listen",
+            "127.0.0.1:0",
+            "--migration-mode",
+            "postgres-2pc",
+            "--database",
+            &pg.url("b"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
+        .arg("--deploy-root")
+        .arg(dir.path().join("root"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_prepared_transactions = 0"), "{err}");
+}
