@@ -22,6 +22,10 @@ use crate::{error::CoordinatorError, feed::Feed, tables::Tables};
 /// Most appends merged into one batch.
 const MAX_GROUP: usize = 1024;
 
+/// Largest batch, in bytes of keys and values: well below RocksDB's 1 MiB write buffer,
+/// so a batch reaches the log file in one `write()` and a process crash cannot tear it.
+const MAX_GROUP_BYTES: usize = 256 * 1024;
+
 /// A clock in milliseconds since the epoch; simulation passes a deterministic one.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -29,6 +33,26 @@ struct Append {
     batch: Batch,
     events: Vec<pb::Event>,
     done: oneshot::Sender<Result<u64, String>>,
+}
+
+impl Append {
+    /// Approximate bytes this append adds to a batch.
+    fn size(&self) -> usize {
+        let ops: usize = self
+            .batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                lockstep_store::Op::Put { key, value, .. } => key.len() + value.len(),
+                lockstep_store::Op::Delete { key, .. } => key.len(),
+            })
+            .sum();
+        ops + self
+            .events
+            .iter()
+            .map(|e| 64 + e.message.len())
+            .sum::<usize>()
+    }
 }
 
 /// Handle to the single writer. Cheap to clone.
@@ -173,10 +197,14 @@ impl Journal {
 
 impl Writer {
     fn write_group(&mut self, first: Append, receiver: &mut mpsc::UnboundedReceiver<Append>) {
+        let mut bytes = first.size();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
             match receiver.try_recv() {
-                Ok(next) => group.push(next),
+                Ok(next) => {
+                    bytes += next.size();
+                    group.push(next);
+                }
                 Err(_) => break,
             }
         }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use lockstep_coordinator::{Config, Coordinator, network::TcpNet, server, tables};
-use lockstep_store::RocksKv;
+use lockstep_store::{RocksKv, WalRecovery};
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
 /// write-ahead log in --data-dir. Prints `listening on ADDR` once it accepts calls.
@@ -18,29 +18,14 @@ struct Args {
     /// Directory of the RocksDB database (created if missing).
     #[arg(long, env = "LOCKSTEP_DATA_DIR")]
     data_dir: PathBuf,
+    /// What to do when the write-ahead log's last record is damaged: `strict` refuses
+    /// to start (it could be an acknowledged decision); `tolerate-torn-tail` drops it
+    /// (right after a power loss, when the damaged write was never acknowledged).
+    #[arg(long, default_value = "strict")]
+    wal_recovery: WalRecovery,
     /// Default phase 1 deadline for requests that give none.
-    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     prepare_timeout: std::time::Duration,
-}
-
-fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
-    parse_duration(s)
-}
-
-/// Parses `500ms`, `60s`, `5m`, `1h`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 60s"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    Ok(std::time::Duration::from_millis(ms))
 }
 
 #[tokio::main]
@@ -54,12 +39,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let kv = RocksKv::open(&args.data_dir, tables::ALL).with_context(|| {
-        format!(
-            "opening the database in --data-dir {}",
-            args.data_dir.display()
-        )
-    })?;
+    let kv =
+        RocksKv::open_with(&args.data_dir, tables::ALL, args.wal_recovery).with_context(|| {
+            format!(
+                "opening the database in --data-dir {}",
+                args.data_dir.display()
+            )
+        })?;
     let config = Config {
         default_prepare_timeout: args.prepare_timeout,
         ..Config::default()

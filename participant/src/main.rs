@@ -10,7 +10,7 @@ use lockstep_participant::{
     ledger::{self, Ledger},
     recovery, schema, server,
 };
-use lockstep_store::RocksKv;
+use lockstep_store::{RocksKv, WalRecovery};
 use tonic::transport::Endpoint;
 
 /// Runs a Lockstep participant for one project: stages versions under --deploy-root,
@@ -54,6 +54,10 @@ struct Args {
     /// `postgres://...`). Without it, shipped migrations are ignored.
     #[arg(long, env = "LOCKSTEP_DATABASE")]
     database: Option<String>,
+    /// What to do when the agent's write-ahead log's last record is damaged: `strict`
+    /// refuses to start; `tolerate-torn-tail` drops it (after a power loss).
+    #[arg(long, default_value = "strict")]
+    wal_recovery: WalRecovery,
     /// How migrations are staged: `reversible` (applied at prepare, inverse on abort) or
     /// `postgres-2pc` (a PostgreSQL prepared transaction until the decision).
     #[arg(long, default_value = "reversible")]
@@ -73,12 +77,13 @@ async fn main() -> anyhow::Result<()> {
     lockstep::names::Environment::parse("--environment", &args.environment)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let kv = RocksKv::open(&args.data_dir, ledger::ALL).with_context(|| {
-        format!(
-            "opening the agent state in --data-dir {}",
-            args.data_dir.display()
-        )
-    })?;
+    let kv =
+        RocksKv::open_with(&args.data_dir, ledger::ALL, args.wal_recovery).with_context(|| {
+            format!(
+                "opening the agent state in --data-dir {}",
+                args.data_dir.display()
+            )
+        })?;
     let hooks = Hooks {
         prepare: args.prepare_hook,
         commit: args.commit_hook,

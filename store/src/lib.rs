@@ -21,7 +21,7 @@ pub mod mem;
 pub mod rocks;
 
 pub use mem::MemKv;
-pub use rocks::RocksKv;
+pub use rocks::{RocksKv, WalRecovery};
 
 /// Why a storage operation failed. Storage errors are never retried blindly by the
 /// protocol: a failed durable write means the decision it carried was not made.
@@ -46,6 +46,16 @@ pub enum StoreError {
     /// A table name that was not declared when the store was opened.
     #[error("unknown table {0:?}")]
     UnknownTable(String),
+    /// The write-ahead log is damaged (a torn or corrupted record).
+    #[error(
+        "the write-ahead log in {path} is damaged ({detail}); refusing to start so that no acknowledged decision is silently lost. If the machine lost power during a write, the damaged last record was never acknowledged: start again with --wal-recovery tolerate-torn-tail to drop it"
+    )]
+    DamagedLog {
+        /// The data directory.
+        path: String,
+        /// RocksDB's description.
+        detail: String,
+    },
     /// A stored value could not be decoded: the data directory is damaged.
     #[error("corrupt record: {0}")]
     Corrupt(String),

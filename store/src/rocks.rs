@@ -1,10 +1,15 @@
 //! RocksDB behind [`Kv`]: one column family per table, names checked at open, synced WAL
 //! writes where the caller asks for durability.
 //!
-//! WAL recovery mode is `TolerateCorruptedTailRecords`: a torn record at the very end of
-//! the newest WAL (a write cut off by a power loss, which was therefore never
-//! acknowledged) is dropped, while corruption anywhere before it makes open fail with an
-//! error instead of silently dropping acknowledged writes.
+//! WAL recovery is [`WalRecovery::Strict`] by default (RocksDB's `AbsoluteConsistency`):
+//! a damaged log, even only its last record, makes open fail. A truncated last record
+//! could be an acknowledged decision, and nothing on disk tells an acknowledged record
+//! from one cut off by a power loss, so the safe default is to stop and tell the
+//! operator. An ordinary process crash never tears a record: the journal keeps each
+//! batch below RocksDB's write buffer, so it reaches the file in one `write()`.
+//! [`WalRecovery::TolerateTornTail`] (`TolerateCorruptedTailRecords`) is the explicit
+//! choice after a power loss: it drops a damaged last record and still refuses
+//! corruption anywhere before it.
 
 use std::{path::Path, sync::Arc};
 
@@ -14,6 +19,30 @@ use rocksdb::{
 };
 
 use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError};
+
+/// How to treat a damaged write-ahead log at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalRecovery {
+    /// Refuse to open if any record is damaged, the last one included.
+    #[default]
+    Strict,
+    /// Drop a damaged last record (a write cut off by a power loss); refuse corruption
+    /// anywhere else.
+    TolerateTornTail,
+}
+
+impl std::str::FromStr for WalRecovery {
+    type Err = String;
+
+    /// `strict` or `tolerate-torn-tail` (the servers' `--wal-recovery` values).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(WalRecovery::Strict),
+            "tolerate-torn-tail" => Ok(WalRecovery::TolerateTornTail),
+            _ => Err(format!("{s:?}: expected strict or tolerate-torn-tail")),
+        }
+    }
+}
 
 /// The column family RocksDB always has; it stays empty.
 const DEFAULT_CF: &str = "default";
@@ -30,7 +59,16 @@ impl RocksKv {
     /// families. A directory holding other tables is refused: it belongs to another
     /// program, and writing into it would corrupt both.
     pub fn open(path: &Path, tables: &[&'static str]) -> Result<Self, StoreError> {
-        let opts = options();
+        Self::open_with(path, tables, WalRecovery::default())
+    }
+
+    /// [`RocksKv::open`] with an explicit WAL recovery mode.
+    pub fn open_with(
+        path: &Path,
+        tables: &[&'static str],
+        recovery: WalRecovery,
+    ) -> Result<Self, StoreError> {
+        let opts = options(recovery);
         let existing = DB::list_cf(&opts, path).unwrap_or_default();
         let unexpected: Vec<String> = existing
             .iter()
@@ -47,7 +85,13 @@ impl RocksKv {
         let cfs = tables
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, table_options()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| match e.kind() {
+            rocksdb::ErrorKind::Corruption => StoreError::DamagedLog {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            },
+            _ => StoreError::Rocks(e),
+        })?;
         Ok(Self {
             db: Arc::new(db),
             statistics: Arc::new(opts),
@@ -66,11 +110,14 @@ impl RocksKv {
     }
 }
 
-fn options() -> Options {
+fn options(recovery: WalRecovery) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    opts.set_wal_recovery_mode(match recovery {
+        WalRecovery::Strict => DBRecoveryMode::AbsoluteConsistency,
+        WalRecovery::TolerateTornTail => DBRecoveryMode::TolerateCorruptedTailRecords,
+    });
     opts.set_paranoid_checks(true);
     // Bound memory: Lockstep's records are small and a coordinator must stay well under
     // 100 MB with a long history.

@@ -175,6 +175,13 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Starts again with extra arguments.
+    pub async fn restart_with_args(&mut self, extra: Vec<String>) {
+        self.kill9().await;
+        self.args.extend(extra);
+        self.spawn().await;
+    }
+
     pub async fn restart(&mut self) {
         let env = self.env.clone();
         self.restart_with(env).await;
