@@ -234,3 +234,36 @@ async fn an_agent_restarted_while_the_release_is_undecided_keeps_waiting_then_ab
     );
     assert_eq!(c.agent("A").releases(), ["T1A"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_participant_prepared_for_a_transaction_the_coordinator_lost_asks_and_aborts() {
+    // As if the coordinator crashed before T9's creation became durable: B holds a
+    // PREPARED vote for a transaction the coordinator has never recorded.
+    let mut c = Cluster::new().await;
+    c.add_agent_with("B", &["--ask-decision-after".into(), "100ms".into()])
+        .await;
+    c.register("B", &[]).await;
+    let vote = c
+        .agent("B")
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            transaction_id: "T9".into(),
+            project: "B".into(),
+            version: "T9B".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vote.vote, pb::Vote::Prepared as i32);
+    assert_eq!(c.agent("B").releases(), ["T9B"]);
+
+    // B never decides alone: it asks, hears ABORT (presumed abort), and undoes.
+    wait_for("B to learn T9's fate and undo it", || async {
+        let staged = c.agent("B").status().await.staged;
+        (staged.is_empty() && c.agent("B").releases().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(c.agent("B").live(), None);
+}

@@ -345,7 +345,7 @@ impl Coordinator {
         if spec.dry_run {
             return self.dry_run(&spec).await;
         }
-        let (record, plan, waits_for, pending, signals) = {
+        let (record, plan, waits_for, pending) = {
             let mut s = self.state();
             if let Some(id) = &spec.id
                 && let Some(existing) = self.existing(&s, id)?
@@ -399,14 +399,22 @@ impl Coordinator {
                 None,
                 describe_request(&record),
             )];
-            if let Some(b) = &blocked {
-                record.reason = b.explain();
-                events.push(protocol::event(
-                    &record,
-                    pb::EventKind::TransactionQueued,
-                    Some(&b.project),
-                    b.explain(),
-                ));
+            match &blocked {
+                Some(b) => {
+                    record.reason = b.explain();
+                    events.push(protocol::event(
+                        &record,
+                        pb::EventKind::TransactionQueued,
+                        Some(&b.project),
+                        b.explain(),
+                    ));
+                }
+                // Nothing in the way: phase 1 starts in the same write as the creation,
+                // and the driver sends Prepare while it is being synced. Safe under
+                // presumed abort: if this write is lost in a crash, the coordinator
+                // answers ABORT to a participant asking about it, and prepared
+                // participants do ask when no decision comes.
+                None => events.push(protocol::start_preparing(&mut record)),
             }
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, &record);
@@ -434,18 +442,12 @@ impl Coordinator {
                 start: start_rx,
                 abort: abort_rx,
             };
-            (record, plan, waits_for, pending, signals)
+            tokio::spawn(protocol::run(self.clone(), record.clone(), signals));
+            (record, plan, waits_for, pending)
         };
-        let first_event_seq = match pending.await {
-            Ok(seq) => seq,
-            Err(e) => {
-                let mut s = self.state();
-                s.active.remove(&record.id);
-                s.queue.finish(&record.id);
-                return Err(e);
-            }
-        };
-        tokio::spawn(protocol::run(self.clone(), record.clone(), signals));
+        // The answer waits until the transaction is durable ("nothing valid is lost");
+        // a failed write stops the coordinator (fail-stop), and recovery then aborts it.
+        let first_event_seq = pending.await?;
         Ok(Created {
             transaction: Some(record),
             plan,
@@ -690,14 +692,6 @@ impl Coordinator {
                     new.delivery_error = old.delivery_error;
                 }
             }
-        }
-    }
-
-    /// Updates the visible record without a durable write (votes as they arrive,
-    /// delivery errors): information, never a decision.
-    pub(crate) fn observe(&self, id: &TxId, update: impl FnOnce(&mut TxRecord)) {
-        if let Some(active) = self.state().active.get_mut(id) {
-            update(&mut active.record);
         }
     }
 

@@ -7,5 +7,5 @@ pub use lockstep::crash::point;
 pub const BEFORE_DECISION: &str = "before-decision";
 /// After the COMMIT decision is durable and before any Commit is sent.
 pub const AFTER_COMMIT_DECISION: &str = "after-commit-decision";
-/// After the first participant's Commit acknowledgement was recorded.
+/// After the first participant acknowledged its Commit.
 pub const AFTER_FIRST_COMMIT_ACK: &str = "after-first-commit-ack";

@@ -79,13 +79,10 @@ async fn drive(
             }
             Start::Refuse(reason) => return abort_unprepared(c, tx, reason).await,
         }
-        // Phase 1 starts: recorded before any Prepare leaves, so that after a crash
-        // recovery knows whom to send Abort.
-        tx.state = TxState::Preparing;
-        tx.prepare_sent = true;
-        tx.reason = format!("waiting for {}", plural(tx.participants.len(), "vote"));
-        let started = event(tx, pb::EventKind::PrepareStarted, None, tx.reason.clone());
-        persist(c, tx, vec![started]).await?;
+        // Phase 1 starts. Written (so that recovery sends Abort to every participant)
+        // but not awaited: presumed abort covers a crash before it is durable.
+        let started = start_preparing(tx);
+        append_quietly(c, tx, vec![started]);
     }
     if tx.state == TxState::Preparing {
         let outcome = prepare_all(c, tx, signals).await;
@@ -100,6 +97,14 @@ async fn drive(
     }
     deliver_decision(c, tx).await?;
     finish(c, tx).await
+}
+
+/// Moves `tx` into phase 1 and returns the event saying so.
+pub fn start_preparing(tx: &mut TxRecord) -> pb::Event {
+    tx.state = TxState::Preparing;
+    tx.prepare_sent = true;
+    tx.reason = format!("waiting for {}", plural(tx.participants.len(), "vote"));
+    event(tx, pb::EventKind::PrepareStarted, None, tx.reason.clone())
 }
 
 /// Waits until the queue lets the transaction run, or until it is aborted while queued.
@@ -412,7 +417,10 @@ async fn acknowledge(
         )
     };
     let acked = event(tx, pb::EventKind::Acknowledged, Some(project), message);
-    persist(c, tx, vec![acked]).await?;
+    // Not awaited: the terminal record written (and awaited) after the last wave covers
+    // every acknowledgement, and an acknowledgement lost in a crash only means the
+    // decision is delivered again, which participants answer idempotently.
+    append_quietly(c, tx, vec![acked]);
     if commit && first {
         crash::point(crash::AFTER_FIRST_COMMIT_ACK);
     }
@@ -467,15 +475,15 @@ async fn persist(
     Ok(())
 }
 
-/// Appends without waiting for durability: votes, which the decision written next
-/// covers (the journal writes in order). Shown to readers at once; a vote is
-/// information, never a decision.
+/// Appends without waiting for durability: progress that a later awaited write of the
+/// same transaction covers (the journal writes in order) and that a crash may lose
+/// harmlessly (votes, the start of phase 1, acknowledgements). Never a decision.
+/// Shown to readers at once.
 fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>) {
     let mut batch = lockstep_store::Batch::default();
     crate::tables::Tables::put_transaction(&mut batch, tx);
     drop(c.journal().append(batch, events));
-    let snapshot = tx.clone();
-    c.observe(&tx.id, move |t| *t = snapshot);
+    c.publish(tx);
 }
 
 fn client(c: &Coordinator, endpoint: &str) -> Result<ParticipantClient<Channel>, (Code, String)> {

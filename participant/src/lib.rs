@@ -10,7 +10,8 @@
 //! - [`deployer`]: the trait an agent author implements.
 //! - [`participant`]: the protocol rules around it (the participant's state machine).
 //! - [`ledger`]: its durable per-transaction records.
-//! - [`recovery`]: asking GetDecision after a restart.
+//! - [`inquiry`]: asking the coordinator's GetDecision (after a restart, and when a
+//!   PREPARED vote waits too long).
 //! - [`schema`]: database migrations staged with a transaction.
 //! - [`service`] / [`server`]: the gRPC edge with reflection and health.
 //! - [`agent`]: the reference agent's deployer (`lockstep-agent`).
@@ -18,9 +19,9 @@
 
 pub mod agent;
 pub mod deployer;
+pub mod inquiry;
 pub mod ledger;
 pub mod participant;
-pub mod recovery;
 pub mod schema;
 pub mod server;
 pub mod service;

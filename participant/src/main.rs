@@ -7,8 +7,9 @@ use clap::Parser;
 use lockstep_participant::{
     Participant,
     agent::{FsDeployer, Hooks},
+    inquiry::{self, DecisionSource},
     ledger::{self, Ledger},
-    recovery, schema, server,
+    schema, server,
 };
 use lockstep_store::{RocksKv, WalRecovery};
 use tonic::transport::Endpoint;
@@ -41,6 +42,10 @@ struct Args {
         default_value = "http://127.0.0.1:7700"
     )]
     coordinator: String,
+    /// How long a PREPARED vote waits for Commit or Abort before the agent asks the
+    /// coordinator for the decision (and again, with backoff, until it has one).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ask_decision_after: std::time::Duration,
     /// Command run (with `sh -c`) after staging; a non-zero exit refuses the release.
     #[arg(long)]
     prepare_hook: Option<String>,
@@ -105,16 +110,21 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let coordinator = Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
+        .connect_lazy();
+    let decisions = DecisionSource {
+        coordinator,
+        ask_after: args.ask_decision_after,
+    };
     let participant = Participant::new(
         args.project,
         args.environment,
         deployer,
         schema,
         Ledger::new(Arc::new(kv)),
+        Some(decisions),
     );
-    let coordinator = Endpoint::from_shared(args.coordinator.clone())
-        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
-        .connect_lazy();
     let prepared = participant
         .recover_local()
         .await
@@ -125,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
             prepared.len()
         );
     }
-    recovery::resolve_prepared(participant.clone(), coordinator, prepared);
+    inquiry::resolve_prepared(&participant, prepared);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;

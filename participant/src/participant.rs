@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::{
     deployer::{Change, DeployError, Deployer, Refusal, Staged},
+    inquiry::{self, DecisionSource},
     ledger::{Entry, Ledger, Phase},
     schema::{Schema, SchemaStaged, files},
 };
@@ -86,6 +87,7 @@ struct Inner<D> {
     deployer: D,
     schema: Option<Schema>,
     ledger: Ledger,
+    decisions: Option<DecisionSource>,
     /// Serializes every change of protocol state on this participant.
     lock: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashMap<String, InFlight>>,
@@ -103,6 +105,7 @@ impl<D: Deployer> Participant<D> {
         deployer: D,
         schema: Option<Schema>,
         ledger: Ledger,
+        decisions: Option<DecisionSource>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -111,6 +114,7 @@ impl<D: Deployer> Participant<D> {
                 deployer,
                 schema,
                 ledger,
+                decisions,
                 lock: tokio::sync::Mutex::new(()),
                 in_flight: Mutex::new(HashMap::new()),
                 open: Mutex::new(BTreeSet::new()),
@@ -121,6 +125,16 @@ impl<D: Deployer> Participant<D> {
     /// The project served.
     pub fn project(&self) -> &str {
         &self.inner.project
+    }
+
+    /// Where this participant asks for decisions, if anywhere.
+    pub fn decision_source(&self) -> Option<&DecisionSource> {
+        self.inner.decisions.as_ref()
+    }
+
+    /// Whether `tx` is prepared here and waits for its decision.
+    pub fn is_prepared(&self, tx: &str) -> bool {
+        matches!(self.inner.ledger.get(tx), Ok(Some(e)) if e.phase == Phase::Prepared)
     }
 
     /// Writes a record and keeps the set of open transactions in step with it.
@@ -323,6 +337,9 @@ impl<D: Deployer> Participant<D> {
                 };
                 // Durability point: the PREPARED record is synced before the vote leaves.
                 self.record(&tx, &entry, Durability::Sync)?;
+                if let Some(source) = &self.inner.decisions {
+                    inquiry::watch(self, tx.clone(), source.ask_after);
+                }
                 Ok(prepared(schema.as_ref()))
             }
             Err((refusal, staged)) => {
