@@ -3,7 +3,9 @@
 //! `describe` work without .proto files), `grpc.health.v1.Health`, and the message-size
 //! limit answered with the status the gRPC spec gives it.
 
-use tonic::codegen::http;
+use std::time::Duration;
+
+use tonic::{codegen::http, transport::Endpoint};
 
 use crate::FILE_DESCRIPTOR_SET;
 
@@ -39,6 +41,22 @@ pub fn reflection(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// How often an idle connection is pinged, and how long a ping may go unanswered before
+/// the connection is dropped and redialled.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The endpoint every Lockstep client uses (coordinator to agents, agents to the
+/// coordinator, the CLI): HTTP/2 keepalive pings, so a connection left half-open by a
+/// network partition is detected and redialled instead of swallowing retries forever.
+pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true))
 }
 
 /// gRPC says a message above the receiver's limit is RESOURCE_EXHAUSTED; tonic answers

@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
-    let endpoint = Channel::from_shared(url.to_string())
+    let endpoint = lockstep::edge::endpoint(url)
         .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| Failure {

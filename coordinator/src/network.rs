@@ -5,11 +5,10 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use lockstep::pb::participant_client::ParticipantClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Gives a client for a participant endpoint.
 pub trait ParticipantNet: Send + Sync + 'static {
@@ -30,10 +29,8 @@ impl ParticipantNet for TcpNet {
         if let Some(ch) = channels.get(endpoint) {
             return Ok(ParticipantClient::new(ch.clone()));
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let channel = lockstep::edge::endpoint(endpoint)
             .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
             .connect_lazy();
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(ParticipantClient::new(channel))

@@ -3,9 +3,11 @@
 //! ports), until the shutdown future resolves.
 
 use lockstep::{edge, limits::MAX_MESSAGE_BYTES, pb::coordinator_server::CoordinatorServer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::Connected};
 use tower::util::MapResponseLayer;
 
 use crate::{coordinator::Coordinator, service::CoordinatorService};
@@ -27,6 +29,22 @@ pub async fn serve(
     coordinator: Coordinator,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_incoming(TcpListenerStream::new(listener), coordinator, shutdown).await
+}
+
+/// Serves `coordinator` on any stream of connections (the simulation passes its
+/// simulated TCP listener's) until `shutdown` resolves.
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    coordinator: Coordinator,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
@@ -41,7 +59,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -183,11 +183,20 @@ impl coordinator_server::Coordinator for CoordinatorService {
             self.coordinator.get(id)?;
         }
         let feed = self.coordinator.feed().clone();
+        let coordinator = self.coordinator.clone();
         let (sender, receiver) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut next = r.from_seq.max(1);
             let mut latest = feed.latest();
             loop {
+                // A watcher that asks to stop at the end of a transaction which ended
+                // before `from_seq` would otherwise wait forever. Checked before the
+                // read: a terminal record means its events are all published, so a read
+                // after it that finds nothing more means there is nothing more.
+                let ended = match (&filter, r.until_terminal) {
+                    (Some(id), true) => coordinator.get(id).is_ok_and(|t| t.state.is_terminal()),
+                    _ => false,
+                };
                 let events = match feed.read(next, 512) {
                     Ok(events) => events,
                     Err(e) => {
@@ -200,6 +209,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     }
                 };
                 if events.is_empty() {
+                    if ended {
+                        return;
+                    }
                     if *latest.borrow_and_update() < next {
                         tokio::select! {
                             changed = latest.changed() => if changed.is_err() { return },

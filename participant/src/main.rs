@@ -12,7 +12,6 @@ use lockstep_participant::{
     schema, server,
 };
 use lockstep_store::{RocksKv, WalRecovery};
-use tonic::transport::Endpoint;
 
 /// Runs a Lockstep participant for one project: stages versions under --deploy-root,
 /// makes them live by switching the `current` symlink, and keeps its protocol state in
@@ -110,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let coordinator = Endpoint::from_shared(args.coordinator.clone())
+    let coordinator = lockstep::edge::endpoint(&args.coordinator)
         .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
         .connect_lazy();
     let decisions = DecisionSource {

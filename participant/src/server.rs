@@ -2,9 +2,11 @@
 //! a listener the caller bound, until the shutdown future resolves.
 
 use lockstep::{edge, limits::MAX_MESSAGE_BYTES, pb::participant_server::ParticipantServer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::Connected};
 use tower::util::MapResponseLayer;
 
 use crate::{deployer::Deployer, participant::Participant, service::ParticipantService};
@@ -26,6 +28,23 @@ pub async fn serve<D: Deployer>(
     participant: Participant<D>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_incoming(TcpListenerStream::new(listener), participant, shutdown).await
+}
+
+/// Serves `participant` on any stream of connections (the simulation passes its
+/// simulated TCP listener's) until `shutdown` resolves.
+pub async fn serve_incoming<D, I, IO, IE>(
+    incoming: I,
+    participant: Participant<D>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    D: Deployer,
+    I: Stream<Item = Result<IO, IE>> + Send,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ParticipantServer<ParticipantService<D>>>()
@@ -40,7 +59,7 @@ pub async fn serve<D: Deployer>(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
