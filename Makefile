@@ -1,7 +1,9 @@
 # The README's two commands, plus the read-only checks. Each target calls a script in
 # scripts/, so CI (.ci/run) and people run exactly the same thing.
 
-.PHONY: demo test verify fmt
+.PHONY: demo test verify fmt soak bench
+
+SEEDS ?= 10000
 
 ## Build and run the local demo stack that tells the seed's story.
 demo:
@@ -19,3 +21,7 @@ verify:
 
 fmt:
 	cargo fmt --all
+
+## Run many fault-schedule seeds (release build); prints seeds, violations, wall time.
+soak:
+	cargo run --release -p lockstep-sim --bin lockstep-soak -- --seeds $(SEEDS)

@@ -162,3 +162,27 @@ async fn waiting_for_a_transaction_filters_its_events_and_stops_at_its_end() {
         Some(&(EventKind::TransactionCommitted as i32))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_a_transaction_that_already_ended_returns_at_once() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    // A watcher that reconnects after it saw the end (its follow-up call failed)
+    // resumes past the terminal event: the stream must end, not wait forever.
+    let past_the_end = c.last_seq().await + 1;
+    let mut stream = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: past_the_end,
+            transaction_id: "T1".into(),
+            until_terminal: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(support::DEADLINE, stream.message())
+        .await
+        .expect("the stream ends");
+    assert_eq!(next.unwrap(), None);
+}

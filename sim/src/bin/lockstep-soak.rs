@@ -1,0 +1,90 @@
+//! `lockstep-soak`: runs many seeds of the simulation (or replays one) and prints
+//! `seeds, violations, wall time`. A failing seed prints the command that replays it.
+
+use std::time::Instant;
+
+use clap::Parser;
+use lockstep_sim::{Config, replay_command, run};
+
+/// Run the Lockstep fault-schedule simulation.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Replay exactly this seed, printing its violations and event-log hash.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// With --seed: also print what clients were told and the event log.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        let o = run(&Config::for_seed(seed));
+        println!(
+            "seed {seed}: {} transactions, {} committed, {} faults, {:?} simulated, event-log hash {:016x}",
+            o.transactions, o.committed, o.faults, o.simulated, o.event_log_hash
+        );
+        if args.verbose {
+            for c in &o.observation.clients {
+                println!("  client {} {} {}: {:?}", c.client, c.op, c.tx, c.told);
+            }
+            for e in &o.observation.events {
+                println!(
+                    "  #{} {} {:?} {} {}",
+                    e.seq,
+                    e.transaction_id,
+                    lockstep::pb::EventKind::try_from(e.kind).unwrap_or_default(),
+                    e.project,
+                    e.message
+                );
+            }
+            for (p, v) in &o.observation.participants {
+                println!("  {p}: live {:?}, phases {:?}", v.live, v.phases);
+            }
+        }
+        for v in &o.violations {
+            println!("  violation {v}");
+        }
+        return if o.violations.is_empty() {
+            0.into()
+        } else {
+            1.into()
+        };
+    }
+    let started = Instant::now();
+    let (mut violations, mut failing, mut transactions, mut faults) =
+        (0usize, Vec::new(), 0usize, 0usize);
+    for seed in args.from..args.from + args.seeds {
+        let o = run(&Config::for_seed(seed));
+        transactions += o.transactions;
+        faults += o.faults;
+        if !o.violations.is_empty() {
+            violations += o.violations.len();
+            println!(
+                "seed {seed}: {} violations, first: {}",
+                o.violations.len(),
+                o.violations[0]
+            );
+            println!("  replay: {}", replay_command(seed));
+            failing.push(seed);
+        }
+    }
+    println!(
+        "seeds {}, violations {violations}, wall time {:.1}s ({transactions} transactions, {faults} faults)",
+        args.seeds,
+        started.elapsed().as_secs_f64()
+    );
+    if failing.is_empty() {
+        0.into()
+    } else {
+        1.into()
+    }
+}

@@ -1,0 +1,543 @@
+//! The invariant checker, run over what a finished run left behind (after faults
+//! healed): the coordinator's durable records, each participant's ledger and live
+//! version (and, in simulation, every change it made to what is live), and what the
+//! clients were told. It works on wire types, so the same rules judge a simulated
+//! cluster and real processes.
+//!
+//! Rules (each violation names one):
+//! - `tc-consistent`: no transaction committed at one participant and aborted at another.
+//! - `agreement`: participants' outcomes match the coordinator's durable decision.
+//! - `validity`: COMMITTED only if every participant voted PREPARED.
+//! - `exactly-once`: a committed change is applied once where it changes something, an
+//!   aborted one never.
+//! - `durability`: what a client was told (accepted, committed, aborted) is what stayed.
+//! - `no-regression`: each participant's live version moves exactly along the committed
+//!   checkpoints, in order (a state left is re-entered only by a checkpoint doing so:
+//!   revert, rollback, forced release).
+//! - `termination`: every transaction is terminal, nothing is left staging or prepared.
+//! - `live-is-a-checkpoint`: what is live everywhere equals the newest checkpoint.
+//! - `event-log`: sequence numbers are 1..N without gaps; per transaction the events
+//!   start with its creation, decide at most once, and end with one terminal event that
+//!   matches the decision.
+//! - `checkpoints`: revisions are 1..N, one per committed transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lockstep::pb::{self, EventKind, TransactionState as State};
+use lockstep_participant::ledger::Phase;
+
+use crate::deployer::Effect;
+
+/// What one participant shows after the run.
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantView {
+    /// Version live now.
+    pub live: Option<String>,
+    /// The participant's own record of each transaction it saw.
+    pub phases: BTreeMap<String, Phase>,
+    /// Every change it made to what is live (simulation only; real agents do not log).
+    pub effects: Option<Vec<Effect>>,
+}
+
+/// What a client was told about one of its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    /// The create call returned the transaction: it must exist.
+    Accepted,
+    /// The client saw the transaction COMMITTED or ABORTED.
+    Outcome(State),
+    /// Refused outright (a status); nothing to hold the system to.
+    Refused(String),
+    /// No answer (timeout, unreachable): either outcome is acceptable, but one.
+    Unknown(String),
+}
+
+/// One client call and what it was told.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    /// Which client.
+    pub client: usize,
+    /// `release`, `revert`, `rollback`, `abort`.
+    pub op: String,
+    /// The transaction id concerned.
+    pub tx: String,
+    /// What the client was told.
+    pub told: Told,
+}
+
+/// Everything the checker reads.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// Every transaction, as the coordinator recorded it durably.
+    pub transactions: Vec<pb::Transaction>,
+    /// Every checkpoint, oldest first.
+    pub checkpoints: Vec<pb::Checkpoint>,
+    /// The whole event log.
+    pub events: Vec<pb::Event>,
+    /// Each participant by project.
+    pub participants: BTreeMap<String, ParticipantView>,
+    /// What clients were told.
+    pub clients: Vec<ClientRecord>,
+}
+
+/// A broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule's name.
+    pub rule: &'static str,
+    /// What broke it.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.detail)
+    }
+}
+
+fn state(t: &pb::Transaction) -> State {
+    State::try_from(t.state).unwrap_or(State::Unspecified)
+}
+
+/// Checks every rule; an empty result means the run kept them all.
+pub fn check(o: &Observation) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let mut say = |rule: &'static str, detail: String| v.push(Violation { rule, detail });
+    let txs: BTreeMap<&str, &pb::Transaction> =
+        o.transactions.iter().map(|t| (t.id.as_str(), t)).collect();
+
+    // tc-consistent
+    let mut outcomes: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    for (project, p) in &o.participants {
+        for (tx, phase) in &p.phases {
+            let entry = outcomes.entry(tx.as_str()).or_default();
+            match phase {
+                Phase::Committed => {
+                    entry.0.insert(project.as_str());
+                }
+                Phase::Aborted => {
+                    entry.1.insert(project.as_str());
+                }
+                _ => {}
+            }
+        }
+    }
+    for (tx, (committed, aborted)) in &outcomes {
+        if !committed.is_empty() && !aborted.is_empty() {
+            say(
+                "tc-consistent",
+                format!("{tx} committed at {committed:?} and aborted at {aborted:?}"),
+            );
+        }
+    }
+
+    // agreement, validity, termination (coordinator side)
+    for t in &o.transactions {
+        let s = state(t);
+        if !matches!(s, State::Committed | State::Aborted) {
+            say("termination", format!("{} is still {s:?}", t.id));
+        }
+        for part in &t.participants {
+            let phase = o
+                .participants
+                .get(&part.project)
+                .and_then(|p| p.phases.get(&t.id));
+            match (s, phase) {
+                (State::Committed, Some(Phase::Committed)) => {}
+                (State::Committed, other) => say(
+                    "agreement",
+                    format!("{} is COMMITTED but {} has {other:?}", t.id, part.project),
+                ),
+                (State::Aborted, Some(Phase::Committed)) => say(
+                    "agreement",
+                    format!("{} is ABORTED but {} committed it", t.id, part.project),
+                ),
+                _ => {}
+            }
+            if s == State::Committed && part.vote != pb::Vote::Prepared as i32 {
+                say(
+                    "validity",
+                    format!(
+                        "{} is COMMITTED but {} voted {:?}",
+                        t.id, part.project, part.vote
+                    ),
+                );
+            }
+        }
+    }
+    for (project, p) in &o.participants {
+        for (tx, phase) in &p.phases {
+            if matches!(phase, Phase::Staging | Phase::Prepared) {
+                say(
+                    "termination",
+                    format!("{project} still holds {tx} {phase:?}"),
+                );
+            }
+            if *phase == Phase::Committed
+                && txs.get(tx.as_str()).map(|t| state(t)) != Some(State::Committed)
+            {
+                say(
+                    "agreement",
+                    format!("{project} committed {tx}, which the coordinator did not commit"),
+                );
+            }
+        }
+    }
+
+    // exactly-once
+    for (project, p) in &o.participants {
+        let Some(effects) = &p.effects else { continue };
+        let mut per_tx: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in effects {
+            *per_tx.entry(e.tx.as_str()).or_default() += 1;
+        }
+        for (tx, n) in &per_tx {
+            match txs.get(tx).map(|t| state(t)) {
+                Some(State::Committed) if *n == 1 => {}
+                Some(State::Committed) => {
+                    say("exactly-once", format!("{project} applied {tx} {n} times"))
+                }
+                other => say(
+                    "exactly-once",
+                    format!("{project} applied {tx}, which is {other:?}"),
+                ),
+            }
+        }
+        for t in o
+            .transactions
+            .iter()
+            .filter(|t| state(t) == State::Committed)
+        {
+            if let Some(part) = t.participants.iter().find(|x| &x.project == project)
+                && part.from_version != part.to_version
+                && !per_tx.contains_key(t.id.as_str())
+            {
+                say(
+                    "exactly-once",
+                    format!(
+                        "{project} never applied committed {} ({} -> {})",
+                        t.id, part.from_version, part.to_version
+                    ),
+                );
+            }
+        }
+    }
+
+    // durability
+    for c in &o.clients {
+        let stayed = txs.get(c.tx.as_str()).map(|t| state(t));
+        match &c.told {
+            Told::Accepted if stayed.is_none() => say(
+                "durability",
+                format!(
+                    "client {} was told {} was accepted; it is gone",
+                    c.client, c.tx
+                ),
+            ),
+            Told::Outcome(s) if stayed != Some(*s) => say(
+                "durability",
+                format!(
+                    "client {} was told {} is {s:?}; it is {stayed:?}",
+                    c.client, c.tx
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    // checkpoints
+    for (i, cp) in o.checkpoints.iter().enumerate() {
+        if cp.revision != i as u64 + 1 {
+            say(
+                "checkpoints",
+                format!("revision {} at position {}", cp.revision, i + 1),
+            );
+        }
+        match txs.get(cp.transaction_id.as_str()).map(|t| state(t)) {
+            Some(State::Committed) => {}
+            other => say(
+                "checkpoints",
+                format!(
+                    "checkpoint {} comes from {} which is {other:?}",
+                    cp.revision, cp.transaction_id
+                ),
+            ),
+        }
+    }
+    let committed = o
+        .transactions
+        .iter()
+        .filter(|t| state(t) == State::Committed)
+        .count();
+    if committed != o.checkpoints.len() {
+        say(
+            "checkpoints",
+            format!(
+                "{committed} committed transactions but {} checkpoints",
+                o.checkpoints.len()
+            ),
+        );
+    }
+
+    // no-regression and live-is-a-checkpoint
+    for (project, p) in &o.participants {
+        let mut path: Vec<(&str, &str)> = Vec::new();
+        for cp in &o.checkpoints {
+            if let Some(v) = cp.versions.iter().find(|v| &v.project == project)
+                && path.last().map(|(_, last)| *last) != Some(v.version.as_str())
+            {
+                path.push((cp.transaction_id.as_str(), v.version.as_str()));
+            }
+        }
+        if let Some(effects) = &p.effects {
+            let walked: Vec<(&str, &str)> = effects
+                .iter()
+                .map(|e| (e.tx.as_str(), e.to.as_str()))
+                .collect();
+            if walked != path {
+                say(
+                    "no-regression",
+                    format!("{project} went {walked:?}; the checkpoints say {path:?}"),
+                );
+            }
+        }
+        let expected = path.last().map(|(_, v)| v.to_string());
+        if p.live != expected {
+            say(
+                "live-is-a-checkpoint",
+                format!(
+                    "{project} has {:?} live; the newest checkpoint says {expected:?}",
+                    p.live
+                ),
+            );
+        }
+    }
+
+    // event-log
+    for (i, e) in o.events.iter().enumerate() {
+        if e.seq != i as u64 + 1 {
+            say(
+                "event-log",
+                format!("event at position {} has seq {}", i + 1, e.seq),
+            );
+            break;
+        }
+    }
+    let mut per_tx: BTreeMap<&str, Vec<&pb::Event>> = BTreeMap::new();
+    for e in o.events.iter().filter(|e| !e.transaction_id.is_empty()) {
+        per_tx.entry(e.transaction_id.as_str()).or_default().push(e);
+    }
+    let terminal = |e: &pb::Event| {
+        e.kind == EventKind::TransactionCommitted as i32
+            || e.kind == EventKind::TransactionAborted as i32
+    };
+    for (tx, events) in &per_tx {
+        if events.first().map(|e| e.kind) != Some(EventKind::TransactionCreated as i32) {
+            say(
+                "event-log",
+                format!("{tx}'s first event is not its creation"),
+            );
+        }
+        let ends: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| terminal(e))
+            .map(|(i, _)| i)
+            .collect();
+        match ends.as_slice() {
+            [] => say("event-log", format!("{tx} has no terminal event")),
+            [i] if *i + 1 != events.len() => say(
+                "event-log",
+                format!("{tx} has events after its terminal one"),
+            ),
+            [_] => {}
+            _ => say(
+                "event-log",
+                format!("{tx} has {} terminal events", ends.len()),
+            ),
+        }
+        let commit = events
+            .iter()
+            .any(|e| e.kind == EventKind::DecidedCommit as i32);
+        let abort = events
+            .iter()
+            .any(|e| e.kind == EventKind::DecidedAbort as i32);
+        if commit && abort {
+            say("event-log", format!("{tx} decided both COMMIT and ABORT"));
+        }
+        let committed_end = events
+            .last()
+            .is_some_and(|e| e.kind == EventKind::TransactionCommitted as i32);
+        if committed_end != commit {
+            say(
+                "event-log",
+                format!(
+                    "{tx} ends {} but decided {}",
+                    if committed_end {
+                        "committed"
+                    } else {
+                        "aborted"
+                    },
+                    if commit { "COMMIT" } else { "ABORT" }
+                ),
+            );
+        }
+        let recorded = txs.get(tx).map(|t| state(t));
+        let logged = if committed_end {
+            State::Committed
+        } else {
+            State::Aborted
+        };
+        if recorded.is_some_and(|s| s != logged) {
+            say(
+                "event-log",
+                format!("{tx} is {recorded:?} but its log ends {logged:?}"),
+            );
+        }
+    }
+    v
+}
+
+/// A hash of the event log without timestamps: two runs of the same seed must agree.
+pub fn event_log_hash(events: &[pb::Event]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+    };
+    for e in events {
+        feed(&e.seq.to_le_bytes());
+        feed(&e.kind.to_le_bytes());
+        feed(e.transaction_id.as_bytes());
+        feed(e.project.as_bytes());
+        feed(&e.state.to_le_bytes());
+        feed(&e.vote.to_le_bytes());
+        feed(e.message.as_bytes());
+        feed(&e.revision.to_le_bytes());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(id: &str, s: State, parts: &[(&str, &str, &str)]) -> pb::Transaction {
+        pb::Transaction {
+            id: id.into(),
+            state: s as i32,
+            participants: parts
+                .iter()
+                .map(|(p, from, to)| pb::Participation {
+                    project: p.to_string(),
+                    from_version: from.to_string(),
+                    to_version: to.to_string(),
+                    vote: pb::Vote::Prepared as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_split_outcome_is_caught_by_three_rules() {
+        let mut o = Observation {
+            transactions: vec![tx(
+                "T1",
+                State::Committed,
+                &[("A", "", "1"), ("B", "", "1")],
+            )],
+            ..Default::default()
+        };
+        o.participants.insert(
+            "A".into(),
+            ParticipantView {
+                phases: [("T1".into(), Phase::Committed)].into(),
+                ..Default::default()
+            },
+        );
+        o.participants.insert(
+            "B".into(),
+            ParticipantView {
+                phases: [("T1".into(), Phase::Aborted)].into(),
+                ..Default::default()
+            },
+        );
+        let rules: BTreeSet<&str> = check(&o).iter().map(|v| v.rule).collect();
+        assert!(
+            rules.contains("tc-consistent")
+                && rules.contains("agreement")
+                && rules.contains("checkpoints"),
+            "{rules:?}"
+        );
+    }
+
+    #[test]
+    fn applying_a_change_twice_or_going_back_is_caught() {
+        let mut o = Observation {
+            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
+            checkpoints: vec![pb::Checkpoint {
+                revision: 1,
+                transaction_id: "T1".into(),
+                versions: vec![pb::LiveVersion {
+                    project: "A".into(),
+                    version: "1".into(),
+                    schema: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = Effect {
+            tx: "T1".into(),
+            from: None,
+            to: "1".into(),
+        };
+        o.participants.insert(
+            "A".into(),
+            ParticipantView {
+                live: Some("1".into()),
+                phases: [("T1".into(), Phase::Committed)].into(),
+                effects: Some(vec![e.clone(), e]),
+            },
+        );
+        let rules: BTreeSet<&str> = check(&o).iter().map(|v| v.rule).collect();
+        assert!(
+            rules.contains("exactly-once") && rules.contains("no-regression"),
+            "{rules:?}"
+        );
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let mut o = Observation {
+            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
+            checkpoints: vec![pb::Checkpoint {
+                revision: 1,
+                transaction_id: "T1".into(),
+                versions: vec![pb::LiveVersion {
+                    project: "A".into(),
+                    version: "1".into(),
+                    schema: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        o.participants.insert(
+            "A".into(),
+            ParticipantView {
+                live: Some("1".into()),
+                phases: [("T1".into(), Phase::Committed)].into(),
+                effects: Some(vec![Effect {
+                    tx: "T1".into(),
+                    from: None,
+                    to: "1".into(),
+                }]),
+            },
+        );
+        assert_eq!(check(&o), vec![]);
+    }
+}

@@ -1,0 +1,753 @@
+//! One seeded run: a coordinator and participants A (requires B and C), B, C and D on
+//! turmoil's simulated network, clients issuing releases, reverts, rollbacks, aborts and
+//! duplicate requests, a "duplicator" re-sending protocol messages out of order, and a
+//! fault schedule (crashes, restarts, partitions, held links, latency) drawn from the
+//! seed. After the faults heal, the run waits for every transaction to end, then hands
+//! what is left to the checker.
+//!
+//! Stores are the in-memory twins with crash semantics: a crash drops what was not
+//! synced. Each participant's deployer writes a "disk" that survives crashes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lockstep::pb::{
+    self, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
+};
+use lockstep_coordinator::{
+    Config as CoordinatorConfig, Coordinator, journal::WriterMode, retry::Backoff, tables::Tables,
+};
+use lockstep_participant::{
+    Participant,
+    inquiry::{self, DecisionSource},
+    ledger::{Ledger, Phase},
+};
+use lockstep_store::{Kv, MemKv};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    checker::{self, ClientRecord, Observation, ParticipantView, Told, Violation},
+    deployer::{Disk, SimDeployer},
+    net,
+};
+
+/// The projects: A requires B and C; D stands alone.
+pub const PROJECTS: [&str; 4] = ["A", "B", "C", "D"];
+const COORDINATOR: &str = "coordinator";
+const COORDINATOR_PORT: u16 = 7700;
+const PARTICIPANT_PORT: u16 = 7711;
+/// Phase 1 deadline of every simulated transaction.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a run is shaped.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Everything random in the run derives from it.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Calls per client.
+    pub ops_per_client: usize,
+    /// Faults happen in `[0, fault_window)`; everything is healed at its end.
+    pub fault_window: Duration,
+    /// After healing, every transaction must be terminal within this bound.
+    pub settle_within: Duration,
+    /// Inject faults at all.
+    pub faults: bool,
+    /// Break the participants on purpose (to show the checker catches it).
+    pub sabotage: bool,
+}
+
+impl Config {
+    /// The shape `cargo test` and the soak command use.
+    pub fn for_seed(seed: u64) -> Self {
+        Self {
+            seed,
+            clients: 2,
+            ops_per_client: 6,
+            fault_window: Duration::from_secs(8),
+            settle_within: Duration::from_secs(60),
+            faults: true,
+            sabotage: false,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Broken rules (empty: the run is clean).
+    pub violations: Vec<Violation>,
+    /// Hash of the event log (same seed, same hash).
+    pub event_log_hash: u64,
+    /// Transactions created.
+    pub transactions: usize,
+    /// Of which committed.
+    pub committed: usize,
+    /// Faults injected.
+    pub faults: usize,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+    /// Everything the checker read (for `--verbose` replays).
+    pub observation: Observation,
+}
+
+fn host(project: &str) -> String {
+    format!("p-{project}")
+}
+
+fn url(host: &str, port: u16) -> String {
+    format!("http://{host}:{port}")
+}
+
+fn coordinator_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        default_prepare_timeout: PREPARE_TIMEOUT,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(500),
+        },
+        delivery_timeout: Duration::from_secs(1),
+        clock: Arc::new(|| {
+            1_700_000_000_000
+                + turmoil::sim_elapsed()
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+        }),
+        writer: WriterMode::Task,
+    }
+}
+
+/// Shared memory of the run (turmoil runs every host on one thread).
+#[derive(Default)]
+struct Shared {
+    records: Vec<ClientRecord>,
+    /// Releases seen committed, for reverts.
+    committed: Vec<String>,
+    /// Transactions created by clients, for aborts and the duplicator.
+    created: Vec<String>,
+    /// Registration done.
+    ready: bool,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one seed and checks it.
+pub fn run(cfg: &Config) -> Outcome {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(cfg.seed)
+        .simulation_duration(cfg.fault_window + cfg.settle_within + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(2))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .tcp_capacity(4096)
+        .build();
+
+    let coordinator_kv = MemKv::new();
+    {
+        let kv = coordinator_kv.clone();
+        sim.host(COORDINATOR, move || {
+            let kv = kv.clone();
+            async move {
+                kv.restart();
+                let coordinator = Coordinator::open(
+                    Arc::new(kv),
+                    Arc::new(net::SimNet::default()),
+                    coordinator_config(),
+                )
+                .map_err(|e| e.to_string())?;
+                lockstep_coordinator::server::serve_incoming(
+                    net::incoming(COORDINATOR_PORT),
+                    coordinator,
+                    std::future::pending(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        });
+    }
+    let mut participant_kvs = BTreeMap::new();
+    let mut disks = BTreeMap::new();
+    for project in PROJECTS {
+        let kv = MemKv::new();
+        let disk = Disk::default();
+        let sabotage = cfg.sabotage;
+        participant_kvs.insert(project.to_string(), kv.clone());
+        disks.insert(project.to_string(), disk.clone());
+        sim.host(host(project), move || {
+            let kv = kv.clone();
+            let disk = disk.clone();
+            async move {
+                kv.restart();
+                let decisions = DecisionSource {
+                    coordinator: net::channel(&url(COORDINATOR, COORDINATOR_PORT)),
+                    ask_after: Duration::from_secs(1),
+                };
+                let participant = Participant::new(
+                    project.to_string(),
+                    lockstep::DEFAULT_ENVIRONMENT.to_string(),
+                    SimDeployer::new(disk).sabotaged(sabotage),
+                    None,
+                    Ledger::new(Arc::new(kv)),
+                    Some(decisions),
+                );
+                let prepared = participant
+                    .recover_local()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                inquiry::resolve_prepared(&participant, prepared);
+                lockstep_participant::server::serve_incoming(
+                    net::incoming(PARTICIPANT_PORT),
+                    participant,
+                    std::future::pending(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        });
+    }
+
+    let shared: SharedRef = Arc::default();
+    let end = cfg.fault_window + cfg.settle_within;
+    for id in 0..cfg.clients {
+        let shared = shared.clone();
+        let cfg = cfg.clone();
+        sim.client(format!("client-{id}"), async move {
+            workload(id, cfg, shared).await;
+            Ok(())
+        });
+    }
+    {
+        let shared = shared.clone();
+        let cfg = cfg.clone();
+        sim.client("duplicator", async move {
+            duplicator(cfg, shared).await;
+            Ok(())
+        });
+    }
+
+    let faults = if cfg.faults {
+        schedule(cfg)
+    } else {
+        Vec::new()
+    };
+    let fault_count = faults.len();
+    let mut pending = faults.into_iter().peekable();
+    let mut kvs: BTreeMap<String, MemKv> = participant_kvs
+        .iter()
+        .map(|(p, kv)| (host(p), kv.clone()))
+        .collect();
+    kvs.insert(COORDINATOR.to_string(), coordinator_kv.clone());
+    let mut healed = false;
+    loop {
+        while let Some((at, _)) = pending.peek() {
+            if *at > sim.elapsed() {
+                break;
+            }
+            let (_, fault) = pending.next().expect("peeked");
+            apply(&mut sim, &kvs, fault);
+        }
+        if !healed && sim.elapsed() >= cfg.fault_window && pending.peek().is_none() {
+            heal(&mut sim);
+            healed = true;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                return Outcome {
+                    violations: vec![Violation {
+                        rule: "run",
+                        detail: format!("simulation failed: {e}"),
+                    }],
+                    event_log_hash: 0,
+                    transactions: 0,
+                    committed: 0,
+                    faults: fault_count,
+                    simulated: sim.elapsed(),
+                    observation: Observation::default(),
+                };
+            }
+        }
+        if sim.elapsed() > end + Duration::from_secs(30) {
+            break;
+        }
+    }
+    let simulated = sim.elapsed();
+    drop(sim);
+
+    let observation = observe(&coordinator_kv, &participant_kvs, &disks, &shared);
+    let violations = checker::check(&observation);
+    Outcome {
+        event_log_hash: checker::event_log_hash(&observation.events),
+        transactions: observation.transactions.len(),
+        committed: observation.checkpoints.len(),
+        violations,
+        faults: fault_count,
+        simulated,
+        observation,
+    }
+}
+
+/// Gathers what the checker reads from the stores, disks and clients.
+fn observe(
+    coordinator: &MemKv,
+    participants: &BTreeMap<String, MemKv>,
+    disks: &BTreeMap<String, Disk>,
+    shared: &SharedRef,
+) -> Observation {
+    coordinator.restart();
+    let tables = Tables::new(Arc::new(coordinator.clone()) as Arc<dyn Kv>);
+    let mut transactions: Vec<_> = tables
+        .recent_transactions(usize::MAX)
+        .unwrap_or_default()
+        .iter()
+        .map(lockstep_coordinator::convert::transaction)
+        .collect();
+    transactions.reverse();
+    let checkpoints = tables
+        .checkpoints(&lockstep::names::Environment::default())
+        .unwrap_or_default()
+        .iter()
+        .map(lockstep_coordinator::convert::checkpoint)
+        .collect();
+    let events = tables.events(1, usize::MAX).unwrap_or_default();
+    let mut views = BTreeMap::new();
+    for (project, kv) in participants {
+        kv.restart();
+        let ledger = Ledger::new(Arc::new(kv.clone()));
+        let phases = ledger
+            .in_phase(&[
+                Phase::Staging,
+                Phase::Prepared,
+                Phase::Refused,
+                Phase::Committed,
+                Phase::Aborted,
+            ])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(tx, e)| (tx, e.phase))
+            .collect();
+        let disk = disks[project].lock();
+        views.insert(
+            project.clone(),
+            ParticipantView {
+                live: disk.live.clone(),
+                phases,
+                effects: Some(disk.effects.clone()),
+            },
+        );
+    }
+    Observation {
+        transactions,
+        checkpoints,
+        events,
+        participants: views,
+        clients: lock(shared).records.clone(),
+    }
+}
+
+// ----- faults -----
+
+/// A fault, applied at a simulated time.
+#[derive(Debug, Clone)]
+enum Fault {
+    Crash(String),
+    Restart(String),
+    Partition(String, String),
+    Repair(String, String),
+    Hold(String, String),
+    Release(String, String),
+    Latency(Duration),
+}
+
+/// The fault schedule of a seed: windows of trouble inside the fault window.
+fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17);
+    let mut out = Vec::new();
+    let mut t = Duration::from_millis(rng.random_range(200..1200));
+    let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
+        .chain(PROJECTS.iter().map(|p| host(p)))
+        .collect();
+    while t < cfg.fault_window {
+        let lasting = Duration::from_millis(rng.random_range(100..2500));
+        let until = (t + lasting).min(cfg.fault_window);
+        let participant = host(PROJECTS[rng.random_range(0..PROJECTS.len())]);
+        match rng.random_range(0..6) {
+            0 => {
+                let victim = hosts[rng.random_range(0..hosts.len())].clone();
+                out.push((t, Fault::Crash(victim.clone())));
+                out.push((until, Fault::Restart(victim)));
+            }
+            1 => {
+                out.push((t, Fault::Crash(COORDINATOR.into())));
+                out.push((until, Fault::Restart(COORDINATOR.into())));
+            }
+            2 => {
+                out.push((t, Fault::Partition(COORDINATOR.into(), participant.clone())));
+                out.push((until, Fault::Repair(COORDINATOR.into(), participant)));
+            }
+            3 => {
+                out.push((t, Fault::Hold(COORDINATOR.into(), participant.clone())));
+                out.push((until, Fault::Release(COORDINATOR.into(), participant)));
+            }
+            4 => {
+                let client = format!("client-{}", rng.random_range(0..cfg.clients));
+                out.push((t, Fault::Partition(client.clone(), COORDINATOR.into())));
+                out.push((until, Fault::Repair(client, COORDINATOR.into())));
+            }
+            _ => {
+                out.push((
+                    t,
+                    Fault::Latency(Duration::from_millis(rng.random_range(20..200))),
+                ));
+                out.push((until, Fault::Latency(Duration::from_millis(5))));
+            }
+        }
+        t += Duration::from_millis(rng.random_range(300..2000));
+    }
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, kvs: &BTreeMap<String, MemKv>, fault: Fault) {
+    match fault {
+        Fault::Crash(h) => {
+            if sim.is_host_running(h.as_str()) {
+                sim.crash(h.as_str());
+                // What was not synced is lost, as with a power cut.
+                kvs[&h].crash();
+            }
+        }
+        Fault::Restart(h) => {
+            if !sim.is_host_running(h.as_str()) {
+                sim.bounce(h.as_str());
+            }
+        }
+        Fault::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
+        Fault::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+        Fault::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+        Fault::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+        Fault::Latency(d) => sim.set_max_message_latency(d),
+    }
+}
+
+/// Ends every fault: hosts up, links repaired and released, latency back to normal.
+fn heal(sim: &mut turmoil::Sim<'_>) {
+    let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
+        .chain(PROJECTS.iter().map(|p| host(p)))
+        .collect();
+    for h in &hosts {
+        if !sim.is_host_running(h.as_str()) {
+            sim.bounce(h.as_str());
+        }
+    }
+    sim.set_max_message_latency(Duration::from_millis(5));
+}
+
+// ----- clients -----
+
+fn coordinator_client() -> CoordinatorClient<Channel> {
+    CoordinatorClient::new(net::channel(&url(COORDINATOR, COORDINATOR_PORT)))
+}
+
+/// Bounds a call: a call without an answer in time has an unknown outcome.
+async fn bounded<T>(
+    f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(3), f).await {
+        Ok(r) => r.map(|r| r.into_inner()),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 3s")),
+    }
+}
+
+fn unknown(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+async fn register(client: &mut CoordinatorClient<Channel>) {
+    for (project, requires) in [
+        ("B", vec![]),
+        ("C", vec![]),
+        ("D", vec![]),
+        ("A", vec!["B".to_string(), "C".to_string()]),
+    ] {
+        loop {
+            let r = pb::RegisterProjectRequest {
+                name: project.into(),
+                environment: String::new(),
+                endpoint: url(&host(project), PARTICIPANT_PORT),
+                requires: requires.clone(),
+            };
+            if bounded(client.register_project(r)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One client: a few random calls during the fault window, then it follows its
+/// transactions to their end.
+async fn workload(id: usize, cfg: Config, shared: SharedRef) {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(id as u64));
+    let mut client = coordinator_client();
+    if id == 0 {
+        register(&mut client).await;
+        lock(&shared).ready = true;
+    }
+    while !lock(&shared).ready {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut mine: Vec<String> = Vec::new();
+    let mut sent: Vec<pb::CreateReleaseRequest> = Vec::new();
+    for i in 0..cfg.ops_per_client {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..900))).await;
+        let roll = rng.random_range(0..100);
+        let (op, tx, result) = if roll < 55 || sent.is_empty() {
+            let request = release_request(&mut rng, id, i);
+            sent.push(request.clone());
+            let tx = request.id.clone();
+            (
+                "release",
+                tx,
+                bounded(client.create_release(request)).await.map(|_| ()),
+            )
+        } else if roll < 65 {
+            // An idempotent retry of an earlier request.
+            let request = sent[rng.random_range(0..sent.len())].clone();
+            let tx = request.id.clone();
+            (
+                "retry",
+                tx,
+                bounded(client.create_release(request)).await.map(|_| ()),
+            )
+        } else if roll < 80 {
+            let target = {
+                let s = lock(&shared);
+                (!s.committed.is_empty())
+                    .then(|| s.committed[rng.random_range(0..s.committed.len())].clone())
+            };
+            let Some(target) = target else { continue };
+            let tx = format!("rv-{id}-{i}");
+            let r = pb::RevertReleaseRequest {
+                release_id: target,
+                id: tx.clone(),
+                cascade: rng.random_bool(0.5),
+                prepare_timeout: Some(lockstep::wire::duration(PREPARE_TIMEOUT)),
+                ..Default::default()
+            };
+            (
+                "revert",
+                tx,
+                bounded(client.revert_release(r)).await.map(|_| ()),
+            )
+        } else if roll < 90 {
+            let tx = format!("rb-{id}-{i}");
+            let r = pb::RollbackRequest {
+                revision: rng.random_range(0..4),
+                id: tx.clone(),
+                prepare_timeout: Some(lockstep::wire::duration(PREPARE_TIMEOUT)),
+                ..Default::default()
+            };
+            (
+                "rollback",
+                tx,
+                bounded(client.rollback(r)).await.map(|_| ()),
+            )
+        } else {
+            let Some(tx) =
+                (!mine.is_empty()).then(|| mine[rng.random_range(0..mine.len())].clone())
+            else {
+                continue;
+            };
+            let r = pb::AbortReleaseRequest {
+                id: tx.clone(),
+                reason: "simulated abort".into(),
+            };
+            let result = bounded(client.abort_release(r)).await.map(|_| ());
+            record(
+                &shared,
+                id,
+                "abort",
+                &tx,
+                match &result {
+                    Err(s) if unknown(s.code()) => Told::Unknown(s.message().into()),
+                    Err(s) => Told::Refused(format!("{:?}", s.code())),
+                    Ok(()) => Told::Refused("abort accepted".into()),
+                },
+            );
+            continue;
+        };
+        let told = match &result {
+            Ok(()) => {
+                if !mine.contains(&tx) {
+                    mine.push(tx.clone());
+                }
+                lock(&shared).created.push(tx.clone());
+                Told::Accepted
+            }
+            Err(s) if unknown(s.code()) => Told::Unknown(s.message().into()),
+            Err(s) => Told::Refused(format!("{:?}: {}", s.code(), s.message())),
+        };
+        record(&shared, id, op, &tx, told);
+    }
+    // Follow every transaction of ours to its end (faults heal at the window's end).
+    let deadline = cfg.fault_window + cfg.settle_within;
+    for tx in mine {
+        loop {
+            if turmoil::sim_elapsed().unwrap_or_default() > deadline {
+                break;
+            }
+            if let Ok(t) =
+                bounded(client.get_release(pb::GetReleaseRequest { id: tx.clone() })).await
+            {
+                let s = pb::TransactionState::try_from(t.state)
+                    .unwrap_or(pb::TransactionState::Unspecified);
+                if matches!(
+                    s,
+                    pb::TransactionState::Committed | pb::TransactionState::Aborted
+                ) {
+                    if s == pb::TransactionState::Committed
+                        && t.kind == pb::TransactionKind::Release as i32
+                    {
+                        lock(&shared).committed.push(tx.clone());
+                    }
+                    record(&shared, id, "observe", &tx, Told::Outcome(s));
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn record(shared: &SharedRef, client: usize, op: &str, tx: &str, told: Told) {
+    lock(shared).records.push(ClientRecord {
+        client,
+        op: op.into(),
+        tx: tx.into(),
+        told,
+    });
+}
+
+/// A random release: a family release, or children and D alone; sometimes a version the
+/// participant refuses, sometimes one it takes longer than the deadline to stage.
+fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateReleaseRequest {
+    let sets: [&[&str]; 6] = [
+        &["A", "B", "C"],
+        &["B"],
+        &["C"],
+        &["D"],
+        &["B", "D"],
+        &["A", "B", "C", "D"],
+    ];
+    let set = sets[rng.random_range(0..sets.len())];
+    let components = set
+        .iter()
+        .map(|p| {
+            let bad = rng.random_bool(0.08);
+            let mut metadata = std::collections::HashMap::new();
+            if rng.random_bool(0.08) {
+                metadata.insert(
+                    "delay_ms".to_string(),
+                    rng.random_range(100..3000).to_string(),
+                );
+            }
+            pb::Component {
+                project: p.to_string(),
+                version: format!("{p}{}{}-{client}-{i}", if bad { "bad" } else { "v" }, i),
+                artifact: String::new(),
+                metadata,
+            }
+        })
+        .collect();
+    pb::CreateReleaseRequest {
+        id: format!("r-{client}-{i}"),
+        environment: String::new(),
+        components,
+        prepare_timeout: Some(lockstep::wire::duration(PREPARE_TIMEOUT)),
+        dry_run: false,
+        force: rng.random_bool(0.2),
+        allow_quarantined: false,
+    }
+}
+
+/// Re-sends protocol messages out of order: Prepare again at any time, and Commit or
+/// Abort again once the coordinator has decided (only the coordinator's own decision,
+/// duplicated late, as a reordering network would).
+async fn duplicator(cfg: Config, shared: SharedRef) {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0xd0_0b1e);
+    let mut client = coordinator_client();
+    let mut participants: BTreeMap<String, ParticipantClient<Channel>> = BTreeMap::new();
+    while turmoil::sim_elapsed().unwrap_or_default() < cfg.fault_window {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let tx = {
+            let s = lock(&shared);
+            (!s.created.is_empty()).then(|| s.created[rng.random_range(0..s.created.len())].clone())
+        };
+        let Some(tx) = tx else { continue };
+        let Ok(t) = bounded(client.get_release(pb::GetReleaseRequest { id: tx.clone() })).await
+        else {
+            continue;
+        };
+        let Some(part) = t
+            .participants
+            .get(rng.random_range(0..t.participants.len().max(1)))
+            .cloned()
+        else {
+            continue;
+        };
+        let p = participants
+            .entry(part.project.clone())
+            .or_insert_with(|| ParticipantClient::new(net::channel(&part.endpoint)));
+        let decision = bounded(client.get_decision(pb::GetDecisionRequest {
+            transaction_id: tx.clone(),
+            project: part.project.clone(),
+        }))
+        .await
+        .map(|d| d.decision);
+        let _ = match decision {
+            Ok(d) if d == pb::Decision::Commit as i32 => bounded(p.commit(pb::CommitRequest {
+                transaction_id: tx.clone(),
+                project: part.project.clone(),
+            }))
+            .await
+            .map(|_| ()),
+            Ok(d) if d == pb::Decision::Abort as i32 && rng.random_bool(0.5) => {
+                bounded(p.abort(pb::AbortRequest {
+                    transaction_id: tx.clone(),
+                    project: part.project.clone(),
+                    reason: "duplicate".into(),
+                }))
+                .await
+                .map(|_| ())
+            }
+            _ => bounded(p.prepare(pb::PrepareRequest {
+                transaction_id: tx.clone(),
+                environment: t.environment.clone(),
+                project: part.project.clone(),
+                version: part.to_version.clone(),
+                from_version: part.from_version.clone(),
+                artifact: part.artifact.clone(),
+                metadata: part.metadata.clone(),
+                action: part.action,
+            }))
+            .await
+            .map(|_| ()),
+        };
+    }
+}
