@@ -7,6 +7,7 @@ use crate::{Batch, Durability, Kv, Order};
 /// Runs every check against `kv`, using two empty tables.
 pub fn run_all(kv: &dyn Kv, t1: &'static str, t2: &'static str) {
     reads_see_completed_writes(kv, t1);
+    kv.sync().expect("sync");
     batches_are_atomic_across_tables(kv, t1, t2);
     scans_respect_bounds_order_and_limit(kv, t2);
 }

@@ -10,16 +10,19 @@
 //! - [`rocks`]: the RocksDB implementation (one column family per table, names checked at
 //!   open, synced WAL writes where the protocol needs durability).
 //! - [`mem`]: the in-memory twin with crash semantics (unsynced writes may vanish).
+//! - [`group`]: group commit, so concurrent writers share fsyncs off the async runtime.
 //! - [`keys`]: order-preserving key encoding.
 //! - [`conformance`]: the test suite every implementation passes.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod conformance;
+pub mod group;
 pub mod keys;
 pub mod mem;
 pub mod rocks;
 
+pub use group::{GroupCommit, WriterMode, spawn_writer};
 pub use mem::MemKv;
 pub use rocks::{RocksKv, WalRecovery};
 
@@ -164,4 +167,7 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Applies `batch` atomically with the given durability.
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError>;
+
+    /// Makes every write so far durable (fsync of the log), as a `Sync` write would.
+    fn sync(&self) -> Result<(), StoreError>;
 }

@@ -57,6 +57,14 @@ impl MemKv {
     }
 }
 
+/// Everything buffered so far becomes durable.
+fn make_durable(s: &mut State) {
+    let pending = std::mem::take(&mut s.unsynced);
+    for b in &pending {
+        apply(&mut s.durable, b);
+    }
+}
+
 fn apply(tables: &mut Tables, batch: &Batch) {
     for op in &batch.ops {
         match op {
@@ -120,11 +128,17 @@ impl Kv for MemKv {
         apply(&mut s.visible, &batch);
         s.unsynced.push(batch);
         if durability == Durability::Sync {
-            let pending = std::mem::take(&mut s.unsynced);
-            for b in &pending {
-                apply(&mut s.durable, b);
-            }
+            make_durable(&mut s);
         }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.down {
+            return Err(StoreError::Down);
+        }
+        make_durable(&mut s);
         Ok(())
     }
 }

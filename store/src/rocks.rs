@@ -14,9 +14,13 @@
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions,
 };
+
+/// Block cache shared by every table of a database (RocksDB otherwise gives each column
+/// family a cache of its own, so memory would grow with the number of tables).
+const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError};
 
@@ -68,7 +72,24 @@ impl RocksKv {
         tables: &[&'static str],
         recovery: WalRecovery,
     ) -> Result<Self, StoreError> {
-        let opts = options(recovery);
+        Self::open_full(path, tables, recovery, false)
+    }
+
+    /// [`RocksKv::open_with`], optionally keeping RocksDB statistics (tickers such as
+    /// `rocksdb.wal.synced`, read by [`RocksKv::statistics`]); they cost CPU on every
+    /// write, so only the coordinator, whose group commit the benchmarks measure, keeps
+    /// them.
+    pub fn open_full(
+        path: &Path,
+        tables: &[&'static str],
+        recovery: WalRecovery,
+        statistics: bool,
+    ) -> Result<Self, StoreError> {
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut opts = options(recovery, &cache);
+        if statistics {
+            opts.enable_statistics();
+        }
         let existing = DB::list_cf(&opts, path).unwrap_or_default();
         let unexpected: Vec<String> = existing
             .iter()
@@ -84,7 +105,7 @@ impl RocksKv {
         }
         let cfs = tables
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, table_options()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, table_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| match e.kind() {
             rocksdb::ErrorKind::Corruption => StoreError::DamagedLog {
                 path: path.display().to_string(),
@@ -98,7 +119,7 @@ impl RocksKv {
         })
     }
 
-    /// RocksDB's statistics dump (tickers such as `rocksdb.wal.synced`), for benchmarks.
+    /// RocksDB's statistics dump, when opened with statistics on.
     pub fn statistics(&self) -> Option<String> {
         self.statistics.get_statistics()
     }
@@ -110,8 +131,8 @@ impl RocksKv {
     }
 }
 
-fn options(recovery: WalRecovery) -> Options {
-    let mut opts = Options::default();
+fn options(recovery: WalRecovery, cache: &Cache) -> Options {
+    let mut opts = table_options(cache);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_wal_recovery_mode(match recovery {
@@ -124,13 +145,15 @@ fn options(recovery: WalRecovery) -> Options {
     opts.set_db_write_buffer_size(32 << 20);
     opts.set_max_total_wal_size(64 << 20);
     opts.set_keep_log_file_num(4);
-    opts.enable_statistics();
     opts
 }
 
-fn table_options() -> Options {
+fn table_options(cache: &Cache) -> Options {
     let mut opts = Options::default();
     opts.set_write_buffer_size(8 << 20);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    opts.set_block_based_table_factory(&table);
     opts
 }
 
@@ -185,6 +208,12 @@ impl Kv for RocksKv {
         // The durability point: with sync the WAL is fsynced before this returns.
         wo.set_sync(durability == Durability::Sync);
         self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // The durability point for buffered writes: fsync of the WAL.
+        self.db.flush_wal(true)?;
         Ok(())
     }
 }
