@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use lockstep_store::{Batch, Durability, Kv, Order, StoreError};
+use lockstep_store::{Batch, Durability, GroupCommit, Kv, Order, StoreError, WriterMode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -53,16 +53,19 @@ pub struct Entry {
     pub reason: String,
 }
 
-/// Typed access to the participant's records.
+/// Typed access to the participant's records. Writes go through group commit, so
+/// concurrent transactions share fsyncs and the async runtime never waits on a disk.
 #[derive(Clone)]
 pub struct Ledger {
     kv: Arc<dyn Kv>,
+    writer: GroupCommit,
 }
 
 impl Ledger {
-    /// Wraps a store opened with [`ALL`].
-    pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv }
+    /// Wraps a store opened with [`ALL`], starting its writer.
+    pub fn open(kv: Arc<dyn Kv>, mode: WriterMode) -> Result<Self, StoreError> {
+        let writer = GroupCommit::start(kv.clone(), mode)?;
+        Ok(Self { kv, writer })
     }
 
     /// The record of `tx`, if any.
@@ -76,13 +79,19 @@ impl Ledger {
             .transpose()
     }
 
-    /// Writes the record of `tx`. `Durability::Sync` at the protocol's durability points
-    /// (PREPARED before the vote, COMMITTED before the acknowledgement).
-    pub fn put(&self, tx: &str, entry: &Entry, durability: Durability) -> Result<(), StoreError> {
+    /// Queues the record of `tx` (after every record queued before it) and resolves once
+    /// written. `Durability::Sync` at the protocol's durability points (PREPARED before
+    /// the vote, COMMITTED before the acknowledgement).
+    pub fn put(
+        &self,
+        tx: &str,
+        entry: &Entry,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let mut batch = Batch::default();
         let value = serde_json::to_vec(entry).expect("entries serialize");
         batch.put(TRANSACTIONS, tx.as_bytes().to_vec(), value);
-        self.kv.write(batch, durability)
+        self.writer.write(batch, durability)
     }
 
     /// Records in the given phases, with their ids.

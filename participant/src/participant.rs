@@ -137,21 +137,22 @@ impl<D: Deployer> Participant<D> {
         matches!(self.inner.ledger.get(tx), Ok(Some(e)) if e.phase == Phase::Prepared)
     }
 
-    /// Writes a record and keeps the set of open transactions in step with it.
+    /// Queues a record (its order among records is fixed now) and keeps the set of open
+    /// transactions in step with it; the future resolves once it is written.
     fn record(
         &self,
         tx: &str,
         entry: &Entry,
         durability: Durability,
-    ) -> Result<(), ParticipantError> {
-        self.inner.ledger.put(tx, entry, durability)?;
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send + 'static {
+        let written = self.inner.ledger.put(tx, entry, durability);
         let mut open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(entry.phase, Phase::Staging | Phase::Prepared) {
             open.insert(tx.to_string());
         } else {
             open.remove(tx);
         }
-        Ok(())
+        async move { Ok(written.await?) }
     }
 
     fn open(&self) -> Vec<String> {
@@ -172,6 +173,7 @@ impl<D: Deployer> Participant<D> {
         request: pb::PrepareRequest,
     ) -> Result<pb::PrepareResponse, ParticipantError> {
         let tx = request.transaction_id.clone();
+        tracing::debug!(%tx, "Prepare received");
         if let Some(refusal) = self.misaddressed(&request.project, &request.environment) {
             return Ok(refused(refusal));
         }
@@ -198,7 +200,7 @@ impl<D: Deployer> Participant<D> {
                             schema: None,
                             reason: refusal.clone(),
                         };
-                        self.record(&tx, &entry, Durability::Buffered)?;
+                        self.record(&tx, &entry, Durability::Buffered).await?;
                         return Ok(refused(refusal));
                     }
                     self.start_staging(&request)?
@@ -282,7 +284,9 @@ impl<D: Deployer> Participant<D> {
             schema: None,
             reason: String::new(),
         };
-        self.record(&tx, &entry, Durability::Buffered)?;
+        // Not awaited: an intent that a crash may lose (staging is then never voted on,
+        // and nothing was promised); its order before the PREPARED record is fixed.
+        drop(self.record(&tx, &entry, Durability::Buffered));
         let (cancel, cancelled) = watch::channel(false);
         let (answer, vote) = watch::channel(None);
         self.inner
@@ -336,7 +340,9 @@ impl<D: Deployer> Participant<D> {
                     reason: String::new(),
                 };
                 // Durability point: the PREPARED record is synced before the vote leaves.
-                self.record(&tx, &entry, Durability::Sync)?;
+                tracing::debug!(%tx, "staged; syncing the PREPARED record");
+                self.record(&tx, &entry, Durability::Sync).await?;
+                tracing::debug!(%tx, "PREPARED record durable: voting");
                 if let Some(source) = &self.inner.decisions {
                     inquiry::watch(self, tx.clone(), source.ask_after);
                 }
@@ -359,7 +365,7 @@ impl<D: Deployer> Participant<D> {
                     schema: None,
                     reason: refusal.0.clone(),
                 };
-                self.record(&tx, &entry, Durability::Buffered)?;
+                self.record(&tx, &entry, Durability::Buffered).await?;
                 Ok(refused(refusal.0))
             }
         }
@@ -405,8 +411,11 @@ impl<D: Deployer> Participant<D> {
                 let mut entry = entry.expect("matched Some");
                 self.go_live(&entry).await?;
                 entry.phase = Phase::Committed;
-                // Durability point: COMMITTED is synced before the acknowledgement.
-                self.record(tx, &entry, Durability::Sync)?;
+                // Neither synced nor awaited: if a crash loses it, the participant
+                // restarts PREPARED, asks GetDecision, hears COMMIT (the coordinator keeps
+                // every decision) and goes live again, idempotently; a duplicate Commit
+                // that arrives first does the same.
+                drop(self.record(tx, &entry, Durability::Buffered));
             }
             Some(phase) => {
                 return Err(ParticipantError::Conflict(format!(
@@ -473,7 +482,7 @@ impl<D: Deployer> Participant<D> {
                     schema: None,
                     reason: reason.to_string(),
                 };
-                self.record(tx, &entry, Durability::Buffered)?;
+                self.record(tx, &entry, Durability::Buffered).await?;
             }
             Some(entry) if entry.phase == Phase::Aborted => {}
             Some(entry) if entry.phase == Phase::Committed => {
@@ -491,7 +500,7 @@ impl<D: Deployer> Participant<D> {
                 if entry.reason.is_empty() {
                     entry.reason = reason.to_string();
                 }
-                self.record(tx, &entry, Durability::Buffered)?;
+                self.record(tx, &entry, Durability::Buffered).await?;
             }
         }
         let live = self
@@ -660,7 +669,7 @@ impl<D: Deployer> Participant<D> {
             }
             entry.phase = Phase::Aborted;
             entry.reason = "agent restarted before voting".into();
-            self.record(&tx, &entry, Durability::Buffered)?;
+            self.record(&tx, &entry, Durability::Buffered).await?;
         }
         let prepared: Vec<String> = self
             .inner

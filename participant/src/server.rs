@@ -5,7 +5,6 @@ use lockstep::{edge, limits::MAX_MESSAGE_BYTES, pb::participant_server::Particip
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, server::Connected};
 use tower::util::MapResponseLayer;
 
@@ -28,7 +27,7 @@ pub async fn serve<D: Deployer>(
     participant: Participant<D>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    serve_incoming(TcpListenerStream::new(listener), participant, shutdown).await
+    serve_incoming(edge::incoming(listener), participant, shutdown).await
 }
 
 /// Serves `participant` on any stream of connections (the simulation passes its

@@ -197,7 +197,8 @@ pub fn run(cfg: &Config) -> Outcome {
                     lockstep::DEFAULT_ENVIRONMENT.to_string(),
                     SimDeployer::new(disk).sabotaged(sabotage),
                     None,
-                    Ledger::new(Arc::new(kv)),
+                    Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Task)
+                        .map_err(|e| e.to_string())?,
                     Some(decisions),
                 );
                 let prepared = participant
@@ -249,6 +250,14 @@ pub fn run(cfg: &Config) -> Outcome {
         .collect();
     kvs.insert(COORDINATOR.to_string(), coordinator_kv.clone());
     let mut healed = false;
+    let readers: Vec<Ledger> = participant_kvs
+        .values()
+        .map(|kv| {
+            Ledger::open(Arc::new(kv.clone()), lockstep_store::WriterMode::Thread)
+                .expect("starting a reader")
+        })
+        .collect();
+    let coordinator_tables = Tables::new(Arc::new(coordinator_kv.clone()) as Arc<dyn Kv>);
     loop {
         while let Some((at, _)) = pending.peek() {
             if *at > sim.elapsed() {
@@ -262,8 +271,10 @@ pub fn run(cfg: &Config) -> Outcome {
             healed = true;
         }
         match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
+            // Clients are done; the cluster may still be finishing (a participant holding
+            // a stale PREPARED asks the coordinator after a while): run until quiet.
+            Ok(true) if settled(&coordinator_tables, &readers) => break,
+            Ok(_) => {}
             Err(e) => {
                 return Outcome {
                     violations: vec![Violation {
@@ -299,6 +310,19 @@ pub fn run(cfg: &Config) -> Outcome {
     }
 }
 
+/// Nothing left to finish: no unfinished transaction at the coordinator, nothing
+/// staging or prepared at any participant. (Checked between steps, from outside.)
+fn settled(coordinator: &Tables, participants: &[Ledger]) -> bool {
+    let coordinator_idle = coordinator
+        .active_transactions()
+        .is_ok_and(|a| a.is_empty());
+    coordinator_idle
+        && participants.iter().all(|l| {
+            l.in_phase(&[Phase::Staging, Phase::Prepared])
+                .is_ok_and(|open| open.is_empty())
+        })
+}
+
 /// Gathers what the checker reads from the stores, disks and clients.
 fn observe(
     coordinator: &MemKv,
@@ -325,7 +349,8 @@ fn observe(
     let mut views = BTreeMap::new();
     for (project, kv) in participants {
         kv.restart();
-        let ledger = Ledger::new(Arc::new(kv.clone()));
+        let ledger = Ledger::open(Arc::new(kv.clone()), lockstep_store::WriterMode::Thread)
+            .expect("starting a reader");
         let phases = ledger
             .in_phase(&[
                 Phase::Staging,
