@@ -147,6 +147,7 @@ async fn waiting_for_a_transaction_filters_its_events_and_stops_at_its_end() {
             from_seq: 1,
             transaction_id: "T1".into(),
             until_terminal: true,
+            only_terminal: false,
         })
         .await
         .unwrap()
@@ -177,6 +178,7 @@ async fn waiting_for_a_transaction_that_already_ended_returns_at_once() {
             from_seq: past_the_end,
             transaction_id: "T1".into(),
             until_terminal: true,
+            only_terminal: false,
         })
         .await
         .unwrap()

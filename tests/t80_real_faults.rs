@@ -162,7 +162,8 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         let live = c.agent(p).live();
         c.agent_mut(p).server.kill9().await;
         let kv = RocksKv::open(&c.dir.path().join(format!("agent-{p}")), ledger::ALL).unwrap();
-        let phases = Ledger::new(Arc::new(kv))
+        let phases = Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)
+            .unwrap()
             .in_phase(&[
                 Phase::Staging,
                 Phase::Prepared,

@@ -30,6 +30,8 @@ pub async fn until_terminal(
             from_seq: next,
             transaction_id: tx.id.clone(),
             until_terminal: true,
+            // In JSON mode no progress is shown: only the outcome is needed.
+            only_terminal: out == Output::Json,
         };
         match client.watch_events(request).await {
             Ok(stream) => {
@@ -91,6 +93,7 @@ pub async fn watch(url: &str, out: Output, id: String, from: u64) -> Result<()> 
                 from_seq: next,
                 transaction_id: id.clone(),
                 until_terminal: false,
+                only_terminal: false,
             };
             match client.watch_events(request).await {
                 Ok(stream) => {

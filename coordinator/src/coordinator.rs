@@ -17,7 +17,7 @@ use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
     pb,
 };
-use lockstep_store::{Batch, Kv};
+use lockstep_store::{Batch, Durability, Kv};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
@@ -76,7 +76,13 @@ struct Inner {
     net: Arc<dyn ParticipantNet>,
     config: Config,
     state: Mutex<State>,
+    /// Bounds calls to participants in flight: after a restart thousands of drivers
+    /// resume at once, and unbounded they would allocate buffers for all their calls.
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most calls to participants in flight at once.
+const MAX_CALLS_IN_FLIGHT: usize = 256;
 
 /// An unfinished transaction: its durable record and the driver's signals.
 struct Active {
@@ -94,7 +100,6 @@ struct State {
     head: BTreeMap<Environment, CheckpointRecord>,
     /// Newest durable checkpoint per environment: what readers see.
     live: BTreeMap<Environment, CheckpointRecord>,
-    seen: BTreeMap<Environment, BTreeMap<ProjectName, BTreeSet<Version>>>,
     quarantine: BTreeMap<Environment, BTreeMap<(ProjectName, Version), QuarantineRecord>>,
     next_ordinal: u64,
 }
@@ -157,6 +162,7 @@ impl Coordinator {
                 net,
                 config,
                 state: Mutex::new(State::default()),
+                calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             }),
         };
         crate::recovery::recover(&coordinator)?;
@@ -190,6 +196,16 @@ impl Coordinator {
         &self.inner.config
     }
 
+    /// A permit for one call to a participant (see [`MAX_CALLS_IN_FLIGHT`]).
+    pub(crate) async fn call_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     pub(crate) fn now(&self) -> u64 {
         (self.inner.config.clock)()
     }
@@ -216,14 +232,11 @@ impl Coordinator {
                 .or_default()
                 .insert(p.name.clone(), p);
         }
-        for cp in tables.latest_checkpoints()? {
-            s.head.insert(cp.environment.clone(), cp.clone());
-            s.live.insert(cp.environment.clone(), cp);
-        }
-        let envs: Vec<Environment> = s.head.keys().cloned().collect();
-        for env in envs {
-            for cp in tables.checkpoints(&env)? {
-                note_seen(&mut s.seen, &cp);
+        let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
+        for env in environments {
+            if let Some(cp) = tables.latest_checkpoint(&env)? {
+                s.head.insert(env.clone(), cp.clone());
+                s.live.insert(env, cp);
             }
         }
         for ((env, project, version), record) in tables.quarantine()? {
@@ -323,7 +336,9 @@ impl Coordinator {
                 .entry(project.environment.clone())
                 .or_default()
                 .insert(project.name.clone(), project.clone());
-            self.inner.journal.append(batch, vec![event])
+            self.inner
+                .journal
+                .append(batch, vec![event], Durability::Sync)
         };
         pending.await?;
         Ok((project, true))
@@ -418,7 +433,13 @@ impl Coordinator {
             }
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, &record);
-            let pending = self.inner.journal.append(batch, events);
+            // Durable before the client hears "accepted", but it forces no fsync of its
+            // own: the COMMIT decision written moments later (or the writer's linger)
+            // syncs it.
+            let pending = self
+                .inner
+                .journal
+                .append(batch, events, Durability::Buffered);
             // Registered under the same lock as the queue entry, so a transaction that
             // finishes right now finds this one when it hands over its projects.
             let (abort, abort_rx) = watch::channel(None);
@@ -540,7 +561,6 @@ impl Coordinator {
 
     fn plan_locked(&self, s: &State, env: &Environment, request: &Request) -> Result<Plan> {
         let empty_projects = BTreeMap::new();
-        let empty_seen = BTreeMap::new();
         let empty_quarantine = BTreeMap::new();
         let history = StoredHistory {
             tables: &self.inner.tables,
@@ -550,7 +570,6 @@ impl Coordinator {
             environment: env,
             projects: s.projects.get(env).unwrap_or(&empty_projects),
             head: s.head.get(env),
-            seen: s.seen.get(env).unwrap_or(&empty_seen),
             quarantine: s.quarantine.get(env).unwrap_or(&empty_quarantine),
             history: &history,
         };
@@ -593,6 +612,11 @@ impl Coordinator {
         out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// How many transactions are unfinished (cheap: no records are copied).
+    pub fn active_count(&self) -> usize {
+        self.state().active.len()
     }
 
     /// Aborts a transaction that has not decided yet, and waits (briefly) until the
@@ -717,7 +741,11 @@ impl Coordinator {
             Some(project),
             message,
         );
-        drop(self.inner.journal.append(Batch::default(), vec![event]));
+        drop(
+            self.inner
+                .journal
+                .append(Batch::default(), vec![event], Durability::Buffered),
+        );
     }
 
     /// Durably writes the COMMIT decision for `tx` together with the checkpoint it
@@ -764,6 +792,7 @@ impl Coordinator {
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, tx);
             Tables::put_checkpoint(&mut batch, &checkpoint);
+            Tables::put_seen(&mut batch, &checkpoint);
             self.quarantine_reverted(&mut s, tx, &mut batch)?;
             let mut events = events;
             events.push(protocol::event(
@@ -783,9 +812,12 @@ impl Coordinator {
             );
             recorded.revision = checkpoint.revision;
             events.push(recorded);
-            note_seen(&mut s.seen, &checkpoint);
             s.head.insert(tx.environment.clone(), checkpoint.clone());
-            (self.inner.journal.append(batch, events), checkpoint)
+            // Durability point: COMMIT forces an fsync before any Commit is sent.
+            (
+                self.inner.journal.append(batch, events, Durability::Sync),
+                checkpoint,
+            )
         };
         pending.await?;
         let mut s = self.state();
@@ -838,7 +870,14 @@ impl Coordinator {
     pub(crate) async fn finish(&self, tx: &TxRecord, events: Vec<pb::Event>) -> Result<()> {
         let mut batch = Batch::default();
         Tables::put_transaction(&mut batch, tx);
-        let pending = self.inner.journal.append(batch, events);
+        // Durable before readers see the end. With other transactions in flight it rides
+        // on their next fsync; alone, nobody would share one, so it forces its own.
+        let durability = if self.active_count() > 1 {
+            Durability::Buffered
+        } else {
+            Durability::Sync
+        };
+        let pending = self.inner.journal.append(batch, events, durability);
         pending.await?;
         let mut s = self.state();
         s.active.remove(&tx.id);
@@ -852,20 +891,13 @@ impl Coordinator {
                 let _ = start.send(go);
             }
         }
-        // Still-waiting transactions now wait for someone else: refresh their reasons.
-        let waiting: Vec<(TxId, u64)> = s
-            .active
-            .values()
-            .filter(|a| a.record.state == TxState::Pending && a.start.is_some())
-            .map(|a| (a.record.id.clone(), a.record.ordinal))
-            .collect();
-        for (id, ordinal) in waiting {
-            let reason = s
-                .queue
-                .blocked(ordinal)
-                .map(|b| b.explain())
-                .unwrap_or_default();
-            if let Some(a) = s.active.get_mut(&id) {
+        // Still-waiting transactions may now wait for someone else: refresh their
+        // reasons (only the queue's, not every active transaction's).
+        for (ordinal, id, blocked) in s.queue.waiting() {
+            let reason = blocked.map(|b| b.explain()).unwrap_or_default();
+            if let Some(a) = s.active.get_mut(&id)
+                && a.record.ordinal == ordinal
+            {
                 a.record.reason = reason;
             }
         }
@@ -887,20 +919,6 @@ impl Coordinator {
             ),
             Ok(plan) => Start::Go(plan.participants),
         }
-    }
-}
-
-/// Every version a checkpoint shows live is now "seen" (a later move back to it is a
-/// downgrade).
-fn note_seen(
-    seen: &mut BTreeMap<Environment, BTreeMap<ProjectName, BTreeSet<Version>>>,
-    cp: &CheckpointRecord,
-) {
-    let env = seen.entry(cp.environment.clone()).or_default();
-    for (project, entry) in &cp.versions {
-        env.entry(project.clone())
-            .or_default()
-            .insert(entry.version.clone());
     }
 }
 
@@ -968,10 +986,17 @@ struct StoredHistory<'a> {
 }
 
 impl History for StoredHistory<'_> {
-    fn checkpoints_newest_first(&self) -> Result<Vec<CheckpointRecord>> {
-        let mut all = self.tables.checkpoints(self.environment)?;
-        all.reverse();
-        Ok(all)
+    fn newest_checkpoint_where(
+        &self,
+        matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
+    ) -> Result<Option<CheckpointRecord>> {
+        Ok(self
+            .tables
+            .newest_checkpoint_where(self.environment, matches)?)
+    }
+
+    fn was_live(&self, project: &ProjectName, version: &Version) -> Result<bool> {
+        Ok(self.tables.was_live(self.environment, project, version)?)
     }
 
     fn checkpoint(&self, revision: u64) -> Result<Option<CheckpointRecord>> {

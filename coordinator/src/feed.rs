@@ -61,16 +61,40 @@ impl Feed {
 
     /// Up to `limit` durable events with `seq >= from`, in order.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<pb::Event>, StoreError> {
+        Ok(self.read_matching(from, limit, None)?.0)
+    }
+
+    /// Durable events with `seq >= from` about transaction `only` (all when `None`),
+    /// looking at no more than `limit` events; returns them with the sequence number to
+    /// continue from. Events of other transactions are skipped without being copied, so
+    /// many watchers of single transactions stay cheap.
+    pub fn read_matching(
+        &self,
+        from: u64,
+        limit: usize,
+        only: Option<&str>,
+    ) -> Result<(Vec<pb::Event>, u64), StoreError> {
+        let keep = |e: &pb::Event| only.is_none_or(|id| e.transaction_id == id);
         {
             let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(first) = recent.front().map(|e| e.seq)
                 && from >= first
             {
-                let skip = (from - first) as usize;
-                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+                let window = recent.iter().skip((from - first) as usize).take(limit);
+                let mut next = from;
+                let mut out = Vec::new();
+                for e in window {
+                    next = e.seq + 1;
+                    if keep(e) {
+                        out.push(e.clone());
+                    }
+                }
+                return Ok((out, next));
             }
         }
-        self.inner.tables.events(from, limit)
+        let events = self.inner.tables.events(from, limit)?;
+        let next = events.last().map(|e| e.seq + 1).unwrap_or(from);
+        Ok((events.into_iter().filter(|e| keep(e)).collect(), next))
     }
 
     /// The newest durable sequence number, updated as events are published.

@@ -1,21 +1,33 @@
-//! The write-ahead log's front door: every durable change of coordinator state goes
-//! through [`Journal::append`], which numbers its events, writes them with the records
-//! in one atomic, fsynced RocksDB batch, and only then publishes the events to watchers.
+//! The write-ahead log's front door: every change of coordinator state goes through
+//! [`Journal::append`], which numbers its events and writes them with the records in one
+//! atomic RocksDB batch.
 //!
-//! Group commit: appends that arrive while a batch is being synced are merged into the
-//! next batch, so N concurrent transactions share one fsync. Because batches are written
-//! in the order they were appended, a change appended after another is never durable
-//! before it, and event sequence numbers are gap-free and in log order.
+//! Every append's future resolves once the append is durable. Its durability says
+//! whether it forces an fsync: [`Durability::Sync`] (the COMMIT decision) syncs at once;
+//! [`Durability::Buffered`] is written without one and becomes durable with the next
+//! sync, forced by someone else's decision or by the writer itself after [`LINGER`]. A
+//! sync makes every earlier write durable, so order is all that matters, and concurrent
+//! transactions share fsyncs: group commit.
 //!
-//! A failed write is fatal (fail-stop, as PostgreSQL does on fsync failure): the
-//! journal refuses every later append and reports the failure, and the binary exits so
-//! that recovery starts from what is durable.
+//! Events reach watchers only once durable, so a watcher never sees an event that a
+//! crash could take back. Sequence numbers are gap-free and in log order.
+//!
+//! A failed write is fatal (fail-stop, as PostgreSQL does on fsync failure): the journal
+//! refuses every later append and reports the failure, and the binary exits so that
+//! recovery starts from what is durable.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use lockstep::pb;
-use lockstep_store::{Batch, Durability};
-use tokio::sync::{mpsc, oneshot, watch};
+pub use lockstep_store::WriterMode;
+use lockstep_store::{Batch, Durability, spawn_writer};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
 
 use crate::{error::CoordinatorError, feed::Feed, tables::Tables};
 
@@ -26,12 +38,16 @@ const MAX_GROUP: usize = 1024;
 /// so a batch reaches the log file in one `write()` and a process crash cannot tear it.
 const MAX_GROUP_BYTES: usize = 256 * 1024;
 
+/// How long buffered writes wait for someone else's sync before the writer syncs them.
+pub const LINGER: Duration = Duration::from_micros(200);
+
 /// A clock in milliseconds since the epoch; simulation passes a deterministic one.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 struct Append {
     batch: Batch,
     events: Vec<pb::Event>,
+    durability: Durability,
     done: oneshot::Sender<Result<u64, String>>,
 }
 
@@ -66,28 +82,25 @@ pub struct Journal {
 /// Counters for benchmarks: how well group commit works.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JournalStats {
-    /// Synced batches written.
+    /// fsyncs of the log.
     pub syncs: u64,
-    /// Appends written (each would have been its own fsync without grouping).
+    /// Appends written.
     pub appends: u64,
-}
-
-/// How the writer runs: on its own OS thread (production: fsync blocks only it), or as a
-/// task on the current tokio runtime (deterministic simulation, where every host runs
-/// on one thread).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriterMode {
-    /// A dedicated thread.
-    Thread,
-    /// A tokio task.
-    Task,
 }
 
 struct Writer {
     tables: Tables,
     feed: Feed,
     clock: Clock,
+    mode: WriterMode,
     next_seq: u64,
+    /// Events written but not yet synced, in log order.
+    unpublished: Vec<pb::Event>,
+    /// Appends written but not yet synced, waiting to hear they are durable.
+    unsynced: Vec<(oneshot::Sender<Result<u64, String>>, u64)>,
+    /// When the oldest write not yet synced was made: a steady stream of buffered
+    /// appends must not put its sync off for ever.
+    unsynced_since: Option<Instant>,
     failed: watch::Sender<Option<String>>,
     stats: Arc<Mutex<JournalStats>>,
 }
@@ -101,40 +114,22 @@ impl Journal {
         mode: WriterMode,
     ) -> Result<Self, CoordinatorError> {
         let next_seq = tables.last_event_seq()? + 1;
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Append>();
+        let (sender, receiver) = mpsc::unbounded_channel::<Append>();
         let (failed, failure) = watch::channel(None);
         let stats = Arc::new(Mutex::new(JournalStats::default()));
-        let mut writer = Writer {
+        let writer = Writer {
             tables,
             feed,
             clock,
+            mode,
             next_seq,
+            unpublished: Vec::new(),
+            unsynced: Vec::new(),
+            unsynced_since: None,
             failed,
             stats: stats.clone(),
         };
-        match mode {
-            WriterMode::Thread => {
-                std::thread::Builder::new()
-                    .name("lockstep-journal".into())
-                    .spawn(move || {
-                        while let Some(first) = receiver.blocking_recv() {
-                            writer.write_group(first, &mut receiver);
-                        }
-                    })
-                    .map_err(|e| {
-                        CoordinatorError::Store(lockstep_store::StoreError::Corrupt(format!(
-                            "cannot start journal thread: {e}"
-                        )))
-                    })?;
-            }
-            WriterMode::Task => {
-                tokio::spawn(async move {
-                    while let Some(first) = receiver.recv().await {
-                        writer.write_group(first, &mut receiver);
-                    }
-                });
-            }
-        }
+        spawn_writer("lockstep-journal", mode, writer.run(receiver))?;
         Ok(Self {
             sender,
             failure,
@@ -143,15 +138,17 @@ impl Journal {
     }
 
     /// Queues `batch` and `events` (their `seq` and `time` are filled in) to be written
-    /// atomically and synced. Order is fixed when this returns; the future resolves once
-    /// the write is durable, with the sequence number of its first event (or of the last
-    /// event written before, when `events` is empty).
+    /// atomically. Order is fixed when this returns; the future resolves once the write
+    /// is durable, with the sequence number of its first event (or of the last event
+    /// written before, when `events` is empty). `durability` says whether it forces an
+    /// fsync now or rides on the next one.
     ///
     /// Dropping the future does not cancel the write.
     pub fn append(
         &self,
         batch: Batch,
         events: Vec<pb::Event>,
+        durability: Durability,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + 'static {
         let (done, result) = oneshot::channel();
         let queued = self
@@ -159,6 +156,7 @@ impl Journal {
             .send(Append {
                 batch,
                 events,
+                durability,
                 done,
             })
             .is_ok();
@@ -196,6 +194,47 @@ impl Journal {
 }
 
 impl Writer {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Append>) {
+        loop {
+            let next = match self.unsynced.is_empty() && self.unpublished.is_empty() {
+                true => receiver.recv().await,
+                false => match self.linger(&mut receiver).await {
+                    Some(next) => Some(next),
+                    None => {
+                        self.sync_lingering();
+                        continue;
+                    }
+                },
+            };
+            let Some(first) = next else { return };
+            self.write_group(first, &mut receiver);
+        }
+    }
+
+    /// Waits for another append to ride along with the buffered ones, until the oldest
+    /// of them has waited [`LINGER`]; `None` means sync now.
+    async fn linger(&self, receiver: &mut mpsc::UnboundedReceiver<Append>) -> Option<Append> {
+        let waited = self.unsynced_since.map_or(LINGER, |since| since.elapsed());
+        let left = LINGER.saturating_sub(waited);
+        if left.is_zero() {
+            return None;
+        }
+        if let Ok(next) = receiver.try_recv() {
+            return Some(next);
+        }
+        match self.mode {
+            // A dedicated thread: sleep finer than the tokio timer's millisecond.
+            WriterMode::Thread => {
+                std::thread::sleep(left);
+                receiver.try_recv().ok()
+            }
+            WriterMode::Task => tokio::time::timeout(left, receiver.recv())
+                .await
+                .ok()
+                .flatten(),
+        }
+    }
+
     fn write_group(&mut self, first: Append, receiver: &mut mpsc::UnboundedReceiver<Append>) {
         let mut bytes = first.size();
         let mut group = vec![first];
@@ -215,10 +254,11 @@ impl Writer {
             return;
         }
         let now = (self.clock)();
+        let sync = group.iter().any(|a| a.durability == Durability::Sync);
         let mut batch = Batch::default();
-        let mut published = Vec::new();
-        let mut first_seqs = Vec::with_capacity(group.len());
-        for append in &mut group {
+        let mut events = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        for mut append in group {
             let first = self.next_seq;
             for event in &mut append.events {
                 event.seq = self.next_seq;
@@ -226,35 +266,81 @@ impl Writer {
                 self.next_seq += 1;
                 Tables::put_event(&mut batch, event);
             }
-            batch.extend(std::mem::take(&mut append.batch));
-            first_seqs.push(if append.events.is_empty() {
+            let seq = if append.events.is_empty() {
                 self.next_seq - 1
             } else {
                 first
-            });
-            published.extend(std::mem::take(&mut append.events));
+            };
+            batch.extend(append.batch);
+            events.extend(append.events);
+            replies.push((append.done, seq));
         }
-        // Durability point: one fsync covers the whole group.
-        match self.tables.kv().write(batch, Durability::Sync) {
+        // The durability point when `sync`: one fsync covers the whole group and every
+        // buffered group before it.
+        let written = self.tables.kv().write(
+            batch,
+            if sync {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            },
+        );
+        match written {
             Ok(()) => {
-                {
-                    let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-                    stats.syncs += 1;
-                    stats.appends += group.len() as u64;
-                }
-                self.feed.publish(published);
-                for (append, seq) in group.into_iter().zip(first_seqs) {
-                    let _ = append.done.send(Ok(seq));
+                self.count(sync, replies.len());
+                self.unpublished.extend(events);
+                self.unsynced.extend(replies);
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                if sync {
+                    self.synced();
                 }
             }
             Err(e) => {
-                let message = format!("write-ahead log write failed: {e}");
-                tracing::error!("{message}; refusing further writes");
-                let _ = self.failed.send(Some(message.clone()));
-                for append in group {
-                    let _ = append.done.send(Err(message.clone()));
+                let message = self.fail(format!("write-ahead log write failed: {e}"));
+                for (done, _) in replies {
+                    let _ = done.send(Err(message.clone()));
                 }
             }
         }
+    }
+
+    /// Nobody synced the buffered writes within [`LINGER`]: sync them now.
+    fn sync_lingering(&mut self) {
+        match self.tables.kv().sync() {
+            Ok(()) => {
+                self.count(true, 0);
+                self.synced();
+            }
+            Err(e) => {
+                let message = self.fail(format!("write-ahead log sync failed: {e}"));
+                // Never published: a crash may have taken these events back.
+                self.unpublished.clear();
+                self.unsynced_since = None;
+                for (done, _) in self.unsynced.drain(..) {
+                    let _ = done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+
+    /// Everything written so far is durable: publish its events, tell its appenders.
+    fn synced(&mut self) {
+        self.unsynced_since = None;
+        self.feed.publish(std::mem::take(&mut self.unpublished));
+        for (done, seq) in self.unsynced.drain(..) {
+            let _ = done.send(Ok(seq));
+        }
+    }
+
+    fn count(&self, synced: bool, appends: usize) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.syncs += u64::from(synced);
+        stats.appends += appends as u64;
+    }
+
+    fn fail(&self, message: String) -> String {
+        tracing::error!("{message}; refusing further writes");
+        let _ = self.failed.send(Some(message.clone()));
+        message
     }
 }

@@ -87,8 +87,6 @@ pub struct View<'a> {
     pub projects: &'a BTreeMap<ProjectName, ProjectRecord>,
     /// Newest checkpoint (decided, maybe not yet acknowledged).
     pub head: Option<&'a CheckpointRecord>,
-    /// Every version each project has had live.
-    pub seen: &'a BTreeMap<ProjectName, BTreeSet<Version>>,
     /// Quarantined versions.
     pub quarantine: &'a BTreeMap<(ProjectName, Version), QuarantineRecord>,
     /// Reads checkpoints (newest first) and committed transactions.
@@ -97,8 +95,14 @@ pub struct View<'a> {
 
 /// Read access to what is on disk, for the rules that look back.
 pub trait History {
-    /// Checkpoints of the environment, newest first.
-    fn checkpoints_newest_first(&self) -> Result<Vec<CheckpointRecord>>;
+    /// The newest checkpoint of the environment for which `matches` holds (read newest
+    /// first, page by page, stopping at the first match).
+    fn newest_checkpoint_where(
+        &self,
+        matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
+    ) -> Result<Option<CheckpointRecord>>;
+    /// Whether `version` was ever live on `project` (a move back to it is a downgrade).
+    fn was_live(&self, project: &ProjectName, version: &Version) -> Result<bool>;
     /// A checkpoint by revision.
     fn checkpoint(&self, revision: u64) -> Result<Option<CheckpointRecord>>;
     /// A transaction by id.
@@ -123,14 +127,14 @@ impl View<'_> {
         })
     }
 
-    fn action(&self, project: &ProjectName, to: &Version) -> Action {
-        if self.live(project) == Some(to) {
+    fn action(&self, project: &ProjectName, to: &Version) -> Result<Action> {
+        Ok(if self.live(project) == Some(to) {
             Action::Unchanged
-        } else if self.seen.get(project).is_some_and(|s| s.contains(to)) {
+        } else if self.history.was_live(project, to)? {
             Action::Downgrade
         } else {
             Action::Upgrade
-        }
+        })
     }
 
     /// All children of `project`, transitively.
@@ -525,11 +529,12 @@ fn compatibility(
     targets: &BTreeMap<ProjectName, Target>,
     force: bool,
 ) -> Result<(Precondition, bool)> {
-    let downgrades: BTreeMap<&ProjectName, &Version> = targets
-        .iter()
-        .filter(|(p, t)| view.action(p, &t.version) == Action::Downgrade)
-        .map(|(p, t)| (p, &t.version))
-        .collect();
+    let mut downgrades: BTreeMap<&ProjectName, &Version> = BTreeMap::new();
+    for (p, t) in targets {
+        if view.action(p, &t.version)? == Action::Downgrade {
+            downgrades.insert(p, &t.version);
+        }
+    }
     if downgrades.is_empty() {
         return Ok((
             Precondition {
@@ -550,13 +555,12 @@ fn compatibility(
             )
         })
         .collect();
-    let checkpoints = view.history.checkpoints_newest_first()?;
-    let matches = |cp: &CheckpointRecord| {
+    let mut matches = |cp: &CheckpointRecord| {
         result
             .iter()
             .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == *v)
     };
-    if let Some(cp) = checkpoints.iter().find(|cp| matches(cp)) {
+    if let Some(cp) = view.history.newest_checkpoint_where(&mut matches)? {
         return Ok((
             Precondition {
                 name: "compatibility",
@@ -571,14 +575,16 @@ fn compatibility(
             false,
         ));
     }
-    let nearest = checkpoints
-        .iter()
-        .find(|cp| {
-            downgrades
-                .iter()
-                .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
-        })
-        .or(checkpoints.first());
+    let mut has_the_old_versions = |cp: &CheckpointRecord| {
+        downgrades
+            .iter()
+            .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
+    };
+    let nearest = view
+        .history
+        .newest_checkpoint_where(&mut has_the_old_versions)?
+        .or_else(|| view.head.cloned());
+    let nearest = nearest.as_ref();
     let moved: Vec<String> = downgrades
         .iter()
         .map(|(p, v)| format!("{p} back to {v}"))
@@ -649,7 +655,7 @@ fn build(
         participants.push(Participant {
             endpoint: record.endpoint.clone(),
             from_version: view.live(&project).cloned(),
-            action: view.action(&project, &target.version),
+            action: view.action(&project, &target.version)?,
             to_version: target.version,
             artifact: target.artifact,
             metadata: target.metadata,

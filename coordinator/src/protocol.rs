@@ -82,21 +82,27 @@ async fn drive(
         // Phase 1 starts. Written (so that recovery sends Abort to every participant)
         // but not awaited: presumed abort covers a crash before it is durable.
         let started = start_preparing(tx);
-        append_quietly(c, tx, vec![started]);
+        append_quietly(c, tx, vec![started], true);
     }
     if tx.state == TxState::Preparing {
+        tracing::debug!(tx = %tx.id, "phase 1: Prepare sent");
         let outcome = prepare_all(c, tx, signals).await;
+        tracing::debug!(tx = %tx.id, "phase 1: votes in");
         crash::point(crash::BEFORE_DECISION);
         match outcome {
             Outcome::Commit => {
                 c.decide_commit(tx, Vec::new()).await?;
+                tracing::debug!(tx = %tx.id, "COMMIT durable");
                 crash::point(crash::AFTER_COMMIT_DECISION);
             }
             Outcome::Abort(reason) => decide_abort(c, tx, reason).await?,
         }
     }
     deliver_decision(c, tx).await?;
-    finish(c, tx).await
+    tracing::debug!(tx = %tx.id, "phase 2: every participant acknowledged");
+    finish(c, tx).await?;
+    tracing::debug!(tx = %tx.id, "terminal state durable");
+    Ok(())
 }
 
 /// Moves `tx` into phase 1 and returns the event saying so.
@@ -190,6 +196,7 @@ async fn prepare_one(
     let mut attempt = 0;
     let answer = loop {
         let call = async {
+            let _permit = c.call_permit().await;
             let mut client = client(c, &to.endpoint)?;
             client
                 .prepare(request.clone())
@@ -248,7 +255,7 @@ fn record_vote(
     };
     let mut voted = event(tx, pb::EventKind::VoteReceived, Some(project), message);
     voted.vote = convert::vote(vote) as i32;
-    append_quietly(c, tx, vec![voted]);
+    append_quietly(c, tx, vec![voted], false);
     (vote != Vote::Prepared).then(|| format!("{project} refused: {reason}"))
 }
 
@@ -279,7 +286,7 @@ fn no_answer(c: &Coordinator, tx: &mut TxRecord) -> String {
             e
         })
         .collect();
-    append_quietly(c, tx, events);
+    append_quietly(c, tx, events, false);
     reason
 }
 
@@ -358,7 +365,9 @@ async fn deliver_one(c: &Coordinator, to: Call, decision: Decision) -> ProjectNa
     let mut attempt = 0u32;
     let mut last_error = String::new();
     loop {
+        let permit = c.call_permit().await;
         let call = async {
+            let _permit = permit;
             let mut client = client(c, &to.endpoint)?;
             let result = match &decision {
                 Decision::Commit(r) => client.commit(r.clone()).await.map(|_| ()),
@@ -420,7 +429,7 @@ async fn acknowledge(
     // Not awaited: the terminal record written (and awaited) after the last wave covers
     // every acknowledgement, and an acknowledgement lost in a crash only means the
     // decision is delivered again, which participants answer idempotently.
-    append_quietly(c, tx, vec![acked]);
+    append_quietly(c, tx, vec![acked], false);
     if commit && first {
         crash::point(crash::AFTER_FIRST_COMMIT_ACK);
     }
@@ -470,7 +479,11 @@ async fn persist(
 ) -> crate::error::Result<()> {
     let mut batch = lockstep_store::Batch::default();
     crate::tables::Tables::put_transaction(&mut batch, tx);
-    c.journal().append(batch, events).await?;
+    // ABORT and other steps need no fsync of their own (presumed abort): durable with
+    // the next sync, awaited so that readers only ever see durable state.
+    c.journal()
+        .append(batch, events, lockstep_store::Durability::Buffered)
+        .await?;
     c.publish(tx);
     Ok(())
 }
@@ -479,10 +492,19 @@ async fn persist(
 /// same transaction covers (the journal writes in order) and that a crash may lose
 /// harmlessly (votes, the start of phase 1, acknowledgements). Never a decision.
 /// Shown to readers at once.
-fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>) {
+///
+/// `with_record` also writes the transaction record (when recovery should know this
+/// step: phase 1 started, so Aborts go to every participant); otherwise only the events
+/// are written and the next awaited write carries the record.
+fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>, with_record: bool) {
     let mut batch = lockstep_store::Batch::default();
-    crate::tables::Tables::put_transaction(&mut batch, tx);
-    drop(c.journal().append(batch, events));
+    if with_record {
+        crate::tables::Tables::put_transaction(&mut batch, tx);
+    }
+    drop(
+        c.journal()
+            .append(batch, events, lockstep_store::Durability::Buffered),
+    );
     c.publish(tx);
 }
 

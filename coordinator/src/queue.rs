@@ -107,6 +107,14 @@ impl Queue {
         self.blocker(ordinal, keys)
     }
 
+    /// Every waiting transaction, in creation order, with what blocks it now.
+    pub fn waiting(&self) -> Vec<(u64, TxId, Option<Blocked>)> {
+        self.waiting
+            .iter()
+            .map(|(ordinal, (id, keys))| (*ordinal, id.clone(), self.blocker(*ordinal, keys)))
+            .collect()
+    }
+
     /// Transactions holding any of `projects` now.
     pub fn holders_of(&self, env: &Environment, projects: &BTreeSet<ProjectName>) -> Vec<TxId> {
         let mut out: Vec<TxId> = projects

@@ -10,7 +10,7 @@
 //! the restart already gets the recovered answer.
 
 use lockstep::pb;
-use lockstep_store::Batch;
+use lockstep_store::{Batch, Durability};
 
 use crate::{coordinator::Coordinator, error::Result, model::TxState, protocol, tables::Tables};
 
@@ -58,14 +58,14 @@ pub fn recover(c: &Coordinator) -> Result<usize> {
                 // A terminal record still indexed as active: drop the index entry.
                 let mut batch = Batch::default();
                 Tables::put_transaction(&mut batch, &tx);
-                drop(c.journal().append(batch, Vec::new()));
+                drop(c.journal().append(batch, Vec::new(), Durability::Buffered));
                 continue;
             }
         }
         let mut batch = Batch::default();
         Tables::put_transaction(&mut batch, &tx);
         // Not awaited: the driver's next write of this transaction is queued after it.
-        drop(c.journal().append(batch, events));
+        drop(c.journal().append(batch, events, Durability::Buffered));
         tracing::info!(tx = %tx.id, state = ?tx.state, "resuming after restart");
         c.resume(tx);
     }

@@ -6,7 +6,6 @@ use lockstep::{edge, limits::MAX_MESSAGE_BYTES, pb::coordinator_server::Coordina
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, server::Connected};
 use tower::util::MapResponseLayer;
 
@@ -29,7 +28,7 @@ pub async fn serve(
     coordinator: Coordinator,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    serve_incoming(TcpListenerStream::new(listener), coordinator, shutdown).await
+    serve_incoming(edge::incoming(listener), coordinator, shutdown).await
 }
 
 /// Serves `coordinator` on any stream of connections (the simulation passes its

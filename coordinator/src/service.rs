@@ -197,8 +197,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     (Some(id), true) => coordinator.get(id).is_ok_and(|t| t.state.is_terminal()),
                     _ => false,
                 };
-                let events = match feed.read(next, 512) {
-                    Ok(events) => events,
+                let only = filter.as_ref().map(|id| id.as_str());
+                let (events, scanned_to) = match feed.read_matching(next, 512, only) {
+                    Ok(read) => read,
                     Err(e) => {
                         let _ = sender
                             .send(Err(Status::unavailable(format!(
@@ -208,7 +209,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                         return;
                     }
                 };
-                if events.is_empty() {
+                if scanned_to == next {
+                    // Caught up with the log.
                     if ended {
                         return;
                     }
@@ -220,14 +222,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     }
                     continue;
                 }
+                next = scanned_to;
                 for event in events {
-                    next = event.seq + 1;
-                    if filter
-                        .as_ref()
-                        .is_some_and(|id| id.as_str() != event.transaction_id)
-                    {
-                        continue;
-                    }
                     let last = r.until_terminal && is_terminal(&event);
                     if sender.send(Ok(event)).await.is_err() || last {
                         return;

@@ -10,6 +10,8 @@
 //! - `events`:       seq (u64 BE)                      → lockstep.v1.Event
 //! - `checkpoints`:  (environment, revision u64 BE)    → CheckpointRecord
 //! - `quarantine`:   (environment, project, version)   → QuarantineRecord
+//! - `seen_versions`: (environment, project, version)  → revision (u64 BE) it was last
+//!   made live by: "was this version ever live here", without history in memory
 
 use std::sync::Arc;
 
@@ -37,6 +39,8 @@ pub const EVENTS: &str = "events";
 pub const CHECKPOINTS: &str = "checkpoints";
 /// Quarantined (environment, project, version).
 pub const QUARANTINE: &str = "quarantine";
+/// Versions ever live, by (environment, project, version).
+pub const SEEN_VERSIONS: &str = "seen_versions";
 
 /// Every table the coordinator opens (checked against what is on disk).
 pub const ALL: &[&str] = &[
@@ -47,6 +51,7 @@ pub const ALL: &[&str] = &[
     EVENTS,
     CHECKPOINTS,
     QUARANTINE,
+    SEEN_VERSIONS,
 ];
 
 /// A quarantined (environment, project, version).
@@ -227,20 +232,68 @@ impl Tables {
             .transpose()
     }
 
-    /// The newest checkpoint of every environment.
-    pub fn latest_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
-        let mut latest: Vec<CheckpointRecord> = Vec::new();
-        for (_, v) in self
-            .kv
-            .scan(CHECKPOINTS, b"", None, Order::Ascending, usize::MAX)?
-        {
-            let cp: CheckpointRecord = decode(CHECKPOINTS, &v)?;
-            match latest.last_mut() {
-                Some(last) if last.environment == cp.environment => *last = cp,
-                _ => latest.push(cp),
+    /// The newest checkpoint of `environment`.
+    pub fn latest_checkpoint(
+        &self,
+        environment: &Environment,
+    ) -> Result<Option<CheckpointRecord>, StoreError> {
+        let prefix = keys::prefix(&[environment.as_str()]);
+        let end = keys::prefix_end(&prefix);
+        self.kv
+            .scan(CHECKPOINTS, &prefix, Some(&end), Order::Descending, 1)?
+            .first()
+            .map(|(_, v)| decode(CHECKPOINTS, v))
+            .transpose()
+    }
+
+    /// The newest checkpoint of `environment` for which `matches` holds, reading newest
+    /// first a page at a time and stopping at the first match.
+    pub fn newest_checkpoint_where(
+        &self,
+        environment: &Environment,
+        matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
+    ) -> Result<Option<CheckpointRecord>, StoreError> {
+        const PAGE: usize = 256;
+        let prefix = keys::prefix(&[environment.as_str()]);
+        let mut end = keys::prefix_end(&prefix);
+        loop {
+            let page = self
+                .kv
+                .scan(CHECKPOINTS, &prefix, Some(&end), Order::Descending, PAGE)?;
+            for (key, value) in &page {
+                let cp: CheckpointRecord = decode(CHECKPOINTS, value)?;
+                if matches(&cp) {
+                    return Ok(Some(cp));
+                }
+                end = key.clone();
+            }
+            if page.len() < PAGE {
+                return Ok(None);
             }
         }
-        Ok(latest)
+    }
+
+    /// Whether `version` was ever live on `project` in `environment`.
+    pub fn was_live(
+        &self,
+        environment: &Environment,
+        project: &ProjectName,
+        version: &Version,
+    ) -> Result<bool, StoreError> {
+        let key = keys::parts_key(&[environment.as_str(), project.as_str(), version.as_str()]);
+        Ok(self.kv.get(SEEN_VERSIONS, &key)?.is_some())
+    }
+
+    /// Records in `batch` that every version of `cp` is live as of its revision.
+    pub fn put_seen(batch: &mut Batch, cp: &CheckpointRecord) {
+        for (project, entry) in &cp.versions {
+            let key = keys::parts_key(&[
+                cp.environment.as_str(),
+                project.as_str(),
+                entry.version.as_str(),
+            ]);
+            batch.put(SEEN_VERSIONS, key, keys::u64_key(cp.revision));
+        }
     }
 
     /// Adds a checkpoint put to `batch`.
