@@ -22,6 +22,11 @@ verify:
 fmt:
 	cargo fmt --all
 
+## Measure the performance figures (release build) next to this machine's floors.
+bench:
+	cargo build --release --workspace --bins
+	$${CARGO_TARGET_DIR:-target}/release/lockstep-bench --json bench-results.json
+
 ## Run many fault-schedule seeds (release build); prints seeds, violations, wall time.
 soak:
 	cargo run --release -p lockstep-sim --bin lockstep-soak -- --seeds $(SEEDS)

@@ -1,0 +1,621 @@
+//! `lockstep-bench`: Lockstep's performance figures, each measured in one run on this
+//! machine next to the floor it is compared with, so a ratio holds even when the
+//! machine is noisy. Prints a table, and JSON with `--json PATH`.
+//!
+//! Floors: a synced RocksDB write (queue depth 1) and a loopback tonic unary round trip.
+//! A release's floor under presumed abort is 2 round trips (Prepare, Commit) plus the
+//! three fsyncs on its critical path (the participant's PREPARED record, the
+//! coordinator's COMMIT decision, the participant's COMMITTED record).
+
+mod stack;
+
+/// The same allocator as the servers (see coordinator/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use lockstep::{
+    names::{Environment, ProjectName, TxId, Version},
+    pb,
+};
+use lockstep_coordinator::{
+    model::{
+        Action, CheckpointRecord, LiveEntry, Participant, Request, TxKind, TxRecord, TxState, Vote,
+    },
+    tables::{self, Tables},
+};
+use lockstep_store::{Batch, Durability, Kv, RocksKv};
+use serde::Serialize;
+
+/// Measure Lockstep against the physical floor of this machine.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Fewer iterations (a quick look, not the published figures).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run only these parts (floors, latency, throughput, fanout, recovery, memory).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// One measured figure.
+#[derive(Serialize)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    /// What it is compared with (same unit), if anything.
+    floor: Option<f64>,
+    /// The target, in words.
+    target: Option<String>,
+    /// Whether the target is met.
+    met: Option<bool>,
+}
+
+fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+    Figure {
+        name: name.into(),
+        value,
+        unit,
+        floor: None,
+        target: None,
+        met: None,
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// CPU time (user + system) this process has used.
+#[allow(unsafe_code)]
+fn cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// `VmRSS` and `VmHWM` of a process, in MiB.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let scale = if args.quick { 5 } else { 1 };
+    let dir = tempfile::tempdir_in(
+        std::env::var("LOCKSTEP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+    )?;
+    let mut figures = Vec::new();
+    let run = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+
+    let (fsync_p50, fsync_p99) = fsync_floor(dir.path(), 2000 / scale)?;
+    figures.push(figure("floor: synced RocksDB write p50", fsync_p50, "us"));
+    figures.push(figure("floor: synced RocksDB write p99", fsync_p99, "us"));
+    let rtt = rtt_floor(3000 / scale).await?;
+    figures.push(figure("floor: loopback tonic unary RTT p50", rtt, "us"));
+    let release_floor = 2.0 * rtt + 3.0 * fsync_p50;
+
+    // One stack for everything but recovery and RSS.
+    let mut stack = stack::coordinator(&dir.path().join("coordinator")).await?;
+    let mut names = Vec::new();
+    for i in 0..100 {
+        let name = format!("p{i}");
+        let url = stack::participant(&name, &dir.path().join(&name)).await?;
+        names.push((name, url));
+    }
+    for g in 0..32 {
+        for m in ["a", "b", "c"] {
+            let name = format!("g{g}{m}");
+            let url = stack::participant(&name, &dir.path().join(&name)).await?;
+            names.push((name, url));
+        }
+    }
+    stack.register(&names).await?;
+
+    // Release latency, 3 no-op participants, one at a time.
+    if run("latency") {
+        let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+        let mut samples = Vec::new();
+        for i in 0..(500 / scale) {
+            let started = Instant::now();
+            stack::release(
+                &mut stack.client,
+                &format!("lat-{i}"),
+                &three,
+                &i.to_string(),
+            )
+            .await?;
+            samples.push(started.elapsed());
+        }
+        let p50 = micros(percentile(&mut samples, 0.5));
+        let p99 = micros(percentile(&mut samples, 0.99));
+        figures.push(Figure {
+            name: "release latency p50, 3 participants".into(),
+            value: p50,
+            unit: "us",
+            floor: Some(release_floor),
+            target: Some("<= 1.5x floor (2 RTT + 3 fsync)".into()),
+            met: Some(p50 <= 1.5 * release_floor),
+        });
+        figures.push(Figure {
+            floor: Some(release_floor),
+            ..figure("release latency p99, 3 participants", p99, "us")
+        });
+    }
+
+    // Throughput over disjoint project sets, and group commit.
+    let seconds = if args.quick { 2 } else { 5 };
+    for clients in [1usize, 8, 32].into_iter().filter(|_| run("throughput")) {
+        let t = throughput(&stack, clients, Duration::from_secs(seconds)).await?;
+        let rate = t.committed as f64 / t.elapsed.as_secs_f64();
+        let factor = t.committed as f64 / t.syncs.max(1) as f64;
+        figures.push(Figure {
+            target: (clients == 32).then(|| ">= 2000/s".into()),
+            met: (clients == 32).then_some(rate >= 2000.0),
+            ..figure(
+                format!("throughput, {clients} clients, 3-project releases"),
+                rate,
+                "committed/s",
+            )
+        });
+        figures.push(Figure {
+            target: (clients == 32).then(|| "> 8 at 32 clients".into()),
+            met: (clients == 32).then_some(factor > 8.0),
+            ..figure(
+                format!("group commit, {clients} clients (RocksDB wal.synced)"),
+                factor,
+                "committed per WAL sync",
+            )
+        });
+        figures.push(figure(
+            format!("journal appends per fsync, {clients} clients"),
+            t.appends_per_sync,
+            "appends",
+        ));
+        let per_release = micros(t.cpu) / t.committed.max(1) as f64;
+        figures.push(figure(
+            format!("CPU per release, {clients} clients, whole stack"),
+            per_release,
+            "us",
+        ));
+        // Per release: CreateRelease and WatchEvents from the client, 3 Prepare, 3 Commit.
+        figures.push(figure(
+            format!("CPU per RPC, {clients} clients, whole stack"),
+            per_release / 8.0,
+            "us",
+        ));
+    }
+
+    // Fan-out.
+    let mut base = 0.0;
+    for n in [3usize, 10, 30, 100].into_iter().filter(|_| run("fanout")) {
+        let set: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        let mut samples = Vec::new();
+        for i in 0..(100 / scale) {
+            let started = Instant::now();
+            stack::release(
+                &mut stack.client,
+                &format!("fan{n}-{i}"),
+                &set,
+                &format!("f{n}-{i}"),
+            )
+            .await?;
+            samples.push(started.elapsed());
+        }
+        let p50 = micros(percentile(&mut samples, 0.5));
+        if n == 3 {
+            base = p50;
+        }
+        figures.push(Figure {
+            floor: (n == 100).then_some(base),
+            target: (n == 100).then(|| "<= 2x the 3-participant latency".into()),
+            met: (n == 100).then_some(p50 <= 2.0 * base),
+            ..figure(format!("release latency p50, {n} participants"), p50, "us")
+        });
+    }
+
+    if run("recovery") {
+        let recovered = recovery(dir.path(), 10_000 / scale as u64).await?;
+        figures.push(Figure {
+            target: Some("< 2 s for 10,000".into()),
+            met: Some(recovered.as_secs_f64() < 2.0 / scale as f64),
+            ..figure(
+                format!("recovery of {} unfinished transactions", 10_000 / scale),
+                recovered.as_secs_f64(),
+                "s",
+            )
+        });
+    }
+    if run("memory") {
+        let (rss_now, rss_peak) = memory(dir.path(), 100_000 / scale as u64, 1000 / scale).await?;
+        figures.push(Figure {
+            target: Some("< 100 MB".into()),
+            met: Some(rss_now < 100.0),
+            ..figure(
+                format!(
+                    "coordinator RSS, {} transactions, {} watchers",
+                    100_000 / scale,
+                    1000 / scale
+                ),
+                rss_now,
+                "MiB",
+            )
+        });
+        figures.push(figure(
+            "coordinator peak RSS (VmHWM) in that run",
+            rss_peak,
+            "MiB",
+        ));
+    }
+
+    print_table(&figures);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+        println!("\nJSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure]) {
+    println!(
+        "{:<58} {:>12} {:<22} {:>10} {:>7}  TARGET",
+        "FIGURE", "VALUE", "UNIT", "FLOOR", "RATIO"
+    );
+    for f in figures {
+        let (floor, ratio) = match f.floor {
+            Some(floor) => (format!("{floor:.0}"), format!("{:.2}", f.value / floor)),
+            None => (String::new(), String::new()),
+        };
+        let target = match (&f.target, f.met) {
+            (Some(t), Some(true)) => format!("{t}: met"),
+            (Some(t), Some(false)) => format!("{t}: MISSED"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<58} {:>12.1} {:<22} {:>10} {:>7}  {target}",
+            f.name, f.value, f.unit, floor, ratio
+        );
+    }
+}
+
+fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
+    let kv = RocksKv::open(&dir.join("fsync-floor"), &["t"])?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut batch = Batch::default();
+        batch.put("t", (i as u64).to_be_bytes().to_vec(), vec![7u8; 300]);
+        let started = Instant::now();
+        kv.write(batch, Durability::Sync)?;
+        samples.push(started.elapsed());
+    }
+    Ok((
+        micros(percentile(&mut samples, 0.5)),
+        micros(percentile(&mut samples, 0.99)),
+    ))
+}
+
+async fn rtt_floor(n: usize) -> anyhow::Result<f64> {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health)
+            .serve_with_incoming(lockstep::edge::incoming(listener)),
+    );
+    let mut client = tonic_health::pb::health_client::HealthClient::new(
+        lockstep::edge::endpoint(&url)?.connect().await?,
+    );
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        samples.push(started.elapsed());
+    }
+    Ok(micros(percentile(&mut samples, 0.5)))
+}
+
+struct Throughput {
+    committed: u64,
+    elapsed: Duration,
+    syncs: u64,
+    cpu: Duration,
+    /// Journal appends per group-commit batch (Lockstep's own count, beside RocksDB's).
+    appends_per_sync: f64,
+}
+
+/// `clients` clients, each releasing its own three projects back to back for `run`.
+async fn throughput(
+    stack: &stack::Stack,
+    clients: usize,
+    run: Duration,
+) -> anyhow::Result<Throughput> {
+    let syncs_before = stack::wal_syncs(&stack.kv);
+    let journal_before = stack.coordinator.journal_stats();
+    let cpu_before = cpu();
+    let started = Instant::now();
+    let deadline = started + run;
+    let tasks: Vec<_> = (0..clients)
+        .map(|g| {
+            let mut client = stack.client.clone();
+            let set: Vec<String> = ["a", "b", "c"].iter().map(|m| format!("g{g}{m}")).collect();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    stack::release(
+                        &mut client,
+                        &format!("tp{clients}-{g}-{done}"),
+                        &set,
+                        &format!("{clients}.{done}"),
+                    )
+                    .await?;
+                    done += 1;
+                }
+                Ok::<u64, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for t in tasks {
+        committed += t.await??;
+    }
+    let journal = stack.coordinator.journal_stats();
+    Ok(Throughput {
+        committed,
+        elapsed: started.elapsed(),
+        syncs: stack::wal_syncs(&stack.kv) - syncs_before,
+        cpu: cpu() - cpu_before,
+        appends_per_sync: (journal.appends - journal_before.appends) as f64
+            / (journal.syncs - journal_before.syncs).max(1) as f64,
+    })
+}
+
+fn name<T>(parse: fn(&str, &str) -> Result<T, lockstep::names::FieldError>, s: &str) -> T {
+    parse("bench", s).expect("bench names are valid")
+}
+
+fn record(
+    ordinal: u64,
+    state: TxState,
+    participants: &[(String, String)],
+    version: &str,
+) -> TxRecord {
+    TxRecord {
+        id: name(TxId::parse, &format!("h{ordinal}")),
+        ordinal,
+        environment: Environment::default(),
+        kind: TxKind::Release,
+        request: Request::Release {
+            components: Vec::new(),
+            force: false,
+            allow_quarantined: false,
+        },
+        state,
+        participants: participants
+            .iter()
+            .map(|(p, url)| Participant {
+                project: name(ProjectName::parse, p),
+                endpoint: url.clone(),
+                from_version: None,
+                to_version: name(Version::parse, &format!("{p}-{version}")),
+                action: Action::Upgrade,
+                artifact: String::new(),
+                metadata: Default::default(),
+                vote: Vote::Prepared,
+                vote_reason: String::new(),
+                acknowledged: state == TxState::Committed,
+                wave: 0,
+                from_schema: None,
+                to_schema: None,
+                migrations: Vec::new(),
+                delivery_error: String::new(),
+            })
+            .collect(),
+        waves: vec![
+            participants
+                .iter()
+                .map(|(p, _)| name(ProjectName::parse, p))
+                .collect(),
+        ],
+        reason: String::new(),
+        reverts: Vec::new(),
+        rollback_to: 0,
+        forced: false,
+        quarantined: false,
+        checkpoint: if state == TxState::Committed {
+            ordinal
+        } else {
+            0
+        },
+        prepare_timeout_ms: 60_000,
+        created_ms: lockstep::wire::now_millis(),
+        finished_ms: 0,
+        prepare_sent: true,
+    }
+}
+
+/// Time from opening a coordinator whose log holds `n` transactions left PREPARING by a
+/// crash to every one of them resolved (presumed abort delivered to three participants).
+async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
+    let mut participants = Vec::new();
+    for i in 0..3 {
+        let p = format!("r{i}");
+        participants.push((p.clone(), stack::participant(&p, &dir.join(&p)).await?));
+    }
+    let data = dir.join("recovery");
+    {
+        let kv = RocksKv::open(&data, tables::ALL)?;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
+            let mut batch = Batch::default();
+            for ordinal in chunk {
+                Tables::put_transaction(
+                    &mut batch,
+                    &record(*ordinal, TxState::Preparing, &participants, "x"),
+                );
+            }
+            kv.write(batch, Durability::Sync)?;
+        }
+    }
+    let started = Instant::now();
+    let kv = RocksKv::open(&data, tables::ALL)?;
+    let c = lockstep_coordinator::Coordinator::open(
+        Arc::new(kv),
+        Arc::new(lockstep_coordinator::network::TcpNet::default()),
+        lockstep_coordinator::Config::default(),
+    )?;
+    while c.active_count() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// The real coordinator binary on a log of `n` committed transactions, with `watchers`
+/// idle watchers connected: its RSS.
+async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64)> {
+    let data = dir.join("history");
+    let participants: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("m{i}"), "http://127.0.0.1:1".to_string()))
+        .collect();
+    {
+        let kv = RocksKv::open(&data, tables::ALL)?;
+        let mut seq = 0u64;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
+            let mut batch = Batch::default();
+            for ordinal in chunk {
+                let tx = record(
+                    *ordinal,
+                    TxState::Committed,
+                    &participants,
+                    &ordinal.to_string(),
+                );
+                Tables::put_transaction(&mut batch, &tx);
+                let versions = tx
+                    .participants
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.project.clone(),
+                            LiveEntry {
+                                version: p.to_version.clone(),
+                                schema: None,
+                            },
+                        )
+                    })
+                    .collect();
+                Tables::put_checkpoint(
+                    &mut batch,
+                    &CheckpointRecord {
+                        revision: *ordinal,
+                        environment: Environment::default(),
+                        versions,
+                        transaction: tx.id.clone(),
+                        kind: TxKind::Release,
+                        description: format!("release {}", tx.id),
+                        untested: false,
+                        committed_ms: tx.created_ms,
+                    },
+                );
+                for kind in [
+                    pb::EventKind::TransactionCreated,
+                    pb::EventKind::TransactionCommitted,
+                ] {
+                    seq += 1;
+                    Tables::put_event(
+                        &mut batch,
+                        &pb::Event {
+                            seq,
+                            kind: kind as i32,
+                            transaction_id: tx.id.to_string(),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            kv.write(batch, Durability::Buffered)?;
+        }
+    }
+    let exe = std::env::current_exe()?.with_file_name("lockstep-coordinator");
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the coordinator exited"))?;
+    let url = format!("http://{}", line.trim_start_matches("listening on "));
+    let mut streams = Vec::new();
+    for c in 0..(watchers.div_ceil(50)) {
+        let channel = lockstep::edge::endpoint(&url)?.connect().await?;
+        for _ in 0..50.min(watchers - c * 50) {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
+            let stream = client
+                .watch_events(pb::WatchEventsRequest {
+                    from_seq: 2 * n + 1,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            streams.push(stream);
+        }
+    }
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let measured = rss(pid);
+    drop(streams);
+    child.kill().await?;
+    Ok(measured)
+}
