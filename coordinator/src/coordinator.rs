@@ -17,13 +17,13 @@ use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
     pb,
 };
-use lockstep_store::{Batch, Durability, Kv};
+use lockstep_store::{Batch, Kv};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
     error::{CoordinatorError, Result},
     feed::Feed,
-    journal::{Clock, Journal, WriterMode},
+    journal::{Clock, Durable, Journal, WriterMode},
     model::{
         CheckpointRecord, LiveEntry, ProjectRecord, QuarantineRecord, Request, TxKind, TxRecord,
         TxState,
@@ -336,9 +336,7 @@ impl Coordinator {
                 .entry(project.environment.clone())
                 .or_default()
                 .insert(project.name.clone(), project.clone());
-            self.inner
-                .journal
-                .append(batch, vec![event], Durability::Sync)
+            self.inner.journal.append(batch, vec![event], Durable::Now)
         };
         pending.await?;
         Ok((project, true))
@@ -436,10 +434,7 @@ impl Coordinator {
             // Durable before the client hears "accepted", but it forces no fsync of its
             // own: the COMMIT decision written moments later (or the writer's linger)
             // syncs it.
-            let pending = self
-                .inner
-                .journal
-                .append(batch, events, Durability::Buffered);
+            let pending = self.inner.journal.append(batch, events, Durable::Soon);
             // Registered under the same lock as the queue entry, so a transaction that
             // finishes right now finds this one when it hands over its projects.
             let (abort, abort_rx) = watch::channel(None);
@@ -614,6 +609,12 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// Whether `id` is a transaction that has not ended (cheap: nothing is copied or read
+    /// from disk, so a watcher can ask on every wake-up).
+    pub fn is_unfinished(&self, id: &TxId) -> bool {
+        self.state().active.contains_key(id)
+    }
+
     /// How many transactions are unfinished (cheap: no records are copied).
     pub fn active_count(&self) -> usize {
         self.state().active.len()
@@ -744,7 +745,7 @@ impl Coordinator {
         drop(
             self.inner
                 .journal
-                .append(Batch::default(), vec![event], Durability::Buffered),
+                .append(Batch::default(), vec![event], Durable::Whenever),
         );
     }
 
@@ -815,7 +816,7 @@ impl Coordinator {
             s.head.insert(tx.environment.clone(), checkpoint.clone());
             // Durability point: COMMIT forces an fsync before any Commit is sent.
             (
-                self.inner.journal.append(batch, events, Durability::Sync),
+                self.inner.journal.append(batch, events, Durable::Now),
                 checkpoint,
             )
         };
@@ -873,9 +874,9 @@ impl Coordinator {
         // Durable before readers see the end. With other transactions in flight it rides
         // on their next fsync; alone, nobody would share one, so it forces its own.
         let durability = if self.active_count() > 1 {
-            Durability::Buffered
+            Durable::Soon
         } else {
-            Durability::Sync
+            Durable::Now
         };
         let pending = self.inner.journal.append(batch, events, durability);
         pending.await?;

@@ -2,11 +2,13 @@
 //! [`Journal::append`], which numbers its events and writes them with the records in one
 //! atomic RocksDB batch.
 //!
-//! Every append's future resolves once the append is durable. Its durability says
-//! whether it forces an fsync: [`Durability::Sync`] (the COMMIT decision) syncs at once;
-//! [`Durability::Buffered`] is written without one and becomes durable with the next
-//! sync, forced by someone else's decision or by the writer itself after [`LINGER`]. A
-//! sync makes every earlier write durable, so order is all that matters, and concurrent
+//! Every append's future resolves once the append is durable. [`Durable`] says how soon:
+//! [`Durable::Now`] (the COMMIT decision) forces an fsync at once; [`Durable::Soon`] is
+//! written without one and becomes durable with the next sync, forced by someone else's
+//! decision or by the writer itself after [`LINGER`]; [`Durable::Whenever`] (votes,
+//! acknowledgements: steps whose loss a crash makes harmless) waits longer still,
+//! [`QUIET_LINGER`], so that it never puts a sync in the way of a decision. A sync makes
+//! every earlier write durable, so order is all that matters, and concurrent
 //! transactions share fsyncs: group commit.
 //!
 //! Events reach watchers only once durable, so a watcher never sees an event that a
@@ -38,8 +40,37 @@ const MAX_GROUP: usize = 1024;
 /// so a batch reaches the log file in one `write()` and a process crash cannot tear it.
 const MAX_GROUP_BYTES: usize = 256 * 1024;
 
-/// How long buffered writes wait for someone else's sync before the writer syncs them.
-pub const LINGER: Duration = Duration::from_micros(200);
+/// How long a [`Durable::Soon`] write waits for someone else's sync before the writer
+/// syncs it (tokio's timer ticks in milliseconds, so this is the shortest wait that
+/// means what it says).
+pub const LINGER: Duration = Duration::from_millis(1);
+
+/// How long a [`Durable::Whenever`] write waits for someone else's sync: long enough
+/// that the next step of its transaction (which comes with a sync of its own) carries
+/// it, short enough that watchers see its events at once to a person.
+pub const QUIET_LINGER: Duration = Duration::from_millis(5);
+
+/// How soon an append must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// Forces an fsync now: a decision that must be durable before anyone acts on it.
+    Now,
+    /// Rides on the next fsync, or gets one after [`LINGER`]: a step someone waits for.
+    Soon,
+    /// Rides on the next fsync, or gets one after [`QUIET_LINGER`]: a step nobody waits
+    /// for, whose loss in a crash is harmless.
+    Whenever,
+}
+
+impl Durable {
+    fn linger(self) -> Duration {
+        match self {
+            Durable::Now => Duration::ZERO,
+            Durable::Soon => LINGER,
+            Durable::Whenever => QUIET_LINGER,
+        }
+    }
+}
 
 /// A clock in milliseconds since the epoch; simulation passes a deterministic one.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -47,7 +78,7 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 struct Append {
     batch: Batch,
     events: Vec<pb::Event>,
-    durability: Durability,
+    durable: Durable,
     done: oneshot::Sender<Result<u64, String>>,
 }
 
@@ -92,15 +123,15 @@ struct Writer {
     tables: Tables,
     feed: Feed,
     clock: Clock,
-    mode: WriterMode,
     next_seq: u64,
     /// Events written but not yet synced, in log order.
     unpublished: Vec<pb::Event>,
     /// Appends written but not yet synced, waiting to hear they are durable.
     unsynced: Vec<(oneshot::Sender<Result<u64, String>>, u64)>,
-    /// When the oldest write not yet synced was made: a steady stream of buffered
-    /// appends must not put its sync off for ever.
-    unsynced_since: Option<Instant>,
+    /// When the writer syncs what is written but not synced, if nobody else does first:
+    /// the earliest of their deadlines, fixed when each was written, so a steady stream
+    /// of appends cannot put the sync off for ever.
+    sync_by: Option<Instant>,
     failed: watch::Sender<Option<String>>,
     stats: Arc<Mutex<JournalStats>>,
 }
@@ -121,11 +152,10 @@ impl Journal {
             tables,
             feed,
             clock,
-            mode,
             next_seq,
             unpublished: Vec::new(),
             unsynced: Vec::new(),
-            unsynced_since: None,
+            sync_by: None,
             failed,
             stats: stats.clone(),
         };
@@ -141,14 +171,14 @@ impl Journal {
     /// atomically. Order is fixed when this returns; the future resolves once the write
     /// is durable, with the sequence number of its first event (or of the last event
     /// written before, when `events` is empty). `durability` says whether it forces an
-    /// fsync now or rides on the next one.
+    /// fsync now or rides on a later one.
     ///
     /// Dropping the future does not cancel the write.
     pub fn append(
         &self,
         batch: Batch,
         events: Vec<pb::Event>,
-        durability: Durability,
+        durable: Durable,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + 'static {
         let (done, result) = oneshot::channel();
         let queued = self
@@ -156,7 +186,7 @@ impl Journal {
             .send(Append {
                 batch,
                 events,
-                durability,
+                durable,
                 done,
             })
             .is_ok();
@@ -196,11 +226,12 @@ impl Journal {
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Append>) {
         loop {
-            let next = match self.unsynced.is_empty() && self.unpublished.is_empty() {
-                true => receiver.recv().await,
-                false => match self.linger(&mut receiver).await {
-                    Some(next) => Some(next),
-                    None => {
+            let next = match self.sync_by {
+                None => receiver.recv().await,
+                // Wait for another append to ride along, until the earliest deadline.
+                Some(deadline) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
                         self.sync_lingering();
                         continue;
                     }
@@ -208,30 +239,6 @@ impl Writer {
             };
             let Some(first) = next else { return };
             self.write_group(first, &mut receiver);
-        }
-    }
-
-    /// Waits for another append to ride along with the buffered ones, until the oldest
-    /// of them has waited [`LINGER`]; `None` means sync now.
-    async fn linger(&self, receiver: &mut mpsc::UnboundedReceiver<Append>) -> Option<Append> {
-        let waited = self.unsynced_since.map_or(LINGER, |since| since.elapsed());
-        let left = LINGER.saturating_sub(waited);
-        if left.is_zero() {
-            return None;
-        }
-        if let Ok(next) = receiver.try_recv() {
-            return Some(next);
-        }
-        match self.mode {
-            // A dedicated thread: sleep finer than the tokio timer's millisecond.
-            WriterMode::Thread => {
-                std::thread::sleep(left);
-                receiver.try_recv().ok()
-            }
-            WriterMode::Task => tokio::time::timeout(left, receiver.recv())
-                .await
-                .ok()
-                .flatten(),
         }
     }
 
@@ -254,7 +261,12 @@ impl Writer {
             return;
         }
         let now = (self.clock)();
-        let sync = group.iter().any(|a| a.durability == Durability::Sync);
+        let sync = group.iter().any(|a| a.durable == Durable::Now);
+        let sync_by = group
+            .iter()
+            .map(|a| a.durable.linger())
+            .min()
+            .map(|linger| Instant::now() + linger);
         let mut batch = Batch::default();
         let mut events = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
@@ -290,7 +302,10 @@ impl Writer {
                 self.count(sync, replies.len());
                 self.unpublished.extend(events);
                 self.unsynced.extend(replies);
-                self.unsynced_since.get_or_insert_with(Instant::now);
+                self.sync_by = match (self.sync_by, sync_by) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 if sync {
                     self.synced();
                 }
@@ -315,7 +330,7 @@ impl Writer {
                 let message = self.fail(format!("write-ahead log sync failed: {e}"));
                 // Never published: a crash may have taken these events back.
                 self.unpublished.clear();
-                self.unsynced_since = None;
+                self.sync_by = None;
                 for (done, _) in self.unsynced.drain(..) {
                     let _ = done.send(Err(message.clone()));
                 }
@@ -325,7 +340,7 @@ impl Writer {
 
     /// Everything written so far is durable: publish its events, tell its appenders.
     fn synced(&mut self) {
-        self.unsynced_since = None;
+        self.sync_by = None;
         self.feed.publish(std::mem::take(&mut self.unpublished));
         for (done, seq) in self.unsynced.drain(..) {
             let _ = done.send(Ok(seq));

@@ -482,7 +482,7 @@ async fn persist(
     // ABORT and other steps need no fsync of their own (presumed abort): durable with
     // the next sync, awaited so that readers only ever see durable state.
     c.journal()
-        .append(batch, events, lockstep_store::Durability::Buffered)
+        .append(batch, events, crate::journal::Durable::Soon)
         .await?;
     c.publish(tx);
     Ok(())
@@ -503,7 +503,7 @@ fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>, with_r
     }
     drop(
         c.journal()
-            .append(batch, events, lockstep_store::Durability::Buffered),
+            .append(batch, events, crate::journal::Durable::Whenever),
     );
     c.publish(tx);
 }

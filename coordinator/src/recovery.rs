@@ -10,9 +10,12 @@
 //! the restart already gets the recovered answer.
 
 use lockstep::pb;
-use lockstep_store::{Batch, Durability};
+use lockstep_store::Batch;
 
-use crate::{coordinator::Coordinator, error::Result, model::TxState, protocol, tables::Tables};
+use crate::{
+    coordinator::Coordinator, error::Result, journal::Durable, model::TxState, protocol,
+    tables::Tables,
+};
 
 /// The abort reason recorded for a transaction undecided at a restart.
 pub const PRESUMED_ABORT: &str = "coordinator restarted before a decision (presumed abort)";
@@ -58,14 +61,14 @@ pub fn recover(c: &Coordinator) -> Result<usize> {
                 // A terminal record still indexed as active: drop the index entry.
                 let mut batch = Batch::default();
                 Tables::put_transaction(&mut batch, &tx);
-                drop(c.journal().append(batch, Vec::new(), Durability::Buffered));
+                drop(c.journal().append(batch, Vec::new(), Durable::Soon));
                 continue;
             }
         }
         let mut batch = Batch::default();
         Tables::put_transaction(&mut batch, &tx);
         // Not awaited: the driver's next write of this transaction is queued after it.
-        drop(c.journal().append(batch, events, Durability::Buffered));
+        drop(c.journal().append(batch, events, Durable::Soon));
         tracing::info!(tx = %tx.id, state = ?tx.state, "resuming after restart");
         c.resume(tx);
     }

@@ -80,8 +80,10 @@ impl Ledger {
     }
 
     /// Queues the record of `tx` (after every record queued before it) and resolves once
-    /// written. `Durability::Sync` at the protocol's durability points (PREPARED before
-    /// the vote, COMMITTED before the acknowledgement).
+    /// written. `Durability::Sync` at the protocol's durability point: PREPARED before
+    /// the vote. Everything else may be lost in a crash harmlessly: a lost COMMITTED
+    /// record leaves PREPARED, so the restarted agent asks for the decision and goes
+    /// live again, idempotently.
     pub fn put(
         &self,
         tx: &str,
