@@ -188,3 +188,66 @@ async fn waiting_for_a_transaction_that_already_ended_returns_at_once() {
         .expect("the stream ends");
     assert_eq!(next.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_only_the_outcome_streams_just_the_terminal_event() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("B");
+    let created = c
+        .client()
+        .await
+        .create_release(pb::CreateReleaseRequest {
+            id: "T2".into(),
+            components: vec![pb::Component {
+                project: "B".into(),
+                version: "T2B".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: created.first_event_seq,
+            transaction_id: "T2".into(),
+            until_terminal: true,
+            only_terminal: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.wait_state("T2", TransactionState::Preparing).await;
+    c.heal("B");
+    let mut got = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        got.push((e.transaction_id, e.kind));
+    }
+    assert_eq!(
+        got,
+        vec![("T2".to_string(), EventKind::TransactionCommitted as i32)],
+        "one event, the outcome"
+    );
+
+    let refused = c
+        .client()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            from_seq: 1,
+            transaction_id: "T2".into(),
+            until_terminal: false,
+            only_terminal: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("only_terminal:"),
+        "{}",
+        refused.message()
+    );
+}

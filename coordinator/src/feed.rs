@@ -61,20 +61,19 @@ impl Feed {
 
     /// Up to `limit` durable events with `seq >= from`, in order.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<pb::Event>, StoreError> {
-        Ok(self.read_matching(from, limit, None)?.0)
+        Ok(self.read_matching(from, limit, |_| true)?.0)
     }
 
-    /// Durable events with `seq >= from` about transaction `only` (all when `None`),
-    /// looking at no more than `limit` events; returns them with the sequence number to
-    /// continue from. Events of other transactions are skipped without being copied, so
-    /// many watchers of single transactions stay cheap.
+    /// Durable events with `seq >= from` that `keep` accepts, looking at no more than
+    /// `limit` events; returns them with the sequence number to continue from. Events
+    /// not kept are skipped without being copied, so many watchers of single
+    /// transactions stay cheap.
     pub fn read_matching(
         &self,
         from: u64,
         limit: usize,
-        only: Option<&str>,
+        keep: impl Fn(&pb::Event) -> bool,
     ) -> Result<(Vec<pb::Event>, u64), StoreError> {
-        let keep = |e: &pb::Event| only.is_none_or(|id| e.transaction_id == id);
         {
             let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(first) = recent.front().map(|e| e.seq)

@@ -179,6 +179,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 "until_terminal: needs transaction_id",
             ));
         }
+        if r.only_terminal && !r.until_terminal {
+            return Err(Status::invalid_argument(
+                "only_terminal: needs until_terminal (and transaction_id)",
+            ));
+        }
         if let Some(id) = &filter {
             self.coordinator.get(id)?;
         }
@@ -193,12 +198,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 // before `from_seq` would otherwise wait forever. Checked before the
                 // read: a terminal record means its events are all published, so a read
                 // after it that finds nothing more means there is nothing more.
+                // (It existed when the watch began, so not unfinished means ended.)
                 let ended = match (&filter, r.until_terminal) {
-                    (Some(id), true) => coordinator.get(id).is_ok_and(|t| t.state.is_terminal()),
+                    (Some(id), true) => !coordinator.is_unfinished(id),
                     _ => false,
                 };
-                let only = filter.as_ref().map(|id| id.as_str());
-                let (events, scanned_to) = match feed.read_matching(next, 512, only) {
+                let keep = |e: &pb::Event| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|id| e.transaction_id == id.as_str())
+                        && (!r.only_terminal || is_terminal(e))
+                };
+                let (events, scanned_to) = match feed.read_matching(next, 512, keep) {
                     Ok(read) => read,
                     Err(e) => {
                         let _ = sender
