@@ -5,7 +5,8 @@
 //! Floors: a synced RocksDB write (queue depth 1) and a loopback tonic unary round trip.
 //! A release's floor under presumed abort is 2 round trips (Prepare, Commit) plus the
 //! three fsyncs on its critical path (the participant's PREPARED record, the
-//! coordinator's COMMIT decision, the participant's COMMITTED record).
+//! coordinator's COMMIT decision, the coordinator's record of the end, which a client
+//! waiting for the outcome hears only once durable).
 
 mod stack;
 
@@ -127,12 +128,25 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let run = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
 
-    let (fsync_p50, fsync_p99) = fsync_floor(dir.path(), 2000 / scale)?;
+    let (fsync_p50, fsync_p99, fsync_cpu) = fsync_floor(dir.path(), 2000 / scale)?;
     figures.push(figure("floor: synced RocksDB write p50", fsync_p50, "us"));
     figures.push(figure("floor: synced RocksDB write p99", fsync_p99, "us"));
-    let rtt = rtt_floor(3000 / scale).await?;
+    figures.push(figure(
+        "floor: CPU per synced RocksDB write",
+        fsync_cpu,
+        "us",
+    ));
+    let (rtt, rpc_cpu) = rtt_floor(3000 / scale).await?;
     figures.push(figure("floor: loopback tonic unary RTT p50", rtt, "us"));
+    figures.push(figure(
+        "floor: CPU per tonic unary RPC, 32 in flight",
+        rpc_cpu,
+        "us",
+    ));
     let release_floor = 2.0 * rtt + 3.0 * fsync_p50;
+    // A release's CPU floor: its 8 RPCs and 4 synced writes (PREPARED at 3 participants,
+    // the COMMIT decision), with nothing else.
+    let release_cpu_floor = 8.0 * rpc_cpu + 4.0 * fsync_cpu;
 
     // One stack for everything but recovery and RSS.
     let mut stack = stack::coordinator(&dir.path().join("coordinator")).await?;
@@ -212,11 +226,14 @@ async fn main() -> anyhow::Result<()> {
             "appends",
         ));
         let per_release = micros(t.cpu) / t.committed.max(1) as f64;
-        figures.push(figure(
-            format!("CPU per release, {clients} clients, whole stack"),
-            per_release,
-            "us",
-        ));
+        figures.push(Figure {
+            floor: (clients == 32).then_some(release_cpu_floor),
+            ..figure(
+                format!("CPU per release, {clients} clients, whole stack"),
+                per_release,
+                "us",
+            )
+        });
         // Per release: CreateRelease and WatchEvents from the client, 3 Prepare, 3 Commit.
         figures.push(figure(
             format!("CPU per RPC, {clients} clients, whole stack"),
@@ -292,7 +309,18 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
         println!("\nJSON written to {}", path.display());
     }
-    Ok(())
+    exit_now()
+}
+
+/// Ends the process without running C++ static destructors: the in-process stack's
+/// RocksDB instances and writer threads are still alive, and RocksDB's destructors
+/// racing them at exit abort with "pthread lock: Invalid argument".
+#[allow(unsafe_code)]
+fn exit_now() -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(0) }
 }
 
 fn print_table(figures: &[Figure]) {
@@ -317,9 +345,12 @@ fn print_table(figures: &[Figure]) {
     }
 }
 
-fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
+/// Latency p50 and p99 of a synced RocksDB write at queue depth 1, and the CPU each
+/// costs (user + kernel).
+fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let kv = RocksKv::open(&dir.join("fsync-floor"), &["t"])?;
     let mut samples = Vec::with_capacity(n);
+    let cpu_before = cpu();
     for i in 0..n {
         let mut batch = Batch::default();
         batch.put("t", (i as u64).to_be_bytes().to_vec(), vec![7u8; 300]);
@@ -327,13 +358,19 @@ fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
         kv.write(batch, Durability::Sync)?;
         samples.push(started.elapsed());
     }
+    let cpu_each = micros(cpu() - cpu_before) / n as f64;
     Ok((
         micros(percentile(&mut samples, 0.5)),
         micros(percentile(&mut samples, 0.99)),
+        cpu_each,
     ))
 }
 
-async fn rtt_floor(n: usize) -> anyhow::Result<f64> {
+/// The bare RPC machinery: a loopback tonic unary call (tonic-health) with the same
+/// channel settings as Lockstep's. Returns the p50 round trip at queue depth 1, and the
+/// CPU per call (client and server together) with 32 calls in flight, the load of the
+/// throughput run.
+async fn rtt_floor(n: usize) -> anyhow::Result<(f64, f64)> {
     let (_reporter, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -356,7 +393,27 @@ async fn rtt_floor(n: usize) -> anyhow::Result<f64> {
             .await?;
         samples.push(started.elapsed());
     }
-    Ok(micros(percentile(&mut samples, 0.5)))
+    let cpu_before = cpu();
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    client
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await?;
+                }
+                Ok::<(), tonic::Status>(())
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await??;
+    }
+    let cpu_per_call = micros(cpu() - cpu_before) / (32 * (n / 8)) as f64;
+    Ok((micros(percentile(&mut samples, 0.5)), cpu_per_call))
 }
 
 struct Throughput {
