@@ -235,6 +235,7 @@ impl Coordinator {
         let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
+                backfill_seen(tables, &cp)?;
                 s.head.insert(env.clone(), cp.clone());
                 s.live.insert(env, cp);
             }
@@ -923,6 +924,29 @@ impl Coordinator {
     }
 }
 
+/// A data directory written before the `seen_versions` table existed has it empty:
+/// fills it from the environment's checkpoints once, so that a move back to a version
+/// live before the upgrade is still seen as one. (The newest checkpoint's versions are
+/// always in the table once it is filled, so their absence is the sign.)
+fn backfill_seen(tables: &Tables, newest: &CheckpointRecord) -> Result<()> {
+    let Some((project, entry)) = newest.versions.iter().next() else {
+        return Ok(());
+    };
+    if tables.was_live(&newest.environment, project, &entry.version)? {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for cp in tables.checkpoints(&newest.environment)? {
+        Tables::put_seen(&mut batch, &cp);
+    }
+    tables.kv().write(batch, lockstep_store::Durability::Sync)?;
+    tracing::info!(
+        environment = %newest.environment,
+        "filled the seen_versions table from the checkpoints (data written before it existed)"
+    );
+    Ok(())
+}
+
 /// If registering `project` would close a cycle, the cycle as `A -> B -> A`.
 fn cycle_through(
     projects: &BTreeMap<ProjectName, ProjectRecord>,
@@ -1015,5 +1039,80 @@ impl History for StoredHistory<'_> {
             .into_iter()
             .filter(|t| &t.environment == self.environment && t.state == TxState::Committed)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lockstep::names::{Environment, ProjectName, TxId, Version};
+    use lockstep_store::{Batch, Durability, Kv, MemKv};
+
+    use super::{Config, Coordinator};
+    use crate::{
+        model::{CheckpointRecord, LiveEntry, ProjectRecord, TxKind},
+        network::TcpNet,
+        tables::Tables,
+    };
+
+    fn checkpoint(revision: u64, version: &str) -> CheckpointRecord {
+        CheckpointRecord {
+            revision,
+            environment: Environment::default(),
+            versions: [(
+                ProjectName::parse("project", "A").unwrap(),
+                LiveEntry {
+                    version: Version::parse("version", version).unwrap(),
+                    schema: None,
+                },
+            )]
+            .into(),
+            transaction: TxId::parse("id", &format!("T{revision}")).unwrap(),
+            kind: TxKind::Release,
+            description: format!("release T{revision}"),
+            untested: false,
+            committed_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_written_before_seen_versions_existed_is_filled_at_start() {
+        let kv = MemKv::new();
+        let mut batch = Batch::default();
+        Tables::put_project(
+            &mut batch,
+            &ProjectRecord {
+                name: ProjectName::parse("name", "A").unwrap(),
+                environment: Environment::default(),
+                endpoint: "http://127.0.0.1:1".into(),
+                requires: Vec::new(),
+            },
+        );
+        // Two checkpoints, as an older coordinator wrote them: no seen_versions rows.
+        Tables::put_checkpoint(&mut batch, &checkpoint(1, "T1A"));
+        Tables::put_checkpoint(&mut batch, &checkpoint(2, "T2A"));
+        kv.write(batch, Durability::Sync).unwrap();
+
+        let _c = Coordinator::open(
+            Arc::new(kv.clone()),
+            Arc::new(TcpNet::default()),
+            Config::default(),
+        )
+        .unwrap();
+        let tables = Tables::new(Arc::new(kv) as Arc<dyn Kv>);
+        let a = ProjectName::parse("project", "A").unwrap();
+        for v in ["T1A", "T2A"] {
+            assert!(
+                tables
+                    .was_live(
+                        &Environment::default(),
+                        &a,
+                        &Version::parse("version", v).unwrap()
+                    )
+                    .unwrap(),
+                "{v} was live before the upgrade and must count as seen"
+            );
+        }
     }
 }
