@@ -253,12 +253,7 @@ impl<D: Deployer> Participant<D> {
         &self,
         request: &pb::PrepareRequest,
     ) -> Result<Option<String>, ParticipantError> {
-        let live = self
-            .inner
-            .deployer
-            .live_version()
-            .await?
-            .unwrap_or_default();
+        let live = self.live().await?;
         if live != request.from_version {
             return Ok(Some(format!(
                 "the live version here is {} but the coordinator expects {}; refusing rather than guess",
@@ -428,13 +423,18 @@ impl<D: Deployer> Participant<D> {
                 )));
             }
         }
-        let live = self
+        let live = self.live().await?;
+        Ok(pb::CommitResponse { live_version: live })
+    }
+
+    /// The version live here as the wire shows it (empty when nothing is live).
+    async fn live(&self) -> Result<String, ParticipantError> {
+        Ok(self
             .inner
             .deployer
             .live_version()
             .await?
-            .unwrap_or_default();
-        Ok(pb::CommitResponse { live_version: live })
+            .unwrap_or_default())
     }
 
     async fn go_live(&self, entry: &Entry) -> Result<(), ParticipantError> {
@@ -503,12 +503,7 @@ impl<D: Deployer> Participant<D> {
                 self.record(tx, &entry, Durability::Buffered).await?;
             }
         }
-        let live = self
-            .inner
-            .deployer
-            .live_version()
-            .await?
-            .unwrap_or_default();
+        let live = self.live().await?;
         Ok(pb::AbortResponse { live_version: live })
     }
 
@@ -543,12 +538,7 @@ impl<D: Deployer> Participant<D> {
 
     /// What is live and staged here.
     pub async fn status(&self) -> Result<pb::ParticipantStatus, ParticipantError> {
-        let live = self
-            .inner
-            .deployer
-            .live_version()
-            .await?
-            .unwrap_or_default();
+        let live = self.live().await?;
         let mut prepared = Vec::new();
         for id in self.open() {
             if let Some(e) = self

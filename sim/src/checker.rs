@@ -423,6 +423,24 @@ pub fn event_log_hash(events: &[pb::Event]) -> u64 {
 mod tests {
     use super::*;
 
+    /// T1 committed A=1, with its checkpoint; participants still to be added.
+    fn t1_committed_a_at_1() -> Observation {
+        Observation {
+            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
+            checkpoints: vec![pb::Checkpoint {
+                revision: 1,
+                transaction_id: "T1".into(),
+                versions: vec![pb::LiveVersion {
+                    project: "A".into(),
+                    version: "1".into(),
+                    schema: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
     fn tx(id: &str, s: State, parts: &[(&str, &str, &str)]) -> pb::Transaction {
         pb::Transaction {
             id: id.into(),
@@ -476,20 +494,7 @@ mod tests {
 
     #[test]
     fn applying_a_change_twice_or_going_back_is_caught() {
-        let mut o = Observation {
-            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
-            checkpoints: vec![pb::Checkpoint {
-                revision: 1,
-                transaction_id: "T1".into(),
-                versions: vec![pb::LiveVersion {
-                    project: "A".into(),
-                    version: "1".into(),
-                    schema: None,
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let mut o = t1_committed_a_at_1();
         let e = Effect {
             tx: "T1".into(),
             from: None,
@@ -512,20 +517,7 @@ mod tests {
 
     #[test]
     fn a_clean_history_passes() {
-        let mut o = Observation {
-            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
-            checkpoints: vec![pb::Checkpoint {
-                revision: 1,
-                transaction_id: "T1".into(),
-                versions: vec![pb::LiveVersion {
-                    project: "A".into(),
-                    version: "1".into(),
-                    schema: None,
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let mut o = t1_committed_a_at_1();
         o.participants.insert(
             "A".into(),
             ParticipantView {
