@@ -686,9 +686,14 @@ impl Coordinator {
         }
     }
 
-    /// Checkpoints of `env`, oldest first.
+    /// Durable checkpoints of `env`, oldest first. The table may already hold the
+    /// checkpoint of a COMMIT whose write is not yet synced; it is left out until the
+    /// decision is durable and live.
     pub fn history(&self, env: &Environment) -> Result<Vec<CheckpointRecord>> {
-        Ok(self.inner.tables.checkpoints(env)?)
+        let live = self.state().live.get(env).map_or(0, |l| l.revision);
+        let mut checkpoints = self.inner.tables.checkpoints(env)?;
+        checkpoints.retain(|c| c.revision <= live);
+        Ok(checkpoints)
     }
 
     /// The durable decision for a participant (presumed abort for unknown ids).

@@ -1,7 +1,8 @@
 //! The event feed: what watchers read. It holds the most recent durable events in memory
 //! and falls back to the `events` table for older ones, and it wakes watchers when new
-//! events become durable. Events reach it only after their batch is synced, so a watcher
-//! never sees an event that a crash could take back.
+//! events become durable. Events reach it only after their batch is synced, and reads of
+//! the table stop at the newest durable event, so a watcher never sees an event that a
+//! crash could take back.
 
 use std::{
     collections::VecDeque,
@@ -91,7 +92,11 @@ impl Feed {
                 return Ok((out, next));
             }
         }
-        let events = self.inner.tables.events(from, limit)?;
+        // The table also holds events written but not yet durable: stop at the newest
+        // durable one.
+        let durable = *self.inner.latest.borrow();
+        let mut events = self.inner.tables.events(from, limit)?;
+        events.retain(|e| e.seq <= durable);
         let next = events.last().map(|e| e.seq + 1).unwrap_or(from);
         Ok((events.into_iter().filter(|e| keep(e)).collect(), next))
     }
@@ -99,5 +104,52 @@ impl Feed {
     /// The newest durable sequence number, updated as events are published.
     pub fn latest(&self) -> watch::Receiver<u64> {
         self.inner.latest.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use lockstep_store::{Batch, Durability, Kv, MemKv};
+
+    use super::*;
+
+    fn write_event(kv: &MemKv, seq: u64) -> pb::Event {
+        let event = pb::Event {
+            seq,
+            ..Default::default()
+        };
+        let mut batch = Batch::default();
+        Tables::put_event(&mut batch, &event);
+        kv.write(batch, Durability::Buffered).unwrap();
+        event
+    }
+
+    #[test]
+    fn a_reader_never_sees_an_event_written_but_not_yet_durable() {
+        let kv = MemKv::new();
+        for seq in 1..=3 {
+            write_event(&kv, seq);
+        }
+        // As after a restart: the table holds events, the in-memory window is empty.
+        let feed = Feed::new(Tables::new(Arc::new(kv.clone()))).unwrap();
+        let fourth = write_event(&kv, 4);
+        let seqs = |f: &Feed| {
+            f.read(1, 100)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&feed), vec![1, 2, 3], "event 4 is not durable yet");
+        feed.publish(vec![fourth]);
+        assert_eq!(
+            feed.read(4, 100).unwrap().len(),
+            1,
+            "durable once published"
+        );
     }
 }

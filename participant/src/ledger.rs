@@ -3,7 +3,7 @@
 //! repeated Prepare/Commit/Abort calls identically and finish prepared transactions
 //! after a restart.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use lockstep_store::{Batch, Durability, GroupCommit, Kv, Order, StoreError, WriterMode};
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ pub struct Entry {
 
 /// Typed access to the participant's records. Writes go through group commit, so
 /// concurrent transactions share fsyncs and the async runtime never waits on a disk.
+/// A record is visible before it is durable: the participant's lock is held across
+/// the wait for a PREPARED record, so nothing acts on it before it is synced.
 #[derive(Clone)]
 pub struct Ledger {
     kv: Arc<dyn Kv>,
@@ -79,11 +81,11 @@ impl Ledger {
             .transpose()
     }
 
-    /// Queues the record of `tx` (after every record queued before it) and resolves once
-    /// written. `Durability::Sync` at the protocol's durability point: PREPARED before
-    /// the vote. Everything else may be lost in a crash harmlessly: a lost COMMITTED
-    /// record leaves PREPARED, so the restarted agent asks for the decision and goes
-    /// live again, idempotently.
+    /// Writes the record of `tx` (after every record written before it) and resolves
+    /// once it is durable as asked. `Durability::Sync` at the protocol's durability
+    /// point: PREPARED before the vote. Everything else may be lost in a crash
+    /// harmlessly, so it resolves at once: a lost COMMITTED record leaves PREPARED, so
+    /// the restarted agent asks for the decision and goes live again, idempotently.
     pub fn put(
         &self,
         tx: &str,
@@ -93,7 +95,16 @@ impl Ledger {
         let mut batch = Batch::default();
         let value = serde_json::to_vec(entry).expect("entries serialize");
         batch.put(TRANSACTIONS, tx.as_bytes().to_vec(), value);
-        self.writer.write(batch, durability)
+        let sync = durability == Durability::Sync;
+        let written = self.writer.write(batch, sync.then_some(Duration::ZERO));
+        let writer = self.writer.clone();
+        async move {
+            let ticket = written?;
+            if sync {
+                writer.durable(ticket).await?;
+            }
+            Ok(())
+        }
     }
 
     /// Records in the given phases, with their ids.

@@ -179,9 +179,8 @@ impl<D: Deployer> Participant<D> {
         }
         let mut vote = {
             let _guard = self.inner.lock.lock().await;
-            if let Some(entry) = self.inner.ledger.get(&tx)? {
-                return Ok(answer_again(&entry));
-            }
+            // A repeated Prepare while staging runs waits for the same vote (the ledger
+            // already says Staging, which after a restart means "interrupted").
             let in_flight = self
                 .inner
                 .in_flight
@@ -192,6 +191,9 @@ impl<D: Deployer> Participant<D> {
             match in_flight {
                 Some(vote) => vote,
                 None => {
+                    if let Some(entry) = self.inner.ledger.get(&tx)? {
+                        return Ok(answer_again(&entry));
+                    }
                     if let Some(refusal) = self.precondition_refusal(&request).await? {
                         let entry = Entry {
                             change: Some(change_of(&request)),
@@ -727,5 +729,90 @@ fn shown(version: &str) -> &str {
         "(nothing)"
     } else {
         version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{sync::Arc, time::Duration};
+
+    use lockstep_store::{MemKv, WriterMode};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Stages only when the test lets it.
+    #[derive(Default)]
+    struct Gated {
+        open: Notify,
+    }
+
+    impl Deployer for Gated {
+        async fn stage(&self, _change: &Change) -> Result<Staged, Refusal> {
+            self.open.notified().await;
+            Ok(Staged::default())
+        }
+
+        async fn go_live(&self, _change: &Change, _staged: &Staged) -> Result<(), DeployError> {
+            Ok(())
+        }
+
+        async fn undo(
+            &self,
+            _change: &Change,
+            _staged: Option<&Staged>,
+        ) -> Result<(), DeployError> {
+            Ok(())
+        }
+
+        async fn live_version(&self) -> Result<Option<String>, DeployError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prepare_repeated_while_staging_gets_the_same_vote() {
+        let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
+        let p = Participant::new(
+            "api".into(),
+            "production".into(),
+            Gated::default(),
+            None,
+            ledger,
+            None,
+        );
+        let request = pb::PrepareRequest {
+            transaction_id: "T4".into(),
+            project: "api".into(),
+            version: "v2".into(),
+            ..Default::default()
+        };
+        let first = tokio::spawn({
+            let (p, r) = (p.clone(), request.clone());
+            async move { p.prepare(r).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(p.inner.ledger.get("T4"), Ok(Some(e)) if e.phase == Phase::Staging) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "staging never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let again = tokio::spawn({
+            let (p, r) = (p.clone(), request.clone());
+            async move { p.prepare(r).await }
+        });
+        // Single-threaded test runtime: let the repeat run until it waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!again.is_finished(), "the repeat must wait for the vote");
+        p.inner.deployer.open.notify_one();
+        for answer in [first.await.unwrap().unwrap(), again.await.unwrap().unwrap()] {
+            assert_eq!(answer.vote, pb::Vote::Prepared as i32, "{}", answer.reason);
+        }
     }
 }

@@ -1,18 +1,33 @@
 //! Group commit for callers that write small batches often and need some of them
-//! synced: one writer (a thread, or a task in simulation) drains every batch queued
-//! while it was busy into one atomic write with at most one fsync, so concurrent
-//! writers share fsyncs and no async worker ever blocks on a disk.
+//! synced: every write goes to the store at once, on the caller's thread (no hand-off,
+//! so a write nobody waits to be durable costs one store write and no wake-up), and one
+//! syncer (a thread, or a task in simulation) makes them durable with one fsync for
+//! everything written so far. Concurrent writers share fsyncs, and no async worker ever
+//! waits on a disk.
 //!
-//! Order is kept: batches are written in the order [`GroupCommit::write`] was called.
-//! A group is synced when any of its batches asks for [`Durability::Sync`].
+//! Order is kept: writes land in the order [`GroupCommit::write`] was called, each gets
+//! a [`Ticket`] in that order, and a sync covers every ticket written before it started.
+//!
+//! # To ensure correctness
+//! A write is visible to reads before it is durable. Whoever acts on a write outside the
+//! process (answers a client, sends a vote or a Commit) must wait for
+//! [`GroupCommit::durable`] first, and readers that report state to the outside must
+//! look only at what is durable (the coordinator keeps durable state in memory; the
+//! participant holds its lock across the wait).
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{Notify, oneshot, watch},
+    time::Instant,
+};
 
 use crate::{Batch, Durability, Kv, StoreError};
 
-/// How a writer runs.
+/// How a syncer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriterMode {
     /// A dedicated OS thread (production: an fsync blocks only it).
@@ -22,9 +37,9 @@ pub enum WriterMode {
     Task,
 }
 
-/// Runs a writer loop: on a dedicated thread with a current-thread runtime of its own
-/// (so its blocking writes and fsyncs stall nothing else), or as a task of the current
-/// runtime in simulation.
+/// Runs a background loop: on a dedicated thread with a current-thread runtime of its
+/// own (so its blocking fsyncs stall nothing else), or as a task of the current runtime
+/// in simulation.
 pub fn spawn_writer(
     name: &str,
     mode: WriterMode,
@@ -50,91 +65,218 @@ pub fn spawn_writer(
     Ok(())
 }
 
-struct Pending {
-    batch: Batch,
-    durability: Durability,
-    done: oneshot::Sender<Result<(), String>>,
-}
+/// A write's place in the log: tickets grow in write order, and a write is durable once
+/// a sync has covered its ticket.
+pub type Ticket = u64;
 
-/// Handle to a group-commit writer. Cheap to clone.
+/// Called by the syncer after each successful sync, with the newest ticket it covered,
+/// before anyone waiting on [`GroupCommit::durable`] hears of it (the coordinator
+/// publishes durable events here, so a client told "created" can read them at once).
+pub type OnSynced = Box<dyn Fn(Ticket) + Send + Sync>;
+
+/// Handle to a store's group commit. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
-    sender: mpsc::UnboundedSender<Pending>,
+    shared: Arc<Shared>,
 }
 
-/// Most batches merged into one write.
-const MAX_GROUP: usize = 512;
+struct Shared {
+    kv: Arc<dyn Kv>,
+    state: Mutex<State>,
+    /// Wakes the syncer when a sync becomes due sooner than it planned.
+    wake: Notify,
+    failure: watch::Sender<Option<String>>,
+    on_synced: Option<OnSynced>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Ticket of the newest write.
+    written: Ticket,
+    /// Every write up to this ticket is durable.
+    synced: Ticket,
+    /// Who waits for which ticket to be durable.
+    waiting: Vec<(Ticket, oneshot::Sender<Result<(), String>>)>,
+    /// When the syncer must sync next: the earliest deadline asked for by a write not
+    /// yet covered, fixed when it was written, so a steady stream of writes cannot put
+    /// the sync off for ever.
+    sync_by: Option<Instant>,
+    /// fsyncs done, for benchmarks.
+    syncs: u64,
+    /// Set once a write or sync failed: every later call fails (fail-stop).
+    failed: Option<String>,
+}
 
 impl GroupCommit {
-    /// Starts the writer over `kv`. In [`WriterMode::Task`] this must run inside a tokio
+    /// Starts the syncer over `kv`. In [`WriterMode::Task`] this must run inside a tokio
     /// runtime.
     pub fn start(kv: Arc<dyn Kv>, mode: WriterMode) -> Result<Self, StoreError> {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Pending>();
-        spawn_writer("lockstep-group-commit", mode, async move {
-            while let Some(first) = receiver.recv().await {
-                write_group(kv.as_ref(), first, &mut receiver);
-            }
-        })?;
-        Ok(Self { sender })
+        Self::start_with(kv, mode, None)
     }
 
-    /// Queues `batch` behind every batch queued before it (the order is fixed when this
-    /// returns) and resolves once it is written, and synced for [`Durability::Sync`].
-    /// Dropping the future does not cancel the write.
-    pub fn write(
+    /// As [`GroupCommit::start`], calling `on_synced` after every sync.
+    pub fn start_with(
+        kv: Arc<dyn Kv>,
+        mode: WriterMode,
+        on_synced: Option<OnSynced>,
+    ) -> Result<Self, StoreError> {
+        let shared = Arc::new(Shared {
+            kv,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            failure: watch::channel(None).0,
+            on_synced,
+        });
+        spawn_writer("lockstep-sync", mode, syncer(shared.clone()))?;
+        Ok(Self { shared })
+    }
+
+    /// Writes `batch` now, after every batch written before (its order and visibility
+    /// are fixed when this returns), and returns its ticket. `sync_within`: how soon it
+    /// must be durable (`Duration::ZERO`: sync at once); `None`: no hurry, it becomes
+    /// durable with whichever sync comes next.
+    pub fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
+        let mut s = self.shared.lock();
+        if let Some(e) = &s.failed {
+            return Err(StoreError::Corrupt(e.clone()));
+        }
+        if let Err(e) = self.shared.kv.write(batch, Durability::Buffered) {
+            let message = format!("write failed: {e}");
+            self.shared.fail(&mut s, message);
+            return Err(e);
+        }
+        s.written += 1;
+        let ticket = s.written;
+        if let Some(within) = sync_within {
+            let due = Instant::now() + within;
+            if s.sync_by.is_none_or(|planned| due < planned) {
+                s.sync_by = Some(due);
+                self.shared.wake.notify_one();
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Resolves once the write with `ticket`, and every write before it, is durable.
+    /// The write must have asked for a sync (or a later one must), or this waits until
+    /// someone's does.
+    pub fn durable(
         &self,
-        batch: Batch,
-        durability: Durability,
+        ticket: Ticket,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let (done, result) = oneshot::channel();
-        let queued = self
-            .sender
-            .send(Pending {
-                batch,
-                durability,
-                done,
-            })
-            .is_ok();
+        let waiting = {
+            let mut s = self.shared.lock();
+            match &s.failed {
+                Some(e) => Err(e.clone()),
+                None if s.synced >= ticket => Ok(None),
+                None => {
+                    let (done, heard) = oneshot::channel();
+                    s.waiting.push((ticket, done));
+                    Ok(Some(heard))
+                }
+            }
+        };
         async move {
-            if !queued {
-                return Err(StoreError::Corrupt("the writer stopped".into()));
+            let outcome = match waiting {
+                Ok(None) => Ok(()),
+                Ok(Some(heard)) => heard
+                    .await
+                    .unwrap_or_else(|_| Err("the syncer stopped".into())),
+                Err(e) => Err(e),
+            };
+            outcome.map_err(StoreError::Corrupt)
+        }
+    }
+
+    /// Resolves with the error once a write or sync has failed (the process must stop:
+    /// what was not synced may be lost, and nothing may be decided on top of it).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.shared.failure.subscribe();
+        loop {
+            if let Some(e) = failure.borrow_and_update().clone() {
+                return e;
             }
-            match result.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StoreError::Corrupt(e)),
-                Err(_) => Err(StoreError::Corrupt("the writer stopped".into())),
+            if failure.changed().await.is_err() {
+                return "the syncer stopped".into();
             }
+        }
+    }
+
+    /// fsyncs done so far.
+    pub fn syncs(&self) -> u64 {
+        self.shared.lock().syncs
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation of the state completes before the lock is released, so a
+        // poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, s: &mut State, message: String) {
+        tracing::error!("{message}; refusing further writes");
+        for (_, done) in s.waiting.drain(..) {
+            let _ = done.send(Err(message.clone()));
+        }
+        s.failed = Some(message.clone());
+        s.sync_by = None;
+        self.failure.send_replace(Some(message));
+    }
+}
+
+/// Syncs whenever a write asked for it, as late as each allows: one fsync covers every
+/// write made before it started.
+async fn syncer(shared: Arc<Shared>) {
+    loop {
+        let (due, failed) = {
+            let s = shared.lock();
+            (s.sync_by, s.failed.is_some())
+        };
+        if failed {
+            return;
+        }
+        match due {
+            None => shared.wake.notified().await,
+            Some(due) if due > Instant::now() => {
+                // A write asking for a sooner sync wakes us early.
+                let _ = tokio::time::timeout_at(due, shared.wake.notified()).await;
+            }
+            Some(_) => sync_now(&shared),
         }
     }
 }
 
-fn write_group(kv: &dyn Kv, first: Pending, receiver: &mut mpsc::UnboundedReceiver<Pending>) {
-    let mut group = vec![first];
-    while group.len() < MAX_GROUP {
-        match receiver.try_recv() {
-            Ok(next) => group.push(next),
-            Err(_) => break,
+fn sync_now(shared: &Shared) {
+    let covered = {
+        let mut s = shared.lock();
+        s.sync_by = None;
+        s.written
+    };
+    // The durability point: every write made before this call is in the log.
+    let synced = shared.kv.sync();
+    let mut s = shared.lock();
+    if let Err(e) = synced {
+        shared.fail(&mut s, format!("sync failed: {e}"));
+        return;
+    }
+    s.syncs += 1;
+    drop(s);
+    if let Some(on_synced) = &shared.on_synced {
+        on_synced(covered);
+    }
+    let mut s = shared.lock();
+    s.synced = s.synced.max(covered);
+    let synced = s.synced;
+    let mut i = 0;
+    while i < s.waiting.len() {
+        if s.waiting[i].0 <= synced {
+            let (_, done) = s.waiting.swap_remove(i);
+            let _ = done.send(Ok(()));
+        } else {
+            i += 1;
         }
-    }
-    let sync = group.iter().any(|p| p.durability == Durability::Sync);
-    let mut batch = Batch::default();
-    let mut waiting = Vec::with_capacity(group.len());
-    for p in group {
-        batch.extend(p.batch);
-        waiting.push(p.done);
-    }
-    let result = kv
-        .write(
-            batch,
-            if sync {
-                Durability::Sync
-            } else {
-                Durability::Buffered
-            },
-        )
-        .map_err(|e| e.to_string());
-    for done in waiting {
-        let _ = done.send(result.clone());
     }
 }
 
@@ -143,41 +285,65 @@ mod tests {
     use super::*;
     use crate::MemKv;
 
+    fn put(value: u8) -> Batch {
+        let mut b = Batch::default();
+        b.put("t", b"k".to_vec(), vec![value]);
+        b
+    }
+
     #[tokio::test]
-    async fn concurrent_writes_land_in_order_and_survive_a_crash_when_synced() {
+    async fn a_write_is_durable_once_its_sync_is_heard_and_not_before() {
         let kv = MemKv::new();
-        let writer = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Task).unwrap();
-        let writes: Vec<_> = (0..20u8)
-            .map(|i| {
-                let mut b = Batch::default();
-                b.put("t", b"k".to_vec(), vec![i]);
-                writer.write(
-                    b,
-                    if i == 19 {
-                        Durability::Sync
-                    } else {
-                        Durability::Buffered
-                    },
-                )
-            })
-            .collect();
-        for w in futures_join(writes).await {
-            w.unwrap();
+        let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Task).unwrap();
+        for i in 0..19 {
+            log.write(put(i), None).unwrap();
         }
+        let last = log.write(put(19), Some(Duration::ZERO)).unwrap();
+        log.durable(last).await.unwrap();
+        log.write(put(20), None).unwrap();
+        assert_eq!(
+            kv.get("t", b"k").unwrap(),
+            Some(vec![20]),
+            "visible at once"
+        );
         kv.crash();
         kv.restart();
         assert_eq!(
             kv.get("t", b"k").unwrap(),
             Some(vec![19]),
-            "the last write wins and was synced"
+            "the synced write and everything before it survive; the unsynced one may not"
         );
     }
 
-    async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output> {
-        let mut out = Vec::new();
-        for f in fs {
-            out.push(f.await);
-        }
-        out
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_may_wait_rides_on_a_sooner_one() {
+        let kv = MemKv::new();
+        let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Task).unwrap();
+        let lazy = log.write(put(1), Some(Duration::from_secs(3600))).unwrap();
+        let urgent = log.write(put(2), Some(Duration::ZERO)).unwrap();
+        log.durable(urgent).await.unwrap();
+        log.durable(lazy).await.unwrap();
+        assert_eq!(log.syncs(), 1, "one fsync covered both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_write_is_synced_by_its_deadline() {
+        let kv = MemKv::new();
+        let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Task).unwrap();
+        let started = Instant::now();
+        let t = log.write(put(1), Some(Duration::from_millis(5))).unwrap();
+        log.durable(t).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_every_call_fails() {
+        let kv = MemKv::new();
+        let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Task).unwrap();
+        kv.crash();
+        let t = log.write(put(1), Some(Duration::ZERO));
+        assert!(t.is_err(), "a down store refuses the write");
+        assert!(log.failed().await.contains("write failed"));
+        assert!(log.write(put(2), None).is_err());
     }
 }

@@ -22,7 +22,7 @@ pub mod keys;
 pub mod mem;
 pub mod rocks;
 
-pub use group::{GroupCommit, WriterMode, spawn_writer};
+pub use group::{GroupCommit, OnSynced, Ticket, WriterMode, spawn_writer};
 pub use mem::MemKv;
 pub use rocks::{RocksKv, WalRecovery};
 
