@@ -47,7 +47,7 @@ pub struct Config {
     pub delivery_timeout: Duration,
     /// Time source for records and events.
     pub clock: Clock,
-    /// How the journal writer runs.
+    /// How the journal's syncer runs (a thread; a task in simulation).
     pub writer: WriterMode,
 }
 
@@ -433,7 +433,7 @@ impl Coordinator {
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, &record);
             // Durable before the client hears "accepted", but it forces no fsync of its
-            // own: the COMMIT decision written moments later (or the writer's linger)
+            // own: the COMMIT decision written moments later (or the syncer's linger)
             // syncs it.
             let pending = self.inner.journal.append(batch, events, Durable::Soon);
             // Registered under the same lock as the queue entry, so a transaction that

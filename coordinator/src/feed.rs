@@ -43,7 +43,7 @@ impl Feed {
         })
     }
 
-    /// Makes durable events visible (called by the journal writer, in log order).
+    /// Makes durable events visible (called by the journal's syncer, in log order).
     pub fn publish(&self, events: Vec<pb::Event>) {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
