@@ -18,7 +18,7 @@ use std::{
 };
 
 use lockstep::pb;
-use lockstep_participant::ledger::{self, Ledger, Phase};
+use lockstep_participant::ledger::{self, Ledger};
 use lockstep_sim::checker::{self, ClientRecord, Observation, ParticipantView, Told};
 use lockstep_store::RocksKv;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -164,13 +164,7 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         let kv = RocksKv::open(&c.dir.path().join(format!("agent-{p}")), ledger::ALL).unwrap();
         let phases = Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)
             .unwrap()
-            .in_phase(&[
-                Phase::Staging,
-                Phase::Prepared,
-                Phase::Refused,
-                Phase::Committed,
-                Phase::Aborted,
-            ])
+            .all()
             .unwrap()
             .into_iter()
             .map(|(tx, e)| (tx, e.phase))

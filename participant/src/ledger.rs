@@ -109,17 +109,21 @@ impl Ledger {
 
     /// Records in the given phases, with their ids.
     pub fn in_phase(&self, phases: &[Phase]) -> Result<Vec<(String, Entry)>, StoreError> {
-        let mut out = Vec::new();
-        for (k, v) in self
-            .kv
+        let mut all = self.all()?;
+        all.retain(|(_, e)| phases.contains(&e.phase));
+        Ok(all)
+    }
+
+    /// Every record, with its id, in id order (what checkers read after a crash).
+    pub fn all(&self) -> Result<Vec<(String, Entry)>, StoreError> {
+        self.kv
             .scan(TRANSACTIONS, b"", None, Order::Ascending, usize::MAX)?
-        {
-            let entry: Entry = serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Corrupt(format!("{TRANSACTIONS}: {e}")))?;
-            if phases.contains(&entry.phase) {
-                out.push((String::from_utf8_lossy(&k).into_owned(), entry));
-            }
-        }
-        Ok(out)
+            .into_iter()
+            .map(|(k, v)| {
+                let entry: Entry = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("{TRANSACTIONS}: {e}")))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), entry))
+            })
+            .collect()
     }
 }

@@ -352,13 +352,7 @@ fn observe(
         let ledger = Ledger::open(Arc::new(kv.clone()), lockstep_store::WriterMode::Thread)
             .expect("starting a reader");
         let phases = ledger
-            .in_phase(&[
-                Phase::Staging,
-                Phase::Prepared,
-                Phase::Refused,
-                Phase::Committed,
-                Phase::Aborted,
-            ])
+            .all()
             .unwrap_or_default()
             .into_iter()
             .map(|(tx, e)| (tx, e.phase))
