@@ -3,10 +3,14 @@
 //! events become durable. Events reach it only after their batch is synced, and reads of
 //! the table stop at the newest durable event, so a watcher never sees an event that a
 //! crash could take back.
+//!
+//! A watcher of one transaction subscribes to that transaction alone
+//! ([`Feed::latest_of`]), so a publish wakes only the watchers whose transactions it
+//! carries: with a thousand `--wait`ing clients, each event wakes one of them, not all.
 
 use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use lockstep::pb;
@@ -28,6 +32,36 @@ struct Inner {
     tables: Tables,
     recent: Mutex<VecDeque<pb::Event>>,
     latest: watch::Sender<u64>,
+    /// Per watched transaction: the newest published sequence number among its events,
+    /// and how many subscriptions share the entry.
+    watched: Mutex<HashMap<String, (watch::Sender<u64>, usize)>>,
+}
+
+impl Inner {
+    fn watched(&self) -> MutexGuard<'_, HashMap<String, (watch::Sender<u64>, usize)>> {
+        // Every critical section completes its update before anything that can panic.
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A subscription to one transaction's events; unsubscribes when dropped.
+pub struct TxSubscription {
+    inner: Arc<Inner>,
+    tx: String,
+    /// Changes when an event of the transaction is published (to its sequence number).
+    pub latest: watch::Receiver<u64>,
+}
+
+impl Drop for TxSubscription {
+    fn drop(&mut self) {
+        let mut watched = self.inner.watched();
+        if let Some((_, count)) = watched.get_mut(&self.tx) {
+            *count -= 1;
+            if *count == 0 {
+                watched.remove(&self.tx);
+            }
+        }
+    }
 }
 
 impl Feed {
@@ -39,6 +73,7 @@ impl Feed {
                 tables,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                 latest: watch::channel(latest).0,
+                watched: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -48,16 +83,49 @@ impl Feed {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
-        {
-            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for event in events {
-                if recent.len() == RECENT {
-                    recent.pop_front();
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let published = events.len();
+        for event in events {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(event);
+        }
+        // After the events are in the window: a watcher subscribes before it reads the
+        // window, so it either finds them there or hears of them here. (Lock order:
+        // `recent`, then `watched`.)
+        let watched = self.inner.watched();
+        if !watched.is_empty() {
+            for event in recent.iter().rev().take(published) {
+                if let Some((sender, _)) = watched.get(&event.transaction_id) {
+                    sender.send_if_modified(|newest| {
+                        let newer = event.seq > *newest;
+                        *newest = (*newest).max(event.seq);
+                        newer
+                    });
                 }
-                recent.push_back(event);
             }
         }
+        drop(watched);
+        drop(recent);
         self.inner.latest.send_replace(last);
+    }
+
+    /// Subscribes to the events of transaction `tx`: `latest` changes whenever one of
+    /// them is published, and no other publish wakes it.
+    pub fn latest_of(&self, tx: &str) -> TxSubscription {
+        let mut watched = self.inner.watched();
+        let (sender, count) = watched
+            .entry(tx.to_string())
+            .or_insert_with(|| (watch::channel(0).0, 0));
+        *count += 1;
+        let latest = sender.subscribe();
+        drop(watched);
+        TxSubscription {
+            inner: self.inner.clone(),
+            tx: tx.to_string(),
+            latest,
+        }
     }
 
     /// Up to `limit` durable events with `seq >= from`, in order.
@@ -150,6 +218,36 @@ mod tests {
             feed.read(4, 100).unwrap().len(),
             1,
             "durable once published"
+        );
+    }
+
+    #[test]
+    fn a_transaction_watcher_wakes_only_for_its_own_events() {
+        let kv = MemKv::new();
+        let feed = Feed::new(Tables::new(Arc::new(kv.clone()))).unwrap();
+        let event = |seq, tx: &str| pb::Event {
+            seq,
+            transaction_id: tx.into(),
+            ..Default::default()
+        };
+        let mut a = feed.latest_of("a");
+        let also_a = feed.latest_of("a");
+        feed.publish(vec![event(1, "b"), event(2, "b")]);
+        assert!(!a.latest.has_changed().unwrap(), "b's events do not wake a");
+        feed.publish(vec![event(3, "a"), event(4, "b")]);
+        assert!(a.latest.has_changed().unwrap());
+        assert_eq!(*a.latest.borrow_and_update(), 3);
+        drop(also_a);
+        feed.publish(vec![event(5, "a")]);
+        assert_eq!(
+            *a.latest.borrow_and_update(),
+            5,
+            "still subscribed after another watcher of a left"
+        );
+        drop(a);
+        assert!(
+            feed.inner.watched().is_empty(),
+            "the last watcher unsubscribes"
         );
     }
 }

@@ -192,7 +192,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let (sender, receiver) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut next = r.from_seq.max(1);
-            let mut latest = feed.latest();
+            // A watcher of one transaction wakes only for its events (subscribed before
+            // the first read, so nothing published in between is missed).
+            let mut subscription = filter.as_ref().map(|id| feed.latest_of(id.as_str()));
+            let mut everything = feed.latest();
             loop {
                 // A watcher that asks to stop at the end of a transaction which ended
                 // before `from_seq` would otherwise wait forever. Checked before the
@@ -225,6 +228,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     if ended {
                         return;
                     }
+                    let latest = match &mut subscription {
+                        Some(s) => &mut s.latest,
+                        None => &mut everything,
+                    };
                     if *latest.borrow_and_update() < next {
                         tokio::select! {
                             changed = latest.changed() => if changed.is_err() { return },
