@@ -3,11 +3,68 @@
 //! `describe` work without .proto files), `grpc.health.v1.Health`, and the message-size
 //! limit answered with the status the gRPC spec gives it.
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
-use tonic::{codegen::http, transport::Endpoint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::{
+    body::Body,
+    codegen::http,
+    server::NamedService,
+    transport::{Endpoint, Server, server::Connected},
+};
+use tower::util::MapResponseLayer;
 
 use crate::FILE_DESCRIPTOR_SET;
+
+/// Why a server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection descriptors are broken (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on any stream of connections (a TCP listener's, through
+/// [`incoming`], or the simulation's) until `shutdown` resolves, with what every
+/// Lockstep server adds around it: reflection, health reporting it SERVING, `TCP_NODELAY`
+/// and the message-size status. One function, so the coordinator and every agent look
+/// the same to grpcurl and probes.
+pub async fn serve<S, I, IO, IE>(
+    service: S,
+    incoming: I,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    I: Stream<Item = Result<IO, IE>> + Send,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<S>().await;
+    let (reflection_v1, reflection_v1alpha) = reflection(S::NAME)?;
+    Server::builder()
+        .tcp_nodelay(true)
+        .layer(MapResponseLayer::new(oversize_is_resource_exhausted))
+        .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
 
 /// Reflection services (v1 and v1alpha, for older grpcurl builds) serving the
 /// `lockstep.v1` descriptors (with comments) and the health service's, advertising only

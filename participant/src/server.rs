@@ -1,25 +1,17 @@
 //! Assembles an agent's gRPC server: the Participant service, reflection and health, on
 //! a listener the caller bound, until the shutdown future resolves.
 
-use lockstep::{edge, limits::MAX_MESSAGE_BYTES, pb::participant_server::ParticipantServer};
+use lockstep::{
+    edge::{self, ServeError},
+    limits::MAX_MESSAGE_BYTES,
+    pb::participant_server::ParticipantServer,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tonic::transport::{Server, server::Connected};
-use tower::util::MapResponseLayer;
+use tonic::transport::server::Connected;
 
 use crate::{deployer::Deployer, participant::Participant, service::ParticipantService};
-
-/// Why the server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection descriptors are broken (a build problem).
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
 
 /// Serves `participant` on `listener` until `shutdown` resolves.
 pub async fn serve<D: Deployer>(
@@ -44,21 +36,7 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ParticipantServer<ParticipantService<D>>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = edge::reflection("lockstep.v1.Participant")?;
     let service = ParticipantServer::new(ParticipantService::new(participant))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    Server::builder()
-        .tcp_nodelay(true)
-        .layer(MapResponseLayer::new(edge::oversize_is_resource_exhausted))
-        .add_service(service)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+    edge::serve(service, incoming, shutdown).await
 }
