@@ -726,6 +726,31 @@ impl Coordinator {
         }
     }
 
+    /// Shows readers the new state of some participants of `record` (a vote, an
+    /// acknowledgement): copies only those, so a transaction with a hundred participants
+    /// does not copy its whole record for each of its hundred votes.
+    pub(crate) fn publish_participants(&self, record: &TxRecord, projects: &[&ProjectName]) {
+        let mut s = self.state();
+        let Some(active) = s.active.get_mut(&record.id) else {
+            return;
+        };
+        for project in projects {
+            let (Some(new), Some(shown)) = (
+                record.participant(project),
+                active.record.participant_mut(project),
+            ) else {
+                continue;
+            };
+            // Delivery errors live only in memory: keep them for participants still
+            // being retried.
+            let delivery_error = std::mem::take(&mut shown.delivery_error);
+            shown.clone_from(new);
+            if !shown.acknowledged && shown.delivery_error.is_empty() {
+                shown.delivery_error = delivery_error;
+            }
+        }
+    }
+
     /// Notes a failed phase 2 delivery: shown on the participant and logged as an event
     /// (not awaited: the retry loop goes on regardless).
     pub(crate) fn delivery_failed(
@@ -748,11 +773,9 @@ impl Coordinator {
             Some(project),
             message,
         );
-        drop(
-            self.inner
-                .journal
-                .append(Batch::default(), vec![event], Durable::Whenever),
-        );
+        self.inner
+            .journal
+            .append_quietly(Batch::default(), vec![event]);
     }
 
     /// Durably writes the COMMIT decision for `tx` together with the checkpoint it

@@ -225,6 +225,11 @@ pub struct TxRecord {
 
 impl TxRecord {
     /// The participant record of `project`.
+    pub fn participant(&self, project: &ProjectName) -> Option<&Participant> {
+        self.participants.iter().find(|p| &p.project == project)
+    }
+
+    /// The participant record of `project`, to change.
     pub fn participant_mut(&mut self, project: &ProjectName) -> Option<&mut Participant> {
         self.participants.iter_mut().find(|p| &p.project == project)
     }

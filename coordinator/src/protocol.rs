@@ -82,7 +82,7 @@ async fn drive(
         // Phase 1 starts. Written (so that recovery sends Abort to every participant)
         // but not awaited: presumed abort covers a crash before it is durable.
         let started = start_preparing(tx);
-        append_quietly(c, tx, vec![started], true);
+        append_quietly(c, tx, vec![started], Shown::Record);
     }
     if tx.state == TxState::Preparing {
         tracing::debug!(tx = %tx.id, "phase 1: Prepare sent");
@@ -255,38 +255,39 @@ fn record_vote(
     };
     let mut voted = event(tx, pb::EventKind::VoteReceived, Some(project), message);
     voted.vote = convert::vote(vote) as i32;
-    append_quietly(c, tx, vec![voted], false);
+    append_quietly(c, tx, vec![voted], Shown::Participants(&[project]));
     (vote != Vote::Prepared).then(|| format!("{project} refused: {reason}"))
 }
 
 /// Marks every participant without a vote as NO_ANSWER; returns the abort reason.
 fn no_answer(c: &Coordinator, tx: &mut TxRecord) -> String {
-    let mut silent = Vec::new();
+    let mut silent: Vec<ProjectName> = Vec::new();
     for p in tx.participants.iter_mut().filter(|p| p.vote == Vote::None) {
         p.vote = Vote::NoAnswer;
         p.vote_reason = format!("no answer within {}", humanize(tx.prepare_timeout_ms));
-        silent.push(p.project.to_string());
+        silent.push(p.project.clone());
     }
+    let names: Vec<&str> = silent.iter().map(|p| p.as_str()).collect();
     let reason = format!(
         "no answer from {} within the prepare timeout of {}",
-        silent.join(", "),
+        names.join(", "),
         humanize(tx.prepare_timeout_ms)
     );
     let events = silent
         .iter()
-        .map(|p| {
-            let project = ProjectName::parse("project", p).expect("participant names are valid");
+        .map(|project| {
             let mut e = event(
                 tx,
                 pb::EventKind::VoteReceived,
-                Some(&project),
-                format!("{p}: no answer before the deadline"),
+                Some(project),
+                format!("{project}: no answer before the deadline"),
             );
             e.vote = pb::Vote::NoAnswer as i32;
             e
         })
         .collect();
-    append_quietly(c, tx, events, false);
+    let silent: Vec<&ProjectName> = silent.iter().collect();
+    append_quietly(c, tx, events, Shown::Participants(&silent));
     reason
 }
 
@@ -429,7 +430,7 @@ async fn acknowledge(
     // Not awaited: the terminal record written (and awaited) after the last wave covers
     // every acknowledgement, and an acknowledgement lost in a crash only means the
     // decision is delivered again, which participants answer idempotently.
-    append_quietly(c, tx, vec![acked], false);
+    append_quietly(c, tx, vec![acked], Shown::Participants(&[project]));
     if commit && first {
         crash::point(crash::AFTER_FIRST_COMMIT_ACK);
     }
@@ -488,24 +489,38 @@ async fn persist(
     Ok(())
 }
 
+/// What an [`append_quietly`] changed in the transaction.
+enum Shown<'a> {
+    /// The record itself (written with the events at once, and shown whole): a step
+    /// recovery should know of (phase 1 started, so Aborts go to every participant).
+    Record,
+    /// Only these participants (votes, acknowledgements): the events are held until
+    /// the next write of the journal (see `Journal::append_quietly`), which carries the
+    /// record, and only these participants are copied to what readers see.
+    Participants(&'a [&'a ProjectName]),
+}
+
 /// Appends without waiting for durability: progress that a later awaited write of the
 /// same transaction covers (the journal writes in order) and that a crash may lose
 /// harmlessly (votes, the start of phase 1, acknowledgements). Never a decision.
 /// Shown to readers at once.
-///
-/// `with_record` also writes the transaction record (when recovery should know this
-/// step: phase 1 started, so Aborts go to every participant); otherwise only the events
-/// are written and the next awaited write carries the record.
-fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>, with_record: bool) {
-    let mut batch = lockstep_store::Batch::default();
-    if with_record {
-        crate::tables::Tables::put_transaction(&mut batch, tx);
+fn append_quietly(c: &Coordinator, tx: &TxRecord, events: Vec<pb::Event>, shown: Shown<'_>) {
+    match shown {
+        Shown::Record => {
+            let mut batch = lockstep_store::Batch::default();
+            crate::tables::Tables::put_transaction(&mut batch, tx);
+            drop(
+                c.journal()
+                    .append(batch, events, crate::journal::Durable::Soon),
+            );
+            c.publish(tx);
+        }
+        Shown::Participants(projects) => {
+            c.journal()
+                .append_quietly(lockstep_store::Batch::default(), events);
+            c.publish_participants(tx, projects);
+        }
     }
-    drop(
-        c.journal()
-            .append(batch, events, crate::journal::Durable::Whenever),
-    );
-    c.publish(tx);
 }
 
 fn client(c: &Coordinator, endpoint: &str) -> Result<ParticipantClient<Channel>, (Code, String)> {

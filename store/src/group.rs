@@ -74,10 +74,50 @@ pub type Ticket = u64;
 /// publishes durable events here, so a client told "created" can read them at once).
 pub type OnSynced = Box<dyn Fn(Ticket) + Send + Sync>;
 
+/// Called by the syncer just before each sync, so that a caller holding writes back
+/// (the coordinator journal's quiet appends) can write them, with the [`SyncerWriter`]
+/// it is given, in time to be covered.
+pub type BeforeSync = Box<dyn Fn(&SyncerWriter<'_>) + Send + Sync>;
+
+/// The syncer's own way to write, lent to [`BeforeSync`] (a hook holding a
+/// [`GroupCommit`] would keep the syncer alive for ever).
+pub struct SyncerWriter<'a> {
+    shared: &'a Shared,
+}
+
+impl SyncerWriter<'_> {
+    /// As [`GroupCommit::write`].
+    pub fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
+        self.shared.write(batch, sync_within)
+    }
+}
+
+/// What the syncer calls around each sync.
+#[derive(Default)]
+pub struct Hooks {
+    /// Before the sync (see [`BeforeSync`]).
+    pub before_sync: Option<BeforeSync>,
+    /// After a successful sync, before waiters hear (see [`OnSynced`]).
+    pub on_synced: Option<OnSynced>,
+}
+
 /// Handle to a store's group commit. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
     shared: Arc<Shared>,
+    /// Dropped with the last handle: the syncer then syncs what was asked for and stops
+    /// (a reader that opens a store for a moment must not leave a thread behind).
+    _open: Arc<Open>,
+}
+
+/// Tells the syncer to stop when the last [`GroupCommit`] handle is dropped.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_one();
+    }
 }
 
 struct Shared {
@@ -86,7 +126,7 @@ struct Shared {
     /// Wakes the syncer when a sync becomes due sooner than it planned.
     wake: Notify,
     failure: watch::Sender<Option<String>>,
-    on_synced: Option<OnSynced>,
+    hooks: Hooks,
 }
 
 #[derive(Default)]
@@ -105,30 +145,31 @@ struct State {
     syncs: u64,
     /// Set once a write or sync failed: every later call fails (fail-stop).
     failed: Option<String>,
+    /// Set when the last handle is gone: the syncer stops.
+    closed: bool,
 }
 
 impl GroupCommit {
     /// Starts the syncer over `kv`. In [`WriterMode::Task`] this must run inside a tokio
     /// runtime.
     pub fn start(kv: Arc<dyn Kv>, mode: WriterMode) -> Result<Self, StoreError> {
-        Self::start_with(kv, mode, None)
+        Self::start_with(kv, mode, Hooks::default())
     }
 
-    /// As [`GroupCommit::start`], calling `on_synced` after every sync.
-    pub fn start_with(
-        kv: Arc<dyn Kv>,
-        mode: WriterMode,
-        on_synced: Option<OnSynced>,
-    ) -> Result<Self, StoreError> {
+    /// As [`GroupCommit::start`], with `hooks` called around every sync.
+    pub fn start_with(kv: Arc<dyn Kv>, mode: WriterMode, hooks: Hooks) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             kv,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             failure: watch::channel(None).0,
-            on_synced,
+            hooks,
         });
         spawn_writer("lockstep-sync", mode, syncer(shared.clone()))?;
-        Ok(Self { shared })
+        Ok(Self {
+            _open: Arc::new(Open(shared.clone())),
+            shared,
+        })
     }
 
     /// Writes `batch` now, after every batch written before (its order and visibility
@@ -136,25 +177,14 @@ impl GroupCommit {
     /// must be durable (`Duration::ZERO`: sync at once); `None`: no hurry, it becomes
     /// durable with whichever sync comes next.
     pub fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
+        self.shared.write(batch, sync_within)
+    }
+
+    /// Asks for a sync within `within` without writing anything: for a caller that holds
+    /// writes back until the [`BeforeSync`] hook.
+    pub fn sync_within(&self, within: Duration) {
         let mut s = self.shared.lock();
-        if let Some(e) = &s.failed {
-            return Err(StoreError::Corrupt(e.clone()));
-        }
-        if let Err(e) = self.shared.kv.write(batch, Durability::Buffered) {
-            let message = format!("write failed: {e}");
-            self.shared.fail(&mut s, message);
-            return Err(e);
-        }
-        s.written += 1;
-        let ticket = s.written;
-        if let Some(within) = sync_within {
-            let due = Instant::now() + within;
-            if s.sync_by.is_none_or(|planned| due < planned) {
-                s.sync_by = Some(due);
-                self.shared.wake.notify_one();
-            }
-        }
-        Ok(ticket)
+        self.shared.sync_within(&mut s, within);
     }
 
     /// Resolves once the write with `ticket`, and every write before it, is durable.
@@ -215,6 +245,36 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
+        let mut s = self.lock();
+        if let Some(e) = &s.failed {
+            return Err(StoreError::Corrupt(e.clone()));
+        }
+        if let Err(e) = self.kv.write(batch, Durability::Buffered) {
+            let message = format!("write failed: {e}");
+            self.fail(&mut s, message);
+            return Err(e);
+        }
+        s.written += 1;
+        let ticket = s.written;
+        if let Some(within) = sync_within {
+            self.sync_within(&mut s, within);
+        }
+        Ok(ticket)
+    }
+
+    /// Plans a sync no later than `within` from now.
+    fn sync_within(&self, s: &mut State, within: Duration) {
+        if s.failed.is_some() {
+            return;
+        }
+        let due = Instant::now() + within;
+        if s.sync_by.is_none_or(|planned| due < planned) {
+            s.sync_by = Some(due);
+            self.wake.notify_one();
+        }
+    }
+
     fn fail(&self, s: &mut State, message: String) {
         tracing::error!("{message}; refusing further writes");
         for (_, done) in s.waiting.drain(..) {
@@ -230,11 +290,17 @@ impl Shared {
 /// write made before it started.
 async fn syncer(shared: Arc<Shared>) {
     loop {
-        let (due, failed) = {
+        let (due, failed, closed) = {
             let s = shared.lock();
-            (s.sync_by, s.failed.is_some())
+            (s.sync_by, s.failed.is_some(), s.closed)
         };
         if failed {
+            return;
+        }
+        if closed {
+            if due.is_some() {
+                sync_now(&shared);
+            }
             return;
         }
         match due {
@@ -249,8 +315,14 @@ async fn syncer(shared: Arc<Shared>) {
 }
 
 fn sync_now(shared: &Shared) {
+    if let Some(before_sync) = &shared.hooks.before_sync {
+        before_sync(&SyncerWriter { shared });
+    }
     let covered = {
         let mut s = shared.lock();
+        if s.failed.is_some() {
+            return;
+        }
         s.sync_by = None;
         s.written
     };
@@ -263,7 +335,7 @@ fn sync_now(shared: &Shared) {
     }
     s.syncs += 1;
     drop(s);
-    if let Some(on_synced) = &shared.on_synced {
+    if let Some(on_synced) = &shared.hooks.on_synced {
         on_synced(covered);
     }
     let mut s = shared.lock();
@@ -345,5 +417,27 @@ mod tests {
         assert!(t.is_err(), "a down store refuses the write");
         assert!(log.failed().await.contains("write failed"));
         assert!(log.write(put(2), None).is_err());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_syncs_what_was_asked_and_stops_the_syncer() {
+        let kv = MemKv::new();
+        let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Thread).unwrap();
+        let t = log.write(put(1), Some(Duration::from_secs(3600))).unwrap();
+        let durable = log.durable(t);
+        let syncer_state = Arc::downgrade(&log.shared);
+        drop(log);
+        tokio::time::timeout(Duration::from_secs(10), durable)
+            .await
+            .expect("synced at close, not an hour later")
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while syncer_state.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the syncer thread still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

@@ -22,7 +22,9 @@ pub mod keys;
 pub mod mem;
 pub mod rocks;
 
-pub use group::{GroupCommit, OnSynced, Ticket, WriterMode, spawn_writer};
+pub use group::{
+    BeforeSync, GroupCommit, Hooks, OnSynced, SyncerWriter, Ticket, WriterMode, spawn_writer,
+};
 pub use mem::MemKv;
 pub use rocks::{RocksKv, WalRecovery};
 
