@@ -84,6 +84,29 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Runs `count` releases of `projects`, one at a time, and returns how long each took
+/// from CreateRelease to COMMITTED.
+async fn serial_releases(
+    stack: &mut stack::Stack,
+    prefix: &str,
+    projects: &[String],
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        stack::release(
+            &mut stack.client,
+            &format!("{prefix}-{i}"),
+            projects,
+            &format!("{prefix}-{i}"),
+        )
+        .await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
 /// CPU time (user + system) this process has used.
 #[allow(unsafe_code)]
 fn cpu() -> Duration {
@@ -169,18 +192,7 @@ async fn main() -> anyhow::Result<()> {
     // Release latency, 3 no-op participants, one at a time.
     if run("latency") {
         let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-        let mut samples = Vec::new();
-        for i in 0..(500 / scale) {
-            let started = Instant::now();
-            stack::release(
-                &mut stack.client,
-                &format!("lat-{i}"),
-                &three,
-                &i.to_string(),
-            )
-            .await?;
-            samples.push(started.elapsed());
-        }
+        let mut samples = serial_releases(&mut stack, "lat", &three, 500 / scale).await?;
         let p50 = micros(percentile(&mut samples, 0.5));
         let p99 = micros(percentile(&mut samples, 0.99));
         figures.push(Figure {
@@ -252,18 +264,8 @@ async fn main() -> anyhow::Result<()> {
     let mut base = 0.0;
     for n in [3usize, 10, 30, 100].into_iter().filter(|_| run("fanout")) {
         let set: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
-        let mut samples = Vec::new();
-        for i in 0..(100 / scale) {
-            let started = Instant::now();
-            stack::release(
-                &mut stack.client,
-                &format!("fan{n}-{i}"),
-                &set,
-                &format!("f{n}-{i}"),
-            )
-            .await?;
-            samples.push(started.elapsed());
-        }
+        let mut samples =
+            serial_releases(&mut stack, &format!("fan{n}"), &set, 100 / scale).await?;
         let p50 = micros(percentile(&mut samples, 0.5));
         if n == 3 {
             base = p50;
