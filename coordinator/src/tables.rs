@@ -12,11 +12,15 @@
 //! - `quarantine`:   (environment, project, version)   → QuarantineRecord
 //! - `seen_versions`: (environment, project, version)  → revision (u64 BE) it was last
 //!   made live by: "was this version ever live here", without history in memory
+//!
+//! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
+//! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
+//! and its decoder (`decode_…`), which every read and batch builder here uses.
 
 use std::sync::Arc;
 
 use lockstep::{
-    names::{Environment, ProjectName, TxId, Version},
+    names::{Environment, FieldError, ProjectName, TxId, Version},
     pb,
 };
 use lockstep_store::{Batch, Kv, Order, StoreError, keys};
@@ -75,6 +79,124 @@ fn corrupt(table: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("table {table}: {e}"))
 }
 
+/// The `projects` key of `name` in `env`: `env \0 name`.
+pub fn project_key(env: &Environment, name: &ProjectName) -> Vec<u8> {
+    keys::parts_key(&[env.as_str(), name.as_str()])
+}
+
+/// Decodes a [`project_key`], for readers of the raw table (tools, checks).
+pub fn decode_project_key(key: &[u8]) -> Result<(Environment, ProjectName), StoreError> {
+    let [env, name] = names_of(PROJECTS, key)?;
+    Ok((
+        field(PROJECTS, Environment::parse("env", env))?,
+        field(PROJECTS, ProjectName::parse("project", name))?,
+    ))
+}
+
+/// The key of a transaction's ordinal (u64 BE): in `transactions` and `active`, and the
+/// value `tx_ids` maps an id to. Byte order is ordinal order, so scans run in creation
+/// order.
+pub fn ordinal_key(ordinal: u64) -> Vec<u8> {
+    keys::u64_key(ordinal)
+}
+
+/// Decodes an [`ordinal_key`] from its first 8 bytes (as the tables always have); `None`
+/// when it is shorter.
+pub fn decode_ordinal_key(key: &[u8]) -> Option<u64> {
+    keys::u64_of(key)
+}
+
+/// The `tx_ids` key of a transaction id: its bytes.
+pub fn tx_id_key(id: &TxId) -> Vec<u8> {
+    id.as_str().as_bytes().to_vec()
+}
+
+/// Decodes a [`tx_id_key`], for readers of the raw table.
+pub fn decode_tx_id_key(key: &[u8]) -> Result<TxId, StoreError> {
+    let text = std::str::from_utf8(key).map_err(|e| corrupt(TX_IDS, e))?;
+    field(TX_IDS, TxId::parse("id", text))
+}
+
+/// The `events` key of sequence number `seq` (u64 BE, so the log scans in order).
+pub fn event_key(seq: u64) -> Vec<u8> {
+    keys::u64_key(seq)
+}
+
+/// Decodes an [`event_key`] from its first 8 bytes; `None` when it is shorter.
+pub fn decode_event_key(key: &[u8]) -> Option<u64> {
+    keys::u64_of(key)
+}
+
+/// The `checkpoints` key of `revision` in `env`: `env \0 revision` (u64 BE), so one
+/// environment's checkpoints sort by revision, inside [`checkpoint_range`].
+pub fn checkpoint_key(env: &Environment, revision: u64) -> Vec<u8> {
+    keys::parts_u64_key(&[env.as_str()], revision)
+}
+
+/// Decodes a [`checkpoint_key`], for readers of the raw table.
+pub fn decode_checkpoint_key(key: &[u8]) -> Result<(Environment, u64), StoreError> {
+    let bad = || corrupt(CHECKPOINTS, format!("bad key {key:?}"));
+    let (parts, revision) = keys::parts_u64_of(key).ok_or_else(bad)?;
+    let [env] = parts.as_slice() else {
+        return Err(bad());
+    };
+    Ok((
+        field(CHECKPOINTS, Environment::parse("env", env))?,
+        revision,
+    ))
+}
+
+/// `[start, end)` holding exactly `env`'s checkpoint keys (never a neighbour's such as
+/// `production` for `prod`): the bounds of every checkpoint scan.
+pub fn checkpoint_range(env: &Environment) -> (Vec<u8>, Vec<u8>) {
+    let start = keys::prefix(&[env.as_str()]);
+    let end = keys::prefix_end(&start);
+    (start, end)
+}
+
+/// The `quarantine` key of `version` of `project` in `env`: `env \0 project \0 version`.
+pub fn quarantine_key(env: &Environment, project: &ProjectName, version: &Version) -> Vec<u8> {
+    keys::parts_key(&[env.as_str(), project.as_str(), version.as_str()])
+}
+
+/// Decodes a [`quarantine_key`] (what [`Tables::quarantine`] lists).
+pub fn decode_quarantine_key(key: &[u8]) -> Result<QuarantineKey, StoreError> {
+    decode_version_key(QUARANTINE, key)
+}
+
+/// The `seen_versions` key of `version` of `project` in `env`: the same layout as
+/// [`quarantine_key`], in its own table.
+pub fn seen_key(env: &Environment, project: &ProjectName, version: &Version) -> Vec<u8> {
+    keys::parts_key(&[env.as_str(), project.as_str(), version.as_str()])
+}
+
+/// Decodes a [`seen_key`], for readers of the raw table.
+pub fn decode_seen_key(key: &[u8]) -> Result<QuarantineKey, StoreError> {
+    decode_version_key(SEEN_VERSIONS, key)
+}
+
+/// Decodes an `(environment, project, version)` key of `table`.
+fn decode_version_key(table: &str, key: &[u8]) -> Result<QuarantineKey, StoreError> {
+    let [env, project, version] = names_of(table, key)?;
+    Ok((
+        field(table, Environment::parse("env", env))?,
+        field(table, ProjectName::parse("project", project))?,
+        field(table, Version::parse("version", version))?,
+    ))
+}
+
+/// Splits a key of `table` into exactly `N` names.
+fn names_of<'k, const N: usize>(table: &str, key: &'k [u8]) -> Result<[&'k str; N], StoreError> {
+    let parts = keys::parts_of(key).map_err(|e| corrupt(table, e))?;
+    <[&str; N]>::try_from(parts)
+        .map_err(|parts| corrupt(table, format!("bad key {:?}", parts.join("\0"))))
+}
+
+/// A name read from a key of `table`, or why it is not valid.
+fn field<T>(table: &str, parsed: Result<T, FieldError>) -> Result<T, StoreError> {
+    parsed.map_err(|e| corrupt(table, e))
+}
+
 impl Tables {
     /// Wraps a store that was opened with [`ALL`].
     pub fn new(kv: Arc<dyn Kv>) -> Self {
@@ -97,22 +219,22 @@ impl Tables {
 
     /// Adds a project put to `batch`.
     pub fn put_project(batch: &mut Batch, p: &ProjectRecord) {
-        let key = keys::parts_key(&[p.environment.as_str(), p.name.as_str()]);
-        batch.put(PROJECTS, key, encode(p));
+        batch.put(PROJECTS, project_key(&p.environment, &p.name), encode(p));
     }
 
     /// A transaction by id.
     pub fn transaction(&self, id: &TxId) -> Result<Option<TxRecord>, StoreError> {
-        let Some(ordinal) = self.kv.get(TX_IDS, id.as_str().as_bytes())? else {
+        let Some(ordinal) = self.kv.get(TX_IDS, &tx_id_key(id))? else {
             return Ok(None);
         };
-        let ordinal = keys::u64_of(&ordinal).ok_or_else(|| corrupt(TX_IDS, "short ordinal"))?;
+        let ordinal =
+            decode_ordinal_key(&ordinal).ok_or_else(|| corrupt(TX_IDS, "short ordinal"))?;
         self.transaction_at(ordinal)
     }
 
     fn transaction_at(&self, ordinal: u64) -> Result<Option<TxRecord>, StoreError> {
         self.kv
-            .get(TRANSACTIONS, &keys::u64_key(ordinal))?
+            .get(TRANSACTIONS, &ordinal_key(ordinal))?
             .map(|v| decode(TRANSACTIONS, &v))
             .transpose()
     }
@@ -131,7 +253,7 @@ impl Tables {
         self.kv
             .scan(
                 TRANSACTIONS,
-                &keys::u64_key(ordinal + 1),
+                &ordinal_key(ordinal + 1),
                 None,
                 Order::Ascending,
                 usize::MAX,
@@ -148,7 +270,7 @@ impl Tables {
             .kv
             .scan(ACTIVE, b"", None, Order::Ascending, usize::MAX)?
         {
-            let ordinal = keys::u64_of(&key).ok_or_else(|| corrupt(ACTIVE, "short key"))?;
+            let ordinal = decode_ordinal_key(&key).ok_or_else(|| corrupt(ACTIVE, "short key"))?;
             let tx = self.transaction_at(ordinal)?.ok_or_else(|| {
                 corrupt(ACTIVE, format!("active ordinal {ordinal} has no record"))
             })?;
@@ -162,14 +284,17 @@ impl Tables {
         let last = self
             .kv
             .scan(TRANSACTIONS, b"", None, Order::Descending, 1)?;
-        Ok(last.first().and_then(|(k, _)| keys::u64_of(k)).unwrap_or(0))
+        Ok(last
+            .first()
+            .and_then(|(k, _)| decode_ordinal_key(k))
+            .unwrap_or(0))
     }
 
     /// Adds a transaction put (and its id and active-index entries) to `batch`.
     pub fn put_transaction(batch: &mut Batch, tx: &TxRecord) {
-        let key = keys::u64_key(tx.ordinal);
+        let key = ordinal_key(tx.ordinal);
         batch.put(TRANSACTIONS, key.clone(), encode(tx));
-        batch.put(TX_IDS, tx.id.as_str().as_bytes().to_vec(), key.clone());
+        batch.put(TX_IDS, tx_id_key(&tx.id), key.clone());
         if tx.state.is_terminal() {
             batch.delete(ACTIVE, key);
         } else {
@@ -180,7 +305,7 @@ impl Tables {
     /// Events with `seq >= from`, at most `limit`, in order.
     pub fn events(&self, from: u64, limit: usize) -> Result<Vec<pb::Event>, StoreError> {
         self.kv
-            .scan(EVENTS, &keys::u64_key(from), None, Order::Ascending, limit)?
+            .scan(EVENTS, &event_key(from), None, Order::Ascending, limit)?
             .iter()
             .map(|(_, v)| pb::Event::decode(v.as_slice()).map_err(|e| corrupt(EVENTS, e)))
             .collect()
@@ -189,12 +314,15 @@ impl Tables {
     /// The highest event sequence number written (0 when none).
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let last = self.kv.scan(EVENTS, b"", None, Order::Descending, 1)?;
-        Ok(last.first().and_then(|(k, _)| keys::u64_of(k)).unwrap_or(0))
+        Ok(last
+            .first()
+            .and_then(|(k, _)| decode_event_key(k))
+            .unwrap_or(0))
     }
 
     /// Adds an event put to `batch` (its `seq` must be set).
     pub fn put_event(batch: &mut Batch, event: &pb::Event) {
-        batch.put(EVENTS, keys::u64_key(event.seq), event.encode_to_vec());
+        batch.put(EVENTS, event_key(event.seq), event.encode_to_vec());
     }
 
     /// Checkpoints of `environment`, oldest first.
@@ -202,12 +330,11 @@ impl Tables {
         &self,
         environment: &Environment,
     ) -> Result<Vec<CheckpointRecord>, StoreError> {
-        let prefix = keys::prefix(&[environment.as_str()]);
-        let end = keys::prefix_end(&prefix);
+        let (start, end) = checkpoint_range(environment);
         self.kv
             .scan(
                 CHECKPOINTS,
-                &prefix,
+                &start,
                 Some(&end),
                 Order::Ascending,
                 usize::MAX,
@@ -224,10 +351,7 @@ impl Tables {
         revision: u64,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
         self.kv
-            .get(
-                CHECKPOINTS,
-                &keys::parts_u64_key(&[environment.as_str()], revision),
-            )?
+            .get(CHECKPOINTS, &checkpoint_key(environment, revision))?
             .map(|v| decode(CHECKPOINTS, &v))
             .transpose()
     }
@@ -237,10 +361,9 @@ impl Tables {
         &self,
         environment: &Environment,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
-        let prefix = keys::prefix(&[environment.as_str()]);
-        let end = keys::prefix_end(&prefix);
+        let (start, end) = checkpoint_range(environment);
         self.kv
-            .scan(CHECKPOINTS, &prefix, Some(&end), Order::Descending, 1)?
+            .scan(CHECKPOINTS, &start, Some(&end), Order::Descending, 1)?
             .first()
             .map(|(_, v)| decode(CHECKPOINTS, v))
             .transpose()
@@ -254,12 +377,11 @@ impl Tables {
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
         const PAGE: usize = 256;
-        let prefix = keys::prefix(&[environment.as_str()]);
-        let mut end = keys::prefix_end(&prefix);
+        let (start, mut end) = checkpoint_range(environment);
         loop {
             let page = self
                 .kv
-                .scan(CHECKPOINTS, &prefix, Some(&end), Order::Descending, PAGE)?;
+                .scan(CHECKPOINTS, &start, Some(&end), Order::Descending, PAGE)?;
             for (key, value) in &page {
                 let cp: CheckpointRecord = decode(CHECKPOINTS, value)?;
                 if matches(&cp) {
@@ -280,25 +402,21 @@ impl Tables {
         project: &ProjectName,
         version: &Version,
     ) -> Result<bool, StoreError> {
-        let key = keys::parts_key(&[environment.as_str(), project.as_str(), version.as_str()]);
+        let key = seen_key(environment, project, version);
         Ok(self.kv.get(SEEN_VERSIONS, &key)?.is_some())
     }
 
     /// Records in `batch` that every version of `cp` is live as of its revision.
     pub fn put_seen(batch: &mut Batch, cp: &CheckpointRecord) {
         for (project, entry) in &cp.versions {
-            let key = keys::parts_key(&[
-                cp.environment.as_str(),
-                project.as_str(),
-                entry.version.as_str(),
-            ]);
+            let key = seen_key(&cp.environment, project, &entry.version);
             batch.put(SEEN_VERSIONS, key, keys::u64_key(cp.revision));
         }
     }
 
     /// Adds a checkpoint put to `batch`.
     pub fn put_checkpoint(batch: &mut Batch, cp: &CheckpointRecord) {
-        let key = keys::parts_u64_key(&[cp.environment.as_str()], cp.revision);
+        let key = checkpoint_key(&cp.environment, cp.revision);
         batch.put(CHECKPOINTS, key, encode(cp));
     }
 
@@ -309,17 +427,7 @@ impl Tables {
             .kv
             .scan(QUARANTINE, b"", None, Order::Ascending, usize::MAX)?
         {
-            let text = String::from_utf8(k).map_err(|e| corrupt(QUARANTINE, e))?;
-            let parts: Vec<&str> = text.split('\0').collect();
-            let [env, project, version] = parts.as_slice() else {
-                return Err(corrupt(QUARANTINE, format!("bad key {text:?}")));
-            };
-            let key = (
-                Environment::parse("env", env).map_err(|e| corrupt(QUARANTINE, e))?,
-                ProjectName::parse("project", project).map_err(|e| corrupt(QUARANTINE, e))?,
-                Version::parse("version", version).map_err(|e| corrupt(QUARANTINE, e))?,
-            );
-            out.push((key, decode(QUARANTINE, &v)?));
+            out.push((decode_quarantine_key(&k)?, decode(QUARANTINE, &v)?));
         }
         Ok(out)
     }
@@ -332,7 +440,258 @@ impl Tables {
         version: &Version,
         record: &QuarantineRecord,
     ) {
-        let key = keys::parts_key(&[env.as_str(), project.as_str(), version.as_str()]);
-        batch.put(QUARANTINE, key, encode(record));
+        batch.put(
+            QUARANTINE,
+            quarantine_key(env, project, version),
+            encode(record),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LiveEntry, TxKind};
+    use lockstep_store::{Durability, MemKv};
+
+    fn env(s: &str) -> Environment {
+        Environment::parse("env", s).unwrap()
+    }
+
+    fn project(s: &str) -> ProjectName {
+        ProjectName::parse("project", s).unwrap()
+    }
+
+    fn version(s: &str) -> Version {
+        Version::parse("version", s).unwrap()
+    }
+
+    /// Deterministic xorshift64 generator of valid names and numbers.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// A valid name of 1 to 12 characters from `extra` and the common alphabet.
+        fn name(&mut self, extra: &str) -> String {
+            let chars: Vec<char> = "abpz09AZ-_.".chars().chain(extra.chars()).collect();
+            let mut name: String = (0..1 + self.below(12))
+                .map(|_| chars[self.below(chars.len())])
+                .collect();
+            if name.starts_with('.') {
+                name.replace_range(..1, "p");
+            }
+            name
+        }
+
+        fn number(&mut self) -> u64 {
+            match self.below(3) {
+                0 => [0, 1, 255, 256, 65_535, u64::MAX][self.below(6)],
+                _ => self.next() >> self.below(64),
+            }
+        }
+    }
+
+    const ROUNDS: usize = 1000;
+
+    /// The on-disk layouts, byte for byte: these must never change.
+    #[test]
+    fn key_layouts_are_the_ones_on_disk() {
+        let (prod, web, v1) = (env("prod"), project("web"), version("v1+b.2"));
+        assert_eq!(project_key(&prod, &web), b"prod\0web");
+        assert_eq!(ordinal_key(258), [0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(tx_id_key(&TxId::parse("id", "T4").unwrap()), b"T4");
+        assert_eq!(event_key(3), [0, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(checkpoint_key(&prod, 2), b"prod\0\0\0\0\0\0\0\0\x02");
+        assert_eq!(quarantine_key(&prod, &web, &v1), b"prod\0web\0v1+b.2");
+        assert_eq!(seen_key(&prod, &web, &v1), b"prod\0web\0v1+b.2");
+        assert_eq!(
+            checkpoint_range(&prod),
+            (b"prod\0".to_vec(), b"prod\x01".to_vec())
+        );
+    }
+
+    #[test]
+    fn name_keys_round_trip_for_many_names() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..ROUNDS {
+            let (e, p) = (env(&rng.name("")), project(&rng.name("")));
+            let v = version(&rng.name("+"));
+            let id = TxId::parse("id", &rng.name("")).unwrap();
+            let triple = (e.clone(), p.clone(), v.clone());
+            assert_eq!(
+                decode_project_key(&project_key(&e, &p)).unwrap(),
+                (e.clone(), p.clone())
+            );
+            assert_eq!(
+                decode_quarantine_key(&quarantine_key(&e, &p, &v)).unwrap(),
+                triple
+            );
+            assert_eq!(decode_seen_key(&seen_key(&e, &p, &v)).unwrap(), triple);
+            assert_eq!(decode_tx_id_key(&tx_id_key(&id)).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn number_keys_round_trip_for_many_numbers() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..ROUNDS {
+            let (e, n) = (env(&rng.name("")), rng.number());
+            assert_eq!(decode_ordinal_key(&ordinal_key(n)), Some(n));
+            assert_eq!(decode_event_key(&event_key(n)), Some(n));
+            assert_eq!(
+                decode_checkpoint_key(&checkpoint_key(&e, n)).unwrap(),
+                (e, n)
+            );
+        }
+    }
+
+    /// Scans rely on it: ordinals, events and one environment's checkpoints sort by
+    /// number, and each checkpoint lies inside its environment's range.
+    #[test]
+    fn number_keys_sort_by_number() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for _ in 0..ROUNDS {
+            let (e, a, b) = (env(&rng.name("")), rng.number(), rng.number());
+            assert_eq!(ordinal_key(a).cmp(&ordinal_key(b)), a.cmp(&b));
+            assert_eq!(event_key(a).cmp(&event_key(b)), a.cmp(&b));
+            let (ka, kb) = (checkpoint_key(&e, a), checkpoint_key(&e, b));
+            assert_eq!(ka.cmp(&kb), a.cmp(&b), "{e} {a} vs {b}");
+            let (start, end) = checkpoint_range(&e);
+            assert!(start <= ka && ka < end, "{e} {a} in its range");
+        }
+    }
+
+    /// `prod`'s checkpoints never fall in `production`'s range, nor the other way round,
+    /// and so for any two environments where one name starts the other.
+    #[test]
+    fn an_environment_range_never_holds_a_neighbours_checkpoints() {
+        let inside = |of: &Environment, key: &Vec<u8>| {
+            let (start, end) = checkpoint_range(of);
+            &start <= key && key < &end
+        };
+        let mut rng = Rng(0x5eed_0000_0000_0001);
+        for _ in 0..ROUNDS {
+            let short = rng.name("");
+            let long = format!("{short}{}", rng.name(""));
+            let pairs = [("prod", "production"), (short.as_str(), long.as_str())];
+            for (a, b) in pairs.map(|(a, b)| (env(a), env(b))) {
+                let n = rng.number();
+                assert!(
+                    !inside(&a, &checkpoint_key(&b, n)),
+                    "{b} {n} in {a}'s range"
+                );
+                assert!(
+                    !inside(&b, &checkpoint_key(&a, n)),
+                    "{a} {n} in {b}'s range"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decoders_refuse_damaged_keys_naming_the_table() {
+        let corrupt_in = |r: Result<_, StoreError>, table: &str| match r {
+            Err(StoreError::Corrupt(m)) => {
+                assert!(m.starts_with(&format!("table {table}:")), "{m}")
+            }
+            other => panic!("{table}: {other:?}"),
+        };
+        corrupt_in(decode_quarantine_key(b"prod\0web").map(|_| ()), QUARANTINE);
+        corrupt_in(
+            decode_quarantine_key(b"prod\0web\0\xff").map(|_| ()),
+            QUARANTINE,
+        );
+        corrupt_in(
+            decode_seen_key(b"prod\0web\0../v1").map(|_| ()),
+            SEEN_VERSIONS,
+        );
+        corrupt_in(decode_project_key(b"prod\0web\0x").map(|_| ()), PROJECTS);
+        corrupt_in(decode_project_key(b"\0web").map(|_| ()), PROJECTS);
+        corrupt_in(decode_checkpoint_key(b"prod").map(|_| ()), CHECKPOINTS);
+        corrupt_in(
+            decode_checkpoint_key(b"a\0b\0\0\0\0\0\0\0\0\x01").map(|_| ()),
+            CHECKPOINTS,
+        );
+        corrupt_in(decode_tx_id_key(b"T 4").map(|_| ()), TX_IDS);
+        assert_eq!(decode_ordinal_key(&[0, 1]), None);
+        assert_eq!(decode_event_key(b""), None);
+    }
+
+    fn checkpoint(env_name: &str, revision: u64, live: &[(&str, &str)]) -> CheckpointRecord {
+        CheckpointRecord {
+            revision,
+            environment: env(env_name),
+            versions: live
+                .iter()
+                .map(|(p, v)| {
+                    (
+                        project(p),
+                        LiveEntry {
+                            version: version(v),
+                            schema: None,
+                        },
+                    )
+                })
+                .collect(),
+            transaction: TxId::parse("id", &format!("T{revision}")).unwrap(),
+            kind: TxKind::Release,
+            description: format!("release T{revision}"),
+            untested: false,
+            committed_ms: revision,
+        }
+    }
+
+    /// Checkpoint reads find what [`Tables::put_checkpoint`] wrote, through the same key
+    /// functions: `production`'s checkpoints stay out of `prod`'s, in revision order
+    /// past 255.
+    #[test]
+    fn checkpoint_reads_find_what_the_builder_wrote() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let mut batch = Batch::default();
+        for revision in [256, 2, 1, 255] {
+            Tables::put_checkpoint(&mut batch, &checkpoint("prod", revision, &[]));
+        }
+        Tables::put_checkpoint(&mut batch, &checkpoint("production", 300, &[]));
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let prod = env("prod");
+        let all = tables.checkpoints(&prod).unwrap();
+        let revisions: Vec<u64> = all.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [1, 2, 255, 256]);
+        let latest = tables.latest_checkpoint(&prod).unwrap();
+        assert_eq!(latest.map(|c| c.revision), Some(256));
+        assert!(tables.checkpoint(&prod, 255).unwrap().is_some());
+        assert!(tables.checkpoint(&env("production"), 2).unwrap().is_none());
+        let older = tables.newest_checkpoint_where(&prod, &mut |c| c.revision < 200);
+        assert_eq!(older.unwrap().map(|c| c.revision), Some(2));
+    }
+
+    /// [`Tables::was_live`] and [`Tables::quarantine`] find what their builders wrote.
+    #[test]
+    fn version_reads_find_what_the_builders_wrote() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let (prod, web, v1) = (env("prod"), project("web"), version("v1"));
+        let id = |s: &str| TxId::parse("id", s).unwrap();
+        let record = QuarantineRecord {
+            release: id("T1"),
+            revert: id("T2"),
+        };
+        let mut batch = Batch::default();
+        Tables::put_seen(&mut batch, &checkpoint("prod", 2, &[("web", "v1")]));
+        Tables::put_quarantine(&mut batch, &prod, &web, &v1, &record);
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        assert!(tables.was_live(&prod, &web, &v1).unwrap());
+        assert!(!tables.was_live(&env("production"), &web, &v1).unwrap());
+        let quarantined = tables.quarantine().unwrap();
+        assert_eq!(quarantined, [((prod, web, v1), record)]);
     }
 }

@@ -146,29 +146,84 @@ impl Kv for MemKv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance;
+    use crate::conformance::{self, Subject, TABLES};
+
+    /// The suite's view of a [`MemKv`]: a crash is [`MemKv::crash`] then
+    /// [`MemKv::restart`] on the same handle.
+    struct MemSubject(Arc<MemKv>);
+
+    impl Subject for MemSubject {
+        fn store(&self) -> Arc<dyn Kv> {
+            self.0.clone()
+        }
+
+        fn crash_and_reopen(&mut self) -> Arc<dyn Kv> {
+            self.0.crash();
+            self.0.restart();
+            self.store()
+        }
+    }
+
+    fn put(kv: &dyn Kv, table: &'static str, key: &str, d: Durability) {
+        let mut b = Batch::default();
+        b.put(table, key.as_bytes().to_vec(), b"v".to_vec());
+        kv.write(b, d).unwrap();
+    }
 
     #[test]
     fn memory_store_passes_the_conformance_suite() {
-        conformance::run_all(&MemKv::new(), "t1", "t2");
+        conformance::run_all(&mut MemSubject(Arc::new(MemKv::new())));
     }
 
     #[test]
     fn a_crash_keeps_synced_writes_and_drops_later_buffered_ones() {
         let kv = MemKv::new();
-        let put = |k: &str, d| {
-            let mut b = Batch::default();
-            b.put("t", k.as_bytes().to_vec(), b"v".to_vec());
-            kv.write(b, d).unwrap();
-        };
-        put("buffered-before-sync", Durability::Buffered);
-        put("synced", Durability::Sync);
-        put("buffered-after-sync", Durability::Buffered);
+        put(&kv, "t", "buffered-before-sync", Durability::Buffered);
+        put(&kv, "t", "synced", Durability::Sync);
+        put(&kv, "t", "buffered-after-sync", Durability::Buffered);
         kv.crash();
         assert!(matches!(kv.get("t", b"synced"), Err(StoreError::Down)));
         kv.restart();
         assert!(kv.get("t", b"buffered-before-sync").unwrap().is_some());
         assert!(kv.get("t", b"synced").unwrap().is_some());
         assert!(kv.get("t", b"buffered-after-sync").unwrap().is_none());
+    }
+
+    /// A power loss drops every buffered write after the last sync, whole batches across
+    /// tables included, and deletes come undone: what is left is the synced state.
+    #[test]
+    fn buffered_writes_after_the_last_sync_vanish_on_crash() {
+        let mut subject = MemSubject(Arc::new(MemKv::new()));
+        let kv = subject.store();
+        let [t1, t2] = TABLES;
+        put(&*kv, t1, "kept", Durability::Buffered);
+        kv.sync().unwrap();
+        let mut b = Batch::default();
+        b.put(t1, b"lost".to_vec(), b"v".to_vec());
+        b.put(t2, b"lost".to_vec(), b"v".to_vec());
+        b.delete(t1, b"kept".to_vec());
+        kv.write(b, Durability::Buffered).unwrap();
+        put(&*kv, t2, "also-lost", Durability::Buffered);
+        drop(kv);
+        let kv = subject.crash_and_reopen();
+        assert!(
+            kv.get(t1, b"kept").unwrap().is_some(),
+            "a buffered delete is undone"
+        );
+        assert_eq!(kv.get(t1, b"lost").unwrap(), None);
+        assert_eq!(kv.get(t2, b"lost").unwrap(), None);
+        assert_eq!(kv.get(t2, b"also-lost").unwrap(), None);
+    }
+
+    #[test]
+    fn every_call_fails_while_down() {
+        let kv = MemKv::new();
+        kv.crash();
+        assert!(matches!(kv.get("t", b"k"), Err(StoreError::Down)));
+        let scan = kv.scan("t", b"", None, Order::Ascending, 1);
+        assert!(matches!(scan, Err(StoreError::Down)));
+        let write = kv.write(Batch::default(), Durability::Sync);
+        assert!(matches!(write, Err(StoreError::Down)));
+        assert!(matches!(kv.sync(), Err(StoreError::Down)));
     }
 }

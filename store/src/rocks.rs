@@ -221,15 +221,54 @@ impl Kv for RocksKv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance;
+    use crate::conformance::{self, Subject};
 
-    const TABLES: &[&str] = &["t1", "t2"];
+    const TABLES: &[&str] = &conformance::TABLES;
+
+    /// The suite's view of RocksDB: a crash drops the only handle, closing the database,
+    /// and opens the same directory again.
+    struct RocksSubject {
+        dir: tempfile::TempDir,
+        kv: Option<Arc<RocksKv>>,
+    }
+
+    impl RocksSubject {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = RocksKv::open(dir.path(), TABLES).unwrap();
+            Self {
+                dir,
+                kv: Some(Arc::new(kv)),
+            }
+        }
+    }
+
+    impl Subject for RocksSubject {
+        fn store(&self) -> Arc<dyn Kv> {
+            self.kv.clone().expect("the store is open")
+        }
+
+        fn crash_and_reopen(&mut self) -> Arc<dyn Kv> {
+            let kv = self.kv.take().expect("the store is open");
+            // RocksDB allows one open per directory: the old handle must be the last.
+            let Ok(kv) = Arc::try_unwrap(kv) else {
+                panic!("the suite still holds a handle on the store it crashes");
+            };
+            assert_eq!(
+                Arc::strong_count(&kv.db),
+                1,
+                "a clone of the store is alive"
+            );
+            drop(kv);
+            let kv = RocksKv::open(self.dir.path(), TABLES).unwrap();
+            self.kv = Some(Arc::new(kv));
+            self.store()
+        }
+    }
 
     #[test]
     fn rocksdb_passes_the_conformance_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = RocksKv::open(dir.path(), TABLES).unwrap();
-        conformance::run_all(&kv, "t1", "t2");
+        conformance::run_all(&mut RocksSubject::new());
     }
 
     #[test]
@@ -243,6 +282,49 @@ mod tests {
         }
         let kv = RocksKv::open(dir.path(), TABLES).unwrap();
         assert_eq!(kv.get("t1", b"decision").unwrap(), Some(b"commit".to_vec()));
+    }
+
+    /// Where [`a_buffered_write_survives_a_process_crash`]'s child writes.
+    const CHILD_DIR: &str = "LOCKSTEP_STORE_CRASH_CHILD_DIR";
+
+    /// The signal `std::process::abort` ends a process with (Linux and macOS alike; the
+    /// store crate does not depend on libc for one number).
+    #[cfg(unix)]
+    const SIGABRT: i32 = 6;
+
+    /// The child process: one buffered write, then an abort (no destructors, no close).
+    #[test]
+    #[ignore = "run as a child process by a_buffered_write_survives_a_process_crash"]
+    fn buffered_write_then_abort() {
+        let dir = std::env::var_os(CHILD_DIR).expect("run by the parent test");
+        let kv = RocksKv::open(Path::new(&dir), TABLES).unwrap();
+        let mut b = Batch::default();
+        b.put("t1", b"buffered".to_vec(), b"v".to_vec());
+        kv.write(b, Durability::Buffered).unwrap();
+        std::process::abort();
+    }
+
+    /// `Buffered` promises to survive a process crash (the OS has the log): a real one,
+    /// not a drop, since a drop closes the database cleanly.
+    #[cfg(unix)]
+    #[test]
+    fn a_buffered_write_survives_a_process_crash() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "rocks::tests::buffered_write_then_abort",
+                "--ignored",
+            ])
+            .args(["--test-threads=1", "--quiet"])
+            .env(CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(SIGABRT), "child {status}");
+        let kv = RocksKv::open(dir.path(), TABLES).unwrap();
+        assert_eq!(kv.get("t1", b"buffered").unwrap(), Some(b"v".to_vec()));
     }
 
     #[test]
