@@ -14,6 +14,9 @@
 //! - [`crash`]: crash points the crash tests use to stop a server between two steps.
 //! - [`limits`]: the sizes every server enforces.
 //! - [`edge`]: reflection, health and size limits every Lockstep server shares.
+//! - [`orders`]: the participant protocol's messages as domain types (Prepare, Commit,
+//!   Abort orders, votes, decisions) with their wire conversions both ways.
+//! - [`retry`]: which failures are worth retrying, and the one backoff schedule.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -22,6 +25,8 @@ pub mod crash;
 pub mod edge;
 pub mod limits;
 pub mod names;
+pub mod orders;
+pub mod retry;
 pub mod wire;
 
 /// Generated `lockstep.v1` messages, clients and servers.

@@ -44,10 +44,9 @@ impl Failure {
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
         let code = match s.code() {
+            // A request the coordinator calls malformed (or too large) is a usage error.
             Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => USAGE,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
-                UNREACHABLE
-            }
+            code if lockstep::retry::is_transient(code) => UNREACHABLE,
             _ => REFUSED,
         };
         Self {
@@ -91,8 +90,6 @@ async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
 }
 
 async fn run(args: Args) -> Result<u8> {
-    let out = args.output;
-    let env = args.environment.clone();
     // Usage errors first (exit 2), whether or not the coordinator is up.
     if let Command::Release(ReleaseCommand::Create {
         components,
@@ -104,94 +101,29 @@ async fn run(args: Args) -> Result<u8> {
         args::components(components, artifacts, metadata)?;
     }
     let mut client = connect(&args.coordinator).await?;
+    let ctx = Context {
+        url: args.coordinator.clone(),
+        env: args.environment.clone(),
+        out: args.output,
+    };
     match args.command {
-        Command::Project(ProjectCommand::Add {
-            name,
-            endpoint,
-            requires,
-        }) => {
-            let r = client
-                .register_project(pb::RegisterProjectRequest {
-                    name,
-                    environment: env,
-                    endpoint,
-                    requires,
-                })
-                .await?
-                .into_inner();
-            render::project_registered(out, &r);
-        }
-        Command::Project(ProjectCommand::List) => {
-            let r = client
-                .list_projects(pb::ListProjectsRequest { environment: env })
-                .await?
-                .into_inner();
-            render::projects(out, &r);
-        }
-        Command::Release(ReleaseCommand::Create {
-            id,
-            components,
-            artifacts,
-            metadata,
-            force,
-            allow_quarantined,
-            wait,
-        }) => {
-            let components = args::components(&components, &artifacts, &metadata)?;
-            let request = pb::CreateReleaseRequest {
-                id,
-                environment: env,
-                components,
-                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
-                dry_run: wait.dry_run,
-                force,
-                allow_quarantined,
-            };
-            let created = client.create_release(request).await?.into_inner();
-            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
-        }
-        Command::Release(ReleaseCommand::Get { id }) => {
-            let t = client
-                .get_release(pb::GetReleaseRequest { id })
-                .await?
-                .into_inner();
-            render::transaction(out, &t);
-            return Ok(outcome_code(&t));
-        }
-        Command::Release(ReleaseCommand::List { limit, active }) => {
-            let r = client
-                .list_releases(pb::ListReleasesRequest {
-                    environment: String::new(),
-                    limit,
-                    active_only: active,
-                })
-                .await?
-                .into_inner();
-            render::transactions(out, &r);
-        }
-        Command::Release(ReleaseCommand::Watch { id, from }) => {
-            wait::watch(&args.coordinator, out, id.unwrap_or_default(), from).await?;
-        }
-        Command::Release(ReleaseCommand::Abort { id, reason }) => {
-            let t = client
-                .abort_release(pb::AbortReleaseRequest { id, reason })
-                .await?
-                .into_inner();
-            render::transaction(out, &t);
-        }
+        Command::Project(c) => project(&mut client, &ctx, c).await,
+        Command::Release(c) => release(&mut client, &ctx, c).await,
         Command::Live => {
-            let live = client
-                .get_live_state(pb::GetLiveStateRequest { environment: env })
-                .await?
-                .into_inner();
-            render::live(out, &live);
+            let request = pb::GetLiveStateRequest {
+                environment: ctx.env,
+            };
+            let live = client.get_live_state(request).await?.into_inner();
+            render::live(ctx.out, &live);
+            Ok(OK)
         }
         Command::History => {
-            let h = client
-                .get_history(pb::GetHistoryRequest { environment: env })
-                .await?
-                .into_inner();
-            render::history(out, &h);
+            let request = pb::GetHistoryRequest {
+                environment: ctx.env,
+            };
+            let h = client.get_history(request).await?.into_inner();
+            render::history(ctx.out, &h);
+            Ok(OK)
         }
         Command::Revert {
             release,
@@ -202,27 +134,122 @@ async fn run(args: Args) -> Result<u8> {
             let request = pb::RevertReleaseRequest {
                 release_id: release,
                 id: id.unwrap_or_default(),
-                environment: env,
+                environment: ctx.env.clone(),
                 cascade,
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
             };
             let created = client.revert_release(request).await?.into_inner();
-            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
+            finish_create(&mut client, &ctx.url, ctx.out, created, &wait).await
         }
         Command::Rollback { revision, id, wait } => {
             let request = pb::RollbackRequest {
                 revision: revision.unwrap_or(0),
                 id: id.unwrap_or_default(),
-                environment: env,
+                environment: ctx.env.clone(),
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
             };
             let created = client.rollback(request).await?.into_inner();
-            return finish_create(&mut client, &args.coordinator, out, created, &wait).await;
+            finish_create(&mut client, &ctx.url, ctx.out, created, &wait).await
+        }
+    }
+}
+
+/// What every command needs besides its own arguments.
+struct Context {
+    url: String,
+    env: String,
+    out: Output,
+}
+
+async fn project(
+    client: &mut CoordinatorClient<Channel>,
+    ctx: &Context,
+    c: ProjectCommand,
+) -> Result<u8> {
+    match c {
+        ProjectCommand::Add {
+            name,
+            endpoint,
+            requires,
+        } => {
+            let request = pb::RegisterProjectRequest {
+                name,
+                environment: ctx.env.clone(),
+                endpoint,
+                requires,
+            };
+            let r = client.register_project(request).await?.into_inner();
+            render::project_registered(ctx.out, &r);
+        }
+        ProjectCommand::List => {
+            let request = pb::ListProjectsRequest {
+                environment: ctx.env.clone(),
+            };
+            let r = client.list_projects(request).await?.into_inner();
+            render::projects(ctx.out, &r);
         }
     }
     Ok(OK)
+}
+
+async fn release(
+    client: &mut CoordinatorClient<Channel>,
+    ctx: &Context,
+    c: ReleaseCommand,
+) -> Result<u8> {
+    match c {
+        ReleaseCommand::Create {
+            id,
+            components,
+            artifacts,
+            metadata,
+            force,
+            allow_quarantined,
+            wait,
+        } => {
+            let request = pb::CreateReleaseRequest {
+                id,
+                environment: ctx.env.clone(),
+                components: args::components(&components, &artifacts, &metadata)?,
+                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
+                dry_run: wait.dry_run,
+                force,
+                allow_quarantined,
+            };
+            let created = client.create_release(request).await?.into_inner();
+            finish_create(client, &ctx.url, ctx.out, created, &wait).await
+        }
+        ReleaseCommand::Get { id } => {
+            let t = client
+                .get_release(pb::GetReleaseRequest { id })
+                .await?
+                .into_inner();
+            render::transaction(ctx.out, &t);
+            Ok(outcome_code(&t))
+        }
+        ReleaseCommand::List { limit, active } => {
+            let request = pb::ListReleasesRequest {
+                environment: String::new(),
+                limit,
+                active_only: active,
+            };
+            let r = client.list_releases(request).await?.into_inner();
+            render::transactions(ctx.out, &r);
+            Ok(OK)
+        }
+        ReleaseCommand::Watch { id, from } => {
+            wait::watch(&ctx.url, ctx.out, id.unwrap_or_default(), from).await?;
+            Ok(OK)
+        }
+        ReleaseCommand::Abort { id, reason } => {
+            let request = pb::AbortReleaseRequest { id, reason };
+            let t = client.abort_release(request).await?.into_inner();
+            render::transaction(ctx.out, &t);
+            Ok(OK)
+        }
+    }
 }
 
 /// Shows what a create call returned and, with --wait, follows it to its outcome.

@@ -10,10 +10,9 @@ use lockstep::{
 };
 
 use crate::{
-    coordinator::CreateSpec,
     model::{
-        Action, CheckpointRecord, ComponentSpec, Participant, ProjectRecord, Request, Schema,
-        TxKind, TxRecord, TxState, Vote,
+        Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord, Request,
+        Schema, TxKind, TxRecord, TxState, Vote,
     },
     network,
     planner::Plan,
@@ -51,27 +50,32 @@ pub fn project(r: pb::RegisterProjectRequest) -> Result<ProjectRecord, FieldErro
 
 /// Validates CreateRelease.
 pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
-    let id = optional_id("id", &r.id)?;
-    let environment = Environment::parse_or_default("environment", &r.environment)?;
-    if r.components.is_empty() {
+    Ok(CreateSpec {
+        id: optional_id("id", &r.id)?,
+        id_hint: None,
+        environment: Environment::parse_or_default("environment", &r.environment)?,
+        request: Request::Release {
+            components: components(r.components)?,
+            force: r.force,
+            allow_quarantined: r.allow_quarantined,
+        },
+        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
+        dry_run: r.dry_run,
+    })
+}
+
+/// A release's components, each valid, one per project, sorted by project.
+fn components(wire: Vec<pb::Component>) -> Result<Vec<ComponentSpec>, FieldError> {
+    if wire.is_empty() {
         return Err(FieldError::new(
             "components",
             "must name at least one project",
         ));
     }
-    if r.components.len() > limits::MAX_COMPONENTS {
-        return Err(FieldError::new(
-            "components",
-            format!(
-                "has {} entries, the limit is {}",
-                r.components.len(),
-                limits::MAX_COMPONENTS
-            ),
-        ));
-    }
+    bounded("components", wire.len(), limits::MAX_COMPONENTS)?;
     let mut seen = BTreeSet::new();
     let mut components = Vec::new();
-    for (i, c) in r.components.into_iter().enumerate() {
+    for (i, c) in wire.into_iter().enumerate() {
         let project = ProjectName::parse(&format!("components[{i}].project"), &c.project)?;
         if !seen.insert(project.clone()) {
             return Err(FieldError::new(
@@ -79,54 +83,50 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
                 format!("project {project} appears twice; a release has one version per project"),
             ));
         }
-        let version = Version::parse(&format!("components[{i}].version"), &c.version)?;
-        text(
-            &format!("components[{i}].artifact"),
-            &c.artifact,
-            limits::MAX_METADATA_VALUE_LEN,
-        )?;
-        if c.metadata.len() > limits::MAX_METADATA_ENTRIES {
-            return Err(FieldError::new(
-                format!("components[{i}].metadata"),
-                format!(
-                    "has {} entries, the limit is {}",
-                    c.metadata.len(),
-                    limits::MAX_METADATA_ENTRIES
-                ),
-            ));
-        }
-        for (k, v) in &c.metadata {
-            text(
-                &format!("components[{i}].metadata[{k:?}]"),
-                k,
-                limits::MAX_METADATA_VALUE_LEN,
-            )?;
-            text(
-                &format!("components[{i}].metadata[{k:?}]"),
-                v,
-                limits::MAX_METADATA_VALUE_LEN,
-            )?;
-        }
-        components.push(ComponentSpec {
-            project,
-            version,
-            artifact: c.artifact,
-            metadata: c.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-        });
+        components.push(component(i, project, c)?);
     }
     components.sort_by(|a, b| a.project.cmp(&b.project));
-    Ok(CreateSpec {
-        id,
-        id_hint: None,
-        environment,
-        request: Request::Release {
-            components,
-            force: r.force,
-            allow_quarantined: r.allow_quarantined,
-        },
-        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
-        dry_run: r.dry_run,
+    Ok(components)
+}
+
+fn component(
+    i: usize,
+    project: ProjectName,
+    c: pb::Component,
+) -> Result<ComponentSpec, FieldError> {
+    let field = |name: &str| format!("components[{i}].{name}");
+    let version = Version::parse(&field("version"), &c.version)?;
+    text(
+        &field("artifact"),
+        &c.artifact,
+        limits::MAX_METADATA_VALUE_LEN,
+    )?;
+    bounded(
+        &field("metadata"),
+        c.metadata.len(),
+        limits::MAX_METADATA_ENTRIES,
+    )?;
+    for (k, v) in &c.metadata {
+        let name = field(&format!("metadata[{k:?}]"));
+        text(&name, k, limits::MAX_METADATA_VALUE_LEN)?;
+        text(&name, v, limits::MAX_METADATA_VALUE_LEN)?;
+    }
+    Ok(ComponentSpec {
+        project,
+        version,
+        artifact: c.artifact,
+        metadata: c.metadata.into_iter().collect::<BTreeMap<_, _>>(),
     })
+}
+
+fn bounded(field: &str, len: usize, limit: usize) -> Result<(), FieldError> {
+    if len > limit {
+        return Err(FieldError::new(
+            field,
+            format!("has {len} entries, the limit is {limit}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates RevertRelease.
@@ -197,43 +197,6 @@ fn prepare_timeout(
     Ok(Some(d))
 }
 
-// ----- messages to participants -----
-
-/// Prepare for one participant.
-pub fn prepare_request(tx: &TxRecord, p: &Participant) -> pb::PrepareRequest {
-    pb::PrepareRequest {
-        transaction_id: tx.id.to_string(),
-        environment: tx.environment.to_string(),
-        project: p.project.to_string(),
-        version: p.to_version.to_string(),
-        from_version: p
-            .from_version
-            .as_ref()
-            .map(|v| v.to_string())
-            .unwrap_or_default(),
-        artifact: p.artifact.clone(),
-        metadata: p.metadata.clone().into_iter().collect(),
-        action: action(p.action) as i32,
-    }
-}
-
-/// Commit for one participant.
-pub fn commit_request(tx: &TxRecord, p: &Participant) -> pb::CommitRequest {
-    pb::CommitRequest {
-        transaction_id: tx.id.to_string(),
-        project: p.project.to_string(),
-    }
-}
-
-/// Abort for one participant.
-pub fn abort_request(tx: &TxRecord, p: &Participant) -> pb::AbortRequest {
-    pb::AbortRequest {
-        transaction_id: tx.id.to_string(),
-        project: p.project.to_string(),
-        reason: tx.reason.clone(),
-    }
-}
-
 // ----- records to messages -----
 
 /// Lifecycle state on the wire.
@@ -260,11 +223,7 @@ pub fn vote(v: Vote) -> pb::Vote {
 
 /// Action on the wire.
 pub fn action(a: Action) -> pb::Action {
-    match a {
-        Action::Upgrade => pb::Action::Upgrade,
-        Action::Downgrade => pb::Action::Downgrade,
-        Action::Unchanged => pb::Action::Unchanged,
-    }
+    pb::Action::from(a)
 }
 
 fn kind(k: TxKind) -> pb::TransactionKind {
@@ -276,10 +235,7 @@ fn kind(k: TxKind) -> pb::TransactionKind {
 }
 
 fn schema(s: &Option<Schema>) -> Option<pb::SchemaVersion> {
-    s.as_ref().map(|s| pb::SchemaVersion {
-        version: s.version,
-        name: s.name.clone(),
-    })
+    s.as_ref().map(pb::SchemaVersion::from)
 }
 
 fn waves(w: &[Vec<ProjectName>]) -> Vec<pb::CommitWave> {

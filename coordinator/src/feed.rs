@@ -13,9 +13,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use lockstep::pb;
+use lockstep::{names::TxId, pb};
 use lockstep_store::StoreError;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::tables::Tables;
 
@@ -172,6 +173,129 @@ impl Feed {
     /// The newest durable sequence number, updated as events are published.
     pub fn latest(&self) -> watch::Receiver<u64> {
         self.inner.latest.subscribe()
+    }
+}
+
+/// What a watcher wants to see.
+#[derive(Debug, Clone, Default)]
+pub struct WatchFilter {
+    /// Only this transaction's events.
+    pub transaction: Option<TxId>,
+    /// End the stream after the transaction's terminal event.
+    pub until_terminal: bool,
+    /// Only terminal events.
+    pub only_terminal: bool,
+}
+
+impl WatchFilter {
+    fn keeps(&self, e: &pb::Event) -> bool {
+        let ours = self.transaction.as_ref();
+        ours.is_none_or(|id| e.transaction_id == id.as_str())
+            && (!self.only_terminal || is_terminal(e))
+    }
+}
+
+/// Events are terminal for a transaction when it reached COMMITTED or ABORTED.
+pub fn is_terminal(e: &pb::Event) -> bool {
+    e.kind == pb::EventKind::TransactionCommitted as i32
+        || e.kind == pb::EventKind::TransactionAborted as i32
+}
+
+/// A stream of events for one watcher.
+pub type Watch = ReceiverStream<Result<pb::Event, StoreError>>;
+
+/// Whether a transaction has not ended yet (asked by watchers on each wake-up).
+pub type Unfinished = Box<dyn Fn(&TxId) -> bool + Send + Sync>;
+
+impl Feed {
+    /// Durable events with `seq >= from` that `filter` keeps, in order, then new ones as
+    /// they become durable. A watcher of one transaction subscribes to it before its
+    /// first read, so nothing published in between is missed, and wakes only for its
+    /// events. The stream ends when the client goes away, or after the terminal event
+    /// when `until_terminal` (at once when the transaction ended before `from`:
+    /// `unfinished` says whether it still runs).
+    pub fn watch(&self, filter: WatchFilter, from: u64, unfinished: Unfinished) -> Watch {
+        let (sender, receiver) = mpsc::channel(256);
+        let watcher = Watcher {
+            feed: self.clone(),
+            subscription: filter
+                .transaction
+                .as_ref()
+                .map(|id| self.latest_of(id.as_str())),
+            everything: self.latest(),
+            filter,
+            next: from.max(1),
+            unfinished,
+            sender,
+        };
+        tokio::spawn(watcher.run());
+        ReceiverStream::new(receiver)
+    }
+}
+
+/// One watcher's task.
+struct Watcher {
+    feed: Feed,
+    filter: WatchFilter,
+    next: u64,
+    subscription: Option<TxSubscription>,
+    everything: watch::Receiver<u64>,
+    unfinished: Unfinished,
+    sender: mpsc::Sender<Result<pb::Event, StoreError>>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        loop {
+            // Checked before the read: a terminal record means its events are all
+            // published, so a read after it that finds nothing more means there is
+            // nothing more. (It existed when the watch began, so not unfinished means
+            // ended.)
+            let ended = match (&self.filter.transaction, self.filter.until_terminal) {
+                (Some(id), true) => !(self.unfinished)(id),
+                _ => false,
+            };
+            let filter = &self.filter;
+            let (events, scanned_to) =
+                match self.feed.read_matching(self.next, 512, |e| filter.keeps(e)) {
+                    Ok(read) => read,
+                    Err(e) => return drop(self.sender.send(Err(e)).await),
+                };
+            let caught_up = scanned_to == self.next;
+            if caught_up && (ended || !self.wait_for_more().await) {
+                return;
+            }
+            self.next = scanned_to;
+            if !self.send_all(events).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits until something new may be there; false when the client went away.
+    async fn wait_for_more(&mut self) -> bool {
+        let latest = match &mut self.subscription {
+            Some(s) => &mut s.latest,
+            None => &mut self.everything,
+        };
+        if *latest.borrow_and_update() >= self.next {
+            return true;
+        }
+        tokio::select! {
+            changed = latest.changed() => changed.is_ok(),
+            _ = self.sender.closed() => false,
+        }
+    }
+
+    /// Sends events; false when the stream is over (client gone, or terminal reached).
+    async fn send_all(&mut self, events: Vec<pb::Event>) -> bool {
+        for event in events {
+            let last = self.filter.until_terminal && is_terminal(&event);
+            if self.sender.send(Ok(event)).await.is_err() || last {
+                return false;
+            }
+        }
+        true
     }
 }
 

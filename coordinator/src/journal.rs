@@ -227,7 +227,7 @@ impl Journal {
         mut batch: Batch,
         mut events: Vec<pb::Event>,
         durable: Durable,
-    ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + 'static {
+    ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + use<> {
         let written = {
             let mut n = Numbering::lock(&self.inner.numbering);
             let seq = n.number(&mut batch, &mut events, (self.inner.clock)());

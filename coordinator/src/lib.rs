@@ -3,39 +3,45 @@
 //! write-ahead log so that every transaction is finished or undone after a crash.
 //!
 //! # Layout
-//! - [`protocol`]: two-phase commit of one transaction, top to bottom (the state machine).
-//! - [`coordinator`]: the state owner: projects, unfinished transactions, checkpoints;
-//!   what handlers and drivers call.
+//! - [`txn`]: two-phase commit of one transaction as a pure state machine: inputs in,
+//!   effects out. Every protocol transition is there.
+//! - [`driver`]: the thin task per transaction that feeds the machine and carries out
+//!   its effects through [`ports`]: the participant network and the journal.
+//! - [`coordinator`]: the façade the gRPC edge calls.
+//! - [`registry`]: the state owner (projects, unfinished transactions, checkpoints,
+//!   quarantine): admission, the journal port, reads.
 //! - [`planner`]: requests → plans (targets, actions, waves, release rules); pure.
 //!   [`preview`]: what each participant says it would do, for dry runs.
 //! - [`queue`]: per-project FIFO so transactions sharing a project never interleave.
-//! - [`journal`]: the write-ahead log's single writer with group commit;
+//! - [`journal`]: the write-ahead log's front door with group commit;
 //!   [`feed`]: durable events for watchers.
 //! - [`tables`]: table names, key layouts, encodings over [`lockstep_store::Kv`].
-//! - [`recovery`]: presumed abort and phase 2 resumption at start-up.
-//! - [`network`]: how participants are reached (TCP, or a simulated network).
+//! - [`recovery`]: what a restart does to every unfinished transaction.
+//! - [`network`]: the participant network over gRPC (TCP, or a simulated network).
 //! - [`service`] / [`convert`]: the gRPC edge and wire conversions; [`server`] assembles
 //!   it with reflection and health.
-//! - [`model`], [`error`], [`retry`], [`crash`]: records, errors, backoff, crash points.
+//! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod convert;
 pub mod coordinator;
 pub mod crash;
+pub mod driver;
 pub mod error;
 pub mod feed;
 pub mod journal;
 pub mod model;
 pub mod network;
 pub mod planner;
+pub mod ports;
 pub mod preview;
-pub mod protocol;
 pub mod queue;
 pub mod recovery;
-pub mod retry;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod tables;
+pub mod txn;
 
 pub use coordinator::{Config, Coordinator};

@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use lockstep::names::{Environment, ProjectName, TxId, Version};
+use lockstep::orders::PrepareOrder;
+pub use lockstep::orders::{Action, Schema};
 use serde::{Deserialize, Serialize};
 
 /// A registered project in one environment.
@@ -68,26 +72,6 @@ pub enum Vote {
     Refused,
     /// No answer before the deadline.
     NoAnswer,
-}
-
-/// What a transaction does to one project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    /// A version never live on this project.
-    Upgrade,
-    /// A version live on this project before.
-    Downgrade,
-    /// The live version (the project takes part for its family).
-    Unchanged,
-}
-
-/// A schema position as a participant reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Schema {
-    /// Newest applied migration version.
-    pub version: i64,
-    /// Its name.
-    pub name: String,
 }
 
 /// One project's part in a transaction and its progress.
@@ -223,6 +207,23 @@ pub struct TxRecord {
     pub prepare_sent: bool,
 }
 
+impl Participant {
+    /// The Prepare order for this part of transaction `tx` (also what a dry run's
+    /// Preview is asked about).
+    pub fn prepare_order(&self, tx: &TxId, environment: &Environment) -> PrepareOrder {
+        PrepareOrder {
+            tx: tx.clone(),
+            environment: environment.clone(),
+            project: self.project.clone(),
+            version: self.to_version.clone(),
+            from_version: self.from_version.clone(),
+            artifact: self.artifact.clone(),
+            metadata: self.metadata.clone(),
+            action: Some(self.action),
+        }
+    }
+}
+
 impl TxRecord {
     /// The participant record of `project`.
     pub fn participant(&self, project: &ProjectName) -> Option<&Participant> {
@@ -278,4 +279,22 @@ pub struct QuarantineRecord {
     pub release: TxId,
     /// The revert that pulled it.
     pub revert: TxId,
+}
+
+/// What a create call asks for, validated (by `convert` from a release, revert or
+/// rollback request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSpec {
+    /// Client-chosen id (idempotency key), if any.
+    pub id: Option<TxId>,
+    /// Id to derive a fresh one from when `id` is None (e.g. `revert-T4`).
+    pub id_hint: Option<String>,
+    /// Environment.
+    pub environment: Environment,
+    /// What to do.
+    pub request: Request,
+    /// Phase 1 deadline (None: default).
+    pub prepare_timeout: Option<Duration>,
+    /// Plan only.
+    pub dry_run: bool,
 }

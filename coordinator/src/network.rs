@@ -1,14 +1,27 @@
-//! How the coordinator reaches participants. The protocol asks a [`ParticipantNet`] for
-//! a client per endpoint; production connects over TCP with tonic, and simulation plugs
-//! in a connector over its simulated network, so the protocol code is the same in both.
+//! How the coordinator reaches participants: [`GrpcParticipants`] is the gRPC
+//! implementation of the participant network port ([`crate::ports::Participants`]).
+//! Tonic's statuses are classified here, once, into the protocol's transient and final
+//! failures; nothing above this module sees a status code.
+//!
+//! Underneath, a [`ParticipantNet`] gives a client per endpoint: production connects over
+//! TCP ([`TcpNet`]), and simulation plugs in a connector over its simulated network, so
+//! the protocol and its gRPC edge are the same in both.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use lockstep::pb::participant_client::ParticipantClient;
+use lockstep::{
+    orders::{AbortOrder, CommitOrder, PrepareOrder, Schema, VoteAnswer},
+    pb::{self, participant_client::ParticipantClient},
+    retry::Failure,
+};
+use tokio::sync::Semaphore;
 use tonic::transport::Channel;
+
+use crate::ports::{Participants, Pending, Preview};
 
 /// Gives a client for a participant endpoint.
 pub trait ParticipantNet: Send + Sync + 'static {
@@ -57,4 +70,124 @@ pub fn validate_endpoint(field: &str, endpoint: &str) -> Result<(), lockstep::na
         return Err(FieldError::new(field, format!("{endpoint:?} has no host")));
     }
     Ok(())
+}
+
+/// Most calls to participants in flight at once: after a restart thousands of drivers
+/// resume at once, and unbounded they would allocate buffers for all their calls.
+const MAX_CALLS_IN_FLIGHT: usize = 256;
+
+/// How long a dry run waits for each participant's preview.
+const PREVIEW_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The participant network over gRPC.
+#[derive(Clone)]
+pub struct GrpcParticipants {
+    net: Arc<dyn ParticipantNet>,
+    calls: Arc<Semaphore>,
+    delivery_timeout: Duration,
+}
+
+impl GrpcParticipants {
+    /// Calls through `net`; a Commit or Abort without an answer within
+    /// `delivery_timeout` is a transient failure (retried).
+    pub fn new(net: Arc<dyn ParticipantNet>, delivery_timeout: Duration) -> Self {
+        Self {
+            net,
+            calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            delivery_timeout,
+        }
+    }
+
+    /// Runs one call with a permit, classifying its outcome.
+    fn call<T, F>(
+        &self,
+        endpoint: &str,
+        timeout: Option<Duration>,
+        call: impl FnOnce(ParticipantClient<Channel>) -> F + Send + 'static,
+    ) -> Pending<Result<T, Failure>>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send,
+        T: Send + 'static,
+    {
+        let client = self.net.client(endpoint);
+        let calls = self.calls.clone();
+        Box::pin(async move {
+            // A malformed endpoint is refused at registration; one that slips through
+            // is the participant's final answer, not something a retry fixes.
+            let client = client.map_err(Failure::Final)?;
+            let _permit = calls
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let answer = match timeout {
+                Some(t) => tokio::time::timeout(t, call(client))
+                    .await
+                    .map_err(|_| Failure::Transient(format!("no answer within {t:?}")))?,
+                None => call(client).await,
+            };
+            answer.map(|r| r.into_inner()).map_err(|s| Failure::of(&s))
+        })
+    }
+}
+
+impl Participants for GrpcParticipants {
+    fn prepare(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<VoteAnswer, Failure>> {
+        let request = pb::PrepareRequest::from(&order);
+        let call = self.call(
+            endpoint,
+            None,
+            |mut c| async move { c.prepare(request).await },
+        );
+        Box::pin(async move { call.await.map(VoteAnswer::from) })
+    }
+
+    fn commit(&self, endpoint: &str, order: CommitOrder) -> Pending<Result<(), Failure>> {
+        let request = pb::CommitRequest::from(&order);
+        let timeout = Some(self.delivery_timeout);
+        let call = self.call(
+            endpoint,
+            timeout,
+            |mut c| async move { c.commit(request).await },
+        );
+        Box::pin(async move { call.await.map(|_| ()) })
+    }
+
+    fn abort(&self, endpoint: &str, order: AbortOrder) -> Pending<Result<(), Failure>> {
+        let request = pb::AbortRequest::from(&order);
+        let timeout = Some(self.delivery_timeout);
+        let call = self.call(
+            endpoint,
+            timeout,
+            |mut c| async move { c.abort(request).await },
+        );
+        Box::pin(async move { call.await.map(|_| ()) })
+    }
+
+    fn preview(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<Preview, String>> {
+        let request = pb::PrepareRequest::from(&order);
+        let timeout = Some(PREVIEW_TIMEOUT);
+        let call = self.call(endpoint, timeout, |mut c| async move {
+            c.preview(request).await
+        });
+        Box::pin(async move {
+            let r = call.await.map_err(|f| preview_error(&f))?;
+            Ok(Preview {
+                would_prepare: r.would_prepare,
+                reason: r.reason,
+                from_schema: r.from_schema.map(Schema::from),
+                to_schema: r.to_schema.map(Schema::from),
+                migrations: r.migrations,
+            })
+        })
+    }
+}
+
+/// A dry run shows the participant's own message (without the status code), or how
+/// long it waited.
+fn preview_error(failure: &Failure) -> String {
+    let text = failure.message();
+    match text.split_once(": ") {
+        Some((_code, message)) if !text.starts_with("no answer") => message.to_string(),
+        _ => text.to_string(),
+    }
 }

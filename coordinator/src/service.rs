@@ -3,16 +3,16 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lockstep::{
     names::{Environment, TxId},
     pb::{self, coordinator_server},
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{convert, coordinator::Coordinator, coordinator::Created, model::TxState};
+use crate::{
+    convert, coordinator::Coordinator, feed::WatchFilter, model::TxState, registry::admit::Created,
+};
 
 /// Serves the Coordinator API over a [`Coordinator`].
 #[derive(Clone)]
@@ -38,12 +38,6 @@ fn created(c: Created) -> pb::CreateTransactionResponse {
 
 fn environment(field: &str, value: &str) -> Result<Environment, Status> {
     Ok(Environment::parse_or_default(field, value)?)
-}
-
-/// Events are terminal for a transaction when it reached COMMITTED or ABORTED.
-fn is_terminal(e: &pb::Event) -> bool {
-    e.kind == pb::EventKind::TransactionCommitted as i32
-        || e.kind == pb::EventKind::TransactionAborted as i32
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -187,69 +181,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         if let Some(id) = &filter {
             self.coordinator.get(id)?;
         }
-        let feed = self.coordinator.feed().clone();
-        let coordinator = self.coordinator.clone();
-        let (sender, receiver) = mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut next = r.from_seq.max(1);
-            // A watcher of one transaction wakes only for its events (subscribed before
-            // the first read, so nothing published in between is missed).
-            let mut subscription = filter.as_ref().map(|id| feed.latest_of(id.as_str()));
-            let mut everything = feed.latest();
-            loop {
-                // A watcher that asks to stop at the end of a transaction which ended
-                // before `from_seq` would otherwise wait forever. Checked before the
-                // read: a terminal record means its events are all published, so a read
-                // after it that finds nothing more means there is nothing more.
-                // (It existed when the watch began, so not unfinished means ended.)
-                let ended = match (&filter, r.until_terminal) {
-                    (Some(id), true) => !coordinator.is_unfinished(id),
-                    _ => false,
-                };
-                let keep = |e: &pb::Event| {
-                    filter
-                        .as_ref()
-                        .is_none_or(|id| e.transaction_id == id.as_str())
-                        && (!r.only_terminal || is_terminal(e))
-                };
-                let (events, scanned_to) = match feed.read_matching(next, 512, keep) {
-                    Ok(read) => read,
-                    Err(e) => {
-                        let _ = sender
-                            .send(Err(Status::unavailable(format!(
-                                "reading the event log: {e}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                };
-                if scanned_to == next {
-                    // Caught up with the log.
-                    if ended {
-                        return;
-                    }
-                    let latest = match &mut subscription {
-                        Some(s) => &mut s.latest,
-                        None => &mut everything,
-                    };
-                    if *latest.borrow_and_update() < next {
-                        tokio::select! {
-                            changed = latest.changed() => if changed.is_err() { return },
-                            _ = sender.closed() => return,
-                        }
-                    }
-                    continue;
-                }
-                next = scanned_to;
-                for event in events {
-                    let last = r.until_terminal && is_terminal(&event);
-                    if sender.send(Ok(event)).await.is_err() || last {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let filter = WatchFilter {
+            transaction: filter,
+            until_terminal: r.until_terminal,
+            only_terminal: r.only_terminal,
+        };
+        let events = self.coordinator.watch(filter, r.from_seq);
+        let events = events
+            .map(|e| e.map_err(|e| Status::unavailable(format!("reading the event log: {e}"))));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn get_live_state(
@@ -291,7 +231,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
         let r = request.into_inner();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
-        let decision = self.coordinator.decision(&id)?;
+        let decision = pb::Decision::from(self.coordinator.decision(&id)?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
         }))

@@ -8,10 +8,10 @@
 //!
 //! # Layout
 //! - [`deployer`]: the trait an agent author implements.
-//! - [`participant`]: the protocol rules around it (the participant's state machine).
+//! - [`participant`]: the protocol rules around it (prepare, decide, asking for
+//!   decisions through a [`participant::DecisionSource`], recovery, reports).
 //! - [`ledger`]: its durable per-transaction records.
-//! - [`inquiry`]: asking the coordinator's GetDecision (after a restart, and when a
-//!   PREPARED vote waits too long).
+//! - [`inquiry`]: the coordinator's GetDecision as a `DecisionSource`.
 //! - [`schema`]: database migrations staged with a transaction.
 //! - [`service`] / [`server`]: the gRPC edge with reflection and health.
 //! - [`agent`]: the reference agent's deployer (`lockstep-agent`).

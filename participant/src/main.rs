@@ -12,8 +12,9 @@ use clap::Parser;
 use lockstep_participant::{
     Participant,
     agent::{FsDeployer, Hooks},
-    inquiry::{self, DecisionSource},
+    inquiry::GrpcDecisions,
     ledger::{self, Ledger},
+    participant::Decisions,
     schema, server,
 };
 use lockstep_store::{RocksKv, WalRecovery};
@@ -82,6 +83,29 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let listen = args.listen;
+    let participant = participant(args).await?;
+    let prepared = participant
+        .recover_local()
+        .await
+        .context("recovering local state")?;
+    if !prepared.is_empty() {
+        tracing::info!(
+            "{} prepared transaction(s) await their decision: asking the coordinator",
+            prepared.len()
+        );
+    }
+    participant.resolve_prepared(prepared);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding --listen {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    server::serve(listener, participant, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The participant the flags describe: its ledger, deployer, schema and decision source.
+async fn participant(args: Args) -> anyhow::Result<Participant<FsDeployer>> {
     lockstep::names::ProjectName::parse("--project", &args.project)?;
     lockstep::names::Environment::parse("--environment", &args.environment)?;
     std::fs::create_dir_all(&args.data_dir)
@@ -117,35 +141,18 @@ async fn main() -> anyhow::Result<()> {
     let coordinator = lockstep::edge::endpoint(&args.coordinator)
         .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
         .connect_lazy();
-    let decisions = DecisionSource {
-        coordinator,
+    let decisions = Decisions {
+        source: Arc::new(GrpcDecisions::new(coordinator)),
         ask_after: args.ask_decision_after,
     };
-    let participant = Participant::new(
+    Ok(Participant::new(
         args.project,
         args.environment,
         deployer,
         schema,
         Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)?,
         Some(decisions),
-    );
-    let prepared = participant
-        .recover_local()
-        .await
-        .context("recovering local state")?;
-    if !prepared.is_empty() {
-        tracing::info!(
-            "{} prepared transaction(s) await their decision: asking the coordinator",
-            prepared.len()
-        );
-    }
-    inquiry::resolve_prepared(&participant, prepared);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
-    println!("listening on {}", listener.local_addr()?);
-    server::serve(listener, participant, shutdown_signal()).await?;
-    Ok(())
+    ))
 }
 
 /// A database URL without its password, for logs.

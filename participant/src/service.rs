@@ -2,7 +2,7 @@
 //! convert. The protocol rules live in `participant.rs`.
 
 use lockstep::{
-    names::{ProjectName, TxId, Version},
+    orders::{AbortOrder, CommitOrder, PrepareOrder},
     pb::{self, participant_server},
 };
 use tonic::{Request, Response, Status};
@@ -27,51 +27,35 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
-        let r = request.into_inner();
-        TxId::parse("transaction_id", &r.transaction_id)?;
-        ProjectName::parse("project", &r.project)?;
-        Version::parse("version", &r.version)?;
-        if !r.from_version.is_empty() {
-            Version::parse("from_version", &r.from_version)?;
-        }
-        Ok(Response::new(self.participant.prepare(r).await?))
+        let order = PrepareOrder::try_from(request.into_inner())?;
+        let vote = self.participant.prepare(order).await?;
+        Ok(Response::new(pb::PrepareResponse::from(&vote)))
     }
 
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let r = request.into_inner();
-        TxId::parse("transaction_id", &r.transaction_id)?;
-        Ok(Response::new(
-            self.participant
-                .commit(&r.transaction_id, &r.project)
-                .await?,
-        ))
+        let order = CommitOrder::try_from(request.into_inner())?;
+        let live_version = self.participant.commit(&order).await?;
+        Ok(Response::new(pb::CommitResponse { live_version }))
     }
 
     async fn abort(
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
-        let r = request.into_inner();
-        TxId::parse("transaction_id", &r.transaction_id)?;
-        Ok(Response::new(
-            self.participant
-                .abort(&r.transaction_id, &r.project, &r.reason)
-                .await?,
-        ))
+        let order = AbortOrder::try_from(request.into_inner())?;
+        let live_version = self.participant.abort(&order).await?;
+        Ok(Response::new(pb::AbortResponse { live_version }))
     }
 
     async fn preview(
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PreviewResponse>, Status> {
-        let r = request.into_inner();
-        TxId::parse("transaction_id", &r.transaction_id)?;
-        ProjectName::parse("project", &r.project)?;
-        Version::parse("version", &r.version)?;
-        Ok(Response::new(self.participant.preview(r).await?))
+        let order = PrepareOrder::try_from(request.into_inner())?;
+        Ok(Response::new(self.participant.preview(order).await?))
     }
 
     async fn get_status(

@@ -17,13 +17,15 @@ use std::{
 use lockstep::pb::{
     self, coordinator_client::CoordinatorClient, participant_client::ParticipantClient,
 };
+use lockstep::retry::Backoff;
 use lockstep_coordinator::{
-    Config as CoordinatorConfig, Coordinator, journal::WriterMode, retry::Backoff, tables::Tables,
+    Config as CoordinatorConfig, Coordinator, journal::WriterMode, tables::Tables,
 };
 use lockstep_participant::{
     Participant,
-    inquiry::{self, DecisionSource},
+    inquiry::GrpcDecisions,
     ledger::{Ledger, Phase},
+    participant::Decisions,
 };
 use lockstep_store::{Kv, MemKv};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -188,8 +190,11 @@ pub fn run(cfg: &Config) -> Outcome {
             let disk = disk.clone();
             async move {
                 kv.restart();
-                let decisions = DecisionSource {
-                    coordinator: net::channel(&url(COORDINATOR, COORDINATOR_PORT)),
+                let decisions = Decisions {
+                    source: Arc::new(GrpcDecisions::new(net::channel(&url(
+                        COORDINATOR,
+                        COORDINATOR_PORT,
+                    )))),
                     ask_after: Duration::from_secs(1),
                 };
                 let participant = Participant::new(
@@ -205,7 +210,7 @@ pub fn run(cfg: &Config) -> Outcome {
                     .recover_local()
                     .await
                     .map_err(|e| e.to_string())?;
-                inquiry::resolve_prepared(&participant, prepared);
+                participant.resolve_prepared(prepared);
                 lockstep_participant::server::serve_incoming(
                     net::incoming(PARTICIPANT_PORT),
                     participant,
@@ -490,11 +495,10 @@ async fn bounded<T>(
     }
 }
 
+/// A call whose outcome the client cannot know (the one classification of transient
+/// failures, shared with the coordinator and the CLI).
 fn unknown(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    lockstep::retry::is_transient(code)
 }
 
 async fn register(client: &mut CoordinatorClient<Channel>) {

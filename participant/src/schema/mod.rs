@@ -39,6 +39,14 @@ pub struct SchemaPosition {
 }
 
 impl SchemaPosition {
+    /// As the protocol reports it (votes, checkpoints).
+    pub fn domain(&self) -> lockstep::orders::Schema {
+        lockstep::orders::Schema {
+            version: self.version,
+            name: self.name.clone(),
+        }
+    }
+
     /// As a wire message.
     pub fn message(&self) -> pb::SchemaVersion {
         pb::SchemaVersion {

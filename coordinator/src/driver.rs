@@ -1,0 +1,263 @@
+//! The thin driver of one transaction: it feeds inputs to the state machine
+//! ([`crate::txn::Transaction`]) and carries out the effects it returns, in order,
+//! through the two ports ([`crate::ports`]). It decides nothing: every protocol rule is
+//! in the machine. Each unfinished transaction has one driver task.
+//!
+//! Inputs come from the queue (its turn), from AbortRelease (an abort request), from a
+//! timer (the phase 1 deadline) and from the network (votes, acknowledgements,
+//! failures). Effects are carried out one after the other; a write the machine wants
+//! durable before the next step is awaited.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use lockstep::{names::ProjectName, orders::VoteAnswer, pb, retry::Failure};
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
+
+use crate::{
+    crash,
+    error::Result,
+    model::TxState,
+    ports::{Participants, Pending, TxJournal},
+    txn::{Effect, Message, Order, Show, Transaction, Turn},
+};
+
+/// The signals a driver listens to besides the network.
+pub struct Signals {
+    /// Fired when the queue gives the transaction its projects.
+    pub start: Option<oneshot::Receiver<Turn>>,
+    /// Set when AbortRelease asks to abort an undecided transaction.
+    pub abort: watch::Receiver<Option<String>>,
+}
+
+/// What a driver works through.
+#[derive(Clone)]
+pub struct Ports {
+    /// The journal.
+    pub journal: Arc<dyn TxJournal>,
+    /// The participant network.
+    pub net: Arc<dyn Participants>,
+}
+
+/// A participant's answer to an order.
+enum Reply {
+    Vote(ProjectName, Result<VoteAnswer, Failure>),
+    Ack(ProjectName, Result<(), Failure>),
+}
+
+/// One input to the machine.
+enum Input {
+    Turn(Turn),
+    Abort(String),
+    Deadline,
+    Reply(Reply),
+}
+
+/// Drives a transaction from wherever it is to COMMITTED or ABORTED, starting with
+/// `first` (the effects of how it was accepted or recovered).
+pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, ports: Ports) {
+    let id = machine.record().id.clone();
+    let mut driver = Driver {
+        machine,
+        ports,
+        signals,
+        prepares: FuturesUnordered::new(),
+        deliveries: FuturesUnordered::new(),
+        deadline: None,
+        abort_heard: false,
+    };
+    if let Err(e) = driver.run(first).await {
+        // Only a journal failure ends a driver early; the process then stops and
+        // recovery resumes the transaction from what is durable.
+        tracing::error!(tx = %id, "driver stopped: {e}");
+    }
+}
+
+struct Driver {
+    machine: Transaction,
+    ports: Ports,
+    signals: Signals,
+    prepares: FuturesUnordered<Pending<Reply>>,
+    deliveries: FuturesUnordered<Pending<Reply>>,
+    deadline: Option<Instant>,
+    abort_heard: bool,
+}
+
+impl Driver {
+    async fn run(&mut self, first: Vec<Effect>) -> Result<()> {
+        let mut effects = VecDeque::from(first);
+        loop {
+            while let Some(effect) = effects.pop_front() {
+                match self.carry_out(effect).await? {
+                    // What follows an effect comes before the effects after it.
+                    Next::Go(more) => more.into_iter().rev().for_each(|e| effects.push_front(e)),
+                    Next::Done => return Ok(()),
+                }
+            }
+            let input = self.next_input().await;
+            effects.extend(self.feed(input));
+        }
+    }
+
+    /// Hands one input to the machine.
+    fn feed(&mut self, input: Input) -> Vec<Effect> {
+        match input {
+            Input::Turn(turn) => self.machine.start(turn),
+            Input::Abort(reason) => self.machine.abort_requested(reason),
+            Input::Deadline => {
+                self.deadline = None;
+                self.machine.deadline()
+            }
+            Input::Reply(Reply::Vote(project, answer)) => self.machine.vote(&project, answer),
+            Input::Reply(Reply::Ack(project, Ok(()))) => self.acknowledged(&project),
+            Input::Reply(Reply::Ack(project, Err(failure))) => {
+                self.machine.delivery_failed(&project, failure)
+            }
+        }
+    }
+
+    fn acknowledged(&mut self, project: &ProjectName) -> Vec<Effect> {
+        let effects = self.machine.acknowledged(project);
+        let record = self.machine.record();
+        let acked = record
+            .participants
+            .iter()
+            .filter(|p| p.acknowledged)
+            .count();
+        if record.state == TxState::Committing && acked == 1 && !effects.is_empty() {
+            crash::point(crash::AFTER_FIRST_COMMIT_ACK);
+        }
+        effects
+    }
+
+    /// Waits for the next input: the turn, an abort request, the deadline or a reply.
+    async fn next_input(&mut self) -> Input {
+        let deadline = self.deadline;
+        let listen_abort = !self.abort_heard;
+        tokio::select! {
+            turn = wait_turn(&mut self.signals.start) => Input::Turn(turn),
+            reason = aborted(&mut self.signals.abort), if listen_abort => {
+                self.abort_heard = true;
+                Input::Abort(reason)
+            }
+            _ = sleep_until(deadline) => Input::Deadline,
+            Some(reply) = self.prepares.next() => Input::Reply(reply),
+            Some(reply) = self.deliveries.next() => Input::Reply(reply),
+        }
+    }
+
+    /// Carries out one effect; returns what the machine says next (after a durable
+    /// COMMIT), or that the transaction ended.
+    async fn carry_out(&mut self, effect: Effect) -> Result<Next> {
+        match effect {
+            Effect::Send { order, after } => self.send(order, after),
+            Effect::StartDeadline(after) => self.deadline = Some(Instant::now() + after),
+            Effect::StopPreparing => {
+                crash::point(crash::BEFORE_DECISION);
+                self.prepares.clear();
+                self.deadline = None;
+            }
+            Effect::DecideCommit { events } => {
+                let decided = self.journal().decide_commit(self.machine.record(), events);
+                let revision = decided.await?;
+                tracing::debug!(tx = %self.machine.record().id, "COMMIT durable");
+                crash::point(crash::AFTER_COMMIT_DECISION);
+                return Ok(Next::Go(self.machine.commit_durable(revision)));
+            }
+            Effect::Finish { events } => {
+                self.journal().finish(self.machine.record(), events).await?;
+                return Ok(Next::Done);
+            }
+            Effect::Note { events, shown } => {
+                log_retries(&self.machine.record().id, &events);
+                self.journal().note(self.machine.record(), &shown, events);
+            }
+            Effect::Write { events, show } => {
+                let record = self.machine.record();
+                let written = self.journal().write(record, events, show == Show::AtOnce);
+                if show == Show::WhenDurable {
+                    written.await?;
+                }
+            }
+        }
+        Ok(Next::Go(Vec::new()))
+    }
+
+    fn journal(&self) -> Arc<dyn TxJournal> {
+        self.ports.journal.clone()
+    }
+
+    /// Starts a call; its reply becomes an input.
+    fn send(&mut self, order: Order, after: Duration) {
+        let net = self.ports.net.clone();
+        let Order {
+            project,
+            endpoint,
+            message,
+        } = order;
+        let prepare = matches!(message, Message::Prepare(_));
+        let call: Pending<Reply> = Box::pin(async move {
+            tokio::time::sleep(after).await;
+            match message {
+                Message::Prepare(o) => Reply::Vote(project, net.prepare(&endpoint, o).await),
+                Message::Commit(o) => Reply::Ack(project, net.commit(&endpoint, o).await),
+                Message::Abort(o) => Reply::Ack(project, net.abort(&endpoint, o).await),
+            }
+        });
+        if prepare {
+            self.prepares.push(call);
+        } else {
+            self.deliveries.push(call);
+        }
+    }
+}
+
+/// What follows an effect.
+enum Next {
+    Go(Vec<Effect>),
+    Done,
+}
+
+/// Resolves when the queue gives the turn (once), never otherwise.
+async fn wait_turn(start: &mut Option<oneshot::Receiver<Turn>>) -> Turn {
+    let Some(receiver) = start.as_mut() else {
+        return std::future::pending().await;
+    };
+    let turn = receiver
+        .await
+        .unwrap_or(Turn::Refused("coordinator shutting down".into()));
+    *start = None;
+    turn
+}
+
+/// Resolves with the reason once an abort is requested.
+async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = abort.borrow_and_update().clone() {
+            return reason;
+        }
+        if abort.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Delivery failures go to the process log too (once per new error: the machine notes
+/// a retry only when its error changes).
+fn log_retries(tx: &lockstep::names::TxId, events: &[pb::Event]) {
+    for e in events {
+        if e.kind == pb::EventKind::DeliveryRetry as i32 {
+            tracing::warn!(%tx, "{}", e.message);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Accepting a request: the plan with every release rule checked, the id (the
+//! client's idempotency key, or a fresh one), the durable PENDING or PREPARING record,
+//! its place in the per-project queue, and its driver. All of it under the state lock,
+//! so a transaction that finishes right now finds this one when it hands over its
+//! projects.
+
+use std::collections::BTreeMap;
+
+use lockstep::{
+    names::{Environment, TxId},
+    pb,
+};
+use lockstep_store::Batch;
+use tokio::sync::{oneshot, watch};
+
+use super::{Active, Registry, State, history::StoredHistory};
+use crate::{
+    error::{CoordinatorError, Result},
+    journal::Durable,
+    model::{CreateSpec, Request, TxKind, TxRecord, TxState},
+    planner::{self, Plan, View},
+    queue::Blocked,
+    tables::Tables,
+    txn::{Transaction, events},
+};
+
+/// Answer to a create call.
+pub struct Created {
+    /// The transaction (None for a dry run).
+    pub transaction: Option<TxRecord>,
+    /// Its plan.
+    pub plan: Plan,
+    /// Waiting behind these transactions.
+    pub waits_for: Vec<TxId>,
+    /// False for an idempotent retry.
+    pub created: bool,
+    /// Sequence number of its first event (0 when not known).
+    pub first_event_seq: u64,
+}
+
+impl Registry {
+    /// Plans a transaction, accepts it durably and queues it. Resolves once the
+    /// transaction is durable ("nothing valid is lost"); a failed write stops the
+    /// coordinator (fail-stop), and recovery then aborts it.
+    pub async fn admit(&self, spec: CreateSpec) -> Result<Created> {
+        let (created, written) = {
+            let mut s = self.state();
+            if let Some(id) = &spec.id
+                && let Some(existing) = self.existing(&s, id)?
+            {
+                return replay(&s, existing, &spec);
+            }
+            self.accept(&mut s, &spec)?
+        };
+        let first_event_seq = written.await?;
+        Ok(Created {
+            first_event_seq,
+            ..created
+        })
+    }
+
+    /// The plan and who it would wait for, without writing anything (dry runs).
+    pub fn plan_only(&self, spec: &CreateSpec) -> Result<(Plan, Vec<TxId>)> {
+        let s = self.state();
+        let plan = self.plan_locked(&s, &spec.environment, &spec.request)?;
+        let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
+        Ok((plan, waits_for))
+    }
+
+    fn accept(
+        &self,
+        s: &mut State,
+        spec: &CreateSpec,
+    ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
+        let plan = self.plan_locked(s, &spec.environment, &spec.request)?;
+        let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
+        if !plan.allowed() {
+            return Err(CoordinatorError::Refused(plan.refusal()));
+        }
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => self.fresh_id(s, spec.id_hint.as_deref().unwrap_or("tx"))?,
+        };
+        let ordinal = s.next_ordinal;
+        s.next_ordinal += 1;
+        let record = self.new_record(id.clone(), ordinal, spec, &plan);
+        let projects = plan.projects();
+        let blocked = s.queue.enqueue(ordinal, id, &record.environment, projects);
+        let (record, written) = self.start(s, record, blocked);
+        let created = Created {
+            transaction: Some(record),
+            plan,
+            waits_for,
+            created: true,
+            first_event_seq: 0,
+        };
+        Ok((created, written))
+    }
+
+    fn new_record(&self, id: TxId, ordinal: u64, spec: &CreateSpec, plan: &Plan) -> TxRecord {
+        let timeout = spec.prepare_timeout;
+        let timeout = timeout.unwrap_or(self.inner.settings.default_prepare_timeout);
+        TxRecord {
+            id,
+            ordinal,
+            environment: spec.environment.clone(),
+            kind: kind_of(&spec.request),
+            request: spec.request.clone(),
+            state: TxState::Pending,
+            participants: plan.participants.clone(),
+            waves: plan.waves.clone(),
+            reason: String::new(),
+            reverts: plan.reverts.clone(),
+            rollback_to: plan.rollback_to,
+            forced: plan.forced,
+            quarantined: false,
+            checkpoint: 0,
+            prepare_timeout_ms: timeout.as_millis() as u64,
+            created_ms: self.now(),
+            finished_ms: 0,
+            prepare_sent: false,
+        }
+    }
+
+    /// Writes the new record and starts its driver: queued behind `blocked`, or with
+    /// phase 1 starting in the same write as the creation. The driver sends Prepare
+    /// while that write is being synced; safe under presumed abort: if the write is
+    /// lost in a crash, the coordinator answers ABORT to a participant asking about it,
+    /// and prepared participants do ask when no decision comes.
+    fn start(
+        &self,
+        s: &mut State,
+        mut record: TxRecord,
+        blocked: Option<Blocked>,
+    ) -> (TxRecord, impl Future<Output = Result<u64>> + use<>) {
+        let created = describe_request(&record);
+        let mut written = vec![events::event(
+            &record,
+            pb::EventKind::TransactionCreated,
+            None,
+            created,
+        )];
+        if let Some(b) = &blocked {
+            record.reason = b.explain();
+            let queued = pb::EventKind::TransactionQueued;
+            written.push(events::event(
+                &record,
+                queued,
+                Some(&b.project),
+                b.explain(),
+            ));
+        }
+        let mut machine = Transaction::new(record, self.inner.settings.backoff);
+        if blocked.is_none() {
+            written.push(machine.start_preparing());
+        }
+        let record = machine.record().clone();
+        let mut batch = Batch::default();
+        Tables::put_transaction(&mut batch, &record);
+        // Durable before the client hears "accepted", but it forces no fsync of its
+        // own: the COMMIT decision written moments later (or the syncer's linger) syncs it.
+        let pending = self.inner.journal.append(batch, written, Durable::Soon);
+        let (abort, abort_rx) = watch::channel(None);
+        let (start, start_rx) = match blocked {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let active = Active {
+            record: record.clone(),
+            start,
+            abort,
+        };
+        s.active.insert(record.id.clone(), active);
+        let first = machine.begin();
+        self.spawn_driver(machine, first, start_rx, abort_rx);
+        (record, pending)
+    }
+
+    /// A transaction by id: memory for unfinished ones, storage otherwise.
+    pub(super) fn existing(&self, s: &State, id: &TxId) -> Result<Option<TxRecord>> {
+        match s.active.get(id) {
+            Some(a) => Ok(Some(a.record.clone())),
+            None => Ok(self.inner.tables.transaction(id)?),
+        }
+    }
+
+    fn fresh_id(&self, s: &State, hint: &str) -> Result<TxId> {
+        let hint = if hint == "tx" {
+            format!("tx-{}", s.next_ordinal)
+        } else {
+            hint.to_string()
+        };
+        for n in 1.. {
+            let candidate = match n {
+                1 => hint.clone(),
+                n => format!("{hint}-{n}"),
+            };
+            let id = TxId::parse("id", &candidate)?;
+            if self.existing(s, &id)?.is_none() {
+                return Ok(id);
+            }
+        }
+        unreachable!("1.. is unbounded")
+    }
+
+    /// Plans `request` against the state as it is now.
+    pub(super) fn plan_locked(
+        &self,
+        s: &State,
+        env: &Environment,
+        request: &Request,
+    ) -> Result<Plan> {
+        let (empty_projects, empty_quarantine) = (BTreeMap::new(), BTreeMap::new());
+        let history = StoredHistory {
+            tables: &self.inner.tables,
+            environment: env,
+        };
+        let view = View {
+            environment: env,
+            projects: s.projects.get(env).unwrap_or(&empty_projects),
+            head: s.head.get(env),
+            quarantine: s.quarantine.get(env).unwrap_or(&empty_quarantine),
+            history: &history,
+        };
+        planner::plan(&view, request)
+    }
+}
+
+/// An idempotent retry: the same id with the same request returns the transaction.
+fn replay(s: &State, existing: TxRecord, spec: &CreateSpec) -> Result<Created> {
+    if existing.request != spec.request || existing.environment != spec.environment {
+        return Err(CoordinatorError::AlreadyExists(format!(
+            "id: transaction {} already exists with different content; choose another id",
+            existing.id
+        )));
+    }
+    let plan = Plan {
+        participants: existing.participants.clone(),
+        waves: existing.waves.clone(),
+        preconditions: Vec::new(),
+        forced: existing.forced,
+        reverts: existing.reverts.clone(),
+        rollback_to: existing.rollback_to,
+    };
+    let blocked = s
+        .active
+        .get(&existing.id)
+        .and_then(|_| s.queue.blocked(existing.ordinal));
+    Ok(Created {
+        transaction: Some(existing),
+        plan,
+        waits_for: blocked.map(|b| vec![b.by]).unwrap_or_default(),
+        created: false,
+        first_event_seq: 0,
+    })
+}
+
+fn kind_of(request: &Request) -> TxKind {
+    match request {
+        Request::Release { .. } => TxKind::Release,
+        Request::Revert { .. } => TxKind::Revert,
+        Request::Rollback { .. } => TxKind::Rollback,
+    }
+}
+
+/// `release T4: A=T4A B=T4B C=T4C`.
+fn describe_request(tx: &TxRecord) -> String {
+    let changes: Vec<String> = tx
+        .participants
+        .iter()
+        .map(|p| format!("{}={}", p.project, p.to_version))
+        .collect();
+    format!(
+        "{}: {}",
+        planner::checkpoint_description(tx),
+        changes.join(" ")
+    )
+}

@@ -1,0 +1,204 @@
+//! The coordinator's state and its one owner: projects, unfinished transactions, the
+//! per-project queue, checkpoints and quarantine, over the journal and the tables. It
+//! admits transactions (starting a driver for each), is the journal port every driver
+//! writes through ([`crate::ports::TxJournal`]), and answers every read.
+//!
+//! Visibility rule: what readers see (GetRelease, GetLiveState, GetDecision) is what is
+//! durable, except undecided progress whose loss a crash makes harmless (votes, the
+//! start of phase 1). A driver changes its transaction on its own copy and hands it
+//! here; decisions are shown only once the write is synced, so a COMMIT is never
+//! reported, to a client or a participant, before a crash would keep it.
+//!
+//! # Layout
+//! - [`admit`]: accepting a request (plan, id, record, queue, driver).
+//! - [`writes`]: the journal port: progress, decisions with their checkpoints, the end
+//!   and the hand-over of projects to queued transactions.
+//! - [`reads`]: what readers see; AbortRelease.
+//! - [`projects`]: registration, with the `requires` graph checked.
+//! - [`history`]: the planner's view of what is on disk.
+
+pub mod admit;
+mod history;
+pub mod projects;
+pub mod reads;
+mod writes;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use lockstep::{
+    names::{Environment, ProjectName, TxId, Version},
+    retry::Backoff,
+};
+use lockstep_store::Batch;
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    driver::{self, Ports, Signals},
+    error::Result,
+    feed::Feed,
+    journal::{Clock, Journal},
+    model::{CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord},
+    ports::Participants,
+    queue::Queue,
+    tables::Tables,
+    txn::{Effect, Transaction, Turn},
+};
+
+/// What the registry needs to know of the coordinator's configuration.
+#[derive(Clone)]
+pub struct Settings {
+    /// Phase 1 deadline when a request gives none.
+    pub default_prepare_timeout: Duration,
+    /// Retry schedule of every call to a participant.
+    pub backoff: Backoff,
+    /// Time source for records.
+    pub clock: Clock,
+}
+
+/// Handle to the state. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tables: Tables,
+    journal: Journal,
+    feed: Feed,
+    net: Arc<dyn Participants>,
+    settings: Settings,
+    state: Mutex<State>,
+}
+
+/// An unfinished transaction: its record as readers see it and its driver's signals.
+struct Active {
+    record: TxRecord,
+    start: Option<oneshot::Sender<Turn>>,
+    abort: watch::Sender<Option<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    projects: BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
+    active: BTreeMap<TxId, Active>,
+    queue: Queue,
+    /// Newest checkpoint per environment, including a decided one still being written.
+    head: BTreeMap<Environment, CheckpointRecord>,
+    /// Newest durable checkpoint per environment: what readers see.
+    live: BTreeMap<Environment, CheckpointRecord>,
+    quarantine: BTreeMap<Environment, BTreeMap<(ProjectName, Version), QuarantineRecord>>,
+    next_ordinal: u64,
+}
+
+impl Registry {
+    /// A registry over `tables`, writing through `journal`; call [`Registry::load`]
+    /// before anything else.
+    pub fn new(
+        tables: Tables,
+        journal: Journal,
+        feed: Feed,
+        net: Arc<dyn Participants>,
+        settings: Settings,
+    ) -> Self {
+        let state = Mutex::new(State::default());
+        let inner = Inner {
+            tables,
+            journal,
+            feed,
+            net,
+            settings,
+            state,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves State consistent before any call that could
+        // panic, so a poisoned lock is safe to keep using.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        (self.inner.settings.clock)()
+    }
+
+    /// The participant network (dry runs ask it too).
+    pub fn net(&self) -> &Arc<dyn Participants> {
+        &self.inner.net
+    }
+
+    /// The tables (recovery reads the unfinished transactions).
+    pub fn tables(&self) -> &Tables {
+        &self.inner.tables
+    }
+
+    /// Loads everything but transactions from storage (recovery's first step).
+    pub fn load(&self) -> Result<()> {
+        let tables = &self.inner.tables;
+        let mut s = self.state();
+        for p in tables.projects()? {
+            let env = s.projects.entry(p.environment.clone()).or_default();
+            env.insert(p.name.clone(), p);
+        }
+        let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
+        for env in environments {
+            if let Some(cp) = tables.latest_checkpoint(&env)? {
+                history::backfill_seen(tables, &cp)?;
+                s.head.insert(env.clone(), cp.clone());
+                s.live.insert(env, cp);
+            }
+        }
+        for ((env, project, version), record) in tables.quarantine()? {
+            let env = s.quarantine.entry(env).or_default();
+            env.insert((project, version), record);
+        }
+        s.next_ordinal = tables.last_ordinal()? + 1;
+        Ok(())
+    }
+
+    /// Registers a recovered transaction and starts its driver with what the machine
+    /// said about the restart.
+    pub fn resume(&self, machine: Transaction, effects: Vec<Effect>) {
+        let record = machine.record().clone();
+        let (abort, abort_rx) = watch::channel(None);
+        {
+            let mut s = self.state();
+            let projects = record.projects().cloned();
+            s.queue.hold(&record.id, &record.environment, projects);
+            let active = Active {
+                record,
+                start: None,
+                abort,
+            };
+            s.active.insert(machine.record().id.clone(), active);
+        }
+        self.spawn_driver(machine, effects, None, abort_rx);
+    }
+
+    fn spawn_driver(
+        &self,
+        machine: Transaction,
+        first: Vec<Effect>,
+        start: Option<oneshot::Receiver<Turn>>,
+        abort: watch::Receiver<Option<String>>,
+    ) {
+        let ports = Ports {
+            journal: Arc::new(self.clone()),
+            net: self.inner.net.clone(),
+        };
+        let signals = Signals { start, abort };
+        tokio::spawn(driver::run(machine, first, signals, ports));
+    }
+
+    /// A quiet write of records nobody waits for (recovery's clean-up).
+    pub fn write_quietly(&self, batch: Batch) {
+        let soon = crate::journal::Durable::Soon;
+        drop(self.inner.journal.append(batch, Vec::new(), soon));
+    }
+}

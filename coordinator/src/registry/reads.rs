@@ -1,0 +1,166 @@
+//! What readers see: transactions (unfinished ones from memory, as their drivers last
+//! showed them), the live state, history, decisions for participants; and AbortRelease,
+//! which signals a driver and waits for its decision.
+
+use std::time::Duration;
+
+use lockstep::{
+    names::{Environment, TxId},
+    orders::Decision,
+};
+
+use super::Registry;
+use crate::{
+    error::{CoordinatorError, Result},
+    model::{CheckpointRecord, TxRecord, TxState},
+};
+
+/// Live state of one environment.
+pub struct Live {
+    /// Newest durable checkpoint.
+    pub checkpoint: Option<CheckpointRecord>,
+    /// Unfinished transactions of the environment, oldest first.
+    pub active: Vec<TxRecord>,
+}
+
+/// How long AbortRelease waits for the driver to record the ABORT decision.
+const ABORT_WAIT: Duration = Duration::from_secs(30);
+
+impl Registry {
+    /// A transaction by id.
+    pub fn get(&self, id: &TxId) -> Result<TxRecord> {
+        let s = self.state();
+        let found = self.existing(&s, id)?;
+        found.ok_or_else(|| not_found(id))
+    }
+
+    /// Recent transactions, newest first; unfinished ones as they are now.
+    pub fn list(
+        &self,
+        env: Option<&Environment>,
+        limit: usize,
+        active_only: bool,
+    ) -> Result<Vec<TxRecord>> {
+        let s = self.state();
+        let mut out: Vec<TxRecord> = if active_only {
+            s.active.values().map(|a| a.record.clone()).collect()
+        } else {
+            // Scan wider than `limit` when filtering by environment.
+            let scan = match env {
+                Some(_) => limit.saturating_mul(8).max(1000),
+                None => limit,
+            };
+            let stored = self.inner.tables.recent_transactions(scan)?.into_iter();
+            let current = |t: TxRecord| s.active.get(&t.id).map(|a| a.record.clone()).unwrap_or(t);
+            stored.map(current).collect()
+        };
+        out.retain(|t| env.is_none_or(|e| &t.environment == e));
+        out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Whether `id` is a transaction that has not ended (cheap: nothing is copied or
+    /// read from disk, so a watcher can ask on every wake-up).
+    pub fn is_unfinished(&self, id: &TxId) -> bool {
+        self.state().active.contains_key(id)
+    }
+
+    /// How many transactions are unfinished (cheap: no records are copied).
+    pub fn active_count(&self) -> usize {
+        self.state().active.len()
+    }
+
+    /// The live state of `env`.
+    pub fn live(&self, env: &Environment) -> Live {
+        let s = self.state();
+        let mut active: Vec<TxRecord> = s
+            .active
+            .values()
+            .filter(|a| &a.record.environment == env)
+            .map(|a| a.record.clone())
+            .collect();
+        active.sort_by_key(|t| t.ordinal);
+        Live {
+            checkpoint: s.live.get(env).cloned(),
+            active,
+        }
+    }
+
+    /// Durable checkpoints of `env`, oldest first. The table may already hold the
+    /// checkpoint of a COMMIT whose write is not yet synced; it is left out until the
+    /// decision is durable and live.
+    pub fn history(&self, env: &Environment) -> Result<Vec<CheckpointRecord>> {
+        let live = self.state().live.get(env).map_or(0, |l| l.revision);
+        let mut checkpoints = self.inner.tables.checkpoints(env)?;
+        checkpoints.retain(|c| c.revision <= live);
+        Ok(checkpoints)
+    }
+
+    /// The durable decision for a participant (presumed abort for unknown ids).
+    pub fn decision(&self, id: &TxId) -> Result<Decision> {
+        let s = self.state();
+        let state = match s.active.get(id) {
+            Some(a) => Some(a.record.state),
+            None => self.inner.tables.transaction(id)?.map(|t| t.state),
+        };
+        Ok(match state {
+            Some(TxState::Pending | TxState::Preparing) => Decision::Undecided,
+            Some(TxState::Committing | TxState::Committed) => Decision::Commit,
+            Some(TxState::Aborting | TxState::Aborted) | None => Decision::Abort,
+        })
+    }
+
+    /// Aborts a transaction that has not decided yet, and waits (briefly) until its
+    /// driver has recorded the ABORT decision.
+    pub async fn abort(&self, id: &TxId, reason: String) -> Result<TxRecord> {
+        let mut latest = self.inner.feed.latest();
+        if let Some(answer) = self.signal_abort(id, reason)? {
+            return Ok(answer);
+        }
+        let deadline = tokio::time::Instant::now() + ABORT_WAIT;
+        loop {
+            let record = self.get(id)?;
+            match record.state {
+                TxState::Pending | TxState::Preparing => {}
+                TxState::Committing | TxState::Committed => {
+                    return Err(CoordinatorError::Refused(format!(
+                        "id: transaction {id} decided COMMIT before the abort arrived"
+                    )));
+                }
+                _ => return Ok(record),
+            }
+            let changed = tokio::time::timeout_at(deadline, latest.changed()).await;
+            if changed.is_err() {
+                return Ok(record);
+            }
+        }
+    }
+
+    /// Asks the driver of an undecided transaction to abort. `Some`: the answer is
+    /// already known (it is aborting).
+    fn signal_abort(&self, id: &TxId, reason: String) -> Result<Option<TxRecord>> {
+        let s = self.state();
+        let Some(active) = s.active.get(id) else {
+            let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
+            return Err(CoordinatorError::Refused(format!(
+                "id: transaction {id} is already {:?}; only an undecided transaction can be aborted",
+                record.state
+            )));
+        };
+        match active.record.state {
+            TxState::Pending | TxState::Preparing => {
+                active.abort.send_replace(Some(reason));
+                Ok(None)
+            }
+            TxState::Aborting => Ok(Some(active.record.clone())),
+            state => Err(CoordinatorError::Refused(format!(
+                "id: transaction {id} is {state:?}: COMMIT is decided and durable, it can no longer be aborted; revert it once committed"
+            ))),
+        }
+    }
+}
+
+fn not_found(id: &TxId) -> CoordinatorError {
+    CoordinatorError::NotFound(format!("id: transaction {id} does not exist"))
+}

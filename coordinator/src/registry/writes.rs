@@ -1,0 +1,250 @@
+//! The journal port ([`TxJournal`]) that every driver writes through: undecided progress
+//! shown at once, decisions shown once durable, the COMMIT decision written with fsync
+//! in one batch with the checkpoint it produces (and, for a revert, the quarantine of
+//! what it pulls), and the end, which hands the transaction's projects to the next ones
+//! in the queue.
+
+use lockstep::{
+    names::{ProjectName, TxId},
+    pb,
+};
+use lockstep_store::Batch;
+
+use super::{Registry, State};
+use crate::{
+    error::Result,
+    journal::Durable,
+    model::{Action, CheckpointRecord, LiveEntry, QuarantineRecord, TxKind, TxRecord},
+    planner,
+    ports::{Pending, TxJournal},
+    tables::Tables,
+    txn::{Turn, events},
+};
+
+impl TxJournal for Registry {
+    fn note(&self, record: &TxRecord, shown: &[ProjectName], events: Vec<pb::Event>) {
+        self.inner.journal.append_quietly(Batch::default(), events);
+        self.show_participants(record, shown);
+    }
+
+    fn write(
+        &self,
+        record: &TxRecord,
+        events: Vec<pb::Event>,
+        show_now: bool,
+    ) -> Pending<Result<()>> {
+        let mut batch = Batch::default();
+        Tables::put_transaction(&mut batch, record);
+        // Decisions other than COMMIT need no fsync of their own (presumed abort).
+        let written = self.inner.journal.append(batch, events, Durable::Soon);
+        if show_now {
+            self.show(record);
+        }
+        let (this, record) = (self.clone(), record.clone());
+        Box::pin(async move {
+            written.await?;
+            if !show_now {
+                this.show(&record);
+            }
+            Ok(())
+        })
+    }
+
+    fn decide_commit(&self, record: &TxRecord, events: Vec<pb::Event>) -> Pending<Result<u64>> {
+        let mut record = record.clone();
+        let decided = self.write_commit(&mut record, events);
+        let this = self.clone();
+        Box::pin(async move {
+            let checkpoint = decided?.await?;
+            this.commit_durable(&record, checkpoint);
+            Ok(record.checkpoint)
+        })
+    }
+
+    fn finish(&self, record: &TxRecord, events: Vec<pb::Event>) -> Pending<Result<()>> {
+        let mut record = record.clone();
+        record.finished_ms = self.now();
+        let mut batch = Batch::default();
+        Tables::put_transaction(&mut batch, &record);
+        // Durable before readers see the end. With other transactions in flight it
+        // rides on their next fsync; alone, nobody would share one, so it forces its own.
+        let durability = match self.state().active.len() {
+            0 | 1 => Durable::Now,
+            _ => Durable::Soon,
+        };
+        let written = self.inner.journal.append(batch, events, durability);
+        let this = self.clone();
+        Box::pin(async move {
+            written.await?;
+            this.hand_over(&record.id);
+            Ok(())
+        })
+    }
+}
+
+impl Registry {
+    /// Shows readers the record as the driver has it.
+    fn show(&self, record: &TxRecord) {
+        if let Some(active) = self.state().active.get_mut(&record.id) {
+            active.record.clone_from(record);
+        }
+    }
+
+    /// Shows readers the new state of some participants (a vote, an acknowledgement):
+    /// copies only those, so a transaction with a hundred participants does not copy its
+    /// whole record for each of its hundred votes.
+    fn show_participants(&self, record: &TxRecord, projects: &[ProjectName]) {
+        let mut s = self.state();
+        let Some(active) = s.active.get_mut(&record.id) else {
+            return;
+        };
+        for project in projects {
+            if let (Some(new), Some(shown)) = (
+                record.participant(project),
+                active.record.participant_mut(project),
+            ) {
+                shown.clone_from(new);
+            }
+        }
+    }
+
+    /// Writes the decision with the checkpoint it produces, numbered after the
+    /// environment's newest (decided) one, under the lock so that concurrent decisions
+    /// of one environment build on each other. Durability point: COMMIT forces an fsync
+    /// before any Commit is sent.
+    fn write_commit(
+        &self,
+        tx: &mut TxRecord,
+        mut written: Vec<pb::Event>,
+    ) -> Result<impl Future<Output = Result<CheckpointRecord>> + use<>> {
+        let mut s = self.state();
+        let checkpoint = self.next_checkpoint(&s, tx);
+        tx.checkpoint = checkpoint.revision;
+        let mut batch = Batch::default();
+        Tables::put_transaction(&mut batch, tx);
+        Tables::put_checkpoint(&mut batch, &checkpoint);
+        Tables::put_seen(&mut batch, &checkpoint);
+        self.quarantine_reverted(&mut s, tx, &mut batch)?;
+        let description = format!(
+            "checkpoint {}: {}",
+            checkpoint.revision, checkpoint.description
+        );
+        let mut recorded = events::event(tx, pb::EventKind::CheckpointRecorded, None, description);
+        recorded.revision = checkpoint.revision;
+        written.push(recorded);
+        s.head.insert(tx.environment.clone(), checkpoint.clone());
+        let durable = self.inner.journal.append(batch, written, Durable::Now);
+        Ok(async move { durable.await.map(|_| checkpoint) })
+    }
+
+    /// The checkpoint `tx` produces: the newest one with `tx`'s versions (and schemas)
+    /// laid over it.
+    fn next_checkpoint(&self, s: &State, tx: &TxRecord) -> CheckpointRecord {
+        let previous = s.head.get(&tx.environment);
+        let mut versions = previous.map(|p| p.versions.clone()).unwrap_or_default();
+        for p in &tx.participants {
+            let kept = versions.get(&p.project).and_then(|e| e.schema.clone());
+            let schema = p.to_schema.clone().or(kept);
+            let entry = LiveEntry {
+                version: p.to_version.clone(),
+                schema,
+            };
+            versions.insert(p.project.clone(), entry);
+        }
+        CheckpointRecord {
+            revision: previous.map(|p| p.revision).unwrap_or(0) + 1,
+            environment: tx.environment.clone(),
+            versions,
+            transaction: tx.id.clone(),
+            kind: tx.kind,
+            description: planner::checkpoint_description(tx),
+            untested: tx.forced,
+            committed_ms: self.now(),
+        }
+    }
+
+    /// Marks the releases a committing revert pulls as quarantined (same batch as the
+    /// decision, so they are quarantined exactly when the revert is decided).
+    fn quarantine_reverted(&self, s: &mut State, tx: &TxRecord, batch: &mut Batch) -> Result<()> {
+        if tx.kind != TxKind::Revert {
+            return Ok(());
+        }
+        for release_id in &tx.reverts {
+            let Some(mut release) = self.inner.tables.transaction(release_id)? else {
+                continue;
+            };
+            release.quarantined = true;
+            Tables::put_transaction(batch, &release);
+            let changed = release
+                .participants
+                .iter()
+                .filter(|p| p.action != Action::Unchanged);
+            for p in changed {
+                let record = QuarantineRecord {
+                    release: release.id.clone(),
+                    revert: tx.id.clone(),
+                };
+                let env = &tx.environment;
+                Tables::put_quarantine(batch, env, &p.project, &p.to_version, &record);
+                let quarantined = s.quarantine.entry(env.clone()).or_default();
+                quarantined.insert((p.project.clone(), p.to_version.clone()), record);
+            }
+        }
+        Ok(())
+    }
+
+    /// The decision is durable: readers see it and its checkpoint (unless a newer one
+    /// became durable first).
+    fn commit_durable(&self, tx: &TxRecord, checkpoint: CheckpointRecord) {
+        let mut s = self.state();
+        let live = s.live.get(&tx.environment);
+        if live.is_none_or(|l| l.revision <= checkpoint.revision) {
+            s.live.insert(tx.environment.clone(), checkpoint);
+        }
+        if let Some(active) = s.active.get_mut(&tx.id) {
+            active.record.clone_from(tx);
+        }
+    }
+
+    /// Frees the projects of an ended transaction and starts those waiting for them.
+    fn hand_over(&self, id: &TxId) {
+        let mut s = self.state();
+        s.active.remove(id);
+        for next in s.queue.finish(id) {
+            let turn = self.replan_for_start(&s, &next);
+            if let Some(start) = s.active.get_mut(&next).and_then(|a| a.start.take()) {
+                let _ = start.send(turn);
+            }
+        }
+        // Still-waiting transactions may now wait for someone else: refresh their
+        // reasons (only the queue's, not every active transaction's).
+        for (ordinal, id, blocked) in s.queue.waiting() {
+            let reason = blocked.map(|b| b.explain()).unwrap_or_default();
+            if let Some(a) = s.active.get_mut(&id)
+                && a.record.ordinal == ordinal
+            {
+                a.record.reason = reason;
+            }
+        }
+    }
+
+    /// Re-plans a queued transaction when its turn comes: the live state may have moved
+    /// while it waited, so from-versions are refreshed and the rules checked again.
+    fn replan_for_start(&self, s: &State, id: &TxId) -> Turn {
+        let Some(active) = s.active.get(id) else {
+            return Turn::Refused("transaction vanished from memory".into());
+        };
+        let record = &active.record;
+        match self.plan_locked(s, &record.environment, &record.request) {
+            Err(e) => Turn::Refused(format!("while it was queued the state changed: {e}")),
+            Ok(plan) if !plan.allowed() => Turn::Refused(format!(
+                "while it was queued the state changed; {}",
+                plan.refusal()
+            )),
+            Ok(plan) if plan.projects() != record.projects().cloned().collect() => Turn::Refused(
+                "while it was queued the state changed so that it would need other projects than the ones it queued for; create it again".into(),
+            ),
+            Ok(plan) => Turn::Go(plan.participants),
+        }
+    }
+}

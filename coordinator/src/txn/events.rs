@@ -1,0 +1,142 @@
+//! The events a transaction's steps write to the one ordered log, with their words.
+//! The log's record is the wire `Event` (what watchers receive, stored as is); the
+//! journal fills in its sequence number and time. Kept apart from the state machine so
+//! that [`super::Transaction`] reads as protocol steps, not message formatting.
+
+use lockstep::{names::ProjectName, pb};
+
+use crate::{
+    convert,
+    model::{TxRecord, Vote},
+};
+
+/// An event about `tx` in its current state.
+pub fn event(
+    tx: &TxRecord,
+    kind: pb::EventKind,
+    project: Option<&ProjectName>,
+    message: String,
+) -> pb::Event {
+    pb::Event {
+        kind: kind as i32,
+        transaction_id: tx.id.to_string(),
+        environment: tx.environment.to_string(),
+        project: project.map(|p| p.to_string()).unwrap_or_default(),
+        state: convert::state(tx.state) as i32,
+        message,
+        revision: 0,
+        ..Default::default()
+    }
+}
+
+/// Phase 1 started: Prepare goes to every participant.
+pub fn prepare_started(tx: &TxRecord) -> pb::Event {
+    event(tx, pb::EventKind::PrepareStarted, None, tx.reason.clone())
+}
+
+/// A participant's vote (PREPARED or REFUSED, with its reason).
+pub fn vote_received(tx: &TxRecord, project: &ProjectName, vote: Vote, reason: &str) -> pb::Event {
+    let to = tx.participant(project).map(|p| p.to_version.as_str());
+    let to = to.unwrap_or_default();
+    let message = match vote {
+        Vote::Prepared => format!("{project} prepared {to}"),
+        _ => format!("{project} refused {to}: {reason}"),
+    };
+    with_vote(
+        event(tx, pb::EventKind::VoteReceived, Some(project), message),
+        vote,
+    )
+}
+
+/// A participant that did not answer before the phase 1 deadline.
+pub fn no_answer(tx: &TxRecord, project: &ProjectName) -> pb::Event {
+    let message = format!("{project}: no answer before the deadline");
+    with_vote(
+        event(tx, pb::EventKind::VoteReceived, Some(project), message),
+        Vote::NoAnswer,
+    )
+}
+
+fn with_vote(mut e: pb::Event, vote: Vote) -> pb::Event {
+    e.vote = convert::vote(vote) as i32;
+    e
+}
+
+/// The decision, with the reason the record carries.
+pub fn decided(tx: &TxRecord, commit: bool) -> pb::Event {
+    let kind = if commit {
+        pb::EventKind::DecidedCommit
+    } else {
+        pb::EventKind::DecidedAbort
+    };
+    event(tx, kind, None, tx.reason.clone())
+}
+
+/// A participant acknowledged the decision.
+pub fn acknowledged(tx: &TxRecord, project: &ProjectName, commit: bool) -> pb::Event {
+    let p = tx.participant(project);
+    let message = if commit {
+        let to = p.map(|p| p.to_version.as_str()).unwrap_or_default();
+        format!("{project} is live at {to}")
+    } else {
+        let from = p.and_then(|p| p.from_version.as_ref());
+        let from = from.map(|v| v.as_str()).unwrap_or("(nothing live)");
+        format!("{project} restored {from}")
+    };
+    event(tx, pb::EventKind::Acknowledged, Some(project), message)
+}
+
+/// A phase 2 delivery failed and is being retried.
+pub fn delivery_retry(tx: &TxRecord, project: &ProjectName, error: &str) -> pb::Event {
+    let kind = if tx.state == crate::model::TxState::Committing {
+        "Commit"
+    } else {
+        "Abort"
+    };
+    let message = format!("{kind} to {project} failed, retrying with backoff: {error}");
+    event(tx, pb::EventKind::DeliveryRetry, Some(project), message)
+}
+
+/// A restart found the transaction unfinished.
+pub fn recovered(tx: &TxRecord, message: String) -> pb::Event {
+    event(tx, pb::EventKind::Recovered, None, message)
+}
+
+/// The terminal event: COMMITTED (with its checkpoint) or ABORTED (with the reason).
+pub fn ended(tx: &TxRecord) -> pb::Event {
+    if tx.state == crate::model::TxState::Committed {
+        let mut e = event(
+            tx,
+            pb::EventKind::TransactionCommitted,
+            None,
+            tx.reason.clone(),
+        );
+        e.revision = tx.checkpoint;
+        e
+    } else {
+        event(
+            tx,
+            pb::EventKind::TransactionAborted,
+            None,
+            tx.reason.clone(),
+        )
+    }
+}
+
+/// `1 vote`, `3 votes`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `15s` or `1500ms`.
+pub fn humanize(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}

@@ -1,0 +1,590 @@
+//! Two-phase commit of one transaction, as a pure state machine. This is the one place
+//! where a transaction's protocol state changes; read it top to bottom.
+//!
+//! [`Transaction`] holds the record and takes one input at a time (the queue's turn, a
+//! vote, the phase 1 deadline, an abort request, the COMMIT decision made durable, an
+//! acknowledgement, a failed delivery, a restart). Each method changes the record and
+//! returns the [`Effect`]s to carry out, in order: events to write with the durability
+//! each needs, orders to send, a deadline to arm, the end. It does no I/O: the driver
+//! (the `driver` module) carries the effects out through two narrow ports, the journal and
+//! the participant network (the `ports` module), and feeds their answers back in. That is
+//! what lets one protocol run in production and in the simulation, and every rule below
+//! be a unit test (`tests.rs`) and a property test (`props.rs`).
+//!
+//! The rules it keeps (PRODUCT.md, "Protocol rules"):
+//! 1. Phase 1 sends Prepare to every participant at once with one deadline; any
+//!    refusal, error or missing answer by the deadline decides ABORT.
+//! 2. COMMIT is decided only when every participant voted PREPARED, and no Commit is
+//!    sent before the decision is durable ([`Effect::DecideCommit`], then
+//!    [`Transaction::commit_durable`]).
+//! 3. Presumed abort: a transaction without a durable decision at a restart is aborted
+//!    ([`Transaction::restarted`]); a decided one is never decided again.
+//! 4. Phase 2 goes in dependency waves, children first for COMMIT and parents first for
+//!    ABORT; each delivery is retried with capped exponential backoff until it is
+//!    acknowledged.
+//! 5. Every state change is an event in the one ordered log.
+
+pub mod events;
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lockstep::{
+    names::ProjectName,
+    orders::{AbortOrder, CommitOrder, PrepareOrder, VoteAnswer},
+    pb,
+    retry::{Backoff, Failure},
+};
+
+use crate::model::{Participant, TxRecord, TxState, Vote};
+
+/// What the queue says when a waiting transaction's turn comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Go, with participants re-planned against the live state (empty: keep the plan).
+    Go(Vec<Participant>),
+    /// It can no longer run as planned; the reason is recorded.
+    Refused(String),
+}
+
+/// An order for one participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Phase 1.
+    Prepare(PrepareOrder),
+    /// Phase 2 after COMMIT.
+    Commit(CommitOrder),
+    /// Phase 2 after ABORT.
+    Abort(AbortOrder),
+}
+
+/// An order and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// The participant's project.
+    pub project: ProjectName,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// What to tell it.
+    pub message: Message,
+}
+
+/// How soon readers see a written record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// At once: an undecided step that a crash may lose harmlessly (presumed abort).
+    AtOnce,
+    /// Once durable: the driver waits for it before the next effect.
+    WhenDurable,
+}
+
+/// Something the driver must do, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Hold `events` for the journal's next write (a crash may lose them harmlessly:
+    /// votes, acknowledgements, retries) and show readers the new state of `shown`.
+    Note {
+        /// Events to hold.
+        events: Vec<pb::Event>,
+        /// Participants whose state changed.
+        shown: Vec<ProjectName>,
+    },
+    /// Write the record with `events` (durable with the next sync).
+    Write {
+        /// Events written with it.
+        events: Vec<pb::Event>,
+        /// When readers see it.
+        show: Show,
+    },
+    /// Write the COMMIT decision with fsync, together with the checkpoint it produces,
+    /// then report the checkpoint's revision to [`Transaction::commit_durable`].
+    DecideCommit {
+        /// Events written with it.
+        events: Vec<pb::Event>,
+    },
+    /// Send an order after a delay (zero: now).
+    Send {
+        /// The order.
+        order: Order,
+        /// Wait this long first (backoff).
+        after: Duration,
+    },
+    /// Call [`Transaction::deadline`] when this much time has passed.
+    StartDeadline(Duration),
+    /// Phase 1 is over: outstanding Prepare calls are no longer wanted.
+    StopPreparing,
+    /// Write the terminal record with `events` and hand its projects to the next
+    /// transactions. The driver is done.
+    Finish {
+        /// Events written with it.
+        events: Vec<pb::Event>,
+    },
+}
+
+/// One transaction's protocol state.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    record: TxRecord,
+    backoff: Backoff,
+    /// Calls made to each participant in this phase, for its backoff.
+    attempts: BTreeMap<ProjectName, u32>,
+}
+
+impl Transaction {
+    /// A transaction as accepted (or loaded), retrying with `backoff`.
+    pub fn new(record: TxRecord, backoff: Backoff) -> Self {
+        Self {
+            record,
+            backoff,
+            attempts: BTreeMap::new(),
+        }
+    }
+
+    /// The record as it stands.
+    pub fn record(&self) -> &TxRecord {
+        &self.record
+    }
+
+    /// What to do first with a transaction just accepted: nothing while it waits for
+    /// its turn; phase 1 when it was accepted already preparing.
+    pub fn begin(&mut self) -> Vec<Effect> {
+        match self.record.state {
+            TxState::Preparing => self.send_prepares(),
+            _ => Vec::new(),
+        }
+    }
+
+    // ----- queued -----
+
+    /// The queue gave the transaction its projects, or refused it.
+    pub fn start(&mut self, turn: Turn) -> Vec<Effect> {
+        if self.record.state != TxState::Pending {
+            return Vec::new();
+        }
+        match turn {
+            Turn::Go(participants) => {
+                if !participants.is_empty() {
+                    self.record.participants = participants;
+                }
+                // Written at once so that recovery sends Abort to every participant,
+                // shown at once: presumed abort covers a crash before it is durable.
+                let started = self.start_preparing();
+                let mut effects = vec![Effect::Write {
+                    events: vec![started],
+                    show: Show::AtOnce,
+                }];
+                effects.extend(self.send_prepares());
+                effects
+            }
+            Turn::Refused(reason) => self.abort_unprepared(reason),
+        }
+    }
+
+    /// Moves into phase 1 and returns the event saying so (also used when a
+    /// transaction is accepted with nothing in its way: phase 1 then starts in the
+    /// creation write).
+    pub fn start_preparing(&mut self) -> pb::Event {
+        self.record.state = TxState::Preparing;
+        self.record.prepare_sent = true;
+        let votes = events::plural(self.record.participants.len(), "vote");
+        self.record.reason = format!("waiting for {votes}");
+        events::prepare_started(&self.record)
+    }
+
+    /// Aborts a transaction that never sent Prepare: there is no participant to tell.
+    fn abort_unprepared(&mut self, reason: String) -> Vec<Effect> {
+        self.record.state = TxState::Aborting;
+        self.record.reason = reason;
+        let decided = events::decided(&self.record, false);
+        let mut effects = vec![Effect::Write {
+            events: vec![decided],
+            show: Show::WhenDurable,
+        }];
+        effects.push(self.finish());
+        effects
+    }
+
+    // ----- phase 1 -----
+
+    fn send_prepares(&mut self) -> Vec<Effect> {
+        let timeout = Duration::from_millis(self.record.prepare_timeout_ms);
+        let mut effects = vec![Effect::StartDeadline(timeout)];
+        for p in &self.record.participants {
+            effects.push(Effect::Send {
+                order: self.prepare_order(p),
+                after: Duration::ZERO,
+            });
+        }
+        effects
+    }
+
+    fn prepare_order(&self, p: &Participant) -> Order {
+        let record = &self.record;
+        let message = Message::Prepare(p.prepare_order(&record.id, &record.environment));
+        order(p, message)
+    }
+
+    /// A participant answered Prepare (or the call failed).
+    pub fn vote(
+        &mut self,
+        project: &ProjectName,
+        answer: Result<VoteAnswer, Failure>,
+    ) -> Vec<Effect> {
+        let waiting = self
+            .participant(project)
+            .is_some_and(|p| p.vote == Vote::None);
+        if self.record.state != TxState::Preparing || !waiting {
+            return Vec::new();
+        }
+        let answer = match answer {
+            Ok(answer) => answer,
+            // Prepare is idempotent: a call that may not have arrived is made again,
+            // until the phase 1 deadline cuts it short.
+            Err(Failure::Transient(_)) => return self.retry(project),
+            Err(Failure::Final(error)) => VoteAnswer::Refused(format!("participant error {error}")),
+        };
+        let mut effects = vec![self.record_vote(project, answer)];
+        effects.extend(self.decide_when_all_voted(project));
+        effects
+    }
+
+    /// Records a vote: shown at once, durable with the decision that follows.
+    fn record_vote(&mut self, project: &ProjectName, answer: VoteAnswer) -> Effect {
+        let p = self.participant_mut(project);
+        let (vote, reason) = match answer {
+            VoteAnswer::Prepared(staging) => {
+                p.from_schema = staging.from_schema;
+                p.to_schema = staging.to_schema;
+                p.migrations = staging.migrations;
+                (Vote::Prepared, String::new())
+            }
+            VoteAnswer::Refused(reason) => (Vote::Refused, reason),
+        };
+        p.vote = vote;
+        p.vote_reason = reason.clone();
+        note(
+            events::vote_received(&self.record, project, vote, &reason),
+            project,
+        )
+    }
+
+    /// COMMIT once every participant voted PREPARED; ABORT at the first that did not.
+    fn decide_when_all_voted(&mut self, project: &ProjectName) -> Vec<Effect> {
+        let p = self.participant(project).expect("a participant just voted");
+        if p.vote != Vote::Prepared {
+            let reason = format!("{project} refused: {}", p.vote_reason);
+            return self.decide_abort(reason);
+        }
+        if self
+            .record
+            .participants
+            .iter()
+            .all(|p| p.vote == Vote::Prepared)
+        {
+            return self.decide_commit();
+        }
+        Vec::new()
+    }
+
+    /// The phase 1 deadline passed.
+    pub fn deadline(&mut self) -> Vec<Effect> {
+        if self.record.state != TxState::Preparing {
+            return Vec::new();
+        }
+        let timeout = events::humanize(self.record.prepare_timeout_ms);
+        let silent: Vec<ProjectName> = self.silent().collect();
+        let mut noted = Vec::new();
+        for project in &silent {
+            let p = self.participant_mut(project);
+            p.vote = Vote::NoAnswer;
+            p.vote_reason = format!("no answer within {timeout}");
+            noted.push(events::no_answer(&self.record, project));
+        }
+        let names: Vec<&str> = silent.iter().map(|p| p.as_str()).collect();
+        let reason = format!(
+            "no answer from {} within the prepare timeout of {timeout}",
+            names.join(", ")
+        );
+        let mut effects = vec![Effect::Note {
+            events: noted,
+            shown: silent,
+        }];
+        effects.extend(self.decide_abort(reason));
+        effects
+    }
+
+    fn silent(&self) -> impl Iterator<Item = ProjectName> + '_ {
+        let participants = self.record.participants.iter();
+        participants
+            .filter(|p| p.vote == Vote::None)
+            .map(|p| p.project.clone())
+    }
+
+    /// AbortRelease asked to abort. Only an undecided transaction can be aborted.
+    pub fn abort_requested(&mut self, reason: String) -> Vec<Effect> {
+        match self.record.state {
+            TxState::Pending => self.abort_unprepared(reason),
+            TxState::Preparing => self.decide_abort(format!("aborted on request: {reason}")),
+            _ => Vec::new(),
+        }
+    }
+
+    // ----- the decision -----
+
+    /// Every participant voted PREPARED: COMMIT, written with fsync before any Commit.
+    fn decide_commit(&mut self) -> Vec<Effect> {
+        self.record.state = TxState::Committing;
+        let votes = events::plural(self.record.participants.len(), "vote");
+        self.record.reason = format!("every participant prepared ({votes})");
+        let decided = events::decided(&self.record, true);
+        vec![
+            Effect::StopPreparing,
+            Effect::DecideCommit {
+                events: vec![decided],
+            },
+        ]
+    }
+
+    /// The COMMIT decision is durable, as checkpoint `revision`: phase 2 may begin.
+    pub fn commit_durable(&mut self, revision: u64) -> Vec<Effect> {
+        if self.record.state != TxState::Committing || self.record.checkpoint != 0 {
+            return Vec::new();
+        }
+        self.record.checkpoint = revision;
+        self.attempts.clear();
+        self.deliver_next_wave()
+    }
+
+    /// ABORT. Under presumed abort it needs no fsync of its own; it is written (and
+    /// waited for, so readers only see durable state) before any Abort is sent.
+    fn decide_abort(&mut self, reason: String) -> Vec<Effect> {
+        self.record.state = TxState::Aborting;
+        self.record.reason = reason;
+        let decided = events::decided(&self.record, false);
+        let mut effects = vec![
+            Effect::StopPreparing,
+            Effect::Write {
+                events: vec![decided],
+                show: Show::WhenDurable,
+            },
+        ];
+        self.attempts.clear();
+        effects.extend(self.deliver_next_wave());
+        effects
+    }
+
+    // ----- phase 2 -----
+
+    /// Sends the decision to the first wave with participants that have not
+    /// acknowledged; when there is none, the transaction ends.
+    fn deliver_next_wave(&mut self) -> Vec<Effect> {
+        let commit = self.record.state == TxState::Committing;
+        if !commit && !self.record.prepare_sent {
+            return vec![self.finish()];
+        }
+        let Some(wave) = self.current_wave() else {
+            return vec![self.finish()];
+        };
+        let orders: Vec<Order> = self
+            .unacknowledged(&wave)
+            .map(|p| self.decision_order(p))
+            .collect();
+        let sends = orders.into_iter().map(|order| Effect::Send {
+            order,
+            after: Duration::ZERO,
+        });
+        sends.collect()
+    }
+
+    /// The first wave, in delivery order, with someone yet to acknowledge: children
+    /// first for COMMIT, parents first (the reverse) for ABORT.
+    fn current_wave(&self) -> Option<Vec<ProjectName>> {
+        let mut waves = self.record.waves.clone();
+        if self.record.state == TxState::Aborting {
+            waves.reverse();
+        }
+        waves
+            .into_iter()
+            .find(|w| self.unacknowledged(w).next().is_some())
+    }
+
+    fn unacknowledged<'a>(
+        &'a self,
+        wave: &'a [ProjectName],
+    ) -> impl Iterator<Item = &'a Participant> {
+        let participants = self.record.participants.iter();
+        participants.filter(move |p| wave.contains(&p.project) && !p.acknowledged)
+    }
+
+    fn decision_order(&self, p: &Participant) -> Order {
+        let (tx, project) = (self.record.id.clone(), Some(p.project.clone()));
+        let message = if self.record.state == TxState::Committing {
+            Message::Commit(CommitOrder { tx, project })
+        } else {
+            let reason = self.record.reason.clone();
+            Message::Abort(AbortOrder {
+                tx,
+                project,
+                reason,
+            })
+        };
+        order(p, message)
+    }
+
+    /// A participant acknowledged the decision.
+    pub fn acknowledged(&mut self, project: &ProjectName) -> Vec<Effect> {
+        let deciding = matches!(self.record.state, TxState::Committing | TxState::Aborting);
+        let waiting = self.participant(project).is_some_and(|p| !p.acknowledged);
+        if !deciding || !waiting || !self.in_current_wave(project) {
+            return Vec::new();
+        }
+        let p = self.participant_mut(project);
+        p.acknowledged = true;
+        p.delivery_error.clear();
+        let commit = self.record.state == TxState::Committing;
+        let mut effects = vec![note(
+            events::acknowledged(&self.record, project, commit),
+            project,
+        )];
+        if self.current_wave().is_none_or(|w| !w.contains(project)) {
+            effects.extend(self.deliver_next_wave());
+        }
+        effects
+    }
+
+    fn in_current_wave(&self, project: &ProjectName) -> bool {
+        self.current_wave().is_some_and(|w| w.contains(project))
+    }
+
+    /// A delivery (or a Prepare) failed: try again with backoff. A delivery failure is
+    /// logged when its error changes, not on every retry.
+    pub fn delivery_failed(&mut self, project: &ProjectName, failure: Failure) -> Vec<Effect> {
+        let deciding = matches!(self.record.state, TxState::Committing | TxState::Aborting);
+        let waiting = self.participant(project).is_some_and(|p| !p.acknowledged);
+        if !deciding || !waiting || !self.in_current_wave(project) {
+            return Vec::new();
+        }
+        let error = failure.message().to_string();
+        let mut effects = Vec::new();
+        if self
+            .participant(project)
+            .is_some_and(|p| p.delivery_error != error)
+        {
+            self.participant_mut(project).delivery_error = error.clone();
+            let retry = events::delivery_retry(&self.record, project, &error);
+            effects.push(note(retry, project));
+        }
+        effects.extend(self.retry(project));
+        effects
+    }
+
+    /// The same order to the same participant again, after its next backoff delay.
+    fn retry(&mut self, project: &ProjectName) -> Vec<Effect> {
+        let attempt = self.attempts.entry(project.clone()).or_default();
+        let after = self.backoff.delay(*attempt, self.record.id.as_str());
+        *attempt = attempt.saturating_add(1);
+        let p = self
+            .participant(project)
+            .expect("retries go to participants");
+        let order = match self.record.state {
+            TxState::Preparing => self.prepare_order(p),
+            _ => self.decision_order(p),
+        };
+        vec![Effect::Send { order, after }]
+    }
+
+    // ----- the end -----
+
+    /// Every participant acknowledged (or none was ever asked): COMMITTED or ABORTED.
+    fn finish(&mut self) -> Effect {
+        let committed = self.record.state == TxState::Committing;
+        if committed {
+            self.record.state = TxState::Committed;
+            self.record.reason = format!("live as checkpoint {}", self.record.checkpoint);
+        } else {
+            self.record.state = TxState::Aborted;
+        }
+        Effect::Finish {
+            events: vec![events::ended(&self.record)],
+        }
+    }
+
+    // ----- restart -----
+
+    /// The coordinator restarted and found this transaction unfinished. Undecided:
+    /// ABORT (presumed abort), with an Abort to every participant Prepare may have
+    /// reached. Decided: phase 2 resumes for everyone who has not acknowledged
+    /// (deliveries are idempotent, so one that acknowledged just before the crash may be
+    /// told again, harmlessly).
+    pub fn restarted(&mut self) -> Vec<Effect> {
+        match self.record.state {
+            TxState::Pending | TxState::Preparing => self.presume_abort(),
+            TxState::Committing | TxState::Aborting => self.resume_phase2(),
+            TxState::Committed | TxState::Aborted => Vec::new(),
+        }
+    }
+
+    fn presume_abort(&mut self) -> Vec<Effect> {
+        let was = self.record.state;
+        self.record.state = TxState::Aborting;
+        self.record.reason = PRESUMED_ABORT.to_string();
+        let found = events::recovered(&self.record, format!("found {was:?} after a restart"));
+        let decided = events::decided(&self.record, false);
+        let mut effects = vec![Effect::Write {
+            events: vec![found, decided],
+            show: Show::AtOnce,
+        }];
+        effects.extend(self.deliver_next_wave());
+        effects
+    }
+
+    fn resume_phase2(&mut self) -> Vec<Effect> {
+        let acked = self
+            .record
+            .participants
+            .iter()
+            .filter(|p| p.acknowledged)
+            .count();
+        let total = self.record.participants.len();
+        let message = format!("resuming phase 2 after a restart: {acked} of {total} acknowledged");
+        let mut effects = vec![Effect::Write {
+            events: vec![events::recovered(&self.record, message)],
+            show: Show::AtOnce,
+        }];
+        effects.extend(self.deliver_next_wave());
+        effects
+    }
+
+    // ----- helpers -----
+
+    fn participant(&self, project: &ProjectName) -> Option<&Participant> {
+        self.record.participant(project)
+    }
+
+    fn participant_mut(&mut self, project: &ProjectName) -> &mut Participant {
+        self.record
+            .participant_mut(project)
+            .expect("inputs name only participants of the transaction")
+    }
+}
+
+/// The abort reason recorded for a transaction undecided at a restart.
+pub const PRESUMED_ABORT: &str = "coordinator restarted before a decision (presumed abort)";
+
+fn order(p: &Participant, message: Message) -> Order {
+    Order {
+        project: p.project.clone(),
+        endpoint: p.endpoint.clone(),
+        message,
+    }
+}
+
+fn note(event: pb::Event, project: &ProjectName) -> Effect {
+    Effect::Note {
+        events: vec![event],
+        shown: vec![project.clone()],
+    }
+}

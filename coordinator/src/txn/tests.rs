@@ -1,0 +1,405 @@
+//! One test per protocol rule (PRODUCT.md, "Protocol rules"), each a story told to the
+//! state machine alone: no network, no storage, no clock.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use lockstep::{
+    names::{Environment, ProjectName, TxId, Version},
+    orders::{Staging, VoteAnswer},
+    pb,
+    retry::{Backoff, Failure},
+};
+
+use super::{Effect, Message, PRESUMED_ABORT, Show, Transaction, Turn};
+use crate::model::{Action, Participant, Request, TxKind, TxRecord, TxState, Vote};
+
+pub(super) fn name(s: &str) -> ProjectName {
+    ProjectName::parse("project", s).unwrap()
+}
+
+fn participant(project: &str, wave: u32) -> Participant {
+    Participant {
+        project: name(project),
+        endpoint: format!("http://{project}"),
+        from_version: None,
+        to_version: Version::parse("version", &format!("T4{project}")).unwrap(),
+        action: Action::Upgrade,
+        artifact: String::new(),
+        metadata: Default::default(),
+        vote: Vote::None,
+        vote_reason: String::new(),
+        acknowledged: false,
+        wave,
+        from_schema: None,
+        to_schema: None,
+        migrations: Vec::new(),
+        delivery_error: String::new(),
+    }
+}
+
+/// T4 over A (requires B and C), B and C: waves [[B, C], [A]].
+pub(super) fn t4(state: TxState) -> TxRecord {
+    TxRecord {
+        id: TxId::parse("id", "T4").unwrap(),
+        ordinal: 4,
+        environment: Environment::default(),
+        kind: TxKind::Release,
+        request: Request::Rollback { revision: 1 },
+        state,
+        participants: vec![
+            participant("A", 1),
+            participant("B", 0),
+            participant("C", 0),
+        ],
+        waves: vec![vec![name("B"), name("C")], vec![name("A")]],
+        reason: String::new(),
+        reverts: Vec::new(),
+        rollback_to: 0,
+        forced: false,
+        quarantined: false,
+        checkpoint: 0,
+        prepare_timeout_ms: 15_000,
+        created_ms: 0,
+        finished_ms: 0,
+        prepare_sent: state != TxState::Pending,
+    }
+}
+
+pub(super) fn machine(state: TxState) -> Transaction {
+    Transaction::new(t4(state), Backoff::default())
+}
+
+pub(super) fn prepared() -> Result<VoteAnswer, Failure> {
+    Ok(VoteAnswer::Prepared(Staging::default()))
+}
+
+/// The projects orders go to, in effect order, with their kind.
+pub(super) fn sends(effects: &[Effect]) -> Vec<(String, &'static str)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { order, .. } => Some((order.project.to_string(), kind(&order.message))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Prepare(_) => "prepare",
+        Message::Commit(_) => "commit",
+        Message::Abort(_) => "abort",
+    }
+}
+
+fn event_kinds(effects: &[Effect]) -> Vec<pb::EventKind> {
+    let events = effects.iter().flat_map(|e| match e {
+        Effect::Note { events, .. } | Effect::Write { events, .. } => events.clone(),
+        Effect::DecideCommit { events } | Effect::Finish { events } => events.clone(),
+        _ => Vec::new(),
+    });
+    events
+        .map(|e| pb::EventKind::try_from(e.kind).unwrap())
+        .collect()
+}
+
+fn all_prepared(m: &mut Transaction) -> Vec<Effect> {
+    let mut effects = m.vote(&name("A"), prepared());
+    effects.extend(m.vote(&name("B"), prepared()));
+    effects.extend(m.vote(&name("C"), prepared()));
+    effects
+}
+
+fn ack(m: &mut Transaction, projects: &[&str]) -> Vec<Effect> {
+    projects
+        .iter()
+        .flat_map(|p| m.acknowledged(&name(p)))
+        .collect()
+}
+
+#[test]
+fn phase1_sends_prepare_to_every_participant_at_once_with_one_deadline() {
+    let mut m = machine(TxState::Pending);
+    let effects = m.start(Turn::Go(Vec::new()));
+    assert_eq!(m.record().state, TxState::Preparing);
+    assert!(
+        m.record().prepare_sent,
+        "recovery must know Prepare may have gone out"
+    );
+    assert!(matches!(
+        &effects[0],
+        Effect::Write {
+            show: Show::AtOnce,
+            ..
+        }
+    ));
+    assert_eq!(effects[1], Effect::StartDeadline(Duration::from_secs(15)));
+    let expected = ["A", "B", "C"].map(|p| (p.to_string(), "prepare"));
+    assert_eq!(sends(&effects), expected);
+}
+
+#[test]
+fn commit_is_decided_only_when_every_participant_voted_prepared() {
+    let mut m = machine(TxState::Preparing);
+    assert!(
+        !m.vote(&name("A"), prepared())
+            .iter()
+            .any(|e| matches!(e, Effect::DecideCommit { .. }))
+    );
+    assert!(
+        !m.vote(&name("B"), prepared())
+            .iter()
+            .any(|e| matches!(e, Effect::DecideCommit { .. }))
+    );
+    let last = m.vote(&name("C"), prepared());
+    assert!(
+        last.iter()
+            .any(|e| matches!(e, Effect::DecideCommit { .. }))
+    );
+    assert_eq!(m.record().state, TxState::Committing);
+    assert_eq!(m.record().reason, "every participant prepared (3 votes)");
+}
+
+#[test]
+fn no_commit_is_sent_before_the_decision_is_durable() {
+    let mut m = machine(TxState::Preparing);
+    let decided = all_prepared(&mut m);
+    assert!(
+        sends(&decided).is_empty(),
+        "no order may leave with the decision itself"
+    );
+    let after = m.commit_durable(7);
+    assert_eq!(m.record().checkpoint, 7);
+    assert_eq!(
+        sends(&after),
+        [("B".into(), "commit"), ("C".into(), "commit")]
+    );
+}
+
+#[test]
+fn a_refusal_decides_abort_at_once_and_every_participant_hears_it_parents_first() {
+    let mut m = machine(TxState::Preparing);
+    m.vote(&name("B"), prepared());
+    let effects = m.vote(
+        &name("C"),
+        Ok(VoteAnswer::Refused("migration 0004 has no down".into())),
+    );
+    assert_eq!(m.record().state, TxState::Aborting);
+    assert_eq!(m.record().reason, "C refused: migration 0004 has no down");
+    let write = effects.iter().position(|e| {
+        matches!(
+            e,
+            Effect::Write {
+                show: Show::WhenDurable,
+                ..
+            }
+        )
+    });
+    let first_send = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Send { .. }));
+    assert!(
+        write.unwrap() < first_send.unwrap(),
+        "ABORT is written before any Abort"
+    );
+    assert_eq!(sends(&effects), [("A".into(), "abort")], "parents first");
+    let next = m.acknowledged(&name("A"));
+    assert_eq!(sends(&next), [("B".into(), "abort"), ("C".into(), "abort")]);
+}
+
+#[test]
+fn silence_until_the_deadline_decides_abort_naming_the_silent() {
+    let mut m = machine(TxState::Preparing);
+    m.vote(&name("A"), prepared());
+    m.deadline();
+    let r = m.record();
+    assert_eq!(r.state, TxState::Aborting);
+    assert_eq!(
+        r.reason,
+        "no answer from B, C within the prepare timeout of 15s"
+    );
+    assert_eq!(r.participant(&name("B")).unwrap().vote, Vote::NoAnswer);
+    assert_eq!(r.participant(&name("A")).unwrap().vote, Vote::Prepared);
+}
+
+#[test]
+fn a_transient_prepare_failure_is_asked_again_and_a_final_one_is_a_refusal() {
+    let mut m = machine(TxState::Preparing);
+    let again = m.vote(
+        &name("B"),
+        Err(Failure::Transient("Unavailable: connection refused".into())),
+    );
+    assert_eq!(sends(&again), [("B".into(), "prepare")]);
+    assert_eq!(m.record().state, TxState::Preparing);
+    m.vote(
+        &name("A"),
+        Err(Failure::Final("InvalidArgument: version".into())),
+    );
+    assert_eq!(m.record().state, TxState::Aborting);
+    let a = m.record().participant(&name("A")).unwrap();
+    assert_eq!(a.vote_reason, "participant error InvalidArgument: version");
+}
+
+#[test]
+fn commit_goes_in_waves_children_before_parents() {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    assert!(sends(&ack(&mut m, &["B"])).is_empty(), "A waits for C too");
+    assert_eq!(sends(&ack(&mut m, &["C"])), [("A".into(), "commit")]);
+    let end = ack(&mut m, &["A"]);
+    assert!(matches!(end.last(), Some(Effect::Finish { .. })));
+    assert_eq!(m.record().state, TxState::Committed);
+    assert_eq!(m.record().reason, "live as checkpoint 1");
+}
+
+#[test]
+fn a_failed_delivery_is_retried_with_capped_backoff_until_acknowledged() {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    let mut delays = Vec::new();
+    for _ in 0..12 {
+        let effects = m.delivery_failed(&name("B"), Failure::Transient("Unavailable: down".into()));
+        let Some(Effect::Send { after, order }) = effects.last() else {
+            panic!("a failed delivery is sent again: {effects:?}");
+        };
+        assert_eq!(order.project, name("B"));
+        delays.push(*after);
+    }
+    assert!(
+        delays.windows(2).take(5).all(|w| w[1] > w[0]),
+        "grows: {delays:?}"
+    );
+    assert!(
+        delays.iter().all(|d| *d <= Backoff::default().max),
+        "capped: {delays:?}"
+    );
+    assert_eq!(m.record().state, TxState::Committing, "never gives up");
+    assert!(sends(&ack(&mut m, &["B", "C"])).contains(&("A".into(), "commit")));
+}
+
+#[test]
+fn a_delivery_error_is_noted_once_per_new_error_and_cleared_by_the_ack() {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    let down = || Failure::Transient("Unavailable: down".into());
+    let first = m.delivery_failed(&name("B"), down());
+    let second = m.delivery_failed(&name("B"), down());
+    assert_eq!(event_kinds(&first), [pb::EventKind::DeliveryRetry]);
+    assert!(
+        event_kinds(&second).is_empty(),
+        "the same error is not logged again"
+    );
+    assert_eq!(
+        m.record().participant(&name("B")).unwrap().delivery_error,
+        "Unavailable: down"
+    );
+    m.acknowledged(&name("B"));
+    assert_eq!(
+        m.record().participant(&name("B")).unwrap().delivery_error,
+        ""
+    );
+}
+
+#[test]
+fn an_undecided_transaction_restarted_is_aborted_and_every_participant_told() {
+    let mut m = machine(TxState::Preparing);
+    let effects = m.restarted();
+    assert_eq!(m.record().state, TxState::Aborting);
+    assert_eq!(m.record().reason, PRESUMED_ABORT);
+    assert_eq!(
+        event_kinds(&effects),
+        [pb::EventKind::Recovered, pb::EventKind::DecidedAbort]
+    );
+    assert_eq!(sends(&effects), [("A".into(), "abort")]);
+}
+
+#[test]
+fn a_queued_transaction_restarted_aborts_without_telling_anyone() {
+    let mut m = machine(TxState::Pending);
+    let effects = m.restarted();
+    assert!(sends(&effects).is_empty(), "Prepare never went out");
+    assert!(matches!(effects.last(), Some(Effect::Finish { .. })));
+    assert_eq!(m.record().state, TxState::Aborted);
+}
+
+#[test]
+fn a_decided_transaction_restarted_resumes_phase2_and_is_never_decided_again() {
+    let mut record = t4(TxState::Committing);
+    record.checkpoint = 5;
+    for p in &mut record.participants {
+        p.vote = Vote::Prepared;
+    }
+    record.participants[1].acknowledged = true; // B
+    let mut m = Transaction::new(record, Backoff::default());
+    let effects = m.restarted();
+    assert_eq!(m.record().state, TxState::Committing);
+    assert_eq!(
+        sends(&effects),
+        [("C".into(), "commit")],
+        "only who has not acknowledged"
+    );
+    assert!(m.abort_requested("too late".into()).is_empty());
+    assert!(m.deadline().is_empty());
+    assert!(
+        m.vote(&name("A"), Ok(VoteAnswer::Refused("late".into())))
+            .is_empty()
+    );
+    assert_eq!(m.record().state, TxState::Committing);
+}
+
+#[test]
+fn a_queued_transaction_refused_at_its_turn_aborts_without_telling_anyone() {
+    let mut m = machine(TxState::Pending);
+    let effects = m.start(Turn::Refused(
+        "while it was queued the state changed".into(),
+    ));
+    assert!(sends(&effects).is_empty());
+    assert_eq!(m.record().state, TxState::Aborted);
+    assert_eq!(
+        event_kinds(&effects),
+        [
+            pb::EventKind::DecidedAbort,
+            pb::EventKind::TransactionAborted
+        ]
+    );
+}
+
+#[test]
+fn an_abort_request_aborts_only_an_undecided_transaction() {
+    let mut m = machine(TxState::Preparing);
+    let effects = m.abort_requested("release driver cancelled".into());
+    assert_eq!(
+        m.record().reason,
+        "aborted on request: release driver cancelled"
+    );
+    assert_eq!(sends(&effects), [("A".into(), "abort")]);
+    let mut decided = machine(TxState::Preparing);
+    all_prepared(&mut decided);
+    assert!(decided.abort_requested("too late".into()).is_empty());
+    assert_eq!(decided.record().state, TxState::Committing);
+}
+
+#[test]
+fn late_and_duplicate_answers_change_nothing() {
+    let mut m = machine(TxState::Preparing);
+    m.vote(&name("A"), prepared());
+    assert!(
+        m.vote(&name("A"), Ok(VoteAnswer::Refused("again".into())))
+            .is_empty()
+    );
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    assert!(m.commit_durable(2).is_empty(), "decided once");
+    assert!(
+        m.acknowledged(&name("A")).is_empty(),
+        "A's wave has not been sent yet"
+    );
+    ack(&mut m, &["B"]);
+    assert!(m.acknowledged(&name("B")).is_empty());
+    assert_eq!(m.record().checkpoint, 1);
+}

@@ -1,0 +1,103 @@
+//! Asking for a decision. A participant that voted PREPARED never decides alone; it
+//! asks its [`DecisionSource`] (the coordinator's GetDecision, in `crate::inquiry`):
+//! - after its own restart, at once, for every transaction it holds PREPARED;
+//! - while a PREPARED vote waits longer than [`Decisions::ask_after`] for Commit or
+//!   Abort, because the coordinator may have lost an undecided transaction in a crash
+//!   (presumed abort: it then answers ABORT) and will never send anything for it.
+//!
+//! It keeps asking with capped backoff until the answer is COMMIT or ABORT, and stops as
+//! soon as the transaction is decided here by any path: Commit and Abort are idempotent.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use lockstep::{
+    names::{ProjectName, TxId},
+    orders::Decision,
+    retry::Backoff,
+};
+
+use super::Participant;
+use crate::deployer::Deployer;
+
+/// A boxed future a [`DecisionSource`] returns.
+pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Where a participant learns the coordinator's decision.
+///
+/// # To ensure correctness
+/// - `Decision::Undecided` and errors mean "ask again later", never "abort".
+pub trait DecisionSource: Send + Sync + 'static {
+    /// The durable decision for `tx` (this participant's part, `project`).
+    fn decision(&self, tx: &TxId, project: &ProjectName) -> Pending<Result<Decision, String>>;
+}
+
+/// Where and when to ask for decisions.
+#[derive(Clone)]
+pub struct Decisions {
+    /// Who to ask.
+    pub source: Arc<dyn DecisionSource>,
+    /// How long a PREPARED vote waits for Commit or Abort before asking.
+    pub ask_after: Duration,
+}
+
+/// The asking schedule: from 100 ms, doubling to 5 s.
+const ASKING: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
+impl<D: Deployer> Participant<D> {
+    /// After a restart: resolves every prepared transaction in the background, asking
+    /// at once. Returns immediately.
+    pub fn resolve_prepared(&self, prepared: Vec<TxId>) {
+        for tx in prepared {
+            self.ask(tx, Duration::ZERO);
+        }
+    }
+
+    /// A PREPARED vote just left: ask for its decision if none comes in time.
+    pub(super) fn ask_later(&self, tx: &str) {
+        let ask_after = self.inner.decisions.as_ref().map(|d| d.ask_after);
+        if let (Some(after), Ok(tx)) = (ask_after, TxId::parse("transaction_id", tx)) {
+            self.ask(tx, after);
+        }
+    }
+
+    /// Asks for `tx`'s decision after `first_delay`, and again until it is decided here.
+    fn ask(&self, tx: TxId, first_delay: Duration) {
+        let Some(decisions) = self.inner.decisions.clone() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(first_delay).await;
+            this.ask_until_decided(decisions.source.as_ref(), tx).await;
+        });
+    }
+
+    async fn ask_until_decided(&self, source: &dyn DecisionSource, tx: TxId) {
+        let Ok(project) = ProjectName::parse("project", self.project()) else {
+            return;
+        };
+        let mut attempt = 0;
+        while self.is_prepared(&tx) {
+            match source.decision(&tx, &project).await {
+                Ok(Decision::Commit) => self.apply_asked(&tx, true).await,
+                Ok(Decision::Abort) => self.apply_asked(&tx, false).await,
+                Ok(Decision::Undecided) => {}
+                Err(e) => tracing::warn!(%tx, "asking the coordinator for the decision: {e}"),
+            }
+            tokio::time::sleep(ASKING.delay(attempt, tx.as_str())).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn apply_asked(&self, tx: &TxId, commit: bool) {
+        match self.apply_decision(tx, commit).await {
+            Ok(what) => {
+                tracing::info!(%tx, "{what} by the coordinator's decision (asked with GetDecision)")
+            }
+            Err(e) => tracing::warn!(%tx, "applying the decision failed, retrying: {e}"),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Phase 1 on the participant: check, record the intent, stage in a task of its own,
+//! record PREPARED with fsync, and only then vote.
+
+use lockstep::orders::{PrepareOrder, VoteAnswer};
+use lockstep_store::Durability;
+use tokio::sync::watch;
+
+use super::{
+    CRASH_BEFORE_PREPARED_RECORD, InFlight, Participant, ParticipantError, answer_again, change_of,
+    prepared, shown,
+};
+use crate::{
+    deployer::{Change, Deployer, Refusal, Staged},
+    ledger::{Entry, Phase},
+    schema::SchemaStaged,
+};
+
+/// What staging produced, or why it stopped (with what the deployer staged, to undo).
+type StageOutcome = Result<(Staged, Option<SchemaStaged>), (Refusal, Option<Staged>)>;
+
+impl<D: Deployer> Participant<D> {
+    /// Stages the change and votes. Idempotent per transaction id.
+    pub async fn prepare(&self, order: PrepareOrder) -> Result<VoteAnswer, ParticipantError> {
+        tracing::debug!(tx = %order.tx, "Prepare received");
+        if let Some(refusal) = self.misaddressed(&order) {
+            return Ok(VoteAnswer::Refused(refusal));
+        }
+        let mut vote = {
+            let _guard = self.inner.lock.lock().await;
+            match self.vote_or_start(&order).await? {
+                Ok(vote) => vote,
+                Err(answer) => return Ok(answer),
+            }
+        };
+        loop {
+            if let Some(answer) = vote.borrow_and_update().clone() {
+                return Ok(answer);
+            }
+            if vote.changed().await.is_err() {
+                return Ok(VoteAnswer::Refused(
+                    "prepare was interrupted; ask again".into(),
+                ));
+            }
+        }
+    }
+
+    /// Under the lock: where the vote will appear (a Prepare already staging, or one
+    /// started now), or the answer at once (a repeated Prepare, a refusal).
+    async fn vote_or_start(
+        &self,
+        order: &PrepareOrder,
+    ) -> Result<Result<watch::Receiver<Option<VoteAnswer>>, VoteAnswer>, ParticipantError> {
+        let tx = order.tx.as_str();
+        // A repeated Prepare while staging runs waits for the same vote (the ledger
+        // already says Staging, which after a restart means "interrupted").
+        if let Some(vote) = self.in_flight().get(tx).map(|f| f.vote.clone()) {
+            return Ok(Ok(vote));
+        }
+        if let Some(entry) = self.inner.ledger.get(tx)? {
+            return Ok(Err(answer_again(&entry)));
+        }
+        if let Some(refusal) = self.precondition_refusal(order).await? {
+            let entry = finished(change_of(order), Phase::Refused, refusal.clone());
+            self.record(tx, &entry, Durability::Buffered).await?;
+            return Ok(Err(VoteAnswer::Refused(refusal)));
+        }
+        Ok(Ok(self.start_staging(order)))
+    }
+
+    /// A Prepare meant for another project or environment is refused, never staged.
+    pub(super) fn misaddressed(&self, order: &PrepareOrder) -> Option<String> {
+        if order.project.as_str() != self.inner.project {
+            return Some(format!(
+                "this agent serves project {}, not {}",
+                self.inner.project, order.project
+            ));
+        }
+        if order.environment.as_str() != self.inner.environment {
+            return Some(format!(
+                "this agent serves environment {}, not {}",
+                self.inner.environment, order.environment
+            ));
+        }
+        None
+    }
+
+    /// The rules checked before staging anything: one transaction at a time, and the
+    /// live version the coordinator expects.
+    async fn precondition_refusal(
+        &self,
+        order: &PrepareOrder,
+    ) -> Result<Option<String>, ParticipantError> {
+        if let Some(other) = self.open().first() {
+            return Ok(Some(format!(
+                "busy: transaction {other} is prepared here and awaits its decision"
+            )));
+        }
+        self.drift_refusal(order).await
+    }
+
+    /// Refuses when what is live here is not what the coordinator believes.
+    pub(super) async fn drift_refusal(
+        &self,
+        order: &PrepareOrder,
+    ) -> Result<Option<String>, ParticipantError> {
+        let live = self.live().await?;
+        let expected = order
+            .from_version
+            .as_ref()
+            .map(|v| v.as_str())
+            .unwrap_or_default();
+        if live != expected {
+            return Ok(Some(format!(
+                "the live version here is {} but the coordinator expects {}; refusing rather than guess",
+                shown(&live),
+                shown(expected)
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Records the intent, then stages in a task of its own: a cancelled RPC does not
+    /// cut staging in half, and an Abort can stop it.
+    fn start_staging(&self, order: &PrepareOrder) -> watch::Receiver<Option<VoteAnswer>> {
+        let tx = order.tx.to_string();
+        let change = change_of(order);
+        let entry = Entry {
+            change: Some(change.clone()),
+            phase: Phase::Staging,
+            staged: None,
+            schema: None,
+            reason: String::new(),
+        };
+        // Not awaited: an intent that a crash may lose (staging is then never voted on,
+        // and nothing was promised); its order before the PREPARED record is fixed.
+        drop(self.record(&tx, &entry, Durability::Buffered));
+        let (cancel, cancelled) = watch::channel(false);
+        let (answer, vote) = watch::channel(None);
+        let in_flight = InFlight {
+            cancel,
+            vote: vote.clone(),
+        };
+        self.in_flight().insert(tx.clone(), in_flight);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let response = this.stage_and_vote(change, cancelled).await;
+            let response = response
+                .unwrap_or_else(|e| VoteAnswer::Refused(format!("could not record the vote: {e}")));
+            this.in_flight().remove(&tx);
+            answer.send_replace(Some(response));
+        });
+        vote
+    }
+
+    async fn stage_and_vote(
+        &self,
+        change: Change,
+        mut cancelled: watch::Receiver<bool>,
+    ) -> Result<VoteAnswer, ParticipantError> {
+        let outcome = tokio::select! {
+            outcome = self.stage_all(&change) => outcome,
+            _ = cancelled.wait_for(|c| *c) => Err((Refusal("aborted while preparing".into()), None)),
+        };
+        // Crash test: everything is staged (the database committed its part) and the
+        // PREPARED record is not yet written.
+        lockstep::crash::point(CRASH_BEFORE_PREPARED_RECORD);
+        let _guard = self.inner.lock.lock().await;
+        match outcome {
+            Ok((staged, schema)) => self.vote_prepared(change, staged, schema).await,
+            Err((refusal, staged)) => {
+                let aborted = *cancelled.borrow();
+                self.vote_refused(change, refusal, staged, aborted).await
+            }
+        }
+    }
+
+    async fn vote_prepared(
+        &self,
+        change: Change,
+        staged: Staged,
+        schema: Option<SchemaStaged>,
+    ) -> Result<VoteAnswer, ParticipantError> {
+        let tx = change.transaction_id.clone();
+        let entry = Entry {
+            change: Some(change),
+            phase: Phase::Prepared,
+            staged: Some(staged),
+            schema: schema.clone(),
+            reason: String::new(),
+        };
+        // Durability point: the PREPARED record is synced before the vote leaves.
+        tracing::debug!(%tx, "staged; syncing the PREPARED record");
+        self.record(&tx, &entry, Durability::Sync).await?;
+        tracing::debug!(%tx, "PREPARED record durable: voting");
+        self.ask_later(&tx);
+        Ok(prepared(schema.as_ref()))
+    }
+
+    /// Never voted yes: undo on our own, then remember the refusal. A schema stage that
+    /// refused left nothing in the database; one cut short by an Abort may have, so
+    /// only then is the database asked.
+    async fn vote_refused(
+        &self,
+        change: Change,
+        refusal: Refusal,
+        staged: Option<Staged>,
+        aborted: bool,
+    ) -> Result<VoteAnswer, ParticipantError> {
+        self.undo_all(&change, staged.as_ref(), aborted).await?;
+        let tx = change.transaction_id.clone();
+        let phase = if aborted {
+            Phase::Aborted
+        } else {
+            Phase::Refused
+        };
+        let entry = finished(change, phase, refusal.0.clone());
+        self.record(&tx, &entry, Durability::Buffered).await?;
+        Ok(VoteAnswer::Refused(refusal.0))
+    }
+
+    /// Deployer first, then migrations; a failure of either undoes the other.
+    async fn stage_all(&self, change: &Change) -> StageOutcome {
+        let staged = self
+            .inner
+            .deployer
+            .stage(change)
+            .await
+            .map_err(|r| (r, None))?;
+        let Some(schema) = &self.inner.schema else {
+            return Ok((staged, None));
+        };
+        let migrations = staged.migrations.as_deref();
+        match schema.stage(&change.transaction_id, migrations).await {
+            Ok(s) => Ok((staged, Some(s))),
+            Err(refusal) => Err((refusal, Some(staged))),
+        }
+    }
+}
+
+/// A record of a transaction that is over here (refused or aborted).
+fn finished(change: Change, phase: Phase, reason: String) -> Entry {
+    Entry {
+        change: Some(change),
+        phase,
+        staged: None,
+        schema: None,
+        reason,
+    }
+}
