@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use lockstep::{
-    names::{Environment, TxId},
+    names::{Environment, ProjectName, TxId},
     orders::Decision,
     retry::Backoff,
 };
@@ -183,9 +183,10 @@ impl Coordinator {
         self.registry.history(env)
     }
 
-    /// The durable decision for a participant (presumed abort for unknown ids).
-    pub fn decision(&self, id: &TxId) -> Result<Decision> {
-        self.registry.decision(id)
+    /// The durable decision for a participant's part (presumed abort for unknown ids),
+    /// in its wave's turn.
+    pub fn decision(&self, id: &TxId, project: Option<&ProjectName>) -> Result<Decision> {
+        self.registry.decision(id, project)
     }
 }
 #[cfg(test)]

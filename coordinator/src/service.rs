@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use lockstep::{
-    names::{Environment, TxId},
+    names::{Environment, ProjectName, TxId},
     pb::{self, coordinator_server},
 };
 use tonic::{Request, Response, Status};
@@ -231,7 +231,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
         let r = request.into_inner();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
-        let decision = pb::Decision::from(self.coordinator.decision(&id)?);
+        let project = (!r.project.is_empty())
+            .then(|| ProjectName::parse("project", &r.project))
+            .transpose()?;
+        let decision = pb::Decision::from(self.coordinator.decision(&id, project.as_ref())?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
         }))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lockstep::{
-    names::{Environment, TxId},
+    names::{Environment, ProjectName, TxId},
     orders::Decision,
 };
 
@@ -13,6 +13,7 @@ use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
     model::{CheckpointRecord, TxRecord, TxState},
+    txn,
 };
 
 /// Live state of one environment.
@@ -97,17 +98,17 @@ impl Registry {
         Ok(checkpoints)
     }
 
-    /// The durable decision for a participant (presumed abort for unknown ids).
-    pub fn decision(&self, id: &TxId) -> Result<Decision> {
+    /// The durable decision for a participant's part `project` (presumed abort for
+    /// unknown ids), given only in its wave's turn (see [`txn::decision_for`]).
+    pub fn decision(&self, id: &TxId, project: Option<&ProjectName>) -> Result<Decision> {
         let s = self.state();
-        let state = match s.active.get(id) {
-            Some(a) => Some(a.record.state),
-            None => self.inner.tables.transaction(id)?.map(|t| t.state),
+        let record = match s.active.get(id) {
+            Some(a) => Some(a.record.clone()),
+            None => self.inner.tables.transaction(id)?,
         };
-        Ok(match state {
-            Some(TxState::Pending | TxState::Preparing) => Decision::Undecided,
-            Some(TxState::Committing | TxState::Committed) => Decision::Commit,
-            Some(TxState::Aborting | TxState::Aborted) | None => Decision::Abort,
+        Ok(match record {
+            Some(record) => txn::decision_for(&record, project),
+            None => Decision::Abort,
         })
     }
 

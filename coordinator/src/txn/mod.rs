@@ -34,7 +34,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use lockstep::{
     names::ProjectName,
-    orders::{AbortOrder, CommitOrder, PrepareOrder, VoteAnswer},
+    orders::{AbortOrder, CommitOrder, Decision, PrepareOrder, VoteAnswer},
     pb,
     retry::{Backoff, Failure},
 };
@@ -587,4 +587,39 @@ fn note(event: pb::Event, project: &ProjectName) -> Effect {
         events: vec![event],
         shown: vec![project.clone()],
     }
+}
+
+/// What a participant asking GetDecision hears about its part `project`: the durable
+/// decision, but only in its turn (PRODUCT.md: phase 2 goes in dependency waves). A
+/// parent asking before every child acknowledged COMMIT hears "undecided, ask again",
+/// so it can never go live before its children by asking instead of waiting; the same
+/// for ABORT, parents first. A caller that names no project, or one that takes no part,
+/// hears the decision as it is.
+pub fn decision_for(record: &TxRecord, project: Option<&ProjectName>) -> Decision {
+    let decided = match record.state {
+        TxState::Pending | TxState::Preparing => return Decision::Undecided,
+        TxState::Committed => return Decision::Commit,
+        TxState::Aborted => return Decision::Abort,
+        TxState::Committing => Decision::Commit,
+        TxState::Aborting => Decision::Abort,
+    };
+    let Some(project) = project.filter(|p| record.participant(p).is_some()) else {
+        return decided;
+    };
+    if in_turn(record, project) {
+        decided
+    } else {
+        Decision::Undecided
+    }
+}
+
+/// Whether every wave delivered before `project`'s has acknowledged.
+fn in_turn(record: &TxRecord, project: &ProjectName) -> bool {
+    let mut waves = record.waves.clone();
+    if record.state == TxState::Aborting {
+        waves.reverse();
+    }
+    let earlier = waves.iter().take_while(|w| !w.contains(project)).flatten();
+    let acknowledged = |p: &ProjectName| record.participant(p).is_none_or(|p| p.acknowledged);
+    earlier.into_iter().all(|p| acknowledged(p))
 }

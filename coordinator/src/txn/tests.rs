@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
-    orders::{Staging, VoteAnswer},
+    orders::{Decision, Staging, VoteAnswer},
     pb,
     retry::{Backoff, Failure},
 };
 
-use super::{Effect, Message, PRESUMED_ABORT, Show, Transaction, Turn};
+use super::{Effect, Message, PRESUMED_ABORT, Show, Transaction, Turn, decision_for};
 use crate::model::{Action, Participant, Request, TxKind, TxRecord, TxState, Vote};
 
 pub(super) fn name(s: &str) -> ProjectName {
@@ -402,4 +402,34 @@ fn late_and_duplicate_answers_change_nothing() {
     ack(&mut m, &["B"]);
     assert!(m.acknowledged(&name("B")).is_empty());
     assert_eq!(m.record().checkpoint, 1);
+}
+
+#[test]
+fn a_parent_asking_hears_commit_only_after_its_children_acknowledged() {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Some(&name(p)));
+    assert_eq!(asks(&m, "B"), Decision::Commit, "a child hears it at once");
+    assert_eq!(
+        asks(&m, "A"),
+        Decision::Undecided,
+        "B and C have not acknowledged"
+    );
+    m.commit_durable(1);
+    ack(&mut m, &["B"]);
+    assert_eq!(asks(&m, "A"), Decision::Undecided, "C has not acknowledged");
+    ack(&mut m, &["C"]);
+    assert_eq!(asks(&m, "A"), Decision::Commit);
+    assert_eq!(decision_for(m.record(), None), Decision::Commit);
+}
+
+#[test]
+fn a_child_asking_hears_abort_only_after_its_parents_undid() {
+    let mut m = machine(TxState::Preparing);
+    m.vote(&name("C"), Ok(VoteAnswer::Refused("no".into())));
+    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Some(&name(p)));
+    assert_eq!(asks(&m, "A"), Decision::Abort, "the parent undoes first");
+    assert_eq!(asks(&m, "B"), Decision::Undecided);
+    ack(&mut m, &["A"]);
+    assert_eq!(asks(&m, "B"), Decision::Abort);
 }

@@ -1,0 +1,155 @@
+//! The rules one at a time: waves, later dependents, rollbacks, quarantine, lookups.
+
+use super::{
+    checks::{
+        allowing_quarantined, assert_rule, plan_err, release, revert, rollback, rule, targets,
+        wave_names,
+    },
+    story::{Story, id, p},
+};
+use crate::planner::waves;
+
+#[test]
+fn waves_put_children_before_parents_three_levels_deep() {
+    let story = Story::with_projects(&[
+        ("app", &["api"]),
+        ("api", &["db"]),
+        ("db", &[]),
+        ("web", &[]),
+    ]);
+    let all = [p("app"), p("api"), p("db"), p("web")].into();
+    let expected = [vec!["db", "web"], vec!["api"], vec!["app"]];
+    assert_eq!(wave_names(&waves(&story.view(), &all)), expected);
+
+    let plan = story.plan(&release(&[("app", "1"), ("api", "1"), ("db", "1")]));
+    let waves: Vec<(String, u32)> = plan
+        .participants
+        .iter()
+        .map(|part| (part.project.to_string(), part.wave))
+        .collect();
+    let expected = [("api".into(), 1), ("app".into(), 2), ("db".into(), 0)];
+    assert_eq!(waves, expected);
+}
+
+// T2 changed B; T4 changed B again. Reverting T2 alone would silently undo T4's B.
+#[test]
+fn reverting_t2_after_t4_changed_b_is_refused_unless_cascade_reverts_t4_too() {
+    let story = Story::seed_000();
+    let plan = story.plan(&revert("T2", false));
+    assert!(!plan.allowed());
+    let words = ["T4 committed after T2 and built on it (B=T4B by T4 is live now)"];
+    assert_rule(&plan, "no-later-dependents", false, &words);
+    assert!(
+        rule(&plan, "no-later-dependents")
+            .detail
+            .ends_with("revert it first, or pass --cascade")
+    );
+
+    let plan = story.plan(&revert("T2", true));
+    assert!(plan.allowed(), "{}", plan.refusal());
+    assert_eq!(plan.reverts, [id("T2"), id("T4")]);
+    assert_rule(
+        &plan,
+        "no-later-dependents",
+        true,
+        &["cascade also reverts T4"],
+    );
+    // The state before T2: checkpoint 1 (T3's C=T3C goes too).
+    assert_eq!(targets(&plan), "A=T1A B=T1B C=T1C");
+    assert_rule(
+        &plan,
+        "compatibility",
+        true,
+        &["at checkpoint 1 (release T1)"],
+    );
+}
+
+#[test]
+fn the_first_release_has_no_earlier_state_to_revert_to() {
+    let story = Story::seed_000();
+    let err = plan_err(&story, &revert("T1", false));
+    assert!(
+        err.contains("T1 produced checkpoint 1, the first one"),
+        "{err}"
+    );
+    let err = plan_err(&story, &revert("T9", false));
+    assert_eq!(err, "not found: release_id: transaction T9 does not exist");
+}
+
+#[test]
+fn a_rollback_restores_a_whole_checkpoint() {
+    let story = Story::seed_000();
+    let plan = story.plan(&rollback(1));
+    assert!(plan.allowed(), "{}", plan.refusal());
+    assert_eq!(plan.rollback_to, 1);
+    assert_eq!(targets(&plan), "A=T1A B=T1B C=T1C");
+    assert_rule(
+        &plan,
+        "changes-something",
+        true,
+        &["restores checkpoint 1 (release T1)"],
+    );
+    assert_rule(&plan, "compatibility", true, &["at checkpoint 1"]);
+
+    // 0: the checkpoint before the head.
+    let plan = story.plan(&rollback(0));
+    assert_eq!(plan.rollback_to, 3);
+    assert_eq!(targets(&plan), "A=T1A B=T2B C=T3C");
+
+    let err = plan_err(&story, &rollback(9));
+    assert!(
+        err.starts_with("not found: revision: checkpoint 9 does not exist"),
+        "{err}"
+    );
+    assert!(err.ends_with("(latest is 4)"), "{err}");
+}
+
+#[test]
+fn a_rollback_to_the_live_state_changes_nothing_and_is_refused() {
+    let story = Story::seed_000();
+    let plan = story.plan(&rollback(4));
+    assert!(!plan.allowed());
+    assert!(plan.participants.is_empty());
+    let words = ["the live state already equals checkpoint 4"];
+    assert_rule(&plan, "changes-something", false, &words);
+}
+
+#[test]
+fn a_rollback_leaves_projects_the_checkpoint_never_knew() {
+    let mut story = Story::seed_000();
+    story.register("D", &[]);
+    story.commit("T5", release(&[("D", "T5D")]));
+    let plan = story.plan(&rollback(1));
+    assert!(!plan.projects().contains(&p("D")));
+    let words = ["D did not exist at checkpoint 1 and stay as they are"];
+    assert_rule(&plan, "projects-outside-checkpoint", true, &words);
+}
+
+#[test]
+fn versions_pulled_by_a_revert_are_quarantined_unless_allowed() {
+    let mut story = Story::seed_000();
+    story.commit("R4", revert("T4", false));
+    let t4 = release(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")]);
+    let plan = story.plan(&t4);
+    assert!(!plan.allowed());
+    let pulled = "A=T4A, B=T4B, C=T4C were pulled by R4 (revert of T4)";
+    let words = [pulled, "pass --allow-quarantined to release them again"];
+    assert_rule(&plan, "quarantine", false, &words);
+    assert_rule(&plan, "compatibility", true, &["at checkpoint 4"]);
+
+    let plan = story.plan(&allowing_quarantined(t4));
+    assert!(plan.allowed(), "{}", plan.refusal());
+    let allowed = format!("allowed by --allow-quarantined: {pulled}");
+    assert_rule(&plan, "quarantine", true, &[&allowed]);
+}
+
+#[test]
+fn a_release_of_an_unregistered_project_names_the_component() {
+    let story = Story::seed_000();
+    let err = plan_err(&story, &release(&[("A", "T5A"), ("Z", "1")]));
+    let expected = format!(
+        "not found: components[1].project: project Z is not registered in environment {}",
+        story.environment
+    );
+    assert_eq!(err, expected);
+}
