@@ -436,7 +436,7 @@ impl Transaction {
 
     /// A participant acknowledged the decision.
     pub fn acknowledged(&mut self, project: &ProjectName) -> Vec<Effect> {
-        let deciding = matches!(self.record.state, TxState::Committing | TxState::Aborting);
+        let deciding = self.delivering();
         let waiting = self.participant(project).is_some_and(|p| !p.acknowledged);
         if !deciding || !waiting || !self.in_current_wave(project) {
             return Vec::new();
@@ -455,6 +455,15 @@ impl Transaction {
         effects
     }
 
+    /// Phase 2 has begun: ABORT is decided, or COMMIT is durable (its checkpoint known).
+    fn delivering(&self) -> bool {
+        match self.record.state {
+            TxState::Aborting => true,
+            TxState::Committing => self.record.checkpoint != 0,
+            _ => false,
+        }
+    }
+
     fn in_current_wave(&self, project: &ProjectName) -> bool {
         self.current_wave().is_some_and(|w| w.contains(project))
     }
@@ -462,7 +471,7 @@ impl Transaction {
     /// A delivery (or a Prepare) failed: try again with backoff. A delivery failure is
     /// logged when its error changes, not on every retry.
     pub fn delivery_failed(&mut self, project: &ProjectName, failure: Failure) -> Vec<Effect> {
-        let deciding = matches!(self.record.state, TxState::Committing | TxState::Aborting);
+        let deciding = self.delivering();
         let waiting = self.participant(project).is_some_and(|p| !p.acknowledged);
         if !deciding || !waiting || !self.in_current_wave(project) {
             return Vec::new();
@@ -621,5 +630,5 @@ fn in_turn(record: &TxRecord, project: &ProjectName) -> bool {
     }
     let earlier = waves.iter().take_while(|w| !w.contains(project)).flatten();
     let acknowledged = |p: &ProjectName| record.participant(p).is_none_or(|p| p.acknowledged);
-    earlier.into_iter().all(|p| acknowledged(p))
+    earlier.into_iter().all(acknowledged)
 }

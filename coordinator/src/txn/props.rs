@@ -155,7 +155,7 @@ fn children_acknowledged(m: &Transaction, project: &lockstep::names::ProjectName
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(5000))]
 
     #[test]
     fn safety_holds_for_any_sequence_of_inputs(

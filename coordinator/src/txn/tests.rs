@@ -433,3 +433,15 @@ fn a_child_asking_hears_abort_only_after_its_parents_undid() {
     ack(&mut m, &["A"]);
     assert_eq!(asks(&m, "B"), Decision::Abort);
 }
+
+#[test]
+fn nothing_is_delivered_between_the_commit_decision_and_its_durability() {
+    // Found by the property test: a delivery failure (or an acknowledgement) reported
+    // before the decision is durable used to send a Commit at once.
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    let early = m.delivery_failed(&name("B"), Failure::Transient("down".into()));
+    assert!(sends(&early).is_empty(), "{early:?}");
+    assert!(m.acknowledged(&name("B")).is_empty());
+    assert_eq!(sends(&m.commit_durable(1)).len(), 2);
+}
