@@ -69,16 +69,19 @@ impl Queue {
         blocked
     }
 
-    /// Makes `tx` hold its projects unconditionally (recovery of decided transactions,
-    /// which already held them before the restart).
+    /// Makes `tx` hold its projects again (recovery of transactions that sent Prepare,
+    /// which held them before the restart). A hold is never overwritten: a project
+    /// already held stays with its holder.
     pub fn hold(
         &mut self,
         tx: &TxId,
         env: &Environment,
         projects: impl IntoIterator<Item = ProjectName>,
     ) {
-        let keys: BTreeSet<Key> = projects.into_iter().map(|p| (env.clone(), p)).collect();
-        self.take(tx, &keys);
+        for project in projects {
+            let key = (env.clone(), project);
+            self.holders.entry(key).or_insert_with(|| tx.clone());
+        }
     }
 
     /// Releases what `tx` holds (or drops it from the waiting line) and returns the
@@ -198,6 +201,19 @@ mod tests {
         assert!(!b.holds);
         assert_eq!(q.finish(&id("T1")), vec![id("T2")]);
         assert_eq!(q.finish(&id("T2")), vec![id("T3")]);
+    }
+
+    #[test]
+    fn a_hold_is_never_overwritten() {
+        let env = Environment::default();
+        let mut q = Queue::default();
+        q.hold(&id("T1"), &env, ps(&["X"]));
+        q.hold(&id("T2"), &env, ps(&["X", "Y"]));
+        assert_eq!(q.finish(&id("T2")), Vec::<TxId>::new());
+        let blocked = q
+            .enqueue(3, id("T3"), &env, ps(&["X"]))
+            .expect("T1 holds X");
+        assert_eq!(blocked.by, id("T1"));
     }
 
     #[test]

@@ -163,14 +163,18 @@ impl Registry {
     }
 
     /// Registers a recovered transaction and starts its driver with what the machine
-    /// said about the restart.
+    /// said about the restart. Only a transaction that sent Prepare (or decided) held
+    /// its projects before the restart, so only such a one holds them again; one that
+    /// was still queued is aborted without ever holding anything.
     pub fn resume(&self, machine: Transaction, effects: Vec<Effect>) {
         let record = machine.record().clone();
         let (abort, abort_rx) = watch::channel(None);
         {
             let mut s = self.state();
-            let projects = record.projects().cloned();
-            s.queue.hold(&record.id, &record.environment, projects);
+            if record.prepare_sent {
+                let projects = record.projects().cloned();
+                s.queue.hold(&record.id, &record.environment, projects);
+            }
             let active = Active {
                 record,
                 start: None,

@@ -1,0 +1,51 @@
+//! Never two transactions on one project, also across a coordinator restart: the
+//! projects a decided transaction holds stay held until its last acknowledgement,
+//! whatever recovery does to the transactions queued behind it.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::TransactionState;
+use support::{Cluster, wait_for};
+
+/// Given T1 COMMITTING on X (X's commit hook still running) and T2 queued behind it,
+/// when the coordinator restarts (T2 is aborted: it had no decision), then a new T3 on
+/// X still waits for T1, and runs once T1 is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_transaction_aborted_by_a_restart_does_not_free_what_another_holds() {
+    let mut c = Cluster::new().await;
+    let held = c.control("X.commit-held");
+    std::fs::write(&held, "").unwrap();
+    let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", held.display());
+    c.add_agent_with("X", &["--commit-hook".into(), hook]).await;
+    c.register("X", &[]).await;
+
+    assert_eq!(c.cli(&["release", "create", "T1", "X=1"]).await.code, 0);
+    c.wait_state("T1", TransactionState::Committing).await;
+    assert_eq!(c.cli(&["release", "create", "T2", "X=2"]).await.code, 0);
+    c.wait_state("T2", TransactionState::Pending).await;
+
+    c.coordinator.kill9().await;
+    c.coordinator.restart().await;
+    c.wait_state("T2", TransactionState::Aborted).await;
+
+    assert_eq!(c.cli(&["release", "create", "T3", "X=3"]).await.code, 0);
+    let t3 = c.transaction("T3").await;
+    assert_eq!(
+        (t3.state, t3.reason.as_str()),
+        (
+            TransactionState::Pending as i32,
+            "waiting for T1, which holds project X"
+        ),
+        "T3 must queue behind T1, which still holds X"
+    );
+
+    std::fs::remove_file(&held).unwrap();
+    c.wait_state("T1", TransactionState::Committed).await;
+    c.wait_state("T3", TransactionState::Committed).await;
+    wait_for("X to run version 3", || async {
+        (c.agent("X").live().as_deref() == Some("3")).then_some(())
+    })
+    .await;
+}
