@@ -49,3 +49,29 @@ async fn a_queued_transaction_aborted_by_a_restart_does_not_free_what_another_ho
     })
     .await;
 }
+
+/// Given T1 COMMITTING and X's Commit not yet acknowledged, when X's agent moves to
+/// another address and is registered there again, then the Commit is delivered at the
+/// new address and T1 ends COMMITTED (before, every retry went to the old address).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_moved_and_was_registered_again_receives_its_commit() {
+    let mut c = Cluster::new().await;
+    let held = c.control("X.commit-held");
+    std::fs::write(&held, "").unwrap();
+    let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", held.display());
+    c.add_agent_with("X", &["--commit-hook".into(), hook]).await;
+    c.register("X", &[]).await;
+    assert_eq!(c.cli(&["release", "create", "T1", "X=1"]).await.code, 0);
+    c.wait_state("T1", TransactionState::Committing).await;
+
+    let old = c.agent("X").server.url();
+    std::fs::remove_file(&held).unwrap();
+    c.agent_mut("X").server.restart_elsewhere().await;
+    let new = c.agent("X").server.url();
+    assert_ne!(old, new, "the agent moved");
+    let moved = c.cli(&["project", "add", "X", "--endpoint", &new]).await;
+    assert_eq!(moved.code, 0, "{moved:?}");
+
+    c.wait_state("T1", TransactionState::Committed).await;
+    assert_eq!(c.agent("X").live().as_deref(), Some("1"));
+}

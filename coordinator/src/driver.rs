@@ -190,9 +190,12 @@ impl Driver {
         self.ports.journal.clone()
     }
 
-    /// Starts a call; its reply becomes an input.
+    /// Starts a call; its reply becomes an input. The endpoint is read when the call
+    /// is made, not when the transaction was planned: an agent that moved and was
+    /// registered again gets its Commit or Abort at its new address.
     fn send(&mut self, order: Order, after: Duration) {
-        let net = self.ports.net.clone();
+        let (net, journal) = (self.ports.net.clone(), self.journal());
+        let environment = self.machine.record().environment.clone();
         let Order {
             project,
             endpoint,
@@ -201,6 +204,7 @@ impl Driver {
         let prepare = matches!(message, Message::Prepare(_));
         let call: Pending<Reply> = Box::pin(async move {
             tokio::time::sleep(after).await;
+            let endpoint = journal.endpoint(&environment, &project).unwrap_or(endpoint);
             match message {
                 Message::Prepare(o) => Reply::Vote(project, net.prepare(&endpoint, o).await),
                 Message::Commit(o) => Reply::Ack(project, net.commit(&endpoint, o).await),

@@ -8,7 +8,7 @@
 use std::{future::Future, pin::Pin};
 
 use lockstep::{
-    names::ProjectName,
+    names::{Environment, ProjectName},
     orders::{AbortOrder, CommitOrder, PrepareOrder, Schema, VoteAnswer},
     pb,
     retry::Failure,
@@ -78,4 +78,7 @@ pub trait TxJournal: Send + Sync + 'static {
     /// Writes the terminal record (its end time stamped now), then hands its projects
     /// to the transactions waiting for them.
     fn finish(&self, record: &TxRecord, events: Vec<pb::Event>) -> Pending<Result<()>>;
+    /// Where `project` of `environment` is registered now (`None`: not registered), so
+    /// that every call goes to the participant's current address.
+    fn endpoint(&self, environment: &Environment, project: &ProjectName) -> Option<String>;
 }

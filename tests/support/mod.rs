@@ -182,6 +182,13 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Starts again with the same data on another (free) port: the agent "moved".
+    pub async fn restart_elsewhere(&mut self) {
+        self.kill9().await;
+        self.addr.set_port(0);
+        self.spawn().await;
+    }
+
     pub async fn restart(&mut self) {
         let env = self.env.clone();
         self.restart_with(env).await;

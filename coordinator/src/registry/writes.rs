@@ -5,7 +5,7 @@
 //! in the queue.
 
 use lockstep::{
-    names::{ProjectName, TxId},
+    names::{Environment, ProjectName, TxId},
     pb,
 };
 use lockstep_store::Batch;
@@ -79,6 +79,12 @@ impl TxJournal for Registry {
             this.hand_over(&record.id);
             Ok(())
         })
+    }
+
+    fn endpoint(&self, environment: &Environment, project: &ProjectName) -> Option<String> {
+        let s = self.state();
+        let registered = s.projects.get(environment).and_then(|p| p.get(project));
+        registered.map(|p| p.endpoint.clone())
     }
 }
 
