@@ -9,20 +9,26 @@ mod support;
 use lockstep::pb::TransactionState;
 use support::{Cluster, wait_for};
 
-/// Given T1 COMMITTING on X (X's commit hook still running) and T2 queued behind it,
-/// when the coordinator restarts (T2 is aborted: it had no decision), then a new T3 on
-/// X still waits for T1, and runs once T1 is committed.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_queued_transaction_aborted_by_a_restart_does_not_free_what_another_holds() {
+/// A cluster with one agent X whose commit hook waits while the returned file exists,
+/// and T1 (X=1) COMMITTING there, its Commit not acknowledged.
+async fn committing_t1_on_x() -> (Cluster, std::path::PathBuf) {
     let mut c = Cluster::new().await;
     let held = c.control("X.commit-held");
     std::fs::write(&held, "").unwrap();
     let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", held.display());
     c.add_agent_with("X", &["--commit-hook".into(), hook]).await;
     c.register("X", &[]).await;
-
     assert_eq!(c.cli(&["release", "create", "T1", "X=1"]).await.code, 0);
     c.wait_state("T1", TransactionState::Committing).await;
+    (c, held)
+}
+
+/// Given T1 COMMITTING on X (X's commit hook still running) and T2 queued behind it,
+/// when the coordinator restarts (T2 is aborted: it had no decision), then a new T3 on
+/// X still waits for T1, and runs once T1 is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_transaction_aborted_by_a_restart_does_not_free_what_another_holds() {
+    let (mut c, held) = committing_t1_on_x().await;
     assert_eq!(c.cli(&["release", "create", "T2", "X=2"]).await.code, 0);
     c.wait_state("T2", TransactionState::Pending).await;
 
@@ -55,14 +61,7 @@ async fn a_queued_transaction_aborted_by_a_restart_does_not_free_what_another_ho
 /// new address and T1 ends COMMITTED (before, every retry went to the old address).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_moved_and_was_registered_again_receives_its_commit() {
-    let mut c = Cluster::new().await;
-    let held = c.control("X.commit-held");
-    std::fs::write(&held, "").unwrap();
-    let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", held.display());
-    c.add_agent_with("X", &["--commit-hook".into(), hook]).await;
-    c.register("X", &[]).await;
-    assert_eq!(c.cli(&["release", "create", "T1", "X=1"]).await.code, 0);
-    c.wait_state("T1", TransactionState::Committing).await;
+    let (mut c, held) = committing_t1_on_x().await;
 
     let old = c.agent("X").server.url();
     std::fs::remove_file(&held).unwrap();
