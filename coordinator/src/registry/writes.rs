@@ -40,10 +40,11 @@ impl TxJournal for Registry {
         if show_now {
             self.show(record);
         }
-        let (this, record) = (self.clone(), record.clone());
+        // Only a write shown once durable needs the record after this call.
+        let show_later = (!show_now).then(|| (self.clone(), record.clone()));
         Box::pin(async move {
             written.await?;
-            if !show_now {
+            if let Some((this, record)) = show_later {
                 this.show(&record);
             }
             Ok(())
