@@ -193,6 +193,7 @@ for_each_database!(
     an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema,
     every_refusal_names_its_file_and_leaves_nothing_applied,
     a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart,
+    an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted,
     an_unreachable_database_is_a_refusal_not_a_crash,
 );
 
@@ -479,6 +480,54 @@ async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_o
     assert!(s.prepared_gids().await.is_empty());
 }
 
+async fn an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted(
+    kind: Kind,
+) {
+    let mut s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let before = s.dumps().await;
+    let crash = vec![(
+        "LOCKSTEP_CRASH_AT".to_string(),
+        "agent-before-prepared-record".to_string(),
+    )];
+    s.c.agent_mut("A").server.restart_with(crash).await;
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
+    }
+    let out =
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    s.c.agent_mut("A").server.exited().await;
+    let out =
+        s.c.cli(&["release", "abort", "T2", "--reason", "A is gone"])
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A's ledger is lost with its data directory: staged files and schema remain, and
+    // no record says they belong to T2.
+    std::fs::remove_dir_all(s.c.dir.path().join("agent-A")).unwrap();
+    assert!(s.c.agent("A").releases().contains(&"T2A".to_string()));
+    s.c.agent_mut("A").server.restart_with(Vec::new()).await;
+
+    s.c.wait_state("T2", pb::TransactionState::Aborted).await;
+    assert_eq!(
+        s.dumps().await,
+        before,
+        "{kind:?}: every schema as after T1"
+    );
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+    assert_eq!(
+        s.c.agent("A").releases(),
+        ["T1A"],
+        "T2's staged build is gone"
+    );
+    assert!(s.prepared_gids().await.is_empty());
+}
+
 async fn an_unreachable_database_is_a_refusal_not_a_crash(kind: Kind) {
     let mut c = Cluster::new().await;
     let pg = (kind != Kind::Sqlite).then(Postgres::start);
@@ -576,4 +625,91 @@ async fn postgres_2pc_without_max_prepared_transactions_is_refused_at_start_up()
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_prepared_transactions = 0"), "{err}");
+}
+
+/// Backends of database `db` left inside a transaction with nothing running.
+async fn idle_in_transaction(pg: &Postgres, db: &str) -> Vec<String> {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT coalesce(query, '') FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+    )
+    .bind(db)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Whether a backend of database `db` is running a statement containing `text`.
+async fn running(pg: &Postgres, db: &str, text: &str) -> bool {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE '%' || $2 || '%'",
+    )
+    .bind(db)
+    .bind(text)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    n > 0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_2pc_an_abort_during_a_migration_leaves_no_transaction_open_and_the_next_release_commits()
+ {
+    let s = Stack::new(Kind::Pg2pc).await;
+    let pg = s.pg.as_ref().unwrap();
+    s.release("T1", 1, 0).await;
+    let after_t1 = s.dumps().await;
+
+    // T2: A's second migration takes an AccessExclusiveLock, then runs for a while; C
+    // holds its vote, so the Abort reaches A while that migration runs.
+    s.c.block("C");
+    let mut slow = standard("A", 2);
+    slow[2].1 = "ALTER TABLE a_items ADD COLUMN slow TEXT; SELECT pg_sleep(2);".into();
+    slow[3].1 = "ALTER TABLE a_items DROP COLUMN slow;".into();
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for (p, files) in [
+        ("A", slow),
+        ("B", standard("B", 1)),
+        ("C", standard("C", 1)),
+    ] {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &files));
+    }
+    let out =
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for("A's slow migration to run", || async {
+        running(pg, "a", "pg_sleep").await.then_some(())
+    })
+    .await;
+    let out =
+        s.c.cli(&["release", "abort", "T2", "--reason", "stop it"])
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    s.c.wait_state("T2", pb::TransactionState::Aborted).await;
+    s.c.heal("C");
+
+    assert_eq!(
+        idle_in_transaction(pg, "a").await,
+        Vec::<String>::new(),
+        "no backend of A's database is left idle in a transaction"
+    );
+    assert!(
+        s.prepared_gids().await.is_empty(),
+        "no prepared transaction left"
+    );
+    assert_eq!(
+        s.dumps().await,
+        after_t1,
+        "every schema exactly as after T1"
+    );
+    s.release("T3", 2, 0).await;
+    assert_eq!(s.schema_versions().await, [2, 2, 2]);
 }

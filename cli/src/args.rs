@@ -11,7 +11,7 @@ use crate::{Failure, Result, pairs};
 /// releases, revert and roll back, watch events, read the live state and history.
 ///
 /// Exit codes: 0 committed or done, 1 aborted or refused, 2 usage error, 3 coordinator
-/// unreachable.
+/// unreachable, 4 committed but not yet live everywhere (after `--wait-timeout`).
 #[derive(Parser)]
 #[command(name = "lockstep", version)]
 pub struct Args {
@@ -93,6 +93,11 @@ pub struct WaitArgs {
     /// Prepare deadline: if any participant has not voted within it, everything aborts.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// With --wait: how long to wait, once COMMIT is decided, for every participant to
+    /// go live; then exit 4 ("committed, not yet live everywhere") naming who is
+    /// missing. The transaction finishes on its own; `release watch` follows it.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
     /// Only show the plan (targets, actions, waves, preconditions); change nothing.
     #[arg(long)]
     pub dry_run: bool,

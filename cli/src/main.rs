@@ -25,6 +25,9 @@ const REFUSED: u8 = 1;
 const USAGE: u8 = 2;
 /// Exit code: coordinator unreachable.
 const UNREACHABLE: u8 = 3;
+/// Exit code: COMMIT is decided but not every participant went live within
+/// `--wait-timeout` (it will, on its own: phase 2 is retried until it finishes).
+const NOT_LIVE_EVERYWHERE: u8 = 4;
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -272,9 +275,42 @@ async fn finish_create(
     if out == Output::Table {
         render::accepted_brief(&created);
     }
-    let final_tx = wait::until_terminal(client, url, out, &tx, created.first_event_seq).await?;
+    let from = created.first_event_seq;
+    let final_tx = wait::until_settled(client, url, out, &tx, from, wait.wait_timeout).await?;
     render::transaction(out, &final_tx);
-    Ok(outcome_code(&final_tx))
+    Ok(settled_code(out, &final_tx))
+}
+
+/// The exit code of `--wait`, saying on stderr who has not acknowledged when the
+/// outcome is settled but phase 2 is not over.
+fn settled_code(out: Output, t: &pb::Transaction) -> u8 {
+    let missing = || {
+        let who: Vec<&str> = t
+            .participants
+            .iter()
+            .filter(|p| !p.acknowledged)
+            .map(|p| p.project.as_str())
+            .collect();
+        who.join(", ")
+    };
+    let (code, note) = match pb::TransactionState::try_from(t.state) {
+        Ok(pb::TransactionState::Aborting) => (
+            REFUSED,
+            format!("{} is aborted; not yet restored on {}", t.id, missing()),
+        ),
+        Ok(pb::TransactionState::Committing) => (
+            NOT_LIVE_EVERYWHERE,
+            format!("{} is committed but not yet live on {}", t.id, missing()),
+        ),
+        _ => return outcome_code(t),
+    };
+    if out == Output::Table {
+        eprintln!(
+            "{note}; it finishes on its own (follow it with `lockstep release watch {}`)",
+            t.id
+        );
+    }
+    code
 }
 
 /// 0 when committed, 1 when aborted, 0 for anything still in progress.

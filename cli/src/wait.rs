@@ -14,46 +14,41 @@ use crate::{Failure, Result, UNREACHABLE, args::Output, connect, render};
 /// How long a watcher keeps trying to reach a coordinator that went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
-/// Follows `tx` until it is committed or aborted, printing its events (to stderr in
-/// table mode, so stdout holds only the result), and returns its final state.
-pub async fn until_terminal(
+/// Once ABORT is decided the outcome is settled; `--wait` follows the acknowledgements
+/// only this long, so that it names just the participants that are really behind.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Follows `tx` until its outcome is settled, printing its events (to stderr in table
+/// mode, so stdout holds only the result), and returns its state then: COMMITTED,
+/// ABORTED, ABORTING (ABORT is decided, so the outcome is known even while an agent is
+/// unreachable; followed for [`ABORT_GRACE`] more), or COMMITTING once `after_commit`
+/// has passed since the COMMIT decision without every acknowledgement.
+pub async fn until_settled(
     client: &mut CoordinatorClient<Channel>,
     url: &str,
     out: Output,
     tx: &pb::Transaction,
     from: u64,
+    after_commit: Duration,
 ) -> Result<pb::Transaction> {
-    let mut next = from.max(1);
+    let mut follow = Follow {
+        next: from.max(1),
+        out,
+        after_commit,
+        live_by: None,
+    };
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
-        let request = pb::WatchEventsRequest {
-            from_seq: next,
-            transaction_id: tx.id.clone(),
-            until_terminal: true,
-            // In JSON mode no progress is shown: only the outcome is needed.
-            only_terminal: out == Output::Json,
-        };
-        match client.watch_events(request).await {
+        match client.watch_events(follow.request(&tx.id)).await {
             Ok(stream) => {
                 down_since = None;
-                let mut stream = stream.into_inner();
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(event) => {
-                            next = event.seq + 1;
-                            if out == Output::Table {
-                                eprintln!("{}", render::event_line(&event));
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let settled = follow.read(stream.into_inner()).await;
                 if let Ok(t) = client
                     .get_release(pb::GetReleaseRequest { id: tx.id.clone() })
                     .await
                 {
                     let t = t.into_inner();
-                    if is_terminal(&t) {
+                    if settled || is_terminal(&t) {
                         return Ok(t);
                     }
                 }
@@ -75,6 +70,61 @@ pub async fn until_terminal(
         if let Ok(c) = connect(url).await {
             *client = c;
         }
+    }
+}
+
+/// Where following one transaction's events stands, across reconnects.
+struct Follow {
+    next: u64,
+    out: Output,
+    after_commit: Duration,
+    /// When waiting for acknowledgements ends (set by the COMMIT decision).
+    live_by: Option<tokio::time::Instant>,
+}
+
+impl Follow {
+    fn request(&self, id: &str) -> pb::WatchEventsRequest {
+        pb::WatchEventsRequest {
+            from_seq: self.next,
+            transaction_id: id.to_string(),
+            until_terminal: true,
+            only_terminal: false,
+        }
+    }
+
+    /// Reads events until the stream ends or breaks (false) or the wait that a decision
+    /// starts is over (true).
+    async fn read(&mut self, mut stream: tonic::Streaming<pb::Event>) -> bool {
+        loop {
+            let item = match self.live_by {
+                Some(at) => tokio::select! {
+                    item = stream.next() => item,
+                    _ = tokio::time::sleep_until(at) => return true,
+                },
+                None => stream.next().await,
+            };
+            let Some(Ok(event)) = item else {
+                return self
+                    .live_by
+                    .is_some_and(|at| tokio::time::Instant::now() >= at);
+            };
+            self.seen(&event);
+        }
+    }
+
+    /// Shows `event`; a decision starts the wait for acknowledgements.
+    fn seen(&mut self, event: &pb::Event) {
+        self.next = event.seq + 1;
+        if self.out == Output::Table {
+            eprintln!("{}", render::event_line(event));
+        }
+        let grace = match pb::EventKind::try_from(event.kind) {
+            Ok(pb::EventKind::DecidedAbort) => ABORT_GRACE.min(self.after_commit),
+            Ok(pb::EventKind::DecidedCommit) => self.after_commit,
+            _ => return,
+        };
+        let at = tokio::time::Instant::now() + grace;
+        self.live_by.get_or_insert(at);
     }
 }
 

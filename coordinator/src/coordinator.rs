@@ -42,7 +42,7 @@ impl Default for Config {
         Self {
             default_prepare_timeout: Duration::from_secs(60),
             backoff: Backoff::default(),
-            delivery_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
             clock: Arc::new(lockstep::wire::now_millis),
             writer: WriterMode::Thread,
         }

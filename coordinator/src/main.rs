@@ -31,6 +31,11 @@ struct Args {
     /// Default phase 1 deadline for requests that give none.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     prepare_timeout: std::time::Duration,
+    /// How long one Commit or Abort call may take before it is counted as failed and
+    /// sent again (the agent keeps working on it: a repeated call joins the running
+    /// one). Set it above the slowest commit hook.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    delivery_timeout: std::time::Duration,
 }
 
 #[tokio::main]
@@ -53,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         })?;
     let config = Config {
         default_prepare_timeout: args.prepare_timeout,
+        delivery_timeout: args.delivery_timeout,
         ..Config::default()
     };
     let coordinator = Coordinator::open(Arc::new(kv), Arc::new(TcpNet::default()), config)

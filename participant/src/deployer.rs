@@ -77,6 +77,15 @@ pub trait Deployer: Send + Sync + 'static {
         staged: Option<&Staged>,
     ) -> impl Future<Output = Result<(), DeployError>> + Send;
 
+    /// Discards what staging for `tx` left when the SDK has no record of it (a crash
+    /// lost the Staging record before the PREPARED one was written), found from the
+    /// deployer's own state. Called by an Abort for a transaction the ledger does not
+    /// know; the default leaves nothing because it staged nothing it cannot find.
+    fn discard_unrecorded(&self, tx: &str) -> impl Future<Output = Result<(), DeployError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
     /// The version live now (`None` before the first release).
     fn live_version(&self) -> impl Future<Output = Result<Option<String>, DeployError>> + Send;
 

@@ -100,6 +100,27 @@ impl FsDeployer {
         value["transaction"].as_str().map(str::to_string)
     }
 
+    /// Removes the staging directory of `tx` and every version directory `tx` created,
+    /// except the live one (its metadata file says who created it).
+    fn remove_created_by(&self, tx: &str) -> Result<(), DeployError> {
+        let fail = |path: &Path, e: std::io::Error| {
+            DeployError(format!("removing {}: {e}", path.display()))
+        };
+        let staging = self.staging_dir(tx);
+        remove_if_exists(&staging).map_err(|e| fail(&staging, e))?;
+        let live = self.live_sync()?;
+        let releases = self.root.join("releases");
+        let entries = fs::read_dir(&releases).map_err(|e| fail(&releases, e))?;
+        for entry in entries.flatten() {
+            let version = entry.file_name().to_string_lossy().into_owned();
+            let mine = self.created_by(&version).as_deref() == Some(tx);
+            if mine && live.as_deref() != Some(version.as_str()) {
+                remove_if_exists(&entry.path()).map_err(|e| fail(&entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn live_sync(&self) -> Result<Option<String>, DeployError> {
         match fs::read_link(self.current()) {
             Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
@@ -220,6 +241,12 @@ impl Deployer for FsDeployer {
         self.hook(&self.hooks.abort, Phase::Abort, change)
             .await
             .map_err(DeployError)
+    }
+
+    async fn discard_unrecorded(&self, tx: &str) -> Result<(), DeployError> {
+        let this = self.clone();
+        let tx = tx.to_string();
+        blocking(move || this.remove_created_by(&tx)).await
     }
 
     async fn live_version(&self) -> Result<Option<String>, DeployError> {

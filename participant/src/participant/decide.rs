@@ -9,13 +9,28 @@ use lockstep_store::Durability;
 
 use super::{Participant, ParticipantError};
 use crate::{
-    deployer::Deployer,
+    deployer::{DeployError, Deployer},
     ledger::{Entry, Phase},
 };
 
 impl<D: Deployer> Participant<D> {
     /// Makes the prepared change live; returns the version live now. Idempotent.
+    /// Runs in a task of its own, so a caller that gives up (an RPC cut by its
+    /// deadline) does not cut a commit hook in half; a repeated Commit waits for the
+    /// running one under the lock and answers from its record.
     pub async fn commit(&self, order: &CommitOrder) -> Result<String, ParticipantError> {
+        let (this, order) = (self.clone(), order.clone());
+        detached(async move { this.commit_here(&order).await }).await
+    }
+
+    /// Undoes whatever this transaction staged here (or makes sure it never will);
+    /// returns the version live now. Idempotent, and detached like [`Self::commit`].
+    pub async fn abort(&self, order: &AbortOrder) -> Result<String, ParticipantError> {
+        let (this, order) = (self.clone(), order.clone());
+        detached(async move { this.abort_here(&order).await }).await
+    }
+
+    async fn commit_here(&self, order: &CommitOrder) -> Result<String, ParticipantError> {
         self.check_project(order.project.as_ref())?;
         let tx = order.tx.as_str();
         let _guard = self.inner.lock.lock().await;
@@ -58,25 +73,12 @@ impl<D: Deployer> Participant<D> {
         Ok(())
     }
 
-    /// Undoes whatever this transaction staged here (or makes sure it never will);
-    /// returns the version live now. Idempotent.
-    pub async fn abort(&self, order: &AbortOrder) -> Result<String, ParticipantError> {
+    async fn abort_here(&self, order: &AbortOrder) -> Result<String, ParticipantError> {
         self.check_project(order.project.as_ref())?;
         let tx = order.tx.as_str();
-        self.cancel_staging(tx).await;
-        let _guard = self.inner.lock.lock().await;
+        let _guard = self.settled(tx).await;
         match self.inner.ledger.get(tx)? {
-            None => {
-                // Abort before Prepare: remember it, so a late Prepare is refused.
-                let entry = Entry {
-                    change: None,
-                    phase: Phase::Aborted,
-                    staged: None,
-                    schema: None,
-                    reason: order.reason.clone(),
-                };
-                self.record(tx, &entry, Durability::Buffered).await?;
-            }
+            None => self.abort_unrecorded(tx, &order.reason).await?,
             Some(entry) if entry.phase == Phase::Aborted => {}
             Some(entry) if entry.phase == Phase::Committed => {
                 return Err(ParticipantError::Conflict(format!(
@@ -88,16 +90,41 @@ impl<D: Deployer> Participant<D> {
         self.live().await
     }
 
-    /// Stops a Prepare still staging `tx` and waits until it has voted.
-    async fn cancel_staging(&self, tx: &str) {
-        let running = self
-            .in_flight()
-            .get(tx)
-            .map(|f| (f.cancel.clone(), f.vote.clone()));
-        if let Some((cancel, mut vote)) = running {
+    /// The participant's lock, taken once no Prepare of `tx` is staging. A Prepare
+    /// still staging is told to stop and waited for (it records its own outcome, under
+    /// this lock), so an Abort never undoes beside a staging that is still running.
+    async fn settled(&self, tx: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        loop {
+            let guard = self.inner.lock.lock().await;
+            let running = self
+                .in_flight()
+                .get(tx)
+                .map(|f| (f.cancel.clone(), f.vote.clone()));
+            let Some((cancel, mut vote)) = running else {
+                return guard;
+            };
+            drop(guard);
             cancel.send_replace(true);
-            let _ = vote.wait_for(|v| v.is_some()).await;
+            let _ = vote.wait_for(Option::is_some).await;
         }
+    }
+
+    /// Abort before Prepare, or after a crash lost the Staging record: undo what the
+    /// deployer and the database still hold for `tx`, and remember the abort so a late
+    /// Prepare is refused.
+    async fn abort_unrecorded(&self, tx: &str, reason: &str) -> Result<(), ParticipantError> {
+        self.inner.deployer.discard_unrecorded(tx).await?;
+        if let Some(schema) = &self.inner.schema {
+            schema.abort(tx).await?;
+        }
+        let entry = Entry {
+            change: None,
+            phase: Phase::Aborted,
+            staged: None,
+            schema: None,
+            reason: reason.to_string(),
+        };
+        self.record(tx, &entry, Durability::Buffered).await
     }
 
     async fn undo(&self, tx: &str, mut entry: Entry, reason: &str) -> Result<(), ParticipantError> {
@@ -135,4 +162,14 @@ impl<D: Deployer> Participant<D> {
         };
         self.abort(&order).await.map(|_| "aborted")
     }
+}
+
+/// Runs `work` in a task of its own and waits for it: dropping the wait leaves the work
+/// running to its end.
+async fn detached(
+    work: impl Future<Output = Result<String, ParticipantError>> + Send + 'static,
+) -> Result<String, ParticipantError> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(DeployError(format!("phase 2 task failed: {e}")).into()))
 }

@@ -157,20 +157,19 @@ impl<D: Deployer> Participant<D> {
         change: Change,
         mut cancelled: watch::Receiver<bool>,
     ) -> Result<VoteAnswer, ParticipantError> {
-        let outcome = tokio::select! {
-            outcome = self.stage_all(&change) => outcome,
-            _ = cancelled.wait_for(|c| *c) => Err((Refusal("aborted while preparing".into()), None)),
-        };
+        let outcome = self.stage_all(&change, &mut cancelled).await;
         // Crash test: everything is staged (the database committed its part) and the
         // PREPARED record is not yet written.
         lockstep::crash::point(CRASH_BEFORE_PREPARED_RECORD);
         let _guard = self.inner.lock.lock().await;
+        let aborted = *cancelled.borrow();
         match outcome {
-            Ok((staged, schema)) => self.vote_prepared(change, staged, schema).await,
-            Err((refusal, staged)) => {
-                let aborted = *cancelled.borrow();
-                self.vote_refused(change, refusal, staged, aborted).await
+            Ok((staged, schema)) if !aborted => self.vote_prepared(change, staged, schema).await,
+            Ok((staged, _)) => {
+                self.vote_refused(change, aborted_while_preparing(), Some(staged), true)
+                    .await
             }
+            Err((refusal, staged)) => self.vote_refused(change, refusal, staged, aborted).await,
         }
     }
 
@@ -218,23 +217,36 @@ impl<D: Deployer> Participant<D> {
         Ok(VoteAnswer::Refused(refusal.0))
     }
 
-    /// Deployer first, then migrations; a failure of either undoes the other.
-    async fn stage_all(&self, change: &Change) -> StageOutcome {
-        let staged = self
-            .inner
-            .deployer
-            .stage(change)
-            .await
-            .map_err(|r| (r, None))?;
+    /// Deployer first, then migrations; a failure of either undoes the other. An Abort
+    /// stops the deployer's staging (its hooks are killed) but never a migration that
+    /// has started: a database transaction cut off mid-statement would stay open on a
+    /// pooled connection with its locks, so migrations run to their end and are then
+    /// undone like any staged change.
+    async fn stage_all(
+        &self,
+        change: &Change,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> StageOutcome {
+        let staged = tokio::select! {
+            staged = self.inner.deployer.stage(change) => staged.map_err(|r| (r, None))?,
+            _ = cancelled.wait_for(|c| *c) => return Err((aborted_while_preparing(), None)),
+        };
         let Some(schema) = &self.inner.schema else {
             return Ok((staged, None));
         };
+        if *cancelled.borrow() {
+            return Err((aborted_while_preparing(), Some(staged)));
+        }
         let migrations = staged.migrations.as_deref();
         match schema.stage(&change.transaction_id, migrations).await {
             Ok(s) => Ok((staged, Some(s))),
             Err(refusal) => Err((refusal, Some(staged))),
         }
     }
+}
+
+fn aborted_while_preparing() -> Refusal {
+    Refusal("aborted while preparing".into())
 }
 
 /// A record of a transaction that is over here (refused or aborted).

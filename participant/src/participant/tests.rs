@@ -87,3 +87,137 @@ async fn a_prepare_repeated_while_staging_gets_the_same_vote() {
         assert!(matches!(answer, VoteAnswer::Prepared(_)), "{answer:?}");
     }
 }
+
+/// Keeps what is staged per transaction, as a real deployer's files would, and lets the
+/// test hold `live_version` (read under the participant's lock before staging starts).
+#[derive(Default)]
+struct Tracked {
+    hold_live: std::sync::atomic::AtomicBool,
+    live_gate: Notify,
+    staged: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Tracked {
+    fn staged(&self) -> Vec<String> {
+        self.staged.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+impl Deployer for Tracked {
+    async fn stage(&self, change: &Change) -> Result<Staged, Refusal> {
+        self.staged
+            .lock()
+            .unwrap()
+            .insert(change.transaction_id.clone());
+        Ok(Staged::default())
+    }
+
+    async fn go_live(&self, _change: &Change, _staged: &Staged) -> Result<(), DeployError> {
+        Ok(())
+    }
+
+    async fn undo(&self, change: &Change, _staged: Option<&Staged>) -> Result<(), DeployError> {
+        self.discard_unrecorded(&change.transaction_id).await
+    }
+
+    async fn discard_unrecorded(&self, tx: &str) -> Result<(), DeployError> {
+        self.staged.lock().unwrap().remove(tx);
+        Ok(())
+    }
+
+    async fn live_version(&self) -> Result<Option<String>, DeployError> {
+        if self
+            .hold_live
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.live_gate.notified().await;
+        }
+        Ok(None)
+    }
+}
+
+fn order(tx: &str) -> PrepareOrder {
+    PrepareOrder {
+        tx: TxId::parse("id", tx).unwrap(),
+        environment: Environment::parse("e", "production").unwrap(),
+        project: ProjectName::parse("p", "api").unwrap(),
+        version: Version::parse("v", "v2").unwrap(),
+        from_version: None,
+        artifact: String::new(),
+        metadata: Default::default(),
+        action: None,
+    }
+}
+
+fn abort_order(tx: &str) -> lockstep::orders::AbortOrder {
+    lockstep::orders::AbortOrder {
+        tx: TxId::parse("id", tx).unwrap(),
+        project: None,
+        reason: "the coordinator decided ABORT".into(),
+    }
+}
+
+fn tracked() -> Participant<Tracked> {
+    let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
+    Participant::new(
+        "api".into(),
+        "production".into(),
+        Tracked::default(),
+        None,
+        ledger,
+        None,
+    )
+}
+
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn an_abort_that_arrives_while_a_prepare_checks_its_preconditions_wins() {
+    let p = tracked();
+    p.inner
+        .deployer
+        .hold_live
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let prepare = tokio::spawn({
+        let p = p.clone();
+        async move { p.prepare(order("T4")).await }
+    });
+    settle().await;
+    // The Prepare holds the lock, reading what is live; the Abort arrives now.
+    let abort = tokio::spawn({
+        let p = p.clone();
+        async move { p.abort(&abort_order("T4")).await }
+    });
+    settle().await;
+    p.inner.deployer.live_gate.notify_one();
+    let vote = prepare.await.unwrap().unwrap();
+    abort.await.unwrap().unwrap();
+
+    assert!(matches!(vote, VoteAnswer::Refused(_)), "{vote:?}");
+    let entry = p.inner.ledger.get("T4").unwrap().unwrap();
+    assert_eq!(entry.phase, Phase::Aborted);
+    assert_eq!(p.inner.deployer.staged(), Vec::<String>::new());
+    assert!(!p.is_prepared(&TxId::parse("id", "T4").unwrap()));
+}
+
+#[tokio::test]
+async fn an_abort_without_a_record_still_undoes_what_a_lost_staging_record_left() {
+    let p = tracked();
+    // As after a crash that lost the Staging record: the files are there, the ledger
+    // knows nothing of T4.
+    let change = change_of(&order("T4"));
+    p.inner.deployer.stage(&change).await.unwrap();
+
+    p.abort(&abort_order("T4")).await.unwrap();
+
+    assert_eq!(p.inner.deployer.staged(), Vec::<String>::new());
+    let vote = p.prepare(order("T4")).await.unwrap();
+    assert!(
+        matches!(vote, VoteAnswer::Refused(_)),
+        "a late Prepare is refused"
+    );
+}

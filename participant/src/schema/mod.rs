@@ -295,36 +295,33 @@ impl Schema {
     }
 
     /// Runs `plan` in a transaction and leaves it prepared under the transaction's gid.
+    /// An sqlx transaction, never a raw `BEGIN`: if anything fails (or the future is
+    /// dropped) sqlx rolls it back before the connection is used again, so no pooled
+    /// connection is left idle in a transaction holding locks.
     async fn prepare_two_phase(&self, tx: &str, plan: &SchemaPlan) -> Result<(), String> {
-        let mut conn = self
+        let mut db = self
             .pool
-            .acquire()
+            .begin()
             .await
             .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut *conn)
+        run_plan(&mut db, &self.project, tx, plan).await?;
+        record_tx(&mut db, &self.project, tx, plan, "prepared").await?;
+        let prepare = format!("PREPARE TRANSACTION '{}'", self.gid(tx));
+        sqlx::raw_sql(AssertSqlSafe(prepare))
+            .execute(&mut *db)
             .await
-            .map_err(db_err)?;
-        let staged = async {
-            run_plan(&mut conn, &self.project, tx, plan).await?;
-            record_tx(&mut conn, &self.project, tx, plan, "prepared").await?;
-            let prepare = format!("PREPARE TRANSACTION '{}'", self.gid(tx));
-            sqlx::raw_sql(AssertSqlSafe(prepare))
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "PREPARE TRANSACTION failed (is max_prepared_transactions above zero?): {}",
-                        db_err(e)
-                    )
-                })?;
-            Ok::<(), String>(())
-        }
-        .await;
-        if staged.is_err() {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        }
-        staged
+            .map_err(|e| {
+                format!(
+                    "PREPARE TRANSACTION failed (is max_prepared_transactions above zero?): {}",
+                    db_err(e)
+                )
+            })?;
+        // The transaction now belongs to the server under its gid, not to this session;
+        // this COMMIT only ends sqlx's bookkeeping (PostgreSQL warns "there is no
+        // transaction in progress").
+        db.commit()
+            .await
+            .map_err(|e| format!("after PREPARE TRANSACTION: {}", db_err(e)))
     }
 
     async fn is_prepared(&self, tx: &str) -> Result<bool, String> {
