@@ -54,6 +54,15 @@ pub struct PrepareOrder {
     pub metadata: BTreeMap<String, String>,
     /// Upgrade, downgrade or unchanged (`None` when a caller did not say).
     pub action: Option<Action>,
+    /// The sending coordinator's incarnation (stamped by its network layer; empty
+    /// when unknown).
+    pub incarnation: String,
+    /// This Prepare restores an earlier version (revert, rollback): stage exactly what
+    /// it was, or refuse naming what is missing.
+    pub restore: bool,
+    /// For a restore: the schema version to reach (with stored downs if the version
+    /// ships no migrations).
+    pub target_schema: Option<Schema>,
 }
 
 /// Phase 2's COMMIT order: make the prepared version live.
@@ -63,6 +72,8 @@ pub struct CommitOrder {
     pub tx: TxId,
     /// The project meant (`None`: whichever this participant serves).
     pub project: Option<ProjectName>,
+    /// The sending coordinator's incarnation (empty when unknown).
+    pub incarnation: String,
 }
 
 /// Phase 2's ABORT order: restore exactly what was live before.
@@ -74,6 +85,8 @@ pub struct AbortOrder {
     pub project: Option<ProjectName>,
     /// Why, recorded by the participant.
     pub reason: String,
+    /// The sending coordinator's incarnation (empty when unknown).
+    pub incarnation: String,
 }
 
 /// What a participant staged, as its PREPARED vote reports it.
@@ -129,6 +142,9 @@ impl TryFrom<pb::PrepareRequest> for PrepareOrder {
             artifact: r.artifact,
             metadata: r.metadata.into_iter().collect(),
             action: action_of(r.action),
+            incarnation: r.coordinator_incarnation,
+            restore: r.restore,
+            target_schema: r.target_schema.map(Schema::from),
         })
     }
 }
@@ -140,6 +156,7 @@ impl TryFrom<pb::CommitRequest> for CommitOrder {
         Ok(Self {
             tx: TxId::parse("transaction_id", &r.transaction_id)?,
             project: optional(&r.project, |p| ProjectName::parse("project", p))?,
+            incarnation: r.coordinator_incarnation,
         })
     }
 }
@@ -152,6 +169,7 @@ impl TryFrom<pb::AbortRequest> for AbortOrder {
             tx: TxId::parse("transaction_id", &r.transaction_id)?,
             project: optional(&r.project, |p| ProjectName::parse("project", p))?,
             reason: r.reason,
+            incarnation: r.coordinator_incarnation,
         })
     }
 }
@@ -215,6 +233,9 @@ impl From<&PrepareOrder> for pb::PrepareRequest {
             artifact: o.artifact.clone(),
             metadata: o.metadata.clone().into_iter().collect(),
             action: o.action.map_or(pb::Action::Unspecified, pb::Action::from) as i32,
+            coordinator_incarnation: o.incarnation.clone(),
+            restore: o.restore,
+            target_schema: o.target_schema.as_ref().map(pb::SchemaVersion::from),
         }
     }
 }
@@ -224,6 +245,7 @@ impl From<&CommitOrder> for pb::CommitRequest {
         pb::CommitRequest {
             transaction_id: o.tx.to_string(),
             project: shown(o.project.as_ref()),
+            coordinator_incarnation: o.incarnation.clone(),
         }
     }
 }
@@ -234,6 +256,7 @@ impl From<&AbortOrder> for pb::AbortRequest {
             transaction_id: o.tx.to_string(),
             project: shown(o.project.as_ref()),
             reason: o.reason.clone(),
+            coordinator_incarnation: o.incarnation.clone(),
         }
     }
 }
@@ -305,6 +328,12 @@ mod tests {
             artifact: "/builds/T4A".into(),
             metadata: [("ticket".to_string(), "REL-4".to_string())].into(),
             action: Some(Action::Upgrade),
+            incarnation: "c0ffee".into(),
+            restore: true,
+            target_schema: Some(Schema {
+                version: 3,
+                name: "add_notes".into(),
+            }),
         }
     }
 
@@ -326,7 +355,7 @@ mod tests {
         assert_eq!(PrepareOrder::try_from(wire).unwrap_err().field, "version");
         let commit = pb::CommitRequest {
             transaction_id: "T4".into(),
-            project: String::new(),
+            ..Default::default()
         };
         assert_eq!(CommitOrder::try_from(commit).unwrap().project, None);
     }

@@ -274,6 +274,7 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
         .get_decision(pb::GetDecisionRequest {
             transaction_id: "T404".into(),
             project: "A".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -340,6 +341,7 @@ async fn every_participant_rpc_refuses_bad_input_and_stages_nothing() {
         a.commit(pb::CommitRequest {
             transaction_id: "T8".into(),
             project: "A".into(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -349,6 +351,7 @@ async fn every_participant_rpc_refuses_bad_input_and_stages_nothing() {
         a.commit(pb::CommitRequest {
             transaction_id: "T8".into(),
             project: "B".into(),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,

@@ -194,6 +194,7 @@ for_each_database!(
     every_refusal_names_its_file_and_leaves_nothing_applied,
     a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart,
     an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted,
+    a_revert_to_a_build_without_migrations_restores_the_schema_it_was_live_with,
     an_unreachable_database_is_a_refusal_not_a_crash,
 );
 
@@ -526,6 +527,47 @@ async fn an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged
         "T2's staged build is gone"
     );
     assert!(s.prepared_gids().await.is_empty());
+}
+
+async fn a_revert_to_a_build_without_migrations_restores_the_schema_it_was_live_with(kind: Kind) {
+    let s = Stack::new(kind).await;
+    // T0's builds ship no migrations/ at all: every schema stays at version 0.
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T0".into()];
+    for p in PROJECTS {
+        let dir = s.c.dir.path().join("artifacts").join(format!("{p}-T0{p}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("VERSION"), format!("T0{p}")).unwrap();
+        args.push(format!("{p}=T0{p}"));
+        args.push("--artifact".into());
+        args.push(format!("{p}={}", dir.display()));
+    }
+    args.push("--wait".into());
+    let out =
+        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let after_t0 = s.dumps().await;
+    assert_eq!(s.schema_versions().await, [0, 0, 0]);
+    s.release("T1", 2, 0).await;
+
+    let out = s.c.cli(&["revert", "T1", "--wait"]).await;
+
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(s.schema_versions().await, [0, 0, 0], "{kind:?}");
+    assert_eq!(s.dumps().await, after_t0, "exactly the schema T0 had");
+    let live = s.c.live_state().await;
+    let schemas: Vec<i64> = live
+        .checkpoint
+        .unwrap()
+        .versions
+        .iter()
+        .map(|v| v.schema.as_ref().map_or(-1, |s| s.version))
+        .collect();
+    assert_eq!(
+        schemas,
+        [0, 0, 0],
+        "the checkpoint says where each schema is"
+    );
 }
 
 async fn an_unreachable_database_is_a_refusal_not_a_crash(kind: Kind) {

@@ -533,6 +533,10 @@ fn record(
                 to_schema: None,
                 migrations: Vec::new(),
                 delivery_error: String::new(),
+                needs_resolution: false,
+                resolution: None,
+                restore: false,
+                target_schema: None,
             })
             .collect(),
         waves: vec![

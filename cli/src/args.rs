@@ -81,6 +81,63 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Record by hand what a participant in phase 2 did, when the coordinator cannot
+    /// bring it to the decision (it needs resolution, or cannot be reached). The
+    /// decision is sent to it once more first; refused if it acknowledges. Recorded in
+    /// the log with who, why and what the participant answered.
+    Resolve {
+        /// Transaction id.
+        id: String,
+        /// The participant's project.
+        #[arg(long)]
+        participant: String,
+        /// What you checked it did (only the decided outcome is accepted).
+        #[arg(long = "as", value_enum)]
+        outcome: Outcome,
+        /// Why (required; kept in the log).
+        #[arg(long)]
+        reason: String,
+        /// Only check and say what would be recorded.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
+    /// Retry every phase 2 delivery of a transaction now (after an outage), and ask
+    /// again participants that need resolution.
+    Retry {
+        /// Transaction id.
+        id: String,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
+}
+
+/// What a participant is recorded to have done.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Outcome {
+    /// It went live.
+    Committed,
+    /// It restored what was live before.
+    Aborted,
+}
+
+/// Who is asking, for the log (until authentication names them).
+#[derive(clap::Args)]
+pub struct ActorArg {
+    /// Your name in the log (default: $LOCKSTEP_ACTOR, else $USER).
+    #[arg(long, env = "LOCKSTEP_ACTOR")]
+    pub actor: Option<String>,
+}
+
+impl ActorArg {
+    /// The name to record.
+    pub fn name(&self) -> String {
+        self.actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default()
+    }
 }
 
 /// Flags shared by everything that starts a transaction.

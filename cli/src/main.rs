@@ -6,6 +6,7 @@
 //! (or the outcome could not be learned).
 
 mod args;
+mod operate;
 mod render;
 mod wait;
 
@@ -155,6 +156,9 @@ async fn run(args: Args) -> Result<u8> {
             };
             let created = client.rollback(request).await?.into_inner();
             finish_create(&mut client, &ctx.url, ctx.out, created, &wait).await
+        }
+        command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
+            operate::run(&mut client, ctx.out, command).await
         }
     }
 }

@@ -248,6 +248,9 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
     if t.quarantined {
         headline.push_str(", QUARANTINED (pulled by a revert)");
     }
+    if t.needs_resolution {
+        headline.push_str(", NEEDS RESOLUTION (see `lockstep resolve`)");
+    }
     println!("{headline}");
     if !t.reason.is_empty() {
         println!("  {}", t.reason);
@@ -275,15 +278,41 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
                         "-".into()
                     },
                     schema(&p.to_schema),
-                    if !p.delivery_error.is_empty() {
-                        p.delivery_error.clone()
-                    } else {
-                        p.vote_reason.clone()
-                    },
+                    note(p),
                 ]
             })
             .collect(),
     );
+}
+
+/// What a participant's row says last: why it needs a person, how one resolved it,
+/// its delivery error, or its vote's reason.
+fn note(p: &pb::Participation) -> String {
+    if p.needs_resolution {
+        format!("NEEDS RESOLUTION: {}", p.delivery_error)
+    } else if !p.resolution.is_empty() {
+        p.resolution.clone()
+    } else if !p.delivery_error.is_empty() {
+        p.delivery_error.clone()
+    } else {
+        p.vote_reason.clone()
+    }
+}
+
+/// `resolve`: what was (or would be) recorded, then the transaction.
+pub fn resolved(out: Output, r: &pb::ResolveParticipantResponse) {
+    if out == Output::Json {
+        return json(r);
+    }
+    let verb = if r.applied {
+        "recorded"
+    } else {
+        "dry run: would record"
+    };
+    println!("{verb}; the participant answered: {}", r.participant_status);
+    if let Some(t) = &r.transaction {
+        transaction(out, t);
+    }
 }
 
 /// `release list`.
@@ -379,7 +408,7 @@ pub fn live(out: Output, l: &pb::LiveState) {
             .iter()
             .filter(|p| !p.delivery_error.is_empty())
         {
-            println!("  {}: {}", p.project, p.delivery_error);
+            println!("  {}: {}", p.project, note(p));
         }
     }
     for t in &l.pending {

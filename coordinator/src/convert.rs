@@ -12,7 +12,7 @@ use lockstep::{
 use crate::{
     model::{
         Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord, Request,
-        Schema, TxKind, TxRecord, TxState, Vote,
+        Resolution, Schema, TxKind, TxRecord, TxState, Vote,
     },
     network,
     planner::Plan,
@@ -157,6 +157,45 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
     })
 }
 
+/// Validates ResolveParticipant: the transaction, the participant, and what to record
+/// (`as` and a `reason` are required: the log keeps why).
+pub fn resolution(
+    r: &pb::ResolveParticipantRequest,
+) -> Result<(TxId, ProjectName, Resolution), FieldError> {
+    let id = TxId::parse("transaction_id", &r.transaction_id)?;
+    let project = ProjectName::parse("project", &r.project)?;
+    let committed = match pb::Resolution::try_from(r.r#as) {
+        Ok(pb::Resolution::Committed) => true,
+        Ok(pb::Resolution::Aborted) => false,
+        _ => {
+            let why = "must be RESOLUTION_COMMITTED or RESOLUTION_ABORTED: say what the participant really did";
+            return Err(FieldError::new("as", why));
+        }
+    };
+    if r.reason.trim().is_empty() {
+        let why = "is required: the log keeps why a participant was resolved by hand";
+        return Err(FieldError::new("reason", why));
+    }
+    text("reason", &r.reason, limits::MAX_TEXT_LEN)?;
+    let resolution = Resolution {
+        committed,
+        actor: actor(&r.actor)?,
+        reason: r.reason.clone(),
+        status: String::new(),
+    };
+    Ok((id, project, resolution))
+}
+
+/// Who asked ("unknown" when nobody said; authentication will fill this in).
+pub fn actor(actor: &str) -> Result<String, FieldError> {
+    text("actor", actor, 200)?;
+    Ok(if actor.is_empty() {
+        "unknown".to_string()
+    } else {
+        actor.to_string()
+    })
+}
+
 fn optional_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
     (!id.is_empty()).then(|| TxId::parse(field, id)).transpose()
 }
@@ -274,6 +313,7 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
         created_at: wire::timestamp(t.created_ms),
         finished_at: wire::timestamp(t.finished_ms),
         waves: waves(&t.waves),
+        needs_resolution: t.participants.iter().any(|p| p.needs_resolution),
     }
 }
 
@@ -298,6 +338,14 @@ fn participation(p: &Participant) -> pb::Participation {
         to_schema: schema(&p.to_schema),
         migrations: p.migrations.clone(),
         delivery_error: p.delivery_error.clone(),
+        needs_resolution: p.needs_resolution,
+        restore: p.restore,
+        target_schema: schema(&p.target_schema),
+        resolution: p
+            .resolution
+            .as_ref()
+            .map(|r| r.describe())
+            .unwrap_or_default(),
     }
 }
 

@@ -12,10 +12,12 @@ use lockstep::{
 use lockstep_store::Kv;
 
 use crate::{
+    driver::Resolved,
     error::Result,
     feed::{Feed, Watch, WatchFilter},
+    incarnation::{self, MakeIncarnation},
     journal::{Clock, Journal, JournalStats, WriterMode},
-    model::{CheckpointRecord, CreateSpec, ProjectRecord, TxRecord},
+    model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TxRecord},
     network::{GrpcParticipants, ParticipantNet},
     ports::Participants,
     registry::{Registry, Settings, admit::Created, reads::Live},
@@ -35,6 +37,8 @@ pub struct Config {
     pub clock: Clock,
     /// How the journal's syncer runs (a thread; a task in simulation).
     pub writer: WriterMode,
+    /// Makes the incarnation id of a new data directory.
+    pub new_incarnation: MakeIncarnation,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             delivery_timeout: Duration::from_secs(30),
             clock: Arc::new(lockstep::wire::now_millis),
             writer: WriterMode::Thread,
+            new_incarnation: Arc::new(incarnation::random),
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct Coordinator {
     registry: Registry,
     journal: Journal,
     feed: Feed,
+    incarnation: String,
 }
 
 impl Coordinator {
@@ -62,13 +68,16 @@ impl Coordinator {
     /// participants through `net`, recovers every unfinished transaction and starts
     /// their drivers. Must run inside a tokio runtime.
     pub fn open(kv: Arc<dyn Kv>, net: Arc<dyn ParticipantNet>, config: Config) -> Result<Self> {
-        let net = GrpcParticipants::new(net, config.delivery_timeout);
+        let tables = Tables::new(kv.clone());
+        let incarnation = incarnation::load_or_create(&tables, &config.new_incarnation)?;
+        let net = GrpcParticipants::new(net, config.delivery_timeout, incarnation);
         Self::open_with(kv, Arc::new(net), config)
     }
 
     /// [`Coordinator::open`] with any participant network.
     pub fn open_with(kv: Arc<dyn Kv>, net: Arc<dyn Participants>, config: Config) -> Result<Self> {
         let tables = Tables::new(kv);
+        let incarnation = incarnation::load_or_create(&tables, &config.new_incarnation)?;
         let feed = Feed::new(tables.clone())?;
         let journal = Journal::start(
             tables.clone(),
@@ -87,7 +96,13 @@ impl Coordinator {
             registry,
             journal,
             feed,
+            incarnation,
         })
+    }
+
+    /// This data directory's incarnation id (what participants record with Prepare).
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
     }
 
     /// Resolves when the journal has failed: the process must exit and recover.
@@ -171,6 +186,25 @@ impl Coordinator {
     /// Aborts a transaction that has not decided yet.
     pub async fn abort(&self, id: &TxId, reason: String) -> Result<TxRecord> {
         self.registry.abort(id, reason).await
+    }
+
+    /// Records by hand what a participant in phase 2 did (after sending it the decision
+    /// once more); refused unless it needs resolution or cannot be reached.
+    pub async fn resolve(
+        &self,
+        id: &TxId,
+        project: ProjectName,
+        resolution: Resolution,
+        dry_run: bool,
+    ) -> Result<(TxRecord, Resolved)> {
+        self.registry
+            .resolve(id, project, resolution, dry_run)
+            .await
+    }
+
+    /// Ends every backoff wait of a transaction in phase 2 now.
+    pub async fn retry(&self, id: &TxId, actor: String) -> Result<TxRecord> {
+        self.registry.retry(id, actor).await
     }
 
     /// The live state of `env`.

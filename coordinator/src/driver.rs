@@ -3,9 +3,9 @@
 //! through the two ports ([`crate::ports`]). It decides nothing: every protocol rule is
 //! in the machine. Each unfinished transaction has one driver task.
 //!
-//! Inputs come from the queue (its turn), from AbortRelease (an abort request), from a
-//! timer (the phase 1 deadline) and from the network (votes, acknowledgements,
-//! failures). Effects are carried out one after the other; a write the machine wants
+//! Inputs come from the queue (its turn), from people (abort, resolve, retry: a
+//! [`Command`]), from a timer (the phase 1 deadline) and from the network (votes,
+//! acknowledgements, failures). Effects are carried out one after the other; a write the machine wants
 //! durable before the next step is awaited.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
@@ -13,14 +13,14 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lockstep::{names::ProjectName, orders::VoteAnswer, pb, retry::Failure};
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 
 use crate::{
     crash,
     error::Result,
-    model::TxState,
+    model::{Resolution, TxState},
     ports::{Participants, Pending, TxJournal},
     txn::{Effect, Message, Order, Show, Transaction, Turn},
 };
@@ -29,8 +29,42 @@ use crate::{
 pub struct Signals {
     /// Fired when the queue gives the transaction its projects.
     pub start: Option<oneshot::Receiver<Turn>>,
-    /// Set when AbortRelease asks to abort an undecided transaction.
-    pub abort: watch::Receiver<Option<String>>,
+    /// What people ask of the transaction (abort, resolve, retry).
+    pub commands: mpsc::UnboundedReceiver<Command>,
+}
+
+/// What a person asks of a transaction, through the registry.
+pub enum Command {
+    /// AbortRelease: abort if still undecided.
+    Abort(String),
+    /// ResolveParticipant: send `project` its decision once more, then record
+    /// `resolution` (its `status` filled in with the answer) unless refused.
+    Resolve {
+        /// The participant.
+        project: ProjectName,
+        /// What to record.
+        resolution: Resolution,
+        /// Only check.
+        dry_run: bool,
+        /// The outcome, sent once what was recorded is durable.
+        reply: oneshot::Sender<std::result::Result<Resolved, String>>,
+    },
+    /// RetryDelivery: every delivery now.
+    Retry {
+        /// Who asked.
+        actor: String,
+        /// Answered once the request is in the log.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What a resolution found and did.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The participant's answer to the decision sent just before.
+    pub status: String,
+    /// Whether it was recorded (not for a dry run).
+    pub applied: bool,
 }
 
 /// What a driver works through.
@@ -51,10 +85,13 @@ enum Reply {
 /// One input to the machine.
 enum Input {
     Turn(Turn),
-    Abort(String),
+    Command(Command),
     Deadline,
     Reply(Reply),
 }
+
+/// An answer to a person, sent once the effects before it are carried out.
+type Answer = Box<dyn FnOnce() + Send>;
 
 /// Drives a transaction from wherever it is to COMMITTED or ABORTED, starting with
 /// `first` (the effects of how it was accepted or recovered).
@@ -67,7 +104,8 @@ pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, por
         prepares: FuturesUnordered::new(),
         deliveries: FuturesUnordered::new(),
         deadline: None,
-        abort_heard: false,
+        hurry: watch::channel(0).0,
+        answers: Vec::new(),
     };
     if let Err(e) = driver.run(first).await {
         // Only a journal failure ends a driver early; the process then stops and
@@ -83,7 +121,9 @@ struct Driver {
     prepares: FuturesUnordered<Pending<Reply>>,
     deliveries: FuturesUnordered<Pending<Reply>>,
     deadline: Option<Instant>,
-    abort_heard: bool,
+    /// Bumped to end every backoff wait at once.
+    hurry: watch::Sender<u64>,
+    answers: Vec<Answer>,
 }
 
 impl Driver {
@@ -94,29 +134,102 @@ impl Driver {
                 match self.carry_out(effect).await? {
                     // What follows an effect comes before the effects after it.
                     Next::Go(more) => more.into_iter().rev().for_each(|e| effects.push_front(e)),
-                    Next::Done => return Ok(()),
+                    Next::Done => {
+                        self.answer();
+                        return Ok(());
+                    }
                 }
             }
+            self.answer();
             let input = self.next_input().await;
-            effects.extend(self.feed(input));
+            effects.extend(self.feed(input).await);
         }
     }
 
+    fn answer(&mut self) {
+        self.answers.drain(..).for_each(|answer| answer());
+    }
+
     /// Hands one input to the machine.
-    fn feed(&mut self, input: Input) -> Vec<Effect> {
+    async fn feed(&mut self, input: Input) -> Vec<Effect> {
         match input {
             Input::Turn(turn) => self.machine.start(turn),
-            Input::Abort(reason) => self.machine.abort_requested(reason),
+            Input::Command(command) => self.command(command).await,
             Input::Deadline => {
                 self.deadline = None;
                 self.machine.deadline()
             }
-            Input::Reply(Reply::Vote(project, answer)) => self.machine.vote(&project, answer),
-            Input::Reply(Reply::Ack(project, Ok(()))) => self.acknowledged(&project),
-            Input::Reply(Reply::Ack(project, Err(failure))) => {
-                self.machine.delivery_failed(&project, failure)
-            }
+            Input::Reply(reply) => self.reply(reply),
         }
+    }
+
+    fn reply(&mut self, reply: Reply) -> Vec<Effect> {
+        match reply {
+            Reply::Vote(project, answer) => self.machine.vote(&project, answer),
+            Reply::Ack(project, Ok(())) => self.acknowledged(&project),
+            Reply::Ack(project, Err(failure)) => self.machine.delivery_failed(&project, failure),
+        }
+    }
+
+    async fn command(&mut self, command: Command) -> Vec<Effect> {
+        match command {
+            Command::Abort(reason) => self.machine.abort_requested(reason),
+            Command::Retry { actor, reply } => {
+                self.answers.push(Box::new(move || {
+                    let _ = reply.send(());
+                }));
+                self.machine.retry_now(&actor)
+            }
+            Command::Resolve {
+                project,
+                resolution,
+                dry_run,
+                reply,
+            } => self.resolve(project, resolution, dry_run, reply).await,
+        }
+    }
+
+    /// Sends `project` its decision once more (its answer is fed in as any reply),
+    /// then asks the machine to record the resolution, or only whether it would.
+    async fn resolve(
+        &mut self,
+        project: ProjectName,
+        mut resolution: Resolution,
+        dry_run: bool,
+        reply: oneshot::Sender<std::result::Result<Resolved, String>>,
+    ) -> Vec<Effect> {
+        let (mut effects, status) = match self.machine.pending_order(&project) {
+            Some(order) => {
+                let answer = self.call(order, Duration::ZERO).await;
+                let status = match &answer {
+                    Reply::Ack(_, Err(failure)) => failure.message().to_string(),
+                    _ => "acknowledged".to_string(),
+                };
+                (self.reply(answer), status)
+            }
+            None => (
+                Vec::new(),
+                "not asked (it is not being delivered to)".into(),
+            ),
+        };
+        resolution.status = status.clone();
+        let outcome = if dry_run {
+            let mut trial = self.machine.clone();
+            trial.resolve(&project, resolution).map(|_| Vec::new())
+        } else {
+            self.machine.resolve(&project, resolution)
+        };
+        let answer = outcome.map(|more| {
+            effects.extend(more);
+            Resolved {
+                status,
+                applied: !dry_run,
+            }
+        });
+        self.answers.push(Box::new(move || {
+            let _ = reply.send(answer);
+        }));
+        effects
     }
 
     fn acknowledged(&mut self, project: &ProjectName) -> Vec<Effect> {
@@ -133,16 +246,12 @@ impl Driver {
         effects
     }
 
-    /// Waits for the next input: the turn, an abort request, the deadline or a reply.
+    /// Waits for the next input: the turn, a person's command, the deadline or a reply.
     async fn next_input(&mut self) -> Input {
         let deadline = self.deadline;
-        let listen_abort = !self.abort_heard;
         tokio::select! {
             turn = wait_turn(&mut self.signals.start) => Input::Turn(turn),
-            reason = aborted(&mut self.signals.abort), if listen_abort => {
-                self.abort_heard = true;
-                Input::Abort(reason)
-            }
+            Some(command) = self.signals.commands.recv() => Input::Command(command),
             _ = sleep_until(deadline) => Input::Deadline,
             Some(reply) = self.prepares.next() => Input::Reply(reply),
             Some(reply) = self.deliveries.next() => Input::Reply(reply),
@@ -153,8 +262,9 @@ impl Driver {
     /// COMMIT), or that the transaction ended.
     async fn carry_out(&mut self, effect: Effect) -> Result<Next> {
         match effect {
-            Effect::Send { order, after } => self.send(order, after),
+            Effect::Send { order, after } => self.send(*order, after),
             Effect::StartDeadline(after) => self.deadline = Some(Instant::now() + after),
+            Effect::Hurry => self.hurry.send_modify(|n| *n += 1),
             Effect::StopPreparing => {
                 crash::point(crash::BEFORE_DECISION);
                 self.prepares.clear();
@@ -190,32 +300,42 @@ impl Driver {
         self.ports.journal.clone()
     }
 
-    /// Starts a call; its reply becomes an input. The endpoint is read when the call
-    /// is made, not when the transaction was planned: an agent that moved and was
-    /// registered again gets its Commit or Abort at its new address.
+    /// Starts a call; its reply becomes an input.
     fn send(&mut self, order: Order, after: Duration) {
+        let prepare = matches!(order.message, Message::Prepare(_));
+        let call = self.call(order, after);
+        if prepare {
+            self.prepares.push(call);
+        } else {
+            self.deliveries.push(call);
+        }
+    }
+
+    /// The call of `order` after `after` (or as soon as [`Effect::Hurry`] comes). The
+    /// endpoint is read when the call is made, not when the transaction was planned:
+    /// an agent that moved and was registered again gets its Commit or Abort at its new
+    /// address.
+    fn call(&self, order: Order, after: Duration) -> Pending<Reply> {
         let (net, journal) = (self.ports.net.clone(), self.journal());
         let environment = self.machine.record().environment.clone();
+        let mut hurry = self.hurry.subscribe();
         let Order {
             project,
             endpoint,
             message,
         } = order;
-        let prepare = matches!(message, Message::Prepare(_));
-        let call: Pending<Reply> = Box::pin(async move {
-            tokio::time::sleep(after).await;
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = hurry.changed() => {}
+            }
             let endpoint = journal.endpoint(&environment, &project).unwrap_or(endpoint);
             match message {
                 Message::Prepare(o) => Reply::Vote(project, net.prepare(&endpoint, o).await),
                 Message::Commit(o) => Reply::Ack(project, net.commit(&endpoint, o).await),
                 Message::Abort(o) => Reply::Ack(project, net.abort(&endpoint, o).await),
             }
-        });
-        if prepare {
-            self.prepares.push(call);
-        } else {
-            self.deliveries.push(call);
-        }
+        })
     }
 }
 
@@ -235,18 +355,6 @@ async fn wait_turn(start: &mut Option<oneshot::Receiver<Turn>>) -> Turn {
         .unwrap_or(Turn::Refused("coordinator shutting down".into()));
     *start = None;
     turn
-}
-
-/// Resolves with the reason once an abort is requested.
-async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
-    loop {
-        if let Some(reason) = abort.borrow_and_update().clone() {
-            return reason;
-        }
-        if abort.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -17,7 +17,8 @@
 //!   [`feed`]: durable events for watchers.
 //! - [`tables`]: table names, key layouts, encodings over [`lockstep_store::Kv`].
 //! - [`recovery`]: what a restart does to every unfinished transaction.
-//! - [`network`]: the participant network over gRPC (TCP, or a simulated network).
+//! - [`network`]: the participant network over gRPC (TCP, or a simulated network),
+//!   stamping every order with this data directory's [`incarnation`].
 //! - [`service`] / [`convert`]: the gRPC edge and wire conversions; [`server`] assembles
 //!   it with reflection and health.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
@@ -30,6 +31,7 @@ pub mod crash;
 pub mod driver;
 pub mod error;
 pub mod feed;
+pub mod incarnation;
 pub mod journal;
 pub mod model;
 pub mod network;

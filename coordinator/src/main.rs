@@ -36,6 +36,14 @@ struct Args {
     /// one). Set it above the slowest commit hook.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     delivery_timeout: std::time::Duration,
+    /// First delay before a failed call to a participant is made again (it doubles on
+    /// each failure, with jitter, up to --retry-max-delay). `lockstep retry TX` ends a
+    /// wait at once.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    retry_initial_delay: std::time::Duration,
+    /// Longest delay between two calls to a participant that keeps failing.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    retry_max_delay: std::time::Duration,
 }
 
 #[tokio::main]
@@ -59,10 +67,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         default_prepare_timeout: args.prepare_timeout,
         delivery_timeout: args.delivery_timeout,
+        backoff: lockstep::retry::Backoff {
+            initial: args.retry_initial_delay,
+            max: args.retry_max_delay.max(args.retry_initial_delay),
+        },
         ..Config::default()
     };
     let coordinator = Coordinator::open(Arc::new(kv), Arc::new(TcpNet::default()), config)
         .context("recovering coordinator state")?;
+    tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;

@@ -116,6 +116,62 @@ pub struct Participant {
     /// Last phase 2 delivery error (memory only: not part of any decision).
     #[serde(default, skip_serializing)]
     pub delivery_error: String,
+    /// It answered the decision with something retrying cannot fix (memory only: after
+    /// a restart the decision is sent again and the same answer sets it again).
+    #[serde(default, skip_serializing)]
+    pub needs_resolution: bool,
+    /// How a person resolved it by hand, if they did.
+    #[serde(default)]
+    pub resolution: Option<Resolution>,
+    /// This part restores an earlier version (revert, rollback): the participant must
+    /// reproduce it exactly (from `artifact`, the one it was first staged from) or
+    /// refuse.
+    #[serde(default)]
+    pub restore: bool,
+    /// For a restore: the schema version the project was at with that version.
+    #[serde(default)]
+    pub target_schema: Option<Schema>,
+}
+
+/// What a committed (project, version) was staged from, so that a revert or rollback
+/// can send it again and the participant reproduce the version exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// The artifact reference of its first commit with one.
+    pub artifact: String,
+    /// Its metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The schema it went live with, when the participant reported one.
+    pub schema: Option<Schema>,
+}
+
+/// What a person recorded for a participant the protocol could not finish with: phase 2
+/// then counts it as acknowledged. Kept with the transaction for the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// Recorded as committed (true) or aborted.
+    pub committed: bool,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// What the participant answered when the decision was sent once more just before.
+    pub status: String,
+}
+
+impl Resolution {
+    /// One line for people: as what, who, why, what the participant said.
+    pub fn describe(&self) -> String {
+        let outcome = if self.committed {
+            "committed"
+        } else {
+            "aborted"
+        };
+        format!(
+            "resolved as {outcome} by {}: {} (participant answered: {})",
+            self.actor, self.reason, self.status
+        )
+    }
 }
 
 /// What the caller asked for, kept to answer idempotent retries and to re-plan a queued
@@ -220,6 +276,9 @@ impl Participant {
             artifact: self.artifact.clone(),
             metadata: self.metadata.clone(),
             action: Some(self.action),
+            incarnation: String::new(),
+            restore: self.restore,
+            target_schema: self.target_schema.clone(),
         }
     }
 }

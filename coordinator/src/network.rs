@@ -85,16 +85,23 @@ pub struct GrpcParticipants {
     net: Arc<dyn ParticipantNet>,
     calls: Arc<Semaphore>,
     delivery_timeout: Duration,
+    incarnation: String,
 }
 
 impl GrpcParticipants {
-    /// Calls through `net`; a Commit or Abort without an answer within
-    /// `delivery_timeout` is a transient failure (retried).
-    pub fn new(net: Arc<dyn ParticipantNet>, delivery_timeout: Duration) -> Self {
+    /// Calls through `net`, stamping every order with `incarnation`; a Commit or
+    /// Abort without an answer within `delivery_timeout` is a transient failure
+    /// (retried).
+    pub fn new(
+        net: Arc<dyn ParticipantNet>,
+        delivery_timeout: Duration,
+        incarnation: String,
+    ) -> Self {
         Self {
             net,
             calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             delivery_timeout,
+            incarnation,
         }
     }
 
@@ -132,7 +139,8 @@ impl GrpcParticipants {
 
 impl Participants for GrpcParticipants {
     fn prepare(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<VoteAnswer, Failure>> {
-        let request = pb::PrepareRequest::from(&order);
+        let mut request = pb::PrepareRequest::from(&order);
+        request.coordinator_incarnation = self.incarnation.clone();
         let call = self.call(
             endpoint,
             None,
@@ -142,7 +150,8 @@ impl Participants for GrpcParticipants {
     }
 
     fn commit(&self, endpoint: &str, order: CommitOrder) -> Pending<Result<(), Failure>> {
-        let request = pb::CommitRequest::from(&order);
+        let mut request = pb::CommitRequest::from(&order);
+        request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(self.delivery_timeout);
         let call = self.call(
             endpoint,
@@ -153,7 +162,8 @@ impl Participants for GrpcParticipants {
     }
 
     fn abort(&self, endpoint: &str, order: AbortOrder) -> Pending<Result<(), Failure>> {
-        let request = pb::AbortRequest::from(&order);
+        let mut request = pb::AbortRequest::from(&order);
+        request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(self.delivery_timeout);
         let call = self.call(
             endpoint,
@@ -164,7 +174,8 @@ impl Participants for GrpcParticipants {
     }
 
     fn preview(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<Preview, String>> {
-        let request = pb::PrepareRequest::from(&order);
+        let mut request = pb::PrepareRequest::from(&order);
+        request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(PREVIEW_TIMEOUT);
         let call = self.call(endpoint, timeout, |mut c| async move {
             c.preview(request).await

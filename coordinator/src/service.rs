@@ -141,6 +141,34 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::ListReleasesResponse { transactions }))
     }
 
+    async fn resolve_participant(
+        &self,
+        request: Request<pb::ResolveParticipantRequest>,
+    ) -> Result<Response<pb::ResolveParticipantResponse>, Status> {
+        let r = request.into_inner();
+        let (id, project, resolution) = convert::resolution(&r)?;
+        let (record, resolved) = self
+            .coordinator
+            .resolve(&id, project, resolution, r.dry_run)
+            .await?;
+        Ok(Response::new(pb::ResolveParticipantResponse {
+            transaction: Some(convert::transaction(&record)),
+            participant_status: resolved.status,
+            applied: resolved.applied,
+        }))
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<pb::RetryDeliveryRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        let r = request.into_inner();
+        let id = TxId::parse("transaction_id", &r.transaction_id)?;
+        let actor = convert::actor(&r.actor)?;
+        let record = self.coordinator.retry(&id, actor).await?;
+        Ok(Response::new(convert::transaction(&record)))
+    }
+
     async fn abort_release(
         &self,
         request: Request<pb::AbortReleaseRequest>,
@@ -234,6 +262,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let project = (!r.project.is_empty())
             .then(|| ProjectName::parse("project", &r.project))
             .transpose()?;
+        let ours = self.coordinator.incarnation();
+        if !r.coordinator_incarnation.is_empty() && r.coordinator_incarnation != ours {
+            return Err(Status::failed_precondition(format!(
+                "coordinator_incarnation: this coordinator (incarnation {ours}) did not make the transaction {id} you prepared (incarnation {}): its data directory was replaced, and the decision was lost with the old one; keep {id} staged and resolve it by hand",
+                r.coordinator_incarnation
+            )));
+        }
         let decision = pb::Decision::from(self.coordinator.decision(&id, project.as_ref())?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,

@@ -12,6 +12,9 @@
 //! - `quarantine`:   (environment, project, version)   → QuarantineRecord
 //! - `seen_versions`: (environment, project, version)  → revision (u64 BE) it was last
 //!   made live by: "was this version ever live here", without history in memory
+//! - `builds`:       (environment, project, version)   → BuildRecord (what a committed
+//!   version was staged from: artifact, metadata, schema), sent again by reverts
+//! - `meta`:         "incarnation"                     → this data directory's id
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -27,7 +30,7 @@ use lockstep_store::{Batch, Kv, Order, StoreError, keys};
 use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::model::{CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord};
+use crate::model::{BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord};
 
 /// Projects by (environment, name).
 pub const PROJECTS: &str = "projects";
@@ -45,6 +48,12 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const QUARANTINE: &str = "quarantine";
 /// Versions ever live, by (environment, project, version).
 pub const SEEN_VERSIONS: &str = "seen_versions";
+/// Facts about this data directory (its incarnation).
+pub const META: &str = "meta";
+/// What each committed (environment, project, version) was staged from.
+pub const BUILDS: &str = "builds";
+
+const INCARNATION_KEY: &[u8] = b"incarnation";
 
 /// Every table the coordinator opens (checked against what is on disk).
 pub const ALL: &[&str] = &[
@@ -56,6 +65,8 @@ pub const ALL: &[&str] = &[
     CHECKPOINTS,
     QUARANTINE,
     SEEN_VERSIONS,
+    META,
+    BUILDS,
 ];
 
 /// A quarantined (environment, project, version).
@@ -206,6 +217,19 @@ impl Tables {
     /// The underlying store (for the journal's writes).
     pub fn kv(&self) -> &Arc<dyn Kv> {
         &self.kv
+    }
+
+    /// The incarnation id of this data directory, once made.
+    pub fn incarnation(&self) -> Result<Option<String>, StoreError> {
+        let value = self.kv.get(META, INCARNATION_KEY)?;
+        value
+            .map(|v| String::from_utf8(v).map_err(|e| corrupt(META, e)))
+            .transpose()
+    }
+
+    /// Stores the incarnation id.
+    pub fn put_incarnation(batch: &mut Batch, id: &str) {
+        batch.put(META, INCARNATION_KEY.to_vec(), id.as_bytes().to_vec());
     }
 
     /// Every project of every environment.
@@ -404,6 +428,30 @@ impl Tables {
     ) -> Result<bool, StoreError> {
         let key = seen_key(environment, project, version);
         Ok(self.kv.get(SEEN_VERSIONS, &key)?.is_some())
+    }
+
+    /// What `version` of `project` was staged from when committed.
+    pub fn build(
+        &self,
+        environment: &Environment,
+        project: &ProjectName,
+        version: &Version,
+    ) -> Result<Option<BuildRecord>, StoreError> {
+        let key = seen_key(environment, project, version);
+        let value = self.kv.get(BUILDS, &key)?;
+        value.map(|v| decode(BUILDS, &v)).transpose()
+    }
+
+    /// Adds the build record of `version` of `project` to `batch` (the same key layout
+    /// as `seen_versions`).
+    pub fn put_build(
+        batch: &mut Batch,
+        key: (&Environment, &ProjectName, &Version),
+        record: &BuildRecord,
+    ) {
+        let (environment, project, version) = key;
+        let key = seen_key(environment, project, version);
+        batch.put(BUILDS, key, encode(record));
     }
 
     /// Records in `batch` that every version of `cp` is live as of its revision.

@@ -24,6 +24,15 @@ pub struct Change {
     pub artifact: String,
     /// Metadata from the release.
     pub metadata: BTreeMap<String, String>,
+    /// This change restores an earlier version (revert, rollback): stage exactly that
+    /// version (the build kept from before, or `artifact` again) or refuse naming what is
+    /// missing; never stage an empty or partial version in its place.
+    #[serde(default)]
+    pub restore: bool,
+    /// For a restore: the schema version to leave the database at (the SDK reaches it,
+    /// with stored downs when the version ships no migrations).
+    #[serde(default)]
+    pub target_schema: Option<i64>,
 }
 
 /// What `stage` wants to remember until the decision (stored durably with the PREPARED

@@ -25,11 +25,17 @@ impl GrpcDecisions {
 }
 
 impl DecisionSource for GrpcDecisions {
-    fn decision(&self, tx: &TxId, project: &ProjectName) -> Pending<Result<Decision, String>> {
+    fn decision(
+        &self,
+        tx: &TxId,
+        project: &ProjectName,
+        incarnation: &str,
+    ) -> Pending<Result<Decision, String>> {
         let mut client = CoordinatorClient::new(self.coordinator.clone());
         let request = pb::GetDecisionRequest {
             transaction_id: tx.to_string(),
             project: project.to_string(),
+            coordinator_incarnation: incarnation.to_string(),
         };
         Box::pin(async move {
             let answer = client.get_decision(request).await;

@@ -51,6 +51,9 @@ pub struct Entry {
     /// Why it was refused or aborted.
     #[serde(default)]
     pub reason: String,
+    /// The incarnation of the coordinator whose Prepare this is ("" when unknown).
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// Typed access to the participant's records. Writes go through group commit, so

@@ -121,6 +121,8 @@ fn coordinator_config() -> CoordinatorConfig {
                     .unwrap_or(0)
         }),
         writer: WriterMode::Task,
+        // Fixed, so a seed replays exactly; a restart keeps its data and so its id.
+        new_incarnation: Arc::new(|| "sim-coordinator".to_string()),
     }
 }
 
@@ -740,6 +742,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
         let decision = bounded(client.get_decision(pb::GetDecisionRequest {
             transaction_id: tx.clone(),
             project: part.project.clone(),
+            coordinator_incarnation: String::new(),
         }))
         .await
         .map(|d| d.decision);
@@ -747,6 +750,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
             Ok(d) if d == pb::Decision::Commit as i32 => bounded(p.commit(pb::CommitRequest {
                 transaction_id: tx.clone(),
                 project: part.project.clone(),
+                coordinator_incarnation: String::new(),
             }))
             .await
             .map(|_| ()),
@@ -755,6 +759,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                     transaction_id: tx.clone(),
                     project: part.project.clone(),
                     reason: "duplicate".into(),
+                    coordinator_incarnation: String::new(),
                 }))
                 .await
                 .map(|_| ())
@@ -768,6 +773,9 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                 artifact: part.artifact.clone(),
                 metadata: part.metadata.clone(),
                 action: part.action,
+                coordinator_incarnation: String::new(),
+                restore: part.restore,
+                target_schema: part.target_schema.clone(),
             }))
             .await
             .map(|_| ()),

@@ -32,8 +32,8 @@ use lockstep::names::{Environment, ProjectName, TxId, Version};
 use crate::{
     error::{CoordinatorError, Result},
     model::{
-        Action, CheckpointRecord, Participant, ProjectRecord, QuarantineRecord, Request, TxKind,
-        TxRecord,
+        Action, BuildRecord, CheckpointRecord, LiveEntry, Participant, ProjectRecord,
+        QuarantineRecord, Request, Schema, TxKind, TxRecord,
     },
 };
 
@@ -137,6 +137,8 @@ pub trait History {
     fn transaction(&self, id: &TxId) -> Result<Option<TxRecord>>;
     /// Committed transactions of the environment created after `ordinal`, oldest first.
     fn committed_after(&self, ordinal: u64) -> Result<Vec<TxRecord>>;
+    /// What `version` of `project` was staged from when it was committed.
+    fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>>;
 }
 
 impl View<'_> {
@@ -213,15 +215,31 @@ struct Target {
     version: Version,
     artifact: String,
     metadata: BTreeMap<String, String>,
+    /// Restores an earlier version: sent with what it was first staged from.
+    restore: bool,
+    /// For a restore: the schema the project was at with it.
+    schema: Option<Schema>,
 }
 
 impl Target {
-    /// A version restored or kept (revert, rollback, children): no artifact, no metadata.
+    /// A version kept as it is (children pulled into the plan): nothing to stage.
     fn at(version: Version) -> Self {
         Target {
             version,
             artifact: String::new(),
             metadata: BTreeMap::new(),
+            restore: false,
+            schema: None,
+        }
+    }
+
+    /// A version of an earlier checkpoint restored (revert, rollback), at the schema it
+    /// had there; its artifact and metadata are filled in from the build record.
+    fn restored(entry: &LiveEntry) -> Self {
+        Target {
+            restore: true,
+            schema: entry.schema.clone(),
+            ..Target::at(entry.version.clone())
         }
     }
 }

@@ -40,9 +40,9 @@ fn requested_targets(
         targets.insert(
             c.project.clone(),
             Target {
-                version: c.version.clone(),
                 artifact: c.artifact.clone(),
                 metadata: c.metadata.clone(),
+                ..Target::at(c.version.clone())
             },
         );
     }

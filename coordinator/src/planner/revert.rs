@@ -170,7 +170,7 @@ fn targets_in(
     for project in touched {
         match base.versions.get(project) {
             Some(entry) => {
-                targets.insert(project.clone(), Target::at(entry.version.clone()));
+                targets.insert(project.clone(), Target::restored(entry));
             }
             None => missing.push(project.to_string()),
         }

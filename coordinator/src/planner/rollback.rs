@@ -54,7 +54,7 @@ fn changed_targets(view: &View<'_>, cp: &CheckpointRecord) -> BTreeMap<ProjectNa
     let mut targets = BTreeMap::new();
     for (project, entry) in &cp.versions {
         if view.live(project) != Some(&entry.version) && view.projects.contains_key(project) {
-            targets.insert(project.clone(), Target::at(entry.version.clone()));
+            targets.insert(project.clone(), Target::restored(entry));
         }
     }
     targets

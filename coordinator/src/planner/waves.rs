@@ -92,6 +92,13 @@ fn participant(
         .head
         .and_then(|h| h.versions.get(&project))
         .and_then(|e| e.schema.clone());
+    let mut target = target;
+    if target.restore
+        && let Some(build) = view.history.build(&project, &target.version)?
+    {
+        target.artifact = build.artifact;
+        target.metadata = build.metadata;
+    }
     Ok(Participant {
         endpoint: record.endpoint.clone(),
         from_version: view.live(&project).cloned(),
@@ -107,6 +114,10 @@ fn participant(
         to_schema: None,
         migrations: Vec::new(),
         delivery_error: String::new(),
+        needs_resolution: false,
+        resolution: None,
+        restore: target.restore,
+        target_schema: target.schema,
         project,
     })
 }

@@ -11,7 +11,7 @@ use lockstep::{
     pb,
 };
 use lockstep_store::Batch;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Active, Registry, State, history::StoredHistory};
 use crate::{
@@ -160,7 +160,7 @@ impl Registry {
         // Durable before the client hears "accepted", but it forces no fsync of its
         // own: the COMMIT decision written moments later (or the syncer's linger) syncs it.
         let pending = self.inner.journal.append(batch, written, Durable::Soon);
-        let (abort, abort_rx) = watch::channel(None);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
         let (start, start_rx) = match blocked {
             Some(_) => {
                 let (tx, rx) = oneshot::channel();
@@ -171,11 +171,11 @@ impl Registry {
         let active = Active {
             record: record.clone(),
             start,
-            abort,
+            commands,
         };
         s.active.insert(record.id.clone(), active);
         let first = machine.begin();
-        self.spawn_driver(machine, first, start_rx, abort_rx);
+        self.spawn_driver(machine, first, start_rx, commands_rx);
         (record, pending)
     }
 

@@ -6,7 +6,7 @@ use lockstep_store::Batch;
 
 use crate::{
     error::Result,
-    model::{CheckpointRecord, TxRecord, TxState},
+    model::{BuildRecord, CheckpointRecord, TxRecord, TxState},
     planner::History,
     tables::Tables,
 };
@@ -44,6 +44,10 @@ impl History for StoredHistory<'_> {
         let committed =
             |t: &TxRecord| &t.environment == self.environment && t.state == TxState::Committed;
         Ok(later.filter(committed).collect())
+    }
+
+    fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
+        Ok(self.tables.build(self.environment, project, version)?)
     }
 }
 

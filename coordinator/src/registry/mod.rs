@@ -13,12 +13,14 @@
 //! - [`admit`]: accepting a request (plan, id, record, queue, driver).
 //! - [`writes`]: the journal port: progress, decisions with their checkpoints, the end
 //!   and the hand-over of projects to queued transactions.
-//! - [`reads`]: what readers see; AbortRelease.
+//! - [`reads`]: what readers see.
+//! - `operator`: what people ask of a transaction in flight (abort, resolve, retry).
 //! - [`projects`]: registration, with the `requires` graph checked.
 //! - [`history`]: the planner's view of what is on disk.
 
 pub mod admit;
 mod history;
+mod operator;
 pub mod projects;
 pub mod reads;
 mod writes;
@@ -34,10 +36,10 @@ use lockstep::{
     retry::Backoff,
 };
 use lockstep_store::Batch;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    driver::{self, Ports, Signals},
+    driver::{self, Command, Ports, Signals},
     error::Result,
     feed::Feed,
     journal::{Clock, Journal},
@@ -78,7 +80,7 @@ struct Inner {
 struct Active {
     record: TxRecord,
     start: Option<oneshot::Sender<Turn>>,
-    abort: watch::Sender<Option<String>>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 #[derive(Default)]
@@ -168,7 +170,7 @@ impl Registry {
     /// was still queued is aborted without ever holding anything.
     pub fn resume(&self, machine: Transaction, effects: Vec<Effect>) {
         let record = machine.record().clone();
-        let (abort, abort_rx) = watch::channel(None);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
         {
             let mut s = self.state();
             if record.prepare_sent {
@@ -178,11 +180,11 @@ impl Registry {
             let active = Active {
                 record,
                 start: None,
-                abort,
+                commands,
             };
             s.active.insert(machine.record().id.clone(), active);
         }
-        self.spawn_driver(machine, effects, None, abort_rx);
+        self.spawn_driver(machine, effects, None, commands_rx);
     }
 
     fn spawn_driver(
@@ -190,13 +192,13 @@ impl Registry {
         machine: Transaction,
         first: Vec<Effect>,
         start: Option<oneshot::Receiver<Turn>>,
-        abort: watch::Receiver<Option<String>>,
+        commands: mpsc::UnboundedReceiver<Command>,
     ) {
         let ports = Ports {
             journal: Arc::new(self.clone()),
             net: self.inner.net.clone(),
         };
-        let signals = Signals { start, abort };
+        let signals = Signals { start, commands };
         tokio::spawn(driver::run(machine, first, signals, ports));
     }
 

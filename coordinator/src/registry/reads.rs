@@ -1,8 +1,5 @@
 //! What readers see: transactions (unfinished ones from memory, as their drivers last
-//! showed them), the live state, history, decisions for participants; and AbortRelease,
-//! which signals a driver and waits for its decision.
-
-use std::time::Duration;
+//! showed them), the live state, history, decisions for participants.
 
 use lockstep::{
     names::{Environment, ProjectName, TxId},
@@ -12,7 +9,7 @@ use lockstep::{
 use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
-    model::{CheckpointRecord, TxRecord, TxState},
+    model::{CheckpointRecord, TxRecord},
     txn,
 };
 
@@ -23,9 +20,6 @@ pub struct Live {
     /// Unfinished transactions of the environment, oldest first.
     pub active: Vec<TxRecord>,
 }
-
-/// How long AbortRelease waits for the driver to record the ABORT decision.
-const ABORT_WAIT: Duration = Duration::from_secs(30);
 
 impl Registry {
     /// A transaction by id.
@@ -111,57 +105,8 @@ impl Registry {
             None => Decision::Abort,
         })
     }
-
-    /// Aborts a transaction that has not decided yet, and waits (briefly) until its
-    /// driver has recorded the ABORT decision.
-    pub async fn abort(&self, id: &TxId, reason: String) -> Result<TxRecord> {
-        let mut latest = self.inner.feed.latest();
-        if let Some(answer) = self.signal_abort(id, reason)? {
-            return Ok(answer);
-        }
-        let deadline = tokio::time::Instant::now() + ABORT_WAIT;
-        loop {
-            let record = self.get(id)?;
-            match record.state {
-                TxState::Pending | TxState::Preparing => {}
-                TxState::Committing | TxState::Committed => {
-                    return Err(CoordinatorError::Refused(format!(
-                        "id: transaction {id} decided COMMIT before the abort arrived"
-                    )));
-                }
-                _ => return Ok(record),
-            }
-            let changed = tokio::time::timeout_at(deadline, latest.changed()).await;
-            if changed.is_err() {
-                return Ok(record);
-            }
-        }
-    }
-
-    /// Asks the driver of an undecided transaction to abort. `Some`: the answer is
-    /// already known (it is aborting).
-    fn signal_abort(&self, id: &TxId, reason: String) -> Result<Option<TxRecord>> {
-        let s = self.state();
-        let Some(active) = s.active.get(id) else {
-            let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
-            return Err(CoordinatorError::Refused(format!(
-                "id: transaction {id} is already {:?}; only an undecided transaction can be aborted",
-                record.state
-            )));
-        };
-        match active.record.state {
-            TxState::Pending | TxState::Preparing => {
-                active.abort.send_replace(Some(reason));
-                Ok(None)
-            }
-            TxState::Aborting => Ok(Some(active.record.clone())),
-            state => Err(CoordinatorError::Refused(format!(
-                "id: transaction {id} is {state:?}: COMMIT is decided and durable, it can no longer be aborted; revert it once committed"
-            ))),
-        }
-    }
 }
 
-fn not_found(id: &TxId) -> CoordinatorError {
+pub(super) fn not_found(id: &TxId) -> CoordinatorError {
     CoordinatorError::NotFound(format!("id: transaction {id} does not exist"))
 }

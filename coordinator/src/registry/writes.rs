@@ -14,7 +14,7 @@ use super::{Registry, State};
 use crate::{
     error::Result,
     journal::Durable,
-    model::{Action, CheckpointRecord, LiveEntry, QuarantineRecord, TxKind, TxRecord},
+    model::{Action, BuildRecord, CheckpointRecord, LiveEntry, QuarantineRecord, TxKind, TxRecord},
     planner,
     ports::{Pending, TxJournal},
     tables::Tables,
@@ -131,6 +131,7 @@ impl Registry {
         Tables::put_transaction(&mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
         Tables::put_seen(&mut batch, &checkpoint);
+        self.record_builds(tx, &mut batch)?;
         self.quarantine_reverted(&mut s, tx, &mut batch)?;
         let description = format!(
             "checkpoint {}: {}",
@@ -142,6 +143,33 @@ impl Registry {
         s.head.insert(tx.environment.clone(), checkpoint.clone());
         let durable = self.inner.journal.append(batch, written, Durable::Now);
         Ok(async move { durable.await.map(|_| checkpoint) })
+    }
+
+    /// Records what each version `tx` makes live was staged from, in the decision's
+    /// batch. The first artifact recorded for a version stays (agents keep a version's
+    /// build once staged and reuse it); the schema is the newest reported.
+    fn record_builds(&self, tx: &TxRecord, batch: &mut Batch) -> Result<()> {
+        let env = &tx.environment;
+        for p in tx
+            .participants
+            .iter()
+            .filter(|p| p.action != Action::Unchanged)
+        {
+            let known = self.inner.tables.build(env, &p.project, &p.to_version)?;
+            let known = known.unwrap_or_default();
+            let mut record = if known.artifact.is_empty() {
+                BuildRecord {
+                    artifact: p.artifact.clone(),
+                    metadata: p.metadata.clone(),
+                    schema: None,
+                }
+            } else {
+                known.clone()
+            };
+            record.schema = p.to_schema.clone().or(known.schema);
+            Tables::put_build(batch, (env, &p.project, &p.to_version), &record);
+        }
+        Ok(())
     }
 
     /// The checkpoint `tx` produces: the newest one with `tx`'s versions (and schemas)

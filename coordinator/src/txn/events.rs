@@ -7,7 +7,7 @@ use lockstep::{names::ProjectName, pb};
 
 use crate::{
     convert,
-    model::{TxRecord, Vote},
+    model::{Resolution, TxRecord, Vote},
 };
 
 /// An event about `tx` in its current state.
@@ -95,6 +95,31 @@ pub fn delivery_retry(tx: &TxRecord, project: &ProjectName, error: &str) -> pb::
     };
     let message = format!("{kind} to {project} failed, retrying with backoff: {error}");
     event(tx, pb::EventKind::DeliveryRetry, Some(project), message)
+}
+
+/// A participant answered the decision with something retrying cannot fix.
+pub fn needs_resolution(tx: &TxRecord, project: &ProjectName, answer: &str) -> pb::Event {
+    let message = format!(
+        "{project} needs resolution: it answered {answer}; `lockstep resolve {} --participant {project}` once you know what it did",
+        tx.id
+    );
+    event(tx, pb::EventKind::NeedsResolution, Some(project), message)
+}
+
+/// A person resolved a participant by hand.
+pub fn resolved(tx: &TxRecord, project: &ProjectName, resolution: &Resolution) -> pb::Event {
+    let message = format!("{project} {}", resolution.describe());
+    let mut e = event(tx, pb::EventKind::Resolved, Some(project), message);
+    e.actor = resolution.actor.clone();
+    e
+}
+
+/// A person asked for every phase 2 delivery to be retried now.
+pub fn retry_requested(tx: &TxRecord, actor: &str) -> pb::Event {
+    let message = format!("{actor} asked to retry every delivery now");
+    let mut e = event(tx, pb::EventKind::RetryRequested, None, message);
+    e.actor = actor.to_string();
+    e
 }
 
 /// A restart found the transaction unfinished.

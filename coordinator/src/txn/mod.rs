@@ -39,7 +39,7 @@ use lockstep::{
     retry::{Backoff, Failure},
 };
 
-use crate::model::{Participant, TxRecord, TxState, Vote};
+use crate::model::{Participant, Resolution, TxRecord, TxState, Vote};
 
 /// What the queue says when a waiting transaction's turn comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,11 +107,13 @@ pub enum Effect {
     },
     /// Send an order after a delay (zero: now).
     Send {
-        /// The order.
-        order: Order,
+        /// The order (boxed: it is the largest effect by far).
+        order: Box<Order>,
         /// Wait this long first (backoff).
         after: Duration,
     },
+    /// End the wait of every Send still in its backoff delay: send them now.
+    Hurry,
     /// Call [`Transaction::deadline`] when this much time has passed.
     StartDeadline(Duration),
     /// Phase 1 is over: outstanding Prepare calls are no longer wanted.
@@ -214,7 +216,7 @@ impl Transaction {
         let mut effects = vec![Effect::StartDeadline(timeout)];
         for p in &self.record.participants {
             effects.push(Effect::Send {
-                order: self.prepare_order(p),
+                order: Box::new(self.prepare_order(p)),
                 after: Duration::ZERO,
             });
         }
@@ -393,7 +395,7 @@ impl Transaction {
             .map(|p| self.decision_order(p))
             .collect();
         let sends = orders.into_iter().map(|order| Effect::Send {
-            order,
+            order: Box::new(order),
             after: Duration::ZERO,
         });
         sends.collect()
@@ -419,16 +421,29 @@ impl Transaction {
         participants.filter(move |p| wave.contains(&p.project) && !p.acknowledged)
     }
 
+    /// The decision order `project` waits for now (`None`: it waits for none), for the
+    /// driver to send once more before a person resolves it.
+    pub fn pending_order(&self, project: &ProjectName) -> Option<Order> {
+        let p = self.participant(project)?;
+        let waiting = self.delivering() && !p.acknowledged && self.in_current_wave(project);
+        waiting.then(|| self.decision_order(p))
+    }
+
     fn decision_order(&self, p: &Participant) -> Order {
         let (tx, project) = (self.record.id.clone(), Some(p.project.clone()));
         let message = if self.record.state == TxState::Committing {
-            Message::Commit(CommitOrder { tx, project })
+            Message::Commit(CommitOrder {
+                tx,
+                project,
+                incarnation: String::new(),
+            })
         } else {
             let reason = self.record.reason.clone();
             Message::Abort(AbortOrder {
                 tx,
                 project,
                 reason,
+                incarnation: String::new(),
             })
         };
         order(p, message)
@@ -443,6 +458,7 @@ impl Transaction {
         }
         let p = self.participant_mut(project);
         p.acknowledged = true;
+        p.needs_resolution = false;
         p.delivery_error.clear();
         let commit = self.record.state == TxState::Committing;
         let mut effects = vec![note(
@@ -477,6 +493,9 @@ impl Transaction {
             return Vec::new();
         }
         let error = failure.message().to_string();
+        if let Failure::Final(_) = failure {
+            return self.needs_resolution(project, error);
+        }
         let mut effects = Vec::new();
         if self
             .participant(project)
@@ -487,6 +506,124 @@ impl Transaction {
             effects.push(note(retry, project));
         }
         effects.extend(self.retry(project));
+        effects
+    }
+
+    /// The participant's answer is final ("never prepared here", "aborted here"):
+    /// sending it again cannot help, so phase 2 stops retrying it and waits for a
+    /// person ([`Transaction::resolve`]) or a retry they ask for.
+    fn needs_resolution(&mut self, project: &ProjectName, answer: String) -> Vec<Effect> {
+        let p = self.participant_mut(project);
+        if p.needs_resolution && p.delivery_error == answer {
+            return Vec::new();
+        }
+        p.needs_resolution = true;
+        p.delivery_error = answer.clone();
+        let event = events::needs_resolution(&self.record, project, &answer);
+        vec![Effect::Write {
+            events: vec![event],
+            show: Show::AtOnce,
+        }]
+    }
+
+    // ----- a person steps in -----
+
+    /// A person recorded, by hand, what `project` did; phase 2 counts it as
+    /// acknowledged and goes on. `Err` says why it is refused: only a participant
+    /// phase 2 is delivering to now whose last delivery failed can be resolved, and
+    /// only as the decided outcome.
+    pub fn resolve(
+        &mut self,
+        project: &ProjectName,
+        resolution: Resolution,
+    ) -> Result<Vec<Effect>, String> {
+        self.resolvable(project, resolution.committed)?;
+        let event = events::resolved(&self.record, project, &resolution);
+        let p = self.participant_mut(project);
+        p.acknowledged = true;
+        p.needs_resolution = false;
+        p.delivery_error.clear();
+        p.resolution = Some(resolution);
+        let mut effects = vec![Effect::Write {
+            events: vec![event],
+            show: Show::WhenDurable,
+        }];
+        if !self.in_current_wave(project) {
+            effects.extend(self.deliver_next_wave());
+        }
+        Ok(effects)
+    }
+
+    fn resolvable(&self, project: &ProjectName, committed: bool) -> Result<(), String> {
+        let id = &self.record.id;
+        if !self.delivering() {
+            let state = self.record.state;
+            return Err(format!(
+                "{id} is {state:?}: only a transaction in phase 2 has participants to resolve"
+            ));
+        }
+        let decision = self.record.state == TxState::Committing;
+        if committed != decision {
+            let (decided, only) = if decision {
+                ("COMMIT", "committed")
+            } else {
+                ("ABORT", "aborted")
+            };
+            return Err(format!(
+                "as: {id} decided {decided}, so {project} can only be resolved as {only}; the outcome is settled (revert {id} once it has finished to undo it)"
+            ));
+        }
+        let p = self
+            .participant(project)
+            .ok_or_else(|| format!("participant: {project} takes no part in {id}"))?;
+        if p.acknowledged {
+            return Err(format!(
+                "participant: {project} has acknowledged; nothing to resolve"
+            ));
+        }
+        if !self.in_current_wave(project) {
+            return Err(format!(
+                "participant: {project} is not being delivered to yet (an earlier wave has not acknowledged)"
+            ));
+        }
+        if p.delivery_error.is_empty() {
+            return Err(format!(
+                "participant: {project} answers normally (its delivery has not failed); wait for it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A person asked to retry phase 2 now (an outage is over, a project was registered
+    /// again): backoff starts over, waiting sends go now, and participants that need
+    /// resolution are asked again.
+    pub fn retry_now(&mut self, actor: &str) -> Vec<Effect> {
+        if !self.delivering() {
+            return Vec::new();
+        }
+        self.attempts.clear();
+        let event = events::retry_requested(&self.record, actor);
+        let mut effects = vec![
+            Effect::Write {
+                events: vec![event],
+                show: Show::AtOnce,
+            },
+            Effect::Hurry,
+        ];
+        let wave = self.current_wave().unwrap_or_default();
+        let stuck: Vec<ProjectName> = self
+            .unacknowledged(&wave)
+            .filter(|p| p.needs_resolution)
+            .map(|p| p.project.clone())
+            .collect();
+        for project in stuck {
+            self.participant_mut(&project).needs_resolution = false;
+            let order = self.decision_order(self.participant(&project).expect("listed"));
+            effects.push(Effect::Send {
+                order: Box::new(order),
+                after: Duration::ZERO,
+            });
+        }
         effects
     }
 
@@ -502,7 +639,10 @@ impl Transaction {
             TxState::Preparing => self.prepare_order(p),
             _ => self.decision_order(p),
         };
-        vec![Effect::Send { order, after }]
+        vec![Effect::Send {
+            order: Box::new(order),
+            after,
+        }]
     }
 
     // ----- the end -----

@@ -1,5 +1,6 @@
 //! Property tests: random sequences of inputs (turns, votes, failures, deadlines, abort
-//! requests, durable decisions, acknowledgements, restarts) in any order and with any
+//! requests, durable decisions, acknowledgements, final answers, resolutions by hand,
+//! retries asked for, restarts) in any order and with any
 //! repetition, and after every step the protocol's safety rules still hold.
 
 #![allow(clippy::unwrap_used)]
@@ -26,6 +27,9 @@ enum Input {
     CommitDurable,
     Ack(usize),
     DeliveryFailed(usize),
+    FinalAnswer(usize),
+    Resolve(usize, bool),
+    RetryNow,
     Restart,
 }
 
@@ -41,6 +45,9 @@ fn input() -> impl Strategy<Value = Input> {
         Just(Input::CommitDurable),
         (0..3usize).prop_map(Input::Ack),
         (0..3usize).prop_map(Input::DeliveryFailed),
+        (0..3usize).prop_map(Input::FinalAnswer),
+        (0..3usize, any::<bool>()).prop_map(|(p, c)| Input::Resolve(p, c)),
+        Just(Input::RetryNow),
         Just(Input::Restart),
     ]
 }
@@ -81,6 +88,21 @@ fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
         Input::DeliveryFailed(p) => {
             m.delivery_failed(&name(PROJECTS[*p]), Failure::Transient("down".into()))
         }
+        Input::FinalAnswer(p) => {
+            let never = Failure::Final("never prepared here".into());
+            m.delivery_failed(&name(PROJECTS[*p]), never)
+        }
+        Input::Resolve(p, committed) => {
+            let resolution = crate::model::Resolution {
+                committed: *committed,
+                actor: "alice".into(),
+                reason: "checked".into(),
+                status: "down".into(),
+            };
+            let resolved = m.resolve(&name(PROJECTS[*p]), resolution);
+            resolved.unwrap_or_default()
+        }
+        Input::RetryNow => m.retry_now("bob"),
         Input::Restart => restart(m, seen),
     }
 }

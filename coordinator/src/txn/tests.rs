@@ -36,6 +36,10 @@ fn participant(project: &str, wave: u32) -> Participant {
         to_schema: None,
         migrations: Vec::new(),
         delivery_error: String::new(),
+        needs_resolution: false,
+        resolution: None,
+        restore: false,
+        target_schema: None,
     }
 }
 
@@ -444,4 +448,67 @@ fn nothing_is_delivered_between_the_commit_decision_and_its_durability() {
     assert!(sends(&early).is_empty(), "{early:?}");
     assert!(m.acknowledged(&name("B")).is_empty());
     assert_eq!(sends(&m.commit_durable(1)).len(), 2);
+}
+
+fn resolution(committed: bool) -> crate::model::Resolution {
+    crate::model::Resolution {
+        committed,
+        actor: "alice".into(),
+        reason: "host rebuilt".into(),
+        status: "FailedPrecondition: never prepared here".into(),
+    }
+}
+
+/// T4 committed and durable, B answered its Commit with something final.
+fn b_needs_resolution() -> (Transaction, Vec<Effect>) {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    let never = Failure::Final("FailedPrecondition: never prepared here".into());
+    let effects = m.delivery_failed(&name("B"), never);
+    (m, effects)
+}
+
+#[test]
+fn a_final_answer_in_phase_2_stops_the_retries_and_needs_resolution() {
+    let (m, effects) = b_needs_resolution();
+    assert_eq!(event_kinds(&effects), [pb::EventKind::NeedsResolution]);
+    assert!(sends(&effects).is_empty(), "no blind retry");
+    let b = m.record().participant(&name("B")).unwrap();
+    assert!(b.needs_resolution && !b.acknowledged);
+    assert_eq!(m.record().state, TxState::Committing);
+}
+
+#[test]
+fn a_person_resolves_only_the_decided_outcome_for_a_participant_that_failed() {
+    let (mut m, _) = b_needs_resolution();
+    let wrong = m.resolve(&name("B"), resolution(false)).unwrap_err();
+    assert!(
+        wrong.contains("can only be resolved as committed"),
+        "{wrong}"
+    );
+    let answers = m.resolve(&name("C"), resolution(true)).unwrap_err();
+    assert!(answers.contains("answers normally"), "{answers}");
+    let later = m.resolve(&name("A"), resolution(true)).unwrap_err();
+    assert!(later.contains("not being delivered to yet"), "{later}");
+
+    let effects = m.resolve(&name("B"), resolution(true)).unwrap();
+    assert_eq!(event_kinds(&effects), [pb::EventKind::Resolved]);
+    assert!(sends(&effects).is_empty(), "C has not acknowledged yet");
+    let next = ack(&mut m, &["C"]);
+    assert_eq!(sends(&next), [("A".into(), "commit")], "then the parents");
+    let b = m.record().participant(&name("B")).unwrap();
+    assert_eq!(b.resolution, Some(resolution(true)));
+}
+
+#[test]
+fn a_retry_asked_for_sends_again_to_who_needs_resolution_and_ends_the_waits() {
+    let (mut m, _) = b_needs_resolution();
+    let effects = m.retry_now("bob");
+    assert_eq!(event_kinds(&effects), [pb::EventKind::RetryRequested]);
+    assert!(effects.contains(&Effect::Hurry));
+    assert_eq!(sends(&effects), [("B".into(), "commit")]);
+    assert!(!m.record().participant(&name("B")).unwrap().needs_resolution);
+    let undecided = machine(TxState::Preparing).retry_now("bob");
+    assert!(undecided.is_empty(), "nothing to retry before a decision");
 }

@@ -65,6 +65,13 @@ impl FsDeployer {
         if dir.is_dir() {
             return Ok(false);
         }
+        if change.restore && change.artifact.is_empty() {
+            return Err(format!(
+                "cannot restore {}: {} is gone from this agent and the coordinator has no artifact recorded for it; refusing rather than stage an empty version",
+                change.version,
+                dir.display()
+            ));
+        }
         let staging = self.staging_dir(&change.transaction_id);
         remove_if_exists(&staging).map_err(|e| format!("clearing {}: {e}", staging.display()))?;
         if change.artifact.is_empty() {
@@ -291,6 +298,8 @@ mod tests {
             from_version: from.into(),
             artifact: String::new(),
             metadata: Default::default(),
+            restore: false,
+            target_schema: None,
         }
     }
 

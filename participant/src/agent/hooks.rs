@@ -153,6 +153,8 @@ mod tests {
             from_version: "T3C".into(),
             artifact: String::new(),
             metadata: Default::default(),
+            restore: false,
+            target_schema: None,
         }
     }
 

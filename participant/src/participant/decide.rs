@@ -7,7 +7,7 @@ use lockstep::{
 };
 use lockstep_store::Durability;
 
-use super::{Participant, ParticipantError};
+use super::{Participant, ParticipantError, other_incarnation};
 use crate::{
     deployer::{DeployError, Deployer},
     ledger::{Entry, Phase},
@@ -36,6 +36,12 @@ impl<D: Deployer> Participant<D> {
         let _guard = self.inner.lock.lock().await;
         let entry = self.inner.ledger.get(tx)?;
         match entry {
+            Some(entry) if other_incarnation(&entry.incarnation, &order.incarnation) => {
+                return Err(ParticipantError::Conflict(format!(
+                    "transaction {tx} here was prepared by another coordinator (incarnation {}, this Commit comes from {}); it cannot be committed by this one",
+                    entry.incarnation, order.incarnation
+                )));
+            }
             Some(entry) if entry.phase == Phase::Committed => {}
             Some(mut entry) if entry.phase == Phase::Prepared => {
                 self.go_live(&entry).await?;
@@ -76,6 +82,13 @@ impl<D: Deployer> Participant<D> {
     async fn abort_here(&self, order: &AbortOrder) -> Result<String, ParticipantError> {
         self.check_project(order.project.as_ref())?;
         let tx = order.tx.as_str();
+        if self.recorded_by_another(tx, &order.incarnation)? {
+            // Another transaction reused the id; it staged nothing here (its Prepare
+            // was refused), so there is nothing of it to undo, and the recorded one
+            // is not this coordinator's to abort.
+            tracing::warn!(%tx, "Abort from another coordinator incarnation: acknowledged, the recorded transaction is left as it is");
+            return self.live().await;
+        }
         let _guard = self.settled(tx).await;
         match self.inner.ledger.get(tx)? {
             None => self.abort_unrecorded(tx, &order.reason).await?,
@@ -88,6 +101,11 @@ impl<D: Deployer> Participant<D> {
             Some(entry) => self.undo(tx, entry, &order.reason).await?,
         }
         self.live().await
+    }
+
+    fn recorded_by_another(&self, tx: &str, incarnation: &str) -> Result<bool, ParticipantError> {
+        let entry = self.inner.ledger.get(tx)?;
+        Ok(entry.is_some_and(|e| other_incarnation(&e.incarnation, incarnation)))
     }
 
     /// The participant's lock, taken once no Prepare of `tx` is staging. A Prepare
@@ -123,6 +141,7 @@ impl<D: Deployer> Participant<D> {
             staged: None,
             schema: None,
             reason: reason.to_string(),
+            incarnation: String::new(),
         };
         self.record(tx, &entry, Durability::Buffered).await
     }
@@ -148,9 +167,11 @@ impl<D: Deployer> Participant<D> {
     ) -> Result<&'static str, ParticipantError> {
         let project = None;
         if commit {
+            // No incarnation: the coordinator asked was checked against the recorded one.
             let order = CommitOrder {
                 tx: tx.clone(),
                 project,
+                incarnation: String::new(),
             };
             return self.commit(&order).await.map(|_| "committed");
         }
@@ -159,6 +180,7 @@ impl<D: Deployer> Participant<D> {
             tx: tx.clone(),
             project,
             reason,
+            incarnation: String::new(),
         };
         self.abort(&order).await.map(|_| "aborted")
     }

@@ -27,8 +27,14 @@ pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// # To ensure correctness
 /// - `Decision::Undecided` and errors mean "ask again later", never "abort".
 pub trait DecisionSource: Send + Sync + 'static {
-    /// The durable decision for `tx` (this participant's part, `project`).
-    fn decision(&self, tx: &TxId, project: &ProjectName) -> Pending<Result<Decision, String>>;
+    /// The durable decision for `tx` (this participant's part, `project`), prepared for
+    /// the coordinator of `incarnation` ("" when unknown).
+    fn decision(
+        &self,
+        tx: &TxId,
+        project: &ProjectName,
+        incarnation: &str,
+    ) -> Pending<Result<Decision, String>>;
 }
 
 /// Where and when to ask for decisions.
@@ -80,8 +86,10 @@ impl<D: Deployer> Participant<D> {
             return;
         };
         let mut attempt = 0;
+        let recorded = self.inner.ledger.get(tx.as_str()).ok().flatten();
+        let incarnation = recorded.map(|e| e.incarnation).unwrap_or_default();
         while self.is_prepared(&tx) {
-            match source.decision(&tx, &project).await {
+            match source.decision(&tx, &project, &incarnation).await {
                 Ok(Decision::Commit) => self.apply_asked(&tx, true).await,
                 Ok(Decision::Abort) => self.apply_asked(&tx, false).await,
                 Ok(Decision::Undecided) => {}

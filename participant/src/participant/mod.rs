@@ -228,6 +228,8 @@ fn change_of(o: &PrepareOrder) -> Change {
             .unwrap_or_default(),
         artifact: o.artifact.clone(),
         metadata: o.metadata.clone(),
+        restore: o.restore,
+        target_schema: o.target_schema.as_ref().map(|s| s.version),
     }
 }
 
@@ -249,6 +251,12 @@ fn prepared(schema: Option<&SchemaStaged>) -> VoteAnswer {
         to_schema: schema.map(|s| s.to.domain()),
         migrations: schema.map(|s| s.files.clone()).unwrap_or_default(),
     })
+}
+
+/// Whether two coordinator incarnations are both known and differ: then the orders
+/// come from a coordinator that did not make the recorded transaction.
+fn other_incarnation(recorded: &str, asked: &str) -> bool {
+    !recorded.is_empty() && !asked.is_empty() && recorded != asked
 }
 
 fn shown(version: &str) -> &str {

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::{
     CRASH_BEFORE_PREPARED_RECORD, InFlight, Participant, ParticipantError, answer_again, change_of,
-    prepared, shown,
+    other_incarnation, prepared, shown,
 };
 use crate::{
     deployer::{Change, Deployer, Refusal, Staged},
@@ -51,16 +51,27 @@ impl<D: Deployer> Participant<D> {
         order: &PrepareOrder,
     ) -> Result<Result<watch::Receiver<Option<VoteAnswer>>, VoteAnswer>, ParticipantError> {
         let tx = order.tx.as_str();
+        let recorded = self.inner.ledger.get(tx)?;
+        // The same id with other content, or from another coordinator, is another
+        // transaction: refused, and the record of the first one is left as it is.
+        if let Some(refusal) = recorded
+            .as_ref()
+            .and_then(|e| another_transaction(order, e))
+        {
+            return Ok(Err(VoteAnswer::Refused(refusal)));
+        }
         // A repeated Prepare while staging runs waits for the same vote (the ledger
         // already says Staging, which after a restart means "interrupted").
         if let Some(vote) = self.in_flight().get(tx).map(|f| f.vote.clone()) {
             return Ok(Ok(vote));
         }
-        if let Some(entry) = self.inner.ledger.get(tx)? {
+        if let Some(entry) = recorded {
             return Ok(Err(answer_again(&entry)));
         }
         if let Some(refusal) = self.precondition_refusal(order).await? {
-            let entry = finished(change_of(order), Phase::Refused, refusal.clone());
+            let mut entry = staging_entry(order);
+            entry.phase = Phase::Refused;
+            entry.reason = refusal.clone();
             self.record(tx, &entry, Durability::Buffered).await?;
             return Ok(Err(VoteAnswer::Refused(refusal)));
         }
@@ -123,14 +134,7 @@ impl<D: Deployer> Participant<D> {
     /// cut staging in half, and an Abort can stop it.
     fn start_staging(&self, order: &PrepareOrder) -> watch::Receiver<Option<VoteAnswer>> {
         let tx = order.tx.to_string();
-        let change = change_of(order);
-        let entry = Entry {
-            change: Some(change.clone()),
-            phase: Phase::Staging,
-            staged: None,
-            schema: None,
-            reason: String::new(),
-        };
+        let entry = staging_entry(order);
         // Not awaited: an intent that a crash may lose (staging is then never voted on,
         // and nothing was promised); its order before the PREPARED record is fixed.
         drop(self.record(&tx, &entry, Durability::Buffered));
@@ -143,7 +147,7 @@ impl<D: Deployer> Participant<D> {
         self.in_flight().insert(tx.clone(), in_flight);
         let this = self.clone();
         tokio::spawn(async move {
-            let response = this.stage_and_vote(change, cancelled).await;
+            let response = this.stage_and_vote(entry, cancelled).await;
             let response = response
                 .unwrap_or_else(|e| VoteAnswer::Refused(format!("could not record the vote: {e}")));
             this.in_flight().remove(&tx);
@@ -152,11 +156,16 @@ impl<D: Deployer> Participant<D> {
         vote
     }
 
+    /// Stages what the Staging record `entry` says, then records the vote in it.
     async fn stage_and_vote(
         &self,
-        change: Change,
+        entry: Entry,
         mut cancelled: watch::Receiver<bool>,
     ) -> Result<VoteAnswer, ParticipantError> {
+        let change = entry
+            .change
+            .clone()
+            .expect("a Staging record has its change");
         let outcome = self.stage_all(&change, &mut cancelled).await;
         // Crash test: everything is staged (the database committed its part) and the
         // PREPARED record is not yet written.
@@ -164,29 +173,26 @@ impl<D: Deployer> Participant<D> {
         let _guard = self.inner.lock.lock().await;
         let aborted = *cancelled.borrow();
         match outcome {
-            Ok((staged, schema)) if !aborted => self.vote_prepared(change, staged, schema).await,
+            Ok((staged, schema)) if !aborted => self.vote_prepared(entry, staged, schema).await,
             Ok((staged, _)) => {
-                self.vote_refused(change, aborted_while_preparing(), Some(staged), true)
+                self.vote_refused(entry, aborted_while_preparing(), Some(staged), true)
                     .await
             }
-            Err((refusal, staged)) => self.vote_refused(change, refusal, staged, aborted).await,
+            Err((refusal, staged)) => self.vote_refused(entry, refusal, staged, aborted).await,
         }
     }
 
     async fn vote_prepared(
         &self,
-        change: Change,
+        mut entry: Entry,
         staged: Staged,
         schema: Option<SchemaStaged>,
     ) -> Result<VoteAnswer, ParticipantError> {
-        let tx = change.transaction_id.clone();
-        let entry = Entry {
-            change: Some(change),
-            phase: Phase::Prepared,
-            staged: Some(staged),
-            schema: schema.clone(),
-            reason: String::new(),
-        };
+        let tx = entry.change.as_ref().map(|c| c.transaction_id.clone());
+        let tx = tx.unwrap_or_default();
+        entry.phase = Phase::Prepared;
+        entry.staged = Some(staged);
+        entry.schema = schema.clone();
         // Durability point: the PREPARED record is synced before the vote leaves.
         tracing::debug!(%tx, "staged; syncing the PREPARED record");
         self.record(&tx, &entry, Durability::Sync).await?;
@@ -200,20 +206,24 @@ impl<D: Deployer> Participant<D> {
     /// only then is the database asked.
     async fn vote_refused(
         &self,
-        change: Change,
+        mut entry: Entry,
         refusal: Refusal,
         staged: Option<Staged>,
         aborted: bool,
     ) -> Result<VoteAnswer, ParticipantError> {
+        let change = entry
+            .change
+            .clone()
+            .expect("a Staging record has its change");
         self.undo_all(&change, staged.as_ref(), aborted).await?;
-        let tx = change.transaction_id.clone();
-        let phase = if aborted {
+        entry.phase = if aborted {
             Phase::Aborted
         } else {
             Phase::Refused
         };
-        let entry = finished(change, phase, refusal.0.clone());
-        self.record(&tx, &entry, Durability::Buffered).await?;
+        entry.reason = refusal.0.clone();
+        self.record(&change.transaction_id, &entry, Durability::Buffered)
+            .await?;
         Ok(VoteAnswer::Refused(refusal.0))
     }
 
@@ -238,7 +248,11 @@ impl<D: Deployer> Participant<D> {
             return Err((aborted_while_preparing(), Some(staged)));
         }
         let migrations = staged.migrations.as_deref();
-        match schema.stage(&change.transaction_id, migrations).await {
+        let target = change.target_schema;
+        match schema
+            .stage(&change.transaction_id, migrations, target)
+            .await
+        {
             Ok(s) => Ok((staged, Some(s))),
             Err(refusal) => Err((refusal, Some(staged))),
         }
@@ -249,13 +263,39 @@ fn aborted_while_preparing() -> Refusal {
     Refusal("aborted while preparing".into())
 }
 
-/// A record of a transaction that is over here (refused or aborted).
-fn finished(change: Change, phase: Phase, reason: String) -> Entry {
+/// The record of a Prepare about to stage: its change and who sent it.
+fn staging_entry(order: &PrepareOrder) -> Entry {
     Entry {
-        change: Some(change),
-        phase,
+        change: Some(change_of(order)),
+        phase: Phase::Staging,
         staged: None,
         schema: None,
-        reason,
+        reason: String::new(),
+        incarnation: order.incarnation.clone(),
     }
+}
+
+/// Why `order` is not a repetition of the Prepare recorded in `entry` (`None`: it is,
+/// or there is nothing to compare: an Abort came first).
+fn another_transaction(order: &PrepareOrder, entry: &Entry) -> Option<String> {
+    let recorded = entry.change.as_ref()?;
+    let tx = &order.tx;
+    if other_incarnation(&entry.incarnation, &order.incarnation) {
+        return Some(format!(
+            "transaction {tx} here was prepared by another coordinator (incarnation {}, this one is {}): a coordinator whose data was replaced reused the id; refusing rather than answering for the old transaction; use a new id",
+            entry.incarnation, order.incarnation
+        ));
+    }
+    let asked = change_of(order);
+    (asked != *recorded).then(|| {
+        format!(
+            "transaction {tx} was already prepared here with other content (version {}, from {}, artifact {:?}); this Prepare asks for version {}, from {}, artifact {:?}: refusing rather than answering for another change",
+            recorded.version,
+            shown(&recorded.from_version),
+            recorded.artifact,
+            asked.version,
+            shown(&asked.from_version),
+            asked.artifact
+        )
+    })
 }

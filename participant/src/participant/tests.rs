@@ -60,6 +60,9 @@ async fn a_prepare_repeated_while_staging_gets_the_same_vote() {
         artifact: String::new(),
         metadata: Default::default(),
         action: None,
+        incarnation: String::new(),
+        restore: false,
+        target_schema: None,
     };
     let first = tokio::spawn({
         let (p, r) = (p.clone(), request.clone());
@@ -146,6 +149,9 @@ fn order(tx: &str) -> PrepareOrder {
         artifact: String::new(),
         metadata: Default::default(),
         action: None,
+        incarnation: String::new(),
+        restore: false,
+        target_schema: None,
     }
 }
 
@@ -154,6 +160,7 @@ fn abort_order(tx: &str) -> lockstep::orders::AbortOrder {
         tx: TxId::parse("id", tx).unwrap(),
         project: None,
         reason: "the coordinator decided ABORT".into(),
+        incarnation: String::new(),
     }
 }
 

@@ -243,23 +243,21 @@ impl Schema {
         plan::plan(&applied, &shipped).map(Some).map_err(Refusal)
     }
 
-    /// Stages the migrations shipped in `dir` for transaction `tx`.
-    pub async fn stage(&self, tx: &str, dir: Option<&Path>) -> Result<SchemaStaged, Refusal> {
+    /// Stages the migrations shipped in `dir` for transaction `tx`; for a restore, to
+    /// exactly schema version `target`.
+    pub async fn stage(
+        &self,
+        tx: &str,
+        dir: Option<&Path>,
+        target: Option<i64>,
+    ) -> Result<SchemaStaged, Refusal> {
         let shipped = match dir.filter(|d| d.is_dir()) {
             Some(d) => Some(files::read_dir(d).map_err(Refusal)?),
             None => None,
         };
-        let plan = match self.plan(shipped).await? {
-            Some(plan) => plan,
-            None => {
-                let live = self.live().await.map_err(|e| Refusal(e.0))?;
-                SchemaPlan {
-                    from: live.clone(),
-                    to: live,
-                    direction: Direction::Up,
-                    steps: Vec::new(),
-                }
-            }
+        let plan = match target {
+            Some(target) => self.plan_to(shipped, target).await?,
+            None => self.plan_or_stay(shipped).await?,
         };
         if !plan.is_empty() {
             match self.mode {
@@ -274,6 +272,57 @@ impl Schema {
             files: plan.files(),
             inverse: plan.inverse(),
         })
+    }
+
+    /// The plan for the shipped migrations, or staying where the schema is when the
+    /// version ships none.
+    async fn plan_or_stay(&self, shipped: Option<Vec<Migration>>) -> Result<SchemaPlan, Refusal> {
+        if let Some(plan) = self.plan(shipped).await? {
+            return Ok(plan);
+        }
+        let live = self.live().await.map_err(|e| Refusal(e.0))?;
+        Ok(SchemaPlan {
+            from: live.clone(),
+            to: live,
+            direction: Direction::Up,
+            steps: Vec::new(),
+        })
+    }
+
+    /// A restore's plan: exactly to schema version `target`, with the shipped
+    /// migrations, or with the stored downs when the version ships none (refused when
+    /// the target is above what is applied: no ups to reach it).
+    async fn plan_to(
+        &self,
+        shipped: Option<Vec<Migration>>,
+        target: i64,
+    ) -> Result<SchemaPlan, Refusal> {
+        let unreachable = |to: i64| {
+            Refusal(format!(
+                "the restored version was live with schema version {target}, but {to} is as far as it can go here (its migrations/ and the stored downs); refusing rather than leave the schema elsewhere"
+            ))
+        };
+        let shipped = match shipped {
+            Some(shipped) => shipped,
+            None => {
+                let applied = self
+                    .applied()
+                    .await
+                    .map_err(|e| Refusal(format!("database: {e}")))?;
+                applied
+                    .into_iter()
+                    .filter(|m| m.version <= target)
+                    .collect()
+            }
+        };
+        let plan = self
+            .plan(Some(shipped))
+            .await?
+            .expect("a plan for shipped migrations");
+        if plan.to.version != target {
+            return Err(unreachable(plan.to.version));
+        }
+        Ok(plan)
     }
 
     /// Runs `plan` and its history changes in one transaction with the tx row.

@@ -9,8 +9,8 @@ use super::checks::release;
 use crate::{
     error::Result,
     model::{
-        Action, CheckpointRecord, LiveEntry, ProjectRecord, QuarantineRecord, Request, TxKind,
-        TxRecord, TxState,
+        Action, BuildRecord, CheckpointRecord, LiveEntry, ProjectRecord, QuarantineRecord, Request,
+        TxKind, TxRecord, TxState,
     },
     planner::{History, Plan, View, checkpoint_description, plan},
 };
@@ -36,6 +36,7 @@ pub(super) struct Story {
     pub(super) transactions: Vec<TxRecord>,
     pub(super) seen: BTreeSet<(ProjectName, Version)>,
     pub(super) quarantine: BTreeMap<(ProjectName, Version), QuarantineRecord>,
+    pub(super) builds: BTreeMap<(ProjectName, Version), BuildRecord>,
 }
 
 impl History for Story {
@@ -74,6 +75,13 @@ impl History for Story {
             .filter(|t| t.ordinal > ordinal && t.state == TxState::Committed)
             .cloned()
             .collect())
+    }
+
+    fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
+        Ok(self
+            .builds
+            .get(&(project.clone(), version.clone()))
+            .cloned())
     }
 }
 

@@ -1,0 +1,90 @@
+//! A revert or rollback reproduces the earlier state exactly, or refuses: the
+//! coordinator records what each committed version was staged from and sends it again,
+//! and an agent that cannot reproduce a version says what is missing instead of staging
+//! an empty one.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::Cluster;
+
+/// A build of B at `version` whose `app.txt` says `text`; returns `--artifact B=PATH`.
+fn build(c: &Cluster, version: &str, text: &str) -> (PathBuf, String) {
+    let dir = c.dir.path().join("builds").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.txt"), text).unwrap();
+    let flag = format!("B={}", dir.display());
+    (dir, flag)
+}
+
+async fn release(c: &Cluster, id: &str, version: &str, artifact: Option<&str>) {
+    let component = format!("B={version}");
+    let mut args = vec!["release", "create", id, component.as_str(), "--wait"];
+    if let Some(a) = artifact {
+        args.extend(["--artifact", a]);
+    }
+    let out = c.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+async fn b_only() -> Cluster {
+    let mut c = Cluster::new().await;
+    c.add_agent("B").await;
+    c.register("B", &[]).await;
+    c
+}
+
+/// Given T1B was released from an artifact and T2 replaced it, when the agent's copy
+/// of T1B is gone (disk clean-up) and T2 is reverted, then the revert stages T1B again
+/// from the artifact recorded at T1's commit, and `current/` holds T1B's files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_whose_build_is_gone_from_the_agent_stages_it_again_from_the_recorded_artifact() {
+    let c = b_only().await;
+    let (_, one) = build(&c, "T1B", "one");
+    release(&c, "T1", "T1B", Some(&one)).await;
+    let (_, two) = build(&c, "T2B", "two");
+    release(&c, "T2", "T2B", Some(&two)).await;
+    std::fs::remove_dir_all(c.agent("B").deploy_root.join("releases/T1B")).unwrap();
+
+    let out = c.cli(&["revert", "T2", "--wait"]).await;
+
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(c.agent("B").live().as_deref(), Some("T1B"));
+    let current = c.agent("B").deploy_root.join("current/app.txt");
+    assert_eq!(std::fs::read_to_string(current).unwrap(), "one");
+}
+
+/// Given T1B's build is gone from the agent, when T2 is reverted and T1B cannot be
+/// reproduced (released without an artifact; or its artifact was deleted), then the
+/// agent refuses naming what is missing, the revert aborts and T2B stays live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_that_cannot_be_reproduced_is_refused_naming_what_is_missing() {
+    let c = b_only().await;
+    release(&c, "T1", "T1B", None).await;
+    release(&c, "T2", "T2B", None).await;
+    std::fs::remove_dir_all(c.agent("B").deploy_root.join("releases/T1B")).unwrap();
+
+    let out = c.cli(&["revert", "T2", "--wait"]).await;
+
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("cannot restore T1B"), "{out:?}");
+    assert_eq!(c.agent("B").live().as_deref(), Some("T2B"));
+
+    let (dir, three) = build(&c, "T3B", "three");
+    release(&c, "T3", "T3B", Some(&three)).await;
+    release(&c, "T4", "T4B", None).await;
+    std::fs::remove_dir_all(c.agent("B").deploy_root.join("releases/T3B")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = c.cli(&["revert", "T4", "--wait"]).await;
+
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("artifact {}", dir.display())),
+        "{out:?}"
+    );
+    assert_eq!(c.agent("B").live().as_deref(), Some("T4B"));
+}
