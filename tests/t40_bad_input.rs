@@ -214,6 +214,15 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
         "limit",
     );
     refused(
+        co.list_releases(pb::ListReleasesRequest {
+            page_token: "T1".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    refused(
         co.abort_release(pb::AbortReleaseRequest {
             id: "T404".into(),
             ..Default::default()
@@ -260,6 +269,7 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
     refused(
         co.get_history(pb::GetHistoryRequest {
             environment: "x y".into(),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,

@@ -304,3 +304,55 @@ async fn history_and_live_state_survive_a_coordinator_restart_unchanged() {
         .await;
     assert_eq!(refused.code, 1, "{refused:?}");
 }
+
+/// Given five releases, when ListReleases and GetHistory are read two at a time, then
+/// the pages hold every transaction newest first and every checkpoint oldest first,
+/// each once, and the last page has no next token; `lockstep history` reads every page.
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_and_history_are_read_page_by_page() {
+    use lockstep::pb;
+    let mut c = Cluster::new().await;
+    c.add_agent("B").await;
+    c.register("B", &[]).await;
+    for n in 1..=5 {
+        let (id, version) = (format!("T{n}"), format!("B=T{n}B"));
+        c.release(&id, &[version.as_str()], 0).await;
+    }
+    let mut co = c.client().await;
+
+    let (mut ids, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let request = pb::ListReleasesRequest {
+            page_size: 2,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = co.list_releases(request).await.unwrap().into_inner();
+        ids.extend(page.transactions.into_iter().map(|t| t.id));
+        pages += 1;
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(ids, ["T5", "T4", "T3", "T2", "T1"]);
+    assert_eq!(pages, 3);
+
+    let (mut revisions, mut token) = (Vec::new(), String::new());
+    loop {
+        let request = pb::GetHistoryRequest {
+            page_size: 2,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = co.get_history(request).await.unwrap().into_inner();
+        revisions.extend(page.checkpoints.into_iter().map(|c| c.revision));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(revisions, [1, 2, 3, 4, 5]);
+    let all = c.cli(&["history", "-o", "json"]).await.json();
+    assert_eq!(all["checkpoints"].as_array().unwrap().len(), 5);
+}

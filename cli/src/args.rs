@@ -211,12 +211,15 @@ pub enum ReleaseCommand {
     },
     /// List transactions, newest first.
     List {
-        /// How many.
+        /// How many (one page; at most 1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Only unfinished ones.
         #[arg(long)]
         active: bool,
+        /// Continue after the page that printed this token.
+        #[arg(long, default_value = "")]
+        page_token: String,
     },
     /// Follow the event log (of one transaction, or all).
     Watch {

@@ -122,10 +122,7 @@ async fn run(args: Args) -> Result<u8> {
             Ok(OK)
         }
         Command::History => {
-            let request = pb::GetHistoryRequest {
-                environment: ctx.env,
-            };
-            let h = client.get_history(request).await?.into_inner();
+            let h = whole_history(&mut client, ctx.env).await?;
             render::history(ctx.out, &h);
             Ok(OK)
         }
@@ -236,14 +233,23 @@ async fn release(
             render::transaction(ctx.out, &t);
             Ok(outcome_code(&t))
         }
-        ReleaseCommand::List { limit, active } => {
+        ReleaseCommand::List {
+            limit,
+            active,
+            page_token,
+        } => {
             let request = pb::ListReleasesRequest {
                 environment: String::new(),
-                limit,
                 active_only: active,
+                page_size: limit,
+                page_token,
+                ..Default::default()
             };
             let r = client.list_releases(request).await?.into_inner();
             render::transactions(ctx.out, &r);
+            if ctx.out == Output::Table && !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
             Ok(OK)
         }
         ReleaseCommand::Watch { id, from } => {
@@ -255,6 +261,27 @@ async fn release(
             let t = client.abort_release(request).await?.into_inner();
             render::transaction(ctx.out, &t);
             Ok(OK)
+        }
+    }
+}
+
+/// Every checkpoint of `environment`, page after page, as one response.
+async fn whole_history(
+    client: &mut CoordinatorClient<Channel>,
+    environment: String,
+) -> Result<pb::GetHistoryResponse> {
+    let mut all = pb::GetHistoryResponse::default();
+    loop {
+        let request = pb::GetHistoryRequest {
+            environment: environment.clone(),
+            page_token: all.next_page_token.clone(),
+            ..Default::default()
+        };
+        let page = client.get_history(request).await?.into_inner();
+        all.checkpoints.extend(page.checkpoints);
+        all.next_page_token = page.next_page_token;
+        if all.next_page_token.is_empty() {
+            return Ok(all);
         }
     }
 }

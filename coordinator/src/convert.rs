@@ -186,6 +186,36 @@ pub fn resolution(
     Ok((id, project, resolution))
 }
 
+/// A page size: 0 means `default`; above 1000 is refused naming `field`.
+pub fn page_size(field: &str, size: u32, default: usize) -> Result<usize, FieldError> {
+    match size {
+        0 => Ok(default),
+        n if n > 1000 => Err(FieldError::new(
+            field,
+            format!("{n} is above the maximum of 1000"),
+        )),
+        n => Ok(n as usize),
+    }
+}
+
+/// The cursor in a page token `<kind>:<n>` ("" for the first page).
+pub fn page_token(field: &str, token: &str, kind: &str) -> Result<Option<u64>, FieldError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let cursor = token
+        .strip_prefix(kind)
+        .and_then(|t| t.strip_prefix(':'))
+        .and_then(|n| n.parse().ok());
+    let why = format!("{token:?} is not a token this call returned (expected {kind}:N)");
+    cursor.map(Some).ok_or_else(|| FieldError::new(field, why))
+}
+
+/// The token of the page after one whose last cursor is `next`.
+pub fn next_token(kind: &str, next: Option<u64>) -> String {
+    next.map(|n| format!("{kind}:{n}")).unwrap_or_default()
+}
+
 /// Who asked ("unknown" when nobody said; authentication will fill this in).
 pub fn actor(actor: &str) -> Result<String, FieldError> {
     text("actor", actor, 200)?;

@@ -20,7 +20,11 @@ use crate::{
     model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TxRecord},
     network::{GrpcParticipants, ParticipantNet},
     ports::Participants,
-    registry::{Registry, Settings, admit::Created, reads::Live},
+    registry::{
+        Registry, Settings,
+        admit::Created,
+        reads::{Live, Page},
+    },
     tables::Tables,
 };
 
@@ -163,14 +167,16 @@ impl Coordinator {
         self.registry.get(id)
     }
 
-    /// Recent transactions, newest first; unfinished ones as they are now.
+    /// One page of transactions, newest first, created before ordinal `before`;
+    /// unfinished ones as they are now.
     pub fn list(
         &self,
         env: Option<&Environment>,
-        limit: usize,
+        size: usize,
+        before: Option<u64>,
         active_only: bool,
-    ) -> Result<Vec<TxRecord>> {
-        self.registry.list(env, limit, active_only)
+    ) -> Result<Page<TxRecord>> {
+        self.registry.list(env, size, before, active_only)
     }
 
     /// Whether `id` is a transaction that has not ended.
@@ -212,9 +218,14 @@ impl Coordinator {
         self.registry.live(env)
     }
 
-    /// Durable checkpoints of `env`, oldest first.
-    pub fn history(&self, env: &Environment) -> Result<Vec<CheckpointRecord>> {
-        self.registry.history(env)
+    /// One page of the durable checkpoints of `env`, oldest first, after `after`.
+    pub fn history(
+        &self,
+        env: &Environment,
+        after: u64,
+        size: usize,
+    ) -> Result<Page<CheckpointRecord>> {
+        self.registry.history(env, after, size)
     }
 
     /// The durable decision for a participant's part (presumed abort for unknown ids),

@@ -42,6 +42,11 @@ fn environment(field: &str, value: &str) -> Result<Environment, Status> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
+/// Page tokens of ListReleases: `tx:<ordinal>` (the next page is older).
+const TX_PAGES: &str = "tx";
+/// Page tokens of GetHistory: `cp:<revision>` (the next page is newer).
+const HISTORY_PAGES: &str = "cp";
+
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
     async fn register_project(
@@ -123,22 +128,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let env = (!r.environment.is_empty())
             .then(|| Environment::parse("environment", &r.environment))
             .transpose()?;
-        let limit = match r.limit {
-            0 => 50,
-            n if n > 1000 => {
-                return Err(Status::invalid_argument(format!(
-                    "limit: {n} is above the maximum of 1000"
-                )));
-            }
-            n => n as usize,
+        let (field, size) = match r.page_size {
+            0 => ("limit", r.limit),
+            n => ("page_size", n),
         };
-        let transactions = self
+        let size = convert::page_size(field, size, 50)?;
+        let before = convert::page_token("page_token", &r.page_token, TX_PAGES)?;
+        let page = self
             .coordinator
-            .list(env.as_ref(), limit, r.active_only)?
-            .iter()
-            .map(convert::transaction)
-            .collect();
-        Ok(Response::new(pb::ListReleasesResponse { transactions }))
+            .list(env.as_ref(), size, before, r.active_only)?;
+        Ok(Response::new(pb::ListReleasesResponse {
+            transactions: page.items.iter().map(convert::transaction).collect(),
+            next_page_token: convert::next_token(TX_PAGES, page.next),
+        }))
     }
 
     async fn resolve_participant(
@@ -243,14 +245,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let env = environment("environment", &request.into_inner().environment)?;
-        let checkpoints = self
-            .coordinator
-            .history(&env)?
-            .iter()
-            .map(convert::checkpoint)
-            .collect();
-        Ok(Response::new(pb::GetHistoryResponse { checkpoints }))
+        let r = request.into_inner();
+        let env = environment("environment", &r.environment)?;
+        let size = convert::page_size("page_size", r.page_size, 1000)?;
+        let after = convert::page_token("page_token", &r.page_token, HISTORY_PAGES)?;
+        let page = self.coordinator.history(&env, after.unwrap_or(0), size)?;
+        Ok(Response::new(pb::GetHistoryResponse {
+            checkpoints: page.items.iter().map(convert::checkpoint).collect(),
+            next_page_token: convert::next_token(HISTORY_PAGES, page.next),
+        }))
     }
 
     async fn get_decision(

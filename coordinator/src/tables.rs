@@ -265,8 +265,19 @@ impl Tables {
 
     /// Up to `limit` transactions, newest first.
     pub fn recent_transactions(&self, limit: usize) -> Result<Vec<TxRecord>, StoreError> {
+        self.transactions_before(None, limit)
+    }
+
+    /// Up to `limit` transactions created before ordinal `before` (all when `None`),
+    /// newest first: one page of a listing.
+    pub fn transactions_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        let end = before.map(ordinal_key);
         self.kv
-            .scan(TRANSACTIONS, b"", None, Order::Descending, limit)?
+            .scan(TRANSACTIONS, b"", end.as_deref(), Order::Descending, limit)?
             .iter()
             .map(|(_, v)| decode(TRANSACTIONS, v))
             .collect()
@@ -363,6 +374,23 @@ impl Tables {
                 Order::Ascending,
                 usize::MAX,
             )?
+            .iter()
+            .map(|(_, v)| decode(CHECKPOINTS, v))
+            .collect()
+    }
+
+    /// Up to `limit` checkpoints of `environment` after revision `after`, oldest first:
+    /// one page of the history.
+    pub fn checkpoints_after(
+        &self,
+        environment: &Environment,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let (_, end) = checkpoint_range(environment);
+        let start = checkpoint_key(environment, after.saturating_add(1));
+        self.kv
+            .scan(CHECKPOINTS, &start, Some(&end), Order::Ascending, limit)?
             .iter()
             .map(|(_, v)| decode(CHECKPOINTS, v))
             .collect()

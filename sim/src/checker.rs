@@ -20,6 +20,9 @@
 //!   start with its creation, decide at most once, and end with one terminal event that
 //!   matches the decision.
 //! - `checkpoints`: revisions are 1..N, one per committed transaction.
+//! - `wave-order` and `mutual-exclusion` (in `crate::ordering`): children acknowledge
+//!   before parents (parents first on ABORT); no project is held by two transactions
+//!   at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -395,6 +398,7 @@ pub fn check(o: &Observation) -> Vec<Violation> {
             );
         }
     }
+    v.extend(crate::ordering::check(&o.transactions, &o.events));
     v
 }
 

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`run`]: one seeded run: the cluster, the workload, the fault schedule.
-//! - [`checker`]: the invariants (also used on real processes by the end-to-end tests).
+//! - [`checker`]: the invariants (also used on real processes by the end-to-end tests);
+//!   [`ordering`]: the rules read from the event log's order.
 //! - [`deployer`]: the participants' simulated disk and its log of live changes.
 //! - [`net`]: tonic over turmoil's TCP.
 //!
@@ -20,6 +21,7 @@
 pub mod checker;
 pub mod deployer;
 pub mod net;
+pub mod ordering;
 pub mod run;
 
 pub use run::{Config, Outcome, run};

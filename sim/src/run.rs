@@ -388,7 +388,11 @@ fn observe(
 /// A fault, applied at a simulated time.
 #[derive(Debug, Clone)]
 enum Fault {
-    Crash(String),
+    /// A crash keeping this share (in thousandths) of the writes not yet synced.
+    Crash(String, u64),
+    /// The host stops answering (as under SIGSTOP), every link held.
+    Pause(String),
+    Resume(String),
     Restart(String),
     Partition(String, String),
     Repair(String, String),
@@ -409,15 +413,28 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
         let lasting = Duration::from_millis(rng.random_range(100..2500));
         let until = (t + lasting).min(cfg.fault_window);
         let participant = host(PROJECTS[rng.random_range(0..PROJECTS.len())]);
-        match rng.random_range(0..6) {
+        let kept = if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(0..1000)
+        };
+        match rng.random_range(0..7) {
             0 => {
                 let victim = hosts[rng.random_range(0..hosts.len())].clone();
-                out.push((t, Fault::Crash(victim.clone())));
+                out.push((t, Fault::Crash(victim.clone(), kept)));
                 out.push((until, Fault::Restart(victim)));
             }
             1 => {
-                out.push((t, Fault::Crash(COORDINATOR.into())));
+                out.push((t, Fault::Crash(COORDINATOR.into(), kept)));
                 out.push((until, Fault::Restart(COORDINATOR.into())));
+            }
+            6 => {
+                // Longer than the participants' ask-decision-after and the delivery
+                // timeout (1 s each here).
+                let victim = hosts[rng.random_range(0..hosts.len())].clone();
+                let resume = t + Duration::from_millis(rng.random_range(1500..4000));
+                out.push((t, Fault::Pause(victim.clone())));
+                out.push((resume.min(cfg.fault_window), Fault::Resume(victim)));
             }
             2 => {
                 out.push((t, Fault::Partition(COORDINATOR.into(), participant.clone())));
@@ -448,13 +465,16 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
 
 fn apply(sim: &mut turmoil::Sim<'_>, kvs: &BTreeMap<String, MemKv>, fault: Fault) {
     match fault {
-        Fault::Crash(h) => {
+        Fault::Crash(h, kept) => {
             if sim.is_host_running(h.as_str()) {
                 sim.crash(h.as_str());
-                // What was not synced is lost, as with a power cut.
-                kvs[&h].crash();
+                // What was not synced is lost, as with a power cut; sometimes a prefix
+                // of it made it to disk.
+                kvs[&h].crash_keeping(|n| n * kept as usize / 1000);
             }
         }
+        Fault::Pause(h) => each_link(&h, |a, b| sim.hold(a, b)),
+        Fault::Resume(h) => each_link(&h, |a, b| sim.release(a, b)),
         Fault::Restart(h) => {
             if !sim.is_host_running(h.as_str()) {
                 sim.bounce(h.as_str());
@@ -468,6 +488,17 @@ fn apply(sim: &mut turmoil::Sim<'_>, kvs: &BTreeMap<String, MemKv>, fault: Fault
     }
 }
 
+/// Calls `f` on both directions of every link between `host` and the others.
+fn each_link(host: &str, mut f: impl FnMut(&str, &str)) {
+    let others = std::iter::once(COORDINATOR.to_string())
+        .chain(PROJECTS.iter().map(|p| self::host(p)))
+        .filter(|o| o != host);
+    for other in others {
+        f(host, &other);
+        f(&other, host);
+    }
+}
+
 /// Ends every fault: hosts up, links repaired and released, latency back to normal.
 fn heal(sim: &mut turmoil::Sim<'_>) {
     let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
@@ -477,6 +508,7 @@ fn heal(sim: &mut turmoil::Sim<'_>) {
         if !sim.is_host_running(h.as_str()) {
             sim.bounce(h.as_str());
         }
+        each_link(h, |a, b| sim.release(a, b));
     }
     sim.set_max_message_latency(Duration::from_millis(5));
 }

@@ -39,8 +39,17 @@ impl MemKv {
     /// Simulates a crash: buffered writes since the last sync are lost and every call
     /// fails with [`StoreError::Down`] until [`MemKv::restart`].
     pub fn crash(&self) {
+        self.crash_keeping(|_| 0);
+    }
+
+    /// A crash that keeps the first `keep(n)` of the `n` batches buffered since the
+    /// last sync, as a power loss may leave a prefix of an unsynced write-ahead log on
+    /// disk; the rest are lost.
+    pub fn crash_keeping(&self, keep: impl FnOnce(usize) -> usize) {
         let mut s = self.lock();
-        s.unsynced.clear();
+        let n = s.unsynced.len();
+        s.unsynced.truncate(keep(n).min(n));
+        make_durable(&mut s);
         s.visible = s.durable.clone();
         s.down = true;
     }
@@ -213,6 +222,23 @@ mod tests {
         assert_eq!(kv.get(t1, b"lost").unwrap(), None);
         assert_eq!(kv.get(t2, b"lost").unwrap(), None);
         assert_eq!(kv.get(t2, b"also-lost").unwrap(), None);
+    }
+
+    #[test]
+    fn a_partial_crash_keeps_a_prefix_of_the_buffered_writes() {
+        let kv = MemKv::new();
+        for key in ["a", "b", "c"] {
+            put(&kv, "t", key, Durability::Buffered);
+        }
+        kv.crash_keeping(|n| n - 1);
+        kv.restart();
+        let keys: Vec<Vec<u8>> = kv
+            .scan("t", b"", None, Order::Ascending, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
     }
 
     #[test]

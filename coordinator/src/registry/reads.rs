@@ -13,6 +13,25 @@ use crate::{
     txn,
 };
 
+/// One page of a listing and where the next one starts.
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// The cursor of the next page (`None`: this is the last).
+    pub next: Option<u64>,
+}
+
+impl<T> Page<T> {
+    /// The first `size` of `items` (read one past the page, to know whether there is
+    /// more), with the cursor of the last one kept when more follow.
+    fn of(mut items: Vec<T>, size: usize, cursor: impl Fn(&T) -> u64) -> Self {
+        let more = items.len() > size;
+        items.truncate(size);
+        let next = if more { items.last().map(cursor) } else { None };
+        Page { items, next }
+    }
+}
+
 /// Live state of one environment.
 pub struct Live {
     /// Newest durable checkpoint.
@@ -29,30 +48,48 @@ impl Registry {
         found.ok_or_else(|| not_found(id))
     }
 
-    /// Recent transactions, newest first; unfinished ones as they are now.
+    /// One page of transactions, newest first, created before ordinal `before` (from
+    /// the newest when `None`); unfinished ones as they are now. Storage is scanned
+    /// without the state lock, which is taken only to swap in unfinished records.
     pub fn list(
         &self,
         env: Option<&Environment>,
-        limit: usize,
+        size: usize,
+        before: Option<u64>,
         active_only: bool,
-    ) -> Result<Vec<TxRecord>> {
+    ) -> Result<Page<TxRecord>> {
+        let in_env = |t: &TxRecord| env.is_none_or(|e| &t.environment == e);
+        let earlier = |t: &TxRecord| before.is_none_or(|b| t.ordinal < b);
+        if active_only {
+            let s = self.state();
+            let active = s.active.values().map(|a| &a.record);
+            let mut out: Vec<TxRecord> = active
+                .filter(|t| in_env(t) && earlier(t))
+                .cloned()
+                .collect();
+            drop(s);
+            out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
+            return Ok(Page::of(out, size, |t| t.ordinal));
+        }
+        let mut out = Vec::new();
+        let mut cursor = before;
+        loop {
+            let batch = self.inner.tables.transactions_before(cursor, size + 1)?;
+            let exhausted = batch.len() <= size;
+            cursor = batch.last().map(|t| t.ordinal);
+            out.extend(batch.into_iter().filter(|t| in_env(t)));
+            if out.len() > size || exhausted {
+                break;
+            }
+        }
+        let mut page = Page::of(out, size, |t| t.ordinal);
         let s = self.state();
-        let mut out: Vec<TxRecord> = if active_only {
-            s.active.values().map(|a| a.record.clone()).collect()
-        } else {
-            // Scan wider than `limit` when filtering by environment.
-            let scan = match env {
-                Some(_) => limit.saturating_mul(8).max(1000),
-                None => limit,
-            };
-            let stored = self.inner.tables.recent_transactions(scan)?.into_iter();
-            let current = |t: TxRecord| s.active.get(&t.id).map(|a| a.record.clone()).unwrap_or(t);
-            stored.map(current).collect()
-        };
-        out.retain(|t| env.is_none_or(|e| &t.environment == e));
-        out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
-        out.truncate(limit);
-        Ok(out)
+        for t in &mut page.items {
+            if let Some(a) = s.active.get(&t.id) {
+                t.clone_from(&a.record);
+            }
+        }
+        Ok(page)
     }
 
     /// Whether `id` is a transaction that has not ended (cheap: nothing is copied or
@@ -82,14 +119,19 @@ impl Registry {
         }
     }
 
-    /// Durable checkpoints of `env`, oldest first. The table may already hold the
-    /// checkpoint of a COMMIT whose write is not yet synced; it is left out until the
-    /// decision is durable and live.
-    pub fn history(&self, env: &Environment) -> Result<Vec<CheckpointRecord>> {
+    /// One page of the durable checkpoints of `env`, oldest first, after revision
+    /// `after`. The table may already hold the checkpoint of a COMMIT whose write is not
+    /// yet synced; it is left out until the decision is durable and live.
+    pub fn history(
+        &self,
+        env: &Environment,
+        after: u64,
+        size: usize,
+    ) -> Result<Page<CheckpointRecord>> {
         let live = self.state().live.get(env).map_or(0, |l| l.revision);
-        let mut checkpoints = self.inner.tables.checkpoints(env)?;
+        let mut checkpoints = self.inner.tables.checkpoints_after(env, after, size + 1)?;
         checkpoints.retain(|c| c.revision <= live);
-        Ok(checkpoints)
+        Ok(Page::of(checkpoints, size, |c| c.revision))
     }
 
     /// The durable decision for a participant's part `project` (presumed abort for
