@@ -131,6 +131,18 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// The endpoint the coordinator uses towards agents, which may run any gRPC stack on
+/// its default server settings: no keepalive pings (gRPC's default server policy,
+/// in grpcio, grpc-go and grpc-java, allows one ping per 5 minutes and none on an idle
+/// connection, and closes connections that ping more with GOAWAY "too many pings").
+/// Liveness comes from the calls instead: each has a timeout, and a call that fails to
+/// get through drops its connection so the next one dials afresh.
+pub fn agent_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true))
+}
+
 /// gRPC says a message above the receiver's limit is RESOURCE_EXHAUSTED; tonic answers
 /// OUT_OF_RANGE. This response mapper (used with `tower::util::MapResponseLayer`) puts
 /// the spec's code back, keeping tonic's message (which gives the size and the limit).

@@ -17,6 +17,7 @@
 //! - [`orders`]: the participant protocol's messages as domain types (Prepare, Commit,
 //!   Abort orders, votes, decisions) with their wire conversions both ways.
 //! - [`retry`]: which failures are worth retrying, and the one backoff schedule.
+//! - [`shutdown`]: a clean stop on SIGTERM/SIGINT for every server.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod names;
 pub mod orders;
 pub mod retry;
+pub mod shutdown;
 pub mod wire;
 
 /// Generated `lockstep.v1` messages, clients and servers.

@@ -41,6 +41,18 @@ impl Failure {
         }
     }
 
+    /// Classifies the outcome of a call every answer to which is final (Prepare: any
+    /// status the agent returns is its refusal). Only a status made on this side
+    /// because the call did not get through (tonic keeps the transport error as its
+    /// source; a status the peer sent has none) is transient.
+    pub fn of_answer(status: &tonic::Status) -> Self {
+        let reached = std::error::Error::source(status).is_none();
+        if reached {
+            return Failure::Final(format!("{:?}: {}", status.code(), status.message()));
+        }
+        Failure::of(status)
+    }
+
     /// The failure in words.
     pub fn message(&self) -> &str {
         match self {

@@ -9,8 +9,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
+use lockstep::shutdown;
 use lockstep_coordinator::{Config, Coordinator, network::TcpNet, server, tables};
-use lockstep_store::{RocksKv, WalRecovery};
+use lockstep_store::{Kv, RocksKv, WalRecovery};
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
 /// write-ahead log in --data-dir. Prints `listening on ADDR` once it accepts calls.
@@ -54,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before anything else, so a SIGTERM at any moment stops the server cleanly.
+    let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     let args = Args::parse();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
@@ -64,16 +67,8 @@ async fn main() -> anyhow::Result<()> {
                 args.data_dir.display()
             )
         })?;
-    let config = Config {
-        default_prepare_timeout: args.prepare_timeout,
-        delivery_timeout: args.delivery_timeout,
-        backoff: lockstep::retry::Backoff {
-            initial: args.retry_initial_delay,
-            max: args.retry_max_delay.max(args.retry_initial_delay),
-        },
-        ..Config::default()
-    };
-    let coordinator = Coordinator::open(Arc::new(kv), Arc::new(TcpNet::default()), config)
+    let store = Arc::new(kv);
+    let coordinator = Coordinator::open(store.clone(), Arc::new(TcpNet::default()), config(&args))
         .context("recovering coordinator state")?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -81,21 +76,28 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding --listen {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     let failed = coordinator.clone();
-    tokio::select! {
-        result = server::serve(listener, coordinator, shutdown_signal()) => result?,
-        error = failed.failed() => {
-            anyhow::bail!("stopping: {error}; restart to recover from the durable log");
-        }
+    let serve = |told: tokio::sync::oneshot::Receiver<()>| {
+        server::serve(listener, coordinator, async move {
+            let _ = told.await;
+        })
+    };
+    let served = shutdown::serve_until_stopped(stop, serve, async move { failed.failed().await });
+    let outcome = served.await.and(store.sync().map_err(|e| e.to_string()));
+    if let Err(error) = outcome {
+        eprintln!("stopping: {error}; restart to recover from the durable log");
+        shutdown::exit(1);
     }
-    Ok(())
+    shutdown::exit(0)
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+fn config(args: &Args) -> Config {
+    Config {
+        default_prepare_timeout: args.prepare_timeout,
+        delivery_timeout: args.delivery_timeout,
+        backoff: lockstep::retry::Backoff {
+            initial: args.retry_initial_delay,
+            max: args.retry_max_delay.max(args.retry_initial_delay),
+        },
+        ..Config::default()
     }
-    tracing::info!("shutting down");
 }

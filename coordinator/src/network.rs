@@ -28,9 +28,18 @@ pub trait ParticipantNet: Send + Sync + 'static {
     /// A client for `endpoint` (connection made lazily). Errors describe a malformed
     /// endpoint; unreachable participants fail on the call instead.
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, String>;
+
+    /// A call to `endpoint` did not get through: the next one should dial again
+    /// rather than reuse a connection a partition may have left half-open.
+    fn forget(&self, endpoint: &str) {
+        let _ = endpoint;
+    }
 }
 
-/// Tonic over TCP, one lazily connected channel per endpoint, reused by every call.
+/// Tonic over TCP, one lazily connected channel per endpoint, reused by every call until
+/// one fails to get through. No keepalive pings go to agents (see
+/// [`lockstep::edge::agent_endpoint`]): a failed or timed-out call drops the channel,
+/// so the retry dials afresh.
 #[derive(Default, Clone)]
 pub struct TcpNet {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -42,11 +51,16 @@ impl ParticipantNet for TcpNet {
         if let Some(ch) = channels.get(endpoint) {
             return Ok(ParticipantClient::new(ch.clone()));
         }
-        let channel = lockstep::edge::endpoint(endpoint)
+        let channel = lockstep::edge::agent_endpoint(endpoint)
             .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
             .connect_lazy();
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(ParticipantClient::new(channel))
+    }
+
+    fn forget(&self, endpoint: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.remove(endpoint);
     }
 }
 
@@ -105,11 +119,11 @@ impl GrpcParticipants {
         }
     }
 
-    /// Runs one call with a permit, classifying its outcome.
+    /// Runs one call with a permit, classifying a failed outcome with `classify`.
     fn call<T, F>(
         &self,
         endpoint: &str,
-        timeout: Option<Duration>,
+        (timeout, classify): (Option<Duration>, fn(&tonic::Status) -> Failure),
         call: impl FnOnce(ParticipantClient<Channel>) -> F + Send + 'static,
     ) -> Pending<Result<T, Failure>>
     where
@@ -117,6 +131,7 @@ impl GrpcParticipants {
         T: Send + 'static,
     {
         let client = self.net.client(endpoint);
+        let (net, endpoint) = (self.net.clone(), endpoint.to_string());
         let calls = self.calls.clone();
         Box::pin(async move {
             // A malformed endpoint is refused at registration; one that slips through
@@ -127,12 +142,21 @@ impl GrpcParticipants {
                 .await
                 .expect("the semaphore is never closed");
             let answer = match timeout {
-                Some(t) => tokio::time::timeout(t, call(client))
-                    .await
-                    .map_err(|_| Failure::Transient(format!("no answer within {t:?}")))?,
-                None => call(client).await,
+                Some(t) => tokio::time::timeout(t, call(client)).await.ok(),
+                None => Some(call(client).await),
             };
-            answer.map(|r| r.into_inner()).map_err(|s| Failure::of(&s))
+            let failure = match answer {
+                Some(Ok(r)) => return Ok(r.into_inner()),
+                Some(Err(status)) => classify(&status),
+                None => Failure::Transient(format!(
+                    "no answer within {:?}",
+                    timeout.unwrap_or_default()
+                )),
+            };
+            if let Failure::Transient(_) = failure {
+                net.forget(&endpoint);
+            }
+            Err(failure)
         })
     }
 }
@@ -141,9 +165,14 @@ impl Participants for GrpcParticipants {
     fn prepare(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<VoteAnswer, Failure>> {
         let mut request = pb::PrepareRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
+        // Any status the agent sends is its vote (a refusal with its code and
+        // message); only a call that did not get through is made again. An attempt
+        // waits at most the delivery timeout: a repeated Prepare joins the staging
+        // already running, and the retry dials afresh past a half-open connection.
+        let timeout = Some(self.delivery_timeout);
         let call = self.call(
             endpoint,
-            None,
+            (timeout, Failure::of_answer),
             |mut c| async move { c.prepare(request).await },
         );
         Box::pin(async move { call.await.map(VoteAnswer::from) })
@@ -153,11 +182,9 @@ impl Participants for GrpcParticipants {
         let mut request = pb::CommitRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(self.delivery_timeout);
-        let call = self.call(
-            endpoint,
-            timeout,
-            |mut c| async move { c.commit(request).await },
-        );
+        let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
+            c.commit(request).await
+        });
         Box::pin(async move { call.await.map(|_| ()) })
     }
 
@@ -165,11 +192,9 @@ impl Participants for GrpcParticipants {
         let mut request = pb::AbortRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(self.delivery_timeout);
-        let call = self.call(
-            endpoint,
-            timeout,
-            |mut c| async move { c.abort(request).await },
-        );
+        let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
+            c.abort(request).await
+        });
         Box::pin(async move { call.await.map(|_| ()) })
     }
 
@@ -177,7 +202,7 @@ impl Participants for GrpcParticipants {
         let mut request = pb::PrepareRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
         let timeout = Some(PREVIEW_TIMEOUT);
-        let call = self.call(endpoint, timeout, |mut c| async move {
+        let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
             c.preview(request).await
         });
         Box::pin(async move {

@@ -9,6 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
+use lockstep::shutdown;
 use lockstep_participant::{
     Participant,
     agent::{FsDeployer, Hooks},
@@ -17,7 +18,7 @@ use lockstep_participant::{
     participant::Decisions,
     schema, server,
 };
-use lockstep_store::{RocksKv, WalRecovery};
+use lockstep_store::{Kv, RocksKv, WalRecovery};
 
 /// Runs a Lockstep participant for one project: stages versions under --deploy-root,
 /// makes them live by switching the `current` symlink, and keeps its protocol state in
@@ -82,9 +83,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before anything else, so a SIGTERM at any moment stops the agent cleanly.
+    let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     let args = Args::parse();
     let listen = args.listen;
-    let participant = participant(args).await?;
+    let (participant, store) = participant(args).await?;
     let prepared = participant
         .recover_local()
         .await
@@ -100,12 +103,22 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
-    server::serve(listener, participant, shutdown_signal()).await?;
-    Ok(())
+    let serve = |told: tokio::sync::oneshot::Receiver<()>| {
+        server::serve(listener, participant, async move {
+            let _ = told.await;
+        })
+    };
+    let served = shutdown::serve_until_stopped(stop, serve, std::future::pending());
+    if let Err(error) = served.await.and(store.sync().map_err(|e| e.to_string())) {
+        eprintln!("stopping: {error}");
+        shutdown::exit(1);
+    }
+    shutdown::exit(0)
 }
 
-/// The participant the flags describe: its ledger, deployer, schema and decision source.
-async fn participant(args: Args) -> anyhow::Result<Participant<FsDeployer>> {
+/// The participant the flags describe (its ledger, deployer, schema and decision
+/// source), with the ledger's store to sync at a stop.
+async fn participant(args: Args) -> anyhow::Result<(Participant<FsDeployer>, Arc<RocksKv>)> {
     lockstep::names::ProjectName::parse("--project", &args.project)?;
     lockstep::names::Environment::parse("--environment", &args.environment)?;
     std::fs::create_dir_all(&args.data_dir)
@@ -145,14 +158,17 @@ async fn participant(args: Args) -> anyhow::Result<Participant<FsDeployer>> {
         source: Arc::new(GrpcDecisions::new(coordinator)),
         ask_after: args.ask_decision_after,
     };
-    Ok(Participant::new(
+    let store = Arc::new(kv);
+    let ledger = Ledger::open(store.clone(), lockstep_store::WriterMode::Thread)?;
+    let participant = Participant::new(
         args.project,
         args.environment,
         deployer,
         schema,
-        Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)?,
+        ledger,
         Some(decisions),
-    ))
+    );
+    Ok((participant, store))
 }
 
 /// A database URL without its password, for logs.
@@ -164,14 +180,5 @@ fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_string(),
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -159,12 +159,27 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM (a clean stop is asked).
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+
     /// Waits until the process exits by itself (e.g. at a crash point); returns how.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
+        self.exited_within(DEADLINE).await
+    }
+
+    /// [`Server::exited`] with a deadline of its own.
+    pub async fn exited_within(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        tokio::time::timeout(DEADLINE, child.wait())
+        tokio::time::timeout(deadline, child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} did not exit", self.name))
+            .unwrap_or_else(|_| panic!("{} did not exit within {deadline:?}", self.name))
             .unwrap()
     }
 

@@ -1,0 +1,93 @@
+//! Stopping a server cleanly on SIGTERM or SIGINT, the same way for the coordinator and
+//! every agent: the handlers are installed before the server says it listens (an early
+//! signal then stops it cleanly instead of killing it), calls in flight get a short
+//! grace (streams such as `release watch` never end by themselves), the store is synced,
+//! and the process ends without running C++ static destructors, which RocksDB's
+//! background threads can race at exit (seen: SIGSEGV, `pthread lock: Invalid
+//! argument`).
+
+use std::{future::Future, time::Duration};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// How long calls still open at a stop may take before the process ends anyway.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// SIGTERM and SIGINT, caught from the moment [`install`] returns.
+pub struct Stop {
+    term: Signal,
+    int: Signal,
+}
+
+/// Catches SIGTERM and SIGINT from now on.
+pub fn install() -> std::io::Result<Stop> {
+    Ok(Stop {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+    })
+}
+
+impl Stop {
+    /// Resolves at the first SIGTERM or SIGINT.
+    pub async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }
+}
+
+/// Serves with `serve` (given the future that tells it to stop) until a stop is asked
+/// (or `failed` resolves, which is returned as an error), then gives open calls
+/// [`GRACE`] to finish. The caller then syncs its store and calls [`exit`].
+pub async fn serve_until_stopped<S, E>(
+    mut stop: Stop,
+    serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> S,
+    failed: impl Future<Output = String>,
+) -> Result<(), String>
+where
+    S: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (tell, told) = tokio::sync::oneshot::channel();
+    let mut serving = tokio::spawn(serve(told));
+    tokio::select! {
+        ended = &mut serving => return ended_as(ended),
+        error = failed => return Err(error),
+        _ = stop.requested() => {}
+    }
+    let _ = tell.send(());
+    match tokio::time::timeout(GRACE, &mut serving).await {
+        Ok(ended) => ended_as(ended),
+        Err(_) => {
+            tracing::info!("calls still open after {GRACE:?} (watchers): closing them");
+            serving.abort();
+            Ok(())
+        }
+    }
+}
+
+fn ended_as<E: std::fmt::Display>(
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+) -> Result<(), String> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("server task: {e}")),
+    }
+}
+
+/// Ends the process with `code` at once. Everything a client was told is durable
+/// already (the protocol syncs before it answers) and the caller synced the store, so
+/// nothing is lost; C++ static destructors and Rust's exit handlers are skipped.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) ends the process without touching any memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(code)
+    }
+}
