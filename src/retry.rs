@@ -42,15 +42,17 @@ impl Failure {
     }
 
     /// Classifies the outcome of a call every answer to which is final (Prepare: any
-    /// status the agent returns is its refusal). Only a status made on this side
-    /// because the call did not get through (tonic keeps the transport error as its
-    /// source; a status the peer sent has none) is transient.
+    /// status the agent returns is its refusal). Transient only: a status made on this
+    /// side because the call did not get through (tonic keeps the transport error as its
+    /// source; a status the peer sent has none), and UNAVAILABLE, which is what gRPC
+    /// stacks send when they drop a connection under a call (grpcio's "Too many pings",
+    /// a server going away) and what the spec says to retry.
     pub fn of_answer(status: &tonic::Status) -> Self {
-        let reached = std::error::Error::source(status).is_none();
-        if reached {
-            return Failure::Final(format!("{:?}: {}", status.code(), status.message()));
+        let local = std::error::Error::source(status).is_some();
+        if (local && is_transient(status.code())) || status.code() == Code::Unavailable {
+            return Failure::of(status);
         }
-        Failure::of(status)
+        Failure::Final(format!("{:?}: {}", status.code(), status.message()))
     }
 
     /// The failure in words.

@@ -103,6 +103,24 @@ pub enum Command {
         #[command(flatten)]
         actor: ActorArg,
     },
+    /// Check a running agent against every rule of participant.proto, playing the
+    /// coordinator (it stages and commits test versions: use a test instance). Start
+    /// the agent with `--coordinator` at `--serve` for the restart check.
+    Conformance {
+        /// The agent's URL, e.g. http://127.0.0.1:7711.
+        #[arg(long)]
+        agent: String,
+        /// The project it serves.
+        #[arg(long)]
+        project: String,
+        /// A shell command that restarts the agent and returns once it listens again
+        /// (without it, the restart check is skipped).
+        #[arg(long)]
+        restart_cmd: Option<String>,
+        /// Where the kit serves GetDecision for the agent.
+        #[arg(long, default_value = "127.0.0.1:7799")]
+        serve: std::net::SocketAddr,
+    },
     /// Retry every phase 2 delivery of a transaction now (after an outage), and ask
     /// again participants that need resolution.
     Retry {

@@ -6,6 +6,7 @@
 //! (or the outcome could not be learned).
 
 mod args;
+mod conformance;
 mod operate;
 mod render;
 mod wait;
@@ -104,6 +105,22 @@ async fn run(args: Args) -> Result<u8> {
     {
         args::components(components, artifacts, metadata)?;
     }
+    if let Command::Conformance {
+        agent,
+        project,
+        restart_cmd,
+        serve,
+    } = args.command
+    {
+        let request = conformance::Request {
+            agent,
+            project,
+            environment: args.environment,
+            restart_cmd,
+            serve,
+        };
+        return conformance::run(request, args.output).await;
+    }
     let mut client = connect(&args.coordinator).await?;
     let ctx = Context {
         url: args.coordinator.clone(),
@@ -157,6 +174,7 @@ async fn run(args: Args) -> Result<u8> {
         command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
             operate::run(&mut client, ctx.out, command).await
         }
+        Command::Conformance { .. } => unreachable!("handled before connecting"),
     }
 }
 

@@ -188,8 +188,6 @@ impl coordinator_server::Coordinator for CoordinatorService {
         )))
     }
 
-    type WatchEventsStream = EventStream;
-
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,

@@ -1,0 +1,364 @@
+//! The checks, each a rule of `participant.proto`, run in order against one agent:
+//! later checks start from the state earlier ones left (a committed version, nothing
+//! staged), so a failure is reported and the run goes on where it can.
+
+use std::time::Duration;
+
+use lockstep::pb::{self, participant_client::ParticipantClient};
+use tonic::{Code, transport::Channel};
+
+use super::{Checked, Request, decisions::Decisions};
+
+/// A client of the agent under test.
+pub type Agent = ParticipantClient<Channel>;
+
+/// What the kit stamps on its orders as the coordinator's incarnation.
+const INCARNATION: &str = "lockstep-conformance";
+
+/// How long the restart check waits for the agent to ask and finish.
+const RESTART_DEADLINE: Duration = Duration::from_secs(60);
+
+type Outcome = std::result::Result<(), String>;
+
+/// The kit's state across checks.
+pub struct Kit {
+    agent: Agent,
+    project: String,
+    environment: String,
+    restart_cmd: Option<String>,
+    decisions: Decisions,
+    /// A prefix unique to this run, so ids never collide with an earlier run's.
+    run: String,
+    /// What the kit believes is live on the agent.
+    live: String,
+}
+
+impl Kit {
+    /// A kit for `agent` as `request` describes it.
+    pub fn new(agent: Agent, request: &Request, decisions: Decisions) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            agent,
+            project: request.project.clone(),
+            environment: request.environment.clone(),
+            restart_cmd: request.restart_cmd.clone(),
+            decisions,
+            run: format!("conf{nanos:x}"),
+            live: String::new(),
+        }
+    }
+
+    /// Runs every check, in order.
+    pub async fn run_all(&mut self) -> Vec<Checked> {
+        let mut out = Vec::new();
+        let first = self.status_answers().await;
+        out.push(checked("GetStatus answers for the project", first));
+        out.push(checked(
+            "a Prepare whose from_version is not live is refused",
+            self.wrong_from_version_refused().await,
+        ));
+        out.push(checked(
+            "Prepare votes PREPARED, and a repeated Prepare gets the same vote",
+            self.prepared_twice().await,
+        ));
+        out.push(checked(
+            "GetStatus lists the prepared transaction as staged",
+            self.staged_listed().await,
+        ));
+        out.push(checked(
+            "a second transaction is refused while one is prepared",
+            self.second_refused().await,
+        ));
+        out.push(checked(
+            "Preview answers without side effects",
+            self.preview_changes_nothing().await,
+        ));
+        out.push(checked(
+            "Commit makes the version live, and a repeated Commit answers the same",
+            self.committed_twice().await,
+        ));
+        out.push(checked(
+            "a Commit for an unknown id is FAILED_PRECONDITION",
+            self.unknown_commit_refused().await,
+        ));
+        out.push(checked(
+            "an Abort of a committed transaction is FAILED_PRECONDITION",
+            self.committed_abort_refused().await,
+        ));
+        out.push(checked(
+            "an Abort before its Prepare is remembered: the late Prepare is refused",
+            self.abort_before_prepare().await,
+        ));
+        out.push(checked(
+            "Abort undoes a prepared transaction, and a repeated Abort answers the same",
+            self.aborted_twice().await,
+        ));
+        out.push(self.restart_check().await);
+        out
+    }
+
+    fn tx(&self, n: u32) -> String {
+        format!("{}-t{n}", self.run)
+    }
+
+    fn version(&self, n: u32) -> String {
+        format!("{}-v{n}", self.run)
+    }
+
+    fn prepare(&self, n: u32, from: &str) -> pb::PrepareRequest {
+        pb::PrepareRequest {
+            transaction_id: self.tx(n),
+            environment: self.environment.clone(),
+            project: self.project.clone(),
+            version: self.version(n),
+            from_version: from.to_string(),
+            coordinator_incarnation: INCARNATION.into(),
+            ..Default::default()
+        }
+    }
+
+    fn commit(&self, n: u32) -> pb::CommitRequest {
+        pb::CommitRequest {
+            transaction_id: self.tx(n),
+            project: self.project.clone(),
+            coordinator_incarnation: INCARNATION.into(),
+        }
+    }
+
+    fn abort(&self, n: u32) -> pb::AbortRequest {
+        pb::AbortRequest {
+            transaction_id: self.tx(n),
+            project: self.project.clone(),
+            reason: "lockstep conformance".into(),
+            coordinator_incarnation: INCARNATION.into(),
+        }
+    }
+
+    async fn status(&mut self) -> std::result::Result<pb::ParticipantStatus, String> {
+        let answer = self.agent.get_status(pb::GetStatusRequest {}).await;
+        answer
+            .map(|r| r.into_inner())
+            .map_err(|s| said("GetStatus", &s))
+    }
+
+    async fn vote(&mut self, request: pb::PrepareRequest) -> std::result::Result<pb::Vote, String> {
+        let answer = self
+            .agent
+            .prepare(request)
+            .await
+            .map_err(|s| said("Prepare", &s))?;
+        let vote = answer.into_inner().vote;
+        Ok(pb::Vote::try_from(vote).unwrap_or(pb::Vote::Unspecified))
+    }
+
+    async fn status_answers(&mut self) -> Outcome {
+        let status = self.status().await?;
+        if !status.project.is_empty() && status.project != self.project {
+            return Err(format!(
+                "it serves project {:?}, not {:?}",
+                status.project, self.project
+            ));
+        }
+        self.live = status.live_version;
+        Ok(())
+    }
+
+    async fn wrong_from_version_refused(&mut self) -> Outcome {
+        let request = self.prepare(0, "lockstep-conformance-not-live");
+        expect_vote(self.vote(request).await?, pb::Vote::Refused)
+    }
+
+    async fn prepared_twice(&mut self) -> Outcome {
+        let live = self.live.clone();
+        for _ in 0..2 {
+            expect_vote(self.vote(self.prepare(1, &live)).await?, pb::Vote::Prepared)?;
+        }
+        Ok(())
+    }
+
+    async fn staged_listed(&mut self) -> Outcome {
+        let status = self.status().await?;
+        let tx = self.tx(1);
+        if !status.staged.iter().any(|s| s.transaction_id == tx) {
+            return Err(format!("{tx} is not among the staged: {:?}", status.staged));
+        }
+        expect_live(&status, &self.live)
+    }
+
+    async fn second_refused(&mut self) -> Outcome {
+        let live = self.live.clone();
+        expect_vote(self.vote(self.prepare(2, &live)).await?, pb::Vote::Refused)
+    }
+
+    async fn preview_changes_nothing(&mut self) -> Outcome {
+        let before = self.status().await?;
+        let live = self.live.clone();
+        match self.agent.preview(self.prepare(3, &live)).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Unimplemented => {}
+            Err(s) => return Err(said("Preview", &s)),
+        }
+        let after = self.status().await?;
+        if after != before {
+            return Err(format!("GetStatus changed: {before:?} became {after:?}"));
+        }
+        Ok(())
+    }
+
+    async fn committed_twice(&mut self) -> Outcome {
+        for _ in 0..2 {
+            let answer = self.agent.commit(self.commit(1)).await;
+            let live = answer
+                .map_err(|s| said("Commit", &s))?
+                .into_inner()
+                .live_version;
+            if live != self.version(1) {
+                return Err(format!(
+                    "Commit answered live {live:?}, not {:?}",
+                    self.version(1)
+                ));
+            }
+        }
+        self.live = self.version(1);
+        let status = self.status().await?;
+        expect_nothing_staged(&status)?;
+        expect_live(&status, &self.live)
+    }
+
+    async fn unknown_commit_refused(&mut self) -> Outcome {
+        let answer = self.agent.commit(self.commit(99)).await;
+        expect_code("Commit", answer.map(|_| ()), Code::FailedPrecondition)
+    }
+
+    async fn committed_abort_refused(&mut self) -> Outcome {
+        let answer = self.agent.abort(self.abort(1)).await;
+        expect_code("Abort", answer.map(|_| ()), Code::FailedPrecondition)
+    }
+
+    async fn abort_before_prepare(&mut self) -> Outcome {
+        self.agent
+            .abort(self.abort(4))
+            .await
+            .map_err(|s| said("Abort", &s))?;
+        let live = self.live.clone();
+        expect_vote(self.vote(self.prepare(4, &live)).await?, pb::Vote::Refused)
+    }
+
+    async fn aborted_twice(&mut self) -> Outcome {
+        let live = self.live.clone();
+        expect_vote(self.vote(self.prepare(5, &live)).await?, pb::Vote::Prepared)?;
+        for _ in 0..2 {
+            let answer = self.agent.abort(self.abort(5)).await;
+            let now = answer
+                .map_err(|s| said("Abort", &s))?
+                .into_inner()
+                .live_version;
+            if now != live {
+                return Err(format!("Abort answered live {now:?}, not {live:?}"));
+            }
+        }
+        let status = self.status().await?;
+        expect_nothing_staged(&status)?;
+        expect_live(&status, &live)
+    }
+
+    async fn restart_check(&mut self) -> Checked {
+        let name = "a restarted agent holding a PREPARED vote asks GetDecision and finishes";
+        let Some(cmd) = self.restart_cmd.clone() else {
+            return Checked {
+                name,
+                outcome: "skip",
+                reason: "no --restart-cmd".into(),
+            };
+        };
+        checked(name, self.restarted(&cmd).await)
+    }
+
+    async fn restarted(&mut self, cmd: &str) -> Outcome {
+        let live = self.live.clone();
+        expect_vote(self.vote(self.prepare(6, &live)).await?, pb::Vote::Prepared)?;
+        self.decisions.decide(&self.tx(6), pb::Decision::Commit);
+        let ran = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .await;
+        match ran {
+            Ok(s) if s.success() => {}
+            other => return Err(format!("--restart-cmd {cmd:?} failed: {other:?}")),
+        }
+        let deadline = tokio::time::Instant::now() + RESTART_DEADLINE;
+        let wanted = self.version(6);
+        loop {
+            if let Ok(status) = self.status().await
+                && status.live_version == wanted
+            {
+                self.live = wanted;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{wanted} is not live {RESTART_DEADLINE:?} after the restart: the agent did not ask GetDecision at the kit's --serve address, or did not commit"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn checked(name: &'static str, outcome: Outcome) -> Checked {
+    match outcome {
+        Ok(()) => Checked {
+            name,
+            outcome: "pass",
+            reason: String::new(),
+        },
+        Err(reason) => Checked {
+            name,
+            outcome: "fail",
+            reason,
+        },
+    }
+}
+
+fn said(call: &str, status: &tonic::Status) -> String {
+    format!("{call} answered {:?}: {}", status.code(), status.message())
+}
+
+fn expect_vote(got: pb::Vote, wanted: pb::Vote) -> Outcome {
+    if got == wanted {
+        return Ok(());
+    }
+    Err(format!("voted {got:?}, expected {wanted:?}"))
+}
+
+fn expect_code(
+    call: &str,
+    answer: std::result::Result<(), tonic::Status>,
+    wanted: Code,
+) -> Outcome {
+    match answer {
+        Err(s) if s.code() == wanted => Ok(()),
+        Err(s) => Err(format!("{}, expected {wanted:?}", said(call, &s))),
+        Ok(()) => Err(format!("{call} answered OK, expected {wanted:?}")),
+    }
+}
+
+fn expect_live(status: &pb::ParticipantStatus, wanted: &str) -> Outcome {
+    if status.live_version == wanted {
+        return Ok(());
+    }
+    Err(format!(
+        "GetStatus says {:?} is live, expected {wanted:?}",
+        status.live_version
+    ))
+}
+
+fn expect_nothing_staged(status: &pb::ParticipantStatus) -> Outcome {
+    if status.staged.is_empty() {
+        return Ok(());
+    }
+    Err(format!("still staged: {:?}", status.staged))
+}

@@ -1,0 +1,113 @@
+//! `lockstep conformance`: plays the coordinator against a running agent and checks the
+//! rules of `proto/lockstep/v1/participant.proto` one by one, so an agent written in any
+//! language can be checked before it joins a release. It serves GetDecision itself
+//! (`--serve`), for the check of an agent restarted with a PREPARED vote.
+//!
+//! The agent should be a test instance: the checks stage and commit versions named
+//! `<run>-v<N>` on it.
+//!
+//! # Layout
+//! - `checks`: the checks, in the order they run (later ones build on earlier state).
+//! - `decisions`: the kit's GetDecision server.
+
+mod checks;
+mod decisions;
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{Failure, OK, REFUSED, Result, args::Output};
+
+/// What `lockstep conformance` was asked.
+pub struct Request {
+    /// The agent's URL.
+    pub agent: String,
+    /// The project it serves.
+    pub project: String,
+    /// The environment it serves.
+    pub environment: String,
+    /// A command that restarts the agent and returns once it listens again.
+    pub restart_cmd: Option<String>,
+    /// Where the kit serves GetDecision (the agent's `--coordinator` must point here).
+    pub serve: SocketAddr,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    /// What was checked.
+    pub name: &'static str,
+    /// `pass`, `fail` or `skip`.
+    pub outcome: &'static str,
+    /// Why it failed or was skipped (empty when it passed).
+    pub reason: String,
+}
+
+/// The report `-o json` prints.
+#[derive(Serialize)]
+struct Report {
+    agent: String,
+    project: String,
+    passed: bool,
+    checks: Vec<Checked>,
+}
+
+/// Runs every check against the agent; exit 0 only when none failed.
+pub async fn run(request: Request, out: Output) -> Result<u8> {
+    let decisions = decisions::serve(request.serve).await.map_err(|e| Failure {
+        code: crate::USAGE,
+        message: format!("--serve {}: {e}", request.serve),
+    })?;
+    let agent = connect(&request.agent).await?;
+    let mut kit = checks::Kit::new(agent, &request, decisions);
+    let results = kit.run_all().await;
+    let passed = results.iter().all(|c| c.outcome != "fail");
+    print(out, &request, &results, passed);
+    Ok(if passed { OK } else { REFUSED })
+}
+
+async fn connect(url: &str) -> Result<checks::Agent> {
+    let endpoint = lockstep::edge::agent_endpoint(url)
+        .map_err(|e| Failure::usage(format!("--agent {url:?} is not a URL: {e}")))?;
+    let channel = endpoint.connect().await.map_err(|e| Failure {
+        code: crate::UNREACHABLE,
+        message: format!("cannot reach the agent at {url}: {e}"),
+    })?;
+    Ok(checks::Agent::new(channel))
+}
+
+fn print(out: Output, request: &Request, results: &[Checked], passed: bool) {
+    if out == Output::Json {
+        let report = Report {
+            agent: request.agent.clone(),
+            project: request.project.clone(),
+            passed,
+            checks: results.to_vec(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        );
+        return;
+    }
+    for c in results {
+        let reason = if c.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", c.reason)
+        };
+        println!("{:<4}  {}{reason}", c.outcome.to_uppercase(), c.name);
+    }
+    let failed = results.iter().filter(|c| c.outcome == "fail").count();
+    println!(
+        "{} of {} checks passed{}",
+        results.iter().filter(|c| c.outcome == "pass").count(),
+        results.len(),
+        if failed == 0 {
+            String::new()
+        } else {
+            format!(", {failed} failed")
+        }
+    );
+}
