@@ -266,6 +266,7 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         events,
         participants,
         clients: told.lock().unwrap().clone(),
+        lost_data: Default::default(),
     };
 
     let violations = checker::check(&observation);

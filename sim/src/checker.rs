@@ -23,6 +23,11 @@
 //! - `wave-order` and `mutual-exclusion` (in `crate::ordering`): children acknowledge
 //!   before parents (parents first on ABORT); no project is held by two transactions
 //!   at once.
+//! - `resolution-after-data-loss`: a participant needs resolution only if its agent lost
+//!   its data directory. Such a transaction may stay in phase 2 (exempt from
+//!   `termination` and the terminal-event rules), and a project that lost its ledger
+//!   may miss records (`agreement`) and lag its checkpoints (`no-regression`,
+//!   `live-is-a-checkpoint`); never may it be split (`tc-consistent` still holds).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,6 +86,10 @@ pub struct Observation {
     pub participants: BTreeMap<String, ParticipantView>,
     /// What clients were told.
     pub clients: Vec<ClientRecord>,
+    /// Projects whose agent lost its data directory (its ledger) during the run: their
+    /// records may be missing, and a transaction they were part of may rightly wait
+    /// for a person (`needs resolution`) instead of ending.
+    pub lost_data: BTreeSet<String>,
 }
 
 /// A broken rule.
@@ -108,6 +117,14 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     let mut say = |rule: &'static str, detail: String| v.push(Violation { rule, detail });
     let txs: BTreeMap<&str, &pb::Transaction> =
         o.transactions.iter().map(|t| (t.id.as_str(), t)).collect();
+    let lost = |project: &str| o.lost_data.contains(project);
+    let waiting = waiting_for_a_person(o, &mut say);
+    // A transaction waiting for a person in phase 2 counts as its decision.
+    let state = |t: &pb::Transaction| match (state(t), waiting.contains(t.id.as_str())) {
+        (State::Committing, true) => State::Committed,
+        (State::Aborting, true) => State::Aborted,
+        (s, _) => s,
+    };
 
     // tc-consistent
     let mut outcomes: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
@@ -137,7 +154,7 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     // agreement, validity, termination (coordinator side)
     for t in &o.transactions {
         let s = state(t);
-        if !matches!(s, State::Committed | State::Aborted) {
+        if !matches!(s, State::Committed | State::Aborted) && !waiting.contains(t.id.as_str()) {
             say("termination", format!("{} is still {s:?}", t.id));
         }
         for part in &t.participants {
@@ -147,6 +164,10 @@ pub fn check(o: &Observation) -> Vec<Violation> {
                 .and_then(|p| p.phases.get(&t.id));
             match (s, phase) {
                 (State::Committed, Some(Phase::Committed)) => {}
+                (State::Committed, None) if lost(&part.project) => {}
+                // Waiting for a person: who has not acknowledged may still be prepared.
+                (State::Committed, Some(Phase::Prepared))
+                    if waiting.contains(t.id.as_str()) && !part.acknowledged => {}
                 (State::Committed, other) => say(
                     "agreement",
                     format!("{} is COMMITTED but {} has {other:?}", t.id, part.project),
@@ -170,7 +191,7 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     }
     for (project, p) in &o.participants {
         for (tx, phase) in &p.phases {
-            if matches!(phase, Phase::Staging | Phase::Prepared) {
+            if matches!(phase, Phase::Staging | Phase::Prepared) && !waiting.contains(tx.as_str()) {
                 say(
                     "termination",
                     format!("{project} still holds {tx} {phase:?}"),
@@ -211,8 +232,11 @@ pub fn check(o: &Observation) -> Vec<Violation> {
             .iter()
             .filter(|t| state(t) == State::Committed)
         {
+            // A transaction waiting for a person may not have reached everyone yet.
+            let pending = waiting.contains(t.id.as_str());
             if let Some(part) = t.participants.iter().find(|x| &x.project == project)
                 && part.from_version != part.to_version
+                && (!pending || part.acknowledged)
                 && !per_tx.contains_key(t.id.as_str())
             {
                 say(
@@ -283,7 +307,12 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     }
 
     // no-regression and live-is-a-checkpoint
-    for (project, p) in &o.participants {
+    let stalled = projects_of(o, &waiting);
+    for (project, p) in o
+        .participants
+        .iter()
+        .filter(|(p, _)| !lost(p) && !stalled.contains(p.as_str()))
+    {
         let mut path: Vec<(&str, &str)> = Vec::new();
         for cp in &o.checkpoints {
             if let Some(v) = cp.versions.iter().find(|v| &v.project == project)
@@ -334,7 +363,7 @@ pub fn check(o: &Observation) -> Vec<Violation> {
         e.kind == EventKind::TransactionCommitted as i32
             || e.kind == EventKind::TransactionAborted as i32
     };
-    for (tx, events) in &per_tx {
+    for (tx, events) in per_tx.iter().filter(|(tx, _)| !waiting.contains(**tx)) {
         if events.first().map(|e| e.kind) != Some(EventKind::TransactionCreated as i32) {
             say(
                 "event-log",
@@ -400,6 +429,55 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     }
     v.extend(crate::ordering::check(&o.transactions, &o.events));
     v
+}
+
+/// The transactions that wait in phase 2 for a person because a participant that lost
+/// its data answered what no retry can fix; a `needs resolution` anywhere else is a
+/// violation.
+fn waiting_for_a_person<'a>(
+    o: &'a Observation,
+    say: &mut impl FnMut(&'static str, String),
+) -> BTreeSet<&'a str> {
+    let mut waiting = BTreeSet::new();
+    let needs = o
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::NeedsResolution as i32);
+    for e in needs {
+        if o.lost_data.contains(&e.project) {
+            waiting.insert(e.transaction_id.as_str());
+        } else {
+            say(
+                "resolution-after-data-loss",
+                format!(
+                    "{} needs resolution at {}, which lost nothing",
+                    e.transaction_id, e.project
+                ),
+            );
+        }
+    }
+    // What is queued behind a waiting transaction waits with it.
+    let held = projects_of(o, &waiting);
+    for t in &o.transactions {
+        let queued = state(t) == State::Pending;
+        if queued
+            && t.participants
+                .iter()
+                .any(|p| held.contains(p.project.as_str()))
+        {
+            waiting.insert(t.id.as_str());
+        }
+    }
+    waiting
+}
+
+/// The projects taking part in the transactions `ids`.
+fn projects_of<'a>(o: &'a Observation, ids: &BTreeSet<&str>) -> BTreeSet<&'a str> {
+    o.transactions
+        .iter()
+        .filter(|t| ids.contains(t.id.as_str()))
+        .flat_map(|t| t.participants.iter().map(|p| p.project.as_str()))
+        .collect()
 }
 
 /// A hash of the event log without timestamps: two runs of the same seed must agree.
@@ -535,5 +613,25 @@ mod tests {
             },
         );
         assert_eq!(check(&o), vec![]);
+    }
+
+    #[test]
+    fn needing_resolution_is_caught_unless_that_agent_lost_its_data() {
+        let mut o = t1_committed_a_at_1();
+        o.transactions[0].state = State::Committing as i32;
+        o.events = vec![pb::Event {
+            seq: 1,
+            kind: EventKind::NeedsResolution as i32,
+            transaction_id: "T1".into(),
+            project: "A".into(),
+            ..Default::default()
+        }];
+        let rules: Vec<&str> = check(&o).iter().map(|v| v.rule).collect();
+        assert!(rules.contains(&"resolution-after-data-loss"), "{rules:?}");
+        assert!(rules.contains(&"termination"), "{rules:?}");
+        o.lost_data.insert("A".into());
+        let rules: Vec<&str> = check(&o).iter().map(|v| v.rule).collect();
+        assert!(!rules.contains(&"resolution-after-data-loss"), "{rules:?}");
+        assert!(!rules.contains(&"termination"), "{rules:?}");
     }
 }

@@ -9,7 +9,7 @@
 //! synced. Each participant's deployer writes a "disk" that survives crashes.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -140,6 +140,29 @@ struct Shared {
 
 type SharedRef = Arc<Mutex<Shared>>;
 
+/// Where each participant listens now (a move changes it), and the projects that moved
+/// and are not registered at their new address yet.
+#[derive(Default)]
+struct Moves {
+    ports: BTreeMap<String, u16>,
+    unregistered: Vec<String>,
+}
+
+type MovesRef = Arc<Mutex<Moves>>;
+
+fn moves(m: &MovesRef) -> std::sync::MutexGuard<'_, Moves> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The port `project`'s agent listens on now.
+fn port_of(m: &MovesRef, project: &str) -> u16 {
+    moves(m)
+        .ports
+        .get(project)
+        .copied()
+        .unwrap_or(PARTICIPANT_PORT)
+}
+
 fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -181,15 +204,18 @@ pub fn run(cfg: &Config) -> Outcome {
     }
     let mut participant_kvs = BTreeMap::new();
     let mut disks = BTreeMap::new();
+    let moved: MovesRef = Arc::default();
     for project in PROJECTS {
         let kv = MemKv::new();
         let disk = Disk::default();
+        let moved = moved.clone();
         let sabotage = cfg.sabotage;
         participant_kvs.insert(project.to_string(), kv.clone());
         disks.insert(project.to_string(), disk.clone());
         sim.host(host(project), move || {
             let kv = kv.clone();
             let disk = disk.clone();
+            let port = port_of(&moved, project);
             async move {
                 kv.restart();
                 let decisions = Decisions {
@@ -214,7 +240,7 @@ pub fn run(cfg: &Config) -> Outcome {
                     .map_err(|e| e.to_string())?;
                 participant.resolve_prepared(prepared);
                 lockstep_participant::server::serve_incoming(
-                    net::incoming(PARTICIPANT_PORT),
+                    net::incoming(port),
                     participant,
                     std::future::pending(),
                 )
@@ -228,10 +254,17 @@ pub fn run(cfg: &Config) -> Outcome {
     let shared: SharedRef = Arc::default();
     let end = cfg.fault_window + cfg.settle_within;
     for id in 0..cfg.clients {
-        let shared = shared.clone();
+        let (shared, moved) = (shared.clone(), moved.clone());
         let cfg = cfg.clone();
         sim.client(format!("client-{id}"), async move {
-            workload(id, cfg, shared).await;
+            workload(id, cfg, shared, moved).await;
+            Ok(())
+        });
+    }
+    {
+        let (moved, until) = (moved.clone(), cfg.fault_window);
+        sim.client("operator", async move {
+            operator(moved, until).await;
             Ok(())
         });
     }
@@ -250,6 +283,13 @@ pub fn run(cfg: &Config) -> Outcome {
         Vec::new()
     };
     let fault_count = faults.len();
+    let lost_data: BTreeSet<String> = faults
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Fault::LoseData(h) => h.strip_prefix("p-").map(str::to_string),
+            _ => None,
+        })
+        .collect();
     let mut pending = faults.into_iter().peekable();
     let mut kvs: BTreeMap<String, MemKv> = participant_kvs
         .iter()
@@ -271,7 +311,7 @@ pub fn run(cfg: &Config) -> Outcome {
                 break;
             }
             let (_, fault) = pending.next().expect("peeked");
-            apply(&mut sim, &kvs, fault);
+            apply(&mut sim, &kvs, &moved, fault);
         }
         if !healed && sim.elapsed() >= cfg.fault_window && pending.peek().is_none() {
             heal(&mut sim);
@@ -304,7 +344,8 @@ pub fn run(cfg: &Config) -> Outcome {
     let simulated = sim.elapsed();
     drop(sim);
 
-    let observation = observe(&coordinator_kv, &participant_kvs, &disks, &shared);
+    let mut observation = observe(&coordinator_kv, &participant_kvs, &disks, &shared);
+    observation.lost_data = lost_data;
     let violations = checker::check(&observation);
     Outcome {
         event_log_hash: checker::event_log_hash(&observation.events),
@@ -380,6 +421,7 @@ fn observe(
         events,
         participants: views,
         clients: lock(shared).records.clone(),
+        lost_data: BTreeSet::new(),
     }
 }
 
@@ -390,6 +432,11 @@ fn observe(
 enum Fault {
     /// A crash keeping this share (in thousandths) of the writes not yet synced.
     Crash(String, u64),
+    /// An agent's host crashes and its data directory (the ledger) is lost; its deploy
+    /// disk survives.
+    LoseData(String),
+    /// An agent moves: it stops and comes back on another port, registered there again.
+    Move(String),
     /// The host stops answering (as under SIGSTOP), every link held.
     Pause(String),
     Resume(String),
@@ -406,6 +453,9 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17);
     let mut out = Vec::new();
     let mut t = Duration::from_millis(rng.random_range(200..1200));
+    // At most one agent loses its data per run: it may leave a transaction waiting for
+    // a person, which then holds its projects for the rest of the run.
+    let mut lost_once = false;
     let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
         .chain(PROJECTS.iter().map(|p| host(p)))
         .collect();
@@ -418,7 +468,7 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
         } else {
             rng.random_range(0..1000)
         };
-        match rng.random_range(0..7) {
+        match rng.random_range(0..9) {
             0 => {
                 let victim = hosts[rng.random_range(0..hosts.len())].clone();
                 out.push((t, Fault::Crash(victim.clone(), kept)));
@@ -427,6 +477,15 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
             1 => {
                 out.push((t, Fault::Crash(COORDINATOR.into(), kept)));
                 out.push((until, Fault::Restart(COORDINATOR.into())));
+            }
+            8 => {
+                out.push((t, Fault::Move(participant.clone())));
+                out.push((until, Fault::Restart(participant)));
+            }
+            7 if !lost_once => {
+                lost_once = true;
+                out.push((t, Fault::LoseData(participant.clone())));
+                out.push((until, Fault::Restart(participant)));
             }
             6 => {
                 // Longer than the participants' ask-decision-after and the delivery
@@ -463,8 +522,29 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
     out
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, kvs: &BTreeMap<String, MemKv>, fault: Fault) {
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    kvs: &BTreeMap<String, MemKv>,
+    moved: &MovesRef,
+    fault: Fault,
+) {
     match fault {
+        Fault::Move(h) => {
+            // The agent stops and comes back (at the Restart) on another port, with its
+            // data; the operator registers it there.
+            if sim.is_host_running(h.as_str()) {
+                sim.crash(h.as_str());
+            }
+            let project = h.trim_start_matches("p-").to_string();
+            let mut m = moves(moved);
+            let next = if m.ports.get(&project) == Some(&(PARTICIPANT_PORT + 1)) {
+                PARTICIPANT_PORT
+            } else {
+                PARTICIPANT_PORT + 1
+            };
+            m.ports.insert(project.clone(), next);
+            m.unregistered.push(project);
+        }
         Fault::Crash(h, kept) => {
             if sim.is_host_running(h.as_str()) {
                 sim.crash(h.as_str());
@@ -472,6 +552,12 @@ fn apply(sim: &mut turmoil::Sim<'_>, kvs: &BTreeMap<String, MemKv>, fault: Fault
                 // of it made it to disk.
                 kvs[&h].crash_keeping(|n| n * kept as usize / 1000);
             }
+        }
+        Fault::LoseData(h) => {
+            if sim.is_host_running(h.as_str()) {
+                sim.crash(h.as_str());
+            }
+            kvs[&h].wipe();
         }
         Fault::Pause(h) => each_link(&h, |a, b| sim.hold(a, b)),
         Fault::Resume(h) => each_link(&h, |a, b| sim.release(a, b)),
@@ -535,35 +621,56 @@ fn unknown(code: Code) -> bool {
     lockstep::retry::is_transient(code)
 }
 
-async fn register(client: &mut CoordinatorClient<Channel>) {
-    for (project, requires) in [
-        ("B", vec![]),
-        ("C", vec![]),
-        ("D", vec![]),
-        ("A", vec!["B".to_string(), "C".to_string()]),
-    ] {
-        loop {
-            let r = pb::RegisterProjectRequest {
-                name: project.into(),
-                environment: String::new(),
-                endpoint: url(&host(project), PARTICIPANT_PORT),
-                requires: requires.clone(),
-            };
-            if bounded(client.register_project(r)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Each project and its children, in an order registration accepts.
+const FAMILY: [(&str, &[&str]); 4] = [("B", &[]), ("C", &[]), ("D", &[]), ("A", &["B", "C"])];
+
+async fn register(client: &mut CoordinatorClient<Channel>, moved: &MovesRef) {
+    for (project, _) in FAMILY {
+        register_one(client, moved, project).await;
+    }
+}
+
+/// Registers `project` at the port its agent listens on now, until the call succeeds.
+async fn register_one(client: &mut CoordinatorClient<Channel>, moved: &MovesRef, project: &str) {
+    let requires = FAMILY
+        .iter()
+        .find(|(p, _)| *p == project)
+        .map_or(&[][..], |f| f.1);
+    loop {
+        let r = pb::RegisterProjectRequest {
+            name: project.into(),
+            environment: String::new(),
+            endpoint: url(&host(project), port_of(moved, project)),
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+        };
+        if bounded(client.register_project(r)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers every agent that moved at its new address, as an operator would, until
+/// the fault window (when moves stop) is over and none is left.
+async fn operator(moved: MovesRef, until: Duration) {
+    let mut client = coordinator_client();
+    loop {
+        let next = moves(&moved).unregistered.pop();
+        match next {
+            Some(project) => register_one(&mut client, &moved, &project).await,
+            None if turmoil::sim_elapsed().unwrap_or_default() >= until => return,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
 
 /// One client: a few random calls during the fault window, then it follows its
 /// transactions to their end.
-async fn workload(id: usize, cfg: Config, shared: SharedRef) {
+async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(id as u64));
     let mut client = coordinator_client();
     if id == 0 {
-        register(&mut client).await;
+        register(&mut client, &moved).await;
         lock(&shared).ready = true;
     }
     while !lock(&shared).ready {

@@ -54,6 +54,14 @@ impl MemKv {
         s.down = true;
     }
 
+    /// Simulates the loss of the whole store (a data directory deleted or a disk
+    /// replaced) at a crash: nothing survives. Down until [`MemKv::restart`].
+    pub fn wipe(&self) {
+        let mut s = self.lock();
+        *s = State::default();
+        s.down = true;
+    }
+
     /// Brings the store back after [`MemKv::crash`], holding what was durable.
     pub fn restart(&self) {
         self.lock().down = false;
