@@ -137,11 +137,12 @@ pub struct Participant {
 /// can send it again and the participant reproduce the version exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildRecord {
-    /// The artifact reference of its first commit with one.
+    /// The artifact reference of its newest commit with one.
     pub artifact: String,
     /// Its metadata.
     pub metadata: BTreeMap<String, String>,
-    /// The schema it went live with, when the participant reported one.
+    /// The schema it went live with then, when the participant reported one (for
+    /// people; a restore takes its target schema from the checkpoint it restores).
     pub schema: Option<Schema>,
 }
 

@@ -131,7 +131,7 @@ impl Registry {
         Tables::put_transaction(&mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
         Tables::put_seen(&mut batch, &checkpoint);
-        self.record_builds(tx, &mut batch)?;
+        Self::record_builds(tx, &mut batch);
         self.quarantine_reverted(&mut s, tx, &mut batch)?;
         let description = format!(
             "checkpoint {}: {}",
@@ -146,30 +146,24 @@ impl Registry {
     }
 
     /// Records what each version `tx` makes live was staged from, in the decision's
-    /// batch. The first artifact recorded for a version stays (agents keep a version's
-    /// build once staged and reuse it); the schema is the newest reported.
-    fn record_builds(&self, tx: &TxRecord, batch: &mut Batch) -> Result<()> {
+    /// batch, without reading anything (this runs on every COMMIT, under the lock): the
+    /// newest artifact given for a version wins, and a part staged without one (a kept
+    /// build, a restore of a version released without an artifact) leaves the earlier
+    /// record as it is.
+    fn record_builds(tx: &TxRecord, batch: &mut Batch) {
         let env = &tx.environment;
-        for p in tx
+        let changed = tx
             .participants
             .iter()
-            .filter(|p| p.action != Action::Unchanged)
-        {
-            let known = self.inner.tables.build(env, &p.project, &p.to_version)?;
-            let known = known.unwrap_or_default();
-            let mut record = if known.artifact.is_empty() {
-                BuildRecord {
-                    artifact: p.artifact.clone(),
-                    metadata: p.metadata.clone(),
-                    schema: None,
-                }
-            } else {
-                known.clone()
+            .filter(|p| p.action != Action::Unchanged);
+        for p in changed.filter(|p| !p.artifact.is_empty()) {
+            let record = BuildRecord {
+                artifact: p.artifact.clone(),
+                metadata: p.metadata.clone(),
+                schema: p.to_schema.clone(),
             };
-            record.schema = p.to_schema.clone().or(known.schema);
             Tables::put_build(batch, (env, &p.project, &p.to_version), &record);
         }
-        Ok(())
     }
 
     /// The checkpoint `tx` produces: the newest one with `tx`'s versions (and schemas)
