@@ -105,21 +105,9 @@ async fn run(args: Args) -> Result<u8> {
     {
         args::components(components, artifacts, metadata)?;
     }
-    if let Command::Conformance {
-        agent,
-        project,
-        restart_cmd,
-        serve,
-    } = args.command
-    {
-        let request = conformance::Request {
-            agent,
-            project,
-            environment: args.environment,
-            restart_cmd,
-            serve,
-        };
-        return conformance::run(request, args.output).await;
+    if let Command::Conformance { .. } = &args.command {
+        let out = args.output;
+        return conformance::run(conformance::Request::from_args(args), out).await;
     }
     let mut client = connect(&args.coordinator).await?;
     let ctx = Context {
@@ -143,6 +131,23 @@ async fn run(args: Args) -> Result<u8> {
             render::history(ctx.out, &h);
             Ok(OK)
         }
+        command @ (Command::Revert { .. } | Command::Rollback { .. }) => {
+            restore(&mut client, &ctx, command).await
+        }
+        command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
+            operate::run(&mut client, ctx.out, command).await
+        }
+        Command::Conformance { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+/// `revert` and `rollback`: a transaction back to an earlier state.
+async fn restore(
+    client: &mut CoordinatorClient<Channel>,
+    ctx: &Context,
+    command: Command,
+) -> Result<u8> {
+    let (created, wait) = match command {
         Command::Revert {
             release,
             id,
@@ -157,8 +162,7 @@ async fn run(args: Args) -> Result<u8> {
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
             };
-            let created = client.revert_release(request).await?.into_inner();
-            finish_create(&mut client, &ctx.url, ctx.out, created, &wait).await
+            (client.revert_release(request).await?.into_inner(), wait)
         }
         Command::Rollback { revision, id, wait } => {
             let request = pb::RollbackRequest {
@@ -168,14 +172,11 @@ async fn run(args: Args) -> Result<u8> {
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
             };
-            let created = client.rollback(request).await?.into_inner();
-            finish_create(&mut client, &ctx.url, ctx.out, created, &wait).await
+            (client.rollback(request).await?.into_inner(), wait)
         }
-        command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
-            operate::run(&mut client, ctx.out, command).await
-        }
-        Command::Conformance { .. } => unreachable!("handled before connecting"),
-    }
+        _ => unreachable!("only revert and rollback are routed here"),
+    };
+    finish_create(client, &ctx.url, ctx.out, created, &wait).await
 }
 
 /// What every command needs besides its own arguments.

@@ -33,6 +33,28 @@ pub struct Request {
     pub serve: SocketAddr,
 }
 
+impl Request {
+    /// The request `lockstep conformance` was given.
+    pub fn from_args(args: crate::args::Args) -> Self {
+        let crate::args::Command::Conformance {
+            agent,
+            project,
+            restart_cmd,
+            serve,
+        } = args.command
+        else {
+            unreachable!("only conformance is routed here");
+        };
+        Request {
+            agent,
+            project,
+            environment: args.environment,
+            restart_cmd,
+            serve,
+        }
+    }
+}
+
 /// One check's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Checked {
