@@ -145,15 +145,24 @@ impl GrpcParticipants {
                 Some(t) => tokio::time::timeout(t, call(client)).await.ok(),
                 None => Some(call(client).await),
             };
-            let failure = match answer {
+            // Only a call that did not get through (no answer in time, or a status made
+            // here from a transport error) leaves the connection suspect; an agent that
+            // answered, even with an error, keeps it.
+            let (failure, through) = match answer {
                 Some(Ok(r)) => return Ok(r.into_inner()),
-                Some(Err(status)) => classify(&status),
-                None => Failure::Transient(format!(
-                    "no answer within {:?}",
-                    timeout.unwrap_or_default()
-                )),
+                Some(Err(status)) => (
+                    classify(&status),
+                    std::error::Error::source(&status).is_none(),
+                ),
+                None => {
+                    let waited = timeout.unwrap_or_default();
+                    (
+                        Failure::Transient(format!("no answer within {waited:?}")),
+                        false,
+                    )
+                }
             };
-            if let Failure::Transient(_) = failure {
+            if !through {
                 net.forget(&endpoint);
             }
             Err(failure)

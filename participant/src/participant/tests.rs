@@ -51,19 +51,7 @@ async fn a_prepare_repeated_while_staging_gets_the_same_vote() {
         ledger,
         None,
     );
-    let request = PrepareOrder {
-        tx: TxId::parse("id", "T4").unwrap(),
-        environment: Environment::parse("e", "production").unwrap(),
-        project: ProjectName::parse("p", "api").unwrap(),
-        version: Version::parse("v", "v2").unwrap(),
-        from_version: None,
-        artifact: String::new(),
-        metadata: Default::default(),
-        action: None,
-        incarnation: String::new(),
-        restore: false,
-        target_schema: None,
-    };
+    let request = order("T4");
     let first = tokio::spawn({
         let (p, r) = (p.clone(), request.clone());
         async move { p.prepare(r).await }
