@@ -1,23 +1,26 @@
 //! The write-ahead log's front door: every change of coordinator state goes through
-//! [`Journal::append`], which numbers its events and writes them with the records in one
-//! atomic RocksDB batch.
+//! [`Journal::append`], which numbers its events and queues them with the records for
+//! one atomic RocksDB batch.
 //!
-//! An append is written at once, on the caller's thread (store group commit: no hand-off
-//! to another thread), and its future resolves once it is durable. [`Durable`] says how
-//! soon: [`Durable::Now`] (the COMMIT decision) asks the syncer for an fsync at once;
-//! [`Durable::Soon`] becomes durable with the next sync, asked for by someone else's
-//! decision or by itself after [`LINGER`]. A sync makes every earlier write durable, so
-//! order is all that matters, and concurrent transactions share fsyncs: group commit.
+//! An append touches only memory on the caller's thread: callers append under the
+//! registry's lock (so that checkpoints and sequence numbers follow one order), and no
+//! store write may happen there, where one slow write would stall every reader. The
+//! syncer (a thread of its own; a task in simulation) writes everything queued, in
+//! order, as one batch just before each fsync, and the append's future resolves once
+//! that fsync is done. [`Durable`] says how soon: [`Durable::Now`] (the COMMIT decision)
+//! asks for an fsync at once; [`Durable::Soon`] becomes durable with the next sync,
+//! asked for by someone else's decision or by itself after [`LINGER`]. Concurrent
+//! transactions share writes and fsyncs: group commit.
 //!
 //! [`Journal::append_quietly`] is for steps nobody waits for and whose loss in a crash
-//! is harmless (votes, acknowledgements): they are numbered at once but held in memory
-//! and written in front of the next write, or just before the next sync, which comes
-//! within [`QUIET_LINGER`]. A release's three votes then cost one store write with its
-//! decision instead of three writes of their own (and a hundred votes, one).
+//! is harmless (votes, acknowledgements): queued the same way, they ask for a sync only
+//! within [`QUIET_LINGER`], so a release's three votes ride with its decision instead of
+//! costing writes of their own (and a hundred votes, one).
 //!
-//! A record is readable in the store before it is durable, so the coordinator never
-//! reports from the store what it has not heard is durable: transactions in flight are
-//! read from memory, published once durable; the feed stops at the newest durable event.
+//! A record reaches the store only just before the fsync that makes it durable, and the
+//! coordinator never reports from the store what it has not heard is durable:
+//! transactions in flight are read from memory, published once durable; the feed stops
+//! at the newest durable event.
 //!
 //! Events reach watchers only once durable, so a watcher never sees an event that a
 //! crash could take back. Sequence numbers are gap-free and in log order.
@@ -27,14 +30,14 @@
 //! recovery starts from what is durable.
 
 use std::{
-    collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use lockstep::pb;
 pub use lockstep_store::WriterMode;
-use lockstep_store::{Batch, GroupCommit, Hooks, SyncerWriter, Ticket};
+use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
+use tokio::sync::watch;
 
 use crate::{error::CoordinatorError, feed::Feed, tables::Tables};
 
@@ -44,14 +47,13 @@ use crate::{error::CoordinatorError, feed::Feed, tables::Tables};
 pub const LINGER: Duration = Duration::from_millis(1);
 
 /// How long a quiet append ([`Journal::append_quietly`]) may wait for someone else's
-/// write or sync: long enough that the next step of its transaction (which comes with a
-/// sync of its own) carries it, short enough that watchers see its events at once to a
-/// person.
+/// sync: long enough that the next step of its transaction (which comes with a sync of
+/// its own) carries it, short enough that watchers see its events at once to a person.
 pub const QUIET_LINGER: Duration = Duration::from_millis(5);
 
-/// Quiet appends held back beyond this many store operations are written at once, so a
-/// held batch stays small (one `write()` of the log; see `lockstep_store::rocks`).
-const HELD_LIMIT: usize = 512;
+/// Queued store operations beyond this many ask for a sync at once, so the batch the
+/// syncer writes stays small (one `write()` of the log; see `lockstep_store::rocks`).
+const QUEUED_LIMIT: usize = 512;
 
 /// How soon an append must be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,63 +85,61 @@ pub struct Journal {
 struct Inner {
     log: GroupCommit,
     clock: Clock,
-    numbering: Arc<Mutex<Numbering>>,
+    queue: Arc<Mutex<Queue>>,
+    /// The number of the newest append that is durable (appends are numbered 1, 2, ...
+    /// in log order).
+    durable: watch::Receiver<u64>,
 }
 
-/// Sequence numbers and the events waiting for their write to be durable. Appends hold
-/// this lock while they write, so sequence numbers follow the log order.
-struct Numbering {
+/// Sequence numbers and what waits to be written. Appends number their events and
+/// queue them under this lock, so sequence numbers follow the log order.
+#[derive(Default)]
+struct Queue {
     next_seq: u64,
-    /// Events written but not yet durable, with the ticket of their write, in log order.
-    unpublished: VecDeque<(Ticket, Vec<pb::Event>)>,
-    /// Quiet appends numbered but not yet written, with their events, in log order.
-    held: Batch,
-    held_events: Vec<pb::Event>,
+    /// Appends numbered so far: the newest one's number.
     appends: u64,
+    /// What the appends queued and the syncer has not written yet, in log order.
+    batch: Batch,
+    events: Vec<pb::Event>,
+    /// What the syncer wrote for the sync it is about to make: the newest append it
+    /// covers and the events that sync makes durable.
+    in_sync: (u64, Vec<pb::Event>),
 }
 
-impl Numbering {
-    fn lock(numbering: &Mutex<Numbering>) -> MutexGuard<'_, Numbering> {
+impl Queue {
+    fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
         // Every critical section completes its update before anything that can panic.
-        numbering.lock().unwrap_or_else(|p| p.into_inner())
+        queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Numbers `events`, puts them in `batch` and returns the first one's sequence
-    /// number (or the last one written before, when there are none).
-    fn number(&mut self, batch: &mut Batch, events: &mut [pb::Event], now: u64) -> u64 {
+    /// Numbers `events`, queues them with `batch` and returns the append's number and
+    /// the first event's sequence number (or the last one's before, when there are
+    /// none).
+    fn push(&mut self, mut batch: Batch, mut events: Vec<pb::Event>, now: u64) -> (u64, u64) {
         let first = self.next_seq;
         for (i, event) in events.iter_mut().enumerate() {
             event.seq = first + i as u64;
             event.time = lockstep::wire::timestamp(now);
-            Tables::put_event(batch, event);
+            Tables::put_event(&mut batch, event);
         }
         self.next_seq += events.len() as u64;
         self.appends += 1;
-        if events.is_empty() { first - 1 } else { first }
+        self.batch.extend(batch);
+        self.events.extend(events);
+        let seq = if self.next_seq == first { first - 1 } else { first };
+        (self.appends, seq)
     }
 
-    /// Writes the held quiet appends in front of `batch` (which follows them in the
-    /// log), and queues all their events for publishing once durable.
-    fn write(
-        &mut self,
-        log: impl FnOnce(Batch) -> Result<Ticket, lockstep_store::StoreError>,
-        batch: Batch,
-        events: Vec<pb::Event>,
-    ) -> Result<Ticket, CoordinatorError> {
-        let (batch, events) = if self.held.is_empty() {
-            (batch, events)
-        } else {
-            let mut held = std::mem::take(&mut self.held);
-            held.extend(batch);
-            let mut held_events = std::mem::take(&mut self.held_events);
-            held_events.extend(events);
-            (held, held_events)
-        };
-        let ticket = log(batch)?;
-        if !events.is_empty() {
-            self.unpublished.push_back((ticket, events));
+    /// The syncer's step just before a sync: writes everything queued, and notes what
+    /// the sync will make durable.
+    fn write(&mut self, log: &SyncerWriter<'_>) {
+        let batch = std::mem::take(&mut self.batch);
+        let events = std::mem::take(&mut self.events);
+        // A failure is recorded by the log (fail-stop) and reported by `failed`; the
+        // sync then does not happen and these events are never published.
+        if batch.is_empty() || log.write(batch, None).is_ok() {
+            self.in_sync = (self.appends, events);
         }
-        Ok(ticket)
     }
 }
 
@@ -161,109 +161,92 @@ impl Journal {
         clock: Clock,
         mode: WriterMode,
     ) -> Result<Self, CoordinatorError> {
-        let numbering = Arc::new(Mutex::new(Numbering {
+        let queue = Arc::new(Mutex::new(Queue {
             next_seq: tables.last_event_seq()? + 1,
-            unpublished: VecDeque::new(),
-            held: Batch::default(),
-            held_events: Vec::new(),
-            appends: 0,
+            ..Queue::default()
         }));
-        // Just before each sync, the syncer writes the held quiet appends.
+        let (durable_tx, durable) = watch::channel(0);
         let before_sync = {
-            let numbering = numbering.clone();
-            move |log: &SyncerWriter<'_>| {
-                let mut n = Numbering::lock(&numbering);
-                if !n.held.is_empty() {
-                    // A failure is recorded by the log (fail-stop) and reported by
-                    // `failed`; the held events are then never published.
-                    let _ = n.write(|b| log.write(b, None), Batch::default(), Vec::new());
-                }
-            }
+            let queue = queue.clone();
+            move |log: &SyncerWriter<'_>| Queue::lock(&queue).write(log)
         };
-        let publish = {
-            let numbering = numbering.clone();
-            move |synced: Ticket| {
-                let mut durable = Vec::new();
-                {
-                    let mut n = Numbering::lock(&numbering);
-                    while n.unpublished.front().is_some_and(|(t, _)| *t <= synced) {
-                        durable.extend(
-                            n.unpublished
-                                .pop_front()
-                                .map(|(_, e)| e)
-                                .unwrap_or_default(),
-                        );
+        let on_synced = {
+            let queue = queue.clone();
+            move |_| {
+                let (through, events) = std::mem::take(&mut Queue::lock(&queue).in_sync);
+                // The syncer is the only caller, so events are published in log order,
+                // and before anyone waiting for their append hears it is durable.
+                feed.publish(events);
+                durable_tx.send_if_modified(|d| {
+                    let newer = through > *d;
+                    if newer {
+                        *d = through;
                     }
-                }
-                // The syncer is the only caller, so events are published in log order.
-                feed.publish(durable);
+                    newer
+                });
             }
         };
-        let log = GroupCommit::start_with(
-            tables.kv().clone(),
-            mode,
-            Hooks {
-                before_sync: Some(Box::new(before_sync)),
-                on_synced: Some(Box::new(publish)),
-            },
-        )?;
+        let hooks = Hooks {
+            before_sync: Some(Box::new(before_sync)),
+            on_synced: Some(Box::new(on_synced)),
+        };
+        let log = GroupCommit::start_with(tables.kv().clone(), mode, hooks)?;
+        let inner = Inner {
+            log,
+            clock,
+            queue,
+            durable,
+        };
         Ok(Self {
-            inner: Arc::new(Inner {
-                log,
-                clock,
-                numbering,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
-    /// Writes `batch` and `events` (their `seq` and `time` are filled in) atomically, now.
-    /// Order is fixed when this returns; the future resolves once the write is durable,
-    /// with the sequence number of its first event (or of the last event written before,
-    /// when `events` is empty). `durable` says how soon it must be.
+    /// Queues `batch` and `events` (their `seq` and `time` are filled in) to be written
+    /// atomically, without touching the store. Order is fixed when this returns; the
+    /// future resolves once the write is durable, with the sequence number of its first
+    /// event (or of the last event written before, when `events` is empty). `durable`
+    /// says how soon it must be.
     ///
     /// Dropping the future does not cancel the write.
     pub fn append(
         &self,
-        mut batch: Batch,
-        mut events: Vec<pb::Event>,
+        batch: Batch,
+        events: Vec<pb::Event>,
         durable: Durable,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + use<> {
-        let written = {
-            let mut n = Numbering::lock(&self.inner.numbering);
-            let seq = n.number(&mut batch, &mut events, (self.inner.clock)());
-            let log = &self.inner.log;
-            n.write(|b| log.write(b, Some(durable.linger())), batch, events)
-                .map(|ticket| (ticket, seq))
-        };
-        let log = self.inner.log.clone();
+        let (append, seq) = self.queue(batch, events, durable.linger());
+        let (log, mut heard) = (self.inner.log.clone(), self.inner.durable.clone());
         async move {
-            let (ticket, seq) = written?;
-            log.durable(ticket).await?;
-            Ok(seq)
+            tokio::select! {
+                biased;
+                done = heard.wait_for(|d| *d >= append) => done
+                    .map(|_| seq)
+                    .map_err(|_| StoreError::Corrupt("the syncer stopped".into()).into()),
+                e = log.failed() => Err(StoreError::Corrupt(e).into()),
+            }
         }
     }
 
     /// Appends `batch` and `events` (numbered now) for a step nobody waits for and whose
-    /// loss in a crash is harmless: held in memory and written in front of the next
-    /// write, or just before the next sync, which comes within [`QUIET_LINGER`]. Its
-    /// events reach watchers once that sync is done. A failure shows in
-    /// [`Journal::failed`].
-    pub fn append_quietly(&self, mut batch: Batch, mut events: Vec<pb::Event>) {
-        let mut n = Numbering::lock(&self.inner.numbering);
-        n.number(&mut batch, &mut events, (self.inner.clock)());
-        let first_held = n.held.is_empty();
-        n.held.extend(batch);
-        n.held_events.extend(events);
-        if n.held.ops.len() > HELD_LIMIT {
-            let log = &self.inner.log;
-            let _ = n.write(
-                |b| log.write(b, Some(QUIET_LINGER)),
-                Batch::default(),
-                Vec::new(),
-            );
-        } else if first_held {
-            self.inner.log.sync_within(QUIET_LINGER);
-        }
+    /// loss in a crash is harmless: durable within [`QUIET_LINGER`], or with whichever
+    /// sync comes sooner. Its events reach watchers once that sync is done. A failure
+    /// shows in [`Journal::failed`].
+    pub fn append_quietly(&self, batch: Batch, events: Vec<pb::Event>) {
+        self.queue(batch, events, QUIET_LINGER);
+    }
+
+    /// Queues an append and asks for a sync within `linger` (at once when the queue has
+    /// grown long); returns the append's number and its first sequence number.
+    fn queue(&self, batch: Batch, events: Vec<pb::Event>, linger: Duration) -> (u64, u64) {
+        let (numbered, long) = {
+            let mut q = Queue::lock(&self.inner.queue);
+            let numbered = q.push(batch, events, (self.inner.clock)());
+            (numbered, q.batch.ops.len() > QUEUED_LIMIT)
+        };
+        let linger = if long { Duration::ZERO } else { linger };
+        self.inner.log.sync_within(linger);
+        numbered
     }
 
     /// Resolves with the error message once a write has failed (the process must stop).
@@ -275,7 +258,7 @@ impl Journal {
     pub fn stats(&self) -> JournalStats {
         JournalStats {
             syncs: self.inner.log.syncs(),
-            appends: Numbering::lock(&self.inner.numbering).appends,
+            appends: Queue::lock(&self.inner.queue).appends,
         }
     }
 }
@@ -310,6 +293,35 @@ mod tests {
 
     fn messages(events: &[pb::Event]) -> Vec<(u64, String)> {
         events.iter().map(|e| (e.seq, e.message.clone())).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_append_writes_nothing_to_the_store_on_the_callers_thread() {
+        let kv = MemKv::new();
+        let (journal, feed, tables) = journal(&kv);
+        let written = journal.append(Batch::default(), vec![event("created")], Durable::Now);
+        assert!(
+            tables.events(1, 10).unwrap().is_empty(),
+            "the caller (who holds the registry's lock) wrote nothing to the store"
+        );
+        assert_eq!(written.await.unwrap(), 1);
+        let expected = vec![(1, "created".to_string())];
+        assert_eq!(messages(&tables.events(1, 10).unwrap()), expected);
+        assert_eq!(messages(&feed.read(1, 10).unwrap()), expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_append_is_still_written_and_synced() {
+        let kv = MemKv::new();
+        let (journal, _feed, tables) = journal(&kv);
+        drop(journal.append(Batch::default(), vec![event("clean-up")], Durable::Soon));
+        tokio::time::sleep(LINGER * 2).await;
+        kv.crash();
+        kv.restart();
+        assert_eq!(
+            messages(&tables.events(1, 10).unwrap()),
+            vec![(1, "clean-up".to_string())]
+        );
     }
 
     #[tokio::test(start_paused = true)]
