@@ -44,13 +44,15 @@ impl Registry {
     /// coordinator (fail-stop), and recovery then aborts it.
     pub async fn admit(&self, spec: CreateSpec) -> Result<Created> {
         let (created, written) = {
-            let mut s = self.state();
-            if let Some(id) = &spec.id
-                && let Some(existing) = self.existing(&s, id)?
-            {
-                return replay(&s, existing, &spec);
+            if let Some(replayed) = self.replayed(&self.state(), &spec)? {
+                return replayed;
             }
-            self.accept(&mut s, &spec)?
+            let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
+            // Someone may have created the same id while this one was planned.
+            if let Some(replayed) = self.replayed(&s, &spec)? {
+                return replayed;
+            }
+            self.accept(&mut s, &spec, plan?)?
         };
         let first_event_seq = written.await?;
         Ok(Created {
@@ -59,10 +61,18 @@ impl Registry {
         })
     }
 
+    /// The answer to an idempotent retry, when `spec`'s id exists already.
+    fn replayed(&self, s: &State, spec: &CreateSpec) -> Result<Option<Result<Created>>> {
+        let Some(id) = &spec.id else {
+            return Ok(None);
+        };
+        Ok(self.existing(s, id)?.map(|existing| replay(s, existing, spec)))
+    }
+
     /// The plan and who it would wait for, without writing anything (dry runs).
     pub fn plan_only(&self, spec: &CreateSpec) -> Result<(Plan, Vec<TxId>)> {
-        let s = self.state();
-        let plan = self.plan_locked(&s, &spec.environment, &spec.request)?;
+        let (s, plan) = self.plan_for(&spec.environment, &spec.request);
+        let plan = plan?;
         let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
         Ok((plan, waits_for))
     }
@@ -71,8 +81,8 @@ impl Registry {
         &self,
         s: &mut State,
         spec: &CreateSpec,
+        plan: Plan,
     ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
-        let plan = self.plan_locked(s, &spec.environment, &spec.request)?;
         let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));

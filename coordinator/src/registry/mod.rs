@@ -21,6 +21,7 @@
 pub mod admit;
 mod history;
 mod operator;
+mod planning;
 pub mod projects;
 pub mod reads;
 mod writes;
@@ -94,6 +95,8 @@ struct State {
     live: BTreeMap<Environment, CheckpointRecord>,
     quarantine: BTreeMap<Environment, BTreeMap<(ProjectName, Version), QuarantineRecord>>,
     next_ordinal: u64,
+    /// Per environment, how often what plans read changed (see [`planning`]).
+    generations: BTreeMap<Environment, u64>,
 }
 
 impl Registry {

@@ -31,6 +31,7 @@ impl Registry {
             }
             let mut batch = Batch::default();
             Tables::put_project(&mut batch, &project);
+            s.changed(&project.environment);
             let env = s.projects.entry(project.environment.clone()).or_default();
             env.insert(project.name.clone(), project.clone());
             let events = vec![registered(&project)];

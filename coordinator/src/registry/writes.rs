@@ -141,6 +141,7 @@ impl Registry {
         recorded.revision = checkpoint.revision;
         written.push(recorded);
         s.head.insert(tx.environment.clone(), checkpoint.clone());
+        s.changed(&tx.environment);
         let durable = self.inner.journal.append(batch, written, Durable::Now);
         Ok(async move { durable.await.map(|_| checkpoint) })
     }
@@ -237,34 +238,53 @@ impl Registry {
 
     /// Frees the projects of an ended transaction and starts those waiting for them.
     fn hand_over(&self, id: &TxId) {
-        let mut s = self.state();
-        s.active.remove(id);
-        for next in s.queue.finish(id) {
-            let turn = self.replan_for_start(&s, &next);
-            if let Some(start) = s.active.get_mut(&next).and_then(|a| a.start.take()) {
-                let _ = start.send(turn);
+        let started = {
+            let mut s = self.state();
+            s.active.remove(id);
+            let started = s.queue.finish(id);
+            // Still-waiting transactions may now wait for someone else: refresh their
+            // reasons (only the queue's, not every active transaction's).
+            for (ordinal, id, blocked) in s.queue.waiting() {
+                let reason = blocked.map(|b| b.explain()).unwrap_or_default();
+                if let Some(a) = s.active.get_mut(&id)
+                    && a.record.ordinal == ordinal
+                {
+                    a.record.reason = reason;
+                }
             }
-        }
-        // Still-waiting transactions may now wait for someone else: refresh their
-        // reasons (only the queue's, not every active transaction's).
-        for (ordinal, id, blocked) in s.queue.waiting() {
-            let reason = blocked.map(|b| b.explain()).unwrap_or_default();
-            if let Some(a) = s.active.get_mut(&id)
-                && a.record.ordinal == ordinal
-            {
-                a.record.reason = reason;
-            }
+            started
+        };
+        for next in started {
+            self.start_queued(&next);
         }
     }
 
-    /// Re-plans a queued transaction when its turn comes: the live state may have moved
-    /// while it waited, so from-versions are refreshed and the rules checked again.
-    fn replan_for_start(&self, s: &State, id: &TxId) -> Turn {
+    /// Gives a queued transaction, which now holds its projects, its turn: re-planned,
+    /// since the live state may have moved while it waited (from-versions refreshed,
+    /// the rules checked again).
+    fn start_queued(&self, id: &TxId) {
+        let Some((env, request)) = self
+            .state()
+            .active
+            .get(id)
+            .map(|a| (a.record.environment.clone(), a.record.request.clone()))
+        else {
+            return;
+        };
+        let (mut s, plan) = self.plan_for(&env, &request);
+        let turn = Self::turn(&s, id, plan);
+        if let Some(start) = s.active.get_mut(id).and_then(|a| a.start.take()) {
+            let _ = start.send(turn);
+        }
+    }
+
+    /// What a queued transaction does with its new plan.
+    fn turn(s: &State, id: &TxId, plan: Result<planner::Plan>) -> Turn {
         let Some(active) = s.active.get(id) else {
             return Turn::Refused("transaction vanished from memory".into());
         };
         let record = &active.record;
-        match self.plan_locked(s, &record.environment, &record.request) {
+        match plan {
             Err(e) => Turn::Refused(format!("while it was queued the state changed: {e}")),
             Ok(plan) if !plan.allowed() => Turn::Refused(format!(
                 "while it was queued the state changed; {}",

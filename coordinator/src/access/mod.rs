@@ -1,0 +1,285 @@
+//! Who is calling and what they may do: every call to the coordinator is authenticated
+//! once, by an interceptor that turns its credentials (a client certificate that chains
+//! to the CA, or a signed token) into a [`Principal`], and each handler then asks
+//! [`Principal::allows`] for the [`Permission`] and [`Scope`] of what it is about to do.
+//!
+//! `--insecure` (no TLS) keeps the old behaviour for local experiments: every caller is
+//! let through, named by the `actor` it gives.
+
+pub mod roles;
+pub mod tokens;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::{Arc, RwLock},
+};
+
+use lockstep::{
+    caller::Credentials,
+    identity::Identity,
+    names::{Environment, ProjectName},
+    tls::ServerTls,
+};
+use tonic::{Request, Status};
+
+use self::{
+    roles::{Grant, Permission, Role, Scope},
+    tokens::{Claims, TokenKey},
+};
+use crate::journal::Clock;
+
+/// Who makes a call, as the handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// How the log names it (`user/alice`, `ci (token tok-…)`, `agent/staging/A`).
+    pub actor: String,
+    /// What it may do.
+    pub standing: Standing,
+}
+
+/// What a principal may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Anything: the coordinator runs with `--insecure`.
+    Unchecked,
+    /// What its grants allow.
+    Granted(Vec<Grant>),
+    /// Ask for its own part's decisions, nothing else.
+    Agent {
+        /// Its environment.
+        environment: Environment,
+        /// Its project.
+        project: ProjectName,
+    },
+    /// Nothing on the coordinator (the coordinator's own certificate).
+    Nothing,
+}
+
+impl Principal {
+    /// Whether it may do something needing `permission` over `scope`.
+    pub fn allows(&self, permission: Permission, scope: &Scope) -> bool {
+        match &self.standing {
+            Standing::Unchecked => true,
+            Standing::Granted(grants) => grants.iter().any(|g| g.allows(permission, scope)),
+            Standing::Agent { .. } | Standing::Nothing => false,
+        }
+    }
+
+    /// Whether it may hear the decision for `project`'s part in a transaction of `env`:
+    /// the agent of that part, or anyone who may read `env`.
+    pub fn may_ask_decision(&self, env: &Environment, project: Option<&ProjectName>) -> bool {
+        match &self.standing {
+            Standing::Agent {
+                environment,
+                project: own,
+            } => environment == env && project == Some(own),
+            _ => self.allows(Permission::Read, &Scope::environment(env)),
+        }
+    }
+
+    /// What it holds, for a refusal's message.
+    pub fn holds(&self) -> String {
+        match &self.standing {
+            Standing::Unchecked => "everything".into(),
+            Standing::Granted(grants) if grants.is_empty() => "no role".into(),
+            Standing::Granted(grants) => {
+                let all: Vec<String> = grants.iter().map(|g| g.to_string()).collect();
+                all.join("; ")
+            }
+            Standing::Agent {
+                environment,
+                project,
+            } => format!("the agent identity of {environment}/{project}"),
+            Standing::Nothing => "the coordinator's identity".into(),
+        }
+    }
+
+    /// The PERMISSION_DENIED answer for `call` needing `permission` over `scope`: names
+    /// all three and the principal.
+    pub fn refusal(&self, call: &str, permission: Permission, scope: &Scope) -> String {
+        format!(
+            "{call} needs permission {} ({} or above) on {scope}; {} holds {}",
+            permission.name(),
+            permission.role().name(),
+            self.actor,
+            self.holds()
+        )
+    }
+}
+
+/// The handler's view of the caller, put there by the interceptor.
+pub fn principal_of<T>(request: &Request<T>) -> Principal {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        // Every server built by `server::serve_incoming` authenticates first; a missing
+        // principal means a server built some other way, which gets no rights.
+        .unwrap_or(Principal {
+            actor: "unauthenticated".into(),
+            standing: Standing::Granted(Vec::new()),
+        })
+}
+
+/// How the coordinator authenticates callers.
+#[derive(Clone)]
+pub struct Access {
+    inner: Arc<Mode>,
+}
+
+enum Mode {
+    Insecure,
+    Secure(Box<Secure>),
+}
+
+/// Everything needed to tell who a caller is.
+pub struct Secure {
+    /// The server's TLS, whose CA client certificates must chain to.
+    pub tls: ServerTls,
+    /// The key tokens are signed with.
+    pub key: TokenKey,
+    /// Users (by certificate name) who are admins.
+    pub admins: BTreeSet<String>,
+    /// Further roles given to users by certificate name; others are viewers.
+    pub grants: BTreeMap<String, Vec<Grant>>,
+    /// Ids of revoked tokens.
+    pub revoked: RwLock<HashSet<String>>,
+    /// Milliseconds since the epoch (tokens' expiry).
+    pub clock: Clock,
+}
+
+impl Access {
+    /// No authentication: everyone may do everything (`--insecure`).
+    pub fn insecure() -> Self {
+        Self {
+            inner: Arc::new(Mode::Insecure),
+        }
+    }
+
+    /// Authentication by certificate and token.
+    pub fn secure(secure: Secure) -> Self {
+        Self {
+            inner: Arc::new(Mode::Secure(Box::new(secure))),
+        }
+    }
+
+    /// Whether callers are authenticated.
+    pub fn is_secure(&self) -> bool {
+        matches!(*self.inner, Mode::Secure(_))
+    }
+
+    /// The token key, when tokens are in use.
+    pub fn token_key(&self) -> Option<&TokenKey> {
+        match &*self.inner {
+            Mode::Secure(s) => Some(&s.key),
+            Mode::Insecure => None,
+        }
+    }
+
+    /// Marks a token revoked for every later call.
+    pub fn revoke(&self, id: &str) {
+        if let Mode::Secure(s) = &*self.inner {
+            s.revoked
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string());
+        }
+    }
+
+    /// Who makes `request`, or UNAUTHENTICATED with the reason.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let secure = match &*self.inner {
+            Mode::Insecure => return Ok(anyone()),
+            Mode::Secure(s) => s,
+        };
+        let credentials = Credentials::of(request, &secure.tls)?;
+        match (&credentials.token, &credentials.certificate) {
+            (Some(token), _) => secure.token_principal(token),
+            (None, Some(identity)) => Ok(secure.certificate_principal(identity)),
+            (None, None) => Err(Credentials::none_given()),
+        }
+    }
+}
+
+fn anyone() -> Principal {
+    Principal {
+        actor: String::new(),
+        standing: Standing::Unchecked,
+    }
+}
+
+impl Secure {
+    fn token_principal(&self, token: &str) -> Result<Principal, Status> {
+        let now_s = (self.clock)() / 1000;
+        let claims: Claims = self.key.verify(token, now_s).map_err(Status::unauthenticated)?;
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if revoked.contains(&claims.jti) {
+            return Err(Status::unauthenticated(format!(
+                "token {} was revoked",
+                claims.jti
+            )));
+        }
+        Ok(Principal {
+            actor: format!("{} (token {})", claims.sub, claims.jti),
+            standing: Standing::Granted(vec![claims.grant]),
+        })
+    }
+
+    fn certificate_principal(&self, identity: &Identity) -> Principal {
+        let actor = identity.to_string();
+        let standing = match identity {
+            Identity::Coordinator => Standing::Nothing,
+            Identity::Agent {
+                environment,
+                project,
+            } => Standing::Agent {
+                environment: environment.clone(),
+                project: project.clone(),
+            },
+            Identity::User { name } if self.admins.contains(name) => {
+                Standing::Granted(vec![Grant::everywhere(Role::Admin)])
+            }
+            Identity::User { name } => Standing::Granted(
+                self.grants
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| vec![Grant::everywhere(Role::Viewer)]),
+            ),
+        };
+        Principal { actor, standing }
+    }
+}
+
+impl tonic::service::Interceptor for Access {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let principal = self.authenticate(&request)?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// Parses a `--grant` value: `NAME=ROLE[@ENV,...][/PROJECT,...]`.
+pub fn parse_grant(text: &str) -> Result<(String, Grant), String> {
+    let (name, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--grant {text:?}: expected NAME=ROLE[@ENV,..][/PROJECT,..]"))?;
+    let (rest, projects) = match rest.split_once('/') {
+        Some((r, p)) => (r, list(p)),
+        None => (rest, Vec::new()),
+    };
+    let (role, environments) = match rest.split_once('@') {
+        Some((r, e)) => (r, list(e)),
+        None => (rest, Vec::new()),
+    };
+    let role = Role::parse(role).map_err(|e| format!("--grant {text:?}: {e}"))?;
+    let grant = Grant {
+        role,
+        environments,
+        projects,
+    };
+    Ok((name.to_string(), grant))
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}

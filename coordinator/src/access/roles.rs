@@ -1,0 +1,235 @@
+//! Who may do what: four built-in roles, each including the ones below it, granted for
+//! some environments and projects (a small table, no policy engine, so that a person can
+//! read a grant and know what it allows). Pure: no I/O, no clock.
+
+use std::{collections::BTreeSet, fmt};
+
+use lockstep::names::{Environment, ProjectName};
+use serde::{Deserialize, Serialize};
+
+/// A role. Each includes every permission of the roles before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and watches.
+    Viewer,
+    /// Creates releases, reverts and rollbacks.
+    Releaser,
+    /// Forces, allows quarantined versions, aborts, resolves, retries, registers and
+    /// moves projects, reads the audit log.
+    Operator,
+    /// Creates and revokes tokens.
+    Admin,
+}
+
+impl Role {
+    /// Parses a role's name; `Err` lists the names.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "viewer" => Ok(Self::Viewer),
+            "releaser" => Ok(Self::Releaser),
+            "operator" => Ok(Self::Operator),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!(
+                "{other:?} is no role (viewer, releaser, operator, admin)"
+            )),
+        }
+    }
+
+    /// Its name, as `parse` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Releaser => "releaser",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read state, history and events.
+    Read,
+    /// Create a release, revert or rollback.
+    Release,
+    /// Steer: force, quarantine overrides, abort, resolve, retry, (re)register projects,
+    /// read the audit log.
+    Operate,
+    /// Manage tokens.
+    Administer,
+}
+
+impl Permission {
+    /// The least role that has it.
+    pub fn role(self) -> Role {
+        match self {
+            Self::Read => Role::Viewer,
+            Self::Release => Role::Releaser,
+            Self::Operate => Role::Operator,
+            Self::Administer => Role::Admin,
+        }
+    }
+
+    /// Its name in refusals and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Release => "release",
+            Self::Operate => "operate",
+            Self::Administer => "administer",
+        }
+    }
+}
+
+/// Where a call acts: an environment (none: every one, e.g. listing all releases) and
+/// the projects it touches (none: no particular project).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The environment.
+    pub environment: Option<Environment>,
+    /// The projects.
+    pub projects: BTreeSet<ProjectName>,
+}
+
+impl Scope {
+    /// The whole of one environment.
+    pub fn environment(env: &Environment) -> Self {
+        Self {
+            environment: Some(env.clone()),
+            projects: BTreeSet::new(),
+        }
+    }
+
+    /// Some projects of one environment.
+    pub fn projects(env: &Environment, projects: impl IntoIterator<Item = ProjectName>) -> Self {
+        Self {
+            environment: Some(env.clone()),
+            projects: projects.into_iter().collect(),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.environment {
+            Some(env) => write!(f, "environment {env}")?,
+            None => f.write_str("every environment")?,
+        }
+        if !self.projects.is_empty() {
+            let names: Vec<&str> = self.projects.iter().map(|p| p.as_str()).collect();
+            write!(f, ", projects {}", names.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// A role for some environments and projects (empty: all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The role.
+    pub role: Role,
+    /// The environments it holds in; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    /// The projects it holds for; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+}
+
+impl Grant {
+    /// A role everywhere.
+    pub fn everywhere(role: Role) -> Self {
+        Self {
+            role,
+            environments: Vec::new(),
+            projects: Vec::new(),
+        }
+    }
+
+    /// Whether it allows `permission` over `scope`: the role is high enough, the
+    /// environment is one of its own, and so is every project. A call over every
+    /// environment needs a grant over every environment.
+    pub fn allows(&self, permission: Permission, scope: &Scope) -> bool {
+        let env_ok = match &scope.environment {
+            Some(env) => self.environments.is_empty() || self.environments.iter().any(|e| e == env.as_str()),
+            None => self.environments.is_empty(),
+        };
+        let projects_ok = self.projects.is_empty()
+            || scope
+                .projects
+                .iter()
+                .all(|p| self.projects.iter().any(|g| g == p.as_str()));
+        self.role >= permission.role() && env_ok && projects_ok
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.role.name())?;
+        let list = |v: &[String]| if v.is_empty() { "*".to_string() } else { v.join(",") };
+        write!(
+            f,
+            " for environments {} and projects {}",
+            list(&self.environments),
+            list(&self.projects)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn env(name: &str) -> Environment {
+        Environment::parse("e", name).unwrap()
+    }
+
+    fn projects(names: &[&str]) -> Vec<ProjectName> {
+        names.iter().map(|n| ProjectName::parse("p", n).unwrap()).collect()
+    }
+
+    fn releaser_for(envs: &[&str], names: &[&str]) -> Grant {
+        Grant {
+            role: Role::Releaser,
+            environments: envs.iter().map(|s| s.to_string()).collect(),
+            projects: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_scoped_releaser_releases_its_own_projects_only() {
+        let grant = releaser_for(&["staging"], &["A", "B"]);
+        let staging = env("staging");
+        assert!(grant.allows(Permission::Release, &Scope::projects(&staging, projects(&["A", "B"]))));
+        assert!(!grant.allows(Permission::Release, &Scope::projects(&staging, projects(&["A", "C"]))));
+        assert!(!grant.allows(Permission::Release, &Scope::projects(&env("prod"), projects(&["A"]))));
+        assert!(grant.allows(Permission::Read, &Scope::environment(&staging)), "a releaser reads");
+        assert!(!grant.allows(Permission::Operate, &Scope::projects(&staging, projects(&["A"]))));
+    }
+
+    #[test]
+    fn roles_include_the_ones_below_and_nothing_above() {
+        let scope = Scope::environment(&env("staging"));
+        let allowed = |role| {
+            [Permission::Read, Permission::Release, Permission::Operate, Permission::Administer]
+                .into_iter()
+                .filter(|p| Grant::everywhere(role).allows(*p, &scope))
+                .count()
+        };
+        assert_eq!(allowed(Role::Viewer), 1);
+        assert_eq!(allowed(Role::Releaser), 2);
+        assert_eq!(allowed(Role::Operator), 3);
+        assert_eq!(allowed(Role::Admin), 4);
+    }
+
+    #[test]
+    fn a_call_over_every_environment_needs_a_grant_over_every_environment() {
+        let every = Scope::default();
+        assert!(!releaser_for(&["staging"], &[]).allows(Permission::Read, &every));
+        assert!(releaser_for(&[], &[]).allows(Permission::Read, &every));
+    }
+}

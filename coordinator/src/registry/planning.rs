@@ -1,0 +1,89 @@
+//! Planning without a scan under the lock: some rules look back through history (a
+//! downgrade's compatibility, a revert's later releases, a rollback's checkpoint),
+//! scanning checkpoints and transactions, which must not happen under the registry's
+//! lock, or one long history would stall every reader and every transaction. A plan is
+//! made against a snapshot of its environment taken under the lock; then the lock is
+//! taken again and the plan kept only if the environment did not change meanwhile (its
+//! generation counts every change of its projects, newest checkpoint and quarantine);
+//! otherwise it is made again.
+
+use std::{collections::BTreeMap, sync::MutexGuard};
+
+use lockstep::names::{Environment, ProjectName, Version};
+
+use super::{Registry, State, history::StoredHistory};
+use crate::{
+    error::Result,
+    model::{CheckpointRecord, ProjectRecord, QuarantineRecord, Request},
+    planner::{self, Plan, View},
+};
+
+/// Attempts at planning against a snapshot before planning under the lock (only an
+/// environment changing faster than a plan can be made gets there).
+const OPTIMISTIC_ATTEMPTS: usize = 5;
+
+/// What a plan reads from memory, copied out of the state.
+struct Snapshot {
+    projects: BTreeMap<ProjectName, ProjectRecord>,
+    head: Option<CheckpointRecord>,
+    quarantine: BTreeMap<(ProjectName, Version), QuarantineRecord>,
+    generation: u64,
+}
+
+impl State {
+    /// How many times `env`'s projects, newest checkpoint or quarantine changed.
+    pub(super) fn generation(&self, env: &Environment) -> u64 {
+        self.generations.get(env).copied().unwrap_or(0)
+    }
+
+    /// Notes a change of what plans of `env` read.
+    pub(super) fn changed(&mut self, env: &Environment) {
+        *self.generations.entry(env.clone()).or_default() += 1;
+    }
+
+    fn snapshot(&self, env: &Environment) -> Snapshot {
+        Snapshot {
+            projects: self.projects.get(env).cloned().unwrap_or_default(),
+            head: self.head.get(env).cloned(),
+            quarantine: self.quarantine.get(env).cloned().unwrap_or_default(),
+            generation: self.generation(env),
+        }
+    }
+}
+
+impl Registry {
+    /// The plan of `request` in `env`, with the lock under which it is still valid.
+    pub(super) fn plan_for(
+        &self,
+        env: &Environment,
+        request: &Request,
+    ) -> (MutexGuard<'_, State>, Result<Plan>) {
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let snapshot = self.state().snapshot(env);
+            let plan = self.plan_snapshot(env, &snapshot, request);
+            let s = self.state();
+            if s.generation(env) == snapshot.generation {
+                return (s, plan);
+            }
+        }
+        tracing::warn!(%env, "the environment kept changing while a plan was made; planning under the lock");
+        let s = self.state();
+        let plan = self.plan_locked(&s, env, request);
+        (s, plan)
+    }
+
+    fn plan_snapshot(&self, env: &Environment, snapshot: &Snapshot, request: &Request) -> Result<Plan> {
+        let history = StoredHistory {
+            tables: &self.inner.tables,
+            environment: env,
+        };
+        let view = View {
+            environment: env,
+            projects: &snapshot.projects,
+            head: snapshot.head.as_ref(),
+            quarantine: &snapshot.quarantine,
+            history: &history,
+        };
+        planner::plan(&view, request)
+    }
+}
