@@ -126,7 +126,11 @@ impl Queue {
         self.appends += 1;
         self.batch.extend(batch);
         self.events.extend(events);
-        let seq = if self.next_seq == first { first - 1 } else { first };
+        let seq = if self.next_seq == first {
+            first - 1
+        } else {
+            first
+        };
         (self.appends, seq)
     }
 

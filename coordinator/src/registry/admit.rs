@@ -66,7 +66,9 @@ impl Registry {
         let Some(id) = &spec.id else {
             return Ok(None);
         };
-        Ok(self.existing(s, id)?.map(|existing| replay(s, existing, spec)))
+        Ok(self
+            .existing(s, id)?
+            .map(|existing| replay(s, existing, spec)))
     }
 
     /// The plan and who it would wait for, without writing anything (dry runs).

@@ -72,7 +72,12 @@ impl Registry {
         (s, plan)
     }
 
-    fn plan_snapshot(&self, env: &Environment, snapshot: &Snapshot, request: &Request) -> Result<Plan> {
+    fn plan_snapshot(
+        &self,
+        env: &Environment,
+        snapshot: &Snapshot,
+        request: &Request,
+    ) -> Result<Plan> {
         let history = StoredHistory {
             tables: &self.inner.tables,
             environment: env,
