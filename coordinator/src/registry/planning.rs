@@ -6,6 +6,12 @@
 //! taken again and the plan kept only if the environment did not change meanwhile (its
 //! generation counts every change of its projects, newest checkpoint and quarantine);
 //! otherwise it is made again.
+//!
+//! The store may lag memory by one syncer write (less than an fsync: appends are only
+//! queued under the lock). That never makes a plan act on missing history: a plan goes
+//! ahead at once only for projects no transaction holds, whose last transaction has
+//! finished and so is written, and a plan that has to wait is made again when its turn
+//! comes. At worst an admission in that window is refused and can be sent again.
 
 use std::{collections::BTreeMap, sync::MutexGuard};
 
