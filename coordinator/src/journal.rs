@@ -152,7 +152,7 @@ impl Queue {
 pub struct JournalStats {
     /// fsyncs of the log.
     pub syncs: u64,
-    /// Appends written.
+    /// Appends made (each one queued, then written with the next sync).
     pub appends: u64,
 }
 

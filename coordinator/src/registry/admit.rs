@@ -1,24 +1,20 @@
 //! Accepting a request: the plan with every release rule checked, the id (the
 //! client's idempotency key, or a fresh one), the durable PENDING or PREPARING record,
-//! its place in the per-project queue, and its driver. All of it under the state lock,
-//! so a transaction that finishes right now finds this one when it hands over its
-//! projects.
+//! its place in the per-project queue, and its driver. The plan is made outside the
+//! state lock and kept only if still valid under it (see `planning`); the rest happens
+//! under the lock, so a transaction that finishes right now finds this one when it
+//! hands over its projects.
 
-use std::collections::BTreeMap;
-
-use lockstep::{
-    names::{Environment, TxId},
-    pb,
-};
+use lockstep::{names::TxId, pb};
 use lockstep_store::Batch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Active, Registry, State, history::StoredHistory};
+use super::{Active, Registry, State};
 use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
     model::{CreateSpec, Request, TxKind, TxRecord, TxState},
-    planner::{self, Plan, View},
+    planner::{self, Plan},
     queue::Blocked,
     tables::Tables,
     txn::{Transaction, events},
@@ -216,28 +212,6 @@ impl Registry {
             }
         }
         unreachable!("1.. is unbounded")
-    }
-
-    /// Plans `request` against the state as it is now.
-    pub(super) fn plan_locked(
-        &self,
-        s: &State,
-        env: &Environment,
-        request: &Request,
-    ) -> Result<Plan> {
-        let (empty_projects, empty_quarantine) = (BTreeMap::new(), BTreeMap::new());
-        let history = StoredHistory {
-            tables: &self.inner.tables,
-            environment: env,
-        };
-        let view = View {
-            environment: env,
-            projects: s.projects.get(env).unwrap_or(&empty_projects),
-            head: s.head.get(env),
-            quarantine: s.quarantine.get(env).unwrap_or(&empty_quarantine),
-            history: &history,
-        };
-        planner::plan(&view, request)
     }
 }
 

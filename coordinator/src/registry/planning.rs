@@ -74,7 +74,7 @@ impl Registry {
         }
         tracing::warn!(%env, "the environment kept changing while a plan was made; planning under the lock");
         let s = self.state();
-        let plan = self.plan_locked(&s, env, request);
+        let plan = self.plan_snapshot(env, &s.snapshot(env), request);
         (s, plan)
     }
 
