@@ -315,15 +315,18 @@ async fn syncer(shared: Arc<Shared>) {
 }
 
 fn sync_now(shared: &Shared) {
+    // The deadline is cleared before the hook runs: a sync asked for while the hook
+    // writes (an append held back just after the hook took its share) sets a new one,
+    // and the syncer comes round for it instead of waiting for ever.
+    shared.lock().sync_by = None;
     if let Some(before_sync) = &shared.hooks.before_sync {
         before_sync(&SyncerWriter { shared });
     }
     let covered = {
-        let mut s = shared.lock();
+        let s = shared.lock();
         if s.failed.is_some() {
             return;
         }
-        s.sync_by = None;
         s.written
     };
     // The durability point: every write made before this call is in the log.
@@ -406,6 +409,49 @@ mod tests {
         let t = log.write(put(1), Some(Duration::from_millis(5))).unwrap();
         log.durable(t).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_asked_for_while_the_hook_writes_is_not_lost() {
+        // The journal's shape: the hook writes what is held back. During the first sync
+        // another append is held back just after the hook took its share, and asks for
+        // a sync of its own; it must get one.
+        let held = Arc::new(Mutex::new(vec![put(1)]));
+        let late = Arc::new(Mutex::new(Some(put(2))));
+        let hook = {
+            let held = held.clone();
+            move |w: &SyncerWriter<'_>| {
+                for batch in std::mem::take(&mut *held.lock().unwrap()) {
+                    w.write(batch, None).unwrap();
+                }
+                if let Some(batch) = late.lock().unwrap().take() {
+                    held.lock().unwrap().push(batch);
+                    w.shared.sync_within(&mut w.shared.lock(), Duration::ZERO);
+                }
+            }
+        };
+        let hooks = Hooks {
+            before_sync: Some(Box::new(hook)),
+            on_synced: None,
+        };
+        let kv = MemKv::new();
+        let log = GroupCommit::start_with(Arc::new(kv.clone()), WriterMode::Task, hooks).unwrap();
+        log.sync_within(Duration::ZERO);
+        let both_synced = async {
+            while log.syncs() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), both_synced)
+            .await
+            .expect("the late append's sync was lost: it would wait for ever");
+        kv.crash();
+        kv.restart();
+        assert_eq!(
+            kv.get("t", b"k").unwrap(),
+            Some(vec![2]),
+            "the late append is durable"
+        );
     }
 
     #[tokio::test]
