@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::{
     body::Body,
-    codegen::http,
+    codegen::{self, http},
     server::NamedService,
     transport::{Endpoint, Server, server::Connected},
 };
@@ -33,19 +33,21 @@ pub enum ServeError {
 /// Lockstep server adds around it: reflection, health reporting it SERVING, `TCP_NODELAY`
 /// and the message-size status. One function, so the coordinator and every agent look
 /// the same to grpcurl and probes.
-pub async fn serve<S, I, IO, IE>(
+pub async fn serve<S, B, I, IO, IE>(
     service: S,
     incoming: I,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
         + NamedService
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
+    B: codegen::Body<Data = codegen::Bytes> + Send + 'static,
+    B::Error: Into<codegen::StdError>,
     I: Stream<Item = Result<IO, IE>> + Send,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
@@ -129,6 +131,28 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true))
+}
+
+/// `endpoint` with TLS when `tls` is given (an `https://` URL needs it; an `http://` one
+/// must not have it): the one place every client decides how it dials, so a mismatch is
+/// refused with the reason instead of failing later as a broken connection.
+pub fn secured(
+    endpoint: Endpoint,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, String> {
+    let https = endpoint.uri().scheme_str() == Some("https");
+    match (tls, https) {
+        (Some(tls), true) => endpoint.tls_config(tls.clone()).map_err(|e| e.to_string()),
+        (None, false) => Ok(endpoint),
+        (None, true) => Err(format!(
+            "{}: an https:// URL needs the CA that signed its certificate (--ca, or the server's --tls-client-ca)",
+            endpoint.uri()
+        )),
+        (Some(_), false) => Err(format!(
+            "{}: TLS is configured, so use an https:// URL (plaintext would send credentials in the clear)",
+            endpoint.uri()
+        )),
+    }
 }
 
 /// The endpoint the coordinator uses towards agents, which may run any gRPC stack on

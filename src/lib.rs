@@ -19,16 +19,22 @@
 //! - [`retry`]: which failures are worth retrying, and the one backoff schedule.
 //! - [`shutdown`]: a clean stop on SIGTERM/SIGINT for every server.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
+//! - [`tls`]: TLS for every server and client from PEM files, reloaded on SIGHUP.
+//! - [`identity`]: who a certificate says its holder is (SPIFFE URI SANs).
+//! - [`caller`]: what a call brings to prove who makes it (certificate, token).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod caller;
 pub mod crash;
 pub mod edge;
+pub mod identity;
 pub mod limits;
 pub mod names;
 pub mod orders;
 pub mod retry;
 pub mod shutdown;
+pub mod tls;
 pub mod wire;
 
 /// Generated `lockstep.v1` messages, clients and servers.

@@ -132,7 +132,7 @@ async fn waiting_on_a_committed_release_gives_up_after_the_wait_timeout_naming_w
         ])
         .await;
 
-    assert_eq!(out.code, 4, "{out:?}");
+    assert_eq!(out.code, 5, "{out:?}");
     assert!(
         out.stderr
             .contains("T1 is committed but not yet live on A, B"),

@@ -29,7 +29,7 @@ cd '{dir}'
 if [ -f agent.pid ]; then kill -9 "$(cat agent.pid)" 2>/dev/null || true; sleep 0.1; fi
 : > agent.out
 '{bin}' --project B --listen 127.0.0.1:{port} --data-dir state --deploy-root root \
-  --coordinator http://127.0.0.1:{kit} > agent.out 2>> agent.log &
+  --insecure --coordinator http://127.0.0.1:{kit} > agent.out 2>> agent.log &
 echo $! > agent.pid
 for i in $(seq 1 300); do grep -q 'listening on' agent.out && exit 0; sleep 0.1; done
 echo 'the agent did not start' >&2; exit 1

@@ -5,27 +5,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-
-use support::Cluster;
-
-/// grpcurl from `LOCKSTEP_GRPCURL`, the setup script's tools dir, or PATH. The setup
-/// script (`scripts/setup.sh`, run by `make test`) installs it; missing is a failure.
-fn grpcurl() -> PathBuf {
-    if let Some(p) = std::env::var_os("LOCKSTEP_GRPCURL") {
-        return p.into();
-    }
-    let tools =
-        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
-    let installed = PathBuf::from(tools).join("venv/bin/grpcurl");
-    if installed.is_file() {
-        return installed;
-    }
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("grpcurl"))
-        .find(|p| p.is_file())
-        .expect("grpcurl is not installed: run scripts/setup.sh (make test does)")
-}
+use support::{Cluster, grpcurl};
 
 struct Out {
     ok: bool,

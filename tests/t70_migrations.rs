@@ -650,6 +650,7 @@ async fn postgres_2pc_without_max_prepared_transactions_is_refused_at_start_up()
         .args([
             "--project",
             "B",
+            "--insecure",
             "--listen",
             "127.0.0.1:0",
             "--migration-mode",

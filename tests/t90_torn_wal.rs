@@ -24,7 +24,7 @@ fn newest_wal(dir: &Path) -> PathBuf {
 
 async fn start_fails(data: &Path, extra: &[&str]) -> String {
     let out = tokio::process::Command::new(support::bin("lockstep-coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra)
         .output()

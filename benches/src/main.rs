@@ -559,6 +559,7 @@ fn record(
         created_ms: lockstep::wire::now_millis(),
         finished_ms: 0,
         prepare_sent: true,
+        created_by: String::new(),
     }
 }
 
@@ -664,7 +665,7 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
     }
     let exe = std::env::current_exe()?.with_file_name("lockstep-coordinator");
     let mut child = tokio::process::Command::new(&exe)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

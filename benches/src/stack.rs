@@ -54,7 +54,9 @@ pub async fn participant(project: &str, dir: &Path) -> anyhow::Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(lockstep_participant::server::serve(
         listener,
+        None,
         p,
+        lockstep_participant::access::OnlyCoordinator::insecure(),
         std::future::pending(),
     ));
     Ok(url)
@@ -82,7 +84,9 @@ pub async fn coordinator(dir: &Path) -> anyhow::Result<Stack> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(lockstep_coordinator::server::serve(
         listener,
+        None,
         coordinator.clone(),
+        lockstep_coordinator::access::Access::insecure(),
         std::future::pending(),
     ));
     let client = CoordinatorClient::new(lockstep::edge::endpoint(&url)?.connect().await?);

@@ -1,6 +1,6 @@
 //! Command-line arguments of `lockstep`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep::pb;
@@ -11,7 +11,8 @@ use crate::{Failure, Result, pairs};
 /// releases, revert and roll back, watch events, read the live state and history.
 ///
 /// Exit codes: 0 committed or done, 1 aborted or refused, 2 usage error, 3 coordinator
-/// unreachable, 4 committed but not yet live everywhere (after `--wait-timeout`).
+/// unreachable, 4 not allowed (no or an unknown credential, or a missing permission),
+/// 5 committed but not yet live everywhere (after `--wait-timeout`).
 #[derive(Parser)]
 #[command(name = "lockstep", version)]
 pub struct Args {
@@ -30,9 +31,33 @@ pub struct Args {
     /// prints it) for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The CA (PEM) the coordinator's certificate chains to: TLS (an https:// URL).
+    #[arg(long, global = true, env = "LOCKSTEP_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your client certificate (PEM; with --key), e.g. `user-alice.crt` from `certs init`.
+    #[arg(long, global = true, env = "LOCKSTEP_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, global = true, env = "LOCKSTEP_KEY")]
+    pub key: Option<PathBuf>,
+    /// A bearer token (from `lockstep token create`), sent with every call over TLS.
+    #[arg(long, global = true, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Args {
+    /// The credentials flags, for [`crate::dial::Dial`].
+    pub fn credentials(&self) -> crate::dial::Credentials {
+        crate::dial::Credentials {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
+    }
 }
 
 /// Output format.
@@ -129,6 +154,73 @@ pub enum Command {
         #[command(flatten)]
         actor: ActorArg,
     },
+    /// Make and revoke bearer tokens (admins).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log: what each principal did, and every refused attempt (operators).
+    Audit {
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 1)]
+        since: u64,
+    },
+    /// Development certificates for a local deployment.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `lockstep token ...`.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a signed token and print it (once: only its id is kept).
+    Create {
+        /// viewer, releaser, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Environments it holds in, comma separated (default: every one).
+        #[arg(long = "env", value_delimiter = ',')]
+        environments: Vec<String>,
+        /// Projects it holds for, comma separated (default: every one).
+        #[arg(long = "project", value_delimiter = ',')]
+        projects: Vec<String>,
+        /// How long it works (default 7d, at most 366d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Who it is for, as the log names it (default: you).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Revoke a token by id, for every call from now on.
+    Revoke {
+        /// The token's id (`tok-...`).
+        id: String,
+    },
+}
+
+/// `lockstep certs ...`.
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Write a development CA and certificates for the coordinator, agents and users
+    /// into DIR (an existing CA there is reused, so rerunning renews the others).
+    Init {
+        /// Where to write them.
+        dir: PathBuf,
+        /// The agents' environment.
+        #[arg(long = "env", default_value = lockstep::DEFAULT_ENVIRONMENT)]
+        environment: String,
+        /// Agents (projects) to make certificates for, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Users to make certificates for, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        users: Vec<String>,
+        /// Extra DNS names or IP addresses the servers' certificates are valid for
+        /// (localhost and 127.0.0.1 always are), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// How long the certificates are valid.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+    },
 }
 
 /// What a participant is recorded to have done.
@@ -169,7 +261,7 @@ pub struct WaitArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// With --wait: how long to wait, once COMMIT is decided, for every participant to
-    /// go live; then exit 4 ("committed, not yet live everywhere") naming who is
+    /// go live; then exit 5 ("committed, not yet live everywhere") naming who is
     /// missing. The transaction finishes on its own; `release watch` follows it.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub wait_timeout: Duration,

@@ -3,21 +3,28 @@
 //! Exit codes (PRODUCT.md): 0 committed (or the command succeeded), 1 aborted or refused
 //! (a participant refused, a release rule or precondition failed, unknown id), 2 usage
 //! (bad flags or a request the coordinator calls malformed), 3 coordinator unreachable
-//! (or the outcome could not be learned).
+//! (or the outcome could not be learned), 4 not allowed (no or an unknown credential,
+//! or a permission the caller lacks), 5 committed but not yet live everywhere.
 
+mod access;
 mod args;
+mod certs;
 mod conformance;
+mod dial;
 mod operate;
 mod render;
 mod wait;
 
-use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, process::ExitCode};
 
 use clap::Parser;
-use lockstep::pb::{self, coordinator_client::CoordinatorClient};
-use tonic::{Code, Status, transport::Channel};
+use lockstep::pb;
+use tonic::{Code, Status};
 
-use crate::args::{Args, Command, Output, ProjectCommand, ReleaseCommand, WaitArgs};
+use crate::{
+    args::{Args, Command, Output, ProjectCommand, ReleaseCommand, WaitArgs},
+    dial::{Client, Dial},
+};
 
 /// Exit code: committed / success.
 const OK: u8 = 0;
@@ -27,9 +34,11 @@ const REFUSED: u8 = 1;
 const USAGE: u8 = 2;
 /// Exit code: coordinator unreachable.
 const UNREACHABLE: u8 = 3;
+/// Exit code: not allowed (UNAUTHENTICATED or PERMISSION_DENIED).
+const NOT_ALLOWED: u8 = 4;
 /// Exit code: COMMIT is decided but not every participant went live within
 /// `--wait-timeout` (it will, on its own: phase 2 is retried until it finishes).
-const NOT_LIVE_EVERYWHERE: u8 = 4;
+const NOT_LIVE_EVERYWHERE: u8 = 5;
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -51,6 +60,7 @@ impl From<Status> for Failure {
         let code = match s.code() {
             // A request the coordinator calls malformed (or too large) is a usage error.
             Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => USAGE,
+            Code::Unauthenticated | Code::PermissionDenied => NOT_ALLOWED,
             code if lockstep::retry::is_transient(code) => UNREACHABLE,
             _ => REFUSED,
         };
@@ -82,18 +92,6 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
-    let endpoint = lockstep::edge::endpoint(url)
-        .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| Failure {
-        code: UNREACHABLE,
-        message: format!("cannot reach the coordinator at {url}: {e}"),
-    })?;
-    Ok(CoordinatorClient::new(channel)
-        .max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES))
-}
-
 async fn run(args: Args) -> Result<u8> {
     // Usage errors first (exit 2), whether or not the coordinator is up.
     if let Command::Release(ReleaseCommand::Create {
@@ -109,9 +107,13 @@ async fn run(args: Args) -> Result<u8> {
         let out = args.output;
         return conformance::run(conformance::Request::from_args(args), out).await;
     }
-    let mut client = connect(&args.coordinator).await?;
+    if let Command::Certs(c) = &args.command {
+        return certs::run(c);
+    }
+    let dial = Dial::new(&args.coordinator, args.credentials())?;
+    let mut client = dial.connect().await?;
     let ctx = Context {
-        url: args.coordinator.clone(),
+        dial,
         env: args.environment.clone(),
         out: args.output,
     };
@@ -137,16 +139,16 @@ async fn run(args: Args) -> Result<u8> {
         command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
             operate::run(&mut client, ctx.out, command).await
         }
-        Command::Conformance { .. } => unreachable!("handled before connecting"),
+        Command::Token(c) => access::token(&mut client, ctx.out, c).await,
+        Command::Audit { since } => access::audit(&mut client, ctx.out, since).await,
+        Command::Conformance { .. } | Command::Certs(_) => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
 /// `revert` and `rollback`: a transaction back to an earlier state.
-async fn restore(
-    client: &mut CoordinatorClient<Channel>,
-    ctx: &Context,
-    command: Command,
-) -> Result<u8> {
+async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result<u8> {
     let (created, wait) = match command {
         Command::Revert {
             release,
@@ -176,21 +178,17 @@ async fn restore(
         }
         _ => unreachable!("only revert and rollback are routed here"),
     };
-    finish_create(client, &ctx.url, ctx.out, created, &wait).await
+    finish_create(client, &ctx.dial, ctx.out, created, &wait).await
 }
 
 /// What every command needs besides its own arguments.
 struct Context {
-    url: String,
+    dial: Dial,
     env: String,
     out: Output,
 }
 
-async fn project(
-    client: &mut CoordinatorClient<Channel>,
-    ctx: &Context,
-    c: ProjectCommand,
-) -> Result<u8> {
+async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Result<u8> {
     match c {
         ProjectCommand::Add {
             name,
@@ -217,11 +215,7 @@ async fn project(
     Ok(OK)
 }
 
-async fn release(
-    client: &mut CoordinatorClient<Channel>,
-    ctx: &Context,
-    c: ReleaseCommand,
-) -> Result<u8> {
+async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Result<u8> {
     match c {
         ReleaseCommand::Create {
             id,
@@ -242,7 +236,7 @@ async fn release(
                 allow_quarantined,
             };
             let created = client.create_release(request).await?.into_inner();
-            finish_create(client, &ctx.url, ctx.out, created, &wait).await
+            finish_create(client, &ctx.dial, ctx.out, created, &wait).await
         }
         ReleaseCommand::Get { id } => {
             let t = client
@@ -272,7 +266,7 @@ async fn release(
             Ok(OK)
         }
         ReleaseCommand::Watch { id, from } => {
-            wait::watch(&ctx.url, ctx.out, id.unwrap_or_default(), from).await?;
+            wait::watch(&ctx.dial, ctx.out, id.unwrap_or_default(), from).await?;
             Ok(OK)
         }
         ReleaseCommand::Abort { id, reason } => {
@@ -285,10 +279,7 @@ async fn release(
 }
 
 /// Every checkpoint of `environment`, page after page, as one response.
-async fn whole_history(
-    client: &mut CoordinatorClient<Channel>,
-    environment: String,
-) -> Result<pb::GetHistoryResponse> {
+async fn whole_history(client: &mut Client, environment: String) -> Result<pb::GetHistoryResponse> {
     let mut all = pb::GetHistoryResponse::default();
     loop {
         let request = pb::GetHistoryRequest {
@@ -307,8 +298,8 @@ async fn whole_history(
 
 /// Shows what a create call returned and, with --wait, follows it to its outcome.
 async fn finish_create(
-    client: &mut CoordinatorClient<Channel>,
-    url: &str,
+    client: &mut Client,
+    dial: &Dial,
     out: Output,
     created: pb::CreateTransactionResponse,
     wait: &WaitArgs,
@@ -326,7 +317,7 @@ async fn finish_create(
         render::accepted_brief(&created);
     }
     let from = created.first_event_seq;
-    let final_tx = wait::until_settled(client, url, out, &tx, from, wait.wait_timeout).await?;
+    let final_tx = wait::until_settled(client, dial, out, &tx, from, wait.wait_timeout).await?;
     render::transaction(out, &final_tx);
     Ok(settled_code(out, &final_tx))
 }

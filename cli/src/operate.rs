@@ -1,21 +1,17 @@
 //! What operators do to a transaction stuck in phase 2: `resolve` a participant by hand
 //! and `retry` every delivery now.
 
-use lockstep::pb::{self, coordinator_client::CoordinatorClient};
-use tonic::transport::Channel;
+use lockstep::pb;
 
 use crate::{
     OK, Result,
     args::{Command, Outcome, Output},
+    dial::Client,
     render,
 };
 
 /// Runs `lockstep resolve` or `lockstep retry`.
-pub async fn run(
-    client: &mut CoordinatorClient<Channel>,
-    out: Output,
-    command: Command,
-) -> Result<u8> {
+pub async fn run(client: &mut Client, out: Output, command: Command) -> Result<u8> {
     match command {
         Command::Resolve {
             id,

@@ -252,6 +252,9 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
         headline.push_str(", NEEDS RESOLUTION (see `lockstep resolve`)");
     }
     println!("{headline}");
+    if !t.created_by.is_empty() {
+        println!("  created by {}", t.created_by);
+    }
     if !t.reason.is_empty() {
         println!("  {}", t.reason);
     }
@@ -458,5 +461,36 @@ pub fn event_line(e: &pb::Event) -> String {
     } else {
         e.transaction_id.clone()
     };
-    format!("#{} {} {}: {}", e.seq, subject, kind, e.message)
+    let by = if e.actor.is_empty() {
+        String::new()
+    } else {
+        format!(" (by {})", e.actor)
+    };
+    format!("#{} {} {}: {}{by}", e.seq, subject, kind, e.message)
+}
+
+/// A new token: the token alone on stdout (for `$(lockstep token create ...)`), its id
+/// and expiry on stderr.
+pub fn token(out: Output, r: &pb::CreateTokenResponse) {
+    if out == Output::Json {
+        return json(r);
+    }
+    println!("{}", r.token);
+    let expires = r.expires.as_ref().map(|t| t.seconds).unwrap_or_default();
+    eprintln!(
+        "token {} (expires at {expires}s since the epoch; revoke with `lockstep token revoke {}`)",
+        r.id, r.id
+    );
+}
+
+/// The audit log as a table (or JSON).
+pub fn audit(out: Output, events: &[pb::Event]) {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "events": events }));
+    }
+    let rows = events
+        .iter()
+        .map(|e| vec![e.seq.to_string(), or_none(&e.actor), event_line(e)])
+        .collect();
+    table(&["SEQ", "ACTOR", "EVENT"], rows);
 }

@@ -5,11 +5,15 @@
 
 use std::time::Duration;
 
-use lockstep::pb::{self, coordinator_client::CoordinatorClient};
+use lockstep::pb;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
-use crate::{Failure, Result, UNREACHABLE, args::Output, connect, render};
+use crate::{
+    Failure, Result, UNREACHABLE,
+    args::Output,
+    dial::{Client, Dial},
+    render,
+};
 
 /// How long a watcher keeps trying to reach a coordinator that went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
@@ -24,8 +28,8 @@ const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// unreachable; followed for [`ABORT_GRACE`] more), or COMMITTING once `after_commit`
 /// has passed since the COMMIT decision without every acknowledgement.
 pub async fn until_settled(
-    client: &mut CoordinatorClient<Channel>,
-    url: &str,
+    client: &mut Client,
+    dial: &Dial,
     out: Output,
     tx: &pb::Transaction,
     from: u64,
@@ -61,13 +65,13 @@ pub async fn until_settled(
             return Err(Failure {
                 code: UNREACHABLE,
                 message: format!(
-                    "lost the coordinator at {url} while waiting for {}; its outcome is unknown here: check with `lockstep release get {}`",
-                    tx.id, tx.id
+                    "lost the coordinator at {} while waiting for {}; its outcome is unknown here: check with `lockstep release get {}`",
+                    dial.url, tx.id, tx.id
                 ),
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(c) = connect(url).await {
+        if let Ok(c) = dial.connect().await {
             *client = c;
         }
     }
@@ -134,11 +138,11 @@ fn is_terminal(t: &pb::Transaction) -> bool {
 }
 
 /// `lockstep release watch`: prints events from `from` on, forever (until interrupted).
-pub async fn watch(url: &str, out: Output, id: String, from: u64) -> Result<()> {
+pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()> {
     let mut next = from.max(1);
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
-        if let Ok(mut client) = connect(url).await {
+        if let Ok(mut client) = dial.connect().await {
             let request = pb::WatchEventsRequest {
                 from_seq: next,
                 transaction_id: id.clone(),
@@ -170,7 +174,10 @@ pub async fn watch(url: &str, out: Output, id: String, from: u64) -> Result<()> 
         if since.elapsed() > RECONNECT_FOR {
             return Err(Failure {
                 code: UNREACHABLE,
-                message: format!("lost the coordinator at {url}; resume with --from {next}"),
+                message: format!(
+                    "lost the coordinator at {}; resume with --from {next}",
+                    dial.url
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -61,6 +61,7 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
         },
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
+        actor: String::new(),
     })
 }
 
@@ -142,6 +143,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
         },
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
+        actor: String::new(),
     })
 }
 
@@ -154,6 +156,7 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         request: Request::Rollback { revision: resolved },
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
+        actor: String::new(),
     })
 }
 
@@ -344,6 +347,7 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
         finished_at: wire::timestamp(t.finished_ms),
         waves: waves(&t.waves),
         needs_resolution: t.participants.iter().any(|p| p.needs_resolution),
+        created_by: t.created_by.clone(),
     }
 }
 

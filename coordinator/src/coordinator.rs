@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use lockstep::{
     names::{Environment, ProjectName, TxId},
     orders::Decision,
+    pb,
     retry::Backoff,
 };
 use lockstep_store::Kv;
@@ -17,12 +18,13 @@ use crate::{
     feed::{Feed, Watch, WatchFilter},
     incarnation::{self, MakeIncarnation},
     journal::{Clock, Journal, JournalStats, WriterMode},
-    model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TxRecord},
+    model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TokenRecord, TxRecord},
     network::{GrpcParticipants, ParticipantNet},
     ports::Participants,
     registry::{
         Registry, Settings,
-        admit::Created,
+        admit::{Authorize, Created},
+        audit::AuditPage,
         reads::{Live, Page},
     },
     tables::Tables,
@@ -132,8 +134,13 @@ impl Coordinator {
     }
 
     /// Registers or updates a project (see [`Registry::register_project`]).
-    pub async fn register_project(&self, project: ProjectRecord) -> Result<(ProjectRecord, bool)> {
-        self.registry.register_project(project).await
+    /// `actor` is named on the event.
+    pub async fn register_project(
+        &self,
+        project: ProjectRecord,
+        actor: &str,
+    ) -> Result<(ProjectRecord, bool)> {
+        self.registry.register_project(project, actor).await
     }
 
     /// Projects of `env`, sorted by name.
@@ -144,11 +151,12 @@ impl Coordinator {
     /// Plans a transaction and, unless it is a dry run, accepts it durably and queues
     /// it. A dry run writes nothing and asks each participant's read-only Preview what
     /// it would run, or why it would refuse.
-    pub async fn create(&self, spec: CreateSpec) -> Result<Created> {
+    /// `authorize` may refuse the final plan (see [`Registry::admit`]).
+    pub async fn create(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
         if !spec.dry_run {
-            return self.registry.admit(spec).await;
+            return self.registry.admit(spec, authorize).await;
         }
-        let (mut plan, waits_for) = self.registry.plan_only(&spec)?;
+        let (mut plan, waits_for) = self.registry.plan_only(&spec, authorize)?;
         let dry_run = TxId::parse("id", "dry-run").expect("a valid name");
         let id = spec.id.as_ref().unwrap_or(&dry_run);
         let net = self.registry.net().as_ref();
@@ -189,9 +197,9 @@ impl Coordinator {
         self.registry.active_count()
     }
 
-    /// Aborts a transaction that has not decided yet.
-    pub async fn abort(&self, id: &TxId, reason: String) -> Result<TxRecord> {
-        self.registry.abort(id, reason).await
+    /// Aborts a transaction that has not decided yet, on `actor`'s request.
+    pub async fn abort(&self, id: &TxId, reason: String, actor: String) -> Result<TxRecord> {
+        self.registry.abort(id, reason, actor).await
     }
 
     /// Records by hand what a participant in phase 2 did (after sending it the decision
@@ -232,6 +240,36 @@ impl Coordinator {
     /// in its wave's turn.
     pub fn decision(&self, id: &TxId, project: Option<&ProjectName>) -> Result<Decision> {
         self.registry.decision(id, project)
+    }
+
+    /// Records a refused call (its only write).
+    pub async fn deny(&self, event: pb::Event) -> Result<()> {
+        self.registry.deny(event).await
+    }
+
+    /// Records a token made (see [`Registry::record_token`]).
+    pub async fn record_token(&self, token: &TokenRecord, event: pb::Event) -> Result<()> {
+        self.registry.record_token(token, event).await
+    }
+
+    /// Revokes a token by id; `false` when it was revoked already.
+    pub async fn revoke_token(&self, id: &str, event: pb::Event) -> Result<bool> {
+        self.registry.revoke_token(id, event).await
+    }
+
+    /// Ids of revoked tokens.
+    pub fn revoked_tokens(&self) -> Result<Vec<String>> {
+        self.registry.revoked_tokens()
+    }
+
+    /// A page of the audit log from `since` on.
+    pub fn audit(&self, since: u64, size: usize) -> Result<AuditPage> {
+        self.registry.audit(since, size)
+    }
+
+    /// The secret tokens are signed with (made and synced on first use).
+    pub fn token_secret(&self, make: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>> {
+        Ok(crate::keys::token_secret(self.registry.tables(), make)?)
     }
 }
 #[cfg(test)]

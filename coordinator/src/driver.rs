@@ -36,7 +36,12 @@ pub struct Signals {
 /// What a person asks of a transaction, through the registry.
 pub enum Command {
     /// AbortRelease: abort if still undecided.
-    Abort(String),
+    Abort {
+        /// Why.
+        reason: String,
+        /// Who asked.
+        actor: String,
+    },
     /// ResolveParticipant: send `project` its decision once more, then record
     /// `resolution` (its `status` filled in with the answer) unless refused.
     Resolve {
@@ -173,7 +178,7 @@ impl Driver {
 
     async fn command(&mut self, command: Command) -> Vec<Effect> {
         match command {
-            Command::Abort(reason) => self.machine.abort_requested(reason),
+            Command::Abort { reason, actor } => self.machine.abort_requested(reason, &actor),
             Command::Retry { actor, reply } => {
                 self.answers.push(Box::new(move || {
                     let _ = reply.send(());

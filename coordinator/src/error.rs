@@ -22,6 +22,10 @@ pub enum CoordinatorError {
     /// quarantine, already decided...).
     #[error("{0}")]
     Refused(String),
+    /// The caller may not do this (the message names the permission, the scope and
+    /// the principal).
+    #[error("{0}")]
+    Denied(String),
     /// Storage failed: the change was not made.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -47,6 +51,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NotFound(m) => Status::not_found(m),
             CoordinatorError::AlreadyExists(m) => Status::already_exists(m),
             CoordinatorError::Refused(m) => Status::failed_precondition(m),
+            CoordinatorError::Denied(m) => Status::permission_denied(m),
             e @ CoordinatorError::Store(_) => Status::unavailable(e.to_string()),
             e @ CoordinatorError::ShuttingDown => Status::unavailable(e.to_string()),
         }

@@ -21,10 +21,13 @@
 //!   stamping every order with this data directory's [`incarnation`].
 //! - [`service`] / [`convert`]: the gRPC edge and wire conversions; [`server`] assembles
 //!   it with reflection and health.
+//! - [`access`]: who is calling and what they may do (certificates, tokens, roles);
+//!   [`keys`]: the token signing secret.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod access;
 pub mod convert;
 pub mod coordinator;
 pub mod crash;
@@ -33,6 +36,7 @@ pub mod error;
 pub mod feed;
 pub mod incarnation;
 pub mod journal;
+pub mod keys;
 pub mod model;
 pub mod network;
 pub mod planner;

@@ -9,8 +9,13 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use lockstep::shutdown;
-use lockstep_coordinator::{Config, Coordinator, network::TcpNet, server, tables};
+use lockstep::{shutdown, tls};
+use lockstep_coordinator::{
+    Config, Coordinator,
+    access::{self, Access, Secure, tokens},
+    network::TcpNet,
+    server, tables,
+};
 use lockstep_store::{Kv, RocksKv, WalRecovery};
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
@@ -45,6 +50,27 @@ struct Args {
     /// Longest delay between two calls to a participant that keeps failing.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     retry_max_delay: std::time::Duration,
+    /// The coordinator's certificate (PEM, URI SAN `spiffe://lockstep/coordinator`):
+    /// its server certificate, and its client certificate towards agents.
+    #[arg(long, env = "LOCKSTEP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LOCKSTEP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The deployment's CA (PEM): callers' and agents' certificates must chain to it.
+    #[arg(long, env = "LOCKSTEP_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// A user (certificate `spiffe://lockstep/user/NAME`) who is admin (repeatable).
+    #[arg(long, default_value = "admin")]
+    admin: Vec<String>,
+    /// A role for a user's certificate: `NAME=ROLE[@ENV,..][/PROJECT,..]` (repeatable;
+    /// users without one are viewers).
+    #[arg(long, value_parser = access::parse_grant)]
+    grant: Vec<(String, access::roles::Grant)>,
+    /// Plaintext, and every caller may do everything: for local experiments only (a
+    /// warning is logged).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -67,9 +93,21 @@ async fn main() -> anyhow::Result<()> {
                 args.data_dir.display()
             )
         })?;
+    let files = tls::files_from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_client_ca.clone(),
+        args.insecure,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let net = match &files {
+        Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
+        None => TcpNet::default(),
+    };
     let store = Arc::new(kv);
-    let coordinator = Coordinator::open(store.clone(), Arc::new(TcpNet::default()), config(&args))
+    let coordinator = Coordinator::open(store.clone(), Arc::new(net), config(&args))
         .context("recovering coordinator state")?;
+    let (tls, access) = security(files, &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -77,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr()?);
     let failed = coordinator.clone();
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
-        server::serve(listener, coordinator, async move {
+        server::serve(listener, tls, coordinator, access, async move {
             let _ = told.await;
         })
     };
@@ -88,6 +126,35 @@ async fn main() -> anyhow::Result<()> {
         shutdown::exit(1);
     }
     shutdown::exit(0)
+}
+
+/// The server's TLS (re-read on SIGHUP) and how callers are authenticated: certificates
+/// chaining to the CA, and tokens signed with this data directory's secret.
+fn security(
+    files: Option<tls::TlsFiles>,
+    args: &Args,
+    coordinator: &Coordinator,
+) -> anyhow::Result<(Option<tls::ServerTls>, Access)> {
+    let Some(files) = files else {
+        return Ok((None, Access::insecure()));
+    };
+    let server = tls::ServerTls::load(files)?;
+    tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
+    let secret = coordinator.token_secret(tokens::new_secret)?;
+    let mut grants = std::collections::BTreeMap::<_, Vec<_>>::new();
+    for (name, grant) in &args.grant {
+        grants.entry(name.clone()).or_default().push(grant.clone());
+    }
+    let revoked = coordinator.revoked_tokens()?.into_iter().collect();
+    let secure = Secure {
+        tls: server.clone(),
+        key: tokens::TokenKey::new(&secret),
+        admins: args.admin.iter().cloned().collect(),
+        grants,
+        revoked: std::sync::RwLock::new(revoked),
+        clock: Arc::new(lockstep::wire::now_millis),
+    };
+    Ok((Some(server), Access::secure(secure)))
 }
 
 fn config(args: &Args) -> Config {

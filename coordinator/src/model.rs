@@ -262,6 +262,9 @@ pub struct TxRecord {
     /// delivered to every one of them.
     #[serde(default)]
     pub prepare_sent: bool,
+    /// Who created it (the principal; empty without authentication).
+    #[serde(default)]
+    pub created_by: String,
 }
 
 impl Participant {
@@ -357,4 +360,24 @@ pub struct CreateSpec {
     pub prepare_timeout: Option<Duration>,
     /// Plan only.
     pub dry_run: bool,
+    /// Who asks (the principal; empty without authentication).
+    pub actor: String,
+}
+
+/// A token made by CreateToken, as stored: what RevokeToken finds by id, and what the
+/// deny list is loaded from at start. Never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Its id (the `jti` claim).
+    pub id: String,
+    /// Who it was made for.
+    pub subject: String,
+    /// The grant it carries, as `lockstep token create` shows it.
+    pub grant: String,
+    /// When it expires (ms since the epoch).
+    pub expires_ms: u64,
+    /// Who made it.
+    pub created_by: String,
+    /// Revoked: refused from then on.
+    pub revoked: bool,
 }

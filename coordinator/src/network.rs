@@ -43,6 +43,19 @@ pub trait ParticipantNet: Send + Sync + 'static {
 #[derive(Default, Clone)]
 pub struct TcpNet {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS towards agents (the coordinator's certificate and the CA); None:
+    /// plaintext (`--insecure`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl TcpNet {
+    /// Dials agents over TLS with `tls` (which presents the coordinator's certificate).
+    pub fn with_tls(tls: tonic::transport::ClientTlsConfig) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::default()
+        }
+    }
 }
 
 impl ParticipantNet for TcpNet {
@@ -51,9 +64,9 @@ impl ParticipantNet for TcpNet {
         if let Some(ch) = channels.get(endpoint) {
             return Ok(ParticipantClient::new(ch.clone()));
         }
-        let channel = lockstep::edge::agent_endpoint(endpoint)
-            .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
-            .connect_lazy();
+        let plain = lockstep::edge::agent_endpoint(endpoint)
+            .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
+        let channel = lockstep::edge::secured(plain, self.tls.as_ref())?.connect_lazy();
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(ParticipantClient::new(channel))
     }

@@ -14,7 +14,9 @@
 //!   made live by: "was this version ever live here", without history in memory
 //! - `builds`:       (environment, project, version)   → BuildRecord (what a committed
 //!   version was staged from: artifact, metadata, schema), sent again by reverts
-//! - `meta`:         "incarnation"                     → this data directory's id
+//! - `meta`:         "incarnation"                     → this data directory's id;
+//!   "token-key" → the secret tokens are signed with
+//! - `tokens`:       id                                → TokenRecord (never the token)
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -30,7 +32,9 @@ use lockstep_store::{Batch, Kv, Order, StoreError, keys};
 use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::model::{BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord};
+use crate::model::{
+    BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TokenRecord, TxRecord,
+};
 
 /// Projects by (environment, name).
 pub const PROJECTS: &str = "projects";
@@ -52,8 +56,11 @@ pub const SEEN_VERSIONS: &str = "seen_versions";
 pub const META: &str = "meta";
 /// What each committed (environment, project, version) was staged from.
 pub const BUILDS: &str = "builds";
+/// Tokens made by CreateToken, by id.
+pub const TOKENS: &str = "tokens";
 
 const INCARNATION_KEY: &[u8] = b"incarnation";
+const TOKEN_KEY: &[u8] = b"token-key";
 
 /// Every table the coordinator opens (checked against what is on disk).
 pub const ALL: &[&str] = &[
@@ -67,6 +74,7 @@ pub const ALL: &[&str] = &[
     SEEN_VERSIONS,
     META,
     BUILDS,
+    TOKENS,
 ];
 
 /// A quarantined (environment, project, version).
@@ -230,6 +238,36 @@ impl Tables {
     /// Stores the incarnation id.
     pub fn put_incarnation(batch: &mut Batch, id: &str) {
         batch.put(META, INCARNATION_KEY.to_vec(), id.as_bytes().to_vec());
+    }
+
+    /// The secret tokens are signed with, once made.
+    pub fn token_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(META, TOKEN_KEY)
+    }
+
+    /// Stores the token secret.
+    pub fn put_token_secret(batch: &mut Batch, secret: &[u8]) {
+        batch.put(META, TOKEN_KEY.to_vec(), secret.to_vec());
+    }
+
+    /// A token's record by id.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let value = self.kv.get(TOKENS, id.as_bytes())?;
+        value.map(|v| decode(TOKENS, &v)).transpose()
+    }
+
+    /// Every token ever made.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.kv
+            .scan(TOKENS, b"", None, Order::Ascending, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode(TOKENS, v))
+            .collect()
+    }
+
+    /// Adds a token record put to `batch`.
+    pub fn put_token(batch: &mut Batch, token: &TokenRecord) {
+        batch.put(TOKENS, token.id.as_bytes().to_vec(), encode(token));
     }
 
     /// Every project of every environment.

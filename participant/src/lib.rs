@@ -14,9 +14,11 @@
 //! - [`inquiry`]: the coordinator's GetDecision as a `DecisionSource`.
 //! - [`schema`]: database migrations staged with a transaction.
 //! - [`service`] / [`server`]: the gRPC edge with reflection and health.
+//! - [`access`]: who may call an agent (orders from the coordinator only).
 //! - [`agent`]: the reference agent's deployer (`lockstep-agent`).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod access;
 pub mod agent;
 pub mod deployer;
 pub mod inquiry;

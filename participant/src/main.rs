@@ -9,10 +9,11 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use lockstep::shutdown;
+use lockstep::{identity::Identity, shutdown, tls};
 use lockstep_participant::{
     Participant,
-    agent::{FsDeployer, Hooks},
+    access::OnlyCoordinator,
+    agent::{ArtifactRoots, FsDeployer, Hooks},
     inquiry::GrpcDecisions,
     ledger::{self, Ledger},
     participant::Decisions,
@@ -41,7 +42,7 @@ struct Args {
     /// Directory holding `releases/<version>` and the `current` symlink.
     #[arg(long)]
     deploy_root: PathBuf,
-    /// Coordinator URL, asked for decisions after a restart.
+    /// Coordinator URL, asked for decisions after a restart (`https://` with TLS).
     #[arg(
         long,
         env = "LOCKSTEP_COORDINATOR",
@@ -73,6 +74,28 @@ struct Args {
     /// `postgres-2pc` (a PostgreSQL prepared transaction until the decision).
     #[arg(long, default_value = "reversible")]
     migration_mode: schema::Mode,
+    /// Directory artifacts may be staged from (repeatable); a Prepare naming a path
+    /// outside every one is refused. Required with TLS.
+    #[arg(long)]
+    artifact_root: Vec<PathBuf>,
+    /// This agent's certificate (PEM): its server certificate, and its client
+    /// certificate towards the coordinator.
+    #[arg(long, env = "LOCKSTEP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LOCKSTEP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The deployment's CA (PEM): callers' certificates and the coordinator's must
+    /// chain to it.
+    #[arg(long, env = "LOCKSTEP_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// The identity orders are taken from (the coordinator's certificate URI SAN).
+    #[arg(long, default_value = "spiffe://lockstep/coordinator")]
+    coordinator_identity: String,
+    /// Plaintext, and anyone who can reach the agent may give it orders: for local
+    /// experiments only (a warning is logged).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -87,7 +110,15 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     let args = Args::parse();
     let listen = args.listen;
-    let (participant, store) = participant(args).await?;
+    let files = tls::files_from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_client_ca.clone(),
+        args.insecure,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (tls, access) = security(files.as_ref(), &args)?;
+    let (participant, store) = participant(args, files).await?;
     let prepared = participant
         .recover_local()
         .await
@@ -104,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding --listen {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
-        server::serve(listener, participant, async move {
+        server::serve(listener, tls, participant, access, async move {
             let _ = told.await;
         })
     };
@@ -118,7 +149,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// The participant the flags describe (its ledger, deployer, schema and decision
 /// source), with the ledger's store to sync at a stop.
-async fn participant(args: Args) -> anyhow::Result<(Participant<FsDeployer>, Arc<RocksKv>)> {
+async fn participant(
+    args: Args,
+    files: Option<tls::TlsFiles>,
+) -> anyhow::Result<(Participant<FsDeployer>, Arc<RocksKv>)> {
     lockstep::names::ProjectName::parse("--project", &args.project)?;
     lockstep::names::Environment::parse("--environment", &args.environment)?;
     std::fs::create_dir_all(&args.data_dir)
@@ -135,8 +169,13 @@ async fn participant(args: Args) -> anyhow::Result<(Participant<FsDeployer>, Arc
         commit: args.commit_hook,
         abort: args.abort_hook,
     };
+    let roots = ArtifactRoots::new(&args.artifact_root)?;
+    if roots.is_empty() && files.is_some() {
+        anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");
+    }
     let deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
-        .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?;
+        .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?
+        .with_artifact_roots(roots);
     let schema = match &args.database {
         Some(url) => {
             let s = schema::Schema::open(url, args.migration_mode, &args.project)
@@ -151,8 +190,13 @@ async fn participant(args: Args) -> anyhow::Result<(Participant<FsDeployer>, Arc
         }
         None => None,
     };
-    let coordinator = lockstep::edge::endpoint(&args.coordinator)
-        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?
+    let client_tls = files
+        .map(|f| tls::client_config(&f.ca, Some((&f.cert, &f.key))))
+        .transpose()?;
+    let endpoint = lockstep::edge::endpoint(&args.coordinator)
+        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?;
+    let coordinator = lockstep::edge::secured(endpoint, client_tls.as_ref())
+        .map_err(|e| anyhow::anyhow!("--coordinator {e}"))?
         .connect_lazy();
     let decisions = Decisions {
         source: Arc::new(GrpcDecisions::new(coordinator)),
@@ -169,6 +213,24 @@ async fn participant(args: Args) -> anyhow::Result<(Participant<FsDeployer>, Arc
         Some(decisions),
     );
     Ok((participant, store))
+}
+
+/// The server's TLS (re-read on SIGHUP) and who may call it.
+fn security(
+    files: Option<&tls::TlsFiles>,
+    args: &Args,
+) -> anyhow::Result<(Option<tls::ServerTls>, OnlyCoordinator)> {
+    let Some(files) = files else {
+        return Ok((None, OnlyCoordinator::insecure()));
+    };
+    let coordinator = Identity::parse(&args.coordinator_identity)
+        .map_err(|e| anyhow::anyhow!("--coordinator-identity: {e}"))?;
+    let server = tls::ServerTls::load(files.clone())?;
+    tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
+    Ok((
+        Some(server.clone()),
+        OnlyCoordinator::new(server, coordinator),
+    ))
 }
 
 /// A database URL without its password, for logs.

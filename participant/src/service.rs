@@ -7,17 +7,21 @@ use lockstep::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{deployer::Deployer, participant::Participant};
+use crate::{access::OnlyCoordinator, deployer::Deployer, participant::Participant};
 
 /// Serves the Participant API for one project.
 pub struct ParticipantService<D> {
     participant: Participant<D>,
+    access: OnlyCoordinator,
 }
 
 impl<D: Deployer> ParticipantService<D> {
-    /// Wraps a participant.
-    pub fn new(participant: Participant<D>) -> Self {
-        Self { participant }
+    /// Wraps a participant, answering only whom `access` lets through.
+    pub fn new(participant: Participant<D>, access: OnlyCoordinator) -> Self {
+        Self {
+            participant,
+            access,
+        }
     }
 }
 
@@ -27,6 +31,7 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        self.access.orders(&request)?;
         let order = PrepareOrder::try_from(request.into_inner())?;
         let vote = self.participant.prepare(order).await?;
         Ok(Response::new(pb::PrepareResponse::from(&vote)))
@@ -36,6 +41,7 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        self.access.orders(&request)?;
         let order = CommitOrder::try_from(request.into_inner())?;
         let live_version = self.participant.commit(&order).await?;
         Ok(Response::new(pb::CommitResponse { live_version }))
@@ -45,6 +51,7 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
+        self.access.orders(&request)?;
         let order = AbortOrder::try_from(request.into_inner())?;
         let live_version = self.participant.abort(&order).await?;
         Ok(Response::new(pb::AbortResponse { live_version }))
@@ -54,14 +61,16 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PreviewResponse>, Status> {
+        self.access.orders(&request)?;
         let order = PrepareOrder::try_from(request.into_inner())?;
         Ok(Response::new(self.participant.preview(order).await?))
     }
 
     async fn get_status(
         &self,
-        _request: Request<pb::GetStatusRequest>,
+        request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ParticipantStatus>, Status> {
+        self.access.reads(&request)?;
         Ok(Response::new(self.participant.status().await?))
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 fn a_bad_project_name_is_refused_by_flag() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lockstep-agent"))
-        .args(["--project", "a/b", "--listen", "127.0.0.1:0"])
+        .args(["--project", "a/b", "--listen", "127.0.0.1:0", "--insecure"])
         .arg("--data-dir")
         .arg(dir.path().join("state"))
         .arg("--deploy-root")

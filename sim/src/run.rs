@@ -194,6 +194,7 @@ pub fn run(cfg: &Config) -> Outcome {
                 lockstep_coordinator::server::serve_incoming(
                     net::incoming(COORDINATOR_PORT),
                     coordinator,
+                    lockstep_coordinator::access::Access::insecure(),
                     std::future::pending(),
                 )
                 .await
@@ -242,6 +243,7 @@ pub fn run(cfg: &Config) -> Outcome {
                 lockstep_participant::server::serve_incoming(
                     net::incoming(port),
                     participant,
+                    lockstep_participant::access::OnlyCoordinator::insecure(),
                     std::future::pending(),
                 )
                 .await

@@ -11,6 +11,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod pg;
+pub mod secure;
 
 use std::{
     collections::BTreeMap,
@@ -105,6 +106,19 @@ impl Server {
         s
     }
 
+    /// `--insecure` for a Lockstep server started without TLS flags (plaintext must be
+    /// asked for explicitly).
+    fn insecure_unless_tls(&self) -> Option<&'static str> {
+        let ours = ["lockstep-coordinator", "lockstep-agent"]
+            .iter()
+            .any(|name| self.program.ends_with(name));
+        let tls = self
+            .args
+            .iter()
+            .any(|a| a == "--tls-cert" || a == "--insecure");
+        (ours && !tls).then_some("--insecure")
+    }
+
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -113,6 +127,7 @@ impl Server {
             .unwrap();
         let mut child = Command::new(&self.program)
             .args(&self.args)
+            .args(self.insecure_unless_tls())
             .arg("--listen")
             .arg(self.addr.to_string())
             .envs(self.env.iter().cloned())
@@ -151,6 +166,25 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The URL of a server started with TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Sends SIGHUP (re-read the certificates).
+    pub fn hangup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -161,12 +195,7 @@ impl Server {
 
     /// Sends SIGTERM (a clean stop is asked).
     pub fn terminate(&self) {
-        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
+        self.signal(libc::SIGTERM);
     }
 
     /// Waits until the process exits by itself (e.g. at a crash point); returns how.
@@ -554,4 +583,22 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// grpcurl from `LOCKSTEP_GRPCURL`, the setup script's tools dir, or PATH. The setup
+/// script (`scripts/setup`, run by `scripts/test`) installs it; missing is a failure.
+pub fn grpcurl() -> PathBuf {
+    if let Some(p) = std::env::var_os("LOCKSTEP_GRPCURL") {
+        return p.into();
+    }
+    let tools =
+        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
+    let installed = PathBuf::from(tools).join("venv/bin/grpcurl");
+    if installed.is_file() {
+        return installed;
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("grpcurl"))
+        .find(|p| p.is_file())
+        .expect("grpcurl is not installed: run scripts/setup (scripts/test does)")
 }

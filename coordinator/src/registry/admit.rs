@@ -20,6 +20,17 @@ use crate::{
     txn::{Transaction, events},
 };
 
+/// Decides whether the caller may carry out a plan: `Err` (a
+/// [`CoordinatorError::Denied`]) refuses it before anything is written.
+pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
+
+/// `replayed`, if the caller may see it carried out.
+fn authorized(replayed: Result<Created>, authorize: Authorize<'_>) -> Result<Created> {
+    let created = replayed?;
+    authorize(&created.plan)?;
+    Ok(created)
+}
+
 /// Answer to a create call.
 pub struct Created {
     /// The transaction (None for a dry run).
@@ -38,17 +49,23 @@ impl Registry {
     /// Plans a transaction, accepts it durably and queues it. Resolves once the
     /// transaction is durable ("nothing valid is lost"); a failed write stops the
     /// coordinator (fail-stop), and recovery then aborts it.
-    pub async fn admit(&self, spec: CreateSpec) -> Result<Created> {
+    ///
+    /// `authorize` sees the final plan (what the transaction would change) before
+    /// anything is written, so a caller allowed some projects only can never start a
+    /// transaction that touches another, however the plan came out.
+    pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
         let (created, written) = {
             if let Some(replayed) = self.replayed(&self.state(), &spec)? {
-                return replayed;
+                return authorized(replayed, authorize);
             }
             let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
             // Someone may have created the same id while this one was planned.
             if let Some(replayed) = self.replayed(&s, &spec)? {
-                return replayed;
+                return authorized(replayed, authorize);
             }
-            self.accept(&mut s, &spec, plan?)?
+            let plan = plan?;
+            authorize(&plan)?;
+            self.accept(&mut s, &spec, plan)?
         };
         let first_event_seq = written.await?;
         Ok(Created {
@@ -68,9 +85,14 @@ impl Registry {
     }
 
     /// The plan and who it would wait for, without writing anything (dry runs).
-    pub fn plan_only(&self, spec: &CreateSpec) -> Result<(Plan, Vec<TxId>)> {
+    pub fn plan_only(
+        &self,
+        spec: &CreateSpec,
+        authorize: Authorize<'_>,
+    ) -> Result<(Plan, Vec<TxId>)> {
         let (s, plan) = self.plan_for(&spec.environment, &spec.request);
         let plan = plan?;
+        authorize(&plan)?;
         let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
         Ok((plan, waits_for))
     }
@@ -127,6 +149,7 @@ impl Registry {
             created_ms: self.now(),
             finished_ms: 0,
             prepare_sent: false,
+            created_by: spec.actor.clone(),
         }
     }
 
@@ -142,12 +165,9 @@ impl Registry {
         blocked: Option<Blocked>,
     ) -> (TxRecord, impl Future<Output = Result<u64>> + use<>) {
         let created = describe_request(&record);
-        let mut written = vec![events::event(
-            &record,
-            pb::EventKind::TransactionCreated,
-            None,
-            created,
-        )];
+        let mut created = events::event(&record, pb::EventKind::TransactionCreated, None, created);
+        created.actor = record.created_by.clone();
+        let mut written = vec![created];
         if let Some(b) = &blocked {
             record.reason = b.explain();
             let queued = pb::EventKind::TransactionQueued;

@@ -17,8 +17,10 @@
 //! - `operator`: what people ask of a transaction in flight (abort, resolve, retry).
 //! - [`projects`]: registration, with the `requires` graph checked.
 //! - [`history`]: the planner's view of what is on disk.
+//! - [`audit`]: refusals, tokens and the audit log.
 
 pub mod admit;
+pub mod audit;
 mod history;
 mod operator;
 mod planning;

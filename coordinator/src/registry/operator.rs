@@ -21,9 +21,9 @@ const ABORT_WAIT: Duration = Duration::from_secs(30);
 impl Registry {
     /// Aborts a transaction that has not decided yet, and waits (briefly) until its
     /// driver has recorded the ABORT decision.
-    pub async fn abort(&self, id: &TxId, reason: String) -> Result<TxRecord> {
+    pub async fn abort(&self, id: &TxId, reason: String, actor: String) -> Result<TxRecord> {
         let mut latest = self.inner.feed.latest();
-        if let Some(answer) = self.signal_abort(id, reason)? {
+        if let Some(answer) = self.signal_abort(id, reason, actor)? {
             return Ok(answer);
         }
         let deadline = tokio::time::Instant::now() + ABORT_WAIT;
@@ -47,7 +47,7 @@ impl Registry {
 
     /// Asks the driver of an undecided transaction to abort. `Some`: the answer is
     /// already known (it is aborting).
-    fn signal_abort(&self, id: &TxId, reason: String) -> Result<Option<TxRecord>> {
+    fn signal_abort(&self, id: &TxId, reason: String, actor: String) -> Result<Option<TxRecord>> {
         let s = self.state();
         let Some(active) = s.active.get(id) else {
             let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
@@ -58,7 +58,7 @@ impl Registry {
         };
         match active.record.state {
             TxState::Pending | TxState::Preparing => {
-                let _ = active.commands.send(Command::Abort(reason));
+                let _ = active.commands.send(Command::Abort { reason, actor });
                 Ok(None)
             }
             TxState::Aborting => Ok(Some(active.record.clone())),

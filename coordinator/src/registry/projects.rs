@@ -21,7 +21,11 @@ use crate::{
 impl Registry {
     /// Registers or updates a project; `false` when it was registered exactly so
     /// already. Durable (fsync) before it returns.
-    pub async fn register_project(&self, project: ProjectRecord) -> Result<(ProjectRecord, bool)> {
+    pub async fn register_project(
+        &self,
+        project: ProjectRecord,
+        actor: &str,
+    ) -> Result<(ProjectRecord, bool)> {
         let written = {
             let mut s = self.state();
             let env_projects = s.projects.get(&project.environment);
@@ -34,7 +38,9 @@ impl Registry {
             s.changed(&project.environment);
             let env = s.projects.entry(project.environment.clone()).or_default();
             env.insert(project.name.clone(), project.clone());
-            let events = vec![registered(&project)];
+            let mut event = registered(&project);
+            event.actor = actor.to_string();
+            let events = vec![event];
             self.inner.journal.append(batch, events, Durable::Now)
         };
         written.await?;

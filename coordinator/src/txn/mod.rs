@@ -325,13 +325,20 @@ impl Transaction {
             .map(|p| p.project.clone())
     }
 
-    /// AbortRelease asked to abort. Only an undecided transaction can be aborted.
-    pub fn abort_requested(&mut self, reason: String) -> Vec<Effect> {
-        match self.record.state {
+    /// AbortRelease asked to abort, by `actor` (named on the decision's event). Only an
+    /// undecided transaction can be aborted.
+    pub fn abort_requested(&mut self, reason: String, actor: &str) -> Vec<Effect> {
+        let mut effects = match self.record.state {
             TxState::Pending => self.abort_unprepared(reason),
             TxState::Preparing => self.decide_abort(format!("aborted on request: {reason}")),
             _ => Vec::new(),
+        };
+        for effect in &mut effects {
+            if let Effect::Write { events, .. } = effect {
+                events.iter_mut().for_each(|e| e.actor = actor.to_string());
+            }
         }
+        effects
     }
 
     // ----- the decision -----

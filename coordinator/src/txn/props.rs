@@ -77,7 +77,7 @@ fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
         Input::Refused => m.start(Turn::Refused("changed".into())),
         Input::Vote(p, kind) => m.vote(&name(PROJECTS[*p]), answer(*kind)),
         Input::Deadline => m.deadline(),
-        Input::Abort => m.abort_requested("asked".into()),
+        Input::Abort => m.abort_requested("asked".into(), ""),
         // The driver reports durability only after carrying out a DecideCommit.
         Input::CommitDurable if seen.commit_written && !seen.commit_durable => {
             seen.commit_durable = true;

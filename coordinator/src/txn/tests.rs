@@ -68,6 +68,7 @@ pub(super) fn t4(state: TxState) -> TxRecord {
         created_ms: 0,
         finished_ms: 0,
         prepare_sent: state != TxState::Pending,
+        created_by: String::new(),
     }
 }
 
@@ -347,7 +348,7 @@ fn a_decided_transaction_restarted_resumes_phase2_and_is_never_decided_again() {
         [("C".into(), "commit")],
         "only who has not acknowledged"
     );
-    assert!(m.abort_requested("too late".into()).is_empty());
+    assert!(m.abort_requested("too late".into(), "").is_empty());
     assert!(m.deadline().is_empty());
     assert!(
         m.vote(&name("A"), Ok(VoteAnswer::Refused("late".into())))
@@ -376,15 +377,25 @@ fn a_queued_transaction_refused_at_its_turn_aborts_without_telling_anyone() {
 #[test]
 fn an_abort_request_aborts_only_an_undecided_transaction() {
     let mut m = machine(TxState::Preparing);
-    let effects = m.abort_requested("release driver cancelled".into());
+    let effects = m.abort_requested("release driver cancelled".into(), "alice");
     assert_eq!(
         m.record().reason,
         "aborted on request: release driver cancelled"
     );
     assert_eq!(sends(&effects), [("A".into(), "abort")]);
+    let actors: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Write { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| e.actor.as_str())
+        .collect();
+    assert_eq!(actors, ["alice"], "the decision names who asked");
     let mut decided = machine(TxState::Preparing);
     all_prepared(&mut decided);
-    assert!(decided.abort_requested("too late".into()).is_empty());
+    assert!(decided.abort_requested("too late".into(), "").is_empty());
     assert_eq!(decided.record().state, TxState::Committing);
 }
 

@@ -16,6 +16,7 @@ use crate::{
     agent::{
         artifact,
         hooks::{self, Hooks, Phase},
+        roots::ArtifactRoots,
     },
     deployer::{Change, DeployError, Deployer, Refusal, Staged},
 };
@@ -28,6 +29,7 @@ pub const METADATA_FILE: &str = "lockstep-release.json";
 pub struct FsDeployer {
     root: PathBuf,
     hooks: Hooks,
+    artifacts: ArtifactRoots,
 }
 
 /// What `stage` remembers.
@@ -41,7 +43,19 @@ impl FsDeployer {
     /// A deployer over `root` (created if missing).
     pub fn new(root: PathBuf, hooks: Hooks) -> std::io::Result<Self> {
         fs::create_dir_all(root.join("releases"))?;
-        Ok(Self { root, hooks })
+        Ok(Self {
+            root,
+            hooks,
+            artifacts: ArtifactRoots::default(),
+        })
+    }
+
+    /// Stages artifacts only from inside `roots` (`--artifact-root`).
+    pub fn with_artifact_roots(self, roots: ArtifactRoots) -> Self {
+        Self {
+            artifacts: roots,
+            ..self
+        }
     }
 
     /// `<root>/releases/<version>`.
@@ -78,6 +92,7 @@ impl FsDeployer {
             fs::create_dir_all(&staging)
                 .map_err(|e| format!("creating {}: {e}", staging.display()))?;
         } else {
+            self.artifacts.admit(Path::new(&change.artifact))?;
             artifact::install(Path::new(&change.artifact), &staging)?;
         }
         let metadata = serde_json::json!({
@@ -267,11 +282,13 @@ impl Deployer for FsDeployer {
     ) -> Result<Option<Vec<(String, String)>>, Refusal> {
         let staged = self.release_dir(&change.version).join("migrations");
         let artifact = PathBuf::from(&change.artifact);
+        let roots = self.artifacts.clone();
         blocking(move || {
             if staged.is_dir() {
                 return artifact::migrations_in_dir(&staged).map(Some);
             }
             if change_has_artifact(&artifact) {
+                roots.admit(&artifact)?;
                 return artifact::migrations_in(&artifact);
             }
             Ok(None)

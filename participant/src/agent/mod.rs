@@ -12,6 +12,8 @@
 pub mod artifact;
 pub mod fs_deployer;
 pub mod hooks;
+pub mod roots;
 
 pub use fs_deployer::FsDeployer;
 pub use hooks::Hooks;
+pub use roots::ArtifactRoots;

@@ -188,6 +188,7 @@ impl Story {
             created_ms: 0,
             finished_ms: 0,
             prepare_sent: true,
+            created_by: String::new(),
         }
     }
 

@@ -153,7 +153,9 @@ impl Grant {
     /// environment needs a grant over every environment.
     pub fn allows(&self, permission: Permission, scope: &Scope) -> bool {
         let env_ok = match &scope.environment {
-            Some(env) => self.environments.is_empty() || self.environments.iter().any(|e| e == env.as_str()),
+            Some(env) => {
+                self.environments.is_empty() || self.environments.iter().any(|e| e == env.as_str())
+            }
             None => self.environments.is_empty(),
         };
         let projects_ok = self.projects.is_empty()
@@ -168,7 +170,13 @@ impl Grant {
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.role.name())?;
-        let list = |v: &[String]| if v.is_empty() { "*".to_string() } else { v.join(",") };
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "*".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         write!(
             f,
             " for environments {} and projects {}",
@@ -189,7 +197,10 @@ mod tests {
     }
 
     fn projects(names: &[&str]) -> Vec<ProjectName> {
-        names.iter().map(|n| ProjectName::parse("p", n).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| ProjectName::parse("p", n).unwrap())
+            .collect()
     }
 
     fn releaser_for(envs: &[&str], names: &[&str]) -> Grant {
@@ -204,21 +215,41 @@ mod tests {
     fn a_scoped_releaser_releases_its_own_projects_only() {
         let grant = releaser_for(&["staging"], &["A", "B"]);
         let staging = env("staging");
-        assert!(grant.allows(Permission::Release, &Scope::projects(&staging, projects(&["A", "B"]))));
-        assert!(!grant.allows(Permission::Release, &Scope::projects(&staging, projects(&["A", "C"]))));
-        assert!(!grant.allows(Permission::Release, &Scope::projects(&env("prod"), projects(&["A"]))));
-        assert!(grant.allows(Permission::Read, &Scope::environment(&staging)), "a releaser reads");
-        assert!(!grant.allows(Permission::Operate, &Scope::projects(&staging, projects(&["A"]))));
+        assert!(grant.allows(
+            Permission::Release,
+            &Scope::projects(&staging, projects(&["A", "B"]))
+        ));
+        assert!(!grant.allows(
+            Permission::Release,
+            &Scope::projects(&staging, projects(&["A", "C"]))
+        ));
+        assert!(!grant.allows(
+            Permission::Release,
+            &Scope::projects(&env("prod"), projects(&["A"]))
+        ));
+        assert!(
+            grant.allows(Permission::Read, &Scope::environment(&staging)),
+            "a releaser reads"
+        );
+        assert!(!grant.allows(
+            Permission::Operate,
+            &Scope::projects(&staging, projects(&["A"]))
+        ));
     }
 
     #[test]
     fn roles_include_the_ones_below_and_nothing_above() {
         let scope = Scope::environment(&env("staging"));
         let allowed = |role| {
-            [Permission::Read, Permission::Release, Permission::Operate, Permission::Administer]
-                .into_iter()
-                .filter(|p| Grant::everywhere(role).allows(*p, &scope))
-                .count()
+            [
+                Permission::Read,
+                Permission::Release,
+                Permission::Operate,
+                Permission::Administer,
+            ]
+            .into_iter()
+            .filter(|p| Grant::everywhere(role).allows(*p, &scope))
+            .count()
         };
         assert_eq!(allowed(Role::Viewer), 1);
         assert_eq!(allowed(Role::Releaser), 2);

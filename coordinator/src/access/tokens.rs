@@ -86,7 +86,10 @@ pub fn new_secret() -> Result<Vec<u8>, String> {
 pub fn new_id() -> Result<String, String> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token id: {e}"))?;
-    Ok(format!("tok-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!(
+        "tok-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
 }
 
 #[cfg(test)]

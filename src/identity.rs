@@ -64,10 +64,14 @@ impl Identity {
             .subject_alternative_name()
             .map_err(|e| format!("unreadable subject alternative names: {e}"))?
             .ok_or_else(|| "the certificate has no subject alternative names".to_string())?;
-        let uris = san.value.general_names.iter().filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
+        let uris = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
         let mut found = uris.filter(|u| u.starts_with("spiffe://"));
         match (found.next(), found.next()) {
             (Some(uri), None) => Self::parse(uri),

@@ -26,7 +26,10 @@ use self::{
     roles::{Grant, Permission, Role, Scope},
     tokens::{Claims, TokenKey},
 };
-use crate::journal::Clock;
+
+/// Milliseconds since the epoch (tokens' expiry); a plain closure, so that this module
+/// depends on nothing else of the coordinator.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Who makes a call, as the handlers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,15 @@ impl Principal {
                 project: own,
             } => environment == env && project == Some(own),
             _ => self.allows(Permission::Read, &Scope::environment(env)),
+        }
+    }
+
+    /// The actor to record for what it does: its own name, or (without authentication)
+    /// the name the request gives.
+    pub fn actor_or(&self, given: &str) -> String {
+        match self.standing {
+            Standing::Unchecked => given.to_string(),
+            _ => self.actor.clone(),
         }
     }
 
@@ -176,6 +188,14 @@ impl Access {
         }
     }
 
+    /// Now, in milliseconds since the epoch, by the clock tokens expire on.
+    pub fn now_ms(&self) -> u64 {
+        match &*self.inner {
+            Mode::Secure(s) => (s.clock)(),
+            Mode::Insecure => lockstep::wire::now_millis(),
+        }
+    }
+
     /// Marks a token revoked for every later call.
     pub fn revoke(&self, id: &str) {
         if let Mode::Secure(s) = &*self.inner {
@@ -211,7 +231,10 @@ fn anyone() -> Principal {
 impl Secure {
     fn token_principal(&self, token: &str) -> Result<Principal, Status> {
         let now_s = (self.clock)() / 1000;
-        let claims: Claims = self.key.verify(token, now_s).map_err(Status::unauthenticated)?;
+        let claims: Claims = self
+            .key
+            .verify(token, now_s)
+            .map_err(Status::unauthenticated)?;
         let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
         if revoked.contains(&claims.jti) {
             return Err(Status::unauthenticated(format!(
@@ -281,5 +304,8 @@ pub fn parse_grant(text: &str) -> Result<(String, Grant), String> {
 }
 
 fn list(text: &str) -> Vec<String> {
-    text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }

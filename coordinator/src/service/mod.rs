@@ -1,5 +1,15 @@
 //! The `lockstep.v1.Coordinator` gRPC edge: each handler validates and converts its
-//! request, calls the [`Coordinator`], and converts the answer. No protocol logic here.
+//! request, checks the caller may do it (`guard`), calls the [`Coordinator`], and
+//! converts the answer. No protocol logic here.
+//!
+//! What each call needs (see `access::roles`): reads and watches `read` on their
+//! environment (every environment when none is named); creates `release` on every
+//! project the final plan changes (`operate` when forced or allowing quarantined
+//! versions); register, abort, resolve, retry and the audit log `operate`; tokens
+//! `administer`; GetDecision the asking agent's own part (or `read`).
+
+mod guard;
+mod tokens;
 
 use std::pin::Pin;
 
@@ -11,20 +21,58 @@ use lockstep::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    convert, coordinator::Coordinator, feed::WatchFilter, model::TxState, registry::admit::Created,
+    access::{
+        Access, Principal,
+        roles::{Permission, Scope},
+    },
+    convert,
+    coordinator::Coordinator,
+    error::CoordinatorError,
+    feed::WatchFilter,
+    model::{CreateSpec, TxState},
+    registry::admit::Created,
 };
 
 /// Serves the Coordinator API over a [`Coordinator`].
 #[derive(Clone)]
 pub struct CoordinatorService {
     coordinator: Coordinator,
+    access: Access,
 }
 
 impl CoordinatorService {
-    /// Wraps a coordinator.
-    pub fn new(coordinator: Coordinator) -> Self {
-        Self { coordinator }
+    /// Wraps a coordinator whose callers `access` authenticates (its interceptor must
+    /// run in front of this service).
+    pub fn new(coordinator: Coordinator, access: Access) -> Self {
+        Self {
+            coordinator,
+            access,
+        }
     }
+
+    /// Creates what `spec` asks for if `principal` may carry out its final plan.
+    async fn create(
+        &self,
+        principal: Principal,
+        call: &'static str,
+        permission: Permission,
+        mut spec: CreateSpec,
+    ) -> Result<Created, Status> {
+        let env = spec.environment.clone();
+        let check = guard::plan_check(&principal, call, permission, &env);
+        spec.actor = principal.actor_or("");
+        match self.coordinator.create(spec, &check).await {
+            Err(CoordinatorError::Denied(message)) => Err(self
+                .refuse(&principal, call, message, Some(&env), None)
+                .await),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// `read` over `env`, or over every environment when there is none.
+fn read_scope(env: Option<&Environment>) -> Scope {
+    env.map(Scope::environment).unwrap_or_default()
 }
 
 fn created(c: Created) -> pb::CreateTransactionResponse {
@@ -53,8 +101,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RegisterProjectRequest>,
     ) -> Result<Response<pb::RegisterProjectResponse>, Status> {
-        let project = convert::project(request.into_inner())?;
-        let (project, changed) = self.coordinator.register_project(project).await?;
+        let project = convert::project(request.get_ref().clone())?;
+        if self.access.is_secure() && !project.endpoint.starts_with("https://") {
+            let why = "must be https://: this coordinator reaches agents over mutual TLS";
+            return Err(lockstep::names::FieldError::new("endpoint", why).into());
+        }
+        let scope = Scope::projects(&project.environment, [project.name.clone()]);
+        let call = "RegisterProject";
+        let who = self
+            .allow(&request, call, Permission::Operate, scope)
+            .await?;
+        let actor = who.actor_or("");
+        let (project, changed) = self.coordinator.register_project(project, &actor).await?;
         Ok(Response::new(pb::RegisterProjectResponse {
             project: Some(convert::project_message(&project)),
             changed,
@@ -65,7 +123,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
-        let env = environment("environment", &request.into_inner().environment)?;
+        let env = environment("environment", &request.get_ref().environment)?;
+        let scope = Scope::environment(&env);
+        self.allow(&request, "ListProjects", Permission::Read, scope)
+            .await?;
         let projects = self
             .coordinator
             .projects(&env)
@@ -79,24 +140,40 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CreateReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
-        let spec = convert::release(request.into_inner())?;
-        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+        let r = request.get_ref();
+        let permission = match r.force || r.allow_quarantined {
+            true => Permission::Operate,
+            false => Permission::Release,
+        };
+        let spec = convert::release(r.clone())?;
+        let call = "CreateRelease";
+        let scope = Scope::environment(&spec.environment);
+        let who = self.allow(&request, call, permission, scope).await?;
+        let created = self.create(who, call, permission, spec).await?;
+        Ok(Response::new(self::created(created)))
     }
 
     async fn revert_release(
         &self,
         request: Request<pb::RevertReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
-        let spec = convert::revert(request.into_inner())?;
-        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+        let spec = convert::revert(request.get_ref().clone())?;
+        let (call, permission) = ("RevertRelease", Permission::Release);
+        let scope = Scope::environment(&spec.environment);
+        let who = self.allow(&request, call, permission, scope).await?;
+        let created = self.create(who, call, permission, spec).await?;
+        Ok(Response::new(self::created(created)))
     }
 
     async fn rollback(
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let env = environment("environment", &request.get_ref().environment)?;
+        let (call, permission) = ("Rollback", Permission::Release);
+        let scope = Scope::environment(&env);
+        let who = self.allow(&request, call, permission, scope).await?;
         let r = request.into_inner();
-        let env = environment("environment", &r.environment)?;
         let resolved = match r.revision {
             0 => self
                 .coordinator
@@ -107,27 +184,33 @@ impl coordinator_server::Coordinator for CoordinatorService {
             n => n,
         };
         let spec = convert::rollback(r, resolved)?;
-        Ok(Response::new(created(self.coordinator.create(spec).await?)))
+        let created = self.create(who, call, permission, spec).await?;
+        Ok(Response::new(self::created(created)))
     }
 
     async fn get_release(
         &self,
         request: Request<pb::GetReleaseRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
-        let id = TxId::parse("id", &request.into_inner().id)?;
-        Ok(Response::new(convert::transaction(
-            &self.coordinator.get(&id)?,
-        )))
+        let id = TxId::parse("id", &request.get_ref().id)?;
+        let (_, record) = self
+            .allow_on(&request, "GetRelease", Permission::Read, &id)
+            .await?;
+        Ok(Response::new(convert::transaction(&record)))
     }
 
     async fn list_releases(
         &self,
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref();
         let env = (!r.environment.is_empty())
             .then(|| Environment::parse("environment", &r.environment))
             .transpose()?;
+        let scope = read_scope(env.as_ref());
+        self.allow(&request, "ListReleases", Permission::Read, scope)
+            .await?;
+        let r = request.into_inner();
         let (field, size) = match r.page_size {
             0 => ("limit", r.limit),
             n => ("page_size", n),
@@ -147,8 +230,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ResolveParticipantRequest>,
     ) -> Result<Response<pb::ResolveParticipantResponse>, Status> {
+        let (id, project, mut resolution) = convert::resolution(request.get_ref())?;
+        let (who, _) = self
+            .allow_on(&request, "ResolveParticipant", Permission::Operate, &id)
+            .await?;
+        resolution.actor = who.actor_or(&resolution.actor);
         let r = request.into_inner();
-        let (id, project, resolution) = convert::resolution(&r)?;
         let (record, resolved) = self
             .coordinator
             .resolve(&id, project, resolution, r.dry_run)
@@ -164,10 +251,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RetryDeliveryRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
         let actor = convert::actor(&r.actor)?;
-        let record = self.coordinator.retry(&id, actor).await?;
+        let call = "RetryDelivery";
+        let (who, _) = self
+            .allow_on(&request, call, Permission::Operate, &id)
+            .await?;
+        let record = self.coordinator.retry(&id, who.actor_or(&actor)).await?;
         Ok(Response::new(convert::transaction(&record)))
     }
 
@@ -175,8 +266,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::AbortReleaseRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
+        let id = TxId::parse("id", &request.get_ref().id)?;
+        let call = "AbortRelease";
+        let (who, _) = self
+            .allow_on(&request, call, Permission::Operate, &id)
+            .await?;
         let r = request.into_inner();
-        let id = TxId::parse("id", &r.id)?;
         convert::text("reason", &r.reason, lockstep::limits::MAX_TEXT_LEN)?;
         let reason = if r.reason.is_empty() {
             "no reason given".to_string()
@@ -184,7 +279,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
             r.reason
         };
         Ok(Response::new(convert::transaction(
-            &self.coordinator.abort(&id, reason).await?,
+            &self
+                .coordinator
+                .abort(&id, reason, who.actor_or(""))
+                .await?,
         )))
     }
 
@@ -192,10 +290,20 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref();
         let filter = (!r.transaction_id.is_empty())
             .then(|| TxId::parse("transaction_id", &r.transaction_id))
             .transpose()?;
+        let (call, read) = ("WatchEvents", Permission::Read);
+        match &filter {
+            Some(id) => {
+                self.allow_on(&request, call, read, id).await?;
+            }
+            None => {
+                self.allow(&request, call, read, Scope::default()).await?;
+            }
+        }
+        let r = request.into_inner();
         if r.until_terminal && filter.is_none() {
             return Err(Status::invalid_argument(
                 "until_terminal: needs transaction_id",
@@ -205,9 +313,6 @@ impl coordinator_server::Coordinator for CoordinatorService {
             return Err(Status::invalid_argument(
                 "only_terminal: needs until_terminal (and transaction_id)",
             ));
-        }
-        if let Some(id) = &filter {
-            self.coordinator.get(id)?;
         }
         let filter = WatchFilter {
             transaction: filter,
@@ -224,7 +329,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetLiveStateRequest>,
     ) -> Result<Response<pb::LiveState>, Status> {
-        let env = environment("environment", &request.into_inner().environment)?;
+        let env = environment("environment", &request.get_ref().environment)?;
+        let scope = Scope::environment(&env);
+        self.allow(&request, "GetLiveState", Permission::Read, scope)
+            .await?;
         let live = self.coordinator.live(&env);
         let (in_flight, pending): (Vec<_>, Vec<_>) = live
             .active
@@ -243,8 +351,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let env = environment("environment", &request.get_ref().environment)?;
+        let scope = Scope::environment(&env);
+        self.allow(&request, "GetHistory", Permission::Read, scope)
+            .await?;
         let r = request.into_inner();
-        let env = environment("environment", &r.environment)?;
         let size = convert::page_size("page_size", r.page_size, 1000)?;
         let after = convert::page_token("page_token", &r.page_token, HISTORY_PAGES)?;
         let page = self.coordinator.history(&env, after.unwrap_or(0), size)?;
@@ -258,11 +369,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
         let project = (!r.project.is_empty())
             .then(|| ProjectName::parse("project", &r.project))
             .transpose()?;
+        self.allow_decision(&request, &id, project.as_ref()).await?;
+        let r = request.into_inner();
         let ours = self.coordinator.incarnation();
         if !r.coordinator_incarnation.is_empty() && r.coordinator_incarnation != ours {
             return Err(Status::failed_precondition(format!(
@@ -273,6 +386,36 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let decision = pb::Decision::from(self.coordinator.decision(&id, project.as_ref())?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        Ok(Response::new(self.make_token(request).await?))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Ok(Response::new(self.revoke(request).await?))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let scope = Scope::default();
+        self.allow(&request, "ListAudit", Permission::Operate, scope)
+            .await?;
+        let r = request.into_inner();
+        let size = convert::page_size("page_size", r.page_size, 100)?;
+        let page = self.coordinator.audit(r.since_seq, size)?;
+        Ok(Response::new(pb::ListAuditResponse {
+            events: page.events,
+            next_seq: page.next.unwrap_or(0),
         }))
     }
 }

@@ -232,7 +232,9 @@ pub fn reload_on_sighup(tls: ServerTls) -> io::Result<()> {
         while hangups.recv().await.is_some() {
             match tls.reload() {
                 Ok(()) => tracing::info!("SIGHUP: certificates re-read; new connections use them"),
-                Err(e) => tracing::error!("SIGHUP: certificates not re-read, keeping the old ones: {e}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: certificates not re-read, keeping the old ones: {e}")
+                }
             }
         }
     });

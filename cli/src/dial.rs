@@ -1,0 +1,110 @@
+//! How the CLI reaches the coordinator: the URL, TLS (the CA to trust, and a client
+//! certificate when given) and a bearer token sent with every call. One [`Dial`], so a
+//! watcher that reconnects presents the same credentials as the first call.
+
+use std::{path::PathBuf, time::Duration};
+
+use lockstep::pb::coordinator_client::CoordinatorClient;
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, ClientTlsConfig},
+};
+
+use crate::{Failure, Result, UNREACHABLE};
+
+/// A coordinator client that presents the CLI's token, if any.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The credentials flags: `--ca`, `--cert`/`--key`, `--token`.
+pub struct Credentials {
+    /// The CA the coordinator's certificate chains to.
+    pub ca: Option<PathBuf>,
+    /// A client certificate.
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// A bearer token.
+    pub token: Option<String>,
+}
+
+/// Everything needed to (re)connect.
+#[derive(Clone)]
+pub struct Dial {
+    /// The coordinator's URL.
+    pub url: String,
+    tls: Option<ClientTlsConfig>,
+    token: Bearer,
+}
+
+impl Dial {
+    /// Checks the flags (exit 2 on a bad combination or an unreadable file).
+    pub fn new(url: &str, c: Credentials) -> Result<Self> {
+        let identity = match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(Failure::usage("--cert and --key go together")),
+        };
+        let tls = match &c.ca {
+            Some(ca) => Some(
+                lockstep::tls::client_config(ca, identity)
+                    .map_err(|e| Failure::usage(e.to_string()))?,
+            ),
+            None if identity.is_some() => {
+                return Err(Failure::usage(
+                    "--cert needs --ca (the CA the coordinator's certificate chains to)",
+                ));
+            }
+            None => None,
+        };
+        let token = c.token.map(|t| bearer(&t, tls.is_some())).transpose()?;
+        Ok(Self {
+            url: url.to_string(),
+            tls,
+            token: Bearer(token),
+        })
+    }
+
+    /// A connected client (exit 3 when the coordinator cannot be reached).
+    pub async fn connect(&self) -> Result<Client> {
+        let url = &self.url;
+        let endpoint = lockstep::edge::endpoint(url)
+            .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let endpoint = lockstep::edge::secured(endpoint, self.tls.as_ref())
+            .map_err(|e| Failure::usage(format!("--coordinator {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| Failure {
+            code: UNREACHABLE,
+            message: format!("cannot reach the coordinator at {url}: {e}"),
+        })?;
+        let client = CoordinatorClient::with_interceptor(channel, self.token.clone());
+        Ok(client.max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES))
+    }
+}
+
+fn bearer(token: &str, tls: bool) -> Result<MetadataValue<Ascii>> {
+    if !tls {
+        return Err(Failure::usage(
+            "--token needs TLS (--ca and an https:// coordinator): it would travel in the clear",
+        ));
+    }
+    format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| Failure::usage("--token: not a token (unexpected characters)"))
+}

@@ -1,0 +1,166 @@
+//! CreateToken and RevokeToken: admins make signed bearer tokens for CI and people, and
+//! revoke them by id. The log records each token's id, subject, grant and expiry (never
+//! the token), and a revocation holds for every call from the moment it is durable.
+
+use std::time::Duration;
+
+use lockstep::{
+    identity::valid_user,
+    names::{Environment, FieldError, ProjectName},
+    pb,
+};
+use tonic::{Request, Status};
+
+use super::CoordinatorService;
+use crate::{
+    access::{
+        Principal,
+        roles::{Grant, Permission, Role, Scope},
+        tokens::{self, Claims},
+    },
+    model::TokenRecord,
+};
+
+/// How long a token lives when the request says nothing.
+const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest a token may live: tokens must expire.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl CoordinatorService {
+    /// CreateToken.
+    pub(super) async fn make_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<pb::CreateTokenResponse, Status> {
+        let scope = Scope::default();
+        let who = self
+            .allow(&request, "CreateToken", Permission::Administer, scope)
+            .await?;
+        let Some(key) = self.access.token_key() else {
+            return Err(Status::failed_precondition(
+                "tokens need authentication: this coordinator runs with --insecure",
+            ));
+        };
+        let r = request.into_inner();
+        let claims = self.claims(&who, &r)?;
+        let token = key.issue(&claims).map_err(Status::internal)?;
+        let record = TokenRecord {
+            id: claims.jti.clone(),
+            subject: claims.sub.clone(),
+            grant: claims.grant.to_string(),
+            expires_ms: claims.exp * 1000,
+            created_by: who.actor.clone(),
+            revoked: false,
+        };
+        let event = token_event(&who, pb::EventKind::TokenCreated, describe(&record));
+        self.coordinator.record_token(&record, event).await?;
+        Ok(pb::CreateTokenResponse {
+            id: record.id,
+            token,
+            expires: lockstep::wire::timestamp(record.expires_ms),
+        })
+    }
+
+    fn claims(&self, who: &Principal, r: &pb::CreateTokenRequest) -> Result<Claims, Status> {
+        let role = Role::parse(&r.role).map_err(|e| FieldError::new("role", e))?;
+        let grant = Grant {
+            role,
+            environments: names("environments", &r.environments, |f, v| {
+                Environment::parse(f, v).map(|_| ())
+            })?,
+            projects: names("projects", &r.projects, |f, v| {
+                ProjectName::parse(f, v).map(|_| ())
+            })?,
+        };
+        let ttl = ttl(r.ttl.as_ref())?;
+        let subject = subject(who, &r.subject)?;
+        let now_s = self.access.now_ms() / 1000;
+        Ok(Claims {
+            jti: tokens::new_id().map_err(Status::internal)?,
+            sub: subject,
+            iss: tokens::ISSUER.into(),
+            iat: now_s,
+            exp: now_s + ttl.as_secs(),
+            grant,
+        })
+    }
+
+    /// RevokeToken.
+    pub(super) async fn revoke(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<pb::RevokeTokenResponse, Status> {
+        let scope = Scope::default();
+        let who = self
+            .allow(&request, "RevokeToken", Permission::Administer, scope)
+            .await?;
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(FieldError::new("id", "is required (`tok-...`)").into());
+        }
+        let message = format!("token {id} revoked");
+        let event = token_event(&who, pb::EventKind::TokenRevoked, message);
+        let revoked = self.coordinator.revoke_token(&id, event).await?;
+        self.access.revoke(&id);
+        Ok(pb::RevokeTokenResponse { revoked })
+    }
+}
+
+/// Checks each of `values` with `check` (naming `field[i]`).
+fn names(
+    field: &str,
+    values: &[String],
+    check: impl Fn(&str, &str) -> Result<(), FieldError>,
+) -> Result<Vec<String>, FieldError> {
+    for (i, value) in values.iter().enumerate() {
+        check(&format!("{field}[{i}]"), value)?;
+    }
+    Ok(values.to_vec())
+}
+
+fn ttl(ttl: Option<&lockstep::wkt::Duration>) -> Result<Duration, FieldError> {
+    let Some(ttl) = ttl else {
+        return Ok(DEFAULT_TTL);
+    };
+    let seconds = u64::try_from(ttl.seconds).unwrap_or(0);
+    if seconds == 0 {
+        return Err(FieldError::new("ttl", "must be at least one second"));
+    }
+    let ttl = Duration::from_secs(seconds);
+    if ttl > MAX_TTL {
+        return Err(FieldError::new(
+            "ttl",
+            "must be at most 366 days: tokens expire",
+        ));
+    }
+    Ok(ttl)
+}
+
+fn subject(who: &Principal, given: &str) -> Result<String, FieldError> {
+    if given.is_empty() {
+        return Ok(who.actor.clone());
+    }
+    if !valid_user(given) {
+        let why = "must be 1-64 letters, digits, '-', '_' or '.'";
+        return Err(FieldError::new("subject", why));
+    }
+    Ok(given.to_string())
+}
+
+fn describe(t: &TokenRecord) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(t.expires_ms);
+    let expires = humantime::format_rfc3339_seconds(at);
+    format!(
+        "token {} for {}: {} until {expires}",
+        t.id, t.subject, t.grant
+    )
+}
+
+fn token_event(who: &Principal, kind: pb::EventKind, message: String) -> pb::Event {
+    pb::Event {
+        kind: kind as i32,
+        actor: who.actor.clone(),
+        message,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,426 @@
+//! Only who may: mutual TLS between every process, roles per environment and project,
+//! tokens that expire and can be revoked, and who did what in the log. Every test runs
+//! the real binaries with certificates from `lockstep certs init`, over real TLS
+//! handshakes.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use lockstep::pb;
+use support::{
+    Cli, Server, bin, grpcurl,
+    secure::{As, Secure, admin, certs_init},
+    wait_for,
+};
+use tonic::Code;
+
+fn versions(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Option<String>> {
+    support::Cluster::expect(pairs)
+}
+
+/// `release create ID P=V... --artifact ... --wait` as `who`.
+async fn release(s: &Secure, who: &As, id: &str, projects: &[&str], extra: &[&str]) -> Cli {
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), id.into()];
+    for p in projects {
+        args.push(format!("{p}={id}{p}"));
+        args.push("--artifact".into());
+        args.push(s.artifact(p, &format!("{id}{p}")));
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.cli(who, &args).await
+}
+
+fn refused(out: &Cli, code: &str) {
+    assert_eq!(out.code, 4, "not allowed is exit 4: {out:?}");
+    assert!(out.stderr.contains(code), "{code}: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_from_anyone_but_the_coordinator_is_refused_and_the_release_commits_everywhere() {
+    let s = Secure::start(&["A", "B", "C"], &[]).await;
+    s.block("B");
+    let attack = async {
+        let mut a = s
+            .agent_client("A", Some(("user-admin.crt", "user-admin.key")))
+            .await;
+        wait_for("A to vote PREPARED on T1", || {
+            let mut a = a.clone();
+            async move {
+                let status = a.get_status(pb::GetStatusRequest {}).await.ok()?;
+                let staged = status.into_inner().staged;
+                staged
+                    .iter()
+                    .any(|t| t.transaction_id == "T1")
+                    .then_some(())
+            }
+        })
+        .await;
+        let abort = pb::AbortRequest {
+            transaction_id: "T1".into(),
+            project: "A".into(),
+            ..Default::default()
+        };
+        let attackers = [
+            (None, Code::Unauthenticated),
+            (
+                Some(("user-admin.crt", "user-admin.key")),
+                Code::PermissionDenied,
+            ),
+            (
+                Some(("agent-default-B.crt", "agent-default-B.key")),
+                Code::PermissionDenied,
+            ),
+        ];
+        for (identity, code) in attackers {
+            let mut client = s.agent_client("A", identity).await;
+            let answer = client.abort(abort.clone()).await;
+            assert_eq!(answer.unwrap_err().code(), code, "{identity:?}");
+        }
+        let refused = a.abort(abort.clone()).await.unwrap_err();
+        assert!(
+            refused.message().contains("spiffe://lockstep/coordinator"),
+            "names who orders come from: {refused:?}"
+        );
+        s.heal("B");
+    };
+    let admin = admin();
+    let (out, ()) = tokio::join!(
+        release(&s, &admin, "T1", &["A", "B", "C"], &["--wait"]),
+        attack
+    );
+
+    assert_eq!(out.code, 0, "T1 commits: {out:?}");
+    assert_eq!(
+        s.live(),
+        versions(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_without_a_trusted_credential_are_unauthenticated_and_change_nothing() {
+    let s = Secure::start(&["A"], &[]).await;
+    let other = s.dir.path().join("other-ca");
+    certs_init(&other, "A", "mallory").await;
+    let foreign = As::Files(
+        other.join("user-mallory.crt"),
+        other.join("user-mallory.key"),
+    );
+    let (short_id, short) = s.token(&["--role", "releaser", "--ttl", "1s"]).await;
+    let (revoked_id, revoked) = s.token(&["--role", "releaser", "--ttl", "1h"]).await;
+    assert_eq!(
+        s.cli(&As::Token(revoked.clone()), &["live"]).await.code,
+        0,
+        "a fresh token works"
+    );
+    let out = s.cli(&admin(), &["token", "revoke", &revoked_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    refused(&s.cli(&As::Nobody, &["live"]).await, "Unauthenticated");
+    let out = release(&s, &foreign, "X1", &["A"], &[]).await;
+    refused(&out, "Unauthenticated");
+    assert!(
+        out.stderr.contains("client certificate not accepted"),
+        "{out:?}"
+    );
+    let out = release(&s, &As::Token(revoked), "X2", &["A"], &[]).await;
+    refused(&out, "Unauthenticated");
+    assert!(
+        out.stderr
+            .contains(&format!("token {revoked_id} was revoked")),
+        "{out:?}"
+    );
+    wait_for("the 1s token to expire", || async {
+        let out = s.cli(&As::Token(short.clone()), &["live"]).await;
+        (out.code == 4).then_some(())
+    })
+    .await;
+    let expired = release(&s, &As::Token(short), "X3", &["A"], &[]).await;
+    refused(&expired, "Unauthenticated");
+    assert!(
+        expired
+            .stderr
+            .contains(&format!("token {short_id} expired")),
+        "{expired:?}"
+    );
+
+    let list = s.cli(&admin(), &["release", "list", "-o", "json"]).await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert_eq!(
+        list.json()["transactions"].as_array().map_or(0, Vec::len),
+        0,
+        "nothing was created: {list:?}"
+    );
+    assert_eq!(s.live(), versions(&[("A", "")]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_releaser_releases_its_projects_only_and_operators_alone_steer() {
+    let s = Secure::start(&["A", "B", "C"], &[]).await;
+    let (_, releaser) = s
+        .token(&[
+            "--role",
+            "releaser",
+            "--env",
+            "default",
+            "--project",
+            "B,C",
+            "--subject",
+            "ci-bc",
+        ])
+        .await;
+    let (_, viewer) = s
+        .token(&["--role", "viewer", "--subject", "dashboard"])
+        .await;
+    let (_, operator) = s
+        .token(&["--role", "operator", "--subject", "oncall"])
+        .await;
+    let (releaser, viewer, operator) =
+        (As::Token(releaser), As::Token(viewer), As::Token(operator));
+
+    let out = release(&s, &releaser, "R1", &["B", "C"], &["--wait"]).await;
+    assert_eq!(out.code, 0, "inside its scope: {out:?}");
+    let out = release(&s, &releaser, "R2", &["A", "B"], &["--wait"]).await;
+    refused(&out, "PermissionDenied");
+    for named in ["permission release", "projects A,B", "ci-bc"] {
+        assert!(
+            out.stderr.contains(named),
+            "the refusal names {named}: {out:?}"
+        );
+    }
+    refused(
+        &release(&s, &releaser, "R3", &["B"], &["--force"]).await,
+        "permission operate",
+    );
+
+    let get = s.cli(&viewer, &["release", "get", "R1"]).await;
+    assert_eq!(get.code, 0, "a viewer reads: {get:?}");
+    assert!(get.stdout.contains("created by ci-bc"), "{get:?}");
+    assert_eq!(s.cli(&viewer, &["history"]).await.code, 0);
+    refused(
+        &release(&s, &viewer, "V1", &["B"], &[]).await,
+        "permission release",
+    );
+
+    s.block("C");
+    let out = release(&s, &releaser, "R4", &["C"], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    refused(
+        &s.cli(&releaser, &["release", "abort", "R4"]).await,
+        "permission operate",
+    );
+    let resolve = [
+        "resolve",
+        "R4",
+        "--participant",
+        "C",
+        "--as",
+        "aborted",
+        "--reason",
+        "x",
+    ];
+    refused(&s.cli(&releaser, &resolve).await, "permission operate");
+    let out = s
+        .cli(
+            &operator,
+            &["release", "abort", "R4", "--reason", "wrong build"],
+        )
+        .await;
+    assert_eq!(out.code, 0, "an operator aborts: {out:?}");
+    s.heal("C");
+
+    let audit = s.cli(&admin(), &["audit", "-o", "json"]).await;
+    assert_eq!(audit.code, 0, "{audit:?}");
+    let events = audit.json()["events"].as_array().unwrap().clone();
+    let by = |kind: &str, actor: &str| {
+        events.iter().any(|e| {
+            e["kind"] == kind && e["actor"].as_str().unwrap_or_default().starts_with(actor)
+        })
+    };
+    assert!(by("EVENT_KIND_TRANSACTION_CREATED", "ci-bc"), "{events:#?}");
+    assert!(by("EVENT_KIND_ACCESS_DENIED", "ci-bc"), "{events:#?}");
+    assert!(by("EVENT_KIND_ACCESS_DENIED", "dashboard"), "{events:#?}");
+    assert!(
+        by("EVENT_KIND_DECIDED_ABORT", "oncall"),
+        "the abort names the operator: {events:#?}"
+    );
+    assert!(by("EVENT_KIND_TOKEN_CREATED", "user/admin"), "{events:#?}");
+    refused(&s.cli(&viewer, &["audit"]).await, "permission operate");
+    assert_eq!(s.live(), versions(&[("A", ""), ("B", "R1B"), ("C", "R1C")]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_may_ask_the_decision_for_its_own_part_only() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    let out = release(&s, &admin(), "T1", &["A", "B"], &["--wait"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut b = s
+        .coordinator_client(("agent-default-B.crt", "agent-default-B.key"))
+        .await;
+    let ask = |project: &str| pb::GetDecisionRequest {
+        transaction_id: "T1".into(),
+        project: project.into(),
+        ..Default::default()
+    };
+
+    let own = b.get_decision(ask("B")).await.unwrap().into_inner();
+    let other = b.get_decision(ask("A")).await.unwrap_err();
+
+    assert_eq!(own.decision, pb::Decision::Commit as i32);
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    assert!(other.message().contains("own part"), "{other:?}");
+    let releases = b.list_releases(pb::ListReleasesRequest::default()).await;
+    assert_eq!(
+        releases.unwrap_err().code(),
+        Code::PermissionDenied,
+        "an agent reads nothing else"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_outside_every_artifact_root_is_refused_by_the_agent() {
+    let s = Secure::start(&["A"], &[]).await;
+    let elsewhere = s.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret"), "not a build").unwrap();
+    let artifact = format!("A={}", elsewhere.display());
+
+    let out = s
+        .cli(
+            &admin(),
+            &[
+                "release",
+                "create",
+                "T1",
+                "A=T1A",
+                "--artifact",
+                &artifact,
+                "--wait",
+            ],
+        )
+        .await;
+
+    assert_eq!(out.code, 1, "a refused vote aborts: {out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("outside every --artifact-root"), "{out:?}");
+    assert!(
+        text.contains(&elsewhere.display().to_string()),
+        "names the path: {out:?}"
+    );
+    assert_eq!(s.live(), versions(&[("A", "")]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_services_and_reads_the_live_state_with_the_dev_certificates() {
+    let s = Secure::start(&["A"], &[]).await;
+    let file = |name: &str| s.certs.join(name);
+    let grpcurl = |rest: &[&str]| {
+        let mut c = std::process::Command::new(grpcurl());
+        c.arg("-cacert").arg(file("ca.crt"));
+        c.arg("-cert")
+            .arg(file("user-admin.crt"))
+            .arg("-key")
+            .arg(file("user-admin.key"));
+        c.arg(s.coordinator.addr.to_string()).args(rest);
+        c.output().unwrap()
+    };
+
+    let list = grpcurl(&["list"]);
+    let live = grpcurl(&["lockstep.v1.Coordinator/GetLiveState"]);
+
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("lockstep.v1.Coordinator"),
+        "{list:?}"
+    );
+    assert!(live.status.success(), "{live:?}");
+    assert!(
+        String::from_utf8_lossy(&live.stdout).contains("\"environment\": \"default\""),
+        "{live:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_are_reread_on_sighup_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, live) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("tls"),
+    );
+    certs_init(&old, "A", "admin").await;
+    certs_init(&new, "A", "admin").await;
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |from: &PathBuf| {
+        for f in ["coordinator.crt", "coordinator.key", "ca.crt"] {
+            std::fs::copy(from.join(f), live.join(f)).unwrap();
+        }
+    };
+    install(&old);
+    let arg = |f: &str| live.join(f).display().to_string();
+    let args = vec![
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--tls-cert".into(),
+        arg("coordinator.crt"),
+        "--tls-key".into(),
+        arg("coordinator.key"),
+        "--tls-client-ca".into(),
+        arg("ca.crt"),
+    ];
+    let log = dir.path().join("coordinator.log");
+    let coordinator = Server::start(
+        "coordinator",
+        bin("lockstep-coordinator"),
+        args,
+        Vec::new(),
+        log,
+        0,
+    )
+    .await;
+    let as_admin_of = |ca: &PathBuf| {
+        let ca = ca.clone();
+        let url = coordinator.https_url();
+        async move {
+            let out = tokio::process::Command::new(bin("lockstep"))
+                .arg("--ca")
+                .arg(ca.join("ca.crt"))
+                .arg("--cert")
+                .arg(ca.join("user-admin.crt"))
+                .arg("--key")
+                .arg(ca.join("user-admin.key"))
+                .args(["--coordinator", &url, "live"])
+                .output()
+                .await
+                .unwrap();
+            out.status.code()
+        }
+    };
+    assert_eq!(as_admin_of(&old).await, Some(0));
+    assert_ne!(
+        as_admin_of(&new).await,
+        Some(0),
+        "the new CA is not trusted yet"
+    );
+
+    install(&new);
+    coordinator.hangup();
+
+    wait_for("the new certificates to be used", || async {
+        (as_admin_of(&new).await == Some(0)).then_some(())
+    })
+    .await;
+    assert_ne!(
+        as_admin_of(&old).await,
+        Some(0),
+        "the old CA is trusted no more"
+    );
+    assert!(
+        coordinator.log().contains("SIGHUP: certificates re-read"),
+        "{}",
+        coordinator.log()
+    );
+}
