@@ -44,7 +44,7 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, fanout, recovery, memory).
+    /// Run only these parts (floors, latency, throughput, fanout, tls, recovery, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -173,28 +173,30 @@ async fn main() -> anyhow::Result<()> {
     let release_cpu_floor = 8.0 * rpc_cpu + 4.0 * fsync_cpu;
 
     // One stack for everything but recovery and RSS.
-    let mut stack = stack::coordinator(&dir.path().join("coordinator")).await?;
+    let mut stack = stack::coordinator(&dir.path().join("coordinator"), None).await?;
     let mut names = Vec::new();
     for i in 0..100 {
         let name = format!("p{i}");
-        let url = stack::participant(&name, &dir.path().join(&name)).await?;
+        let url = stack::participant(&name, &dir.path().join(&name), None).await?;
         names.push((name, url));
     }
     for g in 0..32 {
         for m in ["a", "b", "c"] {
             let name = format!("g{g}{m}");
-            let url = stack::participant(&name, &dir.path().join(&name)).await?;
+            let url = stack::participant(&name, &dir.path().join(&name), None).await?;
             names.push((name, url));
         }
     }
     stack.register(&names).await?;
 
     // Release latency, 3 no-op participants, one at a time.
-    if run("latency") {
+    let mut plaintext = Plaintext::default();
+    if run("latency") || run("tls") {
         let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
         let mut samples = serial_releases(&mut stack, "lat", &three, 500 / scale).await?;
         let p50 = micros(percentile(&mut samples, 0.5));
         let p99 = micros(percentile(&mut samples, 0.99));
+        plaintext.latency_p50 = p50;
         figures.push(Figure {
             name: "release latency p50, 3 participants".into(),
             value: p50,
@@ -214,6 +216,9 @@ async fn main() -> anyhow::Result<()> {
     for clients in [1usize, 8, 32].into_iter().filter(|_| run("throughput")) {
         let t = throughput(&stack, clients, Duration::from_secs(seconds)).await?;
         let rate = t.committed as f64 / t.elapsed.as_secs_f64();
+        if clients == TLS_CLIENTS {
+            plaintext.rate = rate;
+        }
         let factor = t.committed as f64 / t.syncs.max(1) as f64;
         figures.push(Figure {
             target: (clients == 32).then(|| ">= 2000/s".into()),
@@ -290,6 +295,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if run("tls") {
+        if plaintext.rate == 0.0 {
+            let t = throughput(&stack, TLS_CLIENTS, Duration::from_secs(seconds)).await?;
+            plaintext.rate = t.committed as f64 / t.elapsed.as_secs_f64();
+        }
+        figures.extend(tls_figures(dir.path(), plaintext, scale, seconds).await?);
+    }
+
     if run("recovery") {
         let recovered = recovery(dir.path(), 10_000 / scale as u64).await?;
         figures.push(Figure {
@@ -333,6 +346,79 @@ async fn main() -> anyhow::Result<()> {
     // the process: `exit_now` skips TempDir's destructor, so remove them here.
     let _ = std::fs::remove_dir_all(dir.path());
     exit_now()
+}
+
+/// Clients in the TLS throughput comparison.
+const TLS_CLIENTS: usize = 8;
+
+/// The plaintext figures of this run that mutual TLS is compared with.
+#[derive(Default, Clone, Copy)]
+struct Plaintext {
+    latency_p50: f64,
+    rate: f64,
+}
+
+/// Release latency and throughput with mutual TLS on every connection (coordinator,
+/// agents, client), each beside the same figure in plaintext from this run.
+async fn tls_figures(
+    dir: &Path,
+    plaintext: Plaintext,
+    scale: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    for g in 0..TLS_CLIENTS {
+        names.extend(["a", "b", "c"].iter().map(|m| format!("g{g}{m}")));
+    }
+    let dir = dir.join("tls");
+    let certs = stack::Certs::init(&dir.join("certs"), &names).await?;
+    let mut stack = stack::coordinator(&dir.join("coordinator"), Some(&certs)).await?;
+    let mut projects = Vec::new();
+    for name in names {
+        let url = stack::participant(&name, &dir.join(&name), Some(&certs)).await?;
+        projects.push((name, url));
+    }
+    stack.register(&projects).await?;
+    let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut samples = serial_releases(&mut stack, "tls", &three, 500 / scale).await?;
+    let p50 = micros(percentile(&mut samples, 0.5));
+    let t = throughput(&stack, TLS_CLIENTS, Duration::from_secs(seconds)).await?;
+    let rate = t.committed as f64 / t.elapsed.as_secs_f64();
+    let ratio =
+        |name: String, tls: f64, plain: f64, unit: &'static str, target: &str, met: bool| Figure {
+            floor: Some(plain),
+            target: Some(target.into()),
+            met: Some(met),
+            ..figure(name, tls, unit)
+        };
+    Ok(vec![
+        ratio(
+            "mutual TLS: release latency p50, 3 participants (floor: plaintext)".into(),
+            p50,
+            plaintext.latency_p50,
+            "us",
+            "<= 1.5x plaintext",
+            p50 <= 1.5 * plaintext.latency_p50,
+        ),
+        ratio(
+            format!("mutual TLS: throughput, {TLS_CLIENTS} clients (floor: plaintext)"),
+            rate,
+            plaintext.rate,
+            "committed/s",
+            ">= 0.67x plaintext",
+            rate >= 0.67 * plaintext.rate,
+        ),
+        figure(
+            "mutual TLS / plaintext latency",
+            p50 / plaintext.latency_p50,
+            "x",
+        ),
+        figure(
+            "mutual TLS / plaintext throughput",
+            rate / plaintext.rate,
+            "x",
+        ),
+    ])
 }
 
 /// Ends the process without running C++ static destructors: the in-process stack's
@@ -569,7 +655,10 @@ async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
     let mut participants = Vec::new();
     for i in 0..3 {
         let p = format!("r{i}");
-        participants.push((p.clone(), stack::participant(&p, &dir.join(&p)).await?));
+        participants.push((
+            p.clone(),
+            stack::participant(&p, &dir.join(&p), None).await?,
+        ));
     }
     let data = dir.join("recovery");
     {

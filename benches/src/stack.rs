@@ -1,14 +1,24 @@
 //! An in-process stack on loopback TCP with real RocksDB everywhere: a coordinator and
 //! no-op participants (the SDK with a deployer that does nothing but remember what is
-//! live), so the figures measure Lockstep's own cost: RPCs, fsyncs, CPU.
+//! live), so the figures measure Lockstep's own cost: RPCs, fsyncs, CPU. With [`Certs`]
+//! every connection is mutual TLS, as in production, so the two can be compared.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
-use lockstep::pb::{self, coordinator_client::CoordinatorClient};
-use lockstep_coordinator::{Config, Coordinator, network::TcpNet, tables};
+use lockstep::{
+    identity::Identity,
+    pb::{self, coordinator_client::CoordinatorClient},
+    tls::{self, ServerTls, TlsFiles},
+};
+use lockstep_coordinator::{
+    Config, Coordinator,
+    access::{Access, Secure, tokens},
+    network::TcpNet,
+    tables,
+};
 use lockstep_participant::{Change, DeployError, Deployer, Participant, Refusal, Staged, ledger};
 use lockstep_store::RocksKv;
 use tokio::net::TcpListener;
@@ -39,8 +49,57 @@ impl Deployer for Noop {
     }
 }
 
-/// Starts a no-op participant for `project` with its ledger in `dir`; returns its URL.
-pub async fn participant(project: &str, dir: &Path) -> anyhow::Result<String> {
+/// The development certificates `lockstep certs init` wrote, for a mutual-TLS stack.
+pub struct Certs(PathBuf);
+
+impl Certs {
+    /// Writes a CA and certificates for the coordinator, `agents` and user admin into
+    /// `dir`, with the CLI built beside this binary.
+    pub async fn init(dir: &Path, agents: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("lockstep");
+        let status = tokio::process::Command::new(&exe)
+            .arg("certs")
+            .arg("init")
+            .arg(dir)
+            .arg("--agents")
+            .arg(agents.join(","))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
+        anyhow::ensure!(status.success(), "lockstep certs init failed");
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// The certificate and key called `name` (e.g. `coordinator`), with the CA.
+    fn files(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            cert: self.0.join(format!("{name}.crt")),
+            key: self.0.join(format!("{name}.key")),
+            ca: self.0.join("ca.crt"),
+        }
+    }
+
+    /// A client configuration presenting `name`'s certificate.
+    fn client(&self, name: &str) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        let f = self.files(name);
+        Ok(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?)
+    }
+}
+
+/// `http://ADDR`, or `https://ADDR` when the stack runs TLS.
+fn url(listener: &TcpListener, certs: Option<&Certs>) -> anyhow::Result<String> {
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", listener.local_addr()?))
+}
+
+/// Starts a no-op participant for `project` with its ledger in `dir` (over mutual TLS
+/// with `certs`); returns its URL.
+pub async fn participant(
+    project: &str,
+    dir: &Path,
+    certs: Option<&Certs>,
+) -> anyhow::Result<String> {
     let kv = RocksKv::open(dir, ledger::ALL)?;
     let p = Participant::new(
         project.to_string(),
@@ -51,12 +110,26 @@ pub async fn participant(project: &str, dir: &Path) -> anyhow::Result<String> {
         None,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let url = url(&listener, certs)?;
+    let (tls, access) = match certs {
+        None => (
+            None,
+            lockstep_participant::access::OnlyCoordinator::insecure(),
+        ),
+        Some(certs) => {
+            let tls = ServerTls::load(certs.files(&format!("agent-default-{project}")))?;
+            let coordinator =
+                Identity::parse("spiffe://lockstep/coordinator").map_err(anyhow::Error::msg)?;
+            let access =
+                lockstep_participant::access::OnlyCoordinator::new(tls.clone(), coordinator);
+            (Some(tls), access)
+        }
+    };
     tokio::spawn(lockstep_participant::server::serve(
         listener,
-        None,
+        tls,
         p,
-        lockstep_participant::access::OnlyCoordinator::insecure(),
+        access,
         std::future::pending(),
     ));
     Ok(url)
@@ -72,24 +145,52 @@ pub struct Stack {
     pub kv: RocksKv,
 }
 
-/// Starts a coordinator with its RocksDB in `dir`.
-pub async fn coordinator(dir: &Path) -> anyhow::Result<Stack> {
+/// The server side of a coordinator's security: TLS and the admin user, as the binary
+/// sets them up (`--admin admin`), or none.
+fn security(
+    certs: Option<&Certs>,
+    coordinator: &Coordinator,
+) -> anyhow::Result<(Option<ServerTls>, Access)> {
+    let Some(certs) = certs else {
+        return Ok((None, Access::insecure()));
+    };
+    let server = ServerTls::load(certs.files("coordinator"))?;
+    let secret = coordinator.token_secret(tokens::new_secret)?;
+    let secure = Secure {
+        tls: server.clone(),
+        key: tokens::TokenKey::new(&secret),
+        admins: ["admin".to_string()].into(),
+        grants: Default::default(),
+        revoked: Default::default(),
+        clock: Arc::new(lockstep::wire::now_millis),
+    };
+    Ok((Some(server), Access::secure(secure)))
+}
+
+/// Starts a coordinator with its RocksDB in `dir` (over mutual TLS with `certs`: it
+/// calls agents with its certificate, and the client is user admin).
+pub async fn coordinator(dir: &Path, certs: Option<&Certs>) -> anyhow::Result<Stack> {
     let kv = RocksKv::open_full(dir, tables::ALL, lockstep_store::WalRecovery::Strict, true)?;
-    let coordinator = Coordinator::open(
-        Arc::new(kv.clone()),
-        Arc::new(TcpNet::default()),
-        Config::default(),
-    )?;
+    let net = match certs {
+        Some(certs) => TcpNet::with_tls(certs.client("coordinator")?),
+        None => TcpNet::default(),
+    };
+    let coordinator = Coordinator::open(Arc::new(kv.clone()), Arc::new(net), Config::default())?;
+    let (tls, access) = security(certs, &coordinator)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let url = url(&listener, certs)?;
     tokio::spawn(lockstep_coordinator::server::serve(
         listener,
-        None,
+        tls,
         coordinator.clone(),
-        lockstep_coordinator::access::Access::insecure(),
+        access,
         std::future::pending(),
     ));
-    let client = CoordinatorClient::new(lockstep::edge::endpoint(&url)?.connect().await?);
+    let mut endpoint = lockstep::edge::endpoint(&url)?;
+    if let Some(certs) = certs {
+        endpoint = endpoint.tls_config(certs.client("user-admin")?)?;
+    }
+    let client = CoordinatorClient::new(endpoint.connect().await?);
     Ok(Stack {
         client,
         coordinator,
