@@ -646,6 +646,7 @@ fn record(
         finished_ms: 0,
         prepare_sent: true,
         created_by: String::new(),
+        ticket: String::new(),
     }
 }
 

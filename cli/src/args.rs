@@ -93,6 +93,9 @@ pub enum Command {
         /// Also revert later releases that built on it.
         #[arg(long)]
         cascade: bool,
+        /// Release ticket URL: failures are notified to it.
+        #[arg(long)]
+        ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -103,6 +106,9 @@ pub enum Command {
         /// Id for the rollback transaction (default `rollback-to-<N>`).
         #[arg(long)]
         id: Option<String>,
+        /// Release ticket URL: failures are notified to it.
+        #[arg(long)]
+        ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -166,6 +172,59 @@ pub enum Command {
     /// Development certificates for a local deployment.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Webhook subscriptions: CloudEvents from the log, in order, at least once.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+/// `lockstep notify ...`.
+#[derive(Subcommand)]
+pub enum NotifyCommand {
+    /// Subscribe a URL to the event log (operators). Without --events it gets every
+    /// event from --from-seq (default: from its own `subscription.added` on).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Where events are POSTed (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Event names, comma-separated (e.g. transaction.aborted,stalled); see
+        /// docs/notifications.md for the list.
+        #[arg(long)]
+        events: Vec<String>,
+        /// Only this environment's events (and its failures' route).
+        #[arg(long)]
+        env: Option<String>,
+        /// Only events of transactions that include this project (and failures it
+        /// caused).
+        #[arg(long)]
+        project: Option<String>,
+        /// structured (default) or binary CloudEvents.
+        #[arg(long)]
+        mode: Option<String>,
+        /// A file holding the HMAC-SHA256 key that signs every request.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Deliver from this log sequence number on.
+        #[arg(long)]
+        from_seq: Option<u64>,
+        /// Accepts release tickets: gets the events of transactions with --ticket, and
+        /// their failures.
+        #[arg(long)]
+        ticket_sink: bool,
+    },
+    /// Show every subscription with its cursor, lag, last status and error.
+    List,
+    /// Remove a subscription (operators).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+    /// Send one ping CloudEvent to a subscription now and print what it answered.
+    Test {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `lockstep token ...`.
@@ -311,6 +370,9 @@ pub enum ReleaseCommand {
         /// Allow versions a revert pulled.
         #[arg(long)]
         allow_quarantined: bool,
+        /// Release ticket URL: failures are notified to it (a ticket sink gets them).
+        #[arg(long)]
+        ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -11,6 +11,7 @@ mod args;
 mod certs;
 mod conformance;
 mod dial;
+mod notify;
 mod operate;
 mod render;
 mod wait;
@@ -141,6 +142,7 @@ async fn run(args: Args) -> Result<u8> {
         }
         Command::Token(c) => access::token(&mut client, ctx.out, c).await,
         Command::Audit { since } => access::audit(&mut client, ctx.out, since).await,
+        Command::Notify(c) => notify::run(&mut client, ctx.out, c).await,
         Command::Conformance { .. } | Command::Certs(_) => {
             unreachable!("handled before connecting")
         }
@@ -154,6 +156,7 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
             release,
             id,
             cascade,
+            ticket,
             wait,
         } => {
             let request = pb::RevertReleaseRequest {
@@ -163,16 +166,23 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 cascade,
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
+                ticket: ticket.unwrap_or_default(),
             };
             (client.revert_release(request).await?.into_inner(), wait)
         }
-        Command::Rollback { revision, id, wait } => {
+        Command::Rollback {
+            revision,
+            id,
+            ticket,
+            wait,
+        } => {
             let request = pb::RollbackRequest {
                 revision: revision.unwrap_or(0),
                 id: id.unwrap_or_default(),
                 environment: ctx.env.clone(),
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
+                ticket: ticket.unwrap_or_default(),
             };
             (client.rollback(request).await?.into_inner(), wait)
         }
@@ -224,6 +234,7 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
             metadata,
             force,
             allow_quarantined,
+            ticket,
             wait,
         } => {
             let request = pb::CreateReleaseRequest {
@@ -234,6 +245,7 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
                 dry_run: wait.dry_run,
                 force,
                 allow_quarantined,
+                ticket: ticket.unwrap_or_default(),
             };
             let created = client.create_release(request).await?.into_inner();
             finish_create(client, &ctx.dial, ctx.out, created, &wait).await

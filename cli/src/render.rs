@@ -14,7 +14,7 @@ fn json<T: Serialize>(value: &T) {
 }
 
 /// Prints rows as columns aligned on the widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {

@@ -62,6 +62,7 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        ticket: ticket(&r.ticket)?,
     })
 }
 
@@ -144,6 +145,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        ticket: ticket(&r.ticket)?,
     })
 }
 
@@ -157,6 +159,7 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        ticket: ticket(&r.ticket)?,
     })
 }
 
@@ -217,6 +220,26 @@ pub fn page_token(field: &str, token: &str, kind: &str) -> Result<Option<u64>, F
 /// The token of the page after one whose last cursor is `next`.
 pub fn next_token(kind: &str, next: Option<u64>) -> String {
     next.map(|n| format!("{kind}:{n}")).unwrap_or_default()
+}
+
+/// A release ticket: empty, or an absolute http(s) URL.
+pub fn ticket(ticket: &str) -> Result<String, FieldError> {
+    if !ticket.is_empty() {
+        http_url("ticket", ticket)?;
+    }
+    Ok(ticket.to_string())
+}
+
+/// An absolute `http://` or `https://` URL with a host, at most 2048 bytes.
+pub fn http_url(field: &str, value: &str) -> Result<reqwest::Url, FieldError> {
+    text(field, value, 2048)?;
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| FieldError::new(field, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        let why = format!("{value:?} must be an http:// or https:// URL with a host");
+        return Err(FieldError::new(field, why));
+    }
+    Ok(url)
 }
 
 /// Who asked ("unknown" when nobody said; authentication will fill this in).
@@ -348,6 +371,7 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
         waves: waves(&t.waves),
         needs_resolution: t.participants.iter().any(|p| p.needs_resolution),
         created_by: t.created_by.clone(),
+        ticket: t.ticket.clone(),
     }
 }
 

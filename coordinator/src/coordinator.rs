@@ -20,6 +20,7 @@ use crate::{
     journal::{Clock, Journal, JournalStats, WriterMode},
     model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TokenRecord, TxRecord},
     network::{GrpcParticipants, ParticipantNet},
+    notify::{self, Notifier},
     ports::Participants,
     registry::{
         Registry, Settings,
@@ -27,6 +28,7 @@ use crate::{
         audit::AuditPage,
         reads::{Live, Page},
     },
+    stall::{self, Thresholds},
     tables::Tables,
 };
 
@@ -45,6 +47,10 @@ pub struct Config {
     pub writer: WriterMode,
     /// Makes the incarnation id of a new data directory.
     pub new_incarnation: MakeIncarnation,
+    /// Webhook delivery tunables.
+    pub notify: notify::Settings,
+    /// When a waiting transaction counts as stalled (`None`: never looked for).
+    pub stalled_after: Option<Thresholds>,
 }
 
 impl Default for Config {
@@ -56,6 +62,8 @@ impl Default for Config {
             clock: Arc::new(lockstep::wire::now_millis),
             writer: WriterMode::Thread,
             new_incarnation: Arc::new(incarnation::random),
+            notify: notify::Settings::default(),
+            stalled_after: None,
         }
     }
 }
@@ -66,6 +74,7 @@ pub struct Coordinator {
     registry: Registry,
     journal: Journal,
     feed: Feed,
+    notifier: Notifier,
     incarnation: String,
 }
 
@@ -94,14 +103,20 @@ impl Coordinator {
         let settings = Settings {
             default_prepare_timeout: config.default_prepare_timeout,
             backoff: config.backoff,
-            clock: config.clock,
+            clock: config.clock.clone(),
         };
-        let registry = Registry::new(tables, journal.clone(), feed.clone(), net, settings);
+        let (j, f) = (journal.clone(), feed.clone());
+        let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings);
         crate::recovery::recover(&registry, config.backoff)?;
+        let notifier = Notifier::start(tables, j.clone(), f, &incarnation, config.notify)?;
+        if let Some(thresholds) = config.stalled_after {
+            tokio::spawn(stall::watch(registry.clone(), j, thresholds, config.clock));
+        }
         Ok(Self {
             registry,
             journal,
             feed,
+            notifier,
             incarnation,
         })
     }
@@ -119,6 +134,11 @@ impl Coordinator {
     /// Group-commit counters.
     pub fn journal_stats(&self) -> JournalStats {
         self.journal.stats()
+    }
+
+    /// The webhook subscriptions and their delivery.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// The event feed watchers read.

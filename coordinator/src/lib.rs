@@ -23,6 +23,8 @@
 //!   it with reflection and health.
 //! - [`access`]: who is calling and what they may do (certificates, tokens, roles);
 //!   [`keys`]: the token signing secret.
+//! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
+//!   its durable cursor; [`stall`]: the STALLED trigger.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -39,6 +41,7 @@ pub mod journal;
 pub mod keys;
 pub mod model;
 pub mod network;
+pub mod notify;
 pub mod planner;
 pub mod ports;
 pub mod preview;
@@ -47,6 +50,7 @@ pub mod recovery;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod stall;
 pub mod tables;
 pub mod txn;
 

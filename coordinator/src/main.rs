@@ -9,12 +9,14 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use lockstep::{shutdown, tls};
+use lockstep::{names::Environment, shutdown, tls};
 use lockstep_coordinator::{
     Config, Coordinator,
     access::{self, Access, Secure, tokens},
     network::TcpNet,
-    server, tables,
+    notify, server,
+    stall::Thresholds,
+    tables,
 };
 use lockstep_store::{Kv, RocksKv, WalRecovery};
 
@@ -71,6 +73,46 @@ struct Args {
     /// warning is logged).
     #[arg(long)]
     insecure: bool,
+    /// Connect and read timeout of one webhook delivery (a receiver slower than this
+    /// gets the event again, with the same id).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    notify_timeout: std::time::Duration,
+    /// Longest wait between two deliveries of an event a receiver keeps refusing (the
+    /// first retry waits 200ms, each next one twice as long).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    notify_max_backoff: std::time::Duration,
+    /// When a transaction still queued or in phase 2 gets a STALLED event: `DURATION`
+    /// for every environment, `ENV=DURATION` for one (repeatable).
+    #[arg(long, value_parser = parse_stall, default_value = "10m")]
+    stalled_after: Vec<(Option<Environment>, std::time::Duration)>,
+}
+
+/// `10m` or `production=5m`.
+fn parse_stall(value: &str) -> Result<(Option<Environment>, std::time::Duration), String> {
+    let (env, duration) = match value.split_once('=') {
+        Some((env, d)) => (
+            Some(Environment::parse("--stalled-after", env).map_err(|e| e.to_string())?),
+            d,
+        ),
+        None => (None, value),
+    };
+    let duration = humantime::parse_duration(duration).map_err(|e| format!("{duration:?}: {e}"))?;
+    Ok((env, duration))
+}
+
+/// The thresholds the `--stalled-after` values give (the last plain one is the default).
+fn thresholds(values: &[(Option<Environment>, std::time::Duration)]) -> Thresholds {
+    let mut t = Thresholds {
+        default: std::time::Duration::from_secs(600),
+        ..Thresholds::default()
+    };
+    for (env, d) in values {
+        match env {
+            Some(env) => drop(t.environments.insert(env.clone(), *d)),
+            None => t.default = *d,
+        }
+    }
+    t
 }
 
 #[tokio::main]
@@ -165,6 +207,12 @@ fn config(args: &Args) -> Config {
             initial: args.retry_initial_delay,
             max: args.retry_max_delay.max(args.retry_initial_delay),
         },
+        notify: notify::Settings {
+            timeout: args.notify_timeout,
+            max_backoff: args.notify_max_backoff,
+            ..notify::Settings::default()
+        },
+        stalled_after: Some(thresholds(&args.stalled_after)),
         ..Config::default()
     }
 }

@@ -265,6 +265,9 @@ pub struct TxRecord {
     /// Who created it (the principal; empty without authentication).
     #[serde(default)]
     pub created_by: String,
+    /// Its release ticket (a URL; empty: none): where its failures are notified.
+    #[serde(default)]
+    pub ticket: String,
 }
 
 impl Participant {
@@ -362,6 +365,8 @@ pub struct CreateSpec {
     pub dry_run: bool,
     /// Who asks (the principal; empty without authentication).
     pub actor: String,
+    /// Release ticket URL ("" none).
+    pub ticket: String,
 }
 
 /// A token made by CreateToken, as stored: what RevokeToken finds by id, and what the

@@ -17,6 +17,8 @@
 //! - `meta`:         "incarnation"                     → this data directory's id;
 //!   "token-key" → the secret tokens are signed with
 //! - `tokens`:       id                                → TokenRecord (never the token)
+//! - `subscriptions`: name                             → SubscriptionRecord (with its
+//!   delivery cursor)
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -32,8 +34,11 @@ use lockstep_store::{Batch, Kv, Order, StoreError, keys};
 use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::model::{
-    BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TokenRecord, TxRecord,
+use crate::{
+    model::{
+        BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TokenRecord, TxRecord,
+    },
+    notify::subscription::SubscriptionRecord,
 };
 
 /// Projects by (environment, name).
@@ -59,6 +64,9 @@ pub const BUILDS: &str = "builds";
 /// Tokens made by CreateToken, by id.
 pub const TOKENS: &str = "tokens";
 
+/// Webhook subscriptions by name.
+pub const SUBSCRIPTIONS: &str = "subscriptions";
+
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
 
@@ -75,6 +83,7 @@ pub const ALL: &[&str] = &[
     META,
     BUILDS,
     TOKENS,
+    SUBSCRIPTIONS,
 ];
 
 /// A quarantined (environment, project, version).
@@ -268,6 +277,25 @@ impl Tables {
     /// Adds a token record put to `batch`.
     pub fn put_token(batch: &mut Batch, token: &TokenRecord) {
         batch.put(TOKENS, token.id.as_bytes().to_vec(), encode(token));
+    }
+
+    /// Every webhook subscription, by name.
+    pub fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        self.kv
+            .scan(SUBSCRIPTIONS, b"", None, Order::Ascending, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode(SUBSCRIPTIONS, v))
+            .collect()
+    }
+
+    /// Adds a subscription put to `batch`.
+    pub fn put_subscription(batch: &mut Batch, s: &SubscriptionRecord) {
+        batch.put(SUBSCRIPTIONS, s.name.as_bytes().to_vec(), encode(s));
+    }
+
+    /// Adds a subscription's removal to `batch`.
+    pub fn delete_subscription(batch: &mut Batch, name: &str) {
+        batch.delete(SUBSCRIPTIONS, name.as_bytes().to_vec());
     }
 
     /// Every project of every environment.

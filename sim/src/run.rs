@@ -123,6 +123,9 @@ fn coordinator_config() -> CoordinatorConfig {
         writer: WriterMode::Task,
         // Fixed, so a seed replays exactly; a restart keeps its data and so its id.
         new_incarnation: Arc::new(|| "sim-coordinator".to_string()),
+        // No webhooks and no stall watch: the simulation checks the protocol.
+        notify: Default::default(),
+        stalled_after: None,
     }
 }
 
@@ -849,6 +852,7 @@ fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateRel
         dry_run: false,
         force: rng.random_bool(0.2),
         allow_quarantined: false,
+        ticket: String::new(),
     }
 }
 

@@ -150,6 +150,7 @@ impl Registry {
             finished_ms: 0,
             prepare_sent: false,
             created_by: spec.actor.clone(),
+            ticket: spec.ticket.clone(),
         }
     }
 

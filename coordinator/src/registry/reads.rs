@@ -98,6 +98,14 @@ impl Registry {
         self.state().active.contains_key(id)
     }
 
+    /// Every unfinished transaction as readers see it, oldest first.
+    pub fn unfinished(&self) -> Vec<TxRecord> {
+        let s = self.state();
+        let mut active: Vec<TxRecord> = s.active.values().map(|a| a.record.clone()).collect();
+        active.sort_by_key(|t| t.ordinal);
+        active
+    }
+
     /// How many transactions are unfinished (cheap: no records are copied).
     pub fn active_count(&self) -> usize {
         self.state().active.len()

@@ -6,9 +6,11 @@
 //! environment (every environment when none is named); creates `release` on every
 //! project the final plan changes (`operate` when forced or allowing quarantined
 //! versions); register, abort, resolve, retry and the audit log `operate`; tokens
-//! `administer`; GetDecision the asking agent's own part (or `read`).
+//! `administer`; GetDecision the asking agent's own part (or `read`); webhook
+//! subscriptions `operate` (listing them `read`).
 
 mod guard;
+mod notify;
 mod tokens;
 
 use std::pin::Pin;
@@ -417,5 +419,33 @@ impl coordinator_server::Coordinator for CoordinatorService {
             events: page.events,
             next_seq: page.next.unwrap_or(0),
         }))
+    }
+
+    async fn add_subscription(
+        &self,
+        request: Request<pb::AddSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        self.subscribe(request).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        self.subscriptions(request).await
+    }
+
+    async fn remove_subscription(
+        &self,
+        request: Request<pb::RemoveSubscriptionRequest>,
+    ) -> Result<Response<pb::RemoveSubscriptionResponse>, Status> {
+        self.unsubscribe(request).await
+    }
+
+    async fn test_subscription(
+        &self,
+        request: Request<pb::TestSubscriptionRequest>,
+    ) -> Result<Response<pb::TestSubscriptionResponse>, Status> {
+        self.ping(request).await
     }
 }

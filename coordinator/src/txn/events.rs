@@ -25,8 +25,16 @@ pub fn event(
         state: convert::state(tx.state) as i32,
         message,
         revision: 0,
+        ticket: tx.ticket.clone(),
         ..Default::default()
     }
+}
+
+/// The project whose refusal (or silence) aborted `tx`, if one did: the "repo where the
+/// issue appeared" that failure notifications are routed to.
+fn culprit(tx: &TxRecord) -> Option<&ProjectName> {
+    let failed = |p: &&crate::model::Participant| matches!(p.vote, Vote::Refused | Vote::NoAnswer);
+    tx.participants.iter().find(failed).map(|p| &p.project)
 }
 
 /// Phase 1 started: Prepare goes to every participant.
@@ -69,7 +77,8 @@ pub fn decided(tx: &TxRecord, commit: bool) -> pb::Event {
     } else {
         pb::EventKind::DecidedAbort
     };
-    event(tx, kind, None, tx.reason.clone())
+    let project = if commit { None } else { culprit(tx) };
+    event(tx, kind, project, tx.reason.clone())
 }
 
 /// A participant acknowledged the decision.
@@ -139,12 +148,8 @@ pub fn ended(tx: &TxRecord) -> pb::Event {
         e.revision = tx.checkpoint;
         e
     } else {
-        event(
-            tx,
-            pb::EventKind::TransactionAborted,
-            None,
-            tx.reason.clone(),
-        )
+        let kind = pb::EventKind::TransactionAborted;
+        event(tx, kind, culprit(tx), tx.reason.clone())
     }
 }
 

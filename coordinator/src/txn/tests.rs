@@ -69,6 +69,7 @@ pub(super) fn t4(state: TxState) -> TxRecord {
         finished_ms: 0,
         prepare_sent: state != TxState::Pending,
         created_by: String::new(),
+        ticket: String::new(),
     }
 }
 

@@ -189,6 +189,7 @@ impl Story {
             finished_ms: 0,
             prepare_sent: true,
             created_by: String::new(),
+            ticket: String::new(),
         }
     }
 
