@@ -8,6 +8,7 @@
 //! coordinator's COMMIT decision, the coordinator's record of the end, which a client
 //! waiting for the outcome hears only once durable).
 
+mod notify;
 mod stack;
 
 /// The same allocator as the servers (see coordinator/src/main.rs).
@@ -44,7 +45,8 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, fanout, tls, recovery, memory).
+    /// Run only these parts (floors, latency, throughput, fanout, tls, notify, recovery,
+    /// memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -301,6 +303,10 @@ async fn main() -> anyhow::Result<()> {
             plaintext.rate = t.committed as f64 / t.elapsed.as_secs_f64();
         }
         figures.extend(tls_figures(dir.path(), plaintext, scale, seconds).await?);
+    }
+
+    if run("notify") {
+        figures.extend(notify::figures(&mut stack, 500 / scale).await?);
     }
 
     if run("recovery") {

@@ -255,6 +255,9 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
     if !t.created_by.is_empty() {
         println!("  created by {}", t.created_by);
     }
+    if !t.ticket.is_empty() {
+        println!("  ticket {}", t.ticket);
+    }
     if !t.reason.is_empty() {
         println!("  {}", t.reason);
     }
