@@ -582,22 +582,12 @@ async fn family_with(args: &[&str]) -> Cluster {
 
 /// [`wait_for`] with a deadline of its own (deliveries through backoff take longer than
 /// one RPC), polling every 100 ms: the probes run the CLI.
-async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+async fn wait_long<T, F, Fut>(what: &str, limit: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_within(what, limit, Duration::from_millis(100), probe).await
 }
 
 /// `lockstep notify add ARGS`, which must succeed.

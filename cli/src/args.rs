@@ -79,7 +79,15 @@ pub enum Command {
     #[command(subcommand)]
     Release(ReleaseCommand),
     /// Show the composite live state (current checkpoint, transactions in flight).
-    Live,
+    Live {
+        /// Every environment: the environment × project matrix (version, schema,
+        /// checkpoint), in promotion order.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Environments and the promotion path between them.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Show every checkpoint, oldest first.
     History,
     /// Revert a committed release: restore, for exactly the projects it touched, the
@@ -175,6 +183,27 @@ pub enum Command {
     /// Webhook subscriptions: CloudEvents from the log, in order, at least once.
     #[command(subcommand)]
     Notify(NotifyCommand),
+}
+
+/// `lockstep env ...`.
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    /// Declare an environment (operators), after its upstreams on the promotion path
+    /// (declared first; no cycles). Again with other upstreams: changes them.
+    Add {
+        /// Its name.
+        name: String,
+        /// Upstream environments, comma-separated (e.g. --after hardening).
+        #[arg(long)]
+        after: Vec<String>,
+    },
+    /// Every environment (declared, or with projects) in promotion order.
+    List,
+    /// One environment: upstreams, downstreams, projects, live checkpoint.
+    Show {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `lockstep notify ...`.

@@ -11,6 +11,7 @@ mod args;
 mod certs;
 mod conformance;
 mod dial;
+mod environments;
 mod notify;
 mod operate;
 mod render;
@@ -121,7 +122,9 @@ async fn run(args: Args) -> Result<u8> {
     match args.command {
         Command::Project(c) => project(&mut client, &ctx, c).await,
         Command::Release(c) => release(&mut client, &ctx, c).await,
-        Command::Live => {
+        Command::Live { all: true } => environments::live_all(&mut client, ctx.out).await,
+        Command::Env(c) => environments::run(&mut client, ctx.out, c).await,
+        Command::Live { all: false } => {
             let request = pb::GetLiveStateRequest {
                 environment: ctx.env,
             };

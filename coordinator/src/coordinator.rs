@@ -136,6 +136,11 @@ impl Coordinator {
         self.journal.stats()
     }
 
+    /// The state owner, for calls that need nothing else (environments).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The webhook subscriptions and their delivery.
     pub fn notifier(&self) -> &Notifier {
         &self.notifier

@@ -369,6 +369,19 @@ pub struct CreateSpec {
     pub ticket: String,
 }
 
+/// A declared environment and its upstreams on the promotion path (the stages' graph:
+/// dev → hardening → production, a DAG).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    /// Its name.
+    pub name: Environment,
+    /// Upstream environments, sorted.
+    pub after: Vec<Environment>,
+    /// Who declared it.
+    #[serde(default)]
+    pub created_by: String,
+}
+
 /// A token made by CreateToken, as stored: what RevokeToken finds by id, and what the
 /// deny list is loaded from at start. Never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@
 //! - `tokens`:       id                                → TokenRecord (never the token)
 //! - `subscriptions`: name                             → SubscriptionRecord (with its
 //!   delivery cursor)
+//! - `environments`: name                              → EnvironmentRecord
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -36,7 +37,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     model::{
-        BuildRecord, CheckpointRecord, ProjectRecord, QuarantineRecord, TokenRecord, TxRecord,
+        BuildRecord, CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord,
+        TokenRecord, TxRecord,
     },
     notify::subscription::SubscriptionRecord,
 };
@@ -66,6 +68,8 @@ pub const TOKENS: &str = "tokens";
 
 /// Webhook subscriptions by name.
 pub const SUBSCRIPTIONS: &str = "subscriptions";
+/// Declared environments by name.
+pub const ENVIRONMENTS: &str = "environments";
 
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
@@ -84,6 +88,7 @@ pub const ALL: &[&str] = &[
     BUILDS,
     TOKENS,
     SUBSCRIPTIONS,
+    ENVIRONMENTS,
 ];
 
 /// A quarantined (environment, project, version).
@@ -296,6 +301,20 @@ impl Tables {
     /// Adds a subscription's removal to `batch`.
     pub fn delete_subscription(batch: &mut Batch, name: &str) {
         batch.delete(SUBSCRIPTIONS, name.as_bytes().to_vec());
+    }
+
+    /// Every declared environment, by name.
+    pub fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.kv
+            .scan(ENVIRONMENTS, b"", None, Order::Ascending, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode(ENVIRONMENTS, v))
+            .collect()
+    }
+
+    /// Adds an environment put to `batch`.
+    pub fn put_environment(batch: &mut Batch, e: &EnvironmentRecord) {
+        batch.put(ENVIRONMENTS, e.name.as_str().as_bytes().to_vec(), encode(e));
     }
 
     /// Every project of every environment.

@@ -53,21 +53,31 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Polls `probe` every 20 ms until it returns `Some`, failing the test after
 /// [`DEADLINE`] with `what` in the message.
-pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    wait_within(what, DEADLINE, Duration::from_millis(20), probe).await
+}
+
+/// [`wait_for`] with its own deadline and polling interval (for probes that run a
+/// process, or outcomes that take longer than [`DEADLINE`]).
+pub async fn wait_within<T, F, Fut>(what: &str, limit: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = probe().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -383,14 +393,27 @@ impl Cluster {
 
     /// Starts an agent for `project` with extra flags (e.g. `--database`).
     pub async fn add_agent_with(&mut self, project: &str, extra: &[String]) {
-        let root = self.dir.path().join(format!("deploy-{project}"));
+        self.start_agent(project, project, extra).await;
+    }
+
+    /// An agent for `project` in environment `env`, known as `env/project` (for
+    /// [`Cluster::agent`]) beside the default environment's agent of the same project.
+    pub async fn add_env_agent(&mut self, env: &str, project: &str) {
+        let key = format!("{env}/{project}");
+        let extra = ["--environment".to_string(), env.to_string()];
+        self.start_agent(&key, project, &extra).await;
+    }
+
+    async fn start_agent(&mut self, key: &str, project: &str, extra: &[String]) {
+        let name = key.replace('/', "-");
+        let root = self.dir.path().join(format!("deploy-{name}"));
         let control = self.dir.path().join("control");
         let hook = format!(
             "f={dir}/$LOCKSTEP_PROJECT; if [ -e \"$f.fail\" ]; then cat \"$f.fail\" >&2; exit 1; fi; while [ -e \"$f.block\" ]; do sleep 0.02; done",
             dir = control.display()
         );
         let server = Server::start(
-            &format!("agent-{project}"),
+            &format!("agent-{name}"),
             bin("lockstep-agent"),
             vec![
                 "--project".into(),
@@ -398,7 +421,7 @@ impl Cluster {
                 "--data-dir".into(),
                 self.dir
                     .path()
-                    .join(format!("agent-{project}"))
+                    .join(format!("agent-{name}"))
                     .display()
                     .to_string(),
                 "--deploy-root".into(),
@@ -412,12 +435,12 @@ impl Cluster {
             .chain(extra.iter().cloned())
             .collect(),
             Vec::new(),
-            self.dir.path().join(format!("agent-{project}.log")),
+            self.dir.path().join(format!("agent-{name}.log")),
             0,
         )
         .await;
         self.agents.insert(
-            project.to_string(),
+            key.to_string(),
             Agent {
                 project: project.into(),
                 server,

@@ -32,6 +32,7 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::SubscriptionAdded, "subscription.added"),
     (EventKind::SubscriptionRemoved, "subscription.removed"),
     (EventKind::SubscriptionDisabled, "subscription.disabled"),
+    (EventKind::EnvironmentAdded, "environment.added"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -77,7 +78,7 @@ mod tests {
 
     #[test]
     fn every_kind_but_unspecified_has_a_name_that_parses_back() {
-        for kind in 1..=EventKind::SubscriptionDisabled as i32 {
+        for kind in 1..=EventKind::EnvironmentAdded as i32 {
             let name = name(kind);
             assert_ne!(name, "unknown", "kind {kind} has no name");
             assert_eq!(parse(name).map(|k| k as i32), Ok(kind));

@@ -327,16 +327,8 @@ impl Hub {
     ) -> Result<()> {
         let event = pb::Event {
             kind: kind as i32,
-            environment: s
-                .environment
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-            project: s
-                .project
-                .as_ref()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            environment: s.environment_name(),
+            project: s.project_name(),
             message,
             actor: actor.to_string(),
             ..Default::default()

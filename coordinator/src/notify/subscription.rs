@@ -110,6 +110,22 @@ impl SubscriptionRecord {
         self.ticket_sink || self.environment.is_some() || self.project.is_some()
     }
 
+    /// Its environment filter's name ("" none).
+    pub fn environment_name(&self) -> String {
+        self.environment
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Its project filter's name ("" none).
+    pub fn project_name(&self) -> String {
+        self.project
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }
+
     /// As the wire shows it (never the secret); `head` gives the lag.
     pub fn message(&self, head: u64) -> pb::Subscription {
         pb::Subscription {

@@ -18,9 +18,11 @@
 //! - [`projects`]: registration, with the `requires` graph checked.
 //! - [`history`]: the planner's view of what is on disk.
 //! - [`audit`]: refusals, tokens and the audit log.
+//! - [`environments`]: declared environments and the promotion path between them.
 
 pub mod admit;
 pub mod audit;
+pub mod environments;
 mod history;
 mod operator;
 mod planning;
@@ -46,7 +48,7 @@ use crate::{
     error::Result,
     feed::Feed,
     journal::{Clock, Journal},
-    model::{CheckpointRecord, ProjectRecord, QuarantineRecord, TxRecord},
+    model::{CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord, TxRecord},
     ports::Participants,
     queue::Queue,
     tables::Tables,
@@ -89,6 +91,8 @@ struct Active {
 #[derive(Default)]
 struct State {
     projects: BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
+    /// Declared environments.
+    environments: BTreeMap<Environment, EnvironmentRecord>,
     active: BTreeMap<TxId, Active>,
     queue: Queue,
     /// Newest checkpoint per environment, including a decided one still being written.
@@ -152,6 +156,9 @@ impl Registry {
         for p in tables.projects()? {
             let env = s.projects.entry(p.environment.clone()).or_default();
             env.insert(p.name.clone(), p);
+        }
+        for e in tables.environments()? {
+            s.environments.insert(e.name.clone(), e);
         }
         let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
         for env in environments {

@@ -7,8 +7,9 @@
 //! project the final plan changes (`operate` when forced or allowing quarantined
 //! versions); register, abort, resolve, retry and the audit log `operate`; tokens
 //! `administer`; GetDecision the asking agent's own part (or `read`); webhook
-//! subscriptions `operate` (listing them `read`).
+//! subscriptions and declaring environments `operate` (listing them `read`).
 
+mod environments;
 mod guard;
 mod notify;
 mod tokens;
@@ -447,5 +448,26 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::TestSubscriptionRequest>,
     ) -> Result<Response<pb::TestSubscriptionResponse>, Status> {
         self.ping(request).await
+    }
+
+    async fn add_environment(
+        &self,
+        request: Request<pb::AddEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentInfo>, Status> {
+        self.declare_environment(request).await
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.environments(request).await
+    }
+
+    async fn get_environment(
+        &self,
+        request: Request<pb::GetEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentInfo>, Status> {
+        self.environment(request).await
     }
 }

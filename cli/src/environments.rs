@@ -1,0 +1,190 @@
+//! `lockstep env` and `lockstep live --all`: the environments on the promotion path,
+//! and the environment × project matrix of what is live (version, schema, checkpoint).
+
+use std::collections::BTreeSet;
+
+use lockstep::pb;
+
+use crate::{
+    OK, Result,
+    args::{EnvCommand, Output},
+    dial::Client,
+    render,
+};
+
+/// Runs `lockstep env add|list|show`.
+pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> {
+    match c {
+        EnvCommand::Add { name, after } => {
+            let after = after
+                .iter()
+                .flat_map(|a| a.split(','))
+                .filter(|a| !a.is_empty());
+            let request = pb::AddEnvironmentRequest {
+                name,
+                after: after.map(str::to_string).collect(),
+            };
+            let e = client.add_environment(request).await?.into_inner();
+            match out {
+                Output::Json => print_json(&e),
+                Output::Table if e.unchanged => println!("environment {} unchanged", e.name),
+                Output::Table => println!("environment {} declared{}", e.name, upstream(&e)),
+            }
+        }
+        EnvCommand::List => {
+            let r = client
+                .list_environments(pb::ListEnvironmentsRequest {})
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => print_json(&r),
+                Output::Table => table(&r.environments),
+            }
+        }
+        EnvCommand::Show { name } => {
+            let e = client
+                .get_environment(pb::GetEnvironmentRequest { name })
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => print_json(&e),
+                Output::Table => show(&e),
+            }
+        }
+    }
+    Ok(OK)
+}
+
+/// Runs `lockstep live --all`.
+pub async fn live_all(client: &mut Client, out: Output) -> Result<u8> {
+    let list = client
+        .list_environments(pb::ListEnvironmentsRequest {})
+        .await?
+        .into_inner();
+    let mut lives = Vec::new();
+    for e in promotion_order(&list.environments) {
+        let request = pb::GetLiveStateRequest {
+            environment: e.name.clone(),
+        };
+        lives.push(client.get_live_state(request).await?.into_inner());
+    }
+    match out {
+        Output::Json => print_json(&serde_json::json!({ "environments": lives })),
+        Output::Table => matrix(&lives),
+    }
+    Ok(OK)
+}
+
+/// Upstreams before downstreams (then by name): the order of the promotion path.
+fn promotion_order(all: &[pb::EnvironmentInfo]) -> Vec<&pb::EnvironmentInfo> {
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < all.len() {
+        let ready = all.iter().filter(|e| !placed.contains(e.name.as_str()));
+        let ready: Vec<_> = ready
+            .filter(|e| e.after.iter().all(|a| placed.contains(a.as_str())))
+            .collect();
+        if ready.is_empty() {
+            break; // the coordinator keeps the graph acyclic; never here
+        }
+        placed.extend(ready.iter().map(|e| e.name.as_str()));
+        order.extend(ready);
+    }
+    order
+}
+
+fn matrix(lives: &[pb::LiveState]) {
+    let versions = |l: &pb::LiveState| {
+        l.checkpoint
+            .as_ref()
+            .map(|c| c.versions.clone())
+            .unwrap_or_default()
+    };
+    let projects: BTreeSet<String> = lives.iter().flat_map(versions).map(|v| v.project).collect();
+    let mut header = vec!["PROJECT".to_string()];
+    header.extend(lives.iter().map(|l| match &l.checkpoint {
+        Some(c) => format!("{} (checkpoint {})", l.environment, c.revision),
+        None => format!("{} (none)", l.environment),
+    }));
+    let rows = projects.iter().map(|p| {
+        let mut row = vec![p.clone()];
+        row.extend(lives.iter().map(|l| cell(&versions(l), p)));
+        row
+    });
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    render::table(&header, rows.collect());
+}
+
+fn cell(versions: &[pb::LiveVersion], project: &str) -> String {
+    match versions.iter().find(|v| v.project == project) {
+        Some(v) => match &v.schema {
+            Some(s) if s.version != 0 => format!("{} (schema {})", v.version, s.version),
+            _ => v.version.clone(),
+        },
+        None => "-".into(),
+    }
+}
+
+fn upstream(e: &pb::EnvironmentInfo) -> String {
+    match e.after.is_empty() {
+        true => String::new(),
+        false => format!(" after {}", e.after.join(", ")),
+    }
+}
+
+fn table(environments: &[pb::EnvironmentInfo]) {
+    let header = ["ENVIRONMENT", "AFTER", "PROJECTS", "CHECKPOINT", "DECLARED"];
+    let rows = promotion_order(environments).into_iter().map(|e| {
+        vec![
+            e.name.clone(),
+            dash(&e.after.join(",")),
+            dash(&e.projects.join(",")),
+            if e.checkpoint == 0 {
+                "-".into()
+            } else {
+                e.checkpoint.to_string()
+            },
+            if e.declared {
+                "yes".into()
+            } else {
+                "no (has projects)".into()
+            },
+        ]
+    });
+    render::table(&header, rows.collect());
+}
+
+fn show(e: &pb::EnvironmentInfo) {
+    println!(
+        "environment {}{}",
+        e.name,
+        if e.declared {
+            ""
+        } else {
+            " (not declared: it has projects)"
+        }
+    );
+    println!("  after:      {}", dash(&e.after.join(", ")));
+    println!("  before:     {}", dash(&e.before.join(", ")));
+    println!("  projects:   {}", dash(&e.projects.join(", ")));
+    let checkpoint = if e.checkpoint == 0 {
+        "-".into()
+    } else {
+        e.checkpoint.to_string()
+    };
+    println!("  checkpoint: {checkpoint}");
+    if !e.created_by.is_empty() {
+        println!("  declared by {}", e.created_by);
+    }
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("messages serialize")
+    );
+}

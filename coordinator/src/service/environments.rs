@@ -1,0 +1,93 @@
+//! The environment calls: declaring one needs `operate` over it; reading them `read`.
+
+use lockstep::{names::Environment, pb};
+use tonic::{Request, Response, Status};
+
+use super::CoordinatorService;
+use crate::{
+    access::roles::{Permission, Scope},
+    model::EnvironmentRecord,
+    registry::environments::EnvironmentView,
+};
+
+impl CoordinatorService {
+    pub(super) async fn declare_environment(
+        &self,
+        request: Request<pb::AddEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentInfo>, Status> {
+        let r = request.get_ref();
+        let name = Environment::parse("name", &r.name)?;
+        let mut after = r
+            .after
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Environment::parse(&format!("after[{i}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        after.sort();
+        after.dedup();
+        let scope = Scope::environment(&name);
+        let who = self
+            .allow(&request, "AddEnvironment", Permission::Operate, scope)
+            .await?;
+        let record = EnvironmentRecord {
+            name: name.clone(),
+            after,
+            created_by: who.actor_or(""),
+        };
+        let registry = self.coordinator.registry();
+        let (_, changed) = registry.add_environment(record).await?;
+        let info = info(&registry.environment(&name)?);
+        Ok(Response::new(pb::EnvironmentInfo {
+            unchanged: !changed,
+            ..info
+        }))
+    }
+
+    pub(super) async fn environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.allow(
+            &request,
+            "ListEnvironments",
+            Permission::Read,
+            Scope::default(),
+        )
+        .await?;
+        let environments = self
+            .coordinator
+            .registry()
+            .environments()
+            .iter()
+            .map(info)
+            .collect();
+        Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
+    }
+
+    pub(super) async fn environment(
+        &self,
+        request: Request<pb::GetEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentInfo>, Status> {
+        let name = Environment::parse("name", &request.get_ref().name)?;
+        let scope = Scope::environment(&name);
+        self.allow(&request, "GetEnvironment", Permission::Read, scope)
+            .await?;
+        Ok(Response::new(info(
+            &self.coordinator.registry().environment(&name)?,
+        )))
+    }
+}
+
+fn info(v: &EnvironmentView) -> pb::EnvironmentInfo {
+    let names = |list: &[Environment]| list.iter().map(|e| e.to_string()).collect();
+    pb::EnvironmentInfo {
+        name: v.record.name.to_string(),
+        after: names(&v.record.after),
+        before: names(&v.before),
+        projects: v.projects.clone(),
+        checkpoint: v.checkpoint,
+        declared: v.declared,
+        created_by: v.record.created_by.clone(),
+        unchanged: false,
+    }
+}

@@ -1,0 +1,181 @@
+//! Environments as first-class objects (the first part of issue 14), end to end: the
+//! promotion path is declared with `lockstep env add NAME --after UPSTREAM`, bad paths
+//! (an unknown upstream, a cycle, an environment after itself) are refused naming the
+//! field and change nothing, and `lockstep live --all` shows the environment × project
+//! matrix of what is live, one agent per project and environment.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::EventKind;
+use serde_json::Value;
+use support::Cluster;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environments_form_a_promotion_path_and_bad_ones_are_refused() {
+    let c = Cluster::new().await;
+    for args in [
+        vec!["env", "add", "dev"],
+        vec!["env", "add", "hardening", "--after", "dev"],
+        vec!["env", "add", "production", "--after", "hardening"],
+    ] {
+        let out = c.cli(&args).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let again = c
+        .cli(&["env", "add", "production", "--after", "hardening"])
+        .await;
+    assert!(again.stdout.contains("unchanged"), "{again:?}");
+
+    let unknown = c
+        .cli(&["env", "add", "staging", "--after", "nowhere"])
+        .await;
+    assert_eq!(unknown.code, 1, "NOT_FOUND: {unknown:?}");
+    assert!(
+        unknown.stderr.contains("after[0]") && unknown.stderr.contains("nowhere"),
+        "{unknown:?}"
+    );
+    let cycle = c.cli(&["env", "add", "dev", "--after", "production"]).await;
+    assert_eq!(cycle.code, 2, "INVALID_ARGUMENT: {cycle:?}");
+    assert!(
+        cycle.stderr.contains("after")
+            && cycle
+                .stderr
+                .contains("dev -> production -> hardening -> dev"),
+        "names the cycle: {cycle:?}"
+    );
+    let itself = c.cli(&["env", "add", "dev", "--after", "dev"]).await;
+    assert_eq!(itself.code, 2, "{itself:?}");
+    assert!(itself.stderr.contains("after[0]"), "{itself:?}");
+
+    let list = c.cli(&["env", "list", "-o", "json"]).await.json();
+    let environments = list["environments"].as_array().unwrap();
+    let after = |name: &str| -> Vec<Value> {
+        let e = environments.iter().find(|e| e["name"] == name).unwrap();
+        e["after"].as_array().cloned().unwrap_or_default()
+    };
+    assert!(
+        after("dev").is_empty(),
+        "the refused cycle changed nothing: {list}"
+    );
+    assert_eq!(after("hardening"), ["dev"]);
+    assert_eq!(after("production"), ["hardening"]);
+    let hardening = c
+        .cli(&["env", "show", "hardening", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        hardening["before"],
+        serde_json::json!(["production"]),
+        "{hardening}"
+    );
+    assert_eq!(hardening["declared"], true);
+
+    let added = c.events().await.into_iter();
+    let added = added
+        .filter(|e| e.kind == EventKind::EnvironmentAdded as i32)
+        .count();
+    assert_eq!(
+        added, 3,
+        "one event per declaration; refusals and repeats write none"
+    );
+    let missing = c.cli(&["env", "show", "qa"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_all_shows_every_environment_and_project() {
+    let mut c = Cluster::family().await;
+    let add = c
+        .cli(&["env", "add", "production", "--after", "default"])
+        .await;
+    assert_eq!(add.code, 1, "default is not declared yet: {add:?}");
+    for args in [
+        vec!["env", "add", "default"],
+        vec!["env", "add", "production", "--after", "default"],
+    ] {
+        assert_eq!(c.cli(&args).await.code, 0);
+    }
+    c.add_env_agent("production", "B").await;
+    let url = c.agent("production/B").server.url();
+    let registered = c
+        .cli(&[
+            "-e",
+            "production",
+            "project",
+            "add",
+            "B",
+            "--endpoint",
+            &url,
+        ])
+        .await;
+    assert_eq!(registered.code, 0, "{registered:?}");
+
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let p1 = c
+        .cli(&[
+            "-e",
+            "production",
+            "release",
+            "create",
+            "P1",
+            "B=P1B",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(p1.code, 0, "{p1:?}");
+    assert_eq!(c.agent("production/B").live().as_deref(), Some("P1B"));
+    assert_eq!(
+        c.agent("B").live().as_deref(),
+        Some("T1B"),
+        "each environment has its own agent"
+    );
+
+    let all = c.cli(&["live", "--all", "-o", "json"]).await.json();
+    let envs = all["environments"].as_array().unwrap();
+    let names: Vec<&str> = envs
+        .iter()
+        .map(|e| e["environment"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "production"],
+        "in promotion order: {all}"
+    );
+    let version = |env: usize, project: &str| {
+        let versions = envs[env]["checkpoint"]["versions"].as_array().unwrap();
+        let v = versions.iter().find(|v| v["project"] == project);
+        v.map(|v| v["version"].as_str().unwrap().to_string())
+    };
+    assert_eq!(version(0, "A").as_deref(), Some("T1A"));
+    assert_eq!(version(0, "B").as_deref(), Some("T1B"));
+    assert_eq!(version(1, "B").as_deref(), Some("P1B"));
+    assert_eq!(version(1, "A"), None, "A is not a project of production");
+
+    let table = c.cli(&["live", "--all"]).await;
+    assert_eq!(table.code, 0, "{table:?}");
+    let row = |p: &str| {
+        table
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        table.stdout.contains("production (checkpoint 1)"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        row("B ").contains("T1B") && row("B ").contains("P1B"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        row("A ").contains("T1A") && row("A ").trim_end().ends_with('-'),
+        "{}",
+        table.stdout
+    );
+}
