@@ -179,3 +179,124 @@ async fn live_all_shows_every_environment_and_project() {
         table.stdout
     );
 }
+
+/// The issue's pipeline file: dev, then hardening with an external performance step,
+/// then production with auto-promotion.
+const SHIPYARD: &str = r#"[[environment]]
+name = "dev"
+
+[[environment]]
+name = "hardening"
+after = "dev"
+  [[environment.verify]]
+  name = "performance"
+  kind = "external"
+  deadline = "10m"
+
+[[environment]]
+name = "production"
+after = "hardening"
+auto_promote = true
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_file_is_applied_as_one_version_and_bad_ones_change_nothing() {
+    let c = Cluster::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = file("shipyard.toml", SHIPYARD);
+
+    let dry = c.cli(&["env", "apply", "-f", &good, "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("+ hardening: after dev; verify performance (external, 10m)"),
+        "{dry:?}"
+    );
+    assert!(dry.stdout.contains("dry run"), "{dry:?}");
+    assert_eq!(
+        c.cli(&["env", "show", "hardening"]).await.code,
+        1,
+        "a dry run declares nothing"
+    );
+
+    let applied = c.cli(&["env", "apply", "-f", &good]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(
+        applied.stdout.contains("pipeline version 1 applied"),
+        "{applied:?}"
+    );
+    let hardening = c
+        .cli(&["env", "show", "hardening", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(hardening["pipelineVersion"], "1", "{hardening}");
+    let in_force = hardening["stages"].as_str().unwrap().to_string();
+    assert!(
+        in_force.contains("verify performance (external, 10m)"),
+        "{hardening}"
+    );
+    let production = c.cli(&["env", "show", "production"]).await;
+    assert!(production.stdout.contains("auto-promote"), "{production:?}");
+    let again = c.cli(&["env", "apply", "-f", &good]).await;
+    assert!(
+        again.stdout.contains("nothing changed (pipeline version 1"),
+        "{again:?}"
+    );
+
+    let bad = [
+        (
+            "unknown upstream",
+            SHIPYARD.replace("after = \"dev\"", "after = \"qa\""),
+            "line 6: environment[1].after",
+        ),
+        (
+            "a cycle",
+            SHIPYARD.replace("name = \"dev\"", "name = \"dev\"\nafter = \"production\""),
+            "cycle",
+        ),
+        (
+            "an unknown step kind",
+            SHIPYARD.replace("\"external\"", "\"smoke\""),
+            "environment[1].verify[0].kind",
+        ),
+        (
+            "a duplicate name",
+            format!("{SHIPYARD}\n[[environment]]\nname = \"dev\"\n"),
+            "declared twice",
+        ),
+        (
+            "an unknown key",
+            SHIPYARD.replace("auto_promote", "auto_promot"),
+            "auto_promot",
+        ),
+    ];
+    for (what, text, named) in bad {
+        let path = file("bad.toml", &text);
+        let out = c.cli(&["env", "apply", "-f", &path]).await;
+        assert_eq!(out.code, 2, "{what}: INVALID_ARGUMENT: {out:?}");
+        assert!(
+            out.stderr.contains(named),
+            "{what}: names {named:?}: {out:?}"
+        );
+        let now = c
+            .cli(&["env", "show", "hardening", "-o", "json"])
+            .await
+            .json();
+        assert_eq!(
+            now["stages"].as_str().unwrap(),
+            in_force,
+            "{what}: nothing changed"
+        );
+        assert_eq!(now["pipelineVersion"], "1", "{what}");
+    }
+    let events = c.events().await.into_iter();
+    let applied = events
+        .filter(|e| e.kind == EventKind::PipelineApplied as i32)
+        .count();
+    assert_eq!(applied, 1, "only the one applied file is in the log");
+}

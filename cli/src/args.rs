@@ -197,6 +197,16 @@ pub enum EnvCommand {
         #[arg(long)]
         after: Vec<String>,
     },
+    /// Apply a pipeline file (TOML: every environment with its upstreams and stages;
+    /// docs/stages.md), as one new pipeline version (operators).
+    Apply {
+        /// The file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only check it and print what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Every environment (declared, or with projects) in promotion order.
     List,
     /// One environment: upstreams, downstreams, projects, live checkpoint.

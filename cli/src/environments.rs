@@ -31,6 +31,7 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
                 Output::Table => println!("environment {} declared{}", e.name, upstream(&e)),
             }
         }
+        EnvCommand::Apply { file, dry_run } => return apply(client, out, &file, dry_run).await,
         EnvCommand::List => {
             let r = client
                 .list_environments(pb::ListEnvironmentsRequest {})
@@ -49,6 +50,39 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
             match out {
                 Output::Json => print_json(&e),
                 Output::Table => show(&e),
+            }
+        }
+    }
+    Ok(OK)
+}
+
+async fn apply(
+    client: &mut Client,
+    out: Output,
+    file: &std::path::Path,
+    dry_run: bool,
+) -> Result<u8> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| crate::Failure::usage(format!("-f {}: {e}", file.display())))?;
+    let r = client
+        .apply_pipeline(pb::ApplyPipelineRequest { text, dry_run })
+        .await?
+        .into_inner();
+    match out {
+        Output::Json => print_json(&r),
+        Output::Table => {
+            for change in &r.changes {
+                println!("{change}");
+            }
+            match (dry_run, r.applied) {
+                (true, _) => println!(
+                    "dry run: nothing applied (pipeline version {} in force)",
+                    r.version
+                ),
+                (false, true) => println!("pipeline version {} applied", r.version),
+                (false, false) => {
+                    println!("nothing changed (pipeline version {} in force)", r.version)
+                }
             }
         }
     }
@@ -173,6 +207,10 @@ fn show(e: &pb::EnvironmentInfo) {
         e.checkpoint.to_string()
     };
     println!("  checkpoint: {checkpoint}");
+    println!("  in force:   {}", e.stages);
+    if e.pipeline_version != 0 {
+        println!("  from pipeline version {}", e.pipeline_version);
+    }
     if !e.created_by.is_empty() {
         println!("  declared by {}", e.created_by);
     }

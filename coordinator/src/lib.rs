@@ -25,6 +25,8 @@
 //!   [`keys`]: the token signing secret.
 //! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
 //!   its durable cursor; [`stall`]: the STALLED trigger.
+//! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
+//!   checked; pure.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -42,6 +44,7 @@ pub mod keys;
 pub mod model;
 pub mod network;
 pub mod notify;
+pub mod pipeline;
 pub mod planner;
 pub mod ports;
 pub mod preview;

@@ -380,6 +380,125 @@ pub struct EnvironmentRecord {
     /// Who declared it.
     #[serde(default)]
     pub created_by: String,
+    /// Its stages, from the pipeline file (none when only declared).
+    #[serde(default)]
+    pub stages: Stages,
+    /// The pipeline file version that set it (0: `env add`).
+    #[serde(default)]
+    pub pipeline_version: u64,
+}
+
+impl EnvironmentRecord {
+    /// `after hardening; verify performance (external, 10m); auto-promote`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.after.is_empty() {
+            let after: Vec<&str> = self.after.iter().map(|e| e.as_str()).collect();
+            parts.push(format!("after {}", after.join(", ")));
+        }
+        let steps = |steps: &[Step]| {
+            steps
+                .iter()
+                .map(Step::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.stages.verify.is_empty() {
+            parts.push(format!("verify {}", steps(&self.stages.verify)));
+        }
+        if self.stages.auto_promote {
+            parts.push("auto-promote".into());
+        }
+        if let Some(soak) = self.stages.soak_ms {
+            parts.push(format!("soak {:?}", std::time::Duration::from_millis(soak)));
+        }
+        if !self.stages.verify_live.is_empty() {
+            let on = match self.stages.on_live_failure {
+                LiveFailure::Revert => "revert",
+                LiveFailure::Notify => "notify",
+            };
+            parts.push(format!(
+                "verify live {} (on failure: {on})",
+                steps(&self.stages.verify_live)
+            ));
+        }
+        if parts.is_empty() {
+            "no upstream, no stages".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// What an environment does with a transaction besides 2PC (issue 14's stages).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stages {
+    /// Steps run against the staged set, between PREPARED and COMMIT.
+    pub verify: Vec<Step>,
+    /// A transaction that commits and verifies here is promoted downstream.
+    pub auto_promote: bool,
+    /// How long the live set soaks after commit (ms), if it does.
+    pub soak_ms: Option<u64>,
+    /// Steps run against the live set after the soak.
+    pub verify_live: Vec<Step>,
+    /// What a failure after commit does.
+    pub on_live_failure: LiveFailure,
+}
+
+/// One verify step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unique within its list.
+    pub name: String,
+    /// What it does.
+    pub kind: StepKind,
+    /// How long it may take (ms).
+    pub deadline_ms: u64,
+}
+
+impl Step {
+    /// `performance (external, 10m)`.
+    pub fn describe(&self) -> String {
+        let kind = match &self.kind {
+            StepKind::Http { url, expect_status } => format!("http {url} -> {expect_status}"),
+            StepKind::External => "external".into(),
+            StepKind::Approval => "approval".into(),
+        };
+        let deadline = humanize_ms(self.deadline_ms);
+        format!("{} ({kind}, {deadline})", self.name)
+    }
+}
+
+fn humanize_ms(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// The kinds of verify step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// The coordinator requests a URL and expects a status.
+    Http {
+        /// URL template over the staged test URIs.
+        url: String,
+        /// The status that passes.
+        expect_status: u16,
+    },
+    /// A test runner reports started / passed / failed.
+    External,
+    /// A person approves or rejects.
+    Approval,
+}
+
+/// What a failure of the verification after commit does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveFailure {
+    /// Reverts the transaction automatically.
+    #[default]
+    Revert,
+    /// Only notifies.
+    Notify,
 }
 
 /// A token made by CreateToken, as stored: what RevokeToken finds by id, and what the

@@ -20,6 +20,7 @@
 //! - `subscriptions`: name                             → SubscriptionRecord (with its
 //!   delivery cursor)
 //! - `environments`: name                              → EnvironmentRecord
+//! - `pipelines`:    version (u64 BE)                  → the pipeline file's text
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -70,6 +71,8 @@ pub const TOKENS: &str = "tokens";
 pub const SUBSCRIPTIONS: &str = "subscriptions";
 /// Declared environments by name.
 pub const ENVIRONMENTS: &str = "environments";
+/// Every pipeline file applied, by version.
+pub const PIPELINES: &str = "pipelines";
 
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
@@ -89,6 +92,7 @@ pub const ALL: &[&str] = &[
     TOKENS,
     SUBSCRIPTIONS,
     ENVIRONMENTS,
+    PIPELINES,
 ];
 
 /// A quarantined (environment, project, version).
@@ -315,6 +319,20 @@ impl Tables {
     /// Adds an environment put to `batch`.
     pub fn put_environment(batch: &mut Batch, e: &EnvironmentRecord) {
         batch.put(ENVIRONMENTS, e.name.as_str().as_bytes().to_vec(), encode(e));
+    }
+
+    /// Stores pipeline file `text` as `version`.
+    pub fn put_pipeline(batch: &mut Batch, version: u64, text: &str) {
+        batch.put(PIPELINES, keys::u64_key(version), text.as_bytes().to_vec());
+    }
+
+    /// The newest pipeline version stored (0: none).
+    pub fn last_pipeline_version(&self) -> Result<u64, StoreError> {
+        let newest = self.kv.scan(PIPELINES, b"", None, Order::Descending, 1)?;
+        Ok(newest
+            .first()
+            .and_then(|(k, _)| keys::u64_of(k))
+            .unwrap_or(0))
     }
 
     /// Every project of every environment.

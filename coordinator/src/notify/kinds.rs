@@ -33,6 +33,7 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::SubscriptionRemoved, "subscription.removed"),
     (EventKind::SubscriptionDisabled, "subscription.disabled"),
     (EventKind::EnvironmentAdded, "environment.added"),
+    (EventKind::PipelineApplied, "pipeline.applied"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -78,7 +79,7 @@ mod tests {
 
     #[test]
     fn every_kind_but_unspecified_has_a_name_that_parses_back() {
-        for kind in 1..=EventKind::EnvironmentAdded as i32 {
+        for kind in 1..=EventKind::PipelineApplied as i32 {
             let name = name(kind);
             assert_ne!(name, "unknown", "kind {kind} has no name");
             assert_eq!(parse(name).map(|k| k as i32), Ok(kind));

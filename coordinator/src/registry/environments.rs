@@ -37,16 +37,20 @@ pub struct EnvironmentView {
 impl Registry {
     /// Declares `record` (or changes its upstreams); `false` when it was declared
     /// exactly so already. Durable (fsync) before it returns.
+    /// Its stages (from a pipeline file) stay as they are.
     pub async fn add_environment(
         &self,
-        record: EnvironmentRecord,
+        mut record: EnvironmentRecord,
     ) -> Result<(EnvironmentRecord, bool)> {
         let written = {
             let mut s = self.state();
             check_after(&s, &record)?;
-            let known = s.environments.get(&record.name);
-            if known.is_some_and(|k| k.after == record.after) {
-                return Ok((known.cloned().unwrap_or(record), false));
+            if let Some(k) = s.environments.get(&record.name) {
+                if k.after == record.after {
+                    return Ok((k.clone(), false));
+                }
+                record.stages = k.stages.clone();
+                record.pipeline_version = k.pipeline_version;
             }
             let mut batch = Batch::default();
             Tables::put_environment(&mut batch, &record);
@@ -80,12 +84,79 @@ impl Registry {
     }
 }
 
+/// What applying a pipeline file did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The pipeline version in force afterwards.
+    pub version: u64,
+    /// One line per environment of the file: `+` new, `~` changed, `=` unchanged.
+    pub changes: Vec<String>,
+    /// Whether anything was written.
+    pub written: bool,
+}
+
+impl Registry {
+    /// Applies a pipeline file: every environment it names is declared with its
+    /// upstreams and stages, as one durable write with a new pipeline version and a
+    /// PIPELINE_APPLIED event. A refused file (see [`crate::pipeline::parse`]) or a dry
+    /// run changes nothing; a file that changes nothing writes nothing.
+    pub async fn apply_pipeline(&self, text: &str, dry_run: bool, actor: &str) -> Result<Applied> {
+        let (written, outcome) = {
+            let mut s = self.state();
+            let mut records = crate::pipeline::parse(text, &s.environments)?;
+            let changes = crate::pipeline::diff(&s.environments, &records);
+            let unchanged = changes.iter().all(|c| c.starts_with('='));
+            if dry_run || unchanged {
+                let version = s.pipeline_version;
+                return Ok(Applied {
+                    version,
+                    changes,
+                    written: false,
+                });
+            }
+            s.pipeline_version += 1;
+            let version = s.pipeline_version;
+            let mut batch = Batch::default();
+            Tables::put_pipeline(&mut batch, version, text);
+            for r in &mut records {
+                r.created_by = actor.to_string();
+                r.pipeline_version = version;
+                Tables::put_environment(&mut batch, r);
+                s.environments.insert(r.name.clone(), r.clone());
+            }
+            let event = applied(version, &changes, actor);
+            let append = self.inner.journal.append(batch, vec![event], Durable::Now);
+            (
+                append,
+                Applied {
+                    version,
+                    changes,
+                    written: true,
+                },
+            )
+        };
+        written.await?;
+        Ok(outcome)
+    }
+}
+
+fn applied(version: u64, changes: &[String], actor: &str) -> pb::Event {
+    pb::Event {
+        kind: pb::EventKind::PipelineApplied as i32,
+        message: format!("pipeline version {version} applied: {}", changes.join("; ")),
+        actor: actor.to_string(),
+        ..Default::default()
+    }
+}
+
 fn view(s: &State, name: &Environment) -> EnvironmentView {
     let declared = s.environments.get(name);
     let record = declared.cloned().unwrap_or_else(|| EnvironmentRecord {
         name: name.clone(),
         after: Vec::new(),
         created_by: String::new(),
+        stages: Default::default(),
+        pipeline_version: 0,
     });
     let before = s.environments.values().filter(|e| e.after.contains(name));
     let projects = s

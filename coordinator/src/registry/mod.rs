@@ -93,6 +93,8 @@ struct State {
     projects: BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
     /// Declared environments.
     environments: BTreeMap<Environment, EnvironmentRecord>,
+    /// The newest pipeline file version applied (0: none).
+    pipeline_version: u64,
     active: BTreeMap<TxId, Active>,
     queue: Queue,
     /// Newest checkpoint per environment, including a decided one still being written.
@@ -157,6 +159,7 @@ impl Registry {
             let env = s.projects.entry(p.environment.clone()).or_default();
             env.insert(p.name.clone(), p);
         }
+        s.pipeline_version = tables.last_pipeline_version()?;
         for e in tables.environments()? {
             s.environments.insert(e.name.clone(), e);
         }

@@ -33,6 +33,8 @@ impl CoordinatorService {
             name: name.clone(),
             after,
             created_by: who.actor_or(""),
+            stages: Default::default(),
+            pipeline_version: 0,
         };
         let registry = self.coordinator.registry();
         let (_, changed) = registry.add_environment(record).await?;
@@ -40,6 +42,26 @@ impl CoordinatorService {
         Ok(Response::new(pb::EnvironmentInfo {
             unchanged: !changed,
             ..info
+        }))
+    }
+
+    pub(super) async fn apply(
+        &self,
+        request: Request<pb::ApplyPipelineRequest>,
+    ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
+        let call = "ApplyPipeline";
+        let who = self
+            .allow(&request, call, Permission::Operate, Scope::default())
+            .await?;
+        let r = request.get_ref();
+        let registry = self.coordinator.registry();
+        let applied = registry
+            .apply_pipeline(&r.text, r.dry_run, &who.actor_or(""))
+            .await?;
+        Ok(Response::new(pb::ApplyPipelineResponse {
+            version: applied.version,
+            changes: applied.changes,
+            applied: applied.written,
         }))
     }
 
@@ -89,5 +111,7 @@ fn info(v: &EnvironmentView) -> pb::EnvironmentInfo {
         declared: v.declared,
         created_by: v.record.created_by.clone(),
         unchanged: false,
+        stages: v.record.describe(),
+        pipeline_version: v.record.pipeline_version,
     }
 }

@@ -470,4 +470,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::EnvironmentInfo>, Status> {
         self.environment(request).await
     }
+
+    async fn apply_pipeline(
+        &self,
+        request: Request<pb::ApplyPipelineRequest>,
+    ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
+        self.apply(request).await
+    }
 }

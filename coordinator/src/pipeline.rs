@@ -1,0 +1,331 @@
+//! The pipeline file (a "shipyard"): every environment on the promotion path with its
+//! stages (verify steps before commit, soak and verify steps after, auto-promotion),
+//! in one TOML file applied with `lockstep env apply -f FILE`. Pure: text in, the
+//! environments it declares out, or an error naming the line and the key. The graph
+//! check (upstreams known, no cycle) runs over the file together with the environments
+//! declared already.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use lockstep::names::{Environment, FieldError, ProjectName};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::{EnvironmentRecord, LiveFailure, Stages, Step, StepKind};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    environment: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: Spanned<String>,
+    #[serde(default)]
+    after: Option<Spanned<After>>,
+    #[serde(default)]
+    verify: Vec<StepEntry>,
+    #[serde(default)]
+    auto_promote: bool,
+    #[serde(default)]
+    soak: Option<Spanned<String>>,
+    #[serde(default)]
+    verify_live: Vec<StepEntry>,
+    #[serde(default)]
+    on_live_failure: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum After {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepEntry {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    expect_status: Option<u16>,
+    #[serde(default)]
+    deadline: Option<Spanned<String>>,
+}
+
+/// The default deadline of a verify step.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Parses and checks `text`; `declared` are the environments declared already (an
+/// upstream may be one of them or of the file). The records come without author.
+pub fn parse(
+    text: &str,
+    declared: &BTreeMap<Environment, EnvironmentRecord>,
+) -> Result<Vec<EnvironmentRecord>, FieldError> {
+    let file: File = toml::from_str(text).map_err(|e| FieldError::new("file", e.to_string()))?;
+    let at =
+        |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let mut records: Vec<EnvironmentRecord> = Vec::new();
+    for (i, entry) in file.environment.iter().enumerate() {
+        let record = environment(entry, &format!("environment[{i}]"), &at)?;
+        if records.iter().any(|r| r.name == record.name) {
+            let key = format!("line {}: environment[{i}].name", at(entry.name.span()));
+            return Err(FieldError::new(
+                key,
+                format!("{} is declared twice", record.name),
+            ));
+        }
+        records.push(record);
+    }
+    check_graph(&file, &records, declared, &at)?;
+    Ok(records)
+}
+
+fn environment(
+    entry: &Entry,
+    key: &str,
+    at: &impl Fn(std::ops::Range<usize>) -> usize,
+) -> Result<EnvironmentRecord, FieldError> {
+    let field = |span, name: &str| format!("line {}: {key}.{name}", at(span));
+    let name = Environment::parse(&field(entry.name.span(), "name"), entry.name.get_ref())?;
+    let mut after = Vec::new();
+    if let Some(a) = &entry.after {
+        let names = match a.get_ref() {
+            After::One(one) => vec![one.clone()],
+            After::Many(many) => many.clone(),
+        };
+        for n in names {
+            after.push(Environment::parse(&field(a.span(), "after"), &n)?);
+        }
+    }
+    after.sort();
+    after.dedup();
+    let stages = Stages {
+        verify: steps(&entry.verify, &format!("{key}.verify"), at)?,
+        auto_promote: entry.auto_promote,
+        soak_ms: optional_duration(entry.soak.as_ref(), &|span| field(span, "soak"))?,
+        verify_live: steps(&entry.verify_live, &format!("{key}.verify_live"), at)?,
+        on_live_failure: live_failure(entry.on_live_failure.as_ref(), &|span| {
+            field(span, "on_live_failure")
+        })?,
+    };
+    Ok(EnvironmentRecord {
+        name,
+        after,
+        created_by: String::new(),
+        stages,
+        pipeline_version: 0,
+    })
+}
+
+fn steps(
+    entries: &[StepEntry],
+    key: &str,
+    at: &impl Fn(std::ops::Range<usize>) -> usize,
+) -> Result<Vec<Step>, FieldError> {
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let field = |span, name: &str| format!("line {}: {key}[{i}].{name}", at(span));
+        let name = ProjectName::parse(&field(e.name.span(), "name"), e.name.get_ref())?.to_string();
+        if steps.iter().any(|s| s.name == name) {
+            return Err(FieldError::new(
+                field(e.name.span(), "name"),
+                format!("step {name} is declared twice"),
+            ));
+        }
+        let kind = match (e.kind.get_ref().as_str(), &e.url) {
+            ("http", Some(url)) => {
+                crate::convert::http_url(&field(url.span(), "url"), url.get_ref())?;
+                StepKind::Http {
+                    url: url.get_ref().clone(),
+                    expect_status: e.expect_status.unwrap_or(200),
+                }
+            }
+            ("http", None) => {
+                return Err(FieldError::new(
+                    field(e.kind.span(), "url"),
+                    "an http step needs a url",
+                ));
+            }
+            ("external", _) => StepKind::External,
+            ("approval", _) => StepKind::Approval,
+            (other, _) => {
+                let why = format!("{other:?} is no step kind (http, external, approval)");
+                return Err(FieldError::new(field(e.kind.span(), "kind"), why));
+            }
+        };
+        let deadline = optional_duration(e.deadline.as_ref(), &|span| field(span, "deadline"))?;
+        let deadline_ms = deadline.unwrap_or(DEFAULT_DEADLINE.as_millis() as u64);
+        steps.push(Step {
+            name,
+            kind,
+            deadline_ms,
+        });
+    }
+    Ok(steps)
+}
+
+fn optional_duration(
+    value: Option<&Spanned<String>>,
+    field: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Option<u64>, FieldError> {
+    let Some(v) = value else { return Ok(None) };
+    let d = humantime::parse_duration(v.get_ref())
+        .map_err(|e| FieldError::new(field(v.span()), format!("{:?}: {e}", v.get_ref())))?;
+    Ok(Some(d.as_millis() as u64))
+}
+
+fn live_failure(
+    value: Option<&Spanned<String>>,
+    field: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<LiveFailure, FieldError> {
+    match value.map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("revert", _)) => Ok(LiveFailure::Revert),
+        Some(("notify", _)) => Ok(LiveFailure::Notify),
+        Some((other, span)) => Err(FieldError::new(
+            field(span),
+            format!("{other:?} is neither revert nor notify"),
+        )),
+    }
+}
+
+/// Every upstream is in the file or declared, and the whole graph has no cycle.
+fn check_graph(
+    file: &File,
+    records: &[EnvironmentRecord],
+    declared: &BTreeMap<Environment, EnvironmentRecord>,
+    at: &impl Fn(std::ops::Range<usize>) -> usize,
+) -> Result<(), FieldError> {
+    let mut graph: BTreeMap<&Environment, &[Environment]> = declared
+        .values()
+        .map(|r| (&r.name, r.after.as_slice()))
+        .collect();
+    graph.extend(records.iter().map(|r| (&r.name, r.after.as_slice())));
+    for (i, (record, entry)) in records.iter().zip(&file.environment).enumerate() {
+        let span = entry.after.as_ref().map_or(entry.name.span(), |a| a.span());
+        let key = format!("line {}: environment[{i}].after", at(span));
+        if let Some(up) = record.after.iter().find(|up| !graph.contains_key(up)) {
+            let why = format!("{up} is neither in this file nor declared");
+            return Err(FieldError::new(key, why));
+        }
+        if let Some(path) = cycle_from(&graph, &record.name) {
+            return Err(FieldError::new(
+                key,
+                format!("makes a cycle: {}", path.join(" -> ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A path from `start` back to itself through `after` edges, if there is one.
+fn cycle_from(
+    graph: &BTreeMap<&Environment, &[Environment]>,
+    start: &Environment,
+) -> Option<Vec<String>> {
+    fn walk(
+        graph: &BTreeMap<&Environment, &[Environment]>,
+        at: &Environment,
+        start: &Environment,
+        seen: &mut BTreeSet<Environment>,
+        path: &mut Vec<String>,
+    ) -> bool {
+        for up in graph.get(at).copied().unwrap_or_default() {
+            path.push(up.to_string());
+            if up == start || (seen.insert(up.clone()) && walk(graph, up, start, seen, path)) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start.to_string()];
+    walk(graph, start, start, &mut BTreeSet::new(), &mut path).then_some(path)
+}
+
+/// What applying `new` changes, one line per environment of the file.
+pub fn diff(
+    current: &BTreeMap<Environment, EnvironmentRecord>,
+    new: &[EnvironmentRecord],
+) -> Vec<String> {
+    new.iter()
+        .map(|n| match current.get(&n.name) {
+            None => format!("+ {}: {}", n.name, n.describe()),
+            Some(c) if c.after == n.after && c.stages == n.stages => {
+                format!("= {}: unchanged", n.name)
+            }
+            Some(c) => format!("~ {}: {} -> {}", n.name, c.describe(), n.describe()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPYARD: &str = r#"
+[[environment]]
+name = "dev"
+
+[[environment]]
+name = "hardening"
+after = "dev"
+  [[environment.verify]]
+  name = "performance"
+  kind = "external"
+  deadline = "10m"
+
+[[environment]]
+name = "production"
+after = "hardening"
+auto_promote = true
+"#;
+
+    fn refusal(text: &str) -> String {
+        parse(text, &BTreeMap::new()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_issue_s_shipyard_parses() {
+        let envs = parse(SHIPYARD, &BTreeMap::new()).unwrap();
+        assert_eq!(envs.len(), 3);
+        assert_eq!(envs[1].stages.verify[0].kind, StepKind::External);
+        assert_eq!(envs[1].stages.verify[0].deadline_ms, 600_000);
+        assert!(envs[2].stages.auto_promote);
+        assert_eq!(envs[2].after[0].as_str(), "hardening");
+    }
+
+    #[test]
+    fn bad_files_name_the_line_and_the_key() {
+        let unknown = SHIPYARD.replace("after = \"dev\"", "after = \"qa\"");
+        let why = refusal(&unknown);
+        assert!(
+            why.contains("line 7") && why.contains("environment[1].after") && why.contains("qa"),
+            "{why}"
+        );
+        let cycle = SHIPYARD.replace("name = \"dev\"", "name = \"dev\"\nafter = \"production\"");
+        assert!(refusal(&cycle).contains("cycle"), "{}", refusal(&cycle));
+        let kind = SHIPYARD.replace("\"external\"", "\"smoke\"");
+        let why = refusal(&kind);
+        assert!(
+            why.contains("environment[1].verify[0].kind") && why.contains("smoke"),
+            "{why}"
+        );
+        let twice = format!("{SHIPYARD}\n[[environment]]\nname = \"dev\"\n");
+        assert!(
+            refusal(&twice).contains("declared twice"),
+            "{}",
+            refusal(&twice)
+        );
+        let typo = SHIPYARD.replace("auto_promote", "auto_promot");
+        assert!(refusal(&typo).contains("auto_promot"), "{}", refusal(&typo));
+    }
+}
