@@ -8,7 +8,7 @@
 
 mod support;
 
-use lockstep::pb::EventKind;
+use lockstep::pb::{EventKind, TransactionState};
 use serde_json::Value;
 use support::Cluster;
 
@@ -182,22 +182,7 @@ async fn live_all_shows_every_environment_and_project() {
 
 /// The issue's pipeline file: dev, then hardening with an external performance step,
 /// then production with auto-promotion.
-const SHIPYARD: &str = r#"[[environment]]
-name = "dev"
-
-[[environment]]
-name = "hardening"
-after = "dev"
-  [[environment.verify]]
-  name = "performance"
-  kind = "external"
-  deadline = "10m"
-
-[[environment]]
-name = "production"
-after = "hardening"
-auto_promote = true
-"#;
+const SHIPYARD: &str = include_str!("../examples/pipeline.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_file_is_applied_as_one_version_and_bad_ones_change_nothing() {
@@ -299,4 +284,55 @@ async fn a_pipeline_file_is_applied_as_one_version_and_bad_ones_change_nothing()
         .filter(|e| e.kind == EventKind::PipelineApplied as i32)
         .count();
     assert_eq!(applied, 1, "only the one applied file is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_environments_release_the_same_project_without_waiting_on_each_other() {
+    let mut c = Cluster::family().await;
+    c.add_env_agent("production", "B").await;
+    let url = c.agent("production/B").server.url();
+    let registered = c
+        .cli(&[
+            "-e",
+            "production",
+            "project",
+            "add",
+            "B",
+            "--endpoint",
+            &url,
+        ])
+        .await;
+    assert_eq!(registered.code, 0, "{registered:?}");
+
+    // T1 holds B in default while C's Prepare hangs.
+    c.block("C");
+    let (t1, p1) = tokio::join!(c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0), async {
+        c.wait_state("T1", TransactionState::Preparing).await;
+        let p1 = c
+            .cli(&[
+                "-e",
+                "production",
+                "release",
+                "create",
+                "P1",
+                "B=P1B",
+                "--wait",
+            ])
+            .await;
+        let t1 = c.transaction("T1").await;
+        assert_eq!(
+            t1.state,
+            TransactionState::Preparing as i32,
+            "T1 still holds B in default"
+        );
+        c.heal("C");
+        p1
+    });
+    assert_eq!(t1.code, 0, "{t1:?}");
+    assert_eq!(
+        p1.code, 0,
+        "production's B did not wait for default's T1: {p1:?}"
+    );
+    assert_eq!(c.agent("production/B").live().as_deref(), Some("P1B"));
+    assert_eq!(c.agent("B").live().as_deref(), Some("T1B"));
 }

@@ -2,7 +2,7 @@
 //! domain types (validated names, plain enums); `convert.rs` turns them into wire
 //! messages at the edge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::Duration;
 
@@ -517,4 +517,44 @@ pub struct TokenRecord {
     pub created_by: String,
     /// Revoked: refused from then on.
     pub revoked: bool,
+}
+
+/// How a webhook subscription's CloudEvents travel in the HTTP request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The whole event as a JSON body (`application/cloudevents+json`).
+    #[default]
+    Structured,
+    /// Attributes as `ce-` headers, the data as the body.
+    Binary,
+}
+
+/// A subscription, as the `subscriptions` table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    /// Unique name.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Event kinds wanted (empty: every kind).
+    pub events: BTreeSet<i32>,
+    /// Environment filter.
+    pub environment: Option<Environment>,
+    /// Project filter.
+    pub project: Option<ProjectName>,
+    /// Structured or binary.
+    pub mode: Mode,
+    /// HMAC key ("" none).
+    pub secret: String,
+    /// Accepts release tickets.
+    pub ticket_sink: bool,
+    /// Last sequence number delivered or passed over.
+    pub cursor: u64,
+    /// Why delivery stopped for good ("" while on).
+    #[serde(default)]
+    pub disabled: String,
+    /// Who added it.
+    #[serde(default)]
+    pub created_by: String,
 }

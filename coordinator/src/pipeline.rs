@@ -271,23 +271,8 @@ pub fn diff(
 mod tests {
     use super::*;
 
-    const SHIPYARD: &str = r#"
-[[environment]]
-name = "dev"
-
-[[environment]]
-name = "hardening"
-after = "dev"
-  [[environment.verify]]
-  name = "performance"
-  kind = "external"
-  deadline = "10m"
-
-[[environment]]
-name = "production"
-after = "hardening"
-auto_promote = true
-"#;
+    /// The issue's pipeline file, as examples/ ships it.
+    const SHIPYARD: &str = include_str!("../../examples/pipeline.toml");
 
     fn refusal(text: &str) -> String {
         parse(text, &BTreeMap::new()).unwrap_err().to_string()
@@ -308,7 +293,7 @@ auto_promote = true
         let unknown = SHIPYARD.replace("after = \"dev\"", "after = \"qa\"");
         let why = refusal(&unknown);
         assert!(
-            why.contains("line 7") && why.contains("environment[1].after") && why.contains("qa"),
+            why.contains("line 6") && why.contains("environment[1].after") && why.contains("qa"),
             "{why}"
         );
         let cycle = SHIPYARD.replace("name = \"dev\"", "name = \"dev\"\nafter = \"production\"");

@@ -36,12 +36,9 @@ use lockstep_store::{Batch, Kv, Order, StoreError, keys};
 use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{
-    model::{
-        BuildRecord, CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord,
-        TokenRecord, TxRecord,
-    },
-    notify::subscription::SubscriptionRecord,
+use crate::model::{
+    BuildRecord, CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord,
+    SubscriptionRecord, TokenRecord, TxRecord,
 };
 
 /// Projects by (environment, name).

@@ -8,21 +8,10 @@ use lockstep::{
     names::{Environment, FieldError, ProjectName},
     pb,
 };
-use serde::{Deserialize, Serialize};
 
 use super::kinds;
 use crate::convert;
-
-/// How the CloudEvent travels in the HTTP request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The whole event as a JSON body (`application/cloudevents+json`).
-    #[default]
-    Structured,
-    /// Attributes as `ce-` headers, the data as the body.
-    Binary,
-}
+pub use crate::model::{Mode, SubscriptionRecord};
 
 impl Mode {
     fn parse(value: &str) -> Result<Self, FieldError> {
@@ -43,35 +32,6 @@ impl Mode {
             Self::Binary => "binary",
         }
     }
-}
-
-/// A subscription, as the `subscriptions` table keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscriptionRecord {
-    /// Unique name.
-    pub name: String,
-    /// Where events are POSTed.
-    pub url: String,
-    /// Event kinds wanted (empty: every kind).
-    pub events: BTreeSet<i32>,
-    /// Environment filter.
-    pub environment: Option<Environment>,
-    /// Project filter.
-    pub project: Option<ProjectName>,
-    /// Structured or binary.
-    pub mode: Mode,
-    /// HMAC key ("" none).
-    pub secret: String,
-    /// Accepts release tickets.
-    pub ticket_sink: bool,
-    /// Last sequence number delivered or passed over.
-    pub cursor: u64,
-    /// Why delivery stopped for good ("" while on).
-    #[serde(default)]
-    pub disabled: String,
-    /// Who added it.
-    #[serde(default)]
-    pub created_by: String,
 }
 
 impl SubscriptionRecord {
