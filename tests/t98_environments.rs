@@ -97,20 +97,7 @@ async fn live_all_shows_every_environment_and_project() {
     ] {
         assert_eq!(c.cli(&args).await.code, 0);
     }
-    c.add_env_agent("production", "B").await;
-    let url = c.agent("production/B").server.url();
-    let registered = c
-        .cli(&[
-            "-e",
-            "production",
-            "project",
-            "add",
-            "B",
-            "--endpoint",
-            &url,
-        ])
-        .await;
-    assert_eq!(registered.code, 0, "{registered:?}");
+    production_b(&mut c).await;
 
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     let p1 = c
@@ -289,20 +276,7 @@ async fn a_pipeline_file_is_applied_as_one_version_and_bad_ones_change_nothing()
 #[tokio::test(flavor = "multi_thread")]
 async fn two_environments_release_the_same_project_without_waiting_on_each_other() {
     let mut c = Cluster::family().await;
-    c.add_env_agent("production", "B").await;
-    let url = c.agent("production/B").server.url();
-    let registered = c
-        .cli(&[
-            "-e",
-            "production",
-            "project",
-            "add",
-            "B",
-            "--endpoint",
-            &url,
-        ])
-        .await;
-    assert_eq!(registered.code, 0, "{registered:?}");
+    production_b(&mut c).await;
 
     // T1 holds B in default while C's Prepare hangs.
     c.block("C");
@@ -335,4 +309,21 @@ async fn two_environments_release_the_same_project_without_waiting_on_each_other
     );
     assert_eq!(c.agent("production/B").live().as_deref(), Some("P1B"));
     assert_eq!(c.agent("B").live().as_deref(), Some("T1B"));
+}
+
+/// An agent for project B in environment `production`, registered there.
+async fn production_b(c: &mut Cluster) {
+    c.add_env_agent("production", "B").await;
+    let url = c.agent("production/B").server.url();
+    let args = [
+        "-e",
+        "production",
+        "project",
+        "add",
+        "B",
+        "--endpoint",
+        &url,
+    ];
+    let registered = c.cli(&args).await;
+    assert_eq!(registered.code, 0, "{registered:?}");
 }
