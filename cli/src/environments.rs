@@ -26,7 +26,7 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
             };
             let e = client.add_environment(request).await?.into_inner();
             match out {
-                Output::Json => print_json(&e),
+                Output::Json => render::json(&e),
                 Output::Table if e.unchanged => println!("environment {} unchanged", e.name),
                 Output::Table => println!("environment {} declared{}", e.name, upstream(&e)),
             }
@@ -38,7 +38,7 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
                 .await?
                 .into_inner();
             match out {
-                Output::Json => print_json(&r),
+                Output::Json => render::json(&r),
                 Output::Table => table(&r.environments),
             }
         }
@@ -48,7 +48,7 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
                 .await?
                 .into_inner();
             match out {
-                Output::Json => print_json(&e),
+                Output::Json => render::json(&e),
                 Output::Table => show(&e),
             }
         }
@@ -69,7 +69,7 @@ async fn apply(
         .await?
         .into_inner();
     match out {
-        Output::Json => print_json(&r),
+        Output::Json => render::json(&r),
         Output::Table => {
             for change in &r.changes {
                 println!("{change}");
@@ -103,7 +103,7 @@ pub async fn live_all(client: &mut Client, out: Output) -> Result<u8> {
         lives.push(client.get_live_state(request).await?.into_inner());
     }
     match out {
-        Output::Json => print_json(&serde_json::json!({ "environments": lives })),
+        Output::Json => render::json(&serde_json::json!({ "environments": lives })),
         Output::Table => matrix(&lives),
     }
     Ok(OK)
@@ -171,8 +171,8 @@ fn table(environments: &[pb::EnvironmentInfo]) {
     let rows = promotion_order(environments).into_iter().map(|e| {
         vec![
             e.name.clone(),
-            dash(&e.after.join(",")),
-            dash(&e.projects.join(",")),
+            render::or_none(&e.after.join(",")),
+            render::or_none(&e.projects.join(",")),
             if e.checkpoint == 0 {
                 "-".into()
             } else {
@@ -198,9 +198,9 @@ fn show(e: &pb::EnvironmentInfo) {
             " (not declared: it has projects)"
         }
     );
-    println!("  after:      {}", dash(&e.after.join(", ")));
-    println!("  before:     {}", dash(&e.before.join(", ")));
-    println!("  projects:   {}", dash(&e.projects.join(", ")));
+    println!("  after:      {}", render::or_none(&e.after.join(", ")));
+    println!("  before:     {}", render::or_none(&e.before.join(", ")));
+    println!("  projects:   {}", render::or_none(&e.projects.join(", ")));
     let checkpoint = if e.checkpoint == 0 {
         "-".into()
     } else {
@@ -214,15 +214,4 @@ fn show(e: &pb::EnvironmentInfo) {
     if !e.created_by.is_empty() {
         println!("  declared by {}", e.created_by);
     }
-}
-
-fn dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.into() }
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("messages serialize")
-    );
 }

@@ -9,6 +9,7 @@ use crate::{
     Failure, OK, REFUSED, Result,
     args::{NotifyCommand, Output},
     dial::Client,
+    render,
 };
 
 /// Runs `lockstep notify add|list|remove|test`.
@@ -23,7 +24,7 @@ pub async fn run(client: &mut Client, out: Output, c: NotifyCommand) -> Result<u
             let request = pb::ListSubscriptionsRequest {};
             let r = client.list_subscriptions(request).await?.into_inner();
             match out {
-                Output::Json => print_json(&r),
+                Output::Json => render::json(&r),
                 Output::Table => table(&r.subscriptions),
             }
         }
@@ -91,7 +92,7 @@ async fn test(client: &mut Client, out: Output, name: String) -> Result<u8> {
     let request = pb::TestSubscriptionRequest { name: name.clone() };
     let r = client.test_subscription(request).await?.into_inner();
     match out {
-        Output::Json => print_json(&r),
+        Output::Json => render::json(&r),
         Output::Table if r.error.is_empty() => {
             println!("{name}: ping {} answered {}", r.event_id, r.status)
         }
@@ -105,7 +106,7 @@ async fn test(client: &mut Client, out: Output, name: String) -> Result<u8> {
 
 fn show(out: Output, subscriptions: &[pb::Subscription], what: &str) {
     match (out, subscriptions.first()) {
-        (Output::Json, Some(s)) => print_json(s),
+        (Output::Json, Some(s)) => render::json(s),
         (Output::Table, Some(s)) => println!(
             "subscription {} {what}: {} from sequence {}",
             s.name,
@@ -114,13 +115,6 @@ fn show(out: Output, subscriptions: &[pb::Subscription], what: &str) {
         ),
         (_, None) => {}
     }
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("messages serialize")
-    );
 }
 
 fn table(subscriptions: &[pb::Subscription]) {
@@ -140,7 +134,7 @@ fn table(subscriptions: &[pb::Subscription]) {
             status(s),
         ]
     });
-    crate::render::table(&header, rows.collect());
+    render::table(&header, rows.collect());
 }
 
 fn filter(s: &pb::Subscription) -> String {

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::args::Output;
 
-fn json<T: Serialize>(value: &T) {
+/// Prints a message in the proto3 JSON mapping (what `-o json` prints).
+pub fn json<T: Serialize>(value: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("messages serialize")
@@ -35,7 +36,8 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn or_none(s: &str) -> String {
+/// `-` for an empty cell.
+pub fn or_none(s: &str) -> String {
     if s.is_empty() { "-".into() } else { s.into() }
 }
 
