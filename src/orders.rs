@@ -98,6 +98,8 @@ pub struct Staging {
     pub to_schema: Option<Schema>,
     /// Migration files staged.
     pub migrations: Vec<String>,
+    /// Where the staged version answers, for verify steps ("" none).
+    pub test_uri: String,
 }
 
 /// A participant's phase 1 answer.
@@ -181,6 +183,7 @@ impl From<pb::PrepareResponse> for VoteAnswer {
                 from_schema: r.from_schema.map(Schema::from),
                 to_schema: r.to_schema.map(Schema::from),
                 migrations: r.migrations,
+                test_uri: r.test_uri,
             });
         }
         VoteAnswer::Refused(if r.reason.is_empty() {
@@ -270,6 +273,7 @@ impl From<&VoteAnswer> for pb::PrepareResponse {
                 from_schema: s.from_schema.as_ref().map(pb::SchemaVersion::from),
                 to_schema: s.to_schema.as_ref().map(pb::SchemaVersion::from),
                 migrations: s.migrations.clone(),
+                test_uri: s.test_uri.clone(),
             },
             VoteAnswer::Refused(reason) => pb::PrepareResponse {
                 vote: pb::Vote::Refused as i32,
@@ -369,6 +373,7 @@ mod tests {
             }),
             to_schema: None,
             migrations: vec!["0004_x.up.sql".into()],
+            test_uri: "http://127.0.0.1:9301".into(),
         });
         assert_eq!(
             VoteAnswer::from(pb::PrepareResponse::from(&prepared)),

@@ -624,6 +624,7 @@ fn record(
                 from_schema: None,
                 to_schema: None,
                 migrations: Vec::new(),
+                test_uri: String::new(),
                 delivery_error: String::new(),
                 needs_resolution: false,
                 resolution: None,
@@ -653,6 +654,8 @@ fn record(
         prepare_sent: true,
         created_by: String::new(),
         ticket: String::new(),
+        steps: Vec::new(),
+        promoted_from: None,
     }
 }
 

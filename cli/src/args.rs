@@ -183,6 +183,68 @@ pub enum Command {
     /// Webhook subscriptions: CloudEvents from the log, in order, at least once.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Report on an external verify step of a transaction in VERIFYING (test runners).
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+    /// Approve the current approval step of a transaction in VERIFYING (operators; not
+    /// the transaction's creator).
+    Approve {
+        /// Transaction id.
+        id: String,
+        /// Why (kept in the log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
+    /// Reject a transaction in VERIFYING, whatever step it is on: it aborts, and every
+    /// staged part is undone.
+    Reject {
+        /// Transaction id.
+        id: String,
+        /// Why (kept in the log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
+}
+
+/// Exactly one of `--started`, `--passed`, `--failed`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct StepOutcome {
+    /// The runner began.
+    #[arg(long)]
+    pub started: bool,
+    /// The staged set passed.
+    #[arg(long)]
+    pub passed: bool,
+    /// The staged set failed: the transaction aborts.
+    #[arg(long)]
+    pub failed: bool,
+}
+
+/// `lockstep verify ...`.
+#[derive(Subcommand)]
+pub enum VerifyCommand {
+    /// Say an external step started, passed or failed (Keptn's started/finished).
+    Report {
+        /// Transaction id.
+        id: String,
+        /// The step's name, as the pipeline file names it.
+        step: String,
+        #[command(flatten)]
+        outcome: StepOutcome,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Where the results are (a CI run, a dashboard).
+        #[arg(long, default_value = "")]
+        link: String,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
 }
 
 /// `lockstep env ...`.

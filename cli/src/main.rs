@@ -15,6 +15,7 @@ mod environments;
 mod notify;
 mod operate;
 mod render;
+mod verify;
 mod wait;
 
 use std::{collections::BTreeMap, process::ExitCode};
@@ -146,6 +147,9 @@ async fn run(args: Args) -> Result<u8> {
         Command::Token(c) => access::token(&mut client, ctx.out, c).await,
         Command::Audit { since } => access::audit(&mut client, ctx.out, since).await,
         Command::Notify(c) => notify::run(&mut client, ctx.out, c).await,
+        command @ (Command::Verify(_) | Command::Approve { .. } | Command::Reject { .. }) => {
+            verify::run(&mut client, ctx.out, command).await
+        }
         Command::Conformance { .. } | Command::Certs(_) => {
             unreachable!("handled before connecting")
         }

@@ -266,6 +266,14 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
     if !t.reverts.is_empty() {
         println!("  reverts: {}", t.reverts.join(", "));
     }
+    if !t.promoted_from.is_empty() {
+        println!("  promoted from {}", t.promoted_from);
+    }
+    participants(t);
+    steps(&t.steps);
+}
+
+fn participants(t: &pb::Transaction) {
     table(
         &[
             "PROJECT", "FROM", "TO", "ACTION", "WAVE", "VOTE", "ACKED", "SCHEMA", "NOTE",
@@ -290,6 +298,32 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
                 ]
             })
             .collect(),
+    );
+}
+
+/// The verify steps, in the order they run, with their outcomes.
+fn steps(steps: &[pb::VerifyStep]) {
+    if steps.is_empty() {
+        return;
+    }
+    println!("verify steps:");
+    let row = |s: &pb::VerifyStep| {
+        let status = pb::StepStatus::try_from(s.status).map_or("?", |s| s.as_str_name());
+        let mut outcome = s.reason.clone();
+        if !s.link.is_empty() {
+            outcome = format!("{outcome} ({})", s.link).trim().to_string();
+        }
+        vec![
+            s.name.clone(),
+            s.kind.clone(),
+            status.trim_start_matches("STEP_STATUS_").to_string(),
+            or_none(&s.actor),
+            or_none(&outcome),
+        ]
+    };
+    table(
+        &["STEP", "KIND", "STATUS", "BY", "OUTCOME"],
+        steps.iter().map(row).collect(),
     );
 }
 

@@ -12,7 +12,7 @@ use lockstep::{
 use crate::{
     model::{
         Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord, Request,
-        Resolution, Schema, TxKind, TxRecord, TxState, Vote,
+        Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState, Vote,
     },
     network,
     planner::Plan,
@@ -299,6 +299,7 @@ pub fn state(s: TxState) -> pb::TransactionState {
     match s {
         TxState::Pending => pb::TransactionState::Pending,
         TxState::Preparing => pb::TransactionState::Preparing,
+        TxState::Verifying => pb::TransactionState::Verifying,
         TxState::Committing => pb::TransactionState::Committing,
         TxState::Aborting => pb::TransactionState::Aborting,
         TxState::Committed => pb::TransactionState::Committed,
@@ -372,6 +373,31 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
         needs_resolution: t.participants.iter().any(|p| p.needs_resolution),
         created_by: t.created_by.clone(),
         ticket: t.ticket.clone(),
+        steps: t.steps.iter().map(step_run).collect(),
+        promoted_from: t
+            .promoted_from
+            .as_ref()
+            .map(|(env, cp)| format!("{env} checkpoint {cp}"))
+            .unwrap_or_default(),
+    }
+}
+
+fn step_run(s: &StepRun) -> pb::VerifyStep {
+    let status = match s.status {
+        StepStatus::Waiting => pb::StepStatus::Waiting,
+        StepStatus::Triggered => pb::StepStatus::Triggered,
+        StepStatus::Started => pb::StepStatus::Started,
+        StepStatus::Passed => pb::StepStatus::Passed,
+        StepStatus::Failed => pb::StepStatus::Failed,
+    };
+    pb::VerifyStep {
+        name: s.step.name.clone(),
+        kind: s.step.kind.describe(),
+        status: status as i32,
+        deadline: Some(wire::duration(Duration::from_millis(s.step.deadline_ms))),
+        reason: s.reason.clone(),
+        link: s.link.clone(),
+        actor: s.actor.clone(),
     }
 }
 
@@ -399,6 +425,7 @@ fn participation(p: &Participant) -> pb::Participation {
         needs_resolution: p.needs_resolution,
         restore: p.restore,
         target_schema: schema(&p.target_schema),
+        test_uri: p.test_uri.clone(),
         resolution: p
             .resolution
             .as_ref()

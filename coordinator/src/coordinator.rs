@@ -104,6 +104,7 @@ impl Coordinator {
             default_prepare_timeout: config.default_prepare_timeout,
             backoff: config.backoff,
             clock: config.clock.clone(),
+            probe: crate::probe::HttpProbe::shared(),
         };
         let (j, f) = (journal.clone(), feed.clone());
         let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings);
@@ -239,6 +240,12 @@ impl Coordinator {
         self.registry
             .resolve(id, project, resolution, dry_run)
             .await
+    }
+
+    /// A test runner's report, or a person's approval or rejection, for a transaction
+    /// in VERIFYING; answered once durable.
+    pub async fn verify(&self, id: &TxId, call: crate::driver::VerifyCall) -> Result<TxRecord> {
+        self.registry.verify(id, call).await
     }
 
     /// Ends every backoff wait of a transaction in phase 2 now.

@@ -21,8 +21,11 @@ use crate::{
     crash,
     error::Result,
     model::{Resolution, TxState},
-    ports::{Participants, Pending, TxJournal},
-    txn::{Effect, Message, Order, Show, Transaction, Turn},
+    ports::{Participants, Pending, Probe, TxJournal},
+    txn::{
+        Effect, Message, Order, Show, Transaction, Turn,
+        verify::{Outcome, Report},
+    },
 };
 
 /// The signals a driver listens to besides the network.
@@ -61,6 +64,30 @@ pub enum Command {
         /// Answered once the request is in the log.
         reply: oneshot::Sender<()>,
     },
+    /// ReportVerify, Approve, Reject: an outcome for the running verify step.
+    Verify {
+        /// What was said.
+        call: VerifyCall,
+        /// Answered once what it changed is durable (`Err`: refused, and why).
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+}
+
+/// What a runner or a person says about a transaction in VERIFYING.
+pub enum VerifyCall {
+    /// A test runner on an external step.
+    Report {
+        /// The step.
+        step: String,
+        /// Started, passed or failed.
+        outcome: Outcome,
+        /// Who, why, where.
+        report: Report,
+    },
+    /// A person approves the current approval step.
+    Approve(Report),
+    /// A person rejects the transaction.
+    Reject(Report),
 }
 
 /// What a resolution found and did.
@@ -79,6 +106,8 @@ pub struct Ports {
     pub journal: Arc<dyn TxJournal>,
     /// The participant network.
     pub net: Arc<dyn Participants>,
+    /// The http verify steps' requests.
+    pub probe: Arc<dyn Probe>,
 }
 
 /// A participant's answer to an order.
@@ -93,6 +122,8 @@ enum Input {
     Command(Command),
     Deadline,
     Reply(Reply),
+    /// An http verify step's answer.
+    Probed(String, std::result::Result<u16, String>),
 }
 
 /// An answer to a person, sent once the effects before it are carried out.
@@ -108,6 +139,7 @@ pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, por
         signals,
         prepares: FuturesUnordered::new(),
         deliveries: FuturesUnordered::new(),
+        probes: FuturesUnordered::new(),
         deadline: None,
         hurry: watch::channel(0).0,
         answers: Vec::new(),
@@ -125,6 +157,7 @@ struct Driver {
     signals: Signals,
     prepares: FuturesUnordered<Pending<Reply>>,
     deliveries: FuturesUnordered<Pending<Reply>>,
+    probes: FuturesUnordered<Pending<(String, std::result::Result<u16, String>)>>,
     deadline: Option<Instant>,
     /// Bumped to end every backoff wait at once.
     hurry: watch::Sender<u64>,
@@ -165,6 +198,7 @@ impl Driver {
                 self.machine.deadline()
             }
             Input::Reply(reply) => self.reply(reply),
+            Input::Probed(step, status) => self.machine.probed(&step, status),
         }
     }
 
@@ -191,6 +225,28 @@ impl Driver {
                 dry_run,
                 reply,
             } => self.resolve(project, resolution, dry_run, reply).await,
+            Command::Verify { call, reply } => {
+                let (effects, answer) = match self.verify(call) {
+                    Ok(effects) => (effects, Ok(())),
+                    Err(refusal) => (Vec::new(), Err(refusal)),
+                };
+                self.answers.push(Box::new(move || {
+                    let _ = reply.send(answer);
+                }));
+                effects
+            }
+        }
+    }
+
+    fn verify(&mut self, call: VerifyCall) -> std::result::Result<Vec<Effect>, String> {
+        match call {
+            VerifyCall::Report {
+                step,
+                outcome,
+                report,
+            } => self.machine.report(&step, outcome, report),
+            VerifyCall::Approve(report) => self.machine.approve(report),
+            VerifyCall::Reject(report) => self.machine.reject(report),
         }
     }
 
@@ -260,6 +316,7 @@ impl Driver {
             _ = sleep_until(deadline) => Input::Deadline,
             Some(reply) = self.prepares.next() => Input::Reply(reply),
             Some(reply) = self.deliveries.next() => Input::Reply(reply),
+            Some((step, status)) = self.probes.next() => Input::Probed(step, status),
         }
     }
 
@@ -273,7 +330,13 @@ impl Driver {
             Effect::StopPreparing => {
                 crash::point(crash::BEFORE_DECISION);
                 self.prepares.clear();
+                self.probes.clear();
                 self.deadline = None;
+            }
+            Effect::Probe { step, url } => {
+                let request = self.ports.probe.get(&url);
+                self.probes
+                    .push(Box::pin(async move { (step, request.await) }));
             }
             Effect::DecideCommit { events } => {
                 let decided = self.journal().decide_commit(self.machine.record(), events);

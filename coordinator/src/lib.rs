@@ -25,6 +25,7 @@
 //!   [`keys`]: the token signing secret.
 //! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
 //!   its durable cursor; [`stall`]: the STALLED trigger.
+//! - [`probe`]: the http verify steps' requests (a third port, [`ports::Probe`]).
 //! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
 //!   checked; pure.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
@@ -48,6 +49,7 @@ pub mod pipeline;
 pub mod planner;
 pub mod ports;
 pub mod preview;
+pub mod probe;
 pub mod queue;
 pub mod recovery;
 pub mod registry;

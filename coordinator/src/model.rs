@@ -25,13 +25,15 @@ pub struct ProjectRecord {
 }
 
 /// Where a transaction is in its lifecycle (PRODUCT.md: PENDING → PREPARING →
-/// COMMITTING | ABORTING → COMMITTED | ABORTED).
+/// [VERIFYING →] COMMITTING | ABORTING → COMMITTED | ABORTED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxState {
     /// Durable and queued.
     Pending,
     /// Phase 1.
     Preparing,
+    /// Every vote PREPARED; the verify steps run against the staged set (undecided).
+    Verifying,
     /// COMMIT decided durably; phase 2 in progress.
     Committing,
     /// ABORT decided; phase 2 in progress.
@@ -113,6 +115,9 @@ pub struct Participant {
     /// Migration files staged.
     #[serde(default)]
     pub migrations: Vec<String>,
+    /// Where its staged version answers, as its PREPARED vote said ("" none).
+    #[serde(default)]
+    pub test_uri: String,
     /// Last phase 2 delivery error (memory only: not part of any decision).
     #[serde(default, skip_serializing)]
     pub delivery_error: String,
@@ -268,6 +273,66 @@ pub struct TxRecord {
     /// Its release ticket (a URL; empty: none): where its failures are notified.
     #[serde(default)]
     pub ticket: String,
+    /// The environment's verify steps as they were when it was accepted, with their
+    /// outcomes (durable: a restart resumes them).
+    #[serde(default)]
+    pub steps: Vec<StepRun>,
+    /// For a promotion: the source environment and checkpoint.
+    #[serde(default)]
+    pub promoted_from: Option<(Environment, u64)>,
+}
+
+/// One verify step of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRun {
+    /// What the pipeline file says it is.
+    pub step: Step,
+    /// Where it stands.
+    pub status: StepStatus,
+    /// Why it passed or failed.
+    #[serde(default)]
+    pub reason: String,
+    /// Where its results are.
+    #[serde(default)]
+    pub link: String,
+    /// Who reported, approved or rejected.
+    #[serde(default)]
+    pub actor: String,
+}
+
+impl StepRun {
+    /// A step not reached yet.
+    pub fn waiting(step: Step) -> Self {
+        Self {
+            step,
+            status: StepStatus::Waiting,
+            reason: String::new(),
+            link: String::new(),
+            actor: String::new(),
+        }
+    }
+}
+
+/// Where a verify step stands. Steps run one at a time, in the file's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepStatus {
+    /// Not reached.
+    Waiting,
+    /// Running, or waiting for its report or a person.
+    Triggered,
+    /// Its runner said it started.
+    Started,
+    /// Passed.
+    Passed,
+    /// Failed, rejected or late.
+    Failed,
+}
+
+impl StepStatus {
+    /// Triggered or started: the step the transaction waits on.
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Triggered | Self::Started)
+    }
 }
 
 impl Participant {
@@ -459,13 +524,19 @@ pub struct Step {
 impl Step {
     /// `performance (external, 10m)`.
     pub fn describe(&self) -> String {
-        let kind = match &self.kind {
+        let deadline = humanize_ms(self.deadline_ms);
+        format!("{} ({}, {deadline})", self.name, self.kind.describe())
+    }
+}
+
+impl StepKind {
+    /// `http URL -> 200`, `external`, `approval`.
+    pub fn describe(&self) -> String {
+        match self {
             StepKind::Http { url, expect_status } => format!("http {url} -> {expect_status}"),
             StepKind::External => "external".into(),
             StepKind::Approval => "approval".into(),
-        };
-        let deadline = humanize_ms(self.deadline_ms);
-        format!("{} ({kind}, {deadline})", self.name)
+        }
     }
 }
 

@@ -143,7 +143,10 @@ fn steps(
         }
         let kind = match (e.kind.get_ref().as_str(), &e.url) {
             ("http", Some(url)) => {
-                crate::convert::http_url(&field(url.span(), "url"), url.get_ref())?;
+                let at = field(url.span(), "url");
+                let sample = crate::txn::verify::sample(url.get_ref())
+                    .map_err(|e| FieldError::new(at.clone(), e))?;
+                crate::convert::http_url(&at, &sample)?;
                 StepKind::Http {
                     url: url.get_ref().clone(),
                     expect_status: e.expect_status.unwrap_or(200),

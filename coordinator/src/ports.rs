@@ -52,6 +52,12 @@ pub trait Participants: Send + Sync + 'static {
     fn preview(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<Preview, String>>;
 }
 
+/// The requests of http verify steps.
+pub trait Probe: Send + Sync + 'static {
+    /// GET `url`: the answer's status, or why there is none.
+    fn get(&self, url: &str) -> Pending<Result<u16, String>>;
+}
+
 /// The journal as a transaction's driver sees it.
 ///
 /// # To ensure correctness

@@ -45,6 +45,10 @@ pub struct Staged {
     /// stages them against the database after the deployer's own staging.
     #[serde(default)]
     pub migrations: Option<std::path::PathBuf>,
+    /// Where the staged (green) version answers, if the deployer started one: sent in
+    /// the PREPARED vote for the environment's verify steps ("" none).
+    #[serde(default)]
+    pub test_uri: String,
 }
 
 /// A REFUSED vote: the change cannot be staged. The reason reaches the release driver.

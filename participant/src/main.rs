@@ -62,6 +62,12 @@ struct Args {
     /// Command run after undoing a staged version.
     #[arg(long)]
     abort_hook: Option<String>,
+    /// Blue/green: command run at Prepare (LOCKSTEP_PHASE=serve) that starts the staged
+    /// version and prints its test URI as the last line of its stdout (a server it
+    /// starts must not keep that stdout open); run again with LOCKSTEP_PHASE=stop at
+    /// Commit and Abort to stop it. A failure at serve refuses the release.
+    #[arg(long)]
+    serve_hook: Option<String>,
     /// Database whose schema this project's migrations change (`sqlite://PATH` or
     /// `postgres://...`). Without it, shipped migrations are ignored.
     #[arg(long, env = "LOCKSTEP_DATABASE")]
@@ -168,6 +174,7 @@ async fn participant(
         prepare: args.prepare_hook,
         commit: args.commit_hook,
         abort: args.abort_hook,
+        serve: args.serve_hook,
     };
     let roots = ArtifactRoots::new(&args.artifact_root)?;
     if roots.is_empty() && files.is_some() {

@@ -399,9 +399,15 @@ impl Cluster {
     /// An agent for `project` in environment `env`, known as `env/project` (for
     /// [`Cluster::agent`]) beside the default environment's agent of the same project.
     pub async fn add_env_agent(&mut self, env: &str, project: &str) {
+        self.add_env_agent_with(env, project, &[]).await;
+    }
+
+    /// [`Cluster::add_env_agent`] with extra flags (e.g. `--serve-hook`).
+    pub async fn add_env_agent_with(&mut self, env: &str, project: &str, extra: &[String]) {
         let key = format!("{env}/{project}");
-        let extra = ["--environment".to_string(), env.to_string()];
-        self.start_agent(&key, project, &extra).await;
+        let mut flags = vec!["--environment".to_string(), env.to_string()];
+        flags.extend_from_slice(extra);
+        self.start_agent(&key, project, &flags).await;
     }
 
     async fn start_agent(&mut self, key: &str, project: &str, extra: &[String]) {

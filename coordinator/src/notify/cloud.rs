@@ -162,7 +162,9 @@ fn classify(status: u16, retry_after: Option<&HeaderValue>) -> Answer {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error in one line with its causes (its own message hides them); the
+/// http verify steps say the same.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

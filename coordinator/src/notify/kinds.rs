@@ -2,8 +2,8 @@
 //! `type` (`dev.lockstep.<name>`), and which of them are failures that the release
 //! driver must hear of (the ones routed to tickets, projects or environments).
 //!
-//! A kind added to the log (the stages' `verify.triggered` and `needs-approval`, say)
-//! slots in with one line here: its name, and whether it is a failure.
+//! A kind added to the log slots in with one line here: its name, and whether it is a
+//! failure.
 
 use lockstep::pb::{self, EventKind};
 
@@ -34,6 +34,11 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::SubscriptionDisabled, "subscription.disabled"),
     (EventKind::EnvironmentAdded, "environment.added"),
     (EventKind::PipelineApplied, "pipeline.applied"),
+    (EventKind::VerifyStarted, "verify.started"),
+    (EventKind::VerifyStepTriggered, "verify.triggered"),
+    (EventKind::VerifyStepStarted, "verify.step.started"),
+    (EventKind::VerifyStepFinished, "verify.finished"),
+    (EventKind::PromotionCreated, "promotion.created"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -79,7 +84,7 @@ mod tests {
 
     #[test]
     fn every_kind_but_unspecified_has_a_name_that_parses_back() {
-        for kind in 1..=EventKind::PipelineApplied as i32 {
+        for kind in 1..=EventKind::PromotionCreated as i32 {
             let name = name(kind);
             assert_ne!(name, "unknown", "kind {kind} has no name");
             assert_eq!(parse(name).map(|k| k as i32), Ok(kind));

@@ -113,6 +113,7 @@ fn participant(
         from_schema,
         to_schema: None,
         migrations: Vec::new(),
+        test_uri: String::new(),
         delivery_error: String::new(),
         needs_resolution: false,
         resolution: None,

@@ -13,7 +13,7 @@ use super::{Active, Registry, State};
 use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
-    model::{CreateSpec, Request, TxKind, TxRecord, TxState},
+    model::{CreateSpec, Request, StepRun, TxKind, TxRecord, TxState},
     planner::{self, Plan},
     queue::Blocked,
     tables::Tables,
@@ -113,7 +113,8 @@ impl Registry {
         };
         let ordinal = s.next_ordinal;
         s.next_ordinal += 1;
-        let record = self.new_record(id.clone(), ordinal, spec, &plan);
+        let mut record = self.new_record(id.clone(), ordinal, spec, &plan);
+        record.steps = verify_steps(s, spec);
         let projects = plan.projects();
         let blocked = s.queue.enqueue(ordinal, id, &record.environment, projects);
         let (record, written) = self.start(s, record, blocked);
@@ -151,6 +152,8 @@ impl Registry {
             prepare_sent: false,
             created_by: spec.actor.clone(),
             ticket: spec.ticket.clone(),
+            steps: Vec::new(),
+            promoted_from: None,
         }
     }
 
@@ -285,4 +288,16 @@ fn describe_request(tx: &TxRecord) -> String {
         planner::checkpoint_description(tx),
         changes.join(" ")
     )
+}
+
+/// The verify steps a new transaction runs: its environment's, as they are now, for a
+/// release. A revert or rollback restores a state that was live before and runs none,
+/// so that undoing a bad release is never held up by the tests that let it through.
+fn verify_steps(s: &State, spec: &CreateSpec) -> Vec<StepRun> {
+    if !matches!(spec.request, Request::Release { .. }) {
+        return Vec::new();
+    }
+    let env = s.environments.get(&spec.environment);
+    let steps = env.map(|e| e.stages.verify.clone()).unwrap_or_default();
+    steps.into_iter().map(StepRun::waiting).collect()
 }

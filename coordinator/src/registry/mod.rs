@@ -49,7 +49,7 @@ use crate::{
     feed::Feed,
     journal::{Clock, Journal},
     model::{CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord, TxRecord},
-    ports::Participants,
+    ports::{Participants, Probe},
     queue::Queue,
     tables::Tables,
     txn::{Effect, Transaction, Turn},
@@ -64,6 +64,8 @@ pub struct Settings {
     pub backoff: Backoff,
     /// Time source for records.
     pub clock: Clock,
+    /// Where http verify steps send their requests.
+    pub probe: Arc<dyn Probe>,
 }
 
 /// Handle to the state. Cheap to clone.
@@ -212,6 +214,7 @@ impl Registry {
         let ports = Ports {
             journal: Arc::new(self.clone()),
             net: self.inner.net.clone(),
+            probe: self.inner.settings.probe.clone(),
         };
         let signals = Signals { start, commands };
         tokio::spawn(driver::run(machine, first, signals, ports));

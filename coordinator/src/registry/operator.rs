@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{Registry, reads::not_found};
 use crate::{
-    driver::{Command, Resolved},
+    driver::{Command, Resolved, VerifyCall},
     error::{CoordinatorError, Result},
     model::{Resolution, TxRecord, TxState},
 };
@@ -30,7 +30,7 @@ impl Registry {
         loop {
             let record = self.get(id)?;
             match record.state {
-                TxState::Pending | TxState::Preparing => {}
+                TxState::Pending | TxState::Preparing | TxState::Verifying => {}
                 TxState::Committing | TxState::Committed => {
                     return Err(CoordinatorError::Refused(format!(
                         "id: transaction {id} decided COMMIT before the abort arrived"
@@ -57,7 +57,7 @@ impl Registry {
             )));
         };
         match active.record.state {
-            TxState::Pending | TxState::Preparing => {
+            TxState::Pending | TxState::Preparing | TxState::Verifying => {
                 let _ = active.commands.send(Command::Abort { reason, actor });
                 Ok(None)
             }
@@ -99,6 +99,29 @@ impl Registry {
         let (reply, answer) = oneshot::channel();
         self.command(id, Command::Retry { actor, reply }, "retry")?;
         answer.await.map_err(|_| CoordinatorError::ShuttingDown)?;
+        self.get(id)
+    }
+
+    /// Hands a report, approval or rejection to the driver of `id` (which must be in
+    /// VERIFYING) and waits until what it changed is durable. Returns the transaction
+    /// as readers see it then.
+    pub async fn verify(&self, id: &TxId, call: VerifyCall) -> Result<TxRecord> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let s = self.state();
+            let Some(active) = s.active.get(id) else {
+                let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
+                return Err(CoordinatorError::Refused(format!(
+                    "id: transaction {id} is {:?}; only a transaction in VERIFYING takes reports, approvals and rejections",
+                    record.state
+                )));
+            };
+            let command = Command::Verify { call, reply };
+            let sent = active.commands.send(command);
+            sent.map_err(|_| CoordinatorError::ShuttingDown)?;
+        }
+        let answered = answer.await.map_err(|_| CoordinatorError::ShuttingDown)?;
+        answered.map_err(CoordinatorError::Refused)?;
         self.get(id)
     }
 

@@ -7,12 +7,14 @@
 //! project the final plan changes (`operate` when forced or allowing quarantined
 //! versions); register, abort, resolve, retry and the audit log `operate`; tokens
 //! `administer`; GetDecision the asking agent's own part (or `read`); webhook
-//! subscriptions and declaring environments `operate` (listing them `read`).
+//! subscriptions and declaring environments `operate` (listing them `read`); verify
+//! reports `release`, approvals and rejections `operate` (see `verify`).
 
 mod environments;
 mod guard;
 mod notify;
 mod tokens;
+mod verify;
 
 use std::pin::Pin;
 
@@ -476,5 +478,26 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ApplyPipelineRequest>,
     ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
         self.apply(request).await
+    }
+
+    async fn report_verify(
+        &self,
+        request: Request<pb::ReportVerifyRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        self.report(request).await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApprovalRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        self.decide_approval(request, true).await
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::ApprovalRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        self.decide_approval(request, false).await
     }
 }

@@ -153,6 +153,83 @@ pub fn ended(tx: &TxRecord) -> pb::Event {
     }
 }
 
+/// Every participant prepared: verification starts, against what each one staged.
+pub fn verify_started(tx: &TxRecord) -> pb::Event {
+    let steps: Vec<String> = tx.steps.iter().map(|s| s.step.describe()).collect();
+    let message = format!(
+        "verifying the staged set ({}) with steps {}",
+        staged_set(tx),
+        steps.join(", ")
+    );
+    event(tx, pb::EventKind::VerifyStarted, None, message)
+}
+
+/// `B 2.0 at http://127.0.0.1:9301, C 1.1` (the staged versions and test URIs).
+fn staged_set(tx: &TxRecord) -> String {
+    let part = |p: &crate::model::Participant| match p.test_uri.as_str() {
+        "" => format!("{} {}", p.project, p.to_version),
+        uri => format!("{} {} at {uri}", p.project, p.to_version),
+    };
+    let parts: Vec<String> = tx.participants.iter().map(part).collect();
+    parts.join(", ")
+}
+
+/// Verify step `index` was triggered: its runner or a person is expected now.
+pub fn step_triggered(tx: &TxRecord, index: usize) -> pb::Event {
+    let step = &tx.steps[index].step;
+    let expects = match step.kind {
+        crate::model::StepKind::Http { .. } => "the coordinator requests it".to_string(),
+        crate::model::StepKind::External => format!(
+            "report with `lockstep verify report {} {} --started|--passed|--failed`",
+            tx.id, step.name
+        ),
+        crate::model::StepKind::Approval => {
+            format!("`lockstep approve {0}` or `lockstep reject {0}`", tx.id)
+        }
+    };
+    let message = format!(
+        "{} triggered against {}: {expects}",
+        step.describe(),
+        staged_set(tx)
+    );
+    step_event(tx, index, pb::EventKind::VerifyStepTriggered, message)
+}
+
+/// A runner reported verify step `index` started.
+pub fn step_started(tx: &TxRecord, index: usize) -> pb::Event {
+    let run = &tx.steps[index];
+    let mut message = format!("{} started", run.step.name);
+    if !run.link.is_empty() {
+        message.push_str(&format!(" ({})", run.link));
+    }
+    step_event(tx, index, pb::EventKind::VerifyStepStarted, message)
+}
+
+/// Verify step `index` passed or failed.
+pub fn step_finished(tx: &TxRecord, index: usize) -> pb::Event {
+    let run = &tx.steps[index];
+    let outcome = match run.status {
+        crate::model::StepStatus::Passed => "passed",
+        _ => "failed",
+    };
+    let mut message = format!("{} {outcome}", run.step.name);
+    if !run.reason.is_empty() {
+        message.push_str(&format!(": {}", run.reason));
+    }
+    if !run.link.is_empty() {
+        message.push_str(&format!(" ({})", run.link));
+    }
+    step_event(tx, index, pb::EventKind::VerifyStepFinished, message)
+}
+
+fn step_event(tx: &TxRecord, index: usize, kind: pb::EventKind, message: String) -> pb::Event {
+    let run = &tx.steps[index];
+    let mut e = event(tx, kind, None, message);
+    e.step = run.step.name.clone();
+    e.actor = run.actor.clone();
+    e
+}
+
 /// `1 vote`, `3 votes`.
 pub fn plural(n: usize, noun: &str) -> String {
     if n == 1 {

@@ -18,17 +18,25 @@
 //!    sent before the decision is durable ([`Effect::DecideCommit`], then
 //!    [`Transaction::commit_durable`]).
 //! 3. Presumed abort: a transaction without a durable decision at a restart is aborted
-//!    ([`Transaction::restarted`]); a decided one is never decided again.
+//!    ([`Transaction::restarted`]); a decided one is never decided again. The one
+//!    exception is VERIFYING (the `verify` module): every participant is durably
+//!    prepared and the steps are recorded, so its verification resumes, still
+//!    undecided.
 //! 4. Phase 2 goes in dependency waves, children first for COMMIT and parents first for
 //!    ABORT; each delivery is retried with capped exponential backoff until it is
 //!    acknowledged.
 //! 5. Every state change is an event in the one ordered log.
+//! 6. With verify steps, "every participant voted PREPARED" leads to VERIFYING, and
+//!    COMMIT is decided only once every step passed; any failure decides ABORT.
 
 pub mod events;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
 mod tests;
+pub mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -114,10 +122,20 @@ pub enum Effect {
     },
     /// End the wait of every Send still in its backoff delay: send them now.
     Hurry,
-    /// Call [`Transaction::deadline`] when this much time has passed.
+    /// Call [`Transaction::deadline`] when this much time has passed (replacing the
+    /// deadline armed before, if any).
     StartDeadline(Duration),
-    /// Phase 1 is over: outstanding Prepare calls are no longer wanted.
+    /// Phase 1 or a verify step is over: outstanding Prepare calls and http requests
+    /// are no longer wanted, and the deadline is off.
     StopPreparing,
+    /// GET `url` for http verify step `step` and report the status to
+    /// [`Transaction::probed`].
+    Probe {
+        /// The step.
+        step: String,
+        /// The URL, its placeholders filled in.
+        url: String,
+    },
     /// Write the terminal record with `events` and hand its projects to the next
     /// transactions. The driver is done.
     Finish {
@@ -261,6 +279,7 @@ impl Transaction {
                 p.from_schema = staging.from_schema;
                 p.to_schema = staging.to_schema;
                 p.migrations = staging.migrations;
+                p.test_uri = staging.test_uri;
                 (Vote::Prepared, String::new())
             }
             VoteAnswer::Refused(reason) => (Vote::Refused, reason),
@@ -280,19 +299,22 @@ impl Transaction {
             let reason = format!("{project} refused: {}", p.vote_reason);
             return self.decide_abort(reason);
         }
-        if self
-            .record
-            .participants
-            .iter()
-            .all(|p| p.vote == Vote::Prepared)
-        {
-            return self.decide_commit();
+        let participants = &self.record.participants;
+        if !participants.iter().all(|p| p.vote == Vote::Prepared) {
+            return Vec::new();
         }
-        Vec::new()
+        if self.record.steps.is_empty() {
+            self.decide_commit()
+        } else {
+            self.start_verifying()
+        }
     }
 
-    /// The phase 1 deadline passed.
+    /// The deadline passed: phase 1's, or the running verify step's.
     pub fn deadline(&mut self) -> Vec<Effect> {
+        if self.record.state == TxState::Verifying {
+            return self.step_deadline();
+        }
         if self.record.state != TxState::Preparing {
             return Vec::new();
         }
@@ -330,7 +352,9 @@ impl Transaction {
     pub fn abort_requested(&mut self, reason: String, actor: &str) -> Vec<Effect> {
         let mut effects = match self.record.state {
             TxState::Pending => self.abort_unprepared(reason),
-            TxState::Preparing => self.decide_abort(format!("aborted on request: {reason}")),
+            TxState::Preparing | TxState::Verifying => {
+                self.decide_abort(format!("aborted on request: {reason}"))
+            }
             _ => Vec::new(),
         };
         for effect in &mut effects {
@@ -343,7 +367,8 @@ impl Transaction {
 
     // ----- the decision -----
 
-    /// Every participant voted PREPARED: COMMIT, written with fsync before any Commit.
+    /// Every participant voted PREPARED (and every verify step passed): COMMIT,
+    /// written with fsync before any Commit.
     fn decide_commit(&mut self) -> Vec<Effect> {
         self.record.state = TxState::Committing;
         let votes = events::plural(self.record.participants.len(), "vote");
@@ -678,6 +703,7 @@ impl Transaction {
     pub fn restarted(&mut self) -> Vec<Effect> {
         match self.record.state {
             TxState::Pending | TxState::Preparing => self.presume_abort(),
+            TxState::Verifying => self.resume_verifying(),
             TxState::Committing | TxState::Aborting => self.resume_phase2(),
             TxState::Committed | TxState::Aborted => Vec::new(),
         }
@@ -753,7 +779,9 @@ fn note(event: pb::Event, project: &ProjectName) -> Effect {
 /// hears the decision as it is.
 pub fn decision_for(record: &TxRecord, project: Option<&ProjectName>) -> Decision {
     let decided = match record.state {
-        TxState::Pending | TxState::Preparing => return Decision::Undecided,
+        TxState::Pending | TxState::Preparing | TxState::Verifying => {
+            return Decision::Undecided;
+        }
         TxState::Committed => return Decision::Commit,
         TxState::Aborted => return Decision::Abort,
         TxState::Committing => Decision::Commit,

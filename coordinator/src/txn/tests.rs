@@ -35,6 +35,7 @@ fn participant(project: &str, wave: u32) -> Participant {
         from_schema: None,
         to_schema: None,
         migrations: Vec::new(),
+        test_uri: String::new(),
         delivery_error: String::new(),
         needs_resolution: false,
         resolution: None,
@@ -70,6 +71,8 @@ pub(super) fn t4(state: TxState) -> TxRecord {
         prepare_sent: state != TxState::Pending,
         created_by: String::new(),
         ticket: String::new(),
+        steps: Vec::new(),
+        promoted_from: None,
     }
 }
 
@@ -100,7 +103,7 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
-fn event_kinds(effects: &[Effect]) -> Vec<pb::EventKind> {
+pub(super) fn event_kinds(effects: &[Effect]) -> Vec<pb::EventKind> {
     let events = effects.iter().flat_map(|e| match e {
         Effect::Note { events, .. } | Effect::Write { events, .. } => events.clone(),
         Effect::DecideCommit { events } | Effect::Finish { events } => events.clone(),
@@ -111,7 +114,7 @@ fn event_kinds(effects: &[Effect]) -> Vec<pb::EventKind> {
         .collect()
 }
 
-fn all_prepared(m: &mut Transaction) -> Vec<Effect> {
+pub(super) fn all_prepared(m: &mut Transaction) -> Vec<Effect> {
     let mut effects = m.vote(&name("A"), prepared());
     effects.extend(m.vote(&name("B"), prepared()));
     effects.extend(m.vote(&name("C"), prepared()));

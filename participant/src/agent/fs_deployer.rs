@@ -183,11 +183,32 @@ impl FsDeployer {
         command: &Option<String>,
         phase: Phase,
         change: &Change,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         match command {
             Some(cmd) => hooks::run(cmd, phase, change, &self.release_dir(&change.version)).await,
-            None => Ok(()),
+            None => Ok(String::new()),
         }
+    }
+}
+
+impl FsDeployer {
+    /// The prepare hook, then the serve hook (blue/green): the test URI it printed.
+    /// A serve hook that failed is told to stop whatever it started.
+    async fn prepare_and_serve(&self, change: &Change) -> Result<String, String> {
+        self.hook(&self.hooks.prepare, Phase::Prepare, change)
+            .await?;
+        let served = self.hook(&self.hooks.serve, Phase::Serve, change).await;
+        if served.is_err() {
+            let _ = self.stop_serving(change).await;
+        }
+        served
+    }
+
+    /// Stops the staged version the serve hook started (at Commit and Abort; a
+    /// failure makes the coordinator deliver again).
+    async fn stop_serving(&self, change: &Change) -> Result<(), DeployError> {
+        let stopped = self.hook(&self.hooks.serve, Phase::Stop, change).await;
+        stopped.map(drop).map_err(DeployError)
     }
 }
 
@@ -213,17 +234,21 @@ impl Deployer for FsDeployer {
         let created = blocking(move || this.materialize(&c))
             .await
             .map_err(Refusal)?;
-        if let Err(reason) = self.hook(&self.hooks.prepare, Phase::Prepare, change).await {
-            // Refusing: leave nothing behind that this transaction created.
-            if created {
-                let dir = self.release_dir(&change.version);
-                let _ = blocking(move || remove_if_exists(&dir)).await;
+        let test_uri = match self.prepare_and_serve(change).await {
+            Ok(uri) => uri,
+            Err(reason) => {
+                // Refusing: leave nothing behind that this transaction created.
+                if created {
+                    let dir = self.release_dir(&change.version);
+                    let _ = blocking(move || remove_if_exists(&dir)).await;
+                }
+                return Err(Refusal(reason));
             }
-            return Err(Refusal(reason));
-        }
+        };
         Ok(Staged {
             note: serde_json::to_value(Note { created }).expect("notes serialize"),
             migrations: Some(self.release_dir(&change.version).join("migrations")),
+            test_uri,
         })
     }
 
@@ -231,8 +256,10 @@ impl Deployer for FsDeployer {
         let this = self.clone();
         let c = change.clone();
         blocking(move || this.switch(&c)).await?;
+        self.stop_serving(change).await?;
         self.hook(&self.hooks.commit, Phase::Commit, change)
             .await
+            .map(drop)
             .map_err(DeployError)
     }
 
@@ -245,6 +272,7 @@ impl Deployer for FsDeployer {
             .unwrap_or_else(|| {
                 self.created_by(&change.version) == Some(change.transaction_id.clone())
             });
+        self.stop_serving(change).await?;
         let this = self.clone();
         let c = change.clone();
         blocking(move || -> Result<(), DeployError> {
@@ -262,6 +290,7 @@ impl Deployer for FsDeployer {
         .await?;
         self.hook(&self.hooks.abort, Phase::Abort, change)
             .await
+            .map(drop)
             .map_err(DeployError)
     }
 
@@ -363,5 +392,25 @@ mod tests {
         let err = d.stage(&change("T4", "T4C", "")).await.unwrap_err();
         assert!(err.0.contains("no disk"), "{err}");
         assert!(!d.release_dir("T4C").exists());
+    }
+
+    #[tokio::test]
+    async fn a_serve_hook_gives_the_test_uri_and_is_stopped_at_abort() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("serve.log");
+        let hooks = Hooks {
+            serve: Some(format!(
+                "echo $LOCKSTEP_PHASE $LOCKSTEP_VERSION >> {0}; echo starting; echo http://127.0.0.1:9301/$LOCKSTEP_VERSION",
+                log.display()
+            )),
+            ..Hooks::default()
+        };
+        let d = FsDeployer::new(root.path().join("deploy"), hooks).unwrap();
+        let c = change("T4", "T4C", "");
+        let staged = d.stage(&c).await.unwrap();
+        assert_eq!(staged.test_uri, "http://127.0.0.1:9301/T4C");
+        d.undo(&c, Some(&staged)).await.unwrap();
+        let phases = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(phases, "serve T4C\nstop T4C\n");
     }
 }

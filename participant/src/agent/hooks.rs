@@ -24,6 +24,9 @@ pub struct Hooks {
     pub commit: Option<String>,
     /// Runs after staged files are removed; non-zero exit makes the Abort be retried.
     pub abort: Option<String>,
+    /// Starts the staged version at Prepare and prints its test URI (the last line of
+    /// its stdout); run again to stop it at Commit and Abort (blue/green).
+    pub serve: Option<String>,
 }
 
 /// Which step a hook belongs to.
@@ -35,6 +38,10 @@ pub enum Phase {
     Commit,
     /// Abort.
     Abort,
+    /// Start the staged version (its stdout is the test URI).
+    Serve,
+    /// Stop the staged version.
+    Stop,
 }
 
 impl Phase {
@@ -43,6 +50,8 @@ impl Phase {
             Phase::Prepare => "prepare",
             Phase::Commit => "commit",
             Phase::Abort => "abort",
+            Phase::Serve => "serve",
+            Phase::Stop => "stop",
         }
     }
 }
@@ -68,14 +77,16 @@ fn kill_group(pgid: i32) {
     }
 }
 
-/// Runs `command` for `phase` of `change`; `Err` carries a reason naming the hook, its
-/// exit status and the tail of its stderr.
+/// Runs `command` for `phase` of `change`; `Ok` has the last line of its stdout for
+/// [`Phase::Serve`] (empty otherwise: only a serve hook's stdout is read). `Err`
+/// carries a reason naming the hook, its exit status and the tail of its stderr.
 pub async fn run(
     command: &str,
     phase: Phase,
     change: &Change,
     stage_dir: &Path,
-) -> Result<(), String> {
+) -> Result<String, String> {
+    let capture = matches!(phase, Phase::Serve);
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -87,7 +98,11 @@ pub async fn run(
         .env("LOCKSTEP_STAGE_DIR", stage_dir)
         .env("LOCKSTEP_PHASE", phase.name())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
@@ -96,20 +111,14 @@ pub async fn run(
     let mut guard = GroupGuard {
         pgid: child.id().map(|id| id as i32),
     };
-    let mut stderr = child.stderr.take();
-    let read_stderr = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            use tokio::io::AsyncReadExt;
-            let _ = s.read_to_end(&mut buf).await;
-        }
-        buf
-    };
-    let (status, err) = tokio::join!(child.wait(), read_stderr);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (status, out, err) = tokio::join!(child.wait(), read_all(stdout), read_all(stderr));
     guard.pgid = None;
     let status = status.map_err(|e| format!("{} hook `{command}`: {e}", phase.name()))?;
     if status.success() {
-        return Ok(());
+        let out = String::from_utf8_lossy(&out);
+        let last = out.lines().rev().find(|l| !l.trim().is_empty());
+        return Ok(last.unwrap_or_default().trim().to_string());
     }
     let text = String::from_utf8_lossy(&err);
     let tail = tail(text.trim_end(), STDERR_TAIL);
@@ -127,6 +136,15 @@ pub async fn run(
             format!(": {tail}")
         }
     ))
+}
+
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut buf).await;
+    }
+    buf
 }
 
 fn tail(s: &str, max: usize) -> &str {

@@ -236,7 +236,10 @@ fn change_of(o: &PrepareOrder) -> Change {
 /// The same answer as the first time.
 fn answer_again(entry: &Entry) -> VoteAnswer {
     match entry.phase {
-        Phase::Prepared | Phase::Committed => prepared(entry.schema.as_ref()),
+        Phase::Prepared | Phase::Committed => {
+            let test_uri = entry.staged.as_ref().map(|s| s.test_uri.as_str());
+            prepared(entry.schema.as_ref(), test_uri.unwrap_or_default())
+        }
         Phase::Refused => VoteAnswer::Refused(entry.reason.clone()),
         Phase::Aborted => VoteAnswer::Refused(format!("already aborted here: {}", entry.reason)),
         Phase::Staging => {
@@ -245,11 +248,12 @@ fn answer_again(entry: &Entry) -> VoteAnswer {
     }
 }
 
-fn prepared(schema: Option<&SchemaStaged>) -> VoteAnswer {
+fn prepared(schema: Option<&SchemaStaged>, test_uri: &str) -> VoteAnswer {
     VoteAnswer::Prepared(Staging {
         from_schema: schema.map(|s| s.from.domain()),
         to_schema: schema.map(|s| s.to.domain()),
         migrations: schema.map(|s| s.files.clone()).unwrap_or_default(),
+        test_uri: test_uri.to_string(),
     })
 }
 

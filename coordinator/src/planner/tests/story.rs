@@ -190,6 +190,8 @@ impl Story {
             prepare_sent: true,
             created_by: String::new(),
             ticket: String::new(),
+            steps: Vec::new(),
+            promoted_from: None,
         }
     }
 

@@ -1,0 +1,313 @@
+//! Verification before commit (issue 14, part 3), end to end: every participant of a
+//! bracket prepares, each agent starts its staged (green) version with `--serve-hook`
+//! (`examples/green.py`, a real HTTP server) and votes with its test URI, and the
+//! environment's verify steps run against the staged set while the transaction is
+//! VERIFYING: the coordinator's own http smoke test, an external performance test
+//! reported with `lockstep verify report`, and a person's `lockstep approve`. Every
+//! kind of failure (a wrong status, a failed report, a rejection, a missed deadline)
+//! aborts: nothing live changes and nothing stays staged. A coordinator SIGKILLed
+//! while verifying resumes the recorded steps, and no participant decides alone.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use lockstep::pb::{EventKind, StepStatus, TransactionState};
+use support::Cluster;
+
+const PIPELINE: &str = r#"
+[[environment]]
+name = "hardening"
+  [[environment.verify]]
+  name = "smoke"
+  kind = "http"
+  url = "{test_uri:foobar-backend}/health"
+  [[environment.verify]]
+  name = "performance"
+  kind = "external"
+  deadline = "DEADLINE"
+  [[environment.verify]]
+  name = "approval"
+  kind = "approval"
+"#;
+
+const PROJECTS: [&str; 2] = ["foobar-backend", "foobar-frontend"];
+
+/// Hardening with the three steps (the performance test gets `deadline`), and the two
+/// foobar agents serving their staged versions; `broken` makes them answer 503.
+async fn hardening(deadline: &str) -> (Cluster, PathBuf) {
+    let mut c = Cluster::new().await;
+    let file = c.dir.path().join("pipeline.toml");
+    std::fs::write(&file, PIPELINE.replace("DEADLINE", deadline)).unwrap();
+    let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let broken = c.dir.path().join("green-broken");
+    let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
+    let hook = format!(
+        "GREEN_FAIL_FILE={} python3 {green} $LOCKSTEP_PHASE \"$LOCKSTEP_STAGE_DIR\" \"$LOCKSTEP_VERSION\"",
+        broken.display()
+    );
+    for project in PROJECTS {
+        let extra = ["--serve-hook".to_string(), hook.clone()];
+        c.add_env_agent_with("hardening", project, &extra).await;
+        let url = c.agent(&format!("hardening/{project}")).server.url();
+        let args = [
+            "-e",
+            "hardening",
+            "project",
+            "add",
+            project,
+            "--endpoint",
+            &url,
+        ];
+        assert_eq!(c.cli(&args).await.code, 0);
+    }
+    (c, broken)
+}
+
+/// Creates bracket `id` (both projects at `id`-suffixed versions) without waiting.
+async fn bracket(c: &Cluster, id: &str) {
+    let (b, f) = (
+        format!("foobar-backend={id}b"),
+        format!("foobar-frontend={id}f"),
+    );
+    let args = ["-e", "hardening", "release", "create", id, &b, &f];
+    let out = c.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// Waits until step `index` of `id` is `status`.
+async fn step_is(c: &Cluster, id: &str, index: usize, status: StepStatus) {
+    step_in(c, id, index, &[status]).await;
+}
+
+/// Waits until step `index` of `id` is one of `statuses`.
+async fn step_in(c: &Cluster, id: &str, index: usize, statuses: &[StepStatus]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let t = c.transaction(id).await;
+        if statuses.iter().any(|s| t.steps[index].status == *s as i32) {
+            return;
+        }
+        let late = tokio::time::Instant::now() > deadline;
+        assert!(
+            !late,
+            "{id} step {index} is not {statuses:?} in time: {t:?}\n{}",
+            c.coordinator.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn report(c: &Cluster, id: &str, outcome: &str, reason: &str) -> support::Cli {
+    let args = [
+        "verify",
+        "report",
+        id,
+        "performance",
+        outcome,
+        "--reason",
+        reason,
+    ];
+    c.cli(&args).await
+}
+
+fn live(c: &Cluster) -> Vec<Option<String>> {
+    let agent = |p: &str| c.agent(&format!("hardening/{p}")).live();
+    PROJECTS.iter().map(|p| agent(p)).collect()
+}
+
+/// What is staged or live on disk besides `kept` (leftovers of an aborted bracket).
+fn leftovers(c: &Cluster, kept: &[&str]) -> Vec<String> {
+    let dirs = PROJECTS
+        .iter()
+        .flat_map(|p| c.agent(&format!("hardening/{p}")).releases());
+    dirs.filter(|d| !kept.iter().any(|k| d.starts_with(k)))
+        .collect()
+}
+
+/// Passes the smoke test and performance, then approves as `approver`.
+async fn pass_every_step(c: &Cluster, id: &str, approver: &str) {
+    let running = [StepStatus::Triggered, StepStatus::Started];
+    step_in(c, id, 1, &running).await;
+    assert_eq!(report(c, id, "--passed", "p95 80ms").await.code, 0);
+    step_is(c, id, 2, StepStatus::Triggered).await;
+    let approve = c
+        .cli(&[
+            "approve",
+            id,
+            "--reason",
+            "numbers fine",
+            "--actor",
+            approver,
+        ])
+        .await;
+    assert_eq!(approve.code, 0, "{approve:?}");
+    c.wait_state(id, TransactionState::Committed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bracket_is_verified_staged_then_goes_live_together() {
+    let (c, _) = hardening("1m").await;
+    bracket(&c, "H1").await;
+    c.wait_state("H1", TransactionState::Verifying).await;
+    step_is(&c, "H1", 1, StepStatus::Triggered).await;
+    let t = c.transaction("H1").await;
+    assert_eq!(t.steps[0].status, StepStatus::Passed as i32, "{t:?}");
+    assert!(t.steps[0].reason.contains("answered 200"), "{t:?}");
+    for p in &t.participants {
+        assert!(p.test_uri.starts_with("http://127.0.0.1:"), "{p:?}");
+    }
+    let green = &t.participants[0].test_uri;
+    let answer = reqwest::get(format!("{green}/health")).await.unwrap();
+    assert_eq!(
+        answer.text().await.unwrap().trim(),
+        "H1b",
+        "the staged version answers"
+    );
+    assert_eq!(live(&c), [None, None], "nothing is live while verifying");
+
+    let early = c.cli(&["approve", "H1"]).await;
+    assert_eq!(early.code, 1, "{early:?}");
+    assert!(early.stderr.contains("performance (external"), "{early:?}");
+    let started = c
+        .cli(&[
+            "verify",
+            "report",
+            "H1",
+            "performance",
+            "--started",
+            "--link",
+            "https://ci/42",
+        ])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let shown = c.cli(&["release", "get", "H1"]).await.stdout;
+    assert!(
+        shown.contains("VERIFYING") && shown.contains("STARTED"),
+        "{shown}"
+    );
+    pass_every_step(&c, "H1", "tom").await;
+
+    assert_eq!(live(&c), [Some("H1b".into()), Some("H1f".into())]);
+    let t = c.transaction("H1").await;
+    let by: Vec<&str> = t.steps.iter().map(|s| s.actor.as_str()).collect();
+    assert_eq!(by[2], "tom", "{t:?}");
+    assert_eq!(t.steps[1].link, "https://ci/42");
+    let stopped = reqwest::get(format!("{green}/health")).await;
+    assert!(stopped.is_err(), "the green instance is stopped at commit");
+
+    let steps: Vec<(i32, String)> = c
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.transaction_id == "H1" && !e.step.is_empty())
+        .map(|e| (e.kind, e.step))
+        .collect();
+    let (t, s, f) = (
+        EventKind::VerifyStepTriggered as i32,
+        EventKind::VerifyStepStarted as i32,
+        EventKind::VerifyStepFinished as i32,
+    );
+    let expected = [
+        (t, "smoke"),
+        (f, "smoke"),
+        (t, "performance"),
+        (s, "performance"),
+        (f, "performance"),
+        (t, "approval"),
+        (f, "approval"),
+    ];
+    let expected: Vec<(i32, String)> = expected.iter().map(|(k, n)| (*k, n.to_string())).collect();
+    assert_eq!(
+        steps, expected,
+        "triggered/started/finished per step, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_failure_aborts_and_leaves_nothing_staged() {
+    let (c, broken) = hardening("2s").await;
+    bracket(&c, "H0").await;
+    pass_every_step(&c, "H0", "tom").await;
+    let before = live(&c);
+
+    std::fs::write(&broken, "").unwrap();
+    bracket(&c, "H1").await;
+    let t = c.wait_state("H1", TransactionState::Aborted).await;
+    assert!(
+        t.reason.contains("smoke failed") && t.reason.contains("503"),
+        "{t:?}"
+    );
+    std::fs::remove_file(&broken).unwrap();
+
+    bracket(&c, "H2").await;
+    step_is(&c, "H2", 1, StepStatus::Triggered).await;
+    assert_eq!(report(&c, "H2", "--failed", "p95 900ms").await.code, 0);
+    let t = c.wait_state("H2", TransactionState::Aborted).await;
+    assert!(t.reason.contains("performance failed: p95 900ms"), "{t:?}");
+
+    bracket(&c, "H3").await;
+    step_is(&c, "H3", 1, StepStatus::Triggered).await;
+    let reject = c
+        .cli(&["reject", "H3", "--reason", "not today", "--actor", "tom"])
+        .await;
+    assert_eq!(reject.code, 0, "{reject:?}");
+    let t = c.wait_state("H3", TransactionState::Aborted).await;
+    assert!(t.reason.contains("rejected by tom: not today"), "{t:?}");
+
+    bracket(&c, "H4").await;
+    let t = c.wait_state("H4", TransactionState::Aborted).await;
+    assert!(t.reason.contains("deadline of 2s"), "{t:?}");
+    let late = report(&c, "H4", "--passed", "too late").await;
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(late.stderr.contains("Aborted"), "{late:?}");
+
+    assert_eq!(live(&c), before, "no failure changed what is live");
+    assert_eq!(
+        leftovers(&c, &["H0"]),
+        Vec::<String>::new(),
+        "nothing stays staged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_while_verifying_resumes_the_recorded_steps() {
+    let (mut c, _) = hardening("1m").await;
+    bracket(&c, "H1").await;
+    step_is(&c, "H1", 1, StepStatus::Triggered).await;
+    assert_eq!(
+        report(&c, "H1", "--started", "load test running")
+            .await
+            .code,
+        0
+    );
+
+    c.coordinator.kill9().await;
+    c.coordinator.restart().await;
+    let t = c.wait_state("H1", TransactionState::Verifying).await;
+    let status: Vec<i32> = t.steps.iter().map(|s| s.status).collect();
+    let (passed, started, waiting) = (StepStatus::Passed, StepStatus::Started, StepStatus::Waiting);
+    assert_eq!(
+        status,
+        [passed as i32, started as i32, waiting as i32],
+        "{t:?}"
+    );
+    assert_eq!(live(&c), [None, None], "no participant decided alone");
+    for p in PROJECTS {
+        let status = c.agent(&format!("hardening/{p}")).status().await;
+        let staged = status.staged.iter().any(|s| s.transaction_id == "H1");
+        assert!(staged, "{p} is still prepared: {status:?}");
+    }
+
+    pass_every_step(&c, "H1", "tom").await;
+    assert_eq!(live(&c), [Some("H1b".into()), Some("H1f".into())]);
+    let recovered = c.events().await.into_iter().any(|e| {
+        e.transaction_id == "H1"
+            && e.kind == EventKind::Recovered as i32
+            && e.message.contains("resuming verification")
+    });
+    assert!(recovered, "the log says verification resumed");
+}
