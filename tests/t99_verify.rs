@@ -311,3 +311,222 @@ async fn a_coordinator_killed_while_verifying_resumes_the_recorded_steps() {
     });
     assert!(recovered, "the log says verification resumed");
 }
+
+const PATH: &str = r#"
+[[environment]]
+name = "dev"
+
+[[environment]]
+name = "hardening"
+after = "dev"
+  [[environment.verify]]
+  name = "performance"
+  kind = "external"
+
+[[environment]]
+name = "production"
+after = "hardening"
+auto_promote = true
+  [[environment.verify]]
+  name = "smoke"
+  kind = "http"
+  url = "{test_uri:foobar-backend}/health"
+"#;
+
+/// dev → hardening → production, foobar-frontend requiring foobar-backend in each.
+async fn promotion_path() -> (Cluster, PathBuf) {
+    let mut c = Cluster::new().await;
+    let file = c.dir.path().join("pipeline.toml");
+    std::fs::write(&file, PATH).unwrap();
+    assert_eq!(
+        c.cli(&["env", "apply", "-f", file.to_str().unwrap()])
+            .await
+            .code,
+        0
+    );
+    let broken = c.dir.path().join("green-broken");
+    let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
+    let hook = format!(
+        "GREEN_FAIL_FILE={} python3 {green} $LOCKSTEP_PHASE \"$LOCKSTEP_STAGE_DIR\" \"$LOCKSTEP_VERSION\"",
+        broken.display()
+    );
+    for env in ["dev", "hardening", "production"] {
+        for project in PROJECTS {
+            let extra = ["--serve-hook".to_string(), hook.clone()];
+            c.add_env_agent_with(env, project, &extra).await;
+            let url = c.agent(&format!("{env}/{project}")).server.url();
+            let mut args = vec!["-e", env, "project", "add", project, "--endpoint", &url];
+            if project == "foobar-frontend" {
+                args.extend(["--requires", "foobar-backend"]);
+            }
+            let out = c.cli(&args).await;
+            assert_eq!(out.code, 0, "{out:?}");
+        }
+    }
+    (c, broken)
+}
+
+fn versions(c: &Cluster, env: &str) -> Vec<Option<String>> {
+    PROJECTS
+        .iter()
+        .map(|p| c.agent(&format!("{env}/{p}")).live())
+        .collect()
+}
+
+fn at(backend: &str, frontend: &str) -> Vec<Option<String>> {
+    vec![Some(backend.into()), Some(frontend.into())]
+}
+
+async fn dev_release(c: &Cluster, id: &str, components: &[&str], force: bool) {
+    let mut args = vec!["-e", "dev", "release", "create", id, "--wait"];
+    args.extend_from_slice(components);
+    if force {
+        args.push("--force");
+    }
+    let out = c.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// Passes hardening's performance step of `id`.
+async fn perform(c: &Cluster, id: &str) {
+    step_is(c, id, 0, StepStatus::Triggered).await;
+    let args = ["verify", "report", id, "performance", "--passed"];
+    assert_eq!(c.cli(&args).await.code, 0);
+    c.wait_state(id, TransactionState::Committed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promotions_copy_tested_states_and_auto_promote_downstream() {
+    let (c, broken) = promotion_path().await;
+    dev_release(&c, "D1", &["foobar-backend=1.0"], false).await;
+    dev_release(
+        &c,
+        "D2",
+        &["foobar-frontend=1.0", "foobar-backend=1.0"],
+        false,
+    )
+    .await;
+
+    let promote = ["promote", "--from", "dev", "--to", "hardening"];
+    let out = c.cli(&promote).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let h1 = "promote-dev-2-to-hardening";
+    let t = c.wait_state(h1, TransactionState::Verifying).await;
+    assert_eq!(t.promoted_from, "dev checkpoint 2", "{t:?}");
+    assert_eq!(versions(&c, "hardening"), [None, None], "staged, not live");
+    perform(&c, h1).await;
+    assert_eq!(versions(&c, "hardening"), at("1.0", "1.0"));
+
+    let p1 = "promote-hardening-1-to-production";
+    let t = c.wait_state(p1, TransactionState::Committed).await;
+    assert_eq!(t.steps[0].status, StepStatus::Passed as i32, "{t:?}");
+    assert_eq!(
+        versions(&c, "production"),
+        at("1.0", "1.0"),
+        "auto-promoted"
+    );
+    let history = c
+        .cli(&["-e", "production", "release", "get", p1])
+        .await
+        .stdout;
+    assert!(
+        history.contains("promoted from hardening checkpoint 1"),
+        "{history}"
+    );
+
+    // A bracket: only what D3 moved goes; production's smoke test then fails.
+    dev_release(&c, "D3", &["foobar-backend=2.0"], false).await;
+    std::fs::write(&broken, "").unwrap();
+    let bracket = [
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "hardening",
+        "--release",
+        "D3",
+    ];
+    assert_eq!(c.cli(&bracket).await.code, 0);
+    let h2 = "promote-dev-3-to-hardening";
+    let t = c.wait_state(h2, TransactionState::Verifying).await;
+    let moved: Vec<&str> = t.participants.iter().map(|p| p.project.as_str()).collect();
+    assert_eq!(
+        moved,
+        ["foobar-backend"],
+        "only the bracket's projects: {t:?}"
+    );
+    perform(&c, h2).await;
+    let p2 = "promote-hardening-2-to-production";
+    let t = c.wait_state(p2, TransactionState::Aborted).await;
+    assert!(t.reason.contains("smoke failed"), "{t:?}");
+    assert_eq!(
+        versions(&c, "hardening"),
+        at("2.0", "1.0"),
+        "hardening keeps what it verified"
+    );
+    assert_eq!(
+        versions(&c, "production"),
+        at("1.0", "1.0"),
+        "production at its previous checkpoint"
+    );
+
+    // An untested (forced) checkpoint is refused, and the default skips it.
+    dev_release(
+        &c,
+        "D4",
+        &["foobar-frontend=2.0", "foobar-backend=2.0"],
+        false,
+    )
+    .await;
+    dev_release(&c, "D5", &["foobar-backend=1.0"], true).await;
+    let forced = [
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "hardening",
+        "--checkpoint",
+        "5",
+    ];
+    let refused = c.cli(&forced).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("untested"), "{refused:?}");
+    let dry = c
+        .cli(&[
+            "promote",
+            "--from",
+            "dev",
+            "--to",
+            "hardening",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plan = dry.json();
+    let targets: Vec<String> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}={}",
+                p["project"].as_str().unwrap(),
+                p["toVersion"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        ["foobar-backend=2.0", "foobar-frontend=2.0"],
+        "checkpoint 4: {plan}"
+    );
+    let skipped = ["promote", "--from", "hardening", "--to", "dev"];
+    let wrong_way = c.cli(&skipped).await;
+    assert_eq!(wrong_way.code, 1, "{wrong_way:?}");
+    assert!(
+        wrong_way.stderr.contains("does not come after hardening"),
+        "{wrong_way:?}"
+    );
+}

@@ -120,6 +120,34 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Promote a tested state downstream as one release in the target environment:
+    /// exactly the versions, artifacts and metadata of a source checkpoint (default:
+    /// the newest verified one) or of the projects one release moved.
+    Promote {
+        /// Source environment.
+        #[arg(long)]
+        from: String,
+        /// Target environment (downstream of the source).
+        #[arg(long)]
+        to: String,
+        /// Source checkpoint to promote whole.
+        #[arg(long, conflicts_with = "release")]
+        checkpoint: Option<u64>,
+        /// A committed release of the source: only the projects it moved go.
+        #[arg(long)]
+        release: Option<String>,
+        /// Id for the promotion (default `promote-<from>-<checkpoint>-to-<to>`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Promote an untested (forced) checkpoint or release all the same (operators).
+        #[arg(long)]
+        force: bool,
+        /// Release ticket URL: failures are notified to it.
+        #[arg(long)]
+        ticket: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Record by hand what a participant in phase 2 did, when the coordinator cannot
     /// bring it to the decision (it needs resolution, or cannot be reached). The
     /// decision is sent to it once more first; refused if it acknowledges. Recorded in

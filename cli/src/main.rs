@@ -138,7 +138,7 @@ async fn run(args: Args) -> Result<u8> {
             render::history(ctx.out, &h);
             Ok(OK)
         }
-        command @ (Command::Revert { .. } | Command::Rollback { .. }) => {
+        command @ (Command::Revert { .. } | Command::Rollback { .. } | Command::Promote { .. }) => {
             restore(&mut client, &ctx, command).await
         }
         command @ (Command::Resolve { .. } | Command::Retry { .. }) => {
@@ -156,7 +156,7 @@ async fn run(args: Args) -> Result<u8> {
     }
 }
 
-/// `revert` and `rollback`: a transaction back to an earlier state.
+/// `revert`, `rollback` and `promote`: transactions made from an earlier state.
 async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result<u8> {
     let (created, wait) = match command {
         Command::Revert {
@@ -193,7 +193,30 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
             };
             (client.rollback(request).await?.into_inner(), wait)
         }
-        _ => unreachable!("only revert and rollback are routed here"),
+        Command::Promote {
+            from,
+            to,
+            checkpoint,
+            release,
+            id,
+            force,
+            ticket,
+            wait,
+        } => {
+            let request = pb::PromoteRequest {
+                from,
+                to,
+                checkpoint: checkpoint.unwrap_or(0),
+                release: release.unwrap_or_default(),
+                id: id.unwrap_or_default(),
+                dry_run: wait.dry_run,
+                force,
+                prepare_timeout: wait.timeout.map(lockstep::wire::duration),
+                ticket: ticket.unwrap_or_default(),
+            };
+            (client.promote(request).await?.into_inner(), wait)
+        }
+        _ => unreachable!("only revert, rollback and promote are routed here"),
     };
     finish_create(client, &ctx.dial, ctx.out, created, &wait).await
 }

@@ -11,8 +11,9 @@ use lockstep::{
 
 use crate::{
     model::{
-        Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord, Request,
-        Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState, Vote,
+        Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord,
+        PromoteAsk, Request, Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState,
+        Vote,
     },
     network,
     planner::Plan,
@@ -63,6 +64,7 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
         dry_run: r.dry_run,
         actor: String::new(),
         ticket: ticket(&r.ticket)?,
+        promoted_from: None,
     })
 }
 
@@ -146,6 +148,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
         dry_run: r.dry_run,
         actor: String::new(),
         ticket: ticket(&r.ticket)?,
+        promoted_from: None,
     })
 }
 
@@ -160,7 +163,40 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         dry_run: r.dry_run,
         actor: String::new(),
         ticket: ticket(&r.ticket)?,
+        promoted_from: None,
     })
+}
+
+/// Validates Promote: what to promote, and the create spec's common part (the target
+/// environment, id, deadline, dry run, ticket).
+pub fn promote(r: pb::PromoteRequest) -> Result<(PromoteAsk, CreateSpec), FieldError> {
+    let to = Environment::parse("to", &r.to)?;
+    let release = optional_id("release", &r.release)?;
+    if release.is_some() && r.checkpoint != 0 {
+        return Err(FieldError::new(
+            "release",
+            "give a checkpoint or a release, not both",
+        ));
+    }
+    let ask = PromoteAsk {
+        from: Environment::parse("from", &r.from)?,
+        to: to.clone(),
+        checkpoint: (r.checkpoint != 0).then_some(r.checkpoint),
+        release,
+        force: r.force,
+    };
+    let base = CreateSpec {
+        id: optional_id("id", &r.id)?,
+        id_hint: None,
+        environment: to,
+        request: Request::Rollback { revision: 0 },
+        prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
+        dry_run: r.dry_run,
+        actor: String::new(),
+        ticket: ticket(&r.ticket)?,
+        promoted_from: None,
+    };
+    Ok((ask, base))
 }
 
 /// Validates ResolveParticipant: the transaction, the participant, and what to record

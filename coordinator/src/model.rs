@@ -432,6 +432,23 @@ pub struct CreateSpec {
     pub actor: String,
     /// Release ticket URL ("" none).
     pub ticket: String,
+    /// For a promotion: the source environment and checkpoint.
+    pub promoted_from: Option<(Environment, u64)>,
+}
+
+/// What a promotion asks for, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoteAsk {
+    /// Source environment.
+    pub from: Environment,
+    /// Target environment.
+    pub to: Environment,
+    /// Source checkpoint (None: the newest verified one, unless `release` is given).
+    pub checkpoint: Option<u64>,
+    /// A release of the source whose moved projects go (a bracket).
+    pub release: Option<TxId>,
+    /// Promote an untested checkpoint all the same.
+    pub force: bool,
 }
 
 /// A declared environment and its upstreams on the promotion path (the stages' graph:
@@ -500,7 +517,7 @@ impl EnvironmentRecord {
 pub struct Stages {
     /// Steps run against the staged set, between PREPARED and COMMIT.
     pub verify: Vec<Step>,
-    /// A transaction that commits and verifies here is promoted downstream.
+    /// Every release an upstream commits (verified there) is promoted here.
     pub auto_promote: bool,
     /// How long the live set soaks after commit (ms), if it does.
     pub soak_ms: Option<u64>,

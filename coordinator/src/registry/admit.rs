@@ -153,7 +153,7 @@ impl Registry {
             created_by: spec.actor.clone(),
             ticket: spec.ticket.clone(),
             steps: Vec::new(),
-            promoted_from: None,
+            promoted_from: spec.promoted_from.clone(),
         }
     }
 
@@ -172,6 +172,13 @@ impl Registry {
         let mut created = events::event(&record, pb::EventKind::TransactionCreated, None, created);
         created.actor = record.created_by.clone();
         let mut written = vec![created];
+        if let Some((from, checkpoint)) = &record.promoted_from {
+            let promoted = format!("promoted from {from} checkpoint {checkpoint}");
+            let kind = pb::EventKind::PromotionCreated;
+            let mut promoted = events::event(&record, kind, None, promoted);
+            promoted.actor = record.created_by.clone();
+            written.push(promoted);
+        }
         if let Some(b) = &blocked {
             record.reason = b.explain();
             let queued = pb::EventKind::TransactionQueued;

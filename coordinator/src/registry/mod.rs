@@ -19,6 +19,8 @@
 //! - [`history`]: the planner's view of what is on disk.
 //! - [`audit`]: refusals, tokens and the audit log.
 //! - [`environments`]: declared environments and the promotion path between them.
+//! - [`promote`]: promotions, a source checkpoint or bracket as a release downstream,
+//!   and auto-promotion.
 
 pub mod admit;
 pub mod audit;
@@ -27,6 +29,7 @@ mod history;
 mod operator;
 mod planning;
 pub mod projects;
+pub mod promote;
 pub mod reads;
 mod writes;
 

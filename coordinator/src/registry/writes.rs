@@ -78,6 +78,7 @@ impl TxJournal for Registry {
         Box::pin(async move {
             written.await?;
             this.hand_over(&record.id);
+            this.auto_promote(&record);
             Ok(())
         })
     }

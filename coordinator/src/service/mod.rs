@@ -480,6 +480,25 @@ impl coordinator_server::Coordinator for CoordinatorService {
         self.apply(request).await
     }
 
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let (ask, base) = convert::promote(request.get_ref().clone())?;
+        let permission = match ask.force {
+            true => Permission::Operate,
+            false => Permission::Release,
+        };
+        let call = "Promote";
+        let source = Scope::environment(&ask.from);
+        self.allow(&request, call, Permission::Read, source).await?;
+        let target = Scope::environment(&ask.to);
+        let who = self.allow(&request, call, permission, target).await?;
+        let spec = self.coordinator.registry().promotion(&ask, base)?;
+        let created = self.create(who, call, permission, spec).await?;
+        Ok(Response::new(self::created(created)))
+    }
+
     async fn report_verify(
         &self,
         request: Request<pb::ReportVerifyRequest>,
