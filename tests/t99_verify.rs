@@ -530,3 +530,132 @@ async fn promotions_copy_tested_states_and_auto_promote_downstream() {
         "{wrong_way:?}"
     );
 }
+
+/// A stand-in for the live site: `examples/green.py` serving /health (503 while
+/// `broken` exists), stopped when dropped.
+struct LiveSite {
+    dir: PathBuf,
+    url: String,
+}
+
+impl LiveSite {
+    fn start(dir: PathBuf, broken: &std::path::Path) -> Self {
+        let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
+        let out = std::process::Command::new("python3")
+            .args([green, "serve", dir.to_str().unwrap(), "live"])
+            .env("GREEN_FAIL_FILE", broken)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        LiveSite { dir, url }
+    }
+}
+
+impl Drop for LiveSite {
+    fn drop(&mut self) {
+        let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
+        let stop = std::process::Command::new("python3")
+            .args([green, "stop", self.dir.to_str().unwrap()])
+            .status();
+        let _ = stop;
+    }
+}
+
+async fn live_check_is(c: &Cluster, id: &str, prefix: &str) -> lockstep::pb::Transaction {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let t = c.transaction(id).await;
+        if t.live_check.starts_with(prefix) {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} live check not {prefix}: {t:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_verification_after_commit_reverts_to_the_checkpoint_before() {
+    let mut c = Cluster::new().await;
+    let broken = c.dir.path().join("live-broken");
+    let site = LiveSite::start(c.dir.path().join("live-site"), &broken);
+    let pipeline = format!(
+        "[[environment]]\nname = \"production\"\nsoak = \"300ms\"\non_live_failure = \"revert\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
+        site.url
+    );
+    let file = c.dir.path().join("pipeline.toml");
+    std::fs::write(&file, pipeline).unwrap();
+    assert_eq!(
+        c.cli(&["env", "apply", "-f", file.to_str().unwrap()])
+            .await
+            .code,
+        0
+    );
+    for project in PROJECTS {
+        c.add_env_agent("production", project).await;
+        let url = c.agent(&format!("production/{project}")).server.url();
+        let args = [
+            "-e",
+            "production",
+            "project",
+            "add",
+            project,
+            "--endpoint",
+            &url,
+        ];
+        assert_eq!(c.cli(&args).await.code, 0);
+    }
+    let release = |id: &'static str| {
+        let c = &c;
+        async move {
+            let (b, f) = (
+                format!("foobar-backend={id}b"),
+                format!("foobar-frontend={id}f"),
+            );
+            let args = [
+                "-e",
+                "production",
+                "release",
+                "create",
+                id,
+                &b,
+                &f,
+                "--wait",
+            ];
+            let out = c.cli(&args).await;
+            assert_eq!(out.code, 0, "{out:?}");
+        }
+    };
+    release("P1").await;
+    live_check_is(&c, "P1", "passed").await;
+
+    std::fs::write(&broken, "").unwrap();
+    release("P2").await;
+    let t = live_check_is(&c, "P2", "failed").await;
+    assert!(
+        t.live_check.contains("health") && t.live_check.contains("503"),
+        "{t:?}"
+    );
+    let revert = c.wait_state("revert-P2", TransactionState::Committed).await;
+    assert_eq!(revert.reverts, ["P2"], "{revert:?}");
+    let agent = |p: &str| c.agent(&format!("production/{p}")).live();
+    assert_eq!(
+        [agent("foobar-backend"), agent("foobar-frontend")],
+        [Some("P1b".to_string()), Some("P1f".to_string())],
+        "back at the checkpoint before"
+    );
+    let failed = c.events().await.into_iter().any(|e| {
+        e.transaction_id == "P2"
+            && e.kind == EventKind::LiveVerifyFailed as i32
+            && e.message.contains("reverting it as revert-P2")
+    });
+    assert!(failed, "the log says why it was reverted");
+    let refused = c
+        .cli(&["promote", "--from", "production", "--to", "production"])
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    drop(site);
+}

@@ -656,6 +656,7 @@ fn record(
         ticket: String::new(),
         steps: Vec::new(),
         promoted_from: None,
+        live_check: Default::default(),
     }
 }
 

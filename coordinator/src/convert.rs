@@ -11,7 +11,7 @@ use lockstep::{
 
 use crate::{
     model::{
-        Action, CheckpointRecord, ComponentSpec, CreateSpec, Participant, ProjectRecord,
+        Action, CheckpointRecord, ComponentSpec, CreateSpec, LiveCheck, Participant, ProjectRecord,
         PromoteAsk, Request, Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState,
         Vote,
     },
@@ -415,6 +415,12 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
             .as_ref()
             .map(|(env, cp)| format!("{env} checkpoint {cp}"))
             .unwrap_or_default(),
+        live_check: match &t.live_check {
+            LiveCheck::None => String::new(),
+            LiveCheck::Soaking => "soaking".into(),
+            LiveCheck::Passed => "passed".into(),
+            LiveCheck::Failed(why) => format!("failed: {why}"),
+        },
     }
 }
 

@@ -109,6 +109,7 @@ impl Coordinator {
         let (j, f) = (journal.clone(), feed.clone());
         let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings);
         crate::recovery::recover(&registry, config.backoff)?;
+        registry.resume_after_commit()?;
         let notifier = Notifier::start(tables, j.clone(), f, &incarnation, config.notify)?;
         if let Some(thresholds) = config.stalled_after {
             tokio::spawn(stall::watch(registry.clone(), j, thresholds, config.clock));

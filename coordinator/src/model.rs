@@ -280,6 +280,31 @@ pub struct TxRecord {
     /// For a promotion: the source environment and checkpoint.
     #[serde(default)]
     pub promoted_from: Option<(Environment, u64)>,
+    /// The verification after commit (soak and live steps), for a committed release
+    /// in an environment that has one.
+    #[serde(default)]
+    pub live_check: LiveCheck,
+}
+
+/// Where a committed release stands in its environment's verification after commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LiveCheck {
+    /// None is due (not a release, or the environment has none).
+    #[default]
+    None,
+    /// Soaking, or its live steps running.
+    Soaking,
+    /// Every live step passed.
+    Passed,
+    /// A live step failed (why).
+    Failed(String),
+}
+
+impl LiveCheck {
+    /// Whether the live set counts as verified for promotion.
+    pub fn verified(&self) -> bool {
+        matches!(self, Self::None | Self::Passed)
+    }
 }
 
 /// One verify step of one transaction.

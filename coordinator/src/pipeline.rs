@@ -112,7 +112,7 @@ fn environment(
         verify: steps(&entry.verify, &format!("{key}.verify"), at)?,
         auto_promote: entry.auto_promote,
         soak_ms: optional_duration(entry.soak.as_ref(), &|span| field(span, "soak"))?,
-        verify_live: steps(&entry.verify_live, &format!("{key}.verify_live"), at)?,
+        verify_live: live_steps(&entry.verify_live, &format!("{key}.verify_live"), at)?,
         on_live_failure: live_failure(entry.on_live_failure.as_ref(), &|span| {
             field(span, "on_live_failure")
         })?,
@@ -174,6 +174,26 @@ fn steps(
         });
     }
     Ok(steps)
+}
+
+/// The steps run after commit: only http ones, since nobody is asked to report on or
+/// approve a change that is already live.
+fn live_steps(
+    entries: &[StepEntry],
+    key: &str,
+    at: &impl Fn(std::ops::Range<usize>) -> usize,
+) -> Result<Vec<Step>, FieldError> {
+    let steps = steps(entries, key, at)?;
+    let not_http = steps
+        .iter()
+        .position(|s| !matches!(s.kind, StepKind::Http { .. }));
+    match not_http {
+        None => Ok(steps),
+        Some(i) => Err(FieldError::new(
+            format!("line {}: {key}[{i}].kind", at(entries[i].kind.span())),
+            "only http steps run after commit (external and approval steps belong in verify)",
+        )),
+    }
 }
 
 fn optional_duration(
@@ -315,5 +335,32 @@ mod tests {
         );
         let typo = SHIPYARD.replace("auto_promote", "auto_promot");
         assert!(refusal(&typo).contains("auto_promot"), "{}", refusal(&typo));
+    }
+
+    #[test]
+    fn http_urls_are_templates_and_live_steps_are_http_only() {
+        let smoke = "[[environment]]\nname = \"hardening\"\n  [[environment.STEPS]]\n  name = \"smoke\"\n  kind = \"KIND\"\n  url = \"URL\"\n";
+        let file = |steps: &str, kind: &str, url: &str| {
+            smoke
+                .replace("STEPS", steps)
+                .replace("KIND", kind)
+                .replace("URL", url)
+        };
+        let good = file(
+            "verify",
+            "http",
+            "{test_uri:foobar-backend}/health?v={version:foobar-backend}",
+        );
+        assert!(parse(&good, &BTreeMap::new()).is_ok());
+        let why = refusal(&file("verify", "http", "{colour:foobar-backend}/health"));
+        assert!(
+            why.contains("verify[0].url") && why.contains("no placeholder"),
+            "{why}"
+        );
+        let why = refusal(&file("verify_live", "external", "https://shop.example"));
+        assert!(
+            why.contains("verify_live[0].kind") && why.contains("only http"),
+            "{why}"
+        );
     }
 }

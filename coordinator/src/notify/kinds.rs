@@ -39,6 +39,8 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::VerifyStepStarted, "verify.step.started"),
     (EventKind::VerifyStepFinished, "verify.finished"),
     (EventKind::PromotionCreated, "promotion.created"),
+    (EventKind::LiveVerifyPassed, "verify.live.passed"),
+    (EventKind::LiveVerifyFailed, "verify.live.failed"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -73,6 +75,7 @@ pub fn is_failure(e: &pb::Event) -> bool {
                 | EventKind::TransactionAborted
                 | EventKind::NeedsResolution
                 | EventKind::Stalled
+                | EventKind::LiveVerifyFailed
         ),
         Err(_) => false,
     }
@@ -84,7 +87,7 @@ mod tests {
 
     #[test]
     fn every_kind_but_unspecified_has_a_name_that_parses_back() {
-        for kind in 1..=EventKind::PromotionCreated as i32 {
+        for kind in 1..=EventKind::LiveVerifyFailed as i32 {
             let name = name(kind);
             assert_ne!(name, "unknown", "kind {kind} has no name");
             assert_eq!(parse(name).map(|k| k as i32), Ok(kind));

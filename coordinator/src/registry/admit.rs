@@ -154,6 +154,7 @@ impl Registry {
             ticket: spec.ticket.clone(),
             steps: Vec::new(),
             promoted_from: spec.promoted_from.clone(),
+            live_check: Default::default(),
         }
     }
 

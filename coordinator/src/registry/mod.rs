@@ -20,12 +20,14 @@
 //! - [`audit`]: refusals, tokens and the audit log.
 //! - [`environments`]: declared environments and the promotion path between them.
 //! - [`promote`]: promotions, a source checkpoint or bracket as a release downstream,
-//!   and auto-promotion.
+//!   and auto-promotion; `live_check`: the verification after commit that comes
+//!   before them.
 
 pub mod admit;
 pub mod audit;
 pub mod environments;
 mod history;
+mod live_check;
 mod operator;
 mod planning;
 pub mod projects;

@@ -17,7 +17,8 @@ use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
     model::{
-        CheckpointRecord, ComponentSpec, CreateSpec, PromoteAsk, Request, TxKind, TxRecord, TxState,
+        CheckpointRecord, ComponentSpec, CreateSpec, LiveCheck, PromoteAsk, Request, TxKind,
+        TxRecord, TxState,
     },
 };
 
@@ -70,6 +71,9 @@ impl Registry {
     fn whole_checkpoint(&self, ask: &PromoteAsk) -> Result<(Vec<ComponentSpec>, u64)> {
         let cp = self.source_checkpoint(ask)?;
         untested_refused(&cp, ask.force)?;
+        if let Some(t) = self.tables().transaction(&cp.transaction)? {
+            unverified_refused(&t, ask.force)?;
+        }
         let versions = cp.versions.iter();
         let components = versions
             .map(|(project, entry)| self.component(&ask.from, project, &entry.version))
@@ -85,7 +89,7 @@ impl Registry {
                 CoordinatorError::NotFound(format!("checkpoint: {from} has no checkpoint {n}"))
             }),
             None => tables
-                .newest_checkpoint_where(from, &mut |cp| !cp.untested)?
+                .newest_checkpoint_where(from, &mut |cp| !cp.untested && self.verified(cp))?
                 .ok_or_else(|| {
                     CoordinatorError::NotFound(format!(
                         "from: {from} has no verified checkpoint to promote"
@@ -104,6 +108,7 @@ impl Registry {
             ))
         })?;
         committed_release(&t)?;
+        unverified_refused(&t, ask.force)?;
         if t.forced && !ask.force {
             return Err(CoordinatorError::Refused(format!(
                 "release: {release} went live forced into an untested combination; --force to promote it all the same"
@@ -117,6 +122,12 @@ impl Registry {
             .map(|p| self.component(&ask.from, &p.project, &p.to_version))
             .collect::<Result<Vec<_>>>()?;
         Ok((components, t.checkpoint))
+    }
+
+    /// Whether `cp`'s transaction passed its verification after commit (or had none).
+    fn verified(&self, cp: &CheckpointRecord) -> bool {
+        let t = self.tables().transaction(&cp.transaction);
+        t.ok().flatten().is_none_or(|t| t.live_check.verified())
     }
 
     /// `project` at `version` with what the source staged it from.
@@ -141,7 +152,8 @@ impl Registry {
     /// After `committed` finished: the promotions its environment's auto-promoting
     /// downstreams take, created in the background.
     pub(super) fn auto_promote(&self, committed: &TxRecord) {
-        if committed.state != TxState::Committed || committed.kind != TxKind::Release {
+        let release = committed.state == TxState::Committed && committed.kind == TxKind::Release;
+        if !release || !committed.live_check.verified() {
             return;
         }
         for to in self.auto_promoting_after(&committed.environment) {
@@ -204,6 +216,20 @@ fn untested_refused(cp: &CheckpointRecord, force: bool) -> Result<()> {
     Err(CoordinatorError::Refused(format!(
         "checkpoint: {} checkpoint {} is untested ({}, forced into a combination never verified); --force to promote it all the same",
         cp.environment, cp.revision, cp.description
+    )))
+}
+
+fn unverified_refused(t: &TxRecord, force: bool) -> Result<()> {
+    if t.live_check.verified() || force {
+        return Ok(());
+    }
+    let why = match &t.live_check {
+        LiveCheck::Failed(why) => format!("failed its verification after commit ({why})"),
+        _ => "is still in its verification after commit".into(),
+    };
+    Err(CoordinatorError::Refused(format!(
+        "checkpoint: {} (checkpoint {}) {why}; --force to promote it all the same",
+        t.id, t.checkpoint
     )))
 }
 

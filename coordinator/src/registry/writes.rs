@@ -14,7 +14,10 @@ use super::{Registry, State};
 use crate::{
     error::Result,
     journal::Durable,
-    model::{Action, BuildRecord, CheckpointRecord, LiveEntry, QuarantineRecord, TxKind, TxRecord},
+    model::{
+        Action, BuildRecord, CheckpointRecord, LiveCheck, LiveEntry, QuarantineRecord, TxKind,
+        TxRecord,
+    },
     planner,
     ports::{Pending, TxJournal},
     tables::Tables,
@@ -65,6 +68,9 @@ impl TxJournal for Registry {
     fn finish(&self, record: &TxRecord, events: Vec<pb::Event>) -> Pending<Result<()>> {
         let mut record = record.clone();
         record.finished_ms = self.now();
+        if self.live_check_due(&record).is_some() {
+            record.live_check = LiveCheck::Soaking;
+        }
         let mut batch = Batch::default();
         Tables::put_transaction(&mut batch, &record);
         // Durable before readers see the end. With other transactions in flight it
@@ -78,7 +84,7 @@ impl TxJournal for Registry {
         Box::pin(async move {
             written.await?;
             this.hand_over(&record.id);
-            this.auto_promote(&record);
+            this.after_commit(&record);
             Ok(())
         })
     }

@@ -73,6 +73,7 @@ pub(super) fn t4(state: TxState) -> TxRecord {
         ticket: String::new(),
         steps: Vec::new(),
         promoted_from: None,
+        live_check: Default::default(),
     }
 }
 

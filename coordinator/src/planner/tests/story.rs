@@ -192,6 +192,7 @@ impl Story {
             ticket: String::new(),
             steps: Vec::new(),
             promoted_from: None,
+            live_check: Default::default(),
         }
     }
 

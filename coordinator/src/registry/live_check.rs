@@ -1,0 +1,201 @@
+//! What follows a committed release: the environment's verification after commit (a
+//! soak, then its live http steps against the live set), and then the promotions its
+//! auto-promoting downstreams take. A live step that fails records the failure on the
+//! transaction (so it is never promoted as verified) and, as the pipeline file says,
+//! creates the revert of that transaction (id `revert-<tx>`) or only notifies.
+//!
+//! It is outside two-phase commit: the transaction is COMMITTED and stays so; a revert
+//! is a new transaction with every rule of its own. A restart during the soak starts
+//! the newest such check again (soak included); one that was superseded by a later
+//! checkpoint is not run.
+
+use std::time::Duration;
+
+use lockstep::{names::TxId, pb};
+use lockstep_store::Batch;
+
+use super::Registry;
+use crate::{
+    error::Result,
+    journal::Durable,
+    model::{
+        CreateSpec, LiveCheck, LiveFailure, Request, Stages, StepKind, TxKind, TxRecord, TxState,
+    },
+    tables::Tables,
+    txn::{events, verify::render},
+};
+
+impl Registry {
+    /// The stages of `record`'s environment if a verification after commit is due for
+    /// it (a committed release in an environment with a soak or live steps).
+    pub(super) fn live_check_due(&self, record: &TxRecord) -> Option<Stages> {
+        let committed = record.state == TxState::Committed && record.kind == TxKind::Release;
+        let s = self.state();
+        let stages = s
+            .environments
+            .get(&record.environment)
+            .map(|e| e.stages.clone());
+        stages.filter(|st| committed && (st.soak_ms.is_some() || !st.verify_live.is_empty()))
+    }
+
+    /// After `record` finished: its live check (then the promotions), or the
+    /// promotions at once.
+    pub(super) fn after_commit(&self, record: &TxRecord) {
+        match (&record.live_check, self.live_check_due(record)) {
+            (LiveCheck::Soaking, Some(stages)) => {
+                let (this, record) = (self.clone(), record.clone());
+                tokio::spawn(async move { this.check_live(record, stages).await });
+            }
+            _ => self.auto_promote(record),
+        }
+    }
+
+    async fn check_live(&self, record: TxRecord, stages: Stages) {
+        tokio::time::sleep(Duration::from_millis(stages.soak_ms.unwrap_or(0))).await;
+        match self.run_live_steps(&record, &stages).await {
+            Ok(message) => {
+                let kind = pb::EventKind::LiveVerifyPassed;
+                if self
+                    .record_check(&record, LiveCheck::Passed, kind, "", message)
+                    .await
+                {
+                    self.auto_promote(&record);
+                }
+            }
+            Err((step, why)) => self.live_failed(&record, &stages, step, why).await,
+        }
+    }
+
+    /// Every live step in order; `Err` names the first that failed and why.
+    async fn run_live_steps(
+        &self,
+        record: &TxRecord,
+        stages: &Stages,
+    ) -> std::result::Result<String, (String, String)> {
+        for step in &stages.verify_live {
+            let StepKind::Http { url, expect_status } = &step.kind else {
+                continue;
+            };
+            let failed = |why: String| (step.name.clone(), why);
+            let url = render(url, &record.participants).map_err(failed)?;
+            let deadline = Duration::from_millis(step.deadline_ms);
+            let request = self.inner.settings.probe.get(&url);
+            let answer = tokio::time::timeout(deadline, request).await;
+            match answer {
+                Ok(Ok(status)) if status == *expect_status => {}
+                Ok(Ok(status)) => {
+                    return Err(failed(format!(
+                        "GET {url} answered {status}, expected {expect_status}"
+                    )));
+                }
+                Ok(Err(e)) => return Err(failed(format!("GET {url}: {e}"))),
+                Err(_) => return Err(failed(format!("GET {url}: no answer within {deadline:?}"))),
+            }
+        }
+        let soak = stages
+            .soak_ms
+            .map(|ms| format!("soaked {:?}; ", Duration::from_millis(ms)));
+        let steps = events::plural(stages.verify_live.len(), "live step");
+        Ok(format!(
+            "{}{} passed {steps}",
+            soak.unwrap_or_default(),
+            record.id
+        ))
+    }
+
+    async fn live_failed(&self, record: &TxRecord, stages: &Stages, step: String, why: String) {
+        let revert = stages.on_live_failure == LiveFailure::Revert;
+        let then = if revert {
+            format!("reverting it as revert-{}", record.id)
+        } else {
+            "only notified (on_live_failure = \"notify\")".into()
+        };
+        let message = format!("{} failed live step {step}: {why}; {then}", record.id);
+        let check = LiveCheck::Failed(format!("{step}: {why}"));
+        let kind = pb::EventKind::LiveVerifyFailed;
+        if self.record_check(record, check, kind, &step, message).await && revert {
+            self.revert_automatically(record).await;
+        }
+    }
+
+    /// Writes the outcome on the stored transaction with its event; false when the
+    /// write failed (then nothing follows from it).
+    async fn record_check(
+        &self,
+        record: &TxRecord,
+        check: LiveCheck,
+        kind: pb::EventKind,
+        step: &str,
+        message: String,
+    ) -> bool {
+        let written = async {
+            let mut stored = self
+                .tables()
+                .transaction(&record.id)?
+                .unwrap_or_else(|| record.clone());
+            stored.live_check = check;
+            let mut event = events::event(&stored, kind, None, message);
+            event.step = step.to_string();
+            let mut batch = Batch::default();
+            Tables::put_transaction(&mut batch, &stored);
+            self.inner
+                .journal
+                .append(batch, vec![event], Durable::Soon)
+                .await?;
+            Ok::<(), crate::error::CoordinatorError>(())
+        };
+        match written.await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(tx = %record.id, "live check not recorded: {e}");
+                false
+            }
+        }
+    }
+
+    async fn revert_automatically(&self, record: &TxRecord) {
+        let created = async {
+            let spec = CreateSpec {
+                id: Some(TxId::parse("id", &format!("revert-{}", record.id))?),
+                id_hint: None,
+                environment: record.environment.clone(),
+                request: Request::Revert {
+                    release: record.id.clone(),
+                    cascade: false,
+                },
+                prepare_timeout: None,
+                dry_run: false,
+                actor: "verification after commit".into(),
+                ticket: record.ticket.clone(),
+                promoted_from: None,
+            };
+            self.admit(spec, &|_| Ok(())).await
+        };
+        if let Err(e) = created.await {
+            tracing::warn!(tx = %record.id, "automatic revert not created: {e}");
+            let message = format!("the automatic revert of {} was refused: {e}", record.id);
+            let kind = pb::EventKind::LiveVerifyFailed;
+            let check = LiveCheck::Failed(message.clone());
+            self.record_check(record, check, kind, "", message).await;
+        }
+    }
+
+    /// At start: the live check a restart interrupted (each environment's newest
+    /// checkpoint only) and the auto-promotions of each upstream's newest verified
+    /// release (idempotent: their ids are deterministic).
+    pub fn resume_after_commit(&self) -> Result<()> {
+        let environments: Vec<_> = self.state().environments.keys().cloned().collect();
+        for env in environments {
+            let Some(cp) = self.tables().latest_checkpoint(&env)? else {
+                continue;
+            };
+            let Some(record) = self.tables().transaction(&cp.transaction)? else {
+                continue;
+            };
+            if record.state == TxState::Committed {
+                self.after_commit(&record);
+            }
+        }
+        Ok(())
+    }
+}
