@@ -205,6 +205,16 @@ pub enum Request {
         /// Revision to restore (resolved, never 0).
         revision: u64,
     },
+    /// A promotion: a release of exactly what an upstream checkpoint (or bracket) ran.
+    Promote {
+        /// Components, sorted by project, with the upstream's artifacts and metadata.
+        components: Vec<ComponentSpec>,
+        /// --force (an untested upstream state).
+        force: bool,
+        /// What was live together upstream, verified: the compatibility guard counts
+        /// it as tested here too.
+        upstream: CheckpointRecord,
+    },
 }
 
 /// One requested component.

@@ -255,6 +255,11 @@ pub fn plan(view: &View<'_>, request: &Request) -> Result<Plan> {
         } => release::plan_release(view, components, *force, *allow_quarantined),
         Request::Revert { release, cascade } => revert::plan_revert(view, release, *cascade),
         Request::Rollback { revision } => rollback::plan_rollback(view, *revision),
+        Request::Promote {
+            components,
+            force,
+            upstream,
+        } => release::plan_promotion(view, components, *force, upstream),
     }
 }
 

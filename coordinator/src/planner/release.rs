@@ -10,7 +10,10 @@ use super::{
     rules::{children_included, compatibility, quarantine_rule},
     waves::build,
 };
-use crate::{error::Result, model::ComponentSpec};
+use crate::{
+    error::Result,
+    model::{CheckpointRecord, ComponentSpec},
+};
 
 /// Plans a release of `components`: every project must be registered; the rules are
 /// checked in the order children-included, quarantine, compatibility.
@@ -23,7 +26,23 @@ pub(super) fn plan_release(
     let targets = requested_targets(view, components)?;
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
-    let (compat, forced) = compatibility(view, &targets, force)?;
+    let (compat, forced) = compatibility(view, &targets, force, None)?;
+    preconditions.push(compat);
+    build(view, targets, preconditions, forced, Vec::new(), 0)
+}
+
+/// Plans a promotion: a release of `components`, under the same rules, except that a
+/// combination `upstream` ran (verified there) counts as tested here.
+pub(super) fn plan_promotion(
+    view: &View<'_>,
+    components: &[ComponentSpec],
+    force: bool,
+    upstream: &CheckpointRecord,
+) -> Result<Plan> {
+    let targets = requested_targets(view, components)?;
+    let mut preconditions = vec![children_included(view, &targets)];
+    preconditions.push(quarantine_rule(view, &targets, false));
+    let (compat, forced) = compatibility(view, &targets, force, Some(upstream))?;
     preconditions.push(compat);
     build(view, targets, preconditions, forced, Vec::new(), 0)
 }

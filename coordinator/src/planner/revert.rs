@@ -29,7 +29,7 @@ pub(super) fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Res
     let mut preconditions = vec![earlier_state_exists(&missing, before, release)];
     preconditions.push(no_later_dependents(&cascade.dependents, &reverts, release));
     add_children(view, &mut targets);
-    let (compat, _) = compatibility(view, &targets, false)?;
+    let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, false, reverts, 0)
 }

@@ -23,7 +23,7 @@ pub(super) fn plan_rollback(view: &View<'_>, revision: u64) -> Result<Plan> {
     let mut preconditions = vec![changes_something(&targets, revision, &cp)];
     preconditions.extend(projects_outside_checkpoint(view, revision, &cp));
     add_children(view, &mut targets);
-    let (compat, _) = compatibility(view, &targets, false)?;
+    let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, false, Vec::new(), revision)
 }

@@ -118,6 +118,7 @@ pub(super) fn compatibility(
     view: &View<'_>,
     targets: &BTreeMap<ProjectName, Target>,
     force: bool,
+    upstream: Option<&CheckpointRecord>,
 ) -> Result<(Precondition, bool)> {
     let downgrades = downgrades(view, targets)?;
     if downgrades.is_empty() {
@@ -132,6 +133,15 @@ pub(super) fn compatibility(
             describe(&result),
             cp.revision,
             cp.description
+        );
+        return Ok((compatible(detail), false));
+    }
+    if let Some(cp) = upstream.filter(|cp| ran_together(cp, &result)) {
+        let detail = format!(
+            "{} was live together, verified, at {} checkpoint {}",
+            describe(&result),
+            cp.environment,
+            cp.revision
         );
         return Ok((compatible(detail), false));
     }
@@ -178,12 +188,15 @@ fn outcome<'t>(
 
 /// The newest checkpoint where the family ran exactly `result`.
 fn checkpoint_matching(view: &View<'_>, result: &Outcome<'_>) -> Result<Option<CheckpointRecord>> {
-    let mut matches = |cp: &CheckpointRecord| {
-        result
-            .iter()
-            .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == *v)
-    };
-    view.history.newest_checkpoint_where(&mut matches)
+    view.history
+        .newest_checkpoint_where(&mut |cp| ran_together(cp, result))
+}
+
+/// Whether `cp` ran exactly the family's versions of `result`.
+fn ran_together(cp: &CheckpointRecord, result: &Outcome<'_>) -> bool {
+    result
+        .iter()
+        .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == *v)
 }
 
 /// The newest checkpoint that has every old version the plan moves back to, else the

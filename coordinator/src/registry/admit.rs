@@ -278,7 +278,7 @@ fn replay(s: &State, existing: TxRecord, spec: &CreateSpec) -> Result<Created> {
 
 fn kind_of(request: &Request) -> TxKind {
     match request {
-        Request::Release { .. } => TxKind::Release,
+        Request::Release { .. } | Request::Promote { .. } => TxKind::Release,
         Request::Revert { .. } => TxKind::Revert,
         Request::Rollback { .. } => TxKind::Rollback,
     }
@@ -302,7 +302,10 @@ fn describe_request(tx: &TxRecord) -> String {
 /// release. A revert or rollback restores a state that was live before and runs none,
 /// so that undoing a bad release is never held up by the tests that let it through.
 fn verify_steps(s: &State, spec: &CreateSpec) -> Vec<StepRun> {
-    if !matches!(spec.request, Request::Release { .. }) {
+    if !matches!(
+        spec.request,
+        Request::Release { .. } | Request::Promote { .. }
+    ) {
         return Vec::new();
     }
     let env = s.environments.get(&spec.environment);

@@ -28,18 +28,19 @@ impl Registry {
     /// or untested checkpoint, a release that is not a committed one of the source.
     pub fn promotion(&self, ask: &PromoteAsk, base: CreateSpec) -> Result<CreateSpec> {
         self.downstream(&ask.from, &ask.to)?;
-        let (components, checkpoint) = match &ask.release {
+        let (components, upstream) = match &ask.release {
             Some(release) => self.bracket(ask, release)?,
             None => self.whole_checkpoint(ask)?,
         };
+        let checkpoint = upstream.revision;
         let hint = format!("promote-{}-{}-to-{}", ask.from, checkpoint, ask.to);
         Ok(CreateSpec {
             id_hint: Some(hint),
             environment: ask.to.clone(),
-            request: Request::Release {
+            request: Request::Promote {
                 components,
                 force: ask.force,
-                allow_quarantined: false,
+                upstream,
             },
             promoted_from: Some((ask.from.clone(), checkpoint)),
             ..base
@@ -68,7 +69,7 @@ impl Registry {
     }
 
     /// Every project of a source checkpoint at its version.
-    fn whole_checkpoint(&self, ask: &PromoteAsk) -> Result<(Vec<ComponentSpec>, u64)> {
+    fn whole_checkpoint(&self, ask: &PromoteAsk) -> Result<(Vec<ComponentSpec>, CheckpointRecord)> {
         let cp = self.source_checkpoint(ask)?;
         untested_refused(&cp, ask.force)?;
         if let Some(t) = self.tables().transaction(&cp.transaction)? {
@@ -78,7 +79,7 @@ impl Registry {
         let components = versions
             .map(|(project, entry)| self.component(&ask.from, project, &entry.version))
             .collect::<Result<Vec<_>>>()?;
-        Ok((components, cp.revision))
+        Ok((components, cp))
     }
 
     fn source_checkpoint(&self, ask: &PromoteAsk) -> Result<CheckpointRecord> {
@@ -99,7 +100,11 @@ impl Registry {
     }
 
     /// The projects release `release` of the source moved, at the versions it set.
-    fn bracket(&self, ask: &PromoteAsk, release: &TxId) -> Result<(Vec<ComponentSpec>, u64)> {
+    fn bracket(
+        &self,
+        ask: &PromoteAsk,
+        release: &TxId,
+    ) -> Result<(Vec<ComponentSpec>, CheckpointRecord)> {
         let t = self.tables().transaction(release)?;
         let t = t.filter(|t| t.environment == ask.from).ok_or_else(|| {
             CoordinatorError::NotFound(format!(
@@ -121,7 +126,11 @@ impl Registry {
         let components = moved
             .map(|p| self.component(&ask.from, &p.project, &p.to_version))
             .collect::<Result<Vec<_>>>()?;
-        Ok((components, t.checkpoint))
+        let cp = self.tables().checkpoint(&ask.from, t.checkpoint)?;
+        let cp = cp.ok_or_else(|| {
+            CoordinatorError::NotFound(format!("release: {release} left no checkpoint"))
+        })?;
+        Ok((components, cp))
     }
 
     /// Whether `cp`'s transaction passed its verification after commit (or had none).

@@ -153,3 +153,48 @@ fn a_release_of_an_unregistered_project_names_the_component() {
     );
     assert_eq!(err, expected);
 }
+
+// Production had A=1 B=1, then A=2 B=2; hardening verified A=1 with B=2. Moving A back
+// alone is an untested combination here, but a promotion of hardening's checkpoint
+// counts it as tested: it was live together, verified, upstream.
+#[test]
+fn a_combination_verified_upstream_counts_as_tested_in_a_promotion() {
+    use crate::model::{CheckpointRecord, LiveEntry, Request, TxKind};
+    let mut story = Story::with_projects(&[("A", &["B"]), ("B", &[])]);
+    story.commit("T1", release(&[("A", "1"), ("B", "1")]));
+    story.commit("T2", release(&[("A", "2"), ("B", "2")]));
+    let wanted = release(&[("A", "1"), ("B", "2")]);
+    assert_rule(&story.plan(&wanted), "compatibility", false, &["--force"]);
+
+    let Request::Release { components, .. } = wanted else {
+        unreachable!("a release")
+    };
+    let entry = |version: &str| LiveEntry {
+        version: super::story::v(version),
+        schema: None,
+    };
+    let upstream = CheckpointRecord {
+        revision: 4,
+        environment: lockstep::names::Environment::parse("environment", "hardening").unwrap(),
+        versions: [(p("A"), entry("1")), (p("B"), entry("2"))].into(),
+        transaction: id("H4"),
+        kind: TxKind::Release,
+        description: "release H4".into(),
+        untested: false,
+        committed_ms: 0,
+    };
+    let promotion = Request::Promote {
+        components,
+        force: false,
+        upstream,
+    };
+    let plan = story.plan(&promotion);
+    assert!(plan.allowed(), "{}", plan.refusal());
+    assert_rule(
+        &plan,
+        "compatibility",
+        true,
+        &["verified, at hardening checkpoint 4"],
+    );
+    assert!(!plan.forced, "tested, so not forced");
+}

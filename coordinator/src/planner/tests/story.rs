@@ -165,7 +165,7 @@ impl Story {
 
     fn record(&self, tx: &str, request: Request, plan: &Plan, state: TxState) -> TxRecord {
         let kind = match request {
-            Request::Release { .. } => TxKind::Release,
+            Request::Release { .. } | Request::Promote { .. } => TxKind::Release,
             Request::Revert { .. } => TxKind::Revert,
             Request::Rollback { .. } => TxKind::Rollback,
         };
