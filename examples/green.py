@@ -5,7 +5,8 @@
     green.py stop STAGE_DIR             # LOCKSTEP_PHASE=stop (at Commit and Abort)
 
 `serve` starts an HTTP server on 127.0.0.1 (a free port) in the background, writes its
-pid to STAGE_DIR/green.pid and prints its URL: the agent sends it as the test URI in
+pid to STAGE_DIR/green.pid and prints its URL (it also ends by itself once that file
+is gone, e.g. with its stage directory): the agent sends it as the test URI in
 its PREPARED vote, and the coordinator's http verify steps request it. The server
 answers GET /health with 200 and the version, or 503 while the file named by
 $GREEN_FAIL_FILE exists (a broken build, for the demo and the tests). `stop` ends it.
@@ -17,6 +18,8 @@ Use it as:
 import os
 import signal
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
@@ -47,16 +50,33 @@ def serve(stage_dir, version):
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        threading.Thread(target=exit_without, args=(pid_file(stage_dir),), daemon=True).start()
         server.serve_forever()
         os._exit(0)
     server.socket.close()
-    with open(os.path.join(stage_dir, "green.pid"), "w") as f:
+    with open(pid_file(stage_dir), "w") as f:
         f.write(str(pid))
     print(f"http://127.0.0.1:{port}")
 
 
+def pid_file(stage_dir):
+    return os.path.join(stage_dir, "green.pid")
+
+
+def exit_without(path):
+    """Ends the server once its pid file is gone (stopped, or its stage directory
+    removed), so that no green instance outlives what staged it."""
+    seen, started = False, time.monotonic()
+    while True:
+        time.sleep(0.2)
+        if os.path.exists(path):
+            seen = True
+        elif seen or time.monotonic() - started > 10:
+            os._exit(0)
+
+
 def stop(stage_dir):
-    path = os.path.join(stage_dir, "green.pid")
+    path = pid_file(stage_dir)
     try:
         with open(path) as f:
             pid = int(f.read().strip() or 0)

@@ -270,6 +270,18 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
         println!("  promoted from {}", t.promoted_from);
     }
     participants(t);
+    let staged = [
+        pb::TransactionState::Preparing,
+        pb::TransactionState::Verifying,
+    ];
+    if staged.iter().any(|s| *s as i32 == t.state) {
+        for p in t.participants.iter().filter(|p| !p.test_uri.is_empty()) {
+            println!("  {} {} staged at {}", p.project, p.to_version, p.test_uri);
+        }
+    }
+    if !t.live_check.is_empty() {
+        println!("  verification after commit: {}", t.live_check);
+    }
     steps(&t.steps);
 }
 

@@ -153,6 +153,7 @@ impl Transaction {
             Outcome::Passed => self.step_passed(index, report),
             Outcome::Failed => {
                 let reason = or_no_reason(&report.reason);
+                self.record.steps[index].actor = report.actor.clone();
                 let failed = self.step_failed(index, reason, report.link.clone());
                 with_actor(failed, &report.actor)
             }
@@ -227,6 +228,7 @@ impl Transaction {
             who(&report.actor),
             or_no_reason(&report.reason)
         );
+        self.record.steps[index].actor = report.actor.clone();
         let failed = self.step_failed(index, reason, report.link.clone());
         Ok(with_actor(failed, &report.actor))
     }
