@@ -7,6 +7,12 @@
 //! kind of failure (a wrong status, a failed report, a rejection, a missed deadline)
 //! aborts: nothing live changes and nothing stays staged. A coordinator SIGKILLed
 //! while verifying resumes the recorded steps, and no participant decides alone.
+//!
+//! Then promotion and what follows a commit: a checkpoint or a bracket copied exactly
+//! downstream (versions, artifacts, schema versions), untested states refused,
+//! auto-promotion whose downstream smoke test fails without touching either side, and
+//! the verification after commit: a failed live check reverts to the checkpoint before
+//! (or only notifies), and a soak cut short by a coordinator SIGKILL runs again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -38,33 +44,47 @@ const PROJECTS: [&str; 2] = ["foobar-backend", "foobar-frontend"];
 /// Hardening with the three steps (the performance test gets `deadline`), and the two
 /// foobar agents serving their staged versions; `broken` makes them answer 503.
 async fn hardening(deadline: &str) -> (Cluster, PathBuf) {
-    let mut c = Cluster::new().await;
+    let mut c = with_pipeline(&PIPELINE.replace("DEADLINE", deadline)).await;
+    let (hook, broken) = serve_hook(&c);
+    for project in PROJECTS {
+        env_agent(&mut c, "hardening", project, &hook, &[]).await;
+    }
+    (c, broken)
+}
+
+/// A coordinator with `pipeline` applied.
+async fn with_pipeline(pipeline: &str) -> Cluster {
+    let c = Cluster::new().await;
     let file = c.dir.path().join("pipeline.toml");
-    std::fs::write(&file, PIPELINE.replace("DEADLINE", deadline)).unwrap();
+    std::fs::write(&file, pipeline).unwrap();
     let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
     assert_eq!(applied.code, 0, "{applied:?}");
+    c
+}
+
+/// The agents' `--serve-hook` flags (examples/green.py) and the file that, while it
+/// exists, makes every green instance answer 503.
+fn serve_hook(c: &Cluster) -> (Vec<String>, PathBuf) {
     let broken = c.dir.path().join("green-broken");
     let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
     let hook = format!(
         "GREEN_FAIL_FILE={} python3 {green} $LOCKSTEP_PHASE \"$LOCKSTEP_STAGE_DIR\" \"$LOCKSTEP_VERSION\"",
         broken.display()
     );
-    for project in PROJECTS {
-        let extra = ["--serve-hook".to_string(), hook.clone()];
-        c.add_env_agent_with("hardening", project, &extra).await;
-        let url = c.agent(&format!("hardening/{project}")).server.url();
-        let args = [
-            "-e",
-            "hardening",
-            "project",
-            "add",
-            project,
-            "--endpoint",
-            &url,
-        ];
-        assert_eq!(c.cli(&args).await.code, 0);
+    (vec!["--serve-hook".to_string(), hook], broken)
+}
+
+/// Starts `project`'s agent in `env` with `extra` flags and registers it there.
+async fn env_agent(c: &mut Cluster, env: &str, project: &str, extra: &[String], requires: &[&str]) {
+    c.add_env_agent_with(env, project, extra).await;
+    let url = c.agent(&format!("{env}/{project}")).server.url();
+    let mut args = vec!["-e", env, "project", "add", project, "--endpoint", &url];
+    let requires = requires.join(",");
+    if !requires.is_empty() {
+        args.extend(["--requires", &requires]);
     }
-    (c, broken)
+    let out = c.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
 }
 
 /// Creates bracket `id` (both projects at `id`-suffixed versions) without waiting.
@@ -335,33 +355,11 @@ auto_promote = true
 
 /// dev → hardening → production, foobar-frontend requiring foobar-backend in each.
 async fn promotion_path() -> (Cluster, PathBuf) {
-    let mut c = Cluster::new().await;
-    let file = c.dir.path().join("pipeline.toml");
-    std::fs::write(&file, PATH).unwrap();
-    assert_eq!(
-        c.cli(&["env", "apply", "-f", file.to_str().unwrap()])
-            .await
-            .code,
-        0
-    );
-    let broken = c.dir.path().join("green-broken");
-    let green = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/green.py");
-    let hook = format!(
-        "GREEN_FAIL_FILE={} python3 {green} $LOCKSTEP_PHASE \"$LOCKSTEP_STAGE_DIR\" \"$LOCKSTEP_VERSION\"",
-        broken.display()
-    );
+    let mut c = with_pipeline(PATH).await;
+    let (hook, broken) = serve_hook(&c);
     for env in ["dev", "hardening", "production"] {
-        for project in PROJECTS {
-            let extra = ["--serve-hook".to_string(), hook.clone()];
-            c.add_env_agent_with(env, project, &extra).await;
-            let url = c.agent(&format!("{env}/{project}")).server.url();
-            let mut args = vec!["-e", env, "project", "add", project, "--endpoint", &url];
-            if project == "foobar-frontend" {
-                args.extend(["--requires", "foobar-backend"]);
-            }
-            let out = c.cli(&args).await;
-            assert_eq!(out.code, 0, "{out:?}");
-        }
+        env_agent(&mut c, env, "foobar-backend", &hook, &[]).await;
+        env_agent(&mut c, env, "foobar-frontend", &hook, &["foobar-backend"]).await;
     }
     (c, broken)
 }
@@ -579,34 +577,16 @@ async fn live_check_is(c: &Cluster, id: &str, prefix: &str) -> lockstep::pb::Tra
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_verification_after_commit_reverts_to_the_checkpoint_before() {
-    let mut c = Cluster::new().await;
-    let broken = c.dir.path().join("live-broken");
-    let site = LiveSite::start(c.dir.path().join("live-site"), &broken);
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("live-broken");
+    let site = LiveSite::start(dir.path().join("live-site"), &broken);
     let pipeline = format!(
         "[[environment]]\nname = \"production\"\nsoak = \"300ms\"\non_live_failure = \"revert\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
         site.url
     );
-    let file = c.dir.path().join("pipeline.toml");
-    std::fs::write(&file, pipeline).unwrap();
-    assert_eq!(
-        c.cli(&["env", "apply", "-f", file.to_str().unwrap()])
-            .await
-            .code,
-        0
-    );
+    let mut c = with_pipeline(&pipeline).await;
     for project in PROJECTS {
-        c.add_env_agent("production", project).await;
-        let url = c.agent(&format!("production/{project}")).server.url();
-        let args = [
-            "-e",
-            "production",
-            "project",
-            "add",
-            project,
-            "--endpoint",
-            &url,
-        ];
-        assert_eq!(c.cli(&args).await.code, 0);
+        env_agent(&mut c, "production", project, &[], &[]).await;
     }
     let release = |id: &'static str| {
         let c = &c;
@@ -657,5 +637,154 @@ async fn a_failed_verification_after_commit_reverts_to_the_checkpoint_before() {
         .cli(&["promote", "--from", "production", "--to", "production"])
         .await;
     assert_eq!(refused.code, 1, "{refused:?}");
+    drop(site);
+}
+
+/// An artifact of foobar-backend at `version` shipping migrations 1..=`upto` (each a
+/// table); the `--artifact` value.
+fn ship(c: &Cluster, version: &str, upto: u32) -> String {
+    let dir = c
+        .dir
+        .path()
+        .join("artifacts")
+        .join(format!("backend-{version}"));
+    std::fs::create_dir_all(dir.join("migrations")).unwrap();
+    for n in 1..=upto {
+        let file = |dir_: &str| {
+            dir.join("migrations")
+                .join(format!("{n:04}_t{n}.{dir_}.sql"))
+        };
+        std::fs::write(
+            file("up"),
+            format!("CREATE TABLE t{n} (id INTEGER PRIMARY KEY);"),
+        )
+        .unwrap();
+        std::fs::write(file("down"), format!("DROP TABLE t{n};")).unwrap();
+    }
+    format!("foobar-backend={}", dir.display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_copies_the_versions_artifacts_and_schema_versions_exactly() {
+    let pipeline =
+        "[[environment]]\nname = \"dev\"\n\n[[environment]]\nname = \"staging\"\nafter = \"dev\"\n";
+    let mut c = with_pipeline(pipeline).await;
+    for env in ["dev", "staging"] {
+        let db = format!(
+            "sqlite://{}",
+            c.dir.path().join(format!("{env}.db")).display()
+        );
+        env_agent(
+            &mut c,
+            env,
+            "foobar-backend",
+            &["--database".into(), db],
+            &[],
+        )
+        .await;
+    }
+    let artifact = ship(&c, "1.0", 2);
+    let args = [
+        "-e",
+        "dev",
+        "release",
+        "create",
+        "D1",
+        "foobar-backend=1.0",
+        "--artifact",
+        &artifact,
+        "--wait",
+    ];
+    assert_eq!(c.cli(&args).await.code, 0);
+
+    let promote = [
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "staging",
+        "--checkpoint",
+        "1",
+        "--wait",
+    ];
+    let out = c.cli(&promote).await;
+    assert_eq!(
+        out.code, 0,
+        "an environment without steps commits at once: {out:?}"
+    );
+    let t = c.transaction("promote-dev-1-to-staging").await;
+    let path = artifact.split_once('=').unwrap().1;
+    assert_eq!(
+        t.participants[0].artifact, path,
+        "the artifact dev staged from: {t:?}"
+    );
+    let schema = |env: &str| {
+        let agent = c.agent(&format!("{env}/foobar-backend"));
+        async move { agent.status().await.schema.map(|s| s.version) }
+    };
+    assert_eq!(schema("dev").await, Some(2));
+    assert_eq!(
+        schema("staging").await,
+        schema("dev").await,
+        "the same schema version"
+    );
+    assert_eq!(
+        c.agent("staging/foobar-backend").live().as_deref(),
+        Some("1.0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("live-broken");
+    let site = LiveSite::start(dir.path().join("live-site"), &broken);
+    let pipeline = format!(
+        "[[environment]]\nname = \"production\"\nsoak = \"5s\"\non_live_failure = \"notify\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
+        site.url
+    );
+    let mut c = with_pipeline(&pipeline).await;
+    env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
+    let args = [
+        "-e",
+        "production",
+        "release",
+        "create",
+        "P1",
+        "foobar-backend=1.0",
+        "--wait",
+    ];
+    assert_eq!(c.cli(&args).await.code, 0);
+    assert_eq!(c.transaction("P1").await.live_check, "soaking");
+
+    c.coordinator.kill9().await;
+    std::fs::write(&broken, "").unwrap();
+    c.coordinator.restart().await;
+    let t = live_check_is(&c, "P1", "failed").await;
+    assert!(
+        t.live_check.contains("503"),
+        "the check ran again after the restart: {t:?}"
+    );
+    let notified = c.events().await.into_iter().any(|e| {
+        e.transaction_id == "P1"
+            && e.kind == EventKind::LiveVerifyFailed as i32
+            && e.message.contains("only notified")
+    });
+    assert!(notified, "the log says it only notified");
+    let reverts = c
+        .cli(&["-e", "production", "release", "list", "-o", "json"])
+        .await
+        .json();
+    let ids: Vec<&str> = reverts["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["P1"], "no revert was created");
+    assert_eq!(
+        c.agent("production/foobar-backend").live().as_deref(),
+        Some("1.0")
+    );
     drop(site);
 }
