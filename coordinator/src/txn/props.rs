@@ -1,7 +1,8 @@
 //! Property tests: random sequences of inputs (turns, votes, failures, deadlines, abort
 //! requests, durable decisions, acknowledgements, final answers, resolutions by hand,
-//! retries asked for, restarts) in any order and with any
-//! repetition, and after every step the protocol's safety rules still hold.
+//! retries asked for, restarts; with verify steps also http answers, runner reports,
+//! approvals and rejections) in any order and with any repetition, and after every step
+//! the protocol's safety rules still hold.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,8 +15,9 @@ use proptest::prelude::*;
 use super::{
     Effect, Message, Transaction, Turn,
     tests::{machine, name, prepared},
+    verify::{Outcome, Report},
 };
-use crate::model::{TxState, Vote};
+use crate::model::{Step, StepKind, StepRun, StepStatus, TxState, Vote};
 
 #[derive(Debug, Clone)]
 enum Input {
@@ -31,24 +33,34 @@ enum Input {
     Resolve(usize, bool),
     RetryNow,
     Restart,
+    Probed(bool),
+    Report(u8),
+    Approve,
+    Reject,
 }
 
 const PROJECTS: [&str; 3] = ["A", "B", "C"];
 
 fn input() -> impl Strategy<Value = Input> {
+    // Votes, verify outcomes and acknowledgements weigh more: runs then reach
+    // VERIFYING and phase 2 often, not only the early aborts.
     prop_oneof![
-        Just(Input::Go),
-        Just(Input::Refused),
-        (0..3usize, 0..4u8).prop_map(|(p, v)| Input::Vote(p, v)),
-        Just(Input::Deadline),
-        Just(Input::Abort),
-        Just(Input::CommitDurable),
-        (0..3usize).prop_map(Input::Ack),
-        (0..3usize).prop_map(Input::DeliveryFailed),
-        (0..3usize).prop_map(Input::FinalAnswer),
-        (0..3usize, any::<bool>()).prop_map(|(p, c)| Input::Resolve(p, c)),
-        Just(Input::RetryNow),
-        Just(Input::Restart),
+        1 => Just(Input::Go),
+        1 => Just(Input::Refused),
+        12 => (0..3usize, 0..4u8).prop_map(|(p, v)| Input::Vote(p, v)),
+        1 => Just(Input::Deadline),
+        1 => Just(Input::Abort),
+        2 => Just(Input::CommitDurable),
+        3 => (0..3usize).prop_map(Input::Ack),
+        1 => (0..3usize).prop_map(Input::DeliveryFailed),
+        1 => (0..3usize).prop_map(Input::FinalAnswer),
+        1 => (0..3usize, any::<bool>()).prop_map(|(p, c)| Input::Resolve(p, c)),
+        1 => Just(Input::RetryNow),
+        1 => Just(Input::Restart),
+        2 => any::<bool>().prop_map(Input::Probed),
+        3 => (0..3u8).prop_map(Input::Report),
+        2 => Just(Input::Approve),
+        1 => Just(Input::Reject),
     ]
 }
 
@@ -104,7 +116,43 @@ fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
         }
         Input::RetryNow => m.retry_now("bob"),
         Input::Restart => restart(m, seen),
+        Input::Probed(ok) => m.probed("smoke", if *ok { Ok(200) } else { Ok(503) }),
+        Input::Report(kind) => {
+            let outcome = [Outcome::Started, Outcome::Passed, Outcome::Failed][*kind as usize];
+            m.report("performance", outcome, carol())
+                .unwrap_or_default()
+        }
+        Input::Approve => m.approve(carol()).unwrap_or_default(),
+        Input::Reject => m.reject(carol()).unwrap_or_default(),
     }
+}
+
+fn carol() -> Report {
+    Report {
+        actor: "carol".into(),
+        reason: "checked".into(),
+        link: String::new(),
+    }
+}
+
+/// The three kinds of verify step, in the order a pipeline file might list them.
+fn steps() -> Vec<StepRun> {
+    let step = |name: &str, kind| {
+        StepRun::waiting(Step {
+            name: name.into(),
+            kind,
+            deadline_ms: 1_000,
+        })
+    };
+    let http = StepKind::Http {
+        url: "http://smoke/{version:A}".into(),
+        expect_status: 200,
+    };
+    vec![
+        step("smoke", http),
+        step("performance", StepKind::External),
+        step("approval", StepKind::Approval),
+    ]
 }
 
 /// A restart rebuilds the machine from its record, as recovery does. A COMMIT that
@@ -140,7 +188,18 @@ fn check(m: &Transaction, before: &[Vote], effects: &[Effect], seen: &mut Seen) 
                     .all(|p| p.vote == Vote::Prepared),
                 "COMMIT without every vote PREPARED (votes before: {before:?})"
             );
+            let steps = &m.record().steps;
+            assert!(
+                steps.iter().all(|s| s.status == StepStatus::Passed),
+                "COMMIT before every verify step passed: {steps:?}"
+            );
             seen.commit_written = true;
+        }
+        if m.record().state == TxState::Verifying {
+            assert!(
+                !effects.iter().any(|e| matches!(e, Effect::Send { .. })),
+                "nothing is sent to a participant while verifying"
+            );
         }
         if let Effect::Send { order, .. } = e
             && let Message::Commit(_) = order.message
@@ -182,9 +241,14 @@ proptest! {
     #[test]
     fn safety_holds_for_any_sequence_of_inputs(
         start in prop_oneof![Just(TxState::Pending), Just(TxState::Preparing)],
+        verify in any::<bool>(),
         inputs in prop::collection::vec(input(), 0..40),
     ) {
-        let mut m = machine(start);
+        let mut record = machine(start).record().clone();
+        if verify {
+            record.steps = steps();
+        }
+        let mut m = Transaction::new(record, Backoff::default());
         let mut seen = Seen::default();
         let first = m.begin();
         check(&m, &[], &first, &mut seen);
