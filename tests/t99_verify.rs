@@ -788,3 +788,57 @@ async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
     );
     drop(site);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_is_promoted_only_once_its_live_check_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = LiveSite::start(dir.path().join("live-site"), &dir.path().join("never"));
+    let pipeline = format!(
+        "[[environment]]\nname = \"staging\"\nsoak = \"3s\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n",
+        site.url
+    );
+    let mut c = with_pipeline(&pipeline).await;
+    for env in ["staging", "production"] {
+        env_agent(&mut c, env, "foobar-backend", &[], &[]).await;
+    }
+    let args = [
+        "-e",
+        "staging",
+        "release",
+        "create",
+        "S1",
+        "foobar-backend=1.0",
+        "--wait",
+    ];
+    assert_eq!(c.cli(&args).await.code, 0);
+    let early = c
+        .cli(&[
+            "promote",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+            "--checkpoint",
+            "1",
+        ])
+        .await;
+    assert_eq!(early.code, 1, "{early:?}");
+    assert!(
+        early
+            .stderr
+            .contains("still in its verification after commit"),
+        "{early:?}"
+    );
+
+    live_check_is(&c, "S1", "passed").await;
+    c.wait_state(
+        "promote-staging-1-to-production",
+        TransactionState::Committed,
+    )
+    .await;
+    assert_eq!(
+        c.agent("production/foobar-backend").live().as_deref(),
+        Some("1.0")
+    );
+    drop(site);
+}

@@ -6,8 +6,9 @@
 //!
 //! It is outside two-phase commit: the transaction is COMMITTED and stays so; a revert
 //! is a new transaction with every rule of its own. A restart during the soak starts
-//! the newest such check again (soak included); one that was superseded by a later
-//! checkpoint is not run.
+//! the newest such check again (soak included), and creates the revert of a failure
+//! recorded just before the crash; a check superseded by a later checkpoint is not run
+//! (that transaction stays `soaking`, and is promoted only with --force).
 
 use std::time::Duration;
 
@@ -46,6 +47,14 @@ impl Registry {
                 let (this, record) = (self.clone(), record.clone());
                 tokio::spawn(async move { this.check_live(record, stages).await });
             }
+            // A failure recorded just before a crash: its revert (an idempotent retry
+            // of the same id when it exists already).
+            (LiveCheck::Failed(_), Some(stages))
+                if stages.on_live_failure == LiveFailure::Revert =>
+            {
+                let (this, record) = (self.clone(), record.clone());
+                tokio::spawn(async move { this.revert_automatically(&record).await });
+            }
             _ => self.auto_promote(record),
         }
     }
@@ -59,7 +68,11 @@ impl Registry {
                     .record_check(&record, LiveCheck::Passed, kind, "", message)
                     .await
                 {
-                    self.auto_promote(&record);
+                    let passed = TxRecord {
+                        live_check: LiveCheck::Passed,
+                        ..record
+                    };
+                    self.auto_promote(&passed);
                 }
             }
             Err((step, why)) => self.live_failed(&record, &stages, step, why).await,

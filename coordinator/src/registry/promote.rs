@@ -28,6 +28,9 @@ impl Registry {
     /// or untested checkpoint, a release that is not a committed one of the source.
     pub fn promotion(&self, ask: &PromoteAsk, base: CreateSpec) -> Result<CreateSpec> {
         self.downstream(&ask.from, &ask.to)?;
+        if let Some(existing) = self.same_promotion(ask, &base)? {
+            return Ok(existing);
+        }
         let (components, upstream) = match &ask.release {
             Some(release) => self.bracket(ask, release)?,
             None => self.whole_checkpoint(ask)?,
@@ -45,6 +48,26 @@ impl Registry {
             promoted_from: Some((ask.from.clone(), checkpoint)),
             ..base
         })
+    }
+
+    /// A retry with the id of an existing promotion along the same path: its request
+    /// as it was accepted, so that the retry is answered with it even if a newer
+    /// checkpoint became the default since.
+    fn same_promotion(&self, ask: &PromoteAsk, base: &CreateSpec) -> Result<Option<CreateSpec>> {
+        let Some(id) = &base.id else { return Ok(None) };
+        let Some(existing) = self.tables().transaction(id)? else {
+            return Ok(None);
+        };
+        let from = existing.promoted_from.as_ref().map(|(env, _)| env);
+        if existing.environment != ask.to || from != Some(&ask.from) {
+            return Ok(None);
+        }
+        Ok(Some(CreateSpec {
+            environment: existing.environment,
+            request: existing.request,
+            promoted_from: existing.promoted_from,
+            ..base.clone()
+        }))
     }
 
     fn downstream(&self, from: &Environment, to: &Environment) -> Result<()> {
@@ -133,10 +156,13 @@ impl Registry {
         Ok((components, cp))
     }
 
-    /// Whether `cp`'s transaction passed its verification after commit (or had none).
+    /// Whether `cp`'s transaction is live everywhere, was not pulled by a revert, and
+    /// passed its verification after commit (or had none). A read error counts as no.
     fn verified(&self, cp: &CheckpointRecord) -> bool {
         let t = self.tables().transaction(&cp.transaction);
-        t.ok().flatten().is_none_or(|t| t.live_check.verified())
+        t.ok()
+            .flatten()
+            .is_some_and(|t| unverified_refused(&t, false).is_ok())
     }
 
     /// `project` at `version` with what the source staged it from.
@@ -173,8 +199,8 @@ impl Registry {
                 release: None,
                 force: false,
             };
-            let this = self.clone();
-            tokio::spawn(async move { this.promote_automatically(ask).await });
+            let (this, on_behalf) = (self.clone(), committed.created_by.clone());
+            tokio::spawn(async move { this.promote_automatically(ask, on_behalf).await });
         }
     }
 
@@ -185,7 +211,9 @@ impl Registry {
         auto.map(|e| e.name.clone()).collect()
     }
 
-    async fn promote_automatically(&self, ask: PromoteAsk) {
+    /// Creates `ask` as made by the upstream release's creator (`on_behalf`), so that
+    /// they cannot approve its downstream verification either.
+    async fn promote_automatically(&self, ask: PromoteAsk, on_behalf: String) {
         let id = format!(
             "promote-{}-{}-to-{}",
             ask.from,
@@ -193,7 +221,10 @@ impl Registry {
             ask.to
         );
         let created = async {
-            let base = auto_spec(&ask, &id)?;
+            let mut base = auto_spec(&ask, &id)?;
+            if !on_behalf.is_empty() {
+                base.actor = on_behalf;
+            }
             let spec = self.promotion(&ask, base)?;
             self.admit(spec, &|_| Ok(())).await
         };
@@ -229,12 +260,13 @@ fn untested_refused(cp: &CheckpointRecord, force: bool) -> Result<()> {
 }
 
 fn unverified_refused(t: &TxRecord, force: bool) -> Result<()> {
-    if t.live_check.verified() || force {
-        return Ok(());
-    }
     let why = match &t.live_check {
+        _ if force => return Ok(()),
+        _ if t.state != TxState::Committed => "is not live everywhere yet".to_string(),
+        _ if t.quarantined => "was pulled by a revert".to_string(),
         LiveCheck::Failed(why) => format!("failed its verification after commit ({why})"),
-        _ => "is still in its verification after commit".into(),
+        LiveCheck::Soaking => "is still in its verification after commit".into(),
+        LiveCheck::None | LiveCheck::Passed => return Ok(()),
     };
     Err(CoordinatorError::Refused(format!(
         "checkpoint: {} (checkpoint {}) {why}; --force to promote it all the same",

@@ -278,9 +278,12 @@ impl Transaction {
         step.link = link;
         let name = step.step.name.clone();
         let finished = events::step_finished(&self.record, index);
+        // Written with the record as decide_abort leaves it (ABORTING): shown only once
+        // durable, so no participant hears ABORT that a crash could turn back into
+        // VERIFYING.
         let mut effects = vec![Effect::Write {
             events: vec![finished],
-            show: Show::AtOnce,
+            show: Show::WhenDurable,
         }];
         effects.extend(self.decide_abort(format!("verify step {name} failed: {reason}")));
         effects
@@ -295,14 +298,14 @@ impl Transaction {
         );
         let mut effects = vec![Effect::Write {
             events: vec![events::recovered(&self.record, message)],
-            show: Show::AtOnce,
+            show: Show::WhenDurable,
         }];
         match self.running() {
             Some(index) => {
                 let again = events::step_triggered(&self.record, index);
                 effects.push(Effect::Write {
                     events: vec![again],
-                    show: Show::AtOnce,
+                    show: Show::WhenDurable,
                 });
                 effects.extend(self.run_step(index));
             }

@@ -12,7 +12,7 @@ use lockstep::{
 };
 
 use super::{
-    Effect, Transaction, decision_for,
+    Effect, Show, Transaction, decision_for,
     tests::{all_prepared, event_kinds, machine, name, sends},
     verify::{Outcome, Report, render},
 };
@@ -139,6 +139,19 @@ fn each_kind_of_failure_decides_abort_and_undoes_every_staged_part() {
         aborts.sort();
         assert_eq!(aborts, ["A"], "failure {i}: parents first, A's wave");
         assert!(statuses(&m).contains(&StepStatus::Failed));
+        let shown_early = effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Write {
+                    show: Show::AtOnce,
+                    ..
+                }
+            )
+        });
+        assert!(
+            !shown_early,
+            "failure {i}: ABORT is shown only once durable"
+        );
     }
 }
 
