@@ -560,6 +560,23 @@ impl Drop for LiveSite {
     }
 }
 
+/// A live site in its own directory (503 while `broken` exists), and the pipeline entry
+/// of `env` soaking `soak` then checking its /health, failing as `on_live_failure` says.
+fn live_site(
+    env: &str,
+    soak: &str,
+    on_live_failure: &str,
+) -> (tempfile::TempDir, PathBuf, LiveSite, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("live-broken");
+    let site = LiveSite::start(dir.path().join("live-site"), &broken);
+    let pipeline = format!(
+        "[[environment]]\nname = \"{env}\"\nsoak = \"{soak}\"\non_live_failure = \"{on_live_failure}\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
+        site.url
+    );
+    (dir, broken, site, pipeline)
+}
+
 async fn live_check_is(c: &Cluster, id: &str, prefix: &str) -> lockstep::pb::Transaction {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -577,13 +594,7 @@ async fn live_check_is(c: &Cluster, id: &str, prefix: &str) -> lockstep::pb::Tra
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_verification_after_commit_reverts_to_the_checkpoint_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = dir.path().join("live-broken");
-    let site = LiveSite::start(dir.path().join("live-site"), &broken);
-    let pipeline = format!(
-        "[[environment]]\nname = \"production\"\nsoak = \"300ms\"\non_live_failure = \"revert\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
-        site.url
-    );
+    let (_dir, broken, site, pipeline) = live_site("production", "300ms", "revert");
     let mut c = with_pipeline(&pipeline).await;
     for project in PROJECTS {
         env_agent(&mut c, "production", project, &[], &[]).await;
@@ -736,13 +747,7 @@ async fn a_promotion_copies_the_versions_artifacts_and_schema_versions_exactly()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = dir.path().join("live-broken");
-    let site = LiveSite::start(dir.path().join("live-site"), &broken);
-    let pipeline = format!(
-        "[[environment]]\nname = \"production\"\nsoak = \"5s\"\non_live_failure = \"notify\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n",
-        site.url
-    );
+    let (_dir, broken, site, pipeline) = live_site("production", "5s", "notify");
     let mut c = with_pipeline(&pipeline).await;
     env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
     let args = [
@@ -791,11 +796,9 @@ async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_is_promoted_only_once_its_live_check_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let site = LiveSite::start(dir.path().join("live-site"), &dir.path().join("never"));
+    let (_dir, _, site, staging) = live_site("staging", "3s", "revert");
     let pipeline = format!(
-        "[[environment]]\nname = \"staging\"\nsoak = \"3s\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{}/health\"\n\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n",
-        site.url
+        "{staging}\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n"
     );
     let mut c = with_pipeline(&pipeline).await;
     for env in ["staging", "production"] {

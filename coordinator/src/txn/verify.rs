@@ -331,23 +331,20 @@ fn record(step: &mut StepRun, report: &Report) {
     }
 }
 
-/// Names `actor` on the written events of a step a person (or runner) ended.
+/// Names `actor` on the ABORT decision a person's (or runner's) failure caused (the
+/// step's own event names them already, from the step record).
 fn with_actor(mut effects: Vec<Effect>, actor: &str) -> Vec<Effect> {
     for effect in &mut effects {
         if let Effect::Write { events, .. } = effect {
-            let ours = events.iter_mut().filter(|e| is_verify_or_decision(e));
-            ours.for_each(|e| e.actor = actor.to_string());
+            let decided = events.iter_mut().filter(|e| is_abort_decision(e));
+            decided.for_each(|e| e.actor = actor.to_string());
         }
     }
     effects
 }
 
-fn is_verify_or_decision(e: &pb::Event) -> bool {
-    let kinds = [
-        pb::EventKind::VerifyStepFinished,
-        pb::EventKind::DecidedAbort,
-    ];
-    kinds.iter().any(|k| *k as i32 == e.kind)
+fn is_abort_decision(e: &pb::Event) -> bool {
+    e.kind == pb::EventKind::DecidedAbort as i32
 }
 
 fn who(actor: &str) -> &str {
