@@ -159,12 +159,20 @@ pub fn secured(
 /// its default server settings: no keepalive pings (gRPC's default server policy,
 /// in grpcio, grpc-go and grpc-java, allows one ping per 5 minutes and none on an idle
 /// connection, and closes connections that ping more with GOAWAY "too many pings").
-/// Liveness comes from the calls instead: each has a timeout, and a call that fails to
-/// get through drops its connection so the next one dials afresh.
+/// Liveness comes from TCP keepalive and the calls instead: a Commit or Abort has a
+/// timeout, a Prepare lives until the phase 1 deadline (a staging may take longer than
+/// any fixed timeout), and a call that fails to get through drops its connection so the
+/// next one dials afresh.
 pub fn agent_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    // TCP keepalive (invisible to gRPC's ping policy, which grpcio agents enforce)
+    // finds a half-open connection within about 10 + 3 x 5 s, so a long Prepare is
+    // never cut by a timeout of its own: it lives until the phase 1 deadline.
     Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .tcp_keepalive_interval(Some(Duration::from_secs(5)))
+        .tcp_keepalive_retries(Some(3)))
 }
 
 /// gRPC says a message above the receiver's limit is RESOURCE_EXHAUSTED; tonic answers

@@ -123,6 +123,30 @@ name_type!(
     MAX_NAME_LEN,
     &[]
 );
+impl TxId {
+    /// An id the coordinator derives from others (`revert-<id>`, `rollback-to-<n>`,
+    /// `promote-<from>-<cp>-to-<to>`, `<hint>-<n>`): `text` itself when it is a valid
+    /// id, otherwise cut to fit and ended with `-` and 8 hex digits of a hash of the
+    /// whole text, so a derived id always fits the limit and two different texts stay
+    /// two different ids. The hash (FNV-1a 32) is fixed here, never a std hasher, so
+    /// the same text gives the same id after an upgrade (retries stay idempotent).
+    pub fn derived(text: &str) -> Self {
+        if check("id", text, MAX_NAME_LEN, &[]).is_ok() {
+            return Self(text.to_string());
+        }
+        let hash = text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let keep: String = text
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(MAX_NAME_LEN - 9)
+            .collect();
+        let keep = keep.trim_start_matches('.');
+        Self(format!("{keep}-{hash:08x}"))
+    }
+}
+
 name_type!(
     /// An environment (dev, hardening, production...). Empty in a request means
     /// [`crate::DEFAULT_ENVIRONMENT`].
@@ -188,5 +212,19 @@ mod tests {
             Environment::parse_or_default("e", "").unwrap().as_str(),
             "default"
         );
+    }
+
+    #[test]
+    fn derived_ids_always_fit_and_stay_distinct() {
+        let long = "r".repeat(MAX_NAME_LEN);
+        let revert = TxId::derived(&format!("revert-{long}"));
+        let again = TxId::derived(&format!("revert-{long}-2"));
+        for id in [&revert, &again] {
+            assert!(id.as_str().len() <= MAX_NAME_LEN, "{id}");
+            TxId::parse("id", id.as_str()).expect("a derived id is a valid id");
+        }
+        assert_ne!(revert, again);
+        assert_eq!(revert, TxId::derived(&format!("revert-{long}")), "stable");
+        assert_eq!(TxId::derived("revert-T4").as_str(), "revert-T4");
     }
 }

@@ -332,6 +332,62 @@ async fn a_coordinator_killed_while_verifying_resumes_the_recorded_steps() {
     assert!(recovered, "the log says verification resumed");
 }
 
+/// Issue 25, defect 1: the last step passes (an approval) and the coordinator dies
+/// before the COMMIT decision is written. Recovery must never find the release
+/// COMMITTING without its decision (half-live: one part committed, the other staged,
+/// both held for good): it resumes VERIFYING or finishes the decision, and the release
+/// ends whole, with its decision, checkpoint and end each in the log once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_between_the_last_step_and_the_decision_commits_whole() {
+    let (mut c, _) = hardening("1m").await;
+    bracket(&c, "H9").await;
+    let running = [StepStatus::Triggered, StepStatus::Started];
+    step_in(&c, "H9", 1, &running).await;
+    assert_eq!(report(&c, "H9", "--passed", "fine").await.code, 0);
+    step_is(&c, "H9", 2, StepStatus::Triggered).await;
+    let crash = vec![("LOCKSTEP_CRASH_AT".into(), "before-decision".into())];
+    c.coordinator.restart_with(crash).await;
+    step_is(&c, "H9", 2, StepStatus::Triggered).await;
+
+    c.cli(&["approve", "H9", "--actor", "tom"]).await;
+    c.coordinator.exited().await;
+    c.coordinator.restart_with(Vec::new()).await;
+
+    approve_until_committed(&c, "H9").await;
+    assert_eq!(live(&c), [Some("H9b".into()), Some("H9f".into())]);
+    let events = c.events().await;
+    let count = |kind: EventKind| {
+        let of_h9 = events.iter().filter(|e| e.transaction_id == "H9");
+        of_h9.filter(|e| e.kind == kind as i32).count()
+    };
+    assert_eq!(count(EventKind::DecidedCommit), 1, "{events:?}");
+    assert_eq!(count(EventKind::CheckpointRecorded), 1, "{events:?}");
+    assert_eq!(count(EventKind::TransactionCommitted), 1, "{events:?}");
+}
+
+/// Approves `id` whenever its approval step runs, until it is COMMITTED (30 s).
+async fn approve_until_committed(c: &Cluster, id: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let t = c.transaction(id).await;
+        if t.state == TransactionState::Committed as i32 {
+            return;
+        }
+        if t.state == TransactionState::Verifying as i32
+            && t.steps[2].status == StepStatus::Triggered as i32
+        {
+            c.cli(&["approve", id, "--actor", "tom"]).await;
+        }
+        let late = tokio::time::Instant::now() > deadline;
+        assert!(
+            !late,
+            "{id} never committed: {t:?}\n{}",
+            c.coordinator.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 const PATH: &str = r#"
 [[environment]]
 name = "dev"

@@ -43,6 +43,19 @@ const NOT_ALLOWED: u8 = 4;
 /// `--wait-timeout` (it will, on its own: phase 2 is retried until it finishes).
 const NOT_LIVE_EVERYWHERE: u8 = 5;
 
+/// `lockstep … | head` ends quietly when `head` closes the pipe, as every Unix tool
+/// does: Rust ignores SIGPIPE, so without this the first write after `head` exits
+/// panics ("failed printing to stdout: Broken pipe"). The default disposition ends
+/// the process at that write, with nothing printed.
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    // SAFETY: signal() sets a process-wide disposition (safe with threads running);
+    // SIG_DFL is valid for SIGPIPE and no code of ours handles that signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A failure with the exit code it maps to.
 struct Failure {
     code: u8,
@@ -78,6 +91,7 @@ type Result<T> = std::result::Result<T, Failure>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

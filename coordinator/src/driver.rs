@@ -338,24 +338,30 @@ impl Driver {
                 self.probes
                     .push(Box::pin(async move { (step, request.await) }));
             }
-            Effect::DecideCommit { events } => {
-                let decided = self.journal().decide_commit(self.machine.record(), events);
-                let revision = decided.await?;
-                tracing::debug!(tx = %self.machine.record().id, "COMMIT durable");
+            // Every write stores the record its effect carries, as the machine made it
+            // then, never the machine's state now (docs/architecture.md, "Effects
+            // carry their state").
+            Effect::DecideCommit { record, events } => {
+                let revision = self.journal().decide_commit(&record, events).await?;
+                tracing::debug!(tx = %record.id, "COMMIT durable");
                 crash::point(crash::AFTER_COMMIT_DECISION);
                 return Ok(Next::Go(self.machine.commit_durable(revision)));
             }
-            Effect::Finish { events } => {
-                self.journal().finish(self.machine.record(), events).await?;
+            Effect::Finish { record, events } => {
+                self.journal().finish(&record, events).await?;
                 return Ok(Next::Done);
             }
             Effect::Note { events, shown } => {
                 log_retries(&self.machine.record().id, &events);
-                self.journal().note(self.machine.record(), &shown, events);
+                self.journal()
+                    .note(&self.machine.record().id, &shown, events);
             }
-            Effect::Write { events, show } => {
-                let record = self.machine.record();
-                let written = self.journal().write(record, events, show == Show::AtOnce);
+            Effect::Write {
+                record,
+                events,
+                show,
+            } => {
+                let written = self.journal().write(&record, events, show == Show::AtOnce);
                 if show == Show::WhenDurable {
                     written.await?;
                 }

@@ -188,10 +188,11 @@ impl Participants for GrpcParticipants {
         let mut request = pb::PrepareRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
         // Any status the agent sends is its vote (a refusal with its code and
-        // message); only a call that did not get through is made again. An attempt
-        // waits at most the delivery timeout: a repeated Prepare joins the staging
-        // already running, and the retry dials afresh past a half-open connection.
-        let timeout = Some(self.delivery_timeout);
+        // message); only a call that did not get through is made again. A call lives
+        // until the phase 1 deadline drops it (no timeout of its own: a staging of 32 s
+        // is not cut at 30 s and sent again); TCP keepalive (lockstep::edge) finds a
+        // half-open connection.
+        let timeout = None;
         let call = self.call(
             endpoint,
             (timeout, Failure::of_answer),

@@ -8,13 +8,16 @@
 use std::{future::Future, pin::Pin};
 
 use lockstep::{
-    names::{Environment, ProjectName},
+    names::{Environment, ProjectName, TxId},
     orders::{AbortOrder, CommitOrder, PrepareOrder, Schema, VoteAnswer},
     pb,
     retry::Failure,
 };
 
-use crate::{error::Result, model::TxRecord};
+use crate::{
+    error::Result,
+    model::{Participant, TxRecord},
+};
 
 /// A boxed future that a port returns.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -68,8 +71,8 @@ pub trait Probe: Send + Sync + 'static {
 ///   durable.
 pub trait TxJournal: Send + Sync + 'static {
     /// Holds `events` for the next write (a crash may lose them harmlessly) and shows
-    /// readers the new state of the `shown` participants of `record`.
-    fn note(&self, record: &TxRecord, shown: &[ProjectName], events: Vec<pb::Event>);
+    /// readers the `shown` participants of transaction `tx` as they are given.
+    fn note(&self, tx: &TxId, shown: &[Participant], events: Vec<pb::Event>);
     /// Writes `record` with `events`; resolves once durable. With `show_now` readers
     /// see it at once, otherwise once durable. Dropping the future does not cancel it.
     fn write(

@@ -1,6 +1,8 @@
-//! Restart: load the durable state and finish or undo every unfinished transaction.
-//! What each one does is the state machine's [`crate::txn::Transaction::restarted`]:
-//! undecided ones are aborted (presumed abort), decided ones resume phase 2.
+//! Restart: load the durable state and finish or undo every unfinished transaction,
+//! i.e. every one whose end (terminal record with its terminal event, one write) is not
+//! in the log. What each one does is the state machine's
+//! [`crate::txn::Transaction::restarted`]: undecided ones are aborted (presumed abort),
+//! decided ones resume phase 2, ended ones without their end get it.
 //!
 //! This runs before the server accepts calls, so a participant asking GetDecision after
 //! the restart already gets the recovered answer.
@@ -12,11 +14,19 @@ use crate::{error::Result, registry::Registry, tables::Tables, txn::Transaction}
 /// Loads state and resumes every unfinished transaction. Returns how many it resumed.
 pub fn recover(registry: &Registry, backoff: lockstep::retry::Backoff) -> Result<usize> {
     registry.load()?;
-    let unfinished = registry.tables().active_transactions()?;
+    let mut unfinished = registry.tables().active_transactions()?;
+    if !registry.tables().ends_checked()? {
+        // Once per data directory: records an earlier version stored terminal without
+        // their end (and outside the active index) get their terminal event now.
+        unfinished.extend(registry.tables().ended_without_end()?);
+        let mut batch = Batch::default();
+        Tables::put_ends_checked(&mut batch);
+        registry.write_quietly(batch);
+    }
     let count = unfinished.len();
     for record in unfinished {
-        if record.state.is_terminal() {
-            // A terminal record still indexed as active: drop the index entry.
+        if record.state.is_terminal() && record.finished_ms != 0 {
+            // Ended, its index entry not yet dropped: drop it.
             let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, &record);
             registry.write_quietly(batch);

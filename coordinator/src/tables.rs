@@ -73,6 +73,8 @@ pub const PIPELINES: &str = "pipelines";
 
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
+/// Set once the data directory was scanned for transactions ended without their end.
+const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
 
 /// Every table the coordinator opens (checked against what is on disk).
 pub const ALL: &[&str] = &[
@@ -414,6 +416,33 @@ impl Tables {
         Ok(out)
     }
 
+    /// Transactions stored terminal without their end (no finish time, so no terminal
+    /// event), which versions before "effects carry their state" could leave outside
+    /// the active index. Scanned once per data directory ([`Tables::ends_checked`]).
+    pub fn ended_without_end(&self) -> Result<Vec<TxRecord>, StoreError> {
+        let all = self
+            .kv
+            .scan(TRANSACTIONS, b"", None, Order::Ascending, usize::MAX)?;
+        let mut out = Vec::new();
+        for (_, value) in all {
+            let tx: TxRecord = decode(TRANSACTIONS, &value)?;
+            if tx.state.is_terminal() && tx.finished_ms == 0 {
+                out.push(tx);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether [`Tables::ended_without_end`] was scanned in this data directory.
+    pub fn ends_checked(&self) -> Result<bool, StoreError> {
+        Ok(self.kv.get(META, ENDS_CHECKED_KEY)?.is_some())
+    }
+
+    /// Records that the scan was done.
+    pub fn put_ends_checked(batch: &mut Batch) {
+        batch.put(META, ENDS_CHECKED_KEY.to_vec(), Vec::new());
+    }
+
     /// The highest ordinal ever used (0 when none).
     pub fn last_ordinal(&self) -> Result<u64, StoreError> {
         let last = self
@@ -425,12 +454,15 @@ impl Tables {
             .unwrap_or(0))
     }
 
-    /// Adds a transaction put (and its id and active-index entries) to `batch`.
+    /// Adds a transaction put (and its id and active-index entries) to `batch`. A
+    /// transaction leaves the active index only with its end written (terminal and
+    /// stamped finished, in the batch of its terminal event), so recovery finds every
+    /// transaction whose end is not in the log.
     pub fn put_transaction(batch: &mut Batch, tx: &TxRecord) {
         let key = ordinal_key(tx.ordinal);
         batch.put(TRANSACTIONS, key.clone(), encode(tx));
         batch.put(TX_IDS, tx_id_key(&tx.id), key.clone());
-        if tx.state.is_terminal() {
+        if tx.state.is_terminal() && tx.finished_ms != 0 {
             batch.delete(ACTIVE, key);
         } else {
             batch.put(ACTIVE, key, Vec::new());

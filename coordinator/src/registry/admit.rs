@@ -238,7 +238,7 @@ impl Registry {
                 1 => hint.clone(),
                 n => format!("{hint}-{n}"),
             };
-            let id = TxId::parse("id", &candidate)?;
+            let id = TxId::derived(&candidate);
             if self.existing(s, &id)?.is_none() {
                 return Ok(id);
             }

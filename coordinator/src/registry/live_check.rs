@@ -119,7 +119,7 @@ impl Registry {
     async fn live_failed(&self, record: &TxRecord, stages: &Stages, step: String, why: String) {
         let revert = stages.on_live_failure == LiveFailure::Revert;
         let then = if revert {
-            format!("reverting it as revert-{}", record.id)
+            format!("reverting it as {}", revert_id(record))
         } else {
             "only notified (on_live_failure = \"notify\")".into()
         };
@@ -169,7 +169,7 @@ impl Registry {
     async fn revert_automatically(&self, record: &TxRecord) {
         let created = async {
             let spec = CreateSpec {
-                id: Some(TxId::parse("id", &format!("revert-{}", record.id))?),
+                id: Some(revert_id(record)),
                 id_hint: None,
                 environment: record.environment.clone(),
                 request: Request::Revert {
@@ -211,4 +211,10 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The id of the automatic revert of `record` (always a valid id, however long
+/// `record`'s own is).
+fn revert_id(record: &TxRecord) -> TxId {
+    TxId::derived(&format!("revert-{}", record.id))
 }

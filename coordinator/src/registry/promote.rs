@@ -237,7 +237,7 @@ impl Registry {
 
 fn auto_spec(ask: &PromoteAsk, id: &str) -> Result<CreateSpec> {
     Ok(CreateSpec {
-        id: Some(TxId::parse("id", id)?),
+        id: Some(TxId::derived(id)),
         id_hint: None,
         environment: ask.to.clone(),
         request: Request::Rollback { revision: 0 },

@@ -15,8 +15,8 @@ use crate::{
     error::Result,
     journal::Durable,
     model::{
-        Action, BuildRecord, CheckpointRecord, LiveCheck, LiveEntry, QuarantineRecord, TxKind,
-        TxRecord,
+        Action, BuildRecord, CheckpointRecord, LiveCheck, LiveEntry, Participant, QuarantineRecord,
+        TxKind, TxRecord,
     },
     planner,
     ports::{Pending, TxJournal},
@@ -25,9 +25,9 @@ use crate::{
 };
 
 impl TxJournal for Registry {
-    fn note(&self, record: &TxRecord, shown: &[ProjectName], events: Vec<pb::Event>) {
+    fn note(&self, tx: &TxId, shown: &[Participant], events: Vec<pb::Event>) {
         self.inner.journal.append_quietly(Batch::default(), events);
-        self.show_participants(record, shown);
+        self.show_participants(tx, shown);
     }
 
     fn write(
@@ -67,7 +67,8 @@ impl TxJournal for Registry {
 
     fn finish(&self, record: &TxRecord, events: Vec<pb::Event>) -> Pending<Result<()>> {
         let mut record = record.clone();
-        record.finished_ms = self.now();
+        // Never 0: 0 means "its end is not written" (the active index and recovery).
+        record.finished_ms = self.now().max(1);
         if self.live_check_due(&record).is_some() {
             record.live_check = LiveCheck::Soaking;
         }
@@ -107,16 +108,13 @@ impl Registry {
     /// Shows readers the new state of some participants (a vote, an acknowledgement):
     /// copies only those, so a transaction with a hundred participants does not copy its
     /// whole record for each of its hundred votes.
-    fn show_participants(&self, record: &TxRecord, projects: &[ProjectName]) {
+    fn show_participants(&self, tx: &TxId, participants: &[Participant]) {
         let mut s = self.state();
-        let Some(active) = s.active.get_mut(&record.id) else {
+        let Some(active) = s.active.get_mut(tx) else {
             return;
         };
-        for project in projects {
-            if let (Some(new), Some(shown)) = (
-                record.participant(project),
-                active.record.participant_mut(project),
-            ) {
+        for new in participants {
+            if let Some(shown) = active.record.participant_mut(&new.project) {
                 shown.clone_from(new);
             }
         }
@@ -300,7 +298,7 @@ impl Registry {
             Ok(plan) if plan.projects() != record.projects().cloned().collect() => Turn::Refused(
                 "while it was queued the state changed so that it would need other projects than the ones it queued for; create it again".into(),
             ),
-            Ok(plan) => Turn::Go(plan.participants),
+            Ok(plan) => Turn::Go(Some(Box::new(plan))),
         }
     }
 }

@@ -29,6 +29,8 @@
 //! 6. With verify steps, "every participant voted PREPARED" leads to VERIFYING, and
 //!    COMMIT is decided only once every step passed; any failure decides ABORT.
 
+#[cfg(test)]
+mod crash_props;
 pub mod events;
 #[cfg(test)]
 mod props;
@@ -47,13 +49,18 @@ use lockstep::{
     retry::{Backoff, Failure},
 };
 
-use crate::model::{Participant, Resolution, TxRecord, TxState, Vote};
+use crate::{
+    model::{Participant, Resolution, TxRecord, TxState, Vote},
+    planner::Plan,
+};
 
 /// What the queue says when a waiting transaction's turn comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Turn {
-    /// Go, with participants re-planned against the live state (empty: keep the plan).
-    Go(Vec<Participant>),
+    /// Go, re-planned against the live state (`None`: keep the plan). The whole plan
+    /// is handed over: participants, waves, whether it is forced into an untested
+    /// combination, what a revert undoes and what a rollback restores.
+    Go(Option<Box<Plan>>),
     /// It can no longer run as planned; the reason is recorded.
     Refused(String),
 }
@@ -97,11 +104,14 @@ pub enum Effect {
     Note {
         /// Events to hold.
         events: Vec<pb::Event>,
-        /// Participants whose state changed.
-        shown: Vec<ProjectName>,
+        /// The participants whose state changed, as they were when the note was made.
+        shown: Vec<Participant>,
     },
-    /// Write the record with `events` (durable with the next sync).
+    /// Write `record` with `events` (durable with the next sync).
     Write {
+        /// The record as the machine made it with this effect: never a later state,
+        /// so a crash after this write leaves a prefix recovery can finish.
+        record: Box<TxRecord>,
         /// Events written with it.
         events: Vec<pb::Event>,
         /// When readers see it.
@@ -110,6 +120,8 @@ pub enum Effect {
     /// Write the COMMIT decision with fsync, together with the checkpoint it produces,
     /// then report the checkpoint's revision to [`Transaction::commit_durable`].
     DecideCommit {
+        /// The record deciding COMMIT (its checkpoint is numbered by the journal).
+        record: Box<TxRecord>,
         /// Events written with it.
         events: Vec<pb::Event>,
     },
@@ -139,6 +151,8 @@ pub enum Effect {
     /// Write the terminal record with `events` and hand its projects to the next
     /// transactions. The driver is done.
     Finish {
+        /// The terminal record; it and its terminal event are one batch.
+        record: Box<TxRecord>,
         /// Events written with it.
         events: Vec<pb::Event>,
     },
@@ -185,22 +199,31 @@ impl Transaction {
             return Vec::new();
         }
         match turn {
-            Turn::Go(participants) => {
-                if !participants.is_empty() {
-                    self.record.participants = participants;
+            Turn::Go(plan) => {
+                if let Some(plan) = plan {
+                    self.replanned(*plan);
                 }
                 // Written at once so that recovery sends Abort to every participant,
                 // shown at once: presumed abort covers a crash before it is durable.
                 let started = self.start_preparing();
-                let mut effects = vec![Effect::Write {
-                    events: vec![started],
-                    show: Show::AtOnce,
-                }];
+                let mut effects = vec![self.write(vec![started], Show::AtOnce)];
                 effects.extend(self.send_prepares());
                 effects
             }
             Turn::Refused(reason) => self.abort_unprepared(reason),
         }
+    }
+
+    /// Takes the plan made when the turn came, whole: a release queued as tested that
+    /// has become untested is recorded as forced (its checkpoint says untested), and a
+    /// `requires` edge added meanwhile splits its waves.
+    fn replanned(&mut self, plan: Plan) {
+        let r = &mut self.record;
+        r.participants = plan.participants;
+        r.waves = plan.waves;
+        r.forced = plan.forced;
+        r.reverts = plan.reverts;
+        r.rollback_to = plan.rollback_to;
     }
 
     /// Moves into phase 1 and returns the event saying so (also used when a
@@ -219,10 +242,7 @@ impl Transaction {
         self.record.state = TxState::Aborting;
         self.record.reason = reason;
         let decided = events::decided(&self.record, false);
-        let mut effects = vec![Effect::Write {
-            events: vec![decided],
-            show: Show::WhenDurable,
-        }];
+        let mut effects = vec![self.write(vec![decided], Show::WhenDurable)];
         effects.push(self.finish());
         effects
     }
@@ -286,10 +306,8 @@ impl Transaction {
         };
         p.vote = vote;
         p.vote_reason = reason.clone();
-        note(
-            events::vote_received(&self.record, project, vote, &reason),
-            project,
-        )
+        let event = events::vote_received(&self.record, project, vote, &reason);
+        self.note(event, project)
     }
 
     /// COMMIT once every participant voted PREPARED; ABORT at the first that did not.
@@ -304,7 +322,8 @@ impl Transaction {
             return Vec::new();
         }
         if self.record.steps.is_empty() {
-            self.decide_commit()
+            let votes = events::plural(self.record.participants.len(), "vote");
+            self.decide_commit(format!("every participant prepared ({votes})"))
         } else {
             self.start_verifying()
         }
@@ -332,9 +351,10 @@ impl Transaction {
             "no answer from {} within the prepare timeout of {timeout}",
             names.join(", ")
         );
+        let shown = silent.iter().filter_map(|p| self.participant(p)).cloned();
         let mut effects = vec![Effect::Note {
             events: noted,
-            shown: silent,
+            shown: shown.collect(),
         }];
         effects.extend(self.decide_abort(reason));
         effects
@@ -368,15 +388,15 @@ impl Transaction {
     // ----- the decision -----
 
     /// Every participant voted PREPARED (and every verify step passed): COMMIT,
-    /// written with fsync before any Commit.
-    fn decide_commit(&mut self) -> Vec<Effect> {
+    /// written with fsync before any Commit, `reason` saying why.
+    fn decide_commit(&mut self, reason: String) -> Vec<Effect> {
         self.record.state = TxState::Committing;
-        let votes = events::plural(self.record.participants.len(), "vote");
-        self.record.reason = format!("every participant prepared ({votes})");
+        self.record.reason = reason;
         let decided = events::decided(&self.record, true);
         vec![
             Effect::StopPreparing,
             Effect::DecideCommit {
+                record: Box::new(self.record.clone()),
                 events: vec![decided],
             },
         ]
@@ -400,10 +420,7 @@ impl Transaction {
         let decided = events::decided(&self.record, false);
         let mut effects = vec![
             Effect::StopPreparing,
-            Effect::Write {
-                events: vec![decided],
-                show: Show::WhenDurable,
-            },
+            self.write(vec![decided], Show::WhenDurable),
         ];
         self.attempts.clear();
         effects.extend(self.deliver_next_wave());
@@ -493,10 +510,8 @@ impl Transaction {
         p.needs_resolution = false;
         p.delivery_error.clear();
         let commit = self.record.state == TxState::Committing;
-        let mut effects = vec![note(
-            events::acknowledged(&self.record, project, commit),
-            project,
-        )];
+        let event = events::acknowledged(&self.record, project, commit);
+        let mut effects = vec![self.note(event, project)];
         if self.current_wave().is_none_or(|w| !w.contains(project)) {
             effects.extend(self.deliver_next_wave());
         }
@@ -535,7 +550,7 @@ impl Transaction {
         {
             self.participant_mut(project).delivery_error = error.clone();
             let retry = events::delivery_retry(&self.record, project, &error);
-            effects.push(note(retry, project));
+            effects.push(self.note(retry, project));
         }
         effects.extend(self.retry(project));
         effects
@@ -552,10 +567,7 @@ impl Transaction {
         p.needs_resolution = true;
         p.delivery_error = answer.clone();
         let event = events::needs_resolution(&self.record, project, &answer);
-        vec![Effect::Write {
-            events: vec![event],
-            show: Show::AtOnce,
-        }]
+        vec![self.write(vec![event], Show::AtOnce)]
     }
 
     // ----- a person steps in -----
@@ -576,10 +588,7 @@ impl Transaction {
         p.needs_resolution = false;
         p.delivery_error.clear();
         p.resolution = Some(resolution);
-        let mut effects = vec![Effect::Write {
-            events: vec![event],
-            show: Show::WhenDurable,
-        }];
+        let mut effects = vec![self.write(vec![event], Show::WhenDurable)];
         if !self.in_current_wave(project) {
             effects.extend(self.deliver_next_wave());
         }
@@ -635,13 +644,7 @@ impl Transaction {
         }
         self.attempts.clear();
         let event = events::retry_requested(&self.record, actor);
-        let mut effects = vec![
-            Effect::Write {
-                events: vec![event],
-                show: Show::AtOnce,
-            },
-            Effect::Hurry,
-        ];
+        let mut effects = vec![self.write(vec![event], Show::AtOnce), Effect::Hurry];
         let wave = self.current_wave().unwrap_or_default();
         let stuck: Vec<ProjectName> = self
             .unacknowledged(&wave)
@@ -679,16 +682,21 @@ impl Transaction {
 
     // ----- the end -----
 
-    /// Every participant acknowledged (or none was ever asked): COMMITTED or ABORTED.
+    /// Every participant acknowledged (or none was ever asked): COMMITTED or ABORTED,
+    /// the terminal record and its terminal event in one write. (Also the end of a
+    /// record found terminal without that write, from before this rule: its state is
+    /// kept.)
     fn finish(&mut self) -> Effect {
-        let committed = self.record.state == TxState::Committing;
-        if committed {
-            self.record.state = TxState::Committed;
-            self.record.reason = format!("live as checkpoint {}", self.record.checkpoint);
-        } else {
-            self.record.state = TxState::Aborted;
+        match self.record.state {
+            TxState::Committing => {
+                self.record.state = TxState::Committed;
+                self.record.reason = format!("live as checkpoint {}", self.record.checkpoint);
+            }
+            TxState::Committed => {}
+            _ => self.record.state = TxState::Aborted,
         }
         Effect::Finish {
+            record: Box::new(self.record.clone()),
             events: vec![events::ended(&self.record)],
         }
     }
@@ -700,13 +708,37 @@ impl Transaction {
     /// reached. Decided: phase 2 resumes for everyone who has not acknowledged
     /// (deliveries are idempotent, so one that acknowledged just before the crash may be
     /// told again, harmlessly).
+    ///
+    /// Two states no write of this machine leaves, but data directories written before
+    /// every effect carried its own record may hold: COMMITTING without a checkpoint
+    /// (the decision's write never happened: it is made now, idempotently, before any
+    /// Commit) and a terminal record without its end (its terminal event is written).
     pub fn restarted(&mut self) -> Vec<Effect> {
         match self.record.state {
             TxState::Pending | TxState::Preparing => self.presume_abort(),
             TxState::Verifying => self.resume_verifying(),
+            TxState::Committing if self.record.checkpoint == 0 => self.decide_again(),
             TxState::Committing | TxState::Aborting => self.resume_phase2(),
+            TxState::Committed | TxState::Aborted if self.record.finished_ms == 0 => {
+                vec![self.finish()]
+            }
             TxState::Committed | TxState::Aborted => Vec::new(),
         }
+    }
+
+    /// COMMITTING without its decision written: every vote was PREPARED (and every
+    /// step passed) when it was set, so COMMIT is decided now, durably, before any
+    /// Commit.
+    fn decide_again(&mut self) -> Vec<Effect> {
+        let found = events::recovered(
+            &self.record,
+            "found COMMITTING without its decision after a restart; deciding it now".into(),
+        );
+        let mut effects = self.decide_commit(self.record.reason.clone());
+        if let Some(Effect::DecideCommit { events, .. }) = effects.last_mut() {
+            events.insert(0, found);
+        }
+        effects
     }
 
     fn presume_abort(&mut self) -> Vec<Effect> {
@@ -715,10 +747,7 @@ impl Transaction {
         self.record.reason = PRESUMED_ABORT.to_string();
         let found = events::recovered(&self.record, format!("found {was:?} after a restart"));
         let decided = events::decided(&self.record, false);
-        let mut effects = vec![Effect::Write {
-            events: vec![found, decided],
-            show: Show::AtOnce,
-        }];
+        let mut effects = vec![self.write(vec![found, decided], Show::AtOnce)];
         effects.extend(self.deliver_next_wave());
         effects
     }
@@ -732,15 +761,31 @@ impl Transaction {
             .count();
         let total = self.record.participants.len();
         let message = format!("resuming phase 2 after a restart: {acked} of {total} acknowledged");
-        let mut effects = vec![Effect::Write {
-            events: vec![events::recovered(&self.record, message)],
-            show: Show::AtOnce,
-        }];
+        let recovered = events::recovered(&self.record, message);
+        let mut effects = vec![self.write(vec![recovered], Show::AtOnce)];
         effects.extend(self.deliver_next_wave());
         effects
     }
 
     // ----- helpers -----
+
+    /// Writes the record as it is now with `events`: the effect carries its own copy,
+    /// so what is written is this step's state, whatever later steps change.
+    fn write(&self, events: Vec<pb::Event>, show: Show) -> Effect {
+        Effect::Write {
+            record: Box::new(self.record.clone()),
+            events,
+            show,
+        }
+    }
+
+    /// Holds `event` for the next write and shows `project` as it is now.
+    fn note(&self, event: pb::Event, project: &ProjectName) -> Effect {
+        Effect::Note {
+            events: vec![event],
+            shown: self.participant(project).into_iter().cloned().collect(),
+        }
+    }
 
     fn participant(&self, project: &ProjectName) -> Option<&Participant> {
         self.record.participant(project)
@@ -761,13 +806,6 @@ fn order(p: &Participant, message: Message) -> Order {
         project: p.project.clone(),
         endpoint: p.endpoint.clone(),
         message,
-    }
-}
-
-fn note(event: pb::Event, project: &ProjectName) -> Effect {
-    Effect::Note {
-        events: vec![event],
-        shown: vec![project.clone()],
     }
 }
 

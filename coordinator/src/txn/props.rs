@@ -20,7 +20,7 @@ use super::{
 use crate::model::{Step, StepKind, StepRun, StepStatus, TxState, Vote};
 
 #[derive(Debug, Clone)]
-enum Input {
+pub(super) enum Input {
     Go,
     Refused,
     Vote(usize, u8),
@@ -41,7 +41,7 @@ enum Input {
 
 const PROJECTS: [&str; 3] = ["A", "B", "C"];
 
-fn input() -> impl Strategy<Value = Input> {
+pub(super) fn input() -> impl Strategy<Value = Input> {
     // Votes, verify outcomes and acknowledgements weigh more: runs then reach
     // VERIFYING and phase 2 often, not only the early aborts.
     prop_oneof![
@@ -66,7 +66,7 @@ fn input() -> impl Strategy<Value = Input> {
 
 /// What the checks remember across steps.
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
     /// A DecideCommit effect was emitted.
     commit_written: bool,
     /// The driver reported it durable (or a restart found it decided).
@@ -83,9 +83,9 @@ fn answer(kind: u8) -> Result<VoteAnswer, Failure> {
     }
 }
 
-fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
+pub(super) fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
     match input {
-        Input::Go => m.start(Turn::Go(Vec::new())),
+        Input::Go => m.start(Turn::Go(None)),
         Input::Refused => m.start(Turn::Refused("changed".into())),
         Input::Vote(p, kind) => m.vote(&name(PROJECTS[*p]), answer(*kind)),
         Input::Deadline => m.deadline(),
@@ -127,7 +127,7 @@ fn step(m: &mut Transaction, input: &Input, seen: &mut Seen) -> Vec<Effect> {
     }
 }
 
-fn carol() -> Report {
+pub(super) fn carol() -> Report {
     Report {
         actor: "carol".into(),
         reason: "checked".into(),
@@ -136,7 +136,7 @@ fn carol() -> Report {
 }
 
 /// The three kinds of verify step, in the order a pipeline file might list them.
-fn steps() -> Vec<StepRun> {
+pub(super) fn steps() -> Vec<StepRun> {
     let step = |name: &str, kind| {
         StepRun::waiting(Step {
             name: name.into(),

@@ -107,7 +107,7 @@ fn kind(m: &Message) -> &'static str {
 pub(super) fn event_kinds(effects: &[Effect]) -> Vec<pb::EventKind> {
     let events = effects.iter().flat_map(|e| match e {
         Effect::Note { events, .. } | Effect::Write { events, .. } => events.clone(),
-        Effect::DecideCommit { events } | Effect::Finish { events } => events.clone(),
+        Effect::DecideCommit { events, .. } | Effect::Finish { events, .. } => events.clone(),
         _ => Vec::new(),
     });
     events
@@ -132,7 +132,7 @@ fn ack(m: &mut Transaction, projects: &[&str]) -> Vec<Effect> {
 #[test]
 fn phase1_sends_prepare_to_every_participant_at_once_with_one_deadline() {
     let mut m = machine(TxState::Pending);
-    let effects = m.start(Turn::Go(Vec::new()));
+    let effects = m.start(Turn::Go(None));
     assert_eq!(m.record().state, TxState::Preparing);
     assert!(
         m.record().prepare_sent,
@@ -148,6 +148,28 @@ fn phase1_sends_prepare_to_every_participant_at_once_with_one_deadline() {
     assert_eq!(effects[1], Effect::StartDeadline(Duration::from_secs(15)));
     let expected = ["A", "B", "C"].map(|p| (p.to_string(), "prepare"));
     assert_eq!(sends(&effects), expected);
+}
+
+/// Defect 3 of issue 25: a release queued as tested whose turn comes when its
+/// combination has become untested (it was created with --force), or after a
+/// `requires` edge was added, runs with the plan made at its turn, whole.
+#[test]
+fn the_turn_hands_over_the_whole_replanned_plan() {
+    let mut m = machine(TxState::Pending);
+    let record = m.record();
+    let plan = crate::planner::Plan {
+        participants: record.participants.clone(),
+        waves: vec![vec![name("C")], vec![name("B")], vec![name("A")]],
+        preconditions: Vec::new(),
+        forced: true,
+        reverts: vec![TxId::parse("id", "T3").unwrap()],
+        rollback_to: 0,
+    };
+    m.start(Turn::Go(Some(Box::new(plan.clone()))));
+    let r = m.record();
+    assert!(r.forced, "the turn found the combination untested: forced");
+    assert_eq!(r.waves, plan.waves, "the waves of the new plan");
+    assert_eq!(r.reverts, plan.reverts);
 }
 
 #[test]

@@ -49,39 +49,27 @@ impl Transaction {
         let steps = events::plural(self.record.steps.len(), "verify step");
         self.record.reason = format!("every participant prepared; running {steps}");
         let started = events::verify_started(&self.record);
-        let mut effects = vec![
-            Effect::StopPreparing,
-            Effect::Write {
-                events: vec![started],
-                show: Show::WhenDurable,
-            },
-        ];
-        effects.extend(self.trigger_next_step());
+        let mut effects = vec![Effect::StopPreparing];
+        effects.extend(with_first(self.trigger_next_step(), started));
         effects
     }
 
-    /// Triggers the first step that has not passed; COMMIT when every one has.
+    /// Triggers the first step that has not passed; COMMIT when every one has. Its
+    /// first effect is the write of that step (or of the decision), which the caller
+    /// may put its own event in front of: a step's outcome and what follows from it
+    /// are one write.
     fn trigger_next_step(&mut self) -> Vec<Effect> {
         let Some(index) = self.record.steps.iter().position(|s| !passed(s)) else {
             let steps = events::plural(self.record.steps.len(), "verify step");
-            let mut effects = self.decide_commit();
-            self.record.reason = format!("every participant prepared and {steps} passed");
-            if let Some(Effect::DecideCommit { events }) = effects.last_mut() {
-                events
-                    .iter_mut()
-                    .for_each(|e| e.message = self.record.reason.clone());
-            }
-            return effects;
+            let reason = format!("every participant prepared and {steps} passed");
+            return self.decide_commit(reason);
         };
         let step = &mut self.record.steps[index];
         step.status = StepStatus::Triggered;
         let name = step.step.name.clone();
         self.record.reason = format!("verifying: step {name} triggered");
         let triggered = events::step_triggered(&self.record, index);
-        let mut effects = vec![Effect::Write {
-            events: vec![triggered],
-            show: Show::WhenDurable,
-        }];
+        let mut effects = vec![self.write(vec![triggered], Show::WhenDurable)];
         effects.extend(self.run_step(index));
         effects
     }
@@ -251,23 +239,18 @@ impl Transaction {
         step.status = StepStatus::Started;
         record(step, &report);
         let started = events::step_started(&self.record, index);
-        vec![Effect::Write {
-            events: vec![started],
-            show: Show::WhenDurable,
-        }]
+        vec![self.write(vec![started], Show::WhenDurable)]
     }
 
+    /// The step passed: written with the next step's trigger, or with the COMMIT
+    /// decision when it was the last (never COMMITTING in one write and the decision
+    /// in another).
     fn step_passed(&mut self, index: usize, report: Report) -> Vec<Effect> {
         let step = &mut self.record.steps[index];
         step.status = StepStatus::Passed;
         record(step, &report);
         let finished = events::step_finished(&self.record, index);
-        let mut effects = vec![Effect::Write {
-            events: vec![finished],
-            show: Show::WhenDurable,
-        }];
-        effects.extend(self.trigger_next_step());
-        effects
+        with_first(self.trigger_next_step(), finished)
     }
 
     /// The step failed: recorded, then ABORT (every staged part is undone).
@@ -278,15 +261,11 @@ impl Transaction {
         step.link = link;
         let name = step.step.name.clone();
         let finished = events::step_finished(&self.record, index);
-        // Written with the record as decide_abort leaves it (ABORTING): shown only once
-        // durable, so no participant hears ABORT that a crash could turn back into
-        // VERIFYING.
-        let mut effects = vec![Effect::Write {
-            events: vec![finished],
-            show: Show::WhenDurable,
-        }];
-        effects.extend(self.decide_abort(format!("verify step {name} failed: {reason}")));
-        effects
+        // One write with the ABORT decision: a failed step is never stored without
+        // its decision (a restart would run it again), and it is shown only once
+        // durable, so no participant hears ABORT that a crash could take back.
+        let decided = self.decide_abort(format!("verify step {name} failed: {reason}"));
+        with_first(decided, finished)
     }
 
     /// After a restart: the recorded steps go on; the running one is triggered again.
@@ -296,27 +275,44 @@ impl Transaction {
         let message = format!(
             "resuming verification after a restart: {done} of {total} steps passed; the next is triggered again with its whole deadline"
         );
-        let mut effects = vec![Effect::Write {
-            events: vec![events::recovered(&self.record, message)],
-            show: Show::WhenDurable,
-        }];
+        let recovered = events::recovered(&self.record, message);
+        if let Some(failed) = self
+            .record
+            .steps
+            .iter()
+            .find(|s| s.status == StepStatus::Failed)
+        {
+            // Stored by a version that wrote a failed step apart from its decision.
+            let reason = format!("verify step {} failed: {}", failed.step.name, failed.reason);
+            return with_first(self.decide_abort(reason), recovered);
+        }
         match self.running() {
             Some(index) => {
                 let again = events::step_triggered(&self.record, index);
-                effects.push(Effect::Write {
-                    events: vec![again],
-                    show: Show::WhenDurable,
-                });
+                let mut effects = vec![self.write(vec![recovered, again], Show::WhenDurable)];
                 effects.extend(self.run_step(index));
+                effects
             }
-            None => effects.extend(self.trigger_next_step()),
+            None => with_first(self.trigger_next_step(), recovered),
         }
-        effects
     }
 
     fn step_named(&self, index: usize, name: &str) -> bool {
         self.record.steps[index].step.name == name
     }
+}
+
+/// Puts `event` first in the first write of `effects` (there is always one: a trigger,
+/// a decision).
+fn with_first(mut effects: Vec<Effect>, event: pb::Event) -> Vec<Effect> {
+    let first = effects.iter_mut().find_map(|e| match e {
+        Effect::Write { events, .. } | Effect::DecideCommit { events, .. } => Some(events),
+        _ => None,
+    });
+    first
+        .expect("a step's outcome is followed by a write")
+        .insert(0, event);
+    effects
 }
 
 fn passed(step: &StepRun) -> bool {
