@@ -21,6 +21,10 @@
 //!   delivery cursor)
 //! - `environments`: name                              → EnvironmentRecord
 //! - `pipelines`:    version (u64 BE)                  → the pipeline file's text
+//! - `tx_marks`:     (ordinal u64 BE, mark byte)       → what is learnt about a
+//!   transaction after it ended, each fact under a key of its own so no writer reads
+//!   and rewrites another's: `q` → "" (a revert pulled it), `l` → LiveCheck (its
+//!   verification after commit). Reads lay them over the record.
 //!
 //! Each layout is written in one place: an encoder ([`project_key`], [`ordinal_key`],
 //! [`tx_id_key`], [`event_key`], [`checkpoint_key`], [`quarantine_key`], [`seen_key`])
@@ -37,7 +41,7 @@ use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::model::{
-    BuildRecord, CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord,
+    BuildRecord, CheckpointRecord, EnvironmentRecord, LiveCheck, ProjectRecord, QuarantineRecord,
     SubscriptionRecord, TokenRecord, TxRecord,
 };
 
@@ -76,8 +80,12 @@ const TOKEN_KEY: &[u8] = b"token-key";
 /// Set once the data directory was scanned for transactions ended without their end.
 const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
 
+/// Facts learnt about a transaction after it ended (quarantined, live check).
+pub const TX_MARKS: &str = "tx_marks";
+
 /// Every table the coordinator opens (checked against what is on disk).
 pub const ALL: &[&str] = &[
+    TX_MARKS,
     PROJECTS,
     TRANSACTIONS,
     TX_IDS,
@@ -140,6 +148,18 @@ pub fn ordinal_key(ordinal: u64) -> Vec<u8> {
 /// when it is shorter.
 pub fn decode_ordinal_key(key: &[u8]) -> Option<u64> {
     keys::u64_of(key)
+}
+
+/// The `tx_marks` mark of a quarantined transaction.
+const QUARANTINED_MARK: u8 = b'q';
+/// The `tx_marks` mark of a live check's outcome.
+const LIVE_CHECK_MARK: u8 = b'l';
+
+/// The `tx_marks` key of `mark` on the transaction at `ordinal`.
+fn mark_key(ordinal: u64, mark: u8) -> Vec<u8> {
+    let mut key = ordinal_key(ordinal);
+    key.push(mark);
+    key
 }
 
 /// The `tx_ids` key of a transaction id: its bytes.
@@ -361,7 +381,7 @@ impl Tables {
     fn transaction_at(&self, ordinal: u64) -> Result<Option<TxRecord>, StoreError> {
         self.kv
             .get(TRANSACTIONS, &ordinal_key(ordinal))?
-            .map(|v| decode(TRANSACTIONS, &v))
+            .map(|v| self.decode_transaction(&v))
             .transpose()
     }
 
@@ -381,7 +401,7 @@ impl Tables {
         self.kv
             .scan(TRANSACTIONS, b"", end.as_deref(), Order::Descending, limit)?
             .iter()
-            .map(|(_, v)| decode(TRANSACTIONS, v))
+            .map(|(_, v)| self.decode_transaction(v))
             .collect()
     }
 
@@ -396,7 +416,7 @@ impl Tables {
                 usize::MAX,
             )?
             .iter()
-            .map(|(_, v)| decode(TRANSACTIONS, v))
+            .map(|(_, v)| self.decode_transaction(v))
             .collect()
     }
 
@@ -452,6 +472,31 @@ impl Tables {
             .first()
             .and_then(|(k, _)| decode_ordinal_key(k))
             .unwrap_or(0))
+    }
+
+    /// A stored transaction with the marks learnt after it ended laid over it.
+    fn decode_transaction(&self, bytes: &[u8]) -> Result<TxRecord, StoreError> {
+        let mut tx: TxRecord = decode(TRANSACTIONS, bytes)?;
+        let key = |mark| mark_key(tx.ordinal, mark);
+        if self.kv.get(TX_MARKS, &key(QUARANTINED_MARK))?.is_some() {
+            tx.quarantined = true;
+        }
+        if let Some(check) = self.kv.get(TX_MARKS, &key(LIVE_CHECK_MARK))? {
+            tx.live_check = decode(TX_MARKS, &check)?;
+        }
+        Ok(tx)
+    }
+
+    /// Marks the transaction at `ordinal` as pulled by a revert (its record is not
+    /// rewritten).
+    pub fn put_quarantined(batch: &mut Batch, ordinal: u64) {
+        batch.put(TX_MARKS, mark_key(ordinal, QUARANTINED_MARK), Vec::new());
+    }
+
+    /// Records the outcome of the verification after commit of the transaction at
+    /// `ordinal` (its record is not rewritten).
+    pub fn put_live_check(batch: &mut Batch, ordinal: u64, check: &LiveCheck) {
+        batch.put(TX_MARKS, mark_key(ordinal, LIVE_CHECK_MARK), encode(check));
     }
 
     /// Adds a transaction put (and its id and active-index entries) to `batch`. A
@@ -901,5 +946,26 @@ mod tests {
         assert!(!tables.was_live(&env("production"), &web, &v1).unwrap());
         let quarantined = tables.quarantine().unwrap();
         assert_eq!(quarantined, [((prod, web, v1), record)]);
+    }
+
+    /// Issue 25, defect 4: a revert's quarantine and a live check's outcome are each
+    /// written beside the record, never by rewriting it, so whichever order they
+    /// reach the log in (and whatever the record's writer does), both are kept.
+    #[test]
+    fn quarantine_and_live_check_never_overwrite_each_other() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let mut ended = crate::txn::tests::t4(crate::model::TxState::Committed);
+        ended.finished_ms = 1;
+        ended.live_check = LiveCheck::Soaking;
+        let failed = LiveCheck::Failed("smoke: 503".into());
+        let mut batch = Batch::default();
+        Tables::put_quarantined(&mut batch, ended.ordinal);
+        Tables::put_transaction(&mut batch, &ended);
+        Tables::put_live_check(&mut batch, ended.ordinal, &failed);
+        Tables::put_transaction(&mut batch, &ended);
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let read = tables.transaction(&ended.id).unwrap().unwrap();
+        assert!(read.quarantined, "the revert's mark is kept");
+        assert_eq!(read.live_check, failed, "the live check's outcome is kept");
     }
 }

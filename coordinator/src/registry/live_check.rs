@@ -131,8 +131,8 @@ impl Registry {
         }
     }
 
-    /// Writes the outcome on the stored transaction with its event; false when the
-    /// write failed (then nothing follows from it).
+    /// Writes the outcome beside the stored transaction (its `tx_marks` entry) with
+    /// its event; false when the write failed (then nothing follows from it).
     async fn record_check(
         &self,
         record: &TxRecord,
@@ -142,15 +142,12 @@ impl Registry {
         message: String,
     ) -> bool {
         let written = async {
-            let mut stored = self
-                .tables()
-                .transaction(&record.id)?
-                .unwrap_or_else(|| record.clone());
-            stored.live_check = check;
-            let mut event = events::event(&stored, kind, None, message);
+            // A mark of its own beside the record, never a read-modify-write of the
+            // record: a revert committing now marks it quarantined beside it.
+            let mut event = events::event(record, kind, None, message);
             event.step = step.to_string();
             let mut batch = Batch::default();
-            Tables::put_transaction(&mut batch, &stored);
+            Tables::put_live_check(&mut batch, record.ordinal, &check);
             self.inner
                 .journal
                 .append(batch, vec![event], Durable::Soon)

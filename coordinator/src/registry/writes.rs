@@ -205,11 +205,12 @@ impl Registry {
             return Ok(());
         }
         for release_id in &tx.reverts {
-            let Some(mut release) = self.inner.tables.transaction(release_id)? else {
+            let Some(release) = self.inner.tables.transaction(release_id)? else {
                 continue;
             };
-            release.quarantined = true;
-            Tables::put_transaction(batch, &release);
+            // A mark of its own: the release's record is never read and rewritten
+            // here, so its live check (recorded beside it) is never lost.
+            Tables::put_quarantined(batch, release.ordinal);
             let changed = release
                 .participants
                 .iter()

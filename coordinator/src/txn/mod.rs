@@ -35,7 +35,7 @@ pub mod events;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod verify;
 #[cfg(test)]
 mod verify_tests;

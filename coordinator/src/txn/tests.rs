@@ -45,7 +45,7 @@ fn participant(project: &str, wave: u32) -> Participant {
 }
 
 /// T4 over A (requires B and C), B and C: waves [[B, C], [A]].
-pub(super) fn t4(state: TxState) -> TxRecord {
+pub(crate) fn t4(state: TxState) -> TxRecord {
     TxRecord {
         id: TxId::parse("id", "T4").unwrap(),
         ordinal: 4,
