@@ -252,6 +252,42 @@ async fn a_scoped_releaser_releases_its_projects_only_and_operators_alone_steer(
     assert_eq!(s.live(), versions(&[("A", ""), ("B", "R1B"), ("C", "R1C")]));
 }
 
+/// Issue 26, defects 1 and 2: an operator for project A only acts on A, never on the
+/// whole of an environment or on everything (verify steps, webhooks), and an admin for
+/// A makes tokens for A only. Each refusal writes nothing but its audit event.
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_scoped_to_a_project_never_reach_the_whole_environment_or_widen() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    let (_, bob) = s
+        .token(&["--role", "operator", "--project", "A", "--subject", "bob"])
+        .await;
+    let (_, carla) = s
+        .token(&["--role", "admin", "--project", "A", "--subject", "carla"])
+        .await;
+    let (bob, carla) = (As::Token(bob), As::Token(carla));
+    let pipeline = s.dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline, "[[environment]]\nname = \"default\"\n").unwrap();
+    let apply = ["env", "apply", "-f", pipeline.to_str().unwrap()];
+    refused(&s.cli(&bob, &apply).await, "PermissionDenied");
+    let hook = ["notify", "add", "all", "--url", "http://127.0.0.1:9/x"];
+    refused(&s.cli(&bob, &hook).await, "PermissionDenied");
+    refused(&s.cli(&carla, &hook).await, "PermissionDenied");
+    let wide = ["token", "create", "--role", "admin", "--subject", "mallory"];
+    refused(&s.cli(&carla, &wide).await, "PermissionDenied");
+    let other = ["token", "create", "--role", "viewer", "--project", "B"];
+    refused(&s.cli(&carla, &other).await, "PermissionDenied");
+    let within = ["token", "create", "--role", "releaser", "--project", "A"];
+    let made = s.cli(&carla, &within).await;
+    assert_eq!(made.code, 0, "within its own grant: {made:?}");
+
+    let list = s.cli(&admin(), &["notify", "list", "-o", "json"]).await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        !list.stdout.contains("\"all\""),
+        "no subscription was added: {list:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_may_ask_the_decision_for_its_own_part_only() {
     let s = Secure::start(&["A", "B"], &[]).await;

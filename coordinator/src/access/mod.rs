@@ -68,6 +68,18 @@ impl Principal {
         }
     }
 
+    /// Whether it may make a token carrying `grant`: it administers, and `grant` is
+    /// within one of its own grants (grants never widen).
+    pub fn may_grant(&self, grant: &Grant) -> bool {
+        match &self.standing {
+            Standing::Unchecked => true,
+            Standing::Granted(grants) => grants
+                .iter()
+                .any(|g| g.role >= Role::Admin && g.contains(grant)),
+            Standing::Agent { .. } | Standing::Nothing => false,
+        }
+    }
+
     /// Whether it may hear the decision for `project`'s part in a transaction of `env`:
     /// the agent of that part, or anyone who may read `env`.
     pub fn may_ask_decision(&self, env: &Environment, project: Option<&ProjectName>) -> bool {

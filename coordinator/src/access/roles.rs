@@ -84,21 +84,38 @@ impl Permission {
 }
 
 /// Where a call acts: an environment (none: every one, e.g. listing all releases) and
-/// the projects it touches (none: no particular project).
+/// the projects it touches (none: no particular project). A scope is either *some*
+/// projects (those named, or none in particular: reads of an environment, the entry
+/// check of a release whose plan's projects are checked next), or the *whole* of an
+/// environment or of everything (its verify steps, its webhooks, tokens): a whole
+/// scope needs a grant over every project there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     /// The environment.
     pub environment: Option<Environment>,
     /// The projects.
     pub projects: BTreeSet<ProjectName>,
+    /// The call acts on every project of the environment (or of every environment).
+    pub whole: bool,
 }
 
 impl Scope {
-    /// The whole of one environment.
+    /// The whole of `env` (`None`: of every environment): every project there, those
+    /// registered later included.
+    pub fn whole(env: Option<&Environment>) -> Self {
+        Self {
+            environment: env.cloned(),
+            projects: BTreeSet::new(),
+            whole: true,
+        }
+    }
+
+    /// One environment, no project in particular (a read, or the entry check of a
+    /// call whose projects are checked once known).
     pub fn environment(env: &Environment) -> Self {
         Self {
             environment: Some(env.clone()),
-            projects: BTreeSet::new(),
+            ..Self::default()
         }
     }
 
@@ -107,6 +124,7 @@ impl Scope {
         Self {
             environment: Some(env.clone()),
             projects: projects.into_iter().collect(),
+            whole: false,
         }
     }
 }
@@ -120,6 +138,9 @@ impl fmt::Display for Scope {
         if !self.projects.is_empty() {
             let names: Vec<&str> = self.projects.iter().map(|p| p.as_str()).collect();
             write!(f, ", projects {}", names.join(","))?;
+        }
+        if self.whole {
+            f.write_str(", every project")?;
         }
         Ok(())
     }
@@ -150,7 +171,8 @@ impl Grant {
 
     /// Whether it allows `permission` over `scope`: the role is high enough, the
     /// environment is one of its own, and so is every project. A call over every
-    /// environment needs a grant over every environment.
+    /// environment needs a grant over every environment, and a call over the whole of
+    /// one (or of all) a grant over every project.
     pub fn allows(&self, permission: Permission, scope: &Scope) -> bool {
         let env_ok = match &scope.environment {
             Some(env) => {
@@ -159,11 +181,24 @@ impl Grant {
             None => self.environments.is_empty(),
         };
         let projects_ok = self.projects.is_empty()
-            || scope
-                .projects
-                .iter()
-                .all(|p| self.projects.iter().any(|g| g == p.as_str()));
+            || (!scope.whole
+                && scope
+                    .projects
+                    .iter()
+                    .all(|p| self.projects.iter().any(|g| g == p.as_str())));
         self.role >= permission.role() && env_ok && projects_ok
+    }
+
+    /// Whether `other` is within this grant: no higher role, and no environment or
+    /// project this one does not cover. A grant a principal makes (a token) must be
+    /// within one of its own: grants never widen.
+    pub fn contains(&self, other: &Grant) -> bool {
+        let within = |mine: &[String], theirs: &[String]| {
+            mine.is_empty() || (!theirs.is_empty() && theirs.iter().all(|t| mine.contains(t)))
+        };
+        self.role >= other.role
+            && within(&self.environments, &other.environments)
+            && within(&self.projects, &other.projects)
     }
 }
 
@@ -262,5 +297,45 @@ mod tests {
         let every = Scope::default();
         assert!(!releaser_for(&["staging"], &[]).allows(Permission::Read, &every));
         assert!(releaser_for(&[], &[]).allows(Permission::Read, &every));
+    }
+
+    /// Issue 26, defect 1: an operator for project A only may not act on the whole of
+    /// an environment (its verify steps, its webhooks) nor on everything.
+    #[test]
+    fn a_whole_scope_needs_a_grant_over_every_project() {
+        let a_only = Grant {
+            role: Role::Operator,
+            environments: Vec::new(),
+            projects: vec!["A".into()],
+        };
+        let staging = env("staging");
+        assert!(!a_only.allows(Permission::Operate, &Scope::whole(Some(&staging))));
+        assert!(!a_only.allows(Permission::Operate, &Scope::whole(None)));
+        assert!(a_only.allows(Permission::Read, &Scope::environment(&staging)));
+        let everyone = Grant::everywhere(Role::Operator);
+        assert!(everyone.allows(Permission::Operate, &Scope::whole(None)));
+    }
+
+    /// Issue 26, defect 2: a grant made by a principal stays within its own.
+    #[test]
+    fn grants_never_widen() {
+        let admin_a = Grant {
+            role: Role::Admin,
+            environments: Vec::new(),
+            projects: vec!["A".into()],
+        };
+        let everywhere = Grant::everywhere(Role::Admin);
+        assert!(
+            !admin_a.contains(&everywhere),
+            "admin for A cannot mint admin for *"
+        );
+        let releaser_a = releaser_for(&["staging"], &["A"]);
+        assert!(admin_a.contains(&releaser_a));
+        assert!(!admin_a.contains(&releaser_for(&["staging"], &["A", "B"])));
+        assert!(!releaser_a.contains(&Grant {
+            role: Role::Operator,
+            ..releaser_a.clone()
+        }));
+        assert!(everywhere.contains(&admin_a));
     }
 }

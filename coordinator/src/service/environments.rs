@@ -25,7 +25,7 @@ impl CoordinatorService {
             .collect::<Result<Vec<_>, _>>()?;
         after.sort();
         after.dedup();
-        let scope = Scope::environment(&name);
+        let scope = Scope::whole(Some(&name));
         let who = self
             .allow(&request, "AddEnvironment", Permission::Operate, scope)
             .await?;
@@ -51,7 +51,7 @@ impl CoordinatorService {
     ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
         let call = "ApplyPipeline";
         let who = self
-            .allow(&request, call, Permission::Operate, Scope::default())
+            .allow(&request, call, Permission::Operate, Scope::whole(None))
             .await?;
         let r = request.get_ref();
         let registry = self.coordinator.registry();

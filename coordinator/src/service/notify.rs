@@ -1,6 +1,8 @@
-//! The webhook subscription calls: adding, removing and pinging need `operate` (over
-//! the subscription's environment, or every one), listing needs `read` everywhere,
-//! since a subscription sees the log of every environment it is not filtered to.
+//! The webhook subscription calls: adding, removing and pinging need `operate` over the
+//! whole of the subscription's environment (or of every one: a subscription sees every
+//! project's events), listing needs `read` over everything, since a subscription sees
+//! the log of every environment it is not filtered to. A grant scoped to some projects
+//! allows none of them.
 
 use lockstep::{names::Environment, pb};
 use tonic::{Request, Response, Status};
@@ -15,8 +17,8 @@ impl CoordinatorService {
     ) -> Result<Response<pb::Subscription>, Status> {
         let r = request.get_ref();
         let scope = match r.environment.is_empty() {
-            true => Scope::default(),
-            false => Scope::environment(&Environment::parse("environment", &r.environment)?),
+            true => Scope::whole(None),
+            false => Scope::whole(Some(&Environment::parse("environment", &r.environment)?)),
         };
         let who = self
             .allow(&request, "AddSubscription", Permission::Operate, scope)
@@ -35,7 +37,7 @@ impl CoordinatorService {
             &request,
             "ListSubscriptions",
             Permission::Read,
-            Scope::default(),
+            Scope::whole(None),
         )
         .await?;
         let subscriptions = self.coordinator.notifier().list();
@@ -50,7 +52,7 @@ impl CoordinatorService {
     ) -> Result<Response<pb::RemoveSubscriptionResponse>, Status> {
         let call = "RemoveSubscription";
         let who = self
-            .allow(&request, call, Permission::Operate, Scope::default())
+            .allow(&request, call, Permission::Operate, Scope::whole(None))
             .await?;
         let name = &request.get_ref().name;
         let removed = self
@@ -68,7 +70,7 @@ impl CoordinatorService {
         request: Request<pb::TestSubscriptionRequest>,
     ) -> Result<Response<pb::TestSubscriptionResponse>, Status> {
         let call = "TestSubscription";
-        self.allow(&request, call, Permission::Operate, Scope::default())
+        self.allow(&request, call, Permission::Operate, Scope::whole(None))
             .await?;
         let name = &request.get_ref().name;
         Ok(Response::new(self.coordinator.notifier().ping(name).await?))

@@ -32,17 +32,24 @@ impl CoordinatorService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<pb::CreateTokenResponse, Status> {
-        let scope = Scope::default();
-        let who = self
-            .allow(&request, "CreateToken", Permission::Administer, scope)
-            .await?;
         let Some(key) = self.access.token_key() else {
             return Err(Status::failed_precondition(
                 "tokens need authentication: this coordinator runs with --insecure",
             ));
         };
+        let who = crate::access::principal_of(&request);
         let r = request.into_inner();
         let claims = self.claims(&who, &r)?;
+        // Grants never widen: the token's grant must be within one of the maker's.
+        if !who.may_grant(&claims.grant) {
+            let message = format!(
+                "{} may not make a token for {}: it holds {}, and a token's grant must be within one of its maker's admin grants",
+                who.actor,
+                claims.grant,
+                who.holds()
+            );
+            return Err(self.refuse(&who, "CreateToken", message, None, None).await);
+        }
         let token = key.issue(&claims).map_err(Status::internal)?;
         let record = TokenRecord {
             id: claims.jti.clone(),
@@ -90,7 +97,7 @@ impl CoordinatorService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<pb::RevokeTokenResponse, Status> {
-        let scope = Scope::default();
+        let scope = Scope::whole(None);
         let who = self
             .allow(&request, "RevokeToken", Permission::Administer, scope)
             .await?;

@@ -199,7 +199,7 @@ impl Transaction {
             ));
         }
         let creator = &self.record.created_by;
-        if !creator.is_empty() && *creator == report.actor {
+        if !creator.is_empty() && person(creator) == person(&report.actor) {
             return Err(format!(
                 "id: {creator} created {}; a transaction needs someone else's approval",
                 self.record.id
@@ -341,6 +341,14 @@ fn with_actor(mut effects: Vec<Effect>, actor: &str) -> Vec<Effect> {
 
 fn is_abort_decision(e: &pb::Event) -> bool {
     e.kind == pb::EventKind::DecidedAbort as i32
+}
+
+/// The person behind an actor, whatever credential it showed: `user/alice` (a
+/// certificate) and `alice (token tok-…)` (a token whose subject is alice) are both
+/// alice, so the four-eyes rule compares people, not credentials.
+fn person(actor: &str) -> &str {
+    let name = actor.split(" (token ").next().unwrap_or(actor);
+    name.strip_prefix("user/").unwrap_or(name)
 }
 
 fn who(actor: &str) -> &str {

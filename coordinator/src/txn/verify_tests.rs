@@ -223,3 +223,25 @@ fn urls_name_what_cannot_be_filled() {
         "http://x/T4C"
     );
 }
+
+/// Issue 26, defect 3: four eyes are two people. The creator's certificate said
+/// `user/tim`; tim's operator token (subject tim) may not approve either.
+#[test]
+fn the_creator_cannot_approve_with_another_credential() {
+    let (mut m, _) = verifying();
+    m.record.created_by = "user/tim".into();
+    to_approval(&mut m);
+    for actor in [
+        "tim (token tok-1)",
+        "user/tim (token tok-2)",
+        "user/tim",
+        "tim",
+    ] {
+        let refused = m.approve(by(actor, "mine"));
+        assert!(refused.is_err(), "{actor} approved tim's own transaction");
+    }
+    assert!(
+        m.approve(by("user/tom", "fine")).is_ok(),
+        "someone else may"
+    );
+}
