@@ -139,6 +139,13 @@ async fn an_agent_that_lost_its_ledger_needs_resolution_and_a_person_resolves_it
 #[tokio::test(flavor = "multi_thread")]
 async fn a_participant_that_answers_cannot_be_resolved_by_hand() {
     let mut c = Cluster::new().await;
+    // The coordinator's own retries wait 60 s, so the Commit that reaches B once it is
+    // back is the one resolve sends (otherwise a retry may win the race and end T2
+    // before resolve asks).
+    let slow = ["--retry-initial-delay", "60s", "--retry-max-delay", "60s"];
+    c.coordinator
+        .restart_with_args(slow.iter().map(|s| s.to_string()).collect())
+        .await;
     t2_with_b_prepared(&mut c).await;
     c.agent_mut("B").server.kill9().await;
     c.heal("A");

@@ -164,7 +164,9 @@ pub fn check(o: &Observation) -> Vec<Violation> {
                 .and_then(|p| p.phases.get(&t.id));
             match (s, phase) {
                 (State::Committed, Some(Phase::Committed)) => {}
-                (State::Committed, None) if lost(&part.project) => {}
+                // A project that lost its ledger may miss the record, or hold only what it
+                // wrote after the loss: its refusal of a late, duplicated Prepare.
+                (State::Committed, None | Some(Phase::Refused)) if lost(&part.project) => {}
                 // Waiting for a person: who has not acknowledged may still be prepared.
                 (State::Committed, Some(Phase::Prepared))
                     if waiting.contains(t.id.as_str()) && !part.acknowledged => {}
@@ -456,19 +458,26 @@ fn waiting_for_a_person<'a>(
             );
         }
     }
-    // What is queued behind a waiting transaction waits with it.
-    let held = projects_of(o, &waiting);
-    for t in &o.transactions {
-        let queued = state(t) == State::Pending;
-        if queued
-            && t.participants
-                .iter()
-                .any(|p| held.contains(p.project.as_str()))
-        {
-            waiting.insert(t.id.as_str());
+    // What is queued behind a waiting transaction waits with it, and so does what is
+    // queued behind that (the queue is first-come-first-served per project: a queued
+    // transaction blocks later ones that want any of its projects), to a fixpoint.
+    loop {
+        let held = projects_of(o, &waiting);
+        let before = waiting.len();
+        for t in &o.transactions {
+            let queued = state(t) == State::Pending;
+            if queued
+                && t.participants
+                    .iter()
+                    .any(|p| held.contains(p.project.as_str()))
+            {
+                waiting.insert(t.id.as_str());
+            }
+        }
+        if waiting.len() == before {
+            return waiting;
         }
     }
-    waiting
 }
 
 /// The projects taking part in the transactions `ids`.
