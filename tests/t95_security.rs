@@ -272,6 +272,7 @@ async fn grants_scoped_to_a_project_never_reach_the_whole_environment_or_widen()
     let hook = ["notify", "add", "all", "--url", "http://127.0.0.1:9/x"];
     refused(&s.cli(&bob, &hook).await, "PermissionDenied");
     refused(&s.cli(&carla, &hook).await, "PermissionDenied");
+    refused(&s.cli(&bob, &["audit"]).await, "PermissionDenied");
     let wide = ["token", "create", "--role", "admin", "--subject", "mallory"];
     refused(&s.cli(&carla, &wide).await, "PermissionDenied");
     let other = ["token", "create", "--role", "viewer", "--project", "B"];

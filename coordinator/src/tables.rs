@@ -474,9 +474,14 @@ impl Tables {
             .unwrap_or(0))
     }
 
-    /// A stored transaction with the marks learnt after it ended laid over it.
+    /// A stored transaction with the marks learnt after it ended laid over it. Only a
+    /// committed transaction can have any (a revert pulls a committed release; a live
+    /// check follows a commit), so other reads cost no lookup.
     fn decode_transaction(&self, bytes: &[u8]) -> Result<TxRecord, StoreError> {
         let mut tx: TxRecord = decode(TRANSACTIONS, bytes)?;
+        if tx.state != crate::model::TxState::Committed {
+            return Ok(tx);
+        }
         let key = |mark| mark_key(tx.ordinal, mark);
         if self.kv.get(TX_MARKS, &key(QUARANTINED_MARK))?.is_some() {
             tx.quarantined = true;

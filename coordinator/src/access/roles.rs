@@ -299,15 +299,20 @@ mod tests {
         assert!(releaser_for(&[], &[]).allows(Permission::Read, &every));
     }
 
+    /// `role` over project A in every environment.
+    fn for_a(role: Role) -> Grant {
+        Grant {
+            role,
+            environments: Vec::new(),
+            projects: vec!["A".into()],
+        }
+    }
+
     /// Issue 26, defect 1: an operator for project A only may not act on the whole of
     /// an environment (its verify steps, its webhooks) nor on everything.
     #[test]
     fn a_whole_scope_needs_a_grant_over_every_project() {
-        let a_only = Grant {
-            role: Role::Operator,
-            environments: Vec::new(),
-            projects: vec!["A".into()],
-        };
+        let a_only = for_a(Role::Operator);
         let staging = env("staging");
         assert!(!a_only.allows(Permission::Operate, &Scope::whole(Some(&staging))));
         assert!(!a_only.allows(Permission::Operate, &Scope::whole(None)));
@@ -319,11 +324,7 @@ mod tests {
     /// Issue 26, defect 2: a grant made by a principal stays within its own.
     #[test]
     fn grants_never_widen() {
-        let admin_a = Grant {
-            role: Role::Admin,
-            environments: Vec::new(),
-            projects: vec!["A".into()],
-        };
+        let admin_a = for_a(Role::Admin);
         let everywhere = Grant::everywhere(Role::Admin);
         assert!(
             !admin_a.contains(&everywhere),
