@@ -461,3 +461,67 @@ async fn certificates_are_reread_on_sighup_without_a_restart() {
         coordinator.log()
     );
 }
+
+/// Issue 26, defect 5: a principal in a loop of refused calls cannot grow the log
+/// without end: its refusals are written at most ten a minute (every call is still
+/// refused), another principal's are written as before, and the first one written after
+/// the minute says how many were not.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_of_one_principal_are_written_at_most_ten_a_minute_then_counted() {
+    let s = Secure::start(&[], &[]).await;
+    let hook = ["notify", "add", "all", "--url", "http://127.0.0.1:9/x"];
+    let bob = As::User("bob".into());
+    for _ in 0..25 {
+        refused(&s.cli(&bob, &hook).await, "PermissionDenied");
+    }
+    for _ in 0..3 {
+        refused(
+            &s.cli(&As::User("alice".into()), &hook).await,
+            "PermissionDenied",
+        );
+    }
+    let denied = |actor: &'static str| {
+        let s = &s;
+        async move {
+            let audit = s.cli(&admin(), &["audit", "-o", "json"]).await;
+            assert_eq!(audit.code, 0, "{audit:?}");
+            let events = audit.json()["events"].as_array().unwrap().clone();
+            let of = |e: &&serde_json::Value| {
+                e["kind"] == "EVENT_KIND_ACCESS_DENIED" && e["actor"] == actor
+            };
+            let messages = events.iter().filter(of);
+            messages
+                .map(|e| e["message"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(denied("user/bob").await.len(), 10, "at most ten a minute");
+    assert_eq!(
+        denied("user/alice").await.len(),
+        3,
+        "each principal has its own"
+    );
+
+    // Past the minute, the next one is written with the count of those that were not.
+    let calls = std::sync::atomic::AtomicU64::new(25);
+    let counted = support::wait_within(
+        "bob's next refusal to be written",
+        std::time::Duration::from_secs(90),
+        std::time::Duration::from_secs(1),
+        || async {
+            refused(&s.cli(&bob, &hook).await, "PermissionDenied");
+            let made = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let all = denied("user/bob").await;
+            (all.len() == 11).then(|| (all[10].clone(), made))
+        },
+    )
+    .await;
+    let (message, calls) = counted;
+    let count = message
+        .split(" more refused calls")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("says how many were not written: {message}"));
+    assert_eq!(count, calls - 11, "{message}");
+}

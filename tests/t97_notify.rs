@@ -465,6 +465,10 @@ async fn signed_binary_mode_and_ping() {
             line["signature_ok"], true,
             "HMAC-SHA256 of the exact body: {line}"
         );
+        assert_eq!(
+            line["standard_signature_ok"], true,
+            "Standard Webhooks, keyed with a plain secret's bytes: {line}"
+        );
     }
     let events: Vec<Value> = r
         .accepted()
@@ -551,6 +555,163 @@ async fn a_queued_transaction_past_the_threshold_is_reported_stalled() {
     assert_eq!(t2_stalls, 1, "reported once");
 }
 
+/// Issue 26, defect 5: a webhook target is checked after DNS resolution, when it is
+/// added and again at each delivery. Link-local, cloud-metadata and (by default) private
+/// addresses are refused at add (INVALID_ARGUMENT naming `url` and why; nothing stored,
+/// nothing logged); a name that resolves to loopback is fine; an explicit
+/// `--notify-allow` wins; and a subscription stored while its range was allowed is
+/// refused at delivery (and by `notify test`) once it is not, without any request.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_targets_are_checked_after_resolution_when_added_and_at_each_delivery() {
+    let mut c = family_with(&["--notify-timeout", "1s", "--notify-max-backoff", "1s"]).await;
+    let head = c.last_seq().await;
+    let refused: [(&str, &str); 7] = [
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://169.254.10.20:8080/hook", "link-local"),
+        ("http://[fe80::1]:8080/hook", "link-local"),
+        ("http://[fd00:ec2::254]/latest", "metadata"),
+        ("http://[::ffff:169.254.169.254]/x", "metadata"),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "metadata",
+        ),
+        ("http://10.1.2.3:9/hook", "private"),
+    ];
+    for (url, why) in refused {
+        let out = c.cli(&["notify", "add", "inside", "--url", url]).await;
+        assert_eq!(out.code, USAGE, "{url}: {out:?}");
+        assert!(out.stderr.contains("url"), "{url} names the field: {out:?}");
+        assert!(out.stderr.contains(why), "{url} says {why}: {out:?}");
+    }
+    assert_eq!(names(&c).await, Vec::<String>::new(), "nothing stored");
+    assert_eq!(c.last_seq().await, head, "nothing written to the log");
+
+    // A name is resolved, then checked: localhost is loopback.
+    let r = Receiver::start(&[]).await;
+    let named = format!("http://localhost:{}/hook", r.port);
+    add(&c, &["named", "--url", &named]).await;
+    let ping = c.cli(&["notify", "test", "named"]).await;
+    assert!(ping.stdout.contains("200"), "{ping:?}");
+
+    // Allowed explicitly, a private address is taken (and tried: nothing answers).
+    let data_dir = c.dir.path().join("coordinator").display().to_string();
+    let allowed = ["--notify-allow", "10.0.0.0/8", "--notify-timeout", "1s"];
+    restart(&mut c, &data_dir, &allowed).await;
+    add(&c, &["private", "--url", "http://10.255.255.1:9/hook"]).await;
+
+    // Without the flag, delivery refuses it before any connection, and says why.
+    restart(&mut c, &data_dir, &["--notify-timeout", "1s"]).await;
+    let stuck = wait_for("the delivery to `private` to be refused", || async {
+        let s = subscription(&c, "private").await;
+        text(&s, "lastError").contains("refused").then_some(s)
+    })
+    .await;
+    assert!(text(&stuck, "lastError").contains("private"), "{stuck}");
+    assert!(number(&stuck, "lag") > 0, "{stuck}");
+    let ping = c.cli(&["notify", "test", "private"]).await;
+    assert!(
+        ping.stdout.contains("refused") && ping.stdout.contains("private"),
+        "{ping:?}"
+    );
+}
+
+/// Issue 26, defect 5: a subscription URL's userinfo and query (where credentials and
+/// tokens live) are shown as `***` by `notify add`, `notify list`, `notify test`, the
+/// `subscription.added` event and the coordinator's log; deliveries use the full URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn urls_are_shown_and_logged_without_credentials_or_query() {
+    let c = family_with(&["--notify-timeout", "1s", "--notify-max-backoff", "1s"]).await;
+    let r = Receiver::start(&[]).await;
+    let secret_url = format!(
+        "http://hook-user:hunter2@127.0.0.1:{}/hook?token=s3cret",
+        r.port
+    );
+    let shown = format!("http://***@127.0.0.1:{}/hook?***", r.port);
+    let out = c
+        .cli(&["notify", "add", "creds", "--url", &secret_url])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let dead = "http://u:hunter2@127.0.0.1:1/x?token=s3cret";
+    add(&c, &["dead", "--url", dead]).await;
+    let listed = subscription(&c, "creds").await;
+    assert_eq!(text(&listed, "url"), shown, "{listed}");
+    caught_up(&c, &["creds"], Duration::from_secs(60)).await;
+    let ping = c.cli(&["notify", "test", "dead"]).await;
+    let failed = wait_for("the dead receiver's error in `notify list`", || async {
+        let s = subscription(&c, "dead").await;
+        (!text(&s, "lastError").is_empty()).then_some(s)
+    })
+    .await;
+
+    let added: Vec<String> = c
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::SubscriptionAdded as i32)
+        .map(|e| e.message)
+        .collect();
+    assert!(added[0].contains(&shown), "{added:?}");
+    let seen = [
+        out.stdout,
+        out.stderr,
+        format!("{added:?}"),
+        format!("{ping:?}"),
+        failed.to_string(),
+        subscriptions(&c).await.to_string(),
+        c.coordinator.log(),
+    ];
+    assert!(ping.stdout.contains("127.0.0.1:1"), "{ping:?}");
+    for text in seen {
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "a credential shows: {text}"
+        );
+    }
+    let got = r.accepted();
+    assert!(!got.is_empty());
+    for line in &got {
+        assert_eq!(line["path"], "/hook?token=s3cret", "{line}");
+        assert!(
+            text(&line["headers"], "authorization").starts_with("Basic "),
+            "{line}"
+        );
+    }
+}
+
+/// Issue 26, defect 5: deliveries are signed the Standard Webhooks way too
+/// (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>` over
+/// `{id}.{timestamp}.{body}`, with a `whsec_` secret's decoded key), each attempt with a
+/// fresh timestamp, so a receiver can refuse a replay; the Lockstep header stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_are_signed_the_standard_webhooks_way_too() {
+    let c = family_with(&["--notify-timeout", "1s", "--notify-max-backoff", "1s"]).await;
+    let secret = c.dir.path().join("hook.secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let secret = secret.display().to_string();
+    let r = Receiver::start(&["--fail-first", "2", "--verify-secret-file", &secret]).await;
+    add(&c, &["std", "--url", &r.url(), "--secret-file", &secret]).await;
+    c.release("T1", &["B=T1B"], 0).await;
+    caught_up(&c, &["std"], Duration::from_secs(60)).await;
+    let lines = r.lines();
+    assert!(lines.len() > 3, "{lines:#?}");
+    for line in &lines {
+        assert_eq!(line["signature_ok"], true, "{line}");
+        assert_eq!(line["standard_signature_ok"], true, "{line}");
+        assert_eq!(
+            text(&line["headers"], "webhook-id"),
+            attr(line, "id"),
+            "{line}"
+        );
+    }
+    let first: Vec<&Value> = lines.iter().filter(|l| seq(l) == seq(&lines[0])).collect();
+    assert_eq!(first.len(), 3, "two 500s, then the 200: {first:#?}");
+    let stamps: Vec<u64> = first
+        .iter()
+        .map(|l| text(&l["headers"], "webhook-timestamp").parse().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+}
+
 // ---------------------------------------------------------------------------------
 // Helpers.
 
@@ -578,6 +739,16 @@ async fn family_with(args: &[&str]) -> Cluster {
     };
     c.add_family().await;
     c
+}
+
+/// Stops the coordinator and starts it again on its data directory with `flags` only.
+async fn restart(c: &mut Cluster, data_dir: &str, flags: &[&str]) {
+    c.coordinator.kill9().await;
+    let mut argv = vec!["--data-dir".to_string(), data_dir.to_string()];
+    argv.extend(flags.iter().map(|a| a.to_string()));
+    let log = c.dir.path().join("coordinator.log");
+    let bin = support::bin("lockstep-coordinator");
+    c.coordinator = Server::start("coordinator", bin, argv, Vec::new(), log, 0).await;
 }
 
 /// [`wait_for`] with a deadline of its own (deliveries through backoff take longer than

@@ -81,6 +81,13 @@ struct Args {
     /// first retry waits 200ms, each next one twice as long).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     notify_max_backoff: std::time::Duration,
+    /// Where webhooks may go besides loopback and public addresses: a range
+    /// (`10.20.0.0/16`), an address or a host name (allowed whatever it resolves to);
+    /// repeatable. Private, link-local and cloud-metadata addresses are refused
+    /// otherwise, checked after DNS resolution when a subscription is added and at
+    /// every delivery.
+    #[arg(long, value_name = "CIDR|HOST", value_parser = notify::target::parse_allow)]
+    notify_allow: Vec<notify::target::Allowed>,
     /// When a transaction still queued or in phase 2 gets a STALLED event: `DURATION`
     /// for every environment, `ENV=DURATION` for one (repeatable).
     #[arg(long, value_parser = parse_stall, default_value = "10m")]
@@ -210,6 +217,7 @@ fn config(args: &Args) -> Config {
         notify: notify::Settings {
             timeout: args.notify_timeout,
             max_backoff: args.notify_max_backoff,
+            allow: args.notify_allow.clone(),
             ..notify::Settings::default()
         },
         stalled_after: Some(thresholds(&args.stalled_after)),

@@ -16,15 +16,20 @@ answers every POST, in this order of precedence:
 5. 200.
 
 Before answering, it appends one JSON line to --log (flushed and fsynced):
-`{"n": 1.., "status": 500|429|0 (hung)|410|200, "headers": {lowercased name: value},
-"body": the body as text}`, plus `"signature_ok": true|false` with
---verify-secret-file (the `x-lockstep-signature-256: sha256=<hex>` header checked
-against the HMAC-SHA256 of the exact body bytes, keyed with the file's content less
-its trailing newline). --delay SECONDS waits that long after logging, before each
+`{"n": 1.., "status": 500|429|0 (hung)|410|200, "path": the request target (path and
+query), "headers": {lowercased name: value}, "body": the body as text}`, plus, with
+--verify-secret-file, `"signature_ok": true|false` (the `x-lockstep-signature-256:
+sha256=<hex>` header checked against the HMAC-SHA256 of the exact body bytes, keyed
+with the file's content less its trailing newline) and `"standard_signature_ok":
+true|false` (the Standard Webhooks check: some `v1,<base64>` entry of
+`webhook-signature` is the HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`,
+keyed with the base64-decoded rest of a `whsec_` secret, else with the secret's bytes,
+and `webhook-timestamp` is within five minutes of now). --delay SECONDS waits that long after logging, before each
 answer: a slow receiver, so that requests are in flight when a test kills the sender.
 """
 
 import argparse
+import base64
 import hashlib
 import hmac
 import json
@@ -71,6 +76,7 @@ class State:
             elif key.endswith(b"\n"):
                 key = key[:-1]
             self.key = key
+            self.standard_key = standard_key(key)
 
     def decide(self):
         """The status to answer (0: hang), and the request's number."""
@@ -90,12 +96,13 @@ class State:
         self.ok += 1
         return 200
 
-    def record(self, headers, body):
+    def record(self, path, headers, body):
         with self.lock:
             status = self.decide()
             line = {
                 "n": self.n,
                 "status": status,
+                "path": path,
                 "headers": headers,
                 "body": body.decode("utf-8", errors="replace"),
             }
@@ -103,10 +110,32 @@ class State:
                 sent = headers.get("x-lockstep-signature-256", "")
                 want = "sha256=" + hmac.new(self.key, body, hashlib.sha256).hexdigest()
                 line["signature_ok"] = hmac.compare_digest(sent, want)
+                line["standard_signature_ok"] = standard_ok(self.standard_key, headers, body)
             self.log.write(json.dumps(line, sort_keys=True) + "\n")
             self.log.flush()
             os.fsync(self.log.fileno())
             return status
+
+
+def standard_key(secret):
+    """The Standard Webhooks HMAC key: a `whsec_` secret's base64 rest, else as is."""
+    if secret.startswith(b"whsec_"):
+        return base64.b64decode(secret[len(b"whsec_"):])
+    return secret
+
+
+def standard_ok(key, headers, body):
+    """Whether the Standard Webhooks headers sign this body, sent within five minutes."""
+    msg_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    if not msg_id or not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
+        return False
+    signed = msg_id.encode() + b"." + stamp.encode() + b"." + body
+    want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    entries = headers.get("webhook-signature", "").split(" ")
+    return any(
+        e.startswith("v1,") and hmac.compare_digest(e[3:], want) for e in entries
+    )
 
 
 def handler(state):
@@ -149,7 +178,7 @@ def handler(state):
             for name, value in self.headers.items():
                 name = name.lower()
                 headers[name] = headers[name] + ", " + value if name in headers else value
-            status = state.record(headers, body)
+            status = state.record(self.path, headers, body)
             if status == 0:
                 time.sleep(state.args.hang_once)
                 self.close_connection = True

@@ -6,12 +6,13 @@
 //! `--insecure` (no TLS) keeps the old behaviour for local experiments: every caller is
 //! let through, named by the `actor` it gives.
 
+pub mod refusals;
 pub mod roles;
 pub mod tokens;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use lockstep::{
@@ -23,6 +24,7 @@ use lockstep::{
 use tonic::{Request, Status};
 
 use self::{
+    refusals::{Refusals, Verdict},
     roles::{Grant, Permission, Role, Scope},
     tokens::{Claims, TokenKey},
 };
@@ -149,6 +151,8 @@ pub fn principal_of<T>(request: &Request<T>) -> Principal {
 #[derive(Clone)]
 pub struct Access {
     inner: Arc<Mode>,
+    /// Each principal's refusals written lately ([`refusals`]).
+    refusals: Arc<Mutex<Refusals>>,
 }
 
 enum Mode {
@@ -177,6 +181,7 @@ impl Access {
     pub fn insecure() -> Self {
         Self {
             inner: Arc::new(Mode::Insecure),
+            refusals: Arc::default(),
         }
     }
 
@@ -184,6 +189,7 @@ impl Access {
     pub fn secure(secure: Secure) -> Self {
         Self {
             inner: Arc::new(Mode::Secure(Box::new(secure))),
+            refusals: Arc::default(),
         }
     }
 
@@ -206,6 +212,15 @@ impl Access {
             Mode::Secure(s) => (s.clock)(),
             Mode::Insecure => lockstep::wire::now_millis(),
         }
+    }
+
+    /// Whether a refusal of `principal` now is written to the log ([`refusals`]: at
+    /// most [`refusals::PER_MINUTE`] a minute each).
+    pub fn admit_refusal(&self, principal: &Principal) -> Verdict {
+        let now = self.now_ms();
+        // Every critical section is one map update.
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        refusals.admit(&principal.actor, now)
     }
 
     /// Marks a token revoked for every later call.

@@ -20,6 +20,13 @@ use super::{
 /// The header carrying `sha256=<hex>`: HMAC-SHA256 of the body with the secret.
 pub const SIGNATURE: &str = "x-lockstep-signature-256";
 
+/// Standard Webhooks: the message id (the CloudEvent id, the same on every attempt).
+pub const WEBHOOK_ID: &str = "webhook-id";
+/// Standard Webhooks: when this attempt was signed, in seconds since the epoch.
+pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+/// Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+
 /// The longest `Retry-After` honoured as given (longer ones wait this long).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -71,12 +78,13 @@ pub fn ping(name: &str, source: &str) -> Result<cloudevents::Event, String> {
         .map_err(|err| err.to_string())
 }
 
-/// The POST of `event` to `s`, in its mode, signed with its secret.
+/// The POST of `event` to `s`, in its mode, signed with its secret (both ways).
 pub fn request(
     client: &reqwest::Client,
     s: &SubscriptionRecord,
     event: cloudevents::Event,
 ) -> Result<reqwest::Request, String> {
+    let id = cloudevents::AttributesReader::id(&event).to_string();
     let post = client.post(&s.url);
     let post = match s.mode {
         Mode::Binary => post.event(event).map_err(|e| e.to_string())?,
@@ -86,16 +94,39 @@ pub fn request(
                 .body(body)
         }
     };
-    let mut request = post.build().map_err(|e| e.to_string())?;
+    let mut request = post.build().map_err(|e| describe(&e))?;
     if !s.secret.is_empty() {
-        let body = request
-            .body()
-            .and_then(|b| b.as_bytes())
-            .unwrap_or_default();
-        let signed = HeaderValue::from_str(&sign(&s.secret, body)).map_err(|e| e.to_string())?;
-        request.headers_mut().insert(SIGNATURE, signed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+        let timestamp = now.map_or(0, |d| d.as_secs());
+        sign_request(&mut request, &s.secret, &id, timestamp)?;
     }
     Ok(request)
+}
+
+/// Adds both signatures of `request`'s body under `secret`: the Lockstep header, and
+/// the Standard Webhooks headers for message `id` sent at `timestamp`.
+fn sign_request(
+    request: &mut reqwest::Request,
+    secret: &str,
+    id: &str,
+    timestamp: u64,
+) -> Result<(), String> {
+    let body = request
+        .body()
+        .and_then(|b| b.as_bytes())
+        .unwrap_or_default();
+    let standard = standard_signature(secret, id, timestamp, body);
+    let headers = [
+        (SIGNATURE, sign(secret, body)),
+        (WEBHOOK_ID, id.to_string()),
+        (WEBHOOK_TIMESTAMP, timestamp.to_string()),
+        (WEBHOOK_SIGNATURE, standard),
+    ];
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        request.headers_mut().insert(name, value);
+    }
+    Ok(())
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
@@ -104,6 +135,32 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     let tag = ring::hmac::sign(&key, body);
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
+}
+
+/// The Standard Webhooks signature of `body` as message `id` sent at `timestamp`:
+/// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`. A receiver checks it and
+/// refuses a timestamp too far from its clock, so a captured request cannot be replayed
+/// later. The key is [`standard_key`].
+pub fn standard_signature(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &standard_key(secret));
+    let mut signed = ring::hmac::Context::with_key(&key);
+    signed.update(format!("{id}.{timestamp}.").as_bytes());
+    signed.update(body);
+    let tag = signed.sign();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+    )
+}
+
+/// The Standard Webhooks key of `secret`: a `whsec_` secret (the spec's form) is the
+/// base64 of the key; any other secret is the key's bytes, as for the Lockstep header.
+pub fn standard_key(secret: &str) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_");
+    let decoded = encoded.and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+    decoded.unwrap_or_else(|| secret.as_bytes().to_vec())
 }
 
 /// What one attempt came to.
@@ -162,8 +219,9 @@ fn classify(status: u16, retry_after: Option<&HeaderValue>) -> Answer {
     }
 }
 
-/// A reqwest error in one line with its causes (its own message hides them); the
-/// http verify steps say the same.
+/// A reqwest error in one line with its causes (its own message hides them), its URL
+/// [`shown`](super::subscription::shown) without credentials; the http verify steps say
+/// the same.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
@@ -177,6 +235,9 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     while let Some(inner) = source {
         why = format!("{why}: {inner}");
         source = inner.source();
+    }
+    if let Some(url) = e.url() {
+        why = why.replace(url.as_str(), &super::subscription::shown(url.as_str()));
     }
     format!("{what}: {why}")
 }
@@ -205,6 +266,39 @@ mod tests {
         assert_eq!(
             tag,
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn the_standard_signature_matches_the_specs_example() {
+        // The Standard Webhooks reference libraries' test vector.
+        let signature = standard_signature(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(standard_key("plain secret"), b"plain secret");
+        assert_eq!(standard_key("whsec_not base64!"), b"whsec_not base64!");
+    }
+
+    #[test]
+    fn a_signed_request_carries_both_signatures() {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .post("http://127.0.0.1:9/hook")
+            .body("{}")
+            .build()
+            .unwrap();
+        sign_request(&mut request, "k", "00000000000000000007", 1700000000).unwrap();
+        let header = |name: &str| request.headers()[name].to_str().unwrap().to_string();
+        assert_eq!(header(SIGNATURE), sign("k", b"{}"));
+        assert_eq!(header(WEBHOOK_ID), "00000000000000000007");
+        assert_eq!(header(WEBHOOK_TIMESTAMP), "1700000000");
+        assert_eq!(
+            header(WEBHOOK_SIGNATURE),
+            standard_signature("k", "00000000000000000007", 1700000000, b"{}")
         );
     }
 

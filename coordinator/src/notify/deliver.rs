@@ -128,7 +128,7 @@ async fn attempt(hub: &Hub, shared: &Shared, e: &pb::Event) -> Answer {
     let request = cloud::from_log(e, &hub.source)
         .and_then(|event| cloud::request(&hub.client, &record, event));
     match request {
-        Ok(request) => cloud::send(&hub.client, request).await,
+        Ok(request) => hub.post(request).await,
         Err(why) => Answer::Failed(0, format!("could not build the request: {why}")),
     }
 }

@@ -8,7 +8,10 @@
 //! - [`subscription`]: the stored subscription, validated from the request.
 //! - [`route`]: which subscription gets which event (failures to ticket, project or
 //!   environment). Pure.
-//! - [`cloud`]: an event as a CloudEvent HTTP request, and what the answer means.
+//! - [`cloud`]: an event as a CloudEvent HTTP request, signed, and what the answer
+//!   means.
+//! - [`target`]: where webhooks may go, checked after DNS resolution when a
+//!   subscription is added and at every connection.
 //! - `deliver`: the delivery task.
 
 pub mod cloud;
@@ -16,6 +19,7 @@ mod deliver;
 pub mod kinds;
 pub mod route;
 pub mod subscription;
+pub mod target;
 
 use std::{
     collections::BTreeMap,
@@ -34,11 +38,13 @@ use crate::{
     tables::Tables,
 };
 use cloud::Answer;
+use lockstep::names::FieldError;
 use route::Routes;
 use subscription::SubscriptionRecord;
+use target::{Guard, Policy};
 
 /// Delivery tunables; defaults suit production.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Connect and read timeout of one request.
     pub timeout: Duration,
@@ -46,6 +52,8 @@ pub struct Settings {
     pub first_backoff: Duration,
     /// The longest wait between retries (a `Retry-After` may ask for longer).
     pub max_backoff: Duration,
+    /// Where webhooks may go beyond loopback and public addresses (`--notify-allow`).
+    pub allow: Vec<target::Allowed>,
 }
 
 impl Default for Settings {
@@ -54,6 +62,7 @@ impl Default for Settings {
             timeout: Duration::from_secs(10),
             first_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
+            allow: Vec::new(),
         }
     }
 }
@@ -73,6 +82,8 @@ struct Hub {
     journal: Journal,
     feed: Feed,
     client: reqwest::Client,
+    /// Where webhooks may go; also `client`'s resolver.
+    guard: Guard,
     settings: Settings,
     /// The CloudEvent `source`: this data directory.
     source: String,
@@ -134,11 +145,8 @@ impl Notifier {
         incarnation: &str,
         settings: Settings,
     ) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout)
-            .read_timeout(settings.timeout)
-            .timeout(settings.timeout)
-            .build()
+        let guard = Guard::new(Policy::new(&settings.allow), target::system_lookup());
+        let client = target::client(&guard, settings.timeout)
             .map_err(|e| CoordinatorError::Refused(format!("HTTP client: {e}")))?;
         let records = tables.subscriptions()?;
         let hub = Arc::new(Hub {
@@ -148,6 +156,7 @@ impl Notifier {
             journal,
             feed,
             client,
+            guard,
             settings,
             source: format!("urn:lockstep:{incarnation}"),
         });
@@ -158,7 +167,8 @@ impl Notifier {
     }
 
     /// Adds a subscription; delivery starts at once. ALREADY_EXISTS when the name is
-    /// taken; nothing is stored when the request is refused.
+    /// taken, INVALID_ARGUMENT (`url`) when its host is, or resolves to, an address
+    /// webhooks may not go to; nothing is stored when the request is refused.
     pub async fn add(
         &self,
         r: &pb::AddSubscriptionRequest,
@@ -174,13 +184,14 @@ impl Notifier {
         }
         let head = *self.hub.feed.latest().borrow();
         let record = SubscriptionRecord::from_request(r, head, actor)?;
+        self.hub.allowed(&record.url).await?;
         let mut batch = Batch::default();
         Tables::put_subscription(&mut batch, &record);
         self.hub.tables.kv().write(batch, Durability::Sync)?;
         let what = format!(
             "subscription {} added: {} from sequence {}",
             record.name,
-            record.url,
+            subscription::shown(&record.url),
             record.cursor + 1
         );
         self.hub
@@ -227,7 +238,7 @@ impl Notifier {
         let event_id = cloudevents::AttributesReader::id(&ping).to_string();
         let request = cloud::request(&self.hub.client, &record, ping);
         let answer = match request {
-            Ok(request) => cloud::send(&self.hub.client, request).await,
+            Ok(request) => self.hub.post(request).await,
             Err(why) => Answer::Failed(0, why),
         };
         Ok(pb::TestSubscriptionResponse {
@@ -252,6 +263,23 @@ impl Hub {
 
     fn find(&self, name: &str) -> Option<Arc<Shared>> {
         self.subscriptions().get(name).cloned()
+    }
+
+    /// Whether webhooks may go to `url` now (its host resolved); else why not, naming
+    /// the `url` field.
+    async fn allowed(&self, url: &str) -> Result<()> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| FieldError::new("url", e.to_string()))?;
+        let checked = self.guard.check(&parsed).await;
+        Ok(checked.map_err(|why| FieldError::new("url", why))?)
+    }
+
+    /// Sends `request` once, if its host may be sent to: an address in the URL is
+    /// checked here, a name by the client's resolver when it connects.
+    async fn post(&self, request: reqwest::Request) -> Answer {
+        match self.guard.policy().literal(request.url()) {
+            Ok(()) => cloud::send(&self.client, request).await,
+            Err(why) => Answer::Failed(0, target::refused(why)),
+        }
     }
 
     /// Registers `record` and, when it is on, starts its delivery task.

@@ -86,11 +86,11 @@ impl SubscriptionRecord {
             .unwrap_or_default()
     }
 
-    /// As the wire shows it (never the secret); `head` gives the lag.
+    /// As the wire shows it (never the secret, the URL [`shown`]); `head` gives the lag.
     pub fn message(&self, head: u64) -> pb::Subscription {
         pb::Subscription {
             name: self.name.clone(),
-            url: self.url.clone(),
+            url: shown(&self.url),
             events: self.events.iter().map(|k| kinds::name(*k).into()).collect(),
             environment: self
                 .environment
@@ -112,6 +112,29 @@ impl SubscriptionRecord {
             ..Default::default()
         }
     }
+}
+
+/// `url` as callers see it and the log and traces say it: userinfo and query, where
+/// credentials and tokens travel, are `***` (`https://***@host/path?***`), the fragment
+/// is dropped. The stored subscription keeps the whole URL for delivery.
+pub fn shown(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "***".into();
+    };
+    let userinfo = !parsed.username().is_empty() || parsed.password().is_some();
+    if !userinfo && parsed.query().is_none() && parsed.fragment().is_none() {
+        return url.to_string();
+    }
+    if userinfo {
+        // Cannot fail: the URL has a host (it has userinfo).
+        let _ = parsed.set_password(None);
+        let _ = parsed.set_username("***");
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("***"));
+    }
+    parsed.set_fragment(None);
+    parsed.into()
 }
 
 fn events(names: &[String]) -> Result<BTreeSet<i32>, FieldError> {
@@ -156,6 +179,35 @@ mod tests {
         assert!(refusal(|r| r.events = vec!["nope".into()]).contains("events"));
         assert!(refusal(|r| r.mode = "json".into()).contains("mode"));
         assert!(refusal(|r| r.name = "no spaces".into()).contains("name"));
+    }
+
+    #[test]
+    fn urls_are_shown_without_userinfo_or_query() {
+        let cases = [
+            ("https://hooks.example/a", "https://hooks.example/a"),
+            ("http://127.0.0.1:9", "http://127.0.0.1:9"),
+            (
+                "https://user:pass@hooks.example:8443/a/b?token=x&y=z#frag",
+                "https://***@hooks.example:8443/a/b?***",
+            ),
+            ("https://token@hooks.example/", "https://***@hooks.example/"),
+            ("https://:pass@hooks.example/", "https://***@hooks.example/"),
+            (
+                "https://hooks.example/a?sig=abc",
+                "https://hooks.example/a?***",
+            ),
+            ("https://hooks.example/a#x", "https://hooks.example/a"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(shown(url), expected, "{url}");
+        }
+        let r = pb::AddSubscriptionRequest {
+            url: "https://u:p@hooks.example/h?k=v".into(),
+            ..request()
+        };
+        let record = SubscriptionRecord::from_request(&r, 0, "").unwrap();
+        assert_eq!(record.url, r.url, "the stored URL is whole");
+        assert_eq!(record.message(0).url, "https://***@hooks.example/h?***");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Each handler's first step: may this caller do this here? A refusal is recorded as an
-//! ACCESS_DENIED event (the only thing a refused call writes) and answered
-//! PERMISSION_DENIED with the permission, the scope and the principal named.
+//! ACCESS_DENIED event (the only thing a refused call writes), at most
+//! [`PER_MINUTE`] a minute per principal (the next one written says how many were not),
+//! and answered PERMISSION_DENIED with the permission, the scope and the principal
+//! named.
 
 use lockstep::{
     names::{Environment, ProjectName, TxId},
@@ -12,6 +14,7 @@ use super::CoordinatorService;
 use crate::{
     access::{
         Principal, Standing,
+        refusals::{PER_MINUTE, Verdict},
         roles::{Permission, Scope},
     },
     error::CoordinatorError,
@@ -83,7 +86,8 @@ impl CoordinatorService {
             .await)
     }
 
-    /// Records that `principal` was refused `call` (with `message`), and the answer.
+    /// Records that `principal` was refused `call` (with `message`), unless it was
+    /// refused too often this minute, and the answer.
     pub(super) async fn refuse(
         &self,
         principal: &Principal,
@@ -92,10 +96,20 @@ impl CoordinatorService {
         environment: Option<&Environment>,
         transaction: Option<&TxId>,
     ) -> Status {
+        let suppressed = match self.access.admit_refusal(principal) {
+            Verdict::Write { suppressed } => suppressed,
+            Verdict::Suppress { first } => {
+                not_written(principal, call, first);
+                return Status::permission_denied(message);
+            }
+        };
         let event = pb::Event {
             kind: pb::EventKind::AccessDenied as i32,
             actor: principal.actor.clone(),
-            message: format!("{call} refused: {message}"),
+            message: format!(
+                "{call} refused: {message}{}",
+                counted(principal, suppressed)
+            ),
             environment: environment.map(|e| e.to_string()).unwrap_or_default(),
             transaction_id: transaction.map(|t| t.to_string()).unwrap_or_default(),
             ..Default::default()
@@ -105,6 +119,28 @@ impl CoordinatorService {
             tracing::error!("recording a refusal: {e}");
         }
         Status::permission_denied(message)
+    }
+}
+
+/// What an ACCESS_DENIED event adds when earlier refusals were not written.
+fn counted(principal: &Principal, suppressed: u64) -> String {
+    match suppressed {
+        0 => String::new(),
+        n => format!(
+            "; {n} more refused calls by {} before this one were not written (at most {PER_MINUTE} a minute are)",
+            principal.actor
+        ),
+    }
+}
+
+/// Traces a refusal that is not written: the first of a minute as a warning.
+fn not_written(principal: &Principal, call: &str, first: bool) {
+    let actor = &principal.actor;
+    match first {
+        true => {
+            tracing::warn!(%actor, "{call} refused; more than {PER_MINUTE} refusals this minute: the rest of the minute's are counted, not written")
+        }
+        false => tracing::debug!(%actor, "{call} refused (not written)"),
     }
 }
 
