@@ -10,6 +10,7 @@ use lockstep::{
 };
 
 use crate::{
+    access::roles::Authority,
     model::{
         Action, CheckpointRecord, ComponentSpec, CreateSpec, LiveCheck, Participant, ProjectRecord,
         PromoteAsk, Request, Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState,
@@ -63,6 +64,7 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
     })
@@ -147,6 +149,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
     })
@@ -162,6 +165,7 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
     })
@@ -193,6 +197,7 @@ pub fn promote(r: pb::PromoteRequest) -> Result<(PromoteAsk, CreateSpec), FieldE
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
+        authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
     };

@@ -11,6 +11,8 @@ use lockstep::orders::PrepareOrder;
 pub use lockstep::orders::{Action, Schema};
 use serde::{Deserialize, Serialize};
 
+use crate::access::roles::Authority;
+
 /// A registered project in one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectRecord {
@@ -211,8 +213,10 @@ pub enum Request {
         components: Vec<ComponentSpec>,
         /// --force (an untested upstream state).
         force: bool,
-        /// What was live together upstream, verified: the compatibility guard counts
-        /// it as tested here too.
+        /// What was live together upstream: the compatibility guard counts it as
+        /// tested here too when it was verified there. `untested` is set when any
+        /// version in it was not (promoted with --force): the promotion is then
+        /// recorded as forced, so an unverified state never arrives as a tested one.
         upstream: CheckpointRecord,
     },
 }
@@ -280,6 +284,10 @@ pub struct TxRecord {
     /// Who created it (the principal; empty without authentication).
     #[serde(default)]
     pub created_by: String,
+    /// What its creator was allowed when it created it: an automatic promotion of it
+    /// acts for `created_by` with this, checked in the target.
+    #[serde(default)]
+    pub authority: Authority,
     /// Its release ticket (a URL; empty: none): where its failures are notified.
     #[serde(default)]
     pub ticket: String,
@@ -465,6 +473,8 @@ pub struct CreateSpec {
     pub dry_run: bool,
     /// Who asks (the principal; empty without authentication).
     pub actor: String,
+    /// What the one who asks is allowed (recorded on the transaction).
+    pub authority: Authority,
     /// Release ticket URL ("" none).
     pub ticket: String,
     /// For a promotion: the source environment and checkpoint.

@@ -104,15 +104,29 @@ impl Secure {
     /// Starts an agent for `project` with its certificate, taking artifacts from the
     /// cluster's `artifacts/` only.
     pub async fn add_agent(&mut self, project: &str) {
+        self.start_agent("default", project, project).await;
+    }
+
+    /// [`Secure::add_agent`] in environment `env` (its certificate
+    /// `agent-<env>-<project>` must be in the certs dir), known as `env/project`.
+    pub async fn add_env_agent(&mut self, env: &str, project: &str) {
+        self.start_agent(env, project, &format!("{env}/{project}"))
+            .await;
+    }
+
+    async fn start_agent(&mut self, env: &str, project: &str, key: &str) {
         let file = |name: &str| self.certs.join(name).display().to_string();
-        let root = self.dir.path().join(format!("deploy-{project}"));
+        let name = key.replace('/', "-");
+        let root = self.dir.path().join(format!("deploy-{name}"));
         let args = vec![
             "--project".to_string(),
             project.into(),
+            "--environment".into(),
+            env.into(),
             "--data-dir".into(),
             self.dir
                 .path()
-                .join(format!("agent-{project}"))
+                .join(format!("agent-{name}"))
                 .display()
                 .to_string(),
             "--deploy-root".into(),
@@ -120,9 +134,9 @@ impl Secure {
             "--coordinator".into(),
             self.coordinator.https_url(),
             "--tls-cert".into(),
-            file(&format!("agent-default-{project}.crt")),
+            file(&format!("agent-{env}-{project}.crt")),
             "--tls-key".into(),
-            file(&format!("agent-default-{project}.key")),
+            file(&format!("agent-{env}-{project}.key")),
             "--tls-client-ca".into(),
             file("ca.crt"),
             "--artifact-root".into(),
@@ -135,9 +149,9 @@ impl Secure {
                 self.dir.path().display()
             ),
         ];
-        let log = self.dir.path().join(format!("agent-{project}.log"));
+        let log = self.dir.path().join(format!("agent-{name}.log"));
         let server = Server::start(
-            &format!("agent-{project}"),
+            &format!("agent-{name}"),
             bin("lockstep-agent"),
             args,
             Vec::new(),
@@ -150,7 +164,7 @@ impl Secure {
             server,
             deploy_root: root,
         };
-        self.agents.insert(project.to_string(), agent);
+        self.agents.insert(key.to_string(), agent);
     }
 
     /// Makes `project`'s Prepare wait until [`Secure::heal`].

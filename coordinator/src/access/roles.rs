@@ -221,6 +221,47 @@ impl fmt::Display for Grant {
     }
 }
 
+/// What a transaction's creator was allowed when it created it, recorded with the
+/// transaction so that what follows from it automatically (a promotion downstream)
+/// acts with no more than its creator may do, never with the coordinator's own power.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Authority {
+    /// Not recorded (a record written before this was): allows only what a record
+    /// without a creator was made under, an unauthenticated coordinator.
+    #[default]
+    Unrecorded,
+    /// Callers are not authenticated (`--insecure`): anything.
+    Unchecked,
+    /// What these grants allow (none: nothing).
+    Granted(Vec<Grant>),
+}
+
+impl Authority {
+    /// Whether the creator `created_by` (empty: unauthenticated) may do `permission`
+    /// over `scope` with it.
+    pub fn allows(&self, created_by: &str, permission: Permission, scope: &Scope) -> bool {
+        match self {
+            Self::Unrecorded => created_by.is_empty(),
+            Self::Unchecked => true,
+            Self::Granted(grants) => grants.iter().any(|g| g.allows(permission, scope)),
+        }
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unrecorded => f.write_str("no recorded grant"),
+            Self::Unchecked => f.write_str("everything"),
+            Self::Granted(grants) if grants.is_empty() => f.write_str("no role"),
+            Self::Granted(grants) => {
+                let all: Vec<String> = grants.iter().map(Grant::to_string).collect();
+                f.write_str(&all.join("; "))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -319,6 +360,24 @@ mod tests {
         assert!(a_only.allows(Permission::Read, &Scope::environment(&staging)));
         let everyone = Grant::everywhere(Role::Operator);
         assert!(everyone.allows(Permission::Operate, &Scope::whole(None)));
+    }
+
+    /// Issue 26, defect 4: an automatic promotion acts with what its upstream creator
+    /// was allowed; an unrecorded authority allows only an unauthenticated creator.
+    #[test]
+    fn a_recorded_authority_allows_what_its_grants_allow() {
+        let prod = Scope::projects(&env("production"), projects(&["A"]));
+        let dev_only = Authority::Granted(vec![releaser_for(&["dev"], &[])]);
+        assert!(!dev_only.allows("user/bob", Permission::Release, &prod));
+        let dev = Scope::projects(&env("dev"), projects(&["A"]));
+        assert!(dev_only.allows("user/bob", Permission::Release, &dev));
+        assert!(Authority::Unchecked.allows("", Permission::Release, &prod));
+        assert!(Authority::Unrecorded.allows("", Permission::Release, &prod));
+        assert!(!Authority::Unrecorded.allows("user/bob", Permission::Release, &prod));
+        assert_eq!(
+            dev_only.to_string(),
+            "releaser for environments dev and projects *"
+        );
     }
 
     /// Issue 26, defect 2: a grant made by a principal stays within its own.

@@ -32,7 +32,9 @@ pub(super) fn plan_release(
 }
 
 /// Plans a promotion: a release of `components`, under the same rules, except that a
-/// combination `upstream` ran (verified there) counts as tested here.
+/// combination `upstream` ran (verified there) counts as tested here. An untested
+/// upstream (promoted with --force) vouches for nothing and makes the promotion
+/// forced: it never arrives as a tested state.
 pub(super) fn plan_promotion(
     view: &View<'_>,
     components: &[ComponentSpec],
@@ -42,8 +44,10 @@ pub(super) fn plan_promotion(
     let targets = requested_targets(view, components)?;
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, false));
-    let (compat, forced) = compatibility(view, &targets, force, Some(upstream))?;
+    let verified = Some(upstream).filter(|u| !u.untested);
+    let (compat, forced) = compatibility(view, &targets, force, verified)?;
     preconditions.push(compat);
+    let forced = forced || upstream.untested;
     build(view, targets, preconditions, forced, Vec::new(), 0)
 }
 

@@ -151,6 +151,7 @@ impl Registry {
             finished_ms: 0,
             prepare_sent: false,
             created_by: spec.actor.clone(),
+            authority: spec.authority.clone(),
             ticket: spec.ticket.clone(),
             steps: Vec::new(),
             promoted_from: spec.promoted_from.clone(),

@@ -176,6 +176,7 @@ impl Registry {
                 prepare_timeout: None,
                 dry_run: false,
                 actor: "verification after commit".into(),
+                authority: Default::default(),
                 ticket: record.ticket.clone(),
                 promoted_from: None,
             };

@@ -21,7 +21,7 @@
 //! - [`environments`]: declared environments and the promotion path between them.
 //! - [`promote`]: promotions, a source checkpoint or bracket as a release downstream,
 //!   and auto-promotion; `live_check`: the verification after commit that comes
-//!   before them.
+//!   before them; [`verified`]: whether every version a state holds was verified.
 
 pub mod admit;
 pub mod audit;
@@ -33,6 +33,7 @@ mod planning;
 pub mod projects;
 pub mod promote;
 pub mod reads;
+pub mod verified;
 mod writes;
 
 use std::{

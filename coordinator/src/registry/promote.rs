@@ -5,21 +5,36 @@
 //! planning, so the target's release rules, queue, verify steps and 2PC apply
 //! unchanged, and the record says where it came from.
 //!
+//! Only a verified state is promoted without `--force`: every version it holds went
+//! live in a release that was not forced, not pulled, and passed its verification
+//! after commit (see `verified`). A forced promotion of anything else is recorded as
+//! forced in the target, so it never arrives there as a tested state.
+//!
 //! Auto-promotion: an environment with `auto_promote = true` takes every release its
 //! upstream commits (a committed transaction has passed every verify step), as a
 //! promotion of the checkpoint it produced with a deterministic id, so that asking
 //! twice (or again after a restart) is an idempotent retry. Reverts and rollbacks are
-//! not promoted automatically.
+//! not promoted automatically. It acts for the upstream release's creator with what
+//! that creator was allowed (its recorded authority), checked in the target as a
+//! `promote` of theirs would be; a refusal is an event (ACCESS_DENIED for want of
+//! permission, PROMOTION_REFUSED otherwise) and creates nothing.
 
-use lockstep::names::{Environment, TxId};
+use lockstep::{
+    names::{Environment, TxId},
+    pb,
+};
+use lockstep_store::Batch;
 
-use super::Registry;
+use super::{Registry, verified::unverified};
 use crate::{
+    access::roles::{Authority, Permission, Scope},
     error::{CoordinatorError, Result},
+    journal::Durable,
     model::{
-        CheckpointRecord, ComponentSpec, CreateSpec, LiveCheck, PromoteAsk, Request, TxKind,
-        TxRecord, TxState,
+        CheckpointRecord, ComponentSpec, CreateSpec, PromoteAsk, Request, TxKind, TxRecord, TxState,
     },
+    planner::Plan,
+    txn::events,
 };
 
 impl Registry {
@@ -91,12 +106,15 @@ impl Registry {
         )))
     }
 
-    /// Every project of a source checkpoint at its version.
+    /// Every project of a source checkpoint at its version: refused unless every one
+    /// is verified, or forced (then recorded as untested, so forced in the target).
     fn whole_checkpoint(&self, ask: &PromoteAsk) -> Result<(Vec<ComponentSpec>, CheckpointRecord)> {
-        let cp = self.source_checkpoint(ask)?;
-        untested_refused(&cp, ask.force)?;
-        if let Some(t) = self.tables().transaction(&cp.transaction)? {
-            unverified_refused(&t, ask.force)?;
+        let mut cp = self.source_checkpoint(ask)?;
+        if let Some(refused) = self.refusal_of(&cp)? {
+            if !ask.force {
+                return Err(refused);
+            }
+            cp.untested = true;
         }
         let versions = cp.versions.iter();
         let components = versions
@@ -112,13 +130,45 @@ impl Registry {
             Some(n) => tables.checkpoint(from, n)?.ok_or_else(|| {
                 CoordinatorError::NotFound(format!("checkpoint: {from} has no checkpoint {n}"))
             }),
-            None => tables
-                .newest_checkpoint_where(from, &mut |cp| !cp.untested && self.verified(cp))?
-                .ok_or_else(|| {
-                    CoordinatorError::NotFound(format!(
-                        "from: {from} has no verified checkpoint to promote"
-                    ))
-                }),
+            None => self.newest_verified(from),
+        }
+    }
+
+    /// Why promoting `cp` without `--force` is refused: it is untested, its own
+    /// transaction is not verified, or a version it holds is not (`None`: verified).
+    fn refusal_of(&self, cp: &CheckpointRecord) -> Result<Option<CoordinatorError>> {
+        if cp.untested {
+            return Ok(Some(untested(cp)));
+        }
+        let own = self.tables().transaction(&cp.transaction)?;
+        if let Some(why) = own.as_ref().and_then(unverified) {
+            return Ok(Some(CoordinatorError::Refused(format!(
+                "checkpoint: {} (checkpoint {}) {why}; --force to promote it all the same",
+                cp.transaction, cp.revision
+            ))));
+        }
+        Ok(self.unverified_version(cp)?.map(|u| u.refusal(cp)))
+    }
+
+    /// The newest checkpoint of `from` whose every version is verified. A checkpoint
+    /// holding an unverified version skips every older one that holds it too.
+    fn newest_verified(&self, from: &Environment) -> Result<CheckpointRecord> {
+        let mut below = u64::MAX;
+        loop {
+            let mut candidate =
+                |cp: &CheckpointRecord| cp.revision < below && !cp.untested && self.verified(cp);
+            let cp = self
+                .tables()
+                .newest_checkpoint_where(from, &mut candidate)?;
+            let cp = cp.ok_or_else(|| {
+                CoordinatorError::NotFound(format!(
+                    "from: {from} has no verified checkpoint to promote"
+                ))
+            })?;
+            match self.unverified_version(&cp)? {
+                None => return Ok(cp),
+                Some(u) => below = u.origin.since,
+            }
         }
     }
 
@@ -136,10 +186,10 @@ impl Registry {
             ))
         })?;
         committed_release(&t)?;
-        unverified_refused(&t, ask.force)?;
-        if t.forced && !ask.force {
+        let why = unverified(&t);
+        if let Some(why) = why.as_ref().filter(|_| !ask.force) {
             return Err(CoordinatorError::Refused(format!(
-                "release: {release} went live forced into an untested combination; --force to promote it all the same"
+                "release: {release} {why}; --force to promote it all the same"
             )));
         }
         let moved = t
@@ -150,19 +200,19 @@ impl Registry {
             .map(|p| self.component(&ask.from, &p.project, &p.to_version))
             .collect::<Result<Vec<_>>>()?;
         let cp = self.tables().checkpoint(&ask.from, t.checkpoint)?;
-        let cp = cp.ok_or_else(|| {
+        let mut cp = cp.ok_or_else(|| {
             CoordinatorError::NotFound(format!("release: {release} left no checkpoint"))
         })?;
+        cp.untested |= why.is_some();
         Ok((components, cp))
     }
 
-    /// Whether `cp`'s transaction is live everywhere, was not pulled by a revert, and
-    /// passed its verification after commit (or had none). A read error counts as no.
+    /// Whether `cp`'s own transaction is live everywhere, not forced, not pulled by a
+    /// revert, and passed its verification after commit (or had none). A read error
+    /// counts as no.
     fn verified(&self, cp: &CheckpointRecord) -> bool {
         let t = self.tables().transaction(&cp.transaction);
-        t.ok()
-            .flatten()
-            .is_some_and(|t| unverified_refused(&t, false).is_ok())
+        t.ok().flatten().is_some_and(|t| unverified(&t).is_none())
     }
 
     /// `project` at `version` with what the source staged it from.
@@ -185,7 +235,7 @@ impl Registry {
     }
 
     /// After `committed` finished: the promotions its environment's auto-promoting
-    /// downstreams take, created in the background.
+    /// downstreams take, created in the background for its creator.
     pub(super) fn auto_promote(&self, committed: &TxRecord) {
         let release = committed.state == TxState::Committed && committed.kind == TxKind::Release;
         if !release || !committed.live_check.verified() {
@@ -199,8 +249,8 @@ impl Registry {
                 release: None,
                 force: false,
             };
-            let (this, on_behalf) = (self.clone(), committed.created_by.clone());
-            tokio::spawn(async move { this.promote_automatically(ask, on_behalf).await });
+            let (this, upstream) = (self.clone(), committed.clone());
+            tokio::spawn(async move { this.promote_automatically(ask, upstream).await });
         }
     }
 
@@ -211,9 +261,11 @@ impl Registry {
         auto.map(|e| e.name.clone()).collect()
     }
 
-    /// Creates `ask` as made by the upstream release's creator (`on_behalf`), so that
-    /// they cannot approve its downstream verification either.
-    async fn promote_automatically(&self, ask: PromoteAsk, on_behalf: String) {
+    /// Creates `ask` as made by the `upstream` release's creator, with what they were
+    /// allowed (so they cannot approve its downstream verification either, and a
+    /// releaser of the upstream only cannot release downstream through it). A refusal
+    /// is written to the log.
+    async fn promote_automatically(&self, ask: PromoteAsk, upstream: TxRecord) {
         let id = format!(
             "promote-{}-{}-to-{}",
             ask.from,
@@ -221,21 +273,68 @@ impl Registry {
             ask.to
         );
         let created = async {
-            let mut base = auto_spec(&ask, &id)?;
-            if !on_behalf.is_empty() {
-                base.actor = on_behalf;
-            }
+            let base = auto_spec(&ask, &id, &upstream)?;
+            self.creator_not_revoked(&upstream, &id)?;
             let spec = self.promotion(&ask, base)?;
-            self.admit(spec, &|_| Ok(())).await
+            let may = may_release(&upstream, &ask.to, &id);
+            self.admit(spec, &may).await
         };
         match created.await {
             Ok(_) => tracing::info!(%id, "auto-promotion created"),
-            Err(e) => tracing::warn!(%id, "auto-promotion not created: {e}"),
+            Err(CoordinatorError::ShuttingDown) => {}
+            Err(e) => self.auto_promotion_refused(&upstream, &id, e).await,
+        }
+    }
+
+    /// `Err` ([`CoordinatorError::Denied`]) when `upstream` was created with a token
+    /// revoked since: a revoked credential acts no more, not even through what it
+    /// set going.
+    fn creator_not_revoked(&self, upstream: &TxRecord, id: &str) -> Result<()> {
+        let token = upstream.created_by.rsplit_once(" (token ");
+        let Some(token) = token.and_then(|(_, t)| t.strip_suffix(')')) else {
+            return Ok(());
+        };
+        if !self.tables().token(token)?.is_some_and(|t| t.revoked) {
+            return Ok(());
+        }
+        Err(CoordinatorError::Denied(format!(
+            "{id} acts for the upstream release's creator {}, whose token {token} was revoked",
+            upstream.created_by
+        )))
+    }
+
+    /// Writes why promotion `id` of `upstream` was not created, correlated with
+    /// `upstream` and naming the principal it would have acted for.
+    async fn auto_promotion_refused(&self, upstream: &TxRecord, id: &str, e: CoordinatorError) {
+        tracing::warn!(%id, "auto-promotion not created: {e}");
+        let kind = match e {
+            CoordinatorError::Denied(_) => pb::EventKind::AccessDenied,
+            _ => pb::EventKind::PromotionRefused,
+        };
+        let message = format!("auto-promotion {id} refused: {e}");
+        let mut event = events::event(upstream, kind, None, message);
+        event.actor = acting_for(upstream);
+        let durable = Durable::Soon;
+        let written = self
+            .inner
+            .journal
+            .append(Batch::default(), vec![event], durable);
+        if let Err(e) = written.await {
+            tracing::error!(%id, "recording a refused auto-promotion: {e}");
         }
     }
 }
 
-fn auto_spec(ask: &PromoteAsk, id: &str) -> Result<CreateSpec> {
+/// Who an automatic promotion of `upstream` acts for: its creator, or `auto-promotion`
+/// when callers are not authenticated.
+fn acting_for(upstream: &TxRecord) -> String {
+    match upstream.created_by.as_str() {
+        "" => "auto-promotion".into(),
+        creator => creator.into(),
+    }
+}
+
+fn auto_spec(ask: &PromoteAsk, id: &str, upstream: &TxRecord) -> Result<CreateSpec> {
     Ok(CreateSpec {
         id: Some(TxId::derived(id)),
         id_hint: None,
@@ -243,35 +342,44 @@ fn auto_spec(ask: &PromoteAsk, id: &str) -> Result<CreateSpec> {
         request: Request::Rollback { revision: 0 },
         prepare_timeout: None,
         dry_run: false,
-        actor: "auto-promotion".into(),
+        actor: acting_for(upstream),
+        authority: upstream.authority.clone(),
         ticket: String::new(),
         promoted_from: None,
     })
 }
 
-fn untested_refused(cp: &CheckpointRecord, force: bool) -> Result<()> {
-    if !cp.untested || force {
-        return Ok(());
+/// The check an automatic promotion `id` of `upstream` makes against its final plan:
+/// the upstream creator may `release` every project it changes in `to`.
+fn may_release(
+    upstream: &TxRecord,
+    to: &Environment,
+    id: &str,
+) -> impl Fn(&Plan) -> Result<()> + Sync + use<> {
+    let (creator, authority) = (upstream.created_by.clone(), upstream.authority.clone());
+    let (to, id) = (to.clone(), id.to_string());
+    move |plan: &Plan| {
+        let scope = Scope::projects(&to, plan.projects());
+        if authority.allows(&creator, Permission::Release, &scope) {
+            return Ok(());
+        }
+        Err(CoordinatorError::Denied(denial(
+            &id, &creator, &authority, &scope,
+        )))
     }
-    Err(CoordinatorError::Refused(format!(
-        "checkpoint: {} checkpoint {} is untested ({}, forced into a combination never verified); --force to promote it all the same",
-        cp.environment, cp.revision, cp.description
-    )))
 }
 
-fn unverified_refused(t: &TxRecord, force: bool) -> Result<()> {
-    let why = match &t.live_check {
-        _ if force => return Ok(()),
-        _ if t.state != TxState::Committed => "is not live everywhere yet".to_string(),
-        _ if t.quarantined => "was pulled by a revert".to_string(),
-        LiveCheck::Failed(why) => format!("failed its verification after commit ({why})"),
-        LiveCheck::Soaking => "is still in its verification after commit".into(),
-        LiveCheck::None | LiveCheck::Passed => return Ok(()),
-    };
-    Err(CoordinatorError::Refused(format!(
-        "checkpoint: {} (checkpoint {}) {why}; --force to promote it all the same",
-        t.id, t.checkpoint
-    )))
+fn denial(id: &str, creator: &str, authority: &Authority, scope: &Scope) -> String {
+    format!(
+        "{id} acts for the upstream release's creator {creator}, who needs permission release on {scope}; {creator} holds {authority}"
+    )
+}
+
+fn untested(cp: &CheckpointRecord) -> CoordinatorError {
+    CoordinatorError::Refused(format!(
+        "checkpoint: {} checkpoint {} is untested ({}, forced into a combination never verified); --force to promote it all the same",
+        cp.environment, cp.revision, cp.description
+    ))
 }
 
 fn committed_release(t: &TxRecord) -> Result<()> {

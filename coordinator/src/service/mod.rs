@@ -27,8 +27,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     access::{
-        Access, Principal,
-        roles::{Permission, Scope},
+        Access, Principal, Standing,
+        roles::{Authority, Permission, Scope},
     },
     convert,
     coordinator::Coordinator,
@@ -66,12 +66,23 @@ impl CoordinatorService {
         let env = spec.environment.clone();
         let check = guard::plan_check(&principal, call, permission, &env);
         spec.actor = principal.actor_or("");
+        spec.authority = authority(&principal);
         match self.coordinator.create(spec, &check).await {
             Err(CoordinatorError::Denied(message)) => Err(self
                 .refuse(&principal, call, message, Some(&env), None)
                 .await),
             other => Ok(other?),
         }
+    }
+}
+
+/// What `principal` is allowed, as recorded on what it creates (an agent's or the
+/// coordinator's identity creates nothing, so it is recorded as no grant).
+fn authority(principal: &Principal) -> Authority {
+    match &principal.standing {
+        Standing::Unchecked => Authority::Unchecked,
+        Standing::Granted(grants) => Authority::Granted(grants.clone()),
+        Standing::Agent { .. } | Standing::Nothing => Authority::Granted(Vec::new()),
     }
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn t4(state: TxState) -> TxRecord {
         finished_ms: 0,
         prepare_sent: state != TxState::Pending,
         created_by: String::new(),
+        authority: Default::default(),
         ticket: String::new(),
         steps: Vec::new(),
         promoted_from: None,

@@ -159,35 +159,13 @@ fn a_release_of_an_unregistered_project_names_the_component() {
 // counts it as tested: it was live together, verified, upstream.
 #[test]
 fn a_combination_verified_upstream_counts_as_tested_in_a_promotion() {
-    use crate::model::{CheckpointRecord, LiveEntry, Request, TxKind};
     let mut story = Story::with_projects(&[("A", &["B"]), ("B", &[])]);
     story.commit("T1", release(&[("A", "1"), ("B", "1")]));
     story.commit("T2", release(&[("A", "2"), ("B", "2")]));
     let wanted = release(&[("A", "1"), ("B", "2")]);
     assert_rule(&story.plan(&wanted), "compatibility", false, &["--force"]);
 
-    let Request::Release { components, .. } = wanted else {
-        unreachable!("a release")
-    };
-    let entry = |version: &str| LiveEntry {
-        version: super::story::v(version),
-        schema: None,
-    };
-    let upstream = CheckpointRecord {
-        revision: 4,
-        environment: lockstep::names::Environment::parse("environment", "hardening").unwrap(),
-        versions: [(p("A"), entry("1")), (p("B"), entry("2"))].into(),
-        transaction: id("H4"),
-        kind: TxKind::Release,
-        description: "release H4".into(),
-        untested: false,
-        committed_ms: 0,
-    };
-    let promotion = Request::Promote {
-        components,
-        force: false,
-        upstream,
-    };
+    let promotion = promotion_of(wanted, false, false);
     let plan = story.plan(&promotion);
     assert!(plan.allowed(), "{}", plan.refusal());
     assert_rule(
@@ -197,4 +175,62 @@ fn a_combination_verified_upstream_counts_as_tested_in_a_promotion() {
         &["verified, at hardening checkpoint 4"],
     );
     assert!(!plan.forced, "tested, so not forced");
+}
+
+/// A promotion of `wanted` from hardening checkpoint 4, which ran exactly it (`untested`:
+/// a version in it was not verified there).
+fn promotion_of(
+    wanted: crate::model::Request,
+    force: bool,
+    untested: bool,
+) -> crate::model::Request {
+    use crate::model::{CheckpointRecord, LiveEntry, Request, TxKind};
+    let Request::Release { components, .. } = wanted else {
+        unreachable!("a release")
+    };
+    let entry = |version: &lockstep::names::Version| LiveEntry {
+        version: version.clone(),
+        schema: None,
+    };
+    let versions = components
+        .iter()
+        .map(|c| (c.project.clone(), entry(&c.version)));
+    let upstream = CheckpointRecord {
+        revision: 4,
+        environment: lockstep::names::Environment::parse("environment", "hardening").unwrap(),
+        versions: versions.collect(),
+        transaction: id("H4"),
+        kind: TxKind::Release,
+        description: "release H4".into(),
+        untested,
+        committed_ms: 0,
+    };
+    Request::Promote {
+        components,
+        force,
+        upstream,
+    }
+}
+
+// Issue 26, defect 4: an upstream state holding an unverified version (promoted with
+// --force) vouches for nothing here, and the promotion is forced: it never arrives as
+// a tested state, whether or not anything moves back.
+#[test]
+fn an_unverified_upstream_state_arrives_forced_and_vouches_for_nothing() {
+    let mut story = Story::with_projects(&[("A", &["B"]), ("B", &[])]);
+    story.commit("T1", release(&[("A", "1"), ("B", "1")]));
+    story.commit("T2", release(&[("A", "2"), ("B", "2")]));
+    let back = release(&[("A", "1"), ("B", "2")]);
+    let refused = story.plan(&promotion_of(back.clone(), false, true));
+    assert_rule(&refused, "compatibility", false, &["--force"]);
+    let forced = story.plan(&promotion_of(back, true, true));
+    assert!(forced.allowed() && forced.forced, "{}", forced.refusal());
+
+    let ahead = story.plan(&promotion_of(
+        release(&[("A", "3"), ("B", "3")]),
+        true,
+        true,
+    ));
+    assert!(ahead.allowed(), "{}", ahead.refusal());
+    assert!(ahead.forced, "nothing moves back, still forced");
 }

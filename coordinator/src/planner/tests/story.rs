@@ -189,6 +189,7 @@ impl Story {
             finished_ms: 0,
             prepare_sent: true,
             created_by: String::new(),
+            authority: Default::default(),
             ticket: String::new(),
             steps: Vec::new(),
             promoted_from: None,
