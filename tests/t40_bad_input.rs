@@ -384,3 +384,54 @@ async fn every_participant_rpc_refuses_bad_input_and_stages_nothing() {
     );
     assert_eq!(c.agent("A").live(), None);
 }
+
+/// Defect 6 of issue 25: `lockstep … | head` panicked ("failed printing to stdout:
+/// Broken pipe"). Given a reader that closes its end before the CLI writes, when the
+/// CLI prints, then it ends quietly: no panic, no message, not exit code 101.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    for args in [&["project", "list"][..], &["history", "-o", "json"]] {
+        let mut child = tokio::process::Command::new(support::bin("lockstep"))
+            .args(args)
+            .env("LOCKSTEP_COORDINATOR", c.coordinator.url())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "lockstep {args:?}: {stderr}"
+        );
+        assert_ne!(out.status.code(), Some(101), "lockstep {args:?} panicked");
+    }
+}
+
+/// Defect 5 of issue 25: a release id near the 64-byte limit made `lockstep revert ID`
+/// (no `--id`) fail naming a field the caller never gave. Given a committed release
+/// with a 60-character id, when it is reverted without `--id`, then the revert's
+/// derived id fits and the revert commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_with_an_id_near_the_limit_is_reverted_under_a_derived_id_that_fits() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let long = format!("release-{}", "x".repeat(52));
+    assert_eq!(long.len(), 60);
+    c.release(&long, &["A=T2A", "B=T2B", "C=T2C"], 0).await;
+
+    let out = c.cli(&["revert", &long, "--wait", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = shown["id"].as_str().unwrap();
+    assert!(id.len() <= 64 && id.starts_with("revert-"), "{id}");
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]),
+        "back at T1"
+    );
+}

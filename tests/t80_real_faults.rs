@@ -1,6 +1,11 @@
 //! Beside the simulation: random SIGKILLs of the real binaries during streams of
-//! releases (with artifacts and SQLite migrations), reverts and rollbacks, on agents
-//! with commit hooks and their default `--ask-decision-after`; then the simulation's
+//! releases (with artifacts and SQLite migrations; some forced), reverts, rollbacks,
+//! promotions (some forced) and aborts of transactions in flight, on agents with commit
+//! hooks and their default `--ask-decision-after`, in two environments: `default`, and
+//! `prod` after it with auto-promotion, an http smoke step, an external test run and an
+//! approval before COMMIT (answered by a test runner and a release manager polling the
+//! coordinator), a soak and a live http check that reverts on failure after it (the
+//! http server breaks and heals at random); then the simulation's
 //! invariant checker judges what the servers report
 //! (transactions, checkpoints and the event log over gRPC; each agent's own ledger from
 //! its RocksDB once stopped; what is live from the deploy roots; what the CLI told), and
@@ -22,14 +27,18 @@ use std::{
     time::Duration,
 };
 
-use lockstep::pb;
+use lockstep::pb::{self, StepStatus, coordinator_client::CoordinatorClient};
 use lockstep_participant::ledger::{self, Ledger};
 use lockstep_sim::checker::{self, ClientRecord, Observation, ParticipantView, Told};
 use lockstep_store::RocksKv;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use support::{Cluster, wait_for};
+use tonic::transport::Channel;
 
 const PROJECTS: [&str; 4] = ["A", "B", "C", "D"];
+
+/// `default`, and `prod` after it.
+const ENVIRONMENTS: [&str; 2] = ["default", "prod"];
 
 /// How many processes the chaos kills during the stream.
 const KILLS: usize = 25;
@@ -64,7 +73,9 @@ fn build(root: &std::path::Path, project: &str, version: &str, upto: u32) -> Str
     format!("{project}={}", dir.display())
 }
 
-/// What one command of a stream asks for.
+/// What one command of a stream asks for: a release (one in seven forced), a revert, a
+/// rollback in either environment, a promotion (one in four forced), or an abort of a
+/// transaction in flight.
 fn command(
     rng: &mut SmallRng,
     root: &std::path::Path,
@@ -73,32 +84,74 @@ fn command(
 ) -> (String, Vec<String>) {
     let sets: [&[&str]; 5] = [&["A", "B", "C"], &["B"], &["C"], &["D"], &["B", "D"]];
     let id = format!("s{stream}-{i}");
-    match rng.random_range(0..10) {
+    let strings = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    match rng.random_range(0..14) {
         0 if i > 0 => {
             let earlier = format!("s{stream}-{}", rng.random_range(0..i));
             let args = ["revert", earlier.as_str(), "--id", &format!("{id}-revert")];
-            ("revert".into(), args.map(String::from).to_vec())
+            ("revert".into(), strings(&args))
         }
-        1 => {
-            let args = ["rollback", "--id", &format!("{id}-rollback")];
-            ("rollback".into(), args.map(String::from).to_vec())
+        1 | 2 => {
+            let env = ENVIRONMENTS[rng.random_range(0..2)];
+            let args = ["-e", env, "rollback", "--id", &format!("{id}-rollback")];
+            ("rollback".into(), strings(&args))
         }
+        3 | 4 => {
+            let pid = format!("{id}-promote");
+            let mut args = strings(&["promote", "--from", "default", "--to", "prod", "--id", &pid]);
+            if rng.random_range(0..4) == 0 {
+                args.push("--force".into());
+            }
+            ("promote".into(), args)
+        }
+        5 => ("abort".into(), Vec::new()),
         _ => {
             let set = sets[rng.random_range(0..sets.len())];
-            let mut args: Vec<String> = vec!["release".into(), "create".into(), id.clone()];
+            let mut args = strings(&["release", "create", &id]);
             for p in set {
                 let version = format!("{p}{stream}.{i}");
                 args.push(format!("{p}={version}"));
                 args.push("--artifact".into());
                 args.push(build(root, p, &version, rng.random_range(0..=3)));
             }
+            if rng.random_range(0..7) == 0 {
+                args.push("--force".into());
+            }
             ("release".into(), args)
         }
     }
 }
 
-/// One stream of releases, reverts and rollbacks through the real CLI, until `done`,
-/// recording what it was told.
+/// `release abort` of one transaction in flight (of any environment), if there is one.
+async fn abort_one(url: &str, rng: &mut SmallRng) {
+    let Ok(mut co) = CoordinatorClient::connect(url.to_string()).await else {
+        return;
+    };
+    let Ok(active) = co.list_releases(in_progress()).await else {
+        return;
+    };
+    let active = active.into_inner().transactions;
+    if active.is_empty() {
+        return;
+    }
+    let victim = &active[rng.random_range(0..active.len())];
+    let _ = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["release", "abort", &victim.id, "--reason", "chaos"])
+        .env("LOCKSTEP_COORDINATOR", url)
+        .output()
+        .await;
+}
+
+fn in_progress() -> pb::ListReleasesRequest {
+    pb::ListReleasesRequest {
+        active_only: true,
+        page_size: 1000,
+        ..Default::default()
+    }
+}
+
+/// One stream of commands through the real CLI, until `done`, recording what it was
+/// told.
 async fn stream(
     url: &str,
     root: &std::path::Path,
@@ -113,6 +166,10 @@ async fn stream(
             break;
         }
         let (op, mut args) = command(&mut rng, root, stream, i);
+        if op == "abort" {
+            abort_one(url, &mut rng).await;
+            continue;
+        }
         args.extend(["--wait", "--timeout", "2s", "-o", "json"].map(String::from));
         let out = tokio::process::Command::new(support::bin("lockstep"))
             .args(&args)
@@ -120,32 +177,161 @@ async fn stream(
             .output()
             .await
             .unwrap();
-        let json: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        let field = |k: &str| {
-            json.as_ref()
-                .and_then(|j| j[k].as_str())
-                .unwrap_or_default()
-                .to_string()
+        if let Some(record) = told_by(stream, op, &out) {
+            told.lock().unwrap().push(record);
+        }
+    }
+}
+
+/// What the CLI told the person who ran it, if it named a transaction.
+fn told_by(client: usize, op: String, out: &std::process::Output) -> Option<ClientRecord> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    let field = |k: &str| {
+        json.as_ref()
+            .and_then(|j| j[k].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (state, tx) = (field("state"), field("id"));
+    let told = match (out.status.code(), state.as_str()) {
+        (Some(0), "TRANSACTION_STATE_COMMITTED") => Told::Outcome(pb::TransactionState::Committed),
+        (Some(1), "TRANSACTION_STATE_ABORTED") => Told::Outcome(pb::TransactionState::Aborted),
+        (Some(3), _) => Told::Unknown(String::from_utf8_lossy(&out.stderr).into_owned()),
+        (code, _) => Told::Refused(format!(
+            "exit {code:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    };
+    (!tx.is_empty()).then_some(ClientRecord {
+        client,
+        op,
+        tx,
+        told,
+    })
+}
+
+/// A test runner and a release manager: they answer the running step of every
+/// VERIFYING transaction (a runner passes seven test runs in eight, a manager approves
+/// seven in eight), until `done` and nothing is in flight.
+async fn people(url: String, seed: u64, done: Arc<AtomicBool>) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x009e_091e);
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+        let Ok(mut co) = CoordinatorClient::connect(url.clone()).await else {
+            continue;
         };
-        let (state, tx) = (field("state"), field("id"));
-        let result = match (out.status.code(), state.as_str()) {
-            (Some(0), "TRANSACTION_STATE_COMMITTED") => {
-                Told::Outcome(pb::TransactionState::Committed)
-            }
-            (Some(1), "TRANSACTION_STATE_ABORTED") => Told::Outcome(pb::TransactionState::Aborted),
-            (Some(3), _) => Told::Unknown(String::from_utf8_lossy(&out.stderr).into_owned()),
-            (code, _) => Told::Refused(format!(
-                "exit {code:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )),
+        let Ok(active) = co.list_releases(in_progress()).await else {
+            continue;
         };
-        if !tx.is_empty() {
-            told.lock().unwrap().push(ClientRecord {
-                client: stream,
-                op,
-                tx,
-                told: result,
+        let active = active.into_inner().transactions;
+        if active.is_empty() && done.load(Ordering::SeqCst) {
+            return;
+        }
+        for t in &active {
+            answer(&mut co, &mut rng, t).await;
+        }
+    }
+}
+
+/// Answers `t`'s running step, if it is one a person answers.
+async fn answer(co: &mut CoordinatorClient<Channel>, rng: &mut SmallRng, t: &pb::Transaction) {
+    let running = |s: &&pb::VerifyStep| {
+        s.status == StepStatus::Triggered as i32 || s.status == StepStatus::Started as i32
+    };
+    let Some(step) = t.steps.iter().find(running) else {
+        return;
+    };
+    let pass = rng.random_range(0..8) != 0;
+    let approval = pb::ApprovalRequest {
+        transaction_id: t.id.clone(),
+        reason: "reviewed".into(),
+        actor: "release-manager".into(),
+    };
+    let _ = match (step.kind.as_str(), pass) {
+        ("approval", true) => co.approve(approval).await.map(|_| ()),
+        ("approval", false) => co.reject(approval).await.map(|_| ()),
+        ("external", _) => {
+            let outcome = match pass {
+                true => pb::VerifyOutcome::Passed,
+                false => pb::VerifyOutcome::Failed,
+            };
+            let report = pb::ReportVerifyRequest {
+                transaction_id: t.id.clone(),
+                step: step.name.clone(),
+                outcome: outcome as i32,
+                reason: "test run".into(),
+                link: String::new(),
+                actor: "test-runner".into(),
+            };
+            co.report_verify(report).await.map(|_| ())
+        }
+        _ => Ok(()),
+    };
+}
+
+/// The live site the http steps ask: 200, or 503 while `broken` is set.
+async fn site(broken: Arc<AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let broken = broken.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let status = match broken.load(Ordering::SeqCst) {
+                    true => "503 Service Unavailable",
+                    false => "200 OK",
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(answer.as_bytes()).await;
             });
+        }
+    });
+    url
+}
+
+/// The agent of `project` in `env` as [`Cluster::agent`] knows it.
+fn key(env: &str, project: &str) -> String {
+    match env {
+        "default" => project.to_string(),
+        _ => format!("{env}/{project}"),
+    }
+}
+
+/// Applies the pipeline, then starts and registers every project's agent in both
+/// environments (A requires B and C), each with a SQLite database and a commit hook
+/// that logs each transaction it makes live.
+async fn setup(c: &mut Cluster, site: &str) {
+    let file = c.dir.path().join("pipeline.toml");
+    std::fs::write(&file, lockstep_sim::stages::pipeline(site, "5s")).unwrap();
+    let out = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for env in ENVIRONMENTS {
+        for p in ["B", "C", "D", "A"] {
+            let k = key(env, p);
+            let extra = [
+                "--database".to_string(),
+                format!("sqlite://{}", database(c, &k).display()),
+                "--commit-hook".to_string(),
+                format!(
+                    "echo \"$LOCKSTEP_TX $LOCKSTEP_VERSION\" >> '{}'",
+                    commits(c, &k).display()
+                ),
+            ];
+            match env {
+                "default" => c.add_agent_with(p, &extra).await,
+                _ => c.add_env_agent_with(env, p, &extra).await,
+            }
+            let url = c.agent(&k).server.url();
+            let mut args = vec!["-e", env, "project", "add", p, "--endpoint", &url];
+            if p == "A" {
+                args.extend(["--requires", "B,C"]);
+            }
+            let out = c.cli(&args).await;
+            assert_eq!(out.code, 0, "{out:?}");
         }
     }
 }
@@ -157,25 +343,9 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let mut c = Cluster::new().await;
-    for p in ["B", "C", "D", "A"] {
-        // The agent's default --ask-decision-after; a SQLite database; a commit hook
-        // that logs each transaction it makes live.
-        let extra = [
-            "--database".to_string(),
-            format!(
-                "sqlite://{}",
-                c.dir.path().join(format!("{p}.db")).display()
-            ),
-            "--commit-hook".to_string(),
-            format!(
-                "echo \"$LOCKSTEP_TX $LOCKSTEP_VERSION\" >> '{}'",
-                commits(&c, p).display()
-            ),
-        ];
-        c.add_agent_with(p, &extra).await;
-        c.register(p, if p == "A" { &["B", "C"] } else { &[] })
-            .await;
-    }
+    let broken = Arc::new(AtomicBool::new(false));
+    let url = site(broken.clone()).await;
+    setup(&mut c, &url).await;
 
     let told: Arc<Mutex<Vec<ClientRecord>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
@@ -183,21 +353,27 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
     let streams = futures::future::join_all(
         (0..3).map(|s| stream(&url, &root, s, done.clone(), seed, told.clone())),
     );
+    let people = tokio::spawn(people(url.clone(), seed, done.clone()));
+    let keys: Vec<String> = c.agents.keys().cloned().collect();
     let chaos = async {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0xc4a05);
         let mut kills = 0;
         while kills < KILLS {
             tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
-            let victim = rng.random_range(0..=PROJECTS.len());
+            if rng.random_range(0..5) == 0 {
+                broken.fetch_xor(true, Ordering::SeqCst);
+            }
+            let victim = rng.random_range(0..=keys.len());
             let server = match victim {
                 0 => &mut c.coordinator,
-                n => &mut c.agents.get_mut(PROJECTS[n - 1]).unwrap().server,
+                n => &mut c.agents.get_mut(&keys[n - 1]).unwrap().server,
             };
             server.kill9().await;
             kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
             server.restart().await;
         }
+        broken.store(false, Ordering::SeqCst);
         done.store(true, Ordering::SeqCst);
         kills
     };
@@ -208,125 +384,189 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         let list = c
             .client()
             .await
-            .list_releases(pb::ListReleasesRequest {
-                active_only: true,
-                ..Default::default()
-            })
+            .list_releases(in_progress())
             .await
             .ok()?
             .into_inner();
         list.transactions.is_empty().then_some(())
     });
     active.await;
+    people.await.unwrap();
 
-    let mut co = c.client().await;
-    let transactions = co
-        .list_releases(pb::ListReleasesRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .transactions
-        .into_iter()
-        .rev()
-        .collect();
-    let checkpoints = co
-        .get_history(pb::GetHistoryRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .checkpoints;
-    let events = c.events().await;
-    let mut participants = std::collections::BTreeMap::new();
-    for p in PROJECTS {
-        let live = c.agent(p).live();
-        c.agent_mut(p).server.kill9().await;
-        let kv = RocksKv::open(&c.dir.path().join(format!("agent-{p}")), ledger::ALL).unwrap();
-        let phases = Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)
-            .unwrap()
-            .all()
-            .unwrap()
-            .into_iter()
-            .map(|(tx, e)| (tx, e.phase))
-            .collect();
-        participants.insert(
-            p.to_string(),
-            ParticipantView {
-                live,
-                phases,
-                effects: None,
-            },
-        );
-    }
-    let observation = Observation {
-        transactions,
-        checkpoints,
-        events,
-        participants,
-        clients: told.lock().unwrap().clone(),
-        lost_data: Default::default(),
-    };
-
+    let clients = told.lock().unwrap().clone();
+    let observation = observe(&mut c, clients).await;
     let violations = checker::check(&observation);
-
+    if !violations.is_empty() {
+        let log: Vec<String> = observation
+            .events
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        let _ = std::fs::write(format!("/tmp/t80-events-{seed}.txt"), log.join("\n"));
+    }
     assert!(
         violations.is_empty(),
-        "seed {seed}, {kills} kills:\n{}",
+        "seed {seed}, {kills} kills (event log in /tmp/t80-events-{seed}.txt):\n{}",
         violations
             .iter()
             .map(|v| v.to_string())
             .collect::<Vec<_>>()
             .join("\n")
     );
-    check_effects(&c, &observation).await;
-    let restored = observation
+    for env in ENVIRONMENTS {
+        check_effects(&c, &observation, env).await;
+    }
+    assert_workload_ran(&observation);
+}
+
+/// What the servers report (every environment's transactions and checkpoints, the
+/// event log) and each agent's own ledger, read from its RocksDB once it is stopped.
+async fn observe(c: &mut Cluster, clients: Vec<ClientRecord>) -> Observation {
+    let mut co = c.client().await;
+    let all = pb::ListReleasesRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    let transactions = co
+        .list_releases(all)
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    let mut checkpoints = Vec::new();
+    for env in ENVIRONMENTS {
+        let history = pb::GetHistoryRequest {
+            environment: env.into(),
+            ..Default::default()
+        };
+        checkpoints.extend(
+            co.get_history(history)
+                .await
+                .unwrap()
+                .into_inner()
+                .checkpoints,
+        );
+    }
+    let events = c.events().await;
+    let mut participants = std::collections::BTreeMap::new();
+    for env in ENVIRONMENTS {
+        for p in PROJECTS {
+            let k = key(env, p);
+            participants.insert(checker::member(env, p), participant(c, &k).await);
+        }
+    }
+    Observation {
+        transactions: transactions.into_iter().rev().collect(),
+        checkpoints,
+        events,
+        participants,
+        clients,
+        lost_data: Default::default(),
+    }
+}
+
+/// What the agent `key` made live and its ledger's phases, once it is stopped.
+async fn participant(c: &mut Cluster, key: &str) -> ParticipantView {
+    let live = c.agent(key).live();
+    c.agent_mut(key).server.kill9().await;
+    let dir = c
+        .dir
+        .path()
+        .join(format!("agent-{}", key.replace('/', "-")));
+    let kv = RocksKv::open(&dir, ledger::ALL).unwrap();
+    let phases = Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)
+        .unwrap()
+        .all()
+        .unwrap()
+        .into_iter()
+        .map(|(tx, e)| (tx, e.phase))
+        .collect();
+    ParticipantView {
+        live,
+        phases,
+        effects: None,
+    }
+}
+
+/// The chaos must hit some transactions and spare others, and every kind of work must
+/// have committed somewhere: reverts or rollbacks, promotions, verified prod releases.
+fn assert_workload_ran(o: &Observation) {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for e in &o.events {
+        let kind =
+            pb::EventKind::try_from(e.kind).map_or("?".into(), |k| k.as_str_name().to_string());
+        *kinds.entry(kind).or_default() += 1;
+    }
+    eprintln!(
+        "{} transactions; events by kind: {kinds:?}",
+        o.transactions.len()
+    );
+    let committed = |t: &&pb::Transaction| t.state == pb::TransactionState::Committed as i32;
+    let restored = o
         .transactions
         .iter()
+        .filter(committed)
         .filter(|t| {
-            t.state == pb::TransactionState::Committed as i32
-                && t.kind != pb::TransactionKind::Release as i32
+            t.kind == pb::TransactionKind::Revert as i32
+                || t.kind == pb::TransactionKind::Rollback as i32
         })
         .count();
     assert!(
         restored > 0,
         "some reverts and rollbacks commit under the chaos too"
     );
-    let committed = observation.checkpoints.len();
-    let aborted = observation.transactions.len() - committed;
+    let prod = o
+        .transactions
+        .iter()
+        .filter(committed)
+        .filter(|t| t.environment == "prod")
+        .count();
+    assert!(prod > 0, "some promotions pass prod's steps and commit");
+    let aborted = o
+        .transactions
+        .iter()
+        .filter(|t| t.state == pb::TransactionState::Aborted as i32)
+        .count();
     assert!(
-        committed > 0 && aborted > 0,
-        "the chaos must hit some releases and spare others: {committed} committed, {aborted} aborted"
+        o.checkpoints.len() > 1 && aborted > 0,
+        "the chaos must hit some transactions and spare others: {} checkpoints, {aborted} aborted",
+        o.checkpoints.len()
     );
 }
 
-/// Where `project`'s commit hook logs what it made live.
-fn commits(c: &Cluster, project: &str) -> std::path::PathBuf {
-    c.dir.path().join(format!("{project}.commits"))
+/// Where the agent `key` logs what its commit hook made live.
+fn commits(c: &Cluster, key: &str) -> std::path::PathBuf {
+    c.dir
+        .path()
+        .join(format!("{}.commits", key.replace('/', "-")))
 }
 
-/// What the participants did, beyond their records: each one's `current/` holds the
-/// build of the version the newest checkpoint names (reverts and rollbacks included),
-/// its schema is at the checkpoint's version, and its commit hook ran for every
-/// committed transaction that changed it.
-async fn check_effects(c: &Cluster, o: &Observation) {
-    let newest = o.checkpoints.last().unwrap();
+/// The agent `key`'s SQLite database.
+fn database(c: &Cluster, key: &str) -> std::path::PathBuf {
+    c.dir.path().join(format!("{}.db", key.replace('/', "-")))
+}
+
+/// What the participants of `env` did, beyond their records: each one's `current/`
+/// holds the build of the version the newest checkpoint names (reverts, rollbacks and
+/// promotions included), its schema is at the checkpoint's version, and its commit
+/// hook ran for every committed transaction that changed it.
+async fn check_effects(c: &Cluster, o: &Observation, env: &str) {
+    let Some(newest) = o.checkpoints.iter().rfind(|k| k.environment == env) else {
+        return;
+    };
     for p in PROJECTS {
         let Some(live) = newest.versions.iter().find(|v| v.project == p) else {
             continue;
         };
-        let app = c.agent(p).deploy_root.join("current/app.txt");
+        let k = key(env, p);
+        let app = c.agent(&k).deploy_root.join("current/app.txt");
         let shown = std::fs::read_to_string(&app).unwrap_or_default();
         assert_eq!(
             shown, live.version,
-            "{p}: current/ holds the live version's build"
+            "{k}: current/ holds the live version's build"
         );
         let schema = lockstep_participant::schema::Schema::open(
-            &format!(
-                "sqlite://{}",
-                c.dir.path().join(format!("{p}.db")).display()
-            ),
+            &format!("sqlite://{}", database(c, &k).display()),
             lockstep_participant::schema::Mode::Reversible,
             p,
         )
@@ -334,13 +574,12 @@ async fn check_effects(c: &Cluster, o: &Observation) {
         .unwrap();
         let at = schema.live().await.unwrap().version;
         let recorded = live.schema.as_ref().map_or(0, |s| s.version);
-        assert_eq!(at, recorded, "{p}: the schema is where the checkpoint says");
-        let hooked = std::fs::read_to_string(commits(c, p)).unwrap_or_default();
-        for t in o
-            .transactions
-            .iter()
-            .filter(|t| t.state == pb::TransactionState::Committed as i32)
-        {
+        assert_eq!(at, recorded, "{k}: the schema is where the checkpoint says");
+        let hooked = std::fs::read_to_string(commits(c, &k)).unwrap_or_default();
+        let in_env = |t: &&pb::Transaction| {
+            t.state == pb::TransactionState::Committed as i32 && t.environment == env
+        };
+        for t in o.transactions.iter().filter(in_env) {
             for part in t.participants.iter().filter(|x| x.project == p) {
                 if part.action == pb::Action::Unchanged as i32 {
                     continue;
@@ -348,7 +587,7 @@ async fn check_effects(c: &Cluster, o: &Observation) {
                 let line = format!("{} {}", t.id, part.to_version);
                 assert!(
                     hooked.lines().any(|l| l == line),
-                    "{p}: commit hook never ran for {line}"
+                    "{k}: commit hook never ran for {line}"
                 );
             }
         }

@@ -650,61 +650,101 @@ async fn live_check_is(c: &Cluster, id: &str, prefix: &str) -> lockstep::pb::Tra
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_verification_after_commit_reverts_to_the_checkpoint_before() {
-    let (_dir, broken, site, pipeline) = live_site("production", "300ms", "revert");
+    let (c, site, _dir) = revert_after_failed_live_check("P2").await;
+    let refused = c
+        .cli(&["promote", "--from", "production", "--to", "production"])
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    drop(site);
+}
+
+/// Defect 5 of issue 25: the automatic revert of a release whose id was 58-64
+/// characters long was refused ("id: is 67 bytes long") and the failed version stayed
+/// live. Its derived id now fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_with_an_id_near_the_limit_is_reverted_after_its_failed_live_check() {
+    let long = format!("P2-{}", "x".repeat(58));
+    assert_eq!(long.len(), 61);
+    let (_c, site, _dir) = revert_after_failed_live_check(&long).await;
+    drop(site);
+}
+
+/// P1 passes its live check in production; `second` fails it and is reverted by the
+/// coordinator, back to P1, with the reason in the log.
+async fn revert_after_failed_live_check(second: &str) -> (Cluster, LiveSite, tempfile::TempDir) {
+    let (dir, broken, site, pipeline) = live_site("production", "300ms", "revert");
     let mut c = with_pipeline(&pipeline).await;
     for project in PROJECTS {
         env_agent(&mut c, "production", project, &[], &[]).await;
     }
-    let release = |id: &'static str| {
-        let c = &c;
-        async move {
-            let (b, f) = (
-                format!("foobar-backend={id}b"),
-                format!("foobar-frontend={id}f"),
-            );
-            let args = [
-                "-e",
-                "production",
-                "release",
-                "create",
-                id,
-                &b,
-                &f,
-                "--wait",
-            ];
-            let out = c.cli(&args).await;
-            assert_eq!(out.code, 0, "{out:?}");
-        }
-    };
-    release("P1").await;
+    production_release(&c, "P1").await;
     live_check_is(&c, "P1", "passed").await;
 
     std::fs::write(&broken, "").unwrap();
-    release("P2").await;
-    let t = live_check_is(&c, "P2", "failed").await;
+    production_release(&c, second).await;
+    let t = live_check_is(&c, second, "failed").await;
     assert!(
         t.live_check.contains("health") && t.live_check.contains("503"),
         "{t:?}"
     );
-    let revert = c.wait_state("revert-P2", TransactionState::Committed).await;
-    assert_eq!(revert.reverts, ["P2"], "{revert:?}");
+    let revert = reverting(&c, second).await;
+    assert!(revert.id.len() <= 64, "{revert:?}");
+    let revert = c.wait_state(&revert.id, TransactionState::Committed).await;
     let agent = |p: &str| c.agent(&format!("production/{p}")).live();
     assert_eq!(
         [agent("foobar-backend"), agent("foobar-frontend")],
         [Some("P1b".to_string()), Some("P1f".to_string())],
         "back at the checkpoint before"
     );
+    let why = format!("reverting it as {}", revert.id);
     let failed = c.events().await.into_iter().any(|e| {
-        e.transaction_id == "P2"
+        e.transaction_id == second
             && e.kind == EventKind::LiveVerifyFailed as i32
-            && e.message.contains("reverting it as revert-P2")
+            && e.message.contains(&why)
     });
     assert!(failed, "the log says why it was reverted");
-    let refused = c
-        .cli(&["promote", "--from", "production", "--to", "production"])
-        .await;
-    assert_eq!(refused.code, 1, "{refused:?}");
-    drop(site);
+    (c, site, dir)
+}
+
+/// `lockstep -e production release create ID foobar-backend=IDb foobar-frontend=IDf`.
+async fn production_release(c: &Cluster, id: &str) {
+    let (b, f) = (
+        format!("foobar-backend={id}b"),
+        format!("foobar-frontend={id}f"),
+    );
+    let args = [
+        "-e",
+        "production",
+        "release",
+        "create",
+        id,
+        &b,
+        &f,
+        "--wait",
+    ];
+    let out = c.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// The transaction that reverts `release`, once the coordinator has created it.
+async fn reverting(c: &Cluster, release: &str) -> lockstep::pb::Transaction {
+    support::wait_for("the automatic revert", || async {
+        let list = c
+            .client()
+            .await
+            .list_releases(lockstep::pb::ListReleasesRequest {
+                environment: "production".into(),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        list.transactions
+            .into_iter()
+            .find(|t| t.reverts == [release])
+    })
+    .await
 }
 
 /// An artifact of foobar-backend at `version` shipping migrations 1..=`upto` (each a

@@ -21,7 +21,7 @@ use crate::{
     model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TokenRecord, TxRecord},
     network::{GrpcParticipants, ParticipantNet},
     notify::{self, Notifier},
-    ports::Participants,
+    ports::{Participants, Probe},
     registry::{
         Registry, Settings,
         admit::{Authorize, Created},
@@ -51,6 +51,8 @@ pub struct Config {
     pub notify: notify::Settings,
     /// When a waiting transaction counts as stalled (`None`: never looked for).
     pub stalled_after: Option<Thresholds>,
+    /// Who answers the http verify steps' requests (the simulation answers them itself).
+    pub probe: Arc<dyn Probe>,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             new_incarnation: Arc::new(incarnation::random),
             notify: notify::Settings::default(),
             stalled_after: None,
+            probe: crate::probe::HttpProbe::shared(),
         }
     }
 }
@@ -104,7 +107,7 @@ impl Coordinator {
             default_prepare_timeout: config.default_prepare_timeout,
             backoff: config.backoff,
             clock: config.clock.clone(),
-            probe: crate::probe::HttpProbe::shared(),
+            probe: config.probe.clone(),
         };
         let (j, f) = (journal.clone(), feed.clone());
         let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings);

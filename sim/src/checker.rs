@@ -23,6 +23,10 @@
 //! - `wave-order` and `mutual-exclusion` (in `crate::ordering`): children acknowledge
 //!   before parents (parents first on ABORT); no project is held by two transactions
 //!   at once.
+//!
+//! A participant is one project in one environment (its [`member`] name): rules about
+//! what a participant holds, applies or lets go of are per member; checkpoint revisions
+//! count per environment.
 //! - `resolution-after-data-loss`: a participant needs resolution only if its agent lost
 //!   its data directory. Such a transaction may stay in phase 2 (exempt from
 //!   `termination` and the terminal-event rules), and a project that lost its ledger
@@ -82,11 +86,11 @@ pub struct Observation {
     pub checkpoints: Vec<pb::Checkpoint>,
     /// The whole event log.
     pub events: Vec<pb::Event>,
-    /// Each participant by project.
+    /// Each participant by its [`member`] name.
     pub participants: BTreeMap<String, ParticipantView>,
     /// What clients were told.
     pub clients: Vec<ClientRecord>,
-    /// Projects whose agent lost its data directory (its ledger) during the run: their
+    /// Participants ([`member`] names) whose agent lost its data directory (its ledger) during the run: their
     /// records may be missing, and a transaction they were part of may rightly wait
     /// for a person (`needs resolution`) instead of ending.
     pub lost_data: BTreeSet<String>,
@@ -105,6 +109,23 @@ impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.rule, self.detail)
     }
+}
+
+/// The name of `project`'s participant in `environment`: the project's own name in the
+/// default environment, `PROJECT-ENVIRONMENT` elsewhere.
+pub fn member(environment: &str, project: &str) -> String {
+    if environment.is_empty() || environment == lockstep::DEFAULT_ENVIRONMENT {
+        project.to_string()
+    } else {
+        format!("{project}-{environment}")
+    }
+}
+
+/// The member names of `t`'s participants.
+fn members(t: &pb::Transaction) -> impl Iterator<Item = String> + '_ {
+    t.participants
+        .iter()
+        .map(|p| member(&t.environment, &p.project))
 }
 
 fn state(t: &pb::Transaction) -> State {
@@ -158,25 +179,23 @@ pub fn check(o: &Observation) -> Vec<Violation> {
             say("termination", format!("{} is still {s:?}", t.id));
         }
         for part in &t.participants {
-            let phase = o
-                .participants
-                .get(&part.project)
-                .and_then(|p| p.phases.get(&t.id));
+            let who = member(&t.environment, &part.project);
+            let phase = o.participants.get(&who).and_then(|p| p.phases.get(&t.id));
             match (s, phase) {
                 (State::Committed, Some(Phase::Committed)) => {}
                 // A project that lost its ledger may miss the record, or hold only what it
                 // wrote after the loss: its refusal of a late, duplicated Prepare.
-                (State::Committed, None | Some(Phase::Refused)) if lost(&part.project) => {}
+                (State::Committed, None | Some(Phase::Refused)) if lost(&who) => {}
                 // Waiting for a person: who has not acknowledged may still be prepared.
                 (State::Committed, Some(Phase::Prepared))
                     if waiting.contains(t.id.as_str()) && !part.acknowledged => {}
                 (State::Committed, other) => say(
                     "agreement",
-                    format!("{} is COMMITTED but {} has {other:?}", t.id, part.project),
+                    format!("{} is COMMITTED but {who} has {other:?}", t.id),
                 ),
                 (State::Aborted, Some(Phase::Committed)) => say(
                     "agreement",
-                    format!("{} is ABORTED but {} committed it", t.id, part.project),
+                    format!("{} is ABORTED but {who} committed it", t.id),
                 ),
                 _ => {}
             }
@@ -236,7 +255,10 @@ pub fn check(o: &Observation) -> Vec<Violation> {
         {
             // A transaction waiting for a person may not have reached everyone yet.
             let pending = waiting.contains(t.id.as_str());
-            if let Some(part) = t.participants.iter().find(|x| &x.project == project)
+            if let Some(part) = t
+                .participants
+                .iter()
+                .find(|x| &member(&t.environment, &x.project) == project)
                 && part.from_version != part.to_version
                 && (!pending || part.acknowledged)
                 && !per_tx.contains_key(t.id.as_str())
@@ -275,11 +297,17 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     }
 
     // checkpoints
-    for (i, cp) in o.checkpoints.iter().enumerate() {
-        if cp.revision != i as u64 + 1 {
+    let mut per_environment: BTreeMap<&str, u64> = BTreeMap::new();
+    for cp in &o.checkpoints {
+        let n = per_environment.entry(cp.environment.as_str()).or_default();
+        *n += 1;
+        if cp.revision != *n {
             say(
                 "checkpoints",
-                format!("revision {} at position {}", cp.revision, i + 1),
+                format!(
+                    "revision {} at position {n} of {}",
+                    cp.revision, cp.environment
+                ),
             );
         }
         match txs.get(cp.transaction_id.as_str()).map(|t| state(t)) {
@@ -317,7 +345,10 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     {
         let mut path: Vec<(&str, &str)> = Vec::new();
         for cp in &o.checkpoints {
-            if let Some(v) = cp.versions.iter().find(|v| &v.project == project)
+            if let Some(v) = cp
+                .versions
+                .iter()
+                .find(|v| &member(&cp.environment, &v.project) == project)
                 && path.last().map(|(_, last)| *last) != Some(v.version.as_str())
             {
                 path.push((cp.transaction_id.as_str(), v.version.as_str()));
@@ -360,6 +391,9 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     let mut per_tx: BTreeMap<&str, Vec<&pb::Event>> = BTreeMap::new();
     for e in o.events.iter().filter(|e| !e.transaction_id.is_empty()) {
         per_tx.entry(e.transaction_id.as_str()).or_default().push(e);
+    }
+    for (tx, events) in per_tx.iter_mut() {
+        after_commit(tx, events, &mut say);
     }
     let terminal = |e: &pb::Event| {
         e.kind == EventKind::TransactionCommitted as i32
@@ -433,6 +467,50 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     v
 }
 
+/// What happens to a committed release after its end: its verification after commit
+/// (`LIVE_VERIFY_*`) and the refusal of its auto-promotion (`PROMOTION_REFUSED`) come
+/// only after TRANSACTION_COMMITTED, and a live check never both passes and fails (a
+/// failure may be followed by the refusal of its automatic revert, of the same kind).
+/// Takes those events out of `events`, which the protocol rules then read, and
+/// `ACCESS_DENIED` too: a refused call names the transaction it was about, at any time.
+fn after_commit(
+    tx: &str,
+    events: &mut Vec<&pb::Event>,
+    say: &mut impl FnMut(&'static str, String),
+) {
+    let is = |e: &pb::Event, k: EventKind| e.kind == k as i32;
+    events.retain(|e| !is(e, EventKind::AccessDenied));
+    let later = |e: &&pb::Event| {
+        [
+            EventKind::LiveVerifyPassed,
+            EventKind::LiveVerifyFailed,
+            EventKind::PromotionRefused,
+        ]
+        .iter()
+        .any(|k| is(e, *k))
+    };
+    let Some(first) = events.iter().position(later) else {
+        return;
+    };
+    if !events[..first]
+        .iter()
+        .any(|e| is(e, EventKind::TransactionCommitted))
+    {
+        say(
+            "event-log",
+            format!("{tx} has a live check or promotion refusal before its commit"),
+        );
+    }
+    let passed = events.iter().any(|e| is(e, EventKind::LiveVerifyPassed));
+    if passed && events.iter().any(|e| is(e, EventKind::LiveVerifyFailed)) {
+        say(
+            "event-log",
+            format!("{tx} both passed and failed its live check"),
+        );
+    }
+    events.retain(|e| !later(e));
+}
+
 /// The transactions that wait in phase 2 for a person because a participant that lost
 /// its data answered what no retry can fix; a `needs resolution` anywhere else is a
 /// violation.
@@ -446,7 +524,7 @@ fn waiting_for_a_person<'a>(
         .iter()
         .filter(|e| e.kind == EventKind::NeedsResolution as i32);
     for e in needs {
-        if o.lost_data.contains(&e.project) {
+        if o.lost_data.contains(&member(&e.environment, &e.project)) {
             waiting.insert(e.transaction_id.as_str());
         } else {
             say(
@@ -466,11 +544,7 @@ fn waiting_for_a_person<'a>(
         let before = waiting.len();
         for t in &o.transactions {
             let queued = state(t) == State::Pending;
-            if queued
-                && t.participants
-                    .iter()
-                    .any(|p| held.contains(p.project.as_str()))
-            {
+            if queued && members(t).any(|m| held.contains(&m)) {
                 waiting.insert(t.id.as_str());
             }
         }
@@ -480,12 +554,12 @@ fn waiting_for_a_person<'a>(
     }
 }
 
-/// The projects taking part in the transactions `ids`.
-fn projects_of<'a>(o: &'a Observation, ids: &BTreeSet<&str>) -> BTreeSet<&'a str> {
+/// The participants ([`member`] names) taking part in the transactions `ids`.
+fn projects_of(o: &Observation, ids: &BTreeSet<&str>) -> BTreeSet<String> {
     o.transactions
         .iter()
         .filter(|t| ids.contains(t.id.as_str()))
-        .flat_map(|t| t.participants.iter().map(|p| p.project.as_str()))
+        .flat_map(members)
         .collect()
 }
 
@@ -548,6 +622,33 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Seen in `t80_real_faults` seed 2: a refused auto-promotion is written on the
+    /// upstream release after its end; that is its place, anywhere before it is not.
+    #[test]
+    fn a_promotion_refusal_belongs_after_the_commit() {
+        let event = |kind: EventKind| pb::Event {
+            kind: kind as i32,
+            ..Default::default()
+        };
+        let (created, committed, refused) = (
+            event(EventKind::TransactionCreated),
+            event(EventKind::TransactionCommitted),
+            event(EventKind::PromotionRefused),
+        );
+        let mut said = Vec::new();
+        let mut after = vec![&created, &committed, &refused];
+        after_commit("T1", &mut after, &mut |_, m| said.push(m));
+        assert!(said.is_empty(), "{said:?}");
+        assert_eq!(
+            after.len(),
+            2,
+            "the refusal is taken out of the protocol's sequence"
+        );
+        let mut before = vec![&created, &refused, &committed];
+        after_commit("T1", &mut before, &mut |_, m| said.push(m));
+        assert_eq!(said.len(), 1, "{said:?}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn wave_order(t: &pb::Transaction, events: &[pb::Event]) -> Vec<Violation> {
     out
 }
 
-/// For each project, the (start, end) sequence numbers of the transactions holding it
+/// For each participant (a project in one environment), the (start, end) sequence numbers of the transactions holding it
 /// never overlap.
 fn mutual_exclusion(transactions: &[pb::Transaction], events: &[pb::Event]) -> Vec<Violation> {
     let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -88,14 +88,14 @@ fn mutual_exclusion(transactions: &[pb::Transaction], events: &[pb::Event]) -> V
             _ => {}
         }
     }
-    let mut holders: BTreeMap<&str, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    let mut holders: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
     for t in transactions {
         let Some(&(start, end)) = spans.get(t.id.as_str()) else {
             continue;
         };
         for p in &t.participants {
             holders
-                .entry(p.project.as_str())
+                .entry(crate::checker::member(&t.environment, &p.project))
                 .or_default()
                 .push((start, end, t.id.as_str()));
         }

@@ -29,18 +29,20 @@ use lockstep_participant::{
 };
 use lockstep_store::{Kv, MemKv};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::{
-    checker::{self, ClientRecord, Observation, ParticipantView, Told, Violation},
+    calls::{COORDINATOR, COORDINATOR_PORT, bounded, coordinator_client, unknown, url},
+    checker::{self, ClientRecord, Observation, ParticipantView, Told, Violation, member},
     deployer::{Disk, SimDeployer},
     net,
+    stages::{self, PROD},
 };
 
-/// The projects: A requires B and C; D stands alone.
+/// The projects, in each environment: A requires B and C; D stands alone.
 pub const PROJECTS: [&str; 4] = ["A", "B", "C", "D"];
-const COORDINATOR: &str = "coordinator";
-const COORDINATOR_PORT: u16 = 7700;
+/// The environments: `prod` comes after the default one (see [`crate::stages`]).
+pub const ENVIRONMENTS: [&str; 2] = [lockstep::DEFAULT_ENVIRONMENT, PROD];
 const PARTICIPANT_PORT: u16 = 7711;
 /// Phase 1 deadline of every simulated transaction.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,15 +100,31 @@ pub struct Outcome {
     pub observation: Observation,
 }
 
-fn host(project: &str) -> String {
-    format!("p-{project}")
+/// Every participant: (environment, project).
+fn participants() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ENVIRONMENTS
+        .iter()
+        .flat_map(|e| PROJECTS.iter().map(move |p| (*e, *p)))
 }
 
-fn url(host: &str, port: u16) -> String {
-    format!("http://{host}:{port}")
+/// The host of a participant ([`member`] name).
+fn host(member: &str) -> String {
+    format!("p-{member}")
 }
 
-fn coordinator_config() -> CoordinatorConfig {
+/// Every host: the coordinator and each participant's.
+fn hosts() -> Vec<String> {
+    std::iter::once(COORDINATOR.to_string())
+        .chain(participants().map(|(e, p)| host(&member(e, p))))
+        .collect()
+}
+
+/// The participant living on `host`.
+fn participant_on(h: &str) -> Option<(&'static str, &'static str)> {
+    participants().find(|(e, p)| host(&member(e, p)) == h)
+}
+
+fn coordinator_config(seed: u64) -> CoordinatorConfig {
     CoordinatorConfig {
         default_prepare_timeout: PREPARE_TIMEOUT,
         backoff: Backoff {
@@ -126,6 +144,7 @@ fn coordinator_config() -> CoordinatorConfig {
         // No webhooks and no stall watch: the simulation checks the protocol.
         notify: Default::default(),
         stalled_after: None,
+        probe: stages::SimProbe::shared(seed),
     }
 }
 
@@ -143,12 +162,13 @@ struct Shared {
 
 type SharedRef = Arc<Mutex<Shared>>;
 
-/// Where each participant listens now (a move changes it), and the projects that moved
-/// and are not registered at their new address yet.
+/// Where each participant ([`member`] name) listens now (a move changes it), and the
+/// participants (environment, project) that moved and are not registered at their new
+/// address yet.
 #[derive(Default)]
 struct Moves {
     ports: BTreeMap<String, u16>,
-    unregistered: Vec<String>,
+    unregistered: Vec<(&'static str, &'static str)>,
 }
 
 type MovesRef = Arc<Mutex<Moves>>;
@@ -157,11 +177,11 @@ fn moves(m: &MovesRef) -> std::sync::MutexGuard<'_, Moves> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The port `project`'s agent listens on now.
-fn port_of(m: &MovesRef, project: &str) -> u16 {
+/// The port the agent of participant `member` listens on now.
+fn port_of(m: &MovesRef, member: &str) -> u16 {
     moves(m)
         .ports
-        .get(project)
+        .get(member)
         .copied()
         .unwrap_or(PARTICIPANT_PORT)
 }
@@ -183,7 +203,7 @@ pub fn run(cfg: &Config) -> Outcome {
 
     let coordinator_kv = MemKv::new();
     {
-        let kv = coordinator_kv.clone();
+        let (kv, seed) = (coordinator_kv.clone(), cfg.seed);
         sim.host(COORDINATOR, move || {
             let kv = kv.clone();
             async move {
@@ -191,7 +211,7 @@ pub fn run(cfg: &Config) -> Outcome {
                 let coordinator = Coordinator::open(
                     Arc::new(kv),
                     Arc::new(net::SimNet::default()),
-                    coordinator_config(),
+                    coordinator_config(seed),
                 )
                 .map_err(|e| e.to_string())?;
                 lockstep_coordinator::server::serve_incoming(
@@ -209,17 +229,18 @@ pub fn run(cfg: &Config) -> Outcome {
     let mut participant_kvs = BTreeMap::new();
     let mut disks = BTreeMap::new();
     let moved: MovesRef = Arc::default();
-    for project in PROJECTS {
+    for (environment, project) in participants() {
+        let name = member(environment, project);
         let kv = MemKv::new();
         let disk = Disk::default();
         let moved = moved.clone();
         let sabotage = cfg.sabotage;
-        participant_kvs.insert(project.to_string(), kv.clone());
-        disks.insert(project.to_string(), disk.clone());
-        sim.host(host(project), move || {
+        participant_kvs.insert(name.clone(), kv.clone());
+        disks.insert(name.clone(), disk.clone());
+        sim.host(host(&name), move || {
             let kv = kv.clone();
             let disk = disk.clone();
-            let port = port_of(&moved, project);
+            let port = port_of(&moved, &name);
             async move {
                 kv.restart();
                 let decisions = Decisions {
@@ -231,7 +252,7 @@ pub fn run(cfg: &Config) -> Outcome {
                 };
                 let participant = Participant::new(
                     project.to_string(),
-                    lockstep::DEFAULT_ENVIRONMENT.to_string(),
+                    environment.to_string(),
                     SimDeployer::new(disk).sabotaged(sabotage),
                     None,
                     Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Task)
@@ -270,6 +291,13 @@ pub fn run(cfg: &Config) -> Outcome {
         let (moved, until) = (moved.clone(), cfg.fault_window);
         sim.client("operator", async move {
             operator(moved, until).await;
+            Ok(())
+        });
+    }
+    {
+        let (seed, quiet_after, disks) = (cfg.seed, cfg.fault_window, disks.clone());
+        sim.client("people", async move {
+            crate::people::people(seed, quiet_after, disks).await;
             Ok(())
         });
     }
@@ -392,11 +420,13 @@ fn observe(
         .map(lockstep_coordinator::convert::transaction)
         .collect();
     transactions.reverse();
-    let checkpoints = tables
-        .checkpoints(&lockstep::names::Environment::default())
-        .unwrap_or_default()
+    let checkpoints = ENVIRONMENTS
         .iter()
-        .map(lockstep_coordinator::convert::checkpoint)
+        .flat_map(|e| {
+            let env = lockstep::names::Environment::parse("environment", e).expect("a name");
+            tables.checkpoints(&env).unwrap_or_default()
+        })
+        .map(|c| lockstep_coordinator::convert::checkpoint(&c))
         .collect();
     let events = tables.events(1, usize::MAX).unwrap_or_default();
     let mut views = BTreeMap::new();
@@ -461,13 +491,11 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
     // At most one agent loses its data per run: it may leave a transaction waiting for
     // a person, which then holds its projects for the rest of the run.
     let mut lost_once = false;
-    let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
-        .chain(PROJECTS.iter().map(|p| host(p)))
-        .collect();
+    let hosts = hosts();
     while t < cfg.fault_window {
         let lasting = Duration::from_millis(rng.random_range(100..2500));
         let until = (t + lasting).min(cfg.fault_window);
-        let participant = host(PROJECTS[rng.random_range(0..PROJECTS.len())]);
+        let participant = hosts[rng.random_range(1..hosts.len())].clone();
         let kept = if rng.random_bool(0.5) {
             0
         } else {
@@ -540,15 +568,15 @@ fn apply(
             if sim.is_host_running(h.as_str()) {
                 sim.crash(h.as_str());
             }
-            let project = h.trim_start_matches("p-").to_string();
+            let name = h.trim_start_matches("p-").to_string();
             let mut m = moves(moved);
-            let next = if m.ports.get(&project) == Some(&(PARTICIPANT_PORT + 1)) {
+            let next = if m.ports.get(&name) == Some(&(PARTICIPANT_PORT + 1)) {
                 PARTICIPANT_PORT
             } else {
                 PARTICIPANT_PORT + 1
             };
-            m.ports.insert(project.clone(), next);
-            m.unregistered.push(project);
+            m.ports.insert(name, next);
+            m.unregistered.extend(participant_on(&h));
         }
         Fault::Crash(h, kept) => {
             if sim.is_host_running(h.as_str()) {
@@ -581,21 +609,15 @@ fn apply(
 
 /// Calls `f` on both directions of every link between `host` and the others.
 fn each_link(host: &str, mut f: impl FnMut(&str, &str)) {
-    let others = std::iter::once(COORDINATOR.to_string())
-        .chain(PROJECTS.iter().map(|p| self::host(p)))
-        .filter(|o| o != host);
-    for other in others {
-        f(host, &other);
-        f(&other, host);
+    for other in hosts().iter().filter(|o| *o != host) {
+        f(host, other);
+        f(other, host);
     }
 }
 
 /// Ends every fault: hosts up, links repaired and released, latency back to normal.
 fn heal(sim: &mut turmoil::Sim<'_>) {
-    let hosts: Vec<String> = std::iter::once(COORDINATOR.to_string())
-        .chain(PROJECTS.iter().map(|p| host(p)))
-        .collect();
-    for h in &hosts {
+    for h in &hosts() {
         if !sim.is_host_running(h.as_str()) {
             sim.bounce(h.as_str());
         }
@@ -606,46 +628,45 @@ fn heal(sim: &mut turmoil::Sim<'_>) {
 
 // ----- clients -----
 
-fn coordinator_client() -> CoordinatorClient<Channel> {
-    CoordinatorClient::new(net::channel(&url(COORDINATOR, COORDINATOR_PORT)))
-}
-
-/// Bounds a call: a call without an answer in time has an unknown outcome.
-async fn bounded<T>(
-    f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(Duration::from_secs(3), f).await {
-        Ok(r) => r.map(|r| r.into_inner()),
-        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 3s")),
-    }
-}
-
-/// A call whose outcome the client cannot know (the one classification of transient
-/// failures, shared with the coordinator and the CLI).
-fn unknown(code: Code) -> bool {
-    lockstep::retry::is_transient(code)
-}
-
 /// Each project and its children, in an order registration accepts.
 const FAMILY: [(&str, &[&str]); 4] = [("B", &[]), ("C", &[]), ("D", &[]), ("A", &["B", "C"])];
 
+/// Applies the pipeline, then registers every participant, each until it succeeds.
 async fn register(client: &mut CoordinatorClient<Channel>, moved: &MovesRef) {
-    for (project, _) in FAMILY {
-        register_one(client, moved, project).await;
+    let pipeline = pb::ApplyPipelineRequest {
+        text: stages::pipeline("http://probe", "3s"),
+        dry_run: false,
+    };
+    while bounded(client.apply_pipeline(pipeline.clone()))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for environment in ENVIRONMENTS {
+        for (project, _) in FAMILY {
+            register_one(client, moved, (environment, project)).await;
+        }
     }
 }
 
-/// Registers `project` at the port its agent listens on now, until the call succeeds.
-async fn register_one(client: &mut CoordinatorClient<Channel>, moved: &MovesRef, project: &str) {
+/// Registers a participant at the port its agent listens on now, until the call
+/// succeeds.
+async fn register_one(
+    client: &mut CoordinatorClient<Channel>,
+    moved: &MovesRef,
+    (environment, project): (&str, &str),
+) {
     let requires = FAMILY
         .iter()
         .find(|(p, _)| *p == project)
         .map_or(&[][..], |f| f.1);
+    let name = member(environment, project);
     loop {
         let r = pb::RegisterProjectRequest {
             name: project.into(),
-            environment: String::new(),
-            endpoint: url(&host(project), port_of(moved, project)),
+            environment: environment.into(),
+            endpoint: url(&host(&name), port_of(moved, &name)),
             requires: requires.iter().map(|r| r.to_string()).collect(),
         };
         if bounded(client.register_project(r)).await.is_ok() {
@@ -662,7 +683,7 @@ async fn operator(moved: MovesRef, until: Duration) {
     loop {
         let next = moves(&moved).unregistered.pop();
         match next {
-            Some(project) => register_one(&mut client, &moved, &project).await,
+            Some(participant) => register_one(&mut client, &moved, participant).await,
             None if turmoil::sim_elapsed().unwrap_or_default() >= until => return,
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -686,7 +707,7 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
     for i in 0..cfg.ops_per_client {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..900))).await;
         let roll = rng.random_range(0..100);
-        let (op, tx, result) = if roll < 55 || sent.is_empty() {
+        let (op, tx, result) = if roll < 50 || sent.is_empty() {
             let request = release_request(&mut rng, id, i);
             sent.push(request.clone());
             let tx = request.id.clone();
@@ -695,7 +716,7 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
                 tx,
                 bounded(client.create_release(request)).await.map(|_| ()),
             )
-        } else if roll < 65 {
+        } else if roll < 58 {
             // An idempotent retry of an earlier request.
             let request = sent[rng.random_range(0..sent.len())].clone();
             let tx = request.id.clone();
@@ -704,7 +725,7 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
                 tx,
                 bounded(client.create_release(request)).await.map(|_| ()),
             )
-        } else if roll < 80 {
+        } else if roll < 70 {
             let target = {
                 let s = lock(&shared);
                 (!s.committed.is_empty())
@@ -724,10 +745,11 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
                 tx,
                 bounded(client.revert_release(r)).await.map(|_| ()),
             )
-        } else if roll < 90 {
+        } else if roll < 78 {
             let tx = format!("rb-{id}-{i}");
             let r = pb::RollbackRequest {
                 revision: rng.random_range(0..4),
+                environment: ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())].into(),
                 id: tx.clone(),
                 prepare_timeout: Some(lockstep::wire::duration(PREPARE_TIMEOUT)),
                 ..Default::default()
@@ -737,6 +759,10 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
                 tx,
                 bounded(client.rollback(r)).await.map(|_| ()),
             )
+        } else if roll < 88 {
+            let tx = format!("pm-{id}-{i}");
+            let r = promote_request(&tx, rng.random_bool(0.2));
+            ("promote", tx, bounded(client.promote(r)).await.map(|_| ()))
         } else {
             let Some(tx) =
                 (!mine.is_empty()).then(|| mine[rng.random_range(0..mine.len())].clone())
@@ -853,6 +879,19 @@ fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateRel
         force: rng.random_bool(0.2),
         allow_quarantined: false,
         ticket: String::new(),
+    }
+}
+
+/// A promotion of the newest verified checkpoint of the default environment to `prod`
+/// (`force`: whatever it holds).
+fn promote_request(id: &str, force: bool) -> pb::PromoteRequest {
+    pb::PromoteRequest {
+        from: lockstep::DEFAULT_ENVIRONMENT.into(),
+        to: PROD.into(),
+        id: id.into(),
+        force,
+        prepare_timeout: Some(lockstep::wire::duration(PREPARE_TIMEOUT)),
+        ..Default::default()
     }
 }
 

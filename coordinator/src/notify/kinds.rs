@@ -41,6 +41,7 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::PromotionCreated, "promotion.created"),
     (EventKind::LiveVerifyPassed, "verify.live.passed"),
     (EventKind::LiveVerifyFailed, "verify.live.failed"),
+    (EventKind::PromotionRefused, "promotion.refused"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -65,7 +66,8 @@ fn all() -> String {
 }
 
 /// Whether the release driver must hear of `e` as something that went wrong: a vote
-/// against, an abort, a participant that needs a person, a transaction that stalled.
+/// against, an abort, a participant that needs a person, a transaction that stalled, a
+/// live check that failed, an auto-promotion refused.
 pub fn is_failure(e: &pb::Event) -> bool {
     match EventKind::try_from(e.kind) {
         Ok(EventKind::VoteReceived) => e.vote != pb::Vote::Prepared as i32,
@@ -76,6 +78,7 @@ pub fn is_failure(e: &pb::Event) -> bool {
                 | EventKind::NeedsResolution
                 | EventKind::Stalled
                 | EventKind::LiveVerifyFailed
+                | EventKind::PromotionRefused
         ),
         Err(_) => false,
     }
@@ -87,7 +90,7 @@ mod tests {
 
     #[test]
     fn every_kind_but_unspecified_has_a_name_that_parses_back() {
-        for kind in 1..=EventKind::LiveVerifyFailed as i32 {
+        for kind in (1..).take_while(|k| EventKind::try_from(*k).is_ok()) {
             let name = name(kind);
             assert_ne!(name, "unknown", "kind {kind} has no name");
             assert_eq!(parse(name).map(|k| k as i32), Ok(kind));
