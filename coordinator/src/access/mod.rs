@@ -1,13 +1,16 @@
 //! Who is calling and what they may do: every call to the coordinator is authenticated
 //! once, by an interceptor that turns its credentials (a client certificate that chains
-//! to the CA, or a signed token) into a [`Principal`], and each handler then asks
-//! [`Principal::allows`] for the [`Permission`] and [`Scope`] of what it is about to do.
+//! to the CA, or a signed token) into a [`Principal`], and each handler then looks up
+//! its row of the permission [`table`] and asks it whether the principal may act on
+//! what the request names; the row's [`Permission`] and [`Scope`] are checked by
+//! [`Grant::allows`].
 //!
 //! `--insecure` (no TLS) keeps the old behaviour for local experiments: every caller is
 //! let through, named by the `actor` it gives.
 
 pub mod refusals;
 pub mod roles;
+pub mod table;
 pub mod tokens;
 
 use std::{
@@ -70,27 +73,13 @@ impl Principal {
         }
     }
 
-    /// Whether it may make a token carrying `grant`: it administers, and `grant` is
-    /// within one of its own grants (grants never widen).
-    pub fn may_grant(&self, grant: &Grant) -> bool {
+    /// Whether it may make a grant (a token) carrying `grant`: one of its own grants
+    /// has `role` or above and contains `grant` (grants never widen).
+    pub fn may_grant(&self, role: Role, grant: &Grant) -> bool {
         match &self.standing {
             Standing::Unchecked => true,
-            Standing::Granted(grants) => grants
-                .iter()
-                .any(|g| g.role >= Role::Admin && g.contains(grant)),
+            Standing::Granted(grants) => grants.iter().any(|g| g.role >= role && g.contains(grant)),
             Standing::Agent { .. } | Standing::Nothing => false,
-        }
-    }
-
-    /// Whether it may hear the decision for `project`'s part in a transaction of `env`:
-    /// the agent of that part, or anyone who may read `env`.
-    pub fn may_ask_decision(&self, env: &Environment, project: Option<&ProjectName>) -> bool {
-        match &self.standing {
-            Standing::Agent {
-                environment,
-                project: own,
-            } => environment == env && project == Some(own),
-            _ => self.allows(Permission::Read, &Scope::environment(env)),
         }
     }
 

@@ -27,7 +27,10 @@ use lockstep_store::Batch;
 
 use super::{Registry, verified::unverified};
 use crate::{
-    access::roles::{Authority, Permission, Scope},
+    access::{
+        roles::{Authority, Permission, Scope},
+        table,
+    },
     error::{CoordinatorError, Result},
     journal::Durable,
     model::{
@@ -350,7 +353,8 @@ fn auto_spec(ask: &PromoteAsk, id: &str, upstream: &TxRecord) -> Result<CreateSp
 }
 
 /// The check an automatic promotion `id` of `upstream` makes against its final plan:
-/// the upstream creator may `release` every project it changes in `to`.
+/// the upstream creator may do what the permission table's `Promote` row needs
+/// (`release`) on every project it changes in `to`.
 fn may_release(
     upstream: &TxRecord,
     to: &Environment,
@@ -358,20 +362,28 @@ fn may_release(
 ) -> impl Fn(&Plan) -> Result<()> + Sync + use<> {
     let (creator, authority) = (upstream.created_by.clone(), upstream.authority.clone());
     let (to, id) = (to.clone(), id.to_string());
+    let promote = table::rule("Promote").expect("the table has a row for every rpc");
+    let permission = promote.permission;
     move |plan: &Plan| {
         let scope = Scope::projects(&to, plan.projects());
-        if authority.allows(&creator, Permission::Release, &scope) {
+        if authority.allows(&creator, permission, &scope) {
             return Ok(());
         }
-        Err(CoordinatorError::Denied(denial(
-            &id, &creator, &authority, &scope,
-        )))
+        let why = denial(&id, &creator, &authority, permission, &scope);
+        Err(CoordinatorError::Denied(why))
     }
 }
 
-fn denial(id: &str, creator: &str, authority: &Authority, scope: &Scope) -> String {
+fn denial(
+    id: &str,
+    creator: &str,
+    authority: &Authority,
+    permission: Permission,
+    scope: &Scope,
+) -> String {
+    let permission = permission.name();
     format!(
-        "{id} acts for the upstream release's creator {creator}, who needs permission release on {scope}; {creator} holds {authority}"
+        "{id} acts for the upstream release's creator {creator}, who needs permission {permission} on {scope}; {creator} holds {authority}"
     )
 }
 

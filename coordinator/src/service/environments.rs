@@ -1,13 +1,12 @@
-//! The environment calls: declaring one needs `operate` over it; reading them `read`.
+//! The environment calls: declaring one, applying a pipeline file, reading them (what
+//! each needs: their rows of `access::table`).
 
 use lockstep::{names::Environment, pb};
 use tonic::{Request, Response, Status};
 
 use super::CoordinatorService;
 use crate::{
-    access::roles::{Permission, Scope},
-    model::EnvironmentRecord,
-    registry::environments::EnvironmentView,
+    access::table::Target, model::EnvironmentRecord, registry::environments::EnvironmentView,
 };
 
 impl CoordinatorService {
@@ -25,9 +24,8 @@ impl CoordinatorService {
             .collect::<Result<Vec<_>, _>>()?;
         after.sort();
         after.dedup();
-        let scope = Scope::whole(Some(&name));
         let who = self
-            .allow(&request, "AddEnvironment", Permission::Operate, scope)
+            .allow(&request, "AddEnvironment", Target::environment(&name))
             .await?;
         let record = EnvironmentRecord {
             name: name.clone(),
@@ -49,9 +47,8 @@ impl CoordinatorService {
         &self,
         request: Request<pb::ApplyPipelineRequest>,
     ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
-        let call = "ApplyPipeline";
         let who = self
-            .allow(&request, call, Permission::Operate, Scope::whole(None))
+            .allow(&request, "ApplyPipeline", Target::every())
             .await?;
         let r = request.get_ref();
         let registry = self.coordinator.registry();
@@ -69,13 +66,8 @@ impl CoordinatorService {
         &self,
         request: Request<pb::ListEnvironmentsRequest>,
     ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
-        self.allow(
-            &request,
-            "ListEnvironments",
-            Permission::Read,
-            Scope::default(),
-        )
-        .await?;
+        self.allow(&request, "ListEnvironments", Target::every())
+            .await?;
         let environments = self
             .coordinator
             .registry()
@@ -91,8 +83,7 @@ impl CoordinatorService {
         request: Request<pb::GetEnvironmentRequest>,
     ) -> Result<Response<pb::EnvironmentInfo>, Status> {
         let name = Environment::parse("name", &request.get_ref().name)?;
-        let scope = Scope::environment(&name);
-        self.allow(&request, "GetEnvironment", Permission::Read, scope)
+        self.allow(&request, "GetEnvironment", Target::environment(&name))
             .await?;
         Ok(Response::new(info(
             &self.coordinator.registry().environment(&name)?,

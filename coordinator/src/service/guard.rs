@@ -1,4 +1,5 @@
-//! Each handler's first step: may this caller do this here? A refusal is recorded as an
+//! Each handler's first step: may this caller do this here, by its row of the
+//! permission table (`access::table`)? A refusal is recorded as an
 //! ACCESS_DENIED event (the only thing a refused call writes), at most
 //! [`PER_MINUTE`] a minute per principal (the next one written says how many were not),
 //! and answered PERMISSION_DENIED with the permission, the scope and the principal
@@ -15,7 +16,7 @@ use crate::{
     access::{
         Principal, Standing,
         refusals::{PER_MINUTE, Verdict},
-        roles::{Permission, Scope},
+        table::{self, Rule, Target},
     },
     error::CoordinatorError,
     model::TxRecord,
@@ -23,43 +24,35 @@ use crate::{
 };
 
 impl CoordinatorService {
-    /// The caller, if it may do `permission` over `scope`; otherwise the refusal.
+    /// The caller, if its row `key` of the permission table admits it on `target`;
+    /// otherwise the refusal.
     pub(super) async fn allow<T>(
         &self,
         request: &Request<T>,
-        call: &str,
-        permission: Permission,
-        scope: Scope,
+        key: &str,
+        target: Target,
     ) -> Result<Principal, Status> {
-        let principal = crate::access::principal_of(request);
-        if principal.allows(permission, &scope) {
-            return Ok(principal);
-        }
-        let message = principal.refusal(call, permission, &scope);
-        Err(self
-            .refuse(&principal, call, message, scope.environment.as_ref(), None)
-            .await)
+        self.check(request, key, &target, None).await
     }
 
-    /// As [`CoordinatorService::allow`], over the environment and projects of
+    /// As [`CoordinatorService::allow`], on the environment and projects of
     /// transaction `id` (NOT_FOUND if there is none).
     pub(super) async fn allow_on<T>(
         &self,
         request: &Request<T>,
-        call: &str,
-        permission: Permission,
+        key: &str,
         id: &TxId,
     ) -> Result<(Principal, TxRecord), Status> {
         let record = self.coordinator.get(id)?;
         let projects = record.participants.iter().map(|p| p.project.clone());
-        let scope = Scope::projects(&record.environment, projects);
-        let principal = self.allow(request, call, permission, scope).await?;
+        let target = Target::projects(&record.environment, projects);
+        let principal = self.check(request, key, &target, None).await?;
         Ok((principal, record))
     }
 
-    /// GetDecision: an agent hears the decision for its own part only (so a parent's
-    /// agent cannot learn COMMIT from its child's part and go live first); anyone else
-    /// needs `read` on the transaction's environment.
+    /// GetDecision, on `project`'s part of transaction `id` (every part: none): the
+    /// transaction's environment, or the asking agent's when there is no such
+    /// transaction (so an agent asking about an unknown id hears NOT_FOUND).
     pub(super) async fn allow_decision<T>(
         &self,
         request: &Request<T>,
@@ -72,17 +65,34 @@ impl CoordinatorService {
             (Err(_), Standing::Agent { environment, .. }) => environment.clone(),
             (Err(_), _) => Environment::default(),
         };
-        if principal.may_ask_decision(&env, project) {
-            return Ok(());
+        let target = Target::projects(&env, project.cloned());
+        self.check(request, "GetDecision", &target, Some(id))
+            .await?;
+        Ok(())
+    }
+
+    /// The one check every handler makes: its row of the table (none: refused, the
+    /// table fails closed) on `target`; a refusal is audited with `transaction`.
+    async fn check<T>(
+        &self,
+        request: &Request<T>,
+        key: &str,
+        target: &Target,
+        transaction: Option<&TxId>,
+    ) -> Result<Principal, Status> {
+        let principal = crate::access::principal_of(request);
+        let Some(rule) = table::rule(key) else {
+            tracing::error!("{key} has no row in the permission table: refused");
+            let message = format!("{key} has no row in the permission table");
+            return Err(self.refuse(&principal, key, message, None, None).await);
+        };
+        if rule.admits(&principal, target) {
+            return Ok(principal);
         }
-        let part = project.map_or("every".to_string(), |p| format!("{p}'s"));
-        let message = format!(
-            "GetDecision for {part} part of {id} in environment {env}: an agent may ask for its own part only, anyone else needs permission read; {} holds {}",
-            principal.actor,
-            principal.holds()
-        );
+        let message = rule.refusal(&principal, target);
+        let env = target.environment.as_ref();
         Err(self
-            .refuse(&principal, "GetDecision", message, Some(&env), Some(id))
+            .refuse(&principal, rule.rpc(), message, env, transaction)
             .await)
     }
 
@@ -144,22 +154,19 @@ fn not_written(principal: &Principal, call: &str, first: bool) {
     }
 }
 
-/// The check a create makes against its final plan: `permission` over every project
-/// the plan changes in `env`.
+/// The check a create makes against its final plan: `rule` on every project the plan
+/// changes in `env`.
 pub(super) fn plan_check(
     principal: &Principal,
-    call: &'static str,
-    permission: Permission,
+    rule: &'static Rule,
     env: &Environment,
 ) -> impl Fn(&Plan) -> Result<(), CoordinatorError> + Sync + use<> {
     let (principal, env) = (principal.clone(), env.clone());
     move |plan: &Plan| {
-        let scope = Scope::projects(&env, plan.projects());
-        if principal.allows(permission, &scope) {
+        let target = Target::projects(&env, plan.projects());
+        if rule.admits(&principal, &target) {
             return Ok(());
         }
-        Err(CoordinatorError::Denied(
-            principal.refusal(call, permission, &scope),
-        ))
+        Err(CoordinatorError::Denied(rule.refusal(&principal, &target)))
     }
 }

@@ -2,13 +2,8 @@
 //! request, checks the caller may do it (`guard`), calls the [`Coordinator`], and
 //! converts the answer. No protocol logic here.
 //!
-//! What each call needs (see `access::roles`): reads and watches `read` on their
-//! environment (every environment when none is named); creates `release` on every
-//! project the final plan changes (`operate` when forced or allowing quarantined
-//! versions); register, abort, resolve, retry and the audit log `operate`; tokens
-//! `administer`; GetDecision the asking agent's own part (or `read`); webhook
-//! subscriptions and declaring environments `operate` (listing them `read`); verify
-//! reports `release`, approvals and rejections `operate` (see `verify`).
+//! What each call needs is its row of the permission table (`access::table`): a
+//! handler names its row and what the request names (a `Target`), never a permission.
 
 mod environments;
 mod guard;
@@ -28,7 +23,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     access::{
         Access, Principal, Standing,
-        roles::{Authority, Permission, Scope},
+        roles::Authority,
+        table::{self, Target},
     },
     convert,
     coordinator::Coordinator,
@@ -55,16 +51,22 @@ impl CoordinatorService {
         }
     }
 
-    /// Creates what `spec` asks for if `principal` may carry out its final plan.
+    /// Creates what `spec` asks for if `principal` may carry out its final plan by row
+    /// `key` of the table (whose entry check the handler made).
     async fn create(
         &self,
         principal: Principal,
-        call: &'static str,
-        permission: Permission,
+        key: &str,
         mut spec: CreateSpec,
     ) -> Result<Created, Status> {
         let env = spec.environment.clone();
-        let check = guard::plan_check(&principal, call, permission, &env);
+        let Some(rule) = table::rule(key) else {
+            return Err(Status::internal(format!(
+                "{key} has no row in the permission table"
+            )));
+        };
+        let call = rule.rpc();
+        let check = guard::plan_check(&principal, rule, &env);
         spec.actor = principal.actor_or("");
         spec.authority = authority(&principal);
         match self.coordinator.create(spec, &check).await {
@@ -84,11 +86,6 @@ fn authority(principal: &Principal) -> Authority {
         Standing::Granted(grants) => Authority::Granted(grants.clone()),
         Standing::Agent { .. } | Standing::Nothing => Authority::Granted(Vec::new()),
     }
-}
-
-/// `read` over `env`, or over every environment when there is none.
-fn read_scope(env: Option<&Environment>) -> Scope {
-    env.map(Scope::environment).unwrap_or_default()
 }
 
 fn created(c: Created) -> pb::CreateTransactionResponse {
@@ -122,11 +119,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
             let why = "must be https://: this coordinator reaches agents over mutual TLS";
             return Err(lockstep::names::FieldError::new("endpoint", why).into());
         }
-        let scope = Scope::projects(&project.environment, [project.name.clone()]);
-        let call = "RegisterProject";
-        let who = self
-            .allow(&request, call, Permission::Operate, scope)
-            .await?;
+        let target = Target::projects(&project.environment, [project.name.clone()]);
+        let who = self.allow(&request, "RegisterProject", target).await?;
         let actor = who.actor_or("");
         let (project, changed) = self.coordinator.register_project(project, &actor).await?;
         Ok(Response::new(pb::RegisterProjectResponse {
@@ -140,8 +134,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        let scope = Scope::environment(&env);
-        self.allow(&request, "ListProjects", Permission::Read, scope)
+        self.allow(&request, "ListProjects", Target::environment(&env))
             .await?;
         let projects = self
             .coordinator
@@ -157,15 +150,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::CreateReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let r = request.get_ref();
-        let permission = match r.force || r.allow_quarantined {
-            true => Permission::Operate,
-            false => Permission::Release,
+        let key = match r.force || r.allow_quarantined {
+            true => "CreateRelease --force",
+            false => "CreateRelease",
         };
         let spec = convert::release(r.clone())?;
-        let call = "CreateRelease";
-        let scope = Scope::environment(&spec.environment);
-        let who = self.allow(&request, call, permission, scope).await?;
-        let created = self.create(who, call, permission, spec).await?;
+        let target = Target::environment(&spec.environment);
+        let who = self.allow(&request, key, target).await?;
+        let created = self.create(who, key, spec).await?;
         Ok(Response::new(self::created(created)))
     }
 
@@ -174,10 +166,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RevertReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let spec = convert::revert(request.get_ref().clone())?;
-        let (call, permission) = ("RevertRelease", Permission::Release);
-        let scope = Scope::environment(&spec.environment);
-        let who = self.allow(&request, call, permission, scope).await?;
-        let created = self.create(who, call, permission, spec).await?;
+        let key = "RevertRelease";
+        let who = self
+            .allow(&request, key, Target::environment(&spec.environment))
+            .await?;
+        let created = self.create(who, key, spec).await?;
         Ok(Response::new(self::created(created)))
     }
 
@@ -186,9 +179,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        let (call, permission) = ("Rollback", Permission::Release);
-        let scope = Scope::environment(&env);
-        let who = self.allow(&request, call, permission, scope).await?;
+        let key = "Rollback";
+        let who = self.allow(&request, key, Target::environment(&env)).await?;
         let r = request.into_inner();
         let resolved = match r.revision {
             0 => self
@@ -200,7 +192,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             n => n,
         };
         let spec = convert::rollback(r, resolved)?;
-        let created = self.create(who, call, permission, spec).await?;
+        let created = self.create(who, key, spec).await?;
         Ok(Response::new(self::created(created)))
     }
 
@@ -209,9 +201,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetReleaseRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         let id = TxId::parse("id", &request.get_ref().id)?;
-        let (_, record) = self
-            .allow_on(&request, "GetRelease", Permission::Read, &id)
-            .await?;
+        let (_, record) = self.allow_on(&request, "GetRelease", &id).await?;
         Ok(Response::new(convert::transaction(&record)))
     }
 
@@ -223,8 +213,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let env = (!r.environment.is_empty())
             .then(|| Environment::parse("environment", &r.environment))
             .transpose()?;
-        let scope = read_scope(env.as_ref());
-        self.allow(&request, "ListReleases", Permission::Read, scope)
+        self.allow(&request, "ListReleases", Target::optional(env.as_ref()))
             .await?;
         let r = request.into_inner();
         let (field, size) = match r.page_size {
@@ -247,9 +236,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ResolveParticipantRequest>,
     ) -> Result<Response<pb::ResolveParticipantResponse>, Status> {
         let (id, project, mut resolution) = convert::resolution(request.get_ref())?;
-        let (who, _) = self
-            .allow_on(&request, "ResolveParticipant", Permission::Operate, &id)
-            .await?;
+        let (who, _) = self.allow_on(&request, "ResolveParticipant", &id).await?;
         resolution.actor = who.actor_or(&resolution.actor);
         let r = request.into_inner();
         let (record, resolved) = self
@@ -270,10 +257,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let r = request.get_ref();
         let id = TxId::parse("transaction_id", &r.transaction_id)?;
         let actor = convert::actor(&r.actor)?;
-        let call = "RetryDelivery";
-        let (who, _) = self
-            .allow_on(&request, call, Permission::Operate, &id)
-            .await?;
+        let (who, _) = self.allow_on(&request, "RetryDelivery", &id).await?;
         let record = self.coordinator.retry(&id, who.actor_or(&actor)).await?;
         Ok(Response::new(convert::transaction(&record)))
     }
@@ -283,10 +267,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::AbortReleaseRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         let id = TxId::parse("id", &request.get_ref().id)?;
-        let call = "AbortRelease";
-        let (who, _) = self
-            .allow_on(&request, call, Permission::Operate, &id)
-            .await?;
+        let (who, _) = self.allow_on(&request, "AbortRelease", &id).await?;
         let r = request.into_inner();
         convert::text("reason", &r.reason, lockstep::limits::MAX_TEXT_LEN)?;
         let reason = if r.reason.is_empty() {
@@ -310,14 +291,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let filter = (!r.transaction_id.is_empty())
             .then(|| TxId::parse("transaction_id", &r.transaction_id))
             .transpose()?;
-        let (call, read) = ("WatchEvents", Permission::Read);
         match &filter {
             Some(id) => {
-                self.allow_on(&request, call, read, id).await?;
+                self.allow_on(&request, "WatchEvents", id).await?;
             }
             None => {
                 // The whole log: every project's events in every environment.
-                self.allow(&request, call, read, Scope::whole(None)).await?;
+                let key = "WatchEvents --all";
+                self.allow(&request, key, Target::every()).await?;
             }
         }
         let r = request.into_inner();
@@ -347,8 +328,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetLiveStateRequest>,
     ) -> Result<Response<pb::LiveState>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        let scope = Scope::environment(&env);
-        self.allow(&request, "GetLiveState", Permission::Read, scope)
+        self.allow(&request, "GetLiveState", Target::environment(&env))
             .await?;
         let live = self.coordinator.live(&env);
         let (in_flight, pending): (Vec<_>, Vec<_>) = live
@@ -369,8 +349,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        let scope = Scope::environment(&env);
-        self.allow(&request, "GetHistory", Permission::Read, scope)
+        self.allow(&request, "GetHistory", Target::environment(&env))
             .await?;
         let r = request.into_inner();
         let size = convert::page_size("page_size", r.page_size, 1000)?;
@@ -425,9 +404,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         // Every principal's refused calls, in every environment and project.
-        let scope = Scope::whole(None);
-        self.allow(&request, "ListAudit", Permission::Operate, scope)
-            .await?;
+        self.allow(&request, "ListAudit", Target::every()).await?;
         let r = request.into_inner();
         let size = convert::page_size("page_size", r.page_size, 100)?;
         let page = self.coordinator.audit(r.since_seq, size)?;
@@ -498,17 +475,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let (ask, base) = convert::promote(request.get_ref().clone())?;
-        let permission = match ask.force {
-            true => Permission::Operate,
-            false => Permission::Release,
+        let key = match ask.force {
+            true => "Promote --force",
+            false => "Promote",
         };
-        let call = "Promote";
-        let source = Scope::environment(&ask.from);
-        self.allow(&request, call, Permission::Read, source).await?;
-        let target = Scope::environment(&ask.to);
-        let who = self.allow(&request, call, permission, target).await?;
+        let target = Target::promotion(&ask.from, Target::environment(&ask.to));
+        let who = self.allow(&request, key, target).await?;
         let spec = self.coordinator.registry().promotion(&ask, base)?;
-        let created = self.create(who, call, permission, spec).await?;
+        let created = self.create(who, key, spec).await?;
         Ok(Response::new(self::created(created)))
     }
 

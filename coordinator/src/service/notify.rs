@@ -1,14 +1,12 @@
-//! The webhook subscription calls: adding, removing and pinging need `operate` over the
-//! whole of the subscription's environment (or of every one: a subscription sees every
-//! project's events), listing needs `read` over everything, since a subscription sees
-//! the log of every environment it is not filtered to. A grant scoped to some projects
-//! allows none of them.
+//! The webhook subscription calls. Their rows of `access::table` make each a call over
+//! the whole of the subscription's environment, or of everything (a subscription sees
+//! every project's events): a grant scoped to some projects allows none of them.
 
 use lockstep::{names::Environment, pb};
 use tonic::{Request, Response, Status};
 
 use super::CoordinatorService;
-use crate::access::roles::{Permission, Scope};
+use crate::access::table::Target;
 
 impl CoordinatorService {
     pub(super) async fn subscribe(
@@ -16,12 +14,11 @@ impl CoordinatorService {
         request: Request<pb::AddSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let r = request.get_ref();
-        let scope = match r.environment.is_empty() {
-            true => Scope::whole(None),
-            false => Scope::whole(Some(&Environment::parse("environment", &r.environment)?)),
-        };
+        let env = (!r.environment.is_empty())
+            .then(|| Environment::parse("environment", &r.environment))
+            .transpose()?;
         let who = self
-            .allow(&request, "AddSubscription", Permission::Operate, scope)
+            .allow(&request, "AddSubscription", Target::optional(env.as_ref()))
             .await?;
         let notifier = self.coordinator.notifier();
         Ok(Response::new(
@@ -33,13 +30,8 @@ impl CoordinatorService {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        self.allow(
-            &request,
-            "ListSubscriptions",
-            Permission::Read,
-            Scope::whole(None),
-        )
-        .await?;
+        self.allow(&request, "ListSubscriptions", Target::every())
+            .await?;
         let subscriptions = self.coordinator.notifier().list();
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions,
@@ -50,9 +42,8 @@ impl CoordinatorService {
         &self,
         request: Request<pb::RemoveSubscriptionRequest>,
     ) -> Result<Response<pb::RemoveSubscriptionResponse>, Status> {
-        let call = "RemoveSubscription";
         let who = self
-            .allow(&request, call, Permission::Operate, Scope::whole(None))
+            .allow(&request, "RemoveSubscription", Target::every())
             .await?;
         let name = &request.get_ref().name;
         let removed = self
@@ -69,8 +60,7 @@ impl CoordinatorService {
         &self,
         request: Request<pb::TestSubscriptionRequest>,
     ) -> Result<Response<pb::TestSubscriptionResponse>, Status> {
-        let call = "TestSubscription";
-        self.allow(&request, call, Permission::Operate, Scope::whole(None))
+        self.allow(&request, "TestSubscription", Target::every())
             .await?;
         let name = &request.get_ref().name;
         Ok(Response::new(self.coordinator.notifier().ping(name).await?))

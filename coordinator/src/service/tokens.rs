@@ -15,7 +15,8 @@ use super::CoordinatorService;
 use crate::{
     access::{
         Principal,
-        roles::{Grant, Permission, Role, Scope},
+        roles::{Grant, Role},
+        table::Target,
         tokens::{self, Claims},
     },
     model::TokenRecord,
@@ -38,18 +39,10 @@ impl CoordinatorService {
             ));
         };
         let who = crate::access::principal_of(&request);
-        let r = request.into_inner();
-        let claims = self.claims(&who, &r)?;
+        let claims = self.claims(&who, request.get_ref())?;
         // Grants never widen: the token's grant must be within one of the maker's.
-        if !who.may_grant(&claims.grant) {
-            let message = format!(
-                "{} may not make a token for {}: it holds {}, and a token's grant must be within one of its maker's admin grants",
-                who.actor,
-                claims.grant,
-                who.holds()
-            );
-            return Err(self.refuse(&who, "CreateToken", message, None, None).await);
-        }
+        let target = Target::grant(claims.grant.clone());
+        let who = self.allow(&request, "CreateToken", target).await?;
         let token = key.issue(&claims).map_err(Status::internal)?;
         let record = TokenRecord {
             id: claims.jti.clone(),
@@ -97,10 +90,7 @@ impl CoordinatorService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<pb::RevokeTokenResponse, Status> {
-        let scope = Scope::whole(None);
-        let who = self
-            .allow(&request, "RevokeToken", Permission::Administer, scope)
-            .await?;
+        let who = self.allow(&request, "RevokeToken", Target::every()).await?;
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(FieldError::new("id", "is required (`tok-...`)").into());
