@@ -21,7 +21,8 @@
 //!   stamping every order with this data directory's [`incarnation`].
 //! - [`service`] / [`convert`]: the gRPC edge and wire conversions; [`server`] assembles
 //!   it with reflection and health.
-//! - [`access`]: who is calling and what they may do (certificates, tokens, roles);
+//! - [`access`]: who is calling and what they may do (certificates, tokens, roles, and
+//!   the one permission table every call is checked against);
 //!   [`keys`]: the token signing secret.
 //! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
 //!   its durable cursor; [`stall`]: the STALLED trigger.
