@@ -251,3 +251,74 @@ async fn waiting_for_only_the_outcome_streams_just_the_terminal_event() {
         refused.message()
     );
 }
+
+/// Defect 2 of issue 27: `--wait` counted `--timeout` from prepare and
+/// `--wait-timeout` from commit, so a release queued behind a stuck one waited over
+/// ten minutes. Given T4 stuck preparing on A, when T5 (on B, which T4 holds) is
+/// created with `--wait --wait-timeout 2s`, then the CLI returns after its one
+/// deadline with exit 6 ("still queued", naming what it waits for), and a release that
+/// is preparing when its deadline runs out exits 7; both go on on their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_has_one_deadline_from_the_call_and_says_where_the_release_stands() {
+    let c = Cluster::family().await;
+    c.block("A");
+    let started = c
+        .cli(&["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    c.wait_state("T4", TransactionState::Preparing).await;
+
+    let queued = [
+        "release",
+        "create",
+        "T5",
+        "B=T5B",
+        "--wait",
+        "--wait-timeout",
+        "2s",
+    ];
+    let out = c.cli(&queued).await;
+    assert_eq!(out.code, 6, "{out:?}");
+    assert!(
+        out.stderr.contains("still queued") && out.stderr.contains("T4"),
+        "{out:?}"
+    );
+    let json = [
+        "release",
+        "create",
+        "T6",
+        "C=T6C",
+        "--wait",
+        "--wait-timeout",
+        "1s",
+        "-o",
+        "json",
+    ];
+    let out = c.cli(&json).await;
+    assert_eq!(out.code, 6, "{out:?}");
+    assert!(
+        out.stderr.contains("still queued"),
+        "-o json says it on stderr too: {out:?}"
+    );
+
+    c.heal("A");
+    c.wait_state("T4", TransactionState::Committed).await;
+    c.wait_state("T5", TransactionState::Committed).await;
+    c.wait_state("T6", TransactionState::Committed).await;
+
+    c.block("B");
+    let preparing = [
+        "release",
+        "create",
+        "T7",
+        "B=T7B",
+        "--wait",
+        "--wait-timeout",
+        "2s",
+    ];
+    let out = c.cli(&preparing).await;
+    assert_eq!(out.code, 7, "{out:?}");
+    assert!(out.stderr.contains("still preparing"), "{out:?}");
+    c.heal("B");
+    c.wait_state("T7", TransactionState::Committed).await;
+}

@@ -1,7 +1,7 @@
 //! Phase 2 always finishes, and nobody waits on it blindly: a commit hook slower than
 //! the coordinator's delivery timeout runs once, to its end; `--wait` returns as soon
-//! as the outcome is settled, and after COMMIT at most `--wait-timeout` later, naming
-//! who has not acknowledged.
+//! as the outcome is settled, and at most `--wait-timeout` after the call, naming who
+//! has not acknowledged.
 
 #![allow(clippy::unwrap_used)]
 
@@ -106,8 +106,8 @@ async fn waiting_on_a_release_exits_at_once_when_abort_is_decided_naming_who_has
 }
 
 /// Given B's commit hook does not finish, when T1 is committed, then `--wait` waits
-/// `--wait-timeout` for the acknowledgements and exits 4 ("committed, not yet live
-/// everywhere") naming B; T1 finishes on its own once the hook does.
+/// for the acknowledgements until `--wait-timeout` and exits 5 ("committed, not yet
+/// live everywhere") naming B; T1 finishes on its own once the hook does.
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_on_a_committed_release_gives_up_after_the_wait_timeout_naming_who_is_not_live() {
     let mut c = Cluster::new().await;

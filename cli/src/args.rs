@@ -12,7 +12,8 @@ use crate::{Failure, Result, pairs};
 ///
 /// Exit codes: 0 committed or done, 1 aborted or refused, 2 usage error, 3 coordinator
 /// unreachable, 4 not allowed (no or an unknown credential, or a missing permission),
-/// 5 committed but not yet live everywhere (after `--wait-timeout`).
+/// 5 committed but not yet live everywhere, 6 still queued, 7 still preparing or
+/// verifying (when `--wait-timeout` ran out).
 #[derive(Parser)]
 #[command(name = "lockstep", version)]
 pub struct Args {
@@ -448,10 +449,12 @@ pub struct WaitArgs {
     /// Prepare deadline: if any participant has not voted within it, everything aborts.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// With --wait: how long to wait, once COMMIT is decided, for every participant to
-    /// go live; then exit 5 ("committed, not yet live everywhere") naming who is
-    /// missing. The transaction finishes on its own; `release watch` follows it.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    /// With --wait: one deadline for the whole wait, from the moment of the call, the
+    /// queue included. When it runs out, the exit code says where the transaction
+    /// stands: 6 still queued, 7 still preparing or verifying, 5 committed but not yet
+    /// live everywhere (naming who is missing). It goes on on its own; `release watch`
+    /// follows it.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait_timeout: Duration,
     /// Only show the plan (targets, actions, waves, preconditions); change nothing.
     #[arg(long)]

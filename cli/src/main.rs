@@ -4,7 +4,8 @@
 //! (a participant refused, a release rule or precondition failed, unknown id), 2 usage
 //! (bad flags or a request the coordinator calls malformed), 3 coordinator unreachable
 //! (or the outcome could not be learned), 4 not allowed (no or an unknown credential,
-//! or a permission the caller lacks), 5 committed but not yet live everywhere.
+//! or a permission the caller lacks), 5 committed but not yet live everywhere, 6 still
+//! queued and 7 still preparing or verifying when `--wait-timeout` ran out.
 
 mod access;
 mod args;
@@ -42,6 +43,11 @@ const NOT_ALLOWED: u8 = 4;
 /// Exit code: COMMIT is decided but not every participant went live within
 /// `--wait-timeout` (it will, on its own: phase 2 is retried until it finishes).
 const NOT_LIVE_EVERYWHERE: u8 = 5;
+/// Exit code: `--wait-timeout` ran out while the transaction waited in the queue.
+const STILL_QUEUED: u8 = 6;
+/// Exit code: `--wait-timeout` ran out before the outcome was decided (preparing or
+/// verifying).
+const STILL_UNDECIDED: u8 = 7;
 
 /// `lockstep … | head` ends quietly when `head` closes the pipe, as every Unix tool
 /// does: Rust ignores SIGPIPE, so without this the first write after `head` exits
@@ -110,6 +116,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<u8> {
+    let started = tokio::time::Instant::now();
     // Usage errors first (exit 2), whether or not the coordinator is up.
     if let Command::Release(ReleaseCommand::Create {
         components,
@@ -133,6 +140,7 @@ async fn run(args: Args) -> Result<u8> {
         dial,
         env: args.environment.clone(),
         out: args.output,
+        started,
     };
     match args.command {
         Command::Project(c) => project(&mut client, &ctx, c).await,
@@ -232,7 +240,7 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
         }
         _ => unreachable!("only revert, rollback and promote are routed here"),
     };
-    finish_create(client, &ctx.dial, ctx.out, created, &wait).await
+    finish_create(client, ctx, created, &wait).await
 }
 
 /// What every command needs besides its own arguments.
@@ -240,6 +248,8 @@ struct Context {
     dial: Dial,
     env: String,
     out: Output,
+    /// When the command started: `--wait-timeout` counts from here.
+    started: tokio::time::Instant,
 }
 
 async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Result<u8> {
@@ -292,7 +302,7 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
                 ticket: ticket.unwrap_or_default(),
             };
             let created = client.create_release(request).await?.into_inner();
-            finish_create(client, &ctx.dial, ctx.out, created, &wait).await
+            finish_create(client, ctx, created, &wait).await
         }
         ReleaseCommand::Get { id } => {
             let t = client
@@ -352,14 +362,15 @@ async fn whole_history(client: &mut Client, environment: String) -> Result<pb::G
     }
 }
 
-/// Shows what a create call returned and, with --wait, follows it to its outcome.
+/// Shows what a create call returned and, with --wait, follows it to its outcome or
+/// until `--wait-timeout` from the start of the command.
 async fn finish_create(
     client: &mut Client,
-    dial: &Dial,
-    out: Output,
+    ctx: &Context,
     created: pb::CreateTransactionResponse,
     wait: &WaitArgs,
 ) -> Result<u8> {
+    let out = ctx.out;
     let plan = created.plan.clone().unwrap_or_default();
     let Some(tx) = created.transaction.clone() else {
         render::plan(out, &plan, "dry run");
@@ -372,42 +383,71 @@ async fn finish_create(
     if out == Output::Table {
         render::accepted_brief(&created);
     }
-    let from = created.first_event_seq;
-    let final_tx = wait::until_settled(client, dial, out, &tx, from, wait.wait_timeout).await?;
+    let (from, deadline) = (created.first_event_seq, ctx.started + wait.wait_timeout);
+    let final_tx = wait::until_settled(client, &ctx.dial, out, &tx, from, deadline).await?;
     render::transaction(out, &final_tx);
-    Ok(settled_code(out, &final_tx))
+    Ok(settled_code(&final_tx))
 }
 
-/// The exit code of `--wait`, saying on stderr who has not acknowledged when the
-/// outcome is settled but phase 2 is not over.
-fn settled_code(out: Output, t: &pb::Transaction) -> u8 {
-    let missing = || {
-        let who: Vec<&str> = t
-            .participants
-            .iter()
-            .filter(|p| !p.acknowledged)
-            .map(|p| p.project.as_str())
-            .collect();
-        who.join(", ")
-    };
+/// The exit code of `--wait`, saying on stderr (in every output mode) where the
+/// transaction stands when its outcome is not yet all done.
+fn settled_code(t: &pb::Transaction) -> u8 {
     let (code, note) = match pb::TransactionState::try_from(t.state) {
         Ok(pb::TransactionState::Aborting) => (
             REFUSED,
-            format!("{} is aborted; not yet restored on {}", t.id, missing()),
+            format!(
+                "{} is aborted; not yet restored on {}",
+                t.id,
+                unacknowledged(t)
+            ),
         ),
         Ok(pb::TransactionState::Committing) => (
             NOT_LIVE_EVERYWHERE,
-            format!("{} is committed but not yet live on {}", t.id, missing()),
+            format!(
+                "{} is committed but not yet live on {}",
+                t.id,
+                unacknowledged(t)
+            ),
+        ),
+        Ok(pb::TransactionState::Pending) => (
+            STILL_QUEUED,
+            format!(
+                "{} is still queued ({}) after --wait-timeout",
+                t.id, t.reason
+            ),
+        ),
+        Ok(pb::TransactionState::Preparing) => (
+            STILL_UNDECIDED,
+            format!(
+                "{} is still preparing ({}) after --wait-timeout",
+                t.id, t.reason
+            ),
+        ),
+        Ok(pb::TransactionState::Verifying) => (
+            STILL_UNDECIDED,
+            format!(
+                "{} is still verifying ({}) after --wait-timeout",
+                t.id, t.reason
+            ),
         ),
         _ => return outcome_code(t),
     };
-    if out == Output::Table {
-        eprintln!(
-            "{note}; it finishes on its own (follow it with `lockstep release watch {}`)",
-            t.id
-        );
-    }
+    eprintln!(
+        "{note}; it goes on on its own (follow it with `lockstep release watch {}`)",
+        t.id
+    );
     code
+}
+
+/// The participants of `t` that have not acknowledged its decision.
+fn unacknowledged(t: &pb::Transaction) -> String {
+    let who: Vec<&str> = t
+        .participants
+        .iter()
+        .filter(|p| !p.acknowledged)
+        .map(|p| p.project.as_str())
+        .collect();
+    who.join(", ")
 }
 
 /// 0 when committed, 1 when aborted, 0 for anything still in progress.

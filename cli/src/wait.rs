@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use lockstep::pb;
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
 use crate::{
@@ -22,37 +23,37 @@ const RECONNECT_FOR: Duration = Duration::from_secs(120);
 /// only this long, so that it names just the participants that are really behind.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
-/// Follows `tx` until its outcome is settled, printing its events (to stderr in table
-/// mode, so stdout holds only the result), and returns its state then: COMMITTED,
-/// ABORTED, ABORTING (ABORT is decided, so the outcome is known even while an agent is
-/// unreachable; followed for [`ABORT_GRACE`] more), or COMMITTING once `after_commit`
-/// has passed since the COMMIT decision without every acknowledgement.
+/// Follows `tx` until its outcome is settled or `deadline` (one deadline from the
+/// moment of the call, queue included) has passed, printing its events (to stderr in
+/// table mode, so stdout holds only the result), and returns its state then:
+/// COMMITTED, ABORTED, ABORTING (ABORT is decided, so the outcome is known even while
+/// an agent is unreachable; followed for [`ABORT_GRACE`] more), or whatever it still
+/// is at the deadline (PENDING, PREPARING, VERIFYING, COMMITTING).
 pub async fn until_settled(
     client: &mut Client,
     dial: &Dial,
     out: Output,
     tx: &pb::Transaction,
     from: u64,
-    after_commit: Duration,
+    deadline: Instant,
 ) -> Result<pb::Transaction> {
     let mut follow = Follow {
         next: from.max(1),
         out,
-        after_commit,
-        live_by: None,
+        stop_at: deadline,
     };
-    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut down_since: Option<Instant> = None;
     loop {
         match client.watch_events(follow.request(&tx.id)).await {
             Ok(stream) => {
                 down_since = None;
-                let settled = follow.read(stream.into_inner()).await;
+                let stopped = follow.read(stream.into_inner()).await;
                 if let Ok(t) = client
                     .get_release(pb::GetReleaseRequest { id: tx.id.clone() })
                     .await
                 {
                     let t = t.into_inner();
-                    if settled || is_terminal(&t) {
+                    if stopped || is_terminal(&t) {
                         return Ok(t);
                     }
                 }
@@ -60,8 +61,8 @@ pub async fn until_settled(
             Err(status) if status.code() != tonic::Code::Unavailable => return Err(status.into()),
             Err(_) => {}
         }
-        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() > RECONNECT_FOR {
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > RECONNECT_FOR || Instant::now() >= deadline {
             return Err(Failure {
                 code: UNREACHABLE,
                 message: format!(
@@ -81,9 +82,8 @@ pub async fn until_settled(
 struct Follow {
     next: u64,
     out: Output,
-    after_commit: Duration,
-    /// When waiting for acknowledgements ends (set by the COMMIT decision).
-    live_by: Option<tokio::time::Instant>,
+    /// When following ends: the call's deadline, or sooner once ABORT is decided.
+    stop_at: Instant,
 }
 
 impl Follow {
@@ -96,39 +96,30 @@ impl Follow {
         }
     }
 
-    /// Reads events until the stream ends or breaks (false) or the wait that a decision
-    /// starts is over (true).
+    /// Reads events until the stream ends or breaks (false) or following is over
+    /// (true).
     async fn read(&mut self, mut stream: tonic::Streaming<pb::Event>) -> bool {
         loop {
-            let item = match self.live_by {
-                Some(at) => tokio::select! {
-                    item = stream.next() => item,
-                    _ = tokio::time::sleep_until(at) => return true,
-                },
-                None => stream.next().await,
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = tokio::time::sleep_until(self.stop_at) => return true,
             };
             let Some(Ok(event)) = item else {
-                return self
-                    .live_by
-                    .is_some_and(|at| tokio::time::Instant::now() >= at);
+                return Instant::now() >= self.stop_at;
             };
             self.seen(&event);
         }
     }
 
-    /// Shows `event`; a decision starts the wait for acknowledgements.
+    /// Shows `event`; an ABORT decision settles the outcome, so following ends soon.
     fn seen(&mut self, event: &pb::Event) {
         self.next = event.seq + 1;
         if self.out == Output::Table {
             eprintln!("{}", render::event_line(event));
         }
-        let grace = match pb::EventKind::try_from(event.kind) {
-            Ok(pb::EventKind::DecidedAbort) => ABORT_GRACE.min(self.after_commit),
-            Ok(pb::EventKind::DecidedCommit) => self.after_commit,
-            _ => return,
-        };
-        let at = tokio::time::Instant::now() + grace;
-        self.live_by.get_or_insert(at);
+        if event.kind == pb::EventKind::DecidedAbort as i32 {
+            self.stop_at = self.stop_at.min(Instant::now() + ABORT_GRACE);
+        }
     }
 }
 
@@ -140,7 +131,7 @@ fn is_terminal(t: &pb::Transaction) -> bool {
 /// `lockstep release watch`: prints events from `from` on, forever (until interrupted).
 pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()> {
     let mut next = from.max(1);
-    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut down_since: Option<Instant> = None;
     loop {
         if let Ok(mut client) = dial.connect().await {
             let request = pb::WatchEventsRequest {
@@ -170,7 +161,7 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
                 Err(_) => {}
             }
         }
-        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+        let since = *down_since.get_or_insert_with(Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             return Err(Failure {
                 code: UNREACHABLE,
