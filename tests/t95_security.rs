@@ -254,7 +254,8 @@ async fn a_scoped_releaser_releases_its_projects_only_and_operators_alone_steer(
 
 /// Issue 26, defects 1 and 2: an operator for project A only acts on A, never on the
 /// whole of an environment or on everything (verify steps, webhooks), and an admin for
-/// A makes tokens for A only. Each refusal writes nothing but its audit event.
+/// A makes tokens for A only, and for herself only. Each refusal writes nothing but its
+/// audit event.
 #[tokio::test(flavor = "multi_thread")]
 async fn grants_scoped_to_a_project_never_reach_the_whole_environment_or_widen() {
     let s = Secure::start(&["A", "B"], &[]).await;
@@ -280,6 +281,31 @@ async fn grants_scoped_to_a_project_never_reach_the_whole_environment_or_widen()
     let within = ["token", "create", "--role", "releaser", "--project", "A"];
     let made = s.cli(&carla, &within).await;
     assert_eq!(made.code, 0, "within its own grant: {made:?}");
+    // A token's subject is a person to the four-eyes rule: carla, admin for A, could
+    // approve her own release as "dave". Only an admin over everything names others.
+    let for_dave = [
+        "token",
+        "create",
+        "--role",
+        "operator",
+        "--project",
+        "A",
+        "--subject",
+        "dave",
+    ];
+    refused(&s.cli(&carla, &for_dave).await, "PermissionDenied");
+    let for_herself = [
+        "token",
+        "create",
+        "--role",
+        "operator",
+        "--project",
+        "A",
+        "--subject",
+        "carla",
+    ];
+    let made = s.cli(&carla, &for_herself).await;
+    assert_eq!(made.code, 0, "a token for herself: {made:?}");
 
     let list = s.cli(&admin(), &["notify", "list", "-o", "json"]).await;
     assert_eq!(list.code, 0, "{list:?}");

@@ -47,6 +47,14 @@ impl Role {
     }
 }
 
+/// The person behind an actor, whatever credential it showed: `user/alice` (a
+/// certificate) and `alice (token tok-…)` (a token whose subject is alice) are both
+/// alice, so the four-eyes rule and token subjects compare people, not credentials.
+pub fn person(actor: &str) -> &str {
+    let name = actor.split(" (token ").next().unwrap_or(actor);
+    name.strip_prefix("user/").unwrap_or(name)
+}
+
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {

@@ -49,7 +49,8 @@ pub enum ScopeRule {
     /// Everything: a grant over every project of every environment.
     Everything,
     /// The grant asked for must lie within one of the caller's own grants that holds
-    /// the permission (grants never widen).
+    /// the permission (grants never widen); a token for another person needs that
+    /// permission over everything (its subject is a voice in the four-eyes rule).
     WithinOwnGrant,
 }
 
@@ -72,7 +73,9 @@ impl ScopeRule {
                 "the whole environment named, else everything (every project everywhere)"
             }
             Self::Everything => "everything (every project everywhere)",
-            Self::WithinOwnGrant => "the new grant within one of the caller's own",
+            Self::WithinOwnGrant => {
+                "the new grant within one of the caller's own (for another person: everything)"
+            }
         }
     }
 

@@ -17,7 +17,10 @@ use std::time::Duration;
 use lockstep::pb;
 
 use super::{Effect, Show, Transaction, events};
-use crate::model::{Participant, StepKind, StepRun, StepStatus, TxState};
+use crate::{
+    access::roles::person,
+    model::{Participant, StepKind, StepRun, StepStatus, TxState},
+};
 
 /// What a test runner says about an external step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,14 +344,6 @@ fn with_actor(mut effects: Vec<Effect>, actor: &str) -> Vec<Effect> {
 
 fn is_abort_decision(e: &pb::Event) -> bool {
     e.kind == pb::EventKind::DecidedAbort as i32
-}
-
-/// The person behind an actor, whatever credential it showed: `user/alice` (a
-/// certificate) and `alice (token tok-…)` (a token whose subject is alice) are both
-/// alice, so the four-eyes rule compares people, not credentials.
-fn person(actor: &str) -> &str {
-    let name = actor.split(" (token ").next().unwrap_or(actor);
-    name.strip_prefix("user/").unwrap_or(name)
 }
 
 fn who(actor: &str) -> &str {
