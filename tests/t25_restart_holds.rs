@@ -68,7 +68,7 @@ async fn an_agent_that_moved_and_was_registered_again_receives_its_commit() {
     c.agent_mut("X").server.restart_elsewhere().await;
     let new = c.agent("X").server.url();
     assert_ne!(old, new, "the agent moved");
-    let moved = c.cli(&["project", "add", "X", "--endpoint", &new]).await;
+    let moved = c.cli(&["project", "set", "X", "--endpoint", &new]).await;
     assert_eq!(moved.code, 0, "{moved:?}");
 
     c.wait_state("T1", TransactionState::Committed).await;

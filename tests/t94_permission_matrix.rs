@@ -242,6 +242,7 @@ fn target(key: &str) -> Target {
     let a = || Target::projects(&env(ENV), [project()]);
     match key {
         "RegisterProject"
+        | "UpdateProject"
         | "CreateRelease"
         | "CreateRelease --force"
         | "RevertRelease"
@@ -294,6 +295,16 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
     match key {
         "RegisterProject" => c
             .register_project(registration(&f.endpoint))
+            .await
+            .map(drop),
+        // The same endpoint: allowed calls change nothing.
+        "UpdateProject" => c
+            .update_project(pb::UpdateProjectRequest {
+                name: PROJECT.into(),
+                environment: env(),
+                endpoint: Some(f.endpoint.clone()),
+                requires: None,
+            })
             .await
             .map(drop),
         "ListProjects" => c

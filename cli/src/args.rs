@@ -464,7 +464,9 @@ pub struct WaitArgs {
 /// `lockstep project ...`.
 #[derive(Subcommand)]
 pub enum ProjectCommand {
-    /// Register a project (or change its endpoint or children).
+    /// Register a project. Registering it again with the same settings changes
+    /// nothing; with other settings it is refused, naming what differs (`project set`
+    /// changes a project).
     Add {
         /// Project name.
         name: String,
@@ -474,6 +476,21 @@ pub enum ProjectCommand {
         /// Children that must release with it, comma separated.
         #[arg(long, value_delimiter = ',')]
         requires: Vec<String>,
+    },
+    /// Change a registered project: only what is given changes (moving an endpoint
+    /// keeps the children).
+    Set {
+        /// Project name.
+        name: String,
+        /// Its participant's new URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Its new children, comma separated (replacing the current ones).
+        #[arg(long, value_delimiter = ',', conflicts_with = "no_requires")]
+        requires: Option<Vec<String>>,
+        /// Remove every child.
+        #[arg(long)]
+        no_requires: bool,
     },
     /// List projects.
     List,

@@ -268,6 +268,26 @@ async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Resul
             let r = client.register_project(request).await?.into_inner();
             render::project_registered(ctx.out, &r);
         }
+        ProjectCommand::Set {
+            name,
+            endpoint,
+            requires,
+            no_requires,
+        } => {
+            let names = if no_requires {
+                Some(Vec::new())
+            } else {
+                requires
+            };
+            let request = pb::UpdateProjectRequest {
+                name,
+                environment: ctx.env.clone(),
+                endpoint,
+                requires: names.map(|names| pb::ProjectChildren { names }),
+            };
+            let r = client.update_project(request).await?.into_inner();
+            render::project_updated(ctx.out, &r);
+        }
         ProjectCommand::List => {
             let request = pb::ListProjectsRequest {
                 environment: ctx.env.clone(),

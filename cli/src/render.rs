@@ -104,11 +104,21 @@ fn waves(waves: &[pb::CommitWave]) -> String {
 
 /// `project add`.
 pub fn project_registered(out: Output, r: &pb::RegisterProjectResponse) {
+    let what = if r.changed { "registered" } else { "unchanged" };
+    project_stored(out, r, r.project.as_ref(), what);
+}
+
+/// `project set`.
+pub fn project_updated(out: Output, r: &pb::UpdateProjectResponse) {
+    let what = if r.changed { "changed" } else { "unchanged" };
+    project_stored(out, r, r.project.as_ref(), what);
+}
+
+fn project_stored<T: serde::Serialize>(out: Output, r: &T, p: Option<&pb::Project>, what: &str) {
     match out {
         Output::Json => json(r),
         Output::Table => {
-            let p = r.project.clone().unwrap_or_default();
-            let what = if r.changed { "registered" } else { "unchanged" };
+            let p = p.cloned().unwrap_or_default();
             println!(
                 "project {} {what}: {}{}",
                 p.name,

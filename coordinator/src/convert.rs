@@ -18,6 +18,7 @@ use crate::{
     },
     network,
     planner::Plan,
+    registry::projects::ProjectChange,
 };
 
 /// Longest prepare timeout a request may ask for.
@@ -30,24 +31,43 @@ pub fn project(r: pb::RegisterProjectRequest) -> Result<ProjectRecord, FieldErro
     let name = ProjectName::parse("name", &r.name)?;
     let environment = Environment::parse_or_default("environment", &r.environment)?;
     network::validate_endpoint("endpoint", &r.endpoint)?;
+    Ok(ProjectRecord {
+        name,
+        environment,
+        endpoint: r.endpoint,
+        requires: children("requires", &r.requires)?,
+    })
+}
+
+/// Validates UpdateProject.
+pub fn project_change(r: pb::UpdateProjectRequest) -> Result<ProjectChange, FieldError> {
+    if let Some(endpoint) = &r.endpoint {
+        network::validate_endpoint("endpoint", endpoint)?;
+    }
+    let requires = r.requires.map(|c| children("requires.names", &c.names));
+    Ok(ProjectChange {
+        name: ProjectName::parse("name", &r.name)?,
+        environment: Environment::parse_or_default("environment", &r.environment)?,
+        endpoint: r.endpoint,
+        requires: requires.transpose()?,
+    })
+}
+
+/// A project's children, sorted, each named once.
+fn children(field: &str, names: &[String]) -> Result<Vec<ProjectName>, FieldError> {
     let mut requires = Vec::new();
-    for (i, child) in r.requires.iter().enumerate() {
-        let child = ProjectName::parse(&format!("requires[{i}]"), child)?;
+    for (i, child) in names.iter().enumerate() {
+        let child = ProjectName::parse(&format!("{field}[{i}]"), child)?;
         if requires.contains(&child) {
             return Err(FieldError::new(
-                format!("requires[{i}]"),
+                format!("{field}[{i}]"),
                 format!("{child} is listed twice"),
             ));
         }
         requires.push(child);
     }
     requires.sort();
-    Ok(ProjectRecord {
-        name,
-        environment,
-        endpoint: r.endpoint,
-        requires,
-    })
+    Ok(requires)
 }
 
 /// Validates CreateRelease.

@@ -26,6 +26,7 @@ use crate::{
         Registry, Settings,
         admit::{Authorize, Created},
         audit::AuditPage,
+        projects::ProjectChange,
         reads::{Live, Page},
     },
     stall::{self, Thresholds},
@@ -163,14 +164,24 @@ impl Coordinator {
         self.feed.watch(filter, from, unfinished)
     }
 
-    /// Registers or updates a project (see [`Registry::register_project`]).
-    /// `actor` is named on the event.
+    /// Registers a project (see [`Registry::register_project`]). `actor` is named on
+    /// the event.
     pub async fn register_project(
         &self,
         project: ProjectRecord,
         actor: &str,
     ) -> Result<(ProjectRecord, bool)> {
         self.registry.register_project(project, actor).await
+    }
+
+    /// Changes only what `change` gives of a registered project (see
+    /// [`Registry::update_project`]).
+    pub async fn update_project(
+        &self,
+        change: ProjectChange,
+        actor: &str,
+    ) -> Result<(ProjectRecord, bool)> {
+        self.registry.update_project(change, actor).await
     }
 
     /// Projects of `env`, sorted by name.

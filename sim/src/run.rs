@@ -663,13 +663,28 @@ async fn register_one(
         .map_or(&[][..], |f| f.1);
     let name = member(environment, project);
     loop {
+        let endpoint = url(&host(&name), port_of(moved, &name));
         let r = pb::RegisterProjectRequest {
             name: project.into(),
             environment: environment.into(),
-            endpoint: url(&host(&name), port_of(moved, &name)),
+            endpoint: endpoint.clone(),
             requires: requires.iter().map(|r| r.to_string()).collect(),
         };
-        if bounded(client.register_project(r)).await.is_ok() {
+        let done = match bounded(client.register_project(r)).await {
+            Ok(_) => true,
+            // Registered already at its old address: move only its endpoint.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                let change = pb::UpdateProjectRequest {
+                    name: project.into(),
+                    environment: environment.into(),
+                    endpoint: Some(endpoint),
+                    requires: None,
+                };
+                bounded(client.update_project(change)).await.is_ok()
+            }
+            Err(_) => false,
+        };
+        if done {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

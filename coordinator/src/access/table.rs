@@ -292,6 +292,7 @@ use ScopeRule::{
 /// Every call of `lockstep.v1.Coordinator` and what it needs, in the proto's order.
 pub const TABLE: &[Rule] = &[
     row("RegisterProject", Operate, OneProject),
+    row("UpdateProject", Operate, OneProject),
     row("ListProjects", Read, OneEnvironment),
     row("CreateRelease", Release, Plan),
     variant(
@@ -484,7 +485,7 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_a_row_and_every_row_an_rpc() {
         let rpcs = proto_rpcs();
-        assert_eq!(rpcs.len(), 29, "{rpcs:?}");
+        assert_eq!(rpcs.len(), 30, "{rpcs:?}");
         for rpc in &rpcs {
             assert!(
                 rule(rpc).is_some(),

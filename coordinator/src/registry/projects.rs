@@ -1,6 +1,10 @@
 //! Registering projects: children must be registered first, a project cannot require
 //! itself, and the `requires` graph stays acyclic, so that waves (children before
-//! parents) always exist.
+//! parents) always exist. A project never changes silently: registering a name again
+//! with other settings is refused naming what differs (re-adding A with a new endpoint
+//! and no `--requires` once dropped its children, and with them seed 000's first
+//! rule); a change goes through [`Registry::update_project`], which changes only what
+//! it is given.
 
 use std::collections::BTreeMap;
 
@@ -19,9 +23,54 @@ use crate::{
 };
 
 impl Registry {
-    /// Registers or updates a project; `false` when it was registered exactly so
-    /// already. Durable (fsync) before it returns.
+    /// Registers a project; `false` when it was registered exactly so already. Refused
+    /// when the name is registered with other settings. Durable (fsync) before it
+    /// returns.
     pub async fn register_project(
+        &self,
+        project: ProjectRecord,
+        actor: &str,
+    ) -> Result<(ProjectRecord, bool)> {
+        let existing = self.project(&project.environment, &project.name);
+        match existing {
+            Some(old) if old == project => Ok((project, false)),
+            Some(old) => Err(CoordinatorError::AlreadyExists(differs(&old, &project))),
+            None => self.write_project(project, actor).await,
+        }
+    }
+
+    /// Changes what `change` gives of a registered project and nothing else; `false`
+    /// when nothing differs. Durable (fsync) before it returns.
+    pub async fn update_project(
+        &self,
+        change: ProjectChange,
+        actor: &str,
+    ) -> Result<(ProjectRecord, bool)> {
+        let Some(old) = self.project(&change.environment, &change.name) else {
+            return Err(CoordinatorError::NotFound(format!(
+                "name: project {} is not registered in environment {}; `lockstep project add` registers it",
+                change.name, change.environment
+            )));
+        };
+        let project = ProjectRecord {
+            endpoint: change.endpoint.unwrap_or_else(|| old.endpoint.clone()),
+            requires: change.requires.unwrap_or_else(|| old.requires.clone()),
+            ..old.clone()
+        };
+        match old == project {
+            true => Ok((project, false)),
+            false => self.write_project(project, actor).await,
+        }
+    }
+
+    fn project(&self, env: &Environment, name: &ProjectName) -> Option<ProjectRecord> {
+        let s = self.state();
+        s.projects.get(env).and_then(|m| m.get(name)).cloned()
+    }
+
+    /// Writes `project` after checking its children, unless another call registered it
+    /// exactly so in the meantime.
+    async fn write_project(
         &self,
         project: ProjectRecord,
         actor: &str,
@@ -59,6 +108,55 @@ impl Registry {
 
 type Projects = BTreeMap<ProjectName, ProjectRecord>;
 
+/// A change to a registered project: only what is `Some` changes.
+#[derive(Debug, Clone)]
+pub struct ProjectChange {
+    /// The project.
+    pub name: ProjectName,
+    /// Its environment.
+    pub environment: Environment,
+    /// A new endpoint.
+    pub endpoint: Option<String>,
+    /// New children (empty: none).
+    pub requires: Option<Vec<ProjectName>>,
+}
+
+/// Why registering `new` over `old` is refused: what differs, and how to change it.
+fn differs(old: &ProjectRecord, new: &ProjectRecord) -> String {
+    let mut what = Vec::new();
+    if old.endpoint != new.endpoint {
+        what.push(format!(
+            "endpoint: registered at {}, this request gives {}",
+            old.endpoint, new.endpoint
+        ));
+    }
+    if old.requires != new.requires {
+        what.push(format!(
+            "requires: registered requiring {}, this request gives {}",
+            children(&old.requires),
+            children(&new.requires)
+        ));
+    }
+    format!(
+        "project {} is already registered in environment {} with other settings ({}); `lockstep project set {}` changes only what it is given",
+        old.name,
+        old.environment,
+        what.join("; "),
+        old.name
+    )
+}
+
+fn children(names: &[ProjectName]) -> String {
+    match names.is_empty() {
+        true => "none".into(),
+        false => names
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn check_requires(env_projects: Option<&Projects>, project: &ProjectRecord) -> Result<()> {
     for (i, child) in project.requires.iter().enumerate() {
         if child == &project.name {
@@ -80,11 +178,9 @@ fn check_requires(env_projects: Option<&Projects>, project: &ProjectRecord) -> R
 }
 
 fn registered(project: &ProjectRecord) -> pb::Event {
-    let requires = if project.requires.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<&str> = project.requires.iter().map(|r| r.as_str()).collect();
-        format!(", requires {}", names.join(", "))
+    let requires = match project.requires.is_empty() {
+        true => String::new(),
+        false => format!(", requires {}", children(&project.requires)),
     };
     pb::Event {
         kind: pb::EventKind::ProjectRegistered as i32,

@@ -97,6 +97,17 @@ fn created(c: Created) -> pb::CreateTransactionResponse {
     }
 }
 
+impl CoordinatorService {
+    /// A coordinator on mutual TLS reaches agents over https only.
+    fn endpoint_fits_tls(&self, endpoint: &str) -> Result<(), Status> {
+        if self.access.is_secure() && !endpoint.starts_with("https://") {
+            let why = "must be https://: this coordinator reaches agents over mutual TLS";
+            return Err(lockstep::names::FieldError::new("endpoint", why).into());
+        }
+        Ok(())
+    }
+}
+
 fn environment(field: &str, value: &str) -> Result<Environment, Status> {
     Ok(Environment::parse_or_default(field, value)?)
 }
@@ -115,15 +126,30 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RegisterProjectRequest>,
     ) -> Result<Response<pb::RegisterProjectResponse>, Status> {
         let project = convert::project(request.get_ref().clone())?;
-        if self.access.is_secure() && !project.endpoint.starts_with("https://") {
-            let why = "must be https://: this coordinator reaches agents over mutual TLS";
-            return Err(lockstep::names::FieldError::new("endpoint", why).into());
-        }
+        self.endpoint_fits_tls(&project.endpoint)?;
         let target = Target::projects(&project.environment, [project.name.clone()]);
         let who = self.allow(&request, "RegisterProject", target).await?;
         let actor = who.actor_or("");
         let (project, changed) = self.coordinator.register_project(project, &actor).await?;
         Ok(Response::new(pb::RegisterProjectResponse {
+            project: Some(convert::project_message(&project)),
+            changed,
+        }))
+    }
+
+    async fn update_project(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Result<Response<pb::UpdateProjectResponse>, Status> {
+        let change = convert::project_change(request.get_ref().clone())?;
+        if let Some(endpoint) = &change.endpoint {
+            self.endpoint_fits_tls(endpoint)?;
+        }
+        let target = Target::projects(&change.environment, [change.name.clone()]);
+        let who = self.allow(&request, "UpdateProject", target).await?;
+        let actor = who.actor_or("");
+        let (project, changed) = self.coordinator.update_project(change, &actor).await?;
+        Ok(Response::new(pb::UpdateProjectResponse {
             project: Some(convert::project_message(&project)),
             changed,
         }))

@@ -1,0 +1,107 @@
+//! Projects never change silently: registering a name again with other settings is
+//! refused naming what differs, and `project set` changes only what it is given.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::TransactionState;
+use support::Cluster;
+
+/// A's registration as `project list -o json` shows it: (endpoint, requires).
+async fn registration(c: &Cluster, name: &str) -> (String, Vec<String>) {
+    let out = c.cli(&["project", "list", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let list = out.json();
+    let project = list["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+        .clone();
+    let requires = project["requires"]
+        .as_array()
+        .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    (project["endpoint"].as_str().unwrap().to_string(), requires)
+}
+
+/// Defect 1 of issue 27: `project add A --endpoint NEW` on A (which requires B and C)
+/// answered "registered" and dropped its children, so A could go live without them.
+/// Given the family, when A is added again with another endpoint and no `--requires`,
+/// then it is refused naming both differences, A keeps its endpoint and children, and
+/// a release of A alone is still refused by the children-included rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn adding_a_project_again_with_other_settings_is_refused_and_changes_nothing() {
+    let c = Cluster::family().await;
+    let before = registration(&c, "A").await;
+    assert_eq!(before.1, ["B", "C"]);
+
+    let moved = c
+        .cli(&["project", "add", "A", "--endpoint", "http://127.0.0.1:1"])
+        .await;
+    assert_eq!(moved.code, 1, "{moved:?}");
+    for named in ["endpoint", "requires", "B, C", "project set A"] {
+        assert!(moved.stderr.contains(named), "names {named}: {moved:?}");
+    }
+    assert_eq!(registration(&c, "A").await, before, "nothing changed");
+    let alone = c.cli(&["release", "create", "T1", "A=T1A"]).await;
+    assert!(
+        alone.code == 1 && alone.stderr.contains("children-included"),
+        "{alone:?}"
+    );
+
+    let url = c.agent("A").server.url();
+    let same = c
+        .cli(&[
+            "project",
+            "add",
+            "A",
+            "--endpoint",
+            &url,
+            "--requires",
+            "C,B",
+        ])
+        .await;
+    assert_eq!(same.code, 0, "the same settings again: {same:?}");
+    assert!(same.stdout.contains("unchanged"), "{same:?}");
+}
+
+/// Given A moved to another address, when `project set A --endpoint NEW` runs, then
+/// only the endpoint changes and a release of the family commits there; children
+/// change only when given (`--requires`, `--no-requires`), and an unknown project is
+/// NOT_FOUND naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn project_set_changes_only_what_it_is_given() {
+    let mut c = Cluster::family().await;
+    c.agent_mut("A").server.restart_elsewhere().await;
+    let new = c.agent("A").server.url();
+    let set = c.cli(&["project", "set", "A", "--endpoint", &new]).await;
+    assert_eq!(set.code, 0, "{set:?}");
+    assert_eq!(
+        registration(&c, "A").await,
+        (new.clone(), vec!["B".to_string(), "C".to_string()])
+    );
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    assert_eq!(
+        c.transaction("T1").await.state,
+        TransactionState::Committed as i32
+    );
+    assert_eq!(c.agent("A").live().as_deref(), Some("T1A"));
+
+    let fewer = c.cli(&["project", "set", "A", "--requires", "B"]).await;
+    assert_eq!(fewer.code, 0, "{fewer:?}");
+    assert_eq!(registration(&c, "A").await, (new.clone(), vec!["B".into()]));
+    let none = c.cli(&["project", "set", "A", "--no-requires"]).await;
+    assert_eq!(none.code, 0, "{none:?}");
+    assert_eq!(registration(&c, "A").await, (new, Vec::new()));
+
+    let unknown = c
+        .cli(&["project", "set", "Z", "--endpoint", "http://127.0.0.1:1"])
+        .await;
+    assert!(
+        unknown.code == 1 && unknown.stderr.contains("Z is not registered"),
+        "{unknown:?}"
+    );
+}
