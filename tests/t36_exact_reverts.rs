@@ -88,3 +88,36 @@ async fn a_revert_that_cannot_be_reproduced_is_refused_naming_what_is_missing() 
     );
     assert_eq!(c.agent("B").live().as_deref(), Some("T4B"));
 }
+
+/// Defect 3 of issue 27: a bare `lockstep rollback` right after a revert put the
+/// reverted release back live (the rollback planner never applied the quarantine
+/// rule, so a releaser undid an operator-only decision). Given T2 reverted, when a
+/// bare rollback is asked, then it is refused by the quarantine rule and nothing
+/// moves; with `--allow-quarantined` (an operator's choice) it restores T2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_keeps_the_quarantine_of_what_a_revert_pulled() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["A=T2A", "B=T2B", "C=T2C"], 0).await;
+    let reverted = c.cli(&["revert", "T2", "--wait"]).await;
+    assert_eq!(reverted.code, 0, "{reverted:?}");
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+
+    let bare = c.cli(&["rollback", "--wait"]).await;
+    assert_eq!(bare.code, 1, "{bare:?}");
+    assert!(
+        bare.stderr.contains("quarantine") && bare.stderr.contains("--allow-quarantined"),
+        "{bare:?}"
+    );
+    assert_eq!(c.live(), at_t1, "nothing moved");
+
+    let allowed = c
+        .cli(&["rollback", "--allow-quarantined", "--wait"])
+        .await;
+    assert_eq!(allowed.code, 0, "{allowed:?}");
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")])
+    );
+}

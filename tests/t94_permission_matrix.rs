@@ -246,7 +246,8 @@ fn target(key: &str) -> Target {
         | "CreateRelease"
         | "CreateRelease --force"
         | "RevertRelease"
-        | "Rollback" => a(),
+        | "Rollback"
+        | "Rollback --allow-quarantined" => a(),
         "GetRelease" | "AbortRelease" | "WatchEvents" | "GetDecision" | "ResolveParticipant"
         | "RetryDelivery" | "ReportVerify" | "Approve" | "Reject" => a(),
         "ListProjects" | "GetLiveState" | "GetHistory" | "GetEnvironment" => {
@@ -321,11 +322,12 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
             })
             .await
             .map(drop),
-        "Rollback" => c
+        "Rollback" | "Rollback --allow-quarantined" => c
             .rollback(pb::RollbackRequest {
                 revision: 1,
                 environment: env(),
                 dry_run: true,
+                allow_quarantined: key.ends_with("quarantined"),
                 ..Default::default()
             })
             .await

@@ -115,6 +115,9 @@ pub enum Command {
         /// Id for the rollback transaction (default `rollback-to-<N>`).
         #[arg(long)]
         id: Option<String>,
+        /// Restore versions a revert pulled (quarantined) all the same (operators).
+        #[arg(long)]
+        allow_quarantined: bool,
         /// Release ticket URL: failures are notified to it.
         #[arg(long)]
         ticket: Option<String>,

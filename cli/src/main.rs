@@ -202,6 +202,7 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
         Command::Rollback {
             revision,
             id,
+            allow_quarantined,
             ticket,
             wait,
         } => {
@@ -212,6 +213,7 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
                 ticket: ticket.unwrap_or_default(),
+                allow_quarantined,
             };
             (client.rollback(request).await?.into_inner(), wait)
         }

@@ -181,7 +181,10 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         id: optional_id("id", &r.id)?,
         id_hint: Some(format!("rollback-to-{resolved}")),
         environment: Environment::parse_or_default("environment", &r.environment)?,
-        request: Request::Rollback { revision: resolved },
+        request: Request::Rollback {
+            revision: resolved,
+            allow_quarantined: r.allow_quarantined,
+        },
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),
@@ -213,7 +216,10 @@ pub fn promote(r: pb::PromoteRequest) -> Result<(PromoteAsk, CreateSpec), FieldE
         id: optional_id("id", &r.id)?,
         id_hint: None,
         environment: to,
-        request: Request::Rollback { revision: 0 },
+        request: Request::Rollback {
+            revision: 0,
+            allow_quarantined: false,
+        },
         prepare_timeout: prepare_timeout("prepare_timeout", r.prepare_timeout.as_ref())?,
         dry_run: r.dry_run,
         actor: String::new(),

@@ -206,6 +206,9 @@ pub enum Request {
     Rollback {
         /// Revision to restore (resolved, never 0).
         revision: u64,
+        /// Restore versions a revert pulled all the same (operators).
+        #[serde(default)]
+        allow_quarantined: bool,
     },
     /// A promotion: a release of exactly what an upstream checkpoint (or bracket) ran.
     Promote {

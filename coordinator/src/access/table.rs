@@ -303,6 +303,12 @@ pub const TABLE: &[Rule] = &[
     ),
     row("RevertRelease", Release, Plan),
     row("Rollback", Release, Plan),
+    variant(
+        "Rollback --allow-quarantined",
+        "allow_quarantined",
+        Operate,
+        Plan,
+    ),
     row("GetRelease", Read, Transaction),
     row("ListReleases", Read, EnvironmentOrEvery),
     row("AbortRelease", Operate, Transaction),

@@ -254,7 +254,10 @@ pub fn plan(view: &View<'_>, request: &Request) -> Result<Plan> {
             allow_quarantined,
         } => release::plan_release(view, components, *force, *allow_quarantined),
         Request::Revert { release, cascade } => revert::plan_revert(view, release, *cascade),
-        Request::Rollback { revision } => rollback::plan_rollback(view, *revision),
+        Request::Rollback {
+            revision,
+            allow_quarantined,
+        } => rollback::plan_rollback(view, *revision, *allow_quarantined),
         Request::Promote {
             components,
             force,

@@ -6,7 +6,7 @@ use lockstep::names::ProjectName;
 
 use super::{
     Plan, Precondition, Target, View,
-    rules::{add_children, compatibility},
+    rules::{add_children, compatibility, quarantine_rule},
     waves::build,
 };
 use crate::{
@@ -16,13 +16,20 @@ use crate::{
 
 /// Plans the restore of checkpoint `revision`: every registered project whose live
 /// version differs from the checkpoint's moves to it; projects the checkpoint does not
-/// know stay as they are.
-pub(super) fn plan_rollback(view: &View<'_>, revision: u64) -> Result<Plan> {
+/// know stay as they are. Every release rule holds: versions a revert pulled stay
+/// pulled unless `allow_quarantined` (a rollback right after a revert would otherwise
+/// undo it).
+pub(super) fn plan_rollback(
+    view: &View<'_>,
+    revision: u64,
+    allow_quarantined: bool,
+) -> Result<Plan> {
     let (revision, cp) = checkpoint_to_restore(view, revision)?;
     let mut targets = changed_targets(view, &cp);
     let mut preconditions = vec![changes_something(&targets, revision, &cp)];
     preconditions.extend(projects_outside_checkpoint(view, revision, &cp));
     add_children(view, &mut targets);
+    preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
     let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, false, Vec::new(), revision)

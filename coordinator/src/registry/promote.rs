@@ -342,7 +342,10 @@ fn auto_spec(ask: &PromoteAsk, id: &str, upstream: &TxRecord) -> Result<CreateSp
         id: Some(TxId::derived(id)),
         id_hint: None,
         environment: ask.to.clone(),
-        request: Request::Rollback { revision: 0 },
+        request: Request::Rollback {
+            revision: 0,
+            allow_quarantined: false,
+        },
         prepare_timeout: None,
         dry_run: false,
         actor: acting_for(upstream),

@@ -205,7 +205,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        let key = "Rollback";
+        let key = match request.get_ref().allow_quarantined {
+            true => "Rollback --allow-quarantined",
+            false => "Rollback",
+        };
         let who = self.allow(&request, key, Target::environment(&env)).await?;
         let r = request.into_inner();
         let resolved = match r.revision {

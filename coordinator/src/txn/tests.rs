@@ -51,7 +51,10 @@ pub(crate) fn t4(state: TxState) -> TxRecord {
         ordinal: 4,
         environment: Environment::default(),
         kind: TxKind::Release,
-        request: Request::Rollback { revision: 1 },
+        request: Request::Rollback {
+            revision: 1,
+            allow_quarantined: false,
+        },
         state,
         participants: vec![
             participant("A", 1),

@@ -51,6 +51,10 @@ pub(super) fn allowing_quarantined(request: Request) -> Request {
             force,
             allow_quarantined: true,
         },
+        Request::Rollback { revision, .. } => Request::Rollback {
+            revision,
+            allow_quarantined: true,
+        },
         other => other,
     }
 }
@@ -63,7 +67,10 @@ pub(super) fn revert(release: &str, cascade: bool) -> Request {
 }
 
 pub(super) fn rollback(revision: u64) -> Request {
-    Request::Rollback { revision }
+    Request::Rollback {
+        revision,
+        allow_quarantined: false,
+    }
 }
 
 /// The precondition `name` of `plan` (a panic lists those there are).

@@ -143,6 +143,22 @@ fn versions_pulled_by_a_revert_are_quarantined_unless_allowed() {
     assert_rule(&plan, "quarantine", true, &[&allowed]);
 }
 
+/// Defect 3 of issue 27: a bare rollback right after a revert put the reverted
+/// release back live, quarantined versions and all (a releaser undoing an operator's
+/// decision). The rollback keeps the quarantine rule: refused unless allowed.
+#[test]
+fn a_rollback_to_what_a_revert_pulled_is_quarantined_unless_allowed() {
+    let mut story = Story::seed_000();
+    story.commit("R4", revert("T4", false));
+    let plan = story.plan(&rollback(0));
+    assert!(!plan.allowed(), "rolled back to T4's checkpoint: {plan:?}");
+    let pulled = "A=T4A, B=T4B, C=T4C were pulled by R4 (revert of T4)";
+    assert_rule(&plan, "quarantine", false, &[pulled, "--allow-quarantined"]);
+
+    let plan = story.plan(&allowing_quarantined(rollback(0)));
+    assert!(plan.allowed(), "{}", plan.refusal());
+}
+
 #[test]
 fn a_release_of_an_unregistered_project_names_the_component() {
     let story = Story::seed_000();
