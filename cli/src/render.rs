@@ -385,12 +385,23 @@ pub fn transactions(out: Output, r: &pb::ListReleasesResponse) {
         return json(r);
     }
     table(
-        &["ID", "KIND", "STATE", "CHECKPOINT", "CHANGES", "REASON"],
+        &[
+            "ID",
+            "ENV",
+            "CREATED",
+            "KIND",
+            "STATE",
+            "CHECKPOINT",
+            "CHANGES",
+            "REASON",
+        ],
         r.transactions
             .iter()
             .map(|t| {
                 vec![
                     t.id.clone(),
+                    t.environment.clone(),
+                    when(t.created_at.as_ref()),
                     kind(t.kind),
                     state(t.state),
                     if t.checkpoint == 0 {
@@ -408,6 +419,15 @@ pub fn transactions(out: Output, r: &pb::ListReleasesResponse) {
             })
             .collect(),
     );
+}
+
+/// A time in a table: UTC to the second, `-` when there is none.
+fn when(t: Option<&lockstep::wkt::Timestamp>) -> String {
+    let Some(t) = t.filter(|t| t.seconds > 0) else {
+        return "-".into();
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn versions(c: &pb::Checkpoint) -> String {
@@ -488,6 +508,7 @@ pub fn history(out: Output, h: &pb::GetHistoryResponse) {
     table(
         &[
             "REVISION",
+            "COMMITTED",
             "TRANSACTION",
             "DESCRIPTION",
             "VERSIONS",
@@ -498,6 +519,7 @@ pub fn history(out: Output, h: &pb::GetHistoryResponse) {
             .map(|c| {
                 vec![
                     c.revision.to_string(),
+                    when(c.committed_at.as_ref()),
                     c.transaction_id.clone(),
                     c.description.clone(),
                     versions(c),
@@ -537,9 +559,11 @@ pub fn token(out: Output, r: &pb::CreateTokenResponse) {
         return json(r);
     }
     println!("{}", r.token);
-    let expires = r.expires.as_ref().map(|t| t.seconds).unwrap_or_default();
+    let seconds = r.expires.as_ref().map(|t| t.seconds).unwrap_or_default();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+    let expires = humantime::format_rfc3339_seconds(at);
     eprintln!(
-        "token {} (expires at {expires}s since the epoch; revoke with `lockstep token revoke {}`)",
+        "token {} (expires {expires}; revoke with `lockstep token revoke {}`)",
         r.id, r.id
     );
 }

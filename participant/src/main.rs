@@ -111,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log written to a file stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Before anything else, so a SIGTERM at any moment stops the agent cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
