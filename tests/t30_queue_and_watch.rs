@@ -322,3 +322,41 @@ async fn wait_has_one_deadline_from_the_call_and_says_where_the_release_stands()
     c.heal("B");
     c.wait_state("T7", TransactionState::Committed).await;
 }
+
+/// Issue 27 (small things): `release watch` with no `--from` replayed the whole log.
+/// Given T1 committed, when a watcher starts without `--from` and releases follow,
+/// then the first event it prints is a new one, never T1's: it follows from now on.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_watch_without_from_follows_from_now_on() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let head = c.last_seq().await;
+    let mut watch = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["release", "watch", "-o", "json"])
+        .env("LOCKSTEP_COORDINATOR", c.coordinator.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    // Releases follow one another until the watcher prints (it may connect late).
+    let first = async {
+        for n in 2.. {
+            let id = format!("T{n}");
+            let parts = ["A", "B", "C"].map(|p| format!("{p}={id}{p}"));
+            let parts = parts.each_ref().map(|s| s.as_str());
+            tokio::select! {
+                line = lines.next_line() => return line.unwrap().unwrap(),
+                _ = c.release(&id, &parts, 0) => {}
+            }
+        }
+        unreachable!()
+    };
+    let line = tokio::time::timeout(support::DEADLINE, first)
+        .await
+        .expect("the watcher prints the new releases' events");
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let seq: u64 = e["seq"].as_str().unwrap().parse().unwrap();
+    assert!(seq > head, "not the past (head was {head}): {line}");
+}

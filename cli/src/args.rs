@@ -547,11 +547,12 @@ pub enum ReleaseCommand {
     },
     /// Follow the event log (of one transaction, or all).
     Watch {
-        /// Only this transaction's events.
+        /// Only this transaction's events (from its first one, unless --from).
         id: Option<String>,
-        /// Start at this sequence number (resume after the last one seen).
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// Start at this sequence number (resume after the last one seen); default:
+        /// what happens from now on (with an id: the transaction's whole story).
+        #[arg(long)]
+        from: Option<u64>,
     },
     /// Abort a transaction that has not decided yet.
     Abort {

@@ -354,6 +354,11 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
             Ok(OK)
         }
         ReleaseCommand::Watch { id, from } => {
+            let from = match (from, &id) {
+                (Some(from), _) => from,
+                (None, Some(_)) => 1,
+                (None, None) => next_event(client, ctx).await?,
+            };
             wait::watch(&ctx.dial, ctx.out, id.unwrap_or_default(), from).await?;
             Ok(OK)
         }
@@ -382,6 +387,16 @@ async fn whole_history(client: &mut Client, environment: String) -> Result<pb::G
             return Ok(all);
         }
     }
+}
+
+/// The sequence number the next event will have: where `release watch` starts to
+/// follow from now on.
+async fn next_event(client: &mut Client, ctx: &Context) -> Result<u64> {
+    let request = pb::GetLiveStateRequest {
+        environment: ctx.env.clone(),
+    };
+    let live = client.get_live_state(request).await?.into_inner();
+    Ok(live.last_event_seq + 1)
 }
 
 /// Shows what a create call returned and, with --wait, follows it to its outcome or
