@@ -105,3 +105,24 @@ async fn project_set_changes_only_what_it_is_given() {
         "{unknown:?}"
     );
 }
+
+/// Defect 4 of issue 27: switching to TLS left the `http://` endpoints registered
+/// with no warning. Given a project registered at the other scheme than the
+/// coordinator's setting, when the coordinator starts, then its log names the project,
+/// its endpoint and the command that moves it, and `project list` flags it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_warns_at_start_of_endpoints_that_do_not_fit_its_tls_setting() {
+    let mut c = Cluster::new().await;
+    let add = ["project", "add", "X", "--endpoint", "https://127.0.0.1:1"];
+    assert_eq!(c.cli(&add).await.code, 0);
+    c.coordinator.restart().await;
+    let log = c.coordinator.log();
+    let warned = log.lines().any(|l| {
+        l.contains("WARN")
+            && l.contains("project X in environment default is registered at https://127.0.0.1:1")
+            && l.contains("project set X --endpoint http://")
+    });
+    assert!(warned, "{log}");
+    let list = c.cli(&["project", "list"]).await;
+    assert!(list.stdout.contains("(! not http://"), "flagged: {list:?}");
+}

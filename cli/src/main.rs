@@ -295,7 +295,11 @@ async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Resul
                 environment: ctx.env.clone(),
             };
             let r = client.list_projects(request).await?.into_inner();
-            render::projects(ctx.out, &r);
+            let scheme = match ctx.dial.url.starts_with("https://") {
+                true => "https://",
+                false => "http://",
+            };
+            render::projects(ctx.out, &r, scheme);
         }
     }
     Ok(OK)

@@ -138,7 +138,10 @@ fn requires(r: &[String]) -> String {
 }
 
 /// `project list`.
-pub fn projects(out: Output, r: &pb::ListProjectsResponse) {
+/// `project list`. `scheme` is how this CLI reaches the coordinator (`https://` when it
+/// runs mutual TLS, which it then also uses to reach agents): an endpoint of the other
+/// scheme is flagged, as its agent cannot be reached.
+pub fn projects(out: Output, r: &pb::ListProjectsResponse, scheme: &str) {
     match out {
         Output::Json => json(r),
         Output::Table => table(
@@ -148,12 +151,19 @@ pub fn projects(out: Output, r: &pb::ListProjectsResponse) {
                 .map(|p| {
                     vec![
                         p.name.clone(),
-                        p.endpoint.clone(),
+                        endpoint(&p.endpoint, scheme),
                         or_none(&p.requires.join(",")),
                     ]
                 })
                 .collect(),
         ),
+    }
+}
+
+fn endpoint(endpoint: &str, scheme: &str) -> String {
+    match endpoint.starts_with(scheme) {
+        true => endpoint.to_string(),
+        false => format!("{endpoint} (! not {scheme}: `project set`)"),
     }
 }
 

@@ -158,8 +158,10 @@ async fn main() -> anyhow::Result<()> {
     let store = Arc::new(kv);
     let coordinator = Coordinator::open(store.clone(), Arc::new(net), config(&args))
         .context("recovering coordinator state")?;
+    let secure = files.is_some();
     let (tls, access) = security(files, &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
+    warn_of_mismatched_endpoints(&coordinator, secure);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
@@ -177,6 +179,26 @@ async fn main() -> anyhow::Result<()> {
         shutdown::exit(1);
     }
     shutdown::exit(0)
+}
+
+/// Warns of every project whose endpoint's scheme does not fit the TLS setting (moving
+/// to TLS leaves the `http://` registrations behind): a release to it could not reach
+/// its agent. docs/security.md says how to move.
+fn warn_of_mismatched_endpoints(coordinator: &Coordinator, secure: bool) {
+    let wanted = if secure { "https://" } else { "http://" };
+    for env in coordinator.registry().environments() {
+        let projects = coordinator.projects(&env.record.name);
+        for p in projects.iter().filter(|p| !p.endpoint.starts_with(wanted)) {
+            tracing::warn!(
+                "project {} in environment {} is registered at {}, but this coordinator reaches agents over {wanted}: move it with `lockstep -e {} project set {} --endpoint {wanted}...` (docs/security.md, \"Moving to TLS\")",
+                p.name,
+                p.environment,
+                p.endpoint,
+                p.environment,
+                p.name
+            );
+        }
+    }
 }
 
 /// The server's TLS (re-read on SIGHUP) and how callers are authenticated: certificates
