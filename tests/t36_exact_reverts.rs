@@ -112,9 +112,7 @@ async fn a_rollback_keeps_the_quarantine_of_what_a_revert_pulled() {
     );
     assert_eq!(c.live(), at_t1, "nothing moved");
 
-    let allowed = c
-        .cli(&["rollback", "--allow-quarantined", "--wait"])
-        .await;
+    let allowed = c.cli(&["rollback", "--allow-quarantined", "--wait"]).await;
     assert_eq!(allowed.code, 0, "{allowed:?}");
     assert_eq!(
         c.live(),
