@@ -551,3 +551,135 @@ async fn refusals_of_one_principal_are_written_at_most_ten_a_minute_then_counted
         .unwrap_or_else(|| panic!("says how many were not written: {message}"));
     assert_eq!(count, calls - 11, "{message}");
 }
+
+/// Issue 26: reads of one environment show a caller its own projects only. Given B1 (of
+/// B), AB1 (of A and B) and A1 (of A) committed in `default`, bob (viewer of A only,
+/// by certificate or by token) reads A1 and A's versions and events, nothing of B:
+/// not B1, not AB1 (it changed B, which `GetRelease` refuses him too), not B's live
+/// version; alice (viewer of the whole of `default`) reads everything as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_of_one_project_reads_that_projects_releases_versions_and_events_only() {
+    let grants = ["--grant", "bob=viewer/A", "--grant", "alice=viewer@default"];
+    let s = Secure::start(&["A", "B"], &grants).await;
+    for (id, projects) in [("B1", &["B"][..]), ("AB1", &["A", "B"]), ("A1", &["A"])] {
+        let out = release(&s, &admin(), id, projects, &["--wait"]).await;
+        assert_eq!(out.code, 0, "{id} commits: {out:?}");
+    }
+    let mut bob = s.coordinator_client(("user-bob.crt", "user-bob.key")).await;
+    let mut alice = s
+        .coordinator_client(("user-alice.crt", "user-alice.key"))
+        .await;
+
+    assert_eq!(release_ids(&mut bob, "").await, ["A1"]);
+    assert_eq!(release_ids(&mut bob, "default").await, ["A1"]);
+    assert_eq!(
+        release_ids(&mut alice, "default").await,
+        ["A1", "AB1", "B1"]
+    );
+    assert_eq!(live_versions(&mut bob).await, ["A=A1A"]);
+    assert_eq!(live_versions(&mut alice).await, ["A=A1A", "B=AB1B"]);
+    let (bobs, alices) = (history(&mut bob).await, history(&mut alice).await);
+    assert_eq!(
+        bobs.len(),
+        alices.len(),
+        "every checkpoint, A's versions only"
+    );
+    assert!(
+        bobs.iter().flatten().all(|v| v.starts_with("A=")),
+        "{bobs:?}"
+    );
+    assert!(alices.iter().flatten().any(|v| v == "B=B1B"), "{alices:?}");
+    assert_eq!(project_names(&mut bob).await, ["A"]);
+    assert_eq!(project_names(&mut alice).await, ["A", "B"]);
+    let default = || pb::GetEnvironmentRequest {
+        name: "default".into(),
+    };
+    let env = bob.get_environment(default()).await.unwrap().into_inner();
+    assert_eq!(env.projects, ["A"]);
+    let env = alice.get_environment(default()).await.unwrap().into_inner();
+    assert_eq!(env.projects, ["A", "B"]);
+
+    let bobs = events_until_a1_commits(&mut bob).await;
+    assert!(bobs.iter().any(|e| e.transaction_id == "A1"), "{bobs:?}");
+    let of_b =
+        |e: &&pb::Event| e.project == "B" || ["B1", "AB1"].contains(&e.transaction_id.as_str());
+    assert_eq!(bobs.iter().find(of_b), None, "bob sees no event of B");
+    let alices = events_until_a1_commits(&mut alice).await;
+    assert!(
+        alices.iter().any(|e| e.transaction_id == "B1"),
+        "{alices:?}"
+    );
+
+    let (_, token) = s.token(&["--role", "viewer", "--project", "A"]).await;
+    let listed = s
+        .cli(&As::Token(token), &["release", "list", "-o", "json"])
+        .await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(listed.stdout.contains("\"A1\""), "{listed:?}");
+    assert!(
+        !listed.stdout.contains("B1\""),
+        "the token sees no B: {listed:?}"
+    );
+}
+
+type Reader = lockstep::pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+/// The ids ListReleases shows `who` in `environment` ("": every one), newest first.
+async fn release_ids(who: &mut Reader, environment: &str) -> Vec<String> {
+    let list = pb::ListReleasesRequest {
+        environment: environment.into(),
+        ..Default::default()
+    };
+    let list = who.list_releases(list).await.unwrap().into_inner();
+    list.transactions.into_iter().map(|t| t.id).collect()
+}
+
+fn versions_of(checkpoint: &pb::Checkpoint) -> Vec<String> {
+    let each = checkpoint.versions.iter();
+    each.map(|v| format!("{}={}", v.project, v.version))
+        .collect()
+}
+
+/// `project=version` of the live checkpoint of `default`, as `who` sees it.
+async fn live_versions(who: &mut Reader) -> Vec<String> {
+    let live = who.get_live_state(pb::GetLiveStateRequest::default());
+    let live = live.await.unwrap().into_inner();
+    versions_of(&live.checkpoint.unwrap())
+}
+
+/// Each checkpoint's `project=version`s in `default`, oldest first, as `who` sees them.
+async fn history(who: &mut Reader) -> Vec<Vec<String>> {
+    let history = who.get_history(pb::GetHistoryRequest::default());
+    let history = history.await.unwrap().into_inner();
+    history.checkpoints.iter().map(versions_of).collect()
+}
+
+async fn project_names(who: &mut Reader) -> Vec<String> {
+    let list = who.list_projects(pb::ListProjectsRequest::default());
+    let list = list.await.unwrap().into_inner();
+    list.projects.into_iter().map(|p| p.name).collect()
+}
+
+/// The whole log as `who` watches it, up to A1's commit (the last release, so every
+/// event of B1 and AB1 came before it).
+async fn events_until_a1_commits(who: &mut Reader) -> Vec<pb::Event> {
+    let watch = pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    };
+    let mut stream = who.watch_events(watch).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
+        let event = next
+            .expect("A1's commit within the deadline")
+            .unwrap()
+            .unwrap();
+        let committed = event.kind == pb::EventKind::TransactionCommitted as i32;
+        let done = committed && event.transaction_id == "A1";
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+}

@@ -216,16 +216,17 @@ impl Coordinator {
         self.registry.get(id)
     }
 
-    /// One page of transactions, newest first, created before ordinal `before`;
-    /// unfinished ones as they are now.
+    /// One page of transactions, newest first, created before ordinal `before`, of
+    /// those `visible` keeps (what the caller may read); unfinished ones as they are now.
     pub fn list(
         &self,
         env: Option<&Environment>,
+        visible: &dyn Fn(&TxRecord) -> bool,
         size: usize,
         before: Option<u64>,
         active_only: bool,
     ) -> Result<Page<TxRecord>> {
-        self.registry.list(env, size, before, active_only)
+        self.registry.list(env, visible, size, before, active_only)
     }
 
     /// Whether `id` is a transaction that has not ended.

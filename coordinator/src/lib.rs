@@ -22,7 +22,8 @@
 //! - [`service`] / [`convert`]: the gRPC edge and wire conversions; [`server`] assembles
 //!   it with reflection and health.
 //! - [`access`]: who is calling and what they may do (certificates, tokens, roles, and
-//!   the one permission table every call is checked against);
+//!   the one permission table every call is checked against, and the one question
+//!   that filters what a read shows: may this caller read project P in environment E);
 //!   [`keys`]: the token signing secret.
 //! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
 //!   its durable cursor; [`stall`]: the STALLED trigger.

@@ -3,11 +3,13 @@
 //! to the CA, or a signed token) into a [`Principal`], and each handler then looks up
 //! its row of the permission [`table`] and asks it whether the principal may act on
 //! what the request names; the row's [`Permission`] and [`Scope`] are checked by
-//! [`Grant::allows`].
+//! [`Grant::allows`]. Reads of an environment are filtered down to what the caller
+//! may read there ([`reads`]).
 //!
 //! `--insecure` (no TLS) keeps the old behaviour for local experiments: every caller is
 //! let through, named by the `actor` it gives.
 
+pub mod reads;
 pub mod refusals;
 pub mod roles;
 pub mod table;

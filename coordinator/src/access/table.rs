@@ -4,7 +4,8 @@
 //! what the request names (a [`Target`]) into the [`Scope`] checked. Handlers look up
 //! their row by name ([`rule`]) and never name a permission themselves, so this table
 //! is the one place that says who may do what; grants are checked by one function,
-//! [`Grant::allows`](super::roles::Grant::allows). `docs/security.md` prints this table
+//! [`Grant::allows`](super::roles::Grant::allows); what a [`ScopeRule::Filtered`] read
+//! returns is filtered by [`Principal::reads`]. `docs/security.md` prints this table
 //! ([`markdown`]), and a test keeps the two equal.
 
 use std::collections::BTreeSet;
@@ -19,14 +20,11 @@ use super::{
 /// How a row turns what a request names into the scope its permission is checked on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScopeRule {
-    /// One environment (the request's; the default one when it names none), no
-    /// project in particular: a read of that environment.
-    OneEnvironment,
-    /// The environment the request names, or every environment when it names none
-    /// (a grant over every environment is needed then).
-    EnvironmentOrEvery,
-    /// Every environment (a grant over every environment).
-    EveryEnvironment,
+    /// A read filtered to the caller's projects: the environment the request names
+    /// (none named: any grant holding the permission will do), and the answer holds
+    /// only what the caller may read there (`access::reads`): its projects' versions,
+    /// the transactions all of whose projects are its own, their events.
+    Filtered,
     /// One project of one environment.
     OneProject,
     /// The environment first, then (inside admission) every project the final plan
@@ -58,9 +56,9 @@ impl ScopeRule {
     /// The rule in words, as `docs/security.md` prints it.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::OneEnvironment => "one environment",
-            Self::EnvironmentOrEvery => "the environment named, else every environment",
-            Self::EveryEnvironment => "every environment",
+            Self::Filtered => {
+                "the environment named (none: any), filtered to the caller's projects there"
+            }
             Self::OneProject => "one project of one environment",
             Self::Plan => "the environment, then every project the final plan changes",
             Self::Promotion => {
@@ -86,7 +84,10 @@ impl ScopeRule {
                 Scope::whole(target.environment.as_ref())
             }
             Self::Everything => Scope::whole(None),
-            Self::EveryEnvironment => Scope::default(),
+            Self::Filtered => Scope {
+                environment: target.environment.clone(),
+                ..Scope::default()
+            },
             Self::OwnPart => target
                 .environment
                 .as_ref()
@@ -182,6 +183,9 @@ impl Rule {
     pub fn admits(&self, principal: &Principal, target: &Target) -> bool {
         match self.scope {
             ScopeRule::OwnPart => self.own_part(principal, target),
+            ScopeRule::Filtered if target.environment.is_none() => {
+                principal.holds_anywhere(self.permission)
+            }
             ScopeRule::WithinOwnGrant => target
                 .grant
                 .as_ref()
@@ -196,6 +200,13 @@ impl Rule {
         let call = self.rpc();
         match self.scope {
             ScopeRule::OwnPart => own_part_refusal(self.permission, principal, target),
+            ScopeRule::Filtered if target.environment.is_none() => format!(
+                "{call} needs permission {} ({} or above) somewhere; {} holds {}",
+                self.permission.name(),
+                self.permission.role().name(),
+                principal.actor,
+                principal.holds()
+            ),
             ScopeRule::WithinOwnGrant => format!(
                 "{} may not make a token for {}: it holds {}, and a token's grant must be within one of its maker's {} grants",
                 principal.actor,
@@ -285,15 +296,15 @@ const fn variant(
 
 use Permission::{Administer, Operate, Read, Release};
 use ScopeRule::{
-    EnvironmentOrEvery, EveryEnvironment, Everything, OneEnvironment, OneProject, OwnPart, Plan,
-    Promotion, Transaction, WholeEnvironment, WholeEnvironmentOrEverything, WithinOwnGrant,
+    Everything, Filtered, OneProject, OwnPart, Plan, Promotion, Transaction, WholeEnvironment,
+    WholeEnvironmentOrEverything, WithinOwnGrant,
 };
 
 /// Every call of `lockstep.v1.Coordinator` and what it needs, in the proto's order.
 pub const TABLE: &[Rule] = &[
     row("RegisterProject", Operate, OneProject),
     row("UpdateProject", Operate, OneProject),
-    row("ListProjects", Read, OneEnvironment),
+    row("ListProjects", Read, Filtered),
     row("CreateRelease", Release, Plan),
     variant(
         "CreateRelease --force",
@@ -310,17 +321,17 @@ pub const TABLE: &[Rule] = &[
         Plan,
     ),
     row("GetRelease", Read, Transaction),
-    row("ListReleases", Read, EnvironmentOrEvery),
+    row("ListReleases", Read, Filtered),
     row("AbortRelease", Operate, Transaction),
     row("WatchEvents", Read, Transaction),
     variant(
         "WatchEvents --all",
         "no transaction_id: the whole log",
         Read,
-        Everything,
+        Filtered,
     ),
-    row("GetLiveState", Read, OneEnvironment),
-    row("GetHistory", Read, OneEnvironment),
+    row("GetLiveState", Read, Filtered),
+    row("GetHistory", Read, Filtered),
     row("GetDecision", Read, OwnPart),
     row("ResolveParticipant", Operate, Transaction),
     row("RetryDelivery", Operate, Transaction),
@@ -332,8 +343,8 @@ pub const TABLE: &[Rule] = &[
     row("RemoveSubscription", Operate, Everything),
     row("TestSubscription", Operate, Everything),
     row("AddEnvironment", Operate, WholeEnvironment),
-    row("ListEnvironments", Read, EveryEnvironment),
-    row("GetEnvironment", Read, OneEnvironment),
+    row("ListEnvironments", Read, Filtered),
+    row("GetEnvironment", Read, Filtered),
     row("ApplyPipeline", Operate, Everything),
     row("ReportVerify", Release, Transaction),
     row("Approve", Operate, Transaction),
@@ -460,10 +471,8 @@ fn example_target(rule: ScopeRule) -> Target {
             environments: vec!["E".into()],
             projects: vec!["A".into()],
         }),
-        OneEnvironment | EnvironmentOrEvery | WholeEnvironment | WholeEnvironmentOrEverything => {
-            Target::environment(&e)
-        }
-        EveryEnvironment | Everything => Target::every(),
+        Filtered | WholeEnvironment | WholeEnvironmentOrEverything => Target::environment(&e),
+        Everything => Target::every(),
     }
 }
 

@@ -49,16 +49,19 @@ impl Registry {
     }
 
     /// One page of transactions, newest first, created before ordinal `before` (from
-    /// the newest when `None`); unfinished ones as they are now. Storage is scanned
-    /// without the state lock, which is taken only to swap in unfinished records.
+    /// the newest when `None`), of those `visible` keeps (what the reader may see: the
+    /// page is filled with those, not filtered after); unfinished ones as they are now.
+    /// Storage is scanned without the state lock, which is taken only to swap in
+    /// unfinished records.
     pub fn list(
         &self,
         env: Option<&Environment>,
+        visible: &dyn Fn(&TxRecord) -> bool,
         size: usize,
         before: Option<u64>,
         active_only: bool,
     ) -> Result<Page<TxRecord>> {
-        let in_env = |t: &TxRecord| env.is_none_or(|e| &t.environment == e);
+        let in_env = |t: &TxRecord| env.is_none_or(|e| &t.environment == e) && visible(t);
         let earlier = |t: &TxRecord| before.is_none_or(|b| t.ordinal < b);
         if active_only {
             let s = self.state();

@@ -4,9 +4,11 @@
 use lockstep::{names::Environment, pb};
 use tonic::{Request, Response, Status};
 
-use super::CoordinatorService;
+use super::{CoordinatorService, reads};
 use crate::{
-    access::table::Target, model::EnvironmentRecord, registry::environments::EnvironmentView,
+    access::{Principal, table::Target},
+    model::EnvironmentRecord,
+    registry::environments::EnvironmentView,
 };
 
 impl CoordinatorService {
@@ -66,14 +68,16 @@ impl CoordinatorService {
         &self,
         request: Request<pb::ListEnvironmentsRequest>,
     ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
-        self.allow(&request, "ListEnvironments", Target::every())
+        let who = self
+            .allow(&request, "ListEnvironments", Target::every())
             .await?;
         let environments = self
             .coordinator
             .registry()
             .environments()
             .iter()
-            .map(info)
+            .filter(|v| who.reads_in(&v.record.name))
+            .map(|v| visible_info(&who, v))
             .collect();
         Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
     }
@@ -83,12 +87,19 @@ impl CoordinatorService {
         request: Request<pb::GetEnvironmentRequest>,
     ) -> Result<Response<pb::EnvironmentInfo>, Status> {
         let name = Environment::parse("name", &request.get_ref().name)?;
-        self.allow(&request, "GetEnvironment", Target::environment(&name))
+        let who = self
+            .allow(&request, "GetEnvironment", Target::environment(&name))
             .await?;
-        Ok(Response::new(info(
-            &self.coordinator.registry().environment(&name)?,
-        )))
+        let view = self.coordinator.registry().environment(&name)?;
+        Ok(Response::new(visible_info(&who, &view)))
     }
+}
+
+/// `v` as `who` may see it: its readable projects only.
+fn visible_info(who: &Principal, v: &EnvironmentView) -> pb::EnvironmentInfo {
+    let mut shown = info(v);
+    reads::readable_names(who, &v.record.name, &mut shown.projects);
+    shown
 }
 
 fn info(v: &EnvironmentView) -> pb::EnvironmentInfo {

@@ -8,6 +8,7 @@
 mod environments;
 mod guard;
 mod notify;
+mod reads;
 mod tokens;
 mod verify;
 
@@ -160,12 +161,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        self.allow(&request, "ListProjects", Target::environment(&env))
+        let who = self
+            .allow(&request, "ListProjects", Target::environment(&env))
             .await?;
         let projects = self
             .coordinator
             .projects(&env)
             .iter()
+            .filter(|p| reads::shows_project(&who, p))
             .map(convert::project_message)
             .collect();
         Ok(Response::new(pb::ListProjectsResponse { projects }))
@@ -242,7 +245,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let env = (!r.environment.is_empty())
             .then(|| Environment::parse("environment", &r.environment))
             .transpose()?;
-        self.allow(&request, "ListReleases", Target::optional(env.as_ref()))
+        let who = self
+            .allow(&request, "ListReleases", Target::optional(env.as_ref()))
             .await?;
         let r = request.into_inner();
         let (field, size) = match r.page_size {
@@ -251,9 +255,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         };
         let size = convert::page_size(field, size, 50)?;
         let before = convert::page_token("page_token", &r.page_token, TX_PAGES)?;
+        let visible = |t: &_| reads::shows_transaction(&who, t);
         let page = self
             .coordinator
-            .list(env.as_ref(), size, before, r.active_only)?;
+            .list(env.as_ref(), &visible, size, before, r.active_only)?;
         Ok(Response::new(pb::ListReleasesResponse {
             transactions: page.items.iter().map(convert::transaction).collect(),
             next_page_token: convert::next_token(TX_PAGES, page.next),
@@ -320,16 +325,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let filter = (!r.transaction_id.is_empty())
             .then(|| TxId::parse("transaction_id", &r.transaction_id))
             .transpose()?;
-        match &filter {
-            Some(id) => {
-                self.allow_on(&request, "WatchEvents", id).await?;
-            }
+        let who = match &filter {
+            Some(id) => self.allow_on(&request, "WatchEvents", id).await?.0,
             None => {
-                // The whole log: every project's events in every environment.
+                // The whole log, filtered to what the caller may read.
                 let key = "WatchEvents --all";
-                self.allow(&request, key, Target::every()).await?;
+                self.allow(&request, key, Target::every()).await?
             }
-        }
+        };
         let r = request.into_inner();
         if r.until_terminal && filter.is_none() {
             return Err(Status::invalid_argument(
@@ -349,7 +352,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let events = self.coordinator.watch(filter, r.from_seq);
         let events = events
             .map(|e| e.map_err(|e| Status::unavailable(format!("reading the event log: {e}"))));
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(self.visible_events(who, Box::pin(events))))
     }
 
     async fn get_live_state(
@@ -357,16 +360,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetLiveStateRequest>,
     ) -> Result<Response<pb::LiveState>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        self.allow(&request, "GetLiveState", Target::environment(&env))
+        let who = self
+            .allow(&request, "GetLiveState", Target::environment(&env))
             .await?;
         let live = self.coordinator.live(&env);
         let (in_flight, pending): (Vec<_>, Vec<_>) = live
             .active
             .iter()
+            .filter(|t| reads::shows_transaction(&who, t))
             .partition(|t| matches!(t.state, TxState::Committing | TxState::Aborting));
+        let checkpoint = live.checkpoint.as_ref();
         Ok(Response::new(pb::LiveState {
             environment: env.to_string(),
-            checkpoint: live.checkpoint.as_ref().map(convert::checkpoint),
+            checkpoint: checkpoint.map(|c| self.visible_checkpoint(&who, c)),
             in_flight: in_flight.into_iter().map(convert::transaction).collect(),
             pending: pending.into_iter().map(convert::transaction).collect(),
             last_event_seq: *self.coordinator.feed().latest().borrow(),
@@ -378,14 +384,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
-        self.allow(&request, "GetHistory", Target::environment(&env))
+        let who = self
+            .allow(&request, "GetHistory", Target::environment(&env))
             .await?;
         let r = request.into_inner();
         let size = convert::page_size("page_size", r.page_size, 1000)?;
         let after = convert::page_token("page_token", &r.page_token, HISTORY_PAGES)?;
         let page = self.coordinator.history(&env, after.unwrap_or(0), size)?;
         Ok(Response::new(pb::GetHistoryResponse {
-            checkpoints: page.items.iter().map(convert::checkpoint).collect(),
+            checkpoints: page
+                .items
+                .iter()
+                .map(|c| self.visible_checkpoint(&who, c))
+                .collect(),
             next_page_token: convert::next_token(HISTORY_PAGES, page.next),
         }))
     }

@@ -1,0 +1,118 @@
+//! What the filtered reads (`ScopeRule::Filtered` in `access::table`) return to their
+//! caller: only what `Principal::reads` lets it read (`access::reads` says why a
+//! transaction needs every one of its projects). A caller who reads the whole
+//! environment, or an unauthenticated one, gets everything, unfiltered and at no cost.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use lockstep::{
+    names::{Environment, ProjectName, TxId},
+    pb,
+};
+
+use super::{CoordinatorService, EventStream};
+use crate::{
+    access::Principal,
+    convert,
+    model::{CheckpointRecord, ProjectRecord, TxRecord},
+};
+
+/// What a checkpoint says of a transaction the caller may not read.
+const UNREADABLE: &str = "a change to projects outside your grant";
+
+/// Whether `who` may see transaction `t`: every one of its projects is readable.
+pub(super) fn shows_transaction(who: &Principal, t: &TxRecord) -> bool {
+    who.reads_all(&t.environment, t.participants.iter().map(|p| &p.project))
+}
+
+/// Whether `who` may see project `p` (as registered).
+pub(super) fn shows_project(who: &Principal, p: &ProjectRecord) -> bool {
+    who.reads(&p.environment, &p.name)
+}
+
+/// The project names of `env` (as an environment lists them) that `who` may read.
+pub(super) fn readable_names(who: &Principal, env: &Environment, names: &mut Vec<String>) {
+    let readable = |n: &String| ProjectName::parse("project", n).is_ok_and(|p| who.reads(env, &p));
+    names.retain(readable);
+}
+
+impl CoordinatorService {
+    /// Checkpoint `c` as `who` may see it: the versions of its readable projects only,
+    /// and the transaction that made it named only when `who` may read that.
+    pub(super) fn visible_checkpoint(
+        &self,
+        who: &Principal,
+        c: &CheckpointRecord,
+    ) -> pb::Checkpoint {
+        if who.reads_whole(Some(&c.environment)) {
+            return convert::checkpoint(c);
+        }
+        let mut mine = c.clone();
+        mine.versions.retain(|p, _| who.reads(&c.environment, p));
+        let mut shown = convert::checkpoint(&mine);
+        if !self.shows_id(who, &c.transaction) {
+            shown.transaction_id.clear();
+            shown.description = UNREADABLE.into();
+        }
+        shown
+    }
+
+    /// Whether `who` may see the transaction `id` (one that cannot be found: no).
+    fn shows_id(&self, who: &Principal, id: &TxId) -> bool {
+        let found = self.coordinator.get(id);
+        found.is_ok_and(|t| shows_transaction(who, &t))
+    }
+
+    /// `events` with only those `who` may read: a transaction's if it may see the
+    /// transaction, a project's if it reads the project, the rest (an environment's, a
+    /// webhook's) if it reads the whole environment, or everything.
+    pub(super) fn visible_events(&self, who: Principal, events: EventStream) -> EventStream {
+        if who.reads_whole(None) {
+            return events;
+        }
+        let service = self.clone();
+        // Each transaction is looked up once per stream (found ones only: a lookup
+        // that fails is asked again at the transaction's next event).
+        let mut seen: HashMap<String, bool> = HashMap::new();
+        let kept = events.filter(move |e| {
+            let keep = match e {
+                Ok(e) => service.shows_event(&who, e, &mut seen),
+                Err(_) => true,
+            };
+            futures::future::ready(keep)
+        });
+        Box::pin(kept)
+    }
+
+    /// Whether `who` may read event `e` (see [`CoordinatorService::visible_events`]).
+    fn shows_event(
+        &self,
+        who: &Principal,
+        e: &pb::Event,
+        seen: &mut HashMap<String, bool>,
+    ) -> bool {
+        if !e.transaction_id.is_empty() {
+            return self.shows_cached(who, &e.transaction_id, seen);
+        }
+        let env = Environment::parse("environment", &e.environment).ok();
+        match (env, ProjectName::parse("project", &e.project).ok()) {
+            (Some(env), Some(project)) => who.reads(&env, &project),
+            (env, _) => who.reads_whole(env.as_ref()),
+        }
+    }
+
+    /// Whether `who` may see transaction `id`, asked of `seen` first.
+    fn shows_cached(&self, who: &Principal, id: &str, seen: &mut HashMap<String, bool>) -> bool {
+        if let Some(known) = seen.get(id) {
+            return *known;
+        }
+        let id_ok = TxId::parse("transaction_id", id).ok();
+        let Some(record) = id_ok.and_then(|id| self.coordinator.get(&id).ok()) else {
+            return false;
+        };
+        let shown = shows_transaction(who, &record);
+        seen.insert(id.to_string(), shown);
+        shown
+    }
+}
