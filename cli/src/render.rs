@@ -93,11 +93,12 @@ fn schema_move(from: &Option<pb::SchemaVersion>, to: &Option<pb::SchemaVersion>)
     }
 }
 
+/// The commit waves as `0) B, C  1) A`: numbered from 0, as `wave` in the JSON is.
 fn waves(waves: &[pb::CommitWave]) -> String {
     waves
         .iter()
         .enumerate()
-        .map(|(i, w)| format!("{}) {}", i + 1, w.projects.join(", ")))
+        .map(|(i, w)| format!("{i}) {}", w.projects.join(", ")))
         .collect::<Vec<_>>()
         .join("  ")
 }
@@ -318,7 +319,7 @@ fn participants(t: &pb::Transaction) {
                     or_none(&p.from_version),
                     p.to_version.clone(),
                     action(p.action),
-                    (p.wave + 1).to_string(),
+                    p.wave.to_string(),
                     vote(p.vote),
                     if p.acknowledged {
                         "yes".into()
