@@ -311,6 +311,67 @@ async fn two_environments_release_the_same_project_without_waiting_on_each_other
     assert_eq!(c.agent("B").live().as_deref(), Some("T1B"));
 }
 
+/// Defect 6 of issue 27: `release list` ignored `-e` (it mixed environments, with
+/// repeated checkpoint numbers), and `lockstep -e nosuchenv live` said "nothing
+/// released yet", exit 0. Given releases in default and production, when each
+/// environment's releases are listed, then each shows its own only, with its
+/// environment; and a mistyped environment is NOT_FOUND (exit 1, naming it) for
+/// every read.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_list_is_per_environment_and_an_unknown_environment_is_not_found() {
+    let mut c = Cluster::family().await;
+    production_b(&mut c).await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let p1 = [
+        "-e",
+        "production",
+        "release",
+        "create",
+        "P1",
+        "B=P1B",
+        "--wait",
+    ];
+    assert_eq!(c.cli(&p1).await.code, 0);
+
+    let ids = |out: &support::Cli| -> Vec<(String, String)> {
+        out.json()["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let env = t["environment"].as_str().unwrap().to_string();
+                (t["id"].as_str().unwrap().to_string(), env)
+            })
+            .collect()
+    };
+    let default = c.cli(&["release", "list", "-o", "json"]).await;
+    assert_eq!(ids(&default), [("T1".to_string(), "default".to_string())]);
+    let production = c
+        .cli(&["-e", "production", "release", "list", "-o", "json"])
+        .await;
+    assert_eq!(ids(&production), [("P1".into(), "production".into())]);
+    let table = c.cli(&["-e", "production", "release", "list"]).await;
+    assert!(
+        table.stdout.contains("ENV") && table.stdout.contains("production"),
+        "{table:?}"
+    );
+
+    for read in [
+        &["live"][..],
+        &["history"],
+        &["project", "list"],
+        &["release", "list"],
+    ] {
+        let mut args = vec!["-e", "nosuchenv"];
+        args.extend_from_slice(read);
+        let out = c.cli(&args).await;
+        assert!(
+            out.code == 1 && out.stderr.contains("no environment nosuchenv"),
+            "lockstep {args:?}: {out:?}"
+        );
+    }
+}
+
 /// An agent for project B in environment `production`, registered there.
 async fn production_b(c: &mut Cluster) {
     c.add_env_agent("production", "B").await;

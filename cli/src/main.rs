@@ -344,7 +344,7 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
             page_token,
         } => {
             let request = pb::ListReleasesRequest {
-                environment: String::new(),
+                environment: ctx.env.clone(),
                 active_only: active,
                 page_size: limit,
                 page_token,

@@ -99,6 +99,18 @@ fn created(c: Created) -> pb::CreateTransactionResponse {
 }
 
 impl CoordinatorService {
+    /// NOT_FOUND for an environment that is not `default`, not declared and has no
+    /// projects: a mistyped `-e` is an error, never an empty answer.
+    fn known(&self, env: &Environment) -> Result<(), Status> {
+        let default = env.as_str() == lockstep::DEFAULT_ENVIRONMENT;
+        if default || self.coordinator.registry().environment(env).is_ok() {
+            return Ok(());
+        }
+        Err(Status::not_found(format!(
+            "environment: no environment {env} (`lockstep env list` shows them)"
+        )))
+    }
+
     /// A coordinator on mutual TLS reaches agents over https only.
     fn endpoint_fits_tls(&self, endpoint: &str) -> Result<(), Status> {
         if self.access.is_secure() && !endpoint.starts_with("https://") {
@@ -164,6 +176,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self
             .allow(&request, "ListProjects", Target::environment(&env))
             .await?;
+        self.known(&env)?;
         let projects = self
             .coordinator
             .projects(&env)
@@ -248,6 +261,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self
             .allow(&request, "ListReleases", Target::optional(env.as_ref()))
             .await?;
+        env.as_ref().map(|e| self.known(e)).transpose()?;
         let r = request.into_inner();
         let (field, size) = match r.page_size {
             0 => ("limit", r.limit),
@@ -363,6 +377,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self
             .allow(&request, "GetLiveState", Target::environment(&env))
             .await?;
+        self.known(&env)?;
         let live = self.coordinator.live(&env);
         let (in_flight, pending): (Vec<_>, Vec<_>) = live
             .active
@@ -387,6 +402,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self
             .allow(&request, "GetHistory", Target::environment(&env))
             .await?;
+        self.known(&env)?;
         let r = request.into_inner();
         let size = convert::page_size("page_size", r.page_size, 1000)?;
         let after = convert::page_token("page_token", &r.page_token, HISTORY_PAGES)?;
