@@ -62,10 +62,15 @@ fn kind(k: i32) -> String {
         .unwrap_or_default()
 }
 
+/// What a participant's move does, in words: a version that was live before is
+/// re-activated (whether it is older or newer by its name: "downgrade" misnamed a move
+/// from 1.3.0 back to 3.0.0).
 fn action(a: i32) -> String {
-    pb::Action::try_from(a)
-        .map(|a| a.as_str_name().trim_start_matches("ACTION_").to_lowercase())
-        .unwrap_or_default()
+    match pb::Action::try_from(a) {
+        Ok(pb::Action::Downgrade) => "re-activate".into(),
+        Ok(a) => a.as_str_name().trim_start_matches("ACTION_").to_lowercase(),
+        Err(_) => String::new(),
+    }
 }
 
 fn vote(v: i32) -> String {

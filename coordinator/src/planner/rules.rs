@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     error::Result,
-    model::{Action, CheckpointRecord},
+    model::{Action, CheckpointRecord, LiveEntry},
 };
 
 /// Projects moving back, with the version each moves back to.
@@ -199,8 +199,9 @@ fn ran_together(cp: &CheckpointRecord, result: &Outcome<'_>) -> bool {
         .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == *v)
 }
 
-/// The newest checkpoint that has every old version the plan moves back to, else the
-/// head: what to suggest instead of an untested combination.
+/// The newest checkpoint that has every old version the plan moves back to and is
+/// known good (not untested, no version a revert pulled), else the head: what to
+/// suggest instead of an untested combination.
 fn nearest_known_good(
     view: &View<'_>,
     downgrades: &Downgrades<'_>,
@@ -209,11 +210,21 @@ fn nearest_known_good(
         downgrades
             .iter()
             .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
+            && known_good(view, cp)
     };
     Ok(view
         .history
         .newest_checkpoint_where(&mut has_the_old_versions)?
         .or_else(|| view.head.cloned()))
+}
+
+/// Whether `cp` may be suggested: it was tested, and no revert pulled its versions.
+fn known_good(view: &View<'_>, cp: &CheckpointRecord) -> bool {
+    let pulled = |(p, e): (&ProjectName, &LiveEntry)| {
+        view.quarantine
+            .contains_key(&(p.clone(), e.version.clone()))
+    };
+    !cp.untested && !cp.versions.iter().any(pulled)
 }
 
 /// Why the combination is untested, with the rollback that would restore a known-good

@@ -159,6 +159,19 @@ fn a_rollback_to_what_a_revert_pulled_is_quarantined_unless_allowed() {
     assert!(plan.allowed(), "{}", plan.refusal());
 }
 
+/// Defect 3 of issue 27: the compatibility hint suggested rolling back to the
+/// checkpoint a revert had pulled. A hint names only a checkpoint that is neither
+/// reverted (quarantined versions) nor untested.
+#[test]
+fn a_hint_never_suggests_a_reverted_or_untested_checkpoint() {
+    let mut story = Story::seed_000();
+    story.commit("R4", revert("T4", false));
+    let plan = story.plan(&allowing_quarantined(release(&[("C", "T4C")])));
+    let detail = &rule(&plan, "compatibility").detail;
+    assert!(detail.contains("never live together"), "{detail}");
+    assert!(!detail.contains("rollback 4"), "T4 was reverted: {detail}");
+}
+
 #[test]
 fn a_release_of_an_unregistered_project_names_the_component() {
     let story = Story::seed_000();
