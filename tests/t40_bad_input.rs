@@ -77,8 +77,38 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
     );
     refused(
         co.register_project(register("B", ep, &["A"])).await,
+        Code::AlreadyExists,
+        "project set B",
+    );
+    let update =
+        |name: &str, endpoint: Option<&str>, requires: Option<&[&str]>| pb::UpdateProjectRequest {
+            name: name.into(),
+            environment: String::new(),
+            endpoint: endpoint.map(String::from),
+            requires: requires.map(|r| pb::ProjectChildren {
+                names: r.iter().map(|s| s.to_string()).collect(),
+            }),
+        };
+    refused(
+        co.update_project(update("B", None, Some(&["A"]))).await,
         Code::InvalidArgument,
         "cycle",
+    );
+    refused(
+        co.update_project(update("B", Some("ftp://x"), None)).await,
+        Code::InvalidArgument,
+        "endpoint",
+    );
+    refused(
+        co.update_project(update("B", None, Some(&["C", "C"])))
+            .await,
+        Code::InvalidArgument,
+        "requires.names[1]",
+    );
+    refused(
+        co.update_project(update("Nope", Some(ep), None)).await,
+        Code::NotFound,
+        "name",
     );
     refused(
         co.list_projects(pb::ListProjectsRequest {
