@@ -119,3 +119,24 @@ async fn a_rollback_keeps_the_quarantine_of_what_a_revert_pulled() {
         Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")])
     );
 }
+
+/// Defect 7 of issue 27: leaving `--artifact` out put an empty `releases/<v>` live
+/// without a word. Given B's agent runs with `--require-artifact`, when T1 names B
+/// without an artifact, then B refuses it naming the flag and nothing moves; with an
+/// artifact T1 goes live with its files.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_requiring_artifacts_refuses_a_version_without_one() {
+    let mut c = Cluster::new().await;
+    c.add_agent_with("B", &["--require-artifact".to_string()])
+        .await;
+    c.register("B", &[]).await;
+    let bare = c.cli(&["release", "create", "T1", "B=T1B", "--wait"]).await;
+    assert_eq!(bare.code, 1, "{bare:?}");
+    assert!(bare.stderr.contains("--require-artifact"), "{bare:?}");
+    assert_eq!(c.agent("B").live(), None, "nothing went live");
+
+    let (_, flag) = build(&c, "T1B", "built T1B");
+    release(&c, "T1-again", "T1B", Some(&flag)).await;
+    let app = c.agent("B").deploy_root.join("current/app.txt");
+    assert_eq!(std::fs::read_to_string(app).unwrap(), "built T1B");
+}

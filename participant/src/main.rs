@@ -84,6 +84,11 @@ struct Args {
     /// outside every one is refused. Required with TLS.
     #[arg(long)]
     artifact_root: Vec<PathBuf>,
+    /// Refuse a new version released without `--artifact` (by default it is staged as
+    /// an empty `releases/<version>` holding only its metadata file, which suits hooks
+    /// that deploy by version name). Artifact paths are this agent's, resolved here.
+    #[arg(long)]
+    require_artifact: bool,
     /// This agent's certificate (PEM): its server certificate, and its client
     /// certificate towards the coordinator.
     #[arg(long, env = "LOCKSTEP_TLS_CERT")]
@@ -182,9 +187,12 @@ async fn participant(
     if roots.is_empty() && files.is_some() {
         anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");
     }
-    let deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
+    let mut deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
         .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?
         .with_artifact_roots(roots);
+    if args.require_artifact {
+        deployer = deployer.requiring_artifacts();
+    }
     let schema = match &args.database {
         Some(url) => {
             let s = schema::Schema::open(url, args.migration_mode, &args.project)

@@ -30,6 +30,7 @@ pub struct FsDeployer {
     root: PathBuf,
     hooks: Hooks,
     artifacts: ArtifactRoots,
+    require_artifact: bool,
 }
 
 /// What `stage` remembers.
@@ -47,7 +48,18 @@ impl FsDeployer {
             root,
             hooks,
             artifacts: ArtifactRoots::default(),
+            require_artifact: false,
         })
+    }
+
+    /// Refuses a new version that comes without an artifact (`--require-artifact`):
+    /// otherwise it stages an empty `releases/<version>` (right for agents whose hooks
+    /// deploy by version name, wrong for one that serves the directory).
+    pub fn requiring_artifacts(self) -> Self {
+        Self {
+            require_artifact: true,
+            ..self
+        }
     }
 
     /// Stages artifacts only from inside `roots` (`--artifact-root`).
@@ -84,6 +96,12 @@ impl FsDeployer {
                 "cannot restore {}: {} is gone from this agent and the coordinator has no artifact recorded for it; refusing rather than stage an empty version",
                 change.version,
                 dir.display()
+            ));
+        }
+        if self.require_artifact && change.artifact.is_empty() {
+            return Err(format!(
+                "{} {} comes without an artifact and this agent runs with --require-artifact: give `--artifact {}=PATH` to the release",
+                change.project, change.version, change.project
             ));
         }
         let staging = self.staging_dir(&change.transaction_id);
