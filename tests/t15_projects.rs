@@ -5,7 +5,7 @@
 
 mod support;
 
-use lockstep::pb::TransactionState;
+use lockstep::pb::{self, TransactionState};
 use support::Cluster;
 
 /// A's registration as `project list -o json` shows it: (endpoint, requires).
@@ -109,7 +109,8 @@ async fn project_set_changes_only_what_it_is_given() {
 /// Defect 4 of issue 27: switching to TLS left the `http://` endpoints registered
 /// with no warning. Given a project registered at the other scheme than the
 /// coordinator's setting, when the coordinator starts, then its log names the project,
-/// its endpoint and the command that moves it, and `project list` flags it.
+/// its endpoint and the command that moves it, `project list` flags it, and a release
+/// to it is refused before anything is sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_coordinator_warns_at_start_of_endpoints_that_do_not_fit_its_tls_setting() {
     let mut c = Cluster::new().await;
@@ -125,4 +126,19 @@ async fn the_coordinator_warns_at_start_of_endpoints_that_do_not_fit_its_tls_set
     assert!(warned, "{log}");
     let list = c.cli(&["project", "list"]).await;
     assert!(list.stdout.contains("(! not http://"), "flagged: {list:?}");
+    let release = c.cli(&["release", "create", "T1", "X=1", "--wait"]).await;
+    assert!(
+        release.code == 1 && release.stderr.contains("project set X --endpoint http://"),
+        "refused before anything is sent, not left waiting for a person: {release:?}"
+    );
+    assert!(
+        c.client()
+            .await
+            .list_releases(pb::ListReleasesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions
+            .is_empty()
+    );
 }

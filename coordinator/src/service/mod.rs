@@ -32,6 +32,7 @@ use crate::{
     error::CoordinatorError,
     feed::WatchFilter,
     model::{CreateSpec, TxState},
+    planner::Plan,
     registry::admit::Created,
 };
 
@@ -67,7 +68,9 @@ impl CoordinatorService {
             )));
         };
         let call = rule.rpc();
-        let check = guard::plan_check(&principal, rule, &env);
+        let permitted = guard::plan_check(&principal, rule, &env);
+        let scheme = self.agent_scheme();
+        let check = move |plan: &Plan| permitted(plan).and_then(|()| reachable(plan, scheme));
         spec.actor = principal.actor_or("");
         spec.authority = authority(&principal);
         match self.coordinator.create(spec, &check).await {
@@ -77,6 +80,24 @@ impl CoordinatorService {
             other => Ok(other?),
         }
     }
+}
+
+/// Refused when a participant of `plan` is registered at an endpoint of the other
+/// scheme than `scheme` (how this coordinator reaches agents): its Prepare could never
+/// arrive, and the transaction would end waiting for a person. Left behind by moving a
+/// coordinator to TLS.
+fn reachable(plan: &Plan, scheme: &str) -> Result<(), CoordinatorError> {
+    let Some(p) = plan
+        .participants
+        .iter()
+        .find(|p| !p.endpoint.starts_with(scheme))
+    else {
+        return Ok(());
+    };
+    Err(CoordinatorError::Refused(format!(
+        "{} is registered at {}, but this coordinator reaches agents over {scheme}: move it with `lockstep project set {} --endpoint {scheme}...` (docs/security.md, \"Moving to TLS\")",
+        p.project, p.endpoint, p.project
+    )))
 }
 
 /// What `principal` is allowed, as recorded on what it creates (an agent's or the
@@ -109,6 +130,14 @@ impl CoordinatorService {
         Err(Status::not_found(format!(
             "environment: no environment {env} (`lockstep env list` shows them)"
         )))
+    }
+
+    /// How this coordinator reaches agents: `https://` on mutual TLS, else `http://`.
+    fn agent_scheme(&self) -> &'static str {
+        match self.access.is_secure() {
+            true => "https://",
+            false => "http://",
+        }
     }
 
     /// A coordinator on mutual TLS reaches agents over https only.
