@@ -143,3 +143,33 @@ async fn a_python_agent_on_default_grpc_settings_takes_part_in_a_slow_release() 
     );
     assert_eq!(c.agent("A").live().as_deref(), Some("T1A"));
 }
+
+/// Issue 27 (small things): the example agent copied out of the repository failed with
+/// protoc's "Could not make proto path relative". Given `agent.py` alone in another
+/// directory, when it starts without a proto it says where it looked and how to point
+/// it at one, and with `LOCKSTEP_PROTO_DIR` it generates its stubs and runs.
+#[test]
+fn the_python_agent_copied_elsewhere_finds_its_proto_or_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("agent.py");
+    std::fs::copy(agent_py(), &copy).unwrap();
+    let run = |proto: Option<&str>| {
+        let mut cmd = std::process::Command::new(python());
+        cmd.arg(&copy)
+            .arg("--help")
+            .env_remove("LOCKSTEP_PROTO_DIR");
+        if let Some(p) = proto {
+            cmd.env("LOCKSTEP_PROTO_DIR", p);
+        }
+        cmd.output().unwrap()
+    };
+    let lost = run(None);
+    let said = String::from_utf8_lossy(&lost.stderr);
+    assert!(!lost.status.success(), "{said}");
+    assert!(said.contains("LOCKSTEP_PROTO_DIR"), "{said}");
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let found = run(Some(proto));
+    let help = String::from_utf8_lossy(&found.stdout);
+    assert!(found.status.success(), "{:?}", found);
+    assert!(help.contains("--project"), "{help}");
+}

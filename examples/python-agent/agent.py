@@ -29,7 +29,21 @@ import grpc
 from grpc_tools import protoc
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PROTO_DIR = os.path.join(ROOT, "..", "..", "proto")
+
+
+def proto_dir():
+    """Where the proto is: $LOCKSTEP_PROTO_DIR, else `proto/` beside this file, else the
+    repository's (this file's place in it). A copy of the agent elsewhere says which."""
+    given = os.environ.get("LOCKSTEP_PROTO_DIR")
+    candidates = [given] if given else [os.path.join(ROOT, "proto"), os.path.join(ROOT, "..", "..", "proto")]
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "lockstep", "v1", "participant.proto")):
+            return os.path.abspath(d)
+    sys.exit(
+        "no lockstep/v1/participant.proto under "
+        + " or ".join(os.path.abspath(d) for d in candidates)
+        + ": set LOCKSTEP_PROTO_DIR to the repository's proto/ directory, or copy it beside this file"
+    )
 
 
 def load_stubs():
@@ -37,7 +51,7 @@ def load_stubs():
     out = tempfile.mkdtemp(prefix="lockstep-stubs-")
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     files = ["lockstep/v1/common.proto", "lockstep/v1/coordinator.proto", "lockstep/v1/participant.proto"]
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
+    args = ["protoc", f"-I{proto_dir()}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
     if protoc.main(args + files) != 0:
         sys.exit("could not generate the stubs from the proto")
     sys.path.insert(0, out)
