@@ -114,7 +114,14 @@ async fn project_set_changes_only_what_it_is_given() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_coordinator_warns_at_start_of_endpoints_that_do_not_fit_its_tls_setting() {
     let mut c = Cluster::new().await;
-    let add = ["project", "add", "X", "--endpoint", "https://127.0.0.1:1"];
+    let add = [
+        "project",
+        "add",
+        "X",
+        "--endpoint",
+        "https://127.0.0.1:1",
+        "--unchecked",
+    ];
     assert_eq!(c.cli(&add).await.code, 0);
     c.coordinator.restart().await;
     let log = c.coordinator.log();
@@ -141,4 +148,111 @@ async fn the_coordinator_warns_at_start_of_endpoints_that_do_not_fit_its_tls_set
             .transactions
             .is_empty()
     );
+}
+
+/// Defect 5 of issue 27: a mistyped endpoint was accepted without a word, and its
+/// release sat in ABORTING until a manual resolve. Given agent A running and nothing
+/// at another port, when A is registered at the empty port, or B at A's agent, then
+/// each is refused naming the endpoint and what answered there (nothing is
+/// registered); at A's own agent it registers; `project set` to an empty port is
+/// refused and A stays where it was; `--unchecked` registers without asking.
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_asks_the_endpoint_first_unless_unchecked() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    let a = c.agent("A").server.url();
+    let nothing = {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", unused.local_addr().unwrap())
+    };
+
+    let typo = c
+        .cli(&["project", "add", "A", "--endpoint", &nothing])
+        .await;
+    assert_eq!(typo.code, 1, "{typo:?}");
+    for named in ["endpoint", &nothing, "no agent answers", "--unchecked"] {
+        assert!(typo.stderr.contains(named), "names {named}: {typo:?}");
+    }
+    let other = c.cli(&["project", "add", "B", "--endpoint", &a]).await;
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(
+        other
+            .stderr
+            .contains("serves project A in environment default, not B"),
+        "{other:?}"
+    );
+    let list = c.cli(&["project", "list", "-o", "json"]).await.json();
+    assert!(
+        list["projects"].as_array().is_none_or(Vec::is_empty),
+        "{list}"
+    );
+
+    assert_eq!(
+        c.cli(&["project", "add", "A", "--endpoint", &a]).await.code,
+        0
+    );
+    let moved = c
+        .cli(&["project", "set", "A", "--endpoint", &nothing])
+        .await;
+    assert!(
+        moved.code == 1 && moved.stderr.contains("no agent answers"),
+        "{moved:?}"
+    );
+    assert_eq!(registration(&c, "A").await.0, a, "A stays where it was");
+
+    let unchecked = ["project", "add", "Z", "--endpoint", &nothing, "--unchecked"];
+    assert_eq!(c.cli(&unchecked).await.code, 0);
+    assert_eq!(registration(&c, "Z").await.0, nothing);
+}
+
+/// `project remove`: given the family with T1 committed, removing B (which A
+/// requires) is refused naming A; once A is removed its registration is gone, `live`
+/// no longer shows it while `history` still does, and B and C release alone; a project
+/// held by a transaction cannot be removed until it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_is_removed_only_when_nothing_needs_it_and_its_history_stays() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+
+    let needed = c.cli(&["project", "remove", "B"]).await;
+    assert_eq!(needed.code, 1, "{needed:?}");
+    assert!(needed.stderr.contains("project A requires B"), "{needed:?}");
+    let removed = c.cli(&["project", "remove", "A"]).await;
+    assert_eq!(removed.code, 0, "{removed:?}");
+    assert!(removed.stdout.contains("project A removed"), "{removed:?}");
+    let list = c.cli(&["project", "list", "-o", "json"]).await.json();
+    let names: Vec<&str> = list["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["B", "C"]);
+    let live = c.cli(&["live"]).await.stdout;
+    assert!(!live.contains("T1A"), "A left the live state: {live}");
+    let history = c.cli(&["history"]).await.stdout;
+    assert!(history.contains("T1A"), "its history stays: {history}");
+    let again = c.cli(&["project", "remove", "A"]).await;
+    assert!(
+        again.code == 1 && again.stderr.contains("A is not registered"),
+        "{again:?}"
+    );
+
+    c.release("T2", &["B=T2B"], 0).await;
+    let live = c.live_state().await.checkpoint.unwrap();
+    let projects: Vec<&str> = live.versions.iter().map(|v| v.project.as_str()).collect();
+    assert_eq!(projects, ["B", "C"], "the next checkpoint leaves A out");
+
+    c.block("C");
+    let held = c.cli(&["release", "create", "T3", "C=T3C"]).await;
+    assert_eq!(held.code, 0, "{held:?}");
+    c.wait_state("T3", TransactionState::Preparing).await;
+    let busy = c.cli(&["project", "remove", "C"]).await;
+    assert!(
+        busy.code == 1 && busy.stderr.contains("transaction T3"),
+        "{busy:?}"
+    );
+    c.heal("C");
+    c.wait_state("T3", TransactionState::Committed).await;
+    assert_eq!(c.cli(&["project", "remove", "C"]).await.code, 0);
 }

@@ -53,6 +53,7 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
         environment: String::new(),
         endpoint: endpoint.into(),
         requires: requires.iter().map(|s| s.to_string()).collect(),
+        unchecked: true,
     };
     let ep = "http://127.0.0.1:1";
     refused(
@@ -88,6 +89,7 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
             requires: requires.map(|r| pb::ProjectChildren {
                 names: r.iter().map(|s| s.to_string()).collect(),
             }),
+            unchecked: true,
         };
     refused(
         co.update_project(update("B", None, Some(&["A"]))).await,
@@ -291,6 +293,7 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
     refused(
         co.get_live_state(pb::GetLiveStateRequest {
             environment: " ".into(),
+            observe: true,
         })
         .await,
         Code::InvalidArgument,

@@ -71,7 +71,9 @@ async fn throwing_agent() -> String {
 async fn an_error_status_from_prepare_is_a_refusal_with_its_code_and_message() {
     let c = Cluster::new().await;
     let url = throwing_agent().await;
-    let out = c.cli(&["project", "add", "X", "--endpoint", &url]).await;
+    let out = c
+        .cli(&["project", "add", "X", "--endpoint", &url, "--unchecked"])
+        .await;
     assert_eq!(out.code, 0, "{out:?}");
 
     let out = c
@@ -104,7 +106,9 @@ async fn an_agent_that_cannot_be_reached_is_asked_again_until_the_deadline() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", unused.local_addr().unwrap());
     drop(unused);
-    let out = c.cli(&["project", "add", "X", "--endpoint", &url]).await;
+    let out = c
+        .cli(&["project", "add", "X", "--endpoint", &url, "--unchecked"])
+        .await;
     assert_eq!(out.code, 0, "{out:?}");
 
     let out = c

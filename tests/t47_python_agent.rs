@@ -1,16 +1,28 @@
 //! The contract proven from outside Rust: `examples/python-agent` (grpcio, stubs made
 //! from the proto at start, grpcio's default server settings) passes the conformance
-//! kit, and takes part in a release whose Prepare runs longer than gRPC's default
-//! keepalive enforcement would allow pings for.
+//! kit, takes part in a release whose Prepare runs longer than gRPC's default
+//! keepalive enforcement would allow pings for, and serves mutual TLS as the reference
+//! agent does (orders from the coordinator's identity alone).
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-use lockstep::pb::TransactionState;
-use support::{Cluster, Server};
+use lockstep::pb::{self, TransactionState, participant_client::ParticipantClient};
+use support::{
+    Cluster, Server,
+    secure::{Secure, admin, certs_init},
+    wait_for,
+};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 /// The venv's Python, with grpcio and grpcio-tools (installed by scripts/setup).
 fn python() -> PathBuf {
@@ -172,4 +184,203 @@ fn the_python_agent_copied_elsewhere_finds_its_proto_or_says_how() {
     let help = String::from_utf8_lossy(&found.stdout);
     assert!(found.status.success(), "{:?}", found);
     assert!(help.contains("--project"), "{help}");
+}
+
+/// A Participant client to `url` over `tls`; it dials at the first call, so a refused
+/// handshake is that call's error.
+fn participant(url: &str, tls: ClientTlsConfig) -> ParticipantClient<Channel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    ParticipantClient::new(channel)
+}
+
+/// Given a coordinator and a reference agent for A with mutual TLS, and the Python agent
+/// for B started with its own certificate from the deployment's CA and registered at an
+/// https:// endpoint, when a release of A and B runs (A's Prepare held until B has asked
+/// the coordinator for the decision), then B asks GetDecision over TLS with its own
+/// certificate and is answered, the release commits on both, and B takes orders from
+/// the coordinator's identity alone: a caller with no certificate or one from another
+/// CA is refused at the handshake, and a user's or another agent's certificate from the
+/// same CA may read B's status but hears PERMISSION_DENIED naming why for an order,
+/// which changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_agent_serves_mutual_tls() {
+    let s = Secure::start(&["A"], &[]).await;
+    let file = |name: &str| s.certs.join(name).display().to_string();
+    let state = s.dir.path().join("python-B");
+    let log = s.dir.path().join("python-B.log");
+    let args = vec![
+        agent_py().display().to_string(),
+        "--project".into(),
+        "B".into(),
+        "--data-dir".into(),
+        state.display().to_string(),
+        "--coordinator".into(),
+        s.coordinator.https_url(),
+        "--tls-cert".into(),
+        file("agent-default-B.crt"),
+        "--tls-key".into(),
+        file("agent-default-B.key"),
+        "--tls-client-ca".into(),
+        file("ca.crt"),
+        "--ask-after".into(),
+        "0".into(),
+    ];
+    let b = Server::start("python-B", python(), args, Vec::new(), log.clone(), 0).await;
+    let out = s
+        .cli(
+            &admin(),
+            &["project", "add", "B", "--endpoint", &b.https_url()],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    s.block("A");
+    let out = s
+        .cli(&admin(), &["release", "create", "T1", "A=T1A", "B=T1B"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for(
+        "B to ask the coordinator for T1's decision over TLS",
+        || {
+            let log = log.clone();
+            async move {
+                let heard = std::fs::read_to_string(&log).ok()?;
+                heard
+                    .contains("asked for T1: DECISION_UNDECIDED")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    s.heal("A");
+    let coordinator = s
+        .coordinator_client(("user-admin.crt", "user-admin.key"))
+        .await;
+    wait_for("T1 to commit", || {
+        let mut coordinator = coordinator.clone();
+        async move {
+            let request = pb::GetReleaseRequest { id: "T1".into() };
+            let t = coordinator.get_release(request).await.ok()?.into_inner();
+            (t.state == TransactionState::Committed as i32).then_some(())
+        }
+    })
+    .await;
+
+    let live = s.cli(&admin(), &["live", "-o", "json"]).await;
+    assert_eq!(live.code, 0, "{live:?}");
+    let json = live.json();
+    assert_eq!(json["checkpoint"]["transactionId"], "T1", "{json:#}");
+    let versions: BTreeMap<String, String> = json["checkpoint"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let text = |k: &str| v[k].as_str().unwrap().to_string();
+            (text("project"), text("version"))
+        })
+        .collect();
+    let expected = BTreeMap::from([
+        ("A".to_string(), "T1A".to_string()),
+        ("B".into(), "T1B".into()),
+    ]);
+    assert_eq!(versions, expected, "{json:#}");
+    assert_eq!(s.live(), Cluster::expect(&[("A", "T1A")]));
+
+    let ca = std::fs::read(s.certs.join("ca.crt")).unwrap();
+    let other = s.dir.path().join("other-ca");
+    certs_init(&other, "B", "mallory").await;
+    let read = |path: PathBuf| std::fs::read(path).unwrap();
+    let foreign = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .identity(Identity::from_pem(
+            read(other.join("agent-default-B.crt")),
+            read(other.join("agent-default-B.key")),
+        ));
+    let abort = pb::AbortRequest {
+        transaction_id: "T1".into(),
+        project: "B".into(),
+        reason: "not the coordinator".into(),
+        ..Default::default()
+    };
+    for (who, tls) in [("no certificate", s.tls(None)), ("another CA's", foreign)] {
+        // grpcio cannot ask for a client certificate without requiring one: the
+        // handshake itself fails, so the call never reaches the agent.
+        let mut client = participant(&b.https_url(), tls);
+        let answer = client.abort(abort.clone()).await;
+        assert!(answer.is_err(), "{who}: {answer:?}");
+        let answer = client.get_status(pb::GetStatusRequest {}).await;
+        assert!(answer.is_err(), "{who}: {answer:?}");
+    }
+
+    let prepare = pb::PrepareRequest {
+        transaction_id: "T2".into(),
+        environment: "default".into(),
+        project: "B".into(),
+        version: "T2B".into(),
+        from_version: "T1B".into(),
+        ..Default::default()
+    };
+    for (cert, uri) in [
+        ("user-admin", "spiffe://lockstep/user/admin"),
+        ("agent-default-A", "spiffe://lockstep/agent/default/A"),
+    ] {
+        let (crt, key) = (format!("{cert}.crt"), format!("{cert}.key"));
+        let mut client = participant(&b.https_url(), s.tls(Some((crt.as_str(), key.as_str()))));
+        let status = client
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{cert} may read B's status: {e:?}"))
+            .into_inner();
+        assert_eq!(status.live_version, "T1B", "{status:?}");
+        assert!(status.staged.is_empty(), "{status:?}");
+        let orders = [
+            client.prepare(prepare.clone()).await.map(|_| ()),
+            client.abort(abort.clone()).await.map(|_| ()),
+            client
+                .commit(pb::CommitRequest {
+                    transaction_id: "T1".into(),
+                    project: "B".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ];
+        for answer in orders {
+            let refused = answer.unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Code::PermissionDenied,
+                "{cert}: {refused:?}"
+            );
+            for named in ["spiffe://lockstep/coordinator", uri] {
+                assert!(
+                    refused.message().contains(named),
+                    "the refusal names {named}: {refused:?}"
+                );
+            }
+        }
+    }
+
+    assert_eq!(
+        std::fs::read_to_string(state.join("live")).unwrap(),
+        "T1B",
+        "the refused orders changed nothing"
+    );
+    let ledger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("ledger.json")).unwrap()).unwrap();
+    assert_eq!(ledger["T1"]["phase"], "committed", "{ledger:#}");
+    assert!(
+        ledger.get("T2").is_none(),
+        "no Prepare was recorded: {ledger:#}"
+    );
+    assert!(
+        b.log()
+            .contains("refused a call to the Participant API: PERMISSION_DENIED"),
+        "the agent logs each refusal: {}",
+        b.log()
+    );
 }

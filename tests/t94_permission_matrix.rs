@@ -243,6 +243,7 @@ fn target(key: &str) -> Target {
     match key {
         "RegisterProject"
         | "UpdateProject"
+        | "RemoveProject"
         | "CreateRelease"
         | "CreateRelease --force"
         | "RevertRelease"
@@ -305,6 +306,16 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
                 environment: env(),
                 endpoint: Some(f.endpoint.clone()),
                 requires: None,
+                unchecked: false,
+            })
+            .await
+            .map(drop),
+        // The parent registered by the fixtures requires A: allowed calls are refused
+        // by that rule, after the permission check, and remove nothing.
+        "RemoveProject" => c
+            .remove_project(pb::RemoveProjectRequest {
+                name: PROJECT.into(),
+                environment: env(),
             })
             .await
             .map(drop),
@@ -360,7 +371,10 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
             c.watch_events(watch).await.map(drop)
         }
         "GetLiveState" => c
-            .get_live_state(pb::GetLiveStateRequest { environment: env() })
+            .get_live_state(pb::GetLiveStateRequest {
+                environment: env(),
+                observe: true,
+            })
             .await
             .map(drop),
         "GetHistory" => c
@@ -490,6 +504,7 @@ fn registration(endpoint: &str) -> pb::RegisterProjectRequest {
         environment: ENV.into(),
         endpoint: endpoint.into(),
         requires: Vec::new(),
+        unchecked: false,
     }
 }
 
@@ -555,6 +570,7 @@ async fn environment_state(c: &mut Client, environment: &str) -> Vec<String> {
     let environment = environment.to_string();
     let live = pb::GetLiveStateRequest {
         environment: environment.clone(),
+        observe: false,
     };
     let mut live = c.get_live_state(live).await.unwrap().into_inner();
     live.last_event_seq = 0;
@@ -628,6 +644,13 @@ async fn fixtures(s: &Secure, boot: &mut Client) -> (Fixtures, Vec<(Role, String
     boot.register_project(registration(&endpoint))
         .await
         .unwrap();
+    let parent = pb::RegisterProjectRequest {
+        name: "Parent".into(),
+        requires: vec![PROJECT.into()],
+        unchecked: true,
+        ..registration(&endpoint)
+    };
+    boot.register_project(parent).await.unwrap();
     let mut in_prod = registration(&s.agents[&format!("{PROD}/{PROJECT}")].server.https_url());
     in_prod.environment = PROD.into();
     boot.register_project(in_prod).await.unwrap();

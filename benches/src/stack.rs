@@ -208,6 +208,8 @@ impl Stack {
                     environment: String::new(),
                     endpoint: url.clone(),
                     requires: Vec::new(),
+                    // Bench agents answer the protocol only; registration is not timed.
+                    unchecked: true,
                 })
                 .await?;
         }

@@ -85,6 +85,10 @@ pub enum Command {
         /// checkpoint), in promotion order.
         #[arg(long)]
         all: bool,
+        /// Also ask every agent what it runs now, beside what should run, marking
+        /// drift (a version or schema no transaction explains).
+        #[arg(long, conflicts_with = "all")]
+        observed: bool,
     },
     /// Environments and the promotion path between them.
     #[command(subcommand)]
@@ -479,6 +483,11 @@ pub enum ProjectCommand {
         /// Children that must release with it, comma separated.
         #[arg(long, value_delimiter = ',')]
         requires: Vec<String>,
+        /// Register without asking the endpoint first (by default the coordinator
+        /// asks its GetStatus and refuses an endpoint that does not answer as this
+        /// project and environment).
+        #[arg(long)]
+        unchecked: bool,
     },
     /// Change a registered project: only what is given changes (moving an endpoint
     /// keeps the children).
@@ -494,6 +503,15 @@ pub enum ProjectCommand {
         /// Remove every child.
         #[arg(long)]
         no_requires: bool,
+        /// Move the endpoint without asking it first.
+        #[arg(long)]
+        unchecked: bool,
+    },
+    /// Remove a project: refused while a transaction holds it or another project
+    /// requires it. Its history stays; it leaves the live state at once.
+    Remove {
+        /// Project name.
+        name: String,
     },
     /// List projects.
     List,

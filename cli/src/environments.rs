@@ -99,6 +99,7 @@ pub async fn live_all(client: &mut Client, out: Output) -> Result<u8> {
     for e in promotion_order(&list.environments) {
         let request = pb::GetLiveStateRequest {
             environment: e.name.clone(),
+            observe: false,
         };
         lives.push(client.get_live_state(request).await?.into_inner());
     }

@@ -14,6 +14,7 @@ mod conformance;
 mod dial;
 mod environments;
 mod notify;
+mod observed;
 mod operate;
 mod render;
 mod verify;
@@ -145,11 +146,15 @@ async fn run(args: Args) -> Result<u8> {
     match args.command {
         Command::Project(c) => project(&mut client, &ctx, c).await,
         Command::Release(c) => release(&mut client, &ctx, c).await,
-        Command::Live { all: true } => environments::live_all(&mut client, ctx.out).await,
+        Command::Live { all: true, .. } => environments::live_all(&mut client, ctx.out).await,
         Command::Env(c) => environments::run(&mut client, ctx.out, c).await,
-        Command::Live { all: false } => {
+        Command::Live {
+            all: false,
+            observed,
+        } => {
             let request = pb::GetLiveStateRequest {
                 environment: ctx.env,
+                observe: observed,
             };
             let live = client.get_live_state(request).await?.into_inner();
             render::live(ctx.out, &live);
@@ -260,12 +265,14 @@ async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Resul
             name,
             endpoint,
             requires,
+            unchecked,
         } => {
             let request = pb::RegisterProjectRequest {
                 name,
                 environment: ctx.env.clone(),
                 endpoint,
                 requires,
+                unchecked,
             };
             let r = client.register_project(request).await?.into_inner();
             render::project_registered(ctx.out, &r);
@@ -275,6 +282,7 @@ async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Resul
             endpoint,
             requires,
             no_requires,
+            unchecked,
         } => {
             let names = if no_requires {
                 Some(Vec::new())
@@ -286,9 +294,18 @@ async fn project(client: &mut Client, ctx: &Context, c: ProjectCommand) -> Resul
                 environment: ctx.env.clone(),
                 endpoint,
                 requires: names.map(|names| pb::ProjectChildren { names }),
+                unchecked,
             };
             let r = client.update_project(request).await?.into_inner();
             render::project_updated(ctx.out, &r);
+        }
+        ProjectCommand::Remove { name } => {
+            let request = pb::RemoveProjectRequest {
+                name,
+                environment: ctx.env.clone(),
+            };
+            let r = client.remove_project(request).await?.into_inner();
+            render::project_removed(ctx.out, &r);
         }
         ProjectCommand::List => {
             let request = pb::ListProjectsRequest {
@@ -398,6 +415,7 @@ async fn whole_history(client: &mut Client, environment: String) -> Result<pb::G
 async fn next_event(client: &mut Client, ctx: &Context) -> Result<u64> {
     let request = pb::GetLiveStateRequest {
         environment: ctx.env.clone(),
+        observe: false,
     };
     let live = client.get_live_state(request).await?.into_inner();
     Ok(live.last_event_seq + 1)

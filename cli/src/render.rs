@@ -82,7 +82,7 @@ fn vote(v: i32) -> String {
     }
 }
 
-fn schema(s: &Option<pb::SchemaVersion>) -> String {
+pub fn schema(s: &Option<pb::SchemaVersion>) -> String {
     match s {
         Some(s) if s.version != 0 => format!("{} {}", s.version, s.name),
         _ => "-".into(),
@@ -112,6 +112,11 @@ fn waves(waves: &[pb::CommitWave]) -> String {
 pub fn project_registered(out: Output, r: &pb::RegisterProjectResponse) {
     let what = if r.changed { "registered" } else { "unchanged" };
     project_stored(out, r, r.project.as_ref(), what);
+}
+
+/// `project remove`.
+pub fn project_removed(out: Output, r: &pb::RemoveProjectResponse) {
+    project_stored(out, r, r.project.as_ref(), "removed");
 }
 
 /// `project set`.
@@ -438,7 +443,7 @@ pub fn transactions(out: Output, r: &pb::ListReleasesResponse) {
 }
 
 /// A time in a table: UTC to the second, `-` when there is none.
-fn when(t: Option<&lockstep::wkt::Timestamp>) -> String {
+pub fn when(t: Option<&lockstep::wkt::Timestamp>) -> String {
     let Some(t) = t.filter(|t| t.seconds > 0) else {
         return "-".into();
     };
@@ -514,6 +519,8 @@ pub fn live(out: Output, l: &pb::LiveState) {
     for t in &l.pending {
         println!("{} {} {}: {}", kind(t.kind), t.id, state(t.state), t.reason);
     }
+    crate::observed::observed(&l.observed);
+    crate::observed::drift(&l.drift);
 }
 
 /// `history`.

@@ -12,11 +12,12 @@ use lockstep::{
 use crate::{
     access::roles::Authority,
     model::{
-        Action, CheckpointRecord, ComponentSpec, CreateSpec, LiveCheck, Participant, ProjectRecord,
-        PromoteAsk, Request, Resolution, Schema, StepRun, StepStatus, TxKind, TxRecord, TxState,
-        Vote,
+        Action, CheckpointRecord, ComponentSpec, CreateSpec, DriftRecord, LiveCheck, Participant,
+        ProjectRecord, PromoteAsk, Request, Resolution, Schema, StepRun, StepStatus, TxKind,
+        TxRecord, TxState, Vote,
     },
     network,
+    observe::Observation,
     planner::Plan,
     registry::projects::ProjectChange,
 };
@@ -561,5 +562,50 @@ pub fn checkpoint(c: &CheckpointRecord) -> pb::Checkpoint {
         description: c.description.clone(),
         untested: c.untested,
         committed_at: wire::timestamp(c.committed_ms),
+    }
+}
+
+/// An agent's answer beside the checkpoint, for `live --observed`.
+pub fn observation(o: &Observation) -> pb::ObservedProject {
+    let running = o.running.as_ref();
+    pb::ObservedProject {
+        project: o.project.to_string(),
+        expected_version: o
+            .expected
+            .as_ref()
+            .map(|e| e.version.to_string())
+            .unwrap_or_default(),
+        running_version: running.map(|r| r.live_version.clone()).unwrap_or_default(),
+        expected_schema: o.expected.as_ref().and_then(|e| schema(&e.schema)),
+        running_schema: running.and_then(|r| schema(&r.schema)),
+        staged: running
+            .map(|r| {
+                r.staged
+                    .iter()
+                    .map(|(tx, v)| format!("{v} ({tx})"))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        error: o.error.clone(),
+        drift: o.drift(),
+        held_by: o
+            .held_by
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        observed_at: wire::timestamp(o.at_ms),
+    }
+}
+
+/// A drift the drift check found, as `live` shows it.
+pub fn drift(d: &DriftRecord) -> pb::ObservedProject {
+    pb::ObservedProject {
+        project: d.project.to_string(),
+        expected_version: d.expected_version.clone(),
+        running_version: d.running_version.clone(),
+        running_schema: schema(&d.running_schema),
+        drift: true,
+        observed_at: wire::timestamp(d.observed_ms),
+        ..Default::default()
     }
 }

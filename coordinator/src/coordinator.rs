@@ -18,9 +18,12 @@ use crate::{
     feed::{Feed, Watch, WatchFilter},
     incarnation::{self, MakeIncarnation},
     journal::{Clock, Journal, JournalStats, WriterMode},
-    model::{CheckpointRecord, CreateSpec, ProjectRecord, Resolution, TokenRecord, TxRecord},
+    model::{
+        CheckpointRecord, CreateSpec, DriftRecord, ProjectRecord, Resolution, TokenRecord, TxRecord,
+    },
     network::{GrpcParticipants, ParticipantNet},
     notify::{self, Notifier},
+    observe::{self, Observation},
     ports::{Participants, Probe},
     registry::{
         Registry, Settings,
@@ -54,6 +57,8 @@ pub struct Config {
     pub stalled_after: Option<Thresholds>,
     /// Who answers the http verify steps' requests (the simulation answers them itself).
     pub probe: Arc<dyn Probe>,
+    /// How often to ask every agent what it runs (`None`: never; see [`crate::drift`]).
+    pub drift_check: Option<Duration>,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             notify: notify::Settings::default(),
             stalled_after: None,
             probe: crate::probe::HttpProbe::shared(),
+            drift_check: None,
         }
     }
 }
@@ -80,6 +86,7 @@ pub struct Coordinator {
     feed: Feed,
     notifier: Notifier,
     incarnation: String,
+    clock: Clock,
 }
 
 impl Coordinator {
@@ -115,8 +122,13 @@ impl Coordinator {
         crate::recovery::recover(&registry, config.backoff)?;
         registry.resume_after_commit()?;
         let notifier = Notifier::start(tables, j.clone(), f, &incarnation, config.notify)?;
+        if let Some(every) = config.drift_check {
+            let (r, c) = (registry.clone(), config.clock.clone());
+            tokio::spawn(crate::drift::watch(r, j.clone(), every, c));
+        }
         if let Some(thresholds) = config.stalled_after {
-            tokio::spawn(stall::watch(registry.clone(), j, thresholds, config.clock));
+            let c = config.clock.clone();
+            tokio::spawn(stall::watch(registry.clone(), j, thresholds, c));
         }
         Ok(Self {
             registry,
@@ -124,6 +136,7 @@ impl Coordinator {
             feed,
             notifier,
             incarnation,
+            clock: config.clock,
         })
     }
 
@@ -165,23 +178,75 @@ impl Coordinator {
     }
 
     /// Registers a project (see [`Registry::register_project`]). `actor` is named on
-    /// the event.
+    /// the event. When `checked`, a new project's endpoint must answer as it first (a
+    /// registered one is refused or unchanged without asking).
     pub async fn register_project(
         &self,
         project: ProjectRecord,
         actor: &str,
+        checked: bool,
     ) -> Result<(ProjectRecord, bool)> {
+        let (env, name) = (&project.environment, &project.name);
+        if checked && self.registry.registered(env, name).is_none() {
+            self.check_endpoint(env, name, &project.endpoint).await?;
+        }
         self.registry.register_project(project, actor).await
     }
 
     /// Changes only what `change` gives of a registered project (see
-    /// [`Registry::update_project`]).
+    /// [`Registry::update_project`]). When `checked`, a new endpoint must answer as
+    /// the project first.
     pub async fn update_project(
         &self,
         change: ProjectChange,
         actor: &str,
+        checked: bool,
     ) -> Result<(ProjectRecord, bool)> {
+        if let Some(endpoint) = change.endpoint.as_ref().filter(|_| checked) {
+            let (env, name) = (&change.environment, &change.name);
+            let now = self.registry.registered(env, name);
+            if now.is_some_and(|p| &p.endpoint != endpoint) {
+                self.check_endpoint(env, name, endpoint).await?;
+            }
+        }
         self.registry.update_project(change, actor).await
+    }
+
+    /// Removes a project (see [`Registry::remove_project`]).
+    pub async fn remove_project(
+        &self,
+        env: &Environment,
+        name: &ProjectName,
+        actor: &str,
+    ) -> Result<ProjectRecord> {
+        self.registry.remove_project(env, name, actor).await
+    }
+
+    /// Refuses `endpoint` unless its agent answers as `name` in `env`.
+    async fn check_endpoint(
+        &self,
+        env: &Environment,
+        name: &ProjectName,
+        endpoint: &str,
+    ) -> Result<()> {
+        observe::check_endpoint(self.registry.net().as_ref(), env, name, endpoint).await
+    }
+
+    /// What every agent of `env` that `shown` keeps runs now, beside the checkpoint.
+    pub async fn observe(
+        &self,
+        env: &Environment,
+        shown: &(dyn Fn(&ProjectName) -> bool + Sync),
+    ) -> Vec<Observation> {
+        let now = (self.clock)();
+        observe::observe(&self.registry, env, shown, now).await
+    }
+
+    /// The drift of `env` the drift check found and has not seen clear.
+    pub fn drifts(&self, env: &Environment) -> Result<Vec<DriftRecord>> {
+        let mut all = self.registry.tables().drifts()?;
+        all.retain(|d| &d.environment == env);
+        Ok(all)
     }
 
     /// Projects of `env`, sorted by name.

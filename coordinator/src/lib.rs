@@ -27,6 +27,8 @@
 //!   [`keys`]: the token signing secret.
 //! - [`notify`]: CloudEvents webhooks delivered from the log, each subscription from
 //!   its durable cursor; [`stall`]: the STALLED trigger.
+//! - [`observe`]: what agents run beside what the checkpoint says (registration
+//!   checks, `live --observed`); [`drift`]: the periodic drift check.
 //! - [`probe`]: the http verify steps' requests (a third port, [`ports::Probe`]).
 //! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
 //!   checked; pure.
@@ -38,6 +40,7 @@ pub mod access;
 pub mod convert;
 pub mod coordinator;
 pub mod crash;
+pub mod drift;
 pub mod driver;
 pub mod error;
 pub mod feed;
@@ -47,6 +50,7 @@ pub mod keys;
 pub mod model;
 pub mod network;
 pub mod notify;
+pub mod observe;
 pub mod pipeline;
 pub mod planner;
 pub mod ports;

@@ -92,6 +92,12 @@ struct Args {
     /// for every environment, `ENV=DURATION` for one (repeatable).
     #[arg(long, value_parser = parse_stall, default_value = "10m")]
     stalled_after: Vec<(Option<Environment>, std::time::Duration)>,
+    /// How often to ask every agent what it runs and compare it with the live
+    /// checkpoint (e.g. `5m`): a difference no transaction explains gets one
+    /// DRIFT_DETECTED event (a webhook kind, `drift.detected`) per change and shows in
+    /// `lockstep live`. Off unless given.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    drift_check: Option<std::time::Duration>,
 }
 
 /// `10m` or `production=5m`.
@@ -245,6 +251,7 @@ fn config(args: &Args) -> Config {
             ..notify::Settings::default()
         },
         stalled_after: Some(thresholds(&args.stalled_after)),
+        drift_check: args.drift_check,
         ..Config::default()
     }
 }

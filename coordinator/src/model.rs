@@ -449,6 +449,25 @@ pub struct CheckpointRecord {
     pub committed_ms: u64,
 }
 
+/// An agent the drift check found running other than the live checkpoint says,
+/// until it is seen running what it should again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftRecord {
+    /// Environment.
+    pub environment: Environment,
+    /// Project.
+    pub project: ProjectName,
+    /// What the agent ran when last found drifting ("" none).
+    pub running_version: String,
+    /// Its schema then.
+    #[serde(default)]
+    pub running_schema: Option<Schema>,
+    /// What the checkpoint said should run then ("" none).
+    pub expected_version: String,
+    /// When it was found (ms since the epoch).
+    pub observed_ms: u64,
+}
+
 /// A (project, version) pair that a revert pulled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineRecord {

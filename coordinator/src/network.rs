@@ -21,7 +21,7 @@ use lockstep::{
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
-use crate::ports::{Participants, Pending, Preview};
+use crate::ports::{Observed, Participants, Pending, Preview};
 
 /// Gives a client for a participant endpoint.
 pub trait ParticipantNet: Send + Sync + 'static {
@@ -238,6 +238,29 @@ impl Participants for GrpcParticipants {
                 migrations: r.migrations,
             })
         })
+    }
+
+    fn status(&self, endpoint: &str) -> Pending<Result<Observed, String>> {
+        let timeout = Some(PREVIEW_TIMEOUT);
+        let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
+            c.get_status(pb::GetStatusRequest {}).await
+        });
+        Box::pin(async move { call.await.map(observed).map_err(|f| preview_error(&f)) })
+    }
+}
+
+/// GetStatus's answer as the coordinator keeps it.
+fn observed(s: pb::ParticipantStatus) -> Observed {
+    Observed {
+        project: s.project,
+        environment: s.environment,
+        live_version: s.live_version,
+        schema: s.schema.map(Schema::from),
+        staged: s
+            .staged
+            .into_iter()
+            .map(|t| (t.transaction_id, t.version))
+            .collect(),
     }
 }
 

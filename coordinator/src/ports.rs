@@ -37,6 +37,21 @@ pub struct Preview {
     pub migrations: Vec<String>,
 }
 
+/// What a participant's GetStatus says it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Project it serves.
+    pub project: String,
+    /// Environment it serves.
+    pub environment: String,
+    /// Version live there ("" none).
+    pub live_version: String,
+    /// Schema live there.
+    pub schema: Option<Schema>,
+    /// Staged and waiting for a decision: (transaction, version).
+    pub staged: Vec<(String, String)>,
+}
+
 /// The participant network.
 ///
 /// # To ensure correctness
@@ -53,6 +68,8 @@ pub trait Participants: Send + Sync + 'static {
     fn abort(&self, endpoint: &str, order: AbortOrder) -> Pending<Result<(), Failure>>;
     /// A dry run: what Prepare would do, without staging anything.
     fn preview(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<Preview, String>>;
+    /// What the participant runs now (registration checks, `live --observed`, drift).
+    fn status(&self, endpoint: &str) -> Pending<Result<Observed, String>>;
 }
 
 /// The requests of http verify steps.

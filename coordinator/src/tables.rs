@@ -41,8 +41,8 @@ use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::model::{
-    BuildRecord, CheckpointRecord, EnvironmentRecord, LiveCheck, ProjectRecord, QuarantineRecord,
-    SubscriptionRecord, TokenRecord, TxRecord,
+    BuildRecord, CheckpointRecord, DriftRecord, EnvironmentRecord, LiveCheck, ProjectRecord,
+    QuarantineRecord, SubscriptionRecord, TokenRecord, TxRecord,
 };
 
 /// Projects by (environment, name).
@@ -77,6 +77,8 @@ pub const PIPELINES: &str = "pipelines";
 
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
+/// Prefix of the drift records in [`META`]: `drift/<environment>/<project>`.
+const DRIFT_PREFIX: &[u8] = b"drift/";
 /// Set once the data directory was scanned for transactions ended without their end.
 const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
 
@@ -126,6 +128,13 @@ fn corrupt(table: &str, e: impl std::fmt::Display) -> StoreError {
 /// The `projects` key of `name` in `env`: `env \0 name`.
 pub fn project_key(env: &Environment, name: &ProjectName) -> Vec<u8> {
     keys::parts_key(&[env.as_str(), name.as_str()])
+}
+
+/// The [`META`] key of a drift record.
+fn drift_key(env: &Environment, project: &ProjectName) -> Vec<u8> {
+    let mut key = DRIFT_PREFIX.to_vec();
+    key.extend_from_slice(&project_key(env, project));
+    key
 }
 
 /// Decodes a [`project_key`], for readers of the raw table (tools, checks).
@@ -277,6 +286,27 @@ impl Tables {
         batch.put(META, INCARNATION_KEY.to_vec(), id.as_bytes().to_vec());
     }
 
+    /// Every drift the drift check found and has not seen clear.
+    pub fn drifts(&self) -> Result<Vec<DriftRecord>, StoreError> {
+        let mut end = DRIFT_PREFIX.to_vec();
+        *end.last_mut().expect("a prefix") += 1;
+        self.kv
+            .scan(META, DRIFT_PREFIX, Some(&end), Order::Ascending, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode(META, v))
+            .collect()
+    }
+
+    /// Adds a drift record's put to `batch`.
+    pub fn put_drift(batch: &mut Batch, d: &DriftRecord) {
+        batch.put(META, drift_key(&d.environment, &d.project), encode(d));
+    }
+
+    /// Adds a drift record's removal to `batch`.
+    pub fn delete_drift(batch: &mut Batch, env: &Environment, project: &ProjectName) {
+        batch.delete(META, drift_key(env, project));
+    }
+
     /// The secret tokens are signed with, once made.
     pub fn token_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.kv.get(META, TOKEN_KEY)
@@ -366,6 +396,11 @@ impl Tables {
     /// Adds a project put to `batch`.
     pub fn put_project(batch: &mut Batch, p: &ProjectRecord) {
         batch.put(PROJECTS, project_key(&p.environment, &p.name), encode(p));
+    }
+
+    /// Adds a project's removal to `batch`.
+    pub fn delete_project(batch: &mut Batch, env: &Environment, name: &ProjectName) {
+        batch.delete(PROJECTS, project_key(env, name));
     }
 
     /// A transaction by id.

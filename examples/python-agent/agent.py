@@ -8,6 +8,18 @@ from the proto at start (grpcio-tools), and the server runs on grpcio's default 
     python3 agent.py --project B --listen 127.0.0.1:7712 --data-dir /tmp/b \
         --coordinator http://127.0.0.1:7700 [--environment default] [--prepare-seconds 0]
 
+With mutual TLS, as the reference agent (`lockstep-agent`) takes it:
+
+    python3 agent.py --project B --listen 127.0.0.1:7712 --data-dir /tmp/b \
+        --tls-cert certs/agent-default-B.crt --tls-key certs/agent-default-B.key \
+        --tls-client-ca certs/ca.crt --coordinator https://127.0.0.1:7700
+
+Then every caller must present a certificate that chains to --tls-client-ca (the
+handshake requires one) and carries exactly one spiffe://lockstep/ URI SAN; Prepare,
+Commit, Abort and Preview are taken only from --coordinator-identity
+(PERMISSION_DENIED otherwise), GetStatus from any such identity; and GetDecision is asked
+over TLS with this agent's own certificate.
+
 The rules it keeps (each a MUST of participant.proto): the vote is recorded with fsync
 before it is answered; a PREPARED vote never decides alone (after a restart, and after
 --ask-after seconds, it asks GetDecision); every call is idempotent per transaction id;
@@ -17,8 +29,10 @@ touch a recorded transaction.
 """
 
 import argparse
+import functools
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -63,6 +77,92 @@ def load_stubs():
 common, coord, coord_grpc, part, part_grpc = load_stubs()
 PREPARED, REFUSED = common.VOTE_PREPARED, common.VOTE_REFUSED
 
+SPIFFE = "spiffe://"
+LOCKSTEP = "spiffe://lockstep/"
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")  # a project, environment or user name
+
+
+def identity_error(uri):
+    """Why `uri` is no Lockstep identity (coordinator, agent/<env>/<project>,
+    user/<name>), or None when it is one."""
+    if not uri.startswith(LOCKSTEP):
+        return f"{uri!r} is not a {LOCKSTEP}... identity"
+    parts = uri[len(LOCKSTEP):].split("/")
+    if parts == ["coordinator"]:
+        return None
+    if len(parts) == 3 and parts[0] == "agent" and all(NAME.fullmatch(p) for p in parts[1:]):
+        return None
+    if len(parts) == 2 and parts[0] == "user" and NAME.fullmatch(parts[1]):
+        return None
+    return f"{uri!r} names no Lockstep identity (coordinator, agent/<env>/<project>, user/<name>)"
+
+
+class Access:
+    """Who may call the agent. Without TLS everyone may do everything. With TLS the
+    handshake has already checked the caller's certificate against --tls-client-ca;
+    here its one spiffe:// URI SAN must be a Lockstep identity, and orders (Prepare,
+    Commit, Abort, Preview) must come from the coordinator identity alone. The refusals
+    are the reference agent's (participant/src/access.rs)."""
+
+    def __init__(self, coordinator_identity=None):
+        self.coordinator = coordinator_identity  # None: plaintext, no authentication
+
+    def caller(self, context):
+        """The caller's identity (its certificate's URI), or aborts UNAUTHENTICATED."""
+        auth = context.auth_context()
+        names = auth.get("peer_uri") or auth.get("x509_subject_alternative_name") or []
+        uris = sorted({n.decode() for n in names if n.decode().startswith(SPIFFE)})
+        if not auth.get("x509_pem_cert"):
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                         "no credentials: present a client certificate issued by the deployment's CA")
+        if not uris:
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                         "client certificate not accepted: the certificate has no spiffe:// URI SAN")
+        if len(uris) > 1:
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                         "client certificate not accepted: the certificate has more than one spiffe:// URI SAN")
+        wrong = identity_error(uris[0])
+        if wrong:
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, f"client certificate not accepted: {wrong}")
+        return uris[0]
+
+    def orders(self, context):
+        if self.coordinator is None:
+            return
+        caller = self.caller(context)
+        if caller != self.coordinator:
+            self._refuse(
+                context, grpc.StatusCode.PERMISSION_DENIED,
+                "permission order (Prepare, Commit, Abort, Preview) is the coordinator's alone: "
+                f"this agent takes orders from {self.coordinator} only, and the caller is {caller}")
+
+    def reads(self, context):
+        if self.coordinator is not None:
+            self.caller(context)
+
+    @staticmethod
+    def _refuse(context, code, details):
+        print(f"refused a call to the Participant API: {code.name}: {details}", file=sys.stderr, flush=True)
+        context.abort(code, details)
+
+
+def order_from_coordinator(method):
+    """An RPC only the coordinator may make."""
+    @functools.wraps(method)
+    def checked(self, request, context):
+        self.access.orders(context)
+        return method(self, request, context)
+    return checked
+
+
+def read_only(method):
+    """An RPC any identity the CA vouches for may make."""
+    @functools.wraps(method)
+    def checked(self, request, context):
+        self.access.reads(context)
+        return method(self, request, context)
+    return checked
+
 
 class Store:
     """The ledger (one JSON file) and the live version (one file), each replaced atomically with fsync."""
@@ -101,9 +201,12 @@ class Store:
 
 
 class Agent(part_grpc.ParticipantServicer):
-    def __init__(self, args, store):
+    def __init__(self, args, store, access, coordinator):
         self.args, self.store, self.lock = args, store, threading.Lock()
+        self.access = access
+        self.coordinator = coordinator  # a function making a channel to the coordinator
 
+    @order_from_coordinator
     def Prepare(self, request, context):
         print(f"Prepare {request.transaction_id}", file=sys.stderr, flush=True)
         env = request.environment or "default"
@@ -148,7 +251,11 @@ class Agent(part_grpc.ParticipantServicer):
     def _refused(self, reason):
         return part.PrepareResponse(vote=REFUSED, reason=reason)
 
+    @order_from_coordinator
     def Commit(self, request, context):
+        return self._commit(request, context)
+
+    def _commit(self, request, context):
         with self.lock:
             entry = self.store.ledger.get(request.transaction_id)
             if entry is None or self._other(entry, request) or entry["phase"] not in ("prepared", "committed"):
@@ -159,7 +266,11 @@ class Agent(part_grpc.ParticipantServicer):
                 self.store.record(request.transaction_id, dict(entry, phase="committed"))
             return part.CommitResponse(live_version=self.store.live)
 
+    @order_from_coordinator
     def Abort(self, request, context):
+        return self._abort(request, context)
+
+    def _abort(self, request, context):
         with self.lock:
             entry = self.store.ledger.get(request.transaction_id)
             if entry is not None and self._other(entry, request):
@@ -174,13 +285,17 @@ class Agent(part_grpc.ParticipantServicer):
         ours, theirs = entry.get("incarnation", ""), request.coordinator_incarnation
         return bool(ours) and bool(theirs) and ours != theirs
 
+    @read_only
     def GetStatus(self, request, context):
         staged = [part.StagedTransaction(transaction_id=tx, version=e["version"], from_version=e["from"])
                   for tx, e in self.store.ledger.items() if e["phase"] == "prepared"]
         return part.ParticipantStatus(project=self.args.project, environment=self.args.environment,
                                       live_version=self.store.live, staged=staged)
 
-    # Preview is left UNIMPLEMENTED (the servicer's default): dry runs then say "not allowed".
+    @order_from_coordinator
+    def Preview(self, request, context):
+        # Left UNIMPLEMENTED (the servicer's default): dry runs then say "not allowed".
+        return super().Preview(request, context)
 
     def _ask_later(self, tx, after):
         threading.Thread(target=self._ask_until_decided, args=(tx, after), daemon=True).start()
@@ -188,8 +303,7 @@ class Agent(part_grpc.ParticipantServicer):
     def _ask_until_decided(self, tx, after):
         """A PREPARED vote never decides alone: it asks GetDecision until COMMIT or ABORT."""
         time.sleep(after)
-        target = self.args.coordinator.split("://", 1)[-1]
-        stub = coord_grpc.CoordinatorStub(grpc.insecure_channel(target))
+        stub = coord_grpc.CoordinatorStub(self.coordinator())
         delay = 0.1
         while self.store.ledger.get(tx, {}).get("phase") == "prepared":
             incarnation = self.store.ledger[tx].get("incarnation", "")
@@ -197,14 +311,15 @@ class Agent(part_grpc.ParticipantServicer):
                                                coordinator_incarnation=incarnation)
             try:
                 decision = stub.GetDecision(request, timeout=5).decision
+                print(f"asked for {tx}: {common.Decision.Name(decision)}", file=sys.stderr, flush=True)
             except grpc.RpcError as e:
                 print(f"asking for {tx}: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
                 decision = None
             try:
                 if decision == common.DECISION_COMMIT:
-                    self.Commit(part.CommitRequest(transaction_id=tx), Refusing())
+                    self._commit(part.CommitRequest(transaction_id=tx), Refusing())
                 elif decision == common.DECISION_ABORT:
-                    self.Abort(part.AbortRequest(transaction_id=tx, reason="asked: ABORT"), Refusing())
+                    self._abort(part.AbortRequest(transaction_id=tx, reason="asked: ABORT"), Refusing())
             except RuntimeError:
                 pass  # logged; asked again below
             time.sleep(delay)
@@ -219,6 +334,47 @@ class Refusing:
         raise RuntimeError(details)
 
 
+def read_file(flag, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        sys.exit(f"{flag} {path}: cannot read: {e.strerror}")
+
+
+def security(args):
+    """The server's credentials, who may call, and how to dial the coordinator, as the
+    flags say: all three TLS files, or none of them (plaintext, with a warning)."""
+    given = [args.tls_cert, args.tls_key, args.tls_client_ca]
+    scheme, _, target = args.coordinator.rpartition("://")
+    target = target.rstrip("/")
+    if args.insecure and any(given):
+        sys.exit("--insecure: give it without --tls-cert, --tls-key and --tls-client-ca")
+    if not all(given) and any(given):
+        sys.exit("TLS: give --tls-cert, --tls-key and --tls-client-ca together (`lockstep certs init DIR` "
+                 "makes a development set), or none of them for plaintext without authentication")
+    if not all(given):
+        if scheme == "https":
+            sys.exit(f"--coordinator {args.coordinator}: an https:// URL needs the CA that signed its "
+                     "certificate (--tls-client-ca), and this agent's certificate (--tls-cert, --tls-key)")
+        print("plaintext: every caller may do everything; for local experiments only "
+              "(--tls-cert, --tls-key and --tls-client-ca give mutual TLS)", file=sys.stderr, flush=True)
+        return None, Access(), lambda: grpc.insecure_channel(target)
+    if scheme != "https":
+        sys.exit(f"--coordinator {args.coordinator}: TLS is configured, so use an https:// URL "
+                 "(plaintext would send credentials in the clear)")
+    wrong = identity_error(args.coordinator_identity)
+    if wrong:
+        sys.exit(f"--coordinator-identity: {wrong}")
+    cert, key = read_file("--tls-cert", args.tls_cert), read_file("--tls-key", args.tls_key)
+    ca = read_file("--tls-client-ca", args.tls_client_ca)
+    # The handshake requires a client certificate that chains to the CA (grpcio cannot
+    # ask for one without requiring it); the identity in it is checked per call.
+    server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    client = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return server, Access(args.coordinator_identity), lambda: grpc.secure_channel(target, client)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--project", required=True)
@@ -228,11 +384,27 @@ def main():
     p.add_argument("--coordinator", default="http://127.0.0.1:7700")
     p.add_argument("--ask-after", type=float, default=10.0)
     p.add_argument("--prepare-seconds", type=float, default=0.0)
+    env = os.environ.get
+    p.add_argument("--tls-cert", default=env("LOCKSTEP_TLS_CERT"),
+                   help="this agent's certificate (PEM): its server certificate, and its client "
+                        "certificate towards the coordinator")
+    p.add_argument("--tls-key", default=env("LOCKSTEP_TLS_KEY"), help="the private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", default=env("LOCKSTEP_TLS_CLIENT_CA"),
+                   help="the deployment's CA (PEM): callers' certificates and the coordinator's must chain to it")
+    p.add_argument("--coordinator-identity", default="spiffe://lockstep/coordinator",
+                   help="the identity orders are taken from (the coordinator's certificate URI SAN)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext, and anyone who can reach the agent may give it orders "
+                        "(also the default without the TLS flags)")
     args = p.parse_args()
-    agent = Agent(args, Store(args.data_dir))
+    credentials, access, coordinator = security(args)
+    agent = Agent(args, Store(args.data_dir), access, coordinator)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # grpcio's default settings
     part_grpc.add_ParticipantServicer_to_server(agent, server)
-    port = server.add_insecure_port(args.listen)
+    if credentials is None:
+        port = server.add_insecure_port(args.listen)
+    else:
+        port = server.add_secure_port(args.listen, credentials)
     server.start()
     print(f"listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     for tx, entry in list(agent.store.ledger.items()):

@@ -304,6 +304,7 @@ use ScopeRule::{
 pub const TABLE: &[Rule] = &[
     row("RegisterProject", Operate, OneProject),
     row("UpdateProject", Operate, OneProject),
+    row("RemoveProject", Operate, OneProject),
     row("ListProjects", Read, Filtered),
     row("CreateRelease", Release, Plan),
     variant(
@@ -500,7 +501,7 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_a_row_and_every_row_an_rpc() {
         let rpcs = proto_rpcs();
-        assert_eq!(rpcs.len(), 30, "{rpcs:?}");
+        assert_eq!(rpcs.len(), 31, "{rpcs:?}");
         for rpc in &rpcs {
             assert!(
                 rule(rpc).is_some(),

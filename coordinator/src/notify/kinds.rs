@@ -42,6 +42,9 @@ const NAMES: &[(EventKind, &str)] = &[
     (EventKind::LiveVerifyPassed, "verify.live.passed"),
     (EventKind::LiveVerifyFailed, "verify.live.failed"),
     (EventKind::PromotionRefused, "promotion.refused"),
+    (EventKind::ProjectRemoved, "project.removed"),
+    (EventKind::DriftDetected, "drift.detected"),
+    (EventKind::DriftCleared, "drift.cleared"),
 ];
 
 /// The prefix of every CloudEvent type Lockstep sends.
@@ -67,7 +70,7 @@ fn all() -> String {
 
 /// Whether the release driver must hear of `e` as something that went wrong: a vote
 /// against, an abort, a participant that needs a person, a transaction that stalled, a
-/// live check that failed, an auto-promotion refused.
+/// live check that failed, an auto-promotion refused, a host found drifting.
 pub fn is_failure(e: &pb::Event) -> bool {
     match EventKind::try_from(e.kind) {
         Ok(EventKind::VoteReceived) => e.vote != pb::Vote::Prepared as i32,
@@ -79,6 +82,7 @@ pub fn is_failure(e: &pb::Event) -> bool {
                 | EventKind::Stalled
                 | EventKind::LiveVerifyFailed
                 | EventKind::PromotionRefused
+                | EventKind::DriftDetected
         ),
         Err(_) => false,
     }

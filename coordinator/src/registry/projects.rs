@@ -63,6 +63,42 @@ impl Registry {
         }
     }
 
+    /// Removes a project: refused while an unfinished transaction names it or another
+    /// project requires it. Its history stays; later checkpoints leave it out. Durable
+    /// (fsync) before it returns.
+    pub async fn remove_project(
+        &self,
+        env: &Environment,
+        name: &ProjectName,
+        actor: &str,
+    ) -> Result<ProjectRecord> {
+        let (removed, written) = {
+            let mut s = self.state();
+            let old = removable(&s, env, name)?;
+            let mut batch = Batch::default();
+            Tables::delete_project(&mut batch, env, name);
+            s.changed(env);
+            s.projects.entry(env.clone()).or_default().remove(name);
+            let event = pb::Event {
+                kind: pb::EventKind::ProjectRemoved as i32,
+                environment: env.to_string(),
+                project: name.to_string(),
+                actor: actor.to_string(),
+                message: format!("project {name} (at {}) removed", old.endpoint),
+                ..Default::default()
+            };
+            let written = self.inner.journal.append(batch, vec![event], Durable::Now);
+            (old, written)
+        };
+        written.await?;
+        Ok(removed)
+    }
+
+    /// The registration of `name` in `env` (for the reachability check).
+    pub fn registered(&self, env: &Environment, name: &ProjectName) -> Option<ProjectRecord> {
+        self.project(env, name)
+    }
+
     fn project(&self, env: &Environment, name: &ProjectName) -> Option<ProjectRecord> {
         let s = self.state();
         s.projects.get(env).and_then(|m| m.get(name)).cloned()
@@ -107,6 +143,39 @@ impl Registry {
 }
 
 type Projects = BTreeMap<ProjectName, ProjectRecord>;
+
+/// The registration `remove_project` may remove, or why not.
+fn removable(s: &super::State, env: &Environment, name: &ProjectName) -> Result<ProjectRecord> {
+    let Some(old) = s.projects.get(env).and_then(|m| m.get(name)).cloned() else {
+        return Err(CoordinatorError::NotFound(format!(
+            "name: project {name} is not registered in environment {env}"
+        )));
+    };
+    let holder = s
+        .active
+        .values()
+        .map(|a| &a.record)
+        .find(|t| &t.environment == env && t.projects().any(|p| p == name));
+    if let Some(tx) = holder {
+        return Err(CoordinatorError::Refused(format!(
+            "name: transaction {} ({:?}) holds project {name}; remove it once that transaction has ended",
+            tx.id, tx.state
+        )));
+    }
+    let parents = s.projects.get(env).into_iter().flat_map(|m| m.values());
+    let parents: Vec<&str> = parents
+        .filter(|p| p.requires.contains(name))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !parents.is_empty() {
+        return Err(CoordinatorError::Refused(format!(
+            "name: project {} requires {name}; change that first (`lockstep project set {} --requires ...` or `--no-requires`)",
+            parents.join(", "),
+            parents[0]
+        )));
+    }
+    Ok(old)
+}
 
 /// A change to a registered project: only what is `Some` changes.
 #[derive(Debug, Clone)]

@@ -177,6 +177,9 @@ impl Registry {
     fn next_checkpoint(&self, s: &State, tx: &TxRecord) -> CheckpointRecord {
         let previous = s.head.get(&tx.environment);
         let mut versions = previous.map(|p| p.versions.clone()).unwrap_or_default();
+        // A removed project leaves the live state with the next checkpoint.
+        let registered = s.projects.get(&tx.environment);
+        versions.retain(|p, _| registered.is_some_and(|m| m.contains_key(p)));
         for p in &tx.participants {
             let kept = versions.get(&p.project).and_then(|e| e.schema.clone());
             let schema = p.to_schema.clone().or(kept);

@@ -172,7 +172,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let target = Target::projects(&project.environment, [project.name.clone()]);
         let who = self.allow(&request, "RegisterProject", target).await?;
         let actor = who.actor_or("");
-        let (project, changed) = self.coordinator.register_project(project, &actor).await?;
+        let checked = !request.get_ref().unchecked;
+        let register = self.coordinator.register_project(project, &actor, checked);
+        let (project, changed) = register.await?;
         Ok(Response::new(pb::RegisterProjectResponse {
             project: Some(convert::project_message(&project)),
             changed,
@@ -190,10 +192,28 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let target = Target::projects(&change.environment, [change.name.clone()]);
         let who = self.allow(&request, "UpdateProject", target).await?;
         let actor = who.actor_or("");
-        let (project, changed) = self.coordinator.update_project(change, &actor).await?;
+        let checked = !request.get_ref().unchecked;
+        let update = self.coordinator.update_project(change, &actor, checked);
+        let (project, changed) = update.await?;
         Ok(Response::new(pb::UpdateProjectResponse {
             project: Some(convert::project_message(&project)),
             changed,
+        }))
+    }
+
+    async fn remove_project(
+        &self,
+        request: Request<pb::RemoveProjectRequest>,
+    ) -> Result<Response<pb::RemoveProjectResponse>, Status> {
+        let r = request.get_ref();
+        let name = ProjectName::parse("name", &r.name).map_err(CoordinatorError::from)?;
+        let env = environment("environment", &r.environment)?;
+        let target = Target::projects(&env, [name.clone()]);
+        let who = self.allow(&request, "RemoveProject", target).await?;
+        let actor = who.actor_or("");
+        let removed = self.coordinator.remove_project(&env, &name, &actor).await?;
+        Ok(Response::new(pb::RemoveProjectResponse {
+            project: Some(convert::project_message(&removed)),
         }))
     }
 
@@ -414,12 +434,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .filter(|t| reads::shows_transaction(&who, t))
             .partition(|t| matches!(t.state, TxState::Committing | TxState::Aborting));
         let checkpoint = live.checkpoint.as_ref();
+        let (observed, drift) = self.observed(&who, &env, request.get_ref().observe).await?;
         Ok(Response::new(pb::LiveState {
             environment: env.to_string(),
-            checkpoint: checkpoint.map(|c| self.visible_checkpoint(&who, c)),
+            checkpoint: checkpoint.map(|c| self.live_checkpoint(&who, c)),
             in_flight: in_flight.into_iter().map(convert::transaction).collect(),
             pending: pending.into_iter().map(convert::transaction).collect(),
             last_event_seq: *self.coordinator.feed().latest().borrow(),
+            observed,
+            drift,
         }))
     }
 

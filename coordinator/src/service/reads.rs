@@ -15,6 +15,7 @@ use super::{CoordinatorService, EventStream};
 use crate::{
     access::Principal,
     convert,
+    error::CoordinatorError,
     model::{CheckpointRecord, ProjectRecord, TxRecord},
 };
 
@@ -56,6 +57,37 @@ impl CoordinatorService {
             shown.description = UNREADABLE.into();
         }
         shown
+    }
+
+    /// The live checkpoint as `who` may see it, without projects removed since.
+    pub(super) fn live_checkpoint(&self, who: &Principal, c: &CheckpointRecord) -> pb::Checkpoint {
+        let registered = self.coordinator.projects(&c.environment);
+        let mut current = c.clone();
+        current
+            .versions
+            .retain(|p, _| registered.iter().any(|r| &r.name == p));
+        self.visible_checkpoint(who, &current)
+    }
+
+    /// With `observe`, what every agent `who` may read runs now; and always the drift
+    /// the drift check found among them.
+    pub(super) async fn observed(
+        &self,
+        who: &Principal,
+        env: &Environment,
+        observe: bool,
+    ) -> Result<(Vec<pb::ObservedProject>, Vec<pb::ObservedProject>), CoordinatorError> {
+        let shown = |p: &ProjectName| who.reads(env, p);
+        let observed = match observe {
+            true => self.coordinator.observe(env, &shown).await,
+            false => Vec::new(),
+        };
+        let mut drift = self.coordinator.drifts(env)?;
+        drift.retain(|d| shown(&d.project));
+        Ok((
+            observed.iter().map(convert::observation).collect(),
+            drift.iter().map(convert::drift).collect(),
+        ))
     }
 
     /// Whether `who` may see the transaction `id` (one that cannot be found: no).
