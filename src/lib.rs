@@ -16,6 +16,7 @@
 //! - [`edge`]: reflection, health and size limits every Lockstep server shares.
 //! - [`orders`]: the participant protocol's messages as domain types (Prepare, Commit,
 //!   Abort orders, votes, decisions) with their wire conversions both ways.
+//! - [`reference`]: the grammar of an artifact reference (path, or URL with digest).
 //! - [`retry`]: which failures are worth retrying, and the one backoff schedule.
 //! - [`shutdown`]: a clean stop on SIGTERM/SIGINT for every server.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod limits;
 pub mod names;
 pub mod orders;
+pub mod reference;
 pub mod retry;
 pub mod shutdown;
 pub mod tls;

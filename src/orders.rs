@@ -100,6 +100,9 @@ pub struct Staging {
     pub migrations: Vec<String>,
     /// Where the staged version answers, for verify steps ("" none).
     pub test_uri: String,
+    /// What the participant staged, in its words (a digest and where it came from,
+    /// or "no artifact: version only"); "" when it does not say.
+    pub artifact: String,
 }
 
 /// A participant's phase 1 answer.
@@ -184,6 +187,7 @@ impl From<pb::PrepareResponse> for VoteAnswer {
                 to_schema: r.to_schema.map(Schema::from),
                 migrations: r.migrations,
                 test_uri: r.test_uri,
+                artifact: r.staged_artifact,
             });
         }
         VoteAnswer::Refused(if r.reason.is_empty() {
@@ -274,6 +278,7 @@ impl From<&VoteAnswer> for pb::PrepareResponse {
                 to_schema: s.to_schema.as_ref().map(pb::SchemaVersion::from),
                 migrations: s.migrations.clone(),
                 test_uri: s.test_uri.clone(),
+                staged_artifact: s.artifact.clone(),
             },
             VoteAnswer::Refused(reason) => pb::PrepareResponse {
                 vote: pb::Vote::Refused as i32,
@@ -374,6 +379,7 @@ mod tests {
             to_schema: None,
             migrations: vec!["0004_x.up.sql".into()],
             test_uri: "http://127.0.0.1:9301".into(),
+            artifact: "sha256:ab from https://store/a.tar.gz".into(),
         });
         assert_eq!(
             VoteAnswer::from(pb::PrepareResponse::from(&prepared)),

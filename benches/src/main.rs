@@ -625,6 +625,7 @@ fn record(
                 to_schema: None,
                 migrations: Vec::new(),
                 test_uri: String::new(),
+                staged_artifact: String::new(),
                 delivery_error: String::new(),
                 needs_resolution: false,
                 resolution: None,

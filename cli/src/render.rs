@@ -301,6 +301,16 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
         println!("  promoted from {}", t.promoted_from);
     }
     participants(t);
+    for p in t
+        .participants
+        .iter()
+        .filter(|p| !p.staged_artifact.is_empty())
+    {
+        println!(
+            "  {} {} staged: {}",
+            p.project, p.to_version, p.staged_artifact
+        );
+    }
     let staged = [
         pb::TransactionState::Preparing,
         pb::TransactionState::Verifying,

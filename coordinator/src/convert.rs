@@ -128,6 +128,8 @@ fn component(
         &c.artifact,
         limits::MAX_METADATA_VALUE_LEN,
     )?;
+    lockstep::reference::parse(&c.artifact)
+        .map_err(|reason| FieldError::new(field("artifact"), reason))?;
     bounded(
         &field("metadata"),
         c.metadata.len(),
@@ -500,6 +502,7 @@ fn participation(p: &Participant) -> pb::Participation {
         restore: p.restore,
         target_schema: schema(&p.target_schema),
         test_uri: p.test_uri.clone(),
+        staged_artifact: p.staged_artifact.clone(),
         resolution: p
             .resolution
             .as_ref()

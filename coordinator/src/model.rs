@@ -120,6 +120,9 @@ pub struct Participant {
     /// Where its staged version answers, as its PREPARED vote said ("" none).
     #[serde(default)]
     pub test_uri: String,
+    /// What it staged, as its PREPARED vote said ("" when it did not say).
+    #[serde(default)]
+    pub staged_artifact: String,
     /// Last phase 2 delivery error (memory only: not part of any decision).
     #[serde(default, skip_serializing)]
     pub delivery_error: String,

@@ -49,6 +49,10 @@ pub struct Staged {
     /// the PREPARED vote for the environment's verify steps ("" none).
     #[serde(default)]
     pub test_uri: String,
+    /// What was staged, in words for people (`sha256:… from URL`, `no artifact:
+    /// version only`): sent in the PREPARED vote and shown by `release get`.
+    #[serde(default)]
+    pub artifact: String,
 }
 
 /// A REFUSED vote: the change cannot be staged. The reason reaches the release driver.

@@ -13,7 +13,7 @@ use lockstep::{identity::Identity, shutdown, tls};
 use lockstep_participant::{
     Participant,
     access::OnlyCoordinator,
-    agent::{ArtifactRoots, FsDeployer, Hooks},
+    agent::{ArtifactRoots, Fetcher, FsDeployer, Hooks},
     inquiry::GrpcDecisions,
     ledger::{self, Ledger},
     participant::Decisions,
@@ -89,6 +89,14 @@ struct Args {
     /// that deploy by version name). Artifact paths are this agent's, resolved here.
     #[arg(long)]
     require_artifact: bool,
+    /// Where artifacts given by URL (`https://…/app.tar.gz@sha256:HEX`) are downloaded
+    /// and kept, by digest (default: `<deploy-root>/cache`).
+    #[arg(long)]
+    artifact_cache: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for `https://` artifact URLs besides the public
+    /// roots (an internal artifact store).
+    #[arg(long)]
+    artifact_ca: Option<PathBuf>,
     /// This agent's certificate (PEM): its server certificate, and its client
     /// certificate towards the coordinator.
     #[arg(long, env = "LOCKSTEP_TLS_CERT")]
@@ -177,19 +185,20 @@ async fn participant(
                 args.data_dir.display()
             )
         })?;
+    let roots = ArtifactRoots::new(&args.artifact_root)?;
+    if roots.is_empty() && files.is_some() {
+        anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");
+    }
+    let fetcher = fetcher(&args, roots)?;
     let hooks = Hooks {
         prepare: args.prepare_hook,
         commit: args.commit_hook,
         abort: args.abort_hook,
         serve: args.serve_hook,
     };
-    let roots = ArtifactRoots::new(&args.artifact_root)?;
-    if roots.is_empty() && files.is_some() {
-        anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");
-    }
     let mut deployer = FsDeployer::new(args.deploy_root.clone(), hooks)
         .with_context(|| format!("preparing --deploy-root {}", args.deploy_root.display()))?
-        .with_artifact_roots(roots);
+        .with_fetcher(fetcher);
     if args.require_artifact {
         deployer = deployer.requiring_artifacts();
     }
@@ -233,6 +242,19 @@ async fn participant(
 }
 
 /// The server's TLS (re-read on SIGHUP) and who may call it.
+/// The artifact fetcher the flags describe: its cache, roots and extra CA.
+fn fetcher(args: &Args, roots: ArtifactRoots) -> anyhow::Result<Fetcher> {
+    let cache = args.artifact_cache.clone();
+    let cache = cache.unwrap_or_else(|| args.deploy_root.join("cache"));
+    let ca = match &args.artifact_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("--artifact-ca {}", path.display()))?)
+        }
+        None => None,
+    };
+    Fetcher::new(cache, roots, ca.as_deref()).map_err(anyhow::Error::msg)
+}
+
 fn security(
     files: Option<&tls::TlsFiles>,
     args: &Args,

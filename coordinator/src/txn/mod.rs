@@ -300,6 +300,7 @@ impl Transaction {
                 p.to_schema = staging.to_schema;
                 p.migrations = staging.migrations;
                 p.test_uri = staging.test_uri;
+                p.staged_artifact = staging.artifact;
                 (Vote::Prepared, String::new())
             }
             VoteAnswer::Refused(reason) => (Vote::Refused, reason),

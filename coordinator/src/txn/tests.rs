@@ -36,6 +36,7 @@ fn participant(project: &str, wave: u32) -> Participant {
         to_schema: None,
         migrations: Vec::new(),
         test_uri: String::new(),
+        staged_artifact: String::new(),
         delivery_error: String::new(),
         needs_resolution: false,
         resolution: None,

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{
         artifact,
+        fetch::{Fetcher, NO_ARTIFACT, Source},
         hooks::{self, Hooks, Phase},
-        roots::ArtifactRoots,
     },
     deployer::{Change, DeployError, Deployer, Refusal, Staged},
 };
@@ -29,7 +29,7 @@ pub const METADATA_FILE: &str = "lockstep-release.json";
 pub struct FsDeployer {
     root: PathBuf,
     hooks: Hooks,
-    artifacts: ArtifactRoots,
+    fetcher: Fetcher,
     require_artifact: bool,
 }
 
@@ -44,10 +44,13 @@ impl FsDeployer {
     /// A deployer over `root` (created if missing).
     pub fn new(root: PathBuf, hooks: Hooks) -> std::io::Result<Self> {
         fs::create_dir_all(root.join("releases"))?;
+        let cache = root.join("cache");
+        let fetcher =
+            Fetcher::new(cache, Default::default(), None).map_err(std::io::Error::other)?;
         Ok(Self {
             root,
             hooks,
-            artifacts: ArtifactRoots::default(),
+            fetcher,
             require_artifact: false,
         })
     }
@@ -62,12 +65,9 @@ impl FsDeployer {
         }
     }
 
-    /// Stages artifacts only from inside `roots` (`--artifact-root`).
-    pub fn with_artifact_roots(self, roots: ArtifactRoots) -> Self {
-        Self {
-            artifacts: roots,
-            ..self
-        }
+    /// Resolves artifacts with `fetcher` (its cache, `--artifact-root`s and CA).
+    pub fn with_fetcher(self, fetcher: Fetcher) -> Self {
+        Self { fetcher, ..self }
     }
 
     /// `<root>/releases/<version>`.
@@ -83,10 +83,36 @@ impl FsDeployer {
         self.root.join("current")
     }
 
+    /// The build to stage and what the vote says of it; nothing to fetch when
+    /// `releases/<version>` is here already (versions are names: it is reused).
+    async fn source(&self, change: &Change) -> Result<(Option<Source>, String), String> {
+        if self.release_dir(&change.version).is_dir() {
+            return Ok((None, self.kept(&change.version)));
+        }
+        Ok(match self.fetcher.resolve(&change.artifact).await? {
+            Some(source) => {
+                let staged = source.staged.clone();
+                (Some(source), staged)
+            }
+            None => (None, NO_ARTIFACT.to_string()),
+        })
+    }
+
+    /// What the vote says of a version staged before.
+    fn kept(&self, version: &str) -> String {
+        let file = fs::read(self.release_dir(version).join(METADATA_FILE)).ok();
+        let value: Option<serde_json::Value> = file.and_then(|t| serde_json::from_slice(&t).ok());
+        let before = value.as_ref().and_then(|v| v["staged"].as_str());
+        match before {
+            Some(what) => format!("releases/{version} kept, staged before: {what}"),
+            None => format!("releases/{version} kept"),
+        }
+    }
+
     /// Builds `releases/<version>` from the artifact (or a metadata file) through a
     /// staging directory renamed into place, so a crash never leaves a half-copied
     /// version under its final name. Returns whether it created the directory.
-    fn materialize(&self, change: &Change) -> Result<bool, String> {
+    fn materialize(&self, change: &Change, source: Option<&Source>) -> Result<bool, String> {
         let dir = self.release_dir(&change.version);
         if dir.is_dir() {
             return Ok(false);
@@ -106,18 +132,17 @@ impl FsDeployer {
         }
         let staging = self.staging_dir(&change.transaction_id);
         remove_if_exists(&staging).map_err(|e| format!("clearing {}: {e}", staging.display()))?;
-        if change.artifact.is_empty() {
-            fs::create_dir_all(&staging)
-                .map_err(|e| format!("creating {}: {e}", staging.display()))?;
-        } else {
-            self.artifacts.admit(Path::new(&change.artifact))?;
-            artifact::install(Path::new(&change.artifact), &staging)?;
+        match source {
+            None => fs::create_dir_all(&staging)
+                .map_err(|e| format!("creating {}: {e}", staging.display()))?,
+            Some(source) => artifact::install(&source.path, &staging)?,
         }
         let metadata = serde_json::json!({
             "project": change.project,
             "version": change.version,
             "transaction": change.transaction_id,
             "artifact": change.artifact,
+            "staged": source.map_or(NO_ARTIFACT, |s| s.staged.as_str()),
             "metadata": change.metadata,
         });
         let file = staging.join(METADATA_FILE);
@@ -247,9 +272,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Deployer for FsDeployer {
     async fn stage(&self, change: &Change) -> Result<Staged, Refusal> {
+        let (source, staged) = self.source(change).await.map_err(Refusal)?;
         let this = self.clone();
         let c = change.clone();
-        let created = blocking(move || this.materialize(&c))
+        let created = blocking(move || this.materialize(&c, source.as_ref()))
             .await
             .map_err(Refusal)?;
         let test_uri = match self.prepare_and_serve(change).await {
@@ -267,6 +293,7 @@ impl Deployer for FsDeployer {
             note: serde_json::to_value(Note { created }).expect("notes serialize"),
             migrations: Some(self.release_dir(&change.version).join("migrations")),
             test_uri,
+            artifact: staged,
         })
     }
 
@@ -328,25 +355,19 @@ impl Deployer for FsDeployer {
         change: &Change,
     ) -> Result<Option<Vec<(String, String)>>, Refusal> {
         let staged = self.release_dir(&change.version).join("migrations");
-        let artifact = PathBuf::from(&change.artifact);
-        let roots = self.artifacts.clone();
-        blocking(move || {
-            if staged.is_dir() {
-                return artifact::migrations_in_dir(&staged).map(Some);
-            }
-            if change_has_artifact(&artifact) {
-                roots.admit(&artifact)?;
-                return artifact::migrations_in(&artifact);
-            }
-            Ok(None)
+        // A URL artifact is downloaded (and cached) to be read.
+        let (source, _) = match staged.is_dir() {
+            true => (None, String::new()),
+            false => self.source(change).await.map_err(Refusal)?,
+        };
+        blocking(move || match source {
+            _ if staged.is_dir() => artifact::migrations_in_dir(&staged).map(Some),
+            Some(source) => artifact::migrations_in(&source.path),
+            None => Ok(None),
         })
         .await
         .map_err(Refusal)
     }
-}
-
-fn change_has_artifact(artifact: &Path) -> bool {
-    !artifact.as_os_str().is_empty()
 }
 
 #[cfg(test)]

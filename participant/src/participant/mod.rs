@@ -237,8 +237,7 @@ fn change_of(o: &PrepareOrder) -> Change {
 fn answer_again(entry: &Entry) -> VoteAnswer {
     match entry.phase {
         Phase::Prepared | Phase::Committed => {
-            let test_uri = entry.staged.as_ref().map(|s| s.test_uri.as_str());
-            prepared(entry.schema.as_ref(), test_uri.unwrap_or_default())
+            prepared(entry.schema.as_ref(), entry.staged.as_ref())
         }
         Phase::Refused => VoteAnswer::Refused(entry.reason.clone()),
         Phase::Aborted => VoteAnswer::Refused(format!("already aborted here: {}", entry.reason)),
@@ -248,12 +247,13 @@ fn answer_again(entry: &Entry) -> VoteAnswer {
     }
 }
 
-fn prepared(schema: Option<&SchemaStaged>, test_uri: &str) -> VoteAnswer {
+fn prepared(schema: Option<&SchemaStaged>, staged: Option<&Staged>) -> VoteAnswer {
     VoteAnswer::Prepared(Staging {
         from_schema: schema.map(|s| s.from.domain()),
         to_schema: schema.map(|s| s.to.domain()),
         migrations: schema.map(|s| s.files.clone()).unwrap_or_default(),
-        test_uri: test_uri.to_string(),
+        test_uri: staged.map(|s| s.test_uri.clone()).unwrap_or_default(),
+        artifact: staged.map(|s| s.artifact.clone()).unwrap_or_default(),
     })
 }
 

@@ -191,7 +191,7 @@ impl<D: Deployer> Participant<D> {
         let tx = entry.change.as_ref().map(|c| c.transaction_id.clone());
         let tx = tx.unwrap_or_default();
         entry.phase = Phase::Prepared;
-        let test_uri = staged.test_uri.clone();
+        let vote = staged.clone();
         entry.staged = Some(staged);
         entry.schema = schema.clone();
         // Durability point: the PREPARED record is synced before the vote leaves.
@@ -199,7 +199,7 @@ impl<D: Deployer> Participant<D> {
         self.record(&tx, &entry, Durability::Sync).await?;
         tracing::debug!(%tx, "PREPARED record durable: voting");
         self.ask_later(&tx);
-        Ok(prepared(schema.as_ref(), &test_uri))
+        Ok(prepared(schema.as_ref(), Some(&vote)))
     }
 
     /// Never voted yes: undo on our own, then remember the refusal. A schema stage that

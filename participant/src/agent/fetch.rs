@@ -1,0 +1,207 @@
+//! Where a build comes from. A release names it by reference: a path on this agent's
+//! machine (a directory or a `.tar.gz`), or a `.tar.gz` by URL with its digest,
+//! `https://…/app.tar.gz@sha256:HEX` (also `http://` and `file://`). A URL artifact is
+//! downloaded into the agent's cache and its digest verified before anything is
+//! staged from it; one already in the cache is not downloaded again. A URL without a
+//! digest is refused: a build named only by where it lives can change under the name.
+//! Every source says what it is in words for people, which the vote carries.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use lockstep::reference::{Reference, parse};
+use sha2::{Digest, Sha256};
+
+use super::{artifact, roots::ArtifactRoots};
+
+/// What the vote says when a version comes without an artifact.
+pub const NO_ARTIFACT: &str = "no artifact: version only";
+
+/// A build ready to stage: the local file or directory, and what it is in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Where it is on this machine.
+    pub path: PathBuf,
+    /// What the vote says was staged (`sha256:… from URL`).
+    pub staged: String,
+}
+
+/// Resolves references: downloads into the cache, checks roots and digests.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    cache: PathBuf,
+    roots: ArtifactRoots,
+    client: reqwest::Client,
+}
+
+impl Fetcher {
+    /// Downloads into `cache`, takes local paths only inside `roots`, and trusts the
+    /// extra CA `ca` (PEM) for `https://` besides the public roots.
+    pub fn new(cache: PathBuf, roots: ArtifactRoots, ca: Option<&[u8]>) -> Result<Self, String> {
+        let mut client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(pem) = ca {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| format!("--artifact-ca: not a PEM certificate: {e}"))?;
+            client = client.add_root_certificate(cert);
+        }
+        let client = client
+            .build()
+            .map_err(|e| format!("the artifact client: {e}"))?;
+        Ok(Self {
+            cache,
+            roots,
+            client,
+        })
+    }
+
+    /// The roots local paths must lie in.
+    pub fn roots(&self) -> &ArtifactRoots {
+        &self.roots
+    }
+
+    /// The build `reference` names, ready to stage (`None`: no artifact).
+    pub async fn resolve(&self, reference: &str) -> Result<Option<Source>, String> {
+        match parse(reference)? {
+            Reference::None => Ok(None),
+            Reference::Local(path, digest) => {
+                let roots = self.roots.clone();
+                let local = move || local(&roots, path, digest);
+                tokio::task::spawn_blocking(local)
+                    .await
+                    .map_err(|e| format!("reading the artifact: {e}"))?
+                    .map(Some)
+            }
+            Reference::Remote(url, digest) => self.remote(&url, &digest).await.map(Some),
+        }
+    }
+
+    /// The cached file of `digest`, downloaded from `url` when it is not there yet.
+    async fn remote(&self, url: &str, digest: &str) -> Result<Source, String> {
+        let path = self.cache.join(format!("sha256-{digest}.tar.gz"));
+        let staged = format!("sha256:{digest} from {url}");
+        if path.is_file() {
+            let cached = path.clone();
+            let found = tokio::task::spawn_blocking(move || sha256_of(&cached)).await;
+            if found.ok().and_then(Result::ok).as_deref() == Some(digest) {
+                let staged = format!("{staged} (cached)");
+                return Ok(Source { path, staged });
+            }
+        }
+        self.download(url, digest, &path).await?;
+        Ok(Source { path, staged })
+    }
+
+    /// Streams `url` into a temporary file beside `to`, hashing as it writes, and
+    /// renames it into place only when the digest matches.
+    async fn download(&self, url: &str, digest: &str, to: &Path) -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("artifact {url}: {what}: {e}");
+        fs::create_dir_all(&self.cache).map_err(|e| fail("creating the cache", &e))?;
+        let temp = self.cache.join(format!(".download-{}", unique()));
+        let response = self.client.get(url).send().await;
+        let mut response = response
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| fail("downloading", &e))?;
+        let mut file = fs::File::create(&temp).map_err(|e| fail("writing the cache", &e))?;
+        let mut hasher = Sha256::new();
+        let copied: Result<(), String> = async {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| fail("downloading", &e))?
+            {
+                hasher.update(&chunk);
+                io::Write::write_all(&mut file, &chunk).map_err(|e| fail("writing", &e))?;
+            }
+            file.sync_all().map_err(|e| fail("syncing", &e))
+        }
+        .await;
+        let got = hex(&hasher.finalize());
+        let checked = copied.and_then(|()| match got == digest {
+            true => Ok(()),
+            false => Err(mismatch(url, digest, &got)),
+        });
+        let placed = checked.and_then(|()| {
+            fs::rename(&temp, to)
+                .and_then(|()| artifact::sync_dir(&self.cache))
+                .map_err(|e| fail("moving into the cache", &e))
+        });
+        if placed.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        placed
+    }
+}
+
+fn mismatch(place: &str, want: &str, got: &str) -> String {
+    format!(
+        "artifact {place}: digest mismatch: the release names sha256:{want}, the file is sha256:{got}; refusing to stage it"
+    )
+}
+
+/// A local artifact inside the roots, its digest checked when one is given.
+fn local(roots: &ArtifactRoots, path: PathBuf, digest: Option<String>) -> Result<Source, String> {
+    roots.admit(&path)?;
+    let meta = fs::metadata(&path).map_err(|e| format!("artifact {}: {e}", path.display()))?;
+    let shown = path.display().to_string();
+    if meta.is_dir() {
+        if digest.is_some() {
+            return Err(format!(
+                "artifact {shown}: a digest names a file (a .tar.gz), and this is a directory"
+            ));
+        }
+        let staged = format!("directory {shown} (no digest)");
+        return Ok(Source { path, staged });
+    }
+    let got = sha256_of(&path).map_err(|e| format!("artifact {shown}: {e}"))?;
+    if let Some(want) = digest.filter(|want| *want != got) {
+        return Err(mismatch(&shown, &want, &got));
+    }
+    let staged = format!("sha256:{got} from {shown}");
+    Ok(Source { path, staged })
+}
+
+fn sha256_of(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A name no other download of this process uses.
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_local_file_is_checked_against_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.tar.gz");
+        fs::write(&file, b"build").unwrap();
+        let right = sha256_of(&file).unwrap();
+        let roots = ArtifactRoots::default();
+        let ok = local(&roots, file.clone(), Some(right.clone())).unwrap();
+        assert_eq!(ok.staged, format!("sha256:{right} from {}", file.display()));
+        let wrong = local(&roots, file, Some(D.into())).unwrap_err();
+        assert!(wrong.contains("digest mismatch"), "{wrong}");
+    }
+}
