@@ -475,6 +475,7 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
             .apply_pipeline(pb::ApplyPipelineRequest {
                 text: PIPELINE.into(),
                 dry_run: true,
+                unchecked: false,
             })
             .await
             .map(drop),
@@ -638,6 +639,7 @@ async fn fixtures(s: &Secure, boot: &mut Client) -> (Fixtures, Vec<(Role, String
     let pipeline = pb::ApplyPipelineRequest {
         text: PIPELINE.into(),
         dry_run: false,
+        unchecked: false,
     };
     boot.apply_pipeline(pipeline).await.unwrap();
     let endpoint = s.agents[PROJECT].server.https_url();

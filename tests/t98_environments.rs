@@ -388,3 +388,115 @@ async fn production_b(c: &mut Cluster) {
     let registered = c.cli(&args).await;
     assert_eq!(registered.code, 0, "{registered:?}");
 }
+
+/// Names of the projects registered in `env`.
+async fn projects_in(c: &Cluster, env: &str) -> Vec<(String, String, Vec<String>)> {
+    let out = c.cli(&["-e", env, "project", "list", "-o", "json"]).await;
+    if out.code == 1 && out.stderr.contains("no environment") {
+        return Vec::new();
+    }
+    let list = out.json();
+    let projects = list["projects"].as_array().cloned().unwrap_or_default();
+    projects
+        .iter()
+        .map(|p| {
+            let requires = p["requires"].as_array().cloned().unwrap_or_default();
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["endpoint"].as_str().unwrap().to_string(),
+                requires
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Projects as files (issue 27): given agents for B and C in production, a pipeline
+/// file that declares them (C requiring B) is shown by a dry run and changes nothing,
+/// is applied as one version registering both, and applied again changes nothing; a
+/// file moving C to an address where no agent answers is refused whole (its
+/// environment change too) unless `--unchecked`; a child neither registered nor
+/// declared is refused naming the project; a project the file does not name is left
+/// as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_file_declares_projects_applied_diffed_and_dry_run() {
+    let mut c = Cluster::new().await;
+    c.add_env_agent("production", "B").await;
+    c.add_env_agent("production", "C").await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    let (b, cc) = (
+        c.agent("production/B").server.url(),
+        c.agent("production/C").server.url(),
+    );
+    let file = |c_at: &str, soak: &str, child: &str| {
+        format!(
+            "[[environment]]\nname = \"default\"\n\n[[environment]]\nname = \"production\"\nafter = \"default\"\nsoak = \"{soak}\"\n  [[environment.project]]\n  name = \"B\"\n  endpoint = \"{b}\"\n  [[environment.project]]\n  name = \"C\"\n  endpoint = \"{c_at}\"\n  requires = [\"{child}\"]\n"
+        )
+    };
+    let path = c.dir.path().join("pipeline.toml");
+    let write = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = write(file(&cc, "1s", "B"));
+
+    let dry = c.cli(&["env", "apply", "-f", &good, "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains(&format!("+ project production/C: at {cc}, requires B")),
+        "{dry:?}"
+    );
+    assert!(
+        projects_in(&c, "production").await.is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let applied = c.cli(&["env", "apply", "-f", &good]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let want = vec![
+        ("B".to_string(), b.clone(), Vec::new()),
+        ("C".to_string(), cc.clone(), vec!["B".to_string()]),
+    ];
+    assert_eq!(projects_in(&c, "production").await, want);
+    let again = c.cli(&["env", "apply", "-f", &good]).await;
+    assert!(
+        again.stdout.contains("= project production/C: unchanged")
+            && again.stdout.contains("nothing changed"),
+        "{again:?}"
+    );
+
+    let nothing = {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", unused.local_addr().unwrap())
+    };
+    let moved = write(file(&nothing, "2s", "B"));
+    let refused = c.cli(&["env", "apply", "-f", &moved]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("no agent answers"), "{refused:?}");
+    assert_eq!(projects_in(&c, "production").await, want, "refused whole");
+    let env = c
+        .cli(&["env", "show", "production", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        env["pipelineVersion"], "1",
+        "the environment is unchanged too: {env}"
+    );
+    let unchecked = c.cli(&["env", "apply", "-f", &moved, "--unchecked"]).await;
+    assert_eq!(unchecked.code, 0, "{unchecked:?}");
+    assert_eq!(projects_in(&c, "production").await[1].1, nothing);
+
+    let orphan = write(file(&cc, "2s", "Z"));
+    let out = c.cli(&["env", "apply", "-f", &orphan, "--unchecked"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("project C of environment production")
+            && out.stderr.contains("Z is not registered"),
+        "{out:?}"
+    );
+    assert_eq!(projects_in(&c, "default").await.len(), 1, "A untouched");
+}

@@ -295,8 +295,9 @@ pub enum EnvCommand {
         #[arg(long)]
         after: Vec<String>,
     },
-    /// Apply a pipeline file (TOML: every environment with its upstreams and stages;
-    /// docs/stages.md), as one new pipeline version (operators).
+    /// Apply a pipeline file (TOML: every environment with its upstreams and stages,
+    /// and the projects it declares; docs/stages.md), as one new pipeline version
+    /// (operators).
     Apply {
         /// The file.
         #[arg(short = 'f', long = "file")]
@@ -304,6 +305,9 @@ pub enum EnvCommand {
         /// Only check it and print what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Register the file's projects without asking their endpoints first.
+        #[arg(long)]
+        unchecked: bool,
     },
     /// Every environment (declared, or with projects) in promotion order.
     List,

@@ -31,7 +31,11 @@ pub async fn run(client: &mut Client, out: Output, c: EnvCommand) -> Result<u8> 
                 Output::Table => println!("environment {} declared{}", e.name, upstream(&e)),
             }
         }
-        EnvCommand::Apply { file, dry_run } => return apply(client, out, &file, dry_run).await,
+        EnvCommand::Apply {
+            file,
+            dry_run,
+            unchecked,
+        } => return apply(client, out, &file, (dry_run, unchecked)).await,
         EnvCommand::List => {
             let r = client
                 .list_environments(pb::ListEnvironmentsRequest {})
@@ -60,14 +64,16 @@ async fn apply(
     client: &mut Client,
     out: Output,
     file: &std::path::Path,
-    dry_run: bool,
+    (dry_run, unchecked): (bool, bool),
 ) -> Result<u8> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| crate::Failure::usage(format!("-f {}: {e}", file.display())))?;
-    let r = client
-        .apply_pipeline(pb::ApplyPipelineRequest { text, dry_run })
-        .await?
-        .into_inner();
+    let request = pb::ApplyPipelineRequest {
+        text,
+        dry_run,
+        unchecked,
+    };
+    let r = client.apply_pipeline(request).await?.into_inner();
     match out {
         Output::Json => render::json(&r),
         Output::Table => {

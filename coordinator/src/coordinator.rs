@@ -28,6 +28,7 @@ use crate::{
     registry::{
         Registry, Settings,
         admit::{Authorize, Created},
+        apply::Applied,
         audit::AuditPage,
         projects::ProjectChange,
         reads::{Live, Page},
@@ -220,6 +221,27 @@ impl Coordinator {
         actor: &str,
     ) -> Result<ProjectRecord> {
         self.registry.remove_project(env, name, actor).await
+    }
+
+    /// Applies a pipeline file `(text, dry_run, checked)` (see
+    /// [`Registry::apply_pipeline`]); when `checked` (and not a dry run), every
+    /// endpoint it registers or moves is asked first, and one that does not answer as
+    /// its project refuses the file.
+    pub async fn apply_pipeline(
+        &self,
+        (text, dry_run, checked): (&str, bool, bool),
+        actor: &str,
+    ) -> Result<Applied> {
+        if checked && !dry_run {
+            let asked = self.registry.pipeline_endpoints(text)?;
+            let net = self.registry.net().as_ref();
+            let checks = asked
+                .iter()
+                .map(|p| observe::check_endpoint(net, &p.environment, &p.name, &p.endpoint));
+            let answers = futures::future::join_all(checks).await;
+            answers.into_iter().collect::<Result<Vec<()>>>()?;
+        }
+        self.registry.apply_pipeline(text, dry_run, actor).await
     }
 
     /// Refuses `endpoint` unless its agent answers as `name` in `env`.

@@ -1,6 +1,8 @@
 //! The pipeline file (a "shipyard"): every environment on the promotion path with its
-//! stages (verify steps before commit, soak and verify steps after, auto-promotion),
-//! in one TOML file applied with `lockstep env apply -f FILE`. Pure: text in, the
+//! stages (verify steps before commit, soak and verify steps after, auto-promotion)
+//! and, if it says so, its projects (endpoint, children), in one TOML file applied
+//! with `lockstep env apply -f FILE`. A project the file does not name is left as it
+//! is: removing one stays an explicit `lockstep project remove`. Pure: text in, the
 //! environments it declares out, or an error naming the line and the key. The graph
 //! check (upstreams known, no cycle) runs over the file together with the environments
 //! declared already.
@@ -14,7 +16,7 @@ use lockstep::names::{Environment, FieldError, ProjectName};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{EnvironmentRecord, LiveFailure, Stages, Step, StepKind};
+use crate::model::{EnvironmentRecord, LiveFailure, ProjectRecord, Stages, Step, StepKind};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +41,26 @@ struct Entry {
     verify_live: Vec<StepEntry>,
     #[serde(default)]
     on_live_failure: Option<Spanned<String>>,
+    #[serde(default)]
+    project: Vec<ProjectEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectEntry {
+    name: Spanned<String>,
+    endpoint: Spanned<String>,
+    #[serde(default)]
+    requires: Option<Spanned<Vec<String>>>,
+}
+
+/// What a pipeline file declares.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// Its environments, in file order (without author).
+    pub environments: Vec<EnvironmentRecord>,
+    /// Its projects, per environment in file order.
+    pub projects: Vec<ProjectRecord>,
 }
 
 #[derive(Deserialize)]
@@ -69,13 +91,16 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 pub fn parse(
     text: &str,
     declared: &BTreeMap<Environment, EnvironmentRecord>,
-) -> Result<Vec<EnvironmentRecord>, FieldError> {
+) -> Result<Declared, FieldError> {
     let file: File = toml::from_str(text).map_err(|e| FieldError::new("file", e.to_string()))?;
     let at =
         |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let mut records: Vec<EnvironmentRecord> = Vec::new();
+    let mut projects: Vec<ProjectRecord> = Vec::new();
     for (i, entry) in file.environment.iter().enumerate() {
         let record = environment(entry, &format!("environment[{i}]"), &at)?;
+        let key = format!("environment[{i}].project");
+        projects.extend(projects_of(&record.name, &entry.project, &key, &at)?);
         if records.iter().any(|r| r.name == record.name) {
             let key = format!("line {}: environment[{i}].name", at(entry.name.span()));
             return Err(FieldError::new(
@@ -86,7 +111,45 @@ pub fn parse(
         records.push(record);
     }
     check_graph(&file, &records, declared, &at)?;
-    Ok(records)
+    Ok(Declared {
+        environments: records,
+        projects,
+    })
+}
+
+/// The projects an environment entry declares, each named once.
+fn projects_of(
+    env: &Environment,
+    entries: &[ProjectEntry],
+    key: &str,
+    at: &impl Fn(std::ops::Range<usize>) -> usize,
+) -> Result<Vec<ProjectRecord>, FieldError> {
+    let mut out: Vec<ProjectRecord> = Vec::new();
+    for (j, e) in entries.iter().enumerate() {
+        let field = |span, name: &str| format!("line {}: {key}[{j}].{name}", at(span));
+        let name = ProjectName::parse(&field(e.name.span(), "name"), e.name.get_ref())?;
+        if out.iter().any(|p| p.name == name) {
+            let why = format!("project {name} is declared twice in environment {env}");
+            return Err(FieldError::new(field(e.name.span(), "name"), why));
+        }
+        let endpoint = e.endpoint.get_ref().clone();
+        crate::network::validate_endpoint(&field(e.endpoint.span(), "endpoint"), &endpoint)?;
+        let mut requires = Vec::new();
+        if let Some(r) = &e.requires {
+            for child in r.get_ref() {
+                requires.push(ProjectName::parse(&field(r.span(), "requires"), child)?);
+            }
+        }
+        requires.sort();
+        requires.dedup();
+        out.push(ProjectRecord {
+            name,
+            environment: env.clone(),
+            endpoint,
+            requires,
+        });
+    }
+    Ok(out)
 }
 
 fn environment(
@@ -274,6 +337,31 @@ fn cycle_from(
     walk(graph, start, start, &mut BTreeSet::new(), &mut path).then_some(path)
 }
 
+/// What applying `new` changes, one line per project of the file.
+pub fn diff_projects(
+    current: &BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
+    new: &[ProjectRecord],
+) -> Vec<String> {
+    new.iter()
+        .map(|n| {
+            let at = format!("project {}/{}", n.environment, n.name);
+            match current.get(&n.environment).and_then(|m| m.get(&n.name)) {
+                None => format!("+ {at}: {}", describe(n)),
+                Some(c) if c == n => format!("= {at}: unchanged"),
+                Some(c) => format!("~ {at}: {} -> {}", describe(c), describe(n)),
+            }
+        })
+        .collect()
+}
+
+fn describe(p: &ProjectRecord) -> String {
+    let children: Vec<&str> = p.requires.iter().map(|r| r.as_str()).collect();
+    match children.is_empty() {
+        true => format!("at {}", p.endpoint),
+        false => format!("at {}, requires {}", p.endpoint, children.join(", ")),
+    }
+}
+
 /// What applying `new` changes, one line per environment of the file.
 pub fn diff(
     current: &BTreeMap<Environment, EnvironmentRecord>,
@@ -303,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_issue_s_shipyard_parses() {
-        let envs = parse(SHIPYARD, &BTreeMap::new()).unwrap();
+        let envs = parse(SHIPYARD, &BTreeMap::new()).unwrap().environments;
         assert_eq!(envs.len(), 3);
         assert_eq!(envs[1].stages.verify[0].kind, StepKind::External);
         assert_eq!(envs[1].stages.verify[0].deadline_ms, 600_000);

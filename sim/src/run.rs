@@ -638,6 +638,7 @@ async fn register(client: &mut CoordinatorClient<Channel>, moved: &MovesRef) {
     let pipeline = pb::ApplyPipelineRequest {
         text: stages::pipeline("http://probe", "3s"),
         dry_run: false,
+        unchecked: true,
     };
     while bounded(client.apply_pipeline(pipeline.clone()))
         .await

@@ -18,12 +18,14 @@
 //! - [`projects`]: registration, with the `requires` graph checked.
 //! - [`history`]: the planner's view of what is on disk.
 //! - [`audit`]: refusals, tokens and the audit log.
-//! - [`environments`]: declared environments and the promotion path between them.
+//! - [`environments`]: declared environments and the promotion path between them;
+//!   [`apply`]: a pipeline file (environments and projects) put in force whole.
 //! - [`promote`]: promotions, a source checkpoint or bracket as a release downstream,
 //!   and auto-promotion; `live_check`: the verification after commit that comes
 //!   before them; [`verified`]: whether every version a state holds was verified.
 
 pub mod admit;
+pub mod apply;
 pub mod audit;
 pub mod environments;
 mod history;

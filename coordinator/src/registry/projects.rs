@@ -226,7 +226,12 @@ fn children(names: &[ProjectName]) -> String {
     }
 }
 
-fn check_requires(env_projects: Option<&Projects>, project: &ProjectRecord) -> Result<()> {
+/// The children of `project` are registered (in `env_projects`), it does not require
+/// itself, and it closes no cycle.
+pub(super) fn check_requires(
+    env_projects: Option<&Projects>,
+    project: &ProjectRecord,
+) -> Result<()> {
     for (i, child) in project.requires.iter().enumerate() {
         if child == &project.name {
             let reason = format!("project {} cannot require itself", project.name);
@@ -246,7 +251,8 @@ fn check_requires(env_projects: Option<&Projects>, project: &ProjectRecord) -> R
     Ok(())
 }
 
-fn registered(project: &ProjectRecord) -> pb::Event {
+/// The PROJECT_REGISTERED event of `project`.
+pub(super) fn registered(project: &ProjectRecord) -> pb::Event {
     let requires = match project.requires.is_empty() {
         true => String::new(),
         false => format!(", requires {}", children(&project.requires)),

@@ -53,10 +53,9 @@ impl CoordinatorService {
             .allow(&request, "ApplyPipeline", Target::every())
             .await?;
         let r = request.get_ref();
-        let registry = self.coordinator.registry();
-        let applied = registry
-            .apply_pipeline(&r.text, r.dry_run, &who.actor_or(""))
-            .await?;
+        let actor = who.actor_or("");
+        let apply = (r.text.as_str(), r.dry_run, !r.unchecked);
+        let applied = self.coordinator.apply_pipeline(apply, &actor).await?;
         Ok(Response::new(pb::ApplyPipelineResponse {
             version: applied.version,
             changes: applied.changes,

@@ -1,0 +1,152 @@
+//! Applying a pipeline file: its environments (upstreams, stages) and the projects it
+//! declares (endpoint, children), checked together and written as one durable batch
+//! with a new pipeline version, so a file is in force whole or not at all.
+
+use std::collections::BTreeMap;
+
+use lockstep::pb;
+use lockstep_store::Batch;
+
+use super::{Registry, State, projects};
+use crate::{
+    error::{CoordinatorError, Result},
+    journal::Durable,
+    model::ProjectRecord,
+    pipeline::{self, Declared},
+    tables::Tables,
+};
+
+/// What applying a pipeline file did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The pipeline version in force afterwards.
+    pub version: u64,
+    /// One line per environment and project of the file: `+` new, `~` changed, `=`
+    /// unchanged.
+    pub changes: Vec<String>,
+    /// Whether anything was written.
+    pub written: bool,
+}
+
+impl Registry {
+    /// The endpoints a file would register or move, which are asked before it is
+    /// applied: (environment, project, endpoint).
+    pub fn pipeline_endpoints(&self, text: &str) -> Result<Vec<ProjectRecord>> {
+        let s = self.state();
+        let declared = pipeline::parse(text, &s.environments)?;
+        let current = |p: &ProjectRecord| {
+            let env = s.projects.get(&p.environment);
+            env.and_then(|m| m.get(&p.name)).map(|r| r.endpoint.clone())
+        };
+        let moved = declared.projects.into_iter();
+        Ok(moved
+            .filter(|p| current(p).as_ref() != Some(&p.endpoint))
+            .collect())
+    }
+
+    /// Applies a pipeline file: every environment it names is declared with its
+    /// upstreams and stages, and every project it names registered or changed, as one
+    /// durable write with a new pipeline version and a PIPELINE_APPLIED event (and a
+    /// PROJECT_REGISTERED per project changed). A refused file or a dry run changes
+    /// nothing; a file that changes nothing writes nothing.
+    pub async fn apply_pipeline(&self, text: &str, dry_run: bool, actor: &str) -> Result<Applied> {
+        let (written, outcome) = {
+            let mut s = self.state();
+            let declared = pipeline::parse(text, &s.environments)?;
+            check_projects(&s, &declared.projects)?;
+            let mut changes = pipeline::diff(&s.environments, &declared.environments);
+            changes.extend(pipeline::diff_projects(&s.projects, &declared.projects));
+            let unchanged = changes.iter().all(|c| c.starts_with('='));
+            if dry_run || unchanged {
+                let version = s.pipeline_version;
+                let written = false;
+                return Ok(Applied {
+                    version,
+                    changes,
+                    written,
+                });
+            }
+            let (batch, events, version) = write(&mut s, (text, declared), &changes, actor);
+            let append = self.inner.journal.append(batch, events, Durable::Now);
+            let written = true;
+            let outcome = Applied {
+                version,
+                changes,
+                written,
+            };
+            (append, outcome)
+        };
+        written.await?;
+        Ok(outcome)
+    }
+}
+
+/// Each declared project's children are registered or declared in the file for its
+/// environment, and no cycle forms.
+fn check_projects(s: &State, declared: &[ProjectRecord]) -> Result<()> {
+    let mut merged = s.projects.clone();
+    for p in declared {
+        let env = merged.entry(p.environment.clone()).or_default();
+        env.insert(p.name.clone(), p.clone());
+    }
+    for p in declared {
+        let env = merged.get(&p.environment);
+        projects::check_requires(env, p).map_err(|e| in_file(p, e))?;
+    }
+    Ok(())
+}
+
+/// `e` as a refusal of the file, naming the project it is about.
+fn in_file(p: &ProjectRecord, e: CoordinatorError) -> CoordinatorError {
+    let about = format!("project {} of environment {}", p.name, p.environment);
+    match e {
+        CoordinatorError::NotFound(why) => CoordinatorError::NotFound(format!("{about}: {why}")),
+        CoordinatorError::Invalid(f) => {
+            let field = format!("{about}: {}", f.field);
+            lockstep::names::FieldError::new(field, f.reason).into()
+        }
+        other => other,
+    }
+}
+
+/// The batch and events that put `declared` in force as a new pipeline version.
+fn write(
+    s: &mut State,
+    (text, declared): (&str, Declared),
+    changes: &[String],
+    actor: &str,
+) -> (Batch, Vec<pb::Event>, u64) {
+    s.pipeline_version += 1;
+    let version = s.pipeline_version;
+    let mut batch = Batch::default();
+    Tables::put_pipeline(&mut batch, version, text);
+    let mut events = vec![applied(version, changes, actor)];
+    for mut r in declared.environments {
+        r.created_by = actor.to_string();
+        r.pipeline_version = version;
+        Tables::put_environment(&mut batch, &r);
+        s.environments.insert(r.name.clone(), r);
+    }
+    for p in declared.projects {
+        let env: &mut BTreeMap<_, _> = s.projects.entry(p.environment.clone()).or_default();
+        if env.get(&p.name) == Some(&p) {
+            continue;
+        }
+        Tables::put_project(&mut batch, &p);
+        let mut event = projects::registered(&p);
+        event.actor = actor.to_string();
+        events.push(event);
+        env.insert(p.name.clone(), p.clone());
+        s.changed(&p.environment);
+    }
+    (batch, events, version)
+}
+
+fn applied(version: u64, changes: &[String], actor: &str) -> pb::Event {
+    pb::Event {
+        kind: pb::EventKind::PipelineApplied as i32,
+        message: format!("pipeline version {version} applied: {}", changes.join("; ")),
+        actor: actor.to_string(),
+        ..Default::default()
+    }
+}
