@@ -125,4 +125,12 @@ async fn an_agent_that_cannot_be_reached_is_asked_again_until_the_deadline() {
 
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("no answer from X within"), "{out:?}");
+    // Defect 5 of issue 27: "it finishes on its own" never did for a wrong address.
+    assert!(
+        out.stderr.contains("project set X --endpoint")
+            && out
+                .stderr
+                .contains("resolve T1 --participant X --as aborted"),
+        "says what ends the wait: {out:?}"
+    );
 }

@@ -495,7 +495,32 @@ fn settled_code(t: &pb::Transaction) -> u8 {
         "{note}; it goes on on its own (follow it with `lockstep release watch {}`)",
         t.id
     );
+    for hint in undelivered(t) {
+        eprintln!("{hint}");
+    }
     code
+}
+
+/// For each participant whose decision could not be delivered: the last error, and
+/// what ends the wait when it will not get through by itself (a wrong address, an
+/// agent gone for good).
+fn undelivered(t: &pb::Transaction) -> Vec<String> {
+    let stuck = t
+        .participants
+        .iter()
+        .filter(|p| !p.acknowledged && !p.delivery_error.is_empty());
+    let outcome = match t.state == pb::TransactionState::Committing as i32 {
+        true => "committed",
+        false => "aborted",
+    };
+    stuck
+        .map(|p| {
+            format!(
+                "  {}: {}; if its address is wrong, `lockstep -e {} project set {} --endpoint URL` (deliveries follow it); if it is gone, `lockstep resolve {} --participant {} --as {outcome} --reason WHY` records what you checked happened there",
+                p.project, p.delivery_error, t.environment, p.project, t.id, p.project
+            )
+        })
+        .collect()
 }
 
 /// The participants of `t` that have not acknowledged its decision.
