@@ -595,7 +595,10 @@ async fn an_unreachable_database_is_a_refusal_not_a_crash(kind: Kind) {
         ],
     )
     .await;
-    c.register("B", &[]).await;
+    // Its database is unreachable from the start, so it cannot report its state.
+    let url = c.agent("B").server.url();
+    let add = ["project", "add", "B", "--endpoint", &url, "--unchecked"];
+    assert_eq!(c.cli(&add).await.code, 0);
     if let Some(pg) = &pg {
         pg.crash();
     }

@@ -66,7 +66,7 @@ pub async fn check_endpoint(
 ) -> Result<()> {
     let seen = net.status(endpoint).await.map_err(|e| {
         CoordinatorError::Refused(format!(
-            "endpoint: no agent answers at {endpoint} ({e}); start the agent first, or register with --unchecked"
+            "endpoint: GetStatus at {endpoint} failed ({e}): no agent answers there, or it cannot report what it runs; start or fix the agent first, or register with --unchecked"
         ))
     })?;
     if seen.project == name.as_str() && seen.environment == env.as_str() {
