@@ -32,6 +32,8 @@
 //! - [`probe`]: the http verify steps' requests (a third port, [`ports::Probe`]).
 //! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
 //!   checked; pure.
+//! - [`storage`]: RocksDB on this machine, or etcd shared by instances of which one
+//!   leads (fenced writes).
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -62,6 +64,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod stall;
+pub mod storage;
 pub mod tables;
 pub mod txn;
 

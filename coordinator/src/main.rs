@@ -1,4 +1,4 @@
-//! `lockstep-coordinator`: the coordinator server with its embedded RocksDB.
+//! `lockstep-coordinator`: the coordinator server, on its embedded RocksDB or on etcd.
 
 /// mimalloc instead of the system allocator: the RPC path allocates and frees many small
 /// buffers, and glibc's malloc was over a tenth of the CPU in the benchmarks.
@@ -16,9 +16,9 @@ use lockstep_coordinator::{
     network::TcpNet,
     notify, server,
     stall::Thresholds,
-    tables,
+    storage::{self, StoreFlag},
 };
-use lockstep_store::{Kv, RocksKv, WalRecovery};
+use lockstep_store::{Kv, WalRecovery, etcd_lead::Lead};
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
 /// write-ahead log in --data-dir. Prints `listening on ADDR` once it accepts calls.
@@ -28,9 +28,33 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7700", env = "LOCKSTEP_LISTEN")]
     listen: SocketAddr,
-    /// Directory of the RocksDB database (created if missing).
+    /// Directory of the RocksDB database (created if missing); required with
+    /// `--store rocksdb`.
     #[arg(long, env = "LOCKSTEP_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// Where the tables live: `rocksdb` (in --data-dir, one machine) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (default prefix `lockstep`): several
+    /// coordinators on one prefix, one leading at a time, every write fenced on its
+    /// term. A standby waits, naming the leader, until it leads.
+    #[arg(long, default_value = "rocksdb", value_parser = storage::parse_store, env = "LOCKSTEP_STORE")]
+    store: StoreFlag,
+    /// CA (PEM) of the etcd members, for TLS to them.
+    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) towards etcd.
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// TTL of the lease the leadership key lives on: a leader that cannot renew it
+    /// within this time stops, and a standby takes over after it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    etcd_lease_ttl: std::time::Duration,
+    /// The address other instances and clients are told is the leader's (default:
+    /// --listen, as http:// or https://).
+    #[arg(long)]
+    advertise: Option<String>,
     /// What to do when the write-ahead log's last record is damaged: `strict` refuses
     /// to start (it could be an acknowledged decision); `tolerate-torn-tail` drops it
     /// (right after a power loss, when the damaged write was never acknowledged).
@@ -141,15 +165,11 @@ async fn main() -> anyhow::Result<()> {
     // Before anything else, so a SIGTERM at any moment stops the server cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     let args = Args::parse();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let kv = RocksKv::open_full(&args.data_dir, tables::ALL, args.wal_recovery, true)
-        .with_context(|| {
-            format!(
-                "opening the database in --data-dir {}",
-                args.data_dir.display()
-            )
-        })?;
+    // Bound first, so a standby advertises the port it will serve on once it leads.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let (store, lead) = open_store(&args, listener.local_addr()?).await?;
     let files = tls::files_from_flags(
         args.tls_cert.clone(),
         args.tls_key.clone(),
@@ -161,16 +181,12 @@ async fn main() -> anyhow::Result<()> {
         Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
         None => TcpNet::default(),
     };
-    let store = Arc::new(kv);
     let coordinator = Coordinator::open(store.clone(), Arc::new(net), config(&args))
         .context("recovering coordinator state")?;
     let secure = files.is_some();
     let (tls, access) = security(files, &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     warn_of_mismatched_endpoints(&coordinator, secure);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     let failed = coordinator.clone();
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
@@ -178,13 +194,64 @@ async fn main() -> anyhow::Result<()> {
             let _ = told.await;
         })
     };
-    let served = shutdown::serve_until_stopped(stop, serve, async move { failed.failed().await });
+    let failed = async move {
+        match lead {
+            None => failed.failed().await,
+            Some(lead) => tokio::select! {
+                why = failed.failed() => why,
+                why = lead.lost() => format!("no longer leading ({why}); a standby takes over"),
+            },
+        }
+    };
+    let served = shutdown::serve_until_stopped(stop, serve, failed);
     let outcome = served.await.and(store.sync().map_err(|e| e.to_string()));
     if let Err(error) = outcome {
         eprintln!("stopping: {error}; restart to recover from the durable log");
         shutdown::exit(1);
     }
     shutdown::exit(0)
+}
+
+/// The store `--store` names; on etcd, once this instance leads (it waits until then).
+async fn open_store(args: &Args, bound: SocketAddr) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>)> {
+    let target = match &args.store {
+        StoreFlag::Rocks => {
+            let dir = args
+                .data_dir
+                .as_ref()
+                .context("--data-dir: required with --store rocksdb")?;
+            let kv = storage::open_rocks(dir, args.wal_recovery).map_err(anyhow::Error::msg)?;
+            return Ok((kv, None));
+        }
+        StoreFlag::Etcd(target) => etcd_target(target, args)?,
+    };
+    let me = args.advertise.clone().unwrap_or_else(|| {
+        let scheme = if args.insecure { "http" } else { "https" };
+        format!("{scheme}://{bound}")
+    });
+    let ttl = args.etcd_lease_ttl;
+    let opened = tokio::task::spawn_blocking(move || {
+        storage::open_etcd(&target, &me, ttl, |leader| {
+            tracing::info!("standby: {leader} leads; waiting to take over");
+        })
+    });
+    let (kv, lead) = opened.await?.context("opening the etcd store")?;
+    tracing::info!("leading with term {}", lead.term);
+    Ok((kv, Some(lead)))
+}
+
+/// `target` with the TLS files of --etcd-ca/--etcd-cert/--etcd-key read in.
+fn etcd_target(
+    target: &lockstep_store::EtcdTarget,
+    args: &Args,
+) -> anyhow::Result<lockstep_store::EtcdTarget> {
+    let mut target = target.clone();
+    if let (Some(ca), Some(cert), Some(key)) = (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        target.tls = Some((read(ca)?, read(cert)?, read(key)?));
+    }
+    Ok(target)
 }
 
 /// Warns of every project whose endpoint's scheme does not fit the TLS setting (moving

@@ -17,11 +17,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod conformance;
+pub mod etcd;
+pub mod etcd_lead;
+pub mod etcd_member;
 pub mod group;
 pub mod keys;
 pub mod mem;
 pub mod rocks;
 
+pub use etcd::{EtcdKv, EtcdTarget, Fence};
 pub use group::{
     BeforeSync, GroupCommit, Hooks, OnSynced, SyncerWriter, Ticket, WriterMode, spawn_writer,
 };
@@ -67,6 +71,15 @@ pub enum StoreError {
     /// The in-memory store was crashed (simulation) and not yet restarted.
     #[error("store is down (simulated crash)")]
     Down,
+    /// etcd did not answer, or refused the call.
+    #[error("etcd: {0}")]
+    Etcd(String),
+    /// etcd refused a write because the writer no longer leads: the leadership key
+    /// is gone or belongs to a newer term. Nothing of the write was applied.
+    #[error(
+        "fenced: this coordinator's term {0} has ended (another instance leads now); nothing was written"
+    )]
+    Fenced(i64),
 }
 
 /// Whether a write must survive a machine crash before the call returns.

@@ -181,6 +181,17 @@ impl Server {
         format!("https://{}", self.addr)
     }
 
+    /// SIGSTOP: the process is paused (a stuck host, a long GC pause) until
+    /// [`Server::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// Sends SIGHUP (re-read the certificates).
     pub fn hangup(&self) {
         self.signal(libc::SIGHUP);
@@ -332,12 +343,22 @@ impl Cluster {
     /// A coordinator started with extra environment variables (e.g. a crash point).
     pub async fn with_coordinator_env(env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("control")).unwrap();
         let data = dir.path().join("coordinator");
+        let args = vec!["--data-dir".into(), data.display().to_string()];
+        Self::with_coordinator(dir, args, env).await
+    }
+
+    /// A coordinator started with `args` (where its store is) in `dir`.
+    pub async fn with_coordinator(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
         let coordinator = Server::start(
             "coordinator",
             bin("lockstep-coordinator"),
-            vec!["--data-dir".into(), data.display().to_string()],
+            args,
             env,
             dir.path().join("coordinator.log"),
             0,

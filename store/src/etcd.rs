@@ -1,0 +1,305 @@
+//! The store on etcd, for a coordinator that must survive its host: every table under
+//! one key prefix (`PREFIX/TABLE/KEY`), each batch one etcd transaction (atomic, and
+//! durable once etcd answers: replicated and fsynced by a quorum), so several
+//! coordinators can share one replicated log.
+//!
+//! A write may carry a fence: the compare that etcd checks in the same transaction
+//! (the leadership key still has the create revision this writer was elected with).
+//! A deposed, paused or partitioned writer's next write then fails as
+//! [`StoreError::Fenced`] and changes nothing: safety rests on etcd's compare, never
+//! on a writer believing it leads.
+//!
+//! The [`Kv`] trait is synchronous; calls run on a small runtime of this store's own
+//! and the caller's thread waits for the answer, as it would for a disk.
+//!
+//! etcd limits one transaction to `--max-txn-ops` operations (128 by default) and one
+//! request to `--max-request-bytes` (1.5 MiB): a coordinator's group commit can exceed
+//! both, so its etcd members need larger limits (README "High availability").
+
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+
+use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
+
+/// How long one call to etcd may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A write guard: etcd applies a batch only while `key` has create revision `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The leadership key.
+    pub key: Vec<u8>,
+    /// Its create revision when this writer was elected (its term).
+    pub revision: i64,
+}
+
+/// Tables on etcd.
+pub struct EtcdKv {
+    client: Client,
+    prefix: Vec<u8>,
+    tables: Vec<&'static str>,
+    fence: Mutex<Option<Fence>>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+/// Where an etcd store lives: its members, its key prefix and how to reach them.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTarget {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// The key prefix every table lives under (no trailing `/`).
+    pub prefix: String,
+    /// TLS to the members, when given: (CA, client certificate, client key) in PEM.
+    pub tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTarget {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (default prefix `lockstep`).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| format!("{url:?} is not an etcd://HOST:PORT[,...][/PREFIX] URL"))?;
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, "lockstep"));
+        let endpoints: Vec<String> = hosts.split(',').map(str::to_string).collect();
+        if endpoints
+            .iter()
+            .any(|e| !e.contains(':') || e.contains(' '))
+        {
+            return Err(format!("{url:?}: each member is HOST:PORT"));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            return Err(format!("{url:?}: the prefix after / is empty"));
+        }
+        Ok(Self {
+            endpoints,
+            prefix: prefix.to_string(),
+            tls: None,
+        })
+    }
+}
+
+impl EtcdKv {
+    /// Connects to `target` for `tables` (names are part of the keys: a table not
+    /// declared here is refused, as RocksDB refuses one).
+    pub fn open(target: &EtcdTarget, tables: &[&'static str]) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("etcd-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Etcd(format!("starting its runtime: {e}")))?;
+        let runtime = Arc::new(runtime);
+        let (endpoints, options) = (target.endpoints.clone(), connect_options(target));
+        let client = wait(&runtime, async move {
+            Client::connect(endpoints, Some(options)).await
+        })?;
+        Ok(Self {
+            client,
+            prefix: format!("{}/", target.prefix).into_bytes(),
+            tables: tables.to_vec(),
+            fence: Mutex::new(None),
+            runtime,
+        })
+    }
+
+    /// Guards every later write with `fence` (`None`: unguarded).
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// A client on the same members (leadership uses it for leases and elections).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix every table lives under (with its trailing `/`).
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The runtime the store's calls run on.
+    pub fn runtime(&self) -> Arc<tokio::runtime::Runtime> {
+        self.runtime.clone()
+    }
+
+    fn table_prefix(&self, table: &'static str) -> Result<Vec<u8>, StoreError> {
+        if !self.tables.contains(&table) {
+            return Err(StoreError::UnknownTable(table.to_string()));
+        }
+        let mut key = self.prefix.clone();
+        key.extend_from_slice(table.as_bytes());
+        key.push(b'/');
+        Ok(key)
+    }
+
+    fn key(&self, table: &'static str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut full = self.table_prefix(table)?;
+        full.extend_from_slice(key);
+        Ok(full)
+    }
+
+    fn op(&self, op: Op) -> Result<TxnOp, StoreError> {
+        Ok(match op {
+            Op::Put { table, key, value } => TxnOp::put(self.key(table, &key)?, value, None),
+            Op::Delete { table, key } => TxnOp::delete(self.key(table, &key)?, None),
+        })
+    }
+}
+
+fn connect_options(target: &EtcdTarget) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CALL_TIMEOUT)
+        .with_timeout(CALL_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+    if let Some((ca, cert, key)) = &target.tls {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca.clone()))
+            .identity(etcd_client::Identity::from_pem(cert.clone(), key.clone()));
+        options = options.with_tls(tls);
+    }
+    options
+}
+
+/// Runs `call` on `runtime` and waits for it on this thread (which may be a worker of
+/// another runtime: it only blocks, it never enters this one).
+pub(crate) fn wait<T, F>(runtime: &tokio::runtime::Runtime, call: F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(call.await);
+    });
+    rx.recv()
+        .map_err(|_| StoreError::Etcd("the store's runtime stopped".into()))?
+        .map_err(|e| StoreError::Etcd(e.to_string()))
+}
+
+/// The last op of each key, in batch order: etcd refuses a transaction that names a
+/// key twice, and within one atomic batch only the last op of a key counts.
+fn last_per_key(ops: Vec<Op>) -> Vec<Op> {
+    let id = |op: &Op| match op {
+        Op::Put { table, key, .. } | Op::Delete { table, key } => (*table, key.clone()),
+    };
+    let mut last = std::collections::HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        last.insert(id(op), i);
+    }
+    ops.into_iter()
+        .enumerate()
+        .filter(|(i, op)| last.get(&id(op)) == Some(i))
+        .map(|(_, op)| op)
+        .collect()
+}
+
+impl Kv for EtcdKv {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(table, key)?;
+        let mut kv = self.client.kv_client();
+        let got = wait(&self.runtime, async move { kv.get(key, None).await })?;
+        Ok(got.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: Option<&[u8]>,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let base = self.table_prefix(table)?;
+        let start = self.key(table, from)?;
+        let end = match to {
+            Some(to) => self.key(table, to)?,
+            None => prefix_end(&base),
+        };
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sort = match order {
+            Order::Ascending => SortOrder::Ascend,
+            Order::Descending => SortOrder::Descend,
+        };
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, sort)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut kv = self.client.kv_client();
+        let got = wait(
+            &self.runtime,
+            async move { kv.get(start, Some(options)).await },
+        )?;
+        let entries = got.kvs().iter();
+        let strip = |k: &[u8]| k[base.len()..].to_vec();
+        Ok(entries
+            .map(|kv| (strip(kv.key()), kv.value().to_vec()))
+            .collect())
+    }
+
+    fn write(&self, batch: Batch, _durability: Durability) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<TxnOp> = last_per_key(batch.ops)
+            .into_iter()
+            .map(|op| self.op(op))
+            .collect::<Result<_, _>>()?;
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut txn = Txn::new();
+        if let Some(f) = &fence {
+            txn = txn.when([Compare::create_revision(
+                f.key.clone(),
+                CompareOp::Equal,
+                f.revision,
+            )]);
+        }
+        let txn = txn.and_then(ops);
+        let mut kv = self.client.kv_client();
+        let answer = wait(&self.runtime, async move { kv.txn(txn).await })?;
+        match (answer.succeeded(), fence) {
+            (true, _) | (false, None) => Ok(()),
+            (false, Some(f)) => Err(StoreError::Fenced(f.revision)),
+        }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Every etcd write is durable once it is answered.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_members_and_a_prefix() {
+        let t = EtcdTarget::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/prod/lockstep/").unwrap();
+        assert_eq!(t.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(t.prefix, "prod/lockstep");
+        assert_eq!(EtcdTarget::parse("etcd://h:1").unwrap().prefix, "lockstep");
+        assert!(EtcdTarget::parse("http://h:1").is_err());
+        assert!(EtcdTarget::parse("etcd://h").is_err());
+    }
+
+    #[test]
+    fn only_the_last_op_of_a_key_is_sent() {
+        let mut b = Batch::default();
+        b.put("t", b"k".to_vec(), b"1".to_vec());
+        b.put("t", b"j".to_vec(), b"1".to_vec());
+        b.delete("t", b"k".to_vec());
+        b.put("u", b"k".to_vec(), b"2".to_vec());
+        let kept = last_per_key(b.ops);
+        assert_eq!(kept.len(), 3);
+        assert!(matches!(&kept[1], Op::Delete { table: "t", .. }));
+    }
+}

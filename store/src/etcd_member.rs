@@ -1,0 +1,131 @@
+//! A private one-member etcd (Debian's `etcd-server`) on free loopback ports and a
+//! data directory of its own, for tests and the demo: started, killed with SIGKILL and
+//! started again on the same data, as a crash would.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// How long a member may take to answer after it starts.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One running etcd member.
+pub struct EtcdMember {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+impl EtcdMember {
+    /// Starts a member with its data in `dir` (created), and waits until it answers.
+    pub fn start(dir: &Path) -> Result<Self, String> {
+        let mut m = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            client: free_port()?,
+            peer: free_port()?,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    /// `127.0.0.1:PORT` of its client listener.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    /// `etcd://127.0.0.1:PORT/PREFIX`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.endpoint())
+    }
+
+    /// SIGKILL, as a crash of its host would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same data and ports.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill9();
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.dir.join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("etcd")
+            .arg("--name=lockstep-test")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=lockstep-test={peer}"))
+            // A coordinator's group commit writes many keys in one transaction.
+            .arg("--max-txn-ops=100000")
+            .arg("--max-request-bytes=33554432")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting etcd (scripts/setup installs etcd-server): {e}"))?;
+        self.child = Some(child);
+        self.wait_up()
+    }
+
+    fn wait_up(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_DEADLINE;
+        let health = format!("http://127.0.0.1:{}/health", self.client);
+        while Instant::now() < deadline {
+            if answers(&health) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "etcd exited ({status}); see {}/etcd.log",
+                    self.dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("etcd did not answer within {START_DEADLINE:?}"))
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether `url` (http, loopback) answers `"health":"true"`.
+fn answers(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut conn) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let mut body = String::new();
+    conn.write_all(request.as_bytes()).is_ok()
+        && conn.read_to_string(&mut body).is_ok()
+        && body.contains("\"health\":\"true\"")
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}

@@ -1,0 +1,146 @@
+//! The etcd store against a real etcd member (started here, killed with SIGKILL and
+//! restarted on its data): the one conformance suite every store passes, and the fence
+//! that keeps a deposed writer from writing a single record.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use lockstep_store::{
+    Batch, Durability, EtcdKv, EtcdTarget, Fence, Kv, StoreError,
+    conformance::{self, Subject, TABLES},
+    etcd_member::EtcdMember,
+};
+
+struct EtcdSubject {
+    member: EtcdMember,
+    target: EtcdTarget,
+    kv: Option<Arc<EtcdKv>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdSubject {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let member = EtcdMember::start(dir.path()).unwrap();
+        let target = EtcdTarget::parse(&member.url("conformance")).unwrap();
+        let kv = Arc::new(EtcdKv::open(&target, &TABLES).unwrap());
+        Self {
+            member,
+            target,
+            kv: Some(kv),
+            _dir: dir,
+        }
+    }
+}
+
+impl Subject for EtcdSubject {
+    fn store(&self) -> Arc<dyn Kv> {
+        self.kv.clone().unwrap()
+    }
+
+    fn crash_and_reopen(&mut self) -> Arc<dyn Kv> {
+        self.kv = None;
+        self.member.restart().unwrap();
+        let kv = Arc::new(EtcdKv::open(&self.target, &TABLES).unwrap());
+        self.kv = Some(kv.clone());
+        kv
+    }
+}
+
+#[test]
+fn etcd_passes_the_conformance_suite() {
+    conformance::run_all(&mut EtcdSubject::new());
+}
+
+fn put(key: &[u8], value: &[u8]) -> Batch {
+    let mut b = Batch::default();
+    b.put("t1", key.to_vec(), value.to_vec());
+    b
+}
+
+/// Given a writer fenced on the leadership key's create revision, when another
+/// instance takes the key (a new create revision), then the old writer's next batch is
+/// refused as fenced and none of it is written.
+#[test]
+fn a_writer_whose_term_ended_cannot_write_a_single_record() {
+    let subject = EtcdSubject::new();
+    let kv = subject.kv.clone().unwrap();
+    let leader = b"conformance/leader".to_vec();
+    let mut raw = Batch::default();
+    raw.put("t2", b"x".to_vec(), b"y".to_vec());
+    kv.write(raw, Durability::Sync).unwrap();
+    // The leadership key as the election writes it, through a second client.
+    let client = kv.client();
+    let runtime = kv.runtime();
+    let elect = |value: &'static str| {
+        let (mut c, key) = (client.clone(), leader.clone());
+        runtime.block_on(async move {
+            c.delete(key.clone(), None).await.unwrap();
+            let put = c.put(key, value, None).await.unwrap();
+            put.header().unwrap().revision()
+        })
+    };
+    let term = elect("first");
+    kv.set_fence(Some(Fence {
+        key: leader.clone(),
+        revision: term,
+    }));
+    kv.write(put(b"k", b"while leading"), Durability::Sync)
+        .unwrap();
+    let newer = elect("second");
+    assert!(newer > term);
+    let mut two = put(b"k", b"after losing the lead");
+    two.put("t2", b"x".to_vec(), b"changed".to_vec());
+    let refused = kv.write(two, Durability::Sync).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Fenced(t) if t == term),
+        "{refused}"
+    );
+    assert_eq!(kv.get("t1", b"k").unwrap().unwrap(), b"while leading");
+    assert_eq!(kv.get("t2", b"x").unwrap().unwrap(), b"y");
+}
+
+/// Given two instances on one prefix, the first leads and the second waits, naming
+/// the leader; once the first's lease is lost (its process paused past the TTL is
+/// what this stands for: its keeper stops), the second leads with a higher term and
+/// the first's writes are fenced.
+#[test]
+fn one_instance_leads_and_the_next_takes_over_with_a_higher_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(dir.path()).unwrap();
+    let target = EtcdTarget::parse(&member.url("lead")).unwrap();
+    let first = EtcdKv::open(&target, &TABLES).unwrap();
+    let ttl = std::time::Duration::from_secs(2);
+    let lead = first.lead("first:1", ttl, |_| {}).unwrap();
+    assert_eq!(first.leader().unwrap().as_deref(), Some("first:1"));
+    first.write(put(b"k", b"1"), Durability::Sync).unwrap();
+
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let second = std::thread::spawn(move || {
+        let kv = EtcdKv::open(&target, &TABLES).unwrap();
+        let lead = kv
+            .lead("second:2", ttl, move |who| {
+                let _ = seen_tx.send(who.to_string());
+            })
+            .unwrap();
+        (kv, lead.term)
+    });
+    assert_eq!(
+        seen_rx.recv().unwrap(),
+        "first:1",
+        "the standby names the leader"
+    );
+    // The first instance's lease is revoked as an expiry would end it.
+    let (mut client, runtime) = (first.client(), first.runtime());
+    let key = first.leader_key();
+    runtime.block_on(async move { client.delete(key, None).await.unwrap() });
+    let (second, term) = second.join().unwrap();
+    assert!(term > lead.term, "{term} > {}", lead.term);
+    let refused = first
+        .write(put(b"k", b"stale"), Durability::Sync)
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced(_)), "{refused}");
+    second.write(put(b"k", b"2"), Durability::Sync).unwrap();
+    assert_eq!(first.get("t1", b"k").unwrap().unwrap(), b"2");
+}

@@ -1,0 +1,122 @@
+//! The coordinator on etcd (issue 28): several instances on one prefix, one leading at a
+//! time, every write fenced on its term. Against a real etcd member and real processes
+//! killed with SIGKILL or paused with SIGSTOP.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lockstep::pb::TransactionState;
+use lockstep_store::etcd_member::EtcdMember;
+use support::{Cluster, DEADLINE, Server, bin, wait_for};
+
+/// A cluster whose coordinator keeps its tables in `member` under `prefix`.
+async fn on_etcd(member: &EtcdMember, prefix: &str) -> (Cluster, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--store".to_string(),
+        member.url(prefix),
+        "--etcd-lease-ttl".into(),
+        "2s".into(),
+    ];
+    let c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
+    (c, args)
+}
+
+/// Starts another coordinator on the same prefix; it returns once that one leads.
+async fn standby(c: &Cluster, args: Vec<String>, name: &str) -> Server {
+    let log = c.dir.path().join(format!("{name}.log"));
+    Server::start(name, bin("lockstep-coordinator"), args, Vec::new(), log, 0).await
+}
+
+/// Given the family at T1 on etcd and T2 in phase 1 (C's Prepare held), when the
+/// leading coordinator is killed with SIGKILL, then a second instance takes over after
+/// the lease's TTL, recovers T2 from etcd (undecided: presumed abort), every agent
+/// stays at T1, and the next release commits through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_after_the_leader_is_killed_mid_release() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "kill").await;
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("C");
+    let t2 = ["release", "create", "T2", "A=T2A", "B=T2B", "C=T2C"];
+    assert_eq!(c.cli(&t2).await.code, 0);
+    c.wait_state("T2", TransactionState::Preparing).await;
+
+    c.coordinator.kill9().await;
+    c.coordinator = standby(&c, args, "standby").await;
+    assert!(c.coordinator.log().contains("leading with term"));
+    c.heal("C");
+    c.wait_state("T2", TransactionState::Aborted).await;
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+    c.release("T3", &["A=T3A", "B=T3B", "C=T3C"], 0).await;
+    let at_t3 = Cluster::expect(&[("A", "T3A"), ("B", "T3B"), ("C", "T3C")]);
+    assert_eq!(c.live(), at_t3);
+}
+
+/// Given a leader with T2 in phase 1 and a standby waiting (naming it), when the
+/// leader is paused past its lease (SIGSTOP), then the standby leads and recovers T2;
+/// when the old leader wakes, it stops (its lease is gone, its writes fenced) instead
+/// of serving, and what the new leader decided is what every agent runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_wakes_up_deposed_and_stops() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "pause").await;
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let waiting = {
+        let (dir, args) = (c.dir.path().to_path_buf(), args.clone());
+        tokio::spawn(async move {
+            let log = dir.join("standby.log");
+            Server::start(
+                "standby",
+                bin("lockstep-coordinator"),
+                args,
+                Vec::new(),
+                log,
+                0,
+            )
+            .await
+        })
+    };
+    let standby_log = c.dir.path().join("standby.log");
+    let leader = c.coordinator.url();
+    wait_for("the standby to name the leader", || {
+        let log = std::fs::read_to_string(&standby_log).unwrap_or_default();
+        let named = log.contains(&format!("standby: {leader} leads"));
+        async move { named.then_some(()) }
+    })
+    .await;
+    c.block("C");
+    let t2 = ["release", "create", "T2", "A=T2A", "B=T2B", "C=T2C"];
+    assert_eq!(c.cli(&t2).await.code, 0);
+    c.wait_state("T2", TransactionState::Preparing).await;
+
+    c.coordinator.pause();
+    let new = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut old = std::mem::replace(&mut c.coordinator, new);
+    c.heal("C");
+    c.wait_state("T2", TransactionState::Aborted).await;
+    old.resume();
+    let status = old.exited().await;
+    assert!(!status.success(), "the deposed leader stops: {status}");
+    let log = old.log();
+    assert!(
+        log.contains("no longer leading") || log.contains("fenced"),
+        "it says why: {log}"
+    );
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+    assert_eq!(
+        c.transaction("T2").await.state,
+        TransactionState::Aborted as i32
+    );
+    c.release("T3", &["A=T3A", "B=T3B", "C=T3C"], 0).await;
+}
