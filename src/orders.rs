@@ -241,6 +241,7 @@ impl From<&PrepareOrder> for pb::PrepareRequest {
             metadata: o.metadata.clone().into_iter().collect(),
             action: o.action.map_or(pb::Action::Unspecified, pb::Action::from) as i32,
             coordinator_incarnation: o.incarnation.clone(),
+            coordinator_term: 0,
             restore: o.restore,
             target_schema: o.target_schema.as_ref().map(pb::SchemaVersion::from),
         }
@@ -253,6 +254,7 @@ impl From<&CommitOrder> for pb::CommitRequest {
             transaction_id: o.tx.to_string(),
             project: shown(o.project.as_ref()),
             coordinator_incarnation: o.incarnation.clone(),
+            coordinator_term: 0,
         }
     }
 }
@@ -264,6 +266,7 @@ impl From<&AbortOrder> for pb::AbortRequest {
             project: shown(o.project.as_ref()),
             reason: o.reason.clone(),
             coordinator_incarnation: o.incarnation.clone(),
+            coordinator_term: 0,
         }
     }
 }

@@ -119,6 +119,7 @@ async fn orders_for_a_recorded_transaction_from_another_coordinator_or_with_othe
         transaction_id: "T5".into(),
         project: "B".into(),
         coordinator_incarnation: incarnation.into(),
+        coordinator_term: 0,
     };
     let refused = b.commit(commit("Y")).await.unwrap_err();
     assert_eq!(
@@ -131,6 +132,7 @@ async fn orders_for_a_recorded_transaction_from_another_coordinator_or_with_othe
         project: "B".into(),
         reason: "test".into(),
         coordinator_incarnation: incarnation.into(),
+        coordinator_term: 0,
     };
     b.abort(abort("Y")).await.unwrap();
     assert_eq!(

@@ -91,7 +91,7 @@ async fn the_reference_agent_passes_every_check_of_the_conformance_kit() {
         .status();
     assert_eq!(code, 0, "{report:#} {stderr}");
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 12, "{report:#}");
+    assert_eq!(checks.len(), 13, "{report:#}");
     assert!(checks.iter().all(|c| c["outcome"] == "pass"), "{report:#}");
 }
 

@@ -6,7 +6,7 @@
 
 mod support;
 
-use lockstep::pb::TransactionState;
+use lockstep::pb::{self, TransactionState};
 use lockstep_store::etcd_member::EtcdMember;
 use support::{Cluster, DEADLINE, Server, bin, wait_for};
 
@@ -119,4 +119,33 @@ async fn a_paused_leader_wakes_up_deposed_and_stops() {
         TransactionState::Aborted as i32
     );
     c.release("T3", &["A=T3A", "B=T3B", "C=T3C"], 0).await;
+
+    // An order the old leader still had in flight reaches an agent that has seen the
+    // new term: refused, and it changes nothing.
+    let old_term = term_in(&log);
+    assert!(term_in(&c.coordinator.log()) > old_term);
+    let late = pb::AbortRequest {
+        transaction_id: "T3".into(),
+        project: "C".into(),
+        reason: "the old leader, late".into(),
+        coordinator_term: old_term,
+        ..Default::default()
+    };
+    let refused = c.agent("C").client().await.abort(late).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("older than term"), "{refused:?}");
+    assert_eq!(c.agent("C").live().as_deref(), Some("T3C"));
+}
+
+/// The term a coordinator's log says it leads with.
+fn term_in(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("leading with term"))
+        .unwrap();
+    line.rsplit(' ').next().unwrap().trim().parse().unwrap()
 }

@@ -60,6 +60,8 @@ pub struct Config {
     pub probe: Arc<dyn Probe>,
     /// How often to ask every agent what it runs (`None`: never; see [`crate::drift`]).
     pub drift_check: Option<Duration>,
+    /// The term every order carries: the leader's on etcd, 0 for a single coordinator.
+    pub term: u64,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             stalled_after: None,
             probe: crate::probe::HttpProbe::shared(),
             drift_check: None,
+            term: 0,
         }
     }
 }
@@ -97,7 +100,8 @@ impl Coordinator {
     pub fn open(kv: Arc<dyn Kv>, net: Arc<dyn ParticipantNet>, config: Config) -> Result<Self> {
         let tables = Tables::new(kv.clone());
         let incarnation = incarnation::load_or_create(&tables, &config.new_incarnation)?;
-        let net = GrpcParticipants::new(net, config.delivery_timeout, incarnation);
+        let stamp = (incarnation, config.term);
+        let net = GrpcParticipants::new(net, config.delivery_timeout, stamp);
         Self::open_with(kv, Arc::new(net), config)
     }
 

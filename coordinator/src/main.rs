@@ -181,7 +181,14 @@ async fn main() -> anyhow::Result<()> {
         Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
         None => TcpNet::default(),
     };
-    let coordinator = Coordinator::open(store.clone(), Arc::new(net), config(&args))
+    let term = lead
+        .as_ref()
+        .map_or(0, |l| u64::try_from(l.term).unwrap_or_default());
+    let config = Config {
+        term,
+        ..config(&args)
+    };
+    let coordinator = Coordinator::open(store.clone(), Arc::new(net), config)
         .context("recovering coordinator state")?;
     let secure = files.is_some();
     let (tls, access) = security(files, &args, &coordinator)?;

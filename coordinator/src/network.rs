@@ -113,22 +113,24 @@ pub struct GrpcParticipants {
     calls: Arc<Semaphore>,
     delivery_timeout: Duration,
     incarnation: String,
+    term: u64,
 }
 
 impl GrpcParticipants {
-    /// Calls through `net`, stamping every order with `incarnation`; a Commit or
-    /// Abort without an answer within `delivery_timeout` is a transient failure
-    /// (retried).
+    /// Calls through `net`, stamping every order with `incarnation` and `term` (the
+    /// leader's term on etcd, 0 for a single coordinator); a Commit or Abort without an
+    /// answer within `delivery_timeout` is a transient failure (retried).
     pub fn new(
         net: Arc<dyn ParticipantNet>,
         delivery_timeout: Duration,
-        incarnation: String,
+        (incarnation, term): (String, u64),
     ) -> Self {
         Self {
             net,
             calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             delivery_timeout,
             incarnation,
+            term,
         }
     }
 
@@ -187,6 +189,7 @@ impl Participants for GrpcParticipants {
     fn prepare(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<VoteAnswer, Failure>> {
         let mut request = pb::PrepareRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
+        request.coordinator_term = self.term;
         // Any status the agent sends is its vote (a refusal with its code and
         // message); only a call that did not get through is made again. A call lives
         // until the phase 1 deadline drops it (no timeout of its own: a staging of 32 s
@@ -204,6 +207,7 @@ impl Participants for GrpcParticipants {
     fn commit(&self, endpoint: &str, order: CommitOrder) -> Pending<Result<(), Failure>> {
         let mut request = pb::CommitRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
+        request.coordinator_term = self.term;
         let timeout = Some(self.delivery_timeout);
         let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
             c.commit(request).await
@@ -214,6 +218,7 @@ impl Participants for GrpcParticipants {
     fn abort(&self, endpoint: &str, order: AbortOrder) -> Pending<Result<(), Failure>> {
         let mut request = pb::AbortRequest::from(&order);
         request.coordinator_incarnation = self.incarnation.clone();
+        request.coordinator_term = self.term;
         let timeout = Some(self.delivery_timeout);
         let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
             c.abort(request).await

@@ -172,6 +172,7 @@ class Store:
         os.makedirs(data_dir, exist_ok=True)
         self.ledger = self._read("ledger.json", "{}", json.loads)
         self.live = self._read("live", "", str)
+        self.term = self._read("term", "0", int)  # the highest coordinator term seen
 
     def _read(self, name, empty, parse):
         try:
@@ -195,6 +196,10 @@ class Store:
         self.ledger[tx] = entry
         self._write("ledger.json", json.dumps(self.ledger))
 
+    def raise_term(self, term):
+        self.term = term
+        self._write("term", str(term))
+
     def go_live(self, version):
         self.live = version
         self._write("live", version)
@@ -206,9 +211,22 @@ class Agent(part_grpc.ParticipantServicer):
         self.access = access
         self.coordinator = coordinator  # a function making a channel to the coordinator
 
+    def _admit_term(self, request, context):
+        """participant.proto: refuse an order from a lower coordinator term than one seen
+        (its sender was deposed); remember a higher one, synced, before acting on it."""
+        with self.lock:
+            term = request.coordinator_term
+            if term < self.store.term:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"this order comes with coordinator term {term}, older than term "
+                              f"{self.store.term} already seen here: its sender no longer leads; refused")
+            if term > self.store.term:
+                self.store.raise_term(term)
+
     @order_from_coordinator
     def Prepare(self, request, context):
         print(f"Prepare {request.transaction_id}", file=sys.stderr, flush=True)
+        self._admit_term(request, context)
         env = request.environment or "default"
         if request.project != self.args.project or env != self.args.environment:
             return self._refused(f"this agent serves {self.args.project} in {self.args.environment}")
@@ -253,6 +271,7 @@ class Agent(part_grpc.ParticipantServicer):
 
     @order_from_coordinator
     def Commit(self, request, context):
+        self._admit_term(request, context)
         return self._commit(request, context)
 
     def _commit(self, request, context):
@@ -268,6 +287,7 @@ class Agent(part_grpc.ParticipantServicer):
 
     @order_from_coordinator
     def Abort(self, request, context):
+        self._admit_term(request, context)
         return self._abort(request, context)
 
     def _abort(self, request, context):

@@ -16,8 +16,14 @@ use crate::{
 /// Transactions by id.
 pub const TRANSACTIONS: &str = "participant_transactions";
 
+/// What the participant knows beyond transactions (the highest coordinator term).
+pub const META: &str = "participant_meta";
+
 /// Every table the participant opens.
-pub const ALL: &[&str] = &[TRANSACTIONS];
+pub const ALL: &[&str] = &[TRANSACTIONS, META];
+
+/// The [`META`] key of the highest coordinator term seen.
+const TERM_KEY: &[u8] = b"highest-term";
 
 /// Where a transaction is on this participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +114,33 @@ impl Ledger {
             }
             Ok(())
         }
+    }
+
+    /// The highest coordinator term an order came with (0: none yet).
+    pub fn term(&self) -> Result<u64, StoreError> {
+        let value = self.kv.get(META, TERM_KEY)?;
+        value
+            .map(|v| {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("{META}/highest-term: {} bytes", v.len()))
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            })
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Records `term` as the highest seen; resolves once it is durable (synced), so a
+    /// restart never forgets a term it acted on.
+    pub fn put_term(
+        &self,
+        term: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let mut batch = Batch::default();
+        batch.put(META, TERM_KEY.to_vec(), term.to_be_bytes().to_vec());
+        let written = self.writer.write(batch, Some(Duration::ZERO));
+        let writer = self.writer.clone();
+        async move { writer.durable(written?).await }
     }
 
     /// Records in the given phases, with their ids.

@@ -32,6 +32,8 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         self.access.orders(&request)?;
+        let term = request.get_ref().coordinator_term;
+        self.participant.admit_term(term).await?;
         let order = PrepareOrder::try_from(request.into_inner())?;
         let vote = self.participant.prepare(order).await?;
         Ok(Response::new(pb::PrepareResponse::from(&vote)))
@@ -42,6 +44,8 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         self.access.orders(&request)?;
+        let term = request.get_ref().coordinator_term;
+        self.participant.admit_term(term).await?;
         let order = CommitOrder::try_from(request.into_inner())?;
         let live_version = self.participant.commit(&order).await?;
         Ok(Response::new(pb::CommitResponse { live_version }))
@@ -52,6 +56,8 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
         self.access.orders(&request)?;
+        let term = request.get_ref().coordinator_term;
+        self.participant.admit_term(term).await?;
         let order = AbortOrder::try_from(request.into_inner())?;
         let live_version = self.participant.abort(&order).await?;
         Ok(Response::new(pb::AbortResponse { live_version }))

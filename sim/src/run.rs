@@ -145,6 +145,8 @@ fn coordinator_config(seed: u64) -> CoordinatorConfig {
         // protocol.
         notify: Default::default(),
         drift_check: None,
+        // One coordinator: term 0 (a second, on etcd-like leases, is issue 28's).
+        term: 0,
         stalled_after: None,
         probe: stages::SimProbe::shared(seed),
     }
@@ -957,6 +959,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                 transaction_id: tx.clone(),
                 project: part.project.clone(),
                 coordinator_incarnation: String::new(),
+                coordinator_term: 0,
             }))
             .await
             .map(|_| ()),
@@ -966,6 +969,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                     project: part.project.clone(),
                     reason: "duplicate".into(),
                     coordinator_incarnation: String::new(),
+                    coordinator_term: 0,
                 }))
                 .await
                 .map(|_| ())
@@ -982,6 +986,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                 coordinator_incarnation: String::new(),
                 restore: part.restore,
                 target_schema: part.target_schema.clone(),
+                coordinator_term: 0,
             }))
             .await
             .map(|_| ()),

@@ -96,6 +96,11 @@ impl Kit {
             self.aborted_twice().await,
         ));
         out.push(self.restart_check().await);
+        // Last: it leaves the agent at term 2 (use a test instance).
+        out.push(checked(
+            "an order from a lower coordinator term than one seen is FAILED_PRECONDITION",
+            self.stale_term_refused().await,
+        ));
         out
     }
 
@@ -124,6 +129,7 @@ impl Kit {
             transaction_id: self.tx(n),
             project: self.project.clone(),
             coordinator_incarnation: INCARNATION.into(),
+            coordinator_term: 0,
         }
     }
 
@@ -133,6 +139,7 @@ impl Kit {
             project: self.project.clone(),
             reason: "lockstep conformance".into(),
             coordinator_incarnation: INCARNATION.into(),
+            coordinator_term: 0,
         }
     }
 
@@ -262,6 +269,31 @@ impl Kit {
         let status = self.status().await?;
         expect_nothing_staged(&status)?;
         expect_live(&status, &live)
+    }
+
+    /// A Prepare at term 2, then an Abort at term 1 (a deposed leader's): refused, the
+    /// transaction stays prepared; the Abort at term 2 goes through.
+    async fn stale_term_refused(&mut self) -> Outcome {
+        let live = self.live.clone();
+        let mut prepare = self.prepare(7, &live);
+        prepare.coordinator_term = 2;
+        expect_vote(self.vote(prepare).await?, pb::Vote::Prepared)?;
+        let mut stale = self.abort(7);
+        stale.coordinator_term = 1;
+        let answer = self.agent.abort(stale.clone()).await;
+        expect_code(
+            "Abort at term 1",
+            answer.map(|_| ()),
+            Code::FailedPrecondition,
+        )?;
+        let status = self.status().await?;
+        if !status.staged.iter().any(|s| s.transaction_id == self.tx(7)) {
+            return Err("the refused Abort undid the prepared transaction".into());
+        }
+        stale.coordinator_term = 2;
+        let answer = self.agent.abort(stale).await;
+        answer.map_err(|s| said("Abort at term 2", &s))?;
+        expect_nothing_staged(&self.status().await?)
     }
 
     async fn restart_check(&mut self) -> Checked {

@@ -24,6 +24,7 @@ mod decisions;
 mod prepare;
 mod recover;
 mod report;
+mod term;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -65,6 +66,17 @@ pub enum ParticipantError {
     /// The call is malformed or meant for another project.
     #[error("{0}")]
     Invalid(String),
+    /// The order comes from a coordinator whose term is older than one seen here: it
+    /// no longer leads, and its orders are not carried out.
+    #[error(
+        "this order comes with coordinator term {term}, older than term {seen} already seen here: its sender no longer leads; refused"
+    )]
+    StaleTerm {
+        /// The order's term.
+        term: u64,
+        /// The highest seen.
+        seen: u64,
+    },
 }
 
 impl From<ParticipantError> for tonic::Status {
@@ -76,6 +88,9 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::Deploy(e) => tonic::Status::unavailable(e.0),
             ParticipantError::Conflict(m) => tonic::Status::failed_precondition(m),
             ParticipantError::Invalid(m) => tonic::Status::invalid_argument(m),
+            e @ ParticipantError::StaleTerm { .. } => {
+                tonic::Status::failed_precondition(e.to_string())
+            }
         }
     }
 }
@@ -112,6 +127,8 @@ struct Inner<D> {
     /// Transactions staging or prepared here (kept in memory so a Prepare does not scan
     /// the whole ledger).
     open: Mutex<BTreeSet<String>>,
+    /// The highest coordinator term seen (`None`: not read from the ledger yet).
+    term: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl<D: Deployer> Participant<D> {
@@ -137,6 +154,7 @@ impl<D: Deployer> Participant<D> {
                 lock: tokio::sync::Mutex::new(()),
                 in_flight: Mutex::new(HashMap::new()),
                 open: Mutex::new(BTreeSet::new()),
+                term: tokio::sync::Mutex::new(None),
             }),
         }
     }
