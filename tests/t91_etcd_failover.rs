@@ -149,3 +149,74 @@ fn term_in(log: &str) -> u64 {
         .unwrap();
     line.rsplit(' ').next().unwrap().trim().parse().unwrap()
 }
+
+/// The leader of `c` crashes at `point` (its own crash point) during T1; a standby
+/// waiting on the same prefix takes over and T1 ends committed everywhere.
+async fn failover_at(point: &str) {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--store".to_string(),
+        member.url("points"),
+        "--etcd-lease-ttl".into(),
+        "2s".into(),
+    ];
+    let crash = vec![("LOCKSTEP_CRASH_AT".to_string(), point.to_string())];
+    let mut c = Cluster::with_coordinator(dir, args.clone(), crash).await;
+    c.add_family().await;
+    let waiting = {
+        let dir = c.dir.path().to_path_buf();
+        tokio::spawn(async move {
+            let log = dir.join("standby.log");
+            Server::start("standby", bin("lockstep-coordinator"), args, Vec::new(), log, 0).await
+        })
+    };
+    let t1 = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
+    assert_eq!(c.cli(&t1).await.code, 0);
+    let crashed = c.coordinator.exited().await;
+    assert!(!crashed.success(), "the leader stopped at {point}");
+    c.coordinator = tokio::time::timeout(DEADLINE, waiting).await.unwrap().unwrap();
+    c.wait_state("T1", TransactionState::Committed).await;
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+}
+
+/// (b) of issue 28: after COMMIT is durable in etcd and before any Commit is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_lost_after_the_durable_commit_decision_commits_everywhere_through_the_next() {
+    failover_at("after-commit-decision").await;
+}
+
+/// (c): in phase 2, after the first participant acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_lost_in_phase_two_is_finished_by_the_next() {
+    failover_at("after-first-commit-ack").await;
+}
+
+/// (d): during VERIFYING (an approval step): the next leader resumes the steps, and
+/// the approval given to it commits the release everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_lost_while_verifying_resumes_its_steps_on_the_next() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "verify").await;
+    let file = c.dir.path().join("pipeline.toml");
+    let pipeline = "[[environment]]\nname = \"default\"\n  [[environment.verify]]\n  name = \"sign-off\"\n  kind = \"approval\"\n";
+    std::fs::write(&file, pipeline).unwrap();
+    let apply = ["env", "apply", "-f", file.to_str().unwrap()];
+    assert_eq!(c.cli(&apply).await.code, 0);
+    c.add_family().await;
+    let t1 = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
+    assert_eq!(c.cli(&t1).await.code, 0);
+    c.wait_state("T1", TransactionState::Verifying).await;
+
+    c.coordinator.kill9().await;
+    c.coordinator = standby(&c, args, "standby").await;
+    c.wait_state("T1", TransactionState::Verifying).await;
+    let approved = c.cli(&["approve", "T1", "--reason", "checked"]).await;
+    assert_eq!(approved.code, 0, "{approved:?}");
+    c.wait_state("T1", TransactionState::Committed).await;
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+}
