@@ -30,6 +30,12 @@ use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_en
 /// How long one call to etcd may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a call is made again while etcd cannot answer it (a member down, a leader
+/// election among the members): every call here is idempotent (reads, and batches of
+/// puts and deletes of given values under the same fence), so a retry after an answer
+/// was lost writes nothing new.
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
 /// A write guard: etcd applies a batch only while `key` has create revision `revision`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
@@ -167,6 +173,46 @@ fn connect_options(target: &EtcdTarget) -> ConnectOptions {
     options
 }
 
+/// Makes the call `make` builds, on `runtime`, again while it fails transiently (for
+/// at most [`RETRY_FOR`]), and waits for the outcome on this thread.
+pub(crate) fn wait_retrying<T, F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    make: F,
+) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send,
+    T: Send + 'static,
+{
+    wait(runtime, async move {
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match make().await {
+                Err(e) if transient(&e) && start.elapsed() < RETRY_FOR => {
+                    tracing::warn!("etcd: {e}; asking again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                outcome => return outcome,
+            }
+        }
+    })
+}
+
+/// Whether `e` says the call did not get through, or etcd could not serve it now.
+fn transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
 /// Runs `call` on `runtime` and waits for it on this thread (which may be a worker of
 /// another runtime: it only blocks, it never enters this one).
 pub(crate) fn wait<T, F>(runtime: &tokio::runtime::Runtime, call: F) -> Result<T, StoreError>
@@ -203,8 +249,11 @@ fn last_per_key(ops: Vec<Op>) -> Vec<Op> {
 impl Kv for EtcdKv {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.key(table, key)?;
-        let mut kv = self.client.kv_client();
-        let got = wait(&self.runtime, async move { kv.get(key, None).await })?;
+        let kv = self.client.kv_client();
+        let got = wait_retrying(&self.runtime, move || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })?;
         Ok(got.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -233,11 +282,11 @@ impl Kv for EtcdKv {
             .with_range(end)
             .with_sort(SortTarget::Key, sort)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let mut kv = self.client.kv_client();
-        let got = wait(
-            &self.runtime,
-            async move { kv.get(start, Some(options)).await },
-        )?;
+        let kv = self.client.kv_client();
+        let got = wait_retrying(&self.runtime, move || {
+            let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        })?;
         let entries = got.kvs().iter();
         let strip = |k: &[u8]| k[base.len()..].to_vec();
         Ok(entries
@@ -263,8 +312,11 @@ impl Kv for EtcdKv {
             )]);
         }
         let txn = txn.and_then(ops);
-        let mut kv = self.client.kv_client();
-        let answer = wait(&self.runtime, async move { kv.txn(txn).await })?;
+        let kv = self.client.kv_client();
+        let answer = wait_retrying(&self.runtime, move || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })?;
         match (answer.succeeded(), fence) {
             (true, _) | (false, None) => Ok(()),
             (false, Some(f)) => Err(StoreError::Fenced(f.revision)),

@@ -1,6 +1,7 @@
-//! A private one-member etcd (Debian's `etcd-server`) on free loopback ports and a
-//! data directory of its own, for tests and the demo: started, killed with SIGKILL and
-//! started again on the same data, as a crash would.
+//! Private etcd members (Debian's `etcd-server`) on free loopback ports, each with a
+//! data directory of its own, for tests and the demo: one member, or a cluster of
+//! several; each started, killed with SIGKILL and started again on the same data, as a
+//! crash would.
 
 use std::{
     net::TcpListener,
@@ -18,19 +19,29 @@ pub struct EtcdMember {
     dir: PathBuf,
     client: u16,
     peer: u16,
+    name: String,
+    cluster: String,
 }
 
 impl EtcdMember {
-    /// Starts a member with its data in `dir` (created), and waits until it answers.
+    /// Starts a one-member cluster with its data in `dir` (created), and waits until
+    /// it answers.
     pub fn start(dir: &Path) -> Result<Self, String> {
-        let mut m = Self {
+        let mut m = Self::planned(dir, "m0")?;
+        m.cluster = format!("m0=http://127.0.0.1:{}", m.peer);
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn planned(dir: &Path, name: &str) -> Result<Self, String> {
+        Ok(Self {
             child: None,
             dir: dir.to_path_buf(),
             client: free_port()?,
             peer: free_port()?,
-        };
-        m.spawn()?;
-        Ok(m)
+            name: name.to_string(),
+            cluster: String::new(),
+        })
     }
 
     /// `127.0.0.1:PORT` of its client listener.
@@ -58,18 +69,23 @@ impl EtcdMember {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        self.launch()?;
+        self.wait_up()
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let client = format!("http://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::File::create(self.dir.join("etcd.log")).map_err(|e| e.to_string())?;
         let child = Command::new("etcd")
-            .arg("--name=lockstep-test")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lockstep-test={peer}"))
+            .arg(format!("--initial-cluster={}", self.cluster))
             // A coordinator's group commit writes many keys in one transaction.
             .arg("--max-txn-ops=100000")
             .arg("--max-request-bytes=33554432")
@@ -79,7 +95,7 @@ impl EtcdMember {
             .spawn()
             .map_err(|e| format!("starting etcd (scripts/setup installs etcd-server): {e}"))?;
         self.child = Some(child);
-        self.wait_up()
+        Ok(())
     }
 
     fn wait_up(&mut self) -> Result<(), String> {
@@ -98,6 +114,44 @@ impl EtcdMember {
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!("etcd did not answer within {START_DEADLINE:?}"))
+    }
+}
+
+/// Several members forming one etcd cluster.
+pub struct EtcdCluster {
+    /// The members, in start order.
+    pub members: Vec<EtcdMember>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members, each in a directory under `dir`, and waits until each answers
+    /// (which needs a quorum).
+    pub fn start(dir: &Path, n: usize) -> Result<Self, String> {
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(EtcdMember::planned(
+                &dir.join(format!("m{i}")),
+                &format!("m{i}"),
+            )?);
+        }
+        let cluster: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        for m in &mut members {
+            m.cluster = cluster.join(",");
+            m.launch()?;
+        }
+        for m in &mut members {
+            m.wait_up()?;
+        }
+        Ok(Self { members })
+    }
+
+    /// `etcd://A,B,C/PREFIX` naming every member.
+    pub fn url(&self, prefix: &str) -> String {
+        let all: Vec<String> = self.members.iter().map(EtcdMember::endpoint).collect();
+        format!("etcd://{}/{prefix}", all.join(","))
     }
 }
 
