@@ -18,6 +18,8 @@
 //!   Abort orders, votes, decisions) with their wire conversions both ways.
 //! - [`reference`]: the grammar of an artifact reference (path, or URL with digest).
 //! - [`retry`]: which failures are worth retrying, and the one backoff schedule.
+//! - [`standby`]: what a coordinator that does not lead answers, and how a client finds
+//!   the one that does.
 //! - [`shutdown`]: a clean stop on SIGTERM/SIGINT for every server.
 //! - [`wire`]: small conversions between protobuf well-known types and std types.
 //! - [`tls`]: TLS for every server and client from PEM files, reloaded on SIGHUP.
@@ -36,6 +38,7 @@ pub mod orders;
 pub mod reference;
 pub mod retry;
 pub mod shutdown;
+pub mod standby;
 pub mod tls;
 pub mod wire;
 

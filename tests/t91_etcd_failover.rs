@@ -269,5 +269,84 @@ async fn releases_go_on_while_an_etcd_member_is_killed_and_restarted() {
     let at_t6 = Cluster::expect(&[("A", "T6A"), ("B", "T6B"), ("C", "T6C")]);
     assert_eq!(c.live(), at_t6);
     let history = c.cli(&["history", "-o", "json"]).await.json();
-    assert_eq!(history["checkpoints"].as_array().unwrap().len(), 6, "{history}");
+    assert_eq!(
+        history["checkpoints"].as_array().unwrap().len(),
+        6,
+        "{history}"
+    );
+}
+
+/// Given a leader and a standby on a known port, the standby answers every call with
+/// UNAVAILABLE naming the leader; a CLI given both instances finds the leader, and
+/// after the leader is killed, the same command line finds the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_given_every_instance_follow_the_leader() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "follow").await;
+    c.add_family().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let waiting = {
+        let (dir, args) = (c.dir.path().to_path_buf(), args.clone());
+        tokio::spawn(async move {
+            let log = dir.join("standby.log");
+            let program = bin("lockstep-coordinator");
+            Server::start("standby", program, args, Vec::new(), log, port).await
+        })
+    };
+    let (leader, standby) = (c.coordinator.url(), format!("http://127.0.0.1:{port}"));
+    let asked = wait_for("the standby to answer, naming the leader", || {
+        let standby = standby.clone();
+        let c = &c;
+        async move {
+            let out = c.cli(&["--coordinator", &standby, "live"]).await;
+            out.stderr.contains("standby").then_some(out)
+        }
+    })
+    .await;
+    assert_eq!(asked.code, 3, "{asked:?}");
+    assert!(
+        asked.stderr.contains(&format!("the leader is at {leader}")),
+        "{asked:?}"
+    );
+
+    let both = format!("{standby},{leader}");
+    let t1 = [
+        "--coordinator",
+        &both,
+        "release",
+        "create",
+        "T1",
+        "A=T1A",
+        "B=T1B",
+        "C=T1C",
+        "--wait",
+    ];
+    let out = c.cli(&t1).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    c.coordinator.kill9().await;
+    c.coordinator = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let t2 = [
+        "--coordinator",
+        &both,
+        "release",
+        "create",
+        "T2",
+        "A=T2A",
+        "B=T2B",
+        "C=T2C",
+        "--wait",
+    ];
+    let out = c.cli(&t2).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let at_t2 = Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")]);
+    assert_eq!(c.live(), at_t2);
 }

@@ -14,6 +14,9 @@ use tonic::{
 
 use crate::{Failure, Result, UNREACHABLE};
 
+/// How long each of several coordinators is given to say whether it leads.
+const LEADER_PROBE: Duration = Duration::from_secs(2);
+
 /// A coordinator client that presents the CLI's token, if any.
 pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
 
@@ -81,20 +84,48 @@ impl Dial {
         })
     }
 
-    /// A connected client (exit 3 when the coordinator cannot be reached).
+    /// A connected client (exit 3 when the coordinator cannot be reached). Given
+    /// several URLs (comma-separated: every instance of a coordinator on etcd), the one
+    /// whose health says it leads.
     pub async fn connect(&self) -> Result<Client> {
-        let url = &self.url;
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        if let [one] = urls.as_slice() {
+            return self.connect_to(one).await.map(|c| self.client(c));
+        }
+        let mut seen = Vec::new();
+        for url in urls {
+            match self.connect_to(url).await {
+                Ok(c) if lockstep::standby::leads(c.clone(), LEADER_PROBE).await => {
+                    return Ok(self.client(c));
+                }
+                Ok(_) => seen.push(format!("{url}: not leading")),
+                Err(e) => seen.push(e.message),
+            }
+        }
+        Err(Failure {
+            code: UNREACHABLE,
+            message: format!(
+                "no coordinator of --coordinator leads now ({})",
+                seen.join("; ")
+            ),
+        })
+    }
+
+    fn client(&self, channel: Channel) -> Client {
+        let client = CoordinatorClient::with_interceptor(channel, self.token.clone());
+        client.max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES)
+    }
+
+    async fn connect_to(&self, url: &str) -> Result<Channel> {
         let endpoint = lockstep::edge::endpoint(url)
             .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(5));
         let endpoint = lockstep::edge::secured(endpoint, self.tls.as_ref())
             .map_err(|e| Failure::usage(format!("--coordinator {e}")))?;
-        let channel = endpoint.connect().await.map_err(|e| Failure {
+        endpoint.connect().await.map_err(|e| Failure {
             code: UNREACHABLE,
             message: format!("cannot reach the coordinator at {url}: {e}"),
-        })?;
-        let client = CoordinatorClient::with_interceptor(channel, self.token.clone());
-        Ok(client.max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES))
+        })
     }
 }
 

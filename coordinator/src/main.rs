@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use lockstep::{names::Environment, shutdown, tls};
+use lockstep::{edge, names::Environment, shutdown, standby::Standby, tls};
 use lockstep_coordinator::{
     Config, Coordinator,
     access::{self, Access, Secure, tokens},
@@ -169,7 +169,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
-    let (store, lead) = open_store(&args, listener.local_addr()?).await?;
     let files = tls::files_from_flags(
         args.tls_cert.clone(),
         args.tls_key.clone(),
@@ -177,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         args.insecure,
     )
     .map_err(anyhow::Error::msg)?;
+    let (store, lead) = open_store(&args, &listener, files.as_ref()).await?;
     let net = match &files {
         Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
         None => TcpNet::default(),
@@ -220,7 +220,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The store `--store` names; on etcd, once this instance leads (it waits until then).
-async fn open_store(args: &Args, bound: SocketAddr) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>)> {
+async fn open_store(
+    args: &Args,
+    listener: &tokio::net::TcpListener,
+    files: Option<&tls::TlsFiles>,
+) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>)> {
+    let bound = listener.local_addr()?;
     let target = match &args.store {
         StoreFlag::Rocks => {
             let dir = args
@@ -237,14 +242,52 @@ async fn open_store(args: &Args, bound: SocketAddr) -> anyhow::Result<(Arc<dyn K
         format!("{scheme}://{bound}")
     });
     let ttl = args.etcd_lease_ttl;
+    let standby = Standby::default();
+    let (stop_standby, standing) = serve_standby(listener, files, standby.clone())?;
     let opened = tokio::task::spawn_blocking(move || {
-        storage::open_etcd(&target, &me, ttl, |leader| {
+        storage::open_etcd(&target, &me, ttl, move |leader| {
+            standby.set_leader(leader);
             tracing::info!("standby: {leader} leads; waiting to take over");
         })
     });
     let (kv, lead) = opened.await?.context("opening the etcd store")?;
+    let _ = stop_standby.send(());
+    let _ = standing.await;
     tracing::info!("leading with term {}", lead.term);
     Ok((kv, Some(lead)))
+}
+
+/// While this instance waits to lead, its port answers every coordinator call with
+/// UNAVAILABLE naming the leader (on a second handle of the same socket, closed once
+/// it leads).
+fn serve_standby(
+    listener: &tokio::net::TcpListener,
+    files: Option<&tls::TlsFiles>,
+    standby: Standby,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use std::os::fd::AsFd;
+    let fd = listener.as_fd().try_clone_to_owned()?;
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    let tcp = edge::incoming(tokio::net::TcpListener::from_std(std)?);
+    let tls = files.map(|f| tls::ServerTls::load(f.clone())).transpose()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let until = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(async move {
+        let served = match tls {
+            Some(tls) => lockstep::standby::serve(standby, tls.incoming(tcp), until).await,
+            None => lockstep::standby::serve(standby, tcp, until).await,
+        };
+        if let Err(e) = served {
+            tracing::warn!("the standby's port: {e}");
+        }
+    });
+    Ok((stop, task))
 }
 
 /// `target` with the TLS files of --etcd-ca/--etcd-cert/--etcd-key read in.

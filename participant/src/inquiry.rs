@@ -11,16 +11,22 @@ use tonic::transport::Channel;
 
 use crate::participant::{DecisionSource, Pending};
 
-/// GetDecision over a (lazily connected) channel to the coordinator.
+/// GetDecision over (lazily connected) channels to the coordinator's instances.
 #[derive(Clone)]
 pub struct GrpcDecisions {
-    coordinator: Channel,
+    coordinators: Vec<Channel>,
 }
 
 impl GrpcDecisions {
     /// Asks the coordinator at the other end of `coordinator`.
     pub fn new(coordinator: Channel) -> Self {
-        Self { coordinator }
+        Self::asking_each(vec![coordinator])
+    }
+
+    /// Asks each instance in turn (several coordinators on etcd: standbys answer
+    /// UNAVAILABLE naming the leader) until one answers.
+    pub fn asking_each(coordinators: Vec<Channel>) -> Self {
+        Self { coordinators }
     }
 }
 
@@ -31,16 +37,22 @@ impl DecisionSource for GrpcDecisions {
         project: &ProjectName,
         incarnation: &str,
     ) -> Pending<Result<Decision, String>> {
-        let mut client = CoordinatorClient::new(self.coordinator.clone());
+        let coordinators = self.coordinators.clone();
         let request = pb::GetDecisionRequest {
             transaction_id: tx.to_string(),
             project: project.to_string(),
             coordinator_incarnation: incarnation.to_string(),
         };
         Box::pin(async move {
-            let answer = client.get_decision(request).await;
-            let answer = answer.map_err(|status| status.message().to_string())?;
-            Ok(Decision::from(answer.into_inner().decision))
+            let mut why = Vec::new();
+            for channel in coordinators {
+                let mut client = CoordinatorClient::new(channel);
+                match client.get_decision(request.clone()).await {
+                    Ok(answer) => return Ok(Decision::from(answer.into_inner().decision)),
+                    Err(status) => why.push(status.message().to_string()),
+                }
+            }
+            Err(why.join("; "))
         })
     }
 }

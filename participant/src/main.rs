@@ -42,7 +42,8 @@ struct Args {
     /// Directory holding `releases/<version>` and the `current` symlink.
     #[arg(long)]
     deploy_root: PathBuf,
-    /// Coordinator URL, asked for decisions after a restart (`https://` with TLS).
+    /// Coordinator URL, asked for decisions after a restart (`https://` with TLS); every
+    /// instance of a coordinator on etcd, comma-separated, to ask whichever leads.
     #[arg(
         long,
         env = "LOCKSTEP_COORDINATOR",
@@ -219,13 +220,16 @@ async fn participant(
     let client_tls = files
         .map(|f| tls::client_config(&f.ca, Some((&f.cert, &f.key))))
         .transpose()?;
-    let endpoint = lockstep::edge::endpoint(&args.coordinator)
-        .with_context(|| format!("--coordinator {:?} is not a URL", args.coordinator))?;
-    let coordinator = lockstep::edge::secured(endpoint, client_tls.as_ref())
-        .map_err(|e| anyhow::anyhow!("--coordinator {e}"))?
-        .connect_lazy();
+    let mut coordinators = Vec::new();
+    for url in args.coordinator.split(',').map(str::trim) {
+        let endpoint = lockstep::edge::endpoint(url)
+            .with_context(|| format!("--coordinator {url:?} is not a URL"))?;
+        let secured = lockstep::edge::secured(endpoint, client_tls.as_ref())
+            .map_err(|e| anyhow::anyhow!("--coordinator {e}"))?;
+        coordinators.push(secured.connect_lazy());
+    }
     let decisions = Decisions {
-        source: Arc::new(GrpcDecisions::new(coordinator)),
+        source: Arc::new(GrpcDecisions::asking_each(coordinators)),
         ask_after: args.ask_decision_after,
     };
     let store = Arc::new(kv);
