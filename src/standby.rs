@@ -48,9 +48,12 @@ impl Standby {
         if let Ok(value) = leader.parse() {
             metadata.insert(LEADER_HEADER, value);
         }
-        let message = format!(
-            "this coordinator is a standby; the leader is at {leader}: call it (`lockstep --coordinator {leader}`, or list every instance comma-separated)"
-        );
+        let message = match leader.is_empty() {
+            true => "this coordinator is a standby and does not know the leader yet; ask another instance".to_string(),
+            false => format!(
+                "this coordinator is a standby; the leader is at {leader}: call it (`lockstep --coordinator {leader}`, or list every instance comma-separated)"
+            ),
+        };
         tonic::Status::with_metadata(tonic::Code::Unavailable, message, metadata)
     }
 }

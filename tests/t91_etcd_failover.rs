@@ -304,7 +304,7 @@ async fn clients_given_every_instance_follow_the_leader() {
         let c = &c;
         async move {
             let out = c.cli(&["--coordinator", &standby, "live"]).await;
-            out.stderr.contains("standby").then_some(out)
+            out.stderr.contains("the leader is at").then_some(out)
         }
     })
     .await;
@@ -349,4 +349,20 @@ async fn clients_given_every_instance_follow_the_leader() {
     assert_eq!(out.code, 0, "{out:?}");
     let at_t2 = Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")]);
     assert_eq!(c.live(), at_t2);
+
+    let status = c
+        .cli(&["--coordinator", &both, "cluster", "status", "-o", "json"])
+        .await;
+    let status = status.json();
+    assert_eq!(status["store"], "etcd", "{status}");
+    assert_eq!(status["leader"], standby, "{status}");
+    let term: u64 = status["term"].as_str().unwrap().parse().unwrap();
+    assert_eq!(term, term_in(&c.coordinator.log()), "{status}");
+    assert_eq!(status["members"].as_array().unwrap().len(), 1, "{status}");
+    let left = status["leaseSecondsLeft"]
+        .as_str()
+        .unwrap_or("0")
+        .parse::<i64>()
+        .unwrap();
+    assert!(left > 0, "the lease is kept alive: {status}");
 }

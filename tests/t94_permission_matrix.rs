@@ -261,7 +261,7 @@ fn target(key: &str) -> Target {
         "CreateToken" => Target::grant(scoped(Role::Viewer)),
         "ListReleases" | "WatchEvents --all" | "RevokeToken" | "ListAudit" | "AddSubscription"
         | "ListSubscriptions" | "RemoveSubscription" | "TestSubscription" | "ListEnvironments"
-        | "ApplyPipeline" => Target::every(),
+        | "ApplyPipeline" | "GetCluster" => Target::every(),
         other => panic!("the matrix has no request for row {other}: add one"),
     }
 }
@@ -444,6 +444,7 @@ async fn ask(c: &mut Client, key: &str, f: &Fixtures) -> Result<(), Status> {
             .list_subscriptions(pb::ListSubscriptionsRequest {})
             .await
             .map(drop),
+        "GetCluster" => c.get_cluster(pb::GetClusterRequest {}).await.map(drop),
         "RemoveSubscription" => c
             .remove_subscription(pb::RemoveSubscriptionRequest {
                 name: "fixture".into(),

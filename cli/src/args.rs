@@ -207,6 +207,10 @@ pub enum Command {
     /// Make and revoke bearer tokens (admins).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The coordinator's instances: which leads, on which store; on etcd its members,
+    /// the leader's term and its lease.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// The audit log: what each principal did, and every refused attempt (operators).
     Audit {
         /// Start at this sequence number.
@@ -366,6 +370,13 @@ pub enum NotifyCommand {
         /// Its name.
         name: String,
     },
+}
+
+/// `lockstep cluster ...`.
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Which instance leads, its term, the etcd members and the leader's lease.
+    Status,
 }
 
 /// `lockstep token ...`.

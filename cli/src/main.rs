@@ -173,6 +173,11 @@ async fn run(args: Args) -> Result<u8> {
         }
         Command::Token(c) => access::token(&mut client, ctx.out, c).await,
         Command::Audit { since } => access::audit(&mut client, ctx.out, since).await,
+        Command::Cluster(args::ClusterCommand::Status) => {
+            let status = client.get_cluster(pb::GetClusterRequest {}).await?;
+            render::cluster(ctx.out, &status.into_inner());
+            Ok(OK)
+        }
         Command::Notify(c) => notify::run(&mut client, ctx.out, c).await,
         command @ (Command::Verify(_) | Command::Approve { .. } | Command::Reject { .. }) => {
             verify::run(&mut client, ctx.out, command).await

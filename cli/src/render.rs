@@ -612,3 +612,23 @@ pub fn audit(out: Output, events: &[pb::Event]) {
         .collect();
     table(&["SEQ", "ACTOR", "EVENT"], rows);
 }
+
+/// `lockstep cluster status`.
+pub fn cluster(out: Output, c: &pb::ClusterStatus) {
+    if out == Output::Json {
+        return json(c);
+    }
+    if c.store != "etcd" {
+        println!("store: {} (one instance, on its own disk)", c.store);
+        return;
+    }
+    println!("store: etcd");
+    println!("leader: {} (term {})", c.leader, c.term);
+    println!(
+        "lease: {}s left of {}s (renewed every third of it)",
+        c.lease_seconds_left, c.lease_seconds_granted
+    );
+    for m in &c.members {
+        println!("member: {m}");
+    }
+}

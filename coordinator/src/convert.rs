@@ -612,3 +612,19 @@ pub fn drift(d: &DriftRecord) -> pb::ObservedProject {
         ..Default::default()
     }
 }
+
+/// The etcd cluster as `GetCluster` answers it.
+pub fn cluster(view: &lockstep_store::etcd_lead::ClusterView) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        store: "etcd".into(),
+        leader: view.leader.clone(),
+        term: u64::try_from(view.term).unwrap_or_default(),
+        members: view
+            .members
+            .iter()
+            .map(|(name, urls)| format!("{name} {}", urls.join(",")))
+            .collect(),
+        lease_seconds_left: view.lease.0,
+        lease_seconds_granted: view.lease.1,
+    }
+}

@@ -62,6 +62,8 @@ pub struct Config {
     pub drift_check: Option<Duration>,
     /// The term every order carries: the leader's on etcd, 0 for a single coordinator.
     pub term: u64,
+    /// The etcd store, when the tables live there (for `cluster status`).
+    pub etcd: Option<Arc<lockstep_store::EtcdKv>>,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             probe: crate::probe::HttpProbe::shared(),
             drift_check: None,
             term: 0,
+            etcd: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Coordinator {
     notifier: Notifier,
     incarnation: String,
     clock: Clock,
+    etcd: Option<Arc<lockstep_store::EtcdKv>>,
 }
 
 impl Coordinator {
@@ -142,6 +146,7 @@ impl Coordinator {
             notifier,
             incarnation,
             clock: config.clock,
+            etcd: config.etcd,
         })
     }
 
@@ -246,6 +251,14 @@ impl Coordinator {
             answers.into_iter().collect::<Result<Vec<()>>>()?;
         }
         self.registry.apply_pipeline(text, dry_run, actor).await
+    }
+
+    /// The etcd cluster (`None`: the tables are in RocksDB, one instance).
+    pub fn cluster(&self) -> Result<Option<lockstep_store::etcd_lead::ClusterView>> {
+        match &self.etcd {
+            Some(kv) => Ok(Some(kv.cluster()?)),
+            None => Ok(None),
+        }
     }
 
     /// Refuses `endpoint` unless its agent answers as `name` in `env`.

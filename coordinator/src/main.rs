@@ -18,7 +18,7 @@ use lockstep_coordinator::{
     stall::Thresholds,
     storage::{self, StoreFlag},
 };
-use lockstep_store::{Kv, WalRecovery, etcd_lead::Lead};
+use lockstep_store::{EtcdKv, Kv, WalRecovery, etcd_lead::Lead};
 
 /// Runs the Lockstep coordinator: two-phase commit of composite releases, with a RocksDB
 /// write-ahead log in --data-dir. Prints `listening on ADDR` once it accepts calls.
@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         args.insecure,
     )
     .map_err(anyhow::Error::msg)?;
-    let (store, lead) = open_store(&args, &listener, files.as_ref()).await?;
+    let (store, lead, etcd) = open_store(&args, &listener, files.as_ref()).await?;
     let net = match &files {
         Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
         None => TcpNet::default(),
@@ -186,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         .map_or(0, |l| u64::try_from(l.term).unwrap_or_default());
     let config = Config {
         term,
+        etcd,
         ..config(&args)
     };
     let coordinator = Coordinator::open(store.clone(), Arc::new(net), config)
@@ -224,7 +225,7 @@ async fn open_store(
     args: &Args,
     listener: &tokio::net::TcpListener,
     files: Option<&tls::TlsFiles>,
-) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>)> {
+) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>, Option<Arc<EtcdKv>>)> {
     let bound = listener.local_addr()?;
     let target = match &args.store {
         StoreFlag::Rocks => {
@@ -233,7 +234,7 @@ async fn open_store(
                 .as_ref()
                 .context("--data-dir: required with --store rocksdb")?;
             let kv = storage::open_rocks(dir, args.wal_recovery).map_err(anyhow::Error::msg)?;
-            return Ok((kv, None));
+            return Ok((kv, None, None));
         }
         StoreFlag::Etcd(target) => etcd_target(target, args)?,
     };
@@ -254,7 +255,8 @@ async fn open_store(
     let _ = stop_standby.send(());
     let _ = standing.await;
     tracing::info!("leading with term {}", lead.term);
-    Ok((kv, Some(lead)))
+    let store: Arc<dyn Kv> = kv.clone();
+    Ok((store, Some(lead), Some(kv)))
 }
 
 /// While this instance waits to lead, its port answers every coordinator call with

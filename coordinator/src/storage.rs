@@ -43,7 +43,7 @@ pub fn open_etcd(
     me: &str,
     ttl: Duration,
     waiting: impl Fn(&str) + Send + 'static,
-) -> Result<(Arc<dyn Kv>, Lead), StoreError> {
+) -> Result<(Arc<EtcdKv>, Lead), StoreError> {
     let kv = EtcdKv::open(target, tables::ALL)?;
     let lead = kv.lead(me, ttl, waiting)?;
     Ok((Arc::new(kv), lead))

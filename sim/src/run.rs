@@ -147,6 +147,7 @@ fn coordinator_config(seed: u64) -> CoordinatorConfig {
         drift_check: None,
         // One coordinator: term 0 (a second, on etcd-like leases, is issue 28's).
         term: 0,
+        etcd: None,
         stalled_after: None,
         probe: stages::SimProbe::shared(seed),
     }

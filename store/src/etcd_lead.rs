@@ -148,3 +148,43 @@ async fn keep_alive(
     });
     Ok(rx)
 }
+
+/// The etcd cluster as `lockstep cluster status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Each member's name and client URLs.
+    pub members: Vec<(String, Vec<String>)>,
+    /// The leader's address ("" when no instance leads).
+    pub leader: String,
+    /// Its term (the leadership key's create revision; 0 when none).
+    pub term: i64,
+    /// Seconds left on the leader's lease, and the seconds it was granted.
+    pub lease: (i64, i64),
+}
+
+impl EtcdKv {
+    /// The members, the leader, its term and its lease, as etcd has them now.
+    pub fn cluster(&self) -> Result<ClusterView, StoreError> {
+        let (mut client, key) = (self.client(), self.leader_key());
+        wait(&self.runtime(), async move {
+            let members = client.member_list().await?;
+            let members = members
+                .members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+                .collect();
+            let mut view = ClusterView {
+                members,
+                ..ClusterView::default()
+            };
+            let got = client.get(key, None).await?;
+            if let Some(kv) = got.kvs().first() {
+                view.leader = String::from_utf8_lossy(kv.value()).into_owned();
+                view.term = kv.create_revision();
+                let lease = client.lease_time_to_live(kv.lease(), None).await?;
+                view.lease = (lease.ttl(), lease.granted_ttl());
+            }
+            Ok(view)
+        })
+    }
+}

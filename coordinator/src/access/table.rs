@@ -352,6 +352,7 @@ pub const TABLE: &[Rule] = &[
     row("Reject", Operate, Transaction),
     row("Promote", Release, Promotion),
     variant("Promote --force", "force", Operate, Promotion),
+    row("GetCluster", Read, Everything),
 ];
 
 /// The row named `key`, if there is one (a handler whose key is not here is refused:
@@ -501,7 +502,7 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_a_row_and_every_row_an_rpc() {
         let rpcs = proto_rpcs();
-        assert_eq!(rpcs.len(), 31, "{rpcs:?}");
+        assert_eq!(rpcs.len(), 32, "{rpcs:?}");
         for rpc in &rpcs {
             assert!(
                 rule(rpc).is_some(),

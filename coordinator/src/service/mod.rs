@@ -594,6 +594,21 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(self::created(created)))
     }
 
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.allow(&request, "GetCluster", Target::every()).await?;
+        let status = match self.coordinator.cluster()? {
+            None => pb::ClusterStatus {
+                store: "rocksdb".into(),
+                ..Default::default()
+            },
+            Some(view) => convert::cluster(&view),
+        };
+        Ok(Response::new(status))
+    }
+
     async fn report_verify(
         &self,
         request: Request<pb::ReportVerifyRequest>,
