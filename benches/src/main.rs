@@ -8,6 +8,7 @@
 //! coordinator's COMMIT decision, the coordinator's record of the end, which a client
 //! waiting for the outcome hears only once durable).
 
+mod etcd;
 mod notify;
 mod stack;
 
@@ -46,7 +47,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Run only these parts (floors, latency, throughput, fanout, tls, notify, recovery,
-    /// memory).
+    /// memory, etcd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -305,6 +306,18 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(tls_figures(dir.path(), plaintext, scale, seconds).await?);
     }
 
+    if run("etcd") {
+        let rocks_p50 = match plaintext.latency_p50 {
+            0.0 => {
+                let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+                let mut s = serial_releases(&mut stack, "etcd-base", &three, 500 / scale).await?;
+                micros(percentile(&mut s, 0.5))
+            }
+            measured => measured,
+        };
+        figures.extend(etcd::figures(dir.path(), rocks_p50, 500 / scale, seconds).await?);
+    }
+
     if run("notify") {
         figures.extend(notify::figures(&mut stack, 500 / scale).await?);
     }
@@ -546,7 +559,7 @@ async fn throughput(
     clients: usize,
     run: Duration,
 ) -> anyhow::Result<Throughput> {
-    let syncs_before = stack::wal_syncs(&stack.kv);
+    let syncs_before = stack::wal_syncs(stack.kv.as_ref());
     let journal_before = stack.coordinator.journal_stats();
     let cpu_before = cpu();
     let started = Instant::now();
@@ -579,7 +592,7 @@ async fn throughput(
     Ok(Throughput {
         committed,
         elapsed: started.elapsed(),
-        syncs: stack::wal_syncs(&stack.kv) - syncs_before,
+        syncs: stack::wal_syncs(stack.kv.as_ref()) - syncs_before,
         cpu: cpu() - cpu_before,
         appends_per_sync: (journal.appends - journal_before.appends) as f64
             / (journal.syncs - journal_before.syncs).max(1) as f64,

@@ -6,6 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use lockstep::{
@@ -141,8 +142,8 @@ pub struct Stack {
     pub client: CoordinatorClient<Channel>,
     /// The coordinator (for journal statistics).
     pub coordinator: Coordinator,
-    /// Its store (for RocksDB statistics).
-    pub kv: RocksKv,
+    /// Its store (for RocksDB statistics; `None` on etcd).
+    pub kv: Option<RocksKv>,
 }
 
 /// The server side of a coordinator's security: TLS and the admin user, as the binary
@@ -171,11 +172,37 @@ fn security(
 /// calls agents with its certificate, and the client is user admin).
 pub async fn coordinator(dir: &Path, certs: Option<&Certs>) -> anyhow::Result<Stack> {
     let kv = RocksKv::open_full(dir, tables::ALL, lockstep_store::WalRecovery::Strict, true)?;
+    let mut stack = serving(Arc::new(kv.clone()), certs, Config::default()).await?;
+    stack.kv = Some(kv);
+    Ok(stack)
+}
+
+/// Starts a coordinator on etcd at `url` (plaintext), leading and fenced as the binary
+/// runs it.
+pub async fn etcd_coordinator(url: &str) -> anyhow::Result<Stack> {
+    let target = lockstep_store::EtcdTarget::parse(url).map_err(anyhow::Error::msg)?;
+    let opened = tokio::task::spawn_blocking(move || {
+        lockstep_coordinator::storage::open_etcd(&target, "bench", Duration::from_secs(10), |_| {})
+    });
+    let (kv, lead) = opened.await??;
+    let config = Config {
+        term: u64::try_from(lead.term).unwrap_or_default(),
+        ..Config::default()
+    };
+    serving(kv, None, config).await
+}
+
+/// Serves a coordinator on `kv` on a free loopback port, with its client.
+async fn serving(
+    kv: Arc<dyn lockstep_store::Kv>,
+    certs: Option<&Certs>,
+    config: Config,
+) -> anyhow::Result<Stack> {
     let net = match certs {
         Some(certs) => TcpNet::with_tls(certs.client("coordinator")?),
         None => TcpNet::default(),
     };
-    let coordinator = Coordinator::open(Arc::new(kv.clone()), Arc::new(net), Config::default())?;
+    let coordinator = Coordinator::open(kv, Arc::new(net), config)?;
     let (tls, access) = security(certs, &coordinator)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = url(&listener, certs)?;
@@ -194,7 +221,7 @@ pub async fn coordinator(dir: &Path, certs: Option<&Certs>) -> anyhow::Result<St
     Ok(Stack {
         client,
         coordinator,
-        kv,
+        kv: None,
     })
 }
 
@@ -260,8 +287,10 @@ pub async fn release(
     anyhow::bail!("{id}: the event stream ended early")
 }
 
-/// RocksDB's count of WAL syncs, from its statistics.
-pub fn wal_syncs(kv: &RocksKv) -> u64 {
+/// RocksDB's count of WAL syncs, from its statistics (0 for a store that is not
+/// RocksDB).
+pub fn wal_syncs(kv: Option<&RocksKv>) -> u64 {
+    let Some(kv) = kv else { return 0 };
     kv.statistics()
         .unwrap_or_default()
         .lines()
