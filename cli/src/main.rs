@@ -151,15 +151,7 @@ async fn run(args: Args) -> Result<u8> {
         Command::Live {
             all: false,
             observed,
-        } => {
-            let request = pb::GetLiveStateRequest {
-                environment: ctx.env,
-                observe: observed,
-            };
-            let live = client.get_live_state(request).await?.into_inner();
-            render::live(ctx.out, &live);
-            Ok(OK)
-        }
+        } => live(&mut client, ctx, observed).await,
         Command::History => {
             let h = whole_history(&mut client, ctx.env).await?;
             render::history(ctx.out, &h);
@@ -175,8 +167,7 @@ async fn run(args: Args) -> Result<u8> {
         Command::Audit { since } => access::audit(&mut client, ctx.out, since).await,
         Command::Cluster(args::ClusterCommand::Status) => {
             let status = client.get_cluster(pb::GetClusterRequest {}).await?;
-            render::cluster(ctx.out, &status.into_inner());
-            Ok(OK)
+            Ok(render::cluster(ctx.out, &status.into_inner()))
         }
         Command::Notify(c) => notify::run(&mut client, ctx.out, c).await,
         command @ (Command::Verify(_) | Command::Approve { .. } | Command::Reject { .. }) => {
@@ -451,6 +442,22 @@ async fn finish_create(
     let final_tx = wait::until_settled(client, &ctx.dial, out, &tx, from, deadline).await?;
     render::transaction(out, &final_tx);
     Ok(settled_code(&final_tx))
+}
+
+/// `lockstep live [--observed]`: the checkpoint, what is in flight, and (in table
+/// mode) what agents run and the drift found.
+async fn live(client: &mut Client, ctx: Context, observed: bool) -> Result<u8> {
+    let request = pb::GetLiveStateRequest {
+        environment: ctx.env,
+        observe: observed,
+    };
+    let live = client.get_live_state(request).await?.into_inner();
+    render::live(ctx.out, &live);
+    if ctx.out == Output::Table {
+        observed::observed(&live.observed);
+        observed::drift(&live.drift);
+    }
+    Ok(OK)
 }
 
 /// The exit code of `--wait`, saying on stderr (in every output mode) where the

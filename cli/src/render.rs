@@ -529,8 +529,6 @@ pub fn live(out: Output, l: &pb::LiveState) {
     for t in &l.pending {
         println!("{} {} {}: {}", kind(t.kind), t.id, state(t.state), t.reason);
     }
-    crate::observed::observed(&l.observed);
-    crate::observed::drift(&l.drift);
 }
 
 /// `history`.
@@ -613,14 +611,15 @@ pub fn audit(out: Output, events: &[pb::Event]) {
     table(&["SEQ", "ACTOR", "EVENT"], rows);
 }
 
-/// `lockstep cluster status`.
-pub fn cluster(out: Output, c: &pb::ClusterStatus) {
+/// `lockstep cluster status` (exit 0).
+pub fn cluster(out: Output, c: &pb::ClusterStatus) -> u8 {
     if out == Output::Json {
-        return json(c);
+        json(c);
+        return 0;
     }
     if c.store != "etcd" {
         println!("store: {} (one instance, on its own disk)", c.store);
-        return;
+        return 0;
     }
     println!("store: etcd");
     println!("leader: {} (term {})", c.leader, c.term);
@@ -631,4 +630,5 @@ pub fn cluster(out: Output, c: &pb::ClusterStatus) {
     for m in &c.members {
         println!("member: {m}");
     }
+    0
 }

@@ -191,6 +191,7 @@ async fn participant(
         anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");
     }
     let fetcher = fetcher(&args, roots)?;
+    let decisions = decisions(&args, files.as_ref())?;
     let hooks = Hooks {
         prepare: args.prepare_hook,
         commit: args.commit_hook,
@@ -217,21 +218,6 @@ async fn participant(
         }
         None => None,
     };
-    let client_tls = files
-        .map(|f| tls::client_config(&f.ca, Some((&f.cert, &f.key))))
-        .transpose()?;
-    let mut coordinators = Vec::new();
-    for url in args.coordinator.split(',').map(str::trim) {
-        let endpoint = lockstep::edge::endpoint(url)
-            .with_context(|| format!("--coordinator {url:?} is not a URL"))?;
-        let secured = lockstep::edge::secured(endpoint, client_tls.as_ref())
-            .map_err(|e| anyhow::anyhow!("--coordinator {e}"))?;
-        coordinators.push(secured.connect_lazy());
-    }
-    let decisions = Decisions {
-        source: Arc::new(GrpcDecisions::asking_each(coordinators)),
-        ask_after: args.ask_decision_after,
-    };
     let store = Arc::new(kv);
     let ledger = Ledger::open(store.clone(), lockstep_store::WriterMode::Thread)?;
     let participant = Participant::new(
@@ -245,7 +231,26 @@ async fn participant(
     Ok((participant, store))
 }
 
-/// The server's TLS (re-read on SIGHUP) and who may call it.
+/// Where a PREPARED vote that waits asks for its decision: each instance --coordinator
+/// names (comma-separated), in turn.
+fn decisions(args: &Args, files: Option<&tls::TlsFiles>) -> anyhow::Result<Decisions> {
+    let client_tls = files
+        .map(|f| tls::client_config(&f.ca, Some((&f.cert, &f.key))))
+        .transpose()?;
+    let mut coordinators = Vec::new();
+    for url in args.coordinator.split(',').map(str::trim) {
+        let endpoint = lockstep::edge::endpoint(url)
+            .with_context(|| format!("--coordinator {url:?} is not a URL"))?;
+        let secured = lockstep::edge::secured(endpoint, client_tls.as_ref())
+            .map_err(|e| anyhow::anyhow!("--coordinator {e}"))?;
+        coordinators.push(secured.connect_lazy());
+    }
+    Ok(Decisions {
+        source: Arc::new(GrpcDecisions::asking_each(coordinators)),
+        ask_after: args.ask_decision_after,
+    })
+}
+
 /// The artifact fetcher the flags describe: its cache, roots and extra CA.
 fn fetcher(args: &Args, roots: ArtifactRoots) -> anyhow::Result<Fetcher> {
     let cache = args.artifact_cache.clone();
@@ -259,6 +264,7 @@ fn fetcher(args: &Args, roots: ArtifactRoots) -> anyhow::Result<Fetcher> {
     Fetcher::new(cache, roots, ca.as_deref()).map_err(anyhow::Error::msg)
 }
 
+/// The server's TLS (re-read on SIGHUP) and who may call it.
 fn security(
     files: Option<&tls::TlsFiles>,
     args: &Args,
