@@ -55,6 +55,10 @@ async fn a_standby_takes_over_after_the_leader_is_killed_mid_release() {
     c.release("T3", &["A=T3A", "B=T3B", "C=T3C"], 0).await;
     let at_t3 = Cluster::expect(&[("A", "T3A"), ("B", "T3B"), ("C", "T3C")]);
     assert_eq!(c.live(), at_t3);
+    // The log goes on where the first leader left it: no gap, no number used twice.
+    let seqs: Vec<u64> = c.events().await.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected);
 }
 
 /// Given a leader with T2 in phase 1 and a standby waiting (naming it), when the
