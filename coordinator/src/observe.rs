@@ -64,7 +64,7 @@ pub async fn check_endpoint(
     name: &ProjectName,
     endpoint: &str,
 ) -> Result<()> {
-    let seen = net.status(endpoint).await.map_err(|e| {
+    let seen = status_soon(net, endpoint).await.map_err(|e| {
         CoordinatorError::Refused(format!(
             "endpoint: GetStatus at {endpoint} failed ({e}): no agent answers there, or it cannot report what it runs; start or fix the agent first, or register with --unchecked"
         ))
@@ -76,6 +76,27 @@ pub async fn check_endpoint(
         "endpoint: the agent at {endpoint} serves project {} in environment {}, not {name} in {env}; check the address, or register with --unchecked",
         seen.project, seen.environment
     )))
+}
+
+/// How long registration keeps asking an endpoint that does not answer yet: an agent
+/// started a moment before `project add` (a script, the quick start) may still be
+/// opening its store.
+const STARTING: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// GetStatus at `endpoint`, asked again for [`STARTING`] while it fails.
+async fn status_soon(
+    net: &dyn Participants,
+    endpoint: &str,
+) -> std::result::Result<Observed, String> {
+    let deadline = tokio::time::Instant::now() + STARTING;
+    loop {
+        match net.status(endpoint).await {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// Asks every agent of `env` (those `shown` keeps) at once what it runs.
