@@ -29,6 +29,16 @@ async fn standby(c: &Cluster, args: Vec<String>, name: &str) -> Server {
     Server::start(name, bin("lockstep-coordinator"), args, Vec::new(), log, 0).await
 }
 
+/// Starts another coordinator on the same prefix in the background (on `port`, 0: any);
+/// the task ends once that one leads.
+fn standby_later(c: &Cluster, args: Vec<String>, port: u16) -> tokio::task::JoinHandle<Server> {
+    let log = c.dir.path().join("standby.log");
+    tokio::spawn(async move {
+        let program = bin("lockstep-coordinator");
+        Server::start("standby", program, args, Vec::new(), log, port).await
+    })
+}
+
 /// Given the family at T1 on etcd and T2 in phase 1 (C's Prepare held), when the
 /// leading coordinator is killed with SIGKILL, then a second instance takes over after
 /// the lease's TTL, recovers T2 from etcd (undecided: presumed abort), every agent
@@ -72,21 +82,7 @@ async fn a_paused_leader_wakes_up_deposed_and_stops() {
     let (mut c, args) = on_etcd(&member, "pause").await;
     c.add_family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
-    let waiting = {
-        let (dir, args) = (c.dir.path().to_path_buf(), args.clone());
-        tokio::spawn(async move {
-            let log = dir.join("standby.log");
-            Server::start(
-                "standby",
-                bin("lockstep-coordinator"),
-                args,
-                Vec::new(),
-                log,
-                0,
-            )
-            .await
-        })
-    };
+    let waiting = standby_later(&c, args.clone(), 0);
     let standby_log = c.dir.path().join("standby.log");
     let leader = c.coordinator.url();
     wait_for("the standby to name the leader", || {
@@ -169,21 +165,7 @@ async fn failover_at(point: &str) {
     let crash = vec![("LOCKSTEP_CRASH_AT".to_string(), point.to_string())];
     let mut c = Cluster::with_coordinator(dir, args.clone(), crash).await;
     c.add_family().await;
-    let waiting = {
-        let dir = c.dir.path().to_path_buf();
-        tokio::spawn(async move {
-            let log = dir.join("standby.log");
-            Server::start(
-                "standby",
-                bin("lockstep-coordinator"),
-                args,
-                Vec::new(),
-                log,
-                0,
-            )
-            .await
-        })
-    };
+    let waiting = standby_later(&c, args.clone(), 0);
     let t1 = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
     assert_eq!(c.cli(&t1).await.code, 0);
     let crashed = c.coordinator.exited().await;
@@ -294,14 +276,7 @@ async fn clients_given_every_instance_follow_the_leader() {
         .local_addr()
         .unwrap()
         .port();
-    let waiting = {
-        let (dir, args) = (c.dir.path().to_path_buf(), args.clone());
-        tokio::spawn(async move {
-            let log = dir.join("standby.log");
-            let program = bin("lockstep-coordinator");
-            Server::start("standby", program, args, Vec::new(), log, port).await
-        })
-    };
+    let waiting = standby_later(&c, args.clone(), port);
     let (leader, standby) = (c.coordinator.url(), format!("http://127.0.0.1:{port}"));
     let asked = wait_for("the standby to answer, naming the leader", || {
         let standby = standby.clone();
