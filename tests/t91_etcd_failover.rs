@@ -345,3 +345,46 @@ async fn clients_given_every_instance_follow_the_leader() {
         .unwrap();
     assert!(left > 0, "the lease is kept alive: {status}");
 }
+
+/// Given an etcd member that serves clients only over mutual TLS (a client certificate
+/// chaining to the deployment's CA required), a coordinator started with
+/// `--etcd-ca/--etcd-cert/--etcd-key` leads on it and commits a release.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_reaches_etcd_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = std::process::Command::new(bin("lockstep"))
+        .args(["certs", "init"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (ca, cert, key) = (
+        certs.join("ca.crt"),
+        certs.join("coordinator.crt"),
+        certs.join("coordinator.key"),
+    );
+    let member = EtcdMember::start_tls(&dir.path().join("etcd"), &ca, &cert, &key).unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let args = vec![
+        "--store".to_string(),
+        member.url("tls"),
+        "--etcd-ca".into(),
+        path(&ca),
+        "--etcd-cert".into(),
+        path(&cert),
+        "--etcd-key".into(),
+        path(&key),
+    ];
+    let mut c = Cluster::with_coordinator(tempfile::tempdir().unwrap(), args, Vec::new()).await;
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+    let status = c.cli(&["cluster", "status", "-o", "json"]).await.json();
+    assert_eq!(status["store"], "etcd", "{status}");
+    assert!(
+        status["members"][0].as_str().unwrap().contains("https://"),
+        "{status}"
+    );
+}

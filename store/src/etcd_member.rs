@@ -19,8 +19,12 @@ pub struct EtcdMember {
     dir: PathBuf,
     client: u16,
     peer: u16,
+    /// Plain-HTTP `/health` (its metrics listener), whatever the client URLs speak.
+    metrics: u16,
     name: String,
     cluster: String,
+    /// Serve clients over mutual TLS: (CA, certificate, key) files.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl EtcdMember {
@@ -33,14 +37,26 @@ impl EtcdMember {
         Ok(m)
     }
 
+    /// [`EtcdMember::start`] serving clients over mutual TLS: its certificate and key,
+    /// and the CA client certificates must chain to.
+    pub fn start_tls(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Result<Self, String> {
+        let mut m = Self::planned(dir, "m0")?;
+        m.cluster = format!("m0=http://127.0.0.1:{}", m.peer);
+        m.tls = Some([ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()]);
+        m.spawn()?;
+        Ok(m)
+    }
+
     fn planned(dir: &Path, name: &str) -> Result<Self, String> {
         Ok(Self {
             child: None,
             dir: dir.to_path_buf(),
             client: free_port()?,
             peer: free_port()?,
+            metrics: free_port()?,
             name: name.to_string(),
             cluster: String::new(),
+            tls: None,
         })
     }
 
@@ -75,10 +91,19 @@ impl EtcdMember {
 
     fn launch(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let client = format!("http://127.0.0.1:{}", self.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::File::create(self.dir.join("etcd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some([ca, cert, key]) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -86,6 +111,10 @@ impl EtcdMember {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={}", self.cluster))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics
+            ))
             // A coordinator's group commit writes many keys in one transaction.
             .arg("--max-txn-ops=100000")
             .arg("--max-request-bytes=33554432")
@@ -100,7 +129,7 @@ impl EtcdMember {
 
     fn wait_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
-        let health = format!("http://127.0.0.1:{}/health", self.client);
+        let health = format!("http://127.0.0.1:{}/health", self.metrics);
         while Instant::now() < deadline {
             if answers(&health) {
                 return Ok(());
