@@ -1,5 +1,6 @@
 //! A coordinator that does not lead (a standby on etcd) still answers on its port: every
-//! call of `lockstep.v1.Coordinator` gets UNAVAILABLE naming the leader (in the message
+//! call of `lockstep.v1.Coordinator` it does not answer itself (the coordinator crate's
+//! standby answers reads from etcd) gets UNAVAILABLE naming the leader (in the message
 //! and in the `lockstep-leader` metadata), and health reports the service NOT_SERVING,
 //! so a client given several coordinators finds the leader by asking health, and one
 //! given only this one is told where to go. The same probe is here for clients.
@@ -38,23 +39,39 @@ impl Standby {
         *self.leader.write().unwrap_or_else(|p| p.into_inner()) = leader.to_string();
     }
 
-    fn status(&self) -> tonic::Status {
-        let leader = self
-            .leader
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+    /// Who leads, as last seen (empty: not known yet).
+    fn leader(&self) -> String {
+        let leader = self.leader.read().unwrap_or_else(|p| p.into_inner());
+        leader.clone()
+    }
+
+    /// UNAVAILABLE saying `message`, with the leader in the metadata.
+    fn unavailable(&self, message: String) -> tonic::Status {
         let mut metadata = MetadataMap::new();
-        if let Ok(value) = leader.parse() {
+        if let Ok(value) = self.leader().parse() {
             metadata.insert(LEADER_HEADER, value);
         }
+        tonic::Status::with_metadata(tonic::Code::Unavailable, message, metadata)
+    }
+
+    /// A read this standby could not answer from the store (`why`), naming the leader.
+    pub fn unable(&self, why: &str) -> tonic::Status {
+        let leader = self.leader();
+        self.unavailable(format!(
+            "this coordinator is a standby and could not read the store ({why}); the leader is at {leader}"
+        ))
+    }
+
+    /// What a call the standby does not answer gets: UNAVAILABLE naming the leader.
+    pub fn refusal(&self) -> tonic::Status {
+        let leader = self.leader();
         let message = match leader.is_empty() {
             true => "this coordinator is a standby and does not know the leader yet; ask another instance".to_string(),
             false => format!(
                 "this coordinator is a standby; the leader is at {leader}: call it (`lockstep --coordinator {leader}`, or list every instance comma-separated)"
             ),
         };
-        tonic::Status::with_metadata(tonic::Code::Unavailable, message, metadata)
+        self.unavailable(message)
     }
 }
 
@@ -72,24 +89,32 @@ impl tower::Service<http::Request<Body>> for Standby {
     }
 
     fn call(&mut self, _: http::Request<Body>) -> Self::Future {
-        std::future::ready(Ok(self.status().into_http()))
+        std::future::ready(Ok(self.refusal().into_http()))
     }
 }
 
-/// Serves `standby` (and health saying NOT_SERVING for it) until `shutdown`.
-pub async fn serve<I, IO, IE>(
-    standby: Standby,
+/// Serves `standby` (a [`Standby`], or one that answers some calls itself) and health
+/// saying NOT_SERVING for it, until `shutdown`.
+pub async fn serve<S, I, IO, IE>(
+    standby: S,
     incoming: I,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError>
 where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
     I: Stream<Item = Result<IO, IE>> + Send,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<Standby>().await;
+    health.set_not_serving::<S>().await;
     Server::builder()
         .add_service(standby)
         .add_service(health_service)

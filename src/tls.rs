@@ -182,7 +182,9 @@ impl ServerTls {
 
     /// TLS connections over `tcp`'s: each handshake runs in a task of its own (one slow
     /// client delays nobody else) and is given [`HANDSHAKE_TIMEOUT`]; failed handshakes
-    /// are logged and dropped.
+    /// are logged and dropped. Accepting stops as soon as the returned stream is
+    /// dropped, before another connection is taken: a standby's port shares its socket
+    /// with the server that follows it, and must not take that server's callers.
     pub fn incoming(
         &self,
         tcp: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
@@ -191,13 +193,16 @@ impl ServerTls {
         let tls = self.clone();
         tokio::spawn(async move {
             let mut tcp = std::pin::pin!(tcp);
-            while let Some(stream) = tcp.next().await {
+            loop {
+                let stream = tokio::select! {
+                    biased;
+                    () = ready.closed() => return,
+                    stream = tcp.next() => stream,
+                };
                 match stream {
-                    Ok(stream) => tls.handshake(stream, ready.clone()),
-                    Err(e) => tracing::debug!("accept failed: {e}"),
-                }
-                if ready.is_closed() {
-                    return;
+                    Some(Ok(stream)) => tls.handshake(stream, ready.clone()),
+                    Some(Err(e)) => tracing::debug!("accept failed: {e}"),
+                    None => return,
                 }
             }
         });

@@ -8,7 +8,11 @@ mod support;
 
 use lockstep::pb::{self, TransactionState};
 use lockstep_store::etcd_member::EtcdMember;
-use support::{Cluster, DEADLINE, Server, bin, wait_for};
+use support::{
+    Cluster, DEADLINE, Server, bin,
+    secure::{As, Secure, admin},
+    wait_for,
+};
 
 /// A cluster whose coordinator keeps its tables in `member` under `prefix`.
 async fn on_etcd(member: &EtcdMember, prefix: &str) -> (Cluster, Vec<String>) {
@@ -262,9 +266,17 @@ async fn releases_go_on_while_an_etcd_member_is_killed_and_restarted() {
     );
 }
 
-/// Given a leader and a standby on a known port, the standby answers every call with
-/// UNAVAILABLE naming the leader; a CLI given both instances finds the leader, and
-/// after the leader is killed, the same command line finds the new one.
+/// `args` sent to the coordinator at `url` only.
+fn at<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--coordinator", url];
+    all.extend_from_slice(args);
+    all
+}
+
+/// Given a leader and a standby on a known port, the standby refuses a write with
+/// UNAVAILABLE naming the leader and answers reads itself from etcd (what the leader
+/// committed, at once); a CLI given both instances finds the leader, and after the
+/// leader is killed, the same command line finds the new one.
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_given_every_instance_follow_the_leader() {
     let etcd_dir = tempfile::tempdir().unwrap();
@@ -278,11 +290,19 @@ async fn clients_given_every_instance_follow_the_leader() {
         .port();
     let waiting = standby_later(&c, args.clone(), port);
     let (leader, standby) = (c.coordinator.url(), format!("http://127.0.0.1:{port}"));
-    let asked = wait_for("the standby to answer, naming the leader", || {
+    let asked = wait_for("the standby to refuse a write, naming the leader", || {
         let standby = standby.clone();
         let c = &c;
         async move {
-            let out = c.cli(&["--coordinator", &standby, "live"]).await;
+            let t0 = [
+                "--coordinator",
+                &standby,
+                "release",
+                "create",
+                "T0",
+                "A=T0A",
+            ];
+            let out = c.cli(&t0).await;
             out.stderr.contains("the leader is at").then_some(out)
         }
     })
@@ -307,6 +327,25 @@ async fn clients_given_every_instance_follow_the_leader() {
     ];
     let out = c.cli(&t1).await;
     assert_eq!(out.code, 0, "{out:?}");
+    let got = c
+        .cli(&at(&standby, &["release", "get", "T1", "-o", "json"]))
+        .await;
+    assert_eq!(got.code, 0, "the standby reads from etcd: {got:?}");
+    assert_eq!(
+        got.json()["state"],
+        "TRANSACTION_STATE_COMMITTED",
+        "{got:?}"
+    );
+    let live = c.cli(&at(&standby, &["live", "-o", "json"])).await;
+    assert_eq!(live.code, 0, "{live:?}");
+    let versions = live.json()["checkpoint"]["versions"].to_string();
+    assert!(
+        versions.contains("T1A") && versions.contains("T1C"),
+        "{versions}"
+    );
+    let history = c.cli(&at(&standby, &["history"])).await;
+    assert!(history.stdout.contains("T1"), "{history:?}");
+    assert_eq!(c.cli(&at(&standby, &["project", "list"])).await.code, 0);
 
     c.coordinator.kill9().await;
     c.coordinator = tokio::time::timeout(DEADLINE, waiting)
@@ -387,4 +426,106 @@ async fn the_coordinator_reaches_etcd_over_mutual_tls() {
         status["members"][0].as_str().unwrap().contains("https://"),
         "{status}"
     );
+}
+
+/// Given a coordinator with mutual TLS on etcd (A1 and B1 committed) and a standby
+/// beside it, the standby's reads go through the leader's permission table: bob (viewer
+/// of A only) reads A's version and not B's, nor B1; a token made on the leader works
+/// on the standby until the leader revokes it; a caller without a credential is
+/// refused; a write names the leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_reads_through_the_leaders_permission_table() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let store = member.url("secure");
+    let flags = [
+        "--store",
+        &store,
+        "--etcd-lease-ttl",
+        "2s",
+        "--grant",
+        "bob=viewer/A",
+    ];
+    let s = Secure::start(&["A", "B"], &flags).await;
+    for (id, p) in [("A1", "A"), ("B1", "B")] {
+        let version = format!("{id}{p}");
+        let (component, artifact) = (format!("{p}={version}"), s.artifact(p, &version));
+        let create = [
+            "release",
+            "create",
+            id,
+            &component,
+            "--artifact",
+            &artifact,
+            "--wait",
+        ];
+        let out = s.cli(&admin(), &create).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = |n: &str| s.certs.join(n).display().to_string();
+    let tls = [
+        "--tls-cert",
+        &file("coordinator.crt"),
+        "--tls-key",
+        &file("coordinator.key"),
+        "--tls-client-ca",
+        &file("ca.crt"),
+    ];
+    let args: Vec<String> = tls.iter().chain(&flags).map(|a| a.to_string()).collect();
+    let (program, log) = (
+        bin("lockstep-coordinator"),
+        s.dir.path().join("standby.log"),
+    );
+    let _waiting = tokio::spawn(Server::start(
+        "standby",
+        program,
+        args,
+        Vec::new(),
+        log,
+        port,
+    ));
+    let standby = format!("https://127.0.0.1:{port}");
+    wait_for("the standby to answer reads", || {
+        let (s, standby) = (&s, &standby);
+        async move {
+            let out = s.cli(&admin(), &at(standby, &["live"])).await;
+            (out.code == 0).then_some(out)
+        }
+    })
+    .await;
+
+    let bob = As::User("bob".into());
+    let live = s.cli(&bob, &at(&standby, &["live", "-o", "json"])).await;
+    assert_eq!(live.code, 0, "{live:?}");
+    let versions = live.json()["checkpoint"]["versions"].to_string();
+    assert!(versions.contains("A1A"), "{versions}");
+    assert!(!versions.contains("B1B"), "bob reads A only: {versions}");
+    let b1 = s.cli(&bob, &at(&standby, &["release", "get", "B1"])).await;
+    assert_eq!(b1.code, 4, "bob may not read B1: {b1:?}");
+    assert!(b1.stderr.contains("PermissionDenied"), "{b1:?}");
+
+    let (id, token) = s.token(&["--role", "viewer"]).await;
+    let with_token = s
+        .cli(&As::Token(token.clone()), &at(&standby, &["live"]))
+        .await;
+    assert_eq!(with_token.code, 0, "{with_token:?}");
+    assert_eq!(s.cli(&admin(), &["token", "revoke", &id]).await.code, 0);
+    let revoked = s.cli(&As::Token(token), &at(&standby, &["live"])).await;
+    assert_eq!(revoked.code, 4, "{revoked:?}");
+    assert!(revoked.stderr.contains("was revoked"), "{revoked:?}");
+    let nobody = s.cli(&As::Nobody, &at(&standby, &["live"])).await;
+    assert!(nobody.stderr.contains("Unauthenticated"), "{nobody:?}");
+
+    let write = s
+        .cli(&admin(), &at(&standby, &["project", "remove", "B"]))
+        .await;
+    assert_eq!(write.code, 3, "{write:?}");
+    assert!(write.stderr.contains("the leader is at"), "{write:?}");
+    let projects = s.cli(&admin(), &["project", "list"]).await;
+    assert!(projects.stdout.contains('B'), "B stays: {projects:?}");
 }

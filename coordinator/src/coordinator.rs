@@ -14,7 +14,7 @@ use lockstep_store::Kv;
 
 use crate::{
     driver::Resolved,
-    error::Result,
+    error::{CoordinatorError, Result},
     feed::{Feed, Watch, WatchFilter},
     incarnation::{self, MakeIncarnation},
     journal::{Clock, Journal, JournalStats, WriterMode},
@@ -97,6 +97,16 @@ pub struct Coordinator {
     etcd: Option<Arc<lockstep_store::EtcdKv>>,
 }
 
+/// What the registry needs of `config`.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        default_prepare_timeout: config.default_prepare_timeout,
+        backoff: config.backoff,
+        clock: config.clock.clone(),
+        probe: config.probe.clone(),
+    }
+}
+
 impl Coordinator {
     /// Opens the coordinator on `kv` (opened with [`crate::tables::ALL`]), reaching
     /// participants through `net`, recovers every unfinished transaction and starts
@@ -120,14 +130,8 @@ impl Coordinator {
             config.clock.clone(),
             config.writer,
         )?;
-        let settings = Settings {
-            default_prepare_timeout: config.default_prepare_timeout,
-            backoff: config.backoff,
-            clock: config.clock.clone(),
-            probe: config.probe.clone(),
-        };
         let (j, f) = (journal.clone(), feed.clone());
-        let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings);
+        let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings(&config));
         crate::recovery::recover(&registry, config.backoff)?;
         registry.resume_after_commit()?;
         let notifier = Notifier::start(tables, j.clone(), f, &incarnation, config.notify)?;
@@ -147,6 +151,55 @@ impl Coordinator {
             incarnation,
             clock: config.clock,
             etcd: config.etcd,
+        })
+    }
+
+    /// A coordinator that only reads `kv` as it is now: a standby's view of the tables
+    /// the leader writes. Nothing is recovered and nothing runs (no driver, no webhook
+    /// delivery, no watch); every write is refused ([`lockstep_store::ReadOnlyKv`]),
+    /// so a view can never act for the leader. Build one per read: it is not kept up
+    /// to date.
+    pub fn read_only(
+        kv: Arc<dyn Kv>,
+        net: Arc<dyn ParticipantNet>,
+        config: Config,
+    ) -> Result<Self> {
+        let tables = Tables::new(Arc::new(lockstep_store::ReadOnlyKv::new(kv)));
+        let incarnation = tables.incarnation()?.ok_or_else(|| {
+            CoordinatorError::Refused("no coordinator has led on this store yet".into())
+        })?;
+        let feed = Feed::new(tables.clone())?;
+        let (clock, writer) = (config.clock.clone(), WriterMode::Task);
+        let journal = Journal::start(tables.clone(), feed.clone(), clock, writer)?;
+        let net = GrpcParticipants::new(net, config.delivery_timeout, (incarnation.clone(), 0));
+        let registry = Registry::new(
+            tables.clone(),
+            journal.clone(),
+            feed.clone(),
+            Arc::new(net),
+            settings(&config),
+        );
+        registry.load()?;
+        tables
+            .active_transactions()?
+            .into_iter()
+            .for_each(|t| registry.show_unfinished(t));
+        let notify = notify::Settings {
+            deliver: false,
+            ..config.notify
+        };
+        let notifier =
+            Notifier::start(tables, journal.clone(), feed.clone(), &incarnation, notify)?;
+        let etcd = config.etcd;
+        let clock = config.clock;
+        Ok(Self {
+            registry,
+            journal,
+            feed,
+            notifier,
+            incarnation,
+            clock,
+            etcd,
         })
     }
 

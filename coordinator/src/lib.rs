@@ -33,7 +33,8 @@
 //! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
 //!   checked; pure.
 //! - [`storage`]: RocksDB on this machine, or etcd shared by instances of which one
-//!   leads (fenced writes).
+//!   leads (fenced writes); [`standby`]: what an instance that does not lead answers
+//!   (reads from etcd as it is now; the rest names the leader).
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -64,6 +65,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod stall;
+pub mod standby;
 pub mod storage;
 pub mod tables;
 pub mod txn;

@@ -13,10 +13,12 @@ use lockstep::{edge, names::Environment, shutdown, standby::Standby, tls};
 use lockstep_coordinator::{
     Config, Coordinator,
     access::{self, Access, Secure, tokens},
-    network::TcpNet,
+    network::{ParticipantNet, TcpNet},
     notify, server,
     stall::Thresholds,
+    standby::{StandbyService, View},
     storage::{self, StoreFlag},
+    tables,
 };
 use lockstep_store::{EtcdKv, Kv, WalRecovery, etcd_lead::Lead};
 
@@ -164,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // Before anything else, so a SIGTERM at any moment stops the server cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
-    let args = Args::parse();
+    let args = Arc::new(Args::parse());
     // Bound first, so a standby advertises the port it will serve on once it leads.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -176,11 +178,15 @@ async fn main() -> anyhow::Result<()> {
         args.insecure,
     )
     .map_err(anyhow::Error::msg)?;
-    let (store, lead, etcd) = open_store(&args, &listener, files.as_ref()).await?;
-    let net = match &files {
+    let tls = files.clone().map(tls::ServerTls::load).transpose()?;
+    if let Some(server) = &tls {
+        tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
+    }
+    let net: Arc<dyn ParticipantNet> = Arc::new(match &files {
         Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
         None => TcpNet::default(),
-    };
+    });
+    let (store, lead, etcd) = open_store(&args, &listener, tls.as_ref(), net.clone()).await?;
     let term = lead
         .as_ref()
         .map_or(0, |l| u64::try_from(l.term).unwrap_or_default());
@@ -189,10 +195,10 @@ async fn main() -> anyhow::Result<()> {
         etcd,
         ..config(&args)
     };
-    let coordinator = Coordinator::open(store.clone(), Arc::new(net), config)
-        .context("recovering coordinator state")?;
+    let coordinator =
+        Coordinator::open(store.clone(), net, config).context("recovering coordinator state")?;
     let secure = files.is_some();
-    let (tls, access) = security(files, &args, &coordinator)?;
+    let access = access(tls.as_ref(), &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     warn_of_mismatched_endpoints(&coordinator, secure);
     println!("listening on {}", listener.local_addr()?);
@@ -222,9 +228,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// The store `--store` names; on etcd, once this instance leads (it waits until then).
 async fn open_store(
-    args: &Args,
+    args: &Arc<Args>,
     listener: &tokio::net::TcpListener,
-    files: Option<&tls::TlsFiles>,
+    tls: Option<&tls::ServerTls>,
+    net: Arc<dyn ParticipantNet>,
 ) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>, Option<Arc<EtcdKv>>)> {
     let bound = listener.local_addr()?;
     let target = match &args.store {
@@ -243,15 +250,22 @@ async fn open_store(
         format!("{scheme}://{bound}")
     });
     let ttl = args.etcd_lease_ttl;
+    let opened = tokio::task::spawn_blocking(move || EtcdKv::open(&target, tables::ALL));
+    let kv = Arc::new(opened.await?.context("opening the etcd store")?);
     let standby = Standby::default();
-    let (stop_standby, standing) = serve_standby(listener, files, standby.clone())?;
-    let opened = tokio::task::spawn_blocking(move || {
-        storage::open_etcd(&target, &me, ttl, move |leader| {
+    let view = read_view(kv.clone(), args.clone(), tls.cloned(), net);
+    let service = StandbyService::new(standby.clone(), view);
+    let (stop_standby, standing) = serve_standby(listener, tls, service)?;
+    let leading = kv.clone();
+    let campaign = tokio::task::spawn_blocking(move || {
+        leading.lead(&me, ttl, move |leader| {
             standby.set_leader(leader);
             tracing::info!("standby: {leader} leads; waiting to take over");
         })
     });
-    let (kv, lead) = opened.await?.context("opening the etcd store")?;
+    let lead = campaign
+        .await?
+        .context("campaigning for leadership on etcd")?;
     let _ = stop_standby.send(());
     let _ = standing.await;
     tracing::info!("leading with term {}", lead.term);
@@ -259,13 +273,34 @@ async fn open_store(
     Ok((store, Some(lead), Some(kv)))
 }
 
-/// While this instance waits to lead, its port answers every coordinator call with
-/// UNAVAILABLE naming the leader (on a second handle of the same socket, closed once
-/// it leads).
+/// What a standby's reads see: the tables in etcd as they are at the call, read through
+/// a view that cannot write, with callers authenticated as the leader would.
+fn read_view(
+    kv: Arc<EtcdKv>,
+    args: Arc<Args>,
+    tls: Option<tls::ServerTls>,
+    net: Arc<dyn ParticipantNet>,
+) -> View {
+    Arc::new(move || {
+        let config = Config {
+            etcd: Some(kv.clone()),
+            ..config(&args)
+        };
+        let store: Arc<dyn Kv> = kv.clone();
+        let coordinator =
+            Coordinator::read_only(store, net.clone(), config).map_err(|e| e.to_string())?;
+        let access = access(tls.as_ref(), &args, &coordinator).map_err(|e| format!("{e:#}"))?;
+        Ok((coordinator, access))
+    })
+}
+
+/// While this instance waits to lead, its port answers reads from etcd and every other
+/// coordinator call with UNAVAILABLE naming the leader (on a second handle of the same
+/// socket, closed once it leads).
 fn serve_standby(
     listener: &tokio::net::TcpListener,
-    files: Option<&tls::TlsFiles>,
-    standby: Standby,
+    tls: Option<&tls::ServerTls>,
+    standby: StandbyService,
 ) -> anyhow::Result<(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
@@ -275,7 +310,7 @@ fn serve_standby(
     let std = std::net::TcpListener::from(fd);
     std.set_nonblocking(true)?;
     let tcp = edge::incoming(tokio::net::TcpListener::from_std(std)?);
-    let tls = files.map(|f| tls::ServerTls::load(f.clone())).transpose()?;
+    let tls = tls.cloned();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let until = async move {
         let _ = stopped.await;
@@ -326,18 +361,16 @@ fn warn_of_mismatched_endpoints(coordinator: &Coordinator, secure: bool) {
     }
 }
 
-/// The server's TLS (re-read on SIGHUP) and how callers are authenticated: certificates
-/// chaining to the CA, and tokens signed with this data directory's secret.
-fn security(
-    files: Option<tls::TlsFiles>,
+/// How callers are authenticated over the server's TLS: certificates chaining to the
+/// CA, and tokens signed with the store's secret (none of it without TLS).
+fn access(
+    server: Option<&tls::ServerTls>,
     args: &Args,
     coordinator: &Coordinator,
-) -> anyhow::Result<(Option<tls::ServerTls>, Access)> {
-    let Some(files) = files else {
-        return Ok((None, Access::insecure()));
+) -> anyhow::Result<Access> {
+    let Some(server) = server else {
+        return Ok(Access::insecure());
     };
-    let server = tls::ServerTls::load(files)?;
-    tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
     let secret = coordinator.token_secret(tokens::new_secret)?;
     let mut grants = std::collections::BTreeMap::<_, Vec<_>>::new();
     for (name, grant) in &args.grant {
@@ -352,7 +385,7 @@ fn security(
         revoked: std::sync::RwLock::new(revoked),
         clock: Arc::new(lockstep::wire::now_millis),
     };
-    Ok((Some(server), Access::secure(secure)))
+    Ok(Access::secure(secure))
 }
 
 fn config(args: &Args) -> Config {

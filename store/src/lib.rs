@@ -12,6 +12,7 @@
 //! - [`mem`]: the in-memory twin with crash semantics (unsynced writes may vanish).
 //! - [`group`]: group commit, so concurrent writers share fsyncs off the async runtime.
 //! - [`keys`]: order-preserving key encoding.
+//! - [`read_only`]: a view that refuses writes (a standby's reads).
 //! - [`conformance`]: the test suite every implementation passes.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -23,6 +24,7 @@ pub mod etcd_member;
 pub mod group;
 pub mod keys;
 pub mod mem;
+pub mod read_only;
 pub mod rocks;
 
 pub use etcd::{EtcdKv, EtcdTarget, Fence};
@@ -30,6 +32,7 @@ pub use group::{
     BeforeSync, GroupCommit, Hooks, OnSynced, SyncerWriter, Ticket, WriterMode, spawn_writer,
 };
 pub use mem::MemKv;
+pub use read_only::ReadOnlyKv;
 pub use rocks::{RocksKv, WalRecovery};
 
 /// Why a storage operation failed. Storage errors are never retried blindly by the
@@ -80,6 +83,9 @@ pub enum StoreError {
         "fenced: this coordinator's term {0} has ended (another instance leads now); nothing was written"
     )]
     Fenced(i64),
+    /// A write through a [`ReadOnlyKv`]: this coordinator is a standby and only reads.
+    #[error("this coordinator is a standby: it reads the tables but never writes them")]
+    ReadOnly,
 }
 
 /// Whether a write must survive a machine crash before the call returns.

@@ -54,6 +54,9 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Where webhooks may go beyond loopback and public addresses (`--notify-allow`).
     pub allow: Vec<target::Allowed>,
+    /// Whether subscriptions are delivered to (false: a standby's read-only view, which
+    /// lists them and sends nothing; only the leader delivers).
+    pub deliver: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             first_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
             allow: Vec::new(),
+            deliver: true,
         }
     }
 }
@@ -298,7 +302,7 @@ impl Hub {
             stop: watch::channel(false).0,
         });
         self.subscriptions().insert(name, shared.clone());
-        if on {
+        if on && self.settings.deliver {
             tokio::spawn(deliver::run(self.clone(), shared));
         }
     }

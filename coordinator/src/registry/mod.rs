@@ -212,6 +212,19 @@ impl Registry {
         self.spawn_driver(machine, effects, None, commands_rx);
     }
 
+    /// Shows an unfinished transaction as its record says, with no driver: a standby's
+    /// read-only view, where the leader's drivers are the ones running it.
+    pub fn show_unfinished(&self, record: TxRecord) {
+        let (commands, _) = mpsc::unbounded_channel();
+        let id = record.id.clone();
+        let active = Active {
+            record,
+            start: None,
+            commands,
+        };
+        self.state().active.insert(id, active);
+    }
+
     fn spawn_driver(
         &self,
         machine: Transaction,
