@@ -49,6 +49,25 @@ pub async fn figures(
             "appends",
         ));
     }
+    // Fresh agents: an agent serves one coordinator (one incarnation) only.
+    let mut fresh = Vec::new();
+    for p in ["f0", "f1", "f2"] {
+        let url = stack::participant(p, &dir.join(format!("failover-{p}")), None).await?;
+        fresh.push((p.to_string(), url));
+    }
+    let mut failovers = crate::failover::times(&etcd.url("failover"), &fresh, 3).await?;
+    let ttl = crate::failover::TTL.as_secs_f64() * 1000.0;
+    for (name, q) in [("p50", 0.5), ("max", 1.0)] {
+        let value = percentile(&mut failovers, q).as_secs_f64() * 1000.0;
+        out.push(Figure {
+            floor: Some(ttl),
+            ..figure(
+                format!("etcd: failover {name} of 3, SIGKILL to new leader's commit (floor: TTL)"),
+                value,
+                "ms",
+            )
+        });
+    }
     Ok(out)
 }
 

@@ -9,6 +9,7 @@
 //! waiting for the outcome hears only once durable).
 
 mod etcd;
+mod failover;
 mod notify;
 mod stack;
 

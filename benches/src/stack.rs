@@ -228,20 +228,28 @@ async fn serving(
 impl Stack {
     /// Registers independent projects at the given URLs.
     pub async fn register(&mut self, projects: &[(String, String)]) -> anyhow::Result<()> {
-        for (name, url) in projects {
-            self.client
-                .register_project(pb::RegisterProjectRequest {
-                    name: name.clone(),
-                    environment: String::new(),
-                    endpoint: url.clone(),
-                    requires: Vec::new(),
-                    // Bench agents answer the protocol only; registration is not timed.
-                    unchecked: true,
-                })
-                .await?;
-        }
-        Ok(())
+        register(&mut self.client, projects).await
     }
+}
+
+/// Registers independent projects at the given URLs through `client`.
+pub async fn register(
+    client: &mut CoordinatorClient<Channel>,
+    projects: &[(String, String)],
+) -> anyhow::Result<()> {
+    for (name, url) in projects {
+        client
+            .register_project(pb::RegisterProjectRequest {
+                name: name.clone(),
+                environment: String::new(),
+                endpoint: url.clone(),
+                requires: Vec::new(),
+                // Bench agents answer the protocol only; registration is not timed.
+                unchecked: true,
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// Releases `projects` at `version` and waits until COMMITTED (as `--wait` does: create,

@@ -17,13 +17,14 @@
 //! both, so its etcd members need larger limits (README "High availability").
 
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{Mutex, mpsc},
     time::Duration,
 };
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
+use tokio::runtime::Handle;
 
 use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
 
@@ -51,7 +52,21 @@ pub struct EtcdKv {
     prefix: Vec<u8>,
     tables: Vec<&'static str>,
     fence: Mutex<Option<Fence>>,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Handle,
+    _owned: OwnedRuntime,
+}
+
+/// The store's own runtime, shut down without waiting when the store goes: the last
+/// handle may be dropped on a thread that runs another runtime (the journal's syncer),
+/// where dropping a runtime the usual way panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Where an etcd store lives: its members, its key prefix and how to reach them.
@@ -101,7 +116,9 @@ impl EtcdKv {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Etcd(format!("starting its runtime: {e}")))?;
-        let runtime = Arc::new(runtime);
+        let owned = OwnedRuntime(Some(runtime));
+        let runtime = owned.0.as_ref().map(|r| r.handle().clone());
+        let runtime = runtime.ok_or_else(|| StoreError::Etcd("its runtime is gone".into()))?;
         let (endpoints, options) = (target.endpoints.clone(), connect_options(target));
         let client = wait(&runtime, async move {
             Client::connect(endpoints, Some(options)).await
@@ -112,6 +129,7 @@ impl EtcdKv {
             tables: tables.to_vec(),
             fence: Mutex::new(None),
             runtime,
+            _owned: owned,
         })
     }
 
@@ -131,7 +149,7 @@ impl EtcdKv {
     }
 
     /// The runtime the store's calls run on.
-    pub fn runtime(&self) -> Arc<tokio::runtime::Runtime> {
+    pub fn runtime(&self) -> Handle {
         self.runtime.clone()
     }
 
@@ -175,10 +193,7 @@ fn connect_options(target: &EtcdTarget) -> ConnectOptions {
 
 /// Makes the call `make` builds, on `runtime`, again while it fails transiently (for
 /// at most [`RETRY_FOR`]), and waits for the outcome on this thread.
-pub(crate) fn wait_retrying<T, F, Fut>(
-    runtime: &tokio::runtime::Runtime,
-    make: F,
-) -> Result<T, StoreError>
+pub(crate) fn wait_retrying<T, F, Fut>(runtime: &Handle, make: F) -> Result<T, StoreError>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send,
@@ -215,7 +230,7 @@ fn transient(e: &etcd_client::Error) -> bool {
 
 /// Runs `call` on `runtime` and waits for it on this thread (which may be a worker of
 /// another runtime: it only blocks, it never enters this one).
-pub(crate) fn wait<T, F>(runtime: &tokio::runtime::Runtime, call: F) -> Result<T, StoreError>
+pub(crate) fn wait<T, F>(runtime: &Handle, call: F) -> Result<T, StoreError>
 where
     F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     T: Send + 'static,
