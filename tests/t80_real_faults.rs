@@ -31,8 +31,9 @@ use lockstep::pb::{self, StepStatus, coordinator_client::CoordinatorClient};
 use lockstep_participant::ledger::{self, Ledger};
 use lockstep_sim::checker::{self, ClientRecord, Observation, ParticipantView, Told};
 use lockstep_store::RocksKv;
+use lockstep_store::etcd_member::EtcdCluster;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use support::{Cluster, wait_for};
+use support::{Cluster, Server, wait_for};
 use tonic::transport::Channel;
 
 const PROJECTS: [&str; 4] = ["A", "B", "C", "D"];
@@ -124,7 +125,7 @@ fn command(
 
 /// `release abort` of one transaction in flight (of any environment), if there is one.
 async fn abort_one(url: &str, rng: &mut SmallRng) {
-    let Ok(mut co) = CoordinatorClient::connect(url.to_string()).await else {
+    let Ok(mut co) = CoordinatorClient::connect(any(url, rng)).await else {
         return;
     };
     let Ok(active) = co.list_releases(in_progress()).await else {
@@ -140,6 +141,13 @@ async fn abort_one(url: &str, rng: &mut SmallRng) {
         .env("LOCKSTEP_COORDINATOR", url)
         .output()
         .await;
+}
+
+/// One of the comma-separated coordinator URLs in `urls`, at random (reads are answered
+/// by a standby too; a write to one is refused and made again later).
+fn any(urls: &str, rng: &mut SmallRng) -> String {
+    let all: Vec<&str> = urls.split(',').collect();
+    all[rng.random_range(0..all.len())].to_string()
 }
 
 fn in_progress() -> pb::ListReleasesRequest {
@@ -217,7 +225,7 @@ async fn people(url: String, seed: u64, done: Arc<AtomicBool>) {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x009e_091e);
     loop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
-        let Ok(mut co) = CoordinatorClient::connect(url.clone()).await else {
+        let Ok(mut co) = CoordinatorClient::connect(any(&url, &mut rng)).await else {
             continue;
         };
         let Ok(active) = co.list_releases(in_progress()).await else {
@@ -338,23 +346,125 @@ async fn setup(c: &mut Cluster, site: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
+    faults(Cluster::new().await, None).await;
+}
+
+/// Issue 28: the same workload and checker with the coordinator on a 3-member etcd
+/// cluster, two instances of it, and the chaos killing the leader (a standby takes
+/// over once the 1 s lease runs out) or the standby among the agents; every client and
+/// agent is given both instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_sigkills_of_leaders_on_etcd_keep_every_invariant() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdCluster::start(etcd_dir.path(), 3).unwrap();
+    let args = vec![
+        "--store".to_string(),
+        etcd.url("t80"),
+        "--etcd-lease-ttl".into(),
+        "1s".into(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("standby.log");
+    let mut c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let program = support::bin("lockstep-coordinator");
+    let standby = Server::start_standby("standby", program, args, Vec::new(), log, port);
+    c.others.push(standby.url());
+    let c = faults(c, Some(standby)).await;
+    let logs = ["coordinator.log", "standby.log"].map(|l| c.dir.path().join(l));
+    let led = logs.iter().map(std::fs::read_to_string).map(Result::unwrap);
+    let terms = led
+        .map(|l| l.matches("leading with term").count())
+        .sum::<usize>();
+    assert!(
+        terms >= 3,
+        "leaders were killed and replaced ({terms} terms)"
+    );
+}
+
+/// Kills one of the coordinators: the one that leads, two times in three (it comes
+/// back as a standby), else the other.
+async fn kill_a_coordinator(pair: [&mut Server; 2], rng: &mut SmallRng) {
+    let mut leading = None;
+    for (i, s) in pair.iter().enumerate() {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(s.url())
+            .unwrap()
+            .connect()
+            .await
+        else {
+            continue;
+        };
+        if lockstep::standby::leads(channel, Duration::from_millis(500)).await {
+            leading = Some(i);
+        }
+    }
+    let leader = leading.unwrap_or(0);
+    let victim = if rng.random_range(0..3) < 2 {
+        leader
+    } else {
+        1 - leader
+    };
+    let [a, b] = pair;
+    let server = if victim == 0 { a } else { b };
+    server.restart_standby().await;
+}
+
+/// Makes `c.coordinator` the instance that leads once `second` is back (waiting for a
+/// leader), with `second` the other.
+async fn leader_first(c: &mut Cluster, second: &mut Server) {
+    let leads = |url: String| async move {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        lockstep::standby::leads(channel, Duration::from_millis(500)).await
+    };
+    let swap = wait_for("a coordinator to lead", || {
+        let (first, other) = (c.coordinator.url(), second.url());
+        async move {
+            match (leads(first).await, leads(other).await) {
+                (true, _) => Some(false),
+                (_, true) => Some(true),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    if swap {
+        std::mem::swap(&mut c.coordinator, second);
+        c.others = vec![second.url()];
+    }
+}
+
+/// Streams of commands, people answering verify steps and random SIGKILLs (of agents,
+/// and of the coordinator: with `second`, of either instance on etcd), then the
+/// checker and the effects.
+async fn faults(mut c: Cluster, mut second: Option<Server>) -> Cluster {
     let seed: u64 = std::env::var("LOCKSTEP_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let mut c = Cluster::new().await;
     let broken = Arc::new(AtomicBool::new(false));
     let url = site(broken.clone()).await;
     setup(&mut c, &url).await;
 
     let told: Arc<Mutex<Vec<ClientRecord>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
-    let (url, root) = (c.coordinator.url(), c.dir.path().to_path_buf());
+    let (url, root) = (c.coordinators(), c.dir.path().to_path_buf());
     let streams = futures::future::join_all(
         (0..3).map(|s| stream(&url, &root, s, done.clone(), seed, told.clone())),
     );
     let people = tokio::spawn(people(url.clone(), seed, done.clone()));
     let keys: Vec<String> = c.agents.keys().cloned().collect();
+    // With two instances, a coordinator is the victim three times in eleven.
+    let coordinators = if second.is_some() { 3 } else { 1 };
     let chaos = async {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0xc4a05);
         let mut kills = 0;
@@ -363,13 +473,17 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
             if rng.random_range(0..5) == 0 {
                 broken.fetch_xor(true, Ordering::SeqCst);
             }
-            let victim = rng.random_range(0..=keys.len());
-            let server = match victim {
-                0 => &mut c.coordinator,
-                n => &mut c.agents.get_mut(&keys[n - 1]).unwrap().server,
+            let victim = rng.random_range(0..keys.len() + coordinators);
+            kills += 1;
+            if let (true, Some(second)) = (victim < coordinators, second.as_mut()) {
+                kill_a_coordinator([&mut c.coordinator, second], &mut rng).await;
+                continue;
+            }
+            let server = match victim.checked_sub(coordinators) {
+                None => &mut c.coordinator,
+                Some(n) => &mut c.agents.get_mut(&keys[n]).unwrap().server,
             };
             server.kill9().await;
-            kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
             server.restart().await;
         }
@@ -378,6 +492,9 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         kills
     };
     let (_, kills) = tokio::join!(streams, chaos);
+    if let Some(second) = second.as_mut() {
+        leader_first(&mut c, second).await;
+    }
 
     // Faults over: every transaction must end.
     let active = wait_for("every transaction to end", || async {
@@ -417,6 +534,7 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
         check_effects(&c, &observation, env).await;
     }
     assert_workload_ran(&observation);
+    c
 }
 
 /// What the servers report (every environment's transactions and checkpoints, the

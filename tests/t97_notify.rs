@@ -736,6 +736,7 @@ async fn family_with(args: &[&str]) -> Cluster {
         dir,
         coordinator,
         agents: BTreeMap::new(),
+        others: Vec::new(),
     };
     c.add_family().await;
     c

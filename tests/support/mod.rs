@@ -129,7 +129,56 @@ impl Server {
         (ours && !tls).then_some("--insecure")
     }
 
-    async fn spawn(&mut self) {
+    /// Starts `program` as [`Server::start`] does without waiting for its `listening on`
+    /// line: a standby coordinator on etcd prints it only once it leads. `port` must be
+    /// fixed (non-zero), since nothing says which one was taken.
+    pub fn start_standby(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+        port: u16,
+    ) -> Self {
+        assert_ne!(port, 0, "a standby needs a known port");
+        let mut s = Server {
+            name: name.to_string(),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            program,
+            args,
+            env,
+            log,
+        };
+        s.restart_standby_now();
+        s
+    }
+
+    /// Kills and starts again on the same port without waiting until it listens (a
+    /// coordinator on etcd comes back as a standby).
+    pub async fn restart_standby(&mut self) {
+        self.kill9().await;
+        self.restart_standby_now();
+    }
+
+    fn restart_standby_now(&mut self) {
+        let (child, mut lines) = self.launch();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// Whether the process runs (it was started and not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Spawns the process with its stdout piped (returned as lines).
+    fn launch(
+        &self,
+    ) -> (
+        Child,
+        tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -149,7 +198,11 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.program.display()));
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        (child, BufReader::new(stdout).lines())
+    }
+
+    async fn spawn(&mut self) {
+        let (child, mut lines) = self.launch();
         let line = tokio::time::timeout(DEADLINE, lines.next_line())
             .await
             .unwrap_or_else(|_| {
@@ -332,6 +385,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coordinator: Server,
     pub agents: BTreeMap<String, Agent>,
+    /// Further coordinator instances (standbys on etcd): agents and the CLI are given
+    /// every instance.
+    pub others: Vec<String>,
 }
 
 impl Cluster {
@@ -368,6 +424,7 @@ impl Cluster {
             dir,
             coordinator,
             agents: BTreeMap::new(),
+            others: Vec::new(),
         }
     }
 
@@ -454,7 +511,7 @@ impl Cluster {
                 "--deploy-root".into(),
                 root.display().to_string(),
                 "--coordinator".into(),
-                self.coordinator.url(),
+                self.coordinators(),
                 "--prepare-hook".into(),
                 hook,
             ]
@@ -497,13 +554,20 @@ impl Cluster {
         assert_eq!(out.code, 0, "{out:?}");
     }
 
+    /// Every coordinator instance, comma-separated (as `--coordinator` takes them).
+    pub fn coordinators(&self) -> String {
+        let mut all = vec![self.coordinator.url()];
+        all.extend(self.others.iter().cloned());
+        all.join(",")
+    }
+
     /// Runs `lockstep` against this cluster's coordinator.
     pub async fn cli(&self, args: &[&str]) -> Cli {
         let out = tokio::time::timeout(
             DEADLINE * 2,
             Command::new(bin("lockstep"))
                 .args(args)
-                .env("LOCKSTEP_COORDINATOR", self.coordinator.url())
+                .env("LOCKSTEP_COORDINATOR", self.coordinators())
                 .stdin(Stdio::null())
                 .output(),
         )
