@@ -19,6 +19,9 @@
 //! - [`net`]: tonic over turmoil's TCP; [`calls`]: the clients' bounded calls.
 //! - [`stages`]: the pipeline and the seeded http probe of verify and live steps.
 //! - [`people`]: the person who answers steps, approvals and resolutions.
+//! - [`ha`] and [`lease`]: one seed in four runs two coordinators on a simulated etcd
+//!   (a shared store, an election on a lease, every write fenced on the term) whose
+//!   leaders crash, or pause past their lease and are deposed while still running.
 //!
 //! Replay: `cargo run -p lockstep-sim --bin lockstep-soak -- --seed N` runs seed N again,
 //! exactly; `--seeds N` runs many and prints `seeds, violations, wall time`.
@@ -27,6 +30,8 @@
 pub mod calls;
 pub mod checker;
 pub mod deployer;
+pub mod ha;
+pub mod lease;
 pub mod net;
 pub mod ordering;
 pub mod people;

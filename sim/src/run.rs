@@ -64,6 +64,12 @@ pub struct Config {
     pub faults: bool,
     /// Break the participants on purpose (to show the checker catches it).
     pub sabotage: bool,
+    /// Two coordinator instances on the simulated etcd (see [`crate::ha`]) instead of
+    /// one on its own disk: leaders crash, pause past their lease and are deposed.
+    pub ha: bool,
+    /// With `ha`, let a deposed leader write (no fence), to show the checker catches
+    /// two leaders.
+    pub unfenced: bool,
 }
 
 impl Config {
@@ -77,6 +83,9 @@ impl Config {
             settle_within: Duration::from_secs(60),
             faults: true,
             sabotage: false,
+            // One seed in four runs two coordinators on etcd.
+            ha: seed % 4 == 0,
+            unfenced: false,
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct Outcome {
     pub simulated: Duration,
     /// Everything the checker read (for `--verbose` replays).
     pub observation: Observation,
+    /// Leaders elected on etcd (0 with one coordinator): more than one is a failover.
+    pub terms: i64,
 }
 
 /// Every participant: (environment, project).
@@ -112,11 +123,27 @@ fn host(member: &str) -> String {
     format!("p-{member}")
 }
 
-/// Every host: the coordinator and each participant's.
-fn hosts() -> Vec<String> {
-    std::iter::once(COORDINATOR.to_string())
-        .chain(participants().map(|(e, p)| host(&member(e, p))))
-        .collect()
+/// The coordinator's hosts: one, or both instances on etcd.
+fn coordinators(ha: bool) -> Vec<String> {
+    match ha {
+        true => crate::ha::INSTANCES.map(String::from).to_vec(),
+        false => vec![COORDINATOR.to_string()],
+    }
+}
+
+/// Every host faults pick from: the coordinator's (first) and each participant's.
+fn hosts(ha: bool) -> Vec<String> {
+    let participants = participants().map(|(e, p)| host(&member(e, p)));
+    coordinators(ha).into_iter().chain(participants).collect()
+}
+
+/// Every host a host has links with: on etcd, the front door and etcd too.
+fn linked(ha: bool) -> Vec<String> {
+    let mut all = hosts(ha);
+    if ha {
+        all.extend([COORDINATOR.to_string(), crate::lease::ETCD.to_string()]);
+    }
+    all
 }
 
 /// The participant living on `host`.
@@ -124,7 +151,8 @@ fn participant_on(h: &str) -> Option<(&'static str, &'static str)> {
     participants().find(|(e, p)| host(&member(e, p)) == h)
 }
 
-fn coordinator_config(seed: u64) -> CoordinatorConfig {
+/// How the simulation's coordinators run (an instance on etcd adds its term).
+pub(crate) fn coordinator_config(seed: u64) -> CoordinatorConfig {
     CoordinatorConfig {
         default_prepare_timeout: PREPARE_TIMEOUT,
         backoff: Backoff {
@@ -145,7 +173,7 @@ fn coordinator_config(seed: u64) -> CoordinatorConfig {
         // protocol.
         notify: Default::default(),
         drift_check: None,
-        // One coordinator: term 0 (a second, on etcd-like leases, is issue 28's).
+        // One coordinator: term 0 (an instance on etcd sets its own).
         term: 0,
         etcd: None,
         stalled_after: None,
@@ -195,6 +223,32 @@ fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The one coordinator, on its own disk (`kv`, crashed with its host).
+fn coordinator_host(sim: &mut turmoil::Sim<'_>, kv: &MemKv, seed: u64) {
+    let kv = kv.clone();
+    sim.host(COORDINATOR, move || {
+        let kv = kv.clone();
+        async move {
+            kv.restart();
+            let coordinator = Coordinator::open(
+                Arc::new(kv),
+                Arc::new(net::SimNet::default()),
+                coordinator_config(seed),
+            )
+            .map_err(|e| e.to_string())?;
+            lockstep_coordinator::server::serve_incoming(
+                net::incoming(COORDINATOR_PORT),
+                coordinator,
+                lockstep_coordinator::access::Access::insecure(),
+                std::future::pending(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    });
+}
+
 /// Runs one seed and checks it.
 pub fn run(cfg: &Config) -> Outcome {
     let mut sim = turmoil::Builder::new()
@@ -206,30 +260,12 @@ pub fn run(cfg: &Config) -> Outcome {
         .tcp_capacity(4096)
         .build();
 
+    // On etcd, the instances' shared store (never crashed: etcd's writes are durable).
     let coordinator_kv = MemKv::new();
-    {
-        let (kv, seed) = (coordinator_kv.clone(), cfg.seed);
-        sim.host(COORDINATOR, move || {
-            let kv = kv.clone();
-            async move {
-                kv.restart();
-                let coordinator = Coordinator::open(
-                    Arc::new(kv),
-                    Arc::new(net::SimNet::default()),
-                    coordinator_config(seed),
-                )
-                .map_err(|e| e.to_string())?;
-                lockstep_coordinator::server::serve_incoming(
-                    net::incoming(COORDINATOR_PORT),
-                    coordinator,
-                    lockstep_coordinator::access::Access::insecure(),
-                    std::future::pending(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(())
-            }
-        });
+    let election = crate::lease::Election::default();
+    match cfg.ha {
+        true => crate::ha::hosts(&mut sim, &coordinator_kv, &election, cfg),
+        false => coordinator_host(&mut sim, &coordinator_kv, cfg.seed),
     }
     let mut participant_kvs = BTreeMap::new();
     let mut disks = BTreeMap::new();
@@ -333,7 +369,12 @@ pub fn run(cfg: &Config) -> Outcome {
         .iter()
         .map(|(p, kv)| (host(p), kv.clone()))
         .collect();
-    kvs.insert(COORDINATOR.to_string(), coordinator_kv.clone());
+    if !cfg.ha {
+        kvs.insert(COORDINATOR.to_string(), coordinator_kv.clone());
+    }
+    // Hosts a fault took down until its Restart; an instance on etcd that stopped by
+    // itself (deposed) is started again at once, as a supervisor would.
+    let mut down = BTreeSet::new();
     let mut healed = false;
     let readers: Vec<Ledger> = participant_kvs
         .values()
@@ -349,11 +390,16 @@ pub fn run(cfg: &Config) -> Outcome {
                 break;
             }
             let (_, fault) = pending.next().expect("peeked");
-            apply(&mut sim, &kvs, &moved, fault);
+            track_down(&mut down, &fault);
+            apply(&mut sim, &kvs, &moved, fault, cfg.ha);
         }
         if !healed && sim.elapsed() >= cfg.fault_window && pending.peek().is_none() {
-            heal(&mut sim);
+            heal(&mut sim, cfg.ha);
+            down.clear();
             healed = true;
+        }
+        if cfg.ha {
+            supervise(&mut sim, &down);
         }
         match sim.step() {
             // Clients are done; the cluster may still be finishing (a participant holding
@@ -372,6 +418,7 @@ pub fn run(cfg: &Config) -> Outcome {
                     faults: fault_count,
                     simulated: sim.elapsed(),
                     observation: Observation::default(),
+                    terms: election.terms(),
                 };
             }
         }
@@ -393,6 +440,7 @@ pub fn run(cfg: &Config) -> Outcome {
         faults: fault_count,
         simulated,
         observation,
+        terms: election.terms(),
     }
 }
 
@@ -496,11 +544,17 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
     // At most one agent loses its data per run: it may leave a transaction waiting for
     // a person, which then holds its projects for the rest of the run.
     let mut lost_once = false;
-    let hosts = hosts();
+    let hosts = hosts(cfg.ha);
+    let instances = coordinators(cfg.ha);
     while t < cfg.fault_window {
         let lasting = Duration::from_millis(rng.random_range(100..2500));
         let until = (t + lasting).min(cfg.fault_window);
-        let participant = hosts[rng.random_range(1..hosts.len())].clone();
+        let participant = hosts[rng.random_range(instances.len()..hosts.len())].clone();
+        // On etcd, either instance (whichever leads then); else the coordinator.
+        let coordinator = match cfg.ha {
+            true => instances[rng.random_range(0..instances.len())].clone(),
+            false => COORDINATOR.to_string(),
+        };
         let kept = if rng.random_bool(0.5) {
             0
         } else {
@@ -513,8 +567,8 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
                 out.push((until, Fault::Restart(victim)));
             }
             1 => {
-                out.push((t, Fault::Crash(COORDINATOR.into(), kept)));
-                out.push((until, Fault::Restart(COORDINATOR.into())));
+                out.push((t, Fault::Crash(coordinator.clone(), kept)));
+                out.push((until, Fault::Restart(coordinator)));
             }
             8 => {
                 out.push((t, Fault::Move(participant.clone())));
@@ -528,18 +582,25 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
             6 => {
                 // Longer than the participants' ask-decision-after and the delivery
                 // timeout (1 s each here).
-                let victim = hosts[rng.random_range(0..hosts.len())].clone();
+                // On etcd, an instance half the time: a leader paused past its lease.
+                let victim = match cfg.ha && rng.random_bool(0.5) {
+                    true => coordinator.clone(),
+                    false => hosts[rng.random_range(0..hosts.len())].clone(),
+                };
                 let resume = t + Duration::from_millis(rng.random_range(1500..4000));
                 out.push((t, Fault::Pause(victim.clone())));
                 out.push((resume.min(cfg.fault_window), Fault::Resume(victim)));
             }
             2 => {
-                out.push((t, Fault::Partition(COORDINATOR.into(), participant.clone())));
-                out.push((until, Fault::Repair(COORDINATOR.into(), participant)));
+                out.push((
+                    t,
+                    Fault::Partition(coordinator.clone(), participant.clone()),
+                ));
+                out.push((until, Fault::Repair(coordinator, participant)));
             }
             3 => {
-                out.push((t, Fault::Hold(COORDINATOR.into(), participant.clone())));
-                out.push((until, Fault::Release(COORDINATOR.into(), participant)));
+                out.push((t, Fault::Hold(coordinator.clone(), participant.clone())));
+                out.push((until, Fault::Release(coordinator, participant)));
             }
             4 => {
                 let client = format!("client-{}", rng.random_range(0..cfg.clients));
@@ -560,11 +621,31 @@ fn schedule(cfg: &Config) -> Vec<(Duration, Fault)> {
     out
 }
 
+/// Keeps `down` up to date with the hosts faults took down.
+fn track_down(down: &mut BTreeSet<String>, fault: &Fault) {
+    match fault {
+        Fault::Crash(h, _) | Fault::LoseData(h) | Fault::Move(h) => drop(down.insert(h.clone())),
+        Fault::Restart(h) => drop(down.remove(h)),
+        _ => {}
+    }
+}
+
+/// Starts again every coordinator instance that stopped by itself (not taken down by
+/// a fault).
+fn supervise(sim: &mut turmoil::Sim<'_>, down: &BTreeSet<String>) {
+    for h in crate::ha::INSTANCES {
+        if !down.contains(h) && !sim.is_host_running(h) {
+            sim.bounce(h);
+        }
+    }
+}
+
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     kvs: &BTreeMap<String, MemKv>,
     moved: &MovesRef,
     fault: Fault,
+    ha: bool,
 ) {
     match fault {
         Fault::Move(h) => {
@@ -587,8 +668,10 @@ fn apply(
             if sim.is_host_running(h.as_str()) {
                 sim.crash(h.as_str());
                 // What was not synced is lost, as with a power cut; sometimes a prefix
-                // of it made it to disk.
-                kvs[&h].crash_keeping(|n| n * kept as usize / 1000);
+                // of it made it to disk (an instance on etcd has no disk of its own).
+                if let Some(kv) = kvs.get(&h) {
+                    kv.crash_keeping(|n| n * kept as usize / 1000);
+                }
             }
         }
         Fault::LoseData(h) => {
@@ -597,8 +680,8 @@ fn apply(
             }
             kvs[&h].wipe();
         }
-        Fault::Pause(h) => each_link(&h, |a, b| sim.hold(a, b)),
-        Fault::Resume(h) => each_link(&h, |a, b| sim.release(a, b)),
+        Fault::Pause(h) => each_link(&h, ha, |a, b| sim.hold(a, b)),
+        Fault::Resume(h) => each_link(&h, ha, |a, b| sim.release(a, b)),
         Fault::Restart(h) => {
             if !sim.is_host_running(h.as_str()) {
                 sim.bounce(h.as_str());
@@ -613,20 +696,20 @@ fn apply(
 }
 
 /// Calls `f` on both directions of every link between `host` and the others.
-fn each_link(host: &str, mut f: impl FnMut(&str, &str)) {
-    for other in hosts().iter().filter(|o| *o != host) {
+fn each_link(host: &str, ha: bool, mut f: impl FnMut(&str, &str)) {
+    for other in linked(ha).iter().filter(|o| *o != host) {
         f(host, other);
         f(other, host);
     }
 }
 
 /// Ends every fault: hosts up, links repaired and released, latency back to normal.
-fn heal(sim: &mut turmoil::Sim<'_>) {
-    for h in &hosts() {
+fn heal(sim: &mut turmoil::Sim<'_>, ha: bool) {
+    for h in &hosts(ha) {
         if !sim.is_host_running(h.as_str()) {
             sim.bounce(h.as_str());
         }
-        each_link(h, |a, b| sim.release(a, b));
+        each_link(h, ha, |a, b| sim.release(a, b));
     }
     sim.set_max_message_latency(Duration::from_millis(5));
 }

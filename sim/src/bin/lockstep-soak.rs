@@ -29,8 +29,8 @@ fn main() -> std::process::ExitCode {
     if let Some(seed) = args.seed {
         let o = run(&Config::for_seed(seed));
         println!(
-            "seed {seed}: {} transactions, {} committed, {} faults, {:?} simulated, event-log hash {:016x}",
-            o.transactions, o.committed, o.faults, o.simulated, o.event_log_hash
+            "seed {seed}: {} transactions, {} committed, {} faults, {} leader terms, {:?} simulated, event-log hash {:016x}",
+            o.transactions, o.committed, o.faults, o.terms, o.simulated, o.event_log_hash
         );
         if args.verbose {
             for c in &o.observation.clients {
@@ -62,10 +62,15 @@ fn main() -> std::process::ExitCode {
     let started = Instant::now();
     let (mut violations, mut failing, mut transactions, mut faults) =
         (0usize, Vec::new(), 0usize, 0usize);
+    let (mut on_etcd, mut failovers) = (0usize, 0i64);
     for seed in args.from..args.from + args.seeds {
         let o = run(&Config::for_seed(seed));
         transactions += o.transactions;
         faults += o.faults;
+        if o.terms > 0 {
+            on_etcd += 1;
+            failovers += o.terms - 1;
+        }
         if !o.violations.is_empty() {
             violations += o.violations.len();
             println!(
@@ -78,7 +83,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     println!(
-        "seeds {}, violations {violations}, wall time {:.1}s ({transactions} transactions, {faults} faults)",
+        "seeds {}, violations {violations}, wall time {:.1}s ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
         args.seeds,
         started.elapsed().as_secs_f64()
     );
