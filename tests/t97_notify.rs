@@ -24,6 +24,7 @@ use std::{
 };
 
 use lockstep::pb::{self, EventKind, TransactionState};
+use lockstep_store::etcd_member::EtcdMember;
 use serde_json::Value;
 use support::{Cluster, DEADLINE, Server, wait_for};
 
@@ -176,6 +177,78 @@ async fn delivery_resumes_from_the_durable_cursor_after_sigkill() {
         in_order(&r.accepted()),
         (1..=head).collect::<Vec<_>>(),
         "every event from --from-seq 1 to the head, no gap, no reorder"
+    );
+}
+
+/// Issue 28: on etcd, delivery carries over to the next leader. Given two coordinators
+/// on one etcd prefix and a slow receiver part-way through the log, when the leader is
+/// killed with SIGKILL, then the standby leads and delivers from the durable cursor:
+/// the receiver gets every event from --from-seq 1 to the head, in order, and an event
+/// sent again keeps its id and body.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_carries_over_to_the_next_leader_on_etcd() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let args: Vec<String> = [
+        "--store",
+        &member.url("hooks"),
+        "--etcd-lease-ttl",
+        "1s",
+        "--notify-timeout",
+        "2s",
+        "--notify-max-backoff",
+        "1s",
+    ]
+    .map(String::from)
+    .into();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("standby.log");
+    let mut c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let program = support::bin("lockstep-coordinator");
+    let mut standby = Server::start_standby("standby", program, args, Vec::new(), log, port);
+    c.others.push(standby.url());
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["B=T2B"], 0).await;
+
+    let r = Receiver::start(&["--delay", "0.2"]).await;
+    add(&c, &["slow", "--url", &r.url(), "--from-seq", "1"]).await;
+    wait_for("a few deliveries", || async {
+        (r.accepted().len() >= 5).then_some(())
+    })
+    .await;
+    let before = subscription(&c, "slow").await;
+    assert!(number(&before, "lag") > 0, "under way: {before}");
+    c.coordinator.kill9().await;
+    std::mem::swap(&mut c.coordinator, &mut standby);
+    c.others.clear();
+    wait_for("the standby to lead", || async {
+        let channel = tonic::transport::Endpoint::from_shared(c.coordinator.url())
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        lockstep::standby::leads(channel, Duration::from_millis(500))
+            .await
+            .then_some(())
+    })
+    .await;
+
+    c.release("T3", &["C=T3C"], 0).await;
+    caught_up(&c, &["slow"], Duration::from_secs(120)).await;
+    let head = c.last_seq().await;
+    let lines = r.lines();
+    assert!(lines.iter().all(|l| status(l) == 200), "{lines:#?}");
+    redeliveries_identical(&lines);
+    assert_eq!(
+        in_order(&r.accepted()),
+        (1..=head).collect::<Vec<_>>(),
+        "every event from --from-seq 1 to the head, across the failover"
     );
 }
 
