@@ -13,6 +13,8 @@
 //!   errors that name the offending field.
 //! - [`crash`]: crash points the crash tests use to stop a server between two steps.
 //! - [`limits`]: the sizes every server enforces.
+//! - [`logging`]: how both servers log (`--log-format text|json`).
+//! - [`metrics`]: the `/metrics` endpoint of `--metrics-listen` (OpenMetrics text).
 //! - [`edge`]: reflection, health and size limits every Lockstep server shares.
 //! - [`orders`]: the participant protocol's messages as domain types (Prepare, Commit,
 //!   Abort orders, votes, decisions) with their wire conversions both ways.
@@ -33,6 +35,8 @@ pub mod crash;
 pub mod edge;
 pub mod identity;
 pub mod limits;
+pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod orders;
 pub mod reference;

@@ -36,6 +36,8 @@ struct Inner {
     /// Per watched transaction: the newest published sequence number among its events,
     /// and how many subscriptions share the entry.
     watched: Mutex<HashMap<String, (watch::Sender<u64>, usize)>>,
+    /// Watchers running now (for the metrics).
+    watchers: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -75,6 +77,7 @@ impl Feed {
                 recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                 latest: watch::channel(latest).0,
                 watched: Mutex::new(HashMap::new()),
+                watchers: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -127,6 +130,13 @@ impl Feed {
             tx: tx.to_string(),
             latest,
         }
+    }
+
+    /// How many watchers are running.
+    pub fn watchers(&self) -> usize {
+        self.inner
+            .watchers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Up to `limit` durable events with `seq >= from`, in order.
@@ -228,8 +238,32 @@ impl Feed {
             unfinished,
             sender,
         };
-        tokio::spawn(watcher.run());
+        let counted = Counted::new(self.inner.clone());
+        tokio::spawn(async move {
+            watcher.run().await;
+            drop(counted);
+        });
         ReceiverStream::new(receiver)
+    }
+}
+
+/// A watcher counted while it runs.
+struct Counted(Arc<Inner>);
+
+impl Counted {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner
+            .watchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(inner)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .watchers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

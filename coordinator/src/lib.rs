@@ -35,6 +35,7 @@
 //! - [`storage`]: RocksDB on this machine, or etcd shared by instances of which one
 //!   leads (fenced writes); [`standby`]: what an instance that does not lead answers
 //!   (reads from etcd as it is now; the rest names the leader).
+//! - [`metrics`]: what `/metrics` shows, read off the event log and the state.
 //! - [`model`], [`error`], [`crash`]: records, errors, crash points.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -50,6 +51,7 @@ pub mod feed;
 pub mod incarnation;
 pub mod journal;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod network;
 pub mod notify;

@@ -30,6 +30,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7700", env = "LOCKSTEP_LISTEN")]
     listen: SocketAddr,
+    /// How to log to stderr: `text`, or `json` (one object per line, with the spans
+    /// each line happened in). `RUST_LOG` filters either.
+    #[arg(long, value_enum, default_value = "text", env = "LOCKSTEP_LOG_FORMAT")]
+    log_format: lockstep::logging::LogFormat,
+    /// Serve Prometheus metrics (OpenMetrics text) at `http://ADDR/metrics` on a plain
+    /// HTTP listener beside gRPC (port 0 picks a free port; the address is logged), once
+    /// this instance leads. Off unless given; docs/metrics.md lists every metric.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Directory of the RocksDB database (created if missing); required with
     /// `--store rocksdb`.
     #[arg(long, env = "LOCKSTEP_DATA_DIR")]
@@ -156,17 +165,11 @@ fn thresholds(values: &[(Option<Environment>, std::time::Duration)]) -> Threshol
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a log written to a file stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     // Before anything else, so a SIGTERM at any moment stops the server cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
+    // (Logging starts once the flags are read: --log-format says how.)
     let args = Arc::new(Args::parse());
+    lockstep::logging::init(args.log_format);
     // Bound first, so a standby advertises the port it will serve on once it leads.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -200,6 +203,13 @@ async fn main() -> anyhow::Result<()> {
     let secure = files.is_some();
     let access = access(tls.as_ref(), &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
+    if let Some(addr) = args.metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        lockstep_coordinator::metrics::register(&mut registry, &coordinator);
+        let bound = lockstep::metrics::start(addr, registry).await;
+        let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     warn_of_mismatched_endpoints(&coordinator, secure);
     println!("listening on {}", listener.local_addr()?);
     let failed = coordinator.clone();

@@ -11,6 +11,7 @@
 //! - [`participant`]: the protocol rules around it (prepare, decide, asking for
 //!   decisions through a [`participant::DecisionSource`], recovery, reports).
 //! - [`ledger`]: its durable per-transaction records.
+//! - [`metrics`]: what an agent's `/metrics` shows.
 //! - [`inquiry`]: the coordinator's GetDecision as a `DecisionSource`.
 //! - [`schema`]: database migrations staged with a transaction.
 //! - [`service`] / [`server`]: the gRPC edge with reflection and health.
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod deployer;
 pub mod inquiry;
 pub mod ledger;
+pub mod metrics;
 pub mod participant;
 pub mod schema;
 pub mod server;

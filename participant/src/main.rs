@@ -36,6 +36,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7711")]
     listen: SocketAddr,
+    /// How to log to stderr: `text`, or `json` (one object per line, with the spans
+    /// each line happened in). `RUST_LOG` filters either.
+    #[arg(long, value_enum, default_value = "text", env = "LOCKSTEP_LOG_FORMAT")]
+    log_format: lockstep::logging::LogFormat,
+    /// Serve Prometheus metrics (OpenMetrics text) at `http://ADDR/metrics` on a plain
+    /// HTTP listener beside gRPC (port 0 picks a free port; the address is logged). Off
+    /// unless given; docs/metrics.md lists every metric.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Directory of the agent's RocksDB state (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -120,17 +129,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a log written to a file stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     // Before anything else, so a SIGTERM at any moment stops the agent cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
+    // (Logging starts once the flags are read: --log-format says how.)
     let args = Args::parse();
+    lockstep::logging::init(args.log_format);
     let listen = args.listen;
     let files = tls::files_from_flags(
         args.tls_cert.clone(),
@@ -140,7 +143,14 @@ async fn main() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let (tls, access) = security(files.as_ref(), &args)?;
+    let metrics_listen = args.metrics_listen;
     let (participant, store) = participant(args, files).await?;
+    if let Some(addr) = metrics_listen {
+        let registry = lockstep_participant::metrics::registry(participant.ledger().clone());
+        let bound = lockstep::metrics::start(addr, registry).await;
+        let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     let prepared = participant
         .recover_local()
         .await

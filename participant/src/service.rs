@@ -2,12 +2,19 @@
 //! convert. The protocol rules live in `participant.rs`.
 
 use lockstep::{
-    orders::{AbortOrder, CommitOrder, PrepareOrder},
+    orders::{AbortOrder, CommitOrder, PrepareOrder, VoteAnswer},
     pb::{self, participant_server},
 };
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 
-use crate::{access::OnlyCoordinator, deployer::Deployer, participant::Participant};
+use crate::{access::OnlyCoordinator, deployer::Deployer, metrics, participant::Participant};
+
+/// `ok` or `error`, for the order metrics.
+fn outcome<T, E>(result: &Result<T, E>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
+}
 
 /// Serves the Participant API for one project.
 pub struct ParticipantService<D> {
@@ -35,8 +42,15 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         let term = request.get_ref().coordinator_term;
         self.participant.admit_term(term).await?;
         let order = PrepareOrder::try_from(request.into_inner())?;
-        let vote = self.participant.prepare(order).await?;
-        Ok(Response::new(pb::PrepareResponse::from(&vote)))
+        let started = Instant::now();
+        let vote = self.participant.prepare(order).await;
+        let outcome = match &vote {
+            Ok(VoteAnswer::Prepared(_)) => "prepared",
+            Ok(_) => "refused",
+            Err(_) => "error",
+        };
+        metrics::order("prepare", outcome, started.elapsed());
+        Ok(Response::new(pb::PrepareResponse::from(&vote?)))
     }
 
     async fn commit(
@@ -47,7 +61,10 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         let term = request.get_ref().coordinator_term;
         self.participant.admit_term(term).await?;
         let order = CommitOrder::try_from(request.into_inner())?;
-        let live_version = self.participant.commit(&order).await?;
+        let started = Instant::now();
+        let live_version = self.participant.commit(&order).await;
+        metrics::order("commit", outcome(&live_version), started.elapsed());
+        let live_version = live_version?;
         Ok(Response::new(pb::CommitResponse { live_version }))
     }
 
@@ -59,7 +76,10 @@ impl<D: Deployer> participant_server::Participant for ParticipantService<D> {
         let term = request.get_ref().coordinator_term;
         self.participant.admit_term(term).await?;
         let order = AbortOrder::try_from(request.into_inner())?;
-        let live_version = self.participant.abort(&order).await?;
+        let started = Instant::now();
+        let live_version = self.participant.abort(&order).await;
+        metrics::order("abort", outcome(&live_version), started.elapsed());
+        let live_version = live_version?;
         Ok(Response::new(pb::AbortResponse { live_version }))
     }
 

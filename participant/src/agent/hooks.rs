@@ -123,6 +123,7 @@ pub async fn run(
     let text = String::from_utf8_lossy(&err);
     let tail = tail(text.trim_end(), STDERR_TAIL);
     tracing::warn!("{} hook `{command}` failed: {tail}", phase.name());
+    crate::metrics::hook_failed(phase.name());
     Err(format!(
         "{} hook exited with {}{}",
         phase.name(),

@@ -132,6 +132,11 @@ struct Inner<D> {
 }
 
 impl<D: Deployer> Participant<D> {
+    /// Its ledger (the metrics count what it holds staged).
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
     /// A participant for `project` in `environment`, recording into `ledger`, with
     /// optional schema migrations staged alongside the deployer's changes, asking
     /// `decisions` (when given) for the decision of a PREPARED vote that waits.

@@ -517,10 +517,13 @@ async fn run_plan(
             Direction::Up => m.up.clone(),
             Direction::Down => m.down.clone().unwrap_or_default(),
         };
+        let started = std::time::Instant::now();
         sqlx::raw_sql(AssertSqlSafe(script))
             .execute(&mut *db)
             .await
             .map_err(|e| format!("migrations/{file} failed: {}", db_err(e)))?;
+        let up = matches!(plan.direction, Direction::Up);
+        crate::metrics::migration(up, started.elapsed());
         match plan.direction {
             Direction::Up => {
                 sqlx::query(

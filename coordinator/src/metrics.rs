@@ -1,0 +1,442 @@
+//! What the coordinator's `/metrics` shows (docs/metrics.md lists every metric with its
+//! labels). Counters and histograms are read off the event log as it is written, so
+//! they count exactly what the log says happened and cost the protocol nothing; gauges
+//! are computed at scrape time from the state, so they never go stale. Labels are
+//! bounded (environment, project, kind, outcome, phase, step kind, subscription); never
+//! a transaction id, a version or a URL.
+
+use std::collections::HashMap;
+
+use lockstep::{names::TxId, pb};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::MetricType,
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+
+use crate::{
+    coordinator::Coordinator,
+    model::{StepKind, TxKind, TxRecord, TxState},
+};
+
+/// A transaction's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ended {
+    environment: String,
+    kind: String,
+    outcome: String,
+}
+
+/// A phase of a transaction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Phase {
+    environment: String,
+    phase: String,
+}
+
+/// One vote.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Voted {
+    environment: String,
+    project: String,
+    outcome: String,
+}
+
+/// One verify step's end.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stepped {
+    environment: String,
+    kind: String,
+    outcome: String,
+}
+
+/// A project of an environment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Project {
+    environment: String,
+    project: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(lockstep::metrics::duration_buckets())
+}
+
+/// The counters and histograms the event log moves.
+#[derive(Clone)]
+struct FromLog {
+    transactions: Family<Ended, Counter>,
+    phases: Histograms<Phase>,
+    votes: Family<Voted, Counter>,
+    steps: Family<Stepped, Counter>,
+    retries: Family<Project, Counter>,
+}
+
+/// When a running transaction reached each point (event times, milliseconds).
+#[derive(Default)]
+struct Times {
+    created: u64,
+    prepare: u64,
+    verify: u64,
+    decided: u64,
+}
+
+/// Registers every coordinator metric in `registry` and starts reading the log.
+pub fn register(registry: &mut Registry, coordinator: &Coordinator) {
+    let log = FromLog {
+        transactions: Family::default(),
+        phases: Family::new_with_constructor(histogram),
+        votes: Family::default(),
+        steps: Family::default(),
+        retries: Family::default(),
+    };
+    let r = registry.sub_registry_with_prefix("lockstep");
+    r.register(
+        "transactions",
+        "Transactions ended, by kind, environment and outcome",
+        log.transactions.clone(),
+    );
+    r.register(
+        "phase_duration_seconds",
+        "Time spent in each phase of a transaction (queue_wait, prepare, verify, phase2, total)",
+        log.phases.clone(),
+    );
+    r.register("votes", "Votes received, by outcome", log.votes.clone());
+    r.register(
+        "verify_steps",
+        "Verify steps ended, by step kind and outcome",
+        log.steps.clone(),
+    );
+    r.register(
+        "delivery_retries",
+        "Commit or Abort calls made again to a participant that did not answer",
+        log.retries.clone(),
+    );
+    r.register_collector(Box::new(Scraped(coordinator.clone())));
+    tokio::spawn(follow(coordinator.clone(), log));
+}
+
+/// Reads every event written from now on into `log`, as the feed publishes it (not
+/// as a watcher: the metrics reader is not one of the watchers it counts).
+async fn follow(coordinator: Coordinator, log: FromLog) {
+    let feed = coordinator.feed().clone();
+    let mut latest = feed.latest();
+    let mut next = *latest.borrow_and_update() + 1;
+    let mut running: HashMap<String, Times> = HashMap::new();
+    while latest.changed().await.is_ok() {
+        let head = *latest.borrow_and_update();
+        while next <= head {
+            let Ok(events) = feed.read(next, 512) else {
+                break;
+            };
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            events
+                .iter()
+                .for_each(|e| log.count(&coordinator, &mut running, e));
+            next = last + 1;
+        }
+    }
+}
+
+fn millis(e: &pb::Event) -> u64 {
+    e.time.as_ref().map_or(0, |t| {
+        let ms = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
+        u64::try_from(ms).unwrap_or_default()
+    })
+}
+
+impl FromLog {
+    /// Counts event `e`; `running` keeps when each unfinished transaction reached each
+    /// point, and loses it at its end.
+    fn count(
+        &self,
+        coordinator: &Coordinator,
+        running: &mut HashMap<String, Times>,
+        e: &pb::Event,
+    ) {
+        use pb::EventKind as K;
+        let (env, at) = (e.environment.clone(), millis(e));
+        let kind = K::try_from(e.kind).unwrap_or_default();
+        if e.transaction_id.is_empty() {
+            return;
+        }
+        let times = running.entry(e.transaction_id.clone()).or_default();
+        match kind {
+            K::TransactionCreated => times.created = at,
+            K::PrepareStarted => {
+                times.prepare = at;
+                self.phase(&env, "queue_wait", times.created, at);
+            }
+            K::VerifyStarted => times.verify = at,
+            K::DecidedCommit | K::DecidedAbort => {
+                times.decided = at;
+                let phase1_end = if times.verify != 0 { times.verify } else { at };
+                self.phase(&env, "prepare", times.prepare, phase1_end);
+                self.phase(&env, "verify", times.verify, at);
+            }
+            K::VoteReceived => self.vote(&env, e),
+            K::VerifyStepFinished => self.step(coordinator, &env, e),
+            K::DeliveryRetry => {
+                let project = Project {
+                    environment: env.clone(),
+                    project: e.project.clone(),
+                };
+                self.retries.get_or_create(&project).inc();
+            }
+            K::TransactionCommitted | K::TransactionAborted => {
+                let ended = running.remove(&e.transaction_id).unwrap_or_default();
+                self.ended(coordinator, &env, e, &ended, at);
+            }
+            _ => {}
+        }
+    }
+
+    /// Observes `from..to` as `phase` when both points were seen.
+    fn phase(&self, env: &str, phase: &str, from: u64, to: u64) {
+        if from == 0 || to < from {
+            return;
+        }
+        let labels = Phase {
+            environment: env.to_string(),
+            phase: phase.to_string(),
+        };
+        self.phases
+            .get_or_create(&labels)
+            .observe((to - from) as f64 / 1000.0);
+    }
+
+    fn vote(&self, env: &str, e: &pb::Event) {
+        let vote = pb::Vote::try_from(e.vote).unwrap_or_default();
+        let outcome = match vote {
+            pb::Vote::Prepared => "prepared",
+            pb::Vote::Refused => "refused",
+            _ => "no_answer",
+        };
+        let labels = Voted {
+            environment: env.to_string(),
+            project: e.project.clone(),
+            outcome: outcome.to_string(),
+        };
+        self.votes.get_or_create(&labels).inc();
+    }
+
+    /// A verify step ended: its kind from the transaction, its outcome from the state.
+    fn step(&self, coordinator: &Coordinator, env: &str, e: &pb::Event) {
+        let Some(run) = record(coordinator, &e.transaction_id)
+            .and_then(|t| t.steps.into_iter().find(|s| s.step.name == e.step))
+        else {
+            return;
+        };
+        let outcome = match run.status {
+            crate::model::StepStatus::Passed => "passed",
+            _ => "failed",
+        };
+        let labels = Stepped {
+            environment: env.to_string(),
+            kind: step_kind(&run.step.kind).to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.steps.get_or_create(&labels).inc();
+    }
+
+    /// A transaction ended: counted by kind and outcome, with its phase 2 and total time.
+    fn ended(&self, coordinator: &Coordinator, env: &str, e: &pb::Event, times: &Times, at: u64) {
+        let kind = record(coordinator, &e.transaction_id).map_or("release", |t| tx_kind(t.kind));
+        let committed = e.kind == pb::EventKind::TransactionCommitted as i32;
+        let labels = Ended {
+            environment: env.to_string(),
+            kind: kind.to_string(),
+            outcome: if committed { "committed" } else { "aborted" }.to_string(),
+        };
+        self.transactions.get_or_create(&labels).inc();
+        self.phase(env, "phase2", times.decided, at);
+        self.phase(env, "total", times.created, at);
+    }
+}
+
+fn record(coordinator: &Coordinator, id: &str) -> Option<TxRecord> {
+    let id = TxId::parse("transaction_id", id).ok()?;
+    coordinator.get(&id).ok()
+}
+
+fn tx_kind(kind: TxKind) -> &'static str {
+    match kind {
+        TxKind::Release => "release",
+        TxKind::Revert => "revert",
+        TxKind::Rollback => "rollback",
+    }
+}
+
+fn step_kind(kind: &StepKind) -> &'static str {
+    match kind {
+        StepKind::Http { .. } => "http",
+        StepKind::External => "external",
+        StepKind::Approval => "approval",
+    }
+}
+
+/// The gauges (and the journal's counters) computed at each scrape.
+struct Scraped(Coordinator);
+
+impl std::fmt::Debug for Scraped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the coordinator's scrape-time metrics")
+    }
+}
+
+/// One sample: its labels and value.
+type Sample = (Vec<(&'static str, String)>, i64);
+
+/// Encodes `name` with `samples`, as a gauge or a counter.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, metric): (&str, &str, MetricType),
+    samples: &[Sample],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, metric)?;
+    for (labels, value) in samples {
+        let sample = family.encode_family(labels)?;
+        match metric {
+            MetricType::Counter => {
+                ConstCounter::new(u64::try_from(*value).unwrap_or_default()).encode(sample)?
+            }
+            _ => ConstGauge::new(*value).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let c = &self.0;
+        let gauge = MetricType::Gauge;
+        for (name, help, counts) in unfinished(c) {
+            family(&mut encoder, (name, help, gauge), &counts)?;
+        }
+        let head = i64::try_from(*c.feed().latest().borrow()).unwrap_or_default();
+        family(
+            &mut encoder,
+            (
+                "event_log_head",
+                "Sequence number of the newest event",
+                gauge,
+            ),
+            &[(Vec::new(), head)],
+        )?;
+        let watchers = i64::try_from(c.feed().watchers()).unwrap_or_default();
+        family(
+            &mut encoder,
+            ("watchers", "WatchEvents streams open now", gauge),
+            &[(Vec::new(), watchers)],
+        )?;
+        let stats = c.journal_stats();
+        let syncs = i64::try_from(stats.syncs).unwrap_or_default();
+        let appends = i64::try_from(stats.appends).unwrap_or_default();
+        family(
+            &mut encoder,
+            (
+                "journal_syncs",
+                "Durable writes (fsyncs, or etcd transactions) of the journal",
+                MetricType::Counter,
+            ),
+            &[(Vec::new(), syncs)],
+        )?;
+        family(
+            &mut encoder,
+            (
+                "journal_appends",
+                "Records appended to the journal (appends per sync: group commit)",
+                MetricType::Counter,
+            ),
+            &[(Vec::new(), appends)],
+        )?;
+        let subscriptions = c.notifier().list();
+        let by = |f: &dyn Fn(&pb::Subscription) -> i64| -> Vec<Sample> {
+            subscriptions
+                .iter()
+                .map(|s| (vec![("subscription", s.name.clone())], f(s)))
+                .collect()
+        };
+        let lag = by(&|s| i64::try_from(s.lag).unwrap_or_default());
+        family(
+            &mut encoder,
+            (
+                "notify_lag_events",
+                "Events not yet delivered to a subscription",
+                gauge,
+            ),
+            &lag,
+        )?;
+        let delivered = by(&|s| i64::try_from(s.delivered).unwrap_or_default());
+        family(
+            &mut encoder,
+            (
+                "notify_delivered",
+                "Events a subscription's receiver accepted since this coordinator started",
+                MetricType::Counter,
+            ),
+            &delivered,
+        )?;
+        let failing = by(&|s| i64::from(!s.last_error.is_empty() || !s.disabled.is_empty()));
+        family(
+            &mut encoder,
+            (
+                "notify_failing",
+                "1 while a subscription's last delivery failed or it is disabled",
+                gauge,
+            ),
+            &failing,
+        )
+    }
+}
+
+/// Per environment: unfinished transactions, those verifying, and those waiting for a
+/// person to resolve a participant (every known environment, 0 included, so a gauge
+/// drops back when its transaction ends).
+fn unfinished(c: &Coordinator) -> [(&'static str, &'static str, Vec<Sample>); 3] {
+    let mut counts: std::collections::BTreeMap<String, [i64; 3]> = c
+        .registry()
+        .environments()
+        .into_iter()
+        .map(|e| (e.record.name.to_string(), [0; 3]))
+        .collect();
+    for t in c.registry().unfinished() {
+        let n = counts.entry(t.environment.to_string()).or_default();
+        n[0] += 1;
+        n[1] += i64::from(t.state == TxState::Verifying);
+        n[2] += i64::from(t.participants.iter().any(|p| p.needs_resolution));
+    }
+    let of = |i: usize| -> Vec<Sample> {
+        counts
+            .iter()
+            .map(|(env, n)| (vec![("environment", env.clone())], n[i]))
+            .collect()
+    };
+    [
+        (
+            "transactions_unfinished",
+            "Transactions not ended yet",
+            of(0),
+        ),
+        (
+            "transactions_verifying",
+            "Transactions running their verify steps",
+            of(1),
+        ),
+        (
+            "transactions_needing_resolution",
+            "Transactions waiting for `lockstep resolve` (a participant lost its data)",
+            of(2),
+        ),
+    ]
+}

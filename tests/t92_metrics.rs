@@ -1,0 +1,228 @@
+//! Metrics (issue 29): the coordinator's and every agent's `/metrics` on
+//! `--metrics-listen`, scraped around real releases and parsed by the Prometheus
+//! project's own OpenMetrics parser (tests/support/scrape.py): the counters and
+//! histograms move by exactly the transactions that ran, and a gauge drops back when
+//! its transaction ends.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use support::{Cluster, wait_for};
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Every sample of one scrape.
+struct Scrape(Vec<Value>);
+
+impl Scrape {
+    /// Scrapes `url`, failing the test unless the body parses as OpenMetrics.
+    async fn of(url: &str) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/scrape.py");
+        let out = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "scraping {url}: {out:?}");
+        Scrape(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// The sum of the samples called `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matches =
+            |s: &&Value| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v);
+        self.0
+            .iter()
+            .filter(matches)
+            .map(|s| s["value"].as_f64().unwrap())
+            .sum()
+    }
+}
+
+/// How much `name{labels}` moved from `before` to `after`.
+fn moved(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    after.value(name, labels) - before.value(name, labels)
+}
+
+/// The seed's family (A requires B and C), each agent and the coordinator serving
+/// metrics; returns the cluster and the metric URLs (coordinator first, then A, B, C).
+async fn family_with_metrics() -> (Cluster, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("coordinator").display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--data-dir", &data, "--metrics-listen", &listen].map(String::from);
+    let mut c = Cluster::with_coordinator(dir, args.into(), Vec::new()).await;
+    let mut urls = vec![format!("http://{listen}/metrics")];
+    let mut agents = std::collections::BTreeMap::new();
+    for (p, requires) in [("B", &[][..]), ("C", &[]), ("A", &["B", "C"])] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        c.add_agent_with(p, &["--metrics-listen".into(), listen.clone()])
+            .await;
+        c.register(p, requires).await;
+        agents.insert(p, format!("http://{listen}/metrics"));
+    }
+    urls.extend(agents.into_values());
+    (c, urls)
+}
+
+/// Given the family with metrics on, when T1 (A, B, C) and T2 (B) commit, T2 is
+/// reverted and T3 (B) is refused by B, then the coordinator counted exactly two
+/// committed releases, one committed revert and one aborted release, the votes of
+/// each project, and a total duration for each of the four; A's agent timed one
+/// prepared Prepare and one Commit; B's counted its refused Prepare.
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_and_histograms_move_by_exactly_the_transactions_that_ran() {
+    let (c, urls) = family_with_metrics().await;
+    let (coordinator, a, b) = (&urls[0], &urls[1], &urls[2]);
+    let (before, a_before, b_before) = (
+        Scrape::of(coordinator).await,
+        Scrape::of(a).await,
+        Scrape::of(b).await,
+    );
+
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["B=T2B"], 0).await;
+    let out = c.cli(&["revert", "T2", "--wait"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    c.fail("B", "tests failed");
+    c.release("T3", &["B=T3B"], 1).await;
+    c.heal("B");
+
+    let after = wait_for("the metrics to read the log's last event", || async {
+        let after = Scrape::of(coordinator).await;
+        let counted = after.value(
+            "lockstep_phase_duration_seconds_count",
+            &[("phase", "total")],
+        );
+        let before = before.value(
+            "lockstep_phase_duration_seconds_count",
+            &[("phase", "total")],
+        );
+        (counted - before == 4.0).then_some(after)
+    })
+    .await;
+    let ended = |kind: &str, outcome: &str| {
+        let labels = [
+            ("environment", "default"),
+            ("kind", kind),
+            ("outcome", outcome),
+        ];
+        moved(&before, &after, "lockstep_transactions_total", &labels)
+    };
+    assert_eq!(ended("release", "committed"), 2.0);
+    assert_eq!(ended("revert", "committed"), 1.0);
+    assert_eq!(ended("release", "aborted"), 1.0);
+    assert_eq!(ended("rollback", "committed"), 0.0);
+    let votes = |project: &str, outcome: &str| {
+        let labels = [("project", project), ("outcome", outcome)];
+        moved(&before, &after, "lockstep_votes_total", &labels)
+    };
+    assert_eq!(votes("A", "prepared"), 1.0, "T1 only");
+    assert_eq!(votes("B", "prepared"), 3.0, "T1, T2 and the revert");
+    assert_eq!(votes("B", "refused"), 1.0, "T3");
+    for phase in ["queue_wait", "prepare", "phase2"] {
+        let count = moved(
+            &before,
+            &after,
+            "lockstep_phase_duration_seconds_count",
+            &[("phase", phase)],
+        );
+        assert_eq!(count, 4.0, "{phase}");
+    }
+    assert!(after.value("lockstep_journal_syncs_total", &[]) > 0.0);
+    let head = after.value("lockstep_event_log_head", &[]);
+    assert_eq!(head, c.last_seq().await as f64);
+
+    let a_after = Scrape::of(a).await;
+    let order = |s: &Scrape, o: &str, outcome: &str| {
+        let labels = [("order", o), ("outcome", outcome)];
+        s.value("lockstep_agent_order_duration_seconds_count", &labels)
+    };
+    assert_eq!(
+        order(&a_after, "prepare", "prepared") - order(&a_before, "prepare", "prepared"),
+        1.0
+    );
+    assert_eq!(
+        order(&a_after, "commit", "ok") - order(&a_before, "commit", "ok"),
+        1.0
+    );
+    let b_after = Scrape::of(b).await;
+    assert_eq!(
+        order(&b_after, "prepare", "refused") - order(&b_before, "prepare", "refused"),
+        1.0
+    );
+    let hooks = b_after.value("lockstep_agent_hook_failures_total", &[("hook", "prepare")]);
+    assert_eq!(
+        hooks - b_before.value("lockstep_agent_hook_failures_total", &[("hook", "prepare")]),
+        1.0
+    );
+}
+
+/// Given T4 waiting for C (its Prepare blocked), the coordinator's unfinished gauge
+/// says 1 for `default` and A's agent holds one staged transaction; once C answers and
+/// T4 commits, both drop back to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn gauges_drop_back_when_their_transaction_ends() {
+    let (c, urls) = family_with_metrics().await;
+    let (coordinator, a) = (urls[0].clone(), urls[1].clone());
+    c.block("C");
+    let created = c
+        .cli(&["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"])
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let unfinished = [("environment", "default")];
+    wait_for("T4 unfinished, A staged", || async {
+        let (co, agent) = (Scrape::of(&coordinator).await, Scrape::of(&a).await);
+        let waiting = co.value("lockstep_transactions_unfinished", &unfinished) == 1.0;
+        let staged = agent.value("lockstep_agent_staged_transactions", &[]) == 1.0;
+        (waiting && staged).then_some(())
+    })
+    .await;
+    c.heal("C");
+    wait_for("both gauges back at 0", || async {
+        let (co, agent) = (Scrape::of(&coordinator).await, Scrape::of(&a).await);
+        let ended = co.value("lockstep_transactions_unfinished", &unfinished) == 0.0;
+        let none = agent.value("lockstep_agent_staged_transactions", &[]) == 0.0;
+        (ended && none).then_some(())
+    })
+    .await;
+    let done = Scrape::of(&coordinator).await;
+    let labels = [("kind", "release"), ("outcome", "committed")];
+    assert_eq!(done.value("lockstep_transactions_total", &labels), 1.0);
+}
+
+/// Given the coordinator and an agent started with `--log-format json`, every line
+/// they log is one JSON object with a timestamp, a level and its fields, through a
+/// committed release.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let args = ["--data-dir", &data, "--log-format", "json"].map(String::from);
+    let mut c = Cluster::with_coordinator(dir, args.into(), Vec::new()).await;
+    c.add_agent_with("D", &["--log-format".into(), "json".into()])
+        .await;
+    c.register("D", &[]).await;
+    c.release("T1", &["D=T1D"], 0).await;
+    let logs = [c.coordinator.log(), c.agent("D").server.log()];
+    for log in &logs {
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "something was logged");
+        for line in lines {
+            let json: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            assert!(json["timestamp"].is_string(), "{line}");
+            assert!(json["level"].is_string(), "{line}");
+            assert!(json["fields"].is_object(), "{line}");
+        }
+    }
+    assert!(logs[0].contains("coordinator incarnation"), "{}", logs[0]);
+}
