@@ -226,3 +226,49 @@ async fn logs_are_one_json_object_per_line() {
     }
     assert!(logs[0].contains("coordinator incarnation"), "{}", logs[0]);
 }
+
+/// Given `default` with an approval step, while T1 waits for it the verifying gauge
+/// says 1; once approved and committed, the approval counts as one passed step, the
+/// verify phase has one duration, and the gauge is back at 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_release_counts_its_step_and_leaves_the_verifying_gauge() {
+    let (c, urls) = family_with_metrics().await;
+    let coordinator = urls[0].clone();
+    let file = c.dir.path().join("pipeline.toml");
+    let pipeline = "[[environment]]\nname = \"default\"\n  [[environment.verify]]\n  name = \"sign-off\"\n  kind = \"approval\"\n";
+    std::fs::write(&file, pipeline).unwrap();
+    assert_eq!(
+        c.cli(&["env", "apply", "-f", file.to_str().unwrap()])
+            .await
+            .code,
+        0
+    );
+    let t1 = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
+    assert_eq!(c.cli(&t1).await.code, 0);
+    c.wait_state("T1", lockstep::pb::TransactionState::Verifying)
+        .await;
+    let default = [("environment", "default")];
+    let verifying = Scrape::of(&coordinator).await;
+    assert_eq!(
+        verifying.value("lockstep_transactions_verifying", &default),
+        1.0
+    );
+
+    let approved = c.cli(&["approve", "T1", "--reason", "checked"]).await;
+    assert_eq!(approved.code, 0, "{approved:?}");
+    c.wait_state("T1", lockstep::pb::TransactionState::Committed)
+        .await;
+    let done = wait_for("the commit to be counted", || async {
+        let s = Scrape::of(&coordinator).await;
+        (s.value("lockstep_transactions_total", &[]) == 1.0).then_some(s)
+    })
+    .await;
+    let step = [("kind", "approval"), ("outcome", "passed")];
+    assert_eq!(done.value("lockstep_verify_steps_total", &step), 1.0);
+    let verify = [("phase", "verify")];
+    assert_eq!(
+        done.value("lockstep_phase_duration_seconds_count", &verify),
+        1.0
+    );
+    assert_eq!(done.value("lockstep_transactions_verifying", &default), 0.0);
+}

@@ -11,6 +11,7 @@
 mod etcd;
 mod failover;
 mod notify;
+mod observed;
 mod stack;
 
 /// The same allocator as the servers (see coordinator/src/main.rs).
@@ -47,7 +48,7 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, fanout, tls, notify, recovery,
+    /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics, recovery,
     /// memory, etcd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -321,6 +322,10 @@ async fn main() -> anyhow::Result<()> {
 
     if run("notify") {
         figures.extend(notify::figures(&mut stack, 500 / scale).await?);
+    }
+
+    if run("metrics") {
+        figures.extend(observed::figures(dir.path(), 500 / scale, seconds).await?);
     }
 
     if run("recovery") {

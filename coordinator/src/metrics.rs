@@ -23,7 +23,7 @@ use prometheus_client::{
 
 use crate::{
     coordinator::Coordinator,
-    model::{StepKind, TxKind, TxRecord, TxState},
+    model::{StepKind, TxKind, TxState},
 };
 
 /// A transaction's outcome.
@@ -80,13 +80,18 @@ struct FromLog {
     retries: Family<Project, Counter>,
 }
 
-/// When a running transaction reached each point (event times, milliseconds).
+/// What the metrics keep of a running transaction: when it reached each point (event
+/// times, milliseconds), and its kind and verify steps, read from memory once at its
+/// creation (never looked up later: a finished record is in storage, behind the lock
+/// every driver takes).
 #[derive(Default)]
 struct Times {
     created: u64,
     prepare: u64,
     verify: u64,
     decided: u64,
+    kind: Option<TxKind>,
+    steps: Vec<(String, StepKind)>,
 }
 
 /// Registers every coordinator metric in `registry` and starts reading the log.
@@ -172,7 +177,12 @@ impl FromLog {
         }
         let times = running.entry(e.transaction_id.clone()).or_default();
         match kind {
-            K::TransactionCreated => times.created = at,
+            K::TransactionCreated => {
+                times.created = at;
+                let id = TxId::parse("transaction_id", &e.transaction_id).ok();
+                let shape = id.and_then(|id| coordinator.registry().shape(&id));
+                (times.kind, times.steps) = shape.map_or((None, Vec::new()), |(k, s)| (Some(k), s));
+            }
             K::PrepareStarted => {
                 times.prepare = at;
                 self.phase(&env, "queue_wait", times.created, at);
@@ -185,7 +195,7 @@ impl FromLog {
                 self.phase(&env, "verify", times.verify, at);
             }
             K::VoteReceived => self.vote(&env, e),
-            K::VerifyStepFinished => self.step(coordinator, &env, e),
+            K::VerifyStepFinished => self.step(times, &env, e),
             K::DeliveryRetry => {
                 let project = Project {
                     environment: env.clone(),
@@ -195,7 +205,7 @@ impl FromLog {
             }
             K::TransactionCommitted | K::TransactionAborted => {
                 let ended = running.remove(&e.transaction_id).unwrap_or_default();
-                self.ended(coordinator, &env, e, &ended, at);
+                self.ended(&env, e, &ended, at);
             }
             _ => {}
         }
@@ -230,28 +240,29 @@ impl FromLog {
         self.votes.get_or_create(&labels).inc();
     }
 
-    /// A verify step ended: its kind from the transaction, its outcome from the state.
-    fn step(&self, coordinator: &Coordinator, env: &str, e: &pb::Event) {
-        let Some(run) = record(coordinator, &e.transaction_id)
-            .and_then(|t| t.steps.into_iter().find(|s| s.step.name == e.step))
-        else {
+    /// A verify step ended: its kind from the pipeline's step in the transaction, its
+    /// outcome from the event itself (`NAME passed` or `NAME failed...`, written with
+    /// the step's status at that moment; the record readers see may lag behind).
+    fn step(&self, times: &Times, env: &str, e: &pb::Event) {
+        let Some((_, kind)) = times.steps.iter().find(|(name, _)| *name == e.step) else {
             return;
         };
-        let outcome = match run.status {
-            crate::model::StepStatus::Passed => "passed",
-            _ => "failed",
+        let said = e.message.strip_prefix(e.step.as_str()).unwrap_or_default();
+        let outcome = match said.trim_start().starts_with("passed") {
+            true => "passed",
+            false => "failed",
         };
         let labels = Stepped {
             environment: env.to_string(),
-            kind: step_kind(&run.step.kind).to_string(),
+            kind: step_kind(kind).to_string(),
             outcome: outcome.to_string(),
         };
         self.steps.get_or_create(&labels).inc();
     }
 
     /// A transaction ended: counted by kind and outcome, with its phase 2 and total time.
-    fn ended(&self, coordinator: &Coordinator, env: &str, e: &pb::Event, times: &Times, at: u64) {
-        let kind = record(coordinator, &e.transaction_id).map_or("release", |t| tx_kind(t.kind));
+    fn ended(&self, env: &str, e: &pb::Event, times: &Times, at: u64) {
+        let kind = times.kind.map_or("unknown", tx_kind);
         let committed = e.kind == pb::EventKind::TransactionCommitted as i32;
         let labels = Ended {
             environment: env.to_string(),
@@ -262,11 +273,6 @@ impl FromLog {
         self.phase(env, "phase2", times.decided, at);
         self.phase(env, "total", times.created, at);
     }
-}
-
-fn record(coordinator: &Coordinator, id: &str) -> Option<TxRecord> {
-    let id = TxId::parse("transaction_id", id).ok()?;
-    coordinator.get(&id).ok()
 }
 
 fn tx_kind(kind: TxKind) -> &'static str {

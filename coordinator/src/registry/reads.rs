@@ -9,7 +9,7 @@ use lockstep::{
 use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
-    model::{CheckpointRecord, TxRecord},
+    model::{CheckpointRecord, StepKind, TxKind, TxRecord},
     txn,
 };
 
@@ -41,6 +41,18 @@ pub struct Live {
 }
 
 impl Registry {
+    /// The kind and verify steps (name, kind) of unfinished transaction `id`, without
+    /// copying its record or touching storage (the metrics label by them).
+    pub fn shape(&self, id: &TxId) -> Option<(TxKind, Vec<(String, StepKind)>)> {
+        let s = self.state();
+        let t = &s.active.get(id)?.record;
+        let steps = t
+            .steps
+            .iter()
+            .map(|r| (r.step.name.clone(), r.step.kind.clone()));
+        Some((t.kind, steps.collect()))
+    }
+
     /// A transaction by id.
     pub fn get(&self, id: &TxId) -> Result<TxRecord> {
         let s = self.state();

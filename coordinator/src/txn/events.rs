@@ -205,7 +205,8 @@ pub fn step_started(tx: &TxRecord, index: usize) -> pb::Event {
     step_event(tx, index, pb::EventKind::VerifyStepStarted, message)
 }
 
-/// Verify step `index` passed or failed.
+/// Verify step `index` passed or failed: `NAME passed` or `NAME failed[: reason][
+/// (link)]` (the metrics read the outcome from this message: keep its start).
 pub fn step_finished(tx: &TxRecord, index: usize) -> pb::Event {
     let run = &tx.steps[index];
     let outcome = match run.status {

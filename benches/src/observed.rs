@@ -1,0 +1,91 @@
+//! What metrics cost: two fresh stacks side by side, one without metrics and one with
+//! the coordinator's metrics registered (reading the event log as it is written) and
+//! scraped once a second as Prometheus would, measured in turn, twice each (a stack
+//! slows as its tables grow, so each is compared at the same age). Agents' instruments
+//! are always on (one histogram observation per order), in both.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use prometheus_client::registry::Registry;
+
+use crate::{Figure, figure, micros, percentile, serial_releases, stack, throughput};
+
+/// Clients of the throughput comparison (as many disjoint project sets).
+const CLIENTS: usize = 8;
+
+/// A fresh stack in `dir` with 3 + 3 x [`CLIENTS`] no-op participants.
+async fn fresh(dir: &Path) -> anyhow::Result<stack::Stack> {
+    let mut stack = stack::coordinator(&dir.join("coordinator"), None).await?;
+    let mut names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    for g in 0..CLIENTS {
+        names.extend(["a", "b", "c"].iter().map(|m| format!("g{g}{m}")));
+    }
+    let mut projects = Vec::new();
+    for name in names {
+        let url = stack::participant(&name, &dir.join(&name), None).await?;
+        projects.push((name, url));
+    }
+    stack.register(&projects).await?;
+    Ok(stack)
+}
+
+/// Release latency p50 (µs) and throughput (committed/s) of `stack` now.
+async fn measure(
+    stack: &mut stack::Stack,
+    tag: &str,
+    count: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut samples = serial_releases(stack, tag, &three, count).await?;
+    let p50 = micros(percentile(&mut samples, 0.5));
+    let t = throughput(stack, CLIENTS, Duration::from_secs(seconds)).await?;
+    Ok((p50, t.committed as f64 / t.elapsed.as_secs_f64()))
+}
+
+/// Registers the coordinator's metrics on `stack` and scrapes them every second.
+fn observe(stack: &stack::Stack) -> tokio::task::JoinHandle<()> {
+    let mut registry = Registry::default();
+    lockstep_coordinator::metrics::register(&mut registry, &stack.coordinator);
+    let registry = Arc::new(registry);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut text = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        }
+    })
+}
+
+/// The figures: each "on" value with the same round's "off" value as its floor.
+pub async fn figures(dir: &Path, count: usize, seconds: u64) -> anyhow::Result<Vec<Figure>> {
+    let mut off = fresh(&dir.join("metrics-off")).await?;
+    let mut on = fresh(&dir.join("metrics-on")).await?;
+    let scraper = observe(&on);
+    let (mut lat, mut rate) = ((0.0, 0.0), (0.0, 0.0));
+    for round in 0..2 {
+        let (off_p50, off_rate) = measure(&mut off, &format!("off{round}"), count, seconds).await?;
+        let (on_p50, on_rate) = measure(&mut on, &format!("on{round}"), count, seconds).await?;
+        lat = (lat.0 + off_p50 / 2.0, lat.1 + on_p50 / 2.0);
+        rate = (rate.0 + off_rate / 2.0, rate.1 + on_rate / 2.0);
+    }
+    scraper.abort();
+    Ok(vec![
+        Figure {
+            floor: Some(lat.0),
+            target: Some("<= 1.1x off".into()),
+            met: Some(lat.1 <= 1.1 * lat.0),
+            ..figure("metrics on: release latency p50 (floor: off)", lat.1, "us")
+        },
+        Figure {
+            floor: Some(rate.0),
+            target: Some(">= 0.9x off".into()),
+            met: Some(rate.1 >= 0.9 * rate.0),
+            ..figure(
+                format!("metrics on: throughput, {CLIENTS} clients (floor: off)"),
+                rate.1,
+                "committed/s",
+            )
+        },
+    ])
+}
