@@ -204,11 +204,7 @@ async fn main() -> anyhow::Result<()> {
     let access = access(tls.as_ref(), &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
     if let Some(addr) = args.metrics_listen {
-        let mut registry = prometheus_client::registry::Registry::default();
-        lockstep_coordinator::metrics::register(&mut registry, &coordinator);
-        let bound = lockstep::metrics::start(addr, registry).await;
-        let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
-        tracing::info!("metrics at http://{bound}/metrics");
+        serve_metrics(addr, &coordinator).await?;
     }
     warn_of_mismatched_endpoints(&coordinator, secure);
     println!("listening on {}", listener.local_addr()?);
@@ -234,6 +230,16 @@ async fn main() -> anyhow::Result<()> {
         shutdown::exit(1);
     }
     shutdown::exit(0)
+}
+
+/// Serves the coordinator's metrics on `addr` (`--metrics-listen`).
+async fn serve_metrics(addr: SocketAddr, coordinator: &Coordinator) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    lockstep_coordinator::metrics::register(&mut registry, coordinator);
+    let bound = lockstep::metrics::start(addr, registry).await;
+    let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
+    tracing::info!("metrics at http://{bound}/metrics");
+    Ok(())
 }
 
 /// The store `--store` names; on etcd, once this instance leads (it waits until then).

@@ -322,94 +322,97 @@ fn family(
     Ok(())
 }
 
+/// One family computed at scrape: name, help, type and samples.
+type Scraping = (&'static str, &'static str, MetricType, Vec<Sample>);
+
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let c = &self.0;
-        let gauge = MetricType::Gauge;
-        for (name, help, counts) in unfinished(c) {
-            family(&mut encoder, (name, help, gauge), &counts)?;
+        let all = unfinished(c)
+            .into_iter()
+            .chain(log_and_journal(c))
+            .chain(subscriptions(c));
+        for (name, help, metric, samples) in all {
+            family(&mut encoder, (name, help, metric), &samples)?;
         }
-        let head = i64::try_from(*c.feed().latest().borrow()).unwrap_or_default();
-        family(
-            &mut encoder,
-            (
-                "event_log_head",
-                "Sequence number of the newest event",
-                gauge,
-            ),
-            &[(Vec::new(), head)],
-        )?;
-        let watchers = i64::try_from(c.feed().watchers()).unwrap_or_default();
-        family(
-            &mut encoder,
-            ("watchers", "WatchEvents streams open now", gauge),
-            &[(Vec::new(), watchers)],
-        )?;
-        let stats = c.journal_stats();
-        let syncs = i64::try_from(stats.syncs).unwrap_or_default();
-        let appends = i64::try_from(stats.appends).unwrap_or_default();
-        family(
-            &mut encoder,
-            (
-                "journal_syncs",
-                "Durable writes (fsyncs, or etcd transactions) of the journal",
-                MetricType::Counter,
-            ),
-            &[(Vec::new(), syncs)],
-        )?;
-        family(
-            &mut encoder,
-            (
-                "journal_appends",
-                "Records appended to the journal (appends per sync: group commit)",
-                MetricType::Counter,
-            ),
-            &[(Vec::new(), appends)],
-        )?;
-        let subscriptions = c.notifier().list();
-        let by = |f: &dyn Fn(&pb::Subscription) -> i64| -> Vec<Sample> {
-            subscriptions
-                .iter()
-                .map(|s| (vec![("subscription", s.name.clone())], f(s)))
-                .collect()
-        };
-        let lag = by(&|s| i64::try_from(s.lag).unwrap_or_default());
-        family(
-            &mut encoder,
-            (
-                "notify_lag_events",
-                "Events not yet delivered to a subscription",
-                gauge,
-            ),
-            &lag,
-        )?;
-        let delivered = by(&|s| i64::try_from(s.delivered).unwrap_or_default());
-        family(
-            &mut encoder,
-            (
-                "notify_delivered",
-                "Events a subscription's receiver accepted since this coordinator started",
-                MetricType::Counter,
-            ),
-            &delivered,
-        )?;
-        let failing = by(&|s| i64::from(!s.last_error.is_empty() || !s.disabled.is_empty()));
-        family(
-            &mut encoder,
-            (
-                "notify_failing",
-                "1 while a subscription's last delivery failed or it is disabled",
-                gauge,
-            ),
-            &failing,
-        )
+        Ok(())
     }
+}
+
+/// One unlabelled sample.
+fn single(value: u64) -> Vec<Sample> {
+    vec![(Vec::new(), i64::try_from(value).unwrap_or(i64::MAX))]
+}
+
+/// The event log's head, its watchers, and the journal's durable writes and appends.
+fn log_and_journal(c: &Coordinator) -> [Scraping; 4] {
+    let head = *c.feed().latest().borrow();
+    let watchers = u64::try_from(c.feed().watchers()).unwrap_or(u64::MAX);
+    let stats = c.journal_stats();
+    let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
+    [
+        (
+            "event_log_head",
+            "Sequence number of the newest event",
+            gauge,
+            single(head),
+        ),
+        (
+            "watchers",
+            "WatchEvents streams open now",
+            gauge,
+            single(watchers),
+        ),
+        (
+            "journal_syncs",
+            "Durable writes (fsyncs, or etcd transactions) of the journal",
+            counter,
+            single(stats.syncs),
+        ),
+        (
+            "journal_appends",
+            "Records appended to the journal (appends per sync: group commit)",
+            counter,
+            single(stats.appends),
+        ),
+    ]
+}
+
+/// Per webhook subscription: its lag, its deliveries, and whether it is failing.
+fn subscriptions(c: &Coordinator) -> [Scraping; 3] {
+    let subscriptions = c.notifier().list();
+    let by = |f: &dyn Fn(&pb::Subscription) -> i64| -> Vec<Sample> {
+        let each = subscriptions.iter();
+        each.map(|s| (vec![("subscription", s.name.clone())], f(s)))
+            .collect()
+    };
+    let failing = |s: &pb::Subscription| !s.last_error.is_empty() || !s.disabled.is_empty();
+    [
+        (
+            "notify_lag_events",
+            "Events not yet delivered to a subscription",
+            MetricType::Gauge,
+            by(&|s| i64::try_from(s.lag).unwrap_or(i64::MAX)),
+        ),
+        (
+            "notify_delivered",
+            "Events a subscription's receiver accepted since this coordinator started",
+            MetricType::Counter,
+            by(&|s| i64::try_from(s.delivered).unwrap_or(i64::MAX)),
+        ),
+        (
+            "notify_failing",
+            "1 while a subscription's last delivery failed or it is disabled",
+            MetricType::Gauge,
+            by(&|s| i64::from(failing(s))),
+        ),
+    ]
 }
 
 /// Per environment: unfinished transactions, those verifying, and those waiting for a
 /// person to resolve a participant (every known environment, 0 included, so a gauge
 /// drops back when its transaction ends).
-fn unfinished(c: &Coordinator) -> [(&'static str, &'static str, Vec<Sample>); 3] {
+fn unfinished(c: &Coordinator) -> [Scraping; 3] {
     let mut counts: std::collections::BTreeMap<String, [i64; 3]> = c
         .registry()
         .environments()
@@ -432,16 +435,19 @@ fn unfinished(c: &Coordinator) -> [(&'static str, &'static str, Vec<Sample>); 3]
         (
             "transactions_unfinished",
             "Transactions not ended yet",
+            MetricType::Gauge,
             of(0),
         ),
         (
             "transactions_verifying",
             "Transactions running their verify steps",
+            MetricType::Gauge,
             of(1),
         ),
         (
             "transactions_needing_resolution",
             "Transactions waiting for `lockstep resolve` (a participant lost its data)",
+            MetricType::Gauge,
             of(2),
         ),
     ]

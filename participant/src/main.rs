@@ -15,7 +15,7 @@ use lockstep_participant::{
     access::OnlyCoordinator,
     agent::{ArtifactRoots, Fetcher, FsDeployer, Hooks},
     inquiry::GrpcDecisions,
-    ledger::{self, Ledger},
+    ledger::{self, Ledger, Phase},
     participant::Decisions,
     schema, server,
 };
@@ -146,7 +146,12 @@ async fn main() -> anyhow::Result<()> {
     let metrics_listen = args.metrics_listen;
     let (participant, store) = participant(args, files).await?;
     if let Some(addr) = metrics_listen {
-        let registry = lockstep_participant::metrics::registry(participant.ledger().clone());
+        let ledger = participant.ledger().clone();
+        let staged = move || {
+            let open = ledger.in_phase(&[Phase::Staging, Phase::Prepared]);
+            open.map_or(0, |o| o.len())
+        };
+        let registry = lockstep_participant::metrics::registry(Box::new(staged));
         let bound = lockstep::metrics::start(addr, registry).await;
         let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
         tracing::info!("metrics at http://{bound}/metrics");

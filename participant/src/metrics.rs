@@ -18,8 +18,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::ledger::{Ledger, Phase};
-
 /// An order and how it ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Order {
@@ -85,8 +83,11 @@ pub fn migration(up: bool, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
-/// A registry with every agent metric, the staged gauge read from `ledger` at scrape.
-pub fn registry(ledger: Ledger) -> Registry {
+/// Counts the transactions staging or prepared (asked at each scrape).
+pub type CountStaged = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// A registry with every agent metric, the staged gauge asked of `staged` at scrape.
+pub fn registry(staged: CountStaged) -> Registry {
     let mut registry = Registry::default();
     let r = registry.sub_registry_with_prefix("lockstep_agent");
     r.register(
@@ -104,12 +105,12 @@ pub fn registry(ledger: Ledger) -> Registry {
         "Each migration file's run, by direction",
         INSTRUMENTS.migrations.clone(),
     );
-    r.register_collector(Box::new(Staged(ledger)));
+    r.register_collector(Box::new(Staged(staged)));
     registry
 }
 
 /// Transactions staging or prepared here, counted at each scrape.
-struct Staged(Ledger);
+struct Staged(CountStaged);
 
 impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,8 +120,7 @@ impl std::fmt::Debug for Staged {
 
 impl Collector for Staged {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let open = self.0.in_phase(&[Phase::Staging, Phase::Prepared]);
-        let staged = open.map_or(0, |o| i64::try_from(o.len()).unwrap_or(i64::MAX));
+        let staged = i64::try_from((self.0)()).unwrap_or(i64::MAX);
         let help = "Transactions staging or prepared here, waiting for the decision";
         let gauge =
             encoder.encode_descriptor("staged_transactions", help, None, MetricType::Gauge)?;
