@@ -58,6 +58,7 @@ where
     let (reflection_v1, reflection_v1alpha) = reflection(S::NAME)?;
     Server::builder()
         .tcp_nodelay(true)
+        .trace_fn(crate::trace::server_span)
         .layer(MapResponseLayer::new(oversize_is_resource_exhausted))
         .add_service(service)
         .add_service(health_service)

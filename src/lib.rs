@@ -13,7 +13,8 @@
 //!   errors that name the offending field.
 //! - [`crash`]: crash points the crash tests use to stop a server between two steps.
 //! - [`limits`]: the sizes every server enforces.
-//! - [`logging`]: how both servers log (`--log-format text|json`).
+//! - [`logging`]: how every process logs (`--log-format text|json`) and exports
+//!   traces (`--otlp-endpoint`); [`trace`]: W3C trace context between processes.
 //! - [`metrics`]: the `/metrics` endpoint of `--metrics-listen` (OpenMetrics text).
 //! - [`edge`]: reflection, health and size limits every Lockstep server shares.
 //! - [`orders`]: the participant protocol's messages as domain types (Prepare, Commit,
@@ -44,6 +45,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod standby;
 pub mod tls;
+pub mod trace;
 pub mod wire;
 
 /// Generated `lockstep.v1` messages, clients and servers.

@@ -1,8 +1,14 @@
-//! How both servers log: to stderr, filtered by `RUST_LOG` (default `info`), as text
-//! (coloured only on a terminal) or, with `--log-format json`, one JSON object per line
-//! for a log pipeline (timestamp, level, target, fields, and the spans it happened in).
+//! How every Lockstep process logs and traces: logs to stderr, filtered by `RUST_LOG`
+//! (default `info`), as text (coloured only on a terminal) or, with `--log-format json`,
+//! one JSON object per line (timestamp, level, target, fields, and the spans it
+//! happened in); and, when an OTLP endpoint is given (`--otlp-endpoint`, or the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported to it as OpenTelemetry
+//! traces over gRPC, W3C trace context carried between processes ([`crate::trace`]).
 
 use clap::ValueEnum;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// The `--log-format` flag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -14,22 +20,82 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's log subscriber. Call once, first thing in `main`.
-pub fn init(format: LogFormat) {
+/// What [`init`] installed; [`Telemetry::flush`] exports the spans still buffered
+/// (call it before the process exits).
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every buffered span and stops the exporter.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// The OTLP endpoint: `flag`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn endpoint(flag: Option<&str>) -> Option<String> {
+    let from_env = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    flag.map(str::to_string)
+        .or(from_env)
+        .filter(|e| !e.is_empty())
+}
+
+/// The tracer provider exporting `service`'s spans to `endpoint` (OTLP over gRPC).
+/// Must run inside a tokio runtime (the exporter's channel lives on it).
+fn provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Installs the process's log subscriber and, with an OTLP endpoint, its trace
+/// export as `service`. Call once, first thing in `main` (inside the runtime).
+pub fn init(
+    service: &'static str,
+    format: LogFormat,
+    otlp: Option<&str>,
+) -> Result<Telemetry, String> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
+    let provider = endpoint(otlp).map(|e| provider(service, &e)).transpose()?;
+    let traces = provider.as_ref().map(|p| {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
+    });
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
         // Colour only on a terminal: a log written to a file stays plain text.
-        LogFormat::Text => builder
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(traces)
+        .with(logs)
+        .init();
+    Ok(Telemetry { provider })
 }

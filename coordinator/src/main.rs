@@ -34,6 +34,10 @@ struct Args {
     /// each line happened in). `RUST_LOG` filters either.
     #[arg(long, value_enum, default_value = "text", env = "LOCKSTEP_LOG_FORMAT")]
     log_format: lockstep::logging::LogFormat,
+    /// Export traces (OpenTelemetry, OTLP over gRPC) to this collector, e.g.
+    /// `http://127.0.0.1:4317`; default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else none.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Serve Prometheus metrics (OpenMetrics text) at `http://ADDR/metrics` on a plain
     /// HTTP listener beside gRPC (port 0 picks a free port; the address is logged), once
     /// this instance leads. Off unless given; docs/metrics.md lists every metric.
@@ -169,7 +173,12 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     // (Logging starts once the flags are read: --log-format says how.)
     let args = Arc::new(Args::parse());
-    lockstep::logging::init(args.log_format);
+    let telemetry = lockstep::logging::init(
+        "lockstep-coordinator",
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     // Bound first, so a standby advertises the port it will serve on once it leads.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -227,8 +236,10 @@ async fn main() -> anyhow::Result<()> {
     let outcome = served.await.and(store.sync().map_err(|e| e.to_string()));
     if let Err(error) = outcome {
         eprintln!("stopping: {error}; restart to recover from the durable log");
+        telemetry.flush();
         shutdown::exit(1);
     }
+    telemetry.flush();
     shutdown::exit(0)
 }
 

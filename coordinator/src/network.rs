@@ -185,6 +185,16 @@ impl GrpcParticipants {
     }
 }
 
+/// The span of one order to one participant (a child of the transaction's span).
+fn order_span(order: &str, tx: &impl std::fmt::Display, project: &str) -> tracing::Span {
+    tracing::info_span!(
+        "order",
+        otel.name = %format!("{order} {project}"),
+        transaction_id = %tx,
+        project = %project,
+    )
+}
+
 impl Participants for GrpcParticipants {
     fn prepare(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<VoteAnswer, Failure>> {
         let mut request = pb::PrepareRequest::from(&order);
@@ -196,12 +206,17 @@ impl Participants for GrpcParticipants {
         // is not cut at 30 s and sent again); TCP keepalive (lockstep::edge) finds a
         // half-open connection.
         let timeout = None;
+        let span = order_span("Prepare", &order.tx, order.project.as_str());
+        let request = span.in_scope(|| lockstep::trace::request(request));
         let call = self.call(
             endpoint,
             (timeout, Failure::of_answer),
             |mut c| async move { c.prepare(request).await },
         );
-        Box::pin(async move { call.await.map(VoteAnswer::from) })
+        Box::pin(tracing::Instrument::instrument(
+            async move { call.await.map(VoteAnswer::from) },
+            span,
+        ))
     }
 
     fn commit(&self, endpoint: &str, order: CommitOrder) -> Pending<Result<(), Failure>> {
@@ -209,10 +224,20 @@ impl Participants for GrpcParticipants {
         request.coordinator_incarnation = self.incarnation.clone();
         request.coordinator_term = self.term;
         let timeout = Some(self.delivery_timeout);
+        let project = order
+            .project
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let span = order_span("Commit", &order.tx, &project);
+        let request = span.in_scope(|| lockstep::trace::request(request));
         let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
             c.commit(request).await
         });
-        Box::pin(async move { call.await.map(|_| ()) })
+        Box::pin(tracing::Instrument::instrument(
+            async move { call.await.map(|_| ()) },
+            span,
+        ))
     }
 
     fn abort(&self, endpoint: &str, order: AbortOrder) -> Pending<Result<(), Failure>> {
@@ -220,10 +245,20 @@ impl Participants for GrpcParticipants {
         request.coordinator_incarnation = self.incarnation.clone();
         request.coordinator_term = self.term;
         let timeout = Some(self.delivery_timeout);
+        let project = order
+            .project
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let span = order_span("Abort", &order.tx, &project);
+        let request = span.in_scope(|| lockstep::trace::request(request));
         let call = self.call(endpoint, (timeout, Failure::of), |mut c| async move {
             c.abort(request).await
         });
-        Box::pin(async move { call.await.map(|_| ()) })
+        Box::pin(tracing::Instrument::instrument(
+            async move { call.await.map(|_| ()) },
+            span,
+        ))
     }
 
     fn preview(&self, endpoint: &str, order: PrepareOrder) -> Pending<Result<Preview, String>> {

@@ -40,6 +40,10 @@ struct Args {
     /// each line happened in). `RUST_LOG` filters either.
     #[arg(long, value_enum, default_value = "text", env = "LOCKSTEP_LOG_FORMAT")]
     log_format: lockstep::logging::LogFormat,
+    /// Export traces (OpenTelemetry, OTLP over gRPC) to this collector, e.g.
+    /// `http://127.0.0.1:4317`; default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else none.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Serve Prometheus metrics (OpenMetrics text) at `http://ADDR/metrics` on a plain
     /// HTTP listener beside gRPC (port 0 picks a free port; the address is logged). Off
     /// unless given; docs/metrics.md lists every metric.
@@ -133,7 +137,12 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     // (Logging starts once the flags are read: --log-format says how.)
     let args = Args::parse();
-    lockstep::logging::init(args.log_format);
+    let telemetry = lockstep::logging::init(
+        "lockstep-agent",
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let listen = args.listen;
     let files = tls::files_from_flags(
         args.tls_cert.clone(),
@@ -179,8 +188,10 @@ async fn main() -> anyhow::Result<()> {
     let served = shutdown::serve_until_stopped(stop, serve, std::future::pending());
     if let Err(error) = served.await.and(store.sync().map_err(|e| e.to_string())) {
         eprintln!("stopping: {error}");
+        telemetry.flush();
         shutdown::exit(1);
     }
+    telemetry.flush();
     shutdown::exit(0)
 }
 

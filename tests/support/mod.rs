@@ -10,6 +10,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod otlp;
 pub mod pg;
 pub mod secure;
 

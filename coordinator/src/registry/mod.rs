@@ -238,7 +238,20 @@ impl Registry {
             probe: self.inner.settings.probe.clone(),
         };
         let signals = Signals { start, commands };
-        tokio::spawn(driver::run(machine, first, signals, ports));
+        // The transaction's span: a child of the call that created it (its trace runs
+        // from the CLI through every Prepare and Commit), and the parent of each call
+        // the driver makes.
+        let r = machine.record();
+        let span = tracing::info_span!(
+            "transaction",
+            otel.name = %format!("{:?} {}", r.kind, r.id),
+            transaction_id = %r.id,
+            environment = %r.environment,
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            driver::run(machine, first, signals, ports),
+            span,
+        ));
     }
 
     /// A quiet write of records nobody waits for (recovery's clean-up).

@@ -112,7 +112,9 @@ pub async fn run(
         pgid: child.id().map(|id| id as i32),
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (status, out, err) = tokio::join!(child.wait(), read_all(stdout), read_all(stderr));
+    let span = tracing::info_span!("hook", otel.name = %format!("{} hook", phase.name()));
+    let ran = async { tokio::join!(child.wait(), read_all(stdout), read_all(stderr)) };
+    let (status, out, err) = tracing::Instrument::instrument(ran, span).await;
     guard.pgid = None;
     let status = status.map_err(|e| format!("{} hook `{command}`: {e}", phase.name()))?;
     if status.success() {

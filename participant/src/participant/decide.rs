@@ -191,7 +191,7 @@ impl<D: Deployer> Participant<D> {
 async fn detached(
     work: impl Future<Output = Result<String, ParticipantError>> + Send + 'static,
 ) -> Result<String, ParticipantError> {
-    tokio::spawn(work)
+    tokio::spawn(tracing::Instrument::in_current_span(work))
         .await
         .unwrap_or_else(|e| Err(DeployError(format!("phase 2 task failed: {e}")).into()))
 }

@@ -146,13 +146,16 @@ impl<D: Deployer> Participant<D> {
         };
         self.in_flight().insert(tx.clone(), in_flight);
         let this = self.clone();
-        tokio::spawn(async move {
+        // In the span of the Prepare that started it, so staging, hooks and migrations
+        // belong to the release's trace.
+        let staging = async move {
             let response = this.stage_and_vote(entry, cancelled).await;
             let response = response
                 .unwrap_or_else(|e| VoteAnswer::Refused(format!("could not record the vote: {e}")));
             this.in_flight().remove(&tx);
             answer.send_replace(Some(response));
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(staging));
         vote
     }
 

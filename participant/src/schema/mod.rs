@@ -518,8 +518,9 @@ async fn run_plan(
             Direction::Down => m.down.clone().unwrap_or_default(),
         };
         let started = std::time::Instant::now();
-        sqlx::raw_sql(AssertSqlSafe(script))
-            .execute(&mut *db)
+        let span = tracing::info_span!("migration", otel.name = %format!("migration {file}"), file = %file);
+        let run = sqlx::raw_sql(AssertSqlSafe(script)).execute(&mut *db);
+        tracing::Instrument::instrument(run, span)
             .await
             .map_err(|e| format!("migrations/{file} failed: {}", db_err(e)))?;
         let up = matches!(plan.direction, Direction::Up);

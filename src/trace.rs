@@ -1,0 +1,70 @@
+//! W3C trace context between Lockstep processes: a caller writes its current span's
+//! context into the gRPC metadata (`traceparent`), and every server starts the span of
+//! a call as a child of the context the call carries, so one release is one trace
+//! across the CLI, the coordinator and every agent. Without an OTLP endpoint nothing is
+//! exported and this only costs a header.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use tonic::{codegen::http, metadata::MetadataMap};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
+        if let (Ok(key), Ok(value)) = (key, value.parse()) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes the current span's trace context into `metadata`.
+pub fn inject(metadata: &mut MetadataMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut MetadataInjector(metadata));
+    });
+}
+
+/// `message` as a request carrying the current span's trace context.
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    inject(request.metadata_mut());
+    request
+}
+
+/// The span of one incoming call (`otel.name`: its method), a child of the trace
+/// context the call carries, if any.
+pub fn server_span(request: &http::Request<()>) -> tracing::Span {
+    let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let span = tracing::info_span!("rpc", otel.name = %method, rpc.method = %method);
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// The trace id of the current span, if it is traced ("" otherwise).
+pub fn current_trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    let context = tracing::Span::current().context();
+    let id = context.span().span_context().trace_id();
+    if id == opentelemetry::trace::TraceId::INVALID {
+        return String::new();
+    }
+    id.to_string()
+}

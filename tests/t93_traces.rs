@@ -1,0 +1,116 @@
+//! Traces (issue 29): with `--otlp-endpoint` on the coordinator and every agent, one
+//! release is one OpenTelemetry trace across the processes, received by a real OTLP
+//! gRPC receiver (tests/support/otlp.rs): the CreateRelease call, the transaction, each
+//! order to each participant, each agent's handling of it, and each migration file.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::{Cluster, otlp, wait_for};
+
+/// A build of C at `version` shipping one migration.
+fn build_with_migration(root: &std::path::Path, version: &str) -> String {
+    let dir = root.join("builds").join(version);
+    std::fs::create_dir_all(dir.join("migrations")).unwrap();
+    std::fs::write(dir.join("app.txt"), version).unwrap();
+    let up = "CREATE TABLE c_t1 (id INTEGER PRIMARY KEY);";
+    std::fs::write(dir.join("migrations/0001_first.up.sql"), up).unwrap();
+    std::fs::write(
+        dir.join("migrations/0001_first.down.sql"),
+        "DROP TABLE c_t1;",
+    )
+    .unwrap();
+    format!("C={}", dir.display())
+}
+
+/// Given the family exporting traces to a receiver, and C with a database, when T1
+/// commits, then the receiver holds one trace with the coordinator's CreateRelease,
+/// the transaction as its child, a Prepare and a Commit to each of A, B and C as the
+/// transaction's children, each agent's Prepare as the child of the coordinator's
+/// order to it, and C's migration file inside C's Prepare.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
+    let receiver = otlp::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let args = ["--data-dir", &data, "--otlp-endpoint", &receiver.url].map(String::from);
+    let mut c = Cluster::with_coordinator(dir, args.into(), Vec::new()).await;
+    let traced = ["--otlp-endpoint".to_string(), receiver.url.clone()];
+    let database = format!("sqlite://{}", c.dir.path().join("c.db").display());
+    for (p, requires) in [("B", &[][..]), ("C", &[]), ("A", &["B", "C"])] {
+        let mut flags = traced.to_vec();
+        if p == "C" {
+            flags.extend(["--database".to_string(), database.clone()]);
+        }
+        c.add_agent_with(p, &flags).await;
+        c.register(p, requires).await;
+    }
+    let artifact = build_with_migration(c.dir.path(), "T1C");
+    let out = c
+        .cli(&[
+            "release",
+            "create",
+            "T1",
+            "A=T1A",
+            "B=T1B",
+            "C=T1C",
+            "--artifact",
+            &artifact,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Spans are exported in batches (every 5 s by default): wait for the last ones.
+    let spans = wait_for("C's Commit span", || async {
+        let spans = receiver.spans();
+        let done = spans.iter().any(|s| {
+            s.service == "lockstep-agent"
+                && s.name == "Commit"
+                && s.attribute("rpc.method") == Some("Commit")
+        });
+        let agents_done = spans
+            .iter()
+            .filter(|s| s.service == "lockstep-agent" && s.name == "Commit")
+            .count()
+            >= 3;
+        (done && agents_done).then_some(spans)
+    })
+    .await;
+    let create = spans
+        .iter()
+        .find(|s| s.service == "lockstep-coordinator" && s.name == "CreateRelease")
+        .unwrap_or_else(|| panic!("no CreateRelease span: {spans:#?}"));
+    let trace: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == create.trace_id)
+        .collect();
+    let transaction = trace
+        .iter()
+        .find(|s| s.attribute("transaction_id") == Some("T1") && s.name.contains("T1"))
+        .unwrap_or_else(|| panic!("no transaction span in {trace:#?}"));
+    assert_eq!(transaction.parent, create.span_id, "created by the call");
+    for p in ["A", "B", "C"] {
+        for order in ["Prepare", "Commit"] {
+            let sent = trace
+                .iter()
+                .find(|s| s.name == format!("{order} {p}"))
+                .unwrap_or_else(|| panic!("no {order} {p} in {trace:#?}"));
+            assert_eq!(sent.parent, transaction.span_id, "{order} {p}");
+            let handled = trace
+                .iter()
+                .find(|s| {
+                    s.service == "lockstep-agent" && s.name == order && s.parent == sent.span_id
+                })
+                .unwrap_or_else(|| panic!("{p} did not continue {order}: {trace:#?}"));
+            if (p, order) == ("C", "Prepare") {
+                let migration = trace
+                    .iter()
+                    .find(|s| s.name == "migration 0001_first.up.sql")
+                    .unwrap_or_else(|| panic!("no migration span in {trace:#?}"));
+                assert_eq!(migration.parent, handled.span_id);
+            }
+        }
+    }
+}
