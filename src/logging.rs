@@ -63,6 +63,27 @@ fn provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, 
         .build())
 }
 
+/// For a client that prints its own output (the CLI): no log lines, only trace export
+/// as `service` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing otherwise).
+pub fn init_traces_only(service: &'static str) -> Result<Telemetry, String> {
+    let Some(endpoint) = endpoint(None) else {
+        return Ok(Telemetry::default());
+    };
+    let provider = provider(service, &endpoint)?;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let filter = tracing_subscriber::EnvFilter::new("info");
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(traces)
+        .init();
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
 /// Installs the process's log subscriber and, with an OTLP endpoint, its trace
 /// export as `service`. Call once, first thing in `main` (inside the runtime).
 pub fn init(

@@ -1,7 +1,8 @@
 //! Traces (issue 29): with `--otlp-endpoint` on the coordinator and every agent, one
 //! release is one OpenTelemetry trace across the processes, received by a real OTLP
-//! gRPC receiver (tests/support/otlp.rs): the CreateRelease call, the transaction, each
-//! order to each participant, each agent's handling of it, and each migration file.
+//! gRPC receiver (tests/support/otlp.rs): the CLI's command, the CreateRelease call, the
+//! transaction, each order to each participant, each agent's handling of it, and each
+//! migration file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,7 +26,8 @@ fn build_with_migration(root: &std::path::Path, version: &str) -> String {
 }
 
 /// Given the family exporting traces to a receiver, and C with a database, when T1
-/// commits, then the receiver holds one trace with the coordinator's CreateRelease,
+/// commits through the CLI (exporting too), then the receiver holds one trace rooted at
+/// the CLI's `lockstep release create`, with the coordinator's CreateRelease,
 /// the transaction as its child, a Prepare and a Commit to each of A, B and C as the
 /// transaction's children, each agent's Prepare as the child of the coordinator's
 /// order to it, and C's migration file inside C's Prepare.
@@ -47,20 +49,17 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
         c.register(p, requires).await;
     }
     let artifact = build_with_migration(c.dir.path(), "T1C");
-    let out = c
-        .cli(&[
-            "release",
-            "create",
-            "T1",
-            "A=T1A",
-            "B=T1B",
-            "C=T1C",
-            "--artifact",
-            &artifact,
-            "--wait",
-        ])
-        .await;
-    assert_eq!(out.code, 0, "{out:?}");
+    // The CLI exports its own span when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let create = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
+    let out = tokio::process::Command::new(support::bin("lockstep"))
+        .args(create)
+        .args(["--artifact", &artifact, "--wait"])
+        .env("LOCKSTEP_COORDINATOR", c.coordinator.url())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 
     // Spans are exported in batches (every 5 s by default): wait for the last ones.
     let spans = wait_for("C's Commit span", || async {
@@ -86,6 +85,12 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
         .iter()
         .filter(|s| s.trace_id == create.trace_id)
         .collect();
+    let cli = trace
+        .iter()
+        .find(|s| s.service == "lockstep" && s.name == "lockstep release create")
+        .unwrap_or_else(|| panic!("no CLI span in the trace: {spans:#?}"));
+    assert_eq!(create.parent, cli.span_id, "the CLI's command is the root");
+    assert_eq!(cli.parent, "", "{cli:?}");
     let transaction = trace
         .iter()
         .find(|s| s.attribute("transaction_id") == Some("T1") && s.name.contains("T1"))

@@ -31,6 +31,8 @@ impl Interceptor for Bearer {
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
+        // The command's span, so the coordinator's work joins the CLI's trace.
+        lockstep::trace::inject(request.metadata_mut());
         Ok(request)
     }
 }

@@ -107,13 +107,39 @@ async fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match run(args).await {
+    let telemetry = match lockstep::logging::init_traces_only("lockstep") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lockstep: OTEL_EXPORTER_OTLP_ENDPOINT: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    // One span for the whole command: the root of its trace when traces are exported.
+    let span = tracing::info_span!("lockstep", otel.name = %command_name());
+    let ran = tracing::Instrument::instrument(run(args), span).await;
+    // Exported from a thread of its own: the exporter's channel runs on this runtime.
+    let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+    match ran {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("lockstep: {}", f.message);
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `lockstep release create`, `lockstep live`: the subcommands asked for, without their
+/// arguments (the span's name).
+fn command_name() -> String {
+    let command = <Args as clap::CommandFactory>::command();
+    let matches = command.try_get_matches_from(std::env::args()).ok();
+    let mut names = vec!["lockstep".to_string()];
+    let mut at = matches.as_ref();
+    while let Some((name, sub)) = at.and_then(|m| m.subcommand()) {
+        names.push(name.to_string());
+        at = Some(sub);
+    }
+    names.join(" ")
 }
 
 async fn run(args: Args) -> Result<u8> {
