@@ -58,6 +58,28 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// The current span's context as a W3C `traceparent` value ("" when not traced).
+pub fn current_traceparent() -> String {
+    struct One(String);
+    impl Injector for One {
+        fn set(&mut self, key: &str, value: String) {
+            if key == "traceparent" {
+                self.0 = value;
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    let mut one = One(String::new());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut one));
+    one.0
+}
+
+/// The trace id a `traceparent` value names ("" for none).
+pub fn trace_id_of(traceparent: &str) -> String {
+    let id = traceparent.split('-').nth(1).unwrap_or_default();
+    id.to_string()
+}
+
 /// The trace id of the current span, if it is traced ("" otherwise).
 pub fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt;

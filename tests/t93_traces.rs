@@ -8,7 +8,57 @@
 
 mod support;
 
+use serde_json::Value;
 use support::{Cluster, otlp, wait_for};
+
+/// A real HTTP webhook receiver (tests/support/receiver.py) logging every request.
+struct Hooks {
+    dir: std::path::PathBuf,
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Hooks {
+    async fn start(root: &std::path::Path) -> Self {
+        let dir = root.join("hooks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/receiver.py");
+        let child = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg("--port-file")
+            .arg(dir.join("port"))
+            .arg("--log")
+            .arg(dir.join("log"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let port = wait_for("the receiver to listen", || async {
+            std::fs::read_to_string(dir.join("port"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .await;
+        Hooks {
+            dir,
+            port,
+            _child: child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        let raw = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        let complete = raw.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+        complete
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
 
 /// A build of C at `version` shipping one migration.
 fn build_with_migration(root: &std::path::Path, version: &str) -> String {
@@ -48,6 +98,10 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
         c.add_agent_with(p, &flags).await;
         c.register(p, requires).await;
     }
+    let hooks = Hooks::start(c.dir.path()).await;
+    let url = hooks.url();
+    let added = c.cli(&["notify", "add", "all", "--url", &url]).await;
+    assert_eq!(added.code, 0, "{added:?}");
     let artifact = build_with_migration(c.dir.path(), "T1C");
     // The CLI exports its own span when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     let create = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
@@ -91,6 +145,34 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
         .unwrap_or_else(|| panic!("no CLI span in the trace: {spans:#?}"));
     assert_eq!(create.parent, cli.span_id, "the CLI's command is the root");
     assert_eq!(cli.parent, "", "{cli:?}");
+    // `release get` names the trace, to find the whole release in a tracing backend.
+    let got = c.cli(&["release", "get", "T1"]).await;
+    assert!(
+        got.stdout.contains(&format!("trace {}", create.trace_id)),
+        "{got:?}"
+    );
+    let json = c.cli(&["release", "get", "T1", "-o", "json"]).await.json();
+    assert_eq!(json["traceId"], create.trace_id.as_str());
+    // The webhook of T1's commit continues the trace (header and CloudEvents attribute).
+    let committed = wait_for("the webhook of T1's commit", || async {
+        hooks.lines().into_iter().find(|l| {
+            let body: Value =
+                serde_json::from_str(l["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+            body["type"] == "dev.lockstep.transaction.committed"
+        })
+    })
+    .await;
+    let header = committed["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        header.split('-').nth(1),
+        Some(create.trace_id.as_str()),
+        "{committed}"
+    );
+    let body: Value = serde_json::from_str(committed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["traceparent"], header.as_str(), "{body}");
     let transaction = trace
         .iter()
         .find(|s| s.attribute("transaction_id") == Some("T1") && s.name.contains("T1"))

@@ -678,6 +678,7 @@ fn record(
         steps: Vec::new(),
         promoted_from: None,
         live_check: Default::default(),
+        trace_parent: String::new(),
     }
 }
 

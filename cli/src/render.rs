@@ -291,6 +291,9 @@ pub fn transaction(out: Output, t: &pb::Transaction) {
     if !t.ticket.is_empty() {
         println!("  ticket {}", t.ticket);
     }
+    if !t.trace_id.is_empty() {
+        println!("  trace {}", t.trace_id);
+    }
     if !t.reason.is_empty() {
         println!("  {}", t.reason);
     }

@@ -455,6 +455,7 @@ pub fn transaction(t: &TxRecord) -> pb::Transaction {
             LiveCheck::Passed => "passed".into(),
             LiveCheck::Failed(why) => format!("failed: {why}"),
         },
+        trace_id: lockstep::trace::trace_id_of(&t.trace_parent),
     }
 }
 

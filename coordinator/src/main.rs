@@ -190,14 +190,7 @@ async fn main() -> anyhow::Result<()> {
         args.insecure,
     )
     .map_err(anyhow::Error::msg)?;
-    let tls = files.clone().map(tls::ServerTls::load).transpose()?;
-    if let Some(server) = &tls {
-        tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
-    }
-    let net: Arc<dyn ParticipantNet> = Arc::new(match &files {
-        Some(f) => TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?),
-        None => TcpNet::default(),
-    });
+    let (tls, net) = tls_and_net(files.as_ref())?;
     let (store, lead, etcd) = open_store(&args, &listener, tls.as_ref(), net.clone()).await?;
     let term = lead
         .as_ref()
@@ -241,6 +234,20 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry.flush();
     shutdown::exit(0)
+}
+
+/// The server's TLS (re-read on SIGHUP) and the network to agents (with the same
+/// certificate), or plaintext for both.
+fn tls_and_net(
+    files: Option<&tls::TlsFiles>,
+) -> anyhow::Result<(Option<tls::ServerTls>, Arc<dyn ParticipantNet>)> {
+    let Some(f) = files else {
+        return Ok((None, Arc::new(TcpNet::default())));
+    };
+    let server = tls::ServerTls::load(f.clone())?;
+    tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
+    let net = TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?);
+    Ok((Some(server), Arc::new(net)))
 }
 
 /// Serves the coordinator's metrics on `addr` (`--metrics-listen`).

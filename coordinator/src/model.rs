@@ -308,6 +308,10 @@ pub struct TxRecord {
     /// in an environment that has one.
     #[serde(default)]
     pub live_check: LiveCheck,
+    /// The W3C `traceparent` of the call that created it ("" when not traced): its
+    /// events, and the webhooks that carry them, continue that trace.
+    #[serde(default)]
+    pub trace_parent: String,
 }
 
 /// Where a committed release stands in its environment's verification after commit.

@@ -55,6 +55,10 @@ pub fn from_log(e: &pb::Event, source: &str) -> Result<cloudevents::Event, Strin
     if !subject.is_empty() {
         builder = builder.subject(subject.as_str());
     }
+    // The CloudEvents distributed tracing extension: the release's trace.
+    if !e.trace_parent.is_empty() {
+        builder = builder.extension("traceparent", e.trace_parent.as_str());
+    }
     builder.build().map_err(|err| err.to_string())
 }
 
@@ -85,6 +89,7 @@ pub fn request(
     event: cloudevents::Event,
 ) -> Result<reqwest::Request, String> {
     let id = cloudevents::AttributesReader::id(&event).to_string();
+    let traceparent = event.extension("traceparent").map(|t| t.to_string());
     let post = client.post(&s.url);
     let post = match s.mode {
         Mode::Binary => post.event(event).map_err(|e| e.to_string())?,
@@ -95,6 +100,10 @@ pub fn request(
         }
     };
     let mut request = post.build().map_err(|e| describe(&e))?;
+    // And as the W3C header, for receivers that trace their HTTP calls.
+    if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
+        request.headers_mut().insert("traceparent", value);
+    }
     if !s.secret.is_empty() {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
         let timestamp = now.map_or(0, |d| d.as_secs());

@@ -156,6 +156,8 @@ impl Registry {
             steps: Vec::new(),
             promoted_from: spec.promoted_from.clone(),
             live_check: Default::default(),
+            // The creating call's span is current here.
+            trace_parent: lockstep::trace::current_traceparent(),
         }
     }
 

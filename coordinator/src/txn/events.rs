@@ -26,6 +26,7 @@ pub fn event(
         message,
         revision: 0,
         ticket: tx.ticket.clone(),
+        trace_parent: tx.trace_parent.clone(),
         ..Default::default()
     }
 }

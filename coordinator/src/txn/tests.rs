@@ -79,6 +79,7 @@ pub(crate) fn t4(state: TxState) -> TxRecord {
         steps: Vec::new(),
         promoted_from: None,
         live_check: Default::default(),
+        trace_parent: String::new(),
     }
 }
 

@@ -194,6 +194,7 @@ impl Story {
             steps: Vec::new(),
             promoted_from: None,
             live_check: Default::default(),
+            trace_parent: String::new(),
         }
     }
 
