@@ -50,12 +50,32 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
 /// context the call carries, if any.
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-    let span = tracing::info_span!("rpc", otel.name = %method, rpc.method = %method);
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %method,
+        rpc.method = %method,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
+    record_ids(&span);
     span
+}
+
+/// Records `span`'s trace and span ids as its `trace_id` and `span_id` fields (declared
+/// empty), so every log line written inside it names them (`--log-format json` lists
+/// the spans of a line with their fields). Nothing when it is not traced.
+pub fn record_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
 }
 
 /// The current span's context as a W3C `traceparent` value ("" when not traced).

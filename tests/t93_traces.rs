@@ -92,6 +92,9 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
     let database = format!("sqlite://{}", c.dir.path().join("c.db").display());
     for (p, requires) in [("B", &[][..]), ("C", &[]), ("A", &["B", "C"])] {
         let mut flags = traced.to_vec();
+        if p == "B" {
+            flags.extend(["--log-format".to_string(), "json".to_string()]);
+        }
         if p == "C" {
             flags.extend(["--database".to_string(), database.clone()]);
         }
@@ -200,4 +203,25 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
             }
         }
     }
+
+    // A log line written inside a traced call names the trace: B refuses T2 (its
+    // prepare hook fails) and its JSON log's warning carries T2's trace id.
+    c.fail("B", "tests failed");
+    let refused = c.cli(&["release", "create", "T2", "B=T2B", "--wait"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let t2 = c.cli(&["release", "get", "T2", "-o", "json"]).await.json();
+    let trace_id = t2["traceId"].as_str().unwrap().to_string();
+    let log = c.agent("B").server.log();
+    let warned = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("prepare hook"))
+        })
+        .unwrap_or_else(|| panic!("no hook warning in B's log:\n{log}"));
+    let spans = warned["spans"].as_array().unwrap();
+    let named = spans.iter().any(|s| s["trace_id"] == trace_id.as_str());
+    assert!(named, "the line names trace {trace_id}: {warned}");
 }

@@ -247,7 +247,10 @@ impl Registry {
             otel.name = %format!("{:?} {}", r.kind, r.id),
             transaction_id = %r.id,
             environment = %r.environment,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        lockstep::trace::record_ids(&span);
         tokio::spawn(tracing::Instrument::instrument(
             driver::run(machine, first, signals, ports),
             span,
