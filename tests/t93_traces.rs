@@ -181,6 +181,14 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
         .find(|s| s.attribute("transaction_id") == Some("T1") && s.name.contains("T1"))
         .unwrap_or_else(|| panic!("no transaction span in {trace:#?}"));
     assert_eq!(transaction.parent, create.span_id, "created by the call");
+    let decision = trace
+        .iter()
+        .find(|s| s.name == "COMMIT decision (durable)")
+        .unwrap_or_else(|| panic!("no decision span in {trace:#?}"));
+    assert_eq!(
+        decision.parent, transaction.span_id,
+        "the decision's durable write"
+    );
     for p in ["A", "B", "C"] {
         for order in ["Prepare", "Commit"] {
             let sent = trace

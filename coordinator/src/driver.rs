@@ -133,7 +133,13 @@ type Answer = Box<dyn FnOnce() + Send>;
 /// `first` (the effects of how it was accepted or recovered).
 pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, ports: Ports) {
     let id = machine.record().id.clone();
+    // A queued transaction's wait, as a span that ends when its turn comes.
+    let queued = signals
+        .start
+        .is_some()
+        .then(|| tracing::info_span!("queue", otel.name = "queue wait"));
     let mut driver = Driver {
+        queued,
         machine,
         ports,
         signals,
@@ -152,6 +158,8 @@ pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, por
 }
 
 struct Driver {
+    /// The queue wait's span while the transaction waits for its turn.
+    queued: Option<tracing::Span>,
     machine: Transaction,
     ports: Ports,
     signals: Signals,
@@ -191,7 +199,10 @@ impl Driver {
     /// Hands one input to the machine.
     async fn feed(&mut self, input: Input) -> Vec<Effect> {
         match input {
-            Input::Turn(turn) => self.machine.start(turn),
+            Input::Turn(turn) => {
+                self.queued = None;
+                self.machine.start(turn)
+            }
             Input::Command(command) => self.command(command).await,
             Input::Deadline => {
                 self.deadline = None;
@@ -334,15 +345,19 @@ impl Driver {
                 self.deadline = None;
             }
             Effect::Probe { step, url } => {
-                let request = self.ports.probe.get(&url);
+                let span = tracing::info_span!("verify", otel.name = %format!("verify {step}"));
+                let request = span.in_scope(|| self.ports.probe.get(&url));
+                let probe = async move { (step, request.await) };
                 self.probes
-                    .push(Box::pin(async move { (step, request.await) }));
+                    .push(Box::pin(tracing::Instrument::instrument(probe, span)));
             }
             // Every write stores the record its effect carries, as the machine made it
             // then, never the machine's state now (docs/architecture.md, "Effects
             // carry their state").
             Effect::DecideCommit { record, events } => {
-                let revision = self.journal().decide_commit(&record, events).await?;
+                let decided = self.journal().decide_commit(&record, events);
+                let span = tracing::info_span!("decision", otel.name = "COMMIT decision (durable)");
+                let revision = tracing::Instrument::instrument(decided, span).await?;
                 tracing::debug!(tx = %record.id, "COMMIT durable");
                 crash::point(crash::AFTER_COMMIT_DECISION);
                 return Ok(Next::Go(self.machine.commit_durable(revision)));
