@@ -66,10 +66,16 @@ fn provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, 
 /// For a client that prints its own output (the CLI): no log lines, only trace export
 /// as `service` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing otherwise).
 pub fn init_traces_only(service: &'static str) -> Result<Telemetry, String> {
-    let Some(endpoint) = endpoint(None) else {
-        return Ok(Telemetry::default());
-    };
-    let provider = provider(service, &endpoint)?;
+    match endpoint(None) {
+        Some(endpoint) => init_traces_to(service, &endpoint),
+        None => Ok(Telemetry::default()),
+    }
+}
+
+/// Trace export as `service` to `endpoint`, with no log lines (the benchmark's traced
+/// run).
+pub fn init_traces_to(service: &'static str, endpoint: &str) -> Result<Telemetry, String> {
+    let provider = provider(service, endpoint)?;
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );

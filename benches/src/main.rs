@@ -49,6 +49,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics, recovery,
+    /// tracing,
     /// memory, etcd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -360,6 +361,11 @@ async fn main() -> anyhow::Result<()> {
             rss_peak,
             "MiB",
         ));
+    }
+
+    // Last of all: tracing, once installed, stays on for the process.
+    if run("tracing") {
+        figures.extend(observed::tracing_figures(dir.path(), 500 / scale, seconds).await?);
     }
 
     print_table(&figures);

@@ -89,3 +89,76 @@ pub async fn figures(dir: &Path, count: usize, seconds: u64) -> anyhow::Result<V
         },
     ])
 }
+
+/// A collector that takes every span and keeps nothing (the traced run's receiver).
+#[derive(Default)]
+struct Discard;
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Discard
+{
+    async fn export(
+        &self,
+        _: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Starts the discarding collector on a loopback port; returns its URL.
+async fn collector() -> anyhow::Result<String> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Discard))
+            .serve_with_incoming(incoming),
+    );
+    Ok(url)
+}
+
+/// What traces cost: a fresh stack measured without tracing, then (tracing installed
+/// for the whole process, every span of the coordinator and the agents exported over
+/// OTLP to a collector in this process) another fresh stack at the same age. Run it
+/// last: tracing stays on.
+pub async fn tracing_figures(
+    dir: &Path,
+    count: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut off = fresh(&dir.join("tracing-off")).await?;
+    let (off_p50, off_rate) = measure(&mut off, "trace-off", count, seconds).await?;
+    let endpoint = collector().await?;
+    let _telemetry = lockstep::logging::init_traces_to("lockstep-bench", &endpoint)
+        .map_err(anyhow::Error::msg)?;
+    let mut on = fresh(&dir.join("tracing-on")).await?;
+    let (on_p50, on_rate) = measure(&mut on, "trace-on", count, seconds).await?;
+    Ok(vec![
+        Figure {
+            floor: Some(off_p50),
+            target: Some("<= 1.1x off".into()),
+            met: Some(on_p50 <= 1.1 * off_p50),
+            ..figure("tracing on: release latency p50 (floor: off)", on_p50, "us")
+        },
+        Figure {
+            floor: Some(off_rate),
+            target: Some(">= 0.9x off".into()),
+            met: Some(on_rate >= 0.9 * off_rate),
+            ..figure(
+                format!("tracing on: throughput, {CLIENTS} clients (floor: off)"),
+                on_rate,
+                "committed/s",
+            )
+        },
+    ])
+}
