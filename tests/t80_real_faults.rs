@@ -364,16 +364,8 @@ async fn random_sigkills_of_leaders_on_etcd_keep_every_invariant() {
         "1s".into(),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("standby.log");
     let mut c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let program = support::bin("lockstep-coordinator");
-    let standby = Server::start_standby("standby", program, args, Vec::new(), log, port);
-    c.others.push(standby.url());
+    let standby = c.add_standby(args);
     let c = faults(c, Some(standby)).await;
     let logs = ["coordinator.log", "standby.log"].map(|l| c.dir.path().join(l));
     let led = logs.iter().map(std::fs::read_to_string).map(Result::unwrap);
@@ -389,20 +381,7 @@ async fn random_sigkills_of_leaders_on_etcd_keep_every_invariant() {
 /// Kills one of the coordinators: the one that leads, two times in three (it comes
 /// back as a standby), else the other.
 async fn kill_a_coordinator(pair: [&mut Server; 2], rng: &mut SmallRng) {
-    let mut leading = None;
-    for (i, s) in pair.iter().enumerate() {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(s.url())
-            .unwrap()
-            .connect()
-            .await
-        else {
-            continue;
-        };
-        if lockstep::standby::leads(channel, Duration::from_millis(500)).await {
-            leading = Some(i);
-        }
-    }
-    let leader = leading.unwrap_or(0);
+    let leader = usize::from(!pair[0].leads().await && pair[1].leads().await);
     let victim = if rng.random_range(0..3) < 2 {
         leader
     } else {
@@ -416,20 +395,10 @@ async fn kill_a_coordinator(pair: [&mut Server; 2], rng: &mut SmallRng) {
 /// Makes `c.coordinator` the instance that leads once `second` is back (waiting for a
 /// leader), with `second` the other.
 async fn leader_first(c: &mut Cluster, second: &mut Server) {
-    let leads = |url: String| async move {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        lockstep::standby::leads(channel, Duration::from_millis(500)).await
-    };
     let swap = wait_for("a coordinator to lead", || {
-        let (first, other) = (c.coordinator.url(), second.url());
+        let (first, other) = (&c.coordinator, &*second);
         async move {
-            match (leads(first).await, leads(other).await) {
+            match (first.leads().await, other.leads().await) {
                 (true, _) => Some(false),
                 (_, true) => Some(true),
                 _ => None,

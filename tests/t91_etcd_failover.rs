@@ -283,11 +283,7 @@ async fn clients_given_every_instance_follow_the_leader() {
     let member = EtcdMember::start(etcd_dir.path()).unwrap();
     let (mut c, args) = on_etcd(&member, "follow").await;
     c.add_family().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let waiting = standby_later(&c, args.clone(), port);
     let (leader, standby) = (c.coordinator.url(), format!("http://127.0.0.1:{port}"));
     let asked = wait_for("the standby to refuse a write, naming the leader", || {
@@ -462,11 +458,7 @@ async fn a_standby_reads_through_the_leaders_permission_table() {
         let out = s.cli(&admin(), &create).await;
         assert_eq!(out.code, 0, "{out:?}");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let file = |n: &str| s.certs.join(n).display().to_string();
     let tls = [
         "--tls-cert",

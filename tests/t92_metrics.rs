@@ -9,13 +9,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Cluster, wait_for};
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+use support::{Cluster, free_port, wait_for};
 
 /// Every sample of one scrape.
 struct Scrape(Vec<Value>);

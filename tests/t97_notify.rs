@@ -202,16 +202,8 @@ async fn delivery_carries_over_to_the_next_leader_on_etcd() {
     .map(String::from)
     .into();
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("standby.log");
     let mut c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let program = support::bin("lockstep-coordinator");
-    let mut standby = Server::start_standby("standby", program, args, Vec::new(), log, port);
-    c.others.push(standby.url());
+    let mut standby = c.add_standby(args);
     c.add_family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     c.release("T2", &["B=T2B"], 0).await;
@@ -228,14 +220,7 @@ async fn delivery_carries_over_to_the_next_leader_on_etcd() {
     std::mem::swap(&mut c.coordinator, &mut standby);
     c.others.clear();
     wait_for("the standby to lead", || async {
-        let channel = tonic::transport::Endpoint::from_shared(c.coordinator.url())
-            .unwrap()
-            .connect()
-            .await
-            .ok()?;
-        lockstep::standby::leads(channel, Duration::from_millis(500))
-            .await
-            .then_some(())
+        c.coordinator.leads().await.then_some(())
     })
     .await;
 

@@ -82,6 +82,12 @@ where
     }
 }
 
+/// A free loopback port (bound and released: nothing else takes it in a test run).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// A running server process.
 pub struct Server {
     pub name: String,
@@ -104,7 +110,21 @@ impl Server {
         log: PathBuf,
         port: u16,
     ) -> Self {
-        let mut s = Server {
+        let mut s = Server::stopped(name, program, args, env, log, port);
+        s.spawn().await;
+        s
+    }
+
+    /// The server, not started yet.
+    fn stopped(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+        port: u16,
+    ) -> Self {
+        Server {
             name: name.to_string(),
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -112,9 +132,7 @@ impl Server {
             args,
             env,
             log,
-        };
-        s.spawn().await;
-        s
+        }
     }
 
     /// `--insecure` for a Lockstep server started without TLS flags (plaintext must be
@@ -142,17 +160,18 @@ impl Server {
         port: u16,
     ) -> Self {
         assert_ne!(port, 0, "a standby needs a known port");
-        let mut s = Server {
-            name: name.to_string(),
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            program,
-            args,
-            env,
-            log,
-        };
+        let mut s = Server::stopped(name, program, args, env, log, port);
         s.restart_standby_now();
         s
+    }
+
+    /// Whether this coordinator leads now (its health says SERVING).
+    pub async fn leads(&self) -> bool {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).unwrap();
+        let Ok(channel) = endpoint.connect().await else {
+            return false;
+        };
+        lockstep::standby::leads(channel, Duration::from_millis(500)).await
     }
 
     /// Kills and starts again on the same port without waiting until it listens (a
@@ -553,6 +572,17 @@ impl Cluster {
         }
         let out = self.cli(&args).await;
         assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// Starts another coordinator with `args` (on the same etcd prefix) on a free port,
+    /// logging to `standby.log`, without waiting for it to lead; agents started after
+    /// this and the CLI are given it too.
+    pub fn add_standby(&mut self, args: Vec<String>) -> Server {
+        let log = self.dir.path().join("standby.log");
+        let program = bin("lockstep-coordinator");
+        let standby = Server::start_standby("standby", program, args, Vec::new(), log, free_port());
+        self.others.push(standby.url());
+        standby
     }
 
     /// Every coordinator instance, comma-separated (as `--coordinator` takes them).
