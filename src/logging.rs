@@ -5,6 +5,11 @@
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported to it as OpenTelemetry
 //! traces over gRPC, W3C trace context carried between processes ([`crate::trace`]).
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use clap::ValueEnum;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -67,22 +72,30 @@ fn provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, 
 /// as `service` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing otherwise).
 pub fn init_traces_only(service: &'static str) -> Result<Telemetry, String> {
     match endpoint(None) {
-        Some(endpoint) => init_traces_to(service, &endpoint),
+        Some(endpoint) => init_traces_to(service, &endpoint, Arc::new(AtomicBool::new(true))),
         None => Ok(Telemetry::default()),
     }
 }
 
-/// Trace export as `service` to `endpoint`, with no log lines (the benchmark's traced
-/// run).
-pub fn init_traces_to(service: &'static str, endpoint: &str) -> Result<Telemetry, String> {
+/// Trace export as `service` to `endpoint`, with no log lines, while `on` is set (the
+/// benchmark, which measures the same process traced and not in alternate rounds).
+pub fn init_traces_to(
+    service: &'static str,
+    endpoint: &str,
+    on: Arc<AtomicBool>,
+) -> Result<Telemetry, String> {
     let provider = provider(service, endpoint)?;
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     let filter = tracing_subscriber::EnvFilter::new("info");
+    // A dynamic filter: asked at every span, never cached per callsite.
+    let switch =
+        tracing_subscriber::filter::dynamic_filter_fn(move |_, _| on.load(Ordering::Relaxed));
     tracing_subscriber::registry()
         .with(filter)
+        .with(switch)
         .with(traces)
         .init();
     Ok(Telemetry {

@@ -131,7 +131,27 @@ async fn counters_and_histograms_move_by_exactly_the_transactions_that_ran() {
         );
         assert_eq!(count, 4.0, "{phase}");
     }
-    assert!(after.value("lockstep_journal_syncs_total", &[]) > 0.0);
+    let decisions = moved(
+        &before,
+        &after,
+        "lockstep_phase_duration_seconds_count",
+        &[("phase", "decision_fsync")],
+    );
+    assert_eq!(decisions, 3.0, "T1, T2 and the revert decided COMMIT");
+    let syncs = after.value("lockstep_journal_syncs_total", &[]);
+    assert!(syncs > 0.0);
+    let timed = after.value("lockstep_journal_sync_duration_seconds_count", &[]);
+    // A sync in progress when scraped is counted but not timed yet.
+    assert!(
+        timed == syncs || timed == syncs - 1.0,
+        "{timed} of {syncs} syncs timed"
+    );
+    let covered = after.value("lockstep_journal_records_per_sync_sum", &[]);
+    let appends = after.value("lockstep_journal_appends_total", &[]);
+    assert!(
+        covered <= appends && covered > 0.0,
+        "{covered} of {appends}"
+    );
     let head = after.value("lockstep_event_log_head", &[]);
     assert_eq!(head, c.last_seq().await as f64);
 

@@ -233,3 +233,125 @@ async fn one_release_is_one_trace_across_the_coordinator_and_every_agent() {
     let named = spans.iter().any(|s| s["trace_id"] == trace_id.as_str());
     assert!(named, "the line names trace {trace_id}: {warned}");
 }
+
+/// One environment whose releases wait on the three kinds of verify step; its http step
+/// asks the coordinator's own `/metrics` (always 200).
+const PIPELINE: &str = r#"
+[[environment]]
+name = "staging"
+  [[environment.verify]]
+  name = "smoke"
+  kind = "http"
+  url = "http://127.0.0.1:METRICS/metrics"
+  [[environment.verify]]
+  name = "performance"
+  kind = "external"
+  [[environment.verify]]
+  name = "approval"
+  kind = "approval"
+"#;
+
+/// Passes `id`'s external step, then approves it, and waits for its commit.
+async fn pass_steps(c: &Cluster, id: &str) {
+    let report = [
+        "-e",
+        "staging",
+        "verify",
+        "report",
+        id,
+        "performance",
+        "--passed",
+    ];
+    wait_for("the performance step to take a report", || async {
+        (c.cli(&report).await.code == 0).then_some(())
+    })
+    .await;
+    let approve = ["-e", "staging", "approve", id, "--actor", "carol"];
+    wait_for("the approval step to take an approval", || async {
+        (c.cli(&approve).await.code == 0).then_some(())
+    })
+    .await;
+    c.wait_state(id, lockstep::pb::TransactionState::Committed)
+        .await;
+}
+
+/// Given a pipeline with an http, an external and an approval step, when T2 is queued
+/// behind T1 on the same project and both pass their steps, then T2's trace holds its
+/// queue wait, and each trace holds a span per verify step under its transaction, the
+/// external and approval ones lasting from their trigger to their outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
+    let receiver = otlp::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let port = support::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let args = [
+        "--data-dir",
+        &data,
+        "--otlp-endpoint",
+        &receiver.url,
+        "--metrics-listen",
+        &metrics,
+    ];
+    let mut c = Cluster::with_coordinator(dir, args.map(String::from).into(), Vec::new()).await;
+    let file = c.dir.path().join("pipeline.toml");
+    std::fs::write(&file, PIPELINE.replace("METRICS", &port.to_string())).unwrap();
+    let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let traced = ["--otlp-endpoint".to_string(), receiver.url.clone()];
+    c.add_env_agent_with("staging", "A", &traced).await;
+    let url = c.agent("staging/A").server.url();
+    let added = c
+        .cli(&["-e", "staging", "project", "add", "A", "--endpoint", &url])
+        .await;
+    assert_eq!(added.code, 0, "{added:?}");
+    for id in ["T1", "T2"] {
+        let version = format!("A={id}A");
+        let out = c
+            .cli(&["-e", "staging", "release", "create", id, &version])
+            .await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    pass_steps(&c, "T1").await;
+    pass_steps(&c, "T2").await;
+
+    let spans = wait_for("both transactions' spans", || async {
+        let spans = receiver.spans();
+        let ended = |id: &str| spans.iter().any(|s| s.name == format!("Release {id}"));
+        (ended("T1") && ended("T2")).then_some(spans)
+    })
+    .await;
+    let transaction = |id: &str| {
+        let name = format!("Release {id}");
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {spans:#?}"))
+    };
+    let children = |id: &str, name: &str| {
+        let t = transaction(id);
+        let found = spans
+            .iter()
+            .filter(|s| s.parent == t.span_id && s.name == name);
+        found.collect::<Vec<_>>()
+    };
+    assert_eq!(
+        children("T2", "queue wait").len(),
+        1,
+        "T2 waited for T1: {spans:#?}"
+    );
+    assert!(children("T1", "queue wait").is_empty(), "T1 did not wait");
+    for id in ["T1", "T2"] {
+        assert_eq!(
+            children(id, "verify smoke").len(),
+            1,
+            "{id}'s http step: {spans:#?}"
+        );
+        for step in ["performance", "approval"] {
+            let found = children(id, &format!("verify {step}"));
+            assert_eq!(found.len(), 1, "{id}'s {step} step: {spans:#?}");
+            assert_eq!(found[0].attribute("outcome"), Some("passed"), "{found:?}");
+        }
+    }
+}

@@ -218,6 +218,11 @@ impl Coordinator {
         self.journal.stats()
     }
 
+    /// The histograms the journal and the transactions' writes move (for `/metrics`).
+    pub fn journal_timings(&self) -> &crate::timings::Timings {
+        self.journal.timings()
+    }
+
     /// The state owner, for calls that need nothing else (environments).
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     crash,
     error::Result,
-    model::{Resolution, TxState},
+    model::{Resolution, StepKind, StepRun, TxState},
     ports::{Participants, Pending, Probe, TxJournal},
     txn::{
         Effect, Message, Order, Show, Transaction, Turn,
@@ -149,6 +149,7 @@ pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, por
         deadline: None,
         hurry: watch::channel(0).0,
         answers: Vec::new(),
+        awaited: Vec::new(),
     };
     if let Err(e) = driver.run(first).await {
         // Only a journal failure ends a driver early; the process then stops and
@@ -170,6 +171,9 @@ struct Driver {
     /// Bumped to end every backoff wait at once.
     hurry: watch::Sender<u64>,
     answers: Vec<Answer>,
+    /// A span per external or approval step the transaction waits on, from its trigger
+    /// to its outcome (an http step's span is its request's).
+    awaited: Vec<(String, tracing::Span)>,
 }
 
 impl Driver {
@@ -189,6 +193,33 @@ impl Driver {
             self.answer();
             let input = self.next_input().await;
             effects.extend(self.feed(input).await);
+            self.trace_awaited_steps();
+        }
+    }
+
+    /// Opens a span for each external or approval step now running, and ends the span
+    /// of each one that has its outcome.
+    fn trace_awaited_steps(&mut self) {
+        let steps = &self.machine.record().steps;
+        let waited_on =
+            |run: &&StepRun| matches!(run.step.kind, StepKind::External | StepKind::Approval);
+        for run in steps.iter().filter(waited_on) {
+            let known = self
+                .awaited
+                .iter()
+                .position(|(name, _)| *name == run.step.name);
+            match (run.status.is_running(), known) {
+                (true, None) => {
+                    let name = format!("verify {}", run.step.name);
+                    let span = tracing::info_span!("verify", otel.name = %name, outcome = tracing::field::Empty);
+                    self.awaited.push((run.step.name.clone(), span));
+                }
+                (false, Some(i)) => {
+                    let (_, span) = self.awaited.swap_remove(i);
+                    span.record("outcome", format!("{:?}", run.status).to_lowercase());
+                }
+                _ => {}
+            }
         }
     }
 

@@ -31,7 +31,7 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lockstep::pb;
@@ -39,7 +39,7 @@ pub use lockstep_store::WriterMode;
 use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
 use tokio::sync::watch;
 
-use crate::{error::CoordinatorError, feed::Feed, tables::Tables};
+use crate::{error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings};
 
 /// How long a [`Durable::Soon`] write waits for someone else's sync before the syncer
 /// syncs it (tokio's timer ticks in milliseconds, so this is the shortest wait that
@@ -89,6 +89,7 @@ struct Inner {
     /// The number of the newest append that is durable (appends are numbered 1, 2, ...
     /// in log order).
     durable: watch::Receiver<u64>,
+    timings: Timings,
 }
 
 /// Sequence numbers and what waits to be written. Appends number their events and
@@ -104,6 +105,10 @@ struct Queue {
     /// What the syncer wrote for the sync it is about to make: the newest append it
     /// covers and the events that sync makes durable.
     in_sync: (u64, Vec<pb::Event>),
+    /// When the sync in progress began (for its duration in the metrics).
+    sync_started: Option<Instant>,
+    /// The newest append the previous sync covered (for the appends per sync).
+    synced_through: u64,
 }
 
 impl Queue {
@@ -144,6 +149,19 @@ impl Queue {
         if batch.is_empty() || log.write(batch, None).is_ok() {
             self.in_sync = (self.appends, events);
         }
+        self.sync_started = Some(Instant::now());
+    }
+
+    /// The syncer's step once a sync is done: takes what it made durable (the newest
+    /// append it covers and its events), and times it.
+    fn synced(&mut self, timings: &Timings) -> (u64, Vec<pb::Event>) {
+        let (through, events) = std::mem::take(&mut self.in_sync);
+        if let Some(started) = self.sync_started.take() {
+            let records = through.saturating_sub(self.synced_through);
+            timings.synced(started.elapsed(), records);
+        }
+        self.synced_through = self.synced_through.max(through);
+        (through, events)
     }
 }
 
@@ -174,10 +192,11 @@ impl Journal {
             let queue = queue.clone();
             move |log: &SyncerWriter<'_>| Queue::lock(&queue).write(log)
         };
+        let timings = Timings::default();
         let on_synced = {
-            let queue = queue.clone();
+            let (queue, timings) = (queue.clone(), timings.clone());
             move |_| {
-                let (through, events) = std::mem::take(&mut Queue::lock(&queue).in_sync);
+                let (through, events) = Queue::lock(&queue).synced(&timings);
                 // The syncer is the only caller, so events are published in log order,
                 // and before anyone waiting for their append hears it is durable.
                 feed.publish(events);
@@ -200,6 +219,7 @@ impl Journal {
             clock,
             queue,
             durable,
+            timings,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -256,6 +276,11 @@ impl Journal {
     /// Resolves with the error message once a write has failed (the process must stop).
     pub async fn failed(&self) -> String {
         self.inner.log.failed().await
+    }
+
+    /// The histograms the journal and the transactions' writes move.
+    pub fn timings(&self) -> &Timings {
+        &self.inner.timings
     }
 
     /// Group-commit counters so far.

@@ -70,6 +70,7 @@ pub mod stall;
 pub mod standby;
 pub mod storage;
 pub mod tables;
+pub mod timings;
 pub mod txn;
 
 pub use coordinator::{Config, Coordinator};

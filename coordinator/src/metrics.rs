@@ -16,7 +16,6 @@ use prometheus_client::{
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::ConstGauge,
-        histogram::Histogram,
     },
     registry::Registry,
 };
@@ -24,6 +23,7 @@ use prometheus_client::{
 use crate::{
     coordinator::Coordinator,
     model::{StepKind, TxKind, TxState},
+    timings::Timings,
 };
 
 /// A transaction's outcome.
@@ -32,13 +32,6 @@ struct Ended {
     environment: String,
     kind: String,
     outcome: String,
-}
-
-/// A phase of a transaction.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Phase {
-    environment: String,
-    phase: String,
 }
 
 /// One vote.
@@ -64,17 +57,12 @@ struct Project {
     project: String,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn histogram() -> Histogram {
-    Histogram::new(lockstep::metrics::duration_buckets())
-}
-
 /// The counters and histograms the event log moves.
 #[derive(Clone)]
 struct FromLog {
     transactions: Family<Ended, Counter>,
-    phases: Histograms<Phase>,
+    /// Shared with the journal, which observes `decision_fsync` itself.
+    phases: Timings,
     votes: Family<Voted, Counter>,
     steps: Family<Stepped, Counter>,
     retries: Family<Project, Counter>,
@@ -98,7 +86,7 @@ struct Times {
 pub fn register(registry: &mut Registry, coordinator: &Coordinator) {
     let log = FromLog {
         transactions: Family::default(),
-        phases: Family::new_with_constructor(histogram),
+        phases: coordinator.journal_timings().clone(),
         votes: Family::default(),
         steps: Family::default(),
         retries: Family::default(),
@@ -111,8 +99,18 @@ pub fn register(registry: &mut Registry, coordinator: &Coordinator) {
     );
     r.register(
         "phase_duration_seconds",
-        "Time spent in each phase of a transaction (queue_wait, prepare, verify, phase2, total)",
-        log.phases.clone(),
+        "Time spent in each phase of a transaction (queue_wait, prepare, verify, decision_fsync, phase2, total)",
+        log.phases.phases.clone(),
+    );
+    r.register(
+        "journal_sync_duration_seconds",
+        "Each durable write of the journal (fsync, or etcd transaction)",
+        log.phases.sync_seconds.clone(),
+    );
+    r.register(
+        "journal_records_per_sync",
+        "Appends each durable write of the journal covered (group commit)",
+        log.phases.records_per_sync.clone(),
     );
     r.register("votes", "Votes received, by outcome", log.votes.clone());
     r.register(
@@ -216,13 +214,8 @@ impl FromLog {
         if from == 0 || to < from {
             return;
         }
-        let labels = Phase {
-            environment: env.to_string(),
-            phase: phase.to_string(),
-        };
-        self.phases
-            .get_or_create(&labels)
-            .observe((to - from) as f64 / 1000.0);
+        let took = std::time::Duration::from_millis(to - from);
+        self.phases.phase(env, phase, took);
     }
 
     fn vote(&self, env: &str, e: &pb::Event) {

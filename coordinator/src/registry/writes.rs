@@ -8,6 +8,8 @@ use lockstep::{
     names::{Environment, ProjectName, TxId},
     pb,
 };
+use std::time::Instant;
+
 use lockstep_store::Batch;
 
 use super::{Registry, State};
@@ -148,7 +150,16 @@ impl Registry {
         s.head.insert(tx.environment.clone(), checkpoint.clone());
         s.changed(&tx.environment);
         let durable = self.inner.journal.append(batch, written, Durable::Now);
-        Ok(async move { durable.await.map(|_| checkpoint) })
+        let (timings, started) = (self.inner.journal.timings().clone(), Instant::now());
+        Ok(async move {
+            let written = durable.await;
+            timings.phase(
+                checkpoint.environment.as_str(),
+                "decision_fsync",
+                started.elapsed(),
+            );
+            written.map(|_| checkpoint)
+        })
     }
 
     /// Records what each version `tx` makes live was staged from, in the decision's
