@@ -107,6 +107,8 @@ fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
 /// checks callers' chains against the CA.
 struct Loaded {
     acceptor: TlsAcceptor,
+    /// The same, offering HTTP/1.1 instead of HTTP/2 (the HTTP API and console).
+    http: TlsAcceptor,
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
@@ -126,9 +128,12 @@ impl Loaded {
             .with_client_cert_verifier(handshake)
             .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)
             .map_err(config)?;
+        let mut http = server.clone();
         server.alpn_protocols = vec![b"h2".to_vec()];
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            http: TlsAcceptor::from(Arc::new(http)),
             verifier,
         })
     }
@@ -189,6 +194,22 @@ impl ServerTls {
         &self,
         tcp: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        self.accept_with(tcp, |loaded| loaded.acceptor.clone())
+    }
+
+    /// As [`ServerTls::incoming`], for HTTP/1.1 (the HTTP API and console).
+    pub fn incoming_http(
+        &self,
+        tcp: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
+    ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        self.accept_with(tcp, |loaded| loaded.http.clone())
+    }
+
+    fn accept_with(
+        &self,
+        tcp: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
+        acceptor: fn(&Loaded) -> TlsAcceptor,
+    ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
         let (ready, accepted) = tokio::sync::mpsc::channel(64);
         let tls = self.clone();
         tokio::spawn(async move {
@@ -200,7 +221,9 @@ impl ServerTls {
                     stream = tcp.next() => stream,
                 };
                 match stream {
-                    Some(Ok(stream)) => tls.handshake(stream, ready.clone()),
+                    Some(Ok(stream)) => {
+                        Self::handshake(acceptor(&tls.loaded()), stream, ready.clone())
+                    }
                     Some(Err(e)) => tracing::debug!("accept failed: {e}"),
                     None => return,
                 }
@@ -210,11 +233,10 @@ impl ServerTls {
     }
 
     fn handshake(
-        &self,
+        acceptor: TlsAcceptor,
         stream: TcpStream,
         ready: tokio::sync::mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
     ) {
-        let acceptor = self.loaded().acceptor.clone();
         tokio::spawn(async move {
             let peer = stream.peer_addr().ok();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -48,6 +48,7 @@ pub mod drift;
 pub mod driver;
 pub mod error;
 pub mod feed;
+pub mod http;
 pub mod incarnation;
 pub mod journal;
 pub mod keys;

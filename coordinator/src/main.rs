@@ -43,6 +43,12 @@ struct Args {
     /// this instance leads. Off unless given; docs/metrics.md lists every metric.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP/JSON API (`/api/v1/`, docs/http-api.md) and the web console
+    /// (`/`) on this address, over TLS with the server's certificate unless
+    /// `--insecure`, once this instance leads. Callers authenticate as over gRPC (a
+    /// bearer token or a client certificate) and the same permission table applies.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Directory of the RocksDB database (created if missing); required with
     /// `--store rocksdb`.
     #[arg(long, env = "LOCKSTEP_DATA_DIR")]
@@ -205,11 +211,13 @@ async fn main() -> anyhow::Result<()> {
     let secure = files.is_some();
     let access = access(tls.as_ref(), &args, &coordinator)?;
     tracing::info!("coordinator incarnation {}", coordinator.incarnation());
-    if let Some(addr) = args.metrics_listen {
-        serve_metrics(addr, &coordinator).await?;
-    }
+    let http = serve_beside(&args, tls.as_ref(), &coordinator, &access).await?;
     warn_of_mismatched_endpoints(&coordinator, secure);
     println!("listening on {}", listener.local_addr()?);
+    if let Some(bound) = http {
+        let scheme = if secure { "https" } else { "http" };
+        println!("console at {scheme}://{bound}/");
+    }
     let failed = coordinator.clone();
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
         server::serve(listener, tls, coordinator, access, async move {
@@ -248,6 +256,28 @@ fn tls_and_net(
     tls::reload_on_sighup(server.clone()).context("installing the SIGHUP handler")?;
     let net = TcpNet::with_tls(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?);
     Ok((Some(server), Arc::new(net)))
+}
+
+/// Serves the metrics (`--metrics-listen`) and the HTTP API and console
+/// (`--http-listen`) beside gRPC; returns the HTTP API's bound address.
+async fn serve_beside(
+    args: &Args,
+    tls: Option<&tls::ServerTls>,
+    coordinator: &Coordinator,
+    access: &Access,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(addr, coordinator).await?;
+    }
+    let Some(addr) = args.http_listen else {
+        return Ok(None);
+    };
+    let started =
+        lockstep_coordinator::http::start(addr, tls.cloned(), coordinator.clone(), access.clone());
+    let bound = started
+        .await
+        .with_context(|| format!("binding --http-listen {addr}"))?;
+    Ok(Some(bound))
 }
 
 /// Serves the coordinator's metrics on `addr` (`--metrics-listen`).

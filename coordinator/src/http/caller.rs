@@ -1,0 +1,144 @@
+//! Turns an HTTP request into the gRPC call it stands for, and its answer back: the
+//! caller's credentials become the call's (bearer token as `authorization` metadata,
+//! the TLS session with its client certificate as the connection info tonic reads),
+//! authenticated by the same [`Access`](crate::access::Access); a `tonic::Status`
+//! becomes the HTTP status that means the same, with the gRPC code and message as JSON.
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::{HeaderMap, StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+use tonic::{Code, Status};
+
+use super::{Api, Peer};
+
+/// The caller's credentials as an HTTP request brought them.
+pub struct Caller {
+    headers: HeaderMap,
+    peer: Peer,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>();
+        Ok(Caller {
+            headers: parts.headers.clone(),
+            peer: peer.map(|c| c.0.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// HTTP headers carried into the call's metadata as they are.
+const CARRIED: [&str; 2] = ["authorization", "traceparent"];
+
+impl Caller {
+    /// The gRPC request made of `fields` for this caller: authenticated first (as the
+    /// gRPC interceptor does, so a call without credentials is 401 whatever it asks),
+    /// then read as the message `T`.
+    pub fn request<T: DeserializeOwned>(
+        &self,
+        api: &Api,
+        fields: Result<Map<String, Value>, Status>,
+    ) -> Result<tonic::Request<T>, Status> {
+        let mut request = tonic::Request::new(());
+        for name in CARRIED {
+            let given = self.headers.get(name).and_then(|v| v.to_str().ok());
+            if let Some(value) = given.and_then(|v| v.parse().ok()) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
+        if let Some(tls) = &self.peer.0 {
+            request.extensions_mut().insert(tls.clone());
+        }
+        let principal = api.access.authenticate(&request)?;
+        request.extensions_mut().insert(principal);
+        let (metadata, extensions, ()) = request.into_parts();
+        Ok(tonic::Request::from_parts(
+            metadata,
+            extensions,
+            message(fields?)?,
+        ))
+    }
+}
+
+/// Reads `fields` (query parameters, path parameters, a JSON body merged into one
+/// object) as the request message `T`, in the proto3 JSON mapping.
+fn message<T: DeserializeOwned>(fields: Map<String, Value>) -> Result<T, Status> {
+    serde_json::from_value(Value::Object(fields.clone())).map_err(|e| {
+        // serde names an unknown field but not a bad value's: find the field alone.
+        let alone = |(k, v): &(&String, &Value)| {
+            let one = Map::from_iter([((*k).clone(), (*v).clone())]);
+            serde_json::from_value::<T>(Value::Object(one)).is_err()
+        };
+        match fields.iter().find(|f| alone(f)) {
+            Some((field, _)) => Status::invalid_argument(format!("{field}: {e}")),
+            None => Status::invalid_argument(format!("request body: {e}")),
+        }
+    })
+}
+
+/// An answer as JSON (200), or the error as [`failure`].
+pub fn answer<T: Serialize>(result: Result<tonic::Response<T>, Status>) -> Response {
+    match result {
+        Ok(response) => axum::Json(response.into_inner()).into_response(),
+        Err(status) => failure(&status),
+    }
+}
+
+/// `{"code": "NOT_FOUND", "message": "..."}` with the HTTP status of the gRPC code.
+pub fn failure(status: &Status) -> Response {
+    let body = serde_json::json!({
+        "code": code_name(status.code()),
+        "message": status.message(),
+    });
+    (http_status(status.code()), axum::Json(body)).into_response()
+}
+
+/// The HTTP status that means what gRPC's `code` means (as grpc-gateway maps them).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC code's canonical name (`NOT_FOUND`), as grpcurl prints it.
+fn code_name(code: Code) -> String {
+    let words = format!("{code:?}");
+    let mut name = String::new();
+    for (i, c) in words.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_named_as_grpc_names_them() {
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Ok), "OK");
+    }
+}

@@ -1,0 +1,82 @@
+//! `GET /api/v1/events`: the event log as Server-Sent Events, each event's `id` its
+//! sequence number, so a browser's `EventSource` that lost its connection resumes
+//! from the `Last-Event-ID` it sends, with no gap and no duplicate. Served by the gRPC
+//! WatchEvents call, with its permission check and its filtering to what the caller
+//! may read.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::{Query, State},
+    http::HeaderMap,
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use lockstep::pb::{self, coordinator_server::Coordinator as Rpc};
+use serde_json::Value;
+use tokio_stream::StreamExt;
+
+use super::{
+    Api,
+    caller::{Caller, failure},
+};
+
+/// The stream of events from `from` (or just after `Last-Event-ID`), as the query
+/// string's WatchEvents fields ask (`transactionId`, `untilTerminal`...).
+pub async fn stream(
+    State(api): State<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut fields = serde_json::Map::new();
+    for (key, value) in query {
+        let value = match value.as_str() {
+            "true" | "false" => Value::Bool(value == "true"),
+            _ => Value::String(value),
+        };
+        let key = if key == "from" {
+            "fromSeq".to_string()
+        } else {
+            key
+        };
+        fields.insert(key, value);
+    }
+    if let Some(resume) = last_event_id(&headers) {
+        fields.insert("fromSeq".into(), Value::String((resume + 1).to_string()));
+    }
+    let request = caller.request::<pb::WatchEventsRequest>(&api, Ok(fields));
+    let watched = match request {
+        Ok(request) => Rpc::watch_events(&api.service, request).await,
+        Err(status) => Err(status),
+    };
+    match watched {
+        Ok(events) => Sse::new(events.into_inner().map(sse))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+        Err(status) => failure(&status),
+    }
+}
+
+/// The sequence number a reconnecting `EventSource` saw last.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    let id = headers.get("last-event-id")?.to_str().ok()?;
+    id.trim().parse().ok()
+}
+
+/// One log event as an SSE event (`id` its sequence number, `data` its proto3 JSON);
+/// a failed stream ends with an `error` event naming why.
+fn sse(event: Result<pb::Event, tonic::Status>) -> Result<Event, Infallible> {
+    Ok(match event {
+        Ok(e) => Event::default()
+            .id(e.seq.to_string())
+            .data(serde_json::to_string(&e).unwrap_or_default()),
+        Err(status) => Event::default().event("error").data(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        )),
+    })
+}

@@ -1,0 +1,161 @@
+//! The routes of `/api/v1/` (docs/http-api.md): each one the gRPC call of the same
+//! name, its fields taken from the path, the query string and the JSON body.
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    response::Response,
+    routing::{MethodFilter, MethodRouter, get, on},
+};
+use lockstep::pb::coordinator_server::Coordinator as Rpc;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+use tonic::Status;
+
+use super::{
+    Api,
+    caller::{Caller, answer, failure},
+    events,
+};
+use crate::service::CoordinatorService;
+
+/// The gRPC method `$m` as a function of the service and the request.
+macro_rules! rpc {
+    ($m:ident) => {
+        |s: CoordinatorService, r| async move { Rpc::$m(&s, r).await }
+    };
+}
+
+const GET: MethodFilter = MethodFilter::GET;
+const POST: MethodFilter = MethodFilter::POST;
+
+/// Every route: method, gRPC call, and the field the path's `{...}` fills.
+pub fn router(api: Api) -> Router {
+    let api_routes = Router::new()
+        .route("/projects", on_rpc(GET, "", rpc!(list_projects)))
+        .route("/environments", on_rpc(GET, "", rpc!(list_environments)))
+        .route(
+            "/environments/{name}",
+            on_rpc(GET, "name", rpc!(get_environment)),
+        )
+        .route("/live", on_rpc(GET, "", rpc!(get_live_state)))
+        .route("/history", on_rpc(GET, "", rpc!(get_history)))
+        .route("/audit", on_rpc(GET, "", rpc!(list_audit)))
+        .route("/subscriptions", on_rpc(GET, "", rpc!(list_subscriptions)))
+        .route("/cluster", on_rpc(GET, "", rpc!(get_cluster)))
+        .route("/events", get(events::stream))
+        .route(
+            "/releases",
+            on_rpc(GET, "", rpc!(list_releases)).merge(on_rpc(POST, "", rpc!(create_release))),
+        )
+        .route("/releases/{id}", on_rpc(GET, "id", rpc!(get_release)))
+        .route(
+            "/releases/{id}/revert",
+            on_rpc(POST, "releaseId", rpc!(revert_release)),
+        )
+        .route(
+            "/releases/{id}/approve",
+            on_rpc(POST, "transactionId", rpc!(approve)),
+        )
+        .route(
+            "/releases/{id}/reject",
+            on_rpc(POST, "transactionId", rpc!(reject)),
+        )
+        .route(
+            "/releases/{id}/abort",
+            on_rpc(POST, "id", rpc!(abort_release)),
+        )
+        .route(
+            "/releases/{id}/retry",
+            on_rpc(POST, "transactionId", rpc!(retry_delivery)),
+        )
+        .route(
+            "/releases/{id}/resolve",
+            on_rpc(POST, "transactionId", rpc!(resolve_participant)),
+        )
+        .route(
+            "/releases/{id}/verify",
+            on_rpc(POST, "transactionId", rpc!(report_verify)),
+        )
+        .route("/rollback", on_rpc(POST, "", rpc!(rollback)))
+        .route("/promote", on_rpc(POST, "", rpc!(promote)))
+        .fallback(no_route);
+    Router::new().nest("/api/v1", api_routes).with_state(api)
+}
+
+async fn no_route(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> Response {
+    failure(&Status::not_found(format!(
+        "no route {}: docs/http-api.md lists them",
+        uri.path()
+    )))
+}
+
+/// Carries out `rpc` with `fields` for `caller`.
+async fn call<Req, Resp, F, Fut>(
+    api: Api,
+    caller: Caller,
+    fields: Result<Fields, Status>,
+    rpc: F,
+) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(CoordinatorService, tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    match caller.request(&api, fields) {
+        Ok(request) => answer(rpc(api.service.clone(), request).await),
+        Err(status) => failure(&status),
+    }
+}
+
+type Fields = Map<String, Value>;
+
+/// A query string's parameters as message fields (`true`/`false` as booleans; numbers
+/// stay strings, which the proto3 JSON mapping accepts).
+fn query_fields(query: Vec<(String, String)>) -> Fields {
+    let value = |v: String| match v.as_str() {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(v),
+    };
+    query.into_iter().map(|(k, v)| (k, value(v))).collect()
+}
+
+/// A JSON body's fields (none when empty).
+fn body_fields(body: &[u8]) -> Result<Fields, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields::new());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("request body: not a JSON object: {e}")))
+}
+
+/// `rpc` on `method`: its fields are the JSON body's, the query string's, and the
+/// path's parameter (when the route has one) as field `field`.
+fn on_rpc<Req, Resp, F, Fut>(method: MethodFilter, field: &'static str, rpc: F) -> MethodRouter<Api>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: FnOnce(CoordinatorService, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send,
+{
+    on(
+        method,
+        move |State(api): State<Api>,
+              caller: Caller,
+              path: Option<Path<String>>,
+              Query(q): Query<Vec<(String, String)>>,
+              body: Bytes| async move {
+            let fields = body_fields(&body).map(|mut fields| {
+                fields.extend(query_fields(q));
+                if let Some(Path(id)) = path {
+                    fields.insert(field.into(), Value::String(id));
+                }
+                fields
+            });
+            call(api, caller, fields, rpc).await
+        },
+    )
+}
