@@ -11,6 +11,7 @@ mod support;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
+use support::http::{self, call, client};
 use support::{free_port, secure::Secure, wait_for};
 
 /// A secure cluster with A and B registered and the API on `https://127.0.0.1:PORT`.
@@ -19,28 +20,6 @@ async fn cluster() -> (Secure, String) {
     let listen = format!("127.0.0.1:{port}");
     let s = Secure::start(&["A", "B"], &["--http-listen", &listen]).await;
     (s, format!("https://127.0.0.1:{port}/api/v1"))
-}
-
-/// An HTTPS client trusting the deployment's CA, presenting `user`'s certificate.
-fn client(s: &Secure, user: Option<&str>) -> Client {
-    let ca = std::fs::read(s.certs.join("ca.crt")).unwrap();
-    let mut builder = Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
-    if let Some(user) = user {
-        let mut pem = std::fs::read(s.certs.join(format!("user-{user}.crt"))).unwrap();
-        pem.extend(std::fs::read(s.certs.join(format!("user-{user}.key"))).unwrap());
-        builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
-    }
-    builder.build().unwrap()
-}
-
-/// One call: its status and JSON body.
-async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// Waits until release `id` is `state`, read over the API with `token`.
@@ -53,17 +32,23 @@ async fn wait_state(http: &Client, api: &str, token: &str, id: &str, state: &str
     .await
 }
 
-/// Given tokens for a viewer, a releaser of B and an operator, and the admin's client
-/// certificate: every call is authenticated and checked as over gRPC.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
-    let (s, api) = cluster().await;
+/// Tokens for a viewer (dash), a releaser of B (ci-b) and an operator (oncall).
+async fn tokens(s: &Secure) -> (String, String, String) {
     let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
     let scope = ["--role", "releaser", "--project", "B", "--subject", "ci-b"];
     let (_, releaser) = s.token(&scope).await;
     let (_, operator) = s
         .token(&["--role", "operator", "--subject", "oncall"])
         .await;
+    (viewer, releaser, operator)
+}
+
+/// Given tokens for a viewer, a releaser of B and an operator, and the admin's client
+/// certificate: every call is authenticated and checked as over gRPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
+    let (s, api) = cluster().await;
+    let (viewer, releaser, operator) = tokens(&s).await;
     let http = client(&s, None);
 
     // No credential: 401, as UNAUTHENTICATED over gRPC, whatever the route.
@@ -161,22 +146,8 @@ async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
 }
 
 /// Reads SSE events from `response` until `count` have come; returns their ids.
-async fn sse_ids(mut response: reqwest::Response, count: usize) -> Vec<u64> {
-    let mut text = String::new();
-    let mut ids = Vec::new();
-    while ids.len() < count {
-        let chunk = response
-            .chunk()
-            .await
-            .unwrap()
-            .expect("the stream ended early");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let event: String = text.drain(..end + 2).collect();
-            let id = event.lines().find_map(|l| l.strip_prefix("id:"));
-            ids.extend(id.map(|i| i.trim().parse::<u64>().unwrap()));
-        }
-    }
+async fn sse_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
+    let mut ids = http::sse_ids(response, |ids| ids.len() >= count).await;
     ids.truncate(count);
     ids
 }
@@ -205,4 +176,85 @@ async fn events_resume_from_the_last_event_id_with_no_gap_or_duplicate() {
         .header("Last-Event-ID", "6");
     let resumed = sse_ids(again.send().await.unwrap(), 3).await;
     assert_eq!(resumed, vec![7, 8, 9], "right after the last one seen");
+}
+
+/// The console's own reads: the matrix holds what the caller may read, each cell held
+/// by an undecided transaction marked with it; whoami says what the caller may do
+/// there, and nobody may approve what they created.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_matrix_and_whoami_answer_for_the_caller() {
+    let (s, api) = cluster().await;
+    let (viewer, releaser, operator) = tokens(&s).await;
+    let http = client(&s, None);
+    let admin = client(&s, Some("admin"));
+    let r1 = json!({"id": "R1", "components": [{"project": "B", "version": "1.0"}]});
+    let (status, body) = call(admin.post(format!("{api}/releases")).json(&r1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_state(&http, &api, &viewer, "R1", "TRANSACTION_STATE_COMMITTED").await;
+
+    // A held by R2 while A's agent waits in prepare: the cell is marked.
+    s.block("A");
+    let r2 = json!({"id": "R2", "components": [{"project": "A", "version": "2.0"}]});
+    let (status, body) = call(admin.post(format!("{api}/releases")).json(&r2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cells = |m: &Value| m["cells"].as_array().unwrap().clone();
+    let matrix = wait_for("A held by R2 in the matrix", || async {
+        let (_, m) = call(http.get(format!("{api}/matrix")).bearer_auth(&viewer)).await;
+        cells(&m).iter().any(|c| c["heldBy"] == "R2").then_some(m)
+    })
+    .await;
+    let cell = |m: &Value, p: &str| cells(m).into_iter().find(|c| c["project"] == p);
+    let a = cell(&matrix, "A").unwrap();
+    assert_eq!(a["heldState"], "TRANSACTION_STATE_PREPARING", "{matrix}");
+    assert_eq!(cell(&matrix, "B").unwrap()["version"], "1.0", "{matrix}");
+    assert_eq!(matrix["environments"][0]["checkpoint"]["revision"], "1");
+
+    // A releaser of B sees B's cell only.
+    let (status, mine) = call(http.get(format!("{api}/matrix")).bearer_auth(&releaser)).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    assert!(cell(&mine, "A").is_none(), "{mine}");
+    assert_eq!(cell(&mine, "B").unwrap()["version"], "1.0", "{mine}");
+    s.heal("A");
+    wait_state(&http, &api, &viewer, "R2", "TRANSACTION_STATE_COMMITTED").await;
+
+    // whoami: per call of the permission table, for an environment or a transaction.
+    let who = |token: &str, query: &str| {
+        let get = http.get(format!("{api}/whoami{query}")).bearer_auth(token);
+        call(get)
+    };
+    let (status, me) = who(&viewer, "?environment=default").await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert!(
+        me["actor"].as_str().unwrap().starts_with("dash (token"),
+        "{me}"
+    );
+    assert_eq!(me["may"]["GetRelease"], true, "{me}");
+    assert_eq!(me["may"]["CreateRelease"], false, "{me}");
+    let (status, me) = who(&releaser, "?transaction=R2").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "R2 changes A, hidden from B's: {me}"
+    );
+    let (_, me) = who(&releaser, "?transaction=R1").await;
+    assert_eq!(me["may"]["RevertRelease"], true, "R1 changes B: {me}");
+    let (_, me) = who(&operator, "?transaction=R1").await;
+    assert_eq!(me["may"]["Approve"], true, "{me}");
+    let (_, me) = call(admin.get(format!("{api}/whoami?transaction=R1"))).await;
+    assert_eq!(me["may"]["Approve"], false, "the admin created R1: {me}");
+    assert!(
+        me["notes"]["Approve"]
+            .as_str()
+            .unwrap()
+            .contains("four eyes")
+    );
+
+    // Bad input names its field; an unknown transaction is 404; no credential is 401.
+    let (status, body) = who(&viewer, "?environment=no%20spaces").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("environment"));
+    let (status, _) = who(&viewer, "?transaction=R9").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(http.get(format!("{api}/matrix"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

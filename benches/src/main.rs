@@ -13,6 +13,7 @@ mod failover;
 mod notify;
 mod observed;
 mod stack;
+mod watchers;
 
 /// The same allocator as the servers (see coordinator/src/main.rs).
 #[global_allocator]
@@ -48,9 +49,8 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics, recovery,
-    /// tracing,
-    /// memory, etcd).
+    /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics,
+    /// watchers, recovery, tracing, memory, etcd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -327,6 +327,10 @@ async fn main() -> anyhow::Result<()> {
 
     if run("metrics") {
         figures.extend(observed::figures(dir.path(), 500 / scale, seconds).await?);
+    }
+
+    if run("watchers") {
+        figures.extend(watchers::figures(dir.path(), 500 / scale).await?);
     }
 
     if run("recovery") {

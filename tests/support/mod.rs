@@ -10,6 +10,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod browser;
+pub mod http;
 pub mod otlp;
 pub mod pg;
 pub mod secure;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tonic::{Code, Status};
 
 use super::{Api, Peer};
+use crate::access::{Principal, principal_of};
 
 /// The caller's credentials as an HTTP request brought them.
 pub struct Caller {
@@ -63,6 +64,12 @@ impl Caller {
             extensions,
             message(fields?)?,
         ))
+    }
+
+    /// Who the caller is, authenticated as [`Caller::request`] does.
+    pub fn principal(&self, api: &Api) -> Result<Principal, Status> {
+        let request = self.request::<serde::de::IgnoredAny>(api, Ok(Map::new()))?;
+        Ok(principal_of(&request))
     }
 }
 

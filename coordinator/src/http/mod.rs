@@ -6,9 +6,11 @@
 //! errors carry the gRPC code and its field-naming message (docs/http-api.md).
 
 mod caller;
+mod console;
 mod events;
 mod listener;
 mod routes;
+mod views;
 
 use std::net::SocketAddr;
 

@@ -16,7 +16,7 @@ use tonic::Status;
 use super::{
     Api,
     caller::{Caller, answer, failure},
-    events,
+    console, events, views,
 };
 use crate::service::CoordinatorService;
 
@@ -45,6 +45,8 @@ pub fn router(api: Api) -> Router {
         .route("/subscriptions", on_rpc(GET, "", rpc!(list_subscriptions)))
         .route("/cluster", on_rpc(GET, "", rpc!(get_cluster)))
         .route("/events", get(events::stream))
+        .route("/whoami", get(views::whoami))
+        .route("/matrix", get(views::matrix))
         .route(
             "/releases",
             on_rpc(GET, "", rpc!(list_releases)).merge(on_rpc(POST, "", rpc!(create_release))),
@@ -81,7 +83,10 @@ pub fn router(api: Api) -> Router {
         .route("/rollback", on_rpc(POST, "", rpc!(rollback)))
         .route("/promote", on_rpc(POST, "", rpc!(promote)))
         .fallback(no_route);
-    Router::new().nest("/api/v1", api_routes).with_state(api)
+    Router::new()
+        .nest("/api/v1", api_routes)
+        .merge(console::router())
+        .with_state(api)
 }
 
 async fn no_route(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> Response {
@@ -104,13 +109,26 @@ where
     F: FnOnce(CoordinatorService, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    match caller.request(&api, fields) {
-        Ok(request) => answer(rpc(api.service.clone(), request).await),
-        Err(status) => failure(&status),
-    }
+    answer(invoke(&api, &caller, fields, rpc).await)
 }
 
-type Fields = Map<String, Value>;
+/// Carries out `rpc` with `fields` for `caller` and returns its answer as it is.
+pub(super) async fn invoke<Req, Resp, F, Fut>(
+    api: &Api,
+    caller: &Caller,
+    fields: Result<Fields, Status>,
+    rpc: F,
+) -> Result<tonic::Response<Resp>, Status>
+where
+    Req: DeserializeOwned,
+    F: FnOnce(CoordinatorService, tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    rpc(api.service.clone(), caller.request(api, fields)?).await
+}
+
+/// A request message's fields in the proto3 JSON mapping.
+pub(super) type Fields = Map<String, Value>;
 
 /// A query string's parameters as message fields (`true`/`false` as booleans; numbers
 /// stay strings, which the proto3 JSON mapping accepts).
