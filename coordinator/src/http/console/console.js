@@ -144,8 +144,9 @@ function debounced(render) {
 
 /** Asks to confirm `title` (showing `body`); `act(reason)` runs on Confirm and may
  * throw to keep the dialog open with its error shown. */
-function confirmAction(title, body, act, { reason = true } = {}) {
+function confirmAction(title, body, act, { reason = true, confirm = true } = {}) {
   const dialog = $('confirm');
+  $('confirm-ok').hidden = !confirm;
   $('confirm-title').textContent = title;
   $('confirm-body').replaceChildren(body || '');
   $('confirm-reason').value = '';
@@ -185,7 +186,13 @@ function planView(plan) {
 
 /** Dry run first, then (confirmed) the real call; opens the new transaction. */
 async function dryRunThenRun(title, path, body) {
-  const dry = await api(path, { method: 'POST', body: { ...body, dryRun: true } });
+  let dry;
+  try {
+    dry = await api(path, { method: 'POST', body: { ...body, dryRun: true } });
+  } catch (e) {
+    const why = h('p', { class: 'error', role: 'alert' }, `${e.code || e.status || ''}: ${e.message}`);
+    return confirmAction(title, why, async () => {}, { reason: false, confirm: false });
+  }
   confirmAction(title, planView(dry.plan || {}), async () => {
     const done = await api(path, { method: 'POST', body });
     location.hash = `#/release/${encodeURIComponent(done.transaction.id)}`;
