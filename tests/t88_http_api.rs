@@ -258,3 +258,248 @@ async fn the_matrix_and_whoami_answer_for_the_caller() {
     let (status, _) = call(http.get(format!("{api}/matrix"))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// One request of the route table: method, path (under /api/v1), JSON body.
+type Request = (&'static str, &'static str, Value);
+
+/// Every route, called with good input and with bad: each good call answers as the
+/// gRPC call would (200, or the state's refusal), each bad one 400 naming its field or
+/// 404 naming what is missing; without a credential every route is 401, and a viewer's
+/// every action is 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
+    let (s, api) = cluster().await;
+    let (viewer, _, _) = tokens(&s).await;
+    let admin = client(&s, Some("admin"));
+    for (id, v) in [("R1", "1.0"), ("R2", "2.0")] {
+        let body = json!({"id": id, "components": [{"project": "A", "version": v}]});
+        call(admin.post(format!("{api}/releases")).json(&body)).await;
+        wait_state(&admin, &api, &viewer, id, "TRANSACTION_STATE_COMMITTED").await;
+    }
+    for declare in [
+        &["env", "add", "default"][..],
+        &["env", "add", "staging", "--after", "default"],
+    ] {
+        let out = s.cli(&support::secure::admin(), declare).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let endpoint = s.agents["A"].server.https_url();
+    let add = [
+        "-e",
+        "staging",
+        "project",
+        "add",
+        "A",
+        "--endpoint",
+        &endpoint,
+        "--unchecked",
+    ];
+    let out = s.cli(&support::secure::admin(), &add).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = |(method, path, body): &Request| {
+        let url = format!("{api}{path}");
+        let request = match *method {
+            "GET" => admin.get(url),
+            _ => admin.post(url).json(body),
+        };
+        call(request)
+    };
+    let none = Value::Null;
+    let good: Vec<(Request, u16)> = vec![
+        (("GET", "/projects?environment=default", none.clone()), 200),
+        (("GET", "/environments", none.clone()), 200),
+        (("GET", "/environments/default", none.clone()), 200),
+        (
+            (
+                "GET",
+                "/live?environment=default&observe=true",
+                none.clone(),
+            ),
+            200,
+        ),
+        (
+            (
+                "GET",
+                "/releases?environment=default&pageSize=1",
+                none.clone(),
+            ),
+            200,
+        ),
+        (("GET", "/releases/R1", none.clone()), 200),
+        (("GET", "/history?environment=default", none.clone()), 200),
+        (("GET", "/audit?pageSize=10", none.clone()), 200),
+        (("GET", "/subscriptions", none.clone()), 200),
+        (("GET", "/cluster", none.clone()), 200),
+        (("GET", "/matrix", none.clone()), 200),
+        (("GET", "/whoami?environment=default", none.clone()), 200),
+        (
+            (
+                "POST",
+                "/releases",
+                json!({"id": "R3", "components": [{"project": "B", "version": "3.0"}], "dryRun": true}),
+            ),
+            200,
+        ),
+        (
+            ("POST", "/releases/R2/revert", json!({"dryRun": true})),
+            200,
+        ),
+        (
+            (
+                "POST",
+                "/rollback",
+                json!({"revision": "1", "dryRun": true}),
+            ),
+            200,
+        ),
+        (
+            (
+                "POST",
+                "/promote",
+                json!({"from": "default", "to": "staging", "dryRun": true}),
+            ),
+            200,
+        ),
+        (
+            ("POST", "/releases/R2/approve", json!({"reason": "late"})),
+            412,
+        ),
+        (
+            ("POST", "/releases/R2/reject", json!({"reason": "late"})),
+            412,
+        ),
+        (
+            ("POST", "/releases/R2/abort", json!({"reason": "late"})),
+            412,
+        ),
+        (("POST", "/releases/R2/retry", json!({})), 412),
+        (
+            (
+                "POST",
+                "/releases/R2/resolve",
+                json!({"project": "A", "as": "RESOLUTION_COMMITTED", "reason": "checked"}),
+            ),
+            412,
+        ),
+        (
+            (
+                "POST",
+                "/releases/R2/verify",
+                json!({"step": "perf", "outcome": "VERIFY_OUTCOME_PASSED"}),
+            ),
+            412,
+        ),
+    ];
+    for (request, want) in &good {
+        let (status, body) = run(request).await;
+        assert_eq!(status.as_u16(), *want, "{request:?}: {body}");
+    }
+    let bad: Vec<(Request, u16, &str)> = vec![
+        (
+            ("GET", "/projects?environment=no%20space", none.clone()),
+            400,
+            "environment",
+        ),
+        (("GET", "/environments?bogus=1", none.clone()), 400, "bogus"),
+        (
+            ("GET", "/environments/nowhere", none.clone()),
+            404,
+            "nowhere",
+        ),
+        (("GET", "/live?observe=maybe", none.clone()), 400, "observe"),
+        (
+            ("GET", "/releases?pageSize=many", none.clone()),
+            400,
+            "pageSize",
+        ),
+        (("GET", "/releases/R9", none.clone()), 404, "R9"),
+        (
+            ("GET", "/history?pageToken=garbage", none.clone()),
+            400,
+            "page_token",
+        ),
+        (("GET", "/audit?sinceSeq=-1", none.clone()), 400, "sinceSeq"),
+        (
+            ("GET", "/subscriptions?bogus=1", none.clone()),
+            400,
+            "bogus",
+        ),
+        (("GET", "/cluster?bogus=1", none.clone()), 400, "bogus"),
+        (("GET", "/whoami?transaction=R9", none.clone()), 404, "R9"),
+        (
+            (
+                "POST",
+                "/releases",
+                json!({"id": "R4", "components": [{"project": "A", "version": ""}]}),
+            ),
+            400,
+            "version",
+        ),
+        (("POST", "/releases/R9/revert", json!({})), 404, "R9"),
+        (
+            ("POST", "/rollback", json!({"revision": "x"})),
+            400,
+            "revision",
+        ),
+        (("POST", "/promote", json!({"from": "default"})), 400, "to"),
+        (
+            ("POST", "/releases/R2/approve", json!({"reason": 5})),
+            400,
+            "reason",
+        ),
+        (
+            ("POST", "/releases/R2/reject", json!({"actor": []})),
+            400,
+            "actor",
+        ),
+        (
+            ("POST", "/releases/R2/abort", json!({"reason": true})),
+            400,
+            "reason",
+        ),
+        (("POST", "/releases/R9/retry", json!({})), 404, "R9"),
+        (
+            (
+                "POST",
+                "/releases/R2/resolve",
+                json!({"project": "A", "as": "MAYBE", "reason": "x"}),
+            ),
+            400,
+            "as",
+        ),
+        (
+            (
+                "POST",
+                "/releases/R2/verify",
+                json!({"outcome": "VERIFY_OUTCOME_PASSED"}),
+            ),
+            400,
+            "step",
+        ),
+    ];
+    for (request, want, field) in &bad {
+        let (status, body) = run(request).await;
+        assert_eq!(status.as_u16(), *want, "{request:?}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{request:?} names {field}: {body}");
+    }
+
+    // No credential: 401 everywhere. A viewer: 403 for every action, nothing written.
+    let nobody = support::http::client(&s, None);
+    for ((method, path, body), _) in &good {
+        let url = format!("{api}{path}");
+        let request = match *method {
+            "GET" => nobody.get(&url),
+            _ => nobody.post(&url).json(body),
+        };
+        let (status, _) = call(request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        if *method == "POST" {
+            let post = nobody.post(&url).bearer_auth(&viewer).json(body);
+            let (status, answer) = call(post).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+        }
+    }
+    let (_, list) = call(admin.get(format!("{api}/releases"))).await;
+    assert_eq!(list["transactions"].as_array().unwrap().len(), 2, "{list}");
+}
