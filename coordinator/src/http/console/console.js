@@ -230,7 +230,7 @@ async function route() {
 }
 
 function show(...children) {
-  $('main').replaceChildren(...children);
+  $('main').replaceChildren(...children.filter((c) => c !== null && c !== undefined));
 }
 
 /** Renders `build()` now and again whenever `concerns(event)` (debounced). */
@@ -350,7 +350,8 @@ function releaseHead(t) {
   const facts = [
     ['environment', t.environment], ['kind', kindName(t.kind)], ['created by', t.createdBy || '—'],
     ['created', when(t.createdAt)], ['finished', when(t.finishedAt)], ['checkpoint', t.checkpoint || ''],
-    ['ticket', t.ticket || ''], ['trace', t.traceId || ''], ['promoted from', t.promotedFrom || ''],
+    ['ticket', /^https?:\/\//.test(t.ticket || '') ? link(t.ticket, t.ticket) : t.ticket || ''],
+    ['trace', t.traceId || ''], ['promoted from', t.promotedFrom || ''],
     ['reverts', (t.reverts || []).join(', ')], ['verification after commit', t.liveCheck || ''],
     ['reason', t.reason || ''],
   ].filter(([, v]) => v !== '');
