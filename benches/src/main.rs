@@ -8,6 +8,7 @@
 //! coordinator's COMMIT decision, the coordinator's record of the end, which a client
 //! waiting for the outcome hears only once durable).
 
+mod aging;
 mod etcd;
 mod failover;
 mod notify;
@@ -50,7 +51,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics,
-    /// watchers, recovery, tracing, memory, etcd).
+    /// aging, watchers, recovery, tracing, memory, etcd).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -329,6 +330,10 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(observed::figures(dir.path(), 500 / scale, seconds).await?);
     }
 
+    if run("aging") {
+        figures.extend(aging::figures(dir.path(), seconds).await?);
+    }
+
     if run("watchers") {
         figures.extend(watchers::figures(dir.path(), 500 / scale).await?);
     }
@@ -575,6 +580,10 @@ async fn throughput(
     clients: usize,
     run: Duration,
 ) -> anyhow::Result<Throughput> {
+    // Ids unique across runs on one stack: a reused id is an idempotent retry, answered
+    // at once with the old transaction, and would count as a release.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run_id = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let syncs_before = stack::wal_syncs(stack.kv.as_ref());
     let journal_before = stack.coordinator.journal_stats();
     let cpu_before = cpu();
@@ -589,9 +598,9 @@ async fn throughput(
                 while Instant::now() < deadline {
                     stack::release(
                         &mut client,
-                        &format!("tp{clients}-{g}-{done}"),
+                        &format!("tp{run_id}-{g}-{done}"),
                         &set,
-                        &format!("{clients}.{done}"),
+                        &format!("{run_id}.{done}"),
                     )
                     .await?;
                     done += 1;

@@ -20,11 +20,12 @@ use crate::{Figure, figure, micros, percentile, serial_releases, stack, throughp
 /// Clients of the throughput comparison (as many disjoint project sets).
 const CLIENTS: usize = 8;
 
-/// A fresh stack in `dir` with 3 + 3 x [`CLIENTS`] no-op participants.
-async fn fresh(dir: &Path) -> anyhow::Result<stack::Stack> {
+/// A fresh stack in `dir` with 3 + 3 x `groups` no-op participants (`p0`..`p2`, and
+/// `g<N>a`..`g<N>c` for each throughput client N).
+pub async fn fresh(dir: &Path, groups: usize) -> anyhow::Result<stack::Stack> {
     let mut stack = stack::coordinator(&dir.join("coordinator"), None).await?;
     let mut names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-    for g in 0..CLIENTS {
+    for g in 0..groups {
         names.extend(["a", "b", "c"].iter().map(|m| format!("g{g}{m}")));
     }
     let mut projects = Vec::new();
@@ -66,8 +67,8 @@ fn observe(stack: &stack::Stack) -> tokio::task::JoinHandle<()> {
 
 /// The figures: each "on" value with the same round's "off" value as its floor.
 pub async fn figures(dir: &Path, count: usize, seconds: u64) -> anyhow::Result<Vec<Figure>> {
-    let mut off = fresh(&dir.join("metrics-off")).await?;
-    let mut on = fresh(&dir.join("metrics-on")).await?;
+    let mut off = fresh(&dir.join("metrics-off"), CLIENTS).await?;
+    let mut on = fresh(&dir.join("metrics-on"), CLIENTS).await?;
     let scraper = observe(&on);
     let (mut lat, mut rate) = ((0.0, 0.0), (0.0, 0.0));
     for round in 0..2 {
@@ -157,8 +158,8 @@ pub async fn tracing_figures(
     let _telemetry = lockstep::logging::init_traces_to("lockstep-bench", &endpoint, on.clone())
         .map_err(anyhow::Error::msg)?;
     let mut stacks = [
-        fresh(&dir.join("tracing-off")).await?,
-        fresh(&dir.join("tracing-on")).await?,
+        fresh(&dir.join("tracing-off"), CLIENTS).await?,
+        fresh(&dir.join("tracing-on"), CLIENTS).await?,
     ];
     let (mut lat, mut rate) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for round in 0..ROUNDS {

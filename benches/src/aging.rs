@@ -1,0 +1,86 @@
+//! Whether a stack's throughput holds as its history grows: one fresh stack, 32
+//! clients releasing without pause through several windows, each window's rate
+//! compared with the first's. A call whose cost grows with the history (a table
+//! scanned, a map cloned) shows here as a falling rate.
+//!
+//! And moves back: releasing versions that were live before (a revert, a rollback, a
+//! re-release) is checked against the history for the combination having been live
+//! together; its latency with the grown history is compared with the same moves on the
+//! young stack.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{Figure, figure, micros, observed, percentile, stack, throughput};
+
+/// Versions released in turn, then moved back to.
+const BACK: usize = 100;
+
+/// Serial releases of p0..p2 at `v0`..`v{BACK-1}` (ids tagged `tag`); their latencies.
+async fn releases(stack: &mut stack::Stack, tag: &str) -> anyhow::Result<Vec<Duration>> {
+    let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut samples = Vec::with_capacity(BACK);
+    for i in 0..BACK {
+        let started = Instant::now();
+        let (id, version) = (format!("{tag}-{i}"), format!("v{i}"));
+        stack::release(&mut stack.client, &id, &three, &version).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Clients (as many disjoint 3-project sets).
+const CLIENTS: usize = 32;
+/// Windows measured one after the other.
+const WINDOWS: usize = 6;
+
+/// The figure: the last window's rate against the first's.
+pub async fn figures(dir: &Path, seconds: u64) -> anyhow::Result<Vec<Figure>> {
+    let mut stack = observed::fresh(&dir.join("aging"), CLIENTS).await?;
+    releases(&mut stack, "first").await?;
+    let mut young = releases(&mut stack, "back-young").await?;
+    let mut rates = Vec::with_capacity(WINDOWS);
+    let mut released = 0;
+    for _ in 0..WINDOWS {
+        let t = throughput(&stack, CLIENTS, Duration::from_secs(seconds)).await?;
+        released += t.committed;
+        rates.push(t.committed as f64 / t.elapsed.as_secs_f64());
+    }
+    let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    println!("aging: committed/s per window: {}", shown.join(", "));
+    let mut old = releases(&mut stack, "back-old").await?;
+    let (young, old) = (
+        micros(percentile(&mut young, 0.5)),
+        micros(percentile(&mut old, 0.5)),
+    );
+    let (first, last) = (rates[0], rates[WINDOWS - 1]);
+    let back = Figure {
+        floor: Some(young),
+        target: Some("<= 1.5x young".into()),
+        met: Some(old <= 1.5 * young),
+        ..figure(
+            format!(
+                "move back to versions live before, after {released} releases, p50 (floor: young stack)"
+            ),
+            old,
+            "us",
+        )
+    };
+    Ok(vec![
+        back,
+        Figure {
+            floor: Some(first),
+            target: Some(">= 0.9x first".into()),
+            met: Some(last >= 0.9 * first),
+            ..figure(
+                format!(
+                    "throughput after {released} releases, {CLIENTS} clients (floor: first window)"
+                ),
+                last,
+                "committed/s",
+            )
+        },
+    ])
+}
