@@ -643,10 +643,15 @@ impl Tables {
     pub fn newest_checkpoint_where(
         &self,
         environment: &Environment,
+        at_most: Option<u64>,
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
         const PAGE: usize = 256;
-        let (start, mut end) = checkpoint_range(environment);
+        let (start, newest) = checkpoint_range(environment);
+        let mut end = match at_most {
+            Some(revision) => checkpoint_key(environment, revision.saturating_add(1)),
+            None => newest,
+        };
         loop {
             let page = self
                 .kv
@@ -662,6 +667,23 @@ impl Tables {
                 return Ok(None);
             }
         }
+    }
+
+    /// The newest checkpoint revision at which `version` was live on `project` in
+    /// `environment` (none: never). Every checkpoint writes it for each of its versions
+    /// ([`Tables::put_seen`]).
+    pub fn last_live(
+        &self,
+        environment: &Environment,
+        project: &ProjectName,
+        version: &Version,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = seen_key(environment, project, version);
+        let Some(value) = self.kv.get(SEEN_VERSIONS, &key)? else {
+            return Ok(None);
+        };
+        let bad = || corrupt(SEEN_VERSIONS, format!("bad revision {value:?}"));
+        keys::u64_of(&value).map(Some).ok_or_else(bad)
     }
 
     /// Whether `version` was ever live on `project` in `environment`.
@@ -964,8 +986,13 @@ mod tests {
         assert_eq!(latest.map(|c| c.revision), Some(256));
         assert!(tables.checkpoint(&prod, 255).unwrap().is_some());
         assert!(tables.checkpoint(&env("production"), 2).unwrap().is_none());
-        let older = tables.newest_checkpoint_where(&prod, &mut |c| c.revision < 200);
+        let older = tables.newest_checkpoint_where(&prod, None, &mut |c| c.revision < 200);
         assert_eq!(older.unwrap().map(|c| c.revision), Some(2));
+        // Bounded: the scan starts at the revision given, the bound included.
+        let at = |bound| tables.newest_checkpoint_where(&prod, Some(bound), &mut |_| true);
+        assert_eq!(at(255).unwrap().map(|c| c.revision), Some(255));
+        assert_eq!(at(254).unwrap().map(|c| c.revision), Some(2));
+        assert_eq!(at(0).unwrap().map(|c| c.revision), None);
     }
 
     /// [`Tables::was_live`] and [`Tables::quarantine`] find what their builders wrote.
@@ -984,6 +1011,9 @@ mod tests {
         tables.kv().write(batch, Durability::Sync).unwrap();
         assert!(tables.was_live(&prod, &web, &v1).unwrap());
         assert!(!tables.was_live(&env("production"), &web, &v1).unwrap());
+        assert_eq!(tables.last_live(&prod, &web, &v1).unwrap(), Some(2));
+        let never = tables.last_live(&prod, &web, &version("v9")).unwrap();
+        assert_eq!(never, None);
         let quarantined = tables.quarantine().unwrap();
         assert_eq!(quarantined, [((prod, web, v1), record)]);
     }

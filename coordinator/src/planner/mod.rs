@@ -124,9 +124,13 @@ pub struct View<'a> {
 /// stays pure: the coordinator reads its tables, tests read a few records in memory.
 pub trait History {
     /// The newest checkpoint of the environment for which `matches` holds (read newest
-    /// first, page by page, stopping at the first match).
+    /// first, page by page, stopping at the first match). Every match has each version
+    /// of `having` live: a store may start its scan at the newest checkpoint where all
+    /// of them could have been, and answer none at once when one never was live, so
+    /// that a move back costs what it finds, not the whole history.
     fn newest_checkpoint_where(
         &self,
+        having: &[(&ProjectName, &Version)],
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>>;
     /// Whether `version` was ever live on `project` (a move back to it is a downgrade).

@@ -188,8 +188,12 @@ fn outcome<'t>(
 
 /// The newest checkpoint where the family ran exactly `result`.
 fn checkpoint_matching(view: &View<'_>, result: &Outcome<'_>) -> Result<Option<CheckpointRecord>> {
+    let having: Vec<_> = result
+        .iter()
+        .filter_map(|(p, v)| v.map(|v| (*p, v)))
+        .collect();
     view.history
-        .newest_checkpoint_where(&mut |cp| ran_together(cp, result))
+        .newest_checkpoint_where(&having, &mut |cp| ran_together(cp, result))
 }
 
 /// Whether `cp` ran exactly the family's versions of `result`.
@@ -212,9 +216,10 @@ fn nearest_known_good(
             .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
             && known_good(view, cp)
     };
+    let having: Vec<_> = downgrades.iter().map(|(p, v)| (*p, *v)).collect();
     Ok(view
         .history
-        .newest_checkpoint_where(&mut has_the_old_versions)?
+        .newest_checkpoint_where(&having, &mut has_the_old_versions)?
         .or_else(|| view.head.cloned()))
 }
 

@@ -20,11 +20,19 @@ pub(super) struct StoredHistory<'a> {
 impl History for StoredHistory<'_> {
     fn newest_checkpoint_where(
         &self,
+        having: &[(&ProjectName, &Version)],
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>> {
+        let mut at_most = None;
+        for (project, version) in having {
+            match self.tables.last_live(self.environment, project, version)? {
+                None => return Ok(None),
+                Some(last) => at_most = Some(at_most.map_or(last, |m: u64| m.min(last))),
+            }
+        }
         Ok(self
             .tables
-            .newest_checkpoint_where(self.environment, matches)?)
+            .newest_checkpoint_where(self.environment, at_most, matches)?)
     }
 
     fn was_live(&self, project: &ProjectName, version: &Version) -> Result<bool> {

@@ -160,9 +160,10 @@ impl Registry {
         loop {
             let mut candidate =
                 |cp: &CheckpointRecord| cp.revision < below && !cp.untested && self.verified(cp);
+            let at_most = (below != u64::MAX).then(|| below.saturating_sub(1));
             let cp = self
                 .tables()
-                .newest_checkpoint_where(from, &mut candidate)?;
+                .newest_checkpoint_where(from, at_most, &mut candidate)?;
             let cp = cp.ok_or_else(|| {
                 CoordinatorError::NotFound(format!(
                     "from: {from} has no verified checkpoint to promote"

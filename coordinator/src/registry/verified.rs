@@ -69,13 +69,16 @@ impl Registry {
     /// the history back from `cp` only as far as needed.
     fn origins(&self, cp: &CheckpointRecord) -> Result<Vec<Origin>> {
         let mut tracer = Tracer::new(cp);
-        self.tables()
-            .newest_checkpoint_where(&cp.environment, &mut |older| {
+        self.tables().newest_checkpoint_where(
+            &cp.environment,
+            Some(cp.revision.saturating_sub(1)),
+            &mut |older| {
                 if older.revision < cp.revision {
                     tracer.step(older);
                 }
                 tracer.traces.is_empty()
-            })?;
+            },
+        )?;
         Ok(tracer.finish())
     }
 }

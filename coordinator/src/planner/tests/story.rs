@@ -42,6 +42,7 @@ pub(super) struct Story {
 impl History for Story {
     fn newest_checkpoint_where(
         &self,
+        _having: &[(&ProjectName, &Version)],
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>> {
         Ok(self
