@@ -13,6 +13,7 @@ mod etcd;
 mod failover;
 mod notify;
 mod observed;
+mod scale;
 mod stack;
 mod watchers;
 
@@ -51,7 +52,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Run only these parts (floors, latency, throughput, fanout, tls, notify, metrics,
-    /// aging, watchers, recovery, tracing, memory, etcd).
+    /// aging, watchers, recovery, tracing, memory, etcd; and scale, only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -372,6 +373,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    // Only when named: a million transactions take minutes to write.
+    if args.only.iter().any(|o| o == "scale") {
+        figures.extend(scale::figures(dir.path(), 1_000_000 / scale as u64).await?);
+    }
+
     // Last of all: tracing, once installed, stays on for the process.
     if run("tracing") {
         figures.extend(observed::tracing_figures(dir.path(), 500 / scale, seconds).await?);
@@ -689,7 +695,13 @@ fn record(
         },
         prepare_timeout_ms: 60_000,
         created_ms: lockstep::wire::now_millis(),
-        finished_ms: 0,
+        // A finished transaction has its end (else recovery takes it for one an older
+        // version stored terminal without its end, and resumes it).
+        finished_ms: if state.is_terminal() {
+            lockstep::wire::now_millis()
+        } else {
+            0
+        },
         prepare_sent: true,
         created_by: String::new(),
         authority: Default::default(),
@@ -704,6 +716,12 @@ fn record(
 /// Time from opening a coordinator whose log holds `n` transactions left PREPARING by a
 /// crash to every one of them resolved (presumed abort delivered to three participants).
 async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
+    recovery_on(dir, &dir.join("recovery"), 0, n).await
+}
+
+/// [`recovery`] on the data directory `data`, whose history holds `after` transactions
+/// already: the `n` unfinished ones are numbered after them.
+async fn recovery_on(dir: &Path, data: &Path, after: u64, n: u64) -> anyhow::Result<Duration> {
     let mut participants = Vec::new();
     for i in 0..3 {
         let p = format!("r{i}");
@@ -712,10 +730,9 @@ async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
             stack::participant(&p, &dir.join(&p), None).await?,
         ));
     }
-    let data = dir.join("recovery");
     {
-        let kv = RocksKv::open(&data, tables::ALL)?;
-        for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
+        let kv = RocksKv::open(data, tables::ALL)?;
+        for chunk in (after + 1..=after + n).collect::<Vec<_>>().chunks(1000) {
             let mut batch = Batch::default();
             for ordinal in chunk {
                 Tables::put_transaction(
@@ -727,7 +744,7 @@ async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
         }
     }
     let started = Instant::now();
-    let kv = RocksKv::open(&data, tables::ALL)?;
+    let kv = RocksKv::open(data, tables::ALL)?;
     let c = lockstep_coordinator::Coordinator::open(
         Arc::new(kv),
         Arc::new(lockstep_coordinator::network::TcpNet::default()),
@@ -743,11 +760,40 @@ async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
 /// idle watchers connected: its RSS.
 async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64)> {
     let data = dir.join("history");
+    write_history(&data, n)?;
+    let (mut child, url) = coordinator_binary(&data).await?;
+    let mut streams = Vec::new();
+    for c in 0..(watchers.div_ceil(50)) {
+        let channel = lockstep::edge::endpoint(&url)?.connect().await?;
+        for _ in 0..50.min(watchers - c * 50) {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
+            let stream = client
+                .watch_events(pb::WatchEventsRequest {
+                    from_seq: 2 * n + 1,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            streams.push(stream);
+        }
+    }
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let measured = rss(pid);
+    drop(streams);
+    child.kill().await?;
+    Ok(measured)
+}
+
+/// Writes `n` committed 3-project transactions into a fresh data directory `data`, each
+/// with its checkpoint and two events (created, committed), as a coordinator would
+/// have left them; returns the log's last sequence number.
+fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
     let participants: Vec<(String, String)> = (0..3)
         .map(|i| (format!("m{i}"), "http://127.0.0.1:1".to_string()))
         .collect();
     {
-        let kv = RocksKv::open(&data, tables::ALL)?;
+        let kv = RocksKv::open(data, tables::ALL)?;
         let mut seq = 0u64;
         for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
             let mut batch = Batch::default();
@@ -772,19 +818,18 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
                         )
                     })
                     .collect();
-                Tables::put_checkpoint(
-                    &mut batch,
-                    &CheckpointRecord {
-                        revision: *ordinal,
-                        environment: Environment::default(),
-                        versions,
-                        transaction: tx.id.clone(),
-                        kind: TxKind::Release,
-                        description: format!("release {}", tx.id),
-                        untested: false,
-                        committed_ms: tx.created_ms,
-                    },
-                );
+                let checkpoint = CheckpointRecord {
+                    revision: *ordinal,
+                    environment: Environment::default(),
+                    versions,
+                    transaction: tx.id.clone(),
+                    kind: TxKind::Release,
+                    description: format!("release {}", tx.id),
+                    untested: false,
+                    committed_ms: tx.created_ms,
+                };
+                Tables::put_checkpoint(&mut batch, &checkpoint);
+                Tables::put_seen(&mut batch, &checkpoint);
                 for kind in [
                     pb::EventKind::TransactionCreated,
                     pb::EventKind::TransactionCommitted,
@@ -803,11 +848,17 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
             }
             kv.write(batch, Durability::Buffered)?;
         }
+        kv.sync()?;
+        Ok(seq)
     }
+}
+
+/// Starts the real coordinator binary on `data`; returns it and its URL.
+async fn coordinator_binary(data: &Path) -> anyhow::Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()?.with_file_name("lockstep-coordinator");
     let mut child = tokio::process::Command::new(&exe)
         .args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+        .arg(data)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -823,25 +874,5 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
         .await?
         .ok_or_else(|| anyhow::anyhow!("the coordinator exited"))?;
     let url = format!("http://{}", line.trim_start_matches("listening on "));
-    let mut streams = Vec::new();
-    for c in 0..(watchers.div_ceil(50)) {
-        let channel = lockstep::edge::endpoint(&url)?.connect().await?;
-        for _ in 0..50.min(watchers - c * 50) {
-            let mut client = pb::coordinator_client::CoordinatorClient::new(channel.clone());
-            let stream = client
-                .watch_events(pb::WatchEventsRequest {
-                    from_seq: 2 * n + 1,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            streams.push(stream);
-        }
-    }
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let measured = rss(pid);
-    drop(streams);
-    child.kill().await?;
-    Ok(measured)
+    Ok((child, url))
 }

@@ -475,17 +475,24 @@ impl Tables {
     /// event), which versions before "effects carry their state" could leave outside
     /// the active index. Scanned once per data directory ([`Tables::ends_checked`]).
     pub fn ended_without_end(&self) -> Result<Vec<TxRecord>, StoreError> {
-        let all = self
-            .kv
-            .scan(TRANSACTIONS, b"", None, Order::Ascending, usize::MAX)?;
-        let mut out = Vec::new();
-        for (_, value) in all {
-            let tx: TxRecord = decode(TRANSACTIONS, &value)?;
-            if tx.state.is_terminal() && tx.finished_ms == 0 {
-                out.push(tx);
+        // Page by page: a history of a million transactions is never in memory at once.
+        const PAGE: usize = 1024;
+        let (mut from, mut out) = (Vec::new(), Vec::new());
+        loop {
+            let page = self
+                .kv
+                .scan(TRANSACTIONS, &from, None, Order::Ascending, PAGE)?;
+            for (_, value) in &page {
+                let tx: TxRecord = decode(TRANSACTIONS, value)?;
+                if tx.state.is_terminal() && tx.finished_ms == 0 {
+                    out.push(tx);
+                }
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == PAGE => from = [key.as_slice(), &[0]].concat(),
+                _ => return Ok(out),
             }
         }
-        Ok(out)
     }
 
     /// Whether [`Tables::ended_without_end`] was scanned in this data directory.
@@ -993,6 +1000,25 @@ mod tests {
         assert_eq!(at(255).unwrap().map(|c| c.revision), Some(255));
         assert_eq!(at(254).unwrap().map(|c| c.revision), Some(2));
         assert_eq!(at(0).unwrap().map(|c| c.revision), None);
+    }
+
+    /// The once-per-directory scan for records stored terminal without their end reads
+    /// the whole table page by page and finds each of them, on every page.
+    #[test]
+    fn records_ended_without_their_end_are_found_on_every_page() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let mut batch = Batch::default();
+        for ordinal in 1..=2_500u64 {
+            let mut tx = crate::txn::tests::t4(crate::model::TxState::Committed);
+            tx.id = TxId::parse("id", &format!("T{ordinal}")).unwrap();
+            tx.ordinal = ordinal;
+            tx.finished_ms = if ordinal % 1000 == 7 { 0 } else { 1 };
+            Tables::put_transaction(&mut batch, &tx);
+        }
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let found = tables.ended_without_end().unwrap();
+        let ordinals: Vec<u64> = found.iter().map(|t| t.ordinal).collect();
+        assert_eq!(ordinals, [7, 1007, 2007]);
     }
 
     /// [`Tables::was_live`] and [`Tables::quarantine`] find what their builders wrote.

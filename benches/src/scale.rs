@@ -1,0 +1,163 @@
+//! Figures at a million (`--only scale`): the real coordinator binary on a data
+//! directory holding `n` committed transactions (each with its checkpoint and two
+//! events), as a long-lived deployment's would. Pages of the release list and the
+//! history must cost what a page holds, a watcher from the start must stream the whole
+//! log fast, memory must not hold the history, and recovery must find 10,000
+//! unfinished transactions among a million finished ones as fast as among none.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use lockstep::pb::{self, coordinator_client::CoordinatorClient};
+use tonic::transport::Channel;
+
+use crate::{
+    Figure, coordinator_binary, figure, micros, percentile, recovery_on, rss, write_history,
+};
+
+/// Calls timed per page figure.
+const CALLS: usize = 20;
+
+/// Latency p50 (µs) of `CALLS` pages read one after the other, each from the last
+/// one's token (`page` makes the call from a token and returns the next).
+async fn pages<F, Fut>(mut page: F) -> anyhow::Result<f64>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    let (mut token, mut samples) = (String::new(), Vec::with_capacity(CALLS));
+    for _ in 0..CALLS {
+        let started = Instant::now();
+        token = page(token).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(micros(percentile(&mut samples, 0.5)))
+}
+
+/// A page figure: under 10 ms.
+fn page_figure(name: String, p50: f64) -> Figure {
+    Figure {
+        target: Some("< 10 ms".into()),
+        met: Some(p50 < 10_000.0),
+        ..figure(name, p50, "us")
+    }
+}
+
+/// Pages of the release list (newest first) and of the history (oldest first).
+async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Result<Vec<Figure>> {
+    let list = pages(|token| {
+        let mut client = client.clone();
+        async move {
+            let request = pb::ListReleasesRequest {
+                page_size: 50,
+                page_token: token,
+                ..Default::default()
+            };
+            Ok(client
+                .list_releases(request)
+                .await?
+                .into_inner()
+                .next_page_token)
+        }
+    })
+    .await?;
+    let history = pages(|token| {
+        let mut client = client.clone();
+        async move {
+            let request = pb::GetHistoryRequest {
+                page_size: 100,
+                page_token: token,
+                ..Default::default()
+            };
+            Ok(client
+                .get_history(request)
+                .await?
+                .into_inner()
+                .next_page_token)
+        }
+    })
+    .await?;
+    Ok(vec![
+        page_figure(
+            format!("release list, pages of 50, {n} transactions, p50"),
+            list,
+        ),
+        page_figure(
+            format!("history, pages of 100, {n} checkpoints, p50"),
+            history,
+        ),
+    ])
+}
+
+/// A watcher from the first event to `last`: events per second.
+async fn stream_rate(client: &CoordinatorClient<Channel>, last: u64) -> anyhow::Result<f64> {
+    let mut client = client.clone();
+    let started = Instant::now();
+    let request = pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    };
+    let mut stream = client.watch_events(request).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.seq >= last {
+            break;
+        }
+    }
+    Ok(last as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The figures for a history of `n` transactions.
+pub async fn figures(dir: &Path, n: u64) -> anyhow::Result<Vec<Figure>> {
+    let data = dir.join("scale");
+    let written = Instant::now();
+    let last = write_history(&data, n)?;
+    println!(
+        "scale: wrote {n} transactions and {last} events in {:.0} s",
+        written.elapsed().as_secs_f64()
+    );
+    let (mut child, url) = coordinator_binary(&data).await?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let client = CoordinatorClient::new(lockstep::edge::endpoint(&url)?.connect().await?);
+    println!("scale: RSS at start {:.0} MiB", rss(pid).0);
+    let mut figures = page_figures(&client, n).await?;
+    println!("scale: RSS after the pages {:.0} MiB", rss(pid).0);
+    let rate = stream_rate(&client, last).await?;
+    figures.push(Figure {
+        target: Some(">= 100,000/s".into()),
+        met: Some(rate >= 100_000.0),
+        ..figure(
+            format!("watcher from seq 1 over {last} events"),
+            rate,
+            "events/s",
+        )
+    });
+    let (now, peak) = rss(pid);
+    figures.push(Figure {
+        target: Some("< 100 MB".into()),
+        met: Some(now < 100.0),
+        ..figure(
+            format!("coordinator RSS after that, {n} transactions"),
+            now,
+            "MiB",
+        )
+    });
+    figures.push(figure(
+        "coordinator peak RSS (VmHWM) in that run",
+        peak,
+        "MiB",
+    ));
+    child.kill().await?;
+    let recovered: Duration = recovery_on(dir, &data, n, 10_000).await?;
+    figures.push(Figure {
+        target: Some("< 2 s".into()),
+        met: Some(recovered.as_secs_f64() < 2.0),
+        ..figure(
+            format!("recovery of 10,000 unfinished among {n} finished transactions"),
+            recovered.as_secs_f64(),
+            "s",
+        )
+    });
+    Ok(figures)
+}
