@@ -61,6 +61,10 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const QUARANTINE: &str = "quarantine";
 /// Versions ever live, by (environment, project, version).
 pub const SEEN_VERSIONS: &str = "seen_versions";
+/// Each (environment, project, version) with every checkpoint revision at which it
+/// became live: the first of them bounds from below the search for a checkpoint that
+/// had it live (as `seen_versions`' last revision bounds it from above).
+pub const VERSION_STARTS: &str = "version_starts";
 /// Facts about this data directory (its incarnation).
 pub const META: &str = "meta";
 /// What each committed (environment, project, version) was staged from.
@@ -81,6 +85,9 @@ const TOKEN_KEY: &[u8] = b"token-key";
 const DRIFT_PREFIX: &[u8] = b"drift/";
 /// Set once the data directory was scanned for transactions ended without their end.
 const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
+/// Set once `version_starts` holds every checkpoint's starts (filled from the history
+/// in a data directory written before the table existed).
+const STARTS_FILLED_KEY: &[u8] = b"version-starts-filled-v1";
 
 /// Facts learnt about a transaction after it ended (quarantined, live check).
 pub const TX_MARKS: &str = "tx_marks";
@@ -96,6 +103,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINTS,
     QUARANTINE,
     SEEN_VERSIONS,
+    VERSION_STARTS,
     META,
     BUILDS,
     TOKENS,
@@ -620,6 +628,25 @@ impl Tables {
             .collect()
     }
 
+    /// Up to `limit` checkpoints of every environment from key `from` on, in key order
+    /// (by environment, then revision), with the key after the last one: a page of the
+    /// whole table, for a one-time pass over it.
+    pub fn checkpoints_from(
+        &self,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<CheckpointRecord>, Vec<u8>), StoreError> {
+        let page = self
+            .kv
+            .scan(CHECKPOINTS, from, None, Order::Ascending, limit)?;
+        let next = page
+            .last()
+            .map(|(key, _)| [key.as_slice(), &[0]].concat())
+            .unwrap_or_default();
+        let records: Result<Vec<_>, _> = page.iter().map(|(_, v)| decode(CHECKPOINTS, v)).collect();
+        Ok((records?, next))
+    }
+
     /// One checkpoint.
     pub fn checkpoint(
         &self,
@@ -650,11 +677,15 @@ impl Tables {
     pub fn newest_checkpoint_where(
         &self,
         environment: &Environment,
-        at_most: Option<u64>,
+        (at_least, at_most): (Option<u64>, Option<u64>),
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
         const PAGE: usize = 256;
-        let (start, newest) = checkpoint_range(environment);
+        let (oldest, newest) = checkpoint_range(environment);
+        let start = match at_least {
+            Some(revision) => checkpoint_key(environment, revision),
+            None => oldest,
+        };
         let mut end = match at_most {
             Some(revision) => checkpoint_key(environment, revision.saturating_add(1)),
             None => newest,
@@ -691,6 +722,62 @@ impl Tables {
         };
         let bad = || corrupt(SEEN_VERSIONS, format!("bad revision {value:?}"));
         keys::u64_of(&value).map(Some).ok_or_else(bad)
+    }
+
+    /// The first checkpoint revision at which `version` became live on `project` in
+    /// `environment`, once the table is filled ([`Tables::starts_filled`]); none: never.
+    pub fn first_live(
+        &self,
+        environment: &Environment,
+        project: &ProjectName,
+        version: &Version,
+    ) -> Result<Option<u64>, StoreError> {
+        let start = keys::prefix(&[environment.as_str(), project.as_str(), version.as_str()]);
+        let end = keys::prefix_end(&start);
+        let first = self
+            .kv
+            .scan(VERSION_STARTS, &start, Some(&end), Order::Ascending, 1)?;
+        let revision = |key: &[u8]| {
+            let number = key
+                .get(key.len().saturating_sub(8)..)
+                .and_then(keys::u64_of);
+            number.ok_or_else(|| corrupt(VERSION_STARTS, format!("bad key {key:?}")))
+        };
+        first.first().map(|(key, _)| revision(key)).transpose()
+    }
+
+    /// Whether `version_starts` holds the starts of every checkpoint.
+    pub fn starts_filled(&self) -> Result<bool, StoreError> {
+        Ok(self.kv.get(META, STARTS_FILLED_KEY)?.is_some())
+    }
+
+    /// Records that `version_starts` is filled.
+    pub fn put_starts_filled(batch: &mut Batch) {
+        batch.put(META, STARTS_FILLED_KEY.to_vec(), Vec::new());
+    }
+
+    /// Adds to `batch` the start of each version `cp` has live that `previous` (the
+    /// environment's checkpoint before it) did not.
+    pub fn put_starts(
+        batch: &mut Batch,
+        previous: Option<&CheckpointRecord>,
+        cp: &CheckpointRecord,
+    ) {
+        for (project, entry) in &cp.versions {
+            let before = previous.and_then(|p| p.versions.get(project));
+            if before.map(|e| &e.version) != Some(&entry.version) {
+                let parts = [
+                    cp.environment.as_str(),
+                    project.as_str(),
+                    entry.version.as_str(),
+                ];
+                batch.put(
+                    VERSION_STARTS,
+                    keys::parts_u64_key(&parts, cp.revision),
+                    Vec::new(),
+                );
+            }
+        }
     }
 
     /// Whether `version` was ever live on `project` in `environment`.
@@ -993,13 +1080,16 @@ mod tests {
         assert_eq!(latest.map(|c| c.revision), Some(256));
         assert!(tables.checkpoint(&prod, 255).unwrap().is_some());
         assert!(tables.checkpoint(&env("production"), 2).unwrap().is_none());
-        let older = tables.newest_checkpoint_where(&prod, None, &mut |c| c.revision < 200);
+        let older = tables.newest_checkpoint_where(&prod, (None, None), &mut |c| c.revision < 200);
         assert_eq!(older.unwrap().map(|c| c.revision), Some(2));
         // Bounded: the scan starts at the revision given, the bound included.
-        let at = |bound| tables.newest_checkpoint_where(&prod, Some(bound), &mut |_| true);
-        assert_eq!(at(255).unwrap().map(|c| c.revision), Some(255));
-        assert_eq!(at(254).unwrap().map(|c| c.revision), Some(2));
-        assert_eq!(at(0).unwrap().map(|c| c.revision), None);
+        let at =
+            |low, high| tables.newest_checkpoint_where(&prod, (low, Some(high)), &mut |_| true);
+        assert_eq!(at(None, 255).unwrap().map(|c| c.revision), Some(255));
+        assert_eq!(at(None, 254).unwrap().map(|c| c.revision), Some(2));
+        assert_eq!(at(None, 0).unwrap().map(|c| c.revision), None);
+        assert_eq!(at(Some(3), 254).unwrap().map(|c| c.revision), None);
+        assert_eq!(at(Some(2), 254).unwrap().map(|c| c.revision), Some(2));
     }
 
     /// The once-per-directory scan for records stored terminal without their end reads
@@ -1019,6 +1109,37 @@ mod tests {
         let found = tables.ended_without_end().unwrap();
         let ordinals: Vec<u64> = found.iter().map(|t| t.ordinal).collect();
         assert_eq!(ordinals, [7, 1007, 2007]);
+    }
+
+    /// A version's starts are the revisions at which it became live: not while it stays,
+    /// again when it comes back; the first is what `first_live` answers, per version.
+    #[test]
+    fn starts_record_each_time_a_version_becomes_live() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let history = [
+            checkpoint("prod", 1, &[("web", "v1"), ("api", "a1")]),
+            checkpoint("prod", 2, &[("web", "v1"), ("api", "a2")]),
+            checkpoint("prod", 3, &[("web", "v2"), ("api", "a2")]),
+            checkpoint("prod", 4, &[("web", "v1"), ("api", "a2")]),
+        ];
+        let mut batch = Batch::default();
+        let mut previous = None;
+        for cp in &history {
+            Tables::put_starts(&mut batch, previous, cp);
+            previous = Some(cp);
+        }
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let (prod, web, api) = (env("prod"), project("web"), project("api"));
+        let first = |p: &ProjectName, v: &str| tables.first_live(&prod, p, &version(v)).unwrap();
+        assert_eq!(first(&web, "v1"), Some(1));
+        assert_eq!(first(&web, "v2"), Some(3));
+        assert_eq!(first(&api, "a2"), Some(2));
+        assert_eq!(first(&api, "a3"), None);
+        assert_eq!(first(&project("we"), "v1"), None, "no prefix match");
+        let starts = tables
+            .kv()
+            .scan(VERSION_STARTS, b"", None, Order::Ascending, 100);
+        assert_eq!(starts.unwrap().len(), 5, "web v1 twice, v2, api a1, a2");
     }
 
     /// [`Tables::was_live`] and [`Tables::quarantine`] find what their builders wrote.

@@ -23,16 +23,12 @@ impl History for StoredHistory<'_> {
         having: &[(&ProjectName, &Version)],
         matches: &mut dyn FnMut(&CheckpointRecord) -> bool,
     ) -> Result<Option<CheckpointRecord>> {
-        let mut at_most = None;
-        for (project, version) in having {
-            match self.tables.last_live(self.environment, project, version)? {
-                None => return Ok(None),
-                Some(last) => at_most = Some(at_most.map_or(last, |m: u64| m.min(last))),
-            }
-        }
+        let Some(bounds) = self.bounds(having)? else {
+            return Ok(None);
+        };
         Ok(self
             .tables
-            .newest_checkpoint_where(self.environment, at_most, matches)?)
+            .newest_checkpoint_where(self.environment, bounds, matches)?)
     }
 
     fn was_live(&self, project: &ProjectName, version: &Version) -> Result<bool> {
@@ -59,6 +55,73 @@ impl History for StoredHistory<'_> {
     }
 }
 
+impl StoredHistory<'_> {
+    /// The revisions between which every version of `having` could have been live
+    /// together: from the latest first start of any of them to the earliest last
+    /// revision (the lower bound only once `version_starts` is filled); none when one
+    /// of them was never live or the range is empty.
+    fn bounds(
+        &self,
+        having: &[(&ProjectName, &Version)],
+    ) -> Result<Option<(Option<u64>, Option<u64>)>> {
+        let (tables, env) = (self.tables, self.environment);
+        let filled = !having.is_empty() && tables.starts_filled()?;
+        let (mut low, mut high): (Option<u64>, Option<u64>) = (None, None);
+        for (project, version) in having {
+            let Some(last) = tables.last_live(env, project, version)? else {
+                return Ok(None);
+            };
+            high = Some(high.map_or(last, |h| h.min(last)));
+            if filled {
+                let first = tables.first_live(env, project, version)?.unwrap_or(0);
+                low = Some(low.map_or(first, |l| l.max(first)));
+            }
+        }
+        Ok(match (low, high) {
+            (Some(l), Some(h)) if l > h => None,
+            bounds => Some(bounds),
+        })
+    }
+}
+
+/// Fills `version_starts` from every checkpoint of every environment, once per data
+/// directory written before it existed, a page at a time. A standby (which cannot
+/// write) leaves it to the leader; the planner uses no lower bound until it is filled.
+pub(super) fn fill_starts(tables: &Tables) -> Result<()> {
+    const PAGE: usize = 1024;
+    if tables.starts_filled()? {
+        return Ok(());
+    }
+    let (mut from, mut previous) = (Vec::new(), None::<CheckpointRecord>);
+    loop {
+        let (page, next) = tables.checkpoints_from(&from, PAGE)?;
+        let mut batch = Batch::default();
+        for cp in &page {
+            let same = |p: &&CheckpointRecord| p.environment == cp.environment;
+            Tables::put_starts(&mut batch, previous.as_ref().filter(same), cp);
+            previous = Some(cp.clone());
+        }
+        if page.len() < PAGE {
+            Tables::put_starts_filled(&mut batch);
+            written(tables, batch)?;
+            return Ok(());
+        }
+        if !written(tables, batch)? {
+            return Ok(());
+        }
+        from = next;
+    }
+}
+
+/// Writes `batch` synced; false on a read-only store (a standby).
+fn written(tables: &Tables, batch: Batch) -> Result<bool> {
+    match tables.kv().write(batch, lockstep_store::Durability::Sync) {
+        Ok(()) => Ok(true),
+        Err(lockstep_store::StoreError::ReadOnly) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A data directory written before the `seen_versions` table existed has it empty:
 /// fills it from the environment's checkpoints once, so that a move back to a version
 /// live before the upgrade is still seen as one. (The newest checkpoint's versions are
@@ -80,4 +143,78 @@ pub(super) fn backfill_seen(tables: &Tables, newest: &CheckpointRecord) -> Resul
         "filled the seen_versions table from the checkpoints (data written before it existed)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use lockstep_store::{Durability, MemKv};
+
+    use super::*;
+    use crate::model::{LiveEntry, TxKind};
+
+    fn cp(env: &str, revision: u64, web: &str) -> CheckpointRecord {
+        let entry = LiveEntry {
+            version: Version::parse("v", web).unwrap(),
+            schema: None,
+        };
+        CheckpointRecord {
+            revision,
+            environment: Environment::parse("e", env).unwrap(),
+            versions: [(ProjectName::parse("p", "web").unwrap(), entry)].into(),
+            transaction: TxId::parse("id", &format!("T{revision}")).unwrap(),
+            kind: TxKind::Release,
+            description: String::new(),
+            untested: false,
+            committed_ms: revision,
+        }
+    }
+
+    /// A directory written before `version_starts` existed is filled once from every
+    /// environment's checkpoints, over pages, each environment on its own; until then
+    /// the search has no lower bound, after it the bound is the first start.
+    #[test]
+    fn starts_are_filled_once_from_every_environment() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let mut batch = Batch::default();
+        for revision in 1..=2_100u64 {
+            let web = if revision < 2_000 { "v1" } else { "v2" };
+            Tables::put_checkpoint(&mut batch, &cp("prod", revision, web));
+            Tables::put_seen(&mut batch, &cp("prod", revision, web));
+        }
+        Tables::put_checkpoint(&mut batch, &cp("dev", 1, "v2"));
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let (prod, dev) = (
+            Environment::parse("e", "prod").unwrap(),
+            Environment::parse("e", "dev").unwrap(),
+        );
+        let (web, v2) = (
+            ProjectName::parse("p", "web").unwrap(),
+            Version::parse("v", "v2").unwrap(),
+        );
+        let history = StoredHistory {
+            tables: &tables,
+            environment: &prod,
+        };
+        assert_eq!(
+            history.bounds(&[(&web, &v2)]).unwrap(),
+            Some((None, Some(2_100)))
+        );
+
+        fill_starts(&tables).unwrap();
+        assert!(tables.starts_filled().unwrap());
+        assert_eq!(tables.first_live(&prod, &web, &v2).unwrap(), Some(2_000));
+        assert_eq!(tables.first_live(&dev, &web, &v2).unwrap(), Some(1));
+        let v1 = Version::parse("v", "v1").unwrap();
+        assert_eq!(tables.first_live(&prod, &web, &v1).unwrap(), Some(1));
+        assert_eq!(
+            history.bounds(&[(&web, &v2)]).unwrap(),
+            Some((Some(2_000), Some(2_100)))
+        );
+        // v1 last live at 1,999, v2 first live at 2,000: never together.
+        assert_eq!(history.bounds(&[(&web, &v1), (&web, &v2)]).unwrap(), None);
+    }
 }

@@ -174,6 +174,7 @@ impl Registry {
             s.environments.insert(e.name.clone(), e);
         }
         let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
+        history::fill_starts(tables)?;
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
                 history::backfill_seen(tables, &cp)?;

@@ -161,9 +161,9 @@ impl Registry {
             let mut candidate =
                 |cp: &CheckpointRecord| cp.revision < below && !cp.untested && self.verified(cp);
             let at_most = (below != u64::MAX).then(|| below.saturating_sub(1));
-            let cp = self
-                .tables()
-                .newest_checkpoint_where(from, at_most, &mut candidate)?;
+            let cp =
+                self.tables()
+                    .newest_checkpoint_where(from, (None, at_most), &mut candidate)?;
             let cp = cp.ok_or_else(|| {
                 CoordinatorError::NotFound(format!(
                     "from: {from} has no verified checkpoint to promote"

@@ -71,7 +71,7 @@ impl Registry {
         let mut tracer = Tracer::new(cp);
         self.tables().newest_checkpoint_where(
             &cp.environment,
-            Some(cp.revision.saturating_sub(1)),
+            (None, Some(cp.revision.saturating_sub(1))),
             &mut |older| {
                 if older.revision < cp.revision {
                     tracer.step(older);

@@ -138,6 +138,7 @@ impl Registry {
         Tables::put_transaction(&mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
         Tables::put_seen(&mut batch, &checkpoint);
+        Tables::put_starts(&mut batch, s.head.get(&tx.environment), &checkpoint);
         Self::record_builds(tx, &mut batch);
         self.quarantine_reverted(&mut s, tx, &mut batch)?;
         let description = format!(
