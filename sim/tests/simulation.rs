@@ -91,3 +91,16 @@ fn a_deposed_leader_writing_without_its_fence_is_caught() {
     });
     assert!(caught, "two leaders writing must break the invariants");
 }
+
+/// Found by `lockstep-soak --from 301 --seeds 5000`: a client's first CreateRelease got
+/// no answer in time, its retry with the same id found the transaction in the leader's
+/// memory and was told "accepted" at once, before the first call's write was durable;
+/// the leader was then deposed, the write never became durable, and the transaction was
+/// gone. A retry must be answered only once what it returns is as durable as the first
+/// call's answer would have been.
+#[test]
+fn a_retry_is_told_accepted_only_once_the_transaction_is_durable() {
+    let o = run(&Config::for_seed(2316));
+    assert!(o.terms > 1, "seed 2316 deposes a leader");
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+}

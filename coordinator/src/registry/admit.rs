@@ -24,6 +24,16 @@ use crate::{
 /// [`CoordinatorError::Denied`]) refuses it before anything is written.
 pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
 
+/// Resolves once everything written before it is durable.
+type Durability = std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
+
+/// `answer`, once `durable` resolves (an error at once: nothing is promised).
+async fn when_durable(answer: Result<Created>, durable: Durability) -> Result<Created> {
+    let answer = answer?;
+    durable.await?;
+    Ok(answer)
+}
+
 /// `replayed`, if the caller may see it carried out.
 fn authorized(replayed: Result<Created>, authorize: Authorize<'_>) -> Result<Created> {
     let created = replayed?;
@@ -54,18 +64,27 @@ impl Registry {
     /// anything is written, so a caller allowed some projects only can never start a
     /// transaction that touches another, however the plan came out.
     pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
-        let (created, written) = {
-            if let Some(replayed) = self.replayed(&self.state(), &spec)? {
-                return authorized(replayed, authorize);
-            }
+        let replayed = self.replayed(&self.state(), &spec)?;
+        if let Some((replayed, durable)) = replayed {
+            return when_durable(authorized(replayed, authorize), durable).await;
+        }
+        let accepted = {
             let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
             // Someone may have created the same id while this one was planned.
-            if let Some(replayed) = self.replayed(&s, &spec)? {
-                return authorized(replayed, authorize);
+            match self.replayed(&s, &spec)? {
+                Some(replay) => Err(replay),
+                None => {
+                    let plan = plan?;
+                    authorize(&plan)?;
+                    Ok(self.accept(&mut s, &spec, plan)?)
+                }
             }
-            let plan = plan?;
-            authorize(&plan)?;
-            self.accept(&mut s, &spec, plan)?
+        };
+        let (created, written) = match accepted {
+            Ok(accepted) => accepted,
+            Err((replayed, durable)) => {
+                return when_durable(authorized(replayed, authorize), durable).await;
+            }
         };
         let first_event_seq = written.await?;
         Ok(Created {
@@ -74,14 +93,27 @@ impl Registry {
         })
     }
 
-    /// The answer to an idempotent retry, when `spec`'s id exists already.
-    fn replayed(&self, s: &State, spec: &CreateSpec) -> Result<Option<Result<Created>>> {
+    /// The answer to an idempotent retry, when `spec`'s id exists already, with what
+    /// resolves once everything written before it is durable: the transaction may have
+    /// been accepted an instant ago by the first call, its record not yet synced, and a
+    /// retry must not hear "accepted" before the first call would have.
+    fn replayed(
+        &self,
+        s: &State,
+        spec: &CreateSpec,
+    ) -> Result<Option<(Result<Created>, Durability)>> {
         let Some(id) = &spec.id else {
             return Ok(None);
         };
-        Ok(self
-            .existing(s, id)?
-            .map(|existing| replay(s, existing, spec)))
+        let Some(existing) = self.existing(s, id)? else {
+            return Ok(None);
+        };
+        // An empty append after the first call's: durable only once that one is.
+        let durable = self
+            .inner
+            .journal
+            .append(Batch::default(), Vec::new(), Durable::Now);
+        Ok(Some((replay(s, existing, spec), Box::pin(durable))))
     }
 
     /// The plan and who it would wait for, without writing anything (dry runs).
