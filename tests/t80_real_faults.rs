@@ -33,7 +33,7 @@ use lockstep_sim::checker::{self, ClientRecord, Observation, ParticipantView, To
 use lockstep_store::RocksKv;
 use lockstep_store::etcd_member::EtcdCluster;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use support::{Cluster, Server, wait_for};
+use support::{Cluster, Server, wait_for, wait_within};
 use tonic::transport::Channel;
 
 const PROJECTS: [&str; 4] = ["A", "B", "C", "D"];
@@ -478,6 +478,25 @@ async fn faults(mut c: Cluster, mut second: Option<Server>) -> Cluster {
     });
     active.await;
     people.await.unwrap();
+    // And every participant must resolve: one that voted PREPARED on a Prepare whose
+    // record a killed coordinator never made durable is aborted by recovery without
+    // being told (presumed abort); it asks for the decision after its
+    // --ask-decision-after (10 s) and hears ABORT.
+    for env in ENVIRONMENTS {
+        for p in PROJECTS {
+            let k = key(env, p);
+            let what = format!("{k} to hold nothing prepared");
+            let agent = c.agent(&k);
+            let resolved = || async { agent.status().await.staged.is_empty().then_some(()) };
+            wait_within(
+                &what,
+                Duration::from_secs(60),
+                Duration::from_millis(200),
+                resolved,
+            )
+            .await;
+        }
+    }
 
     let clients = told.lock().unwrap().clone();
     let observation = observe(&mut c, clients).await;
