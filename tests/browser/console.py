@@ -49,17 +49,32 @@ def until(what, check, timeout=10.0):
 
 
 def text(driver, css):
-    """The text of the first element matching `css` ("" when there is none)."""
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    """The text of the first element matching `css` ("" when there is none). A live
+    update may replace the element between finding and reading it: read it again."""
+    for _ in range(50):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.02)
+    raise AssertionError(f"{css} kept being replaced while read")
+
+
+def click(driver, what, css, timeout=10.0):
+    """Finds `css` and clicks it as one step, again if a live update replaced it first."""
+    until(what, lambda: driver.find_element(By.CSS_SELECTOR, css).click() or True, timeout)
+
+
+def type_into(driver, what, css, keys):
+    """Finds `css` and types `keys` into it as one step (see `click`)."""
+    until(what, lambda: driver.find_element(By.CSS_SELECTOR, css).send_keys(keys) or True)
 
 
 def sign_in(driver, url, token):
     """Opens the console and signs in with `token`; returns when the overview shows."""
     driver.get(url)
-    field = until("the sign-in form", lambda: driver.find_element(By.ID, "token"))
-    field.send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
+    type_into(driver, "the sign-in form", "#token", token)
+    click(driver, "the sign-in button", "#signin button[type=submit]")
     until("the overview matrix", lambda: driver.find_elements(By.ID, "matrix"))
 
 

@@ -8,7 +8,7 @@ coordinator and agents then hold.
 
 import sys
 
-from console import By, main, sign_in, text, until, wait_for_test
+from console import By, click, main, sign_in, text, type_into, until, wait_for_test
 
 
 def matrix_cell(driver, env, project):
@@ -60,9 +60,9 @@ def the_operator_approves_from_the_page(driver, ctx):
     driver.execute_script("sessionStorage.clear()")
     sign_in(driver, ctx["url"], ctx["tokens"]["operator"])
     driver.get(ctx["url"] + f"#/release/{release}")
-    until("the approve button", lambda: driver.find_element(By.ID, "approve")).click()
-    until("the confirmation", lambda: driver.find_element(By.ID, "confirm-reason")).send_keys("looks right")
-    driver.find_element(By.ID, "confirm-ok").click()
+    click(driver, "the approve button", "#approve")
+    type_into(driver, "the confirmation", "#confirm-reason", "looks right")
+    click(driver, "the confirm button", "#confirm-ok")
     until("the release committed", lambda: "committed" in text(driver, "#release-state"), timeout=15)
     assert "looks right" in text(driver, '#steps tr[data-step="approval"]'), text(driver, "#steps")
 
@@ -71,16 +71,17 @@ def the_revert_shows_its_plan_first(driver, ctx):
     """Revert from the timeline shows the dry-run plan, then commits the state before."""
     sign_in(driver, ctx["url"], ctx["tokens"]["releaser"])
     driver.get(ctx["url"] + "#/timeline/default")
-    row = until("checkpoint 2", lambda: driver.find_element(By.CSS_SELECTOR, '#timeline tr[data-revision="2"]'))
-    assert "R2" in row.text and "A 1.0 → 2.0" in row.text, row.text
-    row.find_element(By.CSS_SELECTOR, "button.revert").click()
+    row = '#timeline tr[data-revision="2"]'
+    until("checkpoint 2", lambda: text(driver, row))
+    assert "R2" in text(driver, row) and "A 1.0 → 2.0" in text(driver, row), text(driver, row)
+    click(driver, "checkpoint 2's revert button", row + " button.revert")
     until("the plan", lambda: driver.find_element(By.ID, "plan-changes").is_displayed())
     plan = text(driver, "#plan-changes")
     assert "A" in plan and "2.0" in plan and "1.0" in plan, plan
     assert "Every precondition holds" in text(driver, "#plan-verdict"), text(driver, "#plan-verdict")
     assert text(driver, "#plan-checks"), "no preconditions shown"
     wait_for_test("check that the dry run changed nothing")
-    driver.find_element(By.ID, "confirm-ok").click()
+    click(driver, "the confirm button", "#confirm-ok")
     until("the revert's page", lambda: "/release/" in driver.current_url)
     until("the revert committed", lambda: "committed" in text(driver, "#release-state"), timeout=15)
     print(f"REVERT {driver.current_url.rsplit('/', 1)[-1]}", flush=True)
@@ -99,7 +100,8 @@ def the_page_resumes_after_a_restart(driver, ctx):
     until("R3's commit", lambda: "R3" in text(driver, "#events"), timeout=10)
     last = int(wait_for_test("say the log's last sequence number"))
     until(f"event {last}", lambda: driver.find_elements(By.CSS_SELECTOR, f'#events tr[data-seq="{last}"]'), timeout=10)
-    seqs = [int(r.get_attribute("data-seq")) for r in driver.find_elements(By.CSS_SELECTOR, "#events tbody tr")]
+    # One script reads every row at once, so a live update cannot replace rows mid-read.
+    seqs = driver.execute_script("return [...document.querySelectorAll('#events tbody tr')].map(r => +r.dataset.seq)")
     assert seqs == list(range(last, 0, -1)), f"events shown (newest first): {seqs}"
 
 
