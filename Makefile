@@ -22,10 +22,12 @@ verify:
 fmt:
 	cargo fmt --all
 
-## Measure the performance figures (release build) next to this machine's floors.
+## Measure the performance figures (release build) next to this machine's floors: each
+## figure is the median of ROUNDS rounds, printed with its spread.
+ROUNDS ?= 3
 bench:
 	cargo build --release --workspace --bins
-	$${CARGO_TARGET_DIR:-target}/release/lockstep-bench --json bench-results.json
+	$${CARGO_TARGET_DIR:-target}/release/lockstep-bench --rounds $(ROUNDS) --json bench-results.json
 
 ## Run many fault-schedule seeds (release build); prints seeds, violations, wall time.
 soak:

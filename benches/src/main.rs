@@ -13,6 +13,7 @@ mod etcd;
 mod failover;
 mod notify;
 mod observed;
+mod rounds;
 mod scale;
 mod stack;
 mod watchers;
@@ -55,6 +56,10 @@ struct Args {
     /// aging, watchers, recovery, tracing, memory, etcd; and scale, only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Run every part but scale and tracing this many times; each figure printed is the
+    /// median round's, with the spread of all rounds beside it.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// One measured figure.
@@ -69,6 +74,8 @@ struct Figure {
     target: Option<String>,
     /// Whether the target is met.
     met: Option<bool>,
+    /// Every round's value, lowest first (one round: just `value`).
+    rounds: Vec<f64>,
 }
 
 fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
@@ -79,6 +86,7 @@ fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
         floor: None,
         target: None,
         met: None,
+        rounds: Vec::new(),
     }
 }
 
@@ -100,15 +108,15 @@ async fn serial_releases(
     projects: &[String],
     count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
+    // Ids unique across calls (rounds repeat prefixes): a reused id is an idempotent
+    // retry, answered at once with the old transaction.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut samples = Vec::with_capacity(count);
     for i in 0..count {
         let started = Instant::now();
-        stack::release(
-            &mut stack.client,
-            &format!("{prefix}-{i}"),
-            projects,
-            &format!("{prefix}-{i}"),
-        )
+        let id = format!("{prefix}-{call}-{i}");
+        stack::release(&mut stack.client, &id, projects, &id)
         .await?;
         samples.push(started.elapsed());
     }
@@ -156,81 +164,215 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(
         std::env::var("LOCKSTEP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
     )?;
-    let mut figures = Vec::new();
-    let run = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    let mut stack = main_stack(dir.path()).await?;
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let round_dir = dir.path().join(format!("round{round}"));
+        std::fs::create_dir_all(&round_dir)?;
+        rounds.push(one_round(&args, &round_dir, &mut stack).await?);
+    }
+    let mut figures = rounds::medians(rounds);
 
-    let (fsync_p50, fsync_p99, fsync_cpu) = fsync_floor(dir.path(), 2000 / scale)?;
-    figures.push(figure("floor: synced RocksDB write p50", fsync_p50, "us"));
-    figures.push(figure("floor: synced RocksDB write p99", fsync_p99, "us"));
-    figures.push(figure(
-        "floor: CPU per synced RocksDB write",
-        fsync_cpu,
-        "us",
-    ));
-    let (rtt, rpc_cpu) = rtt_floor(3000 / scale).await?;
-    figures.push(figure("floor: loopback tonic unary RTT p50", rtt, "us"));
-    figures.push(figure(
-        "floor: CPU per tonic unary RPC, 32 in flight",
-        rpc_cpu,
-        "us",
-    ));
-    let release_floor = 2.0 * rtt + 3.0 * fsync_p50;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // A release's CPU floor: its 8 RPCs and 4 synced writes (PREPARED at 3 participants,
-    // the COMMIT decision), with nothing else.
-    let release_cpu_floor = 8.0 * rpc_cpu + 4.0 * fsync_cpu;
+    // Once, after the rounds. Only when named: a million transactions take minutes to
+    // write.
+    if args.only.iter().any(|o| o == "scale") {
+        figures.extend(scale::figures(dir.path(), 1_000_000 / scale as u64).await?);
+    }
+    // Last of all: tracing, once installed, stays on for the process.
+    if args.runs("tracing") {
+        let seconds = if args.quick { 2 } else { 5 };
+        figures.extend(observed::tracing_figures(dir.path(), 500 / scale, seconds).await?);
+    }
 
-    // One stack for everything but recovery and RSS.
-    let mut stack = stack::coordinator(&dir.path().join("coordinator"), None).await?;
+    print_table(&figures);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+        println!("\nJSON written to {}", path.display());
+    }
+    // The stack's RocksDB instances (about 1.5 GB of preallocated logs) would outlive
+    // the process: `exit_now` skips TempDir's destructor, so remove them here.
+    let _ = std::fs::remove_dir_all(dir.path());
+    exit_now()
+}
+
+impl Args {
+    /// Whether `part` is to run: every part when none is named (scale only when named).
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == part)
+    }
+}
+
+/// The stack most parts share: a coordinator, p0..p99 for latency and fan-out, and three
+/// projects of its own for each of 32 throughput clients.
+async fn main_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
+    let mut stack = stack::coordinator(&dir.join("coordinator"), None).await?;
     let mut names = Vec::new();
     for i in 0..100 {
         let name = format!("p{i}");
-        let url = stack::participant(&name, &dir.path().join(&name), None).await?;
+        let url = stack::participant(&name, &dir.join(&name), None).await?;
         names.push((name, url));
     }
     for g in 0..32 {
         for m in ["a", "b", "c"] {
             let name = format!("g{g}{m}");
-            let url = stack::participant(&name, &dir.path().join(&name), None).await?;
+            let url = stack::participant(&name, &dir.join(&name), None).await?;
             names.push((name, url));
         }
     }
     stack.register(&names).await?;
+    Ok(stack)
+}
 
-    // Release latency, 3 no-op participants, one at a time.
-    let mut plaintext = Plaintext::default();
-    if run("latency") || run("tls") {
-        let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-        let mut samples = serial_releases(&mut stack, "lat", &three, 500 / scale).await?;
-        let p50 = micros(percentile(&mut samples, 0.5));
-        let p99 = micros(percentile(&mut samples, 0.99));
-        plaintext.latency_p50 = p50;
-        figures.push(Figure {
-            name: "release latency p50, 3 participants".into(),
-            value: p50,
-            unit: "us",
-            floor: Some(release_floor),
-            target: Some("<= 1.5x floor (2 RTT + 3 fsync)".into()),
-            met: Some(p50 <= 1.5 * release_floor),
-        });
-        figures.push(Figure {
-            floor: Some(release_floor),
-            ..figure("release latency p99, 3 participants", p99, "us")
-        });
+/// The floors this round compares with, measured in the round itself.
+struct Floors {
+    rtt: f64,
+    rpc_cpu: f64,
+    fsync_p50: f64,
+    fsync_cpu: f64,
+}
+
+impl Floors {
+    async fn measure(dir: &Path, scale: usize, figures: &mut Vec<Figure>) -> anyhow::Result<Self> {
+        let (fsync_p50, fsync_p99, fsync_cpu) = fsync_floor(dir, 2000 / scale)?;
+        figures.push(figure("floor: synced RocksDB write p50", fsync_p50, "us"));
+        figures.push(figure("floor: synced RocksDB write p99", fsync_p99, "us"));
+        figures.push(figure(
+            "floor: CPU per synced RocksDB write",
+            fsync_cpu,
+            "us",
+        ));
+        let (rtt, rpc_cpu) = rtt_floor(3000 / scale).await?;
+        figures.push(figure("floor: loopback tonic unary RTT p50", rtt, "us"));
+        figures.push(figure(
+            "floor: CPU per tonic unary RPC, 32 in flight",
+            rpc_cpu,
+            "us",
+        ));
+        Ok(Self {
+            rtt,
+            rpc_cpu,
+            fsync_p50,
+            fsync_cpu,
+        })
     }
 
-    // Throughput over disjoint project sets, and group commit.
+    /// A release's latency floor under presumed abort: 2 round trips and 3 fsyncs.
+    fn release(&self) -> f64 {
+        2.0 * self.rtt + 3.0 * self.fsync_p50
+    }
+
+    /// A release's CPU floor: its 8 RPCs and 4 synced writes (PREPARED at 3
+    /// participants, the COMMIT decision), with nothing else.
+    fn release_cpu(&self) -> f64 {
+        8.0 * self.rpc_cpu + 4.0 * self.fsync_cpu
+    }
+}
+
+/// One round of every part but scale and tracing; `dir` is the round's own.
+async fn one_round(
+    args: &Args,
+    dir: &Path,
+    stack: &mut stack::Stack,
+) -> anyhow::Result<Vec<Figure>> {
+    let scale = if args.quick { 5 } else { 1 };
     let seconds = if args.quick { 2 } else { 5 };
-    for clients in [1usize, 8, 32].into_iter().filter(|_| run("throughput")) {
-        let t = throughput(&stack, clients, Duration::from_secs(seconds)).await?;
+    let mut figures = Vec::new();
+    let floors = Floors::measure(dir, scale, &mut figures).await?;
+    let mut plaintext = Plaintext::default();
+    if args.runs("latency") || args.runs("tls") {
+        plaintext.latency_p50 = latency(stack, &floors, 500 / scale, &mut figures).await?;
+    }
+    if args.runs("throughput") {
+        plaintext.rate = throughputs(stack, &floors, seconds, &mut figures).await?;
+    }
+    if args.runs("fanout") {
+        fanout(stack, &floors, 100 / scale, &mut figures).await?;
+    }
+    if args.runs("tls") {
+        if plaintext.rate == 0.0 {
+            let t = throughput(stack, TLS_CLIENTS, Duration::from_secs(seconds)).await?;
+            plaintext.rate = t.committed as f64 / t.elapsed.as_secs_f64();
+        }
+        figures.extend(tls_figures(dir, plaintext, scale, seconds).await?);
+    }
+    if args.runs("etcd") {
+        let rocks_p50 = match plaintext.latency_p50 {
+            0.0 => {
+                let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+                let mut s = serial_releases(stack, "etcd-base", &three, 500 / scale).await?;
+                micros(percentile(&mut s, 0.5))
+            }
+            measured => measured,
+        };
+        figures.extend(etcd::figures(dir, rocks_p50, 500 / scale, seconds).await?);
+    }
+    if args.runs("notify") {
+        figures.extend(notify::figures(stack, 500 / scale).await?);
+    }
+    if args.runs("metrics") {
+        figures.extend(observed::figures(dir, 500 / scale, seconds).await?);
+    }
+    if args.runs("aging") {
+        figures.extend(aging::figures(dir, seconds).await?);
+    }
+    if args.runs("watchers") {
+        figures.extend(watchers::figures(dir, 500 / scale).await?);
+    }
+    if args.runs("recovery") {
+        figures.push(recovery_figure(dir, scale).await?);
+    }
+    if args.runs("memory") {
+        figures.extend(memory_figures(dir, scale).await?);
+    }
+    Ok(figures)
+}
+
+/// Release latency, 3 no-op participants, one at a time; returns the p50.
+async fn latency(
+    stack: &mut stack::Stack,
+    floors: &Floors,
+    count: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<f64> {
+    let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut samples = serial_releases(stack, "lat", &three, count).await?;
+    let p50 = micros(percentile(&mut samples, 0.5));
+    let p99 = micros(percentile(&mut samples, 0.99));
+    let floor = floors.release();
+    figures.push(Figure {
+        floor: Some(floor),
+        target: Some("<= 1.5x floor (2 RTT + 3 fsync)".into()),
+        met: Some(p50 <= 1.5 * floor),
+        ..figure("release latency p50, 3 participants", p50, "us")
+    });
+    figures.push(Figure {
+        floor: Some(floor),
+        ..figure("release latency p99, 3 participants", p99, "us")
+    });
+    Ok(p50)
+}
+
+/// Throughput over disjoint project sets at 1, 8 and 32 clients, with group commit and
+/// CPU; returns the rate at the TLS comparison's client count.
+async fn throughputs(
+    stack: &stack::Stack,
+    floors: &Floors,
+    seconds: u64,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<f64> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut at_tls_clients = 0.0;
+    for clients in [1usize, 8, 32] {
+        let t = throughput(stack, clients, Duration::from_secs(seconds)).await?;
         let rate = t.committed as f64 / t.elapsed.as_secs_f64();
         if clients == TLS_CLIENTS {
-            plaintext.rate = rate;
+            at_tls_clients = rate;
         }
         let factor = t.committed as f64 / t.syncs.max(1) as f64;
+        let at_32 = clients == 32;
         figures.push(Figure {
-            target: (clients == 32).then(|| ">= 2000/s".into()),
-            met: (clients == 32).then_some(rate >= 2000.0),
+            target: at_32.then(|| ">= 2000/s".into()),
+            met: at_32.then_some(rate >= 2000.0),
             ..figure(
                 format!("throughput, {clients} clients, 3-project releases"),
                 rate,
@@ -238,8 +380,8 @@ async fn main() -> anyhow::Result<()> {
             )
         });
         figures.push(Figure {
-            target: (clients == 32).then(|| "> 8 at 32 clients".into()),
-            met: (clients == 32).then_some(factor > 8.0),
+            target: at_32.then(|| "> 8 at 32 clients".into()),
+            met: at_32.then_some(factor > 8.0),
             ..figure(
                 format!("group commit, {clients} clients (RocksDB wal.synced)"),
                 factor,
@@ -253,7 +395,7 @@ async fn main() -> anyhow::Result<()> {
         ));
         let per_release = micros(t.cpu) / t.committed.max(1) as f64;
         figures.push(Figure {
-            floor: (clients == 32).then_some(release_cpu_floor),
+            floor: at_32.then_some(floors.release_cpu()),
             ..figure(
                 format!("CPU per release, {clients} clients, whole stack"),
                 per_release,
@@ -265,95 +407,76 @@ async fn main() -> anyhow::Result<()> {
             t.cpu.as_secs_f64() / t.elapsed.as_secs_f64(),
             "cores",
         ));
-        // Per release: CreateRelease and WatchEvents from the client, 3 Prepare, 3 Commit.
-        figures.push(figure(
-            format!("CPU per RPC, {clients} clients, whole stack"),
-            per_release / 8.0,
-            "us",
-        ));
+        // Per release: CreateRelease and WatchEvents from the client, 3 Prepare, 3
+        // Commit; the floor is a bare tonic call at the same load.
+        figures.push(Figure {
+            floor: at_32.then_some(floors.rpc_cpu),
+            target: at_32.then(|| "<= 2x a bare tonic call".into()),
+            met: at_32.then_some(per_release / 8.0 <= 2.0 * floors.rpc_cpu),
+            ..figure(
+                format!("CPU per RPC, {clients} clients, whole stack"),
+                per_release / 8.0,
+                "us",
+            )
+        });
     }
+    Ok(at_tls_clients)
+}
 
-    // Fan-out.
+/// Release latency as the participants grow from 3 to 100.
+async fn fanout(
+    stack: &mut stack::Stack,
+    floors: &Floors,
+    count: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut base = 0.0;
-    for n in [3usize, 10, 30, 100].into_iter().filter(|_| run("fanout")) {
+    for n in [3usize, 10, 30, 100] {
         let set: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
-        let mut samples =
-            serial_releases(&mut stack, &format!("fan{n}"), &set, 100 / scale).await?;
+        let mut samples = serial_releases(stack, &format!("fan{n}"), &set, count).await?;
         let p50 = micros(percentile(&mut samples, 0.5));
         if n == 3 {
             base = p50;
         }
         figures.push(Figure {
             floor: (n == 100).then_some(base),
-            target: (n == 100).then(|| "<= 2x the 3-participant latency".into()),
-            met: (n == 100).then_some(p50 <= 2.0 * base),
-            ..figure(format!("release latency p50, {n} participants"), p50, "us")
-        });
-        if n == 100 {
-            // Every extra participant costs the machine a Prepare, a Commit and a synced
-            // write, and all of them share these cores: that is the fan-out floor here.
-            figures.push(Figure {
-                floor: Some((2.0 * rpc_cpu + fsync_cpu) / cores as f64),
-                ..figure(
-                    "latency per extra participant (3 -> 100)",
-                    (p50 - base) / 97.0,
-                    "us",
-                )
-            });
-        }
-    }
-
-    if run("tls") {
-        if plaintext.rate == 0.0 {
-            let t = throughput(&stack, TLS_CLIENTS, Duration::from_secs(seconds)).await?;
-            plaintext.rate = t.committed as f64 / t.elapsed.as_secs_f64();
-        }
-        figures.extend(tls_figures(dir.path(), plaintext, scale, seconds).await?);
-    }
-
-    if run("etcd") {
-        let rocks_p50 = match plaintext.latency_p50 {
-            0.0 => {
-                let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-                let mut s = serial_releases(&mut stack, "etcd-base", &three, 500 / scale).await?;
-                micros(percentile(&mut s, 0.5))
-            }
-            measured => measured,
-        };
-        figures.extend(etcd::figures(dir.path(), rocks_p50, 500 / scale, seconds).await?);
-    }
-
-    if run("notify") {
-        figures.extend(notify::figures(&mut stack, 500 / scale).await?);
-    }
-
-    if run("metrics") {
-        figures.extend(observed::figures(dir.path(), 500 / scale, seconds).await?);
-    }
-
-    if run("aging") {
-        figures.extend(aging::figures(dir.path(), seconds).await?);
-    }
-
-    if run("watchers") {
-        figures.extend(watchers::figures(dir.path(), 500 / scale).await?);
-    }
-
-    if run("recovery") {
-        let recovered = recovery(dir.path(), 10_000 / scale as u64).await?;
-        figures.push(Figure {
-            target: Some("< 2 s for 10,000".into()),
-            met: Some(recovered.as_secs_f64() < 2.0 / scale as f64),
-            ..figure(
-                format!("recovery of {} unfinished transactions", 10_000 / scale),
-                recovered.as_secs_f64(),
-                "s",
-            )
+            target: (n == 100).then(|| "<= 4x the 3-participant latency".into()),
+            met: (n == 100).then_some(p50 <= 4.0 * base),
+            ..figure(format!("fan-out: release latency p50, {n} participants"), p50, "us")
         });
     }
-    if run("memory") {
-        let (rss_now, rss_peak) = memory(dir.path(), 100_000 / scale as u64, 1000 / scale).await?;
-        figures.push(Figure {
+    // Every extra participant costs the machine a Prepare, a Commit and a synced write,
+    // and all of them share these cores: that is the fan-out floor here.
+    let p100 = figures.last().map_or(0.0, |f| f.value);
+    let per_extra = (p100 - base) / 97.0;
+    let floor = (2.0 * floors.rpc_cpu + floors.fsync_cpu) / cores;
+    figures.push(Figure {
+        floor: Some(floor),
+        target: Some("<= 1.5x its CPU floor".into()),
+        met: Some(per_extra <= 1.5 * floor),
+        ..figure("fan-out: latency per extra participant (3 -> 100)", per_extra, "us")
+    });
+    Ok(())
+}
+
+async fn recovery_figure(dir: &Path, scale: usize) -> anyhow::Result<Figure> {
+    let recovered = recovery(dir, 10_000 / scale as u64).await?;
+    Ok(Figure {
+        target: Some("< 2 s for 10,000".into()),
+        met: Some(recovered.as_secs_f64() < 2.0 / scale as f64),
+        ..figure(
+            format!("recovery of {} unfinished transactions", 10_000 / scale),
+            recovered.as_secs_f64(),
+            "s",
+        )
+    })
+}
+
+async fn memory_figures(dir: &Path, scale: usize) -> anyhow::Result<Vec<Figure>> {
+    let (rss_now, rss_peak) = memory(dir, 100_000 / scale as u64, 1000 / scale).await?;
+    Ok(vec![
+        Figure {
             target: Some("< 100 MB".into()),
             met: Some(rss_now < 100.0),
             ..figure(
@@ -365,33 +488,9 @@ async fn main() -> anyhow::Result<()> {
                 rss_now,
                 "MiB",
             )
-        });
-        figures.push(figure(
-            "coordinator peak RSS (VmHWM) in that run",
-            rss_peak,
-            "MiB",
-        ));
-    }
-
-    // Only when named: a million transactions take minutes to write.
-    if args.only.iter().any(|o| o == "scale") {
-        figures.extend(scale::figures(dir.path(), 1_000_000 / scale as u64).await?);
-    }
-
-    // Last of all: tracing, once installed, stays on for the process.
-    if run("tracing") {
-        figures.extend(observed::tracing_figures(dir.path(), 500 / scale, seconds).await?);
-    }
-
-    print_table(&figures);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
-        println!("\nJSON written to {}", path.display());
-    }
-    // The stack's RocksDB instances (about 1.5 GB of preallocated logs) would outlive
-    // the process: `exit_now` skips TempDir's destructor, so remove them here.
-    let _ = std::fs::remove_dir_all(dir.path());
-    exit_now()
+        },
+        figure("coordinator peak RSS (VmHWM) in that run", rss_peak, "MiB"),
+    ])
 }
 
 /// Clients in the TLS throughput comparison.
@@ -480,8 +579,8 @@ fn exit_now() -> ! {
 
 fn print_table(figures: &[Figure]) {
     println!(
-        "{:<58} {:>12} {:<22} {:>10} {:>7}  TARGET",
-        "FIGURE", "VALUE", "UNIT", "FLOOR", "RATIO"
+        "{:<58} {:>12} {:>7} {:<22} {:>10} {:>7}  TARGET",
+        "FIGURE", "VALUE", "SPREAD", "UNIT", "FLOOR", "RATIO"
     );
     for f in figures {
         let (floor, ratio) = match f.floor {
@@ -493,9 +592,10 @@ fn print_table(figures: &[Figure]) {
             (Some(t), Some(false)) => format!("{t}: MISSED"),
             _ => String::new(),
         };
+        let spread = rounds::spread(f).map_or(String::new(), |s| format!("{:.0}%", s * 100.0));
         println!(
-            "{:<58} {:>12.1} {:<22} {:>10} {:>7}  {target}",
-            f.name, f.value, f.unit, floor, ratio
+            "{:<58} {:>12.1} {:>7} {:<22} {:>10} {:>7}  {target}",
+            f.name, f.value, spread, f.unit, floor, ratio
         );
     }
 }

@@ -339,7 +339,7 @@ fn cycle_from(
 
 /// What applying `new` changes, one line per project of the file.
 pub fn diff_projects(
-    current: &BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
+    current: &BTreeMap<Environment, std::sync::Arc<BTreeMap<ProjectName, ProjectRecord>>>,
     new: &[ProjectRecord],
 ) -> Vec<String> {
     new.iter()

@@ -2,7 +2,7 @@
 //! declares (endpoint, children), checked together and written as one durable batch
 //! with a new pipeline version, so a file is in force whole or not at all.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use lockstep::pb;
 use lockstep_store::Batch;
@@ -87,10 +87,10 @@ fn check_projects(s: &State, declared: &[ProjectRecord]) -> Result<()> {
     let mut merged = s.projects.clone();
     for p in declared {
         let env = merged.entry(p.environment.clone()).or_default();
-        env.insert(p.name.clone(), p.clone());
+        Arc::make_mut(env).insert(p.name.clone(), p.clone());
     }
     for p in declared {
-        let env = merged.get(&p.environment);
+        let env = merged.get(&p.environment).map(|m| &**m);
         projects::check_requires(env, p).map_err(|e| in_file(p, e))?;
     }
     Ok(())
@@ -128,7 +128,7 @@ fn write(
         s.environments.insert(r.name.clone(), r);
     }
     for p in declared.projects {
-        let env: &mut BTreeMap<_, _> = s.projects.entry(p.environment.clone()).or_default();
+        let env = Arc::make_mut(s.projects.entry(p.environment.clone()).or_default());
         if env.get(&p.name) == Some(&p) {
             continue;
         }

@@ -100,7 +100,9 @@ struct Active {
 
 #[derive(Default)]
 struct State {
-    projects: BTreeMap<Environment, BTreeMap<ProjectName, ProjectRecord>>,
+    /// Shared with plans' snapshots, and copied only when changed while one is out:
+    /// a release's plan takes its environment's projects and head without a copy.
+    projects: BTreeMap<Environment, Arc<BTreeMap<ProjectName, ProjectRecord>>>,
     /// Declared environments.
     environments: BTreeMap<Environment, EnvironmentRecord>,
     /// The newest pipeline file version applied (0: none).
@@ -108,7 +110,7 @@ struct State {
     active: BTreeMap<TxId, Active>,
     queue: Queue,
     /// Newest checkpoint per environment, including a decided one still being written.
-    head: BTreeMap<Environment, CheckpointRecord>,
+    head: BTreeMap<Environment, Arc<CheckpointRecord>>,
     /// Newest durable checkpoint per environment: what readers see.
     live: BTreeMap<Environment, CheckpointRecord>,
     quarantine: BTreeMap<Environment, BTreeMap<(ProjectName, Version), QuarantineRecord>>,
@@ -167,7 +169,7 @@ impl Registry {
         let mut s = self.state();
         for p in tables.projects()? {
             let env = s.projects.entry(p.environment.clone()).or_default();
-            env.insert(p.name.clone(), p);
+            Arc::make_mut(env).insert(p.name.clone(), p);
         }
         s.pipeline_version = tables.last_pipeline_version()?;
         for e in tables.environments()? {
@@ -178,7 +180,7 @@ impl Registry {
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
                 history::backfill_seen(tables, &cp)?;
-                s.head.insert(env.clone(), cp.clone());
+                s.head.insert(env.clone(), Arc::new(cp.clone()));
                 s.live.insert(env, cp);
             }
         }

@@ -13,7 +13,10 @@
 //! finished and so is written, and a plan that has to wait is made again when its turn
 //! comes. At worst an admission in that window is refused and can be sent again.
 
-use std::{collections::BTreeMap, sync::MutexGuard};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, MutexGuard},
+};
 
 use lockstep::names::{Environment, ProjectName, Version};
 
@@ -30,8 +33,8 @@ const OPTIMISTIC_ATTEMPTS: usize = 5;
 
 /// What a plan reads from memory, copied out of the state.
 struct Snapshot {
-    projects: BTreeMap<ProjectName, ProjectRecord>,
-    head: Option<CheckpointRecord>,
+    projects: Arc<BTreeMap<ProjectName, ProjectRecord>>,
+    head: Option<Arc<CheckpointRecord>>,
     quarantine: BTreeMap<(ProjectName, Version), QuarantineRecord>,
     generation: u64,
 }
@@ -91,7 +94,7 @@ impl Registry {
         let view = View {
             environment: env,
             projects: &snapshot.projects,
-            head: snapshot.head.as_ref(),
+            head: snapshot.head.as_deref(),
             quarantine: &snapshot.quarantine,
             history: &history,
         };

@@ -6,7 +6,7 @@
 //! rule); a change goes through [`Registry::update_project`], which changes only what
 //! it is given.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use lockstep::{
     names::{Environment, FieldError, ProjectName},
@@ -78,7 +78,7 @@ impl Registry {
             let mut batch = Batch::default();
             Tables::delete_project(&mut batch, env, name);
             s.changed(env);
-            s.projects.entry(env.clone()).or_default().remove(name);
+            Arc::make_mut(s.projects.entry(env.clone()).or_default()).remove(name);
             let event = pb::Event {
                 kind: pb::EventKind::ProjectRemoved as i32,
                 environment: env.to_string(),
@@ -113,7 +113,7 @@ impl Registry {
     ) -> Result<(ProjectRecord, bool)> {
         let written = {
             let mut s = self.state();
-            let env_projects = s.projects.get(&project.environment);
+            let env_projects = s.projects.get(&project.environment).map(|m| &**m);
             check_requires(env_projects, &project)?;
             if env_projects.and_then(|m| m.get(&project.name)) == Some(&project) {
                 return Ok((project, false));
@@ -122,7 +122,7 @@ impl Registry {
             Tables::put_project(&mut batch, &project);
             s.changed(&project.environment);
             let env = s.projects.entry(project.environment.clone()).or_default();
-            env.insert(project.name.clone(), project.clone());
+            Arc::make_mut(env).insert(project.name.clone(), project.clone());
             let mut event = registered(&project);
             event.actor = actor.to_string();
             let events = vec![event];

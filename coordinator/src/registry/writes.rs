@@ -8,7 +8,7 @@ use lockstep::{
     names::{Environment, ProjectName, TxId},
     pb,
 };
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use lockstep_store::Batch;
 
@@ -138,7 +138,8 @@ impl Registry {
         Tables::put_transaction(&mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
         Tables::put_seen(&mut batch, &checkpoint);
-        Tables::put_starts(&mut batch, s.head.get(&tx.environment), &checkpoint);
+        let previous = s.head.get(&tx.environment).map(|h| &**h);
+        Tables::put_starts(&mut batch, previous, &checkpoint);
         Self::record_builds(tx, &mut batch);
         self.quarantine_reverted(&mut s, tx, &mut batch)?;
         let description = format!(
@@ -148,7 +149,8 @@ impl Registry {
         let mut recorded = events::event(tx, pb::EventKind::CheckpointRecorded, None, description);
         recorded.revision = checkpoint.revision;
         written.push(recorded);
-        s.head.insert(tx.environment.clone(), checkpoint.clone());
+        s.head
+            .insert(tx.environment.clone(), Arc::new(checkpoint.clone()));
         s.changed(&tx.environment);
         let durable = self.inner.journal.append(batch, written, Durable::Now);
         let (timings, started) = (self.inner.journal.timings().clone(), Instant::now());
