@@ -6,7 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lockstep::{
@@ -260,6 +260,18 @@ pub async fn release(
     projects: &[String],
     version: &str,
 ) -> anyhow::Result<()> {
+    release_timed(client, id, projects, version).await.map(drop)
+}
+
+/// [`release`], returning how long CreateRelease took to answer (the transaction
+/// durable) and how long after that COMMITTED arrived.
+pub async fn release_timed(
+    client: &mut CoordinatorClient<Channel>,
+    id: &str,
+    projects: &[String],
+    version: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
     let created = client
         .create_release(pb::CreateReleaseRequest {
             id: id.to_string(),
@@ -275,6 +287,7 @@ pub async fn release(
         })
         .await?
         .into_inner();
+    let answered = Instant::now();
     let mut events = client
         .watch_events(pb::WatchEventsRequest {
             from_seq: created.first_event_seq,
@@ -286,7 +299,7 @@ pub async fn release(
         .into_inner();
     while let Some(e) = events.message().await? {
         if e.kind == pb::EventKind::TransactionCommitted as i32 {
-            return Ok(());
+            return Ok((answered - started, answered.elapsed()));
         }
         if e.kind == pb::EventKind::TransactionAborted as i32 {
             anyhow::bail!("{id} aborted: {}", e.message);

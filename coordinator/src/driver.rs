@@ -445,9 +445,13 @@ impl Driver {
             message,
         } = order;
         Box::pin(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(after) => {}
-                _ = hurry.changed() => {}
+            // No timer for a call due now: tokio rounds a deadline up to its next
+            // millisecond tick, so even a zero sleep would hold the call up to 1 ms.
+            if !after.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => {}
+                    _ = hurry.changed() => {}
+                }
             }
             let endpoint = journal.endpoint(&environment, &project).unwrap_or(endpoint);
             match message {
