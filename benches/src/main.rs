@@ -113,8 +113,7 @@ async fn serial_releases(
     for i in 0..count {
         let started = Instant::now();
         let id = format!("{prefix}-{call}-{i}");
-        stack::release(&mut stack.client, &id, projects, &id)
-        .await?;
+        stack::release(&mut stack.client, &id, projects, &id).await?;
         samples.push(started.elapsed());
     }
     Ok(samples)
@@ -347,7 +346,11 @@ async fn latency(
         answered.push(a);
         committed.push(c);
     }
-    let mut samples: Vec<Duration> = answered.iter().zip(&committed).map(|(a, c)| *a + *c).collect();
+    let mut samples: Vec<Duration> = answered
+        .iter()
+        .zip(&committed)
+        .map(|(a, c)| *a + *c)
+        .collect();
     let p50 = micros(percentile(&mut samples, 0.5));
     let p99 = micros(percentile(&mut samples, 0.99));
     let floor = floors.release();
@@ -467,7 +470,11 @@ async fn fanout(
             floor: (n == 100).then_some(base),
             target: (n == 100).then(|| "<= 4x the 3-participant latency".into()),
             met: (n == 100).then_some(p50 <= 4.0 * base),
-            ..figure(format!("fan-out: release latency p50, {n} participants"), p50, "us")
+            ..figure(
+                format!("fan-out: release latency p50, {n} participants"),
+                p50,
+                "us",
+            )
         });
     }
     // Every extra participant costs the machine a Prepare, a Commit and a synced write,
@@ -479,7 +486,11 @@ async fn fanout(
         floor: Some(floor),
         target: Some("<= 1.5x its CPU floor".into()),
         met: Some(per_extra <= 1.5 * floor),
-        ..figure("fan-out: latency per extra participant (3 -> 100)", per_extra, "us")
+        ..figure(
+            "fan-out: latency per extra participant (3 -> 100)",
+            per_extra,
+            "us",
+        )
     });
     Ok(())
 }

@@ -37,7 +37,9 @@ fn median(mut group: Vec<Figure>) -> Figure {
 }
 
 fn ratio(figure: &Figure) -> f64 {
-    figure.floor.map_or(figure.value, |floor| figure.value / floor)
+    figure
+        .floor
+        .map_or(figure.value, |floor| figure.value / floor)
 }
 
 #[cfg(test)]
@@ -63,7 +65,10 @@ mod tests {
         ];
         let got = medians(rounds);
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].value, got[0].floor, got[0].met), (150.0, Some(100.0), Some(true)));
+        assert_eq!(
+            (got[0].value, got[0].floor, got[0].met),
+            (150.0, Some(100.0), Some(true))
+        );
         assert_eq!(got[0].rounds, vec![100.0, 130.0, 150.0]);
         assert_eq!((got[1].name.as_str(), got[1].value), ("rate", 2.0));
         assert_eq!(spread(&got[1]), Some(1.0));
