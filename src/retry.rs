@@ -75,6 +75,10 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// The shortest wait before a retry, whatever the configuration says: a retry with no
+/// wait at all would call a participant that refuses connections in a busy loop.
+pub const MIN_DELAY: Duration = Duration::from_millis(1);
+
 impl Default for Backoff {
     fn default() -> Self {
         Self {
@@ -85,7 +89,8 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Delay before retry number `attempt` (0-based), with up to 25% jitter from `salt`.
+    /// Delay before retry number `attempt` (0-based), with up to 25% jitter from `salt`,
+    /// never under [`MIN_DELAY`].
     pub fn delay(&self, attempt: u32, salt: &str) -> Duration {
         let base = self
             .initial
@@ -98,7 +103,7 @@ impl Backoff {
                 (h ^ b as u64).wrapping_mul(0x100000001b3)
             });
         let jitter = base.mul_f64((hash % 1000) as f64 / 4000.0);
-        base.saturating_sub(jitter)
+        base.saturating_sub(jitter).max(MIN_DELAY)
     }
 }
 
@@ -113,6 +118,19 @@ mod tests {
         assert!(b.delay(3, "T") > b.delay(0, "T"));
         assert!(b.delay(30, "T") <= b.max);
         assert!(b.delay(30, "T") >= b.max.mul_f64(0.75));
+    }
+
+    #[test]
+    fn a_retry_always_waits_even_when_configured_with_no_delay() {
+        // `--retry-initial-delay 0s`: a participant that refuses connections must not
+        // be called again in a busy loop.
+        let none = Backoff {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        for attempt in [0, 1, 10, 30] {
+            assert!(none.delay(attempt, "T") >= MIN_DELAY, "attempt {attempt}");
+        }
     }
 
     #[test]

@@ -90,8 +90,8 @@ struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     delivery_timeout: std::time::Duration,
     /// First delay before a failed call to a participant is made again (it doubles on
-    /// each failure, with jitter, up to --retry-max-delay). `lockstep retry TX` ends a
-    /// wait at once.
+    /// each failure, with jitter, up to --retry-max-delay; a retry waits at least 1 ms
+    /// whatever is given). `lockstep retry TX` ends a wait at once.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     retry_initial_delay: std::time::Duration,
     /// Longest delay between two calls to a participant that keeps failing.
