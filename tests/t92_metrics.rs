@@ -8,6 +8,7 @@
 
 mod support;
 
+use lockstep::pb;
 use serde_json::Value;
 use support::{Cluster, free_port, wait_for};
 
@@ -178,6 +179,47 @@ async fn counters_and_histograms_move_by_exactly_the_transactions_that_ran() {
         hooks - b_before.value("lockstep_agent_hook_failures_total", &[("hook", "prepare")]),
         1.0
     );
+}
+
+/// Given T1 committed and every append synced, when someone sends T1's id again with
+/// other content (refused: ALREADY_EXISTS), then the coordinator appended and synced
+/// nothing: a refused retry must not force an fsync (anyone who knows an id could
+/// otherwise make the coordinator sync at will).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_retry_forces_no_write() {
+    let (c, urls) = family_with_metrics().await;
+    c.release("T1", &["B=T1B"], 0).await;
+    let quiet = |s: &Scrape| {
+        let ended = s.value("lockstep_transactions_total", &[("outcome", "committed")]);
+        let appends = s.value("lockstep_journal_appends_total", &[]);
+        let synced = s.value("lockstep_journal_records_per_sync_sum", &[]);
+        ended == 1.0 && appends == synced
+    };
+    let before = wait_for("T1's end to be synced", || async {
+        let s = Scrape::of(&urls[0]).await;
+        quiet(&s).then_some(s)
+    })
+    .await;
+
+    let other = pb::CreateReleaseRequest {
+        id: "T1".into(),
+        components: vec![pb::Component {
+            project: "B".into(),
+            version: "other".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let refused = c.client().await.create_release(other).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+
+    let after = Scrape::of(&urls[0]).await;
+    for name in [
+        "lockstep_journal_appends_total",
+        "lockstep_journal_syncs_total",
+    ] {
+        assert_eq!(moved(&before, &after, name, &[]), 0.0, "{name}");
+    }
 }
 
 /// Given T4 waiting for C (its Prepare blocked), the coordinator's unfinished gauge

@@ -25,14 +25,8 @@ use crate::{
 pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
 
 /// Resolves once everything written before it is durable.
-type Durability = std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
-
-/// `answer`, once `durable` resolves (an error at once: nothing is promised).
-async fn when_durable(answer: Result<Created>, durable: Durability) -> Result<Created> {
-    let answer = answer?;
-    durable.await?;
-    Ok(answer)
-}
+/// The answer to an idempotent retry, given once it may be given.
+type Replayed = std::pin::Pin<Box<dyn Future<Output = Result<Created>> + Send>>;
 
 /// `replayed`, if the caller may see it carried out.
 fn authorized(replayed: Result<Created>, authorize: Authorize<'_>) -> Result<Created> {
@@ -64,14 +58,14 @@ impl Registry {
     /// anything is written, so a caller allowed some projects only can never start a
     /// transaction that touches another, however the plan came out.
     pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
-        let replayed = self.replayed(&self.state(), &spec)?;
-        if let Some((replayed, durable)) = replayed {
-            return when_durable(authorized(replayed, authorize), durable).await;
+        let replayed = self.replayed(&self.state(), &spec, authorize)?;
+        if let Some(replayed) = replayed {
+            return replayed.await;
         }
         let accepted = {
             let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
             // Someone may have created the same id while this one was planned.
-            match self.replayed(&s, &spec)? {
+            match self.replayed(&s, &spec, authorize)? {
                 Some(replay) => Err(replay),
                 None => {
                     let plan = plan?;
@@ -82,9 +76,7 @@ impl Registry {
         };
         let (created, written) = match accepted {
             Ok(accepted) => accepted,
-            Err((replayed, durable)) => {
-                return when_durable(authorized(replayed, authorize), durable).await;
-            }
+            Err(replayed) => return replayed.await,
         };
         let first_event_seq = written.await?;
         Ok(Created {
@@ -93,27 +85,36 @@ impl Registry {
         })
     }
 
-    /// The answer to an idempotent retry, when `spec`'s id exists already, with what
-    /// resolves once everything written before it is durable: the transaction may have
-    /// been accepted an instant ago by the first call, its record not yet synced, and a
-    /// retry must not hear "accepted" before the first call would have.
+    /// The answer to an idempotent retry, when `spec`'s id exists already, resolving
+    /// once everything written before it is durable: the transaction may have been
+    /// accepted an instant ago by the first call, its record not yet synced, and a
+    /// retry must not hear "accepted" before the first call would have. A refusal
+    /// (another request under the id, or a caller who may not) is answered at once
+    /// and writes nothing, so nobody can make the coordinator sync at will.
     fn replayed(
         &self,
         s: &State,
         spec: &CreateSpec,
-    ) -> Result<Option<(Result<Created>, Durability)>> {
+        authorize: Authorize<'_>,
+    ) -> Result<Option<Replayed>> {
         let Some(id) = &spec.id else {
             return Ok(None);
         };
         let Some(existing) = self.existing(s, id)? else {
             return Ok(None);
         };
+        let answer = authorized(replay(s, existing, spec), authorize);
         // An empty append after the first call's: durable only once that one is.
-        let durable = self
-            .inner
-            .journal
-            .append(Batch::default(), Vec::new(), Durable::Now);
-        Ok(Some((replay(s, existing, spec), Box::pin(durable))))
+        let durable = answer.is_ok().then(|| {
+            let journal = &self.inner.journal;
+            journal.append(Batch::default(), Vec::new(), Durable::Now)
+        });
+        Ok(Some(Box::pin(async move {
+            if let Some(durable) = durable {
+                durable.await?;
+            }
+            answer
+        })))
     }
 
     /// The plan and who it would wait for, without writing anything (dry runs).
