@@ -49,6 +49,9 @@ const schema = (s) => (s && (s.version || s.name) ? `${s.version || 0}${s.name ?
 const badge = (text, kind) => h('span', { class: `badge ${kind || text.replace(/ /g, '-')}` }, text);
 const link = (text, href) => h('a', { href }, text);
 const releaseLink = (id) => link(id, `#/release/${encodeURIComponent(id)}`);
+/** A URL someone else reported (a ticket, a test URI, a step's link): a link only when
+ * it is http(s), plain text otherwise, so a `javascript:` URL is never clickable. */
+const outside = (url) => (/^https?:\/\//i.test(url || '') ? link(url, url) : url || '');
 const table = (head, rows, attrs) =>
   h('div', { class: 'scroll' },
     h('table', attrs || {},
@@ -350,7 +353,7 @@ function releaseHead(t) {
   const facts = [
     ['environment', t.environment], ['kind', kindName(t.kind)], ['created by', t.createdBy || '—'],
     ['created', when(t.createdAt)], ['finished', when(t.finishedAt)], ['checkpoint', t.checkpoint || ''],
-    ['ticket', /^https?:\/\//.test(t.ticket || '') ? link(t.ticket, t.ticket) : t.ticket || ''],
+    ['ticket', outside(t.ticket)],
     ['trace', t.traceId || ''], ['promoted from', t.promotedFrom || ''],
     ['reverts', (t.reverts || []).join(', ')], ['verification after commit', t.liveCheck || ''],
     ['reason', t.reason || ''],
@@ -414,7 +417,7 @@ function participantsView(t) {
     h('td', { class: 'vote' }, short(p.vote || 'VOTE_UNSPECIFIED', 'VOTE_'), p.voteReason ? h('small', {}, ` ${p.voteReason}`) : null),
     h('td', { class: 'ack' }, p.acknowledged ? 'yes' : 'no'),
     h('td', {}, schemas(p.fromSchema, p.toSchema)),
-    h('td', {}, staged && p.testUri ? link(p.testUri, p.testUri) : ''),
+    h('td', {}, staged ? outside(p.testUri) : ''),
     h('td', { class: 'error' }, p.deliveryError || (p.needsResolution ? 'needs resolution' : ''))));
   return h('section', {}, h('h2', {}, 'Participants'),
     table(['project', 'from', 'to', 'action', 'wave', 'vote', 'acknowledged', 'schema', 'test URI', 'problem'], rows, { id: 'participants' }));
@@ -425,7 +428,7 @@ function stepsView(t) {
   if (!steps.length) return null;
   const rows = steps.map((s) => h('tr', { 'data-step': s.name }, h('th', { scope: 'row' }, s.name), h('td', {}, s.kind),
     h('td', { class: 'status' }, badge(short(s.status, 'STEP_STATUS_'))), h('td', {}, s.actor || ''),
-    h('td', {}, s.reason || ''), h('td', {}, s.link ? link(s.link, s.link) : '')));
+    h('td', {}, s.reason || ''), h('td', {}, outside(s.link))));
   return h('section', {}, h('h2', {}, 'Verify steps'), table(['step', 'kind', 'status', 'by', 'reason', 'link'], rows, { id: 'steps' }));
 }
 
