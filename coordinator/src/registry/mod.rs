@@ -163,6 +163,13 @@ impl Registry {
         &self.inner.tables
     }
 
+    /// Fills the table of the revisions at which versions became live, once per data
+    /// directory written before it existed. Recovery's job, on the instance that leads:
+    /// a standby's read-only view, built for each read, leaves it alone.
+    pub fn fill_starts(&self) -> Result<()> {
+        history::fill_starts(&self.inner.tables)
+    }
+
     /// Loads everything but transactions from storage (recovery's first step).
     pub fn load(&self) -> Result<()> {
         let tables = &self.inner.tables;
@@ -176,7 +183,6 @@ impl Registry {
             s.environments.insert(e.name.clone(), e);
         }
         let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
-        history::fill_starts(tables)?;
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
                 history::backfill_seen(tables, &cp)?;
