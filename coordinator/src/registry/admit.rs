@@ -24,8 +24,8 @@ use crate::{
 /// [`CoordinatorError::Denied`]) refuses it before anything is written.
 pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
 
-/// Resolves once everything written before it is durable.
-/// The answer to an idempotent retry, given once it may be given.
+/// The answer to an idempotent retry, given once it may be given: a refusal at once,
+/// an acceptance once everything written before it is durable.
 type Replayed = std::pin::Pin<Box<dyn Future<Output = Result<Created>> + Send>>;
 
 /// `replayed`, if the caller may see it carried out.
