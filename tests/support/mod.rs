@@ -639,19 +639,26 @@ impl Cluster {
             .into_inner()
     }
 
-    /// Waits until transaction `id` is in `state`.
+    /// Waits until transaction `id` is in `state`. On a timeout it prints the transaction as last seen (its state, votes,
+    /// acknowledgements and delivery errors), so a rare failure says where it stopped.
     pub async fn wait_state(&self, id: &str, state: pb::TransactionState) -> pb::Transaction {
-        wait_for(&format!("{id} to be {state:?}"), || async {
-            let t = self
-                .client()
-                .await
-                .get_release(pb::GetReleaseRequest { id: id.into() })
-                .await
-                .ok()?
-                .into_inner();
-            (t.state == state as i32).then_some(t)
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = None;
+        loop {
+            let request = pb::GetReleaseRequest { id: id.into() };
+            let seen = self.client().await.get_release(request).await;
+            if let Ok(t) = seen.map(|r| r.into_inner()) {
+                if t.state == state as i32 {
+                    return t;
+                }
+                last = Some(t);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {DEADLINE:?} waiting for {id} to be {state:?}; last seen: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Every event in the log.
