@@ -468,3 +468,32 @@ async fn a_release_with_an_id_near_the_limit_is_reverted_under_a_derived_id_that
         "back at T1"
     );
 }
+
+/// Issue 31: `--commit-delay` holds every synced step of every release under load, so a
+/// value past a second is a typo, not a setting: the coordinator refuses to start,
+/// naming the flag and the limit, and creates no data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_delay_over_a_second_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = tokio::process::Command::new(support::bin("lockstep-coordinator"))
+        .args([
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--commit-delay",
+            "5s",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--commit-delay") && stderr.contains("longest allowed, 1s"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "nothing written");
+}

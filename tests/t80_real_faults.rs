@@ -349,6 +349,19 @@ async fn random_sigkills_of_the_real_binaries_keep_every_invariant() {
     faults(Cluster::new().await, None).await;
 }
 
+/// Issue 31: the same workload and checker with every synced step of every transaction
+/// held back for others' fsync (`--commit-delay`, from one transaction in flight), so
+/// the SIGKILLs land while admissions, decisions and ends wait to be durable.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_sigkills_with_a_commit_delay_keep_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let delay = ["--commit-delay", "20ms", "--commit-siblings", "0"].map(String::from);
+    let args = [vec!["--data-dir".into(), data], delay.to_vec()].concat();
+    let c = Cluster::with_coordinator(dir, args, Vec::new()).await;
+    faults(c, None).await;
+}
+
 /// Issue 28: the same workload and checker with the coordinator on a 3-member etcd
 /// cluster, two instances of it, and the chaos killing the leader (a standby takes
 /// over once the 1 s lease runs out) or the standby among the agents; every client and

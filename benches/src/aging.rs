@@ -46,7 +46,7 @@ pub async fn figures(dir: &Path, seconds: u64) -> anyhow::Result<Vec<Figure>> {
     for _ in 0..WINDOWS {
         let t = throughput(&stack, CLIENTS, Duration::from_secs(seconds)).await?;
         released += t.committed;
-        rates.push(t.committed as f64 / t.elapsed.as_secs_f64());
+        rates.push(t.rate());
     }
     let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     println!("aging: committed/s per window: {}", shown.join(", "));

@@ -37,7 +37,7 @@ pub async fn figures(
     }];
     for clients in [1usize, 32] {
         let t = throughput(&stack, clients, Duration::from_secs(seconds)).await?;
-        let rate = t.committed as f64 / t.elapsed.as_secs_f64();
+        let rate = t.rate();
         out.push(figure(
             format!("etcd: throughput, {clients} clients, 3-project releases"),
             rate,

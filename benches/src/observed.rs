@@ -48,7 +48,7 @@ async fn measure(
     let mut samples = serial_releases(stack, tag, &three, count).await?;
     let p50 = micros(percentile(&mut samples, 0.5));
     let t = throughput(stack, CLIENTS, Duration::from_secs(seconds)).await?;
-    Ok((p50, t.committed as f64 / t.elapsed.as_secs_f64()))
+    Ok((p50, t.rate()))
 }
 
 /// Registers the coordinator's metrics on `stack` and scrapes them every second.

@@ -171,8 +171,17 @@ fn security(
 /// Starts a coordinator with its RocksDB in `dir` (over mutual TLS with `certs`: it
 /// calls agents with its certificate, and the client is user admin).
 pub async fn coordinator(dir: &Path, certs: Option<&Certs>) -> anyhow::Result<Stack> {
+    coordinator_with(dir, certs, Config::default()).await
+}
+
+/// [`coordinator`] with `config`.
+pub async fn coordinator_with(
+    dir: &Path,
+    certs: Option<&Certs>,
+    config: Config,
+) -> anyhow::Result<Stack> {
     let kv = RocksKv::open_full(dir, tables::ALL, lockstep_store::WalRecovery::Strict, true)?;
-    let mut stack = serving(Arc::new(kv.clone()), certs, Config::default()).await?;
+    let mut stack = serving(Arc::new(kv.clone()), certs, config).await?;
     stack.kv = Some(kv);
     Ok(stack)
 }

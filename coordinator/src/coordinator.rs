@@ -17,7 +17,7 @@ use crate::{
     error::{CoordinatorError, Result},
     feed::{Feed, Watch, WatchFilter},
     incarnation::{self, MakeIncarnation},
-    journal::{Clock, Journal, JournalStats, WriterMode},
+    journal::{Clock, CommitDelay, Journal, JournalStats, WriterMode},
     model::{
         CheckpointRecord, CreateSpec, DriftRecord, ProjectRecord, Resolution, TokenRecord, TxRecord,
     },
@@ -64,6 +64,8 @@ pub struct Config {
     pub term: u64,
     /// The etcd store, when the tables live there (for `cluster status`).
     pub etcd: Option<Arc<lockstep_store::EtcdKv>>,
+    /// How long a transaction's steps may wait under load to share fsyncs (off: zero).
+    pub commit_delay: CommitDelay,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             drift_check: None,
             term: 0,
             etcd: None,
+            commit_delay: CommitDelay::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ impl Coordinator {
             feed.clone(),
             config.clock.clone(),
             config.writer,
+            config.commit_delay,
         )?;
         let (j, f) = (journal.clone(), feed.clone());
         let registry = Registry::new(tables.clone(), j.clone(), f.clone(), net, settings(&config));
@@ -170,7 +174,8 @@ impl Coordinator {
         })?;
         let feed = Feed::new(tables.clone())?;
         let (clock, writer) = (config.clock.clone(), WriterMode::Task);
-        let journal = Journal::start(tables.clone(), feed.clone(), clock, writer)?;
+        let delay = CommitDelay::default();
+        let journal = Journal::start(tables.clone(), feed.clone(), clock, writer, delay)?;
         let net = GrpcParticipants::new(net, config.delivery_timeout, (incarnation.clone(), 0));
         let registry = Registry::new(
             tables.clone(),

@@ -17,6 +17,10 @@
 //! within [`QUIET_LINGER`], so a release's three votes ride with its decision instead of
 //! costing writes of their own (and a hundred votes, one).
 //!
+//! Under load, a transaction's steps may wait a little on purpose so that more of them
+//! share one fsync ([`CommitDelay`], PostgreSQL's `commit_delay` and `commit_siblings`):
+//! off by default, for disks where fsyncs, not CPU, are the scarce resource.
+//!
 //! A record reaches the store only just before the fsync that makes it durable, and the
 //! coordinator never reports from the store what it has not heard is durable:
 //! transactions in flight are read from memory, published once durable; the feed stops
@@ -51,9 +55,12 @@ pub const LINGER: Duration = Duration::from_millis(1);
 /// its own) carries it, short enough that watchers see its events at once to a person.
 pub const QUIET_LINGER: Duration = Duration::from_millis(5);
 
-/// Queued store operations beyond this many ask for a sync at once, so the batch the
-/// syncer writes stays small (one `write()` of the log; see `lockstep_store::rocks`).
-const QUEUED_LIMIT: usize = 512;
+/// Queued bytes (keys and values) beyond this many ask for a sync at once, so the batch
+/// the syncer writes stays below RocksDB's write buffer
+/// (`lockstep_store::rocks::WAL_WRITE_BUFFER`, twice this) and reaches the log in one
+/// `write()`: a process crash cannot tear it.
+const QUEUED_LIMIT: usize = 512 << 10;
+const _: () = assert!(2 * QUEUED_LIMIT <= lockstep_store::rocks::WAL_WRITE_BUFFER as usize);
 
 /// How soon an append must be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +69,9 @@ pub enum Durable {
     Now,
     /// Rides on the next fsync, or gets one after [`LINGER`]: a step someone waits for.
     Soon,
+    /// Rides on the next fsync, or gets one after this long: a transaction's step under
+    /// load, held back by [`CommitDelay`] so that others share its fsync.
+    Within(Duration),
 }
 
 impl Durable {
@@ -69,7 +79,39 @@ impl Durable {
         match self {
             Durable::Now => Duration::ZERO,
             Durable::Soon => LINGER,
+            Durable::Within(linger) => linger,
         }
+    }
+}
+
+/// How long a transaction's durable step may wait for others' to share its fsync, and
+/// from how many transactions in flight (PostgreSQL's `commit_delay` and
+/// `commit_siblings`). With fewer in flight nothing waits, so a lone release is as fast
+/// as without; with more, up to `delay` is added at each of a release's three synced
+/// steps (admission, decision, end), which costs nothing while the clients outnumber
+/// what the CPU can serve and throughput when they do not (see README "Performance").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitDelay {
+    /// The longest wait; zero turns grouping off.
+    pub delay: Duration,
+    /// Steps wait only while more than this many transactions are in flight.
+    pub siblings: usize,
+}
+
+impl CommitDelay {
+    /// How soon a transaction's step asking for `asked` must be durable while `in_flight`
+    /// transactions run: `asked`, or [`Durable::Within`] the delay under load.
+    pub fn durability(&self, asked: Durable, in_flight: usize) -> Durable {
+        if self.delay.is_zero() || in_flight <= self.siblings {
+            return asked;
+        }
+        Durable::Within(self.delay.max(asked.linger()))
+    }
+
+    /// How long a quiet append may wait: never less than a delayed step, or it would
+    /// force the sync that the delay holds back.
+    fn quiet_linger(&self) -> Duration {
+        QUIET_LINGER.max(self.delay)
     }
 }
 
@@ -90,6 +132,7 @@ struct Inner {
     /// in log order).
     durable: watch::Receiver<u64>,
     timings: Timings,
+    delay: CommitDelay,
 }
 
 /// Sequence numbers and what waits to be written. Appends number their events and
@@ -109,6 +152,8 @@ struct Queue {
     sync_started: Option<Instant>,
     /// The newest append the previous sync covered (for the appends per sync).
     synced_through: u64,
+    /// Bytes of keys and values in `batch`.
+    queued_bytes: usize,
 }
 
 impl Queue {
@@ -129,6 +174,7 @@ impl Queue {
         }
         self.next_seq += events.len() as u64;
         self.appends += 1;
+        self.queued_bytes += batch.bytes();
         self.batch.extend(batch);
         self.events.extend(events);
         let seq = if self.next_seq == first {
@@ -144,6 +190,7 @@ impl Queue {
     fn write(&mut self, log: &SyncerWriter<'_>) {
         let batch = std::mem::take(&mut self.batch);
         let events = std::mem::take(&mut self.events);
+        self.queued_bytes = 0;
         // A failure is recorded by the log (fail-stop) and reported by `failed`; the
         // sync then does not happen and these events are never published.
         if batch.is_empty() || log.write(batch, None).is_ok() {
@@ -182,6 +229,7 @@ impl Journal {
         feed: Feed,
         clock: Clock,
         mode: WriterMode,
+        delay: CommitDelay,
     ) -> Result<Self, CoordinatorError> {
         let queue = Arc::new(Mutex::new(Queue {
             next_seq: tables.last_event_seq()? + 1,
@@ -220,6 +268,7 @@ impl Journal {
             queue,
             durable,
             timings,
+            delay,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -253,11 +302,17 @@ impl Journal {
     }
 
     /// Appends `batch` and `events` (numbered now) for a step nobody waits for and whose
-    /// loss in a crash is harmless: durable within [`QUIET_LINGER`], or with whichever
-    /// sync comes sooner. Its events reach watchers once that sync is done. A failure
-    /// shows in [`Journal::failed`].
+    /// loss in a crash is harmless: durable within [`QUIET_LINGER`] (or the commit
+    /// delay, when longer), or with whichever sync comes sooner. Its events reach
+    /// watchers once that sync is done. A failure shows in [`Journal::failed`].
     pub fn append_quietly(&self, batch: Batch, events: Vec<pb::Event>) {
-        self.queue(batch, events, QUIET_LINGER);
+        self.queue(batch, events, self.inner.delay.quiet_linger());
+    }
+
+    /// How soon a transaction's step asking for `asked` must be durable while
+    /// `in_flight` transactions run (see [`CommitDelay`]).
+    pub fn under_load(&self, asked: Durable, in_flight: usize) -> Durable {
+        self.inner.delay.durability(asked, in_flight)
     }
 
     /// Queues an append and asks for a sync within `linger` (at once when the queue has
@@ -266,7 +321,7 @@ impl Journal {
         let (numbered, long) = {
             let mut q = Queue::lock(&self.inner.queue);
             let numbered = q.push(batch, events, (self.inner.clock)());
-            (numbered, q.batch.ops.len() > QUEUED_LIMIT)
+            (numbered, q.queued_bytes > QUEUED_LIMIT)
         };
         let linger = if long { Duration::ZERO } else { linger };
         self.inner.log.sync_within(linger);
@@ -301,15 +356,15 @@ mod tests {
     use super::*;
 
     fn journal(kv: &MemKv) -> (Journal, Feed, Tables) {
+        delayed_journal(kv, CommitDelay::default())
+    }
+
+    fn delayed_journal(kv: &MemKv, delay: CommitDelay) -> (Journal, Feed, Tables) {
         let tables = Tables::new(Arc::new(kv.clone()));
         let feed = Feed::new(tables.clone()).unwrap();
-        let journal = Journal::start(
-            tables.clone(),
-            feed.clone(),
-            Arc::new(|| 0),
-            WriterMode::Task,
-        )
-        .unwrap();
+        let clock = Arc::new(|| 0);
+        let journal =
+            Journal::start(tables.clone(), feed.clone(), clock, WriterMode::Task, delay).unwrap();
         (journal, feed, tables)
     }
 
@@ -402,6 +457,58 @@ mod tests {
         assert_eq!(
             messages(&tables.events(1, 10).unwrap()),
             vec![(1, "acknowledged".to_string())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_steps_wait_out_the_commit_delay_and_share_one_sync() {
+        let kv = MemKv::new();
+        let delay = Duration::from_millis(20);
+        let (journal, _feed, tables) = delayed_journal(&kv, CommitDelay { delay, siblings: 2 });
+        assert_eq!(
+            journal.under_load(Durable::Now, 2),
+            Durable::Now,
+            "not under load"
+        );
+        let decision = journal.under_load(Durable::Now, 3);
+        assert_eq!(decision, Durable::Within(delay));
+        assert_eq!(journal.under_load(Durable::Soon, 3), Durable::Within(delay));
+        let started = tokio::time::Instant::now();
+        journal.append_quietly(Batch::default(), vec![event("vote")]);
+        let a = journal.append(Batch::default(), vec![event("decision a")], decision);
+        let b = journal.append(Batch::default(), vec![event("decision b")], decision);
+        let (a, b) = tokio::join!(a, b);
+        assert_eq!((a.unwrap(), b.unwrap()), (2, 3));
+        assert_eq!(
+            started.elapsed(),
+            delay,
+            "held back, but no longer than the delay"
+        );
+        assert_eq!(
+            journal.stats().syncs,
+            1,
+            "the vote did not force a sync of its own"
+        );
+        kv.crash();
+        kv.restart();
+        assert_eq!(tables.last_event_seq().unwrap(), 3, "all three durable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_queue_is_synced_at_once_so_no_batch_outgrows_the_write_buffer() {
+        let kv = MemKv::new();
+        let (journal, _feed, _tables) = journal(&kv);
+        let mut batch = Batch::default();
+        batch.put(crate::tables::EVENTS, b"x".to_vec(), vec![0; QUEUED_LIMIT]);
+        let started = tokio::time::Instant::now();
+        journal
+            .append(batch, Vec::new(), Durable::Soon)
+            .await
+            .unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "did not wait for the linger"
         );
     }
 

@@ -121,6 +121,15 @@ pub enum Op {
     },
 }
 
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key, .. } => key.len(),
+        }
+    }
+}
+
 /// Mutations applied atomically: after a crash either all of them are there or none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -147,6 +156,11 @@ impl Batch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Bytes of its keys and values: what it adds to a log record, give or take framing.
+    pub fn bytes(&self) -> usize {
+        self.ops.iter().map(Op::bytes).sum()
     }
 }
 

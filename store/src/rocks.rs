@@ -18,6 +18,10 @@ use rocksdb::{
     Options, WriteBatch, WriteOptions,
 };
 
+/// The buffer through which a write reaches the log file: a batch smaller than this
+/// reaches it in one `write()`, so a process crash never tears it.
+pub const WAL_WRITE_BUFFER: u64 = 1 << 20;
+
 /// Block cache shared by every table of a database (RocksDB otherwise gives each column
 /// family a cache of its own, so memory would grow with the number of tables).
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
@@ -140,6 +144,8 @@ fn options(recovery: WalRecovery, cache: &Cache) -> Options {
         WalRecovery::TolerateTornTail => DBRecoveryMode::TolerateCorruptedTailRecords,
     });
     opts.set_paranoid_checks(true);
+    // RocksDB's default, set here because the journal's batch limit is derived from it.
+    opts.set_writable_file_max_buffer_size(WAL_WRITE_BUFFER);
     // Bound memory: Lockstep's records are small and a coordinator must stay well under
     // 100 MB with a long history.
     opts.set_db_write_buffer_size(32 << 20);

@@ -235,7 +235,8 @@ impl Registry {
         Tables::put_transaction(&mut batch, &record);
         // Durable before the client hears "accepted", but it forces no fsync of its
         // own: the COMMIT decision written moments later (or the syncer's linger) syncs it.
-        let pending = self.inner.journal.append(batch, written, Durable::Soon);
+        let durability = self.inner.journal.under_load(Durable::Soon, s.active.len());
+        let pending = self.inner.journal.append(batch, written, durability);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (start, start_rx) = match blocked {
             Some(_) => {

@@ -80,7 +80,7 @@ impl TxJournal for Registry {
         // rides on their next fsync; alone, nobody would share one, so it forces its own.
         let durability = match self.state().active.len() {
             0 | 1 => Durable::Now,
-            _ => Durable::Soon,
+            n => self.inner.journal.under_load(Durable::Soon, n),
         };
         let written = self.inner.journal.append(batch, events, durability);
         let this = self.clone();
@@ -152,7 +152,8 @@ impl Registry {
         s.head
             .insert(tx.environment.clone(), Arc::new(checkpoint.clone()));
         s.changed(&tx.environment);
-        let durable = self.inner.journal.append(batch, written, Durable::Now);
+        let durability = self.inner.journal.under_load(Durable::Now, s.active.len());
+        let durable = self.inner.journal.append(batch, written, durability);
         let (timings, started) = (self.inner.journal.timings().clone(), Instant::now());
         Ok(async move {
             let written = durable.await;

@@ -1,0 +1,80 @@
+//! The commit delay (`--commit-delay`, `--commit-siblings`): a second coordinator, with
+//! participants of its own, runs the throughput clients, and each figure is set beside
+//! the main stack's (no delay) at the same client count in the same round.
+
+use std::{path::Path, time::Duration};
+
+use lockstep_coordinator::{Config, journal::CommitDelay};
+
+use crate::{Figure, figure, stack, throughput};
+
+/// The setting measured: long enough that ~8 releases arrive within it at 32 clients on
+/// 2 cores, with a threshold above 8 clients' worth of transactions in flight.
+const SETTING: CommitDelay = CommitDelay {
+    delay: Duration::from_millis(8),
+    siblings: 16,
+};
+
+/// Throughput and group commit at 16 and 32 clients with [`SETTING`], against `plain`
+/// (the main stack's rates this round; measured here when the throughput part did not
+/// run).
+pub async fn figures(
+    dir: &Path,
+    main: &stack::Stack,
+    plain: &[(usize, f64)],
+    seconds: u64,
+) -> anyhow::Result<Vec<Figure>> {
+    let delayed = delayed_stack(&dir.join("commit-delay")).await?;
+    let run = Duration::from_secs(seconds);
+    let mut figures = Vec::new();
+    for clients in [16usize, 32] {
+        let base = match plain.iter().find(|(c, _)| *c == clients) {
+            Some((_, rate)) => *rate,
+            None => throughput(main, clients, run).await?.rate(),
+        };
+        let t = throughput(&delayed, clients, run).await?;
+        let (rate, factor) = (t.rate(), t.committed as f64 / t.syncs.max(1) as f64);
+        let at_32 = clients == 32;
+        let setting = "commit delay 8ms";
+        figures.push(Figure {
+            target: at_32.then(|| "> 8 at 32 clients".into()),
+            met: at_32.then_some(factor > 8.0),
+            ..figure(
+                format!("group commit, {clients} clients, {setting}"),
+                factor,
+                "committed per WAL sync",
+            )
+        });
+        figures.push(Figure {
+            floor: Some(base),
+            target: Some(">= 0.9x without".into()),
+            met: Some(rate >= 0.9 * base),
+            ..figure(
+                format!("throughput, {clients} clients, {setting} (floor: without)"),
+                rate,
+                "committed/s",
+            )
+        });
+    }
+    Ok(figures)
+}
+
+/// A coordinator with [`SETTING`] and the throughput clients' 96 projects, each with a
+/// participant of its own.
+async fn delayed_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
+    let config = Config {
+        commit_delay: SETTING,
+        ..Config::default()
+    };
+    let mut stack = stack::coordinator_with(&dir.join("coordinator"), None, config).await?;
+    let mut projects = Vec::new();
+    for g in 0..32 {
+        for m in ["a", "b", "c"] {
+            let name = format!("g{g}{m}");
+            let url = stack::participant(&name, &dir.join(&name), None).await?;
+            projects.push((name, url));
+        }
+    }
+    stack.register(&projects).await?;
+    Ok(stack)
+}
