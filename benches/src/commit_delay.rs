@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use lockstep_coordinator::{Config, journal::CommitDelay};
 
-use crate::{Figure, figure, stack, throughput};
+use crate::{Figure, client_projects, figure, stack, throughput};
 
 /// The setting measured: long enough that ~8 releases arrive within it at 32 clients on
 /// 2 cores, with a threshold above 8 clients' worth of transactions in flight.
@@ -67,14 +67,6 @@ async fn delayed_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
         ..Config::default()
     };
     let mut stack = stack::coordinator_with(&dir.join("coordinator"), None, config).await?;
-    let mut projects = Vec::new();
-    for g in 0..32 {
-        for m in ["a", "b", "c"] {
-            let name = format!("g{g}{m}");
-            let url = stack::participant(&name, &dir.join(&name), None).await?;
-            projects.push((name, url));
-        }
-    }
-    stack.register(&projects).await?;
+    stack.register(&client_projects(dir).await?).await?;
     Ok(stack)
 }

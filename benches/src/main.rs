@@ -217,15 +217,23 @@ async fn main_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
         let url = stack::participant(&name, &dir.join(&name), None).await?;
         names.push((name, url));
     }
+    names.extend(client_projects(dir).await?);
+    stack.register(&names).await?;
+    Ok(stack)
+}
+
+/// The three projects of each of 32 throughput clients, each with a participant of its
+/// own in `dir`: their names and URLs.
+async fn client_projects(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut projects = Vec::new();
     for g in 0..32 {
         for m in ["a", "b", "c"] {
             let name = format!("g{g}{m}");
             let url = stack::participant(&name, &dir.join(&name), None).await?;
-            names.push((name, url));
+            projects.push((name, url));
         }
     }
-    stack.register(&names).await?;
-    Ok(stack)
+    Ok(projects)
 }
 
 /// The floors this round compares with, measured in the round itself.
