@@ -1,6 +1,6 @@
-//! The commit delay (`--commit-delay`, `--commit-siblings`): a second coordinator, with
-//! participants of its own, runs the throughput clients, and each figure is set beside
-//! the main stack's (no delay) at the same client count in the same round.
+//! The commit delay (`--commit-delay`, `--commit-siblings`): two fresh coordinators of the
+//! same shape, with participants of their own, one with the delay and one without, run
+//! the throughput clients in turn, and each figure is set beside the other's.
 
 use std::{path::Path, time::Duration};
 
@@ -15,24 +15,16 @@ const SETTING: CommitDelay = CommitDelay {
     siblings: 16,
 };
 
-/// Throughput and group commit at 16 and 32 clients with [`SETTING`], against `plain`
-/// (the main stack's rates this round; measured here when the throughput part did not
-/// run).
-pub async fn figures(
-    dir: &Path,
-    main: &stack::Stack,
-    plain: &[(usize, f64)],
-    seconds: u64,
-) -> anyhow::Result<Vec<Figure>> {
-    let delayed = delayed_stack(&dir.join("commit-delay")).await?;
+/// Throughput and group commit at 16 and 32 clients with [`SETTING`], against the
+/// same run on a stack of the same shape and age without it (the two alternate).
+pub async fn figures(dir: &Path, seconds: u64) -> anyhow::Result<Vec<Figure>> {
+    let off = client_stack(&dir.join("commit-delay-off"), CommitDelay::default()).await?;
+    let on = client_stack(&dir.join("commit-delay-on"), SETTING).await?;
     let run = Duration::from_secs(seconds);
     let mut figures = Vec::new();
     for clients in [16usize, 32] {
-        let base = match plain.iter().find(|(c, _)| *c == clients) {
-            Some((_, rate)) => *rate,
-            None => throughput(main, clients, run).await?.rate(),
-        };
-        let t = throughput(&delayed, clients, run).await?;
+        let base = throughput(&off, clients, run).await?.rate();
+        let t = throughput(&on, clients, run).await?;
         let (rate, factor) = (t.rate(), t.committed as f64 / t.syncs.max(1) as f64);
         let at_32 = clients == 32;
         let setting = "commit delay 8ms";
@@ -59,11 +51,11 @@ pub async fn figures(
     Ok(figures)
 }
 
-/// A coordinator with [`SETTING`] and the throughput clients' 96 projects, each with a
+/// A coordinator with `delay` and the throughput clients' 96 projects, each with a
 /// participant of its own.
-async fn delayed_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
+async fn client_stack(dir: &Path, delay: CommitDelay) -> anyhow::Result<stack::Stack> {
     let config = Config {
-        commit_delay: SETTING,
+        commit_delay: delay,
         ..Config::default()
     };
     let mut stack = stack::coordinator_with(&dir.join("coordinator"), None, config).await?;

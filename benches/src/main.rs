@@ -295,14 +295,11 @@ async fn one_round(
     if args.runs("latency") || args.runs("tls") {
         plaintext.latency_p50 = latency(stack, &floors, 500 / scale, &mut figures).await?;
     }
-    let mut rates = Vec::new();
     if args.runs("throughput") {
-        rates = throughputs(stack, &floors, seconds, &mut figures).await?;
-        let at_tls = rates.iter().find(|(clients, _)| *clients == TLS_CLIENTS);
-        plaintext.rate = at_tls.map_or(0.0, |(_, rate)| *rate);
+        plaintext.rate = throughputs(stack, &floors, seconds, &mut figures).await?;
     }
     if args.runs("commitdelay") {
-        figures.extend(commit_delay::figures(dir, stack, &rates, seconds).await?);
+        figures.extend(commit_delay::figures(dir, seconds).await?);
     }
     if args.runs("fanout") {
         fanout(stack, &floors, 100 / scale, &mut figures).await?;
@@ -396,19 +393,21 @@ async fn latency(
 }
 
 /// Throughput over disjoint project sets at 1, 8, 16 and 32 clients, with group commit
-/// and CPU; returns the rate at each client count.
+/// and CPU; returns the rate at the TLS comparison's client count.
 async fn throughputs(
     stack: &stack::Stack,
     floors: &Floors,
     seconds: u64,
     figures: &mut Vec<Figure>,
-) -> anyhow::Result<Vec<(usize, f64)>> {
+) -> anyhow::Result<f64> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut rates = Vec::new();
+    let mut at_tls_clients = 0.0;
     for clients in [1usize, 8, 16, 32] {
         let t = throughput(stack, clients, Duration::from_secs(seconds)).await?;
         let rate = t.rate();
-        rates.push((clients, rate));
+        if clients == TLS_CLIENTS {
+            at_tls_clients = rate;
+        }
         let factor = t.committed as f64 / t.syncs.max(1) as f64;
         let at_32 = clients == 32;
         figures.push(Figure {
@@ -457,7 +456,7 @@ async fn throughputs(
             )
         });
     }
-    Ok(rates)
+    Ok(at_tls_clients)
 }
 
 /// Release latency as the participants grow from 3 to 100.
