@@ -980,7 +980,7 @@ fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
                     committed_ms: tx.created_ms,
                 };
                 Tables::put_checkpoint(&mut batch, &checkpoint);
-                Tables::put_seen(&mut batch, &checkpoint);
+                Tables::put_seen(&mut batch, None, &checkpoint);
                 for kind in [
                     pb::EventKind::TransactionCreated,
                     pb::EventKind::TransactionCommitted,

@@ -708,8 +708,10 @@ impl Tables {
     }
 
     /// The newest checkpoint revision at which `version` was live on `project` in
-    /// `environment` (none: never). Every checkpoint writes it for each of its versions
-    /// ([`Tables::put_seen`]).
+    /// `environment` (none: never), as last written ([`Tables::put_seen`]): exact for a
+    /// version no longer live; for one live in the environment's newest checkpoint, the
+    /// revision it became live at (or a later one, in a directory an older version
+    /// wrote), so a reader takes the newest checkpoint's revision for those.
     pub fn last_live(
         &self,
         environment: &Environment,
@@ -815,11 +817,32 @@ impl Tables {
         batch.put(BUILDS, key, encode(record));
     }
 
-    /// Records in `batch` that every version of `cp` is live as of its revision.
-    pub fn put_seen(batch: &mut Batch, cp: &CheckpointRecord) {
+    /// Records in `batch` what changed from `previous` (the environment's checkpoint
+    /// before `cp`) to `cp`: each version that became live, live as of `cp`, and each
+    /// that stopped being live, last live at `previous`. A version live in both is not
+    /// written (a release writes what it changed, not the whole environment): its last
+    /// revision is the newest checkpoint's, which readers take from that checkpoint
+    /// (see [`Tables::last_live`]).
+    pub fn put_seen(batch: &mut Batch, previous: Option<&CheckpointRecord>, cp: &CheckpointRecord) {
+        let env = &cp.environment;
+        let mut put = |project, version, revision| {
+            batch.put(
+                SEEN_VERSIONS,
+                seen_key(env, project, version),
+                keys::u64_key(revision),
+            );
+        };
         for (project, entry) in &cp.versions {
-            let key = seen_key(&cp.environment, project, &entry.version);
-            batch.put(SEEN_VERSIONS, key, keys::u64_key(cp.revision));
+            let before = previous.and_then(|p| p.versions.get(project));
+            if before.map(|e| &e.version) != Some(&entry.version) {
+                put(project, &entry.version, cp.revision);
+            }
+        }
+        for (project, entry) in previous.map(|p| &p.versions).into_iter().flatten() {
+            let after = cp.versions.get(project);
+            if after.map(|e| &e.version) != Some(&entry.version) {
+                put(project, &entry.version, previous.map_or(0, |p| p.revision));
+            }
         }
     }
 
@@ -1142,6 +1165,37 @@ mod tests {
         assert_eq!(starts.unwrap().len(), 5, "web v1 twice, v2, api a1, a2");
     }
 
+    /// A release writes the versions it changed, not its whole environment: the one
+    /// that became live, at its revision, and the one it replaced, at the revision
+    /// before; the project it left alone is not written.
+    #[test]
+    fn a_checkpoint_records_only_the_versions_it_changed() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let before = checkpoint("prod", 1, &[("web", "v1"), ("api", "a1")]);
+        let after = checkpoint("prod", 2, &[("web", "v2"), ("api", "a1")]);
+        let (mut first, mut second) = (Batch::default(), Batch::default());
+        Tables::put_seen(&mut first, None, &before);
+        Tables::put_seen(&mut second, Some(&before), &after);
+        assert_eq!(first.ops.len(), 2, "the first checkpoint: both versions");
+        assert_eq!(second.ops.len(), 2, "web v2 and web v1, not api a1");
+        for batch in [first, second] {
+            tables.kv().write(batch, Durability::Sync).unwrap();
+        }
+        let (prod, web) = (env("prod"), project("web"));
+        let last = |p: &ProjectName, v: &str| tables.last_live(&prod, p, &version(v)).unwrap();
+        assert_eq!(
+            last(&web, "v1"),
+            Some(1),
+            "last live before it was replaced"
+        );
+        assert_eq!(last(&web, "v2"), Some(2));
+        assert_eq!(
+            last(&project("api"), "a1"),
+            Some(1),
+            "live since 1: not rewritten"
+        );
+    }
+
     /// [`Tables::was_live`] and [`Tables::quarantine`] find what their builders wrote.
     #[test]
     fn version_reads_find_what_the_builders_wrote() {
@@ -1153,7 +1207,7 @@ mod tests {
             revert: id("T2"),
         };
         let mut batch = Batch::default();
-        Tables::put_seen(&mut batch, &checkpoint("prod", 2, &[("web", "v1")]));
+        Tables::put_seen(&mut batch, None, &checkpoint("prod", 2, &[("web", "v1")]));
         Tables::put_quarantine(&mut batch, &prod, &web, &v1, &record);
         tables.kv().write(batch, Durability::Sync).unwrap();
         assert!(tables.was_live(&prod, &web, &v1).unwrap());

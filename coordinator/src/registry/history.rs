@@ -15,6 +15,9 @@ use crate::{
 pub(super) struct StoredHistory<'a> {
     pub(super) tables: &'a Tables,
     pub(super) environment: &'a Environment,
+    /// The environment's newest checkpoint as the plan sees it: the last revision of
+    /// the versions live in it, which the tables do not rewrite at each checkpoint.
+    pub(super) head: Option<&'a CheckpointRecord>,
 }
 
 impl History for StoredHistory<'_> {
@@ -68,7 +71,7 @@ impl StoredHistory<'_> {
         let filled = !having.is_empty() && tables.starts_filled()?;
         let (mut low, mut high): (Option<u64>, Option<u64>) = (None, None);
         for (project, version) in having {
-            let Some(last) = tables.last_live(env, project, version)? else {
+            let Some(last) = self.last_live(project, version)? else {
                 return Ok(None);
             };
             high = Some(high.map_or(last, |h| h.min(last)));
@@ -81,6 +84,21 @@ impl StoredHistory<'_> {
             (Some(l), Some(h)) if l > h => None,
             bounds => Some(bounds),
         })
+    }
+}
+
+impl StoredHistory<'_> {
+    /// The newest revision at which `version` was live on `project`: the head's, when
+    /// it is live there.
+    fn last_live(&self, project: &ProjectName, version: &Version) -> Result<Option<u64>> {
+        let at_head = self.head.filter(|h| {
+            let live = h.versions.get(project).map(|e| &e.version);
+            live == Some(version)
+        });
+        match at_head {
+            Some(head) => Ok(Some(head.revision)),
+            None => Ok(self.tables.last_live(self.environment, project, version)?),
+        }
     }
 }
 
@@ -133,9 +151,10 @@ pub(super) fn backfill_seen(tables: &Tables, newest: &CheckpointRecord) -> Resul
     if tables.was_live(&newest.environment, project, &entry.version)? {
         return Ok(());
     }
-    let mut batch = Batch::default();
+    let (mut batch, mut previous) = (Batch::default(), None);
     for cp in tables.checkpoints(&newest.environment)? {
-        Tables::put_seen(&mut batch, &cp);
+        Tables::put_seen(&mut batch, previous.as_ref(), &cp);
+        previous = Some(cp);
     }
     tables.kv().write(batch, lockstep_store::Durability::Sync)?;
     tracing::info!(
@@ -179,11 +198,13 @@ mod tests {
     #[test]
     fn starts_are_filled_once_from_every_environment() {
         let tables = Tables::new(Arc::new(MemKv::new()));
-        let mut batch = Batch::default();
+        let (mut batch, mut previous) = (Batch::default(), None);
         for revision in 1..=2_100u64 {
             let web = if revision < 2_000 { "v1" } else { "v2" };
-            Tables::put_checkpoint(&mut batch, &cp("prod", revision, web));
-            Tables::put_seen(&mut batch, &cp("prod", revision, web));
+            let checkpoint = cp("prod", revision, web);
+            Tables::put_checkpoint(&mut batch, &checkpoint);
+            Tables::put_seen(&mut batch, previous.as_ref(), &checkpoint);
+            previous = Some(checkpoint);
         }
         Tables::put_checkpoint(&mut batch, &cp("dev", 1, "v2"));
         tables.kv().write(batch, Durability::Sync).unwrap();
@@ -198,17 +219,24 @@ mod tests {
         let history = StoredHistory {
             tables: &tables,
             environment: &prod,
+            head: previous.as_ref(),
         };
         assert_eq!(
             history.bounds(&[(&web, &v2)]).unwrap(),
-            Some((None, Some(2_100)))
+            Some((None, Some(2_100))),
+            "v2 is live at the head: last live there, though written once, at 2,000"
+        );
+        let v1 = Version::parse("v", "v1").unwrap();
+        assert_eq!(
+            history.bounds(&[(&web, &v1)]).unwrap(),
+            Some((None, Some(1_999))),
+            "v1 was written when it stopped being live"
         );
 
         fill_starts(&tables).unwrap();
         assert!(tables.starts_filled().unwrap());
         assert_eq!(tables.first_live(&prod, &web, &v2).unwrap(), Some(2_000));
         assert_eq!(tables.first_live(&dev, &web, &v2).unwrap(), Some(1));
-        let v1 = Version::parse("v", "v1").unwrap();
         assert_eq!(tables.first_live(&prod, &web, &v1).unwrap(), Some(1));
         assert_eq!(
             history.bounds(&[(&web, &v2)]).unwrap(),

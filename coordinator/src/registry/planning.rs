@@ -90,6 +90,7 @@ impl Registry {
         let history = StoredHistory {
             tables: &self.inner.tables,
             environment: env,
+            head: snapshot.head.as_deref(),
         };
         let view = View {
             environment: env,

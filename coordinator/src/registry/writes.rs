@@ -137,8 +137,8 @@ impl Registry {
         let mut batch = Batch::default();
         Tables::put_transaction(&mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
-        Tables::put_seen(&mut batch, &checkpoint);
         let previous = s.head.get(&tx.environment).map(|h| &**h);
+        Tables::put_seen(&mut batch, previous, &checkpoint);
         Tables::put_starts(&mut batch, previous, &checkpoint);
         Self::record_builds(tx, &mut batch);
         self.quarantine_reverted(&mut s, tx, &mut batch)?;
