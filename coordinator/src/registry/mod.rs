@@ -112,7 +112,7 @@ struct State {
     /// Newest checkpoint per environment, including a decided one still being written.
     head: BTreeMap<Environment, Arc<CheckpointRecord>>,
     /// Newest durable checkpoint per environment: what readers see.
-    live: BTreeMap<Environment, CheckpointRecord>,
+    live: BTreeMap<Environment, Arc<CheckpointRecord>>,
     quarantine: BTreeMap<Environment, BTreeMap<(ProjectName, Version), QuarantineRecord>>,
     next_ordinal: u64,
     /// Per environment, how often what plans read changed (see [`planning`]).
@@ -186,7 +186,8 @@ impl Registry {
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
                 history::backfill_seen(tables, &cp)?;
-                s.head.insert(env.clone(), Arc::new(cp.clone()));
+                let cp = Arc::new(cp);
+                s.head.insert(env.clone(), cp.clone());
                 s.live.insert(env, cp);
             }
         }

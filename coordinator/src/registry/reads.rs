@@ -137,7 +137,7 @@ impl Registry {
             .collect();
         active.sort_by_key(|t| t.ordinal);
         Live {
-            checkpoint: s.live.get(env).cloned(),
+            checkpoint: s.live.get(env).map(|c| (**c).clone()),
             active,
         }
     }

@@ -130,7 +130,7 @@ impl Registry {
         &self,
         tx: &mut TxRecord,
         mut written: Vec<pb::Event>,
-    ) -> Result<impl Future<Output = Result<CheckpointRecord>> + use<>> {
+    ) -> Result<impl Future<Output = Result<Arc<CheckpointRecord>>> + use<>> {
         let mut s = self.state();
         let checkpoint = self.next_checkpoint(&s, tx);
         tx.checkpoint = checkpoint.revision;
@@ -149,8 +149,8 @@ impl Registry {
         let mut recorded = events::event(tx, pb::EventKind::CheckpointRecorded, None, description);
         recorded.revision = checkpoint.revision;
         written.push(recorded);
-        s.head
-            .insert(tx.environment.clone(), Arc::new(checkpoint.clone()));
+        let checkpoint = Arc::new(checkpoint);
+        s.head.insert(tx.environment.clone(), checkpoint.clone());
         s.changed(&tx.environment);
         let durability = self.inner.journal.under_load(Durable::Now, s.active.len());
         let durable = self.inner.journal.append(batch, written, durability);
@@ -249,7 +249,7 @@ impl Registry {
 
     /// The decision is durable: readers see it and its checkpoint (unless a newer one
     /// became durable first).
-    fn commit_durable(&self, tx: &TxRecord, checkpoint: CheckpointRecord) {
+    fn commit_durable(&self, tx: &TxRecord, checkpoint: Arc<CheckpointRecord>) {
         let mut s = self.state();
         let live = s.live.get(&tx.environment);
         if live.is_none_or(|l| l.revision <= checkpoint.revision) {
