@@ -101,7 +101,11 @@ pub async fn participant(
     dir: &Path,
     certs: Option<&Certs>,
 ) -> anyhow::Result<String> {
-    let kv = RocksKv::open(dir, ledger::ALL)?;
+    // Opened off the runtime: a few hundred opens in a row on the 2 workers would keep
+    // them from answering the client's keepalive pings, and the client would drop a
+    // connection in use (seen in a third round as "connection closed").
+    let path = dir.to_path_buf();
+    let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, ledger::ALL)).await??;
     let p = Participant::new(
         project.to_string(),
         lockstep::DEFAULT_ENVIRONMENT.to_string(),
