@@ -184,6 +184,17 @@ async fn main() -> anyhow::Result<()> {
     if args.only.iter().any(|o| o == "scale") {
         figures.extend(scale::figures(dir.path(), 1_000_000 / scale as u64).await?);
     }
+    // Once, after the rounds: an etcd cluster, its coordinators and participants stay up
+    // to the end, and three of them with every other round's stacks took more than the
+    // 20,000 open files a machine may allow (the HA issue measures etcd, not this one).
+    if args.runs("etcd") {
+        let scale = if args.quick { 5 } else { 1 };
+        let seconds = if args.quick { 2 } else { 5 };
+        let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+        let mut s = serial_releases(&mut stack, "etcd-base", &three, 500 / scale).await?;
+        let rocks_p50 = micros(percentile(&mut s, 0.5));
+        figures.extend(etcd::figures(dir.path(), rocks_p50, 500 / scale, seconds).await?);
+    }
     // Last of all: tracing, once installed, stays on for the process.
     if args.runs("tracing") {
         let seconds = if args.quick { 2 } else { 5 };
@@ -311,17 +322,6 @@ async fn one_round(
             plaintext.rate = t.rate();
         }
         figures.extend(tls_figures(dir, plaintext, scale, seconds).await?);
-    }
-    if args.runs("etcd") {
-        let rocks_p50 = match plaintext.latency_p50 {
-            0.0 => {
-                let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-                let mut s = serial_releases(stack, "etcd-base", &three, 500 / scale).await?;
-                micros(percentile(&mut s, 0.5))
-            }
-            measured => measured,
-        };
-        figures.extend(etcd::figures(dir, rocks_p50, 500 / scale, seconds).await?);
     }
     if args.runs("notify") {
         figures.extend(notify::figures(stack, 500 / scale).await?);
