@@ -448,21 +448,6 @@ impl Tables {
             .collect()
     }
 
-    /// Transactions created after `ordinal`, oldest first (for revert planning).
-    pub fn transactions_after(&self, ordinal: u64) -> Result<Vec<TxRecord>, StoreError> {
-        self.kv
-            .scan(
-                TRANSACTIONS,
-                &ordinal_key(ordinal + 1),
-                None,
-                Order::Ascending,
-                usize::MAX,
-            )?
-            .iter()
-            .map(|(_, v)| self.decode_transaction(v))
-            .collect()
-    }
-
     /// Unfinished transactions in creation order (for recovery).
     pub fn active_transactions(&self) -> Result<Vec<TxRecord>, StoreError> {
         let mut out = Vec::new();
@@ -734,18 +719,37 @@ impl Tables {
         project: &ProjectName,
         version: &Version,
     ) -> Result<Option<u64>, StoreError> {
+        self.start((environment, project, version), Order::Ascending)
+    }
+
+    /// The newest checkpoint revision at which `version` became live on `project` in
+    /// `environment`, once the table is filled ([`Tables::starts_filled`]): which
+    /// release made a live version live, read without the history after it.
+    pub fn last_start(
+        &self,
+        environment: &Environment,
+        project: &ProjectName,
+        version: &Version,
+    ) -> Result<Option<u64>, StoreError> {
+        self.start((environment, project, version), Order::Descending)
+    }
+
+    /// The first start of a version in `order` (oldest or newest).
+    fn start(
+        &self,
+        (environment, project, version): (&Environment, &ProjectName, &Version),
+        order: Order,
+    ) -> Result<Option<u64>, StoreError> {
         let start = keys::prefix(&[environment.as_str(), project.as_str(), version.as_str()]);
         let end = keys::prefix_end(&start);
-        let first = self
-            .kv
-            .scan(VERSION_STARTS, &start, Some(&end), Order::Ascending, 1)?;
+        let found = self.kv.scan(VERSION_STARTS, &start, Some(&end), order, 1)?;
         let revision = |key: &[u8]| {
             let number = key
                 .get(key.len().saturating_sub(8)..)
                 .and_then(keys::u64_of);
             number.ok_or_else(|| corrupt(VERSION_STARTS, format!("bad key {key:?}")))
         };
-        first.first().map(|(key, _)| revision(key)).transpose()
+        found.first().map(|(key, _)| revision(key)).transpose()
     }
 
     /// Whether `version_starts` holds the starts of every checkpoint.

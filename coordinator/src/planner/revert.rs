@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     error::{CoordinatorError, Result},
-    model::{Action, CheckpointRecord, TxRecord, TxState},
+    model::{CheckpointRecord, TxRecord, TxState},
 };
 
 /// Plans the revert of `release` (and, with `cascade`, of the later releases built on
@@ -22,8 +22,7 @@ use crate::{
 pub(super) fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Result<Plan> {
     let target_tx = revertible(view, release)?;
     let (before, base) = base_checkpoint(view, release, &target_tx)?;
-    let later = view.history.committed_after(target_tx.ordinal)?;
-    let cascade = Cascade::resolve(view, target_tx, &later, cascade);
+    let cascade = Cascade::resolve(view, target_tx, cascade)?;
     let reverts: Vec<TxId> = cascade.reverted.iter().map(|t| t.id.clone()).collect();
     let (mut targets, missing) = targets_in(&base, &cascade.touched());
     let mut preconditions = vec![earlier_state_exists(&missing, before, release)];
@@ -88,35 +87,36 @@ impl Cascade {
     /// Fixpoint: a project whose live version is no longer the one the reverted
     /// transactions set was changed by a later release, which depends on what the revert
     /// undoes. With cascade that release is reverted too and its projects join the set.
-    fn resolve(view: &View<'_>, first: TxRecord, later: &[TxRecord], cascade: bool) -> Self {
+    fn resolve(view: &View<'_>, first: TxRecord, cascade: bool) -> Result<Self> {
+        let after = first.checkpoint;
         let mut out = Cascade {
             reverted: vec![first],
             dependents: Vec::new(),
         };
-        while out.pull_one(view, later, cascade) {}
-        out
+        while out.pull_one(view, after, cascade)? {}
+        Ok(out)
     }
 
     /// One pass over the reverted projects. With cascade, stops at the first later
     /// release found and reverts it too (true: pass again); without, records every one
     /// as a dependent (false: done).
-    fn pull_one(&mut self, view: &View<'_>, later: &[TxRecord], cascade: bool) -> bool {
+    fn pull_one(&mut self, view: &View<'_>, after: u64, cascade: bool) -> Result<bool> {
         for (project, set_to) in versions_set_by(&self.reverted) {
-            let Some((culprit, live)) = changed_later(view, later, &project, &set_to) else {
+            let Some((culprit, live)) = changed_later(view, after, &project, &set_to)? else {
                 continue;
             };
             if self.reverted.iter().any(|r| r.id == culprit.id) {
                 continue;
             }
             if cascade {
-                self.reverted.push(culprit.clone());
-                return true;
+                self.reverted.push(culprit);
+                return Ok(true);
             } else if !self.dependents.iter().any(|(id, _)| id == &culprit.id) {
                 self.dependents
-                    .push((culprit.id.clone(), format!("{project}={live}")));
+                    .push((culprit.id, format!("{project}={live}")));
             }
         }
-        false
+        Ok(false)
     }
 
     /// Every project a reverted transaction took part in.
@@ -128,24 +128,20 @@ impl Cascade {
     }
 }
 
-/// The later release that made `project`'s live version what it is, when that is no
-/// longer `set_to` (the newest one that moved it there), with that live version.
-fn changed_later<'v, 't>(
+/// The release after checkpoint `after` that made `project`'s live version what it is,
+/// when that is no longer `set_to` (the newest one that moved it there), with that live
+/// version.
+fn changed_later<'v>(
     view: &'v View<'_>,
-    later: &'t [TxRecord],
+    after: u64,
     project: &ProjectName,
     set_to: &Version,
-) -> Option<(&'t TxRecord, &'v Version)> {
-    let live = view.live(project)?;
-    if live == set_to {
-        return None;
-    }
-    let culprit = later.iter().rev().find(|tx| {
-        tx.participants.iter().any(|p| {
-            &p.project == project && p.action != Action::Unchanged && &p.to_version == live
-        })
-    })?;
-    Some((culprit, live))
+) -> Result<Option<(TxRecord, &'v Version)>> {
+    let Some(live) = view.live(project).filter(|live| *live != set_to) else {
+        return Ok(None);
+    };
+    let culprit = view.history.made_live_after(project, live, after)?;
+    Ok(culprit.map(|culprit| (culprit, live)))
 }
 
 /// The version each project was last set to by `txs` (in order).

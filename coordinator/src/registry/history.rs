@@ -6,8 +6,8 @@ use lockstep_store::Batch;
 
 use crate::{
     error::Result,
-    model::{BuildRecord, CheckpointRecord, TxRecord, TxState},
-    planner::History,
+    model::{BuildRecord, CheckpointRecord, TxRecord},
+    planner::{History, StartFinder},
     tables::Tables,
 };
 
@@ -46,11 +46,18 @@ impl History for StoredHistory<'_> {
         Ok(self.tables.transaction(id)?)
     }
 
-    fn committed_after(&self, ordinal: u64) -> Result<Vec<TxRecord>> {
-        let later = self.tables.transactions_after(ordinal)?.into_iter();
-        let committed =
-            |t: &TxRecord| &t.environment == self.environment && t.state == TxState::Committed;
-        Ok(later.filter(committed).collect())
+    fn made_live_after(
+        &self,
+        project: &ProjectName,
+        version: &Version,
+        after: u64,
+    ) -> Result<Option<TxRecord>> {
+        let made = match self.tables.starts_filled()? {
+            true => self.start_after(project, version, after)?,
+            false => self.start_after_scanning(project, version, after)?,
+        };
+        let Some(made) = made else { return Ok(None) };
+        Ok(self.tables.transaction(&made)?)
     }
 
     fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
@@ -88,6 +95,44 @@ impl StoredHistory<'_> {
 }
 
 impl StoredHistory<'_> {
+    /// The transaction of `version`'s newest start after `after`, from `version_starts`.
+    fn start_after(
+        &self,
+        project: &ProjectName,
+        version: &Version,
+        after: u64,
+    ) -> Result<Option<TxId>> {
+        let newest = self.tables.last_start(self.environment, project, version)?;
+        let Some(revision) = newest.filter(|r| *r > after) else {
+            return Ok(None);
+        };
+        let cp = self.tables.checkpoint(self.environment, revision)?;
+        Ok(cp.map(|cp| cp.transaction))
+    }
+
+    /// The same, reading every checkpoint from `after` on (a data directory whose
+    /// `version_starts` is not filled yet: a standby's, before its leader filled it).
+    fn start_after_scanning(
+        &self,
+        project: &ProjectName,
+        version: &Version,
+        after: u64,
+    ) -> Result<Option<TxId>> {
+        const PAGE: usize = 256;
+        let mut finder = StartFinder::new(project, version, after);
+        let mut from = after.saturating_sub(1);
+        loop {
+            let page = self
+                .tables
+                .checkpoints_after(self.environment, from, PAGE)?;
+            page.iter().for_each(|cp| finder.see(cp));
+            match page.last() {
+                Some(last) if page.len() == PAGE => from = last.revision,
+                _ => return Ok(finder.newest),
+            }
+        }
+    }
+
     /// The newest revision at which `version` was live on `project`: the head's, when
     /// it is live there.
     fn last_live(&self, project: &ProjectName, version: &Version) -> Result<Option<u64>> {
@@ -189,6 +234,56 @@ mod tests {
             description: String::new(),
             untested: false,
             committed_ms: revision,
+        }
+    }
+
+    /// Which release made a version live after a revision (what a revert's
+    /// `no-later-dependents` asks) is the same from the `version_starts` index as from
+    /// reading the checkpoints, over pages, with the version live twice: the newest
+    /// start counts, and none after the revision is none.
+    #[test]
+    fn the_release_that_made_a_version_live_is_found_without_the_history() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let (mut batch, mut previous) = (Batch::default(), None);
+        for revision in 1..=800u64 {
+            let web = match revision {
+                ..=300 | 601..=700 => "v1",
+                301..=600 => "v2",
+                _ => "v3",
+            };
+            let checkpoint = cp("prod", revision, web);
+            Tables::put_checkpoint(&mut batch, &checkpoint);
+            previous = Some(checkpoint);
+        }
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let prod = Environment::parse("e", "prod").unwrap();
+        let history = StoredHistory {
+            tables: &tables,
+            environment: &prod,
+            head: previous.as_ref(),
+        };
+        let web = ProjectName::parse("p", "web").unwrap();
+        let v = |s: &str| Version::parse("v", s).unwrap();
+        let t = |n: u64| Some(TxId::parse("id", &format!("T{n}")).unwrap());
+        let asked = [
+            ("v1", 1, t(601)),
+            ("v1", 600, t(601)),
+            ("v1", 601, None),
+            ("v2", 0, t(301)),
+            ("v2", 300, t(301)),
+            ("v3", 700, t(701)),
+            ("v3", 701, None),
+            ("v4", 0, None),
+        ];
+        let scanned: Vec<_> = asked
+            .iter()
+            .map(|(version, after, _)| history.start_after_scanning(&web, &v(version), *after))
+            .collect();
+        fill_starts(&tables).unwrap();
+        for ((version, after, made), scanned) in asked.iter().zip(scanned) {
+            let indexed = history.start_after(&web, &v(version), *after).unwrap();
+            assert_eq!(&indexed, made, "{version} after {after}, from the index");
+            assert_eq!(&scanned.unwrap(), made, "{version} after {after}, scanning");
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
         Action, BuildRecord, CheckpointRecord, LiveEntry, ProjectRecord, QuarantineRecord, Request,
         TxKind, TxRecord, TxState,
     },
-    planner::{History, Plan, View, checkpoint_description, plan},
+    planner::{History, Plan, StartFinder, View, checkpoint_description, plan},
 };
 
 pub(super) fn p(s: &str) -> ProjectName {
@@ -69,13 +69,17 @@ impl History for Story {
         Ok(self.transactions.iter().find(|t| &t.id == tx).cloned())
     }
 
-    fn committed_after(&self, ordinal: u64) -> Result<Vec<TxRecord>> {
-        Ok(self
-            .transactions
-            .iter()
-            .filter(|t| t.ordinal > ordinal && t.state == TxState::Committed)
-            .cloned()
-            .collect())
+    fn made_live_after(
+        &self,
+        project: &ProjectName,
+        version: &Version,
+        after: u64,
+    ) -> Result<Option<TxRecord>> {
+        let mut finder = StartFinder::new(project, version, after);
+        self.checkpoints.iter().for_each(|cp| finder.see(cp));
+        Ok(finder
+            .newest
+            .and_then(|made| self.transaction(&made).ok().flatten()))
     }
 
     fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
