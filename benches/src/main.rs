@@ -968,6 +968,12 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
 /// Writes `n` committed 3-project transactions into a fresh data directory `data`, each
 /// with its checkpoint and two events (created, committed), as a coordinator would
 /// have left them; returns the log's last sequence number.
+/// The environment that one transaction in [`SPARSE_EVERY`] of a written history
+/// belongs to (the others are in `default`): a list of it must not read the others.
+const SPARSE_ENVIRONMENT: &str = "sparse";
+/// See [`SPARSE_ENVIRONMENT`].
+const SPARSE_EVERY: u64 = 100_000;
+
 fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
     let participants: Vec<(String, String)> = (0..3)
         .map(|i| (format!("m{i}"), "http://127.0.0.1:1".to_string()))
@@ -978,12 +984,15 @@ fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
         for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
             let mut batch = Batch::default();
             for ordinal in chunk {
-                let tx = record(
+                let mut tx = record(
                     *ordinal,
                     TxState::Committed,
                     &participants,
                     &ordinal.to_string(),
                 );
+                if ordinal % SPARSE_EVERY == SPARSE_EVERY / 2 {
+                    tx.environment = name(Environment::parse, SPARSE_ENVIRONMENT);
+                }
                 Tables::put_transaction(&mut batch, &tx);
                 let versions = tx
                     .participants

@@ -14,7 +14,8 @@ use lockstep::pb::{self, coordinator_client::CoordinatorClient};
 use tonic::transport::Channel;
 
 use crate::{
-    Figure, coordinator_binary, figure, micros, percentile, recovery_on, rss, write_history,
+    Figure, SPARSE_ENVIRONMENT, SPARSE_EVERY, coordinator_binary, figure, micros, percentile,
+    recovery_on, rss, write_history,
 };
 
 /// Calls timed per page figure.
@@ -45,14 +46,16 @@ fn page_figure(name: String, p50: f64) -> Figure {
     }
 }
 
-/// Pages of the release list (newest first) and of the history (oldest first).
-async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Result<Vec<Figure>> {
-    let list = pages(|token| {
+/// Pages of 50 of the release list (newest first), of `environment` or all.
+async fn list_pages(client: &CoordinatorClient<Channel>, environment: &str) -> anyhow::Result<f64> {
+    pages(|token| {
         let mut client = client.clone();
+        let environment = environment.to_string();
         async move {
             let request = pb::ListReleasesRequest {
                 page_size: 50,
                 page_token: token,
+                environment,
                 ..Default::default()
             };
             Ok(client
@@ -62,7 +65,18 @@ async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Re
                 .next_page_token)
         }
     })
-    .await?;
+    .await
+}
+
+/// Pages of the release list (newest first) and of the history (oldest first).
+async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Result<Vec<Figure>> {
+    let list = list_pages(client, "").await?;
+    let add = pb::AddEnvironmentRequest {
+        name: SPARSE_ENVIRONMENT.into(),
+        after: Vec::new(),
+    };
+    client.clone().add_environment(add).await?;
+    let sparse = list_pages(client, SPARSE_ENVIRONMENT).await?;
     let history = pages(|token| {
         let mut client = client.clone();
         async move {
@@ -83,6 +97,12 @@ async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Re
         page_figure(
             format!("release list, pages of 50, {n} transactions, p50"),
             list,
+        ),
+        page_figure(
+            format!(
+                "release list of an environment with one in {SPARSE_EVERY} of the {n}, pages of 50, p50"
+            ),
+            sparse,
         ),
         page_figure(
             format!("history, pages of 100, {n} checkpoints, p50"),

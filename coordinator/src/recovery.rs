@@ -13,7 +13,7 @@ use crate::{error::Result, registry::Registry, tables::Tables, txn::Transaction}
 
 /// Loads state and resumes every unfinished transaction. Returns how many it resumed.
 pub fn recover(registry: &Registry, backoff: lockstep::retry::Backoff) -> Result<usize> {
-    registry.fill_starts()?;
+    registry.fill_indexes()?;
     registry.load()?;
     let mut unfinished = registry.tables().active_transactions()?;
     if !registry.tables().ends_checked()? {

@@ -177,7 +177,7 @@ pub(super) fn fill_starts(tables: &Tables) -> Result<()> {
 }
 
 /// Writes `batch` synced; false on a read-only store (a standby).
-fn written(tables: &Tables, batch: Batch) -> Result<bool> {
+pub(super) fn written(tables: &Tables, batch: Batch) -> Result<bool> {
     match tables.kv().write(batch, lockstep_store::Durability::Sync) {
         Ok(()) => Ok(true),
         Err(lockstep_store::StoreError::ReadOnly) => Ok(false),

@@ -27,6 +27,7 @@
 pub mod admit;
 pub mod apply;
 pub mod audit;
+mod by_environment;
 pub mod environments;
 mod history;
 mod live_check;
@@ -163,11 +164,13 @@ impl Registry {
         &self.inner.tables
     }
 
-    /// Fills the table of the revisions at which versions became live, once per data
-    /// directory written before it existed. Recovery's job, on the instance that leads:
-    /// a standby's read-only view, built for each read, leaves it alone.
-    pub fn fill_starts(&self) -> Result<()> {
-        history::fill_starts(&self.inner.tables)
+    /// Fills the table of the revisions at which versions became live, and the index of
+    /// transactions by environment, once per data directory written before they
+    /// existed. Recovery's job, on the instance that leads: a standby's read-only view,
+    /// built for each read, leaves them alone.
+    pub fn fill_indexes(&self) -> Result<()> {
+        history::fill_starts(&self.inner.tables)?;
+        by_environment::fill(&self.inner.tables)
     }
 
     /// Loads everything but transactions from storage (recovery's first step).

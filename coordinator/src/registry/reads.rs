@@ -86,10 +86,18 @@ impl Registry {
             out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
             return Ok(Page::of(out, size, |t| t.ordinal));
         }
+        let tables = &self.inner.tables;
+        let indexed = match env {
+            Some(env) if tables.by_environment_filled()? => Some(env),
+            _ => None,
+        };
         let mut out = Vec::new();
         let mut cursor = before;
         loop {
-            let batch = self.inner.tables.transactions_before(cursor, size + 1)?;
+            let batch = match indexed {
+                Some(env) => tables.environment_transactions_before(env, cursor, size + 1)?,
+                None => tables.transactions_before(cursor, size + 1)?,
+            };
             let exhausted = batch.len() <= size;
             cursor = batch.last().map(|t| t.ordinal);
             out.extend(batch.into_iter().filter(|t| in_env(t)));
