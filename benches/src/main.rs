@@ -337,6 +337,7 @@ async fn one_round(
         figures.extend(watchers::figures(dir, 500 / scale).await?);
     }
     if args.runs("recovery") {
+        figures.push(idle_figure().await);
         figures.push(recovery_figure(dir, scale).await?);
     }
     if args.runs("memory") {
@@ -504,6 +505,16 @@ async fn fanout(
         )
     });
     Ok(())
+}
+
+/// The process's CPU over a second in which no part runs: what the stacks of the
+/// earlier parts, all still up, cost while idle (the recovery figure after it shares
+/// the cores with them).
+async fn idle_figure() -> Figure {
+    let before = cpu();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = (cpu() - before).as_secs_f64();
+    figure("CPU in use while idle, before recovery", used, "cores")
 }
 
 async fn recovery_figure(dir: &Path, scale: usize) -> anyhow::Result<Figure> {
@@ -904,7 +915,7 @@ async fn recovery(dir: &Path, n: u64) -> anyhow::Result<Duration> {
 /// the figures do not include the one-time fill of a directory from an older version.
 fn indexed() -> Batch {
     let mut batch = Batch::default();
-    Tables::put_by_environment_filled(&mut batch);
+    Tables::put_indexes_filled(&mut batch);
     batch
 }
 
@@ -975,19 +986,24 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
     Ok(measured)
 }
 
-/// Writes `n` committed 3-project transactions into a fresh data directory `data`, each
-/// with its checkpoint and two events (created, committed), as a coordinator would
-/// have left them; returns the log's last sequence number.
 /// The environment that one transaction in [`SPARSE_EVERY`] of a written history
 /// belongs to (the others are in `default`): a list of it must not read the others.
 const SPARSE_ENVIRONMENT: &str = "sparse";
 /// See [`SPARSE_ENVIRONMENT`].
 const SPARSE_EVERY: u64 = 100_000;
+/// The one project of the transactions in [`SPARSE_ENVIRONMENT`] (the others are of
+/// m0, m1 and m2): a caller who may read it alone must not read the others.
+const RARE_PROJECT: &str = "rare";
 
+/// Writes `n` committed transactions into a fresh data directory `data` (of m0, m1 and
+/// m2, but one in [`SPARSE_EVERY`], of [`RARE_PROJECT`] in [`SPARSE_ENVIRONMENT`]),
+/// each with its checkpoint and two events (created, committed), as a coordinator
+/// would have left them; returns the log's last sequence number.
 fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
     let participants: Vec<(String, String)> = (0..3)
         .map(|i| (format!("m{i}"), "http://127.0.0.1:1".to_string()))
         .collect();
+    let rare = [(RARE_PROJECT.to_string(), "http://127.0.0.1:1".to_string())];
     {
         let kv = RocksKv::open(data, tables::ALL)?;
         let mut seq = 0u64;
@@ -1001,6 +1017,7 @@ fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
                     &ordinal.to_string(),
                 );
                 if ordinal % SPARSE_EVERY == SPARSE_EVERY / 2 {
+                    tx = record(*ordinal, TxState::Committed, &rare, &ordinal.to_string());
                     tx.environment = name(Environment::parse, SPARSE_ENVIRONMENT);
                 }
                 Tables::put_transaction(&mut batch, &tx);
@@ -1052,11 +1069,22 @@ fn write_history(data: &Path, n: u64) -> anyhow::Result<u64> {
     }
 }
 
-/// Starts the real coordinator binary on `data`; returns it and its URL.
+/// Starts the real coordinator binary on `data`, plaintext; returns it and its URL.
 async fn coordinator_binary(data: &Path) -> anyhow::Result<(tokio::process::Child, String)> {
+    let (child, address) = coordinator_process(data, &["--insecure".into()]).await?;
+    Ok((child, format!("http://{address}")))
+}
+
+/// Starts the real coordinator binary on `data` with `args` (plaintext, or its TLS
+/// flags); returns it and the address it listens on.
+async fn coordinator_process(
+    data: &Path,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()?.with_file_name("lockstep-coordinator");
     let mut child = tokio::process::Command::new(&exe)
-        .args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -1072,6 +1100,5 @@ async fn coordinator_binary(data: &Path) -> anyhow::Result<(tokio::process::Chil
         .next_line()
         .await?
         .ok_or_else(|| anyhow::anyhow!("the coordinator exited"))?;
-    let url = format!("http://{}", line.trim_start_matches("listening on "));
-    Ok((child, url))
+    Ok((child, line.trim_start_matches("listening on ").to_string()))
 }

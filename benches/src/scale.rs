@@ -14,8 +14,8 @@ use lockstep::pb::{self, coordinator_client::CoordinatorClient};
 use tonic::transport::Channel;
 
 use crate::{
-    Figure, SPARSE_ENVIRONMENT, SPARSE_EVERY, coordinator_binary, figure, micros, percentile,
-    recovery_on, rss, write_history,
+    Figure, RARE_PROJECT, SPARSE_ENVIRONMENT, SPARSE_EVERY, coordinator_binary,
+    coordinator_process, figure, micros, percentile, recovery_on, rss, stack::Certs, write_history,
 };
 
 /// Calls timed per page figure.
@@ -111,6 +111,40 @@ async fn page_figures(client: &CoordinatorClient<Channel>, n: u64) -> anyhow::Re
     ])
 }
 
+/// Pages of the release list of every environment, for a viewer of [`RARE_PROJECT`]
+/// alone (over mutual TLS, as grants need): it may see one transaction in
+/// [`SPARSE_EVERY`], and must not pay for reading the others.
+async fn scoped_figure(dir: &Path, data: &Path, n: u64) -> anyhow::Result<Figure> {
+    let agents = [RARE_PROJECT.to_string()];
+    let certs = Certs::init_for(&dir.join("scoped-certs"), &agents, &["reader"]).await?;
+    let mut args = certs.server_args();
+    args.extend([
+        "--grant".into(),
+        format!("reader=viewer/{RARE_PROJECT}").into(),
+    ]);
+    let (mut child, address) = coordinator_process(data, &args).await?;
+    let endpoint = lockstep::edge::endpoint(&format!("https://{address}"))?;
+    let channel = endpoint.tls_config(certs.client("user-reader")?)?;
+    let client = CoordinatorClient::new(channel.connect().await?);
+    let listed = client
+        .clone()
+        .list_releases(pb::ListReleasesRequest::default())
+        .await?;
+    let seen = listed.into_inner().transactions.len() as u64;
+    anyhow::ensure!(
+        seen == n / SPARSE_EVERY,
+        "the viewer of {RARE_PROJECT} saw {seen}"
+    );
+    let p50 = list_pages(&client, "").await?;
+    child.kill().await?;
+    Ok(page_figure(
+        format!(
+            "release list of every environment for a viewer of a project in one in {SPARSE_EVERY} of the {n}, pages of 50, p50"
+        ),
+        p50,
+    ))
+}
+
 /// A watcher from the first event to `last`: events per second.
 async fn stream_rate(client: &CoordinatorClient<Channel>, last: u64) -> anyhow::Result<f64> {
     let mut client = client.clone();
@@ -169,6 +203,7 @@ pub async fn figures(dir: &Path, n: u64) -> anyhow::Result<Vec<Figure>> {
         "MiB",
     ));
     child.kill().await?;
+    figures.push(scoped_figure(dir, &data, n).await?);
     let recovered: Duration = recovery_on(dir, &data, n, 10_000).await?;
     figures.push(Figure {
         target: Some("< 2 s".into()),

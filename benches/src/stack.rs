@@ -57,6 +57,11 @@ impl Certs {
     /// Writes a CA and certificates for the coordinator, `agents` and user admin into
     /// `dir`, with the CLI built beside this binary.
     pub async fn init(dir: &Path, agents: &[String]) -> anyhow::Result<Self> {
+        Self::init_for(dir, agents, &["admin"]).await
+    }
+
+    /// [`Certs::init`] with certificates for `users` instead of admin alone.
+    pub async fn init_for(dir: &Path, agents: &[String], users: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("lockstep");
         let status = tokio::process::Command::new(&exe)
             .arg("certs")
@@ -64,6 +69,8 @@ impl Certs {
             .arg(dir)
             .arg("--agents")
             .arg(agents.join(","))
+            .arg("--users")
+            .arg(users.join(","))
             .stdout(std::process::Stdio::null())
             .status()
             .await
@@ -81,8 +88,19 @@ impl Certs {
         }
     }
 
+    /// The coordinator binary's flags for mutual TLS with these certificates.
+    pub fn server_args(&self) -> Vec<std::ffi::OsString> {
+        let f = self.files("coordinator");
+        let flags = ["--tls-cert", "--tls-key", "--tls-client-ca"];
+        let paths = [f.cert, f.key, f.ca];
+        let pairs = flags.into_iter().zip(paths);
+        pairs
+            .flat_map(|(flag, path)| [flag.into(), path.into()])
+            .collect()
+    }
+
     /// A client configuration presenting `name`'s certificate.
-    fn client(&self, name: &str) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    pub fn client(&self, name: &str) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
         let f = self.files(name);
         Ok(tls::client_config(&f.ca, Some((&f.cert, &f.key)))?)
     }

@@ -30,6 +30,7 @@ use crate::{
         admit::{Authorize, Created},
         apply::Applied,
         audit::AuditPage,
+        listing::Filter,
         projects::ProjectChange,
         reads::{Live, Page},
     },
@@ -384,16 +385,16 @@ impl Coordinator {
     }
 
     /// One page of transactions, newest first, created before ordinal `before`, of
-    /// those `visible` keeps (what the caller may read); unfinished ones as they are now.
+    /// those `filter` keeps (what the caller asked for and may read); unfinished ones as
+    /// they are now.
     pub fn list(
         &self,
-        env: Option<&Environment>,
-        visible: &dyn Fn(&TxRecord) -> bool,
+        filter: &Filter<'_>,
         size: usize,
         before: Option<u64>,
         active_only: bool,
     ) -> Result<Page<TxRecord>> {
-        self.registry.list(env, visible, size, before, active_only)
+        self.registry.list(filter, size, before, active_only)
     }
 
     /// Whether `id` is a transaction that has not ended.

@@ -45,6 +45,9 @@ use crate::model::{
     QuarantineRecord, SubscriptionRecord, TokenRecord, TxRecord,
 };
 
+mod indexes;
+pub use indexes::IndexRange;
+
 /// Projects by (environment, name).
 pub const PROJECTS: &str = "projects";
 /// Transactions by ordinal.
@@ -69,6 +72,10 @@ pub const VERSION_STARTS: &str = "version_starts";
 /// value): a list of one environment's releases reads its own, not every other
 /// environment's in between.
 pub const TX_BY_ENVIRONMENT: &str = "tx_by_environment";
+/// Each transaction's ordinal under each project taking part, in its environment (`env
+/// \0 project \0 ordinal` u64 BE, no value): a caller who may read a few projects lists
+/// their releases, not every other project's in between.
+pub const TX_BY_PROJECT: &str = "tx_by_project";
 /// Facts about this data directory (its incarnation).
 pub const META: &str = "meta";
 /// What each committed (environment, project, version) was staged from.
@@ -92,9 +99,6 @@ const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
 /// Set once `version_starts` holds every checkpoint's starts (filled from the history
 /// in a data directory written before the table existed).
 const STARTS_FILLED_KEY: &[u8] = b"version-starts-filled-v1";
-/// Set once `tx_by_environment` holds every transaction (filled from the table in a data
-/// directory written before the index existed).
-const BY_ENVIRONMENT_FILLED_KEY: &[u8] = b"tx-by-environment-filled-v1";
 
 /// Facts learnt about a transaction after it ended (quarantined, live check).
 pub const TX_MARKS: &str = "tx_marks";
@@ -112,6 +116,7 @@ pub const ALL: &[&str] = &[
     SEEN_VERSIONS,
     VERSION_STARTS,
     TX_BY_ENVIRONMENT,
+    TX_BY_PROJECT,
     META,
     BUILDS,
     TOKENS,
@@ -456,55 +461,6 @@ impl Tables {
             .collect()
     }
 
-    /// Up to `limit` transactions of `environment` created before ordinal `before` (or
-    /// the newest), newest first, read through `tx_by_environment` (once filled, see
-    /// [`Tables::by_environment_filled`]).
-    pub fn environment_transactions_before(
-        &self,
-        environment: &Environment,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<TxRecord>, StoreError> {
-        let (start, mut end) = checkpoint_range(environment);
-        if let Some(before) = before {
-            end = keys::parts_u64_key(&[environment.as_str()], before);
-        }
-        let index = self.kv.scan(
-            TX_BY_ENVIRONMENT,
-            &start,
-            Some(&end),
-            Order::Descending,
-            limit,
-        )?;
-        let mut out = Vec::with_capacity(index.len());
-        for (key, _) in index {
-            let bad = || corrupt(TX_BY_ENVIRONMENT, format!("bad key {key:?}"));
-            let ordinal = key
-                .get(key.len().saturating_sub(8)..)
-                .and_then(keys::u64_of);
-            let ordinal = ordinal.ok_or_else(bad)?;
-            let missing = || corrupt(TX_BY_ENVIRONMENT, format!("no transaction {ordinal}"));
-            out.push(self.transaction_at(ordinal)?.ok_or_else(missing)?);
-        }
-        Ok(out)
-    }
-
-    /// Whether `tx_by_environment` holds every transaction.
-    pub fn by_environment_filled(&self) -> Result<bool, StoreError> {
-        Ok(self.kv.get(META, BY_ENVIRONMENT_FILLED_KEY)?.is_some())
-    }
-
-    /// Records that `tx_by_environment` is filled.
-    pub fn put_by_environment_filled(batch: &mut Batch) {
-        batch.put(META, BY_ENVIRONMENT_FILLED_KEY.to_vec(), Vec::new());
-    }
-
-    /// Adds `tx`'s `tx_by_environment` entry to `batch` (the one-time fill).
-    pub fn put_by_environment(batch: &mut Batch, tx: &TxRecord) {
-        let key = keys::parts_u64_key(&[tx.environment.as_str()], tx.ordinal);
-        batch.put(TX_BY_ENVIRONMENT, key, Vec::new());
-    }
-
     /// Unfinished transactions in creation order (for recovery).
     pub fn active_transactions(&self) -> Result<Vec<TxRecord>, StoreError> {
         let mut out = Vec::new();
@@ -604,7 +560,7 @@ impl Tables {
         let key = ordinal_key(tx.ordinal);
         batch.put(TRANSACTIONS, key.clone(), encode(tx));
         batch.put(TX_IDS, tx_id_key(&tx.id), key.clone());
-        Self::put_by_environment(batch, tx);
+        Self::put_indexes(batch, tx);
         if tx.state.is_terminal() && tx.finished_ms != 0 {
             batch.delete(ACTIVE, key);
         } else {

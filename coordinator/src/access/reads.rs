@@ -16,7 +16,7 @@ use lockstep::names::{Environment, ProjectName};
 
 use super::{
     Principal, Standing,
-    roles::{Permission, Scope},
+    roles::{Grant, Permission, Scope},
 };
 
 impl Principal {
@@ -50,6 +50,19 @@ impl Principal {
     /// check of a read of one environment, and which environments a listing shows.
     pub fn reads_in(&self, env: &Environment) -> bool {
         self.allows(Permission::Read, &Scope::environment(env))
+    }
+
+    /// The grants through which it may read (`None`: it may read everything, unchecked),
+    /// so that a listing can look only where they reach.
+    pub fn read_grants(&self) -> Option<Vec<&Grant>> {
+        match &self.standing {
+            Standing::Unchecked => None,
+            Standing::Granted(grants) => {
+                let reading = grants.iter().filter(|g| g.role >= Permission::Read.role());
+                Some(reading.collect())
+            }
+            Standing::Agent { .. } | Standing::Nothing => Some(Vec::new()),
+        }
     }
 
     /// Whether it holds `permission` anywhere at all: the entry check of a filtered

@@ -27,9 +27,10 @@
 pub mod admit;
 pub mod apply;
 pub mod audit;
-mod by_environment;
 pub mod environments;
 mod history;
+mod indexes;
+pub mod listing;
 mod live_check;
 mod operator;
 mod planning;
@@ -164,13 +165,14 @@ impl Registry {
         &self.inner.tables
     }
 
-    /// Fills the table of the revisions at which versions became live, and the index of
-    /// transactions by environment, once per data directory written before they
-    /// existed. Recovery's job, on the instance that leads: a standby's read-only view,
-    /// built for each read, leaves them alone.
+    /// Fills the table of the revisions at which versions became live, and the indexes
+    /// of transactions by environment and by project, once per data directory written
+    /// before they existed, and catches the indexes up over what an older leader wrote
+    /// since. Recovery's job, on the instance that leads, before it serves: a standby's
+    /// read-only view, built for each read, leaves them alone.
     pub fn fill_indexes(&self) -> Result<()> {
         history::fill_starts(&self.inner.tables)?;
-        by_environment::fill(&self.inner.tables)
+        indexes::fill(&self.inner.tables)
     }
 
     /// Loads everything but transactions from storage (recovery's first step).

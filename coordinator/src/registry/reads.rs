@@ -24,7 +24,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// The first `size` of `items` (read one past the page, to know whether there is
     /// more), with the cursor of the last one kept when more follow.
-    fn of(mut items: Vec<T>, size: usize, cursor: impl Fn(&T) -> u64) -> Self {
+    pub(super) fn of(mut items: Vec<T>, size: usize, cursor: impl Fn(&T) -> u64) -> Self {
         let more = items.len() > size;
         items.truncate(size);
         let next = if more { items.last().map(cursor) } else { None };
@@ -58,61 +58,6 @@ impl Registry {
         let s = self.state();
         let found = self.existing(&s, id)?;
         found.ok_or_else(|| not_found(id))
-    }
-
-    /// One page of transactions, newest first, created before ordinal `before` (from
-    /// the newest when `None`), of those `visible` keeps (what the reader may see: the
-    /// page is filled with those, not filtered after); unfinished ones as they are now.
-    /// Storage is scanned without the state lock, which is taken only to swap in
-    /// unfinished records.
-    pub fn list(
-        &self,
-        env: Option<&Environment>,
-        visible: &dyn Fn(&TxRecord) -> bool,
-        size: usize,
-        before: Option<u64>,
-        active_only: bool,
-    ) -> Result<Page<TxRecord>> {
-        let in_env = |t: &TxRecord| env.is_none_or(|e| &t.environment == e) && visible(t);
-        let earlier = |t: &TxRecord| before.is_none_or(|b| t.ordinal < b);
-        if active_only {
-            let s = self.state();
-            let active = s.active.values().map(|a| &a.record);
-            let mut out: Vec<TxRecord> = active
-                .filter(|t| in_env(t) && earlier(t))
-                .cloned()
-                .collect();
-            drop(s);
-            out.sort_by_key(|t| std::cmp::Reverse(t.ordinal));
-            return Ok(Page::of(out, size, |t| t.ordinal));
-        }
-        let tables = &self.inner.tables;
-        let indexed = match env {
-            Some(env) if tables.by_environment_filled()? => Some(env),
-            _ => None,
-        };
-        let mut out = Vec::new();
-        let mut cursor = before;
-        loop {
-            let batch = match indexed {
-                Some(env) => tables.environment_transactions_before(env, cursor, size + 1)?,
-                None => tables.transactions_before(cursor, size + 1)?,
-            };
-            let exhausted = batch.len() <= size;
-            cursor = batch.last().map(|t| t.ordinal);
-            out.extend(batch.into_iter().filter(|t| in_env(t)));
-            if out.len() > size || exhausted {
-                break;
-            }
-        }
-        let mut page = Page::of(out, size, |t| t.ordinal);
-        let s = self.state();
-        for t in &mut page.items {
-            if let Some(a) = s.active.get(&t.id) {
-                t.clone_from(&a.record);
-            }
-        }
-        Ok(page)
     }
 
     /// Whether `id` is a transaction that has not ended (cheap: nothing is copied or

@@ -33,7 +33,7 @@ use crate::{
     feed::WatchFilter,
     model::{CreateSpec, TxState},
     planner::Plan,
-    registry::admit::Created,
+    registry::{admit::Created, listing::Filter},
 };
 
 /// Serves the Coordinator API over a [`Coordinator`].
@@ -319,9 +319,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let size = convert::page_size(field, size, 50)?;
         let before = convert::page_token("page_token", &r.page_token, TX_PAGES)?;
         let visible = |t: &_| reads::shows_transaction(&who, t);
+        let readable = reads::readable(&who);
+        let filter = Filter {
+            env: env.as_ref(),
+            readable: &readable,
+            visible: &visible,
+        };
         let page = self
             .coordinator
-            .list(env.as_ref(), &visible, size, before, r.active_only)?;
+            .list(&filter, size, before, r.active_only)?;
         Ok(Response::new(pb::ListReleasesResponse {
             transactions: page.items.iter().map(convert::transaction).collect(),
             next_page_token: convert::next_token(TX_PAGES, page.next),

@@ -17,6 +17,7 @@ use crate::{
     convert,
     error::CoordinatorError,
     model::{CheckpointRecord, ProjectRecord, TxRecord},
+    registry::listing::Readable,
 };
 
 /// What a checkpoint says of a transaction the caller may not read.
@@ -25,6 +26,41 @@ const UNREADABLE: &str = "a change to projects outside your grant";
 /// Whether `who` may see transaction `t`: every one of its projects is readable.
 pub(super) fn shows_transaction(who: &Principal, t: &TxRecord) -> bool {
     who.reads_all(&t.environment, t.participants.iter().map(|p| &p.project))
+}
+
+/// Where a listing finds everything `who` may see: the environments and projects its
+/// read grants name (what [`shows_transaction`] then checks of each record).
+pub(super) fn readable(who: &Principal) -> Readable {
+    let Some(grants) = who.read_grants() else {
+        return Readable::everything();
+    };
+    let mut readable = Readable::default();
+    for grant in grants {
+        let parse = |e: &String| Environment::parse("environment", e).ok();
+        let environments: Vec<Option<Environment>> = match grant.environments.is_empty() {
+            true => vec![None],
+            false => grant
+                .environments
+                .iter()
+                .filter_map(parse)
+                .map(Some)
+                .collect(),
+        };
+        let projects = grant.projects.iter();
+        let projects: Vec<ProjectName> = projects
+            .filter_map(|p| ProjectName::parse("project", p).ok())
+            .collect();
+        for env in environments {
+            match (env, grant.projects.is_empty()) {
+                (None, true) => readable.everything = true,
+                (Some(env), true) => drop(readable.environments.insert(env)),
+                (env, false) => projects.iter().for_each(|p| {
+                    readable.projects.insert((env.clone(), p.clone()));
+                }),
+            }
+        }
+    }
+    readable
 }
 
 /// Whether `who` may see project `p` (as registered).
@@ -146,5 +182,72 @@ impl CoordinatorService {
         let shown = shows_transaction(who, &record);
         seen.insert(id.to_string(), shown);
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::access::{
+        Standing,
+        roles::{Grant, Role},
+    };
+
+    fn grant(role: Role, environments: &[&str], projects: &[&str]) -> Grant {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Grant {
+            role,
+            environments: strings(environments),
+            projects: strings(projects),
+        }
+    }
+
+    fn granted(grants: Vec<Grant>) -> Principal {
+        Principal {
+            actor: "user/bob".into(),
+            standing: Standing::Granted(grants),
+        }
+    }
+
+    /// A listing looks where the caller's grants reach: the projects they name in the
+    /// environments they name (or in every one), the environments they hold whole, and
+    /// everywhere for a grant over everything or an unchecked caller.
+    #[test]
+    fn a_listing_looks_where_the_grants_reach() {
+        let (e, p) = (
+            |n: &str| Environment::parse("e", n).unwrap(),
+            |n: &str| ProjectName::parse("p", n).unwrap(),
+        );
+        let bob = granted(vec![
+            grant(Role::Viewer, &["staging", "prod"], &["A", "B"]),
+            grant(Role::Viewer, &["dev"], &[]),
+            grant(Role::Releaser, &[], &["C"]),
+        ]);
+        let readable = readable(&bob);
+        assert!(!readable.everything);
+        assert_eq!(readable.environments, BTreeSet::from([e("dev")]));
+        let expected = [
+            (Some(e("prod")), p("A")),
+            (Some(e("prod")), p("B")),
+            (Some(e("staging")), p("A")),
+            (Some(e("staging")), p("B")),
+            (None, p("C")),
+        ];
+        assert_eq!(readable.projects, BTreeSet::from(expected));
+        let everywhere = granted(vec![grant(Role::Viewer, &[], &[])]);
+        assert!(readable_everything(&everywhere));
+        let unchecked = Principal {
+            actor: "anyone".into(),
+            standing: Standing::Unchecked,
+        };
+        assert!(readable_everything(&unchecked));
+    }
+
+    fn readable_everything(who: &Principal) -> bool {
+        readable(who).everything
     }
 }
