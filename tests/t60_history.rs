@@ -356,3 +356,68 @@ async fn releases_and_history_are_read_page_by_page() {
     let all = c.cli(&["history", "-o", "json"]).await.json();
     assert_eq!(all["checkpoints"].as_array().unwrap().len(), 5);
 }
+
+/// The ids of a `release list -o json`, newest first, and its next page token.
+fn listed(out: &support::Cli) -> (Vec<String>, String) {
+    assert_eq!(out.code, 0, "{out:?}");
+    let json = out.json();
+    let ids = json["transactions"].as_array().cloned().unwrap_or_default();
+    let ids = ids.iter().map(|t| t["id"].as_str().unwrap().to_string());
+    let token = json["nextPageToken"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (ids.collect(), token)
+}
+
+/// Given T1 (A, B and C), T2 (B), T3 (C) and T4 (A, B and C), when the releases of one
+/// project are listed, then exactly those it takes part in are shown, newest first, a
+/// page at a time, and the same after the coordinator is killed and restarted; a
+/// project that is not a name is refused, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_releases_of_one_project_are_listed_page_by_page() {
+    let mut c = seed_with_t4().await;
+    let list = |project: &str, token: &str| {
+        let args = ["release", "list", "--project", project, "-o", "json"];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend([
+            "--limit".into(),
+            "1".into(),
+            "--page-token".into(),
+            token.into(),
+        ]);
+        args
+    };
+    for restarted in [false, true] {
+        for (project, expected) in [("A", &["T4", "T1"][..]), ("B", &["T4", "T2", "T1"])] {
+            let (mut ids, mut token) = (Vec::new(), String::new());
+            loop {
+                let args = list(project, &token);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (page, next) = listed(&c.cli(&args).await);
+                assert!(page.len() <= 1, "{page:?}");
+                ids.extend(page);
+                token = next;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            assert_eq!(ids, expected, "{project}, restarted: {restarted}");
+        }
+        let all = c
+            .cli(&["release", "list", "--project", "C", "-o", "json"])
+            .await;
+        assert_eq!(listed(&all).0, ["T4", "T3", "T1"]);
+        let none = c
+            .cli(&["release", "list", "--project", "Z", "-o", "json"])
+            .await;
+        assert_eq!(listed(&none).0, Vec::<String>::new());
+        if !restarted {
+            c.coordinator.kill9().await;
+            c.coordinator.restart().await;
+        }
+    }
+    let bad = c.cli(&["release", "list", "--project", "no space"]).await;
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("project"), "names the field: {bad:?}");
+}

@@ -68,6 +68,13 @@ async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
     assert_eq!(body["transaction"]["id"], "R1", "{body}");
     let r1 = wait_state(&http, &api, &viewer, "R1", "TRANSACTION_STATE_COMMITTED").await;
     assert_eq!(r1["participants"][0]["project"], "B", "{r1}");
+    for (project, count) in [("B", 1), ("A", 0)] {
+        let list = http.get(format!("{api}/releases?project={project}"));
+        let (status, body) = call(list.bearer_auth(&viewer)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let listed = body["transactions"].as_array().map_or(0, Vec::len);
+        assert_eq!(listed, count, "the releases of {project}: {body}");
+    }
 
     // Outside its scope: 403 naming the permission, and nothing is written.
     let r2 = json!({"id": "R2", "components": [{"project": "A", "version": "1.0"}]});
@@ -411,6 +418,11 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
             ("GET", "/releases?pageSize=many", none.clone()),
             400,
             "pageSize",
+        ),
+        (
+            ("GET", "/releases?project=no%20space", none.clone()),
+            400,
+            "project",
         ),
         (("GET", "/releases/R9", none.clone()), 404, "R9"),
         (

@@ -574,6 +574,9 @@ pub enum ReleaseCommand {
         /// Only unfinished ones.
         #[arg(long)]
         active: bool,
+        /// Only those this project takes part in.
+        #[arg(long, default_value = "")]
+        project: String,
         /// Continue after the page that printed this token.
         #[arg(long, default_value = "")]
         page_token: String,

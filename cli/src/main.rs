@@ -380,6 +380,7 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
         ReleaseCommand::List {
             limit,
             active,
+            project,
             page_token,
         } => {
             let request = pb::ListReleasesRequest {
@@ -387,14 +388,10 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
                 active_only: active,
                 page_size: limit,
                 page_token,
+                project,
                 ..Default::default()
             };
-            let r = client.list_releases(request).await?.into_inner();
-            render::transactions(ctx.out, &r);
-            if ctx.out == Output::Table && !r.next_page_token.is_empty() {
-                eprintln!("more: --page-token {}", r.next_page_token);
-            }
-            Ok(OK)
+            list_releases(client, ctx, request).await
         }
         ReleaseCommand::Watch { id, from } => {
             let from = match (from, &id) {
@@ -412,6 +409,20 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
             Ok(OK)
         }
     }
+}
+
+/// One page of releases, with the next page's token on stderr under a table.
+async fn list_releases(
+    client: &mut Client,
+    ctx: &Context,
+    request: pb::ListReleasesRequest,
+) -> Result<u8> {
+    let r = client.list_releases(request).await?.into_inner();
+    render::transactions(ctx.out, &r);
+    if ctx.out == Output::Table && !r.next_page_token.is_empty() {
+        eprintln!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(OK)
 }
 
 /// Every checkpoint of `environment`, page after page, as one response.

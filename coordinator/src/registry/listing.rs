@@ -38,11 +38,14 @@ impl Readable {
     }
 }
 
-/// What a listing shows: of environment `env` (every one: `None`), the transactions
-/// `visible` keeps, which are all found where `readable` says.
+/// What a listing shows: of environment `env` (every one: `None`) and of `project`
+/// (every one: `None`), the transactions `visible` keeps, which are all found where
+/// `readable` says.
 pub struct Filter<'a> {
     /// The environment asked for.
     pub env: Option<&'a Environment>,
+    /// The project asked for.
+    pub project: Option<&'a ProjectName>,
     /// Where what the caller may see can be found.
     pub readable: &'a Readable,
     /// Whether the caller may see a transaction (the exact rule, applied to each).
@@ -61,8 +64,12 @@ impl Registry {
         before: Option<u64>,
         active_only: bool,
     ) -> Result<Page<TxRecord>> {
-        let keeps =
-            |t: &TxRecord| filter.env.is_none_or(|e| &t.environment == e) && (filter.visible)(t);
+        let keeps = |t: &TxRecord| {
+            let mut projects = t.participants.iter().map(|p| &p.project);
+            filter.env.is_none_or(|e| &t.environment == e)
+                && filter.project.is_none_or(|p| projects.any(|q| q == p))
+                && (filter.visible)(t)
+        };
         if active_only {
             return Ok(self.list_unfinished(&keeps, size, before));
         }
@@ -104,7 +111,7 @@ impl Registry {
 
     /// The index ranges holding everything `filter` may keep, or `None` to read the
     /// whole table: the indexes are not complete, or the caller may read everything
-    /// and names no environment, or the ranges would be too many.
+    /// and names neither an environment nor a project, or the ranges would be too many.
     fn ranges(&self, filter: &Filter<'_>) -> Result<Option<BTreeSet<IndexRange>>> {
         let tables = &self.inner.tables;
         if !tables.indexes_complete()? {
@@ -112,17 +119,18 @@ impl Registry {
         }
         let readable = filter.readable;
         let whole = |e: &Environment| readable.everything || readable.environments.contains(e);
-        if let Some(env) = filter.env.filter(|e| whole(e)) {
-            return Ok(Some(BTreeSet::from([IndexRange::environment(env)])));
-        }
-        if readable.everything {
-            return Ok(None);
+        match (filter.env, filter.project) {
+            (Some(env), None) if whole(env) => {
+                return Ok(Some(BTreeSet::from([IndexRange::environment(env)])));
+            }
+            (None, None) if readable.everything => return Ok(None),
+            _ => {}
         }
         let environments = match filter.env {
             Some(env) => vec![env.clone()],
             None => tables.indexed_environments()?,
         };
-        let ranges = ranges_in(readable, &environments);
+        let ranges = ranges_in(filter, &environments);
         Ok((ranges.len() <= MOST_RANGES).then_some(ranges))
     }
 }
@@ -152,20 +160,21 @@ fn read_page(
     }
 }
 
-/// The ranges of `readable` within `environments` (those a listing may look in).
-fn ranges_in(readable: &Readable, environments: &[Environment]) -> BTreeSet<IndexRange> {
+/// The ranges within `environments` holding everything `filter` may keep: the project
+/// asked for in each, or else where the caller's grants reach in each.
+fn ranges_in(filter: &Filter<'_>, environments: &[Environment]) -> BTreeSet<IndexRange> {
+    let readable = filter.readable;
     let mut ranges = BTreeSet::new();
     for env in environments {
-        if readable.environments.contains(env) {
-            ranges.insert(IndexRange::environment(env));
-            continue;
-        }
-        for (_, project) in readable
-            .projects
-            .iter()
-            .filter(|(e, _)| e.as_ref().is_none_or(|e| e == env))
-        {
+        if let Some(project) = filter.project {
             ranges.insert(IndexRange::project(env, project));
+        } else if readable.environments.contains(env) {
+            ranges.insert(IndexRange::environment(env));
+        } else {
+            let in_env =
+                |(e, _): &&(Option<Environment>, ProjectName)| e.as_ref().is_none_or(|e| e == env);
+            let projects = readable.projects.iter().filter(in_env);
+            ranges.extend(projects.map(|(_, p)| IndexRange::project(env, p)));
         }
     }
     ranges
@@ -215,6 +224,9 @@ mod tests {
         Tables::new(kv)
     }
 
+    /// Which transactions a listing should show.
+    type Keeps<'a> = &'a dyn Fn(&TxRecord) -> bool;
+
     /// Every page of a listing, following its cursor: the ordinals of each.
     fn pages(
         tables: &Tables,
@@ -232,9 +244,10 @@ mod tests {
         }
     }
 
-    /// A reader of A in every environment, and one of the whole of `sparse` and of B
-    /// and C in `default`: through the indexes they get the same pages, page for page,
-    /// as the whole table read and filtered gives them.
+    /// A reader of A in every environment, one of the whole of `sparse` and of B and C
+    /// in `default`, and a reader of everything asking for B's: through the indexes
+    /// they get the same pages, page for page, as the whole table read and filtered
+    /// gives them.
     #[test]
     fn a_scoped_reader_gets_through_the_indexes_the_pages_the_whole_table_gives() {
         let tables = history();
@@ -259,16 +272,33 @@ mod tests {
             ..Readable::default()
         };
         let keeps_bc = |t: &TxRecord| t.environment == env("sparse") || of(t, &["B", "C"]);
-        for (readable, keeps) in [
-            (&a_anywhere, &keeps_a as &dyn Fn(&TxRecord) -> bool),
-            (&sparse_and_bc, &keeps_bc),
-        ] {
-            let ranges = ranges_in(readable, &environments);
+        let everything = Readable::everything();
+        let keeps_b = |t: &TxRecord| t.participants.iter().any(|p| p.project == project("B"));
+        let b = project("B");
+        let cases: [(&Readable, Option<&ProjectName>, Keeps<'_>); 3] = [
+            (&a_anywhere, None, &keeps_a),
+            (&sparse_and_bc, None, &keeps_bc),
+            (&everything, Some(&b), &keeps_b),
+        ];
+        for (readable, asked, keeps) in cases {
+            let filter = Filter {
+                env: None,
+                project: asked,
+                readable,
+                visible: &|_| true,
+            };
+            let ranges = ranges_in(&filter, &environments);
             let indexed = pages(&tables, Some(&ranges), keeps);
             assert_eq!(indexed, pages(&tables, None, keeps));
             assert!(indexed.len() > 10, "{} pages", indexed.len());
         }
-        let ranges = ranges_in(&a_anywhere, &environments);
+        let filter = Filter {
+            env: None,
+            project: None,
+            readable: &a_anywhere,
+            visible: &|_| true,
+        };
+        let ranges = ranges_in(&filter, &environments);
         assert_eq!(ranges.len(), 2, "A in default and in sparse");
     }
 }

@@ -318,10 +318,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         };
         let size = convert::page_size(field, size, 50)?;
         let before = convert::page_token("page_token", &r.page_token, TX_PAGES)?;
+        let project = (!r.project.is_empty())
+            .then(|| ProjectName::parse("project", &r.project))
+            .transpose()?;
         let visible = |t: &_| reads::shows_transaction(&who, t);
         let readable = reads::readable(&who);
         let filter = Filter {
             env: env.as_ref(),
+            project: project.as_ref(),
             readable: &readable,
             visible: &visible,
         };
