@@ -11,6 +11,8 @@ use std::{
 };
 
 use lockstep::pb::{self, coordinator_client::CoordinatorClient};
+use lockstep_coordinator::tables::{self, Tables};
+use lockstep_store::{Batch, Durability, Kv, RocksKv};
 use tonic::transport::Channel;
 
 use crate::{
@@ -145,6 +147,35 @@ async fn scoped_figure(dir: &Path, data: &Path, n: u64) -> anyhow::Result<Figure
     ))
 }
 
+/// How long the coordinator binary takes to listen on `data` as a directory from an
+/// older version (its transaction indexes filled once, before it serves), against a
+/// start on the same directory once they are.
+async fn upgrade_figure(data: &Path, n: u64) -> anyhow::Result<Figure> {
+    {
+        let kv = RocksKv::open(data, tables::ALL)?;
+        let mut batch = Batch::default();
+        Tables::delete_indexes_filled(&mut batch);
+        kv.write(batch, Durability::Sync)?;
+    }
+    let mut starts = Vec::new();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (mut child, _) = coordinator_binary(data).await?;
+        starts.push(started.elapsed().as_secs_f64());
+        child.kill().await?;
+    }
+    Ok(Figure {
+        floor: Some(starts[1]),
+        ..figure(
+            format!(
+                "start on {n} transactions from an older version, indexing them (floor: the next start)"
+            ),
+            starts[0],
+            "s",
+        )
+    })
+}
+
 /// A watcher from the first event to `last`: events per second.
 async fn stream_rate(client: &CoordinatorClient<Channel>, last: u64) -> anyhow::Result<f64> {
     let mut client = client.clone();
@@ -204,6 +235,7 @@ pub async fn figures(dir: &Path, n: u64) -> anyhow::Result<Vec<Figure>> {
     ));
     child.kill().await?;
     figures.push(scoped_figure(dir, &data, n).await?);
+    figures.push(upgrade_figure(&data, n).await?);
     let recovered: Duration = recovery_on(dir, &data, n, 10_000).await?;
     figures.push(Figure {
         target: Some("< 2 s".into()),

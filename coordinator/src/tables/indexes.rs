@@ -113,6 +113,12 @@ impl Tables {
         batch.put(META, INDEXES_FILLED_KEY.to_vec(), Vec::new());
     }
 
+    /// Forgets that the indexes are filled, so that the next leader fills them again as
+    /// for a directory from an older version (the bench times that one-time fill).
+    pub fn delete_indexes_filled(batch: &mut Batch) {
+        batch.delete(META, INDEXES_FILLED_KEY.to_vec());
+    }
+
     /// Whether a listing may read through the indexes: filled, and holding the newest
     /// transaction (see the module's note).
     pub fn indexes_complete(&self) -> Result<bool, StoreError> {
