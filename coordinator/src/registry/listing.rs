@@ -113,17 +113,17 @@ impl Registry {
     /// whole table: the indexes are not complete, or the caller may read everything
     /// and names neither an environment nor a project, or the ranges would be too many.
     fn ranges(&self, filter: &Filter<'_>) -> Result<Option<BTreeSet<IndexRange>>> {
+        let readable = filter.readable;
         let tables = &self.inner.tables;
-        if !tables.indexes_complete()? {
+        let everything = filter.env.is_none() && filter.project.is_none() && readable.everything;
+        if everything || !tables.indexes_complete()? {
             return Ok(None);
         }
-        let readable = filter.readable;
         let whole = |e: &Environment| readable.everything || readable.environments.contains(e);
         match (filter.env, filter.project) {
             (Some(env), None) if whole(env) => {
                 return Ok(Some(BTreeSet::from([IndexRange::environment(env)])));
             }
-            (None, None) if readable.everything => return Ok(None),
             _ => {}
         }
         let environments = match filter.env {

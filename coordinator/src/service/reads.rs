@@ -13,7 +13,7 @@ use lockstep::{
 
 use super::{CoordinatorService, EventStream};
 use crate::{
-    access::Principal,
+    access::{Principal, roles::Grant},
     convert,
     error::CoordinatorError,
     model::{CheckpointRecord, ProjectRecord, TxRecord},
@@ -35,32 +35,32 @@ pub(super) fn readable(who: &Principal) -> Readable {
         return Readable::everything();
     };
     let mut readable = Readable::default();
-    for grant in grants {
-        let parse = |e: &String| Environment::parse("environment", e).ok();
-        let environments: Vec<Option<Environment>> = match grant.environments.is_empty() {
-            true => vec![None],
-            false => grant
-                .environments
-                .iter()
-                .filter_map(parse)
-                .map(Some)
-                .collect(),
-        };
-        let projects = grant.projects.iter();
-        let projects: Vec<ProjectName> = projects
-            .filter_map(|p| ProjectName::parse("project", p).ok())
-            .collect();
-        for env in environments {
-            match (env, grant.projects.is_empty()) {
-                (None, true) => readable.everything = true,
-                (Some(env), true) => drop(readable.environments.insert(env)),
-                (env, false) => projects.iter().for_each(|p| {
-                    readable.projects.insert((env.clone(), p.clone()));
-                }),
+    grants.into_iter().for_each(|g| add_reach(&mut readable, g));
+    readable
+}
+
+/// Adds where `grant` reaches: everything, the environments it names whole, or the
+/// projects it names in the environments it names (in every one when it names none).
+fn add_reach(readable: &mut Readable, grant: &Grant) {
+    let environments = grant.environments.iter();
+    let environments: Vec<Environment> = environments
+        .filter_map(|e| Environment::parse("environment", e).ok())
+        .collect();
+    let projects = grant.projects.iter();
+    let projects = projects.filter_map(|p| ProjectName::parse("project", p).ok());
+    match (grant.environments.is_empty(), grant.projects.is_empty()) {
+        (true, true) => readable.everything = true,
+        (false, true) => readable.environments.extend(environments),
+        (true, false) => readable.projects.extend(projects.map(|p| (None, p))),
+        (false, false) => {
+            for project in projects {
+                let each = environments
+                    .iter()
+                    .map(|e| (Some(e.clone()), project.clone()));
+                readable.projects.extend(each);
             }
         }
     }
-    readable
 }
 
 /// Whether `who` may see project `p` (as registered).
