@@ -14,6 +14,7 @@ mod etcd;
 mod failover;
 mod notify;
 mod observed;
+mod parts;
 mod rounds;
 mod scale;
 mod stack;
@@ -41,7 +42,7 @@ use lockstep_coordinator::{
     tables::{self, Tables},
 };
 use lockstep_store::{Batch, Durability, Kv, RocksKv};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Measure Lockstep against the physical floor of this machine.
 #[derive(Parser)]
@@ -62,14 +63,18 @@ struct Args {
     /// median round's, with the spread of all rounds beside it.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Run everything selected in this one process, stacks of earlier parts still up
+    /// (how each part's process runs; by default every part gets a process of its own).
+    #[arg(long)]
+    here: bool,
 }
 
 /// One measured figure.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Figure {
     name: String,
     value: f64,
-    unit: &'static str,
+    unit: String,
     /// What it is compared with (same unit), if anything.
     floor: Option<f64>,
     /// The target, in words.
@@ -84,7 +89,7 @@ fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
     Figure {
         name: name.into(),
         value,
-        unit,
+        unit: unit.into(),
         floor: None,
         target: None,
         met: None,
@@ -156,9 +161,30 @@ fn rss(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.here {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(here(args));
+    }
+    let figures = parts::run(&args)?;
+    report(&figures, args.json.as_deref())
+}
+
+/// Prints the table, and writes the JSON when asked.
+fn report(figures: &[Figure], json: Option<&Path>) -> anyhow::Result<()> {
+    print_table(figures);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(figures)?)?;
+        println!("\nJSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Every selected part in this process (`--here`).
+async fn here(args: Args) -> anyhow::Result<()> {
     raise_file_limit();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -170,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(
         std::env::var("LOCKSTEP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
     )?;
-    let mut stack = main_stack(dir.path()).await?;
+    let mut stack = MainStack::new(dir.path());
     let mut rounds = Vec::new();
     for round in 0..args.rounds.max(1) {
         let round_dir = dir.path().join(format!("round{round}"));
@@ -192,7 +218,8 @@ async fn main() -> anyhow::Result<()> {
         let scale = if args.quick { 5 } else { 1 };
         let seconds = if args.quick { 2 } else { 5 };
         let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-        let mut s = serial_releases(&mut stack, "etcd-base", &three, 500 / scale).await?;
+        let main = stack.get().await?;
+        let mut s = serial_releases(main, "etcd-base", &three, 500 / scale).await?;
         let rocks_p50 = micros(percentile(&mut s, 0.5));
         figures.extend(etcd::figures(dir.path(), rocks_p50, 500 / scale, seconds).await?);
     }
@@ -202,11 +229,7 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(observed::tracing_figures(dir.path(), 500 / scale, seconds).await?);
     }
 
-    print_table(&figures);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
-        println!("\nJSON written to {}", path.display());
-    }
+    report(&figures, args.json.as_deref())?;
     // The stack's RocksDB instances (about 1.5 GB of preallocated logs) would outlive
     // the process: `exit_now` skips TempDir's destructor, so remove them here.
     let _ = std::fs::remove_dir_all(dir.path());
@@ -217,6 +240,30 @@ impl Args {
     /// Whether `part` is to run: every part when none is named (scale only when named).
     fn runs(&self, part: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == part)
+    }
+}
+
+/// The stack most parts share, started when a part first needs it (a part that does not
+/// runs without its ~130 RocksDB instances beside it).
+struct MainStack {
+    dir: PathBuf,
+    stack: Option<stack::Stack>,
+}
+
+impl MainStack {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            stack: None,
+        }
+    }
+
+    /// The stack, started on first use.
+    async fn get(&mut self) -> anyhow::Result<&mut stack::Stack> {
+        if self.stack.is_none() {
+            self.stack = Some(main_stack(&self.dir).await?);
+        }
+        Ok(self.stack.as_mut().expect("started above"))
     }
 }
 
@@ -295,37 +342,36 @@ impl Floors {
 }
 
 /// One round of every part but scale and tracing; `dir` is the round's own.
-async fn one_round(
-    args: &Args,
-    dir: &Path,
-    stack: &mut stack::Stack,
-) -> anyhow::Result<Vec<Figure>> {
+async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Result<Vec<Figure>> {
     let scale = if args.quick { 5 } else { 1 };
     let seconds = if args.quick { 2 } else { 5 };
     let mut figures = Vec::new();
     let floors = Floors::measure(dir, scale, &mut figures).await?;
     let mut plaintext = Plaintext::default();
     if args.runs("latency") || args.runs("tls") {
+        let stack = main.get().await?;
         plaintext.latency_p50 = latency(stack, &floors, 500 / scale, &mut figures).await?;
     }
     if args.runs("throughput") {
+        let stack = main.get().await?;
         plaintext.rate = throughputs(stack, &floors, seconds, &mut figures).await?;
     }
     if args.runs("commitdelay") {
         figures.extend(commit_delay::figures(dir, seconds).await?);
     }
     if args.runs("fanout") {
-        fanout(stack, &floors, 100 / scale, &mut figures).await?;
+        fanout(main.get().await?, &floors, 100 / scale, &mut figures).await?;
     }
     if args.runs("tls") {
         if plaintext.rate == 0.0 {
+            let stack = main.get().await?;
             let t = throughput(stack, TLS_CLIENTS, Duration::from_secs(seconds)).await?;
             plaintext.rate = t.rate();
         }
         figures.extend(tls_figures(dir, plaintext, scale, seconds).await?);
     }
     if args.runs("notify") {
-        figures.extend(notify::figures(stack, 500 / scale).await?);
+        figures.extend(notify::figures(main.get().await?, 500 / scale).await?);
     }
     if args.runs("metrics") {
         figures.extend(observed::figures(dir, 500 / scale, seconds).await?);
