@@ -46,6 +46,7 @@ use crate::model::{
 };
 
 mod indexes;
+mod starts;
 pub use indexes::IndexRange;
 
 /// Projects by (environment, name).
@@ -96,9 +97,6 @@ const TOKEN_KEY: &[u8] = b"token-key";
 const DRIFT_PREFIX: &[u8] = b"drift/";
 /// Set once the data directory was scanned for transactions ended without their end.
 const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
-/// Set once `version_starts` holds every checkpoint's starts (filled from the history
-/// in a data directory written before the table existed).
-const STARTS_FILLED_KEY: &[u8] = b"version-starts-filled-v1";
 
 /// Facts learnt about a transaction after it ended (quarantined, live check).
 pub const TX_MARKS: &str = "tx_marks";
@@ -723,81 +721,6 @@ impl Tables {
         };
         let bad = || corrupt(SEEN_VERSIONS, format!("bad revision {value:?}"));
         keys::u64_of(&value).map(Some).ok_or_else(bad)
-    }
-
-    /// The first checkpoint revision at which `version` became live on `project` in
-    /// `environment`, once the table is filled ([`Tables::starts_filled`]); none: never.
-    pub fn first_live(
-        &self,
-        environment: &Environment,
-        project: &ProjectName,
-        version: &Version,
-    ) -> Result<Option<u64>, StoreError> {
-        self.start((environment, project, version), Order::Ascending)
-    }
-
-    /// The newest checkpoint revision at which `version` became live on `project` in
-    /// `environment`, once the table is filled ([`Tables::starts_filled`]): which
-    /// release made a live version live, read without the history after it.
-    pub fn last_start(
-        &self,
-        environment: &Environment,
-        project: &ProjectName,
-        version: &Version,
-    ) -> Result<Option<u64>, StoreError> {
-        self.start((environment, project, version), Order::Descending)
-    }
-
-    /// The first start of a version in `order` (oldest or newest).
-    fn start(
-        &self,
-        (environment, project, version): (&Environment, &ProjectName, &Version),
-        order: Order,
-    ) -> Result<Option<u64>, StoreError> {
-        let start = keys::prefix(&[environment.as_str(), project.as_str(), version.as_str()]);
-        let end = keys::prefix_end(&start);
-        let found = self.kv.scan(VERSION_STARTS, &start, Some(&end), order, 1)?;
-        let revision = |key: &[u8]| {
-            let number = key
-                .get(key.len().saturating_sub(8)..)
-                .and_then(keys::u64_of);
-            number.ok_or_else(|| corrupt(VERSION_STARTS, format!("bad key {key:?}")))
-        };
-        found.first().map(|(key, _)| revision(key)).transpose()
-    }
-
-    /// Whether `version_starts` holds the starts of every checkpoint.
-    pub fn starts_filled(&self) -> Result<bool, StoreError> {
-        Ok(self.kv.get(META, STARTS_FILLED_KEY)?.is_some())
-    }
-
-    /// Records that `version_starts` is filled.
-    pub fn put_starts_filled(batch: &mut Batch) {
-        batch.put(META, STARTS_FILLED_KEY.to_vec(), Vec::new());
-    }
-
-    /// Adds to `batch` the start of each version `cp` has live that `previous` (the
-    /// environment's checkpoint before it) did not.
-    pub fn put_starts(
-        batch: &mut Batch,
-        previous: Option<&CheckpointRecord>,
-        cp: &CheckpointRecord,
-    ) {
-        for (project, entry) in &cp.versions {
-            let before = previous.and_then(|p| p.versions.get(project));
-            if before.map(|e| &e.version) != Some(&entry.version) {
-                let parts = [
-                    cp.environment.as_str(),
-                    project.as_str(),
-                    entry.version.as_str(),
-                ];
-                batch.put(
-                    VERSION_STARTS,
-                    keys::parts_u64_key(&parts, cp.revision),
-                    Vec::new(),
-                );
-            }
-        }
     }
 
     /// Whether `version` was ever live on `project` in `environment`.

@@ -52,7 +52,7 @@ impl History for StoredHistory<'_> {
         version: &Version,
         after: u64,
     ) -> Result<Option<TxRecord>> {
-        let made = match self.tables.starts_filled()? {
+        let made = match self.tables.starts_complete(self.environment)? {
             true => self.start_after(project, version, after)?,
             false => self.start_after_scanning(project, version, after)?,
         };
@@ -68,14 +68,14 @@ impl History for StoredHistory<'_> {
 impl StoredHistory<'_> {
     /// The revisions between which every version of `having` could have been live
     /// together: from the latest first start of any of them to the earliest last
-    /// revision (the lower bound only once `version_starts` is filled); none when one
+    /// revision (the lower bound only while `version_starts` is complete); none when one
     /// of them was never live or the range is empty.
     fn bounds(
         &self,
         having: &[(&ProjectName, &Version)],
     ) -> Result<Option<(Option<u64>, Option<u64>)>> {
         let (tables, env) = (self.tables, self.environment);
-        let filled = !having.is_empty() && tables.starts_filled()?;
+        let filled = !having.is_empty() && tables.starts_complete(env)?;
         let (mut low, mut high): (Option<u64>, Option<u64>) = (None, None);
         for (project, version) in having {
             let Some(last) = self.last_live(project, version)? else {
@@ -111,7 +111,7 @@ impl StoredHistory<'_> {
     }
 
     /// The same, reading every checkpoint from `after` on (a data directory whose
-    /// `version_starts` is not filled yet: a standby's, before its leader filled it).
+    /// `version_starts` is not complete: a standby's before its leader caught it up).
     fn start_after_scanning(
         &self,
         project: &ProjectName,
@@ -147,32 +147,51 @@ impl StoredHistory<'_> {
     }
 }
 
-/// Fills `version_starts` from every checkpoint of every environment, once per data
-/// directory written before it existed, a page at a time. A standby (which cannot
-/// write) leaves it to the leader; the planner uses no lower bound until it is filled.
+/// Catches `version_starts` up in every environment, before the leader serves: from
+/// each environment's mark (none in a data directory from before the table, or from a
+/// version that kept no mark) to its newest checkpoint, so that what an older leader
+/// decided without it is in it. A standby (which cannot write) leaves it to the
+/// leader; the planner reads the checkpoints until then.
 pub(super) fn fill_starts(tables: &Tables) -> Result<()> {
-    const PAGE: usize = 1024;
-    if tables.starts_filled()? {
-        return Ok(());
+    for env in tables.checkpoint_environments()? {
+        if !catch_up_starts(tables, &env)? {
+            return Ok(());
+        }
     }
-    let (mut from, mut previous) = (Vec::new(), None::<CheckpointRecord>);
+    Ok(())
+}
+
+/// [`fill_starts`] for one environment, a page at a time, each page's starts written
+/// with the mark moved to its last checkpoint (a crash part-way resumes there); false
+/// on a read-only store.
+fn catch_up_starts(tables: &Tables, env: &Environment) -> Result<bool> {
+    const PAGE: usize = 1024;
+    let mut through = tables.starts_through(env)?;
+    let mut previous = match through {
+        0 => None,
+        revision => tables.checkpoint(env, revision)?,
+    };
     loop {
-        let (page, next) = tables.checkpoints_from(&from, PAGE)?;
+        let mut page = tables.checkpoints_after(env, through, PAGE)?;
+        let full = page.len() == PAGE;
         let mut batch = Batch::default();
-        for cp in &page {
-            let same = |p: &&CheckpointRecord| p.environment == cp.environment;
-            Tables::put_starts(&mut batch, previous.as_ref().filter(same), cp);
-            previous = Some(cp.clone());
+        for (i, cp) in page.iter().enumerate() {
+            let before = match i {
+                0 => previous.as_ref(),
+                _ => page.get(i - 1),
+            };
+            Tables::put_starts(&mut batch, before, cp);
         }
-        if page.len() < PAGE {
-            Tables::put_starts_filled(&mut batch);
-            written(tables, batch)?;
-            return Ok(());
-        }
+        let Some(last) = page.pop() else {
+            return Ok(true);
+        };
+        (through, previous) = (last.revision, Some(last));
         if !written(tables, batch)? {
-            return Ok(());
+            return Ok(false);
         }
-        from = next;
+        if !full {
+            return Ok(true);
+        }
     }
 }
 
@@ -328,8 +347,9 @@ mod tests {
             "v1 was written when it stopped being live"
         );
 
+        assert!(!tables.starts_complete(&prod).unwrap());
         fill_starts(&tables).unwrap();
-        assert!(tables.starts_filled().unwrap());
+        assert!(tables.starts_complete(&prod).unwrap() && tables.starts_complete(&dev).unwrap());
         assert_eq!(tables.first_live(&prod, &web, &v2).unwrap(), Some(2_000));
         assert_eq!(tables.first_live(&dev, &web, &v2).unwrap(), Some(1));
         assert_eq!(tables.first_live(&prod, &web, &v1).unwrap(), Some(1));
@@ -339,5 +359,56 @@ mod tests {
         );
         // v1 last live at 1,999, v2 first live at 2,000: never together.
         assert_eq!(history.bounds(&[(&web, &v1), (&web, &v2)]).unwrap(), None);
+    }
+
+    /// A rolling upgrade on etcd: a leader of this version kept `version_starts`
+    /// through revision 10 (and marked it filled, as stops 40-41 did), then an older
+    /// leader decided 11..=20 without it, making v2 live at 15. The next leader of this
+    /// version catches up before it serves, so a revert's `no-later-dependents` finds
+    /// the release of revision 15, and a move back to v2 is bounded below by 15.
+    #[test]
+    fn starts_an_older_leader_left_out_are_caught_up() {
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        let (mut batch, mut previous) = (Batch::default(), None::<CheckpointRecord>);
+        for revision in 1..=20u64 {
+            let checkpoint = cp("prod", revision, if revision < 15 { "v1" } else { "v2" });
+            Tables::put_checkpoint(&mut batch, &checkpoint);
+            Tables::put_seen(&mut batch, previous.as_ref(), &checkpoint);
+            if revision <= 10 {
+                Tables::put_starts(&mut batch, previous.as_ref(), &checkpoint);
+            }
+            previous = Some(checkpoint);
+        }
+        batch.put(
+            crate::tables::META,
+            b"version-starts-filled-v1".to_vec(),
+            Vec::new(),
+        );
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        let prod = Environment::parse("e", "prod").unwrap();
+        let history = StoredHistory {
+            tables: &tables,
+            environment: &prod,
+            head: previous.as_ref(),
+        };
+        let (web, v2) = (
+            ProjectName::parse("p", "web").unwrap(),
+            Version::parse("v", "v2").unwrap(),
+        );
+        assert!(!tables.starts_complete(&prod).unwrap());
+        assert_eq!(
+            history.bounds(&[(&web, &v2)]).unwrap(),
+            Some((None, Some(20))),
+            "until the catch-up the planner takes no lower bound from the table"
+        );
+        fill_starts(&tables).unwrap();
+        assert_eq!(tables.starts_through(&prod).unwrap(), 20);
+        let t15 = TxId::parse("id", "T15").unwrap();
+        assert_eq!(history.start_after(&web, &v2, 10).unwrap(), Some(t15));
+        assert_eq!(tables.first_live(&prod, &web, &v2).unwrap(), Some(15));
+        assert_eq!(
+            history.bounds(&[(&web, &v2)]).unwrap(),
+            Some((Some(15), Some(20)))
+        );
     }
 }
