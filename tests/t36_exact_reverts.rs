@@ -140,3 +140,62 @@ async fn an_agent_requiring_artifacts_refuses_a_version_without_one() {
     let app = c.agent("B").deploy_root.join("current/app.txt");
     assert_eq!(std::fs::read_to_string(app).unwrap(), "built T1B");
 }
+
+/// What an older coordinator leaves in the data (a rolling upgrade on etcd): T3 decided
+/// without its `version_starts` row and without moving the environment's mark.
+fn as_if_an_older_leader_decided_t3(data: &std::path::Path) {
+    use lockstep::names::{Environment, ProjectName, Version};
+    use lockstep_coordinator::tables::{self, META, Tables, VERSION_STARTS};
+    use lockstep_store::{Batch, Durability, RocksKv, keys};
+
+    let t = Tables::new(std::sync::Arc::new(
+        RocksKv::open(data, tables::ALL).unwrap(),
+    ));
+    let env = Environment::default();
+    let (b, t3b) = (
+        ProjectName::parse("project", "B").unwrap(),
+        Version::parse("version", "T3B").unwrap(),
+    );
+    let revision = t.last_start(&env, &b, &t3b).unwrap().expect("T3B's start");
+    assert_eq!(
+        t.starts_through(&env).unwrap(),
+        revision,
+        "T3 is the newest"
+    );
+    let mut batch = Batch::default();
+    let start = [env.as_str(), b.as_str(), t3b.as_str()];
+    batch.delete(VERSION_STARTS, keys::parts_u64_key(&start, revision));
+    let mark = [
+        b"version-starts-through/".as_slice(),
+        env.as_str().as_bytes(),
+    ]
+    .concat();
+    batch.put(META, mark, keys::u64_key(revision - 1));
+    t.kv().write(batch, Durability::Sync).unwrap();
+}
+
+/// Given T1, T2 and T3 each released B, and T3 decided by an older coordinator that
+/// kept no `version_starts` (a rolling upgrade on etcd), when this version's coordinator
+/// starts on the data and T2 is reverted, then the revert is refused naming T3, which
+/// made B's live version live after T2, and T3B stays live. (Before stop 42 the table
+/// was trusted once filled: the revert found no later release and put T1B back over
+/// T3B.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_sees_the_release_an_older_coordinator_made_live() {
+    let mut c = b_only().await;
+    release(&c, "T1", "T1B", None).await;
+    release(&c, "T2", "T2B", None).await;
+    release(&c, "T3", "T3B", None).await;
+    c.coordinator.kill9().await;
+    as_if_an_older_leader_decided_t3(&c.dir.path().join("coordinator"));
+    c.coordinator.restart().await;
+
+    let refused = c.cli(&["revert", "T2", "--wait"]).await;
+
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("T3 committed after T2") && refused.stderr.contains("B=T3B"),
+        "{refused:?}"
+    );
+    assert_eq!(c.agent("B").live().as_deref(), Some("T3B"));
+}
