@@ -9,6 +9,7 @@
 //! waiting for the outcome hears only once durable).
 
 mod aging;
+mod bare;
 mod commit_delay;
 mod etcd;
 mod failover;
@@ -54,7 +55,7 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, commitdelay, fanout, tls,
+    /// Run only these parts (floors, latency, throughput, bare, commitdelay, fanout, tls,
     /// notify, metrics, aging, watchers, recovery, tracing, memory, etcd; and scale,
     /// only when named).
     #[arg(long, value_delimiter = ',')]
@@ -355,6 +356,9 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
     if args.runs("throughput") {
         let stack = main.get().await?;
         plaintext.rate = throughputs(stack, &floors, seconds, &mut figures).await?;
+    }
+    if args.runs("bare") {
+        figures.extend(bare::figures(dir, main, 500 / scale, seconds).await?);
     }
     if args.runs("commitdelay") {
         figures.extend(commit_delay::figures(dir, seconds).await?);

@@ -25,6 +25,7 @@ const ROUND_PARTS: &[&str] = &[
     "floors",
     "latency",
     "throughput",
+    "bare",
     "commitdelay",
     "fanout",
     "tls",

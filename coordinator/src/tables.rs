@@ -625,25 +625,6 @@ impl Tables {
             .collect()
     }
 
-    /// Up to `limit` checkpoints of every environment from key `from` on, in key order
-    /// (by environment, then revision), with the key after the last one: a page of the
-    /// whole table, for a one-time pass over it.
-    pub fn checkpoints_from(
-        &self,
-        from: &[u8],
-        limit: usize,
-    ) -> Result<(Vec<CheckpointRecord>, Vec<u8>), StoreError> {
-        let page = self
-            .kv
-            .scan(CHECKPOINTS, from, None, Order::Ascending, limit)?;
-        let next = page
-            .last()
-            .map(|(key, _)| [key.as_slice(), &[0]].concat())
-            .unwrap_or_default();
-        let records: Result<Vec<_>, _> = page.iter().map(|(_, v)| decode(CHECKPOINTS, v)).collect();
-        Ok((records?, next))
-    }
-
     /// One checkpoint.
     pub fn checkpoint(
         &self,

@@ -1,0 +1,241 @@
+//! A bare two-phase commit on the machinery Lockstep runs on, as a floor for a whole
+//! release (`--only bare`): tonic unary calls (the gRPC health service, answered by
+//! handlers of our own) and RocksDB behind the same group commit, with none of
+//! Lockstep's own work (no records, plans, events, checks or event stream).
+//!
+//! A release here is what a release costs at least: the client's call to the
+//! coordinator, which writes the admission, sends Prepare to three participants (each
+//! writes a synced record before it answers), writes the decision synced, sends Commit
+//! (each participant writes a record), writes the end synced and answers: 7 RPCs and 5
+//! synced writes, against Lockstep's 8 RPCs (the client's event stream too) and 5-6.
+//! Each of 32 clients has three participants of its own, as in the throughput figure,
+//! so participants do not share fsyncs between clients there either.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lockstep_store::{Batch, GroupCommit, RocksKv, WriterMode};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_client::HealthClient,
+    health_server::{Health, HealthServer},
+};
+
+use crate::{Figure, MainStack, cpu, figure, micros, percentile, serial_releases, throughput};
+
+/// The one table of every bare store.
+const TABLE: &str = "t";
+
+/// Clients in the throughput comparison (as the throughput target's).
+const CLIENTS: usize = 32;
+
+/// Writes a 300-byte record under `key`, synced when `sync` (and waits for it).
+async fn record(log: &GroupCommit, key: String, sync: bool) -> Result<(), Status> {
+    let mut batch = Batch::default();
+    batch.put(TABLE, key.into_bytes(), vec![7u8; 300]);
+    let fail = |e: lockstep_store::StoreError| Status::internal(e.to_string());
+    let ticket = log
+        .write(batch, sync.then_some(Duration::ZERO))
+        .map_err(fail)?;
+    if sync {
+        log.durable(ticket).await.map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn serving() -> Response<HealthCheckResponse> {
+    Response::new(HealthCheckResponse { status: 1 })
+}
+
+/// A participant: an order named `prepare/...` is recorded synced before the answer,
+/// any other buffered.
+struct Participant {
+    log: GroupCommit,
+}
+
+#[tonic::async_trait]
+impl Health for Participant {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let order = request.into_inner().service;
+        let sync = order.starts_with("prepare/");
+        record(&self.log, order, sync).await?;
+        Ok(serving())
+    }
+
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+/// The coordinator: a call for `G/ID` runs release ID over client G's participants.
+struct Coordinator {
+    groups: Vec<Vec<HealthClient<Channel>>>,
+    log: GroupCommit,
+}
+
+#[tonic::async_trait]
+impl Health for Coordinator {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let id = request.into_inner().service;
+        let group = id.split('/').next().and_then(|g| g.parse::<usize>().ok());
+        let participants = group.and_then(|g| self.groups.get(g));
+        let participants = participants.ok_or_else(|| Status::invalid_argument("group"))?;
+        record(&self.log, format!("created/{id}"), false).await?;
+        all(participants, &format!("prepare/{id}")).await?;
+        record(&self.log, format!("decision/{id}"), true).await?;
+        all(participants, &format!("commit/{id}")).await?;
+        record(&self.log, format!("end/{id}"), true).await?;
+        Ok(serving())
+    }
+
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+/// Sends `order` to every participant at once and waits for all.
+async fn all(participants: &[HealthClient<Channel>], order: &str) -> Result<(), Status> {
+    let calls = participants.iter().map(|p| {
+        let mut p = p.clone();
+        let service = order.to_string();
+        async move { p.check(HealthCheckRequest { service }).await }
+    });
+    futures::future::try_join_all(calls).await.map(|_| ())
+}
+
+/// A store with its group commit, opened off the runtime (hundreds of opens in a row
+/// would starve the workers).
+async fn store(dir: &Path) -> anyhow::Result<GroupCommit> {
+    let path = dir.to_path_buf();
+    let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, &[TABLE])).await??;
+    Ok(GroupCommit::start(Arc::new(kv), WriterMode::Thread)?)
+}
+
+/// Serves `service` on loopback as Lockstep's servers do; returns a client of it.
+async fn serve(service: impl Health) -> anyhow::Result<HealthClient<Channel>> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(HealthServer::new(service))
+            .serve_with_incoming(lockstep::edge::incoming(listener)),
+    );
+    let channel = lockstep::edge::endpoint(&url)?.connect().await?;
+    Ok(HealthClient::new(channel))
+}
+
+/// The bare stack in `dir`: a coordinator and three participants per client; returns
+/// the client of the coordinator.
+async fn stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
+    let mut groups = Vec::with_capacity(CLIENTS);
+    for g in 0..CLIENTS {
+        let mut participants = Vec::with_capacity(3);
+        for m in 0..3 {
+            let log = store(&dir.join(format!("p{g}-{m}"))).await?;
+            participants.push(serve(Participant { log }).await?);
+        }
+        groups.push(participants);
+    }
+    let log = store(&dir.join("coordinator")).await?;
+    serve(Coordinator { groups, log }).await
+}
+
+/// One bare release of client `group`.
+async fn release(client: &mut HealthClient<Channel>, group: usize, id: u64) -> anyhow::Result<()> {
+    let service = format!("{group}/{id}");
+    client.check(HealthCheckRequest { service }).await?;
+    Ok(())
+}
+
+/// Releases completed per second and CPU per release at [`CLIENTS`] clients over `run`.
+async fn bare_throughput(
+    client: &HealthClient<Channel>,
+    run: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let cpu_before = cpu();
+    let started = Instant::now();
+    let deadline = started + run;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|g| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    release(&mut client, g, 1_000_000 + done).await?;
+                    done += 1;
+                }
+                Ok::<u64, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    let (elapsed, used) = (started.elapsed(), cpu() - cpu_before);
+    Ok((
+        done as f64 / elapsed.as_secs_f64(),
+        micros(used) / done.max(1) as f64,
+    ))
+}
+
+/// The bare floor's figures, and Lockstep's latency, throughput and CPU per release
+/// measured in the same process against them.
+pub async fn figures(
+    dir: &Path,
+    main: &mut MainStack,
+    count: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut client = stack(&dir.join("bare")).await?;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        release(&mut client, 0, i as u64).await?;
+        samples.push(started.elapsed());
+    }
+    let bare_p50 = micros(percentile(&mut samples, 0.5));
+    let run = Duration::from_secs(seconds);
+    let (bare_rate, bare_cpu) = bare_throughput(&client, run).await?;
+
+    let stack = main.get().await?;
+    let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut samples = serial_releases(stack, "bare-cmp", &three, count).await?;
+    let p50 = micros(percentile(&mut samples, 0.5));
+    let t = throughput(stack, CLIENTS, run).await?;
+    let cpu_each = micros(t.cpu) / t.committed.max(1) as f64;
+    let against = |name: &str, value: f64, floor: f64, unit| Figure {
+        floor: Some(floor),
+        ..figure(format!("{name} (floor: bare 2PC)"), value, unit)
+    };
+    Ok(vec![
+        figure("bare 2PC: latency p50, 1 client", bare_p50, "us"),
+        figure("bare 2PC: throughput, 32 clients", bare_rate, "released/s"),
+        figure("bare 2PC: CPU per release, 32 clients", bare_cpu, "us"),
+        against("release latency p50, 3 participants", p50, bare_p50, "us"),
+        against("throughput, 32 clients", t.rate(), bare_rate, "committed/s"),
+        against("CPU per release, 32 clients", cpu_each, bare_cpu, "us"),
+    ])
+}
