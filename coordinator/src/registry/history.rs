@@ -180,11 +180,12 @@ fn catch_up_starts(tables: &Tables, env: &Environment) -> Result<bool> {
                 0 => previous.as_ref(),
                 _ => page.get(i - 1),
             };
-            Tables::put_starts(&mut batch, before, cp);
+            Tables::put_start_rows(&mut batch, before, cp);
         }
         let Some(last) = page.pop() else {
             return Ok(true);
         };
+        Tables::put_starts_through(&mut batch, env, last.revision);
         (through, previous) = (last.revision, Some(last));
         if !written(tables, batch)? {
             return Ok(false);

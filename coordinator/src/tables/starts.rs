@@ -100,8 +100,20 @@ impl Tables {
 
     /// Adds to `batch` the start of each version `cp` has live that `previous` (the
     /// environment's checkpoint before it) did not, and moves the environment's mark to
-    /// `cp`.
+    /// `cp`: what a decision writes with its checkpoint.
     pub fn put_starts(
+        batch: &mut Batch,
+        previous: Option<&CheckpointRecord>,
+        cp: &CheckpointRecord,
+    ) {
+        Self::put_start_rows(batch, previous, cp);
+        Self::put_starts_through(batch, &cp.environment, cp.revision);
+    }
+
+    /// The rows of [`Tables::put_starts`] without the mark: a catch-up moves the mark
+    /// once per page (a mark per checkpoint would leave a version of the key per
+    /// checkpoint in the memtable: 6 MiB more at the first start on 100,000).
+    pub fn put_start_rows(
         batch: &mut Batch,
         previous: Option<&CheckpointRecord>,
         cp: &CheckpointRecord,
@@ -121,11 +133,12 @@ impl Tables {
                 );
             }
         }
-        batch.put(
-            META,
-            through_key(&cp.environment),
-            keys::u64_key(cp.revision),
-        );
+    }
+
+    /// Records that the table holds the starts of `environment`'s checkpoints through
+    /// `revision`.
+    pub fn put_starts_through(batch: &mut Batch, environment: &Environment, revision: u64) {
+        batch.put(META, through_key(environment), keys::u64_key(revision));
     }
 
     /// Every environment with a checkpoint, one seek each.
