@@ -48,8 +48,33 @@ async fn record(log: &GroupCommit, key: String, sync: bool) -> Result<(), Status
     Ok(())
 }
 
-fn serving() -> Response<HealthCheckResponse> {
-    Response::new(HealthCheckResponse { status: 1 })
+/// What a bare server does with an order (the health call's `service` field).
+trait Role: Send + Sync + 'static {
+    fn answer(&self, order: String) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// Serves a [`Role`] as the gRPC health service: `check` runs the order, answers
+/// SERVING once it is done.
+struct Served<R>(R);
+
+#[tonic::async_trait]
+impl<R: Role> Health for Served<R> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.0.answer(request.into_inner().service).await?;
+        Ok(Response::new(HealthCheckResponse { status: 1 }))
+    }
+
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
 }
 
 /// A participant: an order named `prepare/...` is recorded synced before the answer,
@@ -58,41 +83,21 @@ struct Participant {
     log: GroupCommit,
 }
 
-#[tonic::async_trait]
-impl Health for Participant {
-    async fn check(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        let order = request.into_inner().service;
+impl Role for Participant {
+    async fn answer(&self, order: String) -> Result<(), Status> {
         let sync = order.starts_with("prepare/");
-        record(&self.log, order, sync).await?;
-        Ok(serving())
-    }
-
-    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
-
-    async fn watch(
-        &self,
-        _request: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("watch"))
+        record(&self.log, order, sync).await
     }
 }
 
-/// The coordinator: a call for `G/ID` runs release ID over client G's participants.
+/// The coordinator: an order `G/ID` runs release ID over client G's participants.
 struct Coordinator {
     groups: Vec<Vec<HealthClient<Channel>>>,
     log: GroupCommit,
 }
 
-#[tonic::async_trait]
-impl Health for Coordinator {
-    async fn check(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        let id = request.into_inner().service;
+impl Role for Coordinator {
+    async fn answer(&self, id: String) -> Result<(), Status> {
         let group = id.split('/').next().and_then(|g| g.parse::<usize>().ok());
         let participants = group.and_then(|g| self.groups.get(g));
         let participants = participants.ok_or_else(|| Status::invalid_argument("group"))?;
@@ -100,17 +105,7 @@ impl Health for Coordinator {
         all(participants, &format!("prepare/{id}")).await?;
         record(&self.log, format!("decision/{id}"), true).await?;
         all(participants, &format!("commit/{id}")).await?;
-        record(&self.log, format!("end/{id}"), true).await?;
-        Ok(serving())
-    }
-
-    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
-
-    async fn watch(
-        &self,
-        _request: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("watch"))
+        record(&self.log, format!("end/{id}"), true).await
     }
 }
 
@@ -133,13 +128,13 @@ async fn store(dir: &Path) -> anyhow::Result<GroupCommit> {
 }
 
 /// Serves `service` on loopback as Lockstep's servers do; returns a client of it.
-async fn serve(service: impl Health) -> anyhow::Result<HealthClient<Channel>> {
+async fn serve(role: impl Role) -> anyhow::Result<HealthClient<Channel>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(HealthServer::new(service))
+            .add_service(HealthServer::new(Served(role)))
             .serve_with_incoming(lockstep::edge::incoming(listener)),
     );
     let channel = lockstep::edge::endpoint(&url)?.connect().await?;

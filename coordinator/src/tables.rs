@@ -625,6 +625,22 @@ impl Tables {
             .collect()
     }
 
+    /// The environments that lead the keys of `table` (keys `environment \0 ...`), one
+    /// seek each: the next seek starts past every key of the one found.
+    fn leading_environments(&self, table: &'static str) -> Result<Vec<Environment>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        while let Some((key, _)) = self.kv.scan(table, &from, None, Order::Ascending, 1)?.pop() {
+            let bad = || corrupt(table, format!("bad key {key:?}"));
+            let first = key.split(|b| *b == 0).next().ok_or_else(bad)?;
+            let env = std::str::from_utf8(first).map_err(|_| bad())?;
+            let env = Environment::parse("environment", env).map_err(|e| corrupt(table, e))?;
+            from = keys::prefix_end(&keys::prefix(&[env.as_str()]));
+            out.push(env);
+        }
+        Ok(out)
+    }
+
     /// One checkpoint.
     pub fn checkpoint(
         &self,

@@ -160,21 +160,6 @@ impl Tables {
     /// Every environment a transaction was ever created in, from the index (one seek
     /// each): where a grant over some projects of every environment may find them.
     pub fn indexed_environments(&self) -> Result<Vec<Environment>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = Vec::new();
-        while let Some((key, _)) = self
-            .kv
-            .scan(TX_BY_ENVIRONMENT, &from, None, Order::Ascending, 1)?
-            .pop()
-        {
-            let (parts, _) = keys::parts_u64_of(&key)
-                .ok_or_else(|| corrupt(TX_BY_ENVIRONMENT, format!("bad key {key:?}")))?;
-            let env = parts.first().copied().unwrap_or_default();
-            let env = Environment::parse("environment", env)
-                .map_err(|e| corrupt(TX_BY_ENVIRONMENT, e))?;
-            from = keys::prefix_end(&keys::prefix(&[env.as_str()]));
-            out.push(env);
-        }
-        Ok(out)
+        self.leading_environments(TX_BY_ENVIRONMENT)
     }
 }

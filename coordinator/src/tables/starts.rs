@@ -143,17 +143,6 @@ impl Tables {
 
     /// Every environment with a checkpoint, one seek each.
     pub fn checkpoint_environments(&self) -> Result<Vec<Environment>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = Vec::new();
-        while let Some((key, _)) = self
-            .kv
-            .scan(CHECKPOINTS, &from, None, Order::Ascending, 1)?
-            .pop()
-        {
-            let (env, _) = super::decode_checkpoint_key(&key)?;
-            from = checkpoint_range(&env).1;
-            out.push(env);
-        }
-        Ok(out)
+        self.leading_environments(CHECKPOINTS)
     }
 }
