@@ -26,7 +26,10 @@ use tonic_health::pb::{
     health_server::{Health, HealthServer},
 };
 
-use crate::{Figure, MainStack, cpu, figure, micros, percentile, serial_releases, throughput};
+use crate::{
+    Figure, MainStack, context_switches, cpu, figure, micros, percentile, serial_releases,
+    throughput,
+};
 
 /// The one table of every bare store.
 const TABLE: &str = "t";
@@ -164,11 +167,17 @@ async fn release(client: &mut HealthClient<Channel>, group: usize, id: u64) -> a
     Ok(())
 }
 
-/// Releases completed per second and CPU per release at [`CLIENTS`] clients over `run`.
-async fn bare_throughput(
-    client: &HealthClient<Channel>,
-    run: Duration,
-) -> anyhow::Result<(f64, f64)> {
+/// What a run of many releases cost: per second, and CPU (µs) and context switches per
+/// release.
+struct Run {
+    rate: f64,
+    cpu: f64,
+    switches: f64,
+}
+
+/// [`Run`] of bare releases at [`CLIENTS`] clients over `run`.
+async fn bare_throughput(client: &HealthClient<Channel>, run: Duration) -> anyhow::Result<Run> {
+    let switches_before = context_switches();
     let cpu_before = cpu();
     let started = Instant::now();
     let deadline = started + run;
@@ -190,10 +199,12 @@ async fn bare_throughput(
         done += task.await??;
     }
     let (elapsed, used) = (started.elapsed(), cpu() - cpu_before);
-    Ok((
-        done as f64 / elapsed.as_secs_f64(),
-        micros(used) / done.max(1) as f64,
-    ))
+    let each = |total: f64| total / done.max(1) as f64;
+    Ok(Run {
+        rate: done as f64 / elapsed.as_secs_f64(),
+        cpu: each(micros(used)),
+        switches: each((context_switches() - switches_before) as f64),
+    })
 }
 
 /// The bare floor's figures, and Lockstep's latency, throughput and CPU per release
@@ -213,24 +224,38 @@ pub async fn figures(
     }
     let bare_p50 = micros(percentile(&mut samples, 0.5));
     let run = Duration::from_secs(seconds);
-    let (bare_rate, bare_cpu) = bare_throughput(&client, run).await?;
+    let bare = bare_throughput(&client, run).await?;
 
     let stack = main.get().await?;
     let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
     let mut samples = serial_releases(stack, "bare-cmp", &three, count).await?;
     let p50 = micros(percentile(&mut samples, 0.5));
+    let switches_before = context_switches();
     let t = throughput(stack, CLIENTS, run).await?;
-    let cpu_each = micros(t.cpu) / t.committed.max(1) as f64;
+    let each = |total: f64| total / t.committed.max(1) as f64;
+    let switches = each((context_switches() - switches_before) as f64);
+    let cpu_each = each(micros(t.cpu));
     let against = |name: &str, value: f64, floor: f64, unit| Figure {
         floor: Some(floor),
         ..figure(format!("{name} (floor: bare 2PC)"), value, unit)
     };
     Ok(vec![
         figure("bare 2PC: latency p50, 1 client", bare_p50, "us"),
-        figure("bare 2PC: throughput, 32 clients", bare_rate, "released/s"),
-        figure("bare 2PC: CPU per release, 32 clients", bare_cpu, "us"),
+        figure("bare 2PC: throughput, 32 clients", bare.rate, "released/s"),
+        figure("bare 2PC: CPU per release, 32 clients", bare.cpu, "us"),
+        figure(
+            "bare 2PC: context switches per release, 32 clients",
+            bare.switches,
+            "switches",
+        ),
         against("release latency p50, 3 participants", p50, bare_p50, "us"),
-        against("throughput, 32 clients", t.rate(), bare_rate, "committed/s"),
-        against("CPU per release, 32 clients", cpu_each, bare_cpu, "us"),
+        against("throughput, 32 clients", t.rate(), bare.rate, "committed/s"),
+        against("CPU per release, 32 clients", cpu_each, bare.cpu, "us"),
+        against(
+            "context switches per release, 32 clients",
+            switches,
+            bare.switches,
+            "switches",
+        ),
     ])
 }

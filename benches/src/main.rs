@@ -134,17 +134,29 @@ fn next_call() -> u64 {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// CPU time (user + system) this process has used.
+/// This process's resource usage so far (every thread's).
 #[allow(unsafe_code)]
-fn cpu() -> Duration {
+fn usage() -> libc::rusage {
     // SAFETY: getrusage writes into the struct we own; RUSAGE_SELF is always valid.
-    let usage = unsafe {
+    unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u
-    };
+    }
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu() -> Duration {
+    let usage = usage();
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Context switches (voluntary and not) of this process's threads so far: each
+/// hand-off between threads costs two.
+fn context_switches() -> u64 {
+    let usage = usage();
+    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
 /// `VmRSS` and `VmHWM` of a process, in MiB.
