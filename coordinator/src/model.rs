@@ -92,36 +92,36 @@ pub struct Participant {
     /// Upgrade, downgrade or unchanged.
     pub action: Action,
     /// Artifact reference passed to Prepare.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub artifact: String,
     /// Metadata passed to Prepare.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// Phase 1 answer.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub vote: Vote,
     /// Reason of a refusal or missing vote.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vote_reason: String,
     /// Phase 2 acknowledged.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub acknowledged: bool,
     /// Phase 2 wave.
     pub wave: u32,
     /// Schema live before, as reported.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_schema: Option<Schema>,
     /// Schema staged, as reported.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_schema: Option<Schema>,
     /// Migration files staged.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<String>,
     /// Where its staged version answers, as its PREPARED vote said ("" none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub test_uri: String,
     /// What it staged, as its PREPARED vote said ("" when it did not say).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub staged_artifact: String,
     /// Last phase 2 delivery error (memory only: not part of any decision).
     #[serde(default, skip_serializing)]
@@ -131,15 +131,15 @@ pub struct Participant {
     #[serde(default, skip_serializing)]
     pub needs_resolution: bool,
     /// How a person resolved it by hand, if they did.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
     /// This part restores an earlier version (revert, rollback): the participant must
     /// reproduce it exactly (from `artifact`, the one it was first staged from) or
     /// refuse.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restore: bool,
     /// For a restore: the schema version the project was at with that version.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_schema: Option<Schema>,
 }
 
@@ -262,55 +262,55 @@ pub struct TxRecord {
     /// Why it is where it is.
     pub reason: String,
     /// Releases a revert undoes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reverts: Vec<TxId>,
     /// Checkpoint a rollback restores.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub rollback_to: u64,
     /// Forced into an untested combination.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
     /// Pulled by a revert.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quarantined: bool,
     /// Checkpoint produced (0 until committed).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub checkpoint: u64,
     /// Phase 1 deadline in milliseconds.
     pub prepare_timeout_ms: u64,
     /// Accepted at (ms since epoch).
     pub created_ms: u64,
     /// Terminal at (ms since epoch; 0 until then).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub finished_ms: u64,
     /// Prepare may have reached participants (phase 1 started): an abort must then be
     /// delivered to every one of them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prepare_sent: bool,
     /// Who created it (the principal; empty without authentication).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created_by: String,
     /// What its creator was allowed when it created it: an automatic promotion of it
     /// acts for `created_by` with this, checked in the target.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub authority: Authority,
     /// Its release ticket (a URL; empty: none): where its failures are notified.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ticket: String,
     /// The environment's verify steps as they were when it was accepted, with their
     /// outcomes (durable: a restart resumes them).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRun>,
     /// For a promotion: the source environment and checkpoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<(Environment, u64)>,
     /// The verification after commit (soak and live steps), for a committed release
     /// in an environment that has one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub live_check: LiveCheck,
     /// The W3C `traceparent` of the call that created it ("" when not traced): its
     /// events, and the webhooks that carry them, continue that trace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_parent: String,
 }
 
@@ -719,4 +719,11 @@ pub struct SubscriptionRecord {
     /// Who added it.
     #[serde(default)]
     pub created_by: String,
+}
+
+/// Whether `value` is its type's default: such fields are left out of stored records
+/// (read back as the default), which keeps the record written at each step of every
+/// transaction small.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }

@@ -39,7 +39,7 @@ impl TxJournal for Registry {
         show_now: bool,
     ) -> Pending<Result<()>> {
         let mut batch = Batch::default();
-        Tables::put_transaction(&mut batch, record);
+        put_record(&self.state(), &mut batch, record);
         // Decisions other than COMMIT need no fsync of their own (presumed abort).
         let written = self.inner.journal.append(batch, events, Durable::Soon);
         if show_now {
@@ -75,13 +75,15 @@ impl TxJournal for Registry {
             record.live_check = LiveCheck::Soaking;
         }
         let mut batch = Batch::default();
-        Tables::put_transaction(&mut batch, &record);
+        let s = self.state();
+        put_record(&s, &mut batch, &record);
         // Durable before readers see the end. With other transactions in flight it
         // rides on their next fsync; alone, nobody would share one, so it forces its own.
-        let durability = match self.state().active.len() {
+        let durability = match s.active.len() {
             0 | 1 => Durable::Now,
             n => self.inner.journal.under_load(Durable::Soon, n),
         };
+        drop(s);
         let written = self.inner.journal.append(batch, events, durability);
         let this = self.clone();
         Box::pin(async move {
@@ -135,7 +137,7 @@ impl Registry {
         let checkpoint = self.next_checkpoint(&s, tx);
         tx.checkpoint = checkpoint.revision;
         let mut batch = Batch::default();
-        Tables::put_transaction(&mut batch, tx);
+        put_record(&s, &mut batch, tx);
         Tables::put_checkpoint(&mut batch, &checkpoint);
         let previous = s.head.get(&tx.environment).map(|h| &**h);
         Tables::put_seen(&mut batch, previous, &checkpoint);
@@ -319,5 +321,94 @@ impl Registry {
             ),
             Ok(plan) => Turn::Go(Some(Box::new(plan))),
         }
+    }
+}
+
+/// Adds `record` to `batch`, with its keys (id, indexes, active) only when the record
+/// shown (written earlier in the log) has other participants, as after a plan made
+/// again when its turn came: the admission wrote them, and they never change otherwise.
+fn put_record(s: &State, batch: &mut Batch, record: &TxRecord) {
+    let shown = s.active.get(&record.id).map(|a| &a.record);
+    if shown.is_some_and(|shown| same_projects(shown, record)) {
+        Tables::put_progress(batch, record);
+    } else {
+        Tables::put_transaction(batch, record);
+    }
+}
+
+/// Whether two records of one transaction name the same participants, in order.
+fn same_projects(a: &TxRecord, b: &TxRecord) -> bool {
+    let pairs = a.participants.iter().zip(&b.participants);
+    a.participants.len() == b.participants.len()
+        && pairs.into_iter().all(|(x, y)| x.project == y.project)
+}
+
+#[cfg(test)]
+mod tests {
+    use lockstep_store::{Durability, MemKv, Op};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        model::TxState,
+        tables::{ACTIVE, TRANSACTIONS, TX_BY_PROJECT},
+        txn::tests::t4,
+    };
+
+    fn tables_of(batch: &Batch) -> Vec<&'static str> {
+        let table = |op: &Op| match op {
+            Op::Put { table, .. } | Op::Delete { table, .. } => *table,
+        };
+        batch.ops.iter().map(table).collect()
+    }
+
+    fn shown(record: &TxRecord) -> State {
+        let mut s = State::default();
+        let commands = mpsc::unbounded_channel().0;
+        let active = super::super::Active {
+            record: record.clone(),
+            start: None,
+            commands,
+        };
+        s.active.insert(record.id.clone(), active);
+        s
+    }
+
+    /// A step of a transaction rewrites its record alone; a record whose participants
+    /// changed since the one shown (a plan made again) gets its keys again, so a
+    /// listing by project finds it under each project it names.
+    #[test]
+    fn keys_are_written_again_only_for_other_participants() {
+        let first = t4(TxState::Preparing);
+        let s = shown(&first);
+        let mut step = Batch::default();
+        put_record(&s, &mut step, &first);
+        assert_eq!(tables_of(&step), [TRANSACTIONS]);
+        let mut replanned = first.clone();
+        replanned.participants.pop();
+        let mut batch = Batch::default();
+        put_record(&s, &mut batch, &replanned);
+        let written = tables_of(&batch);
+        let by_project = written.iter().filter(|t| **t == TX_BY_PROJECT).count();
+        assert_eq!(by_project, replanned.participants.len());
+        assert!(written.contains(&ACTIVE));
+        let mut ended = replanned;
+        ended.state = TxState::Committed;
+        ended.finished_ms = 7;
+        let mut end = Batch::default();
+        put_record(&shown(&ended), &mut end, &ended);
+        assert_eq!(
+            tables_of(&end),
+            [TRANSACTIONS, ACTIVE],
+            "the end leaves the active index"
+        );
+        let tables = Tables::new(Arc::new(MemKv::new()));
+        tables.kv().write(batch, Durability::Sync).unwrap();
+        tables.kv().write(end, Durability::Sync).unwrap();
+        let read = tables.transaction(&ended.id).unwrap().unwrap();
+        assert_eq!(
+            read, ended,
+            "a record left without its default fields reads back whole"
+        );
     }
 }
