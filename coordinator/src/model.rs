@@ -430,8 +430,9 @@ impl TxRecord {
 pub struct LiveEntry {
     /// Version live.
     pub version: Version,
-    /// Schema live with it, when the participant reports one.
-    #[serde(default)]
+    /// Schema live with it, when the participant reports one (left out of the stored
+    /// checkpoint when none: a checkpoint holds one entry per project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Schema>,
 }
 
