@@ -494,6 +494,17 @@ async fn throughputs(
             t.appends_per_sync,
             "appends",
         ));
+        let releases = t.committed.max(1) as f64;
+        figures.push(figure(
+            format!("coordinator keys written per release, {clients} clients"),
+            t.written.keys as f64 / releases,
+            "keys",
+        ));
+        figures.push(figure(
+            format!("coordinator bytes written per release, {clients} clients"),
+            t.written.bytes as f64 / releases,
+            "bytes",
+        ));
         let per_release = micros(t.cpu) / t.committed.max(1) as f64;
         figures.push(Figure {
             floor: at_32.then_some(floors.release_cpu()),
@@ -824,6 +835,33 @@ struct Throughput {
     cpu: Duration,
     /// Journal appends per group-commit batch (Lockstep's own count, beside RocksDB's).
     appends_per_sync: f64,
+    /// What the coordinator's store took in meanwhile.
+    written: Written,
+}
+
+/// Keys and bytes written to the coordinator's RocksDB (its statistics), so that a
+/// release's write amplification is a figure of every run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Written {
+    keys: u64,
+    bytes: u64,
+}
+
+impl Written {
+    fn of(stack: &stack::Stack) -> Self {
+        let kv = stack.kv.as_ref();
+        Self {
+            keys: stack::ticker(kv, "rocksdb.number.keys.written"),
+            bytes: stack::ticker(kv, "rocksdb.bytes.written"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            keys: self.keys - before.keys,
+            bytes: self.bytes - before.bytes,
+        }
+    }
 }
 
 impl Throughput {
@@ -844,6 +882,7 @@ async fn throughput(
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let run_id = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let syncs_before = stack::wal_syncs(stack.kv.as_ref());
+    let written_before = Written::of(stack);
     let journal_before = stack.coordinator.journal_stats();
     let cpu_before = cpu();
     let started = Instant::now();
@@ -877,6 +916,7 @@ async fn throughput(
         committed,
         elapsed: started.elapsed(),
         syncs: stack::wal_syncs(stack.kv.as_ref()) - syncs_before,
+        written: Written::of(stack).since(&written_before),
         cpu: cpu() - cpu_before,
         appends_per_sync: (journal.appends - journal_before.appends) as f64
             / (journal.syncs - journal_before.syncs).max(1) as f64,

@@ -342,11 +342,17 @@ pub async fn release_timed(
 /// RocksDB's count of WAL syncs, from its statistics (0 for a store that is not
 /// RocksDB).
 pub fn wal_syncs(kv: Option<&RocksKv>) -> u64 {
+    ticker(kv, "rocksdb.wal.synced")
+}
+
+/// One of RocksDB's tickers (`rocksdb.number.keys.written`, ...), from its statistics
+/// (0 for a store that is not RocksDB).
+pub fn ticker(kv: Option<&RocksKv>, name: &str) -> u64 {
     let Some(kv) = kv else { return 0 };
     kv.statistics()
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("rocksdb.wal.synced "))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
