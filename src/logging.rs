@@ -68,6 +68,27 @@ fn provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, 
         .build())
 }
 
+/// The layer that turns spans into OpenTelemetry spans, keeping what a trace is read
+/// for (names, parents, times, Lockstep's own fields) and nothing it costs to keep at
+/// every poll of an instrumented future: no busy/idle counters (two clock reads per
+/// poll), no OpenTelemetry context attached on entry (Lockstep reads a span's context
+/// from the span itself, [`crate::trace`]), and no thread or source-location
+/// attributes (a task moves between threads; a span's name says what it is).
+fn span_layer<S>(
+    provider: &SdkTracerProvider,
+    service: &'static str,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_threads(false)
+        .with_location(false)
+}
+
 /// For a client that prints its own output (the CLI): no log lines, only trace export
 /// as `service` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing otherwise).
 pub fn init_traces_only(service: &'static str) -> Result<Telemetry, String> {
@@ -88,7 +109,7 @@ pub fn init_traces_to(
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let traces = span_layer(&provider, service);
     let filter = tracing_subscriber::EnvFilter::new("info");
     // A dynamic filter: asked at every span, never cached per callsite.
     let switch =
@@ -117,7 +138,7 @@ pub fn init(
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
-        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
+        span_layer(p, service)
     });
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
