@@ -360,3 +360,97 @@ async fn release_watch_without_from_follows_from_now_on() {
     let seq: u64 = e["seq"].as_str().unwrap().parse().unwrap();
     assert!(seq > head, "not the past (head was {head}): {line}");
 }
+
+/// `wait` on CreateRelease (stop 44): one call answers with the outcome. Given A's
+/// Prepare held, when T1 is created with `wait`, then the call has not answered while
+/// T1 prepares, and once A goes on it answers with T1's COMMITTED event, whose
+/// checkpoint is the live one and whose versions the agents run. A refused release
+/// answers with its ABORTED event naming the refusal, and a retry of the ended T1
+/// answers at once with its outcome from the record (`seq` 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn create_release_with_wait_answers_with_the_outcome() {
+    let c = Cluster::family().await;
+    c.block("A");
+    let client = c.client().await;
+    let waiting = tokio::spawn(create_waiting(client, "T1", &["A=T1A", "B=T1B", "C=T1C"]));
+    c.wait_state("T1", TransactionState::Preparing).await;
+    assert!(!waiting.is_finished(), "answered before T1 ended");
+    c.heal("A");
+    let answer = waiting.await.unwrap().unwrap();
+    let ended = answer.ended.expect("the outcome");
+    assert_eq!(ended.transaction_id, "T1");
+    assert_eq!(ended.kind, EventKind::TransactionCommitted as i32);
+    let live = c.live_state().await.checkpoint.unwrap();
+    assert_eq!(ended.revision, live.revision, "{ended:?}");
+    assert!(ended.seq >= answer.first_event_seq, "{ended:?}");
+    let t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), t1);
+
+    c.fail("B", "disk full");
+    let refused = create_waiting(c.client().await, "T2", &["B=T2B"]).await;
+    let ended = refused.unwrap().ended.expect("the outcome");
+    assert_eq!(ended.kind, EventKind::TransactionAborted as i32);
+    assert!(ended.message.contains("disk full"), "{ended:?}");
+    assert_eq!(c.live(), t1, "nothing of T2 live");
+
+    let retry = create_waiting(c.client().await, "T1", &["A=T1A", "B=T1B", "C=T1C"]);
+    let retry = retry.await.unwrap();
+    assert!(!retry.created);
+    let ended = retry.ended.expect("the outcome");
+    assert_eq!(ended.kind, EventKind::TransactionCommitted as i32);
+    assert_eq!((ended.seq, ended.revision), (0, live.revision));
+}
+
+/// The transaction never depends on the waiting call: given B's Prepare held, when a
+/// CreateRelease with `wait` times out on the caller's side, then the release still
+/// commits once B goes on, and every agent runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_create_that_times_out_leaves_the_release_running() {
+    let c = Cluster::family().await;
+    c.block("B");
+    let mut request = tonic::Request::new(release_request("T1", &["B=T1B", "C=T1C"]));
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let cut = c.client().await.create_release(request).await.unwrap_err();
+    assert!(
+        matches!(
+            cut.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{cut:?}"
+    );
+    c.heal("B");
+    c.wait_state("T1", TransactionState::Committed).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", ""), ("B", "T1B"), ("C", "T1C")])
+    );
+}
+
+fn release_request(id: &str, components: &[&str]) -> pb::CreateReleaseRequest {
+    let components = components
+        .iter()
+        .map(|c| {
+            let (project, version) = c.split_once('=').unwrap();
+            pb::Component {
+                project: project.into(),
+                version: version.into(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    pb::CreateReleaseRequest {
+        id: id.into(),
+        components,
+        wait: true,
+        ..Default::default()
+    }
+}
+
+async fn create_waiting(
+    mut client: pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    id: &str,
+    components: &[&str],
+) -> Result<pb::CreateTransactionResponse, tonic::Status> {
+    let request = release_request(id, components);
+    Ok(client.create_release(request).await?.into_inner())
+}

@@ -108,6 +108,22 @@ async fn grpcurl_lists_describes_and_calls_the_coordinator() {
         "{}",
         bad.stderr
     );
+
+    // One call that answers with the outcome.
+    let waited = run(
+        &addr,
+        &[
+            "-d",
+            r#"{"id":"T1","components":[{"project":"B","version":"T1B"}],"wait":true}"#,
+        ],
+        &["lockstep.v1.Coordinator/CreateRelease"],
+    )
+    .await;
+    assert!(waited.ok, "{}", waited.stderr);
+    let waited: serde_json::Value = serde_json::from_str(&waited.stdout).unwrap();
+    assert_eq!(waited["ended"]["kind"], "EVENT_KIND_TRANSACTION_COMMITTED");
+    assert_eq!(waited["ended"]["revision"], "1");
+    assert_eq!(c.live()["B"].as_deref(), Some("T1B"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -57,8 +57,8 @@ async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
     assert_eq!(body["code"], "UNAUTHENTICATED");
 
     // A releaser of B creates a release of B (the body is the CreateRelease request in
-    // proto3 JSON) and it commits.
-    let r1 = json!({"id": "R1", "components": [{"project": "B", "version": "1.0"}]});
+    // proto3 JSON) and it commits; with `wait` the answer carries the outcome.
+    let r1 = json!({"id": "R1", "components": [{"project": "B", "version": "1.0"}], "wait": true});
     let create = http
         .post(format!("{api}/releases"))
         .bearer_auth(&releaser)
@@ -66,6 +66,10 @@ async fn the_api_answers_as_grpc_does_with_the_same_permissions() {
     let (status, body) = call(create).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["transaction"]["id"], "R1", "{body}");
+    assert_eq!(
+        body["ended"]["kind"], "EVENT_KIND_TRANSACTION_COMMITTED",
+        "{body}"
+    );
     let r1 = wait_state(&http, &api, &viewer, "R1", "TRANSACTION_STATE_COMMITTED").await;
     assert_eq!(r1["participants"][0]["project"], "B", "{r1}");
     for (project, count) in [("B", 1), ("A", 0)] {

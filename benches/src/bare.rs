@@ -7,7 +7,8 @@
 //! coordinator, which writes the admission, sends Prepare to three participants (each
 //! writes a synced record before it answers), writes the decision synced, sends Commit
 //! (each participant writes a record), writes the end synced and answers: 7 RPCs and 5
-//! synced writes, against Lockstep's 8 RPCs (the client's event stream too) and 5-6.
+//! synced writes, as Lockstep's (its CreateRelease with `wait` answers with the
+//! outcome) with 5-6.
 //! Each of 32 clients has three participants of its own, as in the throughput figure,
 //! so participants do not share fsyncs between clients there either.
 

@@ -283,19 +283,28 @@ pub async fn register(
     Ok(())
 }
 
-/// Releases `projects` at `version` and waits until COMMITTED (as `--wait` does: create,
-/// then follow the transaction's events to its end).
+/// One release of `projects` at `version`, the way a client that waits for the
+/// outcome makes it: one CreateRelease with `wait`, answered once it has ended.
 pub async fn release(
     client: &mut CoordinatorClient<Channel>,
     id: &str,
     projects: &[String],
     version: &str,
 ) -> anyhow::Result<()> {
-    release_timed(client, id, projects, version).await.map(drop)
+    let request = release_request(id, projects, version, true);
+    let answer = client.create_release(request).await?.into_inner();
+    let Some(ended) = answer.ended else {
+        anyhow::bail!("{id}: answered without its outcome")
+    };
+    if ended.kind != pb::EventKind::TransactionCommitted as i32 {
+        anyhow::bail!("{id} aborted: {}", ended.message);
+    }
+    Ok(())
 }
 
-/// [`release`], returning how long CreateRelease took to answer (the transaction
-/// durable) and how long after that COMMITTED arrived.
+/// The same release in two calls, as before `wait` existed: CreateRelease, then
+/// WatchEvents for its outcome alone. Returns how long CreateRelease took to answer
+/// (the transaction durable) and how long after that COMMITTED arrived.
 pub async fn release_timed(
     client: &mut CoordinatorClient<Channel>,
     id: &str,
@@ -303,21 +312,8 @@ pub async fn release_timed(
     version: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
     let started = Instant::now();
-    let created = client
-        .create_release(pb::CreateReleaseRequest {
-            id: id.to_string(),
-            components: projects
-                .iter()
-                .map(|p| pb::Component {
-                    project: p.clone(),
-                    version: format!("{p}-{version}"),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let request = release_request(id, projects, version, false);
+    let created = client.create_release(request).await?.into_inner();
     let answered = Instant::now();
     let mut events = client
         .watch_events(pb::WatchEventsRequest {
@@ -337,6 +333,25 @@ pub async fn release_timed(
         }
     }
     anyhow::bail!("{id}: the event stream ended early")
+}
+
+fn release_request(
+    id: &str,
+    projects: &[String],
+    version: &str,
+    wait: bool,
+) -> pb::CreateReleaseRequest {
+    let component = |p: &String| pb::Component {
+        project: p.clone(),
+        version: format!("{p}-{version}"),
+        ..Default::default()
+    };
+    pb::CreateReleaseRequest {
+        id: id.to_string(),
+        components: projects.iter().map(component).collect(),
+        wait,
+        ..Default::default()
+    }
 }
 
 /// RocksDB's count of WAL syncs, from its statistics (0 for a store that is not

@@ -223,6 +223,8 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
                 ticket: ticket.unwrap_or_default(),
+                // --wait follows the event stream, printing each event.
+                wait: false,
             };
             (client.revert_release(request).await?.into_inner(), wait)
         }
@@ -241,6 +243,8 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 dry_run: wait.dry_run,
                 ticket: ticket.unwrap_or_default(),
                 allow_quarantined,
+                // --wait follows the event stream, printing each event.
+                wait: false,
             };
             (client.rollback(request).await?.into_inner(), wait)
         }
@@ -264,6 +268,8 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 force,
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 ticket: ticket.unwrap_or_default(),
+                // --wait follows the event stream, printing each event.
+                wait: false,
             };
             (client.promote(request).await?.into_inner(), wait)
         }
@@ -365,6 +371,8 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
                 force,
                 allow_quarantined,
                 ticket: ticket.unwrap_or_default(),
+                // --wait follows the event stream, printing each event.
+                wait: false,
             };
             let created = client.create_release(request).await?.into_inner();
             finish_create(client, ctx, created, &wait).await

@@ -1003,6 +1003,7 @@ fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateRel
         force: rng.random_bool(0.2),
         allow_quarantined: false,
         ticket: String::new(),
+        wait: false,
     }
 }
 

@@ -11,6 +11,7 @@ mod notify;
 mod reads;
 mod tokens;
 mod verify;
+mod wait;
 
 use std::pin::Pin;
 
@@ -116,6 +117,7 @@ fn created(c: Created) -> pb::CreateTransactionResponse {
         plan: Some(convert::plan(&c.plan, &c.waits_for)),
         created: c.created,
         first_event_seq: c.first_event_seq,
+        ended: None,
     }
 }
 
@@ -245,11 +247,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
             true => "CreateRelease --force",
             false => "CreateRelease",
         };
-        let spec = convert::release(r.clone())?;
+        let (spec, wait) = (convert::release(r.clone())?, r.wait);
         let target = Target::environment(&spec.environment);
         let who = self.allow(&request, key, target).await?;
         let created = self.create(who, key, spec).await?;
-        Ok(Response::new(self::created(created)))
+        self.answer(created, wait).await
     }
 
     async fn revert_release(
@@ -257,12 +259,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RevertReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let spec = convert::revert(request.get_ref().clone())?;
-        let key = "RevertRelease";
+        let (key, wait) = ("RevertRelease", request.get_ref().wait);
         let who = self
             .allow(&request, key, Target::environment(&spec.environment))
             .await?;
         let created = self.create(who, key, spec).await?;
-        Ok(Response::new(self::created(created)))
+        self.answer(created, wait).await
     }
 
     async fn rollback(
@@ -285,9 +287,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 .unwrap_or(0),
             n => n,
         };
+        let wait = r.wait;
         let spec = convert::rollback(r, resolved)?;
         let created = self.create(who, key, spec).await?;
-        Ok(Response::new(self::created(created)))
+        self.answer(created, wait).await
     }
 
     async fn get_release(
@@ -601,7 +604,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self.allow(&request, key, target).await?;
         let spec = self.coordinator.registry().promotion(&ask, base)?;
         let created = self.create(who, key, spec).await?;
-        Ok(Response::new(self::created(created)))
+        self.answer(created, request.get_ref().wait).await
     }
 
     async fn get_cluster(

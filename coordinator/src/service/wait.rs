@@ -1,0 +1,73 @@
+//! `wait` on a call that starts a transaction (CreateRelease, RevertRelease, Rollback,
+//! Promote): the answer is given once the transaction has ended, with its terminal
+//! event, read from the log the way `WatchEvents` with `only_terminal` reads it but in
+//! the same call. The transaction never depends on the call: admission was durable
+//! before the wait began, so a caller that goes away only stops waiting.
+
+use futures::StreamExt;
+use lockstep::pb;
+use tonic::{Response, Status};
+
+use super::{CoordinatorService, created};
+use crate::{feed::WatchFilter, model::TxRecord, registry::admit::Created, txn::events};
+
+impl CoordinatorService {
+    /// The answer to a call that started `c` (or found it again, on a retry); with
+    /// `wait`, given once it has ended. A dry run has nothing to wait for.
+    pub(super) async fn answer(
+        &self,
+        c: Created,
+        wait: bool,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let ended = match (&c.transaction, wait) {
+            (Some(tx), true) => Some(self.ended(tx, c.first_event_seq).await?),
+            _ => None,
+        };
+        let answer = pb::CreateTransactionResponse {
+            ended,
+            ..created(c)
+        };
+        Ok(Response::new(answer))
+    }
+
+    /// `tx`'s terminal event once it is durable, followed from `first` (its first
+    /// event). A retry does not know that sequence number: it is told the outcome from
+    /// the record when the transaction has ended, and otherwise follows from the log's
+    /// head (a transaction that ends in between is told from its record too).
+    async fn ended(&self, tx: &TxRecord, first: u64) -> Result<pb::Event, Status> {
+        if tx.state.is_terminal() {
+            return Ok(events::ended(tx));
+        }
+        let head = *self.coordinator.feed().latest().borrow();
+        let from = if first == 0 { head + 1 } else { first };
+        let filter = WatchFilter {
+            transaction: Some(tx.id.clone()),
+            until_terminal: true,
+            only_terminal: true,
+        };
+        match self.coordinator.watch(filter, from).next().await {
+            Some(Ok(event)) => Ok(event),
+            Some(Err(e)) => Err(lost(tx, first, e)),
+            None => self.told_by_record(tx, first),
+        }
+    }
+
+    /// The outcome of `tx` from its record, when its stream ended with no terminal
+    /// event: it had ended before the wait began (or this coordinator stepped down).
+    fn told_by_record(&self, tx: &TxRecord, first: u64) -> Result<pb::Event, Status> {
+        let record = self.coordinator.get(&tx.id)?;
+        if record.state.is_terminal() {
+            return Ok(events::ended(&record));
+        }
+        Err(lost(tx, first, "the event stream ended"))
+    }
+}
+
+/// UNAVAILABLE for a wait cut short on this side, saying that the transaction goes on
+/// and where to follow it.
+fn lost(tx: &TxRecord, first: u64, why: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!(
+        "wait: {why} before {} ended; it goes on: follow it with WatchEvents (transaction_id {}, from_seq {first})",
+        tx.id, tx.id
+    ))
+}
