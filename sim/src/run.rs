@@ -831,24 +831,22 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
     for i in 0..cfg.ops_per_client {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..900))).await;
         let roll = rng.random_range(0..100);
+        // What a call with `wait` was told the outcome is, if it answered.
+        let mut ended: Option<pb::Event> = None;
         let (op, tx, result) = if roll < 50 || sent.is_empty() {
             let request = release_request(&mut rng, id, i);
             sent.push(request.clone());
             let tx = request.id.clone();
-            (
-                "release",
-                tx,
-                bounded(client.create_release(request)).await.map(|_| ()),
-            )
+            let answer = bounded(client.create_release(request)).await;
+            ended = answer.as_ref().ok().and_then(|a| a.ended.clone());
+            ("release", tx, answer.map(|_| ()))
         } else if roll < 58 {
             // An idempotent retry of an earlier request.
             let request = sent[rng.random_range(0..sent.len())].clone();
             let tx = request.id.clone();
-            (
-                "retry",
-                tx,
-                bounded(client.create_release(request)).await.map(|_| ()),
-            )
+            let answer = bounded(client.create_release(request)).await;
+            ended = answer.as_ref().ok().and_then(|a| a.ended.clone());
+            ("retry", tx, answer.map(|_| ()))
         } else if roll < 70 {
             let target = {
                 let s = lock(&shared);
@@ -923,6 +921,9 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
             Err(s) => Told::Refused(format!("{:?}: {}", s.code(), s.message())),
         };
         record(&shared, id, op, &tx, told);
+        if let Some(e) = ended {
+            record(&shared, id, "waited", &tx, Told::Outcome(outcome_of(&e)));
+        }
     }
     // Follow every transaction of ours to its end (faults heal at the window's end).
     let deadline = cfg.fault_window + cfg.settle_within;
@@ -951,6 +952,14 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The state a terminal event tells (what a call with `wait` answered).
+fn outcome_of(e: &pb::Event) -> pb::TransactionState {
+    match e.kind == pb::EventKind::TransactionCommitted as i32 {
+        true => pb::TransactionState::Committed,
+        false => pb::TransactionState::Aborted,
     }
 }
 
@@ -1003,7 +1012,9 @@ fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateRel
         force: rng.random_bool(0.2),
         allow_quarantined: false,
         ticket: String::new(),
-        wait: false,
+        // Some callers wait for the outcome in the call (often past `bounded`'s 3 s,
+        // which they are then told nothing about).
+        wait: rng.random_bool(0.3),
     }
 }
 
