@@ -399,6 +399,18 @@ async fn create_release_with_wait_answers_with_the_outcome() {
     let ended = retry.ended.expect("the outcome");
     assert_eq!(ended.kind, EventKind::TransactionCommitted as i32);
     assert_eq!((ended.seq, ended.revision), (0, live.revision));
+
+    // Without an id, a call cut while it waits would leave nothing to follow.
+    let before = c.last_seq().await;
+    let refused = create_waiting(c.client().await, "", &["C=T3C"])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("id: wait needs"),
+        "{refused:?}"
+    );
+    assert_eq!(c.last_seq().await, before, "nothing written");
 }
 
 /// The transaction never depends on the waiting call: given B's Prepare held, when a

@@ -132,6 +132,16 @@ impl Feed {
         }
     }
 
+    /// Tells the watchers of transaction `tx` that it has ended (it left the active
+    /// set), so that a watcher waiting past its terminal event stops: its terminal
+    /// event is published before the transaction leaves, so a watcher that began
+    /// after that event saw it unfinished, and no event of it will wake it again.
+    pub fn ended(&self, tx: &str) {
+        if let Some((sender, _)) = self.inner.watched().get(tx) {
+            sender.send_modify(|_| {});
+        }
+    }
+
     /// How many watchers are running.
     pub fn watchers(&self) -> usize {
         self.inner
@@ -407,5 +417,52 @@ mod tests {
             feed.inner.watched().is_empty(),
             "the last watcher unsubscribes"
         );
+    }
+
+    /// Review of stop 44: a watcher that waits for a transaction's end from past its
+    /// terminal event (a retry's `wait`, or WatchEvents from a later sequence number)
+    /// checked "unfinished" before the transaction left the active set and then slept
+    /// on a subscription nothing would wake again. Given the terminal event published
+    /// and the transaction still active, when it leaves the active set, then the
+    /// watcher's stream ends.
+    #[tokio::test]
+    async fn a_watcher_past_the_end_stops_once_the_transaction_leaves() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio_stream::StreamExt;
+        let kv = MemKv::new();
+        let feed = Feed::new(Tables::new(Arc::new(kv.clone()))).unwrap();
+        let mut end = write_event(&kv, 1);
+        end.transaction_id = "a".into();
+        end.kind = pb::EventKind::TransactionCommitted as i32;
+        feed.publish(vec![end]);
+        let active = Arc::new(AtomicBool::new(true));
+        let still = active.clone();
+        let filter = WatchFilter {
+            transaction: Some(TxId::parse("id", "a").unwrap()),
+            until_terminal: true,
+            only_terminal: true,
+        };
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        let unfinished = Box::new(move |_: &TxId| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            still.load(Ordering::SeqCst)
+        });
+        let mut stream = feed.watch(filter, 2, unfinished);
+        // On this one-thread runtime the watcher runs only while this test yields, and
+        // from asking whether the transaction is unfinished to waiting on its
+        // subscription it does not yield: once it has asked, it waits.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while asked.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watcher started"
+            );
+            tokio::task::yield_now().await;
+        }
+        active.store(false, Ordering::SeqCst);
+        feed.ended("a");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(next, Ok(None)), "the stream ends: {next:?}");
     }
 }

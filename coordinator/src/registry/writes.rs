@@ -280,6 +280,7 @@ impl Registry {
             }
             started
         };
+        self.inner.feed.ended(id.as_str());
         for next in started {
             self.start_queued(&next);
         }

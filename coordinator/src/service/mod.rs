@@ -247,6 +247,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             true => "CreateRelease --force",
             false => "CreateRelease",
         };
+        wait::needs_id(r.wait, &r.id)?;
         let (spec, wait) = (convert::release(r.clone())?, r.wait);
         let target = Target::environment(&spec.environment);
         let who = self.allow(&request, key, target).await?;
@@ -258,6 +259,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RevertReleaseRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        wait::needs_id(request.get_ref().wait, &request.get_ref().id)?;
         let spec = convert::revert(request.get_ref().clone())?;
         let (key, wait) = ("RevertRelease", request.get_ref().wait);
         let who = self
@@ -272,6 +274,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
         let env = environment("environment", &request.get_ref().environment)?;
+        wait::needs_id(request.get_ref().wait, &request.get_ref().id)?;
         let key = match request.get_ref().allow_quarantined {
             true => "Rollback --allow-quarantined",
             false => "Rollback",
@@ -595,6 +598,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        wait::needs_id(request.get_ref().wait, &request.get_ref().id)?;
         let (ask, base) = convert::promote(request.get_ref().clone())?;
         let key = match ask.force {
             true => "Promote --force",

@@ -11,6 +11,19 @@ use tonic::{Response, Status};
 use super::{CoordinatorService, created};
 use crate::{feed::WatchFilter, model::TxRecord, registry::admit::Created, txn::events};
 
+/// INVALID_ARGUMENT for `wait` without a client-chosen `id`: the answer that names a
+/// generated id comes only at the end, so a call cut while it waits (its deadline, a
+/// coordinator restart) would leave the caller nothing to follow the transaction by,
+/// and a retry would start a second one.
+pub(super) fn needs_id(wait: bool, id: &str) -> Result<(), Status> {
+    if wait && id.is_empty() {
+        return Err(Status::invalid_argument(
+            "id: wait needs a client-chosen id, so that a call cut while it waits can be followed (WatchEvents) or retried without starting a second transaction",
+        ));
+    }
+    Ok(())
+}
+
 impl CoordinatorService {
     /// The answer to a call that started `c` (or found it again, on a retry); with
     /// `wait`, given once it has ended. A dry run has nothing to wait for.
@@ -47,27 +60,27 @@ impl CoordinatorService {
         };
         match self.coordinator.watch(filter, from).next().await {
             Some(Ok(event)) => Ok(event),
-            Some(Err(e)) => Err(lost(tx, first, e)),
-            None => self.told_by_record(tx, first),
+            Some(Err(e)) => Err(lost(tx, from, e)),
+            None => self.told_by_record(tx, from),
         }
     }
 
     /// The outcome of `tx` from its record, when its stream ended with no terminal
     /// event: it had ended before the wait began (or this coordinator stepped down).
-    fn told_by_record(&self, tx: &TxRecord, first: u64) -> Result<pb::Event, Status> {
+    fn told_by_record(&self, tx: &TxRecord, from: u64) -> Result<pb::Event, Status> {
         let record = self.coordinator.get(&tx.id)?;
         if record.state.is_terminal() {
             return Ok(events::ended(&record));
         }
-        Err(lost(tx, first, "the event stream ended"))
+        Err(lost(tx, from, "the event stream ended"))
     }
 }
 
 /// UNAVAILABLE for a wait cut short on this side, saying that the transaction goes on
-/// and where to follow it.
-fn lost(tx: &TxRecord, first: u64, why: impl std::fmt::Display) -> Status {
+/// and where to follow it (`from`: where this wait followed from).
+fn lost(tx: &TxRecord, from: u64, why: impl std::fmt::Display) -> Status {
     Status::unavailable(format!(
-        "wait: {why} before {} ended; it goes on: follow it with WatchEvents (transaction_id {}, from_seq {first})",
+        "wait: {why} before {} ended; it goes on: follow it with WatchEvents (transaction_id {}, from_seq {from})",
         tx.id, tx.id
     ))
 }
