@@ -223,7 +223,6 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 dry_run: wait.dry_run,
                 ticket: ticket.unwrap_or_default(),
-                // --wait follows the event stream, printing each event.
                 wait: false,
             };
             (client.revert_release(request).await?.into_inner(), wait)
@@ -243,7 +242,6 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 dry_run: wait.dry_run,
                 ticket: ticket.unwrap_or_default(),
                 allow_quarantined,
-                // --wait follows the event stream, printing each event.
                 wait: false,
             };
             (client.rollback(request).await?.into_inner(), wait)
@@ -268,7 +266,6 @@ async fn restore(client: &mut Client, ctx: &Context, command: Command) -> Result
                 force,
                 prepare_timeout: wait.timeout.map(lockstep::wire::duration),
                 ticket: ticket.unwrap_or_default(),
-                // --wait follows the event stream, printing each event.
                 wait: false,
             };
             (client.promote(request).await?.into_inner(), wait)
@@ -371,7 +368,8 @@ async fn release(client: &mut Client, ctx: &Context, c: ReleaseCommand) -> Resul
                 force,
                 allow_quarantined,
                 ticket: ticket.unwrap_or_default(),
-                // --wait follows the event stream, printing each event.
+                // --wait follows the event stream, printing each event (also in
+                // revert, rollback and promote).
                 wait: false,
             };
             let created = client.create_release(request).await?.into_inner();
