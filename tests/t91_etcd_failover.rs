@@ -75,6 +75,61 @@ async fn a_standby_takes_over_after_the_leader_is_killed_mid_release() {
     assert_eq!(seqs, expected);
 }
 
+/// `wait` across a failover (stop 44): given T2 created with `wait` and held in phase 1
+/// (C's Prepare held), when the leader is killed with SIGKILL, then the waiting call
+/// fails (it only stops waiting), and the same call made again to the instance that
+/// takes over answers with T2's outcome: ABORTED (undecided at the crash: presumed
+/// abort), with every agent still at T1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_create_cut_by_a_failover_is_answered_by_the_next_leader() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "wait").await;
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("C");
+    let t2 = pb::CreateReleaseRequest {
+        id: "T2".into(),
+        components: ["A", "B", "C"]
+            .iter()
+            .map(|p| pb::Component {
+                project: p.to_string(),
+                version: format!("T2{p}"),
+                ..Default::default()
+            })
+            .collect(),
+        wait: true,
+        ..Default::default()
+    };
+    let mut client = c.client().await;
+    let request = t2.clone();
+    let waiting = tokio::spawn(async move { client.create_release(request).await });
+    c.wait_state("T2", TransactionState::Preparing).await;
+    assert!(!waiting.is_finished(), "answered before T2 ended");
+
+    c.coordinator.kill9().await;
+    let cut = waiting.await.unwrap();
+    assert!(cut.is_err(), "the leader died mid-wait: {cut:?}");
+    c.coordinator = standby(&c, args, "standby").await;
+    c.heal("C");
+    let again = c
+        .client()
+        .await
+        .create_release(t2)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created, "the same transaction, not a second one");
+    let ended = again.ended.expect("the outcome");
+    assert_eq!(
+        ended.kind,
+        pb::EventKind::TransactionAborted as i32,
+        "{ended:?}"
+    );
+    let at_t1 = Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")]);
+    assert_eq!(c.live(), at_t1);
+}
+
 /// Given a leader with T2 in phase 1 and a standby waiting (naming it), when the
 /// leader is paused past its lease (SIGSTOP), then the standby leads and recovers T2;
 /// when the old leader wakes, it stops (its lease is gone, its writes fenced) instead
