@@ -833,20 +833,19 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
         let roll = rng.random_range(0..100);
         // What a call with `wait` was told the outcome is, if it answered.
         let mut ended: Option<pb::Event> = None;
-        let (op, tx, result) = if roll < 50 || sent.is_empty() {
-            let request = release_request(&mut rng, id, i);
-            sent.push(request.clone());
+        let (op, tx, result) = if roll < 58 || sent.is_empty() {
+            let (op, request) = if roll < 50 || sent.is_empty() {
+                let request = release_request(&mut rng, id, i);
+                sent.push(request.clone());
+                ("release", request)
+            } else {
+                // An idempotent retry of an earlier request.
+                ("retry", sent[rng.random_range(0..sent.len())].clone())
+            };
             let tx = request.id.clone();
             let answer = bounded(client.create_release(request)).await;
             ended = answer.as_ref().ok().and_then(|a| a.ended.clone());
-            ("release", tx, answer.map(|_| ()))
-        } else if roll < 58 {
-            // An idempotent retry of an earlier request.
-            let request = sent[rng.random_range(0..sent.len())].clone();
-            let tx = request.id.clone();
-            let answer = bounded(client.create_release(request)).await;
-            ended = answer.as_ref().ok().and_then(|a| a.ended.clone());
-            ("retry", tx, answer.map(|_| ()))
+            (op, tx, answer.map(|_| ()))
         } else if roll < 70 {
             let target = {
                 let s = lock(&shared);
