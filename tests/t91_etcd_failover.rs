@@ -105,6 +105,15 @@ async fn a_waiting_create_cut_by_a_failover_is_answered_by_the_next_leader() {
     let request = t2.clone();
     let waiting = tokio::spawn(async move { client.create_release(request).await });
     c.wait_state("T2", TransactionState::Preparing).await;
+    // Prepare may go out before the admission is durable (a participant prepared for
+    // a transaction the coordinator lost hears ABORT); the caller of a waiting call is
+    // told nothing until the end, so T2 may rightly be lost by a crash before that.
+    // Kill once it is durable: its events reach readers only then.
+    wait_for("T2 durable", || async {
+        let durable = c.events().await.iter().any(|e| e.transaction_id == "T2");
+        durable.then_some(())
+    })
+    .await;
     assert!(!waiting.is_finished(), "answered before T2 ended");
 
     c.coordinator.kill9().await;
