@@ -10,13 +10,14 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use futures::{Stream, StreamExt};
 use lockstep::{names::TxId, pb};
 use lockstep_store::StoreError;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 
 use crate::tables::Tables;
 
@@ -221,8 +222,10 @@ pub fn is_terminal(e: &pb::Event) -> bool {
         || e.kind == pb::EventKind::TransactionAborted as i32
 }
 
-/// A stream of events for one watcher.
-pub type Watch = ReceiverStream<Result<pb::Event, StoreError>>;
+/// A stream of events for one watcher. It is read by the task that serves the call
+/// (no task of its own): a publish wakes that task alone, which reads the feed and
+/// encodes in one go, and dropping the stream is the end of the watch.
+pub type Watch = Pin<Box<dyn Stream<Item = Result<pb::Event, StoreError>> + Send>>;
 
 /// Whether a transaction has not ended yet (asked by watchers on each wake-up).
 pub type Unfinished = Box<dyn Fn(&TxId) -> bool + Send + Sync>;
@@ -235,7 +238,6 @@ impl Feed {
     /// when `until_terminal` (at once when the transaction ended before `from`:
     /// `unfinished` says whether it still runs).
     pub fn watch(&self, filter: WatchFilter, from: u64, unfinished: Unfinished) -> Watch {
-        let (sender, receiver) = mpsc::channel(256);
         let watcher = Watcher {
             feed: self.clone(),
             subscription: filter
@@ -246,14 +248,10 @@ impl Feed {
             filter,
             next: from.max(1),
             unfinished,
-            sender,
+            _counted: Counted::new(self.inner.clone()),
         };
-        let counted = Counted::new(self.inner.clone());
-        tokio::spawn(async move {
-            watcher.run().await;
-            drop(counted);
-        });
-        ReceiverStream::new(receiver)
+        let batches = futures::stream::unfold(Some(watcher), Watcher::step);
+        Box::pin(batches.flat_map(futures::stream::iter))
     }
 }
 
@@ -277,7 +275,10 @@ impl Drop for Counted {
     }
 }
 
-/// One watcher's task.
+/// Events handed out at once, and whether the watch goes on after them.
+type Batch = (Vec<Result<pb::Event, StoreError>>, bool);
+
+/// One watcher's state between reads of its stream.
 struct Watcher {
     feed: Feed,
     filter: WatchFilter,
@@ -285,11 +286,26 @@ struct Watcher {
     subscription: Option<TxSubscription>,
     everything: watch::Receiver<u64>,
     unfinished: Unfinished,
-    sender: mpsc::Sender<Result<pb::Event, StoreError>>,
+    _counted: Counted,
 }
 
 impl Watcher {
-    async fn run(mut self) {
+    /// One step of the stream: the next events, and the watcher to go on with (`None`
+    /// after the last of them); `None` at once when the watch has ended.
+    async fn step(
+        watcher: Option<Self>,
+    ) -> Option<(Vec<Result<pb::Event, StoreError>>, Option<Self>)> {
+        let mut watcher = watcher?;
+        let (events, more) = watcher.next_batch().await;
+        if events.is_empty() {
+            return None;
+        }
+        Some((events, more.then_some(watcher)))
+    }
+
+    /// Reads until there is something to hand out (waiting for publishes when caught
+    /// up); an empty batch means the watch has ended.
+    async fn next_batch(&mut self) -> Batch {
         loop {
             // Checked before the read: a terminal record means its events are all
             // published, so a read after it that finds nothing more means there is
@@ -303,20 +319,34 @@ impl Watcher {
             let (events, scanned_to) =
                 match self.feed.read_matching(self.next, 512, |e| filter.keeps(e)) {
                     Ok(read) => read,
-                    Err(e) => return drop(self.sender.send(Err(e)).await),
+                    Err(e) => return (vec![Err(e)], false),
                 };
-            let caught_up = scanned_to == self.next;
-            if caught_up && (ended || !self.wait_for_more().await) {
-                return;
+            if scanned_to == self.next {
+                if ended || !self.wait_for_more().await {
+                    return (Vec::new(), false);
+                }
+                continue;
             }
             self.next = scanned_to;
-            if !self.send_all(events).await {
-                return;
+            if !events.is_empty() {
+                return self.up_to_the_end(events);
             }
         }
     }
 
-    /// Waits until something new may be there; false when the client went away.
+    /// `events`, cut after the terminal one when the watch ends there.
+    fn up_to_the_end(&self, mut events: Vec<pb::Event>) -> Batch {
+        let terminal = events.iter().position(is_terminal);
+        match terminal.filter(|_| self.filter.until_terminal) {
+            Some(last) => {
+                events.truncate(last + 1);
+                (events.into_iter().map(Ok).collect(), false)
+            }
+            None => (events.into_iter().map(Ok).collect(), true),
+        }
+    }
+
+    /// Waits until something new may be there; false when the feed is gone.
     async fn wait_for_more(&mut self) -> bool {
         let latest = match &mut self.subscription {
             Some(s) => &mut s.latest,
@@ -325,21 +355,7 @@ impl Watcher {
         if *latest.borrow_and_update() >= self.next {
             return true;
         }
-        tokio::select! {
-            changed = latest.changed() => changed.is_ok(),
-            _ = self.sender.closed() => false,
-        }
-    }
-
-    /// Sends events; false when the stream is over (client gone, or terminal reached).
-    async fn send_all(&mut self, events: Vec<pb::Event>) -> bool {
-        for event in events {
-            let last = self.filter.until_terminal && is_terminal(&event);
-            if self.sender.send(Ok(event)).await.is_err() || last {
-                return false;
-            }
-        }
-        true
+        latest.changed().await.is_ok()
     }
 }
 
@@ -428,7 +444,6 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_past_the_end_stops_once_the_transaction_leaves() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        use tokio_stream::StreamExt;
         let kv = MemKv::new();
         let feed = Feed::new(Tables::new(Arc::new(kv.clone()))).unwrap();
         let mut end = write_event(&kv, 1);
@@ -449,17 +464,10 @@ mod tests {
             still.load(Ordering::SeqCst)
         });
         let mut stream = feed.watch(filter, 2, unfinished);
-        // On this one-thread runtime the watcher runs only while this test yields, and
-        // from asking whether the transaction is unfinished to waiting on its
-        // subscription it does not yield: once it has asked, it waits.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while asked.load(Ordering::SeqCst) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the watcher started"
-            );
-            tokio::task::yield_now().await;
-        }
+        // The stream is read by its caller: one poll runs the watcher up to its wait on
+        // the subscription, having asked whether the transaction is unfinished.
+        assert!(futures::FutureExt::now_or_never(stream.next()).is_none());
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "the watcher asked");
         active.store(false, Ordering::SeqCst);
         feed.ended("a");
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
