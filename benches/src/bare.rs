@@ -161,6 +161,39 @@ async fn stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
     serve(Coordinator { groups, log }).await
 }
 
+/// Participants of the bare fan-out stack (the fan-out figure's widest release).
+const WIDE: usize = 100;
+
+/// A bare stack of [`WIDE`] participants in `dir`: group 0 is the first three of them,
+/// group 1 all of them.
+async fn wide_stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
+    let mut all = Vec::with_capacity(WIDE);
+    for m in 0..WIDE {
+        let log = store(&dir.join(format!("w{m}"))).await?;
+        all.push(serve(Participant { log }).await?);
+    }
+    let groups = vec![all[..3].to_vec(), all];
+    let log = store(&dir.join("coordinator")).await?;
+    serve(Coordinator { groups, log }).await
+}
+
+/// The bare floor of a wide release, as the fan-out figure measures Lockstep's: the
+/// p50 latency of `count` serial releases over 3 participants, then over [`WIDE`].
+pub async fn fanout(dir: &Path, count: usize) -> anyhow::Result<(f64, f64)> {
+    let mut client = wide_stack(&dir.join("bare-wide")).await?;
+    let mut p50 = [0.0; 2];
+    for (group, p) in p50.iter_mut().enumerate() {
+        let mut samples = Vec::with_capacity(count);
+        for i in 0..count {
+            let started = Instant::now();
+            release(&mut client, group, i as u64).await?;
+            samples.push(started.elapsed());
+        }
+        *p = micros(percentile(&mut samples, 0.5));
+    }
+    Ok((p50[0], p50[1]))
+}
+
 /// One bare release of client `group`.
 async fn release(client: &mut HealthClient<Channel>, group: usize, id: u64) -> anyhow::Result<()> {
     let service = format!("{group}/{id}");

@@ -376,7 +376,8 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
         figures.extend(commit_delay::figures(dir, seconds).await?);
     }
     if args.runs("fanout") {
-        fanout(main.get().await?, &floors, 100 / scale, &mut figures).await?;
+        let stack = main.get().await?;
+        fanout(stack, (dir, &floors), 100 / scale, &mut figures).await?;
     }
     if args.runs("tls") {
         if plaintext.rate == 0.0 {
@@ -552,7 +553,7 @@ async fn throughputs(
 /// Release latency as the participants grow from 3 to 100.
 async fn fanout(
     stack: &mut stack::Stack,
-    floors: &Floors,
+    (dir, floors): (&Path, &Floors),
     count: usize,
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<()> {
@@ -591,7 +592,47 @@ async fn fanout(
             "us",
         )
     });
+    figures.extend(bare_fanout(dir, count, floor, per_extra).await?);
     Ok(())
+}
+
+/// The same widths with none of Lockstep's work (a bare 2PC on the same machinery,
+/// see [`bare`]), in the same process: the floor the fan-out target is measured
+/// against, and Lockstep's figure against it.
+async fn bare_fanout(
+    dir: &Path,
+    count: usize,
+    cpu_floor: f64,
+    per_extra: f64,
+) -> anyhow::Result<Vec<Figure>> {
+    let (three, wide) = bare::fanout(dir, count).await?;
+    let bare_extra = (wide - three) / 97.0;
+    Ok(vec![
+        Figure {
+            floor: Some(three),
+            ..figure(
+                "bare 2PC fan-out: release latency p50, 100 participants",
+                wide,
+                "us",
+            )
+        },
+        Figure {
+            floor: Some(cpu_floor),
+            ..figure(
+                "bare 2PC fan-out: latency per extra participant (3 -> 100)",
+                bare_extra,
+                "us",
+            )
+        },
+        Figure {
+            floor: Some(bare_extra),
+            ..figure(
+                "fan-out: latency per extra participant (floor: bare 2PC)",
+                per_extra,
+                "us",
+            )
+        },
+    ])
 }
 
 /// The process's CPU over a second in which no part runs: what the stacks of the
