@@ -177,21 +177,35 @@ async fn wide_stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
     serve(Coordinator { groups, log }).await
 }
 
-/// The bare floor of a wide release, as the fan-out figure measures Lockstep's: the
-/// p50 latency of `count` serial releases over 3 participants, then over [`WIDE`].
-pub async fn fanout(dir: &Path, count: usize) -> anyhow::Result<(f64, f64)> {
+/// A wide release's bare figures, over 3 participants then over [`WIDE`]: p50
+/// latency, and the process's CPU per release (µs).
+pub struct Wide {
+    /// p50 latency over 3, then over [`WIDE`].
+    pub p50: [f64; 2],
+    /// CPU per release over 3, then over [`WIDE`].
+    pub cpu: [f64; 2],
+}
+
+/// The bare floor of a wide release, as the fan-out figure measures Lockstep's:
+/// `count` serial releases over 3 participants, then over [`WIDE`].
+pub async fn fanout(dir: &Path, count: usize) -> anyhow::Result<Wide> {
     let mut client = wide_stack(&dir.join("bare-wide")).await?;
-    let mut p50 = [0.0; 2];
-    for (group, p) in p50.iter_mut().enumerate() {
+    let mut wide = Wide {
+        p50: [0.0; 2],
+        cpu: [0.0; 2],
+    };
+    for group in 0..2 {
         let mut samples = Vec::with_capacity(count);
+        let before = cpu();
         for i in 0..count {
             let started = Instant::now();
             release(&mut client, group, i as u64).await?;
             samples.push(started.elapsed());
         }
-        *p = micros(percentile(&mut samples, 0.5));
+        wide.cpu[group] = micros(cpu() - before) / count as f64;
+        wide.p50[group] = micros(percentile(&mut samples, 0.5));
     }
-    Ok((p50[0], p50[1]))
+    Ok(wide)
 }
 
 /// One bare release of client `group`.

@@ -558,14 +558,17 @@ async fn fanout(
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let mut base = 0.0;
+    let (mut base, mut cpu_each) = (0.0, [0.0; 2]);
     for n in [3usize, 10, 30, 100] {
         let set: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        let before = cpu();
         let mut samples = serial_releases(stack, &format!("fan{n}"), &set, count).await?;
+        let used = micros(cpu() - before) / count as f64;
         let p50 = micros(percentile(&mut samples, 0.5));
         if n == 3 {
-            base = p50;
+            (base, cpu_each[0]) = (p50, used);
         }
+        cpu_each[1] = used;
         figures.push(Figure {
             floor: (n == 100).then_some(base),
             target: (n == 100).then(|| "<= 4x the 3-participant latency".into()),
@@ -592,46 +595,56 @@ async fn fanout(
             "us",
         )
     });
-    figures.extend(bare_fanout(dir, count, floor, per_extra).await?);
+    let cpu_extra = (cpu_each[1] - cpu_each[0]) / 97.0;
+    let floors = (floor, 2.0 * floors.rpc_cpu + floors.fsync_cpu);
+    figures.extend(bare_fanout(dir, count, floors, (per_extra, cpu_extra)).await?);
     Ok(())
 }
 
 /// The same widths with none of Lockstep's work (a bare 2PC on the same machinery,
-/// see [`bare`]), in the same process: the floor the fan-out target is measured
-/// against, and Lockstep's figure against it.
+/// see [`bare`]), in the same process: the floor the fan-out targets are measured
+/// against, and Lockstep's figures against it. `floors`: the latency and the CPU
+/// floors of an extra participant; `lockstep`: Lockstep's latency and CPU per extra
+/// participant.
 async fn bare_fanout(
     dir: &Path,
     count: usize,
-    cpu_floor: f64,
-    per_extra: f64,
+    (latency_floor, cpu_floor): (f64, f64),
+    (per_extra, cpu_extra): (f64, f64),
 ) -> anyhow::Result<Vec<Figure>> {
-    let (three, wide) = bare::fanout(dir, count).await?;
-    let bare_extra = (wide - three) / 97.0;
+    let wide = bare::fanout(dir, count).await?;
+    let bare_extra = (wide.p50[1] - wide.p50[0]) / 97.0;
+    let bare_cpu_extra = (wide.cpu[1] - wide.cpu[0]) / 97.0;
+    let against = |name: &str, value: f64, floor: f64| Figure {
+        floor: Some(floor),
+        ..figure(name, value, "us")
+    };
     Ok(vec![
-        Figure {
-            floor: Some(three),
-            ..figure(
-                "bare 2PC fan-out: release latency p50, 100 participants",
-                wide,
-                "us",
-            )
-        },
-        Figure {
-            floor: Some(cpu_floor),
-            ..figure(
-                "bare 2PC fan-out: latency per extra participant (3 -> 100)",
-                bare_extra,
-                "us",
-            )
-        },
-        Figure {
-            floor: Some(bare_extra),
-            ..figure(
-                "fan-out: latency per extra participant (floor: bare 2PC)",
-                per_extra,
-                "us",
-            )
-        },
+        against(
+            "bare 2PC fan-out: release latency p50, 100 participants",
+            wide.p50[1],
+            wide.p50[0],
+        ),
+        against(
+            "bare 2PC fan-out: latency per extra participant (3 -> 100)",
+            bare_extra,
+            latency_floor,
+        ),
+        against(
+            "fan-out: latency per extra participant (floor: bare 2PC)",
+            per_extra,
+            bare_extra,
+        ),
+        against(
+            "bare 2PC fan-out: CPU per extra participant (floor: 2 RPCs + 1 synced write)",
+            bare_cpu_extra,
+            cpu_floor,
+        ),
+        against(
+            "fan-out: CPU per extra participant (floor: bare 2PC)",
+            cpu_extra,
+            bare_cpu_extra,
+        ),
     ])
 }
 
