@@ -27,6 +27,14 @@ async fn on_etcd(member: &EtcdMember, prefix: &str) -> (Cluster, Vec<String>) {
     (c, args)
 }
 
+/// [`on_etcd`], with the family registered and T1 (A, B, C) live.
+async fn family_at_t1(member: &EtcdMember, prefix: &str) -> (Cluster, Vec<String>) {
+    let (mut c, args) = on_etcd(member, prefix).await;
+    c.add_family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    (c, args)
+}
+
 /// Starts another coordinator on the same prefix; it returns once that one leads.
 async fn standby(c: &Cluster, args: Vec<String>, name: &str) -> Server {
     let log = c.dir.path().join(format!("{name}.log"));
@@ -51,9 +59,7 @@ fn standby_later(c: &Cluster, args: Vec<String>, port: u16) -> tokio::task::Join
 async fn a_standby_takes_over_after_the_leader_is_killed_mid_release() {
     let etcd_dir = tempfile::tempdir().unwrap();
     let member = EtcdMember::start(etcd_dir.path()).unwrap();
-    let (mut c, args) = on_etcd(&member, "kill").await;
-    c.add_family().await;
-    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let (mut c, args) = family_at_t1(&member, "kill").await;
     c.block("C");
     let t2 = ["release", "create", "T2", "A=T2A", "B=T2B", "C=T2C"];
     assert_eq!(c.cli(&t2).await.code, 0);
@@ -84,9 +90,7 @@ async fn a_standby_takes_over_after_the_leader_is_killed_mid_release() {
 async fn a_waiting_create_cut_by_a_failover_is_answered_by_the_next_leader() {
     let etcd_dir = tempfile::tempdir().unwrap();
     let member = EtcdMember::start(etcd_dir.path()).unwrap();
-    let (mut c, args) = on_etcd(&member, "wait").await;
-    c.add_family().await;
-    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let (mut c, args) = family_at_t1(&member, "wait").await;
     c.block("C");
     let t2 = pb::CreateReleaseRequest {
         id: "T2".into(),
@@ -147,9 +151,7 @@ async fn a_waiting_create_cut_by_a_failover_is_answered_by_the_next_leader() {
 async fn a_paused_leader_wakes_up_deposed_and_stops() {
     let etcd_dir = tempfile::tempdir().unwrap();
     let member = EtcdMember::start(etcd_dir.path()).unwrap();
-    let (mut c, args) = on_etcd(&member, "pause").await;
-    c.add_family().await;
-    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let (mut c, args) = family_at_t1(&member, "pause").await;
     let waiting = standby_later(&c, args.clone(), 0);
     let standby_log = c.dir.path().join("standby.log");
     let leader = c.coordinator.url();

@@ -276,7 +276,7 @@ impl Drop for Counted {
 }
 
 /// Events handed out at once, and whether the watch goes on after them.
-type Batch = (Vec<Result<pb::Event, StoreError>>, bool);
+type Handout = (Vec<Result<pb::Event, StoreError>>, bool);
 
 /// One watcher's state between reads of its stream.
 struct Watcher {
@@ -305,7 +305,7 @@ impl Watcher {
 
     /// Reads until there is something to hand out (waiting for publishes when caught
     /// up); an empty batch means the watch has ended.
-    async fn next_batch(&mut self) -> Batch {
+    async fn next_batch(&mut self) -> Handout {
         loop {
             // Checked before the read: a terminal record means its events are all
             // published, so a read after it that finds nothing more means there is
@@ -335,7 +335,7 @@ impl Watcher {
     }
 
     /// `events`, cut after the terminal one when the watch ends there.
-    fn up_to_the_end(&self, mut events: Vec<pb::Event>) -> Batch {
+    fn up_to_the_end(&self, mut events: Vec<pb::Event>) -> Handout {
         let terminal = events.iter().position(is_terminal);
         match terminal.filter(|_| self.filter.until_terminal) {
             Some(last) => {
