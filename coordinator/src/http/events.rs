@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 use super::{
     Api,
     caller::{Caller, failure},
+    encoded::EncodedEvents,
 };
 
 /// The stream of events from `from` (or just after `Last-Event-ID`), as the query
@@ -53,9 +54,12 @@ pub async fn stream(
         Err(status) => Err(status),
     };
     match watched {
-        Ok(events) => Sse::new(events.into_inner().map(sse))
-            .keep_alive(KeepAlive::default())
-            .into_response(),
+        Ok(events) => {
+            let encoded = api.encoded.clone();
+            Sse::new(events.into_inner().map(move |e| sse(&encoded, e)))
+                .keep_alive(KeepAlive::default())
+                .into_response()
+        }
         Err(status) => failure(&status),
     }
 }
@@ -66,13 +70,16 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     id.trim().parse().ok()
 }
 
-/// One log event as an SSE event (`id` its sequence number, `data` its proto3 JSON);
-/// a failed stream ends with an `error` event naming why.
-fn sse(event: Result<pb::Event, tonic::Status>) -> Result<Event, Infallible> {
+/// One log event as an SSE event (`id` its sequence number, `data` its proto3 JSON,
+/// from `encoded`); a failed stream ends with an `error` event naming why.
+fn sse(
+    encoded: &EncodedEvents,
+    event: Result<pb::Event, tonic::Status>,
+) -> Result<Event, Infallible> {
     Ok(match event {
         Ok(e) => Event::default()
             .id(e.seq.to_string())
-            .data(serde_json::to_string(&e).unwrap_or_default()),
+            .data(&*encoded.json(&e)),
         Err(status) => Event::default().event("error").data(format!(
             "{:?}: {}",
             status.code(),

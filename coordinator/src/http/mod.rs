@@ -7,6 +7,7 @@
 
 mod caller;
 mod console;
+mod encoded;
 mod events;
 mod listener;
 mod routes;
@@ -25,6 +26,8 @@ pub use listener::Peer;
 pub struct Api {
     service: CoordinatorService,
     access: Access,
+    /// Event JSON shared by the SSE streams.
+    encoded: encoded::EncodedEvents,
 }
 
 /// Binds `addr` and serves the API and console in the background, over `tls` when
@@ -38,6 +41,7 @@ pub async fn start(
     let api = Api {
         service: CoordinatorService::new(coordinator, access.clone()),
         access,
+        encoded: encoded::EncodedEvents::default(),
     };
     let (listener, bound) = listener::bind(addr, tls).await?;
     let app = routes::router(api).into_make_service_with_connect_info::<Peer>();
