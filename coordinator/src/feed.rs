@@ -24,6 +24,14 @@ use crate::tables::Tables;
 /// Events kept in memory for live watchers.
 const RECENT: usize = 8192;
 
+/// How long a follower of the whole log (a console tab, `WatchEvents` without a
+/// transaction) lets events gather after the one that woke it: a hundred followers
+/// each woken at every publish cost the coordinator more than the releases they
+/// watch (`lockstep-bench --only watchers`), and 10 ms is less than one frame of a
+/// 60 Hz screen. A watcher of one transaction (a waiting CreateRelease, `--wait`) is
+/// never held, and one catching up on history is not held while it has events to read.
+const FOLLOWER_BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Shared handle to the feed.
 #[derive(Clone)]
 pub struct Feed {
@@ -355,7 +363,13 @@ impl Watcher {
         if *latest.borrow_and_update() >= self.next {
             return true;
         }
-        latest.changed().await.is_ok()
+        if latest.changed().await.is_err() {
+            return false;
+        }
+        if self.subscription.is_none() {
+            tokio::time::sleep(FOLLOWER_BATCH).await;
+        }
+        true
     }
 }
 
@@ -472,5 +486,56 @@ mod tests {
         feed.ended("a");
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
         assert!(matches!(next, Ok(None)), "the stream ends: {next:?}");
+    }
+
+    /// Stop 46: a follower of the whole log lets a burst of publishes gather for
+    /// [`FOLLOWER_BATCH`] and reads it in one wake-up, and loses none of it; a watcher
+    /// of one transaction is woken at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_of_the_whole_log_reads_a_burst_in_one_batch() {
+        let kv = MemKv::new();
+        let feed = Feed::new(Tables::new(Arc::new(kv.clone()))).unwrap();
+        let all = Box::new(|_: &TxId| true);
+        let mut follower = Watcher {
+            feed: feed.clone(),
+            filter: WatchFilter::default(),
+            next: 1,
+            subscription: None,
+            everything: feed.latest(),
+            unfinished: all,
+            _counted: Counted::new(feed.inner.clone()),
+        };
+        let publisher = feed.clone();
+        let (first, second) = (write_event(&kv, 1), write_event(&kv, 2));
+        tokio::spawn(async move {
+            publisher.publish(vec![first]);
+            tokio::time::sleep(FOLLOWER_BATCH / 2).await;
+            publisher.publish(vec![second]);
+        });
+        let started = tokio::time::Instant::now();
+        let (batch, more) = follower.next_batch().await;
+        let seqs: Vec<u64> = batch.into_iter().map(|e| e.unwrap().seq).collect();
+        assert_eq!(seqs, vec![1, 2], "both publishes in one batch");
+        assert!(more);
+        assert_eq!(
+            started.elapsed(),
+            FOLLOWER_BATCH,
+            "held for the window, no longer"
+        );
+        let mut one = feed.watch(
+            WatchFilter {
+                transaction: Some(TxId::parse("id", "a").unwrap()),
+                ..Default::default()
+            },
+            3,
+            Box::new(|_: &TxId| true),
+        );
+        let mut third = write_event(&kv, 3);
+        third.transaction_id = "a".into();
+        let publisher = feed.clone();
+        tokio::spawn(async move { publisher.publish(vec![third]) });
+        let started = tokio::time::Instant::now();
+        assert_eq!(one.next().await.unwrap().unwrap().seq, 3);
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO, "not held");
     }
 }
