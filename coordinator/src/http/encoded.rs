@@ -13,10 +13,13 @@ use lockstep::pb;
 /// what it reads, as before).
 const SLOTS: u64 = 1024;
 
+/// One slot: the sequence number it holds and that event's JSON.
+type Slot = Mutex<Option<(u64, Arc<str>)>>;
+
 /// Shared encodings, one slot per sequence number modulo [`SLOTS`]. Cheap to clone.
 #[derive(Clone)]
 pub struct EncodedEvents {
-    slots: Arc<[Mutex<Option<(u64, Arc<str>)>>]>,
+    slots: Arc<[Slot]>,
 }
 
 impl Default for EncodedEvents {
@@ -49,9 +52,7 @@ impl EncodedEvents {
 
 /// The slot's lock; a poisoned one still holds a whole entry (it is replaced in one
 /// assignment).
-fn lock(
-    slot: &Mutex<Option<(u64, Arc<str>)>>,
-) -> std::sync::MutexGuard<'_, Option<(u64, Arc<str>)>> {
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(u64, Arc<str>)>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
