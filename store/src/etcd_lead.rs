@@ -5,16 +5,20 @@
 //! store is fenced on it ([`crate::etcd::Fence`]), so once the lease expires (a paused
 //! or partitioned leader) and another instance creates the key anew, the old leader's
 //! next write fails and changes nothing. Losing the lease is also told to the leader
-//! ([`Lead::lost`]), which stops serving: never "I think I still lead".
+//! ([`Lead::lost`]), which stops serving: never "I think I still lead". The lease
+//! outlives the loss of the member its renewals went to (see [`Keeper`]).
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use tokio::sync::watch;
+use etcd_client::{
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     StoreError,
-    etcd::{EtcdKv, Fence, wait},
+    etcd::{EtcdKv, Fence, wait, wait_retrying},
 };
 
 /// This instance leads: its term, and how it hears that it no longer does.
@@ -69,8 +73,11 @@ impl EtcdKv {
 
     /// Who leads now (the leader's address), if anyone.
     pub fn leader(&self) -> Result<Option<String>, StoreError> {
-        let (mut client, key) = (self.client(), self.leader_key());
-        let got = wait(&self.runtime(), async move { client.get(key, None).await })?;
+        let (client, key) = (self.client(), self.leader_key());
+        let got = wait_retrying(&self.runtime(), move || {
+            let (mut client, key) = (client.clone(), key.clone());
+            async move { client.get(key, None).await }
+        })?;
         Ok(got
             .kvs()
             .first()
@@ -123,30 +130,97 @@ fn current(responses: &[TxnOpResponse]) -> String {
 
 /// Keeps `lease` alive every third of `ttl`; the receiver hears why once it cannot.
 async fn keep_alive(
-    mut client: Client,
+    client: Client,
     lease: i64,
     ttl: Duration,
 ) -> Result<watch::Receiver<Option<String>>, etcd_client::Error> {
-    let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+    let mut keeper = Keeper {
+        client,
+        lease,
+        ttl,
+        stream: None,
+    };
+    keeper.stream = Some(keeper.client.lease_keep_alive(lease).await?);
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
-        let why = loop {
-            tokio::time::sleep(ttl / 3).await;
-            if let Err(e) = keeper.keep_alive().await {
-                break format!("keeping the lease alive: {e}");
-            }
-            let answer = tokio::time::timeout(ttl / 3, answers.message()).await;
-            match answer {
-                Ok(Ok(Some(a))) if a.ttl() > 0 => continue,
-                Ok(Ok(Some(_))) => break "the lease expired".to_string(),
-                Ok(Ok(None)) => break "etcd closed the lease stream".to_string(),
-                Ok(Err(e)) => break format!("keeping the lease alive: {e}"),
-                Err(_) => break "etcd did not renew the lease in time".to_string(),
-            }
-        };
+        let why = keeper.run().await;
         let _ = tx.send(Some(why));
     });
     Ok(rx)
+}
+
+/// How soon a renewal that failed is tried again, on a new stream.
+const RENEW_AGAIN: Duration = Duration::from_millis(50);
+
+/// One lease's renewals. They go over one stream to one member; when that stream
+/// fails (its member was killed, the connection cut), the renewal is made again on a
+/// new stream, which the client opens to a member that answers. It gives up only once
+/// the lease would have expired by this process's clock, counted from when the last
+/// renewal etcd confirmed was sent, so this instance stops leading no later than etcd
+/// expires its lease; until then its writes are fenced on its term all the same.
+struct Keeper {
+    client: Client,
+    lease: i64,
+    ttl: Duration,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl Keeper {
+    /// Renews every third of the TTL until the lease is lost; returns why.
+    async fn run(&mut self) -> String {
+        let mut expires = Instant::now() + self.ttl;
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            expires = match self.renew_by(expires).await {
+                Ok(expires) => expires,
+                Err(why) => return why,
+            };
+        }
+    }
+
+    /// One renewal, tried again on new streams until `expires`; returns when the lease
+    /// now expires.
+    async fn renew_by(&mut self, expires: Instant) -> Result<Instant, String> {
+        loop {
+            let sent = Instant::now();
+            match self.renew().await {
+                Ok(left) if left > 0 => return Ok(sent + Duration::from_secs(left.unsigned_abs())),
+                Ok(_) => return Err("the lease expired".into()),
+                Err(e) if Instant::now() + RENEW_AGAIN >= expires => {
+                    return Err(format!("keeping the lease alive: {e}, until it expired"));
+                }
+                Err(e) => {
+                    tracing::warn!("keeping the lease alive: {e}; renewing on a new stream");
+                    self.stream = None;
+                    tokio::time::sleep(RENEW_AGAIN).await;
+                }
+            }
+        }
+    }
+
+    /// Renews once, on the open stream or a new one (opening it renews); returns the
+    /// seconds etcd says are left, 0 when the lease is gone.
+    async fn renew(&mut self) -> Result<i64, String> {
+        let Some((keeper, answers)) = &mut self.stream else {
+            let granted = i64::try_from(self.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+            return match self.client.lease_keep_alive(self.lease).await {
+                Ok(stream) => {
+                    self.stream = Some(stream);
+                    Ok(granted)
+                }
+                // What etcd-client says when the lease it was to keep has expired.
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => Ok(0),
+                Err(e) => Err(e.to_string()),
+            };
+        };
+        keeper.keep_alive().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.ttl / 3, answers.message()).await {
+            Ok(Ok(Some(answer))) => Ok(answer.ttl()),
+            Ok(Ok(None)) => Err("etcd closed the lease stream".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("etcd did not answer in time".into()),
+        }
+    }
 }
 
 /// The etcd cluster as `lockstep cluster status` shows it.
@@ -165,26 +239,32 @@ pub struct ClusterView {
 impl EtcdKv {
     /// The members, the leader, its term and its lease, as etcd has them now.
     pub fn cluster(&self) -> Result<ClusterView, StoreError> {
-        let (mut client, key) = (self.client(), self.leader_key());
-        wait(&self.runtime(), async move {
-            let members = client.member_list().await?;
-            let members = members
-                .members()
-                .iter()
-                .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
-                .collect();
-            let mut view = ClusterView {
-                members,
-                ..ClusterView::default()
-            };
-            let got = client.get(key, None).await?;
-            if let Some(kv) = got.kvs().first() {
-                view.leader = String::from_utf8_lossy(kv.value()).into_owned();
-                view.term = kv.create_revision();
-                let lease = client.lease_time_to_live(kv.lease(), None).await?;
-                view.lease = (lease.ttl(), lease.granted_ttl());
-            }
-            Ok(view)
+        let (client, key) = (self.client(), self.leader_key());
+        // Asked again while a member is down or restarting, as the store's own calls.
+        wait_retrying(&self.runtime(), move || {
+            cluster_view(client.clone(), key.clone())
         })
     }
+}
+
+/// The members, the leader and its lease, read in one go.
+async fn cluster_view(mut client: Client, key: Vec<u8>) -> Result<ClusterView, etcd_client::Error> {
+    let members = client.member_list().await?;
+    let members = members
+        .members()
+        .iter()
+        .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+        .collect();
+    let mut view = ClusterView {
+        members,
+        ..ClusterView::default()
+    };
+    let got = client.get(key, None).await?;
+    if let Some(kv) = got.kvs().first() {
+        view.leader = String::from_utf8_lossy(kv.value()).into_owned();
+        view.term = kv.create_revision();
+        let lease = client.lease_time_to_live(kv.lease(), None).await?;
+        view.lease = (lease.ttl(), lease.granted_ttl());
+    }
+    Ok(view)
 }
