@@ -93,8 +93,14 @@ async fn campaign(
     waiting: impl Fn(&str),
 ) -> Result<Lead, etcd_client::Error> {
     let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-    let lease = client.lease_grant(seconds, None).await?.id();
-    let lost = keep_alive(client.clone(), lease, ttl).await?;
+    let granted = client.lease_grant(seconds, None).await?;
+    // etcd may grant more than asked (it has a floor of its own): the lease lives as
+    // long as granted, and is renewed every third of that.
+    let granted_ttl = Duration::from_secs(granted.ttl().max(1).unsigned_abs());
+    let (lease, lost) = (
+        granted.id(),
+        keep_alive(client.clone(), granted.id(), granted_ttl).await?,
+    );
     let mut shown = String::new();
     loop {
         let put = PutOptions::new().with_lease(lease);
@@ -140,10 +146,12 @@ async fn keep_alive(
         ttl,
         stream: None,
     };
+    // Opening the stream renews the lease: it expires a TTL after this at the earliest.
+    let expires = Instant::now() + ttl;
     keeper.stream = Some(keeper.client.lease_keep_alive(lease).await?);
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
-        let why = keeper.run().await;
+        let why = keeper.run(expires).await;
         let _ = tx.send(Some(why));
     });
     Ok(rx)
@@ -166,9 +174,9 @@ struct Keeper {
 }
 
 impl Keeper {
-    /// Renews every third of the TTL until the lease is lost; returns why.
-    async fn run(&mut self) -> String {
-        let mut expires = Instant::now() + self.ttl;
+    /// Renews every third of the TTL until the lease, which expires at `expires`
+    /// unless renewed, is lost; returns why.
+    async fn run(&mut self, mut expires: Instant) -> String {
         loop {
             tokio::time::sleep(self.ttl / 3).await;
             expires = match self.renew_by(expires).await {
@@ -179,22 +187,33 @@ impl Keeper {
     }
 
     /// One renewal, tried again on new streams until `expires`; returns when the lease
-    /// now expires.
+    /// now expires. It never waits past `expires`: a member that does not answer (a
+    /// partition rather than a refused connection) cannot keep this instance leading
+    /// on an expired lease.
     async fn renew_by(&mut self, expires: Instant) -> Result<Instant, String> {
+        let mut warned = false;
         loop {
             let sent = Instant::now();
-            match self.renew().await {
-                Ok(left) if left > 0 => return Ok(sent + Duration::from_secs(left.unsigned_abs())),
-                Ok(_) => return Err("the lease expired".into()),
-                Err(e) if Instant::now() + RENEW_AGAIN >= expires => {
-                    return Err(format!("keeping the lease alive: {e}, until it expired"));
+            let renewed = tokio::time::timeout_at(expires, self.renew()).await;
+            let failure = match renewed {
+                Ok(Ok(left)) if left > 0 => {
+                    return Ok(sent + Duration::from_secs(left.unsigned_abs()));
                 }
-                Err(e) => {
-                    tracing::warn!("keeping the lease alive: {e}; renewing on a new stream");
-                    self.stream = None;
-                    tokio::time::sleep(RENEW_AGAIN).await;
-                }
+                Ok(Ok(_)) => return Err("the lease expired".into()),
+                Ok(Err(e)) => e,
+                Err(_) => "no member renewed it in time".into(),
+            };
+            if Instant::now() + RENEW_AGAIN >= expires {
+                return Err(format!(
+                    "keeping the lease alive: {failure}, until it expired"
+                ));
             }
+            if !warned {
+                tracing::warn!("keeping the lease alive: {failure}; renewing on a new stream");
+                warned = true;
+            }
+            self.stream = None;
+            tokio::time::sleep(RENEW_AGAIN).await;
         }
     }
 
