@@ -32,6 +32,7 @@
 
 use std::sync::Arc;
 
+use itertools::{EitherOrBoth, Itertools};
 use lockstep::{
     names::{Environment, FieldError, ProjectName, TxId, Version},
     pb,
@@ -125,6 +126,28 @@ pub const ALL: &[&str] = &[
 
 /// A quarantined (environment, project, version).
 pub type QuarantineKey = (Environment, ProjectName, Version);
+
+/// A project whose live version differs between two checkpoints of one environment:
+/// the project, its version before (none: not live) and after (none: no longer live).
+pub type VersionChange<'a> = (&'a ProjectName, Option<&'a Version>, Option<&'a Version>);
+
+/// The projects whose live version differs from `previous` to `cp`, in project order,
+/// found in one pass over both (their maps are sorted alike): a release that changes 3
+/// of 100 live projects compares 100 entries instead of looking each up in the other.
+pub fn version_changes<'a>(
+    previous: Option<&'a CheckpointRecord>,
+    cp: &'a CheckpointRecord,
+) -> impl Iterator<Item = VersionChange<'a>> {
+    let before = previous.map(|p| &p.versions).into_iter().flatten();
+    before
+        .merge_join_by(&cp.versions, |(a, _), (b, _)| a.cmp(b))
+        .filter_map(|pair| match pair {
+            EitherOrBoth::Both((project, was), (_, now)) => (was.version != now.version)
+                .then_some((project, Some(&was.version), Some(&now.version))),
+            EitherOrBoth::Left((project, was)) => Some((project, Some(&was.version), None)),
+            EitherOrBoth::Right((project, now)) => Some((project, None, Some(&now.version))),
+        })
+}
 
 /// Typed reads and batch builders over the coordinator's tables.
 #[derive(Clone)]
@@ -775,23 +798,17 @@ impl Tables {
     /// (see [`Tables::last_live`]).
     pub fn put_seen(batch: &mut Batch, previous: Option<&CheckpointRecord>, cp: &CheckpointRecord) {
         let env = &cp.environment;
-        let mut put = |project, version, revision| {
-            batch.put(
-                SEEN_VERSIONS,
-                seen_key(env, project, version),
-                keys::u64_key(revision),
-            );
-        };
-        for (project, entry) in &cp.versions {
-            let before = previous.and_then(|p| p.versions.get(project));
-            if before.map(|e| &e.version) != Some(&entry.version) {
-                put(project, &entry.version, cp.revision);
+        let before = previous.map_or(0, |p| p.revision);
+        for (project, was, now) in version_changes(previous, cp) {
+            let mut put = |version, revision| {
+                let key = seen_key(env, project, version);
+                batch.put(SEEN_VERSIONS, key, keys::u64_key(revision));
+            };
+            if let Some(version) = now {
+                put(version, cp.revision);
             }
-        }
-        for (project, entry) in previous.map(|p| &p.versions).into_iter().flatten() {
-            let after = cp.versions.get(project);
-            if after.map(|e| &e.version) != Some(&entry.version) {
-                put(project, &entry.version, previous.map_or(0, |p| p.revision));
+            if let Some(version) = was {
+                put(version, before);
             }
         }
     }
@@ -1143,6 +1160,36 @@ mod tests {
             last(&project("api"), "a1"),
             Some(1),
             "live since 1: not rewritten"
+        );
+    }
+
+    /// The changes between two checkpoints are exactly the projects added, removed or
+    /// moved, in project order, however the two interleave.
+    #[test]
+    fn version_changes_are_the_projects_added_removed_or_moved() {
+        let before = checkpoint("prod", 1, &[("api", "a1"), ("db", "d1"), ("web", "w1")]);
+        let after = checkpoint("prod", 2, &[("cache", "c1"), ("db", "d2"), ("web", "w1")]);
+        let shown = |v: Option<&Version>| v.map(|v| v.as_str().to_string());
+        let changes: Vec<_> = version_changes(Some(&before), &after)
+            .map(|(p, was, now)| (p.as_str().to_string(), shown(was), shown(now)))
+            .collect();
+        let expected = [
+            ("api", Some("a1"), None),
+            ("cache", None, Some("c1")),
+            ("db", Some("d1"), Some("d2")),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(p, was, now)| (p.to_string(), was.map(String::from), now.map(String::from)))
+            .collect();
+        assert_eq!(changes, expected, "web w1 is live in both: not a change");
+        let first: Vec<_> = version_changes(None, &before)
+            .map(|(p, ..)| p.as_str())
+            .collect();
+        assert_eq!(
+            first,
+            ["api", "db", "web"],
+            "the first checkpoint: everything"
         );
     }
 

@@ -15,7 +15,9 @@
 use lockstep::names::{Environment, ProjectName, Version};
 use lockstep_store::{Batch, Order, StoreError, keys};
 
-use super::{CHECKPOINTS, META, Tables, VERSION_STARTS, checkpoint_range, corrupt};
+use super::{
+    CHECKPOINTS, META, Tables, VERSION_STARTS, checkpoint_range, corrupt, version_changes,
+};
 use crate::model::CheckpointRecord;
 
 /// Prefix of each environment's mark in [`META`]: the newest checkpoint revision whose
@@ -118,20 +120,14 @@ impl Tables {
         previous: Option<&CheckpointRecord>,
         cp: &CheckpointRecord,
     ) {
-        for (project, entry) in &cp.versions {
-            let before = previous.and_then(|p| p.versions.get(project));
-            if before.map(|e| &e.version) != Some(&entry.version) {
-                let parts = [
-                    cp.environment.as_str(),
-                    project.as_str(),
-                    entry.version.as_str(),
-                ];
-                batch.put(
-                    VERSION_STARTS,
-                    keys::parts_u64_key(&parts, cp.revision),
-                    Vec::new(),
-                );
-            }
+        let became_live = version_changes(previous, cp).filter_map(|(p, _, now)| Some((p, now?)));
+        for (project, version) in became_live {
+            let parts = [cp.environment.as_str(), project.as_str(), version.as_str()];
+            batch.put(
+                VERSION_STARTS,
+                keys::parts_u64_key(&parts, cp.revision),
+                Vec::new(),
+            );
         }
     }
 
