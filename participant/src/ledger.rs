@@ -3,7 +3,11 @@
 //! repeated Prepare/Commit/Abort calls identically and finish prepared transactions
 //! after a restart.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use lockstep_store::{Batch, Durability, GroupCommit, Kv, Order, StoreError, WriterMode};
 use serde::{Deserialize, Serialize};
@@ -70,17 +74,26 @@ pub struct Entry {
 pub struct Ledger {
     kv: Arc<dyn Kv>,
     writer: GroupCommit,
+    /// The records of transactions still open (staging or prepared) as this process
+    /// last wrote them, so the Commit or Abort that ends one reads it without a
+    /// store lookup. Only a read cache: every record is in the store, and one not
+    /// here (written before a restart, or ended) is read from it.
+    open: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
 impl Ledger {
     /// Wraps a store opened with [`ALL`], starting its writer.
     pub fn open(kv: Arc<dyn Kv>, mode: WriterMode) -> Result<Self, StoreError> {
         let writer = GroupCommit::start(kv.clone(), mode)?;
-        Ok(Self { kv, writer })
+        let open = Arc::default();
+        Ok(Self { kv, writer, open })
     }
 
     /// The record of `tx`, if any.
     pub fn get(&self, tx: &str) -> Result<Option<Entry>, StoreError> {
+        if let Some(entry) = self.open_entries().get(tx) {
+            return Ok(Some(entry.clone()));
+        }
         self.kv
             .get(TRANSACTIONS, tx.as_bytes())?
             .map(|v| {
@@ -105,7 +118,15 @@ impl Ledger {
         let value = serde_json::to_vec(entry).expect("entries serialize");
         batch.put(TRANSACTIONS, tx.as_bytes().to_vec(), value);
         let sync = durability == Durability::Sync;
+        // Under the cache's lock, so the cache follows the store's write order.
+        let mut open = self.open_entries();
         let written = self.writer.write(batch, sync.then_some(Duration::ZERO));
+        match (&written, entry.phase) {
+            (Err(_), _) => None,
+            (Ok(_), Phase::Staging | Phase::Prepared) => open.insert(tx.to_string(), entry.clone()),
+            (Ok(_), _) => open.remove(tx),
+        };
+        drop(open);
         let writer = self.writer.clone();
         async move {
             let ticket = written?;
@@ -114,6 +135,10 @@ impl Ledger {
             }
             Ok(())
         }
+    }
+
+    fn open_entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The highest coordinator term an order came with (0: none yet).
@@ -161,5 +186,51 @@ impl Ledger {
                 Ok((String::from_utf8_lossy(&k).into_owned(), entry))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lockstep_store::MemKv;
+
+    use super::*;
+
+    fn entry(phase: Phase) -> Entry {
+        Entry {
+            change: Some(Change {
+                transaction_id: "T4".into(),
+                environment: "production".into(),
+                project: "api".into(),
+                version: "v2".into(),
+                from_version: "v1".into(),
+                artifact: String::new(),
+                metadata: Default::default(),
+                restore: false,
+                target_schema: None,
+            }),
+            phase,
+            staged: None,
+            schema: None,
+            reason: String::new(),
+            incarnation: "i1".into(),
+        }
+    }
+
+    /// Every read, cached or not, gives the record last written, as the store holds
+    /// it: through a transaction's life, and from a ledger opened afresh on the store.
+    #[tokio::test]
+    async fn reads_give_the_record_last_written() {
+        let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
+        let ledger = Ledger::open(kv.clone(), WriterMode::Task).unwrap();
+        for phase in [Phase::Staging, Phase::Prepared, Phase::Committed] {
+            ledger
+                .put("T4", &entry(phase), Durability::Sync)
+                .await
+                .unwrap();
+            let fresh = Ledger::open(kv.clone(), WriterMode::Task).unwrap();
+            assert_eq!(ledger.get("T4").unwrap(), Some(entry(phase)), "{phase:?}");
+            assert_eq!(fresh.get("T4").unwrap(), Some(entry(phase)), "{phase:?}");
+        }
+        assert_eq!(ledger.get("T5").unwrap(), None, "never written");
     }
 }
