@@ -4,7 +4,7 @@
 //! after a restart.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -74,11 +74,11 @@ pub struct Entry {
 pub struct Ledger {
     kv: Arc<dyn Kv>,
     writer: GroupCommit,
-    /// The records of transactions still open (staging or prepared) as this process
-    /// last wrote them, so the Commit or Abort that ends one reads it without a
-    /// store lookup. Only a read cache: every record is in the store, and one not
-    /// here (written before a restart, or ended) is read from it.
-    open: Arc<Mutex<HashMap<String, Entry>>>,
+    /// The records of the transactions still open here (staging or prepared), as last
+    /// written or found at recovery ([`Ledger::keep_open`]): which transactions are
+    /// open, and what the Commit or Abort that ends one reads, without a store
+    /// lookup. Every record is also in the store; one not here is read from it.
+    open: Arc<Mutex<BTreeMap<String, Entry>>>,
 }
 
 impl Ledger {
@@ -137,7 +137,18 @@ impl Ledger {
         }
     }
 
-    fn open_entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    /// The transactions open here (staging or prepared), in id order.
+    pub fn open_ids(&self) -> Vec<String> {
+        self.open_entries().keys().cloned().collect()
+    }
+
+    /// Adds the records of open transactions just read from the store (recovery, which
+    /// finds those a previous process left open) to the open ones.
+    pub fn keep_open(&self, records: impl IntoIterator<Item = (String, Entry)>) {
+        self.open_entries().extend(records);
+    }
+
+    fn open_entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -230,7 +241,29 @@ mod tests {
             let fresh = Ledger::open(kv.clone(), WriterMode::Task).unwrap();
             assert_eq!(ledger.get("T4").unwrap(), Some(entry(phase)), "{phase:?}");
             assert_eq!(fresh.get("T4").unwrap(), Some(entry(phase)), "{phase:?}");
+            let open = phase != Phase::Committed;
+            assert_eq!(ledger.open_ids() == ["T4"], open, "{phase:?}");
         }
         assert_eq!(ledger.get("T5").unwrap(), None, "never written");
+    }
+
+    /// What recovery finds open is open, and leaves the open set when it ends.
+    #[tokio::test]
+    async fn records_kept_open_at_recovery_are_open_until_they_end() {
+        let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
+        let before = Ledger::open(kv.clone(), WriterMode::Task).unwrap();
+        let prepared = before.put("T4", &entry(Phase::Prepared), Durability::Sync);
+        prepared.await.unwrap();
+        let after = Ledger::open(kv, WriterMode::Task).unwrap();
+        assert!(
+            after.open_ids().is_empty(),
+            "nothing is open before recovery"
+        );
+        after.keep_open(after.in_phase(&[Phase::Prepared]).unwrap());
+        assert_eq!(after.open_ids(), ["T4"]);
+        let committed = after.put("T4", &entry(Phase::Committed), Durability::Buffered);
+        committed.await.unwrap();
+        assert!(after.open_ids().is_empty());
+        assert_eq!(after.get("T4").unwrap(), Some(entry(Phase::Committed)));
     }
 }

@@ -27,7 +27,7 @@ mod report;
 mod term;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -124,9 +124,6 @@ struct Inner<D> {
     /// Serializes every change of protocol state on this participant.
     lock: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashMap<String, InFlight>>,
-    /// Transactions staging or prepared here (kept in memory so a Prepare does not scan
-    /// the whole ledger).
-    open: Mutex<BTreeSet<String>>,
     /// The highest coordinator term seen (`None`: not read from the ledger yet).
     term: tokio::sync::Mutex<Option<u64>>,
 }
@@ -158,7 +155,6 @@ impl<D: Deployer> Participant<D> {
                 decisions,
                 lock: tokio::sync::Mutex::new(()),
                 in_flight: Mutex::new(HashMap::new()),
-                open: Mutex::new(BTreeSet::new()),
                 term: tokio::sync::Mutex::new(None),
             }),
         }
@@ -174,8 +170,8 @@ impl<D: Deployer> Participant<D> {
         matches!(self.inner.ledger.get(tx.as_str()), Ok(Some(e)) if e.phase == Phase::Prepared)
     }
 
-    /// Queues a record (its order among records is fixed now) and keeps the set of open
-    /// transactions in step with it; the future resolves once it is written.
+    /// Queues a record (its order among records, and among the open transactions, is
+    /// fixed now); the future resolves once it is written.
     fn record(
         &self,
         tx: &str,
@@ -183,18 +179,11 @@ impl<D: Deployer> Participant<D> {
         durability: Durability,
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send + 'static {
         let written = self.inner.ledger.put(tx, entry, durability);
-        let mut open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(entry.phase, Phase::Staging | Phase::Prepared) {
-            open.insert(tx.to_string());
-        } else {
-            open.remove(tx);
-        }
         async move { Ok(written.await?) }
     }
 
     fn open(&self) -> Vec<String> {
-        let open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.iter().cloned().collect()
+        self.inner.ledger.open_ids()
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {

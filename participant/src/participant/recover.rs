@@ -23,14 +23,13 @@ impl<D: Deployer> Participant<D> {
             entry.reason = "agent restarted before voting".into();
             self.record(&tx, &entry, Durability::Buffered).await?;
         }
-        let prepared = self.inner.ledger.in_phase(&[Phase::Prepared])?;
-        let prepared: Vec<String> = prepared.into_iter().map(|(tx, _)| tx).collect();
+        let records = self.inner.ledger.in_phase(&[Phase::Prepared])?;
+        let prepared: Vec<String> = records.iter().map(|(tx, _)| tx.clone()).collect();
         if let Some(schema) = &self.inner.schema {
             let recovered = schema.recover(&prepared).await;
             recovered.map_err(|e| DeployError(format!("database recovery: {e}")))?;
         }
-        let mut open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.extend(prepared.iter().cloned());
+        self.inner.ledger.keep_open(records);
         Ok(prepared
             .iter()
             .filter_map(|tx| TxId::parse("transaction_id", tx).ok())
