@@ -45,6 +45,14 @@ pub enum Phase {
     Aborted,
 }
 
+impl Phase {
+    /// Whether a transaction in this phase is still open here: staged or staging, and
+    /// not yet ended by a decision or a refusal.
+    pub fn is_open(self) -> bool {
+        matches!(self, Phase::Staging | Phase::Prepared)
+    }
+}
+
 /// One transaction as this participant remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -121,11 +129,11 @@ impl Ledger {
         // Under the cache's lock, so the cache follows the store's write order.
         let mut open = self.open_entries();
         let written = self.writer.write(batch, sync.then_some(Duration::ZERO));
-        match (&written, entry.phase) {
-            (Err(_), _) => None,
-            (Ok(_), Phase::Staging | Phase::Prepared) => open.insert(tx.to_string(), entry.clone()),
-            (Ok(_), _) => open.remove(tx),
-        };
+        if written.is_ok() && entry.phase.is_open() {
+            open.insert(tx.to_string(), entry.clone());
+        } else if written.is_ok() {
+            open.remove(tx);
+        }
         drop(open);
         let writer = self.writer.clone();
         async move {

@@ -15,7 +15,7 @@ use lockstep_participant::{
     access::OnlyCoordinator,
     agent::{ArtifactRoots, Fetcher, FsDeployer, Hooks},
     inquiry::GrpcDecisions,
-    ledger::{self, Ledger, Phase},
+    ledger::{self, Ledger},
     participant::Decisions,
     schema, server,
 };
@@ -154,17 +154,6 @@ async fn main() -> anyhow::Result<()> {
     let (tls, access) = security(files.as_ref(), &args)?;
     let metrics_listen = args.metrics_listen;
     let (participant, store) = participant(args, files).await?;
-    if let Some(addr) = metrics_listen {
-        let ledger = participant.ledger().clone();
-        let staged = move || {
-            let open = ledger.in_phase(&[Phase::Staging, Phase::Prepared]);
-            open.map_or(0, |o| o.len())
-        };
-        let registry = lockstep_participant::metrics::registry(Box::new(staged));
-        let bound = lockstep::metrics::start(addr, registry).await;
-        let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
-        tracing::info!("metrics at http://{bound}/metrics");
-    }
     let prepared = participant
         .recover_local()
         .await
@@ -176,6 +165,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     participant.resolve_prepared(prepared);
+    // After recovery, which finds what a previous process left open: the gauge counts
+    // the ledger's open records in memory, never scanning the whole history.
+    if let Some(addr) = metrics_listen {
+        let ledger = participant.ledger().clone();
+        let staged = move || ledger.open_ids().len();
+        let registry = lockstep_participant::metrics::registry(Box::new(staged));
+        let bound = lockstep::metrics::start(addr, registry).await;
+        let bound = bound.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding --listen {listen}"))?;
