@@ -72,6 +72,7 @@ async fn client_stack(dir: &Path, delay: CommitDelay) -> anyhow::Result<stack::S
         ..Config::default()
     };
     let mut stack = stack::coordinator_with(&dir.join("coordinator"), None, config).await?;
-    stack.register(&client_projects(dir).await?).await?;
+    let projects = client_projects(&stack, dir).await?;
+    stack.register(&projects).await?;
     Ok(stack)
 }

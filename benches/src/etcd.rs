@@ -20,7 +20,9 @@ pub async fn figures(
     let mut stack = stack::etcd_coordinator(&etcd.url("bench")).await?;
     let mut names = Vec::new();
     for p in (0..3).map(|i| format!("p{i}")).chain(sets(32)) {
-        let url = stack::participant(&p, &dir.join(format!("etcd-{p}")), None).await?;
+        let url = stack
+            .participant(&p, &dir.join(format!("etcd-{p}")), None)
+            .await?;
         names.push((p, url));
     }
     stack.register(&names).await?;

@@ -287,22 +287,25 @@ async fn main_stack(dir: &Path) -> anyhow::Result<stack::Stack> {
     let mut names = Vec::new();
     for i in 0..100 {
         let name = format!("p{i}");
-        let url = stack::participant(&name, &dir.join(&name), None).await?;
+        let url = stack.participant(&name, &dir.join(&name), None).await?;
         names.push((name, url));
     }
-    names.extend(client_projects(dir).await?);
+    names.extend(client_projects(&stack, dir).await?);
     stack.register(&names).await?;
     Ok(stack)
 }
 
 /// The three projects of each of 32 throughput clients, each with a participant of its
 /// own in `dir`: their names and URLs.
-async fn client_projects(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+async fn client_projects(
+    stack: &stack::Stack,
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut projects = Vec::new();
     for g in 0..32 {
         for m in ["a", "b", "c"] {
             let name = format!("g{g}{m}");
-            let url = stack::participant(&name, &dir.join(&name), None).await?;
+            let url = stack.participant(&name, &dir.join(&name), None).await?;
             projects.push((name, url));
         }
     }
@@ -718,7 +721,9 @@ async fn tls_figures(
     let mut stack = stack::coordinator(&dir.join("coordinator"), Some(&certs)).await?;
     let mut projects = Vec::new();
     for name in names {
-        let url = stack::participant(&name, &dir.join(&name), Some(&certs)).await?;
+        let url = stack
+            .participant(&name, &dir.join(&name), Some(&certs))
+            .await?;
         projects.push((name, url));
     }
     stack.register(&projects).await?;

@@ -30,7 +30,7 @@ pub async fn fresh(dir: &Path, groups: usize) -> anyhow::Result<stack::Stack> {
     }
     let mut projects = Vec::new();
     for name in names {
-        let url = stack::participant(&name, &dir.join(&name), None).await?;
+        let url = stack.participant(&name, &dir.join(&name), None).await?;
         projects.push((name, url));
     }
     stack.register(&projects).await?;

@@ -20,7 +20,10 @@ use lockstep_coordinator::{
     network::TcpNet,
     tables,
 };
-use lockstep_participant::{Change, DeployError, Deployer, Participant, Refusal, Staged, ledger};
+use lockstep_participant::{
+    Change, DeployError, Deployer, Participant, Refusal, Staged, inquiry::GrpcDecisions, ledger,
+    participant::Decisions,
+};
 use lockstep_store::RocksKv;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -113,11 +116,23 @@ fn url(listener: &TcpListener, certs: Option<&Certs>) -> anyhow::Result<String> 
 }
 
 /// Starts a no-op participant for `project` with its ledger in `dir` (over mutual TLS
-/// with `certs`); returns its URL.
+/// with `certs`), asking no coordinator for decisions; returns its URL.
 pub async fn participant(
     project: &str,
     dir: &Path,
     certs: Option<&Certs>,
+) -> anyhow::Result<String> {
+    participant_asking(project, dir, certs, None).await
+}
+
+/// [`participant`], asking the coordinator at the other end of `coordinator` for the
+/// decision of a PREPARED vote that waits, as the agent binary does (after its default
+/// 10 s): each vote then also arms that wait.
+async fn participant_asking(
+    project: &str,
+    dir: &Path,
+    certs: Option<&Certs>,
+    coordinator: Option<Channel>,
 ) -> anyhow::Result<String> {
     // Opened off the runtime: a few hundred opens in a row on the 2 workers would keep
     // them from answering the client's keepalive pings, and the client would drop a
@@ -130,7 +145,10 @@ pub async fn participant(
         Noop::default(),
         None,
         ledger::Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)?,
-        None,
+        coordinator.map(|channel| Decisions {
+            source: Arc::new(GrpcDecisions::new(channel)),
+            ask_after: ASK_DECISION_AFTER,
+        }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = url(&listener, certs)?;
@@ -158,10 +176,16 @@ pub async fn participant(
     Ok(url)
 }
 
+/// How long a bench participant's PREPARED vote waits before it asks for the decision
+/// (the agent binary's `--ask-decision-after` default).
+const ASK_DECISION_AFTER: Duration = Duration::from_secs(10);
+
 /// A running coordinator.
 pub struct Stack {
     /// Its client.
     pub client: CoordinatorClient<Channel>,
+    /// The client's connection, which the stack's participants ask decisions on.
+    channel: Channel,
     /// The coordinator (for journal statistics).
     pub coordinator: Coordinator,
     /// Its store (for RocksDB statistics; `None` on etcd).
@@ -248,15 +272,29 @@ async fn serving(
     if let Some(certs) = certs {
         endpoint = endpoint.tls_config(certs.client("user-admin")?)?;
     }
-    let client = CoordinatorClient::new(endpoint.connect().await?);
+    let channel = endpoint.connect().await?;
     Ok(Stack {
-        client,
+        client: CoordinatorClient::new(channel.clone()),
+        channel,
         coordinator,
         kv: None,
     })
 }
 
 impl Stack {
+    /// Starts a no-op participant for `project` with its ledger in `dir` (over mutual
+    /// TLS with `certs`) that asks this coordinator for decisions, as the agent binary
+    /// does; returns its URL.
+    pub async fn participant(
+        &self,
+        project: &str,
+        dir: &Path,
+        certs: Option<&Certs>,
+    ) -> anyhow::Result<String> {
+        let channel = Some(self.channel.clone());
+        participant_asking(project, dir, certs, channel).await
+    }
+
     /// Registers independent projects at the given URLs.
     pub async fn register(&mut self, projects: &[(String, String)]) -> anyhow::Result<()> {
         register(&mut self.client, projects).await

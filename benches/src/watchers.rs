@@ -60,7 +60,9 @@ pub async fn figures(dir: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
     let mut stack = stack::coordinator(&dir.join("watchers"), None).await?;
     let mut projects = Vec::new();
     for name in ["p0", "p1", "p2"] {
-        let url = stack::participant(name, &dir.join(format!("watchers-{name}")), None).await?;
+        let url = stack
+            .participant(name, &dir.join(format!("watchers-{name}")), None)
+            .await?;
         projects.push((name.to_string(), url));
     }
     stack.register(&projects).await?;
