@@ -145,6 +145,19 @@ impl Ledger {
         }
     }
 
+    /// The phase of `tx` if it is open here (staging or prepared), read from memory
+    /// only: asking "does it still wait?" of a transaction that ended reads no store
+    /// and decodes no record. Complete once recovery has kept the open records it
+    /// found ([`Ledger::keep_open`]).
+    pub fn open_phase(&self, tx: &str) -> Option<Phase> {
+        self.open_entries().get(tx).map(|e| e.phase)
+    }
+
+    /// The coordinator incarnation recorded for `tx` while it is open here.
+    pub fn open_incarnation(&self, tx: &str) -> Option<String> {
+        self.open_entries().get(tx).map(|e| e.incarnation.clone())
+    }
+
     /// The transactions open here (staging or prepared), in id order.
     pub fn open_ids(&self) -> Vec<String> {
         self.open_entries().keys().cloned().collect()

@@ -86,9 +86,11 @@ impl<D: Deployer> Participant<D> {
             return;
         };
         let mut attempt = 0;
-        let recorded = self.inner.ledger.get(tx.as_str()).ok().flatten();
-        let incarnation = recorded.map(|e| e.incarnation).unwrap_or_default();
+        // Read only while it waits: a transaction decided meanwhile (nearly all of
+        // them) costs no read.
         while self.is_prepared(&tx) {
+            let incarnation = self.inner.ledger.open_incarnation(tx.as_str());
+            let incarnation = incarnation.unwrap_or_default();
             match source.decision(&tx, &project, &incarnation).await {
                 Ok(Decision::Commit) => self.apply_asked(&tx, true).await,
                 Ok(Decision::Abort) => self.apply_asked(&tx, false).await,

@@ -165,9 +165,11 @@ impl<D: Deployer> Participant<D> {
         &self.inner.project
     }
 
-    /// Whether `tx` is prepared here and waits for its decision.
+    /// Whether `tx` is prepared here and waits for its decision (from the ledger's open
+    /// records, in memory: every prepared transaction asks this once its wait for the
+    /// decision is over, nearly always after the decision came).
     pub fn is_prepared(&self, tx: &TxId) -> bool {
-        matches!(self.inner.ledger.get(tx.as_str()), Ok(Some(e)) if e.phase == Phase::Prepared)
+        self.inner.ledger.open_phase(tx.as_str()) == Some(Phase::Prepared)
     }
 
     /// Queues a record (its order among records, and among the open transactions, is
