@@ -28,8 +28,8 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    Figure, MainStack, context_switches, cpu, figure, micros, percentile, serial_releases,
-    throughput,
+    Figure, Floors, MainStack, RPCS, context_switches, cpu, figure, micros, percentile,
+    serial_releases, throughput,
 };
 
 /// The one table of every bare store.
@@ -177,6 +177,11 @@ async fn wide_stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
     serve(Coordinator { groups, log }).await
 }
 
+/// The target of a bare 2PC figure: Lockstep's target for the same figure.
+pub fn as_lockstep(target: &str) -> String {
+    format!("as Lockstep's, {target}")
+}
+
 /// A wide release's bare figures, over 3 participants then over [`WIDE`]: p50
 /// latency, and the process's CPU per release (µs).
 pub struct Wide {
@@ -256,12 +261,15 @@ async fn bare_throughput(client: &HealthClient<Channel>, run: Duration) -> anyho
 }
 
 /// The bare floor's figures, and Lockstep's latency, throughput and CPU per release
-/// measured in the same process against them.
+/// measured in the same process against them. Each of the bare 2PC's own figures is
+/// held to the target Lockstep's is held to, against the same `floors`: where the bare
+/// 2PC misses one too, no work of Lockstep's is what stands in the way (README
+/// "Performance").
 pub async fn figures(
     dir: &Path,
     main: &mut MainStack,
-    count: usize,
-    seconds: u64,
+    (count, seconds): (usize, u64),
+    floors: &Floors,
 ) -> anyhow::Result<Vec<Figure>> {
     let mut client = stack(&dir.join("bare")).await?;
     let mut samples = Vec::with_capacity(count);
@@ -287,10 +295,26 @@ pub async fn figures(
         floor: Some(floor),
         ..figure(format!("{name} (floor: bare 2PC)"), value, unit)
     };
+    let rpc_cpu = bare.cpu / RPCS as f64;
     Ok(vec![
-        figure("bare 2PC: latency p50, 1 client", bare_p50, "us"),
-        figure("bare 2PC: throughput, 32 clients", bare.rate, "released/s"),
+        Figure {
+            floor: Some(floors.release()),
+            target: Some(as_lockstep("<= 1.5x floor (2 RTT + 3 fsync)")),
+            met: Some(bare_p50 <= 1.5 * floors.release()),
+            ..figure("bare 2PC: latency p50, 1 client", bare_p50, "us")
+        },
+        Figure {
+            target: Some(as_lockstep(">= 2000/s")),
+            met: Some(bare.rate >= 2000.0),
+            ..figure("bare 2PC: throughput, 32 clients", bare.rate, "released/s")
+        },
         figure("bare 2PC: CPU per release, 32 clients", bare.cpu, "us"),
+        Figure {
+            floor: Some(floors.rpc_cpu),
+            target: Some(as_lockstep("<= 2x a bare tonic call")),
+            met: Some(rpc_cpu <= 2.0 * floors.rpc_cpu),
+            ..figure("bare 2PC: CPU per RPC, 32 clients", rpc_cpu, "us")
+        },
         figure(
             "bare 2PC: context switches per release, 32 clients",
             bare.switches,

@@ -373,7 +373,7 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
         plaintext.rate = throughputs(stack, &floors, seconds, &mut figures).await?;
     }
     if args.runs("bare") {
-        figures.extend(bare::figures(dir, main, 500 / scale, seconds).await?);
+        figures.extend(bare::figures(dir, main, (500 / scale, seconds), &floors).await?);
     }
     if args.runs("commitdelay") {
         figures.extend(commit_delay::figures(dir, seconds).await?);
@@ -623,16 +623,24 @@ async fn bare_fanout(
         ..figure(name, value, "us")
     };
     Ok(vec![
-        against(
-            "bare 2PC fan-out: release latency p50, 100 participants",
-            wide.p50[1],
-            wide.p50[0],
-        ),
-        against(
-            "bare 2PC fan-out: latency per extra participant (3 -> 100)",
-            bare_extra,
-            latency_floor,
-        ),
+        Figure {
+            target: Some(bare::as_lockstep("<= 4x the 3-participant latency")),
+            met: Some(wide.p50[1] <= 4.0 * wide.p50[0]),
+            ..against(
+                "bare 2PC fan-out: release latency p50, 100 participants",
+                wide.p50[1],
+                wide.p50[0],
+            )
+        },
+        Figure {
+            target: Some(bare::as_lockstep("<= 1.5x its CPU floor")),
+            met: Some(bare_extra <= 1.5 * latency_floor),
+            ..against(
+                "bare 2PC fan-out: latency per extra participant (3 -> 100)",
+                bare_extra,
+                latency_floor,
+            )
+        },
         against(
             "fan-out: latency per extra participant (floor: bare 2PC)",
             per_extra,
