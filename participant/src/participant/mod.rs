@@ -126,6 +126,8 @@ struct Inner<D> {
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// The highest coordinator term seen (`None`: not read from the ledger yet).
     term: tokio::sync::Mutex<Option<u64>>,
+    /// PREPARED votes that wait for their decision.
+    waiting: decisions::Waiting,
 }
 
 impl<D: Deployer> Participant<D> {
@@ -156,6 +158,7 @@ impl<D: Deployer> Participant<D> {
                 lock: tokio::sync::Mutex::new(()),
                 in_flight: Mutex::new(HashMap::new()),
                 term: tokio::sync::Mutex::new(None),
+                waiting: decisions::Waiting::default(),
             }),
         }
     }

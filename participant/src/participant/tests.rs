@@ -216,3 +216,66 @@ async fn an_abort_without_a_record_still_undoes_what_a_lost_staging_record_left(
         "a late Prepare is refused"
     );
 }
+
+/// Answers COMMIT to every question, and keeps which transactions were asked about.
+#[derive(Default)]
+struct Answering {
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl DecisionSource for Answering {
+    fn decision(
+        &self,
+        tx: &TxId,
+        _project: &ProjectName,
+        _incarnation: &str,
+    ) -> Pending<Result<lockstep::orders::Decision, String>> {
+        self.asked.lock().unwrap().push(tx.to_string());
+        Box::pin(async { Ok(lockstep::orders::Decision::Commit) })
+    }
+}
+
+#[tokio::test]
+async fn only_a_vote_left_waiting_past_ask_after_is_asked_about() {
+    let source = Arc::new(Answering::default());
+    let decisions = Decisions {
+        source: source.clone(),
+        ask_after: Duration::from_millis(50),
+    };
+    let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
+    let p = Participant::new(
+        "api".into(),
+        "production".into(),
+        Tracked::default(),
+        None,
+        ledger,
+        Some(decisions),
+    );
+    // T3 is decided at once; T4, voted after it, waits for a Commit that never comes.
+    let vote = p.prepare(order("T3")).await.unwrap();
+    assert!(matches!(vote, VoteAnswer::Prepared(_)), "{vote:?}");
+    let commit = lockstep::orders::CommitOrder {
+        tx: TxId::parse("id", "T3").unwrap(),
+        project: None,
+        incarnation: String::new(),
+    };
+    p.commit(&commit).await.unwrap();
+    let vote = p.prepare(order("T4")).await.unwrap();
+    assert!(matches!(vote, VoteAnswer::Prepared(_)), "{vote:?}");
+
+    let t4 = TxId::parse("id", "T4").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.is_prepared(&t4) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "T4 was never asked about"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        p.inner.ledger.get("T4").unwrap().unwrap().phase,
+        Phase::Committed
+    );
+    // T3 waited as long as T4 did, but was decided: nobody asked about it.
+    assert_eq!(*source.asked.lock().unwrap(), ["T4"]);
+}
