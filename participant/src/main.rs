@@ -64,7 +64,9 @@ struct Args {
     )]
     coordinator: String,
     /// How long a PREPARED vote waits for Commit or Abort before the agent asks the
-    /// coordinator for the decision (and again, with backoff, until it has one).
+    /// coordinator for the decision (and again, with backoff, until it has one). The
+    /// waiting votes are looked at every quarter of this, so the first ask comes
+    /// within 1.25 times it.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ask_decision_after: std::time::Duration,
     /// Command run (with `sh -c`) after staging; a non-zero exit refuses the release.
