@@ -18,6 +18,7 @@ use lockstep_coordinator::{
     Config, Coordinator,
     access::{Access, Secure, tokens},
     network::TcpNet,
+    tables,
 };
 use lockstep_participant::{
     Change, DeployError, Deployer, Participant, Refusal, Staged, inquiry::GrpcDecisions, ledger,
@@ -137,10 +138,7 @@ async fn participant_asking(
     // them from answering the client's keepalive pings, and the client would drop a
     // connection in use (seen in a third round as "connection closed").
     let path = dir.to_path_buf();
-    let kv = tokio::task::spawn_blocking(move || {
-        ledger::rocks_store(&path, lockstep_store::WalRecovery::Strict)
-    })
-    .await??;
+    let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, ledger::ALL)).await??;
     let p = Participant::new(
         project.to_string(),
         lockstep::DEFAULT_ENVIRONMENT.to_string(),
@@ -228,7 +226,7 @@ pub async fn coordinator_with(
     certs: Option<&Certs>,
     config: Config,
 ) -> anyhow::Result<Stack> {
-    let kv = lockstep_coordinator::storage::rocks_store(dir, lockstep_store::WalRecovery::Strict)?;
+    let kv = RocksKv::open_full(dir, tables::ALL, lockstep_store::WalRecovery::Strict, true)?;
     let mut stack = serving(Arc::new(kv.clone()), certs, config).await?;
     stack.kv = Some(kv);
     Ok(stack)

@@ -6,9 +6,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use lockstep_store::{
-    EtcdKv, EtcdTarget, Kv, Opening, RocksKv, StoreError, WalRecovery, etcd_lead::Lead,
-};
+use lockstep_store::{EtcdKv, EtcdTarget, Kv, RocksKv, StoreError, WalRecovery, etcd_lead::Lead};
 
 use crate::tables;
 
@@ -33,22 +31,9 @@ pub fn parse_store(value: &str) -> Result<StoreFlag, String> {
 pub fn open_rocks(dir: &Path, recovery: WalRecovery) -> Result<Arc<dyn Kv>, String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("creating --data-dir {}: {e}", dir.display()))?;
-    let kv = rocks_store(dir, recovery)
+    let kv = RocksKv::open_full(dir, tables::ALL, recovery, true)
         .map_err(|e| format!("opening the database in --data-dir {}: {e}", dir.display()))?;
     Ok(Arc::new(kv))
-}
-
-/// The coordinator's RocksDB database in `dir`, opened as the binary opens it (the
-/// benchmarks open theirs with this too): with statistics, and every buffered write
-/// reaching the log file at once (the journal writes its batches just before each
-/// sync, so it has nothing to gain from holding them).
-pub fn rocks_store(dir: &Path, recovery: WalRecovery) -> Result<RocksKv, StoreError> {
-    let opening = Opening {
-        recovery,
-        statistics: true,
-        buffered_until_sync: false,
-    };
-    RocksKv::open_full(dir, tables::ALL, opening)
 }
 
 /// The etcd store, once this instance (`me`, its address as the others should show

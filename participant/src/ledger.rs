@@ -9,10 +9,7 @@ use std::{
     time::Duration,
 };
 
-use lockstep_store::{
-    Batch, Durability, GroupCommit, Kv, Opening, Order, RocksKv, StoreError, WalRecovery,
-    WriterMode,
-};
+use lockstep_store::{Batch, Durability, GroupCommit, Kv, Order, StoreError, WriterMode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -28,28 +25,6 @@ pub const META: &str = "participant_meta";
 
 /// Every table the participant opens.
 pub const ALL: &[&str] = &[TRANSACTIONS, META];
-
-/// How soon a record written without fsync (everything but PREPARED and the term) is
-/// made durable when no synced write comes first: under load the next PREPARED carries
-/// it within milliseconds; an idle agent's last records reach the disk this long after
-/// they were written.
-pub const BUFFERED_WITHIN: Duration = Duration::from_secs(1);
-
-/// The agent's RocksDB database in `dir`, as the binary opens it (the benchmarks open
-/// theirs with this too). Its buffered writes stay in RocksDB's log buffer until the
-/// next sync ([`lockstep_store::Opening::buffered_until_sync`]), except the STAGING
-/// record, which [`Ledger::put`] hands to the operating system at once, as before: a
-/// COMMITTED, REFUSED or ABORTED record costs no `write()` of its own, and a crash of
-/// the process may lose those written since the last sync (at most
-/// [`BUFFERED_WITHIN`] old), which the protocol allows (see [`Ledger::put`]).
-pub fn rocks_store(dir: &std::path::Path, recovery: WalRecovery) -> Result<RocksKv, StoreError> {
-    let opening = Opening {
-        recovery,
-        buffered_until_sync: true,
-        ..Opening::default()
-    };
-    RocksKv::open_full(dir, ALL, opening)
-}
 
 /// The [`META`] key of the highest coordinator term seen.
 const TERM_KEY: &[u8] = b"highest-term";
@@ -139,13 +114,8 @@ impl Ledger {
     /// Writes the record of `tx` (after every record written before it) and resolves
     /// once it is durable as asked. `Durability::Sync` at the protocol's durability
     /// point: PREPARED before the vote. Everything else may be lost in a crash
-    /// harmlessly, so it resolves at once and is made durable within
-    /// [`BUFFERED_WITHIN`] (or by the next synced record): a lost COMMITTED record
-    /// leaves PREPARED, so the restarted agent asks for the decision and goes live
-    /// again, idempotently; a lost ABORTED or REFUSED one leaves STAGING or PREPARED,
-    /// undone again. A STAGING record is handed to the operating system before this
-    /// returns (see [`rocks_store`]); a power loss may still lose it, and what staging
-    /// left is then discarded by the Abort that presumed abort sends.
+    /// harmlessly, so it resolves at once: a lost COMMITTED record leaves PREPARED, so
+    /// the restarted agent asks for the decision and goes live again, idempotently.
     pub fn put(
         &self,
         tx: &str,
@@ -158,18 +128,7 @@ impl Ledger {
         let sync = durability == Durability::Sync;
         // Under the cache's lock, so the cache follows the store's write order.
         let mut open = self.open_entries();
-        let within = if sync {
-            Duration::ZERO
-        } else {
-            BUFFERED_WITHIN
-        };
-        let written = self.writer.write(batch, Some(within));
-        // The STAGING record is the crash-undo intent: written to the log file before
-        // staging starts, so that a crash of the process (a power loss aside) keeps it.
-        let written = match written {
-            Ok(ticket) if entry.phase == Phase::Staging => self.kv.flush().map(|()| ticket),
-            other => other,
-        };
+        let written = self.writer.write(batch, sync.then_some(Duration::ZERO));
         if written.is_ok() && entry.phase.is_open() {
             open.insert(tx.to_string(), entry.clone());
         } else if written.is_ok() {

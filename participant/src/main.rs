@@ -206,12 +206,13 @@ async fn participant(
     lockstep::names::Environment::parse("--environment", &args.environment)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let kv = ledger::rocks_store(&args.data_dir, args.wal_recovery).with_context(|| {
-        format!(
-            "opening the agent state in --data-dir {}",
-            args.data_dir.display()
-        )
-    })?;
+    let kv =
+        RocksKv::open_with(&args.data_dir, ledger::ALL, args.wal_recovery).with_context(|| {
+            format!(
+                "opening the agent state in --data-dir {}",
+                args.data_dir.display()
+            )
+        })?;
     let roots = ArtifactRoots::new(&args.artifact_root)?;
     if roots.is_empty() && files.is_some() {
         anyhow::bail!("--artifact-root: give at least one directory artifacts may be staged from");

@@ -33,7 +33,7 @@ pub use group::{
 };
 pub use mem::MemKv;
 pub use read_only::ReadOnlyKv;
-pub use rocks::{Opening, RocksKv, WalRecovery};
+pub use rocks::{RocksKv, WalRecovery};
 
 /// Why a storage operation failed. Storage errors are never retried blindly by the
 /// protocol: a failed durable write means the decision it carried was not made.
@@ -205,13 +205,4 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Makes every write so far durable (fsync of the log), as a `Sync` write would.
     fn sync(&self) -> Result<(), StoreError>;
-
-    /// Hands every write so far to the operating system without fsync, so that a crash
-    /// of this process keeps it (a power loss may not): for a store that holds buffered
-    /// writes in memory until the next sync ([`Opening::buffered_until_sync`]), the one
-    /// write that must outlive the process. A no-op where buffered writes reach the
-    /// operating system at once.
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
 }

@@ -52,25 +52,6 @@ impl std::str::FromStr for WalRecovery {
     }
 }
 
-/// How a database is opened, beyond the tables it holds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Opening {
-    /// What to do with a damaged write-ahead log.
-    pub recovery: WalRecovery,
-    /// Keep RocksDB statistics (tickers such as `rocksdb.wal.synced`, read by
-    /// [`RocksKv::statistics`]); they cost CPU on every write, so only the coordinator,
-    /// whose group commit the benchmarks measure, keeps them.
-    pub statistics: bool,
-    /// Buffered writes stay in RocksDB's log buffer, in memory, until the next sync
-    /// ([`Kv::sync`], or a synced write) writes the buffer out and fsyncs it
-    /// (RocksDB's `manual_wal_flush`): no `write()` per buffered write, but a process
-    /// crash, and not only a power loss, then loses what was buffered since the last
-    /// sync. Only for a store whose every buffered write may be lost (the agent's
-    /// ledger, whose owner asks for a sync soon after each: see
-    /// `lockstep_participant::ledger`).
-    pub buffered_until_sync: bool,
-}
-
 /// The column family RocksDB always has; it stays empty.
 const DEFAULT_CF: &str = "default";
 
@@ -95,25 +76,24 @@ impl RocksKv {
         tables: &[&'static str],
         recovery: WalRecovery,
     ) -> Result<Self, StoreError> {
-        let opening = Opening {
-            recovery,
-            ..Opening::default()
-        };
-        Self::open_full(path, tables, opening)
+        Self::open_full(path, tables, recovery, false)
     }
 
-    /// [`RocksKv::open`] as `opening` says.
+    /// [`RocksKv::open_with`], optionally keeping RocksDB statistics (tickers such as
+    /// `rocksdb.wal.synced`, read by [`RocksKv::statistics`]); they cost CPU on every
+    /// write, so only the coordinator, whose group commit the benchmarks measure, keeps
+    /// them.
     pub fn open_full(
         path: &Path,
         tables: &[&'static str],
-        opening: Opening,
+        recovery: WalRecovery,
+        statistics: bool,
     ) -> Result<Self, StoreError> {
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let mut opts = options(opening.recovery, &cache);
-        if opening.statistics {
+        let mut opts = options(recovery, &cache);
+        if statistics {
             opts.enable_statistics();
         }
-        opts.set_manual_wal_flush(opening.buffered_until_sync);
         let existing = DB::list_cf(&opts, path).unwrap_or_default();
         let unexpected: Vec<String> = existing
             .iter()
@@ -242,11 +222,6 @@ impl Kv for RocksKv {
         self.db.flush_wal(true)?;
         Ok(())
     }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(false)?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -300,32 +275,6 @@ mod tests {
     #[test]
     fn rocksdb_passes_the_conformance_suite() {
         conformance::run_all(&mut RocksSubject::new());
-    }
-
-    #[test]
-    fn buffered_writes_reach_the_log_file_at_a_flush_when_held_until_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let opening = Opening {
-            buffered_until_sync: true,
-            ..Opening::default()
-        };
-        let kv = RocksKv::open_full(dir.path(), TABLES, opening).unwrap();
-        let logged = || -> u64 {
-            let logs = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap());
-            let logs = logs.filter(|e| e.file_name().to_string_lossy().ends_with(".log"));
-            logs.map(|e| e.metadata().unwrap().len()).sum()
-        };
-        let before = logged();
-        let mut b = Batch::default();
-        b.put("t1", b"staging".to_vec(), vec![7u8; 4096]);
-        kv.write(b, Durability::Buffered).unwrap();
-        assert_eq!(logged(), before, "a buffered write stays in memory");
-        assert_eq!(kv.get("t1", b"staging").unwrap(), Some(vec![7u8; 4096]));
-        kv.flush().unwrap();
-        assert!(
-            logged() >= before + 4096,
-            "a flush writes it to the log file"
-        );
     }
 
     #[test]
