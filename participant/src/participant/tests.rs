@@ -153,6 +153,11 @@ fn abort_order(tx: &str) -> lockstep::orders::AbortOrder {
 }
 
 fn tracked() -> Participant<Tracked> {
+    tracked_asking(None)
+}
+
+/// A [`Tracked`] participant that asks `decisions` (when given) about votes that wait.
+fn tracked_asking(decisions: Option<Decisions>) -> Participant<Tracked> {
     let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
     Participant::new(
         "api".into(),
@@ -160,7 +165,7 @@ fn tracked() -> Participant<Tracked> {
         Tracked::default(),
         None,
         ledger,
-        None,
+        decisions,
     )
 }
 
@@ -242,15 +247,7 @@ async fn only_a_vote_left_waiting_past_ask_after_is_asked_about() {
         source: source.clone(),
         ask_after: Duration::from_millis(50),
     };
-    let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
-    let p = Participant::new(
-        "api".into(),
-        "production".into(),
-        Tracked::default(),
-        None,
-        ledger,
-        Some(decisions),
-    );
+    let p = tracked_asking(Some(decisions));
     // T3 is decided at once; T4, voted after it, waits for a Commit that never comes.
     let vote = p.prepare(order("T3")).await.unwrap();
     assert!(matches!(vote, VoteAnswer::Prepared(_)), "{vote:?}");
