@@ -39,7 +39,7 @@ const TABLE: &str = "t";
 const CLIENTS: usize = 32;
 
 /// Writes a 300-byte record under `key`, synced when `sync` (and waits for it).
-async fn record(log: &GroupCommit, key: String, sync: bool) -> Result<(), Status> {
+pub async fn record(log: &GroupCommit, key: String, sync: bool) -> Result<(), Status> {
     let mut batch = Batch::default();
     batch.put(TABLE, key.into_bytes(), vec![7u8; 300]);
     let fail = |e: lockstep_store::StoreError| Status::internal(e.to_string());
@@ -125,7 +125,7 @@ async fn all(participants: &[HealthClient<Channel>], order: &str) -> Result<(), 
 
 /// A store with its group commit, opened off the runtime (hundreds of opens in a row
 /// would starve the workers).
-async fn store(dir: &Path) -> anyhow::Result<GroupCommit> {
+pub async fn store(dir: &Path) -> anyhow::Result<GroupCommit> {
     let path = dir.to_path_buf();
     let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, &[TABLE])).await??;
     Ok(GroupCommit::start(Arc::new(kv), WriterMode::Thread)?)
@@ -145,6 +145,13 @@ async fn serve(role: impl Role) -> anyhow::Result<HealthClient<Channel>> {
     Ok(HealthClient::new(channel))
 }
 
+/// One bare participant with its store in `dir`, served on loopback; returns its client
+/// (the agent part compares Lockstep's agent with it).
+pub async fn participant(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
+    let log = store(dir).await?;
+    serve(Participant { log }).await
+}
+
 /// The bare stack in `dir`: a coordinator and three participants per client; returns
 /// the client of the coordinator.
 async fn stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
@@ -152,8 +159,7 @@ async fn stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
     for g in 0..CLIENTS {
         let mut participants = Vec::with_capacity(3);
         for m in 0..3 {
-            let log = store(&dir.join(format!("p{g}-{m}"))).await?;
-            participants.push(serve(Participant { log }).await?);
+            participants.push(participant(&dir.join(format!("p{g}-{m}"))).await?);
         }
         groups.push(participants);
     }
@@ -169,8 +175,7 @@ const WIDE: usize = 100;
 async fn wide_stack(dir: &Path) -> anyhow::Result<HealthClient<Channel>> {
     let mut all = Vec::with_capacity(WIDE);
     for m in 0..WIDE {
-        let log = store(&dir.join(format!("w{m}"))).await?;
-        all.push(serve(Participant { log }).await?);
+        all.push(participant(&dir.join(format!("w{m}"))).await?);
     }
     let groups = vec![all[..3].to_vec(), all];
     let log = store(&dir.join("coordinator")).await?;

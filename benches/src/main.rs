@@ -8,6 +8,7 @@
 //! coordinator's COMMIT decision, the coordinator's record of the end, which a client
 //! waiting for the outcome hears only once durable).
 
+mod agent;
 mod aging;
 mod bare;
 mod commit_delay;
@@ -55,7 +56,7 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run only these parts (floors, latency, throughput, bare, commitdelay, fanout, tls,
+    /// Run only these parts (floors, latency, throughput, bare, agent, commitdelay, fanout, tls,
     /// notify, metrics, aging, watchers, recovery, tracing, memory, etcd; and scale,
     /// only when named).
     #[arg(long, value_delimiter = ',')]
@@ -374,6 +375,9 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
     }
     if args.runs("bare") {
         figures.extend(bare::figures(dir, main, (500 / scale, seconds), &floors).await?);
+    }
+    if args.runs("agent") {
+        figures.extend(agent::figures(dir, 1500 / scale).await?);
     }
     if args.runs("commitdelay") {
         figures.extend(commit_delay::figures(dir, seconds).await?);

@@ -26,6 +26,7 @@ const ROUND_PARTS: &[&str] = &[
     "latency",
     "throughput",
     "bare",
+    "agent",
     "commitdelay",
     "fanout",
     "tls",
