@@ -1,6 +1,8 @@
 //! The planner's view of what is on disk ([`History`] over the tables), and the one-time
 //! fill of `seen_versions` for data directories written before that table existed.
 
+use std::{cell::RefCell, collections::BTreeMap};
+
 use lockstep::names::{Environment, ProjectName, TxId, Version};
 use lockstep_store::Batch;
 
@@ -18,6 +20,27 @@ pub(super) struct StoredHistory<'a> {
     /// The environment's newest checkpoint as the plan sees it: the last revision of
     /// the versions live in it, which the tables do not rewrite at each checkpoint.
     pub(super) head: Option<&'a CheckpointRecord>,
+    /// What [`History::was_live`] answered in this plan: the plan's waves and its
+    /// compatibility rule ask it of each target, and a version never live (every
+    /// upgrade) is a store read that misses, the dearest kind.
+    was_live: RefCell<BTreeMap<(ProjectName, Version), bool>>,
+}
+
+impl<'a> StoredHistory<'a> {
+    /// The history of `environment` whose newest checkpoint is `head`, for one plan.
+    pub(super) fn new(
+        tables: &'a Tables,
+        environment: &'a Environment,
+        head: Option<&'a CheckpointRecord>,
+    ) -> Self {
+        let was_live = RefCell::default();
+        Self {
+            tables,
+            environment,
+            head,
+            was_live,
+        }
+    }
 }
 
 impl History for StoredHistory<'_> {
@@ -35,7 +58,13 @@ impl History for StoredHistory<'_> {
     }
 
     fn was_live(&self, project: &ProjectName, version: &Version) -> Result<bool> {
-        Ok(self.tables.was_live(self.environment, project, version)?)
+        let key = (project.clone(), version.clone());
+        if let Some(known) = self.was_live.borrow().get(&key) {
+            return Ok(*known);
+        }
+        let live = self.tables.was_live(self.environment, project, version)?;
+        self.was_live.borrow_mut().insert(key, live);
+        Ok(live)
     }
 
     fn checkpoint(&self, revision: u64) -> Result<Option<CheckpointRecord>> {
@@ -277,11 +306,7 @@ mod tests {
         }
         tables.kv().write(batch, Durability::Sync).unwrap();
         let prod = Environment::parse("e", "prod").unwrap();
-        let history = StoredHistory {
-            tables: &tables,
-            environment: &prod,
-            head: previous.as_ref(),
-        };
+        let history = StoredHistory::new(&tables, &prod, previous.as_ref());
         let web = ProjectName::parse("p", "web").unwrap();
         let v = |s: &str| Version::parse("v", s).unwrap();
         let t = |n: u64| Some(TxId::parse("id", &format!("T{n}")).unwrap());
@@ -331,11 +356,7 @@ mod tests {
             ProjectName::parse("p", "web").unwrap(),
             Version::parse("v", "v2").unwrap(),
         );
-        let history = StoredHistory {
-            tables: &tables,
-            environment: &prod,
-            head: previous.as_ref(),
-        };
+        let history = StoredHistory::new(&tables, &prod, previous.as_ref());
         assert_eq!(
             history.bounds(&[(&web, &v2)]).unwrap(),
             Some((None, Some(2_100))),
@@ -387,11 +408,7 @@ mod tests {
         );
         tables.kv().write(batch, Durability::Sync).unwrap();
         let prod = Environment::parse("e", "prod").unwrap();
-        let history = StoredHistory {
-            tables: &tables,
-            environment: &prod,
-            head: previous.as_ref(),
-        };
+        let history = StoredHistory::new(&tables, &prod, previous.as_ref());
         let (web, v2) = (
             ProjectName::parse("p", "web").unwrap(),
             Version::parse("v", "v2").unwrap(),

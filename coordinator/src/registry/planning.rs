@@ -87,11 +87,7 @@ impl Registry {
         snapshot: &Snapshot,
         request: &Request,
     ) -> Result<Plan> {
-        let history = StoredHistory {
-            tables: &self.inner.tables,
-            environment: env,
-            head: snapshot.head.as_deref(),
-        };
+        let history = StoredHistory::new(&self.inner.tables, env, snapshot.head.as_deref());
         let view = View {
             environment: env,
             projects: &snapshot.projects,
