@@ -653,6 +653,27 @@ fn assert_workload_ran(o: &Observation) {
     );
 }
 
+/// Copies the cluster's directory (every agent's deploy root, ledger and log, the
+/// coordinators' logs) to `/tmp` before a failed effect check drops it, and prints
+/// where, with what the agent `key`'s deploy root holds.
+fn keep_for_inspection(c: &Cluster, key: &str) {
+    let kept = std::env::temp_dir().join(format!("t80-kept-{}", std::process::id()));
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.dir.path())
+        .arg(&kept)
+        .status();
+    let root = &c.agent(key).deploy_root;
+    let current = std::fs::read_link(root.join("current"));
+    let releases: Vec<_> = std::fs::read_dir(root.join("releases"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "{key}: current -> {current:?}, releases/ {releases:?}; cluster kept in {} ({copied:?})",
+        kept.display()
+    );
+}
+
 /// Where the agent `key` logs what its commit hook made live.
 fn commits(c: &Cluster, key: &str) -> std::path::PathBuf {
     c.dir
@@ -680,6 +701,9 @@ async fn check_effects(c: &Cluster, o: &Observation, env: &str) {
         let k = key(env, p);
         let app = c.agent(&k).deploy_root.join("current/app.txt");
         let shown = std::fs::read_to_string(&app).unwrap_or_default();
+        if shown != live.version {
+            keep_for_inspection(c, &k);
+        }
         assert_eq!(
             shown, live.version,
             "{k}: current/ holds the live version's build"
