@@ -9,15 +9,15 @@
 //! (the SDK's `Participant` against the same two writes on the same group commit), so
 //! the agent's own logic is seen apart from its RPC layer.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
     orders::{CommitOrder, PrepareOrder, VoteAnswer},
     pb::{self, participant_client::ParticipantClient},
 };
-use lockstep_participant::{Participant, ledger};
-use lockstep_store::{GroupCommit, RocksKv, WriterMode};
+use lockstep_participant::Participant;
+use lockstep_store::GroupCommit;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -201,19 +201,7 @@ async fn agent_local(dir: &Path, count: usize) -> anyhow::Result<Duration> {
     let mut agents = Vec::with_capacity(AGENTS);
     for a in 0..AGENTS {
         let name = format!("local-{a}");
-        let path = dir.join(&name);
-        let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, ledger::ALL)).await??;
-        let ledger = ledger::Ledger::open(Arc::new(kv), WriterMode::Thread)?;
-        let environment = lockstep::DEFAULT_ENVIRONMENT.to_string();
-        let noop = stack::Noop::default();
-        agents.push(Participant::new(
-            name,
-            environment,
-            noop,
-            None,
-            ledger,
-            None,
-        ));
+        agents.push(stack::noop_participant(&name, &dir.join(&name), None).await?);
     }
     cpu_of(all(|a| local_orders(agents[a].clone(), a, count))).await
 }

@@ -134,22 +134,11 @@ async fn participant_asking(
     certs: Option<&Certs>,
     coordinator: Option<Channel>,
 ) -> anyhow::Result<String> {
-    // Opened off the runtime: a few hundred opens in a row on the 2 workers would keep
-    // them from answering the client's keepalive pings, and the client would drop a
-    // connection in use (seen in a third round as "connection closed").
-    let path = dir.to_path_buf();
-    let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, ledger::ALL)).await??;
-    let p = Participant::new(
-        project.to_string(),
-        lockstep::DEFAULT_ENVIRONMENT.to_string(),
-        Noop::default(),
-        None,
-        ledger::Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)?,
-        coordinator.map(|channel| Decisions {
-            source: Arc::new(GrpcDecisions::new(channel)),
-            ask_after: ASK_DECISION_AFTER,
-        }),
-    );
+    let decisions = coordinator.map(|channel| Decisions {
+        source: Arc::new(GrpcDecisions::new(channel)),
+        ask_after: ASK_DECISION_AFTER,
+    });
+    let p = noop_participant(project, dir, decisions).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = url(&listener, certs)?;
     let (tls, access) = match certs {
@@ -174,6 +163,31 @@ async fn participant_asking(
         std::future::pending(),
     ));
     Ok(url)
+}
+
+/// The SDK's participant for `project` with the [`Noop`] deployer and its ledger in
+/// `dir`, asking `decisions` (if any) about votes that wait; not served.
+pub async fn noop_participant(
+    project: &str,
+    dir: &Path,
+    decisions: Option<Decisions>,
+) -> anyhow::Result<Participant<Noop>> {
+    // Opened off the runtime: a few hundred opens in a row on the 2 workers would keep
+    // them from answering the client's keepalive pings, and the client would drop a
+    // connection in use (seen in a third round as "connection closed").
+    let path = dir.to_path_buf();
+    let kv = tokio::task::spawn_blocking(move || RocksKv::open(&path, ledger::ALL)).await??;
+    let ledger = ledger::Ledger::open(Arc::new(kv), lockstep_store::WriterMode::Thread)?;
+    let environment = lockstep::DEFAULT_ENVIRONMENT.to_string();
+    let name = project.to_string();
+    Ok(Participant::new(
+        name,
+        environment,
+        Noop::default(),
+        None,
+        ledger,
+        decisions,
+    ))
 }
 
 /// How long a bench participant's PREPARED vote waits before it asks for the decision
