@@ -267,3 +267,72 @@ async fn a_participant_prepared_for_a_transaction_the_coordinator_lost_asks_and_
     .await;
     assert_eq!(c.agent("B").live(), None);
 }
+
+/// A build directory whose `app.txt` says `version`; returns `--artifact A=DIR`.
+fn build_of(c: &Cluster, version: &str) -> String {
+    let dir = c.dir.path().join("builds").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.txt"), version).unwrap();
+    format!("A={}", dir.display())
+}
+
+/// Given A's prepare hook fails for T2, so A removes the `releases/T2A` it had just
+/// staged, when A is killed in the middle of that removal (its contents gone, the
+/// directory itself not yet), then after its restart T2 aborts, and a later release of
+/// the same version T2A stages the build again: `current/` holds T2A's build, never an
+/// empty directory left by the torn removal and reused as if it were the version.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_while_removing_a_staged_version_never_goes_live_on_what_is_left() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    let t1 = build_of(&c, "T1A");
+    let out = c
+        .cli(&[
+            "release",
+            "create",
+            "T1",
+            "A=T1A",
+            "--artifact",
+            &t1,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let t2 = build_of(&c, "T2A");
+    c.agent_mut("A")
+        .server
+        .restart_with(crash_at("agent-removing-version"))
+        .await;
+    c.fail("A", "no disk");
+    let out = c
+        .cli(&["release", "create", "T2", "A=T2A", "--artifact", &t2])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    c.agent_mut("A").server.exited().await;
+    c.heal("A");
+    c.agent_mut("A").server.restart_with(Vec::new()).await;
+    c.wait_state("T2", TransactionState::Aborted).await;
+
+    let out = c
+        .cli(&[
+            "release",
+            "create",
+            "T3",
+            "A=T2A",
+            "--artifact",
+            &t2,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(c.agent("A").live().as_deref(), Some("T2A"));
+    let app = c.agent("A").deploy_root.join("current/app.txt");
+    assert_eq!(
+        std::fs::read_to_string(&app).unwrap_or_default(),
+        "T2A",
+        "current/ holds T2A's build; releases/: {:?}",
+        c.agent("A").releases()
+    );
+}

@@ -8,6 +8,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,13 @@ use crate::{
 /// File written into a stage directory that had no artifact.
 pub const METADATA_FILE: &str = "lockstep-release.json";
 
+/// Crash point (end-to-end tests): a removed version directory's contents are gone,
+/// the directory itself is not yet.
+pub const CRASH_REMOVING_VERSION: &str = "agent-removing-version";
+
+/// Prefix of a version directory being removed (renamed out of its name first).
+const REMOVING: &str = ".removing-";
+
 /// Deploys by directory and symlink.
 #[derive(Debug, Clone)]
 pub struct FsDeployer {
@@ -31,6 +39,9 @@ pub struct FsDeployer {
     hooks: Hooks,
     fetcher: Fetcher,
     require_artifact: bool,
+    /// Serializes creating and removing version directories: a stage cut short by an
+    /// Abort goes on materializing in its blocking task, and the undo waits for it.
+    files: Arc<Mutex<()>>,
 }
 
 /// What `stage` remembers.
@@ -44,6 +55,7 @@ impl FsDeployer {
     /// A deployer over `root` (created if missing).
     pub fn new(root: PathBuf, hooks: Hooks) -> std::io::Result<Self> {
         fs::create_dir_all(root.join("releases"))?;
+        sweep_removals(&root.join("releases"))?;
         let cache = root.join("cache");
         let fetcher =
             Fetcher::new(cache, Default::default(), None).map_err(std::io::Error::other)?;
@@ -52,6 +64,7 @@ impl FsDeployer {
             hooks,
             fetcher,
             require_artifact: false,
+            files: Arc::default(),
         })
     }
 
@@ -113,6 +126,7 @@ impl FsDeployer {
     /// staging directory renamed into place, so a crash never leaves a half-copied
     /// version under its final name. Returns whether it created the directory.
     fn materialize(&self, change: &Change, source: Option<&Source>) -> Result<bool, String> {
+        let _files = self.files();
         let dir = self.release_dir(&change.version);
         if dir.is_dir() {
             return Ok(false);
@@ -171,6 +185,7 @@ impl FsDeployer {
         let fail = |path: &Path, e: std::io::Error| {
             DeployError(format!("removing {}: {e}", path.display()))
         };
+        let _files = self.files();
         let staging = self.staging_dir(tx);
         remove_if_exists(&staging).map_err(|e| fail(&staging, e))?;
         let live = self.live_sync()?;
@@ -178,12 +193,56 @@ impl FsDeployer {
         let entries = fs::read_dir(&releases).map_err(|e| fail(&releases, e))?;
         for entry in entries.flatten() {
             let version = entry.file_name().to_string_lossy().into_owned();
-            let mine = self.created_by(&version).as_deref() == Some(tx);
+            // Dot-names are work in progress (`.staging-`, `.removing-`), not versions.
+            let mine =
+                !version.starts_with('.') && self.created_by(&version).as_deref() == Some(tx);
             if mine && live.as_deref() != Some(version.as_str()) {
-                remove_if_exists(&entry.path()).map_err(|e| fail(&entry.path(), e))?;
+                self.remove_version(&version)
+                    .map_err(|e| fail(&entry.path(), e))?;
             }
         }
         Ok(())
+    }
+
+    /// Removes `releases/<version>` so that a crash never leaves part of it under its
+    /// name (a later stage would reuse it as the version): renamed to
+    /// `releases/.removing-<version>` and synced, then deleted. A leftover of an earlier
+    /// crash there is deleted first.
+    fn remove_version(&self, version: &str) -> std::io::Result<()> {
+        let releases = self.root.join("releases");
+        let trash = releases.join(format!("{REMOVING}{version}"));
+        remove_tree(&trash)?;
+        match fs::rename(self.release_dir(version), &trash) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            renamed => renamed?,
+        }
+        artifact::sync_dir(&releases)?;
+        remove_tree(&trash)
+    }
+
+    /// Removes the staging directory of `change`'s transaction, and the version
+    /// directory when that transaction created it (`created`, from its note; without
+    /// one, a stage cut short by an Abort, the metadata file says) and it is not live.
+    /// Under the file lock: a stage an Abort cut short may still be materializing.
+    fn remove_staged(&self, change: &Change, created: Option<bool>) -> Result<(), DeployError> {
+        let _files = self.files();
+        let (tx, version) = (&change.transaction_id, &change.version);
+        let fail = |path: PathBuf, e: std::io::Error| {
+            DeployError(format!("removing {}: {e}", path.display()))
+        };
+        let staging = self.staging_dir(tx);
+        remove_if_exists(&staging).map_err(|e| fail(staging, e))?;
+        let created = created.unwrap_or_else(|| self.created_by(version).as_ref() == Some(tx));
+        if created && self.live_sync()?.as_ref() != Some(version) {
+            self.remove_version(version)
+                .map_err(|e| fail(self.release_dir(version), e))?;
+        }
+        Ok(())
+    }
+
+    /// The lock under which version directories are created and removed.
+    fn files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn live_sync(&self) -> Result<Option<String>, DeployError> {
@@ -255,6 +314,31 @@ impl FsDeployer {
     }
 }
 
+/// Finishes the removals a crash cut short (`releases/.removing-*`).
+fn sweep_removals(releases: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(releases)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(REMOVING)) {
+            remove_tree(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes directory `dir` as `remove_dir_all` does: its contents, then itself.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        remove_if_exists(&entry?.path())?;
+    }
+    lockstep::crash::point(CRASH_REMOVING_VERSION);
+    fs::remove_dir(dir)
+}
+
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -283,8 +367,13 @@ impl Deployer for FsDeployer {
             Err(reason) => {
                 // Refusing: leave nothing behind that this transaction created.
                 if created {
-                    let dir = self.release_dir(&change.version);
-                    let _ = blocking(move || remove_if_exists(&dir)).await;
+                    let this = self.clone();
+                    let version = change.version.clone();
+                    let _ = blocking(move || {
+                        let _files = this.files();
+                        this.remove_version(&version)
+                    })
+                    .await;
                 }
                 return Err(Refusal(reason));
             }
@@ -309,30 +398,10 @@ impl Deployer for FsDeployer {
     }
 
     async fn undo(&self, change: &Change, staged: Option<&Staged>) -> Result<(), DeployError> {
-        // A stage cut short (an Abort during the prepare hook) left no note: the
-        // metadata file in the directory says which transaction created it.
-        let created = staged
-            .and_then(|s| serde_json::from_value::<Note>(s.note.clone()).ok())
-            .map(|n| n.created)
-            .unwrap_or_else(|| {
-                self.created_by(&change.version) == Some(change.transaction_id.clone())
-            });
+        let note = staged.and_then(|s| serde_json::from_value::<Note>(s.note.clone()).ok());
         self.stop_serving(change).await?;
-        let this = self.clone();
-        let c = change.clone();
-        blocking(move || -> Result<(), DeployError> {
-            let staging = this.staging_dir(&c.transaction_id);
-            remove_if_exists(&staging)
-                .map_err(|e| DeployError(format!("removing {}: {e}", staging.display())))?;
-            let live = this.live_sync()?;
-            if created && live.as_deref() != Some(c.version.as_str()) {
-                let dir = this.release_dir(&c.version);
-                remove_if_exists(&dir)
-                    .map_err(|e| DeployError(format!("removing {}: {e}", dir.display())))?;
-            }
-            Ok(())
-        })
-        .await?;
+        let (this, c) = (self.clone(), change.clone());
+        blocking(move || this.remove_staged(&c, note.map(|n| n.created))).await?;
         self.hook(&self.hooks.abort, Phase::Abort, change)
             .await
             .map(drop)
@@ -418,6 +487,25 @@ mod tests {
         d.undo(&r, Some(&sr)).await.unwrap();
         assert!(d.release_dir("T1A").is_dir());
         assert_eq!(d.live_version().await.unwrap().as_deref(), Some("T1A"));
+    }
+
+    #[tokio::test]
+    async fn a_removal_cut_short_never_leaves_part_of_a_version_under_its_name() {
+        let root = tempfile::tempdir().unwrap();
+        let d = FsDeployer::new(root.path().to_path_buf(), Hooks::default()).unwrap();
+        let t4 = change("T4", "T4A", "");
+        let s4 = d.stage(&t4).await.unwrap();
+        // As a crash after the rename leaves it: the version's name is already free.
+        let torn = root.path().join("releases").join(".removing-T4A");
+        fs::rename(d.release_dir("T4A"), &torn).unwrap();
+        d.undo(&t4, Some(&s4)).await.unwrap();
+        assert!(!d.release_dir("T4A").exists());
+        fs::create_dir_all(torn.join("migrations")).unwrap();
+        FsDeployer::new(root.path().to_path_buf(), Hooks::default()).unwrap();
+        let left: Vec<_> = fs::read_dir(root.path().join("releases"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "a restart finishes the removal: {left:?}");
     }
 
     #[tokio::test]
