@@ -13,6 +13,10 @@ use std::{
 /// How long a member may take to answer after it starts.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Starts on fresh ports after a port was taken between choosing it and etcd binding
+/// it (a free port is one the kernel may hand to an outgoing connection meanwhile).
+const START_ATTEMPTS: usize = 5;
+
 /// One running etcd member.
 pub struct EtcdMember {
     child: Option<Child>,
@@ -31,10 +35,19 @@ impl EtcdMember {
     /// Starts a one-member cluster with its data in `dir` (created), and waits until
     /// it answers.
     pub fn start(dir: &Path) -> Result<Self, String> {
-        let mut m = Self::planned(dir, "m0")?;
-        m.cluster = format!("m0=http://127.0.0.1:{}", m.peer);
-        m.spawn()?;
-        Ok(m)
+        let mut attempt = 1;
+        loop {
+            let mut m = Self::planned(dir, "m0")?;
+            m.cluster = format!("m0=http://127.0.0.1:{}", m.peer);
+            match m.spawn() {
+                Err(_) if attempt < START_ATTEMPTS && port_taken(&m.dir, 0) => {
+                    m.kill9();
+                    let _ = std::fs::remove_dir_all(dir);
+                    attempt += 1;
+                }
+                started => return started.map(|()| m),
+            }
+        }
     }
 
     /// [`EtcdMember::start`] serving clients over mutual TLS: its certificate and key,
@@ -154,8 +167,23 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `n` members, each in a directory under `dir`, and waits until each answers
-    /// (which needs a quorum).
+    /// (which needs a quorum). A member that could not bind its ports starts the whole
+    /// cluster again on fresh ones.
     pub fn start(dir: &Path, n: usize) -> Result<Self, String> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(dir, n) {
+                Err(e) if attempt < START_ATTEMPTS && port_taken(dir, n) => {
+                    eprintln!("etcd: a port was taken ({e}); starting again on fresh ports");
+                    let _ = std::fs::remove_dir_all(dir);
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, n: usize) -> Result<Self, String> {
         let mut members = Vec::new();
         for i in 0..n {
             members.push(EtcdMember::planned(
@@ -206,6 +234,17 @@ fn answers(url: &str) -> bool {
     conn.write_all(request.as_bytes()).is_ok()
         && conn.read_to_string(&mut body).is_ok()
         && body.contains("\"health\":\"true\"")
+}
+
+/// Whether etcd's log in `dir` (with `n` members, in `dir/m<i>`) says a port it was
+/// given was taken.
+fn port_taken(dir: &Path, n: usize) -> bool {
+    let logs: Vec<PathBuf> = match n {
+        0 => vec![dir.join("etcd.log")],
+        n => (0..n).map(|i| dir.join(format!("m{i}/etcd.log"))).collect(),
+    };
+    logs.iter()
+        .any(|log| std::fs::read_to_string(log).is_ok_and(|t| t.contains("address already in use")))
 }
 
 fn free_port() -> Result<u16, String> {
