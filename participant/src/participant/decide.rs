@@ -146,11 +146,14 @@ impl<D: Deployer> Participant<D> {
         self.record(tx, &entry, Durability::Buffered).await
     }
 
+    /// A REFUSED record has nothing to undo: refused before staging, or undone before
+    /// the refusal was recorded. Undoing it again would run the deployer's hooks for a
+    /// version this transaction does not hold (the stop hook could take down the test
+    /// instance of the transaction that holds it).
     async fn undo(&self, tx: &str, mut entry: Entry, reason: &str) -> Result<(), ParticipantError> {
-        if let Some(change) = entry.change.clone() {
-            let schema_touched = entry.phase != Phase::Refused;
-            self.undo_all(&change, entry.staged.as_ref(), schema_touched)
-                .await?;
+        let change = entry.change.clone();
+        if let Some(change) = change.filter(|_| entry.phase != Phase::Refused) {
+            self.undo_all(&change, entry.staged.as_ref(), true).await?;
         }
         entry.phase = Phase::Aborted;
         if entry.reason.is_empty() {

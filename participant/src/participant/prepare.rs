@@ -205,9 +205,11 @@ impl<D: Deployer> Participant<D> {
         Ok(prepared(schema.as_ref(), Some(&vote)))
     }
 
-    /// Never voted yes: undo on our own, then remember the refusal. A schema stage that
-    /// refused left nothing in the database; one cut short by an Abort may have, so
-    /// only then is the database asked.
+    /// Never voted yes: undo on our own, then remember the refusal. A refusal with
+    /// something staged (`staged` is `Some`: the schema's stage refused, or an Abort cut
+    /// it short) asks the database too, since a migration commit that failed in
+    /// transit may have committed all the same; only a refusal of the deployer's stage
+    /// left the database untouched.
     async fn vote_refused(
         &self,
         mut entry: Entry,
@@ -219,7 +221,17 @@ impl<D: Deployer> Participant<D> {
             .change
             .clone()
             .expect("a Staging record has its change");
-        self.undo_all(&change, staged.as_ref(), aborted).await?;
+        let schema_touched = aborted || staged.is_some();
+        let undone = self
+            .undo_all(&change, staged.as_ref(), schema_touched)
+            .await;
+        if let Err(e) = undone {
+            // Left STAGING: the Abort that follows the refusal undoes it again.
+            return Ok(VoteAnswer::Refused(format!(
+                "{}; undoing what was staged failed ({e}): the Abort will undo it",
+                refusal.0
+            )));
+        }
         entry.phase = if aborted {
             Phase::Aborted
         } else {

@@ -276,3 +276,45 @@ async fn only_a_vote_left_waiting_past_ask_after_is_asked_about() {
     // T3 waited as long as T4 did, but was decided: nobody asked about it.
     assert_eq!(*source.asked.lock().unwrap(), ["T4"]);
 }
+
+/// Given T1 prepared here with a test instance of v2 up (blue/green), when T2 for the
+/// same version is refused as busy and then aborted, then the Abort undoes nothing:
+/// T1's test instance keeps running and no abort hook runs for T2, which staged
+/// nothing here.
+#[tokio::test]
+async fn an_abort_of_a_refused_transaction_touches_nothing_staged() {
+    use crate::agent::{FsDeployer, Hooks};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let hooks = Hooks {
+        serve: Some(format!(
+            "echo $LOCKSTEP_PHASE $LOCKSTEP_TX $LOCKSTEP_VERSION >> {0}; echo http://127.0.0.1:9301/",
+            log.display()
+        )),
+        abort: Some(format!("echo abort $LOCKSTEP_TX >> {}", log.display())),
+        ..Hooks::default()
+    };
+    let deployer = FsDeployer::new(dir.path().join("deploy"), hooks).unwrap();
+    let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
+    let p = Participant::new(
+        "api".into(),
+        "production".into(),
+        deployer,
+        None,
+        ledger,
+        None,
+    );
+    let first = p.prepare(order("T1")).await.unwrap();
+    assert!(matches!(first, VoteAnswer::Prepared(_)), "{first:?}");
+    let second = p.prepare(order("T2")).await.unwrap();
+    assert!(
+        matches!(&second, VoteAnswer::Refused(r) if r.contains("busy")),
+        "{second:?}"
+    );
+
+    p.abort(&abort_order("T2")).await.unwrap();
+
+    let hooks = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(hooks, "serve T1 v2\n", "T2's Abort ran hooks");
+    assert!(p.inner.deployer.release_dir("v2").is_dir());
+}
