@@ -256,3 +256,36 @@ async fn a_project_is_removed_only_when_nothing_needs_it_and_its_history_stays()
     c.wait_state("T3", TransactionState::Committed).await;
     assert_eq!(c.cli(&["project", "remove", "C"]).await.code, 0);
 }
+
+/// Given T1 committed as checkpoint 1 of the default environment and its only project
+/// removed, when the coordinator restarts and the project is registered and released
+/// again, then the new release is checkpoint 2: the environment's numbering survives
+/// the restart, so T1's checkpoint 1 is never overwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_emptied_of_projects_keeps_its_checkpoint_numbering_across_a_restart() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    c.release("T1", &["A=T1A"], 0).await;
+    let removed = c.cli(&["project", "remove", "A"]).await;
+    assert_eq!(removed.code, 0, "{removed:?}");
+
+    c.coordinator.restart().await;
+    c.register("A", &[]).await;
+    c.release("T2", &["A=T2A"], 0).await;
+
+    let history = c.cli(&["history", "-o", "json"]).await.json();
+    let checkpoints: Vec<(String, String)> = history["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let revision = k["revision"].as_str().unwrap().to_string();
+            (revision, k["transactionId"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        checkpoints,
+        [("1".into(), "T1".into()), ("2".into(), "T2".into())]
+    );
+}

@@ -187,7 +187,8 @@ impl Registry {
         for e in tables.environments()? {
             s.environments.insert(e.name.clone(), e);
         }
-        let environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
+        let mut environments: BTreeSet<Environment> = s.projects.keys().cloned().collect();
+        environments.extend(tables.checkpoint_environments()?);
         for env in environments {
             if let Some(cp) = tables.latest_checkpoint(&env)? {
                 history::backfill_seen(tables, &cp)?;
