@@ -336,3 +336,42 @@ async fn an_agent_killed_while_removing_a_staged_version_never_goes_live_on_what
         c.agent("A").releases()
     );
 }
+
+/// Given B is PREPARED for a T9 the coordinator never recorded (its admission was lost
+/// in a crash), when the id T9 is given again to another release that B takes no part
+/// in and that release commits, then B, asking about its T9, hears ABORT and undoes
+/// it: it never goes live on a version no checkpoint records because another
+/// transaction holds the id now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_participant_prepared_for_a_lost_transaction_whose_id_was_given_again_aborts() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    c.add_agent_with("B", &["--ask-decision-after".into(), "2s".into()])
+        .await;
+    c.register("B", &[]).await;
+    let vote = c
+        .agent("B")
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            transaction_id: "T9".into(),
+            project: "B".into(),
+            version: "T9B".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vote.vote, pb::Vote::Prepared as i32);
+
+    c.release("T9", &["A=T9A"], 0).await;
+
+    wait_for("B to learn its T9's fate", || async {
+        c.agent("B").status().await.staged.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(c.agent("B").live(), None, "B never went live on T9B");
+    assert!(c.agent("B").releases().is_empty());
+    assert_eq!(c.agent("A").live().as_deref(), Some("T9A"));
+}

@@ -452,10 +452,10 @@ impl Coordinator {
         self.registry.history(env, after, size)
     }
 
-    /// The durable decision for a participant's part (presumed abort for unknown ids),
-    /// in its wave's turn.
-    pub fn decision(&self, id: &TxId, project: Option<&ProjectName>) -> Result<Decision> {
-        self.registry.decision(id, project)
+    /// The durable decision for a participant's part (presumed abort for unknown ids and
+    /// for a transaction that is not the asker's), in its wave's turn.
+    pub fn decision(&self, id: &TxId, asker: crate::txn::Asker<'_>) -> Result<Decision> {
+        self.registry.decision(id, asker)
     }
 
     /// Records a refused call (its only write).

@@ -328,6 +328,7 @@ class Agent(part_grpc.ParticipantServicer):
         while self.store.ledger.get(tx, {}).get("phase") == "prepared":
             incarnation = self.store.ledger[tx].get("incarnation", "")
             request = coord.GetDecisionRequest(transaction_id=tx, project=self.args.project,
+                                               environment=self.args.environment,
                                                coordinator_incarnation=incarnation)
             try:
                 decision = stub.GetDecision(request, timeout=5).decision

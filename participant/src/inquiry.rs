@@ -3,7 +3,7 @@
 //! `participant::decisions` for when it asks).
 
 use lockstep::{
-    names::{ProjectName, TxId},
+    names::{Environment, ProjectName, TxId},
     orders::Decision,
     pb::{self, coordinator_client::CoordinatorClient},
 };
@@ -35,6 +35,7 @@ impl DecisionSource for GrpcDecisions {
         &self,
         tx: &TxId,
         project: &ProjectName,
+        environment: &Environment,
         incarnation: &str,
     ) -> Pending<Result<Decision, String>> {
         let coordinators = self.coordinators.clone();
@@ -42,6 +43,7 @@ impl DecisionSource for GrpcDecisions {
             transaction_id: tx.to_string(),
             project: project.to_string(),
             coordinator_incarnation: incarnation.to_string(),
+            environment: environment.to_string(),
         };
         Box::pin(async move {
             let mut why = Vec::new();

@@ -1062,6 +1062,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
             transaction_id: tx.clone(),
             project: part.project.clone(),
             coordinator_incarnation: String::new(),
+            environment: t.environment.clone(),
         }))
         .await
         .map(|d| d.decision);

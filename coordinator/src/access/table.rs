@@ -65,7 +65,9 @@ impl ScopeRule {
                 "`read` on the source; the target, then every project the final plan changes"
             }
             Self::Transaction => "the transaction's environment and projects",
-            Self::OwnPart => "an agent: its own part only; others: the transaction's environment",
+            Self::OwnPart => {
+                "an agent: its own part only; others: the environment the request names, else the transaction's"
+            }
             Self::WholeEnvironment => "the whole environment (every project there)",
             Self::WholeEnvironmentOrEverything => {
                 "the whole environment named, else everything (every project everywhere)"

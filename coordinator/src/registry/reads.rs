@@ -2,7 +2,7 @@
 //! showed them), the live state, history, decisions for participants.
 
 use lockstep::{
-    names::{Environment, ProjectName, TxId},
+    names::{Environment, TxId},
     orders::Decision,
 };
 
@@ -110,16 +110,17 @@ impl Registry {
         Ok(Page::of(checkpoints, size, |c| c.revision))
     }
 
-    /// The durable decision for a participant's part `project` (presumed abort for
-    /// unknown ids), given only in its wave's turn (see [`txn::decision_for`]).
-    pub fn decision(&self, id: &TxId, project: Option<&ProjectName>) -> Result<Decision> {
+    /// The durable decision for the `asker`'s part (presumed abort for unknown ids and
+    /// for a transaction that is not the asker's), given only in its wave's turn (see
+    /// [`txn::decision_for`]).
+    pub fn decision(&self, id: &TxId, asker: txn::Asker<'_>) -> Result<Decision> {
         let s = self.state();
         let record = match s.active.get(id) {
             Some(a) => Some(a.record.clone()),
             None => self.inner.tables.transaction(id)?,
         };
         Ok(match record {
-            Some(record) => txn::decision_for(&record, project),
+            Some(record) => txn::decision_for(&record, asker),
             None => Decision::Abort,
         })
     }

@@ -6,7 +6,7 @@
 //! named.
 
 use lockstep::{
-    names::{Environment, ProjectName, TxId},
+    names::{Environment, TxId},
     pb,
 };
 use tonic::{Request, Status};
@@ -21,6 +21,7 @@ use crate::{
     error::CoordinatorError,
     model::TxRecord,
     planner::Plan,
+    txn::Asker,
 };
 
 impl CoordinatorService {
@@ -57,18 +58,34 @@ impl CoordinatorService {
         &self,
         request: &Request<T>,
         id: &TxId,
-        project: Option<&ProjectName>,
+        asker: Asker<'_>,
     ) -> Result<(), Status> {
-        let principal = crate::access::principal_of(request);
-        let env = match (self.coordinator.get(id), &principal.standing) {
-            (Ok(record), _) => record.environment,
-            (Err(_), Standing::Agent { environment, .. }) => environment.clone(),
-            (Err(_), _) => Environment::default(),
+        // The asker's own environment when it is known: a transaction of another one
+        // under this id is not the asker's and is answered ABORT, so an agent whose
+        // grant covers its environment only is never refused into waiting for ever.
+        let env = match (asker.environment, self.coordinator.get(id)) {
+            (Some(env), _) => env.clone(),
+            (None, Ok(record)) => record.environment,
+            (None, Err(_)) => Environment::default(),
         };
-        let target = Target::projects(&env, project.cloned());
+        let target = Target::projects(&env, asker.project.cloned());
         self.check(request, "GetDecision", &target, Some(id))
             .await?;
         Ok(())
+    }
+
+    /// The environment a GetDecision asks from: the one the request names, else the
+    /// calling agent's (from its credential), else unknown.
+    pub(super) fn asking_from<T>(
+        request: &Request<T>,
+        named: Option<Environment>,
+    ) -> Option<Environment> {
+        let principal = crate::access::principal_of(request);
+        match (named, &principal.standing) {
+            (Some(env), _) => Some(env),
+            (None, Standing::Agent { environment, .. }) => Some(environment.clone()),
+            (None, _) => None,
+        }
     }
 
     /// The one check every handler makes: its row of the table (none: refused, the

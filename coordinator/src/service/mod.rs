@@ -35,6 +35,7 @@ use crate::{
     model::{CreateSpec, TxState},
     planner::Plan,
     registry::{admit::Created, listing::Filter},
+    txn::Asker,
 };
 
 /// Serves the Coordinator API over a [`Coordinator`].
@@ -494,7 +495,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let project = (!r.project.is_empty())
             .then(|| ProjectName::parse("project", &r.project))
             .transpose()?;
-        self.allow_decision(&request, &id, project.as_ref()).await?;
+        let named = (!r.environment.is_empty())
+            .then(|| Environment::parse("environment", &r.environment))
+            .transpose()?;
+        let environment = Self::asking_from(&request, named);
+        let asker = Asker {
+            project: project.as_ref(),
+            environment: environment.as_ref(),
+        };
+        self.allow_decision(&request, &id, asker).await?;
         let r = request.into_inner();
         let ours = self.coordinator.incarnation();
         if !r.coordinator_incarnation.is_empty() && r.coordinator_incarnation != ours {
@@ -503,7 +512,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 r.coordinator_incarnation
             )));
         }
-        let decision = pb::Decision::from(self.coordinator.decision(&id, project.as_ref())?);
+        let decision = pb::Decision::from(self.coordinator.decision(&id, asker)?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
         }))

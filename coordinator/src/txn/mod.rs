@@ -43,7 +43,7 @@ mod verify_tests;
 use std::{collections::BTreeMap, time::Duration};
 
 use lockstep::{
-    names::ProjectName,
+    names::{Environment, ProjectName},
     orders::{AbortOrder, CommitOrder, Decision, PrepareOrder, VoteAnswer},
     pb,
     retry::{Backoff, Failure},
@@ -819,7 +819,10 @@ fn order(p: &Participant, message: Message) -> Order {
 /// so it can never go live before its children by asking instead of waiting; the same
 /// for ABORT, parents first. A caller that names no project, or one that takes no part,
 /// hears the decision as it is.
-pub fn decision_for(record: &TxRecord, project: Option<&ProjectName>) -> Decision {
+pub fn decision_for(record: &TxRecord, asker: Asker<'_>) -> Decision {
+    if !asker.may_hold(record) {
+        return Decision::Abort;
+    }
     let decided = match record.state {
         TxState::Pending | TxState::Preparing | TxState::Verifying => {
             return Decision::Undecided;
@@ -829,13 +832,43 @@ pub fn decision_for(record: &TxRecord, project: Option<&ProjectName>) -> Decisio
         TxState::Committing => Decision::Commit,
         TxState::Aborting => Decision::Abort,
     };
-    let Some(project) = project.filter(|p| record.participant(p).is_some()) else {
+    let Some(project) = asker.project else {
         return decided;
     };
     if in_turn(record, project) {
         decided
     } else {
         Decision::Undecided
+    }
+}
+
+/// Who asks GetDecision: the asking participant's project and environment, as far as
+/// the request names them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asker<'a> {
+    /// The asking participant's project.
+    pub project: Option<&'a ProjectName>,
+    /// Its environment.
+    pub environment: Option<&'a Environment>,
+}
+
+impl<'a> Asker<'a> {
+    /// A participant of `project` (in whatever environment).
+    pub fn project(project: &'a ProjectName) -> Self {
+        Self {
+            project: Some(project),
+            environment: None,
+        }
+    }
+
+    /// Whether `record` can be the transaction the asker prepared under its id: it is
+    /// of the asker's environment and the asker takes part in it. Another one holds an
+    /// id given again after a crash lost the admission the asker prepared, which was
+    /// never recorded, so its answer is ABORT (presumed abort), never this one's.
+    fn may_hold(&self, record: &TxRecord) -> bool {
+        let environment = self.environment.is_none_or(|e| *e == record.environment);
+        let project = self.project.is_none_or(|p| record.participant(p).is_some());
+        environment && project
     }
 }
 

@@ -12,7 +12,7 @@ use lockstep::{
     retry::{Backoff, Failure},
 };
 
-use super::{Effect, Message, PRESUMED_ABORT, Show, Transaction, Turn, decision_for};
+use super::{Asker, Effect, Message, PRESUMED_ABORT, Show, Transaction, Turn, decision_for};
 use crate::model::{Action, Participant, Request, TxKind, TxRecord, TxState, Vote};
 
 pub(super) fn name(s: &str) -> ProjectName {
@@ -456,7 +456,7 @@ fn late_and_duplicate_answers_change_nothing() {
 fn a_parent_asking_hears_commit_only_after_its_children_acknowledged() {
     let mut m = machine(TxState::Preparing);
     all_prepared(&mut m);
-    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Some(&name(p)));
+    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Asker::project(&name(p)));
     assert_eq!(asks(&m, "B"), Decision::Commit, "a child hears it at once");
     assert_eq!(
         asks(&m, "A"),
@@ -468,14 +468,14 @@ fn a_parent_asking_hears_commit_only_after_its_children_acknowledged() {
     assert_eq!(asks(&m, "A"), Decision::Undecided, "C has not acknowledged");
     ack(&mut m, &["C"]);
     assert_eq!(asks(&m, "A"), Decision::Commit);
-    assert_eq!(decision_for(m.record(), None), Decision::Commit);
+    assert_eq!(decision_for(m.record(), Asker::default()), Decision::Commit);
 }
 
 #[test]
 fn a_child_asking_hears_abort_only_after_its_parents_undid() {
     let mut m = machine(TxState::Preparing);
     m.vote(&name("C"), Ok(VoteAnswer::Refused("no".into())));
-    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Some(&name(p)));
+    let asks = |m: &Transaction, p: &str| decision_for(m.record(), Asker::project(&name(p)));
     assert_eq!(asks(&m, "A"), Decision::Abort, "the parent undoes first");
     assert_eq!(asks(&m, "B"), Decision::Undecided);
     ack(&mut m, &["A"]);
@@ -555,4 +555,29 @@ fn a_retry_asked_for_sends_again_to_who_needs_resolution_and_ends_the_waits() {
     assert!(!m.record().participant(&name("B")).unwrap().needs_resolution);
     let undecided = machine(TxState::Preparing).retry_now("bob");
     assert!(undecided.is_empty(), "nothing to retry before a decision");
+}
+
+#[test]
+fn an_asker_that_is_not_in_the_transaction_under_its_id_hears_abort_whatever_was_decided() {
+    let mut m = machine(TxState::Preparing);
+    all_prepared(&mut m);
+    m.commit_durable(1);
+    ack(&mut m, &["A", "B", "C"]);
+    let other = name("D");
+    assert_eq!(
+        decision_for(m.record(), Asker::project(&other)),
+        Decision::Abort
+    );
+    let elsewhere = lockstep::names::Environment::parse("e", "elsewhere").unwrap();
+    let asker = Asker {
+        project: Some(&name("A")),
+        environment: Some(&elsewhere),
+    };
+    assert_eq!(decision_for(m.record(), asker), Decision::Abort);
+    let home = m.record().environment.clone();
+    let asker = Asker {
+        environment: Some(&home),
+        ..asker
+    };
+    assert_eq!(decision_for(m.record(), asker), Decision::Commit);
 }

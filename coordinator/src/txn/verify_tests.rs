@@ -12,7 +12,7 @@ use lockstep::{
 };
 
 use super::{
-    Effect, Show, Transaction, decision_for,
+    Asker, Effect, Show, Transaction, decision_for,
     tests::{all_prepared, event_kinds, machine, name, sends},
     verify::{Outcome, Report, render},
 };
@@ -90,7 +90,7 @@ fn every_vote_prepared_starts_the_first_step_against_the_staged_test_uri() {
     use StepStatus::*;
     assert_eq!(statuses(&m), [Triggered, Waiting, Waiting]);
     assert_eq!(
-        decision_for(m.record(), Some(&name("B"))),
+        decision_for(m.record(), Asker::project(&name("B"))),
         Decision::Undecided
     );
 }

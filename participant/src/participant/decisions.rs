@@ -27,7 +27,7 @@ use std::{
 };
 
 use lockstep::{
-    names::{ProjectName, TxId},
+    names::{Environment, ProjectName, TxId},
     orders::Decision,
     retry::Backoff,
 };
@@ -45,12 +45,13 @@ pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// # To ensure correctness
 /// - `Decision::Undecided` and errors mean "ask again later", never "abort".
 pub trait DecisionSource: Send + Sync + 'static {
-    /// The durable decision for `tx` (this participant's part, `project`), prepared for
-    /// the coordinator of `incarnation` ("" when unknown).
+    /// The durable decision for `tx` (this participant's part, `project` in
+    /// `environment`), prepared for the coordinator of `incarnation` ("" when unknown).
     fn decision(
         &self,
         tx: &TxId,
         project: &ProjectName,
+        environment: &Environment,
         incarnation: &str,
     ) -> Pending<Result<Decision, String>>;
 }
@@ -161,13 +162,19 @@ impl<D: Deployer> Participant<D> {
         let Ok(project) = ProjectName::parse("project", self.project()) else {
             return;
         };
+        let Ok(environment) = Environment::parse("environment", &self.inner.environment) else {
+            return;
+        };
         let mut attempt = 0;
         // Read only while it waits: a transaction decided meanwhile (nearly all of
         // them) costs no read.
         while self.is_prepared(&tx) {
             let incarnation = self.inner.ledger.open_incarnation(tx.as_str());
             let incarnation = incarnation.unwrap_or_default();
-            match source.decision(&tx, &project, &incarnation).await {
+            match source
+                .decision(&tx, &project, &environment, &incarnation)
+                .await
+            {
                 Ok(Decision::Commit) => self.apply_asked(&tx, true).await,
                 Ok(Decision::Abort) => self.apply_asked(&tx, false).await,
                 Ok(Decision::Undecided) => {}

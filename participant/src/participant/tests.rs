@@ -233,6 +233,7 @@ impl DecisionSource for Answering {
         &self,
         tx: &TxId,
         _project: &ProjectName,
+        _environment: &Environment,
         _incarnation: &str,
     ) -> Pending<Result<lockstep::orders::Decision, String>> {
         self.asked.lock().unwrap().push(tx.to_string());
