@@ -759,3 +759,61 @@ async fn postgres_2pc_an_abort_during_a_migration_leaves_no_transaction_open_and
     s.release("T3", 2, 0).await;
     assert_eq!(s.schema_versions().await, [2, 2, 2]);
 }
+
+/// Given agents of project B in two environments whose `postgres-2pc` databases live on
+/// one PostgreSQL server, and prod's B holding a prepared migration transaction (its
+/// vote awaits prod's decision), when the default environment's B restarts, then it
+/// starts and leaves prod's prepared transaction alone: `pg_prepared_xacts` lists the
+/// whole server, and a restart rolls back only what its own database holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_2pc_a_restart_leaves_the_prepared_transactions_of_other_databases_alone() {
+    let pg = Postgres::start();
+    let mut c = Cluster::new().await;
+    let flags = |db: &str| {
+        vec![
+            "--database".to_string(),
+            pg.url(db),
+            "--migration-mode".into(),
+            "postgres-2pc".into(),
+            "--ask-decision-after".into(),
+            "1h".into(),
+        ]
+    };
+    for db in ["dev_b", "prod_b"] {
+        pg.create_database(db).await;
+    }
+    let (dev, prod) = (flags("dev_b"), flags("prod_b"));
+    c.add_agent_with("B", &dev).await;
+    c.add_env_agent_with("prod", "B", &prod).await;
+    let build = c.dir.path().join("build-T9B");
+    std::fs::create_dir_all(build.join("migrations")).unwrap();
+    for (name, text) in standard("B", 1) {
+        std::fs::write(build.join("migrations").join(name), text).unwrap();
+    }
+    let vote = c
+        .agent("prod/B")
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            transaction_id: "T9".into(),
+            project: "B".into(),
+            environment: "prod".into(),
+            version: "T9B".into(),
+            artifact: build.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vote.vote, pb::Vote::Prepared as i32, "{vote:?}");
+    assert_eq!(pg.prepared_gids().await, ["lockstep:B:T9"]);
+
+    c.agent_mut("B").server.restart().await;
+
+    assert!(c.agent("B").status().await.staged.is_empty());
+    assert_eq!(
+        pg.prepared_gids().await,
+        ["lockstep:B:T9"],
+        "prod's vote still holds"
+    );
+}

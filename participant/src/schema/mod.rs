@@ -374,7 +374,9 @@ impl Schema {
     }
 
     async fn is_prepared(&self, tx: &str) -> Result<bool, String> {
-        let row = sqlx::query("SELECT COUNT(*) FROM pg_prepared_xacts WHERE gid = $1")
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
+        )
             .bind(self.gid(tx))
             .fetch_one(&self.pool)
             .await
@@ -470,17 +472,20 @@ impl Schema {
     }
 
     /// After a restart in `postgres-2pc` mode: every prepared transaction of this
-    /// project that the agent never voted PREPARED for is rolled back (it promised
-    /// nothing). Those in `prepared` stay until the coordinator's decision.
+    /// project in this database that the agent never voted PREPARED for is rolled back
+    /// (it promised nothing); another database's (the same project's agent of another
+    /// environment on the same server) is left alone. Those in `prepared` stay until the coordinator's decision.
     pub async fn recover(&self, prepared: &[String]) -> Result<(), String> {
         if self.mode != Mode::PostgresTwoPhase {
             return Ok(());
         }
         let prefix = format!("lockstep:{}:", self.project);
-        let rows = sqlx::query("SELECT gid FROM pg_prepared_xacts")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        // The view lists the whole server: only this database's are ours to judge.
+        let rows =
+            sqlx::query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         for row in rows {
             let gid: String = row.try_get(0).map_err(db_err)?;
             let Some(tx) = gid.strip_prefix(&prefix) else {
