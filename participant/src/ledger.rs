@@ -97,6 +97,13 @@ impl Ledger {
         Ok(Self { kv, writer, open })
     }
 
+    /// Resolves when a write or sync of the ledger failed: the store refuses every
+    /// later write, so the agent must stop (and recover from what is durable at its
+    /// restart) rather than answer orders it can no longer record.
+    pub async fn failed(&self) -> String {
+        self.writer.failed().await
+    }
+
     /// The record of `tx`, if any.
     pub fn get(&self, tx: &str) -> Result<Option<Entry>, StoreError> {
         if let Some(entry) = self.open_entries().get(tx) {

@@ -181,12 +181,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
+    let ledger = participant.ledger().clone();
+    let failed = async move { format!("the agent's ledger failed: {}", ledger.failed().await) };
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
         server::serve(listener, tls, participant, access, async move {
             let _ = told.await;
         })
     };
-    let served = shutdown::serve_until_stopped(stop, serve, std::future::pending());
+    let served = shutdown::serve_until_stopped(stop, serve, failed);
     if let Err(error) = served.await.and(store.sync().map_err(|e| e.to_string())) {
         eprintln!("stopping: {error}");
         telemetry.flush();
