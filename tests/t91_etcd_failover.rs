@@ -587,3 +587,35 @@ async fn a_standby_reads_through_the_leaders_permission_table() {
     let projects = s.cli(&admin(), &["project", "list"]).await;
     assert!(projects.stdout.contains('B'), "B stays: {projects:?}");
 }
+
+/// Given a leader and a standby on one etcd member, when etcd is down for longer than
+/// the lease (the leader stops: it lost its lease), then the standby, whose campaign
+/// met nothing but etcd errors meanwhile, is still there, and it leads once etcd is
+/// back: a standby does not give up on a transient outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_outlives_an_etcd_outage_and_takes_over_after_it() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let mut member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = family_at_t1(&member, "outage").await;
+    let log = c.dir.path().join("standby.log");
+    let program = bin("lockstep-coordinator");
+    let port = support::free_port();
+    let standby = Server::start_standby("standby", program, args, Vec::new(), log, port);
+    wait_for("the standby to wait for its turn", || async {
+        standby.log().contains("waiting to take over").then_some(())
+    })
+    .await;
+
+    member.kill9();
+    c.coordinator.exited().await;
+    member.restart().unwrap();
+
+    wait_for("the standby to lead", || async {
+        standby.leads().await.then_some(())
+    })
+    .await;
+    c.coordinator = standby;
+    c.release("T2", &["A=T2A", "B=T2B", "C=T2C"], 0).await;
+    let at_t2 = Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")]);
+    assert_eq!(c.live(), at_t2);
+}

@@ -42,7 +42,7 @@ pub fn open_etcd(
     target: &EtcdTarget,
     me: &str,
     ttl: Duration,
-    waiting: impl Fn(&str) + Send + 'static,
+    waiting: impl Fn(&str) + Send + Sync + 'static,
 ) -> Result<(Arc<EtcdKv>, Lead), StoreError> {
     let kv = EtcdKv::open(target, tables::ALL)?;
     let lead = kv.lead(me, ttl, waiting)?;

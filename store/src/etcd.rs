@@ -216,7 +216,7 @@ where
 }
 
 /// Whether `e` says the call did not get through, or etcd could not serve it now.
-fn transient(e: &etcd_client::Error) -> bool {
+pub(crate) fn transient(e: &etcd_client::Error) -> bool {
     use tonic::Code;
     match e {
         etcd_client::Error::GRpcStatus(s) => matches!(

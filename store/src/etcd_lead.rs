@@ -18,7 +18,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     StoreError,
-    etcd::{EtcdKv, Fence, wait, wait_retrying},
+    etcd::{EtcdKv, Fence, transient, wait, wait_retrying},
 };
 
 /// This instance leads: its term, and how it hears that it no longer does.
@@ -58,10 +58,10 @@ impl EtcdKv {
         &self,
         me: &str,
         ttl: Duration,
-        waiting: impl Fn(&str) + Send + 'static,
+        waiting: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Lead, StoreError> {
         let (client, key, me) = (self.client(), self.leader_key(), me.to_string());
-        let campaign = campaign(client, key, me, ttl, waiting);
+        let campaign = campaign_until_leading(client, key, me, ttl, waiting);
         let lead = wait(&self.runtime(), campaign)
             .map_err(|e| StoreError::Etcd(format!("campaigning for leadership: {e}")))?;
         self.set_fence(Some(Fence {
@@ -85,12 +85,36 @@ impl EtcdKv {
     }
 }
 
+/// How long a standby waits before it campaigns again after etcd failed it.
+const CAMPAIGN_AGAIN: Duration = Duration::from_millis(500);
+
+/// Campaigns until this instance leads. An etcd outage (a call that does not get
+/// through, or this instance's lease lost while it waited) starts a new campaign on a
+/// new lease once etcd answers again: a standby outlives the outage it is there for.
+async fn campaign_until_leading(
+    client: Client,
+    key: Vec<u8>,
+    me: String,
+    ttl: Duration,
+    waiting: impl Fn(&str),
+) -> Result<Lead, etcd_client::Error> {
+    loop {
+        match campaign(client.clone(), key.clone(), me.clone(), ttl, &waiting).await {
+            Err(e) if transient(&e) || matches!(e, etcd_client::Error::LeaseKeepAliveError(_)) => {
+                tracing::warn!("campaigning for leadership: {e}; campaigning again");
+                tokio::time::sleep(CAMPAIGN_AGAIN).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 async fn campaign(
     mut client: Client,
     key: Vec<u8>,
     me: String,
     ttl: Duration,
-    waiting: impl Fn(&str),
+    waiting: &impl Fn(&str),
 ) -> Result<Lead, etcd_client::Error> {
     let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let granted = client.lease_grant(seconds, None).await?;
@@ -150,9 +174,12 @@ async fn keep_alive(
     let expires = Instant::now() + ttl;
     keeper.stream = Some(keeper.client.lease_keep_alive(lease).await?);
     let (tx, rx) = watch::channel(None);
+    // Ends when nobody listens any more (a campaign given up for a new one).
     tokio::spawn(async move {
-        let why = keeper.run(expires).await;
-        let _ = tx.send(Some(why));
+        tokio::select! {
+            why = keeper.run(expires) => drop(tx.send(Some(why))),
+            () = tx.closed() => {}
+        }
     });
     Ok(rx)
 }
