@@ -519,3 +519,39 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
     let (_, list) = call(admin.get(format!("{api}/releases"))).await;
     assert_eq!(list["transactions"].as_array().unwrap().len(), 2, "{list}");
 }
+
+/// Given the admin's browser holding its client certificate, when a page of another
+/// site makes it POST a release (a plain-text body needs no CORS preflight, and the
+/// browser presents its certificate to any page's request), then the API refuses it,
+/// 403 naming the origin, and writes nothing (CSRF); the same request from the
+/// console's own origin, or from a client that is not a browser, is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_another_site_cannot_act_through_a_browsers_certificate() {
+    let (s, api) = cluster().await;
+    let http = client(&s, Some("admin"));
+    let own = api.trim_end_matches("/api/v1").to_string();
+    let release = |id: &str| {
+        let body = json!({"id": id, "components": [{"project": "B", "version": "1.0"}]});
+        http.post(format!("{api}/releases"))
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+    };
+    for (id, header, value) in [
+        ("X1", "origin", "https://evil.example"),
+        ("X2", "sec-fetch-site", "cross-site"),
+        ("X3", "origin", "null"),
+    ] {
+        let (status, body) = call(release(id).header(header, value)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{header}: {value}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(value), "{body}");
+        let (status, _) = call(http.get(format!("{api}/releases/{id}"))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id} was never written");
+    }
+    let same = release("X4")
+        .header("origin", &own)
+        .header("sec-fetch-site", "same-origin");
+    let (status, body) = call(same).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(release("X5")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

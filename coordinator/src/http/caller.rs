@@ -20,6 +20,8 @@ use crate::access::{Principal, principal_of};
 pub struct Caller {
     headers: HeaderMap,
     peer: Peer,
+    /// The authority the request was made to (HTTP/2's `:authority`, else `Host`).
+    authority: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -27,7 +29,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<Peer>>();
+        let host = parts.headers.get("host").and_then(|v| v.to_str().ok());
+        let authority = parts.uri.authority().map(|a| a.as_str()).or(host);
         Ok(Caller {
+            authority: authority.map(str::to_string),
             headers: parts.headers.clone(),
             peer: peer.map(|c| c.0.clone()).unwrap_or_default(),
         })
@@ -46,6 +51,7 @@ impl Caller {
         api: &Api,
         fields: Result<Map<String, Value>, Status>,
     ) -> Result<tonic::Request<T>, Status> {
+        same_site(&self.headers, self.authority.as_deref())?;
         let mut request = tonic::Request::new(());
         for name in CARRIED {
             let given = self.headers.get(name).and_then(|v| v.to_str().ok());
@@ -70,6 +76,31 @@ impl Caller {
     pub fn principal(&self, api: &Api) -> Result<Principal, Status> {
         let request = self.request::<serde::de::IgnoredAny>(api, Ok(Map::new()))?;
         Ok(principal_of(&request))
+    }
+}
+
+/// Refuses a request a browser made for a page of another site (CSRF): a browser
+/// presents its client certificate to every page's request, and a plain-text POST needs
+/// no CORS preflight, so without this another site's page could act as the person.
+/// Browsers say where a request comes from (`Sec-Fetch-Site`, `Origin`); a client that
+/// is not a browser sends neither and is answered as before.
+fn same_site(headers: &HeaderMap, authority: Option<&str>) -> Result<(), Status> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refused = |what: String| {
+        Status::permission_denied(format!(
+            "{what}: the HTTP API answers its own console's pages and clients that are not browsers, never a page of another site"
+        ))
+    };
+    if let Some(site) = header("sec-fetch-site").filter(|s| !matches!(*s, "same-origin" | "none")) {
+        return Err(refused(format!("sec-fetch-site: {site}")));
+    }
+    let Some(origin) = header("origin") else {
+        return Ok(());
+    };
+    let from = origin.split_once("://").map(|(_, a)| a);
+    match (from, authority) {
+        (Some(from), Some(to)) if from.eq_ignore_ascii_case(to) => Ok(()),
+        _ => Err(refused(format!("origin: {origin}"))),
     }
 }
 
