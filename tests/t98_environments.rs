@@ -500,3 +500,45 @@ async fn a_pipeline_file_declares_projects_applied_diffed_and_dry_run() {
     );
     assert_eq!(projects_in(&c, "default").await.len(), 1, "A untouched");
 }
+
+/// Given A registered requiring B and C, when a pipeline file names A with its
+/// endpoint only (no `requires` key), then A keeps B and C (the dry run says
+/// unchanged) and a release of A alone is still refused for want of them; only
+/// `requires = []` drops them, and the dry run shows that change first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_file_without_requires_never_drops_a_parents_children() {
+    let c = Cluster::family().await;
+    let a = c.agent("A").server.url();
+    let path = c.dir.path().join("pipeline.toml");
+    let file = |requires: &str| {
+        let text = format!(
+            "[[environment]]\nname = \"default\"\n  [[environment.project]]\n  name = \"A\"\n  endpoint = \"{a}\"\n{requires}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+
+    let silent = file("");
+    let dry = c.cli(&["env", "apply", "-f", &silent, "--dry-run"]).await;
+    assert!(
+        dry.stdout.contains("= project default/A: unchanged"),
+        "{dry:?}"
+    );
+    let applied = c.cli(&["env", "apply", "-f", &silent]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert_eq!(children_of_a(&c).await, ["B", "C"]);
+    let alone = c.cli(&["release", "create", "T1", "A=T1A"]).await;
+    assert_eq!(alone.code, 1, "A alone still needs its children: {alone:?}");
+
+    let dropped = file("  requires = []\n");
+    let dry = c.cli(&["env", "apply", "-f", &dropped, "--dry-run"]).await;
+    assert!(dry.stdout.contains("~ project default/A"), "{dry:?}");
+    let applied = c.cli(&["env", "apply", "-f", &dropped]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(children_of_a(&c).await.is_empty());
+}
+
+async fn children_of_a(c: &Cluster) -> Vec<String> {
+    let projects = projects_in(c, "default").await;
+    projects.into_iter().find(|p| p.0 == "A").unwrap().2
+}

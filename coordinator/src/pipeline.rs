@@ -61,6 +61,9 @@ pub struct Declared {
     pub environments: Vec<EnvironmentRecord>,
     /// Its projects, per environment in file order.
     pub projects: Vec<ProjectRecord>,
+    /// The projects whose entry has no `requires` key: a registered one keeps its
+    /// children (see `Registry::apply_pipeline`).
+    pub requires_unset: Vec<(Environment, ProjectName)>,
 }
 
 #[derive(Deserialize)]
@@ -97,10 +100,16 @@ pub fn parse(
         |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let mut records: Vec<EnvironmentRecord> = Vec::new();
     let mut projects: Vec<ProjectRecord> = Vec::new();
+    let mut requires_unset = Vec::new();
     for (i, entry) in file.environment.iter().enumerate() {
         let record = environment(entry, &format!("environment[{i}]"), &at)?;
         let key = format!("environment[{i}].project");
         projects.extend(projects_of(&record.name, &entry.project, &key, &at)?);
+        let unset = entry.project.iter().filter(|p| p.requires.is_none());
+        for p in unset {
+            let name = ProjectName::parse(&key, p.name.get_ref())?;
+            requires_unset.push((record.name.clone(), name));
+        }
         if records.iter().any(|r| r.name == record.name) {
             let key = format!("line {}: environment[{i}].name", at(entry.name.span()));
             return Err(FieldError::new(
@@ -114,6 +123,7 @@ pub fn parse(
     Ok(Declared {
         environments: records,
         projects,
+        requires_unset,
     })
 }
 

@@ -33,7 +33,8 @@ impl Registry {
     /// applied: (environment, project, endpoint).
     pub fn pipeline_endpoints(&self, text: &str) -> Result<Vec<ProjectRecord>> {
         let s = self.state();
-        let declared = pipeline::parse(text, &s.environments)?;
+        let mut declared = pipeline::parse(text, &s.environments)?;
+        keep_children(&s, &mut declared);
         let current = |p: &ProjectRecord| {
             let env = s.projects.get(&p.environment);
             env.and_then(|m| m.get(&p.name)).map(|r| r.endpoint.clone())
@@ -52,7 +53,8 @@ impl Registry {
     pub async fn apply_pipeline(&self, text: &str, dry_run: bool, actor: &str) -> Result<Applied> {
         let (written, outcome) = {
             let mut s = self.state();
-            let declared = pipeline::parse(text, &s.environments)?;
+            let mut declared = pipeline::parse(text, &s.environments)?;
+            keep_children(&s, &mut declared);
             check_projects(&s, &declared.projects)?;
             let mut changes = pipeline::diff(&s.environments, &declared.environments);
             changes.extend(pipeline::diff_projects(&s.projects, &declared.projects));
@@ -78,6 +80,21 @@ impl Registry {
         };
         written.await?;
         Ok(outcome)
+    }
+}
+
+/// A registered project the file names without `requires` keeps the children it is
+/// registered with; only `requires = [...]` changes them (`[]` drops them), as `project
+/// update` changes only what it is given. A key left out never drops a parent's
+/// children, and with them the rule that they go live first.
+fn keep_children(s: &State, declared: &mut Declared) {
+    let unset = &declared.requires_unset;
+    for p in &mut declared.projects {
+        let key = (p.environment.clone(), p.name.clone());
+        let registered = s.projects.get(&p.environment).and_then(|m| m.get(&p.name));
+        if let Some(r) = registered.filter(|_| unset.contains(&key)) {
+            p.requires.clone_from(&r.requires);
+        }
     }
 }
 
