@@ -683,3 +683,31 @@ async fn events_until_a1_commits(who: &mut Reader) -> Vec<pb::Event> {
         }
     }
 }
+
+/// Given an admin token that made another token (no subject of its own, so it acts as
+/// the first one's holder), when the first is revoked, then the one it made is refused
+/// too, naming the revoked token: revoking a credential revokes what it handed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_made_by_a_revoked_token_is_refused_too() {
+    let s = Secure::start(&["A"], &[]).await;
+    let (parent_id, parent) = s.token(&["--role", "admin", "--ttl", "1h"]).await;
+    let made = s
+        .cli(
+            &As::Token(parent),
+            &["token", "create", "--role", "viewer", "-o", "json"],
+        )
+        .await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let child = made.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(s.cli(&As::Token(child.clone()), &["live"]).await.code, 0);
+
+    let out = s.cli(&admin(), &["token", "revoke", &parent_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let out = s.cli(&As::Token(child), &["live"]).await;
+    refused(&out, "Unauthenticated");
+    assert!(
+        out.stderr.contains(&format!("token {parent_id}")) && out.stderr.contains("revoked"),
+        "{out:?}"
+    );
+}

@@ -239,6 +239,15 @@ impl Access {
     }
 }
 
+/// The ids of the tokens an actor acted through, oldest first: `alice (token t1) (token
+/// t2)` is alice through t1, which made t2. Revoking any of them revokes what it made.
+pub fn tokens_in(actor: &str) -> impl Iterator<Item = &str> {
+    actor
+        .split(" (token ")
+        .skip(1)
+        .filter_map(|part| part.split(')').next())
+}
+
 fn anyone() -> Principal {
     Principal {
         actor: String::new(),
@@ -257,6 +266,12 @@ impl Secure {
         if revoked.contains(&claims.jti) {
             return Err(Status::unauthenticated(format!(
                 "token {} was revoked",
+                claims.jti
+            )));
+        }
+        if let Some(maker) = tokens_in(&claims.sub).find(|t| revoked.contains(*t)) {
+            return Err(Status::unauthenticated(format!(
+                "token {} was made by token {maker}, which was revoked",
                 claims.jti
             )));
         }
@@ -326,4 +341,14 @@ fn list(text: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn an_actor_names_every_token_it_acted_through_oldest_first() {
+        let ids: Vec<&str> = super::tokens_in("alice (token t1) (token t2)").collect();
+        assert_eq!(ids, ["t1", "t2"]);
+        assert_eq!(super::tokens_in("bob").count(), 0);
+    }
 }

@@ -294,13 +294,16 @@ impl Registry {
     /// revoked since: a revoked credential acts no more, not even through what it
     /// set going.
     fn creator_not_revoked(&self, upstream: &TxRecord, id: &str) -> Result<()> {
-        let token = upstream.created_by.rsplit_once(" (token ");
-        let Some(token) = token.and_then(|(_, t)| t.strip_suffix(')')) else {
+        let mut revoked = None;
+        for token in crate::access::tokens_in(&upstream.created_by) {
+            if self.tables().token(token)?.is_some_and(|t| t.revoked) {
+                revoked = Some(token);
+                break;
+            }
+        }
+        let Some(token) = revoked else {
             return Ok(());
         };
-        if !self.tables().token(token)?.is_some_and(|t| t.revoked) {
-            return Ok(());
-        }
         Err(CoordinatorError::Denied(format!(
             "{id} acts for the upstream release's creator {}, whose token {token} was revoked",
             upstream.created_by
