@@ -235,6 +235,25 @@ async fn an_agent_restarted_while_the_release_is_undecided_keeps_waiting_then_ab
     assert_eq!(c.agent("A").releases(), ["T1A"]);
 }
 
+/// Prepares `project`'s agent for `tx` at `version` directly, as a coordinator whose
+/// record of `tx` a crash then lost would have.
+async fn prepare_unrecorded(c: &Cluster, project: &str, tx: &str, version: &str) {
+    let vote = c
+        .agent(project)
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            transaction_id: tx.into(),
+            project: project.into(),
+            version: version.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vote.vote, pb::Vote::Prepared as i32);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_participant_prepared_for_a_transaction_the_coordinator_lost_asks_and_aborts() {
     // As if the coordinator crashed before T9's creation became durable: B holds a
@@ -243,20 +262,7 @@ async fn a_participant_prepared_for_a_transaction_the_coordinator_lost_asks_and_
     c.add_agent_with("B", &["--ask-decision-after".into(), "100ms".into()])
         .await;
     c.register("B", &[]).await;
-    let vote = c
-        .agent("B")
-        .client()
-        .await
-        .prepare(pb::PrepareRequest {
-            transaction_id: "T9".into(),
-            project: "B".into(),
-            version: "T9B".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(vote.vote, pb::Vote::Prepared as i32);
+    prepare_unrecorded(&c, "B", "T9", "T9B").await;
     assert_eq!(c.agent("B").releases(), ["T9B"]);
 
     // B never decides alone: it asks, hears ABORT (presumed abort), and undoes.
@@ -350,20 +356,7 @@ async fn a_participant_prepared_for_a_lost_transaction_whose_id_was_given_again_
     c.add_agent_with("B", &["--ask-decision-after".into(), "2s".into()])
         .await;
     c.register("B", &[]).await;
-    let vote = c
-        .agent("B")
-        .client()
-        .await
-        .prepare(pb::PrepareRequest {
-            transaction_id: "T9".into(),
-            project: "B".into(),
-            version: "T9B".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(vote.vote, pb::Vote::Prepared as i32);
+    prepare_unrecorded(&c, "B", "T9", "T9B").await;
 
     c.release("T9", &["A=T9A"], 0).await;
 
