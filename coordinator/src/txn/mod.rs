@@ -817,8 +817,9 @@ fn order(p: &Participant, message: Message) -> Order {
 /// decision, but only in its turn (PRODUCT.md: phase 2 goes in dependency waves). A
 /// parent asking before every child acknowledged COMMIT hears "undecided, ask again",
 /// so it can never go live before its children by asking instead of waiting; the same
-/// for ABORT, parents first. A caller that names no project, or one that takes no part,
-/// hears the decision as it is.
+/// for ABORT, parents first. A caller that names no project hears the decision as it
+/// is; one that takes no part, or asks from another environment, hears ABORT (see
+/// [`Asker`]).
 pub fn decision_for(record: &TxRecord, asker: Asker<'_>) -> Decision {
     if !asker.may_hold(record) {
         return Decision::Abort;
