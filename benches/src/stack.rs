@@ -258,6 +258,8 @@ pub async fn etcd_coordinator(url: &str) -> anyhow::Result<Stack> {
         term: u64::try_from(lead.term).unwrap_or_default(),
         ..Config::default()
     };
+    // The lease is renewed while someone waits on its loss, as the binary does.
+    tokio::spawn(async move { eprintln!("bench leader: {}", lead.lost().await) });
     serving(kv, None, config).await
 }
 

@@ -21,7 +21,9 @@ use crate::{
     etcd::{EtcdKv, Fence, transient, wait, wait_retrying},
 };
 
-/// This instance leads: its term, and how it hears that it no longer does.
+/// This instance leads: its term, and how it hears that it no longer does. Keep it
+/// (or a wait on [`Lead::lost`]) for as long as it serves: once it is dropped the
+/// lease is no longer renewed, as for a campaign given up.
 pub struct Lead {
     /// The leadership key's create revision: the term every write is fenced on.
     pub term: i64,

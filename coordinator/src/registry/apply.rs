@@ -33,8 +33,7 @@ impl Registry {
     /// applied: (environment, project, endpoint).
     pub fn pipeline_endpoints(&self, text: &str) -> Result<Vec<ProjectRecord>> {
         let s = self.state();
-        let mut declared = pipeline::parse(text, &s.environments)?;
-        keep_children(&s, &mut declared);
+        let declared = pipeline::parse(text, &s.environments)?;
         let current = |p: &ProjectRecord| {
             let env = s.projects.get(&p.environment);
             env.and_then(|m| m.get(&p.name)).map(|r| r.endpoint.clone())
