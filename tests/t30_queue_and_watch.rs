@@ -323,6 +323,82 @@ async fn wait_has_one_deadline_from_the_call_and_says_where_the_release_stands()
     c.wait_state("T7", TransactionState::Committed).await;
 }
 
+/// Review finding of stop 51: a move back is checked over its family (the projects
+/// `requires` connects it to), but it held only its own projects, so a release of
+/// another project of the family could go live beside it unchecked. Given T1 (A B C)
+/// then T2C live and T3 (B=T3B) preparing, when T4 moves C back to T1C (which ran with
+/// B at T1B, the version T3 replaces), then T4 waits for T3, and at its turn, with T3B
+/// live, T1A T3B T1C never ran together: T4 is refused and nothing of it goes live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_back_waits_for_its_family_and_is_checked_again_at_its_turn() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["C=T2C"], 0).await;
+    c.block("B");
+    let started = c.cli(&["release", "create", "T3", "B=T3B"]).await;
+    assert_eq!(started.code, 0, "{started:?}");
+    c.wait_state("T3", TransactionState::Preparing).await;
+    let back = c
+        .cli(&["release", "create", "T4", "C=T1C", "-o", "json"])
+        .await;
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        back.json()["transaction"]["reason"],
+        "waiting for T3, which holds project B"
+    );
+    c.heal("B");
+    c.wait_state("T3", TransactionState::Committed).await;
+    let t4 = c.wait_state("T4", TransactionState::Aborted).await;
+    assert!(
+        t4.reason.contains("while it was queued the state changed"),
+        "{t4:?}"
+    );
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T3B"), ("C", "T2C")])
+    );
+}
+
+/// The other order of the same finding: a release of a project in a move back's
+/// family waits until the move back has ended, so the move back goes live beside the
+/// versions it was checked against. Given T3 moving C back to T1C and preparing, when
+/// T4 releases B, then T4 waits for T3 (which holds B), and goes only after T3 commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_in_a_move_backs_family_waits_for_it() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["C=T2C"], 0).await;
+    c.block("C");
+    let back = c.cli(&["release", "create", "T3", "C=T1C"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    c.wait_state("T3", TransactionState::Preparing).await;
+    let later = c
+        .cli(&["release", "create", "T4", "B=T4B", "-o", "json"])
+        .await;
+    assert_eq!(later.code, 0, "{later:?}");
+    assert_eq!(
+        later.json()["transaction"]["reason"],
+        "waiting for T3, which holds project B"
+    );
+    c.heal("C");
+    c.wait_state("T4", TransactionState::Committed).await;
+    let events = c.events().await;
+    let seq = |tx: &str, kind: EventKind| {
+        let found = events
+            .iter()
+            .find(|e| e.transaction_id == tx && e.kind == kind as i32);
+        found.unwrap_or_else(|| panic!("no {kind:?} for {tx}")).seq
+    };
+    assert!(
+        seq("T3", EventKind::TransactionCommitted) < seq("T4", EventKind::PrepareStarted),
+        "T4 prepared only after the move back was decided"
+    );
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T4B"), ("C", "T1C")])
+    );
+}
+
 /// Issue 27 (small things): `release watch` with no `--from` replayed the whole log.
 /// Given T1 committed, when a watcher starts without `--from` and releases follow,
 /// then the first event it prints is a new one, never T1's: it follows from now on.

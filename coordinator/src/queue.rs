@@ -129,6 +129,12 @@ impl Queue {
         out
     }
 
+    /// The projects `tx` holds now.
+    pub fn held_by(&self, tx: &TxId) -> BTreeSet<ProjectName> {
+        let held = self.holders.iter().filter(|(_, holder)| *holder == tx);
+        held.map(|((_, project), _)| project.clone()).collect()
+    }
+
     fn take(&mut self, tx: &TxId, keys: &BTreeSet<Key>) {
         for key in keys {
             self.holders.insert(key.clone(), tx.clone());

@@ -77,6 +77,10 @@ pub struct Plan {
     pub reverts: Vec<TxId>,
     /// Checkpoint a rollback restores.
     pub rollback_to: u64,
+    /// Projects outside the participants whose live versions a rule read (a move
+    /// back's family): held with the participants while the transaction runs, so
+    /// what the rule saw stays live until the decision.
+    pub reads: BTreeSet<ProjectName>,
 }
 
 impl Plan {
@@ -102,6 +106,13 @@ impl Plan {
             .iter()
             .map(|p| p.project.clone())
             .collect()
+    }
+
+    /// The projects it holds while it runs: those taking part and those its rules read.
+    pub fn held(&self) -> BTreeSet<ProjectName> {
+        let mut held = self.projects();
+        held.extend(self.reads.iter().cloned());
+        held
     }
 }
 

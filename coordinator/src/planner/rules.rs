@@ -125,7 +125,7 @@ pub(super) fn compatibility(
         let detail = "no project moves back to an older version".into();
         return Ok((compatible(detail), false));
     }
-    let family = view.family(&targets.keys().cloned().collect());
+    let family = family_read(view, targets, &downgrades);
     let result = outcome(view, &family, targets);
     if let Some(cp) = checkpoint_matching(view, &result)? {
         let detail = format!(
@@ -153,6 +153,29 @@ pub(super) fn compatibility(
         let detail = format!("{detail}; or pass --force to go live anyway");
         (incompatible(detail), false)
     })
+}
+
+/// The projects whose live versions `compatibility` reads beyond `targets`: a move
+/// back's whole family (what the result is checked over), nothing otherwise.
+pub(super) fn read_beyond(
+    view: &View<'_>,
+    targets: &BTreeMap<ProjectName, Target>,
+) -> Result<BTreeSet<ProjectName>> {
+    let mut family = family_read(view, targets, &downgrades(view, targets)?);
+    family.retain(|p| !targets.contains_key(p));
+    Ok(family)
+}
+
+/// The family a move back is checked over (none without one).
+fn family_read(
+    view: &View<'_>,
+    targets: &BTreeMap<ProjectName, Target>,
+    downgrades: &Downgrades<'_>,
+) -> BTreeSet<ProjectName> {
+    match downgrades.is_empty() {
+        true => BTreeSet::new(),
+        false => view.family(&targets.keys().cloned().collect()),
+    }
 }
 
 /// The targets that move a project back to a version it had live before.

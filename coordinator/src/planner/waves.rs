@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lockstep::names::{ProjectName, TxId};
 
-use super::{Plan, Precondition, Target, View};
+use super::{Plan, Precondition, Target, View, rules::read_beyond};
 use crate::{error::Result, model::Participant};
 
 /// Phase 2 waves: a project goes in the wave after the last of its children taking part
@@ -59,6 +59,7 @@ pub(super) fn build(
     reverts: Vec<TxId>,
     rollback_to: u64,
 ) -> Result<Plan> {
+    let reads = read_beyond(view, &targets)?;
     let waves = waves(view, &targets.keys().cloned().collect());
     let wave_of: BTreeMap<&ProjectName, u32> = waves
         .iter()
@@ -77,6 +78,7 @@ pub(super) fn build(
         forced,
         reverts,
         rollback_to,
+        reads,
     })
 }
 

@@ -126,7 +126,7 @@ impl Registry {
         let (s, plan) = self.plan_for(&spec.environment, &spec.request);
         let plan = plan?;
         authorize(&plan)?;
-        let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
+        let waits_for = s.queue.holders_of(&spec.environment, &plan.held());
         Ok((plan, waits_for))
     }
 
@@ -136,7 +136,7 @@ impl Registry {
         spec: &CreateSpec,
         plan: Plan,
     ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
-        let waits_for = s.queue.holders_of(&spec.environment, &plan.projects());
+        let waits_for = s.queue.holders_of(&spec.environment, &plan.held());
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
         }
@@ -148,8 +148,9 @@ impl Registry {
         s.next_ordinal += 1;
         let mut record = self.new_record(id.clone(), ordinal, spec, &plan);
         record.steps = verify_steps(s, spec);
-        let projects = plan.projects();
-        let blocked = s.queue.enqueue(ordinal, id, &record.environment, projects);
+        let blocked = s
+            .queue
+            .enqueue(ordinal, id, &record.environment, plan.held());
         let (record, written) = self.start(s, record, blocked);
         let created = Created {
             transaction: Some(record),
@@ -299,6 +300,7 @@ fn replay(s: &State, existing: TxRecord, spec: &CreateSpec) -> Result<Created> {
         forced: existing.forced,
         reverts: existing.reverts.clone(),
         rollback_to: existing.rollback_to,
+        reads: Default::default(),
     };
     let blocked = s
         .active

@@ -317,9 +317,14 @@ impl Registry {
                 "while it was queued the state changed; {}",
                 plan.refusal()
             )),
-            Ok(plan) if plan.projects() != record.projects().cloned().collect() => Turn::Refused(
+            Ok(plan)
+                if plan.projects() != record.projects().cloned().collect()
+                    || !plan.held().is_subset(&s.queue.held_by(id)) =>
+            {
+                Turn::Refused(
                 "while it was queued the state changed so that it would need other projects than the ones it queued for; create it again".into(),
-            ),
+            )
+            }
             Ok(plan) => Turn::Go(Some(Box::new(plan))),
         }
     }

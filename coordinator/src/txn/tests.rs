@@ -170,6 +170,7 @@ fn the_turn_hands_over_the_whole_replanned_plan() {
         forced: true,
         reverts: vec![TxId::parse("id", "T3").unwrap()],
         rollback_to: 0,
+        reads: Default::default(),
     };
     m.start(Turn::Go(Some(Box::new(plan.clone()))));
     let r = m.record();
