@@ -890,6 +890,55 @@ async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
     drop(site);
 }
 
+/// Review finding of stop 51: at start the coordinator created the automatic revert
+/// of a failure on each environment's newest checkpoint only. Given P2 soaking in
+/// production and P3 (another project) committed after it, when P2 fails its live
+/// check and the coordinator dies right after writing that (crash point
+/// `after-live-check-failed`), then after the restart P2 is still reverted: P1's
+/// versions run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_cut_off_by_a_crash_is_created_after_the_restart() {
+    let (_dir, broken, site, pipeline) = live_site("production", "4s", "revert");
+    let mut c = with_pipeline(&pipeline).await;
+    for project in PROJECTS.into_iter().chain(["other"]) {
+        env_agent(&mut c, "production", project, &[], &[]).await;
+    }
+    let other = |id: &str| format!("other={id}o");
+    let p1 = ["-e", "production", "release", "create", "P1", "other=P1o"];
+    let p1 = [
+        &p1[..],
+        &["foobar-backend=P1b", "foobar-frontend=P1f", "--wait"],
+    ]
+    .concat();
+    assert_eq!(c.cli(&p1).await.code, 0);
+    live_check_is(&c, "P1", "passed").await;
+    let crash = vec![("LOCKSTEP_CRASH_AT".into(), "after-live-check-failed".into())];
+    c.coordinator.restart_with(crash).await;
+
+    std::fs::write(&broken, "").unwrap();
+    production_release(&c, "P2").await;
+    let p3 = other("P3");
+    let p3 = ["-e", "production", "release", "create", "P3", &p3, "--wait"];
+    assert_eq!(c.cli(&p3).await.code, 0);
+    assert_eq!(
+        c.transaction("P2").await.live_check,
+        "soaking",
+        "P3 committed while P2 soaked"
+    );
+    c.coordinator.exited().await;
+    c.coordinator.restart_with(Vec::new()).await;
+
+    let revert = reverting(&c, "P2").await;
+    c.wait_state(&revert.id, TransactionState::Committed).await;
+    let agent = |p: &str| c.agent(&format!("production/{p}")).live();
+    assert_eq!(
+        [agent("foobar-backend"), agent("foobar-frontend")],
+        [Some("P1b".to_string()), Some("P1f".to_string())],
+        "back at P1"
+    );
+    drop(site);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_is_promoted_only_once_its_live_check_passed() {
     let (_dir, _, site, staging) = live_site("staging", "3s", "revert");

@@ -3,6 +3,9 @@
 
 pub use lockstep::crash::point;
 
+/// After a failed live check and the revert it owes are written, before the revert is
+/// created.
+pub const AFTER_LIVE_CHECK_FAILED: &str = "after-live-check-failed";
 /// After every vote has arrived and before the decision is written.
 pub const BEFORE_DECISION: &str = "before-decision";
 /// After the COMMIT decision is durable and before any Commit is sent.

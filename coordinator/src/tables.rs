@@ -96,6 +96,9 @@ const INCARNATION_KEY: &[u8] = b"incarnation";
 const TOKEN_KEY: &[u8] = b"token-key";
 /// Prefix of the drift records in [`META`]: `drift/<environment>/<project>`.
 const DRIFT_PREFIX: &[u8] = b"drift/";
+/// Prefix of the automatic reverts owed in [`META`]: `revert-due/<ordinal>` holds the
+/// id of a release whose live check failed, until its revert is created or refused.
+const REVERT_DUE_PREFIX: &[u8] = b"revert-due/";
 /// Set once the data directory was scanned for transactions ended without their end.
 const ENDS_CHECKED_KEY: &[u8] = b"ends-checked-v1";
 
@@ -176,6 +179,13 @@ pub fn project_key(env: &Environment, name: &ProjectName) -> Vec<u8> {
 fn drift_key(env: &Environment, project: &ProjectName) -> Vec<u8> {
     let mut key = DRIFT_PREFIX.to_vec();
     key.extend_from_slice(&project_key(env, project));
+    key
+}
+
+/// The [`META`] key of a release owed its automatic revert.
+fn revert_due_key(ordinal: u64) -> Vec<u8> {
+    let mut key = REVERT_DUE_PREFIX.to_vec();
+    key.extend_from_slice(&ordinal_key(ordinal));
     key
 }
 
@@ -337,6 +347,40 @@ impl Tables {
             .iter()
             .map(|(_, v)| decode(META, v))
             .collect()
+    }
+
+    /// The releases owed an automatic revert (their live check failed, and neither the
+    /// revert nor its refusal is written yet), oldest first.
+    pub fn reverts_due(&self) -> Result<Vec<TxId>, StoreError> {
+        let mut end = REVERT_DUE_PREFIX.to_vec();
+        *end.last_mut().expect("a prefix") += 1;
+        let due = self.kv.scan(
+            META,
+            REVERT_DUE_PREFIX,
+            Some(&end),
+            Order::Ascending,
+            usize::MAX,
+        )?;
+        due.iter()
+            .map(|(_, v)| {
+                let id = String::from_utf8_lossy(v);
+                field(META, TxId::parse("revert-due", &id))
+            })
+            .collect()
+    }
+
+    /// Adds to `batch` that `tx` is owed its automatic revert.
+    pub fn put_revert_due(batch: &mut Batch, tx: &TxRecord) {
+        batch.put(
+            META,
+            revert_due_key(tx.ordinal),
+            tx.id.as_str().as_bytes().to_vec(),
+        );
+    }
+
+    /// Adds to `batch` that `tx`'s automatic revert is created or refused.
+    pub fn delete_revert_due(batch: &mut Batch, tx: &TxRecord) {
+        batch.delete(META, revert_due_key(tx.ordinal));
     }
 
     /// Adds a drift record's put to `batch`.

@@ -6,9 +6,11 @@
 //!
 //! It is outside two-phase commit: the transaction is COMMITTED and stays so; a revert
 //! is a new transaction with every rule of its own. A restart during the soak starts
-//! the newest such check again (soak included), and creates the revert of a failure
-//! recorded just before the crash; a check superseded by a later checkpoint is not run
-//! (that transaction stays `soaking`, and is promoted only with --force).
+//! the newest such check again (soak included); a check superseded by a later
+//! checkpoint is not run (that transaction stays `soaking`, and is promoted only with
+//! --force). A failure is written together with the revert it owes (a `revert-due`
+//! mark, cleared once the revert is created or refused), so a restart creates every
+//! revert a crash cut off, however many releases committed after the failed one.
 
 use std::time::Duration;
 
@@ -46,14 +48,6 @@ impl Registry {
             (LiveCheck::Soaking, Some(stages)) => {
                 let (this, record) = (self.clone(), record.clone());
                 tokio::spawn(async move { this.check_live(record, stages).await });
-            }
-            // A failure recorded just before a crash: its revert (an idempotent retry
-            // of the same id when it exists already).
-            (LiveCheck::Failed(_), Some(stages))
-                if stages.on_live_failure == LiveFailure::Revert =>
-            {
-                let (this, record) = (self.clone(), record.clone());
-                tokio::spawn(async move { this.revert_automatically(&record).await });
             }
             _ => self.auto_promote(record),
         }
@@ -126,7 +120,16 @@ impl Registry {
         let message = format!("{} failed live step {step}: {why}; {then}", record.id);
         let check = LiveCheck::Failed(format!("{step}: {why}"));
         let kind = pb::EventKind::LiveVerifyFailed;
-        if self.record_check(record, check, kind, &step, message).await && revert {
+        let mut owed = Batch::default();
+        if revert {
+            Tables::put_revert_due(&mut owed, record);
+        }
+        if self
+            .record_check_with(owed, record, check, kind, &step, message)
+            .await
+            && revert
+        {
+            crate::crash::point(crate::crash::AFTER_LIVE_CHECK_FAILED);
             self.revert_automatically(record).await;
         }
     }
@@ -141,12 +144,26 @@ impl Registry {
         step: &str,
         message: String,
     ) -> bool {
+        let batch = Batch::default();
+        self.record_check_with(batch, record, check, kind, step, message)
+            .await
+    }
+
+    /// As [`Registry::record_check`], in one write with `batch`.
+    async fn record_check_with(
+        &self,
+        mut batch: Batch,
+        record: &TxRecord,
+        check: LiveCheck,
+        kind: pb::EventKind,
+        step: &str,
+        message: String,
+    ) -> bool {
         let written = async {
             // A mark of its own beside the record, never a read-modify-write of the
             // record: a revert committing now marks it quarantined beside it.
             let mut event = events::event(record, kind, None, message);
             event.step = step.to_string();
-            let mut batch = Batch::default();
             Tables::put_live_check(&mut batch, record.ordinal, &check);
             self.inner
                 .journal
@@ -189,12 +206,25 @@ impl Registry {
             let check = LiveCheck::Failed(message.clone());
             self.record_check(record, check, kind, "", message).await;
         }
+        let mut paid = Batch::default();
+        Tables::delete_revert_due(&mut paid, record);
+        let cleared = self.inner.journal.append(paid, Vec::new(), Durable::Soon);
+        if let Err(e) = cleared.await {
+            tracing::error!(tx = %record.id, "revert-due mark not cleared: {e}");
+        }
     }
 
-    /// At start: the live check a restart interrupted (each environment's newest
-    /// checkpoint only) and the auto-promotions of each upstream's newest verified
-    /// release (idempotent: their ids are deterministic).
+    /// At start: the automatic reverts a restart cut off, the live check it
+    /// interrupted (each environment's newest checkpoint only) and the auto-promotions
+    /// of each upstream's newest verified release (idempotent: their ids are
+    /// deterministic).
     pub fn resume_after_commit(&self) -> Result<()> {
+        for id in self.tables().reverts_due()? {
+            if let Some(record) = self.tables().transaction(&id)? {
+                let this = self.clone();
+                tokio::spawn(async move { this.revert_automatically(&record).await });
+            }
+        }
         let environments: Vec<_> = self.state().environments.keys().cloned().collect();
         for env in environments {
             let Some(cp) = self.tables().latest_checkpoint(&env)? else {
