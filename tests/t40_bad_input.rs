@@ -445,6 +445,56 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
     }
 }
 
+/// Review finding of stop 51: the ids of the coordinator's own transactions are known
+/// in advance (`revert-<release>` after a failed live check,
+/// `promote-<from>-<checkpoint>-to-<to>`), and a caller who took one first made the
+/// automatic revert or promotion refused as ALREADY_EXISTS, leaving a failed release
+/// live. Given T1 and T2 committed, when a release, a revert, a rollback or a
+/// promotion asks for an id beginning with `revert-` or `promote-`, then it is refused
+/// by field and nothing is written; a revert without an id still gets `revert-T2`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ids_of_automatic_transactions_cannot_be_taken_first() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["C=T2C"], 0).await;
+    let head = c.last_seq().await;
+    let mut co = c.client().await;
+    refused(
+        co.create_release(release("revert-T1", vec![component("B", "x")]))
+            .await,
+        Code::InvalidArgument,
+        "id: \"revert-T1\"",
+    );
+    let revert = pb::RevertReleaseRequest {
+        id: "revert-T1".into(),
+        release_id: "T1".into(),
+        ..Default::default()
+    };
+    refused(
+        co.revert_release(revert).await,
+        Code::InvalidArgument,
+        "id:",
+    );
+    let rollback = pb::RollbackRequest {
+        id: "promote-default-1-to-production".into(),
+        revision: 1,
+        ..Default::default()
+    };
+    refused(co.rollback(rollback).await, Code::InvalidArgument, "id:");
+    let promote = pb::PromoteRequest {
+        id: "promote-default-1-to-production".into(),
+        from: "default".into(),
+        to: "production".into(),
+        ..Default::default()
+    };
+    refused(co.promote(promote).await, Code::InvalidArgument, "id:");
+    assert_eq!(c.last_seq().await, head, "nothing written");
+
+    let out = c.cli(&["revert", "T2", "--wait", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["id"], "revert-T2");
+}
+
 /// Defect 5 of issue 25: a release id near the 64-byte limit made `lockstep revert ID`
 /// (no `--id`) fail naming a field the caller never gave. Given a committed release
 /// with a 60-character id, when it is reverted without `--id`, then the revert's

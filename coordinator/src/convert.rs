@@ -74,7 +74,7 @@ fn children(field: &str, names: &[String]) -> Result<Vec<ProjectName>, FieldErro
 /// Validates CreateRelease.
 pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
     Ok(CreateSpec {
-        id: optional_id("id", &r.id)?,
+        id: chosen_id("id", &r.id)?,
         id_hint: None,
         environment: Environment::parse_or_default("environment", &r.environment)?,
         request: Request::Release {
@@ -162,7 +162,7 @@ fn bounded(field: &str, len: usize, limit: usize) -> Result<(), FieldError> {
 pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
     let release = TxId::parse("release_id", &r.release_id)?;
     Ok(CreateSpec {
-        id: optional_id("id", &r.id)?,
+        id: chosen_id("id", &r.id)?,
         id_hint: Some(format!("revert-{release}")),
         environment: Environment::parse_or_default("environment", &r.environment)?,
         request: Request::Revert {
@@ -181,7 +181,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
 /// Validates Rollback; `resolved` is the revision after mapping 0 to "the previous one".
 pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, FieldError> {
     Ok(CreateSpec {
-        id: optional_id("id", &r.id)?,
+        id: chosen_id("id", &r.id)?,
         id_hint: Some(format!("rollback-to-{resolved}")),
         environment: Environment::parse_or_default("environment", &r.environment)?,
         request: Request::Rollback {
@@ -216,7 +216,7 @@ pub fn promote(r: pb::PromoteRequest) -> Result<(PromoteAsk, CreateSpec), FieldE
         force: r.force,
     };
     let base = CreateSpec {
-        id: optional_id("id", &r.id)?,
+        id: chosen_id("id", &r.id)?,
         id_hint: None,
         environment: to,
         request: Request::Rollback {
@@ -324,6 +324,26 @@ pub fn actor(actor: &str) -> Result<String, FieldError> {
 
 fn optional_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
     (!id.is_empty()).then(|| TxId::parse(field, id)).transpose()
+}
+
+/// Ids the coordinator keeps for the transactions it creates by itself (the revert of
+/// a release that failed its live check, an automatic promotion): they are known in
+/// advance, and a caller who took one first would make the automatic one refused.
+pub const AUTOMATIC_ID_PREFIXES: [&str; 2] = ["revert-", "promote-"];
+
+/// A new transaction's id as the caller chose it, outside the automatic ones' (reverts
+/// and promotions created without an id still get such ids, chosen by the coordinator).
+fn chosen_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
+    let automatic = AUTOMATIC_ID_PREFIXES.iter().find(|p| id.starts_with(*p));
+    match automatic {
+        Some(prefix) => Err(FieldError::new(
+            field,
+            format!(
+                "{id:?}: ids beginning with {prefix:?} are the coordinator's own (automatic reverts and promotions); leave it empty to get one, or choose another"
+            ),
+        )),
+        None => optional_id(field, id),
+    }
 }
 
 /// A free-text field: bounded, no control characters.
