@@ -368,3 +368,57 @@ async fn a_participant_prepared_for_a_lost_transaction_whose_id_was_given_again_
     assert!(c.agent("B").releases().is_empty());
     assert_eq!(c.agent("A").live().as_deref(), Some("T9A"));
 }
+
+/// Review finding of stop 51: a hook runs in a process group of its own that the agent
+/// kills only when it drops the hook, so an agent killed with SIGKILL left its prepare
+/// hook running, and after its restart recovery ran its own hooks beside it. Given A's
+/// prepare hook running for T1 (held by the test), when A is killed with SIGKILL, then
+/// the hook outlives it, and once A has started again the hook is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_while_a_hook_runs_stops_that_hook_when_it_starts_again() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    c.block("A");
+    let out = c.cli(&["release", "create", "T1", "A=T1A"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let control = c.dir.path().join("control").display().to_string();
+    let hook = wait_for("A's prepare hook for T1", || async {
+        let shells = hook_shells(&control, "T1");
+        (!shells.is_empty()).then_some(shells)
+    })
+    .await;
+    c.agent_mut("A").server.kill9().await;
+    assert!(
+        hook.iter().all(|pid| alive(*pid)),
+        "the hook outlived the agent"
+    );
+    c.agent_mut("A").server.restart().await;
+    wait_for("the hook left by the killed agent to be gone", || async {
+        hook.iter().all(|pid| !alive(*pid)).then_some(())
+    })
+    .await;
+    c.heal("A");
+}
+
+/// Live processes whose command line names `marker` (this cluster's control
+/// directory, which its agents' prepare hook reads) and whose environment says they
+/// run for transaction `tx`.
+fn hook_shells(marker: &str, tx: &str) -> Vec<i32> {
+    let tx = format!("LOCKSTEP_TX={tx}");
+    let pids = std::fs::read_dir("/proc").unwrap().flatten();
+    let pids = pids.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains(marker)
+            && environ.split(|b| *b == 0).any(|v| v == tx.as_bytes())
+    })
+    .collect()
+}
+
+/// Whether `pid` runs (a zombie's environment reads empty).
+fn alive(pid: i32) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    !environ.is_empty()
+}

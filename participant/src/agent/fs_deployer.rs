@@ -56,6 +56,7 @@ impl FsDeployer {
     pub fn new(root: PathBuf, hooks: Hooks) -> std::io::Result<Self> {
         fs::create_dir_all(root.join("releases"))?;
         sweep_removals(&root.join("releases"))?;
+        hooks::stop_orphans(&root.join(hooks::RUNNING))?;
         let cache = root.join("cache");
         let fetcher =
             Fetcher::new(cache, Default::default(), None).map_err(std::io::Error::other)?;
@@ -287,7 +288,11 @@ impl FsDeployer {
         change: &Change,
     ) -> Result<String, String> {
         match command {
-            Some(cmd) => hooks::run(cmd, phase, change, &self.release_dir(&change.version)).await,
+            Some(cmd) => {
+                let stage = self.release_dir(&change.version);
+                let running = self.root.join(hooks::RUNNING);
+                hooks::run(cmd, phase, change, &stage, &running).await
+            }
             None => Ok(String::new()),
         }
     }

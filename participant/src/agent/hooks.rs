@@ -4,9 +4,21 @@
 //!
 //! A hook runs in its own process group; if the step it belongs to is cancelled (an
 //! Abort arriving while a prepare hook still runs), the whole group is killed, so no
-//! half-finished hook keeps running behind the agent's back.
+//! half-finished hook keeps running behind the agent's back. An agent killed outright
+//! cannot kill anything: each hook records its group in the deploy root's
+//! `hooks-running/` before its command starts (the file is removed when it ends), and
+//! the next start kills every recorded group that still has a process of that hook
+//! (marked by `LOCKSTEP_HOOK_ID` in its environment) before recovery runs any hook.
 
-use std::{path::Path, process::Stdio};
+use std::{
+    ffi::{CStr, CString},
+    fs,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use tokio::process::Command;
 
@@ -56,6 +68,133 @@ impl Phase {
     }
 }
 
+/// The directory of the deploy root where running hooks are recorded.
+pub const RUNNING: &str = "hooks-running";
+
+/// The environment variable that marks every process of one hook run.
+const HOOK_ID: &str = "LOCKSTEP_HOOK_ID";
+
+/// How long a start waits for a leftover hook's processes to die.
+const ORPHANS_DIE_WITHIN: Duration = Duration::from_secs(10);
+
+/// One hook run's file in [`RUNNING`] (named by its token, holding its process group),
+/// removed when the run ends however it ends.
+struct Record {
+    token: String,
+    path: PathBuf,
+}
+
+impl Record {
+    fn new(running: &Path) -> Self {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{}-{nanos}-{run}", std::process::id());
+        let path = running.join(&token);
+        Self { token, path }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Kills what is left of the hooks an earlier run of the agent started and never saw
+/// end (it was killed while they ran), and forgets them: recovery then runs its own
+/// hooks alone. Called once at start, before any hook runs.
+pub fn stop_orphans(running: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(running)?;
+    for entry in fs::read_dir(running)? {
+        let path = entry?.path();
+        let token = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let group = fs::read_to_string(&path).ok();
+        if let (Some(token), Some(group)) = (token, group.and_then(|g| g.trim().parse().ok())) {
+            stop_group(group, &format!("{HOOK_ID}={token}"));
+        }
+        fs::remove_file(&path)?;
+    }
+    Ok(())
+}
+
+/// SIGKILLs process group `group` while a live process of it carries `marker` in its
+/// environment (never a group whose number was reused by something else).
+fn stop_group(group: i32, marker: &str) {
+    let deadline = Instant::now() + ORPHANS_DIE_WITHIN;
+    while has_marked_member(group, marker) {
+        if Instant::now() > deadline {
+            tracing::error!("a hook left by an earlier run (group {group}) does not die");
+            return;
+        }
+        tracing::warn!("killing a hook left running by an earlier run (group {group})");
+        kill_group(group);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a live process of `group` has `marker` in its environment (a zombie's
+/// environment reads empty).
+fn has_marked_member(group: i32, marker: &str) -> bool {
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return false;
+    };
+    let pids = processes
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok());
+    pids.filter(|pid: &i32| group_of(*pid) == Some(group))
+        .any(|pid| {
+            let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ.split(|b| *b == 0).any(|v| v == marker.as_bytes())
+        })
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`, after the command name).
+fn group_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields = stat.get(stat.rfind(')')? + 2..)?;
+    fields.split(' ').nth(2)?.parse().ok()
+}
+
+/// Runs in the hook's own process after fork, before its command: writes its process
+/// group (its pid) to `path`. Only async-signal-safe calls on memory made before the
+/// fork.
+#[allow(unsafe_code)]
+fn record_own_group(path: &CStr) -> std::io::Result<()> {
+    // SAFETY: getpid, open, write and close are async-signal-safe; `path` and `digits`
+    // need no allocation.
+    unsafe {
+        let mut digits = [0u8; 12];
+        let text = decimal(libc::getpid().unsigned_abs(), &mut digits);
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        let fd = libc::open(path.as_ptr(), flags, 0o600);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, text.as_ptr().cast(), text.len());
+        libc::close(fd);
+        match usize::try_from(written) {
+            Ok(n) if n == text.len() => Ok(()),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+}
+
+/// `n` in decimal, written into `digits` without allocating.
+fn decimal(mut n: u32, digits: &mut [u8; 12]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
 /// Kills the hook's process group if the hook is dropped before it finished.
 struct GroupGuard {
     pgid: Option<i32>,
@@ -77,17 +216,23 @@ fn kill_group(pgid: i32) {
     }
 }
 
-/// Runs `command` for `phase` of `change`; `Ok` has the last line of its stdout for
-/// [`Phase::Serve`] (empty otherwise: only a serve hook's stdout is read). `Err`
-/// carries a reason naming the hook, its exit status and the tail of its stderr.
+/// Runs `command` for `phase` of `change`, recorded in `running` while it runs; `Ok`
+/// has the last line of its stdout for [`Phase::Serve`] (empty otherwise: only a serve
+/// hook's stdout is read). `Err` carries a reason naming the hook, its exit status and
+/// the tail of its stderr.
 pub async fn run(
     command: &str,
     phase: Phase,
     change: &Change,
     stage_dir: &Path,
+    running: &Path,
 ) -> Result<String, String> {
     let capture = matches!(phase, Phase::Serve);
-    let mut child = Command::new("sh")
+    let record = Record::new(running);
+    let mut shell = Command::new("sh");
+    recorded(&mut shell, &record)
+        .map_err(|e| format!("{} hook `{command}` could not start: {e}", phase.name()))?;
+    let mut child = shell
         .arg("-c")
         .arg(command)
         .env("LOCKSTEP_TX", &change.transaction_id)
@@ -111,6 +256,7 @@ pub async fn run(
     let mut guard = GroupGuard {
         pgid: child.id().map(|id| id as i32),
     };
+    let _record = record;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let span = tracing::info_span!("hook", otel.name = %format!("{} hook", phase.name()));
     let ran = async { tokio::join!(child.wait(), read_all(stdout), read_all(stderr)) };
@@ -139,6 +285,19 @@ pub async fn run(
             format!(": {tail}")
         }
     ))
+}
+
+/// Makes `shell` record its run in `record` before it runs anything, and mark its
+/// processes with the record's token.
+#[allow(unsafe_code)]
+fn recorded(shell: &mut Command, record: &Record) -> std::io::Result<()> {
+    let path = CString::new(record.path.as_os_str().as_bytes())?;
+    shell.env(HOOK_ID, &record.token);
+    // SAFETY: the closure only calls `record_own_group`, which is async-signal-safe.
+    unsafe {
+        shell.pre_exec(move || record_own_group(&path));
+    }
+    Ok(())
 }
 
 async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
@@ -179,6 +338,20 @@ mod tests {
         }
     }
 
+    fn running() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hooks-running-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn numbers_are_written_without_allocating() {
+        let mut digits = [0u8; 12];
+        assert_eq!(decimal(0, &mut digits), b"0");
+        assert_eq!(decimal(4_194_304, &mut digits), b"4194304");
+        assert_eq!(decimal(u32::MAX, &mut digits), b"4294967295");
+    }
+
     #[tokio::test]
     async fn a_failing_hook_reports_its_status_and_stderr_tail() {
         let err = run(
@@ -186,6 +359,7 @@ mod tests {
             Phase::Prepare,
             &change(),
             Path::new("/tmp"),
+            &running(),
         )
         .await
         .expect_err("hook fails");
@@ -200,6 +374,7 @@ mod tests {
             Phase::Commit,
             &change(),
             Path::new("/tmp"),
+            &running(),
         )
         .await
         .expect("hook succeeds");
