@@ -60,6 +60,14 @@ struct Sequence {
     batches: u64,
 }
 
+/// What a refused batch turns out to be.
+enum Settled {
+    /// Written by an earlier attempt; the sequence's revision after it.
+    Written(i64),
+    /// Not written: an earlier batch of this writer landed after the sequence was read.
+    Behind,
+}
+
 /// Tables on etcd.
 pub struct EtcdKv {
     client: Client,
@@ -79,6 +87,9 @@ pub struct EtcdKv {
     /// Set by tests: the next transaction is applied once and its answer lost first.
     #[cfg(test)]
     lose_an_answer: std::sync::atomic::AtomicBool,
+    /// Set by tests: the next transaction is applied, then answered with an error.
+    #[cfg(test)]
+    fail_an_answer: std::sync::atomic::AtomicBool,
 }
 
 /// The store's own runtime, shut down without waiting when the store goes: the last
@@ -161,6 +172,8 @@ impl EtcdKv {
             sent: Mutex::default(),
             #[cfg(test)]
             lose_an_answer: Default::default(),
+            #[cfg(test)]
+            fail_an_answer: Default::default(),
         })
     }
 
@@ -214,19 +227,51 @@ impl EtcdKv {
         Ok(full)
     }
 
-    /// The one etcd transaction that writes `batch`: guarded by `fence`, and by the
+    /// The batch's operations as etcd's, the last of each key only.
+    fn ops(&self, batch: Batch) -> Result<Vec<TxnOp>, StoreError> {
+        let ops = last_per_key(batch.ops).into_iter();
+        ops.map(|op| self.op(op)).collect()
+    }
+
+    /// Writes `ops` marked `token` after this writer's previous batch (at `known`, or
+    /// read from etcd when not known), and returns the sequence's revision after it. Sent once more
+    /// when an earlier batch of this writer, answered with an error, landed after all
+    /// since the sequence was read.
+    fn write_sequenced(
+        &self,
+        ops: &[TxnOp],
+        fence: Option<&Fence>,
+        token: &[u8],
+        mut known: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        for _ in 0..2 {
+            let after = match known {
+                Some(revision) => revision,
+                None => self.read(self.sequence_key())?.map_or(0, |kv| kv.1),
+            };
+            let answer = self.send(self.batch_txn(ops.to_vec(), fence, after, token))?;
+            if let (true, Some(header)) = (answer.succeeded(), answer.header()) {
+                return Ok(header.revision());
+            }
+            match self.settle(token, fence)? {
+                Settled::Written(revision) => return Ok(revision),
+                Settled::Behind => known = None,
+            }
+        }
+        Err(StoreError::Etcd(
+            "this writer's own earlier batches keep landing after its newer ones".into(),
+        ))
+    }
+
+    /// The one etcd transaction that writes `ops`: guarded by `fence`, and by the
     /// sequence key still at revision `after`, which it moves on, marked with `token`.
     fn batch_txn(
         &self,
-        batch: Batch,
+        mut ops: Vec<TxnOp>,
         fence: Option<&Fence>,
         after: i64,
         token: &[u8],
-    ) -> Result<Txn, StoreError> {
-        let mut ops: Vec<TxnOp> = last_per_key(batch.ops)
-            .into_iter()
-            .map(|op| self.op(op))
-            .collect::<Result<_, _>>()?;
+    ) -> Txn {
         ops.push(TxnOp::put(self.sequence_key(), token, None));
         let mut when = vec![Compare::mod_revision(
             self.sequence_key(),
@@ -240,17 +285,19 @@ impl EtcdKv {
                 f.revision,
             ));
         }
-        Ok(Txn::new().when(when).and_then(ops))
+        Txn::new().when(when).and_then(ops)
     }
 
-    /// Why etcd refused the batch marked `token`, and its revision if it is written
-    /// after all: an earlier attempt of it got through (the sequence key holds its
-    /// token), or this writer's term ended, or another writer wrote since its last
-    /// batch (two coordinators on one prefix without a lead: refused, not merged).
-    fn settle(&self, token: &[u8], fence: Option<Fence>) -> Result<i64, StoreError> {
-        if let Some((value, revision)) = self.read(self.sequence_key())? {
+    /// Why etcd refused the batch marked `token`: an earlier attempt of it got through
+    /// (the sequence key holds its token: written), or this writer's term ended, or an
+    /// earlier batch of this writer landed late (behind: read the sequence again), or
+    /// another writer wrote since this one's last batch (two coordinators on one
+    /// prefix without a lead: refused, not merged).
+    fn settle(&self, token: &[u8], fence: Option<&Fence>) -> Result<Settled, StoreError> {
+        let now = self.read(self.sequence_key())?;
+        if let Some((value, revision)) = &now {
             if value == token {
-                return Ok(revision);
+                return Ok(Settled::Written(*revision));
             }
         }
         if let Some(f) = fence {
@@ -259,9 +306,13 @@ impl EtcdKv {
                 return Err(StoreError::Fenced(f.revision));
             }
         }
-        Err(StoreError::Etcd(
-            "another writer wrote under this prefix since this one's last batch".into(),
-        ))
+        let mine = format!("{}:", self.writer);
+        match now {
+            Some((value, _)) if value.starts_with(mine.as_bytes()) => Ok(Settled::Behind),
+            _ => Err(StoreError::Etcd(
+                "another writer wrote under this prefix since this one's last batch".into(),
+            )),
+        }
     }
 
     /// `key`'s value and mod revision, if it exists.
@@ -297,6 +348,16 @@ impl EtcdKv {
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             let _lost = self.transact(txn.clone());
+        }
+        #[cfg(test)]
+        if self
+            .fail_an_answer
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let _applied = self.transact(txn);
+            return Err(StoreError::Etcd(
+                "the answer was lost past the retries".into(),
+            ));
         }
         self.transact(txn)
     }
@@ -462,21 +523,14 @@ impl Kv for EtcdKv {
             return Ok(());
         }
         let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ops = self.ops(batch)?;
         let mut sequence = self.lock_sequence();
-        let after = match sequence.revision {
-            Some(revision) => revision,
-            None => self.read(self.sequence_key())?.map_or(0, |kv| kv.1),
-        };
         sequence.batches += 1;
         let token = format!("{}:{}", self.writer, sequence.batches).into_bytes();
-        let txn = self.batch_txn(batch, fence.as_ref(), after, &token)?;
-        let answer = self.send(txn)?;
-        let revision = match answer.header() {
-            Some(header) if answer.succeeded() => header.revision(),
-            _ => self.settle(&token, fence)?,
-        };
-        sequence.revision = Some(revision);
-        Ok(())
+        let written = self.write_sequenced(&ops, fence.as_ref(), &token, sequence.revision);
+        // After an error the batch may still land: the next one reads where it stands.
+        sequence.revision = written.as_ref().ok().copied();
+        written.map(drop)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -551,5 +605,30 @@ mod tests {
             kv.write(batch, Durability::Sync).unwrap();
             assert_eq!(kv.get("t", b"k").unwrap().unwrap(), value);
         }
+    }
+
+    /// Found by review at stop 52: a batch answered with an error (past the retries)
+    /// may have been written all the same, and the writer's next batch then found the
+    /// sequence moved by its own earlier token and stopped as if another writer had
+    /// written. Given a batch written but answered with an error, when the writer
+    /// writes again, then that batch is written too.
+    #[test]
+    fn a_batch_answered_with_an_error_but_written_does_not_stop_its_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
+        let target = EtcdTarget::parse(&member.url("errored")).unwrap();
+        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        let put = |value: &[u8]| {
+            let mut batch = Batch::default();
+            batch.put("t", b"k".to_vec(), value.to_vec());
+            batch
+        };
+        kv.write(put(b"first"), Durability::Sync).unwrap();
+        kv.fail_an_answer
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(kv.write(put(b"second"), Durability::Sync).is_err());
+        assert_eq!(kv.get("t", b"k").unwrap().unwrap(), b"second");
+        kv.write(put(b"third"), Durability::Sync).unwrap();
+        assert_eq!(kv.get("t", b"k").unwrap().unwrap(), b"third");
     }
 }
