@@ -446,11 +446,11 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
 }
 
 /// Review finding of stop 51: the ids of the coordinator's own transactions are known
-/// in advance (`revert-<release>` after a failed live check,
-/// `promote-<from>-<checkpoint>-to-<to>`), and a caller who took one first made the
-/// automatic revert or promotion refused as ALREADY_EXISTS, leaving a failed release
-/// live. Given T1 and T2 committed, when a release, a revert, a rollback or a
-/// promotion asks for an id beginning with `revert-` or `promote-`, then it is refused
+/// in advance (the revert after a failed live check, `auto-revert-<release>` since
+/// stop 52; `promote-<from>-<checkpoint>-to-<to>`), and a caller who took one first
+/// made the automatic revert or promotion refused as ALREADY_EXISTS, leaving a failed
+/// release live. Given T1 and T2 committed, when a release, a revert, a rollback or a
+/// promotion asks for an id beginning with `auto-` or `promote-`, then it is refused
 /// by field and nothing is written; a revert without an id still gets `revert-T2`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ids_of_automatic_transactions_cannot_be_taken_first() {
@@ -460,13 +460,13 @@ async fn the_ids_of_automatic_transactions_cannot_be_taken_first() {
     let head = c.last_seq().await;
     let mut co = c.client().await;
     refused(
-        co.create_release(release("revert-T1", vec![component("B", "x")]))
+        co.create_release(release("auto-revert-T1", vec![component("B", "x")]))
             .await,
         Code::InvalidArgument,
-        "id: \"revert-T1\"",
+        "id: \"auto-revert-T1\"",
     );
     let revert = pb::RevertReleaseRequest {
-        id: "revert-T1".into(),
+        id: "auto-revert-T1".into(),
         release_id: "T1".into(),
         ..Default::default()
     };

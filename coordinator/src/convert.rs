@@ -326,20 +326,22 @@ fn optional_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
     (!id.is_empty()).then(|| TxId::parse(field, id)).transpose()
 }
 
-/// Ids the coordinator keeps for the transactions it creates by itself (the revert of
-/// a release that failed its live check, an automatic promotion): they are known in
-/// advance, and a caller who took one first would make the automatic one refused.
-pub const AUTOMATIC_ID_PREFIXES: [&str; 2] = ["revert-", "promote-"];
+/// Ids the coordinator keeps for the transactions it creates by itself (`auto-revert-`
+/// for the revert of a release that failed its live check, `promote-` for an automatic
+/// promotion): they are known in advance, and a caller who took one first would make
+/// the automatic one refused.
+pub const AUTOMATIC_ID_PREFIXES: [&str; 2] = ["auto-", "promote-"];
 
-/// A new transaction's id as the caller chose it, outside the automatic ones' (reverts
-/// and promotions created without an id still get such ids, chosen by the coordinator).
+/// A new transaction's id as the caller chose it, outside the automatic ones'
+/// (promotions created without an id still get `promote-` ids, chosen by the
+/// coordinator).
 fn chosen_id(field: &str, id: &str) -> Result<Option<TxId>, FieldError> {
     let automatic = AUTOMATIC_ID_PREFIXES.iter().find(|p| id.starts_with(*p));
     match automatic {
         Some(prefix) => Err(FieldError::new(
             field,
             format!(
-                "{id:?}: ids beginning with {prefix:?} are the coordinator's own (automatic reverts and promotions); leave it empty to get one, or choose another"
+                "{id:?}: ids beginning with {prefix:?} are the coordinator's own (automatic reverts and promotions); choose another"
             ),
         )),
         None => optional_id(field, id),

@@ -2,7 +2,7 @@
 //! soak, then its live http steps against the live set), and then the promotions its
 //! auto-promoting downstreams take. A live step that fails records the failure on the
 //! transaction (so it is never promoted as verified) and, as the pipeline file says,
-//! creates the revert of that transaction (id `revert-<tx>`) or only notifies.
+//! creates the revert of that transaction (id `auto-revert-<tx>`) or only notifies.
 //!
 //! It is outside two-phase commit: the transaction is COMMITTED and stays so; a revert
 //! is a new transaction with every rule of its own. A restart during the soak starts
@@ -180,31 +180,34 @@ impl Registry {
         }
     }
 
+    /// Creates the revert `record`'s failed live check owes, then clears the mark
+    /// that says so. A refusal is recorded on `record`; a failure that retrying may
+    /// cure (storage) is tried again, and the mark stays for the next start if it
+    /// lasts, so no revert is dropped on a transient error.
     async fn revert_automatically(&self, record: &TxRecord) {
-        let created = async {
-            let spec = CreateSpec {
-                id: Some(revert_id(record)),
-                id_hint: None,
-                environment: record.environment.clone(),
-                request: Request::Revert {
-                    release: record.id.clone(),
-                    cascade: false,
-                },
-                prepare_timeout: None,
-                dry_run: false,
-                actor: "verification after commit".into(),
-                authority: Default::default(),
-                ticket: record.ticket.clone(),
-                promoted_from: None,
-            };
-            self.admit(spec, &|_| Ok(())).await
+        let mut delay = Duration::from_millis(100);
+        let created = loop {
+            match self.admit(automatic_revert(record), &|_| Ok(())).await {
+                Err(e) if e.retryable() && delay < REVERT_RETRY_FOR => {
+                    tracing::warn!(tx = %record.id, "automatic revert not created yet: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                outcome => break outcome,
+            }
         };
-        if let Err(e) = created.await {
-            tracing::warn!(tx = %record.id, "automatic revert not created: {e}");
-            let message = format!("the automatic revert of {} was refused: {e}", record.id);
-            let kind = pb::EventKind::LiveVerifyFailed;
-            let check = LiveCheck::Failed(message.clone());
-            self.record_check(record, check, kind, "", message).await;
+        match created {
+            Err(e) if e.retryable() => {
+                tracing::error!(tx = %record.id, "automatic revert not created: {e}; the next start tries again");
+                return;
+            }
+            Err(e) => {
+                let message = format!("the automatic revert of {} was refused: {e}", record.id);
+                let kind = pb::EventKind::LiveVerifyFailed;
+                let check = LiveCheck::Failed(message.clone());
+                self.record_check(record, check, kind, "", message).await;
+            }
+            Ok(_) => {}
         }
         let mut paid = Batch::default();
         Tables::delete_revert_due(&mut paid, record);
@@ -219,12 +222,18 @@ impl Registry {
     /// of each upstream's newest verified release (idempotent: their ids are
     /// deterministic).
     pub fn resume_after_commit(&self) -> Result<()> {
-        for id in self.tables().reverts_due()? {
-            if let Some(record) = self.tables().transaction(&id)? {
-                let this = self.clone();
-                tokio::spawn(async move { this.revert_automatically(&record).await });
-            }
+        let mut due = Vec::new();
+        for id in self.tables().reverts_due()?.into_iter().rev() {
+            due.extend(self.tables().transaction(&id)?);
         }
+        // Newest first, one at a time: a revert of a release a later one built on
+        // waits for the later one's.
+        let this = self.clone();
+        tokio::spawn(async move {
+            for record in due {
+                this.revert_automatically(&record).await;
+            }
+        });
         let environments: Vec<_> = self.state().environments.keys().cloned().collect();
         for env in environments {
             let Some(cp) = self.tables().latest_checkpoint(&env)? else {
@@ -241,8 +250,31 @@ impl Registry {
     }
 }
 
-/// The id of the automatic revert of `record` (always a valid id, however long
-/// `record`'s own is).
+/// How long an automatic revert is tried again while storage fails.
+const REVERT_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The revert a failed live check owes, made by "verification after commit".
+fn automatic_revert(record: &TxRecord) -> CreateSpec {
+    CreateSpec {
+        id: Some(revert_id(record)),
+        id_hint: None,
+        environment: record.environment.clone(),
+        request: Request::Revert {
+            release: record.id.clone(),
+            cascade: false,
+        },
+        prepare_timeout: None,
+        dry_run: false,
+        actor: "verification after commit".into(),
+        authority: Default::default(),
+        ticket: record.ticket.clone(),
+        promoted_from: None,
+    }
+}
+
+/// The id of the automatic revert of `record`, in the coordinator's own namespace
+/// (`auto-`: no caller may choose such an id, and no id the coordinator picks for a
+/// person's revert begins so), always valid however long `record`'s own is.
 fn revert_id(record: &TxRecord) -> TxId {
-    TxId::derived(&format!("revert-{}", record.id))
+    TxId::derived(&format!("auto-revert-{}", record.id))
 }
