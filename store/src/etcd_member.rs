@@ -64,9 +64,9 @@ impl EtcdMember {
         Ok(Self {
             child: None,
             dir: dir.to_path_buf(),
-            client: free_port()?,
-            peer: free_port()?,
-            metrics: free_port()?,
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
             name: name.to_string(),
             cluster: String::new(),
             tls: None,
@@ -247,7 +247,29 @@ fn port_taken(dir: &Path, n: usize) -> bool {
         .any(|log| std::fs::read_to_string(log).is_ok_and(|t| t.contains("address already in use")))
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+/// A free loopback port below the kernel's ephemeral range (bound and released), for
+/// servers tests start and restart on the same port. A port the kernel hands out (a
+/// bind to port 0, the local end of an outgoing connection) can be handed out again
+/// the moment its server is killed, and the server restarted on it then finds it
+/// taken (seen in CI: etcd members at stop 51, a coordinator at stop 52); below that
+/// range only an explicit bind takes a port, and this process's picks never repeat (a
+/// counter, from an offset of its own pid).
+pub fn free_port() -> u16 {
+    static PICKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
+    let ephemeral: u32 = range
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000, ephemeral.clamp(11_000, 65_535));
+    let span = high - low;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = PICKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < span, "no free port left below {high}");
+        let port = u16::try_from(low + (offset + n) % span).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

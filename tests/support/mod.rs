@@ -84,31 +84,8 @@ where
     }
 }
 
-/// A free loopback port below the kernel's ephemeral range (bound and released). A
-/// port the kernel hands out (a bind to port 0, the local end of an outgoing
-/// connection) can be handed out again the moment its server is killed, and a server
-/// restarted on it (a coordinator whose agents know its address) then finds it taken;
-/// below that range only an explicit bind takes a port, and this process's picks never
-/// repeat (a counter, from an offset of its own pid).
-pub fn free_port() -> u16 {
-    static PICKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
-    let ephemeral: u32 = range
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    let (low, high) = (10_000, ephemeral.clamp(11_000, 65_535));
-    let span = high - low;
-    let offset = std::process::id().wrapping_mul(7_919) % span;
-    loop {
-        let n = PICKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(n < span, "no free port left below {high}");
-        let port = u16::try_from(low + (offset + n) % span).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+/// A free loopback port below the kernel's ephemeral range (see its doc).
+pub use lockstep_store::etcd_member::free_port;
 
 /// A running server process.
 pub struct Server {
