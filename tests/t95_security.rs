@@ -711,3 +711,42 @@ async fn a_token_made_by_a_revoked_token_is_refused_too() {
         "{out:?}"
     );
 }
+
+/// Review finding of stop 51: a token is checked when a call starts, and an open
+/// WatchEvents stream (the console's SSE rides on it) went on delivering after the
+/// token was revoked. Given a viewer token following the log, quiet after what it has
+/// read, when the token is revoked, then the stream ends with UNAUTHENTICATED naming
+/// the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_stream_ends_when_its_token_is_revoked() {
+    let s = Secure::start(&["A"], &[]).await;
+    let (id, token) = s.token(&["--role", "viewer", "--ttl", "1h"]).await;
+    let channel = tonic::transport::Channel::from_shared(s.coordinator.https_url())
+        .unwrap()
+        .tls_config(s.tls(None))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = tonic::Request::new(pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    });
+    let bearer = format!("Bearer {token}").parse().unwrap();
+    watch.metadata_mut().insert("authorization", bearer);
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+    let mut stream = client.watch_events(watch).await.unwrap().into_inner();
+
+    let out = s.cli(&admin(), &["token", "revoke", &id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let ended = loop {
+        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
+        match next.expect("the stream ends within the deadline") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains(&id), "{ended:?}");
+}

@@ -26,7 +26,11 @@ use std::{
 use lockstep::pb::{self, EventKind, TransactionState};
 use lockstep_store::etcd_member::EtcdMember;
 use serde_json::Value;
-use support::{Cluster, DEADLINE, Server, wait_for};
+use support::{
+    Cluster, DEADLINE, Server,
+    secure::{As, Secure, admin},
+    wait_for,
+};
 
 /// Exit code of a call the coordinator answered INVALID_ARGUMENT, and of a usage error
 /// (`cli/src/main.rs`: `USAGE`).
@@ -1065,6 +1069,58 @@ fn ce_type(kind: i32) -> String {
         other => panic!("no CloudEvent name for {other}"),
     };
     format!("dev.lockstep.{name}")
+}
+
+/// Review finding of stop 51: a subscription added with a token went on delivering
+/// after that token was revoked. Given a webhook added through an admin token and
+/// delivering, when the token is revoked, then the subscription is disabled naming the
+/// token, and a release after that reaches the receiver not at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_added_with_a_revoked_token_delivers_no_more() {
+    let s = Secure::start(&["A"], &[]).await;
+    let r = Receiver::start(&[]).await;
+    let (id, token) = s.token(&["--role", "admin", "--ttl", "1h"]).await;
+    let add = ["notify", "add", "hook", "--url", &r.url()];
+    let out = s.cli(&As::Token(token), &add).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    release_as_admin(&s, "S1").await;
+    wait_for("S1's events at the receiver", || async {
+        (!received(&r, "S1").is_empty()).then_some(())
+    })
+    .await;
+
+    let out = s.cli(&admin(), &["token", "revoke", &id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    release_as_admin(&s, "S2").await;
+    let disabled = wait_for("the subscription to be disabled", || async {
+        let out = s.cli(&admin(), &["notify", "list", "-o", "json"]).await;
+        let list = out.json()["subscriptions"].as_array().cloned()?;
+        let hook = list.into_iter().find(|h| h["name"] == "hook")?;
+        (!text(&hook, "disabled").is_empty()).then_some(hook)
+    })
+    .await;
+    assert!(text(&disabled, "disabled").contains(&id), "{disabled}");
+    assert_eq!(
+        received(&r, "S2"),
+        Vec::<Value>::new(),
+        "nothing of S2 delivered"
+    );
+}
+
+/// Releases `tx` of A (a shipped artifact) as the admin, waiting for the outcome.
+async fn release_as_admin(s: &Secure, tx: &str) {
+    let (version, artifact) = (format!("A={tx}A"), s.artifact("A", &format!("{tx}A")));
+    let args = [
+        "release",
+        "create",
+        tx,
+        &version,
+        "--artifact",
+        &artifact,
+        "--wait",
+    ];
+    let out = s.cli(&admin(), &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
 }
 
 /// The data of every event of transaction `tx` that `r` accepted.

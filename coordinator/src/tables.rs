@@ -409,6 +409,18 @@ impl Tables {
         value.map(|v| decode(TOKENS, &v)).transpose()
     }
 
+    /// The revoked token among those `actor` acted through (its own, or one that made
+    /// it), if any: a revoked credential acts no more, not even through what it set
+    /// going (an auto-promotion of its release, a webhook subscription it added).
+    pub fn revoked_token_of(&self, actor: &str) -> Result<Option<String>, StoreError> {
+        for token in crate::access::tokens_in(actor) {
+            if self.token(token)?.is_some_and(|t| t.revoked) {
+                return Ok(Some(token.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every token ever made.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.kv

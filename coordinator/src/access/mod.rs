@@ -144,6 +144,8 @@ pub struct Access {
     inner: Arc<Mode>,
     /// Each principal's refusals written lately ([`refusals`]).
     refusals: Arc<Mutex<Refusals>>,
+    /// Counts revocations, so that an open stream of a revoked token ends at once.
+    revocations: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 enum Mode {
@@ -173,6 +175,7 @@ impl Access {
         Self {
             inner: Arc::new(Mode::Insecure),
             refusals: Arc::default(),
+            revocations: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -181,6 +184,7 @@ impl Access {
         Self {
             inner: Arc::new(Mode::Secure(Box::new(secure))),
             refusals: Arc::default(),
+            revocations: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -214,14 +218,34 @@ impl Access {
         refusals.admit(&principal.actor, now)
     }
 
-    /// Marks a token revoked for every later call.
+    /// Marks a token revoked for every later call, and for the open streams of the
+    /// callers acting through it (see [`Access::revocations`]).
     pub fn revoke(&self, id: &str) {
         if let Mode::Secure(s) = &*self.inner {
             s.revoked
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.to_string());
+            self.revocations.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Hears every revocation once it has taken effect: an open stream asks
+    /// [`Access::revoked_in`] again then, even when no event comes.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    /// The revoked token among those `actor` acts through (its own, or one that made
+    /// it), if any.
+    pub fn revoked_in(&self, actor: &str) -> Option<String> {
+        let Mode::Secure(s) = &*self.inner else {
+            return None;
+        };
+        let revoked = s.revoked.read().unwrap_or_else(|p| p.into_inner());
+        tokens_in(actor)
+            .find(|t| revoked.contains(*t))
+            .map(str::to_string)
     }
 
     /// Who makes `request`, or UNAUTHENTICATED with the reason.

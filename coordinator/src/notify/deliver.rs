@@ -23,7 +23,8 @@ const PAGE: usize = 256;
 enum Done {
     /// The receiver has it.
     Delivered,
-    /// The receiver answered 410: the subscription stops, for this reason.
+    /// The receiver answered 410, or the token the subscription was added with was
+    /// revoked: the subscription stops, for this reason.
     Gone(String),
     /// The subscription was removed.
     Stopped,
@@ -100,6 +101,10 @@ async fn deliver(
 ) -> Done {
     let mut backoff = hub.settings.first_backoff;
     loop {
+        if let Some(token) = hub.revoked_creator(shared) {
+            let why = format!("the token {token} it was added with was revoked");
+            return Done::Gone(why);
+        }
         let answer = attempt(hub, shared, e).await;
         shared.note(&answer);
         let wait = match answer {

@@ -329,7 +329,19 @@ impl Hub {
         }
     }
 
-    /// Stops delivery for good (the receiver answered 410), recorded and in the log.
+    /// The revoked token the subscription was added through, if any: what a revoked
+    /// credential set going delivers no more (a store that cannot answer delivers on).
+    fn revoked_creator(&self, shared: &Shared) -> Option<String> {
+        let creator = shared.slot().record.created_by.clone();
+        let revoked = self.tables.revoked_token_of(&creator);
+        revoked.unwrap_or_else(|e| {
+            tracing::warn!(subscription = %shared.slot().record.name, "revocation not checked: {e}");
+            None
+        })
+    }
+
+    /// Stops delivery for good (the receiver answered 410, or the token it was added
+    /// with was revoked), recorded and in the log.
     async fn disable(&self, shared: &Shared, why: String) {
         let record = {
             let mut slot = shared.slot();

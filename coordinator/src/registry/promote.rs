@@ -294,14 +294,7 @@ impl Registry {
     /// revoked since: a revoked credential acts no more, not even through what it
     /// set going.
     fn creator_not_revoked(&self, upstream: &TxRecord, id: &str) -> Result<()> {
-        let mut revoked = None;
-        for token in crate::access::tokens_in(&upstream.created_by) {
-            if self.tables().token(token)?.is_some_and(|t| t.revoked) {
-                revoked = Some(token);
-                break;
-            }
-        }
-        let Some(token) = revoked else {
+        let Some(token) = self.tables().revoked_token_of(&upstream.created_by)? else {
             return Ok(());
         };
         Err(CoordinatorError::Denied(format!(

@@ -9,6 +9,7 @@ mod environments;
 mod guard;
 mod notify;
 mod reads;
+mod revoked;
 mod tokens;
 mod verify;
 mod wait;
@@ -432,7 +433,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let events = self.coordinator.watch(filter, r.from_seq);
         let events = events
             .map(|e| e.map_err(|e| Status::unavailable(format!("reading the event log: {e}"))));
-        Ok(Response::new(self.visible_events(who, Box::pin(events))))
+        let actor = who.actor.clone();
+        let events = self.visible_events(who, Box::pin(events));
+        let events = revoked::ending_on_revocation(&self.access, &actor, events);
+        Ok(Response::new(events))
     }
 
     async fn get_live_state(
