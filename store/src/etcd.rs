@@ -565,6 +565,16 @@ mod tests {
         assert!(matches!(&kept[1], Op::Delete { table: "t", .. }));
     }
 
+    /// A store of table `t` on an etcd member of its own (kept running while the
+    /// member and its directory are held).
+    fn on_a_member() -> (tempfile::TempDir, crate::etcd_member::EtcdMember, EtcdKv) {
+        let dir = tempfile::tempdir().unwrap();
+        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
+        let target = EtcdTarget::parse(&member.url("t")).unwrap();
+        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        (dir, member, kv)
+    }
+
     /// Review finding of stop 51 (not reproducible end to end: it needs etcd to apply a
     /// request after a later one): a batch whose first attempt went unanswered (a
     /// deadline, a leader change among the members) is sent again; when that first
@@ -572,10 +582,7 @@ mod tests {
     /// nothing: the newer value stays.
     #[test]
     fn a_first_attempt_applied_late_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
-        let target = EtcdTarget::parse(&member.url("late")).unwrap();
-        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        let (_dir, _member, kv) = on_a_member();
         let mut older = Batch::default();
         older.put("t", b"k".to_vec(), b"older".to_vec());
         kv.write(older, Durability::Sync).unwrap();
@@ -593,10 +600,7 @@ mod tests {
     /// writes after it.
     #[test]
     fn a_batch_whose_answer_was_lost_is_written_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
-        let target = EtcdTarget::parse(&member.url("lost")).unwrap();
-        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        let (_dir, _member, kv) = on_a_member();
         for value in [&b"one"[..], b"two"] {
             kv.lose_an_answer
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -614,10 +618,7 @@ mod tests {
     /// writes again, then that batch is written too.
     #[test]
     fn a_batch_answered_with_an_error_but_written_does_not_stop_its_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
-        let target = EtcdTarget::parse(&member.url("errored")).unwrap();
-        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        let (_dir, _member, kv) = on_a_member();
         let put = |value: &[u8]| {
             let mut batch = Batch::default();
             batch.put("t", b"k".to_vec(), value.to_vec());
