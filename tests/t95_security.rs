@@ -750,3 +750,47 @@ async fn an_open_stream_ends_when_its_token_is_revoked() {
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains(&id), "{ended:?}");
 }
+
+/// Review finding of stop 51: GetDecision without a project was checked against the
+/// environment with no project in it, which any grant there covers, so a viewer of
+/// project B learned the outcome of any transaction in the environment. Given T1, a
+/// release of A only, when a viewer token scoped to B asks T1's decision naming no
+/// project, then it is refused; a viewer token of A hears COMMIT.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decision_is_told_only_to_who_may_read_the_transaction() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    let out = release(&s, &admin(), "T1", &["A"], &["--wait"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let channel = tonic::transport::Channel::from_shared(s.coordinator.https_url())
+        .unwrap()
+        .tls_config(s.tls(None))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+    for (project, allowed) in [("B", false), ("A", true)] {
+        let (_, token) = s.token(&["--role", "viewer", "--project", project]).await;
+        let mut ask = tonic::Request::new(pb::GetDecisionRequest {
+            transaction_id: "T1".into(),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        ask.metadata_mut().insert("authorization", bearer);
+        let answer = client.get_decision(ask).await;
+        match allowed {
+            true => {
+                let decision = answer.unwrap().into_inner().decision;
+                assert_eq!(
+                    decision,
+                    pb::Decision::Commit as i32,
+                    "a viewer of {project}"
+                );
+            }
+            false => {
+                let refused = answer.unwrap_err();
+                assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+            }
+        }
+    }
+}

@@ -66,7 +66,7 @@ impl ScopeRule {
             }
             Self::Transaction => "the transaction's environment and projects",
             Self::OwnPart => {
-                "an agent: its own part only; others: the environment the request names, else the transaction's"
+                "an agent: its own part only; others: the part asked about in the environment the request names, else the transaction's projects in its environment"
             }
             Self::WholeEnvironment => "the whole environment (every project there)",
             Self::WholeEnvironmentOrEverything => {
@@ -90,11 +90,10 @@ impl ScopeRule {
                 environment: target.environment.clone(),
                 ..Scope::default()
             },
-            Self::OwnPart => target
-                .environment
-                .as_ref()
-                .map(Scope::environment)
-                .unwrap_or_default(),
+            // The parts asked about; with none known, the whole environment.
+            Self::OwnPart if target.projects.is_empty() => {
+                Scope::whole(target.environment.as_ref())
+            }
             _ => Scope {
                 environment: target.environment.clone(),
                 projects: target.projects.clone(),

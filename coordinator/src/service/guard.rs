@@ -51,9 +51,10 @@ impl CoordinatorService {
         Ok((principal, record))
     }
 
-    /// GetDecision, on `project`'s part of transaction `id` (every part: none): the
-    /// transaction's environment, or the asking agent's when there is no such
-    /// transaction (so an agent asking about an unknown id hears NOT_FOUND).
+    /// GetDecision, on `project`'s part of transaction `id` (none named: every part of
+    /// it, so a caller who may read some projects learns nothing of a transaction of
+    /// others): the transaction's environment, or the asking agent's when there is no
+    /// such transaction (so an agent asking about an unknown id hears NOT_FOUND).
     pub(super) async fn allow_decision<T>(
         &self,
         request: &Request<T>,
@@ -63,12 +64,18 @@ impl CoordinatorService {
         // The asker's own environment when it is known: a transaction of another one
         // under this id is not the asker's and is answered ABORT, so an agent whose
         // grant covers its environment only is never refused into waiting for ever.
-        let env = match (asker.environment, self.coordinator.get(id)) {
+        let record = self.coordinator.get(id).ok();
+        let env = match (asker.environment, &record) {
             (Some(env), _) => env.clone(),
-            (None, Ok(record)) => record.environment,
-            (None, Err(_)) => Environment::default(),
+            (None, Some(record)) => record.environment.clone(),
+            (None, None) => Environment::default(),
         };
-        let target = Target::projects(&env, asker.project.cloned());
+        let parts = match (asker.project, &record) {
+            (Some(project), _) => vec![project.clone()],
+            (None, Some(record)) => record.projects().cloned().collect(),
+            (None, None) => Vec::new(),
+        };
+        let target = Target::projects(&env, parts);
         self.check(request, "GetDecision", &target, Some(id))
             .await?;
         Ok(())
