@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use lockstep::pb;
 use support::{
     Cli, Server, bin, grpcurl,
-    secure::{As, Secure, admin, certs_init},
+    secure::{As, Secure, admin, certs_init, with_token},
     wait_for,
 };
 use tonic::Code;
@@ -721,21 +721,13 @@ async fn a_token_made_by_a_revoked_token_is_refused_too() {
 async fn an_open_stream_ends_when_its_token_is_revoked() {
     let s = Secure::start(&["A"], &[]).await;
     let (id, token) = s.token(&["--role", "viewer", "--ttl", "1h"]).await;
-    let channel = tonic::transport::Channel::from_shared(s.coordinator.https_url())
-        .unwrap()
-        .tls_config(s.tls(None))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = tonic::Request::new(pb::WatchEventsRequest {
+    let watch = pb::WatchEventsRequest {
         from_seq: 1,
         ..Default::default()
-    });
-    let bearer = format!("Bearer {token}").parse().unwrap();
-    watch.metadata_mut().insert("authorization", bearer);
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
-    let mut stream = client.watch_events(watch).await.unwrap().into_inner();
+    };
+    let mut client = s.coordinator_over_tls(None).await;
+    let watch = client.watch_events(with_token(watch, &token));
+    let mut stream = watch.await.unwrap().into_inner();
 
     let out = s.cli(&admin(), &["token", "revoke", &id]).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -761,23 +753,14 @@ async fn a_decision_is_told_only_to_who_may_read_the_transaction() {
     let s = Secure::start(&["A", "B"], &[]).await;
     let out = release(&s, &admin(), "T1", &["A"], &["--wait"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let channel = tonic::transport::Channel::from_shared(s.coordinator.https_url())
-        .unwrap()
-        .tls_config(s.tls(None))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+    let mut client = s.coordinator_over_tls(None).await;
     for (project, allowed) in [("B", false), ("A", true)] {
         let (_, token) = s.token(&["--role", "viewer", "--project", project]).await;
-        let mut ask = tonic::Request::new(pb::GetDecisionRequest {
+        let ask = pb::GetDecisionRequest {
             transaction_id: "T1".into(),
             ..Default::default()
-        });
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        ask.metadata_mut().insert("authorization", bearer);
-        let answer = client.get_decision(ask).await;
+        };
+        let answer = client.get_decision(with_token(ask, &token)).await;
         match allowed {
             true => {
                 let decision = answer.unwrap().into_inner().decision;

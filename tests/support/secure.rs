@@ -276,9 +276,18 @@ impl Secure {
 
     /// A Coordinator client as the holder of `identity`'s files.
     pub async fn coordinator_client(&self, identity: (&str, &str)) -> CoordinatorClient<Channel> {
+        self.coordinator_over_tls(Some(identity)).await
+    }
+
+    /// A Coordinator client over TLS as the holder of `identity`'s files, or with no
+    /// client certificate (a caller who brings a token: see [`with_token`]).
+    pub async fn coordinator_over_tls(
+        &self,
+        identity: Option<(&str, &str)>,
+    ) -> CoordinatorClient<Channel> {
         let channel = Channel::from_shared(self.coordinator.https_url())
             .unwrap()
-            .tls_config(self.tls(Some(identity)))
+            .tls_config(self.tls(identity))
             .unwrap()
             .connect()
             .await
@@ -293,4 +302,12 @@ impl Secure {
             .map(|(p, a)| (p.clone(), a.live()))
             .collect()
     }
+}
+
+/// `message` as a call bearing `token`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let bearer = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", bearer);
+    request
 }
