@@ -202,6 +202,51 @@ async fn a_revert_under_a_later_release_is_refused_unless_cascaded() {
     );
 }
 
+/// T5 and T6 changed B, then T7 changed all three: a cascade revert of T5 undoes T6
+/// as well as T7, so the revert names (and quarantines) both, not only T7, which made
+/// B's live version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cascade_revert_names_every_release_it_undoes() {
+    let c = seed_with_t4().await;
+    c.release("T5", &["B=T5B"], 0).await;
+    c.release("T6", &["B=T6B"], 0).await;
+    c.release("T7", &["A=T7A", "B=T7B", "C=T7C"], 0).await;
+
+    let (code, tx) = dry_then_real(&c, &["revert", "T5", "--cascade"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(tx["reverts"], serde_json::json!(["T5", "T6", "T7"]));
+    assert!(c.transaction("T6").await.quarantined);
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T4A"), ("B", "T4B"), ("C", "T4C")])
+    );
+}
+
+/// T5 changed B, T6 changed C alone, then T7 changed all three: a cascade revert of T5
+/// reverts T7, not T6 (it built on nothing T5 did), so C could only go back to T6C,
+/// what T7 replaced; with A=T4A and B=T4B that family was never live together, so the
+/// revert is refused and nothing moves, where it used to undo T6 unasked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cascade_revert_never_undoes_a_release_it_does_not_name() {
+    let c = seed_with_t4().await;
+    c.release("T5", &["B=T5B"], 0).await;
+    c.release("T6", &["C=T6C"], 0).await;
+    c.release("T7", &["A=T7A", "B=T7B", "C=T7C"], 0).await;
+
+    let refused = c.cli(&["revert", "T5", "--cascade", "--wait"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("compatibility") && refused.stderr.contains("C=T6C"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T7A"), ("B", "T7B"), ("C", "T7C")])
+    );
+    assert!(!c.transaction("T6").await.quarantined);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reverted_release_is_quarantined_until_explicitly_allowed() {
     let c = seed_with_t4().await;

@@ -150,54 +150,18 @@ pub trait History {
     fn checkpoint(&self, revision: u64) -> Result<Option<CheckpointRecord>>;
     /// A transaction by id.
     fn transaction(&self, id: &TxId) -> Result<Option<TxRecord>>;
-    /// The transaction whose checkpoint, the newest after revision `after`, made
-    /// `version` live on `project` (none: no checkpoint after `after` did). A store
-    /// answers from an index of when each version became live, so that planning a
-    /// revert costs what it reverts, not the history since.
-    fn made_live_after(
+    /// Up to `limit` committed transactions that took part in `project` after `after`
+    /// did, newest first: what a revert of `after` would undo on that project. Two
+    /// transactions sharing a project run in creation order (the queue), so a store
+    /// reads the project's transactions created after `after`, not the history since.
+    fn took_part_after(
         &self,
         project: &ProjectName,
-        version: &Version,
-        after: u64,
-    ) -> Result<Option<TxRecord>>;
+        after: &TxRecord,
+        limit: usize,
+    ) -> Result<Vec<TxRecord>>;
     /// What `version` of `project` was staged from when it was committed.
     fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>>;
-}
-
-/// Finds, in checkpoints read oldest first, the newest one after revision `after` at
-/// which a version became live on a project: how a [`History`] without an index of
-/// starts answers [`History::made_live_after`].
-pub struct StartFinder<'a> {
-    project: &'a ProjectName,
-    version: &'a Version,
-    after: u64,
-    previous: Option<Version>,
-    /// The transaction of the newest start seen so far.
-    pub newest: Option<TxId>,
-}
-
-impl<'a> StartFinder<'a> {
-    /// A finder of `version`'s newest start on `project` after `after`.
-    pub fn new(project: &'a ProjectName, version: &'a Version, after: u64) -> Self {
-        let (previous, newest) = (None, None);
-        Self {
-            project,
-            version,
-            after,
-            previous,
-            newest,
-        }
-    }
-
-    /// Reads the next checkpoint.
-    pub fn see(&mut self, cp: &CheckpointRecord) {
-        let now = cp.versions.get(self.project).map(|e| &e.version);
-        let started = now == Some(self.version) && self.previous.as_ref() != now;
-        if started && cp.revision > self.after {
-            self.newest = Some(cp.transaction.clone());
-        }
-        self.previous = now.cloned();
-    }
 }
 
 impl View<'_> {

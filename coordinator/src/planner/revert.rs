@@ -2,9 +2,9 @@
 //! in the checkpoint before that release. Later releases built on it are either named
 //! (`no-later-dependents` fails) or, with cascade, reverted together.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, btree_map::Entry};
 
-use lockstep::names::{ProjectName, TxId, Version};
+use lockstep::names::{ProjectName, TxId};
 
 use super::{
     Plan, Precondition, Target, View,
@@ -21,11 +21,12 @@ use crate::{
 /// it). Refuses outright what cannot be reverted at all; otherwise the rules say why.
 pub(super) fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Result<Plan> {
     let target_tx = revertible(view, release)?;
-    let (before, base) = base_checkpoint(view, release, &target_tx)?;
+    base_checkpoint(view, release, &target_tx)?;
     let cascade = Cascade::resolve(view, target_tx, cascade)?;
     let reverts: Vec<TxId> = cascade.reverted.iter().map(|t| t.id.clone()).collect();
-    let (mut targets, missing) = targets_in(&base, &cascade.touched());
-    let mut preconditions = vec![earlier_state_exists(&missing, before, release)];
+    let first = cascade.first_changes();
+    let (mut targets, missing) = targets_before(view, &first)?;
+    let mut preconditions = vec![earlier_state_exists(&missing, &first)];
     preconditions.push(no_later_dependents(&cascade.dependents, &reverts, release));
     add_children(view, &mut targets);
     let (compat, _) = compatibility(view, &targets, false, None)?;
@@ -53,142 +54,145 @@ fn revertible(view: &View<'_>, release: &TxId) -> Result<TxRecord> {
     Ok(target_tx)
 }
 
-/// The checkpoint before the one `target_tx` produced (with its revision): the state the
-/// revert restores. The first release has none.
-fn base_checkpoint(
-    view: &View<'_>,
-    release: &TxId,
-    target_tx: &TxRecord,
-) -> Result<(u64, CheckpointRecord)> {
+/// Refuses the revert of the first release: there is no earlier state to restore.
+fn base_checkpoint(view: &View<'_>, release: &TxId, target_tx: &TxRecord) -> Result<()> {
     let before = target_tx.checkpoint.saturating_sub(1);
-    let base = match before {
-        0 => None,
-        n => view.history.checkpoint(n)?,
-    };
-    let Some(base) = base else {
-        return Err(CoordinatorError::Refused(format!(
-            "release_id: {release} produced checkpoint {}, the first one: there is no earlier state to restore",
-            target_tx.checkpoint
-        )));
-    };
-    Ok((before, base))
+    if before > 0 && view.history.checkpoint(before)?.is_some() {
+        return Ok(());
+    }
+    Err(CoordinatorError::Refused(format!(
+        "release_id: {release} produced checkpoint {}, the first one: there is no earlier state to restore",
+        target_tx.checkpoint
+    )))
 }
 
 /// The releases a revert undoes, and the later ones it would undo without saying so.
 struct Cascade {
-    /// Reverted, the requested release first, then those cascade pulled in.
+    /// Reverted: the requested release first, then those cascade pulled in, oldest
+    /// first.
     reverted: Vec<TxRecord>,
-    /// Without cascade: later releases built on the reverted one, with the
-    /// `project=version` they made live.
+    /// Without cascade: the newest later release that took part in each project the
+    /// reverted one did, with the `project=version` it made live.
     dependents: Vec<(TxId, String)>,
 }
 
 impl Cascade {
-    /// Fixpoint: a project whose live version is no longer the one the reverted
-    /// transactions set was changed by a later release, which depends on what the revert
-    /// undoes. With cascade that release is reverted too and its projects join the set.
+    /// Fixpoint: a committed release that took part in a project after a reverted one
+    /// changed it did so on top of what the revert undoes. With cascade it is reverted
+    /// too (its projects join the set); without, it is a dependent, and the rule fails.
     fn resolve(view: &View<'_>, first: TxRecord, cascade: bool) -> Result<Self> {
-        let after = first.checkpoint;
         let mut out = Cascade {
             reverted: vec![first],
             dependents: Vec::new(),
         };
-        while out.pull_one(view, after, cascade)? {}
+        while out.pull(view, cascade)? {}
+        out.reverted[1..].sort_by_key(|t| t.checkpoint);
         Ok(out)
     }
 
-    /// One pass over the reverted projects. With cascade, stops at the first later
-    /// release found and reverts it too (true: pass again); without, records every one
-    /// as a dependent (false: done).
-    fn pull_one(&mut self, view: &View<'_>, after: u64, cascade: bool) -> Result<bool> {
-        for (project, set_to) in versions_set_by(&self.reverted) {
-            let Some((culprit, live)) = changed_later(view, after, &project, &set_to)? else {
-                continue;
-            };
-            if self.reverted.iter().any(|r| r.id == culprit.id) {
-                continue;
-            }
-            if cascade {
-                self.reverted.push(culprit);
-                return Ok(true);
-            } else if !self.dependents.iter().any(|(id, _)| id == &culprit.id) {
-                self.dependents
-                    .push((culprit.id, format!("{project}={live}")));
+    /// One pass over the reverted projects, each from the first reverted release that
+    /// changed it. With cascade, every later release found joins (true: pass again, as
+    /// its projects may pull in more); without, the newest of each is a dependent.
+    fn pull(&mut self, view: &View<'_>, cascade: bool) -> Result<bool> {
+        let limit = if cascade { usize::MAX } else { 1 };
+        let mut pulled = false;
+        for (project, first) in self.first_changes() {
+            for later in view.history.took_part_after(&project, &first, limit)? {
+                if self.reverted.iter().any(|r| r.id == later.id) {
+                    continue;
+                }
+                if cascade {
+                    self.reverted.push(later);
+                    pulled = true;
+                } else {
+                    self.add_dependent(&project, later);
+                }
             }
         }
-        Ok(false)
+        Ok(pulled)
     }
 
-    /// Every project a reverted transaction took part in.
-    fn touched(&self) -> BTreeSet<ProjectName> {
-        self.reverted
-            .iter()
-            .flat_map(|t| t.projects().cloned())
-            .collect()
-    }
-}
-
-/// The release after checkpoint `after` that made `project`'s live version what it is,
-/// when that is no longer `set_to` (the newest one that moved it there), with that live
-/// version.
-fn changed_later<'v>(
-    view: &'v View<'_>,
-    after: u64,
-    project: &ProjectName,
-    set_to: &Version,
-) -> Result<Option<(TxRecord, &'v Version)>> {
-    let Some(live) = view.live(project).filter(|live| *live != set_to) else {
-        return Ok(None);
-    };
-    let culprit = view.history.made_live_after(project, live, after)?;
-    Ok(culprit.map(|culprit| (culprit, live)))
-}
-
-/// The version each project was last set to by `txs` (in order).
-fn versions_set_by(txs: &[TxRecord]) -> BTreeMap<ProjectName, Version> {
-    let mut out = BTreeMap::new();
-    for tx in txs {
-        for p in &tx.participants {
-            out.insert(p.project.clone(), p.to_version.clone());
+    /// Names `later` with the version it made live on `project`, once.
+    fn add_dependent(&mut self, project: &ProjectName, later: TxRecord) {
+        if self.dependents.iter().any(|(id, _)| id == &later.id) {
+            return;
         }
+        let set = later.participants.iter().find(|p| &p.project == project);
+        let live = set.map(|p| p.to_version.to_string()).unwrap_or_default();
+        self.dependents
+            .push((later.id, format!("{project}={live}")));
     }
-    out
+
+    /// Each project a reverted release took part in, with the first (oldest) of them
+    /// that did: the revert restores the version it had before that one.
+    fn first_changes(&self) -> BTreeMap<ProjectName, TxRecord> {
+        let mut out: BTreeMap<ProjectName, TxRecord> = BTreeMap::new();
+        for tx in &self.reverted {
+            for project in tx.projects() {
+                let older = out
+                    .get(project)
+                    .is_some_and(|o| o.checkpoint < tx.checkpoint);
+                if !older {
+                    out.insert(project.clone(), tx.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
-/// Targets: each touched project at its version in `base`; and the projects `base` has
-/// no version for (a revert cannot remove a project).
-fn targets_in(
-    base: &CheckpointRecord,
-    touched: &BTreeSet<ProjectName>,
-) -> (BTreeMap<ProjectName, Target>, Vec<String>) {
-    let mut targets = BTreeMap::new();
-    let mut missing = Vec::new();
-    for project in touched {
-        match base.versions.get(project) {
+/// Targets: each project at its version in the checkpoint before the first reverted
+/// release that changed it (so no unlisted release's change is undone); and the
+/// projects that had no version then (a revert cannot remove a project).
+fn targets_before(
+    view: &View<'_>,
+    first: &BTreeMap<ProjectName, TxRecord>,
+) -> Result<(BTreeMap<ProjectName, Target>, Vec<String>)> {
+    let mut bases: BTreeMap<u64, Option<CheckpointRecord>> = BTreeMap::new();
+    let (mut targets, mut missing) = (BTreeMap::new(), Vec::new());
+    for (project, tx) in first {
+        let before = tx.checkpoint.saturating_sub(1);
+        let base = match bases.entry(before) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(view.history.checkpoint(before)?),
+        };
+        match base.as_ref().and_then(|b| b.versions.get(project)) {
             Some(entry) => {
                 targets.insert(project.clone(), Target::restored(entry));
             }
-            None => missing.push(project.to_string()),
+            None => missing.push(format!("{project} (before {})", tx.id)),
         }
     }
-    (targets, missing)
+    Ok((targets, missing))
 }
 
-/// `earlier-state-exists`: every touched project had a version before the release.
-fn earlier_state_exists(missing: &[String], before: u64, release: &TxId) -> Precondition {
+/// `earlier-state-exists`: every touched project had a version in the checkpoint
+/// before the first reverted release that changed it (each such state named).
+fn earlier_state_exists(
+    missing: &[String],
+    first: &BTreeMap<ProjectName, TxRecord>,
+) -> Precondition {
+    if !missing.is_empty() {
+        return Precondition {
+            name: "earlier-state-exists",
+            passed: false,
+            detail: format!(
+                "{} had no version before; a revert cannot remove a project",
+                missing.join(", ")
+            ),
+        };
+    }
+    let mut states: Vec<(u64, &TxId)> = first.values().map(|t| (t.checkpoint, &t.id)).collect();
+    states.sort();
+    states.dedup();
+    let states: Vec<String> = states
+        .iter()
+        .map(|(cp, id)| format!("checkpoint {}, the state before {id}", cp.saturating_sub(1)))
+        .collect();
     Precondition {
         name: "earlier-state-exists",
-        passed: missing.is_empty(),
-        detail: if missing.is_empty() {
-            format!(
-                "every project has a version in checkpoint {before}, the state before {release}"
-            )
-        } else {
-            format!(
-                "{} had no version before {release} (checkpoint {before}); a revert cannot remove a project",
-                missing.join(", ")
-            )
-        },
+        passed: true,
+        detail: format!("every project has a version in {}", states.join("; ")),
     }
 }
 

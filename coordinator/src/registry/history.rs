@@ -8,9 +8,9 @@ use lockstep_store::Batch;
 
 use crate::{
     error::Result,
-    model::{BuildRecord, CheckpointRecord, TxRecord},
-    planner::{History, StartFinder},
-    tables::Tables,
+    model::{BuildRecord, CheckpointRecord, TxRecord, TxState},
+    planner::History,
+    tables::{IndexRange, Tables},
 };
 
 /// [`History`] over the tables, for one environment.
@@ -75,18 +75,33 @@ impl History for StoredHistory<'_> {
         Ok(self.tables.transaction(id)?)
     }
 
-    fn made_live_after(
+    fn took_part_after(
         &self,
         project: &ProjectName,
-        version: &Version,
-        after: u64,
-    ) -> Result<Option<TxRecord>> {
-        let made = match self.tables.starts_complete(self.environment)? {
-            true => self.start_after(project, version, after)?,
-            false => self.start_after_scanning(project, version, after)?,
-        };
-        let Some(made) = made else { return Ok(None) };
-        Ok(self.tables.transaction(&made)?)
+        after: &TxRecord,
+        limit: usize,
+    ) -> Result<Vec<TxRecord>> {
+        let indexed = self.tables.indexes_complete()?;
+        let (mut found, mut before) = (Vec::new(), None);
+        loop {
+            let page = self.created_before(project, before, limit, indexed)?;
+            let full = page.len() == limit.clamp(1, PAGE);
+            for tx in page {
+                if tx.ordinal <= after.ordinal {
+                    return Ok(found);
+                }
+                before = Some(tx.ordinal);
+                if self.took_part(&tx, project) && tx.checkpoint > after.checkpoint {
+                    found.push(tx);
+                }
+                if found.len() == limit {
+                    return Ok(found);
+                }
+            }
+            if !full {
+                return Ok(found);
+            }
+        }
     }
 
     fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
@@ -123,43 +138,36 @@ impl StoredHistory<'_> {
     }
 }
 
+/// Transactions read at a time, newest first, looking for those that took part in a
+/// project after another.
+const PAGE: usize = 64;
+
 impl StoredHistory<'_> {
-    /// The transaction of `version`'s newest start after `after`, from `version_starts`.
-    fn start_after(
+    /// Up to `limit` (at most [`PAGE`]) transactions created before ordinal `before`
+    /// (or the newest), newest first: `project`'s from its index, or every one while the
+    /// indexes are not complete (a standby's before its leader caught them up).
+    fn created_before(
         &self,
         project: &ProjectName,
-        version: &Version,
-        after: u64,
-    ) -> Result<Option<TxId>> {
-        let newest = self.tables.last_start(self.environment, project, version)?;
-        let Some(revision) = newest.filter(|r| *r > after) else {
-            return Ok(None);
-        };
-        let cp = self.tables.checkpoint(self.environment, revision)?;
-        Ok(cp.map(|cp| cp.transaction))
+        before: Option<u64>,
+        limit: usize,
+        indexed: bool,
+    ) -> Result<Vec<TxRecord>> {
+        let limit = limit.clamp(1, PAGE);
+        if !indexed {
+            return Ok(self.tables.transactions_before(before, limit)?);
+        }
+        let range = [IndexRange::project(self.environment, project)].into();
+        Ok(self
+            .tables
+            .indexed_transactions_before(&range, before, limit)?)
     }
 
-    /// The same, reading every checkpoint from `after` on (a data directory whose
-    /// `version_starts` is not complete: a standby's before its leader caught it up).
-    fn start_after_scanning(
-        &self,
-        project: &ProjectName,
-        version: &Version,
-        after: u64,
-    ) -> Result<Option<TxId>> {
-        const PAGE: usize = 256;
-        let mut finder = StartFinder::new(project, version, after);
-        let mut from = after.saturating_sub(1);
-        loop {
-            let page = self
-                .tables
-                .checkpoints_after(self.environment, from, PAGE)?;
-            page.iter().for_each(|cp| finder.see(cp));
-            match page.last() {
-                Some(last) if page.len() == PAGE => from = last.revision,
-                _ => return Ok(finder.newest),
-            }
-        }
+    /// Whether `tx` committed a change in this environment that `project` took part in.
+    fn took_part(&self, tx: &TxRecord, project: &ProjectName) -> bool {
+        tx.state == TxState::Committed
+            && &tx.environment == self.environment
+            && tx.projects().any(|p| p == project)
     }
 
     /// The newest revision at which `version` was live on `project`: the head's, when
@@ -286,50 +294,74 @@ mod tests {
         }
     }
 
-    /// Which release made a version live after a revision (what a revert's
-    /// `no-later-dependents` asks) is the same from the `version_starts` index as from
-    /// reading the checkpoints, over pages, with the version live twice: the newest
-    /// start counts, and none after the revision is none.
+    /// Transaction `n` (checkpoint `n` when committed) over `projects` in `env`.
+    fn over(n: u64, env: &str, projects: &[&str], state: TxState) -> TxRecord {
+        let mut tx = crate::txn::tests::t4(state);
+        (tx.id, tx.ordinal, tx.checkpoint) = (TxId::parse("id", &format!("T{n}")).unwrap(), n, n);
+        tx.environment = Environment::parse("e", env).unwrap();
+        let mut part = tx.participants[0].clone();
+        tx.participants = projects
+            .iter()
+            .map(|p| {
+                part.project = ProjectName::parse("p", p).unwrap();
+                part.clone()
+            })
+            .collect();
+        tx
+    }
+
+    /// What a revert of a transaction would undo on a project (its
+    /// `no-later-dependents`) is the same read through the project's index as read from
+    /// every transaction, over pages: the committed ones of the environment created
+    /// after it that took part in the project, newest first, and no more than asked.
     #[test]
-    fn the_release_that_made_a_version_live_is_found_without_the_history() {
+    fn the_releases_after_one_on_a_project_are_found_with_and_without_the_index() {
         let tables = Tables::new(Arc::new(MemKv::new()));
-        let (mut batch, mut previous) = (Batch::default(), None);
-        for revision in 1..=800u64 {
-            let web = match revision {
-                ..=300 | 601..=700 => "v1",
-                301..=600 => "v2",
-                _ => "v3",
+        let mut batch = Batch::default();
+        for n in 1..=300u64 {
+            let (env, state) = match n % 10 {
+                4 => ("staging", TxState::Committed),
+                8 => ("prod", TxState::Aborted),
+                _ => ("prod", TxState::Committed),
             };
-            let checkpoint = cp("prod", revision, web);
-            Tables::put_checkpoint(&mut batch, &checkpoint);
-            previous = Some(checkpoint);
+            let projects: &[&str] = if n % 2 == 0 {
+                &["web", "api"]
+            } else {
+                &["api"]
+            };
+            Tables::put_transaction(&mut batch, &over(n, env, projects, state));
         }
         tables.kv().write(batch, Durability::Sync).unwrap();
         let prod = Environment::parse("e", "prod").unwrap();
-        let history = StoredHistory::new(&tables, &prod, previous.as_ref());
+        let history = StoredHistory::new(&tables, &prod, None);
         let web = ProjectName::parse("p", "web").unwrap();
-        let v = |s: &str| Version::parse("v", s).unwrap();
-        let t = |n: u64| Some(TxId::parse("id", &format!("T{n}")).unwrap());
-        let asked = [
-            ("v1", 1, t(601)),
-            ("v1", 600, t(601)),
-            ("v1", 601, None),
-            ("v2", 0, t(301)),
-            ("v2", 300, t(301)),
-            ("v3", 700, t(701)),
-            ("v3", 701, None),
-            ("v4", 0, None),
-        ];
-        let scanned: Vec<_> = asked
-            .iter()
-            .map(|(version, after, _)| history.start_after_scanning(&web, &v(version), *after))
-            .collect();
-        fill_starts(&tables).unwrap();
-        for ((version, after, made), scanned) in asked.iter().zip(scanned) {
-            let indexed = history.start_after(&web, &v(version), *after).unwrap();
-            assert_eq!(&indexed, made, "{version} after {after}, from the index");
-            assert_eq!(&scanned.unwrap(), made, "{version} after {after}, scanning");
+        let ids = |txs: Vec<TxRecord>| -> Vec<u64> { txs.iter().map(|t| t.ordinal).collect() };
+        let asked = [(100, usize::MAX), (100, 1), (296, usize::MAX), (300, 5)];
+        let mut scanned = Vec::new();
+        for (after, limit) in asked {
+            let after = over(after, "prod", &["web"], TxState::Committed);
+            scanned.push(ids(history.took_part_after(&web, &after, limit).unwrap()));
         }
+        let mut fill = Batch::default();
+        Tables::put_indexes_filled(&mut fill);
+        tables.kv().write(fill, Durability::Sync).unwrap();
+        let expected = |after: u64, limit: usize| -> Vec<u64> {
+            let web_in_prod = (after + 1..=300)
+                .rev()
+                .filter(|n| n % 2 == 0 && n % 10 != 4);
+            web_in_prod.filter(|n| n % 10 != 8).take(limit).collect()
+        };
+        for ((after, limit), scanned) in asked.into_iter().zip(scanned) {
+            let at = over(after, "prod", &["web"], TxState::Committed);
+            let indexed = ids(history.took_part_after(&web, &at, limit).unwrap());
+            assert_eq!(
+                indexed,
+                expected(after, limit),
+                "after {after}, from the index"
+            );
+            assert_eq!(scanned, expected(after, limit), "after {after}, scanning");
+        }
+        assert_eq!(expected(100, usize::MAX).len(), 60, "the test spans pages");
     }
 
     /// A directory written before `version_starts` existed is filled once from every
@@ -386,8 +418,8 @@ mod tests {
     /// A rolling upgrade on etcd: a leader of this version kept `version_starts`
     /// through revision 10 (and marked it filled, as stops 40-41 did), then an older
     /// leader decided 11..=20 without it, making v2 live at 15. The next leader of this
-    /// version catches up before it serves, so a revert's `no-later-dependents` finds
-    /// the release of revision 15, and a move back to v2 is bounded below by 15.
+    /// version catches up before it serves, so the table has v2's start at 15, and a
+    /// move back to v2 is bounded below by 15.
     #[test]
     fn starts_an_older_leader_left_out_are_caught_up() {
         let tables = Tables::new(Arc::new(MemKv::new()));
@@ -421,8 +453,7 @@ mod tests {
         );
         fill_starts(&tables).unwrap();
         assert_eq!(tables.starts_through(&prod).unwrap(), 20);
-        let t15 = TxId::parse("id", "T15").unwrap();
-        assert_eq!(history.start_after(&web, &v2, 10).unwrap(), Some(t15));
+        assert_eq!(tables.last_start(&prod, &web, &v2).unwrap(), Some(15));
         assert_eq!(tables.first_live(&prod, &web, &v2).unwrap(), Some(15));
         assert_eq!(
             history.bounds(&[(&web, &v2)]).unwrap(),

@@ -46,7 +46,6 @@ fn reverting_t2_after_t4_changed_b_is_refused_unless_cascade_reverts_t4_too() {
     );
 
     let plan = story.plan(&revert("T2", true));
-    assert!(plan.allowed(), "{}", plan.refusal());
     assert_eq!(plan.reverts, [id("T2"), id("T4")]);
     assert_rule(
         &plan,
@@ -54,14 +53,54 @@ fn reverting_t2_after_t4_changed_b_is_refused_unless_cascade_reverts_t4_too() {
         true,
         &["cascade also reverts T4"],
     );
-    // The state before T2: checkpoint 1 (T3's C=T3C goes too).
-    assert_eq!(targets(&plan), "A=T1A B=T1B C=T1C");
+    // Each project goes back to its version before the first reverted release that
+    // changed it: B before T2, A and C before T4. T3 is not reverted, so C=T3C stays.
+    assert_eq!(targets(&plan), "A=T1A B=T1B C=T3C");
     assert_rule(
         &plan,
-        "compatibility",
+        "earlier-state-exists",
         true,
-        &["at checkpoint 1 (release T1)"],
+        &["checkpoint 1, the state before T2; checkpoint 3, the state before T4"],
     );
+    // A family never live together: refused, unless forced.
+    assert!(!plan.allowed());
+    assert_rule(&plan, "compatibility", false, &["A=T1A B=T1B C=T3C"]);
+}
+
+// T5 changed B, T6 changed B again, T7 changed all three: a cascade revert of T5 undoes
+// T6 as well as T7, so it names both, not only the release that made B's live version.
+#[test]
+fn a_cascade_names_every_later_release_it_undoes_not_only_the_newest() {
+    let mut story = Story::seed_000();
+    story.commit("T5", release(&[("B", "T5B")]));
+    story.commit("T6", release(&[("B", "T6B")]));
+    story.commit("T7", release(&[("A", "T7A"), ("B", "T7B"), ("C", "T7C")]));
+
+    let plan = story.plan(&revert("T5", false));
+    let words = ["T7 committed after T5 and built on it (B=T7B by T7 is live now)"];
+    assert_rule(&plan, "no-later-dependents", false, &words);
+
+    let plan = story.plan(&revert("T5", true));
+    assert!(plan.allowed(), "{}", plan.refusal());
+    assert_eq!(plan.reverts, [id("T5"), id("T6"), id("T7")]);
+    assert_eq!(targets(&plan), "A=T4A B=T4B C=T4C");
+}
+
+// T5 changed B, T6 changed C alone, T7 changed all three: a cascade revert of T5
+// reverts T7 but not T6, which built on nothing T5 did, so C goes back to T6C (what T7
+// replaced), not to T4C. That family was never live together: refused unless forced.
+#[test]
+fn a_cascade_keeps_what_a_release_it_does_not_revert_changed() {
+    let mut story = Story::seed_000();
+    story.commit("T5", release(&[("B", "T5B")]));
+    story.commit("T6", release(&[("C", "T6C")]));
+    story.commit("T7", release(&[("A", "T7A"), ("B", "T7B"), ("C", "T7C")]));
+
+    let plan = story.plan(&revert("T5", true));
+    assert_eq!(plan.reverts, [id("T5"), id("T7")]);
+    assert_eq!(targets(&plan), "A=T4A B=T4B C=T6C");
+    assert!(!plan.allowed());
+    assert_rule(&plan, "compatibility", false, &["A=T4A B=T4B C=T6C"]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::{
         Action, BuildRecord, CheckpointRecord, LiveEntry, ProjectRecord, QuarantineRecord, Request,
         TxKind, TxRecord, TxState,
     },
-    planner::{History, Plan, StartFinder, View, checkpoint_description, plan},
+    planner::{History, Plan, View, checkpoint_description, plan},
 };
 
 pub(super) fn p(s: &str) -> ProjectName {
@@ -69,17 +69,18 @@ impl History for Story {
         Ok(self.transactions.iter().find(|t| &t.id == tx).cloned())
     }
 
-    fn made_live_after(
+    fn took_part_after(
         &self,
         project: &ProjectName,
-        version: &Version,
-        after: u64,
-    ) -> Result<Option<TxRecord>> {
-        let mut finder = StartFinder::new(project, version, after);
-        self.checkpoints.iter().for_each(|cp| finder.see(cp));
-        Ok(finder
-            .newest
-            .and_then(|made| self.transaction(&made).ok().flatten()))
+        after: &TxRecord,
+        limit: usize,
+    ) -> Result<Vec<TxRecord>> {
+        let later = self.transactions.iter().rev().filter(|t| {
+            t.state == TxState::Committed
+                && t.checkpoint > after.checkpoint
+                && t.projects().any(|q| q == project)
+        });
+        Ok(later.take(limit).cloned().collect())
     }
 
     fn build(&self, project: &ProjectName, version: &Version) -> Result<Option<BuildRecord>> {
