@@ -173,3 +173,54 @@ async fn an_artifact_by_url_is_verified_cached_and_shown() {
         "{shown}"
     );
 }
+
+/// A version names one build: once 1.0 is committed from app-1, a release of 1.0 from
+/// app-2 is refused at admission, naming the field (the agent would keep
+/// `releases/1.0` as it is, and a revert would send app-2 to restore it), and nothing
+/// moves; 1.0 from app-1 again is a plain move back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_version_is_not_released_again_from_another_build() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    let store_dir = c.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let (_, one) = tarball(&store_dir, "app-1", "built 1");
+    let (_, two) = tarball(&store_dir, "app-2", "built 2");
+    let store = Store::serve(&store_dir).await;
+    let app_1 = format!("A={}", store.url("app-1.tar.gz", &one));
+    let app_2 = format!("A={}", store.url("app-2.tar.gz", &two));
+    let release = |id: &'static str, version: &'static str, artifact: &str| {
+        let args = [
+            "release",
+            "create",
+            id,
+            version,
+            "--artifact",
+            artifact,
+            "--wait",
+        ];
+        args.map(str::to_string)
+    };
+    let run = |args: [String; 7]| {
+        let c = &c;
+        async move { c.cli(&args.each_ref().map(String::as_str)).await }
+    };
+
+    assert_eq!(run(release("T1", "A=1.0", &app_1)).await.code, 0);
+    assert_eq!(run(release("T2", "A=2.0", &app_2)).await.code, 0);
+    assert_eq!(version_of(&c), "built 2");
+
+    let out = run(release("T3", "A=1.0", &app_2)).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("components[0].artifact: A=1.0 was committed from")
+            && out.stderr.contains("a version names one build"),
+        "{out:?}"
+    );
+    assert_eq!(version_of(&c), "built 2", "nothing moved");
+
+    assert_eq!(run(release("T4", "A=1.0", &app_1)).await.code, 0);
+    assert_eq!(version_of(&c), "built 1");
+}

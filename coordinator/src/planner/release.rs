@@ -11,7 +11,7 @@ use super::{
     waves::build,
 };
 use crate::{
-    error::Result,
+    error::{CoordinatorError, Result},
     model::{CheckpointRecord, ComponentSpec},
 };
 
@@ -60,6 +60,7 @@ fn requested_targets(
     let mut targets = BTreeMap::new();
     for (i, c) in components.iter().enumerate() {
         view.project(&format!("components[{i}].project"), &c.project)?;
+        one_build(view, i, c)?;
         targets.insert(
             c.project.clone(),
             Target {
@@ -70,4 +71,23 @@ fn requested_targets(
         );
     }
     Ok(targets)
+}
+
+/// A version names one build: an agent keeps `releases/<version>` as it is, and a
+/// restore sends the artifact recorded for the version. So a committed version is not
+/// released again from another artifact (that build needs a version of its own).
+fn one_build(view: &View<'_>, i: usize, c: &ComponentSpec) -> Result<()> {
+    if c.artifact.is_empty() {
+        return Ok(());
+    }
+    let Some(build) = view.history.build(&c.project, &c.version)? else {
+        return Ok(());
+    };
+    if build.artifact.is_empty() || build.artifact == c.artifact {
+        return Ok(());
+    }
+    Err(CoordinatorError::Refused(format!(
+        "components[{i}].artifact: {}={} was committed from {} in {}; a version names one build (agents keep releases/<version> as it is, and a revert restores the recorded artifact), so give {} a version of its own",
+        c.project, c.version, build.artifact, view.environment, c.artifact
+    )))
 }

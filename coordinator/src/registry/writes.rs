@@ -169,10 +169,10 @@ impl Registry {
     }
 
     /// Records what each version `tx` makes live was staged from, in the decision's
-    /// batch, without reading anything (this runs on every COMMIT, under the lock): the
-    /// newest artifact given for a version wins, and a part staged without one (a kept
-    /// build, a restore of a version released without an artifact) leaves the earlier
-    /// record as it is.
+    /// batch, without reading anything (this runs on every COMMIT, under the lock). A
+    /// version has one artifact (the planner refuses another for a committed version),
+    /// and a part staged without one (a kept build, a restore of a version released
+    /// without an artifact) leaves the earlier record as it is.
     fn record_builds(tx: &TxRecord, batch: &mut Batch) {
         let env = &tx.environment;
         let changed = tx

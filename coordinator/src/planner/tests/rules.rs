@@ -7,7 +7,7 @@ use super::{
     },
     story::{Story, id, p},
 };
-use crate::planner::waves;
+use crate::{model::Request, planner::waves};
 
 #[test]
 fn waves_put_children_before_parents_three_levels_deep() {
@@ -301,4 +301,27 @@ fn an_unverified_upstream_state_arrives_forced_and_vouches_for_nothing() {
     ));
     assert!(ahead.allowed(), "{}", ahead.refusal());
     assert!(ahead.forced, "nothing moves back, still forced");
+}
+
+// A version names one build: an agent keeps `releases/<version>` as it is, and a restore
+// sends the build recorded for the version. A release giving a committed version another
+// artifact is refused, naming the field; the same artifact again is not.
+#[test]
+fn a_committed_version_is_not_released_again_from_another_artifact() {
+    let mut story = Story::seed_000();
+    story.commit("T5", release(&[("B", "T5B")]));
+    story.commit("T6", release(&[("B", "T6B")]));
+
+    let mut rebuilt = release(&[("B", "T5B")]);
+    if let Request::Release { components, .. } = &mut rebuilt {
+        components[0].artifact = "registry.example/B:T5B-rebuilt".into();
+    }
+    let err = plan_err(&story, &rebuilt);
+    assert!(
+        err.contains("components[0].artifact: B=T5B was committed from registry.example/B:T5B")
+            && err.contains("registry.example/B:T5B-rebuilt"),
+        "{err}"
+    );
+    let plan = story.plan(&release(&[("B", "T5B")]));
+    assert!(!plan.refusal().contains("artifact"), "{}", plan.refusal());
 }

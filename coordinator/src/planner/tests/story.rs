@@ -156,6 +156,7 @@ impl Story {
                 .map(|(p, e)| (p.clone(), e.version.clone())),
         );
         self.quarantine_reverted(&record);
+        self.record_builds(&record);
         self.checkpoints.push(checkpoint);
         self.transactions.push(record);
         plan
@@ -226,6 +227,20 @@ impl Story {
             description: checkpoint_description(tx),
             untested: tx.forced,
             committed_ms: 0,
+        }
+    }
+
+    /// What each changed part was staged from, as the COMMIT's batch records it.
+    fn record_builds(&mut self, tx: &TxRecord) {
+        let staged = tx.participants.iter().filter(|p| !p.artifact.is_empty());
+        for part in staged.filter(|p| p.action != Action::Unchanged) {
+            let build = BuildRecord {
+                artifact: part.artifact.clone(),
+                metadata: part.metadata.clone(),
+                schema: part.to_schema.clone(),
+            };
+            let key = (part.project.clone(), part.to_version.clone());
+            self.builds.insert(key, build);
         }
     }
 
