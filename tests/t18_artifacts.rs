@@ -215,7 +215,7 @@ async fn a_committed_version_is_not_released_again_from_another_build() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stderr
-            .contains("components[0].artifact: A=1.0 was committed from")
+            .contains("components[0].artifact: A=1.0 was committed in default from")
             && out.stderr.contains("a version names one build"),
         "{out:?}"
     );

@@ -423,6 +423,13 @@ impl TxRecord {
     pub fn projects(&self) -> impl Iterator<Item = &ProjectName> {
         self.participants.iter().map(|p| &p.project)
     }
+
+    /// Whether COMMIT was decided: its checkpoint is in the history (the live state),
+    /// though some participants may not have acknowledged it yet.
+    pub fn made_its_checkpoint(&self) -> bool {
+        let decided = matches!(self.state, TxState::Committed | TxState::Committing);
+        decided && self.checkpoint != 0
+    }
 }
 
 /// One project's version in a checkpoint.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lockstep::names::ProjectName;
+use lockstep::names::{Environment, ProjectName};
 
 use super::{
     Plan, Target, View,
@@ -23,7 +23,7 @@ pub(super) fn plan_release(
     force: bool,
     allow_quarantined: bool,
 ) -> Result<Plan> {
-    let targets = requested_targets(view, components)?;
+    let targets = requested_targets(view, components, None)?;
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
     let (compat, forced) = compatibility(view, &targets, force, None)?;
@@ -41,7 +41,7 @@ pub(super) fn plan_promotion(
     force: bool,
     upstream: &CheckpointRecord,
 ) -> Result<Plan> {
-    let targets = requested_targets(view, components)?;
+    let targets = requested_targets(view, components, Some(&upstream.environment))?;
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, false));
     let verified = Some(upstream).filter(|u| !u.untested);
@@ -52,15 +52,16 @@ pub(super) fn plan_promotion(
 }
 
 /// The requested components as targets; an unregistered project is NotFound, naming
-/// the component's field.
+/// the component's field. `upstream`: the environment a promotion brings them from.
 fn requested_targets(
     view: &View<'_>,
     components: &[ComponentSpec],
+    upstream: Option<&Environment>,
 ) -> Result<BTreeMap<ProjectName, Target>> {
     let mut targets = BTreeMap::new();
     for (i, c) in components.iter().enumerate() {
         view.project(&format!("components[{i}].project"), &c.project)?;
-        one_build(view, i, c)?;
+        one_build(view, i, c, upstream)?;
         targets.insert(
             c.project.clone(),
             Target {
@@ -74,20 +75,42 @@ fn requested_targets(
 }
 
 /// A version names one build: an agent keeps `releases/<version>` as it is, and a
-/// restore sends the artifact recorded for the version. So a committed version is not
-/// released again from another artifact (that build needs a version of its own).
-fn one_build(view: &View<'_>, i: usize, c: &ComponentSpec) -> Result<()> {
-    if c.artifact.is_empty() {
-        return Ok(());
-    }
-    let Some(build) = view.history.build(&c.project, &c.version)? else {
+/// restore sends the artifact recorded for the version. So a version committed before
+/// is not released (or promoted) again from another artifact: that build needs a
+/// version of its own.
+fn one_build(
+    view: &View<'_>,
+    i: usize,
+    c: &ComponentSpec,
+    upstream: Option<&Environment>,
+) -> Result<()> {
+    let Some(recorded) = other_build(view, c)? else {
         return Ok(());
     };
-    if build.artifact.is_empty() || build.artifact == c.artifact {
-        return Ok(());
-    }
+    let (field, given) = match upstream {
+        None => (format!("components[{i}].artifact"), c.artifact.clone()),
+        Some(env) => ("from".to_string(), format!("{env}'s build, {}", c.artifact)),
+    };
     Err(CoordinatorError::Refused(format!(
-        "components[{i}].artifact: {}={} was committed from {} in {}; a version names one build (agents keep releases/<version> as it is, and a revert restores the recorded artifact), so give {} a version of its own",
-        c.project, c.version, build.artifact, view.environment, c.artifact
+        "{field}: {}={} was committed in {} {recorded}; a version names one build (agents keep releases/<version> as it is, and a revert restores the recorded artifact), so {given} needs a version of its own",
+        c.project, c.version, view.environment
     )))
+}
+
+/// How the version `c` names was committed before (`from ARTIFACT`, or `without an
+/// artifact`) when `c` brings another build of it; none when it brings none, the same
+/// one, or the version is live now (it stays as it is: nothing is staged).
+fn other_build(view: &View<'_>, c: &ComponentSpec) -> Result<Option<String>> {
+    if c.artifact.is_empty() || view.live(&c.project) == Some(&c.version) {
+        return Ok(None);
+    }
+    match view.history.build(&c.project, &c.version)? {
+        Some(b) if !b.artifact.is_empty() => {
+            Ok((b.artifact != c.artifact).then(|| format!("from {}", b.artifact)))
+        }
+        _ => Ok(view
+            .history
+            .was_live(&c.project, &c.version)?
+            .then(|| "without an artifact".to_string())),
+    }
 }

@@ -2,7 +2,7 @@
 //! in the checkpoint before that release. Later releases built on it are either named
 //! (`no-later-dependents` fails) or, with cascade, reverted together.
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
 use lockstep::names::{ProjectName, TxId};
 
@@ -74,16 +74,21 @@ struct Cascade {
     /// Without cascade: the newest later release that took part in each project the
     /// reverted one did, with the `project=version` it made live.
     dependents: Vec<(TxId, String)>,
+    /// The (project, first reverted release on it) already looked after: a pass of the
+    /// fixpoint reads only what the last one changed.
+    asked: BTreeSet<(ProjectName, TxId)>,
 }
 
 impl Cascade {
     /// Fixpoint: a committed release that took part in a project after a reverted one
-    /// changed it did so on top of what the revert undoes. With cascade it is reverted
+    /// did (changed it, or came along unchanged with a parent it changed) was built on
+    /// what the revert undoes. With cascade it is reverted
     /// too (its projects join the set); without, it is a dependent, and the rule fails.
     fn resolve(view: &View<'_>, first: TxRecord, cascade: bool) -> Result<Self> {
         let mut out = Cascade {
             reverted: vec![first],
             dependents: Vec::new(),
+            asked: BTreeSet::new(),
         };
         while out.pull(view, cascade)? {}
         out.reverted[1..].sort_by_key(|t| t.checkpoint);
@@ -97,6 +102,9 @@ impl Cascade {
         let limit = if cascade { usize::MAX } else { 1 };
         let mut pulled = false;
         for (project, first) in self.first_changes() {
+            if !self.asked.insert((project.clone(), first.id.clone())) {
+                continue;
+            }
             for later in view.history.took_part_after(&project, &first, limit)? {
                 if self.reverted.iter().any(|r| r.id == later.id) {
                     continue;
@@ -196,7 +204,7 @@ fn earlier_state_exists(
     }
 }
 
-/// `no-later-dependents`: no later committed release changed what the revert undoes, or
+/// `no-later-dependents`: no later committed release took part in what the revert undoes, or
 /// cascade reverts those releases too (then named).
 fn no_later_dependents(
     dependents: &[(TxId, String)],
@@ -210,7 +218,7 @@ fn no_later_dependents(
             detail: if reverts.len() > 1 {
                 format!("cascade also reverts {}", join(&reverts[1..]))
             } else {
-                format!("no later committed release changed what {release} changed")
+                format!("no later committed release took part in what {release} changed")
             },
         };
     }

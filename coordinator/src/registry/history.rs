@@ -8,7 +8,7 @@ use lockstep_store::Batch;
 
 use crate::{
     error::Result,
-    model::{BuildRecord, CheckpointRecord, TxRecord, TxState},
+    model::{BuildRecord, CheckpointRecord, TxRecord},
     planner::History,
     tables::{IndexRange, Tables},
 };
@@ -83,9 +83,13 @@ impl History for StoredHistory<'_> {
     ) -> Result<Vec<TxRecord>> {
         let indexed = self.tables.indexes_complete()?;
         let (mut found, mut before) = (Vec::new(), None);
+        // The first page holds what is asked (usually the newest is it), the next ones
+        // a whole page each.
+        let mut size = limit.clamp(1, PAGE);
         loop {
-            let page = self.created_before(project, before, limit, indexed)?;
-            let full = page.len() == limit.clamp(1, PAGE);
+            let page = self.created_before(project, before, size, indexed)?;
+            let full = page.len() == size;
+            size = PAGE;
             for tx in page {
                 if tx.ordinal <= after.ordinal {
                     return Ok(found);
@@ -143,9 +147,9 @@ impl StoredHistory<'_> {
 const PAGE: usize = 64;
 
 impl StoredHistory<'_> {
-    /// Up to `limit` (at most [`PAGE`]) transactions created before ordinal `before`
-    /// (or the newest), newest first: `project`'s from its index, or every one while the
-    /// indexes are not complete (a standby's before its leader caught them up).
+    /// Up to `limit` transactions created before ordinal `before` (or the newest),
+    /// newest first: `project`'s from its index, or every one while the indexes are not
+    /// complete (a standby's before its leader caught them up).
     fn created_before(
         &self,
         project: &ProjectName,
@@ -153,7 +157,6 @@ impl StoredHistory<'_> {
         limit: usize,
         indexed: bool,
     ) -> Result<Vec<TxRecord>> {
-        let limit = limit.clamp(1, PAGE);
         if !indexed {
             return Ok(self.tables.transactions_before(before, limit)?);
         }
@@ -163,9 +166,9 @@ impl StoredHistory<'_> {
             .indexed_transactions_before(&range, before, limit)?)
     }
 
-    /// Whether `tx` committed a change in this environment that `project` took part in.
+    /// Whether `tx`, in this environment, made its checkpoint with `project` taking part.
     fn took_part(&self, tx: &TxRecord, project: &ProjectName) -> bool {
-        tx.state == TxState::Committed
+        tx.made_its_checkpoint()
             && &tx.environment == self.environment
             && tx.projects().any(|p| p == project)
     }
@@ -275,7 +278,7 @@ mod tests {
     use lockstep_store::{Durability, MemKv};
 
     use super::*;
-    use crate::model::{LiveEntry, TxKind};
+    use crate::model::{LiveEntry, TxKind, TxState};
 
     fn cp(env: &str, revision: u64, web: &str) -> CheckpointRecord {
         let entry = LiveEntry {
@@ -312,8 +315,9 @@ mod tests {
 
     /// What a revert of a transaction would undo on a project (its
     /// `no-later-dependents`) is the same read through the project's index as read from
-    /// every transaction, over pages: the committed ones of the environment created
-    /// after it that took part in the project, newest first, and no more than asked.
+    /// every transaction, over pages: those of the environment created after it that
+    /// took part in the project and made their checkpoint (committed, or decided and
+    /// still committing), newest first, and no more than asked.
     #[test]
     fn the_releases_after_one_on_a_project_are_found_with_and_without_the_index() {
         let tables = Tables::new(Arc::new(MemKv::new()));
@@ -321,6 +325,7 @@ mod tests {
         for n in 1..=300u64 {
             let (env, state) = match n % 10 {
                 4 => ("staging", TxState::Committed),
+                6 => ("prod", TxState::Committing),
                 8 => ("prod", TxState::Aborted),
                 _ => ("prod", TxState::Committed),
             };

@@ -7,7 +7,10 @@ use super::{
     },
     story::{Story, id, p},
 };
-use crate::{model::Request, planner::waves};
+use crate::{
+    model::{Request, TxState},
+    planner::waves,
+};
 
 #[test]
 fn waves_put_children_before_parents_three_levels_deep() {
@@ -318,10 +321,47 @@ fn a_committed_version_is_not_released_again_from_another_artifact() {
     }
     let err = plan_err(&story, &rebuilt);
     assert!(
-        err.contains("components[0].artifact: B=T5B was committed from registry.example/B:T5B")
-            && err.contains("registry.example/B:T5B-rebuilt"),
+        err.contains(
+            "components[0].artifact: B=T5B was committed in default from registry.example/B:T5B"
+        ) && err.contains("registry.example/B:T5B-rebuilt"),
         "{err}"
     );
     let plan = story.plan(&release(&[("B", "T5B")]));
     assert!(!plan.refusal().contains("artifact"), "{}", plan.refusal());
+
+    // B=T6B is live: nothing is staged for it, whatever artifact is given.
+    let mut live = release(&[("B", "T6B")]);
+    if let Request::Release { components, .. } = &mut live {
+        components[0].artifact = "registry.example/B:T6B-rebuilt".into();
+    }
+    story.plan(&live);
+
+    // A version committed without an artifact has no other build to be given later.
+    let mut bare = release(&[("C", "T7C")]);
+    if let Request::Release { components, .. } = &mut bare {
+        components[0].artifact.clear();
+    }
+    story.commit("T7", bare);
+    story.commit("T8", release(&[("C", "T8C")]));
+    let err = plan_err(&story, &release(&[("C", "T7C")]));
+    assert!(
+        err.contains("components[0].artifact: C=T7C was committed in default without an artifact"),
+        "{err}"
+    );
+}
+
+// A later release decided COMMIT whose participants have not all acknowledged it yet has
+// made its checkpoint: a revert that would undo it names it, as it names a committed one.
+#[test]
+fn a_later_release_still_committing_is_a_dependent() {
+    let mut story = Story::seed_000();
+    story.commit("T5", release(&[("B", "T5B")]));
+    story.commit("T6", release(&[("B", "T6B")]));
+    story.transactions.last_mut().unwrap().state = TxState::Committing;
+
+    let plan = story.plan(&revert("T5", false));
+    let words = ["T6 committed after T5 and built on it (B=T6B by T6 is live now)"];
+    assert_rule(&plan, "no-later-dependents", false, &words);
+    let plan = story.plan(&revert("T5", true));
+    assert_eq!(plan.reverts, [id("T5"), id("T6")]);
 }

@@ -76,7 +76,7 @@ impl History for Story {
         limit: usize,
     ) -> Result<Vec<TxRecord>> {
         let later = self.transactions.iter().rev().filter(|t| {
-            t.state == TxState::Committed
+            t.made_its_checkpoint()
                 && t.checkpoint > after.checkpoint
                 && t.projects().any(|q| q == project)
         });
