@@ -939,6 +939,87 @@ async fn a_revert_cut_off_by_a_crash_is_created_after_the_restart() {
     drop(site);
 }
 
+/// Review finding of stop 53: the revert-due mark went as soon as the automatic revert
+/// was admitted, and a restart aborts an undecided transaction (presumed abort), after
+/// which the same id was answered with that abort: a revert cut off in its Prepare was
+/// lost for good. Given P2 failing its live check while production's backend agent
+/// holds every Prepare, when the coordinator is SIGKILLed with the revert preparing,
+/// then after the restart another attempt reverts P2: P1's versions run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_a_restart_cut_off_is_made_again() {
+    let (_dir, broken, site, pipeline) = live_site("production", "3s", "revert");
+    let mut c = with_pipeline(&pipeline).await;
+    for project in PROJECTS {
+        env_agent(&mut c, "production", project, &[], &[]).await;
+    }
+    production_release(&c, "P1").await;
+    live_check_is(&c, "P1", "passed").await;
+    production_release(&c, "P2").await;
+    c.block("foobar-backend");
+    std::fs::write(&broken, "").unwrap();
+    let revert = reverting(&c, "P2").await;
+    assert_eq!(revert.id, "auto-revert-P2");
+    c.wait_state(&revert.id, TransactionState::Preparing).await;
+
+    c.coordinator.kill9().await;
+    c.heal("foobar-backend");
+    c.coordinator.restart().await;
+
+    c.wait_state("auto-revert-P2-2", TransactionState::Committed)
+        .await;
+    let cut_off = c.transaction("auto-revert-P2").await;
+    assert_eq!(cut_off.state(), TransactionState::Aborted, "{cut_off:?}");
+    let agent = |p: &str| c.agent(&format!("production/{p}")).live();
+    assert_eq!(
+        [agent("foobar-backend"), agent("foobar-frontend")],
+        [Some("P1b".to_string()), Some("P1f".to_string())],
+        "back at P1"
+    );
+    drop(site);
+}
+
+/// Review finding of stop 53: an automatic promotion a restart aborted before its
+/// decision was never made again (its id was answered with the abort). Given staging
+/// promoting to production once a release's live check passed, when the coordinator
+/// is SIGKILLed while the promotion waits in production's Prepare, then after the
+/// restart another attempt promotes it: production runs 1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_a_restart_cut_off_is_made_again() {
+    let (_dir, _, site, staging) = live_site("staging", "3s", "revert");
+    let pipeline = format!(
+        "{staging}\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n"
+    );
+    let mut c = with_pipeline(&pipeline).await;
+    for env in ["staging", "production"] {
+        env_agent(&mut c, env, "foobar-backend", &[], &[]).await;
+    }
+    let args = [
+        "-e",
+        "staging",
+        "release",
+        "create",
+        "S1",
+        "foobar-backend=1.0",
+        "--wait",
+    ];
+    assert_eq!(c.cli(&args).await.code, 0);
+    c.block("foobar-backend");
+    let promotion = "promote-staging-1-to-production";
+    c.wait_state(promotion, TransactionState::Preparing).await;
+
+    c.coordinator.kill9().await;
+    c.heal("foobar-backend");
+    c.coordinator.restart().await;
+
+    c.wait_state(&format!("{promotion}-2"), TransactionState::Committed)
+        .await;
+    assert_eq!(
+        c.agent("production/foobar-backend").live().as_deref(),
+        Some("1.0")
+    );
+    drop(site);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_is_promoted_only_once_its_live_check_passed() {
     let (_dir, _, site, staging) = live_site("staging", "3s", "revert");

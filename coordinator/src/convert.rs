@@ -88,6 +88,7 @@ pub fn release(r: pb::CreateReleaseRequest) -> Result<CreateSpec, FieldError> {
         authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
+        again_after_restart: false,
     })
 }
 
@@ -175,6 +176,7 @@ pub fn revert(r: pb::RevertReleaseRequest) -> Result<CreateSpec, FieldError> {
         authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
+        again_after_restart: false,
     })
 }
 
@@ -194,6 +196,7 @@ pub fn rollback(r: pb::RollbackRequest, resolved: u64) -> Result<CreateSpec, Fie
         authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
+        again_after_restart: false,
     })
 }
 
@@ -229,6 +232,7 @@ pub fn promote(r: pb::PromoteRequest) -> Result<(PromoteAsk, CreateSpec), FieldE
         authority: Authority::Unrecorded,
         ticket: ticket(&r.ticket)?,
         promoted_from: None,
+        again_after_restart: false,
     };
     Ok((ask, base))
 }

@@ -516,6 +516,11 @@ pub struct CreateSpec {
     pub ticket: String,
     /// For a promotion: the source environment and checkpoint.
     pub promoted_from: Option<(Environment, u64)>,
+    /// The coordinator's own transaction (an automatic revert or promotion), made
+    /// again when it starts: an attempt under `id` that a restart aborted before its
+    /// decision (presumed abort) is not the answer, the next attempt (`ID-2`, `ID-3`...)
+    /// is admitted instead. A caller's id is an idempotency key and stays one.
+    pub again_after_restart: bool,
 }
 
 /// What a promotion asks for, validated.

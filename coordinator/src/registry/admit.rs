@@ -17,7 +17,7 @@ use crate::{
     planner::{self, Plan},
     queue::Blocked,
     tables::Tables,
-    txn::{Transaction, events},
+    txn::{PRESUMED_ABORT, Transaction, events},
 };
 
 /// Decides whether the caller may carry out a plan: `Err` (a
@@ -97,10 +97,10 @@ impl Registry {
         spec: &CreateSpec,
         authorize: Authorize<'_>,
     ) -> Result<Option<Replayed>> {
-        let Some(id) = &spec.id else {
+        let Some(id) = self.attempt_id(s, spec)? else {
             return Ok(None);
         };
-        let Some(existing) = self.existing(s, id)? else {
+        let Some(existing) = self.existing(s, &id)? else {
             return Ok(None);
         };
         let answer = authorized(replay(s, existing, spec), authorize);
@@ -140,8 +140,8 @@ impl Registry {
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
         }
-        let id = match &spec.id {
-            Some(id) => id.clone(),
+        let id = match self.attempt_id(s, spec)? {
+            Some(id) => id,
             None => self.fresh_id(s, spec.id_hint.as_deref().unwrap_or("tx"))?,
         };
         let ordinal = s.next_ordinal;
@@ -263,6 +263,24 @@ impl Registry {
             Some(a) => Ok(Some(a.record.clone())),
             None => Ok(self.inner.tables.transaction(id)?),
         }
+    }
+
+    /// The id `spec` is admitted under: the one it names; for the coordinator's own
+    /// transaction made again at a start ([`CreateSpec::again_after_restart`]), the
+    /// first of `ID`, `ID-2`, `ID-3`... that is not an attempt a restart aborted before
+    /// its decision, so that the retry is not answered with that abort.
+    fn attempt_id(&self, s: &State, spec: &CreateSpec) -> Result<Option<TxId>> {
+        let Some(id) = &spec.id else { return Ok(None) };
+        let mut attempt = id.clone();
+        for n in 2.. {
+            match self.existing(s, &attempt)? {
+                Some(cut_off) if spec.again_after_restart && cut_off.reason == PRESUMED_ABORT => {
+                    attempt = TxId::derived(&format!("{id}-{n}"));
+                }
+                _ => return Ok(Some(attempt)),
+            }
+        }
+        unreachable!("2.. is unbounded")
     }
 
     fn fresh_id(&self, s: &State, hint: &str) -> Result<TxId> {

@@ -180,10 +180,13 @@ impl Registry {
         }
     }
 
-    /// Creates the revert `record`'s failed live check owes, then clears the mark
-    /// that says so. A refusal is recorded on `record`; a failure that retrying may
-    /// cure (storage) is tried again, and the mark stays for the next start if it
-    /// lasts, so no revert is dropped on a transient error.
+    /// Creates the revert `record`'s failed live check owes. The mark that says so
+    /// goes with the revert's end (its batch), so that a restart that cuts the revert
+    /// off before its decision leaves it owed, and the next start makes another
+    /// attempt; here it goes only when the revert is refused, or found ended already.
+    /// A refusal is recorded on `record`; a failure that retrying may cure (storage)
+    /// is tried again, and the mark stays for the next start if it lasts, so no
+    /// revert is dropped on a transient error.
     async fn revert_automatically(&self, record: &TxRecord) {
         let mut delay = Duration::from_millis(100);
         let created = loop {
@@ -207,7 +210,12 @@ impl Registry {
                 let check = LiveCheck::Failed(message.clone());
                 self.record_check(record, check, kind, "", message).await;
             }
-            Ok(_) => {}
+            Ok(created) => {
+                let ended = created.transaction.is_some_and(|t| t.state.is_terminal());
+                if !ended {
+                    return;
+                }
+            }
         }
         let mut paid = Batch::default();
         Tables::delete_revert_due(&mut paid, record);
@@ -269,6 +277,7 @@ fn automatic_revert(record: &TxRecord) -> CreateSpec {
         authority: Default::default(),
         ticket: record.ticket.clone(),
         promoted_from: None,
+        again_after_restart: true,
     }
 }
 
@@ -276,5 +285,8 @@ fn automatic_revert(record: &TxRecord) -> CreateSpec {
 /// (`auto-`: no caller may choose such an id, and no id the coordinator picks for a
 /// person's revert begins so), always valid however long `record`'s own is.
 fn revert_id(record: &TxRecord) -> TxId {
-    TxId::derived(&format!("auto-revert-{}", record.id))
+    TxId::derived(&format!("{AUTO_REVERT}{}", record.id))
 }
+
+/// How the id of every automatic revert begins (and of its attempts after restarts).
+pub(super) const AUTO_REVERT: &str = "auto-revert-";

@@ -349,6 +349,7 @@ fn auto_spec(ask: &PromoteAsk, id: &str, upstream: &TxRecord) -> Result<CreateSp
         authority: upstream.authority.clone(),
         ticket: String::new(),
         promoted_from: None,
+        again_after_restart: true,
     })
 }
 

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Instant};
 
 use lockstep_store::Batch;
 
-use super::{Registry, State};
+use super::{Registry, State, live_check::AUTO_REVERT};
 use crate::{
     error::Result,
     journal::Durable,
@@ -23,7 +23,7 @@ use crate::{
     planner,
     ports::{Pending, TxJournal},
     tables::Tables,
-    txn::{Turn, events},
+    txn::{PRESUMED_ABORT, Turn, events},
 };
 
 impl TxJournal for Registry {
@@ -75,6 +75,9 @@ impl TxJournal for Registry {
             record.live_check = LiveCheck::Soaking;
         }
         let mut batch = Batch::default();
+        if let Some(owed) = self.revert_paid(&record) {
+            Tables::delete_revert_due(&mut batch, &owed);
+        }
         let s = self.state();
         put_record(&s, &mut batch, &record);
         // Durable before readers see the end. With other transactions in flight it
@@ -102,6 +105,22 @@ impl TxJournal for Registry {
 }
 
 impl Registry {
+    /// The release whose failed live check `ended`, an automatic revert, was owed
+    /// for: its `revert-due` mark goes in the end's batch, whatever the outcome, unless
+    /// a restart cut the attempt off before its decision (the next start makes another).
+    /// A read that fails leaves the mark: the next start finds the attempt ended.
+    fn revert_paid(&self, ended: &TxRecord) -> Option<TxRecord> {
+        let automatic = ended.kind == TxKind::Revert && ended.id.as_str().starts_with(AUTO_REVERT);
+        if !automatic || ended.reason == PRESUMED_ABORT {
+            return None;
+        }
+        let release = ended.reverts.first()?;
+        self.tables().transaction(release).unwrap_or_else(|e| {
+            tracing::warn!(tx = %ended.id, "revert-due mark of {release} left for the next start: {e}");
+            None
+        })
+    }
+
     /// Shows readers the record as the driver has it.
     fn show(&self, record: &TxRecord) {
         if let Some(active) = self.state().active.get_mut(&record.id) {
