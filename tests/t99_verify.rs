@@ -841,6 +841,49 @@ async fn a_promotion_copies_the_versions_artifacts_and_schema_versions_exactly()
     );
 }
 
+/// Review finding of stop 53: a release soaking when the coordinator restarted, in an
+/// environment whose pipeline had lost its soak and live steps since (applied after
+/// the release committed), stayed `soaking` for good: no check was due any more, so
+/// none ran, and a promotion of its versions needed --force. Given P1 soaking, when
+/// a pipeline without a soak is applied and the coordinator is SIGKILLed and started,
+/// then P1's check is settled as not due, and the log says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
+    let (_dir, _, site, pipeline) = live_site("production", "30s", "revert");
+    let mut c = with_pipeline(&pipeline).await;
+    env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
+    let args = [
+        "-e",
+        "production",
+        "release",
+        "create",
+        "P1",
+        "foobar-backend=1.0",
+        "--wait",
+    ];
+    assert_eq!(c.cli(&args).await.code, 0);
+    assert_eq!(c.transaction("P1").await.live_check, "soaking");
+    let file = c.dir.path().join("no-soak.toml");
+    std::fs::write(&file, "[[environment]]\nname = \"production\"\n").unwrap();
+    let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+
+    c.coordinator.restart().await;
+    let t = support::wait_for("P1's check to be settled", || async {
+        let t = c.transaction("P1").await;
+        (t.live_check != "soaking").then_some(t)
+    })
+    .await;
+    assert_eq!(t.live_check, "", "no check is due: {t:?}");
+    let said = c.events().await.into_iter().any(|e| {
+        e.transaction_id == "P1"
+            && e.kind == EventKind::Recovered as i32
+            && e.message.contains("no live check is due")
+    });
+    assert!(said, "the log says why");
+    drop(site);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
     let (_dir, broken, site, pipeline) = live_site("production", "5s", "notify");

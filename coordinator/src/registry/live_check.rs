@@ -49,7 +49,33 @@ impl Registry {
                 let (this, record) = (self.clone(), record.clone());
                 tokio::spawn(async move { this.check_live(record, stages).await });
             }
+            (LiveCheck::Soaking, None) => {
+                let (this, record) = (self.clone(), record.clone());
+                tokio::spawn(async move { this.no_check_due(record).await });
+            }
             _ => self.auto_promote(record),
+        }
+    }
+
+    /// `record` soaked when a restart cut its check off, and the pipeline applied
+    /// since has no soak or live steps for its environment: no check is due any more,
+    /// which is recorded (it would stay `soaking` for good, and its versions could not
+    /// be promoted without --force), then it is promoted as a release without one is.
+    async fn no_check_due(&self, record: TxRecord) {
+        let message = format!(
+            "{} was soaking when the coordinator restarted, and its environment's pipeline has no soak or live steps any more: no live check is due",
+            record.id
+        );
+        let kind = pb::EventKind::Recovered;
+        if self
+            .record_check(&record, LiveCheck::None, kind, "", message)
+            .await
+        {
+            let settled = TxRecord {
+                live_check: LiveCheck::None,
+                ..record
+            };
+            self.auto_promote(&settled);
         }
     }
 
