@@ -304,6 +304,39 @@ async fn a_receiver_down_for_a_thousand_events_gets_all_of_them_in_order_once_up
     );
 }
 
+/// Review finding of stop 53: a removed subscription's task looked at the removal
+/// only between pages, so it went on POSTing the rest of its page (up to 256 events,
+/// to the old URL with the old secret) after `notify remove` returned. Given a
+/// receiver slower than the log grows (20 ms an answer) and a backlog behind it, when
+/// the subscription is removed, then at most the request in flight reaches it
+/// afterwards, while another subscription hears a whole release.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_subscription_sends_nothing_more() {
+    let c = family_with(&[]).await;
+    let r = Receiver::start(&["--delay", "0.02"]).await;
+    add(&c, &["gone", "--url", &r.url()]).await;
+    for n in 1..=20 {
+        c.release(&format!("R{n}"), &[&format!("B=v{n}")], 0).await;
+    }
+    let lag = number(&subscription(&c, "gone").await, "lag");
+    assert!(lag > 20, "a backlog when it is removed: {lag}");
+    let removed = c.cli(&["notify", "remove", "gone"]).await;
+    assert_eq!(removed.code, 0, "{removed:?}");
+    let then = r.lines().len();
+
+    let probe = Receiver::start(&[]).await;
+    add(&c, &["probe", "--url", &probe.url()]).await;
+    c.release("after", &["B=after"], 0).await;
+    wait_for("the probe to hear the release committed", || async {
+        let heard = received(&probe, "after").into_iter();
+        let committed = |d: &Value| text(d, "kind") == "EVENT_KIND_TRANSACTION_COMMITTED";
+        heard.filter(committed).map(drop).next()
+    })
+    .await;
+    let more = r.lines().len() - then;
+    assert!(more <= 1, "{more} more requests after the removal");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_go_to_the_ticket_else_the_project_else_the_environment() {
     const TICKET: &str = "https://tracker.example/REL-1";

@@ -92,7 +92,8 @@ async fn deliver_page(
     true
 }
 
-/// Sends `e` until the receiver takes it, answers 410, or the subscription goes.
+/// Sends `e` until the receiver takes it, answers 410, or the subscription goes (then
+/// at once: a removed subscription's next event is never sent).
 async fn deliver(
     hub: &Hub,
     shared: &Shared,
@@ -101,11 +102,18 @@ async fn deliver(
 ) -> Done {
     let mut backoff = hub.settings.first_backoff;
     loop {
+        if *stop.borrow() {
+            return Done::Stopped;
+        }
         if let Some(token) = hub.revoked_creator(shared) {
             let why = format!("the token {token} it was added with was revoked");
             return Done::Gone(why);
         }
-        let answer = attempt(hub, shared, e).await;
+        // A removal drops the request in flight: nothing is sent after it returns.
+        let answer = tokio::select! {
+            answer = attempt(hub, shared, e) => answer,
+            _ = stop.wait_for(|stopped| *stopped) => return Done::Stopped,
+        };
         shared.note(&answer);
         let wait = match answer {
             Answer::Delivered(_) => return Done::Delivered,

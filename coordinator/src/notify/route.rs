@@ -7,46 +7,38 @@
 //! the issue appeared); otherwise the environment's. Catch-all subscriptions (no
 //! environment, project or ticket scope) see every event their kinds allow.
 
-use std::collections::BTreeSet;
-
 use lockstep::pb;
 
 use super::{kinds, subscription::SubscriptionRecord};
 
-/// What every subscription together offers failures: is there a ticket sink, and
-/// which (environment, project) pairs have a project subscription. An environment of
-/// `None` stands for a project subscription of every environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The subscriptions that are on, among which a failure finds its one route: a route
+/// counts only through a subscription whose own filters take the failure, so a ticket
+/// sink of another environment, or a project subscription that does not want this
+/// kind, never swallows it.
+#[derive(Debug, Clone, Default)]
 pub struct Routes {
-    ticket_sinks: bool,
-    projects: BTreeSet<(Option<String>, String)>,
+    on: Vec<SubscriptionRecord>,
 }
 
 impl Routes {
     /// The routes of the subscriptions that are on.
     pub fn of<'a>(subscriptions: impl IntoIterator<Item = &'a SubscriptionRecord>) -> Self {
-        let mut routes = Self::default();
-        for s in subscriptions.into_iter().filter(|s| s.disabled.is_empty()) {
-            routes.ticket_sinks |= s.ticket_sink;
-            if let Some(p) = &s.project {
-                let env = s.environment.as_ref().map(|e| e.to_string());
-                routes.projects.insert((env, p.to_string()));
-            }
+        let on = subscriptions.into_iter().filter(|s| s.disabled.is_empty());
+        Self {
+            on: on.cloned().collect(),
         }
-        routes
     }
 
-    fn has_project(&self, env: &str, project: &str) -> bool {
-        let any = (None, project.to_string());
-        let here = (Some(env.to_string()), project.to_string());
-        self.projects.contains(&any) || self.projects.contains(&here)
-    }
-
-    /// Where failure `e` goes.
-    pub fn target(&self, e: &pb::Event) -> Target {
-        if !e.ticket.is_empty() && self.ticket_sinks {
+    /// Where failure `e` goes (`involves` as in [`wants`]).
+    pub fn target(&self, e: &pb::Event, involves: &dyn Fn(&str) -> bool) -> Target {
+        let sink = |s: &SubscriptionRecord| s.ticket_sink && sink_takes(s, e, involves);
+        let repository = |s: &SubscriptionRecord| {
+            let project = s.project.as_ref().is_some_and(|p| p.as_str() == e.project);
+            !s.ticket_sink && project && filters_take(s, e)
+        };
+        if !e.ticket.is_empty() && self.on.iter().any(sink) {
             Target::Tickets
-        } else if !e.project.is_empty() && self.has_project(&e.environment, &e.project) {
+        } else if !e.project.is_empty() && self.on.iter().any(repository) {
             Target::Project(e.project.clone())
         } else {
             Target::Environment(e.environment.clone())
@@ -74,25 +66,19 @@ pub fn wants(
     routes: &Routes,
     involves: impl Fn(&str) -> bool,
 ) -> bool {
-    let kind_ok = s.events.is_empty() || s.events.contains(&e.kind);
-    let env_ok = s
-        .environment
-        .as_ref()
-        .is_none_or(|env| env.as_str() == e.environment);
-    if !kind_ok || !env_ok {
+    if !filters_take(s, e) {
         return false;
     }
     if !s.is_scoped() {
         return true;
     }
-    let project_ok = || s.project.as_ref().is_none_or(|p| involves(p.as_str()));
     if s.ticket_sink {
-        return !e.ticket.is_empty() && project_ok();
+        return sink_takes(s, e, &involves);
     }
     if !kinds::is_failure(e) {
-        return project_ok();
+        return project_ok(s, &involves);
     }
-    match routes.target(e) {
+    match routes.target(e, &involves) {
         Target::Tickets => false,
         Target::Project(p) => s.project.as_ref().is_some_and(|mine| mine.as_str() == p),
         Target::Environment(env) => {
@@ -101,8 +87,30 @@ pub fn wants(
     }
 }
 
+/// Whether `s`'s kind and environment filters take `e`.
+fn filters_take(s: &SubscriptionRecord, e: &pb::Event) -> bool {
+    let kind_ok = s.events.is_empty() || s.events.contains(&e.kind);
+    let env_ok = s
+        .environment
+        .as_ref()
+        .is_none_or(|env| env.as_str() == e.environment);
+    kind_ok && env_ok
+}
+
+/// Whether `s`'s project filter (if any) is among the projects `e` involves.
+fn project_ok(s: &SubscriptionRecord, involves: &dyn Fn(&str) -> bool) -> bool {
+    s.project.as_ref().is_none_or(|p| involves(p.as_str()))
+}
+
+/// Whether ticket sink `s` takes `e`: a ticketed event its filters take.
+fn sink_takes(s: &SubscriptionRecord, e: &pb::Event, involves: &dyn Fn(&str) -> bool) -> bool {
+    !e.ticket.is_empty() && filters_take(s, e) && project_ok(s, involves)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use lockstep::names::{Environment, ProjectName};
 
     use super::*;
@@ -165,6 +173,28 @@ mod tests {
             receivers(&subs[1..], &aborted("A", "https://t/1")),
             ["repo-a", "all"]
         );
+    }
+
+    /// Review finding of stop 53: a route counts only through a subscription that
+    /// takes the failure; a ticket sink of another environment or project, or a
+    /// project subscription whose kinds leave failures out, swallowed it, and no scoped
+    /// subscription got it.
+    #[test]
+    fn a_failure_takes_only_a_route_that_would_take_it() {
+        let mut only_commits = sub("repo-a", None, Some("A"), false);
+        let committed = pb::EventKind::TransactionCommitted as i32;
+        only_commits.events.insert(committed);
+        let subs = [
+            sub("prod-tickets", Some("production"), None, true),
+            sub("d-tickets", None, Some("D"), true),
+            only_commits,
+            sub("repo-b", None, Some("B"), false),
+            sub("env", Some("default"), None, false),
+        ];
+        // No sink takes B's ticketed failure (another environment; D not involved).
+        assert_eq!(receivers(&subs, &aborted("B", "https://t/1")), ["repo-b"]);
+        // A's subscription takes commits only: the environment's gets A's failure.
+        assert_eq!(receivers(&subs, &aborted("A", "")), ["env"]);
     }
 
     #[test]
