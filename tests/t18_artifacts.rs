@@ -76,6 +76,20 @@ impl Drop for Store {
     }
 }
 
+/// A cluster with agent A, and a store serving two builds of it, app-1 and app-2
+/// (their `VERSION` files say `built 1` and `built 2`), with their digests.
+async fn agent_and_store() -> (Cluster, Store, String, String) {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.register("A", &[]).await;
+    let store_dir = c.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let (_, one) = tarball(&store_dir, "app-1", "built 1");
+    let (_, two) = tarball(&store_dir, "app-2", "built 2");
+    let store = Store::serve(&store_dir).await;
+    (c, store, one, two)
+}
+
 fn version_of(c: &Cluster) -> String {
     let file = c.agent("A").deploy_root.join("current/VERSION");
     std::fs::read_to_string(file).unwrap()
@@ -90,14 +104,8 @@ fn version_of(c: &Cluster) -> String {
 /// version without an artifact says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_artifact_by_url_is_verified_cached_and_shown() {
-    let mut c = Cluster::new().await;
-    c.add_agent("A").await;
-    c.register("A", &[]).await;
+    let (c, store, one, two) = agent_and_store().await;
     let store_dir = c.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let (_, one) = tarball(&store_dir, "app-1", "built 1");
-    let (_, two) = tarball(&store_dir, "app-2", "built 2");
-    let store = Store::serve(&store_dir).await;
 
     let url = store.url("app-1.tar.gz", &one);
     let flag = format!("A={url}");
@@ -180,14 +188,7 @@ async fn an_artifact_by_url_is_verified_cached_and_shown() {
 /// moves; 1.0 from app-1 again is a plain move back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_committed_version_is_not_released_again_from_another_build() {
-    let mut c = Cluster::new().await;
-    c.add_agent("A").await;
-    c.register("A", &[]).await;
-    let store_dir = c.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let (_, one) = tarball(&store_dir, "app-1", "built 1");
-    let (_, two) = tarball(&store_dir, "app-2", "built 2");
-    let store = Store::serve(&store_dir).await;
+    let (c, store, one, two) = agent_and_store().await;
     let app_1 = format!("A={}", store.url("app-1.tar.gz", &one));
     let app_2 = format!("A={}", store.url("app-2.tar.gz", &two));
     let release = |id: &'static str, version: &'static str, artifact: &str| {

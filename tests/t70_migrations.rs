@@ -192,6 +192,7 @@ for_each_database!(
     a_revert_runs_the_stored_downs_and_restores_the_earlier_schema_exactly,
     an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema,
     every_refusal_names_its_file_and_leaves_nothing_applied,
+    a_script_that_ends_the_transaction_is_refused_and_nothing_is_applied,
     a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart,
     an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted,
     a_revert_to_a_build_without_migrations_restores_the_schema_it_was_live_with,
@@ -427,6 +428,78 @@ async fn every_refusal_names_its_file_and_leaves_nothing_applied(kind: Kind) {
         s.prepared_gids().await.is_empty(),
         "{kind:?}: no prepared transaction left"
     );
+}
+
+/// Review finding of stop 53: every script of a release runs in one database
+/// transaction of the agent's, and a script that ended it on its own (a `COMMIT` at its
+/// end, as in a hand-written `BEGIN; ... COMMIT;` migration) committed its work outside
+/// it: when a later script then failed, the release was refused with the schema moved.
+/// Given B's release shipping 0001 ending in COMMIT and 0002 broken, when it is
+/// released, then it is refused naming 0001's file and line, and every schema is
+/// exactly as before; a function or trigger whose body holds BEGIN ... END is not
+/// mistaken for one, and goes live.
+async fn a_script_that_ends_the_transaction_is_refused_and_nothing_is_applied(kind: Kind) {
+    let s = Stack::new(kind).await;
+    let before = s.dumps().await;
+    let release = |id: &str, files: Vec<(String, String)>| {
+        let artifact = s.ship("B", &format!("{id}B"), &files);
+        let id = id.to_string();
+        let c = &s.c;
+        async move {
+            let component = format!("B={id}B");
+            let args = [
+                "release",
+                "create",
+                &id,
+                &component,
+                "--artifact",
+                &artifact,
+                "--wait",
+            ];
+            c.cli(&args).await
+        }
+    };
+    let file = |name: &str, text: &str| (name.to_string(), text.to_string());
+    let committing = vec![
+        file(
+            "0001_wrapped.up.sql",
+            "CREATE TABLE wrapped (x INTEGER);\nCOMMIT;\n",
+        ),
+        file("0001_wrapped.down.sql", "DROP TABLE wrapped;"),
+        file("0002_broken.up.sql", "CREATE INDEX b_x ON b_missing (x);"),
+        file("0002_broken.down.sql", "DROP INDEX b_x;"),
+    ];
+    let out = release("R1", committing).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("migrations/0001_wrapped.up.sql: line 2: COMMIT controls the transaction"),
+        "{out:?}"
+    );
+    assert_eq!(s.dumps().await, before, "{kind:?}: nothing applied");
+
+    let body = match kind {
+        Kind::Sqlite => {
+            "CREATE TABLE counted (n INTEGER);\nCREATE TRIGGER counting AFTER INSERT ON counted BEGIN\n  UPDATE counted SET n = CASE WHEN n > 0 THEN n ELSE 0 END;\nEND;\n"
+        }
+        _ => {
+            "CREATE FUNCTION counting() RETURNS trigger AS $$\nBEGIN\n  RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql;\n"
+        }
+    };
+    let down = match kind {
+        Kind::Sqlite => "DROP TRIGGER counting; DROP TABLE counted;",
+        _ => "DROP FUNCTION counting();",
+    };
+    let out = release(
+        "R2",
+        vec![
+            file("0001_body.up.sql", body),
+            file("0001_body.down.sql", down),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_ne!(s.dumps().await, before, "{kind:?}: the body went live");
 }
 
 async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart(

@@ -1021,14 +1021,11 @@ async fn a_revert_a_restart_cut_off_is_made_again() {
     drop(site);
 }
 
-/// Review finding of stop 53: an automatic promotion a restart aborted before its
-/// decision was never made again (its id was answered with the abort). Given staging
-/// promoting to production once a release's live check passed, when the coordinator
-/// is SIGKILLed while the promotion waits in production's Prepare, then after the
-/// restart another attempt promotes it: production runs 1.0.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_promotion_a_restart_cut_off_is_made_again() {
-    let (_dir, _, site, staging) = live_site("staging", "3s", "revert");
+/// Staging (a 3 s soak, then its live check) auto-promoting to production, a backend
+/// agent in each, and S1 (backend 1.0) committed in staging; the site and the
+/// directory the live check needs.
+async fn staging_s1_promoting() -> (Cluster, LiveSite, tempfile::TempDir) {
+    let (dir, _, site, staging) = live_site("staging", "3s", "revert");
     let pipeline = format!(
         "{staging}\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n"
     );
@@ -1046,6 +1043,17 @@ async fn a_promotion_a_restart_cut_off_is_made_again() {
         "--wait",
     ];
     assert_eq!(c.cli(&args).await.code, 0);
+    (c, site, dir)
+}
+
+/// Review finding of stop 53: an automatic promotion a restart aborted before its
+/// decision was never made again (its id was answered with the abort). Given staging
+/// promoting to production once a release's live check passed, when the coordinator
+/// is SIGKILLed while the promotion waits in production's Prepare, then after the
+/// restart another attempt promotes it: production runs 1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_a_restart_cut_off_is_made_again() {
+    let (mut c, site, _dir) = staging_s1_promoting().await;
     c.block("foobar-backend");
     let promotion = "promote-staging-1-to-production";
     c.wait_state(promotion, TransactionState::Preparing).await;
@@ -1065,24 +1073,7 @@ async fn a_promotion_a_restart_cut_off_is_made_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_is_promoted_only_once_its_live_check_passed() {
-    let (_dir, _, site, staging) = live_site("staging", "3s", "revert");
-    let pipeline = format!(
-        "{staging}\n[[environment]]\nname = \"production\"\nafter = \"staging\"\nauto_promote = true\n"
-    );
-    let mut c = with_pipeline(&pipeline).await;
-    for env in ["staging", "production"] {
-        env_agent(&mut c, env, "foobar-backend", &[], &[]).await;
-    }
-    let args = [
-        "-e",
-        "staging",
-        "release",
-        "create",
-        "S1",
-        "foobar-backend=1.0",
-        "--wait",
-    ];
-    assert_eq!(c.cli(&args).await.code, 0);
+    let (c, site, _dir) = staging_s1_promoting().await;
     let early = c
         .cli(&[
             "promote",

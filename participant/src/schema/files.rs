@@ -57,6 +57,11 @@ pub fn parse(files: Vec<(String, String)>) -> Result<Vec<Migration>, String> {
     let mut ups: BTreeMap<i64, (String, String)> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
     for (file, text) in files {
+        if let Some((words, line)) = super::control::transaction_control(&text) {
+            return Err(format!(
+                "migrations/{file}: line {line}: {words} controls the transaction, but every script of a release runs in one database transaction of the agent's (all of them or none); remove it from the script"
+            ));
+        }
         let (stem, target) = if let Some(stem) = file.strip_suffix(".up.sql") {
             (stem, &mut ups)
         } else if let Some(stem) = file.strip_suffix(".down.sql") {

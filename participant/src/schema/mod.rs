@@ -16,6 +16,7 @@
 //! Every applied migration's up and down scripts are kept in `lockstep_schema_history`,
 //! so a revert to an older artifact (which does not ship the newer downs) can run them.
 
+mod control;
 pub mod files;
 pub mod plan;
 
@@ -509,6 +510,38 @@ impl Schema {
     }
 }
 
+/// Runs `script` (migration `file`) on `db`, inside the caller's transaction, between a
+/// savepoint and its release: a script that ended that transaction on its own (which
+/// the files' check refuses, see `control`, but a stored down script was never
+/// checked) has taken the savepoint with it, and is refused rather than have the
+/// rest run outside the transaction.
+async fn run_script(
+    db: &mut sqlx::AnyConnection,
+    file: &str,
+    script: String,
+) -> Result<(), String> {
+    let span =
+        tracing::info_span!("migration", otel.name = %format!("migration {file}"), file = %file);
+    let guarded = async {
+        sqlx::raw_sql("SAVEPOINT lockstep_script")
+            .execute(&mut *db)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(script)).execute(&mut *db).await
+    };
+    tracing::Instrument::instrument(guarded, span)
+        .await
+        .map_err(|e| format!("migrations/{file} failed: {}", db_err(e)))?;
+    let released = sqlx::raw_sql("RELEASE SAVEPOINT lockstep_script")
+        .execute(&mut *db)
+        .await;
+    released.map(drop).map_err(|e| {
+        format!(
+            "migrations/{file} ended the migration transaction on its own (a COMMIT, END or ROLLBACK in the script: {}); what it did before that is not undone by Lockstep, check the schema by hand",
+            db_err(e)
+        )
+    })
+}
+
 /// Runs each script of `plan` and the matching history change, on `db` (inside the
 /// caller's transaction). A failing script is named with the database's error.
 async fn run_plan(
@@ -523,11 +556,7 @@ async fn run_plan(
             Direction::Down => m.down.clone().unwrap_or_default(),
         };
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("migration", otel.name = %format!("migration {file}"), file = %file);
-        let run = sqlx::raw_sql(AssertSqlSafe(script)).execute(&mut *db);
-        tracing::Instrument::instrument(run, span)
-            .await
-            .map_err(|e| format!("migrations/{file} failed: {}", db_err(e)))?;
+        run_script(db, &file, script).await?;
         let up = matches!(plan.direction, Direction::Up);
         crate::metrics::migration(up, started.elapsed());
         match plan.direction {
