@@ -717,6 +717,26 @@ async fn an_unreachable_database_is_a_refusal_not_a_crash(kind: Kind) {
     }
 }
 
+/// Review finding of stop 53: a `postgres-2pc` agent asked its database for the
+/// prepared transactions at start and exited when the database was down ("recovering
+/// local state"), crash-looping until it came back, even with nothing open. Given T1
+/// committed in postgres-2pc mode, when PostgreSQL is down and B's agent restarts,
+/// then it starts, a release is refused naming the database, and once PostgreSQL is
+/// back the next release commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_2pc_an_agent_restarted_while_its_database_is_down_starts_and_refuses() {
+    let mut s = Stack::new(Kind::Pg2pc).await;
+    s.release("T1", 1, 0).await;
+    s.pg.as_ref().unwrap().crash();
+    s.c.agent_mut("B").server.restart().await;
+
+    let out = s.release("T2", 2, 1).await;
+    assert!(out.stdout.contains("database unreachable"), "{out:?}");
+    s.pg.as_ref().unwrap().start_again();
+    s.release("T3", 2, 0).await;
+    assert_eq!(s.schema_versions().await, [2, 2, 2]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_2pc_without_max_prepared_transactions_is_refused_at_start_up() {
     let pg = Postgres::start_with("max_prepared_transactions = 0\n");

@@ -103,6 +103,11 @@ pub struct Schema {
     backend: Backend,
     mode: Mode,
     project: String,
+    /// `postgres-2pc`: the transactions voted PREPARED at start, while the prepared
+    /// transactions found in the database could not be judged yet (it was
+    /// unreachable): judged before anything is staged, so that no transaction prepared
+    /// since is taken for one never voted on.
+    unjudged: tokio::sync::Mutex<Option<Vec<String>>>,
 }
 
 const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS lockstep_schema_history (
@@ -152,6 +157,7 @@ impl Schema {
             backend,
             mode,
             project: project.to_string(),
+            unjudged: tokio::sync::Mutex::new(None),
         };
         if mode == Mode::PostgresTwoPhase {
             match schema.max_prepared_transactions().await {
@@ -252,6 +258,7 @@ impl Schema {
         dir: Option<&Path>,
         target: Option<i64>,
     ) -> Result<SchemaStaged, Refusal> {
+        self.judged().await.map_err(Refusal)?;
         let shipped = match dir.filter(|d| d.is_dir()) {
             Some(d) => Some(files::read_dir(d).map_err(Refusal)?),
             None => None,
@@ -476,10 +483,36 @@ impl Schema {
     /// project in this database that the agent never voted PREPARED for is rolled back
     /// (it promised nothing); another database's (the same project's agent of another
     /// environment on the same server) is left alone. Those in `prepared` stay until the coordinator's decision.
+    /// With the database unreachable the agent starts all the same (Prepare refuses
+    /// until it is back), and the judgement waits for the first stage.
     pub async fn recover(&self, prepared: &[String]) -> Result<(), String> {
         if self.mode != Mode::PostgresTwoPhase {
             return Ok(());
         }
+        if let Err(e) = self.judge_prepared(prepared).await {
+            tracing::warn!(
+                "database unreachable at start-up ({e}); its prepared transactions are judged before the next Prepare"
+            );
+            *self.unjudged.lock().await = Some(prepared.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Judges what [`Schema::recover`] could not, if anything (`Err`: still not).
+    async fn judged(&self) -> Result<(), String> {
+        let mut unjudged = self.unjudged.lock().await;
+        if let Some(prepared) = unjudged.as_ref() {
+            self.judge_prepared(prepared).await.map_err(|e| {
+                format!("database unreachable: the prepared transactions found at start are not judged yet: {e}")
+            })?;
+            *unjudged = None;
+        }
+        Ok(())
+    }
+
+    /// Rolls back every prepared transaction of this project in this database that is
+    /// not among `prepared`.
+    async fn judge_prepared(&self, prepared: &[String]) -> Result<(), String> {
         let prefix = format!("lockstep:{}:", self.project);
         // The view lists the whole server: only this database's are ours to judge.
         let rows =
