@@ -6,6 +6,7 @@
 //! a directory its own transaction created, never the live one.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -41,7 +42,9 @@ pub struct FsDeployer {
     require_artifact: bool,
     /// Serializes creating and removing version directories: a stage cut short by an
     /// Abort goes on materializing in its blocking task, and the undo waits for it.
-    files: Arc<Mutex<()>>,
+    /// It holds the transactions whose materializing is on its way (true: an undo came
+    /// first, so it must create nothing: it would stay behind for good).
+    files: Arc<Mutex<BTreeMap<String, bool>>>,
 }
 
 /// What `stage` remembers.
@@ -127,7 +130,10 @@ impl FsDeployer {
     /// staging directory renamed into place, so a crash never leaves a half-copied
     /// version under its final name. Returns whether it created the directory.
     fn materialize(&self, change: &Change, source: Option<&Source>) -> Result<bool, String> {
-        let _files = self.files();
+        let mut files = self.files();
+        if files.remove(&change.transaction_id) == Some(true) {
+            return Err("aborted while preparing".into());
+        }
         let dir = self.release_dir(&change.version);
         if dir.is_dir() {
             return Ok(false);
@@ -226,8 +232,11 @@ impl FsDeployer {
     /// one, a stage cut short by an Abort, the metadata file says) and it is not live.
     /// Under the file lock: a stage an Abort cut short may still be materializing.
     fn remove_staged(&self, change: &Change, created: Option<bool>) -> Result<(), DeployError> {
-        let _files = self.files();
+        let mut files = self.files();
         let (tx, version) = (&change.transaction_id, &change.version);
+        if let Some(undone) = files.get_mut(tx) {
+            *undone = true;
+        }
         let fail = |path: PathBuf, e: std::io::Error| {
             DeployError(format!("removing {}: {e}", path.display()))
         };
@@ -242,7 +251,12 @@ impl FsDeployer {
     }
 
     /// The lock under which version directories are created and removed.
-    fn files(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// Notes that `tx`'s materializing is on its way (before its blocking task starts).
+    fn materializing(&self, tx: &str) {
+        self.files().insert(tx.to_string(), false);
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -362,6 +376,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl Deployer for FsDeployer {
     async fn stage(&self, change: &Change) -> Result<Staged, Refusal> {
         let (source, staged) = self.source(change).await.map_err(Refusal)?;
+        self.materializing(&change.transaction_id);
         let this = self.clone();
         let c = change.clone();
         let created = blocking(move || this.materialize(&c, source.as_ref()))
@@ -492,6 +507,24 @@ mod tests {
         d.undo(&r, Some(&sr)).await.unwrap();
         assert!(d.release_dir("T1A").is_dir());
         assert_eq!(d.live_version().await.unwrap().as_deref(), Some("T1A"));
+    }
+
+    /// Review finding of stop 53: an Abort that cut a stage short before its blocking
+    /// task took the lock undid nothing (nothing was there yet), and the task then
+    /// created `releases/<version>`, left behind for good (a later release of the
+    /// version would have kept that build). In that order now, the task creates
+    /// nothing.
+    #[tokio::test]
+    async fn an_undo_before_the_stage_task_ran_leaves_no_version_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let d = FsDeployer::new(root.path().to_path_buf(), Hooks::default()).unwrap();
+        let t4 = change("T4", "T4A", "");
+        d.materializing("T4");
+        d.undo(&t4, None).await.unwrap();
+        let late = d.materialize(&t4, None);
+        assert_eq!(late, Err("aborted while preparing".to_string()));
+        assert!(!d.release_dir("T4A").exists());
+        assert!(d.files().is_empty(), "nothing is remembered for T4");
     }
 
     #[tokio::test]
