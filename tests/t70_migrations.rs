@@ -554,6 +554,57 @@ async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_o
     assert!(s.prepared_gids().await.is_empty());
 }
 
+/// Review finding of stop 53: an agent killed mid-staging undoes that staging at its
+/// restart, and exited when the undo failed (its database down), crash-looping until
+/// the database came back. Given A killed after its migration committed and before its
+/// PREPARED record, when A restarts with PostgreSQL down, then it starts; once
+/// PostgreSQL is back its staging is undone (T2 aborted, every schema as before), and
+/// the next release commits.
+async fn an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(kind: Kind) {
+    let mut s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let before = s.dumps().await;
+    let crash = vec![(
+        "LOCKSTEP_CRASH_AT".to_string(),
+        "agent-before-prepared-record".to_string(),
+    )];
+    s.c.agent_mut("A").server.restart_with(crash).await;
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(s.c.cli(&args).await.code, 0);
+    s.c.agent_mut("A").server.exited().await;
+
+    s.pg.as_ref().unwrap().crash();
+    s.c.agent_mut("A").server.restart_with(Vec::new()).await;
+    s.pg.as_ref().unwrap().start_again();
+
+    s.c.wait_state("T2", pb::TransactionState::Aborted).await;
+    assert_eq!(s.dumps().await, before, "{kind:?}: A's staging undone");
+    assert!(s.prepared_gids().await.is_empty());
+    s.release("T3", 2, 0).await;
+    assert_eq!(s.schema_versions().await, [2, 2, 2]);
+}
+
+mod an_agent_whose_undo_fails_at_restart_starts_and_undoes_later {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_reversible() {
+        super::an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(
+            super::Kind::PgReversible,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_2pc() {
+        super::an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(super::Kind::Pg2pc)
+            .await
+    }
+}
+
 async fn an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted(
     kind: Kind,
 ) {

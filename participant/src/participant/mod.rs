@@ -258,9 +258,9 @@ fn answer_again(entry: &Entry) -> VoteAnswer {
         }
         Phase::Refused => VoteAnswer::Refused(entry.reason.clone()),
         Phase::Aborted => VoteAnswer::Refused(format!("already aborted here: {}", entry.reason)),
-        Phase::Staging => {
-            VoteAnswer::Refused("staging was interrupted by a restart and undone".into())
-        }
+        Phase::Staging => VoteAnswer::Refused(
+            "staging was interrupted by a restart (undone, or to be undone: never voted on)".into(),
+        ),
     }
 }
 

@@ -103,7 +103,7 @@ impl<D: Deployer> Participant<D> {
     ) -> Result<Option<String>, ParticipantError> {
         if let Some(other) = self.open().first() {
             return Ok(Some(format!(
-                "busy: transaction {other} is prepared here and awaits its decision"
+                "busy: transaction {other} is open here (prepared and awaiting its decision, or staging a restart interrupted, not yet undone)"
             )));
         }
         self.drift_refusal(order).await

@@ -7,7 +7,7 @@ use lockstep_store::Durability;
 use super::{Participant, ParticipantError};
 use crate::{
     deployer::{DeployError, Deployer},
-    ledger::Phase,
+    ledger::{Entry, Phase},
 };
 
 impl<D: Deployer> Participant<D> {
@@ -15,13 +15,12 @@ impl<D: Deployer> Participant<D> {
     /// [`Participant::resolve_prepared`] to ask about.
     pub async fn recover_local(&self) -> Result<Vec<TxId>, ParticipantError> {
         let _guard = self.inner.lock.lock().await;
-        for (tx, mut entry) in self.inner.ledger.in_phase(&[Phase::Staging])? {
-            if let Some(change) = entry.change.clone() {
-                self.undo_all(&change, entry.staged.as_ref(), true).await?;
+        for (tx, entry) in self.inner.ledger.in_phase(&[Phase::Staging])? {
+            if let Err(e) = self.undo_interrupted(&tx, entry.clone()).await {
+                tracing::warn!(%tx, "undoing staging a restart interrupted failed ({e}); starting all the same: other Prepares are refused until it is undone (tried again every {UNDO_AGAIN_EVERY:?}, and by the coordinator's Abort)");
+                self.inner.ledger.keep_open([(tx.clone(), entry)]);
+                self.undo_later(tx);
             }
-            entry.phase = Phase::Aborted;
-            entry.reason = "agent restarted before voting".into();
-            self.record(&tx, &entry, Durability::Buffered).await?;
         }
         let records = self.inner.ledger.in_phase(&[Phase::Prepared])?;
         let prepared: Vec<String> = records.iter().map(|(tx, _)| tx.clone()).collect();
@@ -35,4 +34,40 @@ impl<D: Deployer> Participant<D> {
             .filter_map(|tx| TxId::parse("transaction_id", tx).ok())
             .collect())
     }
+
+    /// Undoes the staging `entry` of `tx` (never voted on: nothing was promised) and
+    /// records it aborted.
+    async fn undo_interrupted(&self, tx: &str, mut entry: Entry) -> Result<(), ParticipantError> {
+        if let Some(change) = entry.change.clone() {
+            self.undo_all(&change, entry.staged.as_ref(), true).await?;
+        }
+        entry.phase = Phase::Aborted;
+        entry.reason = "agent restarted before voting".into();
+        self.record(tx, &entry, Durability::Buffered).await
+    }
+
+    /// Tries the undo of `tx`'s interrupted staging again until it is done (here, or
+    /// by an Abort meanwhile): the coordinator may never send one (it may not know the
+    /// transaction, under presumed abort), and the agent refuses other Prepares while
+    /// the record is open.
+    fn undo_later(&self, tx: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(UNDO_AGAIN_EVERY).await;
+                let _guard = this.inner.lock.lock().await;
+                let staging = this.inner.ledger.get(&tx).ok().flatten();
+                let Some(entry) = staging.filter(|e| e.phase == Phase::Staging) else {
+                    return;
+                };
+                match this.undo_interrupted(&tx, entry).await {
+                    Ok(()) => return tracing::info!(%tx, "interrupted staging undone"),
+                    Err(e) => tracing::warn!(%tx, "undoing interrupted staging failed again: {e}"),
+                }
+            }
+        });
+    }
 }
+
+/// How often an interrupted staging whose undo failed at start is tried again.
+const UNDO_AGAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
