@@ -777,3 +777,65 @@ async fn a_decision_is_told_only_to_who_may_read_the_transaction() {
         }
     }
 }
+
+/// The kinds of the events `stream` delivers up to `id`'s TRANSACTION_COMMITTED.
+async fn kinds_until_committed(
+    mut stream: tonic::Streaming<pb::Event>,
+    id: &str,
+) -> Vec<pb::EventKind> {
+    let mut kinds = Vec::new();
+    loop {
+        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
+        let e = next
+            .expect("an event within the deadline")
+            .unwrap()
+            .unwrap();
+        let kind = e.kind();
+        kinds.push(kind);
+        if kind == pb::EventKind::TransactionCommitted && e.transaction_id == id {
+            return kinds;
+        }
+    }
+}
+
+/// Review finding of stop 53: a viewer read the audit log through WatchEvents (and
+/// the HTTP API's /events and the console's timeline, which ride on it), where
+/// ListAudit refuses it: every refusal (who was refused what) and every token made or
+/// revoked. Given a token made and a refused write, when a viewer of everything
+/// follows the log past a later release, then it hears the release and none of those;
+/// an admin hears them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_does_not_read_the_audit_log_through_the_event_log() {
+    let s = Secure::start(&["A"], &[]).await;
+    let (_, token) = s.token(&["--role", "viewer", "--ttl", "1h"]).await;
+    let write = s
+        .cli(&As::Token(token.clone()), &["project", "remove", "A"])
+        .await;
+    refused(&write, "PermissionDenied");
+    assert_eq!(
+        release(&s, &admin(), "M", &["A"], &["--wait"]).await.code,
+        0
+    );
+    let from_start = || pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    };
+
+    let mut viewer = s.coordinator_over_tls(None).await;
+    let stream = viewer.watch_events(with_token(from_start(), &token));
+    let heard = kinds_until_committed(stream.await.unwrap().into_inner(), "M").await;
+    let audit = [
+        pb::EventKind::AccessDenied,
+        pb::EventKind::TokenCreated,
+        pb::EventKind::TokenRevoked,
+    ];
+    assert!(!heard.iter().any(|k| audit.contains(k)), "{heard:?}");
+
+    let mut admin = s
+        .coordinator_client(("user-admin.crt", "user-admin.key"))
+        .await;
+    let stream = admin.watch_events(from_start());
+    let heard = kinds_until_committed(stream.await.unwrap().into_inner(), "M").await;
+    assert!(heard.contains(&pb::EventKind::AccessDenied), "{heard:?}");
+    assert!(heard.contains(&pb::EventKind::TokenCreated), "{heard:?}");
+}

@@ -13,7 +13,10 @@ use lockstep::{
 
 use super::{CoordinatorService, EventStream};
 use crate::{
-    access::{Principal, roles::Grant},
+    access::{
+        Principal,
+        roles::{Grant, Permission, Scope},
+    },
     convert,
     error::CoordinatorError,
     model::{CheckpointRecord, ProjectRecord, TxRecord},
@@ -134,9 +137,12 @@ impl CoordinatorService {
 
     /// `events` with only those `who` may read: a transaction's if it may see the
     /// transaction, a project's if it reads the project, the rest (an environment's, a
-    /// webhook's) if it reads the whole environment, or everything.
+    /// webhook's) if it reads the whole environment, or everything; and the audit
+    /// log's own (refusals, tokens made or revoked) only if it may read that log
+    /// (ListAudit: operate over everything), however much else it reads.
     pub(super) fn visible_events(&self, who: Principal, events: EventStream) -> EventStream {
-        if who.reads_whole(None) {
+        let audits = who.allows(Permission::Operate, &Scope::whole(None));
+        if audits && who.reads_whole(None) {
             return events;
         }
         let service = self.clone();
@@ -145,6 +151,7 @@ impl CoordinatorService {
         let mut seen: HashMap<String, bool> = HashMap::new();
         let kept = events.filter(move |e| {
             let keep = match e {
+                Ok(e) if is_audit_only(e) => audits,
                 Ok(e) => service.shows_event(&who, e, &mut seen),
                 Err(_) => true,
             };
@@ -183,6 +190,12 @@ impl CoordinatorService {
         seen.insert(id.to_string(), shown);
         shown
     }
+}
+
+/// Whether `e` is of the audit log alone: a refusal, or a token made or revoked.
+fn is_audit_only(e: &pb::Event) -> bool {
+    use pb::EventKind::{AccessDenied, TokenCreated, TokenRevoked};
+    matches!(e.kind(), AccessDenied | TokenCreated | TokenRevoked)
 }
 
 #[cfg(test)]
