@@ -1088,6 +1088,7 @@ fn record(
         promoted_from: None,
         live_check: Default::default(),
         trace_parent: String::new(),
+        held_reads: Default::default(),
     }
 }
 

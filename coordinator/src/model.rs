@@ -312,6 +312,11 @@ pub struct TxRecord {
     /// events, and the webhooks that carry them, continue that trace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_parent: String,
+    /// Projects it holds beyond its own until its decision: the family of a move back,
+    /// which its compatibility rule judged as it is (`Plan::reads`), held again after a
+    /// restart that resumes it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held_reads: BTreeSet<ProjectName>,
 }
 
 /// Where a committed release stands in its environment's verification after commit.

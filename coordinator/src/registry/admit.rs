@@ -192,6 +192,7 @@ impl Registry {
             live_check: Default::default(),
             // The creating call's span is current here.
             trace_parent: lockstep::trace::current_traceparent(),
+            held_reads: plan.reads.clone(),
         }
     }
 

@@ -207,15 +207,16 @@ impl Registry {
 
     /// Registers a recovered transaction and starts its driver with what the machine
     /// said about the restart. Only a transaction that sent Prepare (or decided) held
-    /// its projects before the restart, so only such a one holds them again; one that
-    /// was still queued is aborted without ever holding anything.
+    /// its projects before the restart, so only such a one holds them again (with the
+    /// family a move back holds until its decision); one that was still queued is
+    /// aborted without ever holding anything.
     pub fn resume(&self, machine: Transaction, effects: Vec<Effect>) {
         let record = machine.record().clone();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         {
             let mut s = self.state();
             if record.prepare_sent {
-                let projects = record.projects().cloned();
+                let projects = record.projects().chain(&record.held_reads).cloned();
                 s.queue.hold(&record.id, &record.environment, projects);
             }
             let active = Active {

@@ -224,6 +224,7 @@ impl Transaction {
         r.forced = plan.forced;
         r.reverts = plan.reverts;
         r.rollback_to = plan.rollback_to;
+        r.held_reads = plan.reads;
     }
 
     /// Moves into phase 1 and returns the event saying so (also used when a

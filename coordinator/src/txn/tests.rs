@@ -80,6 +80,7 @@ pub(crate) fn t4(state: TxState) -> TxRecord {
         promoted_from: None,
         live_check: Default::default(),
         trace_parent: String::new(),
+        held_reads: Default::default(),
     }
 }
 

@@ -202,6 +202,7 @@ impl Story {
             promoted_from: None,
             live_check: Default::default(),
             trace_parent: String::new(),
+            held_reads: Default::default(),
         }
     }
 
