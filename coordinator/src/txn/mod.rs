@@ -203,10 +203,14 @@ impl Transaction {
                 if let Some(plan) = plan {
                     self.replanned(*plan);
                 }
-                // Written at once so that recovery sends Abort to every participant,
-                // shown at once: presumed abort covers a crash before it is durable.
+                // Durable before any Prepare: the coordinator knows this transaction
+                // (its PENDING record is), so a restart must find that Prepare may
+                // have gone out, and send Abort to every participant rather than
+                // leave one prepared until it asks. (A transaction starting at its
+                // admission needs no such wait: until that write is durable nobody
+                // knows it, and an unknown transaction's decision is ABORT.)
                 let started = self.start_preparing();
-                let mut effects = vec![self.write(vec![started], Show::AtOnce)];
+                let mut effects = vec![self.write(vec![started], Show::WhenDurable)];
                 effects.extend(self.send_prepares());
                 effects
             }

@@ -136,6 +136,10 @@ fn ack(m: &mut Transaction, projects: &[&str]) -> Vec<Effect> {
         .collect()
 }
 
+/// Review finding of stop 53: a queued transaction's turn wrote "Prepare may go out"
+/// without waiting and sent Prepare, so a crash before that write was durable left a
+/// PENDING record, which a restart aborts telling no one, while a participant held it
+/// prepared. The write is durable before the first Prepare now.
 #[test]
 fn phase1_sends_prepare_to_every_participant_at_once_with_one_deadline() {
     let mut m = machine(TxState::Pending);
@@ -148,7 +152,7 @@ fn phase1_sends_prepare_to_every_participant_at_once_with_one_deadline() {
     assert!(matches!(
         &effects[0],
         Effect::Write {
-            show: Show::AtOnce,
+            show: Show::WhenDurable,
             ..
         }
     ));
