@@ -554,4 +554,17 @@ async fn a_page_of_another_site_cannot_act_through_a_browsers_certificate() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = call(release("X5")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Review finding of stop 53: an Authorization header that could not be carried
+    // into the call was dropped, and the call ran as the browser's certificate (the
+    // admin) where the caller meant a token. It is refused, as over gRPC.
+    let mangled = reqwest::header::HeaderValue::from_bytes(b"Bearer \xa0eyJ").unwrap();
+    let (status, body) = call(release("X6").header("authorization", mangled)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("authorization"),
+        "{body}"
+    );
+    let (status, _) = call(http.get(format!("{api}/releases/X6"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "X6 was never written");
 }

@@ -54,9 +54,17 @@ impl Caller {
         same_site(&self.headers, self.authority.as_deref())?;
         let mut request = tonic::Request::new(());
         for name in CARRIED {
-            let given = self.headers.get(name).and_then(|v| v.to_str().ok());
-            if let Some(value) = given.and_then(|v| v.parse().ok()) {
-                request.metadata_mut().insert(name, value);
+            let Some(given) = self.headers.get(name) else {
+                continue;
+            };
+            match given.to_str().ok().and_then(|v| v.parse().ok()) {
+                Some(value) => {
+                    request.metadata_mut().insert(name, value);
+                }
+                // A credential that cannot be carried is refused, never dropped: the
+                // call would run as the browser's certificate instead of the token.
+                None if name == "authorization" => return Err(unreadable_credential()),
+                None => {}
             }
         }
         if let Some(tls) = &self.peer.0 {
@@ -77,6 +85,13 @@ impl Caller {
         let request = self.request::<serde::de::IgnoredAny>(api, Ok(Map::new()))?;
         Ok(principal_of(&request))
     }
+}
+
+/// The refusal of an `Authorization` header that is not text, as gRPC words it.
+fn unreadable_credential() -> Status {
+    Status::unauthenticated(
+        "authorization: expected \"Bearer <token>\" in visible ASCII; refusing rather than act as the certificate",
+    )
 }
 
 /// Refuses a request a browser made for a page of another site (CSRF): a browser
