@@ -839,3 +839,33 @@ async fn a_viewer_does_not_read_the_audit_log_through_the_event_log() {
     assert!(heard.contains(&pb::EventKind::AccessDenied), "{heard:?}");
     assert!(heard.contains(&pb::EventKind::TokenCreated), "{heard:?}");
 }
+
+/// Review finding of stop 53: only a revocation ended an open stream, so a token's
+/// WatchEvents (and the console's SSE on it) went on after the token expired. Given a
+/// viewer token of a few seconds following the log, when it expires, then the stream
+/// ends with UNAUTHENTICATED naming the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_stream_ends_when_its_token_expires() {
+    let s = Secure::start(&["A"], &[]).await;
+    let (id, token) = s.token(&["--role", "viewer", "--ttl", "3s"]).await;
+    let watch = pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    };
+    let mut client = s.coordinator_over_tls(None).await;
+    let watch = client.watch_events(with_token(watch, &token));
+    let mut stream = watch.await.unwrap().into_inner();
+    let ended = loop {
+        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
+        match next.expect("the stream ends within the deadline") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains(&id) && ended.message().contains("expired"),
+        "{ended:?}"
+    );
+}

@@ -248,6 +248,17 @@ impl Access {
             .map(str::to_string)
     }
 
+    /// When the token `request` carries expires (ms since the epoch by
+    /// [`Access::now_ms`]'s clock), if it carries one: a stream opened with it ends then.
+    pub fn token_expiry<T>(&self, request: &Request<T>) -> Option<u64> {
+        let Mode::Secure(secure) = &*self.inner else {
+            return None;
+        };
+        let token = Credentials::of(request, &secure.tls).ok()?.token?;
+        let claims = secure.key.verify(&token, 0).ok()?;
+        Some(claims.exp.saturating_mul(1000))
+    }
+
     /// Who makes `request`, or UNAUTHENTICATED with the reason.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let secure = match &*self.inner {

@@ -414,6 +414,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 self.allow(&request, key, Target::every()).await?
             }
         };
+        let expires = self.access.token_expiry(&request);
         let r = request.into_inner();
         if r.until_terminal && filter.is_none() {
             return Err(Status::invalid_argument(
@@ -435,7 +436,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .map(|e| e.map_err(|e| Status::unavailable(format!("reading the event log: {e}"))));
         let actor = who.actor.clone();
         let events = self.visible_events(who, Box::pin(events));
-        let events = revoked::ending_on_revocation(&self.access, &actor, events);
+        let events = revoked::ending_on_revocation(&self.access, &actor, expires, events);
         Ok(Response::new(events))
     }
 
