@@ -445,6 +445,38 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
     }
 }
 
+/// Review finding of stop 53: an empty value (`--artifact A=$BUILD` with `BUILD`
+/// unset) meant "no artifact", and A went live as an empty version; an empty version
+/// (`A=`) was refused by the coordinator naming another component's index. Both are
+/// refused by the CLI now, naming the argument, with the usage code, and nothing is
+/// created.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_component_or_artifact_is_refused_by_name() {
+    let c = Cluster::family().await;
+    for (args, named) in [
+        (
+            &["release", "create", "E1", "B=1.0", "--artifact", "B="][..],
+            "--artifact \"B=\"",
+        ),
+        (
+            &["release", "create", "E2", "C=3.0", "B="][..],
+            "component \"B=\"",
+        ),
+    ] {
+        let out = c.cli(args).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains(named) && out.stderr.contains("empty"),
+            "{out:?}"
+        );
+    }
+    let listed = c.cli(&["release", "list", "-o", "json"]).await;
+    assert!(
+        !listed.stdout.contains("\"E1\"") && !listed.stdout.contains("\"E2\""),
+        "{listed:?}"
+    );
+}
+
 /// Review finding of stop 51: the ids of the coordinator's own transactions are known
 /// in advance (the revert after a failed live check, `auto-revert-<release>` since
 /// stop 52; `promote-<from>-<checkpoint>-to-<to>`), and a caller who took one first

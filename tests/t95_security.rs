@@ -869,3 +869,24 @@ async fn an_open_stream_ends_when_its_token_expires() {
         "{ended:?}"
     );
 }
+
+/// Review finding of stop 53: `--wait` reconnected only after UNAVAILABLE and gave up
+/// at any other error with the coordinator's bare message (an expired token's, or a
+/// connection reset's, which exited 1 as if aborted), naming no transaction. Given A's
+/// agent holding every Prepare and a releaser token of a few seconds, when `release
+/// create --wait` outlives the token, then the CLI says the outcome is unknown here
+/// and how to check it, with the not-allowed code, not the aborted one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_that_loses_its_credential_says_the_outcome_is_unknown() {
+    let s = Secure::start(&["A"], &[]).await;
+    let (_, token) = s.token(&["--role", "releaser", "--ttl", "3s"]).await;
+    s.block("A");
+    let out = release(&s, &As::Token(token), "T1", &["A"], &["--wait"]).await;
+    s.heal("A");
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stderr.contains("its outcome is unknown here")
+            && out.stderr.contains("lockstep release get T1"),
+        "{out:?}"
+    );
+}

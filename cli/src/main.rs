@@ -544,7 +544,16 @@ fn settled_code(t: &pb::Transaction) -> u8 {
                 t.id, t.reason
             ),
         ),
-        _ => return outcome_code(t),
+        Ok(pb::TransactionState::Committed) => return OK,
+        Ok(pb::TransactionState::Aborted) => return REFUSED,
+        // A state this CLI does not know (a newer coordinator's): not a success.
+        _ => (
+            UNREACHABLE,
+            format!(
+                "{} is in a state this lockstep does not know ({}); its outcome is unknown here: check with `lockstep release get {}`",
+                t.id, t.state, t.id
+            ),
+        ),
     };
     eprintln!(
         "{note}; it goes on on its own (follow it with `lockstep release watch {}`)",
@@ -607,6 +616,12 @@ fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
                 "{flag} {item:?}: expected PROJECT=VALUE"
             )));
         };
+        // An unset variable (`--artifact A=$BUILD`) is a mistake, not "none".
+        if k.is_empty() || v.is_empty() {
+            return Err(Failure::usage(format!(
+                "{flag} {item:?}: the project and the value must not be empty"
+            )));
+        }
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(Failure::usage(format!("{flag}: {k} is given twice")));
         }

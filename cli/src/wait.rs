@@ -58,7 +58,8 @@ pub async fn until_settled(
                     }
                 }
             }
-            Err(status) if status.code() != tonic::Code::Unavailable => return Err(status.into()),
+            Err(status) if gives_up(status.code()) => return Err(unknown_outcome(&status, tx)),
+            // Anything else (a restart, a failover, a reset connection) is waited out.
             Err(_) => {}
         }
         let since = *down_since.get_or_insert_with(Instant::now);
@@ -76,6 +77,31 @@ pub async fn until_settled(
             *client = c;
         }
     }
+}
+
+/// Whether an error while waiting ends the wait: the caller may not go on (its
+/// credential expired, was revoked, or does not reach the transaction), or the
+/// transaction is not there; any other error is the connection's, and waited out.
+fn gives_up(code: tonic::Code) -> bool {
+    use tonic::Code::{InvalidArgument, NotFound, PermissionDenied, Unauthenticated};
+    matches!(
+        code,
+        Unauthenticated | PermissionDenied | NotFound | InvalidArgument
+    )
+}
+
+/// The failure of a wait that gave up on `status`: never "aborted" (the transaction
+/// goes on on its own), but the outcome unknown here and how to check it.
+fn unknown_outcome(status: &tonic::Status, tx: &pb::Transaction) -> Failure {
+    let mut failure = Failure::from(status.clone());
+    failure.message = format!(
+        "{}; stopped waiting for {}: its outcome is unknown here: check with `lockstep release get {}`",
+        failure.message, tx.id, tx.id
+    );
+    if failure.code != crate::NOT_ALLOWED {
+        failure.code = UNREACHABLE;
+    }
+    failure
 }
 
 /// Where following one transaction's events stands, across reconnects.
