@@ -129,12 +129,15 @@ async fn campaign(
     );
     let mut shown = String::new();
     loop {
+        if let Some(why) = lost.borrow().clone() {
+            return Err(etcd_client::Error::LeaseKeepAliveError(why));
+        }
         let put = PutOptions::new().with_lease(lease);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), me.clone(), Some(put))])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let answer = client.txn(txn).await?;
+        let answer = client.txn(txn).await.map_err(lease_gone)?;
         if answer.succeeded() {
             let term = answer.header().map_or(0, |h| h.revision());
             return Ok(Lead { term, lost });
@@ -148,6 +151,18 @@ async fn campaign(
             return Err(etcd_client::Error::LeaseKeepAliveError(why));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A campaign's put refused because this instance's lease is gone (it expired while
+/// the instance was paused, before its keeper heard): a lost lease, which starts a new
+/// campaign on a new one, as the keeper's own news of it does.
+fn lease_gone(e: etcd_client::Error) -> etcd_client::Error {
+    match &e {
+        etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound => {
+            etcd_client::Error::LeaseKeepAliveError(format!("the lease is gone: {}", s.message()))
+        }
+        _ => e,
     }
 }
 
@@ -315,4 +330,60 @@ async fn cluster_view(mut client: Client, key: Vec<u8>) -> Result<ClusterView, e
         view.lease = (lease.ttl(), lease.granted_ttl());
     }
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::etcd::EtcdTarget;
+
+    /// Review finding of stop 53: a standby whose own lease expired unknown to it (a
+    /// pause past its TTL, with the leader's key gone meanwhile) put the leadership key
+    /// on that lease, etcd answered "requested lease not found", and the campaign gave
+    /// up: the process meant to take over exited. Given a leader and a standby
+    /// waiting, when the standby's lease is revoked and the leader's key goes, then
+    /// the standby campaigns again on a new lease and leads.
+    #[test]
+    fn a_standby_whose_lease_is_gone_campaigns_again_and_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
+        let target = EtcdTarget::parse(&member.url("t")).unwrap();
+        let (one, two) = (
+            EtcdKv::open(&target, &["t"]).unwrap(),
+            EtcdKv::open(&target, &["t"]).unwrap(),
+        );
+        let ttl = Duration::from_secs(10);
+        let _leading = one.lead("one", ttl, |_| {}).unwrap();
+        let (heard, waiting) = mpsc::channel();
+        let standby = std::thread::spawn(move || {
+            let heard = std::sync::Mutex::new(heard);
+            let lead = two.lead("two", ttl, move |leader| {
+                let _ = heard.lock().unwrap().send(leader.to_string());
+            });
+            (lead.map(|l| l.term), two)
+        });
+        assert_eq!(waiting.recv().unwrap(), "one", "the standby campaigns");
+
+        let (client, key) = (one.client(), one.leader_key());
+        wait(&one.runtime(), async move {
+            let mut client = client;
+            let got = client.get(key.clone(), None).await?;
+            let leader_lease = got.kvs().first().map(|kv| kv.lease()).unwrap_or(0);
+            for lease in client.leases().await?.leases() {
+                if lease.id() != leader_lease {
+                    client.lease_revoke(lease.id()).await?;
+                }
+            }
+            client.delete(key, None).await.map(drop)
+        })
+        .unwrap();
+
+        let (term, two) = standby.join().unwrap();
+        assert!(term.is_ok(), "{term:?}");
+        assert_eq!(two.leader().unwrap().as_deref(), Some("two"));
+    }
 }
