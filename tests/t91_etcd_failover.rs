@@ -619,3 +619,32 @@ async fn a_standby_outlives_an_etcd_outage_and_takes_over_after_it() {
     let at_t2 = Cluster::expect(&[("A", "T2A"), ("B", "T2B"), ("C", "T2C")]);
     assert_eq!(c.live(), at_t2);
 }
+
+/// Review finding of stop 53: a leader stopped cleanly (SIGTERM: a planned restart or
+/// a handover) kept its leadership key until its lease ran out, so every planned
+/// restart left no leader for a whole TTL. Given a leader with a 30 s lease and a
+/// standby started beside it, when the leader is stopped with SIGTERM, then the
+/// standby leads long before that lease could have run out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_stopped_cleanly_hands_over_at_once() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--store".to_string(),
+        member.url("resign"),
+        "--etcd-lease-ttl".into(),
+        "30s".into(),
+    ];
+    let mut c = Cluster::with_coordinator(dir, args.clone(), Vec::new()).await;
+    let taking_over = standby_later(&c, args, 0);
+
+    c.coordinator.terminate();
+    assert!(c.coordinator.exited().await.success());
+    let within = std::time::Duration::from_secs(15);
+    let standby = tokio::time::timeout(within, taking_over)
+        .await
+        .expect("the standby leads before the 30 s lease could have run out")
+        .unwrap();
+    assert!(standby.log().contains("leading with term"));
+}

@@ -212,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     let term = lead
         .as_ref()
         .map_or(0, |l| u64::try_from(l.term).unwrap_or_default());
+    let resigning = etcd.clone();
     let config = Config {
         term,
         etcd,
@@ -246,10 +247,31 @@ async fn main() -> anyhow::Result<()> {
     };
     let served = shutdown::serve_until_stopped(stop, serve, failed);
     let outcome = served.await.and(store.sync().map_err(|e| e.to_string()));
+    exit_after(outcome, &telemetry, resigning.as_deref(), term)
+}
+
+/// Exits: 1 (saying why) when serving failed; otherwise 0, once a leader on etcd has
+/// given its leadership up, so that a standby leads at once, not when the lease runs
+/// out (a planned restart or handover).
+fn exit_after(
+    outcome: Result<(), String>,
+    telemetry: &lockstep::logging::Telemetry,
+    etcd: Option<&EtcdKv>,
+    term: u64,
+) -> ! {
     if let Err(error) = outcome {
         eprintln!("stopping: {error}; restart to recover from the durable log");
         telemetry.flush();
         shutdown::exit(1);
+    }
+    if let Some(etcd) = etcd.filter(|_| term > 0) {
+        let term = i64::try_from(term).unwrap_or(i64::MAX);
+        match etcd.resign(term) {
+            Ok(()) => tracing::info!("gave up leadership: a standby leads at once"),
+            Err(e) => tracing::warn!(
+                "leadership not given up ({e}); a standby leads once the lease runs out"
+            ),
+        }
     }
     telemetry.flush();
     shutdown::exit(0)
