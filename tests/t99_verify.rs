@@ -941,6 +941,57 @@ async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
     drop(site);
 }
 
+/// Review finding of stop 53: a soak took its environment's stages when the release
+/// committed and used them after the soak, so a pipeline applied meanwhile (a live
+/// step's failure now only notifies) did not count, though a restart would have read
+/// it. Given P1 soaking in production under "revert", when a pipeline with "notify" is
+/// applied and the live step then fails, then it only notifies: nothing is reverted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_applied_during_a_soak_is_the_one_that_counts() {
+    let (_dir, broken, site, pipeline) = live_site("production", "3s", "revert");
+    let mut c = with_pipeline(&pipeline).await;
+    env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
+    let release = |id: &'static str, version: &'static str| {
+        let args = [
+            "-e",
+            "production",
+            "release",
+            "create",
+            id,
+            version,
+            "--wait",
+        ];
+        args.map(str::to_string)
+    };
+    let p0 = release("P0", "foobar-backend=0.9");
+    assert_eq!(c.cli(&p0.each_ref().map(String::as_str)).await.code, 0);
+    live_check_is(&c, "P0", "passed").await;
+    let p1 = release("P1", "foobar-backend=1.0");
+    assert_eq!(c.cli(&p1.each_ref().map(String::as_str)).await.code, 0);
+    let notify = pipeline.replace(
+        "on_live_failure = \"revert\"",
+        "on_live_failure = \"notify\"",
+    );
+    let file = c.dir.path().join("notify.toml");
+    std::fs::write(&file, notify).unwrap();
+    let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    std::fs::write(&broken, "").unwrap();
+
+    live_check_is(&c, "P1", "failed").await;
+    let said = c.events().await.into_iter().any(|e| {
+        e.transaction_id == "P1"
+            && e.kind == EventKind::LiveVerifyFailed as i32
+            && e.message.contains("only notified")
+    });
+    assert!(said, "the pipeline in force says notify");
+    let list = c
+        .cli(&["-e", "production", "release", "list", "-o", "json"])
+        .await;
+    assert!(!list.stdout.contains("auto-revert"), "{}", list.stdout);
+    drop(site);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
     let (_dir, broken, site, pipeline) = live_site("production", "5s", "notify");

@@ -57,13 +57,14 @@ impl Registry {
         }
     }
 
-    /// `record` soaked when a restart cut its check off, and the pipeline applied
-    /// since has no soak or live steps for its environment: no check is due any more,
+    /// `record` soaked (its check cut off by a restart, or just done soaking), and the
+    /// pipeline applied since has no soak or live steps for its environment: no check
+    /// is due any more,
     /// which is recorded (it would stay `soaking` for good, and its versions could not
     /// be promoted without --force), then it is promoted as a release without one is.
     async fn no_check_due(&self, record: TxRecord) {
         let message = format!(
-            "{} was soaking when the coordinator restarted, and its environment's pipeline has no soak or live steps any more: no live check is due",
+            "{} was soaking, and its environment's pipeline (applied since it committed) has no soak or live steps any more: no live check is due",
             record.id
         );
         let kind = pb::EventKind::Recovered;
@@ -79,8 +80,14 @@ impl Registry {
         }
     }
 
+    /// Soaks, then runs the live steps of the pipeline in force then (one applied
+    /// during the soak counts, as a restart would read it; none due any more settles
+    /// the check as not due).
     async fn check_live(&self, record: TxRecord, stages: Stages) {
         tokio::time::sleep(Duration::from_millis(stages.soak_ms.unwrap_or(0))).await;
+        let Some(stages) = self.live_check_due(&record) else {
+            return self.no_check_due(record).await;
+        };
         match self.run_live_steps(&record, &stages).await {
             Ok(message) => {
                 let kind = pb::EventKind::LiveVerifyPassed;
