@@ -156,12 +156,61 @@ async fn a_revert_from_the_timeline_shows_its_plan_then_restores_the_state_befor
     assert_eq!(versions(2), versions(0), "{history}");
 }
 
+/// Review finding of stop 53: the console's revert sent no environment, so it was
+/// planned (and its permission checked) in `default`, and a release of any other
+/// environment could not be reverted from the page ("belongs to environment staging,
+/// not default"). Given R1 and R2 in staging, when staging's timeline reverts R2,
+/// then staging is back at R1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_from_the_timeline_of_another_environment_reverts_there() {
+    let (mut s, url) = cluster(&[], &[]).await;
+    let certs = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["certs", "init"])
+        .arg(&s.certs)
+        .args(["--env", "staging", "--agents", "A,B", "--users", "admin"])
+        .output()
+        .await
+        .unwrap();
+    assert!(certs.status.success(), "{certs:?}");
+    for p in ["A", "B"] {
+        s.add_env_agent("staging", p).await;
+        let endpoint = s.agents[&format!("staging/{p}")].server.https_url();
+        let add = [
+            "-e",
+            "staging",
+            "project",
+            "add",
+            p,
+            "--endpoint",
+            &endpoint,
+        ];
+        let out = s.cli(&admin(), &add).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    for (id, v) in [("R1", "1.0"), ("R2", "2.0")] {
+        let (a, b) = (format!("A={v}"), format!("B={v}"));
+        let args = ["-e", "staging", "release", "create", id, &a, &b, "--wait"];
+        let out = s.cli(&admin(), &args).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let (_, ci) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
+    let context = json!({"url": url, "tokens": {"releaser": ci}, "environment": "staging"});
+    let mut page = Scenario::start("the_revert_shows_its_plan_first", context, s.dir.path());
+    assert_eq!(page.asks().await, "check that the dry run changed nothing");
+    page.answer("go").await;
+    page.passes().await;
+    assert_eq!(s.agents["staging/A"].live().as_deref(), Some("1.0"));
+    assert_eq!(s.agents["staging/B"].live().as_deref(), Some("1.0"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_reconnects_after_a_restart_with_no_gap_or_duplicate() {
     let (mut s, url) = cluster(&["A"], &[]).await;
     release(&s, &admin(), "R1", &["A=1.0"]).await;
     release(&s, &admin(), "R2", &["A=2.0"]).await;
-    let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    // An operator: the check is that every event of the log shows, and the audit
+    // log's own (the token's creation) reach only those who may read it (stop 53).
+    let (_, viewer) = s.token(&["--role", "operator", "--subject", "oncall"]).await;
     let context = json!({"url": url, "tokens": {"viewer": viewer}});
     let mut page = Scenario::start("the_page_resumes_after_a_restart", context, s.dir.path());
     assert_eq!(page.asks().await, "restart the coordinator");

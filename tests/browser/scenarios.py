@@ -70,7 +70,7 @@ def the_operator_approves_from_the_page(driver, ctx):
 def the_revert_shows_its_plan_first(driver, ctx):
     """Revert from the timeline shows the dry-run plan, then commits the state before."""
     sign_in(driver, ctx["url"], ctx["tokens"]["releaser"])
-    driver.get(ctx["url"] + "#/timeline/default")
+    driver.get(ctx["url"] + "#/timeline/" + ctx.get("environment", "default"))
     row = '#timeline tr[data-revision="2"]'
     until("checkpoint 2", lambda: text(driver, row))
     assert "R2" in text(driver, row) and "A 1.0 → 2.0" in text(driver, row), text(driver, row)

@@ -392,7 +392,7 @@ function releaseActions(t, who) {
       confirmAction(`Retry ${t.id}'s deliveries?`, 'Every unacknowledged participant is sent the decision again now.', () => post('retry', {})(), { reason: false })));
   }
   if (t.state === 'TRANSACTION_STATE_COMMITTED' && t.kind === 'TRANSACTION_KIND_RELEASE' && !t.quarantined && may.RevertRelease) {
-    out.push(button('Revert…', { id: 'revert' }, () => dryRunThenRun(`Revert ${t.id}`, `/releases/${id}/revert`, {})));
+    out.push(button('Revert…', { id: 'revert' }, () => dryRunThenRun(`Revert ${t.id}`, `/releases/${id}/revert`, { environment: t.environment })));
   }
   for (const p of (t.participants || []).filter((p) => p.needsResolution)) {
     if (!may.ResolveParticipant) break;
@@ -492,7 +492,7 @@ function timelineTable(all, whos) {
     const isRelease = (cp.kind || tx.kind) === 'TRANSACTION_KIND_RELEASE';
     if (isRelease && !tx.quarantined && may.RevertRelease) {
       actions.push(h('button', { type: 'button', class: 'revert', onclick: () =>
-        dryRunThenRun(`Revert ${cp.transactionId} in ${cp.environment}`, `/releases/${encodeURIComponent(cp.transactionId)}/revert`, {}) }, 'Revert this…'));
+        dryRunThenRun(`Revert ${cp.transactionId} in ${cp.environment}`, `/releases/${encodeURIComponent(cp.transactionId)}/revert`, { environment: cp.environment }) }, 'Revert this…'));
     }
     if (!latest && may.Rollback) {
       actions.push(h('button', { type: 'button', class: 'rollback', onclick: () =>
