@@ -502,9 +502,10 @@ async fn a_script_that_ends_the_transaction_is_refused_and_nothing_is_applied(ki
     assert_ne!(s.dumps().await, before, "{kind:?}: the body went live");
 }
 
-async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart(
-    kind: Kind,
-) {
+/// T1 (schema 1) live, then A's agent killed while staging T2 (schema 2): after its
+/// database committed T2's migration and before its PREPARED record (crash point
+/// `agent-before-prepared-record`). The stack, and the schemas before T2.
+async fn a_killed_mid_staging(kind: Kind) -> (Stack, BTreeMap<String, String>) {
     let mut s = Stack::new(kind).await;
     s.release("T1", 1, 0).await;
     let before = s.dumps().await;
@@ -519,13 +520,16 @@ async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_o
         args.push("--artifact".into());
         args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
     }
-    assert_eq!(
-        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .await
-            .code,
-        0
-    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(s.c.cli(&args).await.code, 0);
     s.c.agent_mut("A").server.exited().await;
+    (s, before)
+}
+
+async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_on_restart(
+    kind: Kind,
+) {
+    let (mut s, before) = a_killed_mid_staging(kind).await;
 
     // A died inside the window: its database holds T2's change, its ledger no vote.
     match kind {
@@ -561,23 +565,7 @@ async fn a_crash_between_the_database_commit_and_the_prepared_record_is_undone_o
 /// PostgreSQL is back its staging is undone (T2 aborted, every schema as before), and
 /// the next release commits.
 async fn an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(kind: Kind) {
-    let mut s = Stack::new(kind).await;
-    s.release("T1", 1, 0).await;
-    let before = s.dumps().await;
-    let crash = vec![(
-        "LOCKSTEP_CRASH_AT".to_string(),
-        "agent-before-prepared-record".to_string(),
-    )];
-    s.c.agent_mut("A").server.restart_with(crash).await;
-    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
-    for p in PROJECTS {
-        args.push(format!("{p}=T2{p}"));
-        args.push("--artifact".into());
-        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(s.c.cli(&args).await.code, 0);
-    s.c.agent_mut("A").server.exited().await;
+    let (mut s, before) = a_killed_mid_staging(kind).await;
 
     s.pg.as_ref().unwrap().crash();
     s.c.agent_mut("A").server.restart_with(Vec::new()).await;

@@ -210,7 +210,9 @@ async fn the_page_reconnects_after_a_restart_with_no_gap_or_duplicate() {
     release(&s, &admin(), "R2", &["A=2.0"]).await;
     // An operator: the check is that every event of the log shows, and the audit
     // log's own (the token's creation) reach only those who may read it (stop 53).
-    let (_, viewer) = s.token(&["--role", "operator", "--subject", "oncall"]).await;
+    let (_, viewer) = s
+        .token(&["--role", "operator", "--subject", "oncall"])
+        .await;
     let context = json!({"url": url, "tokens": {"viewer": viewer}});
     let mut page = Scenario::start("the_page_resumes_after_a_restart", context, s.dir.path());
     assert_eq!(page.asks().await, "restart the coordinator");

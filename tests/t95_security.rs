@@ -667,19 +667,50 @@ async fn events_until_a1_commits(who: &mut Reader) -> Vec<pb::Event> {
         from_seq: 1,
         ..Default::default()
     };
-    let mut stream = who.watch_events(watch).await.unwrap().into_inner();
+    let stream = who.watch_events(watch).await.unwrap().into_inner();
+    events_until_committed(stream, "A1").await
+}
+
+/// The events `stream` delivers up to `id`'s TRANSACTION_COMMITTED.
+async fn events_until_committed(
+    mut stream: tonic::Streaming<pb::Event>,
+    id: &str,
+) -> Vec<pb::Event> {
     let mut seen = Vec::new();
     loop {
         let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
         let event = next
-            .expect("A1's commit within the deadline")
+            .expect("the commit within the deadline")
             .unwrap()
             .unwrap();
         let committed = event.kind == pb::EventKind::TransactionCommitted as i32;
-        let done = committed && event.transaction_id == "A1";
+        let done = committed && event.transaction_id == id;
         seen.push(event);
         if done {
             return seen;
+        }
+    }
+}
+
+/// A viewer's whole-log stream from the first event, with `token`.
+async fn stream_with(s: &Secure, token: &str) -> tonic::Streaming<pb::Event> {
+    let watch = pb::WatchEventsRequest {
+        from_seq: 1,
+        ..Default::default()
+    };
+    let mut client = s.coordinator_over_tls(None).await;
+    let watch = client.watch_events(with_token(watch, token));
+    watch.await.unwrap().into_inner()
+}
+
+/// How `stream` ends (within the deadline), skipping its events.
+async fn ending(stream: &mut tonic::Streaming<pb::Event>) -> tonic::Status {
+    loop {
+        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
+        match next.expect("the stream ends within the deadline") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => return status,
         }
     }
 }
@@ -721,24 +752,11 @@ async fn a_token_made_by_a_revoked_token_is_refused_too() {
 async fn an_open_stream_ends_when_its_token_is_revoked() {
     let s = Secure::start(&["A"], &[]).await;
     let (id, token) = s.token(&["--role", "viewer", "--ttl", "1h"]).await;
-    let watch = pb::WatchEventsRequest {
-        from_seq: 1,
-        ..Default::default()
-    };
-    let mut client = s.coordinator_over_tls(None).await;
-    let watch = client.watch_events(with_token(watch, &token));
-    let mut stream = watch.await.unwrap().into_inner();
+    let mut stream = stream_with(&s, &token).await;
 
     let out = s.cli(&admin(), &["token", "revoke", &id]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let ended = loop {
-        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
-        match next.expect("the stream ends within the deadline") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without saying why"),
-            Err(status) => break status,
-        }
-    };
+    let ended = ending(&mut stream).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains(&id), "{ended:?}");
 }
@@ -780,22 +798,11 @@ async fn a_decision_is_told_only_to_who_may_read_the_transaction() {
 
 /// The kinds of the events `stream` delivers up to `id`'s TRANSACTION_COMMITTED.
 async fn kinds_until_committed(
-    mut stream: tonic::Streaming<pb::Event>,
+    stream: tonic::Streaming<pb::Event>,
     id: &str,
 ) -> Vec<pb::EventKind> {
-    let mut kinds = Vec::new();
-    loop {
-        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
-        let e = next
-            .expect("an event within the deadline")
-            .unwrap()
-            .unwrap();
-        let kind = e.kind();
-        kinds.push(kind);
-        if kind == pb::EventKind::TransactionCommitted && e.transaction_id == id {
-            return kinds;
-        }
-    }
+    let events = events_until_committed(stream, id).await;
+    events.iter().map(pb::Event::kind).collect()
 }
 
 /// Review finding of stop 53: a viewer read the audit log through WatchEvents (and
@@ -821,9 +828,7 @@ async fn a_viewer_does_not_read_the_audit_log_through_the_event_log() {
         ..Default::default()
     };
 
-    let mut viewer = s.coordinator_over_tls(None).await;
-    let stream = viewer.watch_events(with_token(from_start(), &token));
-    let heard = kinds_until_committed(stream.await.unwrap().into_inner(), "M").await;
+    let heard = kinds_until_committed(stream_with(&s, &token).await, "M").await;
     let audit = [
         pb::EventKind::AccessDenied,
         pb::EventKind::TokenCreated,
@@ -848,21 +853,8 @@ async fn a_viewer_does_not_read_the_audit_log_through_the_event_log() {
 async fn an_open_stream_ends_when_its_token_expires() {
     let s = Secure::start(&["A"], &[]).await;
     let (id, token) = s.token(&["--role", "viewer", "--ttl", "3s"]).await;
-    let watch = pb::WatchEventsRequest {
-        from_seq: 1,
-        ..Default::default()
-    };
-    let mut client = s.coordinator_over_tls(None).await;
-    let watch = client.watch_events(with_token(watch, &token));
-    let mut stream = watch.await.unwrap().into_inner();
-    let ended = loop {
-        let next = tokio::time::timeout(support::DEADLINE, stream.message()).await;
-        match next.expect("the stream ends within the deadline") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without saying why"),
-            Err(status) => break status,
-        }
-    };
+    let mut stream = stream_with(&s, &token).await;
+    let ended = ending(&mut stream).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(
         ended.message().contains(&id) && ended.message().contains("expired"),

@@ -898,15 +898,14 @@ async fn a_promotion_copies_the_versions_artifacts_and_schema_versions_exactly()
     );
 }
 
-/// Review finding of stop 53: a release soaking when the coordinator restarted, in an
-/// environment whose pipeline had lost its soak and live steps since (applied after
-/// the release committed), stayed `soaking` for good: no check was due any more, so
-/// none ran, and a promotion of its versions needed --force. Given P1 soaking, when
-/// a pipeline without a soak is applied and the coordinator is SIGKILLed and started,
-/// then P1's check is settled as not due, and the log says why.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
-    let (_dir, _, site, pipeline) = live_site("production", "30s", "revert");
+/// Production (a soak of `soak`, then its live check, `on_live_failure`) with a
+/// backend agent, and P1 (backend 1.0) committed there and soaking: the cluster, the
+/// file that breaks the live site, the site and its directory.
+async fn p1_soaking(
+    soak: &str,
+    on_live_failure: &str,
+) -> (Cluster, PathBuf, LiveSite, tempfile::TempDir) {
+    let (dir, broken, site, pipeline) = live_site("production", soak, on_live_failure);
     let mut c = with_pipeline(&pipeline).await;
     env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
     let args = [
@@ -920,6 +919,18 @@ async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
     ];
     assert_eq!(c.cli(&args).await.code, 0);
     assert_eq!(c.transaction("P1").await.live_check, "soaking");
+    (c, broken, site, dir)
+}
+
+/// Review finding of stop 53: a release soaking when the coordinator restarted, in an
+/// environment whose pipeline had lost its soak and live steps since (applied after
+/// the release committed), stayed `soaking` for good: no check was due any more, so
+/// none ran, and a promotion of its versions needed --force. Given P1 soaking, when
+/// a pipeline without a soak is applied and the coordinator is SIGKILLed and started,
+/// then P1's check is settled as not due, and the log says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
+    let (mut c, _, site, _dir) = p1_soaking("30s", "revert").await;
     let file = c.dir.path().join("no-soak.toml");
     std::fs::write(&file, "[[environment]]\nname = \"production\"\n").unwrap();
     let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
@@ -994,20 +1005,7 @@ async fn a_pipeline_applied_during_a_soak_is_the_one_that_counts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_soak_cut_by_a_restart_runs_again_and_notify_only_notifies() {
-    let (_dir, broken, site, pipeline) = live_site("production", "5s", "notify");
-    let mut c = with_pipeline(&pipeline).await;
-    env_agent(&mut c, "production", "foobar-backend", &[], &[]).await;
-    let args = [
-        "-e",
-        "production",
-        "release",
-        "create",
-        "P1",
-        "foobar-backend=1.0",
-        "--wait",
-    ];
-    assert_eq!(c.cli(&args).await.code, 0);
-    assert_eq!(c.transaction("P1").await.live_check, "soaking");
+    let (mut c, broken, site, _dir) = p1_soaking("5s", "notify").await;
 
     c.coordinator.kill9().await;
     std::fs::write(&broken, "").unwrap();
