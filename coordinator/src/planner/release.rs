@@ -99,18 +99,19 @@ fn one_build(
 
 /// How the version `c` names was committed before (`from ARTIFACT`, or `without an
 /// artifact`) when `c` brings another build of it; none when it brings none, the same
-/// one, or the version is live now (it stays as it is: nothing is staged).
+/// one, or the version is live now (it stays as it is: nothing is staged). A version
+/// never live (every upgrade) costs no read of its own: `was_live` is the one the
+/// plan's rules ask anyway (and remember).
 fn other_build(view: &View<'_>, c: &ComponentSpec) -> Result<Option<String>> {
-    if c.artifact.is_empty() || view.live(&c.project) == Some(&c.version) {
+    let (project, version) = (&c.project, &c.version);
+    let live_now = view.live(project) == Some(version);
+    if c.artifact.is_empty() || live_now || !view.history.was_live(project, version)? {
         return Ok(None);
     }
-    match view.history.build(&c.project, &c.version)? {
+    Ok(match view.history.build(project, version)? {
         Some(b) if !b.artifact.is_empty() => {
-            Ok((b.artifact != c.artifact).then(|| format!("from {}", b.artifact)))
+            (b.artifact != c.artifact).then(|| format!("from {}", b.artifact))
         }
-        _ => Ok(view
-            .history
-            .was_live(&c.project, &c.version)?
-            .then(|| "without an artifact".to_string())),
-    }
+        _ => Some("without an artifact".to_string()),
+    })
 }
