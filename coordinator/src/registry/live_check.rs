@@ -59,9 +59,9 @@ impl Registry {
 
     /// `record` soaked (its check cut off by a restart, or just done soaking), and the
     /// pipeline applied since has no soak or live steps for its environment: no check
-    /// is due any more,
-    /// which is recorded (it would stay `soaking` for good, and its versions could not
-    /// be promoted without --force), then it is promoted as a release without one is.
+    /// is due any more. That is recorded (it would stay `soaking` for good, and its
+    /// versions could not be promoted without --force), then it is promoted as a
+    /// release without a check is.
     async fn no_check_due(&self, record: TxRecord) {
         let message = format!(
             "{} was soaking, and its environment's pipeline (applied since it committed) has no soak or live steps any more: no live check is due",
