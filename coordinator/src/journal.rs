@@ -289,12 +289,30 @@ impl Journal {
         durable: Durable,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + use<> {
         let (append, seq) = self.queue(batch, events, durable.linger());
+        let durable = self.durable_through(append);
+        async move { durable.await.map(|_| seq) }
+    }
+
+    /// Resolves once every append made so far is durable, writing nothing: the answer
+    /// to a repeated call that finds in memory what another call wrote an instant ago
+    /// ("registered exactly so already", "not registered"), which must not be given
+    /// before a crash would keep that write.
+    pub fn settled(&self) -> impl Future<Output = Result<(), CoordinatorError>> + Send + use<> {
+        let appends = Queue::lock(&self.inner.queue).appends;
+        self.durable_through(appends)
+    }
+
+    /// Resolves once append number `append` is durable.
+    fn durable_through(
+        &self,
+        append: u64,
+    ) -> impl Future<Output = Result<(), CoordinatorError>> + Send + use<> {
         let (log, mut heard) = (self.inner.log.clone(), self.inner.durable.clone());
         async move {
             tokio::select! {
                 biased;
                 done = heard.wait_for(|d| *d >= append) => done
-                    .map(|_| seq)
+                    .map(|_| ())
                     .map_err(|_| StoreError::Corrupt("the syncer stopped".into()).into()),
                 e = log.failed() => Err(StoreError::Corrupt(e).into()),
             }

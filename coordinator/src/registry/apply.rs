@@ -2,7 +2,7 @@
 //! declares (endpoint, children), checked together and written as one durable batch
 //! with a new pipeline version, so a file is in force whole or not at all.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use lockstep::pb;
 use lockstep_store::Batch;
@@ -50,35 +50,54 @@ impl Registry {
     /// PROJECT_REGISTERED per project changed). A refused file or a dry run changes
     /// nothing; a file that changes nothing writes nothing.
     pub async fn apply_pipeline(&self, text: &str, dry_run: bool, actor: &str) -> Result<Applied> {
-        let (written, outcome) = {
-            let mut s = self.state();
-            let mut declared = pipeline::parse(text, &s.environments)?;
-            keep_children(&s, &mut declared);
-            check_projects(&s, &declared.projects)?;
-            let mut changes = pipeline::diff(&s.environments, &declared.environments);
-            changes.extend(pipeline::diff_projects(&s.projects, &declared.projects));
-            let unchanged = changes.iter().all(|c| c.starts_with('='));
-            if dry_run || unchanged {
-                let version = s.pipeline_version;
-                let written = false;
-                return Ok(Applied {
+        let (written, outcome) = self.apply_now(text, dry_run, actor)?;
+        match written {
+            Some(written) => written.await.map(|_| outcome),
+            None if dry_run => Ok(outcome),
+            // Unchanged: perhaps by the same file applied an instant ago, not yet durable.
+            None => self.once_settled(Ok(outcome)).await,
+        }
+    }
+
+    /// Checks `text` against the state and, unless it is a dry run or changes nothing,
+    /// puts it in force in memory: the append to wait for (`None`: nothing written),
+    /// and the answer.
+    fn apply_now(
+        &self,
+        text: &str,
+        dry_run: bool,
+        actor: &str,
+    ) -> Result<(Option<impl Future<Output = Result<u64>> + use<>>, Applied)> {
+        let mut s = self.state();
+        let mut declared = pipeline::parse(text, &s.environments)?;
+        keep_children(&s, &mut declared);
+        check_projects(&s, &declared.projects)?;
+        let mut changes = pipeline::diff(&s.environments, &declared.environments);
+        changes.extend(pipeline::diff_projects(&s.projects, &declared.projects));
+        let unchanged = changes.iter().all(|c| c.starts_with('='));
+        if dry_run || unchanged {
+            let version = s.pipeline_version;
+            let written = false;
+            return Ok((
+                None,
+                Applied {
                     version,
                     changes,
                     written,
-                });
-            }
-            let (batch, events, version) = write(&mut s, (text, declared), &changes, actor);
-            let append = self.inner.journal.append(batch, events, Durable::Now);
-            let written = true;
-            let outcome = Applied {
+                },
+            ));
+        }
+        let (batch, events, version) = write(&mut s, (text, declared), &changes, actor);
+        let append = self.inner.journal.append(batch, events, Durable::Now);
+        let written = true;
+        Ok((
+            Some(append),
+            Applied {
                 version,
                 changes,
                 written,
-            };
-            (append, outcome)
-        };
-        written.await?;
-        Ok(outcome)
+            },
+        ))
     }
 }
 

@@ -45,22 +45,25 @@ impl Registry {
         let written = {
             let mut s = self.state();
             check_after(&s, &record)?;
-            if let Some(k) = s.environments.get(&record.name) {
-                if k.after == record.after {
-                    return Ok((k.clone(), false));
+            match s.environments.get(&record.name) {
+                Some(k) if k.after == record.after => Err(k.clone()),
+                known => {
+                    if let Some(k) = known {
+                        record.stages = k.stages.clone();
+                        record.pipeline_version = k.pipeline_version;
+                    }
+                    let mut batch = Batch::default();
+                    Tables::put_environment(&mut batch, &record);
+                    s.environments.insert(record.name.clone(), record.clone());
+                    let events = vec![added(&record)];
+                    Ok(self.inner.journal.append(batch, events, Durable::Now))
                 }
-                record.stages = k.stages.clone();
-                record.pipeline_version = k.pipeline_version;
             }
-            let mut batch = Batch::default();
-            Tables::put_environment(&mut batch, &record);
-            s.environments.insert(record.name.clone(), record.clone());
-            self.inner
-                .journal
-                .append(batch, vec![added(&record)], Durable::Now)
         };
-        written.await?;
-        Ok((record, true))
+        match written {
+            Ok(written) => written.await.map(|_| (record, true)),
+            Err(same) => self.once_settled(Ok((same, false))).await,
+        }
     }
 
     /// Every environment, declared or with projects, sorted by name.

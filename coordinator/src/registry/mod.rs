@@ -37,6 +37,8 @@ mod planning;
 pub mod projects;
 pub mod promote;
 pub mod reads;
+#[cfg(test)]
+mod repeat_tests;
 pub mod verified;
 mod writes;
 
@@ -149,6 +151,14 @@ impl Registry {
         // Every critical section leaves State consistent before any call that could
         // panic, so a poisoned lock is safe to keep using.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `answer` once every write made so far is durable: the answer of a call that
+    /// found in memory what another call wrote an instant ago (see
+    /// [`crate::journal::Journal::settled`]).
+    async fn once_settled<T>(&self, answer: Result<T>) -> Result<T> {
+        self.inner.journal.settled().await?;
+        answer
     }
 
     fn now(&self) -> u64 {

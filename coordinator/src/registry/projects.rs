@@ -33,7 +33,7 @@ impl Registry {
     ) -> Result<(ProjectRecord, bool)> {
         let existing = self.project(&project.environment, &project.name);
         match existing {
-            Some(old) if old == project => Ok((project, false)),
+            Some(old) if old == project => self.once_settled(Ok((project, false))).await,
             Some(old) => Err(CoordinatorError::AlreadyExists(differs(&old, &project))),
             None => self.write_project(project, actor).await,
         }
@@ -47,10 +47,13 @@ impl Registry {
         actor: &str,
     ) -> Result<(ProjectRecord, bool)> {
         let Some(old) = self.project(&change.environment, &change.name) else {
-            return Err(CoordinatorError::NotFound(format!(
+            let why = format!(
                 "name: project {} is not registered in environment {}; `lockstep project add` registers it",
                 change.name, change.environment
-            )));
+            );
+            return self
+                .once_settled(Err(CoordinatorError::NotFound(why)))
+                .await;
         };
         let project = ProjectRecord {
             endpoint: change.endpoint.unwrap_or_else(|| old.endpoint.clone()),
@@ -58,40 +61,43 @@ impl Registry {
             ..old.clone()
         };
         match old == project {
-            true => Ok((project, false)),
+            true => self.once_settled(Ok((project, false))).await,
             false => self.write_project(project, actor).await,
         }
     }
 
     /// Removes a project: refused while an unfinished transaction names it or another
     /// project requires it. Its history stays; later checkpoints leave it out. Durable
-    /// (fsync) before it returns.
+    /// (fsync) before it returns; so is what a refusal read (a removal an instant old).
     pub async fn remove_project(
         &self,
         env: &Environment,
         name: &ProjectName,
         actor: &str,
     ) -> Result<ProjectRecord> {
-        let (removed, written) = {
+        let removal = {
             let mut s = self.state();
-            let old = removable(&s, env, name)?;
-            let mut batch = Batch::default();
-            Tables::delete_project(&mut batch, env, name);
-            s.changed(env);
-            Arc::make_mut(s.projects.entry(env.clone()).or_default()).remove(name);
-            let event = pb::Event {
-                kind: pb::EventKind::ProjectRemoved as i32,
-                environment: env.to_string(),
-                project: name.to_string(),
-                actor: actor.to_string(),
-                message: format!("project {name} (at {}) removed", old.endpoint),
-                ..Default::default()
-            };
-            let written = self.inner.journal.append(batch, vec![event], Durable::Now);
-            (old, written)
+            removable(&s, env, name).map(|old| {
+                let mut batch = Batch::default();
+                Tables::delete_project(&mut batch, env, name);
+                s.changed(env);
+                Arc::make_mut(s.projects.entry(env.clone()).or_default()).remove(name);
+                let event = pb::Event {
+                    kind: pb::EventKind::ProjectRemoved as i32,
+                    environment: env.to_string(),
+                    project: name.to_string(),
+                    actor: actor.to_string(),
+                    message: format!("project {name} (at {}) removed", old.endpoint),
+                    ..Default::default()
+                };
+                let written = self.inner.journal.append(batch, vec![event], Durable::Now);
+                (old, written)
+            })
         };
-        written.await?;
-        Ok(removed)
+        match removal {
+            Ok((removed, written)) => written.await.map(|_| removed),
+            Err(why) => self.once_settled(Err(why)).await,
+        }
     }
 
     /// The registration of `name` in `env` (for the reachability check).
@@ -116,20 +122,23 @@ impl Registry {
             let env_projects = s.projects.get(&project.environment).map(|m| &**m);
             check_requires(env_projects, &project)?;
             if env_projects.and_then(|m| m.get(&project.name)) == Some(&project) {
-                return Ok((project, false));
+                None
+            } else {
+                let mut batch = Batch::default();
+                Tables::put_project(&mut batch, &project);
+                s.changed(&project.environment);
+                let env = s.projects.entry(project.environment.clone()).or_default();
+                Arc::make_mut(env).insert(project.name.clone(), project.clone());
+                let mut event = registered(&project);
+                event.actor = actor.to_string();
+                let events = vec![event];
+                Some(self.inner.journal.append(batch, events, Durable::Now))
             }
-            let mut batch = Batch::default();
-            Tables::put_project(&mut batch, &project);
-            s.changed(&project.environment);
-            let env = s.projects.entry(project.environment.clone()).or_default();
-            Arc::make_mut(env).insert(project.name.clone(), project.clone());
-            let mut event = registered(&project);
-            event.actor = actor.to_string();
-            let events = vec![event];
-            self.inner.journal.append(batch, events, Durable::Now)
         };
-        written.await?;
-        Ok((project, true))
+        match written {
+            Some(written) => written.await.map(|_| (project, true)),
+            None => self.once_settled(Ok((project, false))).await,
+        }
     }
 
     /// Projects of `env`, sorted by name.
