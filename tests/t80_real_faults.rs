@@ -580,7 +580,7 @@ async fn observe(c: &mut Cluster, clients: Vec<ClientRecord>) -> Observation {
         events,
         participants,
         clients,
-        lost_data: Default::default(),
+        ..Default::default()
     }
 }
 

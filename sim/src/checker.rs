@@ -23,15 +23,25 @@
 //! - `wave-order` and `mutual-exclusion` (in `crate::ordering`): children acknowledge
 //!   before parents (parents first on ABORT); no project is held by two transactions
 //!   at once.
+//! - `checkpoint-contents`, `asked-versions`, `revert-target`, `rollback-target` and
+//!   `family` (in [`crate::contents`]): what each checkpoint holds, judged from the
+//!   requests and the checkpoints before it, and parents live after their children on
+//!   the participants' own clock, so a coordinator that records a wrong state and has
+//!   every agent agree with it is caught too.
+//!
+//! The simulation reads the coordinator's store after a crash (once the run has been
+//! quiet long enough for every write asked to be durable to be so): the rules judge
+//! what survives, not what happened to be written.
 //!
 //! A participant is one project in one environment (its [`member`] name): rules about
 //! what a participant holds, applies or lets go of are per member; checkpoint revisions
 //! count per environment.
 //! - `resolution-after-data-loss`: a participant needs resolution only if its agent lost
-//!   its data directory. Such a transaction may stay in phase 2 (exempt from
-//!   `termination` and the terminal-event rules), and a project that lost its ledger
-//!   may miss records (`agreement`) and lag its checkpoints (`no-regression`,
-//!   `live-is-a-checkpoint`); never may it be split (`tc-consistent` still holds).
+//!   its data directory. Such a transaction may stay in phase 2 until a person resolves
+//!   it (exempt, while unfinished, from `termination` and the terminal-event rules, and
+//!   its participants from `no-regression` and `live-is-a-checkpoint`), and a project
+//!   that lost its ledger may miss records (`agreement`); never may it be split
+//!   (`tc-consistent` still holds).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,6 +104,13 @@ pub struct Observation {
     /// records may be missing, and a transaction they were part of may rightly wait
     /// for a person (`needs resolution`) instead of ending.
     pub lost_data: BTreeSet<String>,
+    /// What each release asked for, where known: transaction id -> project -> version.
+    pub asked: BTreeMap<String, BTreeMap<String, String>>,
+    /// Each parent project's children (`requires`), where known.
+    pub requires: BTreeMap<String, Vec<String>>,
+    /// What could not be read back after the run (each a `run` violation: a rule
+    /// judged over a list that failed to read would pass for nothing).
+    pub unreadable: Vec<String>,
 }
 
 /// A broken rule.
@@ -337,11 +354,13 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     }
 
     // no-regression and live-is-a-checkpoint
+    // A participant that lost its data lags its checkpoints only while a transaction
+    // of its waits for a person.
     let stalled = projects_of(o, &waiting);
     for (project, p) in o
         .participants
         .iter()
-        .filter(|(p, _)| !lost(p) && !stalled.contains(p.as_str()))
+        .filter(|(p, _)| !stalled.contains(p.as_str()))
     {
         let mut path: Vec<(&str, &str)> = Vec::new();
         for cp in &o.checkpoints {
@@ -463,7 +482,18 @@ pub fn check(o: &Observation) -> Vec<Violation> {
             );
         }
     }
+    let silent = o
+        .transactions
+        .iter()
+        .filter(|t| !per_tx.contains_key(t.id.as_str()));
+    for t in silent {
+        say("event-log", format!("{} has no events", t.id));
+    }
+    for what in &o.unreadable {
+        say("run", format!("could not read {what}"));
+    }
     v.extend(crate::ordering::check(&o.transactions, &o.events));
+    v.extend(crate::contents::check(o));
     v
 }
 
@@ -523,9 +553,16 @@ fn waiting_for_a_person<'a>(
         .events
         .iter()
         .filter(|e| e.kind == EventKind::NeedsResolution as i32);
+    let unfinished = |id: &str| {
+        let found = o.transactions.iter().find(|t| t.id == id);
+        found.is_some_and(|t| !matches!(state(t), State::Committed | State::Aborted))
+    };
     for e in needs {
         if o.lost_data.contains(&member(&e.environment, &e.project)) {
-            waiting.insert(e.transaction_id.as_str());
+            // Once a person has resolved it and it ended, every rule holds it again.
+            if unfinished(&e.transaction_id) {
+                waiting.insert(e.transaction_id.as_str());
+            }
         } else {
             say(
                 "resolution-after-data-loss",
@@ -591,7 +628,10 @@ mod tests {
     /// T1 committed A=1, with its checkpoint; participants still to be added.
     fn t1_committed_a_at_1() -> Observation {
         Observation {
-            transactions: vec![tx("T1", State::Committed, &[("A", "", "1")])],
+            transactions: vec![pb::Transaction {
+                checkpoint: 1,
+                ..tx("T1", State::Committed, &[("A", "", "1")])
+            }],
             checkpoints: vec![pb::Checkpoint {
                 revision: 1,
                 transaction_id: "T1".into(),
@@ -602,6 +642,20 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            events: [
+                EventKind::TransactionCreated,
+                EventKind::DecidedCommit,
+                EventKind::TransactionCommitted,
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| pb::Event {
+                seq: i as u64 + 1,
+                kind: *kind as i32,
+                transaction_id: "T1".into(),
+                ..Default::default()
+            })
+            .collect(),
             ..Default::default()
         }
     }
@@ -691,6 +745,7 @@ mod tests {
             tx: "T1".into(),
             from: None,
             to: "1".into(),
+            at: 0,
         };
         o.participants.insert(
             "A".into(),
@@ -719,6 +774,7 @@ mod tests {
                     tx: "T1".into(),
                     from: None,
                     to: "1".into(),
+                    at: 0,
                 }]),
             },
         );

@@ -9,7 +9,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,7 +27,16 @@ pub struct Effect {
     pub from: Option<String>,
     /// Live after.
     pub to: String,
+    /// Its place among every change of the run, on every participant (see
+    /// [`EffectClock`]): which of two participants went live first.
+    pub at: u64,
 }
+
+/// Numbers the changes of what is live across all participants of a run, so the
+/// checker can tell from the participants themselves (not from the coordinator's
+/// account) that a parent went live only after its children.
+#[derive(Clone, Default)]
+pub struct EffectClock(Arc<AtomicU64>);
 
 /// What survives a crash of the participant's host.
 #[derive(Debug, Default)]
@@ -39,12 +51,37 @@ pub struct DiskState {
 
 /// Shared handle to a participant's disk.
 #[derive(Clone, Default)]
-pub struct Disk(Arc<Mutex<DiskState>>);
+pub struct Disk {
+    state: Arc<Mutex<DiskState>>,
+    clock: EffectClock,
+}
 
 impl Disk {
+    /// A disk whose changes are numbered on `clock`, shared with the run's others.
+    pub fn on(clock: &EffectClock) -> Self {
+        let clock = clock.clone();
+        let state = Arc::default();
+        Self { state, clock }
+    }
+
     /// Reads or changes the disk.
     pub fn lock(&self) -> MutexGuard<'_, DiskState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `version` live for `tx` unless it already is, logging the effect.
+    pub fn make_live(&self, tx: &str, version: &str) {
+        let mut disk = self.lock();
+        disk.staged.remove(tx);
+        if disk.live.as_deref() != Some(version) {
+            let from = disk.live.replace(version.to_string());
+            disk.effects.push(Effect {
+                tx: tx.to_string(),
+                from,
+                to: version.to_string(),
+                at: self.clock.0.fetch_add(1, Ordering::SeqCst),
+            });
+        }
     }
 }
 
@@ -65,16 +102,7 @@ impl SimDeployer {
 
     /// Makes `change` live, logging the effect when something changes.
     fn switch(&self, change: &Change) {
-        let mut disk = self.disk.lock();
-        disk.staged.remove(&change.transaction_id);
-        if disk.live.as_deref() != Some(change.version.as_str()) {
-            let from = disk.live.replace(change.version.clone());
-            disk.effects.push(Effect {
-                tx: change.transaction_id.clone(),
-                from,
-                to: change.version.clone(),
-            });
-        }
+        self.disk.make_live(&change.transaction_id, &change.version);
     }
 
     /// A broken deployer that goes live as soon as it stages, deciding alone: the

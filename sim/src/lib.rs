@@ -29,6 +29,7 @@
 
 pub mod calls;
 pub mod checker;
+pub mod contents;
 pub mod deployer;
 pub mod ha;
 pub mod lease;

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use crate::{
     calls::{bounded, coordinator_client},
     checker::member,
-    deployer::{Disk, Effect},
+    deployer::Disk,
 };
 
 type Client = CoordinatorClient<Channel>;
@@ -127,13 +127,5 @@ async fn resolve(client: &mut Client, disks: &BTreeMap<String, Disk>, t: &pb::Tr
 
 /// Makes `version` live on `disk` for `tx` unless it already is.
 fn deploy_by_hand(disk: &Disk, tx: &str, version: &str) {
-    let mut d = disk.lock();
-    if d.live.as_deref() != Some(version) {
-        let from = d.live.replace(version.to_string());
-        d.effects.push(Effect {
-            tx: tx.to_string(),
-            from,
-            to: version.to_string(),
-        });
-    }
+    disk.make_live(tx, version);
 }

@@ -207,6 +207,8 @@ struct Shared {
     created: Vec<String>,
     /// Registration done.
     ready: bool,
+    /// What each release asked for: id -> project -> version.
+    asked: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -286,10 +288,11 @@ pub fn run(cfg: &Config) -> Outcome {
     let mut participant_kvs = BTreeMap::new();
     let mut disks = BTreeMap::new();
     let moved: MovesRef = Arc::default();
+    let clock = crate::deployer::EffectClock::default();
     for (environment, project) in participants() {
         let name = member(environment, project);
         let kv = MemKv::new();
-        let disk = Disk::default();
+        let disk = Disk::on(&clock);
         let moved = moved.clone();
         let sabotage = cfg.sabotage;
         participant_kvs.insert(name.clone(), kv.clone());
@@ -361,8 +364,9 @@ pub fn run(cfg: &Config) -> Outcome {
     {
         let shared = shared.clone();
         let cfg = cfg.clone();
+        let election = election.clone();
         sim.client("duplicator", async move {
-            duplicator(cfg, shared).await;
+            duplicator(cfg, shared, election).await;
             Ok(())
         });
     }
@@ -442,6 +446,10 @@ pub fn run(cfg: &Config) -> Outcome {
             break;
         }
     }
+    // Quiet for a while: every write asked to be durable is synced by then, so the
+    // crash `observe` begins with takes only what nobody asked to make durable.
+    let quiet_until = sim.elapsed() + Duration::from_millis(200);
+    while sim.elapsed() < quiet_until && sim.step().is_ok() {}
     let simulated = sim.elapsed();
     drop(sim);
 
@@ -473,60 +481,95 @@ fn settled(coordinator: &Tables, participants: &[Ledger]) -> bool {
         })
 }
 
-/// Gathers what the checker reads from the stores, disks and clients.
+/// Gathers what the checker reads from the stores, disks and clients. The
+/// coordinator's store crashes first, so the rules judge only what it made durable
+/// (the run went quiet before, so whatever was asked to be durable is); an agent's
+/// ledger is read as it stands (it writes COMMITTED without a sync by design, and a
+/// lost one is asked again after a restart).
 fn observe(
     coordinator: &MemKv,
     participants: &BTreeMap<String, MemKv>,
     disks: &BTreeMap<String, Disk>,
     shared: &SharedRef,
 ) -> Observation {
+    coordinator.crash();
     coordinator.restart();
+    let mut unreadable = Vec::new();
     let tables = Tables::new(Arc::new(coordinator.clone()) as Arc<dyn Kv>);
-    let mut transactions: Vec<_> = tables
-        .recent_transactions(usize::MAX)
-        .unwrap_or_default()
+    let records: Vec<_> = read(
+        &mut unreadable,
+        "transactions",
+        tables.recent_transactions(usize::MAX),
+    );
+    let mut transactions: Vec<_> = records
         .iter()
         .map(lockstep_coordinator::convert::transaction)
         .collect();
     transactions.reverse();
-    let checkpoints = ENVIRONMENTS
-        .iter()
-        .flat_map(|e| {
-            let env = lockstep::names::Environment::parse("environment", e).expect("a name");
-            tables.checkpoints(&env).unwrap_or_default()
-        })
-        .map(|c| lockstep_coordinator::convert::checkpoint(&c))
-        .collect();
-    let events = tables.events(1, usize::MAX).unwrap_or_default();
+    let mut checkpoints = Vec::new();
+    for e in ENVIRONMENTS {
+        let env = lockstep::names::Environment::parse("environment", e).expect("a name");
+        let found: Vec<_> = read(&mut unreadable, "checkpoints", tables.checkpoints(&env));
+        checkpoints.extend(found.iter().map(lockstep_coordinator::convert::checkpoint));
+    }
+    let events = read(&mut unreadable, "events", tables.events(1, usize::MAX));
+    let participants = participant_views(participants, disks, &mut unreadable);
+    let requires = FAMILY.iter().filter(|(_, c)| !c.is_empty());
+    let requires =
+        requires.map(|(p, c)| (p.to_string(), c.iter().map(|c| c.to_string()).collect()));
+    let s = lock(shared);
+    Observation {
+        transactions,
+        checkpoints,
+        events,
+        participants,
+        clients: s.records.clone(),
+        lost_data: BTreeSet::new(),
+        asked: s.asked.clone(),
+        requires: requires.collect(),
+        unreadable,
+    }
+}
+
+/// `r`'s value, or nothing with the failure noted in `unreadable`.
+fn read<T: Default, E: std::fmt::Display>(
+    unreadable: &mut Vec<String>,
+    what: &str,
+    r: Result<T, E>,
+) -> T {
+    r.unwrap_or_else(|e| {
+        unreadable.push(format!("{what}: {e}"));
+        T::default()
+    })
+}
+
+/// What each participant's ledger and disk show.
+fn participant_views(
+    participants: &BTreeMap<String, MemKv>,
+    disks: &BTreeMap<String, Disk>,
+    unreadable: &mut Vec<String>,
+) -> BTreeMap<String, ParticipantView> {
     let mut views = BTreeMap::new();
     for (project, kv) in participants {
         kv.restart();
         let ledger = Ledger::open(Arc::new(kv.clone()), lockstep_store::WriterMode::Thread)
             .expect("starting a reader");
-        let phases = ledger
-            .all()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(tx, e)| (tx, e.phase))
-            .collect();
+        let phases = match ledger.all() {
+            Ok(all) => all.into_iter().map(|(tx, e)| (tx, e.phase)).collect(),
+            Err(e) => {
+                unreadable.push(format!("{project}'s ledger: {e}"));
+                BTreeMap::new()
+            }
+        };
         let disk = disks[project].lock();
-        views.insert(
-            project.clone(),
-            ParticipantView {
-                live: disk.live.clone(),
-                phases,
-                effects: Some(disk.effects.clone()),
-            },
-        );
+        let view = ParticipantView {
+            live: disk.live.clone(),
+            phases,
+            effects: Some(disk.effects.clone()),
+        };
+        views.insert(project.clone(), view);
     }
-    Observation {
-        transactions,
-        checkpoints,
-        events,
-        participants: views,
-        clients: lock(shared).records.clone(),
-        lost_data: BTreeSet::new(),
-    }
+    views
 }
 
 // ----- faults -----
@@ -836,6 +879,11 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
         let (op, tx, result) = if roll < 58 || sent.is_empty() {
             let (op, request) = if roll < 50 || sent.is_empty() {
                 let request = release_request(&mut rng, id, i);
+                let asked = request.components.iter();
+                let asked = asked.map(|c| (c.project.clone(), c.version.clone()));
+                lock(&shared)
+                    .asked
+                    .insert(request.id.clone(), asked.collect());
                 sent.push(request.clone());
                 ("release", request)
             } else {
@@ -894,18 +942,8 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
                 id: tx.clone(),
                 reason: "simulated abort".into(),
             };
-            let result = bounded(client.abort_release(r)).await.map(|_| ());
-            record(
-                &shared,
-                id,
-                "abort",
-                &tx,
-                match &result {
-                    Err(s) if unknown(s.code()) => Told::Unknown(s.message().into()),
-                    Err(s) => Told::Refused(format!("{:?}", s.code())),
-                    Ok(()) => Told::Refused("abort accepted".into()),
-                },
-            );
+            let result = bounded(client.abort_release(r)).await;
+            record(&shared, id, "abort", &tx, told_of_abort(&result));
             continue;
         };
         let told = match &result {
@@ -951,6 +989,23 @@ async fn workload(id: usize, cfg: Config, shared: SharedRef, moved: MovesRef) {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// What an AbortRelease answer tells: once the coordinator answers with the
+/// transaction aborting, it must end ABORTED.
+fn told_of_abort(result: &Result<pb::Transaction, tonic::Status>) -> Told {
+    let aborting = [
+        pb::TransactionState::Aborting,
+        pb::TransactionState::Aborted,
+    ];
+    match result {
+        Err(s) if unknown(s.code()) => Told::Unknown(s.message().into()),
+        Err(s) => Told::Refused(format!("{:?}", s.code())),
+        Ok(t) if aborting.iter().any(|a| *a as i32 == t.state) => {
+            Told::Outcome(pb::TransactionState::Aborted)
+        }
+        Ok(t) => Told::Refused(format!("abort answered with state {}", t.state)),
     }
 }
 
@@ -1033,7 +1088,12 @@ fn promote_request(id: &str, force: bool) -> pb::PromoteRequest {
 /// Re-sends protocol messages out of order: Prepare again at any time, and Commit or
 /// Abort again once the coordinator has decided (only the coordinator's own decision,
 /// duplicated late, as a reordering network would).
-async fn duplicator(cfg: Config, shared: SharedRef) {
+///
+/// Each carries the newest leader's term (0 without HA), as that leader's own resend
+/// would: a duplicate under an older term is refused before it reaches the protocol,
+/// and would test only the fence. Channels are kept per endpoint (a moved agent, and
+/// the same project in two environments, each have their own).
+async fn duplicator(cfg: Config, shared: SharedRef, election: crate::lease::Election) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0xd0_0b1e);
     let mut client = coordinator_client();
     let mut participants: BTreeMap<String, ParticipantClient<Channel>> = BTreeMap::new();
@@ -1055,8 +1115,9 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
         else {
             continue;
         };
+        let term = u64::try_from(election.terms()).unwrap_or(0);
         let p = participants
-            .entry(part.project.clone())
+            .entry(part.endpoint.clone())
             .or_insert_with(|| ParticipantClient::new(net::channel(&part.endpoint)));
         let decision = bounded(client.get_decision(pb::GetDecisionRequest {
             transaction_id: tx.clone(),
@@ -1071,7 +1132,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                 transaction_id: tx.clone(),
                 project: part.project.clone(),
                 coordinator_incarnation: String::new(),
-                coordinator_term: 0,
+                coordinator_term: term,
             }))
             .await
             .map(|_| ()),
@@ -1081,7 +1142,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                     project: part.project.clone(),
                     reason: "duplicate".into(),
                     coordinator_incarnation: String::new(),
-                    coordinator_term: 0,
+                    coordinator_term: term,
                 }))
                 .await
                 .map(|_| ())
@@ -1098,7 +1159,7 @@ async fn duplicator(cfg: Config, shared: SharedRef) {
                 coordinator_incarnation: String::new(),
                 restore: part.restore,
                 target_schema: part.target_schema.clone(),
-                coordinator_term: 0,
+                coordinator_term: term,
             }))
             .await
             .map(|_| ()),
