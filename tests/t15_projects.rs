@@ -289,3 +289,59 @@ async fn an_environment_emptied_of_projects_keeps_its_checkpoint_numbering_acros
         [("1".into(), "T1".into()), ("2".into(), "T2".into())]
     );
 }
+
+/// Kills `project`'s agent and starts a fresh one in its place (new data directory,
+/// nothing deployed, another port), as a team replacing a host does.
+async fn replace_agent(c: &mut Cluster, project: &str) {
+    c.agent_mut(project).server.kill9().await;
+    for dir in [format!("agent-{project}"), format!("deploy-{project}")] {
+        std::fs::remove_dir_all(c.dir.path().join(dir)).unwrap();
+    }
+    c.add_agent(project).await;
+}
+
+/// The live versions of the default environment, as `live -o json` shows them.
+async fn live_versions(c: &Cluster) -> Vec<(String, String)> {
+    let live = c.live_state().await.checkpoint.unwrap_or_default();
+    let versions = live.versions.iter();
+    versions
+        .map(|v| (v.project.clone(), v.version.clone()))
+        .collect()
+}
+
+/// Found by a review: a removed project registered again kept its old live version
+/// until the next commit, so a fresh agent refused every Prepare ("the live version
+/// here is nothing but the coordinator expects T1A") for good. Given A released and
+/// removed, when A is registered again at a fresh agent that runs nothing, then the
+/// live state has no A (after a restart too) and a release of A commits; when B is
+/// registered again at the agent that still runs T1B, then T1B is live again and the
+/// next release moves it on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_registered_again_starts_from_what_its_agent_runs() {
+    let mut c = Cluster::new().await;
+    c.add_agent("A").await;
+    c.add_agent("B").await;
+    c.register("A", &[]).await;
+    c.register("B", &[]).await;
+    c.release("T1", &["A=T1A", "B=T1B"], 0).await;
+
+    assert_eq!(c.cli(&["project", "remove", "A"]).await.code, 0);
+    replace_agent(&mut c, "A").await;
+    c.register("A", &[]).await;
+    assert_eq!(live_versions(&c).await, [("B".into(), "T1B".into())]);
+    c.coordinator.restart().await;
+    let after = live_versions(&c).await;
+    assert_eq!(after, [("B".into(), "T1B".into())], "and after a restart");
+    c.release("T2", &["A=T2A"], 0).await;
+    assert_eq!(c.agent("A").live().as_deref(), Some("T2A"));
+
+    assert_eq!(c.cli(&["project", "remove", "B"]).await.code, 0);
+    c.register("B", &[]).await;
+    let live = live_versions(&c).await;
+    assert_eq!(
+        live,
+        [("A".into(), "T2A".into()), ("B".into(), "T1B".into())]
+    );
+    c.release("T3", &["B=T3B"], 0).await;
+    assert_eq!(c.agent("B").live().as_deref(), Some("T3B"));
+}

@@ -37,6 +37,7 @@ pub fn project(r: pb::RegisterProjectRequest) -> Result<ProjectRecord, FieldErro
         environment,
         endpoint: r.endpoint,
         requires: children("requires", &r.requires)?,
+        live_from: 0,
     })
 }
 

@@ -24,11 +24,11 @@ use crate::{
     network::{GrpcParticipants, ParticipantNet},
     notify::{self, Notifier},
     observe::{self, Observation},
-    ports::{Participants, Probe},
+    ports::{Observed, Participants, Probe},
     registry::{
         Registry, Settings,
         admit::{Authorize, Created},
-        apply::Applied,
+        apply::{Applied, Runs},
         audit::AuditPage,
         listing::Filter,
         projects::ProjectChange,
@@ -261,10 +261,12 @@ impl Coordinator {
         checked: bool,
     ) -> Result<(ProjectRecord, bool)> {
         let (env, name) = (&project.environment, &project.name);
+        let mut runs = None;
         if checked && self.registry.registered(env, name).is_none() {
-            self.check_endpoint(env, name, &project.endpoint).await?;
+            runs = Some(self.check_endpoint(env, name, &project.endpoint).await?);
         }
-        self.registry.register_project(project, actor).await
+        let runs = runs.as_ref().map(|seen| seen.live_version.as_str());
+        self.registry.register_project(project, actor, runs).await
     }
 
     /// Changes only what `change` gives of a registered project (see
@@ -305,6 +307,7 @@ impl Coordinator {
         (text, dry_run, checked): (&str, bool, bool),
         actor: &str,
     ) -> Result<Applied> {
+        let mut runs = Runs::new();
         if checked && !dry_run {
             let asked = self.registry.pipeline_endpoints(text)?;
             let net = self.registry.net().as_ref();
@@ -312,9 +315,13 @@ impl Coordinator {
                 .iter()
                 .map(|p| observe::check_endpoint(net, &p.environment, &p.name, &p.endpoint));
             let answers = futures::future::join_all(checks).await;
-            answers.into_iter().collect::<Result<Vec<()>>>()?;
+            for (p, seen) in asked.into_iter().zip(answers) {
+                runs.insert((p.environment, p.name), seen?.live_version);
+            }
         }
-        self.registry.apply_pipeline(text, dry_run, actor).await
+        self.registry
+            .apply_pipeline((text, dry_run), &runs, actor)
+            .await
     }
 
     /// The etcd cluster (`None`: the tables are in RocksDB, one instance).
@@ -331,7 +338,7 @@ impl Coordinator {
         env: &Environment,
         name: &ProjectName,
         endpoint: &str,
-    ) -> Result<()> {
+    ) -> Result<Observed> {
         observe::check_endpoint(self.registry.net().as_ref(), env, name, endpoint).await
     }
 
@@ -533,6 +540,7 @@ mod tests {
                 environment: Environment::default(),
                 endpoint: "http://127.0.0.1:1".into(),
                 requires: Vec::new(),
+                live_from: 0,
             },
         );
         // Two checkpoints, as an older coordinator wrote them: no seen_versions rows.

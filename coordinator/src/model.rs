@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::roles::Authority;
 
 /// A registered project in one environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct ProjectRecord {
     /// Project name.
     pub name: ProjectName,
@@ -24,6 +24,34 @@ pub struct ProjectRecord {
     pub endpoint: String,
     /// Children that must release with it.
     pub requires: Vec<ProjectName>,
+    /// For a project removed and registered again: the newest checkpoint revision at
+    /// that registration when its agent did not run what that checkpoint says (a fresh
+    /// host, or not asked). Entries of the project in checkpoints up to this revision
+    /// belong to the removed registration, so the live state ignores them; 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub live_from: u64,
+}
+
+/// Two registrations are the same when their settings are: `live_from` is the
+/// coordinator's own bookkeeping, which no request gives and no change may lose.
+impl PartialEq for ProjectRecord {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.name,
+            &self.environment,
+            &self.endpoint,
+            &self.requires,
+        ) == (
+            &other.name,
+            &other.environment,
+            &other.endpoint,
+            &other.requires,
+        )
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where a transaction is in its lifecycle (PRODUCT.md: PENDING → PREPARING →

@@ -63,14 +63,14 @@ pub async fn check_endpoint(
     env: &Environment,
     name: &ProjectName,
     endpoint: &str,
-) -> Result<()> {
+) -> Result<Observed> {
     let seen = status_soon(net, endpoint).await.map_err(|e| {
         CoordinatorError::Refused(format!(
             "endpoint: GetStatus at {endpoint} failed ({e}): no agent answers there, or it cannot report what it runs; start or fix the agent first, or register with --unchecked"
         ))
     })?;
     if seen.project == name.as_str() && seen.environment == env.as_str() {
-        return Ok(());
+        return Ok(seen);
     }
     Err(CoordinatorError::Refused(format!(
         "endpoint: the agent at {endpoint} serves project {} in environment {}, not {name} in {env}; check the address, or register with --unchecked",

@@ -157,6 +157,7 @@ fn projects_of(
             environment: env.clone(),
             endpoint,
             requires,
+            live_from: 0,
         });
     }
     Ok(out)

@@ -4,7 +4,10 @@
 
 use std::{future::Future, sync::Arc};
 
-use lockstep::pb;
+use lockstep::{
+    names::{Environment, ProjectName},
+    pb,
+};
 use lockstep_store::Batch;
 
 use super::{Registry, State, projects};
@@ -49,8 +52,15 @@ impl Registry {
     /// durable write with a new pipeline version and a PIPELINE_APPLIED event (and a
     /// PROJECT_REGISTERED per project changed). A refused file or a dry run changes
     /// nothing; a file that changes nothing writes nothing.
-    pub async fn apply_pipeline(&self, text: &str, dry_run: bool, actor: &str) -> Result<Applied> {
-        let (written, outcome) = self.apply_now(text, dry_run, actor)?;
+    /// `runs`: what the agents of the projects it registers reported running, where
+    /// they were asked (see [`Registry::register_project`]).
+    pub async fn apply_pipeline(
+        &self,
+        (text, dry_run): (&str, bool),
+        runs: &Runs,
+        actor: &str,
+    ) -> Result<Applied> {
+        let (written, outcome) = self.apply_now((text, dry_run), runs, actor)?;
         match written {
             Some(written) => written.await.map(|_| outcome),
             None if dry_run => Ok(outcome),
@@ -64,8 +74,8 @@ impl Registry {
     /// and the answer.
     fn apply_now(
         &self,
-        text: &str,
-        dry_run: bool,
+        (text, dry_run): (&str, bool),
+        runs: &Runs,
         actor: &str,
     ) -> Result<(Option<impl Future<Output = Result<u64>> + use<>>, Applied)> {
         let mut s = self.state();
@@ -87,7 +97,7 @@ impl Registry {
                 },
             ));
         }
-        let (batch, events, version) = write(&mut s, (text, declared), &changes, actor);
+        let (batch, events, version) = write(&mut s, (text, declared), (&changes, runs), actor);
         let append = self.inner.journal.append(batch, events, Durable::Now);
         let written = true;
         Ok((
@@ -100,6 +110,10 @@ impl Registry {
         ))
     }
 }
+
+/// What the agents a pipeline file registers reported running: (environment, project)
+/// to version ("" none).
+pub type Runs = std::collections::BTreeMap<(Environment, ProjectName), String>;
 
 /// A registered project the file names without `requires` keeps the children it is
 /// registered with; only `requires = [...]` changes them (`[]` drops them), as `project
@@ -148,7 +162,7 @@ fn in_file(p: &ProjectRecord, e: CoordinatorError) -> CoordinatorError {
 fn write(
     s: &mut State,
     (text, declared): (&str, Declared),
-    changes: &[String],
+    (changes, runs): (&[String], &Runs),
     actor: &str,
 ) -> (Batch, Vec<pb::Event>, u64) {
     s.pipeline_version += 1;
@@ -162,7 +176,9 @@ fn write(
         Tables::put_environment(&mut batch, &r);
         s.environments.insert(r.name.clone(), r);
     }
-    for p in declared.projects {
+    for mut p in declared.projects {
+        let reported = runs.get(&(p.environment.clone(), p.name.clone()));
+        projects::stamp(s, &mut p, reported.map(String::as_str));
         let env = Arc::make_mut(s.projects.entry(p.environment.clone()).or_default());
         if env.get(&p.name) == Some(&p) {
             continue;

@@ -20,7 +20,7 @@ use std::{
 
 use lockstep::names::{Environment, ProjectName, Version};
 
-use super::{Registry, State, history::StoredHistory};
+use super::{Registry, State, history::StoredHistory, projects};
 use crate::{
     error::Result,
     model::{CheckpointRecord, ProjectRecord, QuarantineRecord, Request},
@@ -51,9 +51,11 @@ impl State {
     }
 
     fn snapshot(&self, env: &Environment) -> Snapshot {
+        let projects = self.projects.get(env).map(|m| &**m);
+        let head = self.head.get(env);
         Snapshot {
             projects: self.projects.get(env).cloned().unwrap_or_default(),
-            head: self.head.get(env).cloned(),
+            head: head.map(|h| projects::as_registered(h, projects)),
             quarantine: self.quarantine.get(env).cloned().unwrap_or_default(),
             generation: self.generation(env),
         }

@@ -18,24 +18,28 @@ use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
-    model::ProjectRecord,
+    model::{CheckpointRecord, ProjectRecord},
     tables::Tables,
 };
 
 impl Registry {
     /// Registers a project; `false` when it was registered exactly so already. Refused
     /// when the name is registered with other settings. Durable (fsync) before it
-    /// returns.
+    /// returns. `runs`: the version its agent reported running, when it was asked; a
+    /// project removed and registered again keeps the live version the newest
+    /// checkpoint records for it only when its agent runs exactly that (see
+    /// [`ProjectRecord::live_from`]).
     pub async fn register_project(
         &self,
         project: ProjectRecord,
         actor: &str,
+        runs: Option<&str>,
     ) -> Result<(ProjectRecord, bool)> {
         let existing = self.project(&project.environment, &project.name);
         match existing {
             Some(old) if old == project => self.once_settled(Ok((project, false))).await,
             Some(old) => Err(CoordinatorError::AlreadyExists(differs(&old, &project))),
-            None => self.write_project(project, actor).await,
+            None => self.write_project(project, actor, runs).await,
         }
     }
 
@@ -62,7 +66,7 @@ impl Registry {
         };
         match old == project {
             true => self.once_settled(Ok((project, false))).await,
-            false => self.write_project(project, actor).await,
+            false => self.write_project(project, actor, None).await,
         }
     }
 
@@ -114,11 +118,13 @@ impl Registry {
     /// exactly so in the meantime.
     async fn write_project(
         &self,
-        project: ProjectRecord,
+        mut project: ProjectRecord,
         actor: &str,
+        runs: Option<&str>,
     ) -> Result<(ProjectRecord, bool)> {
         let written = {
             let mut s = self.state();
+            stamp(&s, &mut project, runs);
             let env_projects = s.projects.get(&project.environment).map(|m| &**m);
             check_requires(env_projects, &project)?;
             if env_projects.and_then(|m| m.get(&project.name)) == Some(&project) {
@@ -151,7 +157,7 @@ impl Registry {
     }
 }
 
-type Projects = BTreeMap<ProjectName, ProjectRecord>;
+pub(super) type Projects = BTreeMap<ProjectName, ProjectRecord>;
 
 /// The registration `remove_project` may remove, or why not.
 fn removable(s: &super::State, env: &Environment, name: &ProjectName) -> Result<ProjectRecord> {
@@ -184,6 +190,44 @@ fn removable(s: &super::State, env: &Environment, name: &ProjectName) -> Result<
         )));
     }
     Ok(old)
+}
+
+/// Stamps a registration about to be written with its `live_from`: a registered project
+/// keeps its own; a new one whose name the newest checkpoint still holds (removed, and
+/// registered again) gets that checkpoint's revision, unless its agent reported running
+/// exactly the version recorded there (`runs`; `None`: not asked).
+pub(super) fn stamp(s: &super::State, project: &mut ProjectRecord, runs: Option<&str>) {
+    let env = &project.environment;
+    if let Some(old) = s.projects.get(env).and_then(|m| m.get(&project.name)) {
+        project.live_from = old.live_from;
+        return;
+    }
+    let head = s.head.get(env);
+    let recorded = head.and_then(|h| Some((h.revision, h.versions.get(&project.name)?)));
+    project.live_from = match recorded {
+        Some((_, entry)) if runs == Some(entry.version.as_str()) => 0,
+        Some((revision, _)) => revision,
+        None => 0,
+    };
+}
+
+/// `checkpoint` as the live state of `projects`: without the entries of a project
+/// removed and registered again since it was made (see [`ProjectRecord::live_from`]).
+/// The same checkpoint, not a copy, when there are none (as nearly always).
+pub(super) fn as_registered(
+    checkpoint: &Arc<CheckpointRecord>,
+    projects: Option<&Projects>,
+) -> Arc<CheckpointRecord> {
+    let stale = |name: &ProjectName| {
+        let project = projects.and_then(|m| m.get(name));
+        project.is_some_and(|p| p.live_from >= checkpoint.revision)
+    };
+    if !checkpoint.versions.keys().any(stale) {
+        return checkpoint.clone();
+    }
+    let mut fresh = (**checkpoint).clone();
+    fresh.versions.retain(|name, _| !stale(name));
+    Arc::new(fresh)
 }
 
 /// A change to a registered project: only what is `Some` changes.

@@ -6,7 +6,7 @@ use lockstep::{
     orders::Decision,
 };
 
-use super::Registry;
+use super::{Registry, projects};
 use crate::{
     error::{CoordinatorError, Result},
     model::{CheckpointRecord, StepKind, TxKind, TxRecord},
@@ -89,8 +89,13 @@ impl Registry {
             .map(|a| a.record.clone())
             .collect();
         active.sort_by_key(|t| t.ordinal);
+        let projects = s.projects.get(env).map(|m| &**m);
+        let live = s
+            .live
+            .get(env)
+            .map(|c| projects::as_registered(c, projects));
         Live {
-            checkpoint: s.live.get(env).map(|c| (**c).clone()),
+            checkpoint: live.map(|c| (*c).clone()),
             active,
         }
     }

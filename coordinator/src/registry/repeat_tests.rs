@@ -76,6 +76,7 @@ fn project(name: &str, port: u16) -> ProjectRecord {
         environment: Environment::default(),
         endpoint: format!("http://127.0.0.1:{port}"),
         requires: Vec::new(),
+        live_from: 0,
     }
 }
 

@@ -213,9 +213,16 @@ impl Registry {
     fn next_checkpoint(&self, s: &State, tx: &TxRecord) -> CheckpointRecord {
         let previous = s.head.get(&tx.environment);
         let mut versions = previous.map(|p| p.versions.clone()).unwrap_or_default();
-        // A removed project leaves the live state with the next checkpoint.
+        // A removed project leaves the live state with the next checkpoint, and so does
+        // the entry of one removed and registered again since (see `live_from`).
         let registered = s.projects.get(&tx.environment);
-        versions.retain(|p, _| registered.is_some_and(|m| m.contains_key(p)));
+        let revision = previous.map_or(0, |p| p.revision);
+        let kept = |p: &ProjectName| {
+            registered
+                .and_then(|m| m.get(p))
+                .is_some_and(|r| r.live_from < revision)
+        };
+        versions.retain(|p, _| kept(p));
         for p in &tx.participants {
             let kept = versions.get(&p.project).and_then(|e| e.schema.clone());
             let schema = p.to_schema.clone().or(kept);

@@ -107,6 +107,7 @@ impl Story {
             environment: self.environment.clone(),
             endpoint: format!("http://{name}.agent:7000"),
             requires: requires.iter().map(|c| p(c)).collect(),
+            live_from: 0,
         };
         self.projects.insert(p(name), record);
     }
