@@ -477,6 +477,56 @@ async fn an_empty_component_or_artifact_is_refused_by_name() {
     );
 }
 
+/// Review findings of stop 53: `rollback 0` and `promote --checkpoint 0` meant "the
+/// default" (the checkpoint before, the newest verified) instead of being refused;
+/// `-e ""` meant the default environment; `--meta A=k=1 --meta A=k=2` kept the last.
+/// Given two releases, each is now a usage error naming what is wrong, and no
+/// transaction starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.release("T2", &["B=T2B"], 0).await;
+    let cases: [(&[&str], &str); 4] = [
+        (&["rollback", "0"], "0"),
+        (
+            &[
+                "promote",
+                "--from",
+                "default",
+                "--to",
+                "prod",
+                "--checkpoint",
+                "0",
+            ],
+            "0",
+        ),
+        (
+            &["-e", "", "release", "create", "E1", "B=3.0"],
+            "environment",
+        ),
+        (
+            &[
+                "release", "create", "E2", "D=1", "--meta", "D=k=1", "--meta", "D=k=2",
+            ],
+            "twice",
+        ),
+    ];
+    for (args, named) in cases {
+        let out = c.cli(args).await;
+        assert_eq!(out.code, 2, "lockstep {args:?}: {out:?}");
+        assert!(out.stderr.contains(named), "lockstep {args:?}: {out:?}");
+    }
+    let listed = c.cli(&["release", "list", "-o", "json"]).await.json();
+    let ids: Vec<&str> = listed["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["T2", "T1"], "nothing else started");
+}
+
 /// Review finding of stop 51: the ids of the coordinator's own transactions are known
 /// in advance (the revert after a failed live check, `auto-revert-<release>` since
 /// stop 52; `promote-<from>-<checkpoint>-to-<to>`), and a caller who took one first

@@ -26,7 +26,7 @@ pub struct Args {
     )]
     pub coordinator: String,
     /// Environment to act on.
-    #[arg(long, short = 'e', global = true, env = "LOCKSTEP_ENVIRONMENT", default_value = lockstep::DEFAULT_ENVIRONMENT)]
+    #[arg(long, short = 'e', global = true, env = "LOCKSTEP_ENVIRONMENT", default_value = lockstep::DEFAULT_ENVIRONMENT, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub environment: String,
     /// Output format: a table for people, or JSON (the proto3 JSON mapping, as grpcurl
     /// prints it) for scripts.
@@ -114,7 +114,8 @@ pub enum Command {
     },
     /// Restore a checkpoint as one transaction (default: the one before the current).
     Rollback {
-        /// Checkpoint revision to restore.
+        /// Checkpoint revision to restore (revisions start at 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         revision: Option<u64>,
         /// Id for the rollback transaction (default `rollback-to-<N>`).
         #[arg(long)]
@@ -138,8 +139,8 @@ pub enum Command {
         /// Target environment (downstream of the source).
         #[arg(long)]
         to: String,
-        /// Source checkpoint to promote whole.
-        #[arg(long, conflicts_with = "release")]
+        /// Source checkpoint to promote whole (revisions start at 1).
+        #[arg(long, conflicts_with = "release", value_parser = clap::value_parser!(u64).range(1..))]
         checkpoint: Option<u64>,
         /// A committed release of the source: only the projects it moved go.
         #[arg(long)]
@@ -638,7 +639,11 @@ pub fn components(
                     "--meta {item:?}: {project} is not a component of this release"
                 ))
             })?;
-        c.metadata.insert(k.to_string(), v.to_string());
+        if c.metadata.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Failure::usage(format!(
+                "--meta {item:?}: {project} has key {k} twice; give each key once"
+            )));
+        }
     }
     Ok(out)
 }

@@ -16,7 +16,8 @@ use crate::{
     render,
 };
 
-/// How long a watcher keeps trying to reach a coordinator that went away.
+/// How long `release watch`, which has no deadline of its own, keeps trying to reach a
+/// coordinator that went away (`--wait` tries until its `--wait-timeout`).
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
 /// Once ABORT is decided the outcome is settled; `--wait` follows the acknowledgements
@@ -42,11 +43,9 @@ pub async fn until_settled(
         out,
         stop_at: deadline,
     };
-    let mut down_since: Option<Instant> = None;
     loop {
         match client.watch_events(follow.request(&tx.id)).await {
             Ok(stream) => {
-                down_since = None;
                 let stopped = follow.read(stream.into_inner()).await;
                 if let Ok(t) = client
                     .get_release(pb::GetReleaseRequest { id: tx.id.clone() })
@@ -62,8 +61,10 @@ pub async fn until_settled(
             // Anything else (a restart, a failover, a reset connection) is waited out.
             Err(_) => {}
         }
-        let since = *down_since.get_or_insert_with(Instant::now);
-        if since.elapsed() > RECONNECT_FOR || Instant::now() >= deadline {
+        // Waited out until the wait's own deadline (`--wait-timeout`), however long
+        // the coordinator is away: a failover or restart longer than a couple of
+        // minutes must not turn a wait of ten into "outcome unknown".
+        if Instant::now() >= deadline {
             return Err(Failure {
                 code: UNREACHABLE,
                 message: format!(
