@@ -1211,3 +1211,31 @@ async fn a_release_is_promoted_only_once_its_live_check_passed() {
     );
     drop(site);
 }
+
+/// Found by a review at stop 53: a project could be removed while a release of it
+/// soaked, and the automatic revert its failed live check owes was then refused (it
+/// names an unregistered project), leaving the failed release live. Given P1 soaking
+/// in production, when one of its projects is removed, then the removal is refused
+/// naming P1, and the project stays registered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_of_a_soaking_release_cannot_be_removed() {
+    let (_dir, _broken, site, pipeline) = live_site("production", "10m", "revert");
+    let mut c = with_pipeline(&pipeline).await;
+    for project in PROJECTS {
+        env_agent(&mut c, "production", project, &[], &[]).await;
+    }
+    production_release(&c, "P1").await;
+    live_check_is(&c, "P1", "soaking").await;
+
+    let removed = c
+        .cli(&["-e", "production", "project", "remove", "foobar-frontend"])
+        .await;
+    assert_eq!(removed.code, 1, "{removed:?}");
+    assert!(
+        removed.stderr.contains("P1") && removed.stderr.contains("soak"),
+        "{removed:?}"
+    );
+    let list = c.cli(&["-e", "production", "project", "list"]).await;
+    assert!(list.stdout.contains("foobar-frontend"), "{list:?}");
+    drop(site);
+}

@@ -18,7 +18,7 @@ use super::Registry;
 use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
-    model::{CheckpointRecord, ProjectRecord},
+    model::{CheckpointRecord, LiveCheck, ProjectRecord},
     tables::Tables,
 };
 
@@ -81,7 +81,9 @@ impl Registry {
     ) -> Result<ProjectRecord> {
         let removal = {
             let mut s = self.state();
-            removable(&s, env, name).map(|old| {
+            let checked = removable(&s, env, name);
+            let checked = checked.and_then(|old| self.not_soaking(&s, env, name).map(|_| old));
+            checked.map(|old| {
                 let mut batch = Batch::default();
                 Tables::delete_project(&mut batch, env, name);
                 s.changed(env);
@@ -102,6 +104,25 @@ impl Registry {
             Ok((removed, written)) => written.await.map(|_| removed),
             Err(why) => self.once_settled(Err(why)).await,
         }
+    }
+
+    /// Refuses while the release of `env`'s newest checkpoint soaks and took part in
+    /// `name`: the revert its failed live check owes names every project it moved,
+    /// and a removed one would get it refused, leaving the failed release live.
+    fn not_soaking(&self, s: &super::State, env: &Environment, name: &ProjectName) -> Result<()> {
+        let Some(head) = s.head.get(env) else {
+            return Ok(());
+        };
+        let Some(tx) = self.inner.tables.transaction(&head.transaction)? else {
+            return Ok(());
+        };
+        if tx.live_check != LiveCheck::Soaking || !tx.projects().any(|p| p == name) {
+            return Ok(());
+        }
+        Err(CoordinatorError::Refused(format!(
+            "name: release {} of project {name} is soaking (its live check may still revert it); remove the project once the check has passed or failed (`lockstep release get {}`)",
+            tx.id, tx.id
+        )))
     }
 
     /// The registration of `name` in `env` (for the reachability check).
