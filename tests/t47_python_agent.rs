@@ -40,7 +40,9 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A script that (re)starts the Python agent for B on `port`, asking the kit at `kit`.
+/// A script that (re)starts the Python agent for B on `port`, asking the kit at `kit`
+/// right after each vote: until stop 54 the kit answered ABORT for a transaction it had
+/// prepared and not decided yet, so an agent that asked at once aborted and failed.
 fn restart_script(dir: &Path, port: u16, kit: u16) -> PathBuf {
     let script = dir.join("agent.sh");
     let text = format!(
@@ -49,7 +51,7 @@ cd '{dir}'
 if [ -f agent.pid ]; then kill -9 "$(cat agent.pid)" 2>/dev/null || true; sleep 0.1; fi
 : > agent.out
 '{python}' '{agent}' --project B --listen 127.0.0.1:{port} --data-dir state \
-  --coordinator http://127.0.0.1:{kit} > agent.out 2>> agent.log &
+  --coordinator http://127.0.0.1:{kit} --ask-after 0 > agent.out 2>> agent.log &
 echo $! > agent.pid
 for i in $(seq 1 300); do grep -q 'listening on' agent.out && exit 0; sleep 0.1; done
 echo 'the agent did not start' >&2; cat agent.log >&2; exit 1

@@ -124,7 +124,10 @@ impl Kit {
         }
     }
 
+    /// Commit of transaction `n`, decided COMMIT first (as a coordinator decides before
+    /// it sends).
     fn commit(&self, n: u32) -> pb::CommitRequest {
+        self.decisions.decide(&self.tx(n), pb::Decision::Commit);
         pb::CommitRequest {
             transaction_id: self.tx(n),
             project: self.project.clone(),
@@ -133,7 +136,15 @@ impl Kit {
         }
     }
 
+    /// Abort of transaction `n`, decided ABORT first unless decided already.
     fn abort(&self, n: u32) -> pb::AbortRequest {
+        self.decisions.decide(&self.tx(n), pb::Decision::Abort);
+        self.abort_undecided(n)
+    }
+
+    /// Abort of transaction `n` as a deposed coordinator sends it: the kit's own
+    /// decision stays as it is.
+    fn abort_undecided(&self, n: u32) -> pb::AbortRequest {
         pb::AbortRequest {
             transaction_id: self.tx(n),
             project: self.project.clone(),
@@ -151,13 +162,17 @@ impl Kit {
     }
 
     async fn vote(&mut self, request: pb::PrepareRequest) -> std::result::Result<pb::Vote, String> {
+        let tx = request.transaction_id.clone();
         let answer = self
             .agent
             .prepare(request)
             .await
             .map_err(|s| said("Prepare", &s))?;
-        let vote = answer.into_inner().vote;
-        Ok(pb::Vote::try_from(vote).unwrap_or(pb::Vote::Unspecified))
+        let vote = pb::Vote::try_from(answer.into_inner().vote).unwrap_or(pb::Vote::Unspecified);
+        if vote == pb::Vote::Prepared {
+            self.decisions.prepared(&tx);
+        }
+        Ok(vote)
     }
 
     async fn status_answers(&mut self) -> Outcome {
@@ -278,7 +293,7 @@ impl Kit {
         let mut prepare = self.prepare(7, &live);
         prepare.coordinator_term = 2;
         expect_vote(self.vote(prepare).await?, pb::Vote::Prepared)?;
-        let mut stale = self.abort(7);
+        let mut stale = self.abort_undecided(7);
         stale.coordinator_term = 1;
         let answer = self.agent.abort(stale.clone()).await;
         expect_code(
@@ -290,8 +305,9 @@ impl Kit {
         if !status.staged.iter().any(|s| s.transaction_id == self.tx(7)) {
             return Err("the refused Abort undid the prepared transaction".into());
         }
-        stale.coordinator_term = 2;
-        let answer = self.agent.abort(stale).await;
+        let mut current = self.abort(7);
+        current.coordinator_term = 2;
+        let answer = self.agent.abort(current).await;
         answer.map_err(|s| said("Abort at term 2", &s))?;
         expect_nothing_staged(&self.status().await?)
     }
@@ -308,10 +324,12 @@ impl Kit {
         checked(name, self.restarted(&cmd).await)
     }
 
+    /// Restarts the agent holding a PREPARED vote that stays UNDECIDED until the
+    /// restarted agent asks about it: going live before that is deciding alone; then
+    /// COMMIT, and the version must go live.
     async fn restarted(&mut self, cmd: &str) -> Outcome {
         let live = self.live.clone();
         expect_vote(self.vote(self.prepare(6, &live)).await?, pb::Vote::Prepared)?;
-        self.decisions.decide(&self.tx(6), pb::Decision::Commit);
         let ran = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
@@ -321,21 +339,40 @@ impl Kit {
             Ok(s) if s.success() => {}
             other => return Err(format!("--restart-cmd {cmd:?} failed: {other:?}")),
         }
+        let (tx, wanted) = (self.tx(6), self.version(6));
+        let asked_before = self.decisions.asks(&tx);
         let deadline = tokio::time::Instant::now() + RESTART_DEADLINE;
-        let wanted = self.version(6);
+        let mut decided = false;
         loop {
-            if let Ok(status) = self.status().await
-                && status.live_version == wanted
-            {
-                self.live = wanted;
-                return Ok(());
+            let status = self.status().await.ok();
+            let now_live = status.is_some_and(|s| s.live_version == wanted);
+            match (now_live, decided) {
+                (true, true) => {
+                    self.live = wanted;
+                    return Ok(());
+                }
+                (true, false) => {
+                    return Err(format!(
+                        "{wanted} went live after the restart before any decision: the agent decided alone (it must ask GetDecision and wait while UNDECIDED)"
+                    ));
+                }
+                (false, false) if self.decisions.asks(&tx) > asked_before => {
+                    self.decisions.decide(&tx, pb::Decision::Commit);
+                    decided = true;
+                }
+                _ => {}
             }
             if tokio::time::Instant::now() > deadline {
+                let stage = if decided {
+                    "did not commit once told COMMIT"
+                } else {
+                    "never asked GetDecision at the kit's --serve address"
+                };
                 return Err(format!(
-                    "{wanted} is not live {RESTART_DEADLINE:?} after the restart: the agent did not ask GetDecision at the kit's --serve address, or did not commit"
+                    "{wanted} is not live {RESTART_DEADLINE:?} after the restart: the agent {stage}"
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The kit's GetDecision: the decisions it took for the transactions it prepared (any
-//! other id: ABORT, as a coordinator presumes), served on `--serve` for agents that ask.
+//! The kit's GetDecision: the decisions it took for the transactions it prepared
+//! (UNDECIDED for one prepared and not yet decided, as a coordinator answers while it
+//! waits; any other id: ABORT, as a coordinator presumes), served on `--serve` for
+//! agents that ask, counting the asks.
 
 use std::{
     collections::HashMap,
@@ -10,18 +12,44 @@ use std::{
 use lockstep::pb::{self, coordinator_server};
 use tonic::{Request, Response, Status};
 
-/// The decisions the kit took, by transaction id. Cheap to clone.
+/// The decisions the kit took, and how often each was asked, by transaction id. Cheap
+/// to clone.
 #[derive(Clone, Default)]
-pub struct Decisions(Arc<Mutex<HashMap<String, pb::Decision>>>);
+pub struct Decisions(Arc<Mutex<HashMap<String, (pb::Decision, usize)>>>);
 
 impl Decisions {
-    /// Records `decision` for `tx`.
+    /// Records `decision` for `tx`, unless one was taken already: as a coordinator's,
+    /// a decision never changes (a refused Abort after a Commit leaves COMMIT).
     pub fn decide(&self, tx: &str, decision: pb::Decision) {
-        self.lock().insert(tx.to_string(), decision);
+        let mut map = self.lock();
+        let entry = map.entry(tx.to_string()).or_insert((decision, 0));
+        if entry.0 == pb::Decision::Undecided {
+            entry.0 = decision;
+        }
     }
 
-    /// The map (still usable after a panic elsewhere: every change is one insert).
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, pb::Decision>> {
+    /// Notes that the agent voted PREPARED on `tx`: UNDECIDED until the kit decides.
+    pub fn prepared(&self, tx: &str) {
+        self.decide(tx, pb::Decision::Undecided);
+    }
+
+    /// How often the agent asked about `tx`.
+    pub fn asks(&self, tx: &str) -> usize {
+        self.lock().get(tx).map_or(0, |e| e.1)
+    }
+
+    /// The decision for `tx` as asked now (counting the ask).
+    fn ask(&self, tx: &str) -> pb::Decision {
+        let mut map = self.lock();
+        let entry = map
+            .entry(tx.to_string())
+            .or_insert((pb::Decision::Abort, 0));
+        entry.1 += 1;
+        entry.0
+    }
+
+    /// The map (still usable after a panic elsewhere: every change is one update).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (pb::Decision, usize)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -35,12 +63,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
         let id = request.into_inner().transaction_id;
-        let decision = self
-            .0
-            .lock()
-            .get(&id)
-            .copied()
-            .unwrap_or(pb::Decision::Abort);
+        let decision = self.0.ask(&id);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
         }))
