@@ -328,3 +328,36 @@ async fn a_verified_release_counts_its_step_and_leaves_the_verifying_gauge() {
     );
     assert_eq!(done.value("lockstep_transactions_verifying", &default), 0.0);
 }
+
+/// The duration thresholds of the shipped alert rules (examples/alerts.yml): each
+/// `histogram_quantile(...) > N`, with N in seconds.
+fn alert_thresholds() -> Vec<f64> {
+    let rules = include_str!("../examples/alerts.yml");
+    let alerts = rules.split("- alert:").filter(|r| r.contains("histogram_quantile"));
+    let exprs = alerts.map(|r| r.split("for:").next().unwrap());
+    let last = exprs.map(|e| e.rsplit('>').next().unwrap().split_whitespace().next().unwrap());
+    last.map(|n| n.parse().unwrap()).collect()
+}
+
+/// Found by a review at stop 54: the duration histograms stopped at 65.5 s, so
+/// `histogram_quantile` never said more than 65.5 and the shipped alert on a release
+/// p95 above 300 s could never fire (nor the dashboard show a release of ten minutes).
+/// Given a release scraped, every alert threshold lies below the largest finite bucket
+/// of lockstep_phase_duration_seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_alert_threshold_is_within_the_duration_buckets() {
+    let (c, urls) = family_with_metrics().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let scrape = Scrape::of(&urls[0]).await;
+    let bounds = scrape.0.iter().filter(|s| s["name"] == "lockstep_phase_duration_seconds_bucket");
+    let bounds = bounds.filter_map(|s| s["labels"]["le"].as_str()?.parse::<f64>().ok());
+    let largest = bounds.filter(|b| b.is_finite()).fold(0.0, f64::max);
+    let thresholds = alert_thresholds();
+    assert!(!thresholds.is_empty(), "alerts.yml has duration alerts");
+    for threshold in thresholds {
+        assert!(
+            largest > threshold,
+            "an alert at {threshold} s cannot fire: the largest finite bucket is {largest} s"
+        );
+    }
+}
