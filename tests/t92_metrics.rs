@@ -333,9 +333,18 @@ async fn a_verified_release_counts_its_step_and_leaves_the_verifying_gauge() {
 /// `histogram_quantile(...) > N`, with N in seconds.
 fn alert_thresholds() -> Vec<f64> {
     let rules = include_str!("../examples/alerts.yml");
-    let alerts = rules.split("- alert:").filter(|r| r.contains("histogram_quantile"));
+    let alerts = rules
+        .split("- alert:")
+        .filter(|r| r.contains("histogram_quantile"));
     let exprs = alerts.map(|r| r.split("for:").next().unwrap());
-    let last = exprs.map(|e| e.rsplit('>').next().unwrap().split_whitespace().next().unwrap());
+    let last = exprs.map(|e| {
+        e.rsplit('>')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    });
     last.map(|n| n.parse().unwrap()).collect()
 }
 
@@ -349,7 +358,10 @@ async fn every_alert_threshold_is_within_the_duration_buckets() {
     let (c, urls) = family_with_metrics().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     let scrape = Scrape::of(&urls[0]).await;
-    let bounds = scrape.0.iter().filter(|s| s["name"] == "lockstep_phase_duration_seconds_bucket");
+    let bounds = scrape
+        .0
+        .iter()
+        .filter(|s| s["name"] == "lockstep_phase_duration_seconds_bucket");
     let bounds = bounds.filter_map(|s| s["labels"]["le"].as_str()?.parse::<f64>().ok());
     let largest = bounds.filter(|b| b.is_finite()).fold(0.0, f64::max);
     let thresholds = alert_thresholds();

@@ -151,6 +151,11 @@ async fn follow(coordinator: Coordinator, log: FromLog) {
     }
 }
 
+/// The entry of transaction `id`, made if it is new.
+fn times<'a>(running: &'a mut HashMap<String, Times>, id: &str) -> &'a mut Times {
+    running.entry(id.to_string()).or_default()
+}
+
 fn millis(e: &pb::Event) -> u64 {
     e.time.as_ref().map_or(0, |t| {
         let ms = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
@@ -160,7 +165,9 @@ fn millis(e: &pb::Event) -> u64 {
 
 impl FromLog {
     /// Counts event `e`; `running` keeps when each unfinished transaction reached each
-    /// point, and loses it at its end.
+    /// point, and loses it at its end. Only the steps of a transaction in flight make
+    /// an entry: events written after its end (its live check, a refused call naming
+    /// it) would leave one behind for good.
     fn count(
         &self,
         coordinator: &Coordinator,
@@ -173,27 +180,30 @@ impl FromLog {
         if e.transaction_id.is_empty() {
             return;
         }
-        let times = running.entry(e.transaction_id.clone()).or_default();
+        let id = e.transaction_id.as_str();
         match kind {
             K::TransactionCreated => {
+                let times = times(running, id);
                 times.created = at;
                 let id = TxId::parse("transaction_id", &e.transaction_id).ok();
                 let shape = id.and_then(|id| coordinator.registry().shape(&id));
                 (times.kind, times.steps) = shape.map_or((None, Vec::new()), |(k, s)| (Some(k), s));
             }
             K::PrepareStarted => {
+                let times = times(running, id);
                 times.prepare = at;
                 self.phase(&env, "queue_wait", times.created, at);
             }
-            K::VerifyStarted => times.verify = at,
+            K::VerifyStarted => times(running, id).verify = at,
             K::DecidedCommit | K::DecidedAbort => {
+                let times = times(running, id);
                 times.decided = at;
                 let phase1_end = if times.verify != 0 { times.verify } else { at };
                 self.phase(&env, "prepare", times.prepare, phase1_end);
                 self.phase(&env, "verify", times.verify, at);
             }
             K::VoteReceived => self.vote(&env, e),
-            K::VerifyStepFinished => self.step(times, &env, e),
+            K::VerifyStepFinished => self.step(times(running, id), &env, e),
             K::DeliveryRetry => {
                 let project = Project {
                     environment: env.clone(),
@@ -444,4 +454,54 @@ fn unfinished(c: &Coordinator) -> [Scraping; 3] {
             of(2),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use lockstep_store::MemKv;
+
+    use super::*;
+    use crate::{coordinator::Config, network::TcpNet};
+
+    /// Found by a review at stop 54: every event naming a transaction made an entry,
+    /// and only the terminal event removed it, so the events written after a
+    /// transaction's end (its live check, a refused call naming it, a recovery note)
+    /// left entries behind for as long as the process ran.
+    #[tokio::test]
+    async fn events_after_a_transaction_ended_leave_nothing_running() {
+        let kv = Arc::new(MemKv::new());
+        let c = Coordinator::open(kv, Arc::new(TcpNet::default()), Config::default()).unwrap();
+        let log = FromLog {
+            transactions: Family::default(),
+            phases: c.journal_timings().clone(),
+            votes: Family::default(),
+            steps: Family::default(),
+            retries: Family::default(),
+        };
+        let event = |kind: pb::EventKind, tx: &str| pb::Event {
+            kind: kind as i32,
+            transaction_id: tx.into(),
+            ..Default::default()
+        };
+        let mut running = HashMap::new();
+        use pb::EventKind as K;
+        for e in [
+            event(K::TransactionCreated, "T1"),
+            event(K::PrepareStarted, "T1"),
+            event(K::DecidedCommit, "T1"),
+            event(K::TransactionCommitted, "T1"),
+            event(K::LiveVerifyPassed, "T1"),
+            event(K::PromotionRefused, "T1"),
+            event(K::AccessDenied, "T2"),
+            event(K::Recovered, "T3"),
+        ] {
+            log.count(&c, &mut running, &e);
+        }
+        let left: Vec<&String> = running.keys().collect();
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
 }
