@@ -29,6 +29,10 @@ pub struct Kit {
     decisions: Decisions,
     /// A prefix unique to this run, so ids never collide with an earlier run's.
     run: String,
+    /// The coordinator term of this run's orders: milliseconds since the epoch, so it
+    /// is above any an earlier run left the agent at (the term check leaves it one
+    /// higher than its run's), and a second run against the same agent is not refused.
+    term: u64,
     /// What the kit believes is live on the agent.
     live: String,
 }
@@ -36,9 +40,10 @@ pub struct Kit {
 impl Kit {
     /// A kit for `agent` as `request` describes it.
     pub fn new(agent: Agent, request: &Request, decisions: Decisions) -> Self {
-        let nanos = std::time::SystemTime::now()
+        let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+            .unwrap_or_default();
+        let nanos = since.as_nanos();
         Self {
             agent,
             project: request.project.clone(),
@@ -46,6 +51,7 @@ impl Kit {
             restart_cmd: request.restart_cmd.clone(),
             decisions,
             run: format!("conf{nanos:x}"),
+            term: u64::try_from(since.as_millis()).unwrap_or(u64::MAX / 2),
             live: String::new(),
         }
     }
@@ -96,7 +102,7 @@ impl Kit {
             self.aborted_twice().await,
         ));
         out.push(self.restart_check().await);
-        // Last: it leaves the agent at term 2 (use a test instance).
+        // Last: it leaves the agent one term above this run's (use a test instance).
         out.push(checked(
             "an order from a lower coordinator term than one seen is FAILED_PRECONDITION",
             self.stale_term_refused().await,
@@ -120,6 +126,7 @@ impl Kit {
             version: self.version(n),
             from_version: from.to_string(),
             coordinator_incarnation: INCARNATION.into(),
+            coordinator_term: self.term,
             ..Default::default()
         }
     }
@@ -132,7 +139,7 @@ impl Kit {
             transaction_id: self.tx(n),
             project: self.project.clone(),
             coordinator_incarnation: INCARNATION.into(),
-            coordinator_term: 0,
+            coordinator_term: self.term,
         }
     }
 
@@ -150,7 +157,7 @@ impl Kit {
             project: self.project.clone(),
             reason: "lockstep conformance".into(),
             coordinator_incarnation: INCARNATION.into(),
-            coordinator_term: 0,
+            coordinator_term: self.term,
         }
     }
 
@@ -175,6 +182,13 @@ impl Kit {
         Ok(vote)
     }
 
+    /// A Prepare that must be refused: a REFUSED vote, or any error status but
+    /// UNAVAILABLE, which participant.proto counts as REFUSED.
+    async fn refused(&mut self, request: pb::PrepareRequest) -> Outcome {
+        let answer = self.agent.prepare(request).await;
+        refusal(answer.map(|a| pb::Vote::try_from(a.into_inner().vote).unwrap_or_default()))
+    }
+
     async fn status_answers(&mut self) -> Outcome {
         let status = self.status().await?;
         if !status.project.is_empty() && status.project != self.project {
@@ -189,7 +203,7 @@ impl Kit {
 
     async fn wrong_from_version_refused(&mut self) -> Outcome {
         let request = self.prepare(0, "lockstep-conformance-not-live");
-        expect_vote(self.vote(request).await?, pb::Vote::Refused)
+        self.refused(request).await
     }
 
     async fn prepared_twice(&mut self) -> Outcome {
@@ -211,7 +225,7 @@ impl Kit {
 
     async fn second_refused(&mut self) -> Outcome {
         let live = self.live.clone();
-        expect_vote(self.vote(self.prepare(2, &live)).await?, pb::Vote::Refused)
+        self.refused(self.prepare(2, &live)).await
     }
 
     async fn preview_changes_nothing(&mut self) -> Outcome {
@@ -265,7 +279,7 @@ impl Kit {
             .await
             .map_err(|s| said("Abort", &s))?;
         let live = self.live.clone();
-        expect_vote(self.vote(self.prepare(4, &live)).await?, pb::Vote::Refused)
+        self.refused(self.prepare(4, &live)).await
     }
 
     async fn aborted_twice(&mut self) -> Outcome {
@@ -286,18 +300,19 @@ impl Kit {
         expect_live(&status, &live)
     }
 
-    /// A Prepare at term 2, then an Abort at term 1 (a deposed leader's): refused, the
-    /// transaction stays prepared; the Abort at term 2 goes through.
+    /// A Prepare at the run's term + 1, then an Abort at the run's term (a deposed
+    /// leader's): refused, the transaction stays prepared; the Abort at the newer term
+    /// goes through.
     async fn stale_term_refused(&mut self) -> Outcome {
         let live = self.live.clone();
         let mut prepare = self.prepare(7, &live);
-        prepare.coordinator_term = 2;
+        prepare.coordinator_term = self.term + 1;
         expect_vote(self.vote(prepare).await?, pb::Vote::Prepared)?;
         let mut stale = self.abort_undecided(7);
-        stale.coordinator_term = 1;
+        stale.coordinator_term = self.term;
         let answer = self.agent.abort(stale.clone()).await;
         expect_code(
-            "Abort at term 1",
+            "Abort at the older term",
             answer.map(|_| ()),
             Code::FailedPrecondition,
         )?;
@@ -306,9 +321,9 @@ impl Kit {
             return Err("the refused Abort undid the prepared transaction".into());
         }
         let mut current = self.abort(7);
-        current.coordinator_term = 2;
+        current.coordinator_term = self.term + 1;
         let answer = self.agent.abort(current).await;
-        answer.map_err(|s| said("Abort at term 2", &s))?;
+        answer.map_err(|s| said("Abort at the newer term", &s))?;
         expect_nothing_staged(&self.status().await?)
     }
 
@@ -396,6 +411,16 @@ fn said(call: &str, status: &tonic::Status) -> String {
     format!("{call} answered {:?}: {}", status.code(), status.message())
 }
 
+/// Whether a Prepare's answer refuses: REFUSED, or an error status other than
+/// UNAVAILABLE (a status is a refusal by the contract; UNAVAILABLE means "not reached").
+fn refusal(answer: std::result::Result<pb::Vote, tonic::Status>) -> Outcome {
+    match answer {
+        Ok(vote) => expect_vote(vote, pb::Vote::Refused),
+        Err(s) if s.code() == Code::Unavailable => Err(said("Prepare", &s)),
+        Err(_) => Ok(()),
+    }
+}
+
 fn expect_vote(got: pb::Vote, wanted: pb::Vote) -> Outcome {
     if got == wanted {
         return Ok(());
@@ -430,4 +455,20 @@ fn expect_nothing_staged(status: &pb::ParticipantStatus) -> Outcome {
         return Ok(());
     }
     Err(format!("still staged: {:?}", status.staged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a review at stop 54: participant.proto says any status but OK or
+    /// UNAVAILABLE is a REFUSED vote, and the kit failed an agent that refused so.
+    #[test]
+    fn an_error_status_but_unavailable_is_a_refusal() {
+        assert!(refusal(Ok(pb::Vote::Refused)).is_ok());
+        assert!(refusal(Err(tonic::Status::failed_precondition("busy"))).is_ok());
+        assert!(refusal(Err(tonic::Status::invalid_argument("from_version"))).is_ok());
+        assert!(refusal(Ok(pb::Vote::Prepared)).is_err());
+        assert!(refusal(Err(tonic::Status::unavailable("down"))).is_err());
+    }
 }
