@@ -373,3 +373,43 @@ async fn every_alert_threshold_is_within_the_duration_buckets() {
         );
     }
 }
+
+/// Found by a review at stop 54: the metrics start reading the log after recovery, so
+/// a transaction that was running across a restart was never seen created: it was
+/// counted as kind "unknown" and its total time was never observed. Given T1 of B
+/// held in phase 2 by B's commit hook across a coordinator restart, when it commits,
+/// then the new process counts one committed release and its total time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_running_across_a_restart_is_counted_by_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("coordinator").display().to_string();
+    let hold = dir.path().join("B.commit-block");
+    let args = ["--data-dir", &data, "--metrics-listen", &listen].map(String::from);
+    let mut c = Cluster::with_coordinator(dir, args.into(), Vec::new()).await;
+    let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", hold.display());
+    c.add_agent_with("B", &["--commit-hook".into(), hook]).await;
+    c.register("B", &[]).await;
+    std::fs::write(&hold, "").unwrap();
+    assert_eq!(c.cli(&["release", "create", "T1", "B=1.0"]).await.code, 0);
+    c.wait_state("T1", pb::TransactionState::Committing).await;
+
+    c.coordinator.restart().await;
+    std::fs::remove_file(&hold).unwrap();
+    c.wait_state("T1", pb::TransactionState::Committed).await;
+    let url = format!("http://{listen}/metrics");
+    let counted = |s: &Scrape, kind: &str| {
+        let labels = [("kind", kind), ("outcome", "committed")];
+        s.value("lockstep_transactions_total", &labels)
+    };
+    let scrape = wait_for("T1 counted", || async {
+        let s = Scrape::of(&url).await;
+        (counted(&s, "release") + counted(&s, "unknown") > 0.0).then_some(s)
+    })
+    .await;
+    assert_eq!(counted(&scrape, "release"), 1.0, "counted as a release");
+    assert_eq!(counted(&scrape, "unknown"), 0.0, "not as unknown");
+    let total = [("phase", "total")];
+    let timed = scrape.value("lockstep_phase_duration_seconds_count", &total);
+    assert_eq!(timed, 1.0, "its total time observed");
+}

@@ -133,7 +133,8 @@ async fn follow(coordinator: Coordinator, log: FromLog) {
     let feed = coordinator.feed().clone();
     let mut latest = feed.latest();
     let mut next = *latest.borrow_and_update() + 1;
-    let mut running: HashMap<String, Times> = HashMap::new();
+    // After the head is taken: a transaction created since is seen by its event too.
+    let mut running = recovered(&coordinator);
     while latest.changed().await.is_ok() {
         let head = *latest.borrow_and_update();
         while next <= head {
@@ -149,6 +150,28 @@ async fn follow(coordinator: Coordinator, log: FromLog) {
             next = last + 1;
         }
     }
+}
+
+/// What the metrics know of the transactions already running when they start reading
+/// the log (those recovery resumed, whose creation they never see): created when their
+/// record says, of their kind, with their verify steps. Their phases before now are not
+/// observed; their end and total time are.
+fn recovered(coordinator: &Coordinator) -> HashMap<String, Times> {
+    let unfinished = coordinator.registry().unfinished().into_iter();
+    let times = unfinished.map(|t| {
+        let steps = t
+            .steps
+            .iter()
+            .map(|r| (r.step.name.clone(), r.step.kind.clone()));
+        let times = Times {
+            created: t.created_ms,
+            kind: Some(t.kind),
+            steps: steps.collect(),
+            ..Times::default()
+        };
+        (t.id.to_string(), times)
+    });
+    times.collect()
 }
 
 /// The entry of transaction `id`, made if it is new.
