@@ -94,6 +94,27 @@ pub fn current_traceparent() -> String {
     one.0
 }
 
+/// Makes `span` a child of the context a stored `traceparent` value names: for work
+/// that goes on in another process than the call that began it (a transaction that
+/// recovery resumes after a restart stays in its release's trace). Nothing for "".
+pub fn continue_from(span: &tracing::Span, traceparent: &str) {
+    struct One<'a>(&'a str);
+    impl Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    if traceparent.is_empty() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(traceparent)));
+    let _ = span.set_parent(parent);
+}
+
 /// The trace id a `traceparent` value names ("" for none).
 pub fn trace_id_of(traceparent: &str) -> String {
     let id = traceparent.split('-').nth(1).unwrap_or_default();

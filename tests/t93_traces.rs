@@ -355,3 +355,47 @@ async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
         }
     }
 }
+
+/// Found by a review at stop 54: the transaction span of a transaction that recovery
+/// resumed had no parent (the stored traceparent was never used), so its phase 2
+/// after a restart, and the agents' spans under it, landed in a trace of their own.
+/// Given T1 held in phase 2 by B's commit hook across a coordinator restart, when it
+/// commits, then the transaction span the new process exports is in T1's trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_resumed_after_a_restart_stays_in_its_trace() {
+    let receiver = otlp::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let hold = dir.path().join("B.commit-block");
+    let args = ["--data-dir", &data, "--otlp-endpoint", &receiver.url].map(String::from);
+    let mut c = Cluster::with_coordinator(dir, args.into(), Vec::new()).await;
+    let hook = format!("while [ -e '{}' ]; do sleep 0.02; done", hold.display());
+    let flags = [
+        "--otlp-endpoint".into(),
+        receiver.url.clone(),
+        "--commit-hook".into(),
+        hook,
+    ];
+    c.add_agent_with("B", &flags).await;
+    c.register("B", &[]).await;
+    std::fs::write(&hold, "").unwrap();
+    assert_eq!(c.cli(&["release", "create", "T1", "B=1.0"]).await.code, 0);
+    let t1 = c
+        .wait_state("T1", lockstep::pb::TransactionState::Committing)
+        .await;
+    assert!(!t1.trace_id.is_empty(), "{t1:?}");
+
+    c.coordinator.restart().await;
+    std::fs::remove_file(&hold).unwrap();
+    c.wait_state("T1", lockstep::pb::TransactionState::Committed)
+        .await;
+    let span = wait_for("the resumed transaction's span", || async {
+        let spans = receiver.spans();
+        let found = spans
+            .iter()
+            .find(|s| s.service == "lockstep-coordinator" && s.name == "Release T1");
+        found.cloned()
+    })
+    .await;
+    assert_eq!(span.trace_id, t1.trace_id, "{span:?}");
+}

@@ -267,8 +267,10 @@ impl Registry {
         let signals = Signals { start, commands };
         // The transaction's span: a child of the call that created it (its trace runs
         // from the CLI through every Prepare and Commit), and the parent of each call
-        // the driver makes.
+        // the driver makes. A transaction resumed by recovery has no such call: its
+        // span continues the trace its record stored.
         let r = machine.record();
+        let resumed = tracing::Span::current().is_none();
         let span = tracing::info_span!(
             "transaction",
             otel.name = %format!("{:?} {}", r.kind, r.id),
@@ -277,6 +279,9 @@ impl Registry {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        if resumed {
+            lockstep::trace::continue_from(&span, &r.trace_parent);
+        }
         lockstep::trace::record_ids(&span);
         tokio::spawn(tracing::Instrument::instrument(
             driver::run(machine, first, signals, ports),
