@@ -50,16 +50,21 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
 /// context the call carries, if any.
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+    incoming(method, request.headers())
+}
+
+/// The span of one incoming call named `name` (a gRPC method, or an HTTP API route), a
+/// child of the trace context its `headers` carry, if any.
+pub fn incoming(name: &str, headers: &http::HeaderMap) -> tracing::Span {
     let span = tracing::info_span!(
         "rpc",
-        otel.name = %method,
-        rpc.method = %method,
+        otel.name = %name,
+        rpc.method = %name,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(request.headers()))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
     record_ids(&span);
     span

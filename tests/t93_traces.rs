@@ -399,3 +399,41 @@ async fn a_transaction_resumed_after_a_restart_stays_in_its_trace() {
     .await;
     assert_eq!(span.trace_id, t1.trace_id, "{span:?}");
 }
+
+/// Found by a review at stop 54: a release created over the HTTP API (the console,
+/// curl) was never in a trace: the API called the service outside any span, so the
+/// `traceparent` it was given went nowhere and `release get` showed no trace id.
+/// Given the API, when a release is created with a traceparent, then it is in that
+/// trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_created_over_http_is_in_the_callers_trace() {
+    let receiver = otlp::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator").display().to_string();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let args = [
+        "--data-dir",
+        &data,
+        "--otlp-endpoint",
+        &receiver.url,
+        "--http-listen",
+        &listen,
+    ];
+    let mut c = Cluster::with_coordinator(dir, args.map(String::from).into(), Vec::new()).await;
+    c.add_agent("B").await;
+    c.register("B", &[]).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = serde_json::json!({"id": "H1", "components": [{"project": "B", "version": "1.0"}]});
+    let answer = reqwest::Client::new()
+        .post(format!("http://{listen}/api/v1/releases"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{answer:?}");
+    let t = c
+        .wait_state("H1", lockstep::pb::TransactionState::Committed)
+        .await;
+    assert_eq!(t.trace_id, trace, "{t:?}");
+}

@@ -22,6 +22,8 @@ pub struct Caller {
     peer: Peer,
     /// The authority the request was made to (HTTP/2's `:authority`, else `Host`).
     authority: Option<String>,
+    /// `METHOD /path`, the name of the call's span.
+    route: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -33,6 +35,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let authority = parts.uri.authority().map(|a| a.as_str()).or(host);
         Ok(Caller {
             authority: authority.map(str::to_string),
+            route: format!("{} {}", parts.method, parts.uri.path()),
             headers: parts.headers.clone(),
             peer: peer.map(|c| c.0.clone()).unwrap_or_default(),
         })
@@ -43,6 +46,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 const CARRIED: [&str; 2] = ["authorization", "traceparent"];
 
 impl Caller {
+    /// The span of this call: a child of the `traceparent` the request carried (a new
+    /// trace without one), as a gRPC call's, so what it starts is in the caller's trace.
+    pub fn span(&self) -> tracing::Span {
+        lockstep::trace::incoming(&self.route, &self.headers)
+    }
+
     /// The gRPC request made of `fields` for this caller: authenticated first (as the
     /// gRPC interceptor does, so a call without credentials is 401 whatever it asks),
     /// then read as the message `T`.

@@ -124,7 +124,8 @@ where
     F: FnOnce(CoordinatorService, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    rpc(api.service.clone(), caller.request(api, fields)?).await
+    let call = rpc(api.service.clone(), caller.request(api, fields)?);
+    tracing::Instrument::instrument(call, caller.span()).await
 }
 
 /// A request message's fields in the proto3 JSON mapping.
