@@ -318,6 +318,10 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
     let none = Value::Null;
     let good: Vec<(Request, u16)> = vec![
         (("GET", "/projects?environment=default", none.clone()), 200),
+        // A name that reads as a boolean is still a name: NOT_FOUND for environment
+        // "true" (found by a review at stop 53: every `true`/`false` in a query became
+        // a boolean, and this was 400, "invalid type: boolean").
+        (("GET", "/releases?environment=true", none.clone()), 404),
         (("GET", "/environments", none.clone()), 200),
         (("GET", "/environments/default", none.clone()), 200),
         (

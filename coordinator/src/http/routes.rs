@@ -131,15 +131,29 @@ where
 /// A request message's fields in the proto3 JSON mapping.
 pub(super) type Fields = Map<String, Value>;
 
-/// A query string's parameters as message fields (`true`/`false` as booleans; numbers
-/// stay strings, which the proto3 JSON mapping accepts).
-fn query_fields(query: Vec<(String, String)>) -> Fields {
-    let value = |v: String| match v.as_str() {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        _ => Value::String(v),
+/// A query string's parameters as the fields of message `T` (numbers stay strings,
+/// which the proto3 JSON mapping accepts).
+fn query_fields<T: DeserializeOwned>(query: Vec<(String, String)>) -> Fields {
+    query
+        .into_iter()
+        .map(|(k, v)| (k.clone(), typed::<T>(&k, v)))
+        .collect()
+}
+
+/// Query value `v` of field `k`: a boolean where `T`'s field is one and `v` is
+/// `true`/`false`, else the string it is (an environment or project may be called
+/// `true`: before stop 54 every such value became a boolean, refused for a name).
+fn typed<T: DeserializeOwned>(k: &str, v: String) -> Value {
+    let boolean = match v.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => return Value::String(v),
     };
-    query.into_iter().map(|(k, v)| (k, value(v))).collect()
+    let as_text = Map::from_iter([(k.to_string(), Value::String(v.clone()))]);
+    match serde_json::from_value::<T>(Value::Object(as_text)) {
+        Ok(_) => Value::String(v),
+        Err(_) => Value::Bool(boolean),
+    }
 }
 
 /// A JSON body's fields (none when empty).
@@ -168,7 +182,7 @@ where
               Query(q): Query<Vec<(String, String)>>,
               body: Bytes| async move {
             let fields = body_fields(&body).map(|mut fields| {
-                fields.extend(query_fields(q));
+                fields.extend(query_fields::<Req>(q));
                 if let Some(Path(id)) = path {
                     fields.insert(field.into(), Value::String(id));
                 }
