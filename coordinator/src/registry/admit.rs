@@ -28,6 +28,14 @@ pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
 /// an acceptance once everything written before it is durable.
 type Replayed = std::pin::Pin<Box<dyn Future<Output = Result<Created>> + Send>>;
 
+/// What looking a request's id up found.
+enum Lookup {
+    /// A transaction under the id: the answer to the retry.
+    Replay(Replayed),
+    /// The id is free (`None`: the request names none).
+    Free(Option<TxId>),
+}
+
 /// `replayed`, if the caller may see it carried out.
 fn authorized(replayed: Result<Created>, authorize: Authorize<'_>) -> Result<Created> {
     let created = replayed?;
@@ -58,19 +66,19 @@ impl Registry {
     /// anything is written, so a caller allowed some projects only can never start a
     /// transaction that touches another, however the plan came out.
     pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
-        let replayed = self.replayed(&self.state(), &spec, authorize)?;
-        if let Some(replayed) = replayed {
+        let looked_up = self.replayed(&self.state(), &spec, authorize)?;
+        if let Lookup::Replay(replayed) = looked_up {
             return replayed.await;
         }
         let accepted = {
             let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
             // Someone may have created the same id while this one was planned.
             match self.replayed(&s, &spec, authorize)? {
-                Some(replay) => Err(replay),
-                None => {
+                Lookup::Replay(replay) => Err(replay),
+                Lookup::Free(id) => {
                     let plan = plan?;
                     authorize(&plan)?;
-                    Ok(self.accept(&mut s, &spec, plan)?)
+                    Ok(self.accept(&mut s, &spec, plan, id)?)
                 }
             }
         };
@@ -91,25 +99,19 @@ impl Registry {
     /// retry must not hear "accepted" before the first call would have. A refusal
     /// (another request under the id, or a caller who may not) is answered at once
     /// and writes nothing, so nobody can make the coordinator sync at will.
-    fn replayed(
-        &self,
-        s: &State,
-        spec: &CreateSpec,
-        authorize: Authorize<'_>,
-    ) -> Result<Option<Replayed>> {
-        let Some(id) = self.attempt_id(s, spec)? else {
-            return Ok(None);
-        };
-        let Some(existing) = self.existing(s, &id)? else {
-            return Ok(None);
+    /// One lookup of the id (a store read when it is not in memory), whose answer
+    /// `accept` reuses.
+    fn replayed(&self, s: &State, spec: &CreateSpec, authorize: Authorize<'_>) -> Result<Lookup> {
+        let existing = match self.attempt(s, spec)? {
+            Some((_, Some(existing))) => existing,
+            Some((id, None)) => return Ok(Lookup::Free(Some(id))),
+            None => return Ok(Lookup::Free(None)),
         };
         let answer = authorized(replay(s, existing, spec), authorize);
-        // An empty append after the first call's: durable only once that one is.
-        let durable = answer.is_ok().then(|| {
-            let journal = &self.inner.journal;
-            journal.append(Batch::default(), Vec::new(), Durable::Now)
-        });
-        Ok(Some(Box::pin(async move {
+        // Resolves once every write before it is durable, the first call's included;
+        // it writes nothing.
+        let durable = answer.is_ok().then(|| self.inner.journal.settled());
+        Ok(Lookup::Replay(Box::pin(async move {
             if let Some(durable) = durable {
                 durable.await?;
             }
@@ -130,17 +132,20 @@ impl Registry {
         Ok((plan, waits_for))
     }
 
+    /// Accepts `plan` under `id` (the free id `spec` names, as [`Registry::replayed`]
+    /// just found it; `None`: a fresh one).
     fn accept(
         &self,
         s: &mut State,
         spec: &CreateSpec,
         plan: Plan,
+        id: Option<TxId>,
     ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
         let waits_for = s.queue.holders_of(&spec.environment, &plan.held());
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
         }
-        let id = match self.attempt_id(s, spec)? {
+        let id = match id {
             Some(id) => id,
             None => self.fresh_id(s, spec.id_hint.as_deref().unwrap_or("tx"))?,
         };
@@ -266,11 +271,12 @@ impl Registry {
         }
     }
 
-    /// The id `spec` is admitted under: the one it names; for the coordinator's own
+    /// The id `spec` is admitted under, with the transaction already under it, if any
+    /// (read once): the one it names; for the coordinator's own
     /// transaction made again at a start ([`CreateSpec::again_after_restart`]), the
     /// first of `ID`, `ID-2`, `ID-3`... that is not an attempt a restart aborted before
     /// its decision, so that the retry is not answered with that abort.
-    fn attempt_id(&self, s: &State, spec: &CreateSpec) -> Result<Option<TxId>> {
+    fn attempt(&self, s: &State, spec: &CreateSpec) -> Result<Option<(TxId, Option<TxRecord>)>> {
         let Some(id) = &spec.id else { return Ok(None) };
         let mut attempt = id.clone();
         for n in 2.. {
@@ -278,7 +284,7 @@ impl Registry {
                 Some(cut_off) if spec.again_after_restart && cut_off.reason == PRESUMED_ABORT => {
                     attempt = TxId::derived(&format!("{id}-{n}"));
                 }
-                _ => return Ok(Some(attempt)),
+                found => return Ok(Some((attempt, found))),
             }
         }
         unreachable!("2.. is unbounded")
