@@ -80,6 +80,15 @@ fn project(name: &str, port: u16) -> ProjectRecord {
     }
 }
 
+/// A store and a coordinator over it with A registered (durably: the gate is open).
+async fn with_a() -> (GatedKv, Coordinator) {
+    let kv = GatedKv::default();
+    let c = open(&kv);
+    let registered = c.register_project(project("A", 1), "ci", false).await;
+    registered.unwrap();
+    (kv, c)
+}
+
 fn a_registered(c: &Coordinator) -> bool {
     c.projects(&Environment::default())
         .iter()
@@ -132,11 +141,7 @@ async fn a_repeated_registration_is_answered_only_once_the_first_is_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_update_is_answered_only_once_the_first_is_durable() {
-    let kv = GatedKv::default();
-    let c = open(&kv);
-    c.register_project(project("A", 1), "ci", false)
-        .await
-        .unwrap();
+    let (kv, c) = with_a().await;
     let call = |c: Coordinator| async move {
         let change = ProjectChange {
             name: ProjectName::parse("name", "A").unwrap(),
@@ -155,11 +160,7 @@ async fn a_repeated_update_is_answered_only_once_the_first_is_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_removal_is_answered_only_once_the_first_is_durable() {
-    let kv = GatedKv::default();
-    let c = open(&kv);
-    c.register_project(project("A", 1), "ci", false)
-        .await
-        .unwrap();
+    let (kv, c) = with_a().await;
     let call = |c: Coordinator| async move {
         let name = ProjectName::parse("name", "A").unwrap();
         c.remove_project(&Environment::default(), &name, "ci").await
