@@ -673,6 +673,15 @@ impl Drop for LiveSite {
     }
 }
 
+/// A cluster with `pipeline` applied and an agent of each project in production.
+async fn production(pipeline: &str) -> Cluster {
+    let mut c = with_pipeline(pipeline).await;
+    for project in PROJECTS {
+        env_agent(&mut c, "production", project, &[], &[]).await;
+    }
+    c
+}
+
 /// A live site in its own directory (503 while `broken` exists), and the pipeline entry
 /// of `env` soaking `soak` then checking its /health, failing as `on_live_failure` says.
 fn live_site(
@@ -730,10 +739,7 @@ async fn a_release_with_an_id_near_the_limit_is_reverted_after_its_failed_live_c
 /// coordinator, back to P1, with the reason in the log.
 async fn revert_after_failed_live_check(second: &str) -> (Cluster, LiveSite, tempfile::TempDir) {
     let (dir, broken, site, pipeline) = live_site("production", "300ms", "revert");
-    let mut c = with_pipeline(&pipeline).await;
-    for project in PROJECTS {
-        env_agent(&mut c, "production", project, &[], &[]).await;
-    }
+    let c = production(&pipeline).await;
     production_release(&c, "P1").await;
     live_check_is(&c, "P1", "passed").await;
 
@@ -1097,10 +1103,7 @@ async fn a_revert_cut_off_by_a_crash_is_created_after_the_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revert_a_restart_cut_off_is_made_again() {
     let (_dir, broken, site, pipeline) = live_site("production", "3s", "revert");
-    let mut c = with_pipeline(&pipeline).await;
-    for project in PROJECTS {
-        env_agent(&mut c, "production", project, &[], &[]).await;
-    }
+    let mut c = production(&pipeline).await;
     production_release(&c, "P1").await;
     live_check_is(&c, "P1", "passed").await;
     production_release(&c, "P2").await;
@@ -1220,10 +1223,7 @@ async fn a_release_is_promoted_only_once_its_live_check_passed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_of_a_soaking_release_cannot_be_removed() {
     let (_dir, _broken, site, pipeline) = live_site("production", "10m", "revert");
-    let mut c = with_pipeline(&pipeline).await;
-    for project in PROJECTS {
-        env_agent(&mut c, "production", project, &[], &[]).await;
-    }
+    let c = production(&pipeline).await;
     production_release(&c, "P1").await;
     live_check_is(&c, "P1", "soaking").await;
 

@@ -239,13 +239,12 @@ pub(super) fn as_registered(
     checkpoint: &Arc<CheckpointRecord>,
     projects: Option<&Projects>,
 ) -> Arc<CheckpointRecord> {
-    let stale = |name: &ProjectName| {
-        let project = projects.and_then(|m| m.get(name));
-        project.is_some_and(|p| p.live_from >= checkpoint.revision)
-    };
-    if !checkpoint.versions.keys().any(stale) {
+    // On every plan: a pass over the registrations, no lookup, in the common case.
+    let reset = |p: &ProjectRecord| p.live_from >= checkpoint.revision;
+    if !projects.is_some_and(|m| m.values().any(reset)) {
         return checkpoint.clone();
     }
+    let stale = |name: &ProjectName| projects.and_then(|m| m.get(name)).is_some_and(reset);
     let mut fresh = (**checkpoint).clone();
     fresh.versions.retain(|name, _| !stale(name));
     Arc::new(fresh)
