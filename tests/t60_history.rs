@@ -6,6 +6,7 @@
 
 mod support;
 
+use lockstep::pb::TransactionState;
 use serde_json::Value;
 use support::Cluster;
 
@@ -465,4 +466,40 @@ async fn the_releases_of_one_project_are_listed_page_by_page() {
     let bad = c.cli(&["release", "list", "--project", "no space"]).await;
     assert_ne!(bad.code, 0, "{bad:?}");
     assert!(bad.stderr.contains("project"), "names the field: {bad:?}");
+}
+
+/// Found by t80 at stop 54 (its new `rollback-target` rule): a rollback was planned
+/// against the live state while a release of another project of the checkpoint was in
+/// flight; that release committed first, and the rollback, committed after it, left
+/// that project at the release's version: the state after "rollback to 1" was not
+/// checkpoint 1. Given D being released (its Prepare held) and C's Prepare held, when
+/// checkpoint 1 is rolled back to and D's release then commits, then the rollback
+/// restores D too: afterwards the live state is checkpoint 1's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_restores_the_whole_checkpoint_over_a_release_in_flight() {
+    let mut c = Cluster::new().await;
+    for p in ["C", "D"] {
+        c.add_agent(p).await;
+        c.register(p, &[]).await;
+    }
+    c.release("T1", &["C=C1", "D=D1"], 0).await;
+    c.release("T2", &["C=C2"], 0).await;
+    c.block("D");
+    assert_eq!(c.cli(&["release", "create", "T3", "D=D3"]).await.code, 0);
+    c.wait_state("T3", TransactionState::Preparing).await;
+    c.block("C");
+    let rollback = c.cli(&["rollback", "1", "--id", "RB"]).await;
+    assert_eq!(rollback.code, 0, "{rollback:?}");
+    c.heal("D");
+    c.wait_state("T3", TransactionState::Committed).await;
+    c.heal("C");
+    c.wait_state("RB", TransactionState::Committed).await;
+    let live = c.live_state().await.checkpoint.unwrap();
+    let versions: Vec<(&str, &str)> = live
+        .versions
+        .iter()
+        .map(|v| (v.project.as_str(), v.version.as_str()))
+        .collect();
+    assert_eq!(versions, [("C", "C1"), ("D", "D1")], "checkpoint 1 again");
+    assert_eq!(c.agent("D").live().as_deref(), Some("D1"));
 }

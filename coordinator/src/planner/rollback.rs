@@ -18,7 +18,11 @@ use crate::{
 /// version differs from the checkpoint's moves to it; projects the checkpoint does not
 /// know stay as they are. Every release rule holds: versions a revert pulled stay
 /// pulled unless `allow_quarantined` (a rollback right after a revert would otherwise
-/// undo it).
+/// undo it). The checkpoint's other projects are held, unchanged, while it runs: a
+/// release of one of them in flight commits first, and the rollback, planned again at
+/// its turn, restores that project too, so the state it leaves is the checkpoint's
+/// (stop 54: it used to leave the release's version, planned against a live state the
+/// release then changed).
 pub(super) fn plan_rollback(
     view: &View<'_>,
     revision: u64,
@@ -32,7 +36,15 @@ pub(super) fn plan_rollback(
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
     let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);
-    build(view, targets, preconditions, false, Vec::new(), revision)
+    let mut plan = build(view, targets, preconditions, false, Vec::new(), revision)?;
+    let moved = plan.projects();
+    let unchanged = cp
+        .versions
+        .keys()
+        .filter(|p| view.projects.contains_key(*p));
+    plan.reads
+        .extend(unchanged.filter(|p| !moved.contains(*p)).cloned());
+    Ok(plan)
 }
 
 /// The resolved revision and its checkpoint; NotFound names the latest one.

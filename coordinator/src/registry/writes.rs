@@ -8,7 +8,7 @@ use lockstep::{
     names::{Environment, ProjectName, TxId},
     pb,
 };
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use lockstep_store::Batch;
 
@@ -343,10 +343,7 @@ impl Registry {
                 "while it was queued the state changed; {}",
                 plan.refusal()
             )),
-            Ok(plan)
-                if plan.projects() != record.projects().cloned().collect()
-                    || !plan.held().is_subset(&s.queue.held_by(id)) =>
-            {
+            Ok(plan) if !fits(record, &plan, &s.queue.held_by(id)) => {
                 Turn::Refused(
                 "while it was queued the state changed so that it would need other projects than the ones it queued for; create it again".into(),
             )
@@ -354,6 +351,18 @@ impl Registry {
             Ok(plan) => Turn::Go(Some(Box::new(plan))),
         }
     }
+}
+
+/// Whether a plan made at a queued transaction's turn fits what it queued for: only
+/// projects it holds, and the participants it was admitted with (the ones its caller
+/// was allowed to change). A rollback may move any project it holds: it restores the
+/// whole checkpoint it names, holds every project of it, and its caller was allowed
+/// over the whole environment; a project a release in flight changed meanwhile is
+/// restored too.
+fn fits(record: &TxRecord, plan: &planner::Plan, held: &BTreeSet<ProjectName>) -> bool {
+    let within = plan.held().is_subset(held);
+    let same = plan.projects() == record.projects().cloned().collect();
+    within && (same || record.kind == TxKind::Rollback)
 }
 
 /// Adds `record` to `batch`, with its keys (id, indexes, active) only when the record
