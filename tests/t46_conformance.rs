@@ -89,6 +89,11 @@ async fn the_reference_agent_passes_every_check_of_the_conformance_kit() {
     // the agent at term 2, so a second run against the same agent failed almost every
     // check (FAILED_PRECONDITION).
     let second = conformance(&run).await;
+    // Found by a review at stop 54: without --restart-cmd the durability check was
+    // skipped and the run still exited 0.
+    let unrestarted = &run[..6];
+    let skipping = conformance(unrestarted).await;
+    let allowed = conformance(&[unrestarted, &["--allow-skip"]].concat()).await;
     let _ = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -102,6 +107,11 @@ async fn the_reference_agent_passes_every_check_of_the_conformance_kit() {
     assert!(checks.iter().all(|c| c["outcome"] == "pass"), "{report:#}");
     let (again, report, stderr) = second;
     assert_eq!(again, 0, "a second run: {report:#} {stderr}");
+    let (code, report, stderr) = skipping;
+    assert_eq!(code, 1, "a skip fails the run: {report:#} {stderr}");
+    assert_eq!(report["passed"], false, "{report:#}");
+    let (code, report, stderr) = allowed;
+    assert_eq!(code, 0, "--allow-skip: {report:#} {stderr}");
 }
 
 /// Answers every Prepare PREPARED and every Commit and Abort OK, whatever it holds.

@@ -190,9 +190,14 @@ pub enum Command {
         #[arg(long)]
         project: String,
         /// A shell command that restarts the agent and returns once it listens again
-        /// (without it, the restart check is skipped).
+        /// (without it, the restart check is skipped, and the run fails unless
+        /// --allow-skip).
         #[arg(long)]
         restart_cmd: Option<String>,
+        /// Pass with checks skipped (without --restart-cmd, durability and GetDecision
+        /// after a restart go unchecked).
+        #[arg(long)]
+        allow_skip: bool,
         /// Where the kit serves GetDecision for the agent.
         #[arg(long, default_value = "127.0.0.1:7799")]
         serve: std::net::SocketAddr,

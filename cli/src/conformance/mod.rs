@@ -31,6 +31,8 @@ pub struct Request {
     pub restart_cmd: Option<String>,
     /// Where the kit serves GetDecision (the agent's `--coordinator` must point here).
     pub serve: SocketAddr,
+    /// Whether a skipped check may pass the run.
+    pub allow_skip: bool,
 }
 
 impl Request {
@@ -41,6 +43,7 @@ impl Request {
             project,
             restart_cmd,
             serve,
+            allow_skip,
         } = args.command
         else {
             unreachable!("only conformance is routed here");
@@ -51,6 +54,7 @@ impl Request {
             environment: args.environment,
             restart_cmd,
             serve,
+            allow_skip,
         }
     }
 }
@@ -75,7 +79,9 @@ struct Report {
     checks: Vec<Checked>,
 }
 
-/// Runs every check against the agent; exit 0 only when none failed.
+/// Runs every check against the agent; exit 0 only when none failed and none was
+/// skipped (unless skips are allowed): a run without `--restart-cmd` leaves durability
+/// unchecked, and must not read as a pass by accident (before stop 54 it did).
 pub async fn run(request: Request, out: Output) -> Result<u8> {
     let decisions = decisions::serve(request.serve).await.map_err(|e| Failure {
         code: crate::USAGE,
@@ -84,7 +90,8 @@ pub async fn run(request: Request, out: Output) -> Result<u8> {
     let agent = connect(&request.agent).await?;
     let mut kit = checks::Kit::new(agent, &request, decisions);
     let results = kit.run_all().await;
-    let passed = results.iter().all(|c| c.outcome != "fail");
+    let counted = |c: &&Checked| c.outcome == "pass" || (c.outcome == "skip" && request.allow_skip);
+    let passed = results.iter().all(|c| counted(&c));
     print(out, &request, &results, passed);
     Ok(if passed { OK } else { REFUSED })
 }
@@ -121,15 +128,18 @@ fn print(out: Output, request: &Request, results: &[Checked], passed: bool) {
         };
         println!("{:<4}  {}{reason}", c.outcome.to_uppercase(), c.name);
     }
-    let failed = results.iter().filter(|c| c.outcome == "fail").count();
-    println!(
-        "{} of {} checks passed{}",
-        results.iter().filter(|c| c.outcome == "pass").count(),
-        results.len(),
-        if failed == 0 {
-            String::new()
-        } else {
-            format!(", {failed} failed")
-        }
-    );
+    let count = |outcome: &str| results.iter().filter(|c| c.outcome == outcome).count();
+    let (failed, skipped) = (count("fail"), count("skip"));
+    let mut summary = format!("{} of {} checks passed", count("pass"), results.len());
+    if failed > 0 {
+        summary.push_str(&format!(", {failed} failed"));
+    }
+    if skipped > 0 && !request.allow_skip {
+        summary.push_str(&format!(
+            ", {skipped} skipped (a skip fails the run without --allow-skip)"
+        ));
+    } else if skipped > 0 {
+        summary.push_str(&format!(", {skipped} skipped"));
+    }
+    println!("{summary}");
 }
