@@ -8,7 +8,7 @@ use lockstep::names::{ProjectName, TxId};
 
 use super::{
     Plan, Precondition, Target, View,
-    rules::{add_children, compatibility},
+    rules::{add_children, children_live, compatibility},
     waves::build,
     words::join,
 };
@@ -29,6 +29,7 @@ pub(super) fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Res
     let mut preconditions = vec![earlier_state_exists(&missing, &first)];
     preconditions.push(no_later_dependents(&cascade.dependents, &reverts, release));
     add_children(view, &mut targets);
+    preconditions.push(children_live(view, &targets));
     let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, false, reverts, 0)

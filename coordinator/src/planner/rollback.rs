@@ -6,7 +6,7 @@ use lockstep::names::ProjectName;
 
 use super::{
     Plan, Precondition, Target, View,
-    rules::{add_children, compatibility, quarantine_rule},
+    rules::{add_children, children_live, compatibility, quarantine_rule},
     waves::build,
 };
 use crate::{
@@ -33,6 +33,7 @@ pub(super) fn plan_rollback(
     let mut preconditions = vec![changes_something(&targets, revision, &cp)];
     preconditions.extend(projects_outside_checkpoint(view, revision, &cp));
     add_children(view, &mut targets);
+    preconditions.push(children_live(view, &targets));
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
     let (compat, _) = compatibility(view, &targets, false, None)?;
     preconditions.push(compat);

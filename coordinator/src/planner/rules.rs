@@ -36,24 +36,38 @@ pub(super) fn children_included(
     view: &View<'_>,
     targets: &BTreeMap<ProjectName, Target>,
 ) -> Precondition {
-    let mut problems = Vec::new();
-    for project in targets.keys() {
-        let missing: Vec<String> = view
-            .descendants(project)
-            .into_iter()
-            .filter(|c| !targets.contains_key(c))
-            .map(|c| match view.live(&c) {
-                Some(v) => format!("{c} (live: {v})"),
-                None => c.to_string(),
+    children_rule(view, targets, |_| "add them to the release")
+}
+
+/// `children-included` for a revert or a rollback, after [`add_children`] brought
+/// every live child along: what is still missing has nothing live, so the parent
+/// cannot move until it is released (a parent never moves without its children).
+pub(super) fn children_live(
+    view: &View<'_>,
+    targets: &BTreeMap<ProjectName, Target>,
+) -> Precondition {
+    children_rule(view, targets, |n| match n {
+        1 => "release it first",
+        _ => "release them first",
+    })
+}
+
+/// The rule itself; `remedy` says what to do, given how many children are missing.
+fn children_rule(
+    view: &View<'_>,
+    targets: &BTreeMap<ProjectName, Target>,
+    remedy: fn(usize) -> &'static str,
+) -> Precondition {
+    let problems: Vec<String> = targets
+        .keys()
+        .filter_map(|project| {
+            let missing = missing_children(view, targets, project);
+            (!missing.is_empty()).then(|| {
+                let fix = remedy(missing.len());
+                format!("{project} requires {}; {fix}", join_and(&missing))
             })
-            .collect();
-        if !missing.is_empty() {
-            problems.push(format!(
-                "{project} requires {}; add them to the release",
-                join_and(&missing)
-            ));
-        }
-    }
+        })
+        .collect();
     Precondition {
         name: "children-included",
         passed: problems.is_empty(),
@@ -63,6 +77,22 @@ pub(super) fn children_included(
             problems.join("; ")
         },
     }
+}
+
+/// The descendants of `project` not in `targets`, each with its live version.
+fn missing_children(
+    view: &View<'_>,
+    targets: &BTreeMap<ProjectName, Target>,
+    project: &ProjectName,
+) -> Vec<String> {
+    view.descendants(project)
+        .into_iter()
+        .filter(|c| !targets.contains_key(c))
+        .map(|c| match view.live(&c) {
+            Some(v) => format!("{c} (live: {v})"),
+            None => format!("{c} (nothing live)"),
+        })
+        .collect()
 }
 
 /// `quarantine`: no target moves to a version a revert pulled, unless `allowed`.

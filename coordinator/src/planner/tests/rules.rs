@@ -365,3 +365,28 @@ fn a_later_release_still_committing_is_a_dependent() {
     let plan = story.plan(&revert("T5", true));
     assert_eq!(plan.reverts, [id("T5"), id("T6")]);
 }
+
+// A's `requires` grew a child D that has nothing live. A release of A is refused until
+// D is released; a revert or a rollback that moves A is refused the same way, since it
+// would move a parent whose child cannot come along (it used to skip the rule).
+#[test]
+fn a_revert_or_rollback_moving_a_parent_needs_every_child_live() {
+    let mut story = Story::seed_000();
+    story.register("D", &[]);
+    story.register("A", &["B", "C", "D"]);
+    let missing = "A requires D (nothing live); release it first";
+    for request in [revert("T4", false), rollback(1)] {
+        let plan = story.plan(&request);
+        assert!(!plan.allowed(), "{request:?}");
+        assert_rule(&plan, "children-included", false, &[missing]);
+    }
+
+    story.commit("T5", release(&[("D", "T5D")]));
+    // Compatibility still speaks for the family (D=T5D was never live beside T3's).
+    let plan = story.plan(&revert("T4", false));
+    assert_rule(&plan, "children-included", true, &[]);
+    assert!(
+        plan.projects().contains(&p("D")),
+        "D comes along at its live version"
+    );
+}
