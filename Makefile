@@ -1,7 +1,7 @@
 # The README's two commands, plus the read-only checks. Each target calls a script in
 # scripts/, so CI (.ci/run) and people run exactly the same thing.
 
-.PHONY: demo test verify fmt soak bench
+.PHONY: demo test verify fmt soak bench instructions
 
 SEEDS ?= 10000
 
@@ -28,6 +28,12 @@ ROUNDS ?= 3
 bench:
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/lockstep-bench --rounds $(ROUNDS) --json bench-results.json
+
+## User-space instructions per release, counted by callgrind (needs valgrind): a figure
+## for A/B runs of small changes that the VM's noise does not move.
+instructions:
+	cargo build --release -p lockstep-bench --bin lockstep-bench
+	scripts/instructions
 
 ## Run many fault-schedule seeds (release build); prints seeds, violations, wall time.
 soak:

@@ -69,6 +69,12 @@ struct Args {
     /// (how each part's process runs; by default every part gets a process of its own).
     #[arg(long)]
     here: bool,
+    /// How many rounds the latency part makes (each one release in one call and one in
+    /// two), instead of 500 (100 with --quick): a fixed workload, so that two runs of
+    /// different lengths under callgrind give the instructions of one release
+    /// (`scripts/instructions`).
+    #[arg(long)]
+    releases: Option<usize>,
 }
 
 /// One measured figure.
@@ -205,6 +211,8 @@ async fn here(args: Args) -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    } else if !args.runs("tracing") {
+        production_subscriber();
     }
     let scale = if args.quick { 5 } else { 1 };
     let dir = tempfile::tempdir_in(
@@ -248,6 +256,19 @@ async fn here(args: Args) -> anyhow::Result<()> {
     // the process: `exit_now` skips TempDir's destructor, so remove them here.
     let _ = std::fs::remove_dir_all(dir.path());
     exit_now()
+}
+
+/// The subscriber every server process installs (`lockstep::logging::init`: an
+/// `info` filter and log lines), writing its lines nowhere: the stacks pay for their
+/// spans and log lines as in production (stop 55; before, no subscriber at all, so
+/// tracing's fallback to the `log` crate ran at every span instead). The tracing part
+/// installs its own, so it runs without this one.
+fn production_subscriber() {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+        .init();
 }
 
 impl Args {
@@ -367,7 +388,8 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
     let mut plaintext = Plaintext::default();
     if args.runs("latency") || args.runs("tls") {
         let stack = main.get().await?;
-        plaintext.latency_p50 = latency(stack, &floors, 500 / scale, &mut figures).await?;
+        let count = args.releases.unwrap_or(500 / scale);
+        plaintext.latency_p50 = latency(stack, &floors, count, &mut figures).await?;
     }
     if args.runs("throughput") {
         let stack = main.get().await?;

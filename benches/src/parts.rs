@@ -107,6 +107,9 @@ fn measure(args: &Args, part: &str, work: &Path, label: &str) -> anyhow::Result<
     if args.quick {
         command.arg("--quick");
     }
+    if let Some(n) = args.releases {
+        command.args(["--releases", &n.to_string()]);
+    }
     let status = command
         .status()
         .with_context(|| format!("starting the bench for {part}"))?;
