@@ -187,3 +187,76 @@ async fn an_agent_that_agrees_to_everything_fails_the_kit_naming_each_broken_rul
     let skipped = &report["checks"][11];
     assert_eq!(skipped["outcome"], "skip", "{skipped}");
 }
+
+/// An agent that takes every call and never answers it.
+struct Hung;
+
+#[tonic::async_trait]
+impl participant_server::Participant for Hung {
+    async fn prepare(
+        &self,
+        _: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn commit(
+        &self,
+        _: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn abort(
+        &self,
+        _: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::ParticipantStatus>, Status> {
+        std::future::pending().await
+    }
+}
+
+/// Given an agent that never answers, when the kit checks it with `--call-timeout 1s`,
+/// then it ends (it used to wait forever), exits 1, says which call went unanswered
+/// and for how long, and runs nothing after it (each later check fails as not run).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_never_answers_fails_the_kit_within_its_call_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(participant_server::ParticipantServer::new(Hung))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let serve = format!("127.0.0.1:{}", free_port());
+    let args = ["--agent", &agent, "--project", "B", "--serve", &serve];
+    let args = [&args[..], &["--call-timeout", "1s"]].concat();
+    let run = conformance(&args);
+
+    let (code, report, stderr) = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the kit still waits on an agent that never answers, 60 s on");
+
+    assert_eq!(code, 1, "{report:#} {stderr}");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["outcome"], "fail", "{report:#}");
+    let reason = checks[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("GetStatus: no answer within 1s"),
+        "{reason}"
+    );
+    for c in &checks[1..] {
+        assert_eq!(c["outcome"], "fail", "{c}");
+        let reason = c["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("not run: the agent stopped answering"),
+            "{reason}"
+        );
+    }
+}

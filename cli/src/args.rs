@@ -201,6 +201,11 @@ pub enum Command {
         /// Where the kit serves GetDecision for the agent.
         #[arg(long, default_value = "127.0.0.1:7799")]
         serve: std::net::SocketAddr,
+        /// How long one call may go unanswered: the agent is then taken to have
+        /// stopped answering, and the later checks fail as not run (raise it for an
+        /// agent whose Prepare fetches large artifacts).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        call_timeout: Duration,
     },
     /// Retry every phase 2 delivery of a transaction now (after an outage), and ask
     /// again participants that need resolution.

@@ -20,6 +20,28 @@ const RESTART_DEADLINE: Duration = Duration::from_secs(60);
 
 type Outcome = std::result::Result<(), String>;
 
+/// The checks, in the order they run (later ones build on the state earlier ones left).
+const CHECKS: [&str; 13] = [
+    "GetStatus answers for the project",
+    "a Prepare whose from_version is not live is refused",
+    "Prepare votes PREPARED, and a repeated Prepare gets the same vote",
+    "GetStatus lists the prepared transaction as staged",
+    "a second transaction is refused while one is prepared",
+    "Preview answers without side effects",
+    "Commit makes the version live, and a repeated Commit answers the same",
+    "a Commit for an unknown id is FAILED_PRECONDITION",
+    "an Abort of a committed transaction is FAILED_PRECONDITION",
+    "an Abort before its Prepare is remembered: the late Prepare is refused",
+    "Abort undoes a prepared transaction, and a repeated Abort answers the same",
+    "a restarted agent holding a PREPARED vote asks GetDecision and finishes",
+    // Last: it leaves the agent one term above this run's (use a test instance).
+    "an order from a lower coordinator term than one seen is FAILED_PRECONDITION",
+];
+
+/// Where a call went unanswered, in a reason, until [`Kit::checked`] puts the call
+/// timeout in its place.
+const NO_ANSWER: &str = "{call timeout}";
+
 /// The kit's state across checks.
 pub struct Kit {
     agent: Agent,
@@ -35,6 +57,10 @@ pub struct Kit {
     term: u64,
     /// What the kit believes is live on the agent.
     live: String,
+    /// How long a call may go unanswered (`--call-timeout`).
+    call_timeout: Duration,
+    /// Why the agent is taken to have stopped answering, once a call timed out.
+    stalled: Option<String>,
 }
 
 impl Kit {
@@ -53,61 +79,62 @@ impl Kit {
             run: format!("conf{nanos:x}"),
             term: u64::try_from(since.as_millis()).unwrap_or(u64::MAX / 2),
             live: String::new(),
+            call_timeout: request.call_timeout,
+            stalled: None,
         }
     }
 
-    /// Runs every check, in order.
+    /// Runs every check, in order. Once a call goes unanswered within the call
+    /// timeout, the agent is taken to have stopped answering: every later check fails
+    /// as not run, so a hung agent costs one timeout, not one per check.
     pub async fn run_all(&mut self) -> Vec<Checked> {
         let mut out = Vec::new();
-        let first = self.status_answers().await;
-        out.push(checked("GetStatus answers for the project", first));
-        out.push(checked(
-            "a Prepare whose from_version is not live is refused",
-            self.wrong_from_version_refused().await,
-        ));
-        out.push(checked(
-            "Prepare votes PREPARED, and a repeated Prepare gets the same vote",
-            self.prepared_twice().await,
-        ));
-        out.push(checked(
-            "GetStatus lists the prepared transaction as staged",
-            self.staged_listed().await,
-        ));
-        out.push(checked(
-            "a second transaction is refused while one is prepared",
-            self.second_refused().await,
-        ));
-        out.push(checked(
-            "Preview answers without side effects",
-            self.preview_changes_nothing().await,
-        ));
-        out.push(checked(
-            "Commit makes the version live, and a repeated Commit answers the same",
-            self.committed_twice().await,
-        ));
-        out.push(checked(
-            "a Commit for an unknown id is FAILED_PRECONDITION",
-            self.unknown_commit_refused().await,
-        ));
-        out.push(checked(
-            "an Abort of a committed transaction is FAILED_PRECONDITION",
-            self.committed_abort_refused().await,
-        ));
-        out.push(checked(
-            "an Abort before its Prepare is remembered: the late Prepare is refused",
-            self.abort_before_prepare().await,
-        ));
-        out.push(checked(
-            "Abort undoes a prepared transaction, and a repeated Abort answers the same",
-            self.aborted_twice().await,
-        ));
-        out.push(self.restart_check().await);
-        // Last: it leaves the agent one term above this run's (use a test instance).
-        out.push(checked(
-            "an order from a lower coordinator term than one seen is FAILED_PRECONDITION",
-            self.stale_term_refused().await,
-        ));
+        for (i, name) in CHECKS.into_iter().enumerate() {
+            let checked = match &self.stalled {
+                Some(why) => Checked {
+                    name,
+                    outcome: "fail",
+                    reason: format!("not run: the agent stopped answering ({why})"),
+                },
+                None => self.run_one(i, name).await,
+            };
+            out.push(checked);
+        }
         out
+    }
+
+    /// Check `i` of [`CHECKS`].
+    async fn run_one(&mut self, i: usize, name: &'static str) -> Checked {
+        let outcome = match i {
+            0 => self.status_answers().await,
+            1 => self.wrong_from_version_refused().await,
+            2 => self.prepared_twice().await,
+            3 => self.staged_listed().await,
+            4 => self.second_refused().await,
+            5 => self.preview_changes_nothing().await,
+            6 => self.committed_twice().await,
+            7 => self.unknown_commit_refused().await,
+            8 => self.committed_abort_refused().await,
+            9 => self.abort_before_prepare().await,
+            10 => self.aborted_twice().await,
+            11 => return self.restart_check(name).await,
+            _ => self.stale_term_refused().await,
+        };
+        self.checked(name, outcome)
+    }
+
+    /// The check's outcome; an unanswered call is named with the timeout, and stops
+    /// the run.
+    fn checked(&mut self, name: &'static str, outcome: Outcome) -> Checked {
+        let timeout = humantime::format_duration(self.call_timeout).to_string();
+        let outcome = outcome.map_err(|reason| (reason.contains(NO_ANSWER), reason));
+        if let Err((true, reason)) = &outcome {
+            self.stalled = Some(reason.replace(NO_ANSWER, &timeout));
+        }
+        checked(
+            name,
+            outcome.map_err(|(_, r)| r.replace(NO_ANSWER, &timeout)),
+        )
     }
 
     fn tx(&self, n: u32) -> String {
@@ -327,8 +354,7 @@ impl Kit {
         expect_nothing_staged(&self.status().await?)
     }
 
-    async fn restart_check(&mut self) -> Checked {
-        let name = "a restarted agent holding a PREPARED vote asks GetDecision and finishes";
+    async fn restart_check(&mut self, name: &'static str) -> Checked {
         let Some(cmd) = self.restart_cmd.clone() else {
             return Checked {
                 name,
@@ -336,7 +362,8 @@ impl Kit {
                 reason: "no --restart-cmd".into(),
             };
         };
-        checked(name, self.restarted(&cmd).await)
+        let outcome = self.restarted(&cmd).await;
+        self.checked(name, outcome)
     }
 
     /// Restarts the agent holding a PREPARED vote that stays UNDECIDED until the
@@ -408,7 +435,16 @@ fn checked(name: &'static str, outcome: Outcome) -> Checked {
 }
 
 fn said(call: &str, status: &tonic::Status) -> String {
+    if timed_out(status) {
+        return format!("{call}: no answer within {NO_ANSWER}");
+    }
     format!("{call} answered {:?}: {}", status.code(), status.message())
+}
+
+/// Whether the call went unanswered within the channel's timeout (tonic's
+/// `TimeoutExpired`, which it reports as CANCELLED).
+fn timed_out(status: &tonic::Status) -> bool {
+    status.code() == Code::Cancelled && status.message().contains("Timeout expired")
 }
 
 /// Whether a Prepare's answer refuses: REFUSED, or an error status other than
@@ -416,7 +452,7 @@ fn said(call: &str, status: &tonic::Status) -> String {
 fn refusal(answer: std::result::Result<pb::Vote, tonic::Status>) -> Outcome {
     match answer {
         Ok(vote) => expect_vote(vote, pb::Vote::Refused),
-        Err(s) if s.code() == Code::Unavailable => Err(said("Prepare", &s)),
+        Err(s) if s.code() == Code::Unavailable || timed_out(&s) => Err(said("Prepare", &s)),
         Err(_) => Ok(()),
     }
 }

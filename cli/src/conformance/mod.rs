@@ -33,6 +33,9 @@ pub struct Request {
     pub serve: SocketAddr,
     /// Whether a skipped check may pass the run.
     pub allow_skip: bool,
+    /// How long one call may go unanswered before the agent is taken to have stopped
+    /// answering (the run ends there; before stop 55 a hung agent hung the kit).
+    pub call_timeout: std::time::Duration,
 }
 
 impl Request {
@@ -44,6 +47,7 @@ impl Request {
             restart_cmd,
             serve,
             allow_skip,
+            call_timeout,
         } = args.command
         else {
             unreachable!("only conformance is routed here");
@@ -55,6 +59,7 @@ impl Request {
             restart_cmd,
             serve,
             allow_skip,
+            call_timeout,
         }
     }
 }
@@ -87,7 +92,7 @@ pub async fn run(request: Request, out: Output) -> Result<u8> {
         code: crate::USAGE,
         message: format!("--serve {}: {e}", request.serve),
     })?;
-    let agent = connect(&request.agent).await?;
+    let agent = connect(&request.agent, request.call_timeout).await?;
     let mut kit = checks::Kit::new(agent, &request, decisions);
     let results = kit.run_all().await;
     let counted = |c: &&Checked| c.outcome == "pass" || (c.outcome == "skip" && request.allow_skip);
@@ -96,9 +101,10 @@ pub async fn run(request: Request, out: Output) -> Result<u8> {
     Ok(if passed { OK } else { REFUSED })
 }
 
-async fn connect(url: &str) -> Result<checks::Agent> {
+async fn connect(url: &str, call_timeout: std::time::Duration) -> Result<checks::Agent> {
     let endpoint = lockstep::edge::agent_endpoint(url)
-        .map_err(|e| Failure::usage(format!("--agent {url:?} is not a URL: {e}")))?;
+        .map_err(|e| Failure::usage(format!("--agent {url:?} is not a URL: {e}")))?
+        .timeout(call_timeout);
     let channel = endpoint.connect().await.map_err(|e| Failure {
         code: crate::UNREACHABLE,
         message: format!("cannot reach the agent at {url}: {e}"),
