@@ -110,6 +110,7 @@ pub fn init_traces_to(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let traces = span_layer(&provider, service);
+    crate::trace::export_on();
     let filter = tracing_subscriber::EnvFilter::new("info");
     // A dynamic filter: asked at every span, never cached per callsite.
     let switch =
@@ -135,6 +136,7 @@ pub fn init(
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let provider = endpoint(otlp).map(|e| provider(service, &e)).transpose()?;
     let traces = provider.as_ref().map(|p| {
+        crate::trace::export_on();
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );

@@ -185,8 +185,12 @@ impl GrpcParticipants {
     }
 }
 
-/// The span of one order to one participant (a child of the transaction's span).
+/// The span of one order to one participant (a child of the transaction's span), made
+/// only when spans are exported (see [`lockstep::trace::export_on`]).
 fn order_span(order: &str, tx: &impl std::fmt::Display, project: &str) -> tracing::Span {
+    if !lockstep::trace::exporting() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "order",
         otel.name = %format!("{order} {project}"),
