@@ -882,3 +882,33 @@ async fn a_wait_that_loses_its_credential_says_the_outcome_is_unknown() {
         "{out:?}"
     );
 }
+
+/// Given a coordinator on mutual TLS, when a pipeline file registers a project at an
+/// http:// endpoint (with `--unchecked`, so no agent is asked), then the file is
+/// refused naming the endpoint's line and field, and nothing of it is registered. It
+/// used to register it (RegisterProject refused the same endpoint), and the project's
+/// releases were then refused one by one as unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_file_on_tls_refuses_a_plaintext_endpoint_and_registers_nothing() {
+    let s = Secure::start(&["A"], &[]).await;
+    let pipeline = s.dir.path().join("pipeline.toml");
+    let text = "[[environment]]\nname = \"default\"\n\n[[environment.project]]\nname = \"C\"\nendpoint = \"http://127.0.0.1:9\"\n";
+    std::fs::write(&pipeline, text).unwrap();
+    let apply = [
+        "env",
+        "apply",
+        "-f",
+        pipeline.to_str().unwrap(),
+        "--unchecked",
+    ];
+
+    let out = s.cli(&admin(), &apply).await;
+
+    assert_eq!(out.code, 2, "bad input is exit 2: {out:?}");
+    let field = "line 6: environment[0].project[0].endpoint";
+    assert!(out.stderr.contains(field), "{out:?}");
+    assert!(out.stderr.contains("must be https://"), "{out:?}");
+    let list = s.cli(&admin(), &["project", "list", "-o", "json"]).await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(!list.stdout.contains("\"C\""), "C was registered: {list:?}");
+}

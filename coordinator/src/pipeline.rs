@@ -127,6 +127,26 @@ pub fn parse(
     })
 }
 
+/// Each project endpoint of `text`, with the field that names it (`line 6:
+/// environment[0].project[0].endpoint`), so a check the file's parse cannot make (the
+/// coordinator's TLS setting) names the line too. Empty when the file does not parse:
+/// [`parse`] says why.
+pub fn endpoints(text: &str) -> Vec<(String, String)> {
+    let Ok(file) = toml::from_str::<File>(text) else {
+        return Vec::new();
+    };
+    let at = |start: usize| text[..start.min(text.len())].matches('\n').count() + 1;
+    let mut out = Vec::new();
+    for (i, entry) in file.environment.iter().enumerate() {
+        for (j, p) in entry.project.iter().enumerate() {
+            let line = at(p.endpoint.span().start);
+            let field = format!("line {line}: environment[{i}].project[{j}].endpoint");
+            out.push((field, p.endpoint.get_ref().clone()));
+        }
+    }
+    out
+}
+
 /// The projects an environment entry declares, each named once.
 fn projects_of(
     env: &Environment,

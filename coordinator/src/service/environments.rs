@@ -53,6 +53,9 @@ impl CoordinatorService {
             .allow(&request, "ApplyPipeline", Target::every())
             .await?;
         let r = request.get_ref();
+        for (field, endpoint) in crate::pipeline::endpoints(&r.text) {
+            self.endpoint_fits_tls(&field, &endpoint)?;
+        }
         let actor = who.actor_or("");
         let apply = (r.text.as_str(), r.dry_run, !r.unchecked);
         let applied = self.coordinator.apply_pipeline(apply, &actor).await?;

@@ -144,11 +144,12 @@ impl CoordinatorService {
         }
     }
 
-    /// A coordinator on mutual TLS reaches agents over https only.
-    fn endpoint_fits_tls(&self, endpoint: &str) -> Result<(), Status> {
+    /// A coordinator on mutual TLS reaches agents over https only; `field` names the
+    /// endpoint in the refusal.
+    fn endpoint_fits_tls(&self, field: &str, endpoint: &str) -> Result<(), Status> {
         if self.access.is_secure() && !endpoint.starts_with("https://") {
             let why = "must be https://: this coordinator reaches agents over mutual TLS";
-            return Err(lockstep::names::FieldError::new("endpoint", why).into());
+            return Err(lockstep::names::FieldError::new(field, why).into());
         }
         Ok(())
     }
@@ -172,7 +173,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::RegisterProjectRequest>,
     ) -> Result<Response<pb::RegisterProjectResponse>, Status> {
         let project = convert::project(request.get_ref().clone())?;
-        self.endpoint_fits_tls(&project.endpoint)?;
+        self.endpoint_fits_tls("endpoint", &project.endpoint)?;
         let target = Target::projects(&project.environment, [project.name.clone()]);
         let who = self.allow(&request, "RegisterProject", target).await?;
         let actor = who.actor_or("");
@@ -191,7 +192,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::UpdateProjectResponse>, Status> {
         let change = convert::project_change(request.get_ref().clone())?;
         if let Some(endpoint) = &change.endpoint {
-            self.endpoint_fits_tls(endpoint)?;
+            self.endpoint_fits_tls("endpoint", endpoint)?;
         }
         let target = Target::projects(&change.environment, [change.name.clone()]);
         let who = self.allow(&request, "UpdateProject", target).await?;
