@@ -69,12 +69,12 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
     refused(
         co.register_project(register("D", ep, &["Nope"])).await,
         Code::NotFound,
-        "requires[0]",
+        "requires: Nope: project Nope is not registered",
     );
     refused(
         co.register_project(register("D", ep, &["D"])).await,
         Code::InvalidArgument,
-        "requires[0]",
+        "requires: D: project D cannot require itself",
     );
     refused(
         co.register_project(register("B", ep, &["A"])).await,

@@ -305,14 +305,16 @@ pub(super) fn check_requires(
     env_projects: Option<&Projects>,
     project: &ProjectRecord,
 ) -> Result<()> {
-    for (i, child) in project.requires.iter().enumerate() {
+    // Each error names the child: the list is kept sorted, so an index would not be
+    // the one the caller gave.
+    for child in &project.requires {
         if child == &project.name {
-            let reason = format!("project {} cannot require itself", project.name);
-            return Err(FieldError::new(format!("requires[{i}]"), reason).into());
+            let reason = format!("{child}: project {child} cannot require itself");
+            return Err(FieldError::new("requires", reason).into());
         }
         if !env_projects.is_some_and(|m| m.contains_key(child)) {
             return Err(CoordinatorError::NotFound(format!(
-                "requires[{i}]: project {child} is not registered in environment {}; register children first",
+                "requires: {child}: project {child} is not registered in environment {}; register children first",
                 project.environment
             )));
         }
@@ -378,4 +380,45 @@ fn reaches(
     }
     path.pop();
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn record(name: &str, requires: &[&str]) -> ProjectRecord {
+        ProjectRecord {
+            name: ProjectName::parse("name", name).unwrap(),
+            environment: Environment::parse_or_default("environment", "").unwrap(),
+            endpoint: format!("http://{name}.agent:7000"),
+            requires: requires
+                .iter()
+                .map(|c| ProjectName::parse("requires", c).unwrap())
+                .collect(),
+            live_from: 0,
+        }
+    }
+
+    // `--requires Z,A` for A: the children are kept sorted (A, Z), so an index named
+    // the wrong one (requires[0] for the user's requires[1]); the child is named now.
+    #[test]
+    fn a_requires_error_names_the_child_not_a_sorted_index() {
+        let z = record("Z", &[]);
+        let projects: Projects = [(z.name.clone(), z)].into();
+        let itself = check_requires(Some(&projects), &record("A", &["A", "Z"]));
+        let message = itself.unwrap_err().to_string();
+        assert!(
+            message.contains("requires: A: project A cannot require itself"),
+            "{message}"
+        );
+
+        let missing = check_requires(Some(&projects), &record("A", &["B", "Z"]));
+        let message = missing.unwrap_err().to_string();
+        assert!(
+            message.contains("requires: B: project B is not registered"),
+            "{message}"
+        );
+    }
 }
