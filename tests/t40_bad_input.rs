@@ -66,6 +66,19 @@ async fn every_coordinator_rpc_refuses_bad_input_by_field_and_writes_nothing() {
         Code::InvalidArgument,
         "endpoint",
     );
+    // A port out of range was taken as no port (calls went to port 80), and port 0
+    // can never be reached.
+    for bad in [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:",
+    ] {
+        refused(
+            co.register_project(register("D", bad, &[])).await,
+            Code::InvalidArgument,
+            "endpoint: ",
+        );
+    }
     refused(
         co.register_project(register("D", ep, &["Nope"])).await,
         Code::NotFound,
@@ -628,4 +641,46 @@ async fn a_commit_delay_over_a_second_is_refused_at_start() {
         "{stderr}"
     );
     assert!(!data.exists(), "nothing written");
+}
+
+/// Review finding of stop 53: a file the command reads that is missing is a usage
+/// error (exit 2, naming the flag), whether or not the coordinator is up. With the
+/// coordinator down, `env apply -f missing` exited 3 (unreachable): the CLI connected
+/// before it read the file, so the user was sent to look at the wrong problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_input_file_is_a_usage_error_with_the_coordinator_down() {
+    // A port that was free a moment ago: nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let missing = "/nonexistent/lockstep-input";
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["env", "apply", "-f", missing],
+            "-f /nonexistent/lockstep-input",
+        ),
+        (
+            &[
+                "notify",
+                "add",
+                "hook",
+                "--url",
+                "http://127.0.0.1:9/x",
+                "--secret-file",
+                missing,
+            ],
+            "--secret-file /nonexistent/lockstep-input",
+        ),
+    ];
+    for (args, named) in cases {
+        let out = tokio::process::Command::new(support::bin("lockstep"))
+            .args(["--coordinator", &down])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "lockstep {args:?}: {stderr}");
+        assert!(stderr.contains(named), "lockstep {args:?}: {stderr}");
+    }
 }

@@ -161,6 +161,7 @@ async fn run(args: Args) -> Result<u8> {
     if let Command::Certs(c) = &args.command {
         return certs::run(c);
     }
+    input_files_readable(&args.command)?;
     let dial = Dial::new(&args.coordinator, args.credentials())?;
     let mut client = dial.connect().await?;
     let ctx = Context {
@@ -203,6 +204,23 @@ async fn run(args: Args) -> Result<u8> {
             unreachable!("handled before connecting")
         }
     }
+}
+
+/// The files a command reads open, checked before connecting: a missing one is a usage
+/// error (exit 2) naming its flag, whether or not the coordinator is up (before stop 55
+/// an unreachable coordinator was reported first, exit 3).
+fn input_files_readable(command: &Command) -> Result<()> {
+    let (flag, path) = match command {
+        Command::Env(args::EnvCommand::Apply { file, .. }) => ("-f", file),
+        Command::Notify(args::NotifyCommand::Add {
+            secret_file: Some(path),
+            ..
+        }) => ("--secret-file", path),
+        _ => return Ok(()),
+    };
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
 }
 
 /// `revert`, `rollback` and `promote`: transactions made from an earlier state.

@@ -96,7 +96,30 @@ pub fn validate_endpoint(field: &str, endpoint: &str) -> Result<(), lockstep::na
     if uri.host().is_none_or(|h| h.is_empty()) {
         return Err(FieldError::new(field, format!("{endpoint:?} has no host")));
     }
-    Ok(())
+    valid_port(field, endpoint, uri.authority().map_or("", |a| a.as_str()))
+}
+
+/// A port, when the endpoint names one, is 1 to 65535: the URL parser takes any digits,
+/// and tonic dials one it cannot read as the scheme's default port (80 or 443).
+fn valid_port(
+    field: &str,
+    endpoint: &str,
+    authority: &str,
+) -> Result<(), lockstep::names::FieldError> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return Ok(());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(lockstep::names::FieldError::new(
+            field,
+            format!("{endpoint:?} has port {port:?}; a port is 1 to 65535"),
+        )),
+    }
 }
 
 /// Most calls to participants in flight at once: after a restart thousands of drivers
