@@ -104,8 +104,16 @@ impl Ledger {
         self.writer.failed().await
     }
 
-    /// The record of `tx`, if any.
+    /// The record of `tx`, if any. Refused once a write or sync of the ledger failed:
+    /// a record written and never synced (a PREPARED one whose fsync failed) must not
+    /// answer a repeated order while the agent stops (stop 55: a repeated Prepare was
+    /// answered PREPARED from it).
     pub fn get(&self, tx: &str) -> Result<Option<Entry>, StoreError> {
+        if let Some(failure) = self.writer.failure() {
+            return Err(StoreError::Corrupt(format!(
+                "{TRANSACTIONS}/{tx}: not read, the ledger failed ({failure}); the agent stops and recovers what is durable"
+            )));
+        }
         if let Some(entry) = self.open_entries().get(tx) {
             return Ok(Some(entry.clone()));
         }

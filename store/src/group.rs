@@ -218,6 +218,12 @@ impl GroupCommit {
         }
     }
 
+    /// The error, once a write or sync has failed (every later call fails too): for a
+    /// reader that must not answer from what is written and may never be durable.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.borrow().clone()
+    }
+
     /// Resolves with the error once a write or sync has failed (the process must stop:
     /// what was not synced may be lost, and nothing may be decided on top of it).
     pub async fn failed(&self) -> String {

@@ -3,7 +3,7 @@
 
 use lockstep::{
     names::TxId,
-    orders::{AbortOrder, CommitOrder},
+    orders::{AbortOrder, CommitOrder, VoteAnswer},
 };
 use lockstep_store::Durability;
 
@@ -123,7 +123,19 @@ impl<D: Deployer> Participant<D> {
             };
             drop(guard);
             cancel.send_replace(true);
-            let _ = vote.wait_for(Option::is_some).await;
+            if vote.wait_for(Option::is_some).await.is_err() {
+                self.forget_unvoted(tx, &vote);
+            }
+        }
+    }
+
+    /// Takes `tx` out of the in-flight map when its staging task ended without a vote
+    /// (it panicked): nothing stages any more, and waiting for its vote would never end
+    /// (stop 55: an Abort after such a panic looped for ever).
+    fn forget_unvoted(&self, tx: &str, vote: &tokio::sync::watch::Receiver<Option<VoteAnswer>>) {
+        let mut in_flight = self.in_flight();
+        if in_flight.get(tx).is_some_and(|f| f.vote.same_channel(vote)) {
+            in_flight.remove(tx);
         }
     }
 

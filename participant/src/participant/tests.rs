@@ -319,3 +319,112 @@ async fn an_abort_of_a_refused_transaction_touches_nothing_staged() {
     assert_eq!(hooks, "serve T1 v2\n", "T2's Abort ran hooks");
     assert!(p.inner.deployer.release_dir("v2").is_dir());
 }
+
+/// Panics while staging, as a deployer with a bug might.
+struct Panicking;
+
+impl Deployer for Panicking {
+    async fn stage(&self, _change: &Change) -> Result<Staged, Refusal> {
+        panic!("a deployer bug while staging")
+    }
+
+    async fn go_live(&self, _change: &Change, _staged: &Staged) -> Result<(), DeployError> {
+        Ok(())
+    }
+
+    async fn undo(&self, _change: &Change, _staged: Option<&Staged>) -> Result<(), DeployError> {
+        Ok(())
+    }
+
+    async fn live_version(&self) -> Result<Option<String>, DeployError> {
+        Ok(None)
+    }
+}
+
+// Review finding of stop 55: a staging task that panicked never took its transaction
+// out of the in-flight map nor sent a vote, so the Abort the coordinator then sent
+// waited for that vote in a loop for ever (and the transaction stayed open, so every
+// later Prepare was refused as busy).
+#[tokio::test]
+async fn an_abort_after_staging_panicked_ends_and_frees_the_participant() {
+    let ledger = Ledger::open(Arc::new(MemKv::new()), WriterMode::Task).unwrap();
+    let p = Participant::new(
+        "api".into(),
+        "production".into(),
+        Panicking,
+        None,
+        ledger,
+        None,
+    );
+    let vote = p.prepare(order("T1")).await.unwrap();
+    assert!(matches!(vote, VoteAnswer::Refused(_)), "{vote:?}");
+
+    let aborted = tokio::time::timeout(Duration::from_secs(10), p.abort(&abort_order("T1"))).await;
+
+    aborted.expect("the Abort never ended").unwrap();
+    let phase = p.inner.ledger.get("T1").unwrap().map(|e| e.phase);
+    assert_eq!(phase, Some(Phase::Aborted));
+    assert!(p.inner.ledger.open_ids().is_empty(), "T1 is still open");
+}
+
+/// A disk whose writes land and whose fsync fails.
+#[derive(Default)]
+struct SyncFails(MemKv);
+
+impl lockstep_store::Kv for SyncFails {
+    fn get(
+        &self,
+        table: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, lockstep_store::StoreError> {
+        self.0.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: Option<&[u8]>,
+        order: lockstep_store::Order,
+        limit: usize,
+    ) -> Result<Vec<lockstep_store::Entry>, lockstep_store::StoreError> {
+        self.0.scan(table, from, to, order, limit)
+    }
+
+    fn write(
+        &self,
+        batch: lockstep_store::Batch,
+        durability: lockstep_store::Durability,
+    ) -> Result<(), lockstep_store::StoreError> {
+        self.0.write(batch, durability)
+    }
+
+    fn sync(&self) -> Result<(), lockstep_store::StoreError> {
+        Err(lockstep_store::StoreError::Corrupt(
+            "fsync failed (test)".into(),
+        ))
+    }
+}
+
+// Review finding of stop 55: when the PREPARED record's fsync failed, the vote went out
+// REFUSED, but the record stayed readable (in memory and in the store's memtable), so
+// a repeated Prepare, before the agent's fail-stop, was answered PREPARED from a record
+// that never reached the disk.
+#[tokio::test]
+async fn a_vote_whose_record_failed_to_sync_is_never_answered_prepared() {
+    let ledger = Ledger::open(Arc::new(SyncFails::default()), WriterMode::Task).unwrap();
+    let p = Participant::new(
+        "api".into(),
+        "production".into(),
+        Tracked::default(),
+        None,
+        ledger,
+        None,
+    );
+    let first = p.prepare(order("T1")).await.unwrap();
+    assert!(matches!(first, VoteAnswer::Refused(_)), "{first:?}");
+
+    let again = p.prepare(order("T1")).await;
+
+    assert!(!matches!(again, Ok(VoteAnswer::Prepared(_))), "{again:?}");
+}
