@@ -59,6 +59,7 @@ impl<'a> Lexer<'a> {
     /// comment and block.
     fn statement(&mut self) -> Option<Statement> {
         let (mut words, mut line, mut depth) = (Vec::new(), 0, 0usize);
+        let (mut seen, mut routine) = (0usize, false);
         while let Some(c) = self.peek(0) {
             match c {
                 b';' if depth == 0 => {
@@ -69,7 +70,9 @@ impl<'a> Lexer<'a> {
                 }
                 c if c.is_ascii_alphabetic() || c == b'_' => {
                     let word = self.word();
-                    depth = block_depth(depth, &word, words.is_empty());
+                    routine |= seen < ROUTINE_WORDS && creates_routine(&words, &word);
+                    seen += 1;
+                    depth = block_depth(depth, &word, words.is_empty() || !routine);
                     if words.is_empty() {
                         line = self.line;
                     }
@@ -190,12 +193,26 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// The depth of `BEGIN ... END` blocks inside a statement after `word` (`first`: the
-/// statement's first word, where `BEGIN` begins a transaction, not a block). Inside a
-/// block, `CASE ... END` nests, so its `END` closes no block.
-fn block_depth(depth: usize, word: &str, first: bool) -> usize {
+/// How far into a statement `TRIGGER`, `FUNCTION` or `PROCEDURE` is looked for
+/// (`CREATE OR REPLACE TEMP TRIGGER`).
+const ROUTINE_WORDS: usize = 5;
+
+/// Whether `word`, after the statement's `words` so far, makes it create a trigger, a
+/// function or a procedure: only their bodies hold `BEGIN ... END` blocks. Anywhere
+/// else `begin` is a name (a column), which opens nothing (stop 55: it opened a block,
+/// so the statements after it went unread).
+fn creates_routine(words: &[String], word: &str) -> bool {
+    words.first().is_some_and(|w| w == "CREATE")
+        && matches!(word, "TRIGGER" | "FUNCTION" | "PROCEDURE")
+}
+
+/// The depth of `BEGIN ... END` blocks inside a statement after `word` (`opens_none`:
+/// the statement's first word, where `BEGIN` begins a transaction, or a statement that
+/// creates no routine, where it is a name). Inside a block, `CASE ... END` nests, so
+/// its `END` closes no block.
+fn block_depth(depth: usize, word: &str, opens_none: bool) -> usize {
     match word {
-        "BEGIN" if !first => depth + 1,
+        "BEGIN" if !opens_none => depth + 1,
         "CASE" if depth > 0 => depth + 1,
         "END" if depth > 0 => depth - 1,
         _ => depth,
@@ -256,5 +273,18 @@ mod tests {
             found("CREATE TABLE begin_at (x int); SELECT 1 AS commit_ts;"),
             None
         );
+    }
+
+    // Review finding of stop 55: `begin` is a legal column name, and any BEGIN after a
+    // statement's first word opened a block, so no later `;` ended a statement and the
+    // COMMIT that followed ran, committing the agent's migration transaction.
+    #[test]
+    fn a_column_named_begin_opens_no_block() {
+        let column = "ALTER TABLE shifts ADD COLUMN begin timestamptz;\nCOMMIT;";
+        assert_eq!(found(column), Some(("COMMIT".into(), 2)));
+        let table = "CREATE TABLE t (begin int, x int);\nCOMMIT;";
+        assert_eq!(found(table), Some(("COMMIT".into(), 2)));
+        let replace = "CREATE OR REPLACE FUNCTION h() RETURNS int LANGUAGE sql\nBEGIN ATOMIC SELECT 1; END;\nSELECT 2;";
+        assert_eq!(found(replace), None);
     }
 }
