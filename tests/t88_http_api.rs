@@ -189,6 +189,25 @@ async fn events_resume_from_the_last_event_id_with_no_gap_or_duplicate() {
     assert_eq!(resumed, vec![7, 8, 9], "right after the last one seen");
 }
 
+/// Review finding of stop 55: the event stream's query made every `true`/`false` a
+/// boolean (the routes stopped doing so at stop 54), so a transaction named `true`
+/// could not be followed: 400, where WatchEvents over gRPC follows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_named_true_can_be_followed_over_sse() {
+    let (s, api) = cluster().await;
+    let http = client(&s, Some("admin"));
+    let body = json!({"id": "true", "components": [{"project": "A", "version": "1.0"}]});
+    let (status, body) = call(http.post(format!("{api}/releases")).json(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let url = format!("{api}/events?from=1&transactionId=true&untilTerminal=true");
+    let stream = http.get(url).send().await.unwrap();
+
+    assert_eq!(stream.status(), StatusCode::OK);
+    let seen = sse_ids(stream, 2).await;
+    assert_eq!(seen.len(), 2, "the release's events: {seen:?}");
+}
+
 /// The console's own reads: the matrix holds what the caller may read, each cell held
 /// by an undecided transaction marked with it; whoami says what the caller may do
 /// there, and nobody may approve what they created.
@@ -253,6 +272,9 @@ async fn the_matrix_and_whoami_answer_for_the_caller() {
     assert_eq!(me["may"]["Approve"], true, "{me}");
     let (_, me) = call(admin.get(format!("{api}/whoami?transaction=R1"))).await;
     assert_eq!(me["may"]["Approve"], false, "the admin created R1: {me}");
+    // Four eyes is for approval: the creator may Reject, as the server allows (stop
+    // 55: whoami said no, so the console hid a call that works, as Abort does too).
+    assert_eq!(me["may"]["Reject"], true, "{me}");
     assert!(
         me["notes"]["Approve"]
             .as_str()

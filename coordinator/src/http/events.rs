@@ -34,15 +34,14 @@ pub async fn stream(
 ) -> Response {
     let mut fields = serde_json::Map::new();
     for (key, value) in query {
-        let value = match value.as_str() {
-            "true" | "false" => Value::Bool(value == "true"),
-            _ => Value::String(value),
-        };
         let key = if key == "from" {
             "fromSeq".to_string()
         } else {
             key
         };
+        // `true`/`false` is a boolean only for a boolean field (a transaction may be
+        // named `true`).
+        let value = super::routes::typed::<pb::WatchEventsRequest>(&key, value);
         fields.insert(key, value);
     }
     if let Some(resume) = last_event_id(&headers) {

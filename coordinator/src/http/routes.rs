@@ -143,7 +143,7 @@ fn query_fields<T: DeserializeOwned>(query: Vec<(String, String)>) -> Fields {
 /// Query value `v` of field `k`: a boolean where `T`'s field is one and `v` is
 /// `true`/`false`, else the string it is (an environment or project may be called
 /// `true`: before stop 54 every such value became a boolean, refused for a name).
-fn typed<T: DeserializeOwned>(k: &str, v: String) -> Value {
+pub(super) fn typed<T: DeserializeOwned>(k: &str, v: String) -> Value {
     let boolean = match v.as_str() {
         "true" => true,
         "false" => false,

@@ -52,12 +52,11 @@ async fn allowed(api: &Api, caller: &Caller, about: &About) -> Result<Value, Sta
         .map(|rule| (rule.key, rule.admits(&principal, &target)))
         .collect();
     let mut notes = serde_json::Map::new();
+    // Four eyes is for approval only: the creator may Reject, as it may Abort.
     if creator.as_deref().is_some_and(|c| created(&principal, c)) {
-        for call in ["Approve", "Reject"] {
-            may.insert(call, false);
-            let why = "you created it: approval needs another person (four eyes)";
-            notes.insert(call.into(), why.into());
-        }
+        may.insert("Approve", false);
+        let why = "you created it: approval needs another person (four eyes)";
+        notes.insert("Approve".into(), why.into());
     }
     Ok(json!({
         "actor": principal.actor,
