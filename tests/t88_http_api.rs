@@ -208,6 +208,61 @@ async fn a_transaction_named_true_can_be_followed_over_sse() {
     assert_eq!(seen.len(), 2, "the release's events: {seen:?}");
 }
 
+/// A gap the HTTP review of stop 55 named (tested over gRPC only): given R2 of B, then
+/// R1 of A, when a viewer of A follows `/events` from 1 and its token is revoked, then
+/// it saw R1's events and nothing of B's nor of the audit, and the stream ended with an
+/// error naming the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sse_stream_shows_a_viewer_its_projects_only_and_ends_when_revoked() {
+    let (s, api) = cluster().await;
+    let admin = client(&s, Some("admin"));
+    for (id, project) in [("R2", "B"), ("R1", "A")] {
+        let body =
+            json!({"id": id, "components": [{"project": project, "version": "1.0"}], "wait": true});
+        let (status, body) = call(admin.post(format!("{api}/releases")).json(&body)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (id, token) = s
+        .token(&["--role", "viewer", "--project", "A", "--ttl", "1h"])
+        .await;
+    let http = client(&s, None);
+    let stream = http
+        .get(format!("{api}/events?from=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reading = tokio::spawn(http::sse_to_end(stream));
+    // R1's end is the newest event the viewer may read: once it is out, revoke.
+    let follow = format!("{api}/events?from=1&transactionId=R1&untilTerminal=true");
+    let r1 = http.get(follow).bearer_auth(&token).send().await.unwrap();
+    let (r1_events, _) = http::sse_to_end(r1).await;
+    assert!(!r1_events.is_empty(), "R1 followed to its end");
+
+    let out = s
+        .cli(&support::secure::admin(), &["token", "revoke", &id])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (events, error) = reading.await.unwrap();
+
+    assert!(
+        events.iter().any(|e| e["transactionId"] == "R1"),
+        "{events:?}"
+    );
+    for e in &events {
+        assert_ne!(e["transactionId"], "R2", "B's release: {e}");
+        assert_ne!(e["project"], "B", "B's event: {e}");
+        let kind = e["kind"].as_str().unwrap_or_default();
+        assert!(
+            !kind.contains("ACCESS") && !kind.contains("TOKEN"),
+            "audit: {e}"
+        );
+    }
+    let error = error.expect("the stream ended without an error event");
+    assert!(error.contains(&id), "{error}");
+}
+
 /// The console's own reads: the matrix holds what the caller may read, each cell held
 /// by an undecided transaction marked with it; whoami says what the caller may do
 /// there, and nobody may approve what they created.

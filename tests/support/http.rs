@@ -48,3 +48,30 @@ pub async fn sse_ids(mut response: reqwest::Response, done: impl Fn(&[u64]) -> b
     }
     ids
 }
+
+/// Reads the SSE stream `response` until it ends (60 s at most): its events'
+/// `data` as JSON, and the data of its `error` event, if one came.
+pub async fn sse_to_end(mut response: reqwest::Response) -> (Vec<Value>, Option<String>) {
+    let read = async {
+        let mut text = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the stream did not end within 60 s");
+    let (mut events, mut error) = (Vec::new(), None);
+    for block in text.split("\n\n") {
+        let data = block.lines().find_map(|l| l.strip_prefix("data:"));
+        let Some(data) = data.map(str::trim) else {
+            continue;
+        };
+        match block.lines().any(|l| l.trim() == "event: error") {
+            true => error = Some(data.to_string()),
+            false => events.push(serde_json::from_str(data).unwrap()),
+        }
+    }
+    (events, error)
+}
