@@ -44,6 +44,7 @@ pub mod reference;
 pub mod retry;
 pub mod shutdown;
 pub mod standby;
+pub mod status;
 pub mod tls;
 pub mod trace;
 pub mod wire;

@@ -684,3 +684,61 @@ async fn a_missing_input_file_is_a_usage_error_with_the_coordinator_down() {
         assert!(stderr.contains(named), "lockstep {args:?}: {stderr}");
     }
 }
+
+/// Found at stop 56: with `-o json` a failed command printed nothing on stdout, so a CI
+/// job piping it to `jq` read empty input and could not tell "not found" from "not
+/// allowed" from "unreachable" but by the exit code. Given a running coordinator, when
+/// a release that does not exist is shown, a malformed request is sent, and a
+/// coordinator that is down is asked, then each prints one JSON object on stdout naming
+/// the gRPC code, the message and the exit code, which matches the process's, and the
+/// stderr line stays as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_with_json_output_prints_a_json_error_on_stdout() {
+    let c = Cluster::family().await;
+    let cases: [(&[&str], i32, &str, &str); 2] = [
+        (
+            &["release", "get", "NOPE", "-o", "json"],
+            1,
+            "NOT_FOUND",
+            "NOPE",
+        ),
+        (
+            &[
+                "release",
+                "create",
+                "R1",
+                "B=1.0",
+                "--timeout",
+                "0s",
+                "-o",
+                "json",
+            ],
+            2,
+            "INVALID_ARGUMENT",
+            "prepare_timeout",
+        ),
+    ];
+    for (args, exit, code, named) in cases {
+        let out = c.cli(args).await;
+        assert_eq!(out.code, exit, "{out:?}");
+        let error = out.json();
+        assert_eq!(error["code"], code, "{out:?}");
+        assert_eq!(error["exitCode"], exit, "{out:?}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(named), "{out:?}");
+        assert!(out.stderr.contains(message), "{out:?}");
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let out = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["--coordinator", &down, "release", "list", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"));
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert_eq!(error["exitCode"], 3, "{error}");
+}

@@ -171,15 +171,9 @@ fn write(path: &PathBuf, text: &str, secret: bool) -> Result<()> {
 }
 
 fn io_failure(path: &Path, e: std::io::Error) -> Failure {
-    Failure {
-        code: crate::REFUSED,
-        message: format!("{}: {e}", path.display()),
-    }
+    Failure::new(crate::REFUSED, format!("{}: {e}", path.display()))
 }
 
 fn rcgen_failure(e: rcgen::Error) -> Failure {
-    Failure {
-        code: crate::REFUSED,
-        message: format!("making certificates: {e}"),
-    }
+    Failure::new(crate::REFUSED, format!("making certificates: {e}"))
 }

@@ -104,13 +104,13 @@ impl Dial {
                 Err(e) => seen.push(e.message),
             }
         }
-        Err(Failure {
-            code: UNREACHABLE,
-            message: format!(
+        Err(Failure::new(
+            UNREACHABLE,
+            format!(
                 "no coordinator of --coordinator leads now ({})",
                 seen.join("; ")
             ),
-        })
+        ))
     }
 
     fn client(&self, channel: Channel) -> Client {
@@ -124,9 +124,11 @@ impl Dial {
             .connect_timeout(Duration::from_secs(5));
         let endpoint = lockstep::edge::secured(endpoint, self.tls.as_ref())
             .map_err(|e| Failure::usage(format!("--coordinator {e}")))?;
-        endpoint.connect().await.map_err(|e| Failure {
-            code: UNREACHABLE,
-            message: format!("cannot reach the coordinator at {url}: {e}"),
+        endpoint.connect().await.map_err(|e| {
+            Failure::new(
+                UNREACHABLE,
+                format!("cannot reach the coordinator at {url}: {e}"),
+            )
         })
     }
 }

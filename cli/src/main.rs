@@ -63,18 +63,42 @@ fn quiet_on_closed_pipe() {
     }
 }
 
-/// A failure with the exit code it maps to.
+/// A failure with the exit code it maps to, and the coordinator's status when it
+/// answered with one (`-o json` names it).
 struct Failure {
     code: u8,
     message: String,
+    status: Option<Code>,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Self {
+    fn new(code: u8, message: impl Into<String>) -> Self {
         Self {
-            code: USAGE,
+            code,
             message: message.into(),
+            status: None,
         }
+    }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Self::new(USAGE, message)
+    }
+
+    /// The failure as `-o json` prints it on stdout, so a job reading stdout with `jq`
+    /// learns what failed: the gRPC code's name (`NOT_FOUND`; without a status, the
+    /// code the exit code stands for), the message stderr shows, and the exit code.
+    fn json(&self) -> serde_json::Value {
+        let code = self.status.unwrap_or(match self.code {
+            USAGE => Code::InvalidArgument,
+            UNREACHABLE => Code::Unavailable,
+            NOT_ALLOWED => Code::PermissionDenied,
+            _ => Code::FailedPrecondition,
+        });
+        serde_json::json!({
+            "code": lockstep::status::code_name(code),
+            "message": self.message,
+            "exitCode": self.code,
+        })
     }
 }
 
@@ -90,6 +114,7 @@ impl From<Status> for Failure {
         Self {
             code,
             message: format!("{:?}: {}", s.code(), s.message()),
+            status: Some(s.code()),
         }
     }
 }
@@ -116,6 +141,7 @@ async fn main() -> ExitCode {
     };
     // One span for the whole command: the root of its trace when traces are exported.
     let span = tracing::info_span!("lockstep", otel.name = %command_name());
+    let json = args.output == Output::Json;
     let ran = tracing::Instrument::instrument(run(args), span).await;
     // Exported from a thread of its own: the exporter's channel runs on this runtime.
     let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
@@ -123,6 +149,9 @@ async fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("lockstep: {}", f.message);
+            if json {
+                println!("{:#}", f.json());
+            }
             ExitCode::from(f.code)
         }
     }

@@ -65,13 +65,13 @@ pub async fn until_settled(
         // the coordinator is away: a failover or restart longer than a couple of
         // minutes must not turn a wait of ten into "outcome unknown".
         if Instant::now() >= deadline {
-            return Err(Failure {
-                code: UNREACHABLE,
-                message: format!(
+            return Err(Failure::new(
+                UNREACHABLE,
+                format!(
                     "lost the coordinator at {} while waiting for {}; its outcome is unknown here: check with `lockstep release get {}`",
                     dial.url, tx.id, tx.id
                 ),
-            });
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Ok(c) = dial.connect().await {
@@ -190,13 +190,13 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
         }
         let since = *down_since.get_or_insert_with(Instant::now);
         if since.elapsed() > RECONNECT_FOR {
-            return Err(Failure {
-                code: UNREACHABLE,
-                message: format!(
+            return Err(Failure::new(
+                UNREACHABLE,
+                format!(
                     "lost the coordinator at {}; resume with --from {next}",
                     dial.url
                 ),
-            });
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

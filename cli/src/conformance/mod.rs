@@ -88,10 +88,9 @@ struct Report {
 /// skipped (unless skips are allowed): a run without `--restart-cmd` leaves durability
 /// unchecked, and must not read as a pass by accident (before stop 54 it did).
 pub async fn run(request: Request, out: Output) -> Result<u8> {
-    let decisions = decisions::serve(request.serve).await.map_err(|e| Failure {
-        code: crate::USAGE,
-        message: format!("--serve {}: {e}", request.serve),
-    })?;
+    let decisions = decisions::serve(request.serve)
+        .await
+        .map_err(|e| Failure::new(crate::USAGE, format!("--serve {}: {e}", request.serve)))?;
     let agent = connect(&request.agent, request.call_timeout).await?;
     let mut kit = checks::Kit::new(agent, &request, decisions);
     let results = kit.run_all().await;
@@ -105,9 +104,11 @@ async fn connect(url: &str, call_timeout: std::time::Duration) -> Result<checks:
     let endpoint = lockstep::edge::agent_endpoint(url)
         .map_err(|e| Failure::usage(format!("--agent {url:?} is not a URL: {e}")))?
         .timeout(call_timeout);
-    let channel = endpoint.connect().await.map_err(|e| Failure {
-        code: crate::UNREACHABLE,
-        message: format!("cannot reach the agent at {url}: {e}"),
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::new(
+            crate::UNREACHABLE,
+            format!("cannot reach the agent at {url}: {e}"),
+        )
     })?;
     Ok(checks::Agent::new(channel))
 }

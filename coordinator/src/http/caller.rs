@@ -155,7 +155,7 @@ pub fn answer<T: Serialize>(result: Result<tonic::Response<T>, Status>) -> Respo
 /// `{"code": "NOT_FOUND", "message": "..."}` with the HTTP status of the gRPC code.
 pub fn failure(status: &Status) -> Response {
     let body = serde_json::json!({
-        "code": code_name(status.code()),
+        "code": lockstep::status::code_name(status.code()),
         "message": status.message(),
     });
     (http_status(status.code()), axum::Json(body)).into_response()
@@ -177,30 +177,5 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The gRPC code's canonical name (`NOT_FOUND`), as grpcurl prints it.
-fn code_name(code: Code) -> String {
-    let words = format!("{code:?}");
-    let mut name = String::new();
-    for (i, c) in words.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_named_as_grpc_names_them() {
-        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(Code::Ok), "OK");
     }
 }
