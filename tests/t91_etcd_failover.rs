@@ -7,7 +7,7 @@
 mod support;
 
 use lockstep::pb::{self, TransactionState};
-use lockstep_store::etcd_member::EtcdMember;
+use lockstep_store::{Order, etcd_member::EtcdMember};
 use support::{
     Cluster, DEADLINE, Server, bin,
     secure::{As, Secure, admin},
@@ -647,4 +647,38 @@ async fn a_leader_stopped_cleanly_hands_over_at_once() {
         .expect("the standby leads before the 30 s lease could have run out")
         .unwrap();
     assert!(standby.log().contains("leading with term"));
+}
+
+/// Review finding of stop 56: on etcd started without the limits the README asks for
+/// (etcd's defaults: 128 operations and 1.5 MiB in one transaction), the coordinator
+/// started and served; the first batch above the limit (a release moving ~40
+/// projects, or a busy group commit) was refused by etcd, which stopped the leader,
+/// and a retried release stopped every leader after it. Given a member with etcd's
+/// defaults, when a coordinator starts on it, then it exits 2 naming both flags and
+/// the values it needs, and writes nothing under its prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_refuses_to_start_on_etcd_with_its_default_transaction_limits() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start_with_etcd_defaults(etcd_dir.path()).unwrap();
+    let started = tokio::process::Command::new(bin("lockstep-coordinator"))
+        .args(["--insecure", "--listen", "127.0.0.1:0", "--store"])
+        .arg(member.url("limits"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, started)
+        .await
+        .expect("the coordinator served on etcd with its default limits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for named in ["--max-txn-ops", "10000", "--max-request-bytes", "8388608"] {
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+    let target = lockstep_store::EtcdTarget::parse(&member.url("limits")).unwrap();
+    let tables = lockstep_coordinator::tables::ALL;
+    let kv = lockstep_store::EtcdKv::open(&target, tables).unwrap();
+    for table in tables {
+        let rows = lockstep_store::Kv::scan(&kv, table, b"", None, Order::Ascending, 1);
+        assert_eq!(rows.unwrap(), Vec::new(), "{table}: nothing written");
+    }
 }

@@ -40,7 +40,7 @@ use std::{
 
 use lockstep::pb;
 pub use lockstep_store::WriterMode;
-use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
+use lockstep_store::{Batch, BatchLimit, GroupCommit, Hooks, StoreError, SyncerWriter};
 use tokio::sync::watch;
 
 use crate::{error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings};
@@ -142,8 +142,9 @@ struct Queue {
     next_seq: u64,
     /// Appends numbered so far: the newest one's number.
     appends: u64,
-    /// What the appends queued and the syncer has not written yet, in log order.
-    batch: Batch,
+    /// What the appends queued and the syncer has not written yet, in log order: each
+    /// append's batch (its events among its records).
+    batches: Vec<Batch>,
     events: Vec<pb::Event>,
     /// What the syncer wrote for the sync it is about to make: the newest append it
     /// covers and the events that sync makes durable.
@@ -175,7 +176,7 @@ impl Queue {
         self.next_seq += events.len() as u64;
         self.appends += 1;
         self.queued_bytes += batch.bytes();
-        self.batch.extend(batch);
+        self.batches.push(batch);
         self.events.extend(events);
         let seq = if self.next_seq == first {
             first - 1
@@ -188,12 +189,14 @@ impl Queue {
     /// The syncer's step just before a sync: writes everything queued, and notes what
     /// the sync will make durable.
     fn write(&mut self, log: &SyncerWriter<'_>) {
-        let batch = std::mem::take(&mut self.batch);
+        let batches = std::mem::take(&mut self.batches);
         let events = std::mem::take(&mut self.events);
         self.queued_bytes = 0;
         // A failure is recorded by the log (fail-stop) and reported by `failed`; the
-        // sync then does not happen and these events are never published.
-        if batch.is_empty() || log.write(batch, None).is_ok() {
+        // sync then does not happen and these events are never published. The writes
+        // before it landed whole: a prefix of the appends, as a crash leaves.
+        let mut writes = whole_appends(batches, log.batch_limit()).into_iter();
+        if writes.all(|batch| log.write(batch, None).is_ok()) {
             self.in_sync = (self.appends, events);
         }
         self.sync_started = Some(Instant::now());
@@ -365,6 +368,29 @@ impl Journal {
     }
 }
 
+/// The queued appends' batches as the store's writes: all in one, or, under the store's
+/// `limit` (etcd's per-transaction limits), consecutive appends in each write, never
+/// one append split across two (its records and events land together or not at all).
+/// An append beyond the limit alone is written alone, and refused as before.
+fn whole_appends(batches: Vec<Batch>, limit: Option<BatchLimit>) -> Vec<Batch> {
+    let mut writes = Vec::new();
+    let (mut current, mut bytes) = (Batch::default(), 0);
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        let size = batch.bytes();
+        let fits = |l: BatchLimit| l.fits(current.ops.len() + batch.ops.len(), bytes + size);
+        if !current.is_empty() && !limit.is_none_or(fits) {
+            writes.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.extend(batch);
+        bytes += size;
+    }
+    if !current.is_empty() {
+        writes.push(current);
+    }
+    writes
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -455,6 +481,40 @@ mod tests {
             "durable with the decision's sync"
         );
         assert_eq!(journal.stats().syncs, 1);
+    }
+
+    /// Review finding of stop 56: the syncer merged every queued append into one
+    /// batch, so on etcd a busy group commit could exceed what one etcd transaction
+    /// takes; etcd refused it and the leader stopped. Given a store that takes at most
+    /// three operations a batch, when five quiet appends of one event and a decision of
+    /// two ride on one sync, then every append is durable, in order, with one sync.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_commit_beyond_the_stores_batch_limit_is_written_as_whole_appends() {
+        let limit = lockstep_store::BatchLimit {
+            ops: 3,
+            bytes: 1 << 20,
+        };
+        let kv = MemKv::with_batch_limit(limit);
+        let (journal, feed, tables) = journal(&kv);
+        let votes: Vec<String> = (1..=5).map(|n| format!("vote {n}")).collect();
+        for vote in &votes {
+            journal.append_quietly(Batch::default(), vec![event(vote)]);
+        }
+        let decision = vec![event("decision"), event("checkpoint")];
+        let seq = journal.append(Batch::default(), decision, Durable::Now);
+        assert_eq!(seq.await.unwrap(), 6, "numbered after the held ones");
+        let mut expected: Vec<(u64, String)> =
+            votes.into_iter().zip(1..).map(|(v, n)| (n, v)).collect();
+        expected.extend([(6, "decision".to_string()), (7, "checkpoint".to_string())]);
+        assert_eq!(messages(&feed.read(1, 10).unwrap()), expected);
+        kv.crash();
+        kv.restart();
+        assert_eq!(
+            messages(&tables.events(1, 10).unwrap()),
+            expected,
+            "durable"
+        );
+        assert_eq!(journal.stats().syncs, 1, "still one sync");
     }
 
     #[tokio::test(start_paused = true)]

@@ -349,6 +349,18 @@ async fn open_store(
     let ttl = args.etcd_lease_ttl;
     let opened = tokio::task::spawn_blocking(move || EtcdKv::open(&target, tables::ALL));
     let kv = Arc::new(opened.await?.context("opening the etcd store")?);
+    let checked = kv.clone();
+    let limits = tokio::task::spawn_blocking(move || checked.check_limits());
+    if let Err(refused) = limits
+        .await?
+        .context("asking etcd for its transaction limits")?
+    {
+        // A usage error, as a bad flag is: nothing was written, and serving would stop
+        // at the first large write (lockstep_store::etcd_limits).
+        tracing::error!("--store: {refused}");
+        eprintln!("lockstep-coordinator: --store: {refused}");
+        std::process::exit(2);
+    }
     let standby = Standby::default();
     let view = read_view(kv.clone(), args.clone(), tls.cloned(), net);
     let service = StandbyService::new(standby.clone(), view);

@@ -72,6 +72,10 @@ const CHECKS: &[(&str, Check)] = &[
         "scans_keep_byte_order_after_reopen",
         scans_keep_byte_order_after_reopen,
     ),
+    (
+        "a_batch_at_the_declared_limit_is_written_whole",
+        a_batch_at_the_declared_limit_is_written_whole,
+    ),
 ];
 
 /// Runs every check against `subject`, whose store must be freshly opened with
@@ -416,4 +420,23 @@ fn scans_keep_byte_order_after_reopen(subject: &mut dyn Subject) {
             .collect::<Vec<_>>()
     );
     assert_scans_match(&*kv, t, &sorted, "after reopen");
+}
+
+/// A store that declares a [`crate::BatchLimit`] takes a batch right at it, whole: the
+/// coordinator's journal packs its appends up to it and a refusal stops the coordinator.
+fn a_batch_at_the_declared_limit_is_written_whole(subject: &mut dyn Subject) {
+    let kv = subject.store();
+    let Some(limit) = kv.batch_limit() else {
+        return;
+    };
+    let [t, _] = TABLES;
+    let mut batch = Batch::default();
+    let value = vec![b'v'; limit.bytes / limit.ops - 8];
+    for n in 0..limit.ops {
+        batch.put(t, format!("{n:08}").into_bytes(), value.clone());
+    }
+    assert!(limit.fits(batch.ops.len(), batch.bytes()), "{limit:?}");
+    kv.write(batch, Durability::Sync)
+        .expect("a batch at the declared limit is taken");
+    assert_eq!(all(&*kv, t).len(), limit.ops, "every key written");
 }

@@ -13,8 +13,10 @@
 //! and the caller's thread waits for the answer, as it would for a disk.
 //!
 //! etcd limits one transaction to `--max-txn-ops` operations (128 by default) and one
-//! request to `--max-request-bytes` (1.5 MiB): a coordinator's group commit can exceed
-//! both, so its etcd members need larger limits (README "High availability").
+//! request to `--max-request-bytes` (1.5 MiB): a coordinator's steps can exceed both,
+//! so it needs larger limits, checks them before it serves
+//! ([`EtcdKv::check_limits`]) and keeps its batches within them
+//! ([`Kv::batch_limit`]).
 
 use std::{
     sync::{Mutex, mpsc},
@@ -27,7 +29,7 @@ use etcd_client::{
 };
 use tokio::runtime::Handle;
 
-use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
+use crate::{Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
 
 /// How long one call to etcd may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -341,7 +343,7 @@ impl EtcdKv {
     /// A KV client taking answers as large as etcd sends them (etcd-client's default
     /// refuses a decoded answer over 4 MiB: a page of checkpoints or records of a big
     /// environment, which a new leader must read to catch up).
-    fn kv_client(&self) -> etcd_client::KvClient {
+    pub(crate) fn kv_client(&self) -> etcd_client::KvClient {
         self.client
             .kv_client()
             .max_decoding_message_size(MAX_ANSWER_BYTES)
@@ -375,7 +377,7 @@ impl EtcdKv {
     }
 
     /// Sends `txn` as it is.
-    fn transact(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+    pub(crate) fn transact(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         let kv = self.kv_client();
         wait_retrying(&self.runtime, move || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
@@ -548,6 +550,17 @@ impl Kv for EtcdKv {
     fn sync(&self) -> Result<(), StoreError> {
         // Every etcd write is durable once it is answered.
         Ok(())
+    }
+
+    /// What [`EtcdKv::check_limits`] made sure the members take (less the sequence
+    /// key each batch also writes), with room
+    /// for what etcd adds per operation (the prefix on each key, framing: at most
+    /// ~150 bytes, 1.5 MB over 9,999 operations).
+    fn batch_limit(&self) -> Option<BatchLimit> {
+        Some(BatchLimit {
+            ops: crate::etcd_limits::REQUIRED_TXN_OPS - 1,
+            bytes: crate::etcd_limits::REQUIRED_REQUEST_BYTES / 2,
+        })
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{Batch, Durability, Kv, StoreError};
+use crate::{Batch, BatchLimit, Durability, Kv, StoreError};
 
 /// How a syncer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,11 @@ impl SyncerWriter<'_> {
     /// As [`GroupCommit::write`].
     pub fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
         self.shared.write(batch, sync_within)
+    }
+
+    /// The largest batch one write takes ([`Kv::batch_limit`]).
+    pub fn batch_limit(&self) -> Option<BatchLimit> {
+        self.shared.kv.batch_limit()
     }
 }
 

@@ -20,6 +20,7 @@
 pub mod conformance;
 pub mod etcd;
 pub mod etcd_lead;
+pub mod etcd_limits;
 pub mod etcd_member;
 pub mod group;
 pub mod keys;
@@ -86,6 +87,37 @@ pub enum StoreError {
     /// A write through a [`ReadOnlyKv`]: this coordinator is a standby and only reads.
     #[error("this coordinator is a standby: it reads the tables but never writes them")]
     ReadOnly,
+    /// A batch beyond the store's [`BatchLimit`], refused whole (the in-memory store
+    /// when given a limit, as etcd refuses one).
+    #[error(
+        "a batch of {ops} operations and {bytes} bytes is beyond the store's limit of {limit:?}"
+    )]
+    TooLarge {
+        /// Its operations.
+        ops: usize,
+        /// Its keys' and values' bytes.
+        bytes: usize,
+        /// The store's limit.
+        limit: BatchLimit,
+    },
+}
+
+/// The largest batch one [`Kv::write`] takes, for a store that has such a limit (etcd
+/// limits one transaction's operations and size): the coordinator's group commit
+/// then writes what it merged as several batches, each of whole appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimit {
+    /// Operations (puts and deletes) in one batch.
+    pub ops: usize,
+    /// Bytes of keys and values in one batch ([`Batch::bytes`]).
+    pub bytes: usize,
+}
+
+impl BatchLimit {
+    /// Whether a batch of `ops` operations and `bytes` bytes is within the limit.
+    pub fn fits(&self, ops: usize, bytes: usize) -> bool {
+        ops <= self.ops && bytes <= self.bytes
+    }
 }
 
 /// Whether a write must survive a machine crash before the call returns.
@@ -205,4 +237,10 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Makes every write so far durable (fsync of the log), as a `Sync` write would.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// The largest batch one `write` takes (`None`: any). A batch beyond it is refused
+    /// whole, as any failed write is.
+    fn batch_limit(&self) -> Option<BatchLimit> {
+        None
+    }
 }

@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use crate::{Batch, Durability, Entry, Kv, Op, Order, StoreError};
+use crate::{Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError};
 
 type Tables = BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -28,12 +28,22 @@ struct State {
 #[derive(Clone, Default)]
 pub struct MemKv {
     state: Arc<Mutex<State>>,
+    /// Batches beyond it are refused, as etcd refuses them (tests of the journal).
+    limit: Option<BatchLimit>,
 }
 
 impl MemKv {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that refuses a batch beyond `limit`, as etcd does.
+    pub fn with_batch_limit(limit: BatchLimit) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
     }
 
     /// Simulates a crash: buffered writes since the last sync are lost and every call
@@ -138,6 +148,10 @@ impl Kv for MemKv {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+        let (ops, bytes) = (batch.ops.len(), batch.bytes());
+        if let Some(limit) = self.limit.filter(|l| !l.fits(ops, bytes)) {
+            return Err(StoreError::TooLarge { ops, bytes, limit });
+        }
         let mut s = self.lock();
         if s.down {
             return Err(StoreError::Down);
@@ -157,6 +171,10 @@ impl Kv for MemKv {
         }
         make_durable(&mut s);
         Ok(())
+    }
+
+    fn batch_limit(&self) -> Option<BatchLimit> {
+        self.limit
     }
 }
 
