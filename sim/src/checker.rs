@@ -100,10 +100,13 @@ pub struct Observation {
     pub participants: BTreeMap<String, ParticipantView>,
     /// What clients were told.
     pub clients: Vec<ClientRecord>,
-    /// Participants ([`member`] names) whose agent lost its data directory (its ledger) during the run: their
-    /// records may be missing, and a transaction they were part of may rightly wait
-    /// for a person (`needs resolution`) instead of ending.
-    pub lost_data: BTreeSet<String>,
+    /// Participants ([`member`] names) whose agent lost its data directory (its ledger)
+    /// during the run, with when (the clock's milliseconds, as events are stamped):
+    /// the records of transactions prepared before then may be missing, and a
+    /// transaction they were part of may rightly wait for a person (`needs
+    /// resolution`) instead of ending. A transaction whose Prepare started after the
+    /// loss must be recorded there as anywhere else.
+    pub lost_data: BTreeMap<String, u64>,
     /// What each release asked for, where known: transaction id -> project -> version.
     pub asked: BTreeMap<String, BTreeMap<String, String>>,
     /// Each parent project's children (`requires`), where known.
@@ -155,7 +158,13 @@ pub fn check(o: &Observation) -> Vec<Violation> {
     let mut say = |rule: &'static str, detail: String| v.push(Violation { rule, detail });
     let txs: BTreeMap<&str, &pb::Transaction> =
         o.transactions.iter().map(|t| (t.id.as_str(), t)).collect();
-    let lost = |project: &str| o.lost_data.contains(project);
+    // Whether `who` lost its ledger after `t`'s Prepare started (or may have: a
+    // PREPARE_STARTED event lost in a crash leaves only the benefit of the doubt).
+    let lost = |who: &str, t: &pb::Transaction| {
+        o.lost_data
+            .get(who)
+            .is_some_and(|wiped| prepare_started(o, &t.id).is_none_or(|at| at <= *wiped))
+    };
     let waiting = waiting_for_a_person(o, &mut say);
     // A transaction waiting for a person in phase 2 counts as its decision.
     let state = |t: &pb::Transaction| match (state(t), waiting.contains(t.id.as_str())) {
@@ -202,7 +211,7 @@ pub fn check(o: &Observation) -> Vec<Violation> {
                 (State::Committed, Some(Phase::Committed)) => {}
                 // A project that lost its ledger may miss the record, or hold only what it
                 // wrote after the loss: its refusal of a late, duplicated Prepare.
-                (State::Committed, None | Some(Phase::Refused)) if lost(&who) => {}
+                (State::Committed, None | Some(Phase::Refused)) if lost(&who, t) => {}
                 // Waiting for a person: who has not acknowledged may still be prepared.
                 (State::Committed, Some(Phase::Prepared))
                     if waiting.contains(t.id.as_str()) && !part.acknowledged => {}
@@ -541,6 +550,17 @@ fn after_commit(
     events.retain(|e| !later(e));
 }
 
+/// When `tx`'s first Prepare started (its PREPARE_STARTED event's time, in the clock's
+/// milliseconds), if the log kept that event.
+fn prepare_started(o: &Observation, tx: &str) -> Option<u64> {
+    let started = o
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::PrepareStarted as i32 && e.transaction_id == tx)?;
+    let time = started.time.as_ref()?;
+    Some(time.seconds as u64 * 1000 + time.nanos as u64 / 1_000_000)
+}
+
 /// The transactions that wait in phase 2 for a person because a participant that lost
 /// its data answered what no retry can fix; a `needs resolution` anywhere else is a
 /// violation.
@@ -558,7 +578,9 @@ fn waiting_for_a_person<'a>(
         found.is_some_and(|t| !matches!(state(t), State::Committed | State::Aborted))
     };
     for e in needs {
-        if o.lost_data.contains(&member(&e.environment, &e.project)) {
+        if o.lost_data
+            .contains_key(&member(&e.environment, &e.project))
+        {
             // Once a person has resolved it and it ended, every rule holds it again.
             if unfinished(&e.transaction_id) {
                 waiting.insert(e.transaction_id.as_str());
@@ -795,9 +817,40 @@ mod tests {
         let rules: Vec<&str> = check(&o).iter().map(|v| v.rule).collect();
         assert!(rules.contains(&"resolution-after-data-loss"), "{rules:?}");
         assert!(rules.contains(&"termination"), "{rules:?}");
-        o.lost_data.insert("A".into());
+        o.lost_data.insert("A".into(), 0);
         let rules: Vec<&str> = check(&o).iter().map(|v| v.rule).collect();
         assert!(!rules.contains(&"resolution-after-data-loss"), "{rules:?}");
         assert!(!rules.contains(&"termination"), "{rules:?}");
+    }
+
+    /// Sim review of stop 56: an agent that lost its data was excused a missing record
+    /// for every transaction of the run, so one that voted PREPARED without a durable
+    /// record after the loss passed. Given T1 committed and A's ledger without it, A's
+    /// data lost at 5,000 ms: a Prepare started at 4,000 ms is excused, one started
+    /// at 6,000 ms is an `agreement` violation.
+    #[test]
+    fn a_missing_record_is_excused_only_for_a_prepare_before_the_loss() {
+        let mut o = t1_committed_a_at_1();
+        o.participants
+            .insert("A".into(), ParticipantView::default());
+        o.lost_data.insert("A".into(), 5_000);
+        let started = |ms: i64| pb::Event {
+            seq: 1,
+            kind: EventKind::PrepareStarted as i32,
+            transaction_id: "T1".into(),
+            time: Some(lockstep::wkt::Timestamp {
+                seconds: ms / 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let agreement = |o: &Observation| {
+            let found = check(o).into_iter().filter(|v| v.rule == "agreement");
+            found.map(|v| v.detail).collect::<Vec<_>>()
+        };
+        o.events = vec![started(4_000)];
+        assert_eq!(agreement(&o), Vec::<String>::new());
+        o.events = vec![started(6_000)];
+        assert_eq!(agreement(&o).len(), 1, "{:?}", agreement(&o));
     }
 }

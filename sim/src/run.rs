@@ -153,6 +153,10 @@ fn participant_on(h: &str) -> Option<(&'static str, &'static str)> {
     participants().find(|(e, p)| host(&member(e, p)) == h)
 }
 
+/// The simulated coordinators' clock at the start of a run (milliseconds since the
+/// Unix epoch); it moves with simulated time.
+const CLOCK_EPOCH_MS: u64 = 1_700_000_000_000;
+
 /// How the simulation's coordinators run (an instance on etcd adds its term).
 pub(crate) fn coordinator_config(seed: u64) -> CoordinatorConfig {
     CoordinatorConfig {
@@ -163,7 +167,7 @@ pub(crate) fn coordinator_config(seed: u64) -> CoordinatorConfig {
         },
         delivery_timeout: Duration::from_secs(1),
         clock: Arc::new(|| {
-            1_700_000_000_000
+            CLOCK_EPOCH_MS
                 + turmoil::sim_elapsed()
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0)
@@ -377,13 +381,8 @@ pub fn run(cfg: &Config) -> Outcome {
         Vec::new()
     };
     let fault_count = faults.len();
-    let lost_data: BTreeSet<String> = faults
-        .iter()
-        .filter_map(|(_, f)| match f {
-            Fault::LoseData(h) => h.strip_prefix("p-").map(str::to_string),
-            _ => None,
-        })
-        .collect();
+    // Who lost its data, and when (the clock's milliseconds, as events are stamped).
+    let mut lost_data: BTreeMap<String, u64> = BTreeMap::new();
     let mut pending = faults.into_iter().peekable();
     let mut kvs: BTreeMap<String, MemKv> = participant_kvs
         .iter()
@@ -410,6 +409,10 @@ pub fn run(cfg: &Config) -> Outcome {
                 break;
             }
             let (_, fault) = pending.next().expect("peeked");
+            if let Fault::LoseData(h) = &fault {
+                let member = h.strip_prefix("p-").unwrap_or(h).to_string();
+                lost_data.insert(member, CLOCK_EPOCH_MS + sim.elapsed().as_millis() as u64);
+            }
             track_down(&mut down, &fault);
             apply(&mut sim, &kvs, &moved, fault, cfg.ha);
         }
@@ -524,7 +527,7 @@ fn observe(
         events,
         participants,
         clients: s.records.clone(),
-        lost_data: BTreeSet::new(),
+        lost_data: BTreeMap::new(),
         asked: s.asked.clone(),
         requires: requires.collect(),
         unreadable,
