@@ -593,6 +593,85 @@ mod an_agent_whose_undo_fails_at_restart_starts_and_undoes_later {
     }
 }
 
+/// Review finding of stop 56: a migration's `SET search_path` outlived its
+/// transaction on the pooled connection it ran on. There Lockstep's `CREATE TABLE IF
+/// NOT EXISTS` made empty copies of its own tables in the script's schema, so that
+/// connection read no history (schema version 0) and no tx row (an Abort undid nothing
+/// and was recorded all the same). Given T1 live, when T2's B migration moves into
+/// schema `app` and T2 commits, then every read of B's schema version, as many as the
+/// pool has connections and more, says 2, and `app` holds only B's table; and when
+/// T3's C migration fails after B's ran, every schema is exactly as after T2.
+async fn a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(kind: Kind) {
+    let s = Stack::new(kind).await;
+    s.release("T1", 1, 0).await;
+    let release = |id: &str, upto: u32, broken_c: bool| {
+        let mut args: Vec<String> = vec!["release".into(), "create".into(), id.into()];
+        for p in PROJECTS {
+            let mut files = standard(p, upto);
+            if p == "B" && upto == 2 {
+                files[2].1 = "CREATE SCHEMA app;\nSET search_path TO app, public;\nCREATE TABLE b_side (x INTEGER);".into();
+                files[3].1 = "DROP TABLE app.b_side;\nDROP SCHEMA app;".into();
+            }
+            if p == "B" && upto == 3 {
+                files[4].1 =
+                    "SET search_path TO app, public;\nCREATE TABLE b_more (x INTEGER);".into();
+                files[5].1 = "DROP TABLE app.b_more;".into();
+            }
+            if p == "C" && broken_c {
+                files[upto as usize * 2 - 2].1 =
+                    "CREATE INDEX c_broken ON no_such_table (name);".into();
+            }
+            args.push(format!("{p}={id}{p}"));
+            args.push("--artifact".into());
+            args.push(s.ship(p, &format!("{id}{p}"), &files));
+        }
+        args.push("--wait".into());
+        let c = &s.c;
+        async move {
+            c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .await
+        }
+    };
+    let out = release("T2", 2, false).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for read in 0..8 {
+        assert_eq!(
+            s.schema_versions().await,
+            [2, 2, 2],
+            "{kind:?}: read {read}"
+        );
+    }
+    let after_t2 = s.dumps().await;
+    assert!(
+        !after_t2["B"].contains("app.lockstep_schema"),
+        "{}",
+        after_t2["B"]
+    );
+    let out = release("T3", 3, true).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        s.dumps().await,
+        after_t2,
+        "{kind:?}: every schema as after T2"
+    );
+    assert_eq!(s.schema_versions().await, [2, 2, 2]);
+}
+
+mod a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_reversible() {
+        super::a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(
+            super::Kind::PgReversible,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_2pc() {
+        super::a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(super::Kind::Pg2pc)
+            .await
+    }
+}
+
 async fn an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted(
     kind: Kind,
 ) {

@@ -72,7 +72,9 @@ impl<D: Deployer> Participant<D> {
             ParticipantError::Conflict("prepared record without its change".into())
         })?;
         if let Some(schema) = &self.inner.schema {
-            schema.commit(&change.transaction_id).await?;
+            schema
+                .commit(&change.transaction_id, entry.schema.as_ref())
+                .await?;
         }
         let staged = entry.staged.clone().unwrap_or_default();
         self.inner.deployer.go_live(change, &staged).await?;
@@ -145,7 +147,7 @@ impl<D: Deployer> Participant<D> {
     async fn abort_unrecorded(&self, tx: &str, reason: &str) -> Result<(), ParticipantError> {
         self.inner.deployer.discard_unrecorded(tx).await?;
         if let Some(schema) = &self.inner.schema {
-            schema.abort(tx).await?;
+            schema.abort(tx, None).await?;
         }
         let entry = Entry {
             change: None,
@@ -165,7 +167,9 @@ impl<D: Deployer> Participant<D> {
     async fn undo(&self, tx: &str, mut entry: Entry, reason: &str) -> Result<(), ParticipantError> {
         let change = entry.change.clone();
         if let Some(change) = change.filter(|_| entry.phase != Phase::Refused) {
-            self.undo_all(&change, entry.staged.as_ref(), true).await?;
+            let schema = Some(entry.schema.as_ref());
+            self.undo_all(&change, entry.staged.as_ref(), schema)
+                .await?;
         }
         entry.phase = Phase::Aborted;
         if entry.reason.is_empty() {

@@ -214,18 +214,20 @@ impl<D: Deployer> Participant<D> {
         }
     }
 
-    /// Reverse order of staging: the deployer's change, then (when `schema_touched`) the
-    /// schema, undone from what the database itself recorded, so this also works when
-    /// the agent crashed before it could note what it staged.
+    /// Reverse order of staging: the deployer's change, then (when `schema` is
+    /// `Some`: the database may hold something) the schema, undone from what the
+    /// database itself recorded, so this also works when the agent crashed before it
+    /// could note what it staged; what it noted (`Some(Some(_))`, with its PREPARED
+    /// vote) is held against the database.
     async fn undo_all(
         &self,
         change: &Change,
         staged: Option<&Staged>,
-        schema_touched: bool,
+        schema: Option<Option<&SchemaStaged>>,
     ) -> Result<(), ParticipantError> {
         self.inner.deployer.undo(change, staged).await?;
-        if let (Some(schema), true) = (&self.inner.schema, schema_touched) {
-            schema.abort(&change.transaction_id).await?;
+        if let (Some(db), Some(noted)) = (&self.inner.schema, schema) {
+            db.abort(&change.transaction_id, noted).await?;
         }
         Ok(())
     }

@@ -221,7 +221,8 @@ impl<D: Deployer> Participant<D> {
             .change
             .clone()
             .expect("a Staging record has its change");
-        let schema_touched = aborted || staged.is_some();
+        // Nothing was recorded staged in the database yet (no PREPARED vote).
+        let schema_touched = (aborted || staged.is_some()).then_some(None);
         let undone = self
             .undo_all(&change, staged.as_ref(), schema_touched)
             .await;

@@ -39,7 +39,8 @@ impl<D: Deployer> Participant<D> {
     /// records it aborted.
     async fn undo_interrupted(&self, tx: &str, mut entry: Entry) -> Result<(), ParticipantError> {
         if let Some(change) = entry.change.clone() {
-            self.undo_all(&change, entry.staged.as_ref(), true).await?;
+            self.undo_all(&change, entry.staged.as_ref(), Some(None))
+                .await?;
         }
         entry.phase = Phase::Aborted;
         entry.reason = "agent restarted before voting".into();

@@ -11,7 +11,7 @@ use super::{Participant, ParticipantError, answer_again, change_of};
 use crate::{
     deployer::Deployer,
     ledger::{Entry, Phase},
-    schema::{Schema, files},
+    schema::Schema,
 };
 
 impl<D: Deployer> Participant<D> {
@@ -71,7 +71,7 @@ impl<D: Deployer> Participant<D> {
     ) -> Result<pb::PreviewResponse, ParticipantError> {
         let change = change_of(order);
         let shipped = match self.inner.deployer.shipped_migrations(&change).await {
-            Ok(Some(files)) => match files::parse(files) {
+            Ok(Some(files)) => match schema.parse(files) {
                 Ok(m) => Some(m),
                 Err(e) => return Ok(refuse(e)),
             },

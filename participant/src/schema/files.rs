@@ -5,6 +5,8 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use serde::{Deserialize, Serialize};
+
+use super::Backend;
 use sha2::{Digest, Sha256};
 
 /// One versioned migration with its scripts.
@@ -37,7 +39,7 @@ impl Migration {
 }
 
 /// Reads every migration in `dir`, ordered by version. Errors name the offending file.
-pub fn read_dir(dir: &Path) -> Result<Vec<Migration>, String> {
+pub fn read_dir(dir: &Path, backend: Backend) -> Result<Vec<Migration>, String> {
     let mut files = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for entry in entries {
@@ -49,17 +51,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Migration>, String> {
             files.push((file, text));
         }
     }
-    parse(files)
+    parse(files, backend)
 }
 
-/// Pairs `(file name, content)` into migrations, ordered by version.
-pub fn parse(files: Vec<(String, String)>) -> Result<Vec<Migration>, String> {
+/// Pairs `(file name, content)` into migrations, ordered by version; each script is
+/// checked for transaction control as `backend` reads it.
+pub fn parse(files: Vec<(String, String)>, backend: Backend) -> Result<Vec<Migration>, String> {
     let mut ups: BTreeMap<i64, (String, String)> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
     for (file, text) in files {
-        if let Some((words, line)) = super::control::transaction_control(&text) {
+        if let Some((words, line, why)) = super::control::transaction_control(&text, backend) {
             return Err(format!(
-                "migrations/{file}: line {line}: {words} controls the transaction, but every script of a release runs in one database transaction of the agent's (all of them or none); remove it from the script"
+                "migrations/{file}: line {line}: {words} {why}; remove it from the script"
             ));
         }
         let (stem, target) = if let Some(stem) = file.strip_suffix(".up.sql") {
@@ -134,7 +137,7 @@ mod tests {
             ("0001_users.down.sql", "DROP TABLE u;"),
             ("README.md", "ignored"),
         ]);
-        let m = read_dir(d.path()).unwrap();
+        let m = read_dir(d.path(), Backend::Postgres).unwrap();
         assert_eq!(m.iter().map(|m| m.version).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(m[1].name, "add_email");
         assert_eq!(m[1].up_file(), "0002_add_email.up.sql");
@@ -144,10 +147,18 @@ mod tests {
     #[test]
     fn a_missing_down_is_kept_visible_and_bad_names_are_refused() {
         let d = dir(&[("0001_users.up.sql", "CREATE TABLE u (id INT);")]);
-        assert_eq!(read_dir(d.path()).unwrap()[0].down, None);
+        assert_eq!(read_dir(d.path(), Backend::Postgres).unwrap()[0].down, None);
         let d = dir(&[("users.up.sql", "x")]);
-        assert!(read_dir(d.path()).unwrap_err().contains("users.up.sql"));
+        assert!(
+            read_dir(d.path(), Backend::Postgres)
+                .unwrap_err()
+                .contains("users.up.sql")
+        );
         let d = dir(&[("0001_a.up.sql", "x"), ("0001_b.up.sql", "y")]);
-        assert!(read_dir(d.path()).unwrap_err().contains("used twice"));
+        assert!(
+            read_dir(d.path(), Backend::Postgres)
+                .unwrap_err()
+                .contains("used twice")
+        );
     }
 }

@@ -19,12 +19,14 @@
 mod control;
 pub mod files;
 pub mod plan;
+#[cfg(test)]
+mod tests;
 
 use std::{path::Path, time::Duration};
 
 use lockstep::pb;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyPool, AssertSqlSafe, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Row, any::AnyPoolOptions};
 
 use crate::deployer::{DeployError, Refusal};
 use files::Migration;
@@ -90,10 +92,13 @@ pub struct SchemaStaged {
     pub inverse: SchemaPlan,
 }
 
-/// Which database is behind the URL.
+/// Which database is behind the URL: its SQL dialect decides how a script's text is
+/// read (quotes, comments) when it is checked for transaction control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub enum Backend {
+    /// SQLite.
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
@@ -117,6 +122,24 @@ const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS lockstep_schema_history (
 const TX_DDL: &str = "CREATE TABLE IF NOT EXISTS lockstep_schema_tx (
     tx TEXT NOT NULL, project TEXT NOT NULL, from_version BIGINT NOT NULL, to_version BIGINT NOT NULL,
     plan TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (project, tx))";
+
+/// Lockstep's own tables, named in the schema a migration session found itself in
+/// before any script ran: a script's `SET search_path` cannot send its history rows or
+/// its tx row elsewhere.
+struct Names {
+    history: String,
+    tx: String,
+}
+
+impl Names {
+    fn in_schema(schema: &str) -> Self {
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        Self {
+            history: format!("{quoted}.lockstep_schema_history"),
+            tx: format!("{quoted}.lockstep_schema_tx"),
+        }
+    }
+}
 
 fn db_err(e: sqlx::Error) -> String {
     match e {
@@ -260,7 +283,7 @@ impl Schema {
     ) -> Result<SchemaStaged, Refusal> {
         self.judged().await.map_err(Refusal)?;
         let shipped = match dir.filter(|d| d.is_dir()) {
-            Some(d) => Some(files::read_dir(d).map_err(Refusal)?),
+            Some(d) => Some(files::read_dir(d, self.backend).map_err(Refusal)?),
             None => None,
         };
         let plan = match target {
@@ -333,18 +356,41 @@ impl Schema {
         Ok(plan)
     }
 
+    /// A connection of its own for scripts, taken out of the pool: whatever session
+    /// state a script leaves (`SET search_path`, `SET ROLE`) ends with it, and never
+    /// reaches the pool's connections that read Lockstep's own tables (stop 56: on one
+    /// that a script had set to `search_path TO app, public`, `CREATE TABLE IF NOT
+    /// EXISTS` made empty copies of them in `app`, the tx row read as missing, and
+    /// Abort did nothing). With Lockstep's tables named as this session finds them
+    /// before any script runs.
+    async fn session(&self) -> Result<(sqlx::AnyConnection, Names), String> {
+        let unreachable = |e| format!("database unreachable: {}", db_err(e));
+        let mut conn = self.pool.acquire().await.map_err(unreachable)?.detach();
+        let schema: String = match self.backend {
+            Backend::Sqlite => "main".into(),
+            Backend::Postgres => sqlx::query("SELECT CAST(current_schema() AS TEXT)")
+                .fetch_one(&mut conn)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(unreachable)?,
+        };
+        Ok((conn, Names::in_schema(&schema)))
+    }
+
     /// Runs `plan` and its history changes in one transaction with the tx row.
     async fn apply_recorded(&self, tx: &str, plan: &SchemaPlan, state: &str) -> Result<(), String> {
-        let mut db = self
-            .pool
+        let (mut conn, names) = self.session().await?;
+        let mut db = conn
             .begin()
             .await
             .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
-        run_plan(&mut db, &self.project, tx, plan).await?;
-        record_tx(&mut db, &self.project, tx, plan, state).await?;
+        run_plan(&mut db, &names, &self.project, tx, plan).await?;
+        record_tx(&mut db, &names, &self.project, tx, plan, state).await?;
         db.commit()
             .await
-            .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))
+            .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))?;
+        let _ = conn.close().await;
+        Ok(())
     }
 
     fn gid(&self, tx: &str) -> String {
@@ -356,13 +402,13 @@ impl Schema {
     /// dropped) sqlx rolls it back before the connection is used again, so no pooled
     /// connection is left idle in a transaction holding locks.
     async fn prepare_two_phase(&self, tx: &str, plan: &SchemaPlan) -> Result<(), String> {
-        let mut db = self
-            .pool
+        let (mut conn, names) = self.session().await?;
+        let mut db = conn
             .begin()
             .await
             .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
-        run_plan(&mut db, &self.project, tx, plan).await?;
-        record_tx(&mut db, &self.project, tx, plan, "prepared").await?;
+        run_plan(&mut db, &names, &self.project, tx, plan).await?;
+        record_tx(&mut db, &names, &self.project, tx, plan, "prepared").await?;
         let prepare = format!("PREPARE TRANSACTION '{}'", self.gid(tx));
         sqlx::raw_sql(AssertSqlSafe(prepare))
             .execute(&mut *db)
@@ -378,7 +424,9 @@ impl Schema {
         // transaction in progress").
         db.commit()
             .await
-            .map_err(|e| format!("after PREPARE TRANSACTION: {}", db_err(e)))
+            .map_err(|e| format!("after PREPARE TRANSACTION: {}", db_err(e)))?;
+        let _ = conn.close().await;
+        Ok(())
     }
 
     async fn is_prepared(&self, tx: &str) -> Result<bool, String> {
@@ -406,8 +454,9 @@ impl Schema {
             .transpose()
     }
 
-    /// Makes what `tx` staged final. Idempotent.
-    pub async fn commit(&self, tx: &str) -> Result<(), DeployError> {
+    /// Makes what `tx` staged final. Idempotent. `staged`: what the agent recorded
+    /// with its PREPARED vote, held against the database when its tx row is missing.
+    pub async fn commit(&self, tx: &str, staged: Option<&SchemaStaged>) -> Result<(), DeployError> {
         let fail = |e: String| DeployError(format!("committing migrations of {tx}: {e}"));
         if self.mode == Mode::PostgresTwoPhase && self.is_prepared(tx).await.map_err(fail)? {
             let sql = format!("COMMIT PREPARED '{}'", self.gid(tx));
@@ -417,7 +466,10 @@ impl Schema {
                 .map_err(|e| fail(db_err(e)))?;
         }
         match self.tx_state(tx).await.map_err(fail)? {
-            None => Ok(()),
+            None => self
+                .without_row(tx, staged, "committed", |s| &s.to)
+                .await
+                .map_err(fail),
             Some((state, _)) if state == "aborted" => {
                 Err(fail("the migrations were already undone; a COMMIT now means the coordinator and this agent disagree".into()))
             }
@@ -436,7 +488,10 @@ impl Schema {
     /// Restores exactly the schema from before `tx` staged. Idempotent, and works from
     /// the database alone (the tx row, or the prepared gid), so it also cleans up after
     /// a crash that happened before the agent recorded what it staged.
-    pub async fn abort(&self, tx: &str) -> Result<(), DeployError> {
+    ///
+    /// `staged`: what the agent recorded with its PREPARED vote (`None` before it),
+    /// held against the database when its tx row is missing.
+    pub async fn abort(&self, tx: &str, staged: Option<&SchemaStaged>) -> Result<(), DeployError> {
         let fail = |e: String| DeployError(format!("undoing migrations of {tx}: {e}"));
         if self.mode == Mode::PostgresTwoPhase {
             if self.is_prepared(tx).await.map_err(fail)? {
@@ -451,11 +506,17 @@ impl Schema {
                 Some(_) => Err(fail(
                     "the prepared transaction was already committed".into(),
                 )),
-                None => Ok(()),
+                None => self
+                    .without_row(tx, staged, "aborted", |s| &s.from)
+                    .await
+                    .map_err(fail),
             };
         }
         match self.tx_state(tx).await.map_err(fail)? {
-            None => Ok(()),
+            None => self
+                .without_row(tx, staged, "aborted", |s| &s.from)
+                .await
+                .map_err(fail),
             Some((state, _)) if state == "aborted" => Ok(()),
             Some((state, _)) if state == "committed" => {
                 Err(fail("the migrations are committed".into()))
@@ -464,19 +525,53 @@ impl Schema {
                 let plan: SchemaPlan =
                     serde_json::from_str(&plan).map_err(|e| fail(format!("stored plan: {e}")))?;
                 let inverse = plan.inverse();
-                let mut db = self.pool.begin().await.map_err(|e| fail(db_err(e)))?;
-                run_plan(&mut db, &self.project, tx, &inverse)
+                let (mut conn, names) = self.session().await.map_err(fail)?;
+                let mut db = conn.begin().await.map_err(|e| fail(db_err(e)))?;
+                run_plan(&mut db, &names, &self.project, tx, &inverse)
                     .await
                     .map_err(fail)?;
-                sqlx::query("UPDATE lockstep_schema_tx SET state = 'aborted' WHERE project = $1 AND tx = $2")
+                let mark = format!(
+                    "UPDATE {} SET state = 'aborted' WHERE project = $1 AND tx = $2",
+                    names.tx
+                );
+                sqlx::query(AssertSqlSafe(mark))
                     .bind(&self.project)
                     .bind(tx)
                     .execute(&mut *db)
                     .await
                     .map_err(|e| fail(db_err(e)))?;
-                db.commit().await.map_err(|e| fail(db_err(e)))
+                db.commit().await.map_err(|e| fail(db_err(e)))?;
+                let _ = conn.close().await;
+                Ok(())
             }
         }
+    }
+
+    /// With no tx row (nor prepared transaction) for `tx`: fine when nothing was
+    /// staged, or when the schema stands where `outcome` leaves it (`at`: the staged
+    /// position it must be at). Otherwise the database changed outside Lockstep (a
+    /// restore, a prepared transaction rolled back by hand): refused, so the agent
+    /// never records an outcome its schema does not have (stop 56: "no row" read as
+    /// done, so an Abort that undid nothing was recorded ABORTED).
+    async fn without_row(
+        &self,
+        tx: &str,
+        staged: Option<&SchemaStaged>,
+        outcome: &str,
+        at: fn(&SchemaStaged) -> &SchemaPosition,
+    ) -> Result<(), String> {
+        let Some(staged) = staged.filter(|s| !s.files.is_empty()) else {
+            return Ok(());
+        };
+        let live = self.live().await.map_err(|e| e.0)?;
+        if live == *at(staged) {
+            return Ok(());
+        }
+        Err(format!(
+            "the database holds no record of {tx} (lockstep_schema_tx) and its schema is at version {} where {outcome} needs {}: it was changed outside Lockstep; not recorded {outcome}, check the database by hand",
+            live.version,
+            at(staged).version
+        ))
     }
 
     /// After a restart in `postgres-2pc` mode: every prepared transaction of this
@@ -527,10 +622,16 @@ impl Schema {
             };
             if !prepared.iter().any(|p| p == tx) {
                 tracing::info!(%tx, "rolling back a prepared migration transaction that was never voted on");
-                self.abort(tx).await.map_err(|e| e.0)?;
+                self.abort(tx, None).await.map_err(|e| e.0)?;
             }
         }
         Ok(())
+    }
+
+    /// Migrations from `(file name, content)` pairs, checked as this database reads
+    /// them.
+    pub fn parse(&self, files: Vec<(String, String)>) -> Result<Vec<Migration>, String> {
+        files::parse(files, self.backend)
     }
 
     /// The backend, for messages.
@@ -579,6 +680,7 @@ async fn run_script(
 /// caller's transaction). A failing script is named with the database's error.
 async fn run_plan(
     db: &mut sqlx::AnyConnection,
+    names: &Names,
     project: &str,
     tx: &str,
     plan: &SchemaPlan,
@@ -594,9 +696,10 @@ async fn run_plan(
         crate::metrics::migration(up, started.elapsed());
         match plan.direction {
             Direction::Up => {
-                sqlx::query(
-                    "INSERT INTO lockstep_schema_history (project, version, name, checksum, up_sql, down_sql, applied_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {} (project, version, name, checksum, up_sql, down_sql, applied_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    names.history
+                )))
                 .bind(project)
                 .bind(m.version)
                 .bind(&m.name)
@@ -608,7 +711,10 @@ async fn run_plan(
                 .await
             }
             Direction::Down => {
-                sqlx::query("DELETE FROM lockstep_schema_history WHERE project = $1 AND version = $2")
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE project = $1 AND version = $2",
+                    names.history
+                )))
                     .bind(project)
                     .bind(m.version)
                     .execute(&mut *db)
@@ -622,14 +728,16 @@ async fn run_plan(
 
 async fn record_tx(
     db: &mut sqlx::AnyConnection,
+    names: &Names,
     project: &str,
     tx: &str,
     plan: &SchemaPlan,
     state: &str,
 ) -> Result<(), String> {
-    sqlx::query(
-        "INSERT INTO lockstep_schema_tx (tx, project, from_version, to_version, plan, state) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (tx, project, from_version, to_version, plan, state) VALUES ($1, $2, $3, $4, $5, $6)",
+        names.tx
+    )))
     .bind(tx)
     .bind(project)
     .bind(plan.from.version)
