@@ -351,6 +351,48 @@ async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schem
     assert!(s.prepared_gids().await.is_empty());
 }
 
+/// Review finding of stop 56: an agent in `postgres-2pc` mode restarted in the default
+/// `reversible` mode (an operator forgot the flag) while a migration was prepared left
+/// that prepared transaction unresolved for ever, holding its locks: its Commit and
+/// Abort looked for prepared transactions only in `postgres-2pc` mode. Given A killed
+/// after voting PREPARED on T2 (its migration held in a prepared transaction), when it
+/// restarts in `reversible` mode and T2 commits, then A's schema moves to 2 and no
+/// prepared transaction is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2pc_agent_restarted_in_reversible_mode_still_resolves_its_prepared_transaction() {
+    let mut s = Stack::new(Kind::Pg2pc).await;
+    s.release("T1", 1, 0).await;
+    s.c.block("B");
+    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
+    for p in PROJECTS {
+        args.push(format!("{p}=T2{p}"));
+        args.push("--artifact".into());
+        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(s.c.cli(&args).await.code, 0);
+    wait_for("A to vote PREPARED", || async {
+        let t = s.c.transaction("T2").await;
+        t.participants
+            .iter()
+            .any(|p| p.project == "A" && p.vote == pb::Vote::Prepared as i32)
+            .then_some(())
+    })
+    .await;
+    let agent = &mut s.c.agent_mut("A").server;
+    agent
+        .restart_with_flag("--migration-mode", "reversible")
+        .await;
+    s.c.heal("B");
+    s.c.wait_state("T2", pb::TransactionState::Committed).await;
+    wait_for("A's schema at 2", || async {
+        (s.schema_versions().await == [2, 2, 2]).then_some(())
+    })
+    .await;
+    assert!(s.dump("A").await.contains("a_items_name"));
+    assert_eq!(s.prepared_gids().await, Vec::<String>::new());
+}
+
 async fn every_refusal_names_its_file_and_leaves_nothing_applied(kind: Kind) {
     let s = Stack::new(kind).await;
     let empty = s.dumps().await;

@@ -322,6 +322,15 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Starts again with the argument after `flag` set to `value` (an operator
+    /// restarting it with another setting).
+    pub async fn restart_with_flag(&mut self, flag: &str, value: &str) {
+        self.kill9().await;
+        let at = self.args.iter().position(|a| a == flag).expect("the flag");
+        self.args[at + 1] = value.to_string();
+        self.spawn().await;
+    }
+
     /// Starts again with the same data on another (free) port: the agent "moved".
     pub async fn restart_elsewhere(&mut self) {
         self.kill9().await;

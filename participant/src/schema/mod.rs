@@ -458,7 +458,7 @@ impl Schema {
     /// with its PREPARED vote, held against the database when its tx row is missing.
     pub async fn commit(&self, tx: &str, staged: Option<&SchemaStaged>) -> Result<(), DeployError> {
         let fail = |e: String| DeployError(format!("committing migrations of {tx}: {e}"));
-        if self.mode == Mode::PostgresTwoPhase && self.is_prepared(tx).await.map_err(fail)? {
+        if self.backend == Backend::Postgres && self.is_prepared(tx).await.map_err(fail)? {
             let sql = format!("COMMIT PREPARED '{}'", self.gid(tx));
             sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(&self.pool)
@@ -493,24 +493,15 @@ impl Schema {
     /// held against the database when its tx row is missing.
     pub async fn abort(&self, tx: &str, staged: Option<&SchemaStaged>) -> Result<(), DeployError> {
         let fail = |e: String| DeployError(format!("undoing migrations of {tx}: {e}"));
-        if self.mode == Mode::PostgresTwoPhase {
-            if self.is_prepared(tx).await.map_err(fail)? {
-                let sql = format!("ROLLBACK PREPARED '{}'", self.gid(tx));
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| fail(db_err(e)))?;
-                return Ok(());
-            }
-            return match self.tx_state(tx).await.map_err(fail)? {
-                Some(_) => Err(fail(
-                    "the prepared transaction was already committed".into(),
-                )),
-                None => self
-                    .without_row(tx, staged, "aborted", |s| &s.from)
-                    .await
-                    .map_err(fail),
-            };
+        // On PostgreSQL in either mode: an agent restarted in `reversible` mode may
+        // still hold a prepared transaction of an earlier `postgres-2pc` run.
+        if self.backend == Backend::Postgres && self.is_prepared(tx).await.map_err(fail)? {
+            let sql = format!("ROLLBACK PREPARED '{}'", self.gid(tx));
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| fail(db_err(e)))?;
+            return Ok(());
         }
         match self.tx_state(tx).await.map_err(fail)? {
             None => self
@@ -518,7 +509,8 @@ impl Schema {
                 .await
                 .map_err(fail),
             Some((state, _)) if state == "aborted" => Ok(()),
-            Some((state, _)) if state == "committed" => {
+            // A "prepared" row is visible only once its prepared transaction committed.
+            Some((state, _)) if state == "committed" || state == "prepared" => {
                 Err(fail("the migrations are committed".into()))
             }
             Some((_, plan)) => {
@@ -574,14 +566,16 @@ impl Schema {
         ))
     }
 
-    /// After a restart in `postgres-2pc` mode: every prepared transaction of this
+    /// After a restart on PostgreSQL (in either mode: a `postgres-2pc` run may precede this one): every prepared transaction of this
     /// project in this database that the agent never voted PREPARED for is rolled back
     /// (it promised nothing); another database's (the same project's agent of another
     /// environment on the same server) is left alone. Those in `prepared` stay until the coordinator's decision.
     /// With the database unreachable the agent starts all the same (Prepare refuses
     /// until it is back), and the judgement waits for the first stage.
     pub async fn recover(&self, prepared: &[String]) -> Result<(), String> {
-        if self.mode != Mode::PostgresTwoPhase {
+        // In `reversible` mode too: a `postgres-2pc` run before this one may have left
+        // prepared transactions (stop 56).
+        if self.backend != Backend::Postgres {
             return Ok(());
         }
         if let Err(e) = self.judge_prepared(prepared).await {
