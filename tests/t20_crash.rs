@@ -422,3 +422,76 @@ fn alive(pid: i32) -> bool {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     !environ.is_empty()
 }
+
+/// Review finding of stop 56: the driver sent Prepare while the creation write was
+/// still being synced, so a crash could lose a transaction that agents had prepared.
+/// Presumed abort kept that safe, but the coordinator then handed out the same id
+/// again (`tx-N` for a request without an id; the ids it makes for promotions and
+/// automatic reverts alike), and an agent that had aborted the lost one refused the
+/// new one as "already aborted here": the new release ended ABORTED for nothing its
+/// author did. Given T1 live, a release of B held in its Prepare, and a coordinator whose syncs wait up to 1 s
+/// (`--commit-delay`), when a release without an id is killed just before its
+/// decision and the coordinator restarts, then once A has learnt that release's fate,
+/// another release without an id commits and A is live at its version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_without_an_id_cut_by_a_crash_leaves_its_id_to_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    let args = vec![
+        "--data-dir".to_string(),
+        data.display().to_string(),
+        "--commit-delay".into(),
+        "1s".into(),
+        "--commit-siblings".into(),
+        "0".into(),
+    ];
+    let mut c = Cluster::with_coordinator(dir, args, Vec::new()).await;
+    c.add_agent_with("A", &["--ask-decision-after".into(), "100ms".into()])
+        .await;
+    c.register("A", &[]).await;
+    c.add_agent("B").await;
+    c.register("B", &[]).await;
+    c.release("T1", &["A=T1A"], 0).await;
+    // A release of B held in its Prepare: with it in flight the commit delay holds
+    // every sync back, so the next creation stays unsynced while its agents prepare.
+    c.block("B");
+    let held = c.cli(&["release", "create", "T9", "B=T9B"]).await;
+    assert_eq!(held.code, 0, "{held:?}");
+    let without_id = |version: &str| pb::CreateReleaseRequest {
+        components: vec![pb::Component {
+            project: "A".into(),
+            version: version.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+
+    c.coordinator
+        .restart_with(crash_at("before-decision"))
+        .await;
+    // Answered or cut by the crash: either way its agent prepared it.
+    let _cut = c.client().await.create_release(without_id("X1")).await;
+    c.coordinator.restart_with(Vec::new()).await;
+    wait_for("A to learn the cut release's fate", || async {
+        c.agent("A").status().await.staged.is_empty().then_some(())
+    })
+    .await;
+
+    let again = c.client().await.create_release(without_id("X2")).await;
+    let id = again.unwrap().into_inner().transaction.unwrap().id;
+    let ended = wait_for("the second release to end", || async {
+        let t = c.transaction(&id).await;
+        let done = [
+            pb::TransactionState::Committed,
+            pb::TransactionState::Aborted,
+        ];
+        done.iter().any(|s| *s as i32 == t.state).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        ended.state,
+        pb::TransactionState::Committed as i32,
+        "{ended:?}"
+    );
+    assert_eq!(c.agent("A").live().as_deref(), Some("X2"));
+}

@@ -15,6 +15,7 @@ use crate::{
     journal::Durable,
     model::{CreateSpec, Request, StepRun, TxKind, TxRecord, TxState},
     planner::{self, Plan},
+    ports::Pending,
     queue::Blocked,
     tables::Tables,
     txn::{PRESUMED_ABORT, Transaction, events},
@@ -145,6 +146,10 @@ impl Registry {
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
         }
+        // An id the coordinator chose, or one it makes again after a restart, would be
+        // chosen again if this admission were lost: it reaches no agent before it is
+        // durable.
+        let made_here = id.is_none() || spec.again_after_restart;
         let id = match id {
             Some(id) => id,
             None => self.fresh_id(s, spec.id_hint.as_deref().unwrap_or("tx"))?,
@@ -156,7 +161,7 @@ impl Registry {
         let blocked = s
             .queue
             .enqueue(ordinal, id, &record.environment, plan.held());
-        let (record, written) = self.start(s, record, blocked);
+        let (record, written) = self.start(s, record, blocked, made_here);
         let created = Created {
             transaction: Some(record),
             plan,
@@ -205,12 +210,17 @@ impl Registry {
     /// phase 1 starting in the same write as the creation. The driver sends Prepare
     /// while that write is being synced; safe under presumed abort: if the write is
     /// lost in a crash, the coordinator answers ABORT to a participant asking about it,
-    /// and prepared participants do ask when no decision comes.
+    /// and prepared participants do ask when no decision comes. But an id the
+    /// coordinator made (`made_here`: `tx-N`, `revert-T2`, an automatic revert's) would
+    /// be made again after such a loss, and an agent that prepared and aborted the lost
+    /// one refuses the new one ("already aborted here"): its Prepare waits until the
+    /// creation is durable (stop 56). A client's own id is the client's to retry.
     fn start(
         &self,
         s: &mut State,
         mut record: TxRecord,
         blocked: Option<Blocked>,
+        made_here: bool,
     ) -> (TxRecord, impl Future<Output = Result<u64>> + use<>) {
         let created = describe_request(&record);
         let mut created = events::event(&record, pb::EventKind::TransactionCreated, None, created);
@@ -259,7 +269,10 @@ impl Registry {
         };
         s.active.insert(record.id.clone(), active);
         let first = machine.begin();
-        self.spawn_driver(machine, first, start_rx, commands_rx);
+        // Queued, its start write is awaited before Prepare anyway.
+        let taken = (made_here && start_rx.is_none())
+            .then(|| Box::pin(self.inner.journal.settled()) as Pending<Result<()>>);
+        self.spawn_driver(machine, first, start_rx, commands_rx, taken);
         (record, pending)
     }
 

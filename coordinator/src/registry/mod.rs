@@ -48,6 +48,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::OptionFuture;
 use lockstep::{
     names::{Environment, ProjectName, TxId, Version},
     retry::Backoff,
@@ -61,7 +62,7 @@ use crate::{
     feed::Feed,
     journal::{Clock, Journal},
     model::{CheckpointRecord, EnvironmentRecord, ProjectRecord, QuarantineRecord, TxRecord},
-    ports::{Participants, Probe},
+    ports::{Participants, Pending, Probe},
     queue::Queue,
     tables::Tables,
     txn::{Effect, Transaction, Turn},
@@ -236,7 +237,7 @@ impl Registry {
             };
             s.active.insert(machine.record().id.clone(), active);
         }
-        self.spawn_driver(machine, effects, None, commands_rx);
+        self.spawn_driver(machine, effects, None, commands_rx, None);
     }
 
     /// Shows an unfinished transaction as its record says, with no driver: a standby's
@@ -258,6 +259,7 @@ impl Registry {
         first: Vec<Effect>,
         start: Option<oneshot::Receiver<Turn>>,
         commands: mpsc::UnboundedReceiver<Command>,
+        taken: Option<Pending<Result<()>>>,
     ) {
         let ports = Ports {
             journal: Arc::new(self.clone()),
@@ -283,10 +285,17 @@ impl Registry {
             lockstep::trace::continue_from(&span, &r.trace_parent);
         }
         lockstep::trace::record_ids(&span);
-        tokio::spawn(tracing::Instrument::instrument(
-            driver::run(machine, first, signals, ports),
-            span,
-        ));
+        let id = r.id.clone();
+        let run = driver::run(machine, first, signals, ports);
+        let run = async move {
+            // Its first effects wait until its id is durably taken (see `start`).
+            if let Some(Err(e)) = OptionFuture::from(taken).await {
+                tracing::error!(tx = %id, "not started: {e}");
+                return;
+            }
+            run.await
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
     }
 
     /// A quiet write of records nobody waits for (recovery's clean-up).
