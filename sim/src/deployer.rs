@@ -4,8 +4,12 @@
 //! version, which is what the checker's exactly-once rule reads.
 //!
 //! Failure injection comes from the change itself, so schedules control it
-//! deterministically: a version containing `bad` is refused, and metadata
-//! `delay_ms=N` makes staging take N ms of simulated time.
+//! deterministically: a version containing `bad` is refused, metadata `delay_ms=N`
+//! makes staging take N ms of simulated time, and `golive_fail=N` / `undo_fail=N`
+//! make the first N attempts of going live / of undoing that change fail (phase 2's
+//! failures: the coordinator must retry until they succeed, never decide again nor
+//! undo what its siblings made live). The attempts are counted on the disk, so a
+//! crash does not reset them.
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +51,8 @@ pub struct DiskState {
     pub staged: BTreeMap<String, String>,
     /// Every change of `live`, in order.
     pub effects: Vec<Effect>,
+    /// Failed attempts so far, by transaction and step (`golive_fail`, `undo_fail`).
+    pub failed: BTreeMap<(String, &'static str), u32>,
 }
 
 /// Shared handle to a participant's disk.
@@ -105,6 +111,28 @@ impl SimDeployer {
         self.disk.make_live(&change.transaction_id, &change.version);
     }
 
+    /// Fails while `change`'s metadata `step=N` asks for more failures of `step` than
+    /// it had.
+    fn fails(&self, step: &'static str, change: &Change) -> Result<(), DeployError> {
+        let wanted = change
+            .metadata
+            .get(step)
+            .and_then(|v| v.parse::<u32>().ok());
+        let mut disk = self.disk.lock();
+        let failed = disk
+            .failed
+            .entry((change.transaction_id.clone(), step))
+            .or_default();
+        if *failed >= wanted.unwrap_or(0) {
+            return Ok(());
+        }
+        *failed += 1;
+        Err(DeployError(format!(
+            "{step} {} of {} for {}",
+            failed, change.project, change.transaction_id
+        )))
+    }
+
     /// A broken deployer that goes live as soon as it stages, deciding alone: the
     /// checker must catch it.
     pub fn sabotaged(mut self, on: bool) -> Self {
@@ -139,11 +167,13 @@ impl Deployer for SimDeployer {
     }
 
     async fn go_live(&self, change: &Change, _staged: &Staged) -> Result<(), DeployError> {
+        self.fails("golive_fail", change)?;
         self.switch(change);
         Ok(())
     }
 
     async fn undo(&self, change: &Change, _staged: Option<&Staged>) -> Result<(), DeployError> {
+        self.fails("undo_fail", change)?;
         self.disk.lock().staged.remove(&change.transaction_id);
         Ok(())
     }

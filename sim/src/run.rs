@@ -1030,7 +1030,8 @@ fn record(shared: &SharedRef, client: usize, op: &str, tx: &str, told: Told) {
 }
 
 /// A random release: a family release, or children and D alone; sometimes a version the
-/// participant refuses, sometimes one it takes longer than the deadline to stage.
+/// participant refuses, sometimes one it takes longer than the deadline to stage,
+/// sometimes one whose going live or undoing fails a few times first.
 fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateReleaseRequest {
     let sets: [&[&str]; 6] = [
         &["A", "B", "C"],
@@ -1051,6 +1052,12 @@ fn release_request(rng: &mut SmallRng, client: usize, i: usize) -> pb::CreateRel
                     "delay_ms".to_string(),
                     rng.random_range(100..3000).to_string(),
                 );
+            }
+            // Phase 2 failing a few times on this participant (stop 56: never before).
+            for step in ["golive_fail", "undo_fail"] {
+                if rng.random_bool(0.06) {
+                    metadata.insert(step.to_string(), rng.random_range(1..4).to_string());
+                }
             }
             pb::Component {
                 project: p.to_string(),
