@@ -377,7 +377,7 @@ impl EtcdKv {
     }
 
     /// Sends `txn` as it is.
-    pub(crate) fn transact(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+    fn transact(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         let kv = self.kv_client();
         wait_retrying(&self.runtime, move || {
             let (mut kv, txn) = (kv.clone(), txn.clone());
@@ -552,10 +552,9 @@ impl Kv for EtcdKv {
         Ok(())
     }
 
-    /// What [`EtcdKv::check_limits`] made sure the members take (less the sequence
-    /// key each batch also writes), with room
-    /// for what etcd adds per operation (the prefix on each key, framing: at most
-    /// ~150 bytes, 1.5 MB over 9,999 operations).
+    /// What [`EtcdKv::check_limits`] made sure the members take, less the sequence key
+    /// each batch also writes, and with room for what etcd adds per operation (the
+    /// prefix on each key, framing: at most ~150 bytes, 1.5 MB over 9,999 operations).
     fn batch_limit(&self) -> Option<BatchLimit> {
         Some(BatchLimit {
             ops: crate::etcd_limits::REQUIRED_TXN_OPS - 1,
