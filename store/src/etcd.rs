@@ -31,6 +31,14 @@ use tokio::runtime::Handle;
 
 use crate::{Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
 
+/// The operations a coordinator's etcd transactions may need (`--max-txn-ops`).
+pub const REQUIRED_TXN_OPS: usize = 10_000;
+
+/// The request size a coordinator's etcd transactions may need
+/// (`--max-request-bytes`): twice the largest message a coordinator accepts (4 MiB,
+/// `lockstep::limits::MAX_MESSAGE_BYTES`), a request's records and its events.
+pub const REQUIRED_REQUEST_BYTES: usize = 8 << 20;
+
 /// How long one call to etcd may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -557,8 +565,8 @@ impl Kv for EtcdKv {
     /// prefix on each key, framing: at most ~150 bytes, 1.5 MB over 9,999 operations).
     fn batch_limit(&self) -> Option<BatchLimit> {
         Some(BatchLimit {
-            ops: crate::etcd_limits::REQUIRED_TXN_OPS - 1,
-            bytes: crate::etcd_limits::REQUIRED_REQUEST_BYTES / 2,
+            ops: REQUIRED_TXN_OPS - 1,
+            bytes: REQUIRED_REQUEST_BYTES / 2,
         })
     }
 }

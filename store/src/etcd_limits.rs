@@ -12,15 +12,10 @@
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use crate::{EtcdKv, StoreError, etcd::wait_retrying};
-
-/// The operations a coordinator's etcd transactions may need (`--max-txn-ops`).
-pub const REQUIRED_TXN_OPS: usize = 10_000;
-
-/// The request size a coordinator's etcd transactions may need
-/// (`--max-request-bytes`): twice the largest message a coordinator accepts (4 MiB,
-/// `lockstep::limits::MAX_MESSAGE_BYTES`), a request's records and its events.
-pub const REQUIRED_REQUEST_BYTES: usize = 8 << 20;
+use crate::{
+    EtcdKv, StoreError,
+    etcd::{REQUIRED_REQUEST_BYTES, REQUIRED_TXN_OPS, wait_retrying},
+};
 
 impl EtcdKv {
     /// Asks the members for a read-only transaction as large as a coordinator's writes
