@@ -186,6 +186,17 @@ macro_rules! for_each_database {
     )*};
 }
 
+macro_rules! for_each_postgres {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres_reversible() { super::$scenario(super::Kind::PgReversible).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres_2pc() { super::$scenario(super::Kind::Pg2pc).await }
+        }
+    )*};
+}
+
 for_each_database!(
     when_every_migration_succeeds_every_schema_moves_and_the_live_state_shows_it,
     when_c_fails_to_migrate_every_schema_stays_exactly_as_it_was,
@@ -620,20 +631,7 @@ async fn an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(kind: Kind
     assert_eq!(s.schema_versions().await, [2, 2, 2]);
 }
 
-mod an_agent_whose_undo_fails_at_restart_starts_and_undoes_later {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_reversible() {
-        super::an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(
-            super::Kind::PgReversible,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_2pc() {
-        super::an_agent_whose_undo_fails_at_restart_starts_and_undoes_later(super::Kind::Pg2pc)
-            .await
-    }
-}
+for_each_postgres!(an_agent_whose_undo_fails_at_restart_starts_and_undoes_later);
 
 /// Review finding of stop 56: a migration's `SET search_path` outlived its
 /// transaction on the pooled connection it ran on. There Lockstep's `CREATE TABLE IF
@@ -699,20 +697,7 @@ async fn a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(kind: 
     assert_eq!(s.schema_versions().await, [2, 2, 2]);
 }
 
-mod a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_reversible() {
-        super::a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(
-            super::Kind::PgReversible,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_2pc() {
-        super::a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone(super::Kind::Pg2pc)
-            .await
-    }
-}
+for_each_postgres!(a_migration_that_sets_search_path_leaves_lockstep_s_tables_alone);
 
 async fn an_agent_that_lost_its_data_directory_mid_staging_undoes_what_it_staged_when_aborted(
     kind: Kind,

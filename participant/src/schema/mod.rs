@@ -454,17 +454,25 @@ impl Schema {
             .transpose()
     }
 
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (`how`) of `tx`'s prepared transaction
+    /// if PostgreSQL holds one; whether it did.
+    async fn end_prepared(&self, tx: &str, how: &str) -> Result<bool, String> {
+        if self.backend != Backend::Postgres || !self.is_prepared(tx).await? {
+            return Ok(false);
+        }
+        let sql = format!("{how} PREPARED '{}'", self.gid(tx));
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(true)
+    }
+
     /// Makes what `tx` staged final. Idempotent. `staged`: what the agent recorded
     /// with its PREPARED vote, held against the database when its tx row is missing.
     pub async fn commit(&self, tx: &str, staged: Option<&SchemaStaged>) -> Result<(), DeployError> {
         let fail = |e: String| DeployError(format!("committing migrations of {tx}: {e}"));
-        if self.backend == Backend::Postgres && self.is_prepared(tx).await.map_err(fail)? {
-            let sql = format!("COMMIT PREPARED '{}'", self.gid(tx));
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| fail(db_err(e)))?;
-        }
+        self.end_prepared(tx, "COMMIT").await.map_err(fail)?;
         match self.tx_state(tx).await.map_err(fail)? {
             None => self
                 .without_row(tx, staged, "committed", |s| &s.to)
@@ -495,12 +503,7 @@ impl Schema {
         let fail = |e: String| DeployError(format!("undoing migrations of {tx}: {e}"));
         // On PostgreSQL in either mode: an agent restarted in `reversible` mode may
         // still hold a prepared transaction of an earlier `postgres-2pc` run.
-        if self.backend == Backend::Postgres && self.is_prepared(tx).await.map_err(fail)? {
-            let sql = format!("ROLLBACK PREPARED '{}'", self.gid(tx));
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| fail(db_err(e)))?;
+        if self.end_prepared(tx, "ROLLBACK").await.map_err(fail)? {
             return Ok(());
         }
         match self.tx_state(tx).await.map_err(fail)? {
