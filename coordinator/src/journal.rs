@@ -55,9 +55,10 @@ pub const LINGER: Duration = Duration::from_millis(1);
 /// its own) carries it, short enough that watchers see its events at once to a person.
 pub const QUIET_LINGER: Duration = Duration::from_millis(5);
 
-/// Queued bytes (keys and values) beyond this many ask for a sync at once, so the batch
-/// the syncer writes stays below RocksDB's write buffer
-/// (`lockstep_store::rocks::WAL_WRITE_BUFFER`, twice this) and reaches the log in one
+/// Queued bytes (keys and values) beyond this many ask for a sync at once. What is
+/// queued meanwhile (a sync is running) is written in batches within the store's
+/// `batch_limit` (RocksDB's: this much, half its write buffer
+/// `lockstep_store::rocks::WAL_WRITE_BUFFER`), so each reaches the log in one
 /// `write()`: a process crash cannot tear it.
 const QUEUED_LIMIT: usize = 512 << 10;
 const _: () = assert!(2 * QUEUED_LIMIT <= lockstep_store::rocks::WAL_WRITE_BUFFER as usize);
@@ -515,6 +516,86 @@ mod tests {
             "durable"
         );
         assert_eq!(journal.stats().syncs, 1, "still one sync");
+    }
+
+    /// A store that notes the bytes of every batch written to it.
+    struct Noting {
+        kv: lockstep_store::RocksKv,
+        written: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl lockstep_store::Kv for Noting {
+        fn get(&self, t: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.kv.get(t, k)
+        }
+
+        fn scan(
+            &self,
+            t: &'static str,
+            from: &[u8],
+            to: Option<&[u8]>,
+            order: lockstep_store::Order,
+            limit: usize,
+        ) -> Result<Vec<lockstep_store::Entry>, StoreError> {
+            self.kv.scan(t, from, to, order, limit)
+        }
+
+        fn write(&self, batch: Batch, d: lockstep_store::Durability) -> Result<(), StoreError> {
+            self.written.lock().unwrap().push(batch.bytes());
+            self.kv.write(batch, d)
+        }
+
+        fn sync(&self) -> Result<(), StoreError> {
+            self.kv.sync()
+        }
+
+        fn batch_limit(&self) -> Option<BatchLimit> {
+            self.kv.batch_limit()
+        }
+    }
+
+    /// Review finding of stop 56: the early-sync limit only asks for a sync, so
+    /// appends queued meanwhile went to RocksDB as one batch larger than its log's
+    /// write buffer, which reaches the file in several `write()`s: a process killed
+    /// between them leaves a torn record that `--wal-recovery strict` refuses to start
+    /// on. Given 3 MiB of appends queued before the syncer runs, when they are written
+    /// to RocksDB, then no batch is larger than half the write buffer, and the last
+    /// append is there.
+    #[tokio::test(start_paused = true)]
+    async fn appends_queued_past_the_early_sync_limit_reach_rocksdb_in_untearable_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = lockstep_store::RocksKv::open(dir.path(), crate::tables::ALL).unwrap();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let noting = Noting {
+            kv,
+            written: written.clone(),
+        };
+        let tables = Tables::new(Arc::new(noting));
+        let feed = Feed::new(tables.clone()).unwrap();
+        let clock = Arc::new(|| 0);
+        let journal = Journal::start(
+            tables.clone(),
+            feed,
+            clock,
+            WriterMode::Task,
+            Default::default(),
+        )
+        .unwrap();
+        let text = "x".repeat(1024);
+        let appends: Vec<_> = (0..3072)
+            .map(|_| journal.append(Batch::default(), vec![event(&text)], Durable::Soon))
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        let limit = (lockstep_store::rocks::WAL_WRITE_BUFFER / 2) as usize;
+        let sizes = written.lock().unwrap().clone();
+        assert!(sizes.iter().all(|b| *b <= limit), "{sizes:?}");
+        assert_eq!(
+            tables.events(3072, 10).unwrap().len(),
+            1,
+            "the last one is there"
+        );
     }
 
     #[tokio::test(start_paused = true)]
