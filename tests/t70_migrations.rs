@@ -312,8 +312,10 @@ async fn a_revert_runs_the_stored_downs_and_restores_the_earlier_schema_exactly(
     );
 }
 
-async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema(kind: Kind) {
-    let mut s = Stack::new(kind).await;
+/// T1 (schema 1) live, then T2 (schema 2) created without waiting while B's Prepare is
+/// held, until A has voted PREPARED on it.
+async fn t2_with_a_prepared(kind: Kind) -> Stack {
+    let s = Stack::new(kind).await;
     s.release("T1", 1, 0).await;
     s.c.block("B");
     let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
@@ -322,12 +324,8 @@ async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schem
         args.push("--artifact".into());
         args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
     }
-    assert_eq!(
-        s.c.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .await
-            .code,
-        0
-    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(s.c.cli(&args).await.code, 0);
     wait_for("A to vote PREPARED", || async {
         let t = s.c.transaction("T2").await;
         t.participants
@@ -336,6 +334,11 @@ async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schem
             .then_some(())
     })
     .await;
+    s
+}
+
+async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema(kind: Kind) {
+    let mut s = t2_with_a_prepared(kind).await;
 
     s.c.agent_mut("A").server.kill9().await;
     if kind == Kind::Pg2pc {
@@ -371,25 +374,7 @@ async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schem
 /// prepared transaction is left.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2pc_agent_restarted_in_reversible_mode_still_resolves_its_prepared_transaction() {
-    let mut s = Stack::new(Kind::Pg2pc).await;
-    s.release("T1", 1, 0).await;
-    s.c.block("B");
-    let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
-    for p in PROJECTS {
-        args.push(format!("{p}=T2{p}"));
-        args.push("--artifact".into());
-        args.push(s.ship(p, &format!("T2{p}"), &standard(p, 2)));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(s.c.cli(&args).await.code, 0);
-    wait_for("A to vote PREPARED", || async {
-        let t = s.c.transaction("T2").await;
-        t.participants
-            .iter()
-            .any(|p| p.project == "A" && p.vote == pb::Vote::Prepared as i32)
-            .then_some(())
-    })
-    .await;
+    let mut s = t2_with_a_prepared(Kind::Pg2pc).await;
     let agent = &mut s.c.agent_mut("A").server;
     agent
         .restart_with_flag("--migration-mode", "reversible")
