@@ -40,7 +40,7 @@ use std::{
 
 use lockstep::pb;
 pub use lockstep_store::WriterMode;
-use lockstep_store::{Batch, BatchLimit, GroupCommit, Hooks, StoreError, SyncerWriter};
+use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
 use tokio::sync::watch;
 
 use crate::{error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings};
@@ -196,7 +196,7 @@ impl Queue {
         // A failure is recorded by the log (fail-stop) and reported by `failed`; the
         // sync then does not happen and these events are never published. The writes
         // before it landed whole: a prefix of the appends, as a crash leaves.
-        let mut writes = whole_appends(batches, log.batch_limit()).into_iter();
+        let mut writes = lockstep_store::whole_batches(batches, log.batch_limit()).into_iter();
         if writes.all(|batch| log.write(batch, None).is_ok()) {
             self.in_sync = (self.appends, events);
         }
@@ -369,29 +369,6 @@ impl Journal {
     }
 }
 
-/// The queued appends' batches as the store's writes: all in one, or, under the store's
-/// `limit` (etcd's per-transaction limits), consecutive appends in each write, never
-/// one append split across two (its records and events land together or not at all).
-/// An append beyond the limit alone is written alone, and refused as before.
-fn whole_appends(batches: Vec<Batch>, limit: Option<BatchLimit>) -> Vec<Batch> {
-    let mut writes = Vec::new();
-    let (mut current, mut bytes) = (Batch::default(), 0);
-    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
-        let size = batch.bytes();
-        let fits = |l: BatchLimit| l.fits(current.ops.len() + batch.ops.len(), bytes + size);
-        if !current.is_empty() && !limit.is_none_or(fits) {
-            writes.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        current.extend(batch);
-        bytes += size;
-    }
-    if !current.is_empty() {
-        writes.push(current);
-    }
-    writes
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -549,7 +526,7 @@ mod tests {
             self.kv.sync()
         }
 
-        fn batch_limit(&self) -> Option<BatchLimit> {
+        fn batch_limit(&self) -> Option<lockstep_store::BatchLimit> {
             self.kv.batch_limit()
         }
     }

@@ -196,6 +196,29 @@ impl Batch {
     }
 }
 
+/// Consecutive `batches` merged into as few writes as the store's `limit` allows (all
+/// in one without a limit), in order, never one batch split across two: each batch's
+/// mutations land together or not at all, and a crash part-way leaves a prefix. A batch
+/// beyond the limit alone is a write alone, which the store refuses.
+pub fn whole_batches(batches: Vec<Batch>, limit: Option<BatchLimit>) -> Vec<Batch> {
+    let mut writes = Vec::new();
+    let (mut current, mut bytes) = (Batch::default(), 0);
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        let size = batch.bytes();
+        let fits = |l: BatchLimit| l.fits(current.ops.len() + batch.ops.len(), bytes + size);
+        if !current.is_empty() && !limit.is_none_or(fits) {
+            writes.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.extend(batch);
+        bytes += size;
+    }
+    if !current.is_empty() {
+        writes.push(current);
+    }
+    writes
+}
+
 /// Direction of a [`Kv::scan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {

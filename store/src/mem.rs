@@ -46,6 +46,16 @@ impl MemKv {
         }
     }
 
+    /// The same data (a clone sees what this store sees) through a handle that refuses a
+    /// batch beyond `limit`: a test writes its setup whole, then hands the code under
+    /// test a store with etcd's limits.
+    pub fn limited_to(&self, limit: BatchLimit) -> Self {
+        Self {
+            limit: Some(limit),
+            ..self.clone()
+        }
+    }
+
     /// Simulates a crash: buffered writes since the last sync are lost and every call
     /// fails with [`StoreError::Down`] until [`MemKv::restart`].
     pub fn crash(&self) {

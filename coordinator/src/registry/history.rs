@@ -214,20 +214,21 @@ fn catch_up_starts(tables: &Tables, env: &Environment) -> Result<bool> {
     loop {
         let mut page = tables.checkpoints_after(env, through, PAGE)?;
         let full = page.len() == PAGE;
-        let mut batch = Batch::default();
-        for (i, cp) in page.iter().enumerate() {
-            let before = match i {
-                0 => previous.as_ref(),
-                _ => page.get(i - 1),
-            };
-            Tables::put_start_rows(&mut batch, before, cp);
-        }
+        let mut parts: Vec<Batch> = (page.iter().enumerate())
+            .map(|(i, cp)| {
+                let before = match i {
+                    0 => previous.as_ref(),
+                    _ => page.get(i - 1),
+                };
+                part(|b| Tables::put_start_rows(b, before, cp))
+            })
+            .collect();
         let Some(last) = page.pop() else {
             return Ok(true);
         };
-        Tables::put_starts_through(&mut batch, env, last.revision);
+        parts.push(part(|b| Tables::put_starts_through(b, env, last.revision)));
         (through, previous) = (last.revision, Some(last));
-        if !written(tables, batch)? {
+        if !written(tables, parts)? {
             return Ok(false);
         }
         if !full {
@@ -236,13 +237,27 @@ fn catch_up_starts(tables: &Tables, env: &Environment) -> Result<bool> {
     }
 }
 
-/// Writes `batch` synced; false on a read-only store (a standby).
-pub(super) fn written(tables: &Tables, batch: Batch) -> Result<bool> {
-    match tables.kv().write(batch, lockstep_store::Durability::Sync) {
-        Ok(()) => Ok(true),
-        Err(lockstep_store::StoreError::ReadOnly) => Ok(false),
-        Err(e) => Err(e.into()),
+/// Writes `parts` synced, in order, in as few writes as the store takes (etcd limits a
+/// transaction's operations), never one part split; false on a read-only store (a
+/// standby). A crash part-way leaves a prefix of the parts written, so each fill puts
+/// the mark that says it is done in its last part.
+pub(super) fn written(tables: &Tables, parts: Vec<Batch>) -> Result<bool> {
+    let kv = tables.kv();
+    for batch in lockstep_store::whole_batches(parts, kv.batch_limit()) {
+        match kv.write(batch, lockstep_store::Durability::Sync) {
+            Ok(()) => {}
+            Err(lockstep_store::StoreError::ReadOnly) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(true)
+}
+
+/// One batch made by `put`: a part of a fill that lands whole.
+pub(super) fn part(put: impl FnOnce(&mut Batch)) -> Batch {
+    let mut batch = Batch::default();
+    put(&mut batch);
+    batch
 }
 
 /// A data directory written before the `seen_versions` table existed has it empty:
@@ -256,12 +271,15 @@ pub(super) fn backfill_seen(tables: &Tables, newest: &CheckpointRecord) -> Resul
     if tables.was_live(&newest.environment, project, &entry.version)? {
         return Ok(());
     }
-    let (mut batch, mut previous) = (Batch::default(), None);
+    // Oldest first: the newest checkpoint's rows, the sign of a filled table, land last.
+    let (mut parts, mut previous) = (Vec::new(), None);
     for cp in tables.checkpoints(&newest.environment)? {
-        Tables::put_seen(&mut batch, previous.as_ref(), &cp);
+        parts.push(part(|b| Tables::put_seen(b, previous.as_ref(), &cp)));
         previous = Some(cp);
     }
-    tables.kv().write(batch, lockstep_store::Durability::Sync)?;
+    if !written(tables, parts)? {
+        return Ok(());
+    }
     tracing::info!(
         environment = %newest.environment,
         "filled the seen_versions table from the checkpoints (data written before it existed)"
@@ -418,6 +436,36 @@ mod tests {
         );
         // v1 last live at 1,999, v2 first live at 2,000: never together.
         assert_eq!(history.bounds(&[(&web, &v1), (&web, &v2)]).unwrap(), None);
+    }
+
+    /// On etcd a write takes at most so many operations: the fills of `version_starts`
+    /// and of `seen_versions` from 2,100 checkpoints (a version live at each) write in
+    /// parts within the store's limit, and still fill every row.
+    #[test]
+    fn starts_and_seen_versions_are_filled_within_the_store_s_batch_limit() {
+        let kv = MemKv::new();
+        let (mut batch, mut previous) = (Batch::default(), None);
+        for revision in 1..=2_100u64 {
+            let checkpoint = cp("prod", revision, &format!("v{revision}"));
+            Tables::put_checkpoint(&mut batch, &checkpoint);
+            previous = Some(checkpoint);
+        }
+        lockstep_store::Kv::write(&kv, batch, Durability::Sync).unwrap();
+        let limit = lockstep_store::BatchLimit {
+            ops: 100,
+            bytes: 1 << 20,
+        };
+        let tables = Tables::new(Arc::new(kv.limited_to(limit)));
+        let prod = Environment::parse("e", "prod").unwrap();
+        fill_starts(&tables).unwrap();
+        backfill_seen(&tables, previous.as_ref().unwrap()).unwrap();
+        assert!(tables.starts_complete(&prod).unwrap());
+        let web = ProjectName::parse("p", "web").unwrap();
+        for n in [1, 1_024, 1_025, 2_100] {
+            let version = Version::parse("v", &format!("v{n}")).unwrap();
+            assert_eq!(tables.first_live(&prod, &web, &version).unwrap(), Some(n));
+            assert!(tables.was_live(&prod, &web, &version).unwrap(), "v{n} seen");
+        }
     }
 
     /// A rolling upgrade on etcd: a leader of this version kept `version_starts`

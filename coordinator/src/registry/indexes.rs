@@ -6,7 +6,7 @@
 
 use lockstep_store::Batch;
 
-use super::history::written;
+use super::history::{part, written};
 use crate::{error::Result, tables::Tables};
 
 /// Transactions read per page, and indexed per batch.
@@ -29,14 +29,15 @@ fn fill_all(tables: &Tables) -> Result<()> {
     let mut before = None;
     loop {
         let page = tables.transactions_before(before, PAGE)?;
-        let mut batch = Batch::default();
-        page.iter()
-            .for_each(|tx| Tables::put_indexes(&mut batch, tx));
+        let mut parts: Vec<Batch> = page
+            .iter()
+            .map(|tx| part(|b| Tables::put_indexes(b, tx)))
+            .collect();
         let last = page.len() < PAGE;
         if last {
-            Tables::put_indexes_filled(&mut batch);
+            parts.push(part(Tables::put_indexes_filled));
         }
-        if !written(tables, batch)? || last {
+        if !written(tables, parts)? || last {
             return Ok(());
         }
         before = page.last().map(|tx| tx.ordinal);
@@ -65,12 +66,12 @@ fn catch_up(tables: &Tables) -> Result<()> {
     };
     for (before, size) in pages.into_iter().rev() {
         let page = tables.transactions_before(before, size)?;
-        let missing = page
-            .iter()
-            .filter(|tx| indexed.is_none_or(|i| tx.ordinal > i));
-        let mut batch = Batch::default();
-        missing.for_each(|tx| Tables::put_indexes(&mut batch, tx));
-        if !batch.is_empty() && !written(tables, batch)? {
+        // Oldest first, so that a crash part-way leaves the newest unindexed.
+        let missing = (page.iter().rev()).filter(|tx| indexed.is_none_or(|i| tx.ordinal > i));
+        let parts: Vec<Batch> = missing
+            .map(|tx| part(|b| Tables::put_indexes(b, tx)))
+            .collect();
+        if !parts.is_empty() && !written(tables, parts)? {
             return Ok(());
         }
     }
@@ -174,6 +175,33 @@ mod tests {
         );
         let nobody = [IndexRange::project(&sparse(), &project("Z"))];
         assert!(listed(&tables, &nobody, None).is_empty());
+    }
+
+    /// On etcd a write takes at most so many operations: the fill and its catch-up
+    /// write their pages in parts within the store's limit (a page of 1,024
+    /// transactions has ~5,000 index keys), each transaction's keys whole, and still
+    /// index every transaction.
+    #[test]
+    fn the_fill_and_its_catch_up_write_within_the_store_s_batch_limit() {
+        let kv = Arc::new(MemKv::new());
+        let limit = lockstep_store::BatchLimit {
+            ops: 100,
+            bytes: 1 << 20,
+        };
+        let tables = Tables::new(Arc::new(kv.limited_to(limit)));
+        write_unindexed(&kv, 1..=2_500);
+        fill(&tables).unwrap();
+        assert!(tables.indexes_complete().unwrap());
+        write_unindexed(&kv, 2_501..=4_200);
+        fill(&tables).unwrap();
+        assert!(tables.indexes_complete().unwrap());
+        let sparse_range = [IndexRange::environment(&sparse())];
+        assert_eq!(
+            listed(&tables, &sparse_range, None),
+            vec![4_000, 3_000, 2_000, 1_000]
+        );
+        let default = [IndexRange::environment(&Environment::default())];
+        assert_eq!(listed(&tables, &default, None).len(), 4_196);
     }
 
     /// An older coordinator led after this version had filled the indexes (a rolling
