@@ -189,6 +189,27 @@ async fn events_resume_from_the_last_event_id_with_no_gap_or_duplicate() {
     assert_eq!(resumed, vec![7, 8, 9], "right after the last one seen");
 }
 
+/// Review finding of stop 57: `Last-Event-ID: 18446744073709551615` overflowed the
+/// resume point (a panic in a debug build; in a release build it wrapped to 0 and
+/// replayed the caller's whole history). An id that is no event's is refused, naming
+/// the header.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_event_id_that_is_no_event_s_is_refused_naming_the_header() {
+    let (s, api) = cluster().await;
+    let http = client(&s, Some("admin"));
+    for id in ["18446744073709551615", "seven", "-1"] {
+        let resumed = http
+            .get(format!("{api}/events"))
+            .header("Last-Event-ID", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resumed.status(), StatusCode::BAD_REQUEST, "{id}");
+        let body = resumed.text().await.unwrap();
+        assert!(body.contains("Last-Event-ID"), "{id}: {body}");
+    }
+}
+
 /// Review finding of stop 55: the event stream's query made every `true`/`false` a
 /// boolean (the routes stopped doing so at stop 54), so a transaction named `true`
 /// could not be followed: 400, where WatchEvents over gRPC follows it.

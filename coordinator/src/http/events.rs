@@ -44,8 +44,12 @@ pub async fn stream(
         let value = super::routes::typed::<pb::WatchEventsRequest>(&key, value);
         fields.insert(key, value);
     }
-    if let Some(resume) = last_event_id(&headers) {
-        fields.insert("fromSeq".into(), Value::String((resume + 1).to_string()));
+    match last_event_id(&headers) {
+        Ok(Some(next)) => {
+            fields.insert("fromSeq".into(), Value::String(next.to_string()));
+        }
+        Ok(None) => {}
+        Err(status) => return failure(&status),
     }
     let request = caller.request::<pb::WatchEventsRequest>(&api, Ok(fields));
     let watched = match request {
@@ -63,10 +67,24 @@ pub async fn stream(
     }
 }
 
-/// The sequence number a reconnecting `EventSource` saw last.
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    let id = headers.get("last-event-id")?.to_str().ok()?;
-    id.trim().parse().ok()
+/// The sequence number to resume from: the one after the last a reconnecting
+/// `EventSource` saw (none without the header). An id that is no event's (not a number,
+/// or the last one there can be) is refused, naming the header, rather than read as
+/// "from the start".
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, tonic::Status> {
+    let Some(id) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let seen = id
+        .to_str()
+        .ok()
+        .and_then(|id| id.trim().parse::<u64>().ok());
+    match seen.and_then(|seen| seen.checked_add(1)) {
+        Some(next) => Ok(Some(next)),
+        None => Err(tonic::Status::invalid_argument(format!(
+            "Last-Event-ID: {id:?} is not the sequence number of an event"
+        ))),
+    }
 }
 
 /// One log event as an SSE event (`id` its sequence number, `data` its proto3 JSON,
