@@ -38,6 +38,29 @@ const USAGE: i32 = 2;
 /// Exit code of a refused call, ALREADY_EXISTS included (`cli/src/main.rs`: `REFUSED`).
 const REFUSED: i32 = 1;
 
+/// Review finding of stop 57: a receiver (or the load balancer in front of it) that
+/// answers 503 with `Retry-After: 0` was retried at once, again and again: thousands of
+/// requests a second and a core spinning. `Retry-After` is a lower bound on the wait,
+/// never below the backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_of_zero_is_retried_with_backoff_not_at_once() {
+    let c = family_with(&["--notify-max-backoff", "1s"]).await;
+    let r = Receiver::start(&["--busy-for", "2"]).await;
+    add(&c, &["busy", "--url", &r.url()]).await;
+    let added = added_seq(&c, "busy").await;
+    wait_for(
+        "the event to get through once the receiver is free",
+        || async {
+            let accepted = r.accepted();
+            accepted.iter().any(|l| seq(l) == added).then_some(())
+        },
+    )
+    .await;
+    let busy = r.lines().iter().filter(|l| status(l) == 503).count();
+    // 2 s of 200, 400, 800, 1000 ms waits: 4 or 5 attempts, give or take scheduling.
+    assert!((2..=8).contains(&busy), "{busy} attempts in 2 s of 503");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_arrives_in_order_through_failures_throttling_a_hang_and_ends_at_410() {
     let c = family_with(&["--notify-timeout", "1s", "--notify-max-backoff", "1s"]).await;

@@ -3,14 +3,15 @@
 
     receiver.py --port-file F --log F [--port P] [--fail-first N] [--throttle-once]
                 [--hang-once SECONDS] [--gone-after K] [--delay SECONDS]
-                [--verify-secret-file F]
+                [--verify-secret-file F] [--busy-for SECONDS]
 
 It listens on 127.0.0.1 (port 0, or --port P to come back on the same port after a
 restart), writes the port to --port-file (atomically) once it accepts connections, and
 answers every POST, in this order of precedence:
 
 1. 500 while fewer than N requests were answered with it (--fail-first N);
-2. once, 429 with `Retry-After: 1` (--throttle-once);
+2. once, 429 with `Retry-After: 1` (--throttle-once); 503 with `Retry-After: 0`
+   until SECONDS after its first request (--busy-for: a load balancer saying "now");
 3. once, no answer at all: it waits SECONDS, then closes the connection (--hang-once);
 4. 410 Gone for good once K requests were answered with 200 (--gone-after K);
 5. 200.
@@ -51,6 +52,7 @@ def parse_args():
     p.add_argument("--gone-after", type=int, default=None)
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--verify-secret-file", default=None)
+    p.add_argument("--busy-for", type=float, default=None)
     return p.parse_args()
 
 
@@ -66,6 +68,7 @@ class State:
         self.throttled = False
         self.hung = False
         self.ok = 0
+        self.first = None
         self.log = open(args.log, "a", encoding="utf-8")
         self.key = None
         if args.verify_secret_file is not None:
@@ -88,6 +91,10 @@ class State:
         if a.throttle_once and not self.throttled:
             self.throttled = True
             return 429
+        if self.first is None:
+            self.first = time.monotonic()
+        if a.busy_for is not None and time.monotonic() - self.first < a.busy_for:
+            return 503
         if a.hang_once is not None and not self.hung:
             self.hung = True
             return 0
@@ -187,6 +194,8 @@ def handler(state):
                 time.sleep(state.args.delay)
             if status == 429:
                 self.answer(429, [("Retry-After", "1")])
+            elif status == 503:
+                self.answer(503, [("Retry-After", "0")])
             elif status == 410:
                 self.answer(410, [("Connection", "close")])
                 self.close_connection = True
