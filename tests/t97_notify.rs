@@ -488,6 +488,17 @@ async fn bad_subscriptions_are_refused_naming_the_field_and_nothing_is_stored() 
             );
         }
     }
+    // Review finding of stop 57: a refused URL was quoted whole, credentials and
+    // tokens with it, into the error (and so into CI logs).
+    for bad in [
+        "ftp://u:s3cret@host/",
+        "http://u:s3cret@ho st/hook?token=s3cret",
+    ] {
+        let out = c.cli(&["notify", "add", "leaky", "--url", bad]).await;
+        assert_eq!(out.code, USAGE, "{bad}: {out:?}");
+        assert!(out.stderr.contains("url"), "{out:?}");
+        assert!(!out.stderr.contains("s3cret"), "a secret shown: {out:?}");
+    }
     assert_eq!(names(&c).await, Vec::<String>::new(), "nothing stored");
     assert_eq!(c.last_seq().await, head, "nothing written to the log");
 

@@ -308,13 +308,56 @@ pub fn ticket(ticket: &str) -> Result<String, FieldError> {
 /// An absolute `http://` or `https://` URL with a host, at most 2048 bytes.
 pub fn http_url(field: &str, value: &str) -> Result<reqwest::Url, FieldError> {
     text(field, value, 2048)?;
+    // Quoted as shown: a refusal goes to CI logs, credentials must not.
+    let quoted = shown_url(value);
     let url = reqwest::Url::parse(value)
-        .map_err(|e| FieldError::new(field, format!("{value:?} is not a URL: {e}")))?;
+        .map_err(|e| FieldError::new(field, format!("{quoted:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        let why = format!("{value:?} must be an http:// or https:// URL with a host");
+        let why = format!("{quoted:?} must be an http:// or https:// URL with a host");
         return Err(FieldError::new(field, why));
     }
     Ok(url)
+}
+
+/// `url` as callers see it and the log, traces and errors say it: userinfo and query,
+/// where credentials and tokens travel, are `***` (`https://***@host/path?***`), the
+/// fragment is dropped. A stored subscription keeps the whole URL for delivery.
+pub fn shown_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return unparsed_shown(url);
+    };
+    let userinfo = !parsed.username().is_empty() || parsed.password().is_some();
+    if !userinfo && parsed.query().is_none() && parsed.fragment().is_none() {
+        return url.to_string();
+    }
+    if userinfo && (parsed.set_password(None).is_err() || parsed.set_username("***").is_err()) {
+        return unparsed_shown(url);
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("***"));
+    }
+    parsed.set_fragment(None);
+    parsed.into()
+}
+
+/// [`shown_url`] of what is no URL: cut at the query or fragment, and anything up to
+/// the last `@` after the scheme is `***`.
+fn unparsed_shown(raw: &str) -> String {
+    let (rest, cut) = match raw.find(['?', '#']) {
+        Some(at) => (&raw[..at], "?***"),
+        None => (raw, ""),
+    };
+    let (scheme, rest) = rest.split_once("://").unwrap_or(("", rest));
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{rest}{cut}")
 }
 
 /// Who asked ("unknown" when nobody said; authentication will fill this in).

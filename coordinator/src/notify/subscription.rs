@@ -114,28 +114,7 @@ impl SubscriptionRecord {
     }
 }
 
-/// `url` as callers see it and the log and traces say it: userinfo and query, where
-/// credentials and tokens travel, are `***` (`https://***@host/path?***`), the fragment
-/// is dropped. The stored subscription keeps the whole URL for delivery.
-pub fn shown(url: &str) -> String {
-    let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return "***".into();
-    };
-    let userinfo = !parsed.username().is_empty() || parsed.password().is_some();
-    if !userinfo && parsed.query().is_none() && parsed.fragment().is_none() {
-        return url.to_string();
-    }
-    if userinfo {
-        // Cannot fail: the URL has a host (it has userinfo).
-        let _ = parsed.set_password(None);
-        let _ = parsed.set_username("***");
-    }
-    if parsed.query().is_some() {
-        parsed.set_query(Some("***"));
-    }
-    parsed.set_fragment(None);
-    parsed.into()
-}
+pub use crate::convert::shown_url as shown;
 
 fn events(names: &[String]) -> Result<BTreeSet<i32>, FieldError> {
     let parse = |n: &String| kinds::parse(n.trim()).map(|k| k as i32);
@@ -197,6 +176,9 @@ mod tests {
                 "https://hooks.example/a?***",
             ),
             ("https://hooks.example/a#x", "https://hooks.example/a"),
+            ("ftp://u:s3cret@host/", "ftp://***@host/"),
+            ("http://u:s@cret@ho st/h?t=s3cret", "http://***@ho st/h?***"),
+            ("not a url", "not a url"),
         ];
         for (url, expected) in cases {
             assert_eq!(shown(url), expected, "{url}");
