@@ -61,6 +61,38 @@ async fn a_retry_after_of_zero_is_retried_with_backoff_not_at_once() {
     assert!((2..=8).contains(&busy), "{busy} attempts in 2 s of 503");
 }
 
+/// Review finding of stop 57: AddSubscription stored the subscription, then appended
+/// its `subscription.added` in a second write: a SIGKILL between the two left a live
+/// subscription that the log never mentions (and the events appended between the two
+/// came before its own). Now one write holds both: a subscription that survives a crash
+/// is in the log, and its own event is the first it gets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_cut_by_a_crash_is_in_the_log_and_gets_its_own_event_first() {
+    let mut c = family_with(&[]).await;
+    let r = Receiver::start(&[]).await;
+    let crash = vec![(
+        "LOCKSTEP_CRASH_AT".to_string(),
+        "after-subscription-stored".to_string(),
+    )];
+    c.coordinator.restart_with(crash).await;
+    let cut = c.cli(&["notify", "add", "cut", "--url", &r.url()]).await;
+    assert_ne!(cut.code, 0, "the coordinator died answering: {cut:?}");
+    c.coordinator.restart_with(Vec::new()).await;
+
+    assert_eq!(names(&c).await, ["cut"], "stored before the crash");
+    let events = c.events().await;
+    let added = events
+        .iter()
+        .find(|e| e.kind == EventKind::SubscriptionAdded as i32 && e.message.contains("cut"));
+    let added = added.unwrap_or_else(|| panic!("no subscription.added in {events:#?}"));
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    let first = wait_for("the first delivery", || async {
+        r.accepted().first().cloned()
+    })
+    .await;
+    assert_eq!(seq(&first), added.seq, "its own event first: {first}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_arrives_in_order_through_failures_throttling_a_hang_and_ends_at_410() {
     let c = family_with(&["--notify-timeout", "1s", "--notify-max-backoff", "1s"]).await;

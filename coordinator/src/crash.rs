@@ -12,3 +12,6 @@ pub const BEFORE_DECISION: &str = "before-decision";
 pub const AFTER_COMMIT_DECISION: &str = "after-commit-decision";
 /// After the first participant acknowledged its Commit.
 pub const AFTER_FIRST_COMMIT_ACK: &str = "after-first-commit-ack";
+/// After a subscription was added (stored and announced in the log), before its
+/// delivery starts and the caller is answered.
+pub const AFTER_SUBSCRIPTION_STORED: &str = "after-subscription-stored";

@@ -292,7 +292,19 @@ impl Journal {
         events: Vec<pb::Event>,
         durable: Durable,
     ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + use<> {
-        let (append, seq) = self.queue(batch, events, durable.linger());
+        self.append_made(|_| batch, events, durable)
+    }
+
+    /// [`Journal::append`] of a batch that records its own first event's sequence number
+    /// (a subscription that starts at its own announcement): `make` gets it, under the
+    /// lock that numbers the events, so nothing can be numbered in between.
+    pub fn append_made<F: FnOnce(u64) -> Batch>(
+        &self,
+        make: F,
+        events: Vec<pb::Event>,
+        durable: Durable,
+    ) -> impl Future<Output = Result<u64, CoordinatorError>> + Send + use<F> {
+        let (append, seq) = self.queue(make, events, durable.linger());
         let durable = self.durable_through(append);
         async move { durable.await.map(|_| seq) }
     }
@@ -328,7 +340,7 @@ impl Journal {
     /// delay, when longer), or with whichever sync comes sooner. Its events reach
     /// watchers once that sync is done. A failure shows in [`Journal::failed`].
     pub fn append_quietly(&self, batch: Batch, events: Vec<pb::Event>) {
-        self.queue(batch, events, self.inner.delay.quiet_linger());
+        self.queue(|_| batch, events, self.inner.delay.quiet_linger());
     }
 
     /// How soon a transaction's step asking for `asked` must be durable while
@@ -339,9 +351,15 @@ impl Journal {
 
     /// Queues an append and asks for a sync within `linger` (at once when the queue has
     /// grown long); returns the append's number and its first sequence number.
-    fn queue(&self, batch: Batch, events: Vec<pb::Event>, linger: Duration) -> (u64, u64) {
+    fn queue(
+        &self,
+        make: impl FnOnce(u64) -> Batch,
+        events: Vec<pb::Event>,
+        linger: Duration,
+    ) -> (u64, u64) {
         let (numbered, long) = {
             let mut q = Queue::lock(&self.inner.queue);
+            let batch = make(q.next_seq);
             let numbered = q.push(batch, events, (self.inner.clock)());
             (numbered, q.queued_bytes > QUEUED_LIMIT)
         };

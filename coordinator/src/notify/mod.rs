@@ -187,21 +187,34 @@ impl Notifier {
             return Err(CoordinatorError::AlreadyExists(why));
         }
         let head = *self.hub.feed.latest().borrow();
-        let record = SubscriptionRecord::from_request(r, head, actor)?;
+        let mut record = SubscriptionRecord::from_request(r, head, actor)?;
         self.hub.allowed(&record.url).await?;
-        let mut batch = Batch::default();
-        Tables::put_subscription(&mut batch, &record);
-        self.hub.tables.kv().write(batch, Durability::Sync)?;
-        let what = format!(
-            "subscription {} added: {} from sequence {}",
-            record.name,
-            subscription::shown(&record.url),
-            record.cursor + 1
-        );
-        self.hub
-            .record(&record, pb::EventKind::SubscriptionAdded, what, actor)
+        let from = match r.from_seq {
+            0 => "this event".to_string(),
+            seq => format!("sequence {seq}"),
+        };
+        let url = subscription::shown(&record.url);
+        let what = format!("subscription {} added: {url} from {from}", record.name);
+        let event = Hub::event(&record, pb::EventKind::SubscriptionAdded, what, actor);
+        // One write holds the subscription and its event, which is where its delivery
+        // starts unless `from_seq` says otherwise.
+        let stored = |first: u64| {
+            let mut stored = record.clone();
+            if r.from_seq == 0 {
+                stored.cursor = first - 1;
+            }
+            let mut batch = Batch::default();
+            Tables::put_subscription(&mut batch, &stored);
+            batch
+        };
+        let first = (self.hub.journal)
+            .append_made(stored, vec![event], Durable::Soon)
             .await?;
-        let shown = record.message(head);
+        crate::crash::point(crate::crash::AFTER_SUBSCRIPTION_STORED);
+        if r.from_seq == 0 {
+            record.cursor = first - 1;
+        }
+        let shown = record.message(*self.hub.feed.latest().borrow());
         self.hub.spawn(record);
         Ok(shown)
     }
@@ -220,17 +233,15 @@ impl Notifier {
         let record = {
             let mut slot = shared.slot();
             slot.removed = true;
-            let mut batch = Batch::default();
-            Tables::delete_subscription(&mut batch, name);
-            self.hub.tables.kv().write(batch, Durability::Sync)?;
             slot.record.clone()
         };
-        self.hub.subscriptions().remove(name);
         shared.stop.send_replace(true);
+        let mut batch = Batch::default();
+        Tables::delete_subscription(&mut batch, name);
         let what = format!("subscription {name} removed");
-        self.hub
-            .record(&record, pb::EventKind::SubscriptionRemoved, what, actor)
-            .await?;
+        let event = Hub::event(&record, pb::EventKind::SubscriptionRemoved, what, actor);
+        self.hub.write(batch, event).await?;
+        self.hub.subscriptions().remove(name);
         Ok(shared.message(*self.hub.feed.latest().borrow()))
     }
 
@@ -351,35 +362,36 @@ impl Hub {
             );
             slot.record.clone()
         };
-        self.save(shared);
+        let mut batch = Batch::default();
+        Tables::put_subscription(&mut batch, &record);
         let what = format!("subscription {} disabled: {}", record.name, record.disabled);
-        if let Err(e) = self
-            .record(&record, pb::EventKind::SubscriptionDisabled, what, "")
-            .await
-        {
+        let event = Self::event(&record, pb::EventKind::SubscriptionDisabled, what, "");
+        if let Err(e) = self.write(batch, event).await {
             tracing::warn!(subscription = %record.name, "not logged: {e}");
         }
     }
 
-    /// Writes a subscription event to the log; resolves once durable.
-    async fn record(
-        &self,
+    /// An event about subscription `s`, for [`Hub::write`].
+    fn event(
         s: &SubscriptionRecord,
         kind: pb::EventKind,
         message: String,
         actor: &str,
-    ) -> Result<()> {
-        let event = pb::Event {
+    ) -> pb::Event {
+        pb::Event {
             kind: kind as i32,
             environment: s.environment_name(),
             project: s.project_name(),
             message,
             actor: actor.to_string(),
             ..Default::default()
-        };
-        let written = self
-            .journal
-            .append(Batch::default(), vec![event], Durable::Soon);
+        }
+    }
+
+    /// Writes a change of a subscription and its event in one append (a crash keeps
+    /// both or neither); resolves once durable.
+    async fn write(&self, batch: Batch, event: pb::Event) -> Result<()> {
+        let written = self.journal.append(batch, vec![event], Durable::Soon);
         written.await.map(drop)
     }
 }
