@@ -228,6 +228,66 @@ async fn the_page_reconnects_after_a_restart_with_no_gap_or_duplicate() {
     page.passes().await;
 }
 
+/// Review finding of stop 57: once a token was revoked and the console asked to sign
+/// in again, the new session never followed the log again (its stream was taken for
+/// still running): nothing updated live until a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_sign_in_after_a_revoked_token_follows_the_log_again() {
+    let (s, url) = cluster(&["A"], &[]).await;
+    release(&s, &admin(), "R1", &["A=1.0"]).await;
+    let (first_id, first) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    let (_, second) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    let tokens = json!({"first": first, "second": second});
+    let context = json!({"url": url, "tokens": tokens});
+    let scenario = "the_console_follows_again_after_a_new_sign_in";
+    let mut page = Scenario::start(scenario, context, s.dir.path());
+    assert_eq!(page.asks().await, "revoke the first token");
+    let out = s.cli(&admin(), &["token", "revoke", &first_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    page.answer("revoked").await;
+    assert_eq!(page.asks().await, "commit R2 from the CLI");
+    release(&s, &admin(), "R2", &["A=2.0"]).await;
+    page.answer("done").await;
+    page.passes().await;
+}
+
+/// Review finding of stop 57: a release's page followed the release's own events over
+/// a stream that was never reconnected: after a restart its events table stopped, with
+/// no sign that anything was missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_page_follows_its_release_across_a_restart() {
+    let (mut s, url) = cluster(&["A"], &[]).await;
+    let file = s.dir.path().join("pipeline.toml");
+    std::fs::write(&file, APPROVAL).unwrap();
+    let apply = s
+        .cli(&admin(), &["env", "apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let (_, alice) = s.token(&["--role", "operator", "--subject", "alice"]).await;
+    let (_, oncall) = s
+        .token(&["--role", "operator", "--subject", "oncall"])
+        .await;
+    let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    let out = s
+        .cli(&As::Token(alice), &["release", "create", "R1", "A=1.0"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let context = json!({"url": url, "tokens": {"viewer": viewer}, "release": "R1"});
+    let scenario = "the_release_page_follows_its_release_across_a_restart";
+    let mut page = Scenario::start(scenario, context, s.dir.path());
+    assert_eq!(page.asks().await, "restart the coordinator");
+    s.coordinator.kill9().await;
+    page.answer("killed").await;
+    assert_eq!(page.asks().await, "start it again and approve the release");
+    s.coordinator.restart().await;
+    let approve = ["approve", "R1", "--reason", "checked"];
+    let out = s.cli(&As::Token(oncall), &approve).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    page.answer("approved").await;
+    page.passes().await;
+    assert_eq!(live(&s, "A").as_deref(), Some("1.0"));
+}
+
 /// The newest sequence number of the log, checked to be what the viewer's own stream
 /// numbers without a gap (so the page's gap-free check means what it says).
 async fn last_seq(s: &Secure, url: &str, viewer: &str) -> u64 {

@@ -73,6 +73,12 @@ def type_into(driver, what, css, keys):
 def sign_in(driver, url, token):
     """Opens the console and signs in with `token`; returns when the overview shows."""
     driver.get(url)
+    sign_in_here(driver, token)
+
+
+def sign_in_here(driver, token):
+    """Signs in with `token` on the sign-in form the page shows, without loading it
+    again; returns when the overview shows."""
     type_into(driver, "the sign-in form", "#token", token)
     click(driver, "the sign-in button", "#signin button[type=submit]")
     until("the overview matrix", lambda: driver.find_elements(By.ID, "matrix"))

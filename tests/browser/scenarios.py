@@ -8,7 +8,8 @@ coordinator and agents then hold.
 
 import sys
 
-from console import By, click, main, sign_in, text, type_into, until, wait_for_test
+from console import (By, click, main, sign_in, sign_in_here, text, type_into, until,
+                     wait_for_test)
 
 
 def matrix_cell(driver, env, project):
@@ -56,6 +57,8 @@ def the_operator_approves_from_the_page(driver, ctx):
     until("the release verifying", lambda: "verifying" in text(driver, "#release-state"))
     until("the approval step triggered", lambda: "triggered" in text(driver, '#steps tr[data-step="approval"]'))
     assert not driver.find_elements(By.ID, "approve"), "the creator is offered approve"
+    # Four eyes is for approval only: the creator may still reject (stop 57).
+    assert driver.find_elements(By.ID, "reject"), "the creator is not offered reject"
     assert "four eyes" in text(driver, "#actions"), text(driver, "#actions")
     driver.execute_script("sessionStorage.clear()")
     sign_in(driver, ctx["url"], ctx["tokens"]["operator"])
@@ -105,7 +108,45 @@ def the_page_resumes_after_a_restart(driver, ctx):
     assert seqs == list(range(last, 0, -1)), f"events shown (newest first): {seqs}"
 
 
+def the_console_follows_again_after_a_new_sign_in(driver, ctx):
+    """The token is revoked while the console is open: it asks to sign in again, and
+    once signed in with another token it follows the log live again, without a reload
+    (stop 57: it stopped following for good)."""
+    sign_in(driver, ctx["url"], ctx["tokens"]["first"])
+    until("the stream live", lambda: text(driver, "#conn") == "live")
+    driver.execute_script("window.notReloaded = true")
+    wait_for_test("revoke the first token")
+    until("the sign-in form", lambda: driver.find_elements(By.ID, "signin"), timeout=15)
+    sign_in_here(driver, ctx["tokens"]["second"])
+    wait_for_test("commit R2 from the CLI")
+    until("A at 2.0 without a reload",
+          lambda: "2.0" in matrix_cell(driver, "default", "A"), timeout=5.0)
+    assert driver.execute_script("return window.notReloaded === true"), "the page reloaded"
+    until("the stream live again", lambda: text(driver, "#conn") == "live")
+
+
+def the_release_page_follows_its_release_across_a_restart(driver, ctx):
+    """A release's page is open while the coordinator restarts and the release is
+    approved after it: the page's events show its commit, without a reload (stop 57:
+    the page's own stream was never reconnected)."""
+    release = ctx["release"]
+    sign_in(driver, ctx["url"], ctx["tokens"]["viewer"])
+    driver.get(ctx["url"] + f"#/release/{release}")
+    until("the approval step triggered", lambda: "triggered" in text(driver, '#steps tr[data-step="approval"]'))
+    until("its events", lambda: text(driver, "#release-events"))
+    assert "committed" not in text(driver, "#release-events"), text(driver, "#release-events")
+    driver.execute_script("window.notReloaded = true")
+    wait_for_test("restart the coordinator")
+    until("the page saying it reconnects", lambda: "reconnecting" in text(driver, "#conn"), timeout=10)
+    wait_for_test("start it again and approve the release")
+    until("the release committed", lambda: "committed" in text(driver, "#release-state"), timeout=15)
+    until("the commit in its events", lambda: "committed" in text(driver, "#release-events"), timeout=10)
+    assert driver.execute_script("return window.notReloaded === true"), "the page reloaded"
+
+
 main({f.__name__: f for f in [
+    the_console_follows_again_after_a_new_sign_in,
+    the_release_page_follows_its_release_across_a_restart,
     the_viewer_sees_a_release_appear_live,
     the_operator_approves_from_the_page,
     the_revert_shows_its_plan_first,

@@ -118,9 +118,31 @@ async function streamForever() {
       const seen = () => setConn('live', 'ok');
       await follow(`from=${session.lastSeq + 1}`, (e) => { seen(); received(e); }, undefined);
     } catch (e) {
-      if (e.status === 401) return signIn('Your session ended: sign in again.');
+      if (e.status === 401) {
+        session.stream = null; // the next sign-in follows the log again
+        return signIn('Your session ended: sign in again.');
+      }
+      if (e.status === 403) {
+        session.stream = null;
+        return setConn('not allowed to follow the log', 'error');
+      }
     }
     setConn('reconnecting…', 'warn');
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+}
+
+/** Follows `query` from its first event, again after every drop from the event after
+ *  the last one seen, until `signal` (a page's own stream; the main one signs in). */
+async function followForever(query, each, signal) {
+  let last = 0;
+  const seen = (e) => { last = Math.max(last, Number(e.seq)); each(e); };
+  while (!signal.aborted) {
+    try {
+      await follow(`${query}&from=${last + 1}`, seen, signal);
+    } catch (e) {
+      if (signal.aborted || e.status === 401 || e.status === 403) return;
+    }
     await new Promise((ok) => setTimeout(ok, 1000));
   }
 }
@@ -334,10 +356,10 @@ async function releasePage(id) {
   const events = [];
   const watch = session.pageAbort;
   // The release's own events, from its first, over a stream of its own.
-  follow(`transactionId=${encodeURIComponent(id)}&from=1`, (e) => {
+  followForever(`transactionId=${encodeURIComponent(id)}`, (e) => {
     if (!events.some((x) => x.seq === e.seq)) events.push(e);
     again();
-  }, watch.signal).catch(() => {});
+  }, watch.signal);
   const build = async () => {
     const [t, who] = await Promise.all([api(`/releases/${encodeURIComponent(id)}`), api(`/whoami?transaction=${encodeURIComponent(id)}`)]);
     return [releaseHead(t), releaseActions(t, who), participantsView(t), stepsView(t), releaseEvents(events)];
@@ -380,6 +402,9 @@ function releaseActions(t, who) {
   if (verifying && awaitingApproval && may.Approve) {
     out.push(button('Approve', { id: 'approve', class: 'primary' }, () =>
       confirmAction(`Approve ${t.id}?`, 'Its verify steps then continue and, if all pass, it commits.', (reason) => post('approve', { reason })())));
+  }
+  // Four eyes is for approval only: the creator may still reject.
+  if (verifying && awaitingApproval && may.Reject) {
     out.push(button('Reject', { id: 'reject' }, () =>
       confirmAction(`Reject ${t.id}?`, 'It aborts: every participant restores what was live.', (reason) => post('reject', { reason })())));
   }
@@ -579,8 +604,10 @@ async function start() {
   $('nav-audit').hidden = !(who.may || {}).ListAudit;
   $('signout').hidden = !session.token;
   if (!session.stream) {
-    const { lastEventSeq } = await api('/matrix').catch(() => ({}));
-    session.lastSeq = Math.max(0, Number(lastEventSeq || 0) - 500);
+    if (!session.lastSeq) {
+      const { lastEventSeq } = await api('/matrix').catch(() => ({}));
+      session.lastSeq = Math.max(0, Number(lastEventSeq || 0) - 500);
+    }
     session.stream = streamForever();
   }
   if (location.hash === '#/signin') location.hash = '#/';
