@@ -52,6 +52,7 @@ impl Fetcher {
         let client = client
             .build()
             .map_err(|e| format!("the artifact client: {e}"))?;
+        sweep_downloads(&cache);
         Ok(Self {
             cache,
             roots,
@@ -176,6 +177,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Removes the partial downloads of agents that died mid-download (SIGKILL, OOM):
+/// `.download-PID-N` of a process that no longer runs. The digest check already keeps
+/// them from being staged; this keeps them from filling the disk.
+fn sweep_downloads(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(".download-")
+            .and_then(|r| r.split('-').next());
+        let dead = pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+        if dead {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A name no other download of this process uses.
 fn unique() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -191,6 +211,25 @@ mod tests {
     use super::*;
 
     const D: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Review finding of stop 57: a download cut by a SIGKILL stayed in the cache for
+    /// good. An agent's start removes those of processes that no longer run, and keeps
+    /// one a running process is writing, and the cached builds.
+    #[test]
+    fn partial_downloads_of_dead_agents_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        let dead = cache.join(".download-4294967295-0");
+        let running = cache.join(format!(".download-{}-7", std::process::id()));
+        let cached = cache.join(format!("sha256-{D}.tar.gz"));
+        for file in [&dead, &running, &cached] {
+            fs::write(file, b"part").unwrap();
+        }
+        Fetcher::new(cache, ArtifactRoots::default(), None).unwrap();
+        assert!(!dead.exists(), "a dead agent's partial download is kept");
+        assert!(running.exists() && cached.exists());
+    }
 
     #[test]
     fn a_local_file_is_checked_against_its_digest() {
