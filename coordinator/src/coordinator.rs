@@ -509,6 +509,69 @@ mod tests {
         tables::Tables,
     };
 
+    /// A store whose reads of transaction ids fail once `failing` is set.
+    #[derive(Clone, Default)]
+    struct ReadsFail {
+        kv: MemKv,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Kv for ReadsFail {
+        fn get(
+            &self,
+            table: &'static str,
+            key: &[u8],
+        ) -> Result<Option<Vec<u8>>, lockstep_store::StoreError> {
+            let failing = self.failing.load(std::sync::atomic::Ordering::SeqCst);
+            if failing && table == crate::tables::TX_IDS {
+                return Err(lockstep_store::StoreError::Down);
+            }
+            self.kv.get(table, key)
+        }
+
+        fn scan(
+            &self,
+            table: &'static str,
+            from: &[u8],
+            to: Option<&[u8]>,
+            order: lockstep_store::Order,
+            limit: usize,
+        ) -> Result<Vec<lockstep_store::Entry>, lockstep_store::StoreError> {
+            self.kv.scan(table, from, to, order, limit)
+        }
+
+        fn write(&self, batch: Batch, d: Durability) -> Result<(), lockstep_store::StoreError> {
+            self.kv.write(batch, d)
+        }
+
+        fn sync(&self) -> Result<(), lockstep_store::StoreError> {
+            self.kv.sync()
+        }
+    }
+
+    /// Left from stop 56: a store read that failed while a revert's COMMIT decision was
+    /// made (it reads the releases it quarantines) ended the transaction's driver, and
+    /// the process ran on with the revert undecided and no driver until a restart. A
+    /// decision that cannot be written stops the process, as a failed write does.
+    #[tokio::test]
+    async fn a_read_failing_while_a_revert_is_decided_stops_the_process() {
+        use crate::{model::TxState, ports::TxJournal};
+        let kv = ReadsFail::default();
+        let net = Arc::new(TcpNet::default());
+        let c = Coordinator::open(Arc::new(kv.clone()), net, Config::default()).unwrap();
+        let mut revert = crate::txn::tests::t4(TxState::Preparing);
+        revert.kind = TxKind::Revert;
+        revert.reverts = vec![TxId::parse("id", "R1").unwrap()];
+        kv.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let decided = TxJournal::decide_commit(&c.registry, &revert, Vec::new()).await;
+        assert!(decided.is_err(), "decided over a failed read");
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), c.failed()).await;
+        assert!(
+            stopped.is_ok(),
+            "the process runs on after a decision it could not make"
+        );
+    }
+
     fn checkpoint(revision: u64, version: &str) -> CheckpointRecord {
         CheckpointRecord {
             revision,

@@ -368,6 +368,11 @@ impl Journal {
         numbered
     }
 
+    /// Fails the journal (the process must stop) for a write that could not be made.
+    pub fn halt(&self, why: String) {
+        self.inner.log.halt(why);
+    }
+
     /// Resolves with the error message once a write has failed (the process must stop).
     pub async fn failed(&self) -> String {
         self.inner.log.failed().await

@@ -243,6 +243,16 @@ impl GroupCommit {
         }
     }
 
+    /// Fails the log as a failed write does, for a caller that could not make a write
+    /// it must make (a decision over a store read that failed): every later write is
+    /// refused and [`GroupCommit::failed`] resolves, so the process stops and recovers.
+    pub fn halt(&self, message: String) {
+        let mut s = self.shared.lock();
+        if s.failed.is_none() {
+            self.shared.fail(&mut s, message);
+        }
+    }
+
     /// fsyncs done so far.
     pub fn syncs(&self) -> u64 {
         self.shared.lock().syncs

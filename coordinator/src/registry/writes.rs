@@ -152,6 +152,12 @@ impl Registry {
         tx: &mut TxRecord,
         mut written: Vec<pb::Event>,
     ) -> Result<impl Future<Output = Result<Arc<CheckpointRecord>>> + use<>> {
+        // Read before anything changes; a read that fails stops the process (the
+        // driver's contract: only a failed journal ends it), so recovery decides again.
+        let reverted = self.reverted(tx).inspect_err(|e| {
+            let why = format!("transaction {}: its COMMIT decision not made: {e}", tx.id);
+            self.inner.journal.halt(why);
+        })?;
         let mut s = self.state();
         let checkpoint = self.next_checkpoint(&s, tx);
         tx.checkpoint = checkpoint.revision;
@@ -162,7 +168,7 @@ impl Registry {
         Tables::put_seen(&mut batch, previous, &checkpoint);
         Tables::put_starts(&mut batch, previous, &checkpoint);
         Self::record_builds(tx, &mut batch);
-        self.quarantine_reverted(&mut s, tx, &mut batch)?;
+        Self::quarantine_reverted(&mut s, tx, &reverted, &mut batch);
         let description = format!(
             "checkpoint {}: {}",
             checkpoint.revision, checkpoint.description
@@ -244,16 +250,22 @@ impl Registry {
         }
     }
 
-    /// Marks the releases a committing revert pulls as quarantined (same batch as the
-    /// decision, so they are quarantined exactly when the revert is decided).
-    fn quarantine_reverted(&self, s: &mut State, tx: &TxRecord, batch: &mut Batch) -> Result<()> {
+    /// The releases a committing revert pulls (none for other transactions).
+    fn reverted(&self, tx: &TxRecord) -> Result<Vec<TxRecord>> {
         if tx.kind != TxKind::Revert {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        for release_id in &tx.reverts {
-            let Some(release) = self.inner.tables.transaction(release_id)? else {
-                continue;
-            };
+        let mut found = Vec::new();
+        for id in &tx.reverts {
+            found.extend(self.inner.tables.transaction(id)?);
+        }
+        Ok(found)
+    }
+
+    /// Marks the `reverted` releases as quarantined (same batch as the decision, so they
+    /// are quarantined exactly when the revert is decided).
+    fn quarantine_reverted(s: &mut State, tx: &TxRecord, reverted: &[TxRecord], batch: &mut Batch) {
+        for release in reverted {
             // A mark of its own: the release's record is never read and rewritten
             // here, so its live check (recorded beside it) is never lost.
             Tables::put_quarantined(batch, release.ordinal);
@@ -272,7 +284,6 @@ impl Registry {
                 quarantined.insert((p.project.clone(), p.to_version.clone()), record);
             }
         }
-        Ok(())
     }
 
     /// The decision is durable: readers see it and its checkpoint (unless a newer one
