@@ -17,11 +17,15 @@ pub fn medians(rounds: Vec<Vec<Figure>>) -> Vec<Figure> {
     by_name.into_iter().map(median).collect()
 }
 
-/// The spread of a figure's rounds, (highest - lowest) / median value; None for one round.
+/// The spread of a figure's rounds, (highest - lowest) / the median of their values
+/// (the printed round is the median by ratio to its floor, which may be another);
+/// None for one round.
 pub fn spread(figure: &Figure) -> Option<f64> {
-    match (figure.rounds.first(), figure.rounds.last()) {
-        (Some(low), Some(high)) if figure.rounds.len() > 1 && figure.value != 0.0 => {
-            Some((high - low) / figure.value.abs())
+    let rounds = &figure.rounds;
+    let middle = rounds.get(rounds.len() / 2)?;
+    match (rounds.first(), rounds.last()) {
+        (Some(low), Some(high)) if rounds.len() > 1 && *middle != 0.0 => {
+            Some((high - low) / middle.abs())
         }
         _ => None,
     }
@@ -72,6 +76,8 @@ mod tests {
         assert_eq!(got[0].rounds, vec![100.0, 130.0, 150.0]);
         assert_eq!((got[1].name.as_str(), got[1].value), ("rate", 2.0));
         assert_eq!(spread(&got[1]), Some(1.0));
+        // Over the median value (130), not the printed round's (150): stop 57.
+        assert_eq!(spread(&got[0]), Some(50.0 / 130.0));
     }
 
     #[test]
