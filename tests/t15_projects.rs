@@ -345,3 +345,41 @@ async fn a_project_registered_again_starts_from_what_its_agent_runs() {
     c.release("T3", &["B=T3B"], 0).await;
     assert_eq!(c.agent("B").live().as_deref(), Some("T3B"));
 }
+
+/// Review finding of stop 57: a project's `requires` could be changed while a
+/// transaction held it. Its waves were fixed when it was accepted, so a project given a
+/// child mid-way went live in the same wave as that child (a parent before its child).
+/// Given T2 of B and C waiting on B's Prepare, when C is set to require B, then it is
+/// refused naming T2, C's registration is unchanged, and once T2 ends it is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_requires_is_refused_while_a_transaction_holds_the_project() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.block("B");
+    let out = c.cli(&["release", "create", "T2", "B=T2B", "C=T2C"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    c.wait_state("T2", TransactionState::Preparing).await;
+
+    let set = c.cli(&["project", "set", "C", "--requires", "B"]).await;
+    assert_ne!(set.code, 0, "accepted while T2 holds C: {set:?}");
+    assert!(
+        set.stderr.contains("T2") && set.stderr.contains("requires"),
+        "{set:?}"
+    );
+    assert_eq!(registration(&c, "C").await.1, Vec::<String>::new());
+    let file = c.dir.path().join("pipeline.toml");
+    let endpoint = registration(&c, "C").await.0;
+    let declared = format!(
+        "[[environment]]\nname = \"default\"\n  [[environment.project]]\n  name = \"C\"\n  endpoint = \"{endpoint}\"\n  requires = [\"B\"]\n"
+    );
+    std::fs::write(&file, declared).unwrap();
+    let apply = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_ne!(apply.code, 0, "env apply accepted it: {apply:?}");
+    assert_eq!(registration(&c, "C").await.1, Vec::<String>::new());
+
+    c.heal("B");
+    c.wait_state("T2", TransactionState::Committed).await;
+    let set = c.cli(&["project", "set", "C", "--requires", "B"]).await;
+    assert_eq!(set.code, 0, "{set:?}");
+    assert_eq!(registration(&c, "C").await.1, ["B"]);
+}

@@ -141,6 +141,7 @@ fn check_projects(s: &State, declared: &[ProjectRecord]) -> Result<()> {
     for p in declared {
         let env = merged.get(&p.environment).map(|m| &**m);
         projects::check_requires(env, p).map_err(|e| in_file(p, e))?;
+        projects::requires_unheld(s, p).map_err(|e| in_file(p, e))?;
     }
     Ok(())
 }

@@ -148,6 +148,7 @@ impl Registry {
             stamp(&s, &mut project, runs);
             let env_projects = s.projects.get(&project.environment).map(|m| &**m);
             check_requires(env_projects, &project)?;
+            requires_unheld(&s, &project)?;
             if env_projects.and_then(|m| m.get(&project.name)) == Some(&project) {
                 None
             } else {
@@ -179,6 +180,26 @@ impl Registry {
 }
 
 pub(super) type Projects = BTreeMap<ProjectName, ProjectRecord>;
+
+/// Refuses a change of `project`'s `requires` while an unfinished transaction holds
+/// it: that transaction's waves were made with the children it had, so a child added
+/// now would go live in the same wave as its parent, or not at all.
+pub(super) fn requires_unheld(s: &super::State, project: &ProjectRecord) -> Result<()> {
+    let env = &project.environment;
+    let old = s.projects.get(env).and_then(|m| m.get(&project.name));
+    if old.is_none_or(|old| old.requires == project.requires) {
+        return Ok(());
+    }
+    let holder = (s.active.values().map(|a| &a.record))
+        .find(|t| &t.environment == env && t.projects().any(|p| p == &project.name));
+    match holder {
+        None => Ok(()),
+        Some(tx) => Err(CoordinatorError::Refused(format!(
+            "requires: transaction {} ({:?}) holds project {} and was planned with its children as they are; change them once it has ended",
+            tx.id, tx.state, project.name
+        ))),
+    }
+}
 
 /// The registration `remove_project` may remove, or why not.
 fn removable(s: &super::State, env: &Environment, name: &ProjectName) -> Result<ProjectRecord> {
