@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     error::{CoordinatorError, Result},
-    model::{CheckpointRecord, TxRecord, TxState},
+    model::{CheckpointRecord, TxKind, TxRecord, TxState},
 };
 
 /// Plans the revert of `release` (and, with `cascade`, of the later releases built on
@@ -44,6 +44,21 @@ fn revertible(view: &View<'_>, release: &TxId) -> Result<TxRecord> {
         return Err(CoordinatorError::NotFound(format!(
             "release_id: {release} belongs to environment {}, not {}",
             target_tx.environment, view.environment
+        )));
+    }
+    if target_tx.kind == TxKind::Revert {
+        // What it undid is quarantined: putting it back is a release, held to the
+        // quarantine rule (`--allow-quarantined` needs `operate`).
+        let versions: Vec<String> = (target_tx.participants.iter())
+            .filter_map(|p| {
+                p.from_version
+                    .as_ref()
+                    .map(|v| format!("{}={v}", p.project))
+            })
+            .collect();
+        return Err(CoordinatorError::Refused(format!(
+            "release_id: {release} is a revert, which is not revertible; to make live again what it undid, release it (`lockstep release create ID {} --allow-quarantined`)",
+            versions.join(" ")
         )));
     }
     if target_tx.state != TxState::Committed {

@@ -201,6 +201,23 @@ fn a_rollback_to_what_a_revert_pulled_is_quarantined_unless_allowed() {
     assert!(plan.allowed(), "{}", plan.refusal());
 }
 
+/// Review finding of stop 57: a revert of a revert put back what the first revert
+/// pulled, quarantined versions and all, with no `--allow-quarantined` (which needs
+/// `operate`; a revert needs only `release`), and quarantined what it took down as
+/// "pulled by the revert of R4". A revert is not revertible: releasing those versions
+/// again is a release, which the quarantine rule holds to `--allow-quarantined`.
+#[test]
+fn a_revert_is_not_revertible() {
+    let mut story = Story::seed_000();
+    story.commit("R4", revert("T4", false));
+    let err = plan_err(&story, &revert("R4", false));
+    assert!(
+        err.contains("release_id") && err.contains("R4 is a revert"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-quarantined"), "{err}");
+}
+
 /// Defect 3 of issue 27: the compatibility hint suggested rolling back to the
 /// checkpoint a revert had pulled. A hint names only a checkpoint that is neither
 /// reverted (quarantined versions) nor untested.
