@@ -402,3 +402,57 @@ async fn production_certs(s: &Secure) {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// dev, then hardening, where every transaction waits for an approval.
+const DEV_TO_APPROVED_HARDENING: &str = r#"
+[[environment]]
+name = "dev"
+
+[[environment]]
+name = "hardening"
+after = "dev"
+  [[environment.verify]]
+  name = "approval"
+  kind = "approval"
+  deadline = "10m"
+"#;
+
+/// Review finding of stop 57: a promotion was checked for "verified" only when it was
+/// asked for. Queued behind a release of the target, it was planned again at its turn
+/// from the source checkpoint it stored, so a revert upstream meanwhile (which pulls
+/// the release that made the checkpoint) did not stop it: the pulled state went live
+/// downstream as a tested one. At its turn it is refused, naming the revert's effect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_promotion_is_refused_at_its_turn_when_its_source_was_reverted() {
+    let mut c = with_pipeline(DEV_TO_APPROVED_HARDENING).await;
+    env_agent(&mut c, "dev", "web", "").await;
+    env_agent(&mut c, "hardening", "web", "").await;
+    release(&c, "dev", "D1", &["web=0.5"], false).await;
+    release(&c, "dev", "D2", &["web=1.0"], false).await;
+    let held = ["-e", "hardening", "release", "create", "H1", "web=0.9"];
+    assert_eq!(c.cli(&held).await.code, 0);
+    c.wait_state("H1", TransactionState::Verifying).await;
+    let promote = [
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "hardening",
+        "--id",
+        "P2",
+    ];
+    let out = c.cli(&[&promote[..], &["-o", "json"]].concat()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let from = out.json()["transaction"]["promotedFrom"].clone();
+    assert_eq!(from, "dev checkpoint 2", "verified when asked: {out:?}");
+
+    let revert = c.cli(&["-e", "dev", "revert", "D2", "--wait"]).await;
+    assert_eq!(revert.code, 0, "{revert:?}");
+    let approve = ["-e", "hardening", "approve", "H1", "--actor", "carol"];
+    assert_eq!(c.cli(&approve).await.code, 0);
+    c.wait_state("H1", TransactionState::Committed).await;
+
+    let p2 = c.wait_state("P2", TransactionState::Aborted).await;
+    mentions(&p2.reason, &["while it was queued", "D2"]);
+    assert_eq!(versions(&c, "hardening", &["web"]), some(&["0.9"]));
+}

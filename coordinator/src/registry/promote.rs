@@ -139,7 +139,7 @@ impl Registry {
 
     /// Why promoting `cp` without `--force` is refused: it is untested, its own
     /// transaction is not verified, or a version it holds is not (`None`: verified).
-    fn refusal_of(&self, cp: &CheckpointRecord) -> Result<Option<CoordinatorError>> {
+    pub(super) fn refusal_of(&self, cp: &CheckpointRecord) -> Result<Option<CoordinatorError>> {
         if cp.untested {
             return Ok(Some(untested(cp)));
         }

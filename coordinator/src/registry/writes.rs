@@ -18,7 +18,7 @@ use crate::{
     journal::Durable,
     model::{
         Action, BuildRecord, CheckpointRecord, LiveCheck, LiveEntry, Participant, QuarantineRecord,
-        TxKind, TxRecord,
+        Request, TxKind, TxRecord,
     },
     planner,
     ports::{Pending, TxJournal},
@@ -335,10 +335,35 @@ impl Registry {
         else {
             return;
         };
+        // Read before the state's lock is taken (it reads the store).
+        let source_changed = self.promotion_refused_now(&request);
         let (mut s, plan) = self.plan_for(&env, &request);
-        let turn = Self::turn(&s, id, plan);
+        let turn = match source_changed {
+            Some(why) => Turn::Refused(format!("while it was queued its source changed: {why}")),
+            None => Self::turn(&s, id, plan),
+        };
         if let Some(start) = s.active.get_mut(id).and_then(|a| a.start.take()) {
             let _ = start.send(turn);
+        }
+    }
+
+    /// Why a promotion may not go ahead at its turn: the source checkpoint it stored is
+    /// no longer verified (a revert upstream pulled the release that made it while it
+    /// waited). A forced promotion is recorded untested and goes ahead.
+    fn promotion_refused_now(&self, request: &Request) -> Option<String> {
+        let Request::Promote {
+            force, upstream, ..
+        } = request
+        else {
+            return None;
+        };
+        if *force || upstream.untested {
+            return None;
+        }
+        match self.refusal_of(upstream) {
+            Ok(None) => None,
+            Ok(Some(why)) => Some(why.to_string()),
+            Err(e) => Some(format!("its source could not be checked: {e}")),
         }
     }
 
