@@ -26,7 +26,7 @@ pub(super) fn plan_release(
     let targets = requested_targets(view, components, None)?;
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
-    let (compat, forced) = compatibility(view, &targets, force, None)?;
+    let (compat, forced) = compatibility(view, &targets, Some(force), None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, forced, Vec::new(), 0)
 }
@@ -45,7 +45,7 @@ pub(super) fn plan_promotion(
     let mut preconditions = vec![children_included(view, &targets)];
     preconditions.push(quarantine_rule(view, &targets, false));
     let verified = Some(upstream).filter(|u| !u.untested);
-    let (compat, forced) = compatibility(view, &targets, force, verified)?;
+    let (compat, forced) = compatibility(view, &targets, Some(force), verified)?;
     preconditions.push(compat);
     let forced = forced || upstream.untested;
     build(view, targets, preconditions, forced, Vec::new(), 0)

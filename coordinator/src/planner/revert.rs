@@ -30,7 +30,7 @@ pub(super) fn plan_revert(view: &View<'_>, release: &TxId, cascade: bool) -> Res
     preconditions.push(no_later_dependents(&cascade.dependents, &reverts, release));
     add_children(view, &mut targets);
     preconditions.push(children_live(view, &targets));
-    let (compat, _) = compatibility(view, &targets, false, None)?;
+    let (compat, _) = compatibility(view, &targets, None, None)?;
     preconditions.push(compat);
     build(view, targets, preconditions, false, reverts, 0)
 }

@@ -35,7 +35,7 @@ pub(super) fn plan_rollback(
     add_children(view, &mut targets);
     preconditions.push(children_live(view, &targets));
     preconditions.push(quarantine_rule(view, &targets, allow_quarantined));
-    let (compat, _) = compatibility(view, &targets, false, None)?;
+    let (compat, _) = compatibility(view, &targets, None, None)?;
     preconditions.push(compat);
     let mut plan = build(view, targets, preconditions, false, Vec::new(), revision)?;
     let moved = plan.projects();

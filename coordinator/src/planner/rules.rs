@@ -144,10 +144,12 @@ fn pulled_by_reverts(view: &View<'_>, targets: &BTreeMap<ProjectName, Target>) -
 }
 
 /// The compatibility guard. Returns the precondition and whether the plan is forced.
+/// `force`: whether a release was given `--force`; `None` for a revert or rollback,
+/// which cannot be forced (the refusal then names what can go live anyway).
 pub(super) fn compatibility(
     view: &View<'_>,
     targets: &BTreeMap<ProjectName, Target>,
-    force: bool,
+    force: Option<bool>,
     upstream: Option<&CheckpointRecord>,
 ) -> Result<(Precondition, bool)> {
     let downgrades = downgrades(view, targets)?;
@@ -175,13 +177,20 @@ pub(super) fn compatibility(
         );
         return Ok((compatible(detail), false));
     }
-    let nearest = nearest_known_good(view, &downgrades)?;
+    let nearest = nearest_known_good(view, &downgrades, &family)?;
     let detail = untested(&downgrades, &result, nearest.as_ref(), &family);
-    Ok(if force {
-        (compatible(format!("forced: {detail}")), true)
-    } else {
-        let detail = format!("{detail}; or pass --force to go live anyway");
-        (incompatible(detail), false)
+    Ok(match force {
+        Some(true) => (compatible(format!("forced: {detail}")), true),
+        Some(false) => {
+            let detail = format!("{detail}; or pass --force to go live anyway");
+            (incompatible(detail), false)
+        }
+        None => {
+            let detail = format!(
+                "{detail}; a revert or rollback cannot be forced: to go live anyway, release those versions with `lockstep release create ID PROJECT=VERSION... --force` (permission operate)"
+            );
+            (incompatible(detail), false)
+        }
     })
 }
 
@@ -256,17 +265,21 @@ fn ran_together(cp: &CheckpointRecord, result: &Outcome<'_>) -> bool {
         .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == *v)
 }
 
-/// The newest checkpoint that has every old version the plan moves back to and is
-/// known good (not untested, no version a revert pulled), else the head: what to
-/// suggest instead of an untested combination.
+/// The newest checkpoint that has every old version the plan moves back to, holds
+/// every project of the `family` (a rollback to it then restores the whole family as
+/// it ran together, which the guard accepts), and is known good (not untested, no
+/// version a revert pulled), else the head: what to suggest instead of an untested
+/// combination.
 fn nearest_known_good(
     view: &View<'_>,
     downgrades: &Downgrades<'_>,
+    family: &BTreeSet<ProjectName>,
 ) -> Result<Option<CheckpointRecord>> {
     let mut has_the_old_versions = |cp: &CheckpointRecord| {
         downgrades
             .iter()
             .all(|(p, v)| cp.versions.get(*p).map(|e| &e.version) == Some(*v))
+            && family.iter().all(|p| cp.versions.contains_key(p))
             && known_good(view, cp)
     };
     let having: Vec<_> = downgrades.iter().map(|(p, v)| (*p, *v)).collect();

@@ -218,6 +218,28 @@ fn a_revert_is_not_revertible() {
     assert!(err.contains("--allow-quarantined"), "{err}");
 }
 
+/// Review finding of stop 57: a revert or rollback refused by the compatibility guard
+/// said "pass --force", which neither command takes. Its hint names what can go live
+/// anyway: a forced release of those versions.
+#[test]
+fn a_refused_revert_or_rollback_is_not_told_to_pass_force() {
+    let mut story = Story::with_projects(&[("A", &["B"]), ("B", &[]), ("C", &[])]);
+    story.commit("T1", release(&[("A", "A1"), ("B", "B1")]));
+    story.commit("T2", release(&[("A", "A2"), ("B", "B2")]));
+    story.register("A", &["B", "C"]);
+    story.commit("T3", release(&[("C", "C1")]));
+    for request in [revert("T2", false), rollback(1)] {
+        let plan = story.plan(&request);
+        let detail = &rule(&plan, "compatibility").detail;
+        assert!(!plan.allowed(), "A1 B1 C1 never ran together: {plan:?}");
+        assert!(!detail.contains("pass --force"), "{detail}");
+        assert!(
+            detail.contains("release create") && detail.contains("--force"),
+            "{detail}"
+        );
+    }
+}
+
 /// Defect 3 of issue 27: the compatibility hint suggested rolling back to the
 /// checkpoint a revert had pulled. A hint names only a checkpoint that is neither
 /// reverted (quarantined versions) nor untested.
