@@ -1328,6 +1328,8 @@ fn odd_rounds(raw: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod round_count_tests {
+    #![allow(clippy::unwrap_used)]
+
     #[test]
     fn an_even_number_of_rounds_is_refused() {
         assert_eq!(super::odd_rounds("3"), Ok(3));
