@@ -137,3 +137,19 @@ async fn a_participant_silent_past_the_prepare_deadline_aborts_the_release_every
         Cluster::expect(&[("A", "T5A"), ("B", "T5B"), ("C", "T5C")])
     );
 }
+
+/// Review finding of stop 57: `release create T2 ...` repeated without `--wait` after
+/// T2 had aborted was answered with the existing T2 (same request) and exited 0, so a
+/// CI step went on as if it had been accepted. It exits 1, as `--wait` does, and says
+/// the release is aborted.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeating_an_aborted_release_without_wait_exits_1() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.fail("B", "broken build");
+    c.release("T2", &["B=T2B"], 1).await;
+    c.heal("B");
+    let again = c.cli(&["release", "create", "T2", "B=T2B"]).await;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("ABORTED"), "{again:?}");
+}

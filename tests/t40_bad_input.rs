@@ -500,7 +500,7 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
     let c = Cluster::family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     c.release("T2", &["B=T2B"], 0).await;
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["rollback", "0"], "0"),
         (
             &[
@@ -517,6 +517,14 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
         (
             &["-e", "", "release", "create", "E1", "B=3.0"],
             "environment",
+        ),
+        // Review finding of stop 57: an unset `$RELEASE_ID` made the coordinator choose
+        // an id, so a retry after a lost answer started a second release.
+        (&["release", "create", "", "B=3.0"], "<ID>"),
+        (&["revert", "T2", "--id", ""], "--id"),
+        (
+            &["release", "create", "E3", "B=3.0", "--ticket", ""],
+            "--ticket",
         ),
         (
             &[

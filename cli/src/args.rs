@@ -101,13 +101,13 @@ pub enum Command {
         /// Release to revert.
         release: String,
         /// Id for the revert transaction (default `revert-<release>`).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: Option<String>,
         /// Also revert later releases that built on it.
         #[arg(long)]
         cascade: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -118,13 +118,13 @@ pub enum Command {
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         revision: Option<u64>,
         /// Id for the rollback transaction (default `rollback-to-<N>`).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: Option<String>,
         /// Restore versions a revert pulled (quarantined) all the same (operators).
         #[arg(long)]
         allow_quarantined: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -146,13 +146,13 @@ pub enum Command {
         #[arg(long)]
         release: Option<String>,
         /// Id for the promotion (default `promote-<from>-<checkpoint>-to-<to>`).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: Option<String>,
         /// Promote an untested (forced) checkpoint or release all the same (operators).
         #[arg(long)]
         force: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -163,6 +163,7 @@ pub enum Command {
     /// the log with who, why and what the participant answered.
     Resolve {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// The participant's project.
         #[arg(long)]
@@ -211,6 +212,7 @@ pub enum Command {
     /// again participants that need resolution.
     Retry {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         #[command(flatten)]
         actor: ActorArg,
@@ -241,6 +243,7 @@ pub enum Command {
     /// the transaction's creator).
     Approve {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// Why (kept in the log).
         #[arg(long, default_value = "")]
@@ -252,6 +255,7 @@ pub enum Command {
     /// staged part is undone.
     Reject {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// Why (kept in the log).
         #[arg(long, default_value = "")]
@@ -282,6 +286,7 @@ pub enum VerifyCommand {
     /// Say an external step started, passed or failed (Keptn's started/finished).
     Report {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// The step's name, as the pipeline file names it.
         step: String,
@@ -414,6 +419,7 @@ pub enum TokenCommand {
     /// Revoke a token by id, for every call from now on.
     Revoke {
         /// The token's id (`tok-...`).
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
     },
 }
@@ -549,6 +555,7 @@ pub enum ReleaseCommand {
     /// Create a release: `lockstep release create T4 A=T4A B=T4B C=T4C`.
     Create {
         /// Release id (retrying with the same id and content is safe).
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// PROJECT=VERSION, one per project.
         #[arg(required = true)]
@@ -567,7 +574,7 @@ pub enum ReleaseCommand {
         #[arg(long)]
         allow_quarantined: bool,
         /// Release ticket URL: failures are notified to it (a ticket sink gets them).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -575,6 +582,7 @@ pub enum ReleaseCommand {
     /// Show one transaction.
     Get {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
     },
     /// List transactions, newest first.
@@ -595,6 +603,7 @@ pub enum ReleaseCommand {
     /// Follow the event log (of one transaction, or all).
     Watch {
         /// Only this transaction's events (from its first one, unless --from).
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: Option<String>,
         /// Start at this sequence number (resume after the last one seen); default:
         /// what happens from now on (with an id: the transaction's whole story).
@@ -604,6 +613,7 @@ pub enum ReleaseCommand {
     /// Abort a transaction that has not decided yet.
     Abort {
         /// Transaction id.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// Why (recorded in the event log).
         #[arg(long, default_value = "aborted from the command line")]

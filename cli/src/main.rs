@@ -109,7 +109,13 @@ impl From<Status> for Failure {
             Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => USAGE,
             Code::Unauthenticated | Code::PermissionDenied => NOT_ALLOWED,
             code if lockstep::retry::is_transient(code) => UNREACHABLE,
-            _ => REFUSED,
+            // A refusal the coordinator stands by.
+            Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
+                REFUSED
+            }
+            // INTERNAL, UNIMPLEMENTED, DATA_LOSS...: nothing says what became of the
+            // call (a create may exist and commit), so the outcome is unknown.
+            _ => UNREACHABLE,
         };
         Self {
             code,
@@ -523,7 +529,8 @@ async fn finish_create(
     };
     if !wait.wait {
         render::accepted(out, &created);
-        return Ok(OK);
+        // An existing transaction of that id may have ended aborted.
+        return Ok(outcome_code(&tx));
     }
     if out == Output::Table {
         render::accepted_brief(&created);
@@ -645,12 +652,16 @@ fn unacknowledged(t: &pb::Transaction) -> String {
     who.join(", ")
 }
 
-/// 0 when committed, 1 when aborted, 0 for anything still in progress.
+/// 1 when aborted (or aborting: ABORT is decided), else 0 (committed, or anything
+/// still in progress).
 fn outcome_code(t: &pb::Transaction) -> u8 {
-    if t.state == pb::TransactionState::Aborted as i32 {
-        REFUSED
-    } else {
-        OK
+    let aborted = [
+        pb::TransactionState::Aborted,
+        pb::TransactionState::Aborting,
+    ];
+    match aborted.iter().any(|s| t.state == *s as i32) {
+        true => REFUSED,
+        false => OK,
     }
 }
 
