@@ -68,6 +68,14 @@ fn all() -> String {
     NAMES.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
 
+/// Whether `e` is the audit log's own (a refusal naming who holds what, a token made
+/// or revoked): readable only by whoever may read that log (ListAudit: `operate` over
+/// everything), over a stream or a webhook alike.
+pub fn is_audit_only(e: &pb::Event) -> bool {
+    use EventKind::{AccessDenied, TokenCreated, TokenRevoked};
+    matches!(e.kind(), AccessDenied | TokenCreated | TokenRevoked)
+}
+
 /// Whether the release driver must hear of `e` as something that went wrong: a vote
 /// against, an abort, a participant that needs a person, a transaction that stalled, a
 /// live check that failed, an auto-promotion refused, a host found drifting.

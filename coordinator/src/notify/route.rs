@@ -72,6 +72,10 @@ pub fn wants(
     if !s.is_scoped() {
         return true;
     }
+    // A scoped subscription's maker may not read the audit log (see `is_audit_only`).
+    if kinds::is_audit_only(e) {
+        return false;
+    }
     if s.ticket_sink {
         return sink_takes(s, e, &involves);
     }
@@ -154,6 +158,31 @@ mod tests {
         let involves = |p: &str| ["A", "B", "C"].contains(&p);
         let got = subs.iter().filter(|s| wants(s, e, &routes, involves));
         got.map(|s| s.name.clone()).collect()
+    }
+
+    /// Review finding of stop 57: a subscription of one environment (which needs only
+    /// `operate` there) got the audit log's own events of that environment (refusals
+    /// naming who holds what, tokens made and revoked), which reading needs `operate`
+    /// over everything. Only an unscoped subscription, whose maker may read that log,
+    /// gets them.
+    #[test]
+    fn only_an_unscoped_subscription_gets_the_audit_log_s_events() {
+        let mut spy = sub("spy", Some("default"), None, false);
+        spy.events.insert(pb::EventKind::AccessDenied as i32);
+        let subs = [
+            spy,
+            sub("repo-a", None, Some("A"), false),
+            sub("all", None, None, false),
+        ];
+        for kind in [pb::EventKind::AccessDenied, pb::EventKind::TokenCreated] {
+            let e = pb::Event {
+                kind: kind as i32,
+                environment: "default".into(),
+                project: "A".into(),
+                ..Default::default()
+            };
+            assert_eq!(receivers(&subs, &e), ["all"], "{kind:?}");
+        }
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl CoordinatorService {
         let mut seen: HashMap<String, bool> = HashMap::new();
         let kept = events.filter(move |e| {
             let keep = match e {
-                Ok(e) if is_audit_only(e) => audits,
+                Ok(e) if crate::notify::kinds::is_audit_only(e) => audits,
                 Ok(e) => service.shows_event(&who, e, &mut seen),
                 Err(_) => true,
             };
@@ -193,11 +193,6 @@ impl CoordinatorService {
 }
 
 /// Whether `e` is of the audit log alone: a refusal, or a token made or revoked.
-fn is_audit_only(e: &pb::Event) -> bool {
-    use pb::EventKind::{AccessDenied, TokenCreated, TokenRevoked};
-    matches!(e.kind(), AccessDenied | TokenCreated | TokenRevoked)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
