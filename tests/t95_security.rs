@@ -743,6 +743,42 @@ async fn a_token_made_by_a_revoked_token_is_refused_too() {
     );
 }
 
+/// Review finding of stop 57: a token made by a token expired when its own `--ttl`
+/// said, however soon its maker expired, so a one-hour admin token could hand its
+/// holder a year. Given an admin token of one hour, when it makes an admin token of 366
+/// days, then the new one expires no later than its maker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_made_by_a_token_expires_no_later_than_its_maker() {
+    let s = Secure::start(&["A"], &[]).await;
+    let made = s
+        .cli(
+            &admin(),
+            &[
+                "token", "create", "--role", "admin", "--ttl", "1h", "-o", "json",
+            ],
+        )
+        .await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let maker = made.json();
+    let child = s
+        .cli(
+            &As::Token(maker["token"].as_str().unwrap().to_string()),
+            &[
+                "token", "create", "--role", "admin", "--ttl", "366d", "-o", "json",
+            ],
+        )
+        .await;
+    assert_eq!(child.code, 0, "{child:?}");
+    let expires = |v: &serde_json::Value| v["expires"].as_str().unwrap().to_string();
+    // RFC 3339 in UTC with the same precision: text order is time order.
+    assert!(
+        expires(&child.json()) <= expires(&maker),
+        "the token made expires after its maker: {} > {}",
+        expires(&child.json()),
+        expires(&maker)
+    );
+}
+
 /// Review finding of stop 51: a token is checked when a call starts, and an open
 /// WatchEvents stream (the console's SSE rides on it) went on delivering after the
 /// token was revoked. Given a viewer token following the log, quiet after what it has

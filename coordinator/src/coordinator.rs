@@ -480,6 +480,12 @@ impl Coordinator {
         self.registry.revoke_token(id, event).await
     }
 
+    /// When token `id` expires (ms since the epoch), if it was made here.
+    pub fn token_expires_ms(&self, id: &str) -> Result<Option<u64>> {
+        let record = self.registry.tables().token(id)?;
+        Ok(record.map(|t| t.expires_ms))
+    }
+
     /// Ids of revoked tokens.
     pub fn revoked_tokens(&self) -> Result<Vec<String>> {
         self.registry.revoked_tokens()

@@ -74,14 +74,32 @@ impl CoordinatorService {
         let ttl = ttl(r.ttl.as_ref())?;
         let subject = subject(who, &r.subject)?;
         let now_s = self.access.now_ms() / 1000;
+        let asked = now_s + ttl.as_secs();
         Ok(Claims {
             jti: tokens::new_id().map_err(Status::internal)?,
             sub: subject,
             iss: tokens::ISSUER.into(),
             iat: now_s,
-            exp: now_s + ttl.as_secs(),
+            exp: self
+                .makers_expire(who)?
+                .map_or(asked, |soonest| soonest.min(asked)),
             grant,
         })
+    }
+
+    /// When the soonest of the tokens `who` acts through expires (seconds): a token
+    /// made through them never outlives them, as it never outlives their revocation.
+    fn makers_expire(&self, who: &Principal) -> Result<Option<u64>, Status> {
+        let mut soonest: Option<u64> = None;
+        for id in crate::access::tokens_in(&who.actor) {
+            let expires = self.coordinator.token_expires_ms(id)?;
+            let expires = expires.map(|ms| ms / 1000);
+            soonest = match (soonest, expires) {
+                (Some(s), Some(e)) => Some(s.min(e)),
+                (s, e) => s.or(e),
+            };
+        }
+        Ok(soonest)
     }
 
     /// RevokeToken.
