@@ -52,13 +52,22 @@ where
 {
     let (tell, told) = tokio::sync::oneshot::channel();
     let mut serving = tokio::spawn(serve(told));
+    let mut failed = std::pin::pin!(failed);
     tokio::select! {
         ended = &mut serving => return ended_as(ended),
-        error = failed => return Err(error),
+        error = &mut failed => return Err(error),
         _ = stop.requested() => {}
     }
     let _ = tell.send(());
-    match tokio::time::timeout(GRACE, &mut serving).await {
+    // A failure during the grace is still one (exit 1, recover), not a clean stop.
+    let graced = tokio::select! {
+        graced = tokio::time::timeout(GRACE, &mut serving) => graced,
+        error = &mut failed => {
+            serving.abort();
+            return Err(error);
+        }
+    };
+    match graced {
         Ok(ended) => ended_as(ended),
         Err(_) => {
             tracing::info!("calls still open after {GRACE:?} (watchers): closing them");
@@ -89,5 +98,37 @@ pub fn exit(code: i32) -> ! {
     #[allow(unsafe_code)]
     unsafe {
         libc::_exit(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Review finding of stop 57: once a stop was asked, a failure during the grace
+    /// (a journal write failed, the lease was lost) was no longer heard, and the
+    /// process exited 0 as after a clean handover, so a supervisor restarting only on
+    /// failure did not restart it. Given a server whose calls outlive the grace, when a
+    /// failure comes after the stop, then the stop ends with that failure.
+    #[tokio::test]
+    async fn a_failure_during_the_grace_is_not_a_clean_stop() {
+        let stop = install().unwrap();
+        let serve = |told: tokio::sync::oneshot::Receiver<()>| async move {
+            let _ = told.await;
+            std::future::pending::<Result<(), String>>().await
+        };
+        let failed = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "the journal failed".to_string()
+        };
+        // SAFETY: raise(3) sends a signal to this process, whose handler is installed.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::raise(libc::SIGTERM);
+        }
+        let outcome = serve_until_stopped(stop, serve, failed).await;
+        assert_eq!(outcome, Err("the journal failed".to_string()));
     }
 }

@@ -115,6 +115,14 @@ where
 {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<S>().await;
+    // A stop waits for every open call, and a health Watch never ends on its own: its
+    // statuses go first, which ends the Watch streams (a standby that won must serve).
+    let mut statuses = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        statuses.clear_service_status("").await;
+        statuses.clear_service_status(S::NAME).await;
+    };
     Server::builder()
         .add_service(standby)
         .add_service(health_service)

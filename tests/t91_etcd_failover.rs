@@ -682,3 +682,91 @@ async fn a_coordinator_refuses_to_start_on_etcd_with_its_default_transaction_lim
         assert_eq!(rows.unwrap(), Vec::new(), "{table}: nothing written");
     }
 }
+
+/// Review finding of stop 57: a standby that won the election stopped its standby
+/// server and waited for every connection to close before it served as the leader. A
+/// health Watch stream (a load balancer's, a client's health checking) never closes on
+/// its own, so such a standby held the lease and never served: no leader at all. Given
+/// a Watch open on the standby, when the leader is killed, then the standby leads and
+/// serves within the lease's TTL and a grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_with_a_health_watch_open_takes_over() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (mut c, args) = on_etcd(&member, "watched").await;
+    let port = support::free_port();
+    let taking_over = standby_later(&c, args, port);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut watch = wait_for("the standby to answer a health Watch", || async {
+        let channel = tonic::transport::Channel::from_shared(url.clone()).ok()?;
+        let mut health = HealthClient::new(channel.connect().await.ok()?);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        let mut stream = health.watch(request).await.ok()?.into_inner();
+        stream.message().await.ok()??;
+        Some(stream)
+    })
+    .await;
+
+    c.coordinator.kill9().await;
+    let within = std::time::Duration::from_secs(15);
+    let standby = tokio::time::timeout(within, taking_over)
+        .await
+        .expect("the standby leads and serves within the TTL (2 s) and a grace")
+        .unwrap();
+    assert!(standby.log().contains("leading with term"));
+    c.coordinator = standby;
+    let listed = c.cli(&["project", "list"]).await;
+    assert_eq!(listed.code, 0, "the new leader serves: {listed:?}");
+    // The old stream was closed by the standby's server, not left hanging.
+    let ended = tokio::time::timeout(within, async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the standby's Watch stream still open");
+}
+
+/// Review finding of stop 57: a standby ignored SIGTERM while it waited (the signal
+/// was only heard once it served), so `systemctl stop` on it hung, and at the next
+/// failover it led, recovered, wrote and only then stopped: in a "stop them all, then
+/// start the new version" upgrade, an old standby took over. Given a standby waiting,
+/// when it gets SIGTERM, then it exits 0 at once and never leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_stopped_while_it_waits_exits_at_once() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let member = EtcdMember::start(etcd_dir.path()).unwrap();
+    let (c, args) = on_etcd(&member, "stopped").await;
+    let port = support::free_port();
+    let log = std::fs::File::create(c.dir.path().join("waiting.log")).unwrap();
+    let mut waiting = tokio::process::Command::new(bin("lockstep-coordinator"))
+        .args(&args)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--insecure"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log_path = c.dir.path().join("waiting.log");
+    wait_for("the standby to stand by", || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.contains("waiting to take over").then_some(())
+    })
+    .await;
+
+    let pid = i32::try_from(waiting.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on a child of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let within = std::time::Duration::from_secs(5);
+    let exited = tokio::time::timeout(within, waiting.wait())
+        .await
+        .expect("the standby exits at once")
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let log = std::fs::read_to_string(c.dir.path().join("waiting.log")).unwrap();
+    assert!(!log.contains("leading with term"), "{log}");
+}

@@ -187,7 +187,7 @@ fn thresholds(values: &[(Option<Environment>, std::time::Duration)]) -> Threshol
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Before anything else, so a SIGTERM at any moment stops the server cleanly.
-    let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
+    let mut stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     // (Logging starts once the flags are read: --log-format says how.)
     let args = Arc::new(Args::parse());
     let telemetry = lockstep::logging::init(
@@ -208,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let (tls, net) = tls_and_net(files.as_ref())?;
-    let (store, lead, etcd) = open_store(&args, &listener, tls.as_ref(), net.clone()).await?;
+    let (store, lead, etcd) =
+        open_store(&args, &listener, tls.as_ref(), net.clone(), &mut stop).await?;
     let term = lead
         .as_ref()
         .map_or(0, |l| u64::try_from(l.term).unwrap_or_default());
@@ -329,6 +330,7 @@ async fn open_store(
     listener: &tokio::net::TcpListener,
     tls: Option<&tls::ServerTls>,
     net: Arc<dyn ParticipantNet>,
+    stop: &mut shutdown::Stop,
 ) -> anyhow::Result<(Arc<dyn Kv>, Option<Lead>, Option<Arc<EtcdKv>>)> {
     let bound = listener.local_addr()?;
     let target = match &args.store {
@@ -372,11 +374,29 @@ async fn open_store(
             tracing::info!("standby: {leader} leads; waiting to take over");
         })
     });
-    let lead = campaign
-        .await?
-        .context("campaigning for leadership on etcd")?;
+    // A standby stopped while it waits has nothing to hand over: it ends at once
+    // (before stop 57 it ignored the signal, then led, recovered and only then stopped).
+    let lead = tokio::select! {
+        lead = campaign => lead?.context("campaigning for leadership on etcd")?,
+        () = stop.requested() => {
+            tracing::info!("stopped while standing by");
+            shutdown::exit(0);
+        }
+    };
     let _ = stop_standby.send(());
-    let _ = standing.await;
+    // Calls still open (a health Watch never ends on its own) get the same grace as at
+    // shutdown, then are cut: a standby that won must serve, not wait for its clients.
+    let mut standing = standing;
+    if tokio::time::timeout(lockstep::shutdown::GRACE, &mut standing)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "standby calls still open after {:?}: closing them",
+            lockstep::shutdown::GRACE
+        );
+        standing.abort();
+    }
     tracing::info!("leading with term {}", lead.term);
     let store: Arc<dyn Kv> = kv.clone();
     Ok((store, Some(lead), Some(kv)))

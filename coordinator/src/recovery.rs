@@ -19,10 +19,16 @@ pub fn recover(registry: &Registry, backoff: lockstep::retry::Backoff) -> Result
     if !registry.tables().ends_checked()? {
         // Once per data directory: records an earlier version stored terminal without
         // their end (and outside the active index) get their terminal event now.
-        unfinished.extend(registry.tables().ended_without_end()?);
+        let ended = registry.tables().ended_without_end()?;
+        // Into the active index in the same write as the mark: a crash after the mark
+        // and before their ends leaves them where the next start looks (stop 57).
         let mut batch = Batch::default();
+        for record in &ended {
+            Tables::put_transaction(&mut batch, record);
+        }
         Tables::put_ends_checked(&mut batch);
         registry.write_quietly(batch);
+        unfinished.extend(ended);
     }
     let count = unfinished.len();
     for record in unfinished {

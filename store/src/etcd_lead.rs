@@ -150,9 +150,26 @@ async fn campaign(
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), me.clone(), Some(put))])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let answer = client.txn(txn).await.map_err(lease_gone)?;
+        let answer = client.txn(txn).await.map_err(lease_gone);
+        #[cfg(test)]
+        let answer = tests::maybe_lose(&me, answer);
+        let answer = match answer {
+            Ok(answer) => answer,
+            // Asked again on the same lease: a put that landed, its answer lost, is
+            // then found as ours below (a new campaign on a new lease would wait a TTL
+            // for this one's key to expire).
+            Err(e) if transient(&e) => {
+                tracing::warn!("campaigning for leadership: {e}; asking again");
+                tokio::time::sleep(CAMPAIGN_AGAIN).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if answer.succeeded() {
             let term = answer.header().map_or(0, |h| h.revision());
+            return Ok(Lead { term, lost });
+        }
+        if let Some(term) = ours(&answer.op_responses(), lease) {
             return Ok(Lead { term, lost });
         }
         let leader = current(&answer.op_responses());
@@ -177,6 +194,17 @@ fn lease_gone(e: etcd_client::Error) -> etcd_client::Error {
         }
         _ => e,
     }
+}
+
+/// The term of a campaign whose put landed but whose answer was lost: the key the
+/// `or_else` get found is on this campaign's `lease`, created at the term.
+fn ours(responses: &[TxnOpResponse], lease: i64) -> Option<i64> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(got) => (got.kvs().first())
+            .filter(|kv| kv.lease() == lease)
+            .map(|kv| kv.create_revision()),
+        _ => None,
+    })
 }
 
 /// The leader's address from the `or_else` get of a lost campaign.
@@ -353,6 +381,51 @@ mod tests {
 
     use super::*;
     use crate::etcd::EtcdTarget;
+
+    /// The campaigner whose next successful put is answered with an error, as if the
+    /// answer were lost on the way, and the revision that put landed at.
+    static LOSE: std::sync::Mutex<(Option<String>, i64)> = std::sync::Mutex::new((None, 0));
+
+    /// Loses `me`'s answer if a test asked for it.
+    pub(super) fn maybe_lose(
+        me: &str,
+        answer: Result<etcd_client::TxnResponse, etcd_client::Error>,
+    ) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let mut lose = LOSE.lock().unwrap();
+        match &answer {
+            Ok(a) if a.succeeded() && lose.0.as_deref() == Some(me) => {
+                *lose = (None, a.header().map_or(0, |h| h.revision()));
+                Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                    "the answer was lost (test)",
+                )))
+            }
+            _ => answer,
+        }
+    }
+
+    /// Left from stop 56: a campaign whose put landed but whose answer was lost gave
+    /// the campaign up and campaigned again on a new lease, which waited a whole TTL
+    /// for its own first key to expire: no leader for that long. Given the answer of
+    /// the winning put lost, the campaign leads with the key that put created, at its
+    /// revision, on its first lease.
+    #[test]
+    fn a_campaign_whose_answer_was_lost_leads_with_the_key_it_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = crate::etcd_member::EtcdMember::start(dir.path()).unwrap();
+        let target = EtcdTarget::parse(&member.url("t")).unwrap();
+        let kv = EtcdKv::open(&target, &["t"]).unwrap();
+        *LOSE.lock().unwrap() = (Some("lost-answer".into()), 0);
+        let lead = kv
+            .lead("lost-answer", Duration::from_secs(30), |_| {})
+            .unwrap();
+        let landed = LOSE.lock().unwrap().1;
+        assert!(landed > 0, "the put landed");
+        assert_eq!(
+            lead.term, landed,
+            "leads with the key its first put created"
+        );
+        assert_eq!(kv.leader().unwrap().as_deref(), Some("lost-answer"));
+    }
 
     /// Review finding of stop 53: a standby whose own lease expired unknown to it (a
     /// pause past its TTL, with the leader's key gone meanwhile) put the leadership key
