@@ -948,3 +948,27 @@ async fn a_pipeline_file_on_tls_refuses_a_plaintext_endpoint_and_registers_nothi
     assert_eq!(list.code, 0, "{list:?}");
     assert!(!list.stdout.contains("\"C\""), "C was registered: {list:?}");
 }
+
+/// Review finding of stop 57: a revert was checked against the caller's grant only
+/// once planned, so the planner's own refusals reached a caller who may not change the
+/// release's projects, naming their versions (a revert of a revert: "release it with
+/// `release create ID B=2.0 ...`"), which GetRelease hides from that caller. Given a
+/// releaser of A only, when it reverts a revert of B, then it is refused as not
+/// allowed, naming no version of B.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_outside_the_grant_is_refused_before_it_is_planned() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    for (id, versions) in [("T1", &["A=1.0", "B=1.0"][..]), ("T2", &["B=2.0"][..])] {
+        let mut args = vec!["release", "create", id, "--wait"];
+        args.extend_from_slice(versions);
+        assert_eq!(s.cli(&admin(), &args).await.code, 0);
+    }
+    let reverted = s
+        .cli(&admin(), &["revert", "T2", "--id", "R2", "--wait"])
+        .await;
+    assert_eq!(reverted.code, 0, "{reverted:?}");
+    let (_, token) = s.token(&["--role", "releaser", "--project", "A"]).await;
+    let out = s.cli(&As::Token(token), &["revert", "R2"]).await;
+    refused(&out, "PermissionDenied");
+    assert!(!out.stderr.contains("2.0"), "B's version leaked: {out:?}");
+}

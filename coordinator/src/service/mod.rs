@@ -74,6 +74,11 @@ impl CoordinatorService {
         let permitted = guard::plan_check(&principal, rule, &env);
         let scheme = self.agent_scheme();
         let check = move |plan: &Plan| permitted(plan).and_then(|()| reachable(plan, scheme));
+        if let Some(message) = self.revert_out_of_reach(&principal, rule, &spec) {
+            return Err(self
+                .refuse(&principal, call, message, Some(&env), None)
+                .await);
+        }
         spec.actor = principal.actor_or("");
         spec.authority = authority(&principal);
         match self.coordinator.create(spec, &check).await {
@@ -82,6 +87,29 @@ impl CoordinatorService {
                 .await),
             other => Ok(other?),
         }
+    }
+}
+
+impl CoordinatorService {
+    /// The refusal of a revert of a release that changed projects the caller may not
+    /// change, decided before it is planned: the planner's own refusals name the
+    /// release's versions, which the caller may not read (stop 57). `None`: planned and
+    /// checked against its plan as every create is.
+    fn revert_out_of_reach(
+        &self,
+        principal: &Principal,
+        rule: &table::Rule,
+        spec: &CreateSpec,
+    ) -> Option<String> {
+        let crate::model::Request::Revert { release, .. } = &spec.request else {
+            return None;
+        };
+        let tx = self.coordinator.get(release).ok()?;
+        if tx.environment != spec.environment {
+            return None;
+        }
+        let target = Target::projects(&spec.environment, tx.projects().cloned());
+        (!rule.admits(principal, &target)).then(|| rule.refusal(principal, &target))
     }
 }
 
