@@ -133,6 +133,12 @@ async fn a_watcher_that_disconnects_and_resumes_misses_nothing_and_sees_nothing_
         printed.windows(2).all(|w| w[0] < w[1]),
         "in order: {printed:?}"
     );
+    // A new user's finding (stop 57): the watch of an ended transaction never exited.
+    let exited = tokio::time::timeout(support::DEADLINE, watch.wait())
+        .await
+        .expect("`release watch T3` exits once T3 has ended")
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

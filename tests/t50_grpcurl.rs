@@ -123,6 +123,12 @@ async fn grpcurl_lists_describes_and_calls_the_coordinator() {
     let waited: serde_json::Value = serde_json::from_str(&waited.stdout).unwrap();
     assert_eq!(waited["ended"]["kind"], "EVENT_KIND_TRANSACTION_COMMITTED");
     assert_eq!(waited["ended"]["revision"], "1");
+    // The transaction as it ended, not as it was accepted (a new user's finding, stop
+    // 57: the answer's top said PREPARING, "waiting for 1 vote").
+    assert_eq!(
+        waited["transaction"]["state"], "TRANSACTION_STATE_COMMITTED",
+        "{waited}"
+    );
     assert_eq!(c.live()["B"].as_deref(), Some("T1B"));
 }
 

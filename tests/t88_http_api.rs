@@ -670,3 +670,38 @@ async fn a_page_of_another_site_cannot_act_through_a_browsers_certificate() {
     let (status, _) = call(http.get(format!("{api}/releases/X6"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "X6 was never written");
 }
+
+/// Review finding of stop 57: a create with `wait` went on waiting for its outcome
+/// after the token it was made with was revoked (WatchEvents ends at once since stop
+/// 52; the wait inside the call did not), and told the outcome to a revoked
+/// credential, hours later when an approval held it. Given a release of B held in
+/// phase 1 and its caller waiting, when the token is revoked, then the call ends 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_create_ends_when_its_token_is_revoked() {
+    let (s, api) = cluster().await;
+    let (id, token) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
+    let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    s.block("B");
+    let http = client(&s, None);
+    let body =
+        json!({"id": "W1", "components": [{"project": "B", "version": "9.0"}], "wait": true});
+    let post = http
+        .post(format!("{api}/releases"))
+        .bearer_auth(&token)
+        .json(&body);
+    let waiting = tokio::spawn(call(post));
+    wait_state(&http, &api, &viewer, "W1", "TRANSACTION_STATE_PREPARING").await;
+
+    let out = s
+        .cli(&support::secure::admin(), &["token", "revoke", &id])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let within = std::time::Duration::from_secs(10);
+    let (status, body) = tokio::time::timeout(within, waiting)
+        .await
+        .expect("the wait ends once its token is revoked")
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.to_string().contains("revoked"), "{body}");
+    s.heal("B");
+}

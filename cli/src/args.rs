@@ -560,7 +560,8 @@ pub enum ReleaseCommand {
         /// PROJECT=VERSION, one per project.
         #[arg(required = true)]
         components: Vec<String>,
-        /// PROJECT=PATH of the build (a directory or .tar.gz), repeatable.
+        /// PROJECT=ARTIFACT, repeatable: a path on the agent's disk (a directory or a
+        /// .tar.gz, `@sha256:HEX` optional) or `https://…/app.tar.gz@sha256:HEX`.
         #[arg(long = "artifact")]
         artifacts: Vec<String>,
         /// PROJECT=KEY=VALUE metadata passed to the participant, repeatable.

@@ -150,6 +150,14 @@ impl Follow {
     }
 }
 
+/// Whether `event` is the end of transaction `id` (committed or aborted).
+fn ended_event(event: &pb::Event, id: &str) -> bool {
+    use pb::EventKind::{TransactionAborted, TransactionCommitted};
+    !id.is_empty()
+        && event.transaction_id == id
+        && matches!(event.kind(), TransactionCommitted | TransactionAborted)
+}
+
 fn is_terminal(t: &pb::Transaction) -> bool {
     t.state == pb::TransactionState::Committed as i32
         || t.state == pb::TransactionState::Aborted as i32
@@ -161,10 +169,12 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
     let mut down_since: Option<Instant> = None;
     loop {
         if let Ok(mut client) = dial.connect().await {
+            // With an id: its story to its end, then exit 0 (stop 57: it followed on
+            // forever after the transaction had ended).
             let request = pb::WatchEventsRequest {
                 from_seq: next,
                 transaction_id: id.clone(),
-                until_terminal: false,
+                until_terminal: !id.is_empty(),
                 only_terminal: false,
             };
             match client.watch_events(request).await {
@@ -173,12 +183,16 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
                     let mut stream = stream.into_inner();
                     while let Some(Ok(event)) = stream.next().await {
                         next = event.seq + 1;
+                        let ended = ended_event(&event, &id);
                         match out {
                             Output::Table => println!("{}", render::event_line(&event)),
                             Output::Json => println!(
                                 "{}",
                                 serde_json::to_string(&event).expect("events serialize")
                             ),
+                        }
+                        if ended {
+                            return Ok(());
                         }
                     }
                 }

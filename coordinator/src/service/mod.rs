@@ -282,8 +282,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let (spec, wait) = (convert::release(r.clone())?, r.wait);
         let target = Target::environment(&spec.environment);
         let who = self.allow(&request, key, target).await?;
+        let waiter = wait.then(|| self.waiter(&request, &who));
         let created = self.create(who, key, spec).await?;
-        self.answer(created, wait).await
+        self.answer(created, waiter).await
     }
 
     async fn revert_release(
@@ -296,8 +297,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let who = self
             .allow(&request, key, Target::environment(&spec.environment))
             .await?;
+        let waiter = wait.then(|| self.waiter(&request, &who));
         let created = self.create(who, key, spec).await?;
-        self.answer(created, wait).await
+        self.answer(created, waiter).await
     }
 
     async fn rollback(
@@ -311,6 +313,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             false => "Rollback",
         };
         let who = self.allow(&request, key, Target::environment(&env)).await?;
+        let waiter = request.get_ref().wait.then(|| self.waiter(&request, &who));
         let r = request.into_inner();
         let resolved = match r.revision {
             0 => self
@@ -321,10 +324,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 .unwrap_or(0),
             n => n,
         };
-        let wait = r.wait;
         let spec = convert::rollback(r, resolved)?;
         let created = self.create(who, key, spec).await?;
-        self.answer(created, wait).await
+        self.answer(created, waiter).await
     }
 
     async fn get_release(
@@ -650,8 +652,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let target = Target::promotion(&ask.from, Target::environment(&ask.to));
         let who = self.allow(&request, key, target).await?;
         let spec = self.coordinator.registry().promotion(&ask, base)?;
+        let waiter = request.get_ref().wait.then(|| self.waiter(&request, &who));
         let created = self.create(who, key, spec).await?;
-        self.answer(created, request.get_ref().wait).await
+        self.answer(created, waiter).await
     }
 
     async fn get_cluster(

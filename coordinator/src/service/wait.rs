@@ -8,7 +8,8 @@ use futures::StreamExt;
 use lockstep::pb;
 use tonic::{Response, Status};
 
-use super::{CoordinatorService, created};
+use super::{CoordinatorService, created, revoked::ending_on_revocation};
+use crate::access::Principal;
 use crate::{feed::WatchFilter, model::TxRecord, registry::admit::Created, txn::events};
 
 /// INVALID_ARGUMENT for `wait` without a client-chosen `id`: the answer that names a
@@ -24,22 +25,46 @@ pub(super) fn needs_id(wait: bool, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Who waits in a call with `wait`: the wait ends when its token is revoked or expires,
+/// as a WatchEvents stream does.
+pub(super) struct Waiter {
+    actor: String,
+    expires: Option<u64>,
+}
+
 impl CoordinatorService {
-    /// The answer to a call that started `c` (or found it again, on a retry); with
-    /// `wait`, given once it has ended. A dry run has nothing to wait for.
+    /// The [`Waiter`] of a call made by `who`.
+    pub(super) fn waiter<T>(&self, request: &tonic::Request<T>, who: &Principal) -> Waiter {
+        Waiter {
+            actor: who.actor.clone(),
+            expires: self.access.token_expiry(request),
+        }
+    }
+
+    /// The answer to a call that started `c` (or found it again, on a retry); with a
+    /// `waiter`, given once it has ended. A dry run has nothing to wait for.
     pub(super) async fn answer(
         &self,
         c: Created,
-        wait: bool,
+        waiter: Option<Waiter>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
-        let ended = match (&c.transaction, wait) {
-            (Some(tx), true) => Some(self.ended(tx, c.first_event_seq).await?),
+        let ended = match (&c.transaction, waiter) {
+            (Some(tx), Some(waiter)) => Some(self.ended(tx, c.first_event_seq, &waiter).await?),
             _ => None,
         };
-        let answer = pb::CreateTransactionResponse {
+        // Once ended, the transaction as it ended (its state, votes and acknowledgements),
+        // not as it was accepted: a reader of the answer's top sees the outcome.
+        let now = match (&c.transaction, &ended) {
+            (Some(tx), Some(_)) => self.coordinator.get(&tx.id).ok(),
+            _ => None,
+        };
+        let mut answer = pb::CreateTransactionResponse {
             ended,
             ..created(c)
         };
+        if let Some(now) = now {
+            answer.transaction = Some(crate::convert::transaction(&now));
+        }
         Ok(Response::new(answer))
     }
 
@@ -47,7 +72,7 @@ impl CoordinatorService {
     /// event). A retry does not know that sequence number: it is told the outcome from
     /// the record when the transaction has ended, and otherwise follows from the log's
     /// head (a transaction that ends in between is told from its record too).
-    async fn ended(&self, tx: &TxRecord, first: u64) -> Result<pb::Event, Status> {
+    async fn ended(&self, tx: &TxRecord, first: u64, waiter: &Waiter) -> Result<pb::Event, Status> {
         if tx.state.is_terminal() {
             return Ok(events::ended(tx));
         }
@@ -58,9 +83,13 @@ impl CoordinatorService {
             until_terminal: true,
             only_terminal: true,
         };
-        match self.coordinator.watch(filter, from).next().await {
-            Some(Ok(event)) => Ok(event),
-            Some(Err(e)) => Err(lost(tx, from, e)),
+        let events = self.coordinator.watch(filter, from);
+        let cut = tx.clone();
+        let events = events.map(move |e| e.map_err(|e| lost(&cut, from, e)));
+        let (actor, expires) = (&waiter.actor, waiter.expires);
+        let mut events = ending_on_revocation(&self.access, actor, expires, Box::pin(events));
+        match events.next().await {
+            Some(answer) => answer,
             None => self.told_by_record(tx, from),
         }
     }
