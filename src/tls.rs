@@ -130,7 +130,9 @@ impl Loaded {
             .map_err(config)?;
         let mut http = server.clone();
         server.alpn_protocols = vec![b"h2".to_vec()];
-        http.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first: a browser's tabs then share one connection, where HTTP/1.1's six
+        // per host were taken by the console's endless event streams.
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             http: TlsAcceptor::from(Arc::new(http)),

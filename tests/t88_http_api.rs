@@ -705,3 +705,31 @@ async fn a_waiting_create_ends_when_its_token_is_revoked() {
     assert!(body.to_string().contains("revoked"), "{body}");
     s.heal("B");
 }
+
+/// Review finding of stop 57: the HTTP listener offered only HTTP/1.1, and a browser
+/// opens at most six connections to a host, shared by every tab: each console tab holds
+/// one or two endless event streams, so three release pages took them all and every
+/// other request of the console hung. Over TLS the listener offers HTTP/2, where every
+/// stream shares one connection; HTTP/1.1 clients are still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_speaks_http2_over_tls_and_http1_still() {
+    let (s, api) = cluster().await;
+    let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    let h2 = client(&s, None)
+        .get(format!("{api}/live"))
+        .bearer_auth(&viewer);
+    let answered = h2.send().await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(answered.version(), reqwest::Version::HTTP_2);
+    let ca = std::fs::read(s.certs.join("ca.crt")).unwrap();
+    let h1 = Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let answered = h1.get(format!("{api}/live")).bearer_auth(&viewer).send();
+    let answered = answered.await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(answered.version(), reqwest::Version::HTTP_11);
+}
