@@ -53,6 +53,19 @@ fn a_few_hundred_fault_schedules_keep_every_invariant() {
     );
 }
 
+/// Found by the soak at stop 57 (seed 26886, also at stop 56's code): an agent whose
+/// Prepare it refused, and whose undo of what it staged then failed, kept the
+/// transaction open (STAGING) and waited for the coordinator's Abort to undo it. The
+/// coordinator had crashed before the transaction's start was durable, so recovery
+/// found it never started and aborted it without telling anyone: the agent refused
+/// every later Prepare ("busy") for good. The agent now tries the undo again on its
+/// own until it is done.
+#[test]
+fn a_refused_vote_whose_undo_failed_does_not_hold_its_agent_for_good() {
+    let o = run(&Config::for_seed(26886));
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+}
+
 #[test]
 fn the_same_seed_replays_to_the_same_event_log() {
     let first = run(&Config::for_seed(4242));

@@ -227,9 +227,12 @@ impl<D: Deployer> Participant<D> {
             .undo_all(&change, staged.as_ref(), schema_touched)
             .await;
         if let Err(e) = undone {
-            // Left STAGING: the Abort that follows the refusal undoes it again.
+            // Left STAGING: tried again here until undone (the Abort that follows the
+            // refusal undoes it too, but a coordinator that crashed before this
+            // transaction's start was durable never sends one).
+            self.undo_later(change.transaction_id.clone(), refusal.0.clone());
             return Ok(VoteAnswer::Refused(format!(
-                "{}; undoing what was staged failed ({e}): the Abort will undo it",
+                "{}; undoing what was staged failed ({e}): tried again until undone",
                 refusal.0
             )));
         }

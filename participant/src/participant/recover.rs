@@ -16,10 +16,10 @@ impl<D: Deployer> Participant<D> {
     pub async fn recover_local(&self) -> Result<Vec<TxId>, ParticipantError> {
         let _guard = self.inner.lock.lock().await;
         for (tx, entry) in self.inner.ledger.in_phase(&[Phase::Staging])? {
-            if let Err(e) = self.undo_interrupted(&tx, entry.clone()).await {
+            if let Err(e) = self.undo_interrupted(&tx, entry.clone(), RESTARTED).await {
                 tracing::warn!(%tx, "undoing staging a restart interrupted failed ({e}); starting all the same: other Prepares are refused until it is undone (tried again every {UNDO_AGAIN_EVERY:?}, and by the coordinator's Abort)");
                 self.inner.ledger.keep_open([(tx.clone(), entry)]);
-                self.undo_later(tx);
+                self.undo_later(tx, RESTARTED.into());
             }
         }
         let records = self.inner.ledger.in_phase(&[Phase::Prepared])?;
@@ -35,23 +35,29 @@ impl<D: Deployer> Participant<D> {
             .collect())
     }
 
-    /// Undoes the staging `entry` of `tx` (never voted on: nothing was promised) and
-    /// records it aborted.
-    async fn undo_interrupted(&self, tx: &str, mut entry: Entry) -> Result<(), ParticipantError> {
+    /// Undoes the staging `entry` of `tx` (never voted on yes: nothing was promised) and
+    /// records it aborted, for `reason`.
+    async fn undo_interrupted(
+        &self,
+        tx: &str,
+        mut entry: Entry,
+        reason: &str,
+    ) -> Result<(), ParticipantError> {
         if let Some(change) = entry.change.clone() {
             self.undo_all(&change, entry.staged.as_ref(), Some(None))
                 .await?;
         }
         entry.phase = Phase::Aborted;
-        entry.reason = "agent restarted before voting".into();
+        entry.reason = reason.into();
         self.record(tx, &entry, Durability::Buffered).await
     }
 
-    /// Tries the undo of `tx`'s interrupted staging again until it is done (here, or
-    /// by an Abort meanwhile): the coordinator may never send one (it may not know the
-    /// transaction, under presumed abort), and the agent refuses other Prepares while
-    /// the record is open.
-    fn undo_later(&self, tx: String) {
+    /// Tries the undo of `tx`'s staging again until it is done (here, or by an Abort
+    /// meanwhile), recording it aborted for `reason`: the coordinator may never send an
+    /// Abort (it may not know the transaction, under presumed abort), and the agent
+    /// refuses other Prepares while the record is open. After a restart, and after a
+    /// refused vote whose undo failed.
+    pub(super) fn undo_later(&self, tx: String, reason: String) {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -61,7 +67,7 @@ impl<D: Deployer> Participant<D> {
                 let Some(entry) = staging.filter(|e| e.phase == Phase::Staging) else {
                     return;
                 };
-                match this.undo_interrupted(&tx, entry).await {
+                match this.undo_interrupted(&tx, entry, &reason).await {
                     Ok(()) => return tracing::info!(%tx, "interrupted staging undone"),
                     Err(e) => tracing::warn!(%tx, "undoing interrupted staging failed again: {e}"),
                 }
@@ -70,5 +76,8 @@ impl<D: Deployer> Participant<D> {
     }
 }
 
-/// How often an interrupted staging whose undo failed at start is tried again.
+/// Why a staging a restart interrupted ended.
+const RESTARTED: &str = "agent restarted before voting";
+
+/// How often a staging whose undo failed is tried again.
 const UNDO_AGAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
