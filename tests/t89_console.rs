@@ -74,9 +74,9 @@ name = "default"
   deadline = "10m"
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_operator_approves_on_the_page_and_nobody_else_can() {
-    let (s, url) = cluster(&["A"], &[]).await;
+/// Applies [`APPROVAL`] and makes the tokens of two operators, alice (who releases)
+/// and oncall (who approves), and of a viewer.
+async fn approval_and_people(s: &Secure) -> (String, String, String) {
     let file = s.dir.path().join("pipeline.toml");
     std::fs::write(&file, APPROVAL).unwrap();
     let apply = s
@@ -88,6 +88,13 @@ async fn an_operator_approves_on_the_page_and_nobody_else_can() {
         .token(&["--role", "operator", "--subject", "oncall"])
         .await;
     let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    (alice, oncall, viewer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_approves_on_the_page_and_nobody_else_can() {
+    let (s, url) = cluster(&["A"], &[]).await;
+    let (alice, oncall, viewer) = approval_and_people(&s).await;
     let out = s
         .cli(
             &As::Token(alice.clone()),
@@ -257,17 +264,7 @@ async fn a_new_sign_in_after_a_revoked_token_follows_the_log_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_page_follows_its_release_across_a_restart() {
     let (mut s, url) = cluster(&["A"], &[]).await;
-    let file = s.dir.path().join("pipeline.toml");
-    std::fs::write(&file, APPROVAL).unwrap();
-    let apply = s
-        .cli(&admin(), &["env", "apply", "-f", file.to_str().unwrap()])
-        .await;
-    assert_eq!(apply.code, 0, "{apply:?}");
-    let (_, alice) = s.token(&["--role", "operator", "--subject", "alice"]).await;
-    let (_, oncall) = s
-        .token(&["--role", "operator", "--subject", "oncall"])
-        .await;
-    let (_, viewer) = s.token(&["--role", "viewer", "--subject", "dash"]).await;
+    let (alice, oncall, viewer) = approval_and_people(&s).await;
     let out = s
         .cli(&As::Token(alice), &["release", "create", "R1", "A=1.0"])
         .await;

@@ -384,22 +384,21 @@ async fn open_store(
         }
     };
     let _ = stop_standby.send(());
-    // Calls still open (a health Watch never ends on its own) get the same grace as at
-    // shutdown, then are cut: a standby that won must serve, not wait for its clients.
-    let mut standing = standing;
-    if tokio::time::timeout(lockstep::shutdown::GRACE, &mut standing)
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            "standby calls still open after {:?}: closing them",
-            lockstep::shutdown::GRACE
-        );
-        standing.abort();
-    }
+    stop_standing(standing).await;
     tracing::info!("leading with term {}", lead.term);
     let store: Arc<dyn Kv> = kv.clone();
     Ok((store, Some(lead), Some(kv)))
+}
+
+/// Waits for the standby's server to stop: calls still open (a health Watch never ends
+/// on its own) get the same grace as at shutdown, then are cut, so a standby that won
+/// serves instead of waiting for its clients.
+async fn stop_standing(mut standing: tokio::task::JoinHandle<()>) {
+    let grace = lockstep::shutdown::GRACE;
+    if tokio::time::timeout(grace, &mut standing).await.is_err() {
+        tracing::info!("standby calls still open after {grace:?}: closing them");
+        standing.abort();
+    }
 }
 
 /// What a standby's reads see: the tables in etcd as they are at the call, read through
