@@ -139,6 +139,19 @@ async fn a_watcher_that_disconnects_and_resumes_misses_nothing_and_sees_nothing_
         .expect("`release watch T3` exits once T3 has ended")
         .unwrap();
     assert!(exited.success(), "{exited:?}");
+    // From after its end, it finds T3 ended and exits too (it reconnected forever).
+    let after = (c.last_seq().await + 1).to_string();
+    let late = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["release", "watch", "T3", "--from", &after])
+        .env("LOCKSTEP_COORDINATOR", c.coordinator.url())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let late = tokio::time::timeout(support::DEADLINE, late)
+        .await
+        .expect("`release watch T3 --from` past its end exits")
+        .unwrap();
+    assert!(late.success(), "{late:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -500,7 +500,7 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
     let c = Cluster::family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     c.release("T2", &["B=T2B"], 0).await;
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["rollback", "0"], "0"),
         (
             &[
@@ -522,10 +522,6 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
         // an id, so a retry after a lost answer started a second release.
         (&["release", "create", "", "B=3.0"], "<ID>"),
         (&["revert", "T2", "--id", ""], "--id"),
-        (
-            &["release", "create", "E3", "B=3.0", "--ticket", ""],
-            "--ticket",
-        ),
         (
             &[
                 "release", "create", "E2", "D=1", "--meta", "D=k=1", "--meta", "D=k=2",

@@ -456,3 +456,44 @@ async fn a_queued_promotion_is_refused_at_its_turn_when_its_source_was_reverted(
     mentions(&p2.reason, &["while it was queued", "D2"]);
     assert_eq!(versions(&c, "hardening", &["web"]), some(&["0.9"]));
 }
+
+/// The bracket's side of the check above (a review of stop 57's change): a promotion
+/// of one release (`--release`) is judged by that release alone, at its turn too, not
+/// by the other versions of the checkpoint it made. Given dev's api (which requires
+/// web) forced back into an untested combination (D2) and web released after it (D3,
+/// verified), when `promote --release D3` waits behind a release of hardening, then at
+/// its turn it goes ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_bracket_of_a_verified_release_goes_ahead_at_its_turn() {
+    let mut c = with_pipeline(DEV_TO_APPROVED_HARDENING).await;
+    for env in ["dev", "hardening"] {
+        env_agent(&mut c, env, "web", "").await;
+        env_agent(&mut c, env, "api", "web").await;
+    }
+    release(&c, "dev", "D1", &["api=1.0", "web=1.0"], false).await;
+    release(&c, "dev", "D1b", &["api=2.0", "web=2.0"], false).await;
+    release(&c, "dev", "D2", &["api=1.0", "web=2.0"], true).await;
+    release(&c, "dev", "D3", &["web=3.0"], false).await;
+    let first = [
+        "-e",
+        "hardening",
+        "release",
+        "create",
+        "H0",
+        "api=0.1",
+        "web=0.1",
+    ];
+    assert_eq!(c.cli(&first).await.code, 0);
+    c.wait_state("H0", TransactionState::Verifying).await;
+    let promote = ["promote", "--from", "dev", "--to", "hardening"];
+    let out = c
+        .cli(&[&promote[..], &["--release", "D3", "--id", "P3"]].concat())
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let approve = ["-e", "hardening", "approve", "H0", "--actor", "carol"];
+    assert_eq!(c.cli(&approve).await.code, 0);
+    c.wait_state("H0", TransactionState::Committed).await;
+
+    let p3 = c.wait_state("P3", TransactionState::Verifying).await;
+    assert!(!p3.forced, "D3 is verified: {p3:?}");
+}

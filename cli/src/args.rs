@@ -107,7 +107,7 @@ pub enum Command {
         #[arg(long)]
         cascade: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        #[arg(long)]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -124,7 +124,7 @@ pub enum Command {
         #[arg(long)]
         allow_quarantined: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        #[arg(long)]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -152,7 +152,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Release ticket URL: failures are notified to it.
-        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        #[arg(long)]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -575,7 +575,7 @@ pub enum ReleaseCommand {
         #[arg(long)]
         allow_quarantined: bool,
         /// Release ticket URL: failures are notified to it (a ticket sink gets them).
-        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        #[arg(long)]
         ticket: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,

@@ -150,6 +150,17 @@ impl Follow {
     }
 }
 
+/// Whether transaction `id` (none: never) has ended, asked of the coordinator after a
+/// stream of its events ended without its end (it ended before the stream's `from`).
+async fn ended_before(client: &mut Client, id: &str) -> bool {
+    if id.is_empty() {
+        return false;
+    }
+    let request = pb::GetReleaseRequest { id: id.to_string() };
+    let got = client.get_release(request).await;
+    got.is_ok_and(|t| is_terminal(t.get_ref()))
+}
+
 /// Whether `event` is the end of transaction `id` (committed or aborted).
 fn ended_event(event: &pb::Event, id: &str) -> bool {
     use pb::EventKind::{TransactionAborted, TransactionCommitted};
@@ -194,6 +205,10 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
                         if ended {
                             return Ok(());
                         }
+                    }
+                    // Ended with no end of its own: it may have ended before `from`.
+                    if ended_before(&mut client, &id).await {
+                        return Ok(());
                     }
                 }
                 Err(status) if status.code() != tonic::Code::Unavailable => {

@@ -20,12 +20,15 @@ pub fn recover(registry: &Registry, backoff: lockstep::retry::Backoff) -> Result
         // Once per data directory: records an earlier version stored terminal without
         // their end (and outside the active index) get their terminal event now.
         let ended = registry.tables().ended_without_end()?;
-        // Into the active index in the same write as the mark: a crash after the mark
-        // and before their ends leaves them where the next start looks (stop 57).
-        let mut batch = Batch::default();
+        // Into the active index before the mark, an append each (etcd limits one
+        // write): a crash after the mark and before their ends leaves them where the
+        // next start looks (stop 57).
         for record in &ended {
+            let mut batch = Batch::default();
             Tables::put_transaction(&mut batch, record);
+            registry.write_quietly(batch);
         }
+        let mut batch = Batch::default();
         Tables::put_ends_checked(&mut batch);
         registry.write_quietly(batch);
         unfinished.extend(ended);

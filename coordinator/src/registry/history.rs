@@ -271,11 +271,22 @@ pub(super) fn backfill_seen(tables: &Tables, newest: &CheckpointRecord) -> Resul
     if tables.was_live(&newest.environment, project, &entry.version)? {
         return Ok(());
     }
-    // Oldest first: the newest checkpoint's rows, the sign of a filled table, land last.
-    let (mut parts, mut previous) = (Vec::new(), None);
+    // The part with the row that is the sign of a filled table (`project` at `version`
+    // from the checkpoint that last made it live) goes last: a crash part-way leaves
+    // the sign absent, and the next start fills again (puts of rows there change
+    // nothing).
+    let (mut parts, mut previous, mut sign) = (Vec::new(), None::<CheckpointRecord>, 0);
     for cp in tables.checkpoints(&newest.environment)? {
+        let had = previous.as_ref().and_then(|p| p.versions.get(project));
+        if cp.versions.get(project) == Some(entry) && had != Some(entry) {
+            sign = parts.len();
+        }
         parts.push(part(|b| Tables::put_seen(b, previous.as_ref(), &cp)));
         previous = Some(cp);
+    }
+    if sign < parts.len() {
+        let last = parts.remove(sign);
+        parts.push(last);
     }
     if !written(tables, parts)? {
         return Ok(());

@@ -190,8 +190,12 @@ pub(super) fn requires_unheld(s: &super::State, project: &ProjectRecord) -> Resu
     if old.is_none_or(|old| old.requires == project.requires) {
         return Ok(());
     }
-    let holder = (s.active.values().map(|a| &a.record))
-        .find(|t| &t.environment == env && t.projects().any(|p| p == &project.name));
+    // A queued transaction (PENDING) is planned again at its turn.
+    let holder = (s.active.values().map(|a| &a.record)).find(|t| {
+        &t.environment == env
+            && t.state != crate::model::TxState::Pending
+            && t.projects().any(|p| p == &project.name)
+    });
     match holder {
         None => Ok(()),
         Some(tx) => Err(CoordinatorError::Refused(format!(

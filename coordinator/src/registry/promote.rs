@@ -153,6 +153,23 @@ impl Registry {
         Ok(self.unverified_version(cp)?.map(|u| u.refusal(cp)))
     }
 
+    /// Why promoting the bracket of `cp`'s own release (`--release`) without `--force`
+    /// is refused: that release is not verified (`None`: it is). Only the release is
+    /// judged, as when the bracket was asked for: its checkpoint's other versions do
+    /// not go with it.
+    pub(super) fn bracket_refusal(
+        &self,
+        cp: &CheckpointRecord,
+    ) -> Result<Option<CoordinatorError>> {
+        let own = self.tables().transaction(&cp.transaction)?;
+        Ok(own.as_ref().and_then(unverified).map(|why| {
+            CoordinatorError::Refused(format!(
+                "release: {} {why}; --force to promote it all the same",
+                cp.transaction
+            ))
+        }))
+    }
+
     /// The newest checkpoint of `from` whose every version is verified. A checkpoint
     /// holding an unverified version skips every older one that holds it too.
     fn newest_verified(&self, from: &Environment) -> Result<CheckpointRecord> {

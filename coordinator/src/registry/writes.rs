@@ -352,7 +352,9 @@ impl Registry {
     /// waited). A forced promotion is recorded untested and goes ahead.
     fn promotion_refused_now(&self, request: &Request) -> Option<String> {
         let Request::Promote {
-            force, upstream, ..
+            force,
+            upstream,
+            components,
         } = request
         else {
             return None;
@@ -360,7 +362,13 @@ impl Registry {
         if *force || upstream.untested {
             return None;
         }
-        match self.refusal_of(upstream) {
+        // As when it was asked for: a whole checkpoint is judged by every version, a
+        // bracket (`--release`, fewer projects) by its release alone.
+        let refusal = match components.len() == upstream.versions.len() {
+            true => self.refusal_of(upstream),
+            false => self.bracket_refusal(upstream),
+        };
+        match refusal {
             Ok(None) => None,
             Ok(Some(why)) => Some(why.to_string()),
             Err(e) => Some(format!("its source could not be checked: {e}")),
