@@ -63,7 +63,13 @@ impl CoordinatorService {
             ..created(c)
         };
         if let Some(now) = now {
-            answer.transaction = Some(crate::convert::transaction(&now));
+            let mut shown = crate::convert::transaction(&now);
+            // Readers see the end a moment after its event is durable: the event's
+            // state is the one to tell.
+            if let Some(ended) = &answer.ended {
+                shown.state = ended.state;
+            }
+            answer.transaction = Some(shown);
         }
         Ok(Response::new(answer))
     }
