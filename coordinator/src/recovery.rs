@@ -19,7 +19,12 @@ pub fn recover(registry: &Registry, backoff: lockstep::retry::Backoff) -> Result
     if !registry.tables().ends_checked()? {
         // Once per data directory: records an earlier version stored terminal without
         // their end (and outside the active index) get their terminal event now.
-        let ended = registry.tables().ended_without_end()?;
+        // A start cut after some of them went into the active index finds those there
+        // already: each is resumed once.
+        let active: std::collections::BTreeSet<_> =
+            unfinished.iter().map(|t| t.id.clone()).collect();
+        let mut ended = registry.tables().ended_without_end()?;
+        ended.retain(|t| !active.contains(&t.id));
         // Into the active index before the mark, an append each (etcd limits one
         // write): a crash after the mark and before their ends leaves them where the
         // next start looks (stop 57).
