@@ -11,14 +11,6 @@ use std::path::Path;
 use lockstep::pb::{self, participant_server};
 use tonic::{Request, Response, Status};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A script that (re)starts the reference agent for project B on `port`, asking the
 /// kit at `kit` for decisions 10 ms after each vote, and returns once it listens.
 fn agent_script(dir: &Path, port: u16, kit: u16) -> std::path::PathBuf {
@@ -63,7 +55,7 @@ async fn conformance(args: &[&str]) -> (i32, serde_json::Value, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_agent_passes_every_check_of_the_conformance_kit() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, kit) = (free_port(), free_port());
+    let (port, kit) = (support::free_port(), support::free_port());
     let script = agent_script(dir.path(), port, kit);
     let started = std::process::Command::new("sh")
         .arg(&script)
@@ -163,7 +155,7 @@ async fn an_agent_that_agrees_to_everything_fails_the_kit_naming_each_broken_rul
             .add_service(participant_server::ParticipantServer::new(Yes))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let serve = format!("127.0.0.1:{}", free_port());
+    let serve = format!("127.0.0.1:{}", support::free_port());
 
     let (code, report, stderr) =
         conformance(&["--agent", &agent, "--project", "B", "--serve", &serve]).await;
@@ -234,7 +226,7 @@ async fn an_agent_that_never_answers_fails_the_kit_within_its_call_timeout() {
             .add_service(participant_server::ParticipantServer::new(Hung))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let serve = format!("127.0.0.1:{}", free_port());
+    let serve = format!("127.0.0.1:{}", support::free_port());
     let args = ["--agent", &agent, "--project", "B", "--serve", &serve];
     let args = [&args[..], &["--call-timeout", "1s"]].concat();
     let run = conformance(&args);

@@ -35,11 +35,6 @@ fn agent_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python-agent/agent.py")
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// A script that (re)starts the Python agent for B on `port`, asking the kit at `kit`
 /// right after each vote: until stop 54 the kit answered ABORT for a transaction it had
 /// prepared and not decided yet, so an agent that asked at once aborted and failed.
@@ -69,7 +64,7 @@ echo 'the agent did not start' >&2; cat agent.log >&2; exit 1
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_agent_passes_the_conformance_kit() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, kit) = (free_port(), free_port());
+    let (port, kit) = (support::free_port(), support::free_port());
     let script = restart_script(dir.path(), port, kit);
     assert!(
         std::process::Command::new("sh")

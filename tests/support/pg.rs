@@ -4,7 +4,6 @@
 //! by Debian's postgresql package, which scripts/setup installs).
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -61,11 +60,9 @@ impl Postgres {
                 .unwrap();
             assert!(status.success(), "chown to postgres");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the ephemeral range: a port-0 bind elsewhere in the run cannot take it
+        // between this pick and the postmaster's bind, nor while it is down for a restart.
+        let port = super::free_port();
         let pg = Postgres {
             dir,
             bin: bin_dir(),
@@ -116,10 +113,16 @@ impl Postgres {
         .unwrap();
         assert!(
             out.status.success(),
-            "{tool} {args:?} failed: {}{}",
+            "{tool} {args:?} failed: {}{}\n--- postgres.log ---\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
         );
+    }
+
+    /// The server's own log: why it did not start is there, not in pg_ctl's output.
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
     fn ctl_start(&self) {
