@@ -29,8 +29,13 @@ const PROJECTS: [&str; 3] = ["A", "B", "C"];
 
 impl Stack {
     async fn new(kind: Kind) -> Self {
+        Self::with_conf(kind, "").await
+    }
+
+    /// A stack whose PostgreSQL runs with `conf` added to its `postgresql.conf`.
+    async fn with_conf(kind: Kind, conf: &str) -> Self {
         let mut c = Cluster::new().await;
-        let pg = (kind != Kind::Sqlite).then(Postgres::start);
+        let pg = (kind != Kind::Sqlite).then(|| Postgres::start_with(conf));
         let mut urls = BTreeMap::new();
         for p in ["B", "C", "A"] {
             let url = match &pg {
@@ -315,7 +320,11 @@ async fn a_revert_runs_the_stored_downs_and_restores_the_earlier_schema_exactly(
 /// T1 (schema 1) live, then T2 (schema 2) created without waiting while B's Prepare is
 /// held, until A has voted PREPARED on it.
 async fn t2_with_a_prepared(kind: Kind) -> Stack {
-    let s = Stack::new(kind).await;
+    t2_with_a_prepared_on(Stack::new(kind).await).await
+}
+
+/// [`t2_with_a_prepared`] on a stack of the caller's.
+async fn t2_with_a_prepared_on(s: Stack) -> Stack {
     s.release("T1", 1, 0).await;
     s.c.block("B");
     let mut args: Vec<String> = vec!["release".into(), "create".into(), "T2".into()];
@@ -1039,4 +1048,69 @@ async fn postgres_2pc_a_restart_leaves_the_prepared_transactions_of_other_databa
         ["lockstep:B:T9"],
         "prod's vote still holds"
     );
+}
+
+/// Review finding of stop 58: on Abort the agent ran its deployer's undo (the serve
+/// hook's stop, the abort hook) before ROLLBACK PREPARED, so a failing hook kept the
+/// prepared transaction, and the locks its migration took, for as long as the hook
+/// failed: every query on the migrated table waited on a notification script. Given A
+/// prepared on T2 in `postgres-2pc` mode with an abort hook that fails, when T2 is
+/// aborted, then A's prepared transaction is rolled back all the same, and A's table
+/// answers a query from another session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_abort_hook_does_not_keep_the_prepared_migration_and_its_locks() {
+    let mut s = t2_with_a_prepared(Kind::Pg2pc).await;
+    let pg_gids = s.prepared_gids().await;
+    assert!(
+        pg_gids.contains(&"lockstep:A:T2".to_string()),
+        "{pg_gids:?}"
+    );
+    let agent = &mut s.c.agent_mut("A").server;
+    agent
+        .restart_with_args(vec!["--abort-hook".into(), "exit 1".into()])
+        .await;
+
+    let out =
+        s.c.cli(&["release", "abort", "T2", "--reason", "stop it"])
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for("A's prepared migration rolled back", || async {
+        let gids = s.prepared_gids().await;
+        (!gids.contains(&"lockstep:A:T2".to_string())).then_some(())
+    })
+    .await;
+    use sqlx::Connection;
+    let pg = s.pg.as_ref().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&pg.url("a")).await.unwrap();
+    sqlx::query("SET statement_timeout = '5s'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let rows: Vec<(i64,)> = sqlx::query_as("SELECT count(*) FROM a_items")
+        .fetch_all(&mut conn)
+        .await
+        .expect("A's table answers: no lock is held on it");
+    assert_eq!(rows, [(0,)]);
+    s.c.heal("B");
+}
+
+/// Review finding of stop 58: in `reversible` mode the migration's transaction ended
+/// with a plain COMMIT, which a server (or database, or role) set to `synchronous_commit
+/// = off` answers before its WAL is flushed; the agent then voted PREPARED on a schema
+/// change a PostgreSQL crash could still lose, and the COMMIT found the schema "changed
+/// outside Lockstep" for ever. Given such a server and A prepared on T2, when
+/// PostgreSQL crashes before its WAL writer flushed, then T2 still commits with every
+/// schema at 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vote_on_a_reversible_migration_survives_a_postgres_crash_with_synchronous_commit_off() {
+    let conf = "synchronous_commit = off\nwal_writer_delay = 10s\n";
+    let s = t2_with_a_prepared_on(Stack::with_conf(Kind::PgReversible, conf).await).await;
+    s.pg.as_ref().unwrap().restart();
+    s.c.heal("B");
+    s.c.wait_state("T2", pb::TransactionState::Committed).await;
+    wait_for("A's schema at 2", || async {
+        (s.schema_versions().await == [2, 2, 2]).then_some(())
+    })
+    .await;
+    assert!(s.dump("A").await.contains("a_items_name"));
 }

@@ -214,21 +214,23 @@ impl<D: Deployer> Participant<D> {
         }
     }
 
-    /// Reverse order of staging: the deployer's change, then (when `schema` is
-    /// `Some`: the database may hold something) the schema, undone from what the
-    /// database itself recorded, so this also works when the agent crashed before it
-    /// could note what it staged; what it noted (`Some(Some(_))`, with its PREPARED
-    /// vote) is held against the database.
+    /// Reverse order of staging: first (when `schema` is `Some`: the database may
+    /// hold something) the schema, undone from what the database itself recorded, so
+    /// this also works when the agent crashed before it could note what it staged
+    /// (what it noted, `Some(Some(_))` with its PREPARED vote, is held against the
+    /// database); then the deployer's change. The schema goes first because a prepared
+    /// `postgres-2pc` migration holds its locks until it is rolled back: a deployer
+    /// hook that fails (and is retried) must not keep the live tables locked.
     async fn undo_all(
         &self,
         change: &Change,
         staged: Option<&Staged>,
         schema: Option<Option<&SchemaStaged>>,
     ) -> Result<(), ParticipantError> {
-        self.inner.deployer.undo(change, staged).await?;
         if let (Some(db), Some(noted)) = (&self.inner.schema, schema) {
             db.abort(&change.transaction_id, noted).await?;
         }
+        self.inner.deployer.undo(change, staged).await?;
         Ok(())
     }
 }

@@ -148,6 +148,17 @@ fn db_err(e: sqlx::Error) -> String {
     }
 }
 
+/// Makes every COMMIT on this PostgreSQL connection return only once it is flushed,
+/// whatever the server, database or role sets: the agent votes PREPARED on a
+/// `reversible` migration, and records an abort's inverse as done, right after its
+/// COMMIT, so an asynchronous commit a crash can still lose would break its word.
+async fn durable_commits(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("SET synchronous_commit = on")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 impl Schema {
     /// Connects (lazily: an unreachable database makes Prepare refuse, not the agent
     /// fail to start) and checks what can be checked now: the mode fits the database,
@@ -170,9 +181,13 @@ impl Schema {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
             _ => url.to_string(),
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Postgres {
+            options = options.after_connect(|conn, _| Box::pin(durable_commits(conn)));
+        }
+        let pool = options
             .connect_lazy(&url)
             .map_err(|e| format!("--database: {}", db_err(e)))?;
         let schema = Schema {
