@@ -972,3 +972,46 @@ async fn a_revert_outside_the_grant_is_refused_before_it_is_planned() {
     refused(&out, "PermissionDenied");
     assert!(!out.stderr.contains("2.0"), "B's version leaked: {out:?}");
 }
+
+/// Review finding of stop 58: a release created through a token and queued behind
+/// another went live at its turn even though the token was revoked while it waited,
+/// although "a revoked credential acts no more, not even through what it set going"
+/// (an automatic promotion acting for it is refused). Given T1 holding B and T2 of B
+/// queued by ci's token, when the token is revoked and T1 ends, then T2 is aborted
+/// naming the token, and B stays at T1's version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_queued_by_a_token_revoked_while_it_waits_does_not_go_live() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    s.block("B");
+    let out = release(&s, &admin(), "T1", &["B"], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (token_id, ci) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
+    let out = release(&s, &As::Token(ci), "T2", &["B"], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = &s;
+    let get = |id: &'static str| async move {
+        // `release get` exits 1 for an aborted transaction, and prints it all the same.
+        let out = s.cli(&admin(), &["release", "get", id, "-o", "json"]).await;
+        assert!(out.code == 0 || out.code == 1, "{out:?}");
+        out.json()
+    };
+    assert_eq!(get("T2").await["state"], "TRANSACTION_STATE_PENDING");
+    let out = s.cli(&admin(), &["token", "revoke", &token_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    s.heal("B");
+    let t2 = wait_for("T2 to end", || async {
+        let t2 = get("T2").await;
+        let state = t2["state"].as_str().unwrap_or_default().to_string();
+        (state == "TRANSACTION_STATE_ABORTED" || state == "TRANSACTION_STATE_COMMITTED")
+            .then_some(t2)
+    })
+    .await;
+    assert_eq!(t2["state"], "TRANSACTION_STATE_ABORTED", "{t2}");
+    let reason = t2["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&token_id) && reason.contains("revoked"),
+        "{t2}"
+    );
+    assert_eq!(s.live(), versions(&[("A", ""), ("B", "T1B")]));
+}

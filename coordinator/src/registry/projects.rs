@@ -6,7 +6,10 @@
 //! rule); a change goes through [`Registry::update_project`], which changes only what
 //! it is given.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use lockstep::{
     names::{Environment, FieldError, ProjectName},
@@ -190,19 +193,29 @@ pub(super) fn requires_unheld(s: &super::State, project: &ProjectRecord) -> Resu
     if old.is_none_or(|old| old.requires == project.requires) {
         return Ok(());
     }
-    // A queued transaction (PENDING) is planned again at its turn.
-    let holder = (s.active.values().map(|a| &a.record)).find(|t| {
-        &t.environment == env
-            && t.state != crate::model::TxState::Pending
-            && t.projects().any(|p| p == &project.name)
-    });
-    match holder {
+    // A transaction still waiting in the queue is planned again at its turn; one the
+    // queue handed the project to was planned already, even while still shown PENDING.
+    match queue_holder(s, env, &project.name) {
         None => Ok(()),
         Some(tx) => Err(CoordinatorError::Refused(format!(
             "requires: transaction {} ({:?}) holds project {} and was planned with its children as they are; change them once it has ended",
             tx.id, tx.state, project.name
         ))),
     }
+}
+
+/// The transaction the queue gave `name` to (as a participant, or to read it: a move
+/// back's family), as readers see it now.
+fn queue_holder<'a>(
+    s: &'a super::State,
+    env: &Environment,
+    name: &ProjectName,
+) -> Option<&'a crate::model::TxRecord> {
+    let wanted = BTreeSet::from([name.clone()]);
+    let holders = s.queue.holders_of(env, &wanted);
+    holders
+        .iter()
+        .find_map(|id| s.active.get(id).map(|a| &a.record))
 }
 
 /// The registration `remove_project` may remove, or why not.
@@ -217,7 +230,7 @@ fn removable(s: &super::State, env: &Environment, name: &ProjectName) -> Result<
         .values()
         .map(|a| &a.record)
         .find(|t| &t.environment == env && t.projects().any(|p| p == name));
-    if let Some(tx) = holder {
+    if let Some(tx) = holder.or_else(|| queue_holder(s, env, name)) {
         return Err(CoordinatorError::Refused(format!(
             "name: transaction {} ({:?}) holds project {name}; remove it once that transaction has ended",
             tx.id, tx.state
@@ -424,6 +437,47 @@ mod tests {
                 .collect(),
             live_from: 0,
         }
+    }
+
+    /// Review finding of stop 58: a queued transaction whose turn came was planned
+    /// again and handed its participants and waves, but readers (and this check) still
+    /// saw it PENDING until its PREPARING write was durable: `project set B --requires
+    /// C` in that window was accepted, and B went live without its new child. Given W
+    /// holding B in the queue while shown PENDING, when B is set to require C, then it
+    /// is refused naming W; and a project W holds only to read it (a move back's
+    /// family) can neither change its requires nor be removed.
+    #[test]
+    fn a_project_held_in_the_queue_keeps_its_requires_and_its_registration() {
+        let mut s = super::super::State::default();
+        let env = Environment::default();
+        let names = ["A", "B", "C", "D"];
+        let projects: Projects = names.map(|n| (name(n), record(n, &[]))).into();
+        s.projects.insert(env.clone(), Arc::new(projects));
+        let w = crate::txn::tests::t4(crate::model::TxState::Pending);
+        let (commands, _) = tokio::sync::mpsc::unbounded_channel();
+        // The queue gave T4 its participants A, B, C and D, which it reads.
+        let held = names.map(name);
+        assert_eq!(s.queue.enqueue(1, w.id.clone(), &env, held), None);
+        let active = super::super::Active {
+            record: w.clone(),
+            start: None,
+            commands,
+        };
+        s.active.insert(w.id.clone(), active);
+
+        let refused = requires_unheld(&s, &record("B", &["C"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("T4") && refused.contains("requires"),
+            "{refused}"
+        );
+        let refused = removable(&s, &env, &name("D")).unwrap_err().to_string();
+        assert!(refused.contains("T4"), "{refused}");
+    }
+
+    fn name(n: &str) -> ProjectName {
+        ProjectName::parse("name", n).unwrap()
     }
 
     // `--requires Z,A` for A: the children are kept sorted (A, Z), so an index named

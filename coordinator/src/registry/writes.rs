@@ -327,23 +327,41 @@ impl Registry {
     /// since the live state may have moved while it waited (from-versions refreshed,
     /// the rules checked again).
     fn start_queued(&self, id: &TxId) {
-        let Some((env, request)) = self
-            .state()
-            .active
-            .get(id)
-            .map(|a| (a.record.environment.clone(), a.record.request.clone()))
-        else {
+        let Some((env, request, creator)) = self.state().active.get(id).map(|a| {
+            let r = &a.record;
+            (
+                r.environment.clone(),
+                r.request.clone(),
+                r.created_by.clone(),
+            )
+        }) else {
             return;
         };
-        // Read before the state's lock is taken (it reads the store).
-        let source_changed = self.promotion_refused_now(&request);
+        // Read before the state's lock is taken (they read the store).
+        let refused = (self.creator_revoked_now(&creator))
+            .or_else(|| self.promotion_refused_now(&request).map(source_changed));
         let (mut s, plan) = self.plan_for(&env, &request);
-        let turn = match source_changed {
-            Some(why) => Turn::Refused(format!("while it was queued its source changed: {why}")),
+        let turn = match refused {
+            Some(why) => Turn::Refused(why),
             None => Self::turn(&s, id, plan),
         };
         if let Some(start) = s.active.get_mut(id).and_then(|a| a.start.take()) {
             let _ = start.send(turn);
+        }
+    }
+
+    /// Why a queued transaction may not go ahead at its turn for who created it: the
+    /// token they acted through was revoked while it waited, and a revoked credential
+    /// acts no more, not even through what it set going.
+    fn creator_revoked_now(&self, creator: &str) -> Option<String> {
+        match self.tables().revoked_token_of(creator) {
+            Ok(None) => None,
+            Ok(Some(token)) => Some(format!(
+                "while it was queued, token {token} it was created through (by {creator}) was revoked"
+            )),
+            Err(e) => Some(format!(
+                "whether its creator's token was revoked could not be read: {e}"
+            )),
         }
     }
 
@@ -395,6 +413,10 @@ impl Registry {
             Ok(plan) => Turn::Go(Some(Box::new(plan))),
         }
     }
+}
+
+fn source_changed(why: String) -> String {
+    format!("while it was queued its source changed: {why}")
 }
 
 /// Whether a plan made at a queued transaction's turn fits what it queued for: only

@@ -646,14 +646,15 @@ impl Transaction {
 
     /// A person asked to retry phase 2 now (an outage is over, a project was registered
     /// again): backoff starts over, waiting sends go now, and participants that need
-    /// resolution are asked again.
+    /// resolution are asked again. The request, with who asked, is durable before the
+    /// caller is answered: an audited act a crash must not lose once it was confirmed.
     pub fn retry_now(&mut self, actor: &str) -> Vec<Effect> {
         if !self.delivering() {
             return Vec::new();
         }
         self.attempts.clear();
         let event = events::retry_requested(&self.record, actor);
-        let mut effects = vec![self.write(vec![event], Show::AtOnce), Effect::Hurry];
+        let mut effects = vec![self.write(vec![event], Show::WhenDurable), Effect::Hurry];
         let wave = self.current_wave().unwrap_or_default();
         let stuck: Vec<ProjectName> = self
             .unacknowledged(wave)

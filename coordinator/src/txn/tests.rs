@@ -551,11 +551,24 @@ fn a_person_resolves_only_the_decided_outcome_for_a_participant_that_failed() {
     assert_eq!(b.resolution, Some(resolution(true)));
 }
 
+/// Since stop 58 the request is written durably before the driver goes on (and so
+/// before RetryDelivery answers): the caller is told it was recorded, with who asked,
+/// and a crash right after the answer must not lose that from the audit trail.
 #[test]
 fn a_retry_asked_for_sends_again_to_who_needs_resolution_and_ends_the_waits() {
     let (mut m, _) = b_needs_resolution();
     let effects = m.retry_now("bob");
     assert_eq!(event_kinds(&effects), [pb::EventKind::RetryRequested]);
+    assert!(
+        matches!(
+            &effects[0],
+            Effect::Write {
+                show: Show::WhenDurable,
+                ..
+            }
+        ),
+        "the request is durable before anything else: {effects:?}"
+    );
     assert!(effects.contains(&Effect::Hurry));
     assert_eq!(sends(&effects), [("B".into(), "commit")]);
     assert!(!m.record().participant(&name("B")).unwrap().needs_resolution);
