@@ -95,7 +95,7 @@ async fn the_reference_agent_passes_every_check_of_the_conformance_kit() {
         .status();
     assert_eq!(code, 0, "{report:#} {stderr}");
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 13, "{report:#}");
+    assert_eq!(checks.len(), 14, "{report:#}");
     assert!(checks.iter().all(|c| c["outcome"] == "pass"), "{report:#}");
     let (again, report, stderr) = second;
     assert_eq!(again, 0, "a second run: {report:#} {stderr}");
@@ -145,7 +145,7 @@ impl participant_server::Participant for Yes {
 
 /// Given an agent that says yes to everything, when the kit checks it, then it exits 1
 /// and names the rules it breaks: the wrong from_version, the second transaction, the
-/// unknown Commit, the Abort before Prepare.
+/// unknown Commit, the Abort before Prepare, the Commit and Abort for another project.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_agrees_to_everything_fails_the_kit_naming_each_broken_rule() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,10 +173,12 @@ async fn an_agent_that_agrees_to_everything_fails_the_kit_naming_each_broken_rul
         "a second transaction is refused while one is prepared",
         "a Commit for an unknown id is FAILED_PRECONDITION",
         "an Abort before its Prepare is remembered: the late Prepare is refused",
+        // Since stop 58: orders meant for another project (a wrong registration).
+        "a Commit or Abort naming another project is refused and changes nothing",
     ] {
         assert!(failed.contains(&rule), "{rule:?} not among {failed:?}");
     }
-    let skipped = &report["checks"][11];
+    let skipped = &report["checks"][12];
     assert_eq!(skipped["outcome"], "skip", "{skipped}");
 }
 

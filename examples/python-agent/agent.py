@@ -193,8 +193,13 @@ class Store:
         os.close(fd)
 
     def record(self, tx, entry):
-        self.ledger[tx] = entry
-        self._write("ledger.json", json.dumps(self.ledger))
+        # Durable first, then seen: a failed write must not leave memory ahead of the
+        # disk (a repeated Prepare would answer PREPARED from a vote never stored). A
+        # new dict, so readers iterating the old one (GetStatus) are never disturbed.
+        ledger = dict(self.ledger)
+        ledger[tx] = entry
+        self._write("ledger.json", json.dumps(ledger))
+        self.ledger = ledger
 
     def raise_term(self, term):
         self.term = term
@@ -272,7 +277,15 @@ class Agent(part_grpc.ParticipantServicer):
     @order_from_coordinator
     def Commit(self, request, context):
         self._admit_term(request, context)
+        self._check_project(request, context)
         return self._commit(request, context)
+
+    def _check_project(self, request, context):
+        """An order naming another project (its endpoint registered for the wrong one) is
+        refused: acting on it would go live, or undo, in another project's wave."""
+        if request.project and request.project != self.args.project:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"project: this agent serves project {self.args.project}, not {request.project}")
 
     def _commit(self, request, context):
         with self.lock:
@@ -288,6 +301,7 @@ class Agent(part_grpc.ParticipantServicer):
     @order_from_coordinator
     def Abort(self, request, context):
         self._admit_term(request, context)
+        self._check_project(request, context)
         return self._abort(request, context)
 
     def _abort(self, request, context):
@@ -332,19 +346,29 @@ class Agent(part_grpc.ParticipantServicer):
                                                coordinator_incarnation=incarnation)
             try:
                 decision = stub.GetDecision(request, timeout=5).decision
-                print(f"asked for {tx}: {common.Decision.Name(decision)}", file=sys.stderr, flush=True)
+                print(f"asked for {tx}: {decision_name(decision)}", file=sys.stderr, flush=True)
             except grpc.RpcError as e:
                 print(f"asking for {tx}: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
                 decision = None
+            # Whatever goes wrong applying it (a refusal, a full disk), this thread is the
+            # only one that will ask again: it never ends before the vote is resolved.
             try:
                 if decision == common.DECISION_COMMIT:
                     self._commit(part.CommitRequest(transaction_id=tx), Refusing())
                 elif decision == common.DECISION_ABORT:
                     self._abort(part.AbortRequest(transaction_id=tx, reason="asked: ABORT"), Refusing())
-            except RuntimeError:
-                pass  # logged; asked again below
+            except Exception as e:  # noqa: BLE001 - logged; asked again below
+                print(f"applying the decision for {tx}: {e!r}; asking again", file=sys.stderr, flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 5)
+
+
+def decision_name(decision):
+    """DECISION_COMMIT, ...; the number for a value newer than these stubs."""
+    try:
+        return common.Decision.Name(decision)
+    except ValueError:
+        return str(decision)
 
 
 class Refusing:

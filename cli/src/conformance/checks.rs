@@ -21,13 +21,14 @@ const RESTART_DEADLINE: Duration = Duration::from_secs(60);
 type Outcome = std::result::Result<(), String>;
 
 /// The checks, in the order they run (later ones build on the state earlier ones left).
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "GetStatus answers for the project",
     "a Prepare whose from_version is not live is refused",
     "Prepare votes PREPARED, and a repeated Prepare gets the same vote",
     "GetStatus lists the prepared transaction as staged",
     "a second transaction is refused while one is prepared",
     "Preview answers without side effects",
+    "a Commit or Abort naming another project is refused and changes nothing",
     "Commit makes the version live, and a repeated Commit answers the same",
     "a Commit for an unknown id is FAILED_PRECONDITION",
     "an Abort of a committed transaction is FAILED_PRECONDITION",
@@ -112,12 +113,13 @@ impl Kit {
             3 => self.staged_listed().await,
             4 => self.second_refused().await,
             5 => self.preview_changes_nothing().await,
-            6 => self.committed_twice().await,
-            7 => self.unknown_commit_refused().await,
-            8 => self.committed_abort_refused().await,
-            9 => self.abort_before_prepare().await,
-            10 => self.aborted_twice().await,
-            11 => return self.restart_check(name).await,
+            6 => self.other_project_refused().await,
+            7 => self.committed_twice().await,
+            8 => self.unknown_commit_refused().await,
+            9 => self.committed_abort_refused().await,
+            10 => self.abort_before_prepare().await,
+            11 => self.aborted_twice().await,
+            12 => return self.restart_check(name).await,
             _ => self.stale_term_refused().await,
         };
         self.checked(name, outcome)
@@ -268,6 +270,25 @@ impl Kit {
             return Err(format!("GetStatus changed: {before:?} became {after:?}"));
         }
         Ok(())
+    }
+
+    /// Orders for transaction 1 (prepared) naming another project, as a coordinator
+    /// sends them to an endpoint registered for the wrong project: acting on one would
+    /// make this project live (or undone) in another's wave.
+    async fn other_project_refused(&mut self) -> Outcome {
+        let other = format!("{}-other", self.project);
+        let mut commit = self.commit(1);
+        commit.project.clone_from(&other);
+        let committed = self.agent.commit(commit).await;
+        let mut abort = self.abort_undecided(1);
+        abort.project = other;
+        let aborted = self.agent.abort(abort).await;
+        for (call, answer) in [("Commit", committed.is_ok()), ("Abort", aborted.is_ok())] {
+            if answer {
+                return Err(format!("a {call} naming another project was answered OK"));
+            }
+        }
+        self.staged_listed().await
     }
 
     async fn committed_twice(&mut self) -> Outcome {
