@@ -1114,3 +1114,26 @@ async fn a_vote_on_a_reversible_migration_survives_a_postgres_crash_with_synchro
     .await;
     assert!(s.dump("A").await.contains("a_items_name"));
 }
+
+/// Review finding of stop 58: an ordinary release whose build ships fewer migrations
+/// than are applied (built from a branch without the newest) ran the downs of the
+/// missing ones at Prepare, dropping what they made, although only a move back (a
+/// revert, a rollback, a forced re-activation) may run downs. Given T1 live at schema
+/// 3, when T2 ships migrations up to 2 only, then T2 is refused saying why, and every
+/// schema stays exactly as T1 left it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordinary_release_that_ships_fewer_migrations_than_applied_is_refused() {
+    let s = Stack::new(Kind::Sqlite).await;
+    s.release("T1", 3, 0).await;
+    let after_t1 = s.dumps().await;
+
+    let out = s.release("T2", 2, 1).await;
+
+    assert!(out.stdout.contains("never runs downs"), "{out:?}");
+    assert_eq!(s.schema_versions().await, [3, 3, 3]);
+    assert_eq!(s.dumps().await, after_t1, "T1's schema, untouched");
+    assert_eq!(
+        s.c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+}

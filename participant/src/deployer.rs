@@ -33,6 +33,12 @@ pub struct Change {
     /// with stored downs when the version ships no migrations).
     #[serde(default)]
     pub target_schema: Option<i64>,
+    /// The coordinator moves this project back to a version it had live before (a
+    /// revert, a rollback, a forced re-activation): only such a change may run the
+    /// downs of applied migrations. An ordinary release whose build ships fewer
+    /// migrations than are applied is refused rather than drop what they made.
+    #[serde(default)]
+    pub moving_back: bool,
 }
 
 /// What `stage` wants to remember until the decision (stored durably with the PREPARED

@@ -334,6 +334,7 @@ mod tests {
             artifact: String::new(),
             metadata: Default::default(),
             restore: false,
+            moving_back: false,
             target_schema: None,
         }
     }

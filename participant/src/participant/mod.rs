@@ -250,6 +250,7 @@ fn change_of(o: &PrepareOrder) -> Change {
         artifact: o.artifact.clone(),
         metadata: o.metadata.clone(),
         restore: o.restore,
+        moving_back: o.restore || o.action == Some(lockstep::orders::Action::Downgrade),
         target_schema: o.target_schema.as_ref().map(|s| s.version),
     }
 }

@@ -270,7 +270,12 @@ impl<D: Deployer> Participant<D> {
         let migrations = staged.migrations.as_deref();
         let target = change.target_schema;
         match schema
-            .stage(&change.transaction_id, migrations, target)
+            .stage(
+                &change.transaction_id,
+                migrations,
+                target,
+                change.moving_back,
+            )
             .await
         {
             Ok(s) => Ok((staged, Some(s))),
@@ -306,7 +311,9 @@ fn another_transaction(order: &PrepareOrder, entry: &Entry) -> Option<String> {
             entry.incarnation, order.incarnation
         ));
     }
-    let asked = change_of(order);
+    let mut asked = change_of(order);
+    // Derived from the order's action; a record an older agent wrote has none.
+    asked.moving_back = recorded.moving_back;
     (asked != *recorded).then(|| {
         format!(
             "transaction {tx} was already prepared here with other content (version {}, from {}, artifact {:?}); this Prepare asks for version {}, from {}, artifact {:?}: refusing rather than answering for another change",

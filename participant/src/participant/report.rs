@@ -78,7 +78,7 @@ impl<D: Deployer> Participant<D> {
             Ok(None) => None,
             Err(refusal) => return Ok(refuse(refusal.0)),
         };
-        Ok(match schema.plan(shipped).await {
+        Ok(match schema.plan(shipped, change.moving_back).await {
             Ok(Some(plan)) => pb::PreviewResponse {
                 would_prepare: true,
                 reason: String::new(),

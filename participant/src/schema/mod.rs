@@ -148,6 +148,20 @@ fn db_err(e: sqlx::Error) -> String {
     }
 }
 
+/// Refuses a plan that runs downs for a change that does not move the project back:
+/// an ordinary release built without the newest migrations would drop what they made.
+fn forward_only(plan: &SchemaPlan, moving_back: bool) -> Result<(), Refusal> {
+    if moving_back || plan.direction == Direction::Up || plan.steps.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal(format!(
+        "this build's migrations end at schema version {}, below the live {}: an ordinary release never runs downs (it would run {}); ship the newer migrations with it, or move back with `lockstep revert` or `lockstep rollback`",
+        plan.to.version,
+        plan.from.version,
+        plan.files().join(", ")
+    )))
+}
+
 /// Makes every COMMIT on this PostgreSQL connection return only once it is flushed,
 /// whatever the server, database or role sets: the agent votes PREPARED on a
 /// `reversible` migration, and records an abort's inverse as done, right after its
@@ -274,9 +288,11 @@ impl Schema {
 
     /// The plan Prepare would run for the migrations in `shipped` (None: the version
     /// ships no `migrations/` directory, so the schema is left as it is).
+    /// Only a change `moving_back` may run downs.
     pub async fn plan(
         &self,
         shipped: Option<Vec<Migration>>,
+        moving_back: bool,
     ) -> Result<Option<SchemaPlan>, Refusal> {
         let Some(shipped) = shipped else {
             return Ok(None);
@@ -285,16 +301,19 @@ impl Schema {
             .applied()
             .await
             .map_err(|e| Refusal(format!("database unreachable or failing: {e}")))?;
-        plan::plan(&applied, &shipped).map(Some).map_err(Refusal)
+        let plan = plan::plan(&applied, &shipped).map_err(Refusal)?;
+        forward_only(&plan, moving_back)?;
+        Ok(Some(plan))
     }
 
     /// Stages the migrations shipped in `dir` for transaction `tx`; for a restore, to
-    /// exactly schema version `target`.
+    /// exactly schema version `target`. Only a change `moving_back` may run downs.
     pub async fn stage(
         &self,
         tx: &str,
         dir: Option<&Path>,
         target: Option<i64>,
+        moving_back: bool,
     ) -> Result<SchemaStaged, Refusal> {
         self.judged().await.map_err(Refusal)?;
         let shipped = match dir.filter(|d| d.is_dir()) {
@@ -303,7 +322,7 @@ impl Schema {
         };
         let plan = match target {
             Some(target) => self.plan_to(shipped, target).await?,
-            None => self.plan_or_stay(shipped).await?,
+            None => self.plan_or_stay(shipped, moving_back).await?,
         };
         if !plan.is_empty() {
             match self.mode {
@@ -322,8 +341,12 @@ impl Schema {
 
     /// The plan for the shipped migrations, or staying where the schema is when the
     /// version ships none.
-    async fn plan_or_stay(&self, shipped: Option<Vec<Migration>>) -> Result<SchemaPlan, Refusal> {
-        if let Some(plan) = self.plan(shipped).await? {
+    async fn plan_or_stay(
+        &self,
+        shipped: Option<Vec<Migration>>,
+        moving_back: bool,
+    ) -> Result<SchemaPlan, Refusal> {
+        if let Some(plan) = self.plan(shipped, moving_back).await? {
             return Ok(plan);
         }
         let live = self.live().await.map_err(|e| Refusal(e.0))?;
@@ -362,7 +385,7 @@ impl Schema {
             }
         };
         let plan = self
-            .plan(Some(shipped))
+            .plan(Some(shipped), true)
             .await?
             .expect("a plan for shipped migrations");
         if plan.to.version != target {

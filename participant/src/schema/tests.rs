@@ -20,7 +20,10 @@ async fn staged_t1(dir: &Path) -> (Schema, SchemaStaged) {
     )
     .unwrap();
     std::fs::write(migrations.join("0001_items.down.sql"), "DROP TABLE items;").unwrap();
-    let staged = schema.stage("T1", Some(&migrations), None).await.unwrap();
+    let staged = schema
+        .stage("T1", Some(&migrations), None, false)
+        .await
+        .unwrap();
     (schema, staged)
 }
 
