@@ -561,3 +561,47 @@ async fn create_waiting(
     let request = release_request(id, components);
     Ok(client.create_release(request).await?.into_inner())
 }
+
+/// Review finding of stop 58: who a new transaction waits for was the holders of its
+/// projects only, although the queue is first come, first served: behind a waiting
+/// transaction that wants one of its projects it waits too. Given T4 holding A (and
+/// B, C: the family) and W1 of A and D queued behind it, when W2 of D is created, then
+/// its dry run, its answer and a repeat of the same create all name W1, as its
+/// reason does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_queued_behind_a_waiting_one_names_it_everywhere() {
+    let mut c = Cluster::family().await;
+    c.add_agent("D").await;
+    c.register("D", &[]).await;
+    c.block("A");
+    let out = c
+        .cli(&["release", "create", "T4", "A=T4A", "B=T4B", "C=T4C"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    c.wait_state("T4", TransactionState::Preparing).await;
+    let w1 = [
+        "release", "create", "W1", "A=W1A", "B=W1B", "C=W1C", "D=W1D",
+    ];
+    assert_eq!(c.cli(&w1).await.code, 0);
+
+    let w2 = ["release", "create", "W2", "D=W2D", "-o", "json"];
+    let dry = c.cli(&[&w2[..], &["--dry-run"]].concat()).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert_eq!(dry.json()["waitsFor"], serde_json::json!(["W1"]), "{dry:?}");
+    for attempt in ["create", "repeat"] {
+        let out = c.cli(&w2).await;
+        assert_eq!(out.code, 0, "{attempt}: {out:?}");
+        let json = out.json();
+        assert_eq!(
+            json["plan"]["waitsFor"],
+            serde_json::json!(["W1"]),
+            "{attempt}: {json}"
+        );
+        assert_eq!(
+            json["transaction"]["reason"],
+            "queued behind W1, which also waits for project D"
+        );
+    }
+    c.heal("A");
+    c.wait_state("W2", TransactionState::Committed).await;
+}

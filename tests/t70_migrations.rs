@@ -1137,3 +1137,30 @@ async fn an_ordinary_release_that_ships_fewer_migrations_than_applied_is_refused
         Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
     );
 }
+
+/// Review finding of stop 58 (of this stop's own change, which undid the schema first
+/// and stopped there when it failed): every part of an undo is tried even when another
+/// fails. Given A prepared on T2 in `reversible` mode, when PostgreSQL is down and T2
+/// is aborted, then A's staged build is removed all the same; once PostgreSQL is back,
+/// T2 ends ABORTED with every schema at 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_while_the_database_is_down_still_undoes_the_staged_build() {
+    let s = t2_with_a_prepared(Kind::PgReversible).await;
+    assert!(s.c.agent("A").releases().contains(&"T2A".to_string()));
+    let pg = s.pg.as_ref().unwrap();
+    pg.crash();
+
+    let out =
+        s.c.cli(&["release", "abort", "T2", "--reason", "database down"])
+            .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for(
+        "A's staged T2A removed while the database is down",
+        || async { (!s.c.agent("A").releases().contains(&"T2A".to_string())).then_some(()) },
+    )
+    .await;
+    pg.start_again();
+    s.c.heal("B");
+    s.c.wait_state("T2", pb::TransactionState::Aborted).await;
+    assert_eq!(s.schema_versions().await, [1, 1, 1]);
+}

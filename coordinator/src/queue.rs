@@ -129,6 +129,35 @@ impl Queue {
         out
     }
 
+    /// Who a transaction wanting `projects` waits for: every holder of one of them,
+    /// and (first come, first served) every transaction waiting since before
+    /// `ordinal` (`None`: a new one, after every waiting) that wants one of them.
+    pub fn waits_for(
+        &self,
+        env: &Environment,
+        projects: &BTreeSet<ProjectName>,
+        ordinal: Option<u64>,
+    ) -> Vec<TxId> {
+        let mut out = self.holders_of(env, projects);
+        let earlier = self.waiting.range(..ordinal.unwrap_or(u64::MAX));
+        let wants =
+            |keys: &BTreeSet<Key>| keys.iter().any(|(e, p)| e == env && projects.contains(p));
+        out.extend(
+            earlier
+                .filter(|(_, (_, keys))| wants(keys))
+                .map(|(_, (id, _))| id.clone()),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The keys waiting transaction `ordinal` wants (`None`: it does not wait).
+    pub fn wanted_by(&self, ordinal: u64) -> Option<BTreeSet<ProjectName>> {
+        let (_, keys) = self.waiting.get(&ordinal)?;
+        Some(keys.iter().map(|(_, p)| p.clone()).collect())
+    }
+
     /// The projects `tx` holds now.
     pub fn held_by(&self, tx: &TxId) -> BTreeSet<ProjectName> {
         let held = self.holders.iter().filter(|(_, holder)| *holder == tx);

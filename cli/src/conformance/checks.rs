@@ -164,6 +164,12 @@ impl Kit {
     /// it sends).
     fn commit(&self, n: u32) -> pb::CommitRequest {
         self.decisions.decide(&self.tx(n), pb::Decision::Commit);
+        self.commit_undecided(n)
+    }
+
+    /// Commit of transaction `n` with the kit's own decision left as it is: an agent
+    /// that asks GetDecision meanwhile still hears UNDECIDED.
+    fn commit_undecided(&self, n: u32) -> pb::CommitRequest {
         pb::CommitRequest {
             transaction_id: self.tx(n),
             project: self.project.clone(),
@@ -277,7 +283,7 @@ impl Kit {
     /// make this project live (or undone) in another's wave.
     async fn other_project_refused(&mut self) -> Outcome {
         let other = format!("{}-other", self.project);
-        let mut commit = self.commit(1);
+        let mut commit = self.commit_undecided(1);
         commit.project.clone_from(&other);
         let committed = self.agent.commit(commit).await;
         let mut abort = self.abort_undecided(1);

@@ -129,7 +129,7 @@ impl Registry {
         let (s, plan) = self.plan_for(&spec.environment, &spec.request);
         let plan = plan?;
         authorize(&plan)?;
-        let waits_for = s.queue.holders_of(&spec.environment, &plan.held());
+        let waits_for = s.queue.waits_for(&spec.environment, &plan.held(), None);
         Ok((plan, waits_for))
     }
 
@@ -142,7 +142,7 @@ impl Registry {
         plan: Plan,
         id: Option<TxId>,
     ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
-        let waits_for = s.queue.holders_of(&spec.environment, &plan.held());
+        let waits_for = s.queue.waits_for(&spec.environment, &plan.held(), None);
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
         }
@@ -340,14 +340,14 @@ fn replay(s: &State, existing: TxRecord, spec: &CreateSpec) -> Result<Created> {
         rollback_to: existing.rollback_to,
         reads: Default::default(),
     };
-    let blocked = s
-        .active
-        .get(&existing.id)
-        .and_then(|_| s.queue.blocked(existing.ordinal));
+    // As the first answer said: who it waits for, if it still waits.
+    let wanted = (s.active.get(&existing.id)).and_then(|_| s.queue.wanted_by(existing.ordinal));
+    let env = &existing.environment;
+    let waits_for = wanted.map(|w| s.queue.waits_for(env, &w, Some(existing.ordinal)));
     Ok(Created {
         transaction: Some(existing),
         plan,
-        waits_for: blocked.map(|b| vec![b.by]).unwrap_or_default(),
+        waits_for: waits_for.unwrap_or_default(),
         created: false,
         first_event_seq: 0,
     })

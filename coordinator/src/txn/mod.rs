@@ -653,22 +653,26 @@ impl Transaction {
             return Vec::new();
         }
         self.attempts.clear();
-        let event = events::retry_requested(&self.record, actor);
-        let mut effects = vec![self.write(vec![event], Show::WhenDurable), Effect::Hurry];
         let wave = self.current_wave().unwrap_or_default();
         let stuck: Vec<ProjectName> = self
             .unacknowledged(wave)
             .filter(|p| p.needs_resolution)
             .map(|p| p.project.clone())
             .collect();
+        let mut sends = Vec::new();
         for project in stuck {
             self.participant_mut(&project).needs_resolution = false;
             let order = self.decision_order(self.participant(&project).expect("listed"));
-            effects.push(Effect::Send {
+            sends.push(Effect::Send {
                 order: Box::new(order),
                 after: Duration::ZERO,
             });
         }
+        // Written once the participants asked again no longer need resolution: the
+        // record made durable (and answered) is the one the retry left.
+        let event = events::retry_requested(&self.record, actor);
+        let mut effects = vec![self.write(vec![event], Show::WhenDurable), Effect::Hurry];
+        effects.extend(sends);
         effects
     }
 

@@ -214,23 +214,36 @@ impl<D: Deployer> Participant<D> {
         }
     }
 
-    /// Reverse order of staging: first (when `schema` is `Some`: the database may
-    /// hold something) the schema, undone from what the database itself recorded, so
-    /// this also works when the agent crashed before it could note what it staged
-    /// (what it noted, `Some(Some(_))` with its PREPARED vote, is held against the
-    /// database); then the deployer's change. The schema goes first because a prepared
-    /// `postgres-2pc` migration holds its locks until it is rolled back: a deployer
-    /// hook that fails (and is retried) must not keep the live tables locked.
+    /// Reverse order of staging, every part tried even when one fails (the first
+    /// failure is returned; each part is idempotent, and the whole is retried). When
+    /// `schema` is `Some` (the database may hold something): first a `postgres-2pc`
+    /// prepared transaction is rolled back, since it holds its locks until then and
+    /// ending it waits for nothing, so no failing hook keeps the tables locked; then
+    /// the deployer's change (a green instance stops before a `reversible` inverse
+    /// takes its locks); then the schema, undone from what the database itself
+    /// recorded, so this also works when the agent crashed before it could note what
+    /// it staged (what it noted, `Some(Some(_))` with its PREPARED vote, is held
+    /// against the database).
     async fn undo_all(
         &self,
         change: &Change,
         staged: Option<&Staged>,
         schema: Option<Option<&SchemaStaged>>,
     ) -> Result<(), ParticipantError> {
-        if let (Some(db), Some(noted)) = (&self.inner.schema, schema) {
-            db.abort(&change.transaction_id, noted).await?;
-        }
-        self.inner.deployer.undo(change, staged).await?;
+        let tx = &change.transaction_id;
+        let db = self.inner.schema.as_ref().zip(schema);
+        let ended = match &db {
+            Some((db, _)) => db.rollback_prepared(tx).await,
+            None => Ok(false),
+        };
+        let deployer = self.inner.deployer.undo(change, staged).await;
+        let undone = match (&db, &ended) {
+            (Some((db, noted)), Ok(false)) => db.abort(tx, *noted).await,
+            _ => Ok(()),
+        };
+        ended?;
+        deployer?;
+        undone?;
         Ok(())
     }
 }

@@ -148,6 +148,18 @@ fn db_err(e: sqlx::Error) -> String {
     }
 }
 
+/// PostgreSQL's refusal of PREPARE TRANSACTION with what usually causes it.
+fn prepare_hint(error: &str) -> String {
+    let disabled = error.contains("max_prepared_transactions") || error.contains("disabled");
+    let hint = match disabled {
+        true => "set max_prepared_transactions above zero and restart PostgreSQL",
+        false => {
+            "a migration staged in postgres-2pc mode cannot use temporary tables, LISTEN/NOTIFY or WITH HOLD cursors; use reversible mode for it"
+        }
+    };
+    format!("{error} ({hint})")
+}
+
 /// Refuses a plan that runs downs for a change that does not move the project back:
 /// an ordinary release built without the newest migrations would drop what they made.
 fn forward_only(plan: &SchemaPlan, moving_back: bool) -> Result<(), Refusal> {
@@ -424,11 +436,29 @@ impl Schema {
             .map_err(|e| format!("database unreachable: {}", db_err(e)))?;
         run_plan(&mut db, &names, &self.project, tx, plan).await?;
         record_tx(&mut db, &names, &self.project, tx, plan, state).await?;
+        self.flushed_commit(&mut db).await?;
         db.commit()
             .await
             .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))?;
         let _ = conn.close().await;
         Ok(())
+    }
+
+    /// On PostgreSQL, makes the COMMIT that follows wait for its flush even if a
+    /// script of this transaction set `synchronous_commit` off (the connection's own
+    /// setting is [`durable_commits`]'s).
+    async fn flushed_commit(
+        &self,
+        db: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), String> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let set = sqlx::raw_sql("SET LOCAL synchronous_commit = on")
+            .execute(&mut **db)
+            .await;
+        set.map(drop)
+            .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))
     }
 
     fn gid(&self, tx: &str) -> String {
@@ -451,12 +481,7 @@ impl Schema {
         sqlx::raw_sql(AssertSqlSafe(prepare))
             .execute(&mut *db)
             .await
-            .map_err(|e| {
-                format!(
-                    "PREPARE TRANSACTION failed (is max_prepared_transactions above zero?): {}",
-                    db_err(e)
-                )
-            })?;
+            .map_err(|e| format!("PREPARE TRANSACTION failed: {}", prepare_hint(&db_err(e))))?;
         // The transaction now belongs to the server under its gid, not to this session;
         // this COMMIT only ends sqlx's bookkeeping (PostgreSQL warns "there is no
         // transaction in progress").
@@ -531,6 +556,14 @@ impl Schema {
         }
     }
 
+    /// Rolls back `tx`'s prepared transaction if PostgreSQL holds one; whether it did.
+    /// It holds its locks until it is ended, and ending it waits for nothing: an
+    /// Abort does this before anything else can fail or wait.
+    pub async fn rollback_prepared(&self, tx: &str) -> Result<bool, DeployError> {
+        let ended = self.end_prepared(tx, "ROLLBACK").await;
+        ended.map_err(|e| DeployError(format!("rolling back the prepared migrations of {tx}: {e}")))
+    }
+
     /// Restores exactly the schema from before `tx` staged. Idempotent, and works from
     /// the database alone (the tx row, or the prepared gid), so it also cleans up after
     /// a crash that happened before the agent recorded what it staged.
@@ -573,6 +606,7 @@ impl Schema {
                     .execute(&mut *db)
                     .await
                     .map_err(|e| fail(db_err(e)))?;
+                self.flushed_commit(&mut db).await.map_err(fail)?;
                 db.commit().await.map_err(|e| fail(db_err(e)))?;
                 let _ = conn.close().await;
                 Ok(())
