@@ -275,13 +275,9 @@ async fn pass_steps(c: &Cluster, id: &str) {
         .await;
 }
 
-/// Given a pipeline with an http, an external and an approval step, when T2 is queued
-/// behind T1 on the same project and both pass their steps, then T2's trace holds its
-/// queue wait, and each trace holds a span per verify step under its transaction, the
-/// external and approval ones lasting from their trigger to their outcome.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
-    let receiver = otlp::Receiver::start().await;
+/// A coordinator exporting spans to `receiver`, with the staging pipeline of
+/// [`PIPELINE`] and its agent A (tracing too).
+async fn staging_traced(receiver: &otlp::Receiver) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("coordinator").display().to_string();
     let port = support::free_port();
@@ -306,6 +302,17 @@ async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
         .cli(&["-e", "staging", "project", "add", "A", "--endpoint", &url])
         .await;
     assert_eq!(added.code, 0, "{added:?}");
+    c
+}
+
+/// Given a pipeline with an http, an external and an approval step, when T2 is queued
+/// behind T1 on the same project and both pass their steps, then T2's trace holds its
+/// queue wait, and each trace holds a span per verify step under its transaction, the
+/// external and approval ones lasting from their trigger to their outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
+    let receiver = otlp::Receiver::start().await;
+    let c = staging_traced(&receiver).await;
     for id in ["T1", "T2"] {
         let version = format!("A={id}A");
         let out = c
@@ -354,6 +361,66 @@ async fn the_queue_wait_and_every_verify_step_are_spans_of_the_transaction() {
             assert_eq!(found[0].attribute("outcome"), Some("passed"), "{found:?}");
         }
     }
+}
+
+/// Review finding of stop 58: a verify step's span ended only when its step did, and
+/// an abort while a person was asked to approve leaves the step waiting: its span
+/// stayed open through phase 2 and ended, with no outcome, when the driver did (after
+/// a restart in phase 2 a new one even started for a step that never runs again).
+/// Given T3 waiting for its approval, when it is aborted, then its approval span ends
+/// with outcome `abandoned` no later than its transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_while_a_step_waits_ends_the_steps_span_as_abandoned() {
+    let receiver = otlp::Receiver::start().await;
+    let c = staging_traced(&receiver).await;
+    let out = c
+        .cli(&["-e", "staging", "release", "create", "T3", "A=T3A"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let report = [
+        "-e",
+        "staging",
+        "verify",
+        "report",
+        "T3",
+        "performance",
+        "--passed",
+    ];
+    wait_for("the performance step to take a report", || async {
+        (c.cli(&report).await.code == 0).then_some(())
+    })
+    .await;
+    let abort = [
+        "-e",
+        "staging",
+        "release",
+        "abort",
+        "T3",
+        "--reason",
+        "not today",
+    ];
+    assert_eq!(c.cli(&abort).await.code, 0);
+    c.wait_state("T3", lockstep::pb::TransactionState::Aborted)
+        .await;
+
+    let spans = wait_for("T3's spans", || async {
+        let spans = receiver.spans();
+        spans
+            .iter()
+            .any(|s| s.name == "Release T3")
+            .then_some(spans)
+    })
+    .await;
+    let approval: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "verify approval")
+        .collect();
+    assert_eq!(approval.len(), 1, "{spans:#?}");
+    assert_eq!(
+        approval[0].attribute("outcome"),
+        Some("abandoned"),
+        "{approval:?}"
+    );
 }
 
 /// Found by a review at stop 54: the transaction span of a transaction that recovery

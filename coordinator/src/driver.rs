@@ -108,6 +108,8 @@ pub struct Ports {
     pub net: Arc<dyn Participants>,
     /// The http verify steps' requests.
     pub probe: Arc<dyn Probe>,
+    /// The metrics the driver moves itself (failed deliveries).
+    pub timings: crate::timings::Timings,
 }
 
 /// A participant's answer to an order.
@@ -199,16 +201,20 @@ impl Driver {
 
     /// Opens a span for each external or approval step now running, and ends the span
     /// of each one that has its outcome.
+    /// A step is waited on only while the transaction is VERIFYING: once it is decided
+    /// (an abort while a person was asked) the step's span ends with outcome
+    /// `abandoned`, and a transaction resumed after a restart opens none.
     fn trace_awaited_steps(&mut self) {
-        let steps = &self.machine.record().steps;
+        let record = self.machine.record();
+        let verifying = record.state == TxState::Verifying;
         let waited_on =
             |run: &&StepRun| matches!(run.step.kind, StepKind::External | StepKind::Approval);
-        for run in steps.iter().filter(waited_on) {
+        for run in record.steps.iter().filter(waited_on) {
             let known = self
                 .awaited
                 .iter()
                 .position(|(name, _)| *name == run.step.name);
-            match (run.status.is_running(), known) {
+            match (run.status.is_running() && verifying, known) {
                 (true, None) => {
                     let name = format!("verify {}", run.step.name);
                     let span = tracing::info_span!("verify", otel.name = %name, outcome = tracing::field::Empty);
@@ -216,7 +222,11 @@ impl Driver {
                 }
                 (false, Some(i)) => {
                     let (_, span) = self.awaited.swap_remove(i);
-                    span.record("outcome", format!("{:?}", run.status).to_lowercase());
+                    let outcome = match run.status.is_running() {
+                        true => "abandoned".to_string(),
+                        false => format!("{:?}", run.status).to_lowercase(),
+                    };
+                    span.record("outcome", outcome);
                 }
                 _ => {}
             }
@@ -248,7 +258,13 @@ impl Driver {
         match reply {
             Reply::Vote(project, answer) => self.machine.vote(&project, answer),
             Reply::Ack(project, Ok(())) => self.acknowledged(&project),
-            Reply::Ack(project, Err(failure)) => self.machine.delivery_failed(&project, failure),
+            Reply::Ack(project, Err(failure)) => {
+                let environment = &self.machine.record().environment;
+                self.ports
+                    .timings
+                    .delivery_failed(environment.as_str(), project.as_str());
+                self.machine.delivery_failed(&project, failure)
+            }
         }
     }
 

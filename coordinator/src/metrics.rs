@@ -50,13 +50,6 @@ struct Stepped {
     outcome: String,
 }
 
-/// A project of an environment.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Project {
-    environment: String,
-    project: String,
-}
-
 /// The counters and histograms the event log moves.
 #[derive(Clone)]
 struct FromLog {
@@ -65,7 +58,6 @@ struct FromLog {
     phases: Timings,
     votes: Family<Voted, Counter>,
     steps: Family<Stepped, Counter>,
-    retries: Family<Project, Counter>,
 }
 
 /// What the metrics keep of a running transaction: when it reached each point (event
@@ -89,7 +81,6 @@ pub fn register(registry: &mut Registry, coordinator: &Coordinator) {
         phases: coordinator.journal_timings().clone(),
         votes: Family::default(),
         steps: Family::default(),
-        retries: Family::default(),
     };
     let r = registry.sub_registry_with_prefix("lockstep");
     r.register(
@@ -120,8 +111,8 @@ pub fn register(registry: &mut Registry, coordinator: &Coordinator) {
     );
     r.register(
         "delivery_retries",
-        "Commit or Abort calls made again to a participant that did not answer",
-        log.retries.clone(),
+        "Commit or Abort calls that failed, each made again (after a backoff, or once a person retries)",
+        log.phases.retries.clone(),
     );
     r.register_collector(Box::new(Scraped(coordinator.clone())));
     tokio::spawn(follow(coordinator.clone(), log));
@@ -227,13 +218,6 @@ impl FromLog {
             }
             K::VoteReceived => self.vote(&env, e),
             K::VerifyStepFinished => self.step(times(running, id), &env, e),
-            K::DeliveryRetry => {
-                let project = Project {
-                    environment: env.clone(),
-                    project: e.project.clone(),
-                };
-                self.retries.get_or_create(&project).inc();
-            }
             K::TransactionCommitted | K::TransactionAborted => {
                 let ended = running.remove(&e.transaction_id).unwrap_or_default();
                 self.ended(&env, e, &ended, at);
@@ -503,7 +487,6 @@ mod tests {
             phases: c.journal_timings().clone(),
             votes: Family::default(),
             steps: Family::default(),
-            retries: Family::default(),
         };
         let event = |kind: pb::EventKind, tx: &str| pb::Event {
             kind: kind as i32,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
 
 /// A phase of a transaction in one environment.
@@ -17,6 +17,15 @@ pub struct Phase {
     pub environment: String,
     /// `queue_wait`, `prepare`, `verify`, `decision_fsync`, `phase2` or `total`.
     pub phase: String,
+}
+
+/// A project of an environment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Project {
+    /// The environment.
+    pub environment: String,
+    /// The project.
+    pub project: String,
 }
 
 /// Histograms keyed by their labels, each made with the duration buckets.
@@ -31,6 +40,10 @@ pub struct Timings {
     pub sync_seconds: Histogram,
     /// Appends made durable by each sync: how well group commit shares fsyncs.
     pub records_per_sync: Histogram,
+    /// Commit or Abort calls that failed, each made again (after a backoff, or once a
+    /// person retries): counted by the driver at each failure, since the log has an
+    /// event only when a participant's error changes.
+    pub retries: Family<Project, Counter>,
 }
 
 impl Default for Timings {
@@ -43,6 +56,7 @@ impl Default for Timings {
             records_per_sync: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
             ),
+            retries: Family::default(),
         }
     }
 }
@@ -61,6 +75,15 @@ impl Timings {
         self.phases
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a Commit or Abort to `project` of `environment` that failed.
+    pub fn delivery_failed(&self, environment: &str, project: &str) {
+        let labels = Project {
+            environment: environment.to_string(),
+            project: project.to_string(),
+        };
+        self.retries.get_or_create(&labels).inc();
     }
 
     /// Observes one sync of the journal: how long it took and how many appends it made

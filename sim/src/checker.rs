@@ -10,6 +10,8 @@
 //! - `validity`: COMMITTED only if every participant voted PREPARED.
 //! - `exactly-once`: a committed change is applied once where it changes something, an
 //!   aborted one never.
+//! - `live-as-staged` (simulation only): what an agent makes live is the version it
+//!   staged for that transaction (since stop 58).
 //! - `durability`: what a client was told (accepted, committed, aborted) is what stayed.
 //! - `no-regression`: each participant's live version moves exactly along the committed
 //!   checkpoints, in order (a state left is re-entered only by a checkpoint doing so:
@@ -252,6 +254,19 @@ pub fn check(o: &Observation) -> Vec<Violation> {
                     format!("{project} committed {tx}, which the coordinator did not commit"),
                 );
             }
+        }
+    }
+
+    // live-as-staged: what an agent makes live is what it prepared for that
+    // transaction, never another transaction's staging, or nothing.
+    for (project, p) in &o.participants {
+        let unstaged = p.effects.iter().flatten().filter(|e| e.unstaged);
+        for e in unstaged {
+            let detail = format!(
+                "{project} made {} live for {} without staging it",
+                e.to, e.tx
+            );
+            say("live-as-staged", detail);
         }
     }
 
@@ -768,6 +783,7 @@ mod tests {
             from: None,
             to: "1".into(),
             at: 0,
+            unstaged: false,
         };
         o.participants.insert(
             "A".into(),
@@ -784,6 +800,30 @@ mod tests {
         );
     }
 
+    /// Since stop 58: a go-live of a version the agent did not stage for that
+    /// transaction is caught, whatever the coordinator recorded.
+    #[test]
+    fn going_live_with_what_was_not_staged_is_caught() {
+        let mut o = t1_committed_a_at_1();
+        let effect = Effect {
+            tx: "T1".into(),
+            from: None,
+            to: "1".into(),
+            at: 0,
+            unstaged: true,
+        };
+        o.participants.insert(
+            "A".into(),
+            ParticipantView {
+                live: Some("1".into()),
+                phases: [("T1".into(), Phase::Committed)].into(),
+                effects: Some(vec![effect]),
+            },
+        );
+        let rules: Vec<&str> = check(&o).iter().map(|v| v.rule).collect();
+        assert_eq!(rules, ["live-as-staged"]);
+    }
+
     #[test]
     fn a_clean_history_passes() {
         let mut o = t1_committed_a_at_1();
@@ -797,6 +837,7 @@ mod tests {
                     from: None,
                     to: "1".into(),
                     at: 0,
+                    unstaged: false,
                 }]),
             },
         );

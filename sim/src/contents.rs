@@ -365,6 +365,7 @@ mod tests {
             from: Some("1".into()),
             to: to.into(),
             at,
+            unstaged: false,
         };
         let view = |e: Effect| ParticipantView {
             effects: Some(vec![e]),

@@ -34,6 +34,10 @@ pub struct Effect {
     /// Its place among every change of the run, on every participant (see
     /// [`EffectClock`]): which of two participants went live first.
     pub at: u64,
+    /// Made live by the agent without having staged this version for this
+    /// transaction (a person deploying by hand is not the agent): what goes live must
+    /// be what was prepared, never another transaction's staging or nothing.
+    pub unstaged: bool,
 }
 
 /// Numbers the changes of what is live across all participants of a run, so the
@@ -75,10 +79,11 @@ impl Disk {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `version` live for `tx` unless it already is, logging the effect.
-    pub fn make_live(&self, tx: &str, version: &str) {
+    /// Makes `version` live for `tx` unless it already is, logging the effect (`by_hand`:
+    /// a person did it, with nothing staged).
+    pub fn make_live(&self, tx: &str, version: &str, by_hand: bool) {
         let mut disk = self.lock();
-        disk.staged.remove(tx);
+        let staged = disk.staged.remove(tx);
         if disk.live.as_deref() != Some(version) {
             let from = disk.live.replace(version.to_string());
             disk.effects.push(Effect {
@@ -86,6 +91,7 @@ impl Disk {
                 from,
                 to: version.to_string(),
                 at: self.clock.0.fetch_add(1, Ordering::SeqCst),
+                unstaged: !by_hand && staged.as_deref() != Some(version),
             });
         }
     }
@@ -108,7 +114,8 @@ impl SimDeployer {
 
     /// Makes `change` live, logging the effect when something changes.
     fn switch(&self, change: &Change) {
-        self.disk.make_live(&change.transaction_id, &change.version);
+        self.disk
+            .make_live(&change.transaction_id, &change.version, false);
     }
 
     /// Fails while `change`'s metadata `step=N` asks for more failures of `step` than

@@ -127,5 +127,5 @@ async fn resolve(client: &mut Client, disks: &BTreeMap<String, Disk>, t: &pb::Tr
 
 /// Makes `version` live on `disk` for `tx` unless it already is.
 fn deploy_by_hand(disk: &Disk, tx: &str, version: &str) {
-    disk.make_live(tx, version);
+    disk.make_live(tx, version, true);
 }

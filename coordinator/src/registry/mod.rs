@@ -265,6 +265,7 @@ impl Registry {
             journal: Arc::new(self.clone()),
             net: self.inner.net.clone(),
             probe: self.inner.settings.probe.clone(),
+            timings: self.inner.journal.timings().clone(),
         };
         let signals = Signals { start, commands };
         // The transaction's span: a child of the call that created it (its trace runs

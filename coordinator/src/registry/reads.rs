@@ -41,16 +41,23 @@ pub struct Live {
 }
 
 impl Registry {
-    /// The kind and verify steps (name, kind) of unfinished transaction `id`, without
-    /// copying its record or touching storage (the metrics label by them).
+    /// The kind and verify steps (name, kind) of transaction `id` (the metrics label
+    /// by them): from memory while it is unfinished, without copying its record; from
+    /// storage once it ended, since the metrics may read its creation only after its
+    /// end (stop 58: such a transaction was counted as kind `unknown`).
     pub fn shape(&self, id: &TxId) -> Option<(TxKind, Vec<(String, StepKind)>)> {
-        let s = self.state();
-        let t = &s.active.get(id)?.record;
-        let steps = t
-            .steps
-            .iter()
-            .map(|r| (r.step.name.clone(), r.step.kind.clone()));
-        Some((t.kind, steps.collect()))
+        let shape_of = |t: &TxRecord| {
+            let steps = t
+                .steps
+                .iter()
+                .map(|r| (r.step.name.clone(), r.step.kind.clone()));
+            (t.kind, steps.collect())
+        };
+        if let Some(active) = self.state().active.get(id) {
+            return Some(shape_of(&active.record));
+        }
+        let stored = self.tables().transaction(id).ok().flatten();
+        stored.as_ref().map(shape_of)
     }
 
     /// A transaction by id.
