@@ -259,11 +259,16 @@ impl Driver {
             Reply::Vote(project, answer) => self.machine.vote(&project, answer),
             Reply::Ack(project, Ok(())) => self.acknowledged(&project),
             Reply::Ack(project, Err(failure)) => {
-                let environment = &self.machine.record().environment;
-                self.ports
-                    .timings
-                    .delivery_failed(environment.as_str(), project.as_str());
-                self.machine.delivery_failed(&project, failure)
+                let effects = self.machine.delivery_failed(&project, failure);
+                // A retry is a call the machine makes again (not an answer it ignores,
+                // nor a final one left for a person).
+                if effects.iter().any(|e| matches!(e, Effect::Send { .. })) {
+                    let environment = self.machine.record().environment.as_str();
+                    self.ports
+                        .timings
+                        .delivery_failed(environment, project.as_str());
+                }
+                effects
             }
         }
     }

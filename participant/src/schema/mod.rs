@@ -148,16 +148,17 @@ fn db_err(e: sqlx::Error) -> String {
     }
 }
 
-/// PostgreSQL's refusal of PREPARE TRANSACTION with what usually causes it.
+/// PostgreSQL's refusal of PREPARE TRANSACTION, with what to do about the causes it
+/// names (its own hint does not reach us); any other refusal as it is.
 fn prepare_hint(error: &str) -> String {
-    let disabled = error.contains("max_prepared_transactions") || error.contains("disabled");
-    let hint = match disabled {
-        true => "set max_prepared_transactions above zero and restart PostgreSQL",
-        false => {
-            "a migration staged in postgres-2pc mode cannot use temporary tables, LISTEN/NOTIFY or WITH HOLD cursors; use reversible mode for it"
-        }
+    let hint = if error.contains("are disabled") || error.contains("maximum number of prepared") {
+        " (raise max_prepared_transactions in postgresql.conf and restart PostgreSQL)"
+    } else if error.contains("cannot PREPARE a transaction that has") {
+        " (a migration staged in postgres-2pc mode cannot use temporary tables, LISTEN/NOTIFY or WITH HOLD cursors; use reversible mode for it)"
+    } else {
+        ""
     };
-    format!("{error} ({hint})")
+    format!("{error}{hint}")
 }
 
 /// Refuses a plan that runs downs for a change that does not move the project back:
@@ -179,11 +180,18 @@ fn forward_only(plan: &SchemaPlan, moving_back: bool) -> Result<(), Refusal> {
 /// `reversible` migration, and records an abort's inverse as done, right after its
 /// COMMIT, so an asynchronous commit a crash can still lose would break its word.
 async fn durable_commits(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("SET synchronous_commit = on")
+    let sql = FLUSHED_COMMITS.replace("LOCAL", "false");
+    sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(conn)
         .await
         .map(drop)
 }
+
+/// Sets `synchronous_commit` to `on` where it is `off` or `local` (LOCAL: `true` for
+/// this transaction only, `false` for the session), and leaves `remote_write` and
+/// `remote_apply` (which wait for more) as they are.
+const FLUSHED_COMMITS: &str = "SELECT set_config('synchronous_commit', 'on', LOCAL) \
+     WHERE current_setting('synchronous_commit') IN ('off', 'local')";
 
 impl Schema {
     /// Connects (lazily: an unreachable database makes Prepare refuse, not the agent
@@ -454,9 +462,8 @@ impl Schema {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
-        let set = sqlx::raw_sql("SET LOCAL synchronous_commit = on")
-            .execute(&mut **db)
-            .await;
+        let sql = FLUSHED_COMMITS.replace("LOCAL", "true");
+        let set = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **db).await;
         set.map(drop)
             .map_err(|e| format!("committing the migration transaction: {}", db_err(e)))
     }
