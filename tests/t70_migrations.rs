@@ -346,6 +346,17 @@ async fn t2_with_a_prepared_on(s: Stack) -> Stack {
     s
 }
 
+/// Lets B prepare T2 and waits until T2 has committed with every schema at 2.
+async fn heal_and_commit_t2(s: &Stack) {
+    s.c.heal("B");
+    s.c.wait_state("T2", pb::TransactionState::Committed).await;
+    wait_for("A's schema at 2", || async {
+        (s.schema_versions().await == [2, 2, 2]).then_some(())
+    })
+    .await;
+    assert!(s.dump("A").await.contains("a_items_name"));
+}
+
 async fn an_agent_killed_after_voting_prepared_applies_the_decision_to_its_schema(kind: Kind) {
     let mut s = t2_with_a_prepared(kind).await;
 
@@ -388,13 +399,7 @@ async fn a_2pc_agent_restarted_in_reversible_mode_still_resolves_its_prepared_tr
     agent
         .restart_with_flag("--migration-mode", "reversible")
         .await;
-    s.c.heal("B");
-    s.c.wait_state("T2", pb::TransactionState::Committed).await;
-    wait_for("A's schema at 2", || async {
-        (s.schema_versions().await == [2, 2, 2]).then_some(())
-    })
-    .await;
-    assert!(s.dump("A").await.contains("a_items_name"));
+    heal_and_commit_t2(&s).await;
     assert_eq!(s.prepared_gids().await, Vec::<String>::new());
 }
 
@@ -1106,13 +1111,7 @@ async fn a_vote_on_a_reversible_migration_survives_a_postgres_crash_with_synchro
     let conf = "synchronous_commit = off\nwal_writer_delay = 10s\n";
     let s = t2_with_a_prepared_on(Stack::with_conf(Kind::PgReversible, conf).await).await;
     s.pg.as_ref().unwrap().restart();
-    s.c.heal("B");
-    s.c.wait_state("T2", pb::TransactionState::Committed).await;
-    wait_for("A's schema at 2", || async {
-        (s.schema_versions().await == [2, 2, 2]).then_some(())
-    })
-    .await;
-    assert!(s.dump("A").await.contains("a_items_name"));
+    heal_and_commit_t2(&s).await;
 }
 
 /// Review finding of stop 58: an ordinary release whose build ships fewer migrations
