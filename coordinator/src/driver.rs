@@ -200,10 +200,10 @@ impl Driver {
     }
 
     /// Opens a span for each external or approval step now running, and ends the span
-    /// of each one that has its outcome.
-    /// A step is waited on only while the transaction is VERIFYING: once it is decided
-    /// (an abort while a person was asked) the step's span ends with outcome
-    /// `abandoned`, and a transaction resumed after a restart opens none.
+    /// of each one that has its outcome. A step is waited on only while the transaction
+    /// is VERIFYING: once it is decided (an abort while a person was asked) the step's
+    /// span ends with outcome `abandoned`, and a transaction resumed after a restart
+    /// opens none.
     fn trace_awaited_steps(&mut self) {
         let record = self.machine.record();
         let verifying = record.state == TxState::Verifying;

@@ -176,7 +176,8 @@ fn forward_only(plan: &SchemaPlan, moving_back: bool) -> Result<(), Refusal> {
 }
 
 /// Makes every COMMIT on this PostgreSQL connection return only once it is flushed,
-/// whatever the server, database or role sets: the agent votes PREPARED on a
+/// also where the server, database or role made commits asynchronous: the agent
+/// votes PREPARED on a
 /// `reversible` migration, and records an abort's inverse as done, right after its
 /// COMMIT, so an asynchronous commit a crash can still lose would break its word.
 async fn durable_commits(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
