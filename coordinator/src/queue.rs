@@ -7,8 +7,14 @@
 //! releases cannot starve a big one. It lives in memory only: after a restart, every
 //! undecided transaction is aborted (presumed abort) and decided ones re-take their
 //! projects in creation order.
+//!
+//! Each project keeps its line of waiters, so the end of a transaction looks only at
+//! the first in line of each project it frees, and a question about one waiter reads
+//! only its own projects' lines: the cost does not grow with the number waiting (with
+//! thousands queued, a scan of every waiter at every end held the registry's lock for
+//! as long as a release takes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lockstep::names::{Environment, ProjectName, TxId};
 
@@ -18,7 +24,13 @@ type Key = (Environment, ProjectName);
 #[derive(Debug, Default)]
 pub struct Queue {
     holders: BTreeMap<Key, TxId>,
+    /// What each holder holds (the inverse of `holders`).
+    held: HashMap<TxId, BTreeSet<Key>>,
     waiting: BTreeMap<u64, (TxId, BTreeSet<Key>)>,
+    /// Each waiting transaction's ordinal (the inverse of `waiting`).
+    ordinals: HashMap<TxId, u64>,
+    /// Per project, the ordinals waiting for it: its line, first come first.
+    lines: BTreeMap<Key, BTreeSet<u64>>,
 }
 
 /// Why a transaction cannot start yet.
@@ -61,10 +73,9 @@ impl Queue {
     ) -> Option<Blocked> {
         let keys: BTreeSet<Key> = projects.into_iter().map(|p| (env.clone(), p)).collect();
         let blocked = self.blocker(ordinal, &keys);
-        if blocked.is_none() {
-            self.take(&tx, &keys);
-        } else {
-            self.waiting.insert(ordinal, (tx, keys));
+        match blocked {
+            None => self.take(&tx, &keys),
+            Some(_) => self.wait(ordinal, tx, keys),
         }
         blocked
     }
@@ -80,23 +91,33 @@ impl Queue {
     ) {
         for project in projects {
             let key = (env.clone(), project);
-            self.holders.entry(key).or_insert_with(|| tx.clone());
+            if !self.holders.contains_key(&key) {
+                self.take(tx, &BTreeSet::from([key]));
+            }
         }
     }
 
     /// Releases what `tx` holds (or drops it from the waiting line) and returns the
     /// transactions that may start now, in creation order; they hold their projects.
+    /// Only the first in line of each freed project can be one: any other waits behind
+    /// it, and each one started holds its projects, which blocks the lines behind it.
     pub fn finish(&mut self, tx: &TxId) -> Vec<TxId> {
-        self.holders.retain(|_, holder| holder != tx);
-        self.waiting.retain(|_, (waiting, _)| waiting != tx);
+        let mut freed = self.held.remove(tx).unwrap_or_default();
+        for key in &freed {
+            self.holders.remove(key);
+        }
+        if let Some((_, keys)) = self.leave(tx) {
+            freed.extend(keys);
+        }
+        let firsts: BTreeSet<u64> = freed.iter().filter_map(|k| self.first_in_line(k)).collect();
         let mut started = Vec::new();
-        let ordinals: Vec<u64> = self.waiting.keys().copied().collect();
-        for ordinal in ordinals {
-            let Some((id, keys)) = self.waiting.get(&ordinal).cloned() else {
+        for ordinal in firsts {
+            let Some((_, keys)) = self.waiting.get(&ordinal) else {
                 continue;
             };
-            if self.blocker(ordinal, &keys).is_none() {
-                self.waiting.remove(&ordinal);
+            if self.blocker(ordinal, keys).is_none() {
+                let id = self.waiting[&ordinal].0.clone();
+                let (_, keys) = self.leave(&id).expect("it waits");
                 self.take(&id, &keys);
                 started.push(id);
             }
@@ -139,14 +160,12 @@ impl Queue {
         ordinal: Option<u64>,
     ) -> Vec<TxId> {
         let mut out = self.holders_of(env, projects);
-        let earlier = self.waiting.range(..ordinal.unwrap_or(u64::MAX));
-        let wants =
-            |keys: &BTreeSet<Key>| keys.iter().any(|(e, p)| e == env && projects.contains(p));
-        out.extend(
-            earlier
-                .filter(|(_, (_, keys))| wants(keys))
-                .map(|(_, (id, _))| id.clone()),
-        );
+        let before = ordinal.unwrap_or(u64::MAX);
+        for project in projects {
+            let line = self.lines.get(&(env.clone(), project.clone()));
+            let earlier = line.into_iter().flat_map(|l| l.range(..before));
+            out.extend(earlier.map(|o| self.waiting[o].0.clone()));
+        }
         out.sort();
         out.dedup();
         out
@@ -160,37 +179,67 @@ impl Queue {
 
     /// The projects `tx` holds now.
     pub fn held_by(&self, tx: &TxId) -> BTreeSet<ProjectName> {
-        let held = self.holders.iter().filter(|(_, holder)| *holder == tx);
-        held.map(|((_, project), _)| project.clone()).collect()
+        let held = self.held.get(tx).into_iter().flatten();
+        held.map(|(_, project)| project.clone()).collect()
     }
 
     fn take(&mut self, tx: &TxId, keys: &BTreeSet<Key>) {
         for key in keys {
             self.holders.insert(key.clone(), tx.clone());
         }
+        let held = self.held.entry(tx.clone()).or_default();
+        held.extend(keys.iter().cloned());
     }
 
+    /// Puts `tx` at the end of each of its projects' lines.
+    fn wait(&mut self, ordinal: u64, tx: TxId, keys: BTreeSet<Key>) {
+        for key in &keys {
+            self.lines.entry(key.clone()).or_default().insert(ordinal);
+        }
+        self.ordinals.insert(tx.clone(), ordinal);
+        self.waiting.insert(ordinal, (tx, keys));
+    }
+
+    /// Takes `tx` out of every line it waits in; returns its entry.
+    fn leave(&mut self, tx: &TxId) -> Option<(TxId, BTreeSet<Key>)> {
+        let ordinal = self.ordinals.remove(tx)?;
+        let entry = self.waiting.remove(&ordinal)?;
+        for key in &entry.1 {
+            let line = self.lines.get_mut(key).expect("a waiter is in its lines");
+            line.remove(&ordinal);
+            if line.is_empty() {
+                self.lines.remove(key);
+            }
+        }
+        Some(entry)
+    }
+
+    fn first_in_line(&self, key: &Key) -> Option<u64> {
+        self.lines.get(key)?.first().copied()
+    }
+
+    /// The first holder of one of `keys` (in key order), else the earliest waiter
+    /// before `ordinal` that wants one of them, with the first of `keys` it wants.
     fn blocker(&self, ordinal: u64, keys: &BTreeSet<Key>) -> Option<Blocked> {
-        for key in keys {
-            if let Some(holder) = self.holders.get(key) {
-                return Some(Blocked {
-                    by: holder.clone(),
-                    project: key.1.clone(),
-                    holds: true,
-                });
-            }
+        if let Some((key, holder)) = keys.iter().find_map(|k| Some((k, self.holders.get(k)?))) {
+            return Some(Blocked {
+                by: holder.clone(),
+                project: key.1.clone(),
+                holds: true,
+            });
         }
-        for (earlier, (id, wanted)) in self.waiting.range(..ordinal) {
-            let _ = earlier;
-            if let Some(key) = keys.iter().find(|k| wanted.contains(*k)) {
-                return Some(Blocked {
-                    by: id.clone(),
-                    project: key.1.clone(),
-                    holds: false,
-                });
-            }
-        }
-        None
+        let earliest = keys
+            .iter()
+            .filter_map(|k| self.first_in_line(k))
+            .filter(|o| *o < ordinal)
+            .min()?;
+        let (id, wanted) = &self.waiting[&earliest];
+        let key = keys.iter().find(|k| wanted.contains(*k))?;
+        Some(Blocked {
+            by: id.clone(),
+            project: key.1.clone(),
+            holds: false,
+        })
     }
 }
 
@@ -249,6 +298,139 @@ mod tests {
             .enqueue(3, id("T3"), &env, ps(&["X"]))
             .expect("T1 holds X");
         assert_eq!(blocked.by, id("T1"));
+    }
+
+    /// The queue as it was before the lines: every waiter checked against every
+    /// earlier one at every end. The lines must give the same answers.
+    #[derive(Default)]
+    struct Naive {
+        holders: BTreeMap<Key, TxId>,
+        waiting: BTreeMap<u64, (TxId, BTreeSet<Key>)>,
+    }
+
+    impl Naive {
+        fn blocker(&self, ordinal: u64, keys: &BTreeSet<Key>) -> Option<Blocked> {
+            if let Some(k) = keys.iter().find(|k| self.holders.contains_key(*k)) {
+                let by = self.holders[k].clone();
+                let project = k.1.clone();
+                return Some(Blocked {
+                    by,
+                    project,
+                    holds: true,
+                });
+            }
+            let (_, (id, wanted)) = (self.waiting.range(..ordinal))
+                .find(|(_, (_, wanted))| keys.iter().any(|k| wanted.contains(k)))?;
+            let k = keys.iter().find(|k| wanted.contains(*k))?;
+            let (by, project) = (id.clone(), k.1.clone());
+            Some(Blocked {
+                by,
+                project,
+                holds: false,
+            })
+        }
+
+        fn enqueue(&mut self, ordinal: u64, tx: TxId, keys: BTreeSet<Key>) -> Option<Blocked> {
+            let blocked = self.blocker(ordinal, &keys);
+            match blocked {
+                None => keys
+                    .into_iter()
+                    .for_each(|k| drop(self.holders.insert(k, tx.clone()))),
+                Some(_) => drop(self.waiting.insert(ordinal, (tx, keys))),
+            }
+            blocked
+        }
+
+        fn waits_for(
+            &self,
+            env: &Environment,
+            wanted: &BTreeSet<ProjectName>,
+            before: u64,
+        ) -> Vec<TxId> {
+            let wants = |k: &Key| k.0 == *env && wanted.contains(&k.1);
+            let held = (self.holders.iter())
+                .filter(|(k, _)| wants(k))
+                .map(|(_, h)| h.clone());
+            let earlier = self
+                .waiting
+                .range(..before)
+                .filter(|(_, (_, keys))| keys.iter().any(wants));
+            let mut out: Vec<TxId> = held.chain(earlier.map(|(_, (id, _))| id.clone())).collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+
+        fn finish(&mut self, tx: &TxId) -> Vec<TxId> {
+            self.holders.retain(|_, holder| holder != tx);
+            self.waiting.retain(|_, (waiting, _)| waiting != tx);
+            let mut started = Vec::new();
+            for ordinal in self.waiting.keys().copied().collect::<Vec<_>>() {
+                let (id, keys) = self.waiting[&ordinal].clone();
+                if self.blocker(ordinal, &keys).is_none() {
+                    self.waiting.remove(&ordinal);
+                    keys.into_iter()
+                        .for_each(|k| drop(self.holders.insert(k, id.clone())));
+                    started.push(id);
+                }
+            }
+            started
+        }
+    }
+
+    #[test]
+    fn the_lines_answer_as_a_scan_of_every_waiter_does() {
+        let envs = [
+            Environment::default(),
+            Environment::parse("e", "prod").unwrap(),
+        ];
+        let names = ["A", "B", "C", "D", "E", "F"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut q, mut naive, mut live) = (Queue::default(), Naive::default(), Vec::new());
+        for ordinal in 1..4000u64 {
+            if next(5) < 3 || live.is_empty() {
+                let env = &envs[next(2) as usize];
+                let picked: Vec<&str> = names.iter().copied().filter(|_| next(3) == 0).collect();
+                let tx = id(&format!("T{ordinal}"));
+                let keys = ps(&picked).into_iter().map(|p| (env.clone(), p)).collect();
+                let got = q.enqueue(ordinal, tx.clone(), env, ps(&picked));
+                assert_eq!(
+                    got,
+                    naive.enqueue(ordinal, tx.clone(), keys),
+                    "enqueue {tx}"
+                );
+                live.push(tx);
+            } else {
+                let tx = live.swap_remove(next(live.len() as u64) as usize);
+                assert_eq!(q.finish(&tx), naive.finish(&tx), "finish {tx}");
+            }
+            let expected: Vec<_> = (naive.waiting.iter())
+                .map(|(o, (id, keys))| (*o, id.clone(), naive.blocker(*o, keys)))
+                .collect();
+            assert_eq!(q.waiting(), expected, "after ordinal {ordinal}");
+            let env = &envs[next(2) as usize];
+            let wanted: BTreeSet<ProjectName> =
+                ps(&names[..1 + next(6) as usize]).into_iter().collect();
+            let before = next(ordinal + 1);
+            let got = q.waits_for(env, &wanted, (before < ordinal).then_some(before));
+            let before = if before < ordinal { before } else { u64::MAX };
+            assert_eq!(
+                got,
+                naive.waits_for(env, &wanted, before),
+                "waits_for after {ordinal}"
+            );
+            for tx in &live {
+                let held = (naive.holders.iter()).filter(|(_, h)| *h == tx);
+                let held: BTreeSet<_> = held.map(|((_, p), _)| p.clone()).collect();
+                assert_eq!(q.held_by(tx), held, "held by {tx}");
+            }
+        }
     }
 
     #[test]
