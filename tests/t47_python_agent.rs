@@ -15,7 +15,7 @@ use std::{
 
 use lockstep::pb::{self, TransactionState, participant_client::ParticipantClient};
 use support::{
-    Cluster, Server,
+    Cluster, Server, python,
     secure::{Secure, admin, certs_init},
     wait_for,
 };
@@ -23,13 +23,6 @@ use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
-
-/// The venv's Python, with grpcio and grpcio-tools (installed by scripts/setup).
-fn python() -> PathBuf {
-    let tools =
-        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
-    Path::new(&tools).join("venv/bin/python3")
-}
 
 fn agent_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python-agent/agent.py")

@@ -19,7 +19,7 @@ impl Scrape {
     /// Scrapes `url`, failing the test unless the body parses as OpenMetrics.
     async fn of(url: &str) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/scrape.py");
-        let out = tokio::process::Command::new("python3")
+        let out = tokio::process::Command::new(support::python())
             .arg(script)
             .arg(url)
             .output()

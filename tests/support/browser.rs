@@ -27,13 +27,6 @@ pub fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console")
 }
 
-/// The venv's python3 (scripts/setup installs selenium into it).
-fn python() -> PathBuf {
-    let tools =
-        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
-    PathBuf::from(tools).join("venv/bin/python3")
-}
-
 impl Scenario {
     /// Starts scenario `name` with `context` (to which the screenshot directory is added).
     pub fn start(name: &str, mut context: Value, dir: &std::path::Path) -> Self {
@@ -41,7 +34,7 @@ impl Scenario {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, context.to_string()).unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/scenarios.py");
-        let mut child = Command::new(python())
+        let mut child = Command::new(super::python())
             .arg(script)
             .arg(name)
             .arg(&file)

@@ -16,6 +16,14 @@ pub mod otlp;
 pub mod pg;
 pub mod secure;
 
+/// The tools venv's python3 (scripts/setup installs grpcio, prometheus-client and
+/// selenium into it), so a test works without the venv on PATH (`make verify`).
+pub fn python() -> std::path::PathBuf {
+    let tools =
+        std::env::var("LOCKSTEP_TOOLS").unwrap_or_else(|_| "/var/tmp/lockstep-tools".into());
+    std::path::Path::new(&tools).join("venv/bin/python3")
+}
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
