@@ -282,6 +282,8 @@ async fn an_sse_stream_shows_a_viewer_its_projects_only_and_ends_when_revoked() 
     }
     let error = error.expect("the stream ended without an error event");
     assert!(error.contains(&id), "{error}");
+    // The code as JSON errors and the docs spell it (was `Unauthenticated`).
+    assert!(error.starts_with("UNAUTHENTICATED: "), "{error}");
 }
 
 /// The console's own reads: the matrix holds what the caller may read, each cell held
@@ -544,6 +546,49 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
         ),
         (("GET", "/cluster?bogus=1", none.clone()), 400, "bogus"),
         (("GET", "/whoami?transaction=R9", none.clone()), 404, "R9"),
+        // Found by a review at stop 59: whoami ignored what it did not know (answering
+        // for every environment), let transaction win over environment, and named the
+        // id's field `id`; a repeated query key silently took its last value; a wrong
+        // method and an oversized body answered with no JSON (and 2 MB where gRPC
+        // takes 4 MiB).
+        (
+            ("GET", "/whoami?transactionId=R1", none.clone()),
+            400,
+            "transactionId",
+        ),
+        (
+            (
+                "GET",
+                "/whoami?environment=default&transaction=R1",
+                none.clone(),
+            ),
+            400,
+            "name one",
+        ),
+        (
+            ("GET", "/whoami?transaction=no%20space", none.clone()),
+            400,
+            "transaction",
+        ),
+        (
+            (
+                "GET",
+                "/releases?environment=default&environment=staging",
+                none.clone(),
+            ),
+            400,
+            "environment: given more than once",
+        ),
+        (("GET", "/releases/R2/abort", none.clone()), 405, "GET"),
+        (
+            (
+                "POST",
+                "/releases",
+                json!({"id": "R5", "reason": "x".repeat(5 << 20)}),
+            ),
+            400,
+            "body: larger than",
+        ),
         (
             (
                 "POST",

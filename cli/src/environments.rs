@@ -116,17 +116,24 @@ pub async fn live_all(client: &mut Client, out: Output) -> Result<u8> {
     Ok(OK)
 }
 
-/// Upstreams before downstreams (then by name): the order of the promotion path.
+/// Upstreams before downstreams (then by name): the order of the promotion path. An
+/// upstream not in the list (one the caller may not read) counts as placed, so a
+/// caller who reads only production still sees production. Whatever is left (never,
+/// the coordinator keeps the graph acyclic) comes last, never dropped.
 fn promotion_order(all: &[pb::EnvironmentInfo]) -> Vec<&pb::EnvironmentInfo> {
+    let listed: BTreeSet<&str> = all.iter().map(|e| e.name.as_str()).collect();
     let mut placed: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::new();
     while order.len() < all.len() {
         let ready = all.iter().filter(|e| !placed.contains(e.name.as_str()));
+        let upstream_placed =
+            |a: &String| placed.contains(a.as_str()) || !listed.contains(a.as_str());
         let ready: Vec<_> = ready
-            .filter(|e| e.after.iter().all(|a| placed.contains(a.as_str())))
+            .filter(|e| e.after.iter().all(upstream_placed))
             .collect();
         if ready.is_empty() {
-            break; // the coordinator keeps the graph acyclic; never here
+            order.extend(all.iter().filter(|e| !placed.contains(e.name.as_str())));
+            break;
         }
         placed.extend(ready.iter().map(|e| e.name.as_str()));
         order.extend(ready);
@@ -220,5 +227,42 @@ fn show(e: &pb::EnvironmentInfo) {
     }
     if !e.created_by.is_empty() {
         println!("  declared by {}", e.created_by);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str, after: &[&str]) -> pb::EnvironmentInfo {
+        pb::EnvironmentInfo {
+            name: name.into(),
+            after: after.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_environment_whose_upstream_the_caller_cannot_read_is_still_listed() {
+        let all = [env("production", &["hardening"])];
+        let order: Vec<_> = promotion_order(&all)
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(order, ["production"]);
+    }
+
+    #[test]
+    fn upstreams_come_first() {
+        let all = [
+            env("production", &["hardening"]),
+            env("dev", &[]),
+            env("hardening", &["dev"]),
+        ];
+        let order: Vec<_> = promotion_order(&all)
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(order, ["dev", "hardening", "production"]);
     }
 }

@@ -98,8 +98,8 @@ fn sse(
             .id(e.seq.to_string())
             .data(&*encoded.json(&e)),
         Err(status) => Event::default().event("error").data(format!(
-            "{:?}: {}",
-            status.code(),
+            "{}: {}",
+            lockstep::status::code_name(status.code()),
             status.message()
         )),
     })

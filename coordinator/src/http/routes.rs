@@ -1,13 +1,20 @@
 //! The routes of `/api/v1/` (docs/http-api.md): each one the gRPC call of the same
 //! name, its fields taken from the path, the query string and the JSON body.
 
+use std::collections::BTreeSet;
+
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{
+        DefaultBodyLimit, Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::StatusCode,
     response::Response,
     routing::{MethodFilter, MethodRouter, get, on},
 };
+use lockstep::limits::MAX_MESSAGE_BYTES;
 use lockstep::pb::coordinator_server::Coordinator as Rpc;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
@@ -82,7 +89,10 @@ pub fn router(api: Api) -> Router {
         )
         .route("/rollback", on_rpc(POST, "", rpc!(rollback)))
         .route("/promote", on_rpc(POST, "", rpc!(promote)))
-        .fallback(no_route);
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        // As large a request as gRPC takes.
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES));
     Router::new()
         .nest("/api/v1", api_routes)
         .merge(console::router())
@@ -94,6 +104,19 @@ async fn no_route(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -
         "no route {}: docs/http-api.md lists them",
         uri.path()
     )))
+}
+
+async fn wrong_method(
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> Response {
+    let why = format!(
+        "{method} {}: not a method of this route (docs/http-api.md)",
+        uri.path()
+    );
+    let mut answer = failure(&Status::unimplemented(why));
+    *answer.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    answer
 }
 
 /// Carries out `rpc` with `fields` for `caller`.
@@ -179,16 +202,48 @@ where
         move |State(api): State<Api>,
               caller: Caller,
               path: Option<Path<String>>,
-              Query(q): Query<Vec<(String, String)>>,
-              body: Bytes| async move {
-            let fields = body_fields(&body).map(|mut fields| {
-                fields.extend(query_fields::<Req>(q));
-                if let Some(Path(id)) = path {
-                    fields.insert(field.into(), Value::String(id));
-                }
-                fields
-            });
+              query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+              body: Result<Bytes, BytesRejection>| async move {
+            let fields = request_fields::<Req>(field, path, query, body);
             call(api, caller, fields, rpc).await
         },
     )
+}
+
+/// The request's fields: the JSON body's, then the query string's, then the path's
+/// `{...}` as `field`. A query or body the extractors refuse is a JSON error that
+/// says why, as every other refusal is.
+fn request_fields<Req: DeserializeOwned>(
+    field: &str,
+    path: Option<Path<String>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Fields, Status> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Status::invalid_argument(format!(
+            "body: larger than {MAX_MESSAGE_BYTES} bytes, the most a call takes"
+        )),
+        _ => Status::invalid_argument(format!("body: {}", e.body_text())),
+    })?;
+    let Query(query) =
+        query.map_err(|e| Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    once_each(&query)?;
+    let mut fields = body_fields(&body)?;
+    fields.extend(query_fields::<Req>(query));
+    if let Some(Path(id)) = path {
+        fields.insert(field.into(), Value::String(id));
+    }
+    Ok(fields)
+}
+
+/// A query parameter given twice is refused, naming it: which one was meant cannot be
+/// known (before, the last silently won).
+fn once_each(query: &[(String, String)]) -> Result<(), Status> {
+    let mut seen = BTreeSet::new();
+    match query.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        Some((k, _)) => Err(Status::invalid_argument(format!(
+            "{k}: given more than once in the query string"
+        ))),
+        None => Ok(()),
+    }
 }

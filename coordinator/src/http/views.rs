@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::{
-    extract::{Query, State},
+    extract::{Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
 };
 use lockstep::{
-    names::{Environment, ProjectName},
+    names::{Environment, ProjectName, TxId},
     pb,
     pb::coordinator_server::Coordinator as Rpc,
 };
@@ -31,8 +31,11 @@ use crate::{
     service::CoordinatorService,
 };
 
-/// What `whoami` is asked about: an environment, or one transaction.
+/// What `whoami` is asked about: an environment, or one transaction (not both). An
+/// unknown parameter is refused: `?transactionId=T4` answered for every environment
+/// would tell the creator of T4 it may approve it.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct About {
     environment: Option<String>,
     transaction: Option<String>,
@@ -40,8 +43,16 @@ pub struct About {
 
 /// `GET /api/v1/whoami[?environment=E|transaction=T]`: the principal, what it holds,
 /// and for every call of the permission table whether it may make it there.
-pub async fn whoami(State(api): State<Api>, caller: Caller, about: Query<About>) -> Response {
-    json_or_failure(allowed(&api, &caller, &about).await)
+pub async fn whoami(
+    State(api): State<Api>,
+    caller: Caller,
+    about: Result<Query<About>, QueryRejection>,
+) -> Response {
+    let about = about.map_err(|e| Status::invalid_argument(format!("whoami: {}", e.body_text())));
+    match about {
+        Ok(about) => json_or_failure(allowed(&api, &caller, &about).await),
+        Err(refused) => failure(&refused),
+    }
 }
 
 async fn allowed(api: &Api, caller: &Caller, about: &About) -> Result<Value, Status> {
@@ -78,8 +89,13 @@ async fn target(
     caller: &Caller,
     about: &About,
 ) -> Result<(Target, Option<String>), Status> {
+    if about.transaction.is_some() && about.environment.is_some() {
+        let why = "environment, transaction: name one (a transaction has its own environment)";
+        return Err(Status::invalid_argument(why));
+    }
     if let Some(id) = &about.transaction {
-        let fields = Fields::from_iter([("id".to_string(), Value::String(id.clone()))]);
+        let id = TxId::parse("transaction", id)?;
+        let fields = Fields::from_iter([("id".to_string(), Value::String(id.to_string()))]);
         let tx = invoke(
             api,
             caller,
@@ -97,7 +113,7 @@ async fn target(
     }
     match &about.environment {
         Some(env) => Ok((
-            Target::environment(&Environment::parse("environment", env)?),
+            Target::environment(&Environment::parse_or_default("environment", env)?),
             None,
         )),
         None => Ok((Target::every(), None)),

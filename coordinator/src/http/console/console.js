@@ -471,6 +471,19 @@ function releaseEvents(events) {
   return h('section', {}, h('h2', {}, 'Events'), table(EVENT_HEAD, eventRows(sorted), { id: 'release-events' }));
 }
 
+/** Every page of `path` (a list paged by `pageToken`), its `key` items concatenated;
+ * `enough(items)` true stops early (the newest-first lists need only their head). */
+async function allPages(path, key, enough = () => false) {
+  const out = [];
+  let token = '';
+  do {
+    const page = await api(`${path}&pageSize=1000${token ? `&pageToken=${encodeURIComponent(token)}` : ''}`);
+    out.push(...(page[key] || []));
+    token = page.nextPageToken || '';
+  } while (token && !enough(out));
+  return out;
+}
+
 // Timeline: every checkpoint with who, when, what changed; compare; revert; roll back.
 async function timelinePage(only) {
   const every = ((await api('/environments')).environments || []).map((e) => e.name);
@@ -479,15 +492,16 @@ async function timelinePage(only) {
     const all = [];
     const whos = {};
     for (const env of envs) {
-      const [history, releases, who] = await Promise.all([
-        api(`/history?environment=${encodeURIComponent(env)}&pageSize=1000`),
-        api(`/releases?environment=${encodeURIComponent(env)}&pageSize=1000`),
-        api(`/whoami?environment=${encodeURIComponent(env)}`),
-      ]);
+      const at = `environment=${encodeURIComponent(env)}`;
+      // History pages run oldest first: every page, so the newest (live) is there.
+      const [cps, who] = await Promise.all([allPages(`/history?${at}`, 'checkpoints'), api(`/whoami?${at}`)]);
       whos[env] = who;
-      const byId = Object.fromEntries((releases.transactions || []).map((t) => [t.id, t]));
+      // Releases run newest first: pages until every checkpoint's release is known.
+      const wanted = new Set(cps.map((cp) => cp.transactionId).filter(Boolean));
+      const found = (txs) => { txs.forEach((t) => wanted.delete(t.id)); return wanted.size === 0; };
+      const releases = wanted.size ? await allPages(`/releases?${at}`, 'transactions', found) : [];
+      const byId = Object.fromEntries(releases.map((t) => [t.id, t]));
       let before = {};
-      const cps = history.checkpoints || [];
       cps.forEach((cp, i) => {
         const now = Object.fromEntries((cp.versions || []).map((v) => [v.project, v.version || '']));
         all.push({ cp, tx: byId[cp.transactionId] || {}, changed: diff(before, now), latest: i === cps.length - 1 });
@@ -499,7 +513,7 @@ async function timelinePage(only) {
     const pick = h('nav', { class: 'envs', 'aria-label': 'environments' }, link('all', '#/timeline'),
       every.map((name) => [' · ', link(name, `#/timeline/${encodeURIComponent(name)}`)]));
     return [h('h1', {}, title), pick, timelineTable(all, whos), only ? compareView(all.filter((x) => x.cp.environment === only)) : null];
-  }, (e) => e.kind === 'EVENT_KIND_CHECKPOINT_RECORDED' || e.kind === 'EVENT_KIND_COMMITTED' || e.kind === 'EVENT_KIND_REVERTED' || e.kind === 'EVENT_KIND_QUARANTINED');
+  }, (e) => ['EVENT_KIND_CHECKPOINT_RECORDED', 'EVENT_KIND_TRANSACTION_COMMITTED'].includes(e.kind));
 }
 
 /** What changed from `a` to `b` (project → version maps), as `P 1.0 → 1.1`. */
@@ -515,7 +529,7 @@ function timelineTable(all, whos) {
       tx.quarantined ? badge('reverted', 'quarantined') : null, latest ? badge('live') : null];
     const actions = [];
     const isRelease = (cp.kind || tx.kind) === 'TRANSACTION_KIND_RELEASE';
-    if (isRelease && !tx.quarantined && may.RevertRelease) {
+    if (isRelease && cp.transactionId && !tx.quarantined && may.RevertRelease) {
       actions.push(h('button', { type: 'button', class: 'revert', onclick: () =>
         dryRunThenRun(`Revert ${cp.transactionId} in ${cp.environment}`, `/releases/${encodeURIComponent(cp.transactionId)}/revert`, { environment: cp.environment }) }, 'Revert this…'));
     }
@@ -570,11 +584,21 @@ function eventsPage() {
   session.onEvent = debounced(render);
 }
 
+/** How many audit entries the Audit page shows (the newest). */
+const AUDIT_SHOWN = 1000;
+
 async function auditPage() {
   await live(async () => {
-    const audit = await api('/audit?pageSize=1000');
-    const rows = eventRows((audit.events || []).slice().reverse());
-    return [h('h1', {}, 'Audit'), table(EVENT_HEAD, rows, { id: 'audit' })];
+    // The log pages oldest first: read to its end, keep the newest AUDIT_SHOWN.
+    let events = [];
+    for (let since = 0; ;) {
+      const page = await api(`/audit?pageSize=1000&sinceSeq=${since}`);
+      events = events.concat(page.events || []).slice(-AUDIT_SHOWN);
+      since = Number(page.nextSeq || 0);
+      if (!since) break;
+    }
+    const rows = eventRows(events.slice().reverse());
+    return [h('h1', {}, 'Audit'), h('p', {}, `The newest ${AUDIT_SHOWN} entries at most, newest first.`), table(EVENT_HEAD, rows, { id: 'audit' })];
   }, (e) => ['EVENT_KIND_ACCESS_DENIED', 'EVENT_KIND_TOKEN_CREATED', 'EVENT_KIND_TOKEN_REVOKED'].includes(e.kind));
 }
 
