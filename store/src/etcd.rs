@@ -84,6 +84,8 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 /// Tables on etcd.
 pub struct EtcdKv {
     client: Client,
+    /// Each member, for a client of its own (the lease keeper's, after a failure).
+    members: Members,
     prefix: Vec<u8>,
     tables: Vec<&'static str>,
     fence: Mutex<Option<Fence>>,
@@ -168,12 +170,17 @@ impl EtcdKv {
         let owned = OwnedRuntime(Some(runtime));
         let runtime = owned.0.as_ref().map(|r| r.handle().clone());
         let runtime = runtime.ok_or_else(|| StoreError::Etcd("its runtime is gone".into()))?;
-        let (endpoints, options) = (target.endpoints.clone(), connect_options(target));
+        let members = Members {
+            endpoints: target.endpoints.clone(),
+            options: connect_options(target),
+        };
+        let (endpoints, options) = (members.endpoints.clone(), members.options.clone());
         let client = wait(&runtime, async move {
             Client::connect(endpoints, Some(options)).await
         })?;
         Ok(Self {
             client,
+            members,
             prefix: format!("{}/", target.prefix).into_bytes(),
             tables: tables.to_vec(),
             fence: Mutex::new(None),
@@ -212,6 +219,11 @@ impl EtcdKv {
     /// A client on the same members (leadership uses it for leases and elections).
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The cluster's members and how to connect to each.
+    pub(crate) fn members(&self) -> Members {
+        self.members.clone()
     }
 
     /// The key prefix every table lives under (with its trailing `/`).
@@ -412,6 +424,23 @@ fn writer_id() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     format!("{}-{:016x}", std::process::id(), random.finish())
+}
+
+/// The members of the cluster and the options to connect with: a client of one member
+/// alone goes where it is sent, which the shared, balanced client does not promise.
+#[derive(Clone)]
+pub(crate) struct Members {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) options: ConnectOptions,
+}
+
+impl Members {
+    /// A client of member `i` (modulo their number) alone; lazy: it connects when
+    /// first called.
+    pub(crate) async fn one(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let endpoint = self.endpoints[i % self.endpoints.len().max(1)].clone();
+        Client::connect([endpoint], Some(self.options.clone())).await
+    }
 }
 
 fn connect_options(target: &EtcdTarget) -> ConnectOptions {

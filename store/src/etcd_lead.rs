@@ -1,5 +1,5 @@
 //! Which of several coordinators on one etcd prefix leads. Each instance holds a lease
-//! (kept alive every third of its TTL) and tries to create the leadership key
+//! (kept alive every quarter of its TTL) and tries to create the leadership key
 //! `PREFIX/leader` on it, in a transaction that succeeds only while the key does not
 //! exist. The key's create revision is the leader's **term**: every write of the
 //! store is fenced on it ([`crate::etcd::Fence`]), so once the lease expires (a paused
@@ -18,7 +18,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     StoreError,
-    etcd::{EtcdKv, Fence, transient, wait, wait_retrying},
+    etcd::{EtcdKv, Fence, Members, transient, wait, wait_retrying},
 };
 
 /// This instance leads: its term, and how it hears that it no longer does. Keep it
@@ -63,7 +63,7 @@ impl EtcdKv {
         waiting: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Lead, StoreError> {
         let (client, key, me) = (self.client(), self.leader_key(), me.to_string());
-        let campaign = campaign_until_leading(client, key, me, ttl, waiting);
+        let campaign = campaign_until_leading((client, self.members()), key, me, ttl, waiting);
         let lead = wait(&self.runtime(), campaign)
             .map_err(|e| StoreError::Etcd(format!("campaigning for leadership: {e}")))?;
         self.set_fence(Some(Fence {
@@ -107,14 +107,15 @@ const CAMPAIGN_AGAIN: Duration = Duration::from_millis(500);
 /// through, or this instance's lease lost while it waited) starts a new campaign on a
 /// new lease once etcd answers again: a standby outlives the outage it is there for.
 async fn campaign_until_leading(
-    client: Client,
+    (client, members): (Client, Members),
     key: Vec<u8>,
     me: String,
     ttl: Duration,
     waiting: impl Fn(&str),
 ) -> Result<Lead, etcd_client::Error> {
     loop {
-        match campaign(client.clone(), key.clone(), me.clone(), ttl, &waiting).await {
+        let clients = (client.clone(), members.clone());
+        match campaign(clients, key.clone(), me.clone(), ttl, &waiting).await {
             Err(e) if transient(&e) || matches!(e, etcd_client::Error::LeaseKeepAliveError(_)) => {
                 tracing::warn!("campaigning for leadership: {e}; campaigning again");
                 tokio::time::sleep(CAMPAIGN_AGAIN).await;
@@ -125,7 +126,7 @@ async fn campaign_until_leading(
 }
 
 async fn campaign(
-    mut client: Client,
+    (mut client, members): (Client, Members),
     key: Vec<u8>,
     me: String,
     ttl: Duration,
@@ -134,11 +135,11 @@ async fn campaign(
     let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let granted = client.lease_grant(seconds, None).await?;
     // etcd may grant more than asked (it has a floor of its own): the lease lives as
-    // long as granted, and is renewed every third of that.
+    // long as granted, and is renewed every quarter of that.
     let granted_ttl = Duration::from_secs(granted.ttl().max(1).unsigned_abs());
     let (lease, lost) = (
         granted.id(),
-        keep_alive(client.clone(), granted.id(), granted_ttl).await?,
+        keep_alive((client.clone(), members), granted.id(), granted_ttl).await?,
     );
     let mut shown = String::new();
     loop {
@@ -216,14 +217,16 @@ fn current(responses: &[TxnOpResponse]) -> String {
     String::from_utf8_lossy(&value.unwrap_or_default()).into_owned()
 }
 
-/// Keeps `lease` alive every third of `ttl`; the receiver hears why once it cannot.
+/// Keeps `lease` alive every quarter of `ttl`; the receiver hears why once it cannot.
 async fn keep_alive(
-    client: Client,
+    (client, members): (Client, Members),
     lease: i64,
     ttl: Duration,
 ) -> Result<watch::Receiver<Option<String>>, etcd_client::Error> {
     let mut keeper = Keeper {
         client,
+        members,
+        turn: 0,
         lease,
         ttl,
         stream: None,
@@ -253,17 +256,24 @@ const RENEW_AGAIN: Duration = Duration::from_millis(50);
 /// expires its lease; until then its writes are fenced on its term all the same.
 struct Keeper {
     client: Client,
+    /// After a renewal fails, the next one goes to the next member, on a client of its
+    /// own: the shared client may send it to the member that just did not answer, and
+    /// a frozen member (SIGSTOP, a partition that drops packets) never refuses.
+    members: Members,
+    /// The member the last one turned to.
+    turn: usize,
     lease: i64,
     ttl: Duration,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
 impl Keeper {
-    /// Renews every third of the TTL until the lease, which expires at `expires`
-    /// unless renewed, is lost; returns why.
+    /// Renews every quarter of the TTL (etcd's own clients: every third), which leaves
+    /// three quarters of it for tries on other members when one does not answer, until
+    /// the lease, which expires at `expires` unless renewed, is lost; returns why.
     async fn run(&mut self, mut expires: Instant) -> String {
         loop {
-            tokio::time::sleep(self.ttl / 3).await;
+            tokio::time::sleep(self.ttl / 4).await;
             expires = match self.renew_by(expires).await {
                 Ok(expires) => expires,
                 Err(why) => return why,
@@ -284,7 +294,11 @@ impl Keeper {
                 Ok(Ok(left)) if left > 0 => {
                     return Ok(sent + Duration::from_secs(left.unsigned_abs()));
                 }
-                Ok(Ok(_)) => return Err("the lease expired".into()),
+                // A member that was frozen answers from its stale view for a moment
+                // before it hears of the new etcd leader, whose lessor still holds the
+                // lease: ask another until the deadline (a lease really gone is gone
+                // everywhere, and every write is fenced meanwhile).
+                Ok(Ok(_)) => "a member says the lease expired".into(),
                 Ok(Err(e)) => e,
                 Err(_) => "no member renewed it in time".into(),
             };
@@ -299,15 +313,43 @@ impl Keeper {
             }
             self.stream = None;
             tokio::time::sleep(RENEW_AGAIN).await;
+            self.turn_to_next_member().await;
         }
+    }
+
+    /// Makes the next member's own client this keeper's (one member alone: the same).
+    async fn turn_to_next_member(&mut self) {
+        if self.members.endpoints.len() < 2 {
+            return;
+        }
+        self.turn += 1;
+        match tokio::time::timeout(self.attempt(), self.members.one(self.turn)).await {
+            Ok(Ok(client)) => self.client = client,
+            // It does not answer either: the next failure turns again.
+            Ok(Err(e)) => tracing::warn!("keeping the lease alive: {e}"),
+            Err(_) => tracing::warn!("keeping the lease alive: no answer connecting"),
+        }
+    }
+
+    /// How long one try waits for etcd: a sixth of the TTL, so that a try that goes
+    /// unanswered leaves time for several more before the lease would expire.
+    fn attempt(&self) -> Duration {
+        self.ttl / 6
     }
 
     /// Renews once, on the open stream or a new one (opening it renews); returns the
     /// seconds etcd says are left, 0 when the lease is gone.
     async fn renew(&mut self) -> Result<i64, String> {
+        let attempt = self.attempt();
         let Some((keeper, answers)) = &mut self.stream else {
             let granted = i64::try_from(self.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-            return match self.client.lease_keep_alive(self.lease).await {
+            // Bounded as an answer is: a frozen member holds a new stream as long as it
+            // is asked to, and the next try may go to a member that answers.
+            let opening = self.client.lease_keep_alive(self.lease);
+            let Ok(opened) = tokio::time::timeout(attempt, opening).await else {
+                return Err("no member opened a lease stream in time".into());
+            };
+            return match opened {
                 Ok(stream) => {
                     self.stream = Some(stream);
                     Ok(granted)
@@ -318,7 +360,7 @@ impl Keeper {
             };
         };
         keeper.keep_alive().await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.ttl / 3, answers.message()).await {
+        match tokio::time::timeout(attempt, answers.message()).await {
             Ok(Ok(Some(answer))) => Ok(answer.ttl()),
             Ok(Ok(None)) => Err("etcd closed the lease stream".into()),
             Ok(Err(e)) => Err(e.to_string()),

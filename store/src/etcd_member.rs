@@ -105,6 +105,17 @@ impl EtcdMember {
         }
     }
 
+    /// SIGSTOP (`stop`) or SIGCONT: a member that keeps its connections open and answers
+    /// nothing, as a partitioned or frozen host does (unlike a kill, which refuses).
+    pub fn freeze(&self, stop: bool) {
+        if let Some(child) = &self.child {
+            let signal = if stop { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts it again on the same data and ports.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill9();
