@@ -72,7 +72,7 @@ pub async fn figures(dir: &Path, seconds: u64) -> anyhow::Result<Vec<Figure>> {
         rates.push(t.rate());
     }
     let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-    println!("aging: committed/s per window: {}", shown.join(", "));
+    eprintln!("\naging: committed/s per window: {}", shown.join(", "));
     let mut old = releases(&mut stack, "back-old").await?;
     let mut old_plan = revert_plans(&mut stack, "first-1").await?;
     let (young, old) = (

@@ -276,7 +276,12 @@ pub async fn figures(
     (count, seconds): (usize, u64),
     floors: &Floors,
 ) -> anyhow::Result<Vec<Figure>> {
+    // Both stacks are up before anything is measured, and the two sides alternate
+    // (latency bare first, throughput Lockstep first): each runs beside the other's
+    // idle stack, so neither pays alone for sharing the machine (stop 42: stacks left up
+    // slowed what ran after them).
     let mut client = stack(&dir.join("bare")).await?;
+    let stack = main.get().await?;
     let mut samples = Vec::with_capacity(count);
     for i in 0..count {
         let started = Instant::now();
@@ -284,18 +289,17 @@ pub async fn figures(
         samples.push(started.elapsed());
     }
     let bare_p50 = micros(percentile(&mut samples, 0.5));
-    let run = Duration::from_secs(seconds);
-    let bare = bare_throughput(&client, run).await?;
-
-    let stack = main.get().await?;
     let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
     let mut samples = serial_releases(stack, "bare-cmp", &three, count).await?;
     let p50 = micros(percentile(&mut samples, 0.5));
+
+    let run = Duration::from_secs(seconds);
     let switches_before = context_switches();
     let t = throughput(stack, CLIENTS, run).await?;
     let each = |total: f64| total / t.committed.max(1) as f64;
     let switches = each((context_switches() - switches_before) as f64);
     let cpu_each = each(micros(t.cpu));
+    let bare = bare_throughput(&client, run).await?;
     let against = |name: &str, value: f64, floor: f64, unit| Figure {
         floor: Some(floor),
         ..figure(format!("{name} (floor: bare 2PC)"), value, unit)

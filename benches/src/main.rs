@@ -166,19 +166,22 @@ fn context_switches() -> u64 {
     (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
-/// `VmRSS` and `VmHWM` of a process, in MiB.
-fn rss(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// The RSS targets' "100 MB", in the MiB the figures are printed in.
+pub(crate) const HUNDRED_MB_IN_MIB: f64 = 100e6 / (1024.0 * 1024.0);
+
+/// `VmRSS` and `VmHWM` of a live process, in MiB. An error, never a zero that would
+/// pass a memory target, when the process is gone or the fields are missing.
+fn rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| anyhow::anyhow!("reading the RSS of process {pid} (did it exit?): {e}"))?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        let line = status.lines().find(|l| l.starts_with(name));
+        let kb = line.and_then(|l| l.split_whitespace().nth(1));
+        let kb = kb.and_then(|kb| kb.parse::<f64>().ok());
+        kb.map(|kb| kb / 1024.0)
+            .ok_or_else(|| anyhow::anyhow!("process {pid} shows no {name} (a zombie?)"))
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -211,7 +214,14 @@ async fn here(args: Args) -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
-    } else if !args.runs("tracing") {
+    } else if args.only != ["tracing"] {
+        // Every other part measures with the subscriber every server runs; the tracing
+        // part installs its own, which stays for the process, so it runs alone.
+        anyhow::ensure!(
+            !args.runs("tracing"),
+            "--here runs the tracing part only alone (--here --only tracing); name the \
+             other parts with --only, or leave out --here (each part in its own process)"
+        );
         production_subscriber();
     }
     let scale = if args.quick { 5 } else { 1 };
@@ -390,7 +400,13 @@ async fn one_round(args: &Args, dir: &Path, main: &mut MainStack) -> anyhow::Res
     if args.runs("latency") || args.runs("tls") {
         let stack = main.get().await?;
         let count = args.releases.unwrap_or(500 / scale);
-        plaintext.latency_p50 = latency(stack, &floors, count, &mut figures).await?;
+        // The tls part measures the plaintext latency it is compared with, but only the
+        // latency part reports it (each figure comes from one part).
+        let mut measured = Vec::new();
+        plaintext.latency_p50 = latency(stack, &floors, count, &mut measured).await?;
+        if args.runs("latency") {
+            figures.extend(measured);
+        }
     }
     if args.runs("throughput") {
         let stack = main.get().await?;
@@ -518,22 +534,32 @@ async fn throughputs(
         if clients == TLS_CLIENTS {
             at_tls_clients = rate;
         }
-        let factor = t.committed as f64 / t.syncs.max(1) as f64;
+        let factor = t.per_sync()?;
         let at_32 = clients == 32;
+        // The issue's target is for 2 cores: on another machine the figure is printed
+        // with no verdict.
+        let judged = at_32 && cores == 2;
         figures.push(Figure {
-            target: at_32.then(|| ">= 2000/s".into()),
-            met: at_32.then_some(rate >= 2000.0),
+            target: at_32.then(|| match judged {
+                true => ">= 2000/s on 2 cores".into(),
+                false => format!(">= 2000/s on 2 cores (not judged on {cores})"),
+            }),
+            met: judged.then_some(rate >= 2000.0),
             ..figure(
                 format!("throughput, {clients} clients, 3-project releases"),
                 rate,
                 "committed/s",
             )
         });
-        figures.push(figure(
-            format!("group commit, {clients} clients (RocksDB wal.synced)"),
-            factor,
-            "committed per WAL sync",
-        ));
+        figures.push(Figure {
+            target: at_32.then(|| ">= 8 at 32 clients".into()),
+            met: at_32.then_some(factor >= 8.0),
+            ..figure(
+                format!("group commit, {clients} clients (RocksDB wal.synced)"),
+                factor,
+                "committed per WAL sync",
+            )
+        });
         figures.push(figure(
             format!("journal appends per fsync, {clients} clients"),
             t.appends_per_sync,
@@ -714,7 +740,7 @@ async fn memory_figures(dir: &Path, scale: usize) -> anyhow::Result<Vec<Figure>>
     Ok(vec![
         Figure {
             target: Some("< 100 MB (95.4 MiB)".into()),
-            met: Some(rss_now < 100e6 / (1024.0 * 1024.0)),
+            met: Some(rss_now < HUNDRED_MB_IN_MIB),
             ..figure(
                 format!(
                     "coordinator RSS, {} transactions, {} watchers",
@@ -855,6 +881,7 @@ fn print_table(figures: &[Figure]) {
         let target = match (&f.target, f.met) {
             (Some(t), Some(true)) => format!("{t}: met"),
             (Some(t), Some(false)) => format!("{t}: MISSED"),
+            (Some(t), None) => t.clone(),
             _ => String::new(),
         };
         let spread = rounds::spread(f).map_or(String::new(), |s| format!("{:.0}%", s * 100.0));
@@ -888,8 +915,8 @@ fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<(f64, f64, f64)> {
 
 /// The bare RPC machinery: a loopback tonic unary call (tonic-health) with the same
 /// channel settings as Lockstep's. Returns the p50 round trip at queue depth 1, and the
-/// CPU per call (client and server together) with 32 calls in flight, the load of the
-/// throughput run.
+/// CPU per call (client and server together) with 32 calls in flight, each on its own
+/// connection, the load of the throughput run.
 async fn rtt_floor(n: usize) -> anyhow::Result<(f64, f64)> {
     let (_reporter, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -913,10 +940,18 @@ async fn rtt_floor(n: usize) -> anyhow::Result<(f64, f64)> {
             .await?;
         samples.push(started.elapsed());
     }
+    // Each of the 32 callers on a connection of its own, one call in flight on each, as
+    // a coordinator calls its participants: on one shared connection h2 would write
+    // several calls' frames at once, a floor lower than any release can reach.
+    let mut clients = Vec::with_capacity(32);
+    for _ in 0..32 {
+        let channel = lockstep::edge::endpoint(&url)?.connect().await?;
+        clients.push(tonic_health::pb::health_client::HealthClient::new(channel));
+    }
     let cpu_before = cpu();
-    let calls: Vec<_> = (0..32)
-        .map(|_| {
-            let mut client = client.clone();
+    let calls: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
             tokio::spawn(async move {
                 for _ in 0..n / 8 {
                     client
@@ -976,6 +1011,13 @@ impl Throughput {
     /// Releases committed per second.
     fn rate(&self) -> f64 {
         self.committed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Releases committed per WAL sync. An error when no sync was counted (the store's
+    /// statistics unreadable): dividing by one instead would pass the target.
+    fn per_sync(&self) -> anyhow::Result<f64> {
+        anyhow::ensure!(self.syncs > 0, "RocksDB counted no WAL sync in the run");
+        Ok(self.committed as f64 / self.syncs as f64)
     }
 }
 
@@ -1162,6 +1204,13 @@ async fn recovery_on(dir: &Path, data: &Path, after: u64, n: u64) -> anyhow::Res
         Arc::new(lockstep_coordinator::network::TcpNet::default()),
         lockstep_coordinator::Config::default(),
     )?;
+    // Recovery of nothing would pass the target: the n written must be what it resumed
+    // (its drivers may have ended a few already, hence half).
+    anyhow::ensure!(
+        c.active_count() as u64 >= n / 2,
+        "recovery resumed {} of the {n} unfinished transactions",
+        c.active_count()
+    );
     while c.active_count() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -1191,7 +1240,11 @@ async fn memory(dir: &Path, n: u64, watchers: usize) -> anyhow::Result<(f64, f64
     }
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let measured = rss(pid);
+    anyhow::ensure!(
+        child.try_wait()?.is_none(),
+        "the coordinator exited while it was measured"
+    );
+    let measured = rss(pid)?;
     drop(streams);
     child.kill().await?;
     Ok(measured)

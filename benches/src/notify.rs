@@ -21,17 +21,17 @@ const SLOW: Duration = Duration::from_millis(50);
 /// lives in the log, not in memory).
 pub async fn figures(stack: &mut Stack, count: usize) -> anyhow::Result<Vec<Figure>> {
     let three: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
-    let before = rss(std::process::id()).0;
+    let before = rss(std::process::id())?.0;
     let mut none = serial_releases(stack, "notify-none", &three, count).await?;
     let none = micros(percentile(&mut none, 0.5));
-    let between = rss(std::process::id()).0;
+    let between = rss(std::process::id())?.0;
     let dead = receiver(None).await?;
     let slow = receiver(Some(SLOW)).await?;
     subscribe(stack, "bench-dead", &dead).await?;
     subscribe(stack, "bench-slow", &slow).await?;
     let mut with = serial_releases(stack, "notify-with", &three, count).await?;
     let with = micros(percentile(&mut with, 0.5));
-    let after = rss(std::process::id()).0;
+    let after = rss(std::process::id())?.0;
     let lag = lag_of(stack, "bench-dead").await?;
     for name in ["bench-dead", "bench-slow"] {
         let request = pb::RemoveSubscriptionRequest { name: name.into() };

@@ -52,13 +52,13 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<Figure>> {
         let mut figures = Vec::new();
         for part in round_parts(args) {
             let label = format!("round {round}/{rounds_wanted}: {part}");
-            merge(&mut figures, measure(args, part, work.path(), &label)?);
+            merge(&mut figures, measure(args, part, work.path(), &label)?)?;
         }
         rounds.push(figures);
     }
     let mut figures = rounds::medians(rounds);
     for part in ONCE_PARTS.iter().filter(|p| once(args, p)) {
-        merge(&mut figures, measure(args, part, work.path(), part)?);
+        merge(&mut figures, measure(args, part, work.path(), part)?)?;
     }
     Ok(figures)
 }
@@ -84,14 +84,18 @@ fn once(args: &Args, part: &str) -> bool {
     }
 }
 
-/// Adds `new` to `figures`, but for names already there (each process measures its own
-/// floors; the first process's stand).
-fn merge(figures: &mut Vec<Figure>, new: Vec<Figure>) {
+/// Adds `new` to `figures`. Each process measures its own floors, so a floor already
+/// there stands (the first process's); any other name measured twice is an error, never
+/// a figure silently dropped from the table and the JSON.
+fn merge(figures: &mut Vec<Figure>, new: Vec<Figure>) -> anyhow::Result<()> {
     for figure in new {
         if !figures.iter().any(|f| f.name == figure.name) {
             figures.push(figure);
+        } else if !figure.name.starts_with("floor") {
+            anyhow::bail!("two parts measured the figure {:?}", figure.name);
         }
     }
+    Ok(())
 }
 
 /// Runs `part` in a fresh process of this binary and returns its figures.
@@ -134,11 +138,24 @@ mod tests {
         merge(
             &mut figures,
             vec![figure("floor: rtt", 200.0, "us"), figure("rate", 9.0, "/s")],
-        );
+        )
+        .expect("a floor measured again is no error");
         let got: Vec<_> = figures.iter().map(|f| (f.name.as_str(), f.value)).collect();
         assert_eq!(
             got,
             vec![("floor: rtt", 100.0), ("latency", 3.0), ("rate", 9.0)]
+        );
+    }
+
+    #[test]
+    fn a_figure_two_parts_measure_is_an_error_not_a_drop() {
+        let mut figures = vec![figure("peak RSS", 60.0, "MiB")];
+        let twice = merge(&mut figures, vec![figure("peak RSS", 90.0, "MiB")]);
+        assert!(
+            twice
+                .expect_err("measured twice")
+                .to_string()
+                .contains("peak RSS")
         );
     }
 
