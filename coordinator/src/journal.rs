@@ -188,19 +188,30 @@ impl Queue {
     }
 
     /// The syncer's step just before a sync: writes everything queued, and notes what
-    /// the sync will make durable.
-    fn write(&mut self, log: &SyncerWriter<'_>) {
-        let batches = std::mem::take(&mut self.batches);
-        let events = std::mem::take(&mut self.events);
-        self.queued_bytes = 0;
+    /// the sync will make durable. The queue's lock is held only to take what is
+    /// queued and to note what was written, never across the writes: on etcd each is a
+    /// round trip, and appends (made under the registry's lock) must not wait for it.
+    /// Only the syncer writes, so the appends land in order.
+    fn write(queue: &Mutex<Queue>, log: &SyncerWriter<'_>) {
+        let (batches, events, through) = {
+            let mut q = Queue::lock(queue);
+            q.queued_bytes = 0;
+            let taken = (
+                std::mem::take(&mut q.batches),
+                std::mem::take(&mut q.events),
+            );
+            (taken.0, taken.1, q.appends)
+        };
         // A failure is recorded by the log (fail-stop) and reported by `failed`; the
         // sync then does not happen and these events are never published. The writes
         // before it landed whole: a prefix of the appends, as a crash leaves.
         let mut writes = lockstep_store::whole_batches(batches, log.batch_limit()).into_iter();
-        if writes.all(|batch| log.write(batch, None).is_ok()) {
-            self.in_sync = (self.appends, events);
+        let written = writes.all(|batch| log.write(batch, None).is_ok());
+        let mut q = Queue::lock(queue);
+        if written {
+            q.in_sync = (through, events);
         }
-        self.sync_started = Some(Instant::now());
+        q.sync_started = Some(Instant::now());
     }
 
     /// The syncer's step once a sync is done: takes what it made durable (the newest
@@ -242,7 +253,7 @@ impl Journal {
         let (durable_tx, durable) = watch::channel(0);
         let before_sync = {
             let queue = queue.clone();
-            move |log: &SyncerWriter<'_>| Queue::lock(&queue).write(log)
+            move |log: &SyncerWriter<'_>| Queue::write(&queue, log)
         };
         let timings = Timings::default();
         let on_synced = {
@@ -552,6 +563,86 @@ mod tests {
         fn batch_limit(&self) -> Option<lockstep_store::BatchLimit> {
             self.kv.batch_limit()
         }
+    }
+
+    /// A store whose writes wait at a gate the test holds (an etcd member that does not
+    /// answer), saying when one is waiting.
+    struct Stalling {
+        kv: MemKv,
+        gate: Arc<Mutex<()>>,
+        entered: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl lockstep_store::Kv for Stalling {
+        fn get(&self, t: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.kv.get(t, k)
+        }
+
+        fn scan(
+            &self,
+            t: &'static str,
+            from: &[u8],
+            to: Option<&[u8]>,
+            order: lockstep_store::Order,
+            limit: usize,
+        ) -> Result<Vec<lockstep_store::Entry>, StoreError> {
+            self.kv.scan(t, from, to, order, limit)
+        }
+
+        fn write(&self, batch: Batch, d: lockstep_store::Durability) -> Result<(), StoreError> {
+            let _ = self.entered.try_send(());
+            drop(self.gate.lock().unwrap());
+            self.kv.write(batch, d)
+        }
+
+        fn sync(&self) -> Result<(), StoreError> {
+            self.kv.sync()
+        }
+    }
+
+    /// Review finding of stop 59: the syncer held the journal's queue lock, and the
+    /// group commit its state lock, across each store write; on etcd a write is a round
+    /// trip (up to 30 s with retries against a slow member), and every append (made
+    /// under the registry's lock) waited for it, so every RPC stalled. Given a write
+    /// of the syncer stuck in the store, when another append is made and the counters
+    /// read, then both return at once, and the stuck append completes once the store
+    /// answers.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_append_does_not_wait_for_a_store_write_in_flight() {
+        let gate = Arc::new(Mutex::new(()));
+        let (entered, write_waits) = std::sync::mpsc::sync_channel(16);
+        let stalling = Stalling {
+            kv: MemKv::new(),
+            gate: gate.clone(),
+            entered,
+        };
+        let tables = Tables::new(Arc::new(stalling));
+        let feed = Feed::new(tables.clone()).unwrap();
+        let journal = Journal::start(
+            tables,
+            feed,
+            Arc::new(|| 0),
+            WriterMode::Thread,
+            Default::default(),
+        )
+        .unwrap();
+        let held = gate.lock().unwrap();
+        let stuck = journal.append(Batch::default(), vec![event("stuck")], Durable::Now);
+        write_waits.recv().unwrap();
+        let (done, answered) = std::sync::mpsc::channel();
+        let other = journal.clone();
+        std::thread::spawn(move || {
+            other.append_quietly(Batch::default(), vec![event("meanwhile")]);
+            let _ = done.send(other.stats().appends);
+        });
+        let appends = answered.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            appends,
+            Ok(2),
+            "an append waited for the store's write in flight"
+        );
+        drop(held);
+        stuck.await.unwrap();
     }
 
     /// Review finding of stop 56: the early-sync limit only asks for a sync, so

@@ -128,6 +128,10 @@ impl Drop for Open {
 struct Shared {
     kv: Arc<dyn Kv>,
     state: Mutex<State>,
+    /// Held across each write to the store, so that writes land in ticket order
+    /// without holding `state`: on etcd a write is a network round trip, and appends,
+    /// sync requests and waiters must not wait for it.
+    writing: Mutex<()>,
     /// Wakes the syncer when a sync becomes due sooner than it planned.
     wake: Notify,
     failure: watch::Sender<Option<String>>,
@@ -166,6 +170,7 @@ impl GroupCommit {
         let shared = Arc::new(Shared {
             kv,
             state: Mutex::new(State::default()),
+            writing: Mutex::new(()),
             wake: Notify::new(),
             failure: watch::channel(None).0,
             hooks,
@@ -267,15 +272,24 @@ impl Shared {
     }
 
     fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
-        let mut s = self.lock();
-        if let Some(e) = &s.failed {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &self.lock().failed {
             return Err(StoreError::Corrupt(e.clone()));
         }
-        if let Err(e) = self.kv.write(batch, Durability::Buffered) {
+        let written = self.kv.write(batch, Durability::Buffered);
+        let mut s = self.lock();
+        if let Err(e) = written {
             let message = format!("write failed: {e}");
             self.fail(&mut s, message);
             return Err(e);
         }
+        // A sync that failed while this write was made: no ticket (nothing may be
+        // decided on top of it), as if the write had come after the failure.
+        if let Some(e) = &s.failed {
+            return Err(StoreError::Corrupt(e.clone()));
+        }
+        // The ticket is taken under `writing`: a sync covering it starts after the
+        // write landed.
         s.written += 1;
         let ticket = s.written;
         if let Some(within) = sync_within {

@@ -126,9 +126,11 @@ impl Registry {
     /// for a transaction that is not the asker's), given only in its wave's turn (see
     /// [`txn::decision_for`]).
     pub fn decision(&self, id: &TxId, asker: txn::Asker<'_>) -> Result<Decision> {
-        let s = self.state();
-        let record = match s.active.get(id) {
-            Some(a) => Some(a.record.clone()),
+        // Read from the store without the registry's lock (on etcd a round trip): a
+        // transaction no longer in memory has its end durable already.
+        let active = self.state().active.get(id).map(|a| a.record.clone());
+        let record = match active {
+            Some(record) => Some(record),
             None => self.inner.tables.transaction(id)?,
         };
         Ok(match record {
