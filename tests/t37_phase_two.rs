@@ -142,3 +142,54 @@ async fn waiting_on_a_committed_release_gives_up_after_the_wait_timeout_naming_w
     c.wait_state("T1", TransactionState::Committed).await;
     assert_eq!(c.agent("A").live().as_deref(), Some("T1A"));
 }
+
+/// Review finding of stop 59: `--wait` forgot a decision it had already read. When the
+/// coordinator went away after the CLI read DECIDED_ABORT (events reach a watcher only
+/// once durable, so the outcome was known), the wait retried until `--wait-timeout`
+/// and exited 3, "outcome unknown". Given C refusing and B down (so the abort stays
+/// ABORTING), when the coordinator is killed once the CLI has printed DECIDED_ABORT,
+/// then the CLI exits 1 (aborted) after its grace, saying it is as the log said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_that_read_the_abort_ends_aborted_when_the_coordinator_goes_away() {
+    use tokio::io::AsyncBufReadExt;
+    let mut c = Cluster::family().await;
+    c.fail("C", "C is broken");
+    c.agents.get_mut("B").unwrap().server.kill9().await;
+    let mut cli = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["release", "create", "T1", "A=1", "B=1", "C=1", "--wait"])
+        .args(["--wait-timeout", "40s"])
+        .env("LOCKSTEP_COORDINATOR", c.coordinators())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(cli.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    let read_abort = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("DECIDED_ABORT") {
+                return;
+            }
+        }
+        panic!("the CLI ended before it read the abort: {said}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read_abort)
+        .await
+        .expect("the CLI read no DECIDED_ABORT");
+    c.coordinator.kill9().await;
+    let rest = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push_str(&line);
+            said.push('\n');
+        }
+    };
+    let (status, ()) = tokio::join!(cli.wait(), rest);
+    assert_eq!(
+        status.unwrap().code(),
+        Some(1),
+        "aborted, not unknown: {said}"
+    );
+    assert!(said.contains("T1 is aborted"), "{said}");
+}

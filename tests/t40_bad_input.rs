@@ -500,8 +500,50 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
     let c = Cluster::family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     c.release("T2", &["B=T2B"], 0).await;
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["rollback", "0"], "0"),
+        // Review findings of stop 59: `--release "$REL"` with REL unset promoted the
+        // whole newest checkpoint; an empty item of `--after` sent no upstreams (cutting
+        // an environment off its path), of `--events` subscribed to every event, and an
+        // empty `--env` or `--project` of a subscription meant all of them.
+        (
+            &[
+                "promote",
+                "--from",
+                "default",
+                "--to",
+                "prod",
+                "--release",
+                "",
+            ],
+            "--release",
+        ),
+        (&["env", "add", "prod", "--after", ""], "--after"),
+        (&["env", "add", "prod", "--after", "default,"], "--after"),
+        (
+            &[
+                "notify",
+                "add",
+                "h",
+                "--url",
+                "http://127.0.0.1:9/",
+                "--events",
+                "",
+            ],
+            "--events",
+        ),
+        (
+            &[
+                "notify",
+                "add",
+                "h",
+                "--url",
+                "http://127.0.0.1:9/",
+                "--project",
+                "",
+            ],
+            "--project",
+        ),
         (
             &[
                 "promote",
@@ -687,6 +729,36 @@ async fn a_missing_input_file_is_a_usage_error_with_the_coordinator_down() {
         assert_eq!(out.status.code(), Some(2), "lockstep {args:?}: {stderr}");
         assert!(stderr.contains(named), "lockstep {args:?}: {stderr}");
     }
+}
+
+/// Review findings of stop 59: every connection failure read "transport error", whether
+/// the port was closed or the certificate untrusted, and a coordinator given without
+/// its scheme (`127.0.0.1:7700`) was "unreachable" (exit 3). Given no coordinator on a
+/// port, the message says why it could not connect; given no scheme, the usage code
+/// names `--coordinator` and what to give.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_failure_says_why_and_a_missing_scheme_is_a_usage_error() {
+    let port = support::free_port();
+    let run = |coordinator: String| async move {
+        let out = tokio::process::Command::new(support::bin("lockstep"))
+            .args(["--coordinator", &coordinator, "live"])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(format!("http://127.0.0.1:{port}")).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("refused"), "says why: {stderr}");
+    let (code, stderr) = run(format!("127.0.0.1:{port}")).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--coordinator") && stderr.contains("http://"),
+        "{stderr}"
+    );
 }
 
 /// Found at stop 56: with `-o json` a failed command printed nothing on stdout, so a CI

@@ -581,6 +581,11 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
         ),
         (("GET", "/releases/R2/abort", none.clone()), 405, "GET"),
         (
+            ("GET", "/matrix?environment=default", none.clone()),
+            400,
+            "environment",
+        ),
+        (
             (
                 "POST",
                 "/releases",

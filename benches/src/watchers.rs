@@ -26,11 +26,12 @@ async fn p50(stack: &mut stack::Stack, tag: &str, count: usize) -> anyhow::Resul
 }
 
 /// Opens [`WATCHERS`] SSE streams at `api` from sequence `from` (the head: live
-/// followers, as console tabs are once loaded); each counts the events it reads.
+/// followers, as console tabs are once loaded); each counts the events it reads into
+/// `read.0`, and itself into `read.1` once it has read one.
 async fn watch(
     api: &str,
     from: u64,
-    read: &Arc<AtomicU64>,
+    read: &(Arc<AtomicU64>, Arc<AtomicU64>),
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let http = reqwest::Client::new();
     let mut streams = Vec::with_capacity(WATCHERS);
@@ -41,13 +42,18 @@ async fn watch(
             "events: {}",
             response.status()
         );
-        let read = read.clone();
+        let (read, reading) = read.clone();
         streams.push(tokio::spawn(async move {
+            let mut mine = 0;
             while let Ok(Some(chunk)) = response.chunk().await {
                 let events = chunk
                     .windows(4)
                     .filter(|w| w == b"\nid:" || w == b"id: ")
                     .count();
+                if mine == 0 && events > 0 {
+                    reading.fetch_add(1, Ordering::Relaxed);
+                }
+                mine += events;
                 read.fetch_add(events as u64, Ordering::Relaxed);
             }
         }));
@@ -75,7 +81,7 @@ pub async fn figures(dir: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
     )
     .await?;
     let api = format!("http://{bound}/api/v1");
-    let read = Arc::new(AtomicU64::new(0));
+    let read = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (mut none, mut with) = (Vec::new(), Vec::new());
     for (round, watched) in [false, true, true, false].into_iter().enumerate() {
         let streams = match watched {
@@ -96,9 +102,16 @@ pub async fn figures(dir: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
         none.iter().sum::<f64>() / 2.0,
         with.iter().sum::<f64>() / 2.0,
     );
-    let read = read.load(Ordering::Relaxed);
-    // Watchers that read nothing cost nothing: the ratio would pass on a broken stream.
-    anyhow::ensure!(read > 0, "the {WATCHERS} SSE streams read no event");
+    let (read, reading) = (
+        read.0.load(Ordering::Relaxed),
+        read.1.load(Ordering::Relaxed),
+    );
+    // Watchers that read nothing cost nothing: the ratio would pass on broken streams.
+    // Each of the two watched rounds' streams must have read.
+    anyhow::ensure!(
+        reading == 2 * WATCHERS as u64,
+        "{reading} of the 2 x {WATCHERS} SSE streams read an event"
+    );
     Ok(vec![
         figure(
             format!("events read by {WATCHERS} SSE watchers"),

@@ -134,16 +134,16 @@ pub enum Command {
     /// the newest verified one) or of the projects one release moved.
     Promote {
         /// Source environment.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         from: String,
         /// Target environment (downstream of the source).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         to: String,
         /// Source checkpoint to promote whole (revisions start at 1).
         #[arg(long, conflicts_with = "release", value_parser = clap::value_parser!(u64).range(1..))]
         checkpoint: Option<u64>,
         /// A committed release of the source: only the projects it moved go.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         release: Option<String>,
         /// Id for the promotion (default `promote-<from>-<checkpoint>-to-<to>`).
         #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -312,7 +312,7 @@ pub enum EnvCommand {
         /// Its name.
         name: String,
         /// Upstream environments, comma-separated (e.g. --after hardening).
-        #[arg(long)]
+        #[arg(long, value_parser = comma_list)]
         after: Vec<String>,
     },
     /// Apply a pipeline file (TOML: every environment with its upstreams and stages,
@@ -351,14 +351,14 @@ pub enum NotifyCommand {
         url: String,
         /// Event names, comma-separated (e.g. transaction.aborted,stalled); see
         /// docs/notifications.md for the list.
-        #[arg(long)]
+        #[arg(long, value_parser = comma_list)]
         events: Vec<String>,
         /// Only this environment's events (and its failures' route).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         env: Option<String>,
         /// Only events of transactions that include this project (and failures it
         /// caused).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         project: Option<String>,
         /// structured (default) or binary CloudEvents.
         #[arg(long)]
@@ -620,6 +620,16 @@ pub enum ReleaseCommand {
         #[arg(long, default_value = "aborted from the command line")]
         reason: String,
     },
+}
+
+/// A comma-separated list with no empty item: `--after "$UP"` with `UP` unset would
+/// otherwise send no upstreams (cutting an environment off its promotion path), and
+/// `--events ""` would subscribe to every event.
+fn comma_list(value: &str) -> std::result::Result<String, String> {
+    match value.split(',').any(|item| item.trim().is_empty()) {
+        true => Err("an empty item (an unset variable?): name each, comma-separated".into()),
+        false => Ok(value.to_string()),
+    }
 }
 
 /// Builds the components of a release from `A=T4A` arguments, `--artifact A=PATH` and

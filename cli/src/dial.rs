@@ -119,6 +119,13 @@ impl Dial {
     }
 
     async fn connect_to(&self, url: &str) -> Result<Channel> {
+        // `127.0.0.1:7700` parses as a URL of scheme `127.0.0.1`, then fails to
+        // connect: a usage error, said as one.
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "--coordinator {url:?}: give http:// or https:// (e.g. http://{url})"
+            )));
+        }
         let endpoint = lockstep::edge::endpoint(url)
             .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(5));
@@ -127,10 +134,26 @@ impl Dial {
         endpoint.connect().await.map_err(|e| {
             Failure::new(
                 UNREACHABLE,
-                format!("cannot reach the coordinator at {url}: {e}"),
+                format!("cannot reach the coordinator at {url}: {}", causes(&e)),
             )
         })
     }
+}
+
+/// An error with every cause under it (`transport error: tcp connect error: Connection
+/// refused`): tonic's transport error alone says only "transport error", whether the
+/// port was closed or the certificate was not trusted.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !out.contains(&said) {
+            out = format!("{out}: {said}");
+        }
+        source = cause.source();
+    }
+    out
 }
 
 fn bearer(token: &str, tls: bool) -> Result<MetadataValue<Ascii>> {

@@ -42,6 +42,7 @@ pub async fn until_settled(
         next: from.max(1),
         out,
         stop_at: deadline,
+        known: tx.clone(),
     };
     loop {
         match client.watch_events(follow.request(&tx.id)).await {
@@ -60,6 +61,11 @@ pub async fn until_settled(
             Err(status) if gives_up(status.code()) => return Err(unknown_outcome(&status, tx)),
             // Anything else (a restart, a failover, a reset connection) is waited out.
             Err(_) => {}
+        }
+        // The coordinator could not be asked: what its event log already said stands
+        // (events reach a watcher only once durable, so a decision seen is final).
+        if let Some(t) = follow.settled_unasked() {
+            return Ok(t);
         }
         // Waited out until the wait's own deadline (`--wait-timeout`), however long
         // the coordinator is away: a failover or restart longer than a couple of
@@ -111,6 +117,9 @@ struct Follow {
     out: Output,
     /// When following ends: the call's deadline, or sooner once ABORT is decided.
     stop_at: Instant,
+    /// The transaction as its events have told it so far (its decision, its end, who
+    /// acknowledged): the answer when the coordinator cannot be asked any more.
+    known: pb::Transaction,
 }
 
 impl Follow {
@@ -147,6 +156,55 @@ impl Follow {
         if event.kind == pb::EventKind::DecidedAbort as i32 {
             self.stop_at = self.stop_at.min(Instant::now() + ABORT_GRACE);
         }
+        self.learn(event);
+    }
+
+    /// What `event` says of the transaction's state.
+    fn learn(&mut self, event: &pb::Event) {
+        use pb::{EventKind as K, TransactionState as S};
+        let state = match pb::EventKind::try_from(event.kind) {
+            Ok(K::DecidedAbort) => S::Aborting,
+            Ok(K::DecidedCommit) => S::Committing,
+            Ok(K::TransactionCommitted) => S::Committed,
+            Ok(K::TransactionAborted) => S::Aborted,
+            Ok(K::Acknowledged) => {
+                let acked =
+                    (self.known.participants.iter_mut()).find(|p| p.project == event.project);
+                if let Some(p) = acked {
+                    p.acknowledged = true;
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.known.state = state as i32;
+    }
+
+    /// The outcome the log told, when it settles the wait without asking: an end, an
+    /// ABORT followed for its grace, or a decision at the wait's deadline (its exit
+    /// code says what is not done yet). `None`: nothing decided was seen.
+    fn settled_unasked(&self) -> Option<pb::Transaction> {
+        use pb::TransactionState as S;
+        let state = S::try_from(self.known.state).ok()?;
+        let now = Instant::now();
+        let settled = match state {
+            S::Committed | S::Aborted => true,
+            S::Aborting => now >= self.stop_at,
+            S::Committing => now >= self.stop_at,
+            _ => false,
+        };
+        settled.then(|| {
+            let mut t = self.known.clone();
+            t.reason = format!(
+                "as its event log said before the coordinator stopped answering{}",
+                if t.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", t.reason)
+                }
+            );
+            t
+        })
     }
 }
 

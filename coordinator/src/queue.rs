@@ -10,9 +10,9 @@
 //!
 //! Each project keeps its line of waiters, so the end of a transaction looks only at
 //! the first in line of each project it frees, and a question about one waiter reads
-//! only its own projects' lines: the cost does not grow with the number waiting (with
-//! thousands queued, a scan of every waiter at every end held the registry's lock for
-//! as long as a release takes).
+//! only its own projects' lines (with thousands queued, a scan of every waiter at
+//! every end held the registry's lock for milliseconds). Refreshing every waiter's
+//! reason after an end ([`Queue::waiting`]) still reads each one, once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -294,11 +294,10 @@ impl Keeper {
                 Ok(Ok(left)) if left > 0 => {
                     return Ok(sent + Duration::from_secs(left.unsigned_abs()));
                 }
-                // A member that was frozen answers from its stale view for a moment
-                // before it hears of the new etcd leader, whose lessor still holds the
-                // lease: ask another until the deadline (a lease really gone is gone
-                // everywhere, and every write is fenced meanwhile).
-                Ok(Ok(_)) => "a member says the lease expired".into(),
+                // Final: asking other members past it could reach a stale etcd leader
+                // (etcd#15247) whose renewal would move this deadline past a lease
+                // already gone.
+                Ok(Ok(_)) => return Err("the lease expired".into()),
                 Ok(Err(e)) => e,
                 Err(_) => "no member renewed it in time".into(),
             };

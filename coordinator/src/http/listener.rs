@@ -1,5 +1,5 @@
 //! The HTTP listener: plain TCP with `--insecure`, else TLS with the server's
-//! certificate (HTTP/1.1 by ALPN), keeping each connection's client certificate so a
+//! certificate (HTTP/2 or HTTP/1.1 by ALPN), keeping each connection's client certificate so a
 //! call can be authenticated by it exactly as over gRPC.
 
 use std::{net::SocketAddr, pin::Pin};

@@ -125,9 +125,24 @@ async fn target(
 /// environment and project the caller may read: the live version and schema, and the
 /// transaction holding it, if one does; and the head of the log, for a page that
 /// follows the log from there.
-pub async fn matrix(State(api): State<Api>, caller: Caller) -> Response {
-    json_or_failure(build_matrix(&api, &caller).await)
+pub async fn matrix(
+    State(api): State<Api>,
+    caller: Caller,
+    none: Result<Query<NoParameters>, QueryRejection>,
+) -> Response {
+    match none {
+        Ok(_) => json_or_failure(build_matrix(&api, &caller).await),
+        Err(e) => failure(&Status::invalid_argument(format!(
+            "matrix: {}",
+            e.body_text()
+        ))),
+    }
 }
+
+/// The query of a route that takes none: anything given is refused, not ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParameters {}
 
 async fn build_matrix(api: &Api, caller: &Caller) -> Result<Value, Status> {
     let listed = invoke(
