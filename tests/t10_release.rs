@@ -153,3 +153,23 @@ async fn repeating_an_aborted_release_without_wait_exits_1() {
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.stderr.contains("ABORTED"), "{again:?}");
 }
+
+/// Review finding of stop 59: `--wait` ending ABORTED exited 1 with nothing on stderr,
+/// so a job reading `-o json` on stdout had no note of why, where every other exit
+/// code but 0 says one. Given B refusing, when T2 is released with `--wait -o json`,
+/// then stdout is the transaction, exit 1, and stderr names it aborted and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_that_ends_aborted_says_why_on_stderr() {
+    let c = Cluster::family().await;
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    c.fail("B", "broken build");
+    let out = c
+        .cli(&["release", "create", "T2", "B=T2B", "--wait", "-o", "json"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.json()["state"], "TRANSACTION_STATE_ABORTED", "{out:?}");
+    assert!(
+        out.stderr.contains("T2 is aborted") && out.stderr.contains("broken build"),
+        "{out:?}"
+    );
+}

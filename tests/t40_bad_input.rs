@@ -500,7 +500,18 @@ async fn a_revision_0_an_empty_environment_or_a_key_given_twice_is_a_usage_error
     let c = Cluster::family().await;
     c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
     c.release("T2", &["B=T2B"], 0).await;
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 12] = [
+        // Review finding of stop 59: a validity past the calendar panicked (exit 101).
+        (
+            &[
+                "certs",
+                "init",
+                "/nonexistent/certs",
+                "--valid-for",
+                "8000y",
+            ],
+            "--valid-for",
+        ),
         (&["rollback", "0"], "0"),
         // Review findings of stop 59: `--release "$REL"` with REL unset promoted the
         // whole newest checkpoint; an empty item of `--after` sent no upstreams (cutting

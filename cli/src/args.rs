@@ -446,7 +446,7 @@ pub enum CertsCommand {
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
         /// How long the certificates are valid.
-        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "90d", value_parser = validity)]
         valid_for: Duration,
     },
 }
@@ -620,6 +620,16 @@ pub enum ReleaseCommand {
         #[arg(long, default_value = "aborted from the command line")]
         reason: String,
     },
+}
+
+/// A certificate's validity: a duration of at most 100 years (`--valid-for 8000y`
+/// overflowed the date and panicked).
+fn validity(value: &str) -> std::result::Result<Duration, String> {
+    let valid_for = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    match valid_for <= Duration::from_secs(100 * 365 * 24 * 3600) {
+        true => Ok(valid_for),
+        false => Err("at most 100y".into()),
+    }
 }
 
 /// A comma-separated list with no empty item: `--after "$UP"` with `UP` unset would

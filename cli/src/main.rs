@@ -156,7 +156,8 @@ async fn main() -> ExitCode {
         Err(f) => {
             eprintln!("lockstep: {}", f.message);
             if json {
-                println!("{:#}", f.json());
+                // One line: `release watch -o json` prints one event per line.
+                println!("{}", f.json());
             }
             ExitCode::from(f.code)
         }
@@ -599,7 +600,11 @@ fn settled_code(t: &pb::Transaction) -> u8 {
             ),
         ),
         Ok(pb::TransactionState::Committed) => return OK,
-        Ok(pb::TransactionState::Aborted) => return REFUSED,
+        Ok(pb::TransactionState::Aborted) => {
+            // Said on stderr too, where `-o json` users read notes.
+            eprintln!("{} is aborted: {}", t.id, t.reason);
+            return REFUSED;
+        }
         // A state this CLI does not know (a newer coordinator's): not a success.
         _ => (
             UNREACHABLE,

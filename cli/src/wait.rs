@@ -269,7 +269,9 @@ pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()
                         return Ok(());
                     }
                 }
-                Err(status) if status.code() != tonic::Code::Unavailable => {
+                // Only what waiting cannot cure ends the watch (as `--wait`): a reset or
+                // a failover reported as UNKNOWN or CANCELLED is reconnected.
+                Err(status) if gives_up(status.code()) => {
                     return Err(status.into());
                 }
                 Err(_) => {}
