@@ -192,4 +192,9 @@ async fn a_wait_that_read_the_abort_ends_aborted_when_the_coordinator_goes_away(
         "aborted, not unknown: {said}"
     );
     assert!(said.contains("T1 is aborted"), "{said}");
+    // Why, as the decision's event said, and that the coordinator was not asked.
+    assert!(
+        said.contains("C is broken") && said.contains("stopped answering"),
+        "{said}"
+    );
 }

@@ -46,10 +46,9 @@ async fn watch(
         streams.push(tokio::spawn(async move {
             let mut mine = 0;
             while let Ok(Some(chunk)) = response.chunk().await {
-                let events = chunk
-                    .windows(4)
-                    .filter(|w| w == b"\nid:" || w == b"id: ")
-                    .count();
+                // Each event's `id: ` line (at the chunk's start, or after a newline).
+                let events = usize::from(chunk.starts_with(b"id: "))
+                    + chunk.windows(5).filter(|w| w == b"\nid: ").count();
                 if mine == 0 && events > 0 {
                     reading.fetch_add(1, Ordering::Relaxed);
                 }

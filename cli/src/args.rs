@@ -626,7 +626,8 @@ pub enum ReleaseCommand {
 /// overflowed the date and panicked).
 fn validity(value: &str) -> std::result::Result<Duration, String> {
     let valid_for = humantime::parse_duration(value).map_err(|e| e.to_string())?;
-    match valid_for <= Duration::from_secs(100 * 365 * 24 * 3600) {
+    // humantime's year is 365.25 days.
+    match valid_for <= Duration::from_secs(100 * 31_557_600) {
         true => Ok(valid_for),
         false => Err("at most 100y".into()),
     }

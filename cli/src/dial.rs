@@ -91,6 +91,7 @@ impl Dial {
     /// whose health says it leads.
     pub async fn connect(&self) -> Result<Client> {
         let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        urls.iter().try_for_each(|url| with_scheme(url))?;
         if let [one] = urls.as_slice() {
             return self.connect_to(one).await.map(|c| self.client(c));
         }
@@ -119,13 +120,6 @@ impl Dial {
     }
 
     async fn connect_to(&self, url: &str) -> Result<Channel> {
-        // `127.0.0.1:7700` parses as a URL of scheme `127.0.0.1`, then fails to
-        // connect: a usage error, said as one.
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Failure::usage(format!(
-                "--coordinator {url:?}: give http:// or https:// (e.g. http://{url})"
-            )));
-        }
         let endpoint = lockstep::edge::endpoint(url)
             .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(5));
@@ -137,6 +131,18 @@ impl Dial {
                 format!("cannot reach the coordinator at {url}: {}", causes(&e)),
             )
         })
+    }
+}
+
+/// `127.0.0.1:7700` parses as a URL of scheme `127.0.0.1`, then fails to connect: a
+/// usage error, said as one (the scheme in any case, as the URL parser takes it).
+fn with_scheme(url: &str) -> Result<()> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("http" | "https") => Ok(()),
+        _ => Err(Failure::usage(format!(
+            "--coordinator {url:?}: give http:// or https:// (e.g. http://{url})"
+        ))),
     }
 }
 

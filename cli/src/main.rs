@@ -565,17 +565,24 @@ fn settled_code(t: &pb::Transaction) -> u8 {
         Ok(pb::TransactionState::Aborting) => (
             REFUSED,
             format!(
-                "{} is aborted; not yet restored on {}",
+                "{} is aborted ({}); not yet restored on {}",
                 t.id,
+                t.reason,
                 unacknowledged(t)
             ),
         ),
         Ok(pb::TransactionState::Committing) => (
             NOT_LIVE_EVERYWHERE,
             format!(
-                "{} is committed but not yet live on {}",
+                "{} is committed but not yet live on {}{}",
                 t.id,
-                unacknowledged(t)
+                unacknowledged(t),
+                // Learned from the event log when the coordinator stopped answering.
+                if t.reason.contains("stopped answering") {
+                    format!(" ({})", t.reason)
+                } else {
+                    String::new()
+                }
             ),
         ),
         Ok(pb::TransactionState::Pending) => (

@@ -45,26 +45,23 @@ pub async fn until_settled(
         known: tx.clone(),
     };
     loop {
-        match client.watch_events(follow.request(&tx.id)).await {
+        let asked = match client.watch_events(follow.request(&tx.id)).await {
             Ok(stream) => {
                 let stopped = follow.read(stream.into_inner()).await;
-                if let Ok(t) = client
-                    .get_release(pb::GetReleaseRequest { id: tx.id.clone() })
-                    .await
-                {
-                    let t = t.into_inner();
-                    if stopped || is_terminal(&t) {
-                        return Ok(t);
-                    }
+                let request = pb::GetReleaseRequest { id: tx.id.clone() };
+                match client.get_release(request).await {
+                    Ok(t) if stopped || is_terminal(t.get_ref()) => return Ok(t.into_inner()),
+                    Ok(_) => true,
+                    Err(_) => false,
                 }
             }
             Err(status) if gives_up(status.code()) => return Err(unknown_outcome(&status, tx)),
             // Anything else (a restart, a failover, a reset connection) is waited out.
-            Err(_) => {}
-        }
+            Err(_) => false,
+        };
         // The coordinator could not be asked: what its event log already said stands
         // (events reach a watcher only once durable, so a decision seen is final).
-        if let Some(t) = follow.settled_unasked() {
+        if let Some(t) = (!asked).then(|| follow.settled_unasked()).flatten() {
             return Ok(t);
         }
         // Waited out until the wait's own deadline (`--wait-timeout`), however long
@@ -90,10 +87,13 @@ pub async fn until_settled(
 /// credential expired, was revoked, or does not reach the transaction), or the
 /// transaction is not there; any other error is the connection's, and waited out.
 fn gives_up(code: tonic::Code) -> bool {
-    use tonic::Code::{InvalidArgument, NotFound, PermissionDenied, Unauthenticated};
+    use tonic::Code::{
+        InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unimplemented,
+    };
+    // UNIMPLEMENTED: what answers is not a coordinator (an agent's port, say).
     matches!(
         code,
-        Unauthenticated | PermissionDenied | NotFound | InvalidArgument
+        Unauthenticated | PermissionDenied | NotFound | InvalidArgument | Unimplemented
     )
 }
 
@@ -163,11 +163,18 @@ impl Follow {
     fn learn(&mut self, event: &pb::Event) {
         use pb::{EventKind as K, TransactionState as S};
         let state = match pb::EventKind::try_from(event.kind) {
-            Ok(K::DecidedAbort) => S::Aborting,
+            Ok(K::DecidedAbort) | Ok(K::TransactionAborted) => {
+                // Why it aborted: the message of its decision and of its end.
+                self.known.reason = event.message.clone();
+                match event.kind == K::DecidedAbort as i32 {
+                    true => S::Aborting,
+                    false => S::Aborted,
+                }
+            }
             Ok(K::DecidedCommit) => S::Committing,
             Ok(K::TransactionCommitted) => S::Committed,
-            Ok(K::TransactionAborted) => S::Aborted,
-            Ok(K::Acknowledged) => {
+            // A resolution records by hand what a participant did: acknowledged.
+            Ok(K::Acknowledged) | Ok(K::Resolved) => {
                 let acked =
                     (self.known.participants.iter_mut()).find(|p| p.project == event.project);
                 if let Some(p) = acked {
@@ -195,14 +202,11 @@ impl Follow {
         };
         settled.then(|| {
             let mut t = self.known.clone();
-            t.reason = format!(
-                "as its event log said before the coordinator stopped answering{}",
-                if t.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", t.reason)
-                }
-            );
+            let why = match t.reason.is_empty() {
+                true => String::new(),
+                false => format!("{}; ", t.reason),
+            };
+            t.reason = format!("{why}as its event log said: the coordinator stopped answering");
             t
         })
     }
@@ -232,57 +236,68 @@ fn is_terminal(t: &pb::Transaction) -> bool {
         || t.state == pb::TransactionState::Aborted as i32
 }
 
+/// One event on stdout: a line of the table, or one JSON object per line.
+fn print_event(out: Output, event: &pb::Event) {
+    match out {
+        Output::Table => println!("{}", render::event_line(event)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(event).expect("events serialize")
+        ),
+    }
+}
+
 /// `lockstep release watch`: prints events from `from` on, forever (until interrupted).
 pub async fn watch(dial: &Dial, out: Output, id: String, from: u64) -> Result<()> {
     let mut next = from.max(1);
     let mut down_since: Option<Instant> = None;
+    // What the last try ran into, for the message when following is given up.
+    let mut last: String;
     loop {
-        if let Ok(mut client) = dial.connect().await {
-            // With an id: its story to its end, then exit 0 (stop 57: it followed on
-            // forever after the transaction had ended).
-            let request = pb::WatchEventsRequest {
-                from_seq: next,
-                transaction_id: id.clone(),
-                until_terminal: !id.is_empty(),
-                only_terminal: false,
-            };
-            match client.watch_events(request).await {
-                Ok(stream) => {
-                    down_since = None;
-                    let mut stream = stream.into_inner();
-                    while let Some(Ok(event)) = stream.next().await {
-                        next = event.seq + 1;
-                        let ended = ended_event(&event, &id);
-                        match out {
-                            Output::Table => println!("{}", render::event_line(&event)),
-                            Output::Json => println!(
-                                "{}",
-                                serde_json::to_string(&event).expect("events serialize")
-                            ),
+        match dial.connect().await {
+            Ok(mut client) => {
+                // With an id: its story to its end, then exit 0 (stop 57: it followed
+                // on forever after the transaction had ended).
+                let request = pb::WatchEventsRequest {
+                    from_seq: next,
+                    transaction_id: id.clone(),
+                    until_terminal: !id.is_empty(),
+                    only_terminal: false,
+                };
+                match client.watch_events(request).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        while let Some(Ok(event)) = stream.next().await {
+                            // Down no more only once an event is read: a stream that
+                            // breaks at once, every time, must not follow for ever.
+                            down_since = None;
+                            next = event.seq + 1;
+                            print_event(out, &event);
+                            if ended_event(&event, &id) {
+                                return Ok(());
+                            }
                         }
-                        if ended {
+                        // Ended with no end of its own: it may have ended before `from`.
+                        if ended_before(&mut client, &id).await {
                             return Ok(());
                         }
+                        last = "the event stream ended".into();
                     }
-                    // Ended with no end of its own: it may have ended before `from`.
-                    if ended_before(&mut client, &id).await {
-                        return Ok(());
-                    }
+                    // Only what waiting cannot cure ends the watch (as `--wait`): a reset
+                    // or a failover reported as UNKNOWN or CANCELLED is reconnected.
+                    Err(status) if gives_up(status.code()) => return Err(status.into()),
+                    Err(status) => last = status.to_string(),
                 }
-                // Only what waiting cannot cure ends the watch (as `--wait`): a reset or
-                // a failover reported as UNKNOWN or CANCELLED is reconnected.
-                Err(status) if gives_up(status.code()) => {
-                    return Err(status.into());
-                }
-                Err(_) => {}
             }
+            Err(f) if f.code == crate::USAGE => return Err(f),
+            Err(f) => last = f.message,
         }
         let since = *down_since.get_or_insert_with(Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             return Err(Failure::new(
                 UNREACHABLE,
                 format!(
-                    "lost the coordinator at {}; resume with --from {next}",
+                    "lost the coordinator at {} ({last}); resume with --from {next}",
                     dial.url
                 ),
             ));

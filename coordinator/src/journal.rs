@@ -529,13 +529,14 @@ mod tests {
         assert_eq!(journal.stats().syncs, 1, "still one sync");
     }
 
-    /// A store that notes the bytes of every batch written to it.
-    struct Noting {
-        kv: lockstep_store::RocksKv,
-        written: Arc<Mutex<Vec<usize>>>,
+    /// A store that calls `before` with every batch before writing it: to note it, or
+    /// to hold the write back.
+    struct Hooked<K> {
+        kv: K,
+        before: Box<dyn Fn(&Batch) + Send + Sync>,
     }
 
-    impl lockstep_store::Kv for Noting {
+    impl<K: lockstep_store::Kv> lockstep_store::Kv for Hooked<K> {
         fn get(&self, t: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.kv.get(t, k)
         }
@@ -552,7 +553,7 @@ mod tests {
         }
 
         fn write(&self, batch: Batch, d: lockstep_store::Durability) -> Result<(), StoreError> {
-            self.written.lock().unwrap().push(batch.bytes());
+            (self.before)(&batch);
             self.kv.write(batch, d)
         }
 
@@ -562,41 +563,6 @@ mod tests {
 
         fn batch_limit(&self) -> Option<lockstep_store::BatchLimit> {
             self.kv.batch_limit()
-        }
-    }
-
-    /// A store whose writes wait at a gate the test holds (an etcd member that does not
-    /// answer), saying when one is waiting.
-    struct Stalling {
-        kv: MemKv,
-        gate: Arc<Mutex<()>>,
-        entered: std::sync::mpsc::SyncSender<()>,
-    }
-
-    impl lockstep_store::Kv for Stalling {
-        fn get(&self, t: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.kv.get(t, k)
-        }
-
-        fn scan(
-            &self,
-            t: &'static str,
-            from: &[u8],
-            to: Option<&[u8]>,
-            order: lockstep_store::Order,
-            limit: usize,
-        ) -> Result<Vec<lockstep_store::Entry>, StoreError> {
-            self.kv.scan(t, from, to, order, limit)
-        }
-
-        fn write(&self, batch: Batch, d: lockstep_store::Durability) -> Result<(), StoreError> {
-            let _ = self.entered.try_send(());
-            drop(self.gate.lock().unwrap());
-            self.kv.write(batch, d)
-        }
-
-        fn sync(&self) -> Result<(), StoreError> {
-            self.kv.sync()
         }
     }
 
@@ -611,10 +577,15 @@ mod tests {
     async fn an_append_does_not_wait_for_a_store_write_in_flight() {
         let gate = Arc::new(Mutex::new(()));
         let (entered, write_waits) = std::sync::mpsc::sync_channel(16);
-        let stalling = Stalling {
+        let held_back = gate.clone();
+        let stalling = Hooked {
             kv: MemKv::new(),
-            gate: gate.clone(),
-            entered,
+            // Says a write is waiting, then waits at the gate (an etcd member that does
+            // not answer).
+            before: Box::new(move |_: &Batch| {
+                let _ = entered.try_send(());
+                drop(held_back.lock().unwrap());
+            }),
         };
         let tables = Tables::new(Arc::new(stalling));
         let feed = Feed::new(tables.clone()).unwrap();
@@ -657,9 +628,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = lockstep_store::RocksKv::open(dir.path(), crate::tables::ALL).unwrap();
         let written = Arc::new(Mutex::new(Vec::new()));
-        let noting = Noting {
+        let notes = written.clone();
+        let noting = Hooked {
             kv,
-            written: written.clone(),
+            before: Box::new(move |batch: &Batch| notes.lock().unwrap().push(batch.bytes())),
         };
         let tables = Tables::new(Arc::new(noting));
         let feed = Feed::new(tables.clone()).unwrap();
