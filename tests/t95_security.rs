@@ -1015,3 +1015,65 @@ async fn a_release_queued_by_a_token_revoked_while_it_waits_does_not_go_live() {
     );
     assert_eq!(s.live(), versions(&[("A", ""), ("B", "T1B")]));
 }
+
+/// Review finding of stop 59: `lockstep release watch` with no id asked the live state
+/// of `-e` (default: `default`) for where the log stands, so a caller whose grant
+/// reads only `dev` was refused (exit 4) although it may follow the log (what of it it
+/// may read). Given a viewer token for `dev`, when it watches with no `-e`, then it
+/// follows, and prints an event of `dev` made after it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_of_one_environment_watches_the_log_without_naming_it() {
+    use tokio::io::AsyncBufReadExt;
+    let s = Secure::start(&["A"], &[]).await;
+    let out = s.cli(&admin(), &["env", "add", "dev"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_, token) = s
+        .token(&["--role", "viewer", "--env", "dev", "--subject", "dash"])
+        .await;
+    let mut watch = tokio::process::Command::new(bin("lockstep"))
+        .args(s.credentials(&As::Token(token)))
+        .args(["release", "watch"])
+        .env("LOCKSTEP_COORDINATOR", s.coordinator.https_url())
+        .env_remove("LOCKSTEP_TOKEN")
+        .env_remove("LOCKSTEP_ENVIRONMENT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let endpoint = s.agents["A"].server.https_url();
+    let seen = async {
+        for n in 0.. {
+            // A new project until the watch prints one: the watch may start following
+            // only after the first registration.
+            let name = format!("P{n}");
+            let add = [
+                "-e",
+                "dev",
+                "project",
+                "add",
+                &name,
+                "--endpoint",
+                &endpoint,
+                "--unchecked",
+            ];
+            let out = s.cli(&admin(), &add).await;
+            assert_eq!(out.code, 0, "{out:?}");
+            let next = tokio::time::timeout(std::time::Duration::from_secs(1), lines.next_line());
+            if let Ok(line) = next.await {
+                match line.unwrap() {
+                    Some(line) if line.contains("PROJECT_REGISTERED") => return,
+                    Some(_) => {}
+                    None => {
+                        let status = watch.wait().await.unwrap();
+                        panic!("the watch ended: {status:?}");
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), seen)
+        .await
+        .expect("the viewer's watch printed no event of dev");
+}

@@ -505,13 +505,33 @@ async fn whole_history(client: &mut Client, environment: String) -> Result<pb::G
 
 /// The sequence number the next event will have: where `release watch` starts to
 /// follow from now on.
+/// Any environment the caller may read tells it: a caller scoped to `dev` may follow
+/// the whole log (what it may read of it) without naming `-e dev`.
 async fn next_event(client: &mut Client, ctx: &Context) -> Result<u64> {
-    let request = pb::GetLiveStateRequest {
-        environment: ctx.env.clone(),
-        observe: false,
+    let live = |client: &mut Client, environment: String| {
+        let request = pb::GetLiveStateRequest {
+            environment,
+            observe: false,
+        };
+        let mut client = client.clone();
+        async move { client.get_live_state(request).await }
     };
-    let live = client.get_live_state(request).await?.into_inner();
-    Ok(live.last_event_seq + 1)
+    let refused = match live(client, ctx.env.clone()).await {
+        Ok(l) => return Ok(l.into_inner().last_event_seq + 1),
+        Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => s,
+        Err(s) => return Err(s.into()),
+    };
+    let listed = client
+        .list_environments(pb::ListEnvironmentsRequest {})
+        .await?;
+    let Some(readable) = listed.into_inner().environments.into_iter().next() else {
+        return Err(refused.into());
+    };
+    Ok(live(client, readable.name)
+        .await?
+        .into_inner()
+        .last_event_seq
+        + 1)
 }
 
 /// Shows what a create call returned and, with --wait, follows it to its outcome or
