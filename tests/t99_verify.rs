@@ -1166,6 +1166,16 @@ async fn a_promotion_a_restart_cut_off_is_made_again() {
     c.block("foobar-backend");
     let promotion = "promote-staging-1-to-production";
     c.wait_state(promotion, TransactionState::Preparing).await;
+    // Killed only once its start is durable (its events are in the log): shown
+    // PREPARING a moment before, it was not made yet as far as a restart knows, and
+    // the restart rightly makes it under its own id (seen in CI at stop 59).
+    support::wait_for("the promotion's start in the log", || async {
+        let started = |e: &lockstep::pb::Event| {
+            e.transaction_id == promotion && e.kind == EventKind::PrepareStarted as i32
+        };
+        c.events().await.iter().any(started).then_some(())
+    })
+    .await;
 
     c.coordinator.kill9().await;
     c.heal("foobar-backend");
