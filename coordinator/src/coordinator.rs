@@ -97,6 +97,8 @@ pub struct Coordinator {
     feed: Feed,
     notifier: Notifier,
     incarnation: String,
+    /// The term its orders and decisions carry (see [`Config::term`]).
+    term: u64,
     clock: Clock,
     etcd: Option<Arc<lockstep_store::EtcdKv>>,
 }
@@ -154,6 +156,7 @@ impl Coordinator {
             feed,
             notifier,
             incarnation,
+            term: config.term,
             clock: config.clock,
             etcd: config.etcd,
         })
@@ -204,6 +207,7 @@ impl Coordinator {
             feed,
             notifier,
             incarnation,
+            term: config.term,
             clock,
             etcd,
         })
@@ -212,6 +216,18 @@ impl Coordinator {
     /// This data directory's incarnation id (what participants record with Prepare).
     pub fn incarnation(&self) -> &str {
         &self.incarnation
+    }
+
+    /// The term every order and decision answer carries: the leader's on etcd, 0 for a
+    /// single coordinator.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Resolves once every append made so far is durable: a planned stop waits for it,
+    /// so that nothing it already showed is lost to its successor.
+    pub fn settled(&self) -> impl Future<Output = Result<()>> + Send + use<> {
+        self.journal.settled()
     }
 
     /// Resolves when the journal has failed: the process must exit and recover.

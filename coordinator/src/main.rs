@@ -5,7 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -232,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         println!("console at {scheme}://{bound}/");
     }
     let failed = coordinator.clone();
+    let draining = coordinator.clone();
     let serve = |told: tokio::sync::oneshot::Receiver<()>| {
         server::serve(listener, tls, coordinator, access, async move {
             let _ = told.await;
@@ -247,8 +248,24 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let served = shutdown::serve_until_stopped(stop, serve, failed);
-    let outcome = served.await.and(store.sync().map_err(|e| e.to_string()));
+    let outcome = match served.await {
+        Ok(()) => drained(&draining, store.as_ref()).await,
+        failed => failed,
+    };
     exit_after(outcome, &telemetry, resigning.as_deref(), term)
+}
+
+/// How long a planned stop waits for the appends made before it to be durable.
+const DRAIN_FOR: Duration = Duration::from_secs(10);
+
+/// Waits (for at most [`DRAIN_FOR`]) until every append made before the stop is
+/// durable, then syncs the store: on etcd, where a sync does nothing, the journal's
+/// queue is what a planned handover must not drop.
+async fn drained(coordinator: &Coordinator, store: &dyn Kv) -> Result<(), String> {
+    let settled = tokio::time::timeout(DRAIN_FOR, coordinator.settled()).await;
+    let settled = settled.map_err(|_| format!("appends not durable within {DRAIN_FOR:?}"))?;
+    settled.map_err(|e| e.to_string())?;
+    store.sync().map_err(|e| e.to_string())
 }
 
 /// Exits: 1 (saying why) when serving failed; otherwise 0, once a leader on etcd has

@@ -32,13 +32,13 @@ struct Entry {
     #[serde(default)]
     after: Option<Spanned<After>>,
     #[serde(default)]
-    verify: Vec<StepEntry>,
+    verify: Option<Vec<StepEntry>>,
     #[serde(default)]
-    auto_promote: bool,
+    auto_promote: Option<bool>,
     #[serde(default)]
     soak: Option<Spanned<String>>,
     #[serde(default)]
-    verify_live: Vec<StepEntry>,
+    verify_live: Option<Vec<StepEntry>>,
     #[serde(default)]
     on_live_failure: Option<Spanned<String>>,
     #[serde(default)]
@@ -86,6 +86,10 @@ struct StepEntry {
     deadline: Option<Spanned<String>>,
 }
 
+/// The longest soak or step deadline a file may ask for (a longer one is a mistake;
+/// before stop 60 one beyond u64 milliseconds wrapped to a short one).
+const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// The default deadline of a verify step.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -102,7 +106,7 @@ pub fn parse(
     let mut projects: Vec<ProjectRecord> = Vec::new();
     let mut requires_unset = Vec::new();
     for (i, entry) in file.environment.iter().enumerate() {
-        let record = environment(entry, &format!("environment[{i}]"), &at)?;
+        let record = environment(entry, &format!("environment[{i}]"), &at, declared)?;
         let key = format!("environment[{i}].project");
         projects.extend(projects_of(&record.name, &entry.project, &key, &at)?);
         let unset = entry.project.iter().filter(|p| p.requires.is_none());
@@ -183,32 +187,43 @@ fn projects_of(
     Ok(out)
 }
 
+/// The environment `entry` declares. A key the entry leaves out keeps what the
+/// environment is declared with (`declared`), as a project's left-out `requires` keeps
+/// its children: a file written to add a project to production must not strip its
+/// upstream, its approval and its live checks (review finding of stop 60). `after =
+/// []`, `verify = []`, `soak = "0s"` and the like remove what they name.
 fn environment(
     entry: &Entry,
     key: &str,
     at: &impl Fn(std::ops::Range<usize>) -> usize,
+    declared: &BTreeMap<Environment, EnvironmentRecord>,
 ) -> Result<EnvironmentRecord, FieldError> {
     let field = |span, name: &str| format!("line {}: {key}.{name}", at(span));
     let name = Environment::parse(&field(entry.name.span(), "name"), entry.name.get_ref())?;
-    let mut after = Vec::new();
-    if let Some(a) = &entry.after {
-        let names = match a.get_ref() {
-            After::One(one) => vec![one.clone()],
-            After::Many(many) => many.clone(),
-        };
-        for n in names {
-            after.push(Environment::parse(&field(a.span(), "after"), &n)?);
-        }
-    }
-    after.sort();
-    after.dedup();
+    let kept = declared.get(&name);
+    let after = match &entry.after {
+        Some(a) => upstreams(a, &field(a.span(), "after"))?,
+        None => kept.map(|k| k.after.clone()).unwrap_or_default(),
+    };
+    let was = kept.map(|k| k.stages.clone()).unwrap_or_default();
+    let verify = entry.verify.as_deref();
+    let verify_live = entry.verify_live.as_deref();
+    let soak = entry.soak.as_ref();
+    let on_failure = entry.on_live_failure.as_ref();
     let stages = Stages {
-        verify: steps(&entry.verify, &format!("{key}.verify"), at)?,
-        auto_promote: entry.auto_promote,
-        soak_ms: optional_duration(entry.soak.as_ref(), &|span| field(span, "soak"))?,
-        verify_live: live_steps(&entry.verify_live, &format!("{key}.verify_live"), at)?,
-        on_live_failure: live_failure(entry.on_live_failure.as_ref(), &|span| {
-            field(span, "on_live_failure")
+        verify: keep(verify, was.verify, |v| {
+            steps(v, &format!("{key}.verify"), at)
+        })?,
+        auto_promote: entry.auto_promote.unwrap_or(was.auto_promote),
+        soak_ms: match soak {
+            Some(s) => optional_duration(Some(s), &|span| field(span, "soak"))?,
+            None => was.soak_ms,
+        },
+        verify_live: keep(verify_live, was.verify_live, |v| {
+            live_steps(v, &format!("{key}.verify_live"), at)
+        })?,
+        on_live_failure: keep(on_failure, was.on_live_failure, |v| {
+            live_failure(Some(v), &|span| field(span, "on_live_failure"))
         })?,
     };
     Ok(EnvironmentRecord {
@@ -218,6 +233,30 @@ fn environment(
         stages,
         pipeline_version: 0,
     })
+}
+
+/// `value` parsed when the entry gives it, else what was declared.
+fn keep<V: ?Sized, T>(
+    value: Option<&V>,
+    was: T,
+    parse: impl FnOnce(&V) -> Result<T, FieldError>,
+) -> Result<T, FieldError> {
+    value.map_or(Ok(was), parse)
+}
+
+/// The upstreams an `after` key names, sorted, once each.
+fn upstreams(a: &Spanned<After>, field: &str) -> Result<Vec<Environment>, FieldError> {
+    let names = match a.get_ref() {
+        After::One(one) => vec![one.clone()],
+        After::Many(many) => many.clone(),
+    };
+    let mut after = Vec::new();
+    for n in names {
+        after.push(Environment::parse(field, &n)?);
+    }
+    after.sort();
+    after.dedup();
+    Ok(after)
 }
 
 fn steps(
@@ -297,7 +336,11 @@ fn optional_duration(
     let Some(v) = value else { return Ok(None) };
     let d = humantime::parse_duration(v.get_ref())
         .map_err(|e| FieldError::new(field(v.span()), format!("{:?}: {e}", v.get_ref())))?;
-    Ok(Some(d.as_millis() as u64))
+    if d > LONGEST {
+        let why = format!("{:?} is longer than a year", v.get_ref());
+        return Err(FieldError::new(field(v.span()), why));
+    }
+    Ok(Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
 }
 
 fn live_failure(
@@ -428,6 +471,33 @@ mod tests {
         assert_eq!(envs[1].stages.verify[0].deadline_ms, 600_000);
         assert!(envs[2].stages.auto_promote);
         assert_eq!(envs[2].after[0].as_str(), "hardening");
+    }
+
+    /// Review finding of stop 60: a file naming production only to add a project to it
+    /// stripped production of its upstream, its verify steps and its auto-promotion.
+    #[test]
+    fn a_key_left_out_keeps_what_is_declared_and_an_empty_one_removes_it() {
+        let shipyard = parse(SHIPYARD, &BTreeMap::new()).unwrap().environments;
+        let declared: BTreeMap<_, _> = shipyard
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect();
+        let project = "[[environment]]\nname = \"production\"\n  [[environment.project]]\n  name = \"api\"\n  endpoint = \"http://127.0.0.1:1\"\n";
+
+        let kept = &parse(project, &declared).unwrap().environments[0];
+
+        assert_eq!(kept.after, shipyard[2].after);
+        assert_eq!(kept.stages, shipyard[2].stages);
+        let emptied = "[[environment]]\nname = \"production\"\nafter = []\nverify = []\nauto_promote = false\n";
+        let emptied = &parse(emptied, &declared).unwrap().environments[0];
+        assert!(emptied.after.is_empty() && emptied.stages.verify.is_empty());
+        assert!(!emptied.stages.auto_promote);
+        let long = SHIPYARD.replace("deadline = \"30s\"", "deadline = \"18446744073709552s\"");
+        assert!(
+            refusal(&long).contains("longer than a year"),
+            "{}",
+            refusal(&long)
+        );
     }
 
     #[test]

@@ -216,6 +216,20 @@ class Agent(part_grpc.ParticipantServicer):
         self.access = access
         self.coordinator = coordinator  # a function making a channel to the coordinator
 
+    def _answered_in_term(self, tx, answer):
+        """coordinator.proto: a decision answered in an older coordinator term than one
+        seen here comes from a deposed leader, which may presume aborted a transaction its
+        successor is committing: ask again. A higher term is remembered, as from an order."""
+        print(f"asked for {tx}: {decision_name(answer.decision)} (term {answer.coordinator_term})",
+              file=sys.stderr, flush=True)
+        with self.lock:
+            if answer.coordinator_term < self.store.term:
+                print(f"passed over: term {self.store.term} already seen here", file=sys.stderr, flush=True)
+                return None
+            if answer.coordinator_term > self.store.term:
+                self.store.raise_term(answer.coordinator_term)
+        return answer.decision
+
     def _admit_term(self, request, context):
         """participant.proto: refuse an order from a lower coordinator term than one seen
         (its sender was deposed); remember a higher one, synced, before acting on it."""
@@ -345,8 +359,8 @@ class Agent(part_grpc.ParticipantServicer):
                                                environment=self.args.environment,
                                                coordinator_incarnation=incarnation)
             try:
-                decision = stub.GetDecision(request, timeout=5).decision
-                print(f"asked for {tx}: {decision_name(decision)}", file=sys.stderr, flush=True)
+                answer = stub.GetDecision(request, timeout=5)
+                decision = self._answered_in_term(tx, answer)
             except grpc.RpcError as e:
                 print(f"asking for {tx}: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
                 decision = None

@@ -3,13 +3,12 @@
 //! `participant::decisions` for when it asks).
 
 use lockstep::{
-    names::{Environment, ProjectName, TxId},
     orders::Decision,
     pb::{self, coordinator_client::CoordinatorClient},
 };
 use tonic::transport::Channel;
 
-use crate::participant::{DecisionSource, Pending};
+use crate::participant::{Answer, DecisionSource, Pending, Question};
 
 /// GetDecision over (lazily connected) channels to the coordinator's instances.
 #[derive(Clone)]
@@ -31,30 +30,44 @@ impl GrpcDecisions {
 }
 
 impl DecisionSource for GrpcDecisions {
-    fn decision(
-        &self,
-        tx: &TxId,
-        project: &ProjectName,
-        environment: &Environment,
-        incarnation: &str,
-    ) -> Pending<Result<Decision, String>> {
+    fn decision(&self, question: &Question) -> Pending<Result<Answer, String>> {
         let coordinators = self.coordinators.clone();
         let request = pb::GetDecisionRequest {
-            transaction_id: tx.to_string(),
-            project: project.to_string(),
-            coordinator_incarnation: incarnation.to_string(),
-            environment: environment.to_string(),
+            transaction_id: question.tx.to_string(),
+            project: question.project.to_string(),
+            coordinator_incarnation: question.incarnation.clone(),
+            environment: question.environment.to_string(),
         };
+        let term = question.term;
         Box::pin(async move {
             let mut why = Vec::new();
             for channel in coordinators {
                 let mut client = CoordinatorClient::new(channel);
                 match client.get_decision(request.clone()).await {
-                    Ok(answer) => return Ok(Decision::from(answer.into_inner().decision)),
+                    Ok(answer) => match answered(answer.into_inner(), term) {
+                        Ok(answer) => return Ok(answer),
+                        Err(stale) => why.push(stale),
+                    },
                     Err(status) => why.push(status.message().to_string()),
                 }
             }
             Err(why.join("; "))
         })
     }
+}
+
+/// `answer`, unless it was given in a term older than `term` (a deposed leader that
+/// still answers): then the next instance is asked.
+fn answered(answer: pb::GetDecisionResponse, term: u64) -> Result<Answer, String> {
+    let decision = Decision::from(answer.decision);
+    if answer.coordinator_term < term {
+        return Err(format!(
+            "an instance answered {decision:?} in coordinator term {}, older than term {term} seen here: passed over",
+            answer.coordinator_term
+        ));
+    }
+    Ok(Answer {
+        decision,
+        term: answer.coordinator_term,
+    })
 }

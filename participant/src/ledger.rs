@@ -110,7 +110,7 @@ impl Ledger {
     /// answered PREPARED from it).
     pub fn get(&self, tx: &str) -> Result<Option<Entry>, StoreError> {
         if let Some(failure) = self.writer.failure() {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Stopped(format!(
                 "{TRANSACTIONS}/{tx}: not read, the ledger failed ({failure}); the agent stops and recovers what is durable"
             )));
         }

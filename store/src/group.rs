@@ -51,12 +51,12 @@ pub fn spawn_writer(
                 .enable_time()
                 .build()
                 .map_err(|e| {
-                    StoreError::Corrupt(format!("cannot start the {name} runtime: {e}"))
+                    StoreError::Stopped(format!("cannot start the {name} runtime: {e}"))
                 })?;
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || runtime.block_on(writer))
-                .map_err(|e| StoreError::Corrupt(format!("cannot start the {name} thread: {e}")))?;
+                .map_err(|e| StoreError::Stopped(format!("cannot start the {name} thread: {e}")))?;
         }
         WriterMode::Task => {
             tokio::spawn(writer);
@@ -224,7 +224,7 @@ impl GroupCommit {
                     .unwrap_or_else(|_| Err("the syncer stopped".into())),
                 Err(e) => Err(e),
             };
-            outcome.map_err(StoreError::Corrupt)
+            outcome.map_err(StoreError::Stopped)
         }
     }
 
@@ -274,7 +274,7 @@ impl Shared {
     fn write(&self, batch: Batch, sync_within: Option<Duration>) -> Result<Ticket, StoreError> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = &self.lock().failed {
-            return Err(StoreError::Corrupt(e.clone()));
+            return Err(StoreError::Stopped(e.clone()));
         }
         let written = self.kv.write(batch, Durability::Buffered);
         let mut s = self.lock();
@@ -286,7 +286,7 @@ impl Shared {
         // A sync that failed while this write was made: no ticket (nothing may be
         // decided on top of it), as if the write had come after the failure.
         if let Some(e) = &s.failed {
-            return Err(StoreError::Corrupt(e.clone()));
+            return Err(StoreError::Stopped(e.clone()));
         }
         // The ticket is taken under `writing`: a sync covering it starts after the
         // write landed.
@@ -310,14 +310,17 @@ impl Shared {
         }
     }
 
+    /// Marks the store failed before any waiter hears of it: a waiter woken with the
+    /// error may run at once, and what it does next (a repeated Prepare reading its
+    /// record) must already see the failure (review finding of stop 60).
     fn fail(&self, s: &mut State, message: String) {
         tracing::error!("{message}; refusing further writes");
+        s.failed = Some(message.clone());
+        s.sync_by = None;
+        self.failure.send_replace(Some(message.clone()));
         for (_, done) in s.waiting.drain(..) {
             let _ = done.send(Err(message.clone()));
         }
-        s.failed = Some(message.clone());
-        s.sync_by = None;
-        self.failure.send_replace(Some(message));
     }
 }
 
@@ -399,6 +402,27 @@ mod tests {
         let mut b = Batch::default();
         b.put("t", b"k".to_vec(), vec![value]);
         b
+    }
+
+    /// Review finding of stop 60: a failed sync woke its waiters before it marked the
+    /// store failed, so a waiter could go on (a repeated Prepare reading its record) and
+    /// find the store sound. Given writes waiting on a sync that fails, each waiter that
+    /// hears of the failure finds the store failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_told_of_a_failed_sync_finds_the_store_failed() {
+        for _ in 0..300 {
+            let kv = MemKv::new();
+            let log = GroupCommit::start(Arc::new(kv.clone()), WriterMode::Thread).unwrap();
+            let ticket = log.write(put(1), None).unwrap();
+            let waiting = log.durable(ticket);
+            kv.crash();
+            log.sync_within(Duration::ZERO);
+            assert!(waiting.await.is_err());
+            assert!(
+                log.failure().is_some(),
+                "told of the failure before the store was failed"
+            );
+        }
     }
 
     #[tokio::test]

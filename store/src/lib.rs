@@ -72,6 +72,11 @@ pub enum StoreError {
     /// A stored value could not be decoded: the data directory is damaged.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// An earlier write or sync failed (a full or failing disk): the store refuses
+    /// every later write and read of unsynced state, and its owner must stop and
+    /// recover what is durable. Not damage: the data directory is as it was.
+    #[error("the store stopped after a failed write or sync: {0}")]
+    Stopped(String),
     /// The in-memory store was crashed (simulation) and not yet restarted.
     #[error("store is down (simulated crash)")]
     Down,

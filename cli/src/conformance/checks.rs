@@ -71,6 +71,8 @@ impl Kit {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let nanos = since.as_nanos();
+        let term = u64::try_from(since.as_millis()).unwrap_or(u64::MAX / 2);
+        decisions.set_term(term);
         Self {
             agent,
             project: request.project.clone(),
@@ -78,7 +80,7 @@ impl Kit {
             restart_cmd: request.restart_cmd.clone(),
             decisions,
             run: format!("conf{nanos:x}"),
-            term: u64::try_from(since.as_millis()).unwrap_or(u64::MAX / 2),
+            term,
             live: String::new(),
             call_timeout: request.call_timeout,
             stalled: None,
@@ -361,6 +363,7 @@ impl Kit {
         let live = self.live.clone();
         let mut prepare = self.prepare(7, &live);
         prepare.coordinator_term = self.term + 1;
+        self.decisions.set_term(self.term + 1);
         expect_vote(self.vote(prepare).await?, pb::Vote::Prepared)?;
         let mut stale = self.abort_undecided(7);
         stale.coordinator_term = self.term;

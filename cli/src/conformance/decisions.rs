@@ -6,18 +6,30 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use lockstep::pb::{self, coordinator_server};
 use tonic::{Request, Response, Status};
 
-/// The decisions the kit took, and how often each was asked, by transaction id. Cheap
-/// to clone.
+/// The decisions the kit took, and how often each was asked, by transaction id, with
+/// the coordinator term the kit's orders carry now (its answers carry it too, as a
+/// coordinator's do). Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Decisions(Arc<Mutex<HashMap<String, (pb::Decision, usize)>>>);
+pub struct Decisions(
+    Arc<Mutex<HashMap<String, (pb::Decision, usize)>>>,
+    Arc<AtomicU64>,
+);
 
 impl Decisions {
+    /// The term the kit's answers carry from now on.
+    pub fn set_term(&self, term: u64) {
+        self.1.store(term, Ordering::SeqCst);
+    }
+
     /// Records `decision` for `tx`, unless one was taken already: as a coordinator's,
     /// a decision never changes (a refused Abort after a Commit leaves COMMIT).
     pub fn decide(&self, tx: &str, decision: pb::Decision) {
@@ -66,6 +78,7 @@ impl coordinator_server::Coordinator for Service {
         let decision = self.0.ask(&id);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
+            coordinator_term: self.0.1.load(Ordering::SeqCst),
         }))
     }
 }

@@ -5,6 +5,8 @@
 //! under the lock, so a transaction that finishes right now finds this one when it
 //! hands over its projects.
 
+use std::{collections::BTreeMap, sync::MutexGuard};
+
 use lockstep::{names::TxId, pb};
 use lockstep_store::Batch;
 use tokio::sync::{mpsc, oneshot};
@@ -29,12 +31,81 @@ pub type Authorize<'a> = &'a (dyn Fn(&Plan) -> Result<()> + Sync);
 /// an acceptance once everything written before it is durable.
 type Replayed = std::pin::Pin<Box<dyn Future<Output = Result<Created>> + Send>>;
 
+/// What a new transaction's write resolves to: its first event's sequence number.
+type Written = std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
+
 /// What looking a request's id up found.
 enum Lookup {
     /// A transaction under the id: the answer to the retry.
     Replay(Replayed),
     /// The id is free (`None`: the request names none).
     Free(Option<TxId>),
+    /// Not known yet: read it (as of `State::departed`) and try again.
+    Unread(TxId, u64),
+}
+
+impl Lookup {
+    /// The free id, or the step that ends this try.
+    fn free(self) -> std::result::Result<Option<TxId>, Step> {
+        match self {
+            Lookup::Free(id) => Ok(id),
+            Lookup::Replay(replayed) => Err(Step::Replay(replayed)),
+            Lookup::Unread(id, departed) => Err(Step::Read(id, departed)),
+        }
+    }
+}
+
+/// How one try at admission ended.
+enum Step {
+    /// An id must be read from the store first, outside the lock.
+    Read(TxId, u64),
+    /// The id is taken: the answer to a retry.
+    Replay(Replayed),
+    /// Accepted: the answer, once its write resolves.
+    Accepted(Box<Created>, Written),
+}
+
+/// A transaction under an id as far as the lock's holder knows, or the id to read first.
+type Found<T = Option<TxRecord>> = std::result::Result<T, TxId>;
+
+/// Tries with ids read outside the lock before an admission reads under it, as it did
+/// before stop 60: ids that keep going stale (transactions ending all the while)
+/// cannot hold an admission off.
+const STALE_TRIES: u32 = 3;
+
+/// Transactions read from the store outside the state lock, so that a slow store (an
+/// etcd round trip, retried) never holds every other call while an admission looks up
+/// an id. A record read here is still the truth under the lock while no transaction
+/// has left memory since (`State::departed`): a transaction admitted after the read is
+/// in memory until it leaves, and it leaves only once its end is in the store.
+struct Stored {
+    departed: u64,
+    records: BTreeMap<TxId, Option<TxRecord>>,
+    tries: u32,
+}
+
+impl Stored {
+    fn new() -> Self {
+        let records = BTreeMap::new();
+        let tries = STALE_TRIES;
+        Self {
+            departed: 0,
+            records,
+            tries,
+        }
+    }
+
+    /// Reads `id` from the store; `departed` is the count when the lock's holder missed it.
+    fn read(&mut self, tables: &Tables, id: TxId, departed: u64) -> Result<()> {
+        if departed != self.departed {
+            self.records.clear();
+            self.departed = departed;
+        }
+        self.tries = self.tries.saturating_sub(1);
+        let record = tables.transaction(&id)?;
+        self.records.insert(id, record);
+        Ok(())
+    }
 }
 
 /// `replayed`, if the caller may see it carried out.
@@ -67,31 +138,44 @@ impl Registry {
     /// anything is written, so a caller allowed some projects only can never start a
     /// transaction that touches another, however the plan came out.
     pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
-        let looked_up = self.replayed(&self.state(), &spec, authorize)?;
-        if let Lookup::Replay(replayed) = looked_up {
-            return replayed.await;
-        }
-        let accepted = {
-            let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
-            // Someone may have created the same id while this one was planned.
-            match self.replayed(&s, &spec, authorize)? {
-                Lookup::Replay(replay) => Err(replay),
-                Lookup::Free(id) => {
-                    let plan = plan?;
-                    authorize(&plan)?;
-                    Ok(self.accept(&mut s, &spec, plan, id)?)
+        let mut stored = Stored::new();
+        loop {
+            match self.try_admit(&spec, authorize, &stored)? {
+                Step::Read(id, departed) => stored.read(&self.inner.tables, id, departed)?,
+                Step::Replay(replayed) => return replayed.await,
+                Step::Accepted(created, written) => {
+                    let first_event_seq = written.await?;
+                    let created = Created {
+                        first_event_seq,
+                        ..*created
+                    };
+                    return Ok(created);
                 }
             }
+        }
+    }
+
+    /// One try: the id looked up (before planning, so that a retry costs no plan), the
+    /// plan, the id looked up again under the plan's lock, and acceptance.
+    fn try_admit(
+        &self,
+        spec: &CreateSpec,
+        authorize: Authorize<'_>,
+        stored: &Stored,
+    ) -> Result<Step> {
+        let looked_up = self.replayed(&self.state(), spec, authorize, stored)?;
+        if let Err(step) = looked_up.free() {
+            return Ok(step);
+        }
+        let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
+        // Someone may have created the same id while this one was planned.
+        let id = match self.replayed(&s, spec, authorize, stored)?.free() {
+            Ok(id) => id,
+            Err(step) => return Ok(step),
         };
-        let (created, written) = match accepted {
-            Ok(accepted) => accepted,
-            Err(replayed) => return replayed.await,
-        };
-        let first_event_seq = written.await?;
-        Ok(Created {
-            first_event_seq,
-            ..created
-        })
+        let plan = plan?;
+        authorize(&plan)?;
+        self.accept(&mut s, spec, plan, id, stored)
     }
 
     /// The answer to an idempotent retry, when `spec`'s id exists already, resolving
@@ -100,12 +184,19 @@ impl Registry {
     /// retry must not hear "accepted" before the first call would have. A refusal
     /// (another request under the id, or a caller who may not) is answered at once
     /// and writes nothing, so nobody can make the coordinator sync at will.
-    /// One lookup of the id (a store read when it is not in memory), whose answer
-    /// `accept` reuses.
-    fn replayed(&self, s: &State, spec: &CreateSpec, authorize: Authorize<'_>) -> Result<Lookup> {
-        let existing = match self.attempt(s, spec)? {
-            Some((_, Some(existing))) => existing,
-            Some((id, None)) => return Ok(Lookup::Free(Some(id))),
+    /// One lookup of the id (in memory, or as `stored` read it), whose answer `accept`
+    /// reuses.
+    fn replayed(
+        &self,
+        s: &State,
+        spec: &CreateSpec,
+        authorize: Authorize<'_>,
+        stored: &Stored,
+    ) -> Result<Lookup> {
+        let existing = match self.attempt(s, spec, stored)? {
+            Some((_, Ok(Some(existing)))) => existing,
+            Some((id, Ok(None))) => return Ok(Lookup::Free(Some(id))),
+            Some((_, Err(unread))) => return Ok(Lookup::Unread(unread, s.departed)),
             None => return Ok(Lookup::Free(None)),
         };
         let answer = authorized(replay(s, existing, spec), authorize);
@@ -141,7 +232,8 @@ impl Registry {
         spec: &CreateSpec,
         plan: Plan,
         id: Option<TxId>,
-    ) -> Result<(Created, impl Future<Output = Result<u64>> + use<>)> {
+        stored: &Stored,
+    ) -> Result<Step> {
         let waits_for = s.queue.waits_for(&spec.environment, &plan.held(), None);
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
@@ -150,9 +242,14 @@ impl Registry {
         // chosen again if this admission were lost: it reaches no agent before it is
         // durable.
         let made_here = id.is_none() || spec.again_after_restart;
-        let id = match id {
-            Some(id) => id,
-            None => self.fresh_id(s, spec.id_hint.as_deref().unwrap_or("tx"))?,
+        let hint = spec.id_hint.as_deref().unwrap_or("tx");
+        let found = match id {
+            Some(id) => Ok(id),
+            None => self.fresh_id(s, hint, stored)?,
+        };
+        let id = match found {
+            Ok(id) => id,
+            Err(unread) => return Ok(Step::Read(unread, s.departed)),
         };
         let ordinal = s.next_ordinal;
         s.next_ordinal += 1;
@@ -169,7 +266,7 @@ impl Registry {
             created: true,
             first_event_seq: 0,
         };
-        Ok((created, written))
+        Ok(Step::Accepted(Box::new(created), Box::pin(written)))
     }
 
     fn new_record(&self, id: TxId, ordinal: u64, spec: &CreateSpec, plan: &Plan) -> TxRecord {
@@ -276,11 +373,29 @@ impl Registry {
         (record, pending)
     }
 
-    /// A transaction by id: memory for unfinished ones, storage otherwise.
-    pub(super) fn existing(&self, s: &State, id: &TxId) -> Result<Option<TxRecord>> {
-        match s.active.get(id) {
-            Some(a) => Ok(Some(a.record.clone())),
-            None => Ok(self.inner.tables.transaction(id)?),
+    /// A transaction by id: memory for unfinished ones, storage otherwise, read once
+    /// the lock is let go (see [`Stored`]).
+    pub(super) fn existing(&self, s: MutexGuard<'_, State>, id: &TxId) -> Result<Option<TxRecord>> {
+        if let Some(a) = s.active.get(id) {
+            return Ok(Some(a.record.clone()));
+        }
+        drop(s);
+        Ok(self.inner.tables.transaction(id)?)
+    }
+
+    /// The transaction under `id`, from memory, from `stored` while it is current, or,
+    /// once `stored` has run out of tries, from the store under the lock.
+    fn known(&self, s: &State, stored: &Stored, id: &TxId) -> Result<Found> {
+        if let Some(a) = s.active.get(id) {
+            return Ok(Ok(Some(a.record.clone())));
+        }
+        if stored.tries == 0 {
+            return Ok(Ok(self.inner.tables.transaction(id)?));
+        }
+        let current = stored.departed == s.departed;
+        match stored.records.get(id).filter(|_| current) {
+            Some(record) => Ok(Ok(record.clone())),
+            None => Ok(Err(id.clone())),
         }
     }
 
@@ -289,12 +404,19 @@ impl Registry {
     /// transaction made again at a start ([`CreateSpec::again_after_restart`]), the
     /// first of `ID`, `ID-2`, `ID-3`... that is not an attempt a restart aborted before
     /// its decision, so that the retry is not answered with that abort.
-    fn attempt(&self, s: &State, spec: &CreateSpec) -> Result<Option<(TxId, Option<TxRecord>)>> {
+    fn attempt(
+        &self,
+        s: &State,
+        spec: &CreateSpec,
+        stored: &Stored,
+    ) -> Result<Option<(TxId, Found)>> {
         let Some(id) = &spec.id else { return Ok(None) };
         let mut attempt = id.clone();
         for n in 2.. {
-            match self.existing(s, &attempt)? {
-                Some(cut_off) if spec.again_after_restart && cut_off.reason == PRESUMED_ABORT => {
+            match self.known(s, stored, &attempt)? {
+                Ok(Some(cut_off))
+                    if spec.again_after_restart && cut_off.reason == PRESUMED_ABORT =>
+                {
                     attempt = TxId::derived(&format!("{id}-{n}"));
                 }
                 found => return Ok(Some((attempt, found))),
@@ -303,7 +425,8 @@ impl Registry {
         unreachable!("2.. is unbounded")
     }
 
-    fn fresh_id(&self, s: &State, hint: &str) -> Result<TxId> {
+    /// The first free id of `hint`, `hint-2`, ... (`tx`: `tx-` and the next ordinal).
+    fn fresh_id(&self, s: &State, hint: &str, stored: &Stored) -> Result<Found<TxId>> {
         let hint = if hint == "tx" {
             format!("tx-{}", s.next_ordinal)
         } else {
@@ -315,8 +438,10 @@ impl Registry {
                 n => format!("{hint}-{n}"),
             };
             let id = TxId::derived(&candidate);
-            if self.existing(s, &id)?.is_none() {
-                return Ok(id);
+            match self.known(s, stored, &id)? {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(Ok(id)),
+                Err(unread) => return Ok(Err(unread)),
             }
         }
         unreachable!("1.. is unbounded")

@@ -32,6 +32,8 @@ mod history;
 mod indexes;
 pub mod listing;
 mod live_check;
+#[cfg(test)]
+mod lookup_tests;
 mod operator;
 mod planning;
 pub mod projects;
@@ -113,6 +115,9 @@ struct State {
     /// The newest pipeline file version applied (0: none).
     pipeline_version: u64,
     active: BTreeMap<TxId, Active>,
+    /// How many transactions have left `active` (see `admit::Stored`): a record read
+    /// from the store outside this lock is still the truth while this has not moved.
+    departed: u64,
     queue: Queue,
     /// Newest checkpoint per environment, including a decided one still being written.
     head: BTreeMap<Environment, Arc<CheckpointRecord>>,

@@ -50,7 +50,7 @@ impl Registry {
     fn signal_abort(&self, id: &TxId, reason: String, actor: String) -> Result<Option<TxRecord>> {
         let s = self.state();
         let Some(active) = s.active.get(id) else {
-            let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
+            let record = self.existing(s, id)?.ok_or_else(|| not_found(id))?;
             return Err(CoordinatorError::Refused(format!(
                 "id: transaction {id} is already {:?}; only an undecided transaction can be aborted",
                 record.state
@@ -110,7 +110,7 @@ impl Registry {
         {
             let s = self.state();
             let Some(active) = s.active.get(id) else {
-                let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
+                let record = self.existing(s, id)?.ok_or_else(|| not_found(id))?;
                 return Err(CoordinatorError::Refused(format!(
                     "id: transaction {id} is {:?}; only a transaction in VERIFYING takes reports, approvals and rejections",
                     record.state
@@ -129,7 +129,7 @@ impl Registry {
     fn command(&self, id: &TxId, command: Command, what: &str) -> Result<()> {
         let s = self.state();
         let Some(active) = s.active.get(id) else {
-            let record = self.existing(&s, id)?.ok_or_else(|| not_found(id))?;
+            let record = self.existing(s, id)?.ok_or_else(|| not_found(id))?;
             return Err(CoordinatorError::Refused(format!(
                 "id: transaction {id} is {:?}; there is nothing to {what}",
                 record.state

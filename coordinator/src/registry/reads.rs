@@ -62,8 +62,7 @@ impl Registry {
 
     /// A transaction by id.
     pub fn get(&self, id: &TxId) -> Result<TxRecord> {
-        let s = self.state();
-        let found = self.existing(&s, id)?;
+        let found = self.existing(self.state(), id)?;
         found.ok_or_else(|| not_found(id))
     }
 

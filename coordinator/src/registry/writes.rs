@@ -303,7 +303,9 @@ impl Registry {
     fn hand_over(&self, id: &TxId) {
         let started = {
             let mut s = self.state();
-            s.active.remove(id);
+            if s.active.remove(id).is_some() {
+                s.departed += 1;
+            }
             let started = s.queue.finish(id);
             // Still-waiting transactions may now wait for someone else: refresh their
             // reasons (only the queue's, not every active transaction's).

@@ -40,20 +40,40 @@ use crate::{deployer::Deployer, ledger::Phase};
 /// A boxed future a [`DecisionSource`] returns.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// What a participant asks about one transaction it holds PREPARED.
+pub struct Question {
+    /// The transaction.
+    pub tx: TxId,
+    /// This participant's project: the decision for its part.
+    pub project: ProjectName,
+    /// This participant's environment.
+    pub environment: Environment,
+    /// The coordinator incarnation recorded with the Prepare ("" when unknown).
+    pub incarnation: String,
+    /// The highest coordinator term seen here: an answer given in a lower one comes
+    /// from a deposed leader, which may not know a transaction its successor admitted.
+    pub term: u64,
+}
+
+/// A coordinator's answer, with the term it was given in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// COMMIT, ABORT or UNDECIDED.
+    pub decision: Decision,
+    /// The answering coordinator's term (0 for a single coordinator).
+    pub term: u64,
+}
+
 /// Where a participant learns the coordinator's decision.
 ///
 /// # To ensure correctness
 /// - `Decision::Undecided` and errors mean "ask again later", never "abort".
+/// - An answer whose term is lower than `Question::term` is not one to act on: the
+///   participant refuses it as it refuses a stale order. A source asking several
+///   instances should pass over such an answer and ask the next.
 pub trait DecisionSource: Send + Sync + 'static {
-    /// The durable decision for `tx` (this participant's part, `project` in
-    /// `environment`), prepared for the coordinator of `incarnation` ("" when unknown).
-    fn decision(
-        &self,
-        tx: &TxId,
-        project: &ProjectName,
-        environment: &Environment,
-        incarnation: &str,
-    ) -> Pending<Result<Decision, String>>;
+    /// The durable decision for the `question`'s transaction.
+    fn decision(&self, question: &Question) -> Pending<Result<Answer, String>>;
 }
 
 /// Where and when to ask for decisions.
@@ -170,18 +190,33 @@ impl<D: Deployer> Participant<D> {
         // them) costs no read.
         while self.is_prepared(&tx) {
             let incarnation = self.inner.ledger.open_incarnation(tx.as_str());
-            let incarnation = incarnation.unwrap_or_default();
-            match source
-                .decision(&tx, &project, &environment, &incarnation)
-                .await
-            {
-                Ok(Decision::Commit) => self.apply_asked(&tx, true).await,
-                Ok(Decision::Abort) => self.apply_asked(&tx, false).await,
-                Ok(Decision::Undecided) => {}
+            let question = Question {
+                tx: tx.clone(),
+                project: project.clone(),
+                environment: environment.clone(),
+                incarnation: incarnation.unwrap_or_default(),
+                term: self.highest_term().await.unwrap_or(0),
+            };
+            match source.decision(&question).await {
+                Ok(answer) => self.act_on(&tx, answer).await,
                 Err(e) => tracing::warn!(%tx, "asking the coordinator for the decision: {e}"),
             }
             tokio::time::sleep(ASKING.delay(attempt, tx.as_str())).await;
             attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Applies a decided `answer`, unless it comes from an older term than one seen
+    /// here (as an order from a deposed leader would be refused).
+    async fn act_on(&self, tx: &TxId, answer: Answer) {
+        if let Err(e) = self.admit_term(answer.term).await {
+            tracing::warn!(%tx, ?answer.decision, "a decision answer passed over: {e}");
+            return;
+        }
+        match answer.decision {
+            Decision::Commit => self.apply_asked(tx, true).await,
+            Decision::Abort => self.apply_asked(tx, false).await,
+            Decision::Undecided => {}
         }
     }
 

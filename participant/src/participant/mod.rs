@@ -38,7 +38,7 @@ use lockstep::{
 use lockstep_store::{Durability, StoreError};
 use tokio::sync::watch;
 
-pub use decisions::{DecisionSource, Decisions, Pending};
+pub use decisions::{Answer, DecisionSource, Decisions, Pending, Question};
 
 use crate::{
     deployer::{Change, DeployError, Deployer, Staged},

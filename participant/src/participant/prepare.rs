@@ -75,7 +75,14 @@ impl<D: Deployer> Participant<D> {
             self.record(tx, &entry, Durability::Buffered).await?;
             return Ok(Err(VoteAnswer::Refused(refusal)));
         }
-        Ok(Ok(self.start_staging(order)))
+        let entry = staging_entry(order);
+        // Written before anything is staged, and its error seen (a buffered write is
+        // not synced: this waits for nothing). Staged work without its intent is what
+        // a restart cannot undo: a reversible migration left applied under the old
+        // version (review finding of stop 60). A crash may still lose the intent before
+        // its sync; that is the window `abort_unrecorded` covers.
+        self.record(tx, &entry, Durability::Buffered).await?;
+        Ok(Ok(self.start_staging(order, entry)))
     }
 
     /// A Prepare meant for another project or environment is refused, never staged.
@@ -130,14 +137,14 @@ impl<D: Deployer> Participant<D> {
         Ok(None)
     }
 
-    /// Records the intent, then stages in a task of its own: a cancelled RPC does not
-    /// cut staging in half, and an Abort can stop it.
-    fn start_staging(&self, order: &PrepareOrder) -> watch::Receiver<Option<VoteAnswer>> {
+    /// Stages what the recorded intent `entry` says, in a task of its own: a cancelled
+    /// RPC does not cut staging in half, and an Abort can stop it.
+    fn start_staging(
+        &self,
+        order: &PrepareOrder,
+        entry: Entry,
+    ) -> watch::Receiver<Option<VoteAnswer>> {
         let tx = order.tx.to_string();
-        let entry = staging_entry(order);
-        // Not awaited: an intent that a crash may lose (staging is then never voted on,
-        // and nothing was promised); its order before the PREPARED record is fixed.
-        drop(self.record(&tx, &entry, Durability::Buffered));
         let (cancel, cancelled) = watch::channel(false);
         let (answer, vote) = watch::channel(None);
         let in_flight = InFlight {

@@ -222,23 +222,80 @@ async fn an_abort_without_a_record_still_undoes_what_a_lost_staging_record_left(
     );
 }
 
-/// Answers COMMIT to every question, and keeps which transactions were asked about.
-#[derive(Default)]
+/// Answers every question as `answer` says (COMMIT in term 0 unless set), and keeps
+/// which transactions were asked about.
 struct Answering {
     asked: std::sync::Mutex<Vec<String>>,
+    answer: std::sync::Mutex<Answer>,
+}
+
+impl Default for Answering {
+    fn default() -> Self {
+        let answer = Answer {
+            decision: lockstep::orders::Decision::Commit,
+            term: 0,
+        };
+        Self {
+            asked: Default::default(),
+            answer: std::sync::Mutex::new(answer),
+        }
+    }
 }
 
 impl DecisionSource for Answering {
-    fn decision(
-        &self,
-        tx: &TxId,
-        _project: &ProjectName,
-        _environment: &Environment,
-        _incarnation: &str,
-    ) -> Pending<Result<lockstep::orders::Decision, String>> {
-        self.asked.lock().unwrap().push(tx.to_string());
-        Box::pin(async { Ok(lockstep::orders::Decision::Commit) })
+    fn decision(&self, question: &Question) -> Pending<Result<Answer, String>> {
+        self.asked.lock().unwrap().push(question.tx.to_string());
+        let answer = *self.answer.lock().unwrap();
+        Box::pin(async move { Ok(answer) })
     }
+}
+
+/// Review finding of stop 60: a deposed leader that still answers GetDecision does
+/// not know a transaction its successor admitted an instant ago and presumes it
+/// aborted, while the successor commits it. Given T4 prepared under term 2, when an
+/// instance of term 1 answers ABORT, then T4 stays prepared; the answer of term 2
+/// decides it.
+#[tokio::test]
+async fn a_decision_answered_in_an_older_term_is_not_acted_on() {
+    let source = Arc::new(Answering::default());
+    *source.answer.lock().unwrap() = Answer {
+        decision: lockstep::orders::Decision::Abort,
+        term: 1,
+    };
+    let decisions = Decisions {
+        source: source.clone(),
+        ask_after: Duration::from_millis(20),
+    };
+    let p = tracked_asking(Some(decisions));
+    p.admit_term(2).await.unwrap();
+    let vote = p.prepare(order("T4")).await.unwrap();
+    assert!(matches!(vote, VoteAnswer::Prepared(_)), "{vote:?}");
+
+    let t4 = TxId::parse("id", "T4").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while source.asked.lock().unwrap().len() < 3 && p.is_prepared(&t4) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "T4 was not asked about"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(p.is_prepared(&t4), "a deposed leader's ABORT was acted on");
+    assert_eq!(p.inner.deployer.staged(), ["T4"]);
+
+    *source.answer.lock().unwrap() = Answer {
+        decision: lockstep::orders::Decision::Commit,
+        term: 2,
+    };
+    while p.is_prepared(&t4) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "term 2's COMMIT was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let phase = p.inner.ledger.get("T4").unwrap().unwrap().phase;
+    assert_eq!(phase, Phase::Committed);
 }
 
 #[tokio::test]
@@ -367,9 +424,9 @@ async fn an_abort_after_staging_panicked_ends_and_frees_the_participant() {
     assert!(p.inner.ledger.open_ids().is_empty(), "T1 is still open");
 }
 
-/// A disk whose writes land and whose fsync fails.
+/// A disk whose fsync fails and, when full, whose writes fail too.
 #[derive(Default)]
-struct SyncFails(MemKv);
+struct SyncFails(MemKv, bool);
 
 impl lockstep_store::Kv for SyncFails {
     fn get(
@@ -396,6 +453,10 @@ impl lockstep_store::Kv for SyncFails {
         batch: lockstep_store::Batch,
         durability: lockstep_store::Durability,
     ) -> Result<(), lockstep_store::StoreError> {
+        if self.1 {
+            let full = "IO error: No space left on device (test)";
+            return Err(lockstep_store::StoreError::Stopped(full.into()));
+        }
         self.0.write(batch, durability)
     }
 
@@ -427,4 +488,28 @@ async fn a_vote_whose_record_failed_to_sync_is_never_answered_prepared() {
     let again = p.prepare(order("T1")).await;
 
     assert!(!matches!(again, Ok(VoteAnswer::Prepared(_))), "{again:?}");
+}
+
+/// Review finding of stop 60: when the Staging record (the intent a restart undoes)
+/// could not be written, staging went ahead all the same, and what it staged (a
+/// reversible migration applied to the database) was left behind with no record to
+/// undo it. Given a full disk, when a Prepare comes, then nothing is staged.
+#[tokio::test]
+async fn nothing_is_staged_when_its_intent_cannot_be_recorded() {
+    let full = SyncFails(MemKv::new(), true);
+    let ledger = Ledger::open(Arc::new(full), WriterMode::Task).unwrap();
+    let p = Participant::new(
+        "api".into(),
+        "production".into(),
+        Tracked::default(),
+        None,
+        ledger,
+        None,
+    );
+
+    let vote = p.prepare(order("T1")).await;
+
+    assert!(!matches!(vote, Ok(VoteAnswer::Prepared(_))), "{vote:?}");
+    settle().await;
+    assert_eq!(p.inner.deployer.staged(), Vec::<String>::new());
 }
