@@ -829,3 +829,31 @@ async fn a_failure_with_json_output_prints_a_json_error_on_stdout() {
     assert_eq!(error["code"], "UNAVAILABLE", "{error}");
     assert_eq!(error["exitCode"], 3, "{error}");
 }
+
+/// Carried from stop 59's review: a bad `--hosts` was found after the CA and the first
+/// certificates were on disk, and `-o json` printed text. Given a host that is no DNS
+/// name, nothing is written; given good names, the JSON answer names what was made.
+#[test]
+fn certs_init_checks_every_name_first_and_answers_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut lockstep = std::process::Command::new(support::bin("lockstep"));
+        lockstep.args(args).output().unwrap()
+    };
+
+    let bad = run(&["certs", "init", certs, "--hosts", "hôst"]);
+
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        !std::path::Path::new(certs).exists(),
+        "files were written before the names were checked"
+    );
+    let good = run(&["certs", "init", certs, "--agents", "A", "-o", "json"]);
+    assert!(good.status.success(), "{good:?}");
+    let json: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    let made = serde_json::json!(["coordinator.crt", "agent-default-A.crt", "user-admin.crt"]);
+    assert_eq!(json["certificates"], made, "{json}");
+    assert_eq!(json["ca"]["reused"], false, "{json}");
+}

@@ -457,6 +457,44 @@ async fn a_queued_promotion_is_refused_at_its_turn_when_its_source_was_reverted(
     assert_eq!(versions(&c, "hardening", &["web"]), some(&["0.9"]));
 }
 
+/// Review finding of stop 60: the promotion path was checked only when a promotion was
+/// asked for. Given P2 (dev to hardening) queued behind a release of hardening, when a
+/// pipeline applied meanwhile takes dev off hardening's upstreams, then at its turn P2
+/// is refused: it would have gone live credited as tested by an environment that is no
+/// longer upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_promotion_is_refused_at_its_turn_when_its_path_changed() {
+    let mut c = with_pipeline(DEV_TO_APPROVED_HARDENING).await;
+    env_agent(&mut c, "dev", "web", "").await;
+    env_agent(&mut c, "hardening", "web", "").await;
+    release(&c, "dev", "D1", &["web=1.0"], false).await;
+    let held = ["-e", "hardening", "release", "create", "H1", "web=0.9"];
+    assert_eq!(c.cli(&held).await.code, 0);
+    c.wait_state("H1", TransactionState::Verifying).await;
+    let promote = [
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "hardening",
+        "--id",
+        "P2",
+    ];
+    assert_eq!(c.cli(&promote).await.code, 0);
+
+    let file = c.dir.path().join("cut.toml");
+    std::fs::write(&file, "[[environment]]\nname = \"hardening\"\nafter = []\n").unwrap();
+    let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let approve = ["-e", "hardening", "approve", "H1", "--actor", "carol"];
+    assert_eq!(c.cli(&approve).await.code, 0);
+    c.wait_state("H1", TransactionState::Committed).await;
+
+    let p2 = c.wait_state("P2", TransactionState::Aborted).await;
+    mentions(&p2.reason, &["promotion path changed", "dev"]);
+    assert_eq!(versions(&c, "hardening", &["web"]), some(&["0.9"]));
+}
+
 /// The bracket's side of the check above (a review of stop 57's change): a promotion
 /// of one release (`--release`) is judged by that release alone, at its turn too, not
 /// by the other versions of the checkpoint it made. Given dev's api (which requires

@@ -639,7 +639,12 @@ fn validity(value: &str) -> std::result::Result<Duration, String> {
 fn comma_list(value: &str) -> std::result::Result<String, String> {
     match value.split(',').any(|item| item.trim().is_empty()) {
         true => Err("an empty item (an unset variable?): name each, comma-separated".into()),
-        false => Ok(value.to_string()),
+        // `--after "a, b"` as `a,b`: a space after a comma is not part of a name.
+        false => Ok(value
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(",")),
     }
 }
 

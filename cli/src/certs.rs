@@ -21,13 +21,16 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::{Failure, OK, Result, args::CertsCommand};
+use crate::{
+    Failure, OK, Result,
+    args::{CertsCommand, Output},
+};
 
 /// The CA's subject: fixed, so a rerun can sign with an existing CA key.
 const CA_NAME: &str = "Lockstep development CA";
 
 /// Runs `lockstep certs init`.
-pub fn run(c: &CertsCommand) -> Result<u8> {
+pub fn run(c: &CertsCommand, output: Output) -> Result<u8> {
     let CertsCommand::Init {
         dir,
         environment,
@@ -37,21 +40,23 @@ pub fn run(c: &CertsCommand) -> Result<u8> {
         valid_for,
     } = c;
     let holders = holders(environment, agents, users)?;
+    // Every name checked before anything is written: a bad --hosts used to be found
+    // after the CA and the first certificates were on disk.
+    server_names(hosts)?;
     std::fs::create_dir_all(dir).map_err(|e| io_failure(dir, e))?;
     let (ca, reused) = ca(dir)?;
     for (file, identity) in &holders {
         leaf(dir, file, identity, hosts, *valid_for, &ca)?;
     }
-    let made: Vec<&str> = holders.iter().map(|(f, _)| f.as_str()).collect();
+    let made: Vec<String> = holders.iter().map(|(f, _)| format!("{f}.crt")).collect();
     let ca_note = if reused { "reused" } else { "new" };
-    println!(
-        "{}: ca.crt ({ca_note}), {}",
-        dir.display(),
-        made.iter()
-            .map(|f| format!("{f}.crt"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"dir": dir, "ca": {"file": "ca.crt", "reused": reused}, "certificates": made})
+        ),
+        Output::Table => println!("{}: ca.crt ({ca_note}), {}", dir.display(), made.join(", ")),
+    }
     Ok(OK)
 }
 

@@ -195,7 +195,7 @@ async fn run(args: Args) -> Result<u8> {
         return conformance::run(conformance::Request::from_args(args), out).await;
     }
     if let Command::Certs(c) = &args.command {
-        return certs::run(c);
+        return certs::run(c, args.output);
     }
     input_files_readable(&args.command)?;
     let dial = Dial::new(&args.coordinator, args.credentials())?;

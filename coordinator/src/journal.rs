@@ -340,8 +340,8 @@ impl Journal {
                 biased;
                 done = heard.wait_for(|d| *d >= append) => done
                     .map(|_| ())
-                    .map_err(|_| StoreError::Corrupt("the syncer stopped".into()).into()),
-                e = log.failed() => Err(StoreError::Corrupt(e).into()),
+                    .map_err(|_| StoreError::Stopped("the syncer stopped".into()).into()),
+                e = log.failed() => Err(StoreError::Stopped(e).into()),
             }
         }
     }

@@ -215,8 +215,11 @@ fn environment(
             steps(v, &format!("{key}.verify"), at)
         })?,
         auto_promote: entry.auto_promote.unwrap_or(was.auto_promote),
+        // `soak = "0s"` is no soak: it removes a declared one.
         soak_ms: match soak {
-            Some(s) => optional_duration(Some(s), &|span| field(span, "soak"))?,
+            Some(s) => {
+                optional_duration(Some(s), &|span| field(span, "soak"))?.filter(|ms| *ms > 0)
+            }
             None => was.soak_ms,
         },
         verify_live: keep(verify_live, was.verify_live, |v| {
@@ -309,6 +312,9 @@ fn steps(
     Ok(steps)
 }
 
+/// How a URL template names a staged (green) instance.
+const STAGED: &str = "{test_uri:";
+
 /// The steps run after commit: only http ones, since nobody is asked to report on or
 /// approve a change that is already live.
 fn live_steps(
@@ -317,16 +323,28 @@ fn live_steps(
     at: &impl Fn(std::ops::Range<usize>) -> usize,
 ) -> Result<Vec<Step>, FieldError> {
     let steps = steps(entries, key, at)?;
-    let not_http = steps
-        .iter()
-        .position(|s| !matches!(s.kind, StepKind::Http { .. }));
-    match not_http {
-        None => Ok(steps),
-        Some(i) => Err(FieldError::new(
-            format!("line {}: {key}[{i}].kind", at(entries[i].kind.span())),
-            "only http steps run after commit (external and approval steps belong in verify)",
-        )),
+    for (i, step) in steps.iter().enumerate() {
+        let url = match &step.kind {
+            StepKind::Http { url, .. } => url,
+            _ => {
+                return Err(FieldError::new(
+                    format!("line {}: {key}[{i}].kind", at(entries[i].kind.span())),
+                    "only http steps run after commit (external and approval steps belong in verify)",
+                ));
+            }
+        };
+        if url.contains(STAGED) {
+            let span = entries[i]
+                .url
+                .as_ref()
+                .map_or(entries[i].name.span(), |u| u.span());
+            return Err(FieldError::new(
+                format!("line {}: {key}[{i}].url", at(span)),
+                "a test_uri placeholder names the staged (green) instance, which the agent stops at commit: a step after commit checks what is live, at the service URL",
+            ));
+        }
     }
+    Ok(steps)
 }
 
 fn optional_duration(
@@ -492,12 +510,37 @@ mod tests {
         let emptied = &parse(emptied, &declared).unwrap().environments[0];
         assert!(emptied.after.is_empty() && emptied.stages.verify.is_empty());
         assert!(!emptied.stages.auto_promote);
+        let soaking = "[[environment]]\nname = \"production\"\nsoak = \"1h\"\n";
+        let soaking = parse(soaking, &declared).unwrap().environments[0].clone();
+        let mut declared = declared;
+        declared.insert(soaking.name.clone(), soaking);
+        let unsoaked = "[[environment]]\nname = \"production\"\nsoak = \"0s\"\n";
+        let unsoaked = &parse(unsoaked, &declared).unwrap().environments[0];
+        assert_eq!(
+            unsoaked.stages.soak_ms, None,
+            "soak = \"0s\" removes the soak"
+        );
         let long = SHIPYARD.replace("deadline = \"30s\"", "deadline = \"18446744073709552s\"");
         assert!(
             refusal(&long).contains("longer than a year"),
             "{}",
             refusal(&long)
         );
+    }
+
+    /// Review finding of stop 60: a live step probing `{test_uri:P}` failed after every
+    /// commit (the agent stops the green instance at commit), so every release was
+    /// reverted automatically.
+    #[test]
+    fn a_live_step_may_not_probe_the_staged_instance() {
+        let green = "[[environment]]\nname = \"qa\"\n  [[environment.verify_live]]\n  name = \"health\"\n  kind = \"http\"\n  url = \"{test_uri:api}/health\"\n";
+        let why = refusal(green);
+        assert!(
+            why.contains("line 6: environment[0].verify_live[0].url"),
+            "{why}"
+        );
+        let live = green.replace("{test_uri:api}", "http://api.internal");
+        assert!(parse(&live, &BTreeMap::new()).is_ok());
     }
 
     #[test]

@@ -222,6 +222,8 @@ class Agent(part_grpc.ParticipantServicer):
         successor is committing: ask again. A higher term is remembered, as from an order."""
         print(f"asked for {tx}: {decision_name(answer.decision)} (term {answer.coordinator_term})",
               file=sys.stderr, flush=True)
+        if not answer.HasField("coordinator_term"):
+            return answer.decision  # a coordinator older than stop 60 does not say
         with self.lock:
             if answer.coordinator_term < self.store.term:
                 print(f"passed over: term {self.store.term} already seen here", file=sys.stderr, flush=True)

@@ -57,17 +57,17 @@ impl DecisionSource for GrpcDecisions {
 }
 
 /// `answer`, unless it was given in a term older than `term` (a deposed leader that
-/// still answers): then the next instance is asked.
+/// still answers): then the next instance is asked. An answer without a term (a
+/// coordinator older than stop 60) is taken as before.
 fn answered(answer: pb::GetDecisionResponse, term: u64) -> Result<Answer, String> {
     let decision = Decision::from(answer.decision);
-    if answer.coordinator_term < term {
-        return Err(format!(
-            "an instance answered {decision:?} in coordinator term {}, older than term {term} seen here: passed over",
-            answer.coordinator_term
-        ));
+    match answer.coordinator_term {
+        Some(given) if given < term => Err(format!(
+            "an instance answered {decision:?} in coordinator term {given}, older than term {term} seen here: passed over"
+        )),
+        given => Ok(Answer {
+            decision,
+            term: given,
+        }),
     }
-    Ok(Answer {
-        decision,
-        term: answer.coordinator_term,
-    })
 }

@@ -1136,23 +1136,27 @@ async fn duplicator(cfg: Config, shared: SharedRef, election: crate::lease::Elec
             environment: t.environment.clone(),
         }))
         .await
-        .map(|d| d.decision);
+        // A duplicate of what that instance would send: in the term it answered in (a
+        // deposed leader's answer carries its old term, which the agent refuses).
+        .map(|d| (d.decision, d.coordinator_term.unwrap_or(0)));
         let _ = match decision {
-            Ok(d) if d == pb::Decision::Commit as i32 => bounded(p.commit(pb::CommitRequest {
-                transaction_id: tx.clone(),
-                project: part.project.clone(),
-                coordinator_incarnation: String::new(),
-                coordinator_term: term,
-            }))
-            .await
-            .map(|_| ()),
-            Ok(d) if d == pb::Decision::Abort as i32 && rng.random_bool(0.5) => {
+            Ok((d, answered)) if d == pb::Decision::Commit as i32 => {
+                bounded(p.commit(pb::CommitRequest {
+                    transaction_id: tx.clone(),
+                    project: part.project.clone(),
+                    coordinator_incarnation: String::new(),
+                    coordinator_term: answered,
+                }))
+                .await
+                .map(|_| ())
+            }
+            Ok((d, answered)) if d == pb::Decision::Abort as i32 && rng.random_bool(0.5) => {
                 bounded(p.abort(pb::AbortRequest {
                     transaction_id: tx.clone(),
                     project: part.project.clone(),
                     reason: "duplicate".into(),
                     coordinator_incarnation: String::new(),
-                    coordinator_term: term,
+                    coordinator_term: answered,
                 }))
                 .await
                 .map(|_| ())

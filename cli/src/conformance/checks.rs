@@ -207,15 +207,17 @@ impl Kit {
 
     async fn vote(&mut self, request: pb::PrepareRequest) -> std::result::Result<pb::Vote, String> {
         let tx = request.transaction_id.clone();
+        // Known before the Prepare goes, as a coordinator knows its transaction: an
+        // agent asking at once (`--ask-after 0`) hears UNDECIDED, not a presumed ABORT
+        // (a race the kit lost now and then: the agent then aborted what it had just
+        // prepared).
+        self.decisions.prepared(&tx);
         let answer = self
             .agent
             .prepare(request)
             .await
             .map_err(|s| said("Prepare", &s))?;
         let vote = pb::Vote::try_from(answer.into_inner().vote).unwrap_or(pb::Vote::Unspecified);
-        if vote == pb::Vote::Prepared {
-            self.decisions.prepared(&tx);
-        }
         Ok(vote)
     }
 

@@ -40,7 +40,7 @@ impl Decisions {
         }
     }
 
-    /// Notes that the agent voted PREPARED on `tx`: UNDECIDED until the kit decides.
+    /// Notes a transaction the kit prepares: UNDECIDED until the kit decides.
     pub fn prepared(&self, tx: &str) {
         self.decide(tx, pb::Decision::Undecided);
     }
@@ -78,7 +78,7 @@ impl coordinator_server::Coordinator for Service {
         let decision = self.0.ask(&id);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
-            coordinator_term: self.0.1.load(Ordering::SeqCst),
+            coordinator_term: Some(self.0.1.load(Ordering::SeqCst)),
         }))
     }
 }

@@ -68,42 +68,38 @@ enum Step {
 /// A transaction under an id as far as the lock's holder knows, or the id to read first.
 type Found<T = Option<TxRecord>> = std::result::Result<T, TxId>;
 
-/// Tries with ids read outside the lock before an admission reads under it, as it did
-/// before stop 60: ids that keep going stale (transactions ending all the while)
-/// cannot hold an admission off.
-const STALE_TRIES: u32 = 3;
+/// Ids read outside the lock before an admission reads under it, as it did before
+/// stop 60: a chain of ids that keep being taken cannot hold an admission off.
+const READS: u32 = 8;
 
-/// Transactions read from the store outside the state lock, so that a slow store (an
-/// etcd round trip, retried) never holds every other call while an admission looks up
-/// an id. A record read here is still the truth under the lock while no transaction
-/// has left memory since (`State::departed`): a transaction admitted after the read is
-/// in memory until it leaves, and it leaves only once its end is in the store.
+/// What one admission has read outside the state lock, so that a slow store (an etcd
+/// round trip, retried) never holds every other call while it looks up an id: the
+/// records under the ids it needed, and the plan made before a read turned out to be
+/// needed (kept while nothing it read has changed). A record read here is still the
+/// truth under the lock unless its transaction left memory since the read
+/// (`State::departed_since`): one admitted after the read is in memory until it
+/// leaves, and it leaves only once its end is in the store.
 struct Stored {
-    departed: u64,
-    records: BTreeMap<TxId, Option<TxRecord>>,
-    tries: u32,
+    /// Per id: the departure count when it was read, and what the store held.
+    records: BTreeMap<TxId, (u64, Option<TxRecord>)>,
+    reads: u32,
+    plan: Option<(u64, Result<Plan>)>,
 }
 
 impl Stored {
     fn new() -> Self {
-        let records = BTreeMap::new();
-        let tries = STALE_TRIES;
         Self {
-            departed: 0,
-            records,
-            tries,
+            records: BTreeMap::new(),
+            reads: READS,
+            plan: None,
         }
     }
 
     /// Reads `id` from the store; `departed` is the count when the lock's holder missed it.
     fn read(&mut self, tables: &Tables, id: TxId, departed: u64) -> Result<()> {
-        if departed != self.departed {
-            self.records.clear();
-            self.departed = departed;
-        }
-        self.tries = self.tries.saturating_sub(1);
+        self.reads = self.reads.saturating_sub(1);
         let record = tables.transaction(&id)?;
-        self.records.insert(id, record);
+        self.records.insert(id, (departed, record));
         Ok(())
     }
 }
@@ -140,7 +136,7 @@ impl Registry {
     pub async fn admit(&self, spec: CreateSpec, authorize: Authorize<'_>) -> Result<Created> {
         let mut stored = Stored::new();
         loop {
-            match self.try_admit(&spec, authorize, &stored)? {
+            match self.try_admit(&spec, authorize, &mut stored)? {
                 Step::Read(id, departed) => stored.read(&self.inner.tables, id, departed)?,
                 Step::Replay(replayed) => return replayed.await,
                 Step::Accepted(created, written) => {
@@ -155,27 +151,64 @@ impl Registry {
         }
     }
 
-    /// One try: the id looked up (before planning, so that a retry costs no plan), the
+    /// One try: the id looked up (before planning, so that a read costs no plan), the
     /// plan, the id looked up again under the plan's lock, and acceptance.
     fn try_admit(
         &self,
         spec: &CreateSpec,
         authorize: Authorize<'_>,
-        stored: &Stored,
+        stored: &mut Stored,
     ) -> Result<Step> {
-        let looked_up = self.replayed(&self.state(), spec, authorize, stored)?;
-        if let Err(step) = looked_up.free() {
+        if let Err(step) = self.admitted_as(&self.state(), spec, authorize, stored)? {
             return Ok(step);
         }
-        let (mut s, plan) = self.plan_for(&spec.environment, &spec.request);
+        let (mut s, plan) = self.planned(spec, stored.plan.take());
         // Someone may have created the same id while this one was planned.
-        let id = match self.replayed(&s, spec, authorize, stored)?.free() {
+        let id = match self.admitted_as(&s, spec, authorize, stored)? {
             Ok(id) => id,
-            Err(step) => return Ok(step),
+            Err(step) => {
+                stored.plan = Some((s.generation(&spec.environment), plan));
+                return Ok(step);
+            }
         };
         let plan = plan?;
         authorize(&plan)?;
-        self.accept(&mut s, spec, plan, id, stored)
+        self.accept(&mut s, spec, plan, id)
+    }
+
+    /// The plan of `spec` under the lock: `kept` from an earlier try while nothing a
+    /// plan reads has changed since (see `planning`), else a new one.
+    fn planned(
+        &self,
+        spec: &CreateSpec,
+        kept: Option<(u64, Result<Plan>)>,
+    ) -> (MutexGuard<'_, State>, Result<Plan>) {
+        if let Some((generation, plan)) = kept {
+            let s = self.state();
+            if s.generation(&spec.environment) == generation {
+                return (s, plan);
+            }
+        }
+        self.plan_for(&spec.environment, &spec.request)
+    }
+
+    /// The id `spec` would be admitted under (the one it names, or a fresh one), or
+    /// the step that ends this try: a retry's answer, or an id to read first.
+    fn admitted_as(
+        &self,
+        s: &State,
+        spec: &CreateSpec,
+        authorize: Authorize<'_>,
+        stored: &Stored,
+    ) -> Result<std::result::Result<TxId, Step>> {
+        let hint = spec.id_hint.as_deref().unwrap_or("tx");
+        Ok(match self.replayed(s, spec, authorize, stored)?.free() {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => self
+                .fresh_id(s, hint, stored)?
+                .map_err(|unread| Step::Read(unread, s.departed)),
+            Err(step) => Err(step),
+        })
     }
 
     /// The answer to an idempotent retry, when `spec`'s id exists already, resolving
@@ -224,16 +257,8 @@ impl Registry {
         Ok((plan, waits_for))
     }
 
-    /// Accepts `plan` under `id` (the free id `spec` names, as [`Registry::replayed`]
-    /// just found it; `None`: a fresh one).
-    fn accept(
-        &self,
-        s: &mut State,
-        spec: &CreateSpec,
-        plan: Plan,
-        id: Option<TxId>,
-        stored: &Stored,
-    ) -> Result<Step> {
+    /// Accepts `plan` under `id` (free, as [`Registry::admitted_as`] just found it).
+    fn accept(&self, s: &mut State, spec: &CreateSpec, plan: Plan, id: TxId) -> Result<Step> {
         let waits_for = s.queue.waits_for(&spec.environment, &plan.held(), None);
         if !plan.allowed() {
             return Err(CoordinatorError::Refused(plan.refusal()));
@@ -241,16 +266,7 @@ impl Registry {
         // An id the coordinator chose, or one it makes again after a restart, would be
         // chosen again if this admission were lost: it reaches no agent before it is
         // durable.
-        let made_here = id.is_none() || spec.again_after_restart;
-        let hint = spec.id_hint.as_deref().unwrap_or("tx");
-        let found = match id {
-            Some(id) => Ok(id),
-            None => self.fresh_id(s, hint, stored)?,
-        };
-        let id = match found {
-            Ok(id) => id,
-            Err(unread) => return Ok(Step::Read(unread, s.departed)),
-        };
+        let made_here = spec.id.is_none() || spec.again_after_restart;
         let ordinal = s.next_ordinal;
         s.next_ordinal += 1;
         let mut record = self.new_record(id.clone(), ordinal, spec, &plan);
@@ -374,28 +390,37 @@ impl Registry {
     }
 
     /// A transaction by id: memory for unfinished ones, storage otherwise, read once
-    /// the lock is let go (see [`Stored`]).
+    /// the lock is let go (see [`Stored`]). A record read there that has not ended is
+    /// one admitted meanwhile, whose write is not yet durable: memory answers for it,
+    /// as it would have had the read been made under the lock.
     pub(super) fn existing(&self, s: MutexGuard<'_, State>, id: &TxId) -> Result<Option<TxRecord>> {
         if let Some(a) = s.active.get(id) {
             return Ok(Some(a.record.clone()));
         }
         drop(s);
-        Ok(self.inner.tables.transaction(id)?)
+        let stored = self.inner.tables.transaction(id)?;
+        if stored.as_ref().is_none_or(|r| r.finished_ms != 0) {
+            return Ok(stored);
+        }
+        let s = self.state();
+        match s.active.get(id) {
+            Some(a) => Ok(Some(a.record.clone())),
+            None => Ok(self.inner.tables.transaction(id)?),
+        }
     }
 
     /// The transaction under `id`, from memory, from `stored` while it is current, or,
-    /// once `stored` has run out of tries, from the store under the lock.
+    /// once `stored` has run out of reads, from the store under the lock.
     fn known(&self, s: &State, stored: &Stored, id: &TxId) -> Result<Found> {
         if let Some(a) = s.active.get(id) {
             return Ok(Ok(Some(a.record.clone())));
         }
-        if stored.tries == 0 {
+        if stored.reads == 0 {
             return Ok(Ok(self.inner.tables.transaction(id)?));
         }
-        let current = stored.departed == s.departed;
-        match stored.records.get(id).filter(|_| current) {
-            Some(record) => Ok(Ok(record.clone())),
-            None => Ok(Err(id.clone())),
+        match stored.records.get(id) {
+            Some((read_at, record)) if !s.departed_since(*read_at, id) => Ok(Ok(record.clone())),
+            _ => Ok(Err(id.clone())),
         }
     }
 

@@ -115,9 +115,11 @@ struct State {
     /// The newest pipeline file version applied (0: none).
     pipeline_version: u64,
     active: BTreeMap<TxId, Active>,
-    /// How many transactions have left `active` (see `admit::Stored`): a record read
-    /// from the store outside this lock is still the truth while this has not moved.
+    /// How many transactions have left `active`, and the ids of the latest
+    /// [`DEPARTURES_KEPT`] (see `admit::Stored`): a record read from the store outside
+    /// this lock is still the truth unless its transaction left since.
     departed: u64,
+    departures: std::collections::VecDeque<TxId>,
     queue: Queue,
     /// Newest checkpoint per environment, including a decided one still being written.
     head: BTreeMap<Environment, Arc<CheckpointRecord>>,
@@ -127,6 +129,28 @@ struct State {
     next_ordinal: u64,
     /// Per environment, how often what plans read changed (see [`planning`]).
     generations: BTreeMap<Environment, u64>,
+}
+
+/// Departed ids a state keeps: a read older than the last this many departures is
+/// read again.
+const DEPARTURES_KEPT: usize = 4096;
+
+impl State {
+    /// Notes that `id` left `active`.
+    fn departs(&mut self, id: &TxId) {
+        self.departed += 1;
+        self.departures.push_back(id.clone());
+        if self.departures.len() > DEPARTURES_KEPT {
+            self.departures.pop_front();
+        }
+    }
+
+    /// Whether `id` may have left `active` since the departure count was `departed`
+    /// (also when the departures kept no longer reach back that far).
+    fn departed_since(&self, departed: u64, id: &TxId) -> bool {
+        let since = usize::try_from(self.departed.saturating_sub(departed)).unwrap_or(usize::MAX);
+        since > self.departures.len() || self.departures.iter().rev().take(since).any(|d| d == id)
+    }
 }
 
 impl Registry {

@@ -88,7 +88,7 @@ impl Registry {
         }))
     }
 
-    fn downstream(&self, from: &Environment, to: &Environment) -> Result<()> {
+    pub(super) fn downstream(&self, from: &Environment, to: &Environment) -> Result<()> {
         let s = self.state();
         let target = s.environments.get(to).ok_or_else(|| {
             CoordinatorError::NotFound(format!(

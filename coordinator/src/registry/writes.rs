@@ -304,7 +304,7 @@ impl Registry {
         let started = {
             let mut s = self.state();
             if s.active.remove(id).is_some() {
-                s.departed += 1;
+                s.departs(id);
             }
             let started = s.queue.finish(id);
             // Still-waiting transactions may now wait for someone else: refresh their
@@ -341,6 +341,7 @@ impl Registry {
         };
         // Read before the state's lock is taken (they read the store).
         let refused = (self.creator_revoked_now(&creator))
+            .or_else(|| self.path_changed_now(&env, &request))
             .or_else(|| self.promotion_refused_now(&request).map(source_changed));
         let (mut s, plan) = self.plan_for(&env, &request);
         let turn = match refused {
@@ -365,6 +366,20 @@ impl Registry {
                 "whether its creator's token was revoked could not be read: {e}"
             )),
         }
+    }
+
+    /// Why a promotion may not go ahead at its turn: its target no longer comes after
+    /// its source (a pipeline applied, or `env add`, while it waited), so it would go
+    /// live credited as tested by an environment that is no longer upstream (review
+    /// finding of stop 60).
+    fn path_changed_now(&self, to: &Environment, request: &Request) -> Option<String> {
+        let Request::Promote { upstream, .. } = request else {
+            return None;
+        };
+        let refused = self.downstream(&upstream.environment, to).err()?;
+        Some(format!(
+            "while it was queued, the promotion path changed: {refused}"
+        ))
     }
 
     /// Why a promotion may not go ahead at its turn: the source checkpoint it stored is

@@ -551,7 +551,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let decision = pb::Decision::from(self.coordinator.decision(&id, asker)?);
         Ok(Response::new(pb::GetDecisionResponse {
             decision: decision as i32,
-            coordinator_term: self.coordinator.term(),
+            coordinator_term: Some(self.coordinator.term()),
         }))
     }
 

@@ -103,6 +103,7 @@ impl Fetcher {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("artifact {url}: {what}: {e}");
         fs::create_dir_all(&self.cache).map_err(|e| fail("creating the cache", &e))?;
         let temp = self.cache.join(format!(".download-{}", unique()));
+        let mut partial = Partial(Some(temp.clone()));
         let response = self.client.get(url).send().await;
         let mut response = response
             .and_then(reqwest::Response::error_for_status)
@@ -126,15 +127,23 @@ impl Fetcher {
             true => Ok(()),
             false => Err(mismatch(url, digest, &got)),
         });
-        let placed = checked.and_then(|()| {
-            fs::rename(&temp, to)
-                .and_then(|()| artifact::sync_dir(&self.cache))
-                .map_err(|e| fail("moving into the cache", &e))
-        });
-        if placed.is_err() {
-            let _ = fs::remove_file(&temp);
+        checked?;
+        fs::rename(&temp, to).map_err(|e| fail("moving into the cache", &e))?;
+        partial.0 = None;
+        artifact::sync_dir(&self.cache).map_err(|e| fail("moving into the cache", &e))
+    }
+}
+
+/// A download not yet moved into the cache: removed when dropped, on a failure and
+/// also when an Abort cancels the staging mid-download (review finding of stop 60:
+/// the partial file stayed until the agent's next start, on a disk that may be full).
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
         }
-        placed
     }
 }
 
@@ -229,6 +238,45 @@ mod tests {
         Fetcher::new(cache, ArtifactRoots::default(), None).unwrap();
         assert!(!dead.exists(), "a dead agent's partial download is kept");
         assert!(running.exists() && cached.exists());
+    }
+
+    /// Given a download that stalls half-way, when the staging that asked for it is
+    /// cancelled (an Abort), then no partial file is left in the cache.
+    #[tokio::test]
+    async fn a_cancelled_download_leaves_nothing_in_the_cache() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/app.tar.gz", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&[7; 1000]).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let fetcher = Fetcher::new(cache.clone(), ArtifactRoots::default(), None).unwrap();
+        let to = cache.join("app.tar.gz");
+        let mut download = Box::pin(fetcher.download(&url, D, &to));
+        let files = || fs::read_dir(&cache).map_or(0, |d| d.count());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while files() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the download never began writing"
+            );
+            tokio::select! {
+                r = &mut download => panic!("the download ended although the server stalls: {r:?}"),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+            }
+        }
+
+        drop(download);
+
+        assert_eq!(files(), 0, "a partial download stayed in the cache");
     }
 
     #[test]

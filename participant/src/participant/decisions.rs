@@ -60,8 +60,9 @@ pub struct Question {
 pub struct Answer {
     /// COMMIT, ABORT or UNDECIDED.
     pub decision: Decision,
-    /// The answering coordinator's term (0 for a single coordinator).
-    pub term: u64,
+    /// The answering coordinator's term (0 for a single coordinator; `None` from a
+    /// coordinator older than stop 60, which does not say).
+    pub term: Option<u64>,
 }
 
 /// Where a participant learns the coordinator's decision.
@@ -209,7 +210,11 @@ impl<D: Deployer> Participant<D> {
     /// Applies a decided `answer`, unless it comes from an older term than one seen
     /// here (as an order from a deposed leader would be refused).
     async fn act_on(&self, tx: &TxId, answer: Answer) {
-        if let Err(e) = self.admit_term(answer.term).await {
+        let admitted = match answer.term {
+            Some(term) => self.admit_term(term).await,
+            None => Ok(()),
+        };
+        if let Err(e) = admitted {
             tracing::warn!(%tx, ?answer.decision, "a decision answer passed over: {e}");
             return;
         }

@@ -233,7 +233,7 @@ impl Default for Answering {
     fn default() -> Self {
         let answer = Answer {
             decision: lockstep::orders::Decision::Commit,
-            term: 0,
+            term: Some(0),
         };
         Self {
             asked: Default::default(),
@@ -260,7 +260,7 @@ async fn a_decision_answered_in_an_older_term_is_not_acted_on() {
     let source = Arc::new(Answering::default());
     *source.answer.lock().unwrap() = Answer {
         decision: lockstep::orders::Decision::Abort,
-        term: 1,
+        term: Some(1),
     };
     let decisions = Decisions {
         source: source.clone(),
@@ -285,7 +285,7 @@ async fn a_decision_answered_in_an_older_term_is_not_acted_on() {
 
     *source.answer.lock().unwrap() = Answer {
         decision: lockstep::orders::Decision::Commit,
-        term: 2,
+        term: Some(2),
     };
     while p.is_prepared(&t4) {
         assert!(
