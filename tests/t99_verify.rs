@@ -938,7 +938,9 @@ async fn p1_soaking(
 async fn a_soak_a_new_pipeline_dropped_is_settled_after_a_restart() {
     let (mut c, _, site, _dir) = p1_soaking("30s", "revert").await;
     let file = c.dir.path().join("no-soak.toml");
-    std::fs::write(&file, "[[environment]]\nname = \"production\"\n").unwrap();
+    // Since stop 60 a left-out key keeps what is declared: the file says what it drops.
+    let dropped = "[[environment]]\nname = \"production\"\nsoak = \"0s\"\nverify_live = []\n";
+    std::fs::write(&file, dropped).unwrap();
     let applied = c.cli(&["env", "apply", "-f", file.to_str().unwrap()]).await;
     assert_eq!(applied.code, 0, "{applied:?}");
 

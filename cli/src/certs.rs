@@ -53,7 +53,7 @@ pub fn run(c: &CertsCommand, output: Output) -> Result<u8> {
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::json!({"dir": dir, "ca": {"file": "ca.crt", "reused": reused}, "certificates": made})
+            serde_json::json!({"dir": dir.display().to_string(), "ca": {"file": "ca.crt", "reused": reused}, "certificates": made})
         ),
         Output::Table => println!("{}: ca.crt ({ca_note}), {}", dir.display(), made.join(", ")),
     }

@@ -1099,9 +1099,10 @@ fn promote_request(id: &str, force: bool) -> pb::PromoteRequest {
 /// Abort again once the coordinator has decided (only the coordinator's own decision,
 /// duplicated late, as a reordering network would).
 ///
-/// Each carries the newest leader's term (0 without HA), as that leader's own resend
-/// would: a duplicate under an older term is refused before it reaches the protocol,
-/// and would test only the fence. Channels are kept per endpoint (a moved agent, and
+/// A Prepare carries the newest leader's term (0 without HA), as that leader's own
+/// resend would. A Commit or Abort carries the term its GetDecision answer was given in
+/// (since stop 60), as the instance that answered would send it: one a deposed leader
+/// answered is refused at the agent's term check, which is then all it tests. Channels are kept per endpoint (a moved agent, and
 /// the same project in two environments, each have their own).
 async fn duplicator(cfg: Config, shared: SharedRef, election: crate::lease::Election) {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0xd0_0b1e);

@@ -212,13 +212,15 @@ impl Kit {
         // (a race the kit lost now and then: the agent then aborted what it had just
         // prepared).
         self.decisions.prepared(&tx);
-        let answer = self
-            .agent
-            .prepare(request)
-            .await
-            .map_err(|s| said("Prepare", &s))?;
-        let vote = pb::Vote::try_from(answer.into_inner().vote).unwrap_or(pb::Vote::Unspecified);
-        Ok(vote)
+        let answer = self.agent.prepare(request).await;
+        let vote = answer.map(|a| pb::Vote::try_from(a.into_inner().vote));
+        let vote = vote.map(|v| v.unwrap_or(pb::Vote::Unspecified));
+        // Anything but PREPARED is aborted, as a coordinator decides it (`decide` keeps
+        // a decision already taken).
+        if !matches!(vote, Ok(pb::Vote::Prepared)) {
+            self.decisions.decide(&tx, pb::Decision::Abort);
+        }
+        vote.map_err(|s| said("Prepare", &s))
     }
 
     /// A Prepare that must be refused: a REFUSED vote, or any error status but

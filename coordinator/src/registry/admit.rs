@@ -402,11 +402,11 @@ impl Registry {
         if stored.as_ref().is_none_or(|r| r.finished_ms != 0) {
             return Ok(stored);
         }
-        let s = self.state();
-        match s.active.get(id) {
-            Some(a) => Ok(Some(a.record.clone())),
-            None => Ok(self.inner.tables.transaction(id)?),
+        if let Some(a) = self.state().active.get(id) {
+            return Ok(Some(a.record.clone()));
         }
+        // It left memory since, so its end is in the store: read without the lock.
+        Ok(self.inner.tables.transaction(id)?)
     }
 
     /// The transaction under `id`, from memory, from `stored` while it is current, or,

@@ -5,62 +5,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    sync::{Arc, Condvar, Mutex, mpsc},
+    sync::{Arc, mpsc},
     time::Duration,
 };
 
 use lockstep::names::{Environment, TxId};
-use lockstep_store::{Batch, Durability, Entry, Kv, MemKv, Order, StoreError};
 
+use super::repeat_tests::GatedKv;
 use crate::{
     coordinator::{Config, Coordinator},
     model::{CreateSpec, Request},
     network::TcpNet,
-    tables::TX_IDS,
 };
-
-/// A [`MemKv`] whose reads of transaction ids wait while its gate is shut, and say so.
-struct SlowIds {
-    kv: MemKv,
-    shut: Arc<(Mutex<bool>, Condvar)>,
-    waiting: Mutex<Option<mpsc::Sender<()>>>,
-}
-
-impl Kv for SlowIds {
-    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if table == TX_IDS {
-            if let Some(waiting) = &*self.waiting.lock().unwrap() {
-                let _ = waiting.send(());
-            }
-            let (shut, opened) = &*self.shut;
-            drop(
-                opened
-                    .wait_while(shut.lock().unwrap(), |shut| *shut)
-                    .unwrap(),
-            );
-        }
-        self.kv.get(table, key)
-    }
-
-    fn scan(
-        &self,
-        table: &'static str,
-        from: &[u8],
-        to: Option<&[u8]>,
-        order: Order,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        self.kv.scan(table, from, to, order, limit)
-    }
-
-    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        self.kv.write(batch, durability)
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        self.kv.sync()
-    }
-}
 
 fn release(id: &str) -> CreateSpec {
     CreateSpec {
@@ -87,18 +43,13 @@ fn release(id: &str) -> CreateSpec {
 #[test]
 fn a_slow_id_lookup_holds_no_other_call() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let shut = Arc::new((Mutex::new(false), Condvar::new()));
-    let kv = Arc::new(SlowIds {
-        kv: MemKv::new(),
-        shut: shut.clone(),
-        waiting: Mutex::new(None),
-    });
+    let kv = GatedKv::default();
     let net = Arc::new(TcpNet::default());
-    let c =
-        runtime.block_on(async { Coordinator::open(kv.clone(), net, Config::default()).unwrap() });
+    let store = Arc::new(kv.clone());
+    let c = runtime.block_on(async { Coordinator::open(store, net, Config::default()).unwrap() });
     let (waiting, lookup_waits) = mpsc::channel();
-    *kv.waiting.lock().unwrap() = Some(waiting);
-    *shut.0.lock().unwrap() = true;
+    *kv.reading.lock().unwrap() = Some(waiting);
+    kv.ids.set_shut(true);
     let admitting = c.clone();
     let admission = runtime.spawn(async move {
         let authorize = |_: &crate::planner::Plan| Ok(());
@@ -113,8 +64,7 @@ fn a_slow_id_lookup_holds_no_other_call() {
     });
     let read = answered.recv_timeout(Duration::from_secs(10));
 
-    *shut.0.lock().unwrap() = false;
-    shut.1.notify_all();
+    kv.ids.set_shut(false);
     runtime.block_on(admission).unwrap();
     assert_eq!(
         read,

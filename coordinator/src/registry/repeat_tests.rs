@@ -23,22 +23,50 @@ use crate::{
     registry::projects::ProjectChange,
 };
 
-/// A [`MemKv`] whose fsync waits while its gate is shut.
+/// A gate store calls wait at while it is shut.
 #[derive(Clone, Default)]
-struct GatedKv {
-    kv: MemKv,
-    shut: Arc<(Mutex<bool>, Condvar)>,
+pub(super) struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    pub(super) fn set_shut(&self, shut: bool) {
+        *self.0.0.lock().unwrap() = shut;
+        self.0.1.notify_all();
+    }
+
+    fn pass(&self) {
+        let (shut, opened) = &*self.0;
+        drop(
+            opened
+                .wait_while(shut.lock().unwrap(), |shut| *shut)
+                .unwrap(),
+        );
+    }
+}
+
+/// A [`MemKv`] whose fsync waits at `sync`, and whose reads of transaction ids wait at
+/// `ids` (each says so on `reading` first, when set).
+#[derive(Clone, Default)]
+pub(super) struct GatedKv {
+    pub(super) kv: MemKv,
+    pub(super) sync: Gate,
+    pub(super) ids: Gate,
+    pub(super) reading: Arc<Mutex<Option<std::sync::mpsc::Sender<()>>>>,
 }
 
 impl GatedKv {
     fn set_shut(&self, shut: bool) {
-        *self.shut.0.lock().unwrap() = shut;
-        self.shut.1.notify_all();
+        self.sync.set_shut(shut);
     }
 }
 
 impl Kv for GatedKv {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if table == crate::tables::TX_IDS {
+            if let Some(reading) = &*self.reading.lock().unwrap() {
+                let _ = reading.send(());
+            }
+            self.ids.pass();
+        }
         self.kv.get(table, key)
     }
 
@@ -58,9 +86,7 @@ impl Kv for GatedKv {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let (shut, opened) = &*self.shut;
-        let guard = shut.lock().unwrap();
-        drop(opened.wait_while(guard, |shut| *shut).unwrap());
+        self.sync.pass();
         self.kv.sync()
     }
 }
