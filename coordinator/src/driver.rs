@@ -370,16 +370,20 @@ impl Driver {
         effects
     }
 
-    /// Waits for the next input: the turn, a person's command, the deadline or a reply.
+    /// Waits for the next input: the turn, a person's command, a reply or the deadline.
+    /// Biased, in that order: of inputs ready together, the same one is taken on every
+    /// run (tokio's default picks at random), and a reply already in hand counts before
+    /// the deadline that it beat.
     async fn next_input(&mut self) -> Input {
         let deadline = self.deadline;
         tokio::select! {
+            biased;
             turn = wait_turn(&mut self.signals.start) => Input::Turn(turn),
             Some(command) = self.signals.commands.recv() => Input::Command(command),
-            _ = sleep_until(deadline) => Input::Deadline,
             Some(reply) = self.prepares.next() => Input::Reply(reply),
             Some(reply) = self.deliveries.next() => Input::Reply(reply),
             Some((step, status)) = self.probes.next() => Input::Probed(step, status),
+            _ = sleep_until(deadline) => Input::Deadline,
         }
     }
 
@@ -470,6 +474,7 @@ impl Driver {
             // millisecond tick, so even a zero sleep would hold the call up to 1 ms.
             if !after.is_zero() {
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep(after) => {}
                     _ = hurry.changed() => {}
                 }

@@ -2,6 +2,8 @@
 //! PREPARED learns the decision when Commit or Abort does not come (see
 //! `participant::decisions` for when it asks).
 
+use std::time::Duration;
+
 use lockstep::{
     orders::Decision,
     pb::{self, coordinator_client::CoordinatorClient},
@@ -10,10 +12,16 @@ use tonic::transport::Channel;
 
 use crate::participant::{Answer, DecisionSource, Pending, Question};
 
+/// How long one instance may take to answer before the next is asked: an instance that
+/// accepts the call and never answers (stalled on its store, or paused) must not hold
+/// every later question of the vote, nor hide the instance that would answer.
+pub const ASK_WITHIN: Duration = Duration::from_secs(10);
+
 /// GetDecision over (lazily connected) channels to the coordinator's instances.
 #[derive(Clone)]
 pub struct GrpcDecisions {
     coordinators: Vec<Channel>,
+    within: Duration,
 }
 
 impl GrpcDecisions {
@@ -25,7 +33,15 @@ impl GrpcDecisions {
     /// Asks each instance in turn (several coordinators on etcd: standbys answer
     /// UNAVAILABLE naming the leader) until one answers.
     pub fn asking_each(coordinators: Vec<Channel>) -> Self {
-        Self { coordinators }
+        Self {
+            coordinators,
+            within: ASK_WITHIN,
+        }
+    }
+
+    /// The same, giving each instance `within` to answer instead of [`ASK_WITHIN`].
+    pub fn answering_within(self, within: Duration) -> Self {
+        Self { within, ..self }
     }
 }
 
@@ -38,17 +54,19 @@ impl DecisionSource for GrpcDecisions {
             coordinator_incarnation: question.incarnation.clone(),
             environment: question.environment.to_string(),
         };
-        let term = question.term;
+        let (term, within) = (question.term, self.within);
         Box::pin(async move {
             let mut why = Vec::new();
             for channel in coordinators {
                 let mut client = CoordinatorClient::new(channel);
-                match client.get_decision(request.clone()).await {
-                    Ok(answer) => match answered(answer.into_inner(), term) {
+                let asked = client.get_decision(request.clone());
+                match tokio::time::timeout(within, asked).await {
+                    Ok(Ok(answer)) => match answered(answer.into_inner(), term) {
                         Ok(answer) => return Ok(answer),
                         Err(stale) => why.push(stale),
                     },
-                    Err(status) => why.push(status.message().to_string()),
+                    Ok(Err(status)) => why.push(status.message().to_string()),
+                    Err(_) => why.push(format!("no answer within {within:?}")),
                 }
             }
             Err(why.join("; "))
@@ -69,5 +87,50 @@ fn answered(answer: pb::GetDecisionResponse, term: u64) -> Result<Answer, String
             decision,
             term: given,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lockstep::names::{Environment, ProjectName, TxId};
+
+    use super::*;
+
+    /// Review finding of stop 60: an instance that accepted GetDecision and never
+    /// answered held the question for good, so the next instance (the leader that
+    /// knows the decision) was never asked. Given two instances that accept
+    /// connections and never answer, when a vote asks for its decision, then the
+    /// question ends, naming both.
+    #[tokio::test]
+    async fn an_instance_that_never_answers_does_not_hold_the_question() {
+        let mut instances = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            instances.push(lockstep::edge::endpoint(&url).unwrap().connect_lazy());
+            held.push(tokio::spawn(async move {
+                let mut open = Vec::new();
+                while let Ok((socket, _)) = listener.accept().await {
+                    open.push(socket);
+                }
+            }));
+        }
+        let source =
+            GrpcDecisions::asking_each(instances).answering_within(Duration::from_millis(200));
+        let question = Question {
+            tx: TxId::parse("transaction_id", "T1").unwrap(),
+            project: ProjectName::parse("project", "A").unwrap(),
+            environment: Environment::parse("environment", "default").unwrap(),
+            incarnation: String::new(),
+            term: 0,
+        };
+        let asked = tokio::time::timeout(Duration::from_secs(10), source.decision(&question));
+        let why = asked.await.expect("a silent instance held the question");
+        let why = why.expect_err("nobody answered");
+        assert_eq!(why.matches("no answer within 200ms").count(), 2, "{why}");
+        held.iter().for_each(|h| h.abort());
     }
 }

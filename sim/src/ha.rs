@@ -65,6 +65,7 @@ async fn instance(name: &str, store: FencedKv, seed: u64) {
         std::future::pending(),
     );
     tokio::select! {
+        biased;
         _ = serve => {}
         () = lease::kept_until_lost(term) => {}
         _ = failed.failed() => {}

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use lockstep_sim::{Config, replay_command, run};
+use lockstep_sim::{Config, default_threads, replay_command, run, run_many};
 
 fn seeds() -> u64 {
     std::env::var("LOCKSTEP_SIM_SEEDS")
@@ -17,8 +17,7 @@ fn seeds() -> u64 {
 fn a_few_hundred_fault_schedules_keep_every_invariant() {
     let mut failures = Vec::new();
     let (mut transactions, mut committed, mut faults, mut failovers) = (0, 0, 0, 0);
-    for seed in 1..=seeds() {
-        let o = run(&Config::for_seed(seed));
+    run_many(1..seeds() + 1, default_threads(), |seed, o| {
         transactions += o.transactions;
         committed += o.committed;
         faults += o.faults;
@@ -30,7 +29,8 @@ fn a_few_hundred_fault_schedules_keep_every_invariant() {
                 replay_command(seed)
             ));
         }
-    }
+    });
+    failures.sort();
     assert!(
         failures.is_empty(),
         "{} seeds broke invariants:\n{}",

@@ -61,14 +61,17 @@ async fn next(
                 None => std::future::pending().await,
             }
         };
+        // Biased: a revocation or expiry is heard before the next event, however busy
+        // the stream, and the order is the same on every run.
         tokio::select! {
-            item = w.events.next() => return item.map(|item| (item, Some(w))),
+            biased;
             changed = w.revocations.changed() => changed.ok()?,
             () = expired => {
                 let token = tokens_in(&w.actor).last().unwrap_or_default().to_string();
                 let why = format!("token {token} expired: this stream ends");
                 return Some((Err(Status::unauthenticated(why)), None));
             }
+            item = w.events.next() => return item.map(|item| (item, Some(w))),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! long before.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -95,10 +95,11 @@ const ASKING: Backoff = Backoff {
 /// The shortest sweep period, for tests that wait only milliseconds.
 const MIN_SWEEP: Duration = Duration::from_millis(10);
 
-/// The PREPARED votes that wait for their decision, with when each was cast.
+/// The PREPARED votes that wait for their decision, with when each was cast (ordered,
+/// so overdue votes are asked about in the same order on every run).
 #[derive(Default)]
 pub(super) struct Waiting {
-    since: Mutex<HashMap<String, Instant>>,
+    since: Mutex<BTreeMap<String, Instant>>,
     /// Whether the sweeping task runs (started at the first vote).
     sweeping: AtomicBool,
     /// Wakes the sweeper when a vote is noted.
@@ -106,7 +107,7 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
-    fn since(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+    fn since(&self) -> MutexGuard<'_, BTreeMap<String, Instant>> {
         self.since.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

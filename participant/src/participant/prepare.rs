@@ -265,8 +265,9 @@ impl<D: Deployer> Participant<D> {
         cancelled: &mut watch::Receiver<bool>,
     ) -> StageOutcome {
         let staged = tokio::select! {
-            staged = self.inner.deployer.stage(change) => staged.map_err(|r| (r, None))?,
+            biased;
             _ = cancelled.wait_for(|c| *c) => return Err((aborted_while_preparing(), None)),
+            staged = self.inner.deployer.stage(change) => staged.map_err(|r| (r, None))?,
         };
         let Some(schema) = &self.inner.schema else {
             return Ok((staged, None));

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use lockstep_sim::{Config, replay_command, run};
+use lockstep_sim::{Config, default_threads, replay_command, run, run_many};
 
 /// Run the Lockstep fault-schedule simulation.
 #[derive(Parser)]
@@ -19,6 +19,9 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 1)]
     from: u64,
+    /// How many seeds to run at once (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// With --seed: also print what clients were told and the event log.
     #[arg(long)]
     verbose: bool,
@@ -63,8 +66,8 @@ fn main() -> std::process::ExitCode {
     let (mut violations, mut failing, mut transactions, mut faults) =
         (0usize, Vec::new(), 0usize, 0usize);
     let (mut on_etcd, mut failovers) = (0usize, 0i64);
-    for seed in args.from..args.from + args.seeds {
-        let o = run(&Config::for_seed(seed));
+    let threads = args.threads.unwrap_or_else(default_threads);
+    run_many(args.from..args.from + args.seeds, threads, |seed, o| {
         transactions += o.transactions;
         faults += o.faults;
         if o.terms > 0 {
@@ -81,7 +84,7 @@ fn main() -> std::process::ExitCode {
             println!("  replay: {}", replay_command(seed));
             failing.push(seed);
         }
-    }
+    });
     println!(
         "seeds {}, violations {violations}, wall time {:.1}s ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
         args.seeds,
