@@ -13,7 +13,7 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lockstep::{names::ProjectName, orders::VoteAnswer, pb, retry::Failure};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{Notify, mpsc, oneshot},
     time::Instant,
 };
 
@@ -149,7 +149,7 @@ pub async fn run(machine: Transaction, first: Vec<Effect>, signals: Signals, por
         deliveries: FuturesUnordered::new(),
         probes: FuturesUnordered::new(),
         deadline: None,
-        hurry: watch::channel(0).0,
+        hurry: Arc::new(Notify::new()),
         answers: Vec::new(),
         awaited: Vec::new(),
     };
@@ -170,8 +170,10 @@ struct Driver {
     deliveries: FuturesUnordered<Pending<Reply>>,
     probes: FuturesUnordered<Pending<(String, std::result::Result<u16, String>)>>,
     deadline: Option<Instant>,
-    /// Bumped to end every backoff wait at once.
-    hurry: watch::Sender<u64>,
+    /// Ends every backoff wait at once (a `Notify` wakes its waiters in the order they
+    /// began to wait; a `watch` would wake them in a random order, and the calls would
+    /// go out in another order on every run).
+    hurry: Arc<Notify>,
     answers: Vec<Answer>,
     /// A span per external or approval step the transaction waits on, from its trigger
     /// to its outcome (an http step's span is its request's).
@@ -370,20 +372,22 @@ impl Driver {
         effects
     }
 
-    /// Waits for the next input: the turn, a person's command, a reply or the deadline.
-    /// Biased, in that order: of inputs ready together, the same one is taken on every
-    /// run (tokio's default picks at random), and a reply already in hand counts before
-    /// the deadline that it beat.
+    /// Waits for the next input: the turn, a reply, a probe, the deadline or a person's
+    /// command. Biased, in that order, so that of inputs ready together the same one is
+    /// taken on every run (tokio's default picks at random). Replies and probes are few
+    /// (one per participant or step, retried only after a backoff) and the deadline
+    /// fires once, so none of them can hold the others back for long; commands come
+    /// last, since callers could send them without end and put the deadline off.
     async fn next_input(&mut self) -> Input {
         let deadline = self.deadline;
         tokio::select! {
             biased;
             turn = wait_turn(&mut self.signals.start) => Input::Turn(turn),
-            Some(command) = self.signals.commands.recv() => Input::Command(command),
             Some(reply) = self.prepares.next() => Input::Reply(reply),
             Some(reply) = self.deliveries.next() => Input::Reply(reply),
             Some((step, status)) = self.probes.next() => Input::Probed(step, status),
             _ = sleep_until(deadline) => Input::Deadline,
+            Some(command) = self.signals.commands.recv() => Input::Command(command),
         }
     }
 
@@ -393,7 +397,7 @@ impl Driver {
         match effect {
             Effect::Send { order, after } => self.send(*order, after),
             Effect::StartDeadline(after) => self.deadline = Some(Instant::now() + after),
-            Effect::Hurry => self.hurry.send_modify(|n| *n += 1),
+            Effect::Hurry => self.hurry.notify_waiters(),
             Effect::StopPreparing => {
                 crash::point(crash::BEFORE_DECISION);
                 self.prepares.clear();
@@ -463,7 +467,8 @@ impl Driver {
     fn call(&self, order: Order, after: Duration) -> Pending<Reply> {
         let (net, journal) = (self.ports.net.clone(), self.journal());
         let environment = self.machine.record().environment.clone();
-        let mut hurry = self.hurry.subscribe();
+        // Made now, so a Hurry from here on ends the wait even before it is polled.
+        let hurry = self.hurry.clone().notified_owned();
         let Order {
             project,
             endpoint,
@@ -476,7 +481,7 @@ impl Driver {
                 tokio::select! {
                     biased;
                     _ = tokio::time::sleep(after) => {}
-                    _ = hurry.changed() => {}
+                    () = hurry => {}
                 }
             }
             let endpoint = journal.endpoint(&environment, &project).unwrap_or(endpoint);

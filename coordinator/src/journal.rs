@@ -38,12 +38,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    durable::Waiters, error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings,
+};
 use lockstep::pb;
 pub use lockstep_store::WriterMode;
 use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
-use tokio::sync::watch;
-
-use crate::{error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings};
 
 /// How long a [`Durable::Soon`] write waits for someone else's sync before the syncer
 /// syncs it (tokio's timer ticks in milliseconds, so this is the shortest wait that
@@ -129,9 +129,9 @@ struct Inner {
     log: GroupCommit,
     clock: Clock,
     queue: Arc<Mutex<Queue>>,
-    /// The number of the newest append that is durable (appends are numbered 1, 2, ...
-    /// in log order).
-    durable: watch::Receiver<u64>,
+    /// Who waits for which append to be durable (appends are numbered 1, 2, ... in log
+    /// order), woken in that order.
+    durable: Waiters,
     timings: Timings,
     delay: CommitDelay,
 }
@@ -250,7 +250,7 @@ impl Journal {
             next_seq: tables.last_event_seq()? + 1,
             ..Queue::default()
         }));
-        let (durable_tx, durable) = watch::channel(0);
+        let (durable, advance) = Waiters::new();
         let before_sync = {
             let queue = queue.clone();
             move |log: &SyncerWriter<'_>| Queue::write(&queue, log)
@@ -263,13 +263,7 @@ impl Journal {
                 // The syncer is the only caller, so events are published in log order,
                 // and before anyone waiting for their append hears it is durable.
                 feed.publish(events);
-                durable_tx.send_if_modified(|d| {
-                    let newer = through > *d;
-                    if newer {
-                        *d = through;
-                    }
-                    newer
-                });
+                advance.to(through);
             }
         };
         let hooks = Hooks {
@@ -334,13 +328,12 @@ impl Journal {
         &self,
         append: u64,
     ) -> impl Future<Output = Result<(), CoordinatorError>> + Send + use<> {
-        let (log, mut heard) = (self.inner.log.clone(), self.inner.durable.clone());
+        let (log, heard) = (self.inner.log.clone(), self.inner.durable.clone());
         async move {
             tokio::select! {
                 biased;
-                done = heard.wait_for(|d| *d >= append) => done
-                    .map(|_| ())
-                    .map_err(|_| StoreError::Stopped("the syncer stopped".into()).into()),
+                done = heard.durable(append) => done
+                    .map_err(|()| StoreError::Stopped("the syncer stopped".into()).into()),
                 e = log.failed() => Err(StoreError::Stopped(e).into()),
             }
         }

@@ -13,7 +13,8 @@
 //! - [`planner`]: requests → plans (targets, actions, waves, release rules); pure.
 //!   [`preview`]: what each participant says it would do, for dry runs.
 //! - [`queue`]: per-project FIFO so transactions sharing a project never interleave.
-//! - [`journal`]: the write-ahead log's front door with group commit;
+//! - [`journal`]: the write-ahead log's front door with group commit ([`durable`]: who
+//!   waits for which append, woken in append order);
 //!   [`feed`]: durable events for watchers.
 //! - [`tables`]: table names, key layouts, encodings over [`lockstep_store::Kv`].
 //! - [`recovery`]: what a restart does to every unfinished transaction.
@@ -46,6 +47,7 @@ pub mod coordinator;
 pub mod crash;
 pub mod drift;
 pub mod driver;
+pub mod durable;
 pub mod error;
 pub mod feed;
 pub mod http;

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use crate::{Config, Outcome, run};
 
@@ -14,27 +14,52 @@ pub fn default_threads() -> usize {
 }
 
 /// Runs every seed of `seeds` on `threads` threads and hands each outcome to `each`
-/// on the caller's thread as it finishes (not in seed order).
+/// on the caller's thread as it finishes (not in seed order). A seed whose run panics
+/// stops the others from starting new seeds, and then panics here naming it, with the
+/// command that replays it.
 pub fn run_many(seeds: Range<u64>, threads: usize, mut each: impl FnMut(u64, Outcome)) {
     let next = AtomicU64::new(seeds.start);
+    let panicked = Mutex::new(None);
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            let (tx, next, end) = (tx.clone(), &next, seeds.end);
-            s.spawn(move || work(next, end, &tx));
+            let (tx, next, panicked, end) = (tx.clone(), &next, &panicked, seeds.end);
+            s.spawn(move || work(next, end, &tx, panicked));
         }
         drop(tx);
         for (seed, outcome) in rx {
             each(seed, outcome);
         }
     });
+    let seed = panicked.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(seed) = seed {
+        panic!(
+            "seed {seed} panicked; replay: {}",
+            crate::replay_command(seed)
+        );
+    }
 }
 
-/// One thread's share: takes the next seed until none is left.
-fn work(next: &AtomicU64, end: u64, tx: &mpsc::Sender<(u64, Outcome)>) {
+/// One thread's share: takes the next seed until none is left (or one panicked).
+fn work(
+    next: &AtomicU64,
+    end: u64,
+    tx: &mpsc::Sender<(u64, Outcome)>,
+    panicked: &Mutex<Option<u64>>,
+) {
     loop {
         let seed = next.fetch_add(1, Ordering::Relaxed);
-        if seed >= end || tx.send((seed, run(&Config::for_seed(seed)))).is_err() {
+        if seed >= end {
+            return;
+        }
+        let ran = std::panic::catch_unwind(|| run(&Config::for_seed(seed)));
+        let Ok(outcome) = ran else {
+            next.store(end, Ordering::Relaxed);
+            let mut first = panicked.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(seed);
+            return;
+        };
+        if tx.send((seed, outcome)).is_err() {
             return;
         }
     }

@@ -23,14 +23,18 @@ fn a_few_hundred_fault_schedules_keep_every_invariant() {
         faults += o.faults;
         failovers += (o.terms - 1).max(0);
         if !o.violations.is_empty() {
-            failures.push(format!(
-                "seed {seed}: {}\n    replay: {}",
-                o.violations[0],
-                replay_command(seed)
+            failures.push((
+                seed,
+                format!(
+                    "seed {seed}: {}\n    replay: {}",
+                    o.violations[0],
+                    replay_command(seed)
+                ),
             ));
         }
     });
-    failures.sort();
+    failures.sort_unstable();
+    let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
     assert!(
         failures.is_empty(),
         "{} seeds broke invariants:\n{}",
@@ -66,13 +70,20 @@ fn a_refused_vote_whose_undo_failed_does_not_hold_its_agent_for_good() {
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }
 
+/// Seeds 13 and 86 are among those that did not replay until stop 61 (about every
+/// other run of seed 13 ended with another event log: the journal's durable appends
+/// woke their steps in a random order), so each is run three times too.
 #[test]
 fn the_same_seed_replays_to_the_same_event_log() {
-    let first = run(&Config::for_seed(4242));
-    let second = run(&Config::for_seed(4242));
-    assert!(first.transactions > 0);
-    assert_eq!(first.event_log_hash, second.event_log_hash);
-    assert_eq!(first.transactions, second.transactions);
+    for (seed, runs) in [(4242, 2), (13, 3), (86, 3)] {
+        let first = run(&Config::for_seed(seed));
+        assert!(first.transactions > 0);
+        for _ in 1..runs {
+            let again = run(&Config::for_seed(seed));
+            assert_eq!(first.event_log_hash, again.event_log_hash, "seed {seed}");
+            assert_eq!(first.transactions, again.transactions, "seed {seed}");
+        }
+    }
 }
 
 #[test]

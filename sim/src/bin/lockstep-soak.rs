@@ -86,10 +86,15 @@ fn main() -> std::process::ExitCode {
         }
     });
     println!(
-        "seeds {}, violations {violations}, wall time {:.1}s ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
+        "seeds {}, violations {violations}, wall time {:.1}s on {threads} threads ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
         args.seeds,
         started.elapsed().as_secs_f64()
     );
+    if !failing.is_empty() {
+        failing.sort_unstable();
+        let failing: Vec<String> = failing.iter().map(u64::to_string).collect();
+        println!("failing seeds: {}", failing.join(" "));
+    }
     if failing.is_empty() {
         0.into()
     } else {
