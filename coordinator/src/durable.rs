@@ -27,8 +27,12 @@ pub struct Waiters {
     state: Arc<Mutex<State>>,
 }
 
-/// The syncer's side: advances the durable append; dropped with the syncer, it lets
-/// every waiter hear that nothing more will become durable.
+/// The syncer's side: advances the durable append. It lives in the group commit's
+/// hooks, so it is dropped only with the log's last handle (a waiter's own handle
+/// keeps it): a store failure reaches waiters through `GroupCommit::failed`, not
+/// through this drop. A syncer that panics reaches neither, as with the watch channel
+/// this replaced (stop 61's review: a guard in the store's syncer that fails the log
+/// when it ends abnormally would).
 pub struct Advance {
     state: Arc<Mutex<State>>,
 }
@@ -119,8 +123,8 @@ mod tests {
         assert_eq!(waiters.durable(2).await, Ok(()), "already durable");
     }
 
-    /// Given a waiter for an append never synced, when the syncer stops, then the
-    /// waiter hears it, and so does a later one.
+    /// Given a waiter for an append never synced, when the advancing side is dropped
+    /// (the journal's log dropped), then the waiter hears it, and so does a later one.
     #[tokio::test]
     async fn a_stopped_syncer_ends_every_wait() {
         let (waiters, advance) = Waiters::new();
