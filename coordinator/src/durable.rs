@@ -21,8 +21,9 @@ struct State {
     closed: bool,
 }
 
-/// The waiting side, cloned by every step that waits.
-#[derive(Clone, Default)]
+/// The waiting side, cloned by every step that waits (made only with its
+/// [`Advance`], by [`Waiters::new`]).
+#[derive(Clone)]
 pub struct Waiters {
     state: Arc<Mutex<State>>,
 }
@@ -30,9 +31,7 @@ pub struct Waiters {
 /// The syncer's side: advances the durable append. It lives in the group commit's
 /// hooks, so it is dropped only with the log's last handle (a waiter's own handle
 /// keeps it): a store failure reaches waiters through `GroupCommit::failed`, not
-/// through this drop. A syncer that panics reaches neither, as with the watch channel
-/// this replaced (stop 61's review: a guard in the store's syncer that fails the log
-/// when it ends abnormally would).
+/// through this drop (a syncer that panics fails the log too).
 pub struct Advance {
     state: Arc<Mutex<State>>,
 }
@@ -44,7 +43,9 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Waiters {
     /// The two sides, with nothing durable yet.
     pub fn new() -> (Self, Advance) {
-        let waiters = Self::default();
+        let waiters = Self {
+            state: Arc::default(),
+        };
         let advance = Advance {
             state: waiters.state.clone(),
         };

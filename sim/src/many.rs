@@ -15,11 +15,11 @@ pub fn default_threads() -> usize {
 
 /// Runs every seed of `seeds` on `threads` threads and hands each outcome to `each`
 /// on the caller's thread as it finishes (not in seed order). A seed whose run panics
-/// stops the others from starting new seeds, and then panics here naming it, with the
-/// command that replays it.
+/// stops the others from starting new seeds; then this panics naming every seed that
+/// did, with the command that replays the first.
 pub fn run_many(seeds: Range<u64>, threads: usize, mut each: impl FnMut(u64, Outcome)) {
     let next = AtomicU64::new(seeds.start);
-    let panicked = Mutex::new(None);
+    let panicked = Mutex::new(Vec::new());
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -31,22 +31,18 @@ pub fn run_many(seeds: Range<u64>, threads: usize, mut each: impl FnMut(u64, Out
             each(seed, outcome);
         }
     });
-    let seed = panicked.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some(seed) = seed {
+    let mut seeds = panicked.into_inner().unwrap_or_else(|p| p.into_inner());
+    seeds.sort_unstable();
+    if let Some(first) = seeds.first() {
         panic!(
-            "seed {seed} panicked; replay: {}",
-            crate::replay_command(seed)
+            "seeds {seeds:?} panicked; replay: {}",
+            crate::replay_command(*first)
         );
     }
 }
 
 /// One thread's share: takes the next seed until none is left (or one panicked).
-fn work(
-    next: &AtomicU64,
-    end: u64,
-    tx: &mpsc::Sender<(u64, Outcome)>,
-    panicked: &Mutex<Option<u64>>,
-) {
+fn work(next: &AtomicU64, end: u64, tx: &mpsc::Sender<(u64, Outcome)>, panicked: &Mutex<Vec<u64>>) {
     loop {
         let seed = next.fetch_add(1, Ordering::Relaxed);
         if seed >= end {
@@ -55,8 +51,10 @@ fn work(
         let ran = std::panic::catch_unwind(|| run(&Config::for_seed(seed)));
         let Ok(outcome) = ran else {
             next.store(end, Ordering::Relaxed);
-            let mut first = panicked.lock().unwrap_or_else(|p| p.into_inner());
-            first.get_or_insert(seed);
+            panicked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(seed);
             return;
         };
         if tx.send((seed, outcome)).is_err() {

@@ -327,6 +327,7 @@ impl Shared {
 /// Syncs whenever a write asked for it, as late as each allows: one fsync covers every
 /// write made before it started.
 async fn syncer(shared: Arc<Shared>) {
+    let _unwound = FailsIfUnwound(&shared);
     loop {
         let (due, failed, closed) = {
             let s = shared.lock();
@@ -348,6 +349,23 @@ async fn syncer(shared: Arc<Shared>) {
                 let _ = tokio::time::timeout_at(due, shared.wake.notified()).await;
             }
             Some(_) => sync_now(&shared),
+        }
+    }
+}
+
+/// Fails the log when the syncer unwinds (a panic in a hook or in the store): every
+/// waiter holds a handle that keeps the log alive, so without this they would wait for
+/// a sync that never comes while writes went on being accepted (stop 61's review).
+struct FailsIfUnwound<'a>(&'a Shared);
+
+impl Drop for FailsIfUnwound<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut s = self.0.lock();
+        if s.failed.is_none() {
+            self.0.fail(&mut s, "the syncer panicked".into());
         }
     }
 }
@@ -511,6 +529,26 @@ mod tests {
             Some(vec![2]),
             "the late append is durable"
         );
+    }
+
+    /// Review finding of stop 61: a syncer that panicked (here in its `on_synced`
+    /// hook) failed nothing, and every waiter waited for good. Given a write waiting on
+    /// a sync whose hook panics, when the sync is made, then the waiter hears of the
+    /// failure and later writes are refused.
+    #[tokio::test]
+    async fn a_syncer_that_panics_fails_the_log() {
+        let hooks = Hooks {
+            before_sync: None,
+            on_synced: Some(Box::new(|_| panic!("a hook failed"))),
+        };
+        let kv = MemKv::new();
+        let log = GroupCommit::start_with(Arc::new(kv), WriterMode::Thread, hooks).unwrap();
+        let ticket = log.write(put(1), Some(Duration::ZERO)).unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), log.durable(ticket)).await;
+        let heard = heard.expect("the waiter waited for good");
+        assert!(heard.is_err(), "a write made durable by a panicked syncer");
+        assert!(log.failed().await.contains("the syncer panicked"));
+        assert!(log.write(put(2), None).is_err());
     }
 
     #[tokio::test]
