@@ -38,12 +38,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    durable::Waiters, error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings,
-};
 use lockstep::pb;
 pub use lockstep_store::WriterMode;
 use lockstep_store::{Batch, GroupCommit, Hooks, StoreError, SyncerWriter};
+
+use crate::{
+    durable::Waiters, error::CoordinatorError, feed::Feed, tables::Tables, timings::Timings,
+};
 
 /// How long a [`Durable::Soon`] write waits for someone else's sync before the syncer
 /// syncs it (tokio's timer ticks in milliseconds, so this is the shortest wait that
