@@ -353,19 +353,18 @@ async fn syncer(shared: Arc<Shared>) {
     }
 }
 
-/// Fails the log when the syncer unwinds (a panic in a hook or in the store): every
-/// waiter holds a handle that keeps the log alive, so without this they would wait for
-/// a sync that never comes while writes went on being accepted (stop 61's review).
+/// Fails the log when the syncer ends without the log being closed or failed (a panic
+/// in a hook or in the store, on its thread or as a task whose runtime drops it after
+/// catching the panic): every waiter holds a handle that keeps the log alive, so
+/// without this they would wait for a sync that never comes while writes went on being
+/// accepted (stop 61's review).
 struct FailsIfUnwound<'a>(&'a Shared);
 
 impl Drop for FailsIfUnwound<'_> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
         let mut s = self.0.lock();
-        if s.failed.is_none() {
-            self.0.fail(&mut s, "the syncer panicked".into());
+        if s.failed.is_none() && !s.closed {
+            self.0.fail(&mut s, "the syncer stopped".into());
         }
     }
 }
@@ -543,11 +542,28 @@ mod tests {
         };
         let kv = MemKv::new();
         let log = GroupCommit::start_with(Arc::new(kv), WriterMode::Thread, hooks).unwrap();
+        syncer_panics_then_every_call_fails(log).await;
+    }
+
+    /// The same as a task of the current runtime (the simulation's mode), whose
+    /// runtime catches the panic and drops the syncer afterwards.
+    #[tokio::test]
+    async fn a_syncer_task_that_panics_fails_the_log() {
+        let hooks = Hooks {
+            before_sync: None,
+            on_synced: Some(Box::new(|_| panic!("a hook failed"))),
+        };
+        let kv = MemKv::new();
+        let log = GroupCommit::start_with(Arc::new(kv), WriterMode::Task, hooks).unwrap();
+        syncer_panics_then_every_call_fails(log).await;
+    }
+
+    async fn syncer_panics_then_every_call_fails(log: GroupCommit) {
         let ticket = log.write(put(1), Some(Duration::ZERO)).unwrap();
         let heard = tokio::time::timeout(Duration::from_secs(10), log.durable(ticket)).await;
         let heard = heard.expect("the waiter waited for good");
         assert!(heard.is_err(), "a write made durable by a panicked syncer");
-        assert!(log.failed().await.contains("the syncer panicked"));
+        assert!(log.failed().await.contains("the syncer stopped"));
         assert!(log.write(put(2), None).is_err());
     }
 
