@@ -2,7 +2,13 @@
 //! PREPARED learns the decision when Commit or Abort does not come (see
 //! `participant::decisions` for when it asks).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use lockstep::{
     orders::Decision,
@@ -24,6 +30,10 @@ pub const ASK_WITHIN: Duration = Duration::from_secs(5);
 pub struct GrpcDecisions {
     coordinators: Vec<Channel>,
     within: Duration,
+    /// The instance that gave the last answer taken, asked first next time: the
+    /// leader, as a rule, so a stalled instance listed before it costs [`ASK_WITHIN`]
+    /// once rather than on every question.
+    answered_last: Arc<AtomicUsize>,
 }
 
 impl GrpcDecisions {
@@ -38,6 +48,7 @@ impl GrpcDecisions {
         Self {
             coordinators,
             within: ASK_WITHIN,
+            answered_last: Arc::default(),
         }
     }
 
@@ -45,11 +56,21 @@ impl GrpcDecisions {
     pub fn answering_within(self, within: Duration) -> Self {
         Self { within, ..self }
     }
+
+    /// Every instance with its index: the one that answered last, then the rest in
+    /// the listed order from there.
+    fn in_asking_order(&self) -> Vec<(usize, Channel)> {
+        let first = self.answered_last.load(Ordering::Relaxed);
+        let indexed = self.coordinators.iter().cloned().enumerate();
+        let (before, from) = indexed.partition::<Vec<_>, _>(|(i, _)| *i < first);
+        from.into_iter().chain(before).collect()
+    }
 }
 
 impl DecisionSource for GrpcDecisions {
     fn decision(&self, question: &Question) -> Pending<Result<Answer, String>> {
-        let coordinators = self.coordinators.clone();
+        let coordinators = self.in_asking_order();
+        let answered_last = self.answered_last.clone();
         let request = pb::GetDecisionRequest {
             transaction_id: question.tx.to_string(),
             project: question.project.to_string(),
@@ -59,12 +80,15 @@ impl DecisionSource for GrpcDecisions {
         let (term, within) = (question.term, self.within);
         Box::pin(async move {
             let mut why = Vec::new();
-            for channel in coordinators {
+            for (index, channel) in coordinators {
                 let mut client = CoordinatorClient::new(channel);
                 let asked = client.get_decision(request.clone());
                 match tokio::time::timeout(within, asked).await {
                     Ok(Ok(answer)) => match answered(answer.into_inner(), term) {
-                        Ok(answer) => return Ok(answer),
+                        Ok(answer) => {
+                            answered_last.store(index, Ordering::Relaxed);
+                            return Ok(answer);
+                        }
                         Err(stale) => why.push(stale),
                     },
                     Ok(Err(status)) => why.push(status.message().to_string()),
@@ -111,9 +135,9 @@ mod tests {
 
     /// A coordinator instance over real HTTP/2: answers every GetDecision with its
     /// decision in term 1, or (`None`) takes the call and never answers, while its
-    /// connection stays alive.
+    /// connection stays alive. Counts the calls it took.
     #[derive(Clone)]
-    struct Instance(Option<pb::Decision>);
+    struct Instance(Option<pb::Decision>, Arc<AtomicUsize>);
 
     impl NamedService for Instance {
         const NAME: &'static str = "lockstep.v1.Coordinator";
@@ -129,6 +153,7 @@ mod tests {
         }
 
         fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            self.1.fetch_add(1, Ordering::SeqCst);
             let answer = self.0;
             Box::pin(async move {
                 let Some(decision) = answer else {
@@ -171,17 +196,11 @@ mod tests {
     /// its decision, then it hears COMMIT once the first instance's time is up.
     #[tokio::test]
     async fn an_instance_that_never_answers_does_not_hide_the_one_that_does() {
-        let stalled = serving(Instance(None)).await;
-        let answering = serving(Instance(Some(pb::Decision::Commit))).await;
+        let stalled = serving(Instance(None, Arc::default())).await;
+        let answering = serving(Instance(Some(pb::Decision::Commit), Arc::default())).await;
         let within = Duration::from_millis(300);
         let source = GrpcDecisions::asking_each(vec![stalled, answering]).answering_within(within);
-        let question = Question {
-            tx: TxId::parse("transaction_id", "T1").unwrap(),
-            project: ProjectName::parse("project", "A").unwrap(),
-            environment: Environment::parse("environment", "default").unwrap(),
-            incarnation: String::new(),
-            term: 1,
-        };
+        let question = question("T1");
         let started = Instant::now();
         let asked = tokio::time::timeout(Duration::from_secs(20), source.decision(&question));
         let answer = asked.await.expect("the stalled instance held the question");
@@ -191,5 +210,44 @@ mod tests {
             started.elapsed() >= within,
             "the stalled instance was not asked first"
         );
+    }
+
+    /// Stop 61's list: every question asked the instances in the listed order, so a
+    /// stalled instance listed first cost each question its time to answer. Given a
+    /// stalled instance listed before one that answers, when a vote asks twice, then
+    /// the second question goes to the instance that answered and is answered without
+    /// the stalled one being asked again.
+    #[tokio::test]
+    async fn the_instance_that_answered_is_asked_first_next_time() {
+        let stalled_calls = Arc::new(AtomicUsize::new(0));
+        let stalled = serving(Instance(None, stalled_calls.clone())).await;
+        let answering = serving(Instance(Some(pb::Decision::Commit), Arc::default())).await;
+        let within = Duration::from_millis(300);
+        let source = GrpcDecisions::asking_each(vec![stalled, answering]).answering_within(within);
+        for tx in ["T1", "T2"] {
+            let asked =
+                tokio::time::timeout(Duration::from_secs(20), source.decision(&question(tx)));
+            let answer = asked
+                .await
+                .expect("answered")
+                .expect("the second instance answers");
+            assert_eq!(answer.decision, Decision::Commit);
+        }
+        assert_eq!(
+            stalled_calls.load(Ordering::SeqCst),
+            1,
+            "the stalled instance was asked again after the other one answered"
+        );
+    }
+
+    /// A vote's question about `tx`, seen in coordinator term 1.
+    fn question(tx: &str) -> Question {
+        Question {
+            tx: TxId::parse("transaction_id", tx).unwrap(),
+            project: ProjectName::parse("project", "A").unwrap(),
+            environment: Environment::parse("environment", "default").unwrap(),
+            incarnation: String::new(),
+            term: 1,
+        }
     }
 }
