@@ -58,15 +58,22 @@ async fn instance(name: &str, store: FencedKv, seed: u64) {
     };
     let incoming = net::incoming(COORDINATOR_PORT);
     let failed = coordinator.clone();
-    let serve = server::serve_incoming(
+    // Served from a task of its own and never stopped from here, as the binary does
+    // (`shutdown::serve_until_stopped`, then exit): when the instance stops, its
+    // host's bounce drops the runtime and every connection with it, polling nothing.
+    // Dropping the server here ran tonic's graceful shutdown instead: its connections
+    // wait on a `watch`, woken in a random order (tokio's RNG is not turmoil's), so
+    // their GOAWAYs went out in another order each run and took turmoil's latency
+    // draws with them: seeds 8 and 24 did not replay (stop 62).
+    let serving = tokio::spawn(server::serve_incoming(
         incoming,
         coordinator,
         Access::insecure(),
         std::future::pending(),
-    );
+    ));
     tokio::select! {
         biased;
-        _ = serve => {}
+        _ = serving => {}
         () = lease::kept_until_lost(term) => {}
         _ = failed.failed() => {}
     }

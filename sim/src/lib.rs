@@ -19,7 +19,8 @@
 //! - [`net`]: tonic over turmoil's TCP; [`calls`]: the clients' bounded calls.
 //! - [`stages`]: the pipeline and the seeded http probe of verify and live steps.
 //! - [`people`]: the person who answers steps, approvals and resolutions.
-//! - [`many`]: many seeds at once, one per core (the soak and the test suite).
+//! - [`many`]: many seeds at once, one per core, each in a process of its own (the soak
+//!   and the test suite).
 //! - [`ha`] and [`lease`]: one seed in four runs two coordinators on a simulated etcd
 //!   (a shared store, an election on a lease, every write fenced on the term) whose
 //!   leaders crash, or pause past their lease and are deposed while still running.
@@ -41,7 +42,7 @@ pub mod people;
 pub mod run;
 pub mod stages;
 
-pub use many::{default_threads, run_many};
+pub use many::{Summary, default_threads, run_alone, run_many};
 pub use run::{Config, Outcome, run};
 
 /// The command that replays `seed` exactly.

@@ -21,7 +21,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, oneshot, watch},
+    sync::{Notify, oneshot},
     time::Instant,
 };
 
@@ -134,7 +134,10 @@ struct Shared {
     writing: Mutex<()>,
     /// Wakes the syncer when a sync becomes due sooner than it planned.
     wake: Notify,
-    failure: watch::Sender<Option<String>>,
+    /// Wakes every [`GroupCommit::failed`] once the log fails, in the order they began
+    /// to wait (a `watch` wakes its waiters in a random order, which the simulation
+    /// cannot replay).
+    failure: Notify,
     hooks: Hooks,
 }
 
@@ -172,7 +175,7 @@ impl GroupCommit {
             state: Mutex::new(State::default()),
             writing: Mutex::new(()),
             wake: Notify::new(),
-            failure: watch::channel(None).0,
+            failure: Notify::new(),
             hooks,
         });
         spawn_writer("lockstep-sync", mode, syncer(shared.clone()))?;
@@ -231,20 +234,20 @@ impl GroupCommit {
     /// The error, once a write or sync has failed (every later call fails too): for a
     /// reader that must not answer from what is written and may never be durable.
     pub fn failure(&self) -> Option<String> {
-        self.shared.failure.borrow().clone()
+        self.shared.lock().failed.clone()
     }
 
     /// Resolves with the error once a write or sync has failed (the process must stop:
     /// what was not synced may be lost, and nothing may be decided on top of it).
     pub async fn failed(&self) -> String {
-        let mut failure = self.shared.failure.subscribe();
         loop {
-            if let Some(e) = failure.borrow_and_update().clone() {
+            let mut failing = std::pin::pin!(self.shared.failure.notified());
+            // Waiting before the check: a failure between the two still wakes this.
+            failing.as_mut().enable();
+            if let Some(e) = self.failure() {
                 return e;
             }
-            if failure.changed().await.is_err() {
-                return "the syncer stopped".into();
-            }
+            failing.await;
         }
     }
 
@@ -317,7 +320,7 @@ impl Shared {
         tracing::error!("{message}; refusing further writes");
         s.failed = Some(message.clone());
         s.sync_by = None;
-        self.failure.send_replace(Some(message.clone()));
+        self.failure.notify_waiters();
         for (_, done) in s.waiting.drain(..) {
             let _ = done.send(Err(message.clone()));
         }

@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use clap::Parser;
-use lockstep_sim::{Config, default_threads, replay_command, run, run_many};
+use lockstep_sim::{
+    Config, Summary, default_threads, many::SUMMARY, replay_command, run, run_many,
+};
 
 /// Run the Lockstep fault-schedule simulation.
 #[derive(Parser)]
@@ -25,12 +27,22 @@ struct Args {
     /// With --seed: also print what clients were told and the event log.
     #[arg(long)]
     verbose: bool,
+    /// With --seed: print only a line with the run's summary as JSON, and exit 0 when
+    /// the run ended (violations or not): how many seeds run, each in a process of
+    /// its own.
+    #[arg(long, hide = true, requires = "seed")]
+    summary: bool,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.seed {
         let o = run(&Config::for_seed(seed));
+        if args.summary {
+            let line = serde_json::to_string(&Summary::from(&o)).expect("a summary serializes");
+            println!("{SUMMARY}{line}");
+            return 0.into();
+        }
         println!(
             "seed {seed}: {} transactions, {} committed, {} faults, {} leader terms, {:?} simulated, event-log hash {:016x}",
             o.transactions, o.committed, o.faults, o.terms, o.simulated, o.event_log_hash
@@ -67,24 +79,30 @@ fn main() -> std::process::ExitCode {
         (0usize, Vec::new(), 0usize, 0usize);
     let (mut on_etcd, mut failovers) = (0usize, 0i64);
     let threads = args.threads.unwrap_or_else(default_threads);
-    run_many(args.from..args.from + args.seeds, threads, |seed, o| {
-        transactions += o.transactions;
-        faults += o.faults;
-        if o.terms > 0 {
-            on_etcd += 1;
-            failovers += o.terms - 1;
-        }
-        if !o.violations.is_empty() {
-            violations += o.violations.len();
-            println!(
-                "seed {seed}: {} violations, first: {}",
-                o.violations.len(),
-                o.violations[0]
-            );
-            println!("  replay: {}", replay_command(seed));
-            failing.push(seed);
-        }
-    });
+    let soak = std::env::current_exe().expect("the soak's own path");
+    run_many(
+        &soak,
+        args.from..args.from + args.seeds,
+        threads,
+        |seed, o| {
+            transactions += o.transactions;
+            faults += o.faults;
+            if o.terms > 0 {
+                on_etcd += 1;
+                failovers += o.terms - 1;
+            }
+            if !o.violations.is_empty() {
+                violations += o.violations.len();
+                println!(
+                    "seed {seed}: {} violations, first: {}",
+                    o.violations.len(),
+                    o.violations[0]
+                );
+                println!("  replay: {}", replay_command(seed));
+                failing.push(seed);
+            }
+        },
+    );
     println!(
         "seeds {}, violations {violations}, wall time {:.1}s on {threads} threads ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
         args.seeds,
