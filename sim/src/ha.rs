@@ -73,7 +73,12 @@ async fn instance(name: &str, store: FencedKv, seed: u64) {
     ));
     tokio::select! {
         biased;
-        _ = serving => {}
+        ended = serving => {
+            // A panic of the server is the run's failure, as when it ran in this task.
+            if let Some(panic) = ended.err().filter(tokio::task::JoinError::is_panic) {
+                std::panic::resume_unwind(panic.into_panic());
+            }
+        }
         () = lease::kept_until_lost(term) => {}
         _ = failed.failed() => {}
     }

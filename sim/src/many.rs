@@ -72,13 +72,15 @@ pub fn run_alone(soak: &Path, seed: u64) -> Result<Summary, String> {
     let ran = Command::new(soak)
         .args(["--seed", &seed.to_string(), "--summary"])
         .output()
-        .map_err(|e| format!("{}: {e}", soak.display()))?;
+        .map_err(|e| format!("seed {seed}: {} did not start: {e}", soak.display()))?;
     let stdout = String::from_utf8_lossy(&ran.stdout);
     let line = stdout.lines().find_map(|l| l.strip_prefix(SUMMARY));
     match (ran.status.success(), line) {
-        (true, Some(line)) => serde_json::from_str(line).map_err(|e| format!("{line}: {e}")),
-        _ => Err(format!(
-            "seed {seed}: {}; {}",
+        (true, Some(line)) => serde_json::from_str(line)
+            .map_err(|e| format!("seed {seed}: its summary {line:?} did not parse: {e}")),
+        (true, None) => Err(format!("seed {seed}: the run printed no summary line")),
+        (false, _) => Err(format!(
+            "seed {seed}: the run ended with {}: {}",
             ran.status,
             String::from_utf8_lossy(&ran.stderr).trim()
         )),
@@ -90,8 +92,9 @@ pub const SUMMARY: &str = "summary ";
 
 /// Runs every seed of `seeds` (each with [`run_alone`]), `threads` at once, and hands
 /// each summary to `each` on the caller's thread as it finishes (not in seed order). A
-/// seed whose run panicked stops the others from starting new seeds; then this panics
-/// naming every seed that did, with the command that replays the first.
+/// seed with no summary (its run panicked, or its process did not start) stops the
+/// others from starting new seeds; then this panics naming every such seed, with why
+/// the first had none and the command that replays it.
 pub fn run_many(
     soak: &Path,
     seeds: Range<u64>,
@@ -99,36 +102,36 @@ pub fn run_many(
     mut each: impl FnMut(u64, Summary),
 ) {
     let next = AtomicU64::new(seeds.start);
-    let panicked = Mutex::new(Vec::new());
+    let failed = Mutex::new(Vec::new());
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            let (tx, next, panicked, end) = (tx.clone(), &next, &panicked, seeds.end);
-            s.spawn(move || work(soak, next, end, &tx, panicked));
+            let (tx, next, failed, end) = (tx.clone(), &next, &failed, seeds.end);
+            s.spawn(move || work(soak, next, end, &tx, failed));
         }
         drop(tx);
         for (seed, summary) in rx {
             each(seed, summary);
         }
     });
-    let mut seeds = panicked.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut seeds = failed.into_inner().unwrap_or_else(|p| p.into_inner());
     seeds.sort_unstable();
     if let Some((first, why)) = seeds.first() {
         let seeds: Vec<u64> = seeds.iter().map(|(s, _)| *s).collect();
         panic!(
-            "seeds {seeds:?} panicked; the first: {why}\nreplay: {}",
+            "seeds {seeds:?} ended with no summary; the first: {why}\nreplay: {}",
             crate::replay_command(*first)
         );
     }
 }
 
-/// One thread's share: takes the next seed until none is left (or one panicked).
+/// One thread's share: takes the next seed until none is left (or one had no summary).
 fn work(
     soak: &Path,
     next: &AtomicU64,
     end: u64,
     tx: &mpsc::Sender<(u64, Summary)>,
-    panicked: &Mutex<Vec<(u64, String)>>,
+    failed: &Mutex<Vec<(u64, String)>>,
 ) {
     loop {
         let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -139,8 +142,8 @@ fn work(
             Ok(summary) => summary,
             Err(why) => {
                 next.store(end, Ordering::Relaxed);
-                let mut panicked = panicked.lock().unwrap_or_else(|p| p.into_inner());
-                panicked.push((seed, why));
+                let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.push((seed, why));
                 return;
             }
         };

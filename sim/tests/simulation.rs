@@ -73,7 +73,7 @@ fn a_few_hundred_fault_schedules_keep_every_invariant() {
 /// own until it is done.
 #[test]
 fn a_refused_vote_whose_undo_failed_does_not_hold_its_agent_for_good() {
-    let o = run(&Config::for_seed(26886));
+    let o = run_alone(soak(), 26886).unwrap();
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }
 
@@ -134,7 +134,7 @@ fn a_deposed_leader_writing_without_its_fence_is_caught() {
 /// call's answer would have been.
 #[test]
 fn a_retry_is_told_accepted_only_once_the_transaction_is_durable() {
-    let o = run(&Config::for_seed(2316));
+    let o = run_alone(soak(), 2316).unwrap();
     assert!(o.terms > 1, "seed 2316 deposes a leader");
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }

@@ -21,15 +21,16 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 1)]
     from: u64,
-    /// How many seeds to run at once (default: one per core).
+    /// How many seeds to run at once, each in a process of its own (default: one per
+    /// core).
     #[arg(long)]
     threads: Option<usize>,
     /// With --seed: also print what clients were told and the event log.
     #[arg(long)]
     verbose: bool,
-    /// With --seed: print only a line with the run's summary as JSON, and exit 0 when
-    /// the run ended (violations or not): how many seeds run, each in a process of
-    /// its own.
+    /// With --seed: print only a line with the run's summary as JSON, and exit 0 once
+    /// the run ended, violations or not. A run of many seeds starts one such process
+    /// per seed and reads that line.
     #[arg(long, hide = true, requires = "seed")]
     summary: bool,
 }
@@ -104,7 +105,7 @@ fn main() -> std::process::ExitCode {
         },
     );
     println!(
-        "seeds {}, violations {violations}, wall time {:.1}s on {threads} threads ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
+        "seeds {}, violations {violations}, wall time {:.1}s, {threads} at once ({transactions} transactions, {faults} faults; {on_etcd} on etcd with {failovers} failovers)",
         args.seeds,
         started.elapsed().as_secs_f64()
     );
