@@ -565,6 +565,48 @@ async fn bad_subscriptions_are_refused_naming_the_field_and_nothing_is_stored() 
     assert_eq!(last.kind, EventKind::SubscriptionRemoved as i32, "{last:?}");
 }
 
+/// Stop 61's list: `lockstep -e staging notify add ...` ignored `-e`, and the
+/// subscription got every environment's events. Given the environment named on the
+/// command line, when a subscription is added, then it filters on that environment, as
+/// `--env` does; naming another one with `--env` beside it is a usage error, and
+/// nothing is stored. LOCKSTEP_ENVIRONMENT alone does not filter a subscription.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_named_with_e_filters_the_subscription() {
+    let c = Cluster::new().await;
+    let url = "http://127.0.0.1:1/hook";
+    let named = c
+        .cli(&["-e", "staging", "notify", "add", "staged", "--url", url])
+        .await;
+    assert_eq!(named.code, 0, "{named:?}");
+    assert_eq!(
+        text(&subscription(&c, "staged").await, "environment"),
+        "staging"
+    );
+    let both = [
+        "-e", "staging", "notify", "add", "two", "--url", url, "--env", "prod",
+    ];
+    let out = c.cli(&both).await;
+    assert_eq!(out.code, USAGE, "{out:?}");
+    assert!(
+        out.stderr.contains("--env prod") && out.stderr.contains("-e staging"),
+        "{out:?}"
+    );
+    let from_variable = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["notify", "add", "everything", "--url", url])
+        .env("LOCKSTEP_COORDINATOR", c.coordinators())
+        .env("LOCKSTEP_ENVIRONMENT", "staging")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(from_variable.status.success(), "{from_variable:?}");
+    assert_eq!(
+        text(&subscription(&c, "everything").await, "environment"),
+        ""
+    );
+    assert_eq!(names(&c).await, ["everything", "staged"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_binary_mode_and_ping() {
     let c = family_with(&[]).await;

@@ -47,6 +47,11 @@ pub struct Args {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Whether -e/--environment was given on the command line (not taken from
+    /// LOCKSTEP_ENVIRONMENT or its default): `notify add` then takes it as its --env,
+    /// as a person who names an environment means it.
+    #[arg(skip)]
+    pub environment_named: bool,
 }
 
 impl Args {
@@ -353,7 +358,8 @@ pub enum NotifyCommand {
         /// docs/notifications.md for the list.
         #[arg(long, value_parser = comma_list)]
         events: Vec<String>,
-        /// Only this environment's events (and its failures' route).
+        /// Only this environment's events (and its failures' route). `-e ENV` given on
+        /// the command line means the same (LOCKSTEP_ENVIRONMENT does not).
         #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         env: Option<String>,
         /// Only events of transactions that include this project (and failures it

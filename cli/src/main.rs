@@ -22,7 +22,6 @@ mod wait;
 
 use std::{collections::BTreeMap, process::ExitCode};
 
-use clap::Parser;
 use lockstep::pb;
 use tonic::{Code, Status};
 
@@ -130,7 +129,7 @@ type Result<T> = std::result::Result<T, Failure>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     quiet_on_closed_pipe();
-    let args = match Args::try_parse() {
+    let args = match parse() {
         Ok(a) => a,
         Err(e) => {
             let code = if e.use_stderr() { USAGE } else { OK };
@@ -164,6 +163,15 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The arguments, with whether the environment was named on the command line.
+fn parse() -> std::result::Result<Args, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    let matches = Args::command().try_get_matches()?;
+    let mut args = Args::from_arg_matches(&matches)?;
+    args.environment_named = matches.value_source("environment") == Some(ValueSource::CommandLine);
+    Ok(args)
+}
+
 /// `lockstep release create`, `lockstep live`: the subcommands asked for, without their
 /// arguments (the span's name).
 fn command_name() -> String {
@@ -178,7 +186,7 @@ fn command_name() -> String {
     names.join(" ")
 }
 
-async fn run(args: Args) -> Result<u8> {
+async fn run(mut args: Args) -> Result<u8> {
     let started = tokio::time::Instant::now();
     // Usage errors first (exit 2), whether or not the coordinator is up.
     if let Command::Release(ReleaseCommand::Create {
@@ -198,6 +206,9 @@ async fn run(args: Args) -> Result<u8> {
         return certs::run(c, args.output);
     }
     input_files_readable(&args.command)?;
+    if let (Command::Notify(c), true) = (&mut args.command, args.environment_named) {
+        notify::filter_on(c, &args.environment)?;
+    }
     let dial = Dial::new(&args.coordinator, args.credentials())?;
     let mut client = dial.connect().await?;
     let ctx = Context {

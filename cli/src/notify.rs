@@ -38,6 +38,26 @@ pub async fn run(client: &mut Client, out: Output, c: NotifyCommand) -> Result<u
     Ok(OK)
 }
 
+/// `lockstep -e ENV notify add ...`: the environment named on the command line filters
+/// the subscription as `--env ENV` does. Until stop 62 it was ignored, and the
+/// subscription got every environment's events. Both naming different environments is
+/// a usage error.
+pub fn filter_on(c: &mut NotifyCommand, named: &str) -> Result<()> {
+    let NotifyCommand::Add { env, .. } = c else {
+        return Ok(());
+    };
+    match env {
+        None => *env = Some(named.to_string()),
+        Some(given) if given != named => {
+            return Err(Failure::usage(format!(
+                "--env {given} and -e {named} name different environments: a subscription filters on one (give --env alone)"
+            )));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 fn add_request(c: NotifyCommand) -> Result<pb::AddSubscriptionRequest> {
     let NotifyCommand::Add {
         name,
