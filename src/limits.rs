@@ -20,5 +20,11 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 /// Longest metadata key or value, and longest artifact reference.
 pub const MAX_METADATA_VALUE_LEN: usize = 4096;
 
+/// Most environments declared, with `env add` and pipeline files together: every
+/// check of the promotion graph (and the graph a console draws) stays small, and a
+/// pipeline file of a hundred thousand environments is refused before it is checked
+/// under the state lock (stop 62).
+pub const MAX_ENVIRONMENTS: usize = 1000;
+
 /// Longest free-text field (reasons).
 pub const MAX_TEXT_LEN: usize = 1024;

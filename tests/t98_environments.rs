@@ -246,6 +246,15 @@ async fn a_pipeline_file_is_applied_as_one_version_and_bad_ones_change_nothing()
             SHIPYARD.replace("auto_promote", "auto_promot"),
             "auto_promot",
         ),
+        (
+            // Stop 62: any number was checked under the state lock, recursing once per
+            // environment of a chain.
+            "more environments than the limit",
+            (0..1001).fold(SHIPYARD.to_string(), |text, i| {
+                format!("{text}\n[[environment]]\nname = \"e{i}\"\n")
+            }),
+            "environment: 1004 environments in the file; at most 1000",
+        ),
     ];
     for (what, text, named) in bad {
         let path = file("bad.toml", &text);

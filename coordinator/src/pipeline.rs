@@ -7,16 +7,19 @@
 //! check (upstreams known, no cycle) runs over the file together with the environments
 //! declared already.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use lockstep::names::{Environment, FieldError, ProjectName};
+use lockstep::{
+    limits::MAX_ENVIRONMENTS,
+    names::{Environment, FieldError, ProjectName},
+};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{EnvironmentRecord, LiveFailure, ProjectRecord, Stages, Step, StepKind};
+use crate::{
+    model::{EnvironmentRecord, LiveFailure, ProjectRecord, Stages, Step, StepKind},
+    promotion_path::cycle_through,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +103,7 @@ pub fn parse(
     declared: &BTreeMap<Environment, EnvironmentRecord>,
 ) -> Result<Declared, FieldError> {
     let file: File = toml::from_str(text).map_err(|e| FieldError::new("file", e.to_string()))?;
+    at_most(file.environment.len(), "in the file")?;
     let at =
         |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let mut records: Vec<EnvironmentRecord> = Vec::new();
@@ -123,6 +127,8 @@ pub fn parse(
         }
         records.push(record);
     }
+    let new = records.iter().filter(|r| !declared.contains_key(&r.name));
+    at_most(declared.len() + new.count(), "declared with the file's")?;
     check_graph(&file, &records, declared, &at)?;
     Ok(Declared {
         environments: records,
@@ -375,6 +381,18 @@ fn live_failure(
     }
 }
 
+/// `Err` when `count` environments ("in the file", or declared with it) are more than
+/// [`MAX_ENVIRONMENTS`].
+fn at_most(count: usize, which: &str) -> Result<(), FieldError> {
+    match count > MAX_ENVIRONMENTS {
+        true => Err(FieldError::new(
+            "environment",
+            format!("{count} environments {which}; at most {MAX_ENVIRONMENTS}"),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Every upstream is in the file or declared, and the whole graph has no cycle.
 fn check_graph(
     file: &File,
@@ -394,7 +412,8 @@ fn check_graph(
             let why = format!("{up} is neither in this file nor declared");
             return Err(FieldError::new(key, why));
         }
-        if let Some(path) = cycle_from(&graph, &record.name) {
+        let ups = |e: &Environment| graph.get(e).copied().unwrap_or_default();
+        if let Some(path) = cycle_through(ups, &record.name) {
             return Err(FieldError::new(
                 key,
                 format!("makes a cycle: {}", path.join(" -> ")),
@@ -402,31 +421,6 @@ fn check_graph(
         }
     }
     Ok(())
-}
-
-/// A path from `start` back to itself through `after` edges, if there is one.
-fn cycle_from(
-    graph: &BTreeMap<&Environment, &[Environment]>,
-    start: &Environment,
-) -> Option<Vec<String>> {
-    fn walk(
-        graph: &BTreeMap<&Environment, &[Environment]>,
-        at: &Environment,
-        start: &Environment,
-        seen: &mut BTreeSet<Environment>,
-        path: &mut Vec<String>,
-    ) -> bool {
-        for up in graph.get(at).copied().unwrap_or_default() {
-            path.push(up.to_string());
-            if up == start || (seen.insert(up.clone()) && walk(graph, up, start, seen, path)) {
-                return true;
-            }
-            path.pop();
-        }
-        false
-    }
-    let mut path = vec![start.to_string()];
-    walk(graph, start, start, &mut BTreeSet::new(), &mut path).then_some(path)
 }
 
 /// What applying `new` changes, one line per project of the file.
@@ -479,6 +473,31 @@ mod tests {
 
     fn refusal(text: &str) -> String {
         parse(text, &BTreeMap::new()).unwrap_err().to_string()
+    }
+
+    /// Stop 62: a file of any number of environments was checked, in time quadratic in
+    /// their number and recursing once per environment of a chain, under the state
+    /// lock. Given a file of one more than the limit, when it is parsed, then it is
+    /// refused naming the field and the limit; a chain of exactly the limit parses.
+    #[test]
+    fn a_file_of_more_environments_than_the_limit_is_refused() {
+        let chain = |n: usize| {
+            let mut text = String::from("[[environment]]\nname = \"e0\"\n");
+            for i in 1..n {
+                let below = i - 1;
+                text.push_str(&format!(
+                    "[[environment]]\nname = \"e{i}\"\nafter = [\"e{below}\"]\n"
+                ));
+            }
+            text
+        };
+        let too_many = refusal(&chain(MAX_ENVIRONMENTS + 1));
+        assert!(too_many.contains("environment"), "{too_many}");
+        assert!(too_many.contains("at most 1000"), "{too_many}");
+        let envs = parse(&chain(MAX_ENVIRONMENTS), &BTreeMap::new())
+            .unwrap()
+            .environments;
+        assert_eq!(envs.len(), MAX_ENVIRONMENTS);
     }
 
     #[test]

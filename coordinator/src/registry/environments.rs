@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use lockstep::{
+    limits::MAX_ENVIRONMENTS,
     names::{Environment, FieldError},
     pb,
 };
@@ -16,6 +17,7 @@ use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
     model::EnvironmentRecord,
+    promotion_path::upstream_path,
     tables::Tables,
 };
 
@@ -44,6 +46,7 @@ impl Registry {
     ) -> Result<(EnvironmentRecord, bool)> {
         let written = {
             let mut s = self.state();
+            room_for(&s, &record.name)?;
             check_after(&s, &record)?;
             match s.environments.get(&record.name) {
                 Some(k) if k.after == record.after => Err(k.clone()),
@@ -110,6 +113,16 @@ fn view(s: &State, name: &Environment) -> EnvironmentView {
     }
 }
 
+/// `Err` when `name` would be one environment more than [`MAX_ENVIRONMENTS`] declared.
+fn room_for(s: &State, name: &Environment) -> Result<()> {
+    let count = s.environments.len();
+    if count < MAX_ENVIRONMENTS || s.environments.contains_key(name) {
+        return Ok(());
+    }
+    let why = format!("{count} environments are declared already; at most {MAX_ENVIRONMENTS}");
+    Err(FieldError::new("name", why).into())
+}
+
 /// Upstreams exist, are not the environment itself, and make no cycle.
 fn check_after(s: &State, record: &EnvironmentRecord) -> Result<()> {
     for (i, up) in record.after.iter().enumerate() {
@@ -122,7 +135,12 @@ fn check_after(s: &State, record: &EnvironmentRecord) -> Result<()> {
                 "after[{i}]: environment {up} is not declared; `lockstep env add {up}` first"
             )));
         }
-        if let Some(path) = path_to(s, up, &record.name) {
+        let ups = |e: &Environment| {
+            s.environments
+                .get(e)
+                .map_or(&[][..], |r| r.after.as_slice())
+        };
+        if let Some(path) = upstream_path(ups, up, &record.name) {
             let why = format!(
                 "would create a cycle: {} -> {}",
                 record.name,
@@ -132,23 +150,6 @@ fn check_after(s: &State, record: &EnvironmentRecord) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The upstream path from `from` to `to` (both included), if there is one.
-fn path_to(s: &State, from: &Environment, to: &Environment) -> Option<Vec<String>> {
-    if from == to {
-        return Some(vec![to.to_string()]);
-    }
-    let ups = s
-        .environments
-        .get(from)
-        .map(|e| e.after.as_slice())
-        .unwrap_or_default();
-    ups.iter().find_map(|up| {
-        let mut path = path_to(s, up, to)?;
-        path.insert(0, from.to_string());
-        Some(path)
-    })
 }
 
 fn added(record: &EnvironmentRecord) -> pb::Event {
@@ -167,5 +168,78 @@ fn added(record: &EnvironmentRecord) -> pb::Event {
         message,
         actor: record.created_by.clone(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(name: &str, after: &[&str]) -> EnvironmentRecord {
+        let env = |n: &str| Environment::parse("name", n).unwrap();
+        EnvironmentRecord {
+            name: env(name),
+            after: after.iter().map(|n| env(n)).collect(),
+            created_by: "ci".into(),
+            stages: Default::default(),
+            pipeline_version: 0,
+        }
+    }
+
+    /// Stop 62: `env add` checked for a cycle by walking every upstream path, under the
+    /// state lock. Given 40 layers of diamonds (`aN` and `bN` after the join below,
+    /// `jN` after both: 2^40 paths down), when an environment is added after the top,
+    /// then the check answers at once (it ran for ever), and a cycle through the
+    /// diamonds is still refused, named.
+    #[test]
+    fn adding_after_many_diamonds_is_checked_at_once() {
+        let mut s = State::default();
+        let mut below = "root".to_string();
+        s.environments
+            .insert(record("root", &[]).name, record("root", &[]));
+        for i in 0..40 {
+            let (a, b, join) = (format!("a{i}"), format!("b{i}"), format!("j{i}"));
+            for r in [
+                record(&a, &[&below]),
+                record(&b, &[&below]),
+                record(&join, &[&a, &b]),
+            ] {
+                s.environments.insert(r.name.clone(), r);
+            }
+            below = join;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let top = check_after(&s, &record("top", &[&below])).map_err(|e| e.to_string());
+            let cycle = check_after(&s, &record("root", &[&below])).map_err(|e| e.to_string());
+            let _ = tx.send((top, cycle));
+        });
+        let checked = rx.recv_timeout(Duration::from_secs(30));
+        let (top, cycle) = checked.expect("the check still ran after 30 s");
+        assert!(top.is_ok(), "{top:?}");
+        let refused = cycle.unwrap_err();
+        assert!(refused.contains("cycle: root -> j39 -> a39"), "{refused}");
+    }
+
+    #[test]
+    fn one_environment_more_than_the_limit_is_refused_by_name() {
+        let mut s = State::default();
+        for i in 0..MAX_ENVIRONMENTS {
+            let r = record(&format!("e{i}"), &[]);
+            s.environments.insert(r.name.clone(), r);
+        }
+        let refused = room_for(&s, &record("one-more", &[]).name)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("name") && refused.contains("at most 1000"),
+            "{refused}"
+        );
+        assert!(
+            room_for(&s, &record("e7", &[]).name).is_ok(),
+            "a declared one changes"
+        );
     }
 }
