@@ -167,7 +167,7 @@ async fn main() -> ExitCode {
 fn parse() -> std::result::Result<Args, clap::Error> {
     use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
     let matches = Args::command().try_get_matches()?;
-    let mut args = Args::from_arg_matches(&matches)?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| e.format(&mut Args::command()))?;
     args.environment_named = matches.value_source("environment") == Some(ValueSource::CommandLine);
     Ok(args)
 }

@@ -32,7 +32,7 @@
 //!   checks, `live --observed`); [`drift`]: the periodic drift check.
 //! - [`probe`]: the http verify steps' requests (a third port, [`ports::Probe`]).
 //! - [`pipeline`]: the pipeline file (environments and their stages), parsed and
-//!   checked; pure. [`promotion_path`]: paths along `after` edges (the cycle checks).
+//!   checked; pure. [`reach`]: paths and cycles along `after` and `requires` edges.
 //! - [`storage`]: RocksDB on this machine, or etcd shared by instances of which one
 //!   leads (fenced writes); [`standby`]: what an instance that does not lead answers
 //!   (reads from etcd as it is now; the rest names the leader).
@@ -64,8 +64,8 @@ pub mod planner;
 pub mod ports;
 pub mod preview;
 pub mod probe;
-pub mod promotion_path;
 pub mod queue;
+pub mod reach;
 pub mod recovery;
 pub mod registry;
 pub mod server;

@@ -242,6 +242,7 @@ mod tests {
         let answering = serving(Instance(Some(pb::Decision::Commit), Arc::default())).await;
         let within = Duration::from_secs(1);
         let source = GrpcDecisions::asking_each(vec![stalled, answering]).answering_within(within);
+        let mut first_asked = Vec::new();
         for tx in ["T1", "T2"] {
             let asked =
                 tokio::time::timeout(Duration::from_secs(20), source.decision(&question(tx)));
@@ -250,7 +251,9 @@ mod tests {
                 .expect("answered")
                 .expect("the second instance answers");
             assert_eq!(answer.decision, Decision::Commit);
+            first_asked.push(source.in_asking_order()[0].0);
         }
+        assert_eq!(first_asked, [1, 1], "the answering instance is asked first");
         let asked = stalled_calls.load(Ordering::SeqCst);
         assert!(
             asked <= 1,

@@ -73,7 +73,7 @@ fn a_few_hundred_fault_schedules_keep_every_invariant() {
 /// own until it is done.
 #[test]
 fn a_refused_vote_whose_undo_failed_does_not_hold_its_agent_for_good() {
-    let o = run_alone(soak(), 26886).unwrap();
+    let o = run_alone(soak(), 26886).unwrap_or_else(|e| panic!("{e}"));
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }
 
@@ -85,10 +85,10 @@ fn a_refused_vote_whose_undo_failed_does_not_hold_its_agent_for_good() {
 #[test]
 fn the_same_seed_replays_to_the_same_event_log() {
     for (seed, runs) in [(4242, 2), (13, 3), (86, 3), (24, 3)] {
-        let first = run_alone(soak(), seed).unwrap();
+        let first = run_alone(soak(), seed).unwrap_or_else(|e| panic!("{e}"));
         assert!(first.transactions > 0);
         for _ in 1..runs {
-            let again = run_alone(soak(), seed).unwrap();
+            let again = run_alone(soak(), seed).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(first, again, "seed {seed}");
         }
     }
@@ -134,7 +134,7 @@ fn a_deposed_leader_writing_without_its_fence_is_caught() {
 /// call's answer would have been.
 #[test]
 fn a_retry_is_told_accepted_only_once_the_transaction_is_durable() {
-    let o = run_alone(soak(), 2316).unwrap();
+    let o = run_alone(soak(), 2316).unwrap_or_else(|e| panic!("{e}"));
     assert!(o.terms > 1, "seed 2316 deposes a leader");
     assert!(o.violations.is_empty(), "{:?}", o.violations);
 }

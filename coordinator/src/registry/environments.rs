@@ -17,7 +17,7 @@ use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
     model::EnvironmentRecord,
-    promotion_path::upstream_path,
+    reach::path_from_any,
     tables::Tables,
 };
 
@@ -135,21 +135,21 @@ fn check_after(s: &State, record: &EnvironmentRecord) -> Result<()> {
                 "after[{i}]: environment {up} is not declared; `lockstep env add {up}` first"
             )));
         }
-        let ups = |e: &Environment| {
-            s.environments
-                .get(e)
-                .map_or(&[][..], |r| r.after.as_slice())
-        };
-        if let Some(path) = upstream_path(ups, up, &record.name) {
-            let why = format!(
-                "would create a cycle: {} -> {}",
-                record.name,
-                path.join(" -> ")
-            );
-            return Err(FieldError::new("after", why).into());
-        }
     }
-    Ok(())
+    let ups = |e: &Environment| {
+        s.environments
+            .get(e)
+            .map_or(&[][..], |r| r.after.as_slice())
+    };
+    let Some(path) = path_from_any(ups, &record.after, &record.name) else {
+        return Ok(());
+    };
+    let why = format!(
+        "would create a cycle: {} -> {}",
+        record.name,
+        path.join(" -> ")
+    );
+    Err(FieldError::new("after", why).into())
 }
 
 fn added(record: &EnvironmentRecord) -> pb::Event {

@@ -22,6 +22,7 @@ use crate::{
     error::{CoordinatorError, Result},
     journal::Durable,
     model::{CheckpointRecord, LiveCheck, ProjectRecord},
+    reach::path_from_any,
     tables::Tables,
 };
 
@@ -379,45 +380,15 @@ pub(super) fn registered(project: &ProjectRecord) -> pb::Event {
     }
 }
 
-/// If registering `project` would close a cycle, the cycle as `A -> B -> A`.
+/// If registering `project` would close a cycle, the cycle as `A -> B -> A` (each
+/// project visited once, without recursion: see [`crate::reach`]).
 fn cycle_through(projects: &Projects, project: &ProjectRecord) -> Option<String> {
-    for child in &project.requires {
-        let mut path = vec![project.name.clone()];
-        if reaches(projects, child, &project.name, &mut path) {
-            let names: Vec<&str> = path.iter().map(|p| p.as_str()).collect();
-            return Some(names.join(" -> "));
-        }
-    }
-    None
-}
-
-/// Whether `target` is reachable from `from` through `requires`; `path` ends with the
-/// way there when it is.
-fn reaches(
-    projects: &Projects,
-    from: &ProjectName,
-    target: &ProjectName,
-    path: &mut Vec<ProjectName>,
-) -> bool {
-    if path.len() > projects.len() + 1 {
-        return false;
-    }
-    path.push(from.clone());
-    if from == target {
-        return true;
-    }
-    let children = projects
-        .get(from)
-        .map(|p| p.requires.as_slice())
-        .unwrap_or(&[]);
-    if children
-        .iter()
-        .any(|child| reaches(projects, child, target, path))
-    {
-        return true;
-    }
-    path.pop();
-    false
+    let children = |p: &ProjectName| projects.get(p).map_or(&[][..], |r| r.requires.as_slice());
+    let back = path_from_any(children, &project.requires, &project.name)?;
+    let cycle: Vec<String> = std::iter::once(project.name.to_string())
+        .chain(back)
+        .collect();
+    Some(cycle.join(" -> "))
 }
 
 #[cfg(test)]
@@ -478,6 +449,41 @@ mod tests {
 
     fn name(n: &str) -> ProjectName {
         ProjectName::parse("name", n).unwrap()
+    }
+
+    /// Review of stop 62: the check of `requires` walked every path to the project
+    /// registered (recursing once per project on the way). Given 40 layers of diamonds
+    /// (`jN` requires `aN` and `bN`, which both require the join below: 2^40 paths),
+    /// when the bottom is registered requiring the top, then the cycle is found at
+    /// once, named; and registering an unrelated project requiring the top is no cycle.
+    #[test]
+    fn a_cycle_through_many_diamonds_of_requires_is_found_at_once() {
+        let mut projects = Projects::new();
+        let mut below = "root".to_string();
+        projects.insert(name("root"), record("root", &[]));
+        for i in 0..40 {
+            let (a, b, join) = (format!("a{i}"), format!("b{i}"), format!("j{i}"));
+            for r in [
+                record(&a, &[&below]),
+                record(&b, &[&below]),
+                record(&join, &[&a, &b]),
+            ] {
+                projects.insert(r.name.clone(), r);
+            }
+            below = join;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cycle = cycle_through(&projects, &record("root", &[&below]));
+            let none = cycle_through(&projects, &record("other", &[&below]));
+            let _ = tx.send((cycle, none));
+        });
+        let checked = rx.recv_timeout(std::time::Duration::from_secs(30));
+        let (cycle, none) = checked.expect("the check still ran after 30 s");
+        let cycle = cycle.unwrap();
+        assert!(cycle.starts_with("root -> j39 -> a39 -> j38"), "{cycle}");
+        assert!(cycle.ends_with("a0 -> root"), "{cycle}");
+        assert_eq!(none, None);
     }
 
     // `--requires Z,A` for A: the children are kept sorted (A, Z), so an index named
