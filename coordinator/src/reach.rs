@@ -82,6 +82,22 @@ pub fn any_cycle<'a, T: Ord + Display + 'a>(
     None
 }
 
+/// `layers` diamonds on top of `root`, as (node, its edges): `aN` and `bN` to the join
+/// below, `jN` to both, so 2^`layers` paths lead from the top join (the last node) down
+/// to `root`. For the tests of every check that walks these graphs.
+#[cfg(test)]
+pub(crate) fn diamonds(layers: usize) -> Vec<(String, Vec<String>)> {
+    let mut nodes = vec![("root".to_string(), Vec::new())];
+    for i in 0..layers {
+        let below = nodes[nodes.len() - 1].0.clone();
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        nodes.push((a.clone(), vec![below.clone()]));
+        nodes.push((b.clone(), vec![below]));
+        nodes.push((format!("j{i}"), vec![a, b]));
+    }
+    nodes
+}
+
 #[cfg(test)]
 mod tests {
     use lockstep::names::Environment;
@@ -94,19 +110,13 @@ mod tests {
 
     type Graph = BTreeMap<Environment, Vec<Environment>>;
 
-    /// `layers` diamonds on top of `root`: `aN` and `bN` after the join below, `jN`
-    /// after both; the top join.
-    fn diamonds(graph: &mut Graph, layers: usize) -> Environment {
-        let mut below = "root".to_string();
-        graph.insert(env("root"), Vec::new());
-        for i in 0..layers {
-            let (a, b, join) = (format!("a{i}"), format!("b{i}"), format!("j{i}"));
-            graph.insert(env(&a), vec![env(&below)]);
-            graph.insert(env(&b), vec![env(&below)]);
-            graph.insert(env(&join), vec![env(&a), env(&b)]);
-            below = join;
+    /// [`diamonds`] as environments after environments; the top join.
+    fn diamonds_of(graph: &mut Graph, layers: usize) -> Environment {
+        let nodes = super::diamonds(layers);
+        for (node, ups) in &nodes {
+            graph.insert(env(node), ups.iter().map(|u| env(u)).collect());
         }
-        env(&below)
+        env(&nodes[nodes.len() - 1].0)
     }
 
     fn ups<'a>(graph: &'a Graph) -> impl Fn(&Environment) -> &'a [Environment] + 'a {
@@ -117,7 +127,7 @@ mod tests {
     #[test]
     fn a_graph_of_many_diamonds_is_searched_node_by_node() {
         let mut graph = Graph::new();
-        let top = diamonds(&mut graph, 60);
+        let top = diamonds_of(&mut graph, 60);
         let from = std::slice::from_ref(&top);
         assert_eq!(path_from_any(ups(&graph), from, &env("elsewhere")), None);
         let down = path_from_any(ups(&graph), from, &env("root")).unwrap();
@@ -129,7 +139,7 @@ mod tests {
     #[test]
     fn a_cycle_is_named_from_the_first_node_found_on_it_back_to_it() {
         let mut graph = Graph::new();
-        let top = diamonds(&mut graph, 2);
+        let top = diamonds_of(&mut graph, 2);
         graph.insert(env("root"), vec![top]);
         let cycle = any_cycle(ups(&graph), [&env("root")]).unwrap();
         assert_eq!(cycle, ["root", "j1", "a1", "j0", "a0", "root"]);
