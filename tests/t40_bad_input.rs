@@ -742,6 +742,31 @@ async fn a_missing_input_file_is_a_usage_error_with_the_coordinator_down() {
     }
 }
 
+/// Review of stop 62: a path that is not UTF-8 (Unix allows any bytes but `/` and NUL)
+/// made the CLI panic (exit 101) before it said anything: the name of its trace span
+/// was read with `std::env::args()`. Given a missing `--ca` whose name is not UTF-8,
+/// the CLI answers a usage error naming the file, as for any missing `--ca`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_that_is_not_utf8_is_named_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("https://{}", free.local_addr().unwrap());
+    drop(free);
+    let ca = std::ffi::OsStr::from_bytes(b"/nonexistent/ca-\xff.pem");
+    let out = tokio::process::Command::new(support::bin("lockstep"))
+        .args(["--coordinator", &down, "--ca"])
+        .arg(ca)
+        .arg("live")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/ca-"), "{stderr}");
+    assert!(stderr.contains("cannot read certificates"), "{stderr}");
+}
+
 /// Review findings of stop 59: every connection failure read "transport error", whether
 /// the port was closed or the certificate untrusted, and a coordinator given without
 /// its scheme (`127.0.0.1:7700`) was "unreachable" (exit 3). Given no coordinator on a

@@ -176,7 +176,7 @@ fn parse() -> std::result::Result<Args, clap::Error> {
 /// arguments (the span's name).
 fn command_name() -> String {
     let command = <Args as clap::CommandFactory>::command();
-    let matches = command.try_get_matches_from(std::env::args()).ok();
+    let matches = command.try_get_matches_from(std::env::args_os()).ok();
     let mut names = vec!["lockstep".to_string()];
     let mut at = matches.as_ref();
     while let Some((name, sub)) = at.and_then(|m| m.subcommand()) {
