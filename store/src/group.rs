@@ -539,29 +539,23 @@ mod tests {
     /// failure and later writes are refused.
     #[tokio::test]
     async fn a_syncer_that_panics_fails_the_log() {
-        let hooks = Hooks {
-            before_sync: None,
-            on_synced: Some(Box::new(|_| panic!("a hook failed"))),
-        };
-        let kv = MemKv::new();
-        let log = GroupCommit::start_with(Arc::new(kv), WriterMode::Thread, hooks).unwrap();
-        syncer_panics_then_every_call_fails(log).await;
+        syncer_panics_then_every_call_fails(WriterMode::Thread).await;
     }
 
     /// The same as a task of the current runtime (the simulation's mode), whose
     /// runtime catches the panic and drops the syncer afterwards.
     #[tokio::test]
     async fn a_syncer_task_that_panics_fails_the_log() {
+        syncer_panics_then_every_call_fails(WriterMode::Task).await;
+    }
+
+    /// A log in `mode` whose `on_synced` hook panics: its first sync fails it.
+    async fn syncer_panics_then_every_call_fails(mode: WriterMode) {
         let hooks = Hooks {
             before_sync: None,
             on_synced: Some(Box::new(|_| panic!("a hook failed"))),
         };
-        let kv = MemKv::new();
-        let log = GroupCommit::start_with(Arc::new(kv), WriterMode::Task, hooks).unwrap();
-        syncer_panics_then_every_call_fails(log).await;
-    }
-
-    async fn syncer_panics_then_every_call_fails(log: GroupCommit) {
+        let log = GroupCommit::start_with(Arc::new(MemKv::new()), mode, hooks).unwrap();
         let ticket = log.write(put(1), Some(Duration::ZERO)).unwrap();
         let heard = tokio::time::timeout(Duration::from_secs(10), log.durable(ticket)).await;
         let heard = heard.expect("the waiter waited for good");
