@@ -533,6 +533,41 @@ async fn a_waiting_create_that_times_out_leaves_the_release_running() {
     );
 }
 
+/// A coordinator that takes calls and never answers (paused with SIGSTOP: its socket
+/// still accepts) fails each command after `--call-timeout` with exit 3, instead of
+/// hanging it until CI's own limit; a wait too, before its `--wait-timeout`. Once it
+/// answers again, repeating the create with its id makes the release, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_that_never_answers_fails_the_command_after_its_call_timeout() {
+    let c = Cluster::family().await;
+    let quick = [("LOCKSTEP_CALL_TIMEOUT", "2s")];
+    c.coordinator.pause();
+    let listed = c.cli_with(&["project", "list"], &quick).await;
+    let create = ["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"];
+    let waited = [&create[..], &["--wait", "--wait-timeout", "10m"]].concat();
+    let created = c.cli_with(&waited, &quick).await;
+    c.coordinator.resume();
+    for out in [&listed, &created] {
+        assert_eq!(out.code, 3, "{out:?}");
+        assert!(
+            out.stderr.contains("did not answer within --call-timeout"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(c.cli_with(&["project", "list"], &quick).await.code, 0);
+    c.release("T1", &["A=T1A", "B=T1B", "C=T1C"], 0).await;
+    assert_eq!(
+        c.live(),
+        Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
+    );
+    let list = c.cli(&["release", "list", "-o", "json"]).await.json();
+    assert_eq!(
+        list["transactions"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+}
+
 fn release_request(id: &str, components: &[&str]) -> pb::CreateReleaseRequest {
     let components = components
         .iter()

@@ -44,6 +44,14 @@ pub struct Args {
     /// A bearer token (from `lockstep token create`), sent with every call over TLS.
     #[arg(long, global = true, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How long each call waits for its answer: a coordinator that takes a call and
+    /// never answers (stalled, paused) fails the command (exit 3) after this long
+    /// instead of hanging it; a wait (`--wait`) also ends at its `--wait-timeout`.
+    /// `conformance`: the agent is then taken to have stopped answering, and the later
+    /// checks fail as not run (raise it for an agent whose Prepare fetches large
+    /// artifacts).
+    #[arg(long, global = true, env = "LOCKSTEP_CALL_TIMEOUT", default_value = "60s", value_parser = call_timeout)]
+    pub call_timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +70,7 @@ impl Args {
             cert: self.cert.clone(),
             key: self.key.clone(),
             token: self.token.clone(),
+            call_timeout: self.call_timeout,
         }
     }
 }
@@ -207,11 +216,6 @@ pub enum Command {
         /// Where the kit serves GetDecision for the agent.
         #[arg(long, default_value = "127.0.0.1:7799")]
         serve: std::net::SocketAddr,
-        /// How long one call may go unanswered: the agent is then taken to have
-        /// stopped answering, and the later checks fail as not run (raise it for an
-        /// agent whose Prepare fetches large artifacts).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        call_timeout: Duration,
     },
     /// Retry every phase 2 delivery of a transaction now (after an outage), and ask
     /// again participants that need resolution.
@@ -626,6 +630,16 @@ pub enum ReleaseCommand {
         #[arg(long, default_value = "aborted from the command line")]
         reason: String,
     },
+}
+
+/// `--call-timeout`: a duration from a millisecond (the least `grpc-timeout` carries
+/// without rounding to nothing) to a day.
+fn call_timeout(value: &str) -> std::result::Result<Duration, String> {
+    let timeout = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    match (Duration::from_millis(1)..=Duration::from_secs(86_400)).contains(&timeout) {
+        true => Ok(timeout),
+        false => Err("from 1ms to 1d".into()),
+    }
 }
 
 /// A certificate's validity: a duration of at most 100 years (`--valid-for 8000y`

@@ -17,20 +17,33 @@ use crate::{Failure, Result, UNREACHABLE};
 /// How long each of several coordinators is given to say whether it leads.
 const LEADER_PROBE: Duration = Duration::from_secs(2);
 
+/// How often a connection with nothing to say is checked with an HTTP/2 PING, and how
+/// long the PING may go unanswered before the connection is taken for dead: a
+/// coordinator that froze (a paused VM, SIGSTOP) leaves its socket open, and a stream
+/// of events (`release watch`, `--wait`) would wait on it forever.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// A coordinator client that presents the CLI's token, if any.
-pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+pub type Client = CoordinatorClient<InterceptedService<Channel, Outgoing>>;
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// What every call carries: `authorization: Bearer <token>` when a token was given, the
+/// trace context, and its deadline (`grpc-timeout`, `--call-timeout`), which tonic
+/// also holds the call to on this side: a coordinator that takes the call and never
+/// answers (stalled, frozen) fails it after that long instead of hanging the command.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Outgoing {
+    token: Option<MetadataValue<Ascii>>,
+    timeout: Duration,
+}
 
-impl Interceptor for Bearer {
+impl Interceptor for Outgoing {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        if let Some(token) = &self.0 {
+        if let Some(token) = &self.token {
             request
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
+        request.set_timeout(self.timeout);
         // The command's span, so the coordinator's work joins the CLI's trace.
         lockstep::trace::inject(request.metadata_mut());
         Ok(request)
@@ -47,6 +60,8 @@ pub struct Credentials {
     pub key: Option<PathBuf>,
     /// A bearer token.
     pub token: Option<String>,
+    /// How long each call waits for its answer (`--call-timeout`).
+    pub call_timeout: Duration,
 }
 
 /// Everything needed to (re)connect.
@@ -55,7 +70,7 @@ pub struct Dial {
     /// The coordinator's URL.
     pub url: String,
     tls: Option<ClientTlsConfig>,
-    token: Bearer,
+    outgoing: Outgoing,
 }
 
 impl Dial {
@@ -82,7 +97,10 @@ impl Dial {
         Ok(Self {
             url: url.to_string(),
             tls,
-            token: Bearer(token),
+            outgoing: Outgoing {
+                token,
+                timeout: c.call_timeout,
+            },
         })
     }
 
@@ -115,14 +133,17 @@ impl Dial {
     }
 
     fn client(&self, channel: Channel) -> Client {
-        let client = CoordinatorClient::with_interceptor(channel, self.token.clone());
+        let client = CoordinatorClient::with_interceptor(channel, self.outgoing.clone());
         client.max_decoding_message_size(lockstep::limits::MAX_MESSAGE_BYTES)
     }
 
     async fn connect_to(&self, url: &str) -> Result<Channel> {
         let endpoint = lockstep::edge::endpoint(url)
             .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
         let endpoint = lockstep::edge::secured(endpoint, self.tls.as_ref())
             .map_err(|e| Failure::usage(format!("--coordinator {e}")))?;
         endpoint.connect().await.map_err(|e| {

@@ -118,10 +118,23 @@ impl From<Status> for Failure {
         };
         Self {
             code,
-            message: format!("{:?}: {}", s.code(), s.message()),
+            message: match unanswered(&s) {
+                true => CALL_TIMED_OUT.to_string(),
+                false => format!("{:?}: {}", s.code(), s.message()),
+            },
             status: Some(s.code()),
         }
     }
+}
+
+/// What a call that `--call-timeout` ended says: the coordinator took it and did not
+/// answer, so nothing is known of what it did.
+const CALL_TIMED_OUT: &str = "the coordinator did not answer within --call-timeout (LOCKSTEP_CALL_TIMEOUT, 60s by default): it may be stalled or paused; a call that changes state may still take effect, so check before repeating it";
+
+/// Whether `s` is tonic's own end of a call at its deadline (`grpc-timeout`), on
+/// either side: CANCELLED "Timeout expired".
+fn unanswered(s: &Status) -> bool {
+    s.code() == Code::Cancelled && s.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 type Result<T> = std::result::Result<T, Failure>;

@@ -625,11 +625,17 @@ impl Cluster {
 
     /// Runs `lockstep` against this cluster's coordinator.
     pub async fn cli(&self, args: &[&str]) -> Cli {
+        self.cli_with(args, &[]).await
+    }
+
+    /// Runs `lockstep` against this cluster's coordinator with `env` set too.
+    pub async fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Cli {
         let out = tokio::time::timeout(
             DEADLINE * 2,
             Command::new(bin("lockstep"))
                 .args(args)
                 .env("LOCKSTEP_COORDINATOR", self.coordinators())
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .output(),
         )

@@ -47,7 +47,6 @@ impl Request {
             restart_cmd,
             serve,
             allow_skip,
-            call_timeout,
         } = args.command
         else {
             unreachable!("only conformance is routed here");
@@ -59,7 +58,7 @@ impl Request {
             restart_cmd,
             serve,
             allow_skip,
-            call_timeout,
+            call_timeout: args.call_timeout,
         }
     }
 }
