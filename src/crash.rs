@@ -16,11 +16,23 @@ fn configured() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Kills the process with SIGKILL if `LOCKSTEP_CRASH_AT` names `point`.
+/// The prefix of a `LOCKSTEP_CRASH_AT` value that asks for a panic at the point
+/// instead (`panic:after-first-commit-ack`): a defect in the code, where SIGKILL stands
+/// for a lost machine.
+pub const PANIC_PREFIX: &str = "panic:";
+
+/// Kills the process with SIGKILL if `LOCKSTEP_CRASH_AT` names `point`, or panics there
+/// if it names it after [`PANIC_PREFIX`].
 pub fn point(point: &str) {
-    if configured() == Some(point) {
+    let Some(asked) = configured() else {
+        return;
+    };
+    if asked == point {
         eprintln!("crash point {point} reached; killing myself with SIGKILL");
         kill_self();
+    }
+    if asked.strip_prefix(PANIC_PREFIX) == Some(point) {
+        panic!("crash point {point} reached; panicking as {CRASH_AT_ENV} asks");
     }
 }
 

@@ -15,6 +15,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
+/// How long [`Telemetry::flush`] waits for the spans still buffered to be exported.
+pub const FLUSH_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The `--log-format` flag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -33,12 +36,23 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports every buffered span and stops the exporter.
+    /// Exports every buffered span and stops the exporter, waiting at most
+    /// [`FLUSH_FOR`]: a process that stops (a coordinator that lost its lease, a CLI
+    /// command done) must not linger on a collector that does not answer.
     pub fn flush(&self) {
-        if let Some(provider) = &self.provider {
+        let Some(provider) = self.provider.clone() else {
+            return;
+        };
+        let (done, flushed) = std::sync::mpsc::channel();
+        // The exporter's channel runs on the caller's runtime, if any: left free to.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let _ = provider.force_flush();
             let _ = provider.shutdown();
-        }
+            let _ = done.send(());
+        });
+        let _ = flushed.recv_timeout(FLUSH_FOR);
     }
 }
 

@@ -55,7 +55,12 @@ where
     let mut failed = std::pin::pin!(failed);
     tokio::select! {
         ended = &mut serving => return ended_as(ended),
-        error = &mut failed => return Err(error),
+        error = &mut failed => {
+            // No new connection is taken while the process ends (it no longer leads,
+            // or its log failed): a client trying several instances moves on at once.
+            serving.abort();
+            return Err(error);
+        }
         _ = stop.requested() => {}
     }
     let _ = tell.send(());
@@ -85,6 +90,23 @@ fn ended_as<E: std::fmt::Display>(
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(format!("server task: {e}")),
     }
+}
+
+/// Makes any panic end the process (exit 101) once it is reported. A panic is a defect,
+/// and whatever it interrupted (a transaction's driver between two steps, a handler
+/// half-way through an update of what is in memory) would otherwise be left as it was
+/// while the process serves on: a release stuck half-delivered until someone restarts
+/// it. Ended, the process is restarted by its supervisor and recovers from its durable
+/// log, the path the crash tests cover.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!(
+            "stopping: a panic is a defect, and what it interrupted cannot be trusted; restart to recover from the durable log"
+        );
+        exit(101);
+    }));
 }
 
 /// Ends the process with `code` at once. Everything a client was told is durable
@@ -130,5 +152,36 @@ mod tests {
         }
         let outcome = serve_until_stopped(stop, serve, failed).await;
         assert_eq!(outcome, Err("the journal failed".to_string()));
+    }
+
+    /// Review finding of stop 63: a server that failed (a lost lease, say) kept taking
+    /// connections while the process flushed its traces before exiting, and its health
+    /// still said it served. Given a server accepting on a real socket, when it fails,
+    /// then the socket is closed: connecting is refused.
+    #[tokio::test]
+    async fn a_server_that_failed_takes_no_new_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = |_told: tokio::sync::oneshot::Receiver<()>| async move {
+            let mut taken = Vec::new();
+            loop {
+                match listener.accept().await {
+                    Ok(connection) => taken.push(connection),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let outcome = serve_until_stopped(install().unwrap(), serve, async {
+            "no longer leading".to_string()
+        });
+        assert_eq!(outcome.await, Err("no longer leading".to_string()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} still accepts"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

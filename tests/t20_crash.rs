@@ -122,20 +122,44 @@ async fn coordinator_killed_after_some_commits_were_acknowledged_finishes_the_re
         0
     );
     c.coordinator.exited().await;
+    restart_finishes_t1(&mut c).await;
+}
 
-    // Wave 1 (B and C, in parallel) acknowledged at least once; A, the parent, goes in
-    // wave 2 and was never told.
+/// Stopped after the first Commit was acknowledged, `T1` has reached wave 1 only (B
+/// and C, in parallel; A, the parent, goes in wave 2 and was never told); the restart
+/// finishes it.
+async fn restart_finishes_t1(c: &mut Cluster) {
     let live = c.live();
     assert_eq!(live["A"], None, "parents go live after their children");
     assert!(live["B"].is_some() || live["C"].is_some(), "{live:?}");
 
     c.coordinator.restart_with(Vec::new()).await;
-
     c.wait_state("T1", TransactionState::Committed).await;
     assert_eq!(
         c.live(),
         Cluster::expect(&[("A", "T1A"), ("B", "T1B"), ("C", "T1C")])
     );
+}
+
+/// A defect that panics in a transaction's driver, between two of its Commits, must not
+/// leave the release half-delivered while the coordinator serves on (tokio ends the
+/// task and nothing else hears of it): the coordinator stops, saying why, and its
+/// restart finishes the release from the log, as after a crash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_that_panics_stops_the_coordinator_and_its_restart_finishes_the_release() {
+    let mut c = Cluster::with_coordinator_env(crash_at("panic:after-first-commit-ack")).await;
+    c.add_family().await;
+    let created = c.cli(&["release", "create", "T1", "A=T1A", "B=T1B", "C=T1C"]);
+    assert_eq!(created.await.code, 0);
+    let status = c.coordinator.exited().await;
+    assert_eq!(status.code(), Some(101), "{status}");
+    let log = c.coordinator.log();
+    assert!(log.contains("panicking as LOCKSTEP_CRASH_AT asks"), "{log}");
+    assert!(
+        log.contains("restart to recover from the durable log"),
+        "{log}"
+    );
+    restart_finishes_t1(&mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

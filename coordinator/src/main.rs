@@ -5,7 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -186,6 +186,7 @@ fn thresholds(values: &[(Option<Environment>, std::time::Duration)]) -> Threshol
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shutdown::exit_on_panic();
     // Before anything else, so a SIGTERM at any moment stops the server cleanly.
     let mut stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     // (Logging starts once the flags are read: --log-format says how.)
@@ -238,21 +239,34 @@ async fn main() -> anyhow::Result<()> {
             let _ = told.await;
         })
     };
-    let failed = async move {
-        match lead {
-            None => failed.failed().await,
-            Some(lead) => tokio::select! {
-                why = failed.failed() => why,
-                why = lead.lost() => format!("no longer leading ({why}); a standby takes over"),
-            },
-        }
+    let failed = async {
+        let failing = async move { Err(failed.failed().await) };
+        let Err(why) = while_leading::<Infallible>(lead.as_ref(), failing).await;
+        why
     };
     let served = shutdown::serve_until_stopped(stop, serve, failed);
+    // The lead is kept through the drain and the resignation (`exit_after` never
+    // returns): dropped, its lease would no longer be renewed, and a slow drain would
+    // end fenced instead of handing over.
     let outcome = match served.await {
-        Ok(()) => drained(&draining, store.as_ref()).await,
+        Ok(()) => while_leading(lead.as_ref(), drained(&draining, store.as_ref())).await,
         failed => failed,
     };
     exit_after(outcome, &telemetry, resigning.as_deref(), term)
+}
+
+/// `work`, ended early with why if this instance, leading on etcd, loses its lease.
+async fn while_leading<T>(
+    lead: Option<&Lead>,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let Some(lead) = lead else {
+        return work.await;
+    };
+    tokio::select! {
+        done = work => done,
+        why = lead.clone().lost() => Err(format!("no longer leading ({why}); a standby takes over")),
+    }
 }
 
 /// How long a planned stop waits for the appends made before it to be durable.

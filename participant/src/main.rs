@@ -135,6 +135,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shutdown::exit_on_panic();
     // Before anything else, so a SIGTERM at any moment stops the agent cleanly.
     let stop = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     // (Logging starts once the flags are read: --log-format says how.)

@@ -23,7 +23,9 @@ use crate::{
 
 /// This instance leads: its term, and how it hears that it no longer does. Keep it
 /// (or a wait on [`Lead::lost`]) for as long as it serves: once it is dropped the
-/// lease is no longer renewed, as for a campaign given up.
+/// lease is no longer renewed, as for a campaign given up. A clone hears the same loss
+/// and keeps the lease renewed as long as any clone is kept.
+#[derive(Clone)]
 pub struct Lead {
     /// The leadership key's create revision: the term every write is fenced on.
     pub term: i64,
