@@ -174,7 +174,9 @@ pub enum Command {
     /// Record by hand what a participant in phase 2 did, when the coordinator cannot
     /// bring it to the decision (it needs resolution, or cannot be reached). The
     /// decision is sent to it once more first; refused if it acknowledges. Recorded in
-    /// the log with who, why and what the participant answered.
+    /// the log with who, why and what the participant answered. The call waits for
+    /// that delivery (up to the coordinator's `--delivery-timeout`): with one above
+    /// 60 s, raise `--call-timeout` above it too.
     Resolve {
         /// Transaction id.
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]

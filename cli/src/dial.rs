@@ -17,19 +17,15 @@ use crate::{Failure, Result, UNREACHABLE};
 /// How long each of several coordinators is given to say whether it leads.
 const LEADER_PROBE: Duration = Duration::from_secs(2);
 
-/// How often a connection with nothing to say is checked with an HTTP/2 PING, and how
-/// long the PING may go unanswered before the connection is taken for dead: a
-/// coordinator that froze (a paused VM, SIGSTOP) leaves its socket open, and a stream
-/// of events (`release watch`, `--wait`) would wait on it forever.
-const KEEPALIVE: Duration = Duration::from_secs(10);
-
 /// A coordinator client that presents the CLI's token, if any.
 pub type Client = CoordinatorClient<InterceptedService<Channel, Outgoing>>;
 
 /// What every call carries: `authorization: Bearer <token>` when a token was given, the
-/// trace context, and its deadline (`grpc-timeout`, `--call-timeout`), which tonic
-/// also holds the call to on this side: a coordinator that takes the call and never
-/// answers (stalled, frozen) fails it after that long instead of hanging the command.
+/// trace context, and its deadline (`grpc-timeout`: `--call-timeout`, unless the call
+/// set one of its own), which tonic also holds the call to on this side. A coordinator
+/// that takes the call and never answers (a handler stalled while the process still
+/// answers HTTP/2 pings, which `lockstep::edge`'s keepalive checks) fails it after that
+/// long instead of hanging the command.
 #[derive(Clone)]
 pub struct Outgoing {
     token: Option<MetadataValue<Ascii>>,
@@ -43,7 +39,9 @@ impl Interceptor for Outgoing {
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
-        request.set_timeout(self.timeout);
+        if !request.metadata().contains_key("grpc-timeout") {
+            request.set_timeout(self.timeout);
+        }
         // The command's span, so the coordinator's work joins the CLI's trace.
         lockstep::trace::inject(request.metadata_mut());
         Ok(request)
@@ -140,10 +138,7 @@ impl Dial {
     async fn connect_to(&self, url: &str) -> Result<Channel> {
         let endpoint = lockstep::edge::endpoint(url)
             .map_err(|e| Failure::usage(format!("--coordinator {url:?} is not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .keep_alive_while_idle(true);
+            .connect_timeout(Duration::from_secs(5));
         let endpoint = lockstep::edge::secured(endpoint, self.tls.as_ref())
             .map_err(|e| Failure::usage(format!("--coordinator {e}")))?;
         endpoint.connect().await.map_err(|e| {
