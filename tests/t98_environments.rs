@@ -27,6 +27,10 @@ async fn environments_form_a_promotion_path_and_bad_ones_are_refused() {
         .cli(&["env", "add", "production", "--after", "hardening"])
         .await;
     assert!(again.stdout.contains("unchanged"), "{again:?}");
+    // Declared again without --after (a script making sure it exists), it keeps its
+    // upstream: before stop 63 this cut production off its promotion path.
+    let bare = c.cli(&["env", "add", "production"]).await;
+    assert!(bare.stdout.contains("unchanged"), "{bare:?}");
 
     let unknown = c
         .cli(&["env", "add", "staging", "--after", "nowhere"])

@@ -47,6 +47,7 @@ impl Registry {
         let written = {
             let mut s = self.state();
             room_for(&s, &record.name)?;
+            keep_upstreams(&s, &mut record);
             check_after(&s, &record)?;
             match s.environments.get(&record.name) {
                 Some(k) if k.after == record.after => Err(k.clone()),
@@ -114,6 +115,17 @@ fn view(s: &State, name: &Environment) -> EnvironmentView {
 }
 
 /// `Err` when `name` would be one environment more than [`MAX_ENVIRONMENTS`] declared.
+/// An environment declared again with no upstreams keeps the ones it has, as a
+/// pipeline file's entry without `after` does: `env add NAME` run to make sure it
+/// exists must not cut it off its promotion path. A file's `after = []` removes them.
+fn keep_upstreams(s: &State, record: &mut EnvironmentRecord) {
+    if let Some(known) = s.environments.get(&record.name) {
+        if record.after.is_empty() {
+            record.after.clone_from(&known.after);
+        }
+    }
+}
+
 fn room_for(s: &State, name: &Environment) -> Result<()> {
     let count = s.environments.len();
     if count < MAX_ENVIRONMENTS || s.environments.contains_key(name) {
