@@ -189,9 +189,11 @@ fn participant(url: &str, tls: ClientTlsConfig) -> ParticipantClient<Channel> {
 
 /// Given a coordinator and a reference agent for A with mutual TLS, and the Python agent
 /// for B started with its own certificate from the deployment's CA and registered at an
-/// https:// endpoint, when a release of A and B runs (A's Prepare held until B has asked
-/// the coordinator for the decision), then B asks GetDecision over TLS with its own
-/// certificate and is answered, the release commits on both, and B takes orders from
+/// https:// endpoint (its `--coordinator` listing an instance that is down before the
+/// coordinator, as every instance of one on etcd is given), when a release of A and B
+/// runs (A's Prepare held until B has asked the coordinator for the decision), then B
+/// asks GetDecision over TLS with its own certificate, past the instance that is down,
+/// and is answered, the release commits on both, and B takes orders from
 /// the coordinator's identity alone: a caller with no certificate or one from another
 /// CA is refused at the handshake, and a user's or another agent's certificate from the
 /// same CA may read B's status but hears PERMISSION_DENIED naming why for an order,
@@ -209,7 +211,7 @@ async fn a_python_agent_serves_mutual_tls() {
         "--data-dir".into(),
         state.display().to_string(),
         "--coordinator".into(),
-        s.coordinator.https_url(),
+        format!("https://127.0.0.1:1,{}", s.coordinator.https_url()),
         "--tls-cert".into(),
         file("agent-default-B.crt"),
         "--tls-key".into(),
@@ -239,9 +241,8 @@ async fn a_python_agent_serves_mutual_tls() {
             let log = log.clone();
             async move {
                 let heard = std::fs::read_to_string(&log).ok()?;
-                heard
-                    .contains("asked for T1: DECISION_UNDECIDED")
-                    .then_some(())
+                let down = heard.contains("asking instance 0 for T1: StatusCode.UNAVAILABLE");
+                (down && heard.contains("asked for T1: DECISION_UNDECIDED")).then_some(())
             }
         },
     )

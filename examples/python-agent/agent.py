@@ -8,6 +8,10 @@ from the proto at start (grpcio-tools), and the server runs on grpcio's default 
     python3 agent.py --project B --listen 127.0.0.1:7712 --data-dir /tmp/b \
         --coordinator http://127.0.0.1:7700 [--environment default] [--prepare-seconds 0]
 
+--coordinator takes every instance of a coordinator on etcd, comma-separated, as
+`lockstep-agent` does: GetDecision asks each in turn until one answers (standbys answer
+UNAVAILABLE), the one that answered last first.
+
 With mutual TLS, as the reference agent (`lockstep-agent`) takes it:
 
     python3 agent.py --project B --listen 127.0.0.1:7712 --data-dir /tmp/b \
@@ -211,10 +215,12 @@ class Store:
 
 
 class Agent(part_grpc.ParticipantServicer):
-    def __init__(self, args, store, access, coordinator):
+    def __init__(self, args, store, access, coordinators):
         self.args, self.store, self.lock = args, store, threading.Lock()
         self.access = access
-        self.coordinator = coordinator  # a function making a channel to the coordinator
+        # One function per coordinator instance, each making a channel to it.
+        self.coordinators = coordinators
+        self.answered_last = 0  # the instance asked first: the leader, as a rule
 
     def _answered_in_term(self, tx, answer):
         """coordinator.proto: a decision answered in an older coordinator term than one
@@ -350,22 +356,32 @@ class Agent(part_grpc.ParticipantServicer):
     def _ask_later(self, tx, after):
         threading.Thread(target=self._ask_until_decided, args=(tx, after), daemon=True).start()
 
+    def _ask_each(self, stubs, tx, request):
+        """Asks each instance in turn, the one that answered last first, until one
+        answers in a term not older than one seen here; None when none does."""
+        first = self.answered_last % len(stubs)
+        for i in list(range(first, len(stubs))) + list(range(first)):
+            try:
+                decision = self._answered_in_term(tx, stubs[i].GetDecision(request, timeout=5))
+            except grpc.RpcError as e:
+                print(f"asking instance {i} for {tx}: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
+                continue
+            if decision is not None:
+                self.answered_last = i
+                return decision
+        return None
+
     def _ask_until_decided(self, tx, after):
         """A PREPARED vote never decides alone: it asks GetDecision until COMMIT or ABORT."""
         time.sleep(after)
-        stub = coord_grpc.CoordinatorStub(self.coordinator())
+        stubs = [coord_grpc.CoordinatorStub(make()) for make in self.coordinators]
         delay = 0.1
         while self.store.ledger.get(tx, {}).get("phase") == "prepared":
             incarnation = self.store.ledger[tx].get("incarnation", "")
             request = coord.GetDecisionRequest(transaction_id=tx, project=self.args.project,
                                                environment=self.args.environment,
                                                coordinator_incarnation=incarnation)
-            try:
-                answer = stub.GetDecision(request, timeout=5)
-                decision = self._answered_in_term(tx, answer)
-            except grpc.RpcError as e:
-                print(f"asking for {tx}: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
-                decision = None
+            decision = self._ask_each(stubs, tx, request)
             # Whatever goes wrong applying it (a refusal, a full disk), this thread is the
             # only one that will ask again: it never ends before the vote is resolved.
             try:
@@ -407,23 +423,28 @@ def security(args):
     """The server's credentials, who may call, and how to dial the coordinator, as the
     flags say: all three TLS files, or none of them (plaintext, with a warning)."""
     given = [args.tls_cert, args.tls_key, args.tls_client_ca]
-    scheme, _, target = args.coordinator.rpartition("://")
-    target = target.rstrip("/")
+    urls = [u.strip() for u in args.coordinator.split(",")]
+    if not all(urls):
+        sys.exit(f"--coordinator {args.coordinator!r}: an empty URL in the list")
+    parsed = [(url,) + url.rpartition("://")[::2] for url in urls]
+    targets = [target.rstrip("/") for _, _, target in parsed]
     if args.insecure and any(given):
         sys.exit("--insecure: give it without --tls-cert, --tls-key and --tls-client-ca")
     if not all(given) and any(given):
         sys.exit("TLS: give --tls-cert, --tls-key and --tls-client-ca together (`lockstep certs init DIR` "
                  "makes a development set), or none of them for plaintext without authentication")
     if not all(given):
-        if scheme == "https":
-            sys.exit(f"--coordinator {args.coordinator}: an https:// URL needs the CA that signed its "
-                     "certificate (--tls-client-ca), and this agent's certificate (--tls-cert, --tls-key)")
+        for url, scheme, _ in parsed:
+            if scheme == "https":
+                sys.exit(f"--coordinator {url}: an https:// URL needs the CA that signed its "
+                         "certificate (--tls-client-ca), and this agent's certificate (--tls-cert, --tls-key)")
         print("plaintext: every caller may do everything; for local experiments only "
               "(--tls-cert, --tls-key and --tls-client-ca give mutual TLS)", file=sys.stderr, flush=True)
-        return None, Access(), lambda: grpc.insecure_channel(target)
-    if scheme != "https":
-        sys.exit(f"--coordinator {args.coordinator}: TLS is configured, so use an https:// URL "
-                 "(plaintext would send credentials in the clear)")
+        return None, Access(), [functools.partial(grpc.insecure_channel, t) for t in targets]
+    for url, scheme, _ in parsed:
+        if scheme != "https":
+            sys.exit(f"--coordinator {url}: TLS is configured, so use an https:// URL "
+                     "(plaintext would send credentials in the clear)")
     wrong = identity_error(args.coordinator_identity)
     if wrong:
         sys.exit(f"--coordinator-identity: {wrong}")
@@ -433,7 +454,8 @@ def security(args):
     # ask for one without requiring it); the identity in it is checked per call.
     server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     client = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return server, Access(args.coordinator_identity), lambda: grpc.secure_channel(target, client)
+    channels = [functools.partial(grpc.secure_channel, t, client) for t in targets]
+    return server, Access(args.coordinator_identity), channels
 
 
 def main():
@@ -442,7 +464,8 @@ def main():
     p.add_argument("--environment", default="default")
     p.add_argument("--listen", default="127.0.0.1:7712")
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--coordinator", default="http://127.0.0.1:7700")
+    p.add_argument("--coordinator", default="http://127.0.0.1:7700",
+                   help="the coordinator's URL; every instance's, comma-separated, on etcd")
     p.add_argument("--ask-after", type=float, default=10.0)
     p.add_argument("--prepare-seconds", type=float, default=0.0)
     env = os.environ.get
@@ -458,8 +481,8 @@ def main():
                    help="plaintext, and anyone who can reach the agent may give it orders "
                         "(also the default without the TLS flags)")
     args = p.parse_args()
-    credentials, access, coordinator = security(args)
-    agent = Agent(args, Store(args.data_dir), access, coordinator)
+    credentials, access, coordinators = security(args)
+    agent = Agent(args, Store(args.data_dir), access, coordinators)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # grpcio's default settings
     part_grpc.add_ParticipantServicer_to_server(agent, server)
     if credentials is None:
