@@ -332,6 +332,40 @@ async fn releases_go_on_while_an_etcd_member_is_killed_and_restarted() {
     );
 }
 
+/// Given a 3-member etcd cluster, when one member is frozen (SIGSTOP: its connections
+/// stay open and nothing answers, as a partitioned host) in the middle of a stream of
+/// releases and thawed later, then every release commits and the leader keeps leading:
+/// a frozen member costs time (each call sent to it waits its 5 s; ~25 s a release
+/// here, so the CLI is given minutes), never the cluster. Before stop 63 every etcd call
+/// blocked a tokio worker, and the coordinator stopped answering its clients' HTTP/2
+/// pings: the CLI dropped the call (`Unavailable: http2 error`).
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_go_on_while_an_etcd_member_is_frozen() {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let etcd = lockstep_store::etcd_member::EtcdCluster::start(etcd_dir.path(), 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["--store".to_string(), etcd.url("frozen")];
+    let mut c = Cluster::with_coordinator(dir, args, Vec::new()).await;
+    c.add_family().await;
+    for n in 1..=6 {
+        if n == 3 {
+            etcd.members[0].freeze(true);
+        }
+        if n == 6 {
+            etcd.members[0].freeze(false);
+        }
+        let id = format!("T{n}");
+        let versions = ["A", "B", "C"].map(|p| format!("{p}=T{n}{p}"));
+        let mut create = vec!["--call-timeout", "5m", "release", "create", &id, "--wait"];
+        create.extend(versions.iter().map(String::as_str));
+        let out = c.cli_within(&create, DEADLINE * 10).await;
+        assert_eq!(out.code, 0, "{out:?}\n{}", c.coordinator.log());
+    }
+    assert!(c.coordinator.running(), "{}", c.coordinator.log());
+    let at_t6 = Cluster::expect(&[("A", "T6A"), ("B", "T6B"), ("C", "T6C")]);
+    assert_eq!(c.live(), at_t6);
+}
+
 /// `args` sent to the coordinator at `url` only.
 fn at<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["--coordinator", url];

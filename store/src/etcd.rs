@@ -39,8 +39,12 @@ pub const REQUIRED_TXN_OPS: usize = 10_000;
 /// `lockstep::limits::MAX_MESSAGE_BYTES`), a request's records and its events.
 pub const REQUIRED_REQUEST_BYTES: usize = 8 << 20;
 
-/// How long one call to etcd may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call to etcd may take before it counts as failed (and is made again,
+/// see [`RETRY_FOR`]): etcdctl's own default. A member that is frozen (it keeps its
+/// connections and answers nothing) costs each call sent to it this long, and a
+/// release makes several (10 s before stop 63: 20-50 s a release with one member of
+/// three frozen, t91 `releases_go_on_while_an_etcd_member_is_frozen`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a call is made again while etcd cannot answer it (a member down, a leader
 /// election among the members): every call here is idempotent (reads, and batches of
@@ -505,9 +509,24 @@ where
     runtime.spawn(async move {
         let _ = tx.send(call.await);
     });
-    rx.recv()
+    blocking(|| rx.recv())
         .map_err(|_| StoreError::Etcd("the store's runtime stopped".into()))?
         .map_err(|e| StoreError::Etcd(e.to_string()))
+}
+
+/// Runs `f`, which blocks on etcd, handing the tasks of the caller's runtime to another
+/// thread first when the caller is a worker of a multi-threaded one. A call to a member
+/// that is frozen (it keeps its connections and answers nothing, as a stopped process
+/// or a member stalled on its disk) waits its whole timeout: on a worker it held that
+/// worker's tasks, and with every worker so held the coordinator answered nothing, not
+/// even the HTTP/2 pings of its clients, which then dropped their calls (stop 63, t91
+/// `releases_go_on_while_an_etcd_member_is_frozen`).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::RuntimeFlavor;
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The last op of each key, in batch order: etcd refuses a transaction that names a

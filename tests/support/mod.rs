@@ -630,8 +630,17 @@ impl Cluster {
 
     /// Runs `lockstep` against this cluster's coordinator with `env` set too.
     pub async fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Cli {
+        self.cli_for(args, env, DEADLINE * 2).await
+    }
+
+    /// Runs `lockstep` against this cluster's coordinator, for at most `limit`.
+    pub async fn cli_within(&self, args: &[&str], limit: Duration) -> Cli {
+        self.cli_for(args, &[], limit).await
+    }
+
+    async fn cli_for(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Cli {
         let out = tokio::time::timeout(
-            DEADLINE * 2,
+            limit,
             Command::new(bin("lockstep"))
                 .args(args)
                 .env("LOCKSTEP_COORDINATOR", self.coordinators())
