@@ -34,6 +34,25 @@ async fn release(s: &Secure, who: &As, id: &str, projects: &[&str], extra: &[&st
     s.cli(who, &args).await
 }
 
+/// Transaction `id` as `release get -o json` shows it to an admin (it exits 1 for an
+/// aborted transaction, and prints it all the same).
+async fn get(s: &Secure, id: &str) -> serde_json::Value {
+    let out = s.cli(&admin(), &["release", "get", id, "-o", "json"]).await;
+    assert!(out.code == 0 || out.code == 1, "{out:?}");
+    out.json()
+}
+
+/// Transaction `id` once it has ended (committed or aborted).
+async fn ended(s: &Secure, id: &str) -> serde_json::Value {
+    wait_for(&format!("{id} to end"), || async {
+        let t = get(s, id).await;
+        let state = t["state"].as_str().unwrap_or_default().to_string();
+        (state == "TRANSACTION_STATE_ABORTED" || state == "TRANSACTION_STATE_COMMITTED")
+            .then_some(t)
+    })
+    .await
+}
+
 fn refused(out: &Cli, code: &str) {
     assert_eq!(out.code, 4, "not allowed is exit 4: {out:?}");
     assert!(out.stderr.contains(code), "{code}: {out:?}");
@@ -988,25 +1007,12 @@ async fn a_release_queued_by_a_token_revoked_while_it_waits_does_not_go_live() {
     let (token_id, ci) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
     let out = release(&s, &As::Token(ci), "T2", &["B"], &[]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let s = &s;
-    let get = |id: &'static str| async move {
-        // `release get` exits 1 for an aborted transaction, and prints it all the same.
-        let out = s.cli(&admin(), &["release", "get", id, "-o", "json"]).await;
-        assert!(out.code == 0 || out.code == 1, "{out:?}");
-        out.json()
-    };
-    assert_eq!(get("T2").await["state"], "TRANSACTION_STATE_PENDING");
+    assert_eq!(get(&s, "T2").await["state"], "TRANSACTION_STATE_PENDING");
     let out = s.cli(&admin(), &["token", "revoke", &token_id]).await;
     assert_eq!(out.code, 0, "{out:?}");
 
     s.heal("B");
-    let t2 = wait_for("T2 to end", || async {
-        let t2 = get("T2").await;
-        let state = t2["state"].as_str().unwrap_or_default().to_string();
-        (state == "TRANSACTION_STATE_ABORTED" || state == "TRANSACTION_STATE_COMMITTED")
-            .then_some(t2)
-    })
-    .await;
+    let t2 = ended(&s, "T2").await;
     assert_eq!(t2["state"], "TRANSACTION_STATE_ABORTED", "{t2}");
     let reason = t2["reason"].as_str().unwrap_or_default();
     assert!(
@@ -1014,6 +1020,45 @@ async fn a_release_queued_by_a_token_revoked_while_it_waits_does_not_go_live() {
         "{t2}"
     );
     assert_eq!(s.live(), versions(&[("A", ""), ("B", "T1B")]));
+}
+
+/// Review finding of stop 63: a rollback queued by a releaser scoped to A was planned
+/// again at its turn and restored every project of its checkpoint that had changed
+/// meanwhile, B included, undoing a release of B by someone else although the caller
+/// has no grant on B. Given checkpoint 1 (A, B), checkpoint 2 (A) and T3 of B in
+/// flight, when bob (releaser of A) rolls back to 1 (only A changes then: allowed, and
+/// queued behind T3, which holds B) and T3 commits, then at its turn the rollback is
+/// aborted naming bob and the permission he lacks, and B stays at T3's version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_queued_by_a_scoped_releaser_never_moves_a_project_beyond_its_grant() {
+    let s = Secure::start(&["A", "B"], &[]).await;
+    let bob = ["--role", "releaser", "--project", "A", "--subject", "bob"];
+    let (_, bob) = s.token(&bob).await;
+    for (id, projects) in [("T1", &["A", "B"][..]), ("T2", &["A"])] {
+        let out = release(&s, &admin(), id, projects, &["--wait"]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    s.block("B");
+    let out = release(&s, &admin(), "T3", &["B"], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = s
+        .cli(&As::Token(bob), &["rollback", "1", "--id", "RB"])
+        .await;
+    assert_eq!(
+        out.code, 0,
+        "only A changes now, which bob may roll back: {out:?}"
+    );
+    assert_eq!(get(&s, "RB").await["state"], "TRANSACTION_STATE_PENDING");
+
+    s.heal("B");
+    let rb = ended(&s, "RB").await;
+    assert_eq!(rb["state"], "TRANSACTION_STATE_ABORTED", "{rb}");
+    let reason = rb["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("bob") && reason.contains("permission release"),
+        "{rb}"
+    );
+    assert_eq!(s.live(), versions(&[("A", "T2A"), ("B", "T3B")]));
 }
 
 /// Review finding of stop 59: `lockstep release watch` with no id asked the live state

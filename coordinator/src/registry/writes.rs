@@ -14,6 +14,7 @@ use lockstep_store::Batch;
 
 use super::{Registry, State, live_check::AUTO_REVERT};
 use crate::{
+    access::{roles::Scope, table},
     error::Result,
     journal::Durable,
     model::{
@@ -427,9 +428,41 @@ impl Registry {
                 "while it was queued the state changed so that it would need other projects than the ones it queued for; create it again".into(),
             )
             }
-            Ok(plan) => Turn::Go(Some(Box::new(plan))),
+            Ok(plan) => match beyond_authority(record, &plan) {
+                Some(why) => Turn::Refused(why),
+                None => Turn::Go(Some(Box::new(plan))),
+            },
         }
     }
+}
+
+/// Why a rollback's plan made at its turn is not its creator's to make. At its turn a
+/// rollback moves every project of its checkpoint that changed meanwhile (see
+/// [`fits`]), and each must be one its creator was allowed to roll back when it asked
+/// (its recorded authority), as the plan checked at admission was: a releaser of A
+/// alone must not restore B over a release of B that committed while the rollback
+/// waited (review of stop 63).
+fn beyond_authority(record: &TxRecord, plan: &planner::Plan) -> Option<String> {
+    let Request::Rollback {
+        allow_quarantined, ..
+    } = &record.request
+    else {
+        return None;
+    };
+    let key = match allow_quarantined {
+        true => "Rollback --allow-quarantined",
+        false => "Rollback",
+    };
+    let permission = table::rule(key)?.permission;
+    let scope = Scope::projects(&record.environment, plan.projects());
+    let (creator, authority) = (&record.created_by, &record.authority);
+    if authority.allows(creator, permission, &scope) {
+        return None;
+    }
+    Some(format!(
+        "while it was queued the state changed so that it would move {scope}, and its creator {creator} needs permission {} there; {creator} holds {authority}; create it again",
+        permission.name()
+    ))
 }
 
 fn source_changed(why: String) -> String {
@@ -439,9 +472,9 @@ fn source_changed(why: String) -> String {
 /// Whether a plan made at a queued transaction's turn fits what it queued for: only
 /// projects it holds, and the participants it was admitted with (the ones its caller
 /// was allowed to change). A rollback may move any project it holds: it restores the
-/// whole checkpoint it names, holds every project of it, and its caller was allowed
-/// over the whole environment; a project a release in flight changed meanwhile is
-/// restored too.
+/// whole checkpoint it names and holds every project of it, so a project a release in
+/// flight changed meanwhile is restored too, as far as its creator may
+/// ([`beyond_authority`]).
 fn fits(record: &TxRecord, plan: &planner::Plan, held: &BTreeSet<ProjectName>) -> bool {
     let within = plan.held().is_subset(held);
     let same = plan.projects() == record.projects().cloned().collect();
