@@ -114,7 +114,6 @@ fn view(s: &State, name: &Environment) -> EnvironmentView {
     }
 }
 
-/// `Err` when `name` would be one environment more than [`MAX_ENVIRONMENTS`] declared.
 /// An environment declared again with no upstreams keeps the ones it has, as a
 /// pipeline file's entry without `after` does: `env add NAME` run to make sure it
 /// exists must not cut it off its promotion path. A file's `after = []` removes them.
@@ -126,6 +125,7 @@ fn keep_upstreams(s: &State, record: &mut EnvironmentRecord) {
     }
 }
 
+/// `Err` when `name` would be one environment more than [`MAX_ENVIRONMENTS`] declared.
 fn room_for(s: &State, name: &Environment) -> Result<()> {
     let count = s.environments.len();
     if count < MAX_ENVIRONMENTS || s.environments.contains_key(name) {
