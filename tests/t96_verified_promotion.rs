@@ -345,25 +345,7 @@ async fn an_automatic_promotion_acts_for_the_upstream_creator_whose_permission_i
         "--grant",
         "alice=releaser",
     ];
-    let mut s = Secure::start(&["A"], &grants).await;
-    production_certs(&s).await;
-    s.add_env_agent("production", "A").await;
-    let file = s.dir.path().join("pipeline.toml");
-    std::fs::write(&file, DEFAULT_TO_PRODUCTION).unwrap();
-    let apply = ["env", "apply", "-f", file.to_str().unwrap()];
-    assert_eq!(s.cli(&admin(), &apply).await.code, 0);
-    let endpoint = s.agents["production/A"].server.https_url();
-    let add = [
-        "-e",
-        "production",
-        "project",
-        "add",
-        "A",
-        "--endpoint",
-        &endpoint,
-    ];
-    let out = s.cli(&admin(), &add).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    let s = secure_pipeline(&grants, DEFAULT_TO_PRODUCTION).await;
 
     secure_release(&s, &As::User("bob".into()), "B1").await;
     let (token_id, ci) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
@@ -380,14 +362,138 @@ async fn an_automatic_promotion_acts_for_the_upstream_creator_whose_permission_i
 
     secure_release(&s, &As::User("alice".into()), "A3").await;
     let id = "promote-default-3-to-production";
-    let promoted = wait_for(&format!("{id} to commit"), || async {
-        let get = s.cli(&admin(), &["release", "get", id, "-o", "json"]).await;
-        let json = (get.code == 0).then(|| get.json())?;
-        (json["state"] == "TRANSACTION_STATE_COMMITTED").then_some(json)
-    })
-    .await;
+    let committed = |t: &serde_json::Value| t["state"] == "TRANSACTION_STATE_COMMITTED";
+    let promoted = secure_get(&s, id, committed).await;
     assert_eq!(promoted["createdBy"], "user/alice", "{promoted}");
     assert_eq!(s.agents["production/A"].live().as_deref(), Some("A3A"));
+}
+
+/// A coordinator over mutual TLS with `grants`, `pipeline` applied, and A in default and
+/// production.
+async fn secure_pipeline(grants: &[&str], pipeline: &str) -> Secure {
+    let mut s = Secure::start(&["A"], grants).await;
+    production_certs(&s).await;
+    s.add_env_agent("production", "A").await;
+    let file = s.dir.path().join("pipeline.toml");
+    std::fs::write(&file, pipeline).unwrap();
+    let apply = ["env", "apply", "-f", file.to_str().unwrap()];
+    assert_eq!(s.cli(&admin(), &apply).await.code, 0);
+    let endpoint = s.agents["production/A"].server.https_url();
+    let add = [
+        "-e",
+        "production",
+        "project",
+        "add",
+        "A",
+        "--endpoint",
+        &endpoint,
+    ];
+    let out = s.cli(&admin(), &add).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    s
+}
+
+/// `release get ID -o json` as admin (the transaction), once `ready` holds for it.
+async fn secure_get(
+    s: &Secure,
+    id: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(&format!("{id} to be as expected"), || async {
+        let get = s.cli(&admin(), &["release", "get", id, "-o", "json"]).await;
+        // It exits 1 for an aborted transaction, printing it all the same.
+        let json = get.stdout.starts_with('{').then(|| get.json())?;
+        ready(&json).then_some(json)
+    })
+    .await
+}
+
+/// Waits until `id`'s PREPARE_STARTED is in the log: its creation is durable, so a
+/// restart knows it.
+async fn prepare_started(s: &Secure, id: &str) {
+    let mut admin = s
+        .coordinator_client(("user-admin.crt", "user-admin.key"))
+        .await;
+    let from_start = pb::WatchEventsRequest {
+        from_seq: 1,
+        transaction_id: id.into(),
+        ..Default::default()
+    };
+    let mut events = admin.watch_events(from_start).await.unwrap().into_inner();
+    let started = async {
+        while let Some(e) = events.message().await.unwrap() {
+            if e.kind == EventKind::PrepareStarted as i32 {
+                return;
+            }
+        }
+        panic!("{id}'s events ended before its PREPARE_STARTED");
+    };
+    let deadline = std::time::Duration::from_secs(30);
+    let waited = tokio::time::timeout(deadline, started).await;
+    waited.unwrap_or_else(|_| panic!("{id}'s PREPARE_STARTED within {deadline:?}"));
+}
+
+/// default (soaking 10 s after each commit: long enough to promote by hand and
+/// restart), then production taking every verified release of default.
+const DEFAULT_SOAKING_TO_PRODUCTION: &str = r#"
+[[environment]]
+name = "default"
+soak = "10s"
+
+[[environment]]
+name = "production"
+after = "default"
+auto_promote = true
+"#;
+
+/// Review finding of stop 63: an automatic promotion adopted someone else's manual
+/// promotion of the same checkpoint (a manual `promote` without `--id` takes the same
+/// id). Given alice's release A1 soaking in default, and bob (an operator) promoting
+/// its checkpoint `--force` while it soaks, when the coordinator restarts with bob's
+/// promotion waiting in production's Prepare (so it is presumed aborted), then the
+/// automatic promotion once A1 passed its soak is alice's own: planned afresh, not
+/// forced, created by alice; bob's `--force` is never recorded as alice's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_automatic_promotion_never_adopts_another_callers_manual_promotion() {
+    let grants = ["--grant", "bob=operator", "--grant", "alice=releaser"];
+    let mut s = secure_pipeline(&grants, DEFAULT_SOAKING_TO_PRODUCTION).await;
+    secure_release(&s, &As::User("alice".into()), "A1").await;
+    s.block("A");
+    let promote = [
+        "promote",
+        "--from",
+        "default",
+        "--to",
+        "production",
+        "--checkpoint",
+        "1",
+        "--force",
+        "-o",
+        "json",
+    ];
+    let out = s.cli(&As::User("bob".into()), &promote).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let bobs = "promote-default-1-to-production";
+    assert_eq!(
+        out.json()["transaction"]["id"],
+        bobs,
+        "the automatic id: {out:?}"
+    );
+    prepare_started(&s, bobs).await;
+
+    s.coordinator.kill9().await;
+    s.coordinator.restart().await;
+    s.heal("A");
+    let aborted = secure_get(&s, bobs, |t| t["state"] == "TRANSACTION_STATE_ABORTED").await;
+    mentions(aborted["reason"].as_str().unwrap(), &["presumed abort"]);
+
+    let automatic = format!("{bobs}-2");
+    let committed = |t: &serde_json::Value| t["state"] == "TRANSACTION_STATE_COMMITTED";
+    let promoted = secure_get(&s, &automatic, committed).await;
+    assert_eq!(promoted["createdBy"], "user/alice", "{promoted}");
+    let forced = &promoted["forced"];
+    assert_eq!(forced, false, "bob's --force is not alice's: {promoted}");
+    assert_eq!(s.agents["production/A"].live().as_deref(), Some("A1A"));
 }
 
 /// A certificate for production's agent of A, by the deployment's CA (`certs init`

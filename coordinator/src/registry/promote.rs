@@ -68,16 +68,21 @@ impl Registry {
         })
     }
 
-    /// A retry with the id of an existing promotion along the same path: its request
-    /// as it was accepted, so that the retry is answered with it even if a newer
-    /// checkpoint became the default since.
+    /// A retry with the id of an existing promotion along the same path, by the caller
+    /// who made it: its request as it was accepted, so that the retry is answered with
+    /// it even if a newer checkpoint became the default since. Someone else's is never
+    /// adopted (a manual `promote` takes the automatic promotion's id): its request
+    /// carries what they asked, `--force` included, and a restart that aborted it would
+    /// have it made again as the asker's own. Planned afresh, an asker's promotion that
+    /// differs from it is refused as an id taken with other content.
     fn same_promotion(&self, ask: &PromoteAsk, base: &CreateSpec) -> Result<Option<CreateSpec>> {
         let Some(id) = &base.id else { return Ok(None) };
         let Some(existing) = self.tables().transaction(id)? else {
             return Ok(None);
         };
         let from = existing.promoted_from.as_ref().map(|(env, _)| env);
-        if existing.environment != ask.to || from != Some(&ask.from) {
+        let theirs = existing.created_by != base.actor;
+        if theirs || existing.environment != ask.to || from != Some(&ask.from) {
             return Ok(None);
         }
         Ok(Some(CreateSpec {
