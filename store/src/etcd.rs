@@ -19,7 +19,7 @@
 //! ([`Kv::batch_limit`]).
 
 use std::{
-    sync::{Mutex, mpsc},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -29,7 +29,10 @@ use etcd_client::{
 };
 use tokio::runtime::Handle;
 
-use crate::{Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError, keys::prefix_end};
+use crate::{
+    Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError, etcd_route::Route,
+    keys::prefix_end,
+};
 
 /// The operations a coordinator's etcd transactions may need (`--max-txn-ops`).
 pub const REQUIRED_TXN_OPS: usize = 10_000;
@@ -90,6 +93,8 @@ pub struct EtcdKv {
     client: Client,
     /// Each member, for a client of its own (the lease keeper's, after a failure).
     members: Members,
+    /// The member the store's own calls go to.
+    route: Arc<Route>,
     prefix: Vec<u8>,
     tables: Vec<&'static str>,
     fence: Mutex<Option<Fence>>,
@@ -184,6 +189,7 @@ impl EtcdKv {
         })?;
         Ok(Self {
             client,
+            route: Arc::new(Route::new(members.clone(), MAX_ANSWER_BYTES)),
             members,
             prefix: format!("{}/", target.prefix).into_bytes(),
             tables: tables.to_vec(),
@@ -356,9 +362,8 @@ impl EtcdKv {
     }
 
     fn get_raw(&self, key: Vec<u8>) -> Result<Option<KeyValue>, StoreError> {
-        let kv = self.kv_client();
-        let got = wait_retrying(&self.runtime, move || {
-            let (mut kv, key) = (kv.clone(), key.clone());
+        let got = self.routed(move |mut kv| {
+            let key = key.clone();
             async move { kv.get(key, None).await }
         })?;
         Ok(got.kvs().first().cloned())
@@ -402,10 +407,34 @@ impl EtcdKv {
 
     /// Sends `txn` as it is.
     fn transact(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let kv = self.kv_client();
-        wait_retrying(&self.runtime, move || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
+        self.routed(move |mut kv| {
+            let txn = txn.clone();
             async move { kv.txn(txn).await }
+        })
+    }
+
+    /// Makes the call `make` builds on a client of the route's member, again on the
+    /// next member while it fails transiently (see [`wait_retrying`]).
+    pub(crate) fn routed<T, F, Fut>(&self, make: F) -> Result<T, StoreError>
+    where
+        F: Fn(etcd_client::KvClient) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send,
+        T: Send + 'static,
+    {
+        let (route, make) = (self.route.clone(), Arc::new(make));
+        wait_retrying(&self.runtime, move || {
+            let (route, make) = (route.clone(), make.clone());
+            async move {
+                let turn = route.turn();
+                let answer = match route.client(turn).await {
+                    Ok(kv) => make(kv).await,
+                    Err(e) => Err(e),
+                };
+                if answer.as_ref().is_err_and(transient) {
+                    route.failed(turn);
+                }
+                answer
+            }
         })
     }
 
@@ -576,9 +605,8 @@ impl Kv for EtcdKv {
             .with_range(end)
             .with_sort(SortTarget::Key, sort)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let kv = self.kv_client();
-        let got = wait_retrying(&self.runtime, move || {
-            let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+        let got = self.routed(move |mut kv| {
+            let (start, options) = (start.clone(), options.clone());
             async move { kv.get(start, Some(options)).await }
         })?;
         let entries = got.kvs().iter();

@@ -90,10 +90,10 @@ impl EtcdKv {
 
     /// Who leads now (the leader's address), if anyone.
     pub fn leader(&self) -> Result<Option<String>, StoreError> {
-        let (client, key) = (self.client(), self.leader_key());
-        let got = wait_retrying(&self.runtime(), move || {
-            let (mut client, key) = (client.clone(), key.clone());
-            async move { client.get(key, None).await }
+        let key = self.leader_key();
+        let got = self.routed(move |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
         })?;
         Ok(got
             .kvs()

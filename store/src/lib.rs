@@ -22,6 +22,7 @@ pub mod etcd;
 pub mod etcd_lead;
 pub mod etcd_limits;
 pub mod etcd_member;
+mod etcd_route;
 pub mod group;
 pub mod keys;
 pub mod mem;
