@@ -345,7 +345,7 @@ async fn an_automatic_promotion_acts_for_the_upstream_creator_whose_permission_i
         "--grant",
         "alice=releaser",
     ];
-    let s = secure_pipeline(&grants, DEFAULT_TO_PRODUCTION).await;
+    let s = secure_pipeline(&grants, DEFAULT_TO_PRODUCTION, &["A"]).await;
 
     secure_release(&s, &As::User("bob".into()), "B1").await;
     let (token_id, ci) = s.token(&["--role", "releaser", "--subject", "ci"]).await;
@@ -368,28 +368,30 @@ async fn an_automatic_promotion_acts_for_the_upstream_creator_whose_permission_i
     assert_eq!(s.agents["production/A"].live().as_deref(), Some("A3A"));
 }
 
-/// A coordinator over mutual TLS with `grants`, `pipeline` applied, and A in default and
-/// production.
-async fn secure_pipeline(grants: &[&str], pipeline: &str) -> Secure {
-    let mut s = Secure::start(&["A"], grants).await;
-    production_certs(&s).await;
-    s.add_env_agent("production", "A").await;
+/// A coordinator over mutual TLS with `grants`, `pipeline` applied, and `projects` in
+/// default and production.
+async fn secure_pipeline(grants: &[&str], pipeline: &str, projects: &[&str]) -> Secure {
+    let mut s = Secure::start(projects, grants).await;
+    production_certs(&s, &projects.join(",")).await;
     let file = s.dir.path().join("pipeline.toml");
     std::fs::write(&file, pipeline).unwrap();
     let apply = ["env", "apply", "-f", file.to_str().unwrap()];
     assert_eq!(s.cli(&admin(), &apply).await.code, 0);
-    let endpoint = s.agents["production/A"].server.https_url();
-    let add = [
-        "-e",
-        "production",
-        "project",
-        "add",
-        "A",
-        "--endpoint",
-        &endpoint,
-    ];
-    let out = s.cli(&admin(), &add).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    for p in projects {
+        s.add_env_agent("production", p).await;
+        let endpoint = s.agents[&format!("production/{p}")].server.https_url();
+        let add = [
+            "-e",
+            "production",
+            "project",
+            "add",
+            p,
+            "--endpoint",
+            &endpoint,
+        ];
+        let out = s.cli(&admin(), &add).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
     s
 }
 
@@ -456,7 +458,7 @@ auto_promote = true
 #[tokio::test(flavor = "multi_thread")]
 async fn an_automatic_promotion_never_adopts_another_callers_manual_promotion() {
     let grants = ["--grant", "bob=operator", "--grant", "alice=releaser"];
-    let mut s = secure_pipeline(&grants, DEFAULT_SOAKING_TO_PRODUCTION).await;
+    let mut s = secure_pipeline(&grants, DEFAULT_SOAKING_TO_PRODUCTION, &["A"]).await;
     secure_release(&s, &As::User("alice".into()), "A1").await;
     s.block("A");
     let promote = [
@@ -496,13 +498,101 @@ async fn an_automatic_promotion_never_adopts_another_callers_manual_promotion() 
     assert_eq!(s.agents["production/A"].live().as_deref(), Some("A1A"));
 }
 
-/// A certificate for production's agent of A, by the deployment's CA (`certs init`
-/// into the same directory reuses the CA and renews the others).
-async fn production_certs(s: &Secure) {
+/// default, then production, which promotes only when asked.
+const DEFAULT_THEN_PRODUCTION: &str = r#"
+[[environment]]
+name = "default"
+
+[[environment]]
+name = "production"
+after = "default"
+"#;
+
+/// `promote --from default --to production ARGS` as `who`.
+async fn promote_as(s: &Secure, who: &str, args: &[&str]) -> support::Cli {
+    let mut all = vec!["promote", "--from", "default", "--to", "production"];
+    all.extend_from_slice(args);
+    s.cli(&As::User(who.into()), &all).await
+}
+
+/// Review finding of stop 64 (of that stop's own change): a caller's retry of its own
+/// promotion with `--id` is answered with the promotion as it was accepted, even after
+/// a newer checkpoint became the default; another caller's same request is refused as
+/// an id taken with other content, never answered with alice's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_own_promotion_retried_is_answered_as_accepted_and_no_one_elses() {
+    let grants = ["--grant", "alice=releaser", "--grant", "bob=releaser"];
+    let s = secure_pipeline(&grants, DEFAULT_THEN_PRODUCTION, &["A"]).await;
+    let alice = As::User("alice".into());
+    secure_release(&s, &alice, "A1").await;
+    let first = promote_as(&s, "alice", &["--id", "P1", "--wait"]).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    secure_release(&s, &alice, "A2").await;
+
+    let again = promote_as(&s, "alice", &["--id", "P1", "-o", "json"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    let from = &again.json()["transaction"]["promotedFrom"];
+    assert_eq!(from, "default checkpoint 1", "as accepted: {again:?}");
+    let bobs = promote_as(&s, "bob", &["--id", "P1"]).await;
+    assert_ne!(bobs.code, 0, "{bobs:?}");
+    mentions(&bobs.stderr, &["P1", "already exists"]);
+    assert_eq!(s.agents["production/A"].live().as_deref(), Some("A1A"));
+}
+
+/// Review finding of stop 64: a promotion's entry check asked `read` on its source
+/// environment only, which a grant of one project there satisfies, and its plan (a dry
+/// run's) shows the source's versions of every project it copies. Given bob, releaser
+/// in production and viewer of default's A only, when he promotes (dry run) a release
+/// of default's B, or default's whole checkpoint, then he is refused (PERMISSION_DENIED,
+/// naming `read` on B) and learns no version of B; a release of A alone he may promote.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_shows_the_source_only_to_those_who_may_read_it() {
+    let grants = [
+        "--grant",
+        "bob=releaser@production",
+        "--grant",
+        "bob=viewer@default/A",
+    ];
+    let s = secure_pipeline(&grants, DEFAULT_THEN_PRODUCTION, &["A", "B"]).await;
+    let b = s.artifact("B", "secretB");
+    let made = [
+        "release",
+        "create",
+        "RB",
+        "B=secretB",
+        "--artifact",
+        &b,
+        "--wait",
+    ];
+    assert_eq!(s.cli(&admin(), &made).await.code, 0);
+    secure_release(&s, &admin(), "RA").await;
+
+    for source in [&["--release", "RB"][..], &["--checkpoint", "2"][..]] {
+        let out = promote_as(&s, "bob", &[source, &["--dry-run", "-o", "json"]].concat()).await;
+        assert_ne!(out.code, 0, "{source:?}: {out:?}");
+        mentions(&out.stderr, &["PermissionDenied", "read", "B"]);
+        assert!(!format!("{out:?}").contains("secretB"), "{out:?}");
+    }
+    let own = promote_as(&s, "bob", &["--release", "RA", "--dry-run", "-o", "json"]).await;
+    assert_eq!(own.code, 0, "{own:?}");
+    assert!(own.stdout.contains("RAA"), "{own:?}");
+}
+
+/// Certificates for production's agents of `agents` (comma-separated), by the
+/// deployment's CA (`certs init` into the same directory reuses the CA and renews the
+/// others).
+async fn production_certs(s: &Secure, agents: &str) {
     let out = tokio::process::Command::new(support::bin("lockstep"))
         .args(["certs", "init"])
         .arg(&s.certs)
-        .args(["--env", "production", "--agents", "A", "--users", "admin"])
+        .args([
+            "--env",
+            "production",
+            "--agents",
+            agents,
+            "--users",
+            "admin",
+        ])
         .output()
         .await
         .unwrap();

@@ -62,7 +62,7 @@ impl ScopeRule {
             Self::OneProject => "one project of one environment",
             Self::Plan => "the environment, then every project the final plan changes",
             Self::Promotion => {
-                "`read` on the source; the target, then every project the final plan changes"
+                "`read` on every project it copies from the source; the target, then every project the final plan changes"
             }
             Self::Transaction => "the transaction's environment and projects",
             Self::OwnPart => {

@@ -8,6 +8,7 @@
 mod environments;
 mod guard;
 mod notify;
+mod promote;
 mod reads;
 mod revoked;
 mod tokens;
@@ -644,18 +645,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
-        wait::needs_id(request.get_ref().wait, &request.get_ref().id)?;
-        let (ask, base) = convert::promote(request.get_ref().clone())?;
-        let key = match ask.force {
-            true => "Promote --force",
-            false => "Promote",
-        };
-        let target = Target::promotion(&ask.from, Target::environment(&ask.to));
-        let who = self.allow(&request, key, target).await?;
-        let spec = self.coordinator.registry().promotion(&ask, base)?;
-        let waiter = request.get_ref().wait.then(|| self.waiter(&request, &who));
-        let created = self.create(who, key, spec).await?;
-        self.answer(created, waiter).await
+        self.promote_as_asked(request).await
     }
 
     async fn get_cluster(

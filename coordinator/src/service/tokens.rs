@@ -150,6 +150,11 @@ fn ttl(ttl: Option<&lockstep::wkt::Duration>) -> Result<Duration, FieldError> {
     Ok(ttl)
 }
 
+/// The new token's subject: the maker's own actor, or the person `given`; either way
+/// followed by the tokens the maker acts through (`alice (token t1)`), which revocation
+/// follows: a token made through a revoked token is refused, whoever it names. Until
+/// stop 64 a subject given by name dropped them, so `--subject` (even the maker's own
+/// name) made a token that outlived its maker's revocation.
 fn subject(who: &Principal, given: &str) -> Result<String, FieldError> {
     if given.is_empty() {
         return Ok(who.actor.clone());
@@ -158,7 +163,8 @@ fn subject(who: &Principal, given: &str) -> Result<String, FieldError> {
         let why = "must be 1-64 letters, digits, '-', '_' or '.'";
         return Err(FieldError::new("subject", why));
     }
-    Ok(given.to_string())
+    let through = crate::access::tokens_in(&who.actor).map(|t| format!(" (token {t})"));
+    Ok(format!("{given}{}", through.collect::<String>()))
 }
 
 /// What the maker must hold to make a token of `claims`: a grant containing the
