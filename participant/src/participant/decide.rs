@@ -93,6 +93,11 @@ impl<D: Deployer> Participant<D> {
         }
         let _guard = self.settled(tx).await;
         match self.inner.ledger.get(tx)? {
+            // Recorded by another coordinator's Prepare while this Abort waited for the
+            // lock: the same case as above, now seen under the lock (stop 64).
+            Some(entry) if other_incarnation(&entry.incarnation, &order.incarnation) => {
+                tracing::warn!(%tx, "Abort from another coordinator incarnation, after a Prepare of its own recorded: acknowledged, the recorded transaction is left as it is");
+            }
             None => self.abort_unrecorded(tx, &order.reason).await?,
             Some(entry) if entry.phase == Phase::Aborted => {}
             Some(entry) if entry.phase == Phase::Committed => {
@@ -123,8 +128,10 @@ impl<D: Deployer> Participant<D> {
             let Some((cancel, mut vote)) = running else {
                 return guard;
             };
-            drop(guard);
+            // Told before the lock is let go: a staging task that takes it next must
+            // see that it is to stop, not vote.
             cancel.send_replace(true);
+            drop(guard);
             if vote.wait_for(Option::is_some).await.is_err() {
                 self.forget_unvoted(tx, &vote);
             }

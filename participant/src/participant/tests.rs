@@ -513,3 +513,44 @@ async fn nothing_is_staged_when_its_intent_cannot_be_recorded() {
     settle().await;
     assert_eq!(p.inner.deployer.staged(), Vec::<String>::new());
 }
+
+/// Review finding of stop 64: an Abort checked the incarnation of the recorded
+/// transaction before it took the participant's lock, and not again after. Given an
+/// Abort of T7 from one coordinator incarnation that found no record and waits for the
+/// lock, when another incarnation's Prepare of T7 records its PREPARED vote meanwhile,
+/// then the Abort leaves that vote as it is: only the coordinator that made a
+/// transaction decides it.
+#[tokio::test]
+async fn an_abort_from_another_incarnation_never_undoes_a_vote_recorded_while_it_waited() {
+    let p = tracked();
+    let guard = p.inner.lock.lock().await;
+    let abort = tokio::spawn({
+        let p = p.clone();
+        let mut order = abort_order("T7");
+        order.incarnation = "incarnation-a".into();
+        async move { p.abort(&order).await }
+    });
+    settle().await;
+    // What the other incarnation's Prepare left, under the lock the Abort waits for.
+    let prepare = PrepareOrder {
+        incarnation: "incarnation-b".into(),
+        ..order("T7")
+    };
+    let change = change_of(&prepare);
+    let staged = p.inner.deployer.stage(&change).await.unwrap();
+    let entry = Entry {
+        change: Some(change),
+        phase: Phase::Prepared,
+        staged: Some(staged),
+        schema: None,
+        reason: String::new(),
+        incarnation: "incarnation-b".into(),
+    };
+    p.record("T7", &entry, Durability::Sync).await.unwrap();
+    drop(guard);
+    abort.await.unwrap().unwrap();
+
+    let entry = p.inner.ledger.get("T7").unwrap().unwrap();
+    assert_eq!(entry.phase, Phase::Prepared, "{entry:?}");
+    assert_eq!(p.inner.deployer.staged(), vec!["T7".to_string()]);
+}
