@@ -30,7 +30,8 @@ use etcd_client::{
 use tokio::runtime::Handle;
 
 use crate::{
-    Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError, etcd_route::Route,
+    Batch, BatchLimit, Durability, Entry, Kv, Op, Order, StoreError,
+    etcd_route::{Members, Route},
     keys::prefix_end,
 };
 
@@ -457,23 +458,6 @@ fn writer_id() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     format!("{}-{:016x}", std::process::id(), random.finish())
-}
-
-/// The members of the cluster and the options to connect with: a client of one member
-/// alone goes where it is sent, which the shared, balanced client does not promise.
-#[derive(Clone)]
-pub(crate) struct Members {
-    pub(crate) endpoints: Vec<String>,
-    pub(crate) options: ConnectOptions,
-}
-
-impl Members {
-    /// A client of member `i` (modulo their number) alone; lazy: it connects when
-    /// first called.
-    pub(crate) async fn one(&self, i: usize) -> Result<Client, etcd_client::Error> {
-        let endpoint = self.endpoints[i % self.endpoints.len().max(1)].clone();
-        Client::connect([endpoint], Some(self.options.clone())).await
-    }
 }
 
 fn connect_options(target: &EtcdTarget) -> ConnectOptions {

@@ -18,7 +18,8 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     StoreError,
-    etcd::{EtcdKv, Fence, Members, transient, wait, wait_retrying},
+    etcd::{EtcdKv, Fence, transient, wait, wait_retrying},
+    etcd_route::Members,
 };
 
 /// This instance leads: its term, and how it hears that it no longer does. Keep it

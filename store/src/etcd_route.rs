@@ -12,9 +12,24 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use etcd_client::KvClient;
+use etcd_client::{Client, ConnectOptions, KvClient};
 
-use crate::etcd::Members;
+/// The members of the cluster and the options to connect with: a client of one member
+/// alone goes where it is sent, which the shared, balanced client does not promise.
+#[derive(Clone)]
+pub(crate) struct Members {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) options: ConnectOptions,
+}
+
+impl Members {
+    /// A client of member `i` (modulo their number) alone; lazy: it connects when
+    /// first called.
+    pub(crate) async fn one(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let endpoint = self.endpoints[i % self.endpoints.len().max(1)].clone();
+        Client::connect([endpoint], Some(self.options.clone())).await
+    }
+}
 
 /// The member calls go to now, and a client of each member once it was used.
 pub(crate) struct Route {
@@ -85,7 +100,7 @@ mod tests {
         let endpoints = (0..members)
             .map(|i| format!("http://127.0.0.1:{i}"))
             .collect();
-        let options = etcd_client::ConnectOptions::new();
+        let options = ConnectOptions::new();
         Route::new(Members { endpoints, options }, 1)
     }
 
