@@ -579,6 +579,16 @@ async fn every_route_answers_good_input_and_names_the_field_of_bad_input() {
             400,
             "environment: given more than once",
         ),
+        (
+            ("GET", "/events?from=1&from=5", none.clone()),
+            400,
+            "fromSeq: given more than once",
+        ),
+        (
+            ("GET", "/events?from=1&fromSeq=5", none.clone()),
+            400,
+            "fromSeq: given more than once",
+        ),
         (("GET", "/releases/R2/abort", none.clone()), 405, "GET"),
         (
             ("GET", "/matrix?environment=default", none.clone()),

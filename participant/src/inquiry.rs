@@ -117,12 +117,18 @@ impl DecisionSource for GrpcDecisions {
 
 /// `answer`, unless it was given in a term older than `term` (a deposed leader that
 /// still answers): then the next instance is asked. An answer without a term (a
-/// coordinator older than stop 60) is taken as before.
+/// coordinator older than stop 60) is taken as before only while no term was seen
+/// here: after one was, it is passed over as an order without a term is refused (until
+/// stop 64 it was acted on, so an old instance's presumed ABORT could undo a vote the
+/// leader of that term commits).
 fn answered(answer: pb::GetDecisionResponse, term: u64) -> Result<Answer, String> {
     let decision = Decision::from(answer.decision);
     match answer.coordinator_term {
         Some(given) if given < term => Err(format!(
             "an instance answered {decision:?} in coordinator term {given}, older than term {term} seen here: passed over"
+        )),
+        None if term > 0 => Err(format!(
+            "an instance answered {decision:?} without a coordinator term, after term {term} was seen here: passed over"
         )),
         given => Ok(Answer {
             decision,
@@ -289,5 +295,20 @@ mod tests {
             incarnation: String::new(),
             term: 1,
         }
+    }
+    /// Review finding of stop 64: an answer without a term (a coordinator older than
+    /// stop 60) was acted on after a term was seen here, though an order without one is
+    /// refused then. Given term 5 seen, an ABORT without a term is passed over (the next
+    /// instance is asked); with no term seen it is taken, and one of term 5 is taken.
+    #[test]
+    fn an_answer_without_a_term_is_passed_over_once_a_term_was_seen() {
+        let abort = |term| pb::GetDecisionResponse {
+            decision: pb::Decision::Abort as i32,
+            coordinator_term: term,
+        };
+        let passed = answered(abort(None), 5).expect_err("no term after term 5");
+        assert!(passed.contains("without a coordinator term"), "{passed}");
+        assert_eq!(answered(abort(None), 0).unwrap().decision, Decision::Abort);
+        assert_eq!(answered(abort(Some(5)), 5).unwrap().term, Some(5));
     }
 }

@@ -32,13 +32,12 @@ pub async fn stream(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    let query: Vec<(String, String)> = query.into_iter().map(|(k, v)| (named(k), v)).collect();
+    if let Err(status) = super::routes::once_each(&query) {
+        return failure(&status);
+    }
     let mut fields = serde_json::Map::new();
     for (key, value) in query {
-        let key = if key == "from" {
-            "fromSeq".to_string()
-        } else {
-            key
-        };
         // `true`/`false` is a boolean only for a boolean field (a transaction may be
         // named `true`).
         let value = super::routes::typed::<pb::WatchEventsRequest>(&key, value);
@@ -64,6 +63,15 @@ pub async fn stream(
                 .into_response()
         }
         Err(status) => failure(&status),
+    }
+}
+
+/// The request's field a query parameter names: `from` is `fromSeq` (so that both
+/// given count as one given twice, refused as any other: before stop 64 the last won).
+fn named(key: String) -> String {
+    match key.as_str() {
+        "from" => "fromSeq".into(),
+        _ => key,
     }
 }
 

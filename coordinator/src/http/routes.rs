@@ -238,7 +238,7 @@ fn request_fields<Req: DeserializeOwned>(
 
 /// A query parameter given twice is refused, naming it: which one was meant cannot be
 /// known (before, the last silently won).
-fn once_each(query: &[(String, String)]) -> Result<(), Status> {
+pub(super) fn once_each(query: &[(String, String)]) -> Result<(), Status> {
     let mut seen = BTreeSet::new();
     match query.iter().find(|(k, _)| !seen.insert(k.as_str())) {
         Some((k, _)) => Err(Status::invalid_argument(format!(
