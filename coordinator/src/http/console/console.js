@@ -237,6 +237,7 @@ const pages = [
 
 async function route() {
   session.generation = (session.generation || 0) + 1;
+  const generation = session.generation;
   session.onEvent = null;
   if (session.pageAbort) session.pageAbort.abort();
   session.pageAbort = new AbortController();
@@ -246,6 +247,8 @@ async function route() {
       try {
         await page(m);
       } catch (e) {
+        // A page left since (a sign-in with another token) is not this session's.
+        if (generation !== session.generation) return;
         if (e.status === 401) return signIn('Sign in to continue.');
         show(h('h1', {}, 'Something went wrong'), h('p', { class: 'error', role: 'alert' }, `${e.code || e.status || ''} ${e.message}`));
       }
@@ -267,7 +270,9 @@ async function live(build, concerns) {
       // The person may have moved on while this page was being read.
       if (nodes && page === session.generation) show(...nodes);
     } catch (e) {
-      if (e.status === 401) signIn('Sign in to continue.');
+      // Only the page shown now may ask to sign in: a render of one left since (read
+      // with a revoked token, answered after the next sign-in) must not replace it.
+      if (e.status === 401 && page === session.generation) signIn('Sign in to continue.');
     }
   };
   await render();
@@ -605,6 +610,8 @@ async function auditPage() {
 // Sign-in: a bearer token kept for this tab's session only (sessionStorage).
 function signIn(message) {
   session.onEvent = null;
+  // Renders of the page before are stale now (see `live`).
+  session.generation = (session.generation || 0) + 1;
   const token = h('input', { id: 'token', type: 'password', autocomplete: 'off', 'aria-label': 'token', size: 40 });
   const error = h('p', { class: 'error', role: 'alert' }, message || '');
   const form = h('form', { id: 'signin', onsubmit: async (ev) => {
