@@ -180,19 +180,7 @@ async fn a_revert_from_the_timeline_of_another_environment_reverts_there() {
         .unwrap();
     assert!(certs.status.success(), "{certs:?}");
     for p in ["A", "B"] {
-        s.add_env_agent("staging", p).await;
-        let endpoint = s.agents[&format!("staging/{p}")].server.https_url();
-        let add = [
-            "-e",
-            "staging",
-            "project",
-            "add",
-            p,
-            "--endpoint",
-            &endpoint,
-        ];
-        let out = s.cli(&admin(), &add).await;
-        assert_eq!(out.code, 0, "{out:?}");
+        s.add_registered_env_agent("staging", p).await;
     }
     for (id, v) in [("R1", "1.0"), ("R2", "2.0")] {
         let (a, b) = (format!("A={v}"), format!("B={v}"));

@@ -378,19 +378,7 @@ async fn secure_pipeline(grants: &[&str], pipeline: &str, projects: &[&str]) -> 
     let apply = ["env", "apply", "-f", file.to_str().unwrap()];
     assert_eq!(s.cli(&admin(), &apply).await.code, 0);
     for p in projects {
-        s.add_env_agent("production", p).await;
-        let endpoint = s.agents[&format!("production/{p}")].server.https_url();
-        let add = [
-            "-e",
-            "production",
-            "project",
-            "add",
-            p,
-            "--endpoint",
-            &endpoint,
-        ];
-        let out = s.cli(&admin(), &add).await;
-        assert_eq!(out.code, 0, "{out:?}");
+        s.add_registered_env_agent("production", p).await;
     }
     s
 }

@@ -114,6 +114,23 @@ impl Secure {
             .await;
     }
 
+    /// [`Secure::add_env_agent`], then registered in `env` by the admin at its URL.
+    pub async fn add_registered_env_agent(&mut self, env: &str, project: &str) {
+        self.add_env_agent(env, project).await;
+        let endpoint = self.agents[&format!("{env}/{project}")].server.https_url();
+        let add = [
+            "-e",
+            env,
+            "project",
+            "add",
+            project,
+            "--endpoint",
+            &endpoint,
+        ];
+        let out = self.cli(&admin(), &add).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
     async fn start_agent(&mut self, env: &str, project: &str, key: &str) {
         let file = |name: &str| self.certs.join(name).display().to_string();
         let name = key.replace('/', "-");
